@@ -1,0 +1,5 @@
+import sys
+
+from gigamil.cli import main
+
+sys.exit(main())

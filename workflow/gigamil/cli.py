@@ -1,0 +1,56 @@
+"""The ``gigamil`` console command: each pipeline stage as a subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pkgutil
+import sys
+from importlib import import_module
+from types import ModuleType
+
+from gigamil import __version__, commands
+from gigamil.errors import GigamilError
+from gigamil.logutil import setup_logging
+
+
+def _command_modules() -> list[ModuleType]:
+    mods = [import_module(f"gigamil.commands.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    return sorted(mods, key=lambda m: m.NAME)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gigamil",
+        description="Whole-slide image classification with end-to-end attention MIL. "
+        "Each pipeline stage is a subcommand; `snakemake` runs them all.",
+    )
+    parser.add_argument("--version", action="version", version=f"gigamil {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log", metavar="FILE", help="also write the log to FILE")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        code = args._run(args)
+    except GigamilError as exc:
+        msg = " ".join(str(exc).split())  # exactly one line
+        print(f"gigamil {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gigamil {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
