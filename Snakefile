@@ -1,0 +1,20 @@
+"""gigamil: whole-slide image classification with end-to-end attention MIL.
+
+Run the demo with `snakemake --cores all`; see README.md for everything else.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [],

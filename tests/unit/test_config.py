@@ -1,0 +1,203 @@
+"""config.yaml and cohort-sheet validation: every bad case gives a message naming the problem."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gigamil.config import load_cohorts, load_config, load_sheet, validate_config
+from gigamil.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["normal", "lesion"]
+
+
+@pytest.fixture()
+def base_config() -> dict:
+    with open(REPO / "config.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def write_sheet(tmp_path: Path, rows: list[dict], name: str = "sheet.csv", touch: bool = True) -> Path:
+    cols = list(rows[0])
+    lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
+    if touch:
+        for r in rows:
+            if "path" in r and r["path"]:
+                (tmp_path / r["path"]).touch()
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def good_rows() -> list[dict]:
+    return [
+        {"slide_id": "s1", "patient_id": "p1", "label": "normal", "path": "s1.svs"},
+        {"slide_id": "s2", "patient_id": "p1", "label": "normal", "path": "s2.svs"},
+        {"slide_id": "s3", "patient_id": "p2", "label": "lesion", "path": "s3.svs"},
+    ]
+
+
+def test_repo_config_is_valid_and_defaults_are_filled(base_config):
+    cfg = validate_config(base_config)
+    assert cfg["experiment"] == "demo"
+    assert cfg["cohorts"]["demo"]["mpp"] is None  # default filled inside a cohort
+    minimal = {"cohorts": {"c": {"sheet": "x.csv"}}}
+    full = validate_config(minimal)
+    assert full["cohorts"]["c"]["role"] == "train"
+    assert full["training"]["early_stopping"]["patience"] == 5
+    assert full["preprocessing"]["patches"]["patch_px"] == 256
+    assert minimal == {"cohorts": {"c": {"sheet": "x.csv"}}}  # input not mutated
+
+
+def test_every_schema_key_has_description_and_default():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+    def walk(node: dict, where: str) -> None:
+        for key, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{where}.{key} has no description"
+            if key not in node.get("required", []):
+                assert "default" in sub, f"{where}.{key} has no default"
+            walk(sub, f"{where}.{key}")
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(extra, f"{where}.*")
+
+    walk(schema, "config")
+    sheet = yaml.safe_load((REPO / "workflow/schemas/sheet.schema.yaml").read_text())
+    for key, sub in sheet["properties"].items():
+        assert "description" in sub, f"sheet.{key} has no description"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["training"].update(epoch=3), "unknown key training.epoch"),
+        (lambda c: c.update(colour="red"), "unknown key colour"),
+        (lambda c: c["cohorts"]["demo"].update(shet="x"), "unknown key cohorts.demo.shet"),
+        (lambda c: c["training"].update(epochs=0), "training.epochs: 0 is less than the minimum of 1"),
+        (lambda c: c["model"].update(pool="max"), "model.pool: 'max' is not one of"),
+        (lambda c: c["cohorts"]["demo"].update(role="test"), "cohorts.demo.role: 'test' is not one of"),
+        (lambda c: c["cohorts"]["demo"].pop("sheet"), "cohorts.demo: 'sheet' is a required property"),
+        (lambda c: c.update(classes=["only"]), "classes:"),
+        (lambda c: c["cohorts"]["demo"].update(role="external"), "at least one cohort needs role: train"),
+        (lambda c: c["cohorts"].update({"bad name": {"sheet": "x"}}), "invalid name 'bad name'"),
+    ],
+)
+def test_bad_config_names_the_key(base_config, edit, message):
+    cfg = copy.deepcopy(base_config)
+    edit(cfg)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(cfg)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cohorts: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_good_sheet_loads(tmp_path):
+    path = write_sheet(tmp_path, good_rows())
+    df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert list(df.columns[:5]) == ["cohort", "slide_id", "patient_id", "label", "path"]
+    assert df["cohort"].eq("c1").all() and len(df) == 3
+    assert df["mpp"].isna().all()
+
+
+def test_mpp_override_order(tmp_path):
+    rows = good_rows()
+    rows[0]["mpp"] = 0.25
+    for r in rows[1:]:
+        r["mpp"] = ""
+    path = write_sheet(tmp_path, rows)
+    df = load_sheet(path, "c1", CLASSES, cohort_mpp=0.5, base_dir=tmp_path)
+    assert df["mpp"].tolist() == [0.25, 0.5, 0.5]  # the sheet row wins over the cohort
+
+
+def test_missing_sheet(tmp_path):
+    with pytest.raises(ConfigError, match=r"cohort 'c1': sheet .*nope.csv not found"):
+        load_sheet(tmp_path / "nope.csv", "c1", CLASSES)
+
+
+def test_missing_column(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "patient_id"} for r in good_rows()]
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match="missing column.*patient_id"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_missing_slide_file(tmp_path):
+    path = write_sheet(tmp_path, good_rows())
+    (tmp_path / "s3.svs").unlink()
+    with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): slide file s3.svs not found"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    # generated (demo) cohorts skip the check
+    assert len(load_sheet(path, "c1", CLASSES, check_files=False, base_dir=tmp_path)) == 3
+
+
+def test_duplicate_slide_id(tmp_path):
+    rows = good_rows()
+    rows[2]["slide_id"] = "s1"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"duplicate slide_id 's1' \(rows 2, 4\)"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_label_not_in_classes(tmp_path):
+    rows = good_rows()
+    rows[2]["label"] = "tumour"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): label 'tumour' is not one of"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_patient_with_conflicting_labels(tmp_path):
+    rows = good_rows()
+    rows[1]["label"] = "lesion"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"patient 'p1' has conflicting labels \['lesion', 'normal'\]"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_bad_slide_id_and_mpp(tmp_path):
+    rows = good_rows()
+    rows[0]["slide_id"] = "has space"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"row 2 .*slide_id: 'has space' does not match"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    rows = good_rows()
+    for r, v in zip(rows, ["abc", "", ""], strict=True):
+        r["mpp"] = v
+    path = write_sheet(tmp_path, rows, name="s2.csv")
+    with pytest.raises(ConfigError, match=r"row 2: mpp 'abc' is not a number"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    rows[0]["mpp"] = -1
+    path = write_sheet(tmp_path, rows, name="s3.csv")
+    with pytest.raises(ConfigError, match=r"row 2 .*mpp: -1.0 is less than or equal to the minimum of 0"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_empty_sheet(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("slide_id,patient_id,label,path\n")
+    with pytest.raises(ConfigError, match="has no rows"):
+        load_sheet(path, "c1", CLASSES)
+
+
+def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):
+    path = write_sheet(tmp_path, good_rows())
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(path), "mpp": 0.3},
+        "b": {"sheet": str(path), "role": "external"},
+    }
+    sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert set(sheets) == {"a", "b"}
+    assert sheets["a"]["mpp"].tolist() == [0.3] * 3 and sheets["b"]["mpp"].isna().all()

@@ -1,0 +1,218 @@
+"""Validation of config.yaml and of the cohort sheets.
+
+Both are checked against the JSON schemas in ``workflow/schemas/`` and then against the rules a
+schema cannot express (duplicate slides, labels outside ``classes``, patients with conflicting
+labels, missing files). Every problem raises :class:`~gigamil.errors.ConfigError` with one message
+that names the key, the file and the row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from gigamil.errors import ConfigError
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
+OPTIONAL_COLUMNS = ("mpp", "site")
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """Load ``workflow/schemas/{name}.schema.yaml``."""
+    with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def _key(path: Iterator[Any] | list[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """Turn a jsonschema error into a short message that names the config key."""
+    where = _key(list(error.absolute_path))
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
+        return f"unknown key {keys} (allowed here: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if "propertyNames" in error.schema_path:
+        return f"{where}: invalid name {error.instance!r} (use letters, digits, '_' and '-')"
+    return f"{where}: {error.message}"
+
+
+def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
+    """Insert schema defaults for missing keys, recursing into nested objects."""
+    props = schema.get("properties", {})
+    for key, sub in props.items():
+        if key not in instance and "default" in sub:
+            instance[key] = deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(sub, instance[key])
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("type") == "object":
+        for key, value in instance.items():
+            if key not in props and isinstance(value, dict):
+                _fill_defaults(extra, value)
+
+
+def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
+    """Validate ``config`` against the schema and return a copy with every default filled in.
+
+    Raises:
+        ConfigError: naming the first offending key, e.g.
+            ``config.yaml: unknown key training.epoch (allowed here: ...)``.
+    """
+    schema = load_schema("config")
+    cfg = deepcopy(dict(config or {}))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise ConfigError(f"{source}: {_describe(errors[0])}")
+    _fill_defaults(schema, cfg)
+    roles = [c["role"] for c in cfg["cohorts"].values()]
+    if "train" not in roles:
+        raise ConfigError(f"{source}: cohorts: at least one cohort needs role: train")
+    for name in cfg["cv"]["stratify_by"]:
+        if name in SHEET_COLUMNS and name != "label":
+            raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}")
+    return cfg
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a config.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    with open(path) as fh:
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return validate_config(raw, source=str(path))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def load_sheet(
+    path: str | Path,
+    cohort: str,
+    classes: list[str],
+    cohort_mpp: float | None = None,
+    check_files: bool = True,
+    base_dir: str | Path = ".",
+) -> pd.DataFrame:
+    """Read and validate one cohort sheet.
+
+    Args:
+        path: the CSV file.
+        cohort: cohort name (added as column ``cohort``).
+        classes: allowed labels.
+        cohort_mpp: the cohort's MPP override, used where a row has no ``mpp``.
+        check_files: require every slide ``path`` to exist (False for generated demo slides).
+        base_dir: directory relative slide paths are resolved against (the working directory).
+
+    Returns:
+        DataFrame with columns cohort, slide_id, patient_id, label, path, mpp (float or NaN) and any
+        extra columns of the sheet, in sheet order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"cohort {cohort!r}: sheet {path} not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in SHEET_COLUMNS if c not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"{path}: missing column(s) {', '.join(missing)} "
+            f"(a sheet needs {', '.join(SHEET_COLUMNS)}; optional: {', '.join(OPTIONAL_COLUMNS)})"
+        )
+    if df.empty:
+        raise ConfigError(f"{path}: the sheet has no rows")
+    df = df.apply(lambda col: col.str.strip())
+    if "mpp" in df.columns:
+        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
+        bad = df["mpp"].ne("") & mpp.isna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise ConfigError(f"{path}: row {row + 2}: mpp {df.at[row, 'mpp']!r} is not a number")
+        df["mpp"] = mpp.astype(float)
+    else:
+        df["mpp"] = float("nan")
+    if cohort_mpp is not None:
+        df["mpp"] = df["mpp"].fillna(float(cohort_mpp))
+
+    schema = load_schema("sheet")
+    validator = jsonschema.Draft202012Validator(schema)
+    for i, record in enumerate(df.to_dict(orient="records")):
+        row = {k: _clean(v) for k, v in record.items() if not (k in OPTIONAL_COLUMNS and v in ("", None))}
+        row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
+        err = next(iter(sorted(validator.iter_errors(row), key=lambda e: e.path)), None)
+        if err is not None:
+            col = _key(list(err.absolute_path))
+            raise ConfigError(f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}: {err.message}")
+
+    dup = df["slide_id"][df["slide_id"].duplicated()]
+    if not dup.empty:
+        rows = [str(i + 2) for i in df.index[df["slide_id"] == dup.iloc[0]]]
+        raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (rows {', '.join(rows)})")
+
+    bad_label = ~df["label"].isin(classes)
+    if bad_label.any():
+        i = int(bad_label.idxmax())
+        raise ConfigError(
+            f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): label {df.at[i, 'label']!r} "
+            f"is not one of the classes {classes} declared in config.yaml"
+        )
+
+    labels_per_patient = df.groupby("patient_id")["label"].unique()
+    conflicting = labels_per_patient[labels_per_patient.map(len) > 1]
+    if not conflicting.empty:
+        pid = conflicting.index[0]
+        raise ConfigError(
+            f"{path}: patient {pid!r} has conflicting labels {sorted(conflicting.iloc[0])}; "
+            "all slides of a patient must share one label"
+        )
+
+    if check_files:
+        base = Path(base_dir)
+        for i, p in enumerate(df["path"]):
+            full = Path(p) if Path(p).is_absolute() else base / p
+            if not full.exists():
+                raise ConfigError(
+                    f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): slide file {p} not found"
+                )
+
+    df.insert(0, "cohort", cohort)
+    return df
+
+
+def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[str, pd.DataFrame]:
+    """Load every cohort sheet of a validated config, keyed by cohort name."""
+    sheets: dict[str, pd.DataFrame] = {}
+    for name, cohort in config["cohorts"].items():
+        sheets[name] = load_sheet(
+            Path(base_dir) / cohort["sheet"] if not Path(cohort["sheet"]).is_absolute() else cohort["sheet"],
+            cohort=name,
+            classes=list(config["classes"]),
+            cohort_mpp=cohort.get("mpp"),
+            check_files=not cohort.get("demo", False),
+            base_dir=base_dir,
+        )
+    return sheets

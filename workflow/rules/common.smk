@@ -1,0 +1,65 @@
+"""Validation, sheet loading and helpers shared by every rule file.
+
+Everything here runs when Snakemake parses the workflow, before any job: a bad config.yaml or
+cohort sheet stops the run with one message naming the key, file or row.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from gigamil.config import load_cohorts, validate_config  # noqa: E402
+from gigamil.errors import ConfigError  # noqa: E402
+
+try:
+    _validated = validate_config(config, source="config")
+    SHEETS = load_cohorts(_validated)
+except ConfigError as exc:
+    raise WorkflowError(f"gigamil: invalid configuration: {exc}") from None
+config.clear()
+config.update(_validated)
+
+EXPERIMENT = config["experiment"]
+CLASSES = list(config["classes"])
+TRAIN_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "train"]
+EXTERNAL_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "external"]
+DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
+
+
+wildcard_constraints:
+    cohort="[A-Za-z0-9_-]+",
+    slide_id="[A-Za-z0-9_.-]+",
+    experiment="[A-Za-z0-9_.-]+",
+    fold="[0-9]+",
+
+
+def cohort_slide_ids(cohort):
+    """slide_ids of a cohort, in sheet order."""
+    return SHEETS[cohort]["slide_id"].tolist()
+
+
+def _row(cohort, slide_id):
+    sheet = SHEETS[cohort]
+    return sheet.loc[sheet["slide_id"] == slide_id].iloc[0]
+
+
+def slide_path(wildcards):
+    """The slide file of {cohort}/{slide_id}."""
+    return _row(wildcards.cohort, wildcards.slide_id)["path"]
+
+
+def slide_mpp_override(wildcards):
+    """MPP override of a slide (sheet `mpp` column, else the cohort's `mpp`), or None."""
+    mpp = _row(wildcards.cohort, wildcards.slide_id)["mpp"]
+    return None if mpp != mpp else float(mpp)
+
+
+def store_path(cohort, slide_id):
+    """The zarr patch store of a slide."""
+    return f"results/patches/{cohort}/{slide_id}.zarr"
+
+
+def cohort_stores(cohorts):
+    """Zarr stores of every slide of the given cohorts."""
+    return [store_path(c, s) for c in cohorts for s in cohort_slide_ids(c)]
