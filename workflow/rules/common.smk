@@ -4,10 +4,17 @@ Everything here runs when Snakemake parses the workflow, before any job: a bad c
 cohort sheet stops the run with one message naming the key, file or row.
 """
 
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+# The gigamil package lives in workflow/; make it importable here and in every job's script, also
+# under `--sdm conda` where it is not pip-installed.
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH", "")) if p
+)
 
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402

@@ -1,0 +1,45 @@
+"""The gigamil console command."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from gigamil.cli import build_parser, main
+from gigamil.errors import GigamilError
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "COMMAND" in out
+    for mod_name in build_parser()._subparsers._group_actions[0].choices:  # noqa: SLF001
+        assert mod_name in out
+
+
+def test_console_script_installed():
+    exe = shutil.which("gigamil")
+    assert exe, "the gigamil console script is not on PATH (pip install -e .)"
+    res = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert res.stdout.startswith("gigamil ")
+    res = subprocess.run([sys.executable, "-m", "gigamil", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "usage: gigamil" in res.stdout
+
+
+def test_gigamil_error_is_one_line(monkeypatch, capsys):
+    """A GigamilError from any subcommand becomes exactly one stderr line and exit code 2."""
+
+    def boom(args: argparse.Namespace) -> None:
+        raise GigamilError("slide x.svs: something\nwent   wrong")
+
+    ns = argparse.Namespace(command="mask", _run=boom, log=None, verbose=False)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: ns)
+    assert main(["mask"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gigamil mask: error: slide x.svs: something went wrong"]

@@ -1,0 +1,34 @@
+"""envs/gigamil.yaml (for --sdm conda) must list the same packages and ranges as pyproject.toml."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+# PyPI name -> conda-forge name, where they differ
+CONDA_NAME = {"torch": "pytorch", "openslide-bin": "openslide", "matplotlib": "matplotlib-base"}
+
+
+def _split(spec: str) -> tuple[str, str]:
+    m = re.match(r"^\s*([A-Za-z0-9_.-]+)\s*(.*)$", spec)
+    assert m, spec
+    return m.group(1).lower(), m.group(2).replace(" ", "")
+
+
+def test_conda_env_mirrors_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = dict(_split(d) for d in project["dependencies"])
+    env = yaml.safe_load((REPO / "envs/gigamil.yaml").read_text())
+    have = dict(_split(d) for d in env["dependencies"] if isinstance(d, str))
+    have.pop("pip")
+    have.pop("python")
+    mapped = {CONDA_NAME.get(name, name): spec for name, spec in wanted.items()}
+    assert mapped == have, (
+        f"missing in envs/gigamil.yaml: {sorted(set(mapped) - set(have))}; "
+        f"not in pyproject: {sorted(set(have) - set(mapped))}; "
+        f"ranges differ: {sorted(k for k in mapped.keys() & have.keys() if mapped[k] != have[k])}"
+    )
