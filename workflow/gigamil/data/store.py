@@ -1,0 +1,282 @@
+"""The per-slide zarr v3 patch store (layout: docs/architecture.md, "Zarr patch store").
+
+Arrays: ``patches`` uint8 (N, H, W, 3), ``coords`` int64 (N, 2) level-0 (x, y) of each patch's
+top-left, ``grid`` int64 (N, 2) (row, col) on the patch grid; rows in grid raster order.
+Attributes: see :data:`REQUIRED_ATTRS`.
+
+Writing goes through :class:`StoreWriter`: everything is written under ``<out>.tmp-<pid>`` and
+renamed to ``<out>`` only by :meth:`StoreWriter.commit`, so a crash never leaves a store that looks
+complete. Reading: :func:`read_store` (or :func:`open_store` for the zarr group).
+
+Codecs: ``zstd`` (lossless, default) or ``jpeg`` (each patch a baseline JPEG inside the chunk;
+the codec ``gigamil.jpeg`` is registered with zarr when this module is imported, so import
+``gigamil.data.store`` before opening a JPEG store with plain zarr).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.buffer import Buffer, NDBuffer
+from zarr.core.common import JSON, parse_named_configuration
+from zarr.registry import register_codec
+
+from gigamil.errors import GigamilError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+
+REQUIRED_ATTRS = (
+    "slide_id",
+    "source_path",
+    "source_size",
+    "source_mtime",
+    "slide_mpp",
+    "target_mpp",
+    "effective_mpp",
+    "patch_px",
+    "stride_px",
+    "patch_size_level0",
+    "level",
+    "level_downsample",
+    "mask_params",
+    "codec",
+    "gigamil_version",
+    "slide_dimensions",
+)
+CODECS = ("zstd", "jpeg")
+ZSTD_LEVEL = 1  # fast; higher levels gain little on RGB tissue
+
+
+@dataclass(frozen=True)
+class JpegPatchCodec(ArrayBytesCodec):
+    """Array->bytes codec for uint8 (C, H, W, 3) chunks: one baseline JPEG per patch.
+
+    Chunk bytes: uint32 count, count uint32 lengths (little endian), then the JPEG streams.
+    """
+
+    is_fixed_size = False
+    quality: int = 90
+
+    def __init__(self, *, quality: int = 90) -> None:
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        object.__setattr__(self, "quality", int(quality))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, JSON]) -> Self:
+        _, config = parse_named_configuration(data, "gigamil.jpeg", require_configuration=False)
+        return cls(**(config or {}))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, JSON]:
+        return {"name": "gigamil.jpeg", "configuration": {"quality": self.quality}}
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        import imagecodecs
+
+        arr = np.asarray(chunk_array.as_ndarray_like())  # (C, H, W, 3) uint8
+        streams = [
+            bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(p), level=self.quality))
+            for p in arr
+        ]
+        header = struct.pack(f"<I{len(streams)}I", len(streams), *(len(s) for s in streams))
+        data = np.frombuffer(header + b"".join(streams), dtype=np.uint8)
+        return chunk_spec.prototype.buffer.from_array_like(data)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return self._encode_sync(chunk_array, chunk_spec)
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        import imagecodecs
+
+        raw = chunk_bytes.to_bytes()
+        (count,) = struct.unpack_from("<I", raw, 0)
+        lengths = struct.unpack_from(f"<{count}I", raw, 4)
+        out = np.zeros(chunk_spec.shape, dtype=np.uint8)
+        pos = 4 + 4 * count
+        for i, n in enumerate(lengths):
+            out[i] = imagecodecs.jpeg8_decode(raw[pos : pos + n])
+            pos += n
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(out)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return self._decode_sync(chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError("JPEG output size is data dependent")
+
+
+register_codec("gigamil.jpeg", JpegPatchCodec)
+
+
+def chunk_patches(patch_px: int, target_bytes: int = 24 * 2**20) -> int:
+    """Patches per chunk: about ``target_bytes`` raw, clipped to 64..256."""
+    per = patch_px * patch_px * 3
+    return int(min(256, max(64, target_bytes // per)))
+
+
+def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
+    """Open a patch store's zarr group; GigamilError if it is missing or not a patch store."""
+    path = Path(path)
+    try:
+        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise GigamilError(f"{path}: not a gigamil patch store ({exc})") from exc
+    missing = [k for k in ("patches", "coords", "grid") if k not in group]
+    if missing:
+        raise GigamilError(f"{path}: patch store lacks arrays {missing}")
+    return group
+
+
+def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(patches zarr array (N, H, W, 3) uint8 [lazy], coords (N, 2) int64, grid (N, 2) int64, attrs)."""
+    group = open_store(path)
+    patches = group["patches"]
+    coords = np.asarray(group["coords"][...], dtype=np.int64).reshape(-1, 2)
+    grid = np.asarray(group["grid"][...], dtype=np.int64).reshape(-1, 2)
+    return patches, coords, grid, dict(group.attrs)
+
+
+class StoreWriter:
+    """Writes a patch store under a temporary name; :meth:`commit` renames it into place.
+
+    Use as a context manager: leaving the block without ``commit()`` (e.g. on an exception)
+    deletes the temporary directory. Patches must be appended in row order
+    (:meth:`append`), they are flushed in whole chunks.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        n: int,
+        patch_px: int,
+        coords: np.ndarray,
+        grid: np.ndarray,
+        codec: str = "zstd",
+        jpeg_quality: int = 90,
+        chunk: int | None = None,
+    ):
+        if codec not in CODECS:
+            raise GigamilError(f"unknown patch codec {codec!r}; choose one of {CODECS}")
+        self.out = Path(out)
+        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.n = int(n)
+        self.chunk = int(chunk or chunk_patches(patch_px))
+        self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        shape = (self.n, patch_px, patch_px, 3)
+        chunks = (self.chunk, patch_px, patch_px, 3)
+        if codec == "zstd":
+            self.patches = self.group.create_array(
+                "patches",
+                shape=shape,
+                chunks=chunks,
+                dtype="uint8",
+                compressors=[zarr.codecs.ZstdCodec(level=ZSTD_LEVEL)],
+                fill_value=0,
+            )
+        else:
+            self.patches = self.group.create_array(
+                "patches",
+                shape=shape,
+                chunks=chunks,
+                dtype="uint8",
+                serializer=JpegPatchCodec(quality=jpeg_quality),
+                compressors=None,
+                fill_value=0,
+            )
+        for name, arr in (("coords", coords), ("grid", grid)):
+            arr = np.asarray(arr, dtype=np.int64).reshape(self.n, 2)
+            z = self.group.create_array(
+                name, shape=arr.shape, chunks=(max(1, min(self.n, 65536)), 2), dtype="int64"
+            )
+            if self.n:
+                z[...] = arr
+        self._buf: list[np.ndarray] = []
+        self._buffered = 0
+        self._written = 0
+        self._committed = False
+
+    def append(self, patches: np.ndarray) -> None:
+        """Append (k, H, W, 3) uint8 patches (the next k rows)."""
+        if len(patches) == 0:
+            return
+        self._buf.append(patches)
+        self._buffered += len(patches)
+        if self._buffered >= self.chunk:
+            self._flush(final=False)
+
+    def write_rows(self, start: int, patches: np.ndarray) -> None:
+        """Write rows ``start:start+k`` directly (``start`` and k multiples of the chunk size,
+        or reaching N): for parallel writers that own whole chunks."""
+        self.patches[start : start + len(patches)] = patches
+        self._written = max(self._written, start + len(patches))
+
+    def _flush(self, final: bool) -> None:
+        if not self._buf:
+            return
+        data = self._buf[0] if len(self._buf) == 1 else np.concatenate(self._buf)
+        k = len(data) if final else (len(data) // self.chunk) * self.chunk
+        if k:
+            self.patches[self._written : self._written + k] = data[:k]
+            self._written += k
+        rest = data[k:]
+        self._buf = [rest] if len(rest) else []
+        self._buffered = len(rest)
+
+    def commit(self, attrs: dict[str, Any]) -> Path:
+        """Flush, write ``attrs``, and atomically replace ``out`` with the finished store."""
+        self._flush(final=True)
+        if self._written != self.n:
+            raise RuntimeError(f"{self.out}: wrote {self._written} of {self.n} patches")
+        missing = [k for k in REQUIRED_ATTRS if k not in attrs]
+        if missing:
+            raise ValueError(f"patch store attrs missing {missing}")
+        self.group.attrs.update(_jsonable(attrs))
+        if self.out.exists():
+            old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out)
+        self._committed = True
+        return self.out
+
+    def abort(self) -> None:
+        """Delete the temporary store."""
+        if not self._committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+def _jsonable(v: Any) -> Any:
+    """numpy scalars/arrays and tuples -> plain JSON types."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.floating):
+        return float(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
