@@ -1,0 +1,21 @@
+"""README.md documents every config key, exactly as the schema describes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gigamil.config_doc import END, START, render_reference
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_readme_config_reference_is_current():
+    text = (REPO / "README.md").read_text()
+    block = text.split(START, 1)[1].split(END, 1)[0].strip()
+    assert block == render_reference(), "run: python -m gigamil.config_doc README.md"
+
+
+def test_reference_lists_every_leaf_key():
+    ref = render_reference()
+    for key in ["training.max_instances_per_forward_pass", "cohorts.<name>.mpp", "heatmaps.normalize"]:
+        assert f"`{key}`" in ref
