@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import zarr
-
-from .conftest import read_config, run_snakemake, write_config
+from wfutil import read_config, run_snakemake, write_config
 
 pytestmark = pytest.mark.integration
 
