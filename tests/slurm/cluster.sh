@@ -88,7 +88,8 @@ write_config() {
       echo "NodeName=$node Name=gpu File=$STATE/fakegpu/gpu$i" >>/etc/slurm/gres.conf
     done
   fi
-  # MinJobAge=300: squeue must still show finished jobs when the executor polls them
+  # MinJobAge: squeue must still show finished jobs when the executor polls them (>= 3 x
+  # slurm-init-seconds-before-status-checks), and the tests read them after the run: keep 1 h
   cat >/etc/slurm/slurm.conf <<EOF
 # written by gigamil tests/slurm/cluster.sh: single-node test cluster
 ClusterName=gigamil-ci
@@ -111,7 +112,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
