@@ -1,0 +1,63 @@
+"""torchmil-style ABMIL / SmABMIL: shapes, masks, losses, agreement with MILModel's head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gigamil.models import ABMIL, SmABMIL
+from gigamil.nn.pooling import grid_adjacency
+
+
+def test_abmil_binary_shapes_and_loss() -> None:
+    torch.manual_seed(0)
+    model = ABMIL(in_shape=(5,), att_dim=8, feat_ext=nn.Linear(5, 6))
+    x = torch.randn(3, 7, 5)
+    y, att = model(x, return_att=True)
+    assert y.shape == (3,) and att.shape == (3, 7)
+    assert torch.allclose(att.sum(1), torch.ones(3))
+    y_pred, losses = model.compute_loss(torch.tensor([0, 1, 1]), x)
+    assert list(losses) == ["BCEWithLogitsLoss"]
+    assert torch.allclose(losses["BCEWithLogitsLoss"],
+                          nn.functional.binary_cross_entropy_with_logits(y_pred, torch.tensor(
+                              [0.0, 1.0, 1.0])))
+    y2, att2 = model.predict(x)
+    assert torch.allclose(y2, y) and torch.allclose(att2, att)
+
+
+def test_mask_equals_unpadded_bag() -> None:
+    torch.manual_seed(0)
+    model = ABMIL(in_shape=4, gated=True, n_classes=3, att_dim=5)
+    x = torch.randn(1, 6, 4)
+    padded = torch.cat([x, torch.randn(1, 3, 4)], dim=1)
+    mask = torch.tensor([[1] * 6 + [0] * 3])
+    y_ref, att_ref = model(x, return_att=True)
+    y, att = model(padded, mask=mask, return_att=True)
+    assert y.shape == (1, 3)
+    assert torch.allclose(y, y_ref, atol=1e-6)
+    assert torch.allclose(att[0, :6], att_ref[0], atol=1e-6) and torch.all(att[0, 6:] == 0)
+    _, losses = model.compute_loss(torch.tensor([2]), padded, mask=mask)
+    assert "CrossEntropyLoss" in losses
+
+
+def test_smabmil_uses_adjacency() -> None:
+    torch.manual_seed(0)
+    grid = np.array([(r, c) for r in range(3) for c in range(4)])
+    adj = grid_adjacency(grid).to_dense()[None]
+    model = SmABMIL(in_shape=3, att_dim=4, sm_alpha=0.8)
+    x = torch.randn(1, 12, 3)
+    y, att = model(x, adj=adj, return_att=True)
+    y0, att0 = model(x, adj=torch.zeros_like(adj), return_att=True)  # no neighbours
+    assert not torch.allclose(att, att0)
+    with pytest.raises(ValueError, match="adj"):
+        model(x)
+
+
+def test_gated_differs_from_plain() -> None:
+    torch.manual_seed(0)
+    plain = ABMIL(in_shape=4, att_dim=5)
+    torch.manual_seed(0)
+    gated = ABMIL(in_shape=4, att_dim=5, gated=True)
+    assert gated.head.U is not None and plain.head.U is None

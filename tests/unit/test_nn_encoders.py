@@ -1,0 +1,69 @@
+"""Encoders, BatchNorm modes and the patch preprocessing/augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gigamil.errors import ConfigError
+from gigamil.nn.augment import PatchPreprocess
+from gigamil.nn.encoders import EvalBatchNorm2d, build_encoder
+
+
+def test_smallcnn_and_batchnorm_modes() -> None:
+    enc, dim = build_encoder("smallcnn", None, 32, "frozen")
+    assert dim == 64
+    enc.train()
+    assert all(not m.training for m in enc.modules() if isinstance(m, EvalBatchNorm2d))
+    x = torch.randn(5, 3, 32, 32)
+    assert enc(x).shape == (5, 64)
+    gn, _ = build_encoder("smallcnn", None, 32, "groupnorm")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gn.modules())
+    tr, _ = build_encoder("smallcnn", None, 32, "train")
+    tr.train()
+    assert any(isinstance(m, nn.BatchNorm2d) and m.training for m in tr.modules())
+
+
+def test_resnet18_random_init_and_identity() -> None:
+    enc, dim = build_encoder("resnet18", None, 32, "groupnorm")
+    assert dim == 512 and enc(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    ident, d = build_encoder("identity", None, 4)
+    assert d == 48 and ident(torch.randn(3, 3, 4, 4)).shape == (3, 48)
+
+
+def test_bad_weights_and_names() -> None:
+    with pytest.raises(ConfigError, match="model.weights"):
+        build_encoder("resnet18", "NO_SUCH_WEIGHTS", 32)
+    with pytest.raises(ConfigError, match="model.encoder"):
+        build_encoder("alexnet", None, 32)
+    with pytest.raises(ConfigError, match="model.batchnorm"):
+        build_encoder("smallcnn", None, 32, "sometimes")
+
+
+def test_local_weights_file(tmp_path) -> None:
+    enc, _ = build_encoder("smallcnn", None, 32)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.fill_(0.25)
+    torch.save(enc.state_dict(), tmp_path / "w.pt")
+    loaded, _ = build_encoder("smallcnn", str(tmp_path / "w.pt"), 32)
+    assert all(torch.all(p == 0.25) for p in loaded.parameters())
+
+
+def test_preprocess_uint8_and_augmentation() -> None:
+    pre = PatchPreprocess(flips=True, rot90=True, color_jitter=0.1).double()
+    x = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8)
+    pre.eval()
+    out = pre(x)
+    assert out.shape == (16, 3, 8, 8) and out.dtype == torch.float64
+    expected = (x.permute(0, 3, 1, 2).double() / 255 - pre.mean) / pre.std
+    assert torch.allclose(out, expected)
+    pre.train()
+    torch.manual_seed(0)
+    aug = pre(x)
+    assert not torch.allclose(aug, out)
+    torch.manual_seed(0)
+    assert torch.equal(pre(x), aug)  # deterministic under the torch RNG
+    feats = torch.randn(4, 7)
+    assert pre(feats) is feats  # pre-extracted features pass through

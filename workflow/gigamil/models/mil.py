@@ -1,0 +1,218 @@
+"""``MILModel``: end-to-end MIL with exact gradient accumulation over chunks of instances.
+
+``forward_train`` implements GradCache for one bag of N instances, chunk size k:
+
+1. encode all chunks without grad (recording the RNG state before each chunk) → H (N, D);
+2. make H a leaf, run the attention model and the loss ONCE, backward → head gradients and
+   dL/dH in ``H.grad``;
+3. for each chunk, restore its RNG state, re-encode it with grad and backpropagate
+   ``H.grad[chunk]`` into the encoder.
+
+Encoder memory is bounded by k; only the N × D feature matrix grows with the bag. Dropout and
+augmentation inside the encoder replay identically in step 3. BatchNorm layers in training mode
+get their running statistics restored after step 1, so they are updated once per chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@runtime_checkable
+class BagSource(Protocol):
+    """A lazy bag: its length and an iterator over consecutive chunks (tensors, in row order)."""
+
+    def __len__(self) -> int: ...
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]: ...
+
+
+Bag = torch.Tensor | BagSource
+
+
+class TrainStep(NamedTuple):
+    """What ``forward_train`` returns (detached)."""
+
+    logits: torch.Tensor  # (n_out,)
+    attention: torch.Tensor  # (N,)
+    loss: float
+
+
+def iter_chunks(bag: Bag, size: int) -> Iterator[torch.Tensor]:
+    """Consecutive chunks of at most ``size`` instances of a tensor or a ``BagSource``."""
+    if isinstance(bag, torch.Tensor):
+        for start in range(0, len(bag), size):
+            yield bag[start:start + size]
+    else:
+        yield from bag.chunks(size)
+
+
+def _bn_running_buffers(module: nn.Module) -> list[tuple[_BatchNorm, list[torch.Tensor]]]:
+    """Snapshot of the running statistics of BatchNorm layers that would update them."""
+    saved = []
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats:
+            bufs = [m.running_mean, m.running_var, m.num_batches_tracked]
+            saved.append((m, [b.detach().clone() for b in bufs]))
+    return saved
+
+
+def _restore_bn(saved: list[tuple[_BatchNorm, list[torch.Tensor]]]) -> None:
+    with torch.no_grad():
+        for m, (mean, var, count) in saved:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+
+
+class MILModel(nn.Module):
+    """Feature encoder + attention model + loss, trained end to end with chunked accumulation.
+
+    ``feature_encoder``: instances (n, ...) → features (n, D). ``attention_model(H[, adj])`` →
+    ``(logits, attention)`` for one bag. ``loss_fn(logits, label)`` → scalar.
+    ``amp_dtype`` (attribute): autocast dtype of the encoder passes, or None.
+    """
+
+    def __init__(self, feature_encoder: nn.Module, attention_model: nn.Module,
+                 loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.feature_encoder = feature_encoder
+        self.attention_model = attention_model
+        self.loss_fn = loss_fn
+        self.amp_dtype: torch.dtype | None = None
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _adjacency(self, bag: Bag, adj: torch.Tensor | None) -> torch.Tensor | None:
+        if adj is None and getattr(self.attention_model, "needs_adj", False):
+            grid = getattr(bag, "grid", None)
+            if grid is None:
+                raise ValueError("the attention model needs `adj` (or a bag with a .grid)")
+            from gigamil.nn.pooling import grid_adjacency
+
+            adj = grid_adjacency(grid)
+        return None if adj is None else adj.to(self.device)
+
+    def _head(self, h: torch.Tensor, adj: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if adj is None:
+            return self.attention_model(h)
+        return self.attention_model(h, adj)
+
+    def _encoder_trainable(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.feature_encoder.parameters())
+
+    def _rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dev = self.device
+        cuda = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _encode_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.feature_encoder(x.to(self.device, non_blocking=True))  # (n, D)
+
+    # ---------------------------------------------------------------- inference
+    def encode(self, bag: Bag, max_instances_per_forward_pass: int | None = None) -> torch.Tensor:
+        """Features (N, D) of a bag, chunk by chunk (follows the current grad mode)."""
+        n = len(bag)
+        k = max_instances_per_forward_pass or max(n, 1)
+        feats = [self._encode_chunk(x) for x in iter_chunks(bag, k)]
+        if not feats:
+            raise ValueError("empty bag (0 instances)")
+        return torch.cat(feats).float() if self.amp_dtype is not None else torch.cat(feats)
+
+    def forward(self, bag: Bag, adj: torch.Tensor | None = None,
+                max_instances_per_forward_pass: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (n_out,), attention (N,))`` of one bag (no backward)."""
+        h = self.encode(bag, max_instances_per_forward_pass)
+        return self._head(h, self._adjacency(bag, adj))
+
+    # ---------------------------------------------------------------- training
+    def forward_train(self, bag: Bag, label: int | torch.Tensor,
+                      max_instances_per_forward_pass: int | None = None,
+                      adj: torch.Tensor | None = None, loss_scale: float = 1.0,
+                      scaler: Any | None = None) -> TrainStep:
+        """Forward AND backward of one bag; the caller steps the optimizer.
+
+        ``max_instances_per_forward_pass=None``: plain full-bag pass (the whole bag in one
+        graph). Otherwise GradCache with chunks of that many instances. Gradients are
+        accumulated into ``.grad`` (scaled by ``loss_scale``, e.g. 1/bags_per_step, and by
+        ``scaler.scale`` for fp16 AMP). Returns detached logits, attention and the loss value.
+        """
+        if self.loss_fn is None:
+            raise ValueError("MILModel.forward_train needs a loss_fn")
+        n = len(bag)
+        if n == 0:
+            raise ValueError("empty bag (0 instances): nothing to train on")
+        adj = self._adjacency(bag, adj)
+        k = max_instances_per_forward_pass
+        trainable = self._encoder_trainable()
+
+        def backward(t: torch.Tensor) -> None:
+            t = t * loss_scale
+            (scaler.scale(t) if scaler is not None else t).backward()
+
+        if k is None or not trainable:  # plain pass (or nothing to backpropagate into the encoder)
+            ctx = contextlib.nullcontext() if trainable else torch.no_grad()
+            with ctx:
+                h = self.encode(bag, None if trainable else (k or n))
+            logits, att = self._head(h, adj)
+            loss = self.loss_fn(logits, label)
+            backward(loss)
+            return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
+
+        # 1. no-grad encoding of every chunk, remembering the RNG state before each
+        bn_saved = _bn_running_buffers(self.feature_encoder)
+        states, bounds = [], []
+        h_all: torch.Tensor | None = None
+        start = 0
+        with torch.no_grad():
+            for x in iter_chunks(bag, k):
+                states.append(self._rng_state())
+                h = self._encode_chunk(x)
+                if h_all is None:
+                    dtype = torch.float32 if self.amp_dtype is not None else h.dtype
+                    h_all = torch.empty((n, *h.shape[1:]), dtype=dtype, device=h.device)
+                h_all[start:start + len(h)] = h
+                bounds.append((start, start + len(h)))
+                start += len(h)
+        _restore_bn(bn_saved)
+        assert h_all is not None and start == n, f"bag yielded {start} instances, len() says {n}"
+
+        # 2. attention model and loss once, on the leaf feature matrix
+        h_leaf = h_all.requires_grad_(True)
+        logits, att = self._head(h_leaf, adj)
+        loss = self.loss_fn(logits, label)
+        backward(loss)
+        grad_h = h_leaf.grad  # (N, D) dL/dH, already scaled
+        h_leaf.grad = None
+
+        # 3. re-encode each chunk with grad under the same RNG state; backprop its slice of dL/dH
+        dev = self.device
+        devices = [dev] if dev.type == "cuda" else []
+        for (cpu_state, cuda_state), (s, e), x in zip(states, bounds, iter_chunks(bag, k),
+                                                      strict=True):
+            with torch.random.fork_rng(devices=devices):
+                torch.set_rng_state(cpu_state)
+                if cuda_state is not None:
+                    torch.cuda.set_rng_state(cuda_state, dev)
+                h = self._encode_chunk(x)
+                h.backward(grad_h[s:e].to(h.dtype))
+        return TrainStep(logits.detach(), att.detach(), float(loss.detach()))

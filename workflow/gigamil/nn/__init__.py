@@ -1,0 +1,1 @@
+"""Neural-network building blocks: patch encoders, augmentation, attention pooling, losses."""

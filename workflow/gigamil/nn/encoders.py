@@ -1,0 +1,168 @@
+"""Patch encoders (small CNN, torchvision ResNets and ViT-B/16, identity) and BatchNorm modes.
+
+BatchNorm and the accumulating trainer (see README, "Training"):
+
+- ``frozen`` (default): BatchNorm always uses its running statistics (eval mode) even while the
+  model trains; the affine parameters still learn. Every instance is encoded independently of the
+  others, so chunked gradients equal the full-bag gradients exactly.
+- ``train``: batch statistics of each chunk of ``max_instances_per_forward_pass`` instances
+  ("ghost batch norm"); the no-grad pass of the trainer restores the running statistics so they
+  are updated once per chunk, not twice. Gradients equal a with-grad pass over the same chunks,
+  but depend on the chunk size (they equal a full-bag pass only when one chunk holds the bag).
+- ``groupnorm``: every BatchNorm2d is replaced by a GroupNorm (per-instance statistics: exact and
+  chunk-independent, but pretrained BatchNorm statistics are lost).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gigamil.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENCODERS = ("smallcnn", "resnet18", "resnet34", "resnet50", "vit_b_16", "identity")
+BATCHNORM_MODES = ("frozen", "train", "groupnorm")
+
+
+class SmallCNN(nn.Module):
+    """A small CPU-friendly CNN: four 3×3 conv blocks (three with stride 2), global average pool.
+
+    Input (n, in_ch, H, W) float, output (n, out_dim).
+    """
+
+    def __init__(self, in_ch: int = 3, width: int = 16, out_dim: int = 64) -> None:
+        super().__init__()
+        chans = [in_ch, width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(chans[-1], out_dim, 3, padding=1, bias=False),
+                   nn.BatchNorm2d(out_dim), nn.ReLU(inplace=True),
+                   nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (n, out_dim)
+
+
+class Resize(nn.Module):
+    """Bilinear resize to ``size`` × ``size`` (ViT-B/16 with pretrained weights needs 224 px)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.size and x.shape[-2] == self.size:
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that stays in eval mode (running statistics) whatever ``.train()`` says."""
+
+    def train(self, mode: bool = True) -> EvalBatchNorm2d:
+        return super().train(False)
+
+
+def _largest_group_count(channels: int, max_groups: int = 32) -> int:
+    return max(g for g in range(1, max_groups + 1) if channels % g == 0)
+
+
+def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
+    """Apply a BatchNorm mode (``frozen``, ``train``, ``groupnorm``) in place; returns ``module``."""
+    if mode not in BATCHNORM_MODES:
+        raise ConfigError(f"model.batchnorm: {mode!r} is not one of {', '.join(BATCHNORM_MODES)}")
+    if mode == "train":
+        return module
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            if mode == "frozen":
+                new: nn.Module = EvalBatchNorm2d(child.num_features, child.eps, child.momentum,
+                                                 child.affine, child.track_running_stats)
+                new.load_state_dict(child.state_dict())
+            else:
+                c = child.num_features
+                new = nn.GroupNorm(_largest_group_count(c), c, eps=child.eps, affine=True)
+                if child.affine:
+                    with torch.no_grad():
+                        new.weight.copy_(child.weight)
+                        new.bias.copy_(child.bias)
+            new.to(next(child.buffers()).device if list(child.buffers()) else "cpu")
+            setattr(module, name, new)
+        else:
+            set_batchnorm_mode(child, mode)
+    return module
+
+
+def _torchvision_weights(builder_name: str, weights: str | None):  # noqa: ANN202
+    """Resolve a torchvision weight name; local .pt files are loaded later by ``build_encoder``."""
+    if weights is None or Path(str(weights)).suffix in (".pt", ".pth"):
+        return None
+    import torchvision
+
+    try:
+        return torchvision.models.get_weight(f"{_WEIGHT_ENUMS[builder_name]}.{weights}")
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise ConfigError(
+            f"model.weights: {weights!r} is not a torchvision weight of {builder_name} "
+            f"(e.g. IMAGENET1K_V1 or DEFAULT, a local .pt file, or null)") from exc
+
+
+_WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+                 "resnet50": "ResNet50_Weights", "vit_b_16": "ViT_B_16_Weights"}
+
+
+def build_encoder(name: str, weights: str | None = None, patch_px: int = 224,
+                  batchnorm: str = "frozen") -> tuple[nn.Module, int]:
+    """Build a patch encoder; returns ``(module, feature_dim)``.
+
+    ``module`` maps float (n, 3, patch_px, patch_px) to (n, feature_dim). ``weights`` is a
+    torchvision weight name (downloaded by torchvision: needs internet or a filled cache), a local
+    ``.pt`` state dict, or None (random initialisation). ``identity`` flattens its input
+    (pre-extracted features (n, D) pass through; patches give D = 3·patch_px²).
+    """
+    if name not in ENCODERS:
+        raise ConfigError(f"model.encoder: {name!r} is not one of {', '.join(ENCODERS)}")
+    if name == "smallcnn":
+        module: nn.Module = SmallCNN()
+        dim = module.out_dim
+    elif name == "identity":
+        module, dim = nn.Flatten(1), 3 * patch_px * patch_px
+    else:
+        import torchvision
+
+        tv_weights = _torchvision_weights(name, weights)
+        try:
+            if name.startswith("resnet"):
+                module = getattr(torchvision.models, name)(weights=tv_weights)
+                dim = module.fc.in_features
+                module.fc = nn.Identity()
+            else:
+                module = torchvision.models.vit_b_16(weights=tv_weights)
+                dim = module.heads.head.in_features
+                module.heads = nn.Identity()
+                module = nn.Sequential(Resize(224), module)
+        except (OSError, RuntimeError) as exc:  # download failure offline
+            raise ConfigError(f"model.weights: cannot load {weights!r} for {name} ({exc}); "
+                              "use null offline or a local .pt file") from exc
+    if weights is not None and Path(str(weights)).suffix in (".pt", ".pth"):
+        if not Path(weights).is_file():
+            raise ConfigError(f"model.weights: file {weights} does not exist")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        target = module[1] if isinstance(module, nn.Sequential) and name == "vit_b_16" else module
+        missing, unexpected = target.load_state_dict(state, strict=False)
+        log.info("loaded %s (missing %d, unexpected %d keys)", weights, len(missing),
+                 len(unexpected))
+    elif weights is not None and name in ("smallcnn", "identity"):
+        raise ConfigError(f"model.weights: {name} has no named weights; use null or a .pt file")
+    set_batchnorm_mode(module, batchnorm)
+    return module, int(dim)

@@ -1,0 +1,129 @@
+"""Attention pooling heads: ABMIL (Ilse et al. 2018), gated ABMIL, SmABMIL (Sm smoothing).
+
+An attention head maps instance features H (N, D) of ONE bag to ``(logits, attention)``:
+logits (n_out,) (one logit for a binary problem, like torchmil; ``n_classes`` otherwise) and the
+softmax attention (N,). The accumulating trainer calls it once per bag.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+POOLS = ("abmil", "gated_abmil", "smabmil")
+
+
+def grid_adjacency(grid: np.ndarray | torch.Tensor, connectivity: int = 8,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Symmetrically normalised adjacency D^-1/2 A D^-1/2 of patches on a grid (sparse COO).
+
+    ``grid`` (N, 2) integer (row, col) positions; two patches are neighbours when they touch
+    (8-connectivity) or share an edge (4-connectivity). Isolated patches have an empty row.
+    Returns a sparse (N, N) tensor.
+    """
+    g = np.asarray(grid.cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.int64)
+    n = len(g)
+    if n == 0:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=dtype), (0, 0))
+    g = g - g.min(axis=0)
+    width = int(g[:, 1].max()) + 3
+    keys = (g[:, 0] + 1) * width + (g[:, 1] + 1)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    if connectivity == 8:
+        offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
+    elif connectivity == 4:
+        offsets = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    else:
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    rows, cols = [], []
+    for dr, dc in offsets:
+        target = keys + dr * width + dc
+        pos = np.searchsorted(sorted_keys, target)
+        pos = np.clip(pos, 0, n - 1)
+        hit = sorted_keys[pos] == target
+        rows.append(np.nonzero(hit)[0])
+        cols.append(order[pos[hit]])
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    deg = np.bincount(r, minlength=n).astype(np.float64)
+    inv = np.zeros(n)
+    inv[deg > 0] = deg[deg > 0] ** -0.5
+    vals = inv[r] * inv[c]
+    idx = torch.from_numpy(np.stack([r, c])).long()
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(vals).to(dtype), (n, n),
+                                   check_invariants=True).coalesce()
+
+
+def smooth(f: torch.Tensor, adj: torch.Tensor, alpha: float = 0.5, steps: int = 10,
+           mode: str = "approx") -> torch.Tensor:
+    """The Sm operator (Castro-Macías et al. 2024): ``(1-α)(I - αA)^-1 f``.
+
+    ``approx`` runs ``steps`` fixed-point iterations g ← (1-α) f + α A g (sparse A allowed);
+    ``exact`` solves the dense linear system (small bags only). f (N,) or (N, d).
+    """
+    vec = f.dim() == 1
+    f2 = f.unsqueeze(1) if vec else f
+    a = adj.to(f2.dtype)
+    if mode == "approx":
+        g = f2
+        for _ in range(steps):
+            g = (1 - alpha) * f2 + alpha * (torch.sparse.mm(a, g) if a.is_sparse else a @ g)
+    elif mode == "exact":
+        dense = a.to_dense() if a.is_sparse else a
+        eye = torch.eye(len(f2), dtype=f2.dtype, device=f2.device)
+        g = (1 - alpha) * torch.linalg.solve(eye - alpha * dense, f2)
+    else:
+        raise ValueError(f"Sm mode must be 'approx' or 'exact', got {mode!r}")
+    return g.squeeze(1) if vec else g
+
+
+class AttentionHead(nn.Module):
+    """Attention pooling + linear classifier for one bag: H (N, D) → (logits (n_out,), att (N,)).
+
+    ``pool``: ``abmil`` a_i ∝ exp(wᵀ act(V h_i)); ``gated_abmil`` a_i ∝ exp(wᵀ(tanh(V h_i) ⊙
+    σ(U h_i))); ``smabmil`` smooths the attention scores with the Sm operator over the patch-grid
+    adjacency before the softmax (needs ``adj``). ``n_out`` = 1 for binary problems.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int = 2, att_dim: int = 128, pool: str = "abmil",
+                 dropout: float = 0.0, att_act: str = "tanh", sm_alpha: float = 0.5,
+                 sm_steps: int = 10, sm_mode: str = "approx") -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if n_classes < 2:
+            raise ValueError("n_classes must be at least 2")
+        self.pool = pool
+        self.n_out = 1 if n_classes == 2 else n_classes
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.V = nn.Linear(in_dim, att_dim)
+        self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU()}[att_act]
+        self.U = nn.Linear(in_dim, att_dim) if pool == "gated_abmil" else None
+        self.w = nn.Linear(att_dim, 1)
+        self.classifier = nn.Linear(in_dim, self.n_out)
+        self.sm_alpha, self.sm_steps, self.sm_mode = sm_alpha, sm_steps, sm_mode
+
+    @property
+    def needs_adj(self) -> bool:
+        return self.pool == "smabmil"
+
+    def scores(self, h: torch.Tensor, adj: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised attention scores (N,)."""
+        a = self.act(self.V(h))
+        if self.U is not None:
+            a = a * torch.sigmoid(self.U(h))
+        s = self.w(a).squeeze(-1)
+        if self.pool == "smabmil":
+            if adj is None:
+                raise ValueError("SmABMIL needs the adjacency of the bag (see grid_adjacency)")
+            s = smooth(s, adj, self.sm_alpha, self.sm_steps, self.sm_mode)
+        return s
+
+    def forward(self, h: torch.Tensor, adj: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.dropout(h)  # (N, D)
+        att = torch.softmax(self.scores(h, adj), dim=0)  # (N,)
+        z = att @ h  # (D,)
+        return self.classifier(z), att  # (n_out,), (N,)
