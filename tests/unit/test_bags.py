@@ -1,0 +1,85 @@
+"""ZarrBag: lazy chunked reading with prefetch, subsampling, caching, empty stores.
+
+``write_store`` is also used by the trainer tests to build small patch stores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gigamil.data.bags import ZarrBag
+from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
+
+
+def write_store(path: Path, patches: np.ndarray, grid: np.ndarray | None = None,
+                chunk: int = 64, slide_id: str | None = None) -> Path:
+    """A patch store in the format of docs/architecture.md (attrs filled with test values)."""
+    n, px = len(patches), patches.shape[1] if patches.ndim == 4 else 8
+    if grid is None:
+        width = max(1, int(np.ceil(np.sqrt(max(n, 1)))))
+        grid = np.array([(i // width, i % width) for i in range(n)], dtype=np.int64).reshape(n, 2)
+    coords = grid[:, ::-1] * px
+    attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
+    attrs.update(slide_id=slide_id or path.stem, source_path="test", codec="zstd",
+                 patch_px=px, stride_px=px, mask_params={}, slide_dimensions=[100, 100],
+                 gigamil_version="test")
+    with StoreWriter(path, n, px, coords, grid, chunk=chunk) as w:
+        w.append(patches)
+        w.commit(attrs)
+    return path
+
+
+def _patches(n: int, px: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_chunks_cover_the_store_in_order(tmp_path: Path, prefetch: int) -> None:
+    data = _patches(150)
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", data, chunk=32), prefetch=prefetch,
+                  cache_bytes=0)
+    assert len(bag) == 150 and bag.patch_shape == (8, 8, 3)
+    chunks = list(bag.chunks(40))
+    assert [len(c) for c in chunks] == [40, 40, 40, 30]
+    assert all(c.dtype == torch.uint8 for c in chunks)
+    assert np.array_equal(torch.cat(chunks).numpy(), data)
+    assert bag.grid.shape == (150, 2)
+
+
+def test_early_break_stops_prefetch_thread(tmp_path: Path) -> None:
+    import threading
+
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", _patches(200), chunk=16), prefetch=1,
+                  cache_bytes=0)
+    before = threading.active_count()
+    for i, _chunk in enumerate(bag.chunks(10)):
+        if i == 2:
+            break
+    assert threading.active_count() == before
+
+
+def test_subsample_keeps_order_and_grid(tmp_path: Path) -> None:
+    data = _patches(100)
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", data), cache_bytes=0)
+    sub = bag.subsample(30, torch.Generator().manual_seed(0))
+    assert len(sub) == 30 and np.all(np.diff(sub.indices) > 0)
+    assert np.array_equal(sub.load().numpy(), data[sub.indices])
+    assert np.array_equal(sub.grid, bag.grid[sub.indices])
+    assert np.array_equal(torch.cat(list(sub.chunks(7))).numpy(), data[sub.indices])
+    sparse = ZarrBag(bag.path, indices=np.array([0, 50, 99]), cache_bytes=0)
+    assert np.array_equal(sparse.load().numpy(), data[[0, 50, 99]])
+    assert bag.subsample(500) is bag
+
+
+def test_cache_and_empty_store(tmp_path: Path) -> None:
+    data = _patches(20)
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", data))
+    list(bag.chunks(8))
+    assert bag._cache is not None  # small bag kept after the first pass
+    empty = ZarrBag(write_store(tmp_path / "e.zarr", np.zeros((0, 8, 8, 3), np.uint8)))
+    assert len(empty) == 0 and list(empty.chunks(4)) == []
+    assert empty.load().shape == (0, 8, 8, 3)
