@@ -1,0 +1,505 @@
+"""The built-in demo cohort: small pyramidal slides made from the CC0 CMU-1-Small-Region slide.
+
+``make_demo_cohort(outdir)`` writes, deterministically for a given seed (same seed, same bytes)::
+
+    outdir/slides/{slide_id}.tiff        pyramidal tiled-JPEG generic TIFF, 2048 x 2048 px level 0
+                                         at 0.499 µm/px (≈1 mm²), 3 levels (downsample 1, 2, 4),
+                                         256 x 256 tiles; one IFD per level (NewSubfileType 0, then 1),
+                                         X/YResolution in pixels per cm (= 1e4 / mpp per level),
+                                         so openslide opens it as ``generic-tiff`` with the real MPP.
+    outdir/lesion_masks/{slide_id}.png   ground-truth lesion mask, uint8 0/255, at 1/16 of level 0
+                                         (MASK_DOWNSAMPLE = 16, i.e. 128 x 128 px at 7.984 µm/px);
+                                         all zero on normal slides.
+    outdir/lesion_masks/{slide_id}.json  {"slide_id", "downsample", "mpp", "level0_mpp", "shape",
+                                         "lesion_fraction_of_tissue", "tissue_fraction"};
+                                         read mask and MPP together with ``load_lesion_mask(png)``.
+    outdir/sheet.csv                     slide_id, patient_id, label, path (path =
+                                         ``outdir/slides/{slide_id}.tiff`` as outdir was given).
+
+Slides are built from real tissue only: the source's level 0 is cut into fragments (random 90°
+rotations, flips, crop offsets) laid out as one, two or four tissue pieces on a white background,
+covering 40-70 % of the slide. Every slide receives a random global stain variation in HED
+(Ruifrok-Johnston) optical-density space, so slide colour does not give the label away.
+Half of the patients (label ``lesion``; every slide of such a patient) get one or two planted
+lesion blobs (together 15-30 % of the tissue area, confined to tissue) where hematoxylin is raised,
+eosin lowered and dense, large, dark nucleus-like bodies are added, with a soft boundary. The
+nuclei (radius 4-8 px at level 0) stay visible as 1-2 px dots in 32-px patches at 2 µm/px.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "CMU-1-Small-Region.svs"
+SOURCE_MPP = 0.499  # µm/px of the CMU slide's (only) level
+SLIDE_PX = 2048  # level-0 side of a demo slide (≈1.02 mm)
+LOW = 8  # working resolution for masks and layout: 1/8 of level 0
+MASK_DOWNSAMPLE = 16  # the ground-truth lesion PNG is at 1/16 of level 0
+TILE = 256
+N_LEVELS = 3  # downsamples 1, 2, 4
+JPEG_QUALITY = 85
+COVERAGE_RANGE = (0.40, 0.70)  # tissue fraction of a slide
+LESION_RANGE = (0.17, 0.27)  # target lesion fraction of the tissue (realised: ~15-30 %)
+LABELS = ("normal", "lesion")
+
+# Ruifrok-Johnston H&E-DAB stain vectors (rows: H, E, DAB in optical-density RGB), as in skimage.
+RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+# uint8 -> optical density lookup table
+_OD_LUT = (-np.log(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Source:
+    rgb: np.ndarray  # uint8 (H, W, 3), H and W multiples of LOW
+    tissue_lo: np.ndarray  # bool (H/LOW, W/LOW)
+    background: np.ndarray  # uint8 (3,) typical glass colour
+
+
+def source_slide_path() -> Path:
+    """Path of the packaged CC0 slide ``CMU-1-Small-Region.svs``."""
+    return Path(str(resources.files("gigamil") / "data" / SOURCE_NAME))
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean over non-overlapping f x f blocks (the first two axes must be multiples of f)."""
+    h, w = a.shape[:2]
+    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def _tissue_from_lowres(rgb_lo: np.ndarray) -> np.ndarray:
+    """Tissue (not glass) at low resolution: coloured or dark, cleaned morphologically."""
+    from scipy import ndimage as ndi
+
+    rgb_lo = rgb_lo.astype(np.float32)
+    sat = rgb_lo.max(axis=-1) - rgb_lo.min(axis=-1)
+    tissue = (sat > 15) | (rgb_lo.mean(axis=-1) < 200)
+    tissue = ndi.binary_closing(tissue, structure=np.ones((3, 3)), iterations=2, border_value=0)
+    tissue = ndi.binary_opening(tissue, structure=np.ones((3, 3)), iterations=1)
+    labels, n = ndi.label(tissue)
+    if n:
+        sizes = ndi.sum(tissue, labels, index=np.arange(1, n + 1))
+        keep = np.concatenate([[False], sizes >= 30])  # >= 30 px at 1/8 ≈ 480 µm²... drop specks
+        tissue = keep[labels]
+    return tissue
+
+
+@lru_cache(maxsize=1)
+def _load_source() -> _Source:
+    import openslide
+
+    path = source_slide_path()
+    if not path.is_file():
+        raise GigamilError(f"demo source slide missing: {path} (reinstall gigamil)")
+    with openslide.OpenSlide(str(path)) as slide:
+        w, h = slide.dimensions
+        rgb = np.asarray(slide.read_region((0, 0), 0, (w, h)).convert("RGB"))
+    h8, w8 = (h // LOW) * LOW, (w // LOW) * LOW
+    rgb = np.ascontiguousarray(rgb[:h8, :w8])  # (2960, 2216, 3)
+    rgb_lo = _block_mean(rgb.astype(np.float32), LOW)
+    tissue_lo = _tissue_from_lowres(rgb_lo)
+    background = np.median(rgb_lo[~tissue_lo], axis=0).round().astype(np.uint8)
+    return _Source(rgb=rgb, tissue_lo=tissue_lo, background=background)
+
+
+def _transform(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate by k*90° and optionally flip left-right (a view)."""
+    a = np.rot90(a, k, axes=(0, 1))
+    return a[:, ::-1] if flip else a
+
+
+def _upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float 2-D array to ``shape`` (rows, cols); float32."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def _noisy_radius(rng: np.random.Generator, theta: np.ndarray, amp: float) -> np.ndarray:
+    """A smooth random radius function of the angle: 1 + low harmonics."""
+    r = np.ones_like(theta)
+    for k in (2, 3, 4, 5):
+        r += rng.uniform(0, amp / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    return r
+
+
+def _fragment_shape(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Soft (0..1) irregular rounded shape filling most of an h x w cell (low resolution)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    margin = rng.uniform(1.5, 4.0)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    ay, ax = max(h / 2 - margin, 2.0), max(w / 2 - margin, 2.0)
+    dy, dx = (yy - cy) / ay, (xx - cx) / ax
+    p = rng.uniform(2.5, 4.0)  # superellipse exponent: rounded rectangle
+    rho = (np.abs(dy) ** p + np.abs(dx) ** p) ** (1 / p)
+    rho = rho / _noisy_radius(rng, np.arctan2(dy, dx), 0.25)
+    return 1.0 / (1.0 + np.exp(-(1.0 - rho) * min(ay, ax) * 1.5))
+
+
+@dataclass(frozen=True)
+class _Fragment:
+    k: int  # rot90 count
+    flip: bool
+    src_y: int  # crop offset in the transformed source, low-res px
+    src_x: int
+    y: int  # cell rectangle on the canvas, low-res px
+    x: int
+    h: int
+    w: int
+    shape: np.ndarray  # float (h, w) soft fragment shape
+
+
+def _cells(rng: np.random.Generator, n: int) -> list[tuple[int, int, int, int]]:
+    """Cells (y, x, h, w) in low-res px for a layout of 1, 2 or 4 fragments."""
+    s = SLIDE_PX // LOW
+    if n == 1:
+        return [(0, 0, s, s)]
+    cut = int(rng.integers(s * 2 // 5, s * 3 // 5))
+    if n == 2:
+        if rng.random() < 0.5:
+            return [(0, 0, s, cut), (0, cut, s, s - cut)]
+        return [(0, 0, cut, s), (cut, 0, s - cut, s)]
+    cut2 = int(rng.integers(s * 2 // 5, s * 3 // 5))
+    return [(0, 0, cut, cut2), (0, cut2, cut, s - cut2), (cut, 0, s - cut, cut2),
+            (cut, cut2, s - cut, s - cut2)]  # fmt: skip
+
+
+def _plan_layout(
+    rng: np.random.Generator, src: _Source
+) -> tuple[list[_Fragment], np.ndarray]:
+    """Random layout of tissue fragments; returns fragments and the canvas tissue mask (low res)."""
+    s = SLIDE_PX // LOW
+    best: tuple[float, list[_Fragment], np.ndarray] | None = None
+    for _attempt in range(12):
+        n = int(rng.choice([1, 2, 4], p=[0.4, 0.35, 0.25]))
+        frags: list[_Fragment] = []
+        tissue = np.zeros((s, s), dtype=bool)
+        for y, x, h, w in _cells(rng, n):
+            k, flip = int(rng.integers(4)), bool(rng.random() < 0.5)
+            t = _transform(src.tissue_lo, k, flip)
+            shape = _fragment_shape(rng, h, w)
+            cands = [
+                (int(rng.integers(t.shape[0] - h + 1)), int(rng.integers(t.shape[1] - w + 1)))
+                for _ in range(6)
+            ]
+            fracs = [t[cy : cy + h, cx : cx + w][shape > 0.5].mean() for cy, cx in cands]
+            ok = [i for i, f in enumerate(fracs) if f >= 0.35]
+            i = ok[0] if ok else int(np.argmax(fracs))
+            sy, sx = cands[i]
+            frags.append(_Fragment(k, flip, sy, sx, y, x, h, w, shape))
+            tissue[y : y + h, x : x + w] = t[sy : sy + h, sx : sx + w] & (shape > 0.5)
+        cov = float(tissue.mean())
+        lo, hi = COVERAGE_RANGE
+        dist = max(lo - cov, cov - hi, 0.0)
+        if best is None or dist < best[0]:
+            best = (dist, frags, tissue)
+        if dist == 0.0:
+            break
+    assert best is not None
+    return best[1], best[2]
+
+
+def _render_od(frags: list[_Fragment], src: _Source) -> np.ndarray:
+    """Compose the level-0 canvas in optical density: float32 planes (3, SLIDE_PX, SLIDE_PX).
+
+    Fragments are blended with the glass at their soft border in OD space (tissue thins out).
+    """
+    od_bg = _OD_LUT[src.background]  # (3,)
+    canvas = np.empty((3, SLIDE_PX, SLIDE_PX), dtype=np.float32)
+    canvas[:] = od_bg[:, None, None]
+    for f in frags:
+        img = _transform(src.rgb, f.k, f.flip)
+        crop = img[f.src_y * LOW : (f.src_y + f.h) * LOW, f.src_x * LOW : (f.src_x + f.w) * LOW]
+        a = _upsample(f.shape, (f.h * LOW, f.w * LOW))  # (h, w) float32 0..1
+        y, x = f.y * LOW, f.x * LOW
+        for c in range(3):
+            plane = _OD_LUT[crop[..., c]]
+            plane -= od_bg[c]
+            plane *= a
+            plane += od_bg[c]
+            canvas[c, y : y + f.h * LOW, x : x + f.w * LOW] = plane
+    return canvas
+
+
+def _reduce(a: np.ndarray, f: int) -> np.ndarray:
+    """Box-downsample a 2-D float array or an RGB uint8 image by an integer factor (PIL, fast)."""
+    from PIL import Image
+
+    mode = "F" if a.ndim == 2 else "RGB"
+    arr = np.ascontiguousarray(a, dtype=np.float32 if a.ndim == 2 else np.uint8)
+    return np.asarray(Image.fromarray(arr, mode=mode).reduce(f))
+
+
+def _lesion_field(rng: np.random.Generator, tissue_lo: np.ndarray) -> np.ndarray:
+    """Soft lesion field (0..1, low res) of one or two blobs covering LESION_RANGE of the tissue."""
+    from scipy import ndimage as ndi
+
+    h, w = tissue_lo.shape
+    depth = ndi.distance_transform_edt(np.pad(tissue_lo, 1))[1:-1, 1:-1]
+    p = (depth**2).ravel()
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    n_blobs = 1 if rng.random() < 0.6 else 2
+    centres = rng.choice(h * w, size=n_blobs, replace=False, p=p / p.sum())
+    rho = np.full((h, w), np.inf)
+    for c in centres:
+        cy, cx = divmod(int(c), w)
+        ang = rng.uniform(0, np.pi)
+        aspect = rng.uniform(1.0, 1.8)
+        dy, dx = yy - cy, xx - cx
+        u = (dx * np.cos(ang) + dy * np.sin(ang)) / aspect
+        v = -dx * np.sin(ang) + dy * np.cos(ang)
+        r = np.hypot(u, v) / _noisy_radius(rng, np.arctan2(v, u), 0.35)
+        rho = np.minimum(rho, r / rng.uniform(0.6, 1.0))
+    target = int(round(rng.uniform(*LESION_RANGE) * tissue_lo.sum()))
+    s = np.sort(rho[tissue_lo])[max(target - 1, 0)]  # blob scale that covers `target` tissue px
+    edge = max(0.12 * s, 0.8)
+    return 1.0 / (1.0 + np.exp(-(s - rho) / edge))
+
+
+def _nucleus_bank(rng: np.random.Generator, n: int = 24) -> list[np.ndarray]:
+    """Soft elliptical nucleus stamps (float32, peak 1) with radius 4-8 px at level 0."""
+    bank = []
+    for _ in range(n):
+        r = rng.uniform(4.0, 8.0)
+        aspect = rng.uniform(1.0, 1.6)
+        ang = rng.uniform(0, np.pi)
+        half = int(np.ceil(r * aspect)) + 2
+        yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+        u = xx * np.cos(ang) + yy * np.sin(ang)
+        v = -xx * np.sin(ang) + yy * np.cos(ang)
+        d = np.hypot(u / aspect, v) / r
+        stamp = np.clip((1.0 - d) * r / 1.5, 0, 1)  # ~1.5 px soft rim
+        stamp *= 1.0 - 0.25 * rng.random(stamp.shape)  # chromatin texture
+        bank.append(stamp.astype(np.float32))
+    return bank
+
+
+def _nuclei_map(rng: np.random.Generator, field_lo: np.ndarray) -> np.ndarray:
+    """Level-0 map (float32, 0..1) of dense nucleus-like bodies inside the lesion field."""
+    nuc = np.zeros((SLIDE_PX, SLIDE_PX), dtype=np.float32)
+    weights = field_lo.ravel()
+    area = float(weights.sum()) * LOW * LOW
+    n = int(area / 380.0)  # one nucleus per ~380 px² (≈ 9.7 µm spacing)
+    if n == 0:
+        return nuc
+    bank = _nucleus_bank(rng)
+    cells = rng.choice(weights.size, size=n, p=weights / weights.sum())
+    w_lo = field_lo.shape[1]
+    ys = (cells // w_lo) * LOW + rng.integers(0, LOW, size=n)
+    xs = (cells % w_lo) * LOW + rng.integers(0, LOW, size=n)
+    kinds = rng.integers(len(bank), size=n)
+    gains = rng.uniform(0.7, 1.0, size=n).astype(np.float32)
+    for y, x, kind, g in zip(ys, xs, kinds, gains, strict=True):
+        st = bank[kind]
+        half = st.shape[0] // 2
+        y0, x0 = y - half, x - half
+        ty0, tx0 = max(0, -y0), max(0, -x0)
+        y0c, x0c = max(y0, 0), max(x0, 0)
+        y1c, x1c = min(y0 + st.shape[0], SLIDE_PX), min(x0 + st.shape[1], SLIDE_PX)
+        if y1c <= y0c or x1c <= x0c:
+            continue
+        sub = st[ty0 : ty0 + y1c - y0c, tx0 : tx0 + x1c - x0c] * g
+        np.maximum(nuc[y0c:y1c, x0c:x1c], sub, out=nuc[y0c:y1c, x0c:x1c])
+    return nuc
+
+
+@dataclass(frozen=True)
+class DemoSlide:
+    """One generated slide: level-0 RGB, lesion mask at 1/MASK_DOWNSAMPLE and tissue fraction."""
+
+    rgb: np.ndarray  # uint8 (SLIDE_PX, SLIDE_PX, 3)
+    lesion_mask: np.ndarray  # bool (SLIDE_PX/16, SLIDE_PX/16)
+    tissue_fraction: float
+    lesion_fraction_of_tissue: float
+
+
+def _od_to_rgb(od: np.ndarray) -> np.ndarray:
+    """Optical density planes (3, H, W) float32 -> uint8 (H, W, 3); overwrites ``od``."""
+    np.negative(od, out=od)
+    np.exp(od, out=od)
+    od *= 255.0
+    od += 0.5
+    np.minimum(od, 255.0, out=od)
+    return np.ascontiguousarray(od.astype(np.uint8).transpose(1, 2, 0))
+
+
+def _mix(planes: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Per-pixel colour transform of planes (3, H, W) by a 3x3 matrix (row-vector convention)."""
+    out = np.empty_like(planes)
+    for c in range(3):
+        out[c] = planes[0] * m[0, c]
+        out[c] += planes[1] * m[1, c]
+        out[c] += planes[2] * m[2, c]
+    return out
+
+
+def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
+    """Generate one demo slide (level 0) from the CMU source with the given random generator.
+
+    Stain edits happen in HED optical-density space (Ruifrok-Johnston vectors): globally
+    H *= U(0.85, 1.2), E *= U(0.85, 1.2); inside a lesion (soft field ``a`` times the pixel's
+    tissue weight) H += 0.35 a + 1.1 nuclei and E *= 1 - 0.35 a.
+    """
+    src = _load_source()
+    frags, tissue_lo = _plan_layout(rng, src)
+    od = _render_od(frags, src)  # (3, 2048, 2048) float32
+    scale = np.diag([rng.uniform(0.85, 1.2), rng.uniform(0.85, 1.2), 1.0])
+    full = (SLIDE_PX, SLIDE_PX)
+    out = _mix(od, HED_FROM_RGB @ scale @ RGB_FROM_HED)  # OD after the global stain change
+    if lesion:
+        field_lo = _lesion_field(rng, tissue_lo)  # (256, 256) soft 0..1
+        # tissue weight per pixel from its optical density (glass ≈ 0.13, pale stroma >= 0.5),
+        # averaged over 8 x 8 px so the edit follows tissue but is not pixel-noisy
+        w_pix = np.clip((od.sum(axis=0) - 0.2) / 0.3, 0.0, 1.0)
+        weight = _upsample(_reduce(w_pix, LOW), full)
+        alpha = _upsample(field_lo, full) * _upsample(tissue_lo.astype(np.float32), full)
+        alpha *= np.clip(weight * 1.5, 0.0, 1.0)  # (2048, 2048) lesion strength 0..1
+        nuclei = _nuclei_map(rng, field_lo * tissue_lo) * alpha
+        eosin = sum(od[j] * float((HED_FROM_RGB @ scale)[j, 1]) for j in range(3))
+        h_add = 0.35 * alpha + 1.1 * nuclei  # added hematoxylin OD
+        e_sub = 0.35 * alpha * eosin  # removed eosin OD
+        for c in range(3):
+            out[c] += h_add * float(RGB_FROM_HED[0, c])
+            out[c] -= e_sub * float(RGB_FROM_HED[1, c])
+        lesion_mask = _reduce(alpha, MASK_DOWNSAMPLE) > 0.5
+    else:
+        lesion_mask = np.zeros((SLIDE_PX // MASK_DOWNSAMPLE,) * 2, dtype=bool)
+    rgb = _od_to_rgb(out)
+    tissue16 = _reduce(tissue_lo.astype(np.float32), MASK_DOWNSAMPLE // LOW) >= 0.5
+    tissue_frac = float(tissue_lo.mean())
+    lesion_frac = float(lesion_mask.sum() / max(tissue16.sum(), 1))
+    return DemoSlide(rgb, lesion_mask, tissue_frac, lesion_frac)
+
+
+def _pyramid(rgb: np.ndarray) -> list[np.ndarray]:
+    """Levels at downsample 1, 2, 4 by 2x2 box averaging."""
+    levels = [rgb]
+    for _ in range(N_LEVELS - 1):
+        levels.append(_reduce(levels[-1], 2))
+    return levels
+
+
+def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, description: str = "") -> None:
+    """Write uint8 RGB (H, W, 3) as a tiled-JPEG pyramidal generic TIFF that openslide reads.
+
+    One IFD per level (NewSubfileType 0 for level 0, 1 for reduced levels), 256 x 256 tiles,
+    X/YResolution in pixels per centimetre (1e4 / mpp, divided by the downsample per level).
+    """
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, bigtiff=False) as tw:
+        for i, level in enumerate(_pyramid(rgb)):
+            ppcm = 1e4 / (mpp * 2**i)
+            tw.write(
+                level,
+                photometric="rgb",
+                tile=(TILE, TILE),
+                compression="jpeg",
+                compressionargs={"level": JPEG_QUALITY},
+                subfiletype=0 if i == 0 else 1,
+                resolution=(ppcm, ppcm),
+                resolutionunit="CENTIMETER",
+                description=description if i == 0 else None,
+                metadata=None,
+                software="gigamil",
+            )
+
+
+def write_lesion_mask(path: Path, mask: np.ndarray, slide_id: str, tissue_fraction: float,
+                      lesion_fraction: float) -> None:  # fmt: skip
+    """Write the lesion mask PNG (uint8 0/255) and its JSON sidecar (same stem)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG")
+    meta = {
+        "slide_id": slide_id,
+        "downsample": MASK_DOWNSAMPLE,
+        "mpp": SOURCE_MPP * MASK_DOWNSAMPLE,
+        "level0_mpp": SOURCE_MPP,
+        "shape": list(mask.shape),
+        "tissue_fraction": round(tissue_fraction, 4),
+        "lesion_fraction_of_tissue": round(lesion_fraction, 4),
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_lesion_mask(path: str | Path) -> tuple[np.ndarray, float]:
+    """Read a ground-truth lesion mask PNG and its sidecar JSON.
+
+    Returns ``(mask, mpp)``: mask bool (H, W) (True = lesion), mpp = µm per mask pixel.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise GigamilError(f"lesion mask {path} or its sidecar {meta_path.name} is missing")
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    mpp = float(json.loads(meta_path.read_text())["mpp"])
+    return mask, mpp
+
+
+def make_demo_cohort(
+    outdir: Path, seed: int = 0, n_patients: int = 12, slides_per_patient: int = 2
+) -> pd.DataFrame:
+    """Write the demo cohort to ``outdir`` (see module docstring) and return its sheet.
+
+    Half of the patients (rounded down) are ``lesion`` patients; every one of their slides
+    carries a planted lesion. The same seed and sizes give byte-identical files.
+    """
+    if n_patients < 2:
+        raise GigamilError(f"demo cohort needs at least 2 patients (got {n_patients})")
+    if slides_per_patient < 1:
+        raise GigamilError(f"slides per patient must be >= 1 (got {slides_per_patient})")
+    if n_patients > 99 or slides_per_patient > 9:
+        raise GigamilError("demo cohort is limited to 99 patients x 9 slides per patient")
+    outdir = Path(outdir)
+    order = np.random.default_rng([seed, 1]).permutation(n_patients)
+    lesion_patients = set(order[: n_patients // 2].tolist())
+    rows = []
+    for p in range(n_patients):
+        label = LABELS[1] if p in lesion_patients else LABELS[0]
+        for s in range(slides_per_patient):
+            slide_id = f"demo_p{p + 1:02d}_s{s + 1}"
+            rng = np.random.default_rng([seed, 2, p, s])
+            slide = make_slide(rng, lesion=label == LABELS[1])
+            tiff = outdir / "slides" / f"{slide_id}.tiff"
+            write_pyramid_tiff(
+                tiff, slide.rgb, SOURCE_MPP,
+                description=f"gigamil demo slide {slide_id} ({label}); tissue from CMU-1-Small-"
+                f"Region.svs (CC0); mpp={SOURCE_MPP}",
+            )  # fmt: skip
+            write_lesion_mask(
+                outdir / "lesion_masks" / f"{slide_id}.png", slide.lesion_mask, slide_id,
+                slide.tissue_fraction, slide.lesion_fraction_of_tissue,
+            )  # fmt: skip
+            log.info(
+                "%s: %s, tissue %.2f, lesion %.2f of tissue", slide_id, label,
+                slide.tissue_fraction, slide.lesion_fraction_of_tissue,
+            )  # fmt: skip
+            rows.append(
+                {"slide_id": slide_id, "patient_id": f"demo_p{p + 1:02d}", "label": label,
+                 "path": tiff.as_posix()}
+            )  # fmt: skip
+    sheet = pd.DataFrame(rows, columns=["slide_id", "patient_id", "label", "path"])
+    outdir.mkdir(parents=True, exist_ok=True)
+    sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")
+    return sheet

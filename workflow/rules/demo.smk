@@ -1,0 +1,42 @@
+"""Rule demo_cohort: the built-in demo cohort made from the packaged CC0 slide (gigamil demo).
+
+The committed resources/demo/sheet.csv is exactly the sheet this rule writes (a unit test
+checks it); its slide ids name the rule's outputs and its size gives the generator's arguments.
+"""
+
+import pandas
+
+DEMO_SEED = 0
+DEMO_SHEET = pandas.read_csv(
+    Path(workflow.basedir) / "resources" / "demo" / "sheet.csv"
+)
+DEMO_SLIDE_IDS = DEMO_SHEET["slide_id"].tolist()
+DEMO_PATIENTS = DEMO_SHEET["patient_id"].nunique()
+
+
+rule demo_cohort:
+    output:
+        sheet="results/demo/sheet.csv",
+        slides=expand("results/demo/slides/{slide_id}.tiff", slide_id=DEMO_SLIDE_IDS),
+        masks=expand(
+            "results/demo/lesion_masks/{slide_id}.png", slide_id=DEMO_SLIDE_IDS
+        ),
+        mask_meta=expand(
+            "results/demo/lesion_masks/{slide_id}.json", slide_id=DEMO_SLIDE_IDS
+        ),
+    log:
+        "logs/demo/demo_cohort.log",
+    benchmark:
+        "logs/benchmarks/demo_cohort.tsv"
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        seed=DEMO_SEED,
+        patients=DEMO_PATIENTS,
+        slides_per_patient=len(DEMO_SLIDE_IDS) // DEMO_PATIENTS,
+    script:
+        "../scripts/demo_cohort.py"
