@@ -186,6 +186,7 @@ class StoreWriter:
                 dtype="uint8",
                 compressors=[zarr.codecs.ZstdCodec(level=ZSTD_LEVEL)],
                 fill_value=0,
+                config={"write_empty_chunks": True},  # skip the all-fill-value scan per chunk
             )
         else:
             self.patches = self.group.create_array(
@@ -196,6 +197,7 @@ class StoreWriter:
                 serializer=JpegPatchCodec(quality=jpeg_quality),
                 compressors=None,
                 fill_value=0,
+                config={"write_empty_chunks": True},
             )
         for name, arr in (("coords", coords), ("grid", grid)):
             arr = np.asarray(arr, dtype=np.int64).reshape(self.n, 2)

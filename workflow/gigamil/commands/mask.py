@@ -1,0 +1,90 @@
+"""``gigamil mask``: tissue mask, QC image and JSON sidecar of one slide."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "mask"
+HELP = "compute the tissue mask of a slide (PNG), with an optional QC image and JSON summary"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", metavar="SLIDE", help="slide file (anything OpenSlide opens)")
+    parser.add_argument("--out", required=True, metavar="MASK.png", help="mask PNG (0/255)")
+    parser.add_argument("--qc", metavar="QC.png", help="QC image: the slide with the mask outline")
+    parser.add_argument(
+        "--json",
+        metavar="MASK.json",
+        help="JSON summary (tissue_fraction, mask_mpp, warnings); default: none",
+    )
+    parser.add_argument(
+        "--slide-mpp", type=float, metavar="X", help="override the slide's µm/px at level 0"
+    )
+    parser.add_argument(
+        "--mask-mpp", type=float, default=8.0, metavar="X", help="µm/px of the mask (default 8)"
+    )
+    parser.add_argument(
+        "--threshold",
+        default="otsu",
+        help="'otsu' or a fixed HSV-saturation threshold 0..255 (default otsu)",
+    )
+    parser.add_argument("--median-px", type=int, default=5, help="median blur kernel (px)")
+    parser.add_argument("--close-um", type=float, default=32.0, help="closing radius (µm)")
+    parser.add_argument("--open-um", type=float, default=16.0, help="opening radius (µm)")
+    parser.add_argument(
+        "--min-area-um2", type=float, default=20000.0, help="drop smaller tissue pieces (µm²)"
+    )
+
+
+def threshold_arg(value: str) -> str | float:
+    """'otsu' or a float in 0..255 (GigamilError otherwise)."""
+    from gigamil.errors import GigamilError
+
+    if value == "otsu":
+        return value
+    try:
+        thr = float(value)
+    except ValueError:
+        thr = -1.0
+    if not 0.0 <= thr <= 255.0:
+        raise GigamilError(f"--threshold must be 'otsu' or a number in 0..255, got {value!r}")
+    return thr
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import time
+
+    from gigamil.wsi.reader import open_slide
+    from gigamil.wsi.tissue import TissueParams, compute_tissue_mask, write_mask_outputs
+
+    params = TissueParams(
+        mask_mpp=args.mask_mpp,
+        threshold=threshold_arg(args.threshold),
+        median_px=args.median_px,
+        close_um=args.close_um,
+        open_um=args.open_um,
+        min_area_um2=args.min_area_um2,
+    )
+    t0 = time.perf_counter()
+    with open_slide(args.slide, args.slide_mpp) as reader:
+        tm = compute_tissue_mask(reader, params)
+        summary = write_mask_outputs(
+            reader,
+            tm,
+            params,
+            Path(args.out),
+            args.qc,
+            args.json,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+    logging.getLogger(__name__).info(
+        "%s: tissue fraction %.3f, mask %s at %g µm/px -> %s",
+        args.slide,
+        summary["tissue_fraction"],
+        "x".join(map(str, summary["mask_shape"])),
+        params.mask_mpp,
+        args.out,
+    )
+    return 0

@@ -1,0 +1,105 @@
+"""``gigamil patches``: cut a slide into patches at an exact µm/px into a zarr store."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "patches"
+HELP = "extract tissue patches at a given µm/px into a zarr v3 store"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", metavar="SLIDE", help="slide file (anything OpenSlide opens)")
+    parser.add_argument("--out", required=True, metavar="STORE.zarr", help="output zarr store")
+    parser.add_argument("--mpp", type=float, required=True, help="target µm/px of the patches")
+    parser.add_argument("--patch-px", type=int, required=True, help="patch side (px at --mpp)")
+    parser.add_argument(
+        "--stride", type=int, metavar="PX", help="grid step in px at --mpp (default: --patch-px)"
+    )
+    parser.add_argument(
+        "--slide-mpp", type=float, metavar="X", help="override the slide's µm/px at level 0"
+    )
+    parser.add_argument(
+        "--mask",
+        metavar="MASK.png",
+        help="tissue mask PNG from `gigamil mask` (default: computed with default settings)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="reader threads (default 1)"
+    )
+    parser.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.5,
+        help="keep patches whose mask coverage is at least this (0..1; default 0.5)",
+    )
+    parser.add_argument(
+        "--codec", choices=("zstd", "jpeg"), default="zstd", help="patch codec (default zstd)"
+    )
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
+    parser.add_argument(
+        "--resample-tolerance",
+        type=float,
+        default=0.005,
+        help="read-level MPP within this relative distance of --mpp is not resampled "
+        "(0..0.01; 0 = always resample; default 0.005)",
+    )
+    parser.add_argument("--slide-id", help="slide_id attribute (default: file name stem)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def mask_params_for(mask_png: str) -> dict:
+    """Record where the mask came from: its path and, if present, its JSON sidecar's params."""
+    import json
+    from pathlib import Path
+
+    params: dict = {"mask_file": str(Path(mask_png).resolve())}
+    sidecar = Path(mask_png).with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            info = json.loads(sidecar.read_text())
+            params.update(info.get("params", {}))
+        except (OSError, ValueError):
+            pass
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from gigamil.wsi.patching import PatchParams, extract_patches
+    from gigamil.wsi.tissue import read_mask_png
+
+    params = PatchParams(
+        mpp=args.mpp,
+        patch_px=args.patch_px,
+        stride_px=args.stride,
+        min_tissue=args.min_tissue,
+        codec=args.codec,
+        jpeg_quality=args.jpeg_quality,
+        resample_tolerance=args.resample_tolerance,
+    )
+    params.validate()
+    mask = read_mask_png(args.mask) if args.mask else None
+    result = extract_patches(
+        args.slide,
+        args.out,
+        params,
+        mask=mask,
+        mask_params=mask_params_for(args.mask) if args.mask else None,
+        slide_mpp=args.slide_mpp,
+        slide_id=args.slide_id,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    logging.getLogger(__name__).info(
+        "%s: %d patches of %d px at %g µm/px (effective %.4g) in %.1f s -> %s",
+        args.slide,
+        result.n_patches,
+        params.patch_px,
+        params.mpp,
+        result.attrs["effective_mpp"],
+        result.seconds,
+        args.out,
+    )
+    return 0

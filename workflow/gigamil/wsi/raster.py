@@ -1,0 +1,80 @@
+"""Reading slide regions on a raster of a requested physical resolution.
+
+A *raster* at ``mpp`` covers the slide with pixels of ``f = mpp / slide_mpp`` level-0 pixels
+(per axis ``fx``, ``fy``): raster pixel (u, v) covers level-0 [u*fx, (u+1)*fx) x [v*fy, (v+1)*fy).
+:func:`read_raster` reads a raster window from one pyramid level and resamples it there with
+area (box) interpolation, mapping the window's edges exactly (sub-pixel) onto the level.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gigamil.wsi.reader import SlideReader
+
+
+def level_scale(reader: SlideReader, level: int, fx: float, fy: float) -> tuple[float, float]:
+    """Level pixels per raster pixel (x, y) for a raster of ``fx``, ``fy`` level-0 px per pixel."""
+    w0, h0 = reader.dimensions
+    lw, lh = reader.level_dimensions[level]
+    return fx * lw / w0, fy * lh / h0
+
+
+def read_raster(
+    reader: SlideReader,
+    level: int,
+    fx: float,
+    fy: float,
+    u0: int,
+    v0: int,
+    w: int,
+    h: int,
+) -> np.ndarray:
+    """Raster pixels [u0, u0+w) x [v0, v0+h) as RGB uint8 (h, w, 3), read from ``level``.
+
+    Outside the slide is white. Downscaling uses box (area) averaging, upscaling bilinear.
+    """
+    from PIL import Image
+
+    sx, sy = level_scale(reader, level, fx, fy)
+    bx0, bx1 = u0 * sx, (u0 + w) * sx  # window edges in level px
+    by0, by1 = v0 * sy, (v0 + h) * sy
+    margin = 1 if min(sx, sy) < 1.0 else 0  # bilinear upsampling looks one pixel further
+    rx0, ry0 = math.floor(bx0) - margin, math.floor(by0) - margin
+    rx1, ry1 = math.ceil(bx1) + margin, math.ceil(by1) + margin
+    ds = reader.level_downsamples[level]
+    location = (round(rx0 * ds), round(ry0 * ds))
+    ox, oy = reader.level_origin(location, level)
+    region = reader.read_region_view(location, level, (rx1 - rx0, ry1 - ry0))  # (rh, rw, 3)
+    img = Image.fromarray(np.ascontiguousarray(region))
+    filt = Image.Resampling.BOX if min(sx, sy) >= 1.0 else Image.Resampling.BILINEAR
+    box = (bx0 - ox, by0 - oy, bx1 - ox, by1 - oy)
+    return np.asarray(img.resize((w, h), filt, box=box))
+
+
+def read_raster_image(
+    reader: SlideReader, mpp: float, max_block: int = 4096
+) -> tuple[np.ndarray, float, float, int]:
+    """The whole slide on a raster of about ``mpp`` µm/px, read block-wise.
+
+    The raster has round(W0 / f) x round(H0 / f) pixels (f = mpp / slide_mpp), so its exact
+    per-axis scale is ``fx = W0 / width``, ``fy = H0 / height`` level-0 px per pixel.
+    Returns (image (H, W, 3) uint8, fx, fy, level read).
+    """
+    w0, h0 = reader.dimensions
+    f = mpp / reader.mpp
+    width, height = max(1, round(w0 / f)), max(1, round(h0 / f))
+    fx, fy = w0 / width, h0 / height
+    level = reader.best_level_for_mpp(mpp)
+    out = np.empty((height, width, 3), np.uint8)
+    sx, sy = level_scale(reader, level, fx, fy)
+    # keep each level read below ~max_block^2 level pixels
+    bw = max(1, int(max_block / max(sx, 1.0)))
+    bh = max(1, int(max_block / max(sy, 1.0)))
+    for v in range(0, height, bh):
+        for u in range(0, width, bw):
+            w, h = min(bw, width - u), min(bh, height - v)
+            out[v : v + h, u : u + w] = read_raster(reader, level, fx, fy, u, v, w, h)
+    return out, fx, fy, level

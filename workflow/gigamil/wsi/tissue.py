@@ -1,0 +1,248 @@
+"""Tissue masks: HSV saturation -> median blur -> Otsu (on sqrt saturation)/fixed threshold -> close/open ->
+fill holes -> drop small components (µm²), computed on a raster of ``mask_mpp`` µm/px.
+
+Outputs (``write_mask_outputs``): the mask PNG (uint8 0/255, one pixel = mask_mpp µm), a QC PNG
+(the slide at mask resolution with the mask outline drawn on it) and a JSON sidecar
+(tissue_fraction, mask_mpp, warnings, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigamil.wsi.raster import read_raster_image
+from gigamil.wsi.reader import SlideReader
+
+log = logging.getLogger(__name__)
+
+# An Otsu threshold below this saturation means the image is (nearly) uniform background:
+# splitting JPEG noise on white glass would invent tissue.
+MIN_OTSU_SATURATION = 15.0
+OUTLINE_RGB = (0, 200, 0)
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """``preprocessing.tissue`` in config.yaml."""
+
+    mask_mpp: float = 8.0
+    threshold: str | float = "otsu"  # "otsu" or a saturation value 0..255
+    median_px: int = 5
+    close_um: float = 32.0
+    open_um: float = 16.0
+    min_area_um2: float = 20000.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TissueParams:
+        """Build from a config sub-dict; unknown keys are ignored, missing ones take defaults."""
+        d = d or {}
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and d[k] is not None}
+        return cls(**known)
+
+
+@dataclass
+class TissueMask:
+    """A tissue mask on a raster of ``mpp_x``/``mpp_y`` µm/px over the whole slide."""
+
+    mask: np.ndarray  # (H, W) bool
+    mpp_x: float
+    mpp_y: float
+    threshold_value: float
+    tissue_fraction: float
+    level: int
+    warnings: list[str] = field(default_factory=list)
+    rgb: np.ndarray | None = None  # (H, W, 3) uint8, the image the mask was computed on
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation scaled to 0..255: (max - min) / max. (H, W, 3) uint8 -> (H, W) float32."""
+    mx = rgb.max(axis=2).astype(np.float32)
+    mn = rgb.min(axis=2).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(mx > 0, (mx - mn) / mx, 0.0)
+    return (s * 255.0).astype(np.float32)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(0, int(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx * xx + yy * yy) <= r * r + r  # slightly fuller than the Euclidean disk
+
+
+def _binary_morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
+    """Closing or opening with a disk, padding so the image border does not erode tissue."""
+    from scipy import ndimage
+
+    if radius <= 0:
+        return mask
+    se = _disk(radius)
+    pad = radius + 1
+    m = np.pad(mask, pad, mode="edge")
+    if op == "close":
+        m = ndimage.binary_erosion(ndimage.binary_dilation(m, se), se)
+    else:
+        m = ndimage.binary_dilation(ndimage.binary_erosion(m, se), se)
+    return m[pad:-pad, pad:-pad]
+
+
+def mask_from_rgb(
+    rgb: np.ndarray, mpp: float, params: TissueParams
+) -> tuple[np.ndarray, float, list[str]]:
+    """Tissue mask of an (H, W, 3) uint8 image of ``mpp`` µm/px: (mask bool (H, W), threshold,
+    warnings)."""
+    from scipy import ndimage
+
+    warnings: list[str] = []
+    sat = saturation(rgb)
+    k = int(params.median_px)
+    if k > 1:
+        sat = ndimage.median_filter(sat, size=k | 1, mode="nearest")
+    if isinstance(params.threshold, str):
+        if params.threshold != "otsu":
+            raise ValueError(f"threshold must be 'otsu' or a number, got {params.threshold!r}")
+        from skimage.filters import threshold_otsu
+
+        # Otsu on sqrt(saturation): the square root evens out the long tail of dense tissue,
+        # so faint stroma is not lumped with the glass (plain Otsu splits dense vs faint).
+        root = np.sqrt(sat)
+        thr = float(threshold_otsu(root)) ** 2 if np.ptp(root) > 0 else float(sat.flat[0])
+        if thr < MIN_OTSU_SATURATION:
+            warnings.append(
+                f"Otsu threshold {thr:.1f} is below the minimum saturation "
+                f"{MIN_OTSU_SATURATION:g} (little or no tissue?); using {MIN_OTSU_SATURATION:g}"
+            )
+            thr = MIN_OTSU_SATURATION
+    else:
+        thr = float(params.threshold)
+    mask = sat > thr
+    mask = _binary_morph(mask, round(params.close_um / mpp), "close")
+    mask = _binary_morph(mask, round(params.open_um / mpp), "open")
+    mask = ndimage.binary_fill_holes(mask)
+    min_px = params.min_area_um2 / (mpp * mpp)
+    if min_px > 1 and mask.any():
+        labels, n = ndimage.label(mask)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= min_px
+        keep[0] = False
+        mask = keep[labels]
+    return mask.astype(bool), thr, warnings
+
+
+def compute_tissue_mask(
+    reader: SlideReader, params: TissueParams, keep_rgb: bool = True
+) -> TissueMask:
+    """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it."""
+    rgb, fx, fy, level = read_raster_image(reader, params.mask_mpp)
+    mpp_x, mpp_y = fx * reader.mpp, fy * reader.mpp
+    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params)
+    frac = float(mask.mean()) if mask.size else 0.0
+    if not mask.any():
+        warnings.append(f"{reader.name}: no tissue found; the mask is empty")
+    for w in warnings:
+        log.warning("%s", w)
+    return TissueMask(mask, mpp_x, mpp_y, thr, frac, level, warnings, rgb if keep_rgb else None)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of ``mask`` (mask minus its 4-connected erosion)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return np.zeros_like(mask)
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def qc_image(rgb: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:
+    """The slide image with the mask outline drawn (upscaled so the short side >= min_side)."""
+    from PIL import Image
+
+    h, w = mask.shape
+    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    if scale > 1:
+        big = (w * scale, h * scale)
+        rgb = np.asarray(Image.fromarray(rgb).resize(big, Image.Resampling.NEAREST))
+        mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+    from scipy import ndimage
+
+    edge = outline(mask)
+    if scale > 2:
+        edge = ndimage.binary_dilation(edge, iterations=scale // 3)
+    out = rgb.copy()
+    out[edge] = OUTLINE_RGB
+    return out
+
+
+def write_png(path: str | Path, image: np.ndarray, mpp: float | None = None) -> None:
+    """Write a PNG (creating the directory); ``mpp`` goes into the pHYs chunk as dpi."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kw = {"dpi": (25400.0 / mpp, 25400.0 / mpp)} if mpp else {}
+    Image.fromarray(image).save(path, **kw)
+
+
+def read_mask_png(path: str | Path) -> np.ndarray:
+    """A mask PNG -> (H, W) bool (nonzero = tissue)."""
+    from PIL import Image
+
+    from gigamil.errors import GigamilError
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise GigamilError(f"{path}: cannot read the mask PNG ({exc})") from exc
+    return arr > 0
+
+
+def mask_summary(
+    reader: SlideReader, tm: TissueMask, params: TissueParams, seconds: float | None = None
+) -> dict[str, Any]:
+    """The JSON sidecar content."""
+    from gigamil import __version__
+
+    return {
+        "slide": reader.name,
+        "tissue_fraction": tm.tissue_fraction,
+        "mask_mpp": params.mask_mpp,
+        "mask_mpp_xy": [tm.mpp_x, tm.mpp_y],
+        "mask_shape": list(tm.mask.shape),
+        "slide_mpp": reader.mpp,
+        "slide_mpp_source": reader.mpp_source,
+        "slide_dimensions": list(reader.dimensions),
+        "level_read": tm.level,
+        "threshold_value": tm.threshold_value,
+        "params": asdict(params),
+        "warnings": list(tm.warnings),
+        "seconds": seconds,
+        "gigamil_version": __version__,
+    }
+
+
+def write_mask_outputs(
+    reader: SlideReader,
+    tm: TissueMask,
+    params: TissueParams,
+    out_png: str | Path,
+    qc_png: str | Path | None = None,
+    json_path: str | Path | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Write the mask PNG and optionally the QC PNG and JSON sidecar; return the summary."""
+    mpp = (tm.mpp_x + tm.mpp_y) / 2
+    write_png(out_png, (tm.mask.astype(np.uint8) * 255), mpp)
+    if qc_png is not None:
+        rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
+        write_png(qc_png, qc_image(rgb, tm.mask))
+    summary = mask_summary(reader, tm, params, seconds)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
