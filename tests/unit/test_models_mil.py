@@ -83,7 +83,8 @@ def chunked_with_grad(model: MILModel, bag: torch.Tensor, label: int, k: int,
     logits, att = model.attention_model(h, adj) if adj is not None else model.attention_model(h)
     loss = model.loss_fn(logits, label)
     loss.backward()
-    return TrainStep(logits.detach(), att.detach(), float(loss.detach())), grads(model), torch.get_rng_state()
+    out = TrainStep(logits.detach(), att.detach(), float(loss.detach()))
+    return out, grads(model), torch.get_rng_state()
 
 
 @pytest.mark.parametrize("pool", ["abmil", "gated_abmil", "smabmil"])

@@ -70,7 +70,8 @@ class _PooledMIL(nn.Module):
         return (y, torch.stack(atts)) if return_att else y
 
     def compute_loss(self, Y: torch.Tensor, X: torch.Tensor, adj: torch.Tensor | None = None,
-                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y_pred = self.forward(X, adj=adj, mask=mask)
         target = Y.to(y_pred.dtype) if self.n_classes == 2 else Y.long()
         return y_pred, {type(self.criterion).__name__: self.criterion(y_pred, target)}

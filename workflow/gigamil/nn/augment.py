@@ -15,7 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PatchPreprocess(nn.Module):
-    """uint8 (n, H, W, 3) or float (n, 3, H, W) in [0, 1] → augmented, normalised float (n, 3, H, W).
+    """uint8 (n, H, W, 3) or float (n, 3, H, W) in [0, 1] → augmented, normalised (n, 3, H, W).
 
     Tensors that are not 4-D (e.g. pre-extracted features (n, D)) pass through unchanged.
     Augmentation (flips, 90° rotations, brightness/contrast/saturation jitter) runs only in

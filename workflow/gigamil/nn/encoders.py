@@ -78,7 +78,7 @@ def _largest_group_count(channels: int, max_groups: int = 32) -> int:
 
 
 def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
-    """Apply a BatchNorm mode (``frozen``, ``train``, ``groupnorm``) in place; returns ``module``."""
+    """Apply a BatchNorm mode (``frozen``, ``train``, ``groupnorm``) in place; returns it."""
     if mode not in BATCHNORM_MODES:
         raise ConfigError(f"model.batchnorm: {mode!r} is not one of {', '.join(BATCHNORM_MODES)}")
     if mode == "train":

@@ -25,7 +25,8 @@ def grid_adjacency(grid: np.ndarray | torch.Tensor, connectivity: int = 8,
     g = np.asarray(grid.cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.int64)
     n = len(g)
     if n == 0:
-        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=dtype), (0, 0))
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long),
+                                       torch.zeros(0, dtype=dtype), (0, 0))
     g = g - g.min(axis=0)
     width = int(g[:, 1].max()) + 3
     keys = (g[:, 0] + 1) * width + (g[:, 1] + 1)
@@ -82,8 +83,8 @@ def smooth(f: torch.Tensor, adj: torch.Tensor, alpha: float = 0.5, steps: int = 
 class AttentionHead(nn.Module):
     """Attention pooling + linear classifier for one bag: H (N, D) → (logits (n_out,), att (N,)).
 
-    ``pool``: ``abmil`` a_i ∝ exp(wᵀ act(V h_i)); ``gated_abmil`` a_i ∝ exp(wᵀ(tanh(V h_i) ⊙
-    σ(U h_i))); ``smabmil`` smooths the attention scores with the Sm operator over the patch-grid
+    ``pool``: ``abmil`` a_i ∝ exp(wᵀ act(V h_i)); ``gated_abmil``
+    a_i ∝ exp(wᵀ(tanh(V h_i) ⊙ σ(U h_i))); ``smabmil`` smooths the attention scores with the Sm operator over the patch-grid
     adjacency before the softmax (needs ``adj``). ``n_out`` = 1 for binary problems.
     """
 

@@ -1,0 +1,191 @@
+"""train_fold / predict_slides on small synthetic zarr bags: learning, outputs, resume, options."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_bags import write_store
+
+from gigamil.data.bags import ZarrBag
+from gigamil.train import loop as loop_mod
+from gigamil.train import run as run_mod
+from gigamil.train.checkpoint import load_model
+from gigamil.train.run import predict_slides, train_fold
+
+CLASSES = ["normal", "lesion"]
+PX = 16
+
+
+def make_slide(rng: np.random.Generator, positive: bool, n: int) -> np.ndarray:
+    """Pink-ish noise patches; positive bags hold a few patches with a dark blue blob."""
+    x = rng.normal((200, 150, 180), 20, size=(n, PX, PX, 3))
+    if positive:
+        for i in rng.choice(n, size=max(2, n // 6), replace=False):
+            x[i, 4:12, 4:12] = (40, 40, 160)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def make_cohort(root: Path, n_slides: int, seed: int, prefix: str) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_slides):
+        pos = i % 2 == 1
+        sid = f"{prefix}{i}"
+        store = write_store(root / f"{sid}.zarr", make_slide(rng, pos, int(rng.integers(10, 24))),
+                            chunk=16)
+        rows.append({"cohort": "c", "slide_id": sid, "patient_id": f"p{sid}",
+                     "label": CLASSES[int(pos)], "store": str(store)})
+    return pd.DataFrame(rows)
+
+
+MODEL = {"encoder": "smallcnn", "weights": None, "batchnorm": "frozen", "pool": "abmil",
+         "att_dim": 16, "dropout": 0.0}
+
+
+def training(**kw: object) -> dict:
+    cfg = {"device": "cpu", "seed": 0, "epochs": 6, "lr": 3e-3, "schedule": "cosine",
+           "bags_per_step": 2, "max_instances_per_forward_pass": 8,
+           "early_stopping": {"metric": "auc", "patience": 10},
+           "augment": {"flips": True, "rot90": True, "color_jitter": 0.05}}
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("stores")
+    train = make_cohort(root, 12, 0, "t")
+    empty = write_store(root / "empty.zarr", np.zeros((0, PX, PX, 3), np.uint8))
+    train = pd.concat([train, pd.DataFrame([{"cohort": "c", "slide_id": "empty",
+                                             "patient_id": "pe", "label": "normal",
+                                             "store": str(empty)}])], ignore_index=True)
+    return train, make_cohort(root, 8, 1, "v")
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
+    train, val = cohort
+    torch.set_num_threads(1)
+    model_path = train_fold(train, val, CLASSES, MODEL, training(), tmp_path / "fold0")
+    assert model_path == tmp_path / "fold0" / "model.pt"
+    assert "empty has no patches" in caplog.text
+    rows = read_log(tmp_path / "fold0" / "train_log.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert {"epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"} <= set(rows[0])
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.7 * losses[0]  # the loss falls
+    assert max(float(r["val_auc"]) for r in rows) >= 0.8  # and validation is well above chance
+
+    ckpt = torch.load(model_path, weights_only=True)
+    assert {"state_dict", "model_config", "classes", "patch_px", "gigamil_version", "epoch",
+            "metrics"} <= set(ckpt)
+    assert ckpt["classes"] == CLASSES and ckpt["patch_px"] == PX
+    assert ckpt["epoch"] == int(rows[-1]["best_epoch"])
+    torch.load(tmp_path / "fold0" / "last.pt", weights_only=True)
+    model, _ = load_model(model_path)
+    assert not model.training
+
+    slides = pd.concat([val, train.tail(1)], ignore_index=True)  # + the empty slide
+    preds = predict_slides(model_path, slides, tmp_path / "p.csv", tmp_path / "att",
+                           device="cpu", max_instances_per_forward_pass=5)
+    assert list(preds.columns) == ["slide_id", "patient_id", "cohort", "label", "prob_normal",
+                                   "prob_lesion", "pred"]
+    assert pd.read_csv(tmp_path / "p.csv").shape == preds.shape
+    ok = preds.slide_id != "empty"
+    assert np.allclose(preds.loc[ok, "prob_normal"] + preds.loc[ok, "prob_lesion"], 1.0)
+    assert preds.loc[~ok, "prob_lesion"].isna().all()
+    for sid, store in zip(slides.slide_id, slides.store, strict=True):
+        att = np.load(tmp_path / "att" / f"{sid}.npy")
+        assert att.dtype == np.float32
+        assert len(att) == len(ZarrBag(store))
+        if len(att):
+            assert np.isclose(att.sum(), 1.0, atol=1e-5)
+    # the predictions in eval mode do not depend on the chunk size
+    again = predict_slides(model_path, slides, tmp_path / "p2.csv", tmp_path / "att2",
+                           device="cpu", max_instances_per_forward_pass=64)
+    assert np.allclose(again.loc[ok, "prob_lesion"], preds.loc[ok, "prob_lesion"], atol=1e-5)
+
+
+def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> None:
+    train, val = cohort
+    train, val = train.head(6), val.head(4)
+    cfg = training(epochs=4, max_instances_per_bag=9)
+    full = tmp_path / "full"
+    train_fold(train, val, CLASSES, MODEL, cfg, full)
+
+    killed = tmp_path / "killed"
+    calls = {"n": 0}
+    real_validate = run_mod.validate
+
+    def dying_validate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed during epoch 3, after epoch 2's checkpoint
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "validate", dying_validate)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(train, val, CLASSES, MODEL, cfg, killed)
+    monkeypatch.setattr(run_mod, "validate", real_validate)
+    assert [int(r["epoch"]) for r in read_log(killed / "train_log.csv")] == [1, 2]
+    assert torch.load(killed / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 2
+
+    seen = []
+
+    def recording_train_epoch(*args, **kwargs):
+        seen.append(args[4])  # the epoch number
+        return loop_mod.train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "train_epoch", recording_train_epoch)
+    train_fold(train, val, CLASSES, MODEL, cfg, killed, resume=True)
+    assert seen == [3, 4]  # continued, not restarted
+    log_full, log_killed = read_log(full / "train_log.csv"), read_log(killed / "train_log.csv")
+    assert [int(r["epoch"]) for r in log_killed] == [1, 2, 3, 4]
+    for a, b in zip(log_full, log_killed, strict=True):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-6)
+    sa = torch.load(full / "last.pt", weights_only=True)["model"]
+    sb = torch.load(killed / "last.pt", weights_only=True)["model"]
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
+    # a finished run is not redone; --no-resume starts again from epoch 1
+    seen.clear()
+    train_fold(train, val, CLASSES, MODEL, cfg, killed, resume=True)
+    assert seen == []
+    train_fold(train, val, CLASSES, MODEL, training(epochs=1), killed, resume=False)
+    assert seen == [1] and len(read_log(killed / "train_log.csv")) == 1
+
+
+def test_options_smabmil_focal_onecycle_amp(cohort, tmp_path: Path) -> None:
+    train, val = cohort
+    model = dict(MODEL, pool="smabmil", batchnorm="train", dropout=0.1)
+    cfg = training(epochs=2, loss="focal", schedule="onecycle", amp=True, bags_per_step=3,
+                   class_weights=None, max_instances_per_forward_pass=None,
+                   early_stopping={"metric": "loss", "patience": 1})
+    path = train_fold(train.head(5), val.head(3), CLASSES, model, cfg, tmp_path / "o")
+    rows = read_log(tmp_path / "o" / "train_log.csv")
+    assert 1 <= len(rows) <= 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < 3e-3  # one-cycle warm-up starts below the peak
+    m, _ = load_model(path)
+    assert m.attention_model.pool == "smabmil"
+
+
+def test_bad_labels_and_columns(cohort, tmp_path: Path) -> None:
+    from gigamil.errors import ConfigError, GigamilError
+
+    train, val = cohort
+    bad = train.head(3).copy()
+    bad.loc[0, "label"] = "tumour"
+    with pytest.raises(ConfigError, match="tumour"):
+        train_fold(bad, val, CLASSES, MODEL, training(epochs=1), tmp_path / "x")
+    with pytest.raises(GigamilError, match="store"):
+        train_fold(train.drop(columns="store"), val, CLASSES, MODEL, training(), tmp_path / "y")

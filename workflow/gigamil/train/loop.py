@@ -1,0 +1,153 @@
+"""One training epoch and one validation pass over zarr bags (used by ``train_fold``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from gigamil.data.bags import ZarrBag
+from gigamil.models.mil import MILModel
+from gigamil.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BagItem:
+    """A bag with its integer label and slide id."""
+
+    slide_id: str
+    bag: ZarrBag
+    label: int
+
+
+def bag_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of the RNG for one bag in one epoch: training randomness (augmentation, dropout,
+    instance sampling) depends only on (seed, epoch, bag), not on ranks, chunking or resumes."""
+    return (seed * 1_000_003 + epoch * 10_007 + index * 101 + 17) % (2**63 - 1)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> LambdaLR:
+    """``cosine`` (to 0), ``onecycle`` (30 % linear warm-up from lr/25, cosine to lr/1e4) or
+    ``constant``, stepped once per optimizer step."""
+    total = max(1, total_steps)
+    if schedule == "cosine":
+        def f(t: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+    elif schedule == "onecycle":
+        warm = max(1, int(0.3 * total))
+
+        def f(t: int) -> float:
+            if t < warm:
+                return 1 / 25 + (1 - 1 / 25) * t / warm
+            frac = min(1.0, (t - warm) / max(1, total - warm))
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * frac))
+    elif schedule == "constant":
+        def f(t: int) -> float:
+            return 1.0
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    return LambdaLR(optimizer, f)
+
+
+def steps_per_epoch(n_bags: int, bags_per_step: int, world: int) -> int:
+    return max(1, math.ceil(n_bags / (bags_per_step * world)))
+
+
+def train_epoch(model: MILModel, items: Sequence[BagItem], optimizer: torch.optim.Optimizer,
+                scheduler: LambdaLR, epoch: int, seed: int, bags_per_step: int,
+                chunk: int | None, max_instances: int | None, info: DistInfo,
+                scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> float:
+    """One epoch; returns the mean training loss over all bags (all ranks).
+
+    Bags are shuffled with a generator seeded by (seed, epoch); each optimizer step takes the
+    next ``bags_per_step × world`` bags, rank r the r-th, (r+world)-th, ... of them.
+    """
+    from tqdm.auto import tqdm
+
+    model.train()
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(
+        bag_seed(seed, epoch, -1))).tolist()
+    group_size = bags_per_step * info.world
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, count = 0.0, 0
+    bar = tqdm(total=len(order), desc=f"epoch {epoch}", unit="bag", disable=None if progress
+               else True, leave=False)
+    for start in range(0, len(order), group_size):
+        group = order[start:start + group_size]
+        optimizer.zero_grad(set_to_none=True)
+        for idx in group[info.rank::info.world]:
+            item = items[idx]
+            torch.manual_seed(bag_seed(seed, epoch, idx))
+            bag = item.bag
+            if max_instances is not None and len(bag) > max_instances:
+                gen = torch.Generator().manual_seed(bag_seed(seed, epoch, idx) + 1)
+                bag = bag.subsample(max_instances, gen)
+            out = model.forward_train(bag, item.label, max_instances_per_forward_pass=chunk,
+                                      loss_scale=1.0 / len(group), scaler=scaler)
+            if not math.isfinite(out.loss):
+                log.warning("non-finite loss on slide %s (epoch %d)", item.slide_id, epoch)
+            loss_sum += out.loss
+            count += 1
+            bar.update(info.world)
+        all_reduce_gradients(params, info)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+    bar.close()
+    loss_sum, count = all_reduce_sum([loss_sum, float(count)], info, model.device)
+    return loss_sum / max(count, 1.0)
+
+
+def bag_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (n_classes,) from bag logits (1 logit = binary)."""
+    logits = logits.float()
+    if logits.shape[-1] == 1:
+        p1 = torch.sigmoid(logits[..., 0])
+        return torch.stack([1 - p1, p1], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> dict[str, float]:
+    """AUC (binary, or one-vs-rest macro) and balanced accuracy; NaN when undefined."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    out = {"auc": float("nan"), "balanced_accuracy": float("nan")}
+    if len(y) == 0:
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y, prob.argmax(1)))
+        if len(np.unique(y)) >= 2:
+            if n_classes == 2:
+                out["auc"] = float(roc_auc_score(y, prob[:, 1]))
+            elif len(np.unique(y)) == n_classes:
+                out["auc"] = float(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
+    return out
+
+
+def validate(model: MILModel, items: Sequence[BagItem], chunk: int | None, n_classes: int,
+             loss_fn: torch.nn.Module) -> dict[str, float]:
+    """Eval mode + ``torch.inference_mode``: mean loss, AUC, balanced accuracy over ``items``."""
+    model.eval()
+    losses, labels, probs = [], [], []
+    with torch.inference_mode():
+        for item in items:
+            logits, _att = model(item.bag, max_instances_per_forward_pass=chunk)
+            losses.append(float(loss_fn(logits.float(), item.label)))
+            labels.append(item.label)
+            probs.append(bag_probabilities(logits).cpu().numpy())
+    metrics = classification_metrics(np.asarray(labels, dtype=np.int64),
+                                     np.asarray(probs).reshape(-1, n_classes), n_classes)
+    metrics["loss"] = float(np.mean(losses)) if losses else float("nan")
+    return metrics
