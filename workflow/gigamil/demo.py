@@ -66,7 +66,7 @@ _OD_LUT = (-np.log(np.maximum(np.arange(256), 1) / 255.0)).astype(np.float32)
 
 @dataclass(frozen=True)
 class _Source:
-    rgb: np.ndarray  # uint8 (H, W, 3), H and W multiples of LOW
+    od: np.ndarray  # float32 (3, H, W) optical density planes, H and W multiples of LOW
     tissue_lo: np.ndarray  # bool (H/LOW, W/LOW)
     background: np.ndarray  # uint8 (3,) typical glass colour
 
@@ -114,7 +114,8 @@ def _load_source() -> _Source:
     rgb_lo = _block_mean(rgb.astype(np.float32), LOW)
     tissue_lo = _tissue_from_lowres(rgb_lo)
     background = np.median(rgb_lo[~tissue_lo], axis=0).round().astype(np.uint8)
-    return _Source(rgb=rgb, tissue_lo=tissue_lo, background=background)
+    od = np.stack([_OD_LUT[rgb[..., c]] for c in range(3)])  # (3, 2960, 2216)
+    return _Source(od=od, tissue_lo=tissue_lo, background=background)
 
 
 def _transform(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -224,16 +225,15 @@ def _render_od(frags: list[_Fragment], src: _Source) -> np.ndarray:
     canvas = np.empty((3, SLIDE_PX, SLIDE_PX), dtype=np.float32)
     canvas[:] = od_bg[:, None, None]
     for f in frags:
-        img = _transform(src.rgb, f.k, f.flip)
-        crop = img[f.src_y * LOW : (f.src_y + f.h) * LOW, f.src_x * LOW : (f.src_x + f.w) * LOW]
         a = _upsample(f.shape, (f.h * LOW, f.w * LOW))  # (h, w) float32 0..1
         y, x = f.y * LOW, f.x * LOW
         for c in range(3):
-            plane = _OD_LUT[crop[..., c]]
-            plane -= od_bg[c]
-            plane *= a
-            plane += od_bg[c]
-            canvas[c, y : y + f.h * LOW, x : x + f.w * LOW] = plane
+            img = _transform(src.od[c], f.k, f.flip)
+            crop = img[f.src_y * LOW : (f.src_y + f.h) * LOW, f.src_x * LOW : (f.src_x + f.w) * LOW]
+            cell = canvas[c, y : y + f.h * LOW, x : x + f.w * LOW]
+            np.subtract(crop, od_bg[c], out=cell)
+            cell *= a
+            cell += od_bg[c]
     return canvas
 
 
@@ -341,12 +341,8 @@ def _od_to_rgb(od: np.ndarray) -> np.ndarray:
 
 def _mix(planes: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Per-pixel colour transform of planes (3, H, W) by a 3x3 matrix (row-vector convention)."""
-    out = np.empty_like(planes)
-    for c in range(3):
-        out[c] = planes[0] * m[0, c]
-        out[c] += planes[1] * m[1, c]
-        out[c] += planes[2] * m[2, c]
-    return out
+    mt = np.ascontiguousarray(m.T, dtype=np.float32)
+    return (mt @ planes.reshape(3, -1)).reshape(planes.shape)
 
 
 def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
@@ -367,9 +363,8 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
         # tissue weight per pixel from its optical density (glass ≈ 0.13, pale stroma >= 0.5),
         # averaged over 8 x 8 px so the edit follows tissue but is not pixel-noisy
         w_pix = np.clip((od.sum(axis=0) - 0.2) / 0.3, 0.0, 1.0)
-        weight = _upsample(_reduce(w_pix, LOW), full)
-        alpha = _upsample(field_lo, full) * _upsample(tissue_lo.astype(np.float32), full)
-        alpha *= np.clip(weight * 1.5, 0.0, 1.0)  # (2048, 2048) lesion strength 0..1
+        weight_lo = np.clip(_reduce(w_pix, LOW) * 1.5, 0.0, 1.0)  # (256, 256)
+        alpha = _upsample(field_lo * tissue_lo * weight_lo, full)  # (2048, 2048) strength 0..1
         nuclei = _nuclei_map(rng, field_lo * tissue_lo) * alpha
         eosin = sum(od[j] * float((HED_FROM_RGB @ scale)[j, 1]) for j in range(3))
         h_add = 0.35 * alpha + 1.1 * nuclei  # added hematoxylin OD

@@ -4,6 +4,8 @@ The committed resources/demo/sheet.csv is exactly the sheet this rule writes (a 
 checks it); its slide ids name the rule's outputs and its size gives the generator's arguments.
 """
 
+from pathlib import Path
+
 import pandas
 
 DEMO_SEED = 0
