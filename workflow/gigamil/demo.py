@@ -8,8 +8,10 @@
                                          X/YResolution in pixels per cm (= 1e4 / mpp per level),
                                          so openslide opens it as ``generic-tiff`` with the real MPP.
     outdir/lesion_masks/{slide_id}.png   ground-truth lesion mask, uint8 0/255, at 1/16 of level 0
-                                         (MASK_DOWNSAMPLE = 16, i.e. 128 x 128 px at 7.984 µm/px);
-                                         all zero on normal slides.
+                                         (MASK_DOWNSAMPLE = 16, i.e. 128 x 128 px at 7.984 µm/px;
+                                         mask pixel (r, c) covers level-0 rows 16r..16r+15, columns
+                                         16c..16c+15): 255 where the mean lesion strength of that
+                                         block exceeds 0.5; all zero on normal slides.
     outdir/lesion_masks/{slide_id}.json  {"slide_id", "downsample", "mpp", "level0_mpp", "shape",
                                          "lesion_fraction_of_tissue", "tissue_fraction"};
                                          read mask and MPP together with ``load_lesion_mask(png)``.
@@ -24,6 +26,11 @@ Half of the patients (label ``lesion``; every slide of such a patient) get one o
 lesion blobs (together 15-30 % of the tissue area, confined to tissue) where hematoxylin is raised,
 eosin lowered and dense, large, dark nucleus-like bodies are added, with a soft boundary. The
 nuclei (radius 4-8 px at level 0) stay visible as 1-2 px dots in 32-px patches at 2 µm/px.
+The lesion strength also follows the pixels' own optical density, so glass inside a lesion
+stays white and the mask only covers tissue.
+
+Byte-identical output for a seed holds on one machine and software stack (numpy/BLAS/libjpeg
+builds may differ in the last bit elsewhere); the sheet never depends on it.
 """
 
 from __future__ import annotations
@@ -94,7 +101,7 @@ def _tissue_from_lowres(rgb_lo: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(tissue)
     if n:
         sizes = ndi.sum(tissue, labels, index=np.arange(1, n + 1))
-        keep = np.concatenate([[False], sizes >= 30])  # >= 30 px at 1/8 ≈ 480 µm²... drop specks
+        keep = np.concatenate([[False], sizes >= 30])  # drop specks < 30 px (≈ 480 µm²)
         tissue = keep[labels]
     return tissue
 
