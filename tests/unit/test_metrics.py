@@ -1,0 +1,110 @@
+"""Slide-level metrics agree with scikit-learn; bootstrap CIs and fold tables behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from gigamil.evaluate import metrics as M
+
+
+def _random_preds(rng: np.random.Generator, n: int, c: int, ties: bool = False, signal=1.5):
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + signal * np.eye(c)[y]
+    if ties:
+        logits = np.round(logits, 0)  # many tied scores
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, p
+
+
+@pytest.mark.parametrize("c", [2, 3, 5])
+@pytest.mark.parametrize("ties", [False, True])
+def test_metrics_match_sklearn(c, ties):
+    rng = np.random.default_rng(c + 10 * ties)
+    for _ in range(5):
+        y, p = _random_preds(rng, 60, c, ties)
+        m = M.classification_metrics(y, p, [f"k{i}" for i in range(c)])
+        pred = p.argmax(1)
+        if c == 2:
+            ref_auc = skm.roc_auc_score(y, p[:, 1])
+        else:
+            ref_auc = skm.roc_auc_score(y, p, multi_class="ovr", average="macro")
+        assert m["auc"] == pytest.approx(ref_auc, abs=1e-12)
+        assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+        ref_f1 = skm.f1_score(y, pred, average="macro", zero_division=0)
+        assert m["macro_f1"] == pytest.approx(ref_f1)
+        assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+        rec = skm.recall_score(y, pred, average=None, labels=list(range(c)), zero_division=0)
+        for i in range(c):
+            assert m[f"recall_k{i}"] == pytest.approx(rec[i])
+        ref_cm = skm.confusion_matrix(y, pred, labels=range(c))
+        np.testing.assert_array_equal(m["confusion"], ref_cm)
+
+
+def test_macro_f1_with_a_class_never_predicted_matches_sklearn():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 0, 0, 1, 1, 1])  # class 2 never predicted
+    cm = M.confusion_matrix(y, pred, 3)
+    assert M.macro_f1(cm) == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert M.balanced_accuracy(cm) == pytest.approx(skm.balanced_accuracy_score(y, pred))
+
+
+def test_roc_curve_matches_sklearn_points():
+    rng = np.random.default_rng(0)
+    y, p = _random_preds(rng, 50, 2, ties=True)
+    fpr, tpr = M.roc_curve(y, p[:, 1])
+    ref_fpr, ref_tpr, _ = skm.roc_curve(y, p[:, 1], drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
+
+
+def test_auc_is_nan_with_one_class():
+    assert np.isnan(M.roc_auc(np.zeros(4, int), np.full((4, 2), 0.5)))
+
+
+def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
+    rng = np.random.default_rng(1)
+    classes = ["a", "b"]
+    widths = []
+    for n in (40, 640):
+        y, p = _random_preds(rng, n, 2, signal=0.7)
+        est = M.classification_metrics(y, p, classes)
+        ci = M.bootstrap_ci(y, p, classes, groups=np.arange(n) // 2, n_boot=300, seed=0)
+        for k in M.SCALAR_METRICS:
+            lo, hi = ci[k]
+            assert lo <= est[k] <= hi, (k, lo, est[k], hi)
+        widths.append(ci["auc"][1] - ci["auc"][0])
+    assert widths[1] < widths[0] / 2
+    # deterministic for a seed
+    assert M.bootstrap_ci(y, p, classes, n_boot=50, seed=3) == M.bootstrap_ci(
+        y, p, classes, n_boot=50, seed=3
+    )
+
+
+def test_fold_table_mean_and_sd_across_folds():
+    rng = np.random.default_rng(2)
+    classes = ["neg", "pos"]
+    frames = []
+    for k in range(3):
+        y, p = _random_preds(rng, 30, 2)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "fold": k,
+                    "patient_id": [f"f{k}p{i // 2}" for i in range(30)],
+                    "label": np.array(classes)[y],
+                    "prob_neg": p[:, 0],
+                    "prob_pos": p[:, 1],
+                }
+            )
+        )
+    preds = pd.concat(frames, ignore_index=True)
+    table = M.fold_table(preds, classes)
+    assert list(table.index) == ["fold0", "fold1", "fold2", "mean", "sd"]
+    aucs = [skm.roc_auc_score(f["label"] == "pos", f["prob_pos"]) for f in frames]
+    assert table.loc["mean", "auc"] == pytest.approx(np.mean(aucs))
+    assert table.loc["sd", "auc"] == pytest.approx(np.std(aucs, ddof=1))
+    assert table.loc["fold1", "n_patients"] == 15

@@ -1,0 +1,148 @@
+"""Patient-level folds from the pulp integer program: disjoint, balanced, deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.splits import (
+    FOLD_COLUMNS,
+    check_folds,
+    fold_slides,
+    make_folds,
+    read_folds,
+    write_folds,
+)
+
+
+def _sheet(patients: list[tuple[str, str, int]], site: dict | None = None) -> pd.DataFrame:
+    """Slides from (patient_id, label, n_slides) triples."""
+    rows = []
+    for pid, label, n in patients:
+        for s in range(n):
+            row = {"cohort": "c", "slide_id": f"{pid}_s{s}", "patient_id": pid, "label": label}
+            if site is not None:
+                row["site"] = site[pid]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _uneven_sheet(seed: int = 3) -> pd.DataFrame:
+    """Uneven slides per patient (1..9), a rare class (5 patients) and a common one (23)."""
+    rng = np.random.default_rng(seed)
+    pats = [(f"A{i}", "common", int(rng.integers(1, 10))) for i in range(23)]
+    pats += [(f"R{i}", "rare", int(rng.integers(1, 4))) for i in range(5)]
+    return _sheet(pats)
+
+
+def _test_patients(folds: pd.DataFrame) -> pd.DataFrame:
+    """Patients per fold and label in the test parts."""
+    test = folds[folds["role"] == "test"]
+    return test.groupby(["fold", "label"])["patient_id"].nunique().unstack(fill_value=0)
+
+
+def test_patient_disjoint_and_balanced_on_uneven_sheet():
+    sheet = _uneven_sheet()
+    folds = make_folds(sheet, folds=5, val_fraction=0.2, seed=0)
+    assert list(folds.columns) == FOLD_COLUMNS
+    # every slide is test exactly once; a patient's slides share one role in every fold
+    assert folds[folds.role == "test"].groupby("slide_id").size().eq(1).all()
+    assert folds.groupby(["fold", "patient_id"])["role"].nunique().eq(1).all()
+    test_sets = [set(fold_slides(folds, k, "test")["patient_id"]) for k in range(5)]
+    for i in range(5):
+        for j in range(i + 1, 5):
+            assert not test_sets[i] & test_sets[j]
+    counts = _test_patients(folds)
+    # 23 common patients over 5 folds: 4 or 5 each; the 5 rare ones: exactly one per fold
+    assert counts["common"].between(4, 5).all() and counts["common"].sum() == 23
+    assert counts["rare"].eq(1).all()
+    # every training part keeps both classes in train and in val
+    for k in range(5):
+        for role in ("train", "val"):
+            part = fold_slides(folds, k, role)
+            assert set(part["label"]) == {"common", "rare"}, (k, role)
+
+
+def test_many_slides_per_patient_stay_together_and_slides_are_balanced():
+    # two patients with 20 slides each, the rest with 1 or 2
+    pats = [("big1", "pos", 20), ("big2", "neg", 20)]
+    pats += [(f"p{i}", "pos", 1 + i % 2) for i in range(8)]
+    pats += [(f"n{i}", "neg", 1 + i % 2) for i in range(8)]
+    sheet = _sheet(pats)
+    folds = make_folds(sheet, folds=3, val_fraction=0.25, seed=1)
+    test = folds[folds.role == "test"]
+    big = test[test.patient_id.isin(["big1", "big2"])]
+    fold_of_big = big.groupby("patient_id")["fold"].unique()
+    assert all(len(v) == 1 for v in fold_of_big)  # all 20 slides in one fold
+    # the two 20-slide patients are put in different folds (slide-count balance)
+    assert fold_of_big["big1"][0] != fold_of_big["big2"][0]
+    counts = _test_patients(folds)
+    assert counts["pos"].between(3, 3).all() and counts["neg"].between(3, 3).all()
+
+
+def test_site_stratification_balances_sites():
+    pats, site = [], {}
+    for i in range(24):
+        pid = f"P{i}"
+        pats.append((pid, "pos" if i % 2 else "neg", 1))
+        site[pid] = "A" if i < 12 else "B"
+    sheet = _sheet(pats, site)
+    folds = make_folds(sheet, folds=3, seed=0, stratify_by=["site"])
+    test = folds[folds.role == "test"].merge(sheet[["slide_id", "site"]], on="slide_id")
+    per_site = test.groupby(["fold", "site"]).size().unstack()
+    assert per_site.eq(4).all().all()
+    per_site_label = test.groupby(["fold", "site", "label"]).size()
+    assert per_site_label.eq(2).all()
+
+
+def test_deterministic_for_a_seed_and_seed_changes_assignment():
+    sheet = _uneven_sheet()
+    a = make_folds(sheet, folds=4, seed=5)
+    b = make_folds(sheet.sample(frac=1.0, random_state=0), folds=4, seed=5)
+    pd.testing.assert_frame_equal(a, b)
+    c = make_folds(sheet, folds=4, seed=6)
+    assert not a.equals(c)
+
+
+def test_class_with_fewer_patients_than_folds_is_a_clear_error():
+    pats = [(f"A{i}", "common", 1) for i in range(10)] + [("R0", "rare", 3), ("R1", "rare", 1)]
+    with pytest.raises(GigamilError, match=r"class 'rare' has 2 patient\(s\) but cv.folds is 3"):
+        make_folds(_sheet(pats), folds=3)
+
+
+def test_conflicting_patient_label_and_unknown_stratum_are_errors():
+    sheet = _sheet([(f"A{i}", "x", 1) for i in range(4)] + [(f"B{i}", "y", 1) for i in range(4)])
+    bad = sheet.copy()
+    bad.loc[len(bad)] = {"cohort": "c", "slide_id": "extra", "patient_id": "A0", "label": "y"}
+    with pytest.raises(GigamilError, match="patient 'A0' has slides with different labels"):
+        make_folds(bad, folds=2)
+    with pytest.raises(GigamilError, match="column 'site'"):
+        make_folds(sheet, folds=2, stratify_by=["site"])
+
+
+def test_leakage_check_catches_a_patient_in_two_roles(tmp_path):
+    sheet = _uneven_sheet()
+    folds = make_folds(sheet, folds=3, seed=0)
+    path = tmp_path / "folds.csv"
+    write_folds(folds, path)
+    back = read_folds(path)
+    assert back["fold"].dtype.kind == "i" and len(back) == len(folds)
+    # move one slide of a multi-slide test patient into train: leakage
+    leaky = folds.copy()
+    test0 = leaky[(leaky.fold == 0) & (leaky.role == "test")]
+    pid = test0.groupby("patient_id").size().idxmax()
+    row = test0.index[test0.patient_id == pid][0]
+    leaky.loc[row, "role"] = "train"
+    with pytest.raises(GigamilError, match=f"leakage: patient '{pid}' is test and train in fold 0"):
+        check_folds(leaky)
+    leaky.to_csv(path, index=False)
+    with pytest.raises(GigamilError, match="leakage"):
+        read_folds(path)
+    # a slide tested in two folds
+    twice = folds.copy()
+    r = twice.index[(twice.fold == 1) & (twice.patient_id == pid)]
+    twice.loc[r, "role"] = "test"
+    with pytest.raises(GigamilError, match="test slide in several folds"):
+        check_folds(twice)

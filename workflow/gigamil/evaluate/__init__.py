@@ -1,0 +1,1 @@
+"""Cross-validation splits, metrics, ensembles and attention localisation."""

@@ -1,0 +1,223 @@
+"""Classification metrics for slide-level predictions (numpy only; checked against scikit-learn).
+
+Conventions: ``y`` is an int array (n,) of class indices into ``classes``; ``probs`` is a float
+array (n, C) of class probabilities (rows sum to 1); the predicted class is ``argmax(probs)``.
+Binary problems (C == 2) use ``probs[:, 1]`` as the score of the positive (second) class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from gigamil.errors import GigamilError
+
+SCALAR_METRICS = ("auc", "balanced_accuracy", "macro_f1", "accuracy")
+
+
+def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` for ``y`` in {0, 1} (Mann-Whitney U, ties count 1/2).
+
+    Returns nan when ``y`` holds a single class.
+    """
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(score, dtype=float))  # average ranks for ties
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """Binary AUC of the positive class, or the macro one-vs-rest AUC for C > 2 classes.
+
+    The macro average runs over the classes present in ``y`` (a class with no slides has no AUC);
+    nan when fewer than two classes are present.
+    """
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[0] != y.shape[0]:
+        raise GigamilError(f"probabilities of shape {probs.shape} do not match {y.shape[0]} labels")
+    if probs.shape[1] == 2:
+        return binary_auc(y == 1, probs[:, 1])
+    present = [c for c in range(probs.shape[1]) if 0 < (y == c).sum() < y.size]
+    if len(present) < 2:
+        return float("nan")
+    return float(np.mean([binary_auc(y == c, probs[:, c]) for c in present]))
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points (fpr, tpr), starting at (0, 0), one point per distinct threshold."""
+    y = np.asarray(y).astype(bool)
+    order = np.argsort(-np.asarray(score, dtype=float), kind="mergesort")
+    s = np.asarray(score, dtype=float)[order]
+    yt = y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), yt.size - 1]  # last index of each threshold
+    tp = np.cumsum(yt)[last]
+    fp = np.cumsum(~yt)[last]
+    tpr = np.r_[0.0, tp / max(int(y.sum()), 1)]
+    fpr = np.r_[0.0, fp / max(int((~y).sum()), 1)]
+    return fpr, tpr
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y, dtype=int), np.asarray(pred, dtype=int)), 1)
+    return cm
+
+
+def per_class_recall(cm: np.ndarray) -> np.ndarray:
+    """(C,) recall of each class; nan for a class without true samples."""
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes that have true samples."""
+    recall = per_class_recall(cm)
+    return float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan")
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Mean F1 over the classes present in truth or prediction (F1 = 0 where undefined)."""
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    present = (support + predicted) > 0
+    if not present.any():
+        return float("nan")
+    denom = support + predicted
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return float(f1[present].mean())
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """All slide-level metrics of one set of predictions.
+
+    Returns:
+        dict with ``auc``, ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``n``,
+        ``recall_<class>`` for every class and ``confusion`` (list of lists, rows = truth).
+    """
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    pred = probs.argmax(axis=1)
+    cm = confusion_matrix(y, pred, len(classes))
+    recall = per_class_recall(cm)
+    out = {
+        "n": int(y.size),
+        "auc": roc_auc(y, probs),
+        "balanced_accuracy": balanced_accuracy(cm),
+        "macro_f1": macro_f1(cm),
+        "accuracy": float((pred == y).mean()) if y.size else float("nan"),
+    }
+    for c, name in enumerate(classes):
+        out[f"recall_{name}"] = float(recall[c])
+    out["confusion"] = cm.tolist()
+    return out
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap confidence intervals of the scalar metrics.
+
+    Resamples ``groups`` (e.g. patients, so that slides of one patient stay together) with
+    replacement; without groups, resamples rows. Resamples where a metric is undefined (e.g. one
+    class only, for the AUC) are skipped for that metric.
+
+    Returns:
+        {metric: (low, high)} for :data:`SCALAR_METRICS`; (nan, nan) if never defined.
+    """
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    groups = np.arange(y.size) if groups is None else np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    pred = probs.argmax(axis=1)
+    values: dict[str, list[float]] = {m: [] for m in SCALAR_METRICS}
+    for _ in range(n_boot):
+        pick = rng.integers(0, uniq.size, uniq.size)
+        idx = np.concatenate([members[g] for g in pick]) if uniq.size else np.array([], int)
+        yb, pb = y[idx], pred[idx]
+        cm = confusion_matrix(yb, pb, len(classes))
+        values["auc"].append(roc_auc(yb, probs[idx]))
+        values["balanced_accuracy"].append(balanced_accuracy(cm))
+        values["macro_f1"].append(macro_f1(cm))
+        values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
+    tail = (1.0 - level) / 2.0 * 100.0
+    out = {}
+    for m, vals in values.items():
+        v = np.asarray(vals, dtype=float)
+        v = v[np.isfinite(v)]
+        out[m] = (
+            (float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail)))
+            if v.size
+            else (float("nan"), float("nan"))
+        )
+    return out
+
+
+def labels_and_probs(preds: pd.DataFrame, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(y (n,), probs (n, C)) from a table with ``label`` and ``prob_<class>`` columns."""
+    cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in cols + ["label"] if c not in preds.columns]
+    if missing:
+        raise GigamilError(f"predictions lack column(s) {', '.join(missing)}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = preds["label"].astype(str)
+    unknown = ~labels.isin(list(index))
+    if unknown.any():
+        bad = labels[unknown].iloc[0]
+        raise GigamilError(f"prediction label {bad!r} is not one of {list(classes)}")
+    return labels.map(index).to_numpy(dtype=int), preds[cols].to_numpy(dtype=float)
+
+
+def fold_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Metrics per fold plus their ``mean`` and ``sd`` (sample SD, ddof=1) across folds.
+
+    Args:
+        preds: out-of-fold predictions with a ``fold`` column.
+
+    Returns:
+        DataFrame indexed by scope (``fold0``, ``fold1``, ..., ``mean``, ``sd``) with columns
+        n_slides, n_patients, the scalar metrics and ``recall_<class>``.
+    """
+    rows = {}
+    for fold, part in preds.groupby("fold", sort=True):
+        y, p = labels_and_probs(part, classes)
+        m = classification_metrics(y, p, classes)
+        m.pop("confusion")
+        m["n_slides"] = m.pop("n")
+        m["n_patients"] = int(part["patient_id"].nunique())
+        rows[f"fold{int(fold)}"] = m
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    metric_cols = [c for c in table.columns if c not in ("n_slides", "n_patients")]
+    table.loc["mean", metric_cols] = table[metric_cols].mean(axis=0, skipna=True)
+    table.loc["sd", metric_cols] = (
+        table.loc[table.index.str.startswith("fold"), metric_cols].std(axis=0, ddof=1)
+        if len(rows) > 1
+        else np.nan
+    )
+    table.index.name = "scope"
+    cols = ["n_slides", "n_patients", *SCALAR_METRICS] + [f"recall_{c}" for c in classes]
+    return table[cols]
+
+
+def patient_level(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Mean class probabilities per patient (one row per patient with its label)."""
+    cols = [f"prob_{c}" for c in classes]
+    agg = {**{c: "mean" for c in cols}, "label": "first"}
+    return preds.groupby("patient_id", sort=True).agg(agg).reset_index()

@@ -1,0 +1,391 @@
+"""Patient-level cross-validation folds balanced by an integer program (pulp + CBC).
+
+Patients (not slides) are assigned to folds, so all slides of a patient share one role in every
+fold. Patients are grouped into *types* (label x stratification values x number of slides); an
+integer program chooses how many patients of each type go to each fold so that every fold's
+per-class patient count, total patient count, per-stratum counts and per-class slide count are as
+close as possible to their ideal share. The patients of a type are then dealt to the folds in an
+order shuffled by the seed. Working on types instead of single patients keeps the program tiny for
+any cohort size (thousands of patients) and makes the result deterministic for a seed.
+
+A validation subset is carved out of each fold's training part by the same program with two groups
+(val, train) of target fractions ``val_fraction`` and ``1 - val_fraction``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+
+log = logging.getLogger(__name__)
+
+FOLD_COLUMNS = ["fold", "role", "cohort", "slide_id", "patient_id", "label"]
+ROLES = ("train", "val", "test")
+
+# Objective weights: class balance first, then patient totals and strata, then slide counts.
+W_LABEL = 100.0
+W_TOTAL = 10.0
+W_STRATUM = 10.0
+W_LABEL_STRATUM = 5.0
+W_SLIDES = 1.0
+# Branch-and-bound node limit: keeps the solve deterministic (unlike a time limit) and fast.
+MAX_NODES = 200
+CUTS = False
+
+
+def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per patient: patient_id, label, n_slides and one column per stratification key.
+
+    Args:
+        sheet: slides with at least ``patient_id``, ``label`` and the ``stratify_by`` columns.
+        stratify_by: extra columns to balance (a patient's value is its most frequent one).
+
+    Raises:
+        GigamilError: missing column, or a patient with slides of different labels.
+    """
+    for col in ["patient_id", "label", *stratify_by]:
+        if col not in sheet.columns:
+            raise GigamilError(
+                f"cv: column {col!r} is not in the train cohorts' sheets "
+                f"(columns: {', '.join(map(str, sheet.columns))})"
+            )
+    labels = sheet.groupby("patient_id", sort=True)["label"].unique()
+    bad = labels[labels.map(len) > 1]
+    if not bad.empty:
+        raise GigamilError(
+            f"patient {bad.index[0]!r} has slides with different labels {sorted(bad.iloc[0])} "
+            "(if two cohorts reuse a patient_id for different people, prefix the ids per cohort)"
+        )
+    grouped = sheet.groupby("patient_id", sort=True)
+    out = pd.DataFrame(
+        {
+            "patient_id": labels.index.astype(str),
+            "label": [v[0] for v in labels.to_numpy()],
+            "n_slides": grouped.size().to_numpy(),
+        }
+    )
+    for col in stratify_by:
+        out[col] = grouped[col].agg(lambda s: s.astype(str).value_counts().index[0]).to_numpy()
+    return out
+
+
+def _solve_counts(
+    types: pd.DataFrame,
+    fractions: Sequence[float],
+    strata: Sequence[str],
+    min_per_class: Sequence[int],
+    time_limit: float = 60.0,
+) -> np.ndarray:
+    """Integer program: how many patients of each type go to each group.
+
+    Args:
+        types: one row per type with columns ``label``, ``n_slides``, ``n`` (patients of this
+            type) and the ``strata`` columns.
+        fractions: (G,) target share of each group, summing to 1.
+        strata: stratification columns to balance besides the label.
+        min_per_class: (G,) minimum number of patients of every class in each group (applied only
+            as far as the class has patients).
+
+    Returns:
+        (T, G) int array of patient counts per type and group.
+    """
+    import pulp
+
+    n_types, n_groups = len(types), len(fractions)
+    prob = pulp.LpProblem("gigamil_folds", pulp.LpMinimize)
+
+    def var(name: str, up: float | None = None, cat: str = "Continuous"):
+        if hasattr(prob, "add_variable"):  # pulp >= 3.3
+            return prob.add_variable(name, lowBound=0, upBound=up, cat=cat)
+        return pulp.LpVariable(name, lowBound=0, upBound=up, cat=cat)
+
+    y = {
+        (t, g): var(f"y_{t}_{g}", int(types["n"].iat[t]), "Integer")
+        for t in range(n_types)
+        for g in range(n_groups)
+    }
+    for t in range(n_types):
+        prob += pulp.lpSum(y[t, g] for g in range(n_groups)) == int(types["n"].iat[t]), f"all_{t}"
+
+    objective = []
+
+    def balance(name: str, members: np.ndarray, weight: float, size: np.ndarray | None = None):
+        """Add |count in group - ideal| for the types in ``members`` (weighted by ``size``)."""
+        if not members.any():
+            return
+        idx = np.flatnonzero(members)
+        sizes = np.ones(n_types) if size is None else size
+        total = float(sum(types["n"].iat[t] * sizes[t] for t in idx))
+        for g in range(n_groups):
+            ideal = total * fractions[g]
+            expr = pulp.lpSum(float(sizes[t]) * y[t, g] for t in idx)
+            dev = var(f"d_{name}_{g}")
+            prob.addConstraint(dev >= expr - ideal, f"dp_{name}_{g}")
+            prob.addConstraint(dev >= ideal - expr, f"dm_{name}_{g}")
+            objective.append(weight * dev)
+
+    labels = types["label"].to_numpy()
+    for ci, cls in enumerate(sorted(set(labels))):
+        members = labels == cls
+        n_cls = int(types["n"].to_numpy()[members].sum())
+        idx = np.flatnonzero(members)
+        lows = []
+        for g in range(n_groups):
+            ideal = n_cls * fractions[g]
+            lows.append(max(math.floor(ideal + 1e-9), min(min_per_class[g], n_cls)))
+        # Minimums that cannot all be met (a class with fewer patients than groups) are relaxed
+        # from the first group on, so later groups (e.g. train after val) keep their minimum.
+        g = 0
+        while sum(lows) > n_cls and g < n_groups:
+            lows[g] = max(0, lows[g] - (sum(lows) - n_cls))
+            g += 1
+        for g in range(n_groups):
+            ideal = n_cls * fractions[g]
+            high = max(math.ceil(ideal - 1e-9), lows[g])
+            expr = pulp.lpSum(y[t, g] for t in idx)
+            prob += expr >= lows[g], f"lo_c{ci}_{g}"
+            prob += expr <= high, f"hi_c{ci}_{g}"
+        balance(f"c{ci}", members, W_LABEL)
+        balance(f"s{ci}", members, W_SLIDES, size=types["n_slides"].to_numpy(dtype=float))
+    balance("all", np.ones(n_types, dtype=bool), W_TOTAL)
+    n_slides = types["n_slides"].to_numpy(float)
+    balance("slides", np.ones(n_types, dtype=bool), W_SLIDES, size=n_slides)
+    for si, col in enumerate(strata):
+        values = types[col].to_numpy()
+        for vi, value in enumerate(sorted(set(values))):
+            balance(f"k{si}_{vi}", values == value, W_STRATUM)
+            for ci, cls in enumerate(sorted(set(labels))):
+                balance(f"k{si}_{vi}_c{ci}", (values == value) & (labels == cls), W_LABEL_STRATUM)
+    prob += pulp.lpSum(objective)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pulp 3.3 announces the 4.0 API
+        solver = pulp.PULP_CBC_CMD(
+            msg=False, timeLimit=time_limit, threads=1, maxNodes=MAX_NODES, cuts=CUTS
+        )
+        status = prob.solve(solver)
+    log.debug("fold program: %s, objective %.3f", pulp.LpStatus[status], pulp.value(prob.objective))
+    counts = np.array(
+        [[round(y[t, g].value() or 0) for g in range(n_groups)] for t in range(n_types)], dtype=int
+    )
+    if pulp.LpStatus[status] not in ("Optimal", "Not Solved") or (
+        counts.sum(axis=1) != types["n"].to_numpy()
+    ).any():
+        raise GigamilError(f"cv: the fold assignment program failed ({pulp.LpStatus[status]})")
+    return counts
+
+
+def assign_groups(
+    patients: pd.DataFrame,
+    fractions: Sequence[float],
+    seed: int,
+    stratify_by: Sequence[str] = (),
+    min_per_class: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Assign each patient to a group (fold, or val/train) with balanced counts.
+
+    Args:
+        patients: output of :func:`patient_table` (one row per patient).
+        fractions: (G,) target shares of the groups.
+        seed: seed of the order in which patients of one type are dealt to the groups.
+        stratify_by: columns of ``patients`` to balance besides the label.
+        min_per_class: (G,) minimum patients of each class per group (default 0).
+
+    Returns:
+        (P,) int group index per patient, aligned with ``patients`` rows.
+    """
+    keys = ["label", *stratify_by, "n_slides"]
+    grouped = patients.groupby(keys, sort=True)
+    types = grouped.size().rename("n").reset_index()
+    type_of = grouped.ngroup().to_numpy()  # (P,) type index of each patient
+    mins = list(min_per_class) if min_per_class is not None else [0] * len(fractions)
+    counts = _solve_counts(types, fractions, stratify_by, mins)
+    rng = np.random.default_rng(seed)
+    group = np.full(len(patients), -1, dtype=int)
+    for t in range(len(types)):
+        members = np.flatnonzero(type_of == t)
+        members = members[rng.permutation(len(members))]
+        group[members] = np.repeat(np.arange(len(fractions)), counts[t])
+    return group
+
+
+def make_folds(
+    sheet: pd.DataFrame,
+    folds: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    stratify_by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Patient-level K-fold split with a validation subset per fold.
+
+    Args:
+        sheet: slides of the train cohorts, columns cohort, slide_id, patient_id, label (+ the
+            ``stratify_by`` columns).
+        folds: K >= 2.
+        val_fraction: share of each training part's patients used for validation (0 < f < 1).
+        seed: makes the assignment reproducible; another seed gives another balanced split.
+        stratify_by: sheet columns (e.g. ``site`` or ``cohort``) to balance across folds.
+
+    Returns:
+        folds.csv table (long format, columns :data:`FOLD_COLUMNS`), checked for leakage.
+
+    Raises:
+        GigamilError: fewer patients of a class than folds, bad arguments, or unknown columns.
+    """
+    if folds < 2:
+        raise GigamilError(f"cv.folds must be at least 2 (got {folds})")
+    if not 0.0 < val_fraction < 1.0:
+        raise GigamilError(f"cv.val_fraction must be between 0 and 1 (got {val_fraction})")
+    sheet = sheet.copy()
+    for col in ("cohort", "slide_id", "patient_id", "label"):
+        if col not in sheet.columns:
+            raise GigamilError(f"cv: the sheet has no {col!r} column")
+        sheet[col] = sheet[col].astype(str)
+    dup = sheet.duplicated(["cohort", "slide_id"])
+    if dup.any():
+        raise GigamilError(f"cv: slide {sheet.loc[dup, 'slide_id'].iloc[0]!r} appears twice")
+
+    patients = patient_table(sheet, stratify_by)
+    per_class = patients["label"].value_counts()
+    few = per_class[per_class < folds]
+    if not few.empty:
+        cls = few.index[0]
+        raise GigamilError(
+            f"cv: class {cls!r} has {int(few.iloc[0])} patient(s) but cv.folds is {folds}; every "
+            f"fold's test part needs one patient of each class: lower cv.folds to at most "
+            f"{int(per_class.min())} or add patients"
+        )
+    fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
+
+    role = np.empty((folds, len(patients)), dtype=object)
+    for k in range(folds):
+        role[k, fold_of == k] = "test"
+        part = np.flatnonzero(fold_of != k)
+        sub = patients.iloc[part].reset_index(drop=True)
+        val_of = assign_groups(
+            sub,
+            [val_fraction, 1.0 - val_fraction],
+            seed + 7919 * (k + 1),
+            stratify_by,
+            [1, 1],
+        )
+        role[k, part] = np.where(val_of == 0, "val", "train")
+
+    pid_index = {p: i for i, p in enumerate(patients["patient_id"])}
+    rows = sheet[["cohort", "slide_id", "patient_id", "label"]]
+    pidx = rows["patient_id"].map(pid_index).to_numpy()
+    frames = []
+    for k in range(folds):
+        part = rows.copy()
+        part.insert(0, "role", role[k, pidx])
+        part.insert(0, "fold", k)
+        frames.append(part)
+    out = pd.concat(frames, ignore_index=True)[FOLD_COLUMNS]
+    order = {r: i for i, r in enumerate(("train", "val", "test"))}
+    out = out.sort_values(
+        ["fold", "role", "cohort", "slide_id"],
+        key=lambda s: s.map(order) if s.name == "role" else s,
+    ).reset_index(drop=True)
+    check_folds(out, sheet)
+    return out
+
+
+def check_folds(folds: pd.DataFrame, sheet: pd.DataFrame | None = None) -> None:
+    """Fail loudly on leakage or an incomplete split.
+
+    Checks: the columns; roles in train/val/test; every slide once per fold; a patient has exactly
+    one role in each fold; every slide is ``test`` in exactly one fold; with ``sheet``, the split
+    covers exactly the sheet's slides.
+
+    Raises:
+        GigamilError: naming the patient, slide or fold at fault.
+    """
+    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
+    if missing:
+        raise GigamilError(f"folds.csv: missing column(s) {', '.join(missing)}")
+    if folds.empty:
+        raise GigamilError("folds.csv: no rows")
+    bad_role = ~folds["role"].isin(ROLES)
+    if bad_role.any():
+        raise GigamilError(f"folds.csv: unknown role {folds.loc[bad_role, 'role'].iloc[0]!r}")
+    key = folds["cohort"].astype(str) + "/" + folds["slide_id"].astype(str)
+    dup = folds.assign(key=key).duplicated(["fold", "key"])
+    if dup.any():
+        raise GigamilError(f"folds.csv: slide {key[dup].iloc[0]} appears twice in one fold")
+    roles = folds.groupby(["fold", "patient_id"])["role"].nunique()
+    leak = roles[roles > 1]
+    if not leak.empty:
+        fold, pid = leak.index[0]
+        sel = (folds["fold"] == fold) & (folds["patient_id"] == pid)
+        found = " and ".join(sorted(folds.loc[sel, "role"].unique()))
+        raise GigamilError(f"folds.csv: leakage: patient {pid!r} is {found} in fold {fold}")
+    slides_per_fold = folds.assign(key=key).groupby("fold")["key"].apply(frozenset)
+    if slides_per_fold.nunique() != 1:
+        raise GigamilError("folds.csv: the folds do not all cover the same slides")
+    n_test = folds.assign(key=key).loc[folds["role"] == "test"].groupby("key").size()
+    all_keys = slides_per_fold.iloc[0]
+    never = sorted(all_keys - set(n_test.index))
+    if never:
+        raise GigamilError(f"folds.csv: slide {never[0]} is never a test slide")
+    twice = n_test[n_test > 1]
+    if not twice.empty:
+        raise GigamilError(
+            f"folds.csv: leakage: slide {twice.index[0]} is a test slide in several folds"
+        )
+    if sheet is not None:
+        expected = set(sheet["cohort"].astype(str) + "/" + sheet["slide_id"].astype(str))
+        if expected != set(all_keys):
+            diff = sorted(expected.symmetric_difference(all_keys))
+            raise GigamilError(f"folds.csv: does not match the sheets (e.g. slide {diff[0]})")
+
+
+def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
+    """Check and write folds.csv atomically (temporary file + rename)."""
+    check_folds(folds)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".folds.", suffix=".csv")
+    os.close(fd)
+    folds[FOLD_COLUMNS].to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read folds.csv (string ids, int fold) and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise GigamilError(
+            f"{path}: folds file not found (run `gigamil splits` or rule make_splits)"
+        )
+    folds = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "fold" not in folds.columns:
+        raise GigamilError(f"{path}: missing column fold")
+    folds["fold"] = folds["fold"].astype(int)
+    check_folds(folds)
+    return folds
+
+
+def fold_slides(folds: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
+    """Rows of one fold and role (cohort, slide_id, patient_id, label)."""
+    sel = folds[(folds["fold"] == fold) & (folds["role"] == role)]
+    return sel[["cohort", "slide_id", "patient_id", "label"]].reset_index(drop=True)
+
+
+def split_report(folds: pd.DataFrame) -> pd.DataFrame:
+    """Patients and slides per fold, role and label (for logs and the CLI)."""
+    counts = (
+        folds.groupby(["fold", "role", "label"])
+        .agg(slides=("slide_id", "size"), patients=("patient_id", "nunique"))
+        .reset_index()
+    )
+    return counts
