@@ -50,8 +50,7 @@ def grads(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||; gradients that are zero in exact arithmetic (the attention bias: the
-    softmax is shift-invariant) are compared with an absolute floor of 1e-14."""
+    """||a - b|| / ||b||, with an absolute floor for gradients that vanish in exact arithmetic."""
     return float((a - b).norm() / b.norm().clamp_min(1e-9))
 
 

@@ -102,7 +102,7 @@ class AttentionHead(nn.Module):
         self.V = nn.Linear(in_dim, att_dim)
         self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU()}[att_act]
         self.U = nn.Linear(in_dim, att_dim) if pool == "gated_abmil" else None
-        self.w = nn.Linear(att_dim, 1)
+        self.w = nn.Linear(att_dim, 1, bias=False)  # a bias would cancel in the softmax
         self.classifier = nn.Linear(in_dim, self.n_out)
         self.sm_alpha, self.sm_steps, self.sm_mode = sm_alpha, sm_steps, sm_mode
 

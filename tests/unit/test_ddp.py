@@ -1,0 +1,58 @@
+"""DDP: `gigamil train` under torchrun with 2 gloo processes on CPU gives the same parameters as
+one process on the same bags (bags_per_step doubled so each optimizer step sees the same bags)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from test_train_run import CLASSES, MODEL, make_cohort
+
+from gigamil.train.run import train_fold
+
+
+def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
+    train = make_cohort(tmp_path / "stores", 6, 3, "t")
+    val = make_cohort(tmp_path / "stores", 2, 4, "v")
+    train.to_csv(tmp_path / "train.csv", index=False)
+    val.to_csv(tmp_path / "val.csv", index=False)
+    training = {"device": "cpu", "seed": 3, "epochs": 2, "lr": 3e-3, "schedule": "cosine",
+                "bags_per_step": 1, "max_instances_per_forward_pass": 7,
+                "max_instances_per_bag": 12, "early_stopping": {"metric": "loss", "patience": 5},
+                "augment": {"flips": True, "rot90": True, "color_jitter": 0.1}}
+    model = dict(MODEL, dropout=0.1)
+    cfg = {"experiment": "ddp", "classes": CLASSES,
+           "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+           "model": model, "training": training}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gigamil", "train", "--config", str(tmp_path / "config.yaml"),
+           "--train-csv", str(tmp_path / "train.csv"), "--val-csv", str(tmp_path / "val.csv"),
+           "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    single = dict(training, bags_per_step=2)
+    train_fold(train, val, CLASSES, model, single, tmp_path / "one")
+    a = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    assert a["early_stopping"]["epoch"] == b["early_stopping"]["epoch"] == 2
+    # Float32 sums in another order differ by ~1e-7; AdamW turns the noise of near-zero
+    # gradients (e.g. the attention V bias, nearly cancelled by the softmax) into up to ~1e-4,
+    # a few % of one step (lr = 3e-3). A wrong split of the bags moves parameters by ~lr.
+    diff = max_param_diff(a["model"], b["model"])
+    assert diff < 3e-4, diff
+    wrong = dict(training, bags_per_step=1)  # one process, other bags per step
+    train_fold(train, val, CLASSES, model, wrong, tmp_path / "wrong")
+    c = torch.load(tmp_path / "wrong" / "last.pt", weights_only=True)
+    assert max_param_diff(c["model"], b["model"]) > 3e-3  # the check can tell them apart
+
+
+def max_param_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - v.double()).abs().max()) for k, v in b.items()
+               if v.is_floating_point() and v.numel())
