@@ -53,11 +53,7 @@ def threshold_arg(value: str) -> str | float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import time
-
-    from gigamil.wsi.reader import open_slide
-    from gigamil.wsi.tissue import TissueParams, compute_tissue_mask, write_mask_outputs
+    from gigamil.wsi.tissue import TissueParams, make_mask
 
     params = TissueParams(
         mask_mpp=args.mask_mpp,
@@ -67,24 +63,5 @@ def run(args: argparse.Namespace) -> int:
         open_um=args.open_um,
         min_area_um2=args.min_area_um2,
     )
-    t0 = time.perf_counter()
-    with open_slide(args.slide, args.slide_mpp) as reader:
-        tm = compute_tissue_mask(reader, params)
-        summary = write_mask_outputs(
-            reader,
-            tm,
-            params,
-            Path(args.out),
-            args.qc,
-            args.json,
-            seconds=round(time.perf_counter() - t0, 3),
-        )
-    logging.getLogger(__name__).info(
-        "%s: tissue fraction %.3f, mask %s at %g µm/px -> %s",
-        args.slide,
-        summary["tissue_fraction"],
-        "x".join(map(str, summary["mask_shape"])),
-        params.mask_mpp,
-        args.out,
-    )
+    make_mask(args.slide, Path(args.out), args.qc, args.json, params, args.slide_mpp)
     return 0

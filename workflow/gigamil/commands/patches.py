@@ -48,27 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def mask_params_for(mask_png: str) -> dict:
-    """Record where the mask came from: its path and, if present, its JSON sidecar's params."""
-    import json
-    from pathlib import Path
-
-    params: dict = {"mask_file": str(Path(mask_png).resolve())}
-    sidecar = Path(mask_png).with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            info = json.loads(sidecar.read_text())
-            params.update(info.get("params", {}))
-        except (OSError, ValueError):
-            pass
-    return params
-
-
 def run(args: argparse.Namespace) -> int:
     import logging
 
     from gigamil.wsi.patching import PatchParams, extract_patches
-    from gigamil.wsi.tissue import read_mask_png
+    from gigamil.wsi.tissue import mask_params_for, read_mask_png
 
     params = PatchParams(
         mpp=args.mpp,

@@ -55,7 +55,7 @@ REQUIRED_ATTRS = (
     "slide_dimensions",
 )
 CODECS = ("zstd", "jpeg")
-ZSTD_LEVEL = 1  # fast; higher levels gain little on RGB tissue
+ZSTD_LEVEL = -1  # zstd fast mode: H&E pixels compress ~1.1x at any level; level 3 is 4x slower
 
 
 @dataclass(frozen=True)

@@ -231,8 +231,11 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
 
 
 def plan_strips(plan: PatchPlan, block_px: int) -> list[tuple[int, int, list[np.ndarray]]]:
-    """Split the kept patches into strips of grid rows, each a list of column windows.
+    """Split the kept patches into strips of grid rows, each a list of reads ("windows").
 
+    A window is a run of horizontally adjacent kept patches of one grid row, at most about
+    ``2 * block_px`` read-level px wide: reading only runs never decodes the background between
+    tissue pieces, and the tile rows shared by consecutive patch rows come from the tile cache.
     Returns [(first plan index, end plan index, [window index arrays])], in raster order, so
     each strip is a contiguous range of store rows.
     """
@@ -241,23 +244,35 @@ def plan_strips(plan: PatchPlan, block_px: int) -> list[tuple[int, int, list[np.
     step = plan.stride_px * max(plan.sx, plan.sy)  # read-level px per grid step
     rows_per_strip = max(1, int(block_px // step))
     cols_per_window = max(1, int(2 * block_px // step))
-    strip_of = plan.grid[:, 0] // rows_per_strip
-    bounds = np.flatnonzero(np.diff(strip_of)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [plan.n]])
-    strips = []
-    for a, b in zip(starts, ends, strict=True):
-        win_of = plan.grid[a:b, 1] // cols_per_window
-        windows = [a + np.flatnonzero(win_of == w) for w in np.unique(win_of)]
-        strips.append((int(a), int(b), windows))
+    rows, cols = plan.grid[:, 0], plan.grid[:, 1]
+    # a new run starts at a new row, after a gap, or when the run reaches cols_per_window
+    new_run = np.ones(plan.n, bool)
+    new_run[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
+    run_id = np.cumsum(new_run) - 1
+    run_start = np.flatnonzero(new_run)
+    pos_in_run = np.arange(plan.n) - run_start[run_id]
+    new_window = new_run | (pos_in_run % cols_per_window == 0)
+    win_bounds = np.flatnonzero(new_window)
+    strip_of = rows // rows_per_strip
+    strips: list[tuple[int, int, list[np.ndarray]]] = []
+    w_ends = np.append(win_bounds[1:], plan.n)
+    for a, b in zip(win_bounds, w_ends, strict=True):
+        idx = np.arange(a, b)
+        if strips and strip_of[strips[-1][0]] == strip_of[a]:
+            strips[-1] = (strips[-1][0], int(b), [*strips[-1][2], idx])
+        else:
+            strips.append((int(a), int(b), [idx]))
     return strips
 
 
-def read_window(reader: SlideReader, plan: PatchPlan, idx: np.ndarray) -> np.ndarray:
-    """Patches ``idx`` of the plan, (k, P, P, 3) uint8, from one region read."""
+def read_window(
+    reader: SlideReader, plan: PatchPlan, idx: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Patches ``idx`` of the plan, (k, P, P, 3) uint8, from one region read (into ``out``)."""
     p, s = plan.patch_px, plan.stride_px
     rows, cols = plan.grid[idx, 0], plan.grid[idx, 1]
-    out = np.empty((len(idx), p, p, 3), np.uint8)
+    if out is None:
+        out = np.empty((len(idx), p, p, 3), np.uint8)
     if plan.resample:
         u0, v0 = int(cols.min()) * s, int(rows.min()) * s
         u1, v1 = int(cols.max()) * s + p, int(rows.max()) * s + p
@@ -448,8 +463,8 @@ def _run_strips(
     def do_strip(a: int, b: int, windows: list[np.ndarray]) -> np.ndarray:
         r = worker_reader()
         out = np.empty((b - a, plan.patch_px, plan.patch_px, 3), np.uint8)
-        for idx in windows:
-            out[idx - a] = read_window(r, plan, idx)
+        for idx in windows:  # each window is a contiguous run of plan rows
+            read_window(r, plan, idx, out[idx[0] - a : idx[-1] + 1 - a])
         return out
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gigamil-read")

@@ -8,6 +8,7 @@ Outputs (``write_mask_outputs``): the mask PNG (uint8 0/255, one pixel = mask_mp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -246,3 +247,45 @@ def write_mask_outputs(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def make_mask(
+    slide: str | Path,
+    out_png: str | Path,
+    qc_png: str | Path | None,
+    json_path: str | Path | None,
+    params: TissueParams,
+    slide_mpp: float | None = None,
+) -> dict[str, Any]:
+    """Open ``slide``, compute its tissue mask and write the outputs; return the JSON summary.
+
+    What ``gigamil mask`` and rule ``tissue_mask`` run.
+    """
+    import time
+
+    from gigamil.wsi.reader import open_slide
+
+    t0 = time.perf_counter()
+    with open_slide(slide, slide_mpp) as reader:
+        tm = compute_tissue_mask(reader, params)
+        seconds = round(time.perf_counter() - t0, 3)
+        summary = write_mask_outputs(reader, tm, params, out_png, qc_png, json_path, seconds)
+    log.info(
+        "%s: tissue fraction %.3f, mask %s at %g µm/px -> %s",
+        slide,
+        summary["tissue_fraction"],
+        "x".join(map(str, summary["mask_shape"])),
+        params.mask_mpp,
+        out_png,
+    )
+    return summary
+
+
+def mask_params_for(mask_png: str | Path) -> dict[str, Any]:
+    """Provenance of a mask PNG: its path plus, if present, its JSON sidecar's params."""
+    params: dict[str, Any] = {"mask_file": str(Path(mask_png).resolve())}
+    sidecar = Path(mask_png).with_suffix(".json")
+    if sidecar.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            params.update(json.loads(sidecar.read_text()).get("params", {}))
+    return params

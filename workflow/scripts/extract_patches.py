@@ -1,0 +1,18 @@
+"""Snakemake script of rule extract_patches: gigamil.wsi.patching.extract_patches."""
+
+from gigamil.logutil import setup_logging
+from gigamil.wsi.patching import PatchParams, extract_patches
+from gigamil.wsi.tissue import mask_params_for, read_mask_png
+
+setup_logging(snakemake.log[0])
+extract_patches(
+    snakemake.input.slide,
+    snakemake.output.store,
+    PatchParams.from_dict(snakemake.params.patches),
+    mask=read_mask_png(snakemake.input.mask),
+    mask_params=mask_params_for(snakemake.input.mask),
+    slide_mpp=snakemake.params.slide_mpp,
+    slide_id=snakemake.wildcards.slide_id,
+    threads=snakemake.threads,
+    progress=False,
+)
