@@ -12,9 +12,10 @@ configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
 
 
 rule all:
     default_target: True
     input:
-        [],
+        expand("results/demo/sheet.csv", cohort=DEMO_COHORTS),

@@ -12,8 +12,10 @@ from pathlib import Path
 # under `--sdm conda` where it is not pip-installed.
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH", "")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p
+    )
 )
 
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
