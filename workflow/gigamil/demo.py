@@ -25,7 +25,7 @@ covering 40-70 % of the slide. Every slide receives a random global stain variat
 Half of the patients (label ``lesion``; every slide of such a patient) get one or two planted
 lesion blobs (together 15-30 % of the tissue area, confined to tissue) where hematoxylin is raised,
 eosin lowered and dense, large, dark nucleus-like bodies are added, with a soft boundary. The
-nuclei (radius 4-8 px at level 0) stay visible as 1-2 px dots in 32-px patches at 2 µm/px.
+nuclei (radius 4.5-8.5 px at level 0, one per ~80 µm²) stay visible as 1-2 px dots in 32-px patches at 2 µm/px.
 The lesion strength also follows the pixels' own optical density, so glass inside a lesion
 stays white and the mask only covers tissue.
 
@@ -280,10 +280,10 @@ def _lesion_field(rng: np.random.Generator, tissue_lo: np.ndarray) -> np.ndarray
 
 
 def _nucleus_bank(rng: np.random.Generator, n: int = 24) -> list[np.ndarray]:
-    """Soft elliptical nucleus stamps (float32, peak 1) with radius 4-8 px at level 0."""
+    """Soft elliptical nucleus stamps (float32, peak 1) with radius 4.5-8.5 px at level 0."""
     bank = []
     for _ in range(n):
-        r = rng.uniform(4.0, 8.0)
+        r = rng.uniform(4.5, 8.5)
         aspect = rng.uniform(1.0, 1.6)
         ang = rng.uniform(0, np.pi)
         half = int(np.ceil(r * aspect)) + 2
@@ -302,7 +302,7 @@ def _nuclei_map(rng: np.random.Generator, field_lo: np.ndarray) -> np.ndarray:
     nuc = np.zeros((SLIDE_PX, SLIDE_PX), dtype=np.float32)
     weights = field_lo.ravel()
     area = float(weights.sum()) * LOW * LOW
-    n = int(area / 380.0)  # one nucleus per ~380 px² (≈ 9.7 µm spacing)
+    n = int(area / 320.0)  # one nucleus per ~320 px² (≈ 9 µm spacing)
     if n == 0:
         return nuc
     bank = _nucleus_bank(rng)
@@ -357,7 +357,7 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
 
     Stain edits happen in HED optical-density space (Ruifrok-Johnston vectors): globally
     H *= U(0.85, 1.2), E *= U(0.85, 1.2); inside a lesion (soft field ``a`` times the pixel's
-    tissue weight) H += 0.35 a + 1.1 nuclei and E *= 1 - 0.35 a.
+    tissue weight) H += 0.35 a + 1.6 nuclei and E := E (1 - 0.35 a) + 0.25 nuclei.
     """
     src = _load_source()
     frags, tissue_lo = _plan_layout(rng, src)
@@ -372,10 +372,11 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
         w_pix = np.clip((od.sum(axis=0) - 0.2) / 0.3, 0.0, 1.0)
         weight_lo = np.clip(_reduce(w_pix, LOW) * 1.5, 0.0, 1.0)  # (256, 256)
         alpha = _upsample(field_lo * tissue_lo * weight_lo, full)  # (2048, 2048) strength 0..1
-        nuclei = _nuclei_map(rng, field_lo * tissue_lo) * alpha
+        # nuclei at full strength wherever the lesion is at least half-strength
+        nuclei = _nuclei_map(rng, field_lo * tissue_lo) * np.minimum(2.0 * alpha, 1.0)
         eosin = sum(od[j] * float((HED_FROM_RGB @ scale)[j, 1]) for j in range(3))
-        h_add = 0.35 * alpha + 1.1 * nuclei  # added hematoxylin OD
-        e_sub = 0.35 * alpha * eosin  # removed eosin OD
+        h_add = 0.35 * alpha + 1.6 * nuclei  # added hematoxylin OD
+        e_sub = 0.35 * alpha * eosin - 0.25 * nuclei  # removed eosin OD
         for c in range(3):
             out[c] += h_add * float(RGB_FROM_HED[0, c])
             out[c] -= e_sub * float(RGB_FROM_HED[1, c])
