@@ -9,8 +9,8 @@ from pathlib import Path
 
 NAME = "demo"
 HELP = (
-    "Build the demo cohort from the packaged CC0 slide: OUTDIR/slides/*.tiff, "
-    "OUTDIR/lesion_masks/*.png and OUTDIR/sheet.csv (deterministic for a seed)."
+    "build the demo cohort from the packaged CC0 slide (deterministic for a seed): "
+    "OUTDIR/slides/*.tiff, OUTDIR/lesion_masks/*.png and OUTDIR/sheet.csv"
 )
 
 log = logging.getLogger(__name__)
