@@ -1,0 +1,143 @@
+"""gigamil.data.store: the zarr v3 patch store (layout, codecs, atomic replacement)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from gigamil.data.store import REQUIRED_ATTRS, StoreWriter, chunk_patches, open_store, read_store
+from gigamil.errors import GigamilError
+
+
+def _attrs(**kw):
+    attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
+    attrs.update({"slide_id": "s1", "mask_params": {"a": 1}, "slide_dimensions": (10, 20), **kw})
+    return attrs
+
+
+def _grid(n, width=7):
+    grid = np.array([(i // width, i % width) for i in range(n)], np.int64).reshape(n, 2)
+    return grid, grid[:, ::-1] * 16
+
+
+def _smooth_patches(n, px=16, seed=0):
+    """Tissue-like patches: a smooth random field plus mild noise (hard for zstd, easy for
+    JPEG)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, px, px, 3), np.uint8)
+    for i in range(n):
+        low = rng.integers(60, 220, (4, 4, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(low).resize((px, px), Image.Resampling.BILINEAR))
+        out[i] = np.clip(smooth + rng.integers(-3, 4, (px, px, 3)), 0, 255)
+    return out
+
+
+def test_roundtrip_zstd_exact_with_layout(tmp_path):
+    n = 150
+    patches = np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    grid, coords = _grid(n)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, n, 16, coords, grid, chunk=64) as w:
+        w.append(patches[:10])  # uneven appends are re-chunked
+        w.append(patches[10:100])
+        w.append(patches[100:])
+        w.commit(_attrs(codec="zstd"))
+    p, c, g, attrs = read_store(out)
+    assert p.shape == (n, 16, 16, 3) and p.dtype == np.uint8 and p.chunks == (64, 16, 16, 3)
+    np.testing.assert_array_equal(p[...], patches)
+    np.testing.assert_array_equal(c, coords)
+    np.testing.assert_array_equal(g, grid)
+    assert c.dtype == np.int64 and g.dtype == np.int64
+    assert attrs["slide_id"] == "s1" and attrs["slide_dimensions"] == [10, 20]
+    meta = json.loads((out / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
+    codecs = json.loads((out / "patches" / "zarr.json").read_text())["codecs"]
+    assert any(c_["name"] == "zstd" for c_ in codecs)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_jpeg_codec_is_lossy_but_close_and_smaller(tmp_path):
+    n = 70
+    patches = _smooth_patches(n, px=32)
+    grid, coords = _grid(n)
+    for codec in ("zstd", "jpeg"):
+        with StoreWriter(tmp_path / f"{codec}.zarr", n, 32, coords, grid, codec=codec,
+                         jpeg_quality=90, chunk=64) as w:
+            w.append(patches)
+            w.commit(_attrs(codec=codec))
+    pj = read_store(tmp_path / "jpeg.zarr")[0][...]
+    assert pj.shape == patches.shape
+    assert np.abs(pj.astype(int) - patches).mean() < 3.0
+
+    def size(d):
+        return sum(f.stat().st_size for f in (d / "patches").rglob("*") if f.is_file())
+
+    assert size(tmp_path / "jpeg.zarr") < size(tmp_path / "zstd.zarr")
+    # a fresh plain-zarr open works once gigamil.data.store is imported (codec registered)
+    z = zarr.open_group(str(tmp_path / "jpeg.zarr"), mode="r")
+    assert z["patches"][5].shape == (32, 32, 3)
+
+
+def test_empty_store(tmp_path):
+    out = tmp_path / "empty.zarr"
+    with StoreWriter(out, 0, 8, np.zeros((0, 2)), np.zeros((0, 2))) as w:
+        w.commit(_attrs())
+    p, c, g, _ = read_store(out)
+    assert p.shape == (0, 8, 8, 3) and c.shape == (0, 2) and g.shape == (0, 2)
+
+
+def test_crash_leaves_no_store_and_keeps_the_old_one(tmp_path):
+    out = tmp_path / "s.zarr"
+    old = np.full((5, 8, 8, 3), 7, np.uint8)
+    grid, coords = _grid(5)
+    with StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(old)
+        w.commit(_attrs(slide_id="old"))
+    with pytest.raises(RuntimeError, match="boom"), StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(old[:3])
+        raise RuntimeError("boom")
+    assert not list(tmp_path.glob("*.tmp-*"))  # temporary store removed
+    p, _, _, attrs = read_store(out)  # the previous complete store is untouched
+    assert attrs["slide_id"] == "old"
+    np.testing.assert_array_equal(p[...], old)
+    # replacing a complete store with a new one
+    with StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(old + 1)
+        w.commit(_attrs(slide_id="new"))
+    p, _, _, attrs = read_store(out)
+    assert attrs["slide_id"] == "new" and int(p[0, 0, 0, 0]) == 8
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_commit_checks_counts_and_attrs(tmp_path):
+    grid, coords = _grid(4)
+    with StoreWriter(tmp_path / "a.zarr", 4, 8, coords, grid) as w:
+        w.append(np.zeros((3, 8, 8, 3), np.uint8))
+        with pytest.raises(RuntimeError, match="wrote 3 of 4"):
+            w.commit(_attrs())
+    with StoreWriter(tmp_path / "b.zarr", 4, 8, coords, grid) as w:
+        w.append(np.zeros((4, 8, 8, 3), np.uint8))
+        with pytest.raises(ValueError, match="slide_mpp"):
+            w.commit({"slide_id": "x"})
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(GigamilError, match="not a gigamil patch store"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
+    with pytest.raises(GigamilError, match="lacks arrays"):
+        open_store(tmp_path / "other.zarr")
+    with pytest.raises(GigamilError, match="unknown patch codec"):
+        StoreWriter(tmp_path / "c.zarr", 1, 8, np.zeros((1, 2)), np.zeros((1, 2)), codec="png")
+
+
+def test_chunk_size_between_64_and_256():
+    assert chunk_patches(256) == 128  # 24 MiB / 192 KiB
+    assert chunk_patches(32) == 256
+    assert chunk_patches(1024) == 64

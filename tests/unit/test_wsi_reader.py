@@ -1,0 +1,170 @@
+"""gigamil.wsi.reader: formats, levels, MPP trust order and every open/read error."""
+
+from __future__ import annotations
+
+import numpy as np
+import openslide
+import pytest
+from PIL import Image
+from wsi_fixtures import CMU_SVS, shared_slides, write_tiff
+
+from gigamil.errors import SlideError
+from gigamil.wsi.reader import (
+    ArrayReader,
+    check_mpp,
+    composite_on_white,
+    mpp_from_resolution,
+    open_slide,
+    resolve_mpp,
+)
+
+
+def test_svs_properties():
+    with open_slide(CMU_SVS) as r:
+        assert r.dimensions == (2220, 2967)
+        assert r.level_count == 1
+        assert r.mpp == pytest.approx(0.499)
+        assert r.mpp_source == "openslide"
+        assert r.tile_size == (240, 240)
+
+
+def test_pyramid_levels_and_best_level():
+    with open_slide(shared_slides() / "CMU-1-Small-Region.pyramid.tiff") as r:
+        assert r.level_dimensions == ((2220, 2967), (1110, 1483), (555, 741))
+        assert r.best_level_for_mpp(0.5) == 0
+        assert r.best_level_for_mpp(0.3) == 0  # finer than the slide: level 0 (upsampled)
+        assert r.best_level_for_mpp(1.0) == 1  # level 1 is 0.998-0.9983 µm/px
+        assert r.best_level_for_mpp(1.9) == 1
+        assert r.best_level_for_mpp(2.0) == 2
+        assert r.best_level_for_mpp(50.0) == 2
+        mx, my = r.level_mpp(1)
+        assert mx == pytest.approx(0.998) and my == pytest.approx(0.499 * 2967 / 1483)
+
+
+def test_read_region_matches_openslide_composited_on_white():
+    path = shared_slides() / "CMU-1-Small-Region.pyramid.tiff"
+    ref = openslide.OpenSlide(str(path))
+    with open_slide(path) as r:
+        # inside, across the right/bottom edge (transparent outside -> white), and level 1
+        for loc, level, size in [((100, 200), 0, (300, 200)), ((2100, 2900), 0, (200, 120)),
+                                 ((-40, -40), 1, (80, 60))]:
+            got = r.read_region(loc, level, size)
+            rgba = np.asarray(ref.read_region(loc, level, size)).astype(float)
+            a = rgba[..., 3:] / 255.0
+            want = rgba[..., :3] * a + 255.0 * (1 - a)
+            assert got.shape == (size[1], size[0], 3) and got.dtype == np.uint8
+            assert np.abs(got - want).max() <= 1.0
+        assert (r.read_region((2200, 2950), 0, (50, 50))[30:, 30:] == 255).all()
+
+
+def test_override_wins_over_file_mpp():
+    with open_slide(CMU_SVS, mpp_override=0.25) as r:
+        assert r.mpp == 0.25 and r.mpp_source == "override"
+
+
+def test_resolve_mpp_trust_order():
+    assert resolve_mpp("s", 0.3, (0.5, 0.5), (0.7, 0.7)) == (0.3, "override")
+    assert resolve_mpp("s", None, (0.5, 0.5), (0.7, 0.7)) == (0.5, "openslide")
+    assert resolve_mpp("s", None, None, (0.7, 0.7)) == (0.7, "tiff")
+
+
+def test_mpp_from_resolution_units():
+    assert mpp_from_resolution(20000.0, 20000.0, "centimeter") == (0.5, 0.5)
+    assert mpp_from_resolution(50800.0, 50800.0, 2) == (0.5, 0.5)  # inch
+    assert mpp_from_resolution(72.0, 72.0, 1) is None  # no absolute unit
+    assert mpp_from_resolution(None, 72.0, 2) is None
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "fragment"),
+    [(352.78, 352.78, "implausible"), (0.01, 0.01, "implausible"), (0.25, 0.5, "non-square")],
+)
+def test_check_mpp_rejects_nonsense(x, y, fragment):
+    with pytest.raises(SlideError, match=fragment) as exc:
+        check_mpp("slide.svs", x, y, "somewhere")
+    assert "slide.svs" in str(exc.value) and "--slide-mpp" in str(exc.value)
+
+
+def test_72dpi_default_is_an_error_unless_overridden():
+    boxes = shared_slides() / "synthetic" / "boxes.tiff"
+    with pytest.raises(SlideError, match=r"boxes\.tiff: implausible microns-per-pixel 352\.778"):
+        open_slide(boxes)
+    with open_slide(boxes, mpp_override=2.0) as r:
+        assert r.mpp == 2.0 and r.level_count == 4
+
+
+def test_unopenable_file():
+    path = shared_slides() / "synthetic" / "unopenable.tiff"
+    with pytest.raises(SlideError, match="Unsupported TIFF compression: 52479") as exc:
+        open_slide(path)
+    assert str(path) in str(exc.value)
+
+
+def test_openable_but_unreadable_slide():
+    path = shared_slides() / "synthetic" / "unreadable.svs"
+    with open_slide(path) as r:  # the header is fine
+        assert r.dimensions == (16, 16)
+        with pytest.raises(SlideError, match="cannot read pixels: Bogus marker length") as exc:
+            r.read_region((0, 0), 0, (16, 16))
+    assert str(path) in str(exc.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(SlideError, match="not found"):
+        open_slide(tmp_path / "nope.svs")
+    with pytest.raises(SlideError, match="is a directory"):
+        open_slide(tmp_path)
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_tiff_without_resolution_needs_override(tmp_path, tiled):
+    img = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    path = write_tiff(tmp_path / f"nores-{tiled}.tiff", img, mpp=None, tiled=tiled)
+    msg = r"no microns-per-pixel \(MPP\) in the file; set the `mpp` column in the cohort sheet"
+    with pytest.raises(SlideError, match=msg) as exc:
+        open_slide(path)
+    assert str(path) in str(exc.value) and "--slide-mpp" in str(exc.value)
+    with open_slide(path, mpp_override=0.5) as r:
+        assert r.mpp == 0.5
+        np.testing.assert_array_equal(r.read_region((0, 0), 0, (128, 96)), img)
+
+
+def test_plain_tiff_fallback_reads_resolution_tags(tmp_path):
+    img = np.random.default_rng(1).integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    for unit in ("CENTIMETER", "INCH"):
+        path = write_tiff(tmp_path / f"strip-{unit}.tiff", img, mpp=0.25, tiled=False, unit=unit)
+        with open_slide(path) as r:  # OpenSlide refuses untiled TIFFs: the fallback reads it
+            assert type(r).__name__ == "ImageReader"
+            assert r.mpp == pytest.approx(0.25) and r.mpp_source == "tiff"
+            np.testing.assert_array_equal(r.read_region((10, 5), 0, (20, 30)), img[5:35, 10:30])
+
+
+def test_png_fallback_with_override(tmp_path):
+    img = np.random.default_rng(2).integers(0, 255, (50, 60, 3), dtype=np.uint8)
+    path = tmp_path / "plain.png"
+    Image.fromarray(img).save(path)
+    with pytest.raises(SlideError, match="no microns-per-pixel"):
+        open_slide(path)
+    with open_slide(path, mpp_override=1.0) as r:
+        np.testing.assert_array_equal(r.read_region((0, 0), 0, (60, 50)), img)
+
+
+def test_array_reader_levels_and_outside_is_white():
+    img = np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    r = ArrayReader(img, 0.5, downsamples=(2, 4))
+    assert r.level_dimensions == ((96, 64), (48, 32), (24, 16))
+    assert r.level_downsamples == (1.0, 2.0, 4.0)
+    assert r.best_level_for_mpp(1.0) == 1
+    out = r.read_region((80, 50), 0, (32, 32))
+    np.testing.assert_array_equal(out[:14, :16], img[50:, 80:])
+    assert (out[14:] == 255).all() and (out[:, 16:] == 255).all()
+    level1 = np.asarray(Image.fromarray(img).resize((48, 32), Image.Resampling.BOX))
+    np.testing.assert_array_equal(r.read_region((8, 4), 1, (10, 6)), level1[2:8, 4:14])
+
+
+def test_composite_on_white():
+    rgba = np.array([[[10, 20, 30, 255], [200, 100, 0, 0], [100, 100, 100, 128]]], np.uint8)
+    out = composite_on_white(rgba)
+    np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
+    np.testing.assert_array_equal(out[0, 1], [255, 255, 255])
+    assert np.abs(out[0, 2].astype(int) - 177).max() <= 1
