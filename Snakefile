@@ -13,9 +13,10 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/preprocess.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand("results/demo/sheet.csv", cohort=DEMO_COHORTS),
+        expand("results/qc/{cohort}.csv", cohort=config["cohorts"]),
