@@ -1,0 +1,173 @@
+"""Cross-validation summary (aggregate_cv) and fold-model ensembles on synthetic predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from test_heatmap import write_store
+from test_localization import _write_mask
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
+from gigamil.evaluate.ensemble import ensemble_cohort, mean_attention, mean_probabilities
+from gigamil.evaluate.splits import make_folds, write_folds
+
+CLASSES = ["normal", "lesion"]
+
+
+def _sheet(n_patients=12, slides=2, cohort="demo"):
+    rows = []
+    for p in range(n_patients):
+        for s in range(slides):
+            rows.append({"cohort": cohort, "slide_id": f"{cohort}_p{p}_s{s}",
+                         "patient_id": f"{cohort}_p{p}", "label": CLASSES[p % 2]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _predict(slides: pd.DataFrame, fold: int, rng, signal=2.0, nan_slide=None) -> pd.DataFrame:
+    y = (slides["label"] == "lesion").to_numpy()
+    logit = rng.normal(size=len(slides)) + signal * (2 * y - 1)
+    p1 = 1 / (1 + np.exp(-logit))
+    df = slides[["slide_id", "patient_id", "cohort", "label"]].copy()
+    df["prob_normal"], df["prob_lesion"] = 1 - p1, p1
+    df["pred"] = np.where(p1 >= 0.5, "lesion", "normal")
+    df["fold"] = fold
+    if nan_slide is not None:
+        cols = ["prob_normal", "prob_lesion", "pred"]
+        df.loc[df.slide_id == nan_slide, cols] = [np.nan, np.nan, ""]
+    return df
+
+
+def _cv_fixture(tmp_path, nan_slide=None):
+    sheet = _sheet()
+    folds = make_folds(sheet, folds=3, seed=0)
+    write_folds(folds, tmp_path / "folds.csv")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        test = folds[(folds.fold == k) & (folds.role == "test")]
+        p = tmp_path / f"fold{k}" / "demo.csv"
+        p.parent.mkdir()
+        _predict(test, k, rng, nan_slide=nan_slide).to_csv(p, index=False)
+        paths.append(p)
+    return folds, paths
+
+
+def test_aggregate_cv_outputs_and_values(tmp_path):
+    folds, paths = _cv_fixture(tmp_path, nan_slide="demo_p3_s1")
+    out = tmp_path / "eval"
+    summary = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, out, "demo", n_boot=200)
+    for name in ("summary.json", "metrics.csv", "per_slide_predictions.csv", "roc.png",
+                 "confusion.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("oof_auc", "fold_auc_mean", "fold_auc_sd", "balanced_accuracy", "macro_f1",
+                "n_slides", "n_patients"):  # fmt: skip
+        assert key in on_disk, key
+    preds = pd.concat([pd.read_csv(p) for p in paths])
+    ok = preds.dropna(subset=["prob_lesion"])
+    assert on_disk["n_slides"] == 23 and on_disk["n_unpredicted"] == 1
+    assert on_disk["n_patients"] == 12
+    assert on_disk["oof_auc"] == pytest.approx(roc_auc_score(ok.label == "lesion", ok.prob_lesion))
+    fold_aucs = [roc_auc_score(f.label == "lesion", f.prob_lesion) for _, f in ok.groupby("fold")]
+    assert on_disk["fold_auc"] == pytest.approx(fold_aucs)
+    assert on_disk["fold_auc_mean"] == pytest.approx(np.mean(fold_aucs))
+    assert on_disk["fold_auc_sd"] == pytest.approx(np.std(fold_aucs, ddof=1))
+    pred = np.where(ok.prob_lesion > ok.prob_normal, "lesion", "normal")
+    assert on_disk["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(ok.label, pred))
+    lo, hi = on_disk["oof_auc_ci"]
+    assert lo <= on_disk["oof_auc"] <= hi
+    table = pd.read_csv(out / "metrics.csv", index_col="scope")
+    assert list(table.index) == ["fold0", "fold1", "fold2", "mean", "sd", "oof", "oof_ci_low",
+                                 "oof_ci_high"]  # fmt: skip
+    per_slide = pd.read_csv(out / "per_slide_predictions.csv")
+    assert len(per_slide) == 24 and set(per_slide.columns) >= {"fold", "pred", "correct"}
+    assert summary == on_disk | {"fold_auc_sd": summary["fold_auc_sd"]}
+
+
+def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
+    folds, paths = _cv_fixture(tmp_path)
+    preds = pd.concat([pd.read_csv(p, dtype={"fold": int}) for p in paths], ignore_index=True)
+    with pytest.raises(GigamilError, match="has no prediction"):
+        oof_predictions(preds.iloc[1:], folds)
+    train0 = folds[(folds.fold == 0) & (folds.role == "train")].iloc[:1]
+    extra = _predict(train0, 0, np.random.default_rng(1))
+    with pytest.raises(GigamilError, match="whose model used it for train"):
+        oof_predictions(pd.concat([preds, extra], ignore_index=True), folds)
+
+
+def test_localization_in_summary(tmp_path):
+    # a 4-patient cohort whose slides have stores, masks and attention
+    sheet = _sheet(n_patients=4, slides=1)
+    folds = make_folds(sheet, folds=2, seed=0)
+    write_folds(folds, tmp_path / "folds.csv")
+    rng = np.random.default_rng(0)
+    paths, loc = [], {}
+    for k in range(2):
+        test = folds[(folds.fold == k) & (folds.role == "test")]
+        p = tmp_path / f"p{k}.csv"
+        _predict(test, k, rng).to_csv(p, index=False)
+        paths.append(p)
+        for sid, label in zip(test.slide_id, test.label, strict=True):
+            store = tmp_path / f"{sid}.zarr"
+            _, grid = write_store(store)
+            mask = tmp_path / f"{sid}.png"
+            rows = [1, 2] if label == "lesion" else []
+            _write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
+            lesion = np.isin(grid[:, 0], rows) & np.isin(grid[:, 1], [1, 2])
+            att = np.where(lesion, 1.0, 0.0) + 3 * rng.random(len(grid))  # noisy: AUC < 1
+            np.save(tmp_path / f"{sid}.npy", att.astype(np.float32))
+            loc[sid] = (store, tmp_path / f"{sid}.npy", mask)
+    s = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "t",
+                     localization=loc, n_boot=50)  # fmt: skip
+    per = s["localization_auc_per_slide"]
+    assert sorted(per) == sorted(folds.loc[folds.label == "lesion", "slide_id"].unique())
+    assert s["localization_n_slides"] == 2
+    assert s["localization_auc"] == pytest.approx(np.mean(list(per.values())))
+    assert 0.5 < s["localization_auc"] < 1.0
+    table = pd.read_csv(tmp_path / "eval" / "per_slide_predictions.csv")
+    assert table["localization_auc"].notna().sum() == 2
+
+
+def test_ensemble_means_fold_probabilities(tmp_path):
+    ext = _sheet(n_patients=10, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    frames, paths = [], []
+    for k in range(3):
+        df = _predict(ext, k, rng, signal=1.0)
+        p = tmp_path / f"fold{k}.csv"
+        df.to_csv(p, index=False)
+        frames.append(df)
+        paths.append(p)
+    out = tmp_path / "ens"
+    summary = ensemble_cohort(paths, CLASSES, out, "ext", "demo", n_boot=100)
+    ens = pd.read_csv(out / "predictions.csv").set_index("slide_id")
+    manual = pd.concat(frames).groupby("slide_id")["prob_lesion"].mean()
+    np.testing.assert_allclose(ens.loc[manual.index, "prob_lesion"], manual.to_numpy())
+    assert ens["n_models"].eq(3).all()
+    assert summary["auc"] == pytest.approx(roc_auc_score(manual.index.map(
+        ext.set_index("slide_id")["label"]) == "lesion", manual))  # fmt: skip
+    assert summary["n_models"] == 3 and summary["n_slides"] == 10
+    single = [roc_auc_score(f.label == "lesion", f.prob_lesion) for f in frames]
+    assert summary["fold_auc"] == pytest.approx(single)
+    for name in ("summary.json", "metrics.csv", "roc.png", "confusion.png"):
+        assert (out / name).is_file()
+
+
+def test_mean_probabilities_skip_missing_models_and_mean_attention(tmp_path):
+    ext = _sheet(n_patients=2, slides=1, cohort="ext")
+    a = _predict(ext, 0, np.random.default_rng(0))
+    b = _predict(ext, 1, np.random.default_rng(1), nan_slide="ext_p0_s0")
+    ens = mean_probabilities(pd.concat([a, b]), CLASSES).set_index("slide_id")
+    assert ens.loc["ext_p0_s0", "n_models"] == 1
+    assert ens.loc["ext_p0_s0", "prob_lesion"] == pytest.approx(a.prob_lesion.iloc[0])
+    np.save(tmp_path / "a.npy", np.array([0.2, 0.8], np.float32))
+    np.save(tmp_path / "b.npy", np.array([0.4, 0.6], np.float32))
+    np.testing.assert_allclose(mean_attention([tmp_path / "a.npy", tmp_path / "b.npy"]), [0.3, 0.7])
+    np.save(tmp_path / "c.npy", np.array([1.0], np.float32))
+    with pytest.raises(GigamilError, match="different lengths"):
+        mean_attention([tmp_path / "a.npy", tmp_path / "c.npy"])

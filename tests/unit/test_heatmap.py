@@ -1,0 +1,147 @@
+"""Heatmaps put attention on the right grid cells; the GeoJSON is valid and in level-0 pixels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from gigamil.errors import GigamilError
+from gigamil.viz.heatmap import attention_canvas, make_heatmap, normalize_attention
+
+PATCH = 64  # level-0 px per patch side
+ROWS, COLS = 6, 8
+
+
+def write_store(path, keep=None, patch_px=8, stride=PATCH, slide_dims=None):
+    """A small zarr v3 patch store on a ROWS x COLS grid; patch i is filled with value 10 * i."""
+    cells = [(r, c) for r in range(ROWS) for c in range(COLS)]
+    if keep is not None:
+        cells = [cells[i] for i in keep]
+    grid = np.array(cells, dtype=np.int64).reshape(-1, 2)
+    coords = grid[:, ::-1] * stride  # (x, y) = (col, row) * stride
+    n = len(cells)
+    patches = np.zeros((n, patch_px, patch_px, 3), np.uint8)
+    patches[:] = (np.arange(n, dtype=np.uint8) * 5)[:, None, None, None]
+    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    g.create_array("patches", data=patches, chunks=(16, patch_px, patch_px, 3))
+    g.create_array("coords", data=coords)
+    g.create_array("grid", data=grid)
+    dims = slide_dims or (COLS * stride + PATCH - stride + 40, ROWS * stride + PATCH - stride + 24)
+    g.attrs.update({"slide_id": path.stem, "patch_size_level0": float(PATCH),
+                    "slide_dimensions": list(dims), "slide_mpp": 0.5})  # fmt: skip
+    return coords, grid
+
+
+def test_normalizations():
+    att = np.array([0.1, 0.4, 0.4, 5.0])
+    np.testing.assert_allclose(normalize_attention(att, "rank"), [0.25, 0.625, 0.625, 1.0])
+    np.testing.assert_allclose(normalize_attention(att, "minmax"), (att - 0.1) / 4.9)
+    pct = normalize_attention(np.r_[np.linspace(0, 1, 999), 1000.0], "percentile")
+    assert pct.min() == 0.0 and pct.max() == 1.0 and pct[500] > 0.45  # the outlier is clipped
+    np.testing.assert_allclose(normalize_attention(np.ones(3), "minmax"), 0.5)
+    with pytest.raises(GigamilError, match="heatmaps.normalize"):
+        normalize_attention(att, "zscore")
+
+
+def test_one_hot_attention_lights_the_right_cell_on_the_canvas():
+    grid = np.array([(r, c) for r in range(ROWS) for c in range(COLS)])
+    coords = grid[:, ::-1] * PATCH
+    hot = 19  # row 2, col 3
+    att = np.zeros(len(grid))
+    att[hot] = 1.0
+    scale = 0.25  # 16 thumbnail px per patch
+    canvas = attention_canvas(coords, PATCH, att, scale, (ROWS * 16 + 5, COLS * 16 + 7))
+    r, c = grid[hot]
+    assert np.all(canvas[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] == 1.0)
+    lit = np.argwhere(canvas == 1.0)
+    assert lit.min(axis=0).tolist() == [r * 16, c * 16]
+    assert lit.max(axis=0).tolist() == [r * 16 + 15, c * 16 + 15]
+    assert np.isnan(canvas[ROWS * 16 :, :]).all()  # outside the patches: nothing
+
+
+def test_overlapping_patches_are_averaged():
+    coords = np.array([[0, 0], [32, 0]])  # half-overlapping 64-px patches
+    canvas = attention_canvas(coords, 64, np.array([1.0, 0.0]), 1.0, (64, 96))
+    assert canvas[10, 10] == 1.0 and canvas[10, 80] == 0.0
+    assert canvas[10, 40] == pytest.approx(0.5)
+
+
+def test_make_heatmap_outputs_and_one_hot_overlay(tmp_path):
+    keep = [i for i in range(ROWS * COLS) if i not in (0, 7)]  # two cells without tissue
+    store = tmp_path / "s1.zarr"
+    coords, grid = write_store(store, keep=keep)
+    hot = keep.index(29)  # grid cell row 3, col 5
+    att = np.full(len(keep), 0.01, np.float32)
+    att[hot] = 0.9
+    out = tmp_path / "hm"
+    info = make_heatmap(store, att, out, slide_path=None, normalize="minmax", top_k=3,
+                        alpha=1.0, cmap="jet", thumb_px=256)  # fmt: skip
+    assert info["top"][0] == hot and info["n_patches"] == len(keep)
+    np.testing.assert_array_equal(np.load(out / "attention.npy"), att)
+    for name in ("overlay.png", "gallery.png", "patches.geojson"):
+        assert (out / name).stat().st_size > 0
+    # the overlay: the hottest (dark red in jet) pixels form one blob at the planted patch
+    img = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
+    img = img[:, : int(0.7 * img.shape[1])]  # leave out the colour bar on the right
+    red = (img[..., 0] > 100) & (img[..., 1] < 60) & (img[..., 2] < 60)
+    blue = (img[..., 2] > 100) & (img[..., 0] < 60) & (img[..., 1] < 60)
+    assert red.sum() > 20 and blue.sum() > 10 * red.sum()
+    ys, xs = np.nonzero(blue)
+    (ry, rx) = np.nonzero(red)
+    # position of the red blob inside the blue heatmap's bounding box = cell (3, 5) of 6 x 8
+    fy = (ry.mean() - ys.min()) / (ys.max() - ys.min() + 1)
+    fx = (rx.mean() - xs.min()) / (xs.max() - xs.min() + 1)
+    assert abs(fy - 3.5 / ROWS) < 0.05 and abs(fx - 5.5 / COLS) < 0.05
+
+
+def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
+    store = tmp_path / "s2.zarr"
+    coords, _ = write_store(store)
+    att = np.random.default_rng(0).random(len(coords)).astype(np.float32)
+    make_heatmap(store, att, tmp_path / "hm", top_k=2, thumb_px=128)
+    geo = json.loads((tmp_path / "hm" / "patches.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(coords)
+    for i, feat in enumerate(geo["features"]):
+        assert feat["type"] == "Feature"
+        assert feat["geometry"]["type"] == "Polygon"
+        ring = np.array(feat["geometry"]["coordinates"][0])
+        assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()  # closed ring
+        x, y = coords[i]
+        assert ring[:, 0].min() == x and ring[:, 1].min() == y
+        assert ring[:, 0].max() == x + PATCH and ring[:, 1].max() == y + PATCH
+        # exterior ring counter-clockwise (positive shoelace area with y up)
+        area = 0.5 * np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1])
+        assert area == pytest.approx(PATCH * PATCH)
+        props = feat["properties"]
+        assert props["objectType"] == "tile"
+        assert props["measurements"]["attention"] == pytest.approx(float(att[i]))
+        assert 0.0 <= props["measurements"]["attention_normalized"] <= 1.0
+        assert props["classification"]["name"] in ("attention-high", "attention-low")
+
+
+def test_gallery_shows_top_and_bottom_patches(tmp_path):
+    store = tmp_path / "s3.zarr"
+    coords, _ = write_store(store)
+    att = np.arange(len(coords), dtype=np.float32)  # the last patch has the highest attention
+    info = make_heatmap(store, att, tmp_path / "hm", top_k=4, thumb_px=128)
+    assert info["top"] == [len(coords) - 1 - i for i in range(4)]
+
+
+def test_attention_length_mismatch_is_an_error(tmp_path):
+    store = tmp_path / "s4.zarr"
+    write_store(store)
+    with pytest.raises(GigamilError, match="attention has 3 values but the store has 48 patches"):
+        make_heatmap(store, np.ones(3), tmp_path / "hm")
+
+
+def test_empty_store_still_gives_outputs(tmp_path):
+    store = tmp_path / "s5.zarr"
+    write_store(store, keep=[])
+    make_heatmap(store, np.zeros(0, np.float32), tmp_path / "hm", thumb_px=64)
+    geo = json.loads((tmp_path / "hm" / "patches.geojson").read_text())
+    assert geo == {"type": "FeatureCollection", "features": []}
+    assert (tmp_path / "hm" / "overlay.png").is_file()

@@ -1,0 +1,68 @@
+"""Lesion localisation: patch/mask overlap and attention AUC against the lesion mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_heatmap import COLS, PATCH, ROWS, write_store
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.localization import (
+    load_mask_with_downsample,
+    localization_auc,
+    patch_mask_fraction,
+    slide_localization,
+)
+
+
+def test_patch_mask_fraction_exact_overlaps():
+    mask = np.zeros((40, 40), bool)  # 1 mask px = 4 level-0 px
+    mask[0:8, 0:8] = True  # covers level-0 [0, 32) x [0, 32)
+    coords = np.array([[0, 0], [16, 0], [32, 0], [16, 16]])
+    frac = patch_mask_fraction(coords, 32.0, mask, 4.0)
+    np.testing.assert_allclose(frac, [1.0, 0.5, 0.0, 0.25])
+
+
+def test_localization_auc_perfect_and_reversed():
+    frac = np.array([0.0, 0.1, 0.6, 1.0, 0.0])
+    assert localization_auc(np.array([0.1, 0.2, 0.8, 0.9, 0.0]), frac) == 1.0
+    assert localization_auc(np.array([0.9, 0.8, 0.1, 0.2, 1.0]), frac) == 0.0
+    assert np.isnan(localization_auc(np.ones(3), np.zeros(3)))
+    with pytest.raises(GigamilError, match="attention has 2 values but the store has 3"):
+        localization_auc(np.ones(2), np.zeros(3))
+
+
+def _write_mask(path, rows, cols, downsample, sidecar=True):
+    """Lesion mask covering the given grid rows/cols of the test store."""
+    w = int(np.ceil((COLS * PATCH + 40) / downsample))
+    h = int(np.ceil((ROWS * PATCH + 24) / downsample))
+    mask = np.zeros((h, w), np.uint8)
+    s = PATCH // downsample
+    for r in rows:
+        for c in cols:
+            mask[r * s : (r + 1) * s, c * s : (c + 1) * s] = 255
+    Image.fromarray(mask).save(path)
+    if sidecar:
+        path.with_suffix(".json").write_text(json.dumps({"downsample": downsample, "mpp": 8.0}))
+    return mask
+
+
+def test_slide_localization_with_sidecar_and_fallbacks(tmp_path):
+    store = tmp_path / "s.zarr"
+    _, grid = write_store(store)
+    mask_path = tmp_path / "s.png"
+    _write_mask(mask_path, rows=[1, 2], cols=[2, 3, 4], downsample=16)
+    lesion = np.isin(grid[:, 0], [1, 2]) & np.isin(grid[:, 1], [2, 3, 4])
+    att = np.where(lesion, 0.05, 0.01) + np.random.default_rng(0).random(len(grid)) * 1e-3
+    res = slide_localization(store, att, mask_path)
+    assert res == {"localization_auc": 1.0, "n_lesion_patches": 6, "n_patches": len(grid)}
+    # sidecar without "downsample": mpp / slide_mpp (8.0 / 0.5 = 16)
+    mask_path.with_suffix(".json").write_text(json.dumps({"mpp": 8.0}))
+    assert slide_localization(store, -att, mask_path)["localization_auc"] == 0.0
+    # no sidecar: slide width / mask width
+    mask_path.with_suffix(".json").unlink()
+    _, ds = load_mask_with_downsample(mask_path, None, (COLS * PATCH + 40, ROWS * PATCH + 24))
+    assert ds == pytest.approx(16.0, rel=0.05)

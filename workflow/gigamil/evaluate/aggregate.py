@@ -1,0 +1,248 @@
+"""Cross-validation summary (rule aggregate_cv): out-of-fold metrics, tables, plots, localisation.
+
+Outputs in ``out_dir`` (``results/eval/{experiment}``):
+
+- ``summary.json``: headline numbers (see :func:`aggregate_cv` for the keys);
+- ``metrics.csv``: one row per fold, ``mean`` and ``sd`` across folds, the pooled out-of-fold
+  (``oof``) row and its bootstrap 95% CI (``oof_ci_low``, ``oof_ci_high``);
+- ``per_slide_predictions.csv``: every train-cohort slide's out-of-fold prediction (and its
+  localisation AUC where a lesion mask exists);
+- ``roc.png``, ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate import metrics as M
+from gigamil.evaluate.localization import cohort_localization
+
+log = logging.getLogger(__name__)
+
+PRED_ID_COLUMNS = ["slide_id", "patient_id", "cohort", "label"]
+
+
+def read_predictions(paths: Sequence[str | Path], classes: Sequence[str]) -> pd.DataFrame:
+    """Concatenate prediction CSVs (string ids, int ``fold``) and check their columns."""
+    frames = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise GigamilError(f"{path}: prediction file not found")
+        df = pd.read_csv(path, dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
+                         keep_default_na=False, na_values={f"prob_{c}": ["", "nan", "NaN"]
+                                                           for c in classes})  # fmt: skip
+        need = PRED_ID_COLUMNS + ["fold"] + [f"prob_{c}" for c in classes]
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise GigamilError(f"{path}: missing column(s) {', '.join(missing)}")
+        frames.append(df)
+    if not frames:
+        raise GigamilError("no prediction files given")
+    out = pd.concat(frames, ignore_index=True)
+    out["fold"] = out["fold"].astype(int)
+    return out
+
+
+def split_unpredicted(preds: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFrame, int]:
+    """Drop rows with non-finite probabilities (slides without patches); return (rest, count)."""
+    probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    ok = np.isfinite(probs).all(axis=1)
+    if (~ok).any():
+        log.warning("%d slide(s) have no prediction (no patches), left out of the metrics: %s",
+                    int((~ok).sum()), ", ".join(preds.loc[~ok, "slide_id"].head(10)))  # fmt: skip
+    return preds.loc[ok].reset_index(drop=True), int((~ok).sum())
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: nan/inf -> None, numpy scalars -> Python, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value
+
+
+def write_json(data: Mapping[str, Any], path: str | Path) -> None:
+    """Write ``data`` as strict JSON (NaN written as null)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(_clean(dict(data)), indent=2, allow_nan=False) + "\n")
+
+
+def pooled_metrics(preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
+                   ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:  # fmt: skip
+    """Metrics of all rows together and their patient-level bootstrap CIs."""
+    y, p = M.labels_and_probs(preds, classes)
+    pooled = M.classification_metrics(y, p, classes)
+    ci = M.bootstrap_ci(y, p, classes, groups=preds["patient_id"].to_numpy(), n_boot=n_boot,
+                        seed=seed)  # fmt: skip
+    return pooled, ci
+
+
+def metrics_table(preds: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, Any],
+                  ci: Mapping[str, tuple[float, float]], pooled_name: str
+                  ) -> pd.DataFrame:  # fmt: skip
+    """Per-fold rows, mean, sd, the pooled row and its CI rows."""
+    table = M.fold_table(preds, classes)
+    row = {k: pooled[k] for k in table.columns if k in pooled}
+    row["n_slides"] = pooled["n"]
+    row["n_patients"] = int(preds["patient_id"].nunique())
+    table.loc[pooled_name] = pd.Series(row)
+    for i, suffix in enumerate(("ci_low", "ci_high")):
+        table.loc[f"{pooled_name}_{suffix}"] = pd.Series({k: v[i] for k, v in ci.items()})
+    return table
+
+
+def summary_block(preds: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, Any],
+                  ci: Mapping[str, tuple[float, float]], table: pd.DataFrame,
+                  auc_key: str) -> dict[str, Any]:  # fmt: skip
+    """The summary.json numbers shared by the CV summary and the ensemble summaries."""
+    folds = table.loc[table.index.str.startswith("fold")]
+    patients = M.patient_level(preds, classes)
+    yp, pp = M.labels_and_probs(patients, classes)
+    out: dict[str, Any] = {
+        "classes": list(classes),
+        "n_slides": int(len(preds)),
+        "n_patients": int(preds["patient_id"].nunique()),
+        auc_key: pooled["auc"],
+        f"{auc_key}_ci": list(ci["auc"]),
+        "fold_auc": folds["auc"].tolist(),
+        "fold_auc_mean": float(folds["auc"].mean()),
+        "fold_auc_sd": float(folds["auc"].std(ddof=1)) if len(folds) > 1 else float("nan"),
+        "patient_auc": M.roc_auc(yp, pp),
+    }
+    for name in ("balanced_accuracy", "macro_f1", "accuracy"):
+        out[name] = pooled[name]
+        out[f"{name}_ci"] = list(ci[name])
+        out[f"fold_{name}_mean"] = float(folds[name].mean())
+        out[f"fold_{name}_sd"] = float(folds[name].std(ddof=1)) if len(folds) > 1 else float("nan")
+    out["per_class_recall"] = {c: pooled[f"recall_{c}"] for c in classes}
+    out["confusion_matrix"] = pooled["confusion"]
+    out["ci_level"] = 0.95
+    return out
+
+
+def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Out-of-fold predictions: each train-cohort slide predicted by the fold it is a test slide of.
+
+    Raises:
+        GigamilError: a test slide without a prediction, or predicted by a model that trained on it.
+    """
+    test = folds.loc[folds["role"] == "test", ["fold", "cohort", "slide_id"]]
+    key = ["fold", "cohort", "slide_id"]
+    merged = test.merge(preds, on=key, how="left", indicator=True)
+    missing = merged[merged["_merge"] == "left_only"]
+    if not missing.empty:
+        r = missing.iloc[0]
+        raise GigamilError(
+            f"slide {r['cohort']}/{r['slide_id']} (test slide of fold {r['fold']}) "
+            "has no prediction"
+        )
+    seen = preds.merge(folds[key + ["role"]], on=key, how="left")
+    leaked = seen[seen["role"].isin(["train", "val"])]
+    if not leaked.empty:
+        r = leaked.iloc[0]
+        raise GigamilError(
+            f"slide {r['cohort']}/{r['slide_id']} is predicted by fold {r['fold']}, whose model "
+            f"used it for {r['role']}; it cannot count as out-of-fold"
+        )
+    return merged.drop(columns="_merge").reset_index(drop=True)
+
+
+def aggregate_cv(
+    pred_csvs: Sequence[str | Path],
+    folds_csv: str | Path,
+    classes: Sequence[str],
+    out_dir: str | Path,
+    experiment: str = "",
+    localization: Mapping[str, tuple[str | Path, str | Path, str | Path]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Summarise the cross-validation of the train cohorts.
+
+    Args:
+        pred_csvs: per-fold prediction CSVs of the train cohorts (``fold`` column included).
+        folds_csv: the folds.csv the models were trained with.
+        classes: class names in output order.
+        out_dir: where summary.json, metrics.csv, per_slide_predictions.csv and the plots go.
+        localization: ``{slide_id: (store, attention.npy, lesion_mask.png)}`` for slides with a
+            ground-truth lesion mask (attention from the slide's out-of-fold model).
+        n_boot: bootstrap resamples (patients) for the 95% CIs.
+
+    Returns:
+        The summary: ``oof_auc`` (+ ``_ci``), ``fold_auc`` list, ``fold_auc_mean``,
+        ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``, ``accuracy`` (each with ``_ci`` and
+        fold mean/sd), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``, ``n_slides``,
+        ``n_patients``, ``n_folds``, ``n_unpredicted`` and, with masks, ``localization_auc``
+        (mean over slides where it is defined) and ``localization_auc_per_slide``.
+    """
+    from gigamil.evaluate.splits import read_folds
+    from gigamil.viz.plots import plot_confusion, plot_roc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folds = read_folds(folds_csv)
+    preds = oof_predictions(read_predictions(pred_csvs, classes), folds)
+    valid, n_unpredicted = split_unpredicted(preds, classes)
+    if valid.empty:
+        raise GigamilError("no slide has a prediction; nothing to evaluate")
+    pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
+    table = metrics_table(valid, classes, pooled, ci, "oof")
+    summary: dict[str, Any] = {"experiment": experiment}
+    summary.update(summary_block(valid, classes, pooled, ci, table, "oof_auc"))
+    summary["n_folds"] = int(folds["fold"].nunique())
+    summary["n_unpredicted"] = n_unpredicted
+    summary["cohorts"] = sorted(folds["cohort"].unique().tolist())
+
+    per_slide = preds.copy()
+    pcols = [f"prob_{c}" for c in classes]
+    probs = per_slide[pcols].to_numpy(dtype=float)
+    ok = np.isfinite(probs).all(axis=1)
+    pred_idx = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
+    per_slide["pred"] = [classes[i] if i >= 0 else "" for i in pred_idx]
+    per_slide["correct"] = np.where(ok, per_slide["pred"] == per_slide["label"], False)
+    if localization:
+        loc = cohort_localization(localization)
+        values = {s: v["localization_auc"] for s, v in loc.items()}
+        per_slide["localization_auc"] = per_slide["slide_id"].map(values)
+        per_slide["n_lesion_patches"] = per_slide["slide_id"].map(
+            {s: v["n_lesion_patches"] for s, v in loc.items()}
+        )
+        finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+        summary["localization_auc"] = float(np.mean(finite)) if finite else float("nan")
+        summary["localization_auc_sd"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+        summary["localization_n_slides"] = len(finite)
+        summary["localization_auc_per_slide"] = {s: v for s, v in sorted(values.items())
+                                                 if math.isfinite(v)}  # fmt: skip
+        log.info("localisation AUC: mean %.3f over %d slides", summary["localization_auc"],
+                 len(finite))  # fmt: skip
+    cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
+    cols += [c for c in ("localization_auc", "n_lesion_patches") if c in per_slide.columns]
+    per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(
+        out_dir / "per_slide_predictions.csv", index=False
+    )
+    table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
+    title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
+    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by="fold")
+    plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
+    write_json(summary, out_dir / "summary.json")
+    log.info("out-of-fold AUC %.3f (95%% CI %.3f-%.3f), folds %.3f ± %.3f, %d slides",
+             summary["oof_auc"], *summary["oof_auc_ci"], summary["fold_auc_mean"],
+             summary["fold_auc_sd"] if summary["fold_auc_sd"] == summary["fold_auc_sd"] else 0.0,
+             summary["n_slides"])  # fmt: skip
+    return summary

@@ -1,0 +1,133 @@
+"""Ensemble of the fold models (rule ensemble): mean probabilities and mean attention.
+
+On an external cohort every fold model predicts every slide; the ensemble probability of a slide is
+the mean over the models. On a train cohort each slide is predicted only by the model of the fold
+it was a test slide of, so the "ensemble" is exactly the out-of-fold prediction: the same code
+gives the per-cohort out-of-fold evaluation.
+
+Outputs in ``out_dir`` (``results/eval/{experiment}/ensemble/{cohort}``): ``predictions.csv``,
+``metrics.csv`` (each fold model's metrics on the cohort, their mean and sd, the ensemble row and
+its bootstrap CI), ``summary.json``, ``roc.png``, ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.aggregate import (
+    metrics_table,
+    pooled_metrics,
+    read_predictions,
+    split_unpredicted,
+    summary_block,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """One row per slide: mean ``prob_<class>`` over the models that predicted it.
+
+    Args:
+        preds: stacked prediction tables of several fold models (column ``fold``).
+
+    Returns:
+        cohort, slide_id, patient_id, label, prob_<class>..., pred, n_models, folds.
+    """
+    pcols = [f"prob_{c}" for c in classes]
+    key = ["cohort", "slide_id"]
+    ids = preds.groupby(key, sort=True)[["patient_id", "label"]].first()
+    conflict = preds.groupby(key)["label"].nunique()
+    if (conflict > 1).any():
+        raise GigamilError(f"slide {conflict.idxmax()} has different labels in the predictions")
+    probs = preds.groupby(key, sort=True)[pcols].mean()  # NaN rows (no patches) are skipped
+    n_models = preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1)).groupby(
+        key, sort=True
+    )["ok"].sum()
+    folds = preds.groupby(key, sort=True)["fold"].apply(lambda f: ";".join(map(str, sorted(f))))
+    out = ids.join(probs).join(n_models.rename("n_models")).join(folds.rename("folds"))
+    p = out[pcols].to_numpy(dtype=float)
+    ok = np.isfinite(p).all(axis=1)
+    out["pred"] = [classes[i] if good else "" for i, good in
+                   zip(np.nan_to_num(p, nan=-1).argmax(axis=1), ok, strict=True)]  # fmt: skip
+    out = out.reset_index()
+    return out[["cohort", "slide_id", "patient_id", "label", *pcols, "pred", "n_models", "folds"]]
+
+
+def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
+    """Mean (N,) of the attention arrays of several fold models for one slide.
+
+    Raises:
+        GigamilError: no file, or arrays of different lengths (stores changed between models).
+    """
+    arrays = [np.load(p).astype(np.float64) for p in paths]
+    if not arrays:
+        raise GigamilError("no attention files to average")
+    sizes = {a.shape for a in arrays}
+    if len(sizes) != 1:
+        raise GigamilError(
+            f"attention files have different lengths {sorted(s[0] for s in sizes)}: "
+            f"{', '.join(map(str, paths))}"
+        )
+    return np.mean(arrays, axis=0).astype(np.float32)
+
+
+def ensemble_cohort(
+    pred_csvs: Sequence[str | Path],
+    classes: Sequence[str],
+    out_dir: str | Path,
+    cohort: str,
+    experiment: str = "",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate the fold-model ensemble on one cohort.
+
+    Args:
+        pred_csvs: the cohort's prediction CSV of every fold model.
+        classes: class names in output order.
+        out_dir: output directory (created).
+        cohort: cohort name (rows of other cohorts are ignored).
+
+    Returns:
+        The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
+        model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
+        ``accuracy`` (+ CIs), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``,
+        ``n_slides``, ``n_patients``, ``n_models``, ``n_unpredicted``.
+    """
+    from gigamil.viz.plots import plot_confusion, plot_roc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds = read_predictions(pred_csvs, classes)
+    preds = preds[preds["cohort"] == cohort].reset_index(drop=True)
+    if preds.empty:
+        raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
+    ens = mean_probabilities(preds, classes)
+    ens.to_csv(out_dir / "predictions.csv", index=False)
+    valid, n_unpredicted = split_unpredicted(ens, classes)
+    valid_folds, _ = split_unpredicted(preds, classes)
+    if valid.empty:
+        raise GigamilError(f"cohort {cohort!r}: no slide has a prediction")
+    pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
+    table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
+    table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
+    summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
+    summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
+    summary["n_models"] = int(preds["fold"].nunique())
+    summary["n_unpredicted"] = n_unpredicted
+    title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
+    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
+    plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
+    write_json(summary, out_dir / "summary.json")
+    log.info("cohort %s: ensemble of %d model(s), AUC %.3f on %d slides", cohort,
+             summary["n_models"], summary["auc"], summary["n_slides"])  # fmt: skip
+    return summary

@@ -1,0 +1,120 @@
+"""Lesion localisation: how well per-patch attention ranks patches inside a ground-truth mask.
+
+For every patch of a slide, the fraction of its area inside the lesion mask is measured with a
+summed-area table of the mask; patches with a fraction >= ``threshold`` are lesion patches. The
+localisation AUC of a slide is the ROC AUC of attention for lesion vs. non-lesion patches; it is
+defined only for slides with both kinds of patches (positive slides with some normal tissue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.metrics import binary_auc
+
+log = logging.getLogger(__name__)
+
+
+def read_store_geometry(store: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``coords`` (N, 2) level-0 x,y, ``grid`` (N, 2) row,col and the attrs of a patch store."""
+    from gigamil.data.store import read_store
+
+    if not Path(store).exists():
+        raise GigamilError(f"{store}: patch store not found")
+    _, coords, grid, attrs = read_store(store)
+    return coords, grid, attrs
+
+
+def load_mask_with_downsample(path: str | Path, slide_mpp: float | None = None,
+                              slide_dimensions: tuple[int, int] | None = None
+                              ) -> tuple[np.ndarray, float]:  # fmt: skip
+    """A lesion mask PNG as bool (H, W) and its downsample (level-0 px per mask px).
+
+    The downsample comes from the JSON sidecar (same stem) key ``downsample``; else from its
+    ``mpp`` divided by ``slide_mpp``; else from the slide width over the mask width.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise GigamilError(f"lesion mask {path} not found")
+    mask = np.asarray(Image.open(path).convert("L")) > 127  # (H, W)
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if "downsample" in meta:
+        return mask, float(meta["downsample"])
+    if "mpp" in meta and slide_mpp:
+        return mask, float(meta["mpp"]) / float(slide_mpp)
+    if slide_dimensions is not None:
+        return mask, float(slide_dimensions[0]) / mask.shape[1]
+    raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
+
+
+def patch_mask_fraction(coords: np.ndarray, patch_size_level0: float, mask: np.ndarray,
+                        downsample: float) -> np.ndarray:  # fmt: skip
+    """Fraction (N,) of each patch's area covered by ``mask``.
+
+    Args:
+        coords: (N, 2) level-0 x, y of each patch's top-left corner.
+        patch_size_level0: patch side in level-0 pixels.
+        mask: bool (H, W), one pixel = ``downsample`` level-0 pixels.
+    """
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), dtype=np.float64)  # summed-area table
+    sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
+    x0 = np.clip(np.floor(coords[:, 0] / downsample).astype(np.int64), 0, w)
+    y0 = np.clip(np.floor(coords[:, 1] / downsample).astype(np.int64), 0, h)
+    x1 = np.clip(np.ceil((coords[:, 0] + patch_size_level0) / downsample).astype(np.int64), 0, w)
+    y1 = np.clip(np.ceil((coords[:, 1] + patch_size_level0) / downsample).astype(np.int64), 0, h)
+    inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    return np.where((x1 > x0) & (y1 > y0), inside / area, 0.0)
+
+
+def localization_auc(attention: np.ndarray, lesion_fraction: np.ndarray,
+                     threshold: float = 0.5) -> float:  # fmt: skip
+    """AUC of attention (N,) for lesion patches (fraction >= threshold); nan if one kind only."""
+    attention = np.asarray(attention, dtype=float)
+    if attention.shape != lesion_fraction.shape:
+        raise GigamilError(
+            f"attention has {attention.shape[0]} values but the store has "
+            f"{lesion_fraction.shape[0]} patches"
+        )
+    return binary_auc(lesion_fraction >= threshold, attention)
+
+
+def slide_localization(store: str | Path, attention: np.ndarray, mask_path: str | Path,
+                       threshold: float = 0.5) -> dict[str, float]:  # fmt: skip
+    """Localisation of one slide: AUC, number of lesion patches and of patches."""
+    coords, _, attrs = read_store_geometry(store)
+    mask, ds = load_mask_with_downsample(
+        mask_path, attrs.get("slide_mpp"), tuple(attrs.get("slide_dimensions") or ()) or None
+    )
+    frac = patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
+    return {
+        "localization_auc": localization_auc(attention, frac, threshold),
+        "n_lesion_patches": int((frac >= threshold).sum()),
+        "n_patches": int(frac.size),
+    }
+
+
+def cohort_localization(slides: Mapping[str, tuple[str | Path, str | Path, str | Path]],
+                        threshold: float = 0.5) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Localisation of many slides: ``{slide_id: (store, attention .npy, mask png)}``.
+
+    Slides whose attention file is missing are skipped with a warning.
+    """
+    out = {}
+    for slide_id, (store, att_path, mask_path) in slides.items():
+        if not Path(att_path).is_file():
+            log.warning("slide %s: no attention file %s; localisation skipped", slide_id, att_path)
+            continue
+        out[slide_id] = slide_localization(store, np.load(att_path), mask_path, threshold)
+    return out

@@ -1,0 +1,1 @@
+"""Attention heatmaps, GeoJSON export and evaluation plots."""

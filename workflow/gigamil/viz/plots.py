@@ -1,0 +1,88 @@
+"""Evaluation plots: ROC curves and confusion matrices (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.evaluate.metrics import confusion_matrix, labels_and_probs, roc_auc, roc_curve
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(preds: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str,
+             by: str | None = "fold") -> None:  # fmt: skip
+    """ROC curves of slide predictions.
+
+    Binary: the pooled curve (thick) and, when ``by`` names a column with several values, one thin
+    curve per value (e.g. per fold). Multi-class: one pooled one-vs-rest curve per class.
+    """
+    plt = _pyplot()
+    y, p = labels_and_probs(preds, classes)
+    fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
+    if len(classes) == 2:
+        if by is not None and by in preds.columns and preds[by].nunique() > 1:
+            for value, part in preds.groupby(by, sort=True):
+                yk, pk = labels_and_probs(part, classes)
+                if 0 < (yk == 1).sum() < yk.size:
+                    fpr, tpr = roc_curve(yk == 1, pk[:, 1])
+                    auc = roc_auc(yk, pk)
+                    ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"{by} {value} (AUC {auc:.3f})")
+        if 0 < (y == 1).sum() < y.size:
+            fpr, tpr = roc_curve(y == 1, p[:, 1])
+            ax.plot(fpr, tpr, lw=2.5, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
+    else:
+        for c, name in enumerate(classes):
+            if 0 < (y == c).sum() < y.size:
+                fpr, tpr = roc_curve(y == c, p[:, c])
+                auc = roc_auc((y == c).astype(int), np.c_[1 - p[:, c], p[:, c]])
+                ax.plot(fpr, tpr, lw=1.8, label=f"{name} vs rest (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_confusion(preds: pd.DataFrame, classes: Sequence[str], path: str | Path,
+                   title: str) -> None:  # fmt: skip
+    """Confusion matrix (counts and row-normalised %), rows = true class."""
+    plt = _pyplot()
+    y, p = labels_and_probs(preds, classes)
+    cm = confusion_matrix(y, p.argmax(axis=1), len(classes))
+    rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    frac = cm / rows
+    size = 1.2 + 0.9 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=120)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            colour = "white" if frac[i, j] > 0.6 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{100 * frac[i, j]:.0f}%", ha="center", va="center",
+                    color=colour, fontsize=9)  # fmt: skip
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
