@@ -41,7 +41,9 @@ def read_raster(
     sx, sy = level_scale(reader, level, fx, fy)
     bx0, bx1 = u0 * sx, (u0 + w) * sx  # window edges in level px
     by0, by1 = v0 * sy, (v0 + h) * sy
-    margin = 1 if min(sx, sy) < 1.0 else 0  # bilinear upsampling looks one pixel further
+    # one spare level pixel each side: OpenSlide may start a level > 0 read at a fractional
+    # level coordinate, and bilinear upsampling looks one pixel further
+    margin = 2 if min(sx, sy) < 1.0 else 1
     rx0, ry0 = math.floor(bx0) - margin, math.floor(by0) - margin
     rx1, ry1 = math.ceil(bx1) + margin, math.ceil(by1) + margin
     ds = reader.level_downsamples[level]
@@ -50,7 +52,13 @@ def read_raster(
     region = reader.read_region_view(location, level, (rx1 - rx0, ry1 - ry0))  # (rh, rw, 3)
     img = Image.fromarray(np.ascontiguousarray(region))
     filt = Image.Resampling.BOX if min(sx, sy) >= 1.0 else Image.Resampling.BILINEAR
-    box = (bx0 - ox, by0 - oy, bx1 - ox, by1 - oy)
+    rw, rh = rx1 - rx0, ry1 - ry0
+    box = (
+        min(max(bx0 - ox, 0.0), rw),
+        min(max(by0 - oy, 0.0), rh),
+        min(max(bx1 - ox, 0.0), rw),
+        min(max(by1 - oy, 0.0), rh),
+    )
     return np.asarray(img.resize((w, h), filt, box=box))
 
 

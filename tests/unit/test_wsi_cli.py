@@ -1,0 +1,143 @@
+"""The `gigamil mask` / `gigamil patches` command-line contract and the QC table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from wsi_fixtures import CMU_SVS, shared_slides, write_tiff
+
+from gigamil.cli import main
+from gigamil.data.store import read_store
+from gigamil.wsi.qc import COLUMNS, write_qc_table
+
+
+def _one_error_line(capsys, command, *fragments):
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [e for e in err if e.startswith("gigamil ")]  # log lines carry a timestamp
+    assert len(err) == 1, err
+    assert err[0].startswith(f"gigamil {command}: error: ")
+    for frag in fragments:
+        assert frag in err[0], (frag, err[0])
+
+
+def test_mask_and_patches_contract(tmp_path):
+    mask, qc, js = tmp_path / "m.png", tmp_path / "m.qc.png", tmp_path / "m.json"
+    assert main(["mask", str(CMU_SVS), "--out", str(mask), "--qc", str(qc),
+                 "--json", str(js)]) == 0
+    assert mask.is_file() and qc.is_file()
+    info = json.loads(js.read_text())
+    assert {"tissue_fraction", "mask_mpp", "warnings"} <= set(info)
+    store = tmp_path / "s.zarr"
+    assert main(["patches", str(CMU_SVS), "--out", str(store), "--mpp", "0.5", "--patch-px", "128",
+                 "--stride", "96", "--mask", str(mask), "--threads", "2", "--no-progress"]) == 0
+    p, coords, grid, attrs = read_store(store)
+    for key in ("slide_id", "slide_mpp", "target_mpp", "effective_mpp", "patch_px", "level"):
+        assert key in attrs
+    assert attrs["slide_id"] == "CMU-1-Small-Region" and attrs["stride_px"] == 96
+    assert attrs["target_mpp"] == 0.5 and abs(attrs["effective_mpp"] - 0.5) <= 0.005
+    assert attrs["mask_params"]["mask_file"] == str(mask.resolve())
+    assert attrs["mask_params"]["mask_mpp"] == 8.0  # from the JSON sidecar next to the mask
+    assert p.shape[1:] == (128, 128, 3) and p.shape[0] == len(coords) > 50
+    # --slide-mpp changes the physical scale: at a claimed 0.25 µm/px, 128 px at 0.5 µm/px
+    # span 256 level-0 px
+    store2 = tmp_path / "s2.zarr"
+    assert main(["patches", str(CMU_SVS), "--out", str(store2), "--mpp", "0.5", "--patch-px",
+                 "128", "--slide-mpp", "0.25", "--min-tissue", "0", "--codec", "jpeg"]) == 0
+    _, c2, g2, a2 = read_store(store2)
+    assert a2["slide_mpp"] == 0.25 and a2["level"] == 0 and a2["codec"] == "jpeg"
+    assert a2["patch_size_level0"] == 256.0
+    np.testing.assert_array_equal(c2[1], [256, 0])
+
+
+def test_qc_table(tmp_path):
+    for sid in ("a", "b"):
+        assert main(["mask", str(CMU_SVS), "--out", str(tmp_path / f"{sid}.png"),
+                     "--json", str(tmp_path / f"{sid}.json"), "--mask-mpp", "16"]) == 0
+        assert main(["patches", str(CMU_SVS), "--out", str(tmp_path / f"{sid}.zarr"),
+                     "--mpp", "2", "--patch-px", "32", "--mask", str(tmp_path / f"{sid}.png"),
+                     "--slide-id", sid]) == 0
+    out = tmp_path / "qc" / "cohort.csv"
+    write_qc_table(out, ["a", "b"], [tmp_path / "a.json", tmp_path / "b.json"],
+                   [tmp_path / "a.zarr", tmp_path / "b.zarr"])
+    df = pd.read_csv(out)
+    assert list(df.columns) == COLUMNS and list(df["slide_id"]) == ["a", "b"]
+    row = df.iloc[0]
+    assert (row["width"], row["height"]) == (2220, 2967)
+    assert row["slide_mpp"] == pytest.approx(0.499) and row["n_patches"] > 0
+    assert 0.2 < row["tissue_fraction"] < 0.6 and row["extract_seconds"] >= 0
+
+
+def test_unopenable_slide(tmp_path, capsys):
+    slide = shared_slides() / "synthetic" / "unopenable.tiff"
+    assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
+    _one_error_line(capsys, "mask", str(slide), "Unsupported TIFF compression")
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_unreadable_slide(tmp_path, capsys):
+    slide = shared_slides() / "synthetic" / "unreadable.svs"
+    assert main(["patches", str(slide), "--out", str(tmp_path / "s.zarr"), "--mpp", "0.5",
+                 "--patch-px", "8", "--min-tissue", "0"]) == 2
+    _one_error_line(capsys, "patches", str(slide), "Bogus marker length")
+    assert not list(tmp_path.iterdir())  # no store, no temporary leftovers
+
+
+def test_missing_mpp_needs_override(tmp_path, capsys):
+    img = np.full((300, 400, 3), 240, np.uint8)
+    slide = write_tiff(tmp_path / "nompp.tiff", img, mpp=None)
+    assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
+    _one_error_line(capsys, "mask", str(slide), "no microns-per-pixel (MPP)", "--slide-mpp")
+    assert main(["patches", str(slide), "--out", str(tmp_path / "s.zarr"), "--mpp", "1",
+                 "--patch-px", "32"]) == 2
+    _one_error_line(capsys, "patches", str(slide), "`mpp` column")
+
+
+def test_implausible_mpp_message(tmp_path, capsys):
+    slide = shared_slides() / "synthetic" / "boxes.tiff"
+    assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
+    _one_error_line(capsys, "mask", str(slide), "implausible", "--slide-mpp")
+
+
+def test_empty_tissue_is_a_warning_not_a_crash(tmp_path, capsys):
+    white = np.full((512, 512, 3), 248, np.uint8)
+    slide = write_tiff(tmp_path / "white.tiff", white, mpp=0.5, levels=2)
+    mask, js = tmp_path / "w.png", tmp_path / "w.json"
+    assert main(["mask", str(slide), "--out", str(mask), "--json", str(js),
+                 "--mask-mpp", "4"]) == 0
+    assert not np.asarray(Image.open(mask)).any()
+    assert any("no tissue" in w for w in json.loads(js.read_text())["warnings"])
+    assert main(["patches", str(slide), "--out", str(tmp_path / "w.zarr"), "--mpp", "1",
+                 "--patch-px", "32", "--mask", str(mask)]) == 0
+    p, _, _, attrs = read_store(tmp_path / "w.zarr")
+    assert p.shape == (0, 32, 32, 3) and attrs["warnings"]
+    assert "no patch reaches" in capsys.readouterr().err
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert main(["mask", str(CMU_SVS), "--out", str(tmp_path / "m.png"),
+                 "--threshold", "high"]) == 2
+    _one_error_line(capsys, "mask", "--threshold")
+    assert main(["patches", str(CMU_SVS), "--out", str(tmp_path / "s.zarr"), "--mpp", "0.5",
+                 "--patch-px", "0"]) == 2
+    _one_error_line(capsys, "patches", "patch_px")
+    with pytest.raises(SystemExit):  # argparse: --out is required
+        main(["patches", str(CMU_SVS), "--mpp", "0.5", "--patch-px", "64"])
+
+
+def test_console_script_reports_one_line(tmp_path):
+    exe = shutil.which("gigamil")
+    assert exe, "the gigamil console script is not installed"
+    slide = shared_slides() / "synthetic" / "unopenable.tiff"
+    proc = subprocess.run([exe, "patches", str(slide), "--out", str(tmp_path / "s.zarr"),
+                           "--mpp", "0.5", "--patch-px", "256"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gigamil patches: error: ")
+    assert str(slide) in lines[0]

@@ -1,0 +1,236 @@
+"""gigamil.wsi.patching: exact-MPP patches, level choice, resampling, grid, stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from wsi_fixtures import CMU_SVS, shared_slides, tissue_image
+
+from gigamil.data.store import REQUIRED_ATTRS, read_store
+from gigamil.wsi.patching import (
+    PatchParams,
+    extract_patches,
+    mask_coverage,
+    plan_patches,
+    plan_strips,
+)
+from gigamil.wsi.reader import ArrayReader, open_slide
+from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
+
+PYRAMID = "CMU-1-Small-Region.pyramid.tiff"
+
+
+@pytest.fixture(scope="module")
+def cmu_level0():
+    with open_slide(CMU_SVS) as r:
+        return r.read_region((0, 0), 0, r.dimensions), r.mpp
+
+
+@pytest.fixture(scope="module")
+def cmu_tissue():
+    with open_slide(CMU_SVS) as r:
+        return compute_tissue_mask(r, TissueParams(), keep_rgb=False).mask
+
+
+def _extract(tmp_path, slide, name, mask, **kw):
+    params = PatchParams(**{"mpp": 0.5, "patch_px": 128, **kw})
+    res = extract_patches(slide, tmp_path / f"{name}.zarr", params, mask=mask, progress=False)
+    return res, read_store(tmp_path / f"{name}.zarr")
+
+
+def test_svs_and_pyramid_give_the_same_patches(tmp_path, cmu_tissue):
+    pyr = shared_slides() / PYRAMID
+    for tol in (0.005, 0.0):  # cut as is (0.499 ~ 0.5) and forced exact resampling
+        _, (ps, cs, gs, as_) = _extract(tmp_path, CMU_SVS, f"svs{tol}", cmu_tissue,
+                                        resample_tolerance=tol)
+        _, (pp, cp, gp, ap) = _extract(tmp_path, pyr, f"pyr{tol}", cmu_tissue,
+                                       resample_tolerance=tol)
+        assert len(cs) > 50
+        np.testing.assert_array_equal(cs, cp)
+        np.testing.assert_array_equal(gs, gp)
+        assert as_["level"] == ap["level"] == 0
+        assert as_["resampled"] == ap["resampled"] == (tol == 0.0)
+        a, b = ps[...].astype(np.int16), pp[...].astype(np.int16)
+        diff = np.abs(a - b)
+        # the pyramid is the SVS (JPEG q30) re-encoded as JPEG q85: ~7 grey levels on tissue
+        assert diff.mean() < 8.0
+        # ... and registered to the pixel: a 1-px shift is far worse
+        shifted = np.abs(a[:, :, 1:] - b[:, :, :-1]).mean()
+        assert diff.mean() < 0.6 * shifted
+        for a in (as_, ap):
+            assert abs(a["effective_mpp"] / 0.5 - 1) <= 0.01
+
+
+def _direct_downsample(level0, f, grid, px):
+    """Reference: each patch's exact level-0 footprint box-resampled to px x px."""
+    img = Image.fromarray(level0)
+    h, w = level0.shape[:2]
+    out = []
+    for r, c in grid:
+        x0, y0 = c * px * f, r * px * f
+        box = (x0, y0, min(x0 + px * f, w), min(y0 + px * f, h))
+        out.append(np.asarray(img.resize((px, px), Image.Resampling.BOX, box=box)))
+    return np.stack(out).astype(np.int16)
+
+
+@pytest.mark.parametrize("tol", [0.0, 0.005])
+def test_1um_request_reads_pyramid_level_1(tmp_path, cmu_level0, cmu_tissue, tol):
+    level0, mpp = cmu_level0
+    res, (p, c, g, attrs) = _extract(tmp_path, shared_slides() / PYRAMID, "l1", cmu_tissue,
+                                     mpp=1.0, patch_px=64, resample_tolerance=tol)
+    assert attrs["level"] == 1 and attrs["level_downsample"] == pytest.approx(2.0, abs=0.01)
+    assert attrs["resampled"] == (tol == 0.0)  # level 1 is 0.998 µm/px
+    assert attrs["effective_mpp"] == pytest.approx(1.0, rel=0.01)
+    assert attrs["patch_size_level0"] == pytest.approx(64 * 1.0 / mpp)
+    ref = _direct_downsample(level0, 1.0 / mpp, g, 64)
+    got = p[...].astype(np.int16)
+    diff = np.abs(got - ref).mean()
+    # level 1 is a JPEG q85 box downsample sampled at another sub-pixel phase: ~12 grey levels
+    assert diff < 15.0
+    # registered: one target pixel off is clearly worse; 0.5 µm/px pixels are far off
+    assert diff < 0.8 * np.abs(got[:, :, 1:] - ref[:, :, :-1]).mean()
+    wrong = np.stack([level0[y : y + 64, x : x + 64] for x, y in c]).astype(np.int16)
+    assert diff < 0.7 * np.abs(got - wrong).mean()
+
+
+def test_1um_request_from_single_level_svs_equals_direct_downsample(tmp_path, cmu_level0,
+                                                                    cmu_tissue):
+    level0, mpp = cmu_level0
+    _, (p, c, g, attrs) = _extract(tmp_path, CMU_SVS, "svs1", cmu_tissue, mpp=1.0, patch_px=64)
+    assert attrs["level"] == 0 and attrs["resampled"] and attrs["effective_mpp"] == 1.0
+    ref = _direct_downsample(level0, 1.0 / mpp, g, 64)
+    assert np.abs(p[...].astype(np.int16) - ref).max() <= 1
+
+
+def _gradient(h, w):
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(5)
+    noise = rng.integers(0, 40, (h, w))
+    return np.stack([(xx * 7 + noise) % 256, (yy * 5) % 256, (xx + yy + noise) % 256],
+                    axis=2).astype(np.uint8)
+
+
+def test_array_reader_exact_level_and_exact_resampling(tmp_path):
+    img = _gradient(600, 800)
+    reader = ArrayReader(img, 0.5, downsamples=(2,))
+    level1 = np.asarray(Image.fromarray(img).resize((400, 300), Image.Resampling.BOX))
+    # 1.0 µm/px: level 1 is exactly 1.0 -> its pixels, untouched
+    res = extract_patches(reader, tmp_path / "a.zarr", PatchParams(mpp=1.0, patch_px=50,
+                          min_tissue=0.0), mask=None, progress=False)
+    p, c, g, attrs = read_store(tmp_path / "a.zarr")
+    assert res.n_patches == 8 * 6 and attrs["level"] == 1 and not attrs["resampled"]
+    for k in (0, 7, 20, 47):
+        x, y = c[k] // 2
+        np.testing.assert_array_equal(p[k], level1[y : y + 50, x : x + 50])
+    # 0.75 µm/px: from level 0, resampled by 1.5 exactly (matches one whole-image resize)
+    extract_patches(reader, tmp_path / "b.zarr", PatchParams(mpp=0.75, patch_px=40,
+                    min_tissue=0.0, block_px=100), mask=None, progress=False)
+    p, c, g, attrs = read_store(tmp_path / "b.zarr")
+    whole = np.asarray(Image.fromarray(img).resize((533, 400), Image.Resampling.BOX,
+                                                   box=(0, 0, 799.5, 600)))
+    assert attrs["level"] == 0 and attrs["resampled"] and attrs["effective_mpp"] == 0.75
+    for k in range(p.shape[0]):
+        r_, c_ = g[k]
+        want = whole[r_ * 40 : r_ * 40 + 40, c_ * 40 : c_ * 40 + 40]
+        assert np.abs(p[k].astype(int) - want).max() <= 1
+
+
+def test_grid_stride_and_raster_order(tmp_path):
+    reader = ArrayReader(_gradient(800, 1000), 1.0)
+    plan = plan_patches(reader, PatchParams(mpp=1.0, patch_px=100, stride_px=50,
+                                            min_tissue=0.0), None)
+    assert (plan.n_rows, plan.n_cols) == (15, 19) and plan.n == 285
+    np.testing.assert_array_equal(plan.grid[:3], [[0, 0], [0, 1], [0, 2]])
+    np.testing.assert_array_equal(plan.coords, plan.grid[:, ::-1] * 50)
+    order = plan.grid[:, 0] * plan.n_cols + plan.grid[:, 1]
+    assert (np.diff(order) > 0).all()
+    strips = plan_strips(plan, 200)
+    assert strips[0][0] == 0 and strips[-1][1] == plan.n
+    assert all(a == b for (_, a, _), (b, _, _) in zip(strips, strips[1:], strict=False))
+    # the target MPP sets the spacing in level-0 pixels
+    plan2 = plan_patches(reader, PatchParams(mpp=2.0, patch_px=100, min_tissue=0.0), None)
+    assert (plan2.n_rows, plan2.n_cols) == (4, 5)
+    np.testing.assert_array_equal(plan2.coords[1], [200, 0])
+
+
+def test_mask_coverage_matches_brute_force():
+    rng = np.random.default_rng(0)
+    mask = rng.random((30, 40)) > 0.6
+    dims = (400, 300)  # level-0 px per mask px = 10
+    x0 = np.array([0.0, 37.0, 215.5, 350.0])
+    y0 = np.array([0.0, 123.0, 250.0])
+    cov = mask_coverage(mask, dims, x0, y0, 50.0, 50.0)
+    up = np.repeat(np.repeat(mask, 10, 0), 10, 1).astype(float)  # level-0 resolution
+    up = np.pad(up, ((0, 60), (0, 60)))  # outside the slide = background
+    for i, y in enumerate(y0):
+        for j, x in enumerate(x0):
+            x_, y_ = int(x), int(y)
+            if x == x_:
+                want = up[y_ : y_ + 50, x_ : x_ + 50].mean()
+                assert cov[i, j] == pytest.approx(want, abs=1e-9)
+    # fractional boxes: compare on a 2x finer grid
+    up2 = np.repeat(np.repeat(up, 2, 0), 2, 1)
+    assert cov[0, 2] == pytest.approx(up2[0:100, 431:531].mean(), abs=1e-9)
+
+
+def test_min_tissue_selects_patches_by_mask():
+    img = tissue_image((800, 1000))
+    reader = ArrayReader(img, 1.0)
+    mask = np.zeros((80, 100), bool)
+    mask[:, :45] = True  # x < 450 µm at 10 µm/px
+    for thr, n in [(1.0, 4 * 8), (0.5, 5 * 8), (0.0, 10 * 8)]:
+        plan = plan_patches(reader, PatchParams(mpp=1.0, patch_px=100, min_tissue=thr), mask)
+        assert plan.n == n, thr
+
+
+def test_threads_give_identical_store(tmp_path, cmu_tissue):
+    _, (p1, c1, _, _) = _extract(tmp_path, CMU_SVS, "t1", cmu_tissue, patch_px=64)
+    res = extract_patches(CMU_SVS, tmp_path / "t2.zarr", PatchParams(mpp=0.5, patch_px=64,
+                          block_px=256), mask=cmu_tissue, threads=2, progress=False)
+    p2, c2, _, attrs = read_store(tmp_path / "t2.zarr")
+    assert res.n_patches == len(c1) > 100
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(p1[...], p2[...])
+
+
+def test_attrs_and_mask_computed_when_absent(tmp_path):
+    res = extract_patches(CMU_SVS, tmp_path / "s.zarr", PatchParams(mpp=2.0, patch_px=32),
+                          slide_id="cmu", progress=False)
+    _, coords, grid, attrs = read_store(tmp_path / "s.zarr")
+    for key in REQUIRED_ATTRS:
+        assert key in attrs, key
+    assert attrs["slide_id"] == "cmu" and attrs["slide_mpp"] == pytest.approx(0.499)
+    assert attrs["target_mpp"] == 2.0 and attrs["patch_px"] == 32 and attrs["stride_px"] == 32
+    assert attrs["mask_params"]["computed"] and attrs["mask_params"]["mask_mpp"] == 8.0
+    assert attrs["codec"] == "zstd" and attrs["slide_dimensions"] == [2220, 2967]
+    assert attrs["source_size"] == CMU_SVS.stat().st_size
+    assert attrs["n_patches"] == res.n_patches == len(coords) > 0
+
+
+def test_white_slide_gives_empty_store_with_warning(tmp_path):
+    white = np.full((1000, 1000, 3), 250, np.uint8)
+    res = extract_patches(ArrayReader(white, 0.5, (4, 16), name="white.tiff"),
+                          tmp_path / "w.zarr", PatchParams(mpp=0.5, patch_px=64),
+                          progress=False)
+    p, c, g, attrs = read_store(tmp_path / "w.zarr")
+    assert res.n_patches == 0 and p.shape == (0, 64, 64, 3) and c.shape == (0, 2)
+    assert any("no tissue" in w for w in attrs["warnings"])
+
+
+def test_upsampling_and_tiny_slide_warn(tmp_path):
+    reader = ArrayReader(tissue_image((200, 200)), 1.0)
+    plan = plan_patches(reader, PatchParams(mpp=0.5, patch_px=64, min_tissue=0.0), None)
+    assert any("upsampled" in w for w in plan.warnings) and plan.resample
+    plan = plan_patches(reader, PatchParams(mpp=4.0, patch_px=64, min_tissue=0.0), None)
+    assert plan.n == 0 and any("smaller than one" in w for w in plan.warnings)
+
+
+def test_bad_params():
+    from gigamil.errors import GigamilError
+
+    reader = ArrayReader(tissue_image((100, 100)), 1.0)
+    for kw, msg in [({"patch_px": 0}, "patch_px"), ({"stride_px": -1}, "stride"),
+                    ({"min_tissue": 2.0}, "min_tissue"), ({"resample_tolerance": 0.1}, "1")]:
+        with pytest.raises(GigamilError, match=msg):
+            plan_patches(reader, PatchParams(**kw), None)

