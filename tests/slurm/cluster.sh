@@ -51,13 +51,15 @@ record() { # record <name> <pid>
 install_packages() {
   if [[ ${GIGAMIL_SLURM_NO_APT:-0} == 1 ]]; then
     for b in munged slurmctld slurmd sinfo sbatch squeue; do
-      command -v "$b" >/dev/null || [[ -x /usr/sbin/$b ]] || die "$b missing (GIGAMIL_SLURM_NO_APT=1)"
+      command -v "$b" >/dev/null || [[ -x /usr/sbin/$b ]] ||
+        die "$b missing (GIGAMIL_SLURM_NO_APT=1)"
     done
     return
   fi
   local missing=()
   for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+      missing+=("$p")
   done
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
