@@ -71,27 +71,42 @@ def make_big_slide(path: Path, size: int) -> Path:
     return path
 
 
-def naive_loop(slide_path: Path, coords: np.ndarray, size: int) -> float:
-    """Seconds for one OpenSlide read_region per patch at level 0 (fresh handle, read only)."""
+def naive_loop(slide_path: Path, coords: np.ndarray, size: int) -> tuple[float, float]:
+    """(wall s, process CPU s) of one OpenSlide read_region per patch at level 0 (fresh handle,
+    default cache, read only)."""
     import openslide
 
     with openslide.OpenSlide(str(slide_path)) as s:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x, y in coords:
             np.asarray(s.read_region((int(x), int(y)), 0, (size, size)))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
-def gigamil_run(slide_path: Path, out: Path, threads: int, codec: str) -> tuple[float, int]:
-    """Seconds and patch count of mask + extraction + write (as `gigamil patches` does)."""
+def aligned_positions(coords: np.ndarray, dims: tuple[int, int], n: int) -> np.ndarray:
+    """n positions on the tile-aligned 256-px level-0 grid: the cells of ``coords`` first, then
+    further cells in raster order (the naive loop's best case, same patch count)."""
+    aligned = np.unique((coords // 256) * 256, axis=0)
+    if len(aligned) < n:
+        gx, gy = np.meshgrid(np.arange(0, dims[0] - 255, 256), np.arange(0, dims[1] - 255, 256))
+        known = {tuple(c) for c in aligned}
+        more = [c for c in np.stack([gx.ravel(), gy.ravel()], 1) if tuple(c) not in known]
+        aligned = np.concatenate([aligned, np.array(more[: n - len(aligned)]).reshape(-1, 2)])
+    return aligned[np.lexsort((aligned[:, 0], aligned[:, 1]))]
+
+
+def gigamil_run(
+    slide_path: Path, out: Path, threads: int, codec: str
+) -> tuple[float, float, int]:
+    """(wall s, process CPU s, patch count) of mask + extraction + write, as `gigamil patches`."""
     from gigamil.wsi.patching import PatchParams, extract_patches
 
     if out.exists():
         shutil.rmtree(out)
     params = PatchParams(mpp=0.5, patch_px=256, codec=codec)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = extract_patches(slide_path, out, params, threads=threads, progress=False)
-    return time.perf_counter() - t0, res.n_patches
+    return time.perf_counter() - t0, time.process_time() - c0, res.n_patches
 
 
 def store_stats(out: Path) -> dict[str, float]:
@@ -128,74 +143,86 @@ def main() -> None:
     with openslide.OpenSlide(str(slide)) as s:
         dims = s.dimensions
 
+    # import once before timing (a process pays this once, ~1 s; it is not throughput)
+    import scipy.ndimage  # noqa: F401
+    import skimage.filters  # noqa: F401
+
     from gigamil.data.store import read_store
 
-    t_a, t_b, t_c, t_ca = [], [], [], []
+    t = {"a": [], "b": [], "c": [], "c_aligned": []}  # (wall, cpu) per repeat
+    load_before = os.getloadavg()
     n = 0
     coords = np.zeros((0, 2), np.int64)
+    aligned = coords
     for rep in range(args.repeats):
-        dt, n = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd")
-        t_a.append(dt)
+        wall, cpu, n = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd")
+        t["a"].append((wall, cpu))
         if rep == 0:
-            _, coords, _, attrs = read_store(WORK / "bench-a.zarr")
-            aligned = np.unique((coords // 256) * 256, axis=0)
-            extra = n - len(aligned)  # pad with further aligned cells to the same count
-            if extra > 0:
-                gx, gy = np.meshgrid(np.arange(0, dims[0] - 255, 256), np.arange(0, dims[1] - 255, 256))
-                allc = np.stack([gx.ravel(), gy.ravel()], 1)
-                known = {tuple(c) for c in aligned}
-                more = [c for c in allc if tuple(c) not in known][:extra]
-                aligned = np.concatenate([aligned, np.array(more).reshape(-1, 2)])
-            aligned = aligned[np.lexsort((aligned[:, 0], aligned[:, 1]))]
-        t_c.append(naive_loop(slide, coords, 256))
-        t_ca.append(naive_loop(slide, aligned, 256))
-        dt, n2 = gigamil_run(slide, WORK / "bench-b.zarr", 2, "zstd")
+            _, coords, _, _ = read_store(WORK / "bench-a.zarr")
+            aligned = aligned_positions(coords, dims, n)
+        t["c"].append(naive_loop(slide, coords, 256))
+        t["c_aligned"].append(naive_loop(slide, aligned, 256))
+        wall, cpu, n2 = gigamil_run(slide, WORK / "bench-b.zarr", 2, "zstd")
         assert n2 == n
-        t_b.append(dt)
-    dt_jpeg, _ = gigamil_run(slide, WORK / "bench-jpeg.zarr", 2, "jpeg")
+        t["b"].append((wall, cpu))
+    wall_jpeg, _, _ = gigamil_run(slide, WORK / "bench-jpeg.zarr", 2, "jpeg")
 
-    med = statistics.median
-    rate = {
-        "a_gigamil_1_thread": n / med(t_a),
-        "b_gigamil_2_threads": n / med(t_b),
-        "c_naive_read_region_same_patches": n / med(t_c),
-        "c_naive_read_region_tile_aligned": len(aligned) / med(t_ca),
-    }
+    def med(key: str, i: int) -> float:
+        return statistics.median(x[i] for x in t[key])
+
+    count = {"a": n, "b": n, "c": n, "c_aligned": len(aligned)}
+    rate = {k: count[k] / med(k, 0) for k in t}  # patches per wall-clock second
+    per_cpu = {k: count[k] / med(k, 1) for k in t}  # patches per CPU second (all threads)
+    parallelism = {k: med(k, 1) / med(k, 0) for k in t}  # CPU s per wall s
     ratios = {
-        "a_over_c": rate["a_gigamil_1_thread"] / rate["c_naive_read_region_same_patches"],
-        "a_over_c_aligned": rate["a_gigamil_1_thread"] / rate["c_naive_read_region_tile_aligned"],
-        "b_over_a": rate["b_gigamil_2_threads"] / rate["a_gigamil_1_thread"],
+        "a_over_c": rate["a"] / rate["c"],
+        "a_over_c_aligned": rate["a"] / rate["c_aligned"],
+        "b_over_a": rate["b"] / rate["a"],
+        "a_over_c_per_cpu_second": per_cpu["a"] / per_cpu["c"],
     }
     codecs = {
         "zstd": store_stats(WORK / "bench-b.zarr"),
-        "jpeg": {**store_stats(WORK / "bench-jpeg.zarr"), "extract_seconds_2_threads": dt_jpeg},
+        "jpeg": {**store_stats(WORK / "bench-jpeg.zarr"), "extract_seconds_2_threads": wall_jpeg},
+    }
+    names = {
+        "a": "a: gigamil, 1 thread (mask + extract + zarr write)",
+        "b": "b: gigamil, 2 threads",
+        "c": "c: naive read_region loop, same patches",
+        "c_aligned": "c': naive loop, tile-aligned patches",
     }
     result = {
         "slide": {"path": str(slide.relative_to(ROOT.parent)), "dimensions": list(dims)},
-        "task": {"mpp": 0.5, "patch_px": 256, "n_patches": n},
-        "seconds": {"a": t_a, "b": t_b, "c": t_c, "c_aligned": t_ca},
+        "task": {"mpp": 0.5, "patch_px": 256, "n_patches": n, "repeats": args.repeats},
+        "variants": names,
+        "seconds_wall_cpu": t,
         "patches_per_s": rate,
+        "patches_per_cpu_s": per_cpu,
+        "parallelism_cpu_over_wall": parallelism,
         "ratios": ratios,
         "targets": {"a_over_c": 0.8, "b_over_a": 1.7},
         "codecs": codecs,
         "machine": {
             "cpus": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)),
-            "loadavg_at_end": os.getloadavg(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
             "python": platform.python_version(),
-            "note": "shared machine: other jobs may run at the same time",
+            "note": "shared machine: other jobs run at the same time; a parallelism below the "
+            "thread count means the process did not get the cores",
         },
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    for k, v in rate.items():
-        print(f"{k:38s} {v:8.1f} patches/s")
+    for k in t:
+        print(f"{names[k]:52s} {rate[k]:7.1f} patches/s  {per_cpu[k]:7.1f} per CPU-s  "
+              f"parallelism {parallelism[k]:.2f}")
     for k, v in ratios.items():
-        print(f"{k:38s} {v:8.2f}")
+        print(f"{k:52s} {v:7.2f}")
     for k, v in codecs.items():
         print(f"codec {k}: {v['bytes_per_patch'] / 1024:.1f} KiB/patch, "
               f"read {v['read_patches_per_s']:.0f} patches/s")
+    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"wrote {RESULTS}")
 
 

@@ -13,7 +13,7 @@ from gigamil.wsi.patching import (
     extract_patches,
     mask_coverage,
     plan_patches,
-    plan_strips,
+    plan_units,
 )
 from gigamil.wsi.reader import ArrayReader, open_slide
 from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
@@ -145,9 +145,13 @@ def test_grid_stride_and_raster_order(tmp_path):
     np.testing.assert_array_equal(plan.coords, plan.grid[:, ::-1] * 50)
     order = plan.grid[:, 0] * plan.n_cols + plan.grid[:, 1]
     assert (np.diff(order) > 0).all()
-    strips = plan_strips(plan, 200)
-    assert strips[0][0] == 0 and strips[-1][1] == plan.n
-    assert all(a == b for (_, a, _), (b, _, _) in zip(strips, strips[1:], strict=False))
+    units = plan_units(plan, 64, 200)  # chunks of 64 rows, reads of <= 4 patches
+    assert [u[0] for u in units] == [0, 64, 128, 192, 256] and units[-1][1] == plan.n
+    for a, b, windows in units:
+        assert np.array_equal(np.concatenate(windows), np.arange(a, b))
+        for w in windows:
+            assert len(w) <= 4 and len(set(plan.grid[w, 0])) == 1  # one row, contiguous cols
+            assert (np.diff(plan.grid[w, 1]) == 1).all()
     # the target MPP sets the spacing in level-0 pixels
     plan2 = plan_patches(reader, PatchParams(mpp=2.0, patch_px=100, min_tissue=0.0), None)
     assert (plan2.n_rows, plan2.n_cols) == (4, 5)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,16 +82,20 @@ class JpegPatchCodec(ArrayBytesCodec):
     def to_dict(self) -> dict[str, JSON]:
         return {"name": "gigamil.jpeg", "configuration": {"quality": self.quality}}
 
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+    def encode_patches(self, arr: np.ndarray) -> bytes:
+        """(C, H, W, 3) uint8 -> the chunk bytes."""
         import imagecodecs
 
-        arr = np.asarray(chunk_array.as_ndarray_like())  # (C, H, W, 3) uint8
         streams = [
             bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(p), level=self.quality))
             for p in arr
         ]
         header = struct.pack(f"<I{len(streams)}I", len(streams), *(len(s) for s in streams))
-        data = np.frombuffer(header + b"".join(streams), dtype=np.uint8)
+        return header + b"".join(streams)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        arr = np.asarray(chunk_array.as_ndarray_like())  # (C, H, W, 3) uint8
+        data = np.frombuffer(self.encode_patches(arr), dtype=np.uint8)
         return chunk_spec.prototype.buffer.from_array_like(data)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
@@ -206,6 +211,16 @@ class StoreWriter:
             )
             if self.n:
                 z[...] = arr
+        self.codec = codec
+        self.jpeg_quality = int(jpeg_quality)
+        if codec == "zstd":
+            from numcodecs import Zstd
+
+            self._zstd = Zstd(level=ZSTD_LEVEL)
+        meta = self.group["patches"].metadata.to_dict()
+        if meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator") != "/":
+            raise RuntimeError("unexpected zarr chunk key encoding")  # pragma: no cover
+        self._lock = threading.Lock()
         self._buf: list[np.ndarray] = []
         self._buffered = 0
         self._written = 0
@@ -220,23 +235,47 @@ class StoreWriter:
         if self._buffered >= self.chunk:
             self._flush(final=False)
 
-    def write_rows(self, start: int, patches: np.ndarray) -> None:
-        """Write rows ``start:start+k`` directly (``start`` and k multiples of the chunk size,
-        or reaching N): for parallel writers that own whole chunks."""
-        self.patches[start : start + len(patches)] = patches
-        self._written = max(self._written, start + len(patches))
-
     def _flush(self, final: bool) -> None:
         if not self._buf:
             return
         data = self._buf[0] if len(self._buf) == 1 else np.concatenate(self._buf)
         k = len(data) if final else (len(data) // self.chunk) * self.chunk
-        if k:
-            self.patches[self._written : self._written + k] = data[:k]
-            self._written += k
+        for a in range(0, k, self.chunk):
+            self._write_chunk(self._written // self.chunk, data[a : min(a + self.chunk, k)])
+            self._written += min(self.chunk, k - a)
         rest = data[k:]
         self._buf = [rest] if len(rest) else []
         self._buffered = len(rest)
+
+    def write_chunk(self, index: int, data: np.ndarray) -> None:
+        """Write chunk ``index`` (rows index*C .. index*C + len(data)) directly; thread-safe for
+        different chunks. Use either this or :meth:`append`, not both."""
+        n = min(self.chunk, self.n - index * self.chunk)
+        if len(data) != n:
+            raise ValueError(f"chunk {index} needs {n} patches, got {len(data)}")
+        self._write_chunk(index, data)
+        with self._lock:
+            self._written += n
+
+    def _write_chunk(self, index: int, data: np.ndarray) -> None:
+        """Encode and write chunk ``index`` of ``patches`` as a zarr v3 chunk file.
+
+        Equivalent to ``self.patches[index*C : ...] = data`` for a whole (or the last) chunk, but
+        without zarr's asynchronous store machinery, which costs several times the encoding on
+        large uint8 chunks: the chunk key is ``c/<index>/0/0/0`` (default encoding, "/"), the
+        bytes are the C-order chunk padded with the fill value through the array's codecs.
+        """
+        if len(data) < self.chunk:  # the last chunk is stored at full size, padded
+            pad = np.zeros((self.chunk - len(data), *data.shape[1:]), np.uint8)
+            data = np.concatenate([data, pad])
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        if self.codec == "zstd":
+            encoded = self._zstd.encode(data)
+        else:
+            encoded = JpegPatchCodec(quality=self.jpeg_quality).encode_patches(data)
+        path = self.tmp / "patches" / "c" / str(index) / "0" / "0" / "0"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded)
 
     def commit(self, attrs: dict[str, Any]) -> Path:
         """Flush, write ``attrs``, and atomically replace ``out`` with the finished store."""

@@ -12,11 +12,11 @@ region is resampled onto the target raster exactly (box/area filter), so ``effec
 the target; otherwise (e.g. 0.499 vs 0.5 µm/px at the default 0.5 % tolerance) level pixels are cut
 as they are and ``effective_mpp`` is the level's MPP.
 
-Reading is block-wise: the kept patches are grouped into strips of grid rows and, within a strip,
-windows of columns; each window is one ``read_region`` (tiles decoded once, shared through one
-OpenSlide tile cache), resampled once, and cut into patches. Strips run on ``threads`` worker
-threads (OpenSlide and Pillow release the GIL); the calling thread writes finished strips to the
-store in order, in whole chunks, under a temporary name that is renamed at the end.
+Reading is block-wise: each run of horizontally adjacent kept patches is one region read (tiles
+decoded once, shared through one tile cache), resampled once and cut into patches. The work unit
+is one store chunk (64-256 consecutive patches): ``threads`` worker threads each read, encode and
+write whole chunks (tile decoding, Pillow and the codecs release the GIL), under a temporary store
+name that is renamed at the end.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class PatchParams:
     codec: str = "zstd"
     jpeg_quality: int = 90
     resample_tolerance: float = 0.005
-    block_px: int = 2048  # strip height / window width target, in read-level pixels
+    block_px: int = 4096  # longest single read (a run of patches), in read-level pixels
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PatchParams:
@@ -230,39 +230,40 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     )
 
 
-def plan_strips(plan: PatchPlan, block_px: int) -> list[tuple[int, int, list[np.ndarray]]]:
-    """Split the kept patches into strips of grid rows, each a list of reads ("windows").
+def plan_units(
+    plan: PatchPlan, chunk: int, block_px: int
+) -> list[tuple[int, int, list[np.ndarray]]]:
+    """Split the kept patches into work units, one per store chunk, each a list of reads.
 
-    A window is a run of horizontally adjacent kept patches of one grid row, at most about
-    ``2 * block_px`` read-level px wide: reading only runs never decodes the background between
-    tissue pieces, and the tile rows shared by consecutive patch rows come from the tile cache.
-    Returns [(first plan index, end plan index, [window index arrays])], in raster order, so
-    each strip is a contiguous range of store rows.
+    A unit is the ``chunk`` consecutive store rows [k*chunk, (k+1)*chunk) (raster order), so a
+    worker can encode and write its chunk itself. A read ("window") is a run of horizontally
+    adjacent kept patches of one grid row, at most about ``block_px`` read-level px wide:
+    reading only runs never decodes the background between tissue pieces, and the tile rows
+    shared by consecutive patch rows come from the tile cache.
+    Returns [(first plan index, end plan index, [window index arrays])].
     """
     if plan.n == 0:
         return []
     step = plan.stride_px * max(plan.sx, plan.sy)  # read-level px per grid step
-    rows_per_strip = max(1, int(block_px // step))
-    cols_per_window = max(1, int(2 * block_px // step))
+    cols_per_window = max(1, int(block_px // step))
     rows, cols = plan.grid[:, 0], plan.grid[:, 1]
-    # a new run starts at a new row, after a gap, or when the run reaches cols_per_window
+    index = np.arange(plan.n)
+    # a new run starts at a new row, after a gap, or at a chunk boundary
     new_run = np.ones(plan.n, bool)
-    new_run[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
-    run_id = np.cumsum(new_run) - 1
+    new_run[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1) | (index[1:] % chunk == 0)
     run_start = np.flatnonzero(new_run)
-    pos_in_run = np.arange(plan.n) - run_start[run_id]
+    pos_in_run = index - run_start[np.cumsum(new_run) - 1]
     new_window = new_run | (pos_in_run % cols_per_window == 0)
-    win_bounds = np.flatnonzero(new_window)
-    strip_of = rows // rows_per_strip
-    strips: list[tuple[int, int, list[np.ndarray]]] = []
-    w_ends = np.append(win_bounds[1:], plan.n)
-    for a, b in zip(win_bounds, w_ends, strict=True):
-        idx = np.arange(a, b)
-        if strips and strip_of[strips[-1][0]] == strip_of[a]:
-            strips[-1] = (strips[-1][0], int(b), [*strips[-1][2], idx])
+    starts = np.flatnonzero(new_window)
+    ends = np.append(starts[1:], plan.n)
+    units: list[tuple[int, int, list[np.ndarray]]] = []
+    for a, b in zip(starts, ends, strict=True):
+        k = a // chunk
+        if units and units[-1][0] // chunk == k:
+            units[-1] = (units[-1][0], int(b), [*units[-1][2], np.arange(a, b)])
         else:
-            strips.append((int(a), int(b), [idx]))
-    return strips
+            units.append((int(k * chunk), int(b), [np.arange(a, b)]))
+    return units
 
 
 def read_window(
@@ -370,7 +371,6 @@ def extract_patches(
         warnings += plan.warnings
         for w in plan.warnings:
             log.warning("%s", w)
-        strips = plan_strips(plan, params.block_px)
         log.info(
             "%s: %d patches (%d x %d grid), level %d (downsample %.3f), %s, %d thread(s)",
             reader.name,
@@ -425,7 +425,8 @@ def extract_patches(
                 disable=not progress or None,
                 leave=False,
             )
-            _run_strips(reader, factory, plan, strips, threads, writer, bar)
+            units = plan_units(plan, writer.chunk, params.block_px)
+            _run_units(reader, factory, plan, units, threads, writer, bar)
             bar.close()
             attrs["seconds"] = round(time.perf_counter() - t0, 3)
             writer.commit(attrs)
@@ -435,16 +436,17 @@ def extract_patches(
     return ExtractResult(Path(out), plan.n, attrs["seconds"], attrs, warnings)
 
 
-def _run_strips(
+def _run_units(
     reader: SlideReader,
     factory: Callable[[], SlideReader],
     plan: PatchPlan,
-    strips: list[tuple[int, int, list[np.ndarray]]],
+    units: list[tuple[int, int, list[np.ndarray]]],
     threads: int,
     writer: Any,
     bar: Any,
 ) -> None:
-    """Read strips on ``threads`` workers; write them in order from the calling thread."""
+    """Each unit (one store chunk) is read, encoded and written by one of ``threads`` workers,
+    each with its own slide handle; the calling thread only schedules and reports progress."""
     import threading
 
     local = threading.local()
@@ -460,28 +462,28 @@ def _run_strips(
                 handles.append(r)
         return r
 
-    def do_strip(a: int, b: int, windows: list[np.ndarray]) -> np.ndarray:
+    def do_unit(a: int, b: int, windows: list[np.ndarray]) -> int:
         r = worker_reader()
         out = np.empty((b - a, plan.patch_px, plan.patch_px, 3), np.uint8)
         for idx in windows:  # each window is a contiguous run of plan rows
             read_window(r, plan, idx, out[idx[0] - a : idx[-1] + 1 - a])
-        return out
+        writer.write_chunk(a // writer.chunk, out)
+        return b - a
 
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gigamil-read")
-    pending: deque[Future[np.ndarray]] = deque()
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gigamil-patches")
+    pending: deque[Future[int]] = deque()
     try:
-        it = iter(strips)
-        for strip in it:
-            pending.append(pool.submit(do_strip, *strip))
+        it = iter(units)
+        for unit in it:
+            pending.append(pool.submit(do_unit, *unit))
             if len(pending) >= 2 * threads:
                 break
         while pending:
-            patches = pending.popleft().result()
+            done = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(do_strip, *nxt))
-            writer.append(patches)
-            bar.update(len(patches))
+                pending.append(pool.submit(do_unit, *nxt))
+            bar.update(done)
     finally:
         for fut in pending:
             fut.cancel()

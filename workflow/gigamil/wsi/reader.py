@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,17 @@ except Exception:  # pragma: no cover - openslide not importable: the public API
     _RAW_READ = None
 
 
+FAST_TIFF_VENDORS = ("generic-tiff", "aperio")
+
+
+@dataclass(frozen=True)
+class SlideCache:
+    """Decoded-tile caches shared by the handles of one slide (see :func:`shared_tile_cache`)."""
+
+    openslide: Any
+    tiles: Any
+
+
 class OpenSlideReader(SlideReader):
     """Any format OpenSlide opens. OpenSlide errors become SlideError naming the file."""
 
@@ -249,7 +261,8 @@ class OpenSlideReader(SlideReader):
         path: str | Path,
         mpp_override: float | None = None,
         cache_mb: int = 0,
-        cache: Any = None,
+        cache: SlideCache | None = None,
+        fast_tiff: bool = True,
     ):
         import openslide
 
@@ -261,10 +274,10 @@ class OpenSlideReader(SlideReader):
             raise SlideError(f"{self.name}: not a slide format OpenSlide recognises ({exc})") from exc
         except openslide.OpenSlideError as exc:
             raise SlideError(f"{self.name}: OpenSlide cannot open it: {exc}") from exc
+        if cache is None and cache_mb > 0:
+            cache = shared_tile_cache(cache_mb)
         if cache is not None:
-            self._slide.set_cache(cache)
-        elif cache_mb > 0:
-            self._slide.set_cache(openslide.OpenSlideCache(cache_mb * 2**20))
+            self._slide.set_cache(cache.openslide)
         props = dict(self._slide.properties)
         self._props = props
         self.level_dimensions = tuple(tuple(map(int, d)) for d in self._slide.level_dimensions)
@@ -288,8 +301,38 @@ class OpenSlideReader(SlideReader):
         except SlideError:
             self._slide.close()
             raise
+        self._tiles = None
+        if fast_tiff and props.get("openslide.vendor") in FAST_TIFF_VENDORS:
+            from gigamil.wsi.tiff_tiles import try_tile_source
+
+            self._tiles = try_tile_source(
+                self.path,
+                self.level_dimensions,
+                self._openslide_read,
+                cache.tiles if cache is not None else None,
+            )
+
+    @property
+    def fast_tiff(self) -> bool:
+        """Whether pixels are decoded directly from the TIFF tiles (see gigamil.wsi.tiff_tiles)."""
+        return self._tiles is not None
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
+        if self._tiles is None:
+            return super().level_origin(location, level)
+        ds = self.level_downsamples[level]
+        return float(round(location[0] / ds)), float(round(location[1] / ds))
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        if self._tiles is not None:
+            lx, ly = (int(v) for v in self.level_origin((x, y), level))
+            try:
+                return self._tiles.read(level, lx, ly, w, h)
+            except Exception as exc:  # corrupt tile data; tifffile/imagecodecs raise many types
+                raise SlideError(f"{self.name}: cannot read pixels: {exc}") from exc
+        return self._openslide_read(x, y, level, w, h)
+
+    def _openslide_read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         import openslide
 
         try:
@@ -313,6 +356,8 @@ class OpenSlideReader(SlideReader):
         return self._props
 
     def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
         self._slide.close()
 
 
@@ -473,21 +518,29 @@ def _to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
     return composite_on_white(arr) if arr.shape[2] == 4 else np.ascontiguousarray(arr)
 
 
-def shared_tile_cache(mb: int) -> Any:
-    """An OpenSlide tile cache of ``mb`` MiB that several handles (threads) can share."""
+def shared_tile_cache(mb: int) -> SlideCache:
+    """Tile caches of ``mb`` MiB each (OpenSlide's and the fast TIFF path's) that several
+    handles (threads) of the same slide can share."""
     import openslide
 
-    return openslide.OpenSlideCache(int(mb) * 2**20)
+    from gigamil.wsi.tiff_tiles import TileCache
+
+    return SlideCache(openslide.OpenSlideCache(int(mb) * 2**20), TileCache(int(mb) * 2**20))
 
 
 def open_slide(
-    path: str | Path, mpp_override: float | None = None, cache_mb: int = 0, cache: Any = None
+    path: str | Path,
+    mpp_override: float | None = None,
+    cache_mb: int = 0,
+    cache: SlideCache | None = None,
+    fast_tiff: bool = True,
 ) -> SlideReader:
     """Open ``path`` with OpenSlide, or the plain-image fallback if OpenSlide refuses it.
 
     ``mpp_override`` (sheet ``mpp`` column / ``--slide-mpp``) wins over the file's own MPP.
-    ``cache_mb`` > 0 gives this handle its own OpenSlide tile cache of that size; ``cache``
-    (from :func:`shared_tile_cache`) shares one between handles.
+    ``cache_mb`` > 0 gives this handle its own tile caches of that size; ``cache`` (from
+    :func:`shared_tile_cache`) shares them between handles. ``fast_tiff`` lets tiled TIFF/SVS
+    pixels be decoded directly (gigamil.wsi.tiff_tiles) instead of through OpenSlide.
     Raises SlideError (naming the file and the problem) if the slide cannot be opened or has no
     plausible MPP.
     """
@@ -497,7 +550,7 @@ def open_slide(
     if p.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
     try:
-        return OpenSlideReader(p, mpp_override, cache_mb=cache_mb, cache=cache)
+        return OpenSlideReader(p, mpp_override, cache_mb=cache_mb, cache=cache, fast_tiff=fast_tiff)
     except SlideError as os_err:
         if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
             raise

@@ -62,33 +62,56 @@ class TissueMask:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation scaled to 0..255: (max - min) / max. (H, W, 3) uint8 -> (H, W) float32."""
-    mx = rgb.max(axis=2).astype(np.float32)
-    mn = rgb.min(axis=2).astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(mx > 0, (mx - mn) / mx, 0.0)
-    return (s * 255.0).astype(np.float32)
+    """HSV saturation 255 * (max - min) / max (Pillow's HSV conversion).
+    (H, W, 3) uint8 -> (H, W) uint8."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("HSV"))[..., 1]
+
+
+def _median(img: np.ndarray, size: int) -> np.ndarray:
+    """Median filter of an (H, W) uint8 image with a size x size window (edges replicated)."""
+    from skimage.filters import rank
+
+    pad = size // 2
+    padded = np.pad(img, pad, mode="edge")
+    out = rank.median(padded, np.ones((size, size), bool))
+    return out[pad : pad + img.shape[0], pad : pad + img.shape[1]]
 
 
 def _disk(radius: int) -> np.ndarray:
-    r = max(0, int(radius))
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return (xx * xx + yy * yy) <= r * r + r  # slightly fuller than the Euclidean disk
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (xx * xx + yy * yy) <= radius * radius
 
 
 def _binary_morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
-    """Closing or opening with a disk, padding so the image border does not erode tissue."""
+    """Closing or opening with a Euclidean disk of ``radius`` px; edges are replicated so the
+    border does not erode. Small radii use the disk directly, large ones distance transforms
+    (cost independent of the radius)."""
     from scipy import ndimage
 
     if radius <= 0:
         return mask
-    se = _disk(radius)
     pad = radius + 1
     m = np.pad(mask, pad, mode="edge")
-    if op == "close":
-        m = ndimage.binary_erosion(ndimage.binary_dilation(m, se), se)
+    if radius <= 8:
+        se = _disk(radius)
+
+        def dilate(x: np.ndarray) -> np.ndarray:
+            return ndimage.binary_dilation(x, se)
+
+        def erode(x: np.ndarray) -> np.ndarray:
+            return ndimage.binary_erosion(x, se, border_value=1)
+
     else:
-        m = ndimage.binary_dilation(ndimage.binary_erosion(m, se), se)
+
+        def dilate(x: np.ndarray) -> np.ndarray:
+            return ndimage.distance_transform_edt(~x) <= radius if (~x).any() else x
+
+        def erode(x: np.ndarray) -> np.ndarray:
+            return ndimage.distance_transform_edt(x) > radius if (~x).any() else x
+
+    m = erode(dilate(m)) if op == "close" else dilate(erode(m))
     return m[pad:-pad, pad:-pad]
 
 
@@ -103,7 +126,8 @@ def mask_from_rgb(
     sat = saturation(rgb)
     k = int(params.median_px)
     if k > 1:
-        sat = ndimage.median_filter(sat, size=k | 1, mode="nearest")
+        sat = _median(sat, k | 1)
+    sat = sat.astype(np.float32)
     if isinstance(params.threshold, str):
         if params.threshold != "otsu":
             raise ValueError(f"threshold must be 'otsu' or a number, got {params.threshold!r}")
