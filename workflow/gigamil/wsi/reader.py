@@ -317,6 +317,17 @@ class OpenSlideReader(SlideReader):
         """Whether pixels are decoded directly from the TIFF tiles (see gigamil.wsi.tiff_tiles)."""
         return self._tiles is not None
 
+    def read_level_into(self, level: int, lx: int, ly: int, out: np.ndarray) -> None:
+        """Fast path only: level pixels at level coordinates (lx, ly) straight into ``out``
+        (h, w, 3), one copy from the decoded tiles."""
+        if self._tiles is None:
+            raise RuntimeError("read_level_into needs the fast TIFF path")
+        h, w = out.shape[:2]
+        try:
+            self._tiles.read(level, lx, ly, w, h, out=out)
+        except Exception as exc:
+            raise SlideError(f"{self.name}: cannot read pixels: {exc}") from exc
+
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
         if self._tiles is None:
             return super().level_origin(location, level)

@@ -121,12 +121,16 @@ class TiffTileSource:
         self.cache.put(key, tile)
         return tile
 
-    def read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray:
-        """Level pixels [lx, lx+w) x [ly, ly+h) as (h, w, 3) uint8; white outside the level."""
+    def read(
+        self, level: int, lx: int, ly: int, w: int, h: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Level pixels [lx, lx+w) x [ly, ly+h) as (h, w, 3) uint8 (into ``out`` if given);
+        white outside the level."""
         page = self.pages[level]
         lw, lh = int(page.imagewidth), int(page.imagelength)
         th, tw = self.tile_shape[level]
-        out = np.empty((h, w, 3), np.uint8)
+        if out is None:
+            out = np.empty((h, w, 3), np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, lw), min(ly + h, lh)
         if x1 <= x0 or y1 <= y0:
