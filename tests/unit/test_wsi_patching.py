@@ -33,9 +33,10 @@ def cmu_tissue():
         return compute_tissue_mask(r, TissueParams(), keep_rgb=False).mask
 
 
-def _extract(tmp_path, slide, name, mask, **kw):
+def _extract(tmp_path, slide, name, mask, threads=1, **kw):
     params = PatchParams(**{"mpp": 0.5, "patch_px": 128, **kw})
-    res = extract_patches(slide, tmp_path / f"{name}.zarr", params, mask=mask, progress=False)
+    res = extract_patches(slide, tmp_path / f"{name}.zarr", params, mask=mask, threads=threads,
+                          progress=False)
     return res, read_store(tmp_path / f"{name}.zarr")
 
 
@@ -238,3 +239,14 @@ def test_bad_params():
                     ({"min_tissue": 2.0}, "min_tissue"), ({"resample_tolerance": 0.1}, "1")]:
         with pytest.raises(GigamilError, match=msg):
             plan_patches(reader, PatchParams(**kw), None)
+
+
+def test_openslide_path_gives_the_same_store(tmp_path, cmu_tissue, monkeypatch):
+    """GIGAMIL_NO_FAST_TIFF=1 reads through OpenSlide (the path of non-TIFF formats)."""
+    _, (pf, cf, _, _) = _extract(tmp_path, CMU_SVS, "fast", cmu_tissue, patch_px=64)
+    monkeypatch.setenv("GIGAMIL_NO_FAST_TIFF", "1")
+    with open_slide(CMU_SVS) as r:
+        assert not r.fast_tiff
+    _, (po, co, _, _) = _extract(tmp_path, CMU_SVS, "os", cmu_tissue, patch_px=64, threads=2)
+    np.testing.assert_array_equal(cf, co)
+    assert np.abs(pf[...].astype(np.int16) - po[...].astype(np.int16)).mean() < 0.5
