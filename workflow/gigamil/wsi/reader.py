@@ -570,8 +570,8 @@ def open_slide(
         try:
             reader = ImageReader(p, mpp_override)
         except SlideError as fb_err:
-            if "microns-per-pixel" in str(fb_err) or "MPP" in str(fb_err):
-                raise
+            if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large")):
+                raise  # the fallback understood the file: its message is the useful one
             raise os_err from fb_err
         log.info("%s: OpenSlide refused it; read as a plain image", path)
         return reader
