@@ -156,6 +156,8 @@ def render_gallery(patches: np.ndarray, values: np.ndarray, ranks: Sequence[str]
                    title: str) -> None:  # fmt: skip
     """Save a 2-row gallery: the top-k (first row) and bottom-k patches with their attention.
 
+    The patches are tiled into one mosaic image (one matplotlib image, fast for any k).
+
     Args:
         patches: (2k, H, W, 3) uint8, the top k then the bottom k.
         values: (2k,) attention of each.
@@ -166,20 +168,32 @@ def render_gallery(patches: np.ndarray, values: np.ndarray, ranks: Sequence[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = max(1, int(np.ceil(len(patches) / 2)))
-    fig, axes = plt.subplots(2, k, figsize=(1.5 * k, 3.6), dpi=100, squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for i, (img, v, r) in enumerate(zip(patches, values, ranks, strict=True)):
-        ax = axes[i // k if len(patches) > 1 else 0, i % k]
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(f"{r}\n{v:.3g}", fontsize=7)
-    axes[0, 0].text(-0.15, 0.5, "top", transform=axes[0, 0].transAxes, rotation=90,
-                    va="center", ha="right", fontsize=9)  # fmt: skip
-    axes[1, 0].text(-0.15, 0.5, "bottom", transform=axes[1, 0].transAxes, rotation=90,
-                    va="center", ha="right", fontsize=9)  # fmt: skip
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    n = len(patches)
+    k = max(1, int(np.ceil(n / 2)))
+    ph, pw = (patches.shape[1], patches.shape[2]) if n else (32, 32)
+    up = max(1, int(np.ceil(96 / max(ph, pw))))  # small patches are enlarged (nearest)
+    cell_h, cell_w, pad = ph * up, pw * up, 4
+    mosaic = np.full((2 * (cell_h + pad) + pad, k * (cell_w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, k)
+        y, x = pad + r * (cell_h + pad), pad + c * (cell_w + pad)
+        mosaic[y : y + cell_h, x : x + cell_w] = np.repeat(np.repeat(patches[i], up, 0), up, 1)
+    dpi = 100
+    fig_w, fig_h = mosaic.shape[1] / dpi + 0.5, mosaic.shape[0] / dpi + 0.35
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    ax = fig.add_axes((0.4 / fig_w, 0.02 / fig_h, mosaic.shape[1] / dpi / fig_w,
+                       mosaic.shape[0] / dpi / fig_h))  # fmt: skip
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
+    for i in range(n):
+        r, c = divmod(i, k)
+        ax.text(pad + c * (cell_w + pad) + 2, pad + r * (cell_h + pad) + 2,
+                f"{ranks[i]} {values[i]:.3g}", fontsize=6, va="top", ha="left",
+                color="black", backgroundcolor=(1, 1, 1, 0.7))  # fmt: skip
+    for r, name in enumerate(("top", "bottom")):
+        ax.text(-2, pad + r * (cell_h + pad) + cell_h / 2, name, rotation=90, va="center",
+                ha="right", fontsize=8)  # fmt: skip
+    fig.suptitle(title, fontsize=9, y=1 - 0.04 / fig_h, va="top")
     fig.savefig(path)
     plt.close(fig)
 
@@ -210,7 +224,7 @@ def make_heatmap(
     top_k: int = 8,
     alpha: float = 0.5,
     cmap: str = "jet",
-    thumb_px: int = 1024,
+    thumb_px: int = 800,
     title: str = "",
     mpp_override: float | None = None,
 ) -> dict[str, Any]:

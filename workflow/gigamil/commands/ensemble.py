@@ -1,0 +1,35 @@
+"""``gigamil ensemble``: mean of the fold models' predictions on one cohort, with metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "ensemble"
+HELP = "average the fold models' probabilities on a cohort and evaluate the ensemble"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--predictions", required=True, nargs="+", metavar="CSV",
+                        help="the cohort's prediction CSV of every fold model")
+    parser.add_argument("--cohort", required=True, help="cohort name (rows of others ignored)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--classes", nargs="+", metavar="CLASS",
+                        help="class order (default: the prob_<class> columns' order)")
+    parser.add_argument("--experiment", default="", help="name shown in titles and summary")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from gigamil.commands.evaluate import classes_from_predictions
+    from gigamil.evaluate.ensemble import ensemble_cohort
+
+    classes = args.classes or classes_from_predictions(args.predictions[0])
+    summary = ensemble_cohort(args.predictions, classes, args.out, args.cohort, args.experiment,
+                              n_boot=args.n_boot, seed=args.seed)
+    keys = ("auc", "auc_ci", "fold_auc_mean", "fold_auc_sd", "balanced_accuracy", "macro_f1",
+            "n_slides", "n_models")
+    print(json.dumps({k: summary[k] for k in keys}, indent=1))
+    return 0

@@ -1,0 +1,74 @@
+"""Rules train_fold and predict_fold: one training job per fold, one prediction job per fold
+and cohort (gigamil.train.run).
+
+train_fold reads only the train cohorts' stores and has only the model and training sections
+(and the classes) as params, so adding an external cohort never retrains. Each fold directory
+also holds last.pt, deliberately not a declared output: Snakemake leaves it in place when a job
+dies, and the trainer resumes from it (it ignores a last.pt written with another configuration).
+GPU jobs ask for gpu=1 only when training.device is cuda.
+"""
+
+TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
+MODEL_DIR = evaltargets.model_dir(EXPERIMENT, "{fold}")
+STORE_PATTERN = store_path("{cohort}", "{slide_id}")
+
+
+rule train_fold:
+    input:
+        folds=FOLDS_CSV,
+        stores=cohort_stores(TRAIN_COHORTS),
+    output:
+        model=f"{MODEL_DIR}/model.pt",
+        train_log=f"{MODEL_DIR}/train_log.csv",
+    log:
+        f"logs/train_fold/{EXPERIMENT}/fold{{fold}}.log",
+    benchmark:
+        f"logs/benchmarks/train_fold/{EXPERIMENT}/fold{{fold}}.tsv"
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=24 * 60,
+        gpu=TRAIN_GPUS,
+    params:
+        model=config["model"],
+        training=config["training"],
+        classes=CLASSES,
+        store_pattern=lambda wc: STORE_PATTERN,
+    script:
+        "../scripts/train_fold.py"
+
+
+rule predict_fold:
+    input:
+        model=f"{MODEL_DIR}/model.pt",
+        folds=FOLDS_CSV,
+        sheet=lambda wc: (
+            config["cohorts"][wc.cohort]["sheet"]
+            if config["cohorts"][wc.cohort]["role"] == "external"
+            else []
+        ),
+        stores=lambda wc: cohort_stores([wc.cohort]),
+    output:
+        csv=evaltargets.prediction_csv(EXPERIMENT, "{fold}", "{cohort}"),
+        attention=directory(evaltargets.attention_dir(EXPERIMENT, "{fold}", "{cohort}")),
+    log:
+        f"logs/predict_fold/{EXPERIMENT}/fold{{fold}}/{{cohort}}.log",
+    benchmark:
+        f"logs/benchmarks/predict_fold/{EXPERIMENT}/fold{{fold}}/{{cohort}}.tsv"
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=4 * 60,
+        gpu=TRAIN_GPUS,
+    params:
+        role=lambda wc: config["cohorts"][wc.cohort]["role"],
+        classes=CLASSES,
+        device=config["training"]["device"],
+        max_instances=config["training"]["max_instances_per_forward_pass"],
+        store_pattern=lambda wc: STORE_PATTERN,
+    script:
+        "../scripts/predict_fold.py"

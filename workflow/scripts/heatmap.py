@@ -1,0 +1,36 @@
+"""Snakemake script of rule heatmap: gigamil.viz.heatmap.make_heatmap for one slide, with the
+attention of every fold model that predicted it averaged (ensemble heatmap)."""
+
+import logging
+from pathlib import Path
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.ensemble import mean_attention
+from gigamil.logutil import setup_logging
+from gigamil.viz.heatmap import make_heatmap
+
+setup_logging(snakemake.log[0])
+slide_id = snakemake.wildcards.slide_id
+files = [Path(d) / f"{slide_id}.npy" for d in snakemake.input.attention]
+found = [f for f in files if f.is_file()]
+if not found:
+    raise GigamilError(
+        f"slide {slide_id}: no fold model predicted it (no attention in {files[0].parent})"
+    )
+logging.getLogger("heatmap").info(
+    "%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found))
+)
+hm = snakemake.params.heatmaps
+make_heatmap(
+    snakemake.input.store,
+    mean_attention(found),
+    Path(snakemake.output.overlay).parent,
+    slide_path=snakemake.input.slide,
+    tissue_mask=snakemake.input.tissue,
+    normalize=hm["normalize"],
+    top_k=int(hm["top_k"]),
+    alpha=float(hm["alpha"]),
+    cmap=hm["cmap"],
+    title=f"{snakemake.wildcards.cohort}/{slide_id} ({len(found)} model(s))",
+    mpp_override=snakemake.params.slide_mpp,
+)

@@ -1,0 +1,25 @@
+"""Snakemake script of rule make_splits: gigamil.evaluate.splits.make_folds."""
+
+import logging
+
+import pandas as pd
+
+from gigamil.config import load_sheet
+from gigamil.evaluate.splits import make_folds, split_report, write_folds
+from gigamil.logutil import setup_logging
+
+setup_logging(snakemake.log[0])
+cv = snakemake.params.cv
+sheets = [
+    load_sheet(path, cohort=cohort, classes=list(snakemake.params.classes), check_files=False)
+    for cohort, path in zip(snakemake.params.cohorts, snakemake.input.sheets, strict=True)
+]
+folds = make_folds(
+    pd.concat(sheets, ignore_index=True),
+    folds=int(cv["folds"]),
+    val_fraction=float(cv["val_fraction"]),
+    seed=int(cv["seed"]),
+    stratify_by=list(cv.get("stratify_by") or []),
+)
+write_folds(folds, snakemake.output.folds)
+logging.getLogger("make_splits").info("folds:\n%s", split_report(folds).to_string(index=False))
