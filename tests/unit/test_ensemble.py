@@ -171,3 +171,19 @@ def test_mean_probabilities_skip_missing_models_and_mean_attention(tmp_path):
     np.save(tmp_path / "c.npy", np.array([1.0], np.float32))
     with pytest.raises(GigamilError, match="different lengths"):
         mean_attention([tmp_path / "a.npy", tmp_path / "c.npy"])
+
+
+def test_cli_evaluate_and_ensemble(tmp_path, capsys):
+    from gigamil.cli import main
+
+    folds, paths = _cv_fixture(tmp_path)
+    args = ["evaluate", "--folds", str(tmp_path / "folds.csv"), "--out", str(tmp_path / "ev"),
+            "--n-boot", "50", "--predictions", *map(str, paths)]  # fmt: skip
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_slides"] == 24 and 0.0 <= printed["oof_auc"] <= 1.0
+    args = ["ensemble", "--cohort", "demo", "--out", str(tmp_path / "en"), "--n-boot", "50",
+            "--predictions", *map(str, paths)]  # fmt: skip
+    assert main(args) == 0
+    ens = json.loads(capsys.readouterr().out)
+    assert ens["auc"] == pytest.approx(printed["oof_auc"])  # OOF ensemble == OOF predictions

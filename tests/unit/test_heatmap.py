@@ -183,3 +183,20 @@ def test_heatmap_slides_and_eval_targets():
     assert targets.attention_pattern("e").format(fold=2, cohort="c", slide_id="s") == (
         "results/predictions/e/fold2/attention/c/s.npy"
     )
+
+
+def test_cli_heatmap_averages_attention_files(tmp_path, capsys):
+    from gigamil.cli import main
+
+    store = tmp_path / "s6.zarr"
+    coords, _ = write_store(store)
+    a = np.zeros(len(coords), np.float32)
+    b = np.zeros(len(coords), np.float32)
+    a[3], b[3], b[5] = 1.0, 1.0, 0.5
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    args = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "a.npy"),
+            str(tmp_path / "b.npy"), "--out", str(tmp_path / "hm"), "--thumb-px", "128"]
+    assert main(args) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "hm" / "attention.npy"), (a + b) / 2)
+    assert "48 patches" in capsys.readouterr().out

@@ -146,3 +146,21 @@ def test_leakage_check_catches_a_patient_in_two_roles(tmp_path):
     twice.loc[r, "role"] = "test"
     with pytest.raises(GigamilError, match="test slide in several folds"):
         check_folds(twice)
+
+
+def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys):
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    path = tmp_path / "cohortA.csv"
+    sheet.to_csv(path, index=False)
+    out = tmp_path / "folds.csv"
+    assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "4"]) == 0
+    folds = read_folds(out)
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3]
+    assert set(folds["cohort"]) == {"cohortA"}
+    capsys.readouterr()
+    assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "class 'rare' has 5 patient(s) but cv.folds is 6" in err[0]
