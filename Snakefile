@@ -14,9 +14,14 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/splits.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/heatmaps.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/qc/{cohort}.csv", cohort=config["cohorts"]),
+        eval_targets(),
