@@ -11,8 +11,10 @@ For bags of N ∈ {1k, 8k, 16k, 32k} 32-px patches and the small CNN, one traini
 - ``gigamil``: ``MILModel.forward_train`` (GradCache, RNG replay, BN handling);
 - ``bare``: a bare GradCache loop (no RNG bookkeeping), the lower bound for gigamil's overhead.
 
-Every (method, N) runs in its own subprocess (peak RSS = ru_maxrss of that process); methods are
-interleaved within each repeat and the median seconds per bag is reported. "extra" memory is the
+Peak RSS: every (method, N) runs one step in its own subprocess (ru_maxrss of that process).
+Time: per N, one subprocess runs all methods interleaved for several rounds (order reversed every
+other round); the median process CPU time per bag is reported (single thread; CPU time is less
+disturbed than wall time on a shared machine, wall time is recorded too). "extra" memory is the
 peak RSS minus the bag's own pixels (N × 32 × 32 × 3 bytes, held in memory as uint8).
 Writes benchmarks/results/trainer.json.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -98,28 +101,59 @@ def peak_rss_bytes() -> int:
     return int(r) * (1 if sys.platform == "darwin" else 1024)
 
 
-def worker(method: str, n: int, k: int) -> dict:
+STEPS = {"naive": step_naive, "original": step_original, "gigamil": step_gigamil,
+         "bare": step_bare}
+
+
+def make_bag(n: int):  # noqa: ANN201
+    import torch
+
+    g = torch.Generator().manual_seed(n)
+    return torch.randint(0, 256, (n, PX, PX, 3), dtype=torch.uint8, generator=g)
+
+
+def timed(step, model, bag, k: int) -> tuple[float, float]:  # noqa: ANN001
+    model.zero_grad(set_to_none=True)
+    w0, c0 = time.perf_counter(), time.process_time()
+    step(model, bag, 1, k)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def memory_worker(method: str, n: int, k: int) -> dict:
+    """One step of one method in a fresh process: its peak RSS."""
     import torch
 
     torch.set_num_threads(1)
     model = build()
-    step = {"naive": step_naive, "original": step_original, "gigamil": step_gigamil,
-            "bare": step_bare}[method]
-    g = torch.Generator().manual_seed(n)
-    bag = torch.randint(0, 256, (n, PX, PX, 3), dtype=torch.uint8, generator=g)
-    warm = bag[: min(n, 2 * k)]
-    step(model, warm, 1, k)  # warm-up (lazy initialisation), small
-    model.zero_grad(set_to_none=True)
+    bag = make_bag(n)
+    STEPS[method](model, bag[: min(n, 2 * k)], 1, k)  # warm-up (lazy initialisation), small
     rss_before = peak_rss_bytes()
-    t0 = time.perf_counter()
-    step(model, bag, 1, k)
-    seconds = time.perf_counter() - t0
-    return {"method": method, "n": n, "k": k, "seconds": seconds, "peak_rss": peak_rss_bytes(),
-            "peak_rss_before_step": rss_before, "bag_bytes": int(bag.numel())}
+    wall, cpu = timed(STEPS[method], model, bag, k)
+    return {"method": method, "n": n, "k": k, "wall": wall, "cpu": cpu,
+            "peak_rss": peak_rss_bytes(), "peak_rss_before_step": rss_before,
+            "bag_bytes": int(bag.numel())}
 
 
-def run_one(method: str, n: int, k: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, str(n), str(k)]
+def timing_worker(methods: list[str], n: int, k: int, rounds: int) -> dict:
+    """All methods interleaved in one process, ``rounds`` rounds (order reversed every other)."""
+    import torch
+
+    torch.set_num_threads(1)
+    model = build()
+    bag = make_bag(n)
+    for m in methods:
+        STEPS[m](model, bag[: min(n, 2 * k)], 1, k)  # warm-up
+    out: dict[str, dict[str, list[float]]] = {m: {"wall": [], "cpu": []} for m in methods}
+    for r in range(rounds):
+        for m in methods if r % 2 == 0 else list(reversed(methods)):
+            wall, cpu = timed(STEPS[m], model, bag, k)
+            out[m]["wall"].append(wall)
+            out[m]["cpu"].append(cpu)
+    return out
+
+
+def run_worker(*args: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -128,66 +162,71 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 16000, 32000])
     ap.add_argument("--k", type=int, default=128, help="instances per forward pass")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--repeats-largest", type=int, default=1,
-                    help="repeats at the largest N (keeps the run affordable)")
+    ap.add_argument("--rounds", type=int, nargs="+", default=[7, 3, 3, 1],
+                    help="interleaved timing rounds per size (last value repeats)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "trainer.json"))
-    ap.add_argument("--worker", nargs=3, metavar=("METHOD", "N", "K"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        method, n, k = args.worker
-        print(json.dumps(worker(method, int(n), int(k))))
+        kind, *rest = args.worker
+        if kind == "memory":
+            print(json.dumps(memory_worker(rest[0], int(rest[1]), int(rest[2]))))
+        else:
+            n, k, rounds, *methods = rest
+            print(json.dumps(timing_worker(methods, int(n), int(k), int(rounds))))
         return
 
+    t_start = time.time()
     results: dict[str, dict[str, dict]] = {}
-    for n in args.sizes:
-        reps = args.repeats_largest if n == max(args.sizes) else args.repeats
-        runs: dict[str, list[dict]] = {m: [] for m in args.methods}
-        for r in range(reps):
-            order = args.methods if r % 2 == 0 else list(reversed(args.methods))
-            for m in order:  # interleaved
-                res = run_one(m, n, args.k)
-                runs[m].append(res)
-                print(f"N={n:6d} {m:9s} rep {r}: {res['seconds']:.2f} s, "
-                      f"peak RSS {res['peak_rss'] / 2**20:.0f} MiB", flush=True)
-        results[str(n)] = {
-            m: {"seconds_median": statistics.median(x["seconds"] for x in v),
-                "seconds": [x["seconds"] for x in v],
-                "peak_rss_mib": max(x["peak_rss"] for x in v) / 2**20,
-                "extra_mib": max(x["peak_rss"] - x["bag_bytes"] for x in v) / 2**20,
-                "bag_mib": v[0]["bag_bytes"] / 2**20, "repeats": len(v)}
-            for m, v in runs.items()}
+    for i, n in enumerate(args.sizes):
+        rounds = args.rounds[min(i, len(args.rounds) - 1)]
+        mem = {}
+        for m in args.methods:  # peak RSS: one fresh process per (method, N)
+            mem[m] = run_worker("memory", m, str(n), str(args.k))
+            print(f"N={n:6d} {m:9s} peak RSS {mem[m]['peak_rss'] / 2**20:7.0f} MiB "
+                  f"(one step {mem[m]['cpu']:.2f} s CPU)", flush=True)
+        tim = run_worker("timing", str(n), str(args.k), str(rounds), *args.methods)
+        results[str(n)] = {}
+        for m in args.methods:
+            row = {"cpu_seconds_median": statistics.median(tim[m]["cpu"]),
+                   "wall_seconds_median": statistics.median(tim[m]["wall"]),
+                   "cpu_seconds": tim[m]["cpu"], "wall_seconds": tim[m]["wall"],
+                   "rounds": rounds, "peak_rss_mib": mem[m]["peak_rss"] / 2**20,
+                   "peak_rss_before_step_mib": mem[m]["peak_rss_before_step"] / 2**20,
+                   "bag_mib": mem[m]["bag_bytes"] / 2**20,
+                   "extra_mib": (mem[m]["peak_rss"] - mem[m]["bag_bytes"]) / 2**20}
+            results[str(n)][m] = row
+            print(f"N={n:6d} {m:9s} {row['cpu_seconds_median']:.3f} s/bag CPU "
+                  f"({row['wall_seconds_median']:.3f} s wall), median of {rounds}", flush=True)
 
-    summary = {}
-    for n, res in results.items():
-        row = {}
-        if "original" in res and "gigamil" in res:
-            row["original_over_gigamil"] = (res["original"]["seconds_median"]
-                                            / res["gigamil"]["seconds_median"])
-        if "bare" in res and "gigamil" in res:
-            row["gigamil_over_bare"] = (res["gigamil"]["seconds_median"]
-                                        / res["bare"]["seconds_median"])
-        if "naive" in res and "gigamil" in res:
-            row["gigamil_over_naive"] = (res["gigamil"]["seconds_median"]
-                                         / res["naive"]["seconds_median"])
-        summary[n] = row
+    def ratio(res: dict, a: str, b: str) -> float | None:
+        if a in res and b in res:
+            return res[a]["cpu_seconds_median"] / res[b]["cpu_seconds_median"]
+        return None
+
+    summary = {n: {"original_over_gigamil": ratio(res, "original", "gigamil"),
+                   "gigamil_over_bare": ratio(res, "gigamil", "bare"),
+                   "gigamil_over_naive": ratio(res, "gigamil", "naive")}
+               for n, res in results.items()}
     sizes = [str(s) for s in args.sizes]
-    growth = {}
-    for m in args.methods:
-        lo, hi = results[sizes[0]][m]["extra_mib"], results[sizes[-1]][m]["extra_mib"]
-        growth[m] = hi / lo - 1
-    report = {"benchmark": "trainer", "k": args.k, "patch_px": PX, "encoder": "smallcnn",
-              "threads": 1, "machine": platform.platform(), "python": platform.python_version(),
-              "results": results, "ratios": summary,
-              f"extra_memory_growth_{sizes[0]}_to_{sizes[-1]}": growth}
-    print("\nN       " + "".join(f"{m:>20s}" for m in args.methods))
+    growth = {m: results[sizes[-1]][m]["extra_mib"] / results[sizes[0]][m]["extra_mib"] - 1
+              for m in args.methods}
+    report = {"benchmark": "trainer", "k": args.k, "patch_px": PX, "encoder": "smallcnn (D=64)",
+              "head": "ABMIL att_dim=64", "threads": 1, "time_measure": "process CPU seconds "
+              "per bag (median of interleaved rounds); wall seconds also recorded",
+              "machine": platform.platform(), "cpus": os.cpu_count(),
+              "python": platform.python_version(), "load_average_at_end": os.getloadavg(),
+              "minutes": round((time.time() - t_start) / 60, 1), "results": results,
+              "ratios_cpu_time": summary,
+              "extra_memory_growth": {"from": sizes[0], "to": sizes[-1], **growth}}
+    print("\nN       " + "".join(f"{m:>22s}" for m in args.methods))
     for n in sizes:
         print(f"{n:7s} " + "".join(
-            f"{results[n][m]['seconds_median']:9.2f} s {results[n][m]['extra_mib']:6.0f} MiB"
+            f"{results[n][m]['cpu_seconds_median']:9.2f} s {results[n][m]['extra_mib']:6.0f} MiB"
             for m in args.methods))
     for n, row in summary.items():
-        print(n, {k: round(v, 3) for k, v in row.items()})
+        print(n, {k: None if v is None else round(v, 3) for k, v in row.items()})
     print("extra memory growth", {k: round(v, 3) for k, v in growth.items()})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

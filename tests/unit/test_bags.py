@@ -79,7 +79,13 @@ def test_cache_and_empty_store(tmp_path: Path) -> None:
     data = _patches(20)
     bag = ZarrBag(write_store(tmp_path / "a.zarr", data))
     list(bag.chunks(8))
-    assert bag._cache is not None  # small bag kept after the first pass
+    assert bag._cache is None  # no caching by default
+    view = bag.with_cache()
+    assert np.array_equal(torch.cat(list(view.chunks(8))).numpy(), data)
+    assert view._cache is not None and bag._cache is None  # the view keeps the small bag
+    big = bag.with_cache(cache_bytes=100)
+    list(big.chunks(8))
+    assert big._cache is None  # larger than the limit: streamed
     empty = ZarrBag(write_store(tmp_path / "e.zarr", np.zeros((0, 8, 8, 3), np.uint8)))
     assert len(empty) == 0 and list(empty.chunks(4)) == []
     assert empty.load().shape == (0, 8, 8, 3)

@@ -2,13 +2,16 @@
 
 A bag never has to sit in memory at once: :meth:`ZarrBag.chunks` yields consecutive chunks as
 uint8 torch tensors (n, H, W, 3), read by a background thread ``prefetch`` chunks ahead
-(decompression overlaps with the encoder). Small bags (≤ ``cache_bytes``) are read once and kept,
-so the two passes of the accumulating trainer do not read them twice. Rows keep the store's
-order (grid raster order), which SmABMIL's adjacency needs.
+(decompression overlaps with the encoder). :meth:`ZarrBag.with_cache` gives a view that keeps a
+small bag (≤ ``cache_bytes``) in memory after its first pass, so the two passes of the
+accumulating trainer do not read it twice; the trainer drops that view after the bag's step, so
+memory never grows with the cohort. Rows keep the store's order (grid raster order), which
+SmABMIL's adjacency needs.
 """
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Iterator
@@ -31,7 +34,7 @@ class ZarrBag:
     """
 
     def __init__(self, path: str | Path, indices: np.ndarray | None = None, prefetch: int = 2,
-                 cache_bytes: int = 256 * 2**20) -> None:
+                 cache_bytes: int = 0) -> None:
         self.path = Path(path)
         patches, coords, grid, attrs = read_store(self.path)
         self._patches = patches
@@ -64,6 +67,14 @@ class ZarrBag:
     @property
     def nbytes(self) -> int:
         return len(self) * int(np.prod(self.patch_shape))
+
+    def with_cache(self, cache_bytes: int = 256 * 2**20) -> ZarrBag:
+        """A view of the same rows that keeps them in memory after the first pass if the bag
+        holds at most ``cache_bytes`` of pixels (drop the view to free them)."""
+        view = copy.copy(self)
+        view.cache_bytes = int(cache_bytes)
+        view._cache = None
+        return view
 
     def subsample(self, n: int, generator: torch.Generator | None = None) -> ZarrBag:
         """A view of at most ``n`` random instances (drawn with ``generator``), order kept."""

@@ -90,6 +90,7 @@ def train_epoch(model: MILModel, items: Sequence[BagItem], optimizer: torch.opti
             if max_instances is not None and len(bag) > max_instances:
                 gen = torch.Generator().manual_seed(bag_seed(seed, epoch, idx) + 1)
                 bag = bag.subsample(max_instances, gen)
+            bag = bag.with_cache()  # read once for both passes if small; freed after the step
             out = model.forward_train(bag, item.label, max_instances_per_forward_pass=chunk,
                                       loss_scale=1.0 / len(group), scaler=scaler)
             if not math.isfinite(out.loss):
