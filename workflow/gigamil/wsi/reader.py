@@ -96,7 +96,7 @@ def resolve_mpp(
     if vendor_mpp is not None:
         return check_mpp(name, *vendor_mpp, "openslide.mpp-x/y"), "openslide"
     if tiff_mpp is not None:
-        return check_mpp(name, *tiff_mpp, "the TIFF resolution tags"), "tiff"
+        return check_mpp(name, *tiff_mpp, "the resolution tags (TIFF resolution / image dpi)"), "tiff"
     raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}")
 
 
