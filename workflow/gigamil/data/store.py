@@ -144,7 +144,8 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
 
 
 def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(patches zarr array (N, H, W, 3) uint8 [lazy], coords (N, 2) int64, grid (N, 2) int64, attrs)."""
+    """(patches: lazy zarr array (N, H, W, 3) uint8, coords (N, 2) int64, grid (N, 2) int64,
+    attrs dict)."""
     group = open_store(path)
     patches = group["patches"]
     coords = np.asarray(group["coords"][...], dtype=np.int64).reshape(-1, 2)

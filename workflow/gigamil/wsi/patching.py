@@ -208,7 +208,9 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     grid = np.stack([rr, cc], axis=1).astype(np.int64).reshape(-1, 2)
     coords = np.stack([np.round(x0[cc]), np.round(y0[rr])], axis=1).astype(np.int64).reshape(-1, 2)
     if len(grid) == 0 and n_cols and n_rows:
-        warnings.append(f"{reader.name}: no patch reaches min_tissue={params.min_tissue}; 0 patches")
+        warnings.append(
+            f"{reader.name}: no patch reaches min_tissue={params.min_tissue}; 0 patches"
+        )
     return PatchPlan(
         target_mpp=target,
         slide_mpp=reader.mpp,

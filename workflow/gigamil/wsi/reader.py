@@ -96,7 +96,8 @@ def resolve_mpp(
     if vendor_mpp is not None:
         return check_mpp(name, *vendor_mpp, "openslide.mpp-x/y"), "openslide"
     if tiff_mpp is not None:
-        return check_mpp(name, *tiff_mpp, "the resolution tags (TIFF resolution / image dpi)"), "tiff"
+        source = "the resolution tags (TIFF resolution / image dpi)"
+        return check_mpp(name, *tiff_mpp, source), "tiff"
     raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}")
 
 
@@ -271,7 +272,9 @@ class OpenSlideReader(SlideReader):
         try:
             self._slide = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
-            raise SlideError(f"{self.name}: not a slide format OpenSlide recognises ({exc})") from exc
+            raise SlideError(
+                f"{self.name}: not a slide format OpenSlide recognises ({exc})"
+            ) from exc
         except openslide.OpenSlideError as exc:
             raise SlideError(f"{self.name}: OpenSlide cannot open it: {exc}") from exc
         if cache is None and cache_mb > 0:
@@ -348,7 +351,8 @@ class OpenSlideReader(SlideReader):
 
         try:
             if _RAW_READ is None:
-                return composite_on_white(np.asarray(self._slide.read_region((x, y), level, (w, h))))
+                img = self._slide.read_region((x, y), level, (w, h))
+                return composite_on_white(np.asarray(img))
             # Fast path: OpenSlide paints premultiplied ARGB32 into our buffer (bytes B, G, R, A
             # on little-endian machines); skip openslide-python's RGBA conversion and PIL.
             buf = np.empty((h, w), np.uint32)
@@ -430,7 +434,10 @@ class ArrayReader(SlideReader):
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
         """Whole level pixels: floor(location / downsample) (no sub-pixel interpolation)."""
         ds = self.level_downsamples[level]
-        return float(math.floor(location[0] / ds + 1e-6)), float(math.floor(location[1] / ds + 1e-6))
+        return (
+            float(math.floor(location[0] / ds + 1e-6)),
+            float(math.floor(location[1] / ds + 1e-6)),
+        )
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         arr = self._levels[level]
@@ -477,8 +484,8 @@ def _load_plain_image(path: Path, name: str) -> tuple[np.ndarray, tuple[float, f
                 page = tif.pages[0]
                 if page.imagewidth * page.imagelength > FALLBACK_MAX_PIXELS:
                     raise SlideError(
-                        f"{name}: untiled image of {page.imagewidth} x {page.imagelength} px is too "
-                        "large for the in-memory reader; convert it to a tiled pyramidal TIFF"
+                        f"{name}: untiled image of {page.imagewidth} x {page.imagelength} px "
+                        "is too large for the in-memory reader; convert it to a tiled pyramidal TIFF"
                     )
                 tags = page.tags
                 xr = tags.get("XResolution")

@@ -1,5 +1,5 @@
-"""Tissue masks: HSV saturation -> median blur -> Otsu (on sqrt saturation)/fixed threshold -> close/open ->
-fill holes -> drop small components (µm²), computed on a raster of ``mask_mpp`` µm/px.
+"""Tissue masks: HSV saturation -> median blur -> Otsu (on sqrt saturation) or fixed threshold ->
+close/open -> fill holes -> drop small components (µm²), on a raster of ``mask_mpp`` µm/px.
 
 Outputs (``write_mask_outputs``): the mask PNG (uint8 0/255, one pixel = mask_mpp µm), a QC PNG
 (the slide at mask resolution with the mask outline drawn on it) and a JSON sidecar
