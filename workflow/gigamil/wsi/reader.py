@@ -485,7 +485,8 @@ def _load_plain_image(path: Path, name: str) -> tuple[np.ndarray, tuple[float, f
                 if page.imagewidth * page.imagelength > FALLBACK_MAX_PIXELS:
                     raise SlideError(
                         f"{name}: untiled image of {page.imagewidth} x {page.imagelength} px "
-                        "is too large for the in-memory reader; convert it to a tiled pyramidal TIFF"
+                        "is too large for the in-memory reader; convert it to a tiled "
+                        "pyramidal TIFF"
                     )
                 tags = page.tags
                 xr = tags.get("XResolution")
