@@ -187,3 +187,34 @@ def test_cli_evaluate_and_ensemble(tmp_path, capsys):
     assert main(args) == 0
     ens = json.loads(capsys.readouterr().out)
     assert ens["auc"] == pytest.approx(printed["oof_auc"])  # OOF ensemble == OOF predictions
+
+
+def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
+    classes = ["a", "b", "c"]
+    rows = [{"cohort": "m", "slide_id": f"s{p}", "patient_id": f"p{p}", "label": classes[p % 3]}
+            for p in range(18)]  # fmt: skip
+    sheet = pd.DataFrame(rows)
+    folds = make_folds(sheet, folds=3, seed=1)
+    write_folds(folds, tmp_path / "folds.csv")
+    rng = np.random.default_rng(5)
+    paths, frames = [], []
+    for k in range(3):
+        test = folds[(folds.fold == k) & (folds.role == "test")].copy()
+        y = test["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        logits = rng.normal(size=(len(test), 3)) + 1.0 * np.eye(3)[y]
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        for i, c in enumerate(classes):
+            test[f"prob_{c}"] = p[:, i]
+        test["pred"] = np.array(classes)[p.argmax(1)]
+        test = test.drop(columns="role")
+        test.to_csv(tmp_path / f"f{k}.csv", index=False)
+        paths.append(tmp_path / f"f{k}.csv")
+        frames.append(test)
+    s = aggregate_cv(paths, tmp_path / "folds.csv", classes, tmp_path / "ev", n_boot=50)
+    allp = pd.concat(frames)
+    ref = roc_auc_score(allp["label"], allp[[f"prob_{c}" for c in classes]].to_numpy(),
+                        multi_class="ovr", average="macro", labels=classes)  # fmt: skip
+    assert s["oof_auc"] == pytest.approx(ref)
+    assert set(s["per_class_recall"]) == set(classes)
+    assert np.array(s["confusion_matrix"]).shape == (3, 3)
+    assert (tmp_path / "ev" / "roc.png").stat().st_size > 0
