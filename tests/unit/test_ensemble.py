@@ -62,7 +62,7 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     out = tmp_path / "eval"
     summary = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, out, "demo", n_boot=200)
     for name in ("summary.json", "metrics.csv", "per_slide_predictions.csv", "roc.png",
-                 "confusion.png"):  # fmt: skip
+                 "confusion.png", "metrics.html"):  # fmt: skip
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "summary.json").read_text())
     for key in ("oof_auc", "fold_auc_mean", "fold_auc_sd", "balanced_accuracy", "macro_f1",
@@ -154,7 +154,7 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert summary["n_models"] == 3 and summary["n_slides"] == 10
     single = [roc_auc_score(f.label == "lesion", f.prob_lesion) for f in frames]
     assert summary["fold_auc"] == pytest.approx(single)
-    for name in ("summary.json", "metrics.csv", "roc.png", "confusion.png"):
+    for name in ("summary.json", "metrics.csv", "metrics.html", "roc.png", "confusion.png"):
         assert (out / name).is_file()
 
 

@@ -30,6 +30,11 @@ rule aggregate_cv:
             caption="../report/metrics.rst",
             category="1. Cross-validation",
         ),
+        metrics_html=report(
+            f"{EVAL_DIR}/metrics.html",
+            caption="../report/metrics.rst",
+            category="1. Cross-validation",
+        ),
         per_slide=report(
             f"{EVAL_DIR}/per_slide_predictions.csv",
             caption="../report/per_slide.rst",
@@ -84,6 +89,12 @@ rule ensemble:
         ),
         metrics=report(
             f"{EVAL_DIR}/ensemble/{{cohort}}/metrics.csv",
+            caption="../report/ensemble_metrics.rst",
+            category="2. Ensembles",
+            subcategory="{cohort}",
+        ),
+        metrics_html=report(
+            f"{EVAL_DIR}/ensemble/{{cohort}}/metrics.html",
             caption="../report/ensemble_metrics.rst",
             category="2. Ensembles",
             subcategory="{cohort}",

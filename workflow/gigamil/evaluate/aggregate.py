@@ -7,7 +7,7 @@ Outputs in ``out_dir`` (``results/eval/{experiment}``):
   (``oof``) row and its bootstrap 95% CI (``oof_ci_low``, ``oof_ci_high``);
 - ``per_slide_predictions.csv``: every train-cohort slide's out-of-fold prediction (and its
   localisation AUC where a lesion mask exists);
-- ``roc.png``, ``confusion.png``.
+- ``roc.png``, ``confusion.png``; ``metrics.html`` (the table, for the HTML report).
 """
 
 from __future__ import annotations
@@ -81,6 +81,21 @@ def write_json(data: Mapping[str, Any], path: str | Path) -> None:
     """Write ``data`` as strict JSON (NaN written as null)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(_clean(dict(data)), indent=2, allow_nan=False) + "\n")
+
+
+def write_metrics_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
+    """The metrics table as a small standalone HTML page (the Snakemake report shows it inline)."""
+    import html
+
+    body = table.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0,
+                         classes="metrics")  # fmt: skip
+    style = ("body{font-family:sans-serif;font-size:13px} table.metrics{border-collapse:collapse}"
+             "table.metrics td,table.metrics th{padding:3px 9px;text-align:right;"
+             "border-bottom:1px solid #ddd}")  # fmt: skip
+    Path(path).write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>{body}</body></html>\n"
+    )
 
 
 def pooled_metrics(preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
@@ -238,6 +253,7 @@ def aggregate_cv(
     )
     table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
+    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by="fold")
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")

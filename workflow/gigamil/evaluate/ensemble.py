@@ -7,7 +7,7 @@ gives the per-cohort out-of-fold evaluation.
 
 Outputs in ``out_dir`` (``results/eval/{experiment}/ensemble/{cohort}``): ``predictions.csv``,
 ``metrics.csv`` (each fold model's metrics on the cohort, their mean and sd, the ensemble row and
-its bootstrap CI), ``summary.json``, ``roc.png``, ``confusion.png``.
+its bootstrap CI; also as ``metrics.html``), ``summary.json``, ``roc.png``, ``confusion.png``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from gigamil.evaluate.aggregate import (
     split_unpredicted,
     summary_block,
     write_json,
+    write_metrics_html,
 )
 
 log = logging.getLogger(__name__)
@@ -120,11 +121,12 @@ def ensemble_cohort(
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
     table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
     table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
+    title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
+    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics")
     summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())
     summary["n_unpredicted"] = n_unpredicted
-    title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")
