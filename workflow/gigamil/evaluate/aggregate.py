@@ -87,8 +87,14 @@ def write_metrics_html(table: pd.DataFrame, path: str | Path, title: str) -> Non
     """The metrics table as a small standalone HTML page (the Snakemake report shows it inline)."""
     import html
 
-    body = table.to_html(float_format=lambda v: f"{v:.3f}", na_rep="", border=0,
-                         classes="metrics")  # fmt: skip
+    def cell(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return ""
+        return f"{int(v)}" if col.startswith("n_") else f"{float(v):.3f}"
+
+    shown = pd.DataFrame({c: [cell(c, v) for v in table[c]] for c in table.columns},
+                         index=table.index)  # fmt: skip
+    body = shown.to_html(border=0, classes="metrics")
     style = ("body{font-family:sans-serif;font-size:13px} table.metrics{border-collapse:collapse}"
              "table.metrics td,table.metrics th{padding:3px 9px;text-align:right;"
              "border-bottom:1px solid #ddd}")  # fmt: skip
