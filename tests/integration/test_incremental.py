@@ -1,0 +1,184 @@
+"""Incremental reruns: after one complete run, a change to config.yaml schedules only what depends
+on it (issue 6). The workflow is copied into a temporary directory and run once, for real, with a
+tiny configuration; every case then asks `snakemake --dry-run` what a rerun would do.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+FOLDS = 2
+PATIENTS = 8  # of the demo's 12 (16 of its 24 slides), 4 per class
+
+# The demo, as small as the real rules allow: 2 folds, 1 epoch, heatmaps of two slides.
+TINY: dict = {
+    "training": {"epochs": 1, "early_stopping": {"patience": 1}},
+    "cv": {"folds": FOLDS},
+    "heatmaps": {"slides": ["demo_p01_s1", "demo_p02_s1"]},
+}
+
+# Stages that must never rerun when only evaluation-side settings or external cohorts change.
+UPSTREAM = {"demo_cohort", "tissue_mask", "extract_patches", "qc_table"}
+TRAINING = {"make_splits", "train_fold"}
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    """A copy of ``base`` with ``upd`` merged in recursively."""
+    out = copy.deepcopy(base)
+    for key, value in upd.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def copy_workflow(dst: Path, overrides: dict) -> Path:
+    """Copy the repository's workflow and config to ``dst`` (the package itself is installed)."""
+    dst.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "gigamil")
+    shutil.copytree(REPO / "workflow", dst / "workflow", ignore=ignore)
+    shutil.copytree(REPO / "resources", dst / "resources")
+    shutil.copytree(REPO / "envs", dst / "envs")  # the rules' `conda:` files are part of the code
+    shutil.copytree(REPO / "profiles" / "default", dst / "profiles" / "default")
+    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
+    # the demo cohort, restricted to the first PATIENTS patients (the demo rule still makes all)
+    sheet = pd.read_csv(REPO / cfg["cohorts"]["demo"]["sheet"])
+    keep = sorted(sheet["patient_id"].unique())[:PATIENTS]
+    sheet[sheet["patient_id"].isin(keep)].to_csv(dst / "resources" / "small.csv", index=False)
+    cfg["cohorts"]["demo"]["sheet"] = "resources/small.csv"
+    write_config(dst, cfg)
+    return dst
+
+
+def write_config(workdir: Path, cfg: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
+    """Run snakemake in ``workdir`` (bounded by `timeout -k`); stdout + stderr, or fail loudly."""
+    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--cores", "2", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout + 30
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
+    return out
+
+
+def planned_jobs(workdir: Path) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a rerun would execute, from `snakemake --dry-run`."""
+    out = snakemake(workdir, "--dry-run")
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in out.splitlines():
+        head = re.match(r"^\s*(?:local)?rule (\w+):\s*$", line)
+        if head:
+            jobs.append((head.group(1), {}))
+            continue
+        wc = re.match(r"^\s+wildcards: (.+)$", line)
+        if wc and jobs:
+            jobs[-1][1].update(kv.split("=", 1) for kv in wc.group(1).split(", "))
+    if not jobs:
+        assert "Nothing to be done" in out, out[-4000:]
+    return [(rule, wcs) for rule, wcs in jobs if rule != "all"]
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working directory in which the whole tiny demo workflow has run to completion."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY)
+    snakemake(workdir, timeout=900)
+    assert (workdir / "results" / "eval" / "demo" / "summary.json").is_file()
+    return workdir
+
+
+@pytest.fixture()
+def workdir(done: Path):
+    """The completed run, with config.yaml restored after the test."""
+    original = (done / "config.yaml").read_text()
+    yield done
+    (done / "config.yaml").write_text(original)
+
+
+def config_of(workdir: Path) -> dict:
+    return yaml.safe_load((workdir / "config.yaml").read_text())
+
+
+def test_second_dry_run_schedules_nothing(workdir: Path):
+    assert planned_jobs(workdir) == []
+
+
+def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
+    # a second cohort, used only as an external test set: three demo slides under new names
+    sheet = pd.read_csv(workdir / "results" / "demo" / "sheet.csv")
+    picked = pd.concat([sheet[sheet["label"] == c].head(2) for c in sheet["label"].unique()])
+    picked = picked.head(3).reset_index(drop=True)
+    (workdir / "ext").mkdir(exist_ok=True)
+    rows = []
+    for _, row in picked.iterrows():
+        src = workdir / row["path"]
+        dst = workdir / "ext" / f"ext_{row['slide_id']}{src.suffix}"
+        shutil.copy2(src, dst)
+        rows.append({
+            "slide_id": f"ext_{row['slide_id']}",
+            "patient_id": f"ext_{row['patient_id']}",
+            "label": row["label"],
+            "path": str(dst.relative_to(workdir)),
+        })  # fmt: skip
+    pd.DataFrame(rows).to_csv(workdir / "ext" / "sheet.csv", index=False)
+    ext_ids = {r["slide_id"] for r in rows}
+    cfg = config_of(workdir)
+    cfg["cohorts"]["ext"] = {"sheet": "ext/sheet.csv", "role": "external"}
+    write_config(workdir, cfg)
+
+    jobs = planned_jobs(workdir)
+    counts = Counter(rule for rule, _ in jobs)
+    assert not set(counts) & (TRAINING | {"demo_cohort"}), counts
+    # preprocessing: exactly the new slides, nothing of the demo cohort
+    for rule in ("tissue_mask", "extract_patches"):
+        assert {w["slide_id"] for r, w in jobs if r == rule} == ext_ids, rule
+        assert counts[rule] == len(ext_ids)
+    assert all(w.get("cohort", "ext") == "ext" for _, w in jobs), jobs
+    # every fold model predicts the new cohort, and the ensemble is redone
+    assert counts["predict_fold"] == FOLDS
+    assert counts["ensemble"] == 1
+    assert set(counts) <= {
+        "tissue_mask", "extract_patches", "qc_table", "predict_fold", "ensemble", "heatmap"
+    }, counts  # fmt: skip
+
+
+def test_heatmap_parameter_reruns_heatmaps_only(workdir: Path):
+    cfg = config_of(workdir)
+    cfg["heatmaps"]["alpha"] = 0.3 if cfg["heatmaps"]["alpha"] != 0.3 else 0.7
+    write_config(workdir, cfg)
+    counts = Counter(rule for rule, _ in planned_jobs(workdir))
+    assert counts, "changing heatmaps.alpha scheduled nothing"
+    assert set(counts) == {"heatmap"}, counts
+    assert counts["heatmap"] == len(TINY["heatmaps"]["slides"])
+
+
+def test_training_parameter_reruns_training_not_patching(workdir: Path):
+    cfg = config_of(workdir)
+    cfg["training"]["lr"] = cfg["training"]["lr"] * 2
+    write_config(workdir, cfg)
+    counts = Counter(rule for rule, _ in planned_jobs(workdir))
+    assert counts["train_fold"] == FOLDS, counts
+    assert counts["predict_fold"] >= FOLDS and counts["aggregate_cv"] == 1, counts
+    assert not set(counts) & (UPSTREAM | {"make_splits"}), counts
