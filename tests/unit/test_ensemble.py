@@ -94,6 +94,8 @@ def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
     preds = pd.concat([pd.read_csv(p, dtype={"fold": int}) for p in paths], ignore_index=True)
     with pytest.raises(GigamilError, match="has no prediction"):
         oof_predictions(preds.iloc[1:], folds)
+    with pytest.raises(GigamilError, match="predicted twice by fold"):
+        oof_predictions(pd.concat([preds, preds.iloc[:1]], ignore_index=True), folds)
     train0 = folds[(folds.fold == 0) & (folds.role == "train")].iloc[:1]
     extra = _predict(train0, 0, np.random.default_rng(1))
     with pytest.raises(GigamilError, match="whose model used it for train"):

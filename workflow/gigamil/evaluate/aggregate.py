@@ -165,6 +165,12 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """
     test = folds.loc[folds["role"] == "test", ["fold", "cohort", "slide_id"]]
     key = ["fold", "cohort", "slide_id"]
+    dup = preds.duplicated(key)
+    if dup.any():
+        r = preds.loc[dup].iloc[0]
+        raise GigamilError(
+            f"slide {r['cohort']}/{r['slide_id']} is predicted twice by fold {r['fold']}"
+        )
     merged = test.merge(preds, on=key, how="left", indicator=True)
     missing = merged[merged["_merge"] == "left_only"]
     if not missing.empty:
