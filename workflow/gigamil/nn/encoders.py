@@ -48,6 +48,9 @@ class SmallCNN(nn.Module):
                    nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
+        for m in self.modules():  # He initialisation (as torchvision's ResNets): activations keep
+            if isinstance(m, nn.Conv2d):  # their scale even when BatchNorm is frozen at init
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (n, out_dim)
