@@ -67,3 +67,13 @@ def test_preprocess_uint8_and_augmentation() -> None:
     assert torch.equal(pre(x), aug)  # deterministic under the torch RNG
     feats = torch.randn(4, 7)
     assert pre(feats) is feats  # pre-extracted features pass through
+
+
+def test_resnet50_and_vit_b_16_random_init() -> None:
+    _, dim = build_encoder("resnet50", None, 32)
+    assert dim == 2048
+    vit, dim = build_encoder("vit_b_16", None, 32)
+    assert dim == 768
+    vit.eval()
+    with torch.no_grad():
+        assert vit(torch.randn(1, 3, 32, 32)).shape == (1, 768)  # resized to 224 inside

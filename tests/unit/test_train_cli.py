@@ -1,0 +1,58 @@
+"""`gigamil train` / `gigamil predict` command lines (frozen encoder, relative store paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from test_train_run import CLASSES, MODEL, make_cohort
+
+from gigamil.cli import main
+
+
+def test_train_and_predict_cli(tmp_path: Path, capsys) -> None:
+    train = make_cohort(tmp_path / "stores", 4, 5, "t")
+    val = make_cohort(tmp_path / "stores", 2, 6, "v")
+    for df in (train, val):  # store paths relative to the CSV
+        df["store"] = [str(Path(p).relative_to(tmp_path)) for p in df["store"]]
+    train.to_csv(tmp_path / "train.csv", index=False)
+    val.to_csv(tmp_path / "val.csv", index=False)
+    cfg = {"experiment": "cli", "classes": CLASSES,
+           "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+           "model": dict(MODEL, freeze_encoder=True, pool="gated_abmil"),
+           "training": {"device": "cpu", "epochs": 2, "max_instances_per_forward_pass": 5}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "model"
+    args = ["train", "--config", str(tmp_path / "config.yaml"), "--train-csv",
+            str(tmp_path / "train.csv"), "--val-csv", str(tmp_path / "val.csv"), "--out", str(out)]
+    assert main(args) == 0
+    assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
+    state = torch.load(out / "last.pt", weights_only=True)
+    first = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    # frozen encoder: its weights did not move, the head's did (or the best epoch is the first)
+    enc_keys = [k for k in first if k.startswith("feature_encoder.1.")]
+    assert enc_keys and all(torch.equal(state["model"][k], first[k]) for k in enc_keys)
+    assert main(args + ["--no-resume"]) == 0
+
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--model", str(out / "model.pt"), "--slides",
+                 str(tmp_path / "val.csv"), "--out", str(preds), "--attention-dir",
+                 str(tmp_path / "att"), "--chunk", "3"]) == 0
+    df = pd.read_csv(preds)
+    assert list(df.slide_id) == list(val.slide_id)
+    assert np.allclose(df.prob_normal + df.prob_lesion, 1)
+    assert all((tmp_path / "att" / f"{s}.npy").is_file() for s in val.slide_id)
+
+    capsys.readouterr()
+    bad = val.assign(label="tumour")
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    args_bad = args[:4] + [str(tmp_path / "bad.csv")] + args[5:]
+    assert main(args_bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tumour" in err and err.startswith("gigamil train: error:")
+    assert main(["predict", "--model", str(tmp_path / "none.pt"), "--slides",
+                 str(tmp_path / "val.csv"), "--out", str(preds), "--attention-dir",
+                 str(tmp_path / "att")]) == 2
