@@ -138,6 +138,8 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(run_mod, "validate", real_validate)
     assert [int(r["epoch"]) for r in read_log(killed / "train_log.csv")] == [1, 2]
     assert torch.load(killed / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 2
+    (killed / "model.pt").unlink()  # Snakemake deletes the declared outputs of a failed job
+    (killed / "train_log.csv").unlink()
 
     seen = []
 
@@ -156,10 +158,18 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
     sb = torch.load(killed / "last.pt", weights_only=True)["model"]
     for k in sa:
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
-    # a finished run is not redone; --no-resume starts again from epoch 1
+    best = torch.load(full / "model.pt", weights_only=True)
+    again = torch.load(killed / "model.pt", weights_only=True)
+    assert again["epoch"] == best["epoch"]
+    assert all(torch.allclose(again["state_dict"][k].float(), v.float(), atol=1e-6)
+               for k, v in best["state_dict"].items())
+    # a finished run is not redone (its deleted outputs come back); --no-resume starts over
     seen.clear()
+    (killed / "model.pt").unlink()
+    (killed / "train_log.csv").unlink()
     train_fold(train, val, CLASSES, MODEL, cfg, killed, resume=True)
     assert seen == []
+    assert (killed / "model.pt").is_file() and len(read_log(killed / "train_log.csv")) == 4
     train_fold(train, val, CLASSES, MODEL, training(epochs=1), killed, resume=False)
     assert seen == [1] and len(read_log(killed / "train_log.csv")) == 1
 

@@ -31,16 +31,15 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 
 def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
-    """The model's weights without the loss function's buffers (class weights)."""
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()
+    """A copy of the model's weights without the loss function's buffers (class weights)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
             if not k.startswith("loss_fn.")}
 
 
-def save_model(path: str | Path, model: MILModel, model_config: Mapping[str, Any],
-               classes: list[str], patch_px: int, epoch: int,
-               metrics: Mapping[str, float]) -> Path:
-    """Write ``model.pt`` in the format of docs/architecture.md."""
-    return atomic_save({
+def model_checkpoint(model: MILModel, model_config: Mapping[str, Any], classes: list[str],
+                     patch_px: int, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+    """The content of ``model.pt`` (docs/architecture.md), weights copied to the CPU."""
+    return {
         "state_dict": model_state_dict(model),
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
@@ -48,7 +47,15 @@ def save_model(path: str | Path, model: MILModel, model_config: Mapping[str, Any
         "gigamil_version": __version__,
         "epoch": int(epoch),
         "metrics": {k: float(v) for k, v in metrics.items()},
-    }, path)
+    }
+
+
+def save_model(path: str | Path, model: MILModel, model_config: Mapping[str, Any],
+               classes: list[str], patch_px: int, epoch: int,
+               metrics: Mapping[str, float]) -> Path:
+    """Write ``model.pt`` in the format of docs/architecture.md."""
+    return atomic_save(model_checkpoint(model, model_config, classes, patch_px, epoch, metrics),
+                       path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

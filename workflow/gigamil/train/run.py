@@ -24,7 +24,12 @@ from gigamil.errors import ConfigError, GigamilError
 from gigamil.models.factory import build_mil_model, model_config
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.train import distributed as ddp
-from gigamil.train.checkpoint import atomic_save, load_checkpoint, load_model, save_model
+from gigamil.train.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    load_model,
+    model_checkpoint,
+)
 from gigamil.train.loop import (
     BagItem,
     bag_probabilities,
@@ -124,13 +129,6 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_log(path: Path, upto_epoch: int) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto_epoch]
-
-
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as fh:
@@ -210,6 +208,8 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, model_path, log_path = out_dir / "last.pt", out_dir / "model.pt", \
         out_dir / "train_log.csv"
+    best_ckpt: dict[str, Any] | None = None  # model.pt's content, also kept in last.pt
+    rows: list[dict[str, Any]] = []  # train_log.csv's rows, also kept in last.pt
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path)
         if ckpt.get("signature") != signature:
@@ -225,8 +225,12 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
             torch.set_rng_state(ckpt["rng"]["cpu"])
             if device.type == "cuda" and "cuda" in ckpt["rng"]:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+            best_ckpt, rows = ckpt.get("best"), list(ckpt.get("log_rows", []))
             log.info("resuming from %s after epoch %d", last_path, state["epoch"])
-    rows: list[dict[str, Any]] = _read_log(log_path, state["epoch"]) if state["epoch"] else []
+            if info.is_main:  # Snakemake deletes the declared outputs of a failed job
+                if best_ckpt is not None and not model_path.is_file():
+                    atomic_save(best_ckpt, model_path)
+                _write_log(log_path, rows)
     if state["finished"] or state["epoch"] >= epochs:
         log.info("training already finished (epoch %d); nothing to do", state["epoch"])
         return model_path
@@ -259,9 +263,9 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
                  " *" if improved else "")
         if info.is_main:
             if improved:
-                save_model(model_path, model, mcfg, classes, patch_px, epoch,
-                           {"train_loss": train_loss, **{f"val_{k}": v for k, v in
-                                                         metrics.items()}})
+                best_ckpt = model_checkpoint(model, mcfg, classes, patch_px, epoch, {
+                    "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}})
+                atomic_save(best_ckpt, model_path)
             rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
                          "val_auc": metrics["auc"],
                          "val_balanced_accuracy": metrics["balanced_accuracy"], "lr": lr,
@@ -270,7 +274,8 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
             _write_log(log_path, rows)
             last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "early_stopping": dict(state),
-                    "rng": _rng_state(device), "signature": signature}
+                    "rng": _rng_state(device), "signature": signature, "best": best_ckpt,
+                    "log_rows": rows}
             if scaler is not None:
                 last["scaler"] = scaler.state_dict()
             atomic_save(last, last_path)
