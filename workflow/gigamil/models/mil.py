@@ -194,7 +194,8 @@ class MILModel(nn.Module):
                 bounds.append((start, start + len(h)))
                 start += len(h)
         _restore_bn(bn_saved)
-        assert h_all is not None and start == n, f"bag yielded {start} instances, len() says {n}"
+        if h_all is None or start != n:
+            raise ValueError(f"the bag yielded {start} instances but len() says {n}")
 
         # 2. attention model and loss once, on the leaf feature matrix
         h_leaf = h_all.requires_grad_(True)
