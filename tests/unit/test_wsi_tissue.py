@@ -126,3 +126,11 @@ def test_qc_image_outline_on_mask_boundary():
 def test_params_from_config_dict():
     p = TissueParams.from_dict({"mask_mpp": 4, "threshold": 20, "unknown": 1, "open_um": None})
     assert p.mask_mpp == 4 and p.threshold == 20 and p.open_um == 16.0
+
+
+def test_banded_threads_give_the_identical_mask(cmu_mask):
+    rgb = cmu_mask.rgb
+    one, thr1, _ = mask_from_rgb(rgb, 8.0, TissueParams(), threads=1)
+    three, thr3, _ = mask_from_rgb(rgb, 8.0, TissueParams(), threads=3)
+    assert thr1 == thr3 and one.any()
+    np.testing.assert_array_equal(one, three)

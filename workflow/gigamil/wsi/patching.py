@@ -368,7 +368,7 @@ def extract_patches(
         warnings: list[str] = []
         if mask is None:
             tp = tissue_params or TissueParams()
-            tm = compute_tissue_mask(reader, tp, keep_rgb=False)
+            tm = compute_tissue_mask(reader, tp, keep_rgb=False, threads=threads)
             mask = tm.mask
             warnings += tm.warnings
             if mask_params is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,18 +116,40 @@ def _binary_morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
     return m[pad:-pad, pad:-pad]
 
 
+def _banded(
+    fn: Callable[[np.ndarray], np.ndarray], img: np.ndarray, margin: int, threads: int
+) -> np.ndarray:
+    """``fn`` (a local image operation reaching at most ``margin`` rows) applied to horizontal
+    bands of ``img`` with that much overlap, on ``threads`` threads; the same result as
+    ``fn(img)`` (the filters used here release the GIL)."""
+    h = img.shape[0]
+    if threads <= 1 or h < 4 * threads * max(margin, 1):
+        return fn(img)
+    from concurrent.futures import ThreadPoolExecutor
+
+    edges = np.linspace(0, h, threads + 1).astype(int)
+
+    def band(i: int) -> np.ndarray:
+        a, b = edges[i], edges[i + 1]
+        lo, hi = max(0, a - margin), min(h, b + margin)
+        return fn(img[lo:hi])[a - lo : a - lo + (b - a)]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return np.concatenate(list(pool.map(band, range(threads))))
+
+
 def mask_from_rgb(
-    rgb: np.ndarray, mpp: float, params: TissueParams
+    rgb: np.ndarray, mpp: float, params: TissueParams, threads: int = 1
 ) -> tuple[np.ndarray, float, list[str]]:
     """Tissue mask of an (H, W, 3) uint8 image of ``mpp`` µm/px: (mask bool (H, W), threshold,
-    warnings)."""
+    warnings). The local filters run in ``threads`` overlapping bands."""
     from scipy import ndimage
 
     warnings: list[str] = []
     sat = saturation(rgb)
-    k = int(params.median_px)
+    k = int(params.median_px) | 1
     if k > 1:
-        sat = _median(sat, k | 1)
+        sat = _banded(lambda x: _median(x, k), sat, k // 2 + 1, threads)
     sat = sat.astype(np.float32)
     if isinstance(params.threshold, str):
         if params.threshold != "otsu":
@@ -145,9 +168,12 @@ def mask_from_rgb(
             thr = MIN_OTSU_SATURATION
     else:
         thr = float(params.threshold)
-    mask = sat > thr
-    mask = _binary_morph(mask, round(params.close_um / mpp), "close")
-    mask = _binary_morph(mask, round(params.open_um / mpp), "open")
+    r_close, r_open = round(params.close_um / mpp), round(params.open_um / mpp)
+
+    def close_open(x: np.ndarray) -> np.ndarray:
+        return _binary_morph(_binary_morph(x, r_close, "close"), r_open, "open")
+
+    mask = _banded(close_open, sat > thr, 2 * (r_close + r_open) + 2, threads)
     mask = ndimage.binary_fill_holes(mask)
     min_px = params.min_area_um2 / (mpp * mpp)
     if min_px > 1 and mask.any():
@@ -160,12 +186,12 @@ def mask_from_rgb(
 
 
 def compute_tissue_mask(
-    reader: SlideReader, params: TissueParams, keep_rgb: bool = True
+    reader: SlideReader, params: TissueParams, keep_rgb: bool = True, threads: int = 1
 ) -> TissueMask:
     """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it."""
     rgb, fx, fy, level = read_raster_image(reader, params.mask_mpp)
     mpp_x, mpp_y = fx * reader.mpp, fy * reader.mpp
-    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params)
+    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params, threads)
     frac = float(mask.mean()) if mask.size else 0.0
     if not mask.any():
         warnings.append(f"{reader.name}: no tissue found; the mask is empty")
