@@ -9,7 +9,8 @@ Run by hand (not a test):  python benchmarks/extract.py [--repeats 3] [--size 15
    (b) the same with 2 worker threads;
    (c) a naive loop, one OpenSlide read_region per patch at level 0, read only (no mask, no
        write), over the same patch positions gigamil kept; (c_aligned) the same number of
-       patches on the tile-aligned 256-px grid (best case for the naive loop);
+       patches on the tile-aligned 256-px grid (best case for the naive loop); (a_openslide) as
+       (a) but with the fast tiled-TIFF decoding off (the path of non-TIFF formats);
    and, per codec (zstd, jpeg), bytes per patch and the store's sequential read speed.
    Each variant runs --repeats times, interleaved; rates use each variant's fastest repeat (the
    machine is shared), medians and CPU times are reported as well.
@@ -98,17 +99,23 @@ def aligned_positions(coords: np.ndarray, dims: tuple[int, int], n: int) -> np.n
 
 
 def gigamil_run(
-    slide_path: Path, out: Path, threads: int, codec: str
+    slide_path: Path, out: Path, threads: int, codec: str, fast_tiff: bool = True
 ) -> tuple[float, float, int]:
-    """(wall s, process CPU s, patch count) of mask + extraction + write, as `gigamil patches`."""
+    """(wall s, process CPU s, patch count) of mask + extraction + write, as `gigamil patches`.
+    ``fast_tiff=False`` reads through OpenSlide (as for non-TIFF formats)."""
     from gigamil.wsi.patching import PatchParams, extract_patches
 
     if out.exists():
         shutil.rmtree(out)
     params = PatchParams(mpp=0.5, patch_px=256, codec=codec)
-    t0, c0 = time.perf_counter(), time.process_time()
-    res = extract_patches(slide_path, out, params, threads=threads, progress=False)
-    return time.perf_counter() - t0, time.process_time() - c0, res.n_patches
+    if not fast_tiff:
+        os.environ["GIGAMIL_NO_FAST_TIFF"] = "1"
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = extract_patches(slide_path, out, params, threads=threads, progress=False)
+        return time.perf_counter() - t0, time.process_time() - c0, res.n_patches
+    finally:
+        os.environ.pop("GIGAMIL_NO_FAST_TIFF", None)
 
 
 def store_stats(out: Path) -> dict[str, float]:
@@ -152,11 +159,12 @@ def main() -> None:
 
     from gigamil.data.store import read_store
 
-    t = {"a": [], "b": [], "c": [], "c_aligned": []}  # (wall, cpu) per repeat
+    t = {"a": [], "b": [], "c": [], "c_aligned": [], "a_openslide": []}  # (wall, cpu)
     load_before = os.getloadavg()
     n = 0
     coords = np.zeros((0, 2), np.int64)
     aligned = coords
+    n_os = 0
     for rep in range(args.repeats):
         wall, cpu, n = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd")
         t["a"].append((wall, cpu))
@@ -168,13 +176,16 @@ def main() -> None:
         wall, cpu, n2 = gigamil_run(slide, WORK / "bench-b.zarr", 2, "zstd")
         assert n2 == n
         t["b"].append((wall, cpu))
+        # (its mask is computed from OpenSlide's pixels: the count can differ by a few patches)
+        wall, cpu, n_os = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd", fast_tiff=False)
+        t["a_openslide"].append((wall, cpu))
     wall_jpeg, _, _ = gigamil_run(slide, WORK / "bench-jpeg.zarr", 2, "jpeg")
 
     def best(key: str) -> tuple[float, float]:
         """The repeat with the shortest wall time (least disturbed by other jobs)."""
         return min(t[key])
 
-    count = {"a": n, "b": n, "c": n, "c_aligned": len(aligned)}
+    count = {"a": n, "b": n, "c": n, "c_aligned": len(aligned), "a_openslide": n_os}
     rate = {k: count[k] / best(k)[0] for k in t}  # patches per wall-clock second
     per_cpu = {k: count[k] / best(k)[1] for k in t}  # patches per CPU second (all threads)
     parallelism = {k: best(k)[1] / best(k)[0] for k in t}  # CPU s per wall s
@@ -184,6 +195,7 @@ def main() -> None:
         "a_over_c_aligned": rate["a"] / rate["c_aligned"],
         "b_over_a": rate["b"] / rate["a"],
         "a_over_c_per_cpu_second": per_cpu["a"] / per_cpu["c"],
+        "a_openslide_over_c": rate["a_openslide"] / rate["c"],
     }
     codecs = {
         "zstd": store_stats(WORK / "bench-b.zarr"),
@@ -194,6 +206,7 @@ def main() -> None:
         "b": "b: gigamil, 2 threads",
         "c": "c: naive read_region loop, same patches",
         "c_aligned": "c': naive loop, tile-aligned patches",
+        "a_openslide": "a': as a, pixels through OpenSlide (no fast TIFF path)",
     }
     result = {
         "slide": {"path": str(slide.relative_to(ROOT.parent)), "dimensions": list(dims)},

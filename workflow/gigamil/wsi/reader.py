@@ -360,12 +360,14 @@ class OpenSlideReader(SlideReader):
         except openslide.OpenSlideError as exc:
             raise SlideError(f"{self.name}: OpenSlide cannot read pixels: {exc}") from exc
         bgra = buf.view(np.uint8).reshape(h, w, 4)
-        rgb = bgra[..., 2::-1]  # (h, w, 3) view
         alpha = bgra[..., 3]
         if alpha.min(initial=255) < 255:  # premultiplied over white: c + (255 - a)
-            rgb = (rgb.astype(np.uint16) + (255 - alpha[..., None].astype(np.uint16))).clip(0, 255)
-            rgb = rgb.astype(np.uint8)
-        return rgb
+            rgb = bgra[..., 2::-1].astype(np.uint16) + (255 - alpha[..., None].astype(np.uint16))
+            return rgb.clip(0, 255).astype(np.uint8)
+        from PIL import Image
+
+        # BGRX -> RGB in Pillow's C loop: faster than numpy's reversed-stride copy
+        return np.asarray(Image.frombuffer("RGB", (w, h), buf, "raw", "BGRX", 0, 1))
 
     def properties(self) -> Mapping[str, str]:
         return self._props
