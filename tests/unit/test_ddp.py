@@ -3,8 +3,6 @@ one process on the same bags (bags_per_step doubled so each optimizer step sees 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,10 +10,11 @@ import torch
 import yaml
 from test_train_run import CLASSES, MODEL, make_cohort
 
+from gigamil.train.launch import torchrun_command, train_fold_torchrun
 from gigamil.train.run import train_fold
 
 
-def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
+def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> None:
     train = make_cohort(tmp_path / "stores", 6, 3, "t")
     val = make_cohort(tmp_path / "stores", 2, 4, "v")
     train.to_csv(tmp_path / "train.csv", index=False)
@@ -28,14 +27,12 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
     cfg = {"experiment": "ddp", "classes": CLASSES,
            "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
            "model": model, "training": training}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "gigamil", "train", "--config", str(tmp_path / "config.yaml"),
-           "--train-csv", str(tmp_path / "train.csv"), "--val-csv", str(tmp_path / "val.csv"),
-           "--out", str(tmp_path / "ddp")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the launcher the train_fold rule uses when a fold gets several GPUs
+    model_pt = train_fold_torchrun(train, val, cfg, tmp_path / "ddp", nproc=2, threads=2,
+                                   log_file=tmp_path / "ddp.log")
+    assert model_pt.is_file(), (tmp_path / "ddp.log").read_text()[-3000:]
+    assert yaml.safe_load((tmp_path / "ddp" / "ddp" / "config.yaml").read_text()) == cfg
 
     single = dict(training, bags_per_step=2)
     train_fold(train, val, CLASSES, model, single, tmp_path / "one")
@@ -56,3 +53,10 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path) -> None:
 def max_param_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k].double() - v.double()).abs().max()) for k, v in b.items()
                if v.is_floating_point() and v.numel())
+
+
+def test_torchrun_command_splits_threads(tmp_path: Path) -> None:
+    cmd = torchrun_command(tmp_path, tmp_path / "out", nproc=4, threads=8)
+    assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc_per_node=4" in cmd and cmd[cmd.index("--threads") + 1] == "2"
+    assert cmd[cmd.index("--train-csv") + 1] == str(tmp_path / "train.csv")

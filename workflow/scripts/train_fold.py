@@ -1,9 +1,13 @@
-"""Snakemake script of rule train_fold: gigamil.train.run.train_fold on one fold."""
+"""Snakemake script of rule train_fold: gigamil.train.run.train_fold on one fold.
+
+With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one process per GPU.
+"""
 
 from pathlib import Path
 
 from gigamil.evaluate.splits import fold_slides, read_folds
 from gigamil.logutil import setup_logging
+from gigamil.train.launch import train_fold_torchrun
 from gigamil.train.run import train_fold
 
 setup_logging(snakemake.log[0])
@@ -19,13 +23,28 @@ def with_stores(df):
     return df.assign(store=stores)
 
 
-train_fold(
-    with_stores(fold_slides(folds, fold, "train")),
-    with_stores(fold_slides(folds, fold, "val")),
-    classes=list(snakemake.params.classes),
-    model_cfg=dict(snakemake.params.model),
-    training_cfg=dict(snakemake.params.training),
-    out_dir=Path(snakemake.output.model).parent,
-    resume=True,
-    threads=snakemake.threads,
-)
+train_df = with_stores(fold_slides(folds, fold, "train"))
+val_df = with_stores(fold_slides(folds, fold, "val"))
+out_dir = Path(snakemake.output.model).parent
+gpus = int(snakemake.resources.get("gpu", 0) or 0)
+if gpus > 1:
+    train_fold_torchrun(
+        train_df,
+        val_df,
+        config=snakemake.config,
+        out_dir=out_dir,
+        nproc=gpus,
+        threads=snakemake.threads,
+        log_file=Path(snakemake.log[0]),
+    )
+else:
+    train_fold(
+        train_df,
+        val_df,
+        classes=list(snakemake.params.classes),
+        model_cfg=dict(snakemake.params.model),
+        training_cfg=dict(snakemake.params.training),
+        out_dir=out_dir,
+        resume=True,
+        threads=snakemake.threads,
+    )
