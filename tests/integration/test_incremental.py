@@ -5,7 +5,6 @@ tiny configuration; every case then asks `snakemake --dry-run` what a rerun woul
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from wfutil import copy_workflow, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,40 +35,6 @@ TINY: dict = {
 # Stages that must never rerun when only evaluation-side settings or external cohorts change.
 UPSTREAM = {"demo_cohort", "tissue_mask", "extract_patches", "qc_table"}
 TRAINING = {"make_splits", "train_fold"}
-
-
-def deep_update(base: dict, upd: dict) -> dict:
-    """A copy of ``base`` with ``upd`` merged in recursively."""
-    out = copy.deepcopy(base)
-    for key, value in upd.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_update(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def copy_workflow(dst: Path, overrides: dict) -> Path:
-    """Copy the repository's workflow and config to ``dst`` (the package itself is installed)."""
-    dst.mkdir(parents=True)
-    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "gigamil")
-    shutil.copytree(REPO / "workflow", dst / "workflow", ignore=ignore)
-    shutil.copytree(REPO / "resources", dst / "resources")
-    shutil.copytree(REPO / "envs", dst / "envs")  # the rules' `conda:` files are part of the code
-    shutil.copytree(REPO / "profiles" / "default", dst / "profiles" / "default")
-    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
-    # the demo cohort, restricted to the first PATIENTS patients (the demo rule still makes all)
-    sheet = pd.read_csv(REPO / cfg["cohorts"]["demo"]["sheet"])
-    keep = sorted(sheet["patient_id"].unique())[:PATIENTS]
-    sheet[sheet["patient_id"].isin(keep)].to_csv(dst / "resources" / "small.csv", index=False)
-    cfg["cohorts"]["demo"]["sheet"] = "resources/small.csv"
-    write_config(dst, cfg)
-    return dst
-
-
-def write_config(workdir: Path, cfg: dict) -> None:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
@@ -103,7 +69,7 @@ def planned_jobs(workdir: Path) -> list[tuple[str, dict[str, str]]]:
 @pytest.fixture(scope="module")
 def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory in which the whole tiny demo workflow has run to completion."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY)
+    workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY, PATIENTS)
     snakemake(workdir, timeout=900)
     assert (workdir / "results" / "eval" / "demo" / "summary.json").is_file()
     return workdir

@@ -8,10 +8,8 @@ ran as a SLURM job, that training asked for a GPU, and that both runs made the s
 
 from __future__ import annotations
 
-import copy
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -20,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 import zarr
+from wfutil import copy_workflow, deep_update
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
@@ -41,35 +39,6 @@ PROFILES = [
 ]  # fmt: skip
 # no shell, script or run: Snakemake runs these in the controlling process, never through SLURM
 LOCAL_RULES = {"all"}
-
-
-def deep_update(base: dict, upd: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in upd.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_update(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def copy_workflow(dst: Path, overrides: dict) -> Path:
-    """The repository's workflow (the package is installed) and config, in ``dst``."""
-    dst.mkdir(parents=True)
-    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "gigamil")
-    shutil.copytree(REPO / "workflow", dst / "workflow", ignore=ignore)
-    shutil.copytree(REPO / "resources", dst / "resources")
-    shutil.copytree(REPO / "envs", dst / "envs")  # the rules' `conda:` files are part of the code
-    shutil.copytree(REPO / "profiles" / "default", dst / "profiles" / "default")
-    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
-    # the demo cohort, restricted to the first PATIENTS patients (the demo rule still makes all)
-    sheet = pd.read_csv(REPO / cfg["cohorts"]["demo"]["sheet"])
-    keep = sorted(sheet["patient_id"].unique())[:PATIENTS]
-    sheet[sheet["patient_id"].isin(keep)].to_csv(dst / "resources" / "small.csv", index=False)
-    cfg["cohorts"]["demo"]["sheet"] = "resources/small.csv"
-    (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dst
 
 
 def snakemake_cmd(timeout: int, *args: str) -> list[str]:
@@ -124,8 +93,8 @@ def cluster() -> None:
 def runs(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the tiny demo through SLURM and, meanwhile, locally. Returns both directories + logs."""
     base = tmp_path_factory.mktemp("slurm")
-    on_slurm = copy_workflow(base / "slurm", TINY)
-    local = copy_workflow(base / "local", TINY)
+    on_slurm = copy_workflow(base / "slurm", TINY, PATIENTS)
+    local = copy_workflow(base / "local", TINY, PATIENTS)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # GPUs for the training and prediction jobs: the test node has a fake one, so the trainer
     # itself runs on the CPU (device: auto) while SLURM allocates the GPU.
@@ -196,7 +165,7 @@ def test_training_jobs_asked_for_a_gpu(runs: dict):
 
 def test_cuda_config_makes_the_rules_ask_for_gpus(cluster, tmp_path: Path):
     """With `training.device: cuda` the rules themselves (no --set-resources) request a GPU."""
-    workdir = copy_workflow(tmp_path / "cuda", deep_update(TINY, {"training": {"device": "cuda"}}))
+    workdir = copy_workflow(tmp_path / "cuda", deep_update(TINY, {"training": {"device": "cuda"}}), PATIENTS)
     res = subprocess.run(
         snakemake_cmd(120, *PROFILES, "--dry-run"),
         cwd=workdir, capture_output=True, text=True, timeout=150,

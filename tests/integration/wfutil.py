@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +45,26 @@ def make_workdir(path: Path, overrides: dict[str, Any] | None = None) -> Path:
     (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     shutil.copytree(REPO / "resources", path / "resources", dirs_exist_ok=True)
     return path
+
+
+def copy_workflow(dst: Path, overrides: dict[str, Any], patients: int) -> Path:
+    """Copy the repository's workflow and config to ``dst`` (the package itself is installed),
+    with the demo cohort restricted to its first ``patients`` patients (the demo rule still makes
+    all of its slides)."""
+    dst.mkdir(parents=True)
+    shutil.copy2(REPO / "Snakefile", dst / "Snakefile")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "gigamil")
+    shutil.copytree(REPO / "workflow", dst / "workflow", ignore=ignore)
+    shutil.copytree(REPO / "resources", dst / "resources")
+    shutil.copytree(REPO / "envs", dst / "envs")  # the rules' `conda:` files are part of the code
+    shutil.copytree(REPO / "profiles" / "default", dst / "profiles" / "default")
+    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
+    sheet = pd.read_csv(REPO / cfg["cohorts"]["demo"]["sheet"])
+    keep = sorted(sheet["patient_id"].unique())[:patients]
+    sheet[sheet["patient_id"].isin(keep)].to_csv(dst / "resources" / "small.csv", index=False)
+    cfg["cohorts"]["demo"]["sheet"] = "resources/small.csv"
+    write_config(dst, cfg)
+    return dst
 
 
 def write_config(workdir: Path, cfg: dict[str, Any]) -> None:
