@@ -26,7 +26,7 @@ rule train_fold:
         f"logs/benchmarks/train_fold/{EXPERIMENT}/fold{{fold}}.tsv"
     conda:
         "../../envs/gigamil.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=24 * 60,
@@ -59,7 +59,7 @@ rule predict_fold:
         f"logs/benchmarks/predict_fold/{EXPERIMENT}/fold{{fold}}/{{cohort}}.tsv"
     conda:
         "../../envs/gigamil.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=4 * 60,
