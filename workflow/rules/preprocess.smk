@@ -23,7 +23,7 @@ rule tissue_mask:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=30,
+        runtime=lambda wc, attempt: 5 * attempt,  # minutes; more on each retry
     params:
         tissue=config["preprocessing"]["tissue"],
         slide_mpp=slide_mpp_override,
@@ -49,7 +49,7 @@ rule extract_patches:
     threads: 4
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=lambda wc, attempt: 20 * attempt,  # minutes; more on each retry
     params:
         patches=config["preprocessing"]["patches"],
         slide_mpp=slide_mpp_override,
