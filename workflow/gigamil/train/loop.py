@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from gigamil.data.bags import ZarrBag
+from gigamil.evaluate import metrics as M
 from gigamil.models.mil import MILModel
 from gigamil.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
 
@@ -120,20 +120,15 @@ def bag_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> dict[str, float]:
-    """AUC (binary, or one-vs-rest macro) and balanced accuracy; NaN when undefined."""
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
+    """AUC (binary, or one-vs-rest macro when every class is present) and balanced accuracy,
+    computed by the same code as the evaluation (gigamil.evaluate.metrics); NaN when undefined."""
     out = {"auc": float("nan"), "balanced_accuracy": float("nan")}
     if len(y) == 0:
         return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out["balanced_accuracy"] = float(balanced_accuracy_score(y, prob.argmax(1)))
-        if len(np.unique(y)) >= 2:
-            if n_classes == 2:
-                out["auc"] = float(roc_auc_score(y, prob[:, 1]))
-            elif len(np.unique(y)) == n_classes:
-                out["auc"] = float(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
+    cm = M.confusion_matrix(y, prob.argmax(1), n_classes)
+    out["balanced_accuracy"] = M.balanced_accuracy(cm)
+    if n_classes == 2 or len(np.unique(y)) == n_classes:
+        out["auc"] = M.roc_auc(y, prob)
     return out
 
 
