@@ -1,6 +1,6 @@
 """Benchmark: patch extraction throughput of gigamil vs a naive read_region loop.
 
-Run by hand (not a test):  python benchmarks/extract.py [--repeats 3] [--size 15000]
+Run by hand (not a test):  python benchmarks/extract.py [--repeats 7] [--size 15000]
 
 1. Tiles the CC0 CMU-1-Small-Region slide into a ~15k x 15k pyramidal JPEG TIFF under
    benchmarks/work/ (gitignored; made once).
@@ -12,8 +12,10 @@ Run by hand (not a test):  python benchmarks/extract.py [--repeats 3] [--size 15
        patches on the tile-aligned 256-px grid (best case for the naive loop); (a_openslide) as
        (a) but with the fast tiled-TIFF decoding off (the path of non-TIFF formats);
    and, per codec (zstd, jpeg), bytes per patch and the store's sequential read speed.
-   Each variant runs --repeats times, interleaved; rates use each variant's fastest repeat (the
-   machine is shared), medians and CPU times are reported as well.
+   Each repeat runs every variant back to back (order reversed every other repeat); a ratio is
+   the median over repeats of the two variants' rate ratio within a repeat (robust on a shared
+   machine whose per-core speed drifts); best-of and of-medians ratios and CPU times are
+   reported as well.
 3. Prints the ratios a/c and b/a and writes benchmarks/results/extract.json.
 """
 
@@ -140,8 +142,7 @@ def store_stats(out: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=15000, help="approximate slide side (px)")
-    ap.add_argument("--repeats", type=int, default=3, help="repeat each measurement; the best "
-                    "(least disturbed) repeat gives the rates, medians are reported too")
+    ap.add_argument("--repeats", type=int, default=7, help="repeat each measurement, interleaved")
     args = ap.parse_args()
 
     slide = make_big_slide(WORK / f"cmu-tiled-{args.size // 1000}k.tiff", args.size)
@@ -161,24 +162,35 @@ def main() -> None:
 
     t = {"a": [], "b": [], "c": [], "c_aligned": [], "a_openslide": []}  # (wall, cpu)
     load_before = os.getloadavg()
-    n = 0
-    coords = np.zeros((0, 2), np.int64)
-    aligned = coords
     n_os = 0
+    # every repeat runs all variants back to back, in reversed order every other repeat, so a
+    # pair (a, b) of one repeat saw the same machine; on a shared machine whose per-core speed
+    # drifts (seen here: the same single-thread run takes 1.04 to 1.8 s), the median of the
+    # per-repeat ratios is the robust comparison (as the trainer benchmark's interleaved medians)
+    _, _, n = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd")  # warm-up, and the positions
+    _, coords, _, _ = read_store(WORK / "bench-a.zarr")
+    aligned = aligned_positions(coords, dims, n)
+
+    def run(key: str) -> None:
+        nonlocal n_os
+        if key == "a":
+            wall, cpu, n1 = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd")
+            assert n1 == n
+        elif key == "b":
+            wall, cpu, n2 = gigamil_run(slide, WORK / "bench-b.zarr", 2, "zstd")
+            assert n2 == n
+        elif key == "c":
+            wall, cpu = naive_loop(slide, coords, 256)
+        elif key == "c_aligned":
+            wall, cpu = naive_loop(slide, aligned, 256)
+        else:  # its mask comes from OpenSlide's pixels: the count can differ by a few patches
+            wall, cpu, n_os = gigamil_run(slide, WORK / "bench-os.zarr", 1, "zstd", fast_tiff=False)
+        t[key].append((wall, cpu))
+
+    order = ["a", "b", "c", "c_aligned", "a_openslide"]
     for rep in range(args.repeats):
-        wall, cpu, n = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd")
-        t["a"].append((wall, cpu))
-        if rep == 0:
-            _, coords, _, _ = read_store(WORK / "bench-a.zarr")
-            aligned = aligned_positions(coords, dims, n)
-        t["c"].append(naive_loop(slide, coords, 256))
-        t["c_aligned"].append(naive_loop(slide, aligned, 256))
-        wall, cpu, n2 = gigamil_run(slide, WORK / "bench-b.zarr", 2, "zstd")
-        assert n2 == n
-        t["b"].append((wall, cpu))
-        # (its mask is computed from OpenSlide's pixels: the count can differ by a few patches)
-        wall, cpu, n_os = gigamil_run(slide, WORK / "bench-a.zarr", 1, "zstd", fast_tiff=False)
-        t["a_openslide"].append((wall, cpu))
+        for key in order if rep % 2 == 0 else order[::-1]:
+            run(key)
     wall_jpeg, _, _ = gigamil_run(slide, WORK / "bench-jpeg.zarr", 2, "jpeg")
 
     def best(key: str) -> tuple[float, float]:
@@ -190,13 +202,18 @@ def main() -> None:
     per_cpu = {k: count[k] / best(k)[1] for k in t}  # patches per CPU second (all threads)
     parallelism = {k: best(k)[1] / best(k)[0] for k in t}  # CPU s per wall s
     median_rate = {k: count[k] / statistics.median(x[0] for x in t[k]) for k in t}
-    ratios = {
-        "a_over_c": rate["a"] / rate["c"],
-        "a_over_c_aligned": rate["a"] / rate["c_aligned"],
-        "b_over_a": rate["b"] / rate["a"],
-        "a_over_c_per_cpu_second": per_cpu["a"] / per_cpu["c"],
-        "a_openslide_over_c": rate["a_openslide"] / rate["c"],
-    }
+
+    def paired(x: str, y: str) -> float:
+        """Median over repeats of rate(x) / rate(y) within the same repeat."""
+        return statistics.median(
+            (count[x] / tx[0]) / (count[y] / ty[0]) for tx, ty in zip(t[x], t[y], strict=True)
+        )
+
+    pairs = [("a", "c"), ("a", "c_aligned"), ("b", "a"), ("a_openslide", "c")]
+    ratios = {f"{x}_over_{y}": paired(x, y) for x, y in pairs}
+    ratios_best = {f"{x}_over_{y}": rate[x] / rate[y] for x, y in pairs}
+    ratios_medians = {f"{x}_over_{y}": median_rate[x] / median_rate[y] for x, y in pairs}
+    ratios["a_over_c_per_cpu_second"] = per_cpu["a"] / per_cpu["c"]
     codecs = {
         "zstd": store_stats(WORK / "bench-b.zarr"),
         "jpeg": {**store_stats(WORK / "bench-jpeg.zarr"), "extract_seconds_2_threads": wall_jpeg},
@@ -218,6 +235,11 @@ def main() -> None:
         "patches_per_cpu_s": per_cpu,
         "parallelism_cpu_over_wall": parallelism,
         "ratios": ratios,
+        "ratios_how": "median over repeats of the ratio of the two variants' rates within one "
+        "repeat (they ran back to back); ratios_best_of uses each variant's fastest repeat, "
+        "ratios_of_medians each variant's median repeat",
+        "ratios_best_of": ratios_best,
+        "ratios_of_medians": ratios_medians,
         "targets": {"a_over_c": 0.8, "b_over_a": 1.7},
         "codecs": codecs,
         "machine": {
@@ -236,8 +258,10 @@ def main() -> None:
     for k in t:
         print(f"{names[k]:52s} {rate[k]:7.1f} patches/s  {per_cpu[k]:7.1f} per CPU-s  "
               f"parallelism {parallelism[k]:.2f}")
+    print(f"{'ratio (median of paired repeats; best-of; of medians)':52s}")
     for k, v in ratios.items():
-        print(f"{k:52s} {v:7.2f}")
+        extra = f"   {ratios_best[k]:5.2f}  {ratios_medians[k]:5.2f}" if k in ratios_best else ""
+        print(f"{k:52s} {v:7.2f}{extra}")
     for k, v in codecs.items():
         print(f"codec {k}: {v['bytes_per_patch'] / 1024:.1f} KiB/patch, "
               f"read {v['read_patches_per_s']:.0f} patches/s")

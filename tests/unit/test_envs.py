@@ -10,7 +10,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 # PyPI name -> conda-forge name, where they differ
-CONDA_NAME = {"torch": "pytorch", "openslide-bin": "openslide", "matplotlib": "matplotlib-base"}
+CONDA_NAME = {
+    "torch": "pytorch",
+    "opencv-python-headless": "py-opencv",
+    "openslide-bin": "openslide",
+    "matplotlib": "matplotlib-base",
+}
 
 
 def _split(spec: str) -> tuple[str, str]:

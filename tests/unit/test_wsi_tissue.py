@@ -13,7 +13,11 @@ from gigamil.wsi.reader import ArrayReader, open_slide
 from gigamil.wsi.tissue import (
     OUTLINE_RGB,
     TissueParams,
+    _binary_morph,
+    _disk,
+    _median,
     compute_tissue_mask,
+    fill_holes,
     make_mask,
     mask_from_rgb,
     mask_params_for,
@@ -128,9 +132,28 @@ def test_params_from_config_dict():
     assert p.mask_mpp == 4 and p.threshold == 20 and p.open_um == 16.0
 
 
-def test_banded_threads_give_the_identical_mask(cmu_mask):
-    rgb = cmu_mask.rgb
-    one, thr1, _ = mask_from_rgb(rgb, 8.0, TissueParams(), threads=1)
-    three, thr3, _ = mask_from_rgb(rgb, 8.0, TissueParams(), threads=3)
-    assert thr1 == thr3 and one.any()
-    np.testing.assert_array_equal(one, three)
+def test_opencv_filters_equal_the_reference_definitions():
+    """_median / _binary_morph (OpenCV) give exactly a padded scikit-image rank median and
+    scipy's disk closing / opening with replicated edges."""
+    from scipy import ndimage
+    from skimage.filters import rank
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (61, 47), dtype=np.uint8)
+    for k in (3, 5, 7):
+        pad = k // 2
+        ref = rank.median(np.pad(img, pad, mode="edge"), np.ones((k, k), bool))
+        np.testing.assert_array_equal(_median(img, k), ref[pad:-pad, pad:-pad])
+    blobs = ndimage.uniform_filter(rng.random((80, 90)), 5) > 0.5
+    for r in (1, 2, 4, 8):
+        se, pad = _disk(r), r + 1
+        m = np.pad(blobs, pad, mode="edge")
+        dil = ndimage.binary_dilation(m, se)
+        close = ndimage.binary_erosion(dil, se, border_value=1)[pad:-pad, pad:-pad]
+        ero = ndimage.binary_erosion(m, se, border_value=1)
+        opened = ndimage.binary_dilation(ero, se)[pad:-pad, pad:-pad]
+        np.testing.assert_array_equal(_binary_morph(blobs, r, "close"), close)
+        np.testing.assert_array_equal(_binary_morph(blobs, r, "open"), opened)
+        assert close.sum() > blobs.sum() > opened.sum()
+    for m in (blobs, ~blobs, np.zeros((5, 6), bool), np.ones((5, 6), bool), blobs[:1]):
+        np.testing.assert_array_equal(fill_holes(m), ndimage.binary_fill_holes(m))

@@ -368,7 +368,7 @@ def extract_patches(
         warnings: list[str] = []
         if mask is None:
             tp = tissue_params or TissueParams()
-            tm = compute_tissue_mask(reader, tp, keep_rgb=False, threads=threads)
+            tm = compute_tissue_mask(reader, tp, keep_rgb=False)
             mask = tm.mask
             warnings += tm.warnings
             if mask_params is None:
@@ -452,20 +452,25 @@ def _run_units(
     bar: Any,
 ) -> None:
     """Each unit (one store chunk) is read, encoded and written by one of ``threads`` workers,
-    each with its own slide handle; the calling thread only schedules and reports progress."""
+    each with its own slide handle (the first worker takes over ``reader``, which the calling
+    thread no longer uses); the calling thread only schedules and reports progress."""
     import threading
 
     local = threading.local()
     handles: list[SlideReader] = []
+    spare = [reader]
     lock = threading.Lock()
 
     def worker_reader() -> SlideReader:
         r = getattr(local, "reader", None)
         if r is None:
-            r = factory()
-            local.reader = r
             with lock:
-                handles.append(r)
+                r = spare.pop() if spare else None
+            if r is None:
+                r = factory()
+                with lock:
+                    handles.append(r)
+            local.reader = r
         return r
 
     def do_unit(a: int, b: int, windows: list[np.ndarray]) -> int:

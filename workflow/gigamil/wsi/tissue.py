@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,13 +70,11 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
 
 def _median(img: np.ndarray, size: int) -> np.ndarray:
-    """Median filter of an (H, W) uint8 image with a size x size window (edges replicated)."""
-    from skimage.filters import rank
+    """Median filter of an (H, W) uint8 image with a size x size window (edges replicated).
+    OpenCV's medianBlur: the same values as a padded scikit-image rank median, ~50x faster."""
+    import cv2
 
-    pad = size // 2
-    padded = np.pad(img, pad, mode="edge")
-    out = rank.median(padded, np.ones((size, size), bool))
-    return out[pad : pad + img.shape[0], pad : pad + img.shape[1]]
+    return cv2.medianBlur(np.ascontiguousarray(img, dtype=np.uint8), size)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -95,14 +92,16 @@ def _binary_morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
         return mask
     pad = radius + 1
     m = np.pad(mask, pad, mode="edge")
-    if radius <= 8:
-        se = _disk(radius)
+    if radius <= 8:  # OpenCV with the disk as kernel (borders: dilate 0, erode 1, as scipy)
+        import cv2
+
+        se = _disk(radius).astype(np.uint8)
 
         def dilate(x: np.ndarray) -> np.ndarray:
-            return ndimage.binary_dilation(x, se)
+            return cv2.dilate(x.view(np.uint8), se).view(bool)
 
         def erode(x: np.ndarray) -> np.ndarray:
-            return ndimage.binary_erosion(x, se, border_value=1)
+            return cv2.erode(x.view(np.uint8), se).view(bool)
 
     else:
 
@@ -116,40 +115,33 @@ def _binary_morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
     return m[pad:-pad, pad:-pad]
 
 
-def _banded(
-    fn: Callable[[np.ndarray], np.ndarray], img: np.ndarray, margin: int, threads: int
-) -> np.ndarray:
-    """``fn`` (a local image operation reaching at most ``margin`` rows) applied to horizontal
-    bands of ``img`` with that much overlap, on ``threads`` threads; the same result as
-    ``fn(img)`` (the filters used here release the GIL)."""
-    h = img.shape[0]
-    if threads <= 1 or h < 4 * threads * max(margin, 1):
-        return fn(img)
-    from concurrent.futures import ThreadPoolExecutor
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (background not 4-connected to the border is filled)
+    by one labelling pass instead of iterated erosions (several times faster)."""
+    from scipy import ndimage
 
-    edges = np.linspace(0, h, threads + 1).astype(int)
-
-    def band(i: int) -> np.ndarray:
-        a, b = edges[i], edges[i + 1]
-        lo, hi = max(0, a - margin), min(h, b + margin)
-        return fn(img[lo:hi])[a - lo : a - lo + (b - a)]
-
-    with ThreadPoolExecutor(threads) as pool:
-        return np.concatenate(list(pool.map(band, range(threads))))
+    if mask.size == 0:
+        return mask.astype(bool)
+    labels, _ = ndimage.label(~mask)
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    outside = np.zeros(labels.max() + 1, bool)
+    outside[edge] = True
+    outside[0] = False  # label 0 = the mask itself
+    return ~outside[labels]
 
 
 def mask_from_rgb(
-    rgb: np.ndarray, mpp: float, params: TissueParams, threads: int = 1
+    rgb: np.ndarray, mpp: float, params: TissueParams
 ) -> tuple[np.ndarray, float, list[str]]:
     """Tissue mask of an (H, W, 3) uint8 image of ``mpp`` µm/px: (mask bool (H, W), threshold,
-    warnings). The local filters run in ``threads`` overlapping bands."""
+    warnings)."""
     from scipy import ndimage
 
     warnings: list[str] = []
     sat = saturation(rgb)
     k = int(params.median_px) | 1
     if k > 1:
-        sat = _banded(lambda x: _median(x, k), sat, k // 2 + 1, threads)
+        sat = _median(sat, k)
     sat = sat.astype(np.float32)
     if isinstance(params.threshold, str):
         if params.threshold != "otsu":
@@ -170,11 +162,8 @@ def mask_from_rgb(
         thr = float(params.threshold)
     r_close, r_open = round(params.close_um / mpp), round(params.open_um / mpp)
 
-    def close_open(x: np.ndarray) -> np.ndarray:
-        return _binary_morph(_binary_morph(x, r_close, "close"), r_open, "open")
-
-    mask = _banded(close_open, sat > thr, 2 * (r_close + r_open) + 2, threads)
-    mask = ndimage.binary_fill_holes(mask)
+    mask = _binary_morph(_binary_morph(sat > thr, r_close, "close"), r_open, "open")
+    mask = fill_holes(mask)
     min_px = params.min_area_um2 / (mpp * mpp)
     if min_px > 1 and mask.any():
         labels, n = ndimage.label(mask)
@@ -186,12 +175,12 @@ def mask_from_rgb(
 
 
 def compute_tissue_mask(
-    reader: SlideReader, params: TissueParams, keep_rgb: bool = True, threads: int = 1
+    reader: SlideReader, params: TissueParams, keep_rgb: bool = True
 ) -> TissueMask:
     """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it."""
     rgb, fx, fy, level = read_raster_image(reader, params.mask_mpp)
     mpp_x, mpp_y = fx * reader.mpp, fy * reader.mpp
-    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params, threads)
+    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params)
     frac = float(mask.mean()) if mask.size else 0.0
     if not mask.any():
         warnings.append(f"{reader.name}: no tissue found; the mask is empty")
