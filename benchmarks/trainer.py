@@ -158,11 +158,31 @@ def run_worker(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _row(tim: dict, mem: dict, rounds: int) -> dict:
+    return {"cpu_seconds_median": statistics.median(tim["cpu"]),
+            "wall_seconds_median": statistics.median(tim["wall"]),
+            "cpu_seconds": tim["cpu"], "wall_seconds": tim["wall"], "rounds": rounds,
+            "peak_rss_mib": mem["peak_rss"] / 2**20,
+            "peak_rss_before_step_mib": mem["peak_rss_before_step"] / 2**20,
+            "bag_mib": mem["bag_bytes"] / 2**20,
+            "extra_mib": (mem["peak_rss"] - mem["bag_bytes"]) / 2**20}
+
+
+def paired_ratio(res: dict, a: str, b: str) -> float | None:
+    """Median over rounds of cpu(a) / cpu(b) within a round (a and b ran back to back)."""
+    if a not in res or b not in res:
+        return None
+    return statistics.median(x / y for x, y in zip(res[a]["cpu_seconds"],
+                                                    res[b]["cpu_seconds"], strict=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 16000, 32000])
-    ap.add_argument("--k", type=int, default=128, help="instances per forward pass")
-    ap.add_argument("--rounds", type=int, nargs="+", default=[7, 3, 3, 1],
+    ap.add_argument("--k", type=int, nargs="+", default=[32, 64, 128],
+                    help="instances per forward pass (max_instances_per_forward_pass); each value "
+                    "is a separate run of the chunked methods")
+    ap.add_argument("--rounds", type=int, nargs="+", default=[9, 5, 3, 2],
                     help="interleaved timing rounds per size (last value repeats)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "trainer.json"))
@@ -178,56 +198,66 @@ def main() -> None:
         return
 
     t_start = time.time()
-    results: dict[str, dict[str, dict]] = {}
+    load_start = os.getloadavg()
+    # results[k][N][method]; the naive pass does not depend on k: it runs with the first k only
+    results: dict[str, dict[str, dict[str, dict]]] = {str(k): {} for k in args.k}
     for i, n in enumerate(args.sizes):
         rounds = args.rounds[min(i, len(args.rounds) - 1)]
-        mem = {}
-        for m in args.methods:  # peak RSS: one fresh process per (method, N)
-            mem[m] = run_worker("memory", m, str(n), str(args.k))
-            print(f"N={n:6d} {m:9s} peak RSS {mem[m]['peak_rss'] / 2**20:7.0f} MiB "
-                  f"(one step {mem[m]['cpu']:.2f} s CPU)", flush=True)
-        tim = run_worker("timing", str(n), str(args.k), str(rounds), *args.methods)
-        results[str(n)] = {}
-        for m in args.methods:
-            row = {"cpu_seconds_median": statistics.median(tim[m]["cpu"]),
-                   "wall_seconds_median": statistics.median(tim[m]["wall"]),
-                   "cpu_seconds": tim[m]["cpu"], "wall_seconds": tim[m]["wall"],
-                   "rounds": rounds, "peak_rss_mib": mem[m]["peak_rss"] / 2**20,
-                   "peak_rss_before_step_mib": mem[m]["peak_rss_before_step"] / 2**20,
-                   "bag_mib": mem[m]["bag_bytes"] / 2**20,
-                   "extra_mib": (mem[m]["peak_rss"] - mem[m]["bag_bytes"]) / 2**20}
-            results[str(n)][m] = row
-            print(f"N={n:6d} {m:9s} {row['cpu_seconds_median']:.3f} s/bag CPU "
-                  f"({row['wall_seconds_median']:.3f} s wall), median of {rounds}", flush=True)
+        for j, k in enumerate(args.k):
+            methods = [m for m in args.methods if m != "naive" or j == 0]
+            mem = {}
+            for m in methods:  # peak RSS: one fresh process per (method, N, k)
+                mem[m] = run_worker("memory", m, str(n), str(k))
+                print(f"k={k:4d} N={n:6d} {m:9s} peak RSS {mem[m]['peak_rss'] / 2**20:7.0f} MiB "
+                      f"(one step {mem[m]['cpu']:.2f} s CPU)", flush=True)
+            tim = run_worker("timing", str(n), str(k), str(rounds), *methods)
+            res = results[str(k)][str(n)] = {m: _row(tim[m], mem[m], rounds) for m in methods}
+            for m in methods:
+                print(f"k={k:4d} N={n:6d} {m:9s} {res[m]['cpu_seconds_median']:.3f} s/bag CPU "
+                      f"({res[m]['wall_seconds_median']:.3f} s wall), median of {rounds}",
+                      flush=True)
 
-    def ratio(res: dict, a: str, b: str) -> float | None:
-        if a in res and b in res:
-            return res[a]["cpu_seconds_median"] / res[b]["cpu_seconds_median"]
-        return None
-
-    summary = {n: {"original_over_gigamil": ratio(res, "original", "gigamil"),
-                   "gigamil_over_bare": ratio(res, "gigamil", "bare"),
-                   "gigamil_over_naive": ratio(res, "gigamil", "naive")}
-               for n, res in results.items()}
+    first = str(args.k[0])
+    summary: dict[str, dict[str, dict[str, float | None]]] = {}
+    growth: dict[str, dict[str, float]] = {}
     sizes = [str(s) for s in args.sizes]
-    growth = {m: results[sizes[-1]][m]["extra_mib"] / results[sizes[0]][m]["extra_mib"] - 1
-              for m in args.methods}
+    for k, by_n in results.items():
+        summary[k] = {}
+        for n, res in by_n.items():
+            naive = results[first][n].get("naive")
+            summary[k][n] = {
+                "original_over_gigamil": paired_ratio(res, "original", "gigamil"),
+                "gigamil_over_bare": paired_ratio(res, "gigamil", "bare"),
+                "gigamil_over_bare_of_medians": (
+                    res["gigamil"]["cpu_seconds_median"] / res["bare"]["cpu_seconds_median"]
+                    if "gigamil" in res and "bare" in res else None),
+                "gigamil_over_naive": (
+                    res["gigamil"]["cpu_seconds_median"] / naive["cpu_seconds_median"]
+                    if naive and "gigamil" in res else None),
+            }
+        growth[k] = {m: by_n[sizes[-1]][m]["extra_mib"] / by_n[sizes[0]][m]["extra_mib"] - 1
+                     for m in by_n[sizes[0]]}
     report = {"benchmark": "trainer", "k": args.k, "patch_px": PX, "encoder": "smallcnn (D=64)",
               "head": "ABMIL att_dim=64", "threads": 1, "time_measure": "process CPU seconds "
               "per bag (median of interleaved rounds); wall seconds also recorded",
+              "ratios_how": "median over rounds of the ratio of two methods' CPU times within a "
+              "round (they ran back to back in one process); *_of_medians: ratio of the medians",
               "machine": platform.platform(), "cpus": os.cpu_count(),
-              "python": platform.python_version(), "load_average_at_end": os.getloadavg(),
+              "python": platform.python_version(), "load_average_at_start": load_start,
+              "load_average_at_end": os.getloadavg(),
               "minutes": round((time.time() - t_start) / 60, 1), "results": results,
               "ratios_cpu_time": summary,
-              "extra_memory_growth": {"from": sizes[0], "to": sizes[-1], **growth}}
-    print("\nN       " + "".join(f"{m:>22s}" for m in args.methods))
-    for n in sizes:
-        print(f"{n:7s} " + "".join(
-            f"{results[n][m]['cpu_seconds_median']:9.2f} s {results[n][m]['extra_mib']:6.0f} MiB"
-            for m in args.methods))
-    for n, row in summary.items():
-        print(n, {k: None if v is None else round(v, 3) for k, v in row.items()})
-    print("extra memory growth", {k: round(v, 3) for k, v in growth.items()})
+              "extra_memory_growth": {"from": sizes[0], "to": sizes[-1], "by_k": growth}}
+    for k in results:
+        print(f"\nk = {k}\nN       " + "".join(f"{m:>22s}" for m in args.methods))
+        for n in sizes:
+            row = results[k][n]
+            print(f"{n:7s} " + "".join(
+                f"{row[m]['cpu_seconds_median']:9.2f} s {row[m]['extra_mib']:6.0f} MiB"
+                if m in row else f"{'(k-independent)':>22s}" for m in args.methods))
+        for n, r in summary[k].items():
+            print(n, {a: None if v is None else round(v, 3) for a, v in r.items()})
+        print("extra memory growth", {a: round(v, 3) for a, v in growth[k].items()})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print("wrote", args.out)

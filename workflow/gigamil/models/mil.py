@@ -206,14 +206,19 @@ class MILModel(nn.Module):
         h_leaf.grad = None
 
         # 3. re-encode each chunk with grad under the same RNG state; backprop its slice of dL/dH
+        # (afterwards the RNG continues from where the no-grad pass left it)
         dev = self.device
-        devices = [dev] if dev.type == "cuda" else []
-        for (cpu_state, cuda_state), (s, e), x in zip(states, bounds, iter_chunks(bag, k),
-                                                      strict=True):
-            with torch.random.fork_rng(devices=devices):
+        after_pass_1 = self._rng_state()
+        try:
+            for (cpu_state, cuda_state), (s, e), x in zip(states, bounds, iter_chunks(bag, k),
+                                                          strict=True):
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, dev)
                 h = self._encode_chunk(x)
                 h.backward(grad_h[s:e].to(h.dtype))
+        finally:
+            torch.set_rng_state(after_pass_1[0])
+            if after_pass_1[1] is not None:
+                torch.cuda.set_rng_state(after_pass_1[1], dev)
         return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
