@@ -199,3 +199,55 @@ def test_bad_labels_and_columns(cohort, tmp_path: Path) -> None:
         train_fold(bad, val, CLASSES, MODEL, training(epochs=1), tmp_path / "x")
     with pytest.raises(GigamilError, match="store"):
         train_fold(train.drop(columns="store"), val, CLASSES, MODEL, training(), tmp_path / "y")
+
+
+def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
+        cohort, tmp_path: Path, monkeypatch) -> None:
+    train, val = cohort
+    train, val = train.head(4), val.head(4)
+    cfg = training(epochs=3, tensorboard=True)
+    real_save = run_mod.atomic_save
+    saves = {"last": 0}
+
+    def dying_save(obj, path):  # noqa: ANN001, ANN202
+        if Path(path).name == "last.pt":
+            saves["last"] += 1
+            if saves["last"] == 2:  # killed after epoch 2's events, before its checkpoint
+                raise KeyboardInterrupt
+        return real_save(obj, path)
+
+    monkeypatch.setattr(run_mod, "atomic_save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f")
+    monkeypatch.setattr(run_mod, "atomic_save", real_save)
+    assert [s for s, _ in _tb_scalars(tmp_path / "f" / "tensorboard")["val_auc"]] == [1, 2]
+    assert torch.load(tmp_path / "f" / "last.pt", weights_only=True)["early_stopping"][
+        "epoch"] == 1
+    # the resumed run redoes epoch 2: its first events are purged, each epoch is drawn once
+    train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f", resume=True)
+    rows = read_log(tmp_path / "f" / "train_log.csv")
+    scalars = _tb_scalars(tmp_path / "f" / "tensorboard")
+    assert set(run_mod.TB_SCALARS) <= set(scalars)
+    for key in run_mod.TB_SCALARS:
+        steps = [s for s, _ in scalars[key]]
+        assert steps == [1, 2, 3], (key, steps)
+        for (_, value), row in zip(scalars[key], rows, strict=True):
+            assert value == pytest.approx(float(row[key]), rel=1e-5, abs=1e-6), key
+    # switching TensorBoard off does not invalidate the finished run
+    seen = []
+    monkeypatch.setattr(run_mod, "train_epoch", lambda *a, **k: seen.append(a[4]))
+    train_fold(train, val, CLASSES, MODEL, training(epochs=3), tmp_path / "f", resume=True)
+    assert seen == [] and len(read_log(tmp_path / "f" / "train_log.csv")) == 3
+    # without the package: a clear configuration error, before any training
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)
+    with pytest.raises(run_mod.ConfigError, match="needs the tensorboard package"):
+        train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "g")
+    assert not (tmp_path / "g" / "model.pt").exists()

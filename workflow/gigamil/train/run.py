@@ -47,7 +47,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "max_instances_per_bag": None, "loss": "ce", "class_weights": "balanced", "amp": False,
     "early_stopping": {"metric": "auc", "patience": 5},
     "augment": {"flips": True, "rot90": True, "color_jitter": 0.05},
+    "tensorboard": False,
 }
+# keys that change what is logged, not what is trained: not part of the resume signature
+NOT_IN_SIGNATURE = ("tensorboard",)
+TB_SCALARS = ("train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr", "seconds")
 REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr",
                "seconds", "best_epoch", "n_train_bags", "n_val_bags")
@@ -201,7 +205,8 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
     es = tcfg["early_stopping"]
     state: dict[str, Any] = {"best_score": None, "best_tiebreak": None, "best_epoch": 0,
                              "bad_epochs": 0, "epoch": 0, "finished": False}
-    signature = {"model": mcfg, "training": tcfg, "classes": classes,
+    signature = {"model": mcfg, "classes": classes,
+                 "training": {k: v for k, v in tcfg.items() if k not in NOT_IN_SIGNATURE},
                  "train": sorted(it.slide_id for it in train_items),
                  "val": sorted(it.slide_id for it in val_items)}
 
@@ -238,52 +243,74 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
     chunk = tcfg["max_instances_per_forward_pass"]
     chunk = int(chunk) if chunk is not None else None
     max_inst = tcfg["max_instances_per_bag"]
-    for epoch in range(state["epoch"] + 1, epochs + 1):
-        t0 = time.time()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_epoch(model, train_items, optimizer, scheduler, epoch, seed, bps,
-                                 chunk, int(max_inst) if max_inst else None, info, scaler)
-        metrics = validate(model, val_items, chunk, n_classes, val_loss_fn)
-        score = _scalar_metric(metrics, es["metric"], train_loss)
-        tiebreak = _scalar_metric(metrics, "loss", train_loss)  # equal AUC: lower loss wins
-        best, best_tb = state["best_score"], state.get("best_tiebreak")
-        improved = best is None or score > best + 1e-12 or (
-            abs(score - best) <= 1e-12 and best_tb is not None and tiebreak > best_tb + 1e-12)
-        if improved:
-            state.update(best_score=score, best_tiebreak=tiebreak, best_epoch=epoch,
-                         bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        stop = state["bad_epochs"] >= int(es["patience"])
-        state["finished"] = stop or epoch == epochs
-        seconds = time.time() - t0
-        log.info("epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s", epoch,
-                 train_loss, metrics["loss"], metrics["auc"], seconds,
-                 " *" if improved else "")
-        if info.is_main:
+    tb = (tensorboard_writer(out_dir / "tensorboard", state["epoch"] + 1)
+          if tcfg["tensorboard"] and info.is_main else None)
+    try:
+        for epoch in range(state["epoch"] + 1, epochs + 1):
+            t0 = time.time()
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss = train_epoch(model, train_items, optimizer, scheduler, epoch, seed, bps,
+                                     chunk, int(max_inst) if max_inst else None, info, scaler)
+            metrics = validate(model, val_items, chunk, n_classes, val_loss_fn)
+            score = _scalar_metric(metrics, es["metric"], train_loss)
+            tiebreak = _scalar_metric(metrics, "loss", train_loss)  # equal AUC: lower loss wins
+            best, best_tb = state["best_score"], state.get("best_tiebreak")
+            improved = best is None or score > best + 1e-12 or (
+                abs(score - best) <= 1e-12 and best_tb is not None and tiebreak > best_tb + 1e-12)
             if improved:
-                best_ckpt = model_checkpoint(model, mcfg, classes, patch_px, epoch, {
-                    "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}})
-                atomic_save(best_ckpt, model_path)
-            rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
-                         "val_auc": metrics["auc"],
-                         "val_balanced_accuracy": metrics["balanced_accuracy"], "lr": lr,
-                         "seconds": round(seconds, 3), "best_epoch": state["best_epoch"],
-                         "n_train_bags": len(train_items), "n_val_bags": len(val_items)})
-            _write_log(log_path, rows)
-            last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "early_stopping": dict(state),
-                    "rng": _rng_state(device), "signature": signature, "best": best_ckpt,
-                    "log_rows": rows}
-            if scaler is not None:
-                last["scaler"] = scaler.state_dict()
-            atomic_save(last, last_path)
-        ddp.barrier(info)
-        if stop:
-            log.info("early stopping after epoch %d (best epoch %d)", epoch, state["best_epoch"])
-            break
+                state.update(best_score=score, best_tiebreak=tiebreak, best_epoch=epoch,
+                             bad_epochs=0)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch
+            stop = state["bad_epochs"] >= int(es["patience"])
+            state["finished"] = stop or epoch == epochs
+            seconds = time.time() - t0
+            log.info("epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s", epoch,
+                     train_loss, metrics["loss"], metrics["auc"], seconds,
+                     " *" if improved else "")
+            if info.is_main:
+                if improved:
+                    best_ckpt = model_checkpoint(model, mcfg, classes, patch_px, epoch, {
+                        "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}})
+                    atomic_save(best_ckpt, model_path)
+                rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
+                             "val_auc": metrics["auc"],
+                             "val_balanced_accuracy": metrics["balanced_accuracy"], "lr": lr,
+                             "seconds": round(seconds, 3), "best_epoch": state["best_epoch"],
+                             "n_train_bags": len(train_items), "n_val_bags": len(val_items)})
+                _write_log(log_path, rows)
+                if tb is not None:
+                    for key in TB_SCALARS:
+                        tb.add_scalar(key, rows[-1][key], epoch)
+                    tb.flush()
+                last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "early_stopping": dict(state),
+                        "rng": _rng_state(device), "signature": signature, "best": best_ckpt,
+                        "log_rows": rows}
+                if scaler is not None:
+                    last["scaler"] = scaler.state_dict()
+                atomic_save(last, last_path)
+            ddp.barrier(info)
+            if stop:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, state["best_epoch"])
+                break
+    finally:
+        if tb is not None:
+            tb.close()
     return model_path
+
+
+def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
+    """A TensorBoard ``SummaryWriter`` for ``log_dir``; events of epochs >= ``first_epoch`` left
+    by a killed run are purged, so a resumed run does not draw them twice."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError("training.tensorboard: true needs the tensorboard package "
+                          "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
+                          ) from exc
+    return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
 
 
 def predict_slides(model_path: Path, slides: pd.DataFrame, out_csv: Path, attention_dir: Path,
