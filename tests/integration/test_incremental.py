@@ -148,3 +148,10 @@ def test_training_parameter_reruns_training_not_patching(workdir: Path):
     assert counts["train_fold"] == FOLDS, counts
     assert counts["predict_fold"] >= FOLDS and counts["aggregate_cv"] == 1, counts
     assert not set(counts) & (UPSTREAM | {"make_splits"}), counts
+
+
+def test_switching_tensorboard_on_retrains_nothing(workdir: Path):
+    cfg = config_of(workdir)
+    cfg["training"]["tensorboard"] = not cfg["training"].get("tensorboard", False)
+    write_config(workdir, cfg)
+    assert planned_jobs(workdir) == []

@@ -43,7 +43,10 @@ else:
         val_df,
         classes=list(snakemake.params.classes),
         model_cfg=dict(snakemake.params.model),
-        training_cfg=dict(snakemake.params.training),
+        training_cfg={
+            **snakemake.params.training,
+            "tensorboard": bool(snakemake.config["training"].get("tensorboard", False)),
+        },
         out_dir=out_dir,
         resume=True,
         threads=snakemake.threads,
