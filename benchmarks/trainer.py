@@ -213,7 +213,7 @@ def main() -> None:
                     "is a separate run of the chunked methods")
     ap.add_argument("--rounds", type=int, nargs="+", default=[15, 9, 9, 5],
                     help="interleaved timing rounds per size (last value repeats)")
-    ap.add_argument("--original-rounds", type=int, nargs="+", default=[5, 3, 3, 1],
+    ap.add_argument("--original-rounds", type=int, nargs="+", default=[5, 3, 5, 1],
                     help="how many of those rounds include the (slow) original scheme")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "trainer.json"))
