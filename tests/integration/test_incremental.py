@@ -5,6 +5,7 @@ tiny configuration; every case then asks `snakemake --dry-run` what a rerun woul
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -107,6 +108,8 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
             "patient_id": f"ext_{row['patient_id']}",
             "label": row["label"],
             "path": str(dst.relative_to(workdir)),
+            # the demo generator's ground truth of the original slide (PNG + JSON sidecar)
+            "lesion_mask": f"results/demo/lesion_masks/{row['slide_id']}.png",
         })  # fmt: skip
     pd.DataFrame(rows).to_csv(workdir / "ext" / "sheet.csv", index=False)
     ext_ids = {r["slide_id"] for r in rows}
@@ -128,6 +131,20 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
     assert set(counts) <= {
         "tissue_mask", "extract_patches", "qc_table", "predict_fold", "ensemble", "heatmap"
     }, counts  # fmt: skip
+
+    # run it: the ensemble scores the external cohort, and its localisation from the masks
+    snakemake(workdir)
+    summary = json.loads(
+        (workdir / "results" / "eval" / "demo" / "ensemble" / "ext" / "summary.json").read_text()
+    )
+    assert summary["n_slides"] == len(ext_ids) and summary["n_models"] == FOLDS
+    lesion_ids = {r["slide_id"] for r in rows if r["label"] == "lesion"}
+    per_slide = summary["localization_auc_per_slide"]  # (a 1-epoch model: plumbing, not skill)
+    assert per_slide and set(per_slide) <= lesion_ids, (per_slide, lesion_ids)
+    assert all(0.0 <= v <= 1.0 for v in per_slide.values())
+    table = pd.read_csv(workdir / "results" / "eval" / "demo" / "ensemble" / "ext" /
+                        "predictions.csv").set_index("slide_id")  # fmt: skip
+    assert table["localization_auc"].dropna().to_dict() == pytest.approx(per_slide)
 
 
 def test_heatmap_parameter_reruns_heatmaps_only(workdir: Path):

@@ -201,3 +201,14 @@ def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):
     sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)
     assert set(sheets) == {"a", "b"}
     assert sheets["a"]["mpp"].tolist() == [0.3] * 3 and sheets["b"]["mpp"].isna().all()
+
+
+def test_optional_lesion_mask_column_may_be_empty(tmp_path):
+    from gigamil.evaluate.targets import lesion_masks
+
+    rows = good_rows()
+    rows[0]["lesion_mask"] = "masks/s1.png"
+    rows[1]["lesion_mask"] = ""
+    rows[2]["lesion_mask"] = "masks/s3.png"
+    df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert lesion_masks({}, df) == {"s1": "masks/s1.png", "s3": "masks/s3.png"}

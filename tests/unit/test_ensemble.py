@@ -14,6 +14,7 @@ from test_localization import _write_mask
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
 from gigamil.evaluate.ensemble import ensemble_cohort, mean_attention, mean_probabilities
+from gigamil.evaluate.localization import slide_localization
 from gigamil.evaluate.splits import make_folds, write_folds
 
 CLASSES = ["normal", "lesion"]
@@ -158,6 +159,57 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert summary["fold_auc"] == pytest.approx(single)
     for name in ("summary.json", "metrics.csv", "metrics.html", "roc.png", "confusion.png"):
         assert (out / name).is_file()
+
+
+def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(tmp_path, capsys):
+    ext = _sheet(n_patients=4, slides=1, cohort="ext")
+    rng = np.random.default_rng(5)
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"fold{k}.csv"
+        _predict(ext, k, rng, signal=1.0).to_csv(p, index=False)
+        paths.append(p)
+    loc, expected = {}, {}
+    for sid, label in zip(ext.slide_id, ext.label, strict=True):
+        store = tmp_path / f"{sid}.zarr"
+        _, grid = write_store(store)
+        mask = tmp_path / f"{sid}.png"
+        rows = [1, 2] if label == "lesion" else []
+        _write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
+        lesion = np.isin(grid[:, 0], rows) & np.isin(grid[:, 1], [1, 2])
+        atts = []
+        for k in range(2):  # each model alone is noisy; the ensemble averages the noise
+            a = np.where(lesion, 1.0, 0.0) + 2 * rng.random(len(grid))
+            atts.append(tmp_path / f"{sid}.fold{k}.npy")
+            np.save(atts[-1], a.astype(np.float32))
+        if sid == ext.slide_id.iloc[1]:
+            atts.append(tmp_path / "missing.npy")  # a fold model without this slide: ignored
+        loc[sid] = (store, atts, mask)
+        if rows:
+            mean = np.mean([np.load(a) for a in atts if a.is_file()], axis=0)
+            expected[sid] = slide_localization(store, mean, mask)["localization_auc"]
+    loc[ext.slide_id.iloc[0]] = (loc[ext.slide_id.iloc[0]][0], [tmp_path / "none.npy"],
+                                 loc[ext.slide_id.iloc[0]][2])  # fmt: skip
+    summary = ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=20,
+                              localization=loc)  # fmt: skip
+    per = summary["localization_auc_per_slide"]
+    assert per == pytest.approx(expected) and len(per) == 2
+    assert summary["localization_auc"] == pytest.approx(np.mean(list(expected.values())))
+    assert 0.5 < summary["localization_auc"] <= 1.0
+    table = pd.read_csv(tmp_path / "ens" / "predictions.csv").set_index("slide_id")
+    assert table["localization_auc"].dropna().to_dict() == pytest.approx(expected)
+    assert table.loc[list(expected), "n_lesion_patches"].eq(4).all()
+    # the same through `gigamil ensemble --localization` (one CSV row per fold model's attention)
+    from gigamil.cli import main
+
+    rows = [{"slide_id": sid, "store": str(st), "attention": str(a), "mask": str(m)}
+            for sid, (st, atts, m) in loc.items() for a in atts]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "loc.csv", index=False)
+    assert main(["ensemble", "--cohort", "ext", "--out", str(tmp_path / "cli"), "--n-boot", "20",
+                 "--localization", str(tmp_path / "loc.csv"),
+                 "--predictions", *map(str, paths)]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["localization_auc"] == pytest.approx(summary["localization_auc"])
 
 
 def test_mean_probabilities_skip_missing_models_and_mean_attention(tmp_path):

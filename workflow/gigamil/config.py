@@ -22,7 +22,7 @@ from gigamil.errors import ConfigError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
-OPTIONAL_COLUMNS = ("mpp", "site")
+OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -79,6 +79,9 @@ rule ensemble:
         preds=lambda wc: [
             evaltargets.prediction_csv(EXPERIMENT, k, wc.cohort) for k in FOLDS
         ],
+        localization=lambda wc: evaltargets.localization_inputs(
+            config, SHEETS, [wc.cohort], FOLDS, store_path
+        ),
     output:
         summary=f"{EVAL_DIR}/ensemble/{{cohort}}/summary.json",
         predictions=report(
@@ -124,6 +127,12 @@ rule ensemble:
     params:
         classes=CLASSES,
         experiment=EXPERIMENT,
+        folds=FOLDS,
+        lesion_masks=lambda wc: evaltargets.localization_masks(
+            config, SHEETS, [wc.cohort]
+        ),
+        store_pattern=lambda wc: STORE_PATTERN,
+        attention_pattern=lambda wc: evaltargets.attention_pattern(EXPERIMENT),
         n_boot=1000,
         seed=config["cv"]["seed"],
     script:

@@ -190,6 +190,31 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns="_merge").reset_index(drop=True)
 
 
+def add_localization_columns(table: pd.DataFrame, loc: Mapping[str, Mapping[str, float]]) -> None:
+    """Add ``localization_auc`` and ``n_lesion_patches`` (by ``slide_id``) to ``table``."""
+    table["localization_auc"] = table["slide_id"].map(
+        {s: v["localization_auc"] for s, v in loc.items()})
+    table["n_lesion_patches"] = table["slide_id"].map(
+        {s: v["n_lesion_patches"] for s, v in loc.items()})
+
+
+def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Summary fields of per-slide localisation results (``{slide_id: slide_localization()}``):
+    ``localization_auc`` (mean over the slides where it is defined, i.e. with lesion and normal
+    patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``."""
+    values = {s: v["localization_auc"] for s, v in loc.items()}
+    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    log.info("localisation AUC: mean %.3f over %d slides",
+             float(np.mean(finite)) if finite else float("nan"), len(finite))  # fmt: skip
+    return {
+        "localization_auc": float(np.mean(finite)) if finite else float("nan"),
+        "localization_auc_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+        "localization_n_slides": len(finite),
+        "localization_auc_per_slide": {s: v for s, v in sorted(values.items())
+                                       if v is not None and math.isfinite(v)},  # fmt: skip
+    }
+
+
 def aggregate_cv(
     pred_csvs: Sequence[str | Path],
     folds_csv: str | Path,
@@ -245,19 +270,8 @@ def aggregate_cv(
     per_slide["correct"] = np.where(ok, per_slide["pred"] == per_slide["label"], False)
     if localization:
         loc = cohort_localization(localization)
-        values = {s: v["localization_auc"] for s, v in loc.items()}
-        per_slide["localization_auc"] = per_slide["slide_id"].map(values)
-        per_slide["n_lesion_patches"] = per_slide["slide_id"].map(
-            {s: v["n_lesion_patches"] for s, v in loc.items()}
-        )
-        finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-        summary["localization_auc"] = float(np.mean(finite)) if finite else float("nan")
-        summary["localization_auc_sd"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
-        summary["localization_n_slides"] = len(finite)
-        summary["localization_auc_per_slide"] = {s: v for s, v in sorted(values.items())
-                                                 if math.isfinite(v)}  # fmt: skip
-        log.info("localisation AUC: mean %.3f over %d slides", summary["localization_auc"],
-                 len(finite))  # fmt: skip
+        add_localization_columns(per_slide, loc)
+        summary.update(localization_block(loc))
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
     cols += [c for c in ("localization_auc", "n_lesion_patches") if c in per_slide.columns]
     per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(

@@ -8,12 +8,14 @@ gives the per-cohort out-of-fold evaluation.
 Outputs in ``out_dir`` (``results/eval/{experiment}/ensemble/{cohort}``): ``predictions.csv``,
 ``metrics.csv`` (each fold model's metrics on the cohort, their mean and sd, the ensemble row and
 its bootstrap CI; also as ``metrics.html``), ``summary.json``, ``roc.png``, ``confusion.png``.
+With lesion masks (a ``lesion_mask`` column in the cohort's sheet), the localisation AUC of the
+mean attention of the fold models goes into ``summary.json`` and ``predictions.csv``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import (
+    add_localization_columns,
+    localization_block,
     metrics_table,
     pooled_metrics,
     read_predictions,
@@ -81,6 +85,24 @@ def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
     return np.mean(arrays, axis=0).astype(np.float32)
 
 
+def ensemble_localization(
+    slides: Mapping[str, tuple[str | Path, Sequence[str | Path], str | Path]],
+) -> dict[str, dict[str, float]]:
+    """Localisation of the ensemble's attention: ``{slide_id: (store, [attention .npy of each
+    fold model], lesion mask PNG)}`` → ``{slide_id: slide_localization()}`` of the mean
+    attention. Slides without any attention file are skipped with a warning."""
+    from gigamil.evaluate.localization import slide_localization
+
+    out = {}
+    for slide_id, (store, att_paths, mask_path) in slides.items():
+        present = [p for p in att_paths if Path(p).is_file()]
+        if not present:
+            log.warning("slide %s: no attention file; localisation skipped", slide_id)
+            continue
+        out[slide_id] = slide_localization(store, mean_attention(present), mask_path)
+    return out
+
+
 def ensemble_cohort(
     pred_csvs: Sequence[str | Path],
     classes: Sequence[str],
@@ -89,6 +111,7 @@ def ensemble_cohort(
     experiment: str = "",
     n_boot: int = 1000,
     seed: int = 0,
+    localization: Mapping[str, tuple[str | Path, Sequence[str | Path], str | Path]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the fold-model ensemble on one cohort.
 
@@ -97,12 +120,15 @@ def ensemble_cohort(
         classes: class names in output order.
         out_dir: output directory (created).
         cohort: cohort name (rows of other cohorts are ignored).
+        localization: ``{slide_id: (store, [attention .npy per fold model], lesion mask)}`` for
+            slides with a ground-truth lesion mask (see :func:`ensemble_localization`).
 
     Returns:
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
         model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
         ``accuracy`` (+ CIs), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``,
-        ``n_slides``, ``n_patients``, ``n_models``, ``n_unpredicted``.
+        ``n_slides``, ``n_patients``, ``n_models``, ``n_unpredicted`` and, with masks, the
+        ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
     """
     from gigamil.viz.plots import plot_confusion, plot_roc
 
@@ -113,6 +139,9 @@ def ensemble_cohort(
     if preds.empty:
         raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
     ens = mean_probabilities(preds, classes)
+    loc = ensemble_localization(localization) if localization else None
+    if loc is not None:
+        add_localization_columns(ens, loc)
     ens.to_csv(out_dir / "predictions.csv", index=False)
     valid, n_unpredicted = split_unpredicted(ens, classes)
     valid_folds, _ = split_unpredicted(preds, classes)
@@ -127,6 +156,8 @@ def ensemble_cohort(
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())
     summary["n_unpredicted"] = n_unpredicted
+    if loc is not None:
+        summary.update(localization_block(loc))
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")
