@@ -103,6 +103,17 @@ def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
         oof_predictions(pd.concat([preds, extra], ignore_index=True), folds)
 
 
+def _slide_with_mask(tmp_path, sid: str, positive: bool):
+    """A test store and its lesion mask (grid rows 1-2, cols 1-2 on positive slides):
+    (store, mask path, lesion flag per patch)."""
+    store = tmp_path / f"{sid}.zarr"
+    _, grid = write_store(store)
+    mask = tmp_path / f"{sid}.png"
+    rows = [1, 2] if positive else []
+    _write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
+    return store, mask, np.isin(grid[:, 0], rows) & np.isin(grid[:, 1], [1, 2])
+
+
 def test_localization_in_summary(tmp_path):
     # a 4-patient cohort whose slides have stores, masks and attention
     sheet = _sheet(n_patients=4, slides=1)
@@ -116,13 +127,8 @@ def test_localization_in_summary(tmp_path):
         _predict(test, k, rng).to_csv(p, index=False)
         paths.append(p)
         for sid, label in zip(test.slide_id, test.label, strict=True):
-            store = tmp_path / f"{sid}.zarr"
-            _, grid = write_store(store)
-            mask = tmp_path / f"{sid}.png"
-            rows = [1, 2] if label == "lesion" else []
-            _write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
-            lesion = np.isin(grid[:, 0], rows) & np.isin(grid[:, 1], [1, 2])
-            att = np.where(lesion, 1.0, 0.0) + 3 * rng.random(len(grid))  # noisy: AUC < 1
+            store, mask, lesion = _slide_with_mask(tmp_path, sid, label == "lesion")
+            att = np.where(lesion, 1.0, 0.0) + 3 * rng.random(len(lesion))  # noisy: AUC < 1
             np.save(tmp_path / f"{sid}.npy", att.astype(np.float32))
             loc[sid] = (store, tmp_path / f"{sid}.npy", mask)
     s = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "t",
@@ -171,21 +177,16 @@ def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(tmp_pa
         paths.append(p)
     loc, expected = {}, {}
     for sid, label in zip(ext.slide_id, ext.label, strict=True):
-        store = tmp_path / f"{sid}.zarr"
-        _, grid = write_store(store)
-        mask = tmp_path / f"{sid}.png"
-        rows = [1, 2] if label == "lesion" else []
-        _write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
-        lesion = np.isin(grid[:, 0], rows) & np.isin(grid[:, 1], [1, 2])
+        store, mask, lesion = _slide_with_mask(tmp_path, sid, label == "lesion")
         atts = []
         for k in range(2):  # each model alone is noisy; the ensemble averages the noise
-            a = np.where(lesion, 1.0, 0.0) + 2 * rng.random(len(grid))
+            a = np.where(lesion, 1.0, 0.0) + 2 * rng.random(len(lesion))
             atts.append(tmp_path / f"{sid}.fold{k}.npy")
             np.save(atts[-1], a.astype(np.float32))
         if sid == ext.slide_id.iloc[1]:
             atts.append(tmp_path / "missing.npy")  # a fold model without this slide: ignored
         loc[sid] = (store, atts, mask)
-        if rows:
+        if lesion.any():
             mean = np.mean([np.load(a) for a in atts if a.is_file()], axis=0)
             expected[sid] = slide_localization(store, mean, mask)["localization_auc"]
     loc[ext.slide_id.iloc[0]] = (loc[ext.slide_id.iloc[0]][0], [tmp_path / "none.npy"],
