@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.ensemble import mean_attention
+from gigamil.evaluate.localization import mean_attention
 from gigamil.logutil import setup_logging
 from gigamil.viz.heatmap import make_heatmap
 

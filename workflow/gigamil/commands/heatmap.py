@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gigamil.evaluate.ensemble import mean_attention
+    from gigamil.evaluate.localization import mean_attention
     from gigamil.viz.heatmap import make_heatmap
 
     info = make_heatmap(args.store, mean_attention(args.attention), args.out,

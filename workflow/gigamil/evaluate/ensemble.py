@@ -34,6 +34,7 @@ from gigamil.evaluate.aggregate import (
     write_json,
     write_metrics_html,
 )
+from gigamil.evaluate.localization import cohort_localization
 
 log = logging.getLogger(__name__)
 
@@ -67,42 +68,6 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     return out[["cohort", "slide_id", "patient_id", "label", *pcols, "pred", "n_models", "folds"]]
 
 
-def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
-    """Mean (N,) of the attention arrays of several fold models for one slide.
-
-    Raises:
-        GigamilError: no file, or arrays of different lengths (stores changed between models).
-    """
-    arrays = [np.load(p).astype(np.float64) for p in paths]
-    if not arrays:
-        raise GigamilError("no attention files to average")
-    sizes = {a.shape for a in arrays}
-    if len(sizes) != 1:
-        raise GigamilError(
-            f"attention files have different lengths {sorted(s[0] for s in sizes)}: "
-            f"{', '.join(map(str, paths))}"
-        )
-    return np.mean(arrays, axis=0).astype(np.float32)
-
-
-def ensemble_localization(
-    slides: Mapping[str, tuple[str | Path, Sequence[str | Path], str | Path]],
-) -> dict[str, dict[str, float]]:
-    """Localisation of the ensemble's attention: ``{slide_id: (store, [attention .npy of each
-    fold model], lesion mask PNG)}`` → ``{slide_id: slide_localization()}`` of the mean
-    attention. Slides without any attention file are skipped with a warning."""
-    from gigamil.evaluate.localization import slide_localization
-
-    out = {}
-    for slide_id, (store, att_paths, mask_path) in slides.items():
-        present = [p for p in att_paths if Path(p).is_file()]
-        if not present:
-            log.warning("slide %s: no attention file; localisation skipped", slide_id)
-            continue
-        out[slide_id] = slide_localization(store, mean_attention(present), mask_path)
-    return out
-
-
 def ensemble_cohort(
     pred_csvs: Sequence[str | Path],
     classes: Sequence[str],
@@ -121,7 +86,8 @@ def ensemble_cohort(
         out_dir: output directory (created).
         cohort: cohort name (rows of other cohorts are ignored).
         localization: ``{slide_id: (store, [attention .npy per fold model], lesion mask)}`` for
-            slides with a ground-truth lesion mask (see :func:`ensemble_localization`).
+            slides with a ground-truth lesion mask; the mean of a slide's attention files is
+            scored (:func:`gigamil.evaluate.localization.cohort_localization`).
 
     Returns:
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
@@ -139,7 +105,7 @@ def ensemble_cohort(
     if preds.empty:
         raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
     ens = mean_probabilities(preds, classes)
-    loc = ensemble_localization(localization) if localization else None
+    loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
     ens.to_csv(out_dir / "predictions.csv", index=False)

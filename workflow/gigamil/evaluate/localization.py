@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +105,41 @@ def slide_localization(store: str | Path, attention: np.ndarray, mask_path: str 
     }
 
 
-def cohort_localization(slides: Mapping[str, tuple[str | Path, str | Path, str | Path]],
-                        threshold: float = 0.5) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Localisation of many slides: ``{slide_id: (store, attention .npy, mask png)}``.
+def cohort_localization(
+    slides: Mapping[str, tuple[str | Path, str | Path | Sequence[str | Path], str | Path]],
+    threshold: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """Localisation of many slides: ``{slide_id: (store, attention, mask png)}``.
 
-    Slides whose attention file is missing are skipped with a warning.
+    ``attention``: one .npy file, or several (e.g. one per fold model of an ensemble), whose mean
+    (:func:`mean_attention`) is scored; missing files are ignored, and a slide with none is
+    skipped with a warning.
     """
     out = {}
-    for slide_id, (store, att_path, mask_path) in slides.items():
-        if not Path(att_path).is_file():
-            log.warning("slide %s: no attention file %s; localisation skipped", slide_id, att_path)
+    for slide_id, (store, attention, mask_path) in slides.items():
+        paths = [attention] if isinstance(attention, (str, Path)) else list(attention)
+        present = [p for p in paths if Path(p).is_file()]
+        if not present:
+            log.warning("slide %s: no attention file (%s); localisation skipped", slide_id,
+                        ", ".join(map(str, paths)))  # fmt: skip
             continue
-        out[slide_id] = slide_localization(store, np.load(att_path), mask_path, threshold)
+        out[slide_id] = slide_localization(store, mean_attention(present), mask_path, threshold)
     return out
+
+
+def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
+    """Mean (N,) of the attention arrays of several fold models for one slide.
+
+    Raises:
+        GigamilError: no file, or arrays of different lengths (stores changed between models).
+    """
+    arrays = [np.load(p).astype(np.float64) for p in paths]
+    if not arrays:
+        raise GigamilError("no attention files to average")
+    sizes = {a.shape for a in arrays}
+    if len(sizes) != 1:
+        raise GigamilError(
+            f"attention files have different lengths {sorted(s[0] for s in sizes)}: "
+            f"{', '.join(map(str, paths))}"
+        )
+    return np.mean(arrays, axis=0).astype(np.float32)
