@@ -23,6 +23,9 @@ from gigamil.errors import ConfigError
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
+# training.* keys that change what is logged, not what is trained: a resumed run ignores them
+# and rule train_fold does not take them as params (switching them retrains nothing)
+LOG_ONLY_TRAINING_KEYS = ("tensorboard",)
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -9,9 +9,11 @@ GPU jobs ask for gpu=1 only when training.device is cuda.
 """
 
 TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
-# training.tensorboard only adds log files: it reaches the script through the config, not the
-# params, so switching it does not retrain (nor re-predict) finished folds
-TRAINING_PARAMS = {k: v for k, v in config["training"].items() if k != "tensorboard"}
+# log-only keys (training.tensorboard) reach the script through the config, not the params, so
+# switching them does not retrain (nor re-predict) finished folds
+TRAINING_PARAMS = {
+    k: v for k, v in config["training"].items() if k not in LOG_ONLY_TRAINING_KEYS
+}
 MODEL_DIR = evaltargets.model_dir(EXPERIMENT, "{fold}")
 STORE_PATTERN = store_path("{cohort}", "{slide_id}")
 

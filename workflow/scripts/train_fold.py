@@ -5,6 +5,7 @@ With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one 
 
 from pathlib import Path
 
+from gigamil.config import LOG_ONLY_TRAINING_KEYS
 from gigamil.evaluate.splits import fold_slides, read_folds
 from gigamil.logutil import setup_logging
 from gigamil.train.launch import train_fold_torchrun
@@ -45,7 +46,11 @@ else:
         model_cfg=dict(snakemake.params.model),
         training_cfg={
             **snakemake.params.training,
-            "tensorboard": bool(snakemake.config["training"].get("tensorboard", False)),
+            **{
+                k: v
+                for k, v in snakemake.config["training"].items()
+                if k in LOG_ONLY_TRAINING_KEYS
+            },
         },
         out_dir=out_dir,
         resume=True,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gigamil.config import LOG_ONLY_TRAINING_KEYS
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.models.factory import build_mil_model, model_config
@@ -49,8 +50,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "augment": {"flips": True, "rot90": True, "color_jitter": 0.05},
     "tensorboard": False,
 }
-# keys that change what is logged, not what is trained: not part of the resume signature
-NOT_IN_SIGNATURE = ("tensorboard",)
 TB_SCALARS = ("train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr", "seconds")
 REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
 LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr",
@@ -206,7 +205,7 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
     state: dict[str, Any] = {"best_score": None, "best_tiebreak": None, "best_epoch": 0,
                              "bad_epochs": 0, "epoch": 0, "finished": False}
     signature = {"model": mcfg, "classes": classes,
-                 "training": {k: v for k, v in tcfg.items() if k not in NOT_IN_SIGNATURE},
+                 "training": {k: v for k, v in tcfg.items() if k not in LOG_ONLY_TRAINING_KEYS},
                  "train": sorted(it.slide_id for it in train_items),
                  "val": sorted(it.slide_id for it in val_items)}
 
