@@ -19,9 +19,9 @@ Peak RSS: every (method, N, k) runs one step in its own subprocess (ru_maxrss of
 Time: per (N, k), one subprocess runs all methods interleaved for several rounds (gigamil and
 bare swap places every round; the slow original scheme in fewer rounds); the median process CPU
 time per bag is reported (single thread; CPU time is less disturbed than wall time on a shared
-machine, wall time is recorded too). Ratios are medians over rounds of the ratio of two methods that ran back to
-back. "extra" memory is the peak RSS minus the bag's own pixels (N × 32 × 32 × 3 bytes, held in
-memory as uint8). Writes benchmarks/results/trainer.json.
+machine, wall time is recorded too). Ratios are medians over rounds of the ratio of two methods
+that ran back to back. "extra" memory is the peak RSS minus the bag's own pixels
+(N × 32 × 32 × 3 bytes, held in memory as uint8). Writes benchmarks/results/trainer.json.
 """
 
 from __future__ import annotations
@@ -197,6 +197,13 @@ def _row(tim: dict, mem: dict, rounds: int) -> dict:
             "extra_mib": (mem["peak_rss"] - mem["bag_bytes"]) / 2**20}
 
 
+def ratio_of_medians(x: dict | None, y: dict | None) -> float | None:
+    """cpu median of row x / that of row y (None when either method did not run)."""
+    if x is None or y is None:
+        return None
+    return x["cpu_seconds_median"] / y["cpu_seconds_median"]
+
+
 def paired_ratio(res: dict, a: str, b: str) -> float | None:
     """Median over rounds of cpu(a) / cpu(b) within a round (a and b ran back to back)."""
     if a not in res or b not in res:
@@ -268,12 +275,9 @@ def main() -> None:
             summary[k][n] = {
                 "original_over_gigamil": paired_ratio(res, "original", "gigamil"),
                 "gigamil_over_bare": paired_ratio(res, "gigamil", "bare"),
-                "gigamil_over_bare_of_medians": (
-                    res["gigamil"]["cpu_seconds_median"] / res["bare"]["cpu_seconds_median"]
-                    if "gigamil" in res and "bare" in res else None),
-                "gigamil_over_naive": (
-                    res["gigamil"]["cpu_seconds_median"] / naive["cpu_seconds_median"]
-                    if naive and "gigamil" in res else None),
+                "gigamil_over_bare_of_medians": ratio_of_medians(res.get("gigamil"),
+                                                                 res.get("bare")),
+                "gigamil_over_naive": ratio_of_medians(res.get("gigamil"), naive),
             }
         growth[k] = {m: by_n[sizes[-1]][m]["extra_mib"] / by_n[sizes[0]][m]["extra_mib"] - 1
                      for m in by_n[sizes[0]]}

@@ -161,7 +161,6 @@ def mask_from_rgb(
     else:
         thr = float(params.threshold)
     r_close, r_open = round(params.close_um / mpp), round(params.open_um / mpp)
-
     mask = _binary_morph(_binary_morph(sat > thr, r_close, "close"), r_open, "open")
     mask = fill_holes(mask)
     min_px = params.min_area_um2 / (mpp * mpp)
