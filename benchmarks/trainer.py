@@ -12,9 +12,12 @@ For bags of N ∈ {1k, 8k, 16k, 32k} 32-px patches and the small CNN, one traini
 - ``gigamil``: ``MILModel.forward_train`` (GradCache, RNG replay, BN handling);
 - ``bare``: a bare GradCache loop (no RNG bookkeeping), the lower bound for gigamil's overhead.
 
-Each chunked method runs for every k in ``--k`` (default 32, 64, 128 instances per forward pass):
-the original scheme's extra head work is (N/k) full attention passes, so its cost relative to
-gigamil's two encoder passes depends on k (the naive pass does not; it runs once per N).
+Each chunked method runs for every k in ``--k`` (default 25, 64, 128 instances per forward pass;
+25 is the value in the original code's own training script, 128 is config.yaml's): the original
+scheme's extra head work is (N/k) full attention passes, so its cost relative to gigamil's two
+encoder passes depends on k (the naive pass does not; it runs once per N). The head is ABMIL with
+``--att-dim`` hidden units (default 128: the default of ``gigamil.models.ABMIL`` and of
+``model.att_dim``); the original scheme's extra cost grows with it too.
 Peak RSS: every (method, N, k) runs one step in its own subprocess (ru_maxrss of that process).
 Time: per (N, k), one subprocess runs all methods interleaved for several rounds (gigamil and
 bare swap places every round; the slow original scheme in fewer rounds); the median process CPU
@@ -41,7 +44,10 @@ METHODS = ("naive", "original", "gigamil", "bare")
 PX = 32
 
 
-def build(seed: int = 0):  # noqa: ANN201
+ATT_DIM = 128  # default ABMIL hidden size (--att-dim)
+
+
+def build(att_dim: int, seed: int = 0):  # noqa: ANN201
     import torch
     from torch import nn
 
@@ -53,7 +59,7 @@ def build(seed: int = 0):  # noqa: ANN201
 
     torch.manual_seed(seed)
     enc, dim = build_encoder("smallcnn", None, PX, "frozen")
-    model = MILModel(nn.Sequential(PatchPreprocess(), enc), AttentionHead(dim, 2, att_dim=64),
+    model = MILModel(nn.Sequential(PatchPreprocess(), enc), AttentionHead(dim, 2, att_dim=att_dim),
                      BagLoss("ce"))
     return model.train()
 
@@ -102,12 +108,12 @@ def step_original(model, bag, label, k):  # noqa: ANN001, ANN201
         loss_fn(logits, label).backward(inputs=enc_params)  # ... and backward, per chunk
 
 
-def check_gradients(n: int = 60, k: int = 16) -> dict[str, float]:
+def check_gradients(att_dim: int, n: int = 60, k: int = 16) -> dict[str, float]:
     """Max relative difference of every method's parameter gradients from the naive pass, on one
     float64 bag: the four methods compute the same thing, only at different costs."""
     import torch
 
-    model = build().double()
+    model = build(att_dim).double()
     bag = make_bag(n)
     grads = {}
     for m, step in STEPS.items():
@@ -141,12 +147,12 @@ def timed(step, model, bag, k: int) -> tuple[float, float]:  # noqa: ANN001
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def memory_worker(method: str, n: int, k: int) -> dict:
+def memory_worker(method: str, n: int, k: int, att_dim: int) -> dict:
     """One step of one method in a fresh process: its peak RSS."""
     import torch
 
     torch.set_num_threads(1)
-    model = build()
+    model = build(att_dim)
     bag = make_bag(n)
     STEPS[method](model, bag[: min(n, 2 * k)], 1, k)  # warm-up (lazy initialisation), small
     rss_before = peak_rss_bytes()
@@ -156,13 +162,14 @@ def memory_worker(method: str, n: int, k: int) -> dict:
             "bag_bytes": int(bag.numel())}
 
 
-def timing_worker(methods: list[str], n: int, k: int, rounds: int, original_rounds: int) -> dict:
+def timing_worker(methods: list[str], n: int, k: int, rounds: int, original_rounds: int,
+                  att_dim: int) -> dict:
     """All methods interleaved in one process, ``rounds`` rounds; the (slow) original scheme
     only in the first ``original_rounds`` rounds."""
     import torch
 
     torch.set_num_threads(1)
-    model = build()
+    model = build(att_dim)
     bag = make_bag(n)
     for m in methods:
         STEPS[m](model, bag[: min(n, 2 * k)], 1, k)  # warm-up
@@ -181,8 +188,8 @@ def timing_worker(methods: list[str], n: int, k: int, rounds: int, original_roun
     return out
 
 
-def run_worker(*args: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", *args]
+def run_worker(att_dim: int, *args: str) -> dict:
+    cmd = [sys.executable, __file__, "--att-dim", str(att_dim), "--worker", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -215,13 +222,15 @@ def paired_ratio(res: dict, a: str, b: str) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 16000, 32000])
-    ap.add_argument("--k", type=int, nargs="+", default=[32, 64, 128],
+    ap.add_argument("--k", type=int, nargs="+", default=[25, 64, 128],
                     help="instances per forward pass (max_instances_per_forward_pass); each value "
                     "is a separate run of the chunked methods")
     ap.add_argument("--rounds", type=int, nargs="+", default=[15, 9, 9, 5],
                     help="interleaved timing rounds per size (last value repeats)")
     ap.add_argument("--original-rounds", type=int, nargs="+", default=[5, 3, 5, 1],
                     help="how many of those rounds include the (slow) original scheme")
+    ap.add_argument("--att-dim", type=int, default=ATT_DIM,
+                    help="hidden size of the ABMIL attention network (default %(default)s)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "trainer.json"))
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -229,16 +238,16 @@ def main() -> None:
     if args.worker:
         kind, *rest = args.worker
         if kind == "memory":
-            print(json.dumps(memory_worker(rest[0], int(rest[1]), int(rest[2]))))
+            print(json.dumps(memory_worker(rest[0], int(rest[1]), int(rest[2]), args.att_dim)))
         else:
             n, k, rounds, orig_rounds, *methods = rest
             print(json.dumps(timing_worker(methods, int(n), int(k), int(rounds),
-                                           int(orig_rounds))))
+                                           int(orig_rounds), args.att_dim)))
         return
 
     t_start = time.time()
     load_start = os.getloadavg()
-    grad_check = check_gradients()
+    grad_check = check_gradients(args.att_dim)
     print("gradients vs the naive pass (max relative difference, float64):", grad_check)
     if max(grad_check.values()) > 1e-6:
         raise SystemExit("the methods disagree: the benchmark would compare different things")
@@ -251,10 +260,10 @@ def main() -> None:
             methods = [m for m in args.methods if m != "naive" or j == 0]
             mem = {}
             for m in methods:  # peak RSS: one fresh process per (method, N, k)
-                mem[m] = run_worker("memory", m, str(n), str(k))
+                mem[m] = run_worker(args.att_dim, "memory", m, str(n), str(k))
                 print(f"k={k:4d} N={n:6d} {m:9s} peak RSS {mem[m]['peak_rss'] / 2**20:7.0f} MiB "
                       f"(one step {mem[m]['cpu']:.2f} s CPU)", flush=True)
-            tim = run_worker("timing", str(n), str(k), str(rounds), str(orig_rounds), *methods)
+            tim = run_worker(args.att_dim, "timing", str(n), str(k), str(rounds), str(orig_rounds), *methods)
             res = results[str(k)][str(n)] = {
                 m: _row(tim[m], mem[m], orig_rounds if m == "original" else rounds)
                 for m in methods}
@@ -282,7 +291,7 @@ def main() -> None:
         growth[k] = {m: by_n[sizes[-1]][m]["extra_mib"] / by_n[sizes[0]][m]["extra_mib"] - 1
                      for m in by_n[sizes[0]]}
     report = {"benchmark": "trainer", "k": args.k, "patch_px": PX, "encoder": "smallcnn (D=64)",
-              "head": "ABMIL att_dim=64", "threads": 1, "time_measure": "process CPU seconds "
+              "head": f"ABMIL att_dim={args.att_dim}", "threads": 1, "time_measure": "process CPU seconds "
               "per bag (median of interleaved rounds); wall seconds also recorded",
               "ratios_how": "median over rounds of the ratio of two methods' CPU times within a "
               "round (they ran back to back in one process); *_of_medians: ratio of the medians",
