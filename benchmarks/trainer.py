@@ -225,7 +225,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[25, 64, 128],
                     help="instances per forward pass (max_instances_per_forward_pass); each value "
                     "is a separate run of the chunked methods")
-    ap.add_argument("--rounds", type=int, nargs="+", default=[15, 9, 9, 5],
+    ap.add_argument("--rounds", type=int, nargs="+", default=[15, 11, 11, 5],
                     help="interleaved timing rounds per size (last value repeats)")
     ap.add_argument("--original-rounds", type=int, nargs="+", default=[5, 3, 5, 1],
                     help="how many of those rounds include the (slow) original scheme")

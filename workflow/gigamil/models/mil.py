@@ -94,10 +94,10 @@ class MILModel(nn.Module):
             return p.device
         return torch.device("cpu")
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self, dev: torch.device) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(dev.type, dtype=self.amp_dtype)
 
     def _adjacency(self, bag: Bag, adj: torch.Tensor | None) -> torch.Tensor | None:
         if adj is None and getattr(self.attention_model, "needs_adj", False):
@@ -118,21 +118,22 @@ class MILModel(nn.Module):
         return torch.is_grad_enabled() and any(
             p.requires_grad for p in self.feature_encoder.parameters())
 
-    def _rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        dev = self.device
+    @staticmethod
+    def _rng_state(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         cuda = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
         return torch.get_rng_state(), cuda
 
-    def _encode_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            return self.feature_encoder(x.to(self.device, non_blocking=True))  # (n, D)
+    def _encode_chunk(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        with self._autocast(dev):  # (the device is looked up once per bag, not per chunk)
+            return self.feature_encoder(x.to(dev, non_blocking=True))  # (n, D)
 
     # ---------------------------------------------------------------- inference
     def encode(self, bag: Bag, max_instances_per_forward_pass: int | None = None) -> torch.Tensor:
         """Features (N, D) of a bag, chunk by chunk (follows the current grad mode)."""
         n = len(bag)
         k = max_instances_per_forward_pass or max(n, 1)
-        feats = [self._encode_chunk(x) for x in iter_chunks(bag, k)]
+        dev = self.device
+        feats = [self._encode_chunk(x, dev) for x in iter_chunks(bag, k)]
         if not feats:
             raise ValueError("empty bag (0 instances)")
         return torch.cat(feats).float() if self.amp_dtype is not None else torch.cat(feats)
@@ -179,14 +180,15 @@ class MILModel(nn.Module):
             return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
 
         # 1. no-grad encoding of every chunk, remembering the RNG state before each
+        dev = self.device
         bn_saved = _bn_running_buffers(self.feature_encoder)
         states, bounds = [], []
         h_all: torch.Tensor | None = None
         start = 0
         with torch.no_grad():
             for x in iter_chunks(bag, k):
-                states.append(self._rng_state())
-                h = self._encode_chunk(x)
+                states.append(self._rng_state(dev))
+                h = self._encode_chunk(x, dev)
                 if h_all is None:
                     dtype = torch.float32 if self.amp_dtype is not None else h.dtype
                     h_all = torch.empty((n, *h.shape[1:]), dtype=dtype, device=h.device)
@@ -207,15 +209,14 @@ class MILModel(nn.Module):
 
         # 3. re-encode each chunk with grad under the same RNG state; backprop its slice of dL/dH
         # (afterwards the RNG continues from where the no-grad pass left it)
-        dev = self.device
-        after_pass_1 = self._rng_state()
+        after_pass_1 = self._rng_state(dev)
         try:
             for (cpu_state, cuda_state), (s, e), x in zip(states, bounds, iter_chunks(bag, k),
                                                           strict=True):
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, dev)
-                h = self._encode_chunk(x)
+                h = self._encode_chunk(x, dev)
                 h.backward(grad_h[s:e].to(h.dtype))
         finally:
             torch.set_rng_state(after_pass_1[0])
