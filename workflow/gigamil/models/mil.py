@@ -123,6 +123,12 @@ class MILModel(nn.Module):
         cuda = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
         return torch.get_rng_state(), cuda
 
+    @staticmethod
+    def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], dev: torch.device) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], dev)
+
     def _encode_chunk(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
         with self._autocast(dev):  # (the device is looked up once per bag, not per chunk)
             return self.feature_encoder(x.to(dev, non_blocking=True))  # (n, D)
@@ -211,15 +217,10 @@ class MILModel(nn.Module):
         # (afterwards the RNG continues from where the no-grad pass left it)
         after_pass_1 = self._rng_state(dev)
         try:
-            for (cpu_state, cuda_state), (s, e), x in zip(states, bounds, iter_chunks(bag, k),
-                                                          strict=True):
-                torch.set_rng_state(cpu_state)
-                if cuda_state is not None:
-                    torch.cuda.set_rng_state(cuda_state, dev)
+            for state, (s, e), x in zip(states, bounds, iter_chunks(bag, k), strict=True):
+                self._set_rng_state(state, dev)
                 h = self._encode_chunk(x, dev)
                 h.backward(grad_h[s:e].to(h.dtype))
         finally:
-            torch.set_rng_state(after_pass_1[0])
-            if after_pass_1[1] is not None:
-                torch.cuda.set_rng_state(after_pass_1[1], dev)
+            self._set_rng_state(after_pass_1, dev)
         return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
