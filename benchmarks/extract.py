@@ -256,15 +256,19 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for k in t:
-        print(f"{names[k]:52s} {rate[k]:7.1f} patches/s  {per_cpu[k]:7.1f} per CPU-s  "
-              f"parallelism {parallelism[k]:.2f}")
+        print(
+            f"{names[k]:52s} {rate[k]:7.1f} patches/s  {per_cpu[k]:7.1f} per CPU-s  "
+            f"parallelism {parallelism[k]:.2f}"
+        )
     print(f"{'ratio (median of paired repeats; best-of; of medians)':52s}")
     for k, v in ratios.items():
         extra = f"   {ratios_best[k]:5.2f}  {ratios_medians[k]:5.2f}" if k in ratios_best else ""
         print(f"{k:52s} {v:7.2f}{extra}")
     for k, v in codecs.items():
-        print(f"codec {k}: {v['bytes_per_patch'] / 1024:.1f} KiB/patch, "
-              f"read {v['read_patches_per_s']:.0f} patches/s")
+        print(
+            f"codec {k}: {v['bytes_per_patch'] / 1024:.1f} KiB/patch, "
+            f"read {v['read_patches_per_s']:.0f} patches/s"
+        )
     print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"wrote {RESULTS}")
 

@@ -59,8 +59,9 @@ def build(att_dim: int, seed: int = 0):  # noqa: ANN201
 
     torch.manual_seed(seed)
     enc, dim = build_encoder("smallcnn", None, PX, "frozen")
-    model = MILModel(nn.Sequential(PatchPreprocess(), enc), AttentionHead(dim, 2, att_dim=att_dim),
-                     BagLoss("ce"))
+    model = MILModel(
+        nn.Sequential(PatchPreprocess(), enc), AttentionHead(dim, 2, att_dim=att_dim), BagLoss("ce")
+    )
     return model.train()
 
 
@@ -77,13 +78,13 @@ def step_bare(model, bag, label, k):  # noqa: ANN001, ANN201
 
     enc, head, loss_fn = model.feature_encoder, model.attention_model, model.loss_fn
     with torch.no_grad():
-        h = torch.cat([enc(bag[s:s + k]) for s in range(0, len(bag), k)])
+        h = torch.cat([enc(bag[s : s + k]) for s in range(0, len(bag), k)])
     h.requires_grad_(True)
     logits, _ = head(h)
     loss_fn(logits, label).backward()
     g = h.grad
     for s in range(0, len(bag), k):
-        enc(bag[s:s + k]).backward(g[s:s + k])
+        enc(bag[s : s + k]).backward(g[s : s + k])
 
 
 def step_original(model, bag, label, k):  # noqa: ANN001, ANN201
@@ -95,7 +96,7 @@ def step_original(model, bag, label, k):  # noqa: ANN001, ANN201
     enc, head, loss_fn = model.feature_encoder, model.attention_model, model.loss_fn
     n = len(bag)
     with torch.no_grad():
-        h_const = torch.cat([enc(bag[s:s + k]) for s in range(0, n, k)])  # (N, D)
+        h_const = torch.cat([enc(bag[s : s + k]) for s in range(0, n, k)])  # (N, D)
     logits, _ = head(h_const)
     loss_fn(logits, label).backward()  # head gradients, once
     eye = torch.eye(n, dtype=torch.bool)  # (N, N)
@@ -103,7 +104,7 @@ def step_original(model, bag, label, k):  # noqa: ANN001, ANN201
     for s in range(0, n, k):
         chunk = torch.arange(s, min(s + k, n))
         others = ~eye[chunk].any(dim=0)  # (N,) instances outside this chunk
-        feats = torch.cat([enc(bag[s:s + k]), h_const[others]])  # (N, D): [chunk ; others]
+        feats = torch.cat([enc(bag[s : s + k]), h_const[others]])  # (N, D): [chunk ; others]
         logits, _ = head(feats)  # full attention forward over all N ...
         loss_fn(logits, label).backward(inputs=enc_params)  # ... and backward, per chunk
 
@@ -129,8 +130,7 @@ def peak_rss_bytes() -> int:
     return int(r) * (1 if sys.platform == "darwin" else 1024)
 
 
-STEPS = {"naive": step_naive, "original": step_original, "gigamil": step_gigamil,
-         "bare": step_bare}
+STEPS = {"naive": step_naive, "original": step_original, "gigamil": step_gigamil, "bare": step_bare}
 
 
 def make_bag(n: int):  # noqa: ANN201
@@ -157,13 +157,21 @@ def memory_worker(method: str, n: int, k: int, att_dim: int) -> dict:
     STEPS[method](model, bag[: min(n, 2 * k)], 1, k)  # warm-up (lazy initialisation), small
     rss_before = peak_rss_bytes()
     wall, cpu = timed(STEPS[method], model, bag, k)
-    return {"method": method, "n": n, "k": k, "wall": wall, "cpu": cpu,
-            "peak_rss": peak_rss_bytes(), "peak_rss_before_step": rss_before,
-            "bag_bytes": int(bag.numel())}
+    return {
+        "method": method,
+        "n": n,
+        "k": k,
+        "wall": wall,
+        "cpu": cpu,
+        "peak_rss": peak_rss_bytes(),
+        "peak_rss_before_step": rss_before,
+        "bag_bytes": int(bag.numel()),
+    }
 
 
-def timing_worker(methods: list[str], n: int, k: int, rounds: int, original_rounds: int,
-                  att_dim: int) -> dict:
+def timing_worker(
+    methods: list[str], n: int, k: int, rounds: int, original_rounds: int, att_dim: int
+) -> dict:
     """All methods interleaved in one process, ``rounds`` rounds; the (slow) original scheme
     only in the first ``original_rounds`` rounds."""
     import torch
@@ -195,13 +203,17 @@ def run_worker(att_dim: int, *args: str) -> dict:
 
 
 def _row(tim: dict, mem: dict, rounds: int) -> dict:
-    return {"cpu_seconds_median": statistics.median(tim["cpu"]),
-            "wall_seconds_median": statistics.median(tim["wall"]),
-            "cpu_seconds": tim["cpu"], "wall_seconds": tim["wall"], "rounds": rounds,
-            "peak_rss_mib": mem["peak_rss"] / 2**20,
-            "peak_rss_before_step_mib": mem["peak_rss_before_step"] / 2**20,
-            "bag_mib": mem["bag_bytes"] / 2**20,
-            "extra_mib": (mem["peak_rss"] - mem["bag_bytes"]) / 2**20}
+    return {
+        "cpu_seconds_median": statistics.median(tim["cpu"]),
+        "wall_seconds_median": statistics.median(tim["wall"]),
+        "cpu_seconds": tim["cpu"],
+        "wall_seconds": tim["wall"],
+        "rounds": rounds,
+        "peak_rss_mib": mem["peak_rss"] / 2**20,
+        "peak_rss_before_step_mib": mem["peak_rss_before_step"] / 2**20,
+        "bag_mib": mem["bag_bytes"] / 2**20,
+        "extra_mib": (mem["peak_rss"] - mem["bag_bytes"]) / 2**20,
+    }
 
 
 def ratio_of_medians(x: dict | None, y: dict | None) -> float | None:
@@ -222,15 +234,34 @@ def paired_ratio(res: dict, a: str, b: str) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 16000, 32000])
-    ap.add_argument("--k", type=int, nargs="+", default=[25, 64, 128],
-                    help="instances per forward pass (max_instances_per_forward_pass); each value "
-                    "is a separate run of the chunked methods")
-    ap.add_argument("--rounds", type=int, nargs="+", default=[15, 11, 11, 5],
-                    help="interleaved timing rounds per size (last value repeats)")
-    ap.add_argument("--original-rounds", type=int, nargs="+", default=[5, 3, 5, 1],
-                    help="how many of those rounds include the (slow) original scheme")
-    ap.add_argument("--att-dim", type=int, default=ATT_DIM,
-                    help="hidden size of the ABMIL attention network (default %(default)s)")
+    ap.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[25, 64, 128],
+        help="instances per forward pass (max_instances_per_forward_pass); each value "
+        "is a separate run of the chunked methods",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        nargs="+",
+        default=[15, 11, 11, 5],
+        help="interleaved timing rounds per size (last value repeats)",
+    )
+    ap.add_argument(
+        "--original-rounds",
+        type=int,
+        nargs="+",
+        default=[5, 3, 5, 1],
+        help="how many of those rounds include the (slow) original scheme",
+    )
+    ap.add_argument(
+        "--att-dim",
+        type=int,
+        default=ATT_DIM,
+        help="hidden size of the ABMIL attention network (default %(default)s)",
+    )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "trainer.json"))
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -241,8 +272,13 @@ def main() -> None:
             print(json.dumps(memory_worker(rest[0], int(rest[1]), int(rest[2]), args.att_dim)))
         else:
             n, k, rounds, orig_rounds, *methods = rest
-            print(json.dumps(timing_worker(methods, int(n), int(k), int(rounds),
-                                           int(orig_rounds), args.att_dim)))
+            print(
+                json.dumps(
+                    timing_worker(
+                        methods, int(n), int(k), int(rounds), int(orig_rounds), args.att_dim
+                    )
+                )
+            )
         return
 
     t_start = time.time()
@@ -261,17 +297,24 @@ def main() -> None:
             mem = {}
             for m in methods:  # peak RSS: one fresh process per (method, N, k)
                 mem[m] = run_worker(args.att_dim, "memory", m, str(n), str(k))
-                print(f"k={k:4d} N={n:6d} {m:9s} peak RSS {mem[m]['peak_rss'] / 2**20:7.0f} MiB "
-                      f"(one step {mem[m]['cpu']:.2f} s CPU)", flush=True)
-            tim = run_worker(args.att_dim, "timing", str(n), str(k), str(rounds), str(orig_rounds), *methods)
+                print(
+                    f"k={k:4d} N={n:6d} {m:9s} peak RSS {mem[m]['peak_rss'] / 2**20:7.0f} MiB "
+                    f"(one step {mem[m]['cpu']:.2f} s CPU)",
+                    flush=True,
+                )
+            tim = run_worker(
+                args.att_dim, "timing", str(n), str(k), str(rounds), str(orig_rounds), *methods
+            )
             res = results[str(k)][str(n)] = {
-                m: _row(tim[m], mem[m], orig_rounds if m == "original" else rounds)
-                for m in methods}
+                m: _row(tim[m], mem[m], orig_rounds if m == "original" else rounds) for m in methods
+            }
             for m in methods:
-                print(f"k={k:4d} N={n:6d} {m:9s} {res[m]['cpu_seconds_median']:.3f} s/bag CPU "
-                      f"({res[m]['wall_seconds_median']:.3f} s wall), median of "
-                      f"{res[m]['rounds']}",
-                      flush=True)
+                print(
+                    f"k={k:4d} N={n:6d} {m:9s} {res[m]['cpu_seconds_median']:.3f} s/bag CPU "
+                    f"({res[m]['wall_seconds_median']:.3f} s wall), median of "
+                    f"{res[m]['rounds']}",
+                    flush=True,
+                )
 
     first = str(args.k[0])
     summary: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -284,31 +327,50 @@ def main() -> None:
             summary[k][n] = {
                 "original_over_gigamil": paired_ratio(res, "original", "gigamil"),
                 "gigamil_over_bare": paired_ratio(res, "gigamil", "bare"),
-                "gigamil_over_bare_of_medians": ratio_of_medians(res.get("gigamil"),
-                                                                 res.get("bare")),
+                "gigamil_over_bare_of_medians": ratio_of_medians(
+                    res.get("gigamil"), res.get("bare")
+                ),
                 "gigamil_over_naive": ratio_of_medians(res.get("gigamil"), naive),
             }
-        growth[k] = {m: by_n[sizes[-1]][m]["extra_mib"] / by_n[sizes[0]][m]["extra_mib"] - 1
-                     for m in by_n[sizes[0]]}
-    report = {"benchmark": "trainer", "k": args.k, "patch_px": PX, "encoder": "smallcnn (D=64)",
-              "head": f"ABMIL att_dim={args.att_dim}", "threads": 1, "time_measure": "process CPU seconds "
-              "per bag (median of interleaved rounds); wall seconds also recorded",
-              "ratios_how": "median over rounds of the ratio of two methods' CPU times within a "
-              "round (they ran back to back in one process); *_of_medians: ratio of the medians",
-              "gradients_vs_naive_max_rel_diff": grad_check,
-              "machine": platform.platform(), "cpus": os.cpu_count(),
-              "python": platform.python_version(), "load_average_at_start": load_start,
-              "load_average_at_end": os.getloadavg(),
-              "minutes": round((time.time() - t_start) / 60, 1), "results": results,
-              "ratios_cpu_time": summary,
-              "extra_memory_growth": {"from": sizes[0], "to": sizes[-1], "by_k": growth}}
+        growth[k] = {
+            m: by_n[sizes[-1]][m]["extra_mib"] / by_n[sizes[0]][m]["extra_mib"] - 1
+            for m in by_n[sizes[0]]
+        }
+    report = {
+        "benchmark": "trainer",
+        "k": args.k,
+        "patch_px": PX,
+        "encoder": "smallcnn (D=64)",
+        "head": f"ABMIL att_dim={args.att_dim}",
+        "threads": 1,
+        "time_measure": "process CPU seconds "
+        "per bag (median of interleaved rounds); wall seconds also recorded",
+        "ratios_how": "median over rounds of the ratio of two methods' CPU times within a "
+        "round (they ran back to back in one process); *_of_medians: ratio of the medians",
+        "gradients_vs_naive_max_rel_diff": grad_check,
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": load_start,
+        "load_average_at_end": os.getloadavg(),
+        "minutes": round((time.time() - t_start) / 60, 1),
+        "results": results,
+        "ratios_cpu_time": summary,
+        "extra_memory_growth": {"from": sizes[0], "to": sizes[-1], "by_k": growth},
+    }
     for k in results:
         print(f"\nk = {k}\nN       " + "".join(f"{m:>22s}" for m in args.methods))
         for n in sizes:
             row = results[k][n]
-            print(f"{n:7s} " + "".join(
-                f"{row[m]['cpu_seconds_median']:9.2f} s {row[m]['extra_mib']:6.0f} MiB"
-                if m in row else f"{'(k-independent)':>22s}" for m in args.methods))
+            print(
+                f"{n:7s} "
+                + "".join(
+                    f"{row[m]['cpu_seconds_median']:9.2f} s {row[m]['extra_mib']:6.0f} MiB"
+                    if m in row
+                    else f"{'(k-independent)':>22s}"
+                    for m in args.methods
+                )
+            )
         for n, r in summary[k].items():
             print(n, {a: None if v is None else round(v, 3) for a, v in r.items()})
         print("extra memory growth", {a: round(v, 3) for a, v in growth[k].items()})

@@ -103,14 +103,16 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
         src = workdir / row["path"]
         dst = workdir / "ext" / f"ext_{row['slide_id']}{src.suffix}"
         shutil.copy2(src, dst)
-        rows.append({
-            "slide_id": f"ext_{row['slide_id']}",
-            "patient_id": f"ext_{row['patient_id']}",
-            "label": row["label"],
-            "path": str(dst.relative_to(workdir)),
-            # the demo generator's ground truth of the original slide (PNG + JSON sidecar)
-            "lesion_mask": f"results/demo/lesion_masks/{row['slide_id']}.png",
-        })  # fmt: skip
+        rows.append(
+            {
+                "slide_id": f"ext_{row['slide_id']}",
+                "patient_id": f"ext_{row['patient_id']}",
+                "label": row["label"],
+                "path": str(dst.relative_to(workdir)),
+                # the demo generator's ground truth of the original slide (PNG + JSON sidecar)
+                "lesion_mask": f"results/demo/lesion_masks/{row['slide_id']}.png",
+            }
+        )
     pd.DataFrame(rows).to_csv(workdir / "ext" / "sheet.csv", index=False)
     ext_ids = {r["slide_id"] for r in rows}
     cfg = config_of(workdir)
@@ -129,8 +131,13 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
     assert counts["predict_fold"] == FOLDS
     assert counts["ensemble"] == 1
     assert set(counts) <= {
-        "tissue_mask", "extract_patches", "qc_table", "predict_fold", "ensemble", "heatmap"
-    }, counts  # fmt: skip
+        "tissue_mask",
+        "extract_patches",
+        "qc_table",
+        "predict_fold",
+        "ensemble",
+        "heatmap",
+    }, counts
 
     # run it: the ensemble scores the external cohort, and its localisation from the masks
     snakemake(workdir)
@@ -142,8 +149,9 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
     per_slide = summary["localization_auc_per_slide"]  # (a 1-epoch model: plumbing, not skill)
     assert per_slide and set(per_slide) <= lesion_ids, (per_slide, lesion_ids)
     assert all(0.0 <= v <= 1.0 for v in per_slide.values())
-    table = pd.read_csv(workdir / "results" / "eval" / "demo" / "ensemble" / "ext" /
-                        "predictions.csv").set_index("slide_id")  # fmt: skip
+    table = pd.read_csv(
+        workdir / "results" / "eval" / "demo" / "ensemble" / "ext" / "predictions.csv"
+    ).set_index("slide_id")
     assert table["localization_auc"].dropna().to_dict() == pytest.approx(per_slide)
 
 

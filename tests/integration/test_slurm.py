@@ -34,9 +34,11 @@ TINY: dict = {
     "heatmaps": {"slides": ["demo_p01_s1"]},
 }
 PROFILES = [
-    "--profile", str(REPO / "profiles/slurm"),
-    "--profile", str(REPO / "tests/slurm/profile"),
-]  # fmt: skip
+    "--profile",
+    str(REPO / "profiles/slurm"),
+    "--profile",
+    str(REPO / "tests/slurm/profile"),
+]
 # no shell, script or run: Snakemake runs these in the controlling process, never through SLURM
 LOCAL_RULES = {"all"}
 
@@ -65,8 +67,10 @@ def squeue(job_ids: list[str]) -> pd.DataFrame:
     fmt = "JobID:|,State:|,Comment:300|,tres-per-job:|,NumCPUs:|,MinMemory:|,TimeLimit:"
     res = subprocess.run(
         ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-O", fmt],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     cols = ["job_id", "state", "comment", "tres_per_job", "cpus", "min_memory", "time_limit"]
     rows = [[f.strip() for f in line.split("|")] for line in res.stdout.splitlines() if line]
     return pd.DataFrame(rows, columns=cols)
@@ -102,13 +106,21 @@ def runs(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     with open(base / "slurm.out", "w") as out:
         proc = subprocess.Popen(
             snakemake_cmd(SLURM_TIMEOUT, *PROFILES, *gpu),
-            cwd=on_slurm, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
+            cwd=on_slurm,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         try:
             loc = subprocess.run(
                 snakemake_cmd(SLURM_TIMEOUT, "--cores", "1"),
-                cwd=local, capture_output=True, text=True, env=env, timeout=SLURM_TIMEOUT + 30,
-            )  # fmt: skip
+                cwd=local,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=SLURM_TIMEOUT + 30,
+            )
             rc = proc.wait(timeout=SLURM_TIMEOUT + 30)
         finally:
             if proc.poll() is None:
@@ -126,14 +138,20 @@ def test_every_job_ran_as_a_slurm_job(runs: dict):
     assert local_rules <= LOCAL_RULES, f"ran outside SLURM: {local_rules - LOCAL_RULES}"
     remote = Counter({(rule, wc): n for (is_local, rule, wc), n in jobs.items() if not is_local})
     assert remote, log[-4000:]
-    for stage in ("demo_cohort", "tissue_mask", "extract_patches", "make_splits", "train_fold",
-                  "predict_fold", "aggregate_cv", "heatmap"):  # fmt: skip
+    for stage in (
+        "demo_cohort",
+        "tissue_mask",
+        "extract_patches",
+        "make_splits",
+        "train_fold",
+        "predict_fold",
+        "aggregate_cv",
+        "heatmap",
+    ):
         assert any(rule == stage for rule, _ in remote), f"{stage} did not run: {sorted(remote)}"
 
     # every submission was accepted by sbatch and finished as COMPLETED in SLURM's books
-    submitted = re.findall(
-        r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", log
-    )
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", log)
     assert submitted, "no sbatch submission in the log"
     ids = [jid for jid, _ in submitted]
     assert len(set(ids)) == len(ids)
@@ -165,11 +183,16 @@ def test_training_jobs_asked_for_a_gpu(runs: dict):
 
 def test_cuda_config_makes_the_rules_ask_for_gpus(cluster, tmp_path: Path):
     """With `training.device: cuda` the rules themselves (no --set-resources) request a GPU."""
-    workdir = copy_workflow(tmp_path / "cuda", deep_update(TINY, {"training": {"device": "cuda"}}), PATIENTS)
+    workdir = copy_workflow(
+        tmp_path / "cuda", deep_update(TINY, {"training": {"device": "cuda"}}), PATIENTS
+    )
     res = subprocess.run(
         snakemake_cmd(120, *PROFILES, "--dry-run"),
-        cwd=workdir, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     blocks = re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*(?:local)?rule \w+:|\Z)", out, re.M | re.S)

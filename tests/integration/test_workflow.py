@@ -79,8 +79,16 @@ def test_full_demo_run(workdir: Path):
     for k in range(2):
         assert (res / f"models/demo/fold{k}/model.pt").is_file()
     summary = json.loads((res / "eval/demo/summary.json").read_text())
-    for key in ["oof_auc", "fold_auc_mean", "fold_auc_sd", "balanced_accuracy", "macro_f1",
-                "n_slides", "n_patients", "localization_auc"]:  # fmt: skip
+    for key in [
+        "oof_auc",
+        "fold_auc_mean",
+        "fold_auc_sd",
+        "balanced_accuracy",
+        "macro_f1",
+        "n_slides",
+        "n_patients",
+        "localization_auc",
+    ]:
         assert key in summary, key
     assert summary["n_slides"] == 24 and summary["n_patients"] == 12
     for name in ["metrics.csv", "per_slide_predictions.csv"]:

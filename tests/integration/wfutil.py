@@ -82,11 +82,14 @@ def run_snakemake(
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [
         str(exe),
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
         *args,
-    ]  # fmt: skip
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:

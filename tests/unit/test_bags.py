@@ -15,8 +15,13 @@ from gigamil.data.bags import ZarrBag
 from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
 
 
-def write_store(path: Path, patches: np.ndarray, grid: np.ndarray | None = None,
-                chunk: int = 64, slide_id: str | None = None) -> Path:
+def write_store(
+    path: Path,
+    patches: np.ndarray,
+    grid: np.ndarray | None = None,
+    chunk: int = 64,
+    slide_id: str | None = None,
+) -> Path:
     """A patch store in the format of docs/architecture.md (attrs filled with test values)."""
     n, px = len(patches), patches.shape[1] if patches.ndim == 4 else 8
     if grid is None:
@@ -24,9 +29,16 @@ def write_store(path: Path, patches: np.ndarray, grid: np.ndarray | None = None,
         grid = np.array([(i // width, i % width) for i in range(n)], dtype=np.int64).reshape(n, 2)
     coords = grid[:, ::-1] * px
     attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
-    attrs.update(slide_id=slide_id or path.stem, source_path="test", codec="zstd",
-                 patch_px=px, stride_px=px, mask_params={}, slide_dimensions=[100, 100],
-                 gigamil_version="test")
+    attrs.update(
+        slide_id=slide_id or path.stem,
+        source_path="test",
+        codec="zstd",
+        patch_px=px,
+        stride_px=px,
+        mask_params={},
+        slide_dimensions=[100, 100],
+        gigamil_version="test",
+    )
     with StoreWriter(path, n, px, coords, grid, chunk=chunk) as w:
         w.append(patches)
         w.commit(attrs)
@@ -40,8 +52,9 @@ def _patches(n: int, px: int = 8, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_chunks_cover_the_store_in_order(tmp_path: Path, prefetch: int) -> None:
     data = _patches(150)
-    bag = ZarrBag(write_store(tmp_path / "a.zarr", data, chunk=32), prefetch=prefetch,
-                  cache_bytes=0)
+    bag = ZarrBag(
+        write_store(tmp_path / "a.zarr", data, chunk=32), prefetch=prefetch, cache_bytes=0
+    )
     assert len(bag) == 150 and bag.patch_shape == (8, 8, 3)
     chunks = list(bag.chunks(40))
     assert [len(c) for c in chunks] == [40, 40, 40, 30]
@@ -53,8 +66,9 @@ def test_chunks_cover_the_store_in_order(tmp_path: Path, prefetch: int) -> None:
 def test_early_break_stops_prefetch_thread(tmp_path: Path) -> None:
     import threading
 
-    bag = ZarrBag(write_store(tmp_path / "a.zarr", _patches(200), chunk=16), prefetch=1,
-                  cache_bytes=0)
+    bag = ZarrBag(
+        write_store(tmp_path / "a.zarr", _patches(200), chunk=16), prefetch=1, cache_bytes=0
+    )
     before = threading.active_count()
     for i, _chunk in enumerate(bag.chunks(10)):
         if i == 2:

@@ -28,7 +28,9 @@ def test_console_script_installed():
     assert exe, "the gigamil console script is not on PATH (pip install -e .)"
     res = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert res.stdout.startswith("gigamil ")
-    res = subprocess.run([sys.executable, "-m", "gigamil", "--help"], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "gigamil", "--help"], capture_output=True, text=True
+    )
     assert res.returncode == 0 and "usage: gigamil" in res.stdout
 
 

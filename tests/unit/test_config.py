@@ -21,7 +21,9 @@ def base_config() -> dict:
         return yaml.safe_load(fh)
 
 
-def write_sheet(tmp_path: Path, rows: list[dict], name: str = "sheet.csv", touch: bool = True) -> Path:
+def write_sheet(
+    tmp_path: Path, rows: list[dict], name: str = "sheet.csv", touch: bool = True
+) -> Path:
     cols = list(rows[0])
     lines = [",".join(cols)] + [",".join(str(r.get(c, "")) for c in cols) for r in rows]
     if touch:
@@ -78,12 +80,24 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["training"].update(epoch=3), "unknown key training.epoch"),
         (lambda c: c.update(colour="red"), "unknown key colour"),
         (lambda c: c["cohorts"]["demo"].update(shet="x"), "unknown key cohorts.demo.shet"),
-        (lambda c: c["training"].update(epochs=0), "training.epochs: 0 is less than the minimum of 1"),
+        (
+            lambda c: c["training"].update(epochs=0),
+            "training.epochs: 0 is less than the minimum of 1",
+        ),
         (lambda c: c["model"].update(pool="max"), "model.pool: 'max' is not one of"),
-        (lambda c: c["cohorts"]["demo"].update(role="test"), "cohorts.demo.role: 'test' is not one of"),
-        (lambda c: c["cohorts"]["demo"].pop("sheet"), "cohorts.demo: 'sheet' is a required property"),
+        (
+            lambda c: c["cohorts"]["demo"].update(role="test"),
+            "cohorts.demo.role: 'test' is not one of",
+        ),
+        (
+            lambda c: c["cohorts"]["demo"].pop("sheet"),
+            "cohorts.demo: 'sheet' is a required property",
+        ),
         (lambda c: c.update(classes=["only"]), "classes:"),
-        (lambda c: c["cohorts"]["demo"].update(role="external"), "at least one cohort needs role: train"),
+        (
+            lambda c: c["cohorts"]["demo"].update(role="external"),
+            "at least one cohort needs role: train",
+        ),
         (lambda c: c["cohorts"].update({"bad name": {"sheet": "x"}}), "invalid name 'bad name'"),
     ],
 )
@@ -162,7 +176,9 @@ def test_patient_with_conflicting_labels(tmp_path):
     rows = good_rows()
     rows[1]["label"] = "lesion"
     path = write_sheet(tmp_path, rows)
-    with pytest.raises(ConfigError, match=r"patient 'p1' has conflicting labels \['lesion', 'normal'\]"):
+    with pytest.raises(
+        ConfigError, match=r"patient 'p1' has conflicting labels \['lesion', 'normal'\]"
+    ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
@@ -180,7 +196,9 @@ def test_bad_slide_id_and_mpp(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows[0]["mpp"] = -1
     path = write_sheet(tmp_path, rows, name="s3.csv")
-    with pytest.raises(ConfigError, match=r"row 2 .*mpp: -1.0 is less than or equal to the minimum of 0"):
+    with pytest.raises(
+        ConfigError, match=r"row 2 .*mpp: -1.0 is less than or equal to the minimum of 0"
+    ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 

@@ -19,18 +19,31 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> Non
     val = make_cohort(tmp_path / "stores", 2, 4, "v")
     train.to_csv(tmp_path / "train.csv", index=False)
     val.to_csv(tmp_path / "val.csv", index=False)
-    training = {"device": "cpu", "seed": 3, "epochs": 2, "lr": 3e-3, "schedule": "cosine",
-                "bags_per_step": 1, "max_instances_per_forward_pass": 7,
-                "max_instances_per_bag": 12, "early_stopping": {"metric": "loss", "patience": 5},
-                "augment": {"flips": True, "rot90": True, "color_jitter": 0.1}}
+    training = {
+        "device": "cpu",
+        "seed": 3,
+        "epochs": 2,
+        "lr": 3e-3,
+        "schedule": "cosine",
+        "bags_per_step": 1,
+        "max_instances_per_forward_pass": 7,
+        "max_instances_per_bag": 12,
+        "early_stopping": {"metric": "loss", "patience": 5},
+        "augment": {"flips": True, "rot90": True, "color_jitter": 0.1},
+    }
     model = dict(MODEL, dropout=0.1)
-    cfg = {"experiment": "ddp", "classes": CLASSES,
-           "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
-           "model": model, "training": training}
+    cfg = {
+        "experiment": "ddp",
+        "classes": CLASSES,
+        "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+        "model": model,
+        "training": training,
+    }
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     # the launcher the train_fold rule uses when a fold gets several GPUs
-    model_pt = train_fold_torchrun(train, val, cfg, tmp_path / "ddp", nproc=2, threads=2,
-                                   log_file=tmp_path / "ddp.log")
+    model_pt = train_fold_torchrun(
+        train, val, cfg, tmp_path / "ddp", nproc=2, threads=2, log_file=tmp_path / "ddp.log"
+    )
     assert model_pt.is_file(), (tmp_path / "ddp.log").read_text()[-3000:]
     assert yaml.safe_load((tmp_path / "ddp" / "ddp" / "config.yaml").read_text()) == cfg
 
@@ -51,8 +64,11 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> Non
 
 
 def max_param_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(float((a[k].double() - v.double()).abs().max()) for k, v in b.items()
-               if v.is_floating_point() and v.numel())
+    return max(
+        float((a[k].double() - v.double()).abs().max())
+        for k, v in b.items()
+        if v.is_floating_point() and v.numel()
+    )
 
 
 def test_torchrun_command_splits_threads(tmp_path: Path) -> None:

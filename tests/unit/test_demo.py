@@ -54,10 +54,14 @@ def test_same_seed_same_bytes_and_relative_paths(cohort, tmp_path, monkeypatch):
         runs[name] = _digests(tmp_path / name / "out")
     assert runs["a"] == runs["b"]
     assert sorted(runs["a"]) == [
-        "lesion_masks/demo_p01_s1.json", "lesion_masks/demo_p01_s1.png",
-        "lesion_masks/demo_p02_s1.json", "lesion_masks/demo_p02_s1.png",
-        "sheet.csv", "slides/demo_p01_s1.tiff", "slides/demo_p02_s1.tiff",
-    ]  # fmt: skip
+        "lesion_masks/demo_p01_s1.json",
+        "lesion_masks/demo_p01_s1.png",
+        "lesion_masks/demo_p02_s1.json",
+        "lesion_masks/demo_p02_s1.png",
+        "sheet.csv",
+        "slides/demo_p01_s1.tiff",
+        "slides/demo_p02_s1.tiff",
+    ]
     # another seed (the seed-0 cohort) gives other slides
     seed0 = _digests(full_out)
     assert runs["a"]["slides/demo_p01_s1.tiff"] != seed0["slides/demo_p01_s1.tiff"]
@@ -76,7 +80,9 @@ def test_sheet_structure(cohort):
     assert sum(v == {"lesion"} for v in labels) == 6
     assert set(sheet["label"]) == {"normal", "lesion"}
     assert sheet["slide_id"].str.fullmatch(r"demo_p\d\d_s\d").all()
-    assert (sheet["path"] == [(out / "slides" / f"{s}.tiff").as_posix() for s in sheet.slide_id]).all()
+    assert (
+        sheet["path"] == [(out / "slides" / f"{s}.tiff").as_posix() for s in sheet.slide_id]
+    ).all()
     assert pd.read_csv(out / "sheet.csv").equals(sheet)
 
 

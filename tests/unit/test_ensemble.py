@@ -24,8 +24,14 @@ def _sheet(n_patients=12, slides=2, cohort="demo"):
     rows = []
     for p in range(n_patients):
         for s in range(slides):
-            rows.append({"cohort": cohort, "slide_id": f"{cohort}_p{p}_s{s}",
-                         "patient_id": f"{cohort}_p{p}", "label": CLASSES[p % 2]})  # fmt: skip
+            rows.append(
+                {
+                    "cohort": cohort,
+                    "slide_id": f"{cohort}_p{p}_s{s}",
+                    "patient_id": f"{cohort}_p{p}",
+                    "label": CLASSES[p % 2],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -62,12 +68,25 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     folds, paths = _cv_fixture(tmp_path, nan_slide="demo_p3_s1")
     out = tmp_path / "eval"
     summary = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, out, "demo", n_boot=200)
-    for name in ("summary.json", "metrics.csv", "per_slide_predictions.csv", "roc.png",
-                 "confusion.png", "metrics.html"):  # fmt: skip
+    for name in (
+        "summary.json",
+        "metrics.csv",
+        "per_slide_predictions.csv",
+        "roc.png",
+        "confusion.png",
+        "metrics.html",
+    ):
         assert (out / name).is_file(), name
     on_disk = json.loads((out / "summary.json").read_text())
-    for key in ("oof_auc", "fold_auc_mean", "fold_auc_sd", "balanced_accuracy", "macro_f1",
-                "n_slides", "n_patients"):  # fmt: skip
+    for key in (
+        "oof_auc",
+        "fold_auc_mean",
+        "fold_auc_sd",
+        "balanced_accuracy",
+        "macro_f1",
+        "n_slides",
+        "n_patients",
+    ):
         assert key in on_disk, key
     preds = pd.concat([pd.read_csv(p) for p in paths])
     ok = preds.dropna(subset=["prob_lesion"])
@@ -83,8 +102,16 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     lo, hi = on_disk["oof_auc_ci"]
     assert lo <= on_disk["oof_auc"] <= hi
     table = pd.read_csv(out / "metrics.csv", index_col="scope")
-    assert list(table.index) == ["fold0", "fold1", "fold2", "mean", "sd", "oof", "oof_ci_low",
-                                 "oof_ci_high"]  # fmt: skip
+    assert list(table.index) == [
+        "fold0",
+        "fold1",
+        "fold2",
+        "mean",
+        "sd",
+        "oof",
+        "oof_ci_low",
+        "oof_ci_high",
+    ]
     per_slide = pd.read_csv(out / "per_slide_predictions.csv")
     assert len(per_slide) == 24 and set(per_slide.columns) >= {"fold", "pred", "correct"}
     assert summary == on_disk | {"fold_auc_sd": summary["fold_auc_sd"]}
@@ -131,8 +158,9 @@ def test_localization_in_summary(tmp_path):
             att = np.where(lesion, 1.0, 0.0) + 3 * rng.random(len(lesion))  # noisy: AUC < 1
             np.save(tmp_path / f"{sid}.npy", att.astype(np.float32))
             loc[sid] = (store, tmp_path / f"{sid}.npy", mask)
-    s = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "t",
-                     localization=loc, n_boot=50)  # fmt: skip
+    s = aggregate_cv(
+        paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "t", localization=loc, n_boot=50
+    )
     per = s["localization_auc_per_slide"]
     assert sorted(per) == sorted(folds.loc[folds.label == "lesion", "slide_id"].unique())
     assert s["localization_n_slides"] == 2
@@ -158,8 +186,9 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     manual = pd.concat(frames).groupby("slide_id")["prob_lesion"].mean()
     np.testing.assert_allclose(ens.loc[manual.index, "prob_lesion"], manual.to_numpy())
     assert ens["n_models"].eq(3).all()
-    assert summary["auc"] == pytest.approx(roc_auc_score(manual.index.map(
-        ext.set_index("slide_id")["label"]) == "lesion", manual))  # fmt: skip
+    assert summary["auc"] == pytest.approx(
+        roc_auc_score(manual.index.map(ext.set_index("slide_id")["label"]) == "lesion", manual)
+    )
     assert summary["n_models"] == 3 and summary["n_slides"] == 10
     single = [roc_auc_score(f.label == "lesion", f.prob_lesion) for f in frames]
     assert summary["fold_auc"] == pytest.approx(single)
@@ -189,10 +218,12 @@ def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(tmp_pa
         if lesion.any():
             mean = np.mean([np.load(a) for a in atts if a.is_file()], axis=0)
             expected[sid] = slide_localization(store, mean, mask)["localization_auc"]
-    loc[ext.slide_id.iloc[0]] = (loc[ext.slide_id.iloc[0]][0], [tmp_path / "none.npy"],
-                                 loc[ext.slide_id.iloc[0]][2])  # fmt: skip
-    summary = ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=20,
-                              localization=loc)  # fmt: skip
+    loc[ext.slide_id.iloc[0]] = (
+        loc[ext.slide_id.iloc[0]][0],
+        [tmp_path / "none.npy"],
+        loc[ext.slide_id.iloc[0]][2],
+    )
+    summary = ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=20, localization=loc)
     per = summary["localization_auc_per_slide"]
     assert per == pytest.approx(expected) and len(per) == 2
     assert summary["localization_auc"] == pytest.approx(np.mean(list(expected.values())))
@@ -203,12 +234,30 @@ def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(tmp_pa
     # the same through `gigamil ensemble --localization` (one CSV row per fold model's attention)
     from gigamil.cli import main
 
-    rows = [{"slide_id": sid, "store": str(st), "attention": str(a), "mask": str(m)}
-            for sid, (st, atts, m) in loc.items() for a in atts]  # fmt: skip
+    rows = [
+        {"slide_id": sid, "store": str(st), "attention": str(a), "mask": str(m)}
+        for sid, (st, atts, m) in loc.items()
+        for a in atts
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "loc.csv", index=False)
-    assert main(["ensemble", "--cohort", "ext", "--out", str(tmp_path / "cli"), "--n-boot", "20",
-                 "--localization", str(tmp_path / "loc.csv"),
-                 "--predictions", *map(str, paths)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "ensemble",
+                "--cohort",
+                "ext",
+                "--out",
+                str(tmp_path / "cli"),
+                "--n-boot",
+                "20",
+                "--localization",
+                str(tmp_path / "loc.csv"),
+                "--predictions",
+                *map(str, paths),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["localization_auc"] == pytest.approx(summary["localization_auc"])
 
@@ -232,13 +281,31 @@ def test_cli_evaluate_and_ensemble(tmp_path, capsys):
     from gigamil.cli import main
 
     folds, paths = _cv_fixture(tmp_path)
-    args = ["evaluate", "--folds", str(tmp_path / "folds.csv"), "--out", str(tmp_path / "ev"),
-            "--n-boot", "50", "--predictions", *map(str, paths)]  # fmt: skip
+    args = [
+        "evaluate",
+        "--folds",
+        str(tmp_path / "folds.csv"),
+        "--out",
+        str(tmp_path / "ev"),
+        "--n-boot",
+        "50",
+        "--predictions",
+        *map(str, paths),
+    ]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["n_slides"] == 24 and 0.0 <= printed["oof_auc"] <= 1.0
-    args = ["ensemble", "--cohort", "demo", "--out", str(tmp_path / "en"), "--n-boot", "50",
-            "--predictions", *map(str, paths)]  # fmt: skip
+    args = [
+        "ensemble",
+        "--cohort",
+        "demo",
+        "--out",
+        str(tmp_path / "en"),
+        "--n-boot",
+        "50",
+        "--predictions",
+        *map(str, paths),
+    ]
     assert main(args) == 0
     ens = json.loads(capsys.readouterr().out)
     assert ens["auc"] == pytest.approx(printed["oof_auc"])  # OOF ensemble == OOF predictions
@@ -246,8 +313,10 @@ def test_cli_evaluate_and_ensemble(tmp_path, capsys):
 
 def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
     classes = ["a", "b", "c"]
-    rows = [{"cohort": "m", "slide_id": f"s{p}", "patient_id": f"p{p}", "label": classes[p % 3]}
-            for p in range(18)]  # fmt: skip
+    rows = [
+        {"cohort": "m", "slide_id": f"s{p}", "patient_id": f"p{p}", "label": classes[p % 3]}
+        for p in range(18)
+    ]
     sheet = pd.DataFrame(rows)
     folds = make_folds(sheet, folds=3, seed=1)
     write_folds(folds, tmp_path / "folds.csv")
@@ -267,8 +336,13 @@ def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
         frames.append(test)
     s = aggregate_cv(paths, tmp_path / "folds.csv", classes, tmp_path / "ev", n_boot=50)
     allp = pd.concat(frames)
-    ref = roc_auc_score(allp["label"], allp[[f"prob_{c}" for c in classes]].to_numpy(),
-                        multi_class="ovr", average="macro", labels=classes)  # fmt: skip
+    ref = roc_auc_score(
+        allp["label"],
+        allp[[f"prob_{c}" for c in classes]].to_numpy(),
+        multi_class="ovr",
+        average="macro",
+        labels=classes,
+    )
     assert s["oof_auc"] == pytest.approx(ref)
     assert set(s["per_class_recall"]) == set(classes)
     assert np.array(s["confusion_matrix"]).shape == (3, 3)

@@ -31,8 +31,14 @@ def write_store(path, keep=None, patch_px=8, stride=PATCH, slide_dims=None):
     g.create_array("coords", data=coords)
     g.create_array("grid", data=grid)
     dims = slide_dims or (COLS * stride + PATCH - stride + 40, ROWS * stride + PATCH - stride + 24)
-    g.attrs.update({"slide_id": path.stem, "patch_size_level0": float(PATCH),
-                    "slide_dimensions": list(dims), "slide_mpp": 0.5})  # fmt: skip
+    g.attrs.update(
+        {
+            "slide_id": path.stem,
+            "patch_size_level0": float(PATCH),
+            "slide_dimensions": list(dims),
+            "slide_mpp": 0.5,
+        }
+    )
     return coords, grid
 
 
@@ -78,8 +84,17 @@ def test_make_heatmap_outputs_and_one_hot_overlay(tmp_path):
     att = np.full(len(keep), 0.01, np.float32)
     att[hot] = 0.9
     out = tmp_path / "hm"
-    info = make_heatmap(store, att, out, slide_path=None, normalize="minmax", top_k=3,
-                        alpha=1.0, cmap="jet", thumb_px=256)  # fmt: skip
+    info = make_heatmap(
+        store,
+        att,
+        out,
+        slide_path=None,
+        normalize="minmax",
+        top_k=3,
+        alpha=1.0,
+        cmap="jet",
+        thumb_px=256,
+    )
     assert info["top"][0] == hot and info["n_patches"] == len(keep)
     np.testing.assert_array_equal(np.load(out / "attention.npy"), att)
     for name in ("overlay.png", "gallery.png", "patches.geojson"):
@@ -155,29 +170,38 @@ def test_heatmap_slides_and_eval_targets():
 
     sheets = {
         "tr": pd.DataFrame({"slide_id": ["a", "b"], "patient_id": ["p", "q"]}),
-        "ex": pd.DataFrame({"slide_id": ["c"], "patient_id": ["r"],
-                            "lesion_mask": ["m/c.png"]}),  # fmt: skip
+        "ex": pd.DataFrame({"slide_id": ["c"], "patient_id": ["r"], "lesion_mask": ["m/c.png"]}),
     }
-    assert targets.heatmap_slides("all", sheets, ["tr", "ex"]) == [("tr", "a"), ("tr", "b"),
-                                                                   ("ex", "c")]  # fmt: skip
+    assert targets.heatmap_slides("all", sheets, ["tr", "ex"]) == [
+        ("tr", "a"),
+        ("tr", "b"),
+        ("ex", "c"),
+    ]
     assert targets.heatmap_slides("none", sheets, ["tr", "ex"]) == []
     assert targets.heatmap_slides(["c"], sheets, ["tr", "ex"]) == [("ex", "c")]
     with pytest.raises(ConfigError, match="heatmaps.slides: slide_id 'zz' is in no cohort"):
         targets.heatmap_slides(["zz"], sheets, ["tr", "ex"])
     assert targets.lesion_masks({"demo": True}, sheets["tr"]) == {
-        "a": "results/demo/lesion_masks/a.png", "b": "results/demo/lesion_masks/b.png"}
+        "a": "results/demo/lesion_masks/a.png",
+        "b": "results/demo/lesion_masks/b.png",
+    }
     assert targets.lesion_masks({}, sheets["ex"]) == {"c": "m/c.png"}
     assert targets.lesion_masks({}, sheets["tr"]) == {}
-    config = {"experiment": "e", "ensemble": {"enabled": True}, "heatmaps": {"slides": ["a"]},
-              "cohorts": {"tr": {"demo": True}, "ex": {}}}  # fmt: skip
+    config = {
+        "experiment": "e",
+        "ensemble": {"enabled": True},
+        "heatmaps": {"slides": ["a"]},
+        "cohorts": {"tr": {"demo": True}, "ex": {}},
+    }
     assert targets.eval_targets(config, sheets, ["tr"], ["ex"]) == [
         "results/eval/e/summary.json",
         "results/eval/e/ensemble/tr/summary.json",
         "results/eval/e/ensemble/ex/summary.json",
         "results/heatmaps/e/tr/a/overlay.png",
     ]
-    files = targets.localization_inputs(config, sheets, ["tr"], [0, 1],
-                                        lambda c, s: f"st/{c}/{s}.zarr")  # fmt: skip
+    files = targets.localization_inputs(
+        config, sheets, ["tr"], [0, 1], lambda c, s: f"st/{c}/{s}.zarr"
+    )
     assert "st/tr/a.zarr" in files and "results/demo/lesion_masks/b.json" in files
     assert "results/predictions/e/fold1/attention/tr" in files
     assert targets.attention_pattern("e").format(fold=2, cohort="c", slide_id="s") == (
@@ -195,8 +219,18 @@ def test_cli_heatmap_averages_attention_files(tmp_path, capsys):
     a[3], b[3], b[5] = 1.0, 1.0, 0.5
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
-    args = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "a.npy"),
-            str(tmp_path / "b.npy"), "--out", str(tmp_path / "hm"), "--thumb-px", "128"]
+    args = [
+        "heatmap",
+        "--store",
+        str(store),
+        "--attention",
+        str(tmp_path / "a.npy"),
+        str(tmp_path / "b.npy"),
+        "--out",
+        str(tmp_path / "hm"),
+        "--thumb-px",
+        "128",
+    ]
     assert main(args) == 0
     np.testing.assert_allclose(np.load(tmp_path / "hm" / "attention.npy"), (a + b) / 2)
     assert "48 patches" in capsys.readouterr().out

@@ -17,8 +17,9 @@ from gigamil.nn.losses import BagLoss
 from gigamil.nn.pooling import AttentionHead
 
 
-def make_bags(images: np.ndarray, digits: np.ndarray, n_bags: int, rng: np.random.Generator
-              ) -> list[tuple[torch.Tensor, int, np.ndarray]]:
+def make_bags(
+    images: np.ndarray, digits: np.ndarray, n_bags: int, rng: np.random.Generator
+) -> list[tuple[torch.Tensor, int, np.ndarray]]:
     """Bags of mean size 10 (sd 2) drawn from ``images``; label 1 iff a 9 is inside."""
     bags = []
     for _ in range(n_bags):
@@ -36,14 +37,16 @@ def test_mnist_bags_learns_and_attends_to_nines() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     digits = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(digits.images, digits.target, test_size=0.4,
-                                              stratify=digits.target, random_state=0)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        digits.images, digits.target, test_size=0.4, stratify=digits.target, random_state=0
+    )
     train_bags = make_bags(x_tr, y_tr, 100, rng)
     test_bags = make_bags(x_te, y_te, 100, rng)
     assert 0.3 < np.mean([b[1] for b in train_bags]) < 0.9
 
-    encoder = nn.Sequential(nn.Flatten(1), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32),
-                            nn.ReLU())  # 8×8 digits: a small MLP encoder
+    encoder = nn.Sequential(
+        nn.Flatten(1), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU()
+    )  # 8×8 digits: a small MLP encoder
     model = MILModel(encoder, AttentionHead(32, n_classes=2, att_dim=32), BagLoss("ce"))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _epoch in range(15):

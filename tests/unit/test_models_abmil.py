@@ -20,9 +20,10 @@ def test_abmil_binary_shapes_and_loss() -> None:
     assert torch.allclose(att.sum(1), torch.ones(3))
     y_pred, losses = model.compute_loss(torch.tensor([0, 1, 1]), x)
     assert list(losses) == ["BCEWithLogitsLoss"]
-    assert torch.allclose(losses["BCEWithLogitsLoss"],
-                          nn.functional.binary_cross_entropy_with_logits(y_pred, torch.tensor(
-                              [0.0, 1.0, 1.0])))
+    assert torch.allclose(
+        losses["BCEWithLogitsLoss"],
+        nn.functional.binary_cross_entropy_with_logits(y_pred, torch.tensor([0.0, 1.0, 1.0])),
+    )
     y2, att2 = model.predict(x)
     assert torch.allclose(y2, y) and torch.allclose(att2, att)
 

@@ -20,13 +20,24 @@ N = 23
 TOL = 1e-5
 
 
-def make_model(pool: str = "abmil", n_classes: int = 2, batchnorm: str = "frozen",
-               enc_dropout: float = 0.0, head_dropout: float = 0.1, seed: int = 0) -> MILModel:
+def make_model(
+    pool: str = "abmil",
+    n_classes: int = 2,
+    batchnorm: str = "frozen",
+    enc_dropout: float = 0.0,
+    head_dropout: float = 0.1,
+    seed: int = 0,
+) -> MILModel:
     torch.manual_seed(seed)
     enc = nn.Sequential(
         PatchPreprocess(flips=True, rot90=True, color_jitter=0.2),
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Dropout(enc_dropout), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(4, 8),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(enc_dropout),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(1),
+        nn.Linear(4, 8),
     )
     with torch.no_grad():  # non-trivial running statistics
         enc[2].running_mean.uniform_(-0.5, 0.5)
@@ -72,13 +83,19 @@ def assert_same(ref, test) -> None:
     assert torch.equal(rng_r, rng_t)  # the trainer consumes the RNG exactly like the naive pass
 
 
-def chunked_with_grad(model: MILModel, bag: torch.Tensor, label: int, k: int,
-                      adj: torch.Tensor | None = None, seed: int = 123):
+def chunked_with_grad(
+    model: MILModel,
+    bag: torch.Tensor,
+    label: int,
+    k: int,
+    adj: torch.Tensor | None = None,
+    seed: int = 123,
+):
     """A naive pass (one graph over all N instances, one backward; memory grows with N) whose
     encoder is called on the same chunks, so it draws the same random numbers."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    h = torch.cat([model.feature_encoder(bag[s:s + k]) for s in range(0, len(bag), k)])
+    h = torch.cat([model.feature_encoder(bag[s : s + k]) for s in range(0, len(bag), k)])
     logits, att = model.attention_model(h, adj) if adj is not None else model.attention_model(h)
     loss = model.loss_fn(logits, label)
     loss.backward()
@@ -190,7 +207,7 @@ def test_lazy_bag_source_and_loss_scale() -> None:
         def chunks(self, size: int):
             for s in range(0, len(self.data), size):
                 self.reads += 1
-                yield self.data[s:s + size].clone()
+                yield self.data[s : s + size].clone()
 
     model = make_model("abmil")
     bag, _ = make_bag()

@@ -13,8 +13,9 @@ def test_grid_adjacency_neighbours() -> None:
     a = grid_adjacency(grid, connectivity=8).to_dense()
     assert torch.allclose(a, a.T)
     nz = (a > 0).int()
-    expected = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 0, 0, 1],
-                             [0, 0, 0, 0, 0], [1, 1, 1, 0, 0]])
+    expected = torch.tensor(
+        [[0, 1, 1, 0, 1], [1, 0, 1, 0, 1], [1, 1, 0, 0, 1], [0, 0, 0, 0, 0], [1, 1, 1, 0, 0]]
+    )
     assert torch.equal(nz, expected)
     # symmetric normalisation: every connected node has degree 3 here → weights 1/3
     assert torch.allclose(a[0, 1], torch.tensor(1 / 3))

@@ -17,5 +17,9 @@ def test_readme_config_reference_is_current():
 
 def test_reference_lists_every_leaf_key():
     ref = render_reference()
-    for key in ["training.max_instances_per_forward_pass", "cohorts.<name>.mpp", "heatmaps.normalize"]:
+    for key in [
+        "training.max_instances_per_forward_pass",
+        "cohorts.<name>.mpp",
+        "heatmaps.normalize",
+    ]:
         assert f"`{key}`" in ref

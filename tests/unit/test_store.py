@@ -66,8 +66,9 @@ def test_jpeg_codec_is_lossy_but_close_and_smaller(tmp_path):
     patches = _smooth_patches(n, px=32)
     grid, coords = _grid(n)
     for codec in ("zstd", "jpeg"):
-        with StoreWriter(tmp_path / f"{codec}.zarr", n, 32, coords, grid, codec=codec,
-                         jpeg_quality=90, chunk=64) as w:
+        with StoreWriter(
+            tmp_path / f"{codec}.zarr", n, 32, coords, grid, codec=codec, jpeg_quality=90, chunk=64
+        ) as w:
             w.append(patches)
             w.commit(_attrs(codec=codec))
     pj = read_store(tmp_path / "jpeg.zarr")[0][...]

@@ -20,14 +20,26 @@ def test_train_and_predict_cli(tmp_path: Path, capsys) -> None:
         df["store"] = [str(Path(p).relative_to(tmp_path)) for p in df["store"]]
     train.to_csv(tmp_path / "train.csv", index=False)
     val.to_csv(tmp_path / "val.csv", index=False)
-    cfg = {"experiment": "cli", "classes": CLASSES,
-           "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
-           "model": dict(MODEL, freeze_encoder=True, pool="gated_abmil"),
-           "training": {"device": "cpu", "epochs": 2, "max_instances_per_forward_pass": 5}}
+    cfg = {
+        "experiment": "cli",
+        "classes": CLASSES,
+        "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+        "model": dict(MODEL, freeze_encoder=True, pool="gated_abmil"),
+        "training": {"device": "cpu", "epochs": 2, "max_instances_per_forward_pass": 5},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "model"
-    args = ["train", "--config", str(tmp_path / "config.yaml"), "--train-csv",
-            str(tmp_path / "train.csv"), "--val-csv", str(tmp_path / "val.csv"), "--out", str(out)]
+    args = [
+        "train",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--train-csv",
+        str(tmp_path / "train.csv"),
+        "--val-csv",
+        str(tmp_path / "val.csv"),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
     state = torch.load(out / "last.pt", weights_only=True)
@@ -38,9 +50,24 @@ def test_train_and_predict_cli(tmp_path: Path, capsys) -> None:
     assert main(args + ["--no-resume"]) == 0
 
     preds = tmp_path / "preds.csv"
-    assert main(["predict", "--model", str(out / "model.pt"), "--slides",
-                 str(tmp_path / "val.csv"), "--out", str(preds), "--attention-dir",
-                 str(tmp_path / "att"), "--chunk", "3"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(out / "model.pt"),
+                "--slides",
+                str(tmp_path / "val.csv"),
+                "--out",
+                str(preds),
+                "--attention-dir",
+                str(tmp_path / "att"),
+                "--chunk",
+                "3",
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(preds)
     assert list(df.slide_id) == list(val.slide_id)
     assert np.allclose(df.prob_normal + df.prob_lesion, 1)
@@ -53,6 +80,19 @@ def test_train_and_predict_cli(tmp_path: Path, capsys) -> None:
     assert main(args_bad) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "tumour" in err and err.startswith("gigamil train: error:")
-    assert main(["predict", "--model", str(tmp_path / "none.pt"), "--slides",
-                 str(tmp_path / "val.csv"), "--out", str(preds), "--attention-dir",
-                 str(tmp_path / "att")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "none.pt"),
+                "--slides",
+                str(tmp_path / "val.csv"),
+                "--out",
+                str(preds),
+                "--attention-dir",
+                str(tmp_path / "att"),
+            ]
+        )
+        == 2
+    )

@@ -36,22 +36,43 @@ def make_cohort(root: Path, n_slides: int, seed: int, prefix: str) -> pd.DataFra
     for i in range(n_slides):
         pos = i % 2 == 1
         sid = f"{prefix}{i}"
-        store = write_store(root / f"{sid}.zarr", make_slide(rng, pos, int(rng.integers(10, 24))),
-                            chunk=16)
-        rows.append({"cohort": "c", "slide_id": sid, "patient_id": f"p{sid}",
-                     "label": CLASSES[int(pos)], "store": str(store)})
+        store = write_store(
+            root / f"{sid}.zarr", make_slide(rng, pos, int(rng.integers(10, 24))), chunk=16
+        )
+        rows.append(
+            {
+                "cohort": "c",
+                "slide_id": sid,
+                "patient_id": f"p{sid}",
+                "label": CLASSES[int(pos)],
+                "store": str(store),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-MODEL = {"encoder": "smallcnn", "weights": None, "batchnorm": "frozen", "pool": "abmil",
-         "att_dim": 16, "dropout": 0.0}
+MODEL = {
+    "encoder": "smallcnn",
+    "weights": None,
+    "batchnorm": "frozen",
+    "pool": "abmil",
+    "att_dim": 16,
+    "dropout": 0.0,
+}
 
 
 def training(**kw: object) -> dict:
-    cfg = {"device": "cpu", "seed": 0, "epochs": 6, "lr": 3e-3, "schedule": "cosine",
-           "bags_per_step": 2, "max_instances_per_forward_pass": 8,
-           "early_stopping": {"metric": "auc", "patience": 10},
-           "augment": {"flips": True, "rot90": True, "color_jitter": 0.05}}
+    cfg = {
+        "device": "cpu",
+        "seed": 0,
+        "epochs": 6,
+        "lr": 3e-3,
+        "schedule": "cosine",
+        "bags_per_step": 2,
+        "max_instances_per_forward_pass": 8,
+        "early_stopping": {"metric": "auc", "patience": 10},
+        "augment": {"flips": True, "rot90": True, "color_jitter": 0.05},
+    }
     cfg.update(kw)
     return cfg
 
@@ -61,9 +82,23 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.D
     root = tmp_path_factory.mktemp("stores")
     train = make_cohort(root, 12, 0, "t")
     empty = write_store(root / "empty.zarr", np.zeros((0, PX, PX, 3), np.uint8))
-    train = pd.concat([train, pd.DataFrame([{"cohort": "c", "slide_id": "empty",
-                                             "patient_id": "pe", "label": "normal",
-                                             "store": str(empty)}])], ignore_index=True)
+    train = pd.concat(
+        [
+            train,
+            pd.DataFrame(
+                [
+                    {
+                        "cohort": "c",
+                        "slide_id": "empty",
+                        "patient_id": "pe",
+                        "label": "normal",
+                        "store": str(empty),
+                    }
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     return train, make_cohort(root, 8, 1, "v")
 
 
@@ -86,8 +121,15 @@ def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
     assert max(float(r["val_auc"]) for r in rows) >= 0.8  # and validation is well above chance
 
     ckpt = torch.load(model_path, weights_only=True)
-    assert {"state_dict", "model_config", "classes", "patch_px", "gigamil_version", "epoch",
-            "metrics"} <= set(ckpt)
+    assert {
+        "state_dict",
+        "model_config",
+        "classes",
+        "patch_px",
+        "gigamil_version",
+        "epoch",
+        "metrics",
+    } <= set(ckpt)
     assert ckpt["classes"] == CLASSES and ckpt["patch_px"] == PX
     assert ckpt["epoch"] == int(rows[-1]["best_epoch"])
     torch.load(tmp_path / "fold0" / "last.pt", weights_only=True)
@@ -95,10 +137,23 @@ def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
     assert not model.training
 
     slides = pd.concat([val, train.tail(1)], ignore_index=True)  # + the empty slide
-    preds = predict_slides(model_path, slides, tmp_path / "p.csv", tmp_path / "att",
-                           device="cpu", max_instances_per_forward_pass=5)
-    assert list(preds.columns) == ["slide_id", "patient_id", "cohort", "label", "prob_normal",
-                                   "prob_lesion", "pred"]
+    preds = predict_slides(
+        model_path,
+        slides,
+        tmp_path / "p.csv",
+        tmp_path / "att",
+        device="cpu",
+        max_instances_per_forward_pass=5,
+    )
+    assert list(preds.columns) == [
+        "slide_id",
+        "patient_id",
+        "cohort",
+        "label",
+        "prob_normal",
+        "prob_lesion",
+        "pred",
+    ]
     assert pd.read_csv(tmp_path / "p.csv").shape == preds.shape
     ok = preds.slide_id != "empty"
     assert np.allclose(preds.loc[ok, "prob_normal"] + preds.loc[ok, "prob_lesion"], 1.0)
@@ -110,8 +165,14 @@ def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
         if len(att):
             assert np.isclose(att.sum(), 1.0, atol=1e-5)
     # the predictions in eval mode do not depend on the chunk size
-    again = predict_slides(model_path, slides, tmp_path / "p2.csv", tmp_path / "att2",
-                           device="cpu", max_instances_per_forward_pass=64)
+    again = predict_slides(
+        model_path,
+        slides,
+        tmp_path / "p2.csv",
+        tmp_path / "att2",
+        device="cpu",
+        max_instances_per_forward_pass=64,
+    )
     assert np.allclose(again.loc[ok, "prob_lesion"], preds.loc[ok, "prob_lesion"], atol=1e-5)
 
 
@@ -161,8 +222,10 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
     best = torch.load(full / "model.pt", weights_only=True)
     again = torch.load(killed / "model.pt", weights_only=True)
     assert again["epoch"] == best["epoch"]
-    assert all(torch.allclose(again["state_dict"][k].float(), v.float(), atol=1e-6)
-               for k, v in best["state_dict"].items())
+    assert all(
+        torch.allclose(again["state_dict"][k].float(), v.float(), atol=1e-6)
+        for k, v in best["state_dict"].items()
+    )
     # a finished run is not redone (its deleted outputs come back); --no-resume starts over
     seen.clear()
     (killed / "model.pt").unlink()
@@ -177,9 +240,16 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
 def test_options_smabmil_focal_onecycle_amp(cohort, tmp_path: Path) -> None:
     train, val = cohort
     model = dict(MODEL, pool="smabmil", batchnorm="train", dropout=0.1)
-    cfg = training(epochs=2, loss="focal", schedule="onecycle", amp=True, bags_per_step=3,
-                   class_weights=None, max_instances_per_forward_pass=None,
-                   early_stopping={"metric": "loss", "patience": 1})
+    cfg = training(
+        epochs=2,
+        loss="focal",
+        schedule="onecycle",
+        amp=True,
+        bags_per_step=3,
+        class_weights=None,
+        max_instances_per_forward_pass=None,
+        early_stopping={"metric": "loss", "patience": 1},
+    )
     path = train_fold(train.head(5), val.head(3), CLASSES, model, cfg, tmp_path / "o")
     rows = read_log(tmp_path / "o" / "train_log.csv")
     assert 1 <= len(rows) <= 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
@@ -210,7 +280,8 @@ def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
-        cohort, tmp_path: Path, monkeypatch) -> None:
+    cohort, tmp_path: Path, monkeypatch
+) -> None:
     train, val = cohort
     train, val = train.head(4), val.head(4)
     cfg = training(epochs=3, tensorboard=True)
@@ -229,8 +300,7 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
         train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f")
     monkeypatch.setattr(run_mod, "atomic_save", real_save)
     assert [s for s, _ in _tb_scalars(tmp_path / "f" / "tensorboard")["val_auc"]] == [1, 2]
-    assert torch.load(tmp_path / "f" / "last.pt", weights_only=True)["early_stopping"][
-        "epoch"] == 1
+    assert torch.load(tmp_path / "f" / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 1
     # the resumed run redoes epoch 2: its first events are purged, each epoch is drawn once
     train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f", resume=True)
     rows = read_log(tmp_path / "f" / "train_log.csv")

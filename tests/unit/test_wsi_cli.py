@@ -28,14 +28,33 @@ def _one_error_line(capsys, command, *fragments):
 
 def test_mask_and_patches_contract(tmp_path):
     mask, qc, js = tmp_path / "m.png", tmp_path / "m.qc.png", tmp_path / "m.json"
-    assert main(["mask", str(CMU_SVS), "--out", str(mask), "--qc", str(qc),
-                 "--json", str(js)]) == 0
+    assert main(["mask", str(CMU_SVS), "--out", str(mask), "--qc", str(qc), "--json", str(js)]) == 0
     assert mask.is_file() and qc.is_file()
     info = json.loads(js.read_text())
     assert {"tissue_fraction", "mask_mpp", "warnings"} <= set(info)
     store = tmp_path / "s.zarr"
-    assert main(["patches", str(CMU_SVS), "--out", str(store), "--mpp", "0.5", "--patch-px", "128",
-                 "--stride", "96", "--mask", str(mask), "--threads", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "patches",
+                str(CMU_SVS),
+                "--out",
+                str(store),
+                "--mpp",
+                "0.5",
+                "--patch-px",
+                "128",
+                "--stride",
+                "96",
+                "--mask",
+                str(mask),
+                "--threads",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     p, coords, grid, attrs = read_store(store)
     for key in ("slide_id", "slide_mpp", "target_mpp", "effective_mpp", "patch_px", "level"):
         assert key in attrs
@@ -47,8 +66,27 @@ def test_mask_and_patches_contract(tmp_path):
     # --slide-mpp changes the physical scale: at a claimed 0.25 µm/px, 128 px at 0.5 µm/px
     # span 256 level-0 px
     store2 = tmp_path / "s2.zarr"
-    assert main(["patches", str(CMU_SVS), "--out", str(store2), "--mpp", "0.5", "--patch-px",
-                 "128", "--slide-mpp", "0.25", "--min-tissue", "0", "--codec", "jpeg"]) == 0
+    assert (
+        main(
+            [
+                "patches",
+                str(CMU_SVS),
+                "--out",
+                str(store2),
+                "--mpp",
+                "0.5",
+                "--patch-px",
+                "128",
+                "--slide-mpp",
+                "0.25",
+                "--min-tissue",
+                "0",
+                "--codec",
+                "jpeg",
+            ]
+        )
+        == 0
+    )
     _, c2, g2, a2 = read_store(store2)
     assert a2["slide_mpp"] == 0.25 and a2["level"] == 0 and a2["codec"] == "jpeg"
     assert a2["patch_size_level0"] == 256.0
@@ -57,14 +95,47 @@ def test_mask_and_patches_contract(tmp_path):
 
 def test_qc_table(tmp_path):
     for sid in ("a", "b"):
-        assert main(["mask", str(CMU_SVS), "--out", str(tmp_path / f"{sid}.png"),
-                     "--json", str(tmp_path / f"{sid}.json"), "--mask-mpp", "16"]) == 0
-        assert main(["patches", str(CMU_SVS), "--out", str(tmp_path / f"{sid}.zarr"),
-                     "--mpp", "2", "--patch-px", "32", "--mask", str(tmp_path / f"{sid}.png"),
-                     "--slide-id", sid]) == 0
+        assert (
+            main(
+                [
+                    "mask",
+                    str(CMU_SVS),
+                    "--out",
+                    str(tmp_path / f"{sid}.png"),
+                    "--json",
+                    str(tmp_path / f"{sid}.json"),
+                    "--mask-mpp",
+                    "16",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "patches",
+                    str(CMU_SVS),
+                    "--out",
+                    str(tmp_path / f"{sid}.zarr"),
+                    "--mpp",
+                    "2",
+                    "--patch-px",
+                    "32",
+                    "--mask",
+                    str(tmp_path / f"{sid}.png"),
+                    "--slide-id",
+                    sid,
+                ]
+            )
+            == 0
+        )
     out = tmp_path / "qc" / "cohort.csv"
-    write_qc_table(out, ["a", "b"], [tmp_path / "a.json", tmp_path / "b.json"],
-                   [tmp_path / "a.zarr", tmp_path / "b.zarr"])
+    write_qc_table(
+        out,
+        ["a", "b"],
+        [tmp_path / "a.json", tmp_path / "b.json"],
+        [tmp_path / "a.zarr", tmp_path / "b.zarr"],
+    )
     df = pd.read_csv(out)
     assert list(df.columns) == COLUMNS and list(df["slide_id"]) == ["a", "b"]
     row = df.iloc[0]
@@ -82,8 +153,23 @@ def test_unopenable_slide(tmp_path, capsys):
 
 def test_unreadable_slide(tmp_path, capsys):
     slide = shared_slides() / "synthetic" / "unreadable.svs"
-    assert main(["patches", str(slide), "--out", str(tmp_path / "s.zarr"), "--mpp", "0.5",
-                 "--patch-px", "8", "--min-tissue", "0"]) == 2
+    assert (
+        main(
+            [
+                "patches",
+                str(slide),
+                "--out",
+                str(tmp_path / "s.zarr"),
+                "--mpp",
+                "0.5",
+                "--patch-px",
+                "8",
+                "--min-tissue",
+                "0",
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, "patches", str(slide), "Bogus marker length")
     assert not list(tmp_path.iterdir())  # no store, no temporary leftovers
 
@@ -93,8 +179,21 @@ def test_missing_mpp_needs_override(tmp_path, capsys):
     slide = write_tiff(tmp_path / "nompp.tiff", img, mpp=None)
     assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
     _one_error_line(capsys, "mask", str(slide), "no microns-per-pixel (MPP)", "--slide-mpp")
-    assert main(["patches", str(slide), "--out", str(tmp_path / "s.zarr"), "--mpp", "1",
-                 "--patch-px", "32"]) == 2
+    assert (
+        main(
+            [
+                "patches",
+                str(slide),
+                "--out",
+                str(tmp_path / "s.zarr"),
+                "--mpp",
+                "1",
+                "--patch-px",
+                "32",
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, "patches", str(slide), "`mpp` column")
 
 
@@ -108,23 +207,51 @@ def test_empty_tissue_is_a_warning_not_a_crash(tmp_path, capsys):
     white = np.full((512, 512, 3), 248, np.uint8)
     slide = write_tiff(tmp_path / "white.tiff", white, mpp=0.5, levels=2)
     mask, js = tmp_path / "w.png", tmp_path / "w.json"
-    assert main(["mask", str(slide), "--out", str(mask), "--json", str(js),
-                 "--mask-mpp", "4"]) == 0
+    assert main(["mask", str(slide), "--out", str(mask), "--json", str(js), "--mask-mpp", "4"]) == 0
     assert not np.asarray(Image.open(mask)).any()
     assert any("no tissue" in w for w in json.loads(js.read_text())["warnings"])
-    assert main(["patches", str(slide), "--out", str(tmp_path / "w.zarr"), "--mpp", "1",
-                 "--patch-px", "32", "--mask", str(mask)]) == 0
+    assert (
+        main(
+            [
+                "patches",
+                str(slide),
+                "--out",
+                str(tmp_path / "w.zarr"),
+                "--mpp",
+                "1",
+                "--patch-px",
+                "32",
+                "--mask",
+                str(mask),
+            ]
+        )
+        == 0
+    )
     p, _, _, attrs = read_store(tmp_path / "w.zarr")
     assert p.shape == (0, 32, 32, 3) and attrs["warnings"]
     assert "no patch reaches" in capsys.readouterr().err
 
 
 def test_bad_arguments(tmp_path, capsys):
-    assert main(["mask", str(CMU_SVS), "--out", str(tmp_path / "m.png"),
-                 "--threshold", "high"]) == 2
+    assert (
+        main(["mask", str(CMU_SVS), "--out", str(tmp_path / "m.png"), "--threshold", "high"]) == 2
+    )
     _one_error_line(capsys, "mask", "--threshold")
-    assert main(["patches", str(CMU_SVS), "--out", str(tmp_path / "s.zarr"), "--mpp", "0.5",
-                 "--patch-px", "0"]) == 2
+    assert (
+        main(
+            [
+                "patches",
+                str(CMU_SVS),
+                "--out",
+                str(tmp_path / "s.zarr"),
+                "--mpp",
+                "0.5",
+                "--patch-px",
+                "0",
+            ]
+        )
+        == 2
+    )
     _one_error_line(capsys, "patches", "patch_px")
     with pytest.raises(SystemExit):  # argparse: --out is required
         main(["patches", str(CMU_SVS), "--mpp", "0.5", "--patch-px", "64"])
@@ -134,9 +261,22 @@ def test_console_script_reports_one_line(tmp_path):
     exe = shutil.which("gigamil")
     assert exe, "the gigamil console script is not installed"
     slide = shared_slides() / "synthetic" / "unopenable.tiff"
-    proc = subprocess.run([exe, "patches", str(slide), "--out", str(tmp_path / "s.zarr"),
-                           "--mpp", "0.5", "--patch-px", "256"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            exe,
+            "patches",
+            str(slide),
+            "--out",
+            str(tmp_path / "s.zarr"),
+            "--mpp",
+            "0.5",
+            "--patch-px",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gigamil patches: error: ")

@@ -35,18 +35,21 @@ def cmu_tissue():
 
 def _extract(tmp_path, slide, name, mask, threads=1, **kw):
     params = PatchParams(**{"mpp": 0.5, "patch_px": 128, **kw})
-    res = extract_patches(slide, tmp_path / f"{name}.zarr", params, mask=mask, threads=threads,
-                          progress=False)
+    res = extract_patches(
+        slide, tmp_path / f"{name}.zarr", params, mask=mask, threads=threads, progress=False
+    )
     return res, read_store(tmp_path / f"{name}.zarr")
 
 
 def test_svs_and_pyramid_give_the_same_patches(tmp_path, cmu_tissue):
     pyr = shared_slides() / PYRAMID
     for tol in (0.005, 0.0):  # cut as is (0.499 ~ 0.5) and forced exact resampling
-        _, (ps, cs, gs, as_) = _extract(tmp_path, CMU_SVS, f"svs{tol}", cmu_tissue,
-                                        resample_tolerance=tol)
-        _, (pp, cp, gp, ap) = _extract(tmp_path, pyr, f"pyr{tol}", cmu_tissue,
-                                       resample_tolerance=tol)
+        _, (ps, cs, gs, as_) = _extract(
+            tmp_path, CMU_SVS, f"svs{tol}", cmu_tissue, resample_tolerance=tol
+        )
+        _, (pp, cp, gp, ap) = _extract(
+            tmp_path, pyr, f"pyr{tol}", cmu_tissue, resample_tolerance=tol
+        )
         assert len(cs) > 50
         np.testing.assert_array_equal(cs, cp)
         np.testing.assert_array_equal(gs, gp)
@@ -78,8 +81,15 @@ def _direct_downsample(level0, f, grid, px):
 @pytest.mark.parametrize("tol", [0.0, 0.005])
 def test_1um_request_reads_pyramid_level_1(tmp_path, cmu_level0, cmu_tissue, tol):
     level0, mpp = cmu_level0
-    res, (p, c, g, attrs) = _extract(tmp_path, shared_slides() / PYRAMID, "l1", cmu_tissue,
-                                     mpp=1.0, patch_px=64, resample_tolerance=tol)
+    res, (p, c, g, attrs) = _extract(
+        tmp_path,
+        shared_slides() / PYRAMID,
+        "l1",
+        cmu_tissue,
+        mpp=1.0,
+        patch_px=64,
+        resample_tolerance=tol,
+    )
     assert attrs["level"] == 1 and attrs["level_downsample"] == pytest.approx(2.0, abs=0.01)
     assert attrs["resampled"] == (tol == 0.0)  # level 1 is 0.998 µm/px
     assert attrs["effective_mpp"] == pytest.approx(1.0, rel=0.01)
@@ -95,8 +105,9 @@ def test_1um_request_reads_pyramid_level_1(tmp_path, cmu_level0, cmu_tissue, tol
     assert diff < 0.7 * np.abs(got - wrong).mean()
 
 
-def test_1um_request_from_single_level_svs_equals_direct_downsample(tmp_path, cmu_level0,
-                                                                    cmu_tissue):
+def test_1um_request_from_single_level_svs_equals_direct_downsample(
+    tmp_path, cmu_level0, cmu_tissue
+):
     level0, mpp = cmu_level0
     _, (p, c, g, attrs) = _extract(tmp_path, CMU_SVS, "svs1", cmu_tissue, mpp=1.0, patch_px=64)
     assert attrs["level"] == 0 and attrs["resampled"] and attrs["effective_mpp"] == 1.0
@@ -108,8 +119,9 @@ def _gradient(h, w):
     yy, xx = np.mgrid[0:h, 0:w]
     rng = np.random.default_rng(5)
     noise = rng.integers(0, 40, (h, w))
-    return np.stack([(xx * 7 + noise) % 256, (yy * 5) % 256, (xx + yy + noise) % 256],
-                    axis=2).astype(np.uint8)
+    return np.stack(
+        [(xx * 7 + noise) % 256, (yy * 5) % 256, (xx + yy + noise) % 256], axis=2
+    ).astype(np.uint8)
 
 
 def test_array_reader_exact_level_and_exact_resampling(tmp_path):
@@ -117,19 +129,30 @@ def test_array_reader_exact_level_and_exact_resampling(tmp_path):
     reader = ArrayReader(img, 0.5, downsamples=(2,))
     level1 = np.asarray(Image.fromarray(img).resize((400, 300), Image.Resampling.BOX))
     # 1.0 µm/px: level 1 is exactly 1.0 -> its pixels, untouched
-    res = extract_patches(reader, tmp_path / "a.zarr", PatchParams(mpp=1.0, patch_px=50,
-                          min_tissue=0.0), mask=None, progress=False)
+    res = extract_patches(
+        reader,
+        tmp_path / "a.zarr",
+        PatchParams(mpp=1.0, patch_px=50, min_tissue=0.0),
+        mask=None,
+        progress=False,
+    )
     p, c, g, attrs = read_store(tmp_path / "a.zarr")
     assert res.n_patches == 8 * 6 and attrs["level"] == 1 and not attrs["resampled"]
     for k in (0, 7, 20, 47):
         x, y = c[k] // 2
         np.testing.assert_array_equal(p[k], level1[y : y + 50, x : x + 50])
     # 0.75 µm/px: from level 0, resampled by 1.5 exactly (matches one whole-image resize)
-    extract_patches(reader, tmp_path / "b.zarr", PatchParams(mpp=0.75, patch_px=40,
-                    min_tissue=0.0, block_px=100), mask=None, progress=False)
+    extract_patches(
+        reader,
+        tmp_path / "b.zarr",
+        PatchParams(mpp=0.75, patch_px=40, min_tissue=0.0, block_px=100),
+        mask=None,
+        progress=False,
+    )
     p, c, g, attrs = read_store(tmp_path / "b.zarr")
-    whole = np.asarray(Image.fromarray(img).resize((533, 400), Image.Resampling.BOX,
-                                                   box=(0, 0, 799.5, 600)))
+    whole = np.asarray(
+        Image.fromarray(img).resize((533, 400), Image.Resampling.BOX, box=(0, 0, 799.5, 600))
+    )
     assert attrs["level"] == 0 and attrs["resampled"] and attrs["effective_mpp"] == 0.75
     for k in range(p.shape[0]):
         r_, c_ = g[k]
@@ -139,8 +162,9 @@ def test_array_reader_exact_level_and_exact_resampling(tmp_path):
 
 def test_grid_stride_and_raster_order(tmp_path):
     reader = ArrayReader(_gradient(800, 1000), 1.0)
-    plan = plan_patches(reader, PatchParams(mpp=1.0, patch_px=100, stride_px=50,
-                                            min_tissue=0.0), None)
+    plan = plan_patches(
+        reader, PatchParams(mpp=1.0, patch_px=100, stride_px=50, min_tissue=0.0), None
+    )
     assert (plan.n_rows, plan.n_cols) == (15, 19) and plan.n == 285
     np.testing.assert_array_equal(plan.grid[:3], [[0, 0], [0, 1], [0, 2]])
     np.testing.assert_array_equal(plan.coords, plan.grid[:, ::-1] * 50)
@@ -191,8 +215,14 @@ def test_min_tissue_selects_patches_by_mask():
 
 def test_threads_give_identical_store(tmp_path, cmu_tissue):
     _, (p1, c1, _, _) = _extract(tmp_path, CMU_SVS, "t1", cmu_tissue, patch_px=64)
-    res = extract_patches(CMU_SVS, tmp_path / "t2.zarr", PatchParams(mpp=0.5, patch_px=64,
-                          block_px=256), mask=cmu_tissue, threads=2, progress=False)
+    res = extract_patches(
+        CMU_SVS,
+        tmp_path / "t2.zarr",
+        PatchParams(mpp=0.5, patch_px=64, block_px=256),
+        mask=cmu_tissue,
+        threads=2,
+        progress=False,
+    )
     p2, c2, _, attrs = read_store(tmp_path / "t2.zarr")
     assert res.n_patches == len(c1) > 100
     np.testing.assert_array_equal(c1, c2)
@@ -200,8 +230,13 @@ def test_threads_give_identical_store(tmp_path, cmu_tissue):
 
 
 def test_attrs_and_mask_computed_when_absent(tmp_path):
-    res = extract_patches(CMU_SVS, tmp_path / "s.zarr", PatchParams(mpp=2.0, patch_px=32),
-                          slide_id="cmu", progress=False)
+    res = extract_patches(
+        CMU_SVS,
+        tmp_path / "s.zarr",
+        PatchParams(mpp=2.0, patch_px=32),
+        slide_id="cmu",
+        progress=False,
+    )
     _, coords, grid, attrs = read_store(tmp_path / "s.zarr")
     for key in REQUIRED_ATTRS:
         assert key in attrs, key
@@ -215,9 +250,12 @@ def test_attrs_and_mask_computed_when_absent(tmp_path):
 
 def test_white_slide_gives_empty_store_with_warning(tmp_path):
     white = np.full((1000, 1000, 3), 250, np.uint8)
-    res = extract_patches(ArrayReader(white, 0.5, (4, 16), name="white.tiff"),
-                          tmp_path / "w.zarr", PatchParams(mpp=0.5, patch_px=64),
-                          progress=False)
+    res = extract_patches(
+        ArrayReader(white, 0.5, (4, 16), name="white.tiff"),
+        tmp_path / "w.zarr",
+        PatchParams(mpp=0.5, patch_px=64),
+        progress=False,
+    )
     p, c, g, attrs = read_store(tmp_path / "w.zarr")
     assert res.n_patches == 0 and p.shape == (0, 64, 64, 3) and c.shape == (0, 2)
     assert any("no tissue" in w for w in attrs["warnings"])
@@ -235,8 +273,12 @@ def test_bad_params():
     from gigamil.errors import GigamilError
 
     reader = ArrayReader(tissue_image((100, 100)), 1.0)
-    for kw, msg in [({"patch_px": 0}, "patch_px"), ({"stride_px": -1}, "stride"),
-                    ({"min_tissue": 2.0}, "min_tissue"), ({"resample_tolerance": 0.1}, "1")]:
+    for kw, msg in [
+        ({"patch_px": 0}, "patch_px"),
+        ({"stride_px": -1}, "stride"),
+        ({"min_tissue": 2.0}, "min_tissue"),
+        ({"resample_tolerance": 0.1}, "1"),
+    ]:
         with pytest.raises(GigamilError, match=msg):
             plan_patches(reader, PatchParams(**kw), None)
 

@@ -26,8 +26,9 @@ def test_blockwise_equals_one_block():
 def test_unit_scale_is_a_plain_crop_and_downscale_is_area_average():
     img = _image()
     reader = ArrayReader(img, 1.0)
-    np.testing.assert_array_equal(read_raster(reader, 0, 1.0, 1.0, 10, 20, 50, 40),
-                                  img[20:60, 10:60])
+    np.testing.assert_array_equal(
+        read_raster(reader, 0, 1.0, 1.0, 10, 20, 50, 40), img[20:60, 10:60]
+    )
     half = read_raster(reader, 0, 2.0, 2.0, 5, 5, 20, 10)  # raster px (5, 5) = level-0 (10, 10)
     want = img[10:30, 10:50].reshape(10, 2, 20, 2, 3).mean(axis=(1, 3))
     assert np.abs(half - want).max() <= 1

@@ -51,8 +51,7 @@ def test_read_region_matches_openslide_composited_on_white(fast):
         # (OpenSlide blends sub-pixel origins at levels > 0; the fast path uses whole pixels:
         # compare it there only at an exact origin)
         last = ((0, 0), 1, (80, 60)) if fast else ((-40, -40), 1, (80, 60))
-        for loc, level, size in [((100, 200), 0, (300, 200)), ((2100, 2900), 0, (200, 120)),
-                                 last]:
+        for loc, level, size in [((100, 200), 0, (300, 200)), ((2100, 2900), 0, (200, 120)), last]:
             got = r.read_region(loc, level, size)
             rgba = np.asarray(ref.read_region(loc, level, size)).astype(float)
             a = rgba[..., 3:] / 255.0

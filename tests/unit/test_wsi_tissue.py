@@ -101,8 +101,13 @@ def test_white_slide_gives_empty_mask_and_warning(tmp_path):
 
 def test_make_mask_outputs(tmp_path):
     out = tmp_path / "m" / "s.png"
-    summary = make_mask(CMU_SVS, out, tmp_path / "m" / "s.qc.png", tmp_path / "m" / "s.json",
-                        TissueParams(mask_mpp=16.0))
+    summary = make_mask(
+        CMU_SVS,
+        out,
+        tmp_path / "m" / "s.qc.png",
+        tmp_path / "m" / "s.json",
+        TissueParams(mask_mpp=16.0),
+    )
     png = np.asarray(Image.open(out))
     assert png.dtype == np.uint8 and set(np.unique(png)) <= {0, 255}
     assert png.shape == tuple(summary["mask_shape"])

@@ -15,7 +15,9 @@ from gigamil.logutil import setup_logging
 
 
 def _command_modules() -> list[ModuleType]:
-    mods = [import_module(f"gigamil.commands.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    mods = [
+        import_module(f"gigamil.commands.{m.name}") for m in pkgutil.iter_modules(commands.__path__)
+    ]
     return sorted(mods, key=lambda m: m.NAME)
 
 

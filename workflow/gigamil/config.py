@@ -43,7 +43,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     where = _key(list(error.absolute_path))
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        extra = (
+            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        )
         keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
         return f"unknown key {keys} (allowed here: {', '.join(allowed)})"
     if error.validator == "required":
@@ -164,12 +166,18 @@ def load_sheet(
     schema = load_schema("sheet")
     validator = jsonschema.Draft202012Validator(schema)
     for i, record in enumerate(df.to_dict(orient="records")):
-        row = {k: _clean(v) for k, v in record.items() if not (k in OPTIONAL_COLUMNS and v in ("", None))}
+        row = {
+            k: _clean(v)
+            for k, v in record.items()
+            if not (k in OPTIONAL_COLUMNS and v in ("", None))
+        }
         row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
         err = next(iter(sorted(validator.iter_errors(row), key=lambda e: e.path)), None)
         if err is not None:
             col = _key(list(err.absolute_path))
-            raise ConfigError(f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}: {err.message}")
+            raise ConfigError(
+                f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}: {err.message}"
+            )
 
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
@@ -211,7 +219,9 @@ def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[
     sheets: dict[str, pd.DataFrame] = {}
     for name, cohort in config["cohorts"].items():
         sheets[name] = load_sheet(
-            Path(base_dir) / cohort["sheet"] if not Path(cohort["sheet"]).is_absolute() else cohort["sheet"],
+            Path(base_dir) / cohort["sheet"]
+            if not Path(cohort["sheet"]).is_absolute()
+            else cohort["sheet"],
             cohort=name,
             classes=list(config["classes"]),
             cohort_mpp=cohort.get("mpp"),

@@ -36,7 +36,9 @@ def _rows(node: dict[str, Any], prefix: str) -> list[str]:
             rows.extend(_rows(sub, f"{name}."))
             continue
         default = json.dumps(sub["default"]) if "default" in sub else "required"
-        rows.append(f"| `{name}` | {_type(sub)} | `{default}` | {' '.join(sub['description'].split())} |")
+        rows.append(
+            f"| `{name}` | {_type(sub)} | `{default}` | {' '.join(sub['description'].split())} |"
+        )
         extra = sub.get("additionalProperties")
         if isinstance(extra, dict) and "properties" in extra:
             rows.extend(_rows(extra, f"{name}.<name>."))

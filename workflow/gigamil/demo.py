@@ -184,13 +184,15 @@ def _cells(rng: np.random.Generator, n: int) -> list[tuple[int, int, int, int]]:
             return [(0, 0, s, cut), (0, cut, s, s - cut)]
         return [(0, 0, cut, s), (cut, 0, s - cut, s)]
     cut2 = int(rng.integers(s * 2 // 5, s * 3 // 5))
-    return [(0, 0, cut, cut2), (0, cut2, cut, s - cut2), (cut, 0, s - cut, cut2),
-            (cut, cut2, s - cut, s - cut2)]  # fmt: skip
+    return [
+        (0, 0, cut, cut2),
+        (0, cut2, cut, s - cut2),
+        (cut, 0, s - cut, cut2),
+        (cut, cut2, s - cut, s - cut2),
+    ]
 
 
-def _plan_layout(
-    rng: np.random.Generator, src: _Source
-) -> tuple[list[_Fragment], np.ndarray]:
+def _plan_layout(rng: np.random.Generator, src: _Source) -> tuple[list[_Fragment], np.ndarray]:
     """Random layout of tissue fragments; returns fragments and the canvas tissue mask (low res)."""
     s = SLIDE_PX // LOW
     best: tuple[float, list[_Fragment], np.ndarray] | None = None
@@ -425,8 +427,9 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, description: str
             )
 
 
-def write_lesion_mask(path: Path, mask: np.ndarray, slide_id: str, tissue_fraction: float,
-                      lesion_fraction: float) -> None:  # fmt: skip
+def write_lesion_mask(
+    path: Path, mask: np.ndarray, slide_id: str, tissue_fraction: float, lesion_fraction: float
+) -> None:
     """Write the lesion mask PNG (uint8 0/255) and its JSON sidecar (same stem)."""
     from PIL import Image
 
@@ -486,22 +489,34 @@ def make_demo_cohort(
             slide = make_slide(rng, lesion=label == LABELS[1])
             tiff = outdir / "slides" / f"{slide_id}.tiff"
             write_pyramid_tiff(
-                tiff, slide.rgb, SOURCE_MPP,
+                tiff,
+                slide.rgb,
+                SOURCE_MPP,
                 description=f"gigamil demo slide {slide_id} ({label}); tissue from CMU-1-Small-"
                 f"Region.svs (CC0); mpp={SOURCE_MPP}",
-            )  # fmt: skip
+            )
             write_lesion_mask(
-                outdir / "lesion_masks" / f"{slide_id}.png", slide.lesion_mask, slide_id,
-                slide.tissue_fraction, slide.lesion_fraction_of_tissue,
-            )  # fmt: skip
+                outdir / "lesion_masks" / f"{slide_id}.png",
+                slide.lesion_mask,
+                slide_id,
+                slide.tissue_fraction,
+                slide.lesion_fraction_of_tissue,
+            )
             log.info(
-                "%s: %s, tissue %.2f, lesion %.2f of tissue", slide_id, label,
-                slide.tissue_fraction, slide.lesion_fraction_of_tissue,
-            )  # fmt: skip
+                "%s: %s, tissue %.2f, lesion %.2f of tissue",
+                slide_id,
+                label,
+                slide.tissue_fraction,
+                slide.lesion_fraction_of_tissue,
+            )
             rows.append(
-                {"slide_id": slide_id, "patient_id": f"demo_p{p + 1:02d}", "label": label,
-                 "path": tiff.as_posix()}
-            )  # fmt: skip
+                {
+                    "slide_id": slide_id,
+                    "patient_id": f"demo_p{p + 1:02d}",
+                    "label": label,
+                    "path": tiff.as_posix(),
+                }
+            )
     sheet = pd.DataFrame(rows, columns=["slide_id", "patient_id", "label", "path"])
     outdir.mkdir(parents=True, exist_ok=True)
     sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")

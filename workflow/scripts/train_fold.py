@@ -47,9 +47,7 @@ else:
         training_cfg={
             **snakemake.params.training,
             **{
-                k: v
-                for k, v in snakemake.config["training"].items()
-                if k in LOG_ONLY_TRAINING_KEYS
+                k: v for k, v in snakemake.config["training"].items() if k in LOG_ONLY_TRAINING_KEYS
             },
         },
         out_dir=out_dir,

@@ -20,7 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("outdir", metavar="OUTDIR", help="output directory (e.g. results/demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
-        "--patients", type=int, default=12, help="number of patients, half with lesions (default: 12)"
+        "--patients",
+        type=int,
+        default=12,
+        help="number of patients, half with lesions (default: 12)",
     )
     parser.add_argument(
         "--slides-per-patient", type=int, default=2, help="slides per patient (default: 2)"
@@ -39,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     )
     log.info(
         "wrote %d slides of %d patients to %s in %.1f s",
-        len(sheet), sheet.patient_id.nunique(), args.outdir, time.perf_counter() - start,
-    )  # fmt: skip
+        len(sheet),
+        sheet.patient_id.nunique(),
+        args.outdir,
+        time.perf_counter() - start,
+    )
     return 0

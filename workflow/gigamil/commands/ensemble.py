@@ -9,16 +9,28 @@ HELP = "average the fold models' probabilities on a cohort and evaluate the ense
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--predictions", required=True, nargs="+", metavar="CSV",
-                        help="the cohort's prediction CSV of every fold model")
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        nargs="+",
+        metavar="CSV",
+        help="the cohort's prediction CSV of every fold model",
+    )
     parser.add_argument("--cohort", required=True, help="cohort name (rows of others ignored)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--classes", nargs="+", metavar="CLASS",
-                        help="class order (default: the prob_<class> columns' order)")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="CLASS",
+        help="class order (default: the prob_<class> columns' order)",
+    )
     parser.add_argument("--experiment", default="", help="name shown in titles and summary")
-    parser.add_argument("--localization", metavar="CSV",
-                        help="CSV with slide_id, store, attention, mask (one row per fold model's "
-                        "attention .npy) for the localisation AUC of the mean attention")
+    parser.add_argument(
+        "--localization",
+        metavar="CSV",
+        help="CSV with slide_id, store, attention, mask (one row per fold model's "
+        "attention .npy) for the localisation AUC of the mean attention",
+    )
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
 
@@ -35,11 +47,30 @@ def run(args: argparse.Namespace) -> int:
         import pandas as pd
 
         t = pd.read_csv(args.localization, dtype=str)
-        loc = {sid: (g["store"].iloc[0], list(g["attention"]), g["mask"].iloc[0])
-               for sid, g in t.groupby("slide_id", sort=False)}
-    summary = ensemble_cohort(args.predictions, classes, args.out, args.cohort, args.experiment,
-                              n_boot=args.n_boot, seed=args.seed, localization=loc)
-    keys = ("auc", "auc_ci", "fold_auc_mean", "fold_auc_sd", "balanced_accuracy", "macro_f1",
-            "n_slides", "n_models", "localization_auc")
+        loc = {
+            sid: (g["store"].iloc[0], list(g["attention"]), g["mask"].iloc[0])
+            for sid, g in t.groupby("slide_id", sort=False)
+        }
+    summary = ensemble_cohort(
+        args.predictions,
+        classes,
+        args.out,
+        args.cohort,
+        args.experiment,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        localization=loc,
+    )
+    keys = (
+        "auc",
+        "auc_ci",
+        "fold_auc_mean",
+        "fold_auc_sd",
+        "balanced_accuracy",
+        "macro_f1",
+        "n_slides",
+        "n_models",
+        "localization_auc",
+    )
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1))
     return 0

@@ -10,8 +10,13 @@ HELP = "draw a slide's attention heatmap, top/bottom patch gallery and QuPath Ge
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, metavar="STORE.zarr", help="the patch store")
-    parser.add_argument("--attention", required=True, nargs="+", metavar="NPY",
-                        help="attention .npy aligned with the store rows (several: averaged)")
+    parser.add_argument(
+        "--attention",
+        required=True,
+        nargs="+",
+        metavar="NPY",
+        help="attention .npy aligned with the store rows (several: averaged)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--slide", metavar="SLIDE", help="slide file for the thumbnail")
     parser.add_argument("--slide-mpp", type=float, metavar="X", help="MPP override of the slide")
@@ -27,10 +32,18 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.evaluate.localization import mean_attention
     from gigamil.viz.heatmap import make_heatmap
 
-    info = make_heatmap(args.store, mean_attention(args.attention), args.out,
-                        slide_path=args.slide, tissue_mask=args.tissue_mask,
-                        normalize=args.normalize, top_k=args.top_k, alpha=args.alpha,
-                        cmap=args.cmap, thumb_px=args.thumb_px,
-                        mpp_override=args.slide_mpp)
+    info = make_heatmap(
+        args.store,
+        mean_attention(args.attention),
+        args.out,
+        slide_path=args.slide,
+        tissue_mask=args.tissue_mask,
+        normalize=args.normalize,
+        top_k=args.top_k,
+        alpha=args.alpha,
+        cmap=args.cmap,
+        thumb_px=args.thumb_px,
+        mpp_override=args.slide_mpp,
+    )
     print(f"{info['slide_id']}: {info['n_patches']} patches -> {args.out}")
     return 0

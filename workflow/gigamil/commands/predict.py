@@ -10,18 +10,40 @@ HELP = "predict slides with a trained model.pt (probabilities + attention per pa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL.pt", help="trained model.pt")
-    parser.add_argument("--slides", required=True, metavar="CSV",
-                        help="slides: cohort, slide_id, patient_id, label, store")
-    parser.add_argument("--out", required=True, metavar="PREDS.csv",
-                        help="output CSV: slide_id, patient_id, cohort, label, prob_<class>, pred")
-    parser.add_argument("--attention-dir", required=True, metavar="DIR",
-                        help="writes DIR/{slide_id}.npy (float32 attention per patch)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="default auto (CUDA when available)")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="torch CPU threads (default 1)")
-    parser.add_argument("--chunk", type=int, default=512, metavar="K",
-                        help="instances per encoder pass (memory bound; default 512)")
+    parser.add_argument(
+        "--slides",
+        required=True,
+        metavar="CSV",
+        help="slides: cohort, slide_id, patient_id, label, store",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PREDS.csv",
+        help="output CSV: slide_id, patient_id, cohort, label, prob_<class>, pred",
+    )
+    parser.add_argument(
+        "--attention-dir",
+        required=True,
+        metavar="DIR",
+        help="writes DIR/{slide_id}.npy (float32 attention per patch)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="default auto (CUDA when available)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)"
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=512,
+        metavar="K",
+        help="instances per encoder pass (memory bound; default 512)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,8 +52,14 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.commands.train import read_slides_csv
     from gigamil.train.run import predict_slides
 
-    predict_slides(Path(args.model), read_slides_csv(args.slides), Path(args.out),
-                   Path(args.attention_dir), device=args.device, threads=args.threads,
-                   max_instances_per_forward_pass=args.chunk)
+    predict_slides(
+        Path(args.model),
+        read_slides_csv(args.slides),
+        Path(args.out),
+        Path(args.attention_dir),
+        device=args.device,
+        threads=args.threads,
+        max_instances_per_forward_pass=args.chunk,
+    )
     print(args.out)
     return 0

@@ -10,17 +10,31 @@ HELP = "make patient-level cross-validation folds (folds.csv) from cohort sheets
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", metavar="CONFIG.yaml",
-                     help="use the train cohorts, classes and cv section of this config")
-    src.add_argument("--sheet", action="append", metavar="SHEET.csv",
-                     help="a cohort sheet (repeatable; cohort name = file stem)")
+    src.add_argument(
+        "--config",
+        metavar="CONFIG.yaml",
+        help="use the train cohorts, classes and cv section of this config",
+    )
+    src.add_argument(
+        "--sheet",
+        action="append",
+        metavar="SHEET.csv",
+        help="a cohort sheet (repeatable; cohort name = file stem)",
+    )
     parser.add_argument("--out", required=True, metavar="FOLDS.csv", help="output folds.csv")
     parser.add_argument("--folds", type=int, help="number of folds (default: config, else 5)")
-    parser.add_argument("--val-fraction", type=float,
-                        help="validation share of each training part (default: config, else 0.2)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="validation share of each training part (default: config, else 0.2)",
+    )
     parser.add_argument("--seed", type=int, help="seed (default: config, else 0)")
-    parser.add_argument("--stratify-by", nargs="*", metavar="COLUMN",
-                        help="extra sheet columns to balance, e.g. site (default: config)")
+    parser.add_argument(
+        "--stratify-by",
+        nargs="*",
+        metavar="COLUMN",
+        help="extra sheet columns to balance, e.g. site (default: config)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,15 +60,24 @@ def run(args: argparse.Namespace) -> int:
         for path in args.sheet:
             raw = pd.read_csv(path, dtype=str, keep_default_na=False)
             classes = sorted(raw["label"].unique()) if "label" in raw.columns else []
-            sheets.append(load_sheet(path, cohort=Path(path).stem, classes=classes,
-                                     check_files=False))
-    for key, value in (("folds", args.folds), ("val_fraction", args.val_fraction),
-                       ("seed", args.seed), ("stratify_by", args.stratify_by)):  # fmt: skip
+            sheets.append(
+                load_sheet(path, cohort=Path(path).stem, classes=classes, check_files=False)
+            )
+    for key, value in (
+        ("folds", args.folds),
+        ("val_fraction", args.val_fraction),
+        ("seed", args.seed),
+        ("stratify_by", args.stratify_by),
+    ):
         if value is not None:
             cv[key] = value
-    folds = make_folds(pd.concat(sheets, ignore_index=True), folds=int(cv["folds"]),
-                       val_fraction=float(cv["val_fraction"]), seed=int(cv["seed"]),
-                       stratify_by=list(cv["stratify_by"] or []))
+    folds = make_folds(
+        pd.concat(sheets, ignore_index=True),
+        folds=int(cv["folds"]),
+        val_fraction=float(cv["val_fraction"]),
+        seed=int(cv["seed"]),
+        stratify_by=list(cv["stratify_by"] or []),
+    )
     write_folds(folds, args.out)
     print(split_report(folds).to_string(index=False))
     return 0

@@ -9,18 +9,39 @@ HELP = "train an attention-MIL model end to end with the accumulating trainer"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="CONFIG.yaml",
-                        help="config file: `classes`, `model:` and `training:` are used")
-    parser.add_argument("--train-csv", required=True, metavar="CSV",
-                        help="training slides: cohort, slide_id, patient_id, label, store")
-    parser.add_argument("--val-csv", required=True, metavar="CSV",
-                        help="validation slides (same columns; may have no rows)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="output directory: model.pt, last.pt, train_log.csv")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from DIR/last.pt if present (default: --resume)")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="CONFIG.yaml",
+        help="config file: `classes`, `model:` and `training:` are used",
+    )
+    parser.add_argument(
+        "--train-csv",
+        required=True,
+        metavar="CSV",
+        help="training slides: cohort, slide_id, patient_id, label, store",
+    )
+    parser.add_argument(
+        "--val-csv",
+        required=True,
+        metavar="CSV",
+        help="validation slides (same columns; may have no rows)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory: model.pt, last.pt, train_log.csv",
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from DIR/last.pt if present (default: --resume)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)"
+    )
 
 
 def read_slides_csv(path: str):  # noqa: ANN201 - pandas imported lazily
@@ -34,17 +55,21 @@ def read_slides_csv(path: str):  # noqa: ANN201 - pandas imported lazily
     if not Path(path).is_file():
         raise GigamilError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "label": str,
-                                      "cohort": str})
+        df = pd.read_csv(
+            path, dtype={"slide_id": str, "patient_id": str, "label": str, "cohort": str}
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise GigamilError(f"{path}: not a readable CSV ({exc})") from exc
-    missing = [c for c in ("cohort", "slide_id", "patient_id", "label", "store")
-               if c not in df.columns]
+    missing = [
+        c for c in ("cohort", "slide_id", "patient_id", "label", "store") if c not in df.columns
+    ]
     if missing:
         raise GigamilError(f"{path}: missing columns {missing}")
     base = Path(path).resolve().parent
-    df["store"] = [str(p if Path(p).is_absolute() or Path(p).exists() else base / p)
-                   for p in df["store"].astype(str)]
+    df["store"] = [
+        str(p if Path(p).is_absolute() or Path(p).exists() else base / p)
+        for p in df["store"].astype(str)
+    ]
     for store in df["store"]:
         if not Path(store).exists():
             raise GigamilError(f"{path}: patch store {store} does not exist")
@@ -58,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.train.run import train_fold
 
     cfg = load_config(args.config)
-    model_path = train_fold(read_slides_csv(args.train_csv), read_slides_csv(args.val_csv),
-                            cfg["classes"], cfg["model"], cfg["training"], Path(args.out),
-                            resume=args.resume, threads=args.threads)
+    model_path = train_fold(
+        read_slides_csv(args.train_csv),
+        read_slides_csv(args.val_csv),
+        cfg["classes"],
+        cfg["model"],
+        cfg["training"],
+        Path(args.out),
+        resume=args.resume,
+        threads=args.threads,
+    )
     print(model_path)
     return 0

@@ -33,8 +33,13 @@ class ZarrBag:
     (n, 2) follow ``indices``. Implements the ``BagSource`` protocol of ``MILModel``.
     """
 
-    def __init__(self, path: str | Path, indices: np.ndarray | None = None, prefetch: int = 2,
-                 cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        indices: np.ndarray | None = None,
+        prefetch: int = 2,
+        cache_bytes: int = 0,
+    ) -> None:
         self.path = Path(path)
         patches, coords, grid, attrs = read_store(self.path)
         self._patches = patches
@@ -42,8 +47,9 @@ class ZarrBag:
         self.store_len = int(patches.shape[0])
         if indices is not None:
             indices = np.asarray(indices, dtype=np.int64)
-            if indices.size and (np.any(np.diff(indices) <= 0) or indices[0] < 0
-                                 or indices[-1] >= self.store_len):
+            if indices.size and (
+                np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= self.store_len
+            ):
                 raise ValueError("indices must be strictly increasing store rows")
         self.indices = indices
         self.coords = coords if indices is None else coords[indices]

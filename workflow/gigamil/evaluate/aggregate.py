@@ -38,9 +38,12 @@ def read_predictions(paths: Sequence[str | Path], classes: Sequence[str]) -> pd.
         path = Path(path)
         if not path.is_file():
             raise GigamilError(f"{path}: prediction file not found")
-        df = pd.read_csv(path, dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
-                         keep_default_na=False, na_values={f"prob_{c}": ["", "nan", "NaN"]
-                                                           for c in classes})  # fmt: skip
+        df = pd.read_csv(
+            path,
+            dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
+            keep_default_na=False,
+            na_values={f"prob_{c}": ["", "nan", "NaN"] for c in classes},
+        )
         need = PRED_ID_COLUMNS + ["fold"] + [f"prob_{c}" for c in classes]
         missing = [c for c in need if c not in df.columns]
         if missing:
@@ -58,8 +61,11 @@ def split_unpredicted(preds: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.D
     probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     ok = np.isfinite(probs).all(axis=1)
     if (~ok).any():
-        log.warning("%d slide(s) have no prediction (no patches), left out of the metrics: %s",
-                    int((~ok).sum()), ", ".join(preds.loc[~ok, "slide_id"].head(10)))  # fmt: skip
+        log.warning(
+            "%d slide(s) have no prediction (no patches), left out of the metrics: %s",
+            int((~ok).sum()),
+            ", ".join(preds.loc[~ok, "slide_id"].head(10)),
+        )
     return preds.loc[ok].reset_index(drop=True), int((~ok).sum())
 
 
@@ -92,31 +98,40 @@ def write_metrics_html(table: pd.DataFrame, path: str | Path, title: str) -> Non
             return ""
         return f"{int(v)}" if col.startswith("n_") else f"{float(v):.3f}"
 
-    shown = pd.DataFrame({c: [cell(c, v) for v in table[c]] for c in table.columns},
-                         index=table.index)  # fmt: skip
+    shown = pd.DataFrame(
+        {c: [cell(c, v) for v in table[c]] for c in table.columns}, index=table.index
+    )
     body = shown.to_html(border=0, classes="metrics")
-    style = ("body{font-family:sans-serif;font-size:13px} table.metrics{border-collapse:collapse}"
-             "table.metrics td,table.metrics th{padding:3px 9px;text-align:right;"
-             "border-bottom:1px solid #ddd}")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;font-size:13px} table.metrics{border-collapse:collapse}"
+        "table.metrics td,table.metrics th{padding:3px 9px;text-align:right;"
+        "border-bottom:1px solid #ddd}"
+    )
     Path(path).write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>{body}</body></html>\n"
     )
 
 
-def pooled_metrics(preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
-                   ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:  # fmt: skip
+def pooled_metrics(
+    preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
+) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """Metrics of all rows together and their patient-level bootstrap CIs."""
     y, p = M.labels_and_probs(preds, classes)
     pooled = M.classification_metrics(y, p, classes)
-    ci = M.bootstrap_ci(y, p, classes, groups=preds["patient_id"].to_numpy(), n_boot=n_boot,
-                        seed=seed)  # fmt: skip
+    ci = M.bootstrap_ci(
+        y, p, classes, groups=preds["patient_id"].to_numpy(), n_boot=n_boot, seed=seed
+    )
     return pooled, ci
 
 
-def metrics_table(preds: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, Any],
-                  ci: Mapping[str, tuple[float, float]], pooled_name: str
-                  ) -> pd.DataFrame:  # fmt: skip
+def metrics_table(
+    preds: pd.DataFrame,
+    classes: Sequence[str],
+    pooled: Mapping[str, Any],
+    ci: Mapping[str, tuple[float, float]],
+    pooled_name: str,
+) -> pd.DataFrame:
     """Per-fold rows, mean, sd, the pooled row and its CI rows."""
     table = M.fold_table(preds, classes)
     row = {k: pooled[k] for k in table.columns if k in pooled}
@@ -128,9 +143,14 @@ def metrics_table(preds: pd.DataFrame, classes: Sequence[str], pooled: Mapping[s
     return table
 
 
-def summary_block(preds: pd.DataFrame, classes: Sequence[str], pooled: Mapping[str, Any],
-                  ci: Mapping[str, tuple[float, float]], table: pd.DataFrame,
-                  auc_key: str) -> dict[str, Any]:  # fmt: skip
+def summary_block(
+    preds: pd.DataFrame,
+    classes: Sequence[str],
+    pooled: Mapping[str, Any],
+    ci: Mapping[str, tuple[float, float]],
+    table: pd.DataFrame,
+    auc_key: str,
+) -> dict[str, Any]:
     """The summary.json numbers shared by the CV summary and the ensemble summaries."""
     folds = table.loc[table.index.str.startswith("fold")]
     patients = M.patient_level(preds, classes)
@@ -193,9 +213,11 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
 def add_localization_columns(table: pd.DataFrame, loc: Mapping[str, Mapping[str, float]]) -> None:
     """Add ``localization_auc`` and ``n_lesion_patches`` (by ``slide_id``) to ``table``."""
     table["localization_auc"] = table["slide_id"].map(
-        {s: v["localization_auc"] for s, v in loc.items()})
+        {s: v["localization_auc"] for s, v in loc.items()}
+    )
     table["n_lesion_patches"] = table["slide_id"].map(
-        {s: v["n_lesion_patches"] for s, v in loc.items()})
+        {s: v["n_lesion_patches"] for s, v in loc.items()}
+    )
 
 
 def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
@@ -204,14 +226,18 @@ def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
     patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``."""
     values = {s: v["localization_auc"] for s, v in loc.items()}
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-    log.info("localisation AUC: mean %.3f over %d slides",
-             float(np.mean(finite)) if finite else float("nan"), len(finite))  # fmt: skip
+    log.info(
+        "localisation AUC: mean %.3f over %d slides",
+        float(np.mean(finite)) if finite else float("nan"),
+        len(finite),
+    )
     return {
         "localization_auc": float(np.mean(finite)) if finite else float("nan"),
         "localization_auc_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
         "localization_n_slides": len(finite),
-        "localization_auc_per_slide": {s: v for s, v in sorted(values.items())
-                                       if v is not None and math.isfinite(v)},  # fmt: skip
+        "localization_auc_per_slide": {
+            s: v for s, v in sorted(values.items()) if v is not None and math.isfinite(v)
+        },
     }
 
 
@@ -283,8 +309,12 @@ def aggregate_cv(
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by="fold")
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")
-    log.info("out-of-fold AUC %.3f (95%% CI %.3f-%.3f), folds %.3f ± %.3f, %d slides",
-             summary["oof_auc"], *summary["oof_auc_ci"], summary["fold_auc_mean"],
-             summary["fold_auc_sd"] if summary["fold_auc_sd"] == summary["fold_auc_sd"] else 0.0,
-             summary["n_slides"])  # fmt: skip
+    log.info(
+        "out-of-fold AUC %.3f (95%% CI %.3f-%.3f), folds %.3f ± %.3f, %d slides",
+        summary["oof_auc"],
+        *summary["oof_auc_ci"],
+        summary["fold_auc_mean"],
+        summary["fold_auc_sd"] if summary["fold_auc_sd"] == summary["fold_auc_sd"] else 0.0,
+        summary["n_slides"],
+    )
     return summary

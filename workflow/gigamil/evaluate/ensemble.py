@@ -55,15 +55,19 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     if (conflict > 1).any():
         raise GigamilError(f"slide {conflict.idxmax()} has different labels in the predictions")
     probs = preds.groupby(key, sort=True)[pcols].mean()  # NaN rows (no patches) are skipped
-    n_models = preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1)).groupby(
-        key, sort=True
-    )["ok"].sum()
+    n_models = (
+        preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1))
+        .groupby(key, sort=True)["ok"]
+        .sum()
+    )
     folds = preds.groupby(key, sort=True)["fold"].apply(lambda f: ";".join(map(str, sorted(f))))
     out = ids.join(probs).join(n_models.rename("n_models")).join(folds.rename("folds"))
     p = out[pcols].to_numpy(dtype=float)
     ok = np.isfinite(p).all(axis=1)
-    out["pred"] = [classes[i] if good else "" for i, good in
-                   zip(np.nan_to_num(p, nan=-1).argmax(axis=1), ok, strict=True)]  # fmt: skip
+    out["pred"] = [
+        classes[i] if good else ""
+        for i, good in zip(np.nan_to_num(p, nan=-1).argmax(axis=1), ok, strict=True)
+    ]
     out = out.reset_index()
     return out[["cohort", "slide_id", "patient_id", "label", *pcols, "pred", "n_models", "folds"]]
 
@@ -127,6 +131,11 @@ def ensemble_cohort(
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")
-    log.info("cohort %s: ensemble of %d model(s), AUC %.3f on %d slides", cohort,
-             summary["n_models"], summary["auc"], summary["n_slides"])  # fmt: skip
+    log.info(
+        "cohort %s: ensemble of %d model(s), AUC %.3f on %d slides",
+        cohort,
+        summary["n_models"],
+        summary["auc"],
+        summary["n_slides"],
+    )
     return summary

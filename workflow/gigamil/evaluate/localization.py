@@ -32,9 +32,11 @@ def read_store_geometry(store: str | Path) -> tuple[np.ndarray, np.ndarray, dict
     return coords, grid, attrs
 
 
-def load_mask_with_downsample(path: str | Path, slide_mpp: float | None = None,
-                              slide_dimensions: tuple[int, int] | None = None
-                              ) -> tuple[np.ndarray, float]:  # fmt: skip
+def load_mask_with_downsample(
+    path: str | Path,
+    slide_mpp: float | None = None,
+    slide_dimensions: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, float]:
     """A lesion mask PNG as bool (H, W) and its downsample (level-0 px per mask px).
 
     The downsample comes from the JSON sidecar (same stem) key ``downsample``; else from its
@@ -57,8 +59,9 @@ def load_mask_with_downsample(path: str | Path, slide_mpp: float | None = None,
     raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
 
 
-def patch_mask_fraction(coords: np.ndarray, patch_size_level0: float, mask: np.ndarray,
-                        downsample: float) -> np.ndarray:  # fmt: skip
+def patch_mask_fraction(
+    coords: np.ndarray, patch_size_level0: float, mask: np.ndarray, downsample: float
+) -> np.ndarray:
     """Fraction (N,) of each patch's area covered by ``mask``.
 
     Args:
@@ -78,8 +81,9 @@ def patch_mask_fraction(coords: np.ndarray, patch_size_level0: float, mask: np.n
     return np.where((x1 > x0) & (y1 > y0), inside / area, 0.0)
 
 
-def localization_auc(attention: np.ndarray, lesion_fraction: np.ndarray,
-                     threshold: float = 0.5) -> float:  # fmt: skip
+def localization_auc(
+    attention: np.ndarray, lesion_fraction: np.ndarray, threshold: float = 0.5
+) -> float:
     """AUC of attention (N,) for lesion patches (fraction >= threshold); nan if one kind only."""
     attention = np.asarray(attention, dtype=float)
     if attention.shape != lesion_fraction.shape:
@@ -90,8 +94,9 @@ def localization_auc(attention: np.ndarray, lesion_fraction: np.ndarray,
     return binary_auc(lesion_fraction >= threshold, attention)
 
 
-def slide_localization(store: str | Path, attention: np.ndarray, mask_path: str | Path,
-                       threshold: float = 0.5) -> dict[str, float]:  # fmt: skip
+def slide_localization(
+    store: str | Path, attention: np.ndarray, mask_path: str | Path, threshold: float = 0.5
+) -> dict[str, float]:
     """Localisation of one slide: AUC, number of lesion patches and of patches."""
     coords, _, attrs = read_store_geometry(store)
     mask, ds = load_mask_with_downsample(
@@ -120,8 +125,11 @@ def cohort_localization(
         paths = [attention] if isinstance(attention, (str, Path)) else list(attention)
         present = [p for p in paths if Path(p).is_file()]
         if not present:
-            log.warning("slide %s: no attention file (%s); localisation skipped", slide_id,
-                        ", ".join(map(str, paths)))  # fmt: skip
+            log.warning(
+                "slide %s: no attention file (%s); localisation skipped",
+                slide_id,
+                ", ".join(map(str, paths)),
+            )
             continue
         out[slide_id] = slide_localization(store, mean_attention(present), mask_path, threshold)
     return out

@@ -178,9 +178,10 @@ def _solve_counts(
     counts = np.array(
         [[round(y[t, g].value() or 0) for g in range(n_groups)] for t in range(n_types)], dtype=int
     )
-    if pulp.LpStatus[status] not in ("Optimal", "Not Solved") or (
-        counts.sum(axis=1) != types["n"].to_numpy()
-    ).any():
+    if (
+        pulp.LpStatus[status] not in ("Optimal", "Not Solved")
+        or (counts.sum(axis=1) != types["n"].to_numpy()).any()
+    ):
         raise GigamilError(f"cv: the fold assignment program failed ({pulp.LpStatus[status]})")
     return counts
 

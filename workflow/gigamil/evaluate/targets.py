@@ -74,9 +74,13 @@ def mask_files(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
     return masks
 
 
-def localization_inputs(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame],
-                        train_cohorts: Sequence[str], folds: Sequence[int],
-                        store_path: Any) -> list[str]:  # fmt: skip
+def localization_inputs(
+    config: Mapping[str, Any],
+    sheets: Mapping[str, pd.DataFrame],
+    train_cohorts: Sequence[str],
+    folds: Sequence[int],
+    store_path: Any,
+) -> list[str]:
     """Stores, lesion masks and attention directories the localisation AUC reads."""
     files: list[str] = []
     for c in train_cohorts:
@@ -89,8 +93,9 @@ def localization_inputs(config: Mapping[str, Any], sheets: Mapping[str, pd.DataF
     return files
 
 
-def localization_masks(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame],
-                       train_cohorts: Sequence[str]) -> dict[str, dict[str, str]]:  # fmt: skip
+def localization_masks(
+    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], train_cohorts: Sequence[str]
+) -> dict[str, dict[str, str]]:
     """{cohort: {slide_id: mask}} of the train cohorts that have lesion masks."""
     out = {}
     for c in train_cohorts:
@@ -100,8 +105,9 @@ def localization_masks(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFr
     return out
 
 
-def heatmap_slides(wanted: str | Sequence[str], sheets: Mapping[str, pd.DataFrame],
-                   cohorts: Sequence[str]) -> list[tuple[str, str]]:  # fmt: skip
+def heatmap_slides(
+    wanted: str | Sequence[str], sheets: Mapping[str, pd.DataFrame], cohorts: Sequence[str]
+) -> list[tuple[str, str]]:
     """(cohort, slide_id) pairs whose heatmaps are drawn.
 
     Args:
@@ -125,16 +131,20 @@ def heatmap_slides(wanted: str | Sequence[str], sheets: Mapping[str, pd.DataFram
     return [(c, s) for c, s in pairs if s in keep]
 
 
-def eval_targets(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame],
-                 train_cohorts: Sequence[str], external_cohorts: Sequence[str]
-                 ) -> list[str]:  # fmt: skip
+def eval_targets(
+    config: Mapping[str, Any],
+    sheets: Mapping[str, pd.DataFrame],
+    train_cohorts: Sequence[str],
+    external_cohorts: Sequence[str],
+) -> list[str]:
     """The final evaluation outputs (for rule all): CV summary, ensembles, heatmaps."""
     exp = config["experiment"]
     targets = [f"{eval_dir(exp)}/summary.json"]
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{eval_dir(exp)}/ensemble/{c}/summary.json" for c in cohorts]
-    pairs = heatmap_slides(config["heatmaps"]["slides"], sheets,
-                           list(train_cohorts) + list(external_cohorts))  # fmt: skip
+    pairs = heatmap_slides(
+        config["heatmaps"]["slides"], sheets, list(train_cohorts) + list(external_cohorts)
+    )
     targets += [f"{heatmap_dir(exp, c, s)}/overlay.png" for c, s in pairs]
     return targets

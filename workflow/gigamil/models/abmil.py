@@ -32,8 +32,14 @@ def _feature_dim(feat_ext: nn.Module, in_shape: Sequence[int]) -> int:
 
 
 class _PooledMIL(nn.Module):
-    def __init__(self, in_shape: Sequence[int] | int, feat_ext: nn.Module | None, n_classes: int,
-                 criterion: nn.Module | None, **head_kwargs: object) -> None:
+    def __init__(
+        self,
+        in_shape: Sequence[int] | int,
+        feat_ext: nn.Module | None,
+        n_classes: int,
+        criterion: nn.Module | None,
+        **head_kwargs: object,
+    ) -> None:
         super().__init__()
         in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
         self.feat_ext = feat_ext if feat_ext is not None else nn.Identity()
@@ -44,23 +50,31 @@ class _PooledMIL(nn.Module):
             criterion = nn.BCEWithLogitsLoss() if n_classes == 2 else nn.CrossEntropyLoss()
         self.criterion = criterion
 
-    def forward(self, X: torch.Tensor, adj: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, return_att: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_att: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         b, n = X.shape[:2]
         feats = self.feat_ext(X.reshape(b * n, *X.shape[2:])).reshape(b, n, -1)  # (B, N, D)
         logits, atts = [], []
         for i in range(b):
-            keep = mask[i].bool() if mask is not None else torch.ones(n, dtype=torch.bool,
-                                                                      device=X.device)
+            keep = (
+                mask[i].bool()
+                if mask is not None
+                else torch.ones(n, dtype=torch.bool, device=X.device)
+            )
             adj_i = None
             if self.head.needs_adj:
                 if adj is None:
                     raise ValueError("SmABMIL.forward needs adj (batch, bag, bag)")
                 a = adj[i].to_dense() if adj.is_sparse else adj[i]
                 adj_i = a[keep][:, keep]
-            z, att = self.head(feats[i][keep], adj_i) if adj_i is not None else self.head(
-                feats[i][keep])
+            z, att = (
+                self.head(feats[i][keep], adj_i) if adj_i is not None else self.head(feats[i][keep])
+            )
             full = torch.zeros(n, dtype=att.dtype, device=att.device)
             full[keep] = att
             logits.append(z)
@@ -69,17 +83,25 @@ class _PooledMIL(nn.Module):
         y = y[:, 0] if y.shape[1] == 1 else y
         return (y, torch.stack(atts)) if return_att else y
 
-    def compute_loss(self, Y: torch.Tensor, X: torch.Tensor, adj: torch.Tensor | None = None,
-                     mask: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(
+        self,
+        Y: torch.Tensor,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y_pred = self.forward(X, adj=adj, mask=mask)
         target = Y.to(y_pred.dtype) if self.n_classes == 2 else Y.long()
         return y_pred, {type(self.criterion).__name__: self.criterion(y_pred, target)}
 
     @torch.no_grad()
-    def predict(self, X: torch.Tensor, adj: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None, return_inst_pred: bool = True
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        return_inst_pred: bool = True,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         y, att = self.forward(X, adj=adj, mask=mask, return_att=True)
         return (y, att) if return_inst_pred else y
 
@@ -87,21 +109,55 @@ class _PooledMIL(nn.Module):
 class ABMIL(_PooledMIL):
     """Attention-based MIL (Ilse et al. 2018); ``gated=True`` gives the gated variant."""
 
-    def __init__(self, in_shape: Sequence[int] | int, att_dim: int = 128, att_act: str = "tanh",
-                 gated: bool = False, feat_ext: nn.Module | None = None, n_classes: int = 2,
-                 criterion: nn.Module | None = None, dropout: float = 0.0) -> None:
-        super().__init__(in_shape, feat_ext, n_classes, criterion, att_dim=att_dim,
-                         att_act=att_act, pool="gated_abmil" if gated else "abmil",
-                         dropout=dropout)
+    def __init__(
+        self,
+        in_shape: Sequence[int] | int,
+        att_dim: int = 128,
+        att_act: str = "tanh",
+        gated: bool = False,
+        feat_ext: nn.Module | None = None,
+        n_classes: int = 2,
+        criterion: nn.Module | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_shape,
+            feat_ext,
+            n_classes,
+            criterion,
+            att_dim=att_dim,
+            att_act=att_act,
+            pool="gated_abmil" if gated else "abmil",
+            dropout=dropout,
+        )
 
 
 class SmABMIL(_PooledMIL):
     """ABMIL whose attention scores are smoothed over the patch adjacency by the Sm operator."""
 
-    def __init__(self, in_shape: Sequence[int] | int, att_dim: int = 128, att_act: str = "tanh",
-                 sm_alpha: float = 0.5, sm_mode: str = "approx", sm_steps: int = 10,
-                 feat_ext: nn.Module | None = None, n_classes: int = 2,
-                 criterion: nn.Module | None = None, dropout: float = 0.0) -> None:
-        super().__init__(in_shape, feat_ext, n_classes, criterion, att_dim=att_dim,
-                         att_act=att_act, pool="smabmil", dropout=dropout, sm_alpha=sm_alpha,
-                         sm_steps=sm_steps, sm_mode=sm_mode)
+    def __init__(
+        self,
+        in_shape: Sequence[int] | int,
+        att_dim: int = 128,
+        att_act: str = "tanh",
+        sm_alpha: float = 0.5,
+        sm_mode: str = "approx",
+        sm_steps: int = 10,
+        feat_ext: nn.Module | None = None,
+        n_classes: int = 2,
+        criterion: nn.Module | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_shape,
+            feat_ext,
+            n_classes,
+            criterion,
+            att_dim=att_dim,
+            att_act=att_act,
+            pool="smabmil",
+            dropout=dropout,
+            sm_alpha=sm_alpha,
+            sm_steps=sm_steps,
+            sm_mode=sm_mode,
+        )

@@ -14,8 +14,13 @@ from gigamil.nn.encoders import build_encoder
 from gigamil.nn.pooling import POOLS, AttentionHead
 
 MODEL_DEFAULTS: dict[str, Any] = {
-    "encoder": "resnet18", "weights": None, "freeze_encoder": False, "batchnorm": "frozen",
-    "pool": "abmil", "att_dim": 128, "dropout": 0.0,
+    "encoder": "resnet18",
+    "weights": None,
+    "freeze_encoder": False,
+    "batchnorm": "frozen",
+    "pool": "abmil",
+    "att_dim": 128,
+    "dropout": 0.0,
 }
 
 
@@ -26,9 +31,13 @@ def model_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def build_mil_model(model_cfg: Mapping[str, Any], n_classes: int, patch_px: int,
-                    augment: Mapping[str, Any] | None = None, loss_fn: nn.Module | None = None
-                    ) -> MILModel:
+def build_mil_model(
+    model_cfg: Mapping[str, Any],
+    n_classes: int,
+    patch_px: int,
+    augment: Mapping[str, Any] | None = None,
+    loss_fn: nn.Module | None = None,
+) -> MILModel:
     """Encoder (with preprocessing/augmentation in front) + attention head + loss.
 
     ``augment``: ``{flips, rot90, color_jitter}`` (applied in training mode only).
@@ -41,8 +50,16 @@ def build_mil_model(model_cfg: Mapping[str, Any], n_classes: int, patch_px: int,
         for p in encoder.parameters():
             p.requires_grad_(False)
     aug = dict(augment or {})
-    pre = PatchPreprocess(flips=aug.get("flips", False), rot90=aug.get("rot90", False),
-                          color_jitter=aug.get("color_jitter", 0.0))
-    head = AttentionHead(dim, n_classes=n_classes, att_dim=int(cfg["att_dim"]), pool=cfg["pool"],
-                         dropout=float(cfg["dropout"]))
+    pre = PatchPreprocess(
+        flips=aug.get("flips", False),
+        rot90=aug.get("rot90", False),
+        color_jitter=aug.get("color_jitter", 0.0),
+    )
+    head = AttentionHead(
+        dim,
+        n_classes=n_classes,
+        att_dim=int(cfg["att_dim"]),
+        pool=cfg["pool"],
+        dropout=float(cfg["dropout"]),
+    )
     return MILModel(nn.Sequential(pre, encoder), head, loss_fn)

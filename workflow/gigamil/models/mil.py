@@ -48,7 +48,7 @@ def iter_chunks(bag: Bag, size: int) -> Iterator[torch.Tensor]:
     """Consecutive chunks of at most ``size`` instances of a tensor or a ``BagSource``."""
     if isinstance(bag, torch.Tensor):
         for start in range(0, len(bag), size):
-            yield bag[start:start + size]
+            yield bag[start : start + size]
     else:
         yield from bag.chunks(size)
 
@@ -79,8 +79,12 @@ class MILModel(nn.Module):
     ``amp_dtype`` (attribute): autocast dtype of the encoder passes, or None.
     """
 
-    def __init__(self, feature_encoder: nn.Module, attention_model: nn.Module,
-                 loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        feature_encoder: nn.Module,
+        attention_model: nn.Module,
+        loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.feature_encoder = feature_encoder
         self.attention_model = attention_model
@@ -116,7 +120,8 @@ class MILModel(nn.Module):
 
     def _encoder_trainable(self) -> bool:
         return torch.is_grad_enabled() and any(
-            p.requires_grad for p in self.feature_encoder.parameters())
+            p.requires_grad for p in self.feature_encoder.parameters()
+        )
 
     @staticmethod
     def _rng_state(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -144,18 +149,26 @@ class MILModel(nn.Module):
             raise ValueError("empty bag (0 instances)")
         return torch.cat(feats).float() if self.amp_dtype is not None else torch.cat(feats)
 
-    def forward(self, bag: Bag, adj: torch.Tensor | None = None,
-                max_instances_per_forward_pass: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        bag: Bag,
+        adj: torch.Tensor | None = None,
+        max_instances_per_forward_pass: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits (n_out,), attention (N,))`` of one bag (no backward)."""
         h = self.encode(bag, max_instances_per_forward_pass)
         return self._head(h, self._adjacency(bag, adj))
 
     # ---------------------------------------------------------------- training
-    def forward_train(self, bag: Bag, label: int | torch.Tensor,
-                      max_instances_per_forward_pass: int | None = None,
-                      adj: torch.Tensor | None = None, loss_scale: float = 1.0,
-                      scaler: Any | None = None) -> TrainStep:
+    def forward_train(
+        self,
+        bag: Bag,
+        label: int | torch.Tensor,
+        max_instances_per_forward_pass: int | None = None,
+        adj: torch.Tensor | None = None,
+        loss_scale: float = 1.0,
+        scaler: Any | None = None,
+    ) -> TrainStep:
         """Forward AND backward of one bag; the caller steps the optimizer.
 
         ``max_instances_per_forward_pass=None``: plain full-bag pass (the whole bag in one
@@ -198,7 +211,7 @@ class MILModel(nn.Module):
                 if h_all is None:
                     dtype = torch.float32 if self.amp_dtype is not None else h.dtype
                     h_all = torch.empty((n, *h.shape[1:]), dtype=dtype, device=h.device)
-                h_all[start:start + len(h)] = h
+                h_all[start : start + len(h)] = h
                 bounds.append((start, start + len(h)))
                 start += len(h)
         _restore_bn(bn_saved)

@@ -68,7 +68,7 @@ class PatchPreprocess(nn.Module):
             x = x * f[:, 0].view(bcast)  # brightness
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * f[:, 1].view(bcast) + mean  # contrast
-            gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
             x = (x - gray) * f[:, 2].view(bcast) + gray  # saturation
             x = x.clamp(0.0, 1.0)
         return x

@@ -41,11 +41,18 @@ class SmallCNN(nn.Module):
         chans = [in_ch, width, 2 * width, 4 * width]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(chans[:-1], chans[1:], strict=True):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-        layers += [nn.Conv2d(chans[-1], out_dim, 3, padding=1, bias=False),
-                   nn.BatchNorm2d(out_dim), nn.ReLU(inplace=True),
-                   nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [
+            nn.Conv2d(chans[-1], out_dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_dim),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(1),
+        ]
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
         for m in self.modules():  # He initialisation (as torchvision's ResNets): activations keep
@@ -57,8 +64,10 @@ class SmallCNN(nn.Module):
         i = 0
         while i < len(layers):  # (n, C, H, W) → ... → (n, out_dim)
             m = layers[i]
-            if isinstance(m, nn.Conv2d) and i + 1 < len(layers) and _uses_running_stats(
-                layers[i + 1]
+            if (
+                isinstance(m, nn.Conv2d)
+                and i + 1 < len(layers)
+                and _uses_running_stats(layers[i + 1])
             ):
                 x = conv_bn_eval(x, m, layers[i + 1])
                 i += 2
@@ -70,8 +79,12 @@ class SmallCNN(nn.Module):
 
 def _uses_running_stats(m: nn.Module) -> bool:
     """A BatchNorm2d that normalises with its running statistics (eval mode or ``frozen``)."""
-    return (isinstance(m, nn.BatchNorm2d) and not m.training and m.running_mean is not None
-            and m.running_var is not None)
+    return (
+        isinstance(m, nn.BatchNorm2d)
+        and not m.training
+        and m.running_mean is not None
+        and m.running_var is not None
+    )
 
 
 def conv_bn_eval(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -124,8 +137,13 @@ def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
     for name, child in list(module.named_children()):
         if isinstance(child, nn.BatchNorm2d):
             if mode == "frozen":
-                new: nn.Module = EvalBatchNorm2d(child.num_features, child.eps, child.momentum,
-                                                 child.affine, child.track_running_stats)
+                new: nn.Module = EvalBatchNorm2d(
+                    child.num_features,
+                    child.eps,
+                    child.momentum,
+                    child.affine,
+                    child.track_running_stats,
+                )
                 new.load_state_dict(child.state_dict())
             else:
                 c = child.num_features
@@ -152,15 +170,21 @@ def _torchvision_weights(builder_name: str, weights: str | None):  # noqa: ANN20
     except (KeyError, ValueError, AttributeError) as exc:
         raise ConfigError(
             f"model.weights: {weights!r} is not a torchvision weight of {builder_name} "
-            f"(e.g. IMAGENET1K_V1 or DEFAULT, a local .pt file, or null)") from exc
+            f"(e.g. IMAGENET1K_V1 or DEFAULT, a local .pt file, or null)"
+        ) from exc
 
 
-_WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
-                 "resnet50": "ResNet50_Weights", "vit_b_16": "ViT_B_16_Weights"}
+_WEIGHT_ENUMS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "vit_b_16": "ViT_B_16_Weights",
+}
 
 
-def build_encoder(name: str, weights: str | None = None, patch_px: int = 224,
-                  batchnorm: str = "frozen") -> tuple[nn.Module, int]:
+def build_encoder(
+    name: str, weights: str | None = None, patch_px: int = 224, batchnorm: str = "frozen"
+) -> tuple[nn.Module, int]:
     """Build a patch encoder; returns ``(module, feature_dim)``.
 
     ``module`` maps float (n, 3, patch_px, patch_px) to (n, feature_dim). ``weights`` is a
@@ -190,16 +214,19 @@ def build_encoder(name: str, weights: str | None = None, patch_px: int = 224,
                 module.heads = nn.Identity()
                 module = nn.Sequential(Resize(224), module)
         except (OSError, RuntimeError) as exc:  # download failure offline
-            raise ConfigError(f"model.weights: cannot load {weights!r} for {name} ({exc}); "
-                              "use null offline or a local .pt file") from exc
+            raise ConfigError(
+                f"model.weights: cannot load {weights!r} for {name} ({exc}); "
+                "use null offline or a local .pt file"
+            ) from exc
     if weights is not None and Path(str(weights)).suffix in (".pt", ".pth"):
         if not Path(weights).is_file():
             raise ConfigError(f"model.weights: file {weights} does not exist")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         target = module[1] if isinstance(module, nn.Sequential) and name == "vit_b_16" else module
         missing, unexpected = target.load_state_dict(state, strict=False)
-        log.info("loaded %s (missing %d, unexpected %d keys)", weights, len(missing),
-                 len(unexpected))
+        log.info(
+            "loaded %s (missing %d, unexpected %d keys)", weights, len(missing), len(unexpected)
+        )
     elif weights is not None and name in ("smallcnn", "identity"):
         raise ConfigError(f"model.weights: {name} has no named weights; use null or a .pt file")
     set_batchnorm_mode(module, batchnorm)

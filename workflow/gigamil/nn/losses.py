@@ -21,9 +21,12 @@ class BagLoss(nn.Module):
     Focal loss: -(1 - p_t)^γ log p_t.
     """
 
-    def __init__(self, kind: str = "ce",
-                 class_weights: Sequence[float] | torch.Tensor | None = None,
-                 gamma: float = 2.0) -> None:
+    def __init__(
+        self,
+        kind: str = "ce",
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+        gamma: float = 2.0,
+    ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")

@@ -14,8 +14,9 @@ from torch import nn
 POOLS = ("abmil", "gated_abmil", "smabmil")
 
 
-def grid_adjacency(grid: np.ndarray | torch.Tensor, connectivity: int = 8,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def grid_adjacency(
+    grid: np.ndarray | torch.Tensor, connectivity: int = 8, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Symmetrically normalised adjacency D^-1/2 A D^-1/2 of patches on a grid (sparse COO).
 
     ``grid`` (N, 2) integer (row, col) positions; two patches are neighbours when they touch
@@ -25,8 +26,9 @@ def grid_adjacency(grid: np.ndarray | torch.Tensor, connectivity: int = 8,
     g = np.asarray(grid.cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.int64)
     n = len(g)
     if n == 0:
-        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long),
-                                       torch.zeros(0, dtype=dtype), (0, 0))
+        return torch.sparse_coo_tensor(
+            torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=dtype), (0, 0)
+        )
     g = g - g.min(axis=0)
     width = int(g[:, 1].max()) + 3
     keys = (g[:, 0] + 1) * width + (g[:, 1] + 1)
@@ -53,12 +55,14 @@ def grid_adjacency(grid: np.ndarray | torch.Tensor, connectivity: int = 8,
     inv[deg > 0] = deg[deg > 0] ** -0.5
     vals = inv[r] * inv[c]
     idx = torch.from_numpy(np.stack([r, c])).long()
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(vals).to(dtype), (n, n),
-                                   check_invariants=True).coalesce()
+    return torch.sparse_coo_tensor(
+        idx, torch.from_numpy(vals).to(dtype), (n, n), check_invariants=True
+    ).coalesce()
 
 
-def smooth(f: torch.Tensor, adj: torch.Tensor, alpha: float = 0.5, steps: int = 10,
-           mode: str = "approx") -> torch.Tensor:
+def smooth(
+    f: torch.Tensor, adj: torch.Tensor, alpha: float = 0.5, steps: int = 10, mode: str = "approx"
+) -> torch.Tensor:
     """The Sm operator (Castro-Macías et al. 2024): ``(1-α)(I - αA)^-1 f``.
 
     ``approx`` runs ``steps`` fixed-point iterations g ← (1-α) f + α A g (sparse A allowed);
@@ -88,9 +92,18 @@ class AttentionHead(nn.Module):
     adjacency before the softmax (needs ``adj``). ``n_out`` = 1 for binary problems.
     """
 
-    def __init__(self, in_dim: int, n_classes: int = 2, att_dim: int = 128, pool: str = "abmil",
-                 dropout: float = 0.0, att_act: str = "tanh", sm_alpha: float = 0.5,
-                 sm_steps: int = 10, sm_mode: str = "approx") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int = 2,
+        att_dim: int = 128,
+        pool: str = "abmil",
+        dropout: float = 0.0,
+        att_act: str = "tanh",
+        sm_alpha: float = 0.5,
+        sm_steps: int = 10,
+        sm_mode: str = "approx",
+    ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -122,8 +135,9 @@ class AttentionHead(nn.Module):
             s = smooth(s, adj, self.sm_alpha, self.sm_steps, self.sm_mode)
         return s
 
-    def forward(self, h: torch.Tensor, adj: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, adj: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.dropout(h)  # (N, D)
         att = torch.softmax(self.scores(h, adj), dim=0)  # (N,)
         z = att @ h  # (D,)

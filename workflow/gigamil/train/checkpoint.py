@@ -32,12 +32,21 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
     """A copy of the model's weights without the loss function's buffers (class weights)."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if not k.startswith("loss_fn.")}
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith("loss_fn.")
+    }
 
 
-def model_checkpoint(model: MILModel, model_config: Mapping[str, Any], classes: list[str],
-                     patch_px: int, epoch: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+def model_checkpoint(
+    model: MILModel,
+    model_config: Mapping[str, Any],
+    classes: list[str],
+    patch_px: int,
+    epoch: int,
+    metrics: Mapping[str, float],
+) -> dict[str, Any]:
     """The content of ``model.pt`` (docs/architecture.md), weights copied to the CPU."""
     return {
         "state_dict": model_state_dict(model),
@@ -50,12 +59,19 @@ def model_checkpoint(model: MILModel, model_config: Mapping[str, Any], classes: 
     }
 
 
-def save_model(path: str | Path, model: MILModel, model_config: Mapping[str, Any],
-               classes: list[str], patch_px: int, epoch: int,
-               metrics: Mapping[str, float]) -> Path:
+def save_model(
+    path: str | Path,
+    model: MILModel,
+    model_config: Mapping[str, Any],
+    classes: list[str],
+    patch_px: int,
+    epoch: int,
+    metrics: Mapping[str, float],
+) -> Path:
     """Write ``model.pt`` in the format of docs/architecture.md."""
-    return atomic_save(model_checkpoint(model, model_config, classes, patch_px, epoch, metrics),
-                       path)
+    return atomic_save(
+        model_checkpoint(model, model_config, classes, patch_px, epoch, metrics), path
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -69,8 +85,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise GigamilError(f"{path}: not a readable gigamil checkpoint ({exc})") from exc
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu"
-               ) -> tuple[MILModel, dict[str, Any]]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MILModel, dict[str, Any]]:
     """Rebuild the model of a ``model.pt``; returns ``(model in eval mode, checkpoint dict)``."""
     ckpt = load_checkpoint(path)
     missing = [k for k in ("state_dict", "model_config", "classes", "patch_px") if k not in ckpt]

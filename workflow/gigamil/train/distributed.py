@@ -41,8 +41,9 @@ def init_distributed(device_type: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         owns = True
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
-                    owns)
+    return DistInfo(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns
+    )
 
 
 def shutdown(info: DistInfo) -> None:
@@ -60,12 +61,13 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> No
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
 
 
-def all_reduce_sum(values: list[float], info: DistInfo,
-                   device: torch.device | str = "cpu") -> list[float]:
+def all_reduce_sum(
+    values: list[float], info: DistInfo, device: torch.device | str = "cpu"
+) -> list[float]:
     """Sum a few floats over ranks (float64; ``device`` must be CUDA with nccl)."""
     if not info.enabled:
         return list(values)

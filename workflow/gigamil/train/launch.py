@@ -19,12 +19,25 @@ log = logging.getLogger(__name__)
 def torchrun_command(workdir: Path, out_dir: Path, nproc: int, threads: int) -> list[str]:
     """The torchrun command line that runs `gigamil train` on ``nproc`` processes (one per GPU)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", "-m", "gigamil", "train",
-        "--config", str(workdir / "config.yaml"),
-        "--train-csv", str(workdir / "train.csv"), "--val-csv", str(workdir / "val.csv"),
-        "--out", str(out_dir), "--threads", str(max(1, threads // nproc)),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "gigamil",
+        "train",
+        "--config",
+        str(workdir / "config.yaml"),
+        "--train-csv",
+        str(workdir / "train.csv"),
+        "--val-csv",
+        str(workdir / "val.csv"),
+        "--out",
+        str(out_dir),
+        "--threads",
+        str(max(1, threads // nproc)),
+    ]
 
 
 def train_fold_torchrun(

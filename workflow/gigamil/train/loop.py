@@ -39,6 +39,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
     ``constant``, stepped once per optimizer step."""
     total = max(1, total_steps)
     if schedule == "cosine":
+
         def f(t: int) -> float:
             return 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
     elif schedule == "onecycle":
@@ -50,6 +51,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
             frac = min(1.0, (t - warm) / max(1, total - warm))
             return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * frac))
     elif schedule == "constant":
+
         def f(t: int) -> float:
             return 1.0
     else:
@@ -61,10 +63,20 @@ def steps_per_epoch(n_bags: int, bags_per_step: int, world: int) -> int:
     return max(1, math.ceil(n_bags / (bags_per_step * world)))
 
 
-def train_epoch(model: MILModel, items: Sequence[BagItem], optimizer: torch.optim.Optimizer,
-                scheduler: LambdaLR, epoch: int, seed: int, bags_per_step: int,
-                chunk: int | None, max_instances: int | None, info: DistInfo,
-                scaler: torch.amp.GradScaler | None = None, progress: bool = True) -> float:
+def train_epoch(
+    model: MILModel,
+    items: Sequence[BagItem],
+    optimizer: torch.optim.Optimizer,
+    scheduler: LambdaLR,
+    epoch: int,
+    seed: int,
+    bags_per_step: int,
+    chunk: int | None,
+    max_instances: int | None,
+    info: DistInfo,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+) -> float:
     """One epoch; returns the mean training loss over all bags (all ranks).
 
     Bags are shuffled with a generator seeded by (seed, epoch); each optimizer step takes the
@@ -73,17 +85,23 @@ def train_epoch(model: MILModel, items: Sequence[BagItem], optimizer: torch.opti
     from tqdm.auto import tqdm
 
     model.train()
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(
-        bag_seed(seed, epoch, -1))).tolist()
+    order = torch.randperm(
+        len(items), generator=torch.Generator().manual_seed(bag_seed(seed, epoch, -1))
+    ).tolist()
     group_size = bags_per_step * info.world
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, count = 0.0, 0
-    bar = tqdm(total=len(order), desc=f"epoch {epoch}", unit="bag", disable=None if progress
-               else True, leave=False)
+    bar = tqdm(
+        total=len(order),
+        desc=f"epoch {epoch}",
+        unit="bag",
+        disable=None if progress else True,
+        leave=False,
+    )
     for start in range(0, len(order), group_size):
-        group = order[start:start + group_size]
+        group = order[start : start + group_size]
         optimizer.zero_grad(set_to_none=True)
-        for idx in group[info.rank::info.world]:
+        for idx in group[info.rank :: info.world]:
             item = items[idx]
             torch.manual_seed(bag_seed(seed, epoch, idx))
             bag = item.bag
@@ -91,8 +109,13 @@ def train_epoch(model: MILModel, items: Sequence[BagItem], optimizer: torch.opti
                 gen = torch.Generator().manual_seed(bag_seed(seed, epoch, idx) + 1)
                 bag = bag.subsample(max_instances, gen)
             bag = bag.with_cache()  # read once for both passes if small; freed after the step
-            out = model.forward_train(bag, item.label, max_instances_per_forward_pass=chunk,
-                                      loss_scale=1.0 / len(group), scaler=scaler)
+            out = model.forward_train(
+                bag,
+                item.label,
+                max_instances_per_forward_pass=chunk,
+                loss_scale=1.0 / len(group),
+                scaler=scaler,
+            )
             if not math.isfinite(out.loss):
                 log.warning("non-finite loss on slide %s (epoch %d)", item.slide_id, epoch)
             loss_sum += out.loss
@@ -132,8 +155,13 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray, n_classes: int) -> d
     return out
 
 
-def validate(model: MILModel, items: Sequence[BagItem], chunk: int | None, n_classes: int,
-             loss_fn: torch.nn.Module) -> dict[str, float]:
+def validate(
+    model: MILModel,
+    items: Sequence[BagItem],
+    chunk: int | None,
+    n_classes: int,
+    loss_fn: torch.nn.Module,
+) -> dict[str, float]:
     """Eval mode + ``torch.inference_mode``: mean loss, AUC, balanced accuracy over ``items``."""
     model.eval()
     losses, labels, probs = [], [], []
@@ -143,7 +171,8 @@ def validate(model: MILModel, items: Sequence[BagItem], chunk: int | None, n_cla
             losses.append(float(loss_fn(logits.float(), item.label)))
             labels.append(item.label)
             probs.append(bag_probabilities(logits).cpu().numpy())
-    metrics = classification_metrics(np.asarray(labels, dtype=np.int64),
-                                     np.asarray(probs).reshape(-1, n_classes), n_classes)
+    metrics = classification_metrics(
+        np.asarray(labels, dtype=np.int64), np.asarray(probs).reshape(-1, n_classes), n_classes
+    )
     metrics["loss"] = float(np.mean(losses)) if losses else float("nan")
     return metrics

@@ -43,17 +43,36 @@ from gigamil.train.loop import (
 log = logging.getLogger(__name__)
 
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "device": "auto", "seed": 0, "epochs": 20, "lr": 1e-4, "weight_decay": 1e-4,
-    "schedule": "cosine", "bags_per_step": 1, "max_instances_per_forward_pass": 256,
-    "max_instances_per_bag": None, "loss": "ce", "class_weights": "balanced", "amp": False,
+    "device": "auto",
+    "seed": 0,
+    "epochs": 20,
+    "lr": 1e-4,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+    "bags_per_step": 1,
+    "max_instances_per_forward_pass": 256,
+    "max_instances_per_bag": None,
+    "loss": "ce",
+    "class_weights": "balanced",
+    "amp": False,
     "early_stopping": {"metric": "auc", "patience": 5},
     "augment": {"flips": True, "rot90": True, "color_jitter": 0.05},
     "tensorboard": False,
 }
 TB_SCALARS = ("train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr", "seconds")
 REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr",
-               "seconds", "best_epoch", "n_train_bags", "n_val_bags")
+LOG_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_auc",
+    "val_balanced_accuracy",
+    "lr",
+    "seconds",
+    "best_epoch",
+    "n_train_bags",
+    "n_val_bags",
+)
 
 
 def training_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -90,8 +109,9 @@ def _label_index(label: Any, classes: Sequence[str], slide_id: str) -> int:
     return names.index(str(label))
 
 
-def _open_bags(df: pd.DataFrame, classes: Sequence[str], what: str, prefetch: int = 2
-               ) -> list[BagItem]:
+def _open_bags(
+    df: pd.DataFrame, classes: Sequence[str], what: str, prefetch: int = 2
+) -> list[BagItem]:
     """Open every store; bags without instances (no tissue) are skipped with a warning."""
     items = []
     for row in df.itertuples(index=False):
@@ -107,8 +127,10 @@ def _open_bags(df: pd.DataFrame, classes: Sequence[str], what: str, prefetch: in
 def _patch_px(items: Sequence[BagItem]) -> int:
     shapes = {it.bag.patch_shape for it in items}
     if len(shapes) != 1:
-        raise GigamilError(f"patch stores have different patch shapes {sorted(shapes)}; "
-                           "extract all slides with the same preprocessing.patches settings")
+        raise GigamilError(
+            f"patch stores have different patch shapes {sorted(shapes)}; "
+            "extract all slides with the same preprocessing.patches settings"
+        )
     return int(next(iter(shapes))[0])
 
 
@@ -141,8 +163,16 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def train_fold(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], model_cfg: dict,
-               training_cfg: dict, out_dir: Path, resume: bool = True, threads: int = 1) -> Path:
+def train_fold(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    classes: list[str],
+    model_cfg: dict,
+    training_cfg: dict,
+    out_dir: Path,
+    resume: bool = True,
+    threads: int = 1,
+) -> Path:
     """Train one fold end to end (encoder included) with the accumulating trainer.
 
     Writes ``out_dir/model.pt`` (best epoch by ``training.early_stopping.metric``),
@@ -165,15 +195,24 @@ def train_fold(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], model
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _train(train, val, [str(c) for c in classes], mcfg, tcfg, out_dir, resume,
-                      device, info)
+        return _train(
+            train, val, [str(c) for c in classes], mcfg, tcfg, out_dir, resume, device, info
+        )
     finally:
         ddp.shutdown(info)
 
 
-def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dict[str, Any],
-           tcfg: dict[str, Any], out_dir: Path, resume: bool, device: torch.device,
-           info: ddp.DistInfo) -> Path:
+def _train(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    classes: list[str],
+    mcfg: dict[str, Any],
+    tcfg: dict[str, Any],
+    out_dir: Path,
+    resume: bool,
+    device: torch.device,
+    info: ddp.DistInfo,
+) -> Path:
     n_classes = len(classes)
     train_items = _open_bags(train, classes, "training")
     val_items = _open_bags(val, classes, "validation")
@@ -186,8 +225,9 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
     if tcfg["class_weights"] == "balanced":
         weights = balanced_class_weights([it.label for it in train_items], n_classes)
     torch.manual_seed(seed)
-    model = build_mil_model(mcfg, n_classes, patch_px, tcfg["augment"],
-                            BagLoss(tcfg["loss"], weights)).to(device)
+    model = build_mil_model(
+        mcfg, n_classes, patch_px, tcfg["augment"], BagLoss(tcfg["loss"], weights)
+    ).to(device)
     val_loss_fn = BagLoss(tcfg["loss"]).to(device)
     scaler = None
     if tcfg["amp"]:
@@ -195,30 +235,46 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
         if device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(tcfg["lr"]),
-                                  weight_decay=float(tcfg["weight_decay"]))
+    optimizer = torch.optim.AdamW(
+        params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"])
+    )
     epochs = int(tcfg["epochs"])
     bps = int(tcfg["bags_per_step"])
-    scheduler = make_scheduler(optimizer, tcfg["schedule"],
-                               epochs * steps_per_epoch(len(train_items), bps, info.world))
+    scheduler = make_scheduler(
+        optimizer, tcfg["schedule"], epochs * steps_per_epoch(len(train_items), bps, info.world)
+    )
     es = tcfg["early_stopping"]
-    state: dict[str, Any] = {"best_score": None, "best_tiebreak": None, "best_epoch": 0,
-                             "bad_epochs": 0, "epoch": 0, "finished": False}
-    signature = {"model": mcfg, "classes": classes,
-                 "training": {k: v for k, v in tcfg.items() if k not in LOG_ONLY_TRAINING_KEYS},
-                 "train": sorted(it.slide_id for it in train_items),
-                 "val": sorted(it.slide_id for it in val_items)}
+    state: dict[str, Any] = {
+        "best_score": None,
+        "best_tiebreak": None,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "epoch": 0,
+        "finished": False,
+    }
+    signature = {
+        "model": mcfg,
+        "classes": classes,
+        "training": {k: v for k, v in tcfg.items() if k not in LOG_ONLY_TRAINING_KEYS},
+        "train": sorted(it.slide_id for it in train_items),
+        "val": sorted(it.slide_id for it in val_items),
+    }
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, model_path, log_path = out_dir / "last.pt", out_dir / "model.pt", \
-        out_dir / "train_log.csv"
+    last_path, model_path, log_path = (
+        out_dir / "last.pt",
+        out_dir / "model.pt",
+        out_dir / "train_log.csv",
+    )
     best_ckpt: dict[str, Any] | None = None  # model.pt's content, also kept in last.pt
     rows: list[dict[str, Any]] = []  # train_log.csv's rows, also kept in last.pt
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path)
         if ckpt.get("signature") != signature:
-            log.warning("%s was written with another configuration or other slides; "
-                        "starting from scratch", last_path)
+            log.warning(
+                "%s was written with another configuration or other slides; starting from scratch",
+                last_path,
+            )
         else:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -242,57 +298,108 @@ def _train(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], mcfg: dic
     chunk = tcfg["max_instances_per_forward_pass"]
     chunk = int(chunk) if chunk is not None else None
     max_inst = tcfg["max_instances_per_bag"]
-    tb = (tensorboard_writer(out_dir / "tensorboard", state["epoch"] + 1)
-          if tcfg["tensorboard"] and info.is_main else None)
+    tb = (
+        tensorboard_writer(out_dir / "tensorboard", state["epoch"] + 1)
+        if tcfg["tensorboard"] and info.is_main
+        else None
+    )
     try:
         for epoch in range(state["epoch"] + 1, epochs + 1):
             t0 = time.time()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss = train_epoch(model, train_items, optimizer, scheduler, epoch, seed, bps,
-                                     chunk, int(max_inst) if max_inst else None, info, scaler)
+            train_loss = train_epoch(
+                model,
+                train_items,
+                optimizer,
+                scheduler,
+                epoch,
+                seed,
+                bps,
+                chunk,
+                int(max_inst) if max_inst else None,
+                info,
+                scaler,
+            )
             metrics = validate(model, val_items, chunk, n_classes, val_loss_fn)
             score = _scalar_metric(metrics, es["metric"], train_loss)
             tiebreak = _scalar_metric(metrics, "loss", train_loss)  # equal AUC: lower loss wins
             best, best_tb = state["best_score"], state.get("best_tiebreak")
-            improved = best is None or score > best + 1e-12 or (
-                abs(score - best) <= 1e-12 and best_tb is not None and tiebreak > best_tb + 1e-12)
+            improved = (
+                best is None
+                or score > best + 1e-12
+                or (
+                    abs(score - best) <= 1e-12
+                    and best_tb is not None
+                    and tiebreak > best_tb + 1e-12
+                )
+            )
             if improved:
-                state.update(best_score=score, best_tiebreak=tiebreak, best_epoch=epoch,
-                             bad_epochs=0)
+                state.update(
+                    best_score=score, best_tiebreak=tiebreak, best_epoch=epoch, bad_epochs=0
+                )
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch
             stop = state["bad_epochs"] >= int(es["patience"])
             state["finished"] = stop or epoch == epochs
             seconds = time.time() - t0
-            log.info("epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s", epoch,
-                     train_loss, metrics["loss"], metrics["auc"], seconds,
-                     " *" if improved else "")
+            log.info(
+                "epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s",
+                epoch,
+                train_loss,
+                metrics["loss"],
+                metrics["auc"],
+                seconds,
+                " *" if improved else "",
+            )
             if info.is_main:
                 if improved:
-                    best_ckpt = model_checkpoint(model, mcfg, classes, patch_px, epoch, {
-                        "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}})
+                    best_ckpt = model_checkpoint(
+                        model,
+                        mcfg,
+                        classes,
+                        patch_px,
+                        epoch,
+                        {"train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}},
+                    )
                     atomic_save(best_ckpt, model_path)
-                rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": metrics["loss"],
-                             "val_auc": metrics["auc"],
-                             "val_balanced_accuracy": metrics["balanced_accuracy"], "lr": lr,
-                             "seconds": round(seconds, 3), "best_epoch": state["best_epoch"],
-                             "n_train_bags": len(train_items), "n_val_bags": len(val_items)})
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": train_loss,
+                        "val_loss": metrics["loss"],
+                        "val_auc": metrics["auc"],
+                        "val_balanced_accuracy": metrics["balanced_accuracy"],
+                        "lr": lr,
+                        "seconds": round(seconds, 3),
+                        "best_epoch": state["best_epoch"],
+                        "n_train_bags": len(train_items),
+                        "n_val_bags": len(val_items),
+                    }
+                )
                 _write_log(log_path, rows)
                 if tb is not None:
                     for key in TB_SCALARS:
                         tb.add_scalar(key, rows[-1][key], epoch)
                     tb.flush()
-                last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "early_stopping": dict(state),
-                        "rng": _rng_state(device), "signature": signature, "best": best_ckpt,
-                        "log_rows": rows}
+                last = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "early_stopping": dict(state),
+                    "rng": _rng_state(device),
+                    "signature": signature,
+                    "best": best_ckpt,
+                    "log_rows": rows,
+                }
                 if scaler is not None:
                     last["scaler"] = scaler.state_dict()
                 atomic_save(last, last_path)
             ddp.barrier(info)
             if stop:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch, state["best_epoch"])
+                log.info(
+                    "early stopping after epoch %d (best epoch %d)", epoch, state["best_epoch"]
+                )
                 break
     finally:
         if tb is not None:
@@ -306,15 +413,22 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise ConfigError("training.tensorboard: true needs the tensorboard package "
-                          "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
-                          ) from exc
+        raise ConfigError(
+            "training.tensorboard: true needs the tensorboard package "
+            "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
+        ) from exc
     return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
 
 
-def predict_slides(model_path: Path, slides: pd.DataFrame, out_csv: Path, attention_dir: Path,
-                   device: str = "auto", threads: int = 1,
-                   max_instances_per_forward_pass: int = 512) -> pd.DataFrame:
+def predict_slides(
+    model_path: Path,
+    slides: pd.DataFrame,
+    out_csv: Path,
+    attention_dir: Path,
+    device: str = "auto",
+    threads: int = 1,
+    max_instances_per_forward_pass: int = 512,
+) -> pd.DataFrame:
     """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
 
     Writes ``out_csv`` (slide_id, patient_id, cohort, label, prob_<class>..., pred; the caller
@@ -333,8 +447,10 @@ def predict_slides(model_path: Path, slides: pd.DataFrame, out_csv: Path, attent
     for row in slides.itertuples(index=False):
         bag = ZarrBag(row.store)
         if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
-            raise GigamilError(f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
-                               f"the model was trained on {ckpt['patch_px']} px")
+            raise GigamilError(
+                f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
+                f"the model was trained on {ckpt['patch_px']} px"
+            )
         if len(bag) == 0:
             log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
             prob = np.full(len(classes), np.nan)
@@ -343,17 +459,23 @@ def predict_slides(model_path: Path, slides: pd.DataFrame, out_csv: Path, attent
         else:
             with torch.inference_mode():
                 logits, att_t = model(
-                    bag, max_instances_per_forward_pass=max_instances_per_forward_pass)
+                    bag, max_instances_per_forward_pass=max_instances_per_forward_pass
+                )
             prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
             att = att_t.float().cpu().numpy().astype(np.float32)
             pred = classes[int(prob.argmax())]
         np.save(attention_dir / f"{row.slide_id}.npy", att)
-        rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id,
-                     "cohort": row.cohort, "label": row.label,
-                     **{f"prob_{c}": float(p) for c, p in zip(classes, prob, strict=True)},
-                     "pred": pred})
-    columns = ["slide_id", "patient_id", "cohort", "label", *[f"prob_{c}" for c in classes],
-               "pred"]
+        rows.append(
+            {
+                "slide_id": row.slide_id,
+                "patient_id": row.patient_id,
+                "cohort": row.cohort,
+                "label": row.label,
+                **{f"prob_{c}": float(p) for c, p in zip(classes, prob, strict=True)},
+                "pred": pred,
+            }
+        )
+    columns = ["slide_id", "patient_id", "cohort", "label", *[f"prob_{c}" for c in classes], "pred"]
     df = pd.DataFrame(rows, columns=columns)
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)

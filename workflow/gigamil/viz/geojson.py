@@ -22,8 +22,13 @@ def patch_polygon(x: float, y: float, size: float) -> list[list[list[float]]]:
     return [[[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]]
 
 
-def patches_geojson(coords: np.ndarray, patch_size_level0: float, attention: np.ndarray,
-                    normalized: np.ndarray, slide_id: str) -> dict[str, Any]:  # fmt: skip
+def patches_geojson(
+    coords: np.ndarray,
+    patch_size_level0: float,
+    attention: np.ndarray,
+    normalized: np.ndarray,
+    slide_id: str,
+) -> dict[str, Any]:
     """FeatureCollection of patch polygons with their attention.
 
     Args:

@@ -55,8 +55,13 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     return (att - lo) / (hi - lo)
 
 
-def attention_canvas(coords: np.ndarray, patch_size_level0: float, values: np.ndarray,
-                     scale: float, shape: tuple[int, int]) -> np.ndarray:  # fmt: skip
+def attention_canvas(
+    coords: np.ndarray,
+    patch_size_level0: float,
+    values: np.ndarray,
+    scale: float,
+    shape: tuple[int, int],
+) -> np.ndarray:
     """Paint per-patch values on a thumbnail-sized canvas.
 
     Args:
@@ -91,8 +96,12 @@ def attention_canvas(coords: np.ndarray, patch_size_level0: float, values: np.nd
         return np.where(count > 0.5, total / np.maximum(count, 1e-12), np.nan)
 
 
-def slide_thumbnail(slide_path: str | Path | None, slide_dims: tuple[int, int], max_px: int,
-                    mpp_override: float | None = None) -> np.ndarray:  # fmt: skip
+def slide_thumbnail(
+    slide_path: str | Path | None,
+    slide_dims: tuple[int, int],
+    max_px: int,
+    mpp_override: float | None = None,
+) -> np.ndarray:
     """RGB uint8 (H, W, 3) thumbnail with the slide's aspect ratio (grey if unreadable)."""
     w0, h0 = slide_dims
     scale = max_px / max(w0, h0)
@@ -121,9 +130,16 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
-def render_overlay(thumb: np.ndarray, canvas: np.ndarray, path: str | Path, title: str,
-                   cmap: str = "jet", alpha: float = 0.5, tissue: np.ndarray | None = None,
-                   colorbar_label: str = "attention") -> None:  # fmt: skip
+def render_overlay(
+    thumb: np.ndarray,
+    canvas: np.ndarray,
+    path: str | Path,
+    title: str,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    tissue: np.ndarray | None = None,
+    colorbar_label: str = "attention",
+) -> None:
     """Save the thumbnail with the coloured canvas on top (NaN = transparent) and a colour bar."""
     import matplotlib
 
@@ -143,8 +159,14 @@ def render_overlay(thumb: np.ndarray, canvas: np.ndarray, path: str | Path, titl
     fig_h = max(3.0, h / dpi + 0.6)
     fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=dpi)
     ax.imshow(thumb, interpolation="nearest")
-    im = ax.imshow(np.ma.masked_invalid(shown), cmap=colormap, vmin=0.0, vmax=1.0, alpha=alpha,
-                   interpolation="nearest")  # fmt: skip
+    im = ax.imshow(
+        np.ma.masked_invalid(shown),
+        cmap=colormap,
+        vmin=0.0,
+        vmax=1.0,
+        alpha=alpha,
+        interpolation="nearest",
+    )
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
@@ -152,8 +174,9 @@ def render_overlay(thumb: np.ndarray, canvas: np.ndarray, path: str | Path, titl
     plt.close(fig)
 
 
-def render_gallery(patches: np.ndarray, values: np.ndarray, ranks: Sequence[str], path: str | Path,
-                   title: str) -> None:  # fmt: skip
+def render_gallery(
+    patches: np.ndarray, values: np.ndarray, ranks: Sequence[str], path: str | Path, title: str
+) -> None:
     """Save a 2-row gallery: the top-k (first row) and bottom-k patches with their attention.
 
     The patches are tiled into one mosaic image (one matplotlib image, fast for any k).
@@ -181,18 +204,33 @@ def render_gallery(patches: np.ndarray, values: np.ndarray, ranks: Sequence[str]
     dpi = 100
     fig_w, fig_h = mosaic.shape[1] / dpi + 0.5, mosaic.shape[0] / dpi + 0.35
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
-    ax = fig.add_axes((0.4 / fig_w, 0.02 / fig_h, mosaic.shape[1] / dpi / fig_w,
-                       mosaic.shape[0] / dpi / fig_h))  # fmt: skip
+    ax = fig.add_axes(
+        (0.4 / fig_w, 0.02 / fig_h, mosaic.shape[1] / dpi / fig_w, mosaic.shape[0] / dpi / fig_h)
+    )
     ax.imshow(mosaic, interpolation="nearest")
     ax.set_axis_off()
     for i in range(n):
         r, c = divmod(i, k)
-        ax.text(pad + c * (cell_w + pad) + 2, pad + r * (cell_h + pad) + 2,
-                f"{ranks[i]} {values[i]:.3g}", fontsize=6, va="top", ha="left",
-                color="black", backgroundcolor=(1, 1, 1, 0.7))  # fmt: skip
+        ax.text(
+            pad + c * (cell_w + pad) + 2,
+            pad + r * (cell_h + pad) + 2,
+            f"{ranks[i]} {values[i]:.3g}",
+            fontsize=6,
+            va="top",
+            ha="left",
+            color="black",
+            backgroundcolor=(1, 1, 1, 0.7),
+        )
     for r, name in enumerate(("top", "bottom")):
-        ax.text(-2, pad + r * (cell_h + pad) + cell_h / 2, name, rotation=90, va="center",
-                ha="right", fontsize=8)  # fmt: skip
+        ax.text(
+            -2,
+            pad + r * (cell_h + pad) + cell_h / 2,
+            name,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=8,
+        )
     fig.suptitle(title, fontsize=9, y=1 - 0.04 / fig_h, va="top")
     fig.savefig(path)
     plt.close(fig)
@@ -265,10 +303,14 @@ def make_heatmap(
     scale = thumb.shape[1] / dims[0]
     canvas = attention_canvas(coords, psize, values, scale, thumb.shape[:2])
     tissue = load_tissue_mask(tissue_mask)
-    label = {"rank": "attention (rank)", "percentile": "attention (1-99th pct scaled)",
-             "minmax": "attention (min-max scaled)"}[normalize]  # fmt: skip
-    render_overlay(thumb, canvas, out_dir / "overlay.png", title or slide_id, cmap, alpha, tissue,
-                   label)  # fmt: skip
+    label = {
+        "rank": "attention (rank)",
+        "percentile": "attention (1-99th pct scaled)",
+        "minmax": "attention (min-max scaled)",
+    }[normalize]
+    render_overlay(
+        thumb, canvas, out_dir / "overlay.png", title or slide_id, cmap, alpha, tissue, label
+    )
 
     top, bottom = top_bottom(attention, top_k)
     idx = np.r_[top, bottom].astype(np.int64)
@@ -279,12 +321,26 @@ def make_heatmap(
         tiles[order] = group["patches"].get_orthogonal_selection((idx[order],))
         captions = [f"#{i + 1}" for i in range(top.size)]
         captions += [f"-#{i + 1}" for i in range(bottom.size)]
-        render_gallery(tiles, attention[idx], captions, out_dir / "gallery.png",
-                       f"{slide_id}: top {top.size} / bottom {bottom.size} attention")  # fmt: skip
+        render_gallery(
+            tiles,
+            attention[idx],
+            captions,
+            out_dir / "gallery.png",
+            f"{slide_id}: top {top.size} / bottom {bottom.size} attention",
+        )
     else:
-        render_gallery(np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), [], out_dir / "gallery.png",
-                       f"{slide_id}: no patches")  # fmt: skip
+        render_gallery(
+            np.zeros((0, 1, 1, 3), np.uint8),
+            np.zeros(0),
+            [],
+            out_dir / "gallery.png",
+            f"{slide_id}: no patches",
+        )
     geo = patches_geojson(coords, psize, attention, values, slide_id)
     write_geojson(geo, out_dir / "patches.geojson")
-    return {"slide_id": slide_id, "n_patches": int(coords.shape[0]), "top": top.tolist(),
-            "thumbnail_shape": list(thumb.shape[:2])}  # fmt: skip
+    return {
+        "slide_id": slide_id,
+        "n_patches": int(coords.shape[0]),
+        "top": top.tolist(),
+        "thumbnail_shape": list(thumb.shape[:2]),
+    }

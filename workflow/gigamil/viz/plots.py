@@ -20,8 +20,13 @@ def _pyplot():
     return plt
 
 
-def plot_roc(preds: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str,
-             by: str | None = "fold") -> None:  # fmt: skip
+def plot_roc(
+    preds: pd.DataFrame,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str,
+    by: str | None = "fold",
+) -> None:
     """ROC curves of slide predictions.
 
     Binary: the pooled curve (thick) and, when ``by`` names a column with several values, one thin
@@ -60,8 +65,9 @@ def plot_roc(preds: pd.DataFrame, classes: Sequence[str], path: str | Path, titl
     plt.close(fig)
 
 
-def plot_confusion(preds: pd.DataFrame, classes: Sequence[str], path: str | Path,
-                   title: str) -> None:  # fmt: skip
+def plot_confusion(
+    preds: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str
+) -> None:
     """Confusion matrix (counts and row-normalised %), rows = true class."""
     plt = _pyplot()
     y, p = labels_and_probs(preds, classes)
@@ -74,8 +80,15 @@ def plot_confusion(preds: pd.DataFrame, classes: Sequence[str], path: str | Path
     for i in range(len(classes)):
         for j in range(len(classes)):
             colour = "white" if frac[i, j] > 0.6 else "black"
-            ax.text(j, i, f"{cm[i, j]}\n{100 * frac[i, j]:.0f}%", ha="center", va="center",
-                    color=colour, fontsize=9)  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{100 * frac[i, j]:.0f}%",
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=9,
+            )
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
