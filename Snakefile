@@ -26,5 +26,5 @@ include: "workflow/rules/heatmaps.smk"
 rule all:
     default_target: True
     input:
-        expand("results/qc/{cohort}.csv", cohort=config["cohorts"]),
+        [layout.qc_csv(c) for c in config["cohorts"]],
         eval_targets(),

@@ -222,7 +222,7 @@ def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):
 
 
 def test_optional_lesion_mask_column_may_be_empty(tmp_path):
-    from gigamil.evaluate.targets import lesion_masks
+    from gigamil.layout import lesion_masks
 
     rows = good_rows()
     rows[0]["lesion_mask"] = "masks/s1.png"

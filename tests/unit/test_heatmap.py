@@ -162,53 +162,6 @@ def test_empty_store_still_gives_outputs(tmp_path):
     assert (tmp_path / "hm" / "overlay.png").is_file()
 
 
-def test_heatmap_slides_and_eval_targets():
-    import pandas as pd
-
-    from gigamil.errors import ConfigError
-    from gigamil.evaluate import targets
-
-    sheets = {
-        "tr": pd.DataFrame({"slide_id": ["a", "b"], "patient_id": ["p", "q"]}),
-        "ex": pd.DataFrame({"slide_id": ["c"], "patient_id": ["r"], "lesion_mask": ["m/c.png"]}),
-    }
-    assert targets.heatmap_slides("all", sheets, ["tr", "ex"]) == [
-        ("tr", "a"),
-        ("tr", "b"),
-        ("ex", "c"),
-    ]
-    assert targets.heatmap_slides("none", sheets, ["tr", "ex"]) == []
-    assert targets.heatmap_slides(["c"], sheets, ["tr", "ex"]) == [("ex", "c")]
-    with pytest.raises(ConfigError, match="heatmaps.slides: slide_id 'zz' is in no cohort"):
-        targets.heatmap_slides(["zz"], sheets, ["tr", "ex"])
-    assert targets.lesion_masks({"demo": True}, sheets["tr"]) == {
-        "a": "results/demo/lesion_masks/a.png",
-        "b": "results/demo/lesion_masks/b.png",
-    }
-    assert targets.lesion_masks({}, sheets["ex"]) == {"c": "m/c.png"}
-    assert targets.lesion_masks({}, sheets["tr"]) == {}
-    config = {
-        "experiment": "e",
-        "ensemble": {"enabled": True},
-        "heatmaps": {"slides": ["a"]},
-        "cohorts": {"tr": {"demo": True}, "ex": {}},
-    }
-    assert targets.eval_targets(config, sheets, ["tr"], ["ex"]) == [
-        "results/eval/e/summary.json",
-        "results/eval/e/ensemble/tr/summary.json",
-        "results/eval/e/ensemble/ex/summary.json",
-        "results/heatmaps/e/tr/a/overlay.png",
-    ]
-    files = targets.localization_inputs(
-        config, sheets, ["tr"], [0, 1], lambda c, s: f"st/{c}/{s}.zarr"
-    )
-    assert "st/tr/a.zarr" in files and "results/demo/lesion_masks/b.json" in files
-    assert "results/predictions/e/fold1/attention/tr" in files
-    assert targets.attention_pattern("e").format(fold=2, cohort="c", slide_id="s") == (
-        "results/predictions/e/fold2/attention/c/s.npy"
-    )
-
-
 def test_cli_heatmap_averages_attention_files(tmp_path, capsys):
     from gigamil.cli import main
 

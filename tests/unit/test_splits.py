@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.splits import (
+from gigamil.splits import (
     FOLD_COLUMNS,
     check_folds,
     fold_slides,

@@ -1,7 +1,9 @@
-"""Validation, sheet loading and helpers shared by every rule file.
+"""Validation, sheet loading and every global shared by the rule files (included first).
 
 Everything here runs when Snakemake parses the workflow, before any job: a bad config.yaml or
-cohort sheet stops the run with one message naming the key, file or row.
+cohort sheet stops the run with one message naming the key, file or row. Paths come from
+gigamil.layout; a rule file uses only what is defined here and its own private names, so the
+rule files may be included in any order after this one.
 """
 
 import os
@@ -18,6 +20,7 @@ os.environ.update(
     )
 )
 
+from gigamil import layout  # noqa: E402
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
 from gigamil.config import LOG_ONLY_TRAINING_KEYS  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402
@@ -35,6 +38,8 @@ CLASSES = list(config["classes"])
 TRAIN_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "train"]
 EXTERNAL_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "external"]
 DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
+FOLDS = list(range(config["cv"]["folds"]))
+FOLDS_CSV = layout.folds_csv(EXPERIMENT)
 
 
 wildcard_constraints:
@@ -65,11 +70,38 @@ def slide_mpp_override(wildcards):
     return None if mpp != mpp else float(mpp)
 
 
-def store_path(cohort, slide_id):
-    """The zarr patch store of a slide."""
-    return f"results/patches/{cohort}/{slide_id}.zarr"
-
-
 def cohort_stores(cohorts):
     """Zarr stores of every slide of the given cohorts."""
-    return [store_path(c, s) for c in cohorts for s in cohort_slide_ids(c)]
+    return [layout.store_path(c, s) for c in cohorts for s in cohort_slide_ids(c)]
+
+
+def eval_targets():
+    """The final evaluation outputs (inputs of the default target): CV summary, ensembles,
+    heatmaps."""
+    return layout.eval_targets(config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS)
+
+
+def report_output(path, caption, category, subcategory=None, labels=None, enabled=True):
+    """``path`` flagged for the HTML report with the caption workflow/report/{caption}.rst
+    (``path`` itself when not ``enabled``). Call it only from the .smk files in workflow/rules,
+    as Snakemake resolves the caption relative to the file defining the rule."""
+    if not enabled:
+        return path
+    return report(
+        path,
+        caption=f"../report/{caption}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels=labels,
+    )
+
+
+def report_outputs(out_dir, category, files, subcategory=None):
+    """Named outputs ``{name: report_output(out_dir/file, caption, category)}`` of
+    ``files = {name: (file, caption)}``; used as ``output: **report_outputs(...)``."""
+    return {
+        name: report_output(
+            f"{out_dir}/{file}", caption, category, subcategory=subcategory
+        )
+        for name, (file, caption) in files.items()
+    }

@@ -18,18 +18,14 @@ DEMO_PATIENTS = DEMO_SHEET["patient_id"].nunique()
 
 rule demo_cohort:
     output:
-        sheet="results/demo/sheet.csv",
-        slides=expand("results/demo/slides/{slide_id}.tiff", slide_id=DEMO_SLIDE_IDS),
-        masks=expand(
-            "results/demo/lesion_masks/{slide_id}.png", slide_id=DEMO_SLIDE_IDS
-        ),
-        mask_meta=expand(
-            "results/demo/lesion_masks/{slide_id}.json", slide_id=DEMO_SLIDE_IDS
-        ),
+        sheet=layout.demo_sheet(),
+        slides=[layout.demo_slide(s) for s in DEMO_SLIDE_IDS],
+        masks=[layout.demo_lesion_mask(s) for s in DEMO_SLIDE_IDS],
+        mask_meta=[layout.demo_lesion_meta(s) for s in DEMO_SLIDE_IDS],
     log:
-        "logs/demo/demo_cohort.log",
+        layout.log_file("demo", "demo_cohort"),
     benchmark:
-        "logs/benchmarks/demo_cohort.tsv"
+        layout.benchmark_file("demo_cohort")
     conda:
         "../../envs/gigamil.yaml"
     threads: 1

@@ -1,16 +1,16 @@
 """Rule heatmap: attention heatmap, patch gallery and QuPath GeoJSON of one slide
 (gigamil.viz.heatmap). Only the heatmaps section (minus the slide list) is a param, so changing
 a drawing option redraws the heatmaps and nothing else. The slides drawn (heatmaps.slides) are
-listed by eval_targets() (evaluate.smk).
+listed by eval_targets() (common.smk).
 """
 
-HEATMAP_DIR = evaltargets.heatmap_dir(EXPERIMENT, "{cohort}", "{slide_id}")
+HEATMAP_DIR = layout.heatmap_dir(EXPERIMENT, "{cohort}", "{slide_id}")
 HEATMAP_PARAMS = {k: v for k, v in config["heatmaps"].items() if k != "slides"}
 # The HTML report embeds every image: beyond this many slides the heatmaps stay on disk only.
 HEATMAP_REPORT_MAX = 48
 HEATMAPS_IN_REPORT = (
     len(
-        evaltargets.heatmap_slides(
+        layout.heatmap_slides(
             config["heatmaps"]["slides"], SHEETS, TRAIN_COHORTS + EXTERNAL_COHORTS
         )
     )
@@ -20,43 +20,37 @@ HEATMAPS_IN_REPORT = (
 
 rule heatmap:
     input:
-        store=lambda wc: store_path(wc.cohort, wc.slide_id),
+        store=lambda wc: layout.store_path(wc.cohort, wc.slide_id),
         slide=slide_path,
-        tissue="results/masks/{cohort}/{slide_id}.png",
+        tissue=layout.tissue_mask("{cohort}", "{slide_id}"),
         # every fold model's attention on the cohort; the script averages those holding the
         # slide (all folds for an external cohort, the test fold for a train cohort)
         attention=lambda wc: [
-            evaltargets.attention_dir(EXPERIMENT, k, wc.cohort) for k in FOLDS
+            layout.attention_dir(EXPERIMENT, k, wc.cohort) for k in FOLDS
         ],
     output:
-        overlay=(
-            report(
-                f"{HEATMAP_DIR}/overlay.png",
-                caption="../report/heatmap.rst",
-                category="3. Heatmaps",
-                subcategory="{cohort}",
-                labels={"slide": "{slide_id}", "figure": "attention overlay"},
-            )
-            if HEATMAPS_IN_REPORT
-            else f"{HEATMAP_DIR}/overlay.png"
+        overlay=report_output(
+            f"{HEATMAP_DIR}/overlay.png",
+            "heatmap",
+            "3. Heatmaps",
+            subcategory="{cohort}",
+            labels={"slide": "{slide_id}", "figure": "attention overlay"},
+            enabled=HEATMAPS_IN_REPORT,
         ),
-        gallery=(
-            report(
-                f"{HEATMAP_DIR}/gallery.png",
-                caption="../report/gallery.rst",
-                category="3. Heatmaps",
-                subcategory="{cohort}",
-                labels={"slide": "{slide_id}", "figure": "top/bottom patches"},
-            )
-            if HEATMAPS_IN_REPORT
-            else f"{HEATMAP_DIR}/gallery.png"
+        gallery=report_output(
+            f"{HEATMAP_DIR}/gallery.png",
+            "gallery",
+            "3. Heatmaps",
+            subcategory="{cohort}",
+            labels={"slide": "{slide_id}", "figure": "top/bottom patches"},
+            enabled=HEATMAPS_IN_REPORT,
         ),
         attention=f"{HEATMAP_DIR}/attention.npy",
         geojson=f"{HEATMAP_DIR}/patches.geojson",
     log:
-        f"logs/heatmap/{EXPERIMENT}/{{cohort}}/{{slide_id}}.log",
+        layout.log_file("heatmap", EXPERIMENT, "{cohort}", "{slide_id}"),
     benchmark:
-        f"logs/benchmarks/heatmap/{EXPERIMENT}/{{cohort}}/{{slide_id}}.tsv"
+        layout.benchmark_file("heatmap", EXPERIMENT, "{cohort}", "{slide_id}")
     group:
         "heatmaps"
     conda:

@@ -9,13 +9,13 @@ rule tissue_mask:
     input:
         slide=slide_path,
     output:
-        mask="results/masks/{cohort}/{slide_id}.png",
-        qc="results/masks/{cohort}/{slide_id}.qc.png",
-        json="results/masks/{cohort}/{slide_id}.json",
+        mask=layout.tissue_mask("{cohort}", "{slide_id}"),
+        qc=layout.tissue_qc("{cohort}", "{slide_id}"),
+        json=layout.tissue_json("{cohort}", "{slide_id}"),
     log:
-        "logs/tissue_mask/{cohort}/{slide_id}.log",
+        layout.log_file("tissue_mask", "{cohort}", "{slide_id}"),
     benchmark:
-        "logs/benchmarks/tissue_mask/{cohort}/{slide_id}.tsv"
+        layout.benchmark_file("tissue_mask", "{cohort}", "{slide_id}")
     group:
         "preprocess"
     conda:
@@ -34,14 +34,14 @@ rule tissue_mask:
 rule extract_patches:
     input:
         slide=slide_path,
-        mask="results/masks/{cohort}/{slide_id}.png",
-        mask_json="results/masks/{cohort}/{slide_id}.json",
+        mask=layout.tissue_mask("{cohort}", "{slide_id}"),
+        mask_json=layout.tissue_json("{cohort}", "{slide_id}"),
     output:
-        store=directory("results/patches/{cohort}/{slide_id}.zarr"),
+        store=directory(layout.store_path("{cohort}", "{slide_id}")),
     log:
-        "logs/extract_patches/{cohort}/{slide_id}.log",
+        layout.log_file("extract_patches", "{cohort}", "{slide_id}"),
     benchmark:
-        "logs/benchmarks/extract_patches/{cohort}/{slide_id}.tsv"
+        layout.benchmark_file("extract_patches", "{cohort}", "{slide_id}")
     group:
         "preprocess"
     conda:
@@ -59,20 +59,16 @@ rule extract_patches:
 
 rule qc_table:
     input:
-        masks=lambda wc: expand(
-            "results/masks/{cohort}/{slide_id}.json",
-            cohort=wc.cohort,
-            slide_id=cohort_slide_ids(wc.cohort),
-        ),
-        stores=lambda wc: [
-            store_path(wc.cohort, s) for s in cohort_slide_ids(wc.cohort)
+        masks=lambda wc: [
+            layout.tissue_json(wc.cohort, s) for s in cohort_slide_ids(wc.cohort)
         ],
+        stores=lambda wc: cohort_stores([wc.cohort]),
     output:
-        csv="results/qc/{cohort}.csv",
+        csv=layout.qc_csv("{cohort}"),
     log:
-        "logs/qc_table/{cohort}.log",
+        layout.log_file("qc_table", "{cohort}"),
     benchmark:
-        "logs/benchmarks/qc_table/{cohort}.tsv"
+        layout.benchmark_file("qc_table", "{cohort}")
     conda:
         "../../envs/gigamil.yaml"
     threads: 1

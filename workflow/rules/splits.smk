@@ -1,13 +1,8 @@
-"""Rule make_splits: patient-level cross-validation folds (gigamil.evaluate.splits).
+"""Rule make_splits: patient-level cross-validation folds (gigamil.splits).
 
 Inputs are only the train cohorts' sheets and params only the cv section, the classes and the
 train-cohort names, so adding an external cohort or changing training keys keeps the folds.
 """
-
-from gigamil.evaluate import targets as evaltargets
-
-FOLDS = list(range(config["cv"]["folds"]))
-FOLDS_CSV = evaltargets.folds_csv(EXPERIMENT)
 
 
 rule make_splits:
@@ -16,9 +11,9 @@ rule make_splits:
     output:
         folds=FOLDS_CSV,
     log:
-        f"logs/make_splits/{EXPERIMENT}.log",
+        layout.log_file("make_splits", EXPERIMENT),
     benchmark:
-        f"logs/benchmarks/make_splits/{EXPERIMENT}.tsv"
+        layout.benchmark_file("make_splits", EXPERIMENT)
     conda:
         "../../envs/gigamil.yaml"
     threads: 1

@@ -14,8 +14,7 @@ TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
 TRAINING_PARAMS = {
     k: v for k, v in config["training"].items() if k not in LOG_ONLY_TRAINING_KEYS
 }
-MODEL_DIR = evaltargets.model_dir(EXPERIMENT, "{fold}")
-STORE_PATTERN = store_path("{cohort}", "{slide_id}")
+MODEL_DIR = layout.model_dir(EXPERIMENT, "{fold}")
 
 
 rule train_fold:
@@ -26,9 +25,9 @@ rule train_fold:
         model=f"{MODEL_DIR}/model.pt",
         train_log=f"{MODEL_DIR}/train_log.csv",
     log:
-        f"logs/train_fold/{EXPERIMENT}/fold{{fold}}.log",
+        layout.log_file("train_fold", EXPERIMENT, "fold{fold}"),
     benchmark:
-        f"logs/benchmarks/train_fold/{EXPERIMENT}/fold{{fold}}.tsv"
+        layout.benchmark_file("train_fold", EXPERIMENT, "fold{fold}")
     conda:
         "../../envs/gigamil.yaml"
     threads: 1
@@ -40,7 +39,6 @@ rule train_fold:
         model=config["model"],
         training=TRAINING_PARAMS,
         classes=CLASSES,
-        store_pattern=lambda wc: STORE_PATTERN,
     script:
         "../scripts/train_fold.py"
 
@@ -56,12 +54,12 @@ rule predict_fold:
         ),
         stores=lambda wc: cohort_stores([wc.cohort]),
     output:
-        csv=evaltargets.prediction_csv(EXPERIMENT, "{fold}", "{cohort}"),
-        attention=directory(evaltargets.attention_dir(EXPERIMENT, "{fold}", "{cohort}")),
+        csv=layout.prediction_csv(EXPERIMENT, "{fold}", "{cohort}"),
+        attention=directory(layout.attention_dir(EXPERIMENT, "{fold}", "{cohort}")),
     log:
-        f"logs/predict_fold/{EXPERIMENT}/fold{{fold}}/{{cohort}}.log",
+        layout.log_file("predict_fold", EXPERIMENT, "fold{fold}", "{cohort}"),
     benchmark:
-        f"logs/benchmarks/predict_fold/{EXPERIMENT}/fold{{fold}}/{{cohort}}.tsv"
+        layout.benchmark_file("predict_fold", EXPERIMENT, "fold{fold}", "{cohort}")
     conda:
         "../../envs/gigamil.yaml"
     threads: 1
@@ -74,6 +72,5 @@ rule predict_fold:
         classes=CLASSES,
         device=config["training"]["device"],
         max_instances=config["training"]["max_instances_per_forward_pass"],
-        store_pattern=lambda wc: STORE_PATTERN,
     script:
         "../scripts/predict_fold.py"

@@ -2,24 +2,17 @@
 
 from pathlib import Path
 
+from gigamil import layout
 from gigamil.evaluate.aggregate import aggregate_cv
-from gigamil.evaluate.splits import read_folds
 from gigamil.logutil import setup_logging
+from gigamil.splits import read_folds
 
 setup_logging(snakemake.log[0])
 params = snakemake.params
 folds = read_folds(snakemake.input.folds)
-test = folds[folds["role"] == "test"]
-localization = {}
-for row in test.itertuples(index=False):
-    mask = params.lesion_masks.get(row.cohort, {}).get(row.slide_id)
-    if mask:
-        ids = {"cohort": row.cohort, "slide_id": row.slide_id}
-        localization[row.slide_id] = (
-            params.store_pattern.format(**ids),
-            params.attention_pattern.format(fold=row.fold, **ids),
-            mask,
-        )
+localization = layout.cv_localization(
+    params.experiment, folds[folds["role"] == "test"], params.lesion_masks
+)
 aggregate_cv(
     snakemake.input.preds,
     snakemake.input.folds,

@@ -2,17 +2,16 @@
 
 from pathlib import Path
 
+from gigamil import layout
 from gigamil.evaluate.ensemble import ensemble_cohort
 from gigamil.logutil import setup_logging
 
 setup_logging(snakemake.log[0])
 params = snakemake.params
 cohort = snakemake.wildcards.cohort
-localization = {}
-for slide_id, mask in params.lesion_masks.get(cohort, {}).items():
-    ids = {"cohort": cohort, "slide_id": slide_id}
-    attention = [params.attention_pattern.format(fold=k, **ids) for k in params.folds]
-    localization[slide_id] = (params.store_pattern.format(**ids), attention, mask)
+localization = layout.ensemble_localization(
+    params.experiment, cohort, list(params.folds), params.lesion_masks
+)
 ensemble_cohort(
     snakemake.input.preds,
     list(params.classes),

@@ -4,19 +4,14 @@ attention of every fold model that predicted it averaged (ensemble heatmap)."""
 import logging
 from pathlib import Path
 
-from gigamil.errors import GigamilError
+from gigamil import layout
 from gigamil.evaluate.localization import mean_attention
 from gigamil.logutil import setup_logging
 from gigamil.viz.heatmap import make_heatmap
 
 setup_logging(snakemake.log[0])
 slide_id = snakemake.wildcards.slide_id
-files = [Path(d) / f"{slide_id}.npy" for d in snakemake.input.attention]
-found = [f for f in files if f.is_file()]
-if not found:
-    raise GigamilError(
-        f"slide {slide_id}: no fold model predicted it (no attention in {files[0].parent})"
-    )
+found = layout.attention_files(snakemake.input.attention, slide_id)
 logging.getLogger("heatmap").info(
     "%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found))
 )

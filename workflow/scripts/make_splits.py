@@ -1,12 +1,12 @@
-"""Snakemake script of rule make_splits: gigamil.evaluate.splits.make_folds."""
+"""Snakemake script of rule make_splits: gigamil.splits.make_folds."""
 
 import logging
 
 import pandas as pd
 
 from gigamil.config import load_sheet
-from gigamil.evaluate.splits import make_folds, split_report, write_folds
 from gigamil.logutil import setup_logging
+from gigamil.splits import make_folds, split_report, write_folds
 
 setup_logging(snakemake.log[0])
 cv = snakemake.params.cv

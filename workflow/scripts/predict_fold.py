@@ -3,9 +3,11 @@ one cohort (its test slides for a train cohort, every slide for an external coho
 
 from pathlib import Path
 
+from gigamil import layout
 from gigamil.config import load_sheet
-from gigamil.evaluate.splits import fold_slides, read_folds
+from gigamil.evaluate.aggregate import write_fold_predictions
 from gigamil.logutil import setup_logging
+from gigamil.splits import fold_slides, read_folds
 from gigamil.train.run import predict_slides
 
 setup_logging(snakemake.log[0])
@@ -13,25 +15,17 @@ fold = int(snakemake.wildcards.fold)
 cohort = snakemake.wildcards.cohort
 classes = list(snakemake.params.classes)
 if snakemake.params.role == "train":
-    slides = fold_slides(read_folds(snakemake.input.folds), fold, "test")
-    slides = slides[slides["cohort"] == cohort].reset_index(drop=True)
+    slides = fold_slides(read_folds(snakemake.input.folds), fold, "test", cohort=cohort)
 else:
     sheet = load_sheet(snakemake.input.sheet, cohort=cohort, classes=classes, check_files=False)
     slides = sheet[["cohort", "slide_id", "patient_id", "label"]]
-slides = slides.assign(
-    store=[
-        snakemake.params.store_pattern.format(cohort=c, slide_id=s)
-        for c, s in zip(slides["cohort"], slides["slide_id"], strict=True)
-    ]
-)
 preds = predict_slides(
     Path(snakemake.input.model),
-    slides,
+    layout.with_stores(slides),
     Path(snakemake.output.csv),
     Path(snakemake.output.attention),
     device=snakemake.params.device,
     threads=snakemake.threads,
     max_instances_per_forward_pass=int(snakemake.params.max_instances),
 )
-preds.insert(4, "fold", fold)  # slide_id, patient_id, cohort, label, fold, prob_..., pred
-preds.to_csv(snakemake.output.csv, index=False)
+write_fold_predictions(preds, fold, snakemake.output.csv)

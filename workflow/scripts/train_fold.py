@@ -5,27 +5,18 @@ With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one 
 
 from pathlib import Path
 
+from gigamil import layout
 from gigamil.config import LOG_ONLY_TRAINING_KEYS
-from gigamil.evaluate.splits import fold_slides, read_folds
 from gigamil.logutil import setup_logging
+from gigamil.splits import fold_slides, read_folds
 from gigamil.train.launch import train_fold_torchrun
 from gigamil.train.run import train_fold
 
 setup_logging(snakemake.log[0])
 fold = int(snakemake.wildcards.fold)
 folds = read_folds(snakemake.input.folds)
-pattern = snakemake.params.store_pattern
-
-
-def with_stores(df):
-    """The fold's slides plus the ``store`` column the trainer reads."""
-    pairs = zip(df["cohort"], df["slide_id"], strict=True)
-    stores = [pattern.format(cohort=c, slide_id=s) for c, s in pairs]
-    return df.assign(store=stores)
-
-
-train_df = with_stores(fold_slides(folds, fold, "train"))
-val_df = with_stores(fold_slides(folds, fold, "val"))
+train_df = layout.with_stores(fold_slides(folds, fold, "train"))
+val_df = layout.with_stores(fold_slides(folds, fold, "val"))
 out_dir = Path(snakemake.output.model).parent
 gpus = int(snakemake.resources.get("gpu", 0) or 0)
 if gpus > 1:

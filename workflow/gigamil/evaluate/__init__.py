@@ -1,1 +1,1 @@
-"""Cross-validation splits, metrics, ensembles and attention localisation."""
+"""Cross-validation aggregation, metrics, fold-model ensembles and attention localisation."""

@@ -31,6 +31,23 @@ log = logging.getLogger(__name__)
 PRED_ID_COLUMNS = ["slide_id", "patient_id", "cohort", "label"]
 
 
+def write_fold_predictions(preds: pd.DataFrame, fold: int, path: str | Path) -> pd.DataFrame:
+    """Write one fold model's predictions (``predict_slides``'s table) as the CSV rule
+    predict_fold declares: the id columns, ``fold``, ``prob_<class>``..., ``pred``.
+
+    Returns the table written.
+    """
+    missing = [c for c in PRED_ID_COLUMNS if c not in preds.columns]
+    if missing:
+        raise GigamilError(f"predictions lack column(s) {', '.join(missing)}")
+    out = preds.drop(columns=["fold"], errors="ignore")
+    out.insert(len(PRED_ID_COLUMNS), "fold", int(fold))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return out
+
+
 def read_predictions(paths: Sequence[str | Path], classes: Sequence[str]) -> pd.DataFrame:
     """Concatenate prediction CSVs (string ids, int ``fold``) and check their columns."""
     frames = []
@@ -269,7 +286,7 @@ def aggregate_cv(
         ``n_patients``, ``n_folds``, ``n_unpredicted`` and, with masks, ``localization_auc``
         (mean over slides where it is defined) and ``localization_auc_per_slide``.
     """
-    from gigamil.evaluate.splits import read_folds
+    from gigamil.splits import read_folds
     from gigamil.viz.plots import plot_confusion, plot_roc
 
     out_dir = Path(out_dir)

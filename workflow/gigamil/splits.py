@@ -376,9 +376,14 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     return folds
 
 
-def fold_slides(folds: pd.DataFrame, fold: int, role: str) -> pd.DataFrame:
-    """Rows of one fold and role (cohort, slide_id, patient_id, label)."""
+def fold_slides(
+    folds: pd.DataFrame, fold: int, role: str, cohort: str | None = None
+) -> pd.DataFrame:
+    """Rows of one fold and role (cohort, slide_id, patient_id, label), of ``cohort`` only if
+    given."""
     sel = folds[(folds["fold"] == fold) & (folds["role"] == role)]
+    if cohort is not None:
+        sel = sel[sel["cohort"] == cohort]
     return sel[["cohort", "slide_id", "patient_id", "label"]].reset_index(drop=True)
 
 

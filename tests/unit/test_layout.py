@@ -1,0 +1,178 @@
+"""gigamil.layout: the results layout, the files that exist for a configuration, and the
+helpers the Snakemake scripts share (store column, attention discovery, localisation inputs,
+fold prediction CSVs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gigamil import layout
+from gigamil.errors import ConfigError, GigamilError
+from gigamil.evaluate.aggregate import PRED_ID_COLUMNS, read_predictions, write_fold_predictions
+from gigamil.splits import fold_slides
+
+
+@pytest.fixture
+def sheets():
+    return {
+        "tr": pd.DataFrame({"slide_id": ["a", "b"], "patient_id": ["p", "q"]}),
+        "ex": pd.DataFrame({"slide_id": ["c"], "patient_id": ["r"], "lesion_mask": ["m/c.png"]}),
+    }
+
+
+@pytest.fixture
+def config():
+    return {
+        "experiment": "e",
+        "ensemble": {"enabled": True},
+        "heatmaps": {"slides": ["a"]},
+        "cohorts": {"tr": {"demo": True}, "ex": {}},
+    }
+
+
+def test_paths_and_wildcard_patterns():
+    assert layout.store_path("c", "s") == "results/patches/c/s.zarr"
+    assert layout.store_path("{cohort}", "{slide_id}") == "results/patches/{cohort}/{slide_id}.zarr"
+    assert layout.tissue_mask("c", "s") == "results/masks/c/s.png"
+    assert layout.tissue_qc("c", "s") == "results/masks/c/s.qc.png"
+    assert layout.tissue_json("c", "s") == "results/masks/c/s.json"
+    assert layout.qc_csv("c") == "results/qc/c.csv"
+    assert layout.folds_csv("e") == "results/splits/e/folds.csv"
+    assert layout.model_dir("e", "{fold}") == "results/models/e/fold{fold}"
+    assert layout.prediction_csv("e", 1, "c") == "results/predictions/e/fold1/c.csv"
+    assert layout.attention_file("e", 2, "c", "s") == (
+        "results/predictions/e/fold2/attention/c/s.npy"
+    )
+    assert layout.ensemble_dir("e", "c") == "results/eval/e/ensemble/c"
+    assert layout.heatmap_dir("e", "c", "s") == "results/heatmaps/e/c/s"
+    assert layout.demo_sheet() == "results/demo/sheet.csv"
+    assert layout.demo_slide("s") == "results/demo/slides/s.tiff"
+    assert layout.demo_lesion_meta("s") == "results/demo/lesion_masks/s.json"
+    assert layout.log_file("train_fold", "e", "fold{fold}") == "logs/train_fold/e/fold{fold}.log"
+    assert layout.benchmark_file("demo_cohort") == "logs/benchmarks/demo_cohort.tsv"
+
+
+def test_heatmap_slides_and_eval_targets(sheets, config):
+    assert layout.heatmap_slides("all", sheets, ["tr", "ex"]) == [
+        ("tr", "a"),
+        ("tr", "b"),
+        ("ex", "c"),
+    ]
+    assert layout.heatmap_slides("none", sheets, ["tr", "ex"]) == []
+    assert layout.heatmap_slides(["c"], sheets, ["tr", "ex"]) == [("ex", "c")]
+    with pytest.raises(ConfigError, match="heatmaps.slides: slide_id 'zz' is in no cohort"):
+        layout.heatmap_slides(["zz"], sheets, ["tr", "ex"])
+    assert layout.lesion_masks({"demo": True}, sheets["tr"]) == {
+        "a": "results/demo/lesion_masks/a.png",
+        "b": "results/demo/lesion_masks/b.png",
+    }
+    assert layout.lesion_masks({}, sheets["ex"]) == {"c": "m/c.png"}
+    assert layout.lesion_masks({}, sheets["tr"]) == {}
+    assert layout.eval_targets(config, sheets, ["tr"], ["ex"]) == [
+        "results/eval/e/summary.json",
+        "results/eval/e/ensemble/tr/summary.json",
+        "results/eval/e/ensemble/ex/summary.json",
+        "results/heatmaps/e/tr/a/overlay.png",
+    ]
+    files = layout.localization_inputs(config, sheets, ["tr"], [0, 1])
+    assert "results/patches/tr/a.zarr" in files and "results/demo/lesion_masks/b.json" in files
+    assert "results/predictions/e/fold1/attention/tr" in files
+    assert layout.localization_inputs(config, sheets, ["ex"], [0]) == [
+        "results/patches/ex/c.zarr",
+        "m/c.png",
+        "results/predictions/e/fold0/attention/ex",
+    ]
+    assert layout.localization_masks(config, sheets, ["tr", "ex"]) == {
+        "tr": layout.lesion_masks({"demo": True}, sheets["tr"]),
+        "ex": {"c": "m/c.png"},
+    }
+
+
+def test_with_stores_adds_the_store_of_each_slide():
+    slides = pd.DataFrame({"cohort": ["x", "y"], "slide_id": ["s1", "s2"], "label": ["0", "1"]})
+    out = layout.with_stores(slides)
+    assert out["store"].tolist() == ["results/patches/x/s1.zarr", "results/patches/y/s2.zarr"]
+    assert out.drop(columns="store").equals(slides) and "store" not in slides.columns
+
+
+def test_attention_files_finds_the_folds_that_predicted_the_slide(tmp_path):
+    dirs = [tmp_path / f"fold{k}" for k in range(3)]
+    for d in dirs:
+        d.mkdir()
+    np.save(dirs[1] / "s.npy", np.ones(3, np.float32))
+    np.save(dirs[2] / "s.npy", np.ones(3, np.float32))
+    np.save(dirs[0] / "other.npy", np.ones(3, np.float32))
+    assert layout.attention_files(map(str, dirs), "s") == [dirs[1] / "s.npy", dirs[2] / "s.npy"]
+    with pytest.raises(GigamilError, match="slide t: no fold model predicted it"):
+        layout.attention_files(dirs, "t")
+
+
+def test_localization_inputs_of_cv_and_ensemble_have_one_shape():
+    masks = {"tr": {"a": "m/a.png", "b": "m/b.png"}}
+    test = pd.DataFrame(
+        {"cohort": ["tr", "tr", "tr"], "slide_id": ["a", "b", "z"], "fold": [1, 0, 0]}
+    )
+    assert layout.cv_localization("e", test, masks) == {
+        "a": (
+            "results/patches/tr/a.zarr",
+            ["results/predictions/e/fold1/attention/tr/a.npy"],
+            "m/a.png",
+        ),
+        "b": (
+            "results/patches/tr/b.zarr",
+            ["results/predictions/e/fold0/attention/tr/b.npy"],
+            "m/b.png",
+        ),
+    }
+    ens = layout.ensemble_localization("e", "tr", [0, 1], masks)
+    assert ens["b"] == (
+        "results/patches/tr/b.zarr",
+        [
+            "results/predictions/e/fold0/attention/tr/b.npy",
+            "results/predictions/e/fold1/attention/tr/b.npy",
+        ],
+        "m/b.png",
+    )
+    assert set(ens) == {"a", "b"}
+    assert layout.ensemble_localization("e", "ex", [0], masks) == {}
+
+
+def test_fold_slides_of_one_cohort():
+    folds = pd.DataFrame(
+        {
+            "cohort": ["x", "y", "x"],
+            "slide_id": ["s1", "s2", "s3"],
+            "patient_id": ["p1", "p2", "p3"],
+            "label": ["0", "1", "1"],
+            "fold": [0, 0, 1],
+            "role": ["test", "test", "test"],
+        }
+    )
+    assert fold_slides(folds, 0, "test")["slide_id"].tolist() == ["s1", "s2"]
+    assert fold_slides(folds, 0, "test", cohort="y")["slide_id"].tolist() == ["s2"]
+    assert fold_slides(folds, 0, "test", cohort="y").index.tolist() == [0]
+
+
+def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
+    preds = pd.DataFrame(
+        {
+            "slide_id": ["s1", "s2"],
+            "patient_id": ["p1", "p2"],
+            "cohort": ["c", "c"],
+            "label": ["a", "b"],
+            "prob_a": [0.7, np.nan],
+            "prob_b": [0.3, np.nan],
+            "pred": ["a", ""],
+        }
+    )
+    path = tmp_path / "sub" / "preds.csv"
+    out = write_fold_predictions(preds, 3, path)
+    assert list(out.columns) == [*PRED_ID_COLUMNS, "fold", "prob_a", "prob_b", "pred"]
+    back = read_predictions([path], ["a", "b"])
+    assert back["fold"].tolist() == [3, 3] and back["pred"].tolist() == ["a", ""]
+    assert np.isnan(back.loc[1, "prob_a"]) and back.loc[0, "prob_a"] == 0.7
+    assert "fold" not in preds.columns
+    with pytest.raises(GigamilError, match="lack column"):
+        write_fold_predictions(preds.drop(columns="label"), 0, path)

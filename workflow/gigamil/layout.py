@@ -1,0 +1,297 @@
+"""The results layout: every path the workflow writes under ``results/`` and ``logs/``.
+
+The .smk files and the Snakemake scripts build their paths here and nowhere else. Every function
+is plain string formatting, so passing a wildcard such as ``"{cohort}"`` for an argument gives the
+pattern a rule declares. Paths are relative to the Snakemake working directory.
+
+Beside the paths live the functions that decide which files exist for a configuration (lesion
+masks, localisation inputs, heatmap slides, the final targets of rule all) and the small helpers
+the scripts share (the slides' ``store`` column, attention-file discovery, localisation inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gigamil.errors import ConfigError, GigamilError
+
+RESULTS = "results"
+LOGS = "logs"
+DEMO_DIR = f"{RESULTS}/demo"
+LESION_MASK_DIR = f"{DEMO_DIR}/lesion_masks"
+
+# ----------------------------------------------------------------------------- logs
+
+
+def log_file(*parts: str) -> str:
+    """logs/{parts...}.log, e.g. ``log_file("tissue_mask", "{cohort}", "{slide_id}")``."""
+    return f"{LOGS}/{'/'.join(parts)}.log"
+
+
+def benchmark_file(*parts: str) -> str:
+    """logs/benchmarks/{parts...}.tsv."""
+    return f"{LOGS}/benchmarks/{'/'.join(parts)}.tsv"
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def demo_sheet() -> str:
+    """The sheet the demo generator writes."""
+    return f"{DEMO_DIR}/sheet.csv"
+
+
+def demo_slide(slide_id: str) -> str:
+    """One demo slide (pyramidal TIFF)."""
+    return f"{DEMO_DIR}/slides/{slide_id}.tiff"
+
+
+def demo_lesion_mask(slide_id: str) -> str:
+    """The ground-truth lesion mask PNG of a demo slide."""
+    return f"{LESION_MASK_DIR}/{slide_id}.png"
+
+
+def demo_lesion_meta(slide_id: str) -> str:
+    """The JSON sidecar (``downsample``) of a demo lesion mask."""
+    return f"{LESION_MASK_DIR}/{slide_id}.json"
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def mask_dir(cohort: str) -> str:
+    """results/masks/{cohort}."""
+    return f"{RESULTS}/masks/{cohort}"
+
+
+def tissue_mask(cohort: str, slide_id: str) -> str:
+    """The tissue mask PNG of a slide."""
+    return f"{mask_dir(cohort)}/{slide_id}.png"
+
+
+def tissue_qc(cohort: str, slide_id: str) -> str:
+    """The tissue mask QC overlay of a slide."""
+    return f"{mask_dir(cohort)}/{slide_id}.qc.png"
+
+
+def tissue_json(cohort: str, slide_id: str) -> str:
+    """The tissue mask's JSON sidecar (mask resolution and statistics)."""
+    return f"{mask_dir(cohort)}/{slide_id}.json"
+
+
+def store_path(cohort: str, slide_id: str) -> str:
+    """The zarr patch store of a slide."""
+    return f"{RESULTS}/patches/{cohort}/{slide_id}.zarr"
+
+
+def qc_csv(cohort: str) -> str:
+    """The per-cohort QC table."""
+    return f"{RESULTS}/qc/{cohort}.csv"
+
+
+def with_stores(slides: pd.DataFrame) -> pd.DataFrame:
+    """``slides`` (``cohort``, ``slide_id``, ...) plus the ``store`` column the trainer reads."""
+    pairs = zip(slides["cohort"], slides["slide_id"], strict=True)
+    return slides.assign(store=[store_path(c, s) for c, s in pairs])
+
+
+# ----------------------------------------------------------------------------- folds and models
+
+
+def folds_csv(experiment: str) -> str:
+    """results/splits/{experiment}/folds.csv."""
+    return f"{RESULTS}/splits/{experiment}/folds.csv"
+
+
+def model_dir(experiment: str, fold: int | str) -> str:
+    """Directory of one fold's model.pt, last.pt and train_log.csv."""
+    return f"{RESULTS}/models/{experiment}/fold{fold}"
+
+
+def prediction_csv(experiment: str, fold: int | str, cohort: str) -> str:
+    """Predictions of fold model ``fold`` on ``cohort``."""
+    return f"{RESULTS}/predictions/{experiment}/fold{fold}/{cohort}.csv"
+
+
+def attention_dir(experiment: str, fold: int | str, cohort: str) -> str:
+    """Per-slide attention arrays of fold model ``fold`` on ``cohort``."""
+    return f"{RESULTS}/predictions/{experiment}/fold{fold}/attention/{cohort}"
+
+
+def attention_file(experiment: str, fold: int | str, cohort: str, slide_id: str) -> str:
+    """The attention array (.npy) of fold model ``fold`` on one slide."""
+    return f"{attention_dir(experiment, fold, cohort)}/{slide_id}.npy"
+
+
+def attention_files(dirs: Iterable[str | Path], slide_id: str) -> list[Path]:
+    """The attention arrays of ``slide_id`` present in ``dirs`` (one per fold model).
+
+    A train-cohort slide is predicted by its test fold's model only, an external one by every
+    fold model; the heatmap averages the ones found.
+
+    Raises:
+        GigamilError: no directory holds the slide's attention.
+    """
+    files = [Path(d) / f"{slide_id}.npy" for d in dirs]
+    found = [f for f in files if f.is_file()]
+    if not found:
+        where = files[0].parent if files else "no attention directory"
+        raise GigamilError(
+            f"slide {slide_id}: no fold model predicted it (no attention in {where})"
+        )
+    return found
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def eval_dir(experiment: str) -> str:
+    """results/eval/{experiment}."""
+    return f"{RESULTS}/eval/{experiment}"
+
+
+def ensemble_dir(experiment: str, cohort: str) -> str:
+    """results/eval/{experiment}/ensemble/{cohort}."""
+    return f"{eval_dir(experiment)}/ensemble/{cohort}"
+
+
+def heatmap_dir(experiment: str, cohort: str, slide_id: str) -> str:
+    """Directory of one slide's heatmap outputs."""
+    return f"{RESULTS}/heatmaps/{experiment}/{cohort}/{slide_id}"
+
+
+def lesion_masks(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str, str]:
+    """{slide_id: lesion mask PNG} of a cohort with ground-truth lesion masks.
+
+    Demo cohorts (``demo: true``) have the generator's masks in results/demo/lesion_masks; any
+    other sheet may give masks in an optional ``lesion_mask`` column (a PNG covering the whole
+    slide with a JSON sidecar giving its ``downsample``); otherwise there are none.
+    """
+    if cohort_cfg.get("demo"):
+        return {s: demo_lesion_mask(s) for s in sheet["slide_id"]}
+    if "lesion_mask" in sheet.columns:
+        pairs = zip(sheet["slide_id"], sheet["lesion_mask"], strict=True)
+        return {s: m for s, m in pairs if isinstance(m, str) and m.strip()}
+    return {}
+
+
+def mask_files(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Lesion mask PNGs of a cohort plus, for a demo cohort, their JSON sidecars."""
+    masks = list(lesion_masks(cohort_cfg, sheet).values())
+    if cohort_cfg.get("demo"):
+        masks += [m.removesuffix(".png") + ".json" for m in masks]
+    return masks
+
+
+def localization_inputs(
+    config: Mapping[str, Any],
+    sheets: Mapping[str, pd.DataFrame],
+    train_cohorts: Sequence[str],
+    folds: Sequence[int],
+) -> list[str]:
+    """Stores, lesion masks and attention directories the localisation AUC reads."""
+    files: list[str] = []
+    for c in train_cohorts:
+        masks = lesion_masks(config["cohorts"][c], sheets[c])
+        if not masks:
+            continue
+        files += [store_path(c, s) for s in masks]
+        files += mask_files(config["cohorts"][c], sheets[c])
+        files += [attention_dir(config["experiment"], k, c) for k in folds]
+    return files
+
+
+def localization_masks(
+    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], train_cohorts: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """{cohort: {slide_id: mask}} of the train cohorts that have lesion masks."""
+    out = {}
+    for c in train_cohorts:
+        masks = lesion_masks(config["cohorts"][c], sheets[c])
+        if masks:
+            out[c] = masks
+    return out
+
+
+LocalizationInput = tuple[str, list[str], str]
+"""(patch store, attention .npy files of the fold models to average, lesion mask PNG)."""
+
+
+def cv_localization(
+    experiment: str, test_slides: pd.DataFrame, masks: Mapping[str, Mapping[str, str]]
+) -> dict[str, LocalizationInput]:
+    """Localisation inputs of the cross-validation: each slide with a lesion mask, scored with
+    the attention of the fold model that had it as a test slide.
+
+    Args:
+        test_slides: the test rows of folds.csv (``cohort``, ``slide_id``, ``fold``).
+        masks: ``{cohort: {slide_id: lesion mask}}`` (:func:`localization_masks`).
+    """
+    out = {}
+    for row in test_slides.itertuples(index=False):
+        mask = masks.get(row.cohort, {}).get(row.slide_id)
+        if mask:
+            attention = [attention_file(experiment, row.fold, row.cohort, row.slide_id)]
+            out[row.slide_id] = (store_path(row.cohort, row.slide_id), attention, mask)
+    return out
+
+
+def ensemble_localization(
+    experiment: str, cohort: str, folds: Sequence[int], masks: Mapping[str, Mapping[str, str]]
+) -> dict[str, LocalizationInput]:
+    """Localisation inputs of the ensemble on ``cohort``: each slide with a lesion mask, scored
+    with the mean attention of every fold model (those that predicted it)."""
+    out = {}
+    for slide_id, mask in masks.get(cohort, {}).items():
+        attention = [attention_file(experiment, k, cohort, slide_id) for k in folds]
+        out[slide_id] = (store_path(cohort, slide_id), attention, mask)
+    return out
+
+
+def heatmap_slides(
+    wanted: str | Sequence[str], sheets: Mapping[str, pd.DataFrame], cohorts: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(cohort, slide_id) pairs whose heatmaps are drawn.
+
+    Args:
+        wanted: ``heatmaps.slides``: "all", "none" or a list of slide_ids.
+        cohorts: the cohorts predicted by the fold models (train and external).
+
+    Raises:
+        ConfigError: a listed slide_id is in none of the cohorts.
+    """
+    pairs = [(c, s) for c in cohorts for s in sheets[c]["slide_id"]]
+    if wanted == "all":
+        return pairs
+    if wanted == "none":
+        return []
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    unknown = sorted(set(wanted) - {s for _, s in pairs})
+    if unknown:
+        raise ConfigError(f"heatmaps.slides: slide_id {unknown[0]!r} is in no cohort sheet")
+    keep = set(wanted)
+    return [(c, s) for c, s in pairs if s in keep]
+
+
+def eval_targets(
+    config: Mapping[str, Any],
+    sheets: Mapping[str, pd.DataFrame],
+    train_cohorts: Sequence[str],
+    external_cohorts: Sequence[str],
+) -> list[str]:
+    """The final evaluation outputs (for rule all): CV summary, ensembles, heatmaps."""
+    exp = config["experiment"]
+    targets = [f"{eval_dir(exp)}/summary.json"]
+    if config["ensemble"]["enabled"]:
+        cohorts = list(train_cohorts) + list(external_cohorts)
+        targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
+    pairs = heatmap_slides(
+        config["heatmaps"]["slides"], sheets, list(train_cohorts) + list(external_cohorts)
+    )
+    targets += [f"{heatmap_dir(exp, c, s)}/overlay.png" for c, s in pairs]
+    return targets
