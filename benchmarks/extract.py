@@ -105,7 +105,8 @@ def gigamil_run(
 ) -> tuple[float, float, int]:
     """(wall s, process CPU s, patch count) of mask + extraction + write, as `gigamil patches`.
     ``fast_tiff=False`` reads through OpenSlide (as for non-TIFF formats)."""
-    from gigamil.wsi.patching import PatchParams, extract_patches
+    from gigamil.wsi.extract import extract_patches
+    from gigamil.wsi.patching import PatchParams
 
     if out.exists():
         shutil.rmtree(out)

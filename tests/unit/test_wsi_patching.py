@@ -8,14 +8,10 @@ from PIL import Image
 from wsi_fixtures import CMU_SVS, shared_slides, tissue_image
 
 from gigamil.data.store import REQUIRED_ATTRS, read_store
-from gigamil.wsi.patching import (
-    PatchParams,
-    extract_patches,
-    mask_coverage,
-    plan_patches,
-    plan_units,
-)
-from gigamil.wsi.reader import ArrayReader, open_slide
+from gigamil.wsi.extract import extract_patches
+from gigamil.wsi.memory import ArrayReader
+from gigamil.wsi.patching import PatchParams, mask_coverage, plan_patches, plan_units
+from gigamil.wsi.reader import open_slide
 from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
 
 PYRAMID = "CMU-1-Small-Region.pyramid.tiff"

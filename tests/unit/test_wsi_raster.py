@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.raster import read_raster, read_raster_image
-from gigamil.wsi.reader import ArrayReader
 
 
 def _image(h=300, w=420, seed=0):

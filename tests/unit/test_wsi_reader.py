@@ -9,14 +9,10 @@ from PIL import Image
 from wsi_fixtures import CMU_SVS, shared_slides, write_tiff
 
 from gigamil.errors import SlideError
-from gigamil.wsi.reader import (
-    ArrayReader,
-    check_mpp,
-    composite_on_white,
-    mpp_from_resolution,
-    open_slide,
-    resolve_mpp,
-)
+from gigamil.wsi.memory import ArrayReader
+from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp
+from gigamil.wsi.reader import open_slide
+from gigamil.wsi.slide import composite_on_white
 
 
 def test_svs_properties():

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from wsi_fixtures import CMU_SVS, iou, shared_slides, tissue_image
 
-from gigamil.wsi.reader import ArrayReader, open_slide
+from gigamil.wsi.memory import ArrayReader
+from gigamil.wsi.reader import open_slide
 from gigamil.wsi.tissue import (
     OUTLINE_RGB,
     TissueParams,

@@ -1,7 +1,8 @@
-"""Snakemake script of rule extract_patches: gigamil.wsi.patching.extract_patches."""
+"""Snakemake script of rule extract_patches: gigamil.wsi.extract.extract_patches."""
 
 from gigamil.logutil import setup_logging
-from gigamil.wsi.patching import PatchParams, extract_patches
+from gigamil.wsi.extract import extract_patches
+from gigamil.wsi.patching import PatchParams
 from gigamil.wsi.tissue import mask_params_for, read_mask_png
 
 setup_logging(snakemake.log[0])

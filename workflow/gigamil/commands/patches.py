@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from gigamil.wsi.patching import PatchParams, extract_patches
+    from gigamil.wsi.extract import extract_patches
+    from gigamil.wsi.patching import PatchParams
     from gigamil.wsi.tissue import mask_params_for, read_mask_png
 
     params = PatchParams(

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from gigamil.wsi.reader import SlideReader
+from gigamil.wsi.slide import SlideReader
 
 
 def level_scale(reader: SlideReader, level: int, fx: float, fy: float) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.wsi.raster import read_raster_image
-from gigamil.wsi.reader import SlideReader
+from gigamil.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,275 @@
+"""Patch extraction: cut a slide's planned patches (:mod:`gigamil.wsi.patching`) into a zarr
+patch store.
+
+Reading is block-wise: each run of horizontally adjacent kept patches is one region read (tiles
+decoded once, shared through one tile cache), resampled once and cut into patches. The work unit
+is one store chunk (64-256 consecutive patches): ``threads`` worker threads each read, encode and
+write whole chunks (tile decoding, Pillow and the codecs release the GIL), under a temporary store
+name that is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigamil.wsi.patching import PatchParams, PatchPlan, plan_patches, plan_units
+from gigamil.wsi.raster import read_raster
+from gigamil.wsi.reader import open_slide, shared_tile_cache
+from gigamil.wsi.slide import SlideReader
+from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
+
+log = logging.getLogger(__name__)
+
+
+def read_window(
+    reader: SlideReader, plan: PatchPlan, idx: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Patches ``idx`` of the plan, (k, P, P, 3) uint8, from one region read (into ``out``)."""
+    p, s = plan.patch_px, plan.stride_px
+    rows, cols = plan.grid[idx, 0], plan.grid[idx, 1]
+    if out is None:
+        out = np.empty((len(idx), p, p, 3), np.uint8)
+    if plan.resample:
+        u0, v0 = int(cols.min()) * s, int(rows.min()) * s
+        u1, v1 = int(cols.max()) * s + p, int(rows.max()) * s + p
+        img = read_raster(reader, plan.level, plan.f, plan.f, u0, v0, u1 - u0, v1 - v0)
+        for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            y, x = int(r) * s - v0, int(c) * s - u0
+            out[k] = img[y : y + p, x : x + p]
+        return out
+    # no resampling: level pixels as they are, patch origin rounded to the level pixel
+    lx = np.round(cols * s * plan.sx).astype(np.int64)
+    ly = np.round(rows * s * plan.sy).astype(np.int64)
+    if getattr(reader, "fast_tiff", False):  # straight from the cached tiles, one copy
+        for k in range(len(idx)):
+            reader.read_level_into(plan.level, int(lx[k]), int(ly[k]), out[k])
+        return out
+    rx0, ry0 = int(lx.min()), int(ly.min())
+    rw, rh = int(lx.max()) + p - rx0, int(ly.max()) + p - ry0
+    ds = plan.level_downsample
+    img = reader.read_region_view((round(rx0 * ds), round(ry0 * ds)), plan.level, (rw, rh))
+    for k in range(len(idx)):
+        y, x = int(ly[k]) - ry0, int(lx[k]) - rx0
+        out[k] = img[y : y + p, x : x + p]
+    return out
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract_patches` did."""
+
+    out: Path
+    n_patches: int
+    seconds: float
+    attrs: dict[str, Any]
+    warnings: list[str]
+
+
+def source_info(path: str | Path) -> tuple[str, int, float]:
+    """(absolute path, size in bytes, mtime) of a slide file, for staleness checks."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        return str(p.resolve()), int(st.st_size), float(st.st_mtime)
+    except OSError:
+        return str(path), -1, -1.0
+
+
+def extract_patches(
+    slide: str | Path | SlideReader,
+    out: str | Path,
+    params: PatchParams,
+    mask: np.ndarray | None = None,
+    mask_params: dict[str, Any] | None = None,
+    tissue_params: TissueParams | None = None,
+    slide_mpp: float | None = None,
+    slide_id: str | None = None,
+    threads: int = 1,
+    progress: bool = True,
+    cache_mb: int = 256,
+) -> ExtractResult:
+    """Cut the patches of one slide into the zarr store ``out`` (see the module docstring).
+
+    ``slide``: a path (each worker thread opens its own handle, sharing one tile cache) or an
+    open reader (shared by the workers). ``mask``: (H, W) bool tissue mask over the whole slide
+    (any resolution); None computes one with ``tissue_params`` (defaults if None), in which
+    case ``mask_params`` defaults to those parameters.
+    """
+    from tqdm import tqdm
+
+    from gigamil import __version__
+    from gigamil.data.store import StoreWriter
+
+    t0 = time.perf_counter()
+    threads = max(1, int(threads))
+    cache = None
+    if isinstance(slide, SlideReader):
+        reader = slide
+        factory: Callable[[], SlideReader] = lambda: reader  # noqa: E731
+        own = False
+        src = reader.path
+    else:
+        src = str(slide)
+        try:
+            cache = shared_tile_cache(cache_mb) if cache_mb > 0 else None
+        except Exception:  # openslide missing: the fallback reader has no cache
+            cache = None
+        reader = open_slide(slide, slide_mpp, cache=cache)
+        factory = lambda: open_slide(slide, slide_mpp, cache=cache)  # noqa: E731
+        own = True
+    try:
+        warnings: list[str] = []
+        if mask is None:
+            tp = tissue_params or TissueParams()
+            tm = compute_tissue_mask(reader, tp, keep_rgb=False)
+            mask = tm.mask
+            warnings += tm.warnings
+            if mask_params is None:
+                mask_params = {"computed": True, **asdict(tp)}
+        plan = plan_patches(reader, params, mask)
+        warnings += plan.warnings
+        for w in plan.warnings:
+            log.warning("%s", w)
+        log.info(
+            "%s: %d patches (%d x %d grid), level %d (downsample %.3f), %s, %d thread(s)",
+            reader.name,
+            plan.n,
+            plan.n_rows,
+            plan.n_cols,
+            plan.level,
+            plan.level_downsample,
+            f"resampled to {plan.target_mpp:g} µm/px" if plan.resample else "not resampled",
+            threads,
+        )
+        src_abs, size, mtime = source_info(src)
+        attrs = {
+            "slide_id": slide_id or Path(src).stem,
+            "source_path": src_abs,
+            "source_size": size,
+            "source_mtime": mtime,
+            "slide_mpp": reader.mpp,
+            "slide_mpp_source": reader.mpp_source,
+            "target_mpp": plan.target_mpp,
+            "effective_mpp": plan.effective_mpp,
+            "resampled": plan.resample,
+            "patch_px": plan.patch_px,
+            "stride_px": plan.stride_px,
+            "patch_size_level0": plan.patch_size_level0,
+            "level": plan.level,
+            "level_downsample": plan.level_downsample,
+            "min_tissue": params.min_tissue,
+            "mask_params": mask_params or {},
+            "tissue_fraction": float(mask.mean()) if mask is not None and mask.size else None,
+            "codec": params.codec,
+            "jpeg_quality": params.jpeg_quality if params.codec == "jpeg" else None,
+            "gigamil_version": __version__,
+            "slide_dimensions": list(reader.dimensions),
+            "grid_shape": [plan.n_rows, plan.n_cols],
+            "n_patches": plan.n,
+            "warnings": warnings,
+        }
+        with StoreWriter(
+            out,
+            plan.n,
+            plan.patch_px,
+            plan.coords,
+            plan.grid,
+            codec=params.codec,
+            jpeg_quality=params.jpeg_quality,
+        ) as writer:
+            bar = tqdm(
+                total=plan.n,
+                unit="patch",
+                desc=attrs["slide_id"],
+                disable=not progress or None,
+                leave=False,
+            )
+            units = plan_units(plan, writer.chunk, params.block_px)
+            _run_units(reader, factory, plan, units, threads, writer, bar)
+            bar.close()
+            attrs["seconds"] = round(time.perf_counter() - t0, 3)
+            writer.commit(attrs)
+    finally:
+        if own:
+            reader.close()
+    return ExtractResult(Path(out), plan.n, attrs["seconds"], attrs, warnings)
+
+
+def _run_units(
+    reader: SlideReader,
+    factory: Callable[[], SlideReader],
+    plan: PatchPlan,
+    units: list[tuple[int, int, list[np.ndarray]]],
+    threads: int,
+    writer: Any,
+    bar: Any,
+) -> None:
+    """Each unit (one store chunk) is read, encoded and written by one of ``threads`` workers,
+    each with its own slide handle (the first worker takes over ``reader``, which the calling
+    thread no longer uses); the calling thread only schedules and reports progress."""
+    import threading
+
+    local = threading.local()
+    handles: list[SlideReader] = []
+    spare = [reader]
+    lock = threading.Lock()
+
+    def worker_reader() -> SlideReader:
+        r = getattr(local, "reader", None)
+        if r is None:
+            with lock:
+                r = spare.pop() if spare else None
+            if r is None:
+                r = factory()
+                with lock:
+                    handles.append(r)
+            local.reader = r
+        return r
+
+    def do_unit(a: int, b: int, windows: list[np.ndarray]) -> int:
+        r = worker_reader()
+        out = np.empty((b - a, plan.patch_px, plan.patch_px, 3), np.uint8)
+        for idx in windows:  # each window is a contiguous run of plan rows
+            read_window(r, plan, idx, out[idx[0] - a : idx[-1] + 1 - a])
+        writer.write_chunk(a // writer.chunk, out)
+        return b - a
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gigamil-patches")
+    pending: deque[Future[int]] = deque()
+    try:
+        it = iter(units)
+        for unit in it:
+            pending.append(pool.submit(do_unit, *unit))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(do_unit, *nxt))
+            bar.update(done)
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True)
+        for r in handles:
+            if r is not reader:
+                r.close()
+
+
+def default_threads() -> int:
+    """CPU cores available to this process."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

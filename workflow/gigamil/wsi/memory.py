@@ -1,0 +1,171 @@
+"""In-memory slides: :class:`ArrayReader` wraps an RGB array (tests, generated data) and
+:class:`ImageReader` reads a plain (untiled) TIFF/PNG/JPEG that OpenSlide refuses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigamil.errors import SlideError
+from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp
+from gigamil.wsi.slide import SlideReader, composite_on_white
+
+FALLBACK_MAX_PIXELS = 2**28  # plain images read fully into memory by the fallback reader
+
+
+def _downsample_levels(
+    image: np.ndarray, downsamples: Sequence[float]
+) -> tuple[list[np.ndarray], tuple[float, ...]]:
+    """Pyramid levels of ``image`` (H, W, 3) by area (box) resampling; actual downsamples."""
+    from PIL import Image
+
+    h0, w0 = image.shape[:2]
+    levels = [np.ascontiguousarray(image)]
+    actual = [1.0]
+    base = Image.fromarray(image)
+    for d in downsamples:
+        if d <= 1.0:
+            continue
+        size = (max(1, round(w0 / d)), max(1, round(h0 / d)))
+        levels.append(np.asarray(base.resize(size, Image.Resampling.BOX)))
+        actual.append((w0 / size[0] + h0 / size[1]) / 2.0)
+    return levels, tuple(actual)
+
+
+class ArrayReader(SlideReader):
+    """An in-memory RGB image as a slide (like TIAToolbox's VirtualWSIReader).
+
+    ``image``: (H, W, 3) uint8, or (H, W, 4) RGBA (composited on white); ``mpp``: µm/px of the
+    image; ``downsamples``: extra pyramid levels made by box downsampling, e.g. (2, 4).
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        mpp: float,
+        downsamples: Sequence[float] = (),
+        name: str = "<array>",
+        mpp_source: str = "array",
+    ):
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+            raise SlideError(f"{name}: expected an (H, W, 3) uint8 image, got {image.shape}")
+        if image.shape[2] == 4:
+            image = composite_on_white(image)
+        self.path = name
+        self.name = name
+        self.mpp = check_mpp(name, float(mpp), float(mpp), mpp_source)
+        self.mpp_source = mpp_source
+        self._levels, self.level_downsamples = _downsample_levels(image, downsamples)
+        self.level_dimensions = tuple((a.shape[1], a.shape[0]) for a in self._levels)
+
+    def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
+        """Whole level pixels: floor(location / downsample) (no sub-pixel interpolation)."""
+        ds = self.level_downsamples[level]
+        return (
+            float(math.floor(location[0] / ds + 1e-6)),
+            float(math.floor(location[1] / ds + 1e-6)),
+        )
+
+    def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        arr = self._levels[level]
+        lh, lw = arr.shape[:2]
+        lx, ly = (int(v) for v in self.level_origin((x, y), level))
+        out = np.full((h, w, 3), 255, np.uint8)
+        sx0, sy0 = max(lx, 0), max(ly, 0)
+        sx1, sy1 = min(lx + w, lw), min(ly + h, lh)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = arr[sy0:sy1, sx0:sx1]
+        return out
+
+
+class ImageReader(ArrayReader):
+    """Fallback for plain (untiled) TIFF/PNG/JPEG images OpenSlide refuses, read fully in memory."""
+
+    def __init__(self, path: str | Path, mpp_override: float | None = None):
+        name = str(path)
+        image, tiff_mpp = _load_plain_image(Path(path), name)
+        mpp, source = resolve_mpp(name, mpp_override, None, tiff_mpp)
+        super().__init__(image, mpp, _auto_downsamples(image.shape[:2]), name, source)
+        self.path = str(path)
+
+
+def _auto_downsamples(shape: tuple[int, ...]) -> list[float]:
+    """Powers of 4 while the level stays above ~512 px (a small pyramid for mask reads)."""
+    out, d = [], 4.0
+    while min(shape[0], shape[1]) / d >= 512:
+        out.append(d)
+        d *= 4.0
+    return out
+
+
+def _load_plain_image(path: Path, name: str) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Read a plain image as RGB uint8 plus the MPP its resolution metadata implies (or None)."""
+    from PIL import Image
+
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                if page.imagewidth * page.imagelength > FALLBACK_MAX_PIXELS:
+                    raise SlideError(
+                        f"{name}: untiled image of {page.imagewidth} x {page.imagelength} px "
+                        "is too large for the in-memory reader; convert it to a tiled "
+                        "pyramidal TIFF"
+                    )
+                tags = page.tags
+                xr = tags.get("XResolution")
+                yr = tags.get("YResolution")
+                unit = tags.get("ResolutionUnit")
+                mpp = mpp_from_resolution(
+                    _rational(xr.value) if xr else None,
+                    _rational(yr.value) if yr else None,
+                    int(unit.value) if unit else None,
+                )
+                arr = page.asarray()
+        except SlideError:
+            raise
+        except Exception as exc:  # tifffile raises many types for corrupt/unsupported files
+            raise SlideError(f"{name}: cannot read the TIFF: {exc}") from exc
+        return _to_rgb(arr, name), mpp
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > FALLBACK_MAX_PIXELS:
+                raise SlideError(f"{name}: image of {img.width} x {img.height} px is too large")
+            dpi = img.info.get("dpi")
+            arr = np.asarray(img.convert("RGBA"))
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(f"{name}: cannot read the image: {exc}") from exc
+    mpp = mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
+    return composite_on_white(arr), mpp
+
+
+def _rational(v: Any) -> float:
+    if isinstance(v, tuple):
+        return v[0] / v[1] if v[1] else 0.0
+    return float(v)
+
+
+def _to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
+    """tifffile page array -> (H, W, 3) uint8."""
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise SlideError(f"{name}: unsupported image layout {arr.shape} (expected RGB)")
+    if arr.dtype != np.uint8:
+        if arr.dtype == np.uint16:
+            arr = (arr >> 8).astype(np.uint8)
+        else:
+            raise SlideError(f"{name}: unsupported sample type {arr.dtype} (expected 8-bit RGB)")
+    return composite_on_white(arr) if arr.shape[2] == 4 else np.ascontiguousarray(arr)

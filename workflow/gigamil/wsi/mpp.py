@@ -1,0 +1,83 @@
+"""Microns per pixel (MPP) of a slide: validation and the trust order of its sources.
+
+Trust order: the caller's override (sheet ``mpp`` column / ``--slide-mpp``) > OpenSlide's
+``openslide.mpp-x/-y`` > TIFF resolution tags (unit centimetre or inch). An MPP outside
+[MPP_MIN, MPP_MAX] or with x/y differing by more than 5 % is rejected (typical of a 72 dpi default
+written by image editors), as is a slide without any MPP: :class:`~gigamil.errors.SlideError`
+says which slide and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from gigamil.errors import SlideError
+
+MPP_MIN = 0.05  # µm/px; finer than any optical scanner
+MPP_MAX = 100.0  # µm/px; coarser than any useful slide scan
+MPP_XY_TOLERANCE = 0.05  # relative x/y difference accepted
+FIX_HINT = "set the `mpp` column in the cohort sheet (or --slide-mpp)"
+
+
+def check_mpp(name: str, mpp_x: float, mpp_y: float, source: str) -> float:
+    """Validate an (x, y) MPP pair read from ``source``; return their mean.
+
+    Raises SlideError if either value is not finite, outside [MPP_MIN, MPP_MAX], or if x and y
+    differ by more than MPP_XY_TOLERANCE (relative).
+    """
+    for v in (mpp_x, mpp_y):
+        if not (math.isfinite(v) and MPP_MIN <= v <= MPP_MAX):
+            raise SlideError(
+                f"{name}: implausible microns-per-pixel {mpp_x:g} x {mpp_y:g} from {source} "
+                f"(expected {MPP_MIN:g}..{MPP_MAX:g}; a 72/96 dpi image default?); {FIX_HINT}"
+            )
+    if abs(mpp_x - mpp_y) > MPP_XY_TOLERANCE * max(mpp_x, mpp_y):
+        raise SlideError(
+            f"{name}: non-square pixels, MPP x={mpp_x:g} y={mpp_y:g} from {source}; {FIX_HINT}"
+        )
+    return (mpp_x + mpp_y) / 2.0
+
+
+def mpp_from_resolution(
+    x_res: float | None, y_res: float | None, unit: str | int | None
+) -> tuple[float, float] | None:
+    """MPP (x, y) from TIFF XResolution/YResolution (pixels per unit) and ResolutionUnit.
+
+    ``unit`` is the TIFF code (2 inch, 3 centimetre) or a name ("inch", "centimeter", ...).
+    Returns None when the resolution is absent or has no absolute unit.
+    """
+    if x_res is None or y_res is None:
+        return None
+    name = str(unit).strip().lower() if unit is not None else ""
+    if name in ("2", "inch", "in", "resunit.inch"):
+        microns = 25400.0
+    elif name in ("3", "centimeter", "centimetre", "cm", "resunit.centimeter"):
+        microns = 10000.0
+    elif name in ("4", "millimeter", "millimetre", "mm"):
+        microns = 1000.0
+    elif name in ("5", "micrometer", "micrometre", "um"):
+        microns = 1.0
+    else:
+        return None
+    x_res, y_res = float(x_res), float(y_res)
+    if x_res <= 0 or y_res <= 0:
+        return None
+    return microns / x_res, microns / y_res
+
+
+def resolve_mpp(
+    name: str,
+    override: float | None,
+    vendor_mpp: tuple[float, float] | None,
+    tiff_mpp: tuple[float, float] | None,
+) -> tuple[float, str]:
+    """Pick the level-0 MPP by trust order; return (mpp, source description)."""
+    if override is not None:
+        mpp = check_mpp(name, float(override), float(override), "the override (sheet/--slide-mpp)")
+        return mpp, "override"
+    if vendor_mpp is not None:
+        return check_mpp(name, *vendor_mpp, "openslide.mpp-x/y"), "openslide"
+    if tiff_mpp is not None:
+        source = "the resolution tags (TIFF resolution / image dpi)"
+        return check_mpp(name, *tiff_mpp, source), "tiff"
+    raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}")
