@@ -140,7 +140,7 @@ def store_stats(out: Path) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915 - one linear, hand-run measurement recipe
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=15000, help="approximate slide side (px)")
     ap.add_argument("--repeats", type=int, default=7, help="repeat each measurement, interleaved")

@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 
 from gigamil.errors import GigamilError
-from gigamil.viz.heatmap import attention_canvas, make_heatmap, normalize_attention
+from gigamil.viz.heatmap import HeatmapStyle, attention_canvas, make_heatmap, normalize_attention
 
 PATCH = 64  # level-0 px per patch side
 ROWS, COLS = 6, 8
@@ -89,11 +89,7 @@ def test_make_heatmap_outputs_and_one_hot_overlay(tmp_path):
         att,
         out,
         slide_path=None,
-        normalize="minmax",
-        top_k=3,
-        alpha=1.0,
-        cmap="jet",
-        thumb_px=256,
+        style=HeatmapStyle(normalize="minmax", top_k=3, alpha=1.0, cmap="jet", thumb_px=256),
     )
     assert info["top"][0] == hot and info["n_patches"] == len(keep)
     np.testing.assert_array_equal(np.load(out / "attention.npy"), att)
@@ -117,7 +113,7 @@ def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
     store = tmp_path / "s2.zarr"
     coords, _ = write_store(store)
     att = np.random.default_rng(0).random(len(coords)).astype(np.float32)
-    make_heatmap(store, att, tmp_path / "hm", top_k=2, thumb_px=128)
+    make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=2, thumb_px=128))
     geo = json.loads((tmp_path / "hm" / "patches.geojson").read_text())
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(coords)
     for i, feat in enumerate(geo["features"]):
@@ -142,7 +138,7 @@ def test_gallery_shows_top_and_bottom_patches(tmp_path):
     store = tmp_path / "s3.zarr"
     coords, _ = write_store(store)
     att = np.arange(len(coords), dtype=np.float32)  # the last patch has the highest attention
-    info = make_heatmap(store, att, tmp_path / "hm", top_k=4, thumb_px=128)
+    info = make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=4, thumb_px=128))
     assert info["top"] == [len(coords) - 1 - i for i in range(4)]
 
 
@@ -156,7 +152,7 @@ def test_attention_length_mismatch_is_an_error(tmp_path):
 def test_empty_store_still_gives_outputs(tmp_path):
     store = tmp_path / "s5.zarr"
     write_store(store, keep=[])
-    make_heatmap(store, np.zeros(0, np.float32), tmp_path / "hm", thumb_px=64)
+    make_heatmap(store, np.zeros(0, np.float32), tmp_path / "hm", style=HeatmapStyle(thumb_px=64))
     geo = json.loads((tmp_path / "hm" / "patches.geojson").read_text())
     assert geo == {"type": "FeatureCollection", "features": []}
     assert (tmp_path / "hm" / "overlay.png").is_file()

@@ -164,3 +164,11 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "class 'rare' has 5 patient(s) but cv.folds is 6" in err[0]
+
+
+def test_class_bounds_relax_unmeetable_minimums_from_the_first_group():
+    from gigamil.splits import _class_bounds
+
+    assert _class_bounds(10, [0.2, 0.2, 0.6], [1, 1, 1]) == [(2, 2), (2, 2), (6, 6)]
+    assert _class_bounds(7, [0.2, 0.2, 0.6], [1, 1, 1]) == [(1, 2), (1, 2), (4, 5)]
+    assert _class_bounds(2, [0.2, 0.2, 0.6], [1, 1, 1]) == [(0, 1), (1, 1), (1, 2)]

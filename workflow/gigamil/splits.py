@@ -79,6 +79,28 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
     return out
 
 
+def _class_bounds(
+    n_cls: int, fractions: Sequence[float], min_per_class: Sequence[int]
+) -> list[tuple[int, int]]:
+    """(lowest, highest) number of a class's ``n_cls`` patients in each group: the floor and
+    ceiling of its ideal share, the low raised to ``min_per_class`` (as far as the class has
+    patients). Minimums that cannot all be met (a class with fewer patients than groups) are
+    relaxed from the first group on, so later groups (e.g. train after val) keep their minimum.
+    """
+    n_groups = len(fractions)
+    lows = [
+        max(math.floor(n_cls * fractions[g] + 1e-9), min(min_per_class[g], n_cls))
+        for g in range(n_groups)
+    ]
+    g = 0
+    while sum(lows) > n_cls and g < n_groups:
+        lows[g] = max(0, lows[g] - (sum(lows) - n_cls))
+        g += 1
+    return [
+        (lows[g], max(math.ceil(n_cls * fractions[g] - 1e-9), lows[g])) for g in range(n_groups)
+    ]
+
+
 def _solve_counts(
     types: pd.DataFrame,
     fractions: Sequence[float],
@@ -139,21 +161,10 @@ def _solve_counts(
         members = labels == cls
         n_cls = int(types["n"].to_numpy()[members].sum())
         idx = np.flatnonzero(members)
-        lows = []
-        for g in range(n_groups):
-            ideal = n_cls * fractions[g]
-            lows.append(max(math.floor(ideal + 1e-9), min(min_per_class[g], n_cls)))
-        # Minimums that cannot all be met (a class with fewer patients than groups) are relaxed
-        # from the first group on, so later groups (e.g. train after val) keep their minimum.
-        g = 0
-        while sum(lows) > n_cls and g < n_groups:
-            lows[g] = max(0, lows[g] - (sum(lows) - n_cls))
-            g += 1
-        for g in range(n_groups):
-            ideal = n_cls * fractions[g]
-            high = max(math.ceil(ideal - 1e-9), lows[g])
+        bounds = _class_bounds(n_cls, fractions, min_per_class)
+        for g, (low, high) in enumerate(bounds):
             expr = pulp.lpSum(y[t, g] for t in idx)
-            prob += expr >= lows[g], f"lo_c{ci}_{g}"
+            prob += expr >= low, f"lo_c{ci}_{g}"
             prob += expr <= high, f"hi_c{ci}_{g}"
         balance(f"c{ci}", members, W_LABEL)
         balance(f"s{ci}", members, W_SLIDES, size=types["n_slides"].to_numpy(dtype=float))

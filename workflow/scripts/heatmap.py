@@ -7,7 +7,7 @@ from pathlib import Path
 from gigamil import layout
 from gigamil.evaluate.localization import mean_attention
 from gigamil.logutil import setup_logging
-from gigamil.viz.heatmap import make_heatmap
+from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
 
 setup_logging(snakemake.log[0])
 slide_id = snakemake.wildcards.slide_id
@@ -22,10 +22,12 @@ make_heatmap(
     Path(snakemake.output.overlay).parent,
     slide_path=snakemake.input.slide,
     tissue_mask=snakemake.input.tissue,
-    normalize=hm["normalize"],
-    top_k=int(hm["top_k"]),
-    alpha=float(hm["alpha"]),
-    cmap=hm["cmap"],
+    style=HeatmapStyle(
+        normalize=hm["normalize"],
+        top_k=int(hm["top_k"]),
+        alpha=float(hm["alpha"]),
+        cmap=hm["cmap"],
+    ),
     title=f"{snakemake.wildcards.cohort}/{slide_id} ({len(found)} model(s))",
     mpp_override=snakemake.params.slide_mpp,
 )

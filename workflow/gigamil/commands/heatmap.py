@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gigamil.evaluate.localization import mean_attention
-    from gigamil.viz.heatmap import make_heatmap
+    from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
 
     info = make_heatmap(
         args.store,
@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         slide_path=args.slide,
         tissue_mask=args.tissue_mask,
-        normalize=args.normalize,
-        top_k=args.top_k,
-        alpha=args.alpha,
-        cmap=args.cmap,
-        thumb_px=args.thumb_px,
+        style=HeatmapStyle(
+            normalize=args.normalize,
+            top_k=args.top_k,
+            alpha=args.alpha,
+            cmap=args.cmap,
+            thumb_px=args.thumb_px,
+        ),
         mpp_override=args.slide_mpp,
     )
     print(f"{info['slide_id']}: {info['n_patches']} patches -> {args.out}")

@@ -135,7 +135,7 @@ class ABMIL(_PooledMIL):
 class SmABMIL(_PooledMIL):
     """ABMIL whose attention scores are smoothed over the patch adjacency by the Sm operator."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - torchmil SmABMIL constructor signature
         self,
         in_shape: Sequence[int] | int,
         att_dim: int = 128,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def slide_thumbnail(
             if thumb.shape[:2] != (size[1], size[0]):
                 thumb = np.asarray(Image.fromarray(thumb).resize(size, Image.Resampling.BILINEAR))
             return thumb[..., :3]
-        except Exception as exc:  # a heatmap without background beats no heatmap
+        except Exception as exc:  # noqa: BLE001 - a heatmap without background beats none
             log.warning("%s: no thumbnail (%s); drawing on grey", slide_path, exc)
     return np.full((size[1], size[0], 3), 230, dtype=np.uint8)
 
@@ -252,17 +253,30 @@ def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
     return np.asarray(Image.open(path).convert("L")) > 127
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeatmapStyle:
+    """How a heatmap is drawn (config.yaml ``heatmaps``, ``gigamil heatmap`` options).
+
+    ``normalize``: rank, percentile or minmax (see :func:`normalize_attention`); ``top_k``:
+    patches per gallery row; ``alpha``: overlay opacity; ``cmap``: matplotlib colour map;
+    ``thumb_px``: thumbnail long side.
+    """
+
+    normalize: str = "rank"
+    top_k: int = 8
+    alpha: float = 0.5
+    cmap: str = "jet"
+    thumb_px: int = 800
+
+
 def make_heatmap(
     store: str | Path,
     attention: np.ndarray,
     out_dir: str | Path,
+    *,
     slide_path: str | Path | None = None,
     tissue_mask: str | Path | None = None,
-    normalize: str = "rank",
-    top_k: int = 8,
-    alpha: float = 0.5,
-    cmap: str = "jet",
-    thumb_px: int = 800,
+    style: HeatmapStyle = HeatmapStyle(),
     title: str = "",
     mpp_override: float | None = None,
 ) -> dict[str, Any]:
@@ -274,7 +288,7 @@ def make_heatmap(
         out_dir: output directory (created).
         slide_path: the slide file for the thumbnail (grey background if None/unreadable).
         tissue_mask: tissue mask PNG (covering the whole slide) to clip the overlay to.
-        normalize: rank, percentile or minmax (see :func:`normalize_attention`).
+        style: normalisation, colours and sizes (:class:`HeatmapStyle`).
 
     Returns:
         A small dict (n_patches, top indices) for logging and tests.
@@ -297,9 +311,9 @@ def make_heatmap(
         dims = (int(coords[:, 0].max(initial=0) + psize), int(coords[:, 1].max(initial=0) + psize))
     dims = (int(dims[0]), int(dims[1]))
     np.save(out_dir / "attention.npy", attention)
-    values = normalize_attention(attention, normalize)
+    values = normalize_attention(attention, style.normalize)
 
-    thumb = slide_thumbnail(slide_path, dims, thumb_px, mpp_override)
+    thumb = slide_thumbnail(slide_path, dims, style.thumb_px, mpp_override)
     scale = thumb.shape[1] / dims[0]
     canvas = attention_canvas(coords, psize, values, scale, thumb.shape[:2])
     tissue = load_tissue_mask(tissue_mask)
@@ -307,12 +321,19 @@ def make_heatmap(
         "rank": "attention (rank)",
         "percentile": "attention (1-99th pct scaled)",
         "minmax": "attention (min-max scaled)",
-    }[normalize]
+    }[style.normalize]
     render_overlay(
-        thumb, canvas, out_dir / "overlay.png", title or slide_id, cmap, alpha, tissue, label
+        thumb,
+        canvas,
+        out_dir / "overlay.png",
+        title or slide_id,
+        style.cmap,
+        style.alpha,
+        tissue,
+        label,
     )
 
-    top, bottom = top_bottom(attention, top_k)
+    top, bottom = top_bottom(attention, style.top_k)
     idx = np.r_[top, bottom].astype(np.int64)
     if idx.size:
         group = open_store(store)

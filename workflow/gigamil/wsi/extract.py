@@ -85,7 +85,7 @@ def source_info(path: str | Path) -> tuple[str, int, float]:
         return str(path), -1, -1.0
 
 
-def extract_patches(
+def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of issue 12 item 1
     slide: str | Path | SlideReader,
     out: str | Path,
     params: PatchParams,
@@ -122,7 +122,7 @@ def extract_patches(
         src = str(slide)
         try:
             cache = shared_tile_cache(cache_mb) if cache_mb > 0 else None
-        except Exception:  # openslide missing: the fallback reader has no cache
+        except (ImportError, OSError):  # openslide missing: the fallback reader has no cache
             cache = None
         reader = open_slide(slide, slide_mpp, cache=cache)
         factory = lambda: open_slide(slide, slide_mpp, cache=cache)  # noqa: E731

@@ -43,7 +43,11 @@ try:
 
     _c_uint32_p = _ctypes.POINTER(_ctypes.c_uint32)
     _RAW_READ = _raw_reader()
-except Exception:  # pragma: no cover - openslide not importable: the public API raises later
+except (
+    ImportError,
+    OSError,
+    AttributeError,
+):  # pragma: no cover - openslide not importable: the public API raises later
     _RAW_READ = None
 
 
