@@ -1,4 +1,4 @@
-"""Patches at an exact physical resolution, written to a zarr patch store.
+"""The patch grid at an exact physical resolution: which patches, read from which level.
 
 The patch grid lives on the *target raster* (``target_mpp`` µm/px; ``f = target_mpp / slide_mpp``
 level-0 px per target px): patch (row, col) covers target pixels
