@@ -23,9 +23,6 @@ from gigamil.errors import ConfigError
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
-# training.* keys that change what is logged, not what is trained: a resumed run ignores them
-# and rule train_fold does not take them as params (switching them retrains nothing)
-LOG_ONLY_TRAINING_KEYS = ("tensorboard",)
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -38,7 +35,7 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe_error(error: jsonschema.ValidationError) -> str:
     """Turn a jsonschema error into a short message that names the config key."""
     where = _key(list(error.absolute_path))
     if error.validator == "additionalProperties":
@@ -82,7 +79,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
-        raise ConfigError(f"{source}: {_describe(errors[0])}")
+        raise ConfigError(f"{source}: {describe_error(errors[0])}")
     _fill_defaults(schema, cfg)
     roles = [c["role"] for c in cfg["cohorts"].values()]
     if "train" not in roles:

@@ -19,7 +19,6 @@ os.environ.update(
 )
 
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
-from gigamil.config import LOG_ONLY_TRAINING_KEYS  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402
 
 try:

@@ -5,7 +5,6 @@ With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one 
 
 from pathlib import Path
 
-from gigamil.config import LOG_ONLY_TRAINING_KEYS
 from gigamil.evaluate.splits import fold_slides, read_folds
 from gigamil.logutil import setup_logging
 from gigamil.train.launch import train_fold_torchrun
@@ -44,12 +43,7 @@ else:
         val_df,
         classes=list(snakemake.params.classes),
         model_cfg=dict(snakemake.params.model),
-        training_cfg={
-            **snakemake.params.training,
-            **{
-                k: v for k, v in snakemake.config["training"].items() if k in LOG_ONLY_TRAINING_KEYS
-            },
-        },
+        training_cfg=snakemake.config["training"],  # params.training only triggers reruns
         out_dir=out_dir,
         resume=True,
         threads=snakemake.threads,
