@@ -328,7 +328,20 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
     return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
 
 
-def predict_slides(
+def _predict_bag(
+    model: torch.nn.Module, bag: ZarrBag, n_classes: int, chunk: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (float64) and attention (float32, (N,)) of one bag; NaN
+    probabilities and no attention for an empty bag."""
+    if len(bag) == 0:
+        return np.full(n_classes, np.nan), np.zeros(0, dtype=np.float32)
+    with torch.inference_mode():
+        logits, att = model(bag, max_instances_per_forward_pass=chunk)
+    prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
+    return prob, att.float().cpu().numpy().astype(np.float32)
+
+
+def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     model_path: Path,
     slides: pd.DataFrame,
     out_csv: Path,
@@ -361,17 +374,8 @@ def predict_slides(
             )
         if len(bag) == 0:
             log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
-            prob = np.full(len(classes), np.nan)
-            att = np.zeros(0, dtype=np.float32)
-            pred = ""
-        else:
-            with torch.inference_mode():
-                logits, att_t = model(
-                    bag, max_instances_per_forward_pass=max_instances_per_forward_pass
-                )
-            prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
-            att = att_t.float().cpu().numpy().astype(np.float32)
-            pred = classes[int(prob.argmax())]
+        prob, att = _predict_bag(model, bag, len(classes), max_instances_per_forward_pass)
+        pred = classes[int(prob.argmax())] if len(bag) else ""
         np.save(attention_dir / f"{row.slide_id}.npy", att)
         rows.append(
             {
