@@ -109,7 +109,7 @@ class _PooledMIL(nn.Module):
 class ABMIL(_PooledMIL):
     """Attention-based MIL (Ilse et al. 2018); ``gated=True`` gives the gated variant."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - hyper-parameters, like a torch.nn layer's
         self,
         in_shape: Sequence[int] | int,
         att_dim: int = 128,
@@ -135,7 +135,7 @@ class ABMIL(_PooledMIL):
 class SmABMIL(_PooledMIL):
     """ABMIL whose attention scores are smoothed over the patch adjacency by the Sm operator."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - hyper-parameters, like a torch.nn layer's
         self,
         in_shape: Sequence[int] | int,
         att_dim: int = 128,

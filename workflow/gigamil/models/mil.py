@@ -151,7 +151,7 @@ class MILModel(nn.Module):
         return self._head(h, self._adjacency(bag, adj))
 
     # ---------------------------------------------------------------- training
-    def forward_train(
+    def forward_train(  # noqa: PLR0913 - public API; options are keywords
         self,
         bag: Bag,
         label: int | torch.Tensor,

@@ -92,7 +92,7 @@ class AttentionHead(nn.Module):
     adjacency before the softmax (needs ``adj``). ``n_out`` = 1 for binary problems.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - hyper-parameters, like a torch.nn layer's
         self,
         in_dim: int,
         n_classes: int = 2,
