@@ -12,6 +12,7 @@ import torch
 from test_bags import write_store
 
 from gigamil.data.bags import ZarrBag
+from gigamil.train import checkpoint as checkpoint_mod
 from gigamil.train import loop as loop_mod
 from gigamil.train import run as run_mod
 from gigamil.train.checkpoint import load_model
@@ -205,7 +206,7 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
     seen = []
 
     def recording_train_epoch(*args, **kwargs):
-        seen.append(args[4])  # the epoch number
+        seen.append(kwargs["epoch"])
         return loop_mod.train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(run_mod, "train_epoch", recording_train_epoch)
@@ -285,7 +286,7 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
     train, val = cohort
     train, val = train.head(4), val.head(4)
     cfg = training(epochs=3, tensorboard=True)
-    real_save = run_mod.atomic_save
+    real_save = checkpoint_mod.atomic_save
     saves = {"last": 0}
 
     def dying_save(obj, path):  # noqa: ANN001, ANN202
@@ -295,10 +296,10 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
                 raise KeyboardInterrupt
         return real_save(obj, path)
 
-    monkeypatch.setattr(run_mod, "atomic_save", dying_save)
+    monkeypatch.setattr(checkpoint_mod, "atomic_save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f")
-    monkeypatch.setattr(run_mod, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_mod, "atomic_save", real_save)
     assert [s for s, _ in _tb_scalars(tmp_path / "f" / "tensorboard")["val_auc"]] == [1, 2]
     assert torch.load(tmp_path / "f" / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 1
     # the resumed run redoes epoch 2: its first events are purged, each epoch is drawn once
@@ -313,7 +314,7 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
             assert value == pytest.approx(float(row[key]), rel=1e-5, abs=1e-6), key
     # switching TensorBoard off does not invalidate the finished run
     seen = []
-    monkeypatch.setattr(run_mod, "train_epoch", lambda *a, **k: seen.append(a[4]))
+    monkeypatch.setattr(run_mod, "train_epoch", lambda *a, **k: seen.append(k["epoch"]))
     train_fold(train, val, CLASSES, MODEL, training(epochs=3), tmp_path / "f", resume=True)
     assert seen == [] and len(read_log(tmp_path / "f" / "train_log.csv")) == 3
     # without the package: a clear configuration error, before any training
@@ -321,3 +322,17 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
     with pytest.raises(run_mod.ConfigError, match="needs the tensorboard package"):
         train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "g")
     assert not (tmp_path / "g" / "model.pt").exists()
+
+
+def test_early_stopping_min_epochs_in_train_fold(cohort, tmp_path: Path, monkeypatch) -> None:
+    train, val = cohort
+    train, val = train.head(4), val.head(4)
+    flat = {"auc": 0.5, "loss": 0.7, "balanced_accuracy": 0.5}  # never improves after epoch 1
+    monkeypatch.setattr(run_mod, "validate", lambda *a, **k: dict(flat))
+    for min_epochs, n_epochs in [(0, 2), (3, 3)]:
+        es = {"metric": "auc", "patience": 1, "min_epochs": min_epochs}
+        out = tmp_path / f"m{min_epochs}"
+        train_fold(train, val, CLASSES, MODEL, training(epochs=5, early_stopping=es), out)
+        assert len(read_log(out / "train_log.csv")) == n_epochs
+        state = torch.load(out / "last.pt", weights_only=True)["early_stopping"]
+        assert state["finished"] and state["best_epoch"] == 1

@@ -23,9 +23,6 @@ from gigamil.errors import ConfigError
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
-# training.* keys that change what is logged, not what is trained: a resumed run ignores them
-# and rule train_fold does not take them as params (switching them retrains nothing)
-LOG_ONLY_TRAINING_KEYS = ("tensorboard",)
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -38,7 +35,7 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe_error(error: jsonschema.ValidationError) -> str:
     """Turn a jsonschema error into a short message that names the config key."""
     where = _key(list(error.absolute_path))
     if error.validator == "additionalProperties":
@@ -82,7 +79,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
-        raise ConfigError(f"{source}: {_describe(errors[0])}")
+        raise ConfigError(f"{source}: {describe_error(errors[0])}")
     _fill_defaults(schema, cfg)
     roles = [c["role"] for c in cfg["cohorts"].values()]
     if "train" not in roles:
@@ -112,7 +109,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def load_sheet(
+def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by keyword)
     path: str | Path,
     cohort: str,
     classes: list[str],
@@ -137,6 +134,18 @@ def load_sheet(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"cohort {cohort!r}: sheet {path} not found")
+    df = _read_sheet_csv(path)
+    df["mpp"] = _sheet_mpp(df, path, cohort_mpp)
+    _check_rows_against_schema(df, path)
+    _check_slides_and_labels(df, path, classes)
+    if check_files:
+        _check_slide_files(df, path, Path(base_dir))
+    df.insert(0, "cohort", cohort)
+    return df
+
+
+def _read_sheet_csv(path: Path) -> pd.DataFrame:
+    """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS and a row."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -150,21 +159,27 @@ def load_sheet(
         )
     if df.empty:
         raise ConfigError(f"{path}: the sheet has no rows")
-    df = df.apply(lambda col: col.str.strip())
+    return df.apply(lambda col: col.str.strip())
+
+
+def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Series:
+    """The ``mpp`` column as floats (NaN where empty), the cohort's MPP filling the gaps."""
     if "mpp" in df.columns:
         mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
         bad = df["mpp"].ne("") & mpp.isna()
         if bad.any():
             row = int(bad.idxmax())
             raise ConfigError(f"{path}: row {row + 2}: mpp {df.at[row, 'mpp']!r} is not a number")
-        df["mpp"] = mpp.astype(float)
+        mpp = mpp.astype(float)
     else:
-        df["mpp"] = float("nan")
+        mpp = pd.Series(float("nan"), index=df.index)
     if cohort_mpp is not None:
-        df["mpp"] = df["mpp"].fillna(float(cohort_mpp))
+        mpp = mpp.fillna(float(cohort_mpp))
+    return mpp
 
-    schema = load_schema("sheet")
-    validator = jsonschema.Draft202012Validator(schema)
+
+def _check_rows_against_schema(df: pd.DataFrame, path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(load_schema("sheet"))
     for i, record in enumerate(df.to_dict(orient="records")):
         row = {
             k: _clean(v)
@@ -179,6 +194,9 @@ def load_sheet(
                 f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}: {err.message}"
             )
 
+
+def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
+    """Unique slide ids, labels among ``classes``, one label per patient."""
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
         rows = [str(i + 2) for i in df.index[df["slide_id"] == dup.iloc[0]]]
@@ -201,17 +219,14 @@ def load_sheet(
             "all slides of a patient must share one label"
         )
 
-    if check_files:
-        base = Path(base_dir)
-        for i, p in enumerate(df["path"]):
-            full = Path(p) if Path(p).is_absolute() else base / p
-            if not full.exists():
-                raise ConfigError(
-                    f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): slide file {p} not found"
-                )
 
-    df.insert(0, "cohort", cohort)
-    return df
+def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
+    for i, p in enumerate(df["path"]):
+        full = Path(p) if Path(p).is_absolute() else base / p
+        if not full.exists():
+            raise ConfigError(
+                f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): slide file {p} not found"
+            )
 
 
 def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[str, pd.DataFrame]:

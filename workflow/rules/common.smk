@@ -22,7 +22,6 @@ os.environ.update(
 
 from gigamil import layout  # noqa: E402
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
-from gigamil.config import LOG_ONLY_TRAINING_KEYS  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402
 
 try:

@@ -8,12 +8,13 @@ dies, and the trainer resumes from it (it ignores a last.pt written with another
 GPU jobs ask for gpu=1 only when training.device is cuda.
 """
 
+from gigamil.settings import TrainingConfig
+
 TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
-# log-only keys (training.tensorboard) reach the script through the config, not the params, so
-# switching them does not retrain (nor re-predict) finished folds
-TRAINING_PARAMS = {
-    k: v for k, v in config["training"].items() if k not in LOG_ONLY_TRAINING_KEYS
-}
+# the params hold the training settings that change what is trained (without the log-only keys
+# such as training.tensorboard, so switching those retrains nothing); the script reads the whole
+# training section from the config
+TRAINING_PARAMS = TrainingConfig.from_dict(config["training"]).resume_signature()
 MODEL_DIR = layout.model_dir(EXPERIMENT, "{fold}")
 
 

@@ -6,7 +6,6 @@ With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one 
 from pathlib import Path
 
 from gigamil import layout
-from gigamil.config import LOG_ONLY_TRAINING_KEYS
 from gigamil.logutil import setup_logging
 from gigamil.splits import fold_slides, read_folds
 from gigamil.train.launch import train_fold_torchrun
@@ -35,12 +34,7 @@ else:
         val_df,
         classes=list(snakemake.params.classes),
         model_cfg=dict(snakemake.params.model),
-        training_cfg={
-            **snakemake.params.training,
-            **{
-                k: v for k, v in snakemake.config["training"].items() if k in LOG_ONLY_TRAINING_KEYS
-            },
-        },
+        training_cfg=snakemake.config["training"],  # params.training only triggers reruns
         out_dir=out_dir,
         resume=True,
         threads=snakemake.threads,

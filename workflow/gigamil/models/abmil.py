@@ -109,7 +109,7 @@ class _PooledMIL(nn.Module):
 class ABMIL(_PooledMIL):
     """Attention-based MIL (Ilse et al. 2018); ``gated=True`` gives the gated variant."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - hyper-parameters, like a torch.nn layer's
         self,
         in_shape: Sequence[int] | int,
         att_dim: int = 128,

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from gigamil.nn.rng import get_rng_state, set_rng_state
+
 
 @runtime_checkable
 class BagSource(Protocol):
@@ -123,17 +125,6 @@ class MILModel(nn.Module):
             p.requires_grad for p in self.feature_encoder.parameters()
         )
 
-    @staticmethod
-    def _rng_state(dev: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cuda = torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None
-        return torch.get_rng_state(), cuda
-
-    @staticmethod
-    def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], dev: torch.device) -> None:
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], dev)
-
     def _encode_chunk(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
         with self._autocast(dev):  # (the device is looked up once per bag, not per chunk)
             return self.feature_encoder(x.to(dev, non_blocking=True))  # (n, D)
@@ -160,7 +151,7 @@ class MILModel(nn.Module):
         return self._head(h, self._adjacency(bag, adj))
 
     # ---------------------------------------------------------------- training
-    def forward_train(
+    def forward_train(  # noqa: PLR0913 - public API; options are keywords
         self,
         bag: Bag,
         label: int | torch.Tensor,
@@ -206,7 +197,7 @@ class MILModel(nn.Module):
         start = 0
         with torch.no_grad():
             for x in iter_chunks(bag, k):
-                states.append(self._rng_state(dev))
+                states.append(get_rng_state(dev))
                 h = self._encode_chunk(x, dev)
                 if h_all is None:
                     dtype = torch.float32 if self.amp_dtype is not None else h.dtype
@@ -228,12 +219,12 @@ class MILModel(nn.Module):
 
         # 3. re-encode each chunk with grad under the same RNG state; backprop its slice of dL/dH
         # (afterwards the RNG continues from where the no-grad pass left it)
-        after_pass_1 = self._rng_state(dev)
+        after_pass_1 = get_rng_state(dev)
         try:
             for state, (s, e), x in zip(states, bounds, iter_chunks(bag, k), strict=True):
-                self._set_rng_state(state, dev)
+                set_rng_state(state, dev)
                 h = self._encode_chunk(x, dev)
                 h.backward(grad_h[s:e].to(h.dtype))
         finally:
-            self._set_rng_state(after_pass_1, dev)
+            set_rng_state(after_pass_1, dev)
         return TrainStep(logits.detach(), att.detach(), float(loss.detach()))

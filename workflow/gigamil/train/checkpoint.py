@@ -1,14 +1,16 @@
 """Checkpoints: ``model.pt`` (best model, docs/architecture.md) and ``last.pt`` (resumable state).
 
-Both load with ``torch.load(path, weights_only=True)``: they hold only tensors, numbers,
+:class:`CheckpointSaver` owns a fold directory's files. Both load with ``torch.load(path, weights_only=True)``: they hold only tensors, numbers,
 strings, lists and dicts. Files are written to a temporary name and renamed, so a killed run
 never leaves a truncated checkpoint.
 """
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from gigamil import __version__
 from gigamil.errors import GigamilError
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
+
+log = logging.getLogger(__name__)
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -39,39 +43,29 @@ def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
     }
 
 
-def model_checkpoint(
-    model: MILModel,
-    model_config: Mapping[str, Any],
-    classes: list[str],
-    patch_px: int,
-    epoch: int,
-    metrics: Mapping[str, float],
+def model_header(
+    model_config: Mapping[str, Any], classes: Sequence[str], patch_px: int
 ) -> dict[str, Any]:
-    """The content of ``model.pt`` (docs/architecture.md), weights copied to the CPU."""
+    """What ``model.pt`` holds besides the weights, epoch and metrics."""
     return {
-        "state_dict": model_state_dict(model),
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
         "patch_px": int(patch_px),
         "gigamil_version": __version__,
-        "epoch": int(epoch),
-        "metrics": {k: float(v) for k, v in metrics.items()},
     }
 
 
-def save_model(
-    path: str | Path,
-    model: MILModel,
-    model_config: Mapping[str, Any],
-    classes: list[str],
-    patch_px: int,
-    epoch: int,
-    metrics: Mapping[str, float],
-) -> Path:
-    """Write ``model.pt`` in the format of docs/architecture.md."""
-    return atomic_save(
-        model_checkpoint(model, model_config, classes, patch_px, epoch, metrics), path
-    )
+def model_checkpoint(
+    model: MILModel, header: Mapping[str, Any], epoch: int, metrics: Mapping[str, float]
+) -> dict[str, Any]:
+    """The content of ``model.pt`` (docs/architecture.md), weights copied to the CPU;
+    ``header`` from :func:`model_header`."""
+    return {
+        "state_dict": model_state_dict(model),
+        **header,
+        "epoch": int(epoch),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -98,3 +92,96 @@ def load_model(
     model = build_mil_model(model_cfg, len(ckpt["classes"]), int(ckpt["patch_px"]))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.to(device).eval(), ckpt
+
+
+class CheckpointSaver:
+    """The files of one fold directory (after timm's ``CheckpointSaver``): ``model.pt`` (the best
+    epoch), ``train_log.csv`` (one row per epoch) and ``last.pt`` (everything needed to resume:
+    the caller's state plus this saver's ``state_dict()``: ``signature``, ``best`` = model.pt's
+    content and ``log_rows``), each written atomically.
+
+    ``last.pt`` is not a declared Snakemake output, so it survives a failed job while model.pt and
+    train_log.csv are deleted; :meth:`restore_outputs` writes them back from it. ``enabled=False``
+    (DDP ranks other than 0) writes nothing.
+    """
+
+    LOG_COLUMNS = (
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_auc",
+        "val_balanced_accuracy",
+        "lr",
+        "seconds",
+        "best_epoch",
+        "n_train_bags",
+        "n_val_bags",
+    )
+
+    def __init__(
+        self, out_dir: str | Path, signature: Mapping[str, Any], enabled: bool = True
+    ) -> None:
+        out_dir = Path(out_dir)
+        self.model_path = out_dir / "model.pt"
+        self.last_path = out_dir / "last.pt"
+        self.log_path = out_dir / "train_log.csv"
+        self.signature = dict(signature)
+        self.enabled = enabled
+        self.best: dict[str, Any] | None = None  # model.pt's content
+        self.rows: list[dict[str, Any]] = []  # train_log.csv's rows
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+    def load_last(self) -> dict[str, Any] | None:
+        """``last.pt`` when it exists and was written with this signature (configuration and
+        slides), else None."""
+        if not self.last_path.is_file():
+            return None
+        ckpt = load_checkpoint(self.last_path)
+        if ckpt.get("signature") != self.signature:
+            log.warning(
+                "%s was written with another configuration or other slides; starting from scratch",
+                self.last_path,
+            )
+            return None
+        return ckpt
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "best": self.best, "log_rows": self.rows}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = state.get("best")
+        self.rows = list(state.get("log_rows", []))
+
+    def restore_outputs(self) -> None:
+        """Write model.pt (when missing) and train_log.csv again from the loaded state."""
+        if not self.enabled:
+            return
+        if self.best is not None and not self.model_path.is_file():
+            atomic_save(self.best, self.model_path)
+        self._write_log()
+
+    def save_best(self, ckpt: dict[str, Any]) -> None:
+        """A new best epoch: ``ckpt`` (from :func:`model_checkpoint`) becomes model.pt."""
+        self.best = ckpt
+        if self.enabled:
+            atomic_save(ckpt, self.model_path)
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        """Append one row (keys ``LOG_COLUMNS``) and rewrite train_log.csv."""
+        self.rows.append(dict(row))
+        if self.enabled:
+            self._write_log()
+
+    def save_last(self, state: Mapping[str, Any]) -> None:
+        """Write last.pt: ``state`` (model, optimizer, ...) plus this saver's state."""
+        if self.enabled:
+            atomic_save({**state, **self.state_dict()}, self.last_path)
+
+    def _write_log(self) -> None:
+        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.log_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from gigamil.data.bags import ZarrBag
 from gigamil.evaluate import metrics as M
 from gigamil.models.mil import MILModel
+from gigamil.train.amp import Optimization
 from gigamil.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,27 @@ def steps_per_epoch(n_bags: int, bags_per_step: int, world: int) -> int:
     return max(1, math.ceil(n_bags / (bags_per_step * world)))
 
 
+@dataclass(frozen=True, kw_only=True)
+class EpochSettings:
+    """How :func:`train_epoch` walks the bags: ``seed`` of the shuffling and of every bag's
+    randomness, bags per optimizer step, instances per forward pass (``chunk``, None = whole bag),
+    the random subsample per bag (``max_instances``, None = all), the DDP ranks, a progress bar."""
+
+    seed: int
+    bags_per_step: int = 1
+    chunk: int | None = None
+    max_instances: int | None = None
+    info: DistInfo = field(default_factory=DistInfo)
+    progress: bool = True
+
+
 def train_epoch(
     model: MILModel,
     items: Sequence[BagItem],
-    optimizer: torch.optim.Optimizer,
-    scheduler: LambdaLR,
+    optim: Optimization,
+    *,
     epoch: int,
-    seed: int,
-    bags_per_step: int,
-    chunk: int | None,
-    max_instances: int | None,
-    info: DistInfo,
-    scaler: torch.amp.GradScaler | None = None,
-    progress: bool = True,
+    settings: EpochSettings,
 ) -> float:
     """One epoch; returns the mean training loss over all bags (all ranks).
 
@@ -85,36 +94,32 @@ def train_epoch(
     from tqdm.auto import tqdm
 
     model.train()
+    seed, info = settings.seed, settings.info
     order = torch.randperm(
         len(items), generator=torch.Generator().manual_seed(bag_seed(seed, epoch, -1))
     ).tolist()
-    group_size = bags_per_step * info.world
+    group_size = settings.bags_per_step * info.world
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, count = 0.0, 0
     bar = tqdm(
         total=len(order),
         desc=f"epoch {epoch}",
         unit="bag",
-        disable=None if progress else True,
+        disable=None if settings.progress else True,
         leave=False,
     )
     for start in range(0, len(order), group_size):
         group = order[start : start + group_size]
-        optimizer.zero_grad(set_to_none=True)
+        optim.zero_grad()
         for idx in group[info.rank :: info.world]:
             item = items[idx]
-            torch.manual_seed(bag_seed(seed, epoch, idx))
-            bag = item.bag
-            if max_instances is not None and len(bag) > max_instances:
-                gen = torch.Generator().manual_seed(bag_seed(seed, epoch, idx) + 1)
-                bag = bag.subsample(max_instances, gen)
-            bag = bag.with_cache()  # read once for both passes if small; freed after the step
+            bag = _training_bag(item, bag_seed(seed, epoch, idx), settings.max_instances)
             out = model.forward_train(
                 bag,
                 item.label,
-                max_instances_per_forward_pass=chunk,
+                max_instances_per_forward_pass=settings.chunk,
                 loss_scale=1.0 / len(group),
-                scaler=scaler,
+                scaler=optim.amp.grad_scaler,
             )
             if not math.isfinite(out.loss):
                 log.warning("non-finite loss on slide %s (epoch %d)", item.slide_id, epoch)
@@ -122,15 +127,20 @@ def train_epoch(
             count += 1
             bar.update(info.world)
         all_reduce_gradients(params, info)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
+        optim.step()
     bar.close()
     loss_sum, count = all_reduce_sum([loss_sum, float(count)], info, model.device)
     return loss_sum / max(count, 1.0)
+
+
+def _training_bag(item: BagItem, seed: int, max_instances: int | None) -> ZarrBag:
+    """The bag as trained: seeds torch's RNG with ``seed`` (augmentation, dropout), subsamples
+    ``max_instances`` instances with ``seed + 1``, and caches it for both GradCache passes."""
+    torch.manual_seed(seed)
+    bag = item.bag
+    if max_instances is not None and len(bag) > max_instances:
+        bag = bag.subsample(max_instances, torch.Generator().manual_seed(seed + 1))
+    return bag.with_cache()  # read once for both passes if small; freed after the step
 
 
 def bag_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -2,37 +2,44 @@
 
 Called by the Snakemake scripts (rules train_fold / predict_fold) and by ``gigamil train`` /
 ``gigamil predict``. DataFrames have the columns ``cohort, slide_id, patient_id, label, store``.
+
+``train_fold`` runs a :class:`FoldTrainer`: an epoch loop over parts that each own their state
+(``state_dict()``/``load_state_dict()``): :class:`~gigamil.train.amp.Optimization` (optimizer,
+scheduler, AMP scaler), :class:`~gigamil.train.early_stopping.EarlyStopping` and
+:class:`~gigamil.train.checkpoint.CheckpointSaver` (model.pt, last.pt, train_log.csv).
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from gigamil.config import LOG_ONLY_TRAINING_KEYS
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
-from gigamil.models.factory import build_mil_model, model_config
+from gigamil.models.factory import build_mil_model
 from gigamil.nn.losses import BagLoss, balanced_class_weights
+from gigamil.nn.rng import get_rng_state, set_rng_state
+from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.train import distributed as ddp
+from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.checkpoint import (
-    atomic_save,
-    load_checkpoint,
+    CheckpointSaver,
     load_model,
     model_checkpoint,
+    model_header,
 )
+from gigamil.train.early_stopping import EarlyStopping
 from gigamil.train.loop import (
     BagItem,
+    EpochSettings,
     bag_probabilities,
     make_scheduler,
     steps_per_epoch,
@@ -42,48 +49,8 @@ from gigamil.train.loop import (
 
 log = logging.getLogger(__name__)
 
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "device": "auto",
-    "seed": 0,
-    "epochs": 20,
-    "lr": 1e-4,
-    "weight_decay": 1e-4,
-    "schedule": "cosine",
-    "bags_per_step": 1,
-    "max_instances_per_forward_pass": 256,
-    "max_instances_per_bag": None,
-    "loss": "ce",
-    "class_weights": "balanced",
-    "amp": False,
-    "early_stopping": {"metric": "auc", "patience": 5},
-    "augment": {"flips": True, "rot90": True, "color_jitter": 0.05},
-    "tensorboard": False,
-}
 TB_SCALARS = ("train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr", "seconds")
 REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
-LOG_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_auc",
-    "val_balanced_accuracy",
-    "lr",
-    "seconds",
-    "best_epoch",
-    "n_train_bags",
-    "n_val_bags",
-)
-
-
-def training_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``cfg`` over the defaults (nested sections merged)."""
-    out = copy.deepcopy(TRAINING_DEFAULTS)
-    for key, value in (cfg or {}).items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key].update(value)
-        else:
-            out[key] = value
-    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,277 +101,218 @@ def _patch_px(items: Sequence[BagItem]) -> int:
     return int(next(iter(shapes))[0])
 
 
-def _scalar_metric(metrics: Mapping[str, float], name: str, train_loss: float) -> float:
-    """Higher-is-better score for early stopping. Falls back to -val_loss when the metric is
-    undefined (e.g. AUC of a one-class validation set), and to -train_loss without validation."""
-    value = metrics.get(name, float("nan"))
-    if name == "loss":
-        value = -value
-    if not math.isfinite(value):
-        value = -metrics.get("loss", float("nan"))
-    if not math.isfinite(value):
-        value = -train_loss
-    return float(value)
+@dataclass(frozen=True)
+class FoldData:
+    """The opened bags of one fold."""
+
+    classes: list[str]
+    train: list[BagItem]
+    val: list[BagItem]
+    patch_px: int
+
+    @classmethod
+    def open(cls, train: pd.DataFrame, val: pd.DataFrame, classes: Sequence[str]) -> FoldData:
+        train_items = _open_bags(train, classes, "training")
+        val_items = _open_bags(val, classes, "validation")
+        if not train_items:
+            raise GigamilError("no training slide has patches; nothing to train on")
+        return cls(list(classes), train_items, val_items, _patch_px(train_items + val_items))
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+class Runtime(NamedTuple):
+    """Where training runs: the torch device and the DDP ranks."""
+
+    device: torch.device
+    info: ddp.DistInfo
 
 
-def train_fold(
+def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     train: pd.DataFrame,
     val: pd.DataFrame,
     classes: list[str],
-    model_cfg: dict,
-    training_cfg: dict,
+    model_cfg: Mapping[str, Any] | ModelConfig,
+    training_cfg: Mapping[str, Any] | TrainingConfig,
     out_dir: Path,
     resume: bool = True,
     threads: int = 1,
 ) -> Path:
     """Train one fold end to end (encoder included) with the accumulating trainer.
 
-    Writes ``out_dir/model.pt`` (best epoch by ``training.early_stopping.metric``),
-    ``out_dir/last.pt`` (model, optimizer, scheduler, epoch, RNG and early-stopping state,
-    written after every epoch; ``resume=True`` continues from it) and ``out_dir/train_log.csv``.
-    Slides without patches are skipped with a warning. Under torchrun (WORLD_SIZE > 1) the bags
-    of every optimizer step are shared out across ranks and gradients summed. Returns the path
-    of ``model.pt``.
+    ``model_cfg``/``training_cfg``: the ``model:``/``training:`` sections of config.yaml (missing
+    keys take the schema defaults). Writes ``out_dir/model.pt`` (best epoch by
+    ``training.early_stopping.metric``), ``out_dir/last.pt`` (model, optimizer, scheduler, epoch,
+    RNG and early-stopping state, written after every epoch; ``resume=True`` continues from it)
+    and ``out_dir/train_log.csv``. Slides without patches are skipped with a warning. Under
+    torchrun (WORLD_SIZE > 1) the bags of every optimizer step are shared out across ranks and
+    gradients summed. Returns the path of ``model.pt``.
     """
-    out_dir = Path(out_dir)
-    mcfg, tcfg = model_config(model_cfg), training_config(training_cfg)
+    mcfg, tcfg = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
     if len(classes) < 2:
         raise ConfigError("classes: need at least two classes")
     _check_columns(train, "training slides")
     _check_columns(val, "validation slides")
     torch.set_num_threads(max(1, int(threads)))
-    device = resolve_device(tcfg["device"])
+    device = resolve_device(tcfg.device)
     info = ddp.init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _train(
-            train, val, [str(c) for c in classes], mcfg, tcfg, out_dir, resume, device, info
-        )
+        data = FoldData.open(train, val, [str(c) for c in classes])
+        trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), Runtime(device, info))
+        return trainer.fit(resume)
     finally:
         ddp.shutdown(info)
 
 
-def _train(
-    train: pd.DataFrame,
-    val: pd.DataFrame,
-    classes: list[str],
-    mcfg: dict[str, Any],
-    tcfg: dict[str, Any],
-    out_dir: Path,
-    resume: bool,
-    device: torch.device,
-    info: ddp.DistInfo,
-) -> Path:
-    n_classes = len(classes)
-    train_items = _open_bags(train, classes, "training")
-    val_items = _open_bags(val, classes, "validation")
-    if not train_items:
-        raise GigamilError("no training slide has patches; nothing to train on")
-    patch_px = _patch_px(train_items + val_items)
-    seed = int(tcfg["seed"])
+class FoldTrainer:
+    """The model and the stateful parts of one fold's training, and its epoch loop."""
 
-    weights = None
-    if tcfg["class_weights"] == "balanced":
-        weights = balanced_class_weights([it.label for it in train_items], n_classes)
-    torch.manual_seed(seed)
-    model = build_mil_model(
-        mcfg, n_classes, patch_px, tcfg["augment"], BagLoss(tcfg["loss"], weights)
-    ).to(device)
-    val_loss_fn = BagLoss(tcfg["loss"]).to(device)
-    scaler = None
-    if tcfg["amp"]:
-        model.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        if device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=float(tcfg["lr"]), weight_decay=float(tcfg["weight_decay"])
-    )
-    epochs = int(tcfg["epochs"])
-    bps = int(tcfg["bags_per_step"])
-    scheduler = make_scheduler(
-        optimizer, tcfg["schedule"], epochs * steps_per_epoch(len(train_items), bps, info.world)
-    )
-    es = tcfg["early_stopping"]
-    state: dict[str, Any] = {
-        "best_score": None,
-        "best_tiebreak": None,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "epoch": 0,
-        "finished": False,
-    }
-    signature = {
-        "model": mcfg,
-        "classes": classes,
-        "training": {k: v for k, v in tcfg.items() if k not in LOG_ONLY_TRAINING_KEYS},
-        "train": sorted(it.slide_id for it in train_items),
-        "val": sorted(it.slide_id for it in val_items),
-    }
+    def __init__(
+        self,
+        data: FoldData,
+        model_cfg: ModelConfig,
+        training_cfg: TrainingConfig,
+        out_dir: Path,
+        runtime: Runtime,
+    ) -> None:
+        tcfg, device, info = training_cfg, runtime.device, runtime.info
+        self.data, self.cfg, self.runtime, self.out_dir = data, tcfg, runtime, out_dir
+        n_classes = len(data.classes)
+        weights = None
+        if tcfg.class_weights == "balanced":
+            weights = balanced_class_weights([it.label for it in data.train], n_classes)
+        torch.manual_seed(tcfg.seed)
+        self.model = build_mil_model(
+            model_cfg, n_classes, data.patch_px, tcfg.augment, BagLoss(tcfg.loss, weights)
+        ).to(device)
+        self.val_loss_fn = BagLoss(tcfg.loss).to(device)
+        amp = AmpScaler(tcfg.amp, device)
+        self.model.amp_dtype = amp.dtype
+        optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=float(tcfg.lr),
+            weight_decay=float(tcfg.weight_decay),
+        )
+        total_steps = tcfg.epochs * steps_per_epoch(len(data.train), tcfg.bags_per_step, info.world)
+        self.optim = Optimization(
+            optimizer, make_scheduler(optimizer, tcfg.schedule, total_steps), amp
+        )
+        self.early_stopping = EarlyStopping.from_config(tcfg.early_stopping, tcfg.epochs)
+        signature = {
+            "model": model_cfg.to_dict(),
+            "classes": data.classes,
+            "training": tcfg.resume_signature(),
+            "train": sorted(it.slide_id for it in data.train),
+            "val": sorted(it.slide_id for it in data.val),
+        }
+        self.saver = CheckpointSaver(out_dir, signature, enabled=info.is_main)
+        self.header = model_header(model_cfg.to_dict(), data.classes, data.patch_px)
+        self.settings = EpochSettings(
+            seed=tcfg.seed,
+            bags_per_step=tcfg.bags_per_step,
+            chunk=_int_or_none(tcfg.max_instances_per_forward_pass),
+            max_instances=_int_or_none(tcfg.max_instances_per_bag or None),
+            info=info,
+        )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    last_path, model_path, log_path = (
-        out_dir / "last.pt",
-        out_dir / "model.pt",
-        out_dir / "train_log.csv",
-    )
-    best_ckpt: dict[str, Any] | None = None  # model.pt's content, also kept in last.pt
-    rows: list[dict[str, Any]] = []  # train_log.csv's rows, also kept in last.pt
-    if resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("signature") != signature:
-            log.warning(
-                "%s was written with another configuration or other slides; starting from scratch",
-                last_path,
-            )
-        else:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and "scaler" in ckpt:
-                scaler.load_state_dict(ckpt["scaler"])
-            state.update(ckpt["early_stopping"])
-            torch.set_rng_state(ckpt["rng"]["cpu"])
-            if device.type == "cuda" and "cuda" in ckpt["rng"]:
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-            best_ckpt, rows = ckpt.get("best"), list(ckpt.get("log_rows", []))
-            log.info("resuming from %s after epoch %d", last_path, state["epoch"])
-            if info.is_main:  # Snakemake deletes the declared outputs of a failed job
-                if best_ckpt is not None and not model_path.is_file():
-                    atomic_save(best_ckpt, model_path)
-                _write_log(log_path, rows)
-    if state["finished"] or state["epoch"] >= epochs:
-        log.info("training already finished (epoch %d); nothing to do", state["epoch"])
-        return model_path
+    def fit(self, resume: bool) -> Path:
+        """Train (from ``last.pt`` when ``resume``) until early stopping or the last epoch."""
+        if resume:
+            self._resume()
+        es, epochs = self.early_stopping, self.cfg.epochs
+        if es.finished or es.epoch >= epochs:
+            log.info("training already finished (epoch %d); nothing to do", es.epoch)
+            return self.saver.model_path
+        tb = None
+        if self.cfg.tensorboard and self.runtime.info.is_main:
+            tb = tensorboard_writer(self.out_dir / "tensorboard", es.epoch + 1)
+        try:
+            for epoch in range(es.epoch + 1, epochs + 1):
+                self._epoch(epoch, tb)
+                if es.should_stop:
+                    log.info("early stopping after epoch %d (best epoch %d)", epoch, es.best_epoch)
+                    break
+        finally:
+            if tb is not None:
+                tb.close()
+        return self.saver.model_path
 
-    chunk = tcfg["max_instances_per_forward_pass"]
-    chunk = int(chunk) if chunk is not None else None
-    max_inst = tcfg["max_instances_per_bag"]
-    tb = (
-        tensorboard_writer(out_dir / "tensorboard", state["epoch"] + 1)
-        if tcfg["tensorboard"] and info.is_main
-        else None
-    )
-    try:
-        for epoch in range(state["epoch"] + 1, epochs + 1):
-            t0 = time.time()
-            lr = optimizer.param_groups[0]["lr"]
-            train_loss = train_epoch(
-                model,
-                train_items,
-                optimizer,
-                scheduler,
-                epoch,
-                seed,
-                bps,
-                chunk,
-                int(max_inst) if max_inst else None,
-                info,
-                scaler,
-            )
-            metrics = validate(model, val_items, chunk, n_classes, val_loss_fn)
-            score = _scalar_metric(metrics, es["metric"], train_loss)
-            tiebreak = _scalar_metric(metrics, "loss", train_loss)  # equal AUC: lower loss wins
-            best, best_tb = state["best_score"], state.get("best_tiebreak")
-            improved = (
-                best is None
-                or score > best + 1e-12
-                or (
-                    abs(score - best) <= 1e-12
-                    and best_tb is not None
-                    and tiebreak > best_tb + 1e-12
-                )
-            )
+    def state_dict(self) -> dict[str, Any]:
+        """``last.pt``'s training state (the saver adds its own)."""
+        return {
+            "model": self.model.state_dict(),
+            **self.optim.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "rng": get_rng_state(self.runtime.device),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(dict(state))
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        set_rng_state(state["rng"], self.runtime.device)
+        self.saver.load_state_dict(state)
+
+    def _resume(self) -> None:
+        ckpt = self.saver.load_last()
+        if ckpt is None:
+            return
+        self.load_state_dict(ckpt)
+        log.info("resuming from %s after epoch %d", self.saver.last_path, self.early_stopping.epoch)
+        self.saver.restore_outputs()  # Snakemake deletes the declared outputs of a failed job
+
+    def _epoch(self, epoch: int, tb: Any) -> None:
+        """Train, validate, update early stopping, write the checkpoints and logs of one epoch."""
+        t0, lr = time.time(), self.optim.lr
+        data = self.data
+        train_loss = train_epoch(
+            self.model, data.train, self.optim, epoch=epoch, settings=self.settings
+        )
+        metrics = validate(
+            self.model, data.val, self.settings.chunk, len(data.classes), self.val_loss_fn
+        )
+        improved = self.early_stopping.update(epoch, metrics, train_loss)
+        seconds = time.time() - t0
+        log.info(
+            "epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s",
+            epoch,
+            train_loss,
+            metrics["loss"],
+            metrics["auc"],
+            seconds,
+            " *" if improved else "",
+        )
+        if self.runtime.info.is_main:
             if improved:
-                state.update(
-                    best_score=score, best_tiebreak=tiebreak, best_epoch=epoch, bad_epochs=0
+                val = {f"val_{k}": v for k, v in metrics.items()}
+                ckpt = model_checkpoint(
+                    self.model, self.header, epoch, {"train_loss": train_loss, **val}
                 )
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch
-            stop = state["bad_epochs"] >= int(es["patience"])
-            state["finished"] = stop or epoch == epochs
-            seconds = time.time() - t0
-            log.info(
-                "epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s",
-                epoch,
-                train_loss,
-                metrics["loss"],
-                metrics["auc"],
-                seconds,
-                " *" if improved else "",
-            )
-            if info.is_main:
-                if improved:
-                    best_ckpt = model_checkpoint(
-                        model,
-                        mcfg,
-                        classes,
-                        patch_px,
-                        epoch,
-                        {"train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}},
-                    )
-                    atomic_save(best_ckpt, model_path)
-                rows.append(
-                    {
-                        "epoch": epoch,
-                        "train_loss": train_loss,
-                        "val_loss": metrics["loss"],
-                        "val_auc": metrics["auc"],
-                        "val_balanced_accuracy": metrics["balanced_accuracy"],
-                        "lr": lr,
-                        "seconds": round(seconds, 3),
-                        "best_epoch": state["best_epoch"],
-                        "n_train_bags": len(train_items),
-                        "n_val_bags": len(val_items),
-                    }
-                )
-                _write_log(log_path, rows)
-                if tb is not None:
-                    for key in TB_SCALARS:
-                        tb.add_scalar(key, rows[-1][key], epoch)
-                    tb.flush()
-                last = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "early_stopping": dict(state),
-                    "rng": _rng_state(device),
-                    "signature": signature,
-                    "best": best_ckpt,
-                    "log_rows": rows,
-                }
-                if scaler is not None:
-                    last["scaler"] = scaler.state_dict()
-                atomic_save(last, last_path)
-            ddp.barrier(info)
-            if stop:
-                log.info(
-                    "early stopping after epoch %d (best epoch %d)", epoch, state["best_epoch"]
-                )
-                break
-    finally:
-        if tb is not None:
-            tb.close()
-    return model_path
+                self.saver.save_best(ckpt)
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": metrics["loss"],
+                "val_auc": metrics["auc"],
+                "val_balanced_accuracy": metrics["balanced_accuracy"],
+                "lr": lr,
+                "seconds": round(seconds, 3),
+                "best_epoch": self.early_stopping.best_epoch,
+                "n_train_bags": len(data.train),
+                "n_val_bags": len(data.val),
+            }
+            self.saver.log_epoch(row)
+            if tb is not None:
+                for key in TB_SCALARS:
+                    tb.add_scalar(key, row[key], epoch)
+                tb.flush()
+            self.saver.save_last(self.state_dict())
+        ddp.barrier(self.runtime.info)
 
 
 def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
@@ -420,7 +328,20 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
     return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
 
 
-def predict_slides(
+def _predict_bag(
+    model: torch.nn.Module, bag: ZarrBag, n_classes: int, chunk: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (float64) and attention (float32, (N,)) of one bag; NaN
+    probabilities and no attention for an empty bag."""
+    if len(bag) == 0:
+        return np.full(n_classes, np.nan), np.zeros(0, dtype=np.float32)
+    with torch.inference_mode():
+        logits, att = model(bag, max_instances_per_forward_pass=chunk)
+    prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
+    return prob, att.float().cpu().numpy().astype(np.float32)
+
+
+def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     model_path: Path,
     slides: pd.DataFrame,
     out_csv: Path,
@@ -453,17 +374,8 @@ def predict_slides(
             )
         if len(bag) == 0:
             log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
-            prob = np.full(len(classes), np.nan)
-            att = np.zeros(0, dtype=np.float32)
-            pred = ""
-        else:
-            with torch.inference_mode():
-                logits, att_t = model(
-                    bag, max_instances_per_forward_pass=max_instances_per_forward_pass
-                )
-            prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
-            att = att_t.float().cpu().numpy().astype(np.float32)
-            pred = classes[int(prob.argmax())]
+        prob, att = _predict_bag(model, bag, len(classes), max_instances_per_forward_pass)
+        pred = classes[int(prob.argmax())] if len(bag) else ""
         np.save(attention_dir / f"{row.slide_id}.npy", att)
         rows.append(
             {

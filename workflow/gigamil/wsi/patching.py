@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import GigamilError
+from gigamil.settings import PatchConfig
 from gigamil.wsi.raster import level_scale
 from gigamil.wsi.slide import SlideReader
 
@@ -34,16 +35,20 @@ LEVEL_TOLERANCE = 0.01  # a level up to 1 % coarser than the target still counts
 MAX_EFFECTIVE_MPP_ERROR = 0.01
 
 
+_SCHEMA_DEFAULTS = PatchConfig()
+
+
 @dataclass(frozen=True)
 class PatchParams:
-    """``preprocessing.patches`` in config.yaml (plus tuning knobs with defaults)."""
+    """``preprocessing.patches`` in config.yaml (defaults from the schema, via
+    :class:`gigamil.settings.PatchConfig`) plus tuning knobs with defaults."""
 
-    mpp: float = 0.5
-    patch_px: int = 256
-    stride_px: int | None = None  # None = patch_px
-    min_tissue: float = 0.5
-    codec: str = "zstd"
-    jpeg_quality: int = 90
+    mpp: float = _SCHEMA_DEFAULTS.mpp
+    patch_px: int = _SCHEMA_DEFAULTS.patch_px
+    stride_px: int | None = _SCHEMA_DEFAULTS.stride_px  # None = patch_px
+    min_tissue: float = _SCHEMA_DEFAULTS.min_tissue
+    codec: str = _SCHEMA_DEFAULTS.codec
+    jpeg_quality: int = _SCHEMA_DEFAULTS.jpeg_quality
     resample_tolerance: float = 0.005
     block_px: int = 4096  # longest single read (a run of patches), in read-level pixels
 

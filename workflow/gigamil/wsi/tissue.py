@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gigamil.settings import TissueConfig
 from gigamil.wsi.raster import read_raster_image
 from gigamil.wsi.slide import SlideReader
 
@@ -28,16 +29,20 @@ MIN_OTSU_SATURATION = 15.0
 OUTLINE_RGB = (0, 200, 0)
 
 
+_SCHEMA_DEFAULTS = TissueConfig()
+
+
 @dataclass(frozen=True)
 class TissueParams:
-    """``preprocessing.tissue`` in config.yaml."""
+    """``preprocessing.tissue`` in config.yaml (defaults from the schema, via
+    :class:`gigamil.settings.TissueConfig`)."""
 
-    mask_mpp: float = 8.0
-    threshold: str | float = "otsu"  # "otsu" or a saturation value 0..255
-    median_px: int = 5
-    close_um: float = 32.0
-    open_um: float = 16.0
-    min_area_um2: float = 20000.0
+    mask_mpp: float = _SCHEMA_DEFAULTS.mask_mpp
+    threshold: str | float = _SCHEMA_DEFAULTS.threshold  # "otsu" or a saturation value 0..255
+    median_px: int = _SCHEMA_DEFAULTS.median_px
+    close_um: float = _SCHEMA_DEFAULTS.close_um
+    open_um: float = _SCHEMA_DEFAULTS.open_um
+    min_area_um2: float = _SCHEMA_DEFAULTS.min_area_um2
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TissueParams:

@@ -1,0 +1,83 @@
+"""The typed config sections (gigamil.settings) and the schema agree: same keys, same defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gigamil.config import validate_config
+from gigamil.errors import ConfigError
+from gigamil.settings import (
+    SECTIONS,
+    EarlyStoppingConfig,
+    ModelConfig,
+    PatchConfig,
+    TissueConfig,
+    TrainingConfig,
+    schema_section,
+)
+from gigamil.wsi.patching import PatchParams
+from gigamil.wsi.tissue import TissueParams
+
+
+@pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)
+def test_dataclass_fields_are_the_schema_keys_with_the_schema_defaults(cls) -> None:
+    props = schema_section(cls.SCHEMA_PATH)["properties"]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(fields) == set(props)
+    instance = cls()
+    for key, sub in props.items():
+        value = getattr(instance, key)
+        if sub.get("type") == "object":  # a nested section: its own class, default {}
+            assert sub["default"] == {}
+            assert value == type(value)() and dataclasses.is_dataclass(value)
+        else:
+            assert value == sub["default"], key
+            assert type(value) is type(sub["default"]), key
+
+
+def test_every_schema_section_read_by_the_package_is_typed() -> None:
+    paths = {cls.SCHEMA_PATH for cls in SECTIONS}
+    assert {("training",), ("model",), ("preprocessing", "patches")} <= paths
+    assert {("preprocessing", "tissue"), ("training", "early_stopping")} <= paths
+    assert ("training", "augment") in paths
+
+
+def test_a_filled_config_equals_the_dataclass_defaults() -> None:
+    cfg = validate_config({"cohorts": {"a": {"sheet": "a.csv"}}})
+    assert TrainingConfig.from_dict(cfg["training"]) == TrainingConfig()
+    assert TrainingConfig().to_dict() == cfg["training"]
+    assert ModelConfig().to_dict() == cfg["model"]
+    assert PatchConfig().to_dict() == cfg["preprocessing"]["patches"]
+    assert TissueConfig().to_dict() == cfg["preprocessing"]["tissue"]
+
+
+def test_wsi_params_take_their_defaults_from_the_schema() -> None:
+    assert dataclasses.asdict(TissueParams()) == TissueConfig().to_dict()
+    patch = dataclasses.asdict(PatchParams())
+    assert {k: patch[k] for k in PatchConfig().to_dict()} == PatchConfig().to_dict()
+
+
+def test_from_dict_fills_nested_sections_and_checks_the_schema() -> None:
+    cfg = TrainingConfig.from_dict({"epochs": 3, "early_stopping": {"patience": 2}})
+    assert cfg.epochs == 3 and cfg.lr == TrainingConfig().lr
+    assert cfg.early_stopping == EarlyStoppingConfig(patience=2)
+    assert TrainingConfig.from_dict(cfg) is cfg
+    with pytest.raises(ConfigError, match="unknown key training.epoch "):
+        TrainingConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="training.early_stopping.metric: 'x' is not one of"):
+        TrainingConfig.from_dict({"early_stopping": {"metric": "x"}})
+    with pytest.raises(ConfigError, match="model.pool: 'max' is not one of"):
+        ModelConfig.from_dict({"pool": "max"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 4  # type: ignore[misc]
+
+
+def test_resume_signature_leaves_out_the_log_only_keys() -> None:
+    a = TrainingConfig.from_dict({"tensorboard": False})
+    b = TrainingConfig.from_dict({"tensorboard": True})
+    assert a.resume_signature() == b.resume_signature()
+    assert "tensorboard" not in a.resume_signature()
+    assert set(a.resume_signature()) == set(a.to_dict()) - set(TrainingConfig.LOG_ONLY_KEYS)
+    assert a.resume_signature() != TrainingConfig.from_dict({"epochs": 3}).resume_signature()

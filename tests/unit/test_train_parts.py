@@ -1,0 +1,170 @@
+"""The stateful parts of the trainer: EarlyStopping, CheckpointSaver, AmpScaler, the RNG helper."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from gigamil.nn.rng import get_rng_state, set_rng_state
+from gigamil.settings import EarlyStoppingConfig
+from gigamil.train.amp import AmpScaler, Optimization
+from gigamil.train.checkpoint import CheckpointSaver, load_checkpoint
+from gigamil.train.early_stopping import EarlyStopping, scalar_metric
+
+
+def auc(value: float, loss: float = 0.5) -> dict[str, float]:
+    return {"auc": value, "loss": loss, "balanced_accuracy": 0.5}
+
+
+def run(es: EarlyStopping, aucs: list[float]) -> list[int]:
+    """Feed one AUC per epoch until it stops; returns the epochs that improved."""
+    best = []
+    for epoch, value in enumerate(aucs, start=1):
+        if es.update(epoch, auc(value), train_loss=1.0):
+            best.append(epoch)
+        if es.should_stop:
+            break
+    return best
+
+
+def test_early_stopping_patience_and_best_epoch() -> None:
+    es = EarlyStopping(metric="auc", patience=2, max_epochs=10)
+    assert run(es, [0.6, 0.7, 0.65, 0.7, 0.9]) == [1, 2]
+    assert es.should_stop and es.finished
+    assert (es.epoch, es.best_epoch, es.bad_epochs, es.best_score) == (4, 2, 2, 0.7)
+
+
+def test_early_stopping_ties_go_to_the_lower_loss_and_undefined_metrics_fall_back() -> None:
+    es = EarlyStopping(metric="auc", patience=3)
+    assert es.update(1, auc(0.8, loss=0.6), 1.0)
+    assert es.update(2, auc(0.8, loss=0.5), 1.0)  # same AUC, lower loss
+    assert not es.update(3, auc(0.8, loss=0.55), 1.0)
+    assert es.best_epoch == 2
+    nan = float("nan")
+    assert scalar_metric(auc(nan, loss=0.3), "auc", 2.0) == -0.3  # one-class validation set
+    assert scalar_metric({"auc": nan, "loss": nan}, "auc", 2.0) == -2.0  # no validation
+    assert scalar_metric(auc(0.9, loss=0.3), "loss", 2.0) == -0.3
+
+
+def test_early_stopping_min_epochs() -> None:
+    es = EarlyStopping.from_config(EarlyStoppingConfig(patience=1, min_epochs=4), max_epochs=10)
+    assert (es.patience, es.min_epochs, es.max_epochs) == (1, 4, 10)
+    run(es, [0.9, 0.5, 0.5, 0.5, 0.5, 0.5])
+    assert es.epoch == 4 and es.bad_epochs == 3 and es.should_stop  # not before epoch 4
+    es = EarlyStopping(patience=1, min_epochs=3)
+    run(es, [0.5, 0.6, 0.7, 0.6, 0.9])
+    assert es.epoch == 4  # past min_epochs: stops at the first bad epoch
+    es = EarlyStopping(patience=5, max_epochs=3)
+    run(es, [0.5, 0.6, 0.7])
+    assert es.finished and not es.should_stop  # the last epoch finishes without early stopping
+
+
+def test_early_stopping_state_dict_round_trip() -> None:
+    es = EarlyStopping(patience=3, max_epochs=10)
+    run(es, [0.6, 0.7, 0.65])
+    state = es.state_dict()
+    assert set(state) == {
+        "best_score",
+        "best_tiebreak",
+        "best_epoch",
+        "bad_epochs",
+        "epoch",
+        "finished",
+    }
+    again = EarlyStopping(patience=3, max_epochs=10)
+    again.load_state_dict(state)
+    assert again == es
+    # both continue identically
+    assert es.update(4, auc(0.66), 1.0) == again.update(4, auc(0.66), 1.0)
+    assert es.state_dict() == again.state_dict()
+    # a last.pt written before the tie-break existed has no best_tiebreak
+    old = {k: v for k, v in state.items() if k != "best_tiebreak"}
+    legacy = EarlyStopping(patience=3)
+    legacy.load_state_dict(old)
+    assert legacy.best_tiebreak is None and legacy.best_epoch == 2
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def row(epoch: int) -> dict[str, float]:
+    return {k: float(epoch) for k in CheckpointSaver.LOG_COLUMNS}
+
+
+def test_checkpoint_saver_restores_the_outputs_snakemake_deleted(tmp_path: Path) -> None:
+    sig = {"training": {"epochs": 3}, "train": ["a", "b"]}
+    saver = CheckpointSaver(tmp_path / "f", sig)
+    saver.save_best({"epoch": 1, "state_dict": {"w": torch.ones(2)}})
+    saver.log_epoch(row(1))
+    saver.log_epoch(row(2))
+    saver.save_last({"early_stopping": {"epoch": 2}})
+    assert [r["epoch"] for r in read_rows(saver.log_path)] == ["1.0", "2.0"]
+    last = load_checkpoint(saver.last_path)
+    assert last["signature"] == sig and last["best"]["epoch"] == 1 and len(last["log_rows"]) == 2
+    saver.model_path.unlink()  # a failed job: Snakemake deletes model.pt and train_log.csv
+    saver.log_path.unlink()
+
+    again = CheckpointSaver(tmp_path / "f", sig)
+    ckpt = again.load_last()
+    assert ckpt is not None and ckpt["early_stopping"] == {"epoch": 2}
+    again.load_state_dict(ckpt)
+    again.restore_outputs()
+    assert load_checkpoint(again.model_path)["epoch"] == 1
+    assert torch.equal(load_checkpoint(again.model_path)["state_dict"]["w"], torch.ones(2))
+    assert [r["epoch"] for r in read_rows(again.log_path)] == ["1.0", "2.0"]
+    # another configuration or other slides: last.pt is ignored
+    other = CheckpointSaver(tmp_path / "f", {**sig, "train": ["a"]})
+    assert other.load_last() is None
+    assert CheckpointSaver(tmp_path / "empty", sig).load_last() is None
+
+
+def test_checkpoint_saver_disabled_writes_nothing(tmp_path: Path) -> None:
+    saver = CheckpointSaver(tmp_path / "rank1", {}, enabled=False)
+    saver.save_best({"epoch": 1})
+    saver.log_epoch(row(1))
+    saver.save_last({})
+    saver.restore_outputs()
+    assert not (tmp_path / "rank1").exists()
+    assert saver.state_dict()["best"] == {"epoch": 1}
+
+
+def test_amp_scaler_and_optimization_state_on_cpu() -> None:
+    off, on = AmpScaler(False, torch.device("cpu")), AmpScaler(True, torch.device("cpu"))
+    assert off.dtype is None and off.grad_scaler is None and off.state_dict() is None
+    assert on.dtype == torch.bfloat16 and on.grad_scaler is None  # no loss scaling for bf16
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (t + 1))
+    optim = Optimization(opt, sched, off)
+    w.grad = torch.ones(2)
+    optim.step()
+    assert torch.allclose(w.detach(), torch.full((2,), 0.5)) and optim.lr == 0.25
+    state = optim.state_dict()
+    assert set(state) == {"optimizer", "scheduler"}  # "scaler" only with a gradient scaler
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.5)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda t: 1.0 / (t + 1))
+    Optimization(opt2, sched2, off).load_state_dict(state)
+    assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == 0.25
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_scaler_on_cuda_has_a_grad_scaler() -> None:
+    amp = AmpScaler(True, torch.device("cuda"))
+    assert amp.dtype == torch.float16 and amp.grad_scaler is not None
+    assert "scale" in amp.state_dict()
+
+
+def test_rng_helper_round_trip_and_checkpoint_format() -> None:
+    dev = torch.device("cpu")
+    state = get_rng_state(dev)
+    assert set(state) == {"cpu"}  # last.pt's format: {"cpu": tensor[, "cuda": tensor]}
+    a = torch.rand(3)
+    set_rng_state(state, dev)
+    assert torch.equal(torch.rand(3), a)
+    set_rng_state({"cpu": state["cpu"], "cuda": torch.zeros(1)}, dev)  # a CUDA entry on CPU
+    assert torch.equal(torch.rand(3), a)

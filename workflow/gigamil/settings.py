@@ -1,0 +1,177 @@
+"""Typed, frozen views of the config sections the package reads.
+
+Every default is read from ``workflow/schemas/config.schema.yaml`` (the one place defaults are
+written); ``tests/unit/test_settings.py`` checks that each dataclass has exactly the keys of its
+schema section. ``from_dict`` validates a (possibly partial) section against the same schema, so
+direct Python callers get the errors and the defaults of the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import jsonschema
+
+from gigamil.config import describe_error, load_schema
+from gigamil.errors import ConfigError
+
+_SCHEMA = load_schema("config")
+
+
+def schema_section(path: tuple[str, ...]) -> dict[str, Any]:
+    """The schema node of the config section at ``path`` (e.g. ``("training", "augment")``)."""
+    node = _SCHEMA
+    for key in path:
+        node = node["properties"][key]
+    return node
+
+
+def _default(path: tuple[str, ...], key: str) -> Any:
+    return schema_section(path)["properties"][key]["default"]
+
+
+class _Section:
+    """``from_dict``/``to_dict`` of a frozen config dataclass whose schema node is ``SCHEMA_PATH``."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | Self | None) -> Self:
+        """Validate ``d`` against the schema section; missing keys take the schema defaults."""
+        if isinstance(d, cls):
+            return d
+        values = dict(d or {})
+        wrapped: dict[str, Any] = values
+        schema: dict[str, Any] = schema_section(cls.SCHEMA_PATH)
+        for key in reversed(cls.SCHEMA_PATH):  # errors name the full key, e.g. training.epochs
+            wrapped, schema = {key: wrapped}, {"type": "object", "properties": {key: schema}}
+        validator = jsonschema.Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(wrapped), key=lambda e: len(e.absolute_path))
+        if errors:
+            raise ConfigError(describe_error(errors[0]))
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            sub = _SECTIONS.get(f.name)
+            if sub is not None and f.name in values:
+                values[f.name] = sub.from_dict(values[f.name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (the form config.yaml and ``model.pt`` hold)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+_ES = ("training", "early_stopping")
+_AUG = ("training", "augment")
+_TRAIN = ("training",)
+_MODEL = ("model",)
+_PATCH = ("preprocessing", "patches")
+_TISSUE = ("preprocessing", "tissue")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig(_Section):
+    """``training.early_stopping``."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _ES
+    metric: str = _default(_ES, "metric")
+    patience: int = _default(_ES, "patience")
+    min_epochs: int = _default(_ES, "min_epochs")
+
+
+@dataclass(frozen=True)
+class AugmentConfig(_Section):
+    """``training.augment``."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _AUG
+    flips: bool = _default(_AUG, "flips")
+    rot90: bool = _default(_AUG, "rot90")
+    color_jitter: float = _default(_AUG, "color_jitter")
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """``training``."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _TRAIN
+    # keys that change what is logged, not what is trained: not part of the resume signature (nor
+    # of rule train_fold's params), so switching them retrains nothing
+    LOG_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("tensorboard",)
+    device: str = _default(_TRAIN, "device")
+    seed: int = _default(_TRAIN, "seed")
+    epochs: int = _default(_TRAIN, "epochs")
+    lr: float = _default(_TRAIN, "lr")
+    weight_decay: float = _default(_TRAIN, "weight_decay")
+    schedule: str = _default(_TRAIN, "schedule")
+    bags_per_step: int = _default(_TRAIN, "bags_per_step")
+    max_instances_per_forward_pass: int | None = _default(_TRAIN, "max_instances_per_forward_pass")
+    max_instances_per_bag: int | None = _default(_TRAIN, "max_instances_per_bag")
+    loss: str = _default(_TRAIN, "loss")
+    class_weights: str | None = _default(_TRAIN, "class_weights")
+    amp: bool = _default(_TRAIN, "amp")
+    tensorboard: bool = _default(_TRAIN, "tensorboard")
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def resume_signature(self) -> dict[str, Any]:
+        """The settings that change what is trained (all but ``LOG_ONLY_KEYS``): ``last.pt``
+        resumes only under the same signature, and rule train_fold takes it as params."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.LOG_ONLY_KEYS}
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """``model``."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _MODEL
+    encoder: str = _default(_MODEL, "encoder")
+    weights: str | None = _default(_MODEL, "weights")
+    freeze_encoder: bool = _default(_MODEL, "freeze_encoder")
+    batchnorm: str = _default(_MODEL, "batchnorm")
+    pool: str = _default(_MODEL, "pool")
+    att_dim: int = _default(_MODEL, "att_dim")
+    dropout: float = _default(_MODEL, "dropout")
+
+
+@dataclass(frozen=True)
+class PatchConfig(_Section):
+    """``preprocessing.patches`` (``gigamil.wsi.patching.PatchParams`` adds tuning knobs)."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _PATCH
+    mpp: float = _default(_PATCH, "mpp")
+    patch_px: int = _default(_PATCH, "patch_px")
+    stride_px: int | None = _default(_PATCH, "stride_px")
+    min_tissue: float = _default(_PATCH, "min_tissue")
+    codec: str = _default(_PATCH, "codec")
+    jpeg_quality: int = _default(_PATCH, "jpeg_quality")
+
+
+@dataclass(frozen=True)
+class TissueConfig(_Section):
+    """``preprocessing.tissue`` (the defaults of ``gigamil.wsi.tissue.TissueParams``)."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _TISSUE
+    mask_mpp: float = _default(_TISSUE, "mask_mpp")
+    threshold: str | float = _default(_TISSUE, "threshold")
+    median_px: int = _default(_TISSUE, "median_px")
+    close_um: float = _default(_TISSUE, "close_um")
+    open_um: float = _default(_TISSUE, "open_um")
+    min_area_um2: float = _default(_TISSUE, "min_area_um2")
+
+
+# nested sections by field name (from_dict turns their dicts into dataclasses)
+_SECTIONS: dict[str, type[_Section]] = {
+    "early_stopping": EarlyStoppingConfig,
+    "augment": AugmentConfig,
+}
+# every typed section, for the schema/dataclass sync test
+SECTIONS: tuple[type[_Section], ...] = (
+    TrainingConfig,
+    EarlyStoppingConfig,
+    AugmentConfig,
+    ModelConfig,
+    PatchConfig,
+    TissueConfig,
+)
