@@ -112,6 +112,7 @@ class TrainingConfig(_Section):
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: bool = _default(_TRAIN, "amp")
     tensorboard: bool = _default(_TRAIN, "tensorboard")
+    calibration_patches: int = _default(_TRAIN, "calibration_patches")
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -130,6 +131,7 @@ class ModelConfig(_Section):
     weights: str | None = _default(_MODEL, "weights")
     freeze_encoder: bool = _default(_MODEL, "freeze_encoder")
     batchnorm: str = _default(_MODEL, "batchnorm")
+    feature_norm: bool = _default(_MODEL, "feature_norm")
     pool: str = _default(_MODEL, "pool")
     att_dim: int = _default(_MODEL, "att_dim")
     dropout: float = _default(_MODEL, "dropout")

@@ -40,6 +40,11 @@ def build_mil_model(
         aug = AugmentConfig.from_dict(augment)
         pre = PatchPreprocess(flips=aug.flips, rot90=aug.rot90, color_jitter=aug.color_jitter)
     head = AttentionHead(
-        dim, n_classes=n_classes, att_dim=cfg.att_dim, pool=cfg.pool, dropout=cfg.dropout
+        dim,
+        n_classes=n_classes,
+        att_dim=cfg.att_dim,
+        pool=cfg.pool,
+        dropout=cfg.dropout,
+        feature_norm=cfg.feature_norm,
     )
     return MILModel(nn.Sequential(pre, encoder), head, loss_fn)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gigamil.nn.calibration import FeatureNorm
+
 POOLS = ("abmil", "gated_abmil", "smabmil")
 
 
@@ -90,6 +92,9 @@ class AttentionHead(nn.Module):
     ``pool``: ``abmil`` a_i ∝ exp(wᵀ act(V h_i)); ``gated_abmil``
     a_i ∝ exp(wᵀ(tanh(V h_i) ⊙ σ(U h_i))); ``smabmil`` smooths the attention scores with the Sm operator over the patch-grid
     adjacency before the softmax (needs ``adj``). ``n_out`` = 1 for binary problems.
+    ``feature_norm``: first standardise each feature dimension with a
+    :class:`~gigamil.nn.calibration.FeatureNorm` (frozen statistics, per instance; calibrate it
+    with :func:`~gigamil.nn.calibration.calibrate_batchnorm`).
     """
 
     def __init__(  # noqa: PLR0913 - one argument per pooling setting of the model config
@@ -103,6 +108,7 @@ class AttentionHead(nn.Module):
         sm_alpha: float = 0.5,
         sm_steps: int = 10,
         sm_mode: str = "approx",
+        feature_norm: bool = False,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
@@ -111,6 +117,7 @@ class AttentionHead(nn.Module):
             raise ValueError("n_classes must be at least 2")
         self.pool = pool
         self.n_out = 1 if n_classes == 2 else n_classes
+        self.norm = FeatureNorm(in_dim) if feature_norm else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.V = nn.Linear(in_dim, att_dim)
         self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU()}[att_act]
@@ -138,6 +145,8 @@ class AttentionHead(nn.Module):
     def forward(
         self, h: torch.Tensor, adj: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.norm is not None:
+            h = self.norm(h)
         h = self.dropout(h)  # (N, D)
         att = torch.softmax(self.scores(h, adj), dim=0)  # (N,)
         z = att @ h  # (D,)

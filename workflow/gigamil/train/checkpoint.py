@@ -89,6 +89,7 @@ def load_model(
         raise GigamilError(f"{path}: checkpoint lacks {missing}")
     model_cfg = dict(ckpt["model_config"])
     model_cfg["weights"] = None  # the state dict holds the trained weights
+    model_cfg.setdefault("feature_norm", False)  # model.pt files written before the key existed
     model = build_mil_model(model_cfg, len(ckpt["classes"]), int(ckpt["patch_px"]))
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.to(device).eval(), ckpt

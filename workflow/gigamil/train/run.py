@@ -30,6 +30,7 @@ from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.train import distributed as ddp
 from gigamil.train.amp import AmpScaler, Optimization
+from gigamil.train.calibration import calibrate_model
 from gigamil.train.checkpoint import (
     CheckpointSaver,
     load_model,
@@ -203,6 +204,7 @@ class FoldTrainer:
             optimizer, make_scheduler(optimizer, tcfg.schedule, total_steps), amp
         )
         self.early_stopping = EarlyStopping.from_config(tcfg.early_stopping, tcfg.epochs)
+        self.encoder_random_init = model_cfg.weights is None
         signature = {
             "model": model_cfg.to_dict(),
             "classes": data.classes,
@@ -228,6 +230,15 @@ class FoldTrainer:
         if es.finished or es.epoch >= epochs:
             log.info("training already finished (epoch %d); nothing to do", es.epoch)
             return self.saver.model_path
+        if es.epoch == 0:  # a fresh start (a resumed run has the statistics in last.pt)
+            calibrate_model(
+                self.model,
+                [it.bag for it in self.data.train],
+                n_patches=self.cfg.calibration_patches,
+                encoder_too=self.encoder_random_init,
+                chunk=self.settings.chunk or 256,
+                seed=self.cfg.seed,
+            )
         tb = None
         if self.cfg.tensorboard and self.runtime.info.is_main:
             tb = tensorboard_writer(self.out_dir / "tensorboard", es.epoch + 1)
