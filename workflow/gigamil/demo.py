@@ -428,18 +428,27 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, description: str
 
 
 def write_lesion_mask(
-    path: Path, mask: np.ndarray, slide_id: str, tissue_fraction: float, lesion_fraction: float
+    path: Path,
+    mask: np.ndarray,
+    slide_id: str,
+    tissue_fraction: float,
+    lesion_fraction: float,
+    level0_mpp: float = SOURCE_MPP,
+    downsample: int = MASK_DOWNSAMPLE,
 ) -> None:
-    """Write the lesion mask PNG (uint8 0/255) and its JSON sidecar (same stem)."""
+    """Write the lesion mask PNG (uint8 0/255) and its JSON sidecar (same stem).
+
+    ``downsample``: level-0 px per mask px; ``level0_mpp``: the slide's level-0 µm/px.
+    """
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG")
     meta = {
         "slide_id": slide_id,
-        "downsample": MASK_DOWNSAMPLE,
-        "mpp": SOURCE_MPP * MASK_DOWNSAMPLE,
-        "level0_mpp": SOURCE_MPP,
+        "downsample": downsample,
+        "mpp": level0_mpp * downsample,
+        "level0_mpp": level0_mpp,
         "shape": list(mask.shape),
         "tissue_fraction": round(tissue_fraction, 4),
         "lesion_fraction_of_tissue": round(lesion_fraction, 4),

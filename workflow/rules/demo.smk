@@ -1,4 +1,5 @@
-"""Rule demo_cohort: the built-in demo cohort made from the packaged CC0 slide (gigamil demo).
+"""Rule demo_cohort: the built-in demo cohort (gigamil demo): mosaic slides of the packaged CC0
+PatchCamelyon tiles (DEMO_KIND "tiles"; "synthetic" = planted lesions in the packaged CMU slide).
 
 The committed resources/demo/sheet.csv is exactly the sheet this rule writes (a unit test
 checks it); its slide ids name the rule's outputs and its size gives the generator's arguments.
@@ -9,6 +10,7 @@ from pathlib import Path
 import pandas
 
 DEMO_SEED = 0
+DEMO_KIND = "tiles"
 DEMO_SHEET = pandas.read_csv(
     Path(workflow.basedir) / "resources" / "demo" / "sheet.csv"
 )
@@ -34,6 +36,7 @@ rule demo_cohort:
         runtime=10,
     params:
         seed=DEMO_SEED,
+        kind=DEMO_KIND,
         patients=DEMO_PATIENTS,
         slides_per_patient=len(DEMO_SLIDE_IDS) // DEMO_PATIENTS,
     script:

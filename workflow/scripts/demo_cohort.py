@@ -1,14 +1,21 @@
-"""Snakemake script of rule demo_cohort: build the demo cohort with gigamil.demo."""
+"""Snakemake script of rule demo_cohort: build the demo cohort (gigamil.demo_tiles by default,
+gigamil.demo for the synthetic kind)."""
 
 from pathlib import Path
 
-from gigamil.demo import make_demo_cohort
 from gigamil.logutil import setup_logging
 
 setup_logging(snakemake.log[0])
-make_demo_cohort(
-    Path(snakemake.output.sheet).parent,
+args = dict(
     seed=int(snakemake.params.seed),
     n_patients=int(snakemake.params.patients),
     slides_per_patient=int(snakemake.params.slides_per_patient),
 )
+if snakemake.params.kind == "synthetic":
+    from gigamil.demo import make_demo_cohort
+
+    make_demo_cohort(Path(snakemake.output.sheet).parent, **args)
+else:
+    from gigamil.demo_tiles import make_tile_cohort
+
+    make_tile_cohort(Path(snakemake.output.sheet).parent, **args)

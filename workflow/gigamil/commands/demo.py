@@ -1,4 +1,4 @@
-"""`gigamil demo OUTDIR`: write the built-in demo cohort (slides, lesion masks, sheet)."""
+"""`gigamil demo OUTDIR`: write a demo cohort (slides, lesion masks, sheet)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 NAME = "demo"
 HELP = (
-    "build the demo cohort from the packaged CC0 slide (deterministic for a seed): "
-    "OUTDIR/slides/*.tiff, OUTDIR/lesion_masks/*.png and OUTDIR/sheet.csv"
+    "build a demo cohort (deterministic for a seed): by default mosaic slides of the packaged "
+    "real PatchCamelyon tiles (CC0); OUTDIR/slides/*.tiff, OUTDIR/lesion_masks/*.png and "
+    "OUTDIR/sheet.csv"
 )
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,32 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("outdir", metavar="OUTDIR", help="output directory (e.g. results/demo)")
+    parser.add_argument(
+        "--kind",
+        choices=("tiles", "synthetic"),
+        default="tiles",
+        help="tiles: mosaic slides of real labelled tiles (default); synthetic: the fast test "
+        "cohort of planted lesions in the packaged CMU slide",
+    )
+    parser.add_argument(
+        "--tiles",
+        metavar="DIR",
+        default=None,
+        help="--kind tiles: folder with 0/ (normal) and 1/ (tumour) tiles at --tile-mpp, or a "
+        "zip of them (default: the packaged PatchCamelyon subset)",
+    )
+    parser.add_argument(
+        "--tile-mpp",
+        type=float,
+        default=None,
+        help="--kind tiles: µm/px of the tiles (default: 0.972, PatchCamelyon's)",
+    )
+    parser.add_argument(
+        "--exclude-packaged",
+        action="store_true",
+        help="--kind tiles: do not use tiles of the packaged subset (e.g. with --tiles on the "
+        "full PatchCamelyon data)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--patients",
@@ -31,15 +58,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gigamil.demo import make_demo_cohort
+    from gigamil.errors import GigamilError
 
     start = time.perf_counter()
-    sheet = make_demo_cohort(
-        Path(args.outdir),
-        seed=args.seed,
-        n_patients=args.patients,
-        slides_per_patient=args.slides_per_patient,
-    )
+    if args.kind == "synthetic":
+        if args.tiles or args.tile_mpp is not None or args.exclude_packaged:
+            raise GigamilError("--tiles, --tile-mpp and --exclude-packaged need --kind tiles")
+        from gigamil.demo import make_demo_cohort
+
+        sheet = make_demo_cohort(
+            Path(args.outdir),
+            seed=args.seed,
+            n_patients=args.patients,
+            slides_per_patient=args.slides_per_patient,
+        )
+    else:
+        from gigamil.demo_tiles import PCAM_MPP, make_tile_cohort, packaged_tile_hashes
+
+        sheet = make_tile_cohort(
+            Path(args.outdir),
+            seed=args.seed,
+            n_patients=args.patients,
+            slides_per_patient=args.slides_per_patient,
+            tiles=args.tiles,
+            exclude=packaged_tile_hashes() if args.exclude_packaged else (),
+            tile_mpp=PCAM_MPP if args.tile_mpp is None else args.tile_mpp,
+        )
     log.info(
         "wrote %d slides of %d patients to %s in %.1f s",
         len(sheet),

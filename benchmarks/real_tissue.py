@@ -1,0 +1,330 @@
+"""Benchmark: gigamil vs a colour-histogram baseline on mosaic cohorts of real labelled tiles.
+
+Run by hand (not a test):
+
+    python benchmarks/real_tissue.py [--tiles DIR] [--seed 0] [--draws 3] [--cores 2]
+                                     [--set training.epochs=2 ...]
+
+For each draw (seeds seed, seed+1, ...):
+1. Builds a mosaic cohort (gigamil.demo_tiles.make_tile_cohort, the generator of the real-tissue
+   demo) from a folder of labelled tiles (``0/`` normal, ``1/`` tumour). Default: the shared
+   PatchCamelyon tiles ../shared/data/pcam-valid without the tiles packaged for the demo
+   (``--exclude-packaged``, on by default), i.e. other tiles than the demo's.
+2. Runs the real pipeline on it with snakemake (``--snakefile <repo>/Snakefile --directory
+   benchmarks/work/real_tissue/draw{seed}``), with the repo's config.yaml settings (plus the
+   ``--set`` overrides) and that cohort as the only, ``train``, cohort, up to the
+   cross-validation summary (results/eval/real_tissue/summary.json). The work dir is wiped first,
+   so the wall time covers everything: masks, patches, splits, training, prediction, evaluation.
+3. Runs the colour-histogram baseline (gigamil.evaluate.baseline: weak-label logistic regression
+   on per-patch RGB histograms, slide score = mean of the top 20 % patch scores) on the same patch
+   stores and the same folds (results/splits/real_tissue/folds.csv), out of fold.
+4. Reports per draw and mean ± sd over draws: gigamil OOF AUC, localisation AUC, wall time and
+   final training loss per fold (results/models/real_tissue/fold{k}/train_log.csv); the
+   baseline's OOF AUC and localisation AUC; the fraction of tiles that became patches. Writes
+   benchmarks/results/real_tissue.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+WORK = ROOT / "work" / "real_tissue"
+RESULTS = ROOT / "results" / "real_tissue.json"
+DEFAULT_TILES = REPO.parent / "shared" / "data" / "pcam-valid"
+EXPERIMENT = "real_tissue"
+COHORT = "real"
+
+sys.path.insert(0, str(REPO / "workflow"))  # this tree's gigamil, also without an install
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["training.epochs=2", "cv.folds=4"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=2")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in upd.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def build_cohort(wd: Path, args: argparse.Namespace, seed: int) -> pd.DataFrame:
+    """The mosaic cohort in wd/cohort and its sheet (absolute paths, lesion_mask column)."""
+    from gigamil.demo_tiles import make_tile_cohort, packaged_tile_hashes
+
+    cohort = wd / "cohort"
+    sheet = make_tile_cohort(
+        cohort,
+        seed=seed,
+        n_patients=args.patients,
+        slides_per_patient=args.slides_per_patient,
+        tiles=args.tiles,
+        exclude=packaged_tile_hashes() if args.exclude_packaged else (),
+        tiles_per_slide=tuple(args.tiles_per_slide),
+        tile_mpp=args.tile_mpp,
+    )
+    sheet["path"] = [str(Path(p).resolve()) for p in sheet["path"]]
+    sheet["lesion_mask"] = [
+        str((cohort / "lesion_masks" / f"{s}.png").resolve()) for s in sheet["slide_id"]
+    ]
+    sheet.to_csv(wd / "sheet.csv", index=False)
+    return sheet
+
+
+def write_config(wd: Path, overrides: dict[str, Any]) -> Path:
+    """The repo's config.yaml with the cohort replaced by ours (and the overrides applied)."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = deep_update(cfg, overrides)
+    cfg["experiment"] = EXPERIMENT
+    cfg["cohorts"] = {COHORT: {"sheet": str(wd / "sheet.csv"), "role": "train"}}
+    path = wd / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_pipeline(wd: Path, config: Path, cores: int) -> float:
+    """snakemake up to the CV summary; returns the wall time in seconds."""
+    target = f"results/eval/{EXPERIMENT}/summary.json"
+    cmd = [
+        *(sys.executable, "-m", "snakemake"),
+        *("--snakefile", str(REPO / "Snakefile"), "--directory", str(wd)),
+        *("--configfile", str(config), "--cores", str(cores), target),
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "workflow"), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    start = time.perf_counter()
+    with open(wd / "snakemake.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (wd / "snakemake.log").read_text().splitlines()[-30:]
+        raise SystemExit(
+            f"snakemake failed ({proc.returncode}); {wd}/snakemake.log:\n" + "\n".join(tail)
+        )
+    return seconds
+
+
+def collect_gigamil(wd: Path) -> dict[str, Any]:
+    """OOF and localisation AUC from summary.json, per-fold training figures from train_log.csv."""
+    res = wd / "results"
+    summary = json.loads((res / "eval" / EXPERIMENT / "summary.json").read_text())
+    folds = sorted(pd.read_csv(res / "splits" / EXPERIMENT / "folds.csv")["fold"].unique())
+    per_fold = []
+    for k in folds:
+        log = pd.read_csv(res / "models" / EXPERIMENT / f"fold{k}" / "train_log.csv")
+        last = log.iloc[-1]
+        per_fold.append(
+            {
+                "fold": int(k),
+                "epochs": int(last["epoch"]),
+                "best_epoch": int(last["best_epoch"]),
+                "final_train_loss": float(last["train_loss"]),
+                "min_train_loss": float(log["train_loss"].min()),
+            }
+        )
+    return {
+        "oof_auc": summary["oof_auc"],
+        "fold_auc": summary.get("fold_auc"),
+        "localization_auc": summary.get("localization_auc"),
+        "localization_n_slides": summary.get("localization_n_slides"),
+        "folds": per_fold,
+    }
+
+
+def tile_coverage(wd: Path, sheet: pd.DataFrame) -> float:
+    """Fraction of the cohort's tiles that became patches (tissue detection on the mosaics)."""
+    from gigamil.data.store import read_store
+
+    tiles = pd.read_csv(wd / "cohort" / "tiles.csv")
+    hit = 0
+    for s in sheet["slide_id"]:
+        _, _, grid, _ = read_store(wd / "results" / "patches" / COHORT / f"{s}.zarr")
+        t = tiles[tiles["slide_id"] == s]
+        hit += len(set(zip(t["row"], t["col"], strict=True)) & set(map(tuple, grid.tolist())))
+    return hit / len(tiles)
+
+
+def run_baseline(wd: Path, sheet: pd.DataFrame, positive: str) -> dict[str, Any]:
+    from gigamil.evaluate.baseline import evaluate_stores
+
+    folds = pd.read_csv(wd / "results" / "splits" / EXPERIMENT / "folds.csv")
+    stores = {s: wd / "results" / "patches" / COHORT / f"{s}.zarr" for s in sheet["slide_id"]}
+    labels = dict(zip(sheet["slide_id"], (sheet["label"] == positive).astype(int), strict=True))
+    masks = dict(zip(sheet["slide_id"], sheet["lesion_mask"], strict=True))
+    start = time.perf_counter()
+    out = evaluate_stores(stores, labels, folds, masks)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (JSON has no NaN), numpy scalars -> Python numbers, recursively."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def mean_sd(values: list[float]) -> dict[str, float | None]:
+    vals = [float(v) for v in values if v is not None and v == v]
+    return {
+        "mean": statistics.fmean(vals) if vals else None,
+        "sd": statistics.stdev(vals) if len(vals) > 1 else None,
+        "n": len(vals),
+    }
+
+
+def fmt(stat: dict[str, float | None], digits: int = 3) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    sd = "" if stat["sd"] is None else f" ± {stat['sd']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}{sd}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--tiles", type=Path, default=DEFAULT_TILES, help="labelled tile folder (0/, 1/)"
+    )
+    p.add_argument(
+        "--exclude-packaged",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave out the tiles packaged for the demo (default: on)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the first draw (default 0)")
+    p.add_argument(
+        "--draws", type=int, default=3, help="cohorts to build, seeds seed.. (default 3)"
+    )
+    p.add_argument("--patients", type=int, default=12)
+    p.add_argument("--slides-per-patient", type=int, default=2)
+    p.add_argument("--tiles-per-slide", type=int, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument("--tile-mpp", type=float, default=None, help="µm/px of the tiles (0.972)")
+    p.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config.yaml key, e.g. --set training.epochs=2 (repeatable)",
+    )
+    p.add_argument("--workdir", type=Path, default=WORK)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    from gigamil.demo_tiles import PCAM_MPP, TILES_PER_SLIDE
+
+    args.tiles_per_slide = args.tiles_per_slide or list(TILES_PER_SLIDE)
+    args.tile_mpp = PCAM_MPP if args.tile_mpp is None else args.tile_mpp
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = parse_set(args.overrides)
+    positive = yaml.safe_load((REPO / "config.yaml").read_text())["classes"][1]
+    draws = []
+    for seed in range(args.seed, args.seed + args.draws):
+        wd = (args.workdir / f"draw{seed}").resolve()
+        shutil.rmtree(wd, ignore_errors=True)
+        wd.mkdir(parents=True)
+        sheet = build_cohort(wd, args, seed)
+        wall = run_pipeline(wd, write_config(wd, overrides), args.cores)
+        draw = {
+            "seed": seed,
+            "n_slides": len(sheet),
+            "n_tiles": int(len(pd.read_csv(wd / "cohort" / "tiles.csv"))),
+            "tile_patch_fraction": tile_coverage(wd, sheet),
+            "gigamil": {**collect_gigamil(wd), "wall_seconds": wall},
+            "baseline": run_baseline(wd, sheet, positive),
+        }
+        draws.append(draw)
+        g, b = draw["gigamil"], draw["baseline"]
+        losses = ", ".join(f"{f['final_train_loss']:.3f}" for f in g["folds"])
+        print(
+            f"draw seed {seed}: gigamil OOF AUC {g['oof_auc']:.3f}, localisation "
+            f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per fold [{losses}]"
+            f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
+            f" | tiles -> patches {draw['tile_patch_fraction']:.3f}",
+            flush=True,
+        )
+    summary = {
+        "gigamil_oof_auc": mean_sd([d["gigamil"]["oof_auc"] for d in draws]),
+        "gigamil_localization_auc": mean_sd([d["gigamil"]["localization_auc"] for d in draws]),
+        "gigamil_wall_seconds": mean_sd([d["gigamil"]["wall_seconds"] for d in draws]),
+        "gigamil_final_train_loss": mean_sd(
+            [f["final_train_loss"] for d in draws for f in d["gigamil"]["folds"]]
+        ),
+        "baseline_oof_auc": mean_sd([d["baseline"]["oof_auc"] for d in draws]),
+        "baseline_localization_auc": mean_sd([d["baseline"]["localization_auc"] for d in draws]),
+    }
+    print(f"over {len(draws)} draw(s), mean ± sd:")
+    for key, stat in summary.items():
+        print(f"  {key:28s} {fmt(stat, 1 if 'seconds' in key else 3)}")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "command": " ".join(["python", "benchmarks/real_tissue.py", *(argv or sys.argv[1:])]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": args.cores},
+        "tiles": str(args.tiles),
+        "exclude_packaged": args.exclude_packaged,
+        "cohort": {
+            "patients": args.patients,
+            "slides_per_patient": args.slides_per_patient,
+            "tiles_per_slide": args.tiles_per_slide,
+            "tile_mpp": args.tile_mpp,
+        },
+        "config_overrides": overrides,
+        "summary": summary,
+        "draws": draws,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The real-tissue demo cohort generator (gigamil.demo_tiles, `gigamil demo`)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tomllib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+
+from gigamil import demo_tiles
+from gigamil.cli import main
+from gigamil.demo import load_lesion_mask
+from gigamil.errors import GigamilError
+
+REPO = Path(__file__).resolve().parents[2]
+PX = 96  # PatchCamelyon tile side
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """The default demo cohort (seed 0, packaged tiles, 12 patients x 2 slides)."""
+    out = tmp_path_factory.mktemp("tiles") / "out"
+    return out, demo_tiles.make_tile_cohort(out)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _tile_folder(root: Path, n_normal: int, n_tumour: int, seed: int = 0) -> Path:
+    """A labelled tile folder of plain coloured 96-px JPEGs: pink normal, purple tumour."""
+    rng = np.random.default_rng(seed)
+    for cls, n, colour in ((0, n_normal, (225, 150, 190)), (1, n_tumour, (120, 60, 160))):
+        (root / str(cls)).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            noise = rng.normal(0, 12, size=(PX, PX, 3))
+            img = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / str(cls) / f"patch{i:07d}.jpg", quality=90)
+    return root
+
+
+def test_committed_sheet_is_generated_sheet(cohort):
+    _, sheet = cohort
+    committed = pd.read_csv(REPO / "resources" / "demo" / "sheet.csv")
+    expected = sheet.assign(path=[f"results/demo/slides/{s}.tiff" for s in sheet["slide_id"]])
+    pd.testing.assert_frame_equal(committed, expected)
+
+
+def test_cohort_structure_no_reuse_and_lesion_regions(cohort):
+    out, sheet = cohort
+    assert len(sheet) == 24 and sheet["patient_id"].nunique() == 12
+    assert (sheet.groupby("patient_id")["label"].nunique() == 1).all()
+    assert (sheet.drop_duplicates("patient_id")["label"] == "lesion").sum() == 6
+    tiles = pd.read_csv(out / "tiles.csv")
+    assert tiles["sha256"].is_unique and tiles["file"].is_unique, "a tile is used twice"
+    packaged = demo_tiles.packaged_manifest()
+    assert set(tiles["sha256"]) <= set(packaged["sha256"])
+    assert (tiles["label"] == tiles["file"].str[0].astype(int)).all()
+    for row in sheet.itertuples():
+        t = tiles[tiles["slide_id"] == row.slide_id]
+        lo, hi = demo_tiles.TILES_PER_SLIDE
+        assert lo <= len(t) <= hi
+        with openslide.OpenSlide(row.path) as slide:
+            w, h = slide.dimensions
+        grid = np.zeros((h // PX, w // PX), dtype=bool)
+        grid[t["row"], t["col"]] = True
+        lesion = np.zeros_like(grid)
+        lesion[t["row"], t["col"]] = t["label"] == 1
+        # one hole-free 4-connected blob with an empty border of cells
+        assert ndi.label(grid)[1] == 1 and (ndi.binary_fill_holes(grid) == grid).all()
+        assert not (grid[0].any() or grid[-1].any() or grid[:, 0].any() or grid[:, -1].any())
+        frac = lesion.sum() / grid.sum()
+        if row.label == "normal":
+            assert frac == 0, row.slide_id
+        else:
+            assert 0.20 <= frac <= 0.35, (row.slide_id, frac)
+            assert ndi.label(lesion)[1] == 1, f"{row.slide_id}: tumour region not contiguous"
+        meta = json.loads((out / "lesion_masks" / f"{row.slide_id}.json").read_text())
+        assert meta["lesion_fraction_of_tissue"] == pytest.approx(frac, abs=1e-4)
+
+
+def test_tiff_mpp_pyramid_and_masks_align_with_tumour_tiles(cohort):
+    out, sheet = cohort
+    tiles = pd.read_csv(out / "tiles.csv")
+    pool = {t.sha256: t for t in demo_tiles.read_tile_pool(None)}
+    for row in sheet.iloc[::5].itertuples():  # every fifth slide, both labels
+        with openslide.OpenSlide(row.path) as slide:
+            assert slide.properties["openslide.vendor"] == "generic-tiff"
+            for key in ("openslide.mpp-x", "openslide.mpp-y"):
+                assert float(slide.properties[key]) == pytest.approx(0.972, abs=1e-4)
+            w, h = slide.dimensions
+            assert w % PX == 0 and h % PX == 0 and slide.level_count == 3
+            assert slide.level_downsamples == pytest.approx((1.0, 2.0, 4.0))
+            rgb = np.asarray(slide.read_region((0, 0), 0, (w, h)).convert("RGB"))
+        mask, mpp = load_lesion_mask(out / "lesion_masks" / f"{row.slide_id}.png")
+        assert mpp == pytest.approx(0.972 * 16)
+        cell = PX // 16  # mask px per tile side
+        assert mask.shape == (h // 16, w // 16)
+        expected = np.zeros_like(mask)
+        t = tiles[tiles["slide_id"] == row.slide_id]
+        for r, c, label, sha in zip(t["row"], t["col"], t["label"], t["sha256"], strict=True):
+            expected[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = label == 1
+            src = np.asarray(Image.open(io.BytesIO(pool[sha].data)).convert("RGB"))
+            got = rgb[r * PX : (r + 1) * PX, c * PX : (c + 1) * PX]
+            assert np.abs(got.astype(int) - src).mean() < 8, (row.slide_id, r, c)
+        assert (mask == expected).all(), row.slide_id
+        background = np.ones(mask.shape, dtype=bool)
+        for r, c in zip(t["row"], t["col"], strict=True):
+            background[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = False
+        glass = rgb.reshape(h // 16, 16, w // 16, 16, 3).mean(axis=(1, 3))[background]
+        assert np.abs(glass - demo_tiles.BACKGROUND).max() < 6
+
+
+def test_same_seed_same_bytes_other_seed_other_tiles(tmp_path, monkeypatch):
+    runs = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        args = ["demo", "out", "--seed", seed, "--patients", "2", "--slides-per-patient", "1"]
+        assert main(args) == 0
+        runs[name] = _digests(tmp_path / name / "out")
+    assert runs["a"] == runs["b"]
+    assert sorted(runs["a"]) == [
+        "lesion_masks/demo_p01_s1.json",
+        "lesion_masks/demo_p01_s1.png",
+        "lesion_masks/demo_p02_s1.json",
+        "lesion_masks/demo_p02_s1.png",
+        "sheet.csv",
+        "slides/demo_p01_s1.tiff",
+        "slides/demo_p02_s1.tiff",
+        "tiles.csv",
+    ]
+    assert runs["a"]["slides/demo_p01_s1.tiff"] != runs["c"]["slides/demo_p01_s1.tiff"]
+    sheet = pd.read_csv(tmp_path / "a" / "out" / "sheet.csv")
+    assert sheet["path"].tolist() == [f"out/slides/{s}.tiff" for s in sheet["slide_id"]]
+
+
+def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
+    folder = _tile_folder(tmp_path / "tiles", n_normal=50, n_tumour=12)
+    kw = dict(n_patients=2, slides_per_patient=1, tiles_per_slide=(10, 12), tile_mpp=0.5)
+    sheet = demo_tiles.make_tile_cohort(tmp_path / "a", tiles=folder, **kw)
+    with openslide.OpenSlide(sheet["path"][0]) as slide:
+        assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5, abs=1e-4)
+    used = pd.read_csv(tmp_path / "a" / "tiles.csv")
+    assert used["sha256"].is_unique
+    # excluding the used tiles gives a cohort of other tiles
+    demo_tiles.make_tile_cohort(tmp_path / "b", tiles=folder, exclude=set(used["sha256"]), **kw)
+    other = pd.read_csv(tmp_path / "b" / "tiles.csv")
+    assert not set(other["sha256"]) & set(used["sha256"])
+    with pytest.raises(GigamilError, match=r"tile pool has \d+ usable tiles in 0/"):
+        demo_tiles.make_tile_cohort(tmp_path / "c", tiles=folder, **{**kw, "n_patients": 6})
+
+
+def test_packaged_tiles_manifest_licence_and_package_data():
+    path = demo_tiles.packaged_tiles_path()
+    assert path.stat().st_size < 5_000_000
+    manifest = demo_tiles.packaged_manifest()
+    with zipfile.ZipFile(path) as zf:
+        names = {n for n in zf.namelist() if n != "manifest.csv"}
+        assert names == set(manifest["file"])
+        row = manifest.iloc[0]
+        assert hashlib.sha256(zf.read(row["file"])).hexdigest() == row["sha256"]
+    assert manifest["pcam_index"].notna().all() and manifest["pcam_index"].is_unique
+    assert manifest["label"].value_counts().to_dict() == {0: 550, 1: 250}
+    assert len(demo_tiles.packaged_tile_hashes()) == 800
+    licence = (path.parent / "pcam_demo_tiles.LICENSE.md").read_text()
+    assert "CC0" in licence and "Veeling" in licence
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "data/*" in pyproject["tool"]["setuptools"]["package-data"]["gigamil"]
+
+
+def test_cli_kind_options(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "o"), "--kind", "synthetic", "--exclude-packaged"]) == 2
+    assert "need --kind tiles" in capsys.readouterr().err
+    assert main(["demo", str(tmp_path / "o"), "--tiles", str(tmp_path / "missing")]) == 2
+    assert "not a folder with 0/ and 1/" in capsys.readouterr().err

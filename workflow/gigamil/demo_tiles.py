@@ -1,0 +1,451 @@
+"""The real-tissue demo cohort: mosaic slides of real PatchCamelyon lymph-node tiles.
+
+``make_tile_cohort(outdir)`` builds, deterministically for a seed, slides from a pool of labelled
+tiles (``0/`` no tumour, ``1/`` tumour; by default the CC0 PatchCamelyon subset packaged in
+``gigamil/data/pcam_demo_tiles.zip``)::
+
+    outdir/slides/{slide_id}.tiff        pyramidal tiled-JPEG generic TIFF (demo.write_pyramid_tiff:
+                                         3 levels, 256-px TIFF tiles, X/YResolution = 1e4 / mpp px
+                                         per cm) at the tiles' µm/px (0.972 for PCam). The slide is a
+                                         grid of tile cells (96 px for PCam) whose origin is the
+                                         slide's origin, so patches of the tile size at the tile MPP
+                                         cut from (0, 0) coincide with the tiles. An irregular,
+                                         4-connected blob of tiles without holes lies on a plain
+                                         glass-coloured background, with at least one empty cell
+                                         around it.
+    outdir/lesion_masks/{slide_id}.png   ground truth, as in the synthetic demo (demo.py): uint8 0/255
+    outdir/lesion_masks/{slide_id}.json  at 1/16 of level 0 (a 96-px tile = 6 x 6 mask px), 255 on
+                                         tumour tiles; sidecar with downsample, mpp, fractions.
+    outdir/tiles.csv                     slide_id, row, col, label, file, sha256: every placed tile
+                                         (cell row/col on the tile grid, source file in the pool).
+    outdir/sheet.csv                     slide_id, patient_id, label, path (as demo.py).
+
+Half of the patients (rounded down; the same draw as the synthetic demo) are ``lesion`` patients:
+every one of their slides has one contiguous (4-connected) region of tumour tiles covering
+``lesion_range`` (default 20-35 %) of its tissue tiles, the rest normal tiles; the other patients'
+slides have normal tiles only. No tile is used twice in a cohort. The number of tissue tiles of a
+slide is drawn from ``tiles_per_slide``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import re
+import zipfile
+from collections.abc import Collection
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.demo import LABELS, MASK_DOWNSAMPLE, write_lesion_mask, write_pyramid_tiff
+from gigamil.errors import GigamilError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_TILES = "pcam_demo_tiles.zip"
+PCAM_MPP = 0.972  # µm/px of PatchCamelyon tiles (level 2 of 0.243 µm/px CAMELYON16 scans)
+TILES_PER_SLIDE = (20, 28)  # tissue tiles per slide (inclusive range)
+MIN_TILE_TISSUE = 0.5  # a tile is used only if at least this fraction of it is tissue
+LESION_RANGE = (0.20, 0.35)  # tumour tiles / tissue tiles of a lesion slide
+BACKGROUND = (240, 238, 241)  # glass colour around the tissue
+CLASS_DIRS = ("0", "1")  # folder of normal and of tumour tiles
+_PCAM_INDEX = re.compile(r"patch(\d+)")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a pool: its file (``<class dir>/<name>``), class (0/1), JPEG bytes, sha256."""
+
+    file: str
+    label: int
+    data: bytes
+    sha256: str
+
+
+def packaged_tiles_path() -> Path:
+    """Path of the packaged CC0 PatchCamelyon tile subset (a zip of ``0/``, ``1/``, manifest)."""
+    return Path(str(resources.files("gigamil") / "data" / PACKAGED_TILES))
+
+
+def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
+    """All tiles of a labelled tile folder (``0/*.jpg|png``, ``1/*``) or zip, sorted by file.
+
+    ``source`` None = the packaged subset.
+    """
+    source = packaged_tiles_path() if source is None else Path(source)
+    items: list[tuple[str, bytes]] = []
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            for name in zf.namelist():
+                if name.split("/")[0] in CLASS_DIRS and not name.endswith("/"):
+                    items.append((name, zf.read(name)))
+    elif source.is_dir():
+        for d in CLASS_DIRS:
+            for p in sorted((source / d).glob("*")):
+                if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"):
+                    items.append((f"{d}/{p.name}", p.read_bytes()))
+    else:
+        raise GigamilError(f"tile source {source}: not a folder with 0/ and 1/ or a zip of them")
+    tiles = [
+        Tile(name, int(name.split("/")[0]), data, hashlib.sha256(data).hexdigest())
+        for name, data in sorted(items)
+    ]
+    if not tiles:
+        raise GigamilError(f"tile source {source}: no tiles in 0/ or 1/")
+    return tiles
+
+
+def packaged_tile_hashes() -> set[str]:
+    """sha256 of every tile in the packaged subset (to build cohorts from other tiles)."""
+    return {t.sha256 for t in read_tile_pool(None)}
+
+
+def pcam_index(file: str) -> int | None:
+    """PatchCamelyon index in a file name like ``0/patch0029847.jpg`` (None if none)."""
+    m = _PCAM_INDEX.search(file)
+    return int(m.group(1)) if m else None
+
+
+def _decode(tile: Tile) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(tile.data)).convert("RGB"))
+
+
+def tile_tissue_fraction(rgb: np.ndarray) -> float:
+    """Fraction of a tile's pixels that are tissue: HSV saturation > 15 (0..255) after a 5-px
+    median blur, the floor of the tissue mask's threshold (gigamil.wsi.tissue). PCam's normal
+    tiles include glass and fat with little tissue; on a slide those are not tissue patches."""
+    import cv2
+
+    sat = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)[..., 1]
+    return float((cv2.medianBlur(sat, 5) > 15).mean())
+
+
+def _unique(tiles: list[Tile]) -> list[Tile]:
+    """The first of tiles with identical bytes (PCam holds byte-identical duplicates: 80 tumour
+    images appear 173 times in pcam-valid); the same image twice is still one tile."""
+    seen: set[str] = set()
+    out = []
+    for t in tiles:
+        if t.sha256 not in seen:
+            seen.add(t.sha256)
+            out.append(t)
+    return out
+
+
+def _usable(tiles: list[Tile], min_tile_tissue: float) -> list[Tile]:
+    if min_tile_tissue <= 0:
+        return tiles
+    return [t for t in tiles if tile_tissue_fraction(_decode(t)) >= min_tile_tissue]
+
+
+_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def _grow(
+    rng: np.random.Generator, allowed: np.ndarray, start: tuple[int, int], n: int, power: float
+) -> np.ndarray:
+    """A 4-connected region of ``n`` cells of ``allowed``, grown from ``start``.
+
+    Each step adds a frontier cell with probability ∝ (occupied neighbours)^power x a smooth
+    random field: low power = ragged, high power = compact.
+    """
+    h, w = allowed.shape
+    field = _smooth_field(rng, (h, w))
+    occ = np.zeros((h, w), dtype=bool)
+    occ[start] = True
+    for _ in range(n - 1):
+        nb = np.zeros((h, w), dtype=np.int64)
+        nb[1:] += occ[:-1]
+        nb[:-1] += occ[1:]
+        nb[:, 1:] += occ[:, :-1]
+        nb[:, :-1] += occ[:, 1:]
+        cand = allowed & ~occ & (nb > 0)
+        idx = np.flatnonzero(cand)
+        if idx.size == 0:
+            break
+        wts = nb.ravel()[idx].astype(np.float64) ** power * field.ravel()[idx]
+        occ.ravel()[idx[rng.choice(idx.size, p=wts / wts.sum())]] = True
+    return occ
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Positive smooth random field (0.15..1) of cell weights: lobes instead of a disc."""
+    from scipy import ndimage as ndi
+
+    f = ndi.gaussian_filter(rng.standard_normal(shape), sigma=1.5, mode="wrap")
+    f = (f - f.min()) / max(float(np.ptp(f)), 1e-9)
+    return 0.15 + 0.85 * f
+
+
+def _blob(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Tissue cells: a hole-free irregular blob of exactly ``n`` cells, cropped to its bounding
+    box plus one empty cell on every side."""
+    from scipy import ndimage as ndi
+
+    side = int(np.ceil(np.sqrt(n) * 2.0)) + 2
+    allowed = np.zeros((side, side), dtype=bool)
+    allowed[1:-1, 1:-1] = True
+    for _attempt in range(100):
+        occ = _grow(rng, allowed, (side // 2, side // 2), n, power=2.0)
+        if occ.sum() == n and (ndi.binary_fill_holes(occ) == occ).all():
+            break
+    else:  # pragma: no cover - growth with power 2 practically never leaves holes 100 times
+        raise GigamilError(f"could not grow a hole-free blob of {n} tiles")
+    rows, cols = np.flatnonzero(occ.any(axis=1)), np.flatnonzero(occ.any(axis=0))
+    return np.pad(occ[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
+
+
+def _lesion_region(rng: np.random.Generator, tissue: np.ndarray, k: int) -> np.ndarray:
+    """A contiguous (4-connected) region of ``k`` tissue cells."""
+    cells = np.flatnonzero(tissue)
+    start = np.unravel_index(int(cells[rng.integers(cells.size)]), tissue.shape)
+    region = _grow(rng, tissue, (int(start[0]), int(start[1])), k, power=3.0)
+    if region.sum() != k:  # pragma: no cover - a connected blob always has room
+        raise GigamilError("lesion region could not be grown")
+    return region
+
+
+@dataclass(frozen=True)
+class _SlidePlan:
+    tissue: np.ndarray  # bool (rows, cols) of tile cells
+    lesion: np.ndarray  # bool, subset of tissue
+
+
+def _plan_slide(
+    rng: np.random.Generator,
+    lesion: bool,
+    tiles_per_slide: tuple[int, int],
+    lesion_range: tuple[float, float],
+) -> _SlidePlan:
+    n = int(rng.integers(tiles_per_slide[0], tiles_per_slide[1] + 1))
+    tissue = _blob(rng, n)
+    region = np.zeros_like(tissue)
+    if lesion:
+        lo, hi = int(np.ceil(lesion_range[0] * n)), int(np.floor(lesion_range[1] * n))
+        if hi < max(lo, 1):
+            raise GigamilError(f"{n} tiles per slide are too few for lesion range {lesion_range}")
+        region = _lesion_region(rng, tissue, int(rng.integers(max(lo, 1), hi + 1)))
+    return _SlidePlan(tissue, region)
+
+
+def _check_args(
+    n_patients: int,
+    slides_per_patient: int,
+    tiles_per_slide: tuple[int, int],
+    lesion_range: tuple[float, float],
+) -> None:
+    if n_patients < 2:
+        raise GigamilError(f"demo cohort needs at least 2 patients (got {n_patients})")
+    if slides_per_patient < 1:
+        raise GigamilError(f"slides per patient must be >= 1 (got {slides_per_patient})")
+    if n_patients > 99 or slides_per_patient > 9:
+        raise GigamilError("demo cohort is limited to 99 patients x 9 slides per patient")
+    if not 1 <= tiles_per_slide[0] <= tiles_per_slide[1]:
+        raise GigamilError(f"tiles per slide: bad range {tiles_per_slide}")
+    if not 0.0 < lesion_range[0] <= lesion_range[1] < 1.0:
+        raise GigamilError(f"lesion range: bad range {lesion_range}")
+
+
+def make_tile_cohort(
+    outdir: str | Path,
+    seed: int = 0,
+    n_patients: int = 12,
+    slides_per_patient: int = 2,
+    tiles: str | Path | None = None,
+    exclude: Collection[str] = (),
+    tiles_per_slide: tuple[int, int] = TILES_PER_SLIDE,
+    lesion_range: tuple[float, float] = LESION_RANGE,
+    tile_mpp: float = PCAM_MPP,
+    min_tile_tissue: float = MIN_TILE_TISSUE,
+) -> pd.DataFrame:
+    """Write a mosaic cohort of real tiles to ``outdir`` (see module docstring); return its sheet.
+
+    Args:
+        tiles: folder with ``0/`` and ``1/`` tile images (or a zip of them); None = the packaged
+            PatchCamelyon subset.
+        exclude: sha256 digests of tiles not to use (e.g. :func:`packaged_tile_hashes`).
+        tiles_per_slide: inclusive range of tissue tiles per slide.
+        lesion_range: range of the tumour-tile fraction of a lesion slide's tissue tiles.
+        tile_mpp: µm/px of the tiles (written into the TIFFs).
+        min_tile_tissue: tiles with a smaller :func:`tile_tissue_fraction` are not used.
+    """
+    _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+    outdir = Path(outdir)
+    excluded = set(exclude)
+    pool = [t for t in _unique(read_tile_pool(tiles)) if t.sha256 not in excluded]
+    pool = _usable(pool, min_tile_tissue)
+    by_class = {c: [t for t in pool if t.label == c] for c in (0, 1)}
+
+    order = np.random.default_rng([seed, 1]).permutation(n_patients)  # as demo.make_demo_cohort
+    lesion_patients = set(order[: n_patients // 2].tolist())
+    slides = []
+    for p in range(n_patients):
+        label = LABELS[1] if p in lesion_patients else LABELS[0]
+        for s in range(slides_per_patient):
+            rng = np.random.default_rng([seed, 2, p, s])
+            plan = _plan_slide(rng, label == LABELS[1], tiles_per_slide, lesion_range)
+            slides.append((f"demo_p{p + 1:02d}_s{s + 1}", f"demo_p{p + 1:02d}", label, plan))
+
+    need = {
+        0: sum(int((pl.tissue & ~pl.lesion).sum()) for *_, pl in slides),
+        1: sum(int(pl.lesion.sum()) for *_, pl in slides),
+    }
+    for c in (0, 1):
+        if need[c] > len(by_class[c]):
+            raise GigamilError(
+                f"tile pool has {len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ (not excluded, "
+                f">= {min_tile_tissue:g} tissue) but the cohort needs {need[c]}: use fewer "
+                "patients, slides or tiles per slide"
+            )
+    draw = np.random.default_rng([seed, 3])
+    queues = {c: [by_class[c][i] for i in draw.permutation(len(by_class[c]))] for c in (0, 1)}
+
+    tile_px = _decode(queues[0][0]).shape[0] if queues[0] else _decode(queues[1][0]).shape[0]
+    if tile_px % MASK_DOWNSAMPLE and MASK_DOWNSAMPLE % tile_px:
+        log.warning("tile size %d px is not a multiple of the mask downsample", tile_px)
+    rows_out, tile_rows = [], []
+    for i, (slide_id, patient_id, label, plan) in enumerate(slides):
+        rgb, placed = _render(plan, queues, tile_px, np.random.default_rng([seed, 4, i]))
+        tiff = outdir / "slides" / f"{slide_id}.tiff"
+        write_pyramid_tiff(
+            tiff,
+            rgb,
+            tile_mpp,
+            description=f"gigamil real-tissue demo slide {slide_id} ({label}); mosaic of "
+            f"PatchCamelyon tiles (CC0); mpp={tile_mpp}",
+        )
+        mask = _lesion_mask(plan.lesion, tile_px)
+        n_tissue, n_lesion = int(plan.tissue.sum()), int(plan.lesion.sum())
+        write_lesion_mask(
+            outdir / "lesion_masks" / f"{slide_id}.png",
+            mask,
+            slide_id,
+            n_tissue / plan.tissue.size,
+            n_lesion / n_tissue,
+            level0_mpp=tile_mpp,
+            downsample=MASK_DOWNSAMPLE,
+        )
+        log.info(
+            "%s: %s, %d tiles on a %d x %d grid, %d tumour tiles (%.2f)",
+            slide_id,
+            label,
+            n_tissue,
+            *plan.tissue.shape,
+            n_lesion,
+            n_lesion / n_tissue,
+        )
+        tile_rows += [{"slide_id": slide_id, **r} for r in placed]
+        rows_out.append(
+            {
+                "slide_id": slide_id,
+                "patient_id": patient_id,
+                "label": label,
+                "path": tiff.as_posix(),
+            }
+        )
+    sheet = pd.DataFrame(rows_out, columns=["slide_id", "patient_id", "label", "path"])
+    outdir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(tile_rows, columns=["slide_id", "row", "col", "label", "file", "sha256"]).to_csv(
+        outdir / "tiles.csv", index=False, lineterminator="\n"
+    )
+    sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")
+    return sheet
+
+
+def _render(
+    plan: _SlidePlan, queues: dict[int, list[Tile]], tile_px: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[dict]]:
+    """Level-0 RGB of a slide plan, taking tiles off the class queues (consumed)."""
+    h, w = plan.tissue.shape
+    rgb = np.empty((h * tile_px, w * tile_px, 3), dtype=np.uint8)
+    noise = rng.normal(0.0, 1.5, size=rgb.shape)
+    rgb[:] = np.clip(np.asarray(BACKGROUND, dtype=np.float64) + noise, 0, 255).round()
+    placed = []
+    for r, c in zip(*np.nonzero(plan.tissue), strict=True):
+        cls = int(plan.lesion[r, c])
+        tile = queues[cls].pop()
+        img = _decode(tile)
+        if img.shape != (tile_px, tile_px, 3):
+            raise GigamilError(
+                f"tile {tile.file}: {img.shape[:2]} px, expected {tile_px} x {tile_px}"
+            )
+        rgb[r * tile_px : (r + 1) * tile_px, c * tile_px : (c + 1) * tile_px] = img
+        placed.append(
+            {"row": int(r), "col": int(c), "label": cls, "file": tile.file, "sha256": tile.sha256}
+        )
+    return rgb, placed
+
+
+def _lesion_mask(lesion_cells: np.ndarray, tile_px: int) -> np.ndarray:
+    """Lesion mask at 1/MASK_DOWNSAMPLE of level 0 from the tumour cells."""
+    full = np.repeat(np.repeat(lesion_cells, tile_px, axis=0), tile_px, axis=1)
+    h, w = full.shape
+    hm, wm = h // MASK_DOWNSAMPLE, w // MASK_DOWNSAMPLE
+    blocks = full[: hm * MASK_DOWNSAMPLE, : wm * MASK_DOWNSAMPLE]
+    return blocks.reshape(hm, MASK_DOWNSAMPLE, wm, MASK_DOWNSAMPLE).mean(axis=(1, 3)) >= 0.5
+
+
+def pack_tiles(
+    source: str | Path,
+    out_zip: str | Path,
+    n_per_class: tuple[int, int],
+    seed: int = 0,
+    manifest: str | Path | None = None,
+    min_tile_tissue: float = MIN_TILE_TISSUE,
+) -> pd.DataFrame:
+    """Write a random subset of the usable tiles (``min_tile_tissue``) of a labelled tile folder
+    to a zip (how the packaged subset was made).
+
+    The zip holds ``0/...``, ``1/...`` (the original bytes) and ``manifest.csv`` (file, label,
+    pcam_index, bytes, sha256), with fixed timestamps so the same input gives the same zip.
+    ``manifest``: an optional CSV with a ``file`` column (e.g. PCam's manifest.csv) whose other
+    columns are carried over. Returns the manifest.
+    """
+    pool = _usable(_unique(read_tile_pool(source)), min_tile_tissue)
+    rng = np.random.default_rng(seed)
+    chosen: list[Tile] = []
+    for c, n in zip((0, 1), n_per_class, strict=True):
+        tiles = [t for t in pool if t.label == c]
+        if n > len(tiles):
+            raise GigamilError(f"{source}: {len(tiles)} tiles in {CLASS_DIRS[c]}/, asked for {n}")
+        chosen += [tiles[i] for i in sorted(rng.choice(len(tiles), size=n, replace=False))]
+    rows = [
+        {
+            "file": t.file,
+            "label": t.label,
+            "pcam_index": pcam_index(t.file),
+            "bytes": len(t.data),
+            "sha256": t.sha256,
+        }
+        for t in chosen
+    ]
+    table = pd.DataFrame(rows)
+    if manifest is not None:
+        extra = pd.read_csv(manifest)
+        keep = [c for c in extra.columns if c not in table.columns or c == "file"]
+        table = table.merge(extra[keep], on="file", how="left")
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    out_zip = Path(out_zip)
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out_zip, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(
+            zipfile.ZipInfo("manifest.csv", date_time=(2018, 1, 1, 0, 0, 0)), buf.getvalue()
+        )
+        for t in chosen:
+            zf.writestr(zipfile.ZipInfo(t.file, date_time=(2018, 1, 1, 0, 0, 0)), t.data)
+    return table
+
+
+def packaged_manifest() -> pd.DataFrame:
+    """The manifest of the packaged subset (file, label, pcam_index, bytes, sha256, ...)."""
+    with zipfile.ZipFile(packaged_tiles_path()) as zf:
+        return pd.read_csv(io.BytesIO(zf.read("manifest.csv")))
