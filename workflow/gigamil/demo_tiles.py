@@ -254,7 +254,7 @@ def _check_args(
         raise GigamilError(f"lesion range: bad range {lesion_range}")
 
 
-def make_tile_cohort(
+def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil demo flags)
     outdir: str | Path,
     seed: int = 0,
     n_patients: int = 12,
