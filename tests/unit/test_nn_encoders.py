@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -114,3 +115,28 @@ def test_smallcnn_folded_conv_bn_equals_separate_layers(mode: str) -> None:
     for a, b in zip(g_f, g_s, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert any(isinstance(m, torch.nn.BatchNorm2d) and not m.training for m in enc.net)
+
+
+def test_stain_jitter_is_colour_deconvolution_and_chunk_invariant() -> None:
+    torch.manual_seed(1)
+    pre = PatchPreprocess(stain_jitter=0.2).double()
+    stains = torch.rand(6, 3, 8, 8).double() * 0.4 + 0.1  # positive concentrations: no clamping
+    x = torch.exp(-torch.einsum("nshw,sc->nchw", stains, pre.rgb_from_hed))
+    identity = torch.tensor([[0.5] * 6] * 6, dtype=torch.float64)  # a = 1, b = 0
+    np.testing.assert_allclose(pre._stain_jitter(x, identity), x, atol=1e-6)  # float32 matrices
+    # scaling the haematoxylin concentration only changes the haematoxylin optical density
+    u = identity.clone()
+    u[:, 0] = 1.0  # a_H = 1.2
+    out = pre._stain_jitter(x, u)
+    hed_in = torch.einsum("nchw,cs->nshw", -torch.log(x), pre.hed_from_rgb)
+    hed_out = torch.einsum("nchw,cs->nshw", -torch.log(out), pre.hed_from_rgb)
+    np.testing.assert_allclose(hed_out[:, 0], 1.2 * hed_in[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hed_out[:, 1:], hed_in[:, 1:], atol=1e-5)
+    # augmentation of a bag does not depend on how it is cut into chunks
+    pre = PatchPreprocess(flips=True, color_jitter=0.1, stain_jitter=0.1).double().train()
+    patches = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8)
+    torch.manual_seed(5)
+    whole = pre(patches)
+    torch.manual_seed(5)
+    parts = torch.cat([pre(patches[:3]), pre(patches[3:])])
+    torch.testing.assert_close(whole, parts)

@@ -89,6 +89,7 @@ class AugmentConfig(_Section):
     flips: bool = _default(_AUG, "flips")
     rot90: bool = _default(_AUG, "rot90")
     color_jitter: float = _default(_AUG, "color_jitter")
+    stain_jitter: float = _default(_AUG, "stain_jitter")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def build_mil_model(
     """Encoder (with preprocessing/augmentation in front) + attention head + loss.
 
     ``model_cfg``: the ``model:`` section (missing keys take the schema defaults).
-    ``augment``: ``{flips, rot90, color_jitter}`` (applied in training mode only; None: none).
+    ``augment``: ``{flips, rot90, color_jitter, stain_jitter}`` (applied in training mode only; None: none).
     """
     cfg = ModelConfig.from_dict(model_cfg)
     if cfg.pool not in POOLS:
@@ -38,7 +38,12 @@ def build_mil_model(
         pre = PatchPreprocess(flips=False, rot90=False, color_jitter=0.0)
     else:
         aug = AugmentConfig.from_dict(augment)
-        pre = PatchPreprocess(flips=aug.flips, rot90=aug.rot90, color_jitter=aug.color_jitter)
+        pre = PatchPreprocess(
+            flips=aug.flips,
+            rot90=aug.rot90,
+            color_jitter=aug.color_jitter,
+            stain_jitter=aug.stain_jitter,
+        )
     head = AttentionHead(
         dim,
         n_classes=n_classes,
