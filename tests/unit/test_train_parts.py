@@ -52,8 +52,9 @@ def test_early_stopping_ties_go_to_the_lower_loss_and_undefined_metrics_fall_bac
 def test_early_stopping_min_epochs() -> None:
     es = EarlyStopping.from_config(EarlyStoppingConfig(patience=1, min_epochs=4), max_epochs=10)
     assert (es.patience, es.min_epochs, es.max_epochs) == (1, 4, 10)
-    run(es, [0.9, 0.5, 0.5, 0.5, 0.5, 0.5])
-    assert es.epoch == 4 and es.bad_epochs == 3 and es.should_stop  # not before epoch 4
+    # epochs 1-3 are a warm-up: each is the best so far, epoch 1's lucky 0.9 is not kept
+    assert run(es, [0.9, 0.5, 0.5, 0.5, 0.5, 0.5]) == [1, 2, 3]
+    assert es.epoch == 4 and es.bad_epochs == 1 and es.should_stop and es.best_epoch == 3
     es = EarlyStopping(patience=1, min_epochs=3)
     run(es, [0.5, 0.6, 0.7, 0.6, 0.9])
     assert es.epoch == 4  # past min_epochs: stops at the first bad epoch

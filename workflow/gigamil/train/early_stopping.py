@@ -28,7 +28,12 @@ def scalar_metric(metrics: Mapping[str, float], name: str, train_loss: float) ->
 @dataclass
 class EarlyStopping:
     """Tracks the best epoch by ``metric`` (ties: the lower validation loss wins) and stops after
-    ``patience`` epochs without improvement, but never before epoch ``min_epochs``.
+    ``patience`` epochs without improvement.
+
+    Epochs before ``min_epochs`` are a warm-up: each in turn is the best so far (so model.pt
+    always exists) whatever its score, and patience starts counting at ``min_epochs``. A small
+    validation set can score a barely trained model perfectly (AUC 1.0 on 4 slides at epoch 1,
+    measured on real tissue); without the warm-up that epoch would be kept for good.
 
     ``finished`` is set when training should not continue: stopped early, or ``max_epochs``
     reached. The state (``state_dict()``) is what ``last.pt`` keeps under ``early_stopping``.
@@ -67,7 +72,7 @@ class EarlyStopping:
         """Record epoch ``epoch``'s validation ``metrics``; returns whether it is the new best."""
         score = scalar_metric(metrics, self.metric, train_loss)
         tiebreak = scalar_metric(metrics, "loss", train_loss)  # equal AUC: lower loss wins
-        improved = self._improves(score, tiebreak)
+        improved = epoch < self.min_epochs or self._improves(score, tiebreak)
         if improved:
             self.best_score, self.best_tiebreak = score, tiebreak
             self.best_epoch, self.bad_epochs = epoch, 0
