@@ -17,7 +17,7 @@ from gigamil.evaluate.metrics import roc_auc
 from gigamil.train.run import predict_slides, train_fold
 
 SIDE = 4  # 4 x 4 tiles per bag
-N_TRAIN, N_TEST = 16, 12  # bags, half of each class
+N_TRAIN, N_TEST = 24, 12  # bags, half of each class
 
 
 def _write_bag(path, tiles: np.ndarray, slide_id: str) -> None:
@@ -33,7 +33,7 @@ def _write_bag(path, tiles: np.ndarray, slide_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def tile_cohort(tmp_path_factory):
-    """Bags of 16 real tiles; lesion bags hold a contiguous block of 4-6 tumour tiles."""
+    """Bags of 16 real tiles (4 x 4); lesion bags hold 6-9 tumour tiles (the first rows)."""
     root = tmp_path_factory.mktemp("real_tiles")
     pool = read_tile_pool(None)
     rng = np.random.default_rng(7)
@@ -44,7 +44,7 @@ def tile_cohort(tmp_path_factory):
     rows = []
     for b in range(N_TRAIN + N_TEST):
         label = b % 2
-        k = int(rng.integers(4, 7)) if label else 0
+        k = int(rng.integers(6, 10)) if label else 0
         tiles = [_decode(tumour.pop()) for _ in range(k)]
         tiles += [_decode(normal.pop()) for _ in range(SIDE * SIDE - k)]
         sid = f"b{b:02d}"
@@ -71,16 +71,24 @@ def test_training_on_real_tiles_moves_the_loss_and_separates_held_out_bags(tile_
         train.iloc[:0],  # no validation: every epoch runs, the last (lowest train loss) is kept
         ["normal", "lesion"],
         {"encoder": "smallcnn", "pool": "abmil", "att_dim": 64},
-        {"device": "cpu", "epochs": 25, "lr": 3e-4, "early_stopping": {"metric": "loss"}},
+        {
+            "device": "cpu",
+            "epochs": 20,
+            "lr": 3e-4,
+            "early_stopping": {"metric": "loss"},
+            "augment": {"stain_jitter": 0.1},
+        },
         out,
         threads=1,
     )
     log = pd.read_csv(out / "train_log.csv")
-    assert len(log) == 25
+    assert len(log) == 20
     first, last = log["train_loss"].iloc[:3].mean(), log["train_loss"].iloc[-3:].mean()
     assert last < 0.5, f"training loss stayed near ln 2: {log['train_loss'].round(3).tolist()}"
     assert last < first - 0.15
     pred = predict_slides(model_path, test, root / "pred.csv", root / "att")
     y = (pred["label"] == "lesion").to_numpy().astype(int)
     prob = pred[["prob_normal", "prob_lesion"]].to_numpy()
-    assert roc_auc(y, prob) >= 0.8  # held-out bags: better than chance by a wide margin
+    auc = roc_auc(y, prob)
+    print(f"held-out AUC {auc:.3f}, train loss {first:.3f} -> {last:.3f}")
+    assert auc >= 0.8  # held-out bags: better than chance by a wide margin
