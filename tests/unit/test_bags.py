@@ -1,7 +1,4 @@
-"""ZarrBag: lazy chunked reading with prefetch, subsampling, caching, empty stores.
-
-``write_store`` is also used by the trainer tests to build small patch stores.
-"""
+"""ZarrBag: lazy chunked reading with prefetch, subsampling, caching, empty stores."""
 
 from __future__ import annotations
 
@@ -12,37 +9,6 @@ import pytest
 import torch
 
 from gigamil.data.bags import ZarrBag
-from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
-
-
-def write_store(
-    path: Path,
-    patches: np.ndarray,
-    grid: np.ndarray | None = None,
-    chunk: int = 64,
-    slide_id: str | None = None,
-) -> Path:
-    """A patch store in the format of docs/architecture.md (attrs filled with test values)."""
-    n, px = len(patches), patches.shape[1] if patches.ndim == 4 else 8
-    if grid is None:
-        width = max(1, int(np.ceil(np.sqrt(max(n, 1)))))
-        grid = np.array([(i // width, i % width) for i in range(n)], dtype=np.int64).reshape(n, 2)
-    coords = grid[:, ::-1] * px
-    attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
-    attrs.update(
-        slide_id=slide_id or path.stem,
-        source_path="test",
-        codec="zstd",
-        patch_px=px,
-        stride_px=px,
-        mask_params={},
-        slide_dimensions=[100, 100],
-        gigamil_version="test",
-    )
-    with StoreWriter(path, n, px, coords, grid, chunk=chunk) as w:
-        w.append(patches)
-        w.commit(attrs)
-    return path
 
 
 def _patches(n: int, px: int = 8, seed: int = 0) -> np.ndarray:
@@ -50,7 +16,7 @@ def _patches(n: int, px: int = 8, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_chunks_cover_the_store_in_order(tmp_path: Path, prefetch: int) -> None:
+def test_chunks_cover_the_store_in_order(write_store, tmp_path: Path, prefetch: int) -> None:
     data = _patches(150)
     bag = ZarrBag(
         write_store(tmp_path / "a.zarr", data, chunk=32), prefetch=prefetch, cache_bytes=0
@@ -63,7 +29,7 @@ def test_chunks_cover_the_store_in_order(tmp_path: Path, prefetch: int) -> None:
     assert bag.grid.shape == (150, 2)
 
 
-def test_early_break_stops_prefetch_thread(tmp_path: Path) -> None:
+def test_early_break_stops_prefetch_thread(write_store, tmp_path: Path) -> None:
     import threading
 
     bag = ZarrBag(
@@ -76,7 +42,7 @@ def test_early_break_stops_prefetch_thread(tmp_path: Path) -> None:
     assert threading.active_count() == before
 
 
-def test_subsample_keeps_order_and_grid(tmp_path: Path) -> None:
+def test_subsample_keeps_order_and_grid(write_store, tmp_path: Path) -> None:
     data = _patches(100)
     bag = ZarrBag(write_store(tmp_path / "a.zarr", data), cache_bytes=0)
     sub = bag.subsample(30, torch.Generator().manual_seed(0))
@@ -89,7 +55,7 @@ def test_subsample_keeps_order_and_grid(tmp_path: Path) -> None:
     assert bag.subsample(500) is bag
 
 
-def test_cache_and_empty_store(tmp_path: Path) -> None:
+def test_cache_and_empty_store(write_store, tmp_path: Path) -> None:
     data = _patches(20)
     bag = ZarrBag(write_store(tmp_path / "a.zarr", data))
     list(bag.chunks(8))

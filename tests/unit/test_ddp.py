@@ -8,15 +8,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from test_train_run import CLASSES, MODEL, make_cohort
 
 from gigamil.train.launch import torchrun_command, train_fold_torchrun
 from gigamil.train.run import train_fold
 
 
-def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> None:
-    train = make_cohort(tmp_path / "stores", 6, 3, "t")
-    val = make_cohort(tmp_path / "stores", 2, 4, "v")
+def test_two_process_gloo_equals_one_process(mil_bags, tmp_path: Path, monkeypatch) -> None:
+    train = mil_bags.cohort(tmp_path / "stores", 6, 3, "t")
+    val = mil_bags.cohort(tmp_path / "stores", 2, 4, "v")
     train.to_csv(tmp_path / "train.csv", index=False)
     val.to_csv(tmp_path / "val.csv", index=False)
     training = {
@@ -31,10 +30,10 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> Non
         "early_stopping": {"metric": "loss", "patience": 5},
         "augment": {"flips": True, "rot90": True, "color_jitter": 0.1},
     }
-    model = dict(MODEL, dropout=0.1)
+    model = dict(mil_bags.model, dropout=0.1)
     cfg = {
         "experiment": "ddp",
-        "classes": CLASSES,
+        "classes": mil_bags.classes,
         "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
         "model": model,
         "training": training,
@@ -48,7 +47,7 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> Non
     assert yaml.safe_load((tmp_path / "ddp" / "ddp" / "config.yaml").read_text()) == cfg
 
     single = dict(training, bags_per_step=2)
-    train_fold(train, val, CLASSES, model, single, tmp_path / "one")
+    train_fold(train, val, mil_bags.classes, model, single, tmp_path / "one")
     a = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     assert a["early_stopping"]["epoch"] == b["early_stopping"]["epoch"] == 2
@@ -58,7 +57,7 @@ def test_two_process_gloo_equals_one_process(tmp_path: Path, monkeypatch) -> Non
     diff = max_param_diff(a["model"], b["model"])
     assert diff < 3e-4, diff
     wrong = dict(training, bags_per_step=1)  # one process, other bags per step
-    train_fold(train, val, CLASSES, model, wrong, tmp_path / "wrong")
+    train_fold(train, val, mil_bags.classes, model, wrong, tmp_path / "wrong")
     c = torch.load(tmp_path / "wrong" / "last.pt", weights_only=True)
     assert max_param_diff(c["model"], b["model"]) > 3e-3  # the check can tell them apart
 

@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from test_heatmap import write_store
-from test_localization import _write_mask
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
@@ -130,18 +128,18 @@ def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
         oof_predictions(pd.concat([preds, extra], ignore_index=True), folds)
 
 
-def _slide_with_mask(tmp_path, sid: str, positive: bool):
+def _slide_with_mask(grid_slide, tmp_path, sid: str, positive: bool):
     """A test store and its lesion mask (grid rows 1-2, cols 1-2 on positive slides):
     (store, mask path, lesion flag per patch)."""
     store = tmp_path / f"{sid}.zarr"
-    _, grid = write_store(store)
+    _, grid = grid_slide.write(store)
     mask = tmp_path / f"{sid}.png"
     rows = [1, 2] if positive else []
-    _write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
+    grid_slide.write_mask(mask, rows=rows, cols=[1, 2], downsample=16)
     return store, mask, np.isin(grid[:, 0], rows) & np.isin(grid[:, 1], [1, 2])
 
 
-def test_localization_in_summary(tmp_path):
+def test_localization_in_summary(grid_slide, tmp_path):
     # a 4-patient cohort whose slides have stores, masks and attention
     sheet = _sheet(n_patients=4, slides=1)
     folds = make_folds(sheet, folds=2, seed=0)
@@ -154,7 +152,7 @@ def test_localization_in_summary(tmp_path):
         _predict(test, k, rng).to_csv(p, index=False)
         paths.append(p)
         for sid, label in zip(test.slide_id, test.label, strict=True):
-            store, mask, lesion = _slide_with_mask(tmp_path, sid, label == "lesion")
+            store, mask, lesion = _slide_with_mask(grid_slide, tmp_path, sid, label == "lesion")
             att = np.where(lesion, 1.0, 0.0) + 3 * rng.random(len(lesion))  # noisy: AUC < 1
             np.save(tmp_path / f"{sid}.npy", att.astype(np.float32))
             loc[sid] = (store, tmp_path / f"{sid}.npy", mask)
@@ -196,7 +194,9 @@ def test_ensemble_means_fold_probabilities(tmp_path):
         assert (out / name).is_file()
 
 
-def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(tmp_path, capsys):
+def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(
+    grid_slide, tmp_path, capsys
+):
     ext = _sheet(n_patients=4, slides=1, cohort="ext")
     rng = np.random.default_rng(5)
     paths = []
@@ -206,7 +206,7 @@ def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(tmp_pa
         paths.append(p)
     loc, expected = {}, {}
     for sid, label in zip(ext.slide_id, ext.label, strict=True):
-        store, mask, lesion = _slide_with_mask(tmp_path, sid, label == "lesion")
+        store, mask, lesion = _slide_with_mask(grid_slide, tmp_path, sid, label == "lesion")
         atts = []
         for k in range(2):  # each model alone is noisy; the ensemble averages the noise
             a = np.where(lesion, 1.0, 0.0) + 2 * rng.random(len(lesion))

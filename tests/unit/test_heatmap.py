@@ -6,40 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import zarr
 from PIL import Image
 
 from gigamil.errors import GigamilError
 from gigamil.viz.heatmap import HeatmapStyle, attention_canvas, make_heatmap, normalize_attention
-
-PATCH = 64  # level-0 px per patch side
-ROWS, COLS = 6, 8
-
-
-def write_store(path, keep=None, patch_px=8, stride=PATCH, slide_dims=None):
-    """A small zarr v3 patch store on a ROWS x COLS grid; patch i is filled with value 10 * i."""
-    cells = [(r, c) for r in range(ROWS) for c in range(COLS)]
-    if keep is not None:
-        cells = [cells[i] for i in keep]
-    grid = np.array(cells, dtype=np.int64).reshape(-1, 2)
-    coords = grid[:, ::-1] * stride  # (x, y) = (col, row) * stride
-    n = len(cells)
-    patches = np.zeros((n, patch_px, patch_px, 3), np.uint8)
-    patches[:] = (np.arange(n, dtype=np.uint8) * 5)[:, None, None, None]
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
-    g.create_array("patches", data=patches, chunks=(16, patch_px, patch_px, 3))
-    g.create_array("coords", data=coords)
-    g.create_array("grid", data=grid)
-    dims = slide_dims or (COLS * stride + PATCH - stride + 40, ROWS * stride + PATCH - stride + 24)
-    g.attrs.update(
-        {
-            "slide_id": path.stem,
-            "patch_size_level0": float(PATCH),
-            "slide_dimensions": list(dims),
-            "slide_mpp": 0.5,
-        }
-    )
-    return coords, grid
 
 
 def test_normalizations():
@@ -53,20 +23,22 @@ def test_normalizations():
         normalize_attention(att, "zscore")
 
 
-def test_one_hot_attention_lights_the_right_cell_on_the_canvas():
-    grid = np.array([(r, c) for r in range(ROWS) for c in range(COLS)])
-    coords = grid[:, ::-1] * PATCH
+def test_one_hot_attention_lights_the_right_cell_on_the_canvas(grid_slide):
+    grid = np.array([(r, c) for r in range(grid_slide.rows) for c in range(grid_slide.cols)])
+    coords = grid[:, ::-1] * grid_slide.patch
     hot = 19  # row 2, col 3
     att = np.zeros(len(grid))
     att[hot] = 1.0
     scale = 0.25  # 16 thumbnail px per patch
-    canvas = attention_canvas(coords, PATCH, att, scale, (ROWS * 16 + 5, COLS * 16 + 7))
+    canvas = attention_canvas(
+        coords, grid_slide.patch, att, scale, (grid_slide.rows * 16 + 5, grid_slide.cols * 16 + 7)
+    )
     r, c = grid[hot]
     assert np.all(canvas[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] == 1.0)
     lit = np.argwhere(canvas == 1.0)
     assert lit.min(axis=0).tolist() == [r * 16, c * 16]
     assert lit.max(axis=0).tolist() == [r * 16 + 15, c * 16 + 15]
-    assert np.isnan(canvas[ROWS * 16 :, :]).all()  # outside the patches: nothing
+    assert np.isnan(canvas[grid_slide.rows * 16 :, :]).all()  # outside the patches: nothing
 
 
 def test_overlapping_patches_are_averaged():
@@ -76,10 +48,12 @@ def test_overlapping_patches_are_averaged():
     assert canvas[10, 40] == pytest.approx(0.5)
 
 
-def test_make_heatmap_outputs_and_one_hot_overlay(tmp_path):
-    keep = [i for i in range(ROWS * COLS) if i not in (0, 7)]  # two cells without tissue
+def test_make_heatmap_outputs_and_one_hot_overlay(grid_slide, tmp_path):
+    keep = [
+        i for i in range(grid_slide.rows * grid_slide.cols) if i not in (0, 7)
+    ]  # two cells without tissue
     store = tmp_path / "s1.zarr"
-    coords, grid = write_store(store, keep=keep)
+    coords, grid = grid_slide.write(store, keep=keep)
     hot = keep.index(29)  # grid cell row 3, col 5
     att = np.full(len(keep), 0.01, np.float32)
     att[hot] = 0.9
@@ -106,12 +80,12 @@ def test_make_heatmap_outputs_and_one_hot_overlay(tmp_path):
     # position of the red blob inside the blue heatmap's bounding box = cell (3, 5) of 6 x 8
     fy = (ry.mean() - ys.min()) / (ys.max() - ys.min() + 1)
     fx = (rx.mean() - xs.min()) / (xs.max() - xs.min() + 1)
-    assert abs(fy - 3.5 / ROWS) < 0.05 and abs(fx - 5.5 / COLS) < 0.05
+    assert abs(fy - 3.5 / grid_slide.rows) < 0.05 and abs(fx - 5.5 / grid_slide.cols) < 0.05
 
 
-def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
+def test_geojson_is_valid_and_in_level0_pixels(grid_slide, tmp_path):
     store = tmp_path / "s2.zarr"
-    coords, _ = write_store(store)
+    coords, _ = grid_slide.write(store)
     att = np.random.default_rng(0).random(len(coords)).astype(np.float32)
     make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=2, thumb_px=128))
     geo = json.loads((tmp_path / "hm" / "patches.geojson").read_text())
@@ -123,10 +97,10 @@ def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
         assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()  # closed ring
         x, y = coords[i]
         assert ring[:, 0].min() == x and ring[:, 1].min() == y
-        assert ring[:, 0].max() == x + PATCH and ring[:, 1].max() == y + PATCH
+        assert ring[:, 0].max() == x + grid_slide.patch and ring[:, 1].max() == y + grid_slide.patch
         # exterior ring counter-clockwise (positive shoelace area with y up)
         area = 0.5 * np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1])
-        assert area == pytest.approx(PATCH * PATCH)
+        assert area == pytest.approx(grid_slide.patch * grid_slide.patch)
         props = feat["properties"]
         assert props["objectType"] == "tile"
         assert props["measurements"]["attention"] == pytest.approx(float(att[i]))
@@ -134,35 +108,35 @@ def test_geojson_is_valid_and_in_level0_pixels(tmp_path):
         assert props["classification"]["name"] in ("attention-high", "attention-low")
 
 
-def test_gallery_shows_top_and_bottom_patches(tmp_path):
+def test_gallery_shows_top_and_bottom_patches(grid_slide, tmp_path):
     store = tmp_path / "s3.zarr"
-    coords, _ = write_store(store)
+    coords, _ = grid_slide.write(store)
     att = np.arange(len(coords), dtype=np.float32)  # the last patch has the highest attention
     info = make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=4, thumb_px=128))
     assert info["top"] == [len(coords) - 1 - i for i in range(4)]
 
 
-def test_attention_length_mismatch_is_an_error(tmp_path):
+def test_attention_length_mismatch_is_an_error(grid_slide, tmp_path):
     store = tmp_path / "s4.zarr"
-    write_store(store)
+    grid_slide.write(store)
     with pytest.raises(GigamilError, match="attention has 3 values but the store has 48 patches"):
         make_heatmap(store, np.ones(3), tmp_path / "hm")
 
 
-def test_empty_store_still_gives_outputs(tmp_path):
+def test_empty_store_still_gives_outputs(grid_slide, tmp_path):
     store = tmp_path / "s5.zarr"
-    write_store(store, keep=[])
+    grid_slide.write(store, keep=[])
     make_heatmap(store, np.zeros(0, np.float32), tmp_path / "hm", style=HeatmapStyle(thumb_px=64))
     geo = json.loads((tmp_path / "hm" / "patches.geojson").read_text())
     assert geo == {"type": "FeatureCollection", "features": []}
     assert (tmp_path / "hm" / "overlay.png").is_file()
 
 
-def test_cli_heatmap_averages_attention_files(tmp_path, capsys):
+def test_cli_heatmap_averages_attention_files(grid_slide, tmp_path, capsys):
     from gigamil.cli import main
 
     store = tmp_path / "s6.zarr"
-    coords, _ = write_store(store)
+    coords, _ = grid_slide.write(store)
     a = np.zeros(len(coords), np.float32)
     b = np.zeros(len(coords), np.float32)
     a[3], b[3], b[5] = 1.0, 1.0, 0.5

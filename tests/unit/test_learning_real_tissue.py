@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
 from gigamil.demo_tiles import _decode, read_tile_pool
 from gigamil.evaluate.metrics import roc_auc
 from gigamil.train.run import predict_slides, train_fold
@@ -20,19 +19,8 @@ SIDE = 4  # 4 x 4 tiles per bag
 N_TRAIN, N_TEST = 24, 12  # bags, half of each class
 
 
-def _write_bag(path, tiles: np.ndarray, slide_id: str) -> None:
-    n = len(tiles)
-    grid = np.array([(i // SIDE, i % SIDE) for i in range(n)], np.int64)
-    coords = grid[:, ::-1] * 96
-    with StoreWriter(path, n, 96, coords, grid, chunk=64) as w:
-        w.append(tiles)
-        attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
-        attrs.update(slide_id=slide_id, mask_params={}, slide_dimensions=(SIDE * 96, SIDE * 96))
-        w.commit(attrs)
-
-
 @pytest.fixture(scope="module")
-def tile_cohort(tmp_path_factory):
+def tile_cohort(write_store, tmp_path_factory):
     """Bags of 16 real tiles (4 x 4); lesion bags hold 6-9 tumour tiles (the first rows)."""
     root = tmp_path_factory.mktemp("real_tiles")
     pool = read_tile_pool(None)
@@ -48,7 +36,13 @@ def tile_cohort(tmp_path_factory):
         tiles = [_decode(tumour.pop()) for _ in range(k)]
         tiles += [_decode(normal.pop()) for _ in range(SIDE * SIDE - k)]
         sid = f"b{b:02d}"
-        _write_bag(root / f"{sid}.zarr", np.stack(tiles), sid)
+        write_store(  # the default grid of 16 patches is SIDE x SIDE
+            root / f"{sid}.zarr",
+            np.stack(tiles),
+            chunk=64,
+            slide_id=sid,
+            slide_dimensions=(SIDE * 96, SIDE * 96),
+        )
         rows.append(
             {
                 "cohort": "c",

@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-from test_heatmap import COLS, PATCH, ROWS, write_store
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.localization import (
@@ -35,26 +33,11 @@ def test_localization_auc_perfect_and_reversed():
         localization_auc(np.ones(2), np.zeros(3))
 
 
-def _write_mask(path, rows, cols, downsample, sidecar=True):
-    """Lesion mask covering the given grid rows/cols of the test store."""
-    w = int(np.ceil((COLS * PATCH + 40) / downsample))
-    h = int(np.ceil((ROWS * PATCH + 24) / downsample))
-    mask = np.zeros((h, w), np.uint8)
-    s = PATCH // downsample
-    for r in rows:
-        for c in cols:
-            mask[r * s : (r + 1) * s, c * s : (c + 1) * s] = 255
-    Image.fromarray(mask).save(path)
-    if sidecar:
-        path.with_suffix(".json").write_text(json.dumps({"downsample": downsample, "mpp": 8.0}))
-    return mask
-
-
-def test_slide_localization_with_sidecar_and_fallbacks(tmp_path):
+def test_slide_localization_with_sidecar_and_fallbacks(grid_slide, tmp_path):
     store = tmp_path / "s.zarr"
-    _, grid = write_store(store)
+    _, grid = grid_slide.write(store)
     mask_path = tmp_path / "s.png"
-    _write_mask(mask_path, rows=[1, 2], cols=[2, 3, 4], downsample=16)
+    grid_slide.write_mask(mask_path, rows=[1, 2], cols=[2, 3, 4], downsample=16)
     lesion = np.isin(grid[:, 0], [1, 2]) & np.isin(grid[:, 1], [2, 3, 4])
     att = np.where(lesion, 0.05, 0.01) + np.random.default_rng(0).random(len(grid)) * 1e-3
     res = slide_localization(store, att, mask_path)
@@ -64,5 +47,9 @@ def test_slide_localization_with_sidecar_and_fallbacks(tmp_path):
     assert slide_localization(store, -att, mask_path)["localization_auc"] == 0.0
     # no sidecar: slide width / mask width
     mask_path.with_suffix(".json").unlink()
-    _, ds = load_mask_with_downsample(mask_path, None, (COLS * PATCH + 40, ROWS * PATCH + 24))
+    _, ds = load_mask_with_downsample(
+        mask_path,
+        None,
+        (grid_slide.cols * grid_slide.patch + 40, grid_slide.rows * grid_slide.patch + 24),
+    )
     assert ds == pytest.approx(16.0, rel=0.05)

@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import zarr
 
-from gigamil.data.store import REQUIRED_ATTRS, StoreWriter, chunk_patches, open_store, read_store
+from gigamil.data.store import StoreWriter, chunk_patches, open_store, read_store
 from gigamil.errors import GigamilError
 
 
-def _attrs(**kw):
-    attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
-    attrs.update({"slide_id": "s1", "mask_params": {"a": 1}, "slide_dimensions": (10, 20), **kw})
-    return attrs
+@pytest.fixture()
+def s1_attrs(store_attrs):
+    """``s1_attrs(**kw)``: complete store attrs of slide s1."""
+    return lambda **kw: store_attrs(
+        **{"slide_id": "s1", "mask_params": {"a": 1}, "slide_dimensions": (10, 20), **kw}
+    )
 
 
-def _grid(n, width=7):
-    grid = np.array([(i // width, i % width) for i in range(n)], np.int64).reshape(n, 2)
+def _grid(row_major_grid, n):
+    grid = row_major_grid(n, 7)
     return grid, grid[:, ::-1] * 16
 
 
@@ -37,16 +39,16 @@ def _smooth_patches(n, px=16, seed=0):
     return out
 
 
-def test_roundtrip_zstd_exact_with_layout(tmp_path):
+def test_roundtrip_zstd_exact_with_layout(s1_attrs, row_major_grid, tmp_path):
     n = 150
     patches = np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
-    grid, coords = _grid(n)
+    grid, coords = _grid(row_major_grid, n)
     out = tmp_path / "s.zarr"
     with StoreWriter(out, n, 16, coords, grid, chunk=64) as w:
         w.append(patches[:10])  # uneven appends are re-chunked
         w.append(patches[10:100])
         w.append(patches[100:])
-        w.commit(_attrs(codec="zstd"))
+        w.commit(s1_attrs(codec="zstd"))
     p, c, g, attrs = read_store(out)
     assert p.shape == (n, 16, 16, 3) and p.dtype == np.uint8 and p.chunks == (64, 16, 16, 3)
     np.testing.assert_array_equal(p[...], patches)
@@ -61,16 +63,16 @@ def test_roundtrip_zstd_exact_with_layout(tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
-def test_jpeg_codec_is_lossy_but_close_and_smaller(tmp_path):
+def test_jpeg_codec_is_lossy_but_close_and_smaller(s1_attrs, row_major_grid, tmp_path):
     n = 70
     patches = _smooth_patches(n, px=32)
-    grid, coords = _grid(n)
+    grid, coords = _grid(row_major_grid, n)
     for codec in ("zstd", "jpeg"):
         with StoreWriter(
             tmp_path / f"{codec}.zarr", n, 32, coords, grid, codec=codec, jpeg_quality=90, chunk=64
         ) as w:
             w.append(patches)
-            w.commit(_attrs(codec=codec))
+            w.commit(s1_attrs(codec=codec))
     pj = read_store(tmp_path / "jpeg.zarr")[0][...]
     assert pj.shape == patches.shape
     assert np.abs(pj.astype(int) - patches).mean() < 3.0
@@ -84,21 +86,21 @@ def test_jpeg_codec_is_lossy_but_close_and_smaller(tmp_path):
     assert z["patches"][5].shape == (32, 32, 3)
 
 
-def test_empty_store(tmp_path):
+def test_empty_store(s1_attrs, tmp_path):
     out = tmp_path / "empty.zarr"
     with StoreWriter(out, 0, 8, np.zeros((0, 2)), np.zeros((0, 2))) as w:
-        w.commit(_attrs())
+        w.commit(s1_attrs())
     p, c, g, _ = read_store(out)
     assert p.shape == (0, 8, 8, 3) and c.shape == (0, 2) and g.shape == (0, 2)
 
 
-def test_crash_leaves_no_store_and_keeps_the_old_one(tmp_path):
+def test_crash_leaves_no_store_and_keeps_the_old_one(s1_attrs, row_major_grid, tmp_path):
     out = tmp_path / "s.zarr"
     old = np.full((5, 8, 8, 3), 7, np.uint8)
-    grid, coords = _grid(5)
+    grid, coords = _grid(row_major_grid, 5)
     with StoreWriter(out, 5, 8, coords, grid) as w:
         w.append(old)
-        w.commit(_attrs(slide_id="old"))
+        w.commit(s1_attrs(slide_id="old"))
     with pytest.raises(RuntimeError, match="boom"), StoreWriter(out, 5, 8, coords, grid) as w:
         w.append(old[:3])
         raise RuntimeError("boom")
@@ -109,18 +111,18 @@ def test_crash_leaves_no_store_and_keeps_the_old_one(tmp_path):
     # replacing a complete store with a new one
     with StoreWriter(out, 5, 8, coords, grid) as w:
         w.append(old + 1)
-        w.commit(_attrs(slide_id="new"))
+        w.commit(s1_attrs(slide_id="new"))
     p, _, _, attrs = read_store(out)
     assert attrs["slide_id"] == "new" and int(p[0, 0, 0, 0]) == 8
     assert sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr"]
 
 
-def test_commit_checks_counts_and_attrs(tmp_path):
-    grid, coords = _grid(4)
+def test_commit_checks_counts_and_attrs(s1_attrs, row_major_grid, tmp_path):
+    grid, coords = _grid(row_major_grid, 4)
     with StoreWriter(tmp_path / "a.zarr", 4, 8, coords, grid) as w:
         w.append(np.zeros((3, 8, 8, 3), np.uint8))
         with pytest.raises(RuntimeError, match="wrote 3 of 4"):
-            w.commit(_attrs())
+            w.commit(s1_attrs())
     with StoreWriter(tmp_path / "b.zarr", 4, 8, coords, grid) as w:
         w.append(np.zeros((4, 8, 8, 3), np.uint8))
         with pytest.raises(ValueError, match="slide_mpp"):

@@ -8,23 +8,22 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from test_train_run import CLASSES, MODEL, make_cohort
 
 from gigamil.cli import main
 
 
-def test_train_and_predict_cli(tmp_path: Path, capsys) -> None:
-    train = make_cohort(tmp_path / "stores", 4, 5, "t")
-    val = make_cohort(tmp_path / "stores", 2, 6, "v")
+def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
+    train = mil_bags.cohort(tmp_path / "stores", 4, 5, "t")
+    val = mil_bags.cohort(tmp_path / "stores", 2, 6, "v")
     for df in (train, val):  # store paths relative to the CSV
         df["store"] = [str(Path(p).relative_to(tmp_path)) for p in df["store"]]
     train.to_csv(tmp_path / "train.csv", index=False)
     val.to_csv(tmp_path / "val.csv", index=False)
     cfg = {
         "experiment": "cli",
-        "classes": CLASSES,
+        "classes": mil_bags.classes,
         "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
-        "model": dict(MODEL, freeze_encoder=True, pool="gated_abmil"),
+        "model": dict(mil_bags.model, freeze_encoder=True, pool="gated_abmil"),
         "training": {"device": "cpu", "epochs": 2, "max_instances_per_forward_pass": 5},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_bags import write_store
 
 from gigamil.data.bags import ZarrBag
 from gigamil.train import checkpoint as checkpoint_mod
@@ -17,49 +16,6 @@ from gigamil.train import loop as loop_mod
 from gigamil.train import run as run_mod
 from gigamil.train.checkpoint import load_model
 from gigamil.train.run import predict_slides, train_fold
-
-CLASSES = ["normal", "lesion"]
-PX = 16
-
-
-def make_slide(rng: np.random.Generator, positive: bool, n: int) -> np.ndarray:
-    """Pink-ish noise patches; positive bags hold a few patches with a dark blue blob."""
-    x = rng.normal((200, 150, 180), 20, size=(n, PX, PX, 3))
-    if positive:
-        for i in rng.choice(n, size=max(2, n // 6), replace=False):
-            x[i, 4:12, 4:12] = (40, 40, 160)
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def make_cohort(root: Path, n_slides: int, seed: int, prefix: str) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_slides):
-        pos = i % 2 == 1
-        sid = f"{prefix}{i}"
-        store = write_store(
-            root / f"{sid}.zarr", make_slide(rng, pos, int(rng.integers(10, 24))), chunk=16
-        )
-        rows.append(
-            {
-                "cohort": "c",
-                "slide_id": sid,
-                "patient_id": f"p{sid}",
-                "label": CLASSES[int(pos)],
-                "store": str(store),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-MODEL = {
-    "encoder": "smallcnn",
-    "weights": None,
-    "batchnorm": "frozen",
-    "pool": "abmil",
-    "att_dim": 16,
-    "dropout": 0.0,
-}
 
 
 def training(**kw: object) -> dict:
@@ -79,10 +35,12 @@ def training(**kw: object) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+def cohort(
+    write_store, mil_bags, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     root = tmp_path_factory.mktemp("stores")
-    train = make_cohort(root, 12, 0, "t")
-    empty = write_store(root / "empty.zarr", np.zeros((0, PX, PX, 3), np.uint8))
+    train = mil_bags.cohort(root, 12, 0, "t")
+    empty = write_store(root / "empty.zarr", np.zeros((0, mil_bags.px, mil_bags.px, 3), np.uint8))
     train = pd.concat(
         [
             train,
@@ -100,7 +58,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.D
         ],
         ignore_index=True,
     )
-    return train, make_cohort(root, 8, 1, "v")
+    return train, mil_bags.cohort(root, 8, 1, "v")
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -108,10 +66,12 @@ def read_log(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
+def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog) -> None:
     train, val = cohort
     torch.set_num_threads(1)
-    model_path = train_fold(train, val, CLASSES, MODEL, training(), tmp_path / "fold0")
+    model_path = train_fold(
+        train, val, mil_bags.classes, mil_bags.model, training(), tmp_path / "fold0"
+    )
     assert model_path == tmp_path / "fold0" / "model.pt"
     assert "empty has no patches" in caplog.text
     rows = read_log(tmp_path / "fold0" / "train_log.csv")
@@ -131,7 +91,7 @@ def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
         "epoch",
         "metrics",
     } <= set(ckpt)
-    assert ckpt["classes"] == CLASSES and ckpt["patch_px"] == PX
+    assert ckpt["classes"] == mil_bags.classes and ckpt["patch_px"] == mil_bags.px
     assert ckpt["epoch"] == int(rows[-1]["best_epoch"])
     torch.load(tmp_path / "fold0" / "last.pt", weights_only=True)
     model, _ = load_model(model_path)
@@ -177,12 +137,12 @@ def test_train_fold_learns_and_predicts(cohort, tmp_path: Path, caplog) -> None:
     assert np.allclose(again.loc[ok, "prob_lesion"], preds.loc[ok, "prob_lesion"], atol=1e-5)
 
 
-def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> None:
+def test_resume_after_kill_continues(mil_bags, cohort, tmp_path: Path, monkeypatch) -> None:
     train, val = cohort
     train, val = train.head(6), val.head(4)
     cfg = training(epochs=4, max_instances_per_bag=9)
     full = tmp_path / "full"
-    train_fold(train, val, CLASSES, MODEL, cfg, full)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, full)
 
     killed = tmp_path / "killed"
     calls = {"n": 0}
@@ -196,7 +156,7 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(run_mod, "validate", dying_validate)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(train, val, CLASSES, MODEL, cfg, killed)
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed)
     monkeypatch.setattr(run_mod, "validate", real_validate)
     assert [int(r["epoch"]) for r in read_log(killed / "train_log.csv")] == [1, 2]
     assert torch.load(killed / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 2
@@ -210,7 +170,7 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
         return loop_mod.train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(run_mod, "train_epoch", recording_train_epoch)
-    train_fold(train, val, CLASSES, MODEL, cfg, killed, resume=True)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     assert seen == [3, 4]  # continued, not restarted
     log_full, log_killed = read_log(full / "train_log.csv"), read_log(killed / "train_log.csv")
     assert [int(r["epoch"]) for r in log_killed] == [1, 2, 3, 4]
@@ -231,16 +191,18 @@ def test_resume_after_kill_continues(cohort, tmp_path: Path, monkeypatch) -> Non
     seen.clear()
     (killed / "model.pt").unlink()
     (killed / "train_log.csv").unlink()
-    train_fold(train, val, CLASSES, MODEL, cfg, killed, resume=True)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     assert seen == []
     assert (killed / "model.pt").is_file() and len(read_log(killed / "train_log.csv")) == 4
-    train_fold(train, val, CLASSES, MODEL, training(epochs=1), killed, resume=False)
+    train_fold(
+        train, val, mil_bags.classes, mil_bags.model, training(epochs=1), killed, resume=False
+    )
     assert seen == [1] and len(read_log(killed / "train_log.csv")) == 1
 
 
-def test_options_smabmil_focal_onecycle_amp(cohort, tmp_path: Path) -> None:
+def test_options_smabmil_focal_onecycle_amp(mil_bags, cohort, tmp_path: Path) -> None:
     train, val = cohort
-    model = dict(MODEL, pool="smabmil", batchnorm="train", dropout=0.1)
+    model = dict(mil_bags.model, pool="smabmil", batchnorm="train", dropout=0.1)
     cfg = training(
         epochs=2,
         loss="focal",
@@ -251,7 +213,7 @@ def test_options_smabmil_focal_onecycle_amp(cohort, tmp_path: Path) -> None:
         max_instances_per_forward_pass=None,
         early_stopping={"metric": "loss", "patience": 1},
     )
-    path = train_fold(train.head(5), val.head(3), CLASSES, model, cfg, tmp_path / "o")
+    path = train_fold(train.head(5), val.head(3), mil_bags.classes, model, cfg, tmp_path / "o")
     rows = read_log(tmp_path / "o" / "train_log.csv")
     assert 1 <= len(rows) <= 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
     lrs = [float(r["lr"]) for r in rows]
@@ -260,16 +222,23 @@ def test_options_smabmil_focal_onecycle_amp(cohort, tmp_path: Path) -> None:
     assert m.attention_model.pool == "smabmil"
 
 
-def test_bad_labels_and_columns(cohort, tmp_path: Path) -> None:
+def test_bad_labels_and_columns(mil_bags, cohort, tmp_path: Path) -> None:
     from gigamil.errors import ConfigError, GigamilError
 
     train, val = cohort
     bad = train.head(3).copy()
     bad.loc[0, "label"] = "tumour"
     with pytest.raises(ConfigError, match="tumour"):
-        train_fold(bad, val, CLASSES, MODEL, training(epochs=1), tmp_path / "x")
+        train_fold(bad, val, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "x")
     with pytest.raises(GigamilError, match="store"):
-        train_fold(train.drop(columns="store"), val, CLASSES, MODEL, training(), tmp_path / "y")
+        train_fold(
+            train.drop(columns="store"),
+            val,
+            mil_bags.classes,
+            mil_bags.model,
+            training(),
+            tmp_path / "y",
+        )
 
 
 def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -281,7 +250,7 @@ def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
-    cohort, tmp_path: Path, monkeypatch
+    mil_bags, cohort, tmp_path: Path, monkeypatch
 ) -> None:
     train, val = cohort
     train, val = train.head(4), val.head(4)
@@ -298,12 +267,12 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
 
     monkeypatch.setattr(checkpoint_mod, "atomic_save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f")
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "f")
     monkeypatch.setattr(checkpoint_mod, "atomic_save", real_save)
     assert [s for s, _ in _tb_scalars(tmp_path / "f" / "tensorboard")["val_auc"]] == [1, 2]
     assert torch.load(tmp_path / "f" / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 1
     # the resumed run redoes epoch 2: its first events are purged, each epoch is drawn once
-    train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "f", resume=True)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "f", resume=True)
     rows = read_log(tmp_path / "f" / "train_log.csv")
     scalars = _tb_scalars(tmp_path / "f" / "tensorboard")
     assert set(run_mod.TB_SCALARS) <= set(scalars)
@@ -315,16 +284,26 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
     # switching TensorBoard off does not invalidate the finished run
     seen = []
     monkeypatch.setattr(run_mod, "train_epoch", lambda *a, **k: seen.append(k["epoch"]))
-    train_fold(train, val, CLASSES, MODEL, training(epochs=3), tmp_path / "f", resume=True)
+    train_fold(
+        train,
+        val,
+        mil_bags.classes,
+        mil_bags.model,
+        training(epochs=3),
+        tmp_path / "f",
+        resume=True,
+    )
     assert seen == [] and len(read_log(tmp_path / "f" / "train_log.csv")) == 3
     # without the package: a clear configuration error, before any training
     monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)
     with pytest.raises(run_mod.ConfigError, match="needs the tensorboard package"):
-        train_fold(train, val, CLASSES, MODEL, cfg, tmp_path / "g")
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "g")
     assert not (tmp_path / "g" / "model.pt").exists()
 
 
-def test_early_stopping_min_epochs_in_train_fold(cohort, tmp_path: Path, monkeypatch) -> None:
+def test_early_stopping_min_epochs_in_train_fold(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
     train, val = cohort
     train, val = train.head(4), val.head(4)
     flat = {"auc": 0.5, "loss": 0.7, "balanced_accuracy": 0.5}  # never improves after epoch 1
@@ -332,7 +311,9 @@ def test_early_stopping_min_epochs_in_train_fold(cohort, tmp_path: Path, monkeyp
     for min_epochs, n_epochs in [(0, 2), (3, 3)]:
         es = {"metric": "auc", "patience": 1, "min_epochs": min_epochs}
         out = tmp_path / f"m{min_epochs}"
-        train_fold(train, val, CLASSES, MODEL, training(epochs=5, early_stopping=es), out)
+        train_fold(
+            train, val, mil_bags.classes, mil_bags.model, training(epochs=5, early_stopping=es), out
+        )
         assert len(read_log(out / "train_log.csv")) == n_epochs
         state = torch.load(out / "last.pt", weights_only=True)["early_stopping"]
         # warm-up epochs are each the best so far: the last one before min_epochs is kept

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from wsi_fixtures import CMU_SVS, shared_slides, write_tiff
 
 from gigamil.cli import main
 from gigamil.data.store import read_store
@@ -26,9 +25,9 @@ def _one_error_line(capsys, command, *fragments):
         assert frag in err[0], (frag, err[0])
 
 
-def test_mask_and_patches_contract(tmp_path):
+def test_mask_and_patches_contract(cmu_svs, tmp_path):
     mask, qc, js = tmp_path / "m.png", tmp_path / "m.qc.png", tmp_path / "m.json"
-    assert main(["mask", str(CMU_SVS), "--out", str(mask), "--qc", str(qc), "--json", str(js)]) == 0
+    assert main(["mask", str(cmu_svs), "--out", str(mask), "--qc", str(qc), "--json", str(js)]) == 0
     assert mask.is_file() and qc.is_file()
     info = json.loads(js.read_text())
     assert {"tissue_fraction", "mask_mpp", "warnings"} <= set(info)
@@ -37,7 +36,7 @@ def test_mask_and_patches_contract(tmp_path):
         main(
             [
                 "patches",
-                str(CMU_SVS),
+                str(cmu_svs),
                 "--out",
                 str(store),
                 "--mpp",
@@ -70,7 +69,7 @@ def test_mask_and_patches_contract(tmp_path):
         main(
             [
                 "patches",
-                str(CMU_SVS),
+                str(cmu_svs),
                 "--out",
                 str(store2),
                 "--mpp",
@@ -93,13 +92,13 @@ def test_mask_and_patches_contract(tmp_path):
     np.testing.assert_array_equal(c2[1], [256, 0])
 
 
-def test_qc_table(tmp_path):
+def test_qc_table(cmu_svs, tmp_path):
     for sid in ("a", "b"):
         assert (
             main(
                 [
                     "mask",
-                    str(CMU_SVS),
+                    str(cmu_svs),
                     "--out",
                     str(tmp_path / f"{sid}.png"),
                     "--json",
@@ -114,7 +113,7 @@ def test_qc_table(tmp_path):
             main(
                 [
                     "patches",
-                    str(CMU_SVS),
+                    str(cmu_svs),
                     "--out",
                     str(tmp_path / f"{sid}.zarr"),
                     "--mpp",
@@ -144,15 +143,15 @@ def test_qc_table(tmp_path):
     assert 0.2 < row["tissue_fraction"] < 0.6 and row["extract_seconds"] >= 0
 
 
-def test_unopenable_slide(tmp_path, capsys):
-    slide = shared_slides() / "synthetic" / "unopenable.tiff"
+def test_unopenable_slide(shared_slides, tmp_path, capsys):
+    slide = shared_slides / "synthetic" / "unopenable.tiff"
     assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
     _one_error_line(capsys, "mask", str(slide), "Unsupported TIFF compression")
     assert not (tmp_path / "m.png").exists()
 
 
-def test_unreadable_slide(tmp_path, capsys):
-    slide = shared_slides() / "synthetic" / "unreadable.svs"
+def test_unreadable_slide(shared_slides, tmp_path, capsys):
+    slide = shared_slides / "synthetic" / "unreadable.svs"
     assert (
         main(
             [
@@ -174,7 +173,7 @@ def test_unreadable_slide(tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # no store, no temporary leftovers
 
 
-def test_missing_mpp_needs_override(tmp_path, capsys):
+def test_missing_mpp_needs_override(write_tiff, tmp_path, capsys):
     img = np.full((300, 400, 3), 240, np.uint8)
     slide = write_tiff(tmp_path / "nompp.tiff", img, mpp=None)
     assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
@@ -197,13 +196,13 @@ def test_missing_mpp_needs_override(tmp_path, capsys):
     _one_error_line(capsys, "patches", str(slide), "`mpp` column")
 
 
-def test_implausible_mpp_message(tmp_path, capsys):
-    slide = shared_slides() / "synthetic" / "boxes.tiff"
+def test_implausible_mpp_message(shared_slides, tmp_path, capsys):
+    slide = shared_slides / "synthetic" / "boxes.tiff"
     assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
     _one_error_line(capsys, "mask", str(slide), "implausible", "--slide-mpp")
 
 
-def test_empty_tissue_is_a_warning_not_a_crash(tmp_path, capsys):
+def test_empty_tissue_is_a_warning_not_a_crash(write_tiff, tmp_path, capsys):
     white = np.full((512, 512, 3), 248, np.uint8)
     slide = write_tiff(tmp_path / "white.tiff", white, mpp=0.5, levels=2)
     mask, js = tmp_path / "w.png", tmp_path / "w.json"
@@ -232,16 +231,16 @@ def test_empty_tissue_is_a_warning_not_a_crash(tmp_path, capsys):
     assert "no patch reaches" in capsys.readouterr().err
 
 
-def test_bad_arguments(tmp_path, capsys):
+def test_bad_arguments(cmu_svs, tmp_path, capsys):
     assert (
-        main(["mask", str(CMU_SVS), "--out", str(tmp_path / "m.png"), "--threshold", "high"]) == 2
+        main(["mask", str(cmu_svs), "--out", str(tmp_path / "m.png"), "--threshold", "high"]) == 2
     )
     _one_error_line(capsys, "mask", "--threshold")
     assert (
         main(
             [
                 "patches",
-                str(CMU_SVS),
+                str(cmu_svs),
                 "--out",
                 str(tmp_path / "s.zarr"),
                 "--mpp",
@@ -254,13 +253,13 @@ def test_bad_arguments(tmp_path, capsys):
     )
     _one_error_line(capsys, "patches", "patch_px")
     with pytest.raises(SystemExit):  # argparse: --out is required
-        main(["patches", str(CMU_SVS), "--mpp", "0.5", "--patch-px", "64"])
+        main(["patches", str(cmu_svs), "--mpp", "0.5", "--patch-px", "64"])
 
 
-def test_console_script_reports_one_line(tmp_path):
+def test_console_script_reports_one_line(shared_slides, tmp_path):
     exe = shutil.which("gigamil")
     assert exe, "the gigamil console script is not installed"
-    slide = shared_slides() / "synthetic" / "unopenable.tiff"
+    slide = shared_slides / "synthetic" / "unopenable.tiff"
     proc = subprocess.run(
         [
             exe,

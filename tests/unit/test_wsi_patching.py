@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from wsi_fixtures import CMU_SVS, shared_slides, tissue_image
 
 from gigamil.data.store import REQUIRED_ATTRS, read_store
 from gigamil.wsi.extract import extract_patches
@@ -18,14 +17,14 @@ PYRAMID = "CMU-1-Small-Region.pyramid.tiff"
 
 
 @pytest.fixture(scope="module")
-def cmu_level0():
-    with open_slide(CMU_SVS) as r:
+def cmu_level0(cmu_svs):
+    with open_slide(cmu_svs) as r:
         return r.read_region((0, 0), 0, r.dimensions), r.mpp
 
 
 @pytest.fixture(scope="module")
-def cmu_tissue():
-    with open_slide(CMU_SVS) as r:
+def cmu_tissue(cmu_svs):
+    with open_slide(cmu_svs) as r:
         return compute_tissue_mask(r, TissueParams(), keep_rgb=False).mask
 
 
@@ -37,11 +36,11 @@ def _extract(tmp_path, slide, name, mask, threads=1, **kw):
     return res, read_store(tmp_path / f"{name}.zarr")
 
 
-def test_svs_and_pyramid_give_the_same_patches(tmp_path, cmu_tissue):
-    pyr = shared_slides() / PYRAMID
+def test_svs_and_pyramid_give_the_same_patches(cmu_svs, shared_slides, tmp_path, cmu_tissue):
+    pyr = shared_slides / PYRAMID
     for tol in (0.005, 0.0):  # cut as is (0.499 ~ 0.5) and forced exact resampling
         _, (ps, cs, gs, as_) = _extract(
-            tmp_path, CMU_SVS, f"svs{tol}", cmu_tissue, resample_tolerance=tol
+            tmp_path, cmu_svs, f"svs{tol}", cmu_tissue, resample_tolerance=tol
         )
         _, (pp, cp, gp, ap) = _extract(
             tmp_path, pyr, f"pyr{tol}", cmu_tissue, resample_tolerance=tol
@@ -75,11 +74,11 @@ def _direct_downsample(level0, f, grid, px):
 
 
 @pytest.mark.parametrize("tol", [0.0, 0.005])
-def test_1um_request_reads_pyramid_level_1(tmp_path, cmu_level0, cmu_tissue, tol):
+def test_1um_request_reads_pyramid_level_1(shared_slides, tmp_path, cmu_level0, cmu_tissue, tol):
     level0, mpp = cmu_level0
     res, (p, c, g, attrs) = _extract(
         tmp_path,
-        shared_slides() / PYRAMID,
+        shared_slides / PYRAMID,
         "l1",
         cmu_tissue,
         mpp=1.0,
@@ -102,10 +101,10 @@ def test_1um_request_reads_pyramid_level_1(tmp_path, cmu_level0, cmu_tissue, tol
 
 
 def test_1um_request_from_single_level_svs_equals_direct_downsample(
-    tmp_path, cmu_level0, cmu_tissue
+    cmu_svs, tmp_path, cmu_level0, cmu_tissue
 ):
     level0, mpp = cmu_level0
-    _, (p, c, g, attrs) = _extract(tmp_path, CMU_SVS, "svs1", cmu_tissue, mpp=1.0, patch_px=64)
+    _, (p, c, g, attrs) = _extract(tmp_path, cmu_svs, "svs1", cmu_tissue, mpp=1.0, patch_px=64)
     assert attrs["level"] == 0 and attrs["resampled"] and attrs["effective_mpp"] == 1.0
     ref = _direct_downsample(level0, 1.0 / mpp, g, 64)
     assert np.abs(p[...].astype(np.int16) - ref).max() <= 1
@@ -199,7 +198,7 @@ def test_mask_coverage_matches_brute_force():
     assert cov[0, 2] == pytest.approx(up2[0:100, 431:531].mean(), abs=1e-9)
 
 
-def test_min_tissue_selects_patches_by_mask():
+def test_min_tissue_selects_patches_by_mask(tissue_image):
     img = tissue_image((800, 1000))
     reader = ArrayReader(img, 1.0)
     mask = np.zeros((80, 100), bool)
@@ -209,10 +208,10 @@ def test_min_tissue_selects_patches_by_mask():
         assert plan.n == n, thr
 
 
-def test_threads_give_identical_store(tmp_path, cmu_tissue):
-    _, (p1, c1, _, _) = _extract(tmp_path, CMU_SVS, "t1", cmu_tissue, patch_px=64)
+def test_threads_give_identical_store(cmu_svs, tmp_path, cmu_tissue):
+    _, (p1, c1, _, _) = _extract(tmp_path, cmu_svs, "t1", cmu_tissue, patch_px=64)
     res = extract_patches(
-        CMU_SVS,
+        cmu_svs,
         tmp_path / "t2.zarr",
         PatchParams(mpp=0.5, patch_px=64, block_px=256),
         mask=cmu_tissue,
@@ -225,9 +224,9 @@ def test_threads_give_identical_store(tmp_path, cmu_tissue):
     np.testing.assert_array_equal(p1[...], p2[...])
 
 
-def test_attrs_and_mask_computed_when_absent(tmp_path):
+def test_attrs_and_mask_computed_when_absent(cmu_svs, tmp_path):
     res = extract_patches(
-        CMU_SVS,
+        cmu_svs,
         tmp_path / "s.zarr",
         PatchParams(mpp=2.0, patch_px=32),
         slide_id="cmu",
@@ -240,7 +239,7 @@ def test_attrs_and_mask_computed_when_absent(tmp_path):
     assert attrs["target_mpp"] == 2.0 and attrs["patch_px"] == 32 and attrs["stride_px"] == 32
     assert attrs["mask_params"]["computed"] and attrs["mask_params"]["mask_mpp"] == 8.0
     assert attrs["codec"] == "zstd" and attrs["slide_dimensions"] == [2220, 2967]
-    assert attrs["source_size"] == CMU_SVS.stat().st_size
+    assert attrs["source_size"] == cmu_svs.stat().st_size
     assert attrs["n_patches"] == res.n_patches == len(coords) > 0
 
 
@@ -257,7 +256,7 @@ def test_white_slide_gives_empty_store_with_warning(tmp_path):
     assert any("no tissue" in w for w in attrs["warnings"])
 
 
-def test_upsampling_and_tiny_slide_warn(tmp_path):
+def test_upsampling_and_tiny_slide_warn(tissue_image, tmp_path):
     reader = ArrayReader(tissue_image((200, 200)), 1.0)
     plan = plan_patches(reader, PatchParams(mpp=0.5, patch_px=64, min_tissue=0.0), None)
     assert any("upsampled" in w for w in plan.warnings) and plan.resample
@@ -265,7 +264,7 @@ def test_upsampling_and_tiny_slide_warn(tmp_path):
     assert plan.n == 0 and any("smaller than one" in w for w in plan.warnings)
 
 
-def test_bad_params():
+def test_bad_params(tissue_image):
     from gigamil.errors import GigamilError
 
     reader = ArrayReader(tissue_image((100, 100)), 1.0)
@@ -279,12 +278,12 @@ def test_bad_params():
             plan_patches(reader, PatchParams(**kw), None)
 
 
-def test_openslide_path_gives_the_same_store(tmp_path, cmu_tissue, monkeypatch):
+def test_openslide_path_gives_the_same_store(cmu_svs, tmp_path, cmu_tissue, monkeypatch):
     """GIGAMIL_NO_FAST_TIFF=1 reads through OpenSlide (the path of non-TIFF formats)."""
-    _, (pf, cf, _, _) = _extract(tmp_path, CMU_SVS, "fast", cmu_tissue, patch_px=64)
+    _, (pf, cf, _, _) = _extract(tmp_path, cmu_svs, "fast", cmu_tissue, patch_px=64)
     monkeypatch.setenv("GIGAMIL_NO_FAST_TIFF", "1")
-    with open_slide(CMU_SVS) as r:
+    with open_slide(cmu_svs) as r:
         assert not r.fast_tiff
-    _, (po, co, _, _) = _extract(tmp_path, CMU_SVS, "os", cmu_tissue, patch_px=64, threads=2)
+    _, (po, co, _, _) = _extract(tmp_path, cmu_svs, "os", cmu_tissue, patch_px=64, threads=2)
     np.testing.assert_array_equal(cf, co)
     assert np.abs(pf[...].astype(np.int16) - po[...].astype(np.int16)).mean() < 0.5

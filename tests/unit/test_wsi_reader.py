@@ -6,7 +6,6 @@ import numpy as np
 import openslide
 import pytest
 from PIL import Image
-from wsi_fixtures import CMU_SVS, shared_slides, write_tiff
 
 from gigamil.errors import SlideError
 from gigamil.wsi.memory import ArrayReader
@@ -15,8 +14,8 @@ from gigamil.wsi.reader import open_slide
 from gigamil.wsi.slide import composite_on_white
 
 
-def test_svs_properties():
-    with open_slide(CMU_SVS) as r:
+def test_svs_properties(cmu_svs):
+    with open_slide(cmu_svs) as r:
         assert r.dimensions == (2220, 2967)
         assert r.level_count == 1
         assert r.mpp == pytest.approx(0.499)
@@ -24,8 +23,8 @@ def test_svs_properties():
         assert r.tile_size == (240, 240)
 
 
-def test_pyramid_levels_and_best_level():
-    with open_slide(shared_slides() / "CMU-1-Small-Region.pyramid.tiff") as r:
+def test_pyramid_levels_and_best_level(shared_slides):
+    with open_slide(shared_slides / "CMU-1-Small-Region.pyramid.tiff") as r:
         assert r.level_dimensions == ((2220, 2967), (1110, 1483), (555, 741))
         assert r.best_level_for_mpp(0.5) == 0
         assert r.best_level_for_mpp(0.3) == 0  # finer than the slide: level 0 (upsampled)
@@ -38,8 +37,8 @@ def test_pyramid_levels_and_best_level():
 
 
 @pytest.mark.parametrize("fast", [False, True])
-def test_read_region_matches_openslide_composited_on_white(fast):
-    path = shared_slides() / "CMU-1-Small-Region.pyramid.tiff"
+def test_read_region_matches_openslide_composited_on_white(shared_slides, fast):
+    path = shared_slides / "CMU-1-Small-Region.pyramid.tiff"
     ref = openslide.OpenSlide(str(path))
     with open_slide(path, fast_tiff=fast) as r:
         assert r.fast_tiff == fast
@@ -60,18 +59,18 @@ def test_read_region_matches_openslide_composited_on_white(fast):
         assert (r.read_region((2200, 2950), 0, (50, 50))[30:, 30:] == 255).all()
 
 
-def test_fast_tiff_path_on_svs_and_fallback_for_corrupt_tiles():
-    with open_slide(CMU_SVS) as fast, open_slide(CMU_SVS, fast_tiff=False) as slow:
+def test_fast_tiff_path_on_svs_and_fallback_for_corrupt_tiles(cmu_svs, shared_slides):
+    with open_slide(cmu_svs) as fast, open_slide(cmu_svs, fast_tiff=False) as slow:
         assert fast.fast_tiff and not slow.fast_tiff
         a = fast.read_region((500, 700), 0, (700, 500)).astype(int)
         b = slow.read_region((500, 700), 0, (700, 500)).astype(int)
         assert np.abs(a - b).mean() < 0.5
-    with open_slide(shared_slides() / "synthetic" / "unreadable.svs") as r:
+    with open_slide(shared_slides / "synthetic" / "unreadable.svs") as r:
         assert not r.fast_tiff  # the self-check failed: OpenSlide reads (and reports) it
 
 
-def test_override_wins_over_file_mpp():
-    with open_slide(CMU_SVS, mpp_override=0.25) as r:
+def test_override_wins_over_file_mpp(cmu_svs):
+    with open_slide(cmu_svs, mpp_override=0.25) as r:
         assert r.mpp == 0.25 and r.mpp_source == "override"
 
 
@@ -98,23 +97,23 @@ def test_check_mpp_rejects_nonsense(x, y, fragment):
     assert "slide.svs" in str(exc.value) and "--slide-mpp" in str(exc.value)
 
 
-def test_72dpi_default_is_an_error_unless_overridden():
-    boxes = shared_slides() / "synthetic" / "boxes.tiff"
+def test_72dpi_default_is_an_error_unless_overridden(shared_slides):
+    boxes = shared_slides / "synthetic" / "boxes.tiff"
     with pytest.raises(SlideError, match=r"boxes\.tiff: implausible microns-per-pixel 352\.778"):
         open_slide(boxes)
     with open_slide(boxes, mpp_override=2.0) as r:
         assert r.mpp == 2.0 and r.level_count == 4
 
 
-def test_unopenable_file():
-    path = shared_slides() / "synthetic" / "unopenable.tiff"
+def test_unopenable_file(shared_slides):
+    path = shared_slides / "synthetic" / "unopenable.tiff"
     with pytest.raises(SlideError, match="Unsupported TIFF compression: 52479") as exc:
         open_slide(path)
     assert str(path) in str(exc.value)
 
 
-def test_openable_but_unreadable_slide():
-    path = shared_slides() / "synthetic" / "unreadable.svs"
+def test_openable_but_unreadable_slide(shared_slides):
+    path = shared_slides / "synthetic" / "unreadable.svs"
     with open_slide(path) as r:  # the header is fine
         assert r.dimensions == (16, 16)
         with pytest.raises(SlideError, match="cannot read pixels: Bogus marker length") as exc:
@@ -130,7 +129,7 @@ def test_missing_file_and_directory(tmp_path):
 
 
 @pytest.mark.parametrize("tiled", [True, False])
-def test_tiff_without_resolution_needs_override(tmp_path, tiled):
+def test_tiff_without_resolution_needs_override(write_tiff, tmp_path, tiled):
     img = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     path = write_tiff(tmp_path / f"nores-{tiled}.tiff", img, mpp=None, tiled=tiled)
     msg = r"no microns-per-pixel \(MPP\) in the file; set the `mpp` column in the cohort sheet"
@@ -142,7 +141,7 @@ def test_tiff_without_resolution_needs_override(tmp_path, tiled):
         np.testing.assert_array_equal(r.read_region((0, 0), 0, (128, 96)), img)
 
 
-def test_plain_tiff_fallback_reads_resolution_tags(tmp_path):
+def test_plain_tiff_fallback_reads_resolution_tags(write_tiff, tmp_path):
     img = np.random.default_rng(1).integers(0, 255, (80, 100, 3), dtype=np.uint8)
     for unit in ("CENTIMETER", "INCH"):
         path = write_tiff(tmp_path / f"strip-{unit}.tiff", img, mpp=0.25, tiled=False, unit=unit)

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from wsi_fixtures import CMU_SVS, iou, shared_slides, tissue_image
 
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.reader import open_slide
@@ -29,13 +28,13 @@ from gigamil.wsi.tissue import (
 
 
 @pytest.fixture(scope="module")
-def cmu_mask():
-    with open_slide(CMU_SVS) as r:
+def cmu_mask(cmu_svs):
+    with open_slide(cmu_svs) as r:
         return compute_tissue_mask(r, TissueParams())
 
 
-def test_cmu_mask_agrees_with_histolab_reference(cmu_mask):
-    ref = np.load(shared_slides() / "reference-masks" / "tissue-mask-cmu-1-small-region.npy")
+def test_cmu_mask_agrees_with_histolab_reference(shared_slides, iou, cmu_mask):
+    ref = np.load(shared_slides / "reference-masks" / "tissue-mask-cmu-1-small-region.npy")
     assert ref.shape == (296, 221)
     ours = Image.fromarray(cmu_mask.mask.astype(np.uint8) * 255)
     ours = np.asarray(ours.resize((ref.shape[1], ref.shape[0]), Image.Resampling.NEAREST)) > 0
@@ -46,8 +45,8 @@ def test_cmu_mask_agrees_with_histolab_reference(cmu_mask):
     assert cmu_mask.mpp_x == pytest.approx(8.0, rel=0.01) and cmu_mask.warnings == []
 
 
-def test_pyramid_mask_matches_svs_mask(cmu_mask):
-    with open_slide(shared_slides() / "CMU-1-Small-Region.pyramid.tiff") as r:
+def test_pyramid_mask_matches_svs_mask(shared_slides, iou, cmu_mask):
+    with open_slide(shared_slides / "CMU-1-Small-Region.pyramid.tiff") as r:
         tm = compute_tissue_mask(r, TissueParams())
     assert tm.level == 2  # read from the 2 µm/px level, not level 0
     assert tm.mask.shape == cmu_mask.mask.shape
@@ -83,7 +82,7 @@ def test_area_filter_and_holes_are_in_microns():
         assert not m[20, 280]  # background
 
 
-def test_fixed_threshold_and_bad_threshold():
+def test_fixed_threshold_and_bad_threshold(tissue_image):
     img = tissue_image((400, 400))
     m, thr, _ = mask_from_rgb(img, 4.0, TissueParams(threshold=30.0, min_area_um2=0))
     assert thr == 30.0 and 0.3 < m.mean() < 0.5
@@ -100,10 +99,10 @@ def test_white_slide_gives_empty_mask_and_warning(tmp_path):
     assert any("no tissue" in w for w in tm.warnings)
 
 
-def test_make_mask_outputs(tmp_path):
+def test_make_mask_outputs(cmu_svs, tmp_path):
     out = tmp_path / "m" / "s.png"
     summary = make_mask(
-        CMU_SVS,
+        cmu_svs,
         out,
         tmp_path / "m" / "s.qc.png",
         tmp_path / "m" / "s.json",

@@ -1,0 +1,305 @@
+"""Fixtures shared by the unit tests.
+
+Patch stores: ``write_store`` writes a store through :class:`gigamil.data.store.StoreWriter` (the
+one writer of the tests), ``store_attrs`` and ``row_major_grid`` are its parts, ``grid_slide`` is a
+ROWS x COLS test slide (store and lesion mask) for heatmaps and localisation, ``mil_bags`` a
+cohort of small synthetic bags for the trainer.
+
+Slides: the shared developer slides live in ``../shared/data/slides`` beside the clone (CI and
+the dev machines) or wherever ``GIGAMIL_SHARED_DATA`` points (its ``slides/`` subdirectory). Tests
+that need them (fixture ``shared_slides``) FAIL when they are absent: they are part of the
+acceptance criteria.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --- patch stores ---------------------------------------------------------------------------
+
+
+def _store_attrs(**kw: Any) -> dict[str, Any]:
+    """Every key of REQUIRED_ATTRS (0 unless given in ``kw``)."""
+    attrs: dict[str, Any] = dict.fromkeys(REQUIRED_ATTRS, 0)
+    attrs.update(kw)
+    return attrs
+
+
+def _row_major_grid(n: int, width: int) -> np.ndarray:
+    """(n, 2) int64 (row, col) cells filling rows of ``width`` cells."""
+    return np.array([(i // width, i % width) for i in range(n)], np.int64).reshape(n, 2)
+
+
+def _write_store(
+    path: Path,
+    patches: np.ndarray,
+    grid: np.ndarray | None = None,
+    chunk: int = 64,
+    slide_id: str | None = None,
+    stride: int | None = None,
+    **attrs: Any,
+) -> Path:
+    """A patch store in the format of docs/architecture.md, written by StoreWriter.
+
+    ``grid`` defaults to a near-square row-major layout, coords are ``(col, row) * stride``
+    (``stride`` defaults to the patch side); the attrs are test values, overridden by ``attrs``.
+    """
+    n, px = len(patches), patches.shape[1] if patches.ndim == 4 else 8
+    if grid is None:
+        grid = _row_major_grid(n, max(1, int(np.ceil(np.sqrt(max(n, 1))))))
+    coords = grid[:, ::-1] * (stride or px)
+    meta = _store_attrs(
+        slide_id=slide_id or path.stem,
+        source_path="test",
+        codec="zstd",
+        patch_px=px,
+        stride_px=stride or px,
+        mask_params={},
+        slide_dimensions=[100, 100],
+        gigamil_version="test",
+    )
+    meta.update(attrs)
+    with StoreWriter(path, n, px, coords, grid, chunk=chunk) as w:
+        w.append(patches)
+        w.commit(meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_store() -> Callable[..., Path]:
+    """``write_store(path, patches, grid=None, chunk=64, slide_id=None, stride=None, **attrs)``:
+    a patch store written by StoreWriter; returns ``path``."""
+    return _write_store
+
+
+@pytest.fixture(scope="session")
+def store_attrs() -> Callable[..., dict[str, Any]]:
+    """``store_attrs(**kw)``: the attrs of a patch store, every required key 0 unless given."""
+    return _store_attrs
+
+
+@pytest.fixture(scope="session")
+def row_major_grid() -> Callable[[int, int], np.ndarray]:
+    """``row_major_grid(n, width)``: (n, 2) (row, col) cells in rows of ``width``."""
+    return _row_major_grid
+
+
+class GridSlide:
+    """A ROWS x COLS test slide: patch stores on its grid and lesion masks over grid cells.
+
+    A patch covers ``patch`` level-0 px; the slide is ``cols * patch + 40`` px wide and
+    ``rows * patch + 24`` px high (at the default stride), 0.5 µm/px.
+    """
+
+    rows, cols, patch = 6, 8, 64
+
+    def write(
+        self,
+        path: Path,
+        keep: list[int] | None = None,
+        patch_px: int = 8,
+        stride: int | None = None,
+        slide_dims: tuple[int, int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A store over the grid (cells ``keep`` only, if given); patch i is filled with 5 * i.
+        Returns (coords, grid)."""
+        stride = stride or self.patch
+        cells = [(r, c) for r in range(self.rows) for c in range(self.cols)]
+        if keep is not None:
+            cells = [cells[i] for i in keep]
+        grid = np.array(cells, dtype=np.int64).reshape(-1, 2)
+        n = len(cells)
+        patches = np.zeros((n, patch_px, patch_px, 3), np.uint8)
+        patches[:] = (np.arange(n, dtype=np.uint8) * 5)[:, None, None, None]
+        margin = self.patch - stride
+        dims = slide_dims or (self.cols * stride + margin + 40, self.rows * stride + margin + 24)
+        _write_store(
+            path,
+            patches,
+            grid,
+            chunk=16,
+            stride=stride,
+            patch_size_level0=float(self.patch),
+            slide_dimensions=list(dims),
+            slide_mpp=0.5,
+        )
+        return grid[:, ::-1] * stride, grid
+
+    def write_mask(
+        self, path: Path, rows: list[int], cols: list[int], downsample: int, sidecar: bool = True
+    ) -> np.ndarray:
+        """A lesion mask PNG covering the given grid rows/cols (and its JSON sidecar)."""
+        from PIL import Image
+
+        w = int(np.ceil((self.cols * self.patch + 40) / downsample))
+        h = int(np.ceil((self.rows * self.patch + 24) / downsample))
+        mask = np.zeros((h, w), np.uint8)
+        s = self.patch // downsample
+        for r in rows:
+            for c in cols:
+                mask[r * s : (r + 1) * s, c * s : (c + 1) * s] = 255
+        Image.fromarray(mask).save(path)
+        if sidecar:
+            path.with_suffix(".json").write_text(json.dumps({"downsample": downsample, "mpp": 8.0}))
+        return mask
+
+
+@pytest.fixture(scope="session")
+def grid_slide() -> GridSlide:
+    """The ROWS x COLS test slide of the heatmap and localisation tests."""
+    return GridSlide()
+
+
+class MILBags:
+    """A cohort of small synthetic bags for the trainer: pink-ish noise patches of ``px`` px;
+    positive bags hold a few patches with a dark blue blob."""
+
+    px = 16
+
+    @property
+    def classes(self) -> list[str]:
+        return ["normal", "lesion"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """A small model section (smallcnn encoder, ABMIL pooling)."""
+        return {
+            "encoder": "smallcnn",
+            "weights": None,
+            "batchnorm": "frozen",
+            "pool": "abmil",
+            "att_dim": 16,
+            "dropout": 0.0,
+        }
+
+    def slide(self, rng: np.random.Generator, positive: bool, n: int) -> np.ndarray:
+        """(n, px, px, 3) uint8 patches of one bag."""
+        x = rng.normal((200, 150, 180), 20, size=(n, self.px, self.px, 3))
+        if positive:
+            for i in rng.choice(n, size=max(2, n // 6), replace=False):
+                x[i, 4:12, 4:12] = (40, 40, 160)
+        return np.clip(x, 0, 255).astype(np.uint8)
+
+    def cohort(self, root: Path, n_slides: int, seed: int, prefix: str) -> pd.DataFrame:
+        """``n_slides`` stores under ``root`` (odd ones positive) and their cohort sheet."""
+        rng = np.random.default_rng(seed)
+        rows = []
+        for i in range(n_slides):
+            pos = i % 2 == 1
+            sid = f"{prefix}{i}"
+            store = _write_store(
+                root / f"{sid}.zarr", self.slide(rng, pos, int(rng.integers(10, 24))), chunk=16
+            )
+            rows.append(
+                {
+                    "cohort": "c",
+                    "slide_id": sid,
+                    "patient_id": f"p{sid}",
+                    "label": self.classes[int(pos)],
+                    "store": str(store),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def mil_bags() -> MILBags:
+    """Small synthetic bags, their classes and a small model for the trainer tests."""
+    return MILBags()
+
+
+# --- slides ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cmu_svs() -> Path:
+    """The packaged CMU-1-Small-Region.svs."""
+    return REPO / "workflow" / "gigamil" / "data" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def shared_slides() -> Path:
+    """The shared test-slide directory; pytest.fail if it is missing."""
+    env = os.environ.get("GIGAMIL_SHARED_DATA")
+    base = Path(env) if env else REPO.parent / "shared" / "data"
+    slides = base / "slides"
+    if not (slides / "CMU-1-Small-Region.pyramid.tiff").is_file():
+        pytest.fail(f"shared test slides not found in {slides}; set GIGAMIL_SHARED_DATA")
+    return slides
+
+
+def _write_tiff(
+    path: Path,
+    image: np.ndarray,
+    mpp: float | None,
+    tiled: bool = True,
+    levels: int = 1,
+    unit: str = "CENTIMETER",
+) -> Path:
+    """A (pyramidal if ``levels`` > 1) RGB TIFF, with resolution tags only if ``mpp`` is given."""
+    import tifffile
+    from PIL import Image
+
+    with tifffile.TiffWriter(path) as tw:
+        img = image
+        for i in range(levels):
+            kw: dict = {"photometric": "rgb", "subfiletype": 0 if i == 0 else 1}
+            if tiled:
+                kw["tile"] = (64, 64)
+            if mpp is not None:
+                per_unit = (1e4 if unit == "CENTIMETER" else 25400.0) / (mpp * 2**i)
+                kw.update(resolution=(per_unit, per_unit), resolutionunit=unit)
+            tw.write(img, **kw)
+            h, w = img.shape[:2]
+            img = np.asarray(Image.fromarray(img).resize((w // 2, h // 2), Image.Resampling.BOX))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_tiff() -> Callable[..., Path]:
+    """``write_tiff(path, image, mpp, tiled=True, levels=1, unit="CENTIMETER")``: an RGB TIFF."""
+    return _write_tiff
+
+
+def _tissue_image(size: tuple[int, int] = (800, 1000), seed: int = 0) -> np.ndarray:
+    """A white (H, W, 3) image with a textured pink ellipse covering the middle (fake tissue)."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy - h / 2) / (h * 0.35)) ** 2 + ((xx - w / 2) / (w * 0.35)) ** 2 <= 1.0
+    img = np.full((h, w, 3), 245, np.uint8)
+    tex = rng.integers(-25, 25, (h, w, 1))
+    pink = np.clip(np.array([200, 120, 170]) + tex, 0, 255).astype(np.uint8)
+    img[inside] = pink[inside]
+    return img
+
+
+@pytest.fixture(scope="session")
+def tissue_image() -> Callable[..., np.ndarray]:
+    """``tissue_image(size=(800, 1000), seed=0)``: a fake-tissue RGB image."""
+    return _tissue_image
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of the same shape."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.fixture(scope="session")
+def iou() -> Callable[[np.ndarray, np.ndarray], float]:
+    """``iou(a, b)``: intersection over union of two boolean masks."""
+    return _iou
