@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "real_tissue.py"
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "real_tissue.py"
 
 
 @pytest.fixture(scope="module")

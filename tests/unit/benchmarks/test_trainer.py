@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "trainer.py"
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "trainer.py"
 
 
 @pytest.fixture(scope="module")
