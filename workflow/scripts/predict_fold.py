@@ -1,5 +1,6 @@
 """Snakemake script of rule predict_fold: gigamil.train.run.predict_slides for one fold model on
-one cohort (its test slides for a train cohort, every slide for an external cohort)."""
+one cohort (its test slides for a train cohort, every slide for an external cohort); the CSV is
+written once, with the fold, by gigamil.evaluate.aggregate.write_fold_predictions."""
 
 from pathlib import Path
 
@@ -22,7 +23,7 @@ else:
 preds = predict_slides(
     Path(snakemake.input.model),
     layout.with_stores(slides),
-    Path(snakemake.output.csv),
+    None,
     Path(snakemake.output.attention),
     device=snakemake.params.device,
     threads=snakemake.threads,

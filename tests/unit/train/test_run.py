@@ -135,6 +135,21 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
         max_instances_per_forward_pass=64,
     )
     assert np.allclose(again.loc[ok, "prob_lesion"], preds.loc[ok, "prob_lesion"], atol=1e-5)
+    # out_csv=None returns the same table and writes no CSV (rule predict_fold writes it once,
+    # with the fold column, through write_fold_predictions)
+    unsaved = predict_slides(
+        model_path,
+        slides,
+        None,
+        tmp_path / "att3",
+        device="cpu",
+        max_instances_per_forward_pass=5,
+    )
+    pd.testing.assert_frame_equal(unsaved, preds)
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["p.csv", "p2.csv"]
+    assert sorted(p.name for p in (tmp_path / "att3").iterdir()) == sorted(
+        p.name for p in (tmp_path / "att").iterdir()
+    )
 
 
 def test_resume_after_kill_continues(mil_bags, cohort, tmp_path: Path, monkeypatch) -> None:

@@ -355,7 +355,7 @@ def _predict_bag(
 def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     model_path: Path,
     slides: pd.DataFrame,
-    out_csv: Path,
+    out_csv: Path | None,
     attention_dir: Path,
     device: str = "auto",
     threads: int = 1,
@@ -363,9 +363,10 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
 ) -> pd.DataFrame:
     """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
 
-    Writes ``out_csv`` (slide_id, patient_id, cohort, label, prob_<class>..., pred; the caller
-    adds the fold) and ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the
-    store's row order). A slide without patches gets NaN probabilities, an empty ``pred`` and an
+    Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
+    to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
+    :func:`gigamil.evaluate.aggregate.write_fold_predictions`). Writes
+    ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order). A slide without patches gets NaN probabilities, an empty ``pred`` and an
     empty attention array (there is nothing to classify; no guess is made).
     """
     torch.set_num_threads(max(1, int(threads)))
@@ -400,7 +401,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         )
     columns = ["slide_id", "patient_id", "cohort", "label", *[f"prob_{c}" for c in classes], "pred"]
     df = pd.DataFrame(rows, columns=columns)
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_csv, index=False)
+    if out_csv is not None:
+        out_csv = Path(out_csv)
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out_csv, index=False)
     return df
