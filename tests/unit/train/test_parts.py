@@ -153,7 +153,7 @@ def test_amp_scaler_and_optimization_state_on_cpu() -> None:
     assert sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == 0.25
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_amp_scaler_on_cuda_has_a_grad_scaler() -> None:
     amp = AmpScaler(True, torch.device("cuda"))
     assert amp.dtype == torch.float16 and amp.grad_scaler is not None
