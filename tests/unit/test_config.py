@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,9 @@ def test_every_schema_key_has_description_and_default():
             "at least one cohort needs role: train",
         ),
         (lambda c: c["cohorts"].update({"bad name": {"sheet": "x"}}), "invalid name 'bad name'"),
+        (lambda c: c["cohorts"].update({"..": {"sheet": "x"}}), "invalid name '..'"),
+        (lambda c: c.update(experiment=".."), "experiment: '..' does not match"),
+        (lambda c: c.update(experiment="."), "experiment: '.' does not match"),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):
@@ -188,6 +192,12 @@ def test_bad_slide_id_and_mpp(tmp_path):
     path = write_sheet(tmp_path, rows)
     with pytest.raises(ConfigError, match=r"row 2 .*slide_id: 'has space' does not match"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    for dots in (".", ".."):  # would name results/... itself or its parent
+        rows = good_rows()
+        rows[0]["slide_id"] = dots
+        path = write_sheet(tmp_path, rows, name="dots.csv")
+        with pytest.raises(ConfigError, match=rf"row 2 .*slide_id: '{re.escape(dots)}' does not"):
+            load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows = good_rows()
     for r, v in zip(rows, ["abc", "", ""], strict=True):
         r["mpp"] = v

@@ -9,6 +9,7 @@ that names the key, the file and the row.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from pathlib import Path
@@ -29,6 +30,22 @@ def load_schema(name: str) -> dict[str, Any]:
     """Load ``workflow/schemas/{name}.schema.yaml``."""
     with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
         return yaml.safe_load(fh)
+
+
+_SLIDE_ID_PATTERN = load_schema("sheet")["properties"]["slide_id"]["pattern"]
+
+
+def check_slide_id(slide_id: Any) -> str:
+    """``slide_id`` as a string when it is a safe file name by the sheet schema's rule (letters,
+    digits, ``_ - .``, not only dots); else :class:`ConfigError`. Every writer of per-slide files
+    calls it, so no output path can leave its directory (``../x``, ``/abs``, ``..``)."""
+    name = str(slide_id)
+    if not re.fullmatch(_SLIDE_ID_PATTERN, name):
+        raise ConfigError(
+            f"slide_id {name!r} is not a safe file name (letters, digits, '_', '-', '.'; "
+            "not only dots)"
+        )
+    return name
 
 
 def _key(path: Iterator[Any] | list[Any]) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gigamil.data.bags import ZarrBag
+from gigamil.errors import ConfigError
 from gigamil.train import checkpoint as checkpoint_mod
 from gigamil.train import loop as loop_mod
 from gigamil.train import run as run_mod
@@ -333,3 +334,18 @@ def test_early_stopping_min_epochs_in_train_fold(
         state = torch.load(out / "last.pt", weights_only=True)["early_stopping"]
         # warm-up epochs are each the best so far: the last one before min_epochs is kept
         assert state["finished"] and state["best_epoch"] == max(1, min_epochs - 1)
+
+
+def test_predict_refuses_slide_ids_that_leave_the_attention_dir(
+    mil_bags, cohort, tmp_path: Path
+) -> None:
+    train, val = cohort
+    torch.set_num_threads(1)
+    model_path = train_fold(
+        train, val, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    for bad_id in ("../../x", "/tmp/abs", "..", "a/b"):
+        slides = val.head(1).assign(slide_id=bad_id)
+        with pytest.raises(ConfigError, match="not a safe file name"):
+            predict_slides(model_path, slides, None, tmp_path / "att", device="cpu")
+    assert not list(tmp_path.rglob("*.npy"))  # nothing written, anywhere

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.models.factory import build_mil_model
@@ -376,6 +377,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     classes = [str(c) for c in ckpt["classes"]]
     attention_dir = Path(attention_dir)
     attention_dir.mkdir(parents=True, exist_ok=True)
+    for slide_id in slides["slide_id"]:  # before any work: ids name the attention files
+        check_slide_id(slide_id)
     rows = []
     for row in slides.itertuples(index=False):
         bag = ZarrBag(row.store)
