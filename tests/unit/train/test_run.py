@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gigamil.data.bags import ZarrBag
-from gigamil.errors import ConfigError
+from gigamil.errors import ConfigError, GigamilError
 from gigamil.train import checkpoint as checkpoint_mod
 from gigamil.train import loop as loop_mod
 from gigamil.train import run as run_mod
@@ -349,3 +349,39 @@ def test_predict_refuses_slide_ids_that_leave_the_attention_dir(
         with pytest.raises(ConfigError, match="not a safe file name"):
             predict_slides(model_path, slides, None, tmp_path / "att", device="cpu")
     assert not list(tmp_path.rglob("*.npy"))  # nothing written, anywhere
+
+
+def test_model_records_patch_mpp_and_refuses_other_resolutions(
+    mil_bags, write_store, tmp_path: Path
+) -> None:
+    """Training on a mix of resolutions, and predicting stores of another µm/px than the
+    model's, are errors naming the slides (issue 15, item 12)."""
+    rng = np.random.default_rng(0)
+
+    def slides(prefix: str, mpps: list[float]) -> pd.DataFrame:
+        rows = []
+        for i, mpp in enumerate(mpps):
+            sid = f"{prefix}{i}"
+            patches = mil_bags.slide(rng, i % 2 == 1, 12)
+            store = write_store(tmp_path / f"{sid}.zarr", patches, effective_mpp=mpp)
+            label = mil_bags.classes[i % 2]
+            rows.append(
+                {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
+            )
+        return pd.DataFrame(rows)
+
+    torch.set_num_threads(1)
+    train = slides("a", [1.0, 1.0, 1.005, 1.0])  # within 1 %
+    model_path = train_fold(
+        train, train.iloc[:0], mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    assert torch.load(model_path, weights_only=True)["patch_mpp"] == pytest.approx(1.0)
+    mixed = slides("b", [1.0, 2.0, 1.0, 2.0])
+    with pytest.raises(GigamilError, match=r"different resolutions: slide b0 at 1 µm/px, slide b1"):
+        train_fold(mixed, mixed.iloc[:0], mil_bags.classes, mil_bags.model, training(), tmp_path)
+    other = slides("c", [2.0])
+    with pytest.raises(
+        GigamilError, match=r"slide c0: patches are at 2 µm/px but the model .* 1 µm"
+    ):
+        predict_slides(model_path, other, None, tmp_path / "att", device="cpu")
+    predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # same µm/px: fine

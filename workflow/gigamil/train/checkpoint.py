@@ -44,13 +44,18 @@ def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
 
 
 def model_header(
-    model_config: Mapping[str, Any], classes: Sequence[str], patch_px: int
+    model_config: Mapping[str, Any],
+    classes: Sequence[str],
+    patch_px: int,
+    patch_mpp: float | None = None,
 ) -> dict[str, Any]:
-    """What ``model.pt`` holds besides the weights, epoch and metrics."""
+    """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
+    the training patches, None if the stores did not say)."""
     return {
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
         "patch_px": int(patch_px),
+        "patch_mpp": None if patch_mpp is None else float(patch_mpp),
         "gigamil_version": __version__,
     }
 

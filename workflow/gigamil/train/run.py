@@ -103,6 +103,36 @@ def _patch_px(items: Sequence[BagItem]) -> int:
     return int(next(iter(shapes))[0])
 
 
+MPP_TOLERANCE = 0.01  # relative: patches of two slides (or slide and model) must agree to 1 %
+
+
+def store_mpp(bag: ZarrBag) -> float | None:
+    """The µm/px of a store's patches (``effective_mpp``, else ``target_mpp``); None if the
+    store does not say (a positive number is required)."""
+    for key in ("effective_mpp", "target_mpp"):
+        value = bag.attrs.get(key)
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return None
+
+
+def _patch_mpp(items: Sequence[BagItem]) -> float | None:
+    """The common µm/px of the fold's patches (median); GigamilError when two stores differ by
+    more than 1 % (training on a mix of resolutions is an error, not a silent average)."""
+    known = {it.slide_id: m for it in items if (m := store_mpp(it.bag)) is not None}
+    if not known:
+        return None
+    lo = min(known, key=known.__getitem__)
+    hi = max(known, key=known.__getitem__)
+    if known[hi] > known[lo] * (1 + MPP_TOLERANCE):
+        raise GigamilError(
+            f"patch stores at different resolutions: slide {lo} at {known[lo]:g} µm/px, slide "
+            f"{hi} at {known[hi]:g} µm/px; extract all slides with the same "
+            "preprocessing.patches.mpp"
+        )
+    return float(np.median(list(known.values())))
+
+
 @dataclass(frozen=True)
 class FoldData:
     """The opened bags of one fold."""
@@ -111,6 +141,7 @@ class FoldData:
     train: list[BagItem]
     val: list[BagItem]
     patch_px: int
+    patch_mpp: float | None = None
 
     @classmethod
     def open(cls, train: pd.DataFrame, val: pd.DataFrame, classes: Sequence[str]) -> FoldData:
@@ -118,7 +149,8 @@ class FoldData:
         val_items = _open_bags(val, classes, "validation")
         if not train_items:
             raise GigamilError("no training slide has patches; nothing to train on")
-        return cls(list(classes), train_items, val_items, _patch_px(train_items + val_items))
+        items = train_items + val_items
+        return cls(list(classes), train_items, val_items, _patch_px(items), _patch_mpp(items))
 
 
 def _int_or_none(value: float | None) -> int | None:
@@ -214,7 +246,7 @@ class FoldTrainer:
             "val": sorted(it.slide_id for it in data.val),
         }
         self.saver = CheckpointSaver(out_dir, signature, enabled=info.is_main)
-        self.header = model_header(model_cfg.to_dict(), data.classes, data.patch_px)
+        self.header = model_header(model_cfg.to_dict(), data.classes, data.patch_px, data.patch_mpp)
         self.settings = EpochSettings(
             seed=tcfg.seed,
             bags_per_step=tcfg.bags_per_step,
@@ -353,6 +385,17 @@ def _predict_bag(
     return prob, att.float().cpu().numpy().astype(np.float32)
 
 
+def _check_mpp(slide_id: str, bag: ZarrBag, model_mpp: float | None) -> None:
+    mpp = store_mpp(bag)
+    if mpp is None or model_mpp is None:
+        return
+    if abs(mpp - model_mpp) > MPP_TOLERANCE * model_mpp:
+        raise GigamilError(
+            f"slide {slide_id}: patches are at {mpp:g} µm/px but the model was trained at "
+            f"{model_mpp:g} µm/px; extract this cohort with preprocessing.patches.mpp: {model_mpp:g}"
+        )
+
+
 def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     model_path: Path,
     slides: pd.DataFrame,
@@ -387,6 +430,7 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
                 f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
                 f"the model was trained on {ckpt['patch_px']} px"
             )
+        _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
         if len(bag) == 0:
             log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
         prob, att = _predict_bag(model, bag, len(classes), max_instances_per_forward_pass)
