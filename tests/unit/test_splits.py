@@ -172,3 +172,31 @@ def test_class_bounds_relax_unmeetable_minimums_from_the_first_group():
     assert _class_bounds(10, [0.2, 0.2, 0.6], [1, 1, 1]) == [(2, 2), (2, 2), (6, 6)]
     assert _class_bounds(7, [0.2, 0.2, 0.6], [1, 1, 1]) == [(1, 2), (1, 2), (4, 5)]
     assert _class_bounds(2, [0.2, 0.2, 0.6], [1, 1, 1]) == [(0, 1), (1, 1), (1, 2)]
+
+
+def test_every_fold_trains_and_validates_on_every_class():
+    """2 patients per class and 2 folds: no validation patient of a class in some fold; before,
+    folds.csv was written anyway and the fold trained/validated on one class (issue 15, item 6)."""
+    two = _sheet(
+        [(f"N{i}", "normal", 1) for i in range(2)] + [(f"L{i}", "lesion", 1) for i in range(2)]
+    )
+    with pytest.raises(
+        GigamilError,
+        match=r"class '(normal|lesion)' has 2 patient\(s\) .*"
+        r"test, training and validation parts: add patients of class",
+    ):
+        make_folds(two, 2)
+    # enough patients for the test parts, too few left for training + validation in a fold
+    three = _sheet(
+        [(f"N{i}", "normal", 1) for i in range(8)] + [(f"L{i}", "lesion", 1) for i in range(3)]
+    )
+    with pytest.raises(
+        GigamilError,
+        match=r"fold \d's (training|validation) part has no patient "
+        r"of class 'lesion' \(that class has 3 patient\(s\), 2 in fold \d's test",
+    ):
+        make_folds(three, 2)
+    folds = make_folds(three, 3)  # one lesion patient per test, training and validation part
+    for _, part in folds.groupby("fold"):
+        for role in ("train", "val", "test"):
+            assert set(part.loc[part.role == role, "label"]) == {"normal", "lesion"}

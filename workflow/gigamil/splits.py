@@ -231,6 +231,33 @@ def assign_groups(
     return group
 
 
+MIN_PATIENTS_PER_CLASS = 3  # one each for a fold's test, training and validation parts
+
+
+def _fold_advice(n_min: int, cls: str) -> str:
+    """'': lower cv.folds to K (K >= 2 that fits the smallest class) or add patients."""
+    if n_min < MIN_PATIENTS_PER_CLASS:
+        return f": add patients of class {cls!r} (at least {MIN_PATIENTS_PER_CLASS} per class)"
+    return f": lower cv.folds to at most {n_min} or add patients of class {cls!r}"
+
+
+def _check_fold_classes(patients: pd.DataFrame, role: np.ndarray, per_class: pd.Series) -> None:
+    """Every fold's training and validation parts hold a patient of every class (else a fold
+    trains on one class, or validates on one, and its AUC means nothing)."""
+    labels = patients["label"].to_numpy()
+    for k in range(role.shape[0]):
+        for part in ("train", "val"):
+            for cls in per_class.index:
+                if not np.any((role[k] == part) & (labels == cls)):
+                    n_test = int(np.sum((role[k] == "test") & (labels == cls)))
+                    name = "training" if part == "train" else "validation"
+                    raise GigamilError(
+                        f"cv: fold {k}'s {name} part has no patient of class {cls!r} (that class "
+                        f"has {int(per_class[cls])} patient(s), {n_test} in fold {k}'s test part)"
+                        + _fold_advice(int(per_class.min()), cls)
+                    )
+
+
 def make_folds(
     sheet: pd.DataFrame,
     folds: int,
@@ -269,13 +296,13 @@ def make_folds(
 
     patients = patient_table(sheet, stratify_by)
     per_class = patients["label"].value_counts()
-    few = per_class[per_class < folds]
+    few = per_class[per_class < max(folds, MIN_PATIENTS_PER_CLASS)]
     if not few.empty:
-        cls = few.index[0]
+        cls, n = few.index[0], int(few.iloc[0])
         raise GigamilError(
-            f"cv: class {cls!r} has {int(few.iloc[0])} patient(s) but cv.folds is {folds}; every "
-            f"fold's test part needs one patient of each class: lower cv.folds to at most "
-            f"{int(per_class.min())} or add patients"
+            f"cv: class {cls!r} has {n} patient(s) but cv.folds is {folds}; every fold needs one "
+            f"patient of each class in its test, training and validation parts"
+            + _fold_advice(int(per_class.min()), cls)
         )
     fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
 
@@ -293,6 +320,7 @@ def make_folds(
         )
         role[k, part] = np.where(val_of == 0, "val", "train")
 
+    _check_fold_classes(patients, role, per_class)
     pid_index = {p: i for i, p in enumerate(patients["patient_id"])}
     rows = sheet[["cohort", "slide_id", "patient_id", "label"]]
     pidx = rows["patient_id"].map(pid_index).to_numpy()

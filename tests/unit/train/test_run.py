@@ -385,3 +385,10 @@ def test_model_records_patch_mpp_and_refuses_other_resolutions(
     ):
         predict_slides(model_path, other, None, tmp_path / "att", device="cpu")
     predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # same µm/px: fine
+
+
+def test_training_on_one_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
+    train, val = cohort
+    one = train[train["label"] == mil_bags.classes[0]]
+    with pytest.raises(GigamilError, match=r"training slides hold only class 'normal'"):
+        train_fold(one, val, mil_bags.classes, mil_bags.model, training(), tmp_path)

@@ -149,6 +149,13 @@ class FoldData:
         val_items = _open_bags(val, classes, "validation")
         if not train_items:
             raise GigamilError("no training slide has patches; nothing to train on")
+        seen = {it.label for it in train_items}
+        if len(seen) < 2:
+            only = classes[next(iter(seen))]
+            raise GigamilError(
+                f"training slides hold only class {only!r}: a fold must train on every class "
+                f"({', '.join(map(str, classes))}); give it slides of each"
+            )
         items = train_items + val_items
         return cls(list(classes), train_items, val_items, _patch_px(items), _patch_mpp(items))
 
