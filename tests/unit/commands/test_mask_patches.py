@@ -143,15 +143,15 @@ def test_qc_table(cmu_svs, tmp_path):
     assert 0.2 < row["tissue_fraction"] < 0.6 and row["extract_seconds"] >= 0
 
 
-def test_unopenable_slide(shared_slides, tmp_path, capsys):
-    slide = shared_slides / "synthetic" / "unopenable.tiff"
+def test_unopenable_slide(test_slides, tmp_path, capsys):
+    slide = test_slides / "synthetic" / "unopenable.tiff"
     assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
     _one_error_line(capsys, "mask", str(slide), "Unsupported TIFF compression")
     assert not (tmp_path / "m.png").exists()
 
 
-def test_unreadable_slide(shared_slides, tmp_path, capsys):
-    slide = shared_slides / "synthetic" / "unreadable.svs"
+def test_unreadable_slide(test_slides, tmp_path, capsys):
+    slide = test_slides / "synthetic" / "unreadable.svs"
     assert (
         main(
             [
@@ -196,8 +196,8 @@ def test_missing_mpp_needs_override(write_tiff, tmp_path, capsys):
     _one_error_line(capsys, "patches", str(slide), "`mpp` column")
 
 
-def test_implausible_mpp_message(shared_slides, tmp_path, capsys):
-    slide = shared_slides / "synthetic" / "boxes.tiff"
+def test_implausible_mpp_message(test_slides, tmp_path, capsys):
+    slide = test_slides / "synthetic" / "boxes.tiff"
     assert main(["mask", str(slide), "--out", str(tmp_path / "m.png")]) == 2
     _one_error_line(capsys, "mask", str(slide), "implausible", "--slide-mpp")
 
@@ -256,10 +256,10 @@ def test_bad_arguments(cmu_svs, tmp_path, capsys):
         main(["patches", str(cmu_svs), "--mpp", "0.5", "--patch-px", "64"])
 
 
-def test_console_script_reports_one_line(shared_slides, tmp_path):
+def test_console_script_reports_one_line(test_slides, tmp_path):
     exe = shutil.which("gigamil")
     assert exe, "the gigamil console script is not installed"
-    slide = shared_slides / "synthetic" / "unopenable.tiff"
+    slide = test_slides / "synthetic" / "unopenable.tiff"
     proc = subprocess.run(
         [
             exe,

@@ -36,8 +36,8 @@ def _extract(tmp_path, slide, name, mask, threads=1, **kw):
     return res, read_store(tmp_path / f"{name}.zarr")
 
 
-def test_svs_and_pyramid_give_the_same_patches(cmu_svs, shared_slides, tmp_path, cmu_tissue):
-    pyr = shared_slides / PYRAMID
+def test_svs_and_pyramid_give_the_same_patches(cmu_svs, test_slides, tmp_path, cmu_tissue):
+    pyr = test_slides / PYRAMID
     for tol in (0.005, 0.0):  # cut as is (0.499 ~ 0.5) and forced exact resampling
         _, (ps, cs, gs, as_) = _extract(
             tmp_path, cmu_svs, f"svs{tol}", cmu_tissue, resample_tolerance=tol
@@ -74,11 +74,11 @@ def _direct_downsample(level0, f, grid, px):
 
 
 @pytest.mark.parametrize("tol", [0.0, 0.005])
-def test_1um_request_reads_pyramid_level_1(shared_slides, tmp_path, cmu_level0, cmu_tissue, tol):
+def test_1um_request_reads_pyramid_level_1(test_slides, tmp_path, cmu_level0, cmu_tissue, tol):
     level0, mpp = cmu_level0
     res, (p, c, g, attrs) = _extract(
         tmp_path,
-        shared_slides / PYRAMID,
+        test_slides / PYRAMID,
         "l1",
         cmu_tissue,
         mpp=1.0,

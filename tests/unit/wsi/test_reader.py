@@ -23,8 +23,8 @@ def test_svs_properties(cmu_svs):
         assert r.tile_size == (240, 240)
 
 
-def test_pyramid_levels_and_best_level(shared_slides):
-    with open_slide(shared_slides / "CMU-1-Small-Region.pyramid.tiff") as r:
+def test_pyramid_levels_and_best_level(test_slides):
+    with open_slide(test_slides / "CMU-1-Small-Region.pyramid.tiff") as r:
         assert r.level_dimensions == ((2220, 2967), (1110, 1483), (555, 741))
         assert r.best_level_for_mpp(0.5) == 0
         assert r.best_level_for_mpp(0.3) == 0  # finer than the slide: level 0 (upsampled)
@@ -37,8 +37,8 @@ def test_pyramid_levels_and_best_level(shared_slides):
 
 
 @pytest.mark.parametrize("fast", [False, True])
-def test_read_region_matches_openslide_composited_on_white(shared_slides, fast):
-    path = shared_slides / "CMU-1-Small-Region.pyramid.tiff"
+def test_read_region_matches_openslide_composited_on_white(test_slides, fast):
+    path = test_slides / "CMU-1-Small-Region.pyramid.tiff"
     ref = openslide.OpenSlide(str(path))
     with open_slide(path, fast_tiff=fast) as r:
         assert r.fast_tiff == fast
@@ -59,13 +59,13 @@ def test_read_region_matches_openslide_composited_on_white(shared_slides, fast):
         assert (r.read_region((2200, 2950), 0, (50, 50))[30:, 30:] == 255).all()
 
 
-def test_fast_tiff_path_on_svs_and_fallback_for_corrupt_tiles(cmu_svs, shared_slides):
+def test_fast_tiff_path_on_svs_and_fallback_for_corrupt_tiles(cmu_svs, test_slides):
     with open_slide(cmu_svs) as fast, open_slide(cmu_svs, fast_tiff=False) as slow:
         assert fast.fast_tiff and not slow.fast_tiff
         a = fast.read_region((500, 700), 0, (700, 500)).astype(int)
         b = slow.read_region((500, 700), 0, (700, 500)).astype(int)
         assert np.abs(a - b).mean() < 0.5
-    with open_slide(shared_slides / "synthetic" / "unreadable.svs") as r:
+    with open_slide(test_slides / "synthetic" / "unreadable.svs") as r:
         assert not r.fast_tiff  # the self-check failed: OpenSlide reads (and reports) it
 
 
@@ -97,23 +97,23 @@ def test_check_mpp_rejects_nonsense(x, y, fragment):
     assert "slide.svs" in str(exc.value) and "--slide-mpp" in str(exc.value)
 
 
-def test_72dpi_default_is_an_error_unless_overridden(shared_slides):
-    boxes = shared_slides / "synthetic" / "boxes.tiff"
+def test_72dpi_default_is_an_error_unless_overridden(test_slides):
+    boxes = test_slides / "synthetic" / "boxes.tiff"
     with pytest.raises(SlideError, match=r"boxes\.tiff: implausible microns-per-pixel 352\.778"):
         open_slide(boxes)
     with open_slide(boxes, mpp_override=2.0) as r:
         assert r.mpp == 2.0 and r.level_count == 4
 
 
-def test_unopenable_file(shared_slides):
-    path = shared_slides / "synthetic" / "unopenable.tiff"
+def test_unopenable_file(test_slides):
+    path = test_slides / "synthetic" / "unopenable.tiff"
     with pytest.raises(SlideError, match="Unsupported TIFF compression: 52479") as exc:
         open_slide(path)
     assert str(path) in str(exc.value)
 
 
-def test_openable_but_unreadable_slide(shared_slides):
-    path = shared_slides / "synthetic" / "unreadable.svs"
+def test_openable_but_unreadable_slide(test_slides):
+    path = test_slides / "synthetic" / "unreadable.svs"
     with open_slide(path) as r:  # the header is fine
         assert r.dimensions == (16, 16)
         with pytest.raises(SlideError, match="cannot read pixels: Bogus marker length") as exc:

@@ -33,8 +33,8 @@ def cmu_mask(cmu_svs):
         return compute_tissue_mask(r, TissueParams())
 
 
-def test_cmu_mask_agrees_with_histolab_reference(shared_slides, iou, cmu_mask):
-    ref = np.load(shared_slides / "reference-masks" / "tissue-mask-cmu-1-small-region.npy")
+def test_cmu_mask_agrees_with_histolab_reference(test_slides, iou, cmu_mask):
+    ref = np.load(test_slides / "reference-masks" / "tissue-mask-cmu-1-small-region.npy")
     assert ref.shape == (296, 221)
     ours = Image.fromarray(cmu_mask.mask.astype(np.uint8) * 255)
     ours = np.asarray(ours.resize((ref.shape[1], ref.shape[0]), Image.Resampling.NEAREST)) > 0
@@ -45,8 +45,8 @@ def test_cmu_mask_agrees_with_histolab_reference(shared_slides, iou, cmu_mask):
     assert cmu_mask.mpp_x == pytest.approx(8.0, rel=0.01) and cmu_mask.warnings == []
 
 
-def test_pyramid_mask_matches_svs_mask(shared_slides, iou, cmu_mask):
-    with open_slide(shared_slides / "CMU-1-Small-Region.pyramid.tiff") as r:
+def test_pyramid_mask_matches_svs_mask(test_slides, iou, cmu_mask):
+    with open_slide(test_slides / "CMU-1-Small-Region.pyramid.tiff") as r:
         tm = compute_tissue_mask(r, TissueParams())
     assert tm.level == 2  # read from the 2 µm/px level, not level 0
     assert tm.mask.shape == cmu_mask.mask.shape
