@@ -234,11 +234,25 @@ def assign_groups(
 MIN_PATIENTS_PER_CLASS = 3  # one each for a fold's test, training and validation parts
 
 
-def _fold_advice(n_min: int, cls: str) -> str:
-    """'': lower cv.folds to K (K >= 2 that fits the smallest class) or add patients."""
-    if n_min < MIN_PATIENTS_PER_CLASS:
+def feasible_folds(n_patients: int) -> list[int]:
+    """The cv.folds values for which a class of ``n_patients`` can give every fold a test, a
+    training and a validation patient: K <= n and n - ceil(n / K) >= 2."""
+    return [k for k in range(2, n_patients + 1) if n_patients - math.ceil(n_patients / k) >= 2]
+
+
+def _fold_advice(n_min: int, cls: str, folds: int) -> str:
+    """Advice that can be followed, for the smallest class (``n_min`` patients)."""
+    ok = feasible_folds(n_min)
+    if not ok:
         return f": add patients of class {cls!r} (at least {MIN_PATIENTS_PER_CLASS} per class)"
-    return f": lower cv.folds to at most {n_min} or add patients of class {cls!r}"
+    if folds > max(ok):
+        return f": lower cv.folds to at most {max(ok)} or add patients of class {cls!r}"
+    if folds < min(ok):
+        return (
+            f": raise cv.folds to {min(ok)} (smaller test parts leave more patients for "
+            f"training and validation) or add patients of class {cls!r}"
+        )
+    return f": add patients of class {cls!r} or try another cv.seed"
 
 
 def _check_fold_classes(patients: pd.DataFrame, role: np.ndarray, per_class: pd.Series) -> None:
@@ -254,7 +268,7 @@ def _check_fold_classes(patients: pd.DataFrame, role: np.ndarray, per_class: pd.
                     raise GigamilError(
                         f"cv: fold {k}'s {name} part has no patient of class {cls!r} (that class "
                         f"has {int(per_class[cls])} patient(s), {n_test} in fold {k}'s test part)"
-                        + _fold_advice(int(per_class.min()), cls)
+                        + _fold_advice(int(per_class.min()), cls, role.shape[0])
                     )
 
 
@@ -302,7 +316,7 @@ def make_folds(
         raise GigamilError(
             f"cv: class {cls!r} has {n} patient(s) but cv.folds is {folds}; every fold needs one "
             f"patient of each class in its test, training and validation parts"
-            + _fold_advice(int(per_class.min()), cls)
+            + _fold_advice(int(per_class.min()), cls, folds)
         )
     fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
 

@@ -140,8 +140,9 @@ def _slide_with_mask(grid_slide, tmp_path, sid: str, positive: bool):
 
 
 def test_localization_in_summary(grid_slide, tmp_path):
-    # a 4-patient cohort whose slides have stores, masks and attention
-    sheet = _sheet(n_patients=4, slides=1)
+    # an 8-patient cohort (4 per class: 2 folds leave a training and a validation patient of
+    # each class beside the test part) whose slides have stores, masks and attention
+    sheet = _sheet(n_patients=8, slides=1)
     folds = make_folds(sheet, folds=2, seed=0)
     write_folds(folds, tmp_path / "folds.csv")
     rng = np.random.default_rng(0)
@@ -161,11 +162,11 @@ def test_localization_in_summary(grid_slide, tmp_path):
     )
     per = s["localization_auc_per_slide"]
     assert sorted(per) == sorted(folds.loc[folds.label == "lesion", "slide_id"].unique())
-    assert s["localization_n_slides"] == 2
+    assert s["localization_n_slides"] == 4
     assert s["localization_auc"] == pytest.approx(np.mean(list(per.values())))
     assert 0.5 < s["localization_auc"] < 1.0
     table = pd.read_csv(tmp_path / "eval" / "per_slide_predictions.csv")
-    assert table["localization_auc"].notna().sum() == 2
+    assert table["localization_auc"].notna().sum() == 4
 
 
 def test_ensemble_means_fold_probabilities(tmp_path):
