@@ -327,4 +327,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from gigamil.errors import GigamilError
+
+    try:
+        raise SystemExit(main())
+    except GigamilError as exc:  # one line, no traceback (e.g. no tile folder: pass --tiles DIR)
+        raise SystemExit(f"real_tissue.py: error: {exc}") from None
