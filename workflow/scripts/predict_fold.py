@@ -1,4 +1,4 @@
-"""Snakemake script of rule predict_fold: gigamil.train.run.predict_slides for one fold model on
+"""Snakemake script of rule predict_fold: gigamil.train.predict.predict_slides for one fold model on
 one cohort (its test slides for a train cohort, every slide for an external cohort); the CSV is
 written once, with the fold, by gigamil.evaluate.aggregate.write_fold_predictions."""
 
@@ -9,7 +9,7 @@ from gigamil.config import load_sheet
 from gigamil.evaluate.aggregate import write_fold_predictions
 from gigamil.logutil import setup_logging
 from gigamil.splits import fold_slides, read_folds
-from gigamil.train.run import predict_slides
+from gigamil.train.predict import predict_slides
 
 setup_logging(snakemake.log[0])
 fold = int(snakemake.wildcards.fold)

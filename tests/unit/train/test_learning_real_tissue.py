@@ -13,7 +13,8 @@ import pytest
 
 from gigamil.demo_tiles import _decode, read_tile_pool
 from gigamil.evaluate.metrics import roc_auc
-from gigamil.train.run import predict_slides, train_fold
+from gigamil.train.predict import predict_slides
+from gigamil.train.run import train_fold
 
 SIDE = 4  # 4 x 4 tiles per bag
 N_TRAIN, N_TEST = 24, 12  # bags, half of each class

@@ -16,7 +16,8 @@ from gigamil.train import checkpoint as checkpoint_mod
 from gigamil.train import loop as loop_mod
 from gigamil.train import run as run_mod
 from gigamil.train.checkpoint import load_model
-from gigamil.train.run import predict_slides, train_fold
+from gigamil.train.predict import predict_slides
+from gigamil.train.run import train_fold
 
 
 def training(**kw: object) -> dict:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gigamil.commands.train import read_slides_csv
-    from gigamil.train.run import predict_slides
+    from gigamil.train.predict import predict_slides
 
     predict_slides(
         Path(args.model),

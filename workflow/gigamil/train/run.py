@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.models.factory import build_mil_model
@@ -34,7 +33,6 @@ from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
 from gigamil.train.checkpoint import (
     CheckpointSaver,
-    load_model,
     model_checkpoint,
     model_header,
 )
@@ -42,7 +40,6 @@ from gigamil.train.early_stopping import EarlyStopping
 from gigamil.train.loop import (
     BagItem,
     EpochSettings,
-    bag_probabilities,
     make_scheduler,
     steps_per_epoch,
     train_epoch,
@@ -64,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_columns(df: pd.DataFrame, what: str) -> None:
+def check_columns(df: pd.DataFrame, what: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         need = ", ".join(REQUIRED_COLUMNS)
@@ -194,8 +191,8 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     mcfg, tcfg = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
     if len(classes) < 2:
         raise ConfigError("classes: need at least two classes")
-    _check_columns(train, "training slides")
-    _check_columns(val, "validation slides")
+    check_columns(train, "training slides")
+    check_columns(val, "validation slides")
     torch.set_num_threads(max(1, int(threads)))
     device = resolve_device(tcfg.device)
     info = ddp.init_distributed(device.type)
@@ -377,86 +374,3 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
             "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
         ) from exc
     return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
-
-
-def _predict_bag(
-    model: torch.nn.Module, bag: ZarrBag, n_classes: int, chunk: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (float64) and attention (float32, (N,)) of one bag; NaN
-    probabilities and no attention for an empty bag."""
-    if len(bag) == 0:
-        return np.full(n_classes, np.nan), np.zeros(0, dtype=np.float32)
-    with torch.inference_mode():
-        logits, att = model(bag, max_instances_per_forward_pass=chunk)
-    prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
-    return prob, att.float().cpu().numpy().astype(np.float32)
-
-
-def _check_mpp(slide_id: str, bag: ZarrBag, model_mpp: float | None) -> None:
-    mpp = store_mpp(bag)
-    if mpp is None or model_mpp is None:
-        return
-    if abs(mpp - model_mpp) > MPP_TOLERANCE * model_mpp:
-        raise GigamilError(
-            f"slide {slide_id}: patches are at {mpp:g} µm/px but the model was trained at "
-            f"{model_mpp:g} µm/px; extract this cohort with preprocessing.patches.mpp: {model_mpp:g}"
-        )
-
-
-def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
-    model_path: Path,
-    slides: pd.DataFrame,
-    out_csv: Path | None,
-    attention_dir: Path,
-    device: str = "auto",
-    threads: int = 1,
-    max_instances_per_forward_pass: int = 512,
-) -> pd.DataFrame:
-    """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
-
-    Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
-    to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
-    :func:`gigamil.evaluate.aggregate.write_fold_predictions`). Writes
-    ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order). A slide without patches gets NaN probabilities, an empty ``pred`` and an
-    empty attention array (there is nothing to classify; no guess is made).
-    """
-    torch.set_num_threads(max(1, int(threads)))
-    _check_columns(slides, "slides to predict")
-    dev = resolve_device(device)
-    model, ckpt = load_model(model_path, dev)
-    classes = [str(c) for c in ckpt["classes"]]
-    attention_dir = Path(attention_dir)
-    attention_dir.mkdir(parents=True, exist_ok=True)
-    for slide_id in slides["slide_id"]:  # before any work: ids name the attention files
-        check_slide_id(slide_id)
-    rows = []
-    for row in slides.itertuples(index=False):
-        bag = ZarrBag(row.store)
-        if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
-            raise GigamilError(
-                f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
-                f"the model was trained on {ckpt['patch_px']} px"
-            )
-        _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
-        if len(bag) == 0:
-            log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
-        prob, att = _predict_bag(model, bag, len(classes), max_instances_per_forward_pass)
-        pred = classes[int(prob.argmax())] if len(bag) else ""
-        np.save(attention_dir / f"{row.slide_id}.npy", att)
-        rows.append(
-            {
-                "slide_id": row.slide_id,
-                "patient_id": row.patient_id,
-                "cohort": row.cohort,
-                "label": row.label,
-                **{f"prob_{c}": float(p) for c, p in zip(classes, prob, strict=True)},
-                "pred": pred,
-            }
-        )
-    columns = ["slide_id", "patient_id", "cohort", "label", *[f"prob_{c}" for c in classes], "pred"]
-    df = pd.DataFrame(rows, columns=columns)
-    if out_csv is not None:
-        out_csv = Path(out_csv)
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out_csv, index=False)
-    return df
