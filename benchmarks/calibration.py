@@ -43,15 +43,15 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 from gigamil.data.bags import ZarrBag  # noqa: E402
 from gigamil.data.store import REQUIRED_ATTRS, StoreWriter  # noqa: E402
-from gigamil.demo_tiles import (  # noqa: E402
+from gigamil.evaluate.metrics import roc_auc  # noqa: E402
+from gigamil.models.factory import build_mil_model  # noqa: E402
+from gigamil.tile_pool import (  # noqa: E402
     MIN_TILE_TISSUE,
-    _decode,
+    decode_tile,
     packaged_tile_hashes,
     read_tile_pool,
     tile_tissue_fraction,
 )
-from gigamil.evaluate.metrics import roc_auc  # noqa: E402
-from gigamil.models.factory import build_mil_model  # noqa: E402
 from gigamil.train.calibration import calibrate_model  # noqa: E402
 from gigamil.train.predict import predict_slides  # noqa: E402
 from gigamil.train.run import train_fold  # noqa: E402
@@ -71,7 +71,7 @@ def write_cohort(root: Path, tiles_dir: Path, seed: int) -> pd.DataFrame:
     """Bags of SIDE x SIDE real tiles as zarr stores; returns the slide table."""
     exclude = packaged_tile_hashes()  # other tiles than the demo's (and the unit test's)
     pool = [t for t in read_tile_pool(tiles_dir) if t.sha256 not in exclude]
-    pool = [t for t in pool if tile_tissue_fraction(_decode(t)) >= MIN_TILE_TISSUE]
+    pool = [t for t in pool if tile_tissue_fraction(decode_tile(t)) >= MIN_TILE_TISSUE]
     rng = np.random.default_rng(seed)
     by_class = {c: [t for t in pool if t.label == c] for c in (0, 1)}
     queues = {c: [by_class[c][i] for i in rng.permutation(len(v))] for c, v in by_class.items()}
@@ -79,8 +79,8 @@ def write_cohort(root: Path, tiles_dir: Path, seed: int) -> pd.DataFrame:
     for b in range(N_TRAIN + N_TEST):
         label = b % 2
         k = int(rng.integers(6, 10)) if label else 0
-        tiles = [_decode(queues[1].pop()) for _ in range(k)]
-        tiles += [_decode(queues[0].pop()) for _ in range(SIDE * SIDE - k)]
+        tiles = [decode_tile(queues[1].pop()) for _ in range(k)]
+        tiles += [decode_tile(queues[0].pop()) for _ in range(SIDE * SIDE - k)]
         sid = f"b{b:02d}"
         grid = np.array([(i // SIDE, i % SIDE) for i in range(len(tiles))], np.int64)
         with StoreWriter(root / f"{sid}.zarr", len(tiles), 96, grid[:, ::-1] * 96, grid) as w:

@@ -82,7 +82,8 @@ def deep_update(base: dict, upd: dict) -> dict:
 
 def build_cohort(wd: Path, args: argparse.Namespace, seed: int) -> pd.DataFrame:
     """The mosaic cohort in wd/cohort and its sheet (absolute paths, lesion_mask column)."""
-    from gigamil.demo_tiles import make_tile_cohort, packaged_tile_hashes
+    from gigamil.demo_tiles import make_tile_cohort
+    from gigamil.tile_pool import packaged_tile_hashes
 
     cohort = wd / "cohort"
     sheet = make_tile_cohort(

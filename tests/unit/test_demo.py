@@ -14,7 +14,7 @@ import pytest
 from skimage.color import rgb2hed
 from sklearn.metrics import roc_auc_score
 
-from gigamil import demo
+from gigamil import demo, demo_io
 from gigamil.cli import main
 from gigamil.errors import GigamilError
 
@@ -106,7 +106,7 @@ def test_masks_align_with_tissue_and_lesions_are_hematoxylin_rich(cohort):
     block = demo.MASK_DOWNSAMPLE // 2  # mask pixel side at level 1 (downsample 2)
     lesion_h, other_h = [], []
     for row in sheet.itertuples():
-        mask, mpp = demo.load_lesion_mask(out / "lesion_masks" / f"{row.slide_id}.png")
+        mask, mpp = demo_io.load_lesion_mask(out / "lesion_masks" / f"{row.slide_id}.png")
         meta = json.loads((out / "lesion_masks" / f"{row.slide_id}.json").read_text())
         assert mask.dtype == bool and mask.shape == (MASK_SIDE, MASK_SIDE)
         assert mpp == pytest.approx(0.499 * 16) and meta["downsample"] == 16
@@ -140,7 +140,7 @@ def test_lesion_visible_in_32px_patches_at_2um(cohort):
     for row in sheet.itertuples():
         with openslide.OpenSlide(row.path) as slide:
             rgb = np.asarray(slide.read_region((0, 0), 2, slide.level_dimensions[2]).convert("RGB"))
-        mask, _ = demo.load_lesion_mask(out / "lesion_masks" / f"{row.slide_id}.png")
+        mask, _ = demo_io.load_lesion_mask(out / "lesion_masks" / f"{row.slide_id}.png")
         n = rgb.shape[0] // 32  # 16 x 16 patches of 32 px
         h = rgb2hed(rgb)[..., 0].reshape(n, 32, n, 32).mean(axis=(1, 3))
         lesion_cover = mask.reshape(n, 8, n, 8).mean(axis=(1, 3))
@@ -152,12 +152,20 @@ def test_lesion_visible_in_32px_patches_at_2um(cohort):
 
 
 def test_load_lesion_mask_missing_sidecar(tmp_path):
-    demo.write_lesion_mask(tmp_path / "x.png", np.eye(8, dtype=bool), "x", 0.5, 0.2)
-    mask, mpp = demo.load_lesion_mask(tmp_path / "x.png")
+    demo_io.write_lesion_mask(
+        tmp_path / "x.png",
+        np.eye(8, dtype=bool),
+        "x",
+        0.5,
+        0.2,
+        demo.SOURCE_MPP,
+        demo.MASK_DOWNSAMPLE,
+    )
+    mask, mpp = demo_io.load_lesion_mask(tmp_path / "x.png")
     assert (mask == np.eye(8, dtype=bool)).all() and mpp == pytest.approx(7.984)
     (tmp_path / "x.json").unlink()
     with pytest.raises(GigamilError, match="x.json"):
-        demo.load_lesion_mask(tmp_path / "x.png")
+        demo_io.load_lesion_mask(tmp_path / "x.png")
 
 
 def test_cli_rejects_bad_sizes(tmp_path, capsys):

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from gigamil import demo_tiles
+from gigamil import demo_tiles, tile_pool
 from gigamil.cli import main
-from gigamil.demo import load_lesion_mask
+from gigamil.demo_io import load_lesion_mask
 from gigamil.errors import GigamilError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def test_cohort_structure_no_reuse_and_lesion_regions(cohort):
     assert (sheet.drop_duplicates("patient_id")["label"] == "lesion").sum() == 6
     tiles = pd.read_csv(out / "tiles.csv")
     assert tiles["sha256"].is_unique and tiles["file"].is_unique, "a tile is used twice"
-    packaged = demo_tiles.packaged_manifest()
+    packaged = tile_pool.packaged_manifest()
     assert set(tiles["sha256"]) <= set(packaged["sha256"])
     assert (tiles["label"] == tiles["file"].str[0].astype(int)).all()
     for row in sheet.itertuples():
@@ -95,7 +95,7 @@ def test_cohort_structure_no_reuse_and_lesion_regions(cohort):
 def test_tiff_mpp_pyramid_and_masks_align_with_tumour_tiles(cohort):
     out, sheet = cohort
     tiles = pd.read_csv(out / "tiles.csv")
-    pool = {t.sha256: t for t in demo_tiles.read_tile_pool(None)}
+    pool = {t.sha256: t for t in tile_pool.read_tile_pool(None)}
     for row in sheet.iloc[::5].itertuples():  # every fifth slide, both labels
         with openslide.OpenSlide(row.path) as slide:
             assert slide.properties["openslide.vendor"] == "generic-tiff"
@@ -165,9 +165,9 @@ def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
 
 
 def test_packaged_tiles_manifest_licence_and_package_data():
-    path = demo_tiles.packaged_tiles_path()
+    path = tile_pool.packaged_tiles_path()
     assert path.stat().st_size < 5_000_000
-    manifest = demo_tiles.packaged_manifest()
+    manifest = tile_pool.packaged_manifest()
     with zipfile.ZipFile(path) as zf:
         names = {n for n in zf.namelist() if n != "manifest.csv"}
         assert names == set(manifest["file"])
@@ -175,7 +175,7 @@ def test_packaged_tiles_manifest_licence_and_package_data():
         assert hashlib.sha256(zf.read(row["file"])).hexdigest() == row["sha256"]
     assert manifest["pcam_index"].notna().all() and manifest["pcam_index"].is_unique
     assert manifest["label"].value_counts().to_dict() == {0: 550, 1: 250}
-    assert len(demo_tiles.packaged_tile_hashes()) == 800
+    assert len(tile_pool.packaged_tile_hashes()) == 800
     licence = (path.parent / "pcam_demo_tiles.LICENSE.md").read_text()
     assert "CC0" in licence and "Veeling" in licence
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())

@@ -11,7 +11,7 @@ import pytest
 from gigamil import layout
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.evaluate.aggregate import PRED_ID_COLUMNS, read_predictions, write_fold_predictions
-from gigamil.splits import fold_slides
+from gigamil.folds import fold_slides
 
 
 @pytest.fixture

@@ -7,14 +7,8 @@ import pandas as pd
 import pytest
 
 from gigamil.errors import GigamilError
-from gigamil.splits import (
-    FOLD_COLUMNS,
-    check_folds,
-    fold_slides,
-    make_folds,
-    read_folds,
-    write_folds,
-)
+from gigamil.folds import FOLD_COLUMNS, check_folds, fold_slides, read_folds, write_folds
+from gigamil.splits import feasible_folds, make_folds
 
 
 def _sheet(patients: list[tuple[str, str, int]], site: dict | None = None) -> pd.DataFrame:
@@ -193,9 +187,12 @@ def test_every_fold_trains_and_validates_on_every_class():
     with pytest.raises(
         GigamilError,
         match=r"fold \d's (training|validation) part has no patient "
-        r"of class 'lesion' \(that class has 3 patient\(s\), 2 in fold \d's test",
+        r"of class 'lesion' \(that class has 3 patient\(s\), 2 in fold \d's test part\): "
+        r"raise cv.folds to 3",
     ):
         make_folds(three, 2)
+    assert feasible_folds(2) == [] and feasible_folds(3) == [3]
+    assert feasible_folds(6) == [2, 3, 4, 5, 6]
     folds = make_folds(three, 3)  # one lesion patient per test, training and validation part
     for _, part in folds.groupby("fold"):
         for role in ("train", "val", "test"):

@@ -14,7 +14,7 @@
                                          block exceeds 0.5; all zero on normal slides.
     outdir/lesion_masks/{slide_id}.json  {"slide_id", "downsample", "mpp", "level0_mpp", "shape",
                                          "lesion_fraction_of_tissue", "tissue_fraction"};
-                                         read mask and MPP together with ``load_lesion_mask(png)``.
+                                         read mask and MPP together with ``gigamil.demo_io.load_lesion_mask(png)``.
     outdir/sheet.csv                     slide_id, patient_id, label, path (path =
                                          ``outdir/slides/{slide_id}.tiff`` as outdir was given).
 
@@ -35,7 +35,6 @@ builds may differ in the last bit elsewhere); the sheet never depends on it.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,6 +44,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gigamil.demo_io import (
+    box_reduce,
+    write_lesion_mask,
+    write_pyramid_tiff,
+)
 from gigamil.errors import GigamilError
 
 log = logging.getLogger(__name__)
@@ -54,9 +58,6 @@ SOURCE_MPP = 0.499  # µm/px of the CMU slide's (only) level
 SLIDE_PX = 2048  # level-0 side of a demo slide (≈1.02 mm)
 LOW = 8  # working resolution for masks and layout: 1/8 of level 0
 MASK_DOWNSAMPLE = 16  # the ground-truth lesion PNG is at 1/16 of level 0
-TILE = 256
-N_LEVELS = 3  # downsamples 1, 2, 4
-JPEG_QUALITY = 85
 COVERAGE_RANGE = (0.40, 0.70)  # tissue fraction of a slide
 LESION_RANGE = (0.17, 0.27)  # target lesion fraction of the tissue (realised: ~15-30 %)
 LABELS = ("normal", "lesion")
@@ -246,15 +247,6 @@ def _render_od(frags: list[_Fragment], src: _Source) -> np.ndarray:
     return canvas
 
 
-def _reduce(a: np.ndarray, f: int) -> np.ndarray:
-    """Box-downsample a 2-D float array or an RGB uint8 image by an integer factor (PIL, fast)."""
-    from PIL import Image
-
-    mode = "F" if a.ndim == 2 else "RGB"
-    arr = np.ascontiguousarray(a, dtype=np.float32 if a.ndim == 2 else np.uint8)
-    return np.asarray(Image.fromarray(arr, mode=mode).reduce(f))
-
-
 def _lesion_field(rng: np.random.Generator, tissue_lo: np.ndarray) -> np.ndarray:
     """Soft lesion field (0..1, low res) of one or two blobs covering LESION_RANGE of the tissue."""
     from scipy import ndimage as ndi
@@ -372,7 +364,7 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
         # tissue weight per pixel from its optical density (glass ≈ 0.13, pale stroma >= 0.5),
         # averaged over 8 x 8 px so the edit follows tissue but is not pixel-noisy
         w_pix = np.clip((od.sum(axis=0) - 0.2) / 0.3, 0.0, 1.0)
-        weight_lo = np.clip(_reduce(w_pix, LOW) * 1.5, 0.0, 1.0)  # (256, 256)
+        weight_lo = np.clip(box_reduce(w_pix, LOW) * 1.5, 0.0, 1.0)  # (256, 256)
         alpha = _upsample(field_lo * tissue_lo * weight_lo, full)  # (2048, 2048) strength 0..1
         # nuclei at full strength wherever the lesion is at least half-strength
         nuclei = _nuclei_map(rng, field_lo * tissue_lo) * np.minimum(2.0 * alpha, 1.0)
@@ -382,94 +374,14 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
         for c in range(3):
             out[c] += h_add * float(RGB_FROM_HED[0, c])
             out[c] -= e_sub * float(RGB_FROM_HED[1, c])
-        lesion_mask = _reduce(alpha, MASK_DOWNSAMPLE) > 0.5
+        lesion_mask = box_reduce(alpha, MASK_DOWNSAMPLE) > 0.5
     else:
         lesion_mask = np.zeros((SLIDE_PX // MASK_DOWNSAMPLE,) * 2, dtype=bool)
     rgb = _od_to_rgb(out)
-    tissue16 = _reduce(tissue_lo.astype(np.float32), MASK_DOWNSAMPLE // LOW) >= 0.5
+    tissue16 = box_reduce(tissue_lo.astype(np.float32), MASK_DOWNSAMPLE // LOW) >= 0.5
     tissue_frac = float(tissue_lo.mean())
     lesion_frac = float(lesion_mask.sum() / max(tissue16.sum(), 1))
     return DemoSlide(rgb, lesion_mask, tissue_frac, lesion_frac)
-
-
-def _pyramid(rgb: np.ndarray) -> list[np.ndarray]:
-    """Levels at downsample 1, 2, 4 by 2x2 box averaging."""
-    levels = [rgb]
-    for _ in range(N_LEVELS - 1):
-        levels.append(_reduce(levels[-1], 2))
-    return levels
-
-
-def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, description: str = "") -> None:
-    """Write uint8 RGB (H, W, 3) as a tiled-JPEG pyramidal generic TIFF that openslide reads.
-
-    One IFD per level (NewSubfileType 0 for level 0, 1 for reduced levels), 256 x 256 tiles,
-    X/YResolution in pixels per centimetre (1e4 / mpp, divided by the downsample per level).
-    """
-    import tifffile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tifffile.TiffWriter(path, bigtiff=False) as tw:
-        for i, level in enumerate(_pyramid(rgb)):
-            ppcm = 1e4 / (mpp * 2**i)
-            tw.write(
-                level,
-                photometric="rgb",
-                tile=(TILE, TILE),
-                compression="jpeg",
-                compressionargs={"level": JPEG_QUALITY},
-                subfiletype=0 if i == 0 else 1,
-                resolution=(ppcm, ppcm),
-                resolutionunit="CENTIMETER",
-                description=description if i == 0 else None,
-                metadata=None,
-                software="gigamil",
-            )
-
-
-def write_lesion_mask(
-    path: Path,
-    mask: np.ndarray,
-    slide_id: str,
-    tissue_fraction: float,
-    lesion_fraction: float,
-    level0_mpp: float = SOURCE_MPP,
-    downsample: int = MASK_DOWNSAMPLE,
-) -> None:
-    """Write the lesion mask PNG (uint8 0/255) and its JSON sidecar (same stem).
-
-    ``downsample``: level-0 px per mask px; ``level0_mpp``: the slide's level-0 µm/px.
-    """
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG")
-    meta = {
-        "slide_id": slide_id,
-        "downsample": downsample,
-        "mpp": level0_mpp * downsample,
-        "level0_mpp": level0_mpp,
-        "shape": list(mask.shape),
-        "tissue_fraction": round(tissue_fraction, 4),
-        "lesion_fraction_of_tissue": round(lesion_fraction, 4),
-    }
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
-
-
-def load_lesion_mask(path: str | Path) -> tuple[np.ndarray, float]:
-    """Read a ground-truth lesion mask PNG and its sidecar JSON.
-
-    Returns ``(mask, mpp)``: mask bool (H, W) (True = lesion), mpp = µm per mask pixel.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise GigamilError(f"lesion mask {path} or its sidecar {meta_path.name} is missing")
-    mask = np.asarray(Image.open(path).convert("L")) > 127
-    mpp = float(json.loads(meta_path.read_text())["mpp"])
-    return mask, mpp
 
 
 def make_demo_cohort(
@@ -510,6 +422,8 @@ def make_demo_cohort(
                 slide_id,
                 slide.tissue_fraction,
                 slide.lesion_fraction_of_tissue,
+                level0_mpp=SOURCE_MPP,
+                downsample=MASK_DOWNSAMPLE,
             )
             log.info(
                 "%s: %s, tissue %.2f, lesion %.2f of tissue",

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from gigamil import layout
 from gigamil.evaluate.aggregate import aggregate_cv
+from gigamil.folds import read_folds
 from gigamil.logutil import setup_logging
-from gigamil.splits import read_folds
 
 setup_logging(snakemake.log[0])
 params = snakemake.params

@@ -5,8 +5,9 @@ import logging
 import pandas as pd
 
 from gigamil.config import load_sheet
+from gigamil.folds import split_report, write_folds
 from gigamil.logutil import setup_logging
-from gigamil.splits import make_folds, split_report, write_folds
+from gigamil.splits import make_folds
 
 setup_logging(snakemake.log[0])
 cv = snakemake.params.cv

@@ -7,8 +7,8 @@ from pathlib import Path
 from gigamil import layout
 from gigamil.config import load_sheet
 from gigamil.evaluate.aggregate import write_fold_predictions
+from gigamil.folds import fold_slides, read_folds
 from gigamil.logutil import setup_logging
-from gigamil.splits import fold_slides, read_folds
 from gigamil.train.predict import predict_slides
 
 setup_logging(snakemake.log[0])

@@ -6,8 +6,8 @@ With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one 
 from pathlib import Path
 
 from gigamil import layout
+from gigamil.folds import fold_slides, read_folds
 from gigamil.logutil import setup_logging
-from gigamil.splits import fold_slides, read_folds
 from gigamil.train.launch import train_fold_torchrun
 from gigamil.train.run import train_fold
 

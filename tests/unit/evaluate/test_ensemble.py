@@ -13,7 +13,8 @@ from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
 from gigamil.evaluate.ensemble import ensemble_cohort, mean_probabilities
 from gigamil.evaluate.localization import mean_attention, slide_localization
-from gigamil.splits import make_folds, write_folds
+from gigamil.folds import write_folds
+from gigamil.splits import make_folds
 
 CLASSES = ["normal", "lesion"]
 

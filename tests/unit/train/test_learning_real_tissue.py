@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gigamil.demo_tiles import _decode, read_tile_pool
 from gigamil.evaluate.metrics import roc_auc
+from gigamil.tile_pool import decode_tile, read_tile_pool
 from gigamil.train.predict import predict_slides
 from gigamil.train.run import train_fold
 
@@ -34,8 +34,8 @@ def tile_cohort(write_store, tmp_path_factory):
     for b in range(N_TRAIN + N_TEST):
         label = b % 2
         k = int(rng.integers(6, 10)) if label else 0
-        tiles = [_decode(tumour.pop()) for _ in range(k)]
-        tiles += [_decode(normal.pop()) for _ in range(SIDE * SIDE - k)]
+        tiles = [decode_tile(tumour.pop()) for _ in range(k)]
+        tiles += [decode_tile(normal.pop()) for _ in range(SIDE * SIDE - k)]
         sid = f"b{b:02d}"
         write_store(  # the default grid of 16 patches is SIDE x SIDE
             root / f"{sid}.zarr",

@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             slides_per_patient=args.slides_per_patient,
         )
     else:
-        from gigamil.demo_tiles import PCAM_MPP, make_tile_cohort, packaged_tile_hashes
+        from gigamil.demo_tiles import PCAM_MPP, make_tile_cohort
+        from gigamil.tile_pool import packaged_tile_hashes
 
         sheet = make_tile_cohort(
             Path(args.outdir),

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from gigamil.config import load_config, load_sheet
-    from gigamil.splits import make_folds, split_report, write_folds
+    from gigamil.folds import split_report, write_folds
+    from gigamil.splits import make_folds
 
     cv = {"folds": 5, "val_fraction": 0.2, "seed": 0, "stratify_by": []}
     if args.config:

@@ -286,7 +286,7 @@ def aggregate_cv(
         ``n_patients``, ``n_folds``, ``n_unpredicted`` and, with masks, ``localization_auc``
         (mean over slides where it is defined) and ``localization_auc_per_slide``.
     """
-    from gigamil.splits import read_folds
+    from gigamil.folds import read_folds
     from gigamil.viz.plots import plot_confusion, plot_roc
 
     out_dir = Path(out_dir)

@@ -1,0 +1,104 @@
+"""Slide files of the demo cohorts (both generators): pyramidal tiled-JPEG TIFFs that OpenSlide
+reads, and ground-truth lesion masks (PNG + JSON sidecar) that the localisation AUC reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gigamil.errors import GigamilError
+
+TILE = 256  # TIFF tile side (px)
+N_LEVELS = 3  # downsamples 1, 2, 4
+JPEG_QUALITY = 85
+
+
+def box_reduce(a: np.ndarray, f: int) -> np.ndarray:
+    """Box-downsample a 2-D float array or an RGB uint8 image by an integer factor (PIL, fast)."""
+    from PIL import Image
+
+    mode = "F" if a.ndim == 2 else "RGB"
+    arr = np.ascontiguousarray(a, dtype=np.float32 if a.ndim == 2 else np.uint8)
+    return np.asarray(Image.fromarray(arr, mode=mode).reduce(f))
+
+
+def _pyramid(rgb: np.ndarray) -> list[np.ndarray]:
+    """Levels at downsample 1, 2, 4 by 2x2 box averaging."""
+    levels = [rgb]
+    for _ in range(N_LEVELS - 1):
+        levels.append(box_reduce(levels[-1], 2))
+    return levels
+
+
+def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, description: str = "") -> None:
+    """Write uint8 RGB (H, W, 3) as a tiled-JPEG pyramidal generic TIFF that openslide reads.
+
+    One IFD per level (NewSubfileType 0 for level 0, 1 for reduced levels), 256 x 256 tiles,
+    X/YResolution in pixels per centimetre (1e4 / mpp, divided by the downsample per level).
+    """
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, bigtiff=False) as tw:
+        for i, level in enumerate(_pyramid(rgb)):
+            ppcm = 1e4 / (mpp * 2**i)
+            tw.write(
+                level,
+                photometric="rgb",
+                tile=(TILE, TILE),
+                compression="jpeg",
+                compressionargs={"level": JPEG_QUALITY},
+                subfiletype=0 if i == 0 else 1,
+                resolution=(ppcm, ppcm),
+                resolutionunit="CENTIMETER",
+                description=description if i == 0 else None,
+                metadata=None,
+                software="gigamil",
+            )
+
+
+def write_lesion_mask(
+    path: Path,
+    mask: np.ndarray,
+    slide_id: str,
+    tissue_fraction: float,
+    lesion_fraction: float,
+    level0_mpp: float,
+    downsample: int,
+) -> None:
+    """Write the lesion mask PNG (uint8 0/255) and its JSON sidecar (same stem).
+
+    ``downsample``: level-0 px per mask px; ``level0_mpp``: the slide's level-0 µm/px.
+    """
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path, format="PNG")
+    meta = {
+        "slide_id": slide_id,
+        "downsample": downsample,
+        "mpp": level0_mpp * downsample,
+        "level0_mpp": level0_mpp,
+        "shape": list(mask.shape),
+        "tissue_fraction": round(tissue_fraction, 4),
+        "lesion_fraction_of_tissue": round(lesion_fraction, 4),
+    }
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_lesion_mask(path: str | Path) -> tuple[np.ndarray, float]:
+    """Read a ground-truth lesion mask PNG and its sidecar JSON.
+
+    Returns ``(mask, mpp)``: mask bool (H, W) (True = lesion), mpp = µm per mask pixel.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise GigamilError(f"lesion mask {path} or its sidecar {meta_path.name} is missing")
+    mask = np.asarray(Image.open(path).convert("L")) > 127
+    mpp = float(json.loads(meta_path.read_text())["mpp"])
+    return mask, mpp

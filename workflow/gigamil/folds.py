@@ -1,0 +1,118 @@
+"""The folds.csv table of :func:`gigamil.splits.make_folds`: leakage checks, reading, writing,
+the slides of one fold and a per-fold summary.
+
+folds.csv is long: one row per (fold, slide) with columns :data:`FOLD_COLUMNS`; ``role`` is one of
+:data:`ROLES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from gigamil.errors import GigamilError
+
+log = logging.getLogger(__name__)
+
+FOLD_COLUMNS = ["fold", "role", "cohort", "slide_id", "patient_id", "label"]
+ROLES = ("train", "val", "test")
+
+
+def check_folds(folds: pd.DataFrame, sheet: pd.DataFrame | None = None) -> None:
+    """Fail loudly on leakage or an incomplete split.
+
+    Checks: the columns; roles in train/val/test; every slide once per fold; a patient has exactly
+    one role in each fold; every slide is ``test`` in exactly one fold; with ``sheet``, the split
+    covers exactly the sheet's slides.
+
+    Raises:
+        GigamilError: naming the patient, slide or fold at fault.
+    """
+    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
+    if missing:
+        raise GigamilError(f"folds.csv: missing column(s) {', '.join(missing)}")
+    if folds.empty:
+        raise GigamilError("folds.csv: no rows")
+    bad_role = ~folds["role"].isin(ROLES)
+    if bad_role.any():
+        raise GigamilError(f"folds.csv: unknown role {folds.loc[bad_role, 'role'].iloc[0]!r}")
+    key = folds["cohort"].astype(str) + "/" + folds["slide_id"].astype(str)
+    dup = folds.assign(key=key).duplicated(["fold", "key"])
+    if dup.any():
+        raise GigamilError(f"folds.csv: slide {key[dup].iloc[0]} appears twice in one fold")
+    roles = folds.groupby(["fold", "patient_id"])["role"].nunique()
+    leak = roles[roles > 1]
+    if not leak.empty:
+        fold, pid = leak.index[0]
+        sel = (folds["fold"] == fold) & (folds["patient_id"] == pid)
+        found = " and ".join(sorted(folds.loc[sel, "role"].unique()))
+        raise GigamilError(f"folds.csv: leakage: patient {pid!r} is {found} in fold {fold}")
+    slides_per_fold = folds.assign(key=key).groupby("fold")["key"].apply(frozenset)
+    if slides_per_fold.nunique() != 1:
+        raise GigamilError("folds.csv: the folds do not all cover the same slides")
+    n_test = folds.assign(key=key).loc[folds["role"] == "test"].groupby("key").size()
+    all_keys = slides_per_fold.iloc[0]
+    never = sorted(all_keys - set(n_test.index))
+    if never:
+        raise GigamilError(f"folds.csv: slide {never[0]} is never a test slide")
+    twice = n_test[n_test > 1]
+    if not twice.empty:
+        raise GigamilError(
+            f"folds.csv: leakage: slide {twice.index[0]} is a test slide in several folds"
+        )
+    if sheet is not None:
+        expected = set(sheet["cohort"].astype(str) + "/" + sheet["slide_id"].astype(str))
+        if expected != set(all_keys):
+            diff = sorted(expected.symmetric_difference(all_keys))
+            raise GigamilError(f"folds.csv: does not match the sheets (e.g. slide {diff[0]})")
+
+
+def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
+    """Check and write folds.csv atomically (temporary file + rename)."""
+    check_folds(folds)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".folds.", suffix=".csv")
+    os.close(fd)
+    folds[FOLD_COLUMNS].to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read folds.csv (string ids, int fold) and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise GigamilError(
+            f"{path}: folds file not found (run `gigamil splits` or rule make_splits)"
+        )
+    folds = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "fold" not in folds.columns:
+        raise GigamilError(f"{path}: missing column fold")
+    folds["fold"] = folds["fold"].astype(int)
+    check_folds(folds)
+    return folds
+
+
+def fold_slides(
+    folds: pd.DataFrame, fold: int, role: str, cohort: str | None = None
+) -> pd.DataFrame:
+    """Rows of one fold and role (cohort, slide_id, patient_id, label), of ``cohort`` only if
+    given."""
+    sel = folds[(folds["fold"] == fold) & (folds["role"] == role)]
+    if cohort is not None:
+        sel = sel[sel["cohort"] == cohort]
+    return sel[["cohort", "slide_id", "patient_id", "label"]].reset_index(drop=True)
+
+
+def split_report(folds: pd.DataFrame) -> pd.DataFrame:
+    """Patients and slides per fold, role and label (for logs and the CLI)."""
+    counts = (
+        folds.groupby(["fold", "role", "label"])
+        .agg(slides=("slide_id", "size"), patients=("patient_id", "nunique"))
+        .reset_index()
+    )
+    return counts

@@ -1,0 +1,170 @@
+"""Pools of labelled tiles (``0/`` normal, ``1/`` tumour) for the real-tissue demo and benchmarks:
+reading a folder or zip, the packaged CC0 PatchCamelyon subset (``data/pcam_demo_tiles.zip``, its
+manifest), tissue filtering and de-duplication, and packing a subset."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+
+PACKAGED_TILES = "pcam_demo_tiles.zip"
+CLASS_DIRS = ("0", "1")  # folder of normal and of tumour tiles
+MIN_TILE_TISSUE = 0.5  # a tile is used only if at least this fraction of it is tissue
+_PCAM_INDEX = re.compile(r"patch(\d+)")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a pool: its file (``<class dir>/<name>``), class (0/1), JPEG bytes, sha256."""
+
+    file: str
+    label: int
+    data: bytes
+    sha256: str
+
+
+def packaged_tiles_path() -> Path:
+    """Path of the packaged CC0 PatchCamelyon tile subset (a zip of ``0/``, ``1/``, manifest)."""
+    return Path(str(resources.files("gigamil") / "data" / PACKAGED_TILES))
+
+
+def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
+    """All tiles of a labelled tile folder (``0/*.jpg|png``, ``1/*``) or zip, sorted by file.
+
+    ``source`` None = the packaged subset.
+    """
+    source = packaged_tiles_path() if source is None else Path(source)
+    items: list[tuple[str, bytes]] = []
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            for name in zf.namelist():
+                if name.split("/")[0] in CLASS_DIRS and not name.endswith("/"):
+                    items.append((name, zf.read(name)))
+    elif source.is_dir():
+        for d in CLASS_DIRS:
+            for p in sorted((source / d).glob("*")):
+                if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"):
+                    items.append((f"{d}/{p.name}", p.read_bytes()))
+    else:
+        raise GigamilError(f"tile source {source}: not a folder with 0/ and 1/ or a zip of them")
+    tiles = [
+        Tile(name, int(name.split("/")[0]), data, hashlib.sha256(data).hexdigest())
+        for name, data in sorted(items)
+    ]
+    if not tiles:
+        raise GigamilError(f"tile source {source}: no tiles in 0/ or 1/")
+    return tiles
+
+
+def packaged_tile_hashes() -> set[str]:
+    """sha256 of every tile in the packaged subset (to build cohorts from other tiles)."""
+    return {t.sha256 for t in read_tile_pool(None)}
+
+
+def pcam_index(file: str) -> int | None:
+    """PatchCamelyon index in a file name like ``0/patch0029847.jpg`` (None if none)."""
+    m = _PCAM_INDEX.search(file)
+    return int(m.group(1)) if m else None
+
+
+def decode_tile(tile: Tile) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(tile.data)).convert("RGB"))
+
+
+def tile_tissue_fraction(rgb: np.ndarray) -> float:
+    """Fraction of a tile's pixels that are tissue: HSV saturation > 15 (0..255) after a 5-px
+    median blur, the floor of the tissue mask's threshold (gigamil.wsi.tissue). PCam's normal
+    tiles include glass and fat with little tissue; on a slide those are not tissue patches."""
+    import cv2
+
+    sat = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)[..., 1]
+    return float((cv2.medianBlur(sat, 5) > 15).mean())
+
+
+def unique_tiles(tiles: list[Tile]) -> list[Tile]:
+    """The first of tiles with identical bytes (PCam holds byte-identical duplicates: 80 tumour
+    images appear 173 times in pcam-valid); the same image twice is still one tile."""
+    seen: set[str] = set()
+    out = []
+    for t in tiles:
+        if t.sha256 not in seen:
+            seen.add(t.sha256)
+            out.append(t)
+    return out
+
+
+def usable_tiles(tiles: list[Tile], min_tile_tissue: float) -> list[Tile]:
+    if min_tile_tissue <= 0:
+        return tiles
+    return [t for t in tiles if tile_tissue_fraction(decode_tile(t)) >= min_tile_tissue]
+
+
+def pack_tiles(
+    source: str | Path,
+    out_zip: str | Path,
+    n_per_class: tuple[int, int],
+    seed: int = 0,
+    manifest: str | Path | None = None,
+    min_tile_tissue: float = MIN_TILE_TISSUE,
+) -> pd.DataFrame:
+    """Write a random subset of the usable tiles (``min_tile_tissue``) of a labelled tile folder
+    to a zip (how the packaged subset was made).
+
+    The zip holds ``0/...``, ``1/...`` (the original bytes) and ``manifest.csv`` (file, label,
+    pcam_index, bytes, sha256), with fixed timestamps so the same input gives the same zip.
+    ``manifest``: an optional CSV with a ``file`` column (e.g. PCam's manifest.csv) whose other
+    columns are carried over. Returns the manifest.
+    """
+    pool = usable_tiles(unique_tiles(read_tile_pool(source)), min_tile_tissue)
+    rng = np.random.default_rng(seed)
+    chosen: list[Tile] = []
+    for c, n in zip((0, 1), n_per_class, strict=True):
+        tiles = [t for t in pool if t.label == c]
+        if n > len(tiles):
+            raise GigamilError(f"{source}: {len(tiles)} tiles in {CLASS_DIRS[c]}/, asked for {n}")
+        chosen += [tiles[i] for i in sorted(rng.choice(len(tiles), size=n, replace=False))]
+    rows = [
+        {
+            "file": t.file,
+            "label": t.label,
+            "pcam_index": pcam_index(t.file),
+            "bytes": len(t.data),
+            "sha256": t.sha256,
+        }
+        for t in chosen
+    ]
+    table = pd.DataFrame(rows)
+    if manifest is not None:
+        extra = pd.read_csv(manifest)
+        keep = [c for c in extra.columns if c not in table.columns or c == "file"]
+        table = table.merge(extra[keep], on="file", how="left")
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    out_zip = Path(out_zip)
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out_zip, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(
+            zipfile.ZipInfo("manifest.csv", date_time=(2018, 1, 1, 0, 0, 0)), buf.getvalue()
+        )
+        for t in chosen:
+            zf.writestr(zipfile.ZipInfo(t.file, date_time=(2018, 1, 1, 0, 0, 0)), t.data)
+    return table
+
+
+def packaged_manifest() -> pd.DataFrame:
+    """The manifest of the packaged subset (file, label, pcam_index, bytes, sha256, ...)."""
+    with zipfile.ZipFile(packaged_tiles_path()) as zf:
+        return pd.read_csv(io.BytesIO(zf.read("manifest.csv")))
