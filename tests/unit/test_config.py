@@ -219,12 +219,26 @@ def test_empty_sheet(tmp_path):
         load_sheet(path, "c1", CLASSES)
 
 
+def other_rows() -> list[dict]:
+    """good_rows() of other slides and patients (a second cohort)."""
+    return [
+        {
+            **r,
+            "slide_id": f"x{r['slide_id']}",
+            "patient_id": f"x{r['patient_id']}",
+            "path": f"x{r['path']}",
+        }
+        for r in good_rows()
+    ]
+
+
 def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):
     path = write_sheet(tmp_path, good_rows())
+    other = write_sheet(tmp_path, other_rows(), name="other.csv")
     cfg = copy.deepcopy(base_config)
     cfg["cohorts"] = {
         "a": {"sheet": str(path), "mpp": 0.3},
-        "b": {"sheet": str(path), "role": "external"},
+        "b": {"sheet": str(other), "role": "external"},
     }
     sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)
     assert set(sheets) == {"a", "b"}
@@ -240,3 +254,46 @@ def test_optional_lesion_mask_column_may_be_empty(tmp_path):
     rows[2]["lesion_mask"] = "masks/s3.png"
     df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     assert lesion_masks({}, df) == {"s1": "masks/s1.png", "s3": "masks/s3.png"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(path="s1.svs"), r"slide file '.*s1.svs' is in cohorts a, b"),
+        (lambda r: r.update(slide_id="s1"), r"slide_id 's1' is in cohorts a, b"),
+        (lambda r: r.update(patient_id="p1", label="lesion"), r"patient 'p1' has labels"),
+        (
+            lambda r: r.update(patient_id="p1", label="normal"),
+            r"cohort b: 1 patient\(s\) also in a "
+            r"train cohort \(p1\).*set cohorts.b.allow_patient_overlap: true",
+        ),
+    ],
+)
+def test_leakage_across_cohorts_stops_before_any_job(tmp_path, base_config, edit, message):
+    """Issue 15, items 3-4: ids unique across cohorts, no slide file in two cohorts, one label
+    per patient, no train patient in an external cohort (unless allowed)."""
+    rows = other_rows()
+    edit(rows[0])
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "b": {"sheet": str(write_sheet(tmp_path, rows, name="b.csv")), "role": "external"},
+    }
+    with pytest.raises(ConfigError, match=message):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_allowed_patient_overlap_is_a_warning(tmp_path, base_config, caplog):
+    rows = other_rows()
+    rows[0].update(patient_id="p1", label="normal")
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "b": {
+            "sheet": str(write_sheet(tmp_path, rows, name="b.csv")),
+            "role": "external",
+            "allow_patient_overlap": True,
+        },
+    }
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "also in a train cohort (p1)" in caplog.text

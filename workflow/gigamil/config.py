@@ -8,6 +8,7 @@ that names the key, the file and the row.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ import yaml
 
 from gigamil.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
@@ -260,4 +262,70 @@ def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[
             check_files=not cohort.get("demo", False),
             base_dir=base_dir,
         )
+    check_leakage(config, sheets, base_dir)
     return sheets
+
+
+def _first(ids: pd.Series | set[str], n: int = 3) -> str:
+    return ", ".join(sorted(map(str, ids))[:n])
+
+
+def check_leakage(
+    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], base_dir: str | Path = "."
+) -> None:
+    """Identity and leakage across cohorts, before any job runs; ConfigError naming the ids:
+
+    - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
+      across cohorts);
+    - the same slide file (same resolved path) in two cohorts;
+    - a patient with different labels in different cohorts;
+    - a patient of a train cohort in an external cohort, unless that cohort sets
+      ``allow_patient_overlap: true`` (then a warning is logged).
+    """
+    rows = []
+    for name, df in sheets.items():
+        paths = [
+            str((Path(base_dir) / p).resolve()) if not Path(p).is_absolute() else str(Path(p))
+            for p in df["path"].astype(str)
+        ]
+        rows.append(df.assign(_cohort=name, _path=paths))
+    if not rows:
+        return
+    allr = pd.concat(rows, ignore_index=True)
+    for col, what in (("slide_id", "slide_id"), ("_path", "slide file")):
+        per = allr.groupby(col)["_cohort"].nunique()
+        dup = per[per > 1].index
+        if len(dup):
+            where = sorted(allr.loc[allr[col] == dup[0], "_cohort"].unique())
+            raise ConfigError(
+                f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
+                f"{_first(dup)}); a slide may belong to one cohort only"
+            )
+    labels = allr.groupby("patient_id")["label"].nunique()
+    mixed = labels[labels > 1].index
+    if len(mixed):
+        found = sorted(allr.loc[allr["patient_id"] == mixed[0], "label"].astype(str).unique())
+        raise ConfigError(
+            f"patient {mixed[0]!r} has labels {found} in different cohorts ({len(mixed)} such: "
+            f"{_first(mixed)}); a patient has one label"
+        )
+    roles = {name: config["cohorts"][name].get("role", "train") for name in sheets}
+    train_patients = {
+        str(p) for name, df in sheets.items() if roles[name] == "train" for p in df["patient_id"]
+    }
+    for name, df in sheets.items():
+        if roles[name] != "external":
+            continue
+        shared = train_patients & set(map(str, df["patient_id"]))
+        if not shared:
+            continue
+        msg = (
+            f"cohort {name}: {len(shared)} patient(s) also in a train cohort ({_first(shared)}): "
+            "the fold models have seen them, so its external metrics would be optimistic"
+        )
+        if config["cohorts"][name].get("allow_patient_overlap", False):
+            log.warning("%s (allowed by cohorts.%s.allow_patient_overlap)", msg, name)
+        else:
+            raise ConfigError(
+                f"{msg}; remove them, or set cohorts.{name}.allow_patient_overlap: true"
+            )
