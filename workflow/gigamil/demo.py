@@ -45,7 +45,10 @@ import numpy as np
 import pandas as pd
 
 from gigamil.demo_io import (
+    LABELS,
     box_reduce,
+    check_cohort_size,
+    patient_labels,
     write_lesion_mask,
     write_pyramid_tiff,
 )
@@ -60,7 +63,6 @@ LOW = 8  # working resolution for masks and layout: 1/8 of level 0
 MASK_DOWNSAMPLE = 16  # the ground-truth lesion PNG is at 1/16 of level 0
 COVERAGE_RANGE = (0.40, 0.70)  # tissue fraction of a slide
 LESION_RANGE = (0.17, 0.27)  # target lesion fraction of the tissue (realised: ~15-30 %)
-LABELS = ("normal", "lesion")
 
 # Ruifrok-Johnston H&E-DAB stain vectors (rows: H, E, DAB in optical-density RGB), as in skimage.
 RGB_FROM_HED = np.array(
@@ -392,18 +394,10 @@ def make_demo_cohort(
     Half of the patients (rounded down) are ``lesion`` patients; every one of their slides
     carries a planted lesion. The same seed and sizes give byte-identical files.
     """
-    if n_patients < 2:
-        raise GigamilError(f"demo cohort needs at least 2 patients (got {n_patients})")
-    if slides_per_patient < 1:
-        raise GigamilError(f"slides per patient must be >= 1 (got {slides_per_patient})")
-    if n_patients > 99 or slides_per_patient > 9:
-        raise GigamilError("demo cohort is limited to 99 patients x 9 slides per patient")
+    check_cohort_size(n_patients, slides_per_patient)
     outdir = Path(outdir)
-    order = np.random.default_rng([seed, 1]).permutation(n_patients)
-    lesion_patients = set(order[: n_patients // 2].tolist())
     rows = []
-    for p in range(n_patients):
-        label = LABELS[1] if p in lesion_patients else LABELS[0]
+    for p, label in enumerate(patient_labels(seed, n_patients)):
         for s in range(slides_per_patient):
             slide_id = f"demo_p{p + 1:02d}_s{s + 1}"
             rng = np.random.default_rng([seed, 2, p, s])

@@ -1,5 +1,6 @@
-"""Slide files of the demo cohorts (both generators): pyramidal tiled-JPEG TIFFs that OpenSlide
-reads, and ground-truth lesion masks (PNG + JSON sidecar) that the localisation AUC reads."""
+"""What both demo generators (:mod:`gigamil.demo`, :mod:`gigamil.demo_tiles`) share: the patients
+and their labels, and the slide files: pyramidal tiled-JPEG TIFFs that OpenSlide reads, and
+ground-truth lesion masks (PNG + JSON sidecar) that the localisation AUC reads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ from gigamil.errors import GigamilError
 TILE = 256  # TIFF tile side (px)
 N_LEVELS = 3  # downsamples 1, 2, 4
 JPEG_QUALITY = 85
+LABELS = ("normal", "lesion")
+
+
+def check_cohort_size(n_patients: int, slides_per_patient: int) -> None:
+    """GigamilError unless 2..99 patients and 1..9 slides per patient (the id formats of both demo
+    generators: ``demo_pNN_sK``)."""
+    if n_patients < 2:
+        raise GigamilError(f"demo cohort needs at least 2 patients (got {n_patients})")
+    if slides_per_patient < 1:
+        raise GigamilError(f"slides per patient must be >= 1 (got {slides_per_patient})")
+    if n_patients > 99 or slides_per_patient > 9:
+        raise GigamilError("demo cohort is limited to 99 patients x 9 slides per patient")
+
+
+def patient_labels(seed: int, n_patients: int) -> list[str]:
+    """The label of each demo patient: half of them (rounded down), drawn with ``seed``, are
+    ``lesion`` (shared by both demo generators, so a seed labels the same patients)."""
+    order = np.random.default_rng([seed, 1]).permutation(n_patients)
+    lesion = set(order[: n_patients // 2].tolist())
+    return [LABELS[1] if p in lesion else LABELS[0] for p in range(n_patients)]
 
 
 def box_reduce(a: np.ndarray, f: int) -> np.ndarray:

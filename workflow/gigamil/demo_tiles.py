@@ -37,8 +37,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gigamil.demo import LABELS, MASK_DOWNSAMPLE
-from gigamil.demo_io import write_lesion_mask, write_pyramid_tiff
+from gigamil.demo import MASK_DOWNSAMPLE
+from gigamil.demo_io import (
+    LABELS,
+    check_cohort_size,
+    patient_labels,
+    write_lesion_mask,
+    write_pyramid_tiff,
+)
 from gigamil.errors import GigamilError
 from gigamil.tile_pool import (
     CLASS_DIRS,
@@ -154,12 +160,7 @@ def _check_args(
     tiles_per_slide: tuple[int, int],
     lesion_range: tuple[float, float],
 ) -> None:
-    if n_patients < 2:
-        raise GigamilError(f"demo cohort needs at least 2 patients (got {n_patients})")
-    if slides_per_patient < 1:
-        raise GigamilError(f"slides per patient must be >= 1 (got {slides_per_patient})")
-    if n_patients > 99 or slides_per_patient > 9:
-        raise GigamilError("demo cohort is limited to 99 patients x 9 slides per patient")
+    check_cohort_size(n_patients, slides_per_patient)
     if not 1 <= tiles_per_slide[0] <= tiles_per_slide[1]:
         raise GigamilError(f"tiles per slide: bad range {tiles_per_slide}")
     if not 0.0 < lesion_range[0] <= lesion_range[1] < 1.0:
@@ -196,11 +197,8 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     pool = usable_tiles(pool, min_tile_tissue)
     by_class = {c: [t for t in pool if t.label == c] for c in (0, 1)}
 
-    order = np.random.default_rng([seed, 1]).permutation(n_patients)  # as demo.make_demo_cohort
-    lesion_patients = set(order[: n_patients // 2].tolist())
     slides = []
-    for p in range(n_patients):
-        label = LABELS[1] if p in lesion_patients else LABELS[0]
+    for p, label in enumerate(patient_labels(seed, n_patients)):
         for s in range(slides_per_patient):
             rng = np.random.default_rng([seed, 2, p, s])
             plan = _plan_slide(rng, label == LABELS[1], tiles_per_slide, lesion_range)
