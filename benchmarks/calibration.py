@@ -34,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 
 from gigamil.data.bags import ZarrBag  # noqa: E402
-from gigamil.data.store import REQUIRED_ATTRS, StoreWriter  # noqa: E402
+from gigamil.demo_tiles import write_tile_bags  # noqa: E402
 from gigamil.evaluate.metrics import roc_auc  # noqa: E402
 from gigamil.models.factory import build_mil_model  # noqa: E402
 from gigamil.tile_pool import (  # noqa: E402
@@ -64,40 +63,15 @@ VARIANTS = {
     "feature_norm": {"feature_norm": True, "calibration_patches": 0},
     "both": {"feature_norm": True, "calibration_patches": 2048},
 }
-SIDE, N_TRAIN, N_TEST = 4, 24, 12
+N_TRAIN, N_TEST = 24, 12
 
 
 def write_cohort(root: Path, tiles_dir: Path, seed: int) -> pd.DataFrame:
-    """Bags of SIDE x SIDE real tiles as zarr stores; returns the slide table."""
+    """Bags of 4 x 4 usable real tiles not in the demo, as zarr stores; the slide table."""
     exclude = packaged_tile_hashes()  # other tiles than the demo's (and the unit test's)
     pool = [t for t in read_tile_pool(tiles_dir) if t.sha256 not in exclude]
     pool = [t for t in pool if tile_tissue_fraction(decode_tile(t)) >= MIN_TILE_TISSUE]
-    rng = np.random.default_rng(seed)
-    by_class = {c: [t for t in pool if t.label == c] for c in (0, 1)}
-    queues = {c: [by_class[c][i] for i in rng.permutation(len(v))] for c, v in by_class.items()}
-    rows = []
-    for b in range(N_TRAIN + N_TEST):
-        label = b % 2
-        k = int(rng.integers(6, 10)) if label else 0
-        tiles = [decode_tile(queues[1].pop()) for _ in range(k)]
-        tiles += [decode_tile(queues[0].pop()) for _ in range(SIDE * SIDE - k)]
-        sid = f"b{b:02d}"
-        grid = np.array([(i // SIDE, i % SIDE) for i in range(len(tiles))], np.int64)
-        with StoreWriter(root / f"{sid}.zarr", len(tiles), 96, grid[:, ::-1] * 96, grid) as w:
-            w.append(np.stack(tiles))
-            attrs = dict.fromkeys(REQUIRED_ATTRS, 0)
-            attrs.update(slide_id=sid, mask_params={}, slide_dimensions=(384, 384))
-            w.commit(attrs)
-        rows.append(
-            {
-                "cohort": "c",
-                "slide_id": sid,
-                "patient_id": sid,
-                "label": ["normal", "lesion"][label],
-                "store": str(root / f"{sid}.zarr"),
-            }
-        )
-    return pd.DataFrame(rows)
+    return write_tile_bags(root, pool, N_TRAIN + N_TEST, seed=seed)
 
 
 def feature_spread(train: pd.DataFrame, variant: dict, seed: int) -> float:

@@ -187,3 +187,21 @@ def test_cli_kind_options(tmp_path, capsys):
     assert "need --kind tiles" in capsys.readouterr().err
     assert main(["demo", str(tmp_path / "o"), "--tiles", str(tmp_path / "missing")]) == 2
     assert "not a folder with 0/ and 1/" in capsys.readouterr().err
+
+
+def test_write_tile_bags_uses_each_tile_once_and_records_the_resolution(tmp_path):
+    from gigamil.data.store import read_store
+
+    pool = tile_pool.read_tile_pool(None)
+    df = demo_tiles.write_tile_bags(tmp_path, pool, 6, seed=3, side=3, tumour_tiles=(2, 4))
+    assert list(df["label"]) == ["normal", "lesion"] * 3
+    seen = set()
+    for row in df.itertuples():
+        patches, _, grid, attrs = read_store(row.store)
+        assert patches.shape == (9, 96, 96, 3) and attrs["effective_mpp"] == demo_tiles.PCAM_MPP
+        assert grid.max(axis=0).tolist() == [2, 2]
+        keys = {np.asarray(p).tobytes() for p in patches}
+        assert len(keys) == 9 and not keys & seen  # no tile twice, in a bag or across bags
+        seen |= keys
+    with pytest.raises(GigamilError, match="tile pool too small"):
+        demo_tiles.write_tile_bags(tmp_path / "x", pool[:20], 6, side=3)

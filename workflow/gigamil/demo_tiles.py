@@ -303,3 +303,75 @@ def _lesion_mask(lesion_cells: np.ndarray, tile_px: int) -> np.ndarray:
     hm, wm = h // MASK_DOWNSAMPLE, w // MASK_DOWNSAMPLE
     blocks = full[: hm * MASK_DOWNSAMPLE, : wm * MASK_DOWNSAMPLE]
     return blocks.reshape(hm, MASK_DOWNSAMPLE, wm, MASK_DOWNSAMPLE).mean(axis=(1, 3)) >= 0.5
+
+
+def write_tile_bags(  # noqa: PLR0913 - one keyword per cohort setting
+    outdir: str | Path,
+    tiles: list[Tile],
+    n_bags: int,
+    seed: int = 0,
+    side: int = 4,
+    tumour_tiles: tuple[int, int] = (6, 9),
+    tile_mpp: float = PCAM_MPP,
+) -> pd.DataFrame:
+    """Small bags of real tiles written straight to patch stores (no slide, no tissue mask),
+    for learning checks: bag b is ``lesion`` when b is odd, with ``tumour_tiles`` (inclusive
+    range) tumour tiles first, the rest normal; ``side`` x ``side`` tiles per bag on a grid.
+
+    ``tiles``: the pool (e.g. :func:`gigamil.tile_pool.read_tile_pool`); each tile is used once.
+    Returns the slide table (``cohort, slide_id, patient_id, label, store``; one patient per
+    bag). GigamilError when the pool has too few tiles of a class.
+    """
+    from gigamil import __version__
+    from gigamil.data.store import StoreWriter
+
+    rng = np.random.default_rng(seed)
+    queues = {c: [t for t in tiles if t.label == c] for c in (0, 1)}
+    queues = {c: [q[i] for i in rng.permutation(len(q))] for c, q in queues.items()}
+    n = side * side
+    grid = np.array([(i // side, i % side) for i in range(n)], np.int64)
+    rows = []
+    for b in range(n_bags):
+        label = b % 2
+        k = int(rng.integers(tumour_tiles[0], tumour_tiles[1] + 1)) if label else 0
+        if len(queues[1]) < k or len(queues[0]) < n - k:
+            raise GigamilError(f"tile pool too small for {n_bags} bags of {n} tiles")
+        patches = np.stack(
+            [decode_tile(queues[1].pop()) for _ in range(k)]
+            + [decode_tile(queues[0].pop()) for _ in range(n - k)]
+        )
+        px = patches.shape[1]
+        sid = f"b{b:02d}"
+        store = Path(outdir) / f"{sid}.zarr"
+        with StoreWriter(store, n, px, grid[:, ::-1] * px, grid) as w:
+            w.append(patches)
+            w.commit(
+                {
+                    "slide_id": sid,
+                    "source_path": "",
+                    "source_size": 0,
+                    "source_mtime": 0.0,
+                    "slide_mpp": tile_mpp,
+                    "target_mpp": tile_mpp,
+                    "effective_mpp": tile_mpp,
+                    "patch_px": px,
+                    "stride_px": px,
+                    "patch_size_level0": float(px),
+                    "level": 0,
+                    "level_downsample": 1.0,
+                    "mask_params": {},
+                    "codec": "zstd",
+                    "gigamil_version": __version__,
+                    "slide_dimensions": [side * px, side * px],
+                }
+            )
+        rows.append(
+            {
+                "cohort": "c",
+                "slide_id": sid,
+                "patient_id": f"p{b:02d}",
+                "label": LABELS[label],
+                "store": str(store),
+            }
+        )
+    return pd.DataFrame(rows)

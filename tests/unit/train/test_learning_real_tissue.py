@@ -7,53 +7,23 @@ Issue 18: before calibrated normalisation the training loss stayed at ln 2 on su
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from gigamil.demo_tiles import write_tile_bags
 from gigamil.evaluate.metrics import roc_auc
-from gigamil.tile_pool import decode_tile, read_tile_pool
+from gigamil.tile_pool import read_tile_pool
 from gigamil.train.predict import predict_slides
 from gigamil.train.run import train_fold
 
-SIDE = 4  # 4 x 4 tiles per bag
 N_TRAIN, N_TEST = 24, 12  # bags, half of each class
 
 
 @pytest.fixture(scope="module")
-def tile_cohort(write_store, tmp_path_factory):
+def tile_cohort(tmp_path_factory):
     """Bags of 16 real tiles (4 x 4); lesion bags hold 6-9 tumour tiles (the first rows)."""
     root = tmp_path_factory.mktemp("real_tiles")
-    pool = read_tile_pool(None)
-    rng = np.random.default_rng(7)
-    normal = [t for t in pool if t.label == 0]
-    tumour = [t for t in pool if t.label == 1]
-    normal = [normal[i] for i in rng.permutation(len(normal))]
-    tumour = [tumour[i] for i in rng.permutation(len(tumour))]
-    rows = []
-    for b in range(N_TRAIN + N_TEST):
-        label = b % 2
-        k = int(rng.integers(6, 10)) if label else 0
-        tiles = [decode_tile(tumour.pop()) for _ in range(k)]
-        tiles += [decode_tile(normal.pop()) for _ in range(SIDE * SIDE - k)]
-        sid = f"b{b:02d}"
-        write_store(  # the default grid of 16 patches is SIDE x SIDE
-            root / f"{sid}.zarr",
-            np.stack(tiles),
-            chunk=64,
-            slide_id=sid,
-            slide_dimensions=(SIDE * 96, SIDE * 96),
-        )
-        rows.append(
-            {
-                "cohort": "c",
-                "slide_id": sid,
-                "patient_id": f"p{b:02d}",
-                "label": ["normal", "lesion"][label],
-                "store": str(root / f"{sid}.zarr"),
-            }
-        )
-    df = pd.DataFrame(rows)
+    df = write_tile_bags(root, read_tile_pool(None), N_TRAIN + N_TEST, seed=7)
     return root, df.iloc[:N_TRAIN], df.iloc[N_TRAIN:]
 
 
