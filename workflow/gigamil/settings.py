@@ -136,6 +136,8 @@ class ModelConfig(_Section):
     pool: str = _default(_MODEL, "pool")
     att_dim: int = _default(_MODEL, "att_dim")
     dropout: float = _default(_MODEL, "dropout")
+    instance_loss: float = _default(_MODEL, "instance_loss")
+    instance_top_k: int = _default(_MODEL, "instance_top_k")
 
 
 @dataclass(frozen=True)

@@ -39,3 +39,45 @@ def test_head_outputs() -> None:
     logits, att = head(h)
     assert logits.shape == (4,) and att.shape == (9,)
     assert torch.isclose(att.sum(), torch.tensor(1.0))
+
+
+def test_instance_loss_weak_labels() -> None:
+    torch.manual_seed(0)
+    head = AttentionHead(4, att_dim=8, instance_loss=2.0, instance_top_k=2)
+    h = torch.randn(6, 4)
+    z = head.instance_logits(h)[:, 0].detach()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    # negative bag: every instance toward 0
+    assert torch.allclose(head.instance_loss(h, 0), 2.0 * bce(z, torch.zeros(6)))
+    # positive bag: only the two highest-scoring instances toward 1
+    top = z.topk(2).values
+    assert torch.allclose(head.instance_loss(h, 1), 2.0 * bce(top, torch.ones(2)))
+    # the bag logit is the attention-weighted mean of the instance logits (linear classifier)
+    logit, att = head(h)
+    assert torch.allclose(logit[0], att @ z, atol=1e-6)
+    assert AttentionHead(4).instance_loss(h, 1) is None
+
+
+def test_instance_loss_multiclass_and_exact_chunked_gradients() -> None:
+    from gigamil.models.mil import MILModel
+    from gigamil.nn.losses import BagLoss
+
+    torch.manual_seed(0)
+    head = AttentionHead(4, n_classes=3, att_dim=8, instance_loss=1.0, instance_top_k=3)
+    h = torch.randn(7, 4)
+    z = head.instance_logits(h).detach()
+    idx = z[:, 2].topk(3).indices
+    expected = torch.nn.functional.cross_entropy(z[idx], torch.full((3,), 2))
+    assert torch.allclose(head.instance_loss(h, 2), expected)
+
+    model = MILModel(torch.nn.Linear(5, 4), head, BagLoss())
+    x = torch.randn(11, 5)
+    grads = []
+    for k in (None, 4):
+        model.zero_grad()
+        step = model.forward_train(x, 1, max_instances_per_forward_pass=k)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    bag_only = BagLoss()(step.logits, 1)
+    assert step.loss > float(bag_only)  # the instance term is part of the trained loss
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

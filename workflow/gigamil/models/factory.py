@@ -51,5 +51,7 @@ def build_mil_model(
         pool=cfg.pool,
         dropout=cfg.dropout,
         feature_norm=cfg.feature_norm,
+        instance_loss=cfg.instance_loss,
+        instance_top_k=cfg.instance_top_k,
     )
     return MILModel(nn.Sequential(pre, encoder), head, loss_fn)

@@ -77,7 +77,8 @@ class MILModel(nn.Module):
     """Feature encoder + attention model + loss, trained end to end with chunked accumulation.
 
     ``feature_encoder``: instances (n, ...) → features (n, D). ``attention_model(H[, adj])`` →
-    ``(logits, attention)`` for one bag. ``loss_fn(logits, label)`` → scalar.
+    ``(logits, attention)`` for one bag. ``loss_fn(logits, label)`` → scalar; an
+    attention model with an ``instance_loss(H, label)`` method adds its value (None: nothing).
     ``amp_dtype`` (attribute): autocast dtype of the encoder passes, or None.
     """
 
@@ -119,6 +120,15 @@ class MILModel(nn.Module):
         if adj is None:
             return self.attention_model(h)
         return self.attention_model(h, adj)
+
+    def _loss(
+        self, h: torch.Tensor, logits: torch.Tensor, label: int | torch.Tensor
+    ) -> torch.Tensor:
+        """Bag loss, plus the attention model's ``instance_loss(h, label)`` when it has one."""
+        loss = self.loss_fn(logits, label)  # type: ignore[misc]
+        instance_loss = getattr(self.attention_model, "instance_loss", None)
+        extra = instance_loss(h, label) if callable(instance_loss) else None
+        return loss if extra is None else loss + extra
 
     def _encoder_trainable(self) -> bool:
         return torch.is_grad_enabled() and any(
@@ -185,7 +195,7 @@ class MILModel(nn.Module):
             with ctx:
                 h = self.encode(bag, None if trainable else (k or n))
             logits, att = self._head(h, adj)
-            loss = self.loss_fn(logits, label)
+            loss = self._loss(h, logits, label)
             backward(loss)
             return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
 
@@ -212,7 +222,7 @@ class MILModel(nn.Module):
         # 2. attention model and loss once, on the leaf feature matrix
         h_leaf = h_all.requires_grad_(True)
         logits, att = self._head(h_leaf, adj)
-        loss = self.loss_fn(logits, label)
+        loss = self._loss(h_leaf, logits, label)
         backward(loss)
         grad_h = h_leaf.grad  # (N, D) dL/dH, already scaled
         h_leaf.grad = None
