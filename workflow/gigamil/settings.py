@@ -110,6 +110,7 @@ class TrainingConfig(_Section):
     max_instances_per_forward_pass: int | None = _default(_TRAIN, "max_instances_per_forward_pass")
     max_instances_per_bag: int | None = _default(_TRAIN, "max_instances_per_bag")
     loss: str = _default(_TRAIN, "loss")
+    label_smoothing: float = _default(_TRAIN, "label_smoothing")
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: bool = _default(_TRAIN, "amp")
     tensorboard: bool = _default(_TRAIN, "tensorboard")

@@ -19,6 +19,10 @@ class BagLoss(nn.Module):
     ``class_weights`` (n_classes,) multiplies each bag's loss by the weight of its class; the
     batch loss is the plain mean over bags (so accumulation over bags is a sum of per-bag means).
     Focal loss: -(1 - p_t)^γ log p_t.
+    ``label_smoothing`` ε trains toward (1 - ε) one-hot + ε / n_classes (Szegedy et al. 2016);
+    a binary model's confident logits then settle near ±ln((2 - ε) / ε) instead of growing
+    without bound, which keeps separately trained models (cross-validation folds) on one scale
+    (Müller et al. 2019, "When does label smoothing help?"). 0 gives the plain loss.
     """
 
     def __init__(
@@ -26,12 +30,16 @@ class BagLoss(nn.Module):
         kind: str = "ce",
         class_weights: Sequence[float] | torch.Tensor | None = None,
         gamma: float = 2.0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.kind = kind
         self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
         w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", w)
 
@@ -39,16 +47,18 @@ class BagLoss(nn.Module):
         single = logits.dim() == 1
         logits = logits.unsqueeze(0) if single else logits  # (B, n_out)
         y = torch.as_tensor(label, device=logits.device).long().reshape(-1)  # (B,)
-        if logits.shape[1] == 1:
+        if logits.shape[1] == 1:  # one logit z: log p = (log σ(-z), log σ(z))
             z = logits[:, 0]
-            log_p1 = F.logsigmoid(z)
-            log_p0 = F.logsigmoid(-z)
-            log_pt = torch.where(y == 1, log_p1, log_p0)
+            log_p = torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=1)  # (B, 2)
         else:
-            log_pt = torch.log_softmax(logits, dim=1).gather(1, y[:, None])[:, 0]
-        loss = -log_pt
+            log_p = torch.log_softmax(logits, dim=1)  # (B, C)
+        n_classes = log_p.shape[1]
+        eps = self.label_smoothing
+        target = F.one_hot(y, n_classes).to(log_p.dtype) * (1 - eps) + eps / n_classes
+        per_class = -log_p
         if self.kind == "focal":
-            loss = loss * (1 - log_pt.exp()).clamp(min=0) ** self.gamma
+            per_class = per_class * (1 - log_p.exp()).clamp(min=0) ** self.gamma
+        loss = (target * per_class).sum(dim=1)  # (B,)
         if self.class_weights is not None:
             loss = loss * self.class_weights.to(loss.dtype)[y]
         return loss.mean()

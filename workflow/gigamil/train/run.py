@@ -226,7 +226,11 @@ class FoldTrainer:
             weights = balanced_class_weights([it.label for it in data.train], n_classes)
         torch.manual_seed(tcfg.seed)
         self.model = build_mil_model(
-            model_cfg, n_classes, data.patch_px, tcfg.augment, BagLoss(tcfg.loss, weights)
+            model_cfg,
+            n_classes,
+            data.patch_px,
+            tcfg.augment,
+            BagLoss(tcfg.loss, weights, label_smoothing=tcfg.label_smoothing),
         ).to(device)
         self.val_loss_fn = BagLoss(tcfg.loss).to(device)
         amp = AmpScaler(tcfg.amp, device)

@@ -1,0 +1,45 @@
+"""Bag losses: cross-entropy, focal loss, class weights and label smoothing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from gigamil.nn.losses import BagLoss, balanced_class_weights
+
+
+def test_binary_ce_equals_bce_and_multiclass_equals_cross_entropy() -> None:
+    z = torch.tensor([[1.5], [-0.3], [0.2]])
+    y = torch.tensor([1, 0, 1])
+    expected = F.binary_cross_entropy_with_logits(z[:, 0], y.float())
+    assert torch.allclose(BagLoss()(z, y), expected)
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 2, 1, 2])
+    assert torch.allclose(BagLoss()(logits, labels), F.cross_entropy(logits, labels))
+
+
+def test_label_smoothing_matches_torch_and_bounds_the_logit() -> None:
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 2, 1])
+    smoothed = BagLoss(label_smoothing=0.2)(logits, labels)
+    assert torch.allclose(smoothed, F.cross_entropy(logits, labels, label_smoothing=0.2))
+    # binary: the loss of a positive bag is smallest at z = ln((2 - eps) / eps), not at +inf
+    loss = BagLoss(label_smoothing=0.1)
+    zs = torch.linspace(0, 8, 801)
+    best = float(zs[int(torch.stack([loss(z.reshape(1), 1) for z in zs]).argmin())])
+    assert best == pytest.approx(math.log(1.9 / 0.1), abs=0.01)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        BagLoss(label_smoothing=1.0)
+
+
+def test_focal_and_class_weights() -> None:
+    z = torch.tensor([2.0])
+    p = torch.sigmoid(z)
+    assert torch.allclose(BagLoss("focal", gamma=2.0)(z, 1), -((1 - p) ** 2) * torch.log(p))
+    w = balanced_class_weights([0, 0, 0, 1], 2)
+    assert w == pytest.approx([4 / 6, 2.0])
+    weighted = BagLoss(class_weights=w)(torch.tensor([[0.0], [0.0]]), torch.tensor([0, 1]))
+    assert torch.allclose(weighted, torch.tensor(math.log(2) * (4 / 6 + 2.0) / 2))
