@@ -11,6 +11,8 @@ import pytest
 import zarr
 from wfutil import read_config, run_snakemake, write_config
 
+from gigamil import layout
+
 pytestmark = pytest.mark.integration
 
 STAGES = [
@@ -53,6 +55,23 @@ def test_bad_config_stops_before_any_job(workdir: Path):
     assert res.returncode != 0
     assert "unknown key training.epoch" in res.stdout + res.stderr
     assert not (workdir / "results").exists()
+
+
+def test_failing_job_has_its_error_and_traceback_in_its_log(workdir: Path):
+    """A job that fails (here: a slide file that is not an image) leaves its error in its own log,
+    not only on Snakemake's terminal."""
+    (workdir / "broken.svs").write_bytes(b"not a slide" * 100)
+    pd.DataFrame(
+        [{"slide_id": "broken", "patient_id": "ext_p1", "label": "normal", "path": "broken.svs"}]
+    ).to_csv(workdir / "ext.csv", index=False)
+    cfg = read_config(workdir)
+    cfg["cohorts"]["ext"] = {"sheet": "ext.csv", "role": "external"}
+    write_config(workdir, cfg)
+    res = run_snakemake(workdir, "--cores", "1", layout.tissue_mask("ext", "broken"), check=False)
+    assert res.returncode != 0
+    log = (workdir / layout.log_file("tissue_mask", "ext", "broken")).read_text()
+    assert "job failed" in log and "broken.svs" in log, log
+    assert "Traceback (most recent call last)" in log
 
 
 @pytest.mark.slow
