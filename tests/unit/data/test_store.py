@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +148,37 @@ def test_chunk_size_between_64_and_256():
     assert chunk_patches(256) == 128  # 24 MiB / 192 KiB
     assert chunk_patches(32) == 256
     assert chunk_patches(1024) == 64
+
+
+def test_redoing_a_store_removes_leftovers_of_killed_extractions(
+    s1_attrs, row_major_grid, tmp_path
+):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f"s.zarr.tmp-{dead.pid}", f"s.zarr.old-{dead.pid}", f"s.zarr.tmp-{live.pid}"):
+            (tmp_path / name / "patches").mkdir(parents=True)
+        grid, coords = _grid(row_major_grid, 3)
+        with StoreWriter(tmp_path / "s.zarr", 3, 8, coords, grid) as w:
+            w.append(np.zeros((3, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+        # the killed process's temporaries are gone, a running writer's are left alone
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr", f"s.zarr.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_full_disk_while_writing_a_store(s1_attrs, row_major_grid, tmp_path, monkeypatch):
+    grid, coords = _grid(row_major_grid, 3)
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with StoreWriter(tmp_path / "s.zarr", 3, 8, coords, grid) as w:
+        monkeypatch.setattr(Path, "write_bytes", full_disk)
+        with pytest.raises(GigamilError, match=r"no space left on device: .*s\.zarr"):
+            w.append(np.zeros((3, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+    assert not list(tmp_path.iterdir())

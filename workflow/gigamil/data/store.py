@@ -31,6 +31,7 @@ from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
 from gigamil.errors import GigamilError
+from gigamil.fileutil import is_no_space, no_space_error, remove_stale_temporaries, temp_path
 
 if TYPE_CHECKING:
     from typing import Self
@@ -175,10 +176,9 @@ class StoreWriter:
         if codec not in CODECS:
             raise GigamilError(f"unknown patch codec {codec!r}; choose one of {CODECS}")
         self.out = Path(out)
-        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.tmp = temp_path(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)  # ours and those of killed extractions
         self.n = int(n)
         self.chunk = int(chunk or chunk_patches(patch_px))
         self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
@@ -275,8 +275,13 @@ class StoreWriter:
         else:
             encoded = JpegPatchCodec(quality=self.jpeg_quality).encode_patches(data)
         path = self.tmp / "patches" / "c" / str(index) / "0" / "0" / "0"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encoded)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encoded)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space_error(self.out, exc) from exc
+            raise
 
     def commit(self, attrs: dict[str, Any]) -> Path:
         """Flush, write ``attrs``, and atomically replace ``out`` with the finished store."""
@@ -288,7 +293,7 @@ class StoreWriter:
             raise ValueError(f"patch store attrs missing {missing}")
         self.group.attrs.update(_jsonable(attrs))
         if self.out.exists():
-            old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+            old = temp_path(self.out, "old")
             os.replace(self.out, old)
             os.replace(self.tmp, self.out)
             shutil.rmtree(old, ignore_errors=True)
