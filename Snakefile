@@ -8,7 +8,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo's config.yaml (in the directory snakemake runs in) only when no --configfile is given:
+# Snakemake would merge a user's --configfile over it, and the demo cohort would join their cohorts.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"

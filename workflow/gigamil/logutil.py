@@ -23,3 +23,26 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)
+
+
+def setup_script_logging(log_file: str | Path) -> None:
+    """:func:`setup_logging` for a Snakemake script, plus its failure in the job's log.
+
+    Every script calls this first, before its other imports, so that an error while the script
+    sets up (an import, a bad input) and any later one reach ``log_file`` with its traceback,
+    not only Snakemake's terminal. The error is logged once (to stderr and the file); the
+    interpreter then exits with status 1 as for any uncaught exception.
+    """
+    setup_logging(log_file)
+
+    def log_uncaught(exc_type, exc, tb) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        logging.getLogger("gigamil").critical(
+            "job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb)
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+
+    sys.excepthook = log_uncaught

@@ -1,13 +1,15 @@
 """Snakemake script of rule aggregate_cv: gigamil.evaluate.aggregate.aggregate_cv."""
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from pathlib import Path
 
 from gigamil import layout
 from gigamil.evaluate.aggregate import aggregate_cv
 from gigamil.folds import read_folds
-from gigamil.logutil import setup_logging
 
-setup_logging(snakemake.log[0])
 params = snakemake.params
 folds = read_folds(snakemake.input.folds)
 localization = layout.cv_localization(

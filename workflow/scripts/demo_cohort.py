@@ -1,11 +1,12 @@
 """Snakemake script of rule demo_cohort: build the demo cohort (gigamil.demo_tiles by default,
 gigamil.demo for the synthetic kind)."""
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from pathlib import Path
 
-from gigamil.logutil import setup_logging
-
-setup_logging(snakemake.log[0])
 args = dict(
     seed=int(snakemake.params.seed),
     n_patients=int(snakemake.params.patients),

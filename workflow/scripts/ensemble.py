@@ -1,12 +1,14 @@
 """Snakemake script of rule ensemble: gigamil.evaluate.ensemble.ensemble_cohort."""
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from pathlib import Path
 
 from gigamil import layout
 from gigamil.evaluate.ensemble import ensemble_cohort
-from gigamil.logutil import setup_logging
 
-setup_logging(snakemake.log[0])
 params = snakemake.params
 cohort = snakemake.wildcards.cohort
 localization = layout.ensemble_localization(

@@ -1,11 +1,13 @@
 """Snakemake script of rule extract_patches: gigamil.wsi.extract.extract_patches."""
 
-from gigamil.logutil import setup_logging
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from gigamil.wsi.extract import extract_patches
 from gigamil.wsi.patching import PatchParams
 from gigamil.wsi.tissue import mask_params_for, read_mask_png
 
-setup_logging(snakemake.log[0])
 extract_patches(
     snakemake.input.slide,
     snakemake.output.store,

@@ -1,15 +1,17 @@
 """Snakemake script of rule heatmap: gigamil.viz.heatmap.make_heatmap for one slide, with the
 attention of every fold model that predicted it averaged (ensemble heatmap)."""
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 import logging
 from pathlib import Path
 
 from gigamil import layout
 from gigamil.evaluate.localization import mean_attention
-from gigamil.logutil import setup_logging
 from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
 
-setup_logging(snakemake.log[0])
 slide_id = snakemake.wildcards.slide_id
 found = layout.attention_files(snakemake.input.attention, slide_id)
 logging.getLogger("heatmap").info(

@@ -1,15 +1,17 @@
 """Snakemake script of rule make_splits: gigamil.splits.make_folds."""
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 import logging
 
 import pandas as pd
 
 from gigamil.config import load_sheet
 from gigamil.folds import split_report, write_folds
-from gigamil.logutil import setup_logging
 from gigamil.splits import make_folds
 
-setup_logging(snakemake.log[0])
 cv = snakemake.params.cv
 sheets = [
     load_sheet(path, cohort=cohort, classes=list(snakemake.params.classes), check_files=False)

@@ -2,16 +2,18 @@
 one cohort (its test slides for a train cohort, every slide for an external cohort); the CSV is
 written once, with the fold, by gigamil.evaluate.aggregate.write_fold_predictions."""
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from pathlib import Path
 
 from gigamil import layout
 from gigamil.config import load_sheet
 from gigamil.evaluate.aggregate import write_fold_predictions
 from gigamil.folds import fold_slides, read_folds
-from gigamil.logutil import setup_logging
 from gigamil.train.predict import predict_slides
 
-setup_logging(snakemake.log[0])
 fold = int(snakemake.wildcards.fold)
 cohort = snakemake.wildcards.cohort
 classes = list(snakemake.params.classes)

@@ -1,9 +1,11 @@
 """Snakemake script of rule qc_table: gigamil.wsi.qc.write_qc_table."""
 
-from gigamil.logutil import setup_logging
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from gigamil.wsi.qc import write_qc_table
 
-setup_logging(snakemake.log[0])
 write_qc_table(
     snakemake.output.csv,
     snakemake.params.slide_ids,

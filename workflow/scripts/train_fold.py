@@ -3,15 +3,17 @@
 With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one process per GPU.
 """
 
+from gigamil.logutil import setup_script_logging
+
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
+
 from pathlib import Path
 
 from gigamil import layout
 from gigamil.folds import fold_slides, read_folds
-from gigamil.logutil import setup_logging
 from gigamil.train.launch import train_fold_torchrun
 from gigamil.train.run import train_fold
 
-setup_logging(snakemake.log[0])
 fold = int(snakemake.wildcards.fold)
 folds = read_folds(snakemake.input.folds)
 train_df = layout.with_stores(fold_slides(folds, fold, "train"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +148,101 @@ def test_chunk_size_between_64_and_256():
     assert chunk_patches(256) == 128  # 24 MiB / 192 KiB
     assert chunk_patches(32) == 256
     assert chunk_patches(1024) == 64
+
+
+def test_redoing_a_store_removes_leftovers_of_killed_extractions(
+    s1_attrs, row_major_grid, tmp_path
+):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f"s.zarr.tmp-{dead.pid}", f"s.zarr.old-{dead.pid}", f"s.zarr.tmp-{live.pid}"):
+            (tmp_path / name / "patches").mkdir(parents=True)
+        grid, coords = _grid(row_major_grid, 3)
+        with StoreWriter(tmp_path / "s.zarr", 3, 8, coords, grid) as w:
+            w.append(np.zeros((3, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+        # the killed process's temporaries are gone, a running writer's are left alone
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr", f"s.zarr.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_full_disk_while_writing_a_store(s1_attrs, row_major_grid, tmp_path, monkeypatch):
+    grid, coords = _grid(row_major_grid, 3)
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with StoreWriter(tmp_path / "s.zarr", 3, 8, coords, grid) as w:
+        monkeypatch.setattr(Path, "write_bytes", full_disk)
+        with pytest.raises(GigamilError, match=r"no space left on device: .*s\.zarr"):
+            w.append(np.zeros((3, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+    assert not list(tmp_path.iterdir())
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "deleted":
+        path.unlink()
+    elif how == "bit-flipped":
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        path.write_bytes(bytes(raw))
+    else:  # truncated
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("codec", ["zstd", "jpeg"])
+@pytest.mark.parametrize(
+    "how, what",
+    [("deleted", "is missing"), ("bit-flipped", "fails its checksum"), ("truncated", "fails its")],
+)
+def test_damaged_chunk_fails_with_one_message_naming_slide_store_and_chunk(
+    s1_attrs, row_major_grid, tmp_path, codec, how, what
+):
+    from gigamil.data.bags import ZarrBag
+
+    n = 150
+    grid, coords = _grid(row_major_grid, n)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, n, 16, coords, grid, codec=codec, chunk=64) as w:
+        w.append(_smooth_patches(n))
+        w.commit(s1_attrs(codec=codec))
+    ZarrBag(out).load()  # intact: reads
+    _damage(out / "patches" / "c" / "1" / "0" / "0" / "0", how)
+    msg = rf"slide s1: patch store .*s\.zarr is damaged: chunk patches/c/1/0/0/0 {what}"
+    with pytest.raises(GigamilError, match=msg):
+        bag = ZarrBag(out)
+        for _ in bag.chunks(50):  # the prefetching reader used in training and prediction
+            pass
+    if how != "deleted":
+        with pytest.raises(GigamilError, match=msg):
+            ZarrBag(out, indices=np.array([0, 70, 149])).load()  # a subsample
+
+
+def test_damaged_coords_chunk_is_named(s1_attrs, row_major_grid, tmp_path):
+    grid, coords = _grid(row_major_grid, 5)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(np.zeros((5, 8, 8, 3), np.uint8))
+        w.commit(s1_attrs())
+    (out / "coords" / "c" / "0" / "0").unlink()
+    with pytest.raises(GigamilError, match=r"chunk coords/c/0/0 is missing"):
+        read_store(out)
+
+
+def test_stores_written_before_the_checksums_still_read(s1_attrs, tmp_path, caplog):
+    out = tmp_path / "old.zarr"
+    group = zarr.open_group(str(out), mode="w", zarr_format=3)
+    patches = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
+    group.create_array("patches", data=patches, chunks=(2, 8, 8, 3), write_data=True)
+    group.create_array("coords", data=np.zeros((4, 2), np.int64))  # all zero: no chunk file
+    group.create_array("grid", data=np.zeros((4, 2), np.int64))
+    group.attrs.update(s1_attrs())
+    p, c, _, _ = read_store(out)
+    np.testing.assert_array_equal(p[...], patches)
+    assert c.shape == (4, 2)
+    assert "no chunk checksums" in caplog.text

@@ -227,3 +227,30 @@ def test_empty_bag_raises() -> None:
     model = make_model("abmil")
     with pytest.raises(ValueError, match="empty bag"):
         model.forward_train(torch.zeros(0, 8, 8, 3, dtype=torch.uint8), 1, 4)
+
+
+def test_balanced_chunk_size_never_leaves_a_chunk_of_one() -> None:
+    from gigamil.models.mil import balanced_chunk_size
+
+    assert balanced_chunk_size(257, 256) == 129  # 129 + 128, not 256 + 1
+    assert balanced_chunk_size(513, 256) == 171
+    assert balanced_chunk_size(23, 6) == 6 and balanced_chunk_size(24, 6) == 6  # unchanged
+    assert balanced_chunk_size(10, 3) == 2  # 3+3+3+1 -> 2+2+2+2+2
+    assert balanced_chunk_size(1, 4) is None and balanced_chunk_size(3, 2) is None
+
+
+def test_train_batchnorm_with_a_last_chunk_of_one_patch() -> None:
+    """ResNet18 on 32 px patches ends in a 1x1 map: BatchNorm in training mode cannot normalise
+    a chunk of one patch ("Expected more than 1 value per channel")."""
+    from gigamil.errors import GigamilError
+    from gigamil.models.factory import build_mil_model
+
+    torch.manual_seed(0)
+    cfg = {"encoder": "resnet18", "weights": None, "batchnorm": "train"}
+    model = build_mil_model(cfg, 2, 32, loss_fn=BagLoss("ce")).train()
+    bag = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    out = model.forward_train(bag, 1, max_instances_per_forward_pass=4)  # chunks 3 + 2
+    assert np.isfinite(out.loss)
+    assert all(p.grad is not None for p in model.feature_encoder.parameters() if p.requires_grad)
+    with pytest.raises(GigamilError, match=r"a bag of 1 patch.*model\.batchnorm: train"):
+        model.forward_train(bag[:1], 1, max_instances_per_forward_pass=4)

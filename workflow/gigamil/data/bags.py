@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gigamil.data.store import read_store
+from gigamil.data.store import read_patches, read_store
 
 _END = object()
 
@@ -97,14 +97,18 @@ class ZarrBag:
         if self._cache is not None:
             return self._cache[start:stop]
         if self.indices is None:
-            return np.asarray(self._patches[start:stop])
+            return self._read(slice(start, stop))
         rows = self.indices[start:stop]
         if len(rows) == 0:
             return np.zeros((0, *self.patch_shape), dtype=np.uint8)
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         if hi - lo <= 2 * len(rows):  # dense selection: read the covering block
-            return np.asarray(self._patches[lo:hi])[rows - lo]
-        return np.asarray(self._patches.oindex[rows])
+            return self._read(slice(lo, hi))[rows - lo]
+        return self._read(rows)
+
+    def _read(self, selection: slice | np.ndarray) -> np.ndarray:
+        slide_id = str(self.attrs.get("slide_id", self.path.stem))
+        return read_patches(self._patches, self.path, slide_id, selection)
 
     def load(self) -> torch.Tensor:
         """The whole bag as one uint8 tensor (n, H, W, 3)."""

@@ -8,6 +8,12 @@ Writing goes through :class:`StoreWriter`: everything is written under ``<out>.t
 renamed to ``<out>`` only by :meth:`StoreWriter.commit`, so a crash never leaves a store that looks
 complete. Reading: :func:`read_store` (or :func:`open_store` for the zarr group).
 
+Integrity: every chunk ends in a CRC-32C (zarr's ``crc32c`` codec), so a damaged chunk fails
+to read instead of giving noise; :func:`read_store` checks that every chunk file exists (zarr
+would read a missing one as black patches) and :func:`read_patches` turns a chunk that fails its
+checksum or cannot be decoded into one :class:`GigamilError` naming the slide, store and chunk.
+Stores written before the checksums existed still read (without that protection).
+
 Codecs: ``zstd`` (lossless, default) or ``jpeg`` (each patch a baseline JPEG inside the chunk;
 the codec ``gigamil.jpeg`` is registered with zarr when this module is imported, so import
 ``gigamil.data.store`` before opening a JPEG store with plain zarr).
@@ -15,6 +21,8 @@ the codec ``gigamil.jpeg`` is registered with zarr when this module is imported,
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import shutil
 import struct
@@ -23,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.abc.codec import ArrayBytesCodec
@@ -31,6 +40,7 @@ from zarr.core.common import JSON, parse_named_configuration
 from zarr.registry import register_codec
 
 from gigamil.errors import GigamilError
+from gigamil.fileutil import is_no_space, no_space_error, remove_stale_temporaries, temp_path
 
 if TYPE_CHECKING:
     from typing import Self
@@ -55,6 +65,8 @@ REQUIRED_ATTRS = (
     "gigamil_version",
     "slide_dimensions",
 )
+log = logging.getLogger(__name__)
+
 CODECS = ("zstd", "jpeg")
 ZSTD_LEVEL = -1  # zstd fast mode: H&E pixels compress ~1.1x at any level; level 3 is 4x slower
 
@@ -143,14 +155,104 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     return group
 
 
+def _has_checksums(arr: zarr.Array) -> bool:
+    return any(c.get("name") == "crc32c" for c in arr.metadata.to_dict().get("codecs", []))
+
+
+def chunk_key(arr: zarr.Array, index: tuple[int, ...]) -> str:
+    """The file of chunk ``index`` of ``arr`` inside its store, e.g. ``patches/c/3/0/0/0``."""
+    return f"{arr.basename}/c/" + "/".join(str(i) for i in index)
+
+
+def damaged_store_error(path: str | Path, slide_id: str, key: str, what: str) -> GigamilError:
+    return GigamilError(
+        f"slide {slide_id}: patch store {path} is damaged: chunk {key} {what}; delete the store "
+        "and rerun to extract it again"
+    )
+
+
+def _check_chunks_exist(path: Path, group: zarr.Group, slide_id: str) -> None:
+    """Every chunk file of the arrays is present (``patches`` is always written whole; coords
+    and grid are since the checksums, so older stores are only checked for ``patches``)."""
+    for name in ("patches", "coords", "grid"):
+        arr = group[name]
+        if name != "patches" and not _has_checksums(arr):
+            continue
+        for index in itertools.product(*(range(n) for n in arr.cdata_shape)):
+            key = chunk_key(arr, index)
+            if not (path / key).is_file():
+                raise damaged_store_error(path, slide_id, key, "is missing")
+
+
+_UNCHECKED_WARNED: set[str] = set()
+
+
 def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, dict[str, Any]]:
     """(patches: lazy zarr array (N, H, W, 3) uint8, coords (N, 2) int64, grid (N, 2) int64,
-    attrs dict)."""
+    attrs dict). A missing chunk or a damaged coords/grid chunk raises GigamilError naming the
+    slide, the store and the chunk; read the patches with :func:`read_patches`."""
+    path = Path(path)
     group = open_store(path)
+    attrs = dict(group.attrs)
+    slide_id = str(attrs.get("slide_id", path.stem))
+    _check_chunks_exist(path, group, slide_id)
     patches = group["patches"]
-    coords = np.asarray(group["coords"][...], dtype=np.int64).reshape(-1, 2)
-    grid = np.asarray(group["grid"][...], dtype=np.int64).reshape(-1, 2)
-    return patches, coords, grid, dict(group.attrs)
+    if not _has_checksums(patches) and str(path) not in _UNCHECKED_WARNED:
+        _UNCHECKED_WARNED.add(str(path))
+        log.warning(
+            "%s has no chunk checksums (written by an older gigamil): damage cannot be detected; "
+            "delete it and rerun to extract it with checksums",
+            path,
+        )
+    out = []
+    for name in ("coords", "grid"):
+        out.append(
+            np.asarray(read_patches(group[name], path, slide_id), dtype=np.int64).reshape(-1, 2)
+        )
+    return patches, out[0], out[1], attrs
+
+
+def read_patches(
+    arr: zarr.Array, path: str | Path, slide_id: str, selection: Any = slice(None)
+) -> np.ndarray:
+    """``arr[selection]`` (or ``arr.oindex[...]`` for an index array), with a chunk that fails
+    its checksum or cannot be decoded reported as one GigamilError naming the slide, the store
+    and the chunk."""
+    try:
+        if isinstance(selection, np.ndarray):
+            return np.asarray(arr.oindex[selection])
+        return np.asarray(arr[selection])
+    except GigamilError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoding failure: find and name the chunk
+        key, err = _find_bad_chunk(arr)
+        if key is None:
+            raise
+        what = (
+            "fails its checksum"
+            if "checksum" in str(err)
+            else f"cannot be decoded ({type(err).__name__}: {err})"
+        )
+        raise damaged_store_error(path, slide_id, key, what) from exc
+
+
+def _find_bad_chunk(arr: zarr.Array) -> tuple[str | None, BaseException | None]:
+    """The first chunk of ``arr`` that does not read (key, error), or (None, None)."""
+    for index in itertools.product(*(range(n) for n in arr.cdata_shape)):
+        sel = tuple(
+            slice(i * c, min((i + 1) * c, n))
+            for i, c, n in zip(index, arr.chunks, arr.shape, strict=True)
+        )
+        try:
+            arr[sel]
+        except Exception as exc:  # noqa: BLE001 - that is the chunk we are looking for
+            return chunk_key(arr, index), exc
+    return None, None
+
+
+def _crc32c(data: bytes) -> bytes:
+    """The 4 bytes zarr's ``crc32c`` codec appends to a chunk."""
+    return np.uint32(google_crc32c.value(data)).tobytes()
 
 
 class StoreWriter:
@@ -175,10 +277,9 @@ class StoreWriter:
         if codec not in CODECS:
             raise GigamilError(f"unknown patch codec {codec!r}; choose one of {CODECS}")
         self.out = Path(out)
-        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
+        self.tmp = temp_path(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)  # ours and those of killed extractions
         self.n = int(n)
         self.chunk = int(chunk or chunk_patches(patch_px))
         self.group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
@@ -190,7 +291,7 @@ class StoreWriter:
                 shape=shape,
                 chunks=chunks,
                 dtype="uint8",
-                compressors=[zarr.codecs.ZstdCodec(level=ZSTD_LEVEL)],
+                compressors=[zarr.codecs.ZstdCodec(level=ZSTD_LEVEL), zarr.codecs.Crc32cCodec()],
                 fill_value=0,
                 config={"write_empty_chunks": True},  # skip the all-fill-value scan per chunk
             )
@@ -201,14 +302,19 @@ class StoreWriter:
                 chunks=chunks,
                 dtype="uint8",
                 serializer=JpegPatchCodec(quality=jpeg_quality),
-                compressors=None,
+                compressors=[zarr.codecs.Crc32cCodec()],
                 fill_value=0,
                 config={"write_empty_chunks": True},
             )
         for name, arr in (("coords", coords), ("grid", grid)):
             arr = np.asarray(arr, dtype=np.int64).reshape(self.n, 2)
             z = self.group.create_array(
-                name, shape=arr.shape, chunks=(max(1, min(self.n, 65536)), 2), dtype="int64"
+                name,
+                shape=arr.shape,
+                chunks=(max(1, min(self.n, 65536)), 2),
+                dtype="int64",
+                compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
+                config={"write_empty_chunks": True},  # every chunk on disk: a missing one is damage
             )
             if self.n:
                 z[...] = arr
@@ -274,9 +380,15 @@ class StoreWriter:
             encoded = self._zstd.encode(data)
         else:
             encoded = JpegPatchCodec(quality=self.jpeg_quality).encode_patches(data)
+        encoded += _crc32c(encoded)
         path = self.tmp / "patches" / "c" / str(index) / "0" / "0" / "0"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encoded)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encoded)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise no_space_error(self.out, exc) from exc
+            raise
 
     def commit(self, attrs: dict[str, Any]) -> Path:
         """Flush, write ``attrs``, and atomically replace ``out`` with the finished store."""
@@ -288,7 +400,7 @@ class StoreWriter:
             raise ValueError(f"patch store attrs missing {missing}")
         self.group.attrs.update(_jsonable(attrs))
         if self.out.exists():
-            old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+            old = temp_path(self.out, "old")
             os.replace(self.out, old)
             os.replace(self.tmp, self.out)
             shutil.rmtree(old, ignore_errors=True)

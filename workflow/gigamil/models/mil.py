@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from gigamil.errors import GigamilError
 from gigamil.nn.rng import get_rng_state, set_rng_state
 
 
@@ -53,6 +54,23 @@ def iter_chunks(bag: Bag, size: int) -> Iterator[torch.Tensor]:
             yield bag[start : start + size]
     else:
         yield from bag.chunks(size)
+
+
+def balanced_chunk_size(n: int, k: int) -> int | None:
+    """The chunk size (at most ``k``) for a bag of ``n`` instances whose last chunk is not a
+    single instance, the chunks as even as possible (257 with k=256: 129 + 128, not 256 + 1);
+    None when every split leaves a chunk of one (n = 1; n = 3 with k = 2). For BatchNorm in
+    training mode, which needs two instances per chunk for its batch statistics."""
+    if n < 2:
+        return None
+    k = max(1, min(int(k), n))
+    for m in range(-(-n // k), n + 1):  # number of chunks, from the fewest
+        size = -(-n // m)
+        if size < 2:
+            break
+        if n - (-(-n // size) - 1) * size != 1:
+            return size
+    return None
 
 
 def _bn_running_buffers(module: nn.Module) -> list[tuple[_BatchNorm, list[torch.Tensor]]]:
@@ -161,6 +179,23 @@ class MILModel(nn.Module):
         return self._head(h, self._adjacency(bag, adj))
 
     # ---------------------------------------------------------------- training
+    def _chunk_size(self, n: int, k: int | None) -> int | None:
+        """The chunk size of a bag of ``n`` with at most ``k`` per chunk (None: whole bag). With
+        BatchNorm using batch statistics (``model.batchnorm: train``) no chunk may hold one
+        instance (BatchNorm cannot normalise a batch of one: "Expected more than 1 value per
+        channel"), so the chunks are balanced; a bag that cannot be split so is refused."""
+        if not _bn_running_buffers(self.feature_encoder):
+            return k
+        size = balanced_chunk_size(n, k or n)
+        if size is None:
+            raise GigamilError(
+                f"a bag of {n} patch(es) cannot be trained with model.batchnorm: train in chunks "
+                f"of at most {k or n} (training.max_instances_per_forward_pass): BatchNorm needs "
+                "2 or more patches per chunk; use model.batchnorm: frozen or groupnorm, or a "
+                "larger max_instances_per_forward_pass, or drop slides with a single patch"
+            )
+        return None if k is None and size == n else size
+
     def forward_train(  # noqa: PLR0913 - public API; options are keywords
         self,
         bag: Bag,
@@ -183,7 +218,7 @@ class MILModel(nn.Module):
         if n == 0:
             raise ValueError("empty bag (0 instances): nothing to train on")
         adj = self._adjacency(bag, adj)
-        k = max_instances_per_forward_pass
+        k = self._chunk_size(n, max_instances_per_forward_pass)
         trainable = self._encoder_trainable()
 
         def backward(t: torch.Tensor) -> None:

@@ -2,14 +2,20 @@
 
 :class:`CheckpointSaver` owns a fold directory's files. Both load with ``torch.load(path, weights_only=True)``: they hold only tensors, numbers,
 strings, lists and dicts. Files are written to a temporary name and renamed, so a killed run
-never leaves a truncated checkpoint.
+never leaves a truncated checkpoint (nor, on a full disk, a temporary: ``no space left on device``).
+
+Every checkpoint carries ``sha256``, a digest of its content (:func:`content_digest`), verified by
+:func:`load_checkpoint`: a damaged file (a flipped bit) stops with a message saying what to do
+instead of loading and predicting differently. Files written before the digest existed load
+unverified.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,20 +24,50 @@ import torch
 
 from gigamil import __version__
 from gigamil.errors import GigamilError
+from gigamil.fileutil import atomic_write_bytes
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
 
 log = logging.getLogger(__name__)
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path.tmp-<pid>`` then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+DIGEST_KEY = "sha256"
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, Mapping):
+        h.update(b"D%d" % len(obj))
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj))
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content (tensor bytes, dtypes, shapes, keys and values), the
+    same before ``torch.save`` and after ``torch.load``."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def atomic_save(obj: Mapping[str, Any], path: str | Path) -> Path:
+    """``torch.save`` of ``obj`` plus its ``sha256`` digest, written atomically
+    (:func:`gigamil.fileutil.atomic_write_bytes`: temporary then rename; a full disk raises
+    ``no space left on device: <path>`` and leaves no temporary)."""
+    content = {k: v for k, v in obj.items() if k != DIGEST_KEY}
+    buf = io.BytesIO()
+    torch.save({**content, DIGEST_KEY: content_digest(content)}, buf)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
@@ -73,15 +109,40 @@ def model_checkpoint(
     }
 
 
+def _damaged_hint(path: Path) -> str:
+    if path.name == "last.pt":
+        return (
+            "delete it and rerun: the fold trains again from its first epoch (model.pt and "
+            "train_log.csv, if intact, are kept until then)"
+        )
+    return (
+        "delete it and rerun snakemake: train_fold writes it again (from last.pt when that is "
+        "intact, else by training the fold)"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with a clear error for missing/corrupt files."""
+    """``torch.load(path, weights_only=True)``, its ``sha256`` digest verified (and removed from
+    the returned dict); :class:`GigamilError` for a missing, unreadable or damaged file."""
     path = Path(path)
     if not path.is_file():
         raise GigamilError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise GigamilError(f"{path}: not a readable gigamil checkpoint ({exc})") from exc
+        raise GigamilError(
+            f"{path}: not a readable gigamil checkpoint ({exc}); {_damaged_hint(path)}"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise GigamilError(f"{path}: not a gigamil checkpoint (a {type(ckpt).__name__})")
+    stored = ckpt.pop(DIGEST_KEY, None)
+    if stored is None:
+        log.warning("%s has no checksum (written by an older gigamil); not verified", path)
+    elif content_digest(ckpt) != stored:
+        raise GigamilError(
+            f"{path}: checkpoint is damaged (checksum mismatch); {_damaged_hint(path)}"
+        )
+    return ckpt
 
 
 def load_model(
@@ -185,9 +246,8 @@ class CheckpointSaver:
             atomic_save({**state, **self.state_dict()}, self.last_path)
 
     def _write_log(self) -> None:
-        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.log_path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.LOG_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.log_path, text.getvalue().encode())

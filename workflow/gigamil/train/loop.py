@@ -12,6 +12,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from gigamil.data.bags import ZarrBag
+from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.models.mil import MILModel
 from gigamil.train.amp import Optimization
@@ -114,13 +115,16 @@ def train_epoch(
         for idx in group[info.rank :: info.world]:
             item = items[idx]
             bag = _training_bag(item, bag_seed(seed, epoch, idx), settings.max_instances)
-            out = model.forward_train(
-                bag,
-                item.label,
-                max_instances_per_forward_pass=settings.chunk,
-                loss_scale=1.0 / len(group),
-                scaler=optim.amp.grad_scaler,
-            )
+            try:
+                out = model.forward_train(
+                    bag,
+                    item.label,
+                    max_instances_per_forward_pass=settings.chunk,
+                    loss_scale=1.0 / len(group),
+                    scaler=optim.amp.grad_scaler,
+                )
+            except GigamilError as exc:
+                raise GigamilError(f"slide {item.slide_id}: {exc}") from exc
             if not math.isfinite(out.loss):
                 log.warning("non-finite loss on slide %s (epoch %d)", item.slide_id, epoch)
             loss_sum += out.loss

@@ -1,0 +1,59 @@
+"""gigamil.logutil: a Snakemake script's failure, traceback included, lands in the job's log."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = sorted((REPO / "workflow" / "scripts").glob("*.py"))
+
+
+def _run(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess, str]:
+    log = tmp_path / "logs" / "job.log"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from gigamil.logutil import setup_script_logging\n"
+        f"setup_script_logging({str(log)!r})\n" + body
+    )
+    env_path = str(REPO / "workflow")
+    res = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    return res, log.read_text()
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        # an error while the script sets up (an import) ...
+        ("import gigamil_no_such_module\n", "ModuleNotFoundError"),
+        # ... and one in the work itself
+        ("def work():\n    raise ValueError('slide x is broken')\nwork()\n", "slide x is broken"),
+    ],
+)
+def test_script_failure_is_in_its_log_with_traceback(tmp_path: Path, body: str, expected: str):
+    res, log = _run(tmp_path, body)
+    assert res.returncode == 1
+    assert "job failed" in log and expected in log
+    assert "Traceback (most recent call last)" in log
+    assert log.count(expected) >= 1 and res.stderr.count("Traceback") == 1  # told once
+
+
+def test_every_script_sets_up_its_log_before_anything_else():
+    for path in SCRIPTS:
+        body = ast.parse(path.read_text()).body
+        stmts = [
+            s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+        ]
+        first, second = ast.unparse(stmts[0]), ast.unparse(stmts[1])
+        assert first == "from gigamil.logutil import setup_script_logging", path.name
+        assert second == "setup_script_logging(snakemake.log[0])", path.name

@@ -1,0 +1,93 @@
+"""gigamil.train.checkpoint: checksummed checkpoints and safe writes (full disk, leftovers)."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gigamil import fileutil
+from gigamil.errors import GigamilError
+from gigamil.train.checkpoint import CheckpointSaver, atomic_save, load_checkpoint
+
+MARK = 1.2345678
+
+
+def _flip_a_weight_bit(path: Path) -> None:
+    """Flip one bit inside the stored tensor data (found by its distinctive float32 value)."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(np.float32(MARK).tobytes())
+    assert at > 0
+    raw[at + 1] ^= 0x04
+    path.write_bytes(bytes(raw))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_bit_flip_in_a_checkpoint_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    atomic_save({"epoch": 3, "state_dict": {"w": torch.full((64,), MARK)}}, path)
+    assert load_checkpoint(path)["epoch"] == 3  # intact: loads, digest verified and removed
+    assert "sha256" not in load_checkpoint(path)
+    assert torch.load(path, weights_only=True)["epoch"] == 3  # still plain torch.load-able
+    _flip_a_weight_bit(path)
+    with pytest.raises(GigamilError, match=r"model\.pt: checkpoint is damaged \(checksum"):
+        load_checkpoint(path)
+
+
+def test_damaged_last_pt_says_what_to_do(tmp_path: Path) -> None:
+    saver = CheckpointSaver(tmp_path / "f", {"s": 1})
+    saver.save_last({"model": {"w": torch.full((64,), MARK)}})
+    assert saver.load_last() is not None
+    _flip_a_weight_bit(saver.last_path)
+    with pytest.raises(GigamilError, match=r"last\.pt: checkpoint is damaged.*delete it and rerun"):
+        CheckpointSaver(tmp_path / "f", {"s": 1}).load_last()
+
+
+def test_checkpoint_without_digest_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"epoch": 1}, path)  # written by an older gigamil
+    assert load_checkpoint(path) == {"epoch": 1}
+
+
+def test_full_disk_while_saving_last_pt_names_the_path_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch
+) -> None:
+    saver = CheckpointSaver(tmp_path / "f", {"s": 1})
+    saver.save_last({"epoch": 1})
+
+    def full_disk(path: Path, data) -> None:
+        Path(path).write_bytes(bytes(data)[:100])  # part of it, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileutil, "_write_file", full_disk)
+    with pytest.raises(GigamilError, match=r"no space left on device: .*f/last\.pt"):
+        saver.save_last({"epoch": 2, "model": {"w": torch.zeros(1000)}})
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["last.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(saver.last_path)["epoch"] == 1  # the previous one is intact
+
+
+def test_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    out = tmp_path / "f"
+    out.mkdir()
+    dead = out / f"last.pt.tmp-{_dead_pid()}"
+    dead.write_bytes(b"partial")
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = out / f"last.pt.tmp-{live_proc.pid}"
+        live.write_bytes(b"being written")
+        CheckpointSaver(out, {}).save_last({"epoch": 1})
+        assert not dead.exists() and live.exists()
+    finally:
+        live_proc.kill()
+        live_proc.wait()

@@ -1,0 +1,98 @@
+"""Safe file writing: atomic replacement, a clear error on a full disk, and the clean-up of
+temporaries (``<name>.tmp-<pid>``, ``<name>.old-<pid>``) left by processes that were killed."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from gigamil.errors import GigamilError
+
+log = logging.getLogger(__name__)
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full disk (or an exceeded quota)."""
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+
+
+def no_space_error(path: str | Path, exc: BaseException) -> GigamilError:
+    """The one-line error of a full disk while writing ``path``."""
+    return GigamilError(
+        f"no space left on device: {path} ({exc.strerror or exc}); free space there "
+        "(or point results/ to a larger disk) and rerun"
+    )
+
+
+def temp_path(path: str | Path, kind: str = "tmp") -> Path:
+    """``<path>.<kind>-<pid>``: this process's temporary next to ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{kind}-{os.getpid()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete ``<path>.tmp-<pid>`` / ``<path>.old-<pid>`` (files or directories) of processes that
+    no longer exist, and this process's own; a live process's temporaries are left alone.
+    Returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(path.name) + r"\.(?:tmp|old)-(\d+)")
+    removed = []
+    for item in path.parent.iterdir():
+        m = pattern.fullmatch(item.name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and pid_alive(pid):
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+        log.info("removed %s (left by process %d, which no longer runs)", item, pid)
+        removed.append(item)
+    return removed
+
+
+def _write_file(path: Path, data: bytes | memoryview) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path.tmp-<pid>`` and rename it over ``path``. On any failure the
+    temporary is removed; a full disk raises :class:`GigamilError` ``no space left on device:
+    <path>``. Stale temporaries of ``path`` (killed processes) are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = temp_path(path)
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise no_space_error(path, exc) from exc
+        raise
+    return path
