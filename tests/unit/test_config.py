@@ -297,3 +297,28 @@ def test_allowed_patient_overlap_is_a_warning(tmp_path, base_config, caplog):
     }
     load_cohorts(validate_config(cfg), base_dir=tmp_path)
     assert "also in a train cohort (p1)" in caplog.text
+
+
+def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):
+    """Issue 15, item 4: a copy of a slide (other name, other folder) in a second cohort."""
+    from gigamil.config import slide_fingerprint
+
+    rows, others = good_rows(), other_rows()
+    for i, r in enumerate(rows + others):
+        (tmp_path / r["path"]).write_bytes(bytes([i]) * (3 << 20))  # 3 MiB, distinct
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, rows, touch=False))},
+        "b": {"sheet": str(write_sheet(tmp_path, others, name="b.csv", touch=False))},
+    }
+    cfg["cohorts"]["b"]["role"] = "external"
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)  # distinct files: fine
+    copy_dir = tmp_path / "copies"
+    copy_dir.mkdir()
+    (copy_dir / "renamed.svs").write_bytes((tmp_path / "s3.svs").read_bytes())
+    others[1]["path"] = "copies/renamed.svs"
+    cfg["cohorts"]["b"]["sheet"] = str(write_sheet(tmp_path, others, name="b.csv", touch=False))
+    with pytest.raises(ConfigError, match=r"a/s3 \(s3.svs\), b/xs2 \(renamed.svs\) have the same"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert slide_fingerprint(tmp_path / "missing.svs") is None
+    assert slide_fingerprint(tmp_path / "s1.svs") != slide_fingerprint(tmp_path / "s2.svs")

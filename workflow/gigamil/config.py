@@ -8,6 +8,7 @@ that names the key, the file and the row.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -275,6 +276,50 @@ def _first(ids: pd.Series | set[str], n: int = 3) -> str:
     return ", ".join(sorted(map(str, ids))[:n])
 
 
+FINGERPRINT_BYTES = 1 << 20
+
+
+def slide_fingerprint(path: Path) -> tuple[int, str] | None:
+    """``(size in bytes, sha256 of the first and last MiB)`` of a file; None if it is missing
+    (e.g. generated later, like the demo cohort) or empty.
+
+    Two slide files with the same fingerprint are taken to be copies of one slide. Hashing whole
+    gigapixel files (GBs each) at every workflow start would take minutes; a copy, a hard link or
+    a re-download has the same size and the same head and tail (where TIFF headers and tile
+    offsets live), while two different scans practically never do.
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:  # not a slide (the reader says so); nothing to compare
+            return None
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            digest.update(fh.read(FINGERPRINT_BYTES))
+            if size > FINGERPRINT_BYTES:
+                fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+                digest.update(fh.read(FINGERPRINT_BYTES))
+    except FileNotFoundError:  # generated later (demo cohorts); checked when it exists
+        return None
+    return size, digest.hexdigest()
+
+
+def _check_same_content(allr: pd.DataFrame) -> None:
+    """ConfigError if two cohorts hold files with the same :func:`slide_fingerprint`."""
+    prints = pd.Series([slide_fingerprint(Path(p)) for p in allr["_path"]], index=allr.index)
+    known = prints.notna()
+    groups = allr[known].groupby(prints[known].astype(str))
+    for _, group in groups:
+        if group["_cohort"].nunique() > 1:
+            pairs = [
+                f"{c}/{s} ({Path(p).name})"
+                for c, s, p in group[["_cohort", "slide_id", "_path"]].itertuples(index=False)
+            ]
+            raise ConfigError(
+                f"slides {', '.join(pairs[:3])} have the same content (size and first/last MiB) "
+                "in different cohorts: copies of one slide; a slide may belong to one cohort only"
+            )
+
+
 def check_leakage(
     config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], base_dir: str | Path = "."
 ) -> None:
@@ -282,7 +327,8 @@ def check_leakage(
 
     - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
       across cohorts);
-    - the same slide file (same resolved path) in two cohorts;
+    - the same slide file in two cohorts: the same resolved path, or the same content (same
+      :func:`slide_fingerprint`: a copy of a slide under another name or directory);
     - a patient with different labels in different cohorts;
     - a patient of a train cohort in an external cohort, unless that cohort sets
       ``allow_patient_overlap: true`` (then a warning is logged).
@@ -303,6 +349,8 @@ def check_leakage(
                 f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
                 f"{_first(dup)}); a slide may belong to one cohort only"
             )
+    if len(rows) > 1:
+        _check_same_content(allr)
     labels = allr.groupby("patient_id")["label"].nunique()
     mixed = labels[labels > 1].index
     if len(mixed):
