@@ -18,7 +18,7 @@ import numpy as np
 
 from gigamil.errors import SlideError
 from gigamil.wsi.memory import ImageReader
-from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp
+from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class OpenSlideReader(SlideReader):
             props.get("tiff.ResolutionUnit"),
         )
         try:
-            self.mpp, self.mpp_source = resolve_mpp(self.name, mpp_override, vendor, tiff)
+            self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, vendor, tiff))
         except SlideError:
             self._slide.close()
             raise

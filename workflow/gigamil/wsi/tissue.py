@@ -265,7 +265,7 @@ def compute_tissue_mask(
 ) -> TissueMask:
     """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it."""
     rgb, fx, fy, level = read_raster_image(reader, params.mask_mpp)
-    mpp_x, mpp_y = fx * reader.mpp, fy * reader.mpp
+    mpp_x, mpp_y = fx * reader.mpp_xy[0], fy * reader.mpp_xy[1]
     mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params, reader.name)
     frac = float(mask.mean()) if mask.size else 0.0
     if not mask.any():
@@ -341,6 +341,7 @@ def mask_summary(
         "mask_mpp_xy": [tm.mpp_x, tm.mpp_y],
         "mask_shape": list(tm.mask.shape),
         "slide_mpp": reader.mpp,
+        "slide_mpp_xy": list(reader.mpp_xy),
         "slide_mpp_source": reader.mpp_source,
         "slide_dimensions": list(reader.dimensions),
         "level_read": tm.level,
