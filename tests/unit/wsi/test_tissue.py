@@ -195,13 +195,13 @@ def test_dark_unscanned_border_is_not_tissue(iou):
     tissue = _ellipse(shape, 220, 300, 110, 150)
     img[tissue] = _he_tissue(shape, rng)[tissue]
     border = np.zeros(shape, bool)
-    border[:, :130] = border[:70] = border[-50:] = True
+    border[:, :170] = border[:70] = border[-50:] = True  # the tissue runs into it
     lo, hi = np.array([2, 2, 4]), np.array([40, 35, 50])
     dark = lo + rng.random((*shape, 1)) * (hi - lo) + rng.integers(-2, 3, (*shape, 3))
     img[border] = dark.clip(0, 255).astype(np.uint8)[border]
     truth = tissue & ~border
     m, _, warnings = mask_from_rgb(img, 8.0, TissueParams())
-    assert m.mean() == pytest.approx(truth.mean(), abs=0.01)  # was 0.64 vs 0.26
+    assert m.mean() == pytest.approx(truth.mean(), abs=0.01)  # was 0.79 vs 0.25
     assert not m[border].any() and iou(m, truth) > 0.97 and warnings == []
     off = mask_from_rgb(img, 8.0, TissueParams(dark_value=0))[0]
     assert off[border].mean() > 0.9  # dark_value 0 turns the exclusion off
