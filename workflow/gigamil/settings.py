@@ -165,6 +165,8 @@ class TissueConfig(_Section):
     close_um: float = _default(_TISSUE, "close_um")
     open_um: float = _default(_TISSUE, "open_um")
     min_area_um2: float = _default(_TISSUE, "min_area_um2")
+    dark_value: int = _default(_TISSUE, "dark_value")
+    pen_ink: bool = _default(_TISSUE, "pen_ink")
 
 
 # nested sections by field name (from_dict turns their dicts into dataclasses)

@@ -287,3 +287,67 @@ def test_openslide_path_gives_the_same_store(cmu_svs, tmp_path, cmu_tissue, monk
     _, (po, co, _, _) = _extract(tmp_path, cmu_svs, "os", cmu_tissue, patch_px=64, threads=2)
     np.testing.assert_array_equal(cf, co)
     assert np.abs(pf[...].astype(np.int16) - po[...].astype(np.int16)).mean() < 0.5
+
+
+def _disc_slide(path, mpp_x, mpp_y, diameter_um=40.0, size=(512, 512)):
+    """A tiled TIFF of non-square pixels (resolution tags x != y) with one dark disc of
+    ``diameter_um`` µm centred at (64 µm, 64 µm); an ellipse in pixel space."""
+    import tifffile
+
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = ((xx + 0.5) * mpp_x - 64.0) ** 2 + ((yy + 0.5) * mpp_y - 64.0) ** 2 <= (
+        diameter_um / 2
+    ) ** 2
+    img = np.full((h, w, 3), 240, np.uint8)
+    img[disc] = (120, 40, 110)
+    tifffile.imwrite(
+        path,
+        img,
+        photometric="rgb",
+        tile=(64, 64),
+        resolution=(1e4 / mpp_x, 1e4 / mpp_y),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
+    return path
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_non_square_pixels_are_resampled_per_axis(tmp_path, monkeypatch, fast):
+    # x 0.25, y 0.26 µm/px: a 40 µm disc is 160 x 154 slide px and must be 80 x 80 at 0.5 µm/px
+    # (averaging the MPPs gave 81 x 78 and a store claiming effective_mpp 0.5)
+    if not fast:
+        monkeypatch.setenv("GIGAMIL_NO_FAST_TIFF", "1")
+    slide = _disc_slide(tmp_path / "aniso.tiff", 0.25, 0.26)
+    with open_slide(slide) as r:
+        res = extract_patches(
+            r,
+            tmp_path / "a.zarr",
+            PatchParams(mpp=0.5, patch_px=256, min_tissue=0.0),
+            mask=None,
+            progress=False,
+        )
+        tm = compute_tissue_mask(r, TissueParams(mask_mpp=4.0, min_area_um2=0))
+    patches, coords, grid, attrs = read_store(tmp_path / "a.zarr")
+    assert res.n_patches == 1 and attrs["resampled"]
+    dark = patches[0].mean(axis=2) < 180
+    rows, cols = np.nonzero(dark.any(axis=1))[0], np.nonzero(dark.any(axis=0))[0]
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert abs(width - 80) <= 1 and abs(height - 80) <= 1, (width, height)
+    assert dark.sum() == pytest.approx(np.pi * 40**2, rel=0.03)  # area of a 40 µm disc
+    assert tm.mask.shape == (round(512 * 0.26 / 4), round(512 * 0.25 / 4))  # (33, 32)
+    assert attrs["slide_mpp_xy"] == pytest.approx([0.25, 0.26])
+    assert attrs["effective_mpp_xy"] == [0.5, 0.5] and attrs["effective_mpp"] == 0.5
+    assert attrs["patch_size_level0_xy"] == pytest.approx([512.0, 256 * 0.5 / 0.26])
+    with open_slide(slide) as r:
+        assert r.mpp_xy == pytest.approx((0.25, 0.26)) and r.level_mpp(0) == r.mpp_xy
+
+
+def test_array_reader_with_non_square_pixels():
+    img = np.full((100, 100, 3), 200, np.uint8)
+    r = ArrayReader(img, 0.25, mpp_y=0.26)
+    assert r.mpp_xy == (0.25, 0.26) and r.mpp == pytest.approx(0.255)
+    plan = plan_patches(r, PatchParams(mpp=0.5, patch_px=10, min_tissue=0.0), None)
+    assert (plan.fx, plan.fy) == pytest.approx((2.0, 0.5 / 0.26))
+    assert plan.n_cols == 5 and plan.n_rows == 5  # 100 * 0.26 / 0.5 = 52 target px high

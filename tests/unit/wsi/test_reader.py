@@ -180,3 +180,86 @@ def test_composite_on_white():
     np.testing.assert_array_equal(out[0, 0], [10, 20, 30])
     np.testing.assert_array_equal(out[0, 1], [255, 255, 255])
     assert np.abs(out[0, 2].astype(int) - 177).max() <= 1
+
+
+# --- colours: glass comes out near white in every supported format ----------------------------
+
+GLASS = ((1700, 100), (400, 300))  # level-0 box of bare glass on CMU-1-Small-Region
+TISSUE = ((900, 2200), (300, 300))  # level-0 box of H&E (pink)
+
+
+@pytest.fixture(scope="module")
+def cmu_formats(cmu_svs, test_slides, tmp_path_factory, write_tiff, write_dicom_wsi):
+    """The CMU slide in every format gigamil reads: {name: (path, slide_mpp override)}."""
+    root = tmp_path_factory.mktemp("formats")
+    with open_slide(cmu_svs) as r:
+        img = r.read_region((0, 0), 0, r.dimensions)
+    Image.fromarray(img).save(root / "cmu.png")
+    return {
+        "svs": (cmu_svs, None),
+        "tiled-tiff": (test_slides / "CMU-1-Small-Region.pyramid.tiff", None),
+        "plain-tiff": (write_tiff(root / "plain.tiff", img, 0.499, tiled=False), None),
+        "png": (root / "cmu.png", 0.499),
+        "dicom-ybr": (write_dicom_wsi(root / "ybr", img, 0.499, "YBR_FULL_422", levels=2)[0], None),
+        # YCbCr JPEG frames under a header that says RGB: OpenSlide shows pink glass, teal tissue
+        "dicom-rgb-header": (write_dicom_wsi(root / "rgb", img, 0.499, "RGB", levels=2)[0], None),
+    }
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize(
+    "fmt", ["svs", "tiled-tiff", "plain-tiff", "png", "dicom-ybr", "dicom-rgb-header"]
+)
+def test_glass_is_white_and_tissue_pink_in_every_format(cmu_formats, cmu_svs, fmt, fast):
+    path, mpp = cmu_formats[fmt]
+    with open_slide(cmu_svs) as r:
+        want = r.read_region(TISSUE[0], 0, TISSUE[1]).astype(float)
+    with open_slide(path, mpp, fast_tiff=fast) as r:
+        assert r.dimensions == (2220, 2967)
+        glass = r.read_region(GLASS[0], 0, GLASS[1]).reshape(-1, 3).mean(axis=0)
+        tissue = r.read_region(TISSUE[0], 0, TISSUE[1]).astype(float)
+        r2, g2, b2 = tissue.reshape(-1, 3).mean(axis=0)
+        if r.level_count > 1:  # the reduced levels too
+            lv = r.read_region(GLASS[0], 1, (200, 150)).reshape(-1, 3).mean(axis=0)
+            assert lv.min() > 235 and np.ptp(lv) < 5, lv
+    assert glass.min() > 235 and np.ptp(glass) < 5, glass  # near white, not tinted
+    assert r2 > g2 + 30 and b2 > g2 + 20  # pink/purple H&E, not teal
+    # the SVS's colours (per pixel up to a JPEG re-encoding with chroma subsampling)
+    assert np.abs(tissue.mean(axis=(0, 1)) - want.mean(axis=(0, 1))).max() < 3
+
+
+def test_dicom_with_rgb_header_gives_the_svs_tissue_mask(cmu_formats, cmu_svs, iou):
+    from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
+
+    with open_slide(cmu_svs) as r:
+        svs = compute_tissue_mask(r, TissueParams())
+    with open_slide(cmu_formats["dicom-rgb-header"][0]) as r:
+        dcm = compute_tissue_mask(r, TissueParams())  # was 88 % tissue (pink glass)
+    assert dcm.tissue_fraction == pytest.approx(svs.tissue_fraction, abs=0.02)
+    assert iou(dcm.mask, svs.mask) > 0.95
+
+
+def test_ycbcr_to_rgb_matches_pillow():
+    from gigamil.wsi.reader import ycbcr_to_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ycc = np.asarray(Image.fromarray(rgb).convert("YCbCr"))
+    assert np.abs(ycbcr_to_rgb(ycc).astype(int) - rgb).max() <= 3
+
+
+def test_dicom_whose_colours_match_no_reading_is_refused(cmu_formats, monkeypatch):
+    import io
+
+    import gigamil.wsi.reader as reader_mod
+
+    real = reader_mod._dicom_first_frame
+
+    def green_frame(path):
+        ds, frame = real(path)
+        buf = io.BytesIO()
+        Image.new("RGB", Image.open(io.BytesIO(frame)).size, (0, 200, 0)).save(buf, "JPEG")
+        return ds, buf.getvalue()
+
+    monkeypatch.setattr(reader_mod, "_dicom_first_frame", green_frame)
+    with pytest.raises(SlideError, match="colours differ from the DICOM frames"):
+        open_slide(cmu_formats["dicom-rgb-header"][0])

@@ -35,6 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-area-um2", type=float, default=20000.0, help="drop smaller tissue pieces (µm²)"
     )
+    parser.add_argument(
+        "--dark-value",
+        type=int,
+        default=60,
+        metavar="V",
+        help="pixels whose brightest channel is below V are background (dark border; default 60)",
+    )
+    parser.add_argument(
+        "--keep-pen-ink",
+        action="store_true",
+        help="do not exclude green/blue pen ink from the tissue (default: excluded)",
+    )
 
 
 def threshold_arg(value: str) -> str | float:
@@ -62,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         close_um=args.close_um,
         open_um=args.open_um,
         min_area_um2=args.min_area_um2,
+        dark_value=args.dark_value,
+        pen_ink=not args.keep_pen_ink,
     )
     make_mask(args.slide, Path(args.out), args.qc, args.json, params, args.slide_mpp)
     return 0

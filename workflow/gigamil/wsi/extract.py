@@ -42,7 +42,7 @@ def read_window(
     if plan.resample:
         u0, v0 = int(cols.min()) * s, int(rows.min()) * s
         u1, v1 = int(cols.max()) * s + p, int(rows.max()) * s + p
-        img = read_raster(reader, plan.level, plan.f, plan.f, u0, v0, u1 - u0, v1 - v0)
+        img = read_raster(reader, plan.level, plan.fx, plan.fy, u0, v0, u1 - u0, v1 - v0)
         for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
             y, x = int(r) * s - v0, int(c) * s - u0
             out[k] = img[y : y + p, x : x + p]
@@ -158,13 +158,16 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
             "source_size": size,
             "source_mtime": mtime,
             "slide_mpp": reader.mpp,
+            "slide_mpp_xy": list(plan.slide_mpp_xy),
             "slide_mpp_source": reader.mpp_source,
             "target_mpp": plan.target_mpp,
             "effective_mpp": plan.effective_mpp,
+            "effective_mpp_xy": list(plan.effective_mpp_xy),
             "resampled": plan.resample,
             "patch_px": plan.patch_px,
             "stride_px": plan.stride_px,
             "patch_size_level0": plan.patch_size_level0,
+            "patch_size_level0_xy": list(plan.patch_size_level0_xy),
             "level": plan.level,
             "level_downsample": plan.level_downsample,
             "min_tissue": params.min_tissue,

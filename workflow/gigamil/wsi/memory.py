@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import SlideError
-from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp
+from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
 FALLBACK_MAX_PIXELS = 2**28  # plain images read fully into memory by the fallback reader
@@ -40,7 +40,8 @@ class ArrayReader(SlideReader):
     """An in-memory RGB image as a slide (like TIAToolbox's VirtualWSIReader).
 
     ``image``: (H, W, 3) uint8, or (H, W, 4) RGBA (composited on white); ``mpp``: µm/px of the
-    image; ``downsamples``: extra pyramid levels made by box downsampling, e.g. (2, 4).
+    image (x; ``mpp_y`` for y if the pixels are not square); ``downsamples``: extra pyramid
+    levels made by box downsampling, e.g. (2, 4).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class ArrayReader(SlideReader):
         downsamples: Sequence[float] = (),
         name: str = "<array>",
         mpp_source: str = "array",
+        mpp_y: float | None = None,
     ):
         image = np.asarray(image)
         if image.ndim == 2:
@@ -60,8 +62,9 @@ class ArrayReader(SlideReader):
             image = composite_on_white(image)
         self.path = name
         self.name = name
-        self.mpp = check_mpp(name, float(mpp), float(mpp), mpp_source)
-        self.mpp_source = mpp_source
+        mpp_y = float(mpp if mpp_y is None else mpp_y)
+        check_mpp(name, float(mpp), mpp_y, mpp_source)
+        self.set_mpp((float(mpp), mpp_y), mpp_source)
         self._levels, self.level_downsamples = _downsample_levels(image, downsamples)
         self.level_dimensions = tuple((a.shape[1], a.shape[0]) for a in self._levels)
 
@@ -91,8 +94,8 @@ class ImageReader(ArrayReader):
     def __init__(self, path: str | Path, mpp_override: float | None = None):
         name = str(path)
         image, tiff_mpp = _load_plain_image(Path(path), name)
-        mpp, source = resolve_mpp(name, mpp_override, None, tiff_mpp)
-        super().__init__(image, mpp, _auto_downsamples(image.shape[:2]), name, source)
+        (mpp_x, mpp_y), source = resolve_mpp_xy(name, mpp_override, None, tiff_mpp)
+        super().__init__(image, mpp_x, _auto_downsamples(image.shape[:2]), name, source, mpp_y)
         self.path = str(path)
 
 

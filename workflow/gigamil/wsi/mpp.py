@@ -4,7 +4,9 @@ Trust order: the caller's override (sheet ``mpp`` column / ``--slide-mpp``) > Op
 ``openslide.mpp-x/-y`` > TIFF resolution tags (unit centimetre or inch). An MPP outside
 [MPP_MIN, MPP_MAX] or with x/y differing by more than 5 % is rejected (typical of a 72 dpi default
 written by image editors), as is a slide without any MPP: :class:`~gigamil.errors.SlideError`
-says which slide and how to fix it.
+says which slide and how to fix it. Within that tolerance x and y are kept apart
+(:func:`resolve_mpp_xy`): rasters and patches are resampled per axis, so non-square pixels come
+out square at the requested µm/px.
 """
 
 from __future__ import annotations
@@ -65,19 +67,32 @@ def mpp_from_resolution(
     return microns / x_res, microns / y_res
 
 
+def resolve_mpp_xy(
+    name: str,
+    override: float | None,
+    vendor_mpp: tuple[float, float] | None,
+    tiff_mpp: tuple[float, float] | None,
+) -> tuple[tuple[float, float], str]:
+    """Pick the level-0 MPP by trust order; return ((mpp_x, mpp_y), source description).
+    An override applies to both axes."""
+    if override is not None:
+        check_mpp(name, float(override), float(override), "the override (sheet/--slide-mpp)")
+        return (float(override), float(override)), "override"
+    if vendor_mpp is not None:
+        check_mpp(name, *vendor_mpp, "openslide.mpp-x/y")
+        return (float(vendor_mpp[0]), float(vendor_mpp[1])), "openslide"
+    if tiff_mpp is not None:
+        check_mpp(name, *tiff_mpp, "the resolution tags (TIFF resolution / image dpi)")
+        return (float(tiff_mpp[0]), float(tiff_mpp[1])), "tiff"
+    raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}")
+
+
 def resolve_mpp(
     name: str,
     override: float | None,
     vendor_mpp: tuple[float, float] | None,
     tiff_mpp: tuple[float, float] | None,
 ) -> tuple[float, str]:
-    """Pick the level-0 MPP by trust order; return (mpp, source description)."""
-    if override is not None:
-        mpp = check_mpp(name, float(override), float(override), "the override (sheet/--slide-mpp)")
-        return mpp, "override"
-    if vendor_mpp is not None:
-        return check_mpp(name, *vendor_mpp, "openslide.mpp-x/y"), "openslide"
-    if tiff_mpp is not None:
-        source = "the resolution tags (TIFF resolution / image dpi)"
-        return check_mpp(name, *tiff_mpp, source), "tiff"
-    raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}")
+    """Like :func:`resolve_mpp_xy`, with the mean of x and y: (mpp, source description)."""
+    (mpp_x, mpp_y), source = resolve_mpp_xy(name, override, vendor_mpp, tiff_mpp)
+    return (mpp_x + mpp_y) / 2.0, source

@@ -1,9 +1,10 @@
 """The patch grid at an exact physical resolution: which patches, read from which level.
 
-The patch grid lives on the *target raster* (``target_mpp`` µm/px; ``f = target_mpp / slide_mpp``
-level-0 px per target px): patch (row, col) covers target pixels
+The patch grid lives on the *target raster* (``target_mpp`` µm/px; ``fx = target_mpp /
+slide_mpp_x`` and ``fy = target_mpp / slide_mpp_y`` level-0 px per target px, so non-square slide
+pixels give square patches): patch (row, col) covers target pixels
 [col*stride, col*stride + patch_px) x [row*stride, row*stride + patch_px), i.e. level-0
-x = col * stride * f (stored rounded in ``coords``). Only whole patches inside the slide are on
+x = col * stride * fx, y = row * stride * fy (stored rounded in ``coords``). Only whole patches inside the slide are on
 the grid; a patch is kept if its tissue-mask coverage (area-weighted) is >= ``min_tissue``.
 
 Pixels come from the pyramid level whose MPP is the closest finer-or-equal one (1 % tolerance).
@@ -88,13 +89,16 @@ class PatchPlan:
     slide_mpp: float
     patch_px: int
     stride_px: int
-    f: float  # level-0 px per target px
+    fx: float  # level-0 px per target px (x)
+    fy: float  # level-0 px per target px (y)
     level: int
     level_downsample: float
     sx: float  # level px per target px (x)
     sy: float
     resample: bool
-    effective_mpp: float
+    effective_mpp: float  # mean of effective_mpp_xy
+    effective_mpp_xy: tuple[float, float]
+    slide_mpp_xy: tuple[float, float]
     n_rows: int
     n_cols: int
     grid: np.ndarray  # (N, 2) int64 (row, col), raster order
@@ -107,8 +111,19 @@ class PatchPlan:
         return len(self.grid)
 
     @property
+    def f(self) -> float:
+        """Level-0 px per target px, the mean of ``fx`` and ``fy`` (equal for square pixels)."""
+        return (self.fx + self.fy) / 2.0
+
+    @property
     def patch_size_level0(self) -> float:
+        """Patch side in level-0 px (the mean of x and y, see ``patch_size_level0_xy``)."""
         return self.patch_px * self.f
+
+    @property
+    def patch_size_level0_xy(self) -> tuple[float, float]:
+        """Patch (width, height) in level-0 px."""
+        return self.patch_px * self.fx, self.patch_px * self.fy
 
 
 def mask_coverage(
@@ -161,9 +176,10 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     warnings: list[str] = []
     w0, h0 = reader.dimensions
     target = float(params.mpp)
-    f = target / reader.mpp
+    mpp_x, mpp_y = reader.mpp_xy
+    fx, fy = target / mpp_x, target / mpp_y
     p, s = int(params.patch_px), params.stride
-    wt, ht = w0 / f, h0 / f  # slide size in target px
+    wt, ht = w0 / fx, h0 / fy  # slide size in target px
     n_cols = int(math.floor((wt - p) / s + 1e-9)) + 1 if wt >= p else 0
     n_rows = int(math.floor((ht - p) / s + 1e-9)) + 1 if ht >= p else 0
     if n_cols == 0 or n_rows == 0:
@@ -172,29 +188,27 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
             f"{p}-px patch at {target:g} µm/px"
         )
     level = reader.best_level_for_mpp(target, LEVEL_TOLERANCE)
-    sx, sy = level_scale(reader, level, f, f)
-    if f < 1.0 / (1.0 + LEVEL_TOLERANCE):
+    sx, sy = level_scale(reader, level, fx, fy)
+    if min(fx, fy) < 1.0 / (1.0 + LEVEL_TOLERANCE):
         warnings.append(
             f"{reader.name}: target {target:g} µm/px is finer than the slide's "
-            f"{reader.mpp:g} µm/px; patches are upsampled {1 / f:.2f}x"
+            f"{reader.mpp:g} µm/px; patches are upsampled {1 / min(fx, fy):.2f}x"
         )
     resample = max(abs(sx - 1.0), abs(sy - 1.0)) > params.resample_tolerance
-    if resample:
-        effective = target
-    else:
-        lmx, lmy = reader.level_mpp(level)
-        effective = (lmx + lmy) / 2.0
-    if abs(effective / target - 1.0) > MAX_EFFECTIVE_MPP_ERROR:  # guarded by construction
-        raise GigamilError(f"{reader.name}: effective MPP {effective:g} not within 1 % of {target}")
+    effective_xy = (target, target) if resample else reader.level_mpp(level)
+    effective = (effective_xy[0] + effective_xy[1]) / 2.0
+    for e in effective_xy:  # guarded by construction
+        if abs(e / target - 1.0) > MAX_EFFECTIVE_MPP_ERROR:
+            raise GigamilError(f"{reader.name}: effective MPP {e:g} not within 1 % of {target}")
 
     cols = np.arange(n_cols, dtype=np.int64)
     rows = np.arange(n_rows, dtype=np.int64)
-    x0 = cols * s * f
-    y0 = rows * s * f
+    x0 = cols * s * fx
+    y0 = rows * s * fy
     if mask is None or n_cols == 0 or n_rows == 0:
         cov = np.ones((n_rows, n_cols))
     else:
-        cov = mask_coverage(mask, (w0, h0), x0, y0, p * f, p * f)
+        cov = mask_coverage(mask, (w0, h0), x0, y0, p * fx, p * fy)
     keep = cov >= params.min_tissue if params.min_tissue > 0 else np.ones_like(cov, bool)
     if mask is not None and params.min_tissue > 0 and not mask.any():
         keep[:] = False
@@ -210,13 +224,16 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
         slide_mpp=reader.mpp,
         patch_px=p,
         stride_px=s,
-        f=f,
+        fx=fx,
+        fy=fy,
         level=level,
         level_downsample=float(reader.level_downsamples[level]),
         sx=sx,
         sy=sy,
         resample=resample,
         effective_mpp=effective,
+        effective_mpp_xy=(float(effective_xy[0]), float(effective_xy[1])),
+        slide_mpp_xy=(float(mpp_x), float(mpp_y)),
         n_rows=n_rows,
         n_cols=n_cols,
         grid=grid,

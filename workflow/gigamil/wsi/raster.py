@@ -67,13 +67,14 @@ def read_raster_image(
 ) -> tuple[np.ndarray, float, float, int]:
     """The whole slide on a raster of about ``mpp`` µm/px, read block-wise.
 
-    The raster has round(W0 / f) x round(H0 / f) pixels (f = mpp / slide_mpp), so its exact
-    per-axis scale is ``fx = W0 / width``, ``fy = H0 / height`` level-0 px per pixel.
+    The raster has round(W0 / f_x) x round(H0 / f_y) pixels (f_x = mpp / slide mpp x, f_y the same
+    in y: non-square slide pixels give square raster pixels), so its exact per-axis scale is
+    ``fx = W0 / width``, ``fy = H0 / height`` level-0 px per pixel.
     Returns (image (H, W, 3) uint8, fx, fy, level read).
     """
     w0, h0 = reader.dimensions
-    f = mpp / reader.mpp
-    width, height = max(1, round(w0 / f)), max(1, round(h0 / f))
+    mpp_x, mpp_y = reader.mpp_xy
+    width, height = max(1, round(w0 * mpp_x / mpp)), max(1, round(h0 * mpp_y / mpp))
     fx, fy = w0 / width, h0 / height
     level = reader.best_level_for_mpp(mpp)
     out = np.empty((height, width, 3), np.uint8)

@@ -4,6 +4,10 @@
 format it opens (SVS, tiled TIFF, NDPI, MRXS, SCN, ...), else the in-memory fallback
 (:class:`~gigamil.wsi.memory.ImageReader`) for small plain images OpenSlide refuses. The MPP
 comes from :mod:`gigamil.wsi.mpp` (override > OpenSlide > TIFF resolution tags).
+
+DICOM whole-slide images are checked for colour when opened (:func:`dicom_colour_mode`): some
+writers store YCbCr-coded JPEG frames under a header that says RGB, which OpenSlide believes
+(pink glass, teal tissue); gigamil then converts OpenSlide's pixels from YCbCr to RGB.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 
 from gigamil.errors import SlideError
 from gigamil.wsi.memory import ImageReader
-from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp
+from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,91 @@ except (
 
 
 FAST_TIFF_VENDORS = ("generic-tiff", "aperio")
+# DICOM transfer syntaxes whose frames are baseline/extended JPEG (colour space in the stream)
+DICOM_JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+# mean absolute difference (0..255) below which OpenSlide's pixels "match" a frame decoded by
+# Pillow (both libjpeg; JPEG rounding and chroma upsampling differ by a few levels at most)
+DICOM_COLOUR_MATCH = 4.0
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 full-range YCbCr (JPEG/JFIF) -> RGB uint8."""
+    import cv2
+
+    ycc = np.ascontiguousarray(ycc, dtype=np.uint8)
+    shape = ycc.shape
+    ycrcb = ycc.reshape(-1, 1, 3)[..., [0, 2, 1]]  # OpenCV wants Y, Cr, Cb
+    return cv2.cvtColor(np.ascontiguousarray(ycrcb), cv2.COLOR_YCrCb2RGB).reshape(shape)
+
+
+def _dicom_first_frame(path: Path) -> tuple[Any, bytes] | None:
+    """(header dataset, first frame's bytes) of an encapsulated (compressed) DICOM image, read
+    without loading the rest of the pixel data; None if it has no encapsulated pixel data."""
+    import pydicom
+    from pydicom.encaps import get_frame
+
+    with open(path, "rb") as f:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        head = f.read(12)  # (7FE0,0010) OB, reserved, undefined length
+        if len(head) < 12 or head[:4] != b"\xe0\x7f\x10\x00" or head[8:] != b"\xff" * 4:
+            return None
+        frame = get_frame(f, 0, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+    return ds, frame
+
+
+def dicom_colour_mode(reader: OpenSlideReader) -> str:
+    """How OpenSlide's pixels of a DICOM slide relate to true colour: ``"rgb"`` (right as they
+    are) or ``"ycbcr"`` (the JPEG frames are YCbCr-coded while the header says RGB, and
+    OpenSlide passed the YCbCr values through as RGB).
+
+    The first frame of the opened file is decoded by Pillow, which reads the colour space from
+    the JPEG stream itself (JFIF/Adobe markers, component ids), and compared with OpenSlide's
+    pixels of the same tile. Raises SlideError if neither reading matches.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    props = reader.properties()
+    if props.get("dicom.PhotometricInterpretation") != "RGB":
+        return "rgb"  # YBR_* frames: OpenSlide converts them itself
+    if props.get("dicom.TransferSyntaxUID") not in DICOM_JPEG_SYNTAXES:
+        return "rgb"
+    try:
+        first = _dicom_first_frame(Path(reader.path))
+    except (OSError, ValueError, ImportError) as exc:
+        raise SlideError(f"{reader.name}: cannot read the DICOM header/frames ({exc})") from exc
+    if first is None:
+        return "rgb"
+    ds, frame = first
+    width = int(ds.get("TotalPixelMatrixColumns", 0) or 0)
+    levels = [i for i, (lw, _) in enumerate(reader.level_dimensions) if lw == width]
+    if not levels:
+        return "rgb"
+    level = levels[0]
+    with Image.open(BytesIO(frame)) as img:
+        truth = np.asarray(img.convert("RGB"), np.int16)
+    lw, lh = reader.level_dimensions[level]
+    w, h = min(truth.shape[1], lw), min(truth.shape[0], lh)
+    raw = np.asarray(reader._slide.read_region((0, 0), level, (w, h)))[..., :3]
+    truth = truth[:h, :w]
+    as_is = float(np.abs(raw.astype(np.int16) - truth).mean())
+    converted = float(np.abs(ycbcr_to_rgb(raw).astype(np.int16) - truth).mean())
+    log.debug("%s: DICOM colour check: %.2f as is, %.2f as YCbCr", reader.name, as_is, converted)
+    if as_is <= DICOM_COLOUR_MATCH:
+        return "rgb"
+    if converted <= DICOM_COLOUR_MATCH:
+        log.info(
+            "%s: DICOM frames are YCbCr-coded JPEG though the header says RGB; "
+            "converting OpenSlide's pixels to RGB",
+            reader.name,
+        )
+        return "ycbcr"
+    raise SlideError(
+        f"{reader.name}: OpenSlide's colours differ from the DICOM frames' own JPEG decoding "
+        f"(mean difference {as_is:.1f}, {converted:.1f} read as YCbCr); convert the slide "
+        f"(e.g. to a pyramidal TIFF) and check its colours"
+    )
 
 
 @dataclass(frozen=True)
@@ -108,11 +197,18 @@ class OpenSlideReader(SlideReader):
             props.get("tiff.ResolutionUnit"),
         )
         try:
-            self.mpp, self.mpp_source = resolve_mpp(self.name, mpp_override, vendor, tiff)
+            self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, vendor, tiff))
         except SlideError:
             self._slide.close()
             raise
         self._tiles = None
+        self._ycbcr = False
+        if props.get("openslide.vendor") == "dicom":
+            try:
+                self._ycbcr = dicom_colour_mode(self) == "ycbcr"
+            except SlideError:
+                self._slide.close()
+                raise
         if fast_tiff and props.get("openslide.vendor") in FAST_TIFF_VENDORS:
             from gigamil.wsi.tiff_tiles import try_tile_source
 
@@ -158,6 +254,10 @@ class OpenSlideReader(SlideReader):
         import openslide
 
         try:
+            if self._ycbcr:  # YCbCr values passed through as RGB: convert, then composite
+                rgba = np.array(self._slide.read_region((x, y), level, (w, h)))
+                rgba[..., :3] = ycbcr_to_rgb(rgba[..., :3])
+                return composite_on_white(rgba)
             if _RAW_READ is None:
                 img = self._slide.read_region((x, y), level, (w, h))
                 return composite_on_white(np.asarray(img))

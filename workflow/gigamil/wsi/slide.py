@@ -22,8 +22,10 @@ class SlideReader:
     """Common interface of all readers. Coordinates follow OpenSlide: ``location`` is level 0.
 
     Attributes: ``path``, ``name``, ``dimensions`` (w, h) at level 0, ``level_count``,
-    ``level_dimensions``, ``level_downsamples``, ``mpp`` (µm/px at level 0), ``mpp_source``,
+    ``level_dimensions``, ``level_downsamples``, ``mpp`` (µm/px at level 0, the mean of x and y),
+    ``mpp_xy`` ((x, y) µm/px at level 0; pixels need not be square), ``mpp_source``,
     ``tile_size`` ((w, h) of the storage tiles, for aligning reads; (0, 0) if unknown).
+    Readers set the MPP with :meth:`set_mpp`.
     """
 
     path: str
@@ -33,6 +35,19 @@ class SlideReader:
     level_dimensions: tuple[tuple[int, int], ...]
     level_downsamples: tuple[float, ...]
     tile_size: tuple[int, int] = (0, 0)
+
+    _mpp_xy: tuple[float, float] | None = None
+
+    def set_mpp(self, mpp_xy: tuple[float, float], source: str) -> None:
+        """Set the level-0 (x, y) µm/px and where they came from (``mpp`` is their mean)."""
+        self._mpp_xy = (float(mpp_xy[0]), float(mpp_xy[1]))
+        self.mpp = (self._mpp_xy[0] + self._mpp_xy[1]) / 2.0
+        self.mpp_source = source
+
+    @property
+    def mpp_xy(self) -> tuple[float, float]:
+        """(x, y) µm/px at level 0 (``(mpp, mpp)`` for a reader that set only ``mpp``)."""
+        return self._mpp_xy if self._mpp_xy is not None else (self.mpp, self.mpp)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -46,7 +61,8 @@ class SlideReader:
         """(x, y) µm/px of ``level``, from the exact level-0/level size ratio per axis."""
         w0, h0 = self.dimensions
         w, h = self.level_dimensions[level]
-        return self.mpp * w0 / w, self.mpp * h0 / h
+        mpp_x, mpp_y = self.mpp_xy
+        return mpp_x * w0 / w, mpp_y * h0 / h
 
     def best_level_for_mpp(self, target_mpp: float, tolerance: float = 0.01) -> int:
         """The level whose MPP is the coarsest one still finer than or equal to ``target_mpp``.

@@ -1,5 +1,7 @@
-"""Tissue masks: HSV saturation -> median blur -> Otsu (on sqrt saturation) or fixed threshold ->
-close/open -> fill holes -> drop small components (µm²), on a raster of ``mask_mpp`` µm/px.
+"""Tissue masks on a raster of ``mask_mpp`` µm/px: HSV saturation -> median blur -> dark
+background and pen ink set aside -> Otsu (on sqrt saturation, never below a floor) or fixed
+threshold -> close -> ink/dark removed -> open -> holes filled (not those touching ink) -> small
+components dropped (µm²).
 
 Outputs (``write_mask_outputs``): the mask PNG (uint8 0/255, one pixel = mask_mpp µm), a QC PNG
 (the slide at mask resolution with the mask outline drawn on it) and a JSON sidecar
@@ -26,6 +28,13 @@ log = logging.getLogger(__name__)
 # An Otsu threshold below this saturation means the image is (nearly) uniform background:
 # splitting JPEG noise on white glass would invent tissue.
 MIN_OTSU_SATURATION = 15.0
+# Below this fraction of (non-dark, non-ink) pixels above the floor the slide has little or no
+# tissue; above it a low Otsu threshold only means the glass is flat (saturation ~0).
+LITTLE_TISSUE_FRACTION = 0.005
+# Pen ink: green to blue hues (degrees) with at least this saturation (0..255). H&E is pink to
+# purple (hue ~240-360 and 0-20); the blue-grey of pale haematoxylin stays below the saturation.
+INK_HUE_DEG = (60.0, 235.0)
+INK_MIN_SATURATION = 60.0
 OUTLINE_RGB = (0, 200, 0)
 
 
@@ -43,6 +52,8 @@ class TissueParams:
     close_um: float = _SCHEMA_DEFAULTS.close_um
     open_um: float = _SCHEMA_DEFAULTS.open_um
     min_area_um2: float = _SCHEMA_DEFAULTS.min_area_um2
+    dark_value: int = _SCHEMA_DEFAULTS.dark_value  # max(R, G, B) below this: background
+    pen_ink: bool = _SCHEMA_DEFAULTS.pen_ink  # exclude green/blue pen ink
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TissueParams:
@@ -120,9 +131,10 @@ def _binary_morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
     return m[pad:-pad, pad:-pad]
 
 
-def fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray, keep_open: np.ndarray | None = None) -> np.ndarray:
     """``scipy.ndimage.binary_fill_holes`` (background not 4-connected to the border is filled)
-    by one labelling pass instead of iterated erosions (several times faster)."""
+    by one labelling pass instead of iterated erosions (several times faster). A hole holding
+    any pixel of ``keep_open`` (bool, same shape, e.g. pen ink) is not filled."""
     from scipy import ndimage
 
     if mask.size == 0:
@@ -131,43 +143,107 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     outside = np.zeros(labels.max() + 1, bool)
     outside[edge] = True
+    if keep_open is not None:
+        outside[labels[keep_open & ~mask]] = True
     outside[0] = False  # label 0 = the mask itself
     return ~outside[labels]
 
 
+def hue_degrees(rgb: np.ndarray) -> np.ndarray:
+    """HSV hue in degrees 0..360 of an (H, W, 3) uint8 image (0 where the pixel is grey)."""
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32) / 255.0, cv2.COLOR_RGB2HSV)[
+        ..., 0
+    ]
+
+
+def pen_ink_mask(hue: np.ndarray, sat: np.ndarray, low: float, open_px: int) -> np.ndarray:
+    """Green/blue pen ink: pixels of hue ``INK_HUE_DEG`` (degrees) with saturation >=
+    ``INK_MIN_SATURATION`` in strokes wider than 2 * ``open_px``, grown into the connected
+    ink-hued pixels with saturation above ``low`` (the faint edges of the strokes)."""
+    from skimage.morphology import reconstruction
+
+    inky = (hue >= INK_HUE_DEG[0]) & (hue <= INK_HUE_DEG[1])
+    strong = _binary_morph(inky & (sat >= INK_MIN_SATURATION), max(1, open_px), "open")
+    if not strong.any():
+        return strong
+    weak = inky & (sat > low)
+    seed = (strong & weak).astype(np.uint8)
+    return reconstruction(seed, weak.astype(np.uint8), method="dilation").astype(bool) | strong
+
+
+def otsu_threshold(sat: np.ndarray, name: str = "") -> tuple[float, list[str]]:
+    """Otsu's threshold of saturation values (1-D float), computed on their square root (which
+    evens out the long tail of dense tissue, so faint stroma is not lumped with the glass), never
+    below ``MIN_OTSU_SATURATION``; returns (threshold, warnings). The floor matters when the
+    glass is flat: glass of saturation 0 puts Otsu at ~0 on a slide that is mostly tissue (no
+    warning then); only when few pixels pass the floor does it warn of little or no tissue."""
+    from skimage.filters import threshold_otsu
+
+    if sat.size == 0:
+        return MIN_OTSU_SATURATION, []
+    root = np.sqrt(sat)
+    thr = float(threshold_otsu(root)) ** 2 if np.ptp(root) > 0 else float(sat.flat[0])
+    if thr >= MIN_OTSU_SATURATION:
+        return thr, []
+    above = float(np.mean(sat > MIN_OTSU_SATURATION))
+    who = f"{name}: " if name else ""
+    if above < LITTLE_TISSUE_FRACTION:
+        return MIN_OTSU_SATURATION, [
+            f"{who}Otsu threshold {thr:.1f} is below the minimum saturation "
+            f"{MIN_OTSU_SATURATION:g} and only {100 * above:.2f} % of the slide is above it "
+            f"(little or no tissue?); using {MIN_OTSU_SATURATION:g}"
+        ]
+    log.info(
+        "%sOtsu threshold %.1f below the minimum saturation %g with %.1f %% of the slide above it "
+        "(clean glass); using %g",
+        who,
+        thr,
+        MIN_OTSU_SATURATION,
+        100 * above,
+        MIN_OTSU_SATURATION,
+    )
+    return MIN_OTSU_SATURATION, []
+
+
 def mask_from_rgb(
-    rgb: np.ndarray, mpp: float, params: TissueParams
+    rgb: np.ndarray, mpp: float, params: TissueParams, name: str = ""
 ) -> tuple[np.ndarray, float, list[str]]:
     """Tissue mask of an (H, W, 3) uint8 image of ``mpp`` µm/px: (mask bool (H, W), threshold,
-    warnings)."""
+    warnings). Dark background (max(R, G, B) < ``dark_value``) and, with ``pen_ink``, green/blue
+    pen ink are never tissue, and holes touching ink are not filled."""
     from scipy import ndimage
 
     warnings: list[str] = []
     sat = saturation(rgb)
     k = int(params.median_px) | 1
+    smooth = rgb
     if k > 1:
         sat = _median(sat, k)
+        import cv2
+
+        smooth = cv2.medianBlur(np.ascontiguousarray(rgb, dtype=np.uint8), k)
     sat = sat.astype(np.float32)
+    dark = smooth.max(axis=2) < int(params.dark_value)
+    r_close, r_open = round(params.close_um / mpp), round(params.open_um / mpp)
+    ink_core = np.zeros_like(dark)
+    if params.pen_ink:
+        hue = hue_degrees(smooth)
+        inky = (hue >= INK_HUE_DEG[0]) & (hue <= INK_HUE_DEG[1])
+        ink_core = inky & (sat >= INK_MIN_SATURATION)
     if isinstance(params.threshold, str):
         if params.threshold != "otsu":
             raise ValueError(f"threshold must be 'otsu' or a number, got {params.threshold!r}")
-        from skimage.filters import threshold_otsu
-
-        # Otsu on sqrt(saturation): the square root evens out the long tail of dense tissue,
-        # so faint stroma is not lumped with the glass (plain Otsu splits dense vs faint).
-        root = np.sqrt(sat)
-        thr = float(threshold_otsu(root)) ** 2 if np.ptp(root) > 0 else float(sat.flat[0])
-        if thr < MIN_OTSU_SATURATION:
-            warnings.append(
-                f"Otsu threshold {thr:.1f} is below the minimum saturation "
-                f"{MIN_OTSU_SATURATION:g} (little or no tissue?); using {MIN_OTSU_SATURATION:g}"
-            )
-            thr = MIN_OTSU_SATURATION
+        thr, otsu_warnings = otsu_threshold(sat[~dark & ~ink_core], name)
+        warnings += otsu_warnings
     else:
         thr = float(params.threshold)
-    r_close, r_open = round(params.close_um / mpp), round(params.open_um / mpp)
-    mask = _binary_morph(_binary_morph(sat > thr, r_close, "close"), r_open, "open")
-    mask = fill_holes(mask)
+    ink = (pen_ink_mask(hue, sat, thr, r_open) if params.pen_ink else ink_core) & ~dark
+    not_tissue = dark | ink
+    mask = _binary_morph((sat > thr) & ~not_tissue, r_close, "close") & ~not_tissue
+    mask = _binary_morph(mask, r_open, "open")
+    mask = fill_holes(mask, keep_open=ink)
     min_px = params.min_area_um2 / (mpp * mpp)
     if min_px > 1 and mask.any():
         labels, n = ndimage.label(mask)
@@ -175,6 +251,12 @@ def mask_from_rgb(
         keep = sizes >= min_px
         keep[0] = False
         mask = keep[labels]
+    if ink.any():
+        log.info(
+            "%spen ink excluded: %.2f %% of the image",
+            f"{name}: " if name else "",
+            100 * ink.mean(),
+        )
     return mask.astype(bool), thr, warnings
 
 
@@ -183,8 +265,8 @@ def compute_tissue_mask(
 ) -> TissueMask:
     """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it."""
     rgb, fx, fy, level = read_raster_image(reader, params.mask_mpp)
-    mpp_x, mpp_y = fx * reader.mpp, fy * reader.mpp
-    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params)
+    mpp_x, mpp_y = fx * reader.mpp_xy[0], fy * reader.mpp_xy[1]
+    mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params, reader.name)
     frac = float(mask.mean()) if mask.size else 0.0
     if not mask.any():
         warnings.append(f"{reader.name}: no tissue found; the mask is empty")
@@ -259,6 +341,7 @@ def mask_summary(
         "mask_mpp_xy": [tm.mpp_x, tm.mpp_y],
         "mask_shape": list(tm.mask.shape),
         "slide_mpp": reader.mpp,
+        "slide_mpp_xy": list(reader.mpp_xy),
         "slide_mpp_source": reader.mpp_source,
         "slide_dimensions": list(reader.dimensions),
         "level_read": tm.level,
