@@ -6,8 +6,12 @@ normalisation mean/std and how the patch embedding is formed. The weights themse
 on Hugging Face: ``model.weights`` names a local file or ``hf-hub:<org>/<name>`` in the local
 Hugging Face cache (gigamil.nn.weights).
 
-Sources (the models' public cards and timm configs; checked 2026-11, by reading the card's
-usage code and, where the repository has one, its timm ``config.json``):
+Sources: the models' public Hugging Face cards and configs below. H-optimus-0's and Phikon's
+``config.json`` were read directly; for the gated repositories (UNI, UNI2-h, Virchow2,
+Prov-GigaPath) the values were read from public code that reproduces the card's usage snippet or
+quotes the repository's ``config.json``, and agree across several such sources; the parameter
+counts the tests check (e.g. Virchow2 631 M, H-optimus-0 and Prov-GigaPath 1134 M) match the
+sizes the cards state (632 M, 1.1 B). Patches are resized bilinearly (some cards use bicubic).
 
 - ``uni`` - https://huggingface.co/MahmoodLab/UNI : ``timm.create_model("vit_large_patch16_224",
   img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True)``;
