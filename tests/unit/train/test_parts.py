@@ -8,10 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from gigamil.models.factory import build_mil_model
 from gigamil.nn.rng import get_rng_state, set_rng_state
-from gigamil.settings import EarlyStoppingConfig
+from gigamil.settings import EarlyStoppingConfig, ModelConfig
 from gigamil.train.amp import AmpScaler, Optimization
-from gigamil.train.checkpoint import CheckpointSaver, load_checkpoint
+from gigamil.train.checkpoint import (
+    CheckpointSaver,
+    atomic_save,
+    load_checkpoint,
+    load_model,
+    model_checkpoint,
+    model_header,
+)
 from gigamil.train.early_stopping import EarlyStopping, scalar_metric
 
 
@@ -122,6 +130,30 @@ def test_checkpoint_saver_restores_the_outputs_snakemake_deleted(tmp_path: Path)
     other = CheckpointSaver(tmp_path / "f", {**sig, "train": ["a"]})
     assert other.load_last() is None
     assert CheckpointSaver(tmp_path / "empty", sig).load_last() is None
+
+
+def test_model_pt_records_the_weights_sha256_and_old_files_still_load(tmp_path: Path) -> None:
+    cfg = ModelConfig.from_dict({"encoder": "resnet18", "trainable_blocks": 1}).to_dict()
+    model = build_mil_model(cfg, 2, 32)
+    header = model_header(cfg, ["neg", "pos"], 32, 0.5, "ab" * 32)
+    path = atomic_save(model_checkpoint(model, header, 1, {}), tmp_path / "model.pt")
+    loaded, ckpt = load_model(path)
+    assert ckpt["weights_sha256"] == "ab" * 32
+    assert {k for k, p in loaded.named_parameters() if p.requires_grad} == {
+        k for k, p in model.named_parameters() if p.requires_grad
+    }
+    # a model.pt written before trainable_blocks and weights_sha256 existed
+    old_cfg = ModelConfig.from_dict({"encoder": "smallcnn", "freeze_encoder": True}).to_dict()
+    del old_cfg["trainable_blocks"]
+    old = build_mil_model(old_cfg, 2, 32)
+    old_header = model_header(old_cfg, ["neg", "pos"], 32)
+    del old_header["weights_sha256"]
+    path = atomic_save(model_checkpoint(old, old_header, 1, {}), tmp_path / "old.pt")
+    again, _ = load_model(path)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.state_dict().values(), old.state_dict().values(), strict=True)
+    )
 
 
 def test_checkpoint_saver_disabled_writes_nothing(tmp_path: Path) -> None:

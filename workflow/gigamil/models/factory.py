@@ -10,7 +10,7 @@ from torch import nn
 from gigamil.errors import ConfigError
 from gigamil.models.mil import MILModel
 from gigamil.nn.augment import PatchPreprocess
-from gigamil.nn.encoders import build_encoder
+from gigamil.nn.encoders import build_encoder, encoder_normalisation
 from gigamil.nn.pooling import POOLS, AttentionHead
 from gigamil.settings import AugmentConfig, ModelConfig
 
@@ -30,12 +30,19 @@ def build_mil_model(
     cfg = ModelConfig.from_dict(model_cfg)
     if cfg.pool not in POOLS:
         raise ConfigError(f"model.pool: {cfg.pool!r} is not one of {', '.join(POOLS)}")
-    encoder, dim = build_encoder(cfg.encoder, cfg.weights, patch_px, cfg.batchnorm)
-    if cfg.freeze_encoder:
-        for p in encoder.parameters():
-            p.requires_grad_(False)
+    trainable = cfg.trainable_blocks
+    if cfg.freeze_encoder:  # the older spelling of trainable_blocks: 0
+        if trainable not in ("all", 0):
+            raise ConfigError(
+                f"model.freeze_encoder: true contradicts model.trainable_blocks: {trainable}"
+            )
+        trainable = 0
+    encoder, dim = build_encoder(
+        cfg.encoder, cfg.weights, patch_px, cfg.batchnorm, trainable_blocks=trainable
+    )
+    mean, std = encoder_normalisation(cfg.encoder)  # the encoder's own, not always ImageNet's
     if augment is None:
-        pre = PatchPreprocess(flips=False, rot90=False, color_jitter=0.0)
+        pre = PatchPreprocess(mean=mean, std=std)
     else:
         aug = AugmentConfig.from_dict(augment)
         pre = PatchPreprocess(
@@ -43,6 +50,8 @@ def build_mil_model(
             rot90=aug.rot90,
             color_jitter=aug.color_jitter,
             stain_jitter=aug.stain_jitter,
+            mean=mean,
+            std=std,
         )
     head = AttentionHead(
         dim,

@@ -1,4 +1,10 @@
-"""Patch encoders (small CNN, torchvision ResNets and ViT-B/16, identity) and BatchNorm modes.
+"""Patch encoders (small CNN, torchvision ResNets and ViT-B/16, timm models and pathology
+foundation models, identity) and BatchNorm modes.
+
+``model.encoder``: a name of :data:`ENCODERS` (torchvision / built in), ``timm:<architecture>``
+(any timm model, without its classifier) or a foundation model of
+:data:`gigamil.nn.foundation.FOUNDATION_MODELS` (``uni``, ``virchow2``, ...). Weights:
+gigamil.nn.weights; partial fine-tuning (``model.trainable_blocks``): gigamil.nn.partial.
 
 BatchNorm and the accumulating trainer (see README, "Training"):
 
@@ -15,14 +21,23 @@ BatchNorm and the accumulating trainer (see README, "Training"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from gigamil.errors import ConfigError
+from gigamil.nn.augment import IMAGENET_MEAN, IMAGENET_STD
+from gigamil.nn.foundation import FOUNDATION_MODELS, encoder_spec, is_timm_encoder
+from gigamil.nn.partial import (
+    SplitEncoder,
+    build_timm_model,
+    embedding_dim,
+    parse_trainable_blocks,
+)
+from gigamil.nn.weights import WEIGHT_SUFFIXES, is_weights_file, load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +143,26 @@ def _largest_group_count(channels: int, max_groups: int = 32) -> int:
     return max(g for g in range(1, max_groups + 1) if channels % g == 0)
 
 
+def _subclass_mode(bn: nn.BatchNorm2d, mode: str) -> None:
+    """``frozen`` for a BatchNorm2d subclass: the same object, its class swapped for one whose
+    ``train()`` keeps it in eval mode (its own forward, e.g. a fused activation, is kept)."""
+    if mode == "groupnorm":
+        raise ConfigError(
+            f"model.batchnorm: groupnorm cannot replace {type(bn).__name__}; use frozen or train"
+        )
+    if getattr(type(bn), "_gigamil_frozen", False):
+        return
+    cls = type(bn)
+    bn.__class__ = type(
+        f"Eval{cls.__name__}", (cls,), {"train": _eval_train, "_gigamil_frozen": True}
+    )
+    bn.train(False)
+
+
+def _eval_train(self: nn.Module, mode: bool = True) -> nn.Module:  # noqa: ARG001
+    return nn.Module.train(self, False)
+
+
 def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
     """Apply a BatchNorm mode (``frozen``, ``train``, ``groupnorm``) in place; returns it."""
     if mode not in BATCHNORM_MODES:
@@ -135,7 +170,12 @@ def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
     if mode == "train":
         return module
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.BatchNorm2d):
+        if isinstance(child, nn.BatchNorm2d) and type(child) not in (
+            nn.BatchNorm2d,
+            EvalBatchNorm2d,
+        ):
+            _subclass_mode(child, mode)  # e.g. timm's BatchNormAct2d (BatchNorm + activation)
+        elif isinstance(child, nn.BatchNorm2d):
             if mode == "frozen":
                 new: nn.Module = EvalBatchNorm2d(
                     child.num_features,
@@ -144,7 +184,8 @@ def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
                     child.affine,
                     child.track_running_stats,
                 )
-                new.load_state_dict(child.state_dict())
+                state = child.state_dict()
+                new.load_state_dict(state, assign=any(t.is_meta for t in state.values()))
             else:
                 c = child.num_features
                 new = nn.GroupNorm(_largest_group_count(c), c, eps=child.eps, affine=True)
@@ -159,18 +200,19 @@ def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
     return module
 
 
-def _torchvision_weights(builder_name: str, weights: str | None):  # noqa: ANN202
-    """Resolve a torchvision weight name; local .pt files are loaded later by ``build_encoder``."""
-    if weights is None or Path(str(weights)).suffix in (".pt", ".pth"):
+def torchvision_weights(encoder: str, weights: str | None):  # noqa: ANN201
+    """The torchvision weight enum of a name such as IMAGENET1K_V1 (None: no named weights)."""
+    if weights is None or is_weights_file(weights) or encoder not in _WEIGHT_ENUMS:
         return None
     import torchvision
 
     try:
-        return torchvision.models.get_weight(f"{_WEIGHT_ENUMS[builder_name]}.{weights}")
+        return torchvision.models.get_weight(f"{_WEIGHT_ENUMS[encoder]}.{weights}")
     except (KeyError, ValueError, AttributeError) as exc:
         raise ConfigError(
-            f"model.weights: {weights!r} is not a torchvision weight of {builder_name} "
-            f"(e.g. IMAGENET1K_V1 or DEFAULT, a local .pt file, or null)"
+            f"model.weights: {weights!r} is not a torchvision weight of {encoder} "
+            f"(e.g. IMAGENET1K_V1 or DEFAULT, a local {'/'.join(WEIGHT_SUFFIXES)} file, "
+            "hf-hub:<org>/<name>, or null)"
         ) from exc
 
 
@@ -182,18 +224,94 @@ _WEIGHT_ENUMS = {
 }
 
 
-def build_encoder(
-    name: str, weights: str | None = None, patch_px: int = 224, batchnorm: str = "frozen"
+def check_encoder_name(name: str) -> None:
+    """Raise a ConfigError for an unknown ``model.encoder``."""
+    if name in ENCODERS or name in FOUNDATION_MODELS:
+        return
+    if name.startswith("timm:"):
+        import timm
+
+        if timm.is_model(name[len("timm:") :]):
+            return
+        raise ConfigError(f"model.encoder: {name[len('timm:') :]!r} is not a timm architecture")
+    raise ConfigError(
+        f"model.encoder: {name!r} is not one of {', '.join(ENCODERS)}, "
+        f"{', '.join(FOUNDATION_MODELS)} or timm:<architecture>"
+    )
+
+
+def encoder_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` the encoder's inputs are normalised with (ImageNet unless a foundation
+    model or timm's pretrained config of the architecture says otherwise)."""
+    if is_timm_encoder(name):
+        spec = encoder_spec(name)
+        return tuple(spec.mean), tuple(spec.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def build_encoder(  # noqa: PLR0913 - one config section's keys
+    name: str,
+    weights: str | None = None,
+    patch_px: int = 224,
+    batchnorm: str = "frozen",
+    trainable_blocks: str | int = "all",
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, int]:
     """Build a patch encoder; returns ``(module, feature_dim)``.
 
     ``module`` maps float (n, 3, patch_px, patch_px) to (n, feature_dim). ``weights`` is a
     torchvision weight name (downloaded by torchvision: needs internet or a filled cache), a local
-    ``.pt`` state dict, or None (random initialisation). ``identity`` flattens its input
-    (pre-extracted features (n, D) pass through; patches give D = 3·patch_px²).
+    ``.safetensors``/``.bin``/``.pt``/``.pth`` state dict or ``hf-hub:<org>/<name>`` (local
+    Hugging Face cache), loaded strictly (gigamil.nn.weights), or None (random initialisation).
+    ``identity`` flattens its input (pre-extracted features (n, D) pass through; patches give
+    D = 3·patch_px²). ``trainable_blocks``: ``all``, 0 (frozen) or N (the last N blocks/stages
+    learn, gigamil.nn.partial). ``device="meta"`` builds shapes only (no memory, no weights).
     """
-    if name not in ENCODERS:
-        raise ConfigError(f"model.encoder: {name!r} is not one of {', '.join(ENCODERS)}")
+    check_encoder_name(name)
+    n_top = parse_trainable_blocks(trainable_blocks)
+    if is_timm_encoder(name):
+        module, dim = _build_timm(name, weights, device)
+    else:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            module, dim = _build_builtin(name, weights, patch_px)
+    set_batchnorm_mode(module, batchnorm)
+    if n_top == 0:
+        module.requires_grad_(False)
+    elif n_top is not None:
+        if not isinstance(module, SplitEncoder):
+            if not name.startswith("resnet"):
+                raise ConfigError(
+                    f"model.trainable_blocks: an integer needs a ViT or a ResNet encoder, not "
+                    f"{name} (use all or 0; for a ViT-B/16 use timm:vit_base_patch16_224)"
+                )
+            module = SplitEncoder(module)
+        module.set_trainable_blocks(n_top)
+    return module, int(dim)
+
+
+def _build_timm(
+    name: str, weights: str | None, device: str | torch.device | None
+) -> tuple[SplitEncoder, int]:
+    spec = encoder_spec(name)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_timm_model(spec)
+    if weights is not None:
+        if not is_weights_file(weights):
+            raise ConfigError(
+                f"model.weights: {weights!r} for {name}: use a local "
+                f"{'/'.join(WEIGHT_SUFFIXES)} file, hf-hub:<org>/<name> or null"
+            )
+        classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+        hint = spec.weights_note or (
+            f"is it a {spec.architecture} with the arguments of {spec.source}?"
+            if spec.source
+            else f"is it a {spec.architecture}?"
+        )
+        load_weights_file(model, weights, classifier, hint)
+    return SplitEncoder(model, spec.pool, spec.input_size), embedding_dim(model, spec.pool)
+
+
+def _build_builtin(name: str, weights: str | None, patch_px: int) -> tuple[nn.Module, int]:
     if name == "smallcnn":
         module: nn.Module = SmallCNN()
         dim = module.out_dim
@@ -202,7 +320,7 @@ def build_encoder(
     else:
         import torchvision
 
-        tv_weights = _torchvision_weights(name, weights)
+        tv_weights = torchvision_weights(name, weights)
         try:
             if name.startswith("resnet"):
                 module = getattr(torchvision.models, name)(weights=tv_weights)
@@ -216,18 +334,16 @@ def build_encoder(
         except (OSError, RuntimeError) as exc:  # download failure offline
             raise ConfigError(
                 f"model.weights: cannot load {weights!r} for {name} ({exc}); "
-                "use null offline or a local .pt file"
+                "use null offline or a local weights file"
             ) from exc
-    if weights is not None and Path(str(weights)).suffix in (".pt", ".pth"):
-        if not Path(weights).is_file():
-            raise ConfigError(f"model.weights: file {weights} does not exist")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        target = module[1] if isinstance(module, nn.Sequential) and name == "vit_b_16" else module
-        missing, unexpected = target.load_state_dict(state, strict=False)
-        log.info(
-            "loaded %s (missing %d, unexpected %d keys)", weights, len(missing), len(unexpected)
-        )
+    if is_weights_file(weights):
+        if name == "identity":
+            raise ConfigError("model.weights: identity has no weights; use null")
+        target = module[1] if name == "vit_b_16" else module
+        classifier = {"vit_b_16": "heads"}.get(name, "fc" if name.startswith("resnet") else None)
+        load_weights_file(target, str(weights), classifier)
     elif weights is not None and name in ("smallcnn", "identity"):
-        raise ConfigError(f"model.weights: {name} has no named weights; use null or a .pt file")
-    set_batchnorm_mode(module, batchnorm)
+        raise ConfigError(
+            f"model.weights: {name} has no named weights; use null or a local weights file"
+        )
     return module, int(dim)

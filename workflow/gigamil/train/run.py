@@ -27,6 +27,7 @@ from gigamil.errors import ConfigError, GigamilError
 from gigamil.models.factory import build_mil_model
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
+from gigamil.nn.weights import weights_sha256
 from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.train import distributed as ddp
 from gigamil.train.amp import AmpScaler, Optimization
@@ -254,7 +255,14 @@ class FoldTrainer:
             "val": sorted(it.slide_id for it in data.val),
         }
         self.saver = CheckpointSaver(out_dir, signature, enabled=info.is_main)
-        self.header = model_header(model_cfg.to_dict(), data.classes, data.patch_px, data.patch_mpp)
+        digest = weights_sha256(model_cfg.weights, model_cfg.encoder)
+        if model_cfg.weights is not None:
+            log.info(
+                "encoder %s, weights %s (sha256 %s)", model_cfg.encoder, model_cfg.weights, digest
+            )
+        self.header = model_header(
+            model_cfg.to_dict(), data.classes, data.patch_px, data.patch_mpp, digest
+        )
         self.settings = EpochSettings(
             seed=tcfg.seed,
             bags_per_step=tcfg.bags_per_step,

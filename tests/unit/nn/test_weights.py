@@ -1,0 +1,150 @@
+"""model.weights: strict loading of local files and of the local Hugging Face cache, sha256."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gigamil.errors import ConfigError
+from gigamil.models.factory import build_mil_model
+from gigamil.nn.encoders import build_encoder, encoder_normalisation
+from gigamil.nn.foundation import FOUNDATION_MODELS, EncoderSpec
+from gigamil.nn.weights import weights_sha256
+from gigamil.train.checkpoint import model_header
+
+TINY = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}
+
+
+@pytest.fixture
+def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A registry entry ``tiny_vit``: a 3-block ViT on 32 px patches (random init)."""
+    spec = EncoderSpec("vit_tiny_patch16_224", TINY, input_size=32, embed_dim=32, source="test")
+    monkeypatch.setitem(FOUNDATION_MODELS, "tiny_vit", spec)
+    return "tiny_vit"
+
+
+def timm_state(name: str = "tiny_vit", seed: int = 3) -> dict[str, torch.Tensor]:
+    """The state dict (timm key names) of a freshly built encoder."""
+    torch.manual_seed(seed)
+    enc, _ = build_encoder(name, None, 32)
+    return {k: v.clone() for k, v in enc.model.state_dict().items()}
+
+
+def same_weights(enc: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in enc.model.state_dict().items())
+
+
+def test_safetensors_file_loads_strictly_and_its_sha256_is_recorded(tiny_vit, tmp_path) -> None:
+    state = timm_state()
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    enc, dim = build_encoder(tiny_vit, str(path), 32)
+    assert dim == 32 and same_weights(enc, state)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert weights_sha256(str(path), tiny_vit) == digest
+    assert model_header({}, ["a", "b"], 32, None, digest)["weights_sha256"] == digest
+    assert weights_sha256(None, tiny_vit) is None
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "model"])
+def test_wrapped_and_prefixed_pt_files_load(tiny_vit, tmp_path, wrapper: str) -> None:
+    state = timm_state()
+    prefixed = {f"module.backbone.{k}": v for k, v in state.items()}
+    torch.save({wrapper: prefixed, "epoch": 3}, tmp_path / "w.pth")
+    enc, _ = build_encoder(tiny_vit, str(tmp_path / "w.pth"), 32)
+    assert same_weights(enc, state)
+
+
+def test_a_classifier_the_encoder_does_not_have_is_dropped(tiny_vit, tmp_path) -> None:
+    state = timm_state()
+    with_head = dict(state, **{"head.weight": torch.zeros(5, 32), "head.bias": torch.zeros(5)})
+    torch.save(with_head, tmp_path / "w.bin")
+    enc, _ = build_encoder(tiny_vit, str(tmp_path / "w.bin"), 32)
+    assert same_weights(enc, state)
+
+
+def test_missing_and_unexpected_keys_are_errors_naming_them(tiny_vit, tmp_path) -> None:
+    state = timm_state()
+    del state["blocks.1.norm1.weight"]
+    state["blocks.9.extra"] = torch.zeros(2)
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(ConfigError) as err:
+        build_encoder(tiny_vit, str(tmp_path / "w.pt"), 32)
+    msg = str(err.value)
+    assert "1 missing keys (blocks.1.norm1.weight)" in msg
+    assert "1 unexpected keys (blocks.9.extra)" in msg
+    assert "\n" not in msg
+
+
+def test_an_unknown_wrapper_is_an_error(tiny_vit, tmp_path) -> None:
+    torch.save({"teacher": timm_state(), "epoch": 1}, tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match="keys teacher, epoch, not a state dict"):
+        build_encoder(tiny_vit, str(tmp_path / "w.pt"), 32)
+
+
+def test_weights_of_another_architecture_are_an_error(tiny_vit, monkeypatch, tmp_path) -> None:
+    deeper = EncoderSpec("vit_tiny_patch16_224", dict(TINY, depth=4), input_size=32)
+    monkeypatch.setitem(FOUNDATION_MODELS, "deeper", deeper)
+    torch.save(timm_state("deeper"), tmp_path / "deep.pt")
+    with pytest.raises(ConfigError, match=r"unexpected keys \(blocks\.3\."):
+        build_encoder(tiny_vit, str(tmp_path / "deep.pt"), 32)
+    wider = EncoderSpec("vit_tiny_patch16_224", dict(TINY, embed_dim=48), input_size=32)
+    monkeypatch.setitem(FOUNDATION_MODELS, "wider", wider)
+    torch.save(timm_state("wider"), tmp_path / "wide.pt")
+    with pytest.raises(ConfigError, match="other shapes .*a different architecture"):
+        build_encoder(tiny_vit, str(tmp_path / "wide.pt"), 32)
+
+
+def test_hf_hub_weights_come_from_the_local_cache_only(tiny_vit, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError) as err:
+        build_encoder(tiny_vit, "hf-hub:someorg/tiny", 32)
+    msg = str(err.value)
+    assert "\n" not in msg and "hf download someorg/tiny" in msg and str(tmp_path / "hub") in msg
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    state = timm_state()
+    save_file(state, str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    enc, _ = build_encoder(tiny_vit, "hf-hub:someorg/tiny", 32)
+    assert same_weights(enc, state)
+    assert (
+        weights_sha256("hf-hub:someorg/tiny", tiny_vit)
+        == hashlib.sha256(
+            (repo / "snapshots" / "abc123" / "model.safetensors").read_bytes()
+        ).hexdigest()
+    )
+
+
+def test_torchvision_encoders_load_files_strictly_and_names_still_resolve(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    full = torchvision.models.resnet18(weights=None).state_dict()  # with its fc classifier
+    torch.save(full, tmp_path / "r18.pt")
+    enc, dim = build_encoder("resnet18", str(tmp_path / "r18.pt"), 32, "groupnorm")
+    assert dim == 512 and torch.equal(enc.layer4[1].conv2.weight, full["layer4.1.conv2.weight"])
+    broken = {k: v for k, v in full.items() if not k.startswith("layer4.")}
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(ConfigError, match="missing keys"):
+        build_encoder("resnet18", str(tmp_path / "broken.pt"), 32)
+    with pytest.raises(ConfigError, match="not a torchvision weight"):
+        build_encoder("resnet18", "NO_SUCH_WEIGHTS", 32)
+    with pytest.raises(ConfigError, match="local .* file, hf-hub"):
+        build_encoder("timm:resnet18", "IMAGENET1K_V1", 32)
+
+
+def test_the_preprocessing_normalises_with_the_encoders_mean_and_std() -> None:
+    hopt = encoder_normalisation("h_optimus_0")
+    assert hopt == ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
+    model = build_mil_model({"encoder": "timm:vit_tiny_patch16_224"}, 2, 32)
+    pre = model.feature_encoder[0]
+    assert torch.allclose(pre.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))  # timm's config
+    resnet = build_mil_model({"encoder": "resnet18"}, 2, 32)
+    imagenet = torch.tensor([0.485, 0.456, 0.406])
+    assert torch.allclose(resnet.feature_encoder[0].mean.flatten(), imagenet)

@@ -1,0 +1,223 @@
+"""Encoder weights from a local file or the local Hugging Face cache, loaded strictly.
+
+``model.weights`` is a local ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` file or
+``hf-hub:<org>/<name>`` (looked up in the local Hugging Face cache only: nothing is downloaded,
+so a compute node without internet behaves like a laptop with one). The file holds a bare state
+dict or one wrapped in ``state_dict`` / ``model``; prefixes every key shares (``module.``,
+``backbone.``, ``encoder.``, ``model.``) are stripped when the encoder has no key with them, and
+keys of the classifier that gigamil removed (``head.*`` of a timm ViT, ``fc.*`` of a ResNet)
+are dropped. Anything else missing or unexpected is an error naming the first keys and the counts.
+The sha256 of the file identifies the weights in ``model.pt`` and in the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gigamil.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HF_PREFIX = "hf-hub:"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WRAPPERS = ("state_dict", "model")
+STRIP_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+# file names a Hugging Face model repository keeps its weights under, in order of preference
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def is_weights_file(weights: str | None) -> bool:
+    """A local weights file (by suffix) or an ``hf-hub:`` reference."""
+    return weights is not None and (
+        str(weights).startswith(HF_PREFIX) or Path(str(weights)).suffix in WEIGHT_SUFFIXES
+    )
+
+
+def _hub_cache() -> str:
+    """The Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default),
+    read when called so a job's environment counts."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def resolve_weights(weights: str) -> Path:
+    """The local file behind ``model.weights`` (raises a one-line ConfigError when missing)."""
+    if not weights.startswith(HF_PREFIX):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.weights: file {weights} does not exist")
+        return path
+    repo = weights[len(HF_PREFIX) :].strip("/")
+    if repo.count("/") != 1:
+        raise ConfigError(f"model.weights: {weights!r} is not hf-hub:<org>/<name>")
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in HF_FILES:
+        found = try_to_load_from_cache(repo, filename, cache_dir=_hub_cache())
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    raise ConfigError(
+        f"model.weights: {weights} is not in the local Hugging Face cache ({_hub_cache()}); "
+        f"on a machine with internet, accept the model's terms on https://huggingface.co/{repo}, "
+        f"run `hf auth login` and `hf download {repo}`, then copy its "
+        f"models--{repo.replace('/', '--')} folder into this machine's cache (or set "
+        f"HF_HUB_CACHE to a copy), or set model.weights to the downloaded "
+        f"{' or '.join(HF_FILES)} file"
+    )
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file (cached per path, size and modification time)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors, or a torch pickle read with ``weights_only``;
+    a dict wrapped in ``state_dict`` / ``model`` is unwrapped."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise ConfigError(f"model.weights: cannot read {path} ({exc})") from exc
+    for _ in range(2):  # e.g. {"model": {...}} or {"state_dict": {"model": ...}} is not nested
+        if isinstance(obj, Mapping) and not _is_state_dict(obj):
+            inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        what = (
+            f"a dict with keys {', '.join(map(str, list(obj)[:5]))}"
+            if isinstance(obj, Mapping)
+            else type(obj).__name__
+        )
+        raise ConfigError(
+            f"model.weights: {path} holds {what}, not a state dict of tensors (a state dict "
+            f"may be wrapped in {' or '.join(repr(w) for w in WRAPPERS)}, nothing else)"
+        )
+    return dict(obj)
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    )
+
+
+def strip_prefixes(
+    state: Mapping[str, torch.Tensor], expected: set[str]
+) -> dict[str, torch.Tensor]:
+    """Remove a prefix from :data:`STRIP_PREFIXES` that every key has and no expected key has
+    (repeatedly: ``module.backbone.x`` → ``x``)."""
+    state = dict(state)
+    changed = True
+    while changed:
+        changed = False
+        for p in STRIP_PREFIXES:
+            if all(k.startswith(p) for k in state) and not any(k.startswith(p) for k in expected):
+                state = {k[len(p) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def _key_list(keys: list[str], n: int = 5) -> str:
+    more = f", ... ({len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    classifier: str | None = None,
+    hint: str = "",
+) -> None:
+    """Load ``state`` into ``module`` after prefix stripping; every key must match (names and
+    shapes). Keys under ``classifier`` (the head gigamil replaced by an identity) are dropped."""
+    expected = set(module.state_dict())
+    state = strip_prefixes(state, expected)
+    if classifier:
+        dropped = [k for k in state if k.startswith(f"{classifier}.") and k not in expected]
+        for k in dropped:
+            del state[k]
+        if dropped:
+            log.info("model.weights: ignoring the classifier's %d keys %s", len(dropped), dropped)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    tail = f"; {hint}" if hint else ""
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_key_list(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_key_list(unexpected)})")
+        raise ConfigError(
+            f"model.weights: {source} does not fit the encoder ({len(expected)} keys): "
+            f"{' and '.join(parts)}{tail}"
+        )
+    own = module.state_dict()
+    shapes = [k for k in sorted(state) if tuple(state[k].shape) != tuple(own[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise ConfigError(
+            f"model.weights: {source} does not fit the encoder: {len(shapes)} tensors have "
+            f"other shapes (first {k}: {tuple(state[k].shape)} in the file, "
+            f"{tuple(own[k].shape)} in the encoder; a different architecture?){tail}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def load_weights_file(
+    module: nn.Module, weights: str, classifier: str | None = None, hint: str = ""
+) -> str:
+    """Resolve, read and strictly load ``weights`` into ``module``; returns the file's sha256
+    (also logged)."""
+    path = resolve_weights(weights)
+    digest = file_sha256(path)
+    load_strict(module, read_state_dict(path), str(weights), classifier, hint)
+    log.info("encoder weights %s (%s): sha256 %s", weights, path, digest)
+    return digest
+
+
+def weights_sha256(weights: str | None, encoder: str) -> str | None:
+    """sha256 of the file behind ``model.weights`` of ``encoder`` (None: random init, or a
+    torchvision weight name whose file is not in torch's hub cache)."""
+    if weights is None:
+        return None
+    if is_weights_file(weights):
+        return file_sha256(resolve_weights(weights))
+    from gigamil.nn.encoders import torchvision_weights
+
+    try:
+        w = torchvision_weights(encoder, weights)
+    except ConfigError:
+        return None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name if w else None
+    return file_sha256(path) if path is not None and path.is_file() else None
