@@ -255,7 +255,7 @@ def test_titles_carry_label_prediction_probability_and_models(grid_slide, tmp_pa
             assert part in title, (name, title)
 
 
-def test_overlay_has_no_seams_between_patch_rows(grid_slide, tmp_path):
+def test_overlay_is_drawn_pixel_for_pixel_without_seams(grid_slide, tmp_path):
     store = tmp_path / "s9.zarr"
     coords, _ = grid_slide.write(store)
     for thumb_px in (200, 256, 333):
@@ -279,6 +279,23 @@ def test_overlay_has_no_seams_between_patch_rows(grid_slide, tmp_path):
         assert box.shape[0] == round(grid_slide.rows * grid_slide.patch * scale)
 
 
+@pytest.mark.parametrize(("side", "thumb_px"), [(443.2, 333), (1000 / 3, 400), (300.4, 800)])
+def test_resampled_patches_leave_no_seam_on_the_canvas(side, thumb_px):
+    """Patches of a non-integer level-0 side (resampled to the target µm/px) at whole-pixel
+    coords: the canvas has no uncovered row or column between patch rows."""
+    rows, cols = 6, 8
+    grid = np.array([(r, c) for r in range(rows) for c in range(cols)])
+    coords = np.round(grid[:, ::-1] * side).astype(np.int64)
+    w0, h0 = round(cols * side) + 40, round(rows * side) + 24
+    scale = thumb_px / max(w0, h0)
+    canvas = attention_canvas(
+        coords, side, np.ones(len(coords)), scale, (round(h0 * scale), round(w0 * scale))
+    )
+    covered = np.isfinite(canvas)
+    ys, xs = np.nonzero(covered)
+    assert covered[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+
+
 def test_gallery_captions_do_not_cover_the_patches(tmp_path):
     k, px = 4, 8
     patches = np.zeros((2 * k, px, px, 3), np.uint8)
@@ -288,7 +305,7 @@ def test_gallery_captions_do_not_cover_the_patches(tmp_path):
     render_gallery(patches, np.linspace(0.5, 0.001, 2 * k), captions, png, "t", n_patches=50)
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     green = (img == (0, 200, 0)).all(axis=-1)
-    up = int(np.ceil(112 / px))
+    up = int(np.ceil(96 / px))
     assert green.sum() == 2 * k * (px * up) ** 2  # every patch pixel, untouched by any text
 
 

@@ -160,11 +160,15 @@ def attention_canvas(
         float (H, W): mean value of the patches covering each pixel, NaN where no patch is.
     """
     h, w = shape
-    # Rounded edges: neighbouring patches tile the canvas without sharing pixels.
+    # Rounded edges: neighbouring patches tile the canvas without sharing pixels. The stores'
+    # coords are whole level-0 pixels but a resampled patch's side is not (e.g. 443.2 px), so
+    # the next patch may start up to 1 level-0 px after this one ends, which the rounding turns
+    # into a 1-px seam between patch rows now and then: such ends are moved out by that 1 px.
+    side = float(patch_size_level0) + (0.0 if float(patch_size_level0).is_integer() else 1.0)
     x0 = np.round(coords[:, 0] * scale).astype(np.int64)
     y0 = np.round(coords[:, 1] * scale).astype(np.int64)
-    x1 = np.maximum(np.round((coords[:, 0] + patch_size_level0) * scale).astype(np.int64), x0 + 1)
-    y1 = np.maximum(np.round((coords[:, 1] + patch_size_level0) * scale).astype(np.int64), y0 + 1)
+    x1 = np.maximum(np.round((coords[:, 0] + side) * scale).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.round((coords[:, 1] + side) * scale).astype(np.int64), y0 + 1)
     x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     # 2-D difference arrays: each patch adds its value to a rectangle in O(1).
@@ -264,8 +268,12 @@ def _pixel_axes(fig: Any, x: int, y_top: int, w: int, h: int, fig_w: int, fig_h:
 
 
 DPI = 100
-TITLE_PX = 44  # two title lines at 9 pt
 MIN_FIGURE_PX = 620  # room for the title's second line
+
+
+def _title_px(title: str) -> int:
+    """Height of the title band: 16 px per line at 9 pt, plus margins."""
+    return 10 + 16 * (title.count("\n") + 1)
 
 
 def render_overlay(
@@ -289,14 +297,15 @@ def render_overlay(
     h, w = image.shape[:2]
     bar_px = 110  # colour bar, its ticks and its two-line label
     fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
-    fig_h = h + TITLE_PX + 16
+    top = _title_px(title)
+    fig_h = h + top + 16
     fig = _figure(fig_w, fig_h)
     left = max(10, (fig_w - bar_px - w) // 2)
-    ax = _pixel_axes(fig, left, TITLE_PX, w, h, fig_w, fig_h)
+    ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
-        ((fig_w - bar_px + 4) / fig_w, 1.0 - (TITLE_PX + h) / fig_h, 14 / fig_w, h / fig_h)
+        ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
     )
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), _colormap(cmap)), cax=cax)
     label = scale.label if scale is not None else "attention"
@@ -342,7 +351,7 @@ def render_gallery(
     n = len(patches)
     k = max(1, int(np.ceil(n / 2)))
     ph, pw = (patches.shape[1], patches.shape[2]) if n else (32, 32)
-    up = max(1, int(np.ceil(112 / max(ph, pw))))  # small patches are enlarged (nearest)
+    up = max(1, int(np.ceil(96 / max(ph, pw))))  # small patches are enlarged (nearest)
     cell_h, cell_w, pad = ph * up, pw * up, 6
     row_h = cell_h + CAPTION_PX + pad
     mosaic = np.full((2 * row_h + pad, k * (cell_w + pad) + pad, 3), 255, np.uint8)
@@ -353,10 +362,11 @@ def render_gallery(
     mh, mw = mosaic.shape[:2]
     margin = 26  # the "top" / "bottom" row names
     fig_w = max(mw + margin + 10, MIN_FIGURE_PX)
-    fig_h = mh + TITLE_PX + 4
+    top = _title_px(title)
+    fig_h = mh + top + 4
     fig = _figure(fig_w, fig_h)
     left = max(margin, (fig_w - mw) // 2)
-    ax = _pixel_axes(fig, left, TITLE_PX, mw, mh, fig_w, fig_h)
+    ax = _pixel_axes(fig, left, top, mw, mh, fig_w, fig_h)
     ax.imshow(mosaic, interpolation="nearest")
     for i in range(n):
         r, c = divmod(i, k)
