@@ -17,7 +17,7 @@ found = layout.attention_files(snakemake.input.attention, slide_id)
 log = logging.getLogger("heatmap")
 log.info("%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found)))
 prediction = read_slide_prediction(snakemake.input.preds, slide_id, snakemake.params.classes)
-log.info("%s: %s", slide_id, prediction.title().replace("\n", ": "))
+log.info("%s", prediction.title().replace("\n", ": "))
 if prediction.n_models != len(found):
     log.warning(
         "%s: %d prediction(s) but %d attention file(s); were the predictions rerun?",
