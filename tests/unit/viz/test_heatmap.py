@@ -351,3 +351,19 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     assert "c / s11" in title and "P(lesion) = 0.9" in title and "1 fold model (fold 2)" in title
     assert main([*args, "--normalize", "probability"]) == 2  # needs --predictions
     assert "needs --predictions" in capsys.readouterr().err
+
+
+def test_scale_names_agree_in_schema_cli_and_package():
+    import argparse
+
+    from gigamil.commands import heatmap as cmd
+    from gigamil.settings import schema_section
+    from gigamil.viz.heatmap import DEFAULT_SCALE, SCALES
+
+    node = schema_section(("heatmaps",))["properties"]["normalize"]
+    assert tuple(node["enum"]) == SCALES and node["default"] == DEFAULT_SCALE
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    (action,) = [a for a in parser._actions if a.dest == "normalize"]
+    assert tuple(action.choices) == SCALES
+    assert HeatmapStyle().normalize == DEFAULT_SCALE
