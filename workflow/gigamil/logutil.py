@@ -1,12 +1,54 @@
-"""Logging set-up shared by the CLI and the Snakemake scripts."""
+"""Logging set-up shared by the CLI and the Snakemake scripts.
+
+Every line says what it belongs to: :func:`log_context` names the current unit of work (``fold 2
+epoch 3/20``, ``fold 2 predict ext``) and the handlers set up here print it in brackets after the
+level, so the interleaved output of folds trained in parallel stays readable.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMAT = "%(asctime)s %(levelname)s %(context)s%(name)s: %(message)s"
+
+_CONTEXT: ContextVar[str] = ContextVar("gigamil_log_context", default="")
+
+
+class ContextFilter(logging.Filter):
+    """Sets ``record.context`` to ``"[<current log_context>] "`` (empty outside any)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _CONTEXT.get()
+        record.context = f"[{ctx}] " if ctx else ""
+        return True
+
+
+def format_handler(handler: logging.Handler) -> logging.Handler:
+    """Give ``handler`` gigamil's line format (time, level, [context], logger: message)."""
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(ContextFilter())
+    return handler
+
+
+@contextmanager
+def log_context(text: str) -> Iterator[None]:
+    """Within the block, every log line names ``text`` (e.g. ``fold 2 epoch 3/20``); it replaces
+    the enclosing context, so give the whole name."""
+    token = _CONTEXT.set(text)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_context() -> str:
+    """The innermost :func:`log_context` text ('' outside any)."""
+    return _CONTEXT.get()
 
 
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
@@ -19,8 +61,7 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(handler)
+        root.addHandler(format_handler(handler))
     root.setLevel(level)
     logging.captureWarnings(True)
 

@@ -28,6 +28,11 @@ rule heatmap:
         attention=lambda wc: [
             layout.attention_dir(EXPERIMENT, k, wc.cohort) for k in FOLDS
         ],
+        # the same fold models' predictions: label, predicted class and probability for the
+        # titles and the probability colour scale
+        preds=lambda wc: [
+            layout.prediction_csv(EXPERIMENT, k, wc.cohort) for k in FOLDS
+        ],
     output:
         overlay=report_output(
             f"{HEATMAP_DIR}/overlay.png",
@@ -61,6 +66,7 @@ rule heatmap:
         runtime=15,
     params:
         heatmaps=HEATMAP_PARAMS,
+        classes=CLASSES,
         slide_mpp=slide_mpp_override,
     script:
         "../scripts/heatmap.py"

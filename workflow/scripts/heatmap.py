@@ -1,5 +1,6 @@
 """Snakemake script of rule heatmap: gigamil.viz.heatmap.make_heatmap for one slide, with the
-attention of every fold model that predicted it averaged (ensemble heatmap)."""
+attention of every fold model that predicted it averaged (ensemble heatmap) and the mean of
+their predictions (gigamil.viz.slide_info) in the titles and the probability colour scale."""
 
 from gigamil.logutil import setup_script_logging
 
@@ -11,12 +12,21 @@ from pathlib import Path
 from gigamil import layout
 from gigamil.evaluate.localization import mean_attention
 from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
+from gigamil.viz.slide_info import read_slide_prediction
 
 slide_id = snakemake.wildcards.slide_id
 found = layout.attention_files(snakemake.input.attention, slide_id)
-logging.getLogger("heatmap").info(
-    "%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found))
-)
+log = logging.getLogger("heatmap")
+log.info("%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found)))
+prediction = read_slide_prediction(snakemake.input.preds, slide_id, snakemake.params.classes)
+log.info("%s", prediction.title().replace("\n", ": "))
+if prediction.n_models != len(found):
+    log.warning(
+        "%s: %d prediction(s) but %d attention file(s); were the predictions rerun?",
+        slide_id,
+        prediction.n_models,
+        len(found),
+    )
 hm = snakemake.params.heatmaps
 make_heatmap(
     snakemake.input.store,
@@ -30,6 +40,6 @@ make_heatmap(
         alpha=float(hm["alpha"]),
         cmap=hm["cmap"],
     ),
-    title=f"{snakemake.wildcards.cohort}/{slide_id} ({len(found)} model(s))",
     mpp_override=snakemake.params.slide_mpp,
+    prediction=prediction,
 )

@@ -393,3 +393,83 @@ def test_training_on_one_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> 
     one = train[train["label"] == mil_bags.classes[0]]
     with pytest.raises(GigamilError, match=r"training slides hold only class 'normal'"):
         train_fold(one, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
+
+
+@pytest.fixture()
+def log_lines():
+    """The lines gigamil's log format writes (logutil.format_handler) while the test runs."""
+    import io
+    import logging
+
+    from gigamil.logutil import format_handler
+
+    buf = io.StringIO()
+    handler = format_handler(logging.StreamHandler(buf))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: buf.getvalue().splitlines()
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def test_training_and_prediction_log_lines_name_fold_epoch_and_progress(
+    mil_bags, cohort, tmp_path: Path, log_lines
+) -> None:
+    train, val = cohort
+    n_train = len(train) - 1  # the empty slide is skipped
+    model_path = train_fold(
+        train,
+        val,
+        mil_bags.classes,
+        mil_bags.model,
+        training(epochs=2),
+        tmp_path / "fold3",
+        fold=3,
+        log_every_s=0,  # a progress line after every bag
+    )
+    lines = [ln for ln in log_lines() if "gigamil.train" in ln]
+    assert lines and all("[fold 3" in ln for ln in lines), lines
+    for epoch in (1, 2):
+        tag = f"[fold 3 epoch {epoch}/2] gigamil.train.loop: "
+        train_lines = [ln.split(tag)[1] for ln in lines if tag + "training:" in ln]
+        assert [t.split(",")[0] for t in train_lines] == [
+            f"training: {i}/{n_train} bags" for i in range(1, n_train + 1)
+        ]
+        assert all(" bags/s, loss so far " in t for t in train_lines)
+        assert sum(tag + "validation:" in ln for ln in lines) == len(val)
+        done = [ln for ln in lines if f"[fold 3 epoch {epoch}/2] gigamil.train.run: done:" in ln]
+        assert len(done) == 1 and "train_loss" in done[0] and "val_auc" in done[0]
+    # a fold name by default: the output directory's; nothing logged within an epoch at 30 s
+    train_fold(train, val, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "fold4")
+    later = [ln for ln in log_lines() if "gigamil.train" in ln][len(lines) :]
+    assert later and all("[fold4" in ln for ln in later)
+    assert not any("gigamil.train.loop: training:" in ln for ln in later)
+    # prediction: one line per slide, in the context of the model's directory and the cohort
+    predict_slides(model_path, val, None, tmp_path / "att", device="cpu")
+    pred_lines = [ln for ln in log_lines() if "gigamil.train.predict" in ln]
+    assert len(pred_lines) == len(val)
+    for i, (ln, sid) in enumerate(zip(pred_lines, val.slide_id, strict=True), start=1):
+        assert f"[fold3 predict {val.cohort.iloc[0]}]" in ln
+        assert f"slide {i}/{len(val)} {sid}: " in ln and "P(lesion)" in ln
+
+
+def test_progress_lines_at_most_every_interval(caplog) -> None:
+    import logging
+
+    now = [0.0]
+    progress = loop_mod.ProgressLog("training", 10, every_s=30.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="gigamil.train.loop"):
+        for done in range(1, 11):
+            now[0] += 7.0  # a bag every 7 s: a line at 35 s, 70 s (not at 7-28, 42-63 s)
+            progress.update(done, 0.5)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == [
+        "training: 5/10 bags, 0.14 bags/s, loss so far 0.5000",
+        "training: 10/10 bags, 0.14 bags/s, loss so far 0.5000",
+    ]
+    silent = loop_mod.ProgressLog("training", 3, every_s=None)
+    caplog.clear()
+    silent.update(3)
+    assert not caplog.records

@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from gigamil.errors import GigamilError
-from gigamil.viz.heatmap import HeatmapStyle, attention_canvas, make_heatmap, normalize_attention
+from gigamil.viz.heatmap import (
+    HeatmapStyle,
+    attention_canvas,
+    make_heatmap,
+    normalize_attention,
+    render_gallery,
+    scale_attention,
+)
+from gigamil.viz.slide_info import SlidePrediction
 
 
 def test_normalizations():
@@ -157,3 +166,204 @@ def test_cli_heatmap_averages_attention_files(grid_slide, tmp_path, capsys):
     assert main(args) == 0
     np.testing.assert_allclose(np.load(tmp_path / "hm" / "attention.npy"), (a + b) / 2)
     assert "48 patches" in capsys.readouterr().out
+
+
+# --- colour scales that compare across slides, titles, gallery, seams, thumbnails ---------------
+
+
+def _prediction(slide_id: str, p_lesion: float, label: str, n_models: int = 6) -> SlidePrediction:
+    return SlidePrediction(
+        slide_id=slide_id,
+        cohort="ext",
+        label=label,
+        pred="lesion" if p_lesion >= 0.5 else "normal",
+        probability=p_lesion,
+        positive="lesion",
+        n_models=n_models,
+    )
+
+
+def _warm_pixels(png) -> int:
+    """Red-to-yellow pixels of jet (R high, B low) left of the colour bar."""
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    img = img[:, : int(0.7 * img.shape[1])]
+    return int(((img[..., 0] > 100) & (img[..., 0] > img[..., 2] + 60)).sum())
+
+
+def test_honest_default_scale_draws_a_confident_normal_slide_cooler(grid_slide, tmp_path):
+    store = tmp_path / "s7.zarr"
+    coords, _ = grid_slide.write(store)
+    att = np.full(len(coords), 0.2 / (len(coords) - 1), np.float32)
+    att[19] = 0.8  # the same peaked attention on both slides
+    style = HeatmapStyle(thumb_px=256, alpha=1.0)  # the default colour scale
+    normal = make_heatmap(
+        store, att, tmp_path / "n", style=style, prediction=_prediction("s7", 3e-6, "normal")
+    )
+    lesion = make_heatmap(
+        store, att, tmp_path / "l", style=style, prediction=_prediction("s7", 0.99, "lesion")
+    )
+    assert normal["scale"] == lesion["scale"] == "probability"
+    assert normal["values"].max() < 1e-5 < 0.9 < lesion["values"].max()
+    assert (normal["values"] <= lesion["values"]).all()
+    # in the images: the lesion slide's peak is red, the normal slide has no warm pixel at all
+    assert _warm_pixels(tmp_path / "l" / "overlay.png") > 100
+    assert _warm_pixels(tmp_path / "n" / "overlay.png") == 0
+    # whereas a per-slide scale paints both the same (why it is no longer the default)
+    same = [
+        make_heatmap(
+            store,
+            att,
+            tmp_path / f"r{i}",
+            style=HeatmapStyle(normalize="rank", thumb_px=256),
+            prediction=_prediction("s7", p, "x"),
+        )["values"]
+        for i, p in enumerate((3e-6, 0.99))
+    ]
+    np.testing.assert_array_equal(same[0], same[1])
+
+
+def test_scales_state_their_meaning():
+    att = np.array([0.25, 0.25, 0.25, 0.25])
+    rel = scale_attention(att, "relative")
+    np.testing.assert_allclose(rel.values, 0.5)  # uniform = 1 = the middle of 0.01..100
+    assert rel.tick_labels[rel.ticks.index(0.5)] == "1" and "uniform" in rel.label
+    peaked = scale_attention(np.array([0.97, 0.01, 0.01, 0.01]), "relative").values
+    assert peaked[0] == pytest.approx((np.log10(3.88) + 2) / 4) and peaked[1] < 0.5
+    prob = scale_attention(np.array([0.5, 0.25, 0.25]), probability=0.8, positive="tumour")
+    np.testing.assert_allclose(prob.values, [0.8, 0.4, 0.4])
+    assert prob.label.startswith("P(tumour) × attention")
+    assert "not comparable" in scale_attention(att, "rank").label
+    with pytest.raises(GigamilError, match="needs the slide's predicted probability"):
+        scale_attention(att, "probability")
+
+
+def test_titles_carry_label_prediction_probability_and_models(grid_slide, tmp_path):
+    store = tmp_path / "s8.zarr"
+    coords, _ = grid_slide.write(store)
+    att = np.random.default_rng(1).random(len(coords)).astype(np.float32)
+    make_heatmap(
+        store,
+        att,
+        tmp_path / "hm",
+        style=HeatmapStyle(thumb_px=128, top_k=3),
+        prediction=_prediction("s8", 0.973, "lesion", n_models=5),
+    )
+    for name in ("overlay.png", "gallery.png"):
+        title = Image.open(tmp_path / "hm" / name).text["Title"]
+        assert title.startswith("ext / s8\n"), title
+        for part in ("true: lesion", "predicted: lesion", "P(lesion) = 0.973", "5 fold models"):
+            assert part in title, (name, title)
+
+
+def test_overlay_is_drawn_pixel_for_pixel_without_seams(grid_slide, tmp_path):
+    store = tmp_path / "s9.zarr"
+    coords, _ = grid_slide.write(store)
+    for thumb_px in (200, 256, 333):
+        out = tmp_path / f"hm{thumb_px}"
+        make_heatmap(
+            store,
+            np.full(len(coords), 1 / len(coords), np.float32),
+            out,
+            style=HeatmapStyle(normalize="minmax", alpha=1.0, thumb_px=thumb_px),
+        )
+        img = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
+        img = img[:, : int(0.7 * img.shape[1])]
+        # minmax of a constant = 0.5: jet's green; every patch pixel must be exactly that colour
+        green = (img[..., 1] > 200) & (img[..., 0] < 180) & (img[..., 2] < 180)
+        ys, xs = np.nonzero(green)
+        box = img[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        assert (box == box[0, 0]).all(), f"seam at thumb_px={thumb_px}"
+        # the drawn area is the patches' area: 1:1 in the thumbnail's pixels
+        scale = thumb_px / (grid_slide.cols * grid_slide.patch + 40)
+        assert box.shape[1] == round(grid_slide.cols * grid_slide.patch * scale)
+        assert box.shape[0] == round(grid_slide.rows * grid_slide.patch * scale)
+
+
+@pytest.mark.parametrize(("side", "thumb_px"), [(443.2, 333), (1000 / 3, 400), (300.4, 800)])
+def test_resampled_patches_leave_no_seam_on_the_canvas(side, thumb_px):
+    """Patches of a non-integer level-0 side (resampled to the target µm/px) at whole-pixel
+    coords: the canvas has no uncovered row or column between patch rows."""
+    rows, cols = 6, 8
+    grid = np.array([(r, c) for r in range(rows) for c in range(cols)])
+    coords = np.round(grid[:, ::-1] * side).astype(np.int64)
+    w0, h0 = round(cols * side) + 40, round(rows * side) + 24
+    scale = thumb_px / max(w0, h0)
+    canvas = attention_canvas(
+        coords, side, np.ones(len(coords)), scale, (round(h0 * scale), round(w0 * scale))
+    )
+    covered = np.isfinite(canvas)
+    ys, xs = np.nonzero(covered)
+    assert covered[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+
+
+def test_gallery_captions_do_not_cover_the_patches(tmp_path):
+    k, px = 4, 8
+    patches = np.zeros((2 * k, px, px, 3), np.uint8)
+    patches[:] = (0, 200, 0)
+    png = tmp_path / "g.png"
+    captions = [f"#{i + 1}" for i in range(k)] + [f"-#{i + 1}" for i in range(k)]
+    render_gallery(patches, np.linspace(0.5, 0.001, 2 * k), captions, png, "t", n_patches=50)
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    green = (img == (0, 200, 0)).all(axis=-1)
+    up = int(np.ceil(96 / px))
+    assert green.sum() == 2 * k * (px * up) ** 2  # every patch pixel, untouched by any text
+
+
+def test_thumbnail_from_the_store_source_path(write_store, row_major_grid, tmp_path):
+    """Without a slide path the thumbnail comes from the store's recorded source_path."""
+    slide = np.zeros((300, 400, 3), np.uint8)
+    slide[:] = (200, 40, 200)  # magenta slide
+    src = tmp_path / "slide.png"
+    Image.fromarray(slide).save(src)
+    store = write_store(
+        tmp_path / "s10.zarr",
+        np.zeros((2, 8, 8, 3), np.uint8),
+        row_major_grid(2, 2),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[400, 300],
+        slide_mpp=0.5,  # a PNG has no MPP: the store's is used
+        source_path=str(src),
+    )
+    make_heatmap(store, np.array([0.5, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=200))
+    img = np.asarray(Image.open(tmp_path / "hm" / "overlay.png").convert("RGB")).astype(int)
+    magenta = (np.abs(img - (200, 40, 200)).sum(axis=-1) < 30).sum()
+    assert magenta > 0.5 * 200 * 150  # most of the 200 x 150 thumbnail shows the slide
+
+
+def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path, capsys):
+    from gigamil.cli import main
+    from gigamil.evaluate.aggregate import write_fold_predictions
+
+    store = tmp_path / "s11.zarr"
+    coords, _ = grid_slide.write(store)
+    np.save(tmp_path / "a.npy", np.full(len(coords), 1 / len(coords), np.float32))
+    row = {"slide_id": "s11", "patient_id": "p", "cohort": "c", "label": "lesion"}
+    write_fold_predictions(
+        pd.DataFrame([{**row, "prob_normal": 0.1, "prob_lesion": 0.9, "pred": "lesion"}]),
+        2,
+        tmp_path / "p.csv",
+    )
+    args = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "a.npy")]
+    args += ["--out", str(tmp_path / "hm"), "--thumb-px", "128"]
+    assert main([*args, "--predictions", str(tmp_path / "p.csv")]) == 0
+    title = Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
+    assert "c / s11" in title and "P(lesion) = 0.9" in title and "1 fold model (fold 2)" in title
+    assert main([*args, "--normalize", "probability"]) == 2  # needs --predictions
+    assert "needs --predictions" in capsys.readouterr().err
+
+
+def test_scale_names_agree_in_schema_cli_and_package():
+    import argparse
+
+    from gigamil.commands import heatmap as cmd
+    from gigamil.settings import schema_section
+    from gigamil.viz.heatmap import DEFAULT_SCALE, SCALES
+
+    node = schema_section(("heatmaps",))["properties"]["normalize"]
+    assert tuple(node["enum"]) == SCALES and node["default"] == DEFAULT_SCALE
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    (action,) = [a for a in parser._actions if a.dest == "normalize"]
+    assert tuple(action.choices) == SCALES
+    assert HeatmapStyle().normalize == DEFAULT_SCALE

@@ -18,10 +18,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="attention .npy aligned with the store rows (several: averaged)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--slide", metavar="SLIDE", help="slide file for the thumbnail")
+    parser.add_argument(
+        "--slide",
+        metavar="SLIDE",
+        help="slide file for the thumbnail (default: the store's recorded source_path)",
+    )
     parser.add_argument("--slide-mpp", type=float, metavar="X", help="MPP override of the slide")
     parser.add_argument("--tissue-mask", metavar="PNG", help="tissue mask to clip the overlay to")
-    parser.add_argument("--normalize", choices=["rank", "percentile", "minmax"], default="rank")
+    parser.add_argument(
+        "--predictions",
+        nargs="+",
+        metavar="CSV",
+        help="prediction CSVs of the fold models (results/predictions/.../fold*/{cohort}.csv): "
+        "the title states the slide's label, predicted class and probability and the number "
+        "of models, and the probability colour scale uses it",
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=["probability", "relative", "rank", "percentile", "minmax"],  # viz.heatmap.SCALES
+        default=None,
+        help="colour scale (default: probability with --predictions, else relative)",
+    )
     parser.add_argument("--top-k", type=int, default=8, help="patches per gallery row (8)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (0.5)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (jet)")
@@ -29,9 +46,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gigamil.evaluate.localization import mean_attention
-    from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
+    from pathlib import Path
 
+    from gigamil.errors import GigamilError
+    from gigamil.evaluate.localization import mean_attention, read_store_geometry
+    from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
+    from gigamil.viz.slide_info import read_slide_prediction
+
+    prediction = None
+    if args.predictions:
+        _, _, attrs = read_store_geometry(args.store)
+        slide_id = str(attrs.get("slide_id", Path(args.store).stem))
+        prediction = read_slide_prediction(args.predictions, slide_id)
+    normalize = args.normalize or ("probability" if prediction is not None else "relative")
+    if normalize == "probability" and prediction is None:
+        raise GigamilError("--normalize probability needs --predictions (the slide's probability)")
     info = make_heatmap(
         args.store,
         mean_attention(args.attention),
@@ -39,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
         slide_path=args.slide,
         tissue_mask=args.tissue_mask,
         style=HeatmapStyle(
-            normalize=args.normalize,
+            normalize=normalize,
             top_k=args.top_k,
             alpha=args.alpha,
             cmap=args.cmap,
             thumb_px=args.thumb_px,
         ),
         mpp_override=args.slide_mpp,
+        prediction=prediction,
     )
     print(f"{info['slide_id']}: {info['n_patches']} patches -> {args.out}")
     return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,11 +66,44 @@ def steps_per_epoch(n_bags: int, bags_per_step: int, world: int) -> int:
     return max(1, math.ceil(n_bags / (bags_per_step * world)))
 
 
+PROGRESS_EVERY_S = 30.0  # a progress line at least this often within an epoch
+
+
+class ProgressLog:
+    """Log lines while walking ``total`` bags: ``what: 12/40 bags, 1.3 bags/s[, loss so far x]``,
+    at most one per ``every_s`` seconds (0: after every bag; None: never). Log lines instead of a
+    progress bar, so the output of folds run in parallel stays line by line and readable, and
+    the log file shows it too."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        every_s: float | None = PROGRESS_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what, self.total, self.every_s, self.clock = what, total, every_s, clock
+        self.start = self.last = clock()
+
+    def update(self, done: int, loss_so_far: float | None = None) -> None:
+        """Report ``done`` bags (a line only if ``every_s`` has passed since the last one)."""
+        if self.every_s is None:
+            return
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        loss = "" if loss_so_far is None else f", loss so far {loss_so_far:.4f}"
+        log.info("%s: %d/%d bags, %.2f bags/s%s", self.what, done, self.total, rate, loss)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EpochSettings:
     """How :func:`train_epoch` walks the bags: ``seed`` of the shuffling and of every bag's
     randomness, bags per optimizer step, instances per forward pass (``chunk``, None = whole bag),
-    the random subsample per bag (``max_instances``, None = all), the DDP ranks, a progress bar."""
+    the random subsample per bag (``max_instances``, None = all), the DDP ranks, progress lines
+    (``progress``) at least every ``log_every_s`` seconds (0: after every bag)."""
 
     seed: int
     bags_per_step: int = 1
@@ -77,6 +111,7 @@ class EpochSettings:
     max_instances: int | None = None
     info: DistInfo = field(default_factory=DistInfo)
     progress: bool = True
+    log_every_s: float = PROGRESS_EVERY_S
 
 
 def train_epoch(
@@ -90,10 +125,11 @@ def train_epoch(
     """One epoch; returns the mean training loss over all bags (all ranks).
 
     Bags are shuffled with a generator seeded by (seed, epoch); each optimizer step takes the
-    next ``bags_per_step × world`` bags, rank r the r-th, (r+world)-th, ... of them.
+    next ``bags_per_step × world`` bags, rank r the r-th, (r+world)-th, ... of them. The main
+    rank logs progress (bags done of all ranks, bags/s, its mean loss so far) at least every
+    ``settings.log_every_s`` seconds; the caller's :func:`gigamil.logutil.log_context` names the
+    fold and epoch on every line.
     """
-    from tqdm.auto import tqdm
-
     model.train()
     seed, info = settings.seed, settings.info
     order = torch.randperm(
@@ -101,13 +137,11 @@ def train_epoch(
     ).tolist()
     group_size = settings.bags_per_step * info.world
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_sum, count = 0.0, 0
-    bar = tqdm(
-        total=len(order),
-        desc=f"epoch {epoch}",
-        unit="bag",
-        disable=None if settings.progress else True,
-        leave=False,
+    loss_sum, count, done = 0.0, 0, 0
+    progress = ProgressLog(
+        "training",
+        len(order),
+        settings.log_every_s if settings.progress and info.is_main else None,
     )
     for start in range(0, len(order), group_size):
         group = order[start : start + group_size]
@@ -126,13 +160,13 @@ def train_epoch(
             except GigamilError as exc:
                 raise GigamilError(f"slide {item.slide_id}: {exc}") from exc
             if not math.isfinite(out.loss):
-                log.warning("non-finite loss on slide %s (epoch %d)", item.slide_id, epoch)
+                log.warning("non-finite loss on slide %s", item.slide_id)
             loss_sum += out.loss
             count += 1
-            bar.update(info.world)
+            done = min(done + info.world, len(order))
+            progress.update(done, loss_sum / count)
         all_reduce_gradients(params, info)
         optim.step()
-    bar.close()
     loss_sum, count = all_reduce_sum([loss_sum, float(count)], info, model.device)
     return loss_sum / max(count, 1.0)
 
@@ -175,16 +209,20 @@ def validate(
     chunk: int | None,
     n_classes: int,
     loss_fn: torch.nn.Module,
+    log_every_s: float | None = PROGRESS_EVERY_S,
 ) -> dict[str, float]:
-    """Eval mode + ``torch.inference_mode``: mean loss, AUC, balanced accuracy over ``items``."""
+    """Eval mode + ``torch.inference_mode``: mean loss, AUC, balanced accuracy over ``items``
+    (progress lines at least every ``log_every_s`` seconds; None: none)."""
     model.eval()
     losses, labels, probs = [], [], []
+    progress = ProgressLog("validation", len(items), log_every_s)
     with torch.inference_mode():
         for item in items:
             logits, _att = model(item.bag, max_instances_per_forward_pass=chunk)
             losses.append(float(loss_fn(logits.float(), item.label)))
             labels.append(item.label)
             probs.append(bag_probabilities(logits).cpu().numpy())
+            progress.update(len(losses), float(np.mean(losses)))
     metrics = classification_metrics(
         np.asarray(labels, dtype=np.int64), np.asarray(probs).reshape(-1, n_classes), n_classes
     )

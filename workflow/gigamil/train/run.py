@@ -24,6 +24,7 @@ import torch
 
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
+from gigamil.logutil import log_context
 from gigamil.models.factory import build_mil_model
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
@@ -39,6 +40,7 @@ from gigamil.train.checkpoint import (
 )
 from gigamil.train.early_stopping import EarlyStopping
 from gigamil.train.loop import (
+    PROGRESS_EVERY_S,
     BagItem,
     EpochSettings,
     make_scheduler,
@@ -163,10 +165,13 @@ def _int_or_none(value: float | None) -> int | None:
 
 
 class Runtime(NamedTuple):
-    """Where training runs: the torch device and the DDP ranks."""
+    """Where training runs: the torch device and the DDP ranks; ``name`` names the fold on every
+    log line (``fold 2``), ``log_every_s`` the most seconds between progress lines in an epoch."""
 
     device: torch.device
     info: ddp.DistInfo
+    name: str = ""
+    log_every_s: float = PROGRESS_EVERY_S
 
 
 def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
@@ -178,6 +183,8 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     out_dir: Path,
     resume: bool = True,
     threads: int = 1,
+    fold: int | str | None = None,
+    log_every_s: float = PROGRESS_EVERY_S,
 ) -> Path:
     """Train one fold end to end (encoder included) with the accumulating trainer.
 
@@ -188,6 +195,10 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     and ``out_dir/train_log.csv``. Slides without patches are skipped with a warning. Under
     torchrun (WORLD_SIZE > 1) the bags of every optimizer step are shared out across ranks and
     gradients summed. Returns the path of ``model.pt``.
+
+    Every log line names the fold (``fold``, default the name of ``out_dir``) and, within an
+    epoch, ``epoch k/total``; an epoch logs progress (bags done, bags/s, loss so far) at least
+    every ``log_every_s`` seconds (:func:`gigamil.logutil.log_context`).
     """
     mcfg, tcfg = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
     if len(classes) < 2:
@@ -200,10 +211,15 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
+    name = f"fold {fold}" if fold is not None else Path(out_dir).name
+    if info.world > 1:
+        name += f" rank {info.rank}"
     try:
-        data = FoldData.open(train, val, [str(c) for c in classes])
-        trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), Runtime(device, info))
-        return trainer.fit(resume)
+        with log_context(name):
+            data = FoldData.open(train, val, [str(c) for c in classes])
+            runtime = Runtime(device, info, name, log_every_s)
+            trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), runtime)
+            return trainer.fit(resume)
     finally:
         ddp.shutdown(info)
 
@@ -269,6 +285,7 @@ class FoldTrainer:
             chunk=_int_or_none(tcfg.max_instances_per_forward_pass),
             max_instances=_int_or_none(tcfg.max_instances_per_bag or None),
             info=info,
+            log_every_s=runtime.log_every_s,
         )
 
     def fit(self, resume: bool) -> Path:
@@ -277,7 +294,7 @@ class FoldTrainer:
             self._resume()
         es, epochs = self.early_stopping, self.cfg.epochs
         if es.finished or es.epoch >= epochs:
-            log.info("training already finished (epoch %d); nothing to do", es.epoch)
+            log.info("training already finished (epoch %d/%d); nothing to do", es.epoch, epochs)
             return self.saver.model_path
         if es.epoch == 0:  # a fresh start (a resumed run has the statistics in last.pt)
             calibrate_model(
@@ -293,14 +310,19 @@ class FoldTrainer:
             tb = tensorboard_writer(self.out_dir / "tensorboard", es.epoch + 1)
         try:
             for epoch in range(es.epoch + 1, epochs + 1):
-                self._epoch(epoch, tb)
-                if es.should_stop:
-                    log.info("early stopping after epoch %d (best epoch %d)", epoch, es.best_epoch)
-                    break
+                with log_context(self.epoch_name(epoch)):
+                    self._epoch(epoch, tb)
+                    if es.should_stop:
+                        log.info("early stopping (best epoch %d)", es.best_epoch)
+                        break
         finally:
             if tb is not None:
                 tb.close()
         return self.saver.model_path
+
+    def epoch_name(self, epoch: int) -> str:
+        """``fold 2 epoch 3/20``: the log context of one epoch."""
+        return f"{self.runtime.name} epoch {epoch}/{self.cfg.epochs}".strip()
 
     def state_dict(self) -> dict[str, Any]:
         """``last.pt``'s training state (the saver adds its own)."""
@@ -323,7 +345,12 @@ class FoldTrainer:
         if ckpt is None:
             return
         self.load_state_dict(ckpt)
-        log.info("resuming from %s after epoch %d", self.saver.last_path, self.early_stopping.epoch)
+        log.info(
+            "resuming from %s after epoch %d/%d",
+            self.saver.last_path,
+            self.early_stopping.epoch,
+            self.cfg.epochs,
+        )
         self.saver.restore_outputs()  # Snakemake deletes the declared outputs of a failed job
 
     def _epoch(self, epoch: int, tb: Any) -> None:
@@ -334,13 +361,17 @@ class FoldTrainer:
             self.model, data.train, self.optim, epoch=epoch, settings=self.settings
         )
         metrics = validate(
-            self.model, data.val, self.settings.chunk, len(data.classes), self.val_loss_fn
+            self.model,
+            data.val,
+            self.settings.chunk,
+            len(data.classes),
+            self.val_loss_fn,
+            self.runtime.log_every_s,
         )
         improved = self.early_stopping.update(epoch, metrics, train_loss)
         seconds = time.time() - t0
         log.info(
-            "epoch %d: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s",
-            epoch,
+            "done: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s",
             train_loss,
             metrics["loss"],
             metrics["auc"],

@@ -16,7 +16,7 @@ smooth maps. Outputs in ``out_dir``:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,17 @@ from scipy.stats import rankdata
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.localization import read_store_geometry
+from gigamil.settings import schema_section
 from gigamil.viz.geojson import patches_geojson, write_geojson
+from gigamil.viz.slide_info import SlidePrediction
 
 log = logging.getLogger(__name__)
 
-NORMALIZATIONS = ("rank", "percentile", "minmax")
+PER_SLIDE = ("rank", "percentile", "minmax")
+SCALES = ("probability", "relative", *PER_SLIDE)
+NORMALIZATIONS = SCALES  # the values of heatmaps.normalize / --normalize
+DEFAULT_SCALE = "probability"
+RELATIVE_RANGE = (0.01, 100.0)  # the relative scale's colour bar: N x attention, log10
 
 
 def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
@@ -40,8 +46,8 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     percentiles, then min-max; ``minmax``: min-max. A constant array maps to 0.5.
     """
     att = np.asarray(att, dtype=np.float64)
-    if method not in NORMALIZATIONS:
-        choices = ", ".join(NORMALIZATIONS)
+    if method not in PER_SLIDE:
+        choices = ", ".join(PER_SLIDE)
         raise GigamilError(f"heatmaps.normalize: {method!r} is not one of {choices}")
     if att.size == 0:
         return att
@@ -54,6 +60,84 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     if hi - lo <= 1e-12 * max(abs(hi), 1.0):
         return np.full(att.shape, 0.5)
     return (att - lo) / (hi - lo)
+
+
+@dataclass(frozen=True)
+class ColourScale:
+    """Colour of every patch: ``values`` (N,) positions on the colour bar in [0, 1], the colour
+    bar's ``label`` (what the colour means) and its ``ticks`` (positions) and ``tick_labels``."""
+
+    values: np.ndarray
+    label: str
+    ticks: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    tick_labels: tuple[str, ...] = ("0", "0.25", "0.5", "0.75", "1")
+
+
+def scale_attention(
+    att: np.ndarray,
+    method: str = DEFAULT_SCALE,
+    *,
+    probability: float | None = None,
+    positive: str = "positive",
+) -> ColourScale:
+    """The colour of each patch of a slide (``heatmaps.normalize``).
+
+    Attention says where the model looked, not what it saw: the softmax weights of every slide sum
+    to 1, so any per-slide normalisation (``rank``, ``percentile``, ``minmax``) paints the
+    most-attended patches of a slide the model calls normal (P(lesion) = 3e-6) as red as the
+    tumour of a lesion slide. Two scales compare across slides:
+
+    - ``probability`` (the default): P(positive) x attention / the slide's largest attention. The
+      map keeps its shape (where the model looked, relative to the patch that weighed most) and the
+      slide's predicted probability sets its height, so red means "the model calls this slide
+      positive and this patch carried the decision"; a confidently-normal slide stays cool
+      everywhere, and two slides' colours mean the same. This is the honest default.
+    - ``relative``: N x attention (1 = uniform attention over the N patches), on a fixed log
+      scale from 0.01 to 100: how concentrated the model's attention is, comparable across slides,
+      but it says nothing about the predicted class (a normal slide may be concentrated too).
+
+    Args:
+        att: (N,) attention (softmax weights, or their mean over fold models).
+        method: ``probability``, ``relative``, ``rank``, ``percentile`` or ``minmax``.
+        probability: the slide's predicted P(positive) in [0, 1]; required by ``probability``.
+        positive: the positive class's name, for the colour bar's label.
+    """
+    att = np.asarray(att, dtype=np.float64).reshape(-1)
+    if method not in SCALES:
+        raise GigamilError(f"heatmaps.normalize: {method!r} is not one of {', '.join(SCALES)}")
+    if method in PER_SLIDE:
+        label = {
+            "rank": "attention rank within the slide (not comparable across slides)",
+            "percentile": "attention, 1-99th pct of the slide (not comparable across slides)",
+            "minmax": "attention, min-max of the slide (not comparable across slides)",
+        }[method]
+        return ColourScale(normalize_attention(att, method), label)
+    if method == "relative":
+        lo, hi = np.log10(RELATIVE_RANGE)
+        with np.errstate(divide="ignore"):
+            rel = np.log10(np.maximum(att * att.size, 1e-300))
+        values = np.clip((rel - lo) / (hi - lo), 0.0, 1.0)
+        exps = np.arange(int(lo), int(hi) + 1)
+        labels = [f"{10.0**e:g}" for e in exps]
+        labels[0], labels[-1] = f"≤{labels[0]}", f"≥{labels[-1]}"
+        return ColourScale(
+            values,
+            "attention × N (1 = uniform; log scale)",
+            tuple(float((e - lo) / (hi - lo)) for e in exps),
+            tuple(labels),
+        )
+    if probability is None or not np.isfinite(probability):
+        raise GigamilError(
+            "heatmaps.normalize: probability needs the slide's predicted probability "
+            "(gigamil heatmap --predictions), or choose relative, rank, percentile or minmax"
+        )
+    if not 0.0 <= probability <= 1.0:
+        raise GigamilError(f"probability {probability} is not in [0, 1]")
+    top = float(att.max()) if att.size else 0.0
+    rel = att / top if top > 0 else np.zeros_like(att)
+    return ColourScale(
+        float(probability) * rel, f"P({positive}) × attention / slide's top attention"
+    )
 
 
 def attention_canvas(
@@ -76,11 +160,15 @@ def attention_canvas(
         float (H, W): mean value of the patches covering each pixel, NaN where no patch is.
     """
     h, w = shape
-    # Rounded edges: neighbouring patches tile the canvas without sharing pixels.
+    # Rounded edges: neighbouring patches tile the canvas without sharing pixels. The stores'
+    # coords are whole level-0 pixels but a resampled patch's side is not (e.g. 443.2 px), so
+    # the next patch may start up to 1 level-0 px after this one ends, which the rounding turns
+    # into a 1-px seam between patch rows now and then: such ends are moved out by that 1 px.
+    side = float(patch_size_level0) + (0.0 if float(patch_size_level0).is_integer() else 1.0)
     x0 = np.round(coords[:, 0] * scale).astype(np.int64)
     y0 = np.round(coords[:, 1] * scale).astype(np.int64)
-    x1 = np.maximum(np.round((coords[:, 0] + patch_size_level0) * scale).astype(np.int64), x0 + 1)
-    y1 = np.maximum(np.round((coords[:, 1] + patch_size_level0) * scale).astype(np.int64), y0 + 1)
+    x1 = np.maximum(np.round((coords[:, 0] + side) * scale).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.round((coords[:, 1] + side) * scale).astype(np.int64), y0 + 1)
     x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     # 2-D difference arrays: each patch adds its value to a rectangle in O(1).
@@ -131,6 +219,63 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
+def _colormap(cmap: str) -> Any:
+    import matplotlib
+
+    try:
+        return matplotlib.colormaps[cmap]
+    except KeyError:
+        raise GigamilError(f"heatmaps.cmap: {cmap!r} is not a matplotlib colour map") from None
+
+
+def composite_overlay(
+    thumb: np.ndarray,
+    canvas: np.ndarray,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    tissue: np.ndarray | None = None,
+) -> np.ndarray:
+    """The thumbnail with the coloured canvas blended on top, pixel for pixel (uint8 RGB).
+
+    Blended here rather than by matplotlib, so no resampling of the canvas or of its mask can
+    leave seams (light lines) between patch rows: every canvas pixel colours exactly its
+    thumbnail pixel. NaN (no patch) and pixels outside ``tissue`` stay the thumbnail's.
+    """
+    shown = np.array(canvas, dtype=np.float64)
+    if tissue is not None:
+        shown[~_resize_mask(tissue, canvas.shape)] = np.nan
+    covered = np.isfinite(shown)
+    rgb = _colormap(cmap)(np.clip(np.where(covered, shown, 0.0), 0.0, 1.0))[..., :3]
+    a = np.where(covered, float(alpha), 0.0)[..., None]
+    out = thumb[..., :3].astype(np.float64) / 255.0 * (1.0 - a) + rgb * a
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _figure(width_px: int, height_px: int) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+
+
+def _pixel_axes(fig: Any, x: int, y_top: int, w: int, h: int, fig_w: int, fig_h: int) -> Any:
+    """Axes at whole pixels (x, y from the top-left), so an image of w x h px is drawn 1:1."""
+    ax = fig.add_axes((x / fig_w, 1.0 - (y_top + h) / fig_h, w / fig_w, h / fig_h))
+    ax.set_axis_off()
+    return ax
+
+
+DPI = 100
+MIN_FIGURE_PX = 620  # room for the title's second line
+
+
+def _title_px(title: str) -> int:
+    """Height of the title band: 16 px per line at 9 pt, plus margins."""
+    return 10 + 16 * (title.count("\n") + 1)
+
+
 def render_overlay(
     thumb: np.ndarray,
     canvas: np.ndarray,
@@ -139,101 +284,117 @@ def render_overlay(
     cmap: str = "jet",
     alpha: float = 0.5,
     tissue: np.ndarray | None = None,
-    colorbar_label: str = "attention",
+    scale: ColourScale | None = None,
 ) -> None:
-    """Save the thumbnail with the coloured canvas on top (NaN = transparent) and a colour bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Save the thumbnail with the coloured canvas on top (NaN = transparent), 1:1 in pixels,
+    the title above and a colour bar on the right labelled with what the colour means
+    (``scale``'s label and ticks; None: "attention" on 0..1)."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-    try:
-        colormap = matplotlib.colormaps[cmap]
-    except KeyError:
-        raise GigamilError(f"heatmaps.cmap: {cmap!r} is not a matplotlib colour map") from None
-    shown = canvas.copy()
-    if tissue is not None:
-        shown[~_resize_mask(tissue, canvas.shape)] = np.nan
-    h, w = canvas.shape
-    dpi = 100
-    fig_w = max(4.0, w / dpi + 1.2)
-    fig_h = max(3.0, h / dpi + 0.6)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=dpi)
-    ax.imshow(thumb, interpolation="nearest")
-    im = ax.imshow(
-        np.ma.masked_invalid(shown),
-        cmap=colormap,
-        vmin=0.0,
-        vmax=1.0,
-        alpha=alpha,
-        interpolation="nearest",
+    image = composite_overlay(thumb, canvas, cmap, alpha, tissue)
+    h, w = image.shape[:2]
+    bar_px = 110  # colour bar, its ticks and its two-line label
+    fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
+    top = _title_px(title)
+    fig_h = h + top + 16
+    fig = _figure(fig_w, fig_h)
+    left = max(10, (fig_w - bar_px - w) // 2)
+    ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
+    ax.imshow(image, interpolation="nearest")
+    fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
+    cax = fig.add_axes(
+        ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
     )
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
-    fig.savefig(path, bbox_inches="tight")
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), _colormap(cmap)), cax=cax)
+    label = scale.label if scale is not None else "attention"
+    bar.set_label(_wrap(label, max(24, h // 6)), fontsize=7)
+    if scale is not None:
+        bar.set_ticks(list(scale.ticks), labels=list(scale.tick_labels))
+    bar.ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
 
 
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width)) or text
+
+
+CAPTION_PX = 26  # two caption lines under each gallery patch
+
+
 def render_gallery(
-    patches: np.ndarray, values: np.ndarray, ranks: Sequence[str], path: str | Path, title: str
+    patches: np.ndarray,
+    values: np.ndarray,
+    ranks: Sequence[str],
+    path: str | Path,
+    title: str,
+    n_patches: int | None = None,
 ) -> None:
     """Save a 2-row gallery: the top-k (first row) and bottom-k patches with their attention.
 
-    The patches are tiled into one mosaic image (one matplotlib image, fast for any k).
+    The patches are tiled into one mosaic image drawn 1:1 in pixels (one matplotlib image, fast
+    for any k); each patch's caption (rank, attention weight ``a`` and, given ``n_patches``, the
+    weight relative to uniform ``×N``) is written in a white strip under it, never over it.
 
     Args:
         patches: (2k, H, W, 3) uint8, the top k then the bottom k.
         values: (2k,) attention of each.
         ranks: (2k,) captions.
+        n_patches: N, the slide's number of patches (for ``×N``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(patches)
     k = max(1, int(np.ceil(n / 2)))
     ph, pw = (patches.shape[1], patches.shape[2]) if n else (32, 32)
     up = max(1, int(np.ceil(96 / max(ph, pw))))  # small patches are enlarged (nearest)
-    cell_h, cell_w, pad = ph * up, pw * up, 4
-    mosaic = np.full((2 * (cell_h + pad) + pad, k * (cell_w + pad) + pad, 3), 255, np.uint8)
+    cell_h, cell_w, pad = ph * up, pw * up, 6
+    row_h = cell_h + CAPTION_PX + pad
+    mosaic = np.full((2 * row_h + pad, k * (cell_w + pad) + pad, 3), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, k)
-        y, x = pad + r * (cell_h + pad), pad + c * (cell_w + pad)
+        y, x = pad + r * row_h, pad + c * (cell_w + pad)
         mosaic[y : y + cell_h, x : x + cell_w] = np.repeat(np.repeat(patches[i], up, 0), up, 1)
-    dpi = 100
-    fig_w, fig_h = mosaic.shape[1] / dpi + 0.5, mosaic.shape[0] / dpi + 0.35
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
-    ax = fig.add_axes(
-        (0.4 / fig_w, 0.02 / fig_h, mosaic.shape[1] / dpi / fig_w, mosaic.shape[0] / dpi / fig_h)
-    )
+    mh, mw = mosaic.shape[:2]
+    margin = 26  # the "top" / "bottom" row names
+    fig_w = max(mw + margin + 10, MIN_FIGURE_PX)
+    top = _title_px(title)
+    fig_h = mh + top + 4
+    fig = _figure(fig_w, fig_h)
+    left = max(margin, (fig_w - mw) // 2)
+    ax = _pixel_axes(fig, left, top, mw, mh, fig_w, fig_h)
     ax.imshow(mosaic, interpolation="nearest")
-    ax.set_axis_off()
     for i in range(n):
         r, c = divmod(i, k)
+        caption = f"{ranks[i]}  a={values[i]:.3g}"
+        if n_patches:
+            caption += f"\n×N = {values[i] * n_patches:.3g}"
         ax.text(
-            pad + c * (cell_w + pad) + 2,
-            pad + r * (cell_h + pad) + 2,
-            f"{ranks[i]} {values[i]:.3g}",
-            fontsize=6,
+            pad + c * (cell_w + pad),
+            pad + r * row_h + cell_h + 2,
+            caption,
+            fontsize=6.5,
             va="top",
             ha="left",
             color="black",
-            backgroundcolor=(1, 1, 1, 0.7),
+            linespacing=1.1,
         )
     for r, name in enumerate(("top", "bottom")):
         ax.text(
-            -2,
-            pad + r * (cell_h + pad) + cell_h / 2,
+            -4,
+            pad + r * row_h + cell_h / 2,
             name,
             rotation=90,
             va="center",
             ha="right",
             fontsize=8,
         )
-    fig.suptitle(title, fontsize=9, y=1 - 0.04 / fig_h, va="top")
-    fig.savefig(path)
+    fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
+    fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
 
 
@@ -253,23 +414,44 @@ def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
     return np.asarray(Image.open(path).convert("L")) > 127
 
 
+def _style_default(key: str) -> Any:
+    return schema_section(("heatmaps",))["properties"][key]["default"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class HeatmapStyle:
-    """How a heatmap is drawn (config.yaml ``heatmaps``, ``gigamil heatmap`` options).
+    """How a heatmap is drawn (config.yaml ``heatmaps``, ``gigamil heatmap`` options); the
+    defaults are the schema's.
 
-    ``normalize``: rank, percentile or minmax (see :func:`normalize_attention`); ``top_k``:
-    patches per gallery row; ``alpha``: overlay opacity; ``cmap``: matplotlib colour map;
-    ``thumb_px``: thumbnail long side.
+    ``normalize``: the colour scale (see :func:`scale_attention`); ``top_k``: patches per gallery
+    row; ``alpha``: overlay opacity; ``cmap``: matplotlib colour map; ``thumb_px``: thumbnail long
+    side.
     """
 
-    normalize: str = "rank"
-    top_k: int = 8
-    alpha: float = 0.5
-    cmap: str = "jet"
+    normalize: str = _style_default("normalize")
+    top_k: int = _style_default("top_k")
+    alpha: float = _style_default("alpha")
+    cmap: str = _style_default("cmap")
     thumb_px: int = 800
 
 
-def make_heatmap(
+def resolve_slide_path(
+    slide_path: str | Path | None, attrs: Mapping[str, Any]
+) -> str | Path | None:
+    """The slide file for the thumbnail: ``slide_path``, else the store's recorded
+    ``source_path`` when that file exists (None: draw on grey)."""
+    if slide_path is not None:
+        return slide_path
+    source = attrs.get("source_path")
+    if source and Path(str(source)).is_file():
+        log.info("thumbnail from the store's source_path %s", source)
+        return str(source)
+    if source:
+        log.warning("the store's source_path %s is not a file; drawing on grey", source)
+    return None
+
+
+def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     store: str | Path,
     attention: np.ndarray,
     out_dir: str | Path,
@@ -279,6 +461,7 @@ def make_heatmap(
     style: HeatmapStyle = HeatmapStyle(),
     title: str = "",
     mpp_override: float | None = None,
+    prediction: SlidePrediction | None = None,
 ) -> dict[str, Any]:
     """Write overlay.png, attention.npy, gallery.png and patches.geojson for one slide.
 
@@ -286,12 +469,20 @@ def make_heatmap(
         store: the slide's zarr patch store (coords, attrs patch_size_level0, slide_dimensions).
         attention: (N,) attention aligned with the store's rows.
         out_dir: output directory (created).
-        slide_path: the slide file for the thumbnail (grey background if None/unreadable).
+        slide_path: the slide file for the thumbnail; None: the store's ``source_path`` (grey
+            background if that is missing or unreadable).
+        mpp_override: the slide's µm/px if its file has none (default: the store's
+            ``slide_mpp``, the value the patches were cut with).
         tissue_mask: tissue mask PNG (covering the whole slide) to clip the overlay to.
-        style: normalisation, colours and sizes (:class:`HeatmapStyle`).
+        style: colour scale, colours and sizes (:class:`HeatmapStyle`).
+        title: the title when there is no ``prediction`` (default: the slide id).
+        prediction: the slide's cohort, label, predicted class and probability and number of
+            fold models (:func:`gigamil.viz.slide_info.read_slide_prediction`): the title of both
+            images, and the probability the ``probability`` colour scale needs. Without it that
+            scale falls back to ``relative`` (with a warning; the colour bar says which).
 
     Returns:
-        A small dict (n_patches, top indices) for logging and tests.
+        A small dict (n_patches, top indices, the scale used) for logging and tests.
     """
     from gigamil.data.store import open_store
 
@@ -311,26 +502,43 @@ def make_heatmap(
         dims = (int(coords[:, 0].max(initial=0) + psize), int(coords[:, 1].max(initial=0) + psize))
     dims = (int(dims[0]), int(dims[1]))
     np.save(out_dir / "attention.npy", attention)
-    values = normalize_attention(attention, style.normalize)
+    method = style.normalize
+    if method == "probability" and prediction is None:
+        log.warning(
+            "%s: no prediction given, so the probability colour scale cannot be drawn; "
+            "using relative (attention × N)",
+            slide_id,
+        )
+        method = "relative"
+    prob = prediction.probability if prediction is not None else None
+    if method == "probability" and prob is not None and not np.isfinite(prob):
+        prob = 0.0  # no patches: nothing is drawn
+    scale = scale_attention(
+        attention,
+        method,
+        probability=prob,
+        positive=prediction.positive if prediction is not None else "positive",
+    )
+    head = prediction.title() if prediction is not None else (title or slide_id)
 
-    thumb = slide_thumbnail(slide_path, dims, style.thumb_px, mpp_override)
-    scale = thumb.shape[1] / dims[0]
-    canvas = attention_canvas(coords, psize, values, scale, thumb.shape[:2])
+    if mpp_override is None and isinstance(attrs.get("slide_mpp"), int | float):
+        # the µm/px the patches were cut with: a slide file without MPP still gives a thumbnail
+        mpp_override = float(attrs["slide_mpp"]) if attrs["slide_mpp"] > 0 else None
+    thumb = slide_thumbnail(
+        resolve_slide_path(slide_path, attrs), dims, style.thumb_px, mpp_override
+    )
+    scale_xy = thumb.shape[1] / dims[0]
+    canvas = attention_canvas(coords, psize, scale.values, scale_xy, thumb.shape[:2])
     tissue = load_tissue_mask(tissue_mask)
-    label = {
-        "rank": "attention (rank)",
-        "percentile": "attention (1-99th pct scaled)",
-        "minmax": "attention (min-max scaled)",
-    }[style.normalize]
     render_overlay(
         thumb,
         canvas,
         out_dir / "overlay.png",
-        title or slide_id,
+        head,
         style.cmap,
         style.alpha,
         tissue,
-        label,
+        scale=scale,
     )
 
     top, bottom = top_bottom(attention, style.top_k)
@@ -347,7 +555,9 @@ def make_heatmap(
             attention[idx],
             captions,
             out_dir / "gallery.png",
-            f"{slide_id}: top {top.size} / bottom {bottom.size} attention",
+            f"{head}\ntop {top.size} / bottom {bottom.size} attention of {coords.shape[0]} "
+            "patches (a: attention weight; ×N: relative to uniform)",
+            n_patches=int(coords.shape[0]),
         )
     else:
         render_gallery(
@@ -355,13 +565,16 @@ def make_heatmap(
             np.zeros(0),
             [],
             out_dir / "gallery.png",
-            f"{slide_id}: no patches",
+            f"{head}\nno patches",
         )
-    geo = patches_geojson(coords, psize, attention, values, slide_id)
+    geo = patches_geojson(coords, psize, attention, scale.values, slide_id)
     write_geojson(geo, out_dir / "patches.geojson")
     return {
         "slide_id": slide_id,
         "n_patches": int(coords.shape[0]),
         "top": top.tolist(),
         "thumbnail_shape": list(thumb.shape[:2]),
+        "scale": method,
+        "values": scale.values,
+        "title": head,
     }

@@ -1,0 +1,71 @@
+"""A heatmap's slide prediction: the mean over the fold models whose CSVs hold the slide."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.aggregate import write_fold_predictions
+from gigamil.viz.slide_info import SlidePrediction, read_slide_prediction
+
+
+def test_read_slide_prediction_averages_the_fold_models(tmp_path):
+    paths = []
+    for fold, p in enumerate((0.9, 0.7, 0.8)):
+        df = pd.DataFrame(
+            {
+                "slide_id": ["e1", "e2"],
+                "patient_id": ["p1", "p2"],
+                "cohort": "ext",
+                "label": ["lesion", "normal"],
+                "prob_normal": [1 - p, 0.99],
+                "prob_lesion": [p, 0.01],
+                "pred": ["lesion", "normal"],
+            }
+        )
+        write_fold_predictions(df, fold, tmp_path / f"f{fold}.csv")
+        paths.append(tmp_path / f"f{fold}.csv")
+    pred = read_slide_prediction(paths, "e1")  # classes from the prob_ columns
+    assert pred.n_models == 3 and pred.folds == (0, 1, 2)
+    assert pred.probability == pytest.approx(0.8) and pred.positive == "lesion"
+    assert (pred.label, pred.pred, pred.cohort) == ("lesion", "lesion", "ext")
+    assert "mean of 3 fold models" in pred.title()
+    one = read_slide_prediction(paths[1:2], "e2", ["normal", "lesion"])
+    assert one.models_text() == "1 fold model (fold 1)"
+    assert "P(lesion) = 0.01" in one.title() and "predicted: normal" in one.title()
+    with pytest.raises(GigamilError, match="slide nope: in none of the prediction files"):
+        read_slide_prediction(paths, "nope")
+
+
+def test_more_than_two_classes_and_no_patches():
+    three = SlidePrediction(
+        slide_id="s",
+        cohort="c",
+        label="a",
+        pred="",
+        probability=float("nan"),
+        positive="not normal",
+        n_models=2,
+    )
+    assert "predicted: none (no patches), P(not normal) = n/a" in three.title()
+
+
+def test_three_class_probability_is_not_the_first_class(tmp_path):
+    df = pd.DataFrame(
+        [
+            {
+                "slide_id": "s",
+                "patient_id": "p",
+                "cohort": "c",
+                "label": "b",
+                "prob_normal": 0.1,
+                "prob_a": 0.3,
+                "prob_b": 0.6,
+                "pred": "b",
+            }
+        ]
+    )
+    write_fold_predictions(df, 0, tmp_path / "p.csv")
+    pred = read_slide_prediction([tmp_path / "p.csv"], "s")
+    assert pred.positive == "not normal" and pred.probability == pytest.approx(0.9)

@@ -1,0 +1,113 @@
+"""What a heatmap states about its slide: cohort, true label, predicted class and probability,
+and the fold models that made it (rule heatmap, ``gigamil heatmap --predictions``).
+
+The predictions are the fold models' CSVs (``results/predictions/{experiment}/fold{k}/{cohort}.csv``,
+docs/architecture.md): a train-cohort slide is in the CSV of the fold it was a test slide of only,
+an external slide in every fold's, so the rows found for a slide are the models whose attention
+the heatmap averages. Their probabilities are averaged as in the ensemble
+(:func:`gigamil.evaluate.ensemble.mean_probabilities`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlidePrediction:
+    """A slide's prediction as a heatmap states it.
+
+    ``probability`` is P(``positive``): for two classes the second class's probability; for more,
+    1 - P(first class), the probability of "not ``classes[0]``" (the first class is the
+    negative/normal one, as for the AUC). NaN when the slide has no patches (nothing predicted).
+    """
+
+    slide_id: str
+    cohort: str
+    label: str
+    pred: str
+    probability: float
+    positive: str
+    n_models: int
+    folds: tuple[int, ...] = ()
+
+    def models_text(self) -> str:
+        """``mean of 6 fold models`` / ``1 fold model (fold 3)``."""
+        if self.n_models == 1:
+            which = f" (fold {self.folds[0]})" if len(self.folds) == 1 else ""
+            return f"1 fold model{which}"
+        return f"mean of {self.n_models} fold models"
+
+    def probability_text(self) -> str:
+        """``P(lesion) = 0.973`` (3 significant digits, so 3e-06 stays 3e-06)."""
+        p = "n/a" if not math.isfinite(self.probability) else f"{self.probability:.3g}"
+        return f"P({self.positive}) = {p}"
+
+    def title(self) -> str:
+        """Two lines: ``cohort / slide_id`` and ``true: x · predicted: y, P(y) = p · models``."""
+        pred = self.pred or "none (no patches)"
+        return (
+            f"{self.cohort} / {self.slide_id}\n"
+            f"true: {self.label} · predicted: {pred}, {self.probability_text()} · "
+            f"{self.models_text()}"
+        )
+
+
+def prediction_classes(path: str | Path) -> list[str]:
+    """The classes of a prediction CSV, in output order, from its ``prob_<class>`` columns."""
+    header = pd.read_csv(path, nrows=0).columns
+    classes = [str(c)[len("prob_") :] for c in header if str(c).startswith("prob_")]
+    if len(classes) < 2:
+        raise GigamilError(f"{path}: not a prediction CSV (fewer than two prob_<class> columns)")
+    return classes
+
+
+def read_slide_prediction(
+    pred_csvs: Sequence[str | Path], slide_id: str, classes: Sequence[str] | None = None
+) -> SlidePrediction:
+    """The mean prediction of ``slide_id`` over the fold models whose CSVs hold it.
+
+    Args:
+        pred_csvs: prediction CSVs of fold models (rows of other slides are ignored).
+        slide_id: the slide.
+        classes: class names in output order (None: read from the first CSV's columns).
+
+    Raises:
+        GigamilError: no CSV, or none holds the slide.
+    """
+    from gigamil.evaluate.aggregate import read_predictions
+    from gigamil.evaluate.ensemble import mean_probabilities
+
+    if not pred_csvs:
+        raise GigamilError(f"slide {slide_id}: no prediction files given")
+    names = [str(c) for c in (classes or prediction_classes(pred_csvs[0]))]
+    preds = read_predictions(pred_csvs, names)
+    preds = preds[preds["slide_id"] == str(slide_id)]
+    if preds.empty:
+        raise GigamilError(
+            f"slide {slide_id}: in none of the prediction files {', '.join(map(str, pred_csvs))}"
+        )
+    row = mean_probabilities(preds, names).iloc[0]
+    probs = np.array([row[f"prob_{c}"] for c in names], dtype=float)
+    if len(names) == 2:
+        probability, positive = float(probs[1]), names[1]
+    else:
+        probability, positive = float(1.0 - probs[0]), f"not {names[0]}"
+    return SlidePrediction(
+        slide_id=str(slide_id),
+        cohort=str(row["cohort"]),
+        label=str(row["label"]),
+        pred=str(row["pred"]),
+        probability=probability,
+        positive=positive,
+        n_models=len(preds),
+        folds=tuple(sorted(int(f) for f in preds["fold"])),
+    )
