@@ -114,6 +114,13 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     per_slide = pd.read_csv(out / "per_slide_predictions.csv")
     assert len(per_slide) == 24 and set(per_slide.columns) >= {"fold", "pred", "correct"}
     assert summary == on_disk | {"fold_auc_sd": summary["fold_auc_sd"]}
+    # the report shows the headline numbers inline, as text, above the fold table
+    page = (out / "metrics.html").read_text()
+    lo, hi = on_disk["oof_auc_ci"]
+    assert f"{on_disk['oof_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in page
+    assert f"<td>{on_disk['patient_auc']:.3f}</td>" in page
+    assert f"{on_disk['balanced_accuracy']:.3f} (95% CI" in page
+    assert "23 / 12" in page and "slides without patches (not scored)</td><td>1<" in page
 
 
 def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
@@ -168,6 +175,8 @@ def test_localization_in_summary(grid_slide, tmp_path):
     assert 0.5 < s["localization_auc"] < 1.0
     table = pd.read_csv(tmp_path / "eval" / "per_slide_predictions.csv")
     assert table["localization_auc"].notna().sum() == 4
+    loc_text = f"{s['localization_auc']:.3f} ± {s['localization_auc_sd']:.3f} (4 slides)"
+    assert loc_text in (tmp_path / "eval" / "metrics.html").read_text()
 
 
 def test_ensemble_means_fold_probabilities(tmp_path):
@@ -194,6 +203,9 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert summary["fold_auc"] == pytest.approx(single)
     for name in ("summary.json", "metrics.csv", "metrics.html", "roc.png", "confusion.png"):
         assert (out / name).is_file()
+    page = (out / "metrics.html").read_text()
+    assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
+    assert f"<td>{summary['patient_auc']:.3f}</td>" in page
 
 
 def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(

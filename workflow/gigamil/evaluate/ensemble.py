@@ -121,13 +121,13 @@ def ensemble_cohort(
     table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
     table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
     title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
-    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics")
     summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())
     summary["n_unpredicted"] = n_unpredicted
     if loc is not None:
         summary.update(localization_block(loc))
+    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")
