@@ -27,6 +27,7 @@ def config():
     return {
         "experiment": "e",
         "ensemble": {"enabled": True},
+        "cv": {"folds": 2},
         "heatmaps": {"slides": ["a"]},
         "cohorts": {"tr": {"demo": True}, "ex": {}},
     }
@@ -41,6 +42,7 @@ def test_paths_and_wildcard_patterns():
     assert layout.qc_csv("c") == "results/qc/c.csv"
     assert layout.folds_csv("e") == "results/splits/e/folds.csv"
     assert layout.model_dir("e", "{fold}") == "results/models/e/fold{fold}"
+    assert layout.training_curves("e", 1) == "results/models/e/fold1/training_curves.png"
     assert layout.prediction_csv("e", 1, "c") == "results/predictions/e/fold1/c.csv"
     assert layout.attention_file("e", 2, "c", "s") == (
         "results/predictions/e/fold2/attention/c/s.npy"
@@ -72,6 +74,8 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     assert layout.lesion_masks({}, sheets["tr"]) == {}
     assert layout.eval_targets(config, sheets, ["tr"], ["ex"]) == [
         "results/eval/e/summary.json",
+        "results/models/e/fold0/training_curves.png",
+        "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/tr/summary.json",
         "results/eval/e/ensemble/ex/summary.json",
         "results/heatmaps/e/tr/a/overlay.png",

@@ -112,6 +112,11 @@ def model_dir(experiment: str, fold: int | str) -> str:
     return f"{RESULTS}/models/{experiment}/fold{fold}"
 
 
+def training_curves(experiment: str, fold: int | str) -> str:
+    """The training-curve plot of one fold (from its train_log.csv)."""
+    return f"{model_dir(experiment, fold)}/training_curves.png"
+
+
 def prediction_csv(experiment: str, fold: int | str, cohort: str) -> str:
     """Predictions of fold model ``fold`` on ``cohort``."""
     return f"{RESULTS}/predictions/{experiment}/fold{fold}/{cohort}.csv"
@@ -284,9 +289,11 @@ def eval_targets(
     train_cohorts: Sequence[str],
     external_cohorts: Sequence[str],
 ) -> list[str]:
-    """The final evaluation outputs (for rule all): CV summary, ensembles, heatmaps."""
+    """The final evaluation outputs (for rule all): CV summary, training curves, ensembles,
+    heatmaps."""
     exp = config["experiment"]
     targets = [f"{eval_dir(exp)}/summary.json"]
+    targets += [training_curves(exp, k) for k in range(config["cv"]["folds"])]
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
