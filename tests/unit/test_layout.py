@@ -40,6 +40,7 @@ def test_paths_and_wildcard_patterns():
     assert layout.tissue_qc("c", "s") == "results/masks/c/s.qc.png"
     assert layout.tissue_json("c", "s") == "results/masks/c/s.json"
     assert layout.qc_csv("c") == "results/qc/c.csv"
+    assert layout.qc_html("c") == "results/qc/c.html"
     assert layout.folds_csv("e") == "results/splits/e/folds.csv"
     assert layout.model_dir("e", "{fold}") == "results/models/e/fold{fold}"
     assert layout.training_curves("e", 1) == "results/models/e/fold1/training_curves.png"
@@ -180,3 +181,11 @@ def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
     assert "fold" not in preds.columns
     with pytest.raises(GigamilError, match="lack column"):
         write_fold_predictions(preds.drop(columns="label"), 0, path)
+
+
+def test_qc_sample_spreads_over_the_cohort():
+    ids = [f"s{i}" for i in range(20)]
+    assert layout.qc_sample(ids, 4) == ["s0", "s6", "s13", "s19"]
+    assert layout.qc_sample(ids[:3], 8) == ["s0", "s1", "s2"]
+    assert layout.qc_sample(ids, 1) == ["s0"]
+    assert len(layout.qc_sample(ids)) == layout.QC_THUMBNAILS_IN_REPORT

@@ -93,6 +93,24 @@ def qc_csv(cohort: str) -> str:
     return f"{RESULTS}/qc/{cohort}.csv"
 
 
+def qc_html(cohort: str) -> str:
+    """The per-cohort QC table as an HTML page (for the report)."""
+    return f"{RESULTS}/qc/{cohort}.html"
+
+
+QC_THUMBNAILS_IN_REPORT = 8
+"""Tissue-mask QC thumbnails per cohort shown in the HTML report (all are on disk)."""
+
+
+def qc_sample(slide_ids: Sequence[str], n: int = QC_THUMBNAILS_IN_REPORT) -> list[str]:
+    """``n`` slide ids spread evenly over ``slide_ids`` (sheet order; all when there are fewer):
+    the slides whose QC thumbnails the report shows."""
+    ids = list(slide_ids)
+    if len(ids) <= n:
+        return ids
+    return [ids[round(i * (len(ids) - 1) / (n - 1))] for i in range(n)] if n > 1 else ids[:n]
+
+
 def with_stores(slides: pd.DataFrame) -> pd.DataFrame:
     """``slides`` (``cohort``, ``slide_id``, ...) plus the ``store`` column the trainer reads."""
     pairs = zip(slides["cohort"], slides["slide_id"], strict=True)

@@ -8,6 +8,7 @@ rule files may be included in any order after this one.
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 # The gigamil package lives in workflow/; make it importable here and in every job's script, also
@@ -23,6 +24,7 @@ os.environ.update(
 from gigamil import layout  # noqa: E402
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402
+from gigamil.wsi.qc import qc_labels  # noqa: E402
 
 try:
     _validated = validate_config(config, source="config")
@@ -104,3 +106,25 @@ def report_outputs(out_dir, category, files, subcategory=None):
         )
         for name, (file, caption) in files.items()
     }
+
+
+def _qc_thumbnail_labels(cohort, slide_id, wildcards):
+    """Report labels of a QC thumbnail, read from its mask JSON when the report is made."""
+    return {"slide": slide_id, **qc_labels(layout.tissue_json(cohort, slide_id))}
+
+
+def qc_thumbnails(caption):
+    """A sample of every cohort's tissue-mask QC thumbnails (layout.qc_sample) flagged for the
+    report, for rule all's input; ``caption`` is relative to the file defining rule all."""
+    flagged = []
+    for c in config["cohorts"]:
+        for s in layout.qc_sample(cohort_slide_ids(c)):
+            thumbnail = report(
+                layout.tissue_qc(c, s),
+                caption=caption,
+                category="0. Quality control",
+                subcategory=c,
+                labels=partial(_qc_thumbnail_labels, c, s),
+            )
+            flagged.append(thumbnail)
+    return flagged
