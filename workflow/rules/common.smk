@@ -115,7 +115,8 @@ def _qc_thumbnail_labels(cohort, slide_id, wildcards):
 
 def qc_thumbnails(caption):
     """A sample of every cohort's tissue-mask QC thumbnails (layout.qc_sample) flagged for the
-    report, for rule all's input; ``caption`` is relative to the file defining rule all."""
+    report, for rule all's input; ``caption`` is relative to the file defining rule all.
+    """
     flagged = []
     for c in config["cohorts"]:
         for s in layout.qc_sample(cohort_slide_ids(c)):
@@ -128,3 +129,13 @@ def qc_thumbnails(caption):
             )
             flagged.append(thumbnail)
     return flagged
+
+
+def heatmap_labels(figure, wildcards):
+    """Report labels of a heatmap figure: the slide, its label, the ensemble's prediction and
+    probability (read from the fold models' prediction CSVs when the report is made)."""
+    from gigamil.evaluate.ensemble import prediction_labels
+
+    csvs = [layout.prediction_csv(EXPERIMENT, k, wildcards.cohort) for k in FOLDS]
+    info = prediction_labels(csvs, CLASSES, wildcards.slide_id)
+    return {"slide": wildcards.slide_id, **info, "figure": figure}

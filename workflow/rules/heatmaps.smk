@@ -34,7 +34,7 @@ rule heatmap:
             "heatmap",
             "3. Heatmaps",
             subcategory="{cohort}",
-            labels={"slide": "{slide_id}", "figure": "attention overlay"},
+            labels=partial(heatmap_labels, "attention overlay"),
             enabled=HEATMAPS_IN_REPORT,
         ),
         gallery=report_output(
@@ -42,7 +42,7 @@ rule heatmap:
             "gallery",
             "3. Heatmaps",
             subcategory="{cohort}",
-            labels={"slide": "{slide_id}", "figure": "top/bottom patches"},
+            labels=partial(heatmap_labels, "top/bottom patches"),
             enabled=HEATMAPS_IN_REPORT,
         ),
         attention=f"{HEATMAP_DIR}/attention.npy",

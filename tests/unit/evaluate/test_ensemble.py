@@ -11,7 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
-from gigamil.evaluate.ensemble import ensemble_cohort, mean_probabilities
+from gigamil.evaluate.ensemble import ensemble_cohort, mean_probabilities, prediction_labels
 from gigamil.evaluate.localization import mean_attention, slide_localization
 from gigamil.folds import write_folds
 from gigamil.splits import make_folds
@@ -361,3 +361,31 @@ def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
     assert set(s["per_class_recall"]) == set(classes)
     assert np.array(s["confusion_matrix"]).shape == (3, 3)
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 0
+
+
+def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predicted_it(tmp_path):
+    ext = _sheet(n_patients=2, slides=1, cohort="ext")
+    paths = []
+    for k, p1 in enumerate((0.9, 0.6)):
+        df = ext[["slide_id", "patient_id", "cohort", "label"]].assign(
+            prob_normal=1 - p1, prob_lesion=p1, pred="lesion", fold=k
+        )
+        df.loc[1, ["prob_normal", "prob_lesion", "pred"]] = [0.8, 0.2, "normal"]
+        paths.append(tmp_path / f"fold{k}.csv")
+        df.to_csv(paths[-1], index=False)
+    first, second = ext["slide_id"]
+    assert prediction_labels(paths, CLASSES, first) == {
+        "label": "normal",
+        "prediction": "lesion",
+        "probability": "0.750",
+    }
+    assert prediction_labels(paths, CLASSES, second)["probability"] == "0.800"
+    assert prediction_labels(paths + [tmp_path / "gone.csv"], CLASSES, "zz")["prediction"] == "?"
+    unlabelled = pd.read_csv(paths[0]).assign(label="")
+    unlabelled.loc[0, ["prob_normal", "prob_lesion", "pred"]] = [np.nan, np.nan, ""]
+    unlabelled.to_csv(paths[0], index=False)
+    assert prediction_labels(paths[:1], CLASSES, first) == {
+        "label": "-",
+        "prediction": "none (no patches)",
+        "probability": "",
+    }

@@ -72,6 +72,25 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     return out[["cohort", "slide_id", "patient_id", "label", *pcols, "pred", "n_models", "folds"]]
 
 
+def prediction_labels(
+    pred_csvs: Sequence[str | Path], classes: Sequence[str], slide_id: str
+) -> dict[str, str]:
+    """What the report lists beside a slide's heatmap: its ``label`` (``-`` when unlabelled),
+    the ensemble's ``prediction`` and its ``probability`` (of the predicted class), from the
+    prediction CSVs of the fold models (mean over those that predicted the slide, as the heatmap
+    averages their attention; a train-cohort slide has one, its out-of-fold model)."""
+    preds = read_predictions([p for p in pred_csvs if Path(p).is_file()], classes)
+    preds = preds[preds["slide_id"] == str(slide_id)]
+    if preds.empty:
+        return {"label": "?", "prediction": "?", "probability": "?"}
+    row = mean_probabilities(preds, classes).iloc[0]
+    label = str(row["label"]) if str(row["label"]) else "-"
+    if not row["pred"]:
+        return {"label": label, "prediction": "none (no patches)", "probability": ""}
+    prob = float(row[f"prob_{row['pred']}"])
+    return {"label": label, "prediction": str(row["pred"]), "probability": f"{prob:.3f}"}
+
+
 def ensemble_cohort(
     pred_csvs: Sequence[str | Path],
     classes: Sequence[str],
