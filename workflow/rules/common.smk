@@ -84,13 +84,13 @@ def eval_targets():
 
 def report_output(path, caption, category, subcategory=None, labels=None, enabled=True):
     """``path`` flagged for the HTML report with the caption workflow/report/{caption}.rst
-    (``path`` itself when not ``enabled``). Call it only from the .smk files in workflow/rules,
+    (none when ``caption`` is None; ``path`` itself when not ``enabled``). Call it only from the .smk files in workflow/rules,
     as Snakemake resolves the caption relative to the file defining the rule."""
     if not enabled:
         return path
     return report(
         path,
-        caption=f"../report/{caption}.rst",
+        caption=f"../report/{caption}.rst" if caption else None,
         category=category,
         subcategory=subcategory,
         labels=labels,
