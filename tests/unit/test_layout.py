@@ -81,6 +81,19 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
         "results/eval/e/ensemble/ex/summary.json",
         "results/heatmaps/e/tr/a/overlay.png",
     ]
+    # a predict cohort: its ensemble predictions even without ensemble.enabled, and heatmaps
+    sheets["new"] = pd.DataFrame({"slide_id": ["d"], "patient_id": ["t"]})
+    config = {**config, "ensemble": {"enabled": False}, "heatmaps": {"slides": "all"}}
+    assert layout.eval_targets(config, sheets, ["tr"], [], ["new"]) == [
+        "results/eval/e/summary.json",
+        "results/models/e/fold0/training_curves.png",
+        "results/models/e/fold1/training_curves.png",
+        "results/eval/e/ensemble/new/summary.json",
+        "results/heatmaps/e/tr/a/overlay.png",
+        "results/heatmaps/e/tr/b/overlay.png",
+        "results/heatmaps/e/new/d/overlay.png",
+    ]
+    del sheets["new"]
     files = layout.localization_inputs(config, sheets, ["tr"], [0, 1])
     assert "results/patches/tr/a.zarr" in files and "results/demo/lesion_masks/b.json" in files
     assert "results/predictions/e/fold1/attention/tr" in files

@@ -282,7 +282,7 @@ def heatmap_slides(
 
     Args:
         wanted: ``heatmaps.slides``: "all", "none" or a list of slide_ids.
-        cohorts: the cohorts predicted by the fold models (train and external).
+        cohorts: the cohorts predicted by the fold models (train, external and predict).
 
     Raises:
         ConfigError: a listed slide_id is in none of the cohorts.
@@ -306,17 +306,20 @@ def eval_targets(
     sheets: Mapping[str, pd.DataFrame],
     train_cohorts: Sequence[str],
     external_cohorts: Sequence[str],
+    predict_cohorts: Sequence[str] = (),
 ) -> list[str]:
     """The final evaluation outputs (for rule all): CV summary, training curves, ensembles,
-    heatmaps."""
+    heatmaps. A ``predict`` cohort (no labels) always gets its ensemble's predictions (its
+    ``summary.json`` says there are no metrics), whatever ``ensemble.enabled`` says: they are
+    what it is there for."""
     exp = config["experiment"]
     targets = [f"{eval_dir(exp)}/summary.json"]
     targets += [training_curves(exp, k) for k in range(config["cv"]["folds"])]
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
-    pairs = heatmap_slides(
-        config["heatmaps"]["slides"], sheets, list(train_cohorts) + list(external_cohorts)
-    )
+    targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in predict_cohorts]
+    predicted = list(train_cohorts) + list(external_cohorts) + list(predict_cohorts)
+    pairs = heatmap_slides(config["heatmaps"]["slides"], sheets, predicted)
     targets += [f"{heatmap_dir(exp, c, s)}/overlay.png" for c, s in pairs]
     return targets

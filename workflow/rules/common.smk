@@ -38,6 +38,9 @@ EXPERIMENT = config["experiment"]
 CLASSES = list(config["classes"])
 TRAIN_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "train"]
 EXTERNAL_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "external"]
+# role predict: no labels needed; predicted by the fold models' ensemble, no metrics
+PREDICT_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "predict"]
+PREDICTED_COHORTS = TRAIN_COHORTS + EXTERNAL_COHORTS + PREDICT_COHORTS
 DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
@@ -77,9 +80,16 @@ def cohort_stores(cohorts):
 
 
 def eval_targets():
-    """The final evaluation outputs (inputs of the default target): CV summary, ensembles,
-    heatmaps."""
-    return layout.eval_targets(config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS)
+    """The final evaluation outputs (inputs of the default target): CV summary, training
+    curves, ensembles, predict cohorts' predictions, heatmaps."""
+    return layout.eval_targets(
+        config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS, PREDICT_COHORTS
+    )
+
+
+def cohort_regex(cohorts):
+    """A wildcard constraint matching exactly these cohort names (nothing when empty)."""
+    return "|".join(cohorts) if cohorts else "(?!)"
 
 
 def report_output(path, caption, category, subcategory=None, labels=None, enabled=True):

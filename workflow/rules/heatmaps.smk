@@ -9,11 +9,7 @@ HEATMAP_PARAMS = {k: v for k, v in config["heatmaps"].items() if k != "slides"}
 # The HTML report embeds every image: beyond this many slides the heatmaps stay on disk only.
 HEATMAP_REPORT_MAX = 48
 HEATMAPS_IN_REPORT = (
-    len(
-        layout.heatmap_slides(
-            config["heatmaps"]["slides"], SHEETS, TRAIN_COHORTS + EXTERNAL_COHORTS
-        )
-    )
+    len(layout.heatmap_slides(config["heatmaps"]["slides"], SHEETS, PREDICTED_COHORTS))
     <= HEATMAP_REPORT_MAX
 )
 

@@ -77,7 +77,7 @@ rule predict_fold:
         folds=FOLDS_CSV,
         sheet=lambda wc: (
             config["cohorts"][wc.cohort]["sheet"]
-            if config["cohorts"][wc.cohort]["role"] == "external"
+            if config["cohorts"][wc.cohort]["role"] != "train"
             else []
         ),
         stores=lambda wc: cohort_stores([wc.cohort]),

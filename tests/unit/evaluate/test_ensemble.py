@@ -11,7 +11,13 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
-from gigamil.evaluate.ensemble import ensemble_cohort, mean_probabilities, prediction_labels
+from gigamil.evaluate.ensemble import (
+    ensemble_cohort,
+    has_labels,
+    mean_probabilities,
+    predict_cohort,
+    prediction_labels,
+)
 from gigamil.evaluate.localization import mean_attention, slide_localization
 from gigamil.folds import write_folds
 from gigamil.splits import make_folds
@@ -389,3 +395,54 @@ def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predic
         "prediction": "none (no patches)",
         "probability": "",
     }
+
+
+def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
+    from gigamil.cli import main
+
+    new = _sheet(n_patients=4, slides=1, cohort="new").assign(label="")
+    rng = np.random.default_rng(5)
+    paths = []
+    for k in range(2):
+        df = _predict(new.assign(label="normal"), k, rng).assign(label="")
+        if k == 0:
+            df.loc[df.slide_id == "new_p3_s0", ["prob_normal", "prob_lesion", "pred"]] = [
+                np.nan,
+                np.nan,
+                "",
+            ]
+        paths.append(tmp_path / f"fold{k}.csv")
+        df.to_csv(paths[-1], index=False)
+    assert not has_labels(paths)
+    out = tmp_path / "ens"
+    summary = predict_cohort(paths, CLASSES, out, "new", "demo")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predictions.csv",
+        "predictions.html",
+        "summary.json",
+    ]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary and summary["metrics"] is None and "no metrics" in summary["note"]
+    assert "auc" not in summary and summary["n_slides"] == 4 and summary["n_models"] == 2
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("slide_id")
+    frames = pd.concat([pd.read_csv(p) for p in paths])
+    manual = frames.groupby("slide_id")["prob_lesion"].mean()  # NaN rows skipped
+    np.testing.assert_allclose(table.loc[manual.index, "prob_lesion"].astype(float), manual)
+    assert table.loc["new_p3_s0", "n_models"] == 1 and (table["label"] == "").all()
+    counts = table["pred"].value_counts()
+    assert summary["predicted"] == {c: int(counts.get(c, 0)) for c in CLASSES}
+    page = (out / "predictions.html").read_text()
+    assert "<td>new_p0_s0</td>" in page and "4 slide(s) predicted" in page
+    assert f"<td>{table.loc['new_p0_s0', 'prob_lesion']:.3f}</td>" in page
+    # `gigamil ensemble` on predictions without labels: the same, no metrics
+    capsys.readouterr()
+    args = ["ensemble", "--cohort", "new", "--out", str(tmp_path / "cli"), "--predictions"]
+    assert main(args + list(map(str, paths))) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] is None
+    assert not (tmp_path / "cli" / "metrics.csv").exists()
+    assert has_labels([_write(tmp_path / "l.csv", _predict(new.assign(label="lesion"), 0, rng))])
+
+
+def _write(path, df):
+    df.to_csv(path, index=False)
+    return path

@@ -61,6 +61,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     empty attention array (there is nothing to classify; no guess is made).
     """
     torch.set_num_threads(max(1, int(threads)))
+    if "label" not in slides.columns:  # slides to predict need no label (``role: predict``)
+        slides = slides.assign(label="")
     check_columns(slides, "slides to predict")
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, dev)

@@ -111,6 +111,8 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
 
     Returns ``{"epochs": n, "best_epoch": e}``.
     """
+    from matplotlib.ticker import MaxNLocator
+
     from gigamil.errors import GigamilError
 
     log = pd.read_csv(log_csv)
@@ -130,6 +132,7 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
             if not at_best.empty:
                 ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
         ax.axvline(best, ls="--", lw=1, color="grey", label=f"best epoch {best}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
