@@ -94,8 +94,9 @@ def cohort_regex(cohorts):
 
 def report_output(path, caption, category, subcategory=None, labels=None, enabled=True):
     """``path`` flagged for the HTML report with the caption workflow/report/{caption}.rst
-    (none when ``caption`` is None; ``path`` itself when not ``enabled``). Call it only from the .smk files in workflow/rules,
-    as Snakemake resolves the caption relative to the file defining the rule."""
+    (none when ``caption`` is None; ``path`` itself when not ``enabled``). Call it only from
+    the .smk files in workflow/rules, as Snakemake resolves the caption relative to the file
+    defining the rule."""
     if not enabled:
         return path
     return report(
