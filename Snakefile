@@ -32,3 +32,5 @@ rule all:
     input:
         [layout.qc_csv(c) for c in config["cohorts"]],
         eval_targets(),
+        # a sample of the tissue-mask QC thumbnails, shown in the report
+        qc_thumbnails("workflow/report/qc_thumbnail.rst"),

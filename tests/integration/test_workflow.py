@@ -1,7 +1,10 @@
-"""The real workflow, run by real snakemake on the demo cohort in a temporary directory."""
+"""The real workflow, run by real snakemake on the demo cohort in a temporary directory: the dry
+run, a bad config, and one complete run (module fixture) with a `role: predict` cohort without
+labels beside the demo cohort, checked file by file and through `snakemake --report`."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -12,9 +15,18 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from wfutil import REPO, read_config, run_snakemake, write_config
+from wfutil import (
+    FAST_OVERRIDES,
+    REPO,
+    deep_update,
+    make_workdir,
+    read_config,
+    run_snakemake,
+    write_config,
+)
 
 from gigamil import layout
+from gigamil.demo_tiles import make_tile_cohort
 
 pytestmark = pytest.mark.integration
 
@@ -152,9 +164,33 @@ def test_failing_job_has_its_error_and_traceback_in_its_log(workdir: Path):
     assert "Traceback (most recent call last)" in log
 
 
-@pytest.mark.slow
-def test_full_demo_run(workdir: Path):
+NEW = ["new_a", "new_b", "new_c"]  # the slides of the `role: predict` cohort
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fast demo config plus a `role: predict` cohort of three slides from another tile draw
+    whose sheet has no label column, run to completion once."""
+    heatmaps = {"heatmaps": {"slides": FAST_OVERRIDES["heatmaps"]["slides"] + NEW[:2]}}
+    workdir = make_workdir(
+        tmp_path_factory.mktemp("full") / "work", deep_update(FAST_OVERRIDES, heatmaps)
+    )
+    drawn = make_tile_cohort(workdir / "new", seed=7, n_patients=3, slides_per_patient=1)
+    rows = [
+        {"slide_id": sid, "patient_id": f"{sid}_patient", "path": f"new/slides/{s}.tiff"}
+        for sid, s in zip(NEW, drawn["slide_id"], strict=True)
+    ]
+    pd.DataFrame(rows).to_csv(workdir / "new" / "to_predict.csv", index=False)
+    cfg = read_config(workdir)
+    cfg["cohorts"]["new"] = {"sheet": "new/to_predict.csv", "role": "predict"}
+    write_config(workdir, cfg)
     run_snakemake(workdir, "--cores", "2", timeout=1200)
+    return workdir
+
+
+@pytest.mark.slow
+def test_full_demo_run(full_run: Path):
+    workdir = full_run
     res = workdir / "results"
     sheet = pd.read_csv(res / "demo/sheet.csv")
     assert len(sheet) == 24
@@ -193,3 +229,84 @@ def test_full_demo_run(workdir: Path):
     # a second dry run after a complete run schedules nothing
     again = run_snakemake(workdir, "-n", "--cores", "2")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_predict_cohort_is_predicted_without_labels_or_metrics(full_run: Path):
+    res = full_run / "results"
+    ens = res / "eval/demo/ensemble/new"
+    assert sorted(p.name for p in ens.iterdir()) == [
+        "predictions.csv",
+        "predictions.html",
+        "summary.json",
+    ]
+    summary = json.loads((ens / "summary.json").read_text())
+    assert summary["metrics"] is None and summary["n_slides"] == 3 and summary["n_models"] == 2
+    assert "no metrics" in summary["note"] and "auc" not in summary
+    preds = pd.read_csv(ens / "predictions.csv", keep_default_na=False)
+    assert sorted(preds["slide_id"]) == NEW and (preds["label"] == "").all()
+    assert preds["n_models"].eq(2).all() and preds["pred"].isin(["normal", "lesion"]).all()
+    probs = preds[["prob_normal", "prob_lesion"]].astype(float).sum(axis=1)
+    assert probs.round(5).eq(1.0).all()
+    for k in range(2):  # every fold model predicted every slide
+        fold = pd.read_csv(res / f"predictions/demo/fold{k}/new.csv", keep_default_na=False)
+        assert sorted(fold["slide_id"]) == NEW
+    for sid in NEW[:2]:
+        assert (res / f"heatmaps/demo/new/{sid}/overlay.png").is_file()
+    assert (res / "qc/new.csv").is_file() and (res / "qc/new.html").is_file()
+    # the CV is untouched by the unlabelled cohort
+    folds = pd.read_csv(res / "splits/demo/folds.csv")
+    assert set(folds["cohort"]) == {"demo"}
+
+
+def _report_results(html: str) -> dict[str, dict]:
+    """The results embedded in a `snakemake --report` HTML file, with each file decoded."""
+    found = re.search(r"var results = (\{.*?\});?\n", html)
+    assert found, "no results in the report"
+    results = json.loads(found.group(1))
+    for item in results.values():
+        item["content"] = base64.b64decode(item["data_uri"].split("base64,", 1)[1])
+    return results
+
+
+@pytest.mark.slow
+def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
+    run_snakemake(full_run, "--report", str(full_run / "report.html"), timeout=600)
+    results = _report_results((full_run / "report.html").read_text())
+    res = full_run / "results"
+
+    # the headline numbers as text, inline (an HTML table per CV run and per ensemble)
+    cv = json.loads((res / "eval/demo/summary.json").read_text())
+    page = results["results/eval/demo/metrics.html"]["content"].decode()
+    lo, hi = cv["oof_auc_ci"]
+    assert f"{cv['oof_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in page
+    assert f"<td>{cv['patient_auc']:.3f}</td>" in page
+    assert f"{cv['balanced_accuracy']:.3f} (95% CI" in page
+    assert f"{cv['localization_auc']:.3f} ± " in page
+    ens = json.loads((res / "eval/demo/ensemble/demo/summary.json").read_text())
+    page = results["results/eval/demo/ensemble/demo/metrics.html"]["content"].decode()
+    assert f"slide AUC (ensemble)</td><td>{ens['auc']:.3f}" in page
+
+    # the QC table of every cohort and a sample of annotated QC thumbnails
+    for cohort, slides in (("demo", 24), ("new", 3)):
+        page = results[f"results/qc/{cohort}.html"]["content"].decode()
+        assert f"{slides} slide(s)" in page and "<th>tissue_fraction</th>" in page
+    thumbs = [r for p, r in results.items() if p.endswith(".qc.png")]
+    assert len(thumbs) == 8 + 3  # 8 of the demo's 24 slides, all 3 of the new cohort
+    assert all(r["mime_type"] == "image/png" and "tissue fraction" in r["labels"] for r in thumbs)
+
+    # one training-curve image per fold
+    curves = {p: r for p, r in results.items() if r["job_properties"]["rule"] == "training_curves"}
+    assert sorted(curves) == [f"results/models/demo/fold{k}/training_curves.png" for k in (0, 1)]
+    assert all(r["content"].startswith(b"\x89PNG") for r in curves.values())
+
+    # heatmaps listed with label, prediction and probability; the predict cohort's table
+    overlay = results["results/heatmaps/demo/new/new_a/overlay.png"]["labels"]
+    table = pd.read_csv(res / "eval/demo/ensemble/new/predictions.csv").set_index("slide_id")
+    pred = table.loc["new_a", "pred"]
+    assert overlay["label"] == "-" and overlay["prediction"] == pred
+    assert overlay["probability"] == f"{table.loc['new_a', f'prob_{pred}']:.3f}"
+    demo = results["results/heatmaps/demo/demo/demo_p01_s1/overlay.png"]["labels"]
+    assert demo["label"] in ("normal", "lesion") and demo["prediction"] in ("normal", "lesion")
+    page = results["results/eval/demo/ensemble/new/predictions.html"]["content"].decode()
+    assert all(f"<td>{sid}</td>" in page for sid in NEW)

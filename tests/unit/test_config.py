@@ -322,3 +322,42 @@ def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     assert slide_fingerprint(tmp_path / "missing.svs") is None
     assert slide_fingerprint(tmp_path / "s1.svs") != slide_fingerprint(tmp_path / "s2.svs")
+
+
+def _predict_cohort(tmp_path, base_config, rows, role="predict"):
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "new": {"sheet": str(write_sheet(tmp_path, rows, name="new.csv")), "role": role},
+    }
+    return load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_predict_cohort_needs_no_labels(tmp_path, base_config, caplog):
+    """A `role: predict` cohort: the label column may be missing or empty (given labels are
+    still checked); a train patient there is a warning, not an error (no metrics)."""
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in other_rows()]
+    sheet = _predict_cohort(tmp_path, base_config, rows)["new"]
+    assert sheet["label"].tolist() == ["", "", ""] and sheet["slide_id"].tolist()[0] == "xs1"
+    assert list(sheet.columns[:5]) == ["cohort", "slide_id", "patient_id", "label", "path"]
+    rows = other_rows()
+    rows[0]["label"], rows[1]["label"] = "", ""  # xp1 unlabelled, xp2 labelled
+    rows[2]["patient_id"] = "p1"  # a train patient, with its train label
+    rows[2]["label"] = "normal"
+    sheet = _predict_cohort(tmp_path, base_config, rows)["new"]
+    assert sheet["label"].tolist() == ["", "", "normal"]
+    assert "cohort new: 1 patient(s) also in a train cohort (p1)" in caplog.text
+    rows[2]["label"] = "tumour"
+    with pytest.raises(ConfigError, match="label 'tumour' is not one of the classes"):
+        _predict_cohort(tmp_path, base_config, rows)
+    rows[2]["label"] = "lesion"  # p1 is normal in the train cohort
+    with pytest.raises(ConfigError, match="patient 'p1' has labels"):
+        _predict_cohort(tmp_path, base_config, rows)
+    # an external cohort still needs labels
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in other_rows()]
+    with pytest.raises(ConfigError, match="missing column.*label"):
+        _predict_cohort(tmp_path, base_config, rows, role="external")
+    rows = other_rows()
+    rows[0]["label"] = ""
+    with pytest.raises(ConfigError, match="row 2 .*label"):
+        _predict_cohort(tmp_path, base_config, rows, role="external")

@@ -27,6 +27,7 @@ def config():
     return {
         "experiment": "e",
         "ensemble": {"enabled": True},
+        "cv": {"folds": 2},
         "heatmaps": {"slides": ["a"]},
         "cohorts": {"tr": {"demo": True}, "ex": {}},
     }
@@ -39,8 +40,10 @@ def test_paths_and_wildcard_patterns():
     assert layout.tissue_qc("c", "s") == "results/masks/c/s.qc.png"
     assert layout.tissue_json("c", "s") == "results/masks/c/s.json"
     assert layout.qc_csv("c") == "results/qc/c.csv"
+    assert layout.qc_html("c") == "results/qc/c.html"
     assert layout.folds_csv("e") == "results/splits/e/folds.csv"
     assert layout.model_dir("e", "{fold}") == "results/models/e/fold{fold}"
+    assert layout.training_curves("e", 1) == "results/models/e/fold1/training_curves.png"
     assert layout.prediction_csv("e", 1, "c") == "results/predictions/e/fold1/c.csv"
     assert layout.attention_file("e", 2, "c", "s") == (
         "results/predictions/e/fold2/attention/c/s.npy"
@@ -72,10 +75,25 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     assert layout.lesion_masks({}, sheets["tr"]) == {}
     assert layout.eval_targets(config, sheets, ["tr"], ["ex"]) == [
         "results/eval/e/summary.json",
+        "results/models/e/fold0/training_curves.png",
+        "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/tr/summary.json",
         "results/eval/e/ensemble/ex/summary.json",
         "results/heatmaps/e/tr/a/overlay.png",
     ]
+    # a predict cohort: its ensemble predictions even without ensemble.enabled, and heatmaps
+    sheets["new"] = pd.DataFrame({"slide_id": ["d"], "patient_id": ["t"]})
+    config = {**config, "ensemble": {"enabled": False}, "heatmaps": {"slides": "all"}}
+    assert layout.eval_targets(config, sheets, ["tr"], [], ["new"]) == [
+        "results/eval/e/summary.json",
+        "results/models/e/fold0/training_curves.png",
+        "results/models/e/fold1/training_curves.png",
+        "results/eval/e/ensemble/new/summary.json",
+        "results/heatmaps/e/tr/a/overlay.png",
+        "results/heatmaps/e/tr/b/overlay.png",
+        "results/heatmaps/e/new/d/overlay.png",
+    ]
+    del sheets["new"]
     files = layout.localization_inputs(config, sheets, ["tr"], [0, 1])
     assert "results/patches/tr/a.zarr" in files and "results/demo/lesion_masks/b.json" in files
     assert "results/predictions/e/fold1/attention/tr" in files
@@ -176,3 +194,11 @@ def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
     assert "fold" not in preds.columns
     with pytest.raises(GigamilError, match="lack column"):
         write_fold_predictions(preds.drop(columns="label"), 0, path)
+
+
+def test_qc_sample_spreads_over_the_cohort():
+    ids = [f"s{i}" for i in range(20)]
+    assert layout.qc_sample(ids, 4) == ["s0", "s6", "s13", "s19"]
+    assert layout.qc_sample(ids[:3], 8) == ["s0", "s1", "s2"]
+    assert layout.qc_sample(ids, 1) == ["s0"]
+    assert len(layout.qc_sample(ids)) == layout.QC_THUMBNAILS_IN_REPORT

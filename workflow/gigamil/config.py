@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
+ROLE_PREDICT = "predict"  # cohorts only predicted, labels optional, no metrics
 
 
 def load_schema(name: str) -> dict[str, Any]:
@@ -136,6 +137,7 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     cohort_mpp: float | None = None,
     check_files: bool = True,
     base_dir: str | Path = ".",
+    labels_required: bool = True,
 ) -> pd.DataFrame:
     """Read and validate one cohort sheet.
 
@@ -146,6 +148,9 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         cohort_mpp: the cohort's MPP override, used where a row has no ``mpp``.
         check_files: require every slide ``path`` to exist (False for generated demo slides).
         base_dir: directory relative slide paths are resolved against (the working directory).
+        labels_required: False for a ``role: predict`` cohort: the ``label`` column may be
+            missing (it is added, empty) and labels may be empty; given ones must still be
+            among ``classes``.
 
     Returns:
         DataFrame with columns cohort, slide_id, patient_id, label, path, mpp (float or NaN) and any
@@ -154,9 +159,9 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"cohort {cohort!r}: sheet {path} not found")
-    df = _read_sheet_csv(path)
+    df = _read_sheet_csv(path, labels_required)
     df["mpp"] = _sheet_mpp(df, path, cohort_mpp)
-    _check_rows_against_schema(df, path)
+    _check_rows_against_schema(df, path, labels_required)
     _check_slides_and_labels(df, path, classes)
     if check_files:
         _check_slide_files(df, path, Path(base_dir))
@@ -164,13 +169,16 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     return df
 
 
-def _read_sheet_csv(path: Path) -> pd.DataFrame:
-    """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS and a row."""
+def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
+    """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
+    when ``labels_required``; else an empty one is added) and a row."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
     df.columns = [c.strip() for c in df.columns]
+    if not labels_required and "label" not in df.columns:
+        df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in SHEET_COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(
@@ -198,14 +206,15 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
     return mpp
 
 
-def _check_rows_against_schema(df: pd.DataFrame, path: Path) -> None:
-    validator = jsonschema.Draft202012Validator(load_schema("sheet"))
+def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bool = True) -> None:
+    schema = load_schema("sheet")
+    optional = OPTIONAL_COLUMNS
+    if not labels_required:  # a predict cohort: an empty label is no label
+        schema["required"] = [c for c in schema["required"] if c != "label"]
+        optional = (*OPTIONAL_COLUMNS, "label")
+    validator = jsonschema.Draft202012Validator(schema)
     for i, record in enumerate(df.to_dict(orient="records")):
-        row = {
-            k: _clean(v)
-            for k, v in record.items()
-            if not (k in OPTIONAL_COLUMNS and v in ("", None))
-        }
+        row = {k: _clean(v) for k, v in record.items() if not (k in optional and v in ("", None))}
         row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
         err = next(iter(sorted(validator.iter_errors(row), key=lambda e: e.path)), None)
         if err is not None:
@@ -222,7 +231,7 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
         rows = [str(i + 2) for i in df.index[df["slide_id"] == dup.iloc[0]]]
         raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (rows {', '.join(rows)})")
 
-    bad_label = ~df["label"].isin(classes)
+    bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
         i = int(bad_label.idxmax())
         raise ConfigError(
@@ -230,7 +239,7 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
             f"is not one of the classes {classes} declared in config.yaml"
         )
 
-    labels_per_patient = df.groupby("patient_id")["label"].unique()
+    labels_per_patient = df[df["label"].ne("")].groupby("patient_id")["label"].unique()
     conflicting = labels_per_patient[labels_per_patient.map(len) > 1]
     if not conflicting.empty:
         pid = conflicting.index[0]
@@ -267,6 +276,7 @@ def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[
             cohort_mpp=cohort.get("mpp"),
             check_files=not cohort.get("demo", False),
             base_dir=base_dir,
+            labels_required=cohort.get("role", "train") != ROLE_PREDICT,
         )
     check_leakage(config, sheets, base_dir)
     return sheets
@@ -329,9 +339,12 @@ def check_leakage(
       across cohorts);
     - the same slide file in two cohorts: the same resolved path, or the same content (same
       :func:`slide_fingerprint`: a copy of a slide under another name or directory);
-    - a patient with different labels in different cohorts;
+    - a patient with different labels in different cohorts (empty labels of a predict cohort
+      are no labels);
     - a patient of a train cohort in an external cohort, unless that cohort sets
-      ``allow_patient_overlap: true`` (then a warning is logged).
+      ``allow_patient_overlap: true`` (then a warning is logged). In a ``predict`` cohort such a
+      patient is only a warning: no metrics are computed there, but the fold models have seen
+      the patient's other slides.
     """
     rows = []
     for name, df in sheets.items():
@@ -351,7 +364,7 @@ def check_leakage(
             )
     if len(rows) > 1:
         _check_same_content(allr)
-    labels = allr.groupby("patient_id")["label"].nunique()
+    labels = allr[allr["label"].astype(str).ne("")].groupby("patient_id")["label"].nunique()
     mixed = labels[labels > 1].index
     if len(mixed):
         found = sorted(allr.loc[allr["patient_id"] == mixed[0], "label"].astype(str).unique())
@@ -364,10 +377,19 @@ def check_leakage(
         str(p) for name, df in sheets.items() if roles[name] == "train" for p in df["patient_id"]
     }
     for name, df in sheets.items():
-        if roles[name] != "external":
+        if roles[name] == "train":
             continue
         shared = train_patients & set(map(str, df["patient_id"]))
         if not shared:
+            continue
+        if roles[name] == ROLE_PREDICT:
+            log.warning(
+                "cohort %s: %d patient(s) also in a train cohort (%s): the fold models have seen "
+                "their other slides (a predict cohort gets no metrics)",
+                name,
+                len(shared),
+                _first(shared),
+            )
             continue
         msg = (
             f"cohort {name}: {len(shared)} patient(s) also in a train cohort ({_first(shared)}): "

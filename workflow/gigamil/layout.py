@@ -93,6 +93,24 @@ def qc_csv(cohort: str) -> str:
     return f"{RESULTS}/qc/{cohort}.csv"
 
 
+def qc_html(cohort: str) -> str:
+    """The per-cohort QC table as an HTML page (for the report)."""
+    return f"{RESULTS}/qc/{cohort}.html"
+
+
+QC_THUMBNAILS_IN_REPORT = 8
+"""Tissue-mask QC thumbnails per cohort shown in the HTML report (all are on disk)."""
+
+
+def qc_sample(slide_ids: Sequence[str], n: int = QC_THUMBNAILS_IN_REPORT) -> list[str]:
+    """``n`` slide ids spread evenly over ``slide_ids`` (sheet order; all when there are fewer):
+    the slides whose QC thumbnails the report shows."""
+    ids = list(slide_ids)
+    if len(ids) <= n:
+        return ids
+    return [ids[round(i * (len(ids) - 1) / (n - 1))] for i in range(n)] if n > 1 else ids[:n]
+
+
 def with_stores(slides: pd.DataFrame) -> pd.DataFrame:
     """``slides`` (``cohort``, ``slide_id``, ...) plus the ``store`` column the trainer reads."""
     pairs = zip(slides["cohort"], slides["slide_id"], strict=True)
@@ -110,6 +128,11 @@ def folds_csv(experiment: str) -> str:
 def model_dir(experiment: str, fold: int | str) -> str:
     """Directory of one fold's model.pt, last.pt and train_log.csv."""
     return f"{RESULTS}/models/{experiment}/fold{fold}"
+
+
+def training_curves(experiment: str, fold: int | str) -> str:
+    """The training-curve plot of one fold (from its train_log.csv)."""
+    return f"{model_dir(experiment, fold)}/training_curves.png"
 
 
 def prediction_csv(experiment: str, fold: int | str, cohort: str) -> str:
@@ -259,7 +282,7 @@ def heatmap_slides(
 
     Args:
         wanted: ``heatmaps.slides``: "all", "none" or a list of slide_ids.
-        cohorts: the cohorts predicted by the fold models (train and external).
+        cohorts: the cohorts predicted by the fold models (train, external and predict).
 
     Raises:
         ConfigError: a listed slide_id is in none of the cohorts.
@@ -283,15 +306,20 @@ def eval_targets(
     sheets: Mapping[str, pd.DataFrame],
     train_cohorts: Sequence[str],
     external_cohorts: Sequence[str],
+    predict_cohorts: Sequence[str] = (),
 ) -> list[str]:
-    """The final evaluation outputs (for rule all): CV summary, ensembles, heatmaps."""
+    """The final evaluation outputs (for rule all): CV summary, training curves, ensembles,
+    heatmaps. A ``predict`` cohort (no labels) always gets its ensemble's predictions (its
+    ``summary.json`` says there are no metrics), whatever ``ensemble.enabled`` says: they are
+    what it is there for."""
     exp = config["experiment"]
     targets = [f"{eval_dir(exp)}/summary.json"]
+    targets += [training_curves(exp, k) for k in range(config["cv"]["folds"])]
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
-    pairs = heatmap_slides(
-        config["heatmaps"]["slides"], sheets, list(train_cohorts) + list(external_cohorts)
-    )
+    targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in predict_cohorts]
+    predicted = list(train_cohorts) + list(external_cohorts) + list(predict_cohorts)
+    pairs = heatmap_slides(config["heatmaps"]["slides"], sheets, predicted)
     targets += [f"{heatmap_dir(exp, c, s)}/overlay.png" for c, s in pairs]
     return targets

@@ -8,6 +8,7 @@ rule files may be included in any order after this one.
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 # The gigamil package lives in workflow/; make it importable here and in every job's script, also
@@ -23,6 +24,7 @@ os.environ.update(
 from gigamil import layout  # noqa: E402
 from gigamil.config import load_cohorts, validate_config  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402
+from gigamil.wsi.qc import qc_labels  # noqa: E402
 
 try:
     _validated = validate_config(config, source="config")
@@ -36,6 +38,9 @@ EXPERIMENT = config["experiment"]
 CLASSES = list(config["classes"])
 TRAIN_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "train"]
 EXTERNAL_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "external"]
+# role predict: no labels needed; predicted by the fold models' ensemble, no metrics
+PREDICT_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "predict"]
+PREDICTED_COHORTS = TRAIN_COHORTS + EXTERNAL_COHORTS + PREDICT_COHORTS
 DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
@@ -75,20 +80,28 @@ def cohort_stores(cohorts):
 
 
 def eval_targets():
-    """The final evaluation outputs (inputs of the default target): CV summary, ensembles,
-    heatmaps."""
-    return layout.eval_targets(config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS)
+    """The final evaluation outputs (inputs of the default target): CV summary, training
+    curves, ensembles, predict cohorts' predictions, heatmaps."""
+    return layout.eval_targets(
+        config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS, PREDICT_COHORTS
+    )
+
+
+def cohort_regex(cohorts):
+    """A wildcard constraint matching exactly these cohort names (nothing when empty)."""
+    return "|".join(cohorts) if cohorts else "(?!)"
 
 
 def report_output(path, caption, category, subcategory=None, labels=None, enabled=True):
     """``path`` flagged for the HTML report with the caption workflow/report/{caption}.rst
-    (``path`` itself when not ``enabled``). Call it only from the .smk files in workflow/rules,
-    as Snakemake resolves the caption relative to the file defining the rule."""
+    (none when ``caption`` is None; ``path`` itself when not ``enabled``). Call it only from
+    the .smk files in workflow/rules, as Snakemake resolves the caption relative to the file
+    defining the rule."""
     if not enabled:
         return path
     return report(
         path,
-        caption=f"../report/{caption}.rst",
+        caption=f"../report/{caption}.rst" if caption else None,
         category=category,
         subcategory=subcategory,
         labels=labels,
@@ -104,3 +117,36 @@ def report_outputs(out_dir, category, files, subcategory=None):
         )
         for name, (file, caption) in files.items()
     }
+
+
+def _qc_thumbnail_labels(cohort, slide_id, wildcards):
+    """Report labels of a QC thumbnail, read from its mask JSON when the report is made."""
+    return {"slide": slide_id, **qc_labels(layout.tissue_json(cohort, slide_id))}
+
+
+def qc_thumbnails(caption):
+    """A sample of every cohort's tissue-mask QC thumbnails (layout.qc_sample) flagged for the
+    report, for rule all's input; ``caption`` is relative to the file defining rule all.
+    """
+    flagged = []
+    for c in config["cohorts"]:
+        for s in layout.qc_sample(cohort_slide_ids(c)):
+            thumbnail = report(
+                layout.tissue_qc(c, s),
+                caption=caption,
+                category="0. Quality control",
+                subcategory=c,
+                labels=partial(_qc_thumbnail_labels, c, s),
+            )
+            flagged.append(thumbnail)
+    return flagged
+
+
+def heatmap_labels(figure, wildcards):
+    """Report labels of a heatmap figure: the slide, its label, the ensemble's prediction and
+    probability (read from the fold models' prediction CSVs when the report is made)."""
+    from gigamil.evaluate.ensemble import prediction_labels
+
+    csvs = [layout.prediction_csv(EXPERIMENT, k, wildcards.cohort) for k in FOLDS]
+    info = prediction_labels(csvs, CLASSES, wildcards.slide_id)
+    return {"slide": wildcards.slide_id, **info, "figure": figure}

@@ -1,6 +1,8 @@
-"""Rules aggregate_cv and ensemble: cross-validation metrics, fold-model ensembles and lesion
-localisation (gigamil.evaluate). The final outputs for rule all are ``eval_targets()``
-(common.smk).
+"""Rules aggregate_cv, ensemble and predict_cohort: cross-validation metrics, fold-model
+ensembles with metrics and lesion localisation (train and external cohorts), and the ensemble's
+predictions of the unlabelled ``role: predict`` cohorts, without metrics (gigamil.evaluate).
+Both ensemble rules write results/eval/{experiment}/ensemble/{cohort}/; wildcard constraints
+give each its cohorts. The final outputs for rule all are ``eval_targets()`` (common.smk).
 """
 
 
@@ -72,6 +74,8 @@ rule ensemble:
         layout.log_file("ensemble", EXPERIMENT, "{cohort}"),
     benchmark:
         layout.benchmark_file("ensemble", EXPERIMENT, "{cohort}")
+    wildcard_constraints:
+        cohort=cohort_regex(TRAIN_COHORTS + EXTERNAL_COHORTS),
     conda:
         "../../envs/gigamil.yaml"
     threads: 1
@@ -87,3 +91,38 @@ rule ensemble:
         seed=config["cv"]["seed"],
     script:
         "../scripts/ensemble.py"
+
+
+rule predict_cohort:
+    input:
+        preds=lambda wc: [
+            layout.prediction_csv(EXPERIMENT, k, wc.cohort) for k in FOLDS
+        ],
+    output:
+        **report_outputs(
+            layout.ensemble_dir(EXPERIMENT, "{cohort}"),
+            "2. Ensembles",
+            {
+                "summary": ("summary.json", None),
+                "predictions": ("predictions.csv", "predict_predictions"),
+                "predictions_html": ("predictions.html", "predict_predictions"),
+            },
+            subcategory="{cohort}",
+        ),
+    log:
+        layout.log_file("predict_cohort", EXPERIMENT, "{cohort}"),
+    benchmark:
+        layout.benchmark_file("predict_cohort", EXPERIMENT, "{cohort}")
+    wildcard_constraints:
+        cohort=cohort_regex(PREDICT_COHORTS),
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        classes=CLASSES,
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/predict_cohort.py"

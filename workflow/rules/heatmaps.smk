@@ -9,11 +9,7 @@ HEATMAP_PARAMS = {k: v for k, v in config["heatmaps"].items() if k != "slides"}
 # The HTML report embeds every image: beyond this many slides the heatmaps stay on disk only.
 HEATMAP_REPORT_MAX = 48
 HEATMAPS_IN_REPORT = (
-    len(
-        layout.heatmap_slides(
-            config["heatmaps"]["slides"], SHEETS, TRAIN_COHORTS + EXTERNAL_COHORTS
-        )
-    )
+    len(layout.heatmap_slides(config["heatmaps"]["slides"], SHEETS, PREDICTED_COHORTS))
     <= HEATMAP_REPORT_MAX
 )
 
@@ -39,7 +35,7 @@ rule heatmap:
             "heatmap",
             "3. Heatmaps",
             subcategory="{cohort}",
-            labels={"slide": "{slide_id}", "figure": "attention overlay"},
+            labels=partial(heatmap_labels, "attention overlay"),
             enabled=HEATMAPS_IN_REPORT,
         ),
         gallery=report_output(
@@ -47,7 +43,7 @@ rule heatmap:
             "gallery",
             "3. Heatmaps",
             subcategory="{cohort}",
-            labels={"slide": "{slide_id}", "figure": "top/bottom patches"},
+            labels=partial(heatmap_labels, "top/bottom patches"),
             enabled=HEATMAPS_IN_REPORT,
         ),
         attention=f"{HEATMAP_DIR}/attention.npy",

@@ -65,6 +65,9 @@ rule qc_table:
         stores=lambda wc: cohort_stores([wc.cohort]),
     output:
         csv=layout.qc_csv("{cohort}"),
+        html=report_output(
+            layout.qc_html("{cohort}"), "qc_table", "0. Quality control", "{cohort}"
+        ),
     log:
         layout.log_file("qc_table", "{cohort}"),
     benchmark:

@@ -1,5 +1,5 @@
-"""Rules train_fold and predict_fold: one training job per fold, one prediction job per fold
-and cohort (gigamil.train.run).
+"""Rules train_fold, training_curves and predict_fold: one training job per fold (and a plot of
+its train_log.csv), one prediction job per fold and cohort (gigamil.train.run).
 
 train_fold reads only the train cohorts' stores and has only the model and training sections
 (and the classes) as params, so adding an external cohort never retrains. Each fold directory
@@ -44,13 +44,40 @@ rule train_fold:
         "../scripts/train_fold.py"
 
 
+rule training_curves:
+    input:
+        train_log=f"{MODEL_DIR}/train_log.csv",
+    output:
+        png=report_output(
+            layout.training_curves(EXPERIMENT, "{fold}"),
+            "training_curves",
+            "1. Cross-validation",
+            subcategory="training curves",
+            labels={"fold": "{fold}"},
+        ),
+    log:
+        layout.log_file("training_curves", EXPERIMENT, "fold{fold}"),
+    benchmark:
+        layout.benchmark_file("training_curves", EXPERIMENT, "fold{fold}")
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        experiment=EXPERIMENT,
+    script:
+        "../scripts/training_curves.py"
+
+
 rule predict_fold:
     input:
         model=f"{MODEL_DIR}/model.pt",
         folds=FOLDS_CSV,
         sheet=lambda wc: (
             config["cohorts"][wc.cohort]["sheet"]
-            if config["cohorts"][wc.cohort]["role"] == "external"
+            if config["cohorts"][wc.cohort]["role"] != "train"
             else []
         ),
         stores=lambda wc: cohort_stores([wc.cohort]),

@@ -1,5 +1,5 @@
 """Snakemake script of rule predict_fold: gigamil.train.predict.predict_slides for one fold model on
-one cohort (its test slides for a train cohort, every slide for an external cohort); the CSV is
+one cohort (its test slides for a train cohort, every slide of an external or predict cohort); the CSV is
 written once, with the fold, by gigamil.evaluate.aggregate.write_fold_predictions."""
 
 from gigamil.logutil import setup_script_logging
@@ -9,7 +9,7 @@ setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 from pathlib import Path
 
 from gigamil import layout
-from gigamil.config import load_sheet
+from gigamil.config import ROLE_PREDICT, load_sheet
 from gigamil.evaluate.aggregate import write_fold_predictions
 from gigamil.folds import fold_slides, read_folds
 from gigamil.train.predict import predict_slides
@@ -20,7 +20,13 @@ classes = list(snakemake.params.classes)
 if snakemake.params.role == "train":
     slides = fold_slides(read_folds(snakemake.input.folds), fold, "test", cohort=cohort)
 else:
-    sheet = load_sheet(snakemake.input.sheet, cohort=cohort, classes=classes, check_files=False)
+    sheet = load_sheet(
+        snakemake.input.sheet,
+        cohort=cohort,
+        classes=classes,
+        check_files=False,
+        labels_required=snakemake.params.role != ROLE_PREDICT,  # predict cohorts: no labels
+    )
     slides = sheet[["cohort", "slide_id", "patient_id", "label"]]
 preds = predict_slides(
     Path(snakemake.input.model),

@@ -1,4 +1,4 @@
-"""Snakemake script of rule qc_table: gigamil.wsi.qc.write_qc_table."""
+"""Snakemake script of rule qc_table: gigamil.wsi.qc.write_qc_table (CSV and HTML page)."""
 
 from gigamil.logutil import setup_script_logging
 
@@ -11,4 +11,6 @@ write_qc_table(
     snakemake.params.slide_ids,
     snakemake.input.masks,
     snakemake.input.stores,
+    out_html=snakemake.output.html,
+    title=f"cohort {snakemake.wildcards.cohort}: slide QC",
 )

@@ -72,6 +72,26 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     assert np.allclose(df.prob_normal + df.prob_lesion, 1)
     assert all((tmp_path / "att" / f"{s}.npy").is_file() for s in val.slide_id)
 
+    # slides to predict need no label column (a `role: predict` cohort): same probabilities
+    val.drop(columns="label").to_csv(tmp_path / "unlabelled.csv", index=False)
+    unlabelled = [
+        "predict",
+        "--model",
+        str(out / "model.pt"),
+        "--slides",
+        str(tmp_path / "unlabelled.csv"),
+        "--out",
+        str(tmp_path / "unlabelled_preds.csv"),
+        "--attention-dir",
+        str(tmp_path / "att2"),
+        "--chunk",
+        "3",
+    ]
+    assert main(unlabelled) == 0
+    df2 = pd.read_csv(tmp_path / "unlabelled_preds.csv", keep_default_na=False)
+    assert (df2["label"] == "").all() and list(df2.slide_id) == list(val.slide_id)
+    np.testing.assert_allclose(df2.prob_lesion.astype(float), df.prob_lesion, rtol=1e-5)
+
     capsys.readouterr()
     bad = val.assign(label="tumour")
     bad.to_csv(tmp_path / "bad.csv", index=False)

@@ -11,7 +11,13 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
-from gigamil.evaluate.ensemble import ensemble_cohort, mean_probabilities
+from gigamil.evaluate.ensemble import (
+    ensemble_cohort,
+    has_labels,
+    mean_probabilities,
+    predict_cohort,
+    prediction_labels,
+)
 from gigamil.evaluate.localization import mean_attention, slide_localization
 from gigamil.folds import write_folds
 from gigamil.splits import make_folds
@@ -114,6 +120,13 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     per_slide = pd.read_csv(out / "per_slide_predictions.csv")
     assert len(per_slide) == 24 and set(per_slide.columns) >= {"fold", "pred", "correct"}
     assert summary == on_disk | {"fold_auc_sd": summary["fold_auc_sd"]}
+    # the report shows the headline numbers inline, as text, above the fold table
+    page = (out / "metrics.html").read_text()
+    lo, hi = on_disk["oof_auc_ci"]
+    assert f"{on_disk['oof_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in page
+    assert f"<td>{on_disk['patient_auc']:.3f}</td>" in page
+    assert f"{on_disk['balanced_accuracy']:.3f} (95% CI" in page
+    assert "23 / 12" in page and "slides without patches (not scored)</td><td>1<" in page
 
 
 def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
@@ -168,6 +181,8 @@ def test_localization_in_summary(grid_slide, tmp_path):
     assert 0.5 < s["localization_auc"] < 1.0
     table = pd.read_csv(tmp_path / "eval" / "per_slide_predictions.csv")
     assert table["localization_auc"].notna().sum() == 4
+    loc_text = f"{s['localization_auc']:.3f} ± {s['localization_auc_sd']:.3f} (4 slides)"
+    assert loc_text in (tmp_path / "eval" / "metrics.html").read_text()
 
 
 def test_ensemble_means_fold_probabilities(tmp_path):
@@ -194,6 +209,9 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert summary["fold_auc"] == pytest.approx(single)
     for name in ("summary.json", "metrics.csv", "metrics.html", "roc.png", "confusion.png"):
         assert (out / name).is_file()
+    page = (out / "metrics.html").read_text()
+    assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
+    assert f"<td>{summary['patient_auc']:.3f}</td>" in page
 
 
 def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(
@@ -349,3 +367,82 @@ def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
     assert set(s["per_class_recall"]) == set(classes)
     assert np.array(s["confusion_matrix"]).shape == (3, 3)
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 0
+
+
+def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predicted_it(tmp_path):
+    ext = _sheet(n_patients=2, slides=1, cohort="ext")
+    paths = []
+    for k, p1 in enumerate((0.9, 0.6)):
+        df = ext[["slide_id", "patient_id", "cohort", "label"]].assign(
+            prob_normal=1 - p1, prob_lesion=p1, pred="lesion", fold=k
+        )
+        df.loc[1, ["prob_normal", "prob_lesion", "pred"]] = [0.8, 0.2, "normal"]
+        paths.append(tmp_path / f"fold{k}.csv")
+        df.to_csv(paths[-1], index=False)
+    first, second = ext["slide_id"]
+    assert prediction_labels(paths, CLASSES, first) == {
+        "label": "normal",
+        "prediction": "lesion",
+        "probability": "0.750",
+    }
+    assert prediction_labels(paths, CLASSES, second)["probability"] == "0.800"
+    assert prediction_labels(paths + [tmp_path / "gone.csv"], CLASSES, "zz")["prediction"] == "?"
+    unlabelled = pd.read_csv(paths[0]).assign(label="")
+    unlabelled.loc[0, ["prob_normal", "prob_lesion", "pred"]] = [np.nan, np.nan, ""]
+    unlabelled.to_csv(paths[0], index=False)
+    assert prediction_labels(paths[:1], CLASSES, first) == {
+        "label": "-",
+        "prediction": "none (no patches)",
+        "probability": "",
+    }
+
+
+def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
+    from gigamil.cli import main
+
+    new = _sheet(n_patients=4, slides=1, cohort="new").assign(label="")
+    rng = np.random.default_rng(5)
+    paths = []
+    for k in range(2):
+        df = _predict(new.assign(label="normal"), k, rng).assign(label="")
+        if k == 0:
+            df.loc[df.slide_id == "new_p3_s0", ["prob_normal", "prob_lesion", "pred"]] = [
+                np.nan,
+                np.nan,
+                "",
+            ]
+        paths.append(tmp_path / f"fold{k}.csv")
+        df.to_csv(paths[-1], index=False)
+    assert not has_labels(paths)
+    out = tmp_path / "ens"
+    summary = predict_cohort(paths, CLASSES, out, "new", "demo")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predictions.csv",
+        "predictions.html",
+        "summary.json",
+    ]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary and summary["metrics"] is None and "no metrics" in summary["note"]
+    assert "auc" not in summary and summary["n_slides"] == 4 and summary["n_models"] == 2
+    table = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("slide_id")
+    frames = pd.concat([pd.read_csv(p) for p in paths])
+    manual = frames.groupby("slide_id")["prob_lesion"].mean()  # NaN rows skipped
+    np.testing.assert_allclose(table.loc[manual.index, "prob_lesion"].astype(float), manual)
+    assert table.loc["new_p3_s0", "n_models"] == 1 and (table["label"] == "").all()
+    counts = table["pred"].value_counts()
+    assert summary["predicted"] == {c: int(counts.get(c, 0)) for c in CLASSES}
+    page = (out / "predictions.html").read_text()
+    assert "<td>new_p0_s0</td>" in page and "4 slide(s) predicted" in page
+    assert f"<td>{table.loc['new_p0_s0', 'prob_lesion']:.3f}</td>" in page
+    # `gigamil ensemble` on predictions without labels: the same, no metrics
+    capsys.readouterr()
+    args = ["ensemble", "--cohort", "new", "--out", str(tmp_path / "cli"), "--predictions"]
+    assert main(args + list(map(str, paths))) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] is None
+    assert not (tmp_path / "cli" / "metrics.csv").exists()
+    assert has_labels([_write(tmp_path / "l.csv", _predict(new.assign(label="lesion"), 0, rng))])
+
+
+def _write(path, df):
+    df.to_csv(path, index=False)
+    return path

@@ -1,4 +1,5 @@
-"""``gigamil ensemble``: mean of the fold models' predictions on one cohort, with metrics."""
+"""``gigamil ensemble``: mean of the fold models' predictions on one cohort, with metrics (only
+the predictions when no slide has a label: a ``role: predict`` cohort)."""
 
 from __future__ import annotations
 
@@ -39,9 +40,15 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from gigamil.commands.evaluate import classes_from_predictions
-    from gigamil.evaluate.ensemble import ensemble_cohort
+    from gigamil.evaluate.ensemble import ensemble_cohort, has_labels
 
     classes = args.classes or classes_from_predictions(args.predictions[0])
+    if not has_labels(args.predictions):
+        from gigamil.evaluate.ensemble import predict_cohort
+
+        summary = predict_cohort(args.predictions, classes, args.out, args.cohort, args.experiment)
+        print(json.dumps(summary, indent=1))
+        return 0
     loc = None
     if args.localization:
         import pandas as pd

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--slides",
         required=True,
         metavar="CSV",
-        help="slides: cohort, slide_id, patient_id, label, store",
+        help="slides: cohort, slide_id, patient_id, store (label optional: written to the output)",
     )
     parser.add_argument(
         "--out",
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     predict_slides(
         Path(args.model),
-        read_slides_csv(args.slides),
+        read_slides_csv(args.slides, labels=False),
         Path(args.out),
         Path(args.attention_dir),
         device=args.device,

@@ -44,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_slides_csv(path: str):  # noqa: ANN201 - pandas imported lazily
-    """Read a slides CSV (columns cohort, slide_id, patient_id, label, store)."""
+def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas imported lazily
+    """Read a slides CSV (columns cohort, slide_id, patient_id, label, store). With
+    ``labels=False`` (slides to predict) the ``label`` column is optional: missing or empty
+    labels become ``""``."""
     from pathlib import Path
 
     import pandas as pd
@@ -60,6 +62,8 @@ def read_slides_csv(path: str):  # noqa: ANN201 - pandas imported lazily
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise GigamilError(f"{path}: not a readable CSV ({exc})") from exc
+    if not labels:
+        df["label"] = df["label"].fillna("") if "label" in df.columns else ""
     missing = [
         c for c in ("cohort", "slide_id", "patient_id", "label", "store") if c not in df.columns
     ]

@@ -5,6 +5,9 @@ the mean over the models. On a train cohort each slide is predicted only by the 
 it was a test slide of, so the "ensemble" is exactly the out-of-fold prediction: the same code
 gives the per-cohort out-of-fold evaluation.
 
+A ``role: predict`` cohort (no labels) gets only the predictions (:func:`predict_cohort`):
+``predictions.csv``, ``predictions.html`` and a ``summary.json`` that says there are no metrics.
+
 Outputs in ``out_dir`` (``results/eval/{experiment}/ensemble/{cohort}``): ``predictions.csv``,
 ``metrics.csv`` (each fold model's metrics on the cohort, their mean and sd, the ensemble row and
 its bootstrap CI; also as ``metrics.html``), ``summary.json``, ``roc.png``, ``confusion.png``.
@@ -25,6 +28,7 @@ import pandas as pd
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import (
     add_localization_columns,
+    html_page,
     localization_block,
     metrics_table,
     pooled_metrics,
@@ -70,6 +74,107 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     ]
     out = out.reset_index()
     return out[["cohort", "slide_id", "patient_id", "label", *pcols, "pred", "n_models", "folds"]]
+
+
+NO_METRICS = "no labels: predictions only, no metrics"
+
+
+def has_labels(pred_csvs: Sequence[str | Path]) -> bool:
+    """Whether any row of the prediction CSVs has a label (else: a ``role: predict`` cohort)."""
+    for path in pred_csvs:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "label" in df.columns and df["label"].str.strip().ne("").any():
+            return True
+    return False
+
+
+def write_predictions_html(
+    ens: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str
+) -> None:
+    """The ensemble's predictions as an HTML table (the report shows it inline)."""
+    import html
+
+    cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
+    cols = [c for c in cols if c in ens.columns]
+    shown = ens[cols].copy()
+    for c in classes:
+        shown[f"prob_{c}"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in shown[f"prob_{c}"]]
+    if "label" in shown and not shown["label"].astype(str).ne("").any():
+        shown = shown.drop(columns="label")
+    counts = ens.loc[ens["pred"].astype(str) != "", "pred"].value_counts()
+    note = ", ".join(f"{counts.get(c, 0)} {html.escape(c)}" for c in classes)
+    body = f"<p>{len(ens)} slide(s) predicted: {note}.</p>" + shown.to_html(
+        border=0, index=False, classes="predictions", na_rep=""
+    )
+    Path(path).write_text(html_page(title, body))
+
+
+def predict_cohort(
+    pred_csvs: Sequence[str | Path],
+    classes: Sequence[str],
+    out_dir: str | Path,
+    cohort: str,
+    experiment: str = "",
+) -> dict[str, Any]:
+    """The fold models' ensemble on a cohort without labels (``role: predict``): the mean
+    probabilities and no metrics.
+
+    Writes ``predictions.csv`` (as :func:`mean_probabilities`), ``predictions.html`` and
+    ``summary.json``: ``experiment``, ``cohort``, ``metrics: null``, ``note``, ``n_slides``,
+    ``n_patients``, ``n_models``, ``n_unpredicted`` (slides without patches) and ``predicted``
+    (slides per predicted class).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds = read_predictions(pred_csvs, classes)
+    preds = preds[preds["cohort"] == cohort].reset_index(drop=True)
+    if preds.empty:
+        raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
+    ens = mean_probabilities(preds, classes)
+    ens.to_csv(out_dir / "predictions.csv", index=False)
+    title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
+    write_predictions_html(ens, classes, out_dir / "predictions.html", title)
+    predicted = ens["pred"].astype(str)
+    summary: dict[str, Any] = {
+        "experiment": experiment,
+        "cohort": cohort,
+        "metrics": None,
+        "note": NO_METRICS,
+        "classes": list(classes),
+        "n_slides": int(len(ens)),
+        "n_patients": int(ens["patient_id"].nunique()),
+        "n_models": int(preds["fold"].nunique()),
+        "n_unpredicted": int((predicted == "").sum()),
+        "predicted": {c: int((predicted == c).sum()) for c in classes},
+    }
+    write_json(summary, out_dir / "summary.json")
+    log.info(
+        "cohort %s: ensemble of %d model(s) predicted %d slides (%s); no labels, no metrics",
+        cohort,
+        summary["n_models"],
+        summary["n_slides"],
+        ", ".join(f"{n} {c}" for c, n in summary["predicted"].items()),
+    )
+    return summary
+
+
+def prediction_labels(
+    pred_csvs: Sequence[str | Path], classes: Sequence[str], slide_id: str
+) -> dict[str, str]:
+    """What the report lists beside a slide's heatmap: its ``label`` (``-`` when unlabelled),
+    the ensemble's ``prediction`` and its ``probability`` (of the predicted class), from the
+    prediction CSVs of the fold models (mean over those that predicted the slide, as the heatmap
+    averages their attention; a train-cohort slide has one, its out-of-fold model)."""
+    preds = read_predictions([p for p in pred_csvs if Path(p).is_file()], classes)
+    preds = preds[preds["slide_id"] == str(slide_id)]
+    if preds.empty:
+        return {"label": "?", "prediction": "?", "probability": "?"}
+    row = mean_probabilities(preds, classes).iloc[0]
+    label = str(row["label"]) if str(row["label"]) else "-"
+    if not row["pred"]:
+        return {"label": label, "prediction": "none (no patches)", "probability": ""}
+    prob = float(row[f"prob_{row['pred']}"])
+    return {"label": label, "prediction": str(row["pred"]), "probability": f"{prob:.3f}"}
 
 
 def ensemble_cohort(
@@ -121,13 +226,13 @@ def ensemble_cohort(
     table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
     table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
     title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
-    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics")
     summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())
     summary["n_unpredicted"] = n_unpredicted
     if loc is not None:
         summary.update(localization_block(loc))
+    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
     write_json(summary, out_dir / "summary.json")

@@ -91,6 +91,8 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     max_instances_per_forward_pass: int,
 ) -> pd.DataFrame:
     torch.set_num_threads(max(1, int(threads)))
+    if "label" not in slides.columns:  # slides to predict need no label (``role: predict``)
+        slides = slides.assign(label="")
     check_columns(slides, "slides to predict")
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, dev)

@@ -1,4 +1,4 @@
-"""Evaluation plots: ROC curves and confusion matrices (matplotlib, Agg backend)."""
+"""Evaluation plots: ROC curves, confusion matrices, training curves (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -99,3 +99,49 @@ def plot_confusion(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+CURVE_COLOURS = {"train_loss": "tab:blue", "val_loss": "tab:orange", "val_auc": "tab:green"}
+
+
+def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> dict[str, float]:
+    """Training curves of one fold from its ``train_log.csv``: training and validation loss
+    (left) and validation AUC (right) against the epoch, the best epoch (the one model.pt holds,
+    the log's last ``best_epoch``) marked by a dashed line and a star on each curve.
+
+    Returns ``{"epochs": n, "best_epoch": e}``.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    from gigamil.errors import GigamilError
+
+    log = pd.read_csv(log_csv)
+    missing = {"epoch", "train_loss", "val_loss", "val_auc", "best_epoch"} - set(log.columns)
+    if missing:
+        raise GigamilError(f"{log_csv}: missing column(s) {', '.join(sorted(missing))}")
+    if log.empty:
+        raise GigamilError(f"{log_csv}: no epoch logged")
+    best = int(log["best_epoch"].iloc[-1])
+    at_best = log.loc[log["epoch"] == best]
+    plt = _pyplot()
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=120)
+    for ax, cols in ((ax_loss, ("train_loss", "val_loss")), (ax_auc, ("val_auc",))):
+        for col in cols:
+            colour = CURVE_COLOURS[col]
+            ax.plot(log["epoch"], log[col], marker=".", ms=4, lw=1.4, color=colour, label=col)
+            if not at_best.empty:
+                ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
+        ax.axvline(best, ls="--", lw=1, color="grey", label=f"best epoch {best}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_loss.set_ylabel("loss")
+    ax_auc.set_ylabel("validation AUC")
+    ax_auc.set_ylim(-0.02, 1.02)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return {"epochs": int(len(log)), "best_epoch": best}

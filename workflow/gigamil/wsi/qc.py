@@ -1,11 +1,17 @@
-"""The per-cohort QC table: one row per slide from the mask JSON and the patch store attrs."""
+"""Quality control: the per-cohort QC table (one row per slide from the mask JSON and the patch
+store attrs; CSV and an HTML page for the report) and the annotation of the tissue-mask QC
+thumbnail (title with tissue fraction and threshold, scale bar in µm)."""
 
 from __future__ import annotations
 
+import html
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from gigamil.data.store import open_store
@@ -69,9 +75,124 @@ def write_qc_table(
     slide_ids: Sequence[str],
     mask_jsons: Sequence[str | Path],
     stores: Sequence[str | Path],
+    out_html: str | Path | None = None,
+    title: str = "QC",
 ) -> pd.DataFrame:
-    """Write the QC CSV; return the table."""
+    """Write the QC CSV (and, with ``out_html``, the same table as an HTML page); return the
+    table."""
     df = qc_table(slide_ids, mask_jsons, stores)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
+    if out_html is not None:
+        write_qc_html(df, out_html, title)
     return df
+
+
+def qc_labels(mask_json: str | Path) -> dict[str, str]:
+    """Report labels of a QC thumbnail from its mask JSON: tissue fraction, threshold, warnings."""
+    info = json.loads(Path(mask_json).read_text())
+    how = "Otsu" if str((info.get("params") or {}).get("threshold", "otsu")) == "otsu" else "fixed"
+    return {
+        "tissue fraction": f"{100 * float(info.get('tissue_fraction') or 0.0):.1f} %",
+        "threshold": f"{float(info.get('threshold_value') or 0.0):.0f} ({how})",
+        "warnings": "; ".join(info.get("warnings") or []) or "none",
+    }
+
+
+def write_qc_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
+    """The QC table as a small standalone HTML page (the Snakemake report shows it inline):
+    one row per slide, numbers rounded, slides with warnings highlighted."""
+    from gigamil.evaluate.aggregate import html_page
+
+    digits = {"slide_mpp": 4, "target_mpp": 4, "effective_mpp": 4, "tissue_fraction": 3}
+    digits |= {"mask_seconds": 1, "extract_seconds": 1}
+
+    def cell(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return ""
+        if col in digits and isinstance(v, (int, float, np.number)):
+            return f"{float(v):.{digits[col]}f}"
+        return html.escape(str(v))
+
+    shown = [c for c in table.columns if c != "source_path"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+    rows = []
+    for rec in table.to_dict(orient="records"):
+        warn = " style='background:#fff3cd'" if rec.get("warnings") else ""
+        rows.append(f"<tr{warn}>" + "".join(f"<td>{cell(c, rec[c])}</td>" for c in shown) + "</tr>")
+    n_warn = int((table["warnings"].fillna("") != "").sum()) if "warnings" in table else 0
+    note = f"<p>{len(table)} slide(s), {n_warn} with warnings (highlighted).</p>"
+    body = f"{note}<table class='qc'><tr>{head}</tr>{''.join(rows)}</table>"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(html_page(title, body))
+
+
+# ----------------------------------------------------------------------------- QC thumbnail
+
+
+def qc_caption(summary: Mapping[str, Any]) -> str:
+    """The second title line of a QC thumbnail from a mask JSON summary: tissue fraction,
+    threshold (value and how it was chosen) and the thumbnail's resolution."""
+    params = summary.get("params") or {}
+    how = params.get("threshold", "otsu")
+    how = "Otsu" if str(how) == "otsu" else "fixed"
+    thr = summary.get("threshold_value")
+    thr_text = f"{float(thr):.0f} ({how})" if thr is not None else how
+    return (
+        f"tissue {100 * float(summary.get('tissue_fraction') or 0.0):.1f} % · "
+        f"saturation threshold {thr_text} · mask {float(summary.get('mask_mpp', 0)):g} µm/px"
+    )
+
+
+def scale_bar_um(mpp: float, width_px: int, fraction: float = 0.2) -> float:
+    """A round scale-bar length in µm (1, 2 or 5 × 10^k) about ``fraction`` of the image width,
+    for an image of ``mpp`` µm per pixel."""
+    target = max(mpp, fraction * width_px * mpp)
+    k = math.floor(math.log10(target))
+    return max((m * 10.0**k for m in (1, 2, 5) if m * 10.0**k <= target), default=10.0**k)
+
+
+def _um_text(um: float) -> str:
+    return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+
+
+def _font(size: int):  # noqa: ANN202 - a PIL font
+    """DejaVu Sans (shipped with matplotlib; it has µ), else Pillow's default font."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        return ImageFont.truetype(str(path), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default(size=size)
+
+
+def annotate_qc_image(image: np.ndarray, mpp: float | None, title: str, caption: str) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with a white title band on top (``title``, ``caption``) and,
+    when ``mpp`` (µm per pixel of ``image``) is known, a scale bar at the bottom left."""
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[:2]
+    size = int(min(28, max(11, w // 48)))
+    font = _font(size)
+    band = int(2.6 * size) + 8
+    out = Image.new("RGB", (w, h + band), "white")
+    out.paste(Image.fromarray(image), (0, band))
+    draw = ImageDraw.Draw(out)
+    draw.text((6, 3), title, fill="black", font=font)
+    draw.text((6, 5 + int(1.3 * size)), caption, fill=(60, 60, 60), font=font)
+    if mpp:
+        um = scale_bar_um(mpp, w)
+        bar = max(1, round(um / mpp))
+        text = _um_text(um)
+        tw = draw.textlength(text, font=font)
+        pad, thick = max(4, size // 3), max(3, size // 4)
+        box_w = int(max(bar, tw)) + 2 * pad
+        box_h = thick + size + 3 * pad
+        x0, y1 = 8, h + band - 8
+        draw.rectangle((x0, y1 - box_h, x0 + box_w, y1), fill="white", outline=(90, 90, 90))
+        draw.rectangle((x0 + pad, y1 - pad - thick, x0 + pad + bar - 1, y1 - pad), fill="black")
+        draw.text((x0 + pad, y1 - box_h + pad), text, fill="black", font=font)
+    return np.asarray(out)

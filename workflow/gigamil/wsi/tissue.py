@@ -4,7 +4,8 @@ threshold -> close -> ink/dark removed -> open -> holes filled (not those touchi
 components dropped (µm²).
 
 Outputs (``write_mask_outputs``): the mask PNG (uint8 0/255, one pixel = mask_mpp µm), a QC PNG
-(the slide at mask resolution with the mask outline drawn on it) and a JSON sidecar
+(the slide at mask resolution with the mask outline drawn on it, a title with the tissue fraction
+and threshold, and a scale bar; :mod:`gigamil.wsi.qc`) and a JSON sidecar
 (tissue_fraction, mask_mpp, warnings, ...).
 """
 
@@ -365,10 +366,15 @@ def write_mask_outputs(
     """Write the mask PNG and optionally the QC PNG and JSON sidecar; return the summary."""
     mpp = (tm.mpp_x + tm.mpp_y) / 2
     write_png(out_png, (tm.mask.astype(np.uint8) * 255), mpp)
-    if qc_png is not None:
-        rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
-        write_png(qc_png, qc_image(rgb, tm.mask))
     summary = mask_summary(reader, tm, params, seconds)
+    if qc_png is not None:
+        from gigamil.wsi.qc import annotate_qc_image, qc_caption
+
+        rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
+        qc = qc_image(rgb, tm.mask)
+        qc_mpp = mpp * tm.mask.shape[1] / qc.shape[1]  # qc_image upscales small masks
+        title = Path(str(reader.name)).name
+        write_png(qc_png, annotate_qc_image(qc, qc_mpp, title, qc_caption(summary)))
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,50 @@
+"""gigamil.viz.plots: training curves (ROC and confusion plots are covered by the evaluate tests)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gigamil.errors import GigamilError
+from gigamil.train.checkpoint import CheckpointSaver
+from gigamil.viz.plots import plot_training_curves
+
+
+def _train_log(path, n=6, best=(0, 1, 1, 3, 3, 3)):
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 0.9 - 0.12 * e,
+            "val_loss": 0.8 - 0.05 * e + (0.1 if e > 3 else 0.0),
+            "val_auc": min(1.0, 0.5 + 0.1 * e),
+            "val_balanced_accuracy": 0.5,
+            "lr": 1e-3,
+            "seconds": 1.0,
+            "best_epoch": best[e],
+            "n_train_bags": 8,
+            "n_val_bags": 4,
+        }
+        for e in range(n)
+    ]
+    pd.DataFrame(rows, columns=CheckpointSaver.LOG_COLUMNS).to_csv(path, index=False)
+    return path
+
+
+def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
+    log = _train_log(tmp_path / "train_log.csv")
+    out = tmp_path / "fold0" / "training_curves.png"
+    info = plot_training_curves(log, out, "demo: fold 0")
+    assert info == {"epochs": 6, "best_epoch": 3}
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size == (960, 408)
+
+
+def test_training_curves_refuse_a_log_without_the_curves(tmp_path):
+    log = tmp_path / "train_log.csv"
+    pd.DataFrame({"epoch": [0], "train_loss": [0.7]}).to_csv(log, index=False)
+    with pytest.raises(GigamilError, match="missing column.*val_auc"):
+        plot_training_curves(log, tmp_path / "x.png", "t")
+    pd.DataFrame(columns=CheckpointSaver.LOG_COLUMNS).to_csv(log, index=False)
+    with pytest.raises(GigamilError, match="no epoch logged"):
+        plot_training_curves(log, tmp_path / "x.png", "t")

@@ -1,0 +1,93 @@
+"""gigamil.wsi.qc: the QC table's HTML page and the annotated tissue-mask QC thumbnail (the CSV
+itself is tested with real slides in tests/unit/commands/test_mask_patches.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gigamil.wsi.qc import (
+    COLUMNS,
+    annotate_qc_image,
+    qc_caption,
+    qc_labels,
+    scale_bar_um,
+    write_qc_html,
+)
+from gigamil.wsi.tissue import TissueParams, make_mask
+
+
+@pytest.mark.parametrize(
+    ("mpp", "width", "expected"),
+    [(8.0, 512, 500.0), (8.0, 3000, 2000.0), (0.5, 1000, 100.0), (16.0, 800, 2000.0), (1, 3, 1.0)],
+)
+def test_scale_bar_is_a_round_length_near_a_fifth_of_the_width(mpp, width, expected):
+    assert scale_bar_um(mpp, width) == expected
+
+
+def test_qc_caption_states_fraction_threshold_and_resolution():
+    summary = {
+        "tissue_fraction": 0.4213,
+        "threshold_value": 23.4,
+        "mask_mpp": 8.0,
+        "params": {"threshold": "otsu"},
+    }
+    assert qc_caption(summary) == ("tissue 42.1 % · saturation threshold 23 (Otsu) · mask 8 µm/px")
+    summary["params"]["threshold"] = 40
+    assert "threshold 23 (fixed)" in qc_caption(summary)
+
+
+def test_annotated_thumbnail_has_a_title_band_and_a_scale_bar_of_the_right_length():
+    img = np.full((300, 600, 3), 230, np.uint8)
+    out = annotate_qc_image(img, 8.0, "slide.tiff", "tissue 10.0 %")
+    band = out.shape[0] - 300
+    assert out.shape[1] == 600 and band > 20
+    np.testing.assert_array_equal(out[band:][:200], img[:200])  # the image itself, below
+    assert (out[:band] < 128).any()  # the title is drawn
+    # the bar: the longest run of black pixels near the bottom = 500 µm / 8 µm/px
+    black = (out[band + 200 :] < 40).all(axis=2)
+    longest = max(np.diff(np.flatnonzero(np.diff(np.r_[0, r, 0]))).max(initial=0) for r in black)
+    assert scale_bar_um(8.0, 600) == 500.0 and longest == round(500.0 / 8.0)
+    no_bar = annotate_qc_image(img, None, "slide.tiff", "x")
+    assert not (no_bar[band + 200 :] < 40).all(axis=2).any()
+
+
+def test_mask_qc_thumbnail_is_annotated(cmu_svs, tmp_path):
+    summary = make_mask(
+        cmu_svs, tmp_path / "m.png", tmp_path / "m.qc.png", None, TissueParams(mask_mpp=16.0)
+    )
+    qc = np.asarray(Image.open(tmp_path / "m.qc.png"))
+    h, w = summary["mask_shape"]
+    scale = int(np.ceil(512 / min(h, w)))
+    assert qc.shape[1] == w * scale and qc.shape[0] > h * scale  # + the title band
+    assert (qc[: qc.shape[0] - h * scale] < 128).any()
+
+
+def test_qc_html_lists_every_slide_and_highlights_warnings(tmp_path):
+    rows = [
+        dict.fromkeys(COLUMNS, None)
+        | {"slide_id": "a", "tissue_fraction": 0.41234, "n_patches": 7},
+        dict.fromkeys(COLUMNS, None)
+        | {"slide_id": "b", "tissue_fraction": 0.0, "n_patches": 0, "warnings": "no tissue found"},
+    ]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    write_qc_html(table, tmp_path / "qc.html", "cohort x: QC")
+    page = (tmp_path / "qc.html").read_text()
+    assert "<h3>cohort x: QC</h3>" in page and "<th>tissue_fraction</th>" in page
+    assert "<td>a</td>" in page and "<td>0.412</td>" in page and "<td>7</td>" in page
+    assert "no tissue found" in page and "2 slide(s), 1 with warnings" in page
+
+
+def test_qc_labels_from_the_mask_json(tmp_path):
+    js = tmp_path / "s.json"
+    js.write_text(
+        '{"tissue_fraction": 0.05, "threshold_value": 40, "params": {"threshold": 40},'
+        ' "warnings": ["s.tiff: little tissue"]}'
+    )
+    assert qc_labels(js) == {
+        "tissue fraction": "5.0 %",
+        "threshold": "40 (fixed)",
+        "warnings": "s.tiff: little tissue",
+    }
