@@ -295,8 +295,12 @@ def test_allowed_patient_overlap_is_a_warning(tmp_path, base_config, caplog):
             "allow_patient_overlap": True,
         },
     }
-    load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)
     assert "also in a train cohort (p1)" in caplog.text
+    from gigamil.config import train_patient_overlap
+
+    assert train_patient_overlap(cfg, sheets, "b") == ["p1"]
+    assert train_patient_overlap(cfg, sheets, "a") == []
 
 
 def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):

@@ -330,6 +330,23 @@ def _check_same_content(allr: pd.DataFrame) -> None:
             )
 
 
+def train_patient_overlap(
+    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], cohort: str
+) -> list[str]:
+    """Sorted patient ids of ``cohort`` that are also in a train cohort (empty for a train
+    cohort itself). :func:`check_leakage` lets such patients into an external cohort only with
+    ``allow_patient_overlap``; the ensemble's summary records them."""
+    if config["cohorts"][cohort].get("role", "train") == "train":
+        return []
+    train = {
+        str(p)
+        for name, df in sheets.items()
+        if config["cohorts"][name].get("role", "train") == "train"
+        for p in df["patient_id"]
+    }
+    return sorted(train & set(map(str, sheets[cohort]["patient_id"])))
+
+
 def check_leakage(
     config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], base_dir: str | Path = "."
 ) -> None:

@@ -22,7 +22,11 @@ os.environ.update(
 )
 
 from gigamil import layout  # noqa: E402
-from gigamil.config import load_cohorts, validate_config  # noqa: E402
+from gigamil.config import (  # noqa: E402
+    load_cohorts,
+    train_patient_overlap,
+    validate_config,
+)
 from gigamil.errors import ConfigError  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 

@@ -87,6 +87,7 @@ rule ensemble:
         experiment=EXPERIMENT,
         folds=FOLDS,
         lesion_masks=lambda wc: layout.localization_masks(config, SHEETS, [wc.cohort]),
+        patient_overlap=lambda wc: train_patient_overlap(config, SHEETS, wc.cohort),
         n_boot=1000,
         seed=config["cv"]["seed"],
     script:

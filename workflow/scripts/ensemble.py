@@ -23,4 +23,5 @@ ensemble_cohort(
     n_boot=int(params.n_boot),
     seed=int(params.seed),
     localization=localization or None,
+    patient_overlap=list(params.patient_overlap),
 )

@@ -209,6 +209,15 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert summary["fold_auc"] == pytest.approx(single)
     for name in ("summary.json", "metrics.csv", "metrics.html", "roc.png", "confusion.png"):
         assert (out / name).is_file()
+    assert "patient_overlap" not in summary
+    # an allowed overlap with train patients (issue 15, item 4) is recorded in the summary
+    again = ensemble_cohort(
+        paths, CLASSES, tmp_path / "ens2", "ext", n_boot=10, patient_overlap=["p9", "p3"]
+    )
+    assert again["patient_overlap"]["n_patients"] == 2
+    assert again["patient_overlap"]["patient_ids"] == ["p3", "p9"]
+    assert "allow_patient_overlap" in again["patient_overlap"]["note"]
+    assert "patient_overlap" in (tmp_path / "ens2" / "summary.json").read_text()
     page = (out / "metrics.html").read_text()
     assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
     assert f"<td>{summary['patient_auc']:.3f}</td>" in page

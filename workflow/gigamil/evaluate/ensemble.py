@@ -177,7 +177,7 @@ def prediction_labels(
     return {"label": label, "prediction": str(row["pred"]), "probability": f"{prob:.3f}"}
 
 
-def ensemble_cohort(
+def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     pred_csvs: Sequence[str | Path],
     classes: Sequence[str],
     out_dir: str | Path,
@@ -186,6 +186,7 @@ def ensemble_cohort(
     n_boot: int = 1000,
     seed: int = 0,
     localization: Mapping[str, tuple[str | Path, Sequence[str | Path], str | Path]] | None = None,
+    patient_overlap: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate the fold-model ensemble on one cohort.
 
@@ -197,6 +198,10 @@ def ensemble_cohort(
         localization: ``{slide_id: (store, [attention .npy per fold model], lesion mask)}`` for
             slides with a ground-truth lesion mask; the mean of a slide's attention files is
             scored (:func:`gigamil.evaluate.localization.cohort_localization`).
+        patient_overlap: patient ids of this cohort that are also in a train cohort (allowed by
+            ``cohorts.<cohort>.allow_patient_overlap``): recorded in the summary as
+            ``patient_overlap`` (count, ids and a note) and logged as a warning, since the fold
+            models have seen those patients.
 
     Returns:
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
@@ -232,6 +237,21 @@ def ensemble_cohort(
     summary["n_unpredicted"] = n_unpredicted
     if loc is not None:
         summary.update(localization_block(loc))
+    if patient_overlap:
+        summary["patient_overlap"] = {
+            "n_patients": len(patient_overlap),
+            "patient_ids": sorted(map(str, patient_overlap)),
+            "note": (
+                f"allowed by cohorts.{cohort}.allow_patient_overlap: the fold models were trained "
+                "on these patients, so the metrics are optimistic"
+            ),
+        }
+        log.warning(
+            "cohort %s: %d patient(s) also in a train cohort (%s); metrics are optimistic",
+            cohort,
+            len(patient_overlap),
+            ", ".join(sorted(map(str, patient_overlap))[:5]),
+        )
     write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
