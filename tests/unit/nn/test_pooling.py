@@ -56,6 +56,10 @@ def test_instance_loss_weak_labels() -> None:
     logit, att = head(h)
     assert torch.allclose(logit[0], att @ z, atol=1e-6)
     assert AttentionHead(4).instance_loss(h, 1) is None
+    # instance_top_k 0: every instance of a positive bag toward 1 (weak patch labels)
+    every = AttentionHead(4, att_dim=8, instance_loss=1.0, instance_top_k=0)
+    z_all = every.instance_logits(h)[:, 0].detach()
+    assert torch.allclose(every.instance_loss(h, 1), bce(z_all, torch.ones(6)))
 
 
 def test_instance_loss_multiclass_and_exact_chunked_gradients() -> None:

@@ -128,8 +128,8 @@ class AttentionHead(nn.Module):
         self.w = nn.Linear(att_dim, 1, bias=False)  # a bias would cancel in the softmax
         self.classifier = nn.Linear(in_dim, self.n_out)
         self.sm_alpha, self.sm_steps, self.sm_mode = sm_alpha, sm_steps, sm_mode
-        if instance_loss < 0 or instance_top_k < 1:
-            raise ValueError("instance_loss must be >= 0 and instance_top_k >= 1")
+        if instance_loss < 0 or instance_top_k < 0:
+            raise ValueError("instance_loss and instance_top_k must be >= 0")
         self.instance_loss_weight = float(instance_loss)
         self.instance_top_k = int(instance_top_k)
 
@@ -176,14 +176,15 @@ class AttentionHead(nn.Module):
         every instance of a negative bag (class 0 of a binary problem) label 0; in any other bag
         only the ``instance_top_k`` instances the classifier scores highest for the bag's class
         are taken to show it (top-k instance selection, as in Campanella et al. 2019, Nat Med
-        25:1301; CLAM's instance clustering uses the k most attended). Returns ``instance_loss``
+        25:1301; CLAM's instance clustering uses the k most attended); ``instance_top_k`` 0 takes
+        every instance to show it (weak patch labels: a patch classifier trained on slide labels). Returns ``instance_loss``
         × the mean cross-entropy (binary: BCE on the one logit) of the selected instances.
         """
         if self.instance_loss_weight == 0:
             return None
         y = int(torch.as_tensor(label).reshape(()).item())
         z = self.instance_logits(h)  # (N, n_out)
-        k = min(self.instance_top_k, len(z))
+        k = min(self.instance_top_k or len(z), len(z))
         if self.n_out == 1:
             z1 = z[:, 0]
             if y == 0:
