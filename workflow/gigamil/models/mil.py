@@ -261,6 +261,7 @@ class MILModel(nn.Module):
         backward(loss)
         grad_h = h_leaf.grad  # (N, D) dL/dH, already scaled
         h_leaf.grad = None
+        del h_leaf, h_all  # H is not needed any more: only dL/dH stays beside the encoder passes
 
         # 3. re-encode each chunk with grad under the same RNG state; backprop its slice of dL/dH
         # (afterwards the RNG continues from where the no-grad pass left it)
