@@ -19,7 +19,7 @@ def bf16_supported(device: torch.device) -> bool:
     """Whether ``device`` runs bfloat16 natively (CUDA compute capability 8.0+; False on CPU)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
-    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def resolve_amp(mode: str | bool | None, device: torch.device) -> str | None:
