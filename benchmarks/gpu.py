@@ -300,7 +300,7 @@ def speed(
             "zarr/gigamil (d/c)": paired(times, "gigamil", "zarr"),
             "bare/encoder (b/a)": paired(times, "encoder", "bare"),
             "channels_last gain (contiguous time / channels-last time)": paired(
-                times, "gigamil", "gigamil_contiguous"
+                times, "gigamil_contiguous", "gigamil"
             ),
         }
         out[pname] = res
@@ -310,11 +310,13 @@ def speed(
     return out
 
 
-def paired(times: dict[str, list], fast: str, slow: str) -> float | None:
-    """Median over rounds of time[fast] / time[slow] (a throughput ratio slow-over-fast)."""
+def paired(times: dict[str, list], a_name: str, b_name: str) -> float | None:
+    """Median over rounds of time[a] / time[b], i.e. the patches/s of b over those of a, from
+    runs back to back (bf16 over fp32 is a ratio of medians: the precisions run one after the
+    other, each with its own model)."""
     pairs = [
         a / b
-        for a, b in zip(times[fast], times[slow], strict=True)
+        for a, b in zip(times[a_name], times[b_name], strict=True)
         if isinstance(a, float) and isinstance(b, float)
     ]
     return statistics.median(pairs) if pairs else None
