@@ -163,4 +163,5 @@ def test_mixed_precision_is_finite_and_close_to_fp32(dtype: torch.dtype) -> None
     for name, p in low.named_parameters():
         g = p.grad / scale
         assert torch.isfinite(g).all(), name
-        assert rel_err(g, out_r[1][name]) < 0.05, (name, rel_err(g, out_r[1][name]))
+        tol = 0.1 if dtype == torch.bfloat16 else 0.05  # 8 vs 11 significant bits
+        assert rel_err(g, out_r[1][name]) < tol, (name, rel_err(g, out_r[1][name]))

@@ -147,6 +147,9 @@ def test_compile_on_cuda_trains_or_falls_back(mil_bags, cohort, tmp_path: Path, 
             training(epochs=1, compile=True),
             tmp_path / "c",
         )
+    with open(tmp_path / "c" / "train_log.csv") as fh:
+        assert np.isfinite(float(next(csv.DictReader(fh))["train_loss"]))
+    assert (tmp_path / "c" / "model.pt").exists()
     fell_back = "torch.compile of the encoder" in caplog.text
     print("torch.compile on this machine:", "fell back to eager" if fell_back else "compiled")
 
