@@ -97,9 +97,9 @@ class TrainingConfig(_Section):
     """``training``."""
 
     SCHEMA_PATH: ClassVar[tuple[str, ...]] = _TRAIN
-    # keys that change what is logged, not what is trained: not part of the resume signature (nor
-    # of rule train_fold's params), so switching them retrains nothing
-    LOG_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("tensorboard",)
+    # keys that change what is logged or how fast, not what is trained: not part of the resume
+    # signature (nor of rule train_fold's params), so switching them retrains nothing
+    LOG_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("tensorboard", "compile")
     device: str = _default(_TRAIN, "device")
     seed: int = _default(_TRAIN, "seed")
     epochs: int = _default(_TRAIN, "epochs")
@@ -112,7 +112,8 @@ class TrainingConfig(_Section):
     loss: str = _default(_TRAIN, "loss")
     label_smoothing: float = _default(_TRAIN, "label_smoothing")
     class_weights: str | None = _default(_TRAIN, "class_weights")
-    amp: bool = _default(_TRAIN, "amp")
+    amp: str | bool = _default(_TRAIN, "amp")
+    compile: bool = _default(_TRAIN, "compile")
     tensorboard: bool = _default(_TRAIN, "tensorboard")
     calibration_patches: int = _default(_TRAIN, "calibration_patches")
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)

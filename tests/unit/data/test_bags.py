@@ -62,10 +62,127 @@ def test_cache_and_empty_store(write_store, tmp_path: Path) -> None:
     assert bag._cache is None  # no caching by default
     view = bag.with_cache()
     assert np.array_equal(torch.cat(list(view.chunks(8))).numpy(), data)
-    assert view._cache is not None and bag._cache is None  # the view keeps the small bag
+    assert view._chunk_cache is not None and bag._chunk_cache is None  # the view keeps it
+    reads = []
+    view.read = lambda a, b: reads.append((a, b))  # the second pass must not read the store
+    assert np.array_equal(torch.cat(list(view.chunks(8))).numpy(), data) and reads == []
     big = bag.with_cache(cache_bytes=100)
     list(big.chunks(8))
-    assert big._cache is None  # larger than the limit: streamed
+    assert big._cache is None and big._chunk_cache is None  # larger than the limit: streamed
     empty = ZarrBag(write_store(tmp_path / "e.zarr", np.zeros((0, 8, 8, 3), np.uint8)))
     assert len(empty) == 0 and list(empty.chunks(4)) == []
     assert empty.load().shape == (0, 8, 8, 3)
+
+
+# ---------------------------------------------------------------- the decoding pool
+@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_decode_pool_gives_the_single_thread_chunks_in_order(
+    write_store, tmp_path: Path, workers: int, prefetch: int
+) -> None:
+    data = _patches(150)
+    path = write_store(tmp_path / "a.zarr", data, chunk=16)
+    single = [c.clone() for c in ZarrBag(path, prefetch=0, workers=1).chunks(20)]
+    for indices in (None, np.arange(3, 150, 2)):
+        bag = ZarrBag(path, indices=indices, prefetch=prefetch, workers=workers)
+        chunks = list(bag.chunks(20))
+        expected = data if indices is None else data[indices]
+        assert np.array_equal(torch.cat(chunks).numpy(), expected)  # order kept
+        assert [len(c) for c in chunks] == [
+            len(x) for x in torch.split(torch.from_numpy(expected), 20)
+        ]
+        again = list(bag.chunks(20))  # deterministic: the same chunks every pass
+        assert all(torch.equal(a, b) for a, b in zip(chunks, again, strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(single, list(ZarrBag(path, workers=workers).chunks(20)), strict=True)
+    )
+    sub = ZarrBag(path, workers=workers).subsample(40, torch.Generator().manual_seed(0))
+    assert sub.workers == workers  # a subsample reads through the same pool size
+
+
+def test_decode_pool_runs_n_workers_at_once(write_store, tmp_path: Path) -> None:
+    """Three chunks are read concurrently by three threads (a barrier of three would time out
+    with fewer), and the pool's threads are gone afterwards."""
+    import threading
+
+    data = _patches(120)
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", data, chunk=16), prefetch=0, workers=3)
+    barrier = threading.Barrier(3, timeout=10)
+    names: set[str] = set()
+    read = bag.read
+
+    def read_together(start: int, stop: int) -> np.ndarray:
+        names.add(threading.current_thread().name)
+        if start < 30:  # the first three chunks of 10 wait for each other
+            barrier.wait()
+        return read(start, stop)
+
+    bag.read = read_together
+    before = threading.active_count()
+    assert np.array_equal(torch.cat(list(bag.chunks(10))).numpy(), data)
+    assert len(names) == 3 and all(n.startswith("decode-a.zarr") for n in names)
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_pool_raises_a_chunk_error_unchanged_in_its_turn(
+    write_store, tmp_path: Path, workers: int
+) -> None:
+    data = _patches(100)
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", data, chunk=16), workers=workers)
+    error = OSError("chunk 4 of slide a is damaged")
+    read = bag.read
+
+    def failing(start: int, stop: int) -> np.ndarray:
+        if start == 40:
+            raise error
+        return read(start, stop)
+
+    bag.read = failing
+    got = []
+    with pytest.raises(OSError) as info:
+        for chunk in bag.chunks(10):
+            got.append(chunk)
+    assert info.value is error  # the very exception, not a wrapper
+    assert np.array_equal(torch.cat(got).numpy(), data[:40])  # every chunk before it, in order
+
+
+def test_decode_pool_names_a_damaged_chunk(write_store, tmp_path: Path) -> None:
+    from gigamil.errors import GigamilError
+
+    path = write_store(tmp_path / "a.zarr", _patches(100), chunk=16)
+    chunk = path / "patches" / "c" / "3" / "0" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(GigamilError, match=r"a\.zarr is damaged: chunk patches/c/3/0/0/0 fails"):
+        for _ in ZarrBag(path, workers=4).chunks(10):
+            pass
+
+
+def test_pinned_memory_only_with_cuda(write_store, tmp_path: Path, monkeypatch) -> None:
+    """Without CUDA ``pin_memory`` is ignored (pinning would raise); with it every chunk is
+    pinned in the worker that read it."""
+    import threading
+
+    from gigamil.data import bags
+
+    data = _patches(60)
+    path = write_store(tmp_path / "a.zarr", data, chunk=16)
+    monkeypatch.setattr(bags, "pinnable", lambda: False)
+    bag = ZarrBag(path, workers=2, pin_memory=True)
+    assert bag.pin_memory is False
+    assert np.array_equal(torch.cat(list(bag.chunks(10))).numpy(), data)
+    monkeypatch.setattr(bags, "pinnable", lambda: True)
+    pinned_in: list[str] = []
+
+    def fake_pin(self: torch.Tensor) -> torch.Tensor:
+        pinned_in.append(threading.current_thread().name)
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    bag = ZarrBag(path, workers=2, pin_memory=True)
+    assert np.array_equal(torch.cat(list(bag.chunks(10))).numpy(), data)
+    assert len(pinned_in) == 6 and all(n.startswith("decode-") for n in pinned_in)
+    assert bag.subsample(20).pin_memory is True

@@ -473,3 +473,43 @@ def test_progress_lines_at_most_every_interval(caplog) -> None:
     caplog.clear()
     silent.update(3)
     assert not caplog.records
+
+
+def test_bf16_compile_fallback_and_decode_threads(
+    mil_bags, cohort, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    """training.amp: bf16 on CPU, training.compile: true whose compiler fails (the log says so and
+    training goes on uncompiled), bags decoded by 2 threads; prediction with 2 decoding threads
+    matches prediction with one (to rounding: torch also gets 2 threads)."""
+
+    def broken_compile(fn, **kw):  # noqa: ANN001, ANN202
+        def call(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            raise RuntimeError("inductor: no working C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    train, val = cohort
+    cfg = training(epochs=1, amp="bf16", compile=True)
+    with caplog.at_level("INFO"):
+        path = train_fold(
+            train.head(6),
+            val.head(3),
+            mil_bags.classes,
+            mil_bags.model,
+            cfg,
+            tmp_path / "b",
+            threads=2,
+        )
+    assert "mixed precision: bf16" in caplog.text
+    assert "torch.compile of the encoder (Sequential) failed" in caplog.text
+    assert "inductor: no working C++ compiler" in caplog.text
+    rows = read_log(tmp_path / "b" / "train_log.csv")
+    assert np.isfinite(float(rows[0]["train_loss"]))
+    one = predict_slides(path, val, None, tmp_path / "att1", device="cpu", threads=1)
+    two = predict_slides(path, val, None, tmp_path / "att2", device="cpu", threads=2)
+    pd.testing.assert_frame_equal(one, two)
+    for sid in val["slide_id"]:
+        assert np.allclose(  # torch's 2 CPU threads round differently, to 1e-7
+            np.load(tmp_path / "att1" / f"{sid}.npy"), np.load(tmp_path / "att2" / f"{sid}.npy")
+        )

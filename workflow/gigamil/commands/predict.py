@@ -35,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default auto (CUDA when available)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)"
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads, and threads decoding patches (default 1)",
     )
     parser.add_argument(
         "--chunk",

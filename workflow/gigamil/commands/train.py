@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from DIR/last.pt if present (default: --resume)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)"
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads, and threads decoding patches (default 1)",
     )
 
 

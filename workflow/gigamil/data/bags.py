@@ -1,8 +1,10 @@
 """``ZarrBag``: a lazy bag of patches read chunk by chunk from a zarr patch store.
 
 A bag never has to sit in memory at once: :meth:`ZarrBag.chunks` yields consecutive chunks as
-uint8 torch tensors (n, H, W, 3), read by a background thread ``prefetch`` chunks ahead
-(decompression overlaps with the encoder). :meth:`ZarrBag.with_cache` gives a view that keeps a
+uint8 torch tensors (n, H, W, 3), read and decoded by a pool of ``workers`` threads up to
+``max(workers, prefetch)`` chunks ahead (decompression overlaps with the encoder), in order. With
+``pin_memory`` (and CUDA present) the chunks arrive in pinned (page-locked) host memory, so the
+model's ``.to(device, non_blocking=True)`` copies them asynchronously. :meth:`ZarrBag.with_cache` gives a view that keeps a
 small bag (≤ ``cache_bytes``) in memory after its first pass, so the two passes of the
 accumulating trainer do not read it twice; the trainer drops that view after the bag's step, so
 memory never grows with the cohort. Rows keep the store's order (grid raster order), which
@@ -12,9 +14,9 @@ SmABMIL's adjacency needs.
 from __future__ import annotations
 
 import copy
-import queue
-import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +25,30 @@ import torch
 
 from gigamil.data.store import read_patches, read_store
 
-_END = object()
+
+def pinnable() -> bool:
+    """Whether host memory can be pinned (a CUDA build with a device; pinning raises without)."""
+    return torch.cuda.is_available()
 
 
 class ZarrBag:
     """A (possibly subsampled) bag of patches from ``{slide_id}.zarr``.
 
     ``indices``: sorted store rows to use (None = all rows). ``grid`` (n, 2) and ``coords``
-    (n, 2) follow ``indices``. Implements the ``BagSource`` protocol of ``MILModel``.
+    (n, 2) follow ``indices``. ``workers``: threads reading and decoding chunks concurrently;
+    ``prefetch``: chunks read ahead (0 with one worker: read in the caller's thread);
+    ``pin_memory``: deliver chunks in pinned host memory when CUDA is available (ignored
+    otherwise). Implements the ``BagSource`` protocol of ``MILModel``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - reading options, all with defaults
         self,
         path: str | Path,
         indices: np.ndarray | None = None,
         prefetch: int = 2,
         cache_bytes: int = 0,
+        workers: int = 1,
+        pin_memory: bool = False,
     ) -> None:
         self.path = Path(path)
         patches, coords, grid, attrs = read_store(self.path)
@@ -55,8 +65,11 @@ class ZarrBag:
         self.coords = coords if indices is None else coords[indices]
         self.grid = grid if indices is None else grid[indices]
         self.prefetch = int(prefetch)
+        self.workers = max(1, int(workers))
+        self.pin_memory = bool(pin_memory) and pinnable()
         self.cache_bytes = int(cache_bytes)
         self._cache: np.ndarray | None = None
+        self._chunk_cache: tuple[int, list[torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -80,6 +93,7 @@ class ZarrBag:
         view = copy.copy(self)
         view.cache_bytes = int(cache_bytes)
         view._cache = None
+        view._chunk_cache = None
         return view
 
     def subsample(self, n: int, generator: torch.Generator | None = None) -> ZarrBag:
@@ -88,12 +102,16 @@ class ZarrBag:
             return self
         pick = torch.randperm(len(self), generator=generator)[:n].sort().values.numpy()
         rows = pick if self.indices is None else self.indices[pick]
-        return ZarrBag(self.path, rows, self.prefetch, self.cache_bytes)
+        return ZarrBag(
+            self.path, rows, self.prefetch, self.cache_bytes, self.workers, self.pin_memory
+        )
 
     # ------------------------------------------------------------------ reading
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the bag, uint8 (n, H, W, 3)."""
         stop = min(stop, len(self))
+        if self._cache is None and self._chunk_cache is not None:
+            self._cache = torch.cat(self._chunk_cache[1]).numpy()
         if self._cache is not None:
             return self._cache[start:stop]
         if self.indices is None:
@@ -114,51 +132,60 @@ class ZarrBag:
         """The whole bag as one uint8 tensor (n, H, W, 3)."""
         return torch.from_numpy(np.ascontiguousarray(self.read(0, len(self))))
 
-    def _fill_cache(self) -> None:
-        if self._cache is None and 0 < self.nbytes <= self.cache_bytes:
-            self._cache = self.read(0, len(self))
+    def _tensor(self, rows: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(rows))
+        return t.pin_memory() if self.pin_memory else t
+
+    def _read_chunk(self, start: int, size: int) -> torch.Tensor:
+        return self._tensor(self.read(start, start + size))
 
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
-        """Consecutive chunks of ``size`` rows as uint8 tensors, prefetched in a thread."""
+        """Consecutive chunks of ``size`` rows as uint8 tensors (pinned with ``pin_memory``),
+        in order, read ahead by the worker pool. An error reading a chunk (e.g. a chunk that
+        fails its checksum) is raised here, unchanged, when its turn comes. A bag of at most
+        ``cache_bytes`` keeps the chunks of a complete pass and yields them again on the next
+        pass with the same ``size`` (the two GradCache passes read and pin it once)."""
         if size < 1:
             raise ValueError("chunk size must be >= 1")
-        self._fill_cache()
-        starts = range(0, len(self), size)
-        if self.prefetch <= 0 or self._cache is not None or len(starts) <= 1:
-            for s in starts:
-                yield torch.from_numpy(np.ascontiguousarray(self.read(s, s + size)))
+        if self._chunk_cache is not None and self._chunk_cache[0] == size:
+            yield from self._chunk_cache[1]
             return
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
+        keep: list[torch.Tensor] | None = None
+        if self._cache is None and 0 < self.nbytes <= self.cache_bytes:
+            keep = []
+        for chunk in self._stream(size):
+            if keep is not None:
+                keep.append(chunk)
+            yield chunk
+        if keep is not None:
+            self._chunk_cache = (size, keep)
 
-        def put(item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def worker() -> None:
-            try:
-                for s in starts:
-                    if not put(np.ascontiguousarray(self.read(s, s + size))):
-                        return
-                put(_END)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                put(exc)
-
-        thread = threading.Thread(target=worker, name=f"prefetch-{self.path.name}", daemon=True)
-        thread.start()
+    def _stream(self, size: int) -> Iterator[torch.Tensor]:
+        starts = range(0, len(self), size)
+        depth = max(self.workers, self.prefetch)
+        if (
+            (self.workers == 1 and self.prefetch <= 0)
+            or self._cache is not None
+            or len(starts) <= 1
+        ):
+            for s in starts:
+                yield self._read_chunk(s, size)
+            return
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"decode-{self.path.name}")
+        pending: deque[Future[torch.Tensor]] = deque()
+        todo = iter(starts)
         try:
-            while True:
-                item = q.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield torch.from_numpy(item)
-        finally:
-            stop.set()
-            thread.join(timeout=10)
+            for s in todo:  # fill the pipeline
+                pending.append(pool.submit(self._read_chunk, s, size))
+                if len(pending) >= depth:
+                    break
+            while pending:
+                chunk = pending.popleft().result()  # re-raises a worker's exception as it was
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._read_chunk, nxt, size))
+                yield chunk
+        finally:  # also on an early break (generator closed): no thread outlives the loop
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -21,6 +21,7 @@ the codec ``gigamil.jpeg`` is registered with zarr when this module is imported,
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -127,7 +128,8 @@ class JpegPatchCodec(ArrayBytesCodec):
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(out)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        return self._decode_sync(chunk_bytes, chunk_spec)
+        # off zarr's event-loop thread, as zarr's own zstd codec: chunks decode in parallel
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
 
     def compute_encoded_size(self, input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError("JPEG output size is data dependent")

@@ -259,8 +259,8 @@ class MILModel(nn.Module):
         logits, att = self._head(h_leaf, adj)
         loss = self._loss(h_leaf, logits, label)
         backward(loss)
-        grad_h = h_leaf.grad  # (N, D) dL/dH, already scaled
-        h_leaf.grad = None
+        grad_h, h_leaf.grad = h_leaf.grad, None  # (N, D) dL/dH, already scaled
+        del h_leaf, h_all  # H is not needed any more: only dL/dH stays beside the encoder passes
 
         # 3. re-encode each chunk with grad under the same RNG state; backprop its slice of dL/dH
         # (afterwards the RNG continues from where the no-grad pass left it)

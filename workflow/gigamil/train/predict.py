@@ -14,6 +14,7 @@ from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import GigamilError
 from gigamil.logutil import current_context, log_context
+from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
 from gigamil.train.loop import bag_probabilities
 from gigamil.train.run import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
@@ -56,7 +57,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
 ) -> pd.DataFrame:
     """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
 
-    Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
+    ``threads``: torch's CPU threads and the threads decoding patch chunks (ahead of the model;
+    on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
     :func:`gigamil.evaluate.aggregate.write_fold_predictions`). Writes
     ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order). A slide without patches gets NaN probabilities, an empty ``pred`` and an
@@ -96,6 +98,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     check_columns(slides, "slides to predict")
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, dev)
+    prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
     attention_dir = Path(attention_dir)
     attention_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     rows = []
     for i, row in enumerate(slides.itertuples(index=False), start=1):
         t0 = time.monotonic()
-        bag = ZarrBag(row.store)
+        bag = ZarrBag(row.store, workers=threads, pin_memory=dev.type == "cuda")
         if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
             raise GigamilError(
                 f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "

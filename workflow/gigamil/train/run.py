@@ -31,6 +31,7 @@ from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.nn.weights import weights_sha256
 from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.train import distributed as ddp
+from gigamil.train.accel import prepare_model
 from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
 from gigamil.train.checkpoint import (
@@ -79,13 +80,14 @@ def _label_index(label: Any, classes: Sequence[str], slide_id: str) -> int:
 
 
 def _open_bags(
-    df: pd.DataFrame, classes: Sequence[str], what: str, prefetch: int = 2
+    df: pd.DataFrame, classes: Sequence[str], what: str, feed: Feed | None = None
 ) -> list[BagItem]:
     """Open every store; bags without instances (no tissue) are skipped with a warning."""
+    feed = feed or Feed()
     items = []
     for row in df.itertuples(index=False):
         label = _label_index(row.label, classes, row.slide_id)
-        bag = ZarrBag(row.store, prefetch=prefetch)
+        bag = ZarrBag(row.store, workers=feed.workers, pin_memory=feed.pin_memory)
         if len(bag) == 0:
             log.warning("%s: slide %s has no patches (no tissue); skipped", what, row.slide_id)
             continue
@@ -101,6 +103,18 @@ def _patch_px(items: Sequence[BagItem]) -> int:
             "extract all slides with the same preprocessing.patches settings"
         )
     return int(next(iter(shapes))[0])
+
+
+class Feed(NamedTuple):
+    """How bags are read: ``workers`` decoding threads, chunks in pinned memory or not."""
+
+    workers: int = 1
+    pin_memory: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, threads: int) -> Feed:
+        """``threads`` decoding workers; pinned memory when the model runs on CUDA."""
+        return cls(max(1, int(threads)), device.type == "cuda")
 
 
 MPP_TOLERANCE = 0.01  # relative: patches of two slides (or slide and model) must agree to 1 %
@@ -144,9 +158,17 @@ class FoldData:
     patch_mpp: float | None = None
 
     @classmethod
-    def open(cls, train: pd.DataFrame, val: pd.DataFrame, classes: Sequence[str]) -> FoldData:
-        train_items = _open_bags(train, classes, "training")
-        val_items = _open_bags(val, classes, "validation")
+    def open(
+        cls,
+        train: pd.DataFrame,
+        val: pd.DataFrame,
+        classes: Sequence[str],
+        feed: Feed | None = None,
+    ) -> FoldData:
+        """Open the fold's stores; ``feed``: how their chunks are read (one worker, no pinning
+        by default)."""
+        train_items = _open_bags(train, classes, "training", feed)
+        val_items = _open_bags(val, classes, "validation", feed)
         if not train_items:
             raise GigamilError("no training slide has patches; nothing to train on")
         seen = {it.label for it in train_items}
@@ -194,7 +216,8 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     RNG and early-stopping state, written after every epoch; ``resume=True`` continues from it)
     and ``out_dir/train_log.csv``. Slides without patches are skipped with a warning. Under
     torchrun (WORLD_SIZE > 1) the bags of every optimizer step are shared out across ranks and
-    gradients summed. Returns the path of ``model.pt``.
+    gradients summed. ``threads``: torch's CPU threads and the threads decoding patch chunks
+    ahead of the model (on CUDA into pinned memory). Returns the path of ``model.pt``.
 
     Every log line names the fold (``fold``, default the name of ``out_dir``) and, within an
     epoch, ``epoch k/total``; an epoch logs progress (bags done, bags/s, loss so far) at least
@@ -216,7 +239,8 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         name += f" rank {info.rank}"
     try:
         with log_context(name):
-            data = FoldData.open(train, val, [str(c) for c in classes])
+            feed = Feed.for_device(device, threads)
+            data = FoldData.open(train, val, [str(c) for c in classes], feed)
             runtime = Runtime(device, info, name, log_every_s)
             trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), runtime)
             return trainer.fit(resume)
@@ -252,6 +276,8 @@ class FoldTrainer:
         self.val_loss_fn = BagLoss(tcfg.loss).to(device)
         amp = AmpScaler(tcfg.amp, device)
         self.model.amp_dtype = amp.dtype
+        log.info("training on %s, mixed precision: %s", device, amp.mode or "off (float32)")
+        prepare_model(self.model, device, compile_encoder=tcfg.compile)
         optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=float(tcfg.lr),

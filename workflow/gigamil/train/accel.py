@@ -1,0 +1,86 @@
+"""Speed on the device: cuDNN autotuning, channels-last CNN encoders, optional ``torch.compile``.
+
+None of these changes what is computed beyond floating-point rounding: ``prepare_model`` is
+called by the trainer and by ``predict_slides`` after the model is on its device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def is_cnn(module: nn.Module) -> bool:
+    """True for an encoder with convolutions beyond a patch embedding (ResNets, the small CNN;
+    not a ViT, whose only convolution cuts the image into tokens)."""
+    return sum(isinstance(m, nn.Conv2d) for m in module.modules()) > 1
+
+
+def prepare_model(model: nn.Module, device: torch.device, compile_encoder: bool = False) -> None:
+    """On CUDA: ``cudnn.benchmark`` on and a CNN encoder in ``channels_last`` memory format (its
+    uint8 (n, H, W, 3) input already is: the preprocessing only permutes it). With
+    ``compile_encoder``, ``torch.compile`` the encoder (see :func:`compile_module`)."""
+    encoder = model.feature_encoder
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if is_cnn(encoder):
+            encoder.to(memory_format=torch.channels_last)
+    if compile_encoder:
+        compile_module(encoder)
+
+
+class CompiledForward:
+    """``module.forward`` through ``torch.compile``; if compiling fails (no C++ compiler, an
+    unsupported layer, an old GPU for Triton, ...) it logs why once and runs the module uncompiled
+    from then on. Replacing ``forward`` (not wrapping the module) keeps the state-dict keys, so
+    checkpoints do not depend on ``training.compile``."""
+
+    def __init__(self, module: nn.Module, **compile_kwargs: Any) -> None:
+        self.eager: Callable[..., Any] = module.forward
+        self.compiled: Callable[..., Any] | None = torch.compile(self.eager, **compile_kwargs)
+        self.name = type(module).__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
+                cause = _root_cause(exc)
+                message = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+                log.warning(
+                    "training.compile: torch.compile of the encoder (%s) failed (%s: %s); the "
+                    "encoder runs uncompiled (same results, no speed-up; set training.compile: "
+                    "false to skip the attempt)",
+                    self.name,
+                    type(cause).__name__,
+                    message[:300],
+                )
+                self.compiled = None
+        return self.eager(*args, **kwargs)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost cause (a backend's own error, not dynamo's ``BackendCompilerFailed``)."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "inner_exception", None) or exc.__cause__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def compile_module(module: nn.Module, **compile_kwargs: Any) -> CompiledForward:
+    """Route ``module``'s forward through :class:`CompiledForward` (compiled lazily, at the first
+    call); returns it."""
+    compiled = CompiledForward(module, **compile_kwargs)
+    module.forward = compiled  # type: ignore[method-assign]
+    return compiled
