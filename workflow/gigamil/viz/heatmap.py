@@ -10,7 +10,9 @@ smooth maps. Outputs in ``out_dir``:
   bar;
 - ``attention.npy``: the raw attention (N,) float32 (the mean over fold models for an ensemble);
 - ``gallery.png``: the ``top_k`` highest- and lowest-attention patches;
-- ``patches.geojson``: one polygon per patch in level-0 pixels, with its attention, for QuPath.
+- ``patches.geojson``: one polygon per patch in level-0 pixels, with its attention, for QuPath;
+- ``annotations.geojson``: QuPath annotations of the tissue mask (class ``Tissue``) and of the
+  ``top_k`` highest-attention patches (class ``Attention top-k``), in level-0 pixels.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from scipy.stats import rankdata
 from gigamil.errors import GigamilError
 from gigamil.evaluate.localization import read_store_geometry
 from gigamil.settings import schema_section
-from gigamil.viz.geojson import patches_geojson, write_geojson
+from gigamil.viz.geojson import (
+    annotations_geojson,
+    patches_geojson,
+    tissue_features,
+    top_attention_features,
+    write_geojson,
+)
 from gigamil.viz.slide_info import SlidePrediction
 
 log = logging.getLogger(__name__)
@@ -414,6 +422,67 @@ def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
     return np.asarray(Image.open(path).convert("L")) > 127
 
 
+def mask_downsample(
+    mask_shape: tuple[int, int],
+    attrs: Mapping[str, Any],
+    mask_path: str | Path | None = None,
+) -> tuple[float, float] | None:
+    """Level-0 pixels per tissue-mask pixel in x and y, or None if unknown.
+
+    A tissue mask covers the whole slide (:func:`gigamil.wsi.raster.read_raster_image`: level-0
+    width / mask width, height / mask height), so the slide's level-0 dimensions give the exact
+    scale: the store's ``slide_dimensions``, else those in the mask's JSON sidecar.
+    """
+    dims = attrs.get("slide_dimensions")
+    if not dims and mask_path is not None:
+        import json
+
+        sidecar = Path(mask_path).with_suffix(".json")
+        if sidecar.is_file():
+            try:
+                dims = json.loads(sidecar.read_text()).get("slide_dimensions")
+            except (OSError, ValueError):
+                dims = None
+    if not dims or min(mask_shape) < 1:
+        return None
+    return float(dims[0]) / mask_shape[1], float(dims[1]) / mask_shape[0]
+
+
+def write_annotations(  # noqa: PLR0913 - the heatmap's pieces
+    path: str | Path,
+    coords: np.ndarray,
+    patch_size_level0: float,
+    attention: np.ndarray,
+    normalized: np.ndarray,
+    top: np.ndarray,
+    slide_id: str,
+    attrs: Mapping[str, Any],
+    tissue: np.ndarray | None,
+    tissue_mask: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write annotations.geojson: the tissue mask (if given and the slide's level-0 size is
+    known) and the patches ``top`` as QuPath annotations (:mod:`gigamil.viz.geojson`)."""
+    tissue_annotations: list[dict[str, Any]] = []
+    if tissue is not None:
+        downsample = mask_downsample(tissue.shape, attrs, tissue_mask)
+        if downsample is None:
+            log.warning(
+                "%s: the slide's level-0 size is unknown (no slide_dimensions in the store or "
+                "the mask's JSON), so annotations.geojson has no tissue outline",
+                slide_id,
+            )
+        else:
+            slide_mpp = attrs.get("slide_mpp")
+            mpp = float(slide_mpp) if isinstance(slide_mpp, int | float) and slide_mpp > 0 else None
+            tissue_annotations = tissue_features(tissue, downsample, slide_id, mpp)
+    top_annotations = top_attention_features(
+        coords, patch_size_level0, attention, normalized, top, slide_id
+    )
+    geo = annotations_geojson(tissue_annotations, top_annotations)
+    write_geojson(geo, path)
+    return geo
+
+
 def _style_default(key: str) -> Any:
     return schema_section(("heatmaps",))["properties"][key]["default"]
 
@@ -463,7 +532,8 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     mpp_override: float | None = None,
     prediction: SlidePrediction | None = None,
 ) -> dict[str, Any]:
-    """Write overlay.png, attention.npy, gallery.png and patches.geojson for one slide.
+    """Write overlay.png, attention.npy, gallery.png, patches.geojson and annotations.geojson
+    for one slide.
 
     Args:
         store: the slide's zarr patch store (coords, attrs patch_size_level0, slide_dimensions).
@@ -473,7 +543,8 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             background if that is missing or unreadable).
         mpp_override: the slide's µm/px if its file has none (default: the store's
             ``slide_mpp``, the value the patches were cut with).
-        tissue_mask: tissue mask PNG (covering the whole slide) to clip the overlay to.
+        tissue_mask: tissue mask PNG (covering the whole slide) to clip the overlay to; also
+            written to annotations.geojson as ``Tissue`` annotations.
         style: colour scale, colours and sizes (:class:`HeatmapStyle`).
         title: the title when there is no ``prediction`` (default: the slide id).
         prediction: the slide's cohort, label, predicted class and probability and number of
@@ -569,6 +640,18 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
         )
     geo = patches_geojson(coords, psize, attention, scale.values, slide_id)
     write_geojson(geo, out_dir / "patches.geojson")
+    write_annotations(
+        out_dir / "annotations.geojson",
+        coords,
+        psize,
+        attention,
+        scale.values,
+        top,
+        slide_id,
+        attrs,
+        tissue,
+        tissue_mask,
+    )
     return {
         "slide_id": slide_id,
         "n_patches": int(coords.shape[0]),

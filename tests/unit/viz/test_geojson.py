@@ -1,0 +1,228 @@
+"""QuPath GeoJSON: the tissue mask and the top-k attention patches as annotations, in level-0
+pixels, and both GeoJSON files in the form QuPath's reader takes (qupath-core
+``PathObjectTypeAdapters``: FeatureCollection, ``objectType``, ``classification: {name, color}``,
+``measurements`` as a name -> number object)."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gigamil.viz.geojson import mask_polygons, tissue_features
+from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, mask_downsample
+
+QUPATH_OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tmaCore"}
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+def _check_ring(ring: Any, exterior: bool) -> None:
+    arr = np.asarray(ring, dtype=np.float64)
+    assert arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] >= 4, "a ring has >= 4 positions"
+    assert np.isfinite(arr).all()
+    assert (arr[0] == arr[-1]).all(), "rings are closed"
+    # RFC 7946 right-hand rule (y up): exteriors counter-clockwise, holes clockwise
+    assert (_signed_area(arr) > 0) == exterior
+
+
+def assert_qupath_geojson(geo: dict[str, Any]) -> None:
+    """The structure QuPath's GeoJSON import reads, checked for every feature."""
+    assert geo["type"] == "FeatureCollection"
+    assert isinstance(geo["features"], list)
+    for feat in geo["features"]:
+        assert feat["type"] == "Feature"
+        if "id" in feat:  # QuPath >= 0.4 keeps an id that is a UUID, and ignores others
+            assert isinstance(feat["id"], str)
+        geom = feat["geometry"]
+        assert geom["type"] in ("Polygon", "MultiPolygon")
+        polygons = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+        for rings in polygons:
+            assert rings, "a polygon has an exterior ring"
+            _check_ring(rings[0], exterior=True)
+            for hole in rings[1:]:
+                _check_ring(hole, exterior=False)
+        props = feat["properties"]
+        assert props["objectType"] in QUPATH_OBJECT_TYPES
+        cls = props["classification"]
+        assert isinstance(cls["name"], str) and cls["name"]
+        assert isinstance(cls["color"], list) and len(cls["color"]) == 3
+        assert all(isinstance(c, int) and 0 <= c <= 255 for c in cls["color"])
+        assert isinstance(props["measurements"], dict) and props["measurements"]
+        for key, value in props["measurements"].items():
+            assert isinstance(key, str)
+            assert isinstance(value, int | float) and not isinstance(value, bool)
+            assert math.isfinite(value)
+        if "name" in props:
+            assert isinstance(props["name"], str)
+        if "isLocked" in props:
+            assert isinstance(props["isLocked"], bool)
+
+
+def _bbox(ring: Any) -> list[float]:
+    arr = np.asarray(ring)
+    return [arr[:, 0].min(), arr[:, 1].min(), arr[:, 0].max(), arr[:, 1].max()]
+
+
+def test_mask_with_a_hole_maps_to_level0_pixel_edges():
+    mask = np.zeros((20, 30), bool)
+    mask[2:12, 3:15] = True  # piece 1: 10 x 12 px ...
+    mask[5:8, 6:10] = False  # ... with a 3 x 4 px hole
+    mask[6, 7] = True  # ... holding a 1-px island
+    mask[15:18, 20:26] = True  # piece 2: 3 x 6 px
+    fx, fy = 4.0, 2.5  # non-square: x and y scale apart
+    polygons = mask_polygons(mask, (fx, fy))
+    assert len(polygons) == 3  # the island is its own piece, not a hole of a hole
+    big, small, island = polygons  # largest first
+    assert len(big) == 2 and len(small) == 1 and len(island) == 1
+    # outlines on the pixel edges: pixel (r, c) covers x [c fx, (c+1) fx], y [r fy, (r+1) fy]
+    assert _bbox(big[0]) == [3 * fx, 2 * fy, 15 * fx, 12 * fy]
+    assert _bbox(big[1]) == [6 * fx, 5 * fy, 10 * fx, 8 * fy]
+    assert _bbox(small[0]) == [20 * fx, 15 * fy, 26 * fx, 18 * fy]
+    assert _bbox(island[0]) == [7 * fx, 6 * fy, 8 * fx, 7 * fy]
+    for rings in polygons:
+        _check_ring(rings[0], exterior=True)
+        for hole in rings[1:]:
+            _check_ring(hole, exterior=False)
+    # the area is the pixels' (corners are cut through half a pixel: +- 1/8 px each)
+    area = _signed_area(big[0]) + _signed_area(big[1])
+    assert area == pytest.approx((120 - 12) * fx * fy, abs=8 * fx * fy / 8)
+    assert mask_polygons(np.zeros((4, 4), bool), (1.0, 1.0)) == []
+
+
+def test_tissue_features_are_classified_annotations_with_areas():
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 2:8] = True
+    mask[4:6, 4:6] = False
+    feats = tissue_features(mask, (2.0, 2.0), "s", mpp=0.5)
+    geo = {"type": "FeatureCollection", "features": feats}
+    assert_qupath_geojson(geo)
+    (feat,) = feats
+    props = feat["properties"]
+    assert props["objectType"] == "annotation"
+    assert props["classification"]["name"] == "Tissue"
+    assert props["measurements"]["holes"] == 1
+    assert props["measurements"]["area_level0_px2"] == pytest.approx(32 * 4)
+    assert props["measurements"]["area_mm2"] == pytest.approx(32 * 4 * 0.25 / 1e6)
+    assert feat["id"] == tissue_features(mask, (2.0, 2.0), "s")[0]["id"]  # the same every run
+
+
+def _tissue_png(grid_slide, path, downsample: int = 8) -> np.ndarray:
+    """A mask over the whole grid slide: grid rows 1-4, cols 1-6, minus grid cell (2, 3)."""
+    w0 = grid_slide.cols * grid_slide.patch + 40
+    h0 = grid_slide.rows * grid_slide.patch + 24
+    mask = np.zeros((h0 // downsample, w0 // downsample), np.uint8)
+    s = grid_slide.patch // downsample
+    mask[1 * s : 5 * s, 1 * s : 7 * s] = 255
+    mask[2 * s : 3 * s, 3 * s : 4 * s] = 0
+    Image.fromarray(mask).save(path)
+    return mask
+
+
+def test_heatmap_writes_tissue_and_top_k_annotations(grid_slide, tmp_path):
+    store = tmp_path / "s.zarr"
+    coords, _ = grid_slide.write(store)
+    _tissue_png(grid_slide, tmp_path / "mask.png")
+    att = np.random.default_rng(3).random(len(coords)).astype(np.float32)
+    att /= att.sum()
+    out = tmp_path / "hm"
+    info = make_heatmap(
+        store,
+        att,
+        out,
+        tissue_mask=tmp_path / "mask.png",
+        style=HeatmapStyle(normalize="minmax", top_k=5, thumb_px=128),
+    )
+    patches = json.loads((out / "patches.geojson").read_text())
+    geo = json.loads((out / "annotations.geojson").read_text())
+    assert_qupath_geojson(patches)
+    assert_qupath_geojson(geo)
+    assert len(patches["features"]) == len(coords)  # today's file is unchanged beside it
+
+    tissue = [f for f in geo["features"] if f["properties"]["classification"]["name"] == "Tissue"]
+    top = [f for f in geo["features"] if f["properties"]["classification"]["name"] != "Tissue"]
+    (piece,) = tissue
+    rings = piece["geometry"]["coordinates"]
+    p = grid_slide.patch  # the mask's 8 px = one grid cell = 64 level-0 px
+    assert _bbox(rings[0]) == [1 * p, 1 * p, 7 * p, 5 * p]
+    assert len(rings) == 2 and _bbox(rings[1]) == [3 * p, 2 * p, 4 * p, 3 * p]
+    assert piece["properties"]["objectType"] == "annotation"
+    for feat in geo["features"]:
+        uuid.UUID(feat["id"])  # ids QuPath keeps
+
+    # the top k: the k highest-attention patches, highest first, each on its patch
+    expected = np.argsort(-att, kind="stable")[:5]
+    assert [f["properties"]["measurements"]["patch_index"] for f in top] == expected.tolist()
+    assert info["top"] == expected.tolist()
+    for rank, (feat, i) in enumerate(zip(top, expected, strict=True), start=1):
+        props = feat["properties"]
+        assert props["objectType"] == "annotation"
+        assert props["classification"]["name"] == "Attention top-k"
+        assert props["classification"]["color"] != piece["properties"]["classification"]["color"]
+        assert props["measurements"]["rank"] == rank
+        assert props["measurements"]["attention"] == pytest.approx(float(att[i]))
+        assert props["measurements"]["attention_x_n"] == pytest.approx(float(att[i]) * len(att))
+        assert 0.0 <= props["measurements"]["attention_normalized"] <= 1.0
+        x, y = coords[i]
+        assert _bbox(feat["geometry"]["coordinates"][0]) == [x, y, x + p, y + p]
+    values = [f["properties"]["measurements"]["attention"] for f in top]
+    assert values == sorted(values, reverse=True) and min(values) >= np.sort(att)[-5]
+
+
+def test_annotations_without_a_mask_or_patches(grid_slide, tmp_path):
+    store = tmp_path / "e.zarr"
+    grid_slide.write(store, keep=[])
+    _tissue_png(grid_slide, tmp_path / "mask.png")
+    make_heatmap(
+        store,
+        np.zeros(0, np.float32),
+        tmp_path / "a",
+        tissue_mask=tmp_path / "mask.png",
+        style=HeatmapStyle(thumb_px=64),
+    )
+    geo = json.loads((tmp_path / "a" / "annotations.geojson").read_text())
+    assert_qupath_geojson(geo)
+    assert [f["properties"]["classification"]["name"] for f in geo["features"]] == ["Tissue"]
+    store2 = tmp_path / "f.zarr"
+    coords, _ = grid_slide.write(store2)
+    att = np.linspace(0, 1, len(coords), dtype=np.float32)
+    make_heatmap(store2, att, tmp_path / "b", style=HeatmapStyle(top_k=3, thumb_px=64))
+    geo = json.loads((tmp_path / "b" / "annotations.geojson").read_text())
+    assert_qupath_geojson(geo)
+    names = [f["properties"]["name"] for f in geo["features"]]
+    assert names == ["attention #1", "attention #2", "attention #3"]
+
+
+def test_mask_downsample_from_the_store_or_the_mask_sidecar(tmp_path):
+    assert mask_downsample((50, 100), {"slide_dimensions": [1000, 600]}) == (10.0, 12.0)
+    mask = tmp_path / "m.png"
+    assert mask_downsample((50, 100), {}, mask) is None
+    mask.with_suffix(".json").write_text(json.dumps({"slide_dimensions": [400, 200]}))
+    assert mask_downsample((50, 100), {}, mask) == (4.0, 4.0)
+
+
+def test_cli_heatmap_writes_annotations_with_the_tissue_mask(grid_slide, tmp_path):
+    from gigamil.cli import main
+
+    store = tmp_path / "c.zarr"
+    coords, _ = grid_slide.write(store)
+    _tissue_png(grid_slide, tmp_path / "mask.png")
+    att = np.zeros(len(coords), np.float32)
+    att[[4, 9]] = (1.0, 0.5)
+    np.save(tmp_path / "a.npy", att)
+    args = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "a.npy")]
+    args += ["--out", str(tmp_path / "hm"), "--tissue-mask", str(tmp_path / "mask.png")]
+    assert main([*args, "--top-k", "2", "--thumb-px", "64"]) == 0
+    geo = json.loads((tmp_path / "hm" / "annotations.geojson").read_text())
+    assert_qupath_geojson(geo)
+    classes = [f["properties"]["classification"]["name"] for f in geo["features"]]
+    assert classes == ["Tissue", "Attention top-k", "Attention top-k"]
+    assert [f["properties"]["measurements"]["patch_index"] for f in geo["features"][1:]] == [4, 9]
