@@ -1,5 +1,5 @@
-"""Rule heatmap: attention heatmap, patch gallery and QuPath GeoJSON of one slide
-(gigamil.viz.heatmap). Only the heatmaps section (minus the slide list) is a param, so changing
+"""Rule heatmap: attention heatmap, patch gallery and QuPath GeoJSON (patches; tissue and top-k
+annotations) of one slide (gigamil.viz.heatmap). Only the heatmaps section (minus the slide list) is a param, so changing
 a drawing option redraws the heatmaps and nothing else. The slides drawn (heatmaps.slides) are
 listed by eval_targets() (common.smk).
 """
@@ -48,6 +48,8 @@ rule heatmap:
         ),
         attention=f"{HEATMAP_DIR}/attention.npy",
         geojson=f"{HEATMAP_DIR}/patches.geojson",
+        # QuPath annotations: the tissue mask (input tissue) and the heatmaps.top_k patches
+        annotations=f"{HEATMAP_DIR}/annotations.geojson",
     log:
         layout.log_file("heatmap", EXPERIMENT, "{cohort}", "{slide_id}"),
     benchmark:

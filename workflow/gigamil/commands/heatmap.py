@@ -1,4 +1,5 @@
-"""``gigamil heatmap``: attention heatmap, patch gallery and QuPath GeoJSON of one slide."""
+"""``gigamil heatmap``: attention heatmap, patch gallery and QuPath GeoJSON of one slide
+(patches.geojson; annotations.geojson: the tissue mask and the top-k patches)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="slide file for the thumbnail (default: the store's recorded source_path)",
     )
     parser.add_argument("--slide-mpp", type=float, metavar="X", help="MPP override of the slide")
-    parser.add_argument("--tissue-mask", metavar="PNG", help="tissue mask to clip the overlay to")
+    parser.add_argument(
+        "--tissue-mask",
+        metavar="PNG",
+        help="tissue mask to clip the overlay to; also outlined (class Tissue) in "
+        "annotations.geojson",
+    )
     parser.add_argument(
         "--predictions",
         nargs="+",
@@ -39,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="colour scale (default: probability with --predictions, else relative)",
     )
-    parser.add_argument("--top-k", type=int, default=8, help="patches per gallery row (8)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=8,
+        help="patches per gallery row, and top-attention annotations in annotations.geojson (8)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (0.5)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (jet)")
     parser.add_argument("--thumb-px", type=int, default=800, help="thumbnail long side (800)")
