@@ -252,7 +252,25 @@ def test_predict_cohort_is_predicted_without_labels_or_metrics(full_run: Path):
         fold = pd.read_csv(res / f"predictions/demo/fold{k}/new.csv", keep_default_na=False)
         assert sorted(fold["slide_id"]) == NEW
     for sid in NEW[:2]:
-        assert (res / f"heatmaps/demo/new/{sid}/overlay.png").is_file()
+        hm = res / f"heatmaps/demo/new/{sid}"
+        assert (hm / "overlay.png").is_file()
+        # QuPath annotations: the tissue mask in level-0 px, inside the slide, and the top-k
+        # patches, each centred inside a tissue piece's bounding box
+        store = zarr.open_group(str(res / f"patches/new/{sid}.zarr"), mode="r")
+        w0, h0 = store.attrs["slide_dimensions"]
+        feats = json.loads((hm / "annotations.geojson").read_text())["features"]
+        boxes = []
+        for f in feats:
+            if f["properties"]["classification"]["name"] == "Tissue":
+                xs, ys = zip(*f["geometry"]["coordinates"][0], strict=True)
+                assert 0 <= min(xs) < max(xs) <= w0 and 0 <= min(ys) < max(ys) <= h0
+                boxes.append((min(xs), min(ys), max(xs), max(ys)))
+        top = [f for f in feats if f["properties"]["classification"]["name"] == "Attention top-k"]
+        assert boxes and len(top) == min(8, store["coords"].shape[0])  # heatmaps.top_k: 8
+        for f in top:
+            xs, ys = zip(*f["geometry"]["coordinates"][0], strict=True)
+            cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+            assert any(x0 <= cx <= x1 and y0 <= cy <= y1 for x0, y0, x1, y1 in boxes)
     assert (res / "qc/new.csv").is_file() and (res / "qc/new.html").is_file()
     # the CV is untouched by the unlabelled cohort
     folds = pd.read_csv(res / "splits/demo/folds.csv")
