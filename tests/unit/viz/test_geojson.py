@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gigamil.viz.geojson import mask_polygons, tissue_features
+from gigamil.viz.geojson import box_regions, mask_polygons, tissue_features, top_region_features
 from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, mask_downsample
 
 QUPATH_OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tmaCore"}
@@ -67,6 +67,10 @@ def assert_qupath_geojson(geo: dict[str, Any]) -> None:
             assert isinstance(props["isLocked"], bool)
 
 
+def _class(feature: dict[str, Any]) -> str:
+    return feature["properties"]["classification"]["name"]
+
+
 def _bbox(ring: Any) -> list[float]:
     arr = np.asarray(ring)
     return [arr[:, 0].min(), arr[:, 1].min(), arr[:, 0].max(), arr[:, 1].max()]
@@ -115,6 +119,57 @@ def test_tissue_features_are_classified_annotations_with_areas():
     assert feat["id"] == tissue_features(mask, (2.0, 2.0), "s")[0]["id"]  # the same every run
 
 
+def test_touching_boxes_merge_into_exact_regions():
+    s = 443.2  # a resampled patch's side: not a whole number of pixels
+    boxes = [
+        (0, 0),  # 0: with 1 and 2 an L of three patches
+        (s, 0),  # 1: shares an edge with 0
+        (0, s),  # 2
+        (3 * s, 3 * s),  # 3: alone (touches 4 at a corner only)
+        (4 * s, 4 * s),  # 4: alone
+        (10 * s, 0),  # 5: with 6, overlapping it by half
+        (10.5 * s, 0),  # 6
+    ]
+    xy = np.array(boxes, dtype=np.float64)
+    polygons, region = box_regions(np.column_stack([xy, xy + s]))
+    assert region.tolist() == [0, 0, 0, 2, 3, 1, 1]
+    ell = polygons[0]
+    assert len(ell) == 1
+    assert sorted(map(tuple, ell[0][:-1].tolist())) == sorted(
+        [(0, 0), (2 * s, 0), (2 * s, s), (s, s), (s, 2 * s), (0, 2 * s)]
+    )
+    _check_ring(ell[0], exterior=True)
+    assert _signed_area(ell[0]) == pytest.approx(3 * s * s)
+    assert _bbox(polygons[1][0]) == pytest.approx([10 * s, 0, 11.5 * s, s])
+    assert len(polygons[1][0]) == 5  # a plain rectangle: the overlap leaves no extra corners
+    # eight patches around a gap: a ring with a hole
+    xy = np.array([(x, y) for x in range(3) for y in range(3) if (x, y) != (1, 1)], float) * s
+    (ring,), region = box_regions(np.column_stack([xy, xy + s]))
+    assert (region == 0).all() and len(ring) == 2
+    _check_ring(ring[0], exterior=True)
+    _check_ring(ring[1], exterior=False)
+    assert _bbox(ring[1]) == [s, s, 2 * s, 2 * s]
+
+
+def test_region_features_group_the_top_patches_that_touch():
+    coords = np.array([[0, 0], [64, 0], [500, 500], [128, 0], [64, 64]], dtype=np.int64)
+    att = np.array([0.1, 0.4, 0.3, 0.05, 0.15])
+    top = np.argsort(-att, kind="stable")[:4]  # 1, 2, 4, 0: 1, 4 and 0 touch, 2 is alone
+    feats = top_region_features(coords, 64, att, top, "s")
+    assert_qupath_geojson({"type": "FeatureCollection", "features": feats})
+    (feat,) = feats
+    m = feat["properties"]["measurements"]
+    assert m == {
+        "region": 1,
+        "patches": 3,
+        "best_rank": 1,
+        "attention_sum": pytest.approx(0.65),
+        "attention_max": pytest.approx(0.4),
+    }
+    assert _class(feat) == "Attention top-k region"
+    assert _bbox(feat["geometry"]["coordinates"][0]) == [0, 0, 128, 128]
+
+
 def _tissue_png(grid_slide, path, downsample: int = 8) -> np.ndarray:
     """A mask over the whole grid slide: grid rows 1-4, cols 1-6, minus grid cell (2, 3)."""
     w0 = grid_slide.cols * grid_slide.patch + 40
@@ -148,7 +203,7 @@ def test_heatmap_writes_tissue_and_top_k_annotations(grid_slide, tmp_path):
     assert len(patches["features"]) == len(coords)  # today's file is unchanged beside it
 
     tissue = [f for f in geo["features"] if f["properties"]["classification"]["name"] == "Tissue"]
-    top = [f for f in geo["features"] if f["properties"]["classification"]["name"] != "Tissue"]
+    top = [f for f in geo["features"] if _class(f) == "Attention top-k"]
     (piece,) = tissue
     rings = piece["geometry"]["coordinates"]
     p = grid_slide.patch  # the mask's 8 px = one grid cell = 64 level-0 px
@@ -197,8 +252,16 @@ def test_annotations_without_a_mask_or_patches(grid_slide, tmp_path):
     make_heatmap(store2, att, tmp_path / "b", style=HeatmapStyle(top_k=3, thumb_px=64))
     geo = json.loads((tmp_path / "b" / "annotations.geojson").read_text())
     assert_qupath_geojson(geo)
+    # the top 3 are the last three cells of the bottom row: one region of 3 patches under them
     names = [f["properties"]["name"] for f in geo["features"]]
-    assert names == ["attention #1", "attention #2", "attention #3"]
+    assert names == ["attention region 1", "attention #1", "attention #2", "attention #3"]
+    region = geo["features"][0]
+    assert _class(region) == "Attention top-k region"
+    assert region["properties"]["measurements"]["patches"] == 3
+    p = grid_slide.patch
+    assert region["geometry"]["coordinates"] == [
+        [[8 * p, 6 * p], [5 * p, 6 * p], [5 * p, 5 * p], [8 * p, 5 * p], [8 * p, 6 * p]]
+    ]
 
 
 def test_mask_downsample_from_the_store_or_the_mask_sidecar(tmp_path):

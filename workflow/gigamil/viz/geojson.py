@@ -11,8 +11,9 @@ in qupath-core): ``properties.objectType`` (``tile``, ``annotation``, ...), ``na
   classified ``attention-high`` / ``attention-low`` by the normalised value, with the raw and
   normalised attention as measurements.
 - :func:`annotations_geojson` (``annotations.geojson``): annotations for QuPath's annotation
-  list: the tissue mask (class ``Tissue``, one Polygon with its holes per connected piece) and the
-  ``top_k`` highest-attention patches (class ``Attention top-k``, with their rank).
+  list: the tissue mask (class ``Tissue``, one Polygon with its holes per connected piece), the
+  ``top_k`` highest-attention patches (class ``Attention top-k``, with their rank) and, where
+  two or more of them overlap or touch, their merged outline (class ``Attention top-k region``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def patches_geojson(
 
 TISSUE_CLASS = {"name": "Tissue", "color": [0, 170, 80]}
 TOP_K_CLASS = {"name": "Attention top-k", "color": [255, 0, 200]}
+REGION_CLASS = {"name": "Attention top-k region", "color": [140, 0, 120]}
 _ID_NAMESPACE = uuid.UUID("5b1d2c7e-6f0a-4a39-9e43-2f4c7f1d9a10")  # gigamil annotations
 
 
@@ -91,6 +93,46 @@ def _signed_area(ring: np.ndarray) -> float:
     """Shoelace area of a closed (M, 2) x, y ring: positive when counter-clockwise with y up."""
     x, y = ring[:, 0], ring[:, 1]
     return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+def _outline_rings(mask: np.ndarray, exact: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Exterior rings (counter-clockwise with y up) and hole rings (clockwise) of a binary mask,
+    as closed (M, 2) x, y arrays in pixel-edge units (x = 0 .. W, y = 0 .. H); the mask's
+    ``True`` pixels are 4-connected.
+
+    Marching squares (:func:`skimage.measure.find_contours` at 0.5) passes through the midpoints
+    of the pixel edges between mask and background, cutting each corner through half a pixel;
+    ``exact`` replaces each step between two midpoints by the pixel corner they turn around,
+    which gives the outline along the pixel edges exactly (collinear corners dropped).
+    """
+    from skimage.measure import approximate_polygon, find_contours
+
+    mask = np.asarray(mask, dtype=bool)
+    exteriors: list[np.ndarray] = []
+    holes: list[np.ndarray] = []
+    if not mask.any():
+        return exteriors, holes
+    padded = np.pad(mask, 1).astype(np.float32)  # every outline closes inside the padding
+    for contour in find_contours(padded, 0.5, positive_orientation="high"):
+        if exact:
+            # consecutive midpoints share one marching square, whose centre is the corner
+            # floor(min) + 0.5 in padded pixel-centre units = floor(min) in edge units
+            ring = np.floor(np.minimum(contour[:-1], contour[1:]))[:, ::-1]
+            # keep the corners where the outline turns (its neighbours differ in x and in y)
+            turn = np.all(np.roll(ring, 1, axis=0) != np.roll(ring, -1, axis=0), axis=1)
+            ring = ring[turn]
+            ring = np.vstack([ring, ring[:1]])
+        else:
+            # (row, col) in padded pixel-centre units -> x, y in edge units
+            ring = approximate_polygon(contour[:, ::-1] - 0.5, tolerance=0.01)
+        if ring.shape[0] < 4:
+            continue
+        # with y down, positive_orientation "high" winds clockwise (y up) around the mask
+        if _signed_area(ring) < 0:
+            exteriors.append(ring[::-1])
+        else:
+            holes.append(ring[::-1])
+    return exteriors, holes
 
 
 def mask_polygons(mask: np.ndarray, downsample: tuple[float, float]) -> list[list[np.ndarray]]:
@@ -106,26 +148,12 @@ def mask_polygons(mask: np.ndarray, downsample: tuple[float, float]) -> list[lis
         One polygon per connected piece, largest first: a list of closed (M, 2) x, y rings, the
         exterior first (counter-clockwise with y up, RFC 7946) then its holes (clockwise).
     """
-    from skimage.measure import approximate_polygon, find_contours, points_in_poly
+    from skimage.measure import points_in_poly
 
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return []
     fx, fy = float(downsample[0]), float(downsample[1])
-    padded = np.pad(mask, 1).astype(np.float32)  # every outline closes inside the padding
-    exteriors: list[np.ndarray] = []
-    holes: list[np.ndarray] = []
-    for contour in find_contours(padded, 0.5, positive_orientation="high"):
-        # (row, col) of the padded mask -> x, y in mask pixels, then level-0 pixels
-        ring = approximate_polygon(contour[:, ::-1] - 0.5, tolerance=0.01)
-        if ring.shape[0] < 4:
-            continue
-        ring = ring * (fx, fy)
-        # with y down, positive_orientation "high" winds clockwise (y up) around tissue
-        if _signed_area(ring) < 0:
-            exteriors.append(ring[::-1])
-        else:
-            holes.append(ring[::-1])
+    exteriors, holes = _outline_rings(mask, exact=False)
+    exteriors = [r * (fx, fy) for r in exteriors]
+    holes = [r * (fx, fy) for r in holes]
     exteriors.sort(key=_signed_area, reverse=True)
     areas = [_signed_area(r) for r in exteriors]
     polygons: list[list[np.ndarray]] = [[r] for r in exteriors]
@@ -142,6 +170,47 @@ def mask_polygons(mask: np.ndarray, downsample: tuple[float, float]) -> list[lis
         if inside:
             polygons[min(inside, key=lambda i: areas[i])].append(hole)
     return polygons
+
+
+def box_regions(boxes: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:
+    """The union of axis-aligned boxes, one polygon per connected region, exactly.
+
+    Boxes that overlap or share an edge form one region (corner contact does not join). The
+    union is traced on the grid of the boxes' distinct edges (coordinate compression), so it is
+    exact for any coordinates.
+
+    Args:
+        boxes: (M, 4) x0, y0, x1, y1 (x0 < x1, y0 < y1).
+
+    Returns:
+        (polygons, region): the regions' polygons (exterior then holes, as
+        :func:`mask_polygons`) and the region index of each box.
+    """
+    from scipy import ndimage
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if boxes.shape[0] == 0:
+        return [], np.zeros(0, dtype=np.int64)
+    xe = np.unique(boxes[:, [0, 2]])
+    ye = np.unique(boxes[:, [1, 3]])
+    cols = np.searchsorted(xe, boxes[:, [0, 2]])
+    rows = np.searchsorted(ye, boxes[:, [1, 3]])
+    cells = np.zeros((ye.size - 1, xe.size - 1), dtype=bool)
+    for (c0, c1), (r0, r1) in zip(cols, rows, strict=True):
+        cells[r0:r1, c0:c1] = True
+    labels, n = ndimage.label(cells)  # 4-connected, as the outlines
+    region = labels[rows[:, 0], cols[:, 0]] - 1
+    polygons = []
+    for lab in range(1, n + 1):
+        exteriors, holes = _outline_rings(labels == lab, exact=True)
+        rings = [*exteriors[:1], *holes]  # one exterior: a 4-connected region
+        polygons.append(
+            [
+                np.column_stack([xe[r[:, 0].astype(np.int64)], ye[r[:, 1].astype(np.int64)]])
+                for r in rings
+            ]
+        )
+    return polygons, region
 
 
 def _rings_json(rings: Sequence[np.ndarray]) -> list[list[list[float]]]:
@@ -228,9 +297,53 @@ def top_attention_features(
     return features
 
 
-def annotations_geojson(tissue: list[dict[str, Any]], top: list[dict[str, Any]]) -> dict[str, Any]:
-    """FeatureCollection of the tissue annotations, then the top-k ones (drawn on top)."""
-    return {"type": "FeatureCollection", "features": [*tissue, *top]}
+def top_region_features(
+    coords: np.ndarray,
+    patch_size_level0: float,
+    attention: np.ndarray,
+    top: Sequence[int] | np.ndarray,
+    slide_id: str,
+) -> list[dict[str, Any]]:
+    """Regions of two or more of the patches ``top`` (highest attention first) that overlap or
+    share an edge, merged into one outline each (:func:`box_regions`): QuPath annotations
+    classified ``Attention top-k region``, with the number of patches, the best (lowest) rank
+    and the sum and maximum of their attention. Lone patches make no region."""
+    top = np.asarray(top, dtype=np.int64).reshape(-1)
+    s = float(patch_size_level0)
+    xy = np.asarray(coords, dtype=np.float64)[top].reshape(-1, 2)
+    polygons, region = box_regions(np.column_stack([xy, xy + s]))
+    groups = [np.flatnonzero(region == r) for r in range(len(polygons))]  # ranks - 1, ascending
+    order = sorted((g[0], r) for r, g in enumerate(groups) if g.size >= 2)
+    features = []
+    for n, (_, r) in enumerate(order, start=1):
+        att = attention[top[groups[r]]].astype(np.float64)
+        features.append(
+            {
+                "type": "Feature",
+                "id": _feature_id(slide_id, "region", *top[groups[r]].tolist()),
+                "geometry": {"type": "Polygon", "coordinates": _rings_json(polygons[r])},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"attention region {n}",
+                    "isLocked": True,
+                    "classification": dict(REGION_CLASS),
+                    "measurements": {
+                        "region": n,
+                        "patches": int(groups[r].size),
+                        "best_rank": int(groups[r][0]) + 1,
+                        "attention_sum": float(att.sum()),
+                        "attention_max": float(att.max()),
+                    },
+                },
+            }
+        )
+    return features
+
+
+def annotations_geojson(*groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """FeatureCollection of the given features in order (tissue, then regions, then the top-k
+    patches: later ones are drawn on top)."""
+    return {"type": "FeatureCollection", "features": [f for g in groups for f in g]}
 
 
 def write_geojson(data: dict[str, Any], path: str | Path) -> None:

@@ -11,8 +11,9 @@ smooth maps. Outputs in ``out_dir``:
 - ``attention.npy``: the raw attention (N,) float32 (the mean over fold models for an ensemble);
 - ``gallery.png``: the ``top_k`` highest- and lowest-attention patches;
 - ``patches.geojson``: one polygon per patch in level-0 pixels, with its attention, for QuPath;
-- ``annotations.geojson``: QuPath annotations of the tissue mask (class ``Tissue``) and of the
-  ``top_k`` highest-attention patches (class ``Attention top-k``), in level-0 pixels.
+- ``annotations.geojson``: QuPath annotations of the tissue mask (class ``Tissue``), of the
+  ``top_k`` highest-attention patches (class ``Attention top-k``) and of the regions where they
+  overlap or touch (class ``Attention top-k region``), in level-0 pixels.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from gigamil.viz.geojson import (
     patches_geojson,
     tissue_features,
     top_attention_features,
+    top_region_features,
     write_geojson,
 )
 from gigamil.viz.slide_info import SlidePrediction
@@ -461,7 +463,8 @@ def write_annotations(  # noqa: PLR0913 - the heatmap's pieces
     tissue_mask: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write annotations.geojson: the tissue mask (if given and the slide's level-0 size is
-    known) and the patches ``top`` as QuPath annotations (:mod:`gigamil.viz.geojson`)."""
+    known), the patches ``top`` and the regions where they touch as QuPath annotations
+    (:mod:`gigamil.viz.geojson`)."""
     tissue_annotations: list[dict[str, Any]] = []
     if tissue is not None:
         downsample = mask_downsample(tissue.shape, attrs, tissue_mask)
@@ -478,7 +481,8 @@ def write_annotations(  # noqa: PLR0913 - the heatmap's pieces
     top_annotations = top_attention_features(
         coords, patch_size_level0, attention, normalized, top, slide_id
     )
-    geo = annotations_geojson(tissue_annotations, top_annotations)
+    regions = top_region_features(coords, patch_size_level0, attention, top, slide_id)
+    geo = annotations_geojson(tissue_annotations, regions, top_annotations)
     write_geojson(geo, path)
     return geo
 
