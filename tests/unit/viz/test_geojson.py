@@ -142,6 +142,14 @@ def test_touching_boxes_merge_into_exact_regions():
     assert _signed_area(ell[0]) == pytest.approx(3 * s * s)
     assert _bbox(polygons[1][0]) == pytest.approx([10 * s, 0, 11.5 * s, s])
     assert len(polygons[1][0]) == 5  # a plain rectangle: the overlap leaves no extra corners
+    # whole-pixel coords of resampled patches leave gaps under 1 px: snap=1 joins them
+    xy = np.array([[0, 0], [444, 0], [0, 444]], dtype=np.float64)
+    boxes = np.column_stack([xy, xy + s])
+    assert box_regions(boxes)[1].tolist() == [0, 1, 2]
+    (joined,), region = box_regions(boxes, snap=1.0)
+    assert region.tolist() == [0, 0, 0] and len(joined) == 1
+    assert _bbox(joined[0]) == pytest.approx([0, 0, 444 + s, 444 + s])
+    assert _signed_area(joined[0]) == pytest.approx(3 * s * s, rel=0.01)
     # eight patches around a gap: a ring with a hole
     xy = np.array([(x, y) for x in range(3) for y in range(3) if (x, y) != (1, 1)], float) * s
     (ring,), region = box_regions(np.column_stack([xy, xy + s]))

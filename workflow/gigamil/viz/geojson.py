@@ -172,15 +172,28 @@ def mask_polygons(mask: np.ndarray, downsample: tuple[float, float]) -> list[lis
     return polygons
 
 
-def box_regions(boxes: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:
+def _snapped_edges(values: np.ndarray, snap: float) -> np.ndarray:
+    """The distinct values, those less than ``snap`` above the previous kept one dropped."""
+    v = np.unique(values)
+    if snap <= 0 or v.size < 2:
+        return v
+    keep = [0]
+    for i in range(1, v.size):
+        if v[i] - v[keep[-1]] > snap:
+            keep.append(i)
+    return v[keep]
+
+
+def box_regions(boxes: np.ndarray, snap: float = 0.0) -> tuple[list[list[np.ndarray]], np.ndarray]:
     """The union of axis-aligned boxes, one polygon per connected region, exactly.
 
     Boxes that overlap or share an edge form one region (corner contact does not join). The
     union is traced on the grid of the boxes' distinct edges (coordinate compression), so it is
-    exact for any coordinates.
+    exact for any coordinates; edges at most ``snap`` apart are first moved onto the lower one,
+    so boxes that leave a gap of up to ``snap`` between them join too.
 
     Args:
-        boxes: (M, 4) x0, y0, x1, y1 (x0 < x1, y0 < y1).
+        boxes: (M, 4) x0, y0, x1, y1 (x0 < x1, y0 < y1, sides longer than ``snap``).
 
     Returns:
         (polygons, region): the regions' polygons (exterior then holes, as
@@ -191,10 +204,10 @@ def box_regions(boxes: np.ndarray) -> tuple[list[list[np.ndarray]], np.ndarray]:
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if boxes.shape[0] == 0:
         return [], np.zeros(0, dtype=np.int64)
-    xe = np.unique(boxes[:, [0, 2]])
-    ye = np.unique(boxes[:, [1, 3]])
-    cols = np.searchsorted(xe, boxes[:, [0, 2]])
-    rows = np.searchsorted(ye, boxes[:, [1, 3]])
+    xe = _snapped_edges(boxes[:, [0, 2]], snap)
+    ye = _snapped_edges(boxes[:, [1, 3]], snap)
+    cols = np.searchsorted(xe, boxes[:, [0, 2]], side="right") - 1
+    rows = np.searchsorted(ye, boxes[:, [1, 3]], side="right") - 1
     cells = np.zeros((ye.size - 1, xe.size - 1), dtype=bool)
     for (c0, c1), (r0, r1) in zip(cols, rows, strict=True):
         cells[r0:r1, c0:c1] = True
@@ -305,13 +318,15 @@ def top_region_features(
     slide_id: str,
 ) -> list[dict[str, Any]]:
     """Regions of two or more of the patches ``top`` (highest attention first) that overlap or
-    share an edge, merged into one outline each (:func:`box_regions`): QuPath annotations
+    share an edge (within 1 level-0 px), merged into one outline each (:func:`box_regions`): QuPath annotations
     classified ``Attention top-k region``, with the number of patches, the best (lowest) rank
     and the sum and maximum of their attention. Lone patches make no region."""
     top = np.asarray(top, dtype=np.int64).reshape(-1)
     s = float(patch_size_level0)
     xy = np.asarray(coords, dtype=np.float64)[top].reshape(-1, 2)
-    polygons, region = box_regions(np.column_stack([xy, xy + s]))
+    # a resampled patch's side is fractional (e.g. 443.2 px) but the store's coords are whole
+    # pixels, so neighbours may leave up to 1 px between them: they still touch
+    polygons, region = box_regions(np.column_stack([xy, xy + s]), snap=1.0)
     groups = [np.flatnonzero(region == r) for r in range(len(polygons))]  # ranks - 1, ascending
     order = sorted((g[0], r) for r, g in enumerate(groups) if g.size >= 2)
     features = []
