@@ -197,3 +197,20 @@ def test_every_fold_trains_and_validates_on_every_class():
     for _, part in folds.groupby("fold"):
         for role in ("train", "val", "test"):
             assert set(part.loc[part.role == role, "label"]) == {"normal", "lesion"}
+
+
+def test_no_validation_part() -> None:
+    """cv.val_fraction 0: every non-test patient trains; two patients per class suffice."""
+    two = _sheet(
+        [(f"N{i}", "normal", 1) for i in range(2)] + [(f"L{i}", "lesion", 1) for i in range(2)]
+    )
+    folds = make_folds(two, 2, val_fraction=0.0)
+    assert set(folds["role"]) == {"train", "test"}
+    for _, part in folds.groupby("fold"):
+        for role in ("train", "test"):
+            assert set(part.loc[part.role == role, "label"]) == {"normal", "lesion"}
+    with pytest.raises(GigamilError, match="validation"):
+        make_folds(two, 2, val_fraction=0.2)
+    assert feasible_folds(2, validation=False) == [2] and feasible_folds(2) == []
+    with pytest.raises(GigamilError, match=r"in \[0, 1\)"):
+        make_folds(two, 2, val_fraction=1.0)

@@ -231,17 +231,20 @@ def assign_groups(
 MIN_PATIENTS_PER_CLASS = 3  # one each for a fold's test, training and validation parts
 
 
-def feasible_folds(n_patients: int) -> list[int]:
-    """The cv.folds values for which a class of ``n_patients`` can give every fold a test, a
-    training and a validation patient: K <= n and n - ceil(n / K) >= 2."""
-    return [k for k in range(2, n_patients + 1) if n_patients - math.ceil(n_patients / k) >= 2]
+def feasible_folds(n_patients: int, validation: bool = True) -> list[int]:
+    """The cv.folds values for which a class of ``n_patients`` can give every fold a test and a
+    training patient, and a validation patient when ``validation``: K <= n and
+    n - ceil(n / K) >= 2 (>= 1 without validation)."""
+    need = 2 if validation else 1
+    return [k for k in range(2, n_patients + 1) if n_patients - math.ceil(n_patients / k) >= need]
 
 
-def _fold_advice(n_min: int, cls: str, folds: int) -> str:
+def _fold_advice(n_min: int, cls: str, folds: int, validation: bool = True) -> str:
     """Advice that can be followed, for the smallest class (``n_min`` patients)."""
-    ok = feasible_folds(n_min)
+    ok = feasible_folds(n_min, validation)
     if not ok:
-        return f": add patients of class {cls!r} (at least {MIN_PATIENTS_PER_CLASS} per class)"
+        least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
+        return f": add patients of class {cls!r} (at least {least} per class)"
     if folds > max(ok):
         return f": lower cv.folds to at most {max(ok)} or add patients of class {cls!r}"
     if folds < min(ok):
@@ -252,12 +255,14 @@ def _fold_advice(n_min: int, cls: str, folds: int) -> str:
     return f": add patients of class {cls!r} or try another cv.seed"
 
 
-def _check_fold_classes(patients: pd.DataFrame, role: np.ndarray, per_class: pd.Series) -> None:
-    """Every fold's training and validation parts hold a patient of every class (else a fold
-    trains on one class, or validates on one, and its AUC means nothing)."""
+def _check_fold_classes(
+    patients: pd.DataFrame, role: np.ndarray, per_class: pd.Series, validation: bool = True
+) -> None:
+    """Every fold's training and (with ``validation``) validation parts hold a patient of every
+    class (else a fold trains on one class, or validates on one, and its AUC means nothing)."""
     labels = patients["label"].to_numpy()
     for k in range(role.shape[0]):
-        for part in ("train", "val"):
+        for part in ("train", "val") if validation else ("train",):
             for cls in per_class.index:
                 if not np.any((role[k] == part) & (labels == cls)):
                     n_test = int(np.sum((role[k] == "test") & (labels == cls)))
@@ -265,7 +270,7 @@ def _check_fold_classes(patients: pd.DataFrame, role: np.ndarray, per_class: pd.
                     raise GigamilError(
                         f"cv: fold {k}'s {name} part has no patient of class {cls!r} (that class "
                         f"has {int(per_class[cls])} patient(s), {n_test} in fold {k}'s test part)"
-                        + _fold_advice(int(per_class.min()), cls, role.shape[0])
+                        + _fold_advice(int(per_class.min()), cls, role.shape[0], validation)
                     )
 
 
@@ -282,7 +287,8 @@ def make_folds(
         sheet: slides of the train cohorts, columns cohort, slide_id, patient_id, label (+ the
             ``stratify_by`` columns).
         folds: K >= 2.
-        val_fraction: share of each training part's patients used for validation (0 < f < 1).
+        val_fraction: share of each training part's patients used for validation (0 <= f < 1;
+            0: no validation part, every fold model trains on all its non-test patients).
         seed: makes the assignment reproducible; another seed gives another balanced split.
         stratify_by: sheet columns (e.g. ``site`` or ``cohort``) to balance across folds.
 
@@ -294,8 +300,9 @@ def make_folds(
     """
     if folds < 2:
         raise GigamilError(f"cv.folds must be at least 2 (got {folds})")
-    if not 0.0 < val_fraction < 1.0:
-        raise GigamilError(f"cv.val_fraction must be between 0 and 1 (got {val_fraction})")
+    if not 0.0 <= val_fraction < 1.0:
+        raise GigamilError(f"cv.val_fraction must be in [0, 1) (got {val_fraction})")
+    validation = val_fraction > 0
     sheet = sheet.copy()
     for col in ("cohort", "slide_id", "patient_id", "label"):
         if col not in sheet.columns:
@@ -307,13 +314,15 @@ def make_folds(
 
     patients = patient_table(sheet, stratify_by)
     per_class = patients["label"].value_counts()
-    few = per_class[per_class < max(folds, MIN_PATIENTS_PER_CLASS)]
+    least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
+    few = per_class[per_class < max(folds, least)]
     if not few.empty:
         cls, n = few.index[0], int(few.iloc[0])
+        parts = "test, training and validation parts" if validation else "test and training parts"
         raise GigamilError(
             f"cv: class {cls!r} has {n} patient(s) but cv.folds is {folds}; every fold needs one "
-            f"patient of each class in its test, training and validation parts"
-            + _fold_advice(int(per_class.min()), cls, folds)
+            f"patient of each class in its {parts}"
+            + _fold_advice(int(per_class.min()), cls, folds, validation)
         )
     fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
 
@@ -321,6 +330,9 @@ def make_folds(
     for k in range(folds):
         role[k, fold_of == k] = "test"
         part = np.flatnonzero(fold_of != k)
+        if not validation:
+            role[k, part] = "train"
+            continue
         sub = patients.iloc[part].reset_index(drop=True)
         val_of = assign_groups(
             sub,
@@ -331,7 +343,7 @@ def make_folds(
         )
         role[k, part] = np.where(val_of == 0, "val", "train")
 
-    _check_fold_classes(patients, role, per_class)
+    _check_fold_classes(patients, role, per_class, validation)
     pid_index = {p: i for i, p in enumerate(patients["patient_id"])}
     rows = sheet[["cohort", "slide_id", "patient_id", "label"]]
     pidx = rows["patient_id"].map(pid_index).to_numpy()

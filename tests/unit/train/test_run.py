@@ -513,3 +513,17 @@ def test_bf16_compile_fallback_and_decode_threads(
         assert np.allclose(  # torch's 2 CPU threads round differently, to 1e-7
             np.load(tmp_path / "att1" / f"{sid}.npy"), np.load(tmp_path / "att2" / f"{sid}.npy")
         )
+
+
+def test_train_fold_without_validation(mil_bags, cohort, tmp_path: Path) -> None:
+    """cv.val_fraction 0: no validation slides; model.pt is the epoch of the lowest training loss."""
+    train, val = cohort
+    out = tmp_path / "noval"
+    path = train_fold(
+        train, val.iloc[0:0], mil_bags.classes, mil_bags.model, training(epochs=3), out
+    )
+    rows = read_log(out / "train_log.csv")
+    assert len(rows) == 3 and all(r["n_val_bags"] == "0" for r in rows)
+    losses = [float(r["train_loss"]) for r in rows]
+    best = int(torch.load(path, weights_only=True)["epoch"])
+    assert best == 1 + int(np.argmin(losses))
