@@ -11,6 +11,7 @@ import torch
 
 from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag
+from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.train.checkpoint import load_model
 from gigamil.train.loop import bag_probabilities
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _predict_bag(
-    model: torch.nn.Module, bag: ZarrBag, n_classes: int, chunk: int | None
+    model: torch.nn.Module, bag: ZarrBag | FeatureBag, n_classes: int, chunk: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (float64) and attention (float32, (N,)) of one bag; NaN
     probabilities and no attention for an empty bag."""
@@ -32,7 +33,26 @@ def _predict_bag(
     return prob, att.float().cpu().numpy().astype(np.float32)
 
 
-def _check_mpp(slide_id: str, bag: ZarrBag, model_mpp: float | None) -> None:
+def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None) -> None:
+    """The model reads what the bag holds: patches, or features of the model's encoder."""
+    if features is None and isinstance(bag, FeatureBag):
+        raise GigamilError(
+            f"slide {slide_id}: {bag.path} is a feature store but the model encodes patches; "
+            "give it the patch store"
+        )
+    if features is not None and not isinstance(bag, FeatureBag):
+        raise GigamilError(
+            f"slide {slide_id}: the model was trained on cached features of encoder "
+            f"{features['encoder_id']}; give it that feature store, not the patch store {bag.path}"
+        )
+    if features is not None and bag.encoder_id != features["encoder_id"]:  # type: ignore[union-attr]
+        raise GigamilError(
+            f"slide {slide_id}: features of encoder {bag.encoder_id} but the model was "  # type: ignore[union-attr]
+            f"trained on those of {features['encoder_id']}"
+        )
+
+
+def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None) -> None:
     mpp = store_mpp(bag)
     if mpp is None or model_mpp is None:
         return
@@ -57,7 +77,9 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
     :func:`gigamil.evaluate.aggregate.write_fold_predictions`). Writes
-    ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order). A slide without patches gets NaN probabilities, an empty ``pred`` and an
+    ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
+    a feature store has the rows of its patch store). ``slides.store`` is a patch store, or a
+    feature store of the encoder of a model trained on cached features. A slide without patches gets NaN probabilities, an empty ``pred`` and an
     empty attention array (there is nothing to classify; no guess is made).
     """
     torch.set_num_threads(max(1, int(threads)))
@@ -71,7 +93,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         check_slide_id(slide_id)
     rows = []
     for row in slides.itertuples(index=False):
-        bag = ZarrBag(row.store)
+        bag = open_bag(row.store)
+        _check_kind(row.slide_id, bag, ckpt.get("features"))
         if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
             raise GigamilError(
                 f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
