@@ -24,6 +24,7 @@ from gigamil.data.features import (
 )
 from gigamil.errors import GigamilError
 from gigamil.models.factory import build_mil_model
+from gigamil.nn.pooling import grid_adjacency
 from gigamil.train.checkpoint import load_model
 from gigamil.train.predict import predict_slides
 from gigamil.train.run import train_fold
@@ -96,6 +97,16 @@ def test_feature_store_keeps_rows_coords_grid(write_store, tmp_path: Path) -> No
     assert torch.equal(sub.load(), full[torch.as_tensor(sub.indices)])
     np.testing.assert_array_equal(sub.grid, grid[sub.indices])
     assert isinstance(open_bag(store), ZarrBag) and isinstance(open_bag(bag.path), FeatureBag)
+    # the grid adjacency (SmABMIL) is computed once per bag and kept (and is a subsample's own)
+    adj = bag.adjacency()
+    assert adj is bag.adjacency()
+    assert torch.equal(adj.to_dense(), grid_adjacency(grid).to_dense())
+    assert torch.equal(sub.adjacency().to_dense(), grid_adjacency(grid[sub.indices]).to_dense())
+    model = build_mil_model({"pool": "smabmil"}, 2, 32, feature_dim=64).eval()
+    with torch.inference_mode():
+        _, att = model(bag)
+        _, att_ref = model(full, adj=grid_adjacency(grid))
+    assert torch.allclose(att, att_ref)
     # an empty slide gives an empty store of the right width
     empty = write_store(tmp_path / "e.zarr", np.zeros((0, 32, 32, 3), np.uint8))
     ebag = FeatureBag(extract_features(empty, tmp_path / "fe.zarr", cfg, PATCHES, device="cpu"))

@@ -314,6 +314,7 @@ class FeatureBag:
         self._features = feats[pick]
         self.coords = np.asarray(arrays["coords"], dtype=np.int64).reshape(-1, 2)[pick]
         self.grid = np.asarray(arrays["grid"], dtype=np.int64).reshape(-1, 2)[pick]
+        self._adjacency: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self._features.shape[0])
@@ -348,7 +349,17 @@ class FeatureBag:
         view.indices = pick if self.indices is None else self.indices[pick]
         view._features = self._features[pick]
         view.coords, view.grid = self.coords[pick], self.grid[pick]
+        view._adjacency = None
         return view
+
+    def adjacency(self) -> torch.Tensor:
+        """The grid adjacency of the bag's rows (SmABMIL), computed once and kept: with cached
+        features, building it in every step would cost about as much as the head itself."""
+        if self._adjacency is None:
+            from gigamil.nn.pooling import grid_adjacency
+
+            self._adjacency = grid_adjacency(self.grid)
+        return self._adjacency
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return self._features[start:stop]
