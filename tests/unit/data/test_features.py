@@ -113,6 +113,34 @@ def test_feature_store_keeps_rows_coords_grid(write_store, tmp_path: Path) -> No
     assert len(ebag) == 0 and ebag.dim == 64
 
 
+def test_bags_beyond_the_memory_budget_read_from_disk(
+    write_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = write_store(tmp_path / "s.zarr", _patches(9), chunk=4)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    resident = FeatureBag(out)
+    assert resident.resident
+    monkeypatch.setattr(FeatureBag, "RESIDENT_BYTES", 0)
+    lazy = FeatureBag(out)
+    assert not lazy.resident and len(lazy) == 9
+    assert torch.equal(lazy.load(), resident.load())
+    assert torch.equal(torch.cat(list(lazy.chunks(4))), resident.load())
+    step = lazy.with_cache()
+    assert step.resident and not lazy.resident and torch.equal(step.load(), resident.load())
+    gen = torch.Generator().manual_seed(1)
+    sub = lazy.subsample(4, gen)
+    assert not sub.resident
+    assert torch.equal(sub.load(), resident.load()[torch.as_tensor(sub.indices)])
+    # the memory budget is given back when a resident bag is freed
+    before = FeatureBag._resident[0]
+    del resident, step
+    import gc
+
+    gc.collect()
+    assert FeatureBag._resident[0] < before
+
+
 def test_damaged_feature_chunk_is_named(write_store, tmp_path: Path) -> None:
     store = write_store(tmp_path / "s.zarr", _patches(6), chunk=3)
     cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
@@ -122,6 +150,9 @@ def test_damaged_feature_chunk_is_named(write_store, tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
     with pytest.raises(GigamilError, match=r"features/c/0/0"):
+        FeatureBag(out)
+    chunk.unlink()
+    with pytest.raises(GigamilError, match=r"chunk features/c/0/0 is missing"):
         FeatureBag(out)
 
 

@@ -22,12 +22,15 @@ copied from the patch store (same rows, same order), every chunk checksummed (CR
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from torch import nn
 
 from gigamil import __version__
 from gigamil.data.bags import ZarrBag
-from gigamil.data.store import _jsonable, read_patches
+from gigamil.data.store import _jsonable, chunk_key, damaged_store_error, read_patches
 from gigamil.errors import GigamilError
 from gigamil.fileutil import remove_stale_temporaries, temp_path
 from gigamil.nn.weights import is_weights_file, weights_sha256
@@ -285,11 +288,19 @@ def is_feature_store(path: str | Path) -> bool:
 
 
 class FeatureBag:
-    """A bag of cached features (``{slide_id}.zarr`` of :func:`write_feature_store`), held in
-    memory (N × D float16 is small); chunks are float32 tensors (n, D) in the store's row order.
-    Implements the ``BagSource`` protocol of ``MILModel`` and what the trainer needs of a
-    :class:`~gigamil.data.bags.ZarrBag` (``subsample``, ``with_cache``, ``attrs``, ``grid``,
-    ``coords``, ``patch_shape``)."""
+    """A bag of cached features (``{slide_id}.zarr`` of :func:`write_feature_store`); chunks are
+    float32 tensors (n, D) in the store's row order. Implements the ``BagSource`` protocol of
+    ``MILModel`` and what the trainer needs of a :class:`~gigamil.data.bags.ZarrBag`
+    (``subsample``, ``with_cache``, ``attrs``, ``grid``, ``coords``, ``patch_shape``).
+
+    The features of the bags a process opens are kept in memory (read once, at open) while they
+    total at most :data:`RESIDENT_BYTES`; the bags opened after that read their features from
+    disk when used (:meth:`with_cache` reads them once for a training step), so memory stays
+    bounded on large cohorts while small ones never touch the disk again.
+    """
+
+    RESIDENT_BYTES = 4 * 2**30  # features kept in memory by all open FeatureBags together
+    _resident = [0]  # bytes held now (shared by every instance; released when a bag is freed)
 
     def __init__(self, path: str | Path, indices: np.ndarray | None = None) -> None:
         self.path = Path(path)
@@ -300,27 +311,53 @@ class FeatureBag:
         self.attrs: dict[str, Any] = dict(group.attrs)
         if self.attrs.get("kind") != KIND or "features" not in group:
             raise GigamilError(f"{self.path}: not a gigamil feature store")
-        slide_id = str(self.attrs.get("slide_id", self.path.stem))
-        arrays = {
-            name: read_patches(group[name], self.path, slide_id)
-            for name in ("features", "coords", "grid")
+        self.slide_id = str(self.attrs.get("slide_id", self.path.stem))
+        self._array = group["features"]
+        _check_chunks_exist(self.path, self._array, self.slide_id)
+        self.store_len = int(self._array.shape[0])
+        rows = {
+            name: np.asarray(read_patches(group[name], self.path, self.slide_id), np.int64)
+            for name in ("coords", "grid")
         }
-        feats = arrays["features"]
-        self.store_len = int(feats.shape[0])
         if indices is not None:
             indices = np.asarray(indices, dtype=np.int64)
         self.indices = indices
         pick = slice(None) if indices is None else indices
-        self._features = feats[pick]
-        self.coords = np.asarray(arrays["coords"], dtype=np.int64).reshape(-1, 2)[pick]
-        self.grid = np.asarray(arrays["grid"], dtype=np.int64).reshape(-1, 2)[pick]
+        self.coords = rows["coords"].reshape(-1, 2)[pick]
+        self.grid = rows["grid"].reshape(-1, 2)[pick]
+        self._features: np.ndarray | None = None
         self._adjacency: torch.Tensor | None = None
+        nbytes = len(self) * int(np.prod(self._array.shape[1:])) * 2
+        if FeatureBag._resident[0] + nbytes <= self.RESIDENT_BYTES:
+            self._features = self._read()
+            FeatureBag._resident[0] += nbytes
+            weakref.finalize(self, FeatureBag._release, nbytes)
+
+    @staticmethod
+    def _release(nbytes: int) -> None:
+        FeatureBag._resident[0] -= nbytes
+
+    def _read(self) -> np.ndarray:
+        """The bag's rows of the stored features (float16 (n, D)), from disk."""
+        if self.indices is None:
+            return read_patches(self._array, self.path, self.slide_id)
+        if len(self.indices) == 0:
+            return np.zeros((0, *self._array.shape[1:]), np.float16)
+        return read_patches(self._array, self.path, self.slide_id, self.indices)
+
+    def _rows(self) -> np.ndarray:
+        return self._features if self._features is not None else self._read()
 
     def __len__(self) -> int:
-        return int(self._features.shape[0])
+        return self.store_len if self.indices is None else len(self.indices)
 
     def __repr__(self) -> str:
         return f"FeatureBag({str(self.path)!r}, n={len(self)})"
+
+    @property
+    def resident(self) -> bool:
+        """Whether the features are held in memory."""
+        return self._features is not None
 
     @property
     def encoder_id(self) -> str:
@@ -328,7 +365,7 @@ class FeatureBag:
 
     @property
     def dim(self) -> int:
-        return int(self.attrs.get("feature_dim", self._features.shape[-1]))
+        return int(self.attrs.get("feature_dim", self._array.shape[-1]))
 
     @property
     def patch_shape(self) -> tuple[int, int, int]:
@@ -337,17 +374,22 @@ class FeatureBag:
         return (px, px, 3)
 
     def with_cache(self, cache_bytes: int = 0) -> FeatureBag:  # noqa: ARG002 - ZarrBag's API
-        return self  # already in memory
+        """The bag itself when its features are in memory, else a view holding them (read once
+        from disk; drop it to free them)."""
+        if self._features is not None:
+            return self
+        view = copy.copy(self)
+        view._features = self._read()
+        return view
 
     def subsample(self, n: int, generator: torch.Generator | None = None) -> FeatureBag:
         """A view of at most ``n`` random instances (drawn with ``generator``), order kept."""
         if n >= len(self):
             return self
         pick = torch.randperm(len(self), generator=generator)[:n].sort().values.numpy()
-        view = object.__new__(FeatureBag)
-        view.__dict__.update(self.__dict__)
+        view = copy.copy(self)
         view.indices = pick if self.indices is None else self.indices[pick]
-        view._features = self._features[pick]
+        view._features = None if self._features is None else self._features[pick]
         view.coords, view.grid = self.coords[pick], self.grid[pick]
         view._adjacency = None
         return view
@@ -362,17 +404,26 @@ class FeatureBag:
         return self._adjacency
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return self._features[start:stop]
+        return self._rows()[start:stop]
 
     def load(self) -> torch.Tensor:
         """All features as one float32 tensor (N, D)."""
-        return torch.from_numpy(self._features.astype(np.float32))
+        return torch.from_numpy(self._rows().astype(np.float32))
 
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
         if size < 1:
             raise ValueError("chunk size must be >= 1")
+        data = self._rows()
         for s in range(0, len(self), size):
-            yield torch.from_numpy(self._features[s : s + size].astype(np.float32))
+            yield torch.from_numpy(data[s : s + size].astype(np.float32))
+
+
+def _check_chunks_exist(path: Path, arr: zarr.Array, slide_id: str) -> None:
+    """Every chunk file of ``features`` is present (each is written, also all-zero ones)."""
+    for index in itertools.product(*(range(n) for n in arr.cdata_shape)):
+        key = chunk_key(arr, index)
+        if not (path / key).is_file():
+            raise damaged_store_error(path, slide_id, key, "is missing")
 
 
 def open_bag(path: str | Path, prefetch: int = 2) -> ZarrBag | FeatureBag:
