@@ -88,6 +88,19 @@ def store_path(cohort: str, slide_id: str) -> str:
     return f"{RESULTS}/patches/{cohort}/{slide_id}.zarr"
 
 
+def feature_store(encoder_id: str, cohort: str, slide_id: str) -> str:
+    """The cached features of a slide under a frozen encoder (gigamil.data.features)."""
+    return f"{RESULTS}/features/{encoder_id}/{cohort}/{slide_id}.zarr"
+
+
+def bag_path(cohort: str, slide_id: str, encoder_id: str | None = None) -> str:
+    """What training and prediction read for a slide: its feature store when ``encoder_id``
+    (the frozen encoder's features are cached), else its patch store."""
+    if encoder_id is None:
+        return store_path(cohort, slide_id)
+    return feature_store(encoder_id, cohort, slide_id)
+
+
 def qc_csv(cohort: str) -> str:
     """The per-cohort QC table."""
     return f"{RESULTS}/qc/{cohort}.csv"
@@ -111,10 +124,11 @@ def qc_sample(slide_ids: Sequence[str], n: int = QC_THUMBNAILS_IN_REPORT) -> lis
     return [ids[round(i * (len(ids) - 1) / (n - 1))] for i in range(n)] if n > 1 else ids[:n]
 
 
-def with_stores(slides: pd.DataFrame) -> pd.DataFrame:
-    """``slides`` (``cohort``, ``slide_id``, ...) plus the ``store`` column the trainer reads."""
+def with_stores(slides: pd.DataFrame, encoder_id: str | None = None) -> pd.DataFrame:
+    """``slides`` (``cohort``, ``slide_id``, ...) plus the ``store`` column the trainer reads
+    (feature stores of ``encoder_id`` when given, see :func:`bag_path`)."""
     pairs = zip(slides["cohort"], slides["slide_id"], strict=True)
-    return slides.assign(store=[store_path(c, s) for c, s in pairs])
+    return slides.assign(store=[bag_path(c, s, encoder_id) for c, s in pairs])
 
 
 # ----------------------------------------------------------------------------- folds and models

@@ -134,6 +134,7 @@ class ModelConfig(_Section):
     weights: str | None = _default(_MODEL, "weights")
     freeze_encoder: bool = _default(_MODEL, "freeze_encoder")
     trainable_blocks: str | int = _default(_MODEL, "trainable_blocks")
+    feature_cache: bool = _default(_MODEL, "feature_cache")
     batchnorm: str = _default(_MODEL, "batchnorm")
     feature_norm: bool = _default(_MODEL, "feature_norm")
     pool: str = _default(_MODEL, "pool")

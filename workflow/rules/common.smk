@@ -27,6 +27,7 @@ from gigamil.config import (  # noqa: E402
     train_patient_overlap,
     validate_config,
 )
+from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402
 from gigamil.errors import ConfigError  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 
@@ -48,6 +49,15 @@ PREDICTED_COHORTS = TRAIN_COHORTS + EXTERNAL_COHORTS + PREDICT_COHORTS
 DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
+# the frozen encoder's feature cache (written by extract_features): its encoder_id, or None when the
+# encoder learns (or model.feature_cache is off) and training reads the patch stores
+FEATURE_ID = config_encoder_id(config)
+FEATURE_SPEC = (
+    encoder_spec(config["model"], config["preprocessing"]["patches"])
+    if FEATURE_ID
+    else None
+)
+FEATURE_GPUS = 1 if config["training"]["device"] == "cuda" else 0
 
 
 wildcard_constraints:
@@ -81,6 +91,14 @@ def slide_mpp_override(wildcards):
 def cohort_stores(cohorts):
     """Zarr stores of every slide of the given cohorts."""
     return [layout.store_path(c, s) for c in cohorts for s in cohort_slide_ids(c)]
+
+
+def cohort_bags(cohorts):
+    """What training and prediction read for the given cohorts: the feature stores of FEATURE_ID
+    when the frozen encoder's features are cached, else the patch stores."""
+    return [
+        layout.bag_path(c, s, FEATURE_ID) for c in cohorts for s in cohort_slide_ids(c)
+    ]
 
 
 def eval_targets():

@@ -5,7 +5,9 @@ train_fold reads only the train cohorts' stores and has only the model and train
 (and the classes) as params, so adding an external cohort never retrains. Each fold directory
 also holds last.pt, deliberately not a declared output: Snakemake leaves it in place when a job
 dies, and the trainer resumes from it (it ignores a last.pt written with another configuration).
-GPU jobs ask for gpu=1 only when training.device is cuda.
+GPU jobs ask for gpu=1 only when training.device is cuda. With a frozen encoder whose features are
+cached (FEATURE_ID), both rules read the feature stores of rule extract_features instead of the
+patch stores.
 """
 
 from gigamil.settings import TrainingConfig
@@ -21,7 +23,7 @@ MODEL_DIR = layout.model_dir(EXPERIMENT, "{fold}")
 rule train_fold:
     input:
         folds=FOLDS_CSV,
-        stores=cohort_stores(TRAIN_COHORTS),
+        stores=cohort_bags(TRAIN_COHORTS),
     output:
         model=f"{MODEL_DIR}/model.pt",
         train_log=f"{MODEL_DIR}/train_log.csv",
@@ -40,6 +42,7 @@ rule train_fold:
         model=config["model"],
         training=TRAINING_PARAMS,
         classes=CLASSES,
+        features=FEATURE_ID,
     script:
         "../scripts/train_fold.py"
 
@@ -80,7 +83,7 @@ rule predict_fold:
             if config["cohorts"][wc.cohort]["role"] != "train"
             else []
         ),
-        stores=lambda wc: cohort_stores([wc.cohort]),
+        stores=lambda wc: cohort_bags([wc.cohort]),
     output:
         csv=layout.prediction_csv(EXPERIMENT, "{fold}", "{cohort}"),
         attention=directory(layout.attention_dir(EXPERIMENT, "{fold}", "{cohort}")),
@@ -98,6 +101,7 @@ rule predict_fold:
     params:
         role=lambda wc: config["cohorts"][wc.cohort]["role"],
         classes=CLASSES,
+        features=FEATURE_ID,
         device=config["training"]["device"],
         max_instances=config["training"]["max_instances_per_forward_pass"],
     script:

@@ -30,7 +30,7 @@ else:
     slides = sheet[["cohort", "slide_id", "patient_id", "label"]]
 preds = predict_slides(
     Path(snakemake.input.model),
-    layout.with_stores(slides),
+    layout.with_stores(slides, snakemake.params.features),
     None,
     Path(snakemake.output.attention),
     device=snakemake.params.device,

@@ -16,8 +16,9 @@ from gigamil.train.run import train_fold
 
 fold = int(snakemake.wildcards.fold)
 folds = read_folds(snakemake.input.folds)
-train_df = layout.with_stores(fold_slides(folds, fold, "train"))
-val_df = layout.with_stores(fold_slides(folds, fold, "val"))
+features = snakemake.params.features  # encoder_id of the feature cache, or None: patch stores
+train_df = layout.with_stores(fold_slides(folds, fold, "train"), features)
+val_df = layout.with_stores(fold_slides(folds, fold, "val"), features)
 out_dir = Path(snakemake.output.model).parent
 gpus = int(snakemake.resources.get("gpu", 0) or 0)
 if gpus > 1:

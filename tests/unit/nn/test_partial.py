@@ -102,11 +102,45 @@ def test_resnet_stages_and_errors() -> None:
     assert out.shape == (2, 512) and out.requires_grad
     with pytest.raises(ConfigError, match="has 4 stages"):
         build_encoder("resnet18", None, 32, trainable_blocks=5)
-    with pytest.raises(ConfigError, match="needs a ViT or a ResNet"):
-        build_encoder("smallcnn", None, 32, trainable_blocks=1)
+    with pytest.raises(ConfigError, match="needs a ViT, a ResNet or smallcnn"):
+        build_encoder("vit_b_16", None, 32, trainable_blocks=1)
+    with pytest.raises(ConfigError, match="smallcnn has 4 conv blocks"):
+        build_encoder("smallcnn", None, 32, trainable_blocks=5)
     with pytest.raises(ConfigError, match="contradicts"):
         build_mil_model(
             {"encoder": "resnet18", "freeze_encoder": True, "trainable_blocks": 1}, 2, 32
         )
     frozen = build_mil_model({"encoder": "smallcnn", "trainable_blocks": 0}, 2, 32)
     assert not any(p.requires_grad for p in frozen.feature_encoder.parameters())
+
+
+def smallcnn_mil(trainable: str | int) -> MILModel:
+    torch.manual_seed(0)
+    enc, dim = build_encoder("smallcnn", None, 32, "frozen", trainable_blocks=trainable)
+    pre = PatchPreprocess(flips=True, rot90=True, color_jitter=0.2)
+    head = AttentionHead(dim, n_classes=2, att_dim=6)
+    return MILModel(nn.Sequential(pre, enc), head, BagLoss("ce")).double().train()
+
+
+@pytest.mark.parametrize("n_top", [1, 3])
+def test_smallcnn_last_blocks_learn_with_exact_chunked_gradients(n_top) -> None:
+    part, full = smallcnn_mil(n_top), smallcnn_mil("all")
+    enc = part.feature_encoder[1]
+    cut = (4 - n_top) * 3  # conv, BatchNorm, ReLU per block
+    learn = {k for k, p in enc.named_parameters() if p.requires_grad}
+    assert learn == {k for k, _ in enc.named_parameters() if int(k.split(".")[1]) >= cut}
+    assert not enc.net[0].training and not enc.net[1].training  # the trunk stays in eval mode
+    assert all(not p.requires_grad for p in smallcnn_mil(0).feature_encoder.parameters())
+    seen: list[bool] = []
+    enc.net[2].register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))  # ReLU
+    bag = torch.randint(0, 256, (9, 32, 32, 3), dtype=torch.uint8)
+    torch.manual_seed(3)
+    ref = full.forward_train(bag, 1)
+    torch.manual_seed(3)
+    step = part.forward_train(bag, 1, max_instances_per_forward_pass=4)
+    assert abs(step.loss - ref.loss) < 1e-12
+    g_full, g_part = grads(full), grads(part)
+    assert set(g_part) == {k for k, p in part.named_parameters() if p.requires_grad}
+    for k, g in g_part.items():
+        assert torch.allclose(g, g_full[k], rtol=1e-9, atol=1e-12), k
+    assert seen and set(seen) == {False}  # the trunk never ran with grad

@@ -21,15 +21,20 @@ def build_mil_model(
     patch_px: int,
     augment: Mapping[str, Any] | AugmentConfig | None = None,
     loss_fn: nn.Module | None = None,
+    feature_dim: int | None = None,
 ) -> MILModel:
     """Encoder (with preprocessing/augmentation in front) + attention head + loss.
 
     ``model_cfg``: the ``model:`` section (missing keys take the schema defaults).
     ``augment``: ``{flips, rot90, color_jitter, stain_jitter}`` (applied in training mode only; None: none).
+    ``feature_dim``: the model reads cached features (n, feature_dim) of the frozen encoder
+    (gigamil.data.features): its feature encoder is the identity, only the head is built.
     """
     cfg = ModelConfig.from_dict(model_cfg)
     if cfg.pool not in POOLS:
         raise ConfigError(f"model.pool: {cfg.pool!r} is not one of {', '.join(POOLS)}")
+    if feature_dim is not None:
+        return MILModel(nn.Identity(), _head(cfg, int(feature_dim), n_classes), loss_fn)
     trainable = cfg.trainable_blocks
     if cfg.freeze_encoder:  # the older spelling of trainable_blocks: 0
         if trainable not in ("all", 0):
@@ -53,7 +58,11 @@ def build_mil_model(
             mean=mean,
             std=std,
         )
-    head = AttentionHead(
+    return MILModel(nn.Sequential(pre, encoder), _head(cfg, dim, n_classes), loss_fn)
+
+
+def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
+    return AttentionHead(
         dim,
         n_classes=n_classes,
         att_dim=cfg.att_dim,
@@ -63,4 +72,3 @@ def build_mil_model(
         instance_loss=cfg.instance_loss,
         instance_top_k=cfg.instance_top_k,
     )
-    return MILModel(nn.Sequential(pre, encoder), head, loss_fn)

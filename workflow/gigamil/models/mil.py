@@ -126,12 +126,16 @@ class MILModel(nn.Module):
 
     def _adjacency(self, bag: Bag, adj: torch.Tensor | None) -> torch.Tensor | None:
         if adj is None and getattr(self.attention_model, "needs_adj", False):
+            cached = getattr(bag, "adjacency", None)  # a bag that keeps its adjacency
             grid = getattr(bag, "grid", None)
-            if grid is None:
+            if callable(cached):
+                adj = cached()
+            elif grid is None:
                 raise ValueError("the attention model needs `adj` (or a bag with a .grid)")
-            from gigamil.nn.pooling import grid_adjacency
+            else:
+                from gigamil.nn.pooling import grid_adjacency
 
-            adj = grid_adjacency(grid)
+                adj = grid_adjacency(grid)
         return None if adj is None else adj.to(self.device)
 
     def _head(self, h: torch.Tensor, adj: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

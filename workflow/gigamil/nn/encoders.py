@@ -48,8 +48,14 @@ BATCHNORM_MODES = ("frozen", "train", "groupnorm")
 class SmallCNN(nn.Module):
     """A small CPU-friendly CNN: four 3×3 conv blocks (three with stride 2), global average pool.
 
-    Input (n, in_ch, H, W) float, output (n, out_dim).
+    Input (n, in_ch, H, W) float, output (n, out_dim). :meth:`set_trainable_blocks` (``model.
+    trainable_blocks: N``, 1-4) freezes all but the last N conv blocks: the leading blocks (the
+    trunk) get no gradient, stay in eval mode and run under ``torch.no_grad``, as the ViT/ResNet
+    trunks of :class:`gigamil.nn.partial.SplitEncoder`.
     """
+
+    N_BLOCKS = 4
+    LAYERS_PER_BLOCK = 3  # conv, BatchNorm, ReLU (the last block adds the pool and flatten)
 
     def __init__(self, in_ch: int = 3, width: int = 16, out_dim: int = 64) -> None:
         super().__init__()
@@ -70,20 +76,51 @@ class SmallCNN(nn.Module):
         ]
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
+        self.n_top: int | None = None
         for m in self.modules():  # He initialisation (as torchvision's ResNets): activations keep
             if isinstance(m, nn.Conv2d):  # their scale even when BatchNorm is frozen at init
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def extra_repr(self) -> str:
+        return f"trainable_blocks={'all' if self.n_top is None else self.n_top}"
+
+    def _cut(self) -> int:
+        """Index in ``net`` of the first trainable layer (0: everything trains)."""
+        if self.n_top is None:
+            return 0
+        return (self.N_BLOCKS - self.n_top) * self.LAYERS_PER_BLOCK
+
+    def set_trainable_blocks(self, n: int | None) -> None:
+        """Freeze all but the last ``n`` conv blocks (None: train everything)."""
+        if n is not None and n > self.N_BLOCKS:
+            raise ConfigError(
+                f"model.trainable_blocks: {n} but smallcnn has {self.N_BLOCKS} conv blocks"
+            )
+        self.n_top = n
+        self.requires_grad_(n is None or n > 0)
+        for layer in list(self.net)[: self._cut()]:
+            layer.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SmallCNN:
+        super().train(mode)
+        for layer in list(self.net)[: self._cut()]:  # the frozen trunk stays in eval mode
+            layer.train(False)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cut = self._cut()
+        if cut:
+            with torch.no_grad():
+                x = self._run(x, 0, cut)
+        return self._run(x, cut, len(self.net))
+
+    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         layers = self.net
-        i = 0
-        while i < len(layers):  # (n, C, H, W) → ... → (n, out_dim)
+        i = start
+        while i < stop:  # (n, C, H, W) → ... → (n, out_dim)
             m = layers[i]
-            if (
-                isinstance(m, nn.Conv2d)
-                and i + 1 < len(layers)
-                and _uses_running_stats(layers[i + 1])
-            ):
+            if isinstance(m, nn.Conv2d) and i + 1 < stop and _uses_running_stats(layers[i + 1]):
                 x = conv_bn_eval(x, m, layers[i + 1])
                 i += 2
             else:
@@ -278,10 +315,13 @@ def build_encoder(  # noqa: PLR0913 - one config section's keys
     if n_top == 0:
         module.requires_grad_(False)
     elif n_top is not None:
+        if isinstance(module, SmallCNN):
+            module.set_trainable_blocks(n_top)
+            return module, int(dim)
         if not isinstance(module, SplitEncoder):
             if not name.startswith("resnet"):
                 raise ConfigError(
-                    f"model.trainable_blocks: an integer needs a ViT or a ResNet encoder, not "
+                    f"model.trainable_blocks: an integer needs a ViT, a ResNet or smallcnn, not "
                     f"{name} (use all or 0; for a ViT-B/16 use timm:vit_base_patch16_224)"
                 )
             module = SplitEncoder(module)

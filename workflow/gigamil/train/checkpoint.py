@@ -85,11 +85,14 @@ def model_header(
     patch_px: int,
     patch_mpp: float | None = None,
     weights_sha256: str | None = None,
+    features: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
     the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
-    of ``model.weights`` the encoder started from, None for random initialisation)."""
-    return {
+    of ``model.weights`` the encoder started from, None for random initialisation;
+    ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
+    holds no encoder)."""
+    header = {
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
         "patch_px": int(patch_px),
@@ -97,6 +100,12 @@ def model_header(
         "weights_sha256": weights_sha256,
         "gigamil_version": __version__,
     }
+    if features is not None:
+        header["features"] = {
+            "encoder_id": str(features["encoder_id"]),
+            "dim": int(features["dim"]),
+        }
+    return header
 
 
 def model_checkpoint(
@@ -151,7 +160,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[MILModel, dict[str, Any]]:
-    """Rebuild the model of a ``model.pt``; returns ``(model in eval mode, checkpoint dict)``."""
+    """Rebuild the model of a ``model.pt``; returns ``(model in eval mode, checkpoint dict)``
+    (the attention head alone when the checkpoint has ``features``: it reads cached features)."""
     ckpt = load_checkpoint(path)
     missing = [k for k in ("state_dict", "model_config", "classes", "patch_px") if k not in ckpt]
     if missing:
@@ -159,7 +169,13 @@ def load_model(
     model_cfg = dict(ckpt["model_config"])
     model_cfg["weights"] = None  # the state dict holds the trained weights
     model_cfg.setdefault("feature_norm", False)  # model.pt files written before the key existed
-    model = build_mil_model(model_cfg, len(ckpt["classes"]), int(ckpt["patch_px"]))
+    features = ckpt.get("features")
+    model = build_mil_model(
+        model_cfg,
+        len(ckpt["classes"]),
+        int(ckpt["patch_px"]),
+        feature_dim=None if features is None else int(features["dim"]),
+    )
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.to(device).eval(), ckpt
 

@@ -16,6 +16,7 @@ from gigamil.data.bags import ZarrBag
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.models.mil import MILModel
+from gigamil.nn.rng import manual_seed
 from gigamil.train.amp import Optimization
 from gigamil.train.distributed import DistInfo, all_reduce_gradients, all_reduce_sum
 
@@ -174,7 +175,7 @@ def train_epoch(
 def _training_bag(item: BagItem, seed: int, max_instances: int | None) -> ZarrBag:
     """The bag as trained: seeds torch's RNG with ``seed`` (augmentation, dropout), subsamples
     ``max_instances`` instances with ``seed + 1``, and caches it for both GradCache passes."""
-    torch.manual_seed(seed)
+    manual_seed(seed)  # torch.manual_seed, cheaper on CPU-only machines
     bag = item.bag
     if max_instances is not None and len(bag) > max_instances:
         bag = bag.subsample(max_instances, torch.Generator().manual_seed(seed + 1))

@@ -12,6 +12,7 @@ import torch
 
 from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag
+from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.logutil import current_context, log_context
 from gigamil.train.accel import prepare_model
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _predict_bag(
-    model: torch.nn.Module, bag: ZarrBag, n_classes: int, chunk: int | None
+    model: torch.nn.Module, bag: ZarrBag | FeatureBag, n_classes: int, chunk: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (float64) and attention (float32, (N,)) of one bag; NaN
     probabilities and no attention for an empty bag."""
@@ -35,7 +36,26 @@ def _predict_bag(
     return prob, att.float().cpu().numpy().astype(np.float32)
 
 
-def _check_mpp(slide_id: str, bag: ZarrBag, model_mpp: float | None) -> None:
+def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None) -> None:
+    """The model reads what the bag holds: patches, or features of the model's encoder."""
+    if features is None and isinstance(bag, FeatureBag):
+        raise GigamilError(
+            f"slide {slide_id}: {bag.path} is a feature store but the model encodes patches; "
+            "give it the patch store"
+        )
+    if features is not None and not isinstance(bag, FeatureBag):
+        raise GigamilError(
+            f"slide {slide_id}: the model was trained on cached features of encoder "
+            f"{features['encoder_id']}; give it that feature store, not the patch store {bag.path}"
+        )
+    if features is not None and bag.encoder_id != features["encoder_id"]:  # type: ignore[union-attr]
+        raise GigamilError(
+            f"slide {slide_id}: features of encoder {bag.encoder_id} but the model was "  # type: ignore[union-attr]
+            f"trained on those of {features['encoder_id']}"
+        )
+
+
+def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None) -> None:
     mpp = store_mpp(bag)
     if mpp is None or model_mpp is None:
         return
@@ -61,7 +81,9 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
     :func:`gigamil.evaluate.aggregate.write_fold_predictions`). Writes
-    ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order). A slide without patches gets NaN probabilities, an empty ``pred`` and an
+    ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
+    a feature store has the rows of its patch store). ``slides.store`` is a patch store, or a
+    feature store of the encoder of a model trained on cached features. A slide without patches gets NaN probabilities, an empty ``pred`` and an
     empty attention array (there is nothing to classify; no guess is made).
 
     Logs one line per slide (``slide 3/12 s1: 812 patches, P(lesion) 0.973 -> lesion (2.1 s)``),
@@ -107,7 +129,8 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     rows = []
     for i, row in enumerate(slides.itertuples(index=False), start=1):
         t0 = time.monotonic()
-        bag = ZarrBag(row.store, workers=threads, pin_memory=dev.type == "cuda")
+        bag = open_bag(row.store, workers=threads, pin_memory=dev.type == "cuda")
+        _check_kind(row.slide_id, bag, ckpt.get("features"))
         if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
             raise GigamilError(
                 f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from gigamil.data.bags import ZarrBag
+from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
 from gigamil.models.factory import build_mil_model
@@ -87,7 +88,7 @@ def _open_bags(
     items = []
     for row in df.itertuples(index=False):
         label = _label_index(row.label, classes, row.slide_id)
-        bag = ZarrBag(row.store, workers=feed.workers, pin_memory=feed.pin_memory)
+        bag = open_bag(row.store, workers=feed.workers, pin_memory=feed.pin_memory)
         if len(bag) == 0:
             log.warning("%s: slide %s has no patches (no tissue); skipped", what, row.slide_id)
             continue
@@ -120,7 +121,7 @@ class Feed(NamedTuple):
 MPP_TOLERANCE = 0.01  # relative: patches of two slides (or slide and model) must agree to 1 %
 
 
-def store_mpp(bag: ZarrBag) -> float | None:
+def store_mpp(bag: ZarrBag | FeatureBag) -> float | None:
     """The µm/px of a store's patches (``effective_mpp``, else ``target_mpp``); None if the
     store does not say (a positive number is required)."""
     for key in ("effective_mpp", "target_mpp"):
@@ -147,6 +148,24 @@ def _patch_mpp(items: Sequence[BagItem]) -> float | None:
     return float(np.median(list(known.values())))
 
 
+def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
+    """``{encoder_id, dim}`` when every bag is a feature store of one encoder, None when every
+    bag is a patch store; GigamilError for a mix."""
+    kinds = {isinstance(it.bag, FeatureBag) for it in items}
+    if kinds == {False}:
+        return None
+    if kinds != {True}:
+        raise GigamilError("some slides are patch stores and some feature stores; use one kind")
+    ids = {(it.bag.encoder_id, it.bag.dim) for it in items}  # type: ignore[union-attr]
+    if len(ids) != 1:
+        raise GigamilError(
+            f"feature stores of different encoders {sorted(i for i, _ in ids)}; "
+            "extract every slide with the same encoder"
+        )
+    encoder, dim = next(iter(ids))
+    return {"encoder_id": encoder, "dim": dim}
+
+
 @dataclass(frozen=True)
 class FoldData:
     """The opened bags of one fold."""
@@ -156,6 +175,7 @@ class FoldData:
     val: list[BagItem]
     patch_px: int
     patch_mpp: float | None = None
+    features: dict[str, Any] | None = None  # {encoder_id, dim}: bags of cached features
 
     @classmethod
     def open(
@@ -179,7 +199,14 @@ class FoldData:
                 f"({', '.join(map(str, classes))}); give it slides of each"
             )
         items = train_items + val_items
-        return cls(list(classes), train_items, val_items, _patch_px(items), _patch_mpp(items))
+        return cls(
+            list(classes),
+            train_items,
+            val_items,
+            _patch_px(items),
+            _patch_mpp(items),
+            _features(items),
+        )
 
 
 def _int_or_none(value: float | None) -> int | None:
@@ -266,12 +293,22 @@ class FoldTrainer:
         if tcfg.class_weights == "balanced":
             weights = balanced_class_weights([it.label for it in data.train], n_classes)
         torch.manual_seed(tcfg.seed)
+        features = data.features
+        if features is not None:
+            log.info(
+                "training the attention head on cached features of encoder %s (%s, dim %d); "
+                "patch augmentation (training.augment) is not applied to cached features",
+                model_cfg.encoder,
+                features["encoder_id"],
+                features["dim"],
+            )
         self.model = build_mil_model(
             model_cfg,
             n_classes,
             data.patch_px,
             tcfg.augment,
             BagLoss(tcfg.loss, weights, label_smoothing=tcfg.label_smoothing),
+            feature_dim=None if features is None else features["dim"],
         ).to(device)
         self.val_loss_fn = BagLoss(tcfg.loss).to(device)
         amp = AmpScaler(tcfg.amp, device)
@@ -295,6 +332,7 @@ class FoldTrainer:
             "training": tcfg.resume_signature(),
             "train": sorted(it.slide_id for it in data.train),
             "val": sorted(it.slide_id for it in data.val),
+            "features": features,
         }
         self.saver = CheckpointSaver(out_dir, signature, enabled=info.is_main)
         digest = weights_sha256(model_cfg.weights, model_cfg.encoder)
@@ -303,7 +341,7 @@ class FoldTrainer:
                 "encoder %s, weights %s (sha256 %s)", model_cfg.encoder, model_cfg.weights, digest
             )
         self.header = model_header(
-            model_cfg.to_dict(), data.classes, data.patch_px, data.patch_mpp, digest
+            model_cfg.to_dict(), data.classes, data.patch_px, data.patch_mpp, digest, features
         )
         self.settings = EpochSettings(
             seed=tcfg.seed,

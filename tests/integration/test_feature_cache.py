@@ -1,0 +1,132 @@
+"""The feature cache of a frozen encoder in the real workflow (issue 13, item 4): rule
+extract_features writes results/features/{encoder_id}/{cohort}/{slide_id}.zarr, train_fold reads
+them, and `snakemake --dry-run` after a training-only or head-only change schedules no
+extraction, while a change of the encoder does. The workflow is copied into a temporary
+directory and run once, for real, with a tiny frozen-encoder configuration (up to the CV
+summary); every case then asks `snakemake --dry-run` what a rerun would do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from wfutil import copy_workflow, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+FOLDS = 2
+PATIENTS = 8  # of the demo's 12 (16 of its 24 slides), 4 per class
+FROZEN: dict = {
+    "model": {"trainable_blocks": 0},
+    "training": {"epochs": 2, "early_stopping": {"patience": 2}},
+    "cv": {"folds": FOLDS},
+    "ensemble": {"enabled": False},
+    "heatmaps": {"slides": "none"},
+}
+TARGET = "results/eval/demo/summary.json"
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
+    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--cores", "2", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout + 30
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
+    return out
+
+
+def planned(workdir: Path) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a rerun of TARGET would execute (`snakemake --dry-run`)."""
+    out = snakemake(workdir, "--dry-run", TARGET)
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in out.splitlines():
+        head = re.match(r"^\s*(?:local)?rule (\w+):\s*$", line)
+        if head:
+            jobs.append((head.group(1), {}))
+            continue
+        wc = re.match(r"^\s+wildcards: (.+)$", line)
+        if wc and jobs:
+            jobs[-1][1].update(kv.split("=", 1) for kv in wc.group(1).split(", "))
+    if not jobs:
+        assert "Nothing to be done" in out, out[-4000:]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("features") / "work", FROZEN, PATIENTS)
+    snakemake(workdir, TARGET, timeout=900)
+    return workdir
+
+
+@pytest.fixture()
+def workdir(done: Path):
+    original = (done / "config.yaml").read_text()
+    yield done
+    (done / "config.yaml").write_text(original)
+
+
+def _config(workdir: Path) -> dict:
+    return yaml.safe_load((workdir / "config.yaml").read_text())
+
+
+def test_frozen_run_trains_from_the_feature_stores(workdir: Path):
+    stores = sorted((workdir / "results" / "features").glob("*/demo/*.zarr"))
+    assert len(stores) == 2 * PATIENTS, stores  # every slide of the cohort, one encoder_id
+    assert len({p.parent.parent.name for p in stores}) == 1
+    encoder_id = stores[0].parent.parent.name
+    assert re.fullmatch(r"smallcnn-[0-9a-f]{12}", encoder_id)
+    log = (workdir / "logs" / "train_fold" / "demo" / "fold0.log").read_text()
+    assert f"cached features of encoder smallcnn ({encoder_id}" in log
+    assert "patch augmentation (training.augment) is not applied" in log
+    assert planned(workdir) == []
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("training", "lr", 0.001),
+        ("training", "epochs", 3),
+        ("model", "att_dim", 32),
+        ("model", "pool", "abmil"),
+    ],
+)
+def test_training_or_head_change_extracts_nothing(workdir: Path, section, key, value):
+    cfg = _config(workdir)
+    assert cfg[section][key] != value
+    cfg[section][key] = value
+    write_config(workdir, cfg)
+    counts = Counter(rule for rule, _ in planned(workdir))
+    assert counts["train_fold"] == FOLDS, counts
+    assert "extract_features" not in counts, counts
+    assert not {"extract_patches", "tissue_mask", "make_splits"} & set(counts), counts
+
+
+def test_encoder_change_extracts_again_under_a_new_id(workdir: Path):
+    old = {p.name for p in (workdir / "results" / "features").iterdir()}
+    cfg = _config(workdir)
+    cfg["model"]["batchnorm"] = "groupnorm"  # other features
+    write_config(workdir, cfg)
+    jobs = planned(workdir)
+    extract = [w for rule, w in jobs if rule == "extract_features"]
+    assert len(extract) == 2 * PATIENTS
+    assert {w["encoder_id"] for w in extract}.isdisjoint(old)
+    assert not {"extract_patches", "tissue_mask"} & {rule for rule, _ in jobs}
+
+
+def test_unfrozen_encoder_reads_the_patch_stores(workdir: Path):
+    cfg = _config(workdir)
+    cfg["model"]["trainable_blocks"] = "all"
+    write_config(workdir, cfg)
+    counts = Counter(rule for rule, _ in planned(workdir))
+    assert counts["train_fold"] == FOLDS and "extract_features" not in counts, counts
