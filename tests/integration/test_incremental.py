@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -93,24 +92,23 @@ def test_second_dry_run_schedules_nothing(workdir: Path):
 
 
 def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
-    # a second cohort, used only as an external test set: three demo slides under new names
-    sheet = pd.read_csv(workdir / "results" / "demo" / "sheet.csv")
-    picked = pd.concat([sheet[sheet["label"] == c].head(2) for c in sheet["label"].unique()])
+    # a second cohort, used only as an external test set: three new mosaic slides (another draw
+    # of the packaged tiles; copies of demo slides would be refused as the same slide content)
+    from gigamil.demo_tiles import make_tile_cohort
+
+    drawn = make_tile_cohort(workdir / "ext", seed=11, n_patients=4, slides_per_patient=1)
+    picked = pd.concat([drawn[drawn["label"] == c].head(2) for c in drawn["label"].unique()])
     picked = picked.head(3).reset_index(drop=True)
-    (workdir / "ext").mkdir(exist_ok=True)
     rows = []
     for _, row in picked.iterrows():
-        src = workdir / row["path"]
-        dst = workdir / "ext" / f"ext_{row['slide_id']}{src.suffix}"
-        shutil.copy2(src, dst)
         rows.append(
             {
                 "slide_id": f"ext_{row['slide_id']}",
                 "patient_id": f"ext_{row['patient_id']}",
                 "label": row["label"],
-                "path": str(dst.relative_to(workdir)),
-                # the demo generator's ground truth of the original slide (PNG + JSON sidecar)
-                "lesion_mask": f"results/demo/lesion_masks/{row['slide_id']}.png",
+                "path": f"ext/slides/{row['slide_id']}.tiff",
+                # the generator's ground truth of the slide (PNG + JSON sidecar)
+                "lesion_mask": f"ext/lesion_masks/{row['slide_id']}.png",
             }
         )
     pd.DataFrame(rows).to_csv(workdir / "ext" / "sheet.csv", index=False)
