@@ -111,6 +111,7 @@ class TrainingConfig(_Section):
     max_instances_per_bag: int | None = _default(_TRAIN, "max_instances_per_bag")
     loss: str = _default(_TRAIN, "loss")
     label_smoothing: float = _default(_TRAIN, "label_smoothing")
+    bag_mixing: float = _default(_TRAIN, "bag_mixing")
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: str | bool = _default(_TRAIN, "amp")
     compile: bool = _default(_TRAIN, "compile")

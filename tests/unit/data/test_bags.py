@@ -186,3 +186,54 @@ def test_pinned_memory_only_with_cuda(write_store, tmp_path: Path, monkeypatch) 
     assert np.array_equal(torch.cat(list(bag.chunks(10))).numpy(), data)
     assert len(pinned_in) == 6 and all(n.startswith("decode-") for n in pinned_in)
     assert bag.subsample(20).pin_memory is True
+
+
+def test_concat_bag_chunks_and_grid(tmp_path: Path, write_store) -> None:
+    from gigamil.data.bags import ConcatBag
+    from gigamil.nn.pooling import grid_adjacency
+
+    rng = np.random.default_rng(0)
+    a = ZarrBag(write_store(tmp_path / "a.zarr", rng.integers(0, 255, (5, 8, 8, 3), np.uint8)))
+    b = ZarrBag(write_store(tmp_path / "b.zarr", rng.integers(0, 255, (3, 8, 8, 3), np.uint8)))
+    bag = ConcatBag([a, b])
+    assert len(bag) == 8 and bag.grid.shape == (8, 2)
+    chunks = list(bag.chunks(4))
+    assert [len(c) for c in chunks] == [4, 1, 3]  # no chunk spans two parts
+    assert torch.equal(torch.cat(chunks), torch.cat([a.load(), b.load()]))
+    adj = grid_adjacency(bag.grid).to_dense()
+    assert adj[:5, 5:].abs().sum() == 0  # no patch of one part neighbours one of the other
+
+
+def test_mix_negative_adds_patches_of_a_negative_bag(tmp_path: Path, write_store) -> None:
+    from gigamil.data.bags import ConcatBag
+    from gigamil.train.loop import BagItem, EpochSettings, mix_negative
+
+    rng = np.random.default_rng(1)
+    items = [
+        BagItem(
+            f"s{i}",
+            ZarrBag(
+                write_store(
+                    tmp_path / f"s{i}.zarr", rng.integers(0, 255, (4 + i, 8, 8, 3), np.uint8)
+                )
+            ),
+            label,
+        )
+        for i, label in enumerate([1, 0, 1, 0])
+    ]
+    never = EpochSettings(seed=0, bag_mixing=0.0)
+    always = EpochSettings(seed=0, bag_mixing=1.0)
+    assert mix_negative(items[0].bag, 0, items, never, 5) is items[0].bag
+    sizes = set()
+    for seed in range(20):
+        mixed = mix_negative(items[0].bag, 0, items, always, seed)
+        assert isinstance(mixed, ConcatBag) and mixed.parts[0] is items[0].bag
+        donor = mixed.parts[1]
+        assert donor.path.stem in {"s1", "s3"}  # negatives only
+        assert 1 <= len(donor) <= 7
+        sizes.add(len(mixed))
+        again = mix_negative(items[0].bag, 0, items, always, seed)  # deterministic in the seed
+        assert torch.equal(torch.cat(list(again.chunks(3))), torch.cat(list(mixed.chunks(3))))
+    assert len(sizes) > 3
+    # a negative bag is never mixed with itself; no other negative: unchanged
+    assert mix_negative(items[1].bag, 1, items[:2], always, 0) is items[1].bag

@@ -527,3 +527,13 @@ def test_train_fold_without_validation(mil_bags, cohort, tmp_path: Path) -> None
     losses = [float(r["train_loss"]) for r in rows]
     best = int(torch.load(path, weights_only=True)["epoch"])
     assert best == 1 + int(np.argmin(losses))
+
+
+def test_train_fold_with_bag_mixing(mil_bags, cohort, tmp_path: Path) -> None:
+    train, val = cohort
+    out = tmp_path / "mix"
+    train_fold(
+        train, val, mil_bags.classes, mil_bags.model, training(epochs=2, bag_mixing=1.0), out
+    )
+    rows = read_log(out / "train_log.csv")
+    assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -189,3 +189,36 @@ class ZarrBag:
             for f in pending:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ConcatBag:
+    """The instances of several bags one after another, as one bag (a ``BagSource``).
+
+    ``chunks(size)`` yields each part's chunks in turn (a chunk never spans two parts), so both
+    GradCache passes see the same chunks. ``grid`` stacks the parts' grids side by side with a
+    gap of two columns, so no patch of one part is adjacent to a patch of another (SmABMIL
+    smooths within each part only).
+    """
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        if not parts:
+            raise ValueError("ConcatBag needs at least one bag")
+        self.parts = list(parts)
+        grids, offset = [], 0
+        for part in self.parts:
+            g = np.asarray(part.grid, dtype=np.int64).reshape(-1, 2)
+            if len(g):
+                g = g - g.min(axis=0) + np.array([0, offset])
+                offset = int(g[:, 1].max()) + 3
+            grids.append(g)
+        self.grid = np.concatenate(grids)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __repr__(self) -> str:
+        return f"ConcatBag({self.parts!r})"
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        for part in self.parts:
+            yield from part.chunks(size)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from gigamil.data.bags import ZarrBag
+from gigamil.data.bags import ConcatBag, ZarrBag
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.models.mil import MILModel
@@ -103,7 +103,8 @@ class ProgressLog:
 class EpochSettings:
     """How :func:`train_epoch` walks the bags: ``seed`` of the shuffling and of every bag's
     randomness, bags per optimizer step, instances per forward pass (``chunk``, None = whole bag),
-    the random subsample per bag (``max_instances``, None = all), the DDP ranks, progress lines
+    the random subsample per bag (``max_instances``, None = all), the DDP ranks, the share of
+    bags extended with a negative bag's patches (``bag_mixing``, :func:`mix_negative`), progress lines
     (``progress``) at least every ``log_every_s`` seconds (0: after every bag)."""
 
     seed: int
@@ -111,6 +112,7 @@ class EpochSettings:
     chunk: int | None = None
     max_instances: int | None = None
     info: DistInfo = field(default_factory=DistInfo)
+    bag_mixing: float = 0.0
     progress: bool = True
     log_every_s: float = PROGRESS_EVERY_S
 
@@ -150,6 +152,8 @@ def train_epoch(
         for idx in group[info.rank :: info.world]:
             item = items[idx]
             bag = _training_bag(item, bag_seed(seed, epoch, idx), settings.max_instances)
+            if settings.bag_mixing > 0:
+                bag = mix_negative(bag, idx, items, settings, bag_seed(seed, epoch, idx) + 2)
             try:
                 out = model.forward_train(
                     bag,
@@ -180,6 +184,32 @@ def _training_bag(item: BagItem, seed: int, max_instances: int | None) -> ZarrBa
     if max_instances is not None and len(bag) > max_instances:
         bag = bag.subsample(max_instances, torch.Generator().manual_seed(seed + 1))
     return bag.with_cache()  # read once for both passes if small; freed after the step
+
+
+def mix_negative(
+    bag: ZarrBag, index: int, items: Sequence[BagItem], settings: EpochSettings, seed: int
+) -> ZarrBag | ConcatBag:
+    """With probability ``settings.bag_mixing``, the bag extended by a random share (1 to all)
+    of the patches of another training bag of class 0; otherwise the bag itself.
+
+    Label-preserving under the standard MIL assumption with class 0 as the negative class: a
+    bag is positive when any of its patches is, and adding negative patches changes no label.
+    Each epoch then shows the attention head new bags (new mixtures and lesion fractions)
+    instead of the same few training bags (bag-level augmentation of MIL, cf. ReMix, Yang et al.
+    2022, MICCAI). Deterministic in ``seed``.
+    """
+    gen = np.random.default_rng(seed)
+    if gen.random() >= settings.bag_mixing:
+        return bag
+    donors = [i for i, it in enumerate(items) if it.label == 0 and i != index]
+    if not donors:
+        return bag
+    donor = items[int(gen.choice(donors))].bag
+    n = int(gen.integers(1, len(donor) + 1))
+    if settings.max_instances is not None:
+        n = min(n, settings.max_instances)
+    part = donor.subsample(n, torch.Generator().manual_seed(int(gen.integers(2**62))))
+    return ConcatBag([bag, part.with_cache()])
 
 
 def bag_probabilities(logits: torch.Tensor) -> torch.Tensor:

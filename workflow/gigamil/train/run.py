@@ -348,6 +348,7 @@ class FoldTrainer:
             bags_per_step=tcfg.bags_per_step,
             chunk=_int_or_none(tcfg.max_instances_per_forward_pass),
             max_instances=_int_or_none(tcfg.max_instances_per_bag or None),
+            bag_mixing=float(tcfg.bag_mixing),
             info=info,
             log_every_s=runtime.log_every_s,
         )
