@@ -142,6 +142,7 @@ class ModelConfig(_Section):
     att_dim: int = _default(_MODEL, "att_dim")
     dropout: float = _default(_MODEL, "dropout")
     instance_loss: float = _default(_MODEL, "instance_loss")
+    colour_histogram: int = _default(_MODEL, "colour_histogram")
     instance_top_k: int = _default(_MODEL, "instance_top_k")
 
 

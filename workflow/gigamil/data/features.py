@@ -91,6 +91,7 @@ def encoder_spec(
         "encoder": m.encoder,
         "weights": weights,
         "batchnorm": m.batchnorm,
+        "colour_histogram": int(m.colour_histogram),
         "mean": [round(float(v), 6) for v in mean],
         "std": [round(float(v), 6) for v in std],
         "patch_mpp": float(p.mpp),

@@ -11,6 +11,7 @@ from gigamil.errors import ConfigError
 from gigamil.models.mil import MILModel
 from gigamil.nn.augment import PatchPreprocess
 from gigamil.nn.encoders import build_encoder, encoder_normalisation
+from gigamil.nn.histogram import WithColourHistogram
 from gigamil.nn.pooling import POOLS, AttentionHead
 from gigamil.settings import AugmentConfig, ModelConfig
 
@@ -46,6 +47,11 @@ def build_mil_model(
         cfg.encoder, cfg.weights, patch_px, cfg.batchnorm, trainable_blocks=trainable
     )
     mean, std = encoder_normalisation(cfg.encoder)  # the encoder's own, not always ImageNet's
+    if cfg.colour_histogram:
+        encoder = WithColourHistogram(encoder, cfg.colour_histogram, mean, std)
+        dim += 3 * cfg.colour_histogram
+        if trainable == 0:
+            encoder.histogram.requires_grad_(False)
     if augment is None:
         pre = PatchPreprocess(mean=mean, std=std)
     else:
