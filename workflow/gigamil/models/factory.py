@@ -64,7 +64,8 @@ def build_mil_model(
             mean=mean,
             std=std,
         )
-    return MILModel(nn.Sequential(pre, encoder), _head(cfg, dim, n_classes), loss_fn)
+    model = MILModel(nn.Sequential(pre, encoder), _head(cfg, dim, n_classes), loss_fn)
+    return model.train()  # applies the BatchNorm mode (frozen layers stay in eval mode) now
 
 
 def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
