@@ -109,6 +109,18 @@ def write_predictions_html(
     Path(path).write_text(html_page(title, body))
 
 
+def _cohort_predictions(
+    pred_csvs: Sequence[str | Path], classes: Sequence[str], cohort: str, out_dir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(fold predictions of the cohort, their mean per slide)``; creates ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds = read_predictions(pred_csvs, classes)
+    preds = preds[preds["cohort"] == cohort].reset_index(drop=True)
+    if preds.empty:
+        raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
+    return preds, mean_probabilities(preds, classes)
+
+
 def predict_cohort(
     pred_csvs: Sequence[str | Path],
     classes: Sequence[str],
@@ -125,12 +137,7 @@ def predict_cohort(
     (slides per predicted class).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    preds = read_predictions(pred_csvs, classes)
-    preds = preds[preds["cohort"] == cohort].reset_index(drop=True)
-    if preds.empty:
-        raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
-    ens = mean_probabilities(preds, classes)
+    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir)
     ens.to_csv(out_dir / "predictions.csv", index=False)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title)
@@ -213,12 +220,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     from gigamil.viz.plots import plot_confusion, plot_roc
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    preds = read_predictions(pred_csvs, classes)
-    preds = preds[preds["cohort"] == cohort].reset_index(drop=True)
-    if preds.empty:
-        raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
-    ens = mean_probabilities(preds, classes)
+    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
