@@ -93,28 +93,22 @@ def _own_project(project: Path) -> Path:
     return project / "my.yaml"
 
 
+def _dry_run_elsewhere(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake -n` of the repository's Snakefile run in ``directory`` (as a user's project
+    would run it); fails unless it succeeds."""
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe), "-n", "--cores", "1", "-s", str(REPO / "Snakefile")]
+    res = subprocess.run(
+        [*cmd, "--directory", str(directory), *args], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
 def test_own_configfile_never_pulls_in_the_demo_cohort(workdir: Path):
     """`snakemake --configfile my.yaml` next to the demo's config.yaml: only my cohort."""
     my = _own_project(workdir)
-    exe = Path(sys.executable).with_name("snakemake")
-    res = subprocess.run(
-        [
-            str(exe),
-            "-n",
-            "--cores",
-            "1",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(my),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _dry_run_elsewhere(workdir, "--configfile", str(my))
     counts = _job_counts(res.stdout)
     assert "demo_cohort" not in counts and "results/demo" not in res.stdout, counts
     assert counts["tissue_mask"] == 12 and counts["train_fold"] == 2
@@ -126,23 +120,7 @@ def test_project_directory_with_its_own_config_yaml(tmp_path: Path):
     project = tmp_path / "myproject"
     (project / "my.yaml").parent.mkdir(parents=True)
     _own_project(project).rename(project / "config.yaml")
-    exe = Path(sys.executable).with_name("snakemake")
-    res = subprocess.run(
-        [
-            str(exe),
-            "-n",
-            "--cores",
-            "1",
-            "-s",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(project),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _dry_run_elsewhere(project)
     counts = _job_counts(res.stdout)
     assert "demo_cohort" not in counts and counts["tissue_mask"] == 12, counts
 
