@@ -16,8 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
-from wfutil import copy_workflow, write_config
+from wfutil import config_restored, copy_workflow, read_config, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -71,13 +70,7 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def workdir(done: Path):
-    original = (done / "config.yaml").read_text()
-    yield done
-    (done / "config.yaml").write_text(original)
-
-
-def _config(workdir: Path) -> dict:
-    return yaml.safe_load((workdir / "config.yaml").read_text())
+    yield from config_restored(done)
 
 
 def test_frozen_run_trains_from_the_feature_stores(workdir: Path):
@@ -102,7 +95,7 @@ def test_frozen_run_trains_from_the_feature_stores(workdir: Path):
     ],
 )
 def test_training_or_head_change_extracts_nothing(workdir: Path, section, key, value):
-    cfg = _config(workdir)
+    cfg = read_config(workdir)
     assert cfg[section][key] != value
     cfg[section][key] = value
     write_config(workdir, cfg)
@@ -114,7 +107,7 @@ def test_training_or_head_change_extracts_nothing(workdir: Path, section, key, v
 
 def test_encoder_change_extracts_again_under_a_new_id(workdir: Path):
     old = {p.name for p in (workdir / "results" / "features").iterdir()}
-    cfg = _config(workdir)
+    cfg = read_config(workdir)
     cfg["model"]["batchnorm"] = "groupnorm"  # other features
     write_config(workdir, cfg)
     jobs = planned(workdir)
@@ -125,7 +118,7 @@ def test_encoder_change_extracts_again_under_a_new_id(workdir: Path):
 
 
 def test_unfrozen_encoder_reads_the_patch_stores(workdir: Path):
-    cfg = _config(workdir)
+    cfg = read_config(workdir)
     cfg["model"]["trainable_blocks"] = "all"
     write_config(workdir, cfg)
     counts = Counter(rule for rule, _ in planned(workdir))

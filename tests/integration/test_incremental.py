@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from wfutil import copy_workflow, write_config
+from wfutil import config_restored, copy_workflow, read_config, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,13 +77,7 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def workdir(done: Path):
     """The completed run, with config.yaml restored after the test."""
-    original = (done / "config.yaml").read_text()
-    yield done
-    (done / "config.yaml").write_text(original)
-
-
-def config_of(workdir: Path) -> dict:
-    return yaml.safe_load((workdir / "config.yaml").read_text())
+    yield from config_restored(done)
 
 
 def test_second_dry_run_schedules_nothing(workdir: Path):
@@ -113,7 +106,7 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
         )
     pd.DataFrame(rows).to_csv(workdir / "ext" / "sheet.csv", index=False)
     ext_ids = {r["slide_id"] for r in rows}
-    cfg = config_of(workdir)
+    cfg = read_config(workdir)
     cfg["cohorts"]["ext"] = {"sheet": "ext/sheet.csv", "role": "external"}
     write_config(workdir, cfg)
 
@@ -154,7 +147,7 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
 
 
 def test_heatmap_parameter_reruns_heatmaps_only(workdir: Path):
-    cfg = config_of(workdir)
+    cfg = read_config(workdir)
     cfg["heatmaps"]["alpha"] = 0.3 if cfg["heatmaps"]["alpha"] != 0.3 else 0.7
     write_config(workdir, cfg)
     counts = Counter(rule for rule, _ in planned_jobs(workdir))
@@ -164,7 +157,7 @@ def test_heatmap_parameter_reruns_heatmaps_only(workdir: Path):
 
 
 def test_training_parameter_reruns_training_not_patching(workdir: Path):
-    cfg = config_of(workdir)
+    cfg = read_config(workdir)
     cfg["training"]["lr"] = cfg["training"]["lr"] * 2
     write_config(workdir, cfg)
     counts = Counter(rule for rule, _ in planned_jobs(workdir))
@@ -174,7 +167,7 @@ def test_training_parameter_reruns_training_not_patching(workdir: Path):
 
 
 def test_switching_tensorboard_on_retrains_nothing(workdir: Path):
-    cfg = config_of(workdir)
+    cfg = read_config(workdir)
     cfg["training"]["tensorboard"] = not cfg["training"].get("tensorboard", False)
     write_config(workdir, cfg)
     assert planned_jobs(workdir) == []

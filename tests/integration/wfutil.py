@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,14 @@ def write_config(workdir: Path, cfg: dict[str, Any]) -> None:
 
 def read_config(workdir: Path) -> dict[str, Any]:
     return yaml.safe_load((workdir / "config.yaml").read_text())
+
+
+def config_restored(workdir: Path) -> Iterator[Path]:
+    """Body of a fixture over a completed run: yields ``workdir`` and afterwards writes its
+    config.yaml back as it was, so every test starts from the same configuration."""
+    original = (workdir / "config.yaml").read_text()
+    yield workdir
+    (workdir / "config.yaml").write_text(original)
 
 
 def run_snakemake(
