@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 from gigamil.data.bags import ZarrBag  # noqa: E402
-from gigamil.data.store import StoreWriter  # noqa: E402
+from gigamil.data.store import StoreWriter, unresampled_store_attrs  # noqa: E402
 from gigamil.models.factory import build_mil_model  # noqa: E402
 from gigamil.models.mil import MILModel  # noqa: E402
 from gigamil.nn.losses import BagLoss  # noqa: E402
@@ -109,24 +109,7 @@ def write_store(path: Path, patches: np.ndarray, threads: int) -> Path:
 
     n, px = len(patches), patches.shape[1]
     grid = np.stack([np.arange(n) // 64, np.arange(n) % 64], axis=1)
-    attrs = {
-        "slide_id": path.stem,
-        "source_path": str(CMU),
-        "source_size": 0,
-        "source_mtime": 0,
-        "slide_mpp": 0.5,
-        "target_mpp": 0.5,
-        "effective_mpp": 0.5,
-        "patch_px": px,
-        "stride_px": px,
-        "patch_size_level0": float(px),
-        "level": 0,
-        "level_downsample": 1.0,
-        "mask_params": {},
-        "codec": "zstd",
-        "gigamil_version": "benchmark",
-        "slide_dimensions": [64 * px, (n // 64 + 1) * px],
-    }
+    attrs = unresampled_store_attrs(path.stem, px, 0.5, [64 * px, (n // 64 + 1) * px], str(CMU))
     with StoreWriter(path, n, px, grid * px, grid) as w:
         c = w.chunk
         with ThreadPoolExecutor(threads) as pool:

@@ -322,8 +322,7 @@ def write_tile_bags(  # noqa: PLR0913 - one keyword per cohort setting
     Returns the slide table (``cohort, slide_id, patient_id, label, store``; one patient per
     bag). GigamilError when the pool has too few tiles of a class.
     """
-    from gigamil import __version__
-    from gigamil.data.store import StoreWriter
+    from gigamil.data.store import StoreWriter, unresampled_store_attrs
 
     rng = np.random.default_rng(seed)
     queues = {c: [t for t in tiles if t.label == c] for c in (0, 1)}
@@ -345,26 +344,7 @@ def write_tile_bags(  # noqa: PLR0913 - one keyword per cohort setting
         store = Path(outdir) / f"{sid}.zarr"
         with StoreWriter(store, n, px, grid[:, ::-1] * px, grid) as w:
             w.append(patches)
-            w.commit(
-                {
-                    "slide_id": sid,
-                    "source_path": "",
-                    "source_size": 0,
-                    "source_mtime": 0.0,
-                    "slide_mpp": tile_mpp,
-                    "target_mpp": tile_mpp,
-                    "effective_mpp": tile_mpp,
-                    "patch_px": px,
-                    "stride_px": px,
-                    "patch_size_level0": float(px),
-                    "level": 0,
-                    "level_downsample": 1.0,
-                    "mask_params": {},
-                    "codec": "zstd",
-                    "gigamil_version": __version__,
-                    "slide_dimensions": [side * px, side * px],
-                }
-            )
+            w.commit(unresampled_store_attrs(sid, px, tile_mpp, [side * px, side * px]))
         rows.append(
             {
                 "cohort": "c",

@@ -257,6 +257,34 @@ def _crc32c(data: bytes) -> bytes:
     return np.uint32(google_crc32c.value(data)).tobytes()
 
 
+def unresampled_store_attrs(
+    slide_id: str, patch_px: int, mpp: float, slide_dimensions: list[int], source_path: str = ""
+) -> dict[str, Any]:
+    """Store attributes for patches written as they are, at their own ``mpp`` (level 0, no
+    resampling, no tissue mask): tile cohorts and benchmarks that build stores without a
+    slide. ``slide_dimensions`` [width, height] in pixels."""
+    from gigamil import __version__
+
+    return {
+        "slide_id": slide_id,
+        "source_path": source_path,
+        "source_size": 0,
+        "source_mtime": 0.0,
+        "slide_mpp": mpp,
+        "target_mpp": mpp,
+        "effective_mpp": mpp,
+        "patch_px": patch_px,
+        "stride_px": patch_px,
+        "patch_size_level0": float(patch_px),
+        "level": 0,
+        "level_downsample": 1.0,
+        "mask_params": {},
+        "codec": "zstd",
+        "gigamil_version": __version__,
+        "slide_dimensions": list(slide_dimensions),
+    }
+
+
 class StoreWriter:
     """Writes a patch store under a temporary name; :meth:`commit` renames it into place.
 
