@@ -390,13 +390,8 @@ def check_leakage(
             f"{_first(mixed)}); a patient has one label"
         )
     roles = {name: config["cohorts"][name].get("role", "train") for name in sheets}
-    train_patients = {
-        str(p) for name, df in sheets.items() if roles[name] == "train" for p in df["patient_id"]
-    }
-    for name, df in sheets.items():
-        if roles[name] == "train":
-            continue
-        shared = train_patients & set(map(str, df["patient_id"]))
+    for name in sheets:
+        shared = train_patient_overlap(config, sheets, name)  # empty for a train cohort
         if not shared:
             continue
         if roles[name] == ROLE_PREDICT:
