@@ -108,6 +108,12 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     for name in cfg["cv"]["stratify_by"]:
         if name in SHEET_COLUMNS and name != "label":
             raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}")
+    from gigamil.settings import resolve_strategy  # settings imports this module
+
+    try:
+        resolve_strategy(cfg["model"], cfg["training"])  # contradictions, before any job runs
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return cfg
 
 

@@ -65,6 +65,7 @@ class _Section:
 
 _ES = ("training", "early_stopping")
 _AUG = ("training", "augment")
+_EM = ("training", "em")
 _TRAIN = ("training",)
 _MODEL = ("model",)
 _PATCH = ("preprocessing", "patches")
@@ -93,6 +94,22 @@ class AugmentConfig(_Section):
 
 
 @dataclass(frozen=True)
+class EMConfig(_Section):
+    """``training.em`` (the rounds of ``training.strategy: em``, :mod:`gigamil.train.em`)."""
+
+    SCHEMA_PATH: ClassVar[tuple[str, ...]] = _EM
+    rounds: int = _default(_EM, "rounds")
+    head_epochs: int = _default(_EM, "head_epochs")
+    encoder_steps: int = _default(_EM, "encoder_steps")
+    instances_per_round: int = _default(_EM, "instances_per_round")
+    instance_batch: int = _default(_EM, "instance_batch")
+    encoder_lr: float | None = _default(_EM, "encoder_lr")
+    pseudo_label: str = _default(_EM, "pseudo_label")
+    temperature: float = _default(_EM, "temperature")
+    threshold: float = _default(_EM, "threshold")
+
+
+@dataclass(frozen=True)
 class TrainingConfig(_Section):
     """``training``."""
 
@@ -100,6 +117,7 @@ class TrainingConfig(_Section):
     # keys that change what is logged or how fast, not what is trained: not part of the resume
     # signature (nor of rule train_fold's params), so switching them retrains nothing
     LOG_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("tensorboard", "compile")
+    strategy: str = _default(_TRAIN, "strategy")
     device: str = _default(_TRAIN, "device")
     seed: int = _default(_TRAIN, "seed")
     epochs: int = _default(_TRAIN, "epochs")
@@ -119,6 +137,7 @@ class TrainingConfig(_Section):
     calibration_patches: int = _default(_TRAIN, "calibration_patches")
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    em: EMConfig = field(default_factory=EMConfig)
 
     def resume_signature(self) -> dict[str, Any]:
         """The settings that change what is trained (all but ``LOG_ONLY_KEYS``): ``last.pt``
@@ -178,13 +197,63 @@ class TissueConfig(_Section):
 _SECTIONS: dict[str, type[_Section]] = {
     "early_stopping": EarlyStoppingConfig,
     "augment": AugmentConfig,
+    "em": EMConfig,
 }
 # every typed section, for the schema/dataclass sync test
 SECTIONS: tuple[type[_Section], ...] = (
     TrainingConfig,
     EarlyStoppingConfig,
     AugmentConfig,
+    EMConfig,
     ModelConfig,
     PatchConfig,
     TissueConfig,
 )
+
+STRATEGIES = ("end_to_end", "frozen", "em")
+
+
+def resolve_strategy(
+    model_cfg: Mapping[str, Any] | ModelConfig, training_cfg: Mapping[str, Any] | TrainingConfig
+) -> tuple[str, ModelConfig]:
+    """The training strategy and the model section it trains: ``(strategy, model config)``.
+
+    ``training.strategy`` and the older keys ``model.freeze_encoder`` /
+    ``model.trainable_blocks`` describe the encoder together: ``end_to_end`` with
+    ``trainable_blocks: 0`` or ``freeze_encoder: true`` is ``frozen`` (configs written before
+    the strategy existed keep working); ``frozen`` sets ``trainable_blocks: 0`` in the returned
+    model config. Raises ConfigError for contradictions: ``frozen`` with ``trainable_blocks: N``
+    (N > 0), ``em`` with a frozen encoder or the parameter-free ``identity`` encoder, and
+    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0.
+    """
+    m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
+    blocks = m.trainable_blocks
+    if m.freeze_encoder and blocks not in ("all", 0):
+        raise ConfigError(
+            f"model.freeze_encoder: true contradicts model.trainable_blocks: {blocks}"
+        )
+    frozen_keys = m.freeze_encoder or blocks == 0
+    strategy = t.strategy
+    if strategy == "end_to_end" and frozen_keys:
+        strategy = "frozen"
+    elif strategy == "frozen" and blocks not in ("all", 0):
+        raise ConfigError(
+            f"training.strategy: frozen contradicts model.trainable_blocks: {blocks} (the "
+            "encoder learns nothing under frozen); use trainable_blocks: all (or 0), or "
+            "strategy end_to_end / em to fine-tune those blocks"
+        )
+    elif strategy == "em":
+        if frozen_keys:
+            what = "freeze_encoder: true" if m.freeze_encoder else "trainable_blocks: 0"
+            raise ConfigError(
+                f"training.strategy: em fine-tunes the encoder but model.{what} freezes it; "
+                "use training.strategy: frozen, or let the encoder learn"
+            )
+        if m.encoder == "identity":
+            raise ConfigError(
+                "training.strategy: em needs an encoder with weights to fine-tune; "
+                "model.encoder: identity has none"
+            )
+    if strategy == "frozen":
+        m = dataclasses.replace(m, trainable_blocks=0)
+    return strategy, m

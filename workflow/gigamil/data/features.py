@@ -1,6 +1,7 @@
 """The feature cache of frozen encoders: ``results/features/{encoder_id}/{cohort}/{slide_id}.zarr``.
 
-When the encoder is frozen (``model.trainable_blocks: 0`` or ``freeze_encoder: true``) and
+When the encoder is frozen (``training.strategy: frozen``, or its older spelling
+``model.trainable_blocks: 0`` / ``freeze_encoder: true``) and
 ``model.feature_cache`` is on, rule ``extract_features`` runs the encoder once per slide
 (:func:`extract_features`) and training, prediction (hence ensembles and heatmaps, which read
 the predictions' attention) read these stores through :class:`FeatureBag` instead of
@@ -46,7 +47,7 @@ from gigamil.data.store import _jsonable, chunk_key, damaged_store_error, read_p
 from gigamil.errors import GigamilError
 from gigamil.fileutil import remove_stale_temporaries, temp_path
 from gigamil.nn.weights import is_weights_file, weights_sha256
-from gigamil.settings import ModelConfig, PatchConfig
+from gigamil.settings import ModelConfig, PatchConfig, resolve_strategy
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,10 @@ def encoder_id(spec: Mapping[str, Any]) -> str:
 
 def config_encoder_id(config: Mapping[str, Any]) -> str | None:
     """The ``encoder_id`` of a whole (validated) configuration when its training reads the
-    feature cache, else None."""
-    model = config.get("model", {})
-    if not cache_enabled(model):
+    feature cache (``training.strategy: frozen``, or its older spelling, with
+    ``model.feature_cache``), else None."""
+    strategy, model = resolve_strategy(config.get("model", {}), config.get("training", {}))
+    if strategy != "frozen" or not cache_enabled(model):
         return None
     return encoder_id(encoder_spec(model, config.get("preprocessing", {}).get("patches", {})))
 

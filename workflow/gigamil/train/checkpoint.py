@@ -186,6 +186,8 @@ class CheckpointSaver:
     the caller's state plus this saver's ``state_dict()``: ``signature``, ``best`` = model.pt's
     content and ``log_rows``), each written atomically.
 
+    Rows of the ``em`` strategy are rounds and add ``encoder_loss`` (empty in other rows).
+
     ``last.pt`` is not a declared Snakemake output, so it survives a failed job while model.pt and
     train_log.csv are deleted; :meth:`restore_outputs` writes them back from it. ``enabled=False``
     (DDP ranks other than 0) writes nothing.
@@ -202,6 +204,7 @@ class CheckpointSaver:
         "best_epoch",
         "n_train_bags",
         "n_val_bags",
+        "encoder_loss",  # training.strategy: em (pseudo-label loss of the round's E-step)
     )
 
     def __init__(

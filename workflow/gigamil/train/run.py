@@ -30,7 +30,7 @@ from gigamil.models.factory import build_mil_model
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.nn.weights import weights_sha256
-from gigamil.settings import ModelConfig, TrainingConfig
+from gigamil.settings import ModelConfig, TrainingConfig, resolve_strategy
 from gigamil.train import distributed as ddp
 from gigamil.train.accel import prepare_model
 from gigamil.train.amp import AmpScaler, Optimization
@@ -41,6 +41,7 @@ from gigamil.train.checkpoint import (
     model_header,
 )
 from gigamil.train.early_stopping import EarlyStopping
+from gigamil.train.em import EMTrainer
 from gigamil.train.loop import (
     PROGRESS_EVERY_S,
     BagItem,
@@ -235,7 +236,11 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     fold: int | str | None = None,
     log_every_s: float = PROGRESS_EVERY_S,
 ) -> Path:
-    """Train one fold end to end (encoder included) with the accumulating trainer.
+    """Train one fold with the strategy of ``training.strategy`` (:func:`gigamil.settings.
+    resolve_strategy`): ``end_to_end`` (encoder included, the accumulating trainer), ``frozen``
+    (the head alone, on cached features when the stores are feature stores) or ``em``
+    (:class:`gigamil.train.em.EMTrainer`: rounds of head training on re-extracted features and
+    encoder fine-tuning on pseudo-labelled patches; a row of train_log.csv is then a round).
 
     ``model_cfg``/``training_cfg``: the ``model:``/``training:`` sections of config.yaml (missing
     keys take the schema defaults). Writes ``out_dir/model.pt`` (best epoch by
@@ -250,7 +255,8 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     epoch, ``epoch k/total``; an epoch logs progress (bags done, bags/s, loss so far) at least
     every ``log_every_s`` seconds (:func:`gigamil.logutil.log_context`).
     """
-    mcfg, tcfg = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
+    tcfg = TrainingConfig.from_dict(training_cfg)
+    strategy, mcfg = resolve_strategy(model_cfg, tcfg)
     if len(classes) < 2:
         raise ConfigError("classes: need at least two classes")
     check_columns(train, "training slides")
@@ -270,6 +276,9 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
             data = FoldData.open(train, val, [str(c) for c in classes], feed)
             runtime = Runtime(device, info, name, log_every_s)
             trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), runtime)
+            if strategy == "em":
+                log.info("training strategy em: %d rounds", tcfg.em.rounds)
+                return EMTrainer(trainer, mcfg, tcfg).fit(resume)
             return trainer.fit(resume)
     finally:
         ddp.shutdown(info)

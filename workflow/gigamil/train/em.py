@@ -1,0 +1,465 @@
+"""``training.strategy: em``: MIL training as alternating optimisation of head and encoder.
+
+Instead of backpropagating the bag loss through every patch (GradCache, exact but two encoder
+passes per patch per step), the fold is trained in rounds (``training.em``):
+
+- **M-step** (every round): with the encoder fixed, every slide is encoded once (eval mode, no
+  augmentation) into a feature store of the fold directory (the format of the feature cache,
+  :func:`gigamil.data.features.write_feature_store`), and the attention head trains on those
+  features with the head trainer of the ``frozen`` strategy (:func:`gigamil.train.loop.train_epoch`
+  on :class:`~gigamil.data.features.FeatureBag`), ``head_epochs`` epochs; then validation on the
+  validation slides' features.
+- **E-step** (rounds 2 and later, before the M-step): with the head fixed, the bag classifier
+  labels ``instances_per_round`` training patches (:func:`pseudo_labels`: the classifier applied
+  to each patch as a bag of one, or attention-weighted bag evidence; every patch of a
+  first-class bag is first-class, the standard MIL assumption), and the encoder is fine-tuned
+  on minibatches of those patches (augmented) for ``encoder_steps`` steps, so that the fixed
+  head's bag-of-one prediction matches the pseudo-labels (:func:`soft_cross_entropy`).
+
+Round 1 is therefore the ``frozen`` strategy; each later round couples the encoder more
+closely to the head. This is the self-training / pseudo-label family of MIL methods (instance
+pseudo-labels from a bag-level teacher, e.g. Lerousseau et al. 2020, MICCAI, "Weakly supervised
+multiple instance learning histopathological tumor segmentation"), here with the ABMIL head as
+the teacher. After each round the checkpoint ``last.pt`` is written (:class:`CheckpointSaver`),
+so a killed run continues from the last finished round; ``model.pt`` holds the best round's
+encoder and head (by ``training.early_stopping.metric``), in the format of the end-to-end
+trainer (predictions, heatmaps and ensembles read it unchanged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gigamil.data.features import FeatureBag, encode_bag, write_feature_store
+from gigamil.errors import ConfigError, GigamilError
+from gigamil.logutil import log_context
+from gigamil.models.mil import MILModel
+from gigamil.nn.rng import get_rng_state, manual_seed, set_rng_state
+from gigamil.settings import ModelConfig, TrainingConfig
+from gigamil.train.amp import AmpScaler, Optimization
+from gigamil.train.calibration import calibrate_model
+from gigamil.train.checkpoint import model_checkpoint
+from gigamil.train.early_stopping import EarlyStopping
+from gigamil.train.loop import (
+    BagItem,
+    EpochSettings,
+    bag_probabilities,
+    bag_seed,
+    make_scheduler,
+    steps_per_epoch,
+    train_epoch,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from gigamil.train.run import FoldTrainer
+
+log = logging.getLogger(__name__)
+
+RULES = ("instance", "attention")
+FEATURES_DIR = "em_features"  # per-round feature stores inside the fold directory
+
+
+def class_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log class probabilities (N, n_classes) of classifier logits (N, n_out); one logit z
+    (binary) is the two-class logits (0, z), the convention of :func:`bag_probabilities`."""
+    logits = logits.float()
+    if logits.shape[-1] == 1:
+        logits = torch.cat([torch.zeros_like(logits), logits], dim=-1)
+    return torch.log_softmax(logits, dim=-1)
+
+
+@torch.no_grad()
+def pseudo_labels(  # noqa: PLR0913 - one argument per setting of the rule
+    head: nn.Module,
+    h: torch.Tensor,
+    label: int,
+    rule: str = "instance",
+    temperature: float = 1.0,
+    adj: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Soft class targets (N, n_classes), rows summing to 1, for the N instances of one bag.
+
+    ``head``: an :class:`~gigamil.nn.pooling.AttentionHead` (put it in eval mode first);
+    ``h`` (N, D) the bag's instance features; ``label`` the bag's class index; ``adj`` the
+    bag's adjacency when the head needs one (SmABMIL, ``attention`` rule only).
+
+    - every instance of a bag of class 0 gets class 0 (the standard MIL assumption: a negative
+      bag holds no positive instance);
+    - ``instance``: the bag classifier applied to each instance as a bag of one
+      (``head.instance_logits``; the bag logit is the attention-weighted mean of these),
+      logits divided by ``temperature`` (< 1 sharpens);
+    - ``attention``: attention-weighted bag evidence: instance i gets the bag's class with
+      probability p_bag(label) · (a_i / max_j a_j)^(1/temperature) and class 0 otherwise (the
+      most attended instance carries the bag's evidence, the others in proportion).
+
+    Raises ValueError for an unknown rule, a non-positive temperature or an empty bag.
+    """
+    if rule not in RULES:
+        raise ValueError(f"pseudo-label rule must be one of {RULES}, got {rule!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = len(h)
+    if n == 0:
+        raise ValueError("empty bag (0 instances)")
+    n_classes = max(2, int(head.n_out))
+    if label == 0:
+        target = torch.zeros(n, n_classes, device=h.device)
+        target[:, 0] = 1.0
+        return target
+    if rule == "instance":
+        z = head.instance_logits(h).float() / temperature
+        return class_log_probs(z).exp()
+    logits, att = head(h, adj) if adj is not None else head(h)
+    p_bag = bag_probabilities(logits)[label]
+    rel = (att.float() / att.float().max()).clamp(0, 1) ** (1.0 / temperature)
+    share = p_bag * rel  # (N,)
+    target = torch.zeros(n, n_classes, device=h.device)
+    target[:, label] = share
+    target[:, 0] += 1.0 - share
+    return target
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over instances of -Σ_c w_c q_c log p_c: ``logits`` (N, n_out) of the classifier,
+    ``target`` (N, n_classes) soft labels q, ``class_weights`` (n_classes,) w (None: 1)."""
+    loss = -(target * class_log_probs(logits))
+    if class_weights is not None:
+        loss = loss * class_weights.to(loss.device)
+    return loss.sum(-1).mean()
+
+
+def balanced_soft_weights(target: torch.Tensor) -> torch.Tensor:
+    """Class weights (n_classes,) from soft targets (N, n_classes): total / (n_classes ×
+    class mass), 0 for a class without mass (as ``class_weights: balanced`` for bags)."""
+    mass = target.sum(0)
+    weights = torch.zeros_like(mass)
+    present = mass > 0
+    weights[present] = target.sum() / (int(present.sum()) * mass[present])
+    return weights
+
+
+class EMTrainer:
+    """The rounds of ``training.strategy: em`` for one fold (see the module docstring).
+
+    Shares the fold's model, checkpoint saver, header and validation loss with the end-to-end
+    :class:`~gigamil.train.run.FoldTrainer` that builds it (``parts``), so ``model.pt``,
+    ``last.pt`` and ``train_log.csv`` have the same format; a row of ``train_log.csv`` is a
+    round (``epoch`` = round, ``train_loss`` = the head's loss in its last epoch,
+    ``encoder_loss`` = the mean pseudo-label loss of the E-step, empty in round 1).
+    """
+
+    def __init__(
+        self, parts: FoldTrainer, model_cfg: ModelConfig, training_cfg: TrainingConfig
+    ) -> None:
+        if parts.data.features is not None:
+            raise GigamilError(
+                "training.strategy: em reads patch stores (it encodes the slides itself each "
+                "round), but the fold's stores are feature stores"
+            )
+        if parts.runtime.info.world > 1:
+            raise ConfigError("training.strategy: em runs in one process (not under torchrun)")
+        self.p = parts
+        self.cfg, self.em = training_cfg, training_cfg.em
+        self.model: MILModel = parts.model
+        self.head_model = MILModel(nn.Identity(), self.model.attention_model, self.model.loss_fn)
+        self.early_stopping = EarlyStopping(
+            training_cfg.early_stopping.metric, self.em.rounds, 0, self.em.rounds
+        )
+        self.encoder_random_init = model_cfg.weights is None
+        self.feature_dir = Path(parts.out_dir) / FEATURES_DIR
+        self.features: tuple[list[BagItem], list[BagItem]] | None = None
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool) -> Path:
+        """Run the rounds (from ``last.pt`` when ``resume``); returns the path of model.pt."""
+        saver, es, rounds = self.p.saver, self.early_stopping, self.em.rounds
+        if resume:
+            self._resume()
+        if es.finished or es.epoch >= rounds:
+            log.info("training already finished (round %d/%d); nothing to do", es.epoch, rounds)
+            return saver.model_path
+        if es.epoch == 0:
+            calibrate_model(
+                self.model,
+                [it.bag for it in self.p.data.train],
+                n_patches=self.cfg.calibration_patches,
+                encoder_too=self.encoder_random_init,
+                chunk=self.p.settings.chunk or 256,
+                seed=self.cfg.seed,
+            )
+        for r in range(es.epoch + 1, rounds + 1):
+            with log_context(self.round_name(r)):
+                self._round(r)
+        shutil.rmtree(self.feature_dir, ignore_errors=True)
+        return saver.model_path
+
+    def round_name(self, r: int) -> str:
+        """``fold 2 round 3/4``: the log context of one round."""
+        return f"{self.p.runtime.name} round {r}/{self.em.rounds}".strip()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``last.pt``'s state after a round (optimisers restart every round: none kept)."""
+        return {
+            "model": self.model.state_dict(),
+            "early_stopping": self.early_stopping.state_dict(),
+            "rng": get_rng_state(self.p.runtime.device),
+            "strategy": "em",
+        }
+
+    def _resume(self) -> None:
+        ckpt = self.p.saver.load_last()
+        if ckpt is None:
+            return
+        self.model.load_state_dict(ckpt["model"])
+        self.early_stopping.load_state_dict(ckpt["early_stopping"])
+        set_rng_state(ckpt["rng"], self.p.runtime.device)
+        self.p.saver.load_state_dict(ckpt)
+        log.info(
+            "resuming from %s after round %d/%d",
+            self.p.saver.last_path,
+            self.early_stopping.epoch,
+            self.em.rounds,
+        )
+        self.p.saver.restore_outputs()
+
+    def _round(self, r: int) -> None:
+        t0 = time.time()
+        manual_seed(bag_seed(self.cfg.seed, r, -3))  # a round depends on (seed, round) only
+        encoder_loss: float | str = ""
+        if r > 1:
+            train_feats, _ = self._features(r - 1)  # the features the head was trained on
+            encoder_loss = self.e_step(r, train_feats)
+            self.features = None  # the encoder changed: encode again
+        train_feats, val_feats = self._features(r)
+        head_loss, lr = self.m_step(r, train_feats)
+        metrics = validate(
+            self.head_model,
+            val_feats,
+            None,
+            len(self.p.data.classes),
+            self.p.val_loss_fn,
+            self.p.runtime.log_every_s,
+        )
+        es = self.early_stopping
+        improved = es.update(r, metrics, head_loss)
+        seconds = time.time() - t0
+        log.info(
+            "done: head loss %.4f encoder loss %s val_loss %.4f val_auc %.4f (%.1f s)%s",
+            head_loss,
+            encoder_loss if encoder_loss == "" else f"{encoder_loss:.4f}",
+            metrics["loss"],
+            metrics["auc"],
+            seconds,
+            " *" if improved else "",
+        )
+        saver = self.p.saver
+        if improved:
+            val = {f"val_{k}": v for k, v in metrics.items()}
+            ckpt = model_checkpoint(self.model, self.p.header, r, {"train_loss": head_loss, **val})
+            saver.save_best(ckpt)
+        saver.log_epoch(
+            {
+                "epoch": r,
+                "train_loss": head_loss,
+                "val_loss": metrics["loss"],
+                "val_auc": metrics["auc"],
+                "val_balanced_accuracy": metrics["balanced_accuracy"],
+                "lr": lr,
+                "seconds": round(seconds, 3),
+                "best_epoch": es.best_epoch,
+                "n_train_bags": len(self.p.data.train),
+                "n_val_bags": len(self.p.data.val),
+                "encoder_loss": encoder_loss,
+            }
+        )
+        saver.save_last(self.state_dict())
+
+    # ------------------------------------------------------------------ features
+    def _features(self, r: int) -> tuple[list[BagItem], list[BagItem]]:
+        """The training and validation bags encoded by the current encoder (cached until the
+        encoder changes): feature stores ``em_features/{i}.zarr`` in the fold directory."""
+        if self.features is None:
+            t0 = time.time()
+            data = self.p.data
+            items = [*data.train, *data.val]
+            bags = [self._encode(i, it, r) for i, it in enumerate(items)]
+            self.features = (bags[: len(data.train)], bags[len(data.train) :])
+            n = sum(len(b.bag) for b in bags)
+            log.info("encoded %d patches of %d slides (%.1f s)", n, len(bags), time.time() - t0)
+        return self.features
+
+    def _encode(self, index: int, item: BagItem, r: int) -> BagItem:
+        model, device = self.model, self.p.runtime.device
+        was_training = model.training
+        model.eval()
+        try:
+            feats = encode_bag(
+                model.feature_encoder,
+                item.bag,
+                device,
+                self.p.settings.chunk or 256,
+                amp=model.amp_dtype is not None,
+            )
+        finally:
+            model.train(was_training)
+        attrs = {
+            "encoder_id": f"em-round{r}",
+            "feature_dim": int(feats.shape[1]),
+            "slide_id": item.slide_id,
+            "patch_px": int(item.bag.patch_shape[0]),
+        }
+        path = write_feature_store(
+            self.feature_dir / f"{index:05d}.zarr", feats, item.bag.coords, item.bag.grid, attrs
+        )
+        return BagItem(item.slide_id, FeatureBag(path), item.label)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ M-step
+    def m_step(self, r: int, items: Sequence[BagItem]) -> tuple[float, float]:
+        """Train the head on the round's features, ``head_epochs`` epochs with a fresh AdamW
+        (``training.lr``, ``training.schedule`` over the round); returns (loss of the last
+        epoch, learning rate at the start)."""
+        cfg, em, head = self.cfg, self.em, self.head_model
+        calibrate_model(  # FeatureNorm statistics of the new features (when the head has one)
+            head,
+            [it.bag for it in items],
+            n_patches=cfg.calibration_patches,
+            encoder_too=False,
+            seed=cfg.seed + r,
+        )
+        params = [p for p in head.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay)
+        )
+        steps = em.head_epochs * steps_per_epoch(len(items), cfg.bags_per_step, 1)
+        optim = Optimization(
+            optimizer,
+            make_scheduler(optimizer, cfg.schedule, steps),
+            AmpScaler(False, self.p.runtime.device),
+        )
+        lr = optim.lr
+        settings = EpochSettings(
+            seed=cfg.seed,
+            bags_per_step=cfg.bags_per_step,
+            chunk=None,
+            max_instances=self.p.settings.max_instances,
+            bag_mixing=float(cfg.bag_mixing),
+            log_every_s=self.p.runtime.log_every_s,
+        )
+        loss = float("nan")
+        for e in range(1, em.head_epochs + 1):
+            loss = train_epoch(
+                head, items, optim, epoch=(r - 1) * em.head_epochs + e, settings=settings
+            )
+        log.info("M-step: head trained %d epochs, loss %.4f", em.head_epochs, loss)
+        return loss, lr
+
+    # ------------------------------------------------------------------ E-step
+    def instance_targets(
+        self, r: int, items: Sequence[BagItem]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pseudo-labelled training patches of round ``r``: ``(patches uint8 (M, H, W, 3),
+        targets (M, n_classes))``, ``instances_per_round`` drawn evenly from the training
+        slides (seeded by seed and round), those below ``threshold`` confidence left out."""
+        em, data = self.em, self.p.data
+        head = self.model.attention_model
+        device = self.p.runtime.device
+        per_bag = max(1, math.ceil(em.instances_per_round / max(1, len(items))))
+        gen = torch.Generator().manual_seed(bag_seed(self.cfg.seed, r, -5))
+        patches, targets = [], []
+        head.eval()
+        try:
+            for feat_item, item in zip(items, data.train, strict=True):
+                fbag = feat_item.bag
+                h = fbag.load().to(device)
+                adj = fbag.adjacency().to(device) if getattr(head, "needs_adj", False) else None
+                q = pseudo_labels(head, h, item.label, em.pseudo_label, em.temperature, adj)
+                sub = item.bag.subsample(per_bag, gen)
+                rows = sub.indices if sub.indices is not None else np.arange(len(item.bag))
+                targets.append(q[torch.from_numpy(np.asarray(rows)).to(device)].cpu())
+                patches.append(sub.load())
+        finally:
+            head.train()
+        x, q = torch.cat(patches), torch.cat(targets)
+        keep = q.max(-1).values >= em.threshold
+        return x[keep], q[keep]
+
+    def e_step(self, r: int, items: Sequence[BagItem]) -> float:
+        """Fine-tune the encoder for ``encoder_steps`` steps on pseudo-labelled patches with
+        the head fixed; returns the mean loss (NaN when fewer than 2 patches pass the
+        threshold: the encoder is left as it is)."""
+        em, cfg, model = self.em, self.cfg, self.model
+        x, q = self.instance_targets(r, items)
+        if len(x) < 2:
+            log.warning(
+                "E-step: %d patch(es) above the pseudo-label threshold %.2f; encoder unchanged",
+                len(x),
+                em.threshold,
+            )
+            return float("nan")
+        hard = np.bincount(q.argmax(-1).numpy(), minlength=q.shape[1])
+        log.info(
+            "E-step: %d pseudo-labelled patches (%s by class), %d encoder steps",
+            len(x),
+            "/".join(map(str, hard)),
+            em.encoder_steps,
+        )
+        weights = balanced_soft_weights(q) if cfg.class_weights == "balanced" else None
+        head = model.attention_model
+        head.eval()
+        trainable = [p for p in head.parameters() if p.requires_grad]
+        for p in trainable:  # the head is fixed in the E-step
+            p.requires_grad_(False)
+        model.feature_encoder.train()
+        params = [p for p in model.feature_encoder.parameters() if p.requires_grad]
+        lr = float(em.encoder_lr if em.encoder_lr is not None else cfg.lr)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
+        amp = AmpScaler(cfg.amp, self.p.runtime.device)
+        optim = Optimization(optimizer, make_scheduler(optimizer, "constant", 1), amp)
+        gen = torch.Generator().manual_seed(bag_seed(cfg.seed, r, -7))
+        batch = min(em.instance_batch, len(x))
+        order = torch.randperm(len(x), generator=gen)
+        pos, total = 0, 0.0
+        last_line = time.monotonic()
+        try:
+            for step in range(em.encoder_steps):
+                if pos + batch > len(order):  # a new pass over the patches
+                    order, pos = torch.randperm(len(x), generator=gen), 0
+                idx = order[pos : pos + batch]
+                pos += batch
+                optim.zero_grad()
+                h = model.encode(x[idx], batch)
+                loss = soft_cross_entropy(
+                    head.instance_logits(h.float()), q[idx].to(h.device), weights
+                )
+                scaled = amp.grad_scaler.scale(loss) if amp.grad_scaler is not None else loss
+                scaled.backward()
+                optim.step()
+                total += float(loss.detach())
+                if time.monotonic() - last_line >= self.p.runtime.log_every_s:
+                    last_line = time.monotonic()
+                    log.info(
+                        "E-step: %d/%d steps, loss so far %.4f",
+                        step + 1,
+                        em.encoder_steps,
+                        total / (step + 1),
+                    )
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+            model.train()
+        mean = total / em.encoder_steps
+        log.info("E-step: encoder fine-tuned, pseudo-label loss %.4f", mean)
+        return mean
