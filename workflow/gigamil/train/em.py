@@ -259,7 +259,7 @@ class EMTrainer:
         log.info(
             "done: head loss %.4f encoder loss %s val_loss %.4f val_auc %.4f (%.1f s)%s",
             head_loss,
-            encoder_loss if encoder_loss == "" else f"{encoder_loss:.4f}",
+            "-" if encoder_loss == "" else f"{encoder_loss:.4f}",
             metrics["loss"],
             metrics["auc"],
             seconds,
