@@ -428,7 +428,7 @@ class StoreWriter:
         missing = [k for k in REQUIRED_ATTRS if k not in attrs]
         if missing:
             raise ValueError(f"patch store attrs missing {missing}")
-        self.group.attrs.update(_jsonable(attrs))
+        self.group.update_attributes(_jsonable(attrs))  # one write (attrs.update: one per key)
         if self.out.exists():
             old = temp_path(self.out, "old")
             os.replace(self.out, old)
