@@ -11,10 +11,12 @@ from gigamil.errors import ConfigError
 from gigamil.settings import (
     SECTIONS,
     EarlyStoppingConfig,
+    EMConfig,
     ModelConfig,
     PatchConfig,
     TissueConfig,
     TrainingConfig,
+    resolve_strategy,
     schema_section,
 )
 from gigamil.wsi.patching import PatchParams
@@ -81,3 +83,46 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert "tensorboard" not in a.resume_signature()
     assert set(a.resume_signature()) == set(a.to_dict()) - set(TrainingConfig.LOG_ONLY_KEYS)
     assert a.resume_signature() != TrainingConfig.from_dict({"epochs": 3}).resume_signature()
+
+
+def test_strategy_and_the_older_encoder_keys() -> None:
+    assert TrainingConfig().strategy == "end_to_end" and TrainingConfig().em == EMConfig()
+    assert resolve_strategy({}, {}) == ("end_to_end", ModelConfig())
+    # the older spellings of frozen keep working, with or without the strategy
+    for model in ({"trainable_blocks": 0}, {"freeze_encoder": True}):
+        for strategy in ("end_to_end", "frozen"):
+            name, m = resolve_strategy(model, {"strategy": strategy})
+            assert name == "frozen" and m.trainable_blocks == 0
+    name, m = resolve_strategy({}, {"strategy": "frozen"})
+    assert name == "frozen" and m.trainable_blocks == 0  # frozen freezes the whole encoder
+    assert resolve_strategy({"trainable_blocks": 2}, {})[1].trainable_blocks == 2
+    name, m = resolve_strategy({"trainable_blocks": 2}, {"strategy": "em"})
+    assert name == "em" and m.trainable_blocks == 2  # em may fine-tune the top blocks only
+    assert TrainingConfig.from_dict({"em": {"rounds": 2}}).em.rounds == 2
+
+
+@pytest.mark.parametrize(
+    ("model", "strategy", "message"),
+    [
+        ({"trainable_blocks": 2}, "frozen", "strategy: frozen contradicts model.trainable_blocks"),
+        ({"trainable_blocks": 0}, "em", "em fine-tunes the encoder but model.trainable_blocks: 0"),
+        ({"freeze_encoder": True}, "em", "but model.freeze_encoder: true freezes it"),
+        ({"encoder": "identity"}, "em", "model.encoder: identity has none"),
+        ({"freeze_encoder": True, "trainable_blocks": 1}, "end_to_end", "contradicts"),
+    ],
+)
+def test_contradictory_strategies_are_config_errors(model, strategy, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_strategy(model, {"strategy": strategy})
+    cfg = {"cohorts": {"a": {"sheet": "a.csv"}}, "model": model, "training": {"strategy": strategy}}
+    with pytest.raises(ConfigError, match=message):  # validation says so before any job runs
+        validate_config(cfg)
+
+
+def test_unknown_strategy_and_em_keys_are_schema_errors() -> None:
+    with pytest.raises(ConfigError, match="strategy"):
+        TrainingConfig.from_dict({"strategy": "alternating"})
+    with pytest.raises(ConfigError, match="pseudo_label"):
+        TrainingConfig.from_dict({"em": {"pseudo_label": "majority"}})
+    with pytest.raises(ConfigError, match="rounds"):
+        TrainingConfig.from_dict({"em": {"rounds": 0}})

@@ -211,6 +211,35 @@ def test_cache_enabled_only_for_a_frozen_encoder() -> None:
         f"results/features/{eid}/c/s1.zarr"
     ]
     assert layout.with_stores(slides)["store"].tolist() == ["results/patches/c/s1.zarr"]
+    # training.strategy: frozen caches too (trainable_blocks left at all); em and end_to_end not
+    frozen = {
+        "model": {},
+        "training": {"strategy": "frozen"},
+        "preprocessing": {"patches": PATCHES},
+    }
+    assert config_encoder_id(frozen) == eid
+    for strategy in ("em", "end_to_end"):
+        cfg = {**frozen, "training": {"strategy": strategy}}
+        assert config_encoder_id(cfg) is None
+
+
+def test_in_memory_bag_behaves_like_a_stored_one(write_store, tmp_path: Path) -> None:
+    grid = np.array([[0, 3], [1, 0], [1, 1], [2, 5], [4, 4]], np.int64)
+    store = write_store(tmp_path / "s.zarr", _patches(5), grid=grid, chunk=2)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    stored = FeatureBag(extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu"))
+    feats = stored.load().numpy()
+    bag = FeatureBag.in_memory(feats, stored.coords, stored.grid, {"slide_id": "s", "patch_px": 32})
+    assert len(bag) == 5 and bag.dim == 64 and bag.resident and bag.with_cache() is bag
+    assert bag.patch_shape == (32, 32, 3) and bag.slide_id == "s"
+    assert torch.equal(bag.load(), stored.load())
+    assert torch.equal(torch.cat(list(bag.chunks(2))), stored.load())
+    gen = torch.Generator
+    sub, ref = bag.subsample(3, gen().manual_seed(1)), stored.subsample(3, gen().manual_seed(1))
+    assert torch.equal(sub.load(), ref.load())
+    assert torch.equal(sub.adjacency().to_dense(), ref.adjacency().to_dense())
+    with pytest.raises(ValueError, match="N rows"):
+        FeatureBag.in_memory(feats, stored.coords[:4], stored.grid, {"slide_id": "s"})
 
 
 def _feature_cohort(df: pd.DataFrame, root: Path, model_cfg: dict, px: int) -> pd.DataFrame:

@@ -337,6 +337,37 @@ class FeatureBag:
             FeatureBag._resident[0] += nbytes
             weakref.finalize(self, FeatureBag._release, nbytes)
 
+    @classmethod
+    def in_memory(
+        cls,
+        features: np.ndarray,
+        coords: np.ndarray,
+        grid: np.ndarray,
+        attrs: Mapping[str, Any],
+    ) -> FeatureBag:
+        """A bag of features (N, D) held in memory only (no store on disk), e.g. the features
+        the ``em`` strategy encodes each round; ``coords``/``grid`` (N, 2) as in a feature
+        store, ``attrs`` at least ``slide_id`` and ``patch_px`` (``encoder_id`` names the
+        encoder). Not counted in :data:`RESIDENT_BYTES` (the caller holds the array)."""
+        feats = np.ascontiguousarray(features, dtype=np.float16)
+        n = len(feats)
+        if feats.ndim != 2 or len(coords) != n or len(grid) != n:
+            raise ValueError(
+                f"features (N, D), coords and grid (N, 2) must have N rows: {feats.shape}, "
+                f"{np.shape(coords)}, {np.shape(grid)}"
+            )
+        bag = cls.__new__(cls)
+        bag.attrs = {"kind": KIND, **dict(attrs), "feature_dim": int(feats.shape[1])}
+        bag.attrs["n_patches"] = n
+        bag.slide_id = str(bag.attrs["slide_id"])
+        bag.path = Path(f"<memory>/{bag.slide_id}")
+        bag._array = feats
+        bag.store_len, bag.indices = n, None
+        bag.coords = np.asarray(coords, np.int64).reshape(n, 2)
+        bag.grid = np.asarray(grid, np.int64).reshape(n, 2)
+        bag._features, bag._adjacency = feats, None
+        return bag
+
     @staticmethod
     def _release(nbytes: int) -> None:
         FeatureBag._resident[0] -= nbytes

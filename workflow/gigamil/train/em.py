@@ -4,11 +4,11 @@ Instead of backpropagating the bag loss through every patch (GradCache, exact bu
 passes per patch per step), the fold is trained in rounds (``training.em``):
 
 - **M-step** (every round): with the encoder fixed, every slide is encoded once (eval mode, no
-  augmentation) into a feature store of the fold directory (the format of the feature cache,
-  :func:`gigamil.data.features.write_feature_store`), and the attention head trains on those
-  features with the head trainer of the ``frozen`` strategy (:func:`gigamil.train.loop.train_epoch`
-  on :class:`~gigamil.data.features.FeatureBag`), ``head_epochs`` epochs; then validation on the
-  validation slides' features.
+  augmentation; :func:`gigamil.data.features.encode_bag`, float16 like the feature cache) into
+  in-memory :class:`~gigamil.data.features.FeatureBag` s (``FeatureBag.in_memory``: N × D × 2
+  bytes for the fold's N patches), and the attention head trains on those features with the
+  head trainer of the ``frozen`` strategy (:func:`gigamil.train.loop.train_epoch`),
+  ``head_epochs`` epochs; then validation on the validation slides' features.
 - **E-step** (rounds 2 and later, before the M-step): with the head fixed, the bag classifier
   labels ``instances_per_round`` training patches (:func:`pseudo_labels`: the classifier applied
   to each patch as a bag of one, or attention-weighted bag evidence; every patch of a
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gigamil.data.features import FeatureBag, encode_bag, write_feature_store
+from gigamil.data.features import FeatureBag, encode_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
 from gigamil.models.mil import MILModel
@@ -67,7 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RULES = ("instance", "attention")
-FEATURES_DIR = "em_features"  # per-round feature stores inside the fold directory
 
 
 def class_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -179,7 +177,6 @@ class EMTrainer:
             training_cfg.early_stopping.metric, self.em.rounds, 0, self.em.rounds
         )
         self.encoder_random_init = model_cfg.weights is None
-        self.feature_dir = Path(parts.out_dir) / FEATURES_DIR
         self.features: tuple[list[BagItem], list[BagItem]] | None = None
 
     # ------------------------------------------------------------------ loop
@@ -203,7 +200,7 @@ class EMTrainer:
         for r in range(es.epoch + 1, rounds + 1):
             with log_context(self.round_name(r)):
                 self._round(r)
-        shutil.rmtree(self.feature_dir, ignore_errors=True)
+        self.features = None
         return saver.model_path
 
     def round_name(self, r: int) -> str:
@@ -289,19 +286,18 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ features
     def _features(self, r: int) -> tuple[list[BagItem], list[BagItem]]:
-        """The training and validation bags encoded by the current encoder (cached until the
-        encoder changes): feature stores ``em_features/{i}.zarr`` in the fold directory."""
+        """The training and validation bags encoded by the current encoder (kept until the
+        encoder changes), as in-memory :class:`FeatureBag` s (float16, N × D × 2 bytes)."""
         if self.features is None:
             t0 = time.time()
             data = self.p.data
-            items = [*data.train, *data.val]
-            bags = [self._encode(i, it, r) for i, it in enumerate(items)]
+            bags = [self._encode(it, r) for it in [*data.train, *data.val]]
             self.features = (bags[: len(data.train)], bags[len(data.train) :])
             n = sum(len(b.bag) for b in bags)
             log.info("encoded %d patches of %d slides (%.1f s)", n, len(bags), time.time() - t0)
         return self.features
 
-    def _encode(self, index: int, item: BagItem, r: int) -> BagItem:
+    def _encode(self, item: BagItem, r: int) -> BagItem:
         model, device = self.model, self.p.runtime.device
         was_training = model.training
         model.eval()
@@ -317,14 +313,11 @@ class EMTrainer:
             model.train(was_training)
         attrs = {
             "encoder_id": f"em-round{r}",
-            "feature_dim": int(feats.shape[1]),
             "slide_id": item.slide_id,
             "patch_px": int(item.bag.patch_shape[0]),
         }
-        path = write_feature_store(
-            self.feature_dir / f"{index:05d}.zarr", feats, item.bag.coords, item.bag.grid, attrs
-        )
-        return BagItem(item.slide_id, FeatureBag(path), item.label)  # type: ignore[arg-type]
+        bag = FeatureBag.in_memory(feats, item.bag.coords, item.bag.grid, attrs)
+        return BagItem(item.slide_id, bag, item.label)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ M-step
     def m_step(self, r: int, items: Sequence[BagItem]) -> tuple[float, float]:

@@ -1,0 +1,220 @@
+"""training.strategy: em (gigamil.train.em): pseudo-label rules, the E-step loss, MNIST-bags
+learned by EM through train_fold, and a killed run resuming at the next round."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from gigamil.nn.pooling import AttentionHead
+from gigamil.train import em as em_mod
+from gigamil.train.em import (
+    balanced_soft_weights,
+    class_log_probs,
+    pseudo_labels,
+    soft_cross_entropy,
+)
+from gigamil.train.predict import predict_slides
+from gigamil.train.run import train_fold
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- pseudo-labels and the E-step loss ------------------------------------------------------
+
+
+def _head(n_classes: int = 2) -> AttentionHead:
+    torch.manual_seed(0)
+    return AttentionHead(6, n_classes=n_classes, att_dim=4).eval()
+
+
+def test_negative_bags_label_every_instance_with_the_first_class() -> None:
+    head, h = _head(), torch.randn(5, 6)
+    for rule in ("instance", "attention"):
+        q = pseudo_labels(head, h, 0, rule)
+        assert torch.equal(q, torch.tensor([[1.0, 0.0]] * 5))
+
+
+def test_instance_rule_is_the_bag_classifier_on_a_bag_of_one() -> None:
+    head, h = _head(), torch.randn(5, 6)
+    q = pseudo_labels(head, h, 1, "instance")
+    for i in range(5):
+        logits, att = head(h[i : i + 1])  # the instance as a bag of one
+        assert att.item() == pytest.approx(1.0)
+        assert q[i, 1].item() == pytest.approx(torch.sigmoid(logits[0]).item(), abs=1e-6)
+    assert torch.allclose(q.sum(1), torch.ones(5))
+    sharp = pseudo_labels(head, h, 1, "instance", temperature=0.5)
+    assert torch.all((sharp[:, 1] - 0.5).abs() >= (q[:, 1] - 0.5).abs() - 1e-7)
+    multi, hm = _head(3), torch.randn(4, 6)
+    qm = pseudo_labels(multi, hm, 2, "instance")
+    assert torch.allclose(qm, torch.softmax(multi.classifier(hm), -1), atol=1e-6)
+
+
+def test_attention_rule_gives_the_most_attended_instance_the_bag_evidence() -> None:
+    head, h = _head(), torch.randn(6, 6)
+    logits, att = head(h)
+    p_bag = torch.sigmoid(logits[0])
+    q = pseudo_labels(head, h, 1, "attention")
+    top = int(att.argmax())
+    assert q[top, 1].item() == pytest.approx(p_bag.item(), abs=1e-6)
+    assert torch.allclose(q[:, 1], p_bag * att / att.max(), atol=1e-6)
+    assert torch.allclose(q.sum(1), torch.ones(6))
+    with pytest.raises(ValueError, match="rule must be one of"):
+        pseudo_labels(head, h, 1, "majority")
+    with pytest.raises(ValueError, match="temperature"):
+        pseudo_labels(head, h, 1, "instance", temperature=0)
+
+
+def test_soft_cross_entropy_is_bce_for_one_logit_and_weights_balance_classes() -> None:
+    z = torch.tensor([[2.0], [-1.0], [0.5]])
+    q1 = torch.tensor([1.0, 0.0, 0.3])
+    target = torch.stack([1 - q1, q1], 1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], q1)
+    assert soft_cross_entropy(z, target).item() == pytest.approx(bce.item(), abs=1e-6)
+    assert torch.allclose(class_log_probs(z).exp().sum(1), torch.ones(3))
+    w = balanced_soft_weights(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))  # total / (classes x class mass)
+    assert torch.equal(balanced_soft_weights(torch.tensor([[1.0, 0.0]])), torch.tensor([1.0, 0]))
+
+
+# --- MNIST-bags through train_fold ----------------------------------------------------------
+
+EM_MODEL = {"encoder": "smallcnn", "weights": None, "batchnorm": "frozen", "pool": "abmil"}
+NO_AUGMENT = {"flips": False, "rot90": False, "color_jitter": 0.0}  # a flipped 9 is no 9
+
+
+def _digit_bags(write_store, root: Path, images, digits, n: int, prefix: str, rng):
+    """Bags of 16-px RGB digit patches (mean size 10, sd 2); label nine iff a 9 is inside."""
+    rows, nines = [], {}
+    for i in range(n):
+        size = int(np.clip(round(rng.normal(10, 2)), 2, None))
+        idx = rng.choice(len(images), size=size, replace=False)
+        img = np.kron(images[idx] / 16.0, np.ones((2, 2)))  # 8x8 -> 16x16
+        patches = np.repeat((255 * img)[..., None], 3, axis=-1).astype(np.uint8)
+        sid = f"{prefix}{i}"
+        store = write_store(root / f"{sid}.zarr", patches, chunk=16)
+        is_nine = digits[idx] == 9
+        label = "nine" if is_nine.any() else "other"
+        rows.append(
+            {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
+        )
+        nines[sid] = is_nine
+    return pd.DataFrame(rows), nines
+
+
+def test_em_learns_mnist_bags_and_attends_to_nines(write_store, tmp_path: Path) -> None:
+    t0 = time.time()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    d = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        d.images, d.target, test_size=0.4, stratify=d.target, random_state=0
+    )
+    train, _ = _digit_bags(write_store, tmp_path, x_tr, y_tr, 100, "t", rng)
+    val, _ = _digit_bags(write_store, tmp_path, x_tr, y_tr, 30, "v", rng)
+    test, nines = _digit_bags(write_store, tmp_path, x_te, y_te, 100, "e", rng)
+    training = {
+        "device": "cpu",
+        "seed": 0,
+        "lr": 3e-3,
+        "strategy": "em",
+        "max_instances_per_forward_pass": 64,
+        "augment": NO_AUGMENT,
+        "em": {"rounds": 4, "head_epochs": 10, "encoder_steps": 60, "instances_per_round": 1000},
+    }
+    out = tmp_path / "fold0"
+    model_path = train_fold(train, val, ["other", "nine"], EM_MODEL, training, out)
+    rows = read_log(out / "train_log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]  # one row per round
+    assert rows[0]["encoder_loss"] == "" and all(float(r["encoder_loss"]) > 0 for r in rows[1:])
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.pt", "train_log.csv"]
+
+    preds = predict_slides(model_path, test, None, tmp_path / "att", device="cpu")
+    auc = roc_auc_score(preds.label == "nine", preds.prob_nine)
+    top_is_nine, inst_auc = [], []
+    for sid, label in zip(preds.slide_id, preds.label, strict=True):
+        if label == "nine":
+            att = np.load(tmp_path / "att" / f"{sid}.npy")
+            top_is_nine.append(bool(nines[sid][att.argmax()]))
+            if not nines[sid].all():
+                inst_auc.append(roc_auc_score(nines[sid], att))
+    assert auc >= 0.9, auc
+    assert np.mean(top_is_nine) >= 0.8, np.mean(top_is_nine)  # the top patch is a 9
+    assert np.mean(inst_auc) >= 0.9, np.mean(inst_auc)  # 9s ranked above the other digits
+    # round 1 is the frozen strategy (random smallcnn features); EM's rounds improve on it
+    assert max(float(r["val_auc"]) for r in rows[1:]) > float(rows[0]["val_auc"])
+    assert time.time() - t0 < 60
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+def test_killed_em_run_resumes_at_the_next_round(
+    mil_bags, write_store, tmp_path: Path, monkeypatch
+) -> None:
+    torch.set_num_threads(1)
+    train = mil_bags.cohort(tmp_path / "s", 6, 0, "t")
+    val = mil_bags.cohort(tmp_path / "s", 4, 1, "v")
+    training = {
+        "device": "cpu",
+        "lr": 3e-3,
+        "strategy": "em",
+        "max_instances_per_forward_pass": 8,
+        "em": {"rounds": 3, "head_epochs": 2, "encoder_steps": 3, "instance_batch": 8},
+    }
+    model = {**mil_bags.model, "pool": "smabmil"}
+    full = tmp_path / "full"
+    train_fold(train, val, mil_bags.classes, model, training, full)
+
+    killed = tmp_path / "killed"
+    real_e_step = em_mod.EMTrainer.e_step
+
+    def dying_e_step(self, r, items):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt  # killed in round 2, after round 1's checkpoint
+
+    monkeypatch.setattr(em_mod.EMTrainer, "e_step", dying_e_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(train, val, mil_bags.classes, model, training, killed)
+    assert [int(r["epoch"]) for r in read_log(killed / "train_log.csv")] == [1]
+    assert torch.load(killed / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 1
+    (killed / "model.pt").unlink()  # Snakemake deletes the declared outputs of a failed job
+    (killed / "train_log.csv").unlink()
+
+    seen = []
+
+    def recording_e_step(self, r, items):  # noqa: ANN001, ANN202
+        seen.append(r)
+        return real_e_step(self, r, items)
+
+    monkeypatch.setattr(em_mod.EMTrainer, "e_step", recording_e_step)
+    train_fold(train, val, mil_bags.classes, model, training, killed)
+    assert seen == [2, 3]  # continued at round 2, not restarted
+    log_full, log_killed = read_log(full / "train_log.csv"), read_log(killed / "train_log.csv")
+    assert [int(r["epoch"]) for r in log_killed] == [1, 2, 3]
+    for a, b in zip(log_full, log_killed, strict=True):
+        for key in ("train_loss", "val_loss", "encoder_loss"):
+            assert a[key] == b[key] or float(a[key]) == pytest.approx(float(b[key]), abs=1e-6)
+    best = torch.load(full / "model.pt", weights_only=True)
+    again = torch.load(killed / "model.pt", weights_only=True)
+    assert again["epoch"] == best["epoch"]
+    for k, v in best["state_dict"].items():
+        assert torch.allclose(again["state_dict"][k].float(), v.float(), atol=1e-6), k
+    # the model is a whole MILModel (encoder + head), as end_to_end writes it
+    assert any(k.startswith("feature_encoder.") for k in best["state_dict"])
+    assert "features" not in best
+
+    seen.clear()  # a finished run is not redone
+    train_fold(train, val, mil_bags.classes, model, training, killed)
+    assert seen == []
