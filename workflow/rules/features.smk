@@ -1,6 +1,7 @@
 """Rule extract_features: the feature cache of a frozen encoder (gigamil.data.features).
 
-Used only when the encoder is frozen (model.trainable_blocks 0 or freeze_encoder) and
+Used only when the encoder is frozen (training.strategy frozen, or its older spelling
+model.trainable_blocks 0 / freeze_encoder) and
 model.feature_cache is on (FEATURE_ID, common.smk): train_fold and predict_fold then read
 results/features/{encoder_id}/{cohort}/{slide_id}.zarr instead of the patch stores. encoder_id
 hashes everything the features depend on (encoder, weights, BatchNorm mode, normalisation, patch

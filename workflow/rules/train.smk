@@ -7,7 +7,8 @@ also holds last.pt, deliberately not a declared output: Snakemake leaves it in p
 dies, and the trainer resumes from it (it ignores a last.pt written with another configuration).
 GPU jobs ask for gpu=1 only when training.device is cuda. With a frozen encoder whose features are
 cached (FEATURE_ID), both rules read the feature stores of rule extract_features instead of the
-patch stores.
+patch stores. training.strategy em runs all its rounds inside train_fold (features encoded in the
+job each round), so its rule graph is the end-to-end one.
 """
 
 from gigamil.settings import TrainingConfig
