@@ -81,7 +81,15 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     b = TrainingConfig.from_dict({"tensorboard": True})
     assert a.resume_signature() == b.resume_signature()
     assert "tensorboard" not in a.resume_signature()
-    assert set(a.resume_signature()) == set(a.to_dict()) - set(TrainingConfig.LOG_ONLY_KEYS)
+    other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em"}  # end_to_end: as before they existed
+    assert set(a.resume_signature()) == set(a.to_dict()) - other
+    # em settings change what em trains, and nothing else
+    em2 = {"em": {"rounds": 2}}
+    assert a.resume_signature() == TrainingConfig.from_dict(em2).resume_signature()
+    em = TrainingConfig.from_dict({"strategy": "em"}).resume_signature()
+    assert em["strategy"] == "em" and em["em"] == EMConfig().to_dict()
+    assert em != TrainingConfig.from_dict({"strategy": "em", **em2}).resume_signature()
+    assert TrainingConfig.from_dict({"strategy": "frozen"}).resume_signature()["strategy"]
     assert a.resume_signature() != TrainingConfig.from_dict({"epochs": 3}).resume_signature()
 
 

@@ -141,8 +141,16 @@ class TrainingConfig(_Section):
 
     def resume_signature(self) -> dict[str, Any]:
         """The settings that change what is trained (all but ``LOG_ONLY_KEYS``): ``last.pt``
-        resumes only under the same signature, and rule train_fold takes it as params."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.LOG_ONLY_KEYS}
+        resumes only under the same signature, and rule train_fold takes it as params.
+        ``em`` only under ``strategy: em`` (its settings train nothing otherwise), and
+        ``strategy`` not when it is ``end_to_end``: folds trained before the key existed (or
+        with other em settings) are not retrained."""
+        sig = {k: v for k, v in self.to_dict().items() if k not in self.LOG_ONLY_KEYS}
+        if self.strategy != "em":
+            del sig["em"]
+        if self.strategy == "end_to_end":
+            del sig["strategy"]
+        return sig
 
 
 @dataclass(frozen=True)
