@@ -123,3 +123,40 @@ def test_unfrozen_encoder_reads_the_patch_stores(workdir: Path):
     write_config(workdir, cfg)
     counts = Counter(rule for rule, _ in planned(workdir))
     assert counts["train_fold"] == FOLDS and "extract_features" not in counts, counts
+
+
+def test_training_strategy_spellings_share_the_cache(workdir: Path):
+    # training.strategy: frozen is the same feature cache as trainable_blocks: 0
+    cfg = read_config(workdir)
+    cfg["model"]["trainable_blocks"] = "all"
+    cfg["training"]["strategy"] = "frozen"
+    write_config(workdir, cfg)
+    counts = Counter(rule for rule, _ in planned(workdir))
+    assert "extract_features" not in counts, counts  # the same encoder_id: nothing re-extracted
+    # em settings change nothing a frozen run trains
+    cfg = read_config(workdir)
+    cfg["training"]["em"] = {"rounds": 2, "pseudo_label": "attention"}
+    write_config(workdir, cfg)
+    assert Counter(rule for rule, _ in planned(workdir)) == counts
+    # em trains the encoder: it reads the patch stores, in the end-to-end rule graph
+    cfg["training"]["strategy"] = "em"
+    write_config(workdir, cfg)
+    counts = Counter(rule for rule, _ in planned(workdir))
+    assert counts["train_fold"] == FOLDS and "extract_features" not in counts, counts
+
+
+def test_contradictory_strategy_stops_before_any_job(workdir: Path):
+    cfg = read_config(workdir)
+    cfg["training"]["strategy"] = "em"  # with the fixture's trainable_blocks: 0
+    write_config(workdir, cfg)
+    res = subprocess.run(
+        [SNAKEMAKE, "--cores", "1", "--dry-run", TARGET],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode != 0
+    assert "em fine-tunes the encoder but model.trainable_blocks: 0 freezes it" in (
+        res.stdout + res.stderr
+    )
