@@ -35,9 +35,20 @@ def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
     log = _train_log(tmp_path / "train_log.csv")
     out = tmp_path / "fold0" / "training_curves.png"
     info = plot_training_curves(log, out, "demo: fold 0")
-    assert info == {"epochs": 6, "best_epoch": 3}
+    assert info == {"epochs": 6, "best_epoch": 3, "curves": ["train_loss", "val_loss", "val_auc"]}
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (960, 408)
+
+
+def test_training_curves_of_em_rounds_draw_the_encoder_loss(tmp_path):
+    log = _train_log(tmp_path / "train_log.csv")
+    rows = pd.read_csv(log)
+    rows["encoder_loss"] = [None, 0.9, 0.7, 0.6, 0.5, 0.45]  # round 1 has no E-step
+    rows.to_csv(log, index=False)
+    info = plot_training_curves(log, tmp_path / "em.png", "demo: fold 0 (em)")
+    assert info["curves"] == ["train_loss", "val_loss", "encoder_loss", "val_auc"]
+    with Image.open(tmp_path / "em.png") as img:
+        assert img.format == "PNG"
 
 
 def test_training_curves_refuse_a_log_without_the_curves(tmp_path):

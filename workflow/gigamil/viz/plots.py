@@ -101,15 +101,22 @@ def plot_confusion(
     plt.close(fig)
 
 
-CURVE_COLOURS = {"train_loss": "tab:blue", "val_loss": "tab:orange", "val_auc": "tab:green"}
+CURVE_COLOURS = {
+    "train_loss": "tab:blue",
+    "val_loss": "tab:orange",
+    "val_auc": "tab:green",
+    "encoder_loss": "tab:red",
+}
 
 
 def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> dict[str, float]:
     """Training curves of one fold from its ``train_log.csv``: training and validation loss
     (left) and validation AUC (right) against the epoch, the best epoch (the one model.pt holds,
-    the log's last ``best_epoch``) marked by a dashed line and a star on each curve.
+    the log's last ``best_epoch``) marked by a dashed line and a star on each curve. A log of
+    ``training.strategy: em`` (rows = rounds) also draws the E-step's pseudo-label loss
+    (``encoder_loss``) on the left.
 
-    Returns ``{"epochs": n, "best_epoch": e}``.
+    Returns ``{"epochs": n, "best_epoch": e, "curves": [the columns drawn]}``.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -125,11 +132,14 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     at_best = log.loc[log["epoch"] == best]
     plt = _pyplot()
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=120)
-    for ax, cols in ((ax_loss, ("train_loss", "val_loss")), (ax_auc, ("val_auc",))):
+    losses = ["train_loss", "val_loss"]
+    if "encoder_loss" in log.columns and log["encoder_loss"].notna().any():
+        losses.append("encoder_loss")
+    for ax, cols in ((ax_loss, losses), (ax_auc, ["val_auc"])):
         for col in cols:
             colour = CURVE_COLOURS[col]
             ax.plot(log["epoch"], log[col], marker=".", ms=4, lw=1.4, color=colour, label=col)
-            if not at_best.empty:
+            if not at_best.empty and pd.notna(at_best[col].iloc[0]):
                 ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
         ax.axvline(best, ls="--", lw=1, color="grey", label=f"best epoch {best}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -144,4 +154,4 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return {"epochs": int(len(log)), "best_epoch": best}
+    return {"epochs": int(len(log)), "best_epoch": best, "curves": [*losses, "val_auc"]}
