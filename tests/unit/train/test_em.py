@@ -1,5 +1,6 @@
 """training.strategy: em (gigamil.train.em): pseudo-label rules, the E-step loss, MNIST-bags
-learned by EM through train_fold, and a killed run resuming at the next round."""
+learned by EM through train_fold, a killed run resuming at the next round; and the frozen
+strategy on patch stores (the encoder stays as initialised)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from gigamil.models.factory import build_mil_model
 from gigamil.nn.pooling import AttentionHead
+from gigamil.settings import ModelConfig
 from gigamil.train import em as em_mod
 from gigamil.train.em import (
     balanced_soft_weights,
@@ -172,7 +175,15 @@ def test_killed_em_run_resumes_at_the_next_round(
         "lr": 3e-3,
         "strategy": "em",
         "max_instances_per_forward_pass": 8,
-        "em": {"rounds": 3, "head_epochs": 2, "encoder_steps": 3, "instance_batch": 8},
+        "em": {
+            "rounds": 3,
+            "head_epochs": 2,
+            "encoder_steps": 3,
+            "instance_batch": 8,
+            "pseudo_label": "attention",
+            "temperature": 0.5,
+            "threshold": 0.6,
+        },
     }
     model = {**mil_bags.model, "pool": "smabmil"}
     full = tmp_path / "full"
@@ -218,3 +229,21 @@ def test_killed_em_run_resumes_at_the_next_round(
     seen.clear()  # a finished run is not redone
     train_fold(train, val, mil_bags.classes, model, training, killed)
     assert seen == []
+
+
+def test_frozen_strategy_on_patch_stores_trains_the_head_only(mil_bags, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    train = mil_bags.cohort(tmp_path / "s", 6, 0, "t")
+    val = mil_bags.cohort(tmp_path / "s", 4, 1, "v")
+    training = {"device": "cpu", "lr": 3e-2, "epochs": 2, "strategy": "frozen"}
+    path = train_fold(train, val, mil_bags.classes, mil_bags.model, training, tmp_path / "f")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["model_config"]["trainable_blocks"] == 0  # what model.pt records
+    torch.manual_seed(0)  # the trainer's initialisation (training.seed 0)
+    cfg = ModelConfig.from_dict({**mil_bags.model, "trainable_blocks": 0})
+    init = build_mil_model(cfg, 2, mil_bags.px).state_dict()
+    trained = ckpt["state_dict"]
+    weights = [k for k in init if k.startswith("feature_encoder.") and k.endswith(".weight")]
+    assert weights and all(torch.equal(trained[k], init[k]) for k in weights)  # encoder frozen
+    head = [k for k in init if k.startswith("attention_model.")]
+    assert any(not torch.equal(trained[k], init[k]) for k in head)  # the head learned
