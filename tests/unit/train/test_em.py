@@ -203,15 +203,16 @@ def test_killed_em_run_resumes_at_the_next_round(
     (killed / "model.pt").unlink()  # Snakemake deletes the declared outputs of a failed job
     (killed / "train_log.csv").unlink()
 
-    seen = []
+    seen, real_m_step = [], em_mod.EMTrainer.m_step
 
-    def recording_e_step(self, r, items):  # noqa: ANN001, ANN202
+    def recording_m_step(self, r, items):  # noqa: ANN001, ANN202
         seen.append(r)
-        return real_e_step(self, r, items)
+        return real_m_step(self, r, items)
 
-    monkeypatch.setattr(em_mod.EMTrainer, "e_step", recording_e_step)
+    monkeypatch.setattr(em_mod.EMTrainer, "e_step", real_e_step)
+    monkeypatch.setattr(em_mod.EMTrainer, "m_step", recording_m_step)
     train_fold(train, val, mil_bags.classes, model, training, killed)
-    assert seen == [2, 3]  # continued at round 2, not restarted
+    assert seen == [2, 3]  # continued at round 2, not restarted (round 1 not trained again)
     log_full, log_killed = read_log(full / "train_log.csv"), read_log(killed / "train_log.csv")
     assert [int(r["epoch"]) for r in log_killed] == [1, 2, 3]
     for a, b in zip(log_full, log_killed, strict=True):
