@@ -171,6 +171,7 @@ class ModelConfig(_Section):
     instance_loss: float = _default(_MODEL, "instance_loss")
     colour_histogram: int = _default(_MODEL, "colour_histogram")
     instance_top_k: int = _default(_MODEL, "instance_top_k")
+    top_fraction: float = _default(_MODEL, "top_fraction")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from gigamil.nn.pooling import AttentionHead, grid_adjacency, smooth
@@ -85,3 +86,60 @@ def test_instance_loss_multiclass_and_exact_chunked_gradients() -> None:
     assert step.loss > float(bag_only)  # the instance term is part of the trained loss
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_instance_pool_top_fraction_mean_and_weak_labels() -> None:
+    torch.manual_seed(0)
+    head = AttentionHead(4, pool="instance", top_fraction=0.3)
+    assert head.V is None and head.w is None  # no attention network
+    assert head.bag_loss_weight == 0.0  # trained on weak patch labels only
+    h = torch.randn(10, 4)
+    z = head.instance_logits(h)[:, 0].detach()
+    logit, att = head(h)
+    # the bag logit is the mean of the ceil(0.3 * 10) = 3 highest patch logits
+    assert torch.allclose(logit[0], z.topk(3).values.mean(), atol=1e-6)
+    # the "attention": the patch probabilities, divided by their sum
+    assert torch.allclose(att, torch.sigmoid(z) / torch.sigmoid(z).sum(), atol=1e-6)
+    assert torch.isclose(att.sum(), torch.tensor(1.0))
+    # every patch toward the slide's class, whatever instance_top_k says
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert torch.allclose(head.instance_loss(h, 1), bce(z, torch.ones(10)))
+    assert torch.allclose(head.instance_loss(h, 0), bce(z, torch.zeros(10)))
+    # top_fraction 1: the mean of all patch logits
+    everything = AttentionHead(4, pool="instance", top_fraction=1.0)
+    assert torch.allclose(everything(h)[0][0], everything.instance_logits(h)[:, 0].mean())
+
+
+def test_instance_pool_loss_is_weak_labels_with_exact_chunked_gradients() -> None:
+    from gigamil.models.mil import MILModel
+    from gigamil.nn.losses import BagLoss
+
+    torch.manual_seed(0)
+    head = AttentionHead(4, n_classes=3, pool="instance", top_fraction=0.5)
+    model = MILModel(torch.nn.Linear(5, 4), head, BagLoss())
+    x = torch.randn(9, 5)
+    grads = []
+    for k in (None, 4):
+        model.zero_grad()
+        step = model.forward_train(x, 2, max_instances_per_forward_pass=k)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    with torch.no_grad():
+        z = head.instance_logits(model.feature_encoder(x))
+    # no bag term: the loss is the cross-entropy of every patch toward the slide's class
+    expected = torch.nn.functional.cross_entropy(z, torch.full((9,), 2))
+    assert abs(step.loss - float(expected)) < 1e-5
+    assert torch.allclose(step.logits, z.topk(5, dim=0).values.mean(0), atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_instance_pool_rejects_bad_settings() -> None:
+    from gigamil.errors import ConfigError
+    from gigamil.models.factory import build_mil_model
+
+    with pytest.raises(ValueError, match="top_fraction"):
+        AttentionHead(4, pool="instance", top_fraction=0.0)
+    with pytest.raises(ValueError, match="instance_loss"):
+        AttentionHead(4, pool="instance", instance_loss=1.0)
+    with pytest.raises(ConfigError, match="instance_loss"):
+        build_mil_model({"encoder": "smallcnn", "pool": "instance", "instance_loss": 0.5}, 2, 32)

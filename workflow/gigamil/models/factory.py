@@ -69,6 +69,11 @@ def build_mil_model(
 
 
 def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
+    if cfg.pool == "instance" and cfg.instance_loss > 0:
+        raise ConfigError(
+            "model.instance_loss applies to the attention pools; model.pool: instance already "
+            "trains every patch on its slide's label (set instance_loss: 0)"
+        )
     return AttentionHead(
         dim,
         n_classes=n_classes,
@@ -78,4 +83,5 @@ def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
         feature_norm=cfg.feature_norm,
         instance_loss=cfg.instance_loss,
         instance_top_k=cfg.instance_top_k,
+        top_fraction=cfg.top_fraction,
     )

@@ -146,8 +146,10 @@ class MILModel(nn.Module):
     def _loss(
         self, h: torch.Tensor, logits: torch.Tensor, label: int | torch.Tensor
     ) -> torch.Tensor:
-        """Bag loss, plus the attention model's ``instance_loss(h, label)`` when it has one."""
-        loss = self.loss_fn(logits, label)  # type: ignore[misc]
+        """Bag loss × the attention model's ``bag_loss_weight`` (default 1), plus its
+        ``instance_loss(h, label)`` when it has one."""
+        weight = float(getattr(self.attention_model, "bag_loss_weight", 1.0))
+        loss = self.loss_fn(logits, label) * weight  # type: ignore[misc]
         instance_loss = getattr(self.attention_model, "instance_loss", None)
         extra = instance_loss(h, label) if callable(instance_loss) else None
         return loss if extra is None else loss + extra

@@ -7,13 +7,15 @@ softmax attention (N,). The accumulating trainer calls it once per bag.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from gigamil.nn.calibration import FeatureNorm
 
-POOLS = ("abmil", "gated_abmil", "smabmil")
+POOLS = ("abmil", "gated_abmil", "smabmil", "instance")
 
 
 def grid_adjacency(
@@ -91,7 +93,14 @@ class AttentionHead(nn.Module):
 
     ``pool``: ``abmil`` a_i ∝ exp(wᵀ act(V h_i)); ``gated_abmil``
     a_i ∝ exp(wᵀ(tanh(V h_i) ⊙ σ(U h_i))); ``smabmil`` smooths the attention scores with the Sm operator over the patch-grid
-    adjacency before the softmax (needs ``adj``). ``n_out`` = 1 for binary problems.
+    adjacency before the softmax (needs ``adj``); ``instance`` is instance-level MIL, no attention
+    network: every patch is classified (logits z_i = classifier(h_i)), the bag logit is the mean of
+    the ``top_fraction`` highest patch logits of each class (⌈top_fraction·N⌉ patches), and
+    training uses weak patch labels only (every patch of a slide trained toward the slide's class,
+    :meth:`instance_loss`; no bag loss, ``bag_loss_weight`` 0): the patch classifier of Coudray et
+    al. 2018 (Nat Med 24:1559) with a top-k mean slide score as in Campanella et al. 2019. Its
+    "attention" is each patch's probability of the last class (binary: the positive class)
+    divided by their sum: heatmaps show the patch probabilities relative to the highest. ``n_out`` = 1 for binary problems.
     ``instance_loss`` > 0 adds weak instance supervision (:meth:`instance_loss`) with that weight.
     ``feature_norm``: first standardise each feature dimension with a
     :class:`~gigamil.nn.calibration.FeatureNorm` (frozen statistics, per instance; calibrate it
@@ -112,26 +121,38 @@ class AttentionHead(nn.Module):
         feature_norm: bool = False,
         instance_loss: float = 0.0,
         instance_top_k: int = 4,
+        top_fraction: float = 0.2,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+        if pool == "instance" and instance_loss > 0:
+            raise ValueError(
+                "pool 'instance' trains every patch on weak labels itself; instance_loss applies "
+                "to the attention pools only"
+            )
         if n_classes < 2:
             raise ValueError("n_classes must be at least 2")
         self.pool = pool
         self.n_out = 1 if n_classes == 2 else n_classes
         self.norm = FeatureNorm(in_dim) if feature_norm else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.V = nn.Linear(in_dim, att_dim)
+        attention = pool != "instance"
+        self.V = nn.Linear(in_dim, att_dim) if attention else None
         self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU()}[att_act]
         self.U = nn.Linear(in_dim, att_dim) if pool == "gated_abmil" else None
-        self.w = nn.Linear(att_dim, 1, bias=False)  # a bias would cancel in the softmax
+        self.w = nn.Linear(att_dim, 1, bias=False) if attention else None  # no bias: softmax
         self.classifier = nn.Linear(in_dim, self.n_out)
         self.sm_alpha, self.sm_steps, self.sm_mode = sm_alpha, sm_steps, sm_mode
         if instance_loss < 0 or instance_top_k < 0:
             raise ValueError("instance_loss and instance_top_k must be >= 0")
-        self.instance_loss_weight = float(instance_loss)
-        self.instance_top_k = int(instance_top_k)
+        self.instance_loss_weight = 1.0 if pool == "instance" else float(instance_loss)
+        self.instance_top_k = 0 if pool == "instance" else int(instance_top_k)
+        self.top_fraction = float(top_fraction)
+        # MILModel weights the bag loss (loss_fn on the bag logits) by this
+        self.bag_loss_weight = 0.0 if pool == "instance" else 1.0
 
     @property
     def needs_adj(self) -> bool:
@@ -139,6 +160,8 @@ class AttentionHead(nn.Module):
 
     def scores(self, h: torch.Tensor, adj: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised attention scores (N,)."""
+        if self.V is None or self.w is None:  # instance pool: the patch logit of the last class
+            return self.classifier(h)[:, -1]
         a = self.act(self.V(h))
         if self.U is not None:
             a = a * torch.sigmoid(self.U(h))
@@ -155,6 +178,12 @@ class AttentionHead(nn.Module):
         if self.norm is not None:
             h = self.norm(h)
         h = self.dropout(h)  # (N, D)
+        if self.pool == "instance":
+            z = self.classifier(h)  # (N, n_out)
+            k = max(1, math.ceil(self.top_fraction * len(z)))
+            bag = z.topk(k, dim=0).values.mean(dim=0)  # (n_out,)
+            p = torch.sigmoid(z[:, 0]) if self.n_out == 1 else torch.softmax(z, dim=1)[:, -1]
+            return bag, p / p.sum().clamp_min(torch.finfo(p.dtype).tiny)
         att = torch.softmax(self.scores(h, adj), dim=0)  # (N,)
         z = att @ h  # (D,)
         return self.classifier(z), att  # (n_out,), (N,)
