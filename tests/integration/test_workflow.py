@@ -114,6 +114,26 @@ def test_own_configfile_never_pulls_in_the_demo_cohort(workdir: Path):
     assert counts["tissue_mask"] == 12 and counts["train_fold"] == 2
 
 
+def test_copy_of_a_slide_in_an_external_cohort_stops_the_run(workdir: Path):
+    """The same-content check runs in snakemake's main process (jobs skip it): a renamed copy
+    of a training slide in an external cohort stops the run before any job."""
+    my = _own_project(workdir)
+    (workdir / "ext").mkdir()
+    (workdir / "ext" / "other_name.svs").write_bytes(b"x")  # the content of slides/m3.svs
+    row = {"slide_id": "e1", "patient_id": "q1", "label": "lesion", "path": "ext/other_name.svs"}
+    pd.DataFrame([row]).to_csv(workdir / "ext.csv", index=False)
+    cfg = yaml.safe_load(my.read_text())
+    cfg["cohorts"]["ext"] = {"sheet": "ext.csv", "role": "external"}
+    my.write_text(yaml.safe_dump(cfg))
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe), "-n", "--cores", "1", "-s", str(REPO / "Snakefile"), "--configfile", str(my)]
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "have the same content" in res.stdout + res.stderr
+    (workdir / "ext" / "other_name.svs").write_bytes(b"y")  # another slide: the run goes ahead
+    _dry_run_elsewhere(workdir, "--configfile", str(my))
+
+
 def test_project_directory_with_its_own_config_yaml(tmp_path: Path):
     """The README's way to run a project from its own directory: its config.yaml is the only
     configuration (the repository's demo config.yaml is not read)."""

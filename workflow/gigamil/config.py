@@ -269,8 +269,12 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
             )
 
 
-def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[str, pd.DataFrame]:
-    """Load every cohort sheet of a validated config, keyed by cohort name."""
+def load_cohorts(
+    config: Mapping[str, Any], base_dir: str | Path = ".", check_content: bool = True
+) -> dict[str, pd.DataFrame]:
+    """Load every cohort sheet of a validated config, keyed by cohort name, and run
+    :func:`check_leakage` (``check_content`` False skips its same-content comparison, which reads
+    2 MiB of every slide: the workflow's job processes leave it to the main process)."""
     sheets: dict[str, pd.DataFrame] = {}
     for name, cohort in config["cohorts"].items():
         sheets[name] = load_sheet(
@@ -284,7 +288,7 @@ def load_cohorts(config: Mapping[str, Any], base_dir: str | Path = ".") -> dict[
             base_dir=base_dir,
             labels_required=cohort.get("role", "train") != ROLE_PREDICT,
         )
-    check_leakage(config, sheets, base_dir)
+    check_leakage(config, sheets, base_dir, check_content=check_content)
     return sheets
 
 
@@ -354,14 +358,18 @@ def train_patient_overlap(
 
 
 def check_leakage(
-    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], base_dir: str | Path = "."
+    config: Mapping[str, Any],
+    sheets: Mapping[str, pd.DataFrame],
+    base_dir: str | Path = ".",
+    check_content: bool = True,
 ) -> None:
     """Identity and leakage across cohorts, before any job runs; ConfigError naming the ids:
 
     - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
       across cohorts);
     - the same slide file in two cohorts: the same resolved path, or the same content (same
-      :func:`slide_fingerprint`: a copy of a slide under another name or directory);
+      :func:`slide_fingerprint`: a copy of a slide under another name or directory; skipped
+      with ``check_content`` False);
     - a patient with different labels in different cohorts (empty labels of a predict cohort
       are no labels);
     - a patient of a train cohort in an external cohort, unless that cohort sets
@@ -385,7 +393,7 @@ def check_leakage(
                 f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
                 f"{_first(dup)}); a slide may belong to one cohort only"
             )
-    if len(rows) > 1:
+    if len(rows) > 1 and check_content:
         _check_same_content(allr)
     labels = allr[allr["label"].astype(str).ne("")].groupby("patient_id")["label"].nunique()
     mixed = labels[labels > 1].index

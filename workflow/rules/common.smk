@@ -33,7 +33,11 @@ from gigamil.wsi.qc import qc_labels  # noqa: E402
 
 try:
     _validated = validate_config(config, source="config")
-    SHEETS = load_cohorts(_validated)
+    # the same-content check reads 2 MiB of every slide: once, in the main process, not again
+    # in every job (each job parses this file too)
+    SHEETS = load_cohorts(
+        _validated, check_content=getattr(workflow, "is_main_process", True)
+    )
 except ConfigError as exc:
     raise WorkflowError(f"gigamil: invalid configuration: {exc}") from None
 config.clear()
