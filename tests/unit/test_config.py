@@ -112,6 +112,25 @@ def test_bad_config_names_the_key(base_config, edit, message):
         validate_config(cfg)
 
 
+def test_command_line_strings_are_read_as_the_numbers_typed(base_config):
+    """`snakemake --config 'training={"epochs": 3}'` passes "3"; the schema wants an integer."""
+    cfg = copy.deepcopy(base_config)
+    cfg["training"] = {"epochs": "3", "lr": "1e-3", "amp": "false", "strategy": "frozen"}
+    cfg["model"] = {"trainable_blocks": "0", "dropout": "0.25", "pool": "instance"}
+    out = validate_config(cfg)
+    assert out["training"]["epochs"] == 3 and out["training"]["lr"] == pytest.approx(1e-3)
+    assert out["training"]["amp"] is False and out["training"]["strategy"] == "frozen"
+    assert out["model"]["trainable_blocks"] == 0 and out["model"]["dropout"] == 0.25
+    assert out["model"]["pool"] == "instance"
+    cfg["training"]["epochs"] = "three"  # not a number in any reading: still an error
+    with pytest.raises(ConfigError, match="training.epochs"):
+        validate_config(cfg)
+    cfg["training"]["epochs"] = "3"
+    cfg["model"]["trainable_blocks"] = "2"  # read as 2: the strategy contradiction is found
+    with pytest.raises(ConfigError, match="trainable_blocks"):
+        validate_config(cfg)
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

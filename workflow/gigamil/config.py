@@ -8,6 +8,7 @@ that names the key, the file and the row.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -88,6 +89,47 @@ def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
                 _fill_defaults(extra, value)
 
 
+def _coerce_strings(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
+    """Turn string values that the schema rejects but whose YAML reading it accepts ("3" → 3,
+    "false" → False, "2" → 2 for ``trainable_blocks``) into that reading, in place.
+
+    ``snakemake --config 'training={"epochs": 3}'`` hands the values inside such a mapping over
+    as strings; a user typed a number and should not be told it is not one.
+    """
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    for key, value in list(instance.items()):
+        sub = props.get(key, extra if isinstance(extra, dict) else None)
+        if not isinstance(sub, dict):
+            continue
+        if isinstance(value, dict):
+            _coerce_strings(sub, value)
+        elif isinstance(value, str):
+            check = jsonschema.Draft202012Validator(sub)
+            if check.is_valid(value):
+                continue
+            for parsed in _readings(value):
+                if check.is_valid(parsed):
+                    instance[key] = parsed
+                    break
+
+
+def _readings(value: str) -> list[Any]:
+    """The non-string values a string on a command line may mean: its YAML reading (3, 0.5,
+    false, null), else a number Python reads (YAML 1.1 keeps "1e-3" a string)."""
+    out: list[Any] = []
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if not isinstance(parsed, (dict, list, str)):
+        out.append(parsed)
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            out.append(kind(value))
+    return out
+
+
 def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with every default filled in.
 
@@ -97,6 +139,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     """
     schema = load_schema("config")
     cfg = deepcopy(dict(config or {}))
+    _coerce_strings(schema, cfg)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
