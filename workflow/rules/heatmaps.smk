@@ -66,5 +66,6 @@ rule heatmap:
         heatmaps=HEATMAP_PARAMS,
         classes=CLASSES,
         slide_mpp=slide_mpp_override,
+        pool=config["model"]["pool"],
     script:
         "../scripts/heatmap.py"

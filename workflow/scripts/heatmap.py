@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gigamil import layout
 from gigamil.evaluate.localization import mean_attention
-from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
+from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, weight_name
 from gigamil.viz.slide_info import read_slide_prediction
 
 slide_id = snakemake.wildcards.slide_id
@@ -39,6 +39,7 @@ make_heatmap(
         top_k=int(hm["top_k"]),
         alpha=float(hm["alpha"]),
         cmap=hm["cmap"],
+        weight=weight_name(snakemake.params.pool),
     ),
     mpp_override=snakemake.params.slide_mpp,
     prediction=prediction,

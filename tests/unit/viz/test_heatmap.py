@@ -17,6 +17,7 @@ from gigamil.viz.heatmap import (
     normalize_attention,
     render_gallery,
     scale_attention,
+    weight_name,
 )
 from gigamil.viz.slide_info import SlidePrediction
 
@@ -235,6 +236,13 @@ def test_scales_state_their_meaning():
     assert "not comparable" in scale_attention(att, "rank").label
     with pytest.raises(GigamilError, match="needs the slide's predicted probability"):
         scale_attention(att, "probability")
+    # model.pool: instance saves patch probabilities (their share of the slide's sum)
+    weight = weight_name("instance")
+    assert weight == "patch probability" and weight_name("smabmil") == "attention"
+    inst = scale_attention(att, probability=0.8, positive="tumour", weight=weight)
+    assert inst.label == "P(tumour) × patch probability / slide's top patch probability"
+    assert "attention" not in scale_attention(att, "relative", weight=weight).label
+    assert scale_attention(att, "rank", weight=weight).label.startswith("patch probability rank")
 
 
 def test_titles_carry_label_prediction_probability_and_models(grid_slide, tmp_path):

@@ -89,6 +89,7 @@ def scale_attention(
     *,
     probability: float | None = None,
     positive: str = "positive",
+    weight: str = "attention",
 ) -> ColourScale:
     """The colour of each patch of a slide (``heatmaps.normalize``).
 
@@ -111,15 +112,17 @@ def scale_attention(
         method: ``probability``, ``relative``, ``rank``, ``percentile`` or ``minmax``.
         probability: the slide's predicted P(positive) in [0, 1]; required by ``probability``.
         positive: the positive class's name, for the colour bar's label.
+        weight: what ``att`` is, for the labels: ``attention``, or ``patch probability`` for
+            ``model.pool: instance`` (each patch's P(positive) divided by the slide's sum).
     """
     att = np.asarray(att, dtype=np.float64).reshape(-1)
     if method not in SCALES:
         raise GigamilError(f"heatmaps.normalize: {method!r} is not one of {', '.join(SCALES)}")
     if method in PER_SLIDE:
         label = {
-            "rank": "attention rank within the slide (not comparable across slides)",
-            "percentile": "attention, 1-99th pct of the slide (not comparable across slides)",
-            "minmax": "attention, min-max of the slide (not comparable across slides)",
+            "rank": f"{weight} rank within the slide (not comparable across slides)",
+            "percentile": f"{weight}, 1-99th pct of the slide (not comparable across slides)",
+            "minmax": f"{weight}, min-max of the slide (not comparable across slides)",
         }[method]
         return ColourScale(normalize_attention(att, method), label)
     if method == "relative":
@@ -132,7 +135,9 @@ def scale_attention(
         labels[0], labels[-1] = f"≤{labels[0]}", f"≥{labels[-1]}"
         return ColourScale(
             values,
-            "attention × N (1 = uniform; log scale)",
+            f"{weight} share × N (1 = uniform; log scale)"
+            if weight != "attention"
+            else "attention × N (1 = uniform; log scale)",
             tuple(float((e - lo) / (hi - lo)) for e in exps),
             tuple(labels),
         )
@@ -145,9 +150,7 @@ def scale_attention(
         raise GigamilError(f"probability {probability} is not in [0, 1]")
     top = float(att.max()) if att.size else 0.0
     rel = att / top if top > 0 else np.zeros_like(att)
-    return ColourScale(
-        float(probability) * rel, f"P({positive}) × attention / slide's top attention"
-    )
+    return ColourScale(float(probability) * rel, f"P({positive}) × {weight} / slide's top {weight}")
 
 
 def attention_canvas(
@@ -498,7 +501,8 @@ class HeatmapStyle:
 
     ``normalize``: the colour scale (see :func:`scale_attention`); ``top_k``: patches per gallery
     row; ``alpha``: overlay opacity; ``cmap``: matplotlib colour map; ``thumb_px``: thumbnail long
-    side.
+    side; ``weight``: what the per-patch weights are, for the labels (``attention``, or ``patch
+    probability`` for ``model.pool: instance``: see :func:`weight_name`).
     """
 
     normalize: str = _style_default("normalize")
@@ -506,6 +510,14 @@ class HeatmapStyle:
     alpha: float = _style_default("alpha")
     cmap: str = _style_default("cmap")
     thumb_px: int = 800
+    weight: str = "attention"
+
+
+def weight_name(pool: str) -> str:
+    """What a model's per-patch weights (attention.npy) are: ``patch probability`` for
+    ``model.pool: instance`` (each patch's P(positive) divided by the slide's sum), else
+    ``attention`` (softmax attention weights)."""
+    return "patch probability" if pool == "instance" else "attention"
 
 
 def resolve_slide_path(
@@ -593,6 +605,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
         method,
         probability=prob,
         positive=prediction.positive if prediction is not None else "positive",
+        weight=style.weight,
     )
     head = prediction.title() if prediction is not None else (title or slide_id)
 
@@ -630,8 +643,12 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             attention[idx],
             captions,
             out_dir / "gallery.png",
-            f"{head}\ntop {top.size} / bottom {bottom.size} attention of {coords.shape[0]} "
-            "patches (a: attention weight; ×N: relative to uniform)",
+            f"{head}\ntop {top.size} / bottom {bottom.size} {style.weight} of {coords.shape[0]} "
+            + (
+                "patches (a: attention weight; ×N: relative to uniform)"
+                if style.weight == "attention"
+                else f"patches (a: {style.weight} / slide's sum; ×N: relative to uniform)"
+            ),
             n_patches=int(coords.shape[0]),
         )
     else:
