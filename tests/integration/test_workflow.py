@@ -134,6 +134,31 @@ def test_copy_of_a_slide_in_an_external_cohort_stops_the_run(workdir: Path):
     _dry_run_elsewhere(workdir, "--configfile", str(my))
 
 
+def test_configuration_errors_name_the_file_or_the_command_line(workdir: Path):
+    my = _own_project(workdir)
+    cfg = yaml.safe_load(my.read_text())
+    cfg["training"] = {"epoch": 3}
+    my.write_text(yaml.safe_dump(cfg))
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = [str(exe), "-n", "--cores", "1", "-s", str(REPO / "Snakefile"), "--configfile", str(my)]
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert f"{my}: unknown key training.epoch" in res.stdout + res.stderr
+    del cfg["training"]
+    my.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run(
+        [*cmd, "--config", "training={'epoch': 3}"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode != 0
+    assert f"{my} + --config: unknown key training.epoch" in res.stdout + res.stderr
+    # numbers typed in a --config mapping are numbers
+    _dry_run_elsewhere(workdir, "--configfile", str(my), "--config", "training={'epochs': 3}")
+
+
 def test_project_directory_with_its_own_config_yaml(tmp_path: Path):
     """The README's way to run a project from its own directory: its config.yaml is the only
     configuration (the repository's demo config.yaml is not read)."""

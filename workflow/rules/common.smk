@@ -32,7 +32,11 @@ from gigamil.errors import ConfigError  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 
 try:
-    _validated = validate_config(config, source="config")
+    # errors name the configuration file(s) snakemake read (and --config when given)
+    _sources = [str(f) for f in getattr(workflow, "configfiles", [])]
+    if getattr(getattr(workflow, "config_settings", None), "config", None):
+        _sources.append("--config")
+    _validated = validate_config(config, source=" + ".join(_sources) or "config")
     # the same-content check reads 2 MiB of every slide: once, in the main process, not again
     # in every job (each job parses this file too)
     SHEETS = load_cohorts(

@@ -132,7 +132,7 @@ def test_missing_file_and_directory(tmp_path):
 def test_tiff_without_resolution_needs_override(write_tiff, tmp_path, tiled):
     img = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     path = write_tiff(tmp_path / f"nores-{tiled}.tiff", img, mpp=None, tiled=tiled)
-    msg = r"no microns-per-pixel \(MPP\) in the file; set the `mpp` column in the cohort sheet"
+    msg = r"no microns-per-pixel \(MPP\) in the file; set the slide's `mpp` column in the cohort sheet"
     with pytest.raises(SlideError, match=msg) as exc:
         open_slide(path)
     assert str(path) in str(exc.value) and "--slide-mpp" in str(exc.value)

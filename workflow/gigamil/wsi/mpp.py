@@ -18,7 +18,10 @@ from gigamil.errors import SlideError
 MPP_MIN = 0.05  # µm/px; finer than any optical scanner
 MPP_MAX = 100.0  # µm/px; coarser than any useful slide scan
 MPP_XY_TOLERANCE = 0.05  # relative x/y difference accepted
-FIX_HINT = "set the `mpp` column in the cohort sheet (or --slide-mpp)"
+FIX_HINT = (
+    "set the slide's `mpp` column in the cohort sheet or the cohort's `mpp` in config.yaml "
+    "(gigamil mask / patches: --slide-mpp)"
+)
 
 
 def check_mpp(name: str, mpp_x: float, mpp_y: float, source: str) -> float:
