@@ -285,7 +285,7 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
         i = int(bad_label.idxmax())
         raise ConfigError(
             f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): label {df.at[i, 'label']!r} "
-            f"is not one of the configuration's classes {classes}"
+            f"is not one of the classes {classes} of the configuration"
         )
 
     labels_per_patient = df[df["label"].ne("")].groupby("patient_id")["label"].unique()
