@@ -141,6 +141,18 @@ def test_tiff_without_resolution_needs_override(write_tiff, tmp_path, tiled):
         np.testing.assert_array_equal(r.read_region((0, 0), 0, (128, 96)), img)
 
 
+def test_plain_image_without_mpp_says_only_that(tmp_path):
+    """A PNG (OpenSlide refuses it, the plain-image fallback reads it) without MPP: the error is
+    the MPP one, without OpenSlide's refusal chained in (it would head the job's traceback)."""
+    from PIL import Image
+
+    path = tmp_path / "nompp.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    with pytest.raises(SlideError, match="no microns-per-pixel") as exc:
+        open_slide(path)
+    assert exc.value.__cause__ is None and exc.value.__suppress_context__
+
+
 def test_plain_tiff_fallback_reads_resolution_tags(write_tiff, tmp_path):
     img = np.random.default_rng(1).integers(0, 255, (80, 100, 3), dtype=np.uint8)
     for unit in ("CENTIMETER", "INCH"):

@@ -335,7 +335,9 @@ def open_slide(
             reader = ImageReader(p, mpp_override)
         except SlideError as fb_err:
             if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large")):
-                raise  # the fallback understood the file: its message is the useful one
+                # the fallback understood the file: its message is the useful one, without
+                # OpenSlide's refusal chained in front of it (a red herring in the job's log)
+                raise fb_err from None
             raise os_err from fb_err
         log.info("%s: OpenSlide refused it; read as a plain image", path)
         return reader
