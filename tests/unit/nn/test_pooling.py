@@ -92,6 +92,8 @@ def test_instance_pool_top_fraction_mean_and_weak_labels() -> None:
     torch.manual_seed(0)
     head = AttentionHead(4, pool="instance", top_fraction=0.3)
     assert head.V is None and head.w is None  # no attention network
+    with pytest.raises(ValueError, match="no attention scores"):
+        head.scores(torch.randn(3, 4))
     assert head.bag_loss_weight == 0.0  # trained on weak patch labels only
     h = torch.randn(10, 4)
     z = head.instance_logits(h)[:, 0].detach()

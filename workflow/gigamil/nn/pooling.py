@@ -159,9 +159,10 @@ class AttentionHead(nn.Module):
         return self.pool == "smabmil"
 
     def scores(self, h: torch.Tensor, adj: torch.Tensor | None = None) -> torch.Tensor:
-        """Unnormalised attention scores (N,)."""
-        if self.V is None or self.w is None:  # instance pool: the patch logit of the last class
-            return self.classifier(h)[:, -1]
+        """Unnormalised attention scores (N,) of an attention pool (ValueError for ``instance``,
+        which has no attention network: its weights are computed in :meth:`forward`)."""
+        if self.V is None or self.w is None:
+            raise ValueError("pool 'instance' has no attention scores")
         a = self.act(self.V(h))
         if self.U is not None:
             a = a * torch.sigmoid(self.U(h))
