@@ -3,20 +3,9 @@ different computations), and its CPU smoke path runs end to end without touching
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu.py"
-
-
-@pytest.fixture(scope="module")
-def bench():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bare_gradcache_gigamil_and_full_bag_agree(bench) -> None:

@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "head_probe.py"
-
-
-@pytest.fixture(scope="module")
-def probe():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("bench_head_probe", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cohort(n_slides: int = 12, seed: int = 0):
@@ -38,16 +25,16 @@ def _cohort(n_slides: int = 12, seed: int = 0):
 
 
 @pytest.mark.parametrize("head", ["abmil", "instance_top_0.2"])
-def test_heads_learn_a_separable_cohort_out_of_fold(probe, head) -> None:
+def test_heads_learn_a_separable_cohort_out_of_fold(bench, head) -> None:
     feats, labels, folds = _cohort()
-    auc = probe.head_oof_auc(feats, labels, folds, probe.HEADS[head], seed=0, epochs=100)
+    auc = bench.head_oof_auc(feats, labels, folds, bench.HEADS[head], seed=0, epochs=100)
     assert auc >= 0.9
 
 
-def test_labels_do_not_leak_into_test_scores(probe) -> None:
+def test_labels_do_not_leak_into_test_scores(bench) -> None:
     feats, labels, folds = _cohort()
     permuted = np.random.default_rng(1).permutation(list(labels.values()))
     shuffled = dict(zip(labels, permuted, strict=True))
     # slide labels unrelated to the features: the out-of-fold AUC is no longer near 1
-    auc = probe.head_oof_auc(feats, shuffled, folds, probe.HEADS["instance_top_0.2"], 0, 100)
+    auc = bench.head_oof_auc(feats, shuffled, folds, bench.HEADS["instance_top_0.2"], 0, 100)
     assert auc < 0.9

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "real_tissue.py"
-
-
-@pytest.fixture(scope="module")
-def bench():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("bench_real_tissue", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_set_overrides_and_config(bench, tmp_path):

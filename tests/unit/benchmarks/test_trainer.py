@@ -4,20 +4,7 @@ description, so this is its only check)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "trainer.py"
-
-
-@pytest.fixture(scope="module")
-def bench():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("bench_trainer", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("n", "k"), [(23, 5), (16, 16), (9, 1)])
