@@ -75,6 +75,33 @@ def write_config(wd: Path, overrides: dict[str, Any]) -> None:
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+FOLDS_CSV = f"results/splits/{EXPERIMENT}/folds.csv"
+
+
+def prepare_base(base: Path, cores: int, overrides: dict[str, Any]) -> Path:
+    """Run the demo in ``base`` up to its patch stores and folds (shared by every variant)."""
+    base.mkdir(parents=True, exist_ok=True)
+    write_config(base, overrides)
+    shutil.copytree(REPO / "resources", base / "resources", dirs_exist_ok=True)
+    snakemake(base, cores, f"results/qc/{EXPERIMENT}.csv", FOLDS_CSV)
+    return base
+
+
+def run_variant(base: Path, wd: Path, cores: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` in ``wd`` with config.yaml + ``cfg``, run up to the CV summary:
+    ``{wall_seconds, same_folds_as_base}``. Exits if the run redid the shared preprocessing or
+    folds (the variants would not be compared on the same patches and folds)."""
+    shutil.rmtree(wd, ignore_errors=True)
+    shutil.copytree(base, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    write_config(wd, cfg)
+    seconds, log = snakemake(wd, cores, f"results/eval/{EXPERIMENT}/summary.json")
+    redone = [r for r in ("extract_patches", "tissue_mask", "make_splits") if f"rule {r}:" in log]
+    if redone:
+        raise SystemExit(f"{wd.name}: the run redid {redone}; variants must share them")
+    same = (wd / FOLDS_CSV).read_bytes() == (base / FOLDS_CSV).read_bytes()
+    return {"wall_seconds": round(seconds, 1), "same_folds_as_base": same}
+
+
 def job_seconds(wd: Path, rule: str) -> float:
     """Summed run time (s) of a rule's jobs, from Snakemake's benchmark files."""
     files = (wd / "logs" / "benchmarks" / rule).rglob("*.tsv")
@@ -115,39 +142,16 @@ def main() -> None:
     args = ap.parse_args()
     overrides = parse_set(args.set)
 
-    base = WORK / "base"
-    base.mkdir(parents=True, exist_ok=True)
-    write_config(base, overrides)
-    shutil.copytree(REPO / "resources", base / "resources", dirs_exist_ok=True)
-    folds_csv = f"results/splits/{EXPERIMENT}/folds.csv"
-    snakemake(base, args.cores, f"results/qc/{EXPERIMENT}.csv", folds_csv)
-
+    base = prepare_base(WORK / "base", args.cores, overrides)
     rows = {}
     for name in args.modes:
-        wd = WORK / name.split()[0]
-        shutil.rmtree(wd, ignore_errors=True)
-        shutil.copytree(base, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))
         mode_cfg = deep_update(overrides, {"model": {"trainable_blocks": MODES[name]}})
-        write_config(wd, mode_cfg)
-        seconds, log = snakemake(wd, args.cores, f"results/eval/{EXPERIMENT}/summary.json")
-        redone = [
-            r for r in ("extract_patches", "tissue_mask", "make_splits") if f"rule {r}:" in log
-        ]
-        if redone:
-            raise SystemExit(
-                f"{name}: the run redid {redone}; the modes must share patches and folds"
-            )
-        same = (wd / folds_csv).read_bytes() == (base / folds_csv).read_bytes()
-        rows[name] = {
-            "trainable_blocks": MODES[name],
-            "wall_seconds": round(seconds, 1),
-            "same_folds_as_base": same,
-            **collect(wd),
-        }
+        run = run_variant(base, WORK / name.split()[0], args.cores, mode_cfg)
+        rows[name] = {"trainable_blocks": MODES[name], **run, **collect(WORK / name.split()[0])}
         r = rows[name]
         print(
             f"{name}: OOF AUC {fmt(r['oof_auc'])}, localisation AUC {fmt(r['localization_auc'])}, "
-            f"{seconds:.0f} s",
+            f"{r['wall_seconds']:.0f} s",
             flush=True,
         )
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from real_tissue import git_commit  # noqa: E402
 
 from gigamil.data.bags import ZarrBag  # noqa: E402
 from gigamil.evaluate.baseline import colour_histograms, cross_validate  # noqa: E402
@@ -116,14 +119,11 @@ def main() -> None:
             ]
         print(json.dumps(row), flush=True)
         results.append(row)
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout.strip()
     out = {
         "command": "python benchmarks/head_probe.py " + " ".join(sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": commit,
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count()},
+        "git_commit": git_commit(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "features": "16-bin RGB histograms per patch (gigamil.evaluate.baseline), standardised",
         "heads": HEADS,
         "epochs": args.epochs,

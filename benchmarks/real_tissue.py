@@ -70,6 +70,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def git_commit() -> str:
+    """The repository's HEAD commit, for a result file ("unknown" outside a git checkout)."""
+    proc = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return proc.stdout.strip() or "unknown"
+
+
 def deep_update(base: dict, upd: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in upd.items():
@@ -301,13 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"over {len(draws)} draw(s), mean ± sd:")
     for key, stat in summary.items():
         print(f"  {key:28s} {fmt(stat, 1 if 'seconds' in key else 3)}")
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "command": " ".join(["python", "benchmarks/real_tissue.py", *(argv or sys.argv[1:])]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": args.cores},
         "tiles": str(args.tiles),
         "exclude_packaged": args.exclude_packaged,

@@ -24,8 +24,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,8 +37,8 @@ EXPERIMENT = "demo"
 STRATEGIES = ("frozen", "em", "end_to_end")
 
 sys.path.insert(0, str(ROOT))
-from encoder_modes import collect, fmt, snakemake, write_config  # noqa: E402
-from real_tissue import deep_update, parse_set  # noqa: E402
+from encoder_modes import collect, fmt, prepare_base, run_variant  # noqa: E402
+from real_tissue import deep_update, git_commit, parse_set  # noqa: E402
 
 
 def peak_rss_mb(wd: Path, rule: str) -> float | None:
@@ -53,13 +51,6 @@ def peak_rss_mb(wd: Path, rule: str) -> float | None:
     return round(float(max(values)), 1)
 
 
-def git_commit() -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    return proc.stdout.strip() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=2)
@@ -68,28 +59,13 @@ def main() -> None:
     args = ap.parse_args()
     overrides = parse_set(args.set)
 
-    base = WORK / "base"
-    base.mkdir(parents=True, exist_ok=True)
-    write_config(base, overrides)
-    shutil.copytree(REPO / "resources", base / "resources", dirs_exist_ok=True)
-    folds_csv = f"results/splits/{EXPERIMENT}/folds.csv"
-    snakemake(base, args.cores, f"results/qc/{EXPERIMENT}.csv", folds_csv)
-
+    base = prepare_base(WORK / "base", args.cores, overrides)
     rows = {}
     for name in args.strategies:
         wd = WORK / name
-        shutil.rmtree(wd, ignore_errors=True)
-        shutil.copytree(base, wd, symlinks=True, ignore=shutil.ignore_patterns("locks"))
-        write_config(wd, deep_update(overrides, {"training": {"strategy": name}}))
-        seconds, log = snakemake(wd, args.cores, f"results/eval/{EXPERIMENT}/summary.json")
-        redone = [
-            r for r in ("extract_patches", "tissue_mask", "make_splits") if f"rule {r}:" in log
-        ]
-        if redone:
-            raise SystemExit(f"{name}: the run redid {redone}; strategies must share them")
+        cfg = deep_update(overrides, {"training": {"strategy": name}})
         rows[name] = {
-            "wall_seconds": round(seconds, 1),
-            "same_folds_as_base": (wd / folds_csv).read_bytes() == (base / folds_csv).read_bytes(),
+            **run_variant(base, wd, args.cores, cfg),
             "train_fold_peak_rss_mb": peak_rss_mb(wd, "train_fold"),
             "extract_features_peak_rss_mb": peak_rss_mb(wd, "extract_features"),
             **collect(wd),
@@ -97,7 +73,7 @@ def main() -> None:
         r = rows[name]
         print(
             f"{name}: OOF AUC {fmt(r['oof_auc'])}, localisation AUC "
-            f"{fmt(r['localization_auc'])}, {seconds:.0f} s, train_fold peak RSS "
+            f"{fmt(r['localization_auc'])}, {r['wall_seconds']:.0f} s, train_fold peak RSS "
             f"{r['train_fold_peak_rss_mb']} MB",
             flush=True,
         )
