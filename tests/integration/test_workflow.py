@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from wfutil import (
     read_config,
     run_snakemake,
     write_config,
+    write_svs,
 )
 
 from gigamil import layout
@@ -76,8 +78,7 @@ def _own_project(project: Path) -> Path:
     """A user's project: its own sheet, 12 slide files and a config.yaml without the demo."""
     rows = []
     for i in range(12):
-        (project / "slides").mkdir(parents=True, exist_ok=True)
-        (project / "slides" / f"m{i}.svs").write_bytes(b"x")
+        write_svs(project / "slides" / f"m{i}.svs", seed=i)
         label = "lesion" if i % 2 else "normal"
         rows.append(
             {"slide_id": f"m{i}", "patient_id": f"p{i}", "label": label, "path": f"slides/m{i}.svs"}
@@ -119,7 +120,7 @@ def test_copy_of_a_slide_in_an_external_cohort_stops_the_run(workdir: Path):
     of a training slide in an external cohort stops the run before any job."""
     my = _own_project(workdir)
     (workdir / "ext").mkdir()
-    (workdir / "ext" / "other_name.svs").write_bytes(b"x")  # the content of slides/m3.svs
+    shutil.copy(workdir / "slides" / "m3.svs", workdir / "ext" / "other_name.svs")  # a copy
     row = {"slide_id": "e1", "patient_id": "q1", "label": "lesion", "path": "ext/other_name.svs"}
     pd.DataFrame([row]).to_csv(workdir / "ext.csv", index=False)
     cfg = yaml.safe_load(my.read_text())
@@ -127,7 +128,28 @@ def test_copy_of_a_slide_in_an_external_cohort_stops_the_run(workdir: Path):
     my.write_text(yaml.safe_dump(cfg))
     res = _dry_run_elsewhere(workdir, "--configfile", str(my), ok=False)
     assert "have the same content" in res.stdout + res.stderr
-    (workdir / "ext" / "other_name.svs").write_bytes(b"y")  # another slide: the run goes ahead
+    write_svs(workdir / "ext" / "other_name.svs", seed=99)  # another slide: the run goes ahead
+    _dry_run_elsewhere(workdir, "--configfile", str(my))
+
+
+def test_unusable_slides_stop_the_run_before_any_job_all_named(workdir: Path):
+    """Slides without MPP or that are no slides: one error naming each, before any job (also
+    in a dry run); the sheet's `mpp` column fixes a missing MPP."""
+    my = _own_project(workdir)
+    write_svs(workdir / "slides" / "m2.svs", seed=2, mpp=None)
+    write_svs(workdir / "slides" / "m5.svs", seed=5, mpp=None)
+    (workdir / "slides" / "m7.svs").write_bytes(b"not a slide" * 100)
+    res = _dry_run_elsewhere(workdir, "--configfile", str(my), ok=False)
+    out = res.stdout + res.stderr
+    assert "3 of 12 slide(s) cannot be used (checked before any job runs)" in out
+    assert "mine/m2: " in out and "mine/m5: " in out and "mine/m7: " in out
+    assert "no microns-per-pixel" in out and "`mpp` column in the cohort sheet" in out
+    assert not (workdir / "results").exists()
+    (workdir / "slides" / "m7.svs").unlink()
+    write_svs(workdir / "slides" / "m7.svs", seed=7)
+    sheet = pd.read_csv(workdir / "mine.csv")
+    sheet["mpp"] = [0.5 if s in ("m2", "m5") else None for s in sheet["slide_id"]]
+    sheet.to_csv(workdir / "mine.csv", index=False)
     _dry_run_elsewhere(workdir, "--configfile", str(my))
 
 
@@ -159,9 +181,10 @@ def test_project_directory_with_its_own_config_yaml(tmp_path: Path):
 
 
 def test_failing_job_has_its_error_and_traceback_in_its_log(workdir: Path):
-    """A job that fails (here: a slide file that is not an image) leaves its error in its own log,
-    not only on Snakemake's terminal."""
-    (workdir / "broken.svs").write_bytes(b"not a slide" * 100)
+    """A job that fails (here: a slide whose header opens but whose pixels cannot be decoded, so
+    the pre-flight check lets it through) leaves its error in its own log, not only on
+    Snakemake's terminal."""
+    write_svs(workdir / "broken.svs", seed=0, unreadable=True)
     pd.DataFrame(
         [{"slide_id": "broken", "patient_id": "ext_p1", "label": "normal", "path": "broken.svs"}]
     ).to_csv(workdir / "ext.csv", index=False)

@@ -1,0 +1,76 @@
+"""gigamil.wsi.preflight: every unusable slide of a run in one error, before any job."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gigamil.errors import ConfigError
+from gigamil.wsi.preflight import MAX_LISTED, SlideCheck, check_slides, sheet_checks
+
+
+def test_usable_slides_pass_and_report_their_mpp(cmu_svs, test_slides):
+    statuses = check_slides(
+        [
+            SlideCheck("a", "svs", Path(cmu_svs), None),
+            SlideCheck("a", "pyr", test_slides / "CMU-1-Small-Region.pyramid.tiff", None),
+            SlideCheck("a", "boxes", test_slides / "synthetic" / "boxes.tiff", 0.5),  # override
+        ]
+    )
+    assert [s.problem for s in statuses] == [None, None, None]
+    assert [round(s.mpp, 3) for s in statuses] == [0.499, 0.499, 0.5]
+
+
+def test_every_unusable_slide_is_named_with_its_reason(cmu_svs, test_slides):
+    syn = test_slides / "synthetic"
+    checks = [
+        SlideCheck("a", "good", Path(cmu_svs), None),
+        SlideCheck("a", "dpi72", syn / "boxes.tiff", None),
+        SlideCheck("b", "broken", syn / "unopenable.tiff", None),
+    ]
+    with pytest.raises(ConfigError) as err:
+        check_slides(checks)
+    msg = str(err.value)
+    assert msg.startswith("2 of 3 slide(s) cannot be used (checked before any job runs)")
+    assert "a/dpi72: " in msg and "implausible microns-per-pixel" in msg
+    assert "mpp` column in the cohort sheet" in msg  # the reader's hint on how to fix it
+    assert "b/broken: " in msg and "unopenable.tiff" in msg
+    assert "a/good" not in msg
+
+
+def test_long_lists_are_cut(test_slides):
+    bad = test_slides / "synthetic" / "boxes.tiff"
+    checks = [SlideCheck("c", f"s{i}", bad, None) for i in range(MAX_LISTED + 3)]
+    with pytest.raises(ConfigError, match=r"\.\.\. and 3 more") as err:
+        check_slides(checks, threads=2)
+    assert str(err.value).count("c/s") == MAX_LISTED
+
+
+def test_missing_files_are_left_to_the_sheet_loader(tmp_path):
+    (status,) = check_slides([SlideCheck("demo", "x", tmp_path / "later.tiff", None)])
+    assert status.problem is None and status.mpp is None
+
+
+def test_coarse_slides_are_a_warning(cmu_svs, caplog):
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        check_slides([SlideCheck("a", "svs", Path(cmu_svs), None)], patch_mpp=0.25)
+    assert "1 slide(s) are coarser than preprocessing.patches.mpp 0.25" in caplog.text
+    assert "a/svs at 0.499" in caplog.text
+
+
+def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):
+    sheets = {
+        "mine": pd.DataFrame(
+            {"slide_id": ["s1", "s2"], "path": ["rel/s1.svs", "/abs/s2.svs"], "mpp": [np.nan, 0.25]}
+        ),
+        "demo": pd.DataFrame({"slide_id": ["d1"], "path": ["d1.tiff"], "mpp": [np.nan]}),
+    }
+    checks = sheet_checks(sheets, skip=["demo"], base_dir=tmp_path)
+    assert checks == [
+        SlideCheck("mine", "s1", tmp_path / "rel" / "s1.svs", None),
+        SlideCheck("mine", "s2", Path("/abs/s2.svs"), 0.25),
+    ]
