@@ -1,0 +1,170 @@
+"""Screen a training variant on the real-tissue benchmark's draws, without snakemake.
+
+Run by hand after ``python benchmarks/real_tissue.py`` (it reuses each draw's patch stores,
+folds, lesion masks and config.yaml):
+
+    python benchmarks/screen.py NAME [--draws 0 1 2] [--seeds 0] [--set model.dropout=0.25 ...]
+
+For every draw, training seed and fold it calls the package directly, as the workflow's rules
+do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides (the draw's
+``config.yaml`` ``model:``/``training:`` sections plus the ``--set`` overrides, the seed as
+``training.seed``), :func:`gigamil.train.predict.predict_slides` on its ``test`` slides and
+:func:`gigamil.evaluate.localization.slide_localization` of their attention against the lesion
+masks; folds run ``--workers`` at a time (one CPU thread each). With the shipped settings it
+gives the snakemake run's figures exactly (draws 0/1/2, seed 0: OOF AUC 0.806/0.806/0.951,
+localisation 0.821/0.723/0.798) in about a third of the time of
+``benchmarks/real_tissue_variant.sh`` (no DAG, no heatmaps). Prints one line per variant (OOF
+AUC per draw and seed, with ``--seeds`` > 1 the seed ensemble's (mean probability per slide),
+mean localisation AUC, median final training loss and epochs, seconds) and appends it to
+``benchmarks/work/screen/results.txt``; the per-slide predictions go to
+``benchmarks/work/screen/NAME/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from real_tissue import deep_update, parse_set  # noqa: E402
+
+from gigamil.evaluate.metrics import binary_auc  # noqa: E402
+
+DRAWS = REPO / "benchmarks" / "work" / "real_tissue"
+OUT = REPO / "benchmarks" / "work" / "screen"
+
+
+def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict], dict]:
+    """Train, predict and localise one fold of one draw; (per-slide rows, fold summary)."""
+    from gigamil.evaluate.localization import slide_localization
+    from gigamil.train.predict import predict_slides
+    from gigamil.train.run import train_fold
+
+    name, draw, seed, fold, cfg = job
+    logging.basicConfig(level=logging.WARNING)
+    experiment = cfg["experiment"]
+    (cohort,) = cfg["cohorts"]
+    classes = [str(c) for c in cfg["classes"]]
+    folds = pd.read_csv(draw / "results" / "splits" / experiment / "folds.csv")
+    sheet = pd.read_csv(cfg["cohorts"][cohort]["sheet"]).set_index("slide_id")
+    folds["store"] = [
+        str(draw / "results" / "patches" / cohort / f"{s}.zarr") for s in folds.slide_id
+    ]
+    folds["cohort"] = cohort
+    f = folds[folds["fold"] == fold]
+    out = OUT / name / draw.name / f"seed{seed}" / f"fold{fold}"
+    training = {**cfg["training"], "seed": seed}
+    t0 = time.time()
+    model = train_fold(
+        f[f.role == "train"],
+        f[f.role == "val"],
+        classes,
+        cfg["model"],
+        training,
+        out,
+        resume=False,
+        fold=fold,
+        log_every_s=1e9,
+    )
+    seconds = time.time() - t0
+    test = f[f.role == "test"].set_index("slide_id", drop=False)
+    pred = predict_slides(model, test.reset_index(drop=True), None, out / "attention")
+    rows = []
+    for r in pred.itertuples(index=False):
+        positive = str(r.label) != classes[0]
+        loc = float("nan")
+        if positive and "lesion_mask" in sheet.columns:
+            att = np.load(out / "attention" / f"{r.slide_id}.npy")
+            mask = sheet.loc[r.slide_id, "lesion_mask"]
+            loc = slide_localization(test.loc[r.slide_id, "store"], att, mask)["localization_auc"]
+        prob = float(getattr(r, f"prob_{classes[-1]}"))
+        rows.append(
+            {
+                "draw": draw.name,
+                "seed": seed,
+                "fold": fold,
+                "slide_id": r.slide_id,
+                "y": int(positive),
+                "p": prob,
+                "loc": loc,
+            }
+        )
+    log = pd.read_csv(out / "train_log.csv")
+    info = {
+        "draw": draw.name,
+        "seed": seed,
+        "fold": fold,
+        "seconds": seconds,
+        "epochs": len(log),
+        "final_loss": float(log["train_loss"].iloc[-1]),
+    }
+    return rows, info
+
+
+def summary_line(
+    name: str, sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds: float
+) -> str:
+    parts = [name, " ".join(sets) or "(shipped settings)"]
+    for draw, d in df.groupby("draw", sort=True):
+        per_seed = [binary_auc(g["y"], g["p"]) for _, g in d.groupby("seed")]
+        text = f"{draw} OOF " + "/".join(f"{a:.3f}" for a in per_seed)
+        if len(per_seed) > 1:
+            ens = d.groupby("slide_id").agg(y=("y", "first"), p=("p", "mean"))
+            text += f" ensemble {binary_auc(ens['y'], ens['p']):.3f}"
+        text += " loc " + "/".join(f"{v:.3f}" for v in d.groupby("seed")["loc"].mean())
+        parts.append(text)
+    aucs = [binary_auc(g["y"], g["p"]) for _, g in df.groupby(["draw", "seed"])]
+    parts.append(f"mean {np.mean(aucs):.3f} min {np.min(aucs):.3f}")
+    parts.append(
+        f"final loss {info['final_loss'].median():.3f}, epochs {info['epochs'].median():.0f}, {seconds:.0f} s"
+    )
+    return " | ".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("name", help="the variant's name (its output folder)")
+    ap.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--workers", type=int, default=2, help="folds trained at once")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    jobs = []
+    for d in args.draws:
+        draw = DRAWS / f"draw{d}"
+        if not (draw / "config.yaml").is_file():
+            raise SystemExit(f"no {draw}/config.yaml: run python benchmarks/real_tissue.py first")
+        cfg = deep_update(yaml.safe_load((draw / "config.yaml").read_text()), parse_set(args.set))
+        jobs += [
+            (args.name, draw, s, k, cfg) for s in args.seeds for k in range(cfg["cv"]["folds"])
+        ]
+    t0 = time.time()
+    with ProcessPoolExecutor(args.workers) as ex:
+        results = list(ex.map(fold_job, jobs))
+    df = pd.DataFrame([row for rows, _ in results for row in rows])
+    info = pd.DataFrame([i for _, i in results])
+    (OUT / args.name).mkdir(parents=True, exist_ok=True)
+    df.to_csv(OUT / args.name / "predictions.csv", index=False)
+    info.to_csv(OUT / args.name / "folds.csv", index=False)
+    line = summary_line(args.name, args.set, df, info, time.time() - t0)
+    print(line)
+    with (OUT / "results.txt").open("a") as fh:
+        fh.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
