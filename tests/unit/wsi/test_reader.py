@@ -275,3 +275,35 @@ def test_dicom_whose_colours_match_no_reading_is_refused(cmu_formats, monkeypatc
     monkeypatch.setattr(reader_mod, "_dicom_first_frame", green_frame)
     with pytest.raises(SlideError, match="colours differ from the DICOM frames"):
         open_slide(cmu_formats["dicom-rgb-header"][0])
+
+
+def test_slide_mpp_reads_headers_like_open_slide(cmu_svs, test_slides):
+    from gigamil.wsi.reader import slide_mpp
+
+    for path, override in [
+        (cmu_svs, None),
+        (test_slides / "CMU-1-Small-Region.pyramid.tiff", None),
+        (test_slides / "synthetic" / "boxes.tiff", 0.5),
+    ]:
+        with open_slide(path, override) as r:
+            assert slide_mpp(path, override) == pytest.approx(r.mpp)
+    for bad in ("boxes.tiff", "unopenable.tiff"):  # 72 dpi; not a slide
+        path = test_slides / "synthetic" / bad
+        with pytest.raises(SlideError) as want:
+            open_slide(path)
+        with pytest.raises(SlideError) as got:
+            slide_mpp(path)
+        assert str(got.value) == str(want.value)
+
+
+def test_slide_mpp_does_not_decode_plain_images(tmp_path, monkeypatch):
+    from gigamil.wsi.reader import slide_mpp
+
+    img = Image.fromarray(np.full((64, 64, 3), 200, np.uint8))
+    img.save(tmp_path / "a.png", dpi=(50800, 50800))  # 0.5 µm/px
+    img.save(tmp_path / "b.png")  # no resolution
+    monkeypatch.setattr(Image.Image, "convert", lambda *a, **k: pytest.fail("pixels decoded"))
+    assert slide_mpp(tmp_path / "a.png") == pytest.approx(0.5, rel=1e-3)
+    with pytest.raises(SlideError, match="no microns-per-pixel"):
+        slide_mpp(tmp_path / "b.png")
+    assert slide_mpp(tmp_path / "b.png", 0.25) == 0.25

@@ -108,8 +108,21 @@ def _auto_downsamples(shape: tuple[int, ...]) -> list[float]:
     return out
 
 
-def _load_plain_image(path: Path, name: str) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Read a plain image as RGB uint8 plus the MPP its resolution metadata implies (or None)."""
+def plain_image_mpp(path: str | Path, mpp_override: float | None = None) -> tuple[float, str]:
+    """(level-0 MPP, its source) of a plain image as :class:`ImageReader` resolves it, from the
+    file's header alone (the pixels are not decoded). Raises SlideError like ImageReader."""
+    name = str(path)
+    _, tiff_mpp = _load_plain_image(Path(path), name, decode=False)
+    (mpp_x, mpp_y), source = resolve_mpp_xy(name, mpp_override, None, tiff_mpp)
+    return (mpp_x + mpp_y) / 2.0, source
+
+
+def _load_plain_image(
+    path: Path, name: str, decode: bool = True
+) -> tuple[np.ndarray | None, tuple[float, float] | None]:
+    """Read a plain image as RGB uint8 plus the MPP its resolution metadata implies (or None);
+    ``decode`` False checks the header (format, size) and, for a TIFF, that its first strip or
+    tile decodes, and returns no pixels (None)."""
     from PIL import Image
 
     suffix = path.suffix.lower()
@@ -134,24 +147,28 @@ def _load_plain_image(path: Path, name: str) -> tuple[np.ndarray, tuple[float, f
                     _rational(yr.value) if yr else None,
                     int(unit.value) if unit else None,
                 )
-                arr = page.asarray()
+                if decode:
+                    arr = page.asarray()
+                else:  # the first strip/tile only: an undecodable file fails here, not later
+                    arr = None
+                    next(iter(page.segments()), None)
         except SlideError:
             raise
         except Exception as exc:  # tifffile raises many types for corrupt/unsupported files
             raise SlideError(f"{name}: cannot read the TIFF: {exc}") from exc
-        return _to_rgb(arr, name), mpp
+        return (_to_rgb(arr, name) if arr is not None else None), mpp
     try:
         with Image.open(path) as img:
             if img.width * img.height > FALLBACK_MAX_PIXELS:
                 raise SlideError(f"{name}: image of {img.width} x {img.height} px is too large")
             dpi = img.info.get("dpi")
-            arr = np.asarray(img.convert("RGBA"))
+            arr = np.asarray(img.convert("RGBA")) if decode else None
     except SlideError:
         raise
     except Exception as exc:
         raise SlideError(f"{name}: cannot read the image: {exc}") from exc
     mpp = mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
-    return composite_on_white(arr), mpp
+    return (composite_on_white(arr) if arr is not None else None), mpp
 
 
 def _rational(v: Any) -> float:

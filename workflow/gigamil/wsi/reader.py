@@ -16,12 +16,12 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from gigamil.errors import SlideError
-from gigamil.wsi.memory import ImageReader
+from gigamil.wsi.memory import ImageReader, plain_image_mpp
 from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
@@ -319,25 +319,60 @@ def open_slide(
     Raises SlideError (naming the file and the problem) if the slide cannot be opened or has no
     plausible MPP.
     """
+    p = _slide_file(path)
+    try:
+        return OpenSlideReader(p, mpp_override, cache_mb=cache_mb, cache=cache, fast_tiff=fast_tiff)
+    except SlideError as os_err:
+        _check_fallback(p, os_err)
+        try:
+            reader = ImageReader(p, mpp_override)
+        except SlideError as fb_err:
+            _raise_fallback_error(os_err, fb_err)
+        log.info("%s: OpenSlide refused it; read as a plain image", path)
+        return reader
+
+
+def slide_mpp(path: str | Path, mpp_override: float | None = None) -> float:
+    """The level-0 MPP (µm/px) :func:`open_slide` would give ``path``, from headers only.
+
+    OpenSlide opens the slide (it reads the TIFF directory, not the tiles); a plain image the
+    fallback would read is not decoded (:func:`gigamil.wsi.memory.plain_image_mpp`). Raises
+    SlideError as open_slide does for a slide that cannot be opened or has no plausible MPP;
+    damaged pixel data is found only when the pixels are read.
+    """
+    p = _slide_file(path)
+    try:
+        with OpenSlideReader(p, mpp_override, fast_tiff=False) as reader:
+            return float(reader.mpp)
+    except SlideError as os_err:
+        _check_fallback(p, os_err)
+        try:
+            return plain_image_mpp(p, mpp_override)[0]
+        except SlideError as fb_err:
+            _raise_fallback_error(os_err, fb_err)
+
+
+def _slide_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise SlideError(f"{path}: slide file not found")
     if p.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
-    try:
-        return OpenSlideReader(p, mpp_override, cache_mb=cache_mb, cache=cache, fast_tiff=fast_tiff)
-    except SlideError as os_err:
-        if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
-            raise
-        if "microns-per-pixel" in str(os_err) or "MPP" in str(os_err):
-            raise  # OpenSlide opened it fine; the MPP is the problem
-        try:
-            reader = ImageReader(p, mpp_override)
-        except SlideError as fb_err:
-            if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large")):
-                # the fallback understood the file: its message is the useful one, without
-                # OpenSlide's refusal chained in front of it (a red herring in the job's log)
-                raise fb_err from None
-            raise os_err from fb_err
-        log.info("%s: OpenSlide refused it; read as a plain image", path)
-        return reader
+    return p
+
+
+def _check_fallback(p: Path, os_err: SlideError) -> None:
+    """Re-raise OpenSlide's error unless the plain-image fallback may try ``p``."""
+    if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
+        raise os_err
+    if "microns-per-pixel" in str(os_err) or "MPP" in str(os_err):
+        raise os_err  # OpenSlide opened it fine; the MPP is the problem
+
+
+def _raise_fallback_error(os_err: SlideError, fb_err: SlideError) -> NoReturn:
+    """The error of a slide both OpenSlide and the fallback refused."""
+    if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large")):
+        # the fallback understood the file: its message is the useful one, without
+        # OpenSlide's refusal chained in front of it (a red herring in the job's log)
+        raise fb_err from None
+    raise os_err from fb_err
