@@ -107,15 +107,26 @@ def colour_lr(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
     return model.predict_proba(scaler.transform(h_test))[:, 1]
 
 
-def small_cnn(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, seed: int) -> np.ndarray:
+def train_small_cnn(
+    x: np.ndarray, y: np.ndarray, seed: int, epochs: int, colour_aug: bool = True
+) -> torch.nn.Module:
+    """SmallCNN + linear classifier from random initialisation, trained on uint8 tiles x (N, H, W,
+    3) with 0/1 labels y: gigamil's patch augmentation (flips, 90° rotations and, with
+    ``colour_aug``, colour jitter 0.05 and HED stain jitter 0.1), AdamW lr 1e-3, mini-batches of
+    32 shuffled tiles, BatchNorm in train mode, BCE. Returned in eval mode."""
     torch.manual_seed(seed)
-    pre = PatchPreprocess(flips=True, rot90=True, color_jitter=0.05, stain_jitter=0.1)
+    pre = PatchPreprocess(
+        flips=True,
+        rot90=True,
+        color_jitter=0.05 if colour_aug else 0.0,
+        stain_jitter=0.1 if colour_aug else 0.0,
+    )
     encoder = SmallCNN()
     net = torch.nn.Sequential(pre, encoder, torch.nn.Linear(encoder.out_dim, 1))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).float()
     n = len(x)
-    for _ in range(max(20, 12000 // n)):
+    for _ in range(epochs):
         net.train()
         perm = torch.randperm(n)
         for i in range(0, n, 32):
@@ -125,11 +136,37 @@ def small_cnn(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, seed: int) -> np
             opt.zero_grad()
             loss.backward()
             opt.step()
-    net.eval()
+    return net.eval()
+
+
+def small_cnn(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, seed: int) -> np.ndarray:
+    net = train_small_cnn(x, y, seed, epochs=max(20, 12000 // len(x)))
     with torch.inference_mode():
         return torch.cat(
             [net(torch.from_numpy(b)).squeeze(1) for b in np.array_split(x_test, 8)]
         ).numpy()
+
+
+def mean_sd(runs: list[dict], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """{key: {"mean", "sd"}} of ``runs``' values (population sd, like np.std)."""
+    return {
+        k: {"mean": float(np.mean([r[k] for r in runs])), "sd": float(np.std([r[k] for r in runs]))}
+        for k in keys
+    }
+
+
+def write_result(out: Path, script: str, fields: dict) -> None:
+    """Write ``fields`` to the JSON file ``out`` after the command (``script`` and this run's
+    arguments), date, git commit and machine of the result."""
+    result = {
+        "command": "python " + " ".join([os.path.relpath(script, REPO), *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+        **fields,
+    }
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -166,29 +203,10 @@ def main() -> None:
                 f"({time.time() - t0:.0f} s)",
                 flush=True,
             )
-    summary = {}
-    for n in args.sizes:
-        rows = [r for r in runs if r["n_train"] == n]
-        summary[str(n)] = {
-            k: {
-                "mean": float(np.mean([r[k] for r in rows])),
-                "sd": float(np.std([r[k] for r in rows])),
-            }
-            for k in ("colour_lr", "small_cnn", "colour_lr_weak", "small_cnn_weak")
-        }
-    result = {
-        "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-        "tiles": str(args.tiles),
-        "n_test": args.test,
-        "greyscale": args.greyscale,
-        "runs": runs,
-        "summary": summary,
-    }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    keys = ("colour_lr", "small_cnn", "colour_lr_weak", "small_cnn_weak")
+    summary = {str(n): mean_sd([r for r in runs if r["n_train"] == n], keys) for n in args.sizes}
+    fields = {"tiles": str(args.tiles), "n_test": args.test, "greyscale": args.greyscale}
+    write_result(args.out, __file__, {**fields, "runs": runs, "summary": summary})
 
 
 if __name__ == "__main__":
