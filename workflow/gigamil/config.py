@@ -298,14 +298,14 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
         )
 
 
-def _slide_file(path: str, base: str | Path) -> Path:
+def sheet_slide_path(path: str, base: str | Path) -> Path:
     """A sheet's slide ``path``, relative ones against ``base`` (the working directory)."""
     return Path(path) if Path(path).is_absolute() else Path(base) / path
 
 
 def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
     for i, p in enumerate(df["path"]):
-        full = _slide_file(p, base)
+        full = sheet_slide_path(p, base)
         if not full.exists():
             raise ConfigError(
                 f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): slide file {p} not found"
@@ -422,7 +422,7 @@ def check_leakage(
     """
     rows = []
     for name, df in sheets.items():
-        paths = [str(_slide_file(p, base_dir).resolve()) for p in df["path"].astype(str)]
+        paths = [str(sheet_slide_path(p, base_dir).resolve()) for p in df["path"].astype(str)]
         rows.append(df.assign(_cohort=name, _path=paths))
     if not rows:
         return

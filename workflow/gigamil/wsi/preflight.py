@@ -13,7 +13,6 @@ reports every unusable slide in one error.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,9 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from gigamil.config import sheet_slide_path
 from gigamil.errors import ConfigError, GigamilError
+from gigamil.wsi.patching import LEVEL_TOLERANCE
 from gigamil.wsi.reader import slide_mpp
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,8 @@ def check_slides(
     seconds = time.monotonic() - t0
     log.info("checked %d slide(s): all open with a plausible MPP (%.1f s)", len(slides), seconds)
     if patch_mpp is not None:
-        coarse = [
-            s
-            for s in statuses
-            if s.mpp is not None and s.mpp > patch_mpp * 1.01 and math.isfinite(s.mpp)
-        ]
+        limit = patch_mpp * (1.0 + LEVEL_TOLERANCE)  # extract_patches' upsampling threshold
+        coarse = [s for s in statuses if s.mpp is not None and s.mpp > limit]
         if coarse:
             first = coarse[0]
             log.warning(
@@ -125,8 +123,7 @@ def sheet_checks(
         if cohort in skipped:
             continue
         for row in df.itertuples(index=False):
-            path = Path(str(row.path))
-            path = path if path.is_absolute() else Path(base_dir) / path
+            path = sheet_slide_path(str(row.path), base_dir)
             mpp = getattr(row, "mpp", None)
             override = None if mpp is None or mpp != mpp else float(mpp)
             out.append(SlideCheck(str(cohort), str(row.slide_id), path, override))

@@ -319,7 +319,7 @@ def open_slide(
     Raises SlideError (naming the file and the problem) if the slide cannot be opened or has no
     plausible MPP.
     """
-    p = _slide_file(path)
+    p = _existing_slide_file(path)
     try:
         return OpenSlideReader(p, mpp_override, cache_mb=cache_mb, cache=cache, fast_tiff=fast_tiff)
     except SlideError as os_err:
@@ -340,7 +340,7 @@ def slide_mpp(path: str | Path, mpp_override: float | None = None) -> float:
     SlideError as open_slide does for a slide that cannot be opened or has no plausible MPP;
     damaged pixel data is found only when the pixels are read.
     """
-    p = _slide_file(path)
+    p = _existing_slide_file(path)
     try:
         with OpenSlideReader(p, mpp_override, fast_tiff=False) as reader:
             return float(reader.mpp)
@@ -352,7 +352,7 @@ def slide_mpp(path: str | Path, mpp_override: float | None = None) -> float:
             _raise_fallback_error(os_err, fb_err)
 
 
-def _slide_file(path: str | Path) -> Path:
+def _existing_slide_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise SlideError(f"{path}: slide file not found")
