@@ -4,6 +4,7 @@ Run by hand after ``python benchmarks/real_tissue.py`` (it reuses each draw's pa
 folds, lesion masks and config.yaml):
 
     python benchmarks/screen.py NAME [--draws 0 1 2] [--seeds 0] [--set model.dropout=0.25 ...]
+    python benchmarks/screen.py NAME --draws --dirs CLONE   # a finished demo run in CLONE
 
 For every draw, training seed and fold it calls the package directly, as the workflow's rules
 do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides (the draw's
@@ -16,13 +17,15 @@ localisation 0.821/0.723/0.798) in about a third of the time of
 ``benchmarks/real_tissue_variant.sh`` (no DAG, no heatmaps). Prints one line per variant (OOF
 AUC per draw and seed, with ``--seeds`` > 1 the seed ensemble's (mean probability per slide),
 mean localisation AUC, median final training loss and epochs, seconds) and appends it to
-``benchmarks/work/screen/results.txt``; the per-slide predictions go to
+``benchmarks/work/screen/results.txt``, its figures to ``benchmarks/results/screen.json``
+(committed: the evidence for a default); the per-slide predictions go to
 ``benchmarks/work/screen/NAME/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -39,12 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from real_tissue import deep_update, parse_set  # noqa: E402
+from real_tissue import deep_update, git_commit, parse_set  # noqa: E402
 
 from gigamil.evaluate.metrics import binary_auc  # noqa: E402
 
 DRAWS = REPO / "benchmarks" / "work" / "real_tissue"
 OUT = REPO / "benchmarks" / "work" / "screen"
+RESULTS = REPO / "benchmarks" / "results" / "screen.json"
 
 
 def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict], dict]:
@@ -59,7 +63,10 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
     (cohort,) = cfg["cohorts"]
     classes = [str(c) for c in cfg["classes"]]
     folds = pd.read_csv(draw / "results" / "splits" / experiment / "folds.csv")
-    sheet = pd.read_csv(cfg["cohorts"][cohort]["sheet"]).set_index("slide_id")
+    sheet = pd.read_csv(draw / cfg["cohorts"][cohort]["sheet"]).set_index("slide_id")
+    masks = draw / "results" / cohort / "lesion_masks"  # a demo cohort's generated masks
+    if "lesion_mask" not in sheet.columns and masks.is_dir():
+        sheet["lesion_mask"] = [str(masks / f"{s}.png") for s in sheet.index]
     folds["store"] = [
         str(draw / "results" / "patches" / cohort / f"{s}.zarr") for s in folds.slide_id
     ]
@@ -88,7 +95,7 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
         loc = float("nan")
         if positive and "lesion_mask" in sheet.columns:
             att = np.load(out / "attention" / f"{r.slide_id}.npy")
-            mask = sheet.loc[r.slide_id, "lesion_mask"]
+            mask = draw / sheet.loc[r.slide_id, "lesion_mask"]
             loc = slide_localization(test.loc[r.slide_id, "store"], att, mask)["localization_auc"]
         prob = float(getattr(r, f"prob_{classes[-1]}"))
         rows.append(
@@ -134,18 +141,53 @@ def summary_line(
     return " | ".join(parts)
 
 
+def result_record(sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds: float) -> dict:
+    """The variant's figures for ``benchmarks/results/screen.json``: OOF and mean localisation
+    AUC per draw (one per training seed), their mean and minimum over draws and seeds, the
+    median final training loss and epochs, the wall time."""
+    oof, loc = {}, {}
+    for draw, d in df.groupby("draw", sort=True):
+        oof[draw] = [round(binary_auc(g["y"], g["p"]), 4) for _, g in d.groupby("seed")]
+        loc[draw] = [round(float(v), 4) for v in d.groupby("seed")["loc"].mean()]
+    aucs = [a for v in oof.values() for a in v]
+    return {
+        "set": sets,
+        "oof_auc": oof,
+        "localization_auc": loc,
+        "mean_oof_auc": round(float(np.mean(aucs)), 4),
+        "min_oof_auc": round(float(np.min(aucs)), 4),
+        "final_loss_median": round(float(info["final_loss"].median()), 4),
+        "epochs_median": float(info["epochs"].median()),
+        "seconds": round(seconds),
+    }
+
+
+def save_record(path: Path, name: str, record: dict) -> None:
+    """Add (or replace) ``name``'s record in the JSON file ``path``, with the git commit."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[name] = {**record, "git_commit": git_commit()}
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("name", help="the variant's name (its output folder)")
-    ap.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--draws", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument(
+        "--dirs",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other finished workflow runs to screen on too (e.g. a clone after the demo's "
+        "snakemake run): their config.yaml, results/splits, results/patches, lesion masks",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument("--workers", type=int, default=2, help="folds trained at once")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     jobs = []
-    for d in args.draws:
-        draw = DRAWS / f"draw{d}"
+    for draw in [DRAWS / f"draw{d}" for d in args.draws] + [d.resolve() for d in args.dirs]:
         if not (draw / "config.yaml").is_file():
             raise SystemExit(f"no {draw}/config.yaml: run python benchmarks/real_tissue.py first")
         cfg = deep_update(yaml.safe_load((draw / "config.yaml").read_text()), parse_set(args.set))
@@ -164,6 +206,7 @@ def main() -> None:
     print(line)
     with (OUT / "results.txt").open("a") as fh:
         fh.write(line + "\n")
+    save_record(RESULTS, args.name, result_record(args.set, df, info, time.time() - t0))
 
 
 if __name__ == "__main__":

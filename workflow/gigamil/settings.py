@@ -130,6 +130,7 @@ class TrainingConfig(_Section):
     loss: str = _default(_TRAIN, "loss")
     label_smoothing: float = _default(_TRAIN, "label_smoothing")
     bag_mixing: float = _default(_TRAIN, "bag_mixing")
+    ema_decay: float = _default(_TRAIN, "ema_decay")
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: str | bool = _default(_TRAIN, "amp")
     compile: bool = _default(_TRAIN, "compile")
@@ -150,6 +151,8 @@ class TrainingConfig(_Section):
             del sig["em"]
         if self.strategy == "end_to_end":
             del sig["strategy"]
+        if not self.ema_decay:
+            del sig["ema_decay"]
         return sig
 
 
@@ -232,7 +235,8 @@ def resolve_strategy(
     ``trainable_blocks: 0`` or ``freeze_encoder: true`` is ``frozen`` (configs written before
     the strategy existed keep working); ``frozen`` sets ``trainable_blocks: 0`` in the returned
     model config. Raises ConfigError for contradictions: ``frozen`` with ``trainable_blocks: N``
-    (N > 0), ``em`` with a frozen encoder or the parameter-free ``identity`` encoder, and
+    (N > 0), ``em`` with a frozen encoder, the parameter-free ``identity`` encoder or
+    ``training.ema_decay``, and
     ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0.
     """
     m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
@@ -262,6 +266,11 @@ def resolve_strategy(
             raise ConfigError(
                 "training.strategy: em needs an encoder with weights to fine-tune; "
                 "model.encoder: identity has none"
+            )
+        if t.ema_decay:
+            raise ConfigError(
+                "training.ema_decay averages the weights of the end_to_end and frozen "
+                "strategies; strategy em trains in rounds of its own: set ema_decay: 0"
             )
     if strategy == "frozen":
         m = dataclasses.replace(m, trainable_blocks=0)

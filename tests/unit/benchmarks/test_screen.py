@@ -21,3 +21,30 @@ def test_summary_line_per_draw_seed_and_ensemble(bench) -> None:
     assert line.startswith("v | model.dropout=0.25 | draw0 OOF 1.000/0.500 ensemble ")
     assert "loc 0.700/0.700" in line and "mean 0.750 min 0.500" in line
     assert "final loss 0.200, epochs 25, 12 s" in line
+
+
+def test_result_record_and_save_keep_other_variants(bench, tmp_path) -> None:
+    import json
+
+    df = pd.DataFrame(
+        {
+            "draw": ["draw0"] * 4 + ["demo"] * 4,
+            "seed": [0] * 8,
+            "slide_id": [f"s{i}" for i in range(8)],
+            "y": [0, 1, 0, 1] * 2,
+            "p": [0.1, 0.9, 0.2, 0.8, 0.9, 0.8, 0.2, 0.3],
+            "loc": [float("nan"), 0.6, float("nan"), 0.8] * 2,
+        }
+    )
+    info = pd.DataFrame({"final_loss": [0.1, 0.3], "epochs": [20, 30]})
+    record = bench.result_record(["training.lr=0.001"], df, info, 12.4)
+    assert record["oof_auc"] == {"demo": [0.5], "draw0": [1.0]}
+    assert record["localization_auc"] == {"demo": [0.7], "draw0": [0.7]}
+    assert record["mean_oof_auc"] == 0.75 and record["min_oof_auc"] == 0.5
+    assert record["seconds"] == 12 and record["epochs_median"] == 25
+    path = tmp_path / "screen.json"
+    bench.save_record(path, "a", record)
+    bench.save_record(path, "b", {**record, "set": []})
+    saved = json.loads(path.read_text())
+    assert sorted(saved) == ["a", "b"] and saved["a"]["set"] == ["training.lr=0.001"]
+    assert "git_commit" in saved["b"]

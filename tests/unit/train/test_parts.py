@@ -201,3 +201,21 @@ def test_rng_helper_round_trip_and_checkpoint_format() -> None:
     assert torch.equal(torch.rand(3), a)
     set_rng_state({"cpu": state["cpu"], "cuda": torch.zeros(1)}, dev)  # a CUDA entry on CPU
     assert torch.equal(torch.rand(3), a)
+
+
+def test_weight_average_is_the_exponential_moving_average_of_the_steps() -> None:
+    from gigamil.train.loop import weight_average
+
+    model = build_mil_model(ModelConfig.from_dict({"encoder": "smallcnn"}), 2, 32)
+    assert weight_average(model, 0.0) is None
+    ema = weight_average(model, 0.9)
+    name, param = next((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    expected = None
+    for value in (1.0, 2.0, 4.0):
+        with torch.no_grad():
+            param.fill_(value)
+        ema.update_parameters(model)
+        expected = value if expected is None else 0.9 * expected + 0.1 * value
+    averaged = dict(ema.module.named_parameters())[name]
+    assert torch.allclose(averaged, torch.full_like(averaged, expected))  # 1.0 -> 1.1 -> 1.39
+    assert not torch.allclose(averaged, param)

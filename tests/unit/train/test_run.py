@@ -529,6 +529,59 @@ def test_train_fold_without_validation(mil_bags, cohort, tmp_path: Path) -> None
     assert best == 1 + int(np.argmin(losses))
 
 
+def test_ema_decay_saves_the_averaged_weights_and_resumes_them(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
+    train, val = cohort
+    train, val = train.head(6), val.head(4)
+    cfg = training(epochs=3, ema_decay=0.9, early_stopping={"metric": "auc", "min_epochs": 3})
+    full = tmp_path / "full"
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, full)
+    last = torch.load(full / "last.pt", weights_only=True)
+    best = torch.load(full / "model.pt", weights_only=True)
+    assert best["epoch"] == 3  # min_epochs: the last epoch is the best
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items()}
+    trained = last["model"]
+    differs = [
+        k for k, v in best["state_dict"].items() if not torch.equal(v.float(), trained[k].float())
+    ]
+    assert differs  # model.pt holds the moving average, not the last step's weights
+    for k, v in best["state_dict"].items():
+        assert torch.equal(v, averaged[k]), k
+    # killed after epoch 2: the resumed run continues the same average
+    killed = tmp_path / "killed"
+    real_validate = run_mod.validate
+    calls = {"n": 0}
+
+    def dying_validate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "validate", dying_validate)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed)
+    monkeypatch.setattr(run_mod, "validate", real_validate)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
+    again = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    for k, v in best["state_dict"].items():
+        assert torch.allclose(again[k].float(), v.float(), atol=1e-6), k
+
+
+def test_ema_decay_with_strategy_em_is_a_config_error(mil_bags, cohort, tmp_path: Path) -> None:
+    train, val = cohort
+    with pytest.raises(ConfigError, match="ema_decay"):
+        train_fold(
+            train.head(4),
+            val.head(2),
+            mil_bags.classes,
+            mil_bags.model,
+            training(strategy="em", ema_decay=0.9),
+            tmp_path / "em",
+        )
+
+
 def test_train_fold_with_bag_mixing(mil_bags, cohort, tmp_path: Path) -> None:
     train, val = cohort
     out = tmp_path / "mix"

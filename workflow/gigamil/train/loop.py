@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gigamil.data.bags import ConcatBag, ZarrBag
 from gigamil.errors import GigamilError
@@ -61,6 +62,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
     return LambdaLR(optimizer, f)
+
+
+def weight_average(model: MILModel, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers (Polyak averaging,
+    ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)``): after each
+    optimizer step ``w_avg <- decay * w_avg + (1 - decay) * w``, the first update copying
+    ``model``; ``ema.module`` is the averaged :class:`MILModel`. None when ``decay`` is 0."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def steps_per_epoch(n_bags: int, bags_per_step: int, world: int) -> int:
@@ -124,6 +135,7 @@ def train_epoch(
     *,
     epoch: int,
     settings: EpochSettings,
+    ema: AveragedModel | None = None,
 ) -> float:
     """One epoch; returns the mean training loss over all bags (all ranks).
 
@@ -131,7 +143,8 @@ def train_epoch(
     next ``bags_per_step × world`` bags, rank r the r-th, (r+world)-th, ... of them. The main
     rank logs progress (bags done of all ranks, bags/s, its mean loss so far) at least every
     ``settings.log_every_s`` seconds; the caller's :func:`gigamil.logutil.log_context` names the
-    fold and epoch on every line.
+    fold and epoch on every line. ``ema``: a moving average of the weights
+    (:func:`weight_average`), updated after every optimizer step.
     """
     model.train()
     seed, info = settings.seed, settings.info
@@ -172,6 +185,8 @@ def train_epoch(
             progress.update(done, loss_sum / count)
         all_reduce_gradients(params, info)
         optim.step()
+        if ema is not None:
+            ema.update_parameters(model)
     loss_sum, count = all_reduce_sum([loss_sum, float(count)], info, model.device)
     return loss_sum / max(count, 1.0)
 

@@ -27,6 +27,7 @@ from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
 from gigamil.models.factory import build_mil_model
+from gigamil.models.mil import MILModel
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.nn.weights import weights_sha256
@@ -50,6 +51,7 @@ from gigamil.train.loop import (
     steps_per_epoch,
     train_epoch,
     validate,
+    weight_average,
 )
 
 log = logging.getLogger(__name__)
@@ -334,6 +336,7 @@ class FoldTrainer:
             optimizer, make_scheduler(optimizer, tcfg.schedule, total_steps), amp
         )
         self.early_stopping = EarlyStopping.from_config(tcfg.early_stopping, tcfg.epochs)
+        self.ema = weight_average(self.model, tcfg.ema_decay)
         self.encoder_random_init = model_cfg.weights is None
         signature = {
             "model": model_cfg.to_dict(),
@@ -394,6 +397,12 @@ class FoldTrainer:
                 tb.close()
         return self.saver.model_path
 
+    @property
+    def eval_model(self) -> MILModel:
+        """The model validated and saved: the moving average of the weights under
+        ``training.ema_decay``, else the trained model itself."""
+        return self.model if self.ema is None else self.ema.module
+
     def epoch_name(self, epoch: int) -> str:
         """``fold 2 epoch 3/20``: the log context of one epoch."""
         return f"{self.runtime.name} epoch {epoch}/{self.cfg.epochs}".strip()
@@ -405,12 +414,15 @@ class FoldTrainer:
             **self.optim.state_dict(),
             "early_stopping": self.early_stopping.state_dict(),
             "rng": get_rng_state(self.runtime.device),
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(dict(state))
         self.early_stopping.load_state_dict(state["early_stopping"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"], self.runtime.device)
         self.saver.load_state_dict(state)
 
@@ -432,10 +444,10 @@ class FoldTrainer:
         t0, lr = time.time(), self.optim.lr
         data = self.data
         train_loss = train_epoch(
-            self.model, data.train, self.optim, epoch=epoch, settings=self.settings
+            self.model, data.train, self.optim, epoch=epoch, settings=self.settings, ema=self.ema
         )
         metrics = validate(
-            self.model,
+            self.eval_model,
             data.val,
             self.settings.chunk,
             len(data.classes),
@@ -456,7 +468,7 @@ class FoldTrainer:
             if improved:
                 val = {f"val_{k}": v for k, v in metrics.items()}
                 ckpt = model_checkpoint(
-                    self.model, self.header, epoch, {"train_loss": train_loss, **val}
+                    self.eval_model, self.header, epoch, {"train_loss": train_loss, **val}
                 )
                 self.saver.save_best(ckpt)
             row = {
