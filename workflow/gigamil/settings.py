@@ -170,6 +170,7 @@ class ModelConfig(_Section):
     feature_norm: bool = _default(_MODEL, "feature_norm")
     pool: str = _default(_MODEL, "pool")
     att_dim: int = _default(_MODEL, "att_dim")
+    sm_alpha: float = _default(_MODEL, "sm_alpha")
     dropout: float = _default(_MODEL, "dropout")
     instance_loss: float = _default(_MODEL, "instance_loss")
     colour_histogram: int = _default(_MODEL, "colour_histogram")

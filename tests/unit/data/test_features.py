@@ -165,6 +165,7 @@ def test_encoder_id_changes_only_with_what_changes_the_features(tmp_path: Path) 
     for head in (
         {"att_dim": 8},
         {"pool": "smabmil"},
+        {"pool": "smabmil", "sm_alpha": 0.9},
         {"dropout": 0.5},
         {"feature_norm": False},
         {"instance_loss": 0.5},

@@ -156,6 +156,23 @@ def test_model_pt_records_the_weights_sha256_and_old_files_still_load(tmp_path: 
     )
 
 
+def test_sm_alpha_reaches_the_head_and_older_smabmil_files_load_with_0_5(tmp_path: Path) -> None:
+    cfg = ModelConfig.from_dict({"encoder": "smallcnn", "pool": "smabmil", "sm_alpha": 0.8})
+    model = build_mil_model(cfg, 2, 32)
+    assert model.attention_model.sm_alpha == 0.8
+    path = atomic_save(
+        model_checkpoint(model, model_header(cfg.to_dict(), ["neg", "pos"], 32), 1, {}),
+        tmp_path / "model.pt",
+    )
+    assert load_model(path)[0].attention_model.sm_alpha == 0.8
+    old_cfg = ModelConfig.from_dict({"encoder": "smallcnn", "pool": "smabmil"}).to_dict()
+    del old_cfg["sm_alpha"]  # written before the key existed: trained with 0.5
+    old = build_mil_model({**old_cfg, "sm_alpha": 0.5}, 2, 32)
+    header = model_header(old_cfg, ["neg", "pos"], 32)
+    path = atomic_save(model_checkpoint(old, header, 1, {}), tmp_path / "old.pt")
+    assert load_model(path)[0].attention_model.sm_alpha == 0.5
+
+
 def test_checkpoint_saver_disabled_writes_nothing(tmp_path: Path) -> None:
     saver = CheckpointSaver(tmp_path / "rank1", {}, enabled=False)
     saver.save_best({"epoch": 1})

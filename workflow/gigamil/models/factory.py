@@ -79,6 +79,7 @@ def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
         n_classes=n_classes,
         att_dim=cfg.att_dim,
         pool=cfg.pool,
+        sm_alpha=cfg.sm_alpha,
         dropout=cfg.dropout,
         feature_norm=cfg.feature_norm,
         instance_loss=cfg.instance_loss,

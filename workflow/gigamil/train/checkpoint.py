@@ -169,6 +169,7 @@ def load_model(
     model_cfg = dict(ckpt["model_config"])
     model_cfg["weights"] = None  # the state dict holds the trained weights
     model_cfg.setdefault("feature_norm", False)  # model.pt files written before the key existed
+    model_cfg.setdefault("sm_alpha", 0.5)  # (the value every older smabmil model was trained with)
     features = ckpt.get("features")
     model = build_mil_model(
         model_cfg,
