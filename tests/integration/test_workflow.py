@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
+from slidefiles import write_svs
 from wfutil import (
     FAST_OVERRIDES,
     REPO,
@@ -24,7 +25,6 @@ from wfutil import (
     read_config,
     run_snakemake,
     write_config,
-    write_svs,
 )
 
 from gigamil import layout

@@ -27,39 +27,6 @@ FAST_OVERRIDES: dict[str, Any] = {
 }
 
 
-def write_svs(path: Path, seed: int, mpp: float | None = 0.5, unreadable: bool = False) -> Path:
-    """A tiny Aperio-style SVS (64 x 64 px, one JPEG tile) of random pixels (``seed``: content).
-
-    ``mpp`` None leaves the MPP out (the workflow's pre-flight check refuses it); ``unreadable``
-    corrupts the tile's start-of-scan marker: OpenSlide opens the slide (the pre-flight check
-    passes), but reading its pixels fails in the job.
-    """
-    import numpy as np
-    import tifffile
-
-    desc = "Aperio Image Library v12.2.2 \r\n64x64 (64x64) JPEG/RGB Q=90"
-    if mpp is not None:
-        desc += f"|AppMag = 20|MPP = {mpp}"
-    img = np.random.default_rng(seed).integers(100, 255, (64, 64, 3), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(
-        path,
-        img,
-        photometric="rgb",
-        tile=(64, 64),
-        compression="jpeg",
-        description=desc,
-        metadata=None,
-    )
-    if unreadable:
-        with tifffile.TiffFile(path) as tf:
-            start, n = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
-        data = bytearray(path.read_bytes())
-        data[data.index(b"\xff\xda", start, start + n) + 1] = 0xDB  # SOS -> DQT marker
-        path.write_bytes(bytes(data))
-    return path
-
-
 def deep_update(base: dict, upd: dict) -> dict:
     """Recursively merge ``upd`` into a copy of ``base``."""
     out = copy.deepcopy(base)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from slidefiles import write_svs
 
 from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
 
@@ -311,33 +312,6 @@ def _write_unopenable(out: Path) -> Path:
     return out
 
 
-def _write_unreadable(out: Path) -> Path:
-    """unreadable.svs: an Aperio-style SVS (16 x 16, one 64 x 64 JPEG tile, MPP 0.499) whose tile's
-    start-of-scan marker is turned into a quantisation-table marker: OpenSlide opens it, but
-    read_region raises "Bogus marker length"."""
-    import tifffile
-
-    desc = "Aperio Image Library v12.2.2 \r\n16x16 (64x64) JPEG/RGB Q=30|AppMag = 20|MPP = 0.499"
-    img = np.random.default_rng(0).integers(100, 255, (16, 16, 3), dtype=np.uint8)
-    tifffile.imwrite(
-        out,
-        img,
-        photometric="rgb",
-        tile=(64, 64),
-        compression="jpeg",
-        compressionargs={"level": 30},
-        description=desc,
-        metadata=None,
-    )
-    with tifffile.TiffFile(out) as tf:
-        start, n = tf.pages[0].dataoffsets[0], tf.pages[0].databytecounts[0]
-    data = bytearray(out.read_bytes())
-    sos = data.index(b"\xff\xda", start, start + n)  # start of scan
-    data[sos + 1] = 0xDB  # -> define quantisation table, with the scan header as its "length"
-    out.write_bytes(bytes(data))
-    return out
-
-
 @pytest.fixture(scope="session")
 def test_slides(tmp_path_factory: pytest.TempPathFactory, cmu_svs: Path) -> Path:
     """The test-slide directory, built once per session from the repository alone:
@@ -354,7 +328,7 @@ def test_slides(tmp_path_factory: pytest.TempPathFactory, cmu_svs: Path) -> Path
     syn.mkdir()
     _write_boxes(syn / "boxes.tiff")
     _write_unopenable(syn / "unopenable.tiff")
-    _write_unreadable(syn / "unreadable.svs")
+    write_svs(syn / "unreadable.svs", mpp=0.499, unreadable=True, size=16, quality=30)
     return root
 
 
@@ -510,3 +484,29 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def iou() -> Callable[[np.ndarray, np.ndarray], float]:
     """``iou(a, b)``: intersection over union of two boolean masks."""
     return _iou
+
+
+@pytest.fixture
+def train_killed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """``train_killed(epoch, *args, **kwargs)``: ``train_fold(*args, **kwargs)`` killed
+    (KeyboardInterrupt) while validating epoch ``epoch``, i.e. after epoch ``epoch - 1``'s
+    checkpoints."""
+    from gigamil.train import run as run_mod
+
+    def run(epoch: int, *args: Any, **kwargs: Any) -> None:
+        real, calls = run_mod.validate, {"n": 0}
+
+        def dying_validate(*a: Any, **k: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == epoch:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(run_mod, "validate", dying_validate)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_mod.train_fold(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(run_mod, "validate", real)
+
+    return run

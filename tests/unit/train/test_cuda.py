@@ -93,7 +93,9 @@ def test_train_fold_and_predict_on_cuda_then_on_cpu(
     assert all(p.device.type == "cpu" for p in model.parameters())
 
 
-def test_resume_on_cuda_continues(mil_bags, cohort, tmp_path: Path, monkeypatch) -> None:
+def test_resume_on_cuda_continues(
+    mil_bags, cohort, tmp_path: Path, monkeypatch, train_killed
+) -> None:
     """A run killed after epoch 1 resumes from last.pt written on CUDA (optimizer, fp16 gradient
     scaler, CUDA RNG) with epoch 2, and ends like the uninterrupted run."""
     from gigamil.train import loop as loop_mod
@@ -103,19 +105,8 @@ def test_resume_on_cuda_continues(mil_bags, cohort, tmp_path: Path, monkeypatch)
     cfg = training(epochs=3, amp="fp16")
     full = tmp_path / "full"
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, full)
-    killed = tmp_path / "killed"
-    real_validate, calls = run_mod.validate, {"n": 0}
-
-    def dying_validate(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        calls["n"] += 1
-        if calls["n"] == 2:  # killed in epoch 2, after epoch 1's checkpoint
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(run_mod, "validate", dying_validate)
-    with pytest.raises(KeyboardInterrupt):
-        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed)
-    monkeypatch.setattr(run_mod, "validate", real_validate)
+    killed = tmp_path / "killed"  # killed in epoch 2, after epoch 1's checkpoint
+    train_killed(2, train, val, mil_bags.classes, mil_bags.model, cfg, killed)
     last = torch.load(killed / "last.pt", map_location="cpu", weights_only=True)
     assert "scaler" in last and "cuda" in last["rng"]
     seen = []

@@ -154,27 +154,17 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
     )
 
 
-def test_resume_after_kill_continues(mil_bags, cohort, tmp_path: Path, monkeypatch) -> None:
+def test_resume_after_kill_continues(
+    mil_bags, cohort, tmp_path: Path, monkeypatch, train_killed
+) -> None:
     train, val = cohort
     train, val = train.head(6), val.head(4)
     cfg = training(epochs=4, max_instances_per_bag=9)
     full = tmp_path / "full"
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, full)
 
-    killed = tmp_path / "killed"
-    calls = {"n": 0}
-    real_validate = run_mod.validate
-
-    def dying_validate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # killed during epoch 3, after epoch 2's checkpoint
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(run_mod, "validate", dying_validate)
-    with pytest.raises(KeyboardInterrupt):
-        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed)
-    monkeypatch.setattr(run_mod, "validate", real_validate)
+    killed = tmp_path / "killed"  # killed during epoch 3, after epoch 2's checkpoint
+    train_killed(3, train, val, mil_bags.classes, mil_bags.model, cfg, killed)
     assert [int(r["epoch"]) for r in read_log(killed / "train_log.csv")] == [1, 2]
     assert torch.load(killed / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 2
     (killed / "model.pt").unlink()  # Snakemake deletes the declared outputs of a failed job
@@ -530,7 +520,7 @@ def test_train_fold_without_validation(mil_bags, cohort, tmp_path: Path) -> None
 
 
 def test_ema_decay_saves_the_averaged_weights_and_resumes_them(
-    mil_bags, cohort, tmp_path: Path, monkeypatch
+    mil_bags, cohort, tmp_path: Path, train_killed
 ) -> None:
     train, val = cohort
     train, val = train.head(6), val.head(4)
@@ -550,19 +540,7 @@ def test_ema_decay_saves_the_averaged_weights_and_resumes_them(
         assert torch.equal(v, averaged[k]), k
     # killed after epoch 2: the resumed run continues the same average
     killed = tmp_path / "killed"
-    real_validate = run_mod.validate
-    calls = {"n": 0}
-
-    def dying_validate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(run_mod, "validate", dying_validate)
-    with pytest.raises(KeyboardInterrupt):
-        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed)
-    monkeypatch.setattr(run_mod, "validate", real_validate)
+    train_killed(3, train, val, mil_bags.classes, mil_bags.model, cfg, killed)
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     again = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
     for k, v in best["state_dict"].items():
