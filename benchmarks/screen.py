@@ -7,7 +7,8 @@ folds, lesion masks and config.yaml):
     python benchmarks/screen.py NAME --draws --dirs CLONE   # a finished demo run in CLONE
 
 For every draw, training seed and fold it calls the package directly, as the workflow's rules
-do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides (the draw's
+do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides (with
+``--set cv.val_fraction=0`` both train, as the workflow's split would have it; the draw's
 ``config.yaml`` ``model:``/``training:`` sections plus the ``--set`` overrides, the seed as
 ``training.seed``), :func:`gigamil.train.predict.predict_slides` on its ``test`` slides and
 :func:`gigamil.evaluate.localization.slide_localization` of their attention against the lesion
@@ -75,9 +76,12 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
     out = OUT / name / draw.name / f"seed{seed}" / f"fold{fold}"
     training = {**cfg["training"], "seed": seed}
     t0 = time.time()
+    train, val = f[f.role == "train"], f[f.role == "val"]
+    if float(cfg["cv"]["val_fraction"]) == 0:  # as the workflow's split: no validation slides
+        train, val = f[f.role.isin(["train", "val"])], f.iloc[:0]
     model = train_fold(
-        f[f.role == "train"],
-        f[f.role == "val"],
+        train,
+        val,
         classes,
         cfg["model"],
         training,
