@@ -12,9 +12,10 @@ do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides 
 ``config.yaml`` ``model:``/``training:`` sections plus the ``--set`` overrides, the seed as
 ``training.seed``), :func:`gigamil.train.predict.predict_slides` on its ``test`` slides and
 :func:`gigamil.evaluate.localization.slide_localization` of their attention against the lesion
-masks; folds run ``--workers`` at a time (one CPU thread each). With the shipped settings it
-gives the snakemake run's figures exactly (draws 0/1/2, seed 0: OOF AUC 0.806/0.806/0.951,
-localisation 0.821/0.723/0.798) in about a third of the time of
+masks; folds run ``--workers`` at a time (one CPU thread each). With the settings of a
+benchmark run it gives that snakemake run's figures exactly (``sm_alpha`` 0.5, draws 0/1/2, seed 0:
+OOF AUC 0.806/0.806/0.951, localisation 0.821/0.723/0.798; the demo: 0.903/0.772) in about a
+third of the time of
 ``benchmarks/real_tissue_variant.sh`` (no DAG, no heatmaps). Prints one line per variant (OOF
 AUC per draw and seed, with ``--seeds`` > 1 the seed ensemble's (mean probability per slide),
 mean localisation AUC, median final training loss and epochs, seconds) and appends it to
