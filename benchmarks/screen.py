@@ -126,19 +126,29 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
     return rows, info
 
 
+def per_draw_figures(df: pd.DataFrame) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``({draw: OOF AUC per training seed}, {draw: mean localisation AUC per seed})`` of the
+    per-slide rows ``df`` (draw, seed, slide_id, y, p, loc), draws and seeds in sorted order."""
+    oof, loc = {}, {}
+    for draw, d in df.groupby("draw", sort=True):
+        oof[draw] = [binary_auc(g["y"], g["p"]) for _, g in d.groupby("seed")]
+        loc[draw] = [float(v) for v in d.groupby("seed")["loc"].mean()]
+    return oof, loc
+
+
 def summary_line(
     name: str, sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds: float
 ) -> str:
     parts = [name, " ".join(sets) or "(shipped settings)"]
+    oof, loc = per_draw_figures(df)
     for draw, d in df.groupby("draw", sort=True):
-        per_seed = [binary_auc(g["y"], g["p"]) for _, g in d.groupby("seed")]
-        text = f"{draw} OOF " + "/".join(f"{a:.3f}" for a in per_seed)
-        if len(per_seed) > 1:
+        text = f"{draw} OOF " + "/".join(f"{a:.3f}" for a in oof[draw])
+        if len(oof[draw]) > 1:
             ens = d.groupby("slide_id").agg(y=("y", "first"), p=("p", "mean"))
             text += f" ensemble {binary_auc(ens['y'], ens['p']):.3f}"
-        text += " loc " + "/".join(f"{v:.3f}" for v in d.groupby("seed")["loc"].mean())
+        text += " loc " + "/".join(f"{v:.3f}" for v in loc[draw])
         parts.append(text)
-    aucs = [binary_auc(g["y"], g["p"]) for _, g in df.groupby(["draw", "seed"])]
+    aucs = [a for v in oof.values() for a in v]
     parts.append(f"mean {np.mean(aucs):.3f} min {np.min(aucs):.3f}")
     parts.append(
         f"final loss {info['final_loss'].median():.3f}, epochs {info['epochs'].median():.0f}, {seconds:.0f} s"
@@ -150,15 +160,12 @@ def result_record(sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds
     """The variant's figures for ``benchmarks/results/screen.json``: OOF and mean localisation
     AUC per draw (one per training seed), their mean and minimum over draws and seeds, the
     median final training loss and epochs, the wall time."""
-    oof, loc = {}, {}
-    for draw, d in df.groupby("draw", sort=True):
-        oof[draw] = [round(binary_auc(g["y"], g["p"]), 4) for _, g in d.groupby("seed")]
-        loc[draw] = [round(float(v), 4) for v in d.groupby("seed")["loc"].mean()]
+    oof, loc = per_draw_figures(df)
     aucs = [a for v in oof.values() for a in v]
     return {
         "set": sets,
-        "oof_auc": oof,
-        "localization_auc": loc,
+        "oof_auc": {k: [round(a, 4) for a in v] for k, v in oof.items()},
+        "localization_auc": {k: [round(a, 4) for a in v] for k, v in loc.items()},
         "mean_oof_auc": round(float(np.mean(aucs)), 4),
         "min_oof_auc": round(float(np.min(aucs)), 4),
         "final_loss_median": round(float(info["final_loss"].median()), 4),
