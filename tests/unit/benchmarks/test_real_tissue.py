@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -29,3 +30,30 @@ def test_summary_statistics_and_json(bench):
     assert bench.fmt(stat) == "0.600 ± 0.141"
     safe = bench.json_safe({"a": [np.float64("nan"), np.int64(3)], "b": float("inf")})
     assert json.dumps(safe, allow_nan=False) == '{"a": [null, 3], "b": null}'
+
+
+def test_compare_oof_pairs_the_two_methods_by_slide(bench, tmp_path):
+    ev = tmp_path / "results" / "eval" / bench.EXPERIMENT
+    ev.mkdir(parents=True)
+    ids = [f"s{i}" for i in range(8)]
+    label = [0, 0, 0, 0, 1, 1, 1, 1]
+    ours = pd.DataFrame(
+        {
+            "slide_id": ids,
+            "patient_id": [f"p{i // 2}" for i in range(8)],
+            "label": ["normal"] * 4 + ["lesion"] * 4,
+            "prob_normal": 0.0,
+            "prob_lesion": [0.1, 0.2, 0.3, 0.6, 0.5, 0.7, 0.8, 0.9],  # one pair misranked
+        }
+    )
+    ours.to_csv(ev / "per_slide_predictions.csv", index=False)
+    # the baseline's rows in another order, ranking every pair right
+    scores = dict(zip(ids, [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9], strict=True))
+    pairs = reversed(list(zip(ids, label, strict=True)))
+    per_slide = [{"slide_id": s, "label": y, "score": scores[s]} for s, y in pairs]
+    out = bench.compare_oof(tmp_path, {"per_slide": per_slide})
+    assert out["auc_a"] == pytest.approx(15 / 16) and out["auc_b"] == 1.0
+    assert out["difference"] == pytest.approx(-1 / 16)
+    assert out["ci"][0] < 0 and out["ci"][1] <= 0 and out["p_a_better"] < 0.5
+    with pytest.raises(RuntimeError, match="different slides"):
+        bench.compare_oof(tmp_path, {"per_slide": per_slide[:-1]})

@@ -108,3 +108,31 @@ def test_fold_table_mean_and_sd_across_folds():
     assert table.loc["mean", "auc"] == pytest.approx(np.mean(aucs))
     assert table.loc["sd", "auc"] == pytest.approx(np.std(aucs, ddof=1))
     assert table.loc["fold1", "n_patients"] == 15
+
+
+def test_paired_auc_difference_sign_interval_and_pairing():
+    rng = np.random.default_rng(0)
+    n = 80
+    y = np.repeat([0, 1], n // 2)
+    good = y * 2.0 + rng.normal(size=n)  # AUC about 0.92
+    weak = y * 0.5 + rng.normal(size=n)  # AUC about 0.64
+    out = M.paired_auc_difference(y, good, weak, groups=np.arange(n) // 2, n_boot=500, seed=1)
+    assert out["auc_a"] == pytest.approx(skm.roc_auc_score(y, good))
+    assert out["auc_b"] == pytest.approx(skm.roc_auc_score(y, weak))
+    assert out["difference"] == pytest.approx(out["auc_a"] - out["auc_b"])
+    low, high = out["ci"]
+    assert 0 < low < out["difference"] < high  # clearly better: the interval excludes 0
+    assert out["p_a_better"] > 0.99
+    # pairing: a score against a monotone transform of itself differs by exactly 0 in every resample
+    same = M.paired_auc_difference(y, good, np.exp(good), n_boot=200, seed=0)
+    assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0] and same["p_a_better"] == 0.5
+    # swapping the methods mirrors the result
+    swapped = M.paired_auc_difference(y, weak, good, groups=np.arange(n) // 2, n_boot=500, seed=1)
+    assert swapped["ci"] == pytest.approx([-high, -low])
+
+
+def test_paired_auc_difference_rejects_bad_input():
+    with pytest.raises(M.GigamilError, match="alike"):
+        M.paired_auc_difference(np.array([0, 1, 1]), np.zeros(3), np.zeros(2))
+    with pytest.raises(M.GigamilError, match="binary"):
+        M.paired_auc_difference(np.array([0, 2]), np.zeros(2), np.zeros(2))
