@@ -177,8 +177,9 @@ def collect_gigamil(wd: Path) -> dict[str, Any]:
     }
 
 
-def compare_oof(wd: Path, baseline: dict[str, Any]) -> dict[str, Any]:
-    """gigamil's minus the baseline's OOF AUC on the same slides, paired patient bootstrap."""
+def compare_oof(wd: Path, baseline: dict[str, Any], positive: str) -> dict[str, Any]:
+    """gigamil's (its ``prob_<positive>``) minus the baseline's OOF AUC on the same slides,
+    paired patient bootstrap."""
     from gigamil.evaluate.metrics import paired_auc_difference
 
     ours = pd.read_csv(wd / "results" / "eval" / EXPERIMENT / "per_slide_predictions.csv")
@@ -186,10 +187,9 @@ def compare_oof(wd: Path, baseline: dict[str, Any]) -> dict[str, Any]:
     both = ours.merge(theirs, on="slide_id", suffixes=("", "_baseline"), validate="1:1")
     if len(both) != len(ours) or len(both) != len(theirs):
         raise RuntimeError(f"{wd}: gigamil and the baseline scored different slides")
-    prob = [c for c in ours.columns if c.startswith("prob_")][-1]  # the positive class
     return paired_auc_difference(
         both["label_baseline"].to_numpy(),
-        both[prob].to_numpy(),
+        both[f"prob_{positive}"].to_numpy(),
         both["score"].to_numpy(),
         groups=both["patient_id"].to_numpy(),
     )
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "gigamil": {**collect_gigamil(wd), "wall_seconds": wall},
             "baseline": run_baseline(wd, sheet, positive),
         }
-        draw["gigamil_minus_baseline"] = compare_oof(wd, draw["baseline"])
+        draw["gigamil_minus_baseline"] = compare_oof(wd, draw["baseline"], positive)
         draws.append(draw)
         g, b, d = draw["gigamil"], draw["baseline"], draw["gigamil_minus_baseline"]
         losses = ", ".join(f"{f['final_train_loss']:.3f}" for f in g["folds"])

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 import platform
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-from PIL import Image
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,33 +42,33 @@ from real_tissue import git_commit  # noqa: E402
 from gigamil.evaluate.baseline import colour_histograms  # noqa: E402
 from gigamil.nn.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from gigamil.nn.encoders import SmallCNN  # noqa: E402
+from gigamil.tile_pool import Tile, decode_tile, packaged_tiles_path, read_tile_pool  # noqa: E402
 
 DEFAULT_TILES = REPO.parent / "shared" / "data" / "pcam-valid"
-PACKAGED = REPO / "workflow" / "gigamil" / "data" / "pcam_demo_tiles.zip"
+PACKAGED = packaged_tiles_path()
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-def read_rgb(data: bytes | Path) -> np.ndarray:
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    return np.asarray(Image.open(src).convert("RGB"))
-
-
-def pretrain_tiles(source: Path, tiles_root: Path) -> tuple[np.ndarray, set[str]]:
-    """uint8 (n, H, W, 3) tiles to pretrain on and the file names used (to keep out of the probe)."""
+def pretrain_tiles(source: Path, pool: list[Tile]) -> tuple[np.ndarray, set[str]]:
+    """uint8 (n, H, W, 3) tiles to pretrain on and their file names (kept out of the probe): a
+    zip of tiles (the packaged ones), or a cohort's ``tiles.csv`` naming files of ``pool``."""
     if source.suffix == ".zip":
-        with zipfile.ZipFile(source) as z:
-            names = sorted(n for n in z.namelist() if n.endswith((".jpg", ".png")))
-            return np.stack([read_rgb(z.read(n)) for n in names]), {Path(n).name for n in names}
-    files = [str(f) for f in __import__("pandas").read_csv(source)["file"]]
-    return np.stack([read_rgb(tiles_root / f) for f in files]), {Path(f).name for f in files}
+        tiles = read_tile_pool(source)
+    else:
+        by_file = {t.file: t for t in pool}
+        tiles = [by_file[f] for f in pd.read_csv(source)["file"]]
+    return np.stack([decode_tile(t) for t in tiles]), {Path(t.file).name for t in tiles}
 
 
-def probe_tiles(root: Path, exclude: set[str], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    files = [(p, int(c)) for c in "01" for p in sorted((root / c).glob("*"))]
-    files = [f for f in files if f[0].name not in exclude]
-    idx = np.random.default_rng(seed).permutation(len(files))[:n]
-    return np.stack([read_rgb(files[i][0]) for i in idx]), np.array([files[i][1] for i in idx])
+def probe_tiles(
+    pool: list[Tile], exclude: set[str], n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """n random tiles of ``pool`` whose file names are not in ``exclude``: uint8 (n, H, W, 3),
+    labels (n,)."""
+    keep = [t for t in pool if Path(t.file).name not in exclude]
+    idx = np.random.default_rng(seed).permutation(len(keep))[:n]
+    return np.stack([decode_tile(keep[i]) for i in idx]), np.array([keep[i].label for i in idx])
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/ssl_probe.json")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    x_pre, used = pretrain_tiles(args.pretrain_tiles, args.tiles)
-    x_probe, y_probe = probe_tiles(args.tiles, used, 1200, args.seed)
+    pool = read_tile_pool(args.tiles)
+    x_pre, used = pretrain_tiles(args.pretrain_tiles, pool)
+    x_probe, y_probe = probe_tiles(pool, used, 1200, args.seed)
     enc = SmallCNN()
     ref = {
         "random_init_small_cnn": linear_probe(features(enc, x_probe), y_probe),

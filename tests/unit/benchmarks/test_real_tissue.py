@@ -51,9 +51,9 @@ def test_compare_oof_pairs_the_two_methods_by_slide(bench, tmp_path):
     scores = dict(zip(ids, [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9], strict=True))
     pairs = reversed(list(zip(ids, label, strict=True)))
     per_slide = [{"slide_id": s, "label": y, "score": scores[s]} for s, y in pairs]
-    out = bench.compare_oof(tmp_path, {"per_slide": per_slide})
+    out = bench.compare_oof(tmp_path, {"per_slide": per_slide}, "lesion")
     assert out["auc_a"] == pytest.approx(15 / 16) and out["auc_b"] == 1.0
     assert out["difference"] == pytest.approx(-1 / 16)
     assert out["ci"][0] < 0 and out["ci"][1] <= 0 and out["p_a_better"] < 0.5
     with pytest.raises(RuntimeError, match="different slides"):
-        bench.compare_oof(tmp_path, {"per_slide": per_slide[:-1]})
+        bench.compare_oof(tmp_path, {"per_slide": per_slide[:-1]}, "lesion")

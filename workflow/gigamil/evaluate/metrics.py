@@ -7,7 +7,7 @@ Binary problems (C == 2) use ``probs[:, 1]`` as the score of the positive (secon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -142,32 +142,40 @@ def bootstrap_ci(
     """
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=float)
-    groups = np.arange(y.size) if groups is None else np.asarray(groups)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(uniq.size)]
-    rng = np.random.default_rng(seed)
     pred = probs.argmax(axis=1)
     values: dict[str, list[float]] = {m: [] for m in SCALAR_METRICS}
-    for _ in range(n_boot):
-        pick = rng.integers(0, uniq.size, uniq.size)
-        idx = np.concatenate([members[g] for g in pick]) if uniq.size else np.array([], int)
+    for idx in _group_resamples(y.size, groups, n_boot, seed):
         yb, pb = y[idx], pred[idx]
         cm = confusion_matrix(yb, pb, len(classes))
         values["auc"].append(roc_auc(yb, probs[idx]))
         values["balanced_accuracy"].append(balanced_accuracy(cm))
         values["macro_f1"].append(macro_f1(cm))
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
+    return {m: _percentile_interval(vals, level) for m, vals in values.items()}
+
+
+def _group_resamples(
+    n: int, groups: np.ndarray | None, n_boot: int, seed: int
+) -> Iterator[np.ndarray]:
+    """``n_boot`` bootstrap resamples of n rows as index arrays: the ``groups`` (rows of one
+    group stay together; None: every row its own group) drawn with replacement."""
+    groups = np.arange(n) if groups is None else np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        pick = rng.integers(0, uniq.size, uniq.size)
+        yield np.concatenate([members[g] for g in pick]) if uniq.size else np.array([], int)
+
+
+def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of the finite ``values`` ((nan, nan): none)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return float("nan"), float("nan")
     tail = (1.0 - level) / 2.0 * 100.0
-    out = {}
-    for m, vals in values.items():
-        v = np.asarray(vals, dtype=float)
-        v = v[np.isfinite(v)]
-        out[m] = (
-            (float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail)))
-            if v.size
-            else (float("nan"), float("nan"))
-        )
-    return out
+    return float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))
 
 
 def paired_auc_difference(
@@ -199,26 +207,19 @@ def paired_auc_difference(
     if not np.isin(y, (0, 1)).all():
         raise GigamilError("paired_auc_difference needs binary labels 0/1")
     y = y.astype(int)
-    groups = np.arange(y.size) if groups is None else np.asarray(groups)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(uniq.size)]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, uniq.size, uniq.size)])
-        if np.unique(y[idx]).size < 2:
-            continue
-        diffs.append(binary_auc(y[idx], a[idx]) - binary_auc(y[idx], b[idx]))
-    d = np.asarray(diffs)
-    tail = (1.0 - level) / 2.0 * 100.0
+    d = np.asarray(
+        [
+            binary_auc(y[idx], a[idx]) - binary_auc(y[idx], b[idx])
+            for idx in _group_resamples(y.size, groups, n_boot, seed)
+            if np.unique(y[idx]).size == 2
+        ]
+    )
     auc_a, auc_b = binary_auc(y, a), binary_auc(y, b)
     return {
         "auc_a": auc_a,
         "auc_b": auc_b,
         "difference": auc_a - auc_b,
-        "ci": [float(np.percentile(d, tail)), float(np.percentile(d, 100.0 - tail))]
-        if d.size
-        else [float("nan"), float("nan")],
+        "ci": list(_percentile_interval(d, level)),
         "p_a_better": float(((d > 0) + 0.5 * (d == 0)).mean()) if d.size else float("nan"),
         "n_boot": int(d.size),
     }
