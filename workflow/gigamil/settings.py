@@ -131,6 +131,7 @@ class TrainingConfig(_Section):
     label_smoothing: float = _default(_TRAIN, "label_smoothing")
     bag_mixing: float = _default(_TRAIN, "bag_mixing")
     ema_decay: float = _default(_TRAIN, "ema_decay")
+    logit_calibration: str = _default(_TRAIN, "logit_calibration")
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: str | bool = _default(_TRAIN, "amp")
     compile: bool = _default(_TRAIN, "compile")

@@ -95,6 +95,17 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
     } <= set(ckpt)
     assert ckpt["classes"] == mil_bags.classes and ckpt["patch_px"] == mil_bags.px
     assert ckpt["epoch"] == int(rows[-1]["best_epoch"])
+    cal = ckpt["logit_calibration"]  # training.logit_calibration: class_means (the default)
+    assert cal["method"] == "class_means" and cal["scale"] > 0
+    fitted = pd.concat([train, val], ignore_index=True)
+    fitted = fitted[fitted["slide_id"] != "empty"]
+    assert cal["n_slides"] == len(fitted)
+    ref = predict_slides(model_path, fitted, None, tmp_path / "att_ref", device="cpu")
+    p = ref[f"prob_{mil_bags.classes[1]}"].clip(1e-12, 1 - 1e-12)
+    z = np.log(p / (1 - p))  # calibrated logits: class means at -ln 9 / +ln 9
+    is_pos = ref["label"] == mil_bags.classes[1]
+    assert z[~is_pos].mean() == pytest.approx(-np.log(9), abs=1e-3)
+    assert z[is_pos].mean() == pytest.approx(np.log(9), abs=1e-3)
     torch.load(tmp_path / "fold0" / "last.pt", weights_only=True)
     model, _ = load_model(model_path)
     assert not model.training

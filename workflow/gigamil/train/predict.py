@@ -17,6 +17,7 @@ from gigamil.errors import GigamilError
 from gigamil.logutil import current_context, log_context
 from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
+from gigamil.train.logit_calibration import apply_calibration
 from gigamil.train.loop import bag_probabilities
 from gigamil.train.run import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
 
@@ -24,14 +25,20 @@ log = logging.getLogger(__name__)
 
 
 def _predict_bag(
-    model: torch.nn.Module, bag: ZarrBag | FeatureBag, n_classes: int, chunk: int | None
+    model: torch.nn.Module,
+    bag: ZarrBag | FeatureBag,
+    n_classes: int,
+    chunk: int | None,
+    calibration: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (float64) and attention (float32, (N,)) of one bag; NaN
-    probabilities and no attention for an empty bag."""
+    """Class probabilities (float64) and attention (float32, (N,)) of one bag, the logits mapped
+    by model.pt's ``logit_calibration`` first; NaN probabilities and no attention for an empty
+    bag."""
     if len(bag) == 0:
         return np.full(n_classes, np.nan), np.zeros(0, dtype=np.float32)
     with torch.inference_mode():
         logits, att = model(bag, max_instances_per_forward_pass=chunk)
+        logits = apply_calibration(logits.float(), calibration)
     prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
     return prob, att.float().cpu().numpy().astype(np.float32)
 
@@ -139,7 +146,9 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
         _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
         if len(bag) == 0:
             log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
-        prob, att = _predict_bag(model, bag, len(classes), max_instances_per_forward_pass)
+        prob, att = _predict_bag(
+            model, bag, len(classes), max_instances_per_forward_pass, ckpt.get("logit_calibration")
+        )
         pred = classes[int(prob.argmax())] if len(bag) else ""
         np.save(attention_dir / f"{row.slide_id}.npy", att)
         log.info(

@@ -43,6 +43,7 @@ from gigamil.train.checkpoint import (
 )
 from gigamil.train.early_stopping import EarlyStopping
 from gigamil.train.em import EMTrainer
+from gigamil.train.logit_calibration import calibrate_fold_model
 from gigamil.train.loop import (
     PROGRESS_EVERY_S,
     BagItem,
@@ -280,8 +281,19 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
             trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), runtime)
             if strategy == "em":
                 log.info("training strategy em: %d rounds", tcfg.em.rounds)
-                return EMTrainer(trainer, mcfg, tcfg).fit(resume)
-            return trainer.fit(resume)
+                path = EMTrainer(trainer, mcfg, tcfg).fit(resume)
+            else:
+                path = trainer.fit(resume)
+            if tcfg.logit_calibration == "class_means" and info.is_main and path.is_file():
+                items = [*data.train, *data.val]
+                calibrate_fold_model(
+                    path,
+                    [it.bag for it in items],
+                    [it.label for it in items],
+                    trainer.settings.chunk,
+                    device,
+                )
+            return path
     finally:
         ddp.shutdown(info)
 
