@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gigamil.train.checkpoint import atomic_save, load_checkpoint, load_model
+from gigamil.train.checkpoint import atomic_save, load_model
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def apply_calibration(logits: torch.Tensor, calibration: Mapping[str, Any] | Non
     """``(logits - offset) * scale`` for a binary model's logits (1,); unchanged without a map."""
     if not calibration or logits.numel() != 1:
         return logits
-    return (logits - float(calibration["offset"])) * float(calibration["scale"])
+    return (logits.float() - float(calibration["offset"])) * float(calibration["scale"])
 
 
 def calibrate_fold_model(
@@ -73,13 +73,12 @@ def calibrate_fold_model(
     record it in model.pt (key ``logit_calibration``, rewritten atomically). Idempotent: a
     model.pt that has the key is left as it is. Models with more than two classes are left
     uncalibrated. Returns the map (None when none was fitted)."""
-    ckpt = load_checkpoint(model_path)
+    model, ckpt = load_model(model_path, device)  # one read (and digest check) of model.pt
     if "logit_calibration" in ckpt:
         return ckpt["logit_calibration"]
     if len(ckpt["classes"]) != 2:
         log.info("logit calibration: %d classes, logits left as they are", len(ckpt["classes"]))
         return None
-    model, _ = load_model(model_path, device)
     zs, ys = [], []
     with torch.inference_mode():
         for bag, y in zip(bags, labels, strict=True):

@@ -38,7 +38,7 @@ def _predict_bag(
         return np.full(n_classes, np.nan), np.zeros(0, dtype=np.float32)
     with torch.inference_mode():
         logits, att = model(bag, max_instances_per_forward_pass=chunk)
-        logits = apply_calibration(logits.float(), calibration)
+        logits = apply_calibration(logits, calibration)
     prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
     return prob, att.float().cpu().numpy().astype(np.float32)
 
