@@ -158,16 +158,20 @@ def collect_gigamil(wd: Path) -> dict[str, Any]:
     per_fold = []
     for k in folds:
         log = pd.read_csv(res / "models" / EXPERIMENT / f"fold{k}" / "train_log.csv")
-        last = log.iloc[-1]
-        per_fold.append(
-            {
-                "fold": int(k),
-                "epochs": int(last["epoch"]),
-                "best_epoch": int(last["best_epoch"]),
-                "final_train_loss": float(last["train_loss"]),
-                "min_train_loss": float(log["train_loss"].min()),
-            }
-        )
+        # training.replicates > 1: one entry per member (the log's replicate column)
+        members = log.groupby("replicate") if "replicate" in log else [(None, log)]
+        for member, rows in members:
+            last = rows.iloc[-1]
+            per_fold.append(
+                {
+                    "fold": int(k),
+                    **({} if member is None else {"replicate": int(member)}),
+                    "epochs": int(last["epoch"]),
+                    "best_epoch": int(last["best_epoch"]),
+                    "final_train_loss": float(last["train_loss"]),
+                    "min_train_loss": float(rows["train_loss"].min()),
+                }
+            )
     return {
         "oof_auc": summary["oof_auc"],
         "fold_auc": summary.get("fold_auc"),

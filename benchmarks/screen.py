@@ -114,14 +114,15 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
                 "loc": loc,
             }
         )
-    log = pd.read_csv(out / "train_log.csv")
+    log = pd.read_csv(out / "train_log.csv")  # with training.replicates > 1: every member's rows
+    members = [g for _, g in log.groupby("replicate")] if "replicate" in log else [log]
     info = {
         "draw": draw.name,
         "seed": seed,
         "fold": fold,
         "seconds": seconds,
-        "epochs": len(log),
-        "final_loss": float(log["train_loss"].iloc[-1]),
+        "epochs": float(np.mean([len(g) for g in members])),
+        "final_loss": float(np.mean([g["train_loss"].iloc[-1] for g in members])),
     }
     return rows, info
 

@@ -510,3 +510,22 @@ def train_killed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
             monkeypatch.setattr(run_mod, "validate", real)
 
     return run
+
+
+@pytest.fixture()
+def log_lines():
+    """The lines gigamil's log format writes (logutil.format_handler) while the test runs."""
+    import io
+    import logging
+
+    from gigamil.logutil import format_handler
+
+    buf = io.StringIO()
+    handler = format_handler(logging.StreamHandler(buf))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: buf.getvalue().splitlines()
+    root.removeHandler(handler)
+    root.setLevel(old_level)

@@ -132,6 +132,7 @@ class TrainingConfig(_Section):
     bag_mixing: float = _default(_TRAIN, "bag_mixing")
     ema_decay: float = _default(_TRAIN, "ema_decay")
     logit_calibration: str = _default(_TRAIN, "logit_calibration")
+    replicates: int = _default(_TRAIN, "replicates")
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: str | bool = _default(_TRAIN, "amp")
     compile: bool = _default(_TRAIN, "compile")
@@ -145,8 +146,8 @@ class TrainingConfig(_Section):
         """The settings that change what is trained (all but ``LOG_ONLY_KEYS``): ``last.pt``
         resumes only under the same signature, and rule train_fold takes it as params.
         ``em`` only under ``strategy: em`` (its settings train nothing otherwise), and
-        ``strategy`` not when it is ``end_to_end``: folds trained before the key existed (or
-        with other em settings) are not retrained."""
+        ``strategy`` not when it is ``end_to_end``, ``replicates`` not when it is 1: folds
+        trained before the key existed (or with other em settings) are not retrained."""
         sig = {k: v for k, v in self.to_dict().items() if k not in self.LOG_ONLY_KEYS}
         if self.strategy != "em":
             del sig["em"]
@@ -154,6 +155,8 @@ class TrainingConfig(_Section):
             del sig["strategy"]
         if not self.ema_decay:
             del sig["ema_decay"]
+        if self.replicates == 1:  # one model per fold, as before the key existed
+            del sig["replicates"]
         return sig
 
 

@@ -396,25 +396,6 @@ def test_training_on_one_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> 
         train_fold(one, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
 
 
-@pytest.fixture()
-def log_lines():
-    """The lines gigamil's log format writes (logutil.format_handler) while the test runs."""
-    import io
-    import logging
-
-    from gigamil.logutil import format_handler
-
-    buf = io.StringIO()
-    handler = format_handler(logging.StreamHandler(buf))
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield lambda: buf.getvalue().splitlines()
-    root.removeHandler(handler)
-    root.setLevel(old_level)
-
-
 def test_training_and_prediction_log_lines_name_fold_epoch_and_progress(
     mil_bags, cohort, tmp_path: Path, log_lines
 ) -> None:

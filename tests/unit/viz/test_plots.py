@@ -35,7 +35,12 @@ def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
     log = _train_log(tmp_path / "train_log.csv")
     out = tmp_path / "fold0" / "training_curves.png"
     info = plot_training_curves(log, out, "demo: fold 0")
-    assert info == {"epochs": 6, "best_epoch": 3, "curves": ["train_loss", "val_loss", "val_auc"]}
+    assert info == {
+        "epochs": 6,
+        "best_epoch": 3,
+        "best_epochs": [3],
+        "curves": ["train_loss", "val_loss", "val_auc"],
+    }
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (960, 408)
 
@@ -59,3 +64,14 @@ def test_training_curves_refuse_a_log_without_the_curves(tmp_path):
     pd.DataFrame(columns=CheckpointSaver.LOG_COLUMNS).to_csv(log, index=False)
     with pytest.raises(GigamilError, match="no epoch logged"):
         plot_training_curves(log, tmp_path / "x.png", "t")
+
+
+def test_training_curves_of_replicates_draw_each_member(tmp_path):
+    a = pd.read_csv(_train_log(tmp_path / "a.csv")).assign(replicate=0)
+    b = pd.read_csv(_train_log(tmp_path / "b.csv", n=5, best=(0, 1, 2, 2, 2))).assign(replicate=1)
+    log = tmp_path / "train_log.csv"
+    pd.concat([a, b]).to_csv(log, index=False)
+    info = plot_training_curves(log, tmp_path / "r.png", "demo: fold 0 (2 replicates)")
+    assert info["epochs"] == 11 and info["best_epochs"] == [3, 2] and info["best_epoch"] == 3
+    with Image.open(tmp_path / "r.png") as img:
+        assert img.format == "PNG"

@@ -25,7 +25,12 @@ def is_cnn(module: nn.Module) -> bool:
 def prepare_model(model: nn.Module, device: torch.device, compile_encoder: bool = False) -> None:
     """On CUDA: ``cudnn.benchmark`` on and a CNN encoder in ``channels_last`` memory format (its
     uint8 (n, H, W, 3) input already is: the preprocessing only permutes it). With
-    ``compile_encoder``, ``torch.compile`` the encoder (see :func:`compile_module`)."""
+    ``compile_encoder``, ``torch.compile`` the encoder (see :func:`compile_module`). A
+    :class:`~gigamil.models.ensemble.ReplicateEnsemble` has each member prepared."""
+    if hasattr(model, "members"):
+        for member in model.members:
+            prepare_model(member, device, compile_encoder)
+        return
     encoder = model.feature_encoder
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -25,6 +25,7 @@ import torch
 from gigamil import __version__
 from gigamil.errors import GigamilError
 from gigamil.fileutil import atomic_write_bytes
+from gigamil.models.ensemble import ReplicateEnsemble
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
 
@@ -159,11 +160,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MILModel, dict[str, Any]]:
+) -> tuple[MILModel | ReplicateEnsemble, dict[str, Any]]:
     """Rebuild the model of a ``model.pt``; returns ``(model in eval mode, checkpoint dict)``
-    (the attention head alone when the checkpoint has ``features``: it reads cached features)."""
+    (the attention head alone when the checkpoint has ``features``: it reads cached features).
+    A model.pt of ``training.replicates`` > 1 (key ``replicates``: one entry per member with its
+    ``state_dict`` and ``logit_calibration``) gives a
+    :class:`~gigamil.models.ensemble.ReplicateEnsemble` of its members."""
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("state_dict", "model_config", "classes", "patch_px") if k not in ckpt]
+    members = ckpt.get("replicates")
+    weights_key = "replicates" if members is not None else "state_dict"
+    missing = [k for k in (weights_key, "model_config", "classes", "patch_px") if k not in ckpt]
     if missing:
         raise GigamilError(f"{path}: checkpoint lacks {missing}")
     model_cfg = dict(ckpt["model_config"])
@@ -171,14 +177,26 @@ def load_model(
     model_cfg.setdefault("feature_norm", False)  # model.pt files written before the key existed
     model_cfg.setdefault("sm_alpha", 0.5)  # (the value every older smabmil model was trained with)
     features = ckpt.get("features")
-    model = build_mil_model(
-        model_cfg,
-        len(ckpt["classes"]),
-        int(ckpt["patch_px"]),
-        feature_dim=None if features is None else int(features["dim"]),
+
+    def build(state_dict: Mapping[str, Any]) -> MILModel:
+        model = build_mil_model(
+            model_cfg,
+            len(ckpt["classes"]),
+            int(ckpt["patch_px"]),
+            feature_dim=None if features is None else int(features["dim"]),
+        )
+        model.load_state_dict(state_dict, strict=True)
+        return model
+
+    if members is None:
+        return build(ckpt["state_dict"]).to(device).eval(), ckpt
+    if not members or any("state_dict" not in m for m in members):
+        raise GigamilError(f"{path}: checkpoint has a replicate without weights")
+    ensemble = ReplicateEnsemble(
+        [build(m["state_dict"]) for m in members],
+        [m.get("logit_calibration") for m in members],
     )
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.to(device).eval(), ckpt
+    return ensemble.to(device).eval(), ckpt
 
 
 class CheckpointSaver:

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from gigamil.models.ensemble import apply_calibration
 from gigamil.train.checkpoint import atomic_save, load_model
+
+__all__ = ["apply_calibration", "calibrate_fold_model", "fit_class_means"]
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +55,6 @@ def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str,
         "class_mean_logits": [m0, m1],
         "n_slides": int(len(z)),
     }
-
-
-def apply_calibration(logits: torch.Tensor, calibration: Mapping[str, Any] | None) -> torch.Tensor:
-    """``(logits - offset) * scale`` for a binary model's logits (1,); unchanged without a map."""
-    if not calibration or logits.numel() != 1:
-        return logits
-    return (logits.float() - float(calibration["offset"])) * float(calibration["scale"])
 
 
 def calibrate_fold_model(

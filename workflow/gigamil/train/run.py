@@ -54,6 +54,7 @@ from gigamil.train.loop import (
     validate,
     weight_average,
 )
+from gigamil.train.replicates import combine_replicates, replicate_config, replicate_dir
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,10 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     and ``out_dir/train_log.csv``. Slides without patches are skipped with a warning. Under
     torchrun (WORLD_SIZE > 1) the bags of every optimizer step are shared out across ranks and
     gradients summed. ``threads``: torch's CPU threads and the threads decoding patch chunks
-    ahead of the model (on CUDA into pinned memory). Returns the path of ``model.pt``.
+    ahead of the model (on CUDA into pinned memory). Returns the path of ``model.pt``. With
+    ``training.replicates`` N > 1 the fold trains N models (seeds ``seed``..``seed + N - 1``) in
+    ``out_dir/replicate{r}/`` and model.pt / train_log.csv hold them all
+    (:mod:`gigamil.train.replicates`).
 
     Every log line names the fold (``fold``, default the name of ``out_dir``) and, within an
     epoch, ``epoch k/total``; an epoch logs progress (bags done, bags/s, loss so far) at least
@@ -278,24 +282,56 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
             feed = Feed.for_device(device, threads)
             data = FoldData.open(train, val, [str(c) for c in classes], feed)
             runtime = Runtime(device, info, name, log_every_s)
-            trainer = FoldTrainer(data, mcfg, tcfg, Path(out_dir), runtime)
-            if strategy == "em":
-                log.info("training strategy em: %d rounds", tcfg.em.rounds)
-                path = EMTrainer(trainer, mcfg, tcfg).fit(resume)
-            else:
-                path = trainer.fit(resume)
-            if tcfg.logit_calibration == "class_means" and info.is_main and path.is_file():
-                items = [*data.train, *data.val]
-                calibrate_fold_model(
-                    path,
-                    [it.bag for it in items],
-                    [it.label for it in items],
-                    trainer.settings.chunk,
-                    device,
-                )
-            return path
+            if tcfg.replicates == 1:
+                return _train_model(data, mcfg, tcfg, Path(out_dir), runtime, strategy, resume)
+            dirs, seeds = [], []
+            for r in range(tcfg.replicates):
+                rcfg = replicate_config(tcfg, r)
+                rname = f"{name} replicate {r + 1}/{tcfg.replicates}"
+                dirs.append(replicate_dir(out_dir, r))
+                seeds.append(rcfg.seed)
+                with log_context(rname):
+                    log.info(
+                        "training member %d of %d (seed %d)", r + 1, tcfg.replicates, rcfg.seed
+                    )
+                    _train_model(
+                        data, mcfg, rcfg, dirs[-1], runtime._replace(name=rname), strategy, resume
+                    )
+            if info.is_main:
+                combine_replicates(dirs, seeds, out_dir)
+            return Path(out_dir) / "model.pt"
     finally:
         ddp.shutdown(info)
+
+
+def _train_model(  # noqa: PLR0913 - the parts of one training run
+    data: FoldData,
+    mcfg: ModelConfig,
+    tcfg: TrainingConfig,
+    out_dir: Path,
+    runtime: Runtime,
+    strategy: str,
+    resume: bool,
+) -> Path:
+    """Train one model on ``data`` into ``out_dir`` (model.pt, last.pt, train_log.csv) and,
+    under ``training.logit_calibration: class_means``, calibrate it on the training and
+    validation bags (main rank); returns the model.pt path."""
+    trainer = FoldTrainer(data, mcfg, tcfg, out_dir, runtime)
+    if strategy == "em":
+        log.info("training strategy em: %d rounds", tcfg.em.rounds)
+        path = EMTrainer(trainer, mcfg, tcfg).fit(resume)
+    else:
+        path = trainer.fit(resume)
+    if tcfg.logit_calibration == "class_means" and runtime.info.is_main and path.is_file():
+        items = [*data.train, *data.val]
+        calibrate_fold_model(
+            path,
+            [it.bag for it in items],
+            [it.label for it in items],
+            trainer.settings.chunk,
+            runtime.device,
+        )
+    return path
 
 
 class FoldTrainer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,14 +110,16 @@ CURVE_COLOURS = {
 }
 
 
-def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> dict[str, float]:
+def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> dict[str, Any]:
     """Training curves of one fold from its ``train_log.csv``: training and validation loss
     (left) and validation AUC (right) against the epoch, the best epoch (the one model.pt holds,
     the log's last ``best_epoch``) marked by a dashed line and a star on each curve. A log of
     ``training.strategy: em`` (rows = rounds) also draws the E-step's pseudo-label loss
-    (``encoder_loss``) on the left.
+    (``encoder_loss``) on the left. A log with a ``replicate`` column (``training.replicates``
+    > 1) draws each member's curves in the same colours, member r with its own line style.
 
-    Returns ``{"epochs": n, "best_epoch": e, "curves": [the columns drawn]}``.
+    Returns ``{"epochs": rows, "best_epoch": e (member 0), "best_epochs": [e per member],
+    "curves": [the columns drawn]}``.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -128,24 +131,46 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         raise GigamilError(f"{log_csv}: missing column(s) {', '.join(sorted(missing))}")
     if log.empty:
         raise GigamilError(f"{log_csv}: no epoch logged")
-    best = int(log["best_epoch"].iloc[-1])
-    at_best = log.loc[log["epoch"] == best]
+    members = list(log.groupby("replicate", sort=True)) if "replicate" in log else [(None, log)]
     plt = _pyplot()
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=120)
     losses = ["train_loss", "val_loss"]
     if "encoder_loss" in log.columns and log["encoder_loss"].notna().any():
         losses.append("encoder_loss")
-    for ax, cols in ((ax_loss, losses), (ax_auc, ["val_auc"])):
-        for col in cols:
-            colour = CURVE_COLOURS[col]
-            ax.plot(log["epoch"], log[col], marker=".", ms=4, lw=1.4, color=colour, label=col)
-            if not at_best.empty and pd.notna(at_best[col].iloc[0]):
-                ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
-        ax.axvline(best, ls="--", lw=1, color="grey", label=f"best epoch {best}")
+    styles = ["-", "--", ":", "-."]
+    bests = []
+    for i, (member, rows) in enumerate(members):
+        best = int(rows["best_epoch"].iloc[-1])
+        bests.append(best)
+        at_best = rows.loc[rows["epoch"] == best]
+        suffix = "" if member is None else f" r{int(member)}"
+        for ax, cols in ((ax_loss, losses), (ax_auc, ["val_auc"])):
+            for col in cols:
+                colour = CURVE_COLOURS[col]
+                ax.plot(
+                    rows["epoch"],
+                    rows[col],
+                    marker=".",
+                    ms=4 if member is None else 2,
+                    lw=1.4 if member is None else 1.0,
+                    ls=styles[i % len(styles)],
+                    color=colour,
+                    label=col + suffix,
+                )
+                if not at_best.empty and pd.notna(at_best[col].iloc[0]):
+                    ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
+            ax.axvline(
+                best,
+                ls=styles[i % len(styles)],
+                lw=1,
+                color="grey",
+                label=f"best epoch{suffix} {best}",
+            )
+    for ax in (ax_loss, ax_auc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6 if len(members) > 1 else 7)
     ax_loss.set_ylabel("loss")
     ax_auc.set_ylabel("validation AUC")
     ax_auc.set_ylim(-0.02, 1.02)
@@ -154,4 +179,9 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    return {"epochs": int(len(log)), "best_epoch": best, "curves": [*losses, "val_auc"]}
+    return {
+        "epochs": int(len(log)),
+        "best_epoch": bests[0],
+        "best_epochs": bests,
+        "curves": [*losses, "val_auc"],
+    }
