@@ -2,8 +2,11 @@
 
 Run by hand after ``benchmarks/screen.py`` runs (it reads their fold models)::
 
-    python benchmarks/fold_calibration_probe.py [VARIANT ...]   # predict, then evaluate
+    python benchmarks/fold_calibration_probe.py [VARIANT ...] [--dirs CLONE ...]  # predict, evaluate
     python benchmarks/fold_calibration_probe.py --evaluate-only
+
+``--dirs``: the finished workflow runs (e.g. a demo clone) that ``screen.py --dirs`` screened on
+besides the benchmark's draws; a screen run is found by its directory name.
 
 For every screened variant, draw and training seed with six saved fold models, every fold model
 predicts all slides of its fold (train, val and test; eval mode, as rule predict_fold does) on the
@@ -38,11 +41,16 @@ SCREEN = REPO / "benchmarks" / "work" / "screen"
 WORK = REPO / "benchmarks" / "work" / "fold_calibration" / "predictions.csv"
 RESULTS = REPO / "benchmarks" / "results" / "fold_calibration_probe.json"
 DRAWS = REPO / "benchmarks" / "work" / "real_tissue"
-RUNS = {
-    **{f"draw{i}": (DRAWS / f"draw{i}", "real_tissue", "real") for i in range(3)},
-    "demo": (Path("/work/demo"), "demo", "demo"),
-    "demo2": (Path("/work/demo2"), "demo", "demo"),
-}
+RUNS = {f"draw{i}": (DRAWS / f"draw{i}", "real_tissue", "real") for i in range(3)}
+
+
+def add_run(path: Path) -> None:
+    """Register a finished workflow run (its config.yaml's experiment and single cohort)."""
+    import yaml
+
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    (cohort,) = cfg["cohorts"]
+    RUNS[path.name] = (path, str(cfg["experiment"]), str(cohort))
 
 
 def predict_variant(variant: str) -> None:
@@ -125,7 +133,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="*")
     ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--dirs", type=Path, nargs="*", default=[], help="other screened runs")
     args = ap.parse_args()
+    for d in args.dirs:
+        add_run(d.resolve())
     logging.basicConfig(level=logging.ERROR)
     if not args.evaluate_only:
         WORK.parent.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,10 @@ def test_replicates_train_members_and_predict_their_mean(
     pd.testing.assert_frame_equal(
         log[log.replicate == 1].drop(columns="replicate").reset_index(drop=True), member_log
     )
+    text = (fold / "train_log.csv").read_text().splitlines()  # the members' cells verbatim
+    member_text = (fold / "replicate1" / "train_log.csv").read_text().splitlines()
+    assert text[0] == "replicate," + member_text[0]
+    assert [ln for ln in text if ln.startswith("1,")] == ["1," + ln for ln in member_text[1:]]
     model, _ = load_model(path)
     assert isinstance(model, ReplicateEnsemble) and not model.training
 

@@ -287,8 +287,17 @@ class CheckpointSaver:
             atomic_save({**state, **self.state_dict()}, self.last_path)
 
     def _write_log(self) -> None:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=self.LOG_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_bytes(self.log_path, text.getvalue().encode())
+        write_train_log(self.log_path, self.rows, self.LOG_COLUMNS)
+
+
+def write_train_log(
+    path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> None:
+    """Write ``rows`` (dicts; a missing key is an empty cell) as a CSV with header ``columns``
+    to ``path``, atomically: the one writer of train_log.csv (a fold's and a replicate
+    ensemble's). Raises ValueError for a key not in ``columns``."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(Path(path), text.getvalue().encode())

@@ -14,19 +14,16 @@ members cuts that spread (Lakshminarayanan et al. 2017).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from gigamil.errors import GigamilError
-from gigamil.fileutil import atomic_write_bytes
 from gigamil.settings import TrainingConfig
-from gigamil.train.checkpoint import atomic_save, load_checkpoint
+from gigamil.train.checkpoint import atomic_save, load_checkpoint, write_train_log
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +72,14 @@ def combine_replicates(
         members.append({"seed": int(seed), **{k: ckpt[k] for k in MEMBER_KEYS if k in ckpt}})
     model_path = out_dir / "model.pt"
     atomic_save({**header, "replicates": members}, model_path)
-    logs = [
-        pd.read_csv(Path(d) / "train_log.csv").assign(replicate=r)
-        for r, d in enumerate(member_dirs)
-    ]
-    table = pd.concat(logs, ignore_index=True)
-    table = table[["replicate", *[c for c in table.columns if c != "replicate"]]]
-    text = io.StringIO()
-    table.to_csv(text, index=False, lineterminator="\n")
-    atomic_write_bytes(out_dir / "train_log.csv", text.getvalue().encode())
+    rows: list[dict[str, Any]] = []
+    columns: list[str] = ["replicate"]
+    for r, d in enumerate(member_dirs):
+        with open(Path(d) / "train_log.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            columns += [c for c in reader.fieldnames or [] if c not in columns]
+            rows += [{"replicate": r, **row} for row in reader]
+    write_train_log(out_dir / "train_log.csv", rows, columns)
     log.info(
         "model.pt: %d replicate models (best epochs %s)",
         len(members),
