@@ -133,6 +133,19 @@ def test_gradcache_equals_naive_pass_with_encoder_dropout(pool: str, k: int) -> 
         assert_same(run(copy.deepcopy(model), bag, 1, None, adj), ref)
 
 
+@pytest.mark.parametrize(("k", "passes"), [(N + 5, 1), (N, 1), (7, 2 * 4)])
+def test_a_bag_in_one_chunk_is_encoded_once(k: int, passes: int) -> None:
+    """GradCache's no-grad encoding is skipped when the bag fits in one chunk (same gradients
+    and RNG stream as the chunked pass, one encoder pass instead of two)."""
+    model = make_model("abmil")
+    calls = []
+    model.feature_encoder.register_forward_hook(lambda *_: calls.append(1))
+    bag, _ = make_bag()
+    test = run(model, bag, 1, k, None)
+    assert len(calls) == passes
+    assert_same(run(copy.deepcopy(model), bag, 1, 7, None), test)
+
+
 def test_gradcache_multiclass_and_focal() -> None:
     model = make_model("gated_abmil", n_classes=3)
     model.loss_fn = BagLoss("focal", class_weights=[0.5, 1.0, 2.0])

@@ -213,8 +213,11 @@ class MILModel(nn.Module):
     ) -> TrainStep:
         """Forward AND backward of one bag; the caller steps the optimizer.
 
-        ``max_instances_per_forward_pass=None``: plain full-bag pass (the whole bag in one
-        graph). Otherwise GradCache with chunks of that many instances. Gradients are
+        ``max_instances_per_forward_pass=None``, or at least the bag's size: plain full-bag
+        pass (the whole bag in one graph; for a bag that fits in one chunk this gives GradCache's
+        gradients and RNG stream without its extra no-grad encoding, and holds no more
+        activations than GradCache's one re-encoded chunk). Otherwise GradCache with chunks of
+        that many instances. Gradients are
         accumulated into ``.grad`` (scaled by ``loss_scale``, e.g. 1/bags_per_step, and by
         ``scaler.scale`` for fp16 AMP). Returns detached logits, attention and the loss value.
         """
@@ -231,7 +234,7 @@ class MILModel(nn.Module):
             t = t * loss_scale
             (scaler.scale(t) if scaler is not None else t).backward()
 
-        if k is None or not trainable:  # plain pass (or nothing to backpropagate into the encoder)
+        if k is None or k >= n or not trainable:  # one chunk, or no encoder gradient: plain pass
             ctx = contextlib.nullcontext() if trainable else torch.no_grad()
             with ctx:
                 h = self.encode(bag, None if trainable else (k or n))
