@@ -140,3 +140,41 @@ def test_stain_jitter_is_colour_deconvolution_and_chunk_invariant() -> None:
     torch.manual_seed(5)
     parts = torch.cat([pre(patches[:3]), pre(patches[3:])])
     torch.testing.assert_close(whole, parts)
+
+
+def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The documented augmentation, one patch at a time and one step after the other (x (n, 3,
+    H, W) in [0, 1], u (n, 12) the module's float32 uniforms)."""
+    out = []
+    s, sig = pre.color_jitter, pre.stain_jitter
+    for p, r in zip(x, u, strict=True):
+        if r[0] < 0.5:
+            p = p.flip(-1)
+        if r[1] < 0.5:
+            p = p.flip(-2)
+        p = torch.rot90(p, min(int(r[2] * 4), 3), dims=(-2, -1))
+        b, c, sat = (1 + s * (2 * r[3:6] - 1)).double().tolist()  # factors drawn in float32
+        p = p * b
+        p = (p - p.mean()) * c + p.mean()
+        gray = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
+        p = ((p - gray) * sat + gray).clamp(0, 1)
+        a, off = (1 + sig * (2 * r[6:9] - 1)).double(), (sig * (2 * r[9:12] - 1)).double()
+        hed = torch.einsum("chw,cs->shw", -torch.log(p.clamp(min=1 / 255)), pre.hed_from_rgb)
+        hed = hed * a[:, None, None] + off[:, None, None] * hed.mean(dim=(1, 2), keepdim=True)
+        p = torch.exp(-torch.einsum("shw,sc->chw", hed, pre.rgb_from_hed)).clamp(0, 1)
+        out.append(p)
+    return torch.stack(out)
+
+
+def test_augmentation_equals_the_step_by_step_reference() -> None:
+    """The fused implementation (one affine colour step, one 3 × 3 stain map per patch, each
+    patch flipped/rotated once) gives the documented transforms."""
+    pre = PatchPreprocess(flips=True, rot90=True, color_jitter=0.3, stain_jitter=0.3)
+    pre = pre.double().train()
+    patches = torch.randint(0, 256, (40, 12, 12, 3), dtype=torch.uint8)
+    torch.manual_seed(3)
+    u = torch.rand(40, 12)
+    torch.manual_seed(3)
+    out = pre(patches) * pre.std + pre.mean
+    ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
