@@ -19,9 +19,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A quick variant of the demo config: same cohort and stages, fewer folds/epochs.
+# A quick variant of the demo config: same cohort and stages, fewer folds/epochs, one model per
+# fold (config.yaml's two double the training time of every workflow test; the replicate
+# ensemble is tested through train_fold and predict_slides in tests/unit/train/test_replicates.py).
 FAST_OVERRIDES: dict[str, Any] = {
-    "training": {"epochs": 2, "early_stopping": {"patience": 2}},
+    "training": {"epochs": 2, "replicates": 1, "early_stopping": {"patience": 2}},
     "cv": {"folds": 2},
     "heatmaps": {"slides": ["demo_p01_s1", "demo_p02_s1"]},
 }
