@@ -29,8 +29,8 @@ FOLDS = 2
 PATIENTS = 8  # of the demo's 12 (16 of its 24 slides), 4 per class
 SLURM_TIMEOUT = 420  # seconds for the whole SLURM run
 TINY: dict = {
-    # one model per fold: this test is about the executor (config.yaml's two models per fold
-    # run in the other integration tests), and the SLURM run must stay well inside SLURM_TIMEOUT
+    # one model per fold (as FAST_OVERRIDES): this test is about the executor, and the SLURM run
+    # must stay well inside SLURM_TIMEOUT
     "training": {"epochs": 1, "replicates": 1, "early_stopping": {"patience": 1}},
     "cv": {"folds": FOLDS},
     "heatmaps": {"slides": ["demo_p01_s1"]},

@@ -217,9 +217,8 @@ class MILModel(nn.Module):
         pass (the whole bag in one graph; for a bag that fits in one chunk this gives GradCache's
         gradients and RNG stream without its extra no-grad encoding, and holds no more
         activations than GradCache's one re-encoded chunk). Otherwise GradCache with chunks of
-        that many instances. Gradients are
-        accumulated into ``.grad`` (scaled by ``loss_scale``, e.g. 1/bags_per_step, and by
-        ``scaler.scale`` for fp16 AMP). Returns detached logits, attention and the loss value.
+        that many instances. Gradients are accumulated into ``.grad`` (scaled by
+        ``loss_scale``, e.g. 1/bags_per_step, and by ``scaler.scale`` for fp16 AMP). Returns detached logits, attention and the loss value.
         """
         if self.loss_fn is None:
             raise ValueError("MILModel.forward_train needs a loss_fn")
