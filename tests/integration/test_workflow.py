@@ -153,6 +153,21 @@ def test_unusable_slides_stop_the_run_before_any_job_all_named(workdir: Path):
     _dry_run_elsewhere(workdir, "--configfile", str(my))
 
 
+def test_cohort_too_small_for_the_folds_stops_the_dry_run_every_class_named(workdir: Path):
+    """Whether the train cohorts can be split into cv.folds is checked when the workflow is
+    parsed (a dry run too), not after preprocessing in rule make_splits; each short class named."""
+    my = _own_project(workdir)  # 6 patients per class
+    cfg = yaml.safe_load(my.read_text())
+    cfg["cv"] = {"folds": 7}
+    my.write_text(yaml.safe_dump(cfg))
+    res = _dry_run_elsewhere(workdir, "--configfile", str(my), ok=False)
+    out = res.stdout + res.stderr
+    assert "class 'lesion' has 6 patient(s)" in out and "class 'normal' has 6 patient(s)" in out
+    assert "patient(s) but cv.folds is 7" in out
+    assert "lower cv.folds to at most 6" in out and "Traceback" not in out
+    assert not (workdir / "results").exists()
+
+
 def test_configuration_errors_name_the_file_or_the_command_line(workdir: Path):
     my = _own_project(workdir)
     cfg = yaml.safe_load(my.read_text())

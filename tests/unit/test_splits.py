@@ -214,3 +214,22 @@ def test_no_validation_part() -> None:
     assert feasible_folds(2, validation=False) == [2] and feasible_folds(2) == []
     with pytest.raises(GigamilError, match=r"in \[0, 1\)"):
         make_folds(two, 2, val_fraction=1.0)
+
+
+def test_every_class_short_of_patients_is_named_at_once_smallest_first():
+    from gigamil.splits import make_cv_folds
+
+    sheet = _sheet([(f"N{i}", "normal", 1) for i in range(2)] + [("T0", "tumour", 1)])
+    cv = {"folds": 5, "val_fraction": 0.2, "seed": 0, "stratify_by": []}
+    with pytest.raises(GigamilError) as err:
+        make_cv_folds([sheet], cv)
+    msg = str(err.value)
+    assert (
+        "class 'tumour' has 1 patient(s), class 'normal' has 2 patient(s) but cv.folds is 5" in msg
+    )
+    assert "add patients of class 'tumour' (at least 3 per class)" in msg
+    ok = _sheet(
+        [(f"N{i}", "normal", 1) for i in range(6)] + [(f"T{i}", "tumour", 1) for i in range(6)]
+    )
+    folds = make_cv_folds([ok.iloc[:6], ok.iloc[6:]], cv)  # the sheets of two cohorts, joined
+    assert set(folds["patient_id"]) == set(ok["patient_id"]) and folds["fold"].nunique() == 5

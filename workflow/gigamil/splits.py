@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -274,6 +275,24 @@ def _check_fold_classes(
                     )
 
 
+def make_cv_folds(sheets: Sequence[pd.DataFrame], cv: Mapping[str, Any]) -> pd.DataFrame:
+    """:func:`make_folds` of the train cohorts' sheets (concatenated) with a validated config's
+    ``cv`` section (``folds``, ``val_fraction``, ``seed``, ``stratify_by``). The workflow calls it
+    when it parses the config, so a cohort that cannot be split fails before any job runs, and
+    in rule ``make_splits``, which writes the result.
+
+    Raises:
+        GigamilError: as :func:`make_folds`.
+    """
+    return make_folds(
+        pd.concat(list(sheets), ignore_index=True),
+        folds=int(cv["folds"]),
+        val_fraction=float(cv["val_fraction"]),
+        seed=int(cv["seed"]),
+        stratify_by=list(cv.get("stratify_by") or []),
+    )
+
+
 def make_folds(
     sheet: pd.DataFrame,
     folds: int,
@@ -316,11 +335,13 @@ def make_folds(
     per_class = patients["label"].value_counts()
     least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
     few = per_class[per_class < max(folds, least)]
-    if not few.empty:
-        cls, n = few.index[0], int(few.iloc[0])
+    if not few.empty:  # every short class in one message, the smallest first
+        few = few.sort_values(kind="stable")
+        cls = few.index[0]
+        counts = ", ".join(f"class {c!r} has {int(n)} patient(s)" for c, n in few.items())
         parts = "test, training and validation parts" if validation else "test and training parts"
         raise GigamilError(
-            f"cv: class {cls!r} has {n} patient(s) but cv.folds is {folds}; every fold needs one "
+            f"cv: {counts} but cv.folds is {folds}; every fold needs one "
             f"patient of each class in its {parts}"
             + _fold_advice(int(per_class.min()), cls, folds, validation)
         )

@@ -28,7 +28,8 @@ from gigamil.config import (  # noqa: E402
     validate_config,
 )
 from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402
-from gigamil.errors import ConfigError  # noqa: E402
+from gigamil.errors import ConfigError, GigamilError  # noqa: E402
+from gigamil.splits import make_cv_folds  # noqa: E402
 from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 
@@ -65,6 +66,13 @@ if getattr(workflow, "is_main_process", True):
             patch_mpp=config["preprocessing"]["patches"]["mpp"],
         )
     except ConfigError as exc:
+        raise WorkflowError(f"gigamil: {exc}") from None
+if getattr(workflow, "is_main_process", True) and TRAIN_COHORTS:
+    # the train cohorts can be split into cv.folds (enough patients of every class in every
+    # fold's parts): known now, not after preprocessing, when rule make_splits runs
+    try:
+        make_cv_folds([SHEETS[c] for c in TRAIN_COHORTS], config["cv"])
+    except GigamilError as exc:
         raise WorkflowError(f"gigamil: {exc}") from None
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)

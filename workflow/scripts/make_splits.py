@@ -1,4 +1,4 @@
-"""Snakemake script of rule make_splits: gigamil.splits.make_folds."""
+"""Snakemake script of rule make_splits: gigamil.splits.make_cv_folds."""
 
 from gigamil.logutil import setup_script_logging
 
@@ -6,23 +6,14 @@ setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 
 import logging
 
-import pandas as pd
-
 from gigamil.config import load_sheet
 from gigamil.folds import split_report, write_folds
-from gigamil.splits import make_folds
+from gigamil.splits import make_cv_folds
 
-cv = snakemake.params.cv
 sheets = [
     load_sheet(path, cohort=cohort, classes=list(snakemake.params.classes), check_files=False)
     for cohort, path in zip(snakemake.params.cohorts, snakemake.input.sheets, strict=True)
 ]
-folds = make_folds(
-    pd.concat(sheets, ignore_index=True),
-    folds=int(cv["folds"]),
-    val_fraction=float(cv["val_fraction"]),
-    seed=int(cv["seed"]),
-    stratify_by=list(cv.get("stratify_by") or []),
-)
+folds = make_cv_folds(sheets, snakemake.params.cv)
 write_folds(folds, snakemake.output.folds)
 logging.getLogger("make_splits").info("folds:\n%s", split_report(folds).to_string(index=False))
