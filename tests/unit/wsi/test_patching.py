@@ -264,6 +264,15 @@ def test_upsampling_and_tiny_slide_warn(tissue_image, tmp_path):
     assert plan.n == 0 and any("smaller than one" in w for w in plan.warnings)
 
 
+def test_more_than_4x_upsampling_is_refused(tissue_image):
+    from gigamil.errors import GigamilError
+
+    reader = ArrayReader(tissue_image((200, 200)), 1.0)
+    assert plan_patches(reader, PatchParams(mpp=0.25, patch_px=64, min_tissue=0.0), None).resample
+    with pytest.raises(GigamilError, match=r"0.24 µm/px is 4.17x finer than the slide's 1 µm/px"):
+        plan_patches(reader, PatchParams(mpp=0.24, patch_px=64, min_tissue=0.0), None)
+
+
 def test_bad_params(tissue_image):
     from gigamil.errors import GigamilError
 

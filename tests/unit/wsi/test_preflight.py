@@ -62,6 +62,17 @@ def test_coarse_slides_are_a_warning(cmu_svs, caplog):
     assert "a/svs at 0.499" in caplog.text
 
 
+def test_a_target_far_finer_than_the_scan_is_refused_with_the_slide(cmu_svs):
+    svs = SlideCheck("a", "svs", Path(cmu_svs), None)  # 0.499 µm/px
+    check_slides([svs], patch_mpp=0.125)  # 4x: allowed (a warning)
+    with pytest.raises(ConfigError) as err:
+        check_slides([svs], patch_mpp=0.005)  # a typo for 0.5
+    msg = str(err.value)
+    assert msg.startswith("1 of 1 slide(s) cannot be used") and "a/svs: " in msg
+    assert "preprocessing.patches.mpp 0.005 µm/px is 99.8x finer than the slide's 0.499" in msg
+    assert "e.g. 0.5 for 20x" in msg
+
+
 def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):
     sheets = {
         "mine": pd.DataFrame(

@@ -33,6 +33,26 @@ from gigamil.wsi.slide import SlideReader
 log = logging.getLogger(__name__)
 
 LEVEL_TOLERANCE = 0.01  # a level up to 1 % coarser than the target still counts as "equal"
+MAX_UPSAMPLING = (
+    4.0  # finer targets than slide µm/px / 4 are refused (a typo such as 0.005 for 0.5)
+)
+
+
+def upsampling_problem(slide_mpp: float, target_mpp: float) -> str | None:
+    """Why patches at ``target_mpp`` µm/px cannot be cut from a slide scanned at ``slide_mpp``
+    µm/px (more than :data:`MAX_UPSAMPLING` times finer: detail the scan does not have, and the
+    patch count grows with the square of the factor), or None."""
+    factor = slide_mpp / target_mpp
+    if factor <= MAX_UPSAMPLING:
+        return None
+    return (
+        f"preprocessing.patches.mpp {target_mpp:g} µm/px is {factor:.3g}x finer than the slide's "
+        f"{slide_mpp:g} µm/px (at most {MAX_UPSAMPLING:g}x upsampling is allowed: it would only "
+        f"invent detail and multiply the patches by {factor**2:.3g}); set the target µm/px the "
+        "model needs, e.g. 0.5 for 20x or 0.25 for 40x"
+    )
+
+
 MAX_EFFECTIVE_MPP_ERROR = 0.01
 
 
@@ -178,6 +198,9 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     target = float(params.mpp)
     mpp_x, mpp_y = reader.mpp_xy
     fx, fy = target / mpp_x, target / mpp_y
+    problem = upsampling_problem(max(mpp_x, mpp_y), target)
+    if problem:
+        raise GigamilError(f"{reader.name}: {problem}")
     p, s = int(params.patch_px), params.stride
     wt, ht = w0 / fx, h0 / fy  # slide size in target px
     n_cols = int(math.floor((wt - p) / s + 1e-9)) + 1 if wt >= p else 0

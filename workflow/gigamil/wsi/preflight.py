@@ -23,7 +23,7 @@ import pandas as pd
 
 from gigamil.config import sheet_slide_path
 from gigamil.errors import ConfigError, GigamilError
-from gigamil.wsi.patching import LEVEL_TOLERANCE
+from gigamil.wsi.patching import LEVEL_TOLERANCE, upsampling_problem
 from gigamil.wsi.reader import slide_mpp
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def check_slides(
     """Check every slide (:func:`check_slide`, ``threads`` at a time); return their statuses.
 
     Raises:
-        ConfigError: one or more slides cannot be opened or have no plausible MPP; the message
+        ConfigError: one or more slides cannot be opened, have no plausible MPP or are more
+            than :data:`~gigamil.wsi.patching.MAX_UPSAMPLING` times coarser than ``patch_mpp``; the message
             names up to ``MAX_LISTED`` of them with each one's reason, and counts the rest.
 
     Logs how many slides were checked and in how long, and warns (one line) when slides are
@@ -83,6 +84,13 @@ def check_slides(
     t0 = time.monotonic()
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         statuses = list(pool.map(check_slide, slides))
+    if patch_mpp is not None:  # a target far finer than the scan: refused with the slide
+        statuses = [
+            s._replace(problem=upsampling_problem(s.mpp, patch_mpp))
+            if s.problem is None and s.mpp is not None and upsampling_problem(s.mpp, patch_mpp)
+            else s
+            for s in statuses
+        ]
     bad = [s for s in statuses if s.problem is not None]
     if bad:
         lines = [f"  {s.check.cohort}/{s.check.slide_id}: {s.problem}" for s in bad[:MAX_LISTED]]
