@@ -101,8 +101,12 @@ def test_every_schema_key_has_description_and_default():
         ),
         (lambda c: c["cohorts"].update({"bad name": {"sheet": "x"}}), "invalid name 'bad name'"),
         (lambda c: c["cohorts"].update({"..": {"sheet": "x"}}), "invalid name '..'"),
-        (lambda c: c.update(experiment=".."), "experiment: '..' does not match"),
-        (lambda c: c.update(experiment="."), "experiment: '.' does not match"),
+        (lambda c: c.update(experiment=".."), "experiment: '..' is not a safe file name (letters"),
+        (lambda c: c.update(experiment="."), "experiment: '.' is not a safe file name"),
+        (
+            lambda c: c["model"].update(encoder="timm:bad name"),
+            "model.encoder: 'timm:bad name' is not allowed here. Patch encoder: torchvision",
+        ),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):
@@ -209,19 +213,25 @@ def test_bad_slide_id_and_mpp(tmp_path):
     rows = good_rows()
     rows[0]["slide_id"] = "has space"
     path = write_sheet(tmp_path, rows)
-    with pytest.raises(ConfigError, match=r"row 2 .*slide_id: 'has space' does not match"):
+    with pytest.raises(
+        ConfigError, match=r"row 2 .*: slide_id 'has space' is not a safe file name \(letters"
+    ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     for dots in (".", ".."):  # would name results/... itself or its parent
         rows = good_rows()
         rows[0]["slide_id"] = dots
         path = write_sheet(tmp_path, rows, name="dots.csv")
-        with pytest.raises(ConfigError, match=rf"row 2 .*slide_id: '{re.escape(dots)}' does not"):
+        with pytest.raises(
+            ConfigError, match=rf"row 2 .*: slide_id '{re.escape(dots)}' is not a safe file"
+        ):
             load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows = good_rows()
     for r, v in zip(rows, ["abc", "", ""], strict=True):
         r["mpp"] = v
     path = write_sheet(tmp_path, rows, name="s2.csv")
-    with pytest.raises(ConfigError, match=r"row 2: mpp 'abc' is not a number"):
+    with pytest.raises(
+        ConfigError, match=r"row 2 \(slide_id '\w+'\): mpp 'abc' is not a number \(µm/px"
+    ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows[0]["mpp"] = -1
     path = write_sheet(tmp_path, rows, name="s3.csv")

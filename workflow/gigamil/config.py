@@ -57,6 +57,27 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+_PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regular expression
+    _SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots)",
+}
+
+
+def _error_message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, with a pattern's rule in words instead of the regex and, for a
+    value that fits none of a key's alternatives, the key's description instead of "is not
+    valid under any of the given schemas"."""
+    if error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES:
+        return f"{error.instance!r} {_PATTERN_RULES[error.schema['pattern']]}"
+    if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):
+        described = " ".join(str(error.schema["description"]).split())
+        return f"{error.instance!r} is not allowed here. {described}"
+    return error.message
+
+
+def _is_pattern_rule(error: jsonschema.ValidationError) -> bool:
+    return error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES
+
+
 def describe_error(error: jsonschema.ValidationError) -> str:
     """Turn a jsonschema error into a short message that names the config key."""
     where = _key(list(error.absolute_path))
@@ -71,7 +92,7 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"{where}: {error.message}"
     if "propertyNames" in error.schema_path:
         return f"{where}: invalid name {error.instance!r} (use letters, digits, '_' and '-')"
-    return f"{where}: {error.message}"
+    return f"{where}: {_error_message(error)}"
 
 
 def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
@@ -246,7 +267,11 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
         bad = df["mpp"].ne("") & mpp.isna()
         if bad.any():
             row = int(bad.idxmax())
-            raise ConfigError(f"{path}: row {row + 2}: mpp {df.at[row, 'mpp']!r} is not a number")
+            sid = f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else ""
+            raise ConfigError(
+                f"{path}: row {row + 2}{sid}: mpp {df.at[row, 'mpp']!r} is not a number "
+                "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
+            )
         mpp = mpp.astype(float)
     else:
         mpp = pd.Series(float("nan"), index=df.index)
@@ -269,7 +294,9 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         if err is not None:
             col = _key(list(err.absolute_path))
             raise ConfigError(
-                f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}: {err.message}"
+                f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}"
+                + (" " if _is_pattern_rule(err) else ": ")
+                + _error_message(err)
             )
 
 
