@@ -179,8 +179,30 @@ def test_missing_slide_file(tmp_path):
     (tmp_path / "s3.svs").unlink()
     with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): slide file s3.svs not found"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    (tmp_path / "s1.svs").unlink()
+    with pytest.raises(ConfigError) as err:  # every missing file in one message
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    msg = str(err.value)
+    assert "sheet.csv: 2 file(s) not found" in msg
+    assert (
+        f"row 2 (slide_id 's1'): slide file s1.svs not found (looked for {tmp_path.resolve()}/s1.svs)"
+        in msg
+    )
+    assert "row 4 (slide_id 's3')" in msg
     # generated (demo) cohorts skip the check
     assert len(load_sheet(path, "c1", CLASSES, check_files=False, base_dir=tmp_path)) == 3
+
+
+def test_missing_lesion_mask_is_named_with_its_row(tmp_path):
+    rows = good_rows()
+    rows[0]["lesion_mask"] = rows[1]["lesion_mask"] = ""  # the optional column left empty
+    rows[2]["lesion_mask"] = "masks/s3.png"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): lesion mask masks/s3.png not"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "s3.png").touch()
+    assert len(load_sheet(path, "c1", CLASSES, base_dir=tmp_path)) == 3
 
 
 def test_duplicate_slide_id(tmp_path):
@@ -281,6 +303,9 @@ def test_optional_lesion_mask_column_may_be_empty(tmp_path):
     rows[0]["lesion_mask"] = "masks/s1.png"
     rows[1]["lesion_mask"] = ""
     rows[2]["lesion_mask"] = "masks/s3.png"
+    (tmp_path / "masks").mkdir()
+    for name in ("s1", "s3"):  # the masks exist (a missing one is an error)
+        (tmp_path / "masks" / f"{name}.png").touch()
     df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     assert lesion_masks({}, df) == {"s1": "masks/s1.png", "s3": "masks/s3.png"}
 

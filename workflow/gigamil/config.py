@@ -312,7 +312,8 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
         i = int(bad_label.idxmax())
         raise ConfigError(
             f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): label {df.at[i, 'label']!r} "
-            f"is not one of the classes {classes} of the configuration"
+            f"is not one of the classes {classes} of the configuration (its `classes:` list; "
+            "without one, the demo's [normal, lesion])"
         )
 
     labels_per_patient = df[df["label"].ne("")].groupby("patient_id")["label"].unique()
@@ -330,13 +331,33 @@ def sheet_slide_path(path: str, base: str | Path) -> Path:
     return Path(path) if Path(path).is_absolute() else Path(base) / path
 
 
+MAX_MISSING_LISTED = 10
+
+
 def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
-    for i, p in enumerate(df["path"]):
-        full = sheet_slide_path(p, base)
-        if not full.exists():
-            raise ConfigError(
-                f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): slide file {p} not found"
-            )
+    """Every slide file (``path``) and lesion mask (``lesion_mask``, where given) exists; else one
+    :class:`ConfigError` listing each missing file (up to :data:`MAX_MISSING_LISTED`) with its
+    row and, for a relative path, where it was looked for."""
+    missing: list[str] = []
+    for col, what in (("path", "slide file"), ("lesion_mask", "lesion mask")):
+        if col not in df.columns:
+            continue
+        for i, p in enumerate(df[col]):
+            if col == "lesion_mask" and (p is None or str(p).strip() in ("", "nan")):
+                continue  # an optional column: an empty cell is no mask
+            full = sheet_slide_path(str(p), base)
+            if not full.exists():
+                where = "" if Path(str(p)).is_absolute() else f" (looked for {full.resolve()})"
+                missing.append(
+                    f"  row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): {what} {p} not found{where}"
+                )
+    if missing:
+        more = len(missing) - MAX_MISSING_LISTED
+        lines = missing[:MAX_MISSING_LISTED] + ([f"  ... and {more} more"] if more > 0 else [])
+        raise ConfigError(
+            f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
+            "directory snakemake runs in):\n" + "\n".join(lines)
+        )
 
 
 def load_cohorts(
