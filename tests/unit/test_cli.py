@@ -45,3 +45,16 @@ def test_gigamil_error_is_one_line(monkeypatch, capsys):
     assert main(["mask"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gigamil mask: error: slide x.svs: something went wrong"]
+
+
+def test_os_errors_are_one_line_and_demo_refuses_a_file_as_outdir(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["demo", str(a_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gigamil demo: error: OUTDIR {a_file} exists and is not a directory"]
+    # an OSError from deeper down (here: a directory below a file) is one line too
+    assert main(["demo", str(a_file / "sub")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gigamil demo: error: Not a directory: ")
+    assert str(a_file) in err[0]

@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split())  # exactly one line
         print(f"gigamil {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that is not what it must be: one line, the traceback at -v
+        logging.getLogger("gigamil").debug("%s", exc, exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"gigamil {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"gigamil {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.errors import GigamilError
 
     start = time.perf_counter()
+    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+        raise GigamilError(f"OUTDIR {args.outdir} exists and is not a directory")
     if args.kind == "synthetic":
         if args.tiles or args.tile_mpp is not None or args.exclude_packaged:
             raise GigamilError("--tiles, --tile-mpp and --exclude-packaged need --kind tiles")
