@@ -103,6 +103,12 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["cohorts"].update({"..": {"sheet": "x"}}), "invalid name '..'"),
         (lambda c: c.update(experiment=".."), "experiment: '..' is not a safe file name (letters"),
         (lambda c: c.update(experiment="."), "experiment: '.' is not a safe file name"),
+        (lambda c: c["training"].update(epoch=3), "unknown key training.epoch (allowed here:"),
+        (lambda c: c["training"].update(epoch=3), "; did you mean epochs?"),
+        (
+            lambda c: c["preprocessing"]["patches"].update(mpp=None),
+            "preprocessing.patches.mpp: null (an empty value) is not allowed here: give a number",
+        ),
         (
             lambda c: c["model"].update(encoder="timm:bad name"),
             "model.encoder: 'timm:bad name' is not allowed here. Patch encoder: torchvision",
@@ -422,3 +428,10 @@ def test_predict_cohort_needs_no_labels(tmp_path, base_config, caplog):
     rows[0]["label"] = ""
     with pytest.raises(ConfigError, match="row 2 .*label"):
         _predict_cohort(tmp_path, base_config, rows, role="external")
+
+
+def test_a_semicolon_separated_sheet_gets_a_hint(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("slide_id;patient_id;label;path\ns1;p1;normal;s1.svs\n")
+    with pytest.raises(ConfigError, match="separated by ';': save the sheet as comma-separated"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)

@@ -9,6 +9,7 @@ that names the key, the file and the row.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import logging
 import math
@@ -68,6 +69,8 @@ def _error_message(error: jsonschema.ValidationError) -> str:
     valid under any of the given schemas"."""
     if error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES:
         return f"{error.instance!r} {_PATTERN_RULES[error.schema['pattern']]}"
+    if error.validator == "type" and error.instance is None:  # YAML's null, ~ or an empty value
+        return f"null (an empty value) is not allowed here: give a {error.validator_value}"
     if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):
         described = " ".join(str(error.schema["description"]).split())
         return f"{error.instance!r} is not allowed here. {described}"
@@ -87,7 +90,9 @@ def describe_error(error: jsonschema.ValidationError) -> str:
             sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         )
         keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
-        return f"unknown key {keys} (allowed here: {', '.join(allowed)})"
+        close = [m for k in extra for m in difflib.get_close_matches(str(k), allowed, n=1)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"unknown key {keys} (allowed here: {', '.join(allowed)}){hint}"
     if error.validator == "required":
         return f"{where}: {error.message}"
     if "propertyNames" in error.schema_path:
@@ -251,9 +256,15 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in SHEET_COLUMNS if c not in df.columns]
     if missing:
+        semicolons = len(df.columns) == 1 and ";" in str(df.columns[0])
         raise ConfigError(
             f"{path}: missing column(s) {', '.join(missing)} "
             f"(a sheet needs {', '.join(SHEET_COLUMNS)}; optional: {', '.join(OPTIONAL_COLUMNS)})"
+            + (
+                "; its header is separated by ';': save the sheet as comma-separated CSV"
+                if semicolons
+                else ""
+            )
         )
     if df.empty:
         raise ConfigError(f"{path}: the sheet has no rows")
