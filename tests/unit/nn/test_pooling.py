@@ -145,3 +145,29 @@ def test_instance_pool_rejects_bad_settings() -> None:
         AttentionHead(4, pool="instance", instance_loss=1.0)
     with pytest.raises(ConfigError, match="instance_loss"):
         build_mil_model({"encoder": "smallcnn", "pool": "instance", "instance_loss": 0.5}, 2, 32)
+
+
+@pytest.mark.parametrize("pool", ["abmil", "smabmil"])
+def test_sm_features_pools_smoothed_features_with_the_raw_attention(pool: str) -> None:
+    torch.manual_seed(0)
+    grid = np.array([(r, c) for r in range(3) for c in range(4)])
+    adj = grid_adjacency(grid)
+    h = torch.randn(12, 5)
+    plain = AttentionHead(5, att_dim=3, pool=pool, sm_alpha=0.5)
+    head = AttentionHead(5, att_dim=3, pool=pool, sm_alpha=0.5, sm_features=0.6)
+    head.load_state_dict(plain.state_dict())
+    assert head.needs_adj and plain.needs_adj == (pool == "smabmil")
+    logit, att = head(h, adj)
+    logit0, att0 = plain(h, adj if pool == "smabmil" else None)
+    assert torch.allclose(att, att0)  # the attention comes from the raw features
+    expected = head.classifier(att0 @ smooth(h, adj, 0.6))
+    assert torch.allclose(logit, expected, atol=1e-6) and not torch.allclose(logit, logit0)
+    # a high patch keeps less of its value alone than inside a contiguous region (2 x 2 block)
+    iso, block = torch.zeros(12, 1), torch.zeros(12, 1)
+    iso[5] = 3.0
+    block[[1, 2, 5, 6]] = 3.0
+    assert smooth(iso, adj, 0.6)[5, 0] < smooth(block, adj, 0.6)[5, 0] < 3.0
+    with pytest.raises(ValueError, match="needs the adjacency"):
+        head(h)
+    with pytest.raises(ValueError, match="sm_features must be in"):
+        AttentionHead(5, sm_features=1.0)

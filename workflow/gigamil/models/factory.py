@@ -80,6 +80,7 @@ def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
         att_dim=cfg.att_dim,
         pool=cfg.pool,
         sm_alpha=cfg.sm_alpha,
+        sm_features=cfg.sm_features,
         dropout=cfg.dropout,
         feature_norm=cfg.feature_norm,
         instance_loss=cfg.instance_loss,

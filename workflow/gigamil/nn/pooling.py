@@ -101,6 +101,8 @@ class AttentionHead(nn.Module):
     al. 2018 (Nat Med 24:1559) with a top-k mean slide score as in Campanella et al. 2019. Its
     "attention" is each patch's probability of the last class (binary: the positive class)
     divided by their sum: heatmaps show the patch probabilities relative to the highest. ``n_out`` = 1 for binary problems.
+    ``sm_features`` > 0 pools Sm-smoothed features, ``smooth(h, adj, sm_features)``, with the
+    attention of the raw features (needs ``adj``, any attention pool).
     ``instance_loss`` > 0 adds weak instance supervision (:meth:`instance_loss`) with that weight.
     ``feature_norm``: first standardise each feature dimension with a
     :class:`~gigamil.nn.calibration.FeatureNorm` (frozen statistics, per instance; calibrate it
@@ -118,6 +120,7 @@ class AttentionHead(nn.Module):
         sm_alpha: float = 0.5,
         sm_steps: int = 10,
         sm_mode: str = "approx",
+        sm_features: float = 0.0,
         feature_norm: bool = False,
         instance_loss: float = 0.0,
         instance_top_k: int = 4,
@@ -146,6 +149,9 @@ class AttentionHead(nn.Module):
         self.w = nn.Linear(att_dim, 1, bias=False) if attention else None  # no bias: softmax
         self.classifier = nn.Linear(in_dim, self.n_out)
         self.sm_alpha, self.sm_steps, self.sm_mode = sm_alpha, sm_steps, sm_mode
+        if not 0.0 <= sm_features < 1.0:
+            raise ValueError(f"sm_features must be in [0, 1), got {sm_features}")
+        self.sm_features = 0.0 if pool == "instance" else float(sm_features)
         if instance_loss < 0 or instance_top_k < 0:
             raise ValueError("instance_loss and instance_top_k must be >= 0")
         self.instance_loss_weight = 1.0 if pool == "instance" else float(instance_loss)
@@ -156,7 +162,7 @@ class AttentionHead(nn.Module):
 
     @property
     def needs_adj(self) -> bool:
-        return self.pool == "smabmil"
+        return self.pool == "smabmil" or self.sm_features > 0
 
     def scores(self, h: torch.Tensor, adj: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised attention scores (N,) of an attention pool (ValueError for ``instance``,
@@ -186,6 +192,10 @@ class AttentionHead(nn.Module):
             p = torch.sigmoid(z[:, 0]) if self.n_out == 1 else torch.softmax(z, dim=1)[:, -1]
             return bag, p / p.sum().clamp_min(torch.finfo(p.dtype).tiny)
         att = torch.softmax(self.scores(h, adj), dim=0)  # (N,)
+        if self.sm_features > 0:  # pool neighbourhood-averaged features (attention from raw h)
+            if adj is None:
+                raise ValueError("sm_features needs the adjacency of the bag (see grid_adjacency)")
+            h = smooth(h, adj, self.sm_features, self.sm_steps, self.sm_mode)
         z = att @ h  # (D,)
         return self.classifier(z), att  # (n_out,), (N,)
 
