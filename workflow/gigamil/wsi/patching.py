@@ -33,9 +33,8 @@ from gigamil.wsi.slide import SlideReader
 log = logging.getLogger(__name__)
 
 LEVEL_TOLERANCE = 0.01  # a level up to 1 % coarser than the target still counts as "equal"
-MAX_UPSAMPLING = (
-    4.0  # finer targets than slide µm/px / 4 are refused (a typo such as 0.005 for 0.5)
-)
+# targets finer than a slide's µm/px / 4 are refused (a typo such as 0.005 for 0.5)
+MAX_UPSAMPLING = 4.0
 
 
 def upsampling_problem(slide_mpp: float, target_mpp: float) -> str | None:
@@ -46,7 +45,8 @@ def upsampling_problem(slide_mpp: float, target_mpp: float) -> str | None:
     if factor <= MAX_UPSAMPLING:
         return None
     return (
-        f"preprocessing.patches.mpp {target_mpp:g} µm/px is {factor:.3g}x finer than the slide's "
+        f"target {target_mpp:g} µm/px (preprocessing.patches.mpp, gigamil patches --mpp) is "
+        f"{factor:.3g}x finer than the slide's "
         f"{slide_mpp:g} µm/px (at most {MAX_UPSAMPLING:g}x upsampling is allowed: it would only "
         f"invent detail and multiply the patches by {factor**2:.3g}); set the target µm/px the "
         "model needs, e.g. 0.5 for 20x or 0.25 for 40x"

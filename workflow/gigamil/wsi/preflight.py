@@ -74,8 +74,9 @@ def check_slides(
 
     Raises:
         ConfigError: one or more slides cannot be opened, have no plausible MPP or are more
-            than :data:`~gigamil.wsi.patching.MAX_UPSAMPLING` times coarser than ``patch_mpp``; the message
-            names up to ``MAX_LISTED`` of them with each one's reason, and counts the rest.
+            than :data:`~gigamil.wsi.patching.MAX_UPSAMPLING` times coarser than ``patch_mpp``;
+            the message names up to ``MAX_LISTED`` of them with each one's reason, and counts
+            the rest.
 
     Logs how many slides were checked and in how long, and warns (one line) when slides are
     coarser than ``patch_mpp`` (µm/px of the patches): their patches will be upsampled.
