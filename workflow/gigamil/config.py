@@ -24,6 +24,7 @@ import pandas as pd
 import yaml
 
 from gigamil.errors import ConfigError
+from gigamil.layout import lesion_masks
 
 log = logging.getLogger(__name__)
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
@@ -342,32 +343,34 @@ def sheet_slide_path(path: str, base: str | Path) -> Path:
     return Path(path) if Path(path).is_absolute() else Path(base) / path
 
 
-MAX_MISSING_LISTED = 10
+MAX_LISTED = 10  # files or slides named in one error message; the rest are counted
+
+
+def listed(lines: list[str], most: int = MAX_LISTED) -> list[str]:
+    """The first ``most`` of ``lines``, plus a line counting the rest when there are more."""
+    more = len(lines) - most
+    return lines[:most] + ([f"  ... and {more} more"] if more > 0 else [])
 
 
 def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
-    """Every slide file (``path``) and lesion mask (``lesion_mask``, where given) exists; else one
-    :class:`ConfigError` listing each missing file (up to :data:`MAX_MISSING_LISTED`) with its
-    row and, for a relative path, where it was looked for."""
+    """Every slide file (``path``) and lesion mask (the ``lesion_mask`` cells the workflow reads,
+    :func:`gigamil.layout.lesion_masks`) exists; else one :class:`ConfigError` listing each
+    missing file (up to :data:`MAX_LISTED`) with its row and, for a relative path, where it was
+    looked for."""
+    masks = lesion_masks({}, df)
+    ids = df["slide_id"].tolist()
+    files = [(i, s, "slide file", p) for i, (s, p) in enumerate(zip(ids, df["path"], strict=True))]
+    files += [(i, s, "lesion mask", masks[s]) for i, s in enumerate(ids) if s in masks]
     missing: list[str] = []
-    for col, what in (("path", "slide file"), ("lesion_mask", "lesion mask")):
-        if col not in df.columns:
-            continue
-        for i, p in enumerate(df[col]):
-            if col == "lesion_mask" and (p is None or str(p).strip() in ("", "nan")):
-                continue  # an optional column: an empty cell is no mask
-            full = sheet_slide_path(str(p), base)
-            if not full.exists():
-                where = "" if Path(str(p)).is_absolute() else f" (looked for {full.resolve()})"
-                missing.append(
-                    f"  row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): {what} {p} not found{where}"
-                )
+    for i, slide_id, what, p in files:
+        full = sheet_slide_path(p, base)
+        if not full.exists():
+            where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
+            missing.append(f"  row {i + 2} (slide_id {slide_id!r}): {what} {p} not found{where}")
     if missing:
-        more = len(missing) - MAX_MISSING_LISTED
-        lines = missing[:MAX_MISSING_LISTED] + ([f"  ... and {more} more"] if more > 0 else [])
         raise ConfigError(
             f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
-            "directory snakemake runs in):\n" + "\n".join(lines)
+            "directory snakemake runs in):\n" + "\n".join(listed(missing))
         )
 
 

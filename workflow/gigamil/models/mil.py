@@ -218,7 +218,8 @@ class MILModel(nn.Module):
         gradients and RNG stream without its extra no-grad encoding, and holds no more
         activations than GradCache's one re-encoded chunk). Otherwise GradCache with chunks of
         that many instances. Gradients are accumulated into ``.grad`` (scaled by
-        ``loss_scale``, e.g. 1/bags_per_step, and by ``scaler.scale`` for fp16 AMP). Returns detached logits, attention and the loss value.
+        ``loss_scale``, e.g. 1/bags_per_step, and by ``scaler.scale`` for fp16 AMP). Returns
+        detached logits, attention and the loss value.
         """
         if self.loss_fn is None:
             raise ValueError("MILModel.forward_train needs a loss_fn")
