@@ -73,7 +73,10 @@ def test_same_seed_same_bytes_and_relative_paths(cohort, tmp_path, monkeypatch):
 
 def test_sheet_structure(cohort):
     out, sheet = cohort
-    assert list(sheet.columns) == ["slide_id", "patient_id", "label", "path"]
+    assert list(sheet.columns) == ["slide_id", "patient_id", "label", "path", "lesion_mask"]
+    for row in sheet.itertuples():  # every slide's ground truth, all zero on normal slides
+        assert Path(row.lesion_mask) == out / "lesion_masks" / f"{row.slide_id}.png"
+        assert Path(row.lesion_mask).is_file()
     assert len(sheet) == 24 and sheet["slide_id"].is_unique
     assert sheet["patient_id"].nunique() == 12
     labels = sheet.groupby("patient_id")["label"].agg(set)

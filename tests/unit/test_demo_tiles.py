@@ -20,6 +20,7 @@ from gigamil import demo_tiles, tile_pool
 from gigamil.cli import main
 from gigamil.demo_io import load_lesion_mask
 from gigamil.errors import GigamilError
+from gigamil.layout import lesion_masks
 
 REPO = Path(__file__).resolve().parents[2]
 PX = 96  # PatchCamelyon tile side
@@ -55,7 +56,10 @@ def _tile_folder(root: Path, n_normal: int, n_tumour: int, seed: int = 0) -> Pat
 def test_committed_sheet_is_generated_sheet(cohort):
     _, sheet = cohort
     committed = pd.read_csv(REPO / "resources" / "demo" / "sheet.csv")
-    expected = sheet.assign(path=[f"results/demo/slides/{s}.tiff" for s in sheet["slide_id"]])
+    expected = sheet.assign(
+        path=[f"results/demo/slides/{s}.tiff" for s in sheet["slide_id"]],
+        lesion_mask=[f"results/demo/lesion_masks/{s}.png" for s in sheet["slide_id"]],
+    )
     pd.testing.assert_frame_equal(committed, expected)
 
 
@@ -146,6 +150,8 @@ def test_same_seed_same_bytes_other_seed_other_tiles(tmp_path, monkeypatch):
     assert runs["a"]["slides/demo_p01_s1.tiff"] != runs["c"]["slides/demo_p01_s1.tiff"]
     sheet = pd.read_csv(tmp_path / "a" / "out" / "sheet.csv")
     assert sheet["path"].tolist() == [f"out/slides/{s}.tiff" for s in sheet["slide_id"]]
+    # the lesion masks are in the sheet, so it gives the localisation AUC as a plain cohort
+    assert lesion_masks({}, sheet) == {s: f"out/lesion_masks/{s}.png" for s in sheet["slide_id"]}
 
 
 def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):

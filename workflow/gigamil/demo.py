@@ -15,8 +15,10 @@
     outdir/lesion_masks/{slide_id}.json  {"slide_id", "downsample", "mpp", "level0_mpp", "shape",
                                          "lesion_fraction_of_tissue", "tissue_fraction"};
                                          read mask and MPP together with ``gigamil.demo_io.load_lesion_mask(png)``.
-    outdir/sheet.csv                     slide_id, patient_id, label, path (path =
-                                         ``outdir/slides/{slide_id}.tiff`` as outdir was given).
+    outdir/sheet.csv                     slide_id, patient_id, label, path, lesion_mask (path =
+                                         ``outdir/slides/{slide_id}.tiff``, lesion_mask =
+                                         ``outdir/lesion_masks/{slide_id}.png``, as outdir was
+                                         given).
 
 Slides are built from real tissue only: the source's level 0 is cut into fragments (random 90°
 rotations, flips, crop offsets) laid out as one, two or four tissue pieces on a white background,
@@ -46,6 +48,7 @@ import pandas as pd
 
 from gigamil.demo_io import (
     LABELS,
+    SHEET_COLUMNS,
     box_reduce,
     check_cohort_size,
     patient_labels,
@@ -432,9 +435,10 @@ def make_demo_cohort(
                     "patient_id": f"demo_p{p + 1:02d}",
                     "label": label,
                     "path": tiff.as_posix(),
+                    "lesion_mask": (outdir / "lesion_masks" / f"{slide_id}.png").as_posix(),
                 }
             )
-    sheet = pd.DataFrame(rows, columns=["slide_id", "patient_id", "label", "path"])
+    sheet = pd.DataFrame(rows, columns=SHEET_COLUMNS)
     outdir.mkdir(parents=True, exist_ok=True)
     sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")
     return sheet

@@ -15,6 +15,9 @@ TILE = 256  # TIFF tile side (px)
 N_LEVELS = 3  # downsamples 1, 2, 4
 JPEG_QUALITY = 85
 LABELS = ("normal", "lesion")
+SHEET_COLUMNS = ["slide_id", "patient_id", "label", "path", "lesion_mask"]
+"""Columns of a demo sheet; ``lesion_mask`` is the slide's ground-truth PNG (all zero on normal
+slides), so the sheet gives the localisation AUC also as a plain (``demo: false``) cohort."""
 
 
 def check_cohort_size(n_patients: int, slides_per_patient: int) -> None:

@@ -18,7 +18,7 @@ tiles (``0/`` no tumour, ``1/`` tumour; by default the CC0 PatchCamelyon subset 
                                          tumour tiles; sidecar with downsample, mpp, fractions.
     outdir/tiles.csv                     slide_id, row, col, label, file, sha256: every placed tile
                                          (cell row/col on the tile grid, source file in the pool).
-    outdir/sheet.csv                     slide_id, patient_id, label, path (as demo.py).
+    outdir/sheet.csv                     slide_id, patient_id, label, path, lesion_mask (as demo.py).
 
 Half of the patients (rounded down; the same draw as the synthetic demo) are ``lesion`` patients:
 every one of their slides has one contiguous (4-connected) region of tumour tiles covering
@@ -40,6 +40,7 @@ import pandas as pd
 from gigamil.demo import MASK_DOWNSAMPLE
 from gigamil.demo_io import (
     LABELS,
+    SHEET_COLUMNS,
     check_cohort_size,
     patient_labels,
     write_lesion_mask,
@@ -261,9 +262,10 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
                 "patient_id": patient_id,
                 "label": label,
                 "path": tiff.as_posix(),
+                "lesion_mask": (outdir / "lesion_masks" / f"{slide_id}.png").as_posix(),
             }
         )
-    sheet = pd.DataFrame(rows_out, columns=["slide_id", "patient_id", "label", "path"])
+    sheet = pd.DataFrame(rows_out, columns=SHEET_COLUMNS)
     outdir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(tile_rows, columns=["slide_id", "row", "col", "label", "file", "sha256"]).to_csv(
         outdir / "tiles.csv", index=False, lineterminator="\n"
