@@ -71,6 +71,8 @@ def test_bad_config_stops_before_any_job(workdir: Path):
     res = run_snakemake(workdir, "-n", "--cores", "1", check=False)
     assert res.returncode != 0
     assert "unknown key training.epoch" in res.stdout + res.stderr
+    # one message, exit status 1, no traceback line pointing into the workflow's own files
+    assert res.returncode == 1 and "common.smk" not in res.stdout + res.stderr
     assert not (workdir / "results").exists()
 
 

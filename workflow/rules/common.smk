@@ -33,6 +33,15 @@ from gigamil.splits import make_cv_folds  # noqa: E402
 from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 
+
+def stop(message):
+    """End the run with one message on stderr and exit status 1: the error is in the user's
+    input, so no traceback (a WorkflowError raised here also prints the line of this file).
+    """
+    print(message, file=sys.stderr)
+    sys.exit(1)
+
+
 try:
     # errors name the configuration file(s) snakemake read (and --config when given)
     _sources = [str(f) for f in getattr(workflow, "configfiles", [])]
@@ -45,7 +54,7 @@ try:
         _validated, check_content=getattr(workflow, "is_main_process", True)
     )
 except ConfigError as exc:
-    raise WorkflowError(f"gigamil: invalid configuration: {exc}") from None
+    stop(f"gigamil: invalid configuration: {exc}")
 config.clear()
 config.update(_validated)
 
@@ -66,14 +75,14 @@ if getattr(workflow, "is_main_process", True):
             patch_mpp=config["preprocessing"]["patches"]["mpp"],
         )
     except ConfigError as exc:
-        raise WorkflowError(f"gigamil: {exc}") from None
+        stop(f"gigamil: {exc}")
 if getattr(workflow, "is_main_process", True) and TRAIN_COHORTS:
     # the train cohorts can be split into cv.folds (enough patients of every class in every
     # fold's parts): known now, not after preprocessing, when rule make_splits runs
     try:
         make_cv_folds([SHEETS[c] for c in TRAIN_COHORTS], config["cv"])
     except GigamilError as exc:
-        raise WorkflowError(f"gigamil: {exc}") from None
+        stop(f"gigamil: {exc}")
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
 # the frozen encoder's feature cache (written by extract_features): its encoder_id, or None when the
