@@ -83,6 +83,7 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert "tensorboard" not in a.resume_signature()
     # end_to_end without weight averaging, one model per fold: as before these keys existed
     other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em", "ema_decay", "replicates"}
+    other.add("replicate_validation")  # fixed: the fold's own validation slides
     assert set(a.resume_signature()) == set(a.to_dict()) - other
     assert TrainingConfig.from_dict({"ema_decay": 0.99}).resume_signature()["ema_decay"] == 0.99
     # em settings change what em trains, and nothing else

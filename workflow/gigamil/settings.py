@@ -133,6 +133,7 @@ class TrainingConfig(_Section):
     ema_decay: float = _default(_TRAIN, "ema_decay")
     logit_calibration: str = _default(_TRAIN, "logit_calibration")
     replicates: int = _default(_TRAIN, "replicates")
+    replicate_validation: str = _default(_TRAIN, "replicate_validation")
     class_weights: str | None = _default(_TRAIN, "class_weights")
     amp: str | bool = _default(_TRAIN, "amp")
     compile: bool = _default(_TRAIN, "compile")
@@ -157,6 +158,8 @@ class TrainingConfig(_Section):
             del sig["ema_decay"]
         if self.replicates == 1:  # one model per fold, as before the key existed
             del sig["replicates"]
+        if self.replicate_validation == "fixed":  # the fold's own validation slides
+            del sig["replicate_validation"]
         return sig
 
 

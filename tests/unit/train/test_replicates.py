@@ -15,7 +15,7 @@ from gigamil.models.ensemble import ReplicateEnsemble
 from gigamil.settings import TrainingConfig
 from gigamil.train.checkpoint import atomic_save, load_checkpoint, load_model
 from gigamil.train.predict import predict_slides
-from gigamil.train.replicates import combine_replicates, replicate_config
+from gigamil.train.replicates import combine_replicates, replicate_config, rotated_validation
 from gigamil.train.run import train_fold
 
 
@@ -134,3 +134,69 @@ def test_combine_refuses_missing_or_mismatched_members(mil_bags, cohort, tmp_pat
     with pytest.raises(GigamilError, match="differs .* in \\['patch_px'\\]"):
         combine_replicates(dirs, [0, 1], tmp_path)
     assert not (tmp_path / "model.pt").exists()
+
+
+def _split(n_train_patients: int, n_val_patients: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A fold's (train, val) tables: patients of alternating class, two slides each."""
+
+    def table(prefix: str, n: int) -> pd.DataFrame:
+        rows = [
+            {"slide_id": f"{prefix}{i}_s{k}", "patient_id": f"{prefix}{i}", "label": "ab"[i % 2]}
+            for i in range(n)
+            for k in (1, 2)
+        ]
+        return pd.DataFrame(rows)
+
+    return table("t", n_train_patients), table("v", n_val_patients)
+
+
+def test_rotated_validation_cycles_over_the_non_test_patients() -> None:
+    train, val = _split(8, 2)  # per class: 4 training patients, 1 validation patient
+    assert rotated_validation(train, val, 0, seed=1) == (train, val)
+    seen = []
+    for r in range(5):
+        m_train, m_val = rotated_validation(train, val, r, seed=1)
+        # whole patients move; as many of each class; nothing lost or added
+        assert sorted([*m_train.slide_id, *m_val.slide_id]) == sorted(
+            [*train.slide_id, *val.slide_id]
+        )
+        assert set(m_train.patient_id).isdisjoint(m_val.patient_id)
+        assert sorted(m_val.groupby("patient_id").label.first()) == ["a", "b"]
+        assert len(m_val) == len(val)
+        seen.append(frozenset(m_val.patient_id))
+    # five members: every one of the ten patients validates exactly once
+    assert len(set().union(*seen)) == 10 and sum(map(len, seen)) == 10
+    # deterministic for a seed, another order for another seed
+    again = [frozenset(rotated_validation(train, val, r, seed=1)[1].patient_id) for r in range(5)]
+    assert again == seen
+    other = [frozenset(rotated_validation(train, val, r, seed=2)[1].patient_id) for r in range(5)]
+    assert other != seen
+    # no validation slides: nothing to rotate
+    m_train, m_val = rotated_validation(train, val.iloc[:0], 3, seed=1)
+    assert m_train is train and m_val.empty
+
+
+def test_rotate_trains_members_on_other_validation_patients(
+    mil_bags, cohort, tmp_path: Path, log_lines
+) -> None:
+    train, val = cohort
+    torch.set_num_threads(1)
+    fold = tmp_path / "fold0"
+    cfg = training(replicates=2, replicate_validation="rotate", epochs=1)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, fold, fold=0)
+    lines = [ln for ln in log_lines() if "validation patients:" in ln]
+    assert len(lines) == 2 and "[fold 0 replicate 2/2]" in lines[1]
+    assert lines[0].endswith(", ".join(val.patient_id))  # member 0: the fold's own
+    expected = rotated_validation(train, val, 1, seed=3)[1]
+    assert lines[1].endswith(", ".join(expected.patient_id))
+    assert set(expected.patient_id) != set(val.patient_id)
+    # member 0 trained on the fold's own split: the signature of a fixed member
+    member0 = replicate_config(TrainingConfig.from_dict(cfg), 0)
+    assert (
+        member0.resume_signature()
+        == replicate_config(
+            TrainingConfig.from_dict({**cfg, "replicate_validation": "fixed"}), 0
+        ).resume_signature()
+    )
+    assert "replicate_validation" in TrainingConfig.from_dict(cfg).resume_signature()
+    assert "replicate_validation" not in TrainingConfig().resume_signature()

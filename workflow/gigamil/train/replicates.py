@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from gigamil.errors import GigamilError
 from gigamil.settings import TrainingConfig
 from gigamil.train.checkpoint import atomic_save, load_checkpoint, write_train_log
@@ -38,8 +41,57 @@ def replicate_dir(out_dir: str | Path, replicate: int) -> Path:
 
 def replicate_config(training: TrainingConfig, replicate: int) -> TrainingConfig:
     """The training settings of member ``replicate``: seed ``training.seed + replicate`` and a
-    single model (its resume signature is that of a one-model fold with that seed)."""
-    return dataclasses.replace(training, seed=int(training.seed) + int(replicate), replicates=1)
+    single model (its resume signature is that of a one-model fold with that seed; member 0 of
+    ``replicate_validation: rotate`` trains on the fold's own split, so its signature is that
+    of ``fixed``)."""
+    rotation = training.replicate_validation if replicate > 0 else "fixed"
+    return dataclasses.replace(
+        training,
+        seed=int(training.seed) + int(replicate),
+        replicates=1,
+        replicate_validation=rotation,
+    )
+
+
+def rotated_validation(
+    train: pd.DataFrame, val: pd.DataFrame, replicate: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Member ``replicate``'s (training, validation) slides under ``training.
+    replicate_validation: rotate`` (cross-validation bagging: Krogh & Vedelsby 1995).
+
+    ``train``/``val``: the fold's slide tables (``slide_id``, ``patient_id``, ``label``; other
+    columns kept). Member 0 keeps the fold's split. For member r > 0 the fold's non-test
+    patients of each class (a patient's class: its slides' labels) are put in one cycle: the
+    fold's validation patients first, then the training patients in an order drawn with
+    ``seed``; member r validates on the ``k`` patients that follow the first ``r * k`` of the
+    cycle, ``k`` the number of that class's validation patients. With 1 / k members per class
+    cycle every patient validates once, so the members together train on all of them. No
+    validation slides (``val`` empty): the split is returned unchanged."""
+    if replicate == 0 or val.empty:
+        return train, val
+    pool = pd.concat([val, train], ignore_index=True)
+    patient_class = pool.groupby("patient_id", sort=False)["label"].agg(
+        lambda s: "|".join(sorted(map(str, set(s))))
+    )
+    val_patients = set(val["patient_id"])
+    rng = np.random.default_rng([int(seed), 7919])
+    chosen: list[str] = []
+    for cls in sorted(set(patient_class)):
+        members = patient_class.index[patient_class == cls]
+        first = [p for p in members if p in val_patients]
+        rest = [p for p in members if p not in val_patients]
+        cycle = first + [rest[i] for i in rng.permutation(len(rest))]
+        k = len(first)
+        if k == 0 or k >= len(cycle):  # no validation patient of this class, or no other one
+            chosen += first
+            continue
+        start = (replicate * k) % len(cycle)
+        chosen += [cycle[(start + i) % len(cycle)] for i in range(k)]
+    is_val = pool["patient_id"].isin(chosen)
+    order = {s: i for i, s in enumerate([*train["slide_id"], *val["slide_id"]])}
+    new_train = pool[~is_val].sort_values("slide_id", key=lambda c: c.map(order))
+    new_val = pool[is_val].sort_values("slide_id", key=lambda c: c.map(order))
+    return new_train.reset_index(drop=True), new_val.reset_index(drop=True)
 
 
 def combine_replicates(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,7 +54,12 @@ from gigamil.train.loop import (
     validate,
     weight_average,
 )
-from gigamil.train.replicates import combine_replicates, replicate_config, replicate_dir
+from gigamil.train.replicates import (
+    combine_replicates,
+    replicate_config,
+    replicate_dir,
+    rotated_validation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -294,14 +299,41 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
                     log.info(
                         "training member %d of %d (seed %d)", r + 1, tcfg.replicates, rcfg.seed
                     )
+                    member_data = data
+                    if tcfg.replicate_validation == "rotate":
+                        member_data = _member_data(data, train, val, r, int(tcfg.seed))
                     _train_model(
-                        data, mcfg, rcfg, dirs[-1], runtime._replace(name=rname), strategy, resume
+                        member_data,
+                        mcfg,
+                        rcfg,
+                        dirs[-1],
+                        runtime._replace(name=rname),
+                        strategy,
+                        resume,
                     )
             if info.is_main:
                 combine_replicates(dirs, seeds, out_dir)
             return Path(out_dir) / "model.pt"
     finally:
         ddp.shutdown(info)
+
+
+def _member_data(
+    data: FoldData, train: pd.DataFrame, val: pd.DataFrame, replicate: int, seed: int
+) -> FoldData:
+    """The fold's opened bags split as member ``replicate`` of ``replicate_validation: rotate``
+    trains on them (:func:`gigamil.train.replicates.rotated_validation`)."""
+    m_train, m_val = rotated_validation(train, val, replicate, seed)
+    items = {it.slide_id: it for it in [*data.train, *data.val]}
+
+    def pick(df: pd.DataFrame) -> list[BagItem]:  # slides without patches were never opened
+        return [items[s] for s in map(str, df["slide_id"]) if s in items]
+
+    log.info(
+        "validation patients: %s",
+        ", ".join(map(str, dict.fromkeys(m_val["patient_id"]))) or "none",
+    )
+    return replace(data, train=pick(m_train), val=pick(m_val))
 
 
 def _train_model(  # noqa: PLR0913 - the parts of one training run
