@@ -106,6 +106,10 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["training"].update(epoch=3), "unknown key training.epoch (allowed here:"),
         (lambda c: c["training"].update(epoch=3), "; did you mean epochs?"),
         (
+            lambda c: c["heatmaps"].update(cmap="jett"),
+            "heatmaps.cmap: 'jett' is not a matplotlib colour map; did you mean jet?",
+        ),
+        (
             lambda c: c["preprocessing"]["patches"].update(mpp=None),
             "preprocessing.patches.mpp: null (an empty value) is not allowed here: give a number",
         ),
@@ -389,6 +393,48 @@ def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):
     # the workflow's job processes skip the content comparison (the main process made it)
     sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path, check_content=False)
     assert set(sheets) == {"a", "b"}
+
+
+def test_a_class_without_training_slides_is_refused(tmp_path, base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["classes"] = ["normal", "lesion", "itc"]
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, good_rows()))}}
+    with pytest.raises(ConfigError, match=r"classes: 'itc' has no slide in the train cohort"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    # an external cohort may lack a class (only the train cohorts teach the classes)
+    rows = [
+        {**r, "slide_id": f"e{i}", "patient_id": f"q{i}", "path": f"e{i}.svs"}
+        for i, r in enumerate(good_rows())
+    ]
+    cfg["cohorts"]["e"] = {"sheet": str(write_sheet(tmp_path, rows, "e.csv")), "role": "external"}
+    cfg["classes"] = ["normal", "lesion"]
+    assert set(load_cohorts(validate_config(cfg), base_dir=tmp_path)) == {"a", "e"}
+
+
+def test_one_slide_twice_in_one_cohort_is_refused(tmp_path, base_config):
+    """The same file (one path, or a byte-identical copy) in two rows of one cohort: it could
+    be trained on in one row and tested in another."""
+    rows = good_rows()
+    for i, r in enumerate(rows):
+        (tmp_path / r["path"]).write_bytes(bytes([i]) * (3 << 20))  # 3 MiB, distinct
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows, touch=False))}}
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)  # distinct files of one size: fine
+    rows.append({"slide_id": "s4", "patient_id": "p3", "label": "lesion", "path": "s3.svs"})
+    write_sheet(tmp_path, rows, touch=False)
+    with pytest.raises(ConfigError, match=r"cohort a: slide file 's3.svs' is listed 2 times "):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    (tmp_path / "copy.svs").write_bytes((tmp_path / "s3.svs").read_bytes())
+    rows[-1]["path"] = "copy.svs"
+    write_sheet(tmp_path, rows, touch=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"a/s3 \(s3.svs\), a/s4 \(copy.svs\) have the same "
+        r"content .* in one cohort",
+    ):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    (tmp_path / "copy.svs").write_bytes(bytes([9]) * (2 << 20))  # another size: not read
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)
 
 
 def _predict_cohort(tmp_path, base_config, rows, role="predict"):

@@ -67,6 +67,8 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     assert layout.heatmap_slides(["c"], sheets, ["tr", "ex"]) == [("ex", "c")]
     with pytest.raises(ConfigError, match="heatmaps.slides: slide_id 'zz' is in no cohort"):
         layout.heatmap_slides(["zz"], sheets, ["tr", "ex"])
+    with pytest.raises(ConfigError, match=r"'cc' is in no cohort sheet \(2 such: cc, zz\); did"):
+        layout.heatmap_slides(["cc", "zz", "a"], sheets, ["tr", "ex"])
     assert layout.lesion_masks({"demo": True}, sheets["tr"]) == {
         "a": "results/demo/lesion_masks/a.png",
         "b": "results/demo/lesion_masks/b.png",

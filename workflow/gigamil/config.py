@@ -178,6 +178,15 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     for name in cfg["cv"]["stratify_by"]:
         if name in SHEET_COLUMNS and name != "label":
             raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}")
+    import matplotlib  # the colour map is only looked up by the heatmap jobs, after training
+
+    cmap = cfg["heatmaps"]["cmap"]
+    if cmap not in matplotlib.colormaps:
+        near = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=1)
+        raise ConfigError(
+            f"{source}: heatmaps.cmap: {cmap!r} is not a matplotlib colour map"
+            + (f"; did you mean {near[0]}?" if near else " (e.g. jet, viridis, magma)")
+        )
     from gigamil.settings import resolve_strategy  # settings imports this module
 
     try:
@@ -394,7 +403,25 @@ def load_cohorts(
             labels_required=cohort.get("role", "train") != ROLE_PREDICT,
         )
     check_leakage(config, sheets, base_dir, check_content=check_content)
+    check_classes_trained(config, sheets)
     return sheets
+
+
+def check_classes_trained(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame]) -> None:
+    """ConfigError if a class of ``classes`` has no slide in the train cohorts: the models would
+    get an output for a class they never see (and, with three outputs instead of two, no logit
+    calibration). Without train cohorts (only predicting) there is nothing to check."""
+    train = [n for n in sheets if config["cohorts"][n].get("role", "train") == "train"]
+    if not train:
+        return
+    seen = {str(v) for n in train for v in sheets[n]["label"]}
+    absent = [str(c) for c in config["classes"] if str(c) not in seen]
+    if absent:
+        raise ConfigError(
+            f"classes: {', '.join(map(repr, absent))} has no slide in the train cohort(s) "
+            f"{', '.join(train)} (their labels: {', '.join(sorted(seen))}); remove it from "
+            "classes or add slides with that label"
+        )
 
 
 def _first(ids: pd.Series | set[str], n: int = 3) -> str:
@@ -428,21 +455,40 @@ def slide_fingerprint(path: Path) -> tuple[int, str] | None:
     return size, digest.hexdigest()
 
 
+def _file_size(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_size or None  # empty: not a slide (the reader says so)
+    except OSError:  # generated later (demo cohorts); checked when it exists
+        return None
+
+
 def _check_same_content(allr: pd.DataFrame) -> None:
-    """ConfigError if two cohorts hold files with the same :func:`slide_fingerprint`."""
-    prints = pd.Series([slide_fingerprint(Path(p)) for p in allr["_path"]], index=allr.index)
+    """ConfigError if two rows (of one cohort or of two) hold files with the same
+    :func:`slide_fingerprint`. Only files whose byte size another file shares are read: files
+    of different sizes differ, so a cohort of distinct scans costs one ``stat`` per slide."""
+    sizes = pd.Series([_file_size(p) for p in allr["_path"]], index=allr.index, dtype=object)
+    same_size = sizes.notna() & sizes.duplicated(keep=False)
+    candidates = allr[same_size]
+    prints = pd.Series(
+        [slide_fingerprint(Path(p)) for p in candidates["_path"]], index=candidates.index
+    )
     known = prints.notna()
-    groups = allr[known].groupby(prints[known].astype(str))
-    for _, group in groups:
-        if group["_cohort"].nunique() > 1:
-            pairs = [
-                f"{c}/{s} ({Path(p).name})"
-                for c, s, p in group[["_cohort", "slide_id", "_path"]].itertuples(index=False)
-            ]
-            raise ConfigError(
-                f"slides {', '.join(pairs[:3])} have the same content (size and first/last MiB) "
-                "in different cohorts: copies of one slide; a slide may belong to one cohort only"
-            )
+    for _, group in candidates[known].groupby(prints[known].astype(str)):
+        if len(group) < 2:
+            continue
+        pairs = [
+            f"{c}/{s} ({Path(p).name})"
+            for c, s, p in group[["_cohort", "slide_id", "_path"]].itertuples(index=False)
+        ]
+        where = (
+            "in different cohorts: copies of one slide; a slide may belong to one cohort only"
+            if group["_cohort"].nunique() > 1
+            else "in one cohort: copies of one slide, which would be trained on and tested as two; "
+            "list each slide once"
+        )
+        raise ConfigError(
+            f"slides {', '.join(pairs[:3])} have the same content (size and first/last MiB) {where}"
+        )
 
 
 def train_patient_overlap(
@@ -472,9 +518,9 @@ def check_leakage(
 
     - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
       across cohorts);
-    - the same slide file in two cohorts: the same resolved path, or the same content (same
-      :func:`slide_fingerprint`: a copy of a slide under another name or directory; skipped
-      with ``check_content`` False);
+    - the same slide file in two rows, of two cohorts or of one: the same resolved path, or the
+      same content (same :func:`slide_fingerprint`: a copy of a slide under another name or
+      directory; skipped with ``check_content`` False);
     - a patient with different labels in different cohorts (empty labels of a predict cohort
       are no labels);
     - a patient of a train cohort in an external cohort, unless that cohort sets
@@ -498,7 +544,15 @@ def check_leakage(
                 f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
                 f"{_first(dup)}); a slide may belong to one cohort only"
             )
-    if len(rows) > 1 and check_content:
+    listed = allr[allr["_path"].duplicated(keep=False)]
+    if not listed.empty:  # within one cohort (across cohorts: the check above)
+        first = listed[listed["_path"] == listed["_path"].iloc[0]]
+        raise ConfigError(
+            f"cohort {first['_cohort'].iloc[0]}: slide file {first['path'].iloc[0]!r} is listed "
+            f"{len(first)} times (slide_ids {', '.join(map(str, first['slide_id']))}); one slide "
+            "may have one row only (a slide in two folds would be trained on and tested)"
+        )
+    if check_content:
         _check_same_content(allr)
     labels = allr[allr["label"].astype(str).ne("")].groupby("patient_id")["label"].nunique()
     mixed = labels[labels > 1].index

@@ -11,6 +11,7 @@ the scripts share (the slides' ``store`` column, attention-file discovery, local
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -308,9 +309,15 @@ def heatmap_slides(
         return []
     if isinstance(wanted, str):
         wanted = [wanted]
-    unknown = sorted(set(wanted) - {s for _, s in pairs})
+    known = sorted({str(s) for _, s in pairs})
+    unknown = sorted(set(map(str, wanted)) - set(known))
     if unknown:
-        raise ConfigError(f"heatmaps.slides: slide_id {unknown[0]!r} is in no cohort sheet")
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ConfigError(
+            f"heatmaps.slides: slide_id {unknown[0]!r} is in no cohort sheet"
+            + (f" ({len(unknown)} such: {', '.join(unknown[:3])})" if len(unknown) > 1 else "")
+            + (f"; did you mean {near[0]}?" if near else "")
+        )
     keep = set(wanted)
     return [(c, s) for c, s in pairs if s in keep]
 

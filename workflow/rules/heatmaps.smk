@@ -8,10 +8,13 @@ HEATMAP_DIR = layout.heatmap_dir(EXPERIMENT, "{cohort}", "{slide_id}")
 HEATMAP_PARAMS = {k: v for k, v in config["heatmaps"].items() if k != "slides"}
 # The HTML report embeds every image: beyond this many slides the heatmaps stay on disk only.
 HEATMAP_REPORT_MAX = 48
-HEATMAPS_IN_REPORT = (
-    len(layout.heatmap_slides(config["heatmaps"]["slides"], SHEETS, PREDICTED_COHORTS))
-    <= HEATMAP_REPORT_MAX
-)
+try:  # an unknown slide_id in heatmaps.slides: one message before any job
+    HEATMAP_SLIDES = layout.heatmap_slides(
+        config["heatmaps"]["slides"], SHEETS, PREDICTED_COHORTS
+    )
+except ConfigError as exc:
+    stop(f"gigamil: invalid configuration: {exc}")
+HEATMAPS_IN_REPORT = len(HEATMAP_SLIDES) <= HEATMAP_REPORT_MAX
 
 
 rule heatmap:
