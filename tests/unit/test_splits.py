@@ -227,7 +227,13 @@ def test_every_class_short_of_patients_is_named_at_once_smallest_first():
     assert (
         "class 'tumour' has 1 patient(s), class 'normal' has 2 patient(s) but cv.folds is 5" in msg
     )
-    assert "add patients of class 'tumour' (at least 3 per class)" in msg
+    assert "add patients of classes 'tumour' and 'normal' (at least 3 per class)" in msg
+    # four patients of each class, five folds: both classes are short, and both are named
+    four = _sheet(
+        [(f"N{i}", "normal", 1) for i in range(4)] + [(f"T{i}", "tumour", 1) for i in range(4)]
+    )
+    with pytest.raises(GigamilError, match="at most 4 or add patients of classes 'normal' and"):
+        make_cv_folds([four], cv)
     ok = _sheet(
         [(f"N{i}", "normal", 1) for i in range(6)] + [(f"T{i}", "tumour", 1) for i in range(6)]
     )

@@ -240,20 +240,30 @@ def feasible_folds(n_patients: int, validation: bool = True) -> list[int]:
     return [k for k in range(2, n_patients + 1) if n_patients - math.ceil(n_patients / k) >= need]
 
 
-def _fold_advice(n_min: int, cls: str, folds: int, validation: bool = True) -> str:
-    """Advice that can be followed, for the smallest class (``n_min`` patients)."""
+def _fold_advice(
+    n_min: int, short: str | Sequence[str], folds: int, validation: bool = True
+) -> str:
+    """Advice that can be followed, for the smallest class (``n_min`` patients); ``short``: the
+    class(es) to add patients to."""
+    names = [short] if isinstance(short, str) else list(short)
+    quoted = [repr(str(c)) for c in names]
+    cls = (
+        f"class {quoted[0]}"
+        if len(quoted) == 1
+        else f"classes {', '.join(quoted[:-1])} and {quoted[-1]}"
+    )
     ok = feasible_folds(n_min, validation)
     if not ok:
         least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
-        return f": add patients of class {cls!r} (at least {least} per class)"
+        return f": add patients of {cls} (at least {least} per class)"
     if folds > max(ok):
-        return f": lower cv.folds to at most {max(ok)} or add patients of class {cls!r}"
+        return f": lower cv.folds to at most {max(ok)} or add patients of {cls}"
     if folds < min(ok):
         return (
             f": raise cv.folds to {min(ok)} (smaller test parts leave more patients for "
-            f"training and validation) or add patients of class {cls!r}"
+            f"training and validation) or add patients of {cls}"
         )
-    return f": add patients of class {cls!r} or try another cv.seed"
+    return f": add patients of {cls} or try another cv.seed"
 
 
 def _check_fold_classes(
@@ -337,13 +347,12 @@ def make_folds(
     few = per_class[per_class < max(folds, least)]
     if not few.empty:  # every short class in one message, the smallest first
         few = few.sort_values(kind="stable")
-        cls = few.index[0]
         counts = ", ".join(f"class {c!r} has {int(n)} patient(s)" for c, n in few.items())
         parts = "test, training and validation parts" if validation else "test and training parts"
         raise GigamilError(
             f"cv: {counts} but cv.folds is {folds}; every fold needs one "
             f"patient of each class in its {parts}"
-            + _fold_advice(int(per_class.min()), cls, folds, validation)
+            + _fold_advice(int(per_class.min()), list(few.index), folds, validation)
         )
     fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
 

@@ -53,6 +53,18 @@ def test_damaged_last_pt_says_what_to_do(tmp_path: Path) -> None:
         CheckpointSaver(tmp_path / "f", {"s": 1}).load_last()
 
 
+def test_a_file_that_is_no_model_is_named_without_a_delete_hint(tmp_path: Path) -> None:
+    log = tmp_path / "train_log.csv"  # a user's slip: the fold's log given for its model
+    log.write_text("epoch,train_loss\n1,0.69\n")
+    with pytest.raises(GigamilError, match=r"train_log\.csv: not a gigamil model file") as err:
+        load_checkpoint(log)
+    assert "delete" not in str(err.value)
+    broken = tmp_path / "model.pt"  # one train_fold wrote, cut short: delete and rerun
+    broken.write_text("not a zip")
+    with pytest.raises(GigamilError, match=r"model\.pt: not a readable gigamil checkpoint.*delete"):
+        load_checkpoint(broken)
+
+
 def test_checkpoint_without_digest_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"epoch": 1}, path)  # written by an older gigamil

@@ -140,11 +140,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GigamilError(f"{path}: checkpoint not found")
+    ours = path.name in ("model.pt", "last.pt")  # names train_fold writes
+    with path.open("rb") as fh:
+        archive = fh.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    if not archive and not ours:
+        raise GigamilError(  # e.g. a train_log.csv given for a model: not damaged, just not one
+            f"{path}: not a gigamil model file (the models are PyTorch archives named model.pt, "
+            "e.g. results/models/<experiment>/fold0/model.pt)"
+        )
     try:
+        if not archive:
+            raise ValueError("not a PyTorch archive: damaged or cut short")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if not ours:  # not a file train_fold wrote: no hint to delete it
+            raise GigamilError(
+                f"{path}: not a readable gigamil model file ({reason}); give a fold's model.pt"
+            ) from exc
         raise GigamilError(
-            f"{path}: not a readable gigamil checkpoint ({exc}); {_damaged_hint(path)}"
+            f"{path}: not a readable gigamil checkpoint ({reason}); {_damaged_hint(path)}"
         ) from exc
     if not isinstance(ckpt, dict):
         raise GigamilError(f"{path}: not a gigamil checkpoint (a {type(ckpt).__name__})")
