@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gigamil.errors import ConfigError
+from gigamil.errors import ConfigError, SlideError
 from gigamil.wsi.preflight import MAX_LISTED, SlideCheck, check_slides, sheet_checks
+from gigamil.wsi.reader import open_slide
 
 
 def test_usable_slides_pass_and_report_their_mpp(cmu_svs, test_slides):
@@ -40,6 +41,17 @@ def test_every_unusable_slide_is_named_with_its_reason(cmu_svs, test_slides):
     assert "mpp` column in the cohort sheet" in msg  # the reader's hint on how to fix it
     assert "b/broken: " in msg and "unopenable.tiff" in msg
     assert "a/good" not in msg
+
+
+def test_a_truncated_slide_is_refused_before_any_job(test_slides, tmp_path):
+    """A pyramid cut short (an interrupted copy): its header reads, its tiles are missing."""
+    pyramid = (test_slides / "CMU-1-Small-Region.pyramid.tiff").read_bytes()
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes(pyramid[: len(pyramid) // 3])
+    with pytest.raises(ConfigError, match=r"a/cut: .*cut.tiff: the file is truncated: its image"):
+        check_slides([SlideCheck("a", "cut", cut, None)])
+    with pytest.raises(SlideError, match="truncated"):  # and so is the job's reader
+        open_slide(cut)
 
 
 def test_long_lists_are_cut(test_slides):

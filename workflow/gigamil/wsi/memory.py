@@ -147,6 +147,7 @@ def _load_plain_image(
                     _rational(yr.value) if yr else None,
                     int(unit.value) if unit else None,
                 )
+                _check_not_truncated(path, name, page)
                 if decode:
                     arr = page.asarray()
                 else:  # the first strip/tile only: an undecodable file fails here, not later
@@ -169,6 +170,18 @@ def _load_plain_image(
         raise SlideError(f"{name}: cannot read the image: {exc}") from exc
     mpp = mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
     return (composite_on_white(arr) if arr is not None else None), mpp
+
+
+def _check_not_truncated(path: Path, name: str, page: Any) -> None:
+    """SlideError if the image data of a TIFF page (``tifffile.TiffPage``) runs past the end of
+    the file: a copy or download cut short, whose header still reads fine."""
+    size = path.stat().st_size
+    ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+    if ends and max(ends) > size:
+        raise SlideError(
+            f"{name}: the file is truncated: its image data runs to byte {max(ends):,} but the "
+            f"file has {size:,} bytes (an interrupted copy or download?); copy the slide again"
+        )
 
 
 def _rational(v: Any) -> float:

@@ -371,7 +371,7 @@ def _check_fallback(p: Path, os_err: SlideError) -> None:
 
 def _raise_fallback_error(os_err: SlideError, fb_err: SlideError) -> NoReturn:
     """The error of a slide both OpenSlide and the fallback refused."""
-    if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large")):
+    if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large", "truncated")):
         # the fallback understood the file: its message is the useful one, without
         # OpenSlide's refusal chained in front of it (a red herring in the job's log)
         raise fb_err from None
