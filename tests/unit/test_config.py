@@ -395,6 +395,21 @@ def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):
     assert set(sheets) == {"a", "b"}
 
 
+def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog):
+    rows = good_rows()
+    for r in rows:
+        r["MPP"] = "0.5"  # would be ignored: the slides' own MPP used instead
+    with pytest.raises(ConfigError, match=r"column 'MPP' means 'mpp'; .* rename it mpp"):
+        load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows = [{**r, "Slide ID": r["slide_id"]} for r in good_rows()]  # both: a column of its own
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows = [{**r, "lesion_masks": "", "mpp_um": "0.5", "scanner": "x"} for r in good_rows()]
+    df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert "column 'lesion_masks' is not read by gigamil (did you mean lesion_mask?)" in caplog.text
+    assert "column 'mpp_um' is not read by gigamil (did you mean mpp?)" in caplog.text
+    assert "scanner" not in caplog.text and df["mpp"].isna().all()
+
+
 def test_a_class_without_training_slides_is_refused(tmp_path, base_config):
     cfg = copy.deepcopy(base_config)
     cfg["classes"] = ["normal", "lesion", "itc"]

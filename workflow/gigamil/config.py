@@ -262,6 +262,7 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
     df.columns = [c.strip() for c in df.columns]
+    _check_column_spelling(list(df.columns), path)
     if not labels_required and "label" not in df.columns:
         df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in SHEET_COLUMNS if c not in df.columns]
@@ -279,6 +280,33 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     if df.empty:
         raise ConfigError(f"{path}: the sheet has no rows")
     return df.apply(lambda col: col.str.strip())
+
+
+def _check_column_spelling(columns: list[str], path: Path) -> None:
+    """A column gigamil reads, spelt otherwise: ConfigError when only case, spaces or hyphens
+    differ (``MPP``, ``Slide ID``: its values would be silently ignored), a warning for a near
+    miss of an optional column (``lesion_masks``, ``mpp_um``): extra columns are kept as data
+    and may be the user's own."""
+    known = (*SHEET_COLUMNS, *OPTIONAL_COLUMNS)
+    for col in columns:
+        if col in known:
+            continue
+        folded = re.sub(r"[\s-]+", "_", col.lower())
+        if folded in known and folded not in columns:
+            raise ConfigError(
+                f"{path}: column {col!r} means {folded!r}; column names are read as spelt: "
+                f"rename it {folded}"
+            )
+        near = difflib.get_close_matches(folded, OPTIONAL_COLUMNS, n=1, cutoff=0.8) or [
+            c for c in OPTIONAL_COLUMNS if folded.startswith(f"{c}_")
+        ]
+        if near and near[0] not in columns:
+            log.warning(
+                "%s: column %r is not read by gigamil (did you mean %s?); it is kept as data",
+                path,
+                col,
+                near[0],
+            )
 
 
 def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Series:

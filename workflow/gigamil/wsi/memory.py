@@ -176,7 +176,9 @@ def _check_not_truncated(path: Path, name: str, page: Any) -> None:
     """SlideError if the image data of a TIFF page (``tifffile.TiffPage``) runs past the end of
     the file: a copy or download cut short, whose header still reads fine."""
     size = path.stat().st_size
-    ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+    ends = [
+        int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n
+    ]
     if ends and max(ends) > size:
         raise SlideError(
             f"{name}: the file is truncated: its image data runs to byte {max(ends):,} but the "
