@@ -11,6 +11,18 @@ min_version("9.0")
 # The demo's config.yaml (in the directory snakemake runs in) only when no --configfile is given:
 # Snakemake would merge a user's --configfile over it, and the demo cohort would join their cohorts.
 if not workflow.overwrite_configfiles:
+    import sys
+
+    import yaml
+
+    try:  # a YAML slip named by its line, not by Snakemake's generic message
+        with open("config.yaml") as _fh:
+            yaml.safe_load(_fh)
+    except yaml.YAMLError as _exc:
+        print(f"gigamil: config.yaml is not valid YAML: {_exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError:
+        pass  # no config.yaml: Snakemake's own message names it
 
     configfile: "config.yaml"
 

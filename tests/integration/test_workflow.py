@@ -108,6 +108,14 @@ def _dry_run_elsewhere(directory: Path, *args: str, ok: bool = True) -> subproce
     return res
 
 
+def test_broken_yaml_is_named_with_its_line(workdir: Path):
+    text = (workdir / "config.yaml").read_text().replace("\ncv:", "\ncv: {folds: 2", 1)
+    (workdir / "config.yaml").write_text(text)
+    res = _dry_run_elsewhere(workdir, ok=False)
+    assert res.returncode == 1 and "gigamil: config.yaml is not valid YAML" in res.stderr
+    assert 'in "config.yaml", line' in res.stderr and "Snakefile" not in res.stderr
+
+
 def test_own_configfile_never_pulls_in_the_demo_cohort(workdir: Path):
     """`snakemake --configfile my.yaml` next to the demo's config.yaml: only my cohort."""
     my = _own_project(workdir)
