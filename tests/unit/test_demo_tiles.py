@@ -154,6 +154,25 @@ def test_same_seed_same_bytes_other_seed_other_tiles(tmp_path, monkeypatch):
     assert lesion_masks({}, sheet) == {s: f"out/lesion_masks/{s}.png" for s in sheet["slide_id"]}
 
 
+def test_second_cohort_with_its_own_ids_and_none_of_the_first_ones_tiles(tmp_path, monkeypatch):
+    """An external cohort for a demo project: other ids (--prefix), no shared tile
+    (--exclude-tiles the first cohort's tiles.csv)."""
+    monkeypatch.chdir(tmp_path)
+    small = ["--patients", "2", "--slides-per-patient", "1"]
+    assert main(["demo", "a", *small]) == 0
+    args = ["demo", "b", *small, "--seed", "7", "--prefix", "ext", "--exclude-tiles"]
+    assert main([*args, "a/tiles.csv"]) == 0
+    sheet = pd.read_csv("b/sheet.csv")
+    assert sheet["slide_id"].tolist() == ["ext_p01_s1", "ext_p02_s1"]
+    assert sheet["patient_id"].str.startswith("ext_p0").all()
+    assert set(pd.read_csv("a/tiles.csv")["sha256"]).isdisjoint(
+        pd.read_csv("b/tiles.csv")["sha256"]
+    )
+    assert main([*args, "a/sheet.csv"]) == 2  # not a tiles.csv: one line, exit status 2
+    assert main(["demo", "c", *small, "--prefix", "x y"]) == 2
+    assert main(["demo", "c", "--kind", "synthetic", "--exclude-tiles", "a/tiles.csv"]) == 2
+
+
 def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
     folder = _tile_folder(tmp_path / "tiles", n_normal=50, n_tumour=12)
     kw = dict(n_patients=2, slides_per_patient=1, tiles_per_slide=(10, 12), tile_mpp=0.5)

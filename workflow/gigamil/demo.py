@@ -47,10 +47,12 @@ import numpy as np
 import pandas as pd
 
 from gigamil.demo_io import (
+    ID_PREFIX,
     LABELS,
     SHEET_COLUMNS,
     box_reduce,
     check_cohort_size,
+    check_prefix,
     patient_labels,
     write_lesion_mask,
     write_pyramid_tiff,
@@ -390,7 +392,11 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
 
 
 def make_demo_cohort(
-    outdir: Path, seed: int = 0, n_patients: int = 12, slides_per_patient: int = 2
+    outdir: Path,
+    seed: int = 0,
+    n_patients: int = 12,
+    slides_per_patient: int = 2,
+    prefix: str = ID_PREFIX,
 ) -> pd.DataFrame:
     """Write the demo cohort to ``outdir`` (see module docstring) and return its sheet.
 
@@ -398,11 +404,12 @@ def make_demo_cohort(
     carries a planted lesion. The same seed and sizes give byte-identical files.
     """
     check_cohort_size(n_patients, slides_per_patient)
+    check_prefix(prefix)
     outdir = Path(outdir)
     rows = []
     for p, label in enumerate(patient_labels(seed, n_patients)):
         for s in range(slides_per_patient):
-            slide_id = f"demo_p{p + 1:02d}_s{s + 1}"
+            slide_id = f"{prefix}_p{p + 1:02d}_s{s + 1}"
             rng = np.random.default_rng([seed, 2, p, s])
             slide = make_slide(rng, lesion=label == LABELS[1])
             tiff = outdir / "slides" / f"{slide_id}.tiff"
@@ -432,7 +439,7 @@ def make_demo_cohort(
             rows.append(
                 {
                     "slide_id": slide_id,
-                    "patient_id": f"demo_p{p + 1:02d}",
+                    "patient_id": f"{prefix}_p{p + 1:02d}",
                     "label": label,
                     "path": tiff.as_posix(),
                     "lesion_mask": (outdir / "lesion_masks" / f"{slide_id}.png").as_posix(),

@@ -5,6 +5,7 @@ ground-truth lesion masks (PNG + JSON sidecar) that the localisation AUC reads."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,21 @@ LABELS = ("normal", "lesion")
 SHEET_COLUMNS = ["slide_id", "patient_id", "label", "path", "lesion_mask"]
 """Columns of a demo sheet; ``lesion_mask`` is the slide's ground-truth PNG (all zero on normal
 slides), so the sheet gives the localisation AUC also as a plain (``demo: false``) cohort."""
+
+
+ID_PREFIX = "demo"
+"""Default prefix of the generated slide and patient ids (``demo_p01_s1``, ``demo_p01``)."""
+
+
+def check_prefix(prefix: str) -> str:
+    """The id prefix if it is a safe name (letters, digits, ``_``, ``-``; starting with a
+    letter or digit); else GigamilError."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", prefix or ""):
+        raise GigamilError(
+            f"id prefix {prefix!r} is not a safe name (letters, digits, '_' and '-', starting "
+            "with a letter or digit)"
+        )
+    return prefix
 
 
 def check_cohort_size(n_patients: int, slides_per_patient: int) -> None:

@@ -39,9 +39,11 @@ import pandas as pd
 
 from gigamil.demo import MASK_DOWNSAMPLE
 from gigamil.demo_io import (
+    ID_PREFIX,
     LABELS,
     SHEET_COLUMNS,
     check_cohort_size,
+    check_prefix,
     patient_labels,
     write_lesion_mask,
     write_pyramid_tiff,
@@ -179,6 +181,7 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     lesion_range: tuple[float, float] = LESION_RANGE,
     tile_mpp: float = PCAM_MPP,
     min_tile_tissue: float = MIN_TILE_TISSUE,
+    prefix: str = ID_PREFIX,
 ) -> pd.DataFrame:
     """Write a mosaic cohort of real tiles to ``outdir`` (see module docstring); return its sheet.
 
@@ -190,8 +193,10 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
         lesion_range: range of the tumour-tile fraction of a lesion slide's tissue tiles.
         tile_mpp: µm/px of the tiles (written into the TIFFs).
         min_tile_tissue: tiles with a smaller :func:`tile_tissue_fraction` are not used.
+        prefix: of the slide and patient ids (``{prefix}_p01_s1``, ``{prefix}_p01``).
     """
     _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+    check_prefix(prefix)
     outdir = Path(outdir)
     excluded = set(exclude)
     pool = [t for t in unique_tiles(read_tile_pool(tiles)) if t.sha256 not in excluded]
@@ -203,7 +208,8 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
         for s in range(slides_per_patient):
             rng = np.random.default_rng([seed, 2, p, s])
             plan = _plan_slide(rng, label == LABELS[1], tiles_per_slide, lesion_range)
-            slides.append((f"demo_p{p + 1:02d}_s{s + 1}", f"demo_p{p + 1:02d}", label, plan))
+            patient = f"{prefix}_p{p + 1:02d}"
+            slides.append((f"{patient}_s{s + 1}", patient, label, plan))
 
     need = {
         0: sum(int((pl.tissue & ~pl.lesion).sum()) for *_, pl in slides),

@@ -45,6 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--kind tiles: do not use tiles of the packaged subset (e.g. with --tiles on the "
         "full PatchCamelyon data)",
     )
+    parser.add_argument(
+        "--exclude-tiles",
+        metavar="CSV",
+        action="append",
+        default=[],
+        help="--kind tiles: do not use the tiles listed in CSV (its sha256 column), e.g. the "
+        "tiles.csv of a cohort built before, so a second cohort (an external one) shares no "
+        "tile with it; may be given several times",
+    )
+    parser.add_argument(
+        "--prefix",
+        default="demo",
+        help="prefix of the slide and patient ids, e.g. ext gives ext_p01_s1 (default: demo); "
+        "cohorts of one run need distinct ids",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--patients",
@@ -64,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         raise GigamilError(f"OUTDIR {args.outdir} exists and is not a directory")
     if args.kind == "synthetic":
-        if args.tiles or args.tile_mpp is not None or args.exclude_packaged:
-            raise GigamilError("--tiles, --tile-mpp and --exclude-packaged need --kind tiles")
+        if args.tiles or args.tile_mpp is not None or args.exclude_packaged or args.exclude_tiles:
+            raise GigamilError(
+                "--tiles, --tile-mpp, --exclude-packaged and --exclude-tiles need --kind tiles"
+            )
         from gigamil.demo import make_demo_cohort
 
         sheet = make_demo_cohort(
@@ -73,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             n_patients=args.patients,
             slides_per_patient=args.slides_per_patient,
+            prefix=args.prefix,
         )
     else:
         from gigamil.demo_tiles import PCAM_MPP, make_tile_cohort
-        from gigamil.tile_pool import packaged_tile_hashes
 
         sheet = make_tile_cohort(
             Path(args.outdir),
@@ -84,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
             n_patients=args.patients,
             slides_per_patient=args.slides_per_patient,
             tiles=args.tiles,
-            exclude=packaged_tile_hashes() if args.exclude_packaged else (),
+            exclude=_excluded_tiles(args.exclude_tiles, args.exclude_packaged),
             tile_mpp=PCAM_MPP if args.tile_mpp is None else args.tile_mpp,
+            prefix=args.prefix,
         )
     log.info(
         "wrote %d slides of %d patients to %s in %.1f s",
@@ -95,3 +113,26 @@ def run(args: argparse.Namespace) -> int:
         time.perf_counter() - start,
     )
     return 0
+
+
+def _excluded_tiles(csvs: list[str], packaged: bool) -> set[str]:
+    """sha256 digests of the tiles not to use: those of the ``--exclude-tiles`` CSVs (their
+    ``sha256`` column) and, with ``--exclude-packaged``, the packaged subset's."""
+    import pandas as pd
+
+    from gigamil.errors import GigamilError
+    from gigamil.tile_pool import packaged_tile_hashes
+
+    out = set(packaged_tile_hashes()) if packaged else set()
+    for path in csvs:
+        try:
+            table = pd.read_csv(path, dtype=str)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise GigamilError(f"--exclude-tiles {path}: cannot be read ({exc})") from None
+        if "sha256" not in table.columns:
+            raise GigamilError(
+                f"--exclude-tiles {path}: no sha256 column (give the tiles.csv of a cohort "
+                "gigamil demo built)"
+            )
+        out |= set(table["sha256"].dropna())
+    return out
