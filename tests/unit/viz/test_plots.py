@@ -75,3 +75,20 @@ def test_training_curves_of_replicates_draw_each_member(tmp_path):
     assert info["epochs"] == 11 and info["best_epochs"] == [3, 2] and info["best_epoch"] == 3
     with Image.open(tmp_path / "r.png") as img:
         assert img.format == "PNG"
+
+
+def test_roc_of_a_one_class_cohort_says_so_without_a_legend_warning(tmp_path, recwarn):
+    from gigamil.viz.plots import plot_roc
+
+    preds = pd.DataFrame(
+        {
+            "slide_id": ["a", "b"],
+            "label": ["normal"] * 2,
+            "prob_normal": [0.8, 0.6],
+            "prob_lesion": [0.2, 0.4],
+            "fold": [0, 1],
+        }
+    )
+    plot_roc(preds, ["normal", "lesion"], tmp_path / "roc.png", "all normal")
+    assert Image.open(tmp_path / "roc.png").size[0] > 0
+    assert not [w for w in recwarn if "legend" in str(w.message)]

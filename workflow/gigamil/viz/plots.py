@@ -59,7 +59,10 @@ def plot_roc(
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=7)
+    else:  # one class only (e.g. an all-normal external cohort): no curve to draw
+        ax.text(0.5, 0.5, "one class only: no ROC curve", ha="center", va="center", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
