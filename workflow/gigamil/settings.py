@@ -179,7 +179,6 @@ class ModelConfig(_Section):
     att_dim: int = _default(_MODEL, "att_dim")
     sm_alpha: float = _default(_MODEL, "sm_alpha")
     sm_features: float = _default(_MODEL, "sm_features")
-    bag_centering: bool = _default(_MODEL, "bag_centering")
     dropout: float = _default(_MODEL, "dropout")
     instance_loss: float = _default(_MODEL, "instance_loss")
     colour_histogram: int = _default(_MODEL, "colour_histogram")

@@ -171,26 +171,3 @@ def test_sm_features_pools_smoothed_features_with_the_raw_attention(pool: str) -
         head(h)
     with pytest.raises(ValueError, match="sm_features must be in"):
         AttentionHead(5, sm_features=1.0)
-
-
-@pytest.mark.parametrize("pool", ["abmil", "smabmil"])
-def test_bag_centering_scores_the_attended_patches_against_the_bag_mean(pool: str) -> None:
-    torch.manual_seed(0)
-    adj = grid_adjacency(np.array([(r, c) for r in range(3) for c in range(4)]))
-    h = torch.randn(12, 5)
-    plain = AttentionHead(5, att_dim=3, pool=pool)
-    head = AttentionHead(5, att_dim=3, pool=pool, bag_centering=True)
-    head.load_state_dict(plain.state_dict())
-    logit, att = head(h, adj)
-    logit0, att0 = plain(h, adj)
-    assert torch.allclose(att, att0)
-    expected = head.classifier(att0 @ h - h.mean(dim=0))
-    assert torch.allclose(logit, expected, atol=1e-6) and not torch.allclose(logit, logit0)
-    # a shift shared by all patches of the bag cancels in what is classified (the attention
-    # may move with it): the logit is that of the unshifted features under the new attention
-    shift = 3.0 * torch.randn(1, 5)
-    shifted, att_s = head(h + shift, adj)
-    assert torch.allclose(shifted, head.classifier(att_s @ h - h.mean(dim=0)), atol=1e-5)
-    moved, att_p = plain(h + shift, adj)
-    assert not torch.allclose(moved, plain.classifier(att_p @ h), atol=1e-3)
-    assert not AttentionHead(5, pool="instance", bag_centering=True).bag_centering

@@ -81,7 +81,6 @@ def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
         pool=cfg.pool,
         sm_alpha=cfg.sm_alpha,
         sm_features=cfg.sm_features,
-        bag_centering=cfg.bag_centering,
         dropout=cfg.dropout,
         feature_norm=cfg.feature_norm,
         instance_loss=cfg.instance_loss,

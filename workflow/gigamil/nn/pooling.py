@@ -104,9 +104,6 @@ class AttentionHead(nn.Module):
     ``sm_features`` > 0 pools Sm-smoothed features, ``smooth(h, adj, sm_features)``, with the
     attention of the raw features (needs ``adj``, any attention pool).
     ``instance_loss`` > 0 adds weak instance supervision (:meth:`instance_loss`) with that weight.
-    ``bag_centering`` classifies ``Σ a_i h_i - mean_i h_i`` (any attention pool): the bag
-    logit is the attended patches' logit relative to the bag's mean patch, invariant to a
-    shift of all of a bag's features.
     ``feature_norm``: first standardise each feature dimension with a
     :class:`~gigamil.nn.calibration.FeatureNorm` (frozen statistics, per instance; calibrate it
     with :func:`~gigamil.nn.calibration.calibrate_batchnorm`).
@@ -124,7 +121,6 @@ class AttentionHead(nn.Module):
         sm_steps: int = 10,
         sm_mode: str = "approx",
         sm_features: float = 0.0,
-        bag_centering: bool = False,
         feature_norm: bool = False,
         instance_loss: float = 0.0,
         instance_top_k: int = 4,
@@ -156,7 +152,6 @@ class AttentionHead(nn.Module):
         if not 0.0 <= sm_features < 1.0:
             raise ValueError(f"sm_features must be in [0, 1), got {sm_features}")
         self.sm_features = 0.0 if pool == "instance" else float(sm_features)
-        self.bag_centering = bool(bag_centering) and pool != "instance"
         if instance_loss < 0 or instance_top_k < 0:
             raise ValueError("instance_loss and instance_top_k must be >= 0")
         self.instance_loss_weight = 1.0 if pool == "instance" else float(instance_loss)
@@ -202,8 +197,6 @@ class AttentionHead(nn.Module):
                 raise ValueError("sm_features needs the adjacency of the bag (see grid_adjacency)")
             h = smooth(h, adj, self.sm_features, self.sm_steps, self.sm_mode)
         z = att @ h  # (D,)
-        if self.bag_centering:  # relative to the bag's average patch
-            z = z - h.mean(dim=0)
         return self.classifier(z), att  # (n_out,), (N,)
 
     def instance_logits(self, h: torch.Tensor) -> torch.Tensor:
