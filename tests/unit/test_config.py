@@ -106,10 +106,6 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["training"].update(epoch=3), "unknown key training.epoch (allowed here:"),
         (lambda c: c["training"].update(epoch=3), "; did you mean epochs?"),
         (
-            lambda c: c["heatmaps"].update(cmap="jett"),
-            "heatmaps.cmap: 'jett' is not a matplotlib colour map; did you mean jet?",
-        ),
-        (
             lambda c: c["preprocessing"]["patches"].update(mpp=None),
             "preprocessing.patches.mpp: null (an empty value) is not allowed here: give a number",
         ),
@@ -408,6 +404,16 @@ def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog
     assert "column 'lesion_masks' is not read by gigamil (did you mean lesion_mask?)" in caplog.text
     assert "column 'mpp_um' is not read by gigamil (did you mean mpp?)" in caplog.text
     assert "scanner" not in caplog.text and df["mpp"].isna().all()
+
+
+def test_heatmap_colour_map_is_checked_with_a_suggestion():
+    from gigamil.config import check_cmap
+
+    check_cmap("jet")
+    with pytest.raises(
+        ConfigError, match="'jett' is not a matplotlib colour map; did you mean jet"
+    ):
+        check_cmap("jett")
 
 
 def test_a_class_without_training_slides_is_refused(tmp_path, base_config):

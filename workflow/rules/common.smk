@@ -23,6 +23,7 @@ os.environ.update(
 
 from gigamil import layout  # noqa: E402
 from gigamil.config import (  # noqa: E402
+    check_cmap,
     load_cohorts,
     train_patient_overlap,
     validate_config,
@@ -57,6 +58,11 @@ except ConfigError as exc:
     stop(f"gigamil: invalid configuration: {exc}")
 config.clear()
 config.update(_validated)
+if getattr(workflow, "is_main_process", True):
+    try:  # once, here: the jobs would import matplotlib for it
+        check_cmap(config["heatmaps"]["cmap"])
+    except ConfigError as exc:
+        stop(f"gigamil: invalid configuration: {exc}")
 
 EXPERIMENT = config["experiment"]
 CLASSES = list(config["classes"])
