@@ -235,10 +235,10 @@ def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _colormap(cmap: str) -> Any:
     import matplotlib
 
-    try:
-        return matplotlib.colormaps[cmap]
-    except KeyError:
-        raise GigamilError(f"heatmaps.cmap: {cmap!r} is not a matplotlib colour map") from None
+    from gigamil.config import check_cmap
+
+    check_cmap(cmap)  # the workflow's own check: one message, with the nearest name
+    return matplotlib.colormaps[cmap]
 
 
 def composite_overlay(
