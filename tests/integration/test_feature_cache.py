@@ -8,7 +8,6 @@ summary); every case then asks `snakemake --dry-run` what a rerun would do.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from wfutil import config_restored, copy_workflow, read_config, write_config
+from wfutil import config_restored, copy_workflow, local_env, read_config, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,9 +34,8 @@ TARGET = "results/eval/demo/summary.json"
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
     cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--cores", "2", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     res = subprocess.run(
-        cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout + 30
+        cmd, cwd=workdir, capture_output=True, text=True, env=local_env(), timeout=timeout + 30
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
@@ -155,6 +153,7 @@ def test_contradictory_strategy_stops_before_any_job(workdir: Path):
         capture_output=True,
         text=True,
         timeout=300,
+        env=local_env(),
     )
     assert res.returncode != 0
     assert "em fine-tunes the encoder but model.trainable_blocks: 0 freezes it" in (

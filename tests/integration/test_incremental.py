@@ -6,7 +6,6 @@ tiny configuration; every case then asks `snakemake --dry-run` what a rerun woul
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from wfutil import config_restored, copy_workflow, read_config, write_config
+from wfutil import config_restored, copy_workflow, local_env, read_config, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,9 +38,8 @@ TRAINING = {"make_splits", "train_fold"}
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
     """Run snakemake in ``workdir`` (bounded by `timeout -k`); stdout + stderr, or fail loudly."""
     cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--cores", "2", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     res = subprocess.run(
-        cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=timeout + 30
+        cmd, cwd=workdir, capture_output=True, text=True, env=local_env(), timeout=timeout + 30
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"

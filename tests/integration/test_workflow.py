@@ -21,6 +21,7 @@ from wfutil import (
     FAST_OVERRIDES,
     REPO,
     deep_update,
+    local_env,
     make_workdir,
     read_config,
     run_snakemake,
@@ -102,7 +103,11 @@ def _dry_run_elsewhere(directory: Path, *args: str, ok: bool = True) -> subproce
     exe = Path(sys.executable).with_name("snakemake")
     cmd = [str(exe), "-n", "--cores", "1", "-s", str(REPO / "Snakefile")]
     res = subprocess.run(
-        [*cmd, "--directory", str(directory), *args], capture_output=True, text=True, timeout=300
+        [*cmd, "--directory", str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=local_env(),
     )
     assert (res.returncode == 0) == ok, res.stdout[-3000:] + res.stderr[-3000:]
     return res

@@ -6,10 +6,12 @@ Imported by the integration tests as `from wfutil import ...` (tests/integration
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,28 @@ FAST_OVERRIDES: dict[str, Any] = {
     "cv": {"folds": 2},
     "heatmaps": {"slides": ["demo_p01_s1", "demo_p02_s1"]},
 }
+
+
+@functools.cache
+def _no_slurm_bin() -> str:
+    """A directory with an ``scontrol`` that fails at once (see `local_env`)."""
+    path = Path(tempfile.mkdtemp(prefix="gigamil-no-slurm-"))
+    stub = path / "scontrol"
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    return str(path)
+
+
+def local_env() -> dict[str, str]:
+    """The environment of a local (not SLURM) snakemake run in the tests: unbuffered output, and
+    an ``scontrol`` that fails at once. Every snakemake start imports the SLURM executor plugin
+    (the `slurm` extra), which runs ``scontrol show config`` and waits up to 10 s for an answer;
+    on a machine with a SLURM client but no reachable controller that is 9 s per snakemake call."""
+    return dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PATH=_no_slurm_bin() + os.pathsep + os.environ.get("PATH", ""),
+    )
 
 
 def deep_update(base: dict, upd: dict) -> dict:
@@ -101,8 +125,7 @@ def run_snakemake(
         str(workdir / "config.yaml"),
         *args,
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=local_env())
     if check and res.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({res.returncode}):\n"
