@@ -15,7 +15,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from wfutil import config_restored, copy_workflow, local_env, read_config, write_config
+from wfutil import (
+    config_restored,
+    copy_workflow,
+    local_env,
+    planned_jobs,
+    read_config,
+    snakemake_in,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,37 +40,15 @@ FROZEN: dict = {
 TARGET = "results/eval/demo/summary.json"
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
-    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--cores", "2", *args]
-    res = subprocess.run(
-        cmd, cwd=workdir, capture_output=True, text=True, env=local_env(), timeout=timeout + 30
-    )
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
-    return out
-
-
 def planned(workdir: Path) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) of every job a rerun of TARGET would execute (`snakemake --dry-run`)."""
-    out = snakemake(workdir, "--dry-run", TARGET)
-    jobs: list[tuple[str, dict[str, str]]] = []
-    for line in out.splitlines():
-        head = re.match(r"^\s*(?:local)?rule (\w+):\s*$", line)
-        if head:
-            jobs.append((head.group(1), {}))
-            continue
-        wc = re.match(r"^\s+wildcards: (.+)$", line)
-        if wc and jobs:
-            jobs[-1][1].update(kv.split("=", 1) for kv in wc.group(1).split(", "))
-    if not jobs:
-        assert "Nothing to be done" in out, out[-4000:]
-    return jobs
+    """(rule, wildcards) of every job a rerun of TARGET would execute."""
+    return planned_jobs(workdir, TARGET)
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("features") / "work", FROZEN, PATIENTS)
-    snakemake(workdir, TARGET, timeout=900)
+    snakemake_in(workdir, TARGET, timeout=900)
     return workdir
 
 

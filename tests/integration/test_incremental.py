@@ -6,20 +6,23 @@ tiny configuration; every case then asks `snakemake --dry-run` what a rerun woul
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from wfutil import config_restored, copy_workflow, local_env, read_config, write_config
+from wfutil import (
+    config_restored,
+    copy_workflow,
+    planned_jobs,
+    read_config,
+    snakemake_in,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 FOLDS = 2
 PATIENTS = 8  # of the demo's 12 (16 of its 24 slides), 4 per class
 
@@ -35,39 +38,11 @@ UPSTREAM = {"demo_cohort", "tissue_mask", "extract_patches", "qc_table"}
 TRAINING = {"make_splits", "train_fold"}
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> str:
-    """Run snakemake in ``workdir`` (bounded by `timeout -k`); stdout + stderr, or fail loudly."""
-    cmd = ["timeout", "-k", "10", str(timeout), SNAKEMAKE, "--cores", "2", *args]
-    res = subprocess.run(
-        cmd, cwd=workdir, capture_output=True, text=True, env=local_env(), timeout=timeout + 30
-    )
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
-    return out
-
-
-def planned_jobs(workdir: Path) -> list[tuple[str, dict[str, str]]]:
-    """(rule, wildcards) of every job a rerun would execute, from `snakemake --dry-run`."""
-    out = snakemake(workdir, "--dry-run")
-    jobs: list[tuple[str, dict[str, str]]] = []
-    for line in out.splitlines():
-        head = re.match(r"^\s*(?:local)?rule (\w+):\s*$", line)
-        if head:
-            jobs.append((head.group(1), {}))
-            continue
-        wc = re.match(r"^\s+wildcards: (.+)$", line)
-        if wc and jobs:
-            jobs[-1][1].update(kv.split("=", 1) for kv in wc.group(1).split(", "))
-    if not jobs:
-        assert "Nothing to be done" in out, out[-4000:]
-    return [(rule, wcs) for rule, wcs in jobs if rule != "all"]
-
-
 @pytest.fixture(scope="module")
 def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory in which the whole tiny demo workflow has run to completion."""
     workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY, PATIENTS)
-    snakemake(workdir, timeout=900)
+    snakemake_in(workdir, timeout=900)
     assert (workdir / "results" / "eval" / "demo" / "summary.json").is_file()
     return workdir
 
@@ -129,7 +104,7 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
     }, counts
 
     # run it: the ensemble scores the external cohort, and its localisation from the masks
-    snakemake(workdir)
+    snakemake_in(workdir)
     summary = json.loads(
         (workdir / "results" / "eval" / "demo" / "ensemble" / "ext" / "summary.json").read_text()
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,34 @@ def run_snakemake(
             f"{res.stdout[-4000:]}\n{res.stderr[-6000:]}"
         )
     return res
+
+
+def snakemake_in(workdir: Path, *args: str, timeout: int = 600) -> str:
+    """`snakemake --cores 2 ARGS` run in ``workdir`` (its own Snakefile and config.yaml, bounded by
+    `timeout -k`); stdout + stderr, or fail loudly with the end of both."""
+    exe = str(Path(sys.executable).with_name("snakemake"))
+    cmd = ["timeout", "-k", "10", str(timeout), exe, "--cores", "2", *args]
+    res = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, env=local_env(), timeout=timeout + 30
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
+    return out
+
+
+def planned_jobs(workdir: Path, *targets: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job but `all` that a rerun of ``targets`` (default: the
+    workflow's) would execute, from `snakemake --dry-run`."""
+    out = snakemake_in(workdir, "--dry-run", *targets)
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in out.splitlines():
+        head = re.match(r"^\s*(?:local)?rule (\w+):\s*$", line)
+        if head:
+            jobs.append((head.group(1), {}))
+            continue
+        wc = re.match(r"^\s+wildcards: (.+)$", line)
+        if wc and jobs:
+            jobs[-1][1].update(kv.split("=", 1) for kv in wc.group(1).split(", "))
+    if not jobs:
+        assert "Nothing to be done" in out, out[-4000:]
+    return [(rule, wcs) for rule, wcs in jobs if rule != "all"]
