@@ -144,3 +144,24 @@ def test_switching_tensorboard_on_retrains_nothing(workdir: Path):
     cfg["training"]["tensorboard"] = not cfg["training"].get("tensorboard", False)
     write_config(workdir, cfg)
     assert planned_jobs(workdir) == []
+
+
+def test_sheet_edit_outside_the_split_columns_retrains_nothing(workdir: Path):
+    sheet_path = workdir / read_config(workdir)["cohorts"]["demo"]["sheet"]
+    original = sheet_path.read_text()
+    try:
+        sheet = pd.read_csv(sheet_path)
+        sheet["note"] = "rescanned"  # a column the folds do not read: nothing to redo
+        sheet.to_csv(sheet_path, index=False)
+        assert planned_jobs(workdir) == []
+        # two patients swap labels (each class keeps its patient count)
+        first = sheet.groupby("label")["patient_id"].first()
+        a, b = first["normal"], first["lesion"]
+        sheet.loc[sheet["patient_id"] == a, "label"] = "lesion"
+        sheet.loc[sheet["patient_id"] == b, "label"] = "normal"
+        sheet.to_csv(sheet_path, index=False)  # new labels: new folds, new models
+        counts = Counter(rule for rule, _ in planned_jobs(workdir))
+        assert counts["make_splits"] == 1 and counts["train_fold"] == FOLDS, counts
+        assert not set(counts) & UPSTREAM, counts
+    finally:
+        sheet_path.write_text(original)

@@ -8,7 +8,7 @@ import pytest
 
 from gigamil.errors import GigamilError
 from gigamil.folds import FOLD_COLUMNS, check_folds, fold_slides, read_folds, write_folds
-from gigamil.splits import feasible_folds, make_folds
+from gigamil.splits import feasible_folds, make_folds, split_digest
 
 
 def _sheet(patients: list[tuple[str, str, int]], site: dict | None = None) -> pd.DataFrame:
@@ -239,3 +239,28 @@ def test_every_class_short_of_patients_is_named_at_once_smallest_first():
     )
     folds = make_cv_folds([ok.iloc[:6], ok.iloc[6:]], cv)  # the sheets of two cohorts, joined
     assert set(folds["patient_id"]) == set(ok["patient_id"]) and folds["fold"].nunique() == 5
+
+
+def test_split_digest_follows_only_what_the_folds_read():
+    site = {f"P{i}": "a" if i % 2 else "b" for i in range(6)}
+    sheet = _sheet([(f"P{i}", "x" if i < 3 else "y", 2) for i in range(6)], site)
+    sheet["path"] = [f"s{i}.tiff" for i in range(len(sheet))]
+    cv = {"folds": 2, "stratify_by": []}
+    base = split_digest([sheet], cv)
+    assert len(base) == 64 and split_digest([sheet.copy()], cv) == base
+    other = sheet.assign(path="elsewhere.svs", lesion_mask="m.png", mpp=0.5)
+    assert split_digest([other], cv) == base  # columns the folds do not read
+    relabelled = sheet.copy()
+    relabelled.loc[0, "label"] = "y"
+    moved = sheet.copy()
+    moved.loc[1, "patient_id"] = "P5"
+    resited = sheet.copy()
+    resited.loc[0, "site"] = "c"
+    assert split_digest([relabelled], cv) != base
+    assert split_digest([moved], cv) != base
+    assert split_digest([sheet.iloc[:-1]], cv) != base  # a slide removed
+    assert split_digest([resited], cv) == base  # site is not a stratum here ...
+    strat = {"folds": 2, "stratify_by": ["site"]}
+    assert split_digest([resited], strat) != split_digest([sheet], strat)  # ... but here it is
+    # the folds of equal digests are equal
+    assert make_folds(other, 3).equals(make_folds(sheet, 3))

@@ -15,6 +15,7 @@ A validation subset is carved out of each fold's training part by the same progr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import warnings
@@ -283,6 +284,19 @@ def _check_fold_classes(
                         f"has {int(per_class[cls])} patient(s), {n_test} in fold {k}'s test part)"
                         + _fold_advice(int(per_class.min()), cls, role.shape[0], validation)
                     )
+
+
+def split_digest(sheets: Sequence[pd.DataFrame], cv: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of what the folds depend on: the ``cohort``, ``slide_id``, ``patient_id`` and
+    ``label`` of every row of the train cohorts' sheets, in sheet order, plus the
+    ``cv.stratify_by`` columns. Rule ``make_splits`` takes it as a parameter instead of the
+    sheet files as inputs, so editing a column the folds do not read (``path``, ``lesion_mask``,
+    ``mpp``, a note) retrains nothing, while a changed label, patient or slide reruns the split
+    and everything after it (Snakemake's ``params`` rerun trigger)."""
+    columns = ["cohort", "slide_id", "patient_id", "label", *(cv.get("stratify_by") or [])]
+    table = pd.concat([df.reindex(columns=columns) for df in sheets], ignore_index=True)
+    text = table.astype(str).to_csv(index=False, lineterminator="\n")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def make_cv_folds(sheets: Sequence[pd.DataFrame], cv: Mapping[str, Any]) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from gigamil.config import (  # noqa: E402
 )
 from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402
 from gigamil.errors import ConfigError, GigamilError  # noqa: E402
-from gigamil.splits import make_cv_folds  # noqa: E402
+from gigamil.splits import make_cv_folds, split_digest  # noqa: E402
 from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 

@@ -1,13 +1,13 @@
 """Rule make_splits: patient-level cross-validation folds (gigamil.splits).
 
-Inputs are only the train cohorts' sheets and params only the cv section, the classes and the
-train-cohort names, so adding an external cohort or changing training keys keeps the folds.
+No input files: params are the cv section, the classes, the train-cohort names, their sheet
+paths and a digest of what the folds read from the sheets (gigamil.splits.split_digest), so
+adding an external cohort, changing training keys or editing a sheet column the folds do not
+read (path, lesion_mask, mpp) keeps the folds and the trained models.
 """
 
 
 rule make_splits:
-    input:
-        sheets=[config["cohorts"][c]["sheet"] for c in TRAIN_COHORTS],
     output:
         folds=FOLDS_CSV,
     log:
@@ -24,5 +24,7 @@ rule make_splits:
         cv=config["cv"],
         cohorts=TRAIN_COHORTS,
         classes=CLASSES,
+        sheets=[config["cohorts"][c]["sheet"] for c in TRAIN_COHORTS],
+        sheet_digest=split_digest([SHEETS[c] for c in TRAIN_COHORTS], config["cv"]),
     script:
         "../scripts/make_splits.py"

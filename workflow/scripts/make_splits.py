@@ -12,7 +12,7 @@ from gigamil.splits import make_cv_folds
 
 sheets = [
     load_sheet(path, cohort=cohort, classes=list(snakemake.params.classes), check_files=False)
-    for cohort, path in zip(snakemake.params.cohorts, snakemake.input.sheets, strict=True)
+    for cohort, path in zip(snakemake.params.cohorts, snakemake.params.sheets, strict=True)
 ]
 folds = make_cv_folds(sheets, snakemake.params.cv)
 write_folds(folds, snakemake.output.folds)
