@@ -163,9 +163,12 @@ def test_plain_tiff_fallback_reads_resolution_tags(write_tiff, tmp_path):
             np.testing.assert_array_equal(r.read_region((10, 5), 0, (20, 30)), img[5:35, 10:30])
 
 
-def test_png_fallback_with_override(tmp_path):
+@pytest.mark.parametrize("folder", ["plain", "MPP_study", "too large truncated"])
+def test_png_fallback_with_override(tmp_path, folder):
+    # words of the fallback's own messages in the path must not change which error is raised
     img = np.random.default_rng(2).integers(0, 255, (50, 60, 3), dtype=np.uint8)
-    path = tmp_path / "plain.png"
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "plain.png"
     Image.fromarray(img).save(path)
     with pytest.raises(SlideError, match="no microns-per-pixel"):
         open_slide(path)

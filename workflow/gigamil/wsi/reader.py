@@ -327,7 +327,7 @@ def open_slide(
         try:
             reader = ImageReader(p, mpp_override)
         except SlideError as fb_err:
-            _raise_fallback_error(os_err, fb_err)
+            _raise_fallback_error(p, os_err, fb_err)
         log.info("%s: OpenSlide refused it; read as a plain image", path)
         return reader
 
@@ -349,7 +349,7 @@ def slide_mpp(path: str | Path, mpp_override: float | None = None) -> float:
         try:
             return plain_image_mpp(p, mpp_override)[0]
         except SlideError as fb_err:
-            _raise_fallback_error(os_err, fb_err)
+            _raise_fallback_error(p, os_err, fb_err)
 
 
 def _existing_slide_file(path: str | Path) -> Path:
@@ -361,17 +361,25 @@ def _existing_slide_file(path: str | Path) -> Path:
     return p
 
 
+def _reason(err: SlideError, p: Path) -> str:
+    """The message of ``err`` without the file's path (a folder named e.g. ``MPP_study`` must not
+    read as an MPP problem)."""
+    return str(err).replace(str(p), "")
+
+
 def _check_fallback(p: Path, os_err: SlideError) -> None:
     """Re-raise OpenSlide's error unless the plain-image fallback may try ``p``."""
     if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
         raise os_err
-    if "microns-per-pixel" in str(os_err) or "MPP" in str(os_err):
+    reason = _reason(os_err, p)
+    if "microns-per-pixel" in reason or "MPP" in reason:
         raise os_err  # OpenSlide opened it fine; the MPP is the problem
 
 
-def _raise_fallback_error(os_err: SlideError, fb_err: SlideError) -> NoReturn:
+def _raise_fallback_error(p: Path, os_err: SlideError, fb_err: SlideError) -> NoReturn:
     """The error of a slide both OpenSlide and the fallback refused."""
-    if any(k in str(fb_err) for k in ("microns-per-pixel", "MPP", "too large", "truncated")):
+    reason = _reason(fb_err, p)
+    if any(k in reason for k in ("microns-per-pixel", "MPP", "too large", "truncated")):
         # the fallback understood the file: its message is the useful one, without
         # OpenSlide's refusal chained in front of it (a red herring in the job's log)
         raise fb_err from None
