@@ -68,8 +68,11 @@ PREDICT_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "pred
 PREDICTED_COHORTS = TRAIN_COHORTS + EXTERNAL_COHORTS + PREDICT_COHORTS
 DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
 if getattr(workflow, "is_main_process", True):
-    try:  # once, here: the jobs would import matplotlib for it
+    from gigamil.nn.encoders import check_encoder_settings
+
+    try:  # once, here: the jobs would import matplotlib (and timm) for it
         check_cmap(config["heatmaps"]["cmap"])
+        check_encoder_settings(config["model"]["encoder"], config["model"]["weights"])
     except ConfigError as exc:
         stop(f"gigamil: invalid configuration: {exc}")
     # every slide opens and has a plausible MPP: all unusable slides in one message before any

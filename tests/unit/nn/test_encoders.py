@@ -9,7 +9,7 @@ from torch import nn
 
 from gigamil.errors import ConfigError
 from gigamil.nn.augment import PatchPreprocess
-from gigamil.nn.encoders import EvalBatchNorm2d, build_encoder
+from gigamil.nn.encoders import EvalBatchNorm2d, build_encoder, check_encoder_settings
 
 
 def test_smallcnn_and_batchnorm_modes() -> None:
@@ -178,3 +178,24 @@ def test_augmentation_equals_the_step_by_step_reference() -> None:
     out = pre(patches) * pre.std + pre.mean
     ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_encoder_settings_checked_without_building(tmp_path) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    for encoder, w in [
+        ("smallcnn", None),
+        ("resnet18", "IMAGENET1K_V1"),
+        ("resnet50", str(weights)),
+        ("timm:resnet18", None),
+        ("uni", "hf-hub:MahmoodLab/UNI"),  # looked up by the job, where its cache is
+    ]:
+        check_encoder_settings(encoder, w)
+    for encoder, w, match in [
+        ("timm:notamodel", None, "'notamodel' is not a timm architecture"),
+        ("resnet_18", None, "'resnet_18' is not one of"),
+        ("resnet18", "IMAGENET1K_V7", "'IMAGENET1K_V7' is not a torchvision weight of resnet18"),
+        ("resnet18", str(tmp_path / "nope.pt"), "nope.pt does not exist"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            check_encoder_settings(encoder, w)

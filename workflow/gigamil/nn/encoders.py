@@ -37,7 +37,13 @@ from gigamil.nn.partial import (
     embedding_dim,
     parse_trainable_blocks,
 )
-from gigamil.nn.weights import WEIGHT_SUFFIXES, is_weights_file, load_weights_file
+from gigamil.nn.weights import (
+    HF_PREFIX,
+    WEIGHT_SUFFIXES,
+    is_weights_file,
+    load_weights_file,
+    resolve_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +281,26 @@ def check_encoder_name(name: str) -> None:
         f"model.encoder: {name!r} is not one of {', '.join(ENCODERS)}, "
         f"{', '.join(FOUNDATION_MODELS)} or timm:<architecture>"
     )
+
+
+def check_encoder_settings(encoder: str, weights: str | None) -> None:
+    """Check ``model.encoder`` and ``model.weights`` without building anything: a known encoder
+    name (timm architectures included), a torchvision weight name the encoder has, a local
+    weights file that exists. The workflow runs it before any job, so a typo stops the run
+    before preprocessing instead of in every ``train_fold`` job. ``hf-hub:`` weights are not
+    looked up here: the jobs may run where ``HF_HUB_CACHE`` points elsewhere (a compute node),
+    and their own check names the cache they searched.
+
+    Raises:
+        ConfigError: naming the key and the problem.
+    """
+    check_encoder_name(encoder)
+    if weights is None or str(weights).startswith(HF_PREFIX):
+        return
+    if is_weights_file(weights):
+        resolve_weights(str(weights))
+    else:
+        torchvision_weights(encoder, str(weights))
 
 
 def encoder_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
