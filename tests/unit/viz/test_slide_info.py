@@ -69,3 +69,23 @@ def test_three_class_probability_is_not_the_first_class(tmp_path):
     write_fold_predictions(df, 0, tmp_path / "p.csv")
     pred = read_slide_prediction([tmp_path / "p.csv"], "s")
     assert pred.positive == "not normal" and pred.probability == pytest.approx(0.9)
+
+
+def test_slide_without_label_says_so(tmp_path):
+    # a role: predict cohort's prediction CSV has an empty label column
+    df = pd.DataFrame(
+        {
+            "slide_id": ["n1"],
+            "patient_id": ["p1"],
+            "cohort": "new",
+            "label": [None],
+            "prob_benign": [0.7],
+            "prob_metastasis": [0.3],
+            "pred": ["benign"],
+        }
+    )
+    write_fold_predictions(df, 0, tmp_path / "f0.csv")
+    pred = read_slide_prediction([tmp_path / "f0.csv"], "n1")
+    assert pred.label == ""
+    assert pred.title().splitlines()[1].startswith("no label · predicted: benign, P(metastasis)")
+    assert "true:" not in pred.title()

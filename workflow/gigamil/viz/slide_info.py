@@ -52,11 +52,13 @@ class SlidePrediction:
         return f"P({self.positive}) = {p}"
 
     def title(self) -> str:
-        """Two lines: ``cohort / slide_id`` and ``true: x · predicted: y, P(y) = p · models``."""
+        """Two lines: ``cohort / slide_id`` and ``true: x · predicted: y, P(y) = p · models``
+        (``no label · ...`` for a slide without one, e.g. of a ``role: predict`` cohort)."""
         pred = self.pred or "none (no patches)"
+        truth = f"true: {self.label}" if self.label else "no label"
         return (
             f"{self.cohort} / {self.slide_id}\n"
-            f"true: {self.label} · predicted: {pred}, {self.probability_text()} · "
+            f"{truth} · predicted: {pred}, {self.probability_text()} · "
             f"{self.models_text()}"
         )
 
@@ -104,7 +106,7 @@ def read_slide_prediction(
     return SlidePrediction(
         slide_id=str(slide_id),
         cohort=str(row["cohort"]),
-        label=str(row["label"]),
+        label="" if pd.isna(row["label"]) else str(row["label"]),
         pred=str(row["pred"]),
         probability=probability,
         positive=positive,
