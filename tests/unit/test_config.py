@@ -168,9 +168,15 @@ def test_mpp_override_order(tmp_path):
     assert df["mpp"].tolist() == [0.25, 0.5, 0.5]  # the sheet row wins over the cohort
 
 
-def test_missing_sheet(tmp_path):
-    with pytest.raises(ConfigError, match=r"cohort 'c1': sheet .*nope.csv not found"):
+def test_missing_sheet(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"cohort 'c1': sheet .*nope.csv not found$"):
         load_sheet(tmp_path / "nope.csv", "c1", CLASSES)
+    monkeypatch.chdir(tmp_path)  # a relative path: the message says where it was looked for
+    with pytest.raises(ConfigError) as exc:
+        load_sheet("sheets/nope.csv", "c1", CLASSES)
+    assert str(exc.value) == (
+        f"cohort 'c1': sheet sheets/nope.csv not found (looked for {tmp_path.resolve()}/sheets/nope.csv)"
+    )
 
 
 def test_missing_column(tmp_path):

@@ -248,7 +248,8 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"cohort {cohort!r}: sheet {path} not found")
+        where = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        raise ConfigError(f"cohort {cohort!r}: sheet {path} not found{where}")
     df = _read_sheet_csv(path, labels_required)
     df["mpp"] = _sheet_mpp(df, path, cohort_mpp)
     _check_rows_against_schema(df, path, labels_required)
