@@ -105,6 +105,11 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c.update(experiment="."), "experiment: '.' is not a safe file name"),
         (lambda c: c["training"].update(epoch=3), "unknown key training.epoch (allowed here:"),
         (lambda c: c["training"].update(epoch=3), "; did you mean epochs?"),
+        (  # a key of another section: pointed to there
+            lambda c: c["training"].update(stain_jitter=0.1),
+            "; did you mean training.augment.stain_jitter?",
+        ),
+        (lambda c: c["model"].update(epochs=3), "; did you mean training.epochs?"),
         (
             lambda c: c["preprocessing"]["patches"].update(mpp=None),
             "preprocessing.patches.mpp: null (an empty value) is not allowed here: give a number",

@@ -82,8 +82,20 @@ def _is_pattern_rule(error: jsonschema.ValidationError) -> bool:
     return error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES
 
 
-def describe_error(error: jsonschema.ValidationError) -> str:
-    """Turn a jsonschema error into a short message that names the config key."""
+def _schema_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of every named property of ``schema`` (nested objects included)."""
+    out: list[str] = []
+    for name, sub in (schema.get("properties") or {}).items():
+        out.append(prefix + name)
+        if isinstance(sub, Mapping):
+            out += _schema_keys(sub, f"{prefix}{name}.")
+    return out
+
+
+def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | None = None) -> str:
+    """Turn a jsonschema error into a short message that names the config key. With ``root``
+    (the whole schema), an unknown key that exists in another section is pointed to there
+    (``training.stain_jitter``: did you mean training.augment.stain_jitter?)."""
     where = _key(list(error.absolute_path))
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -92,6 +104,9 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         )
         keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
         close = [m for k in extra for m in difflib.get_close_matches(str(k), allowed, n=1)]
+        if not close and root is not None:  # the key of another section?
+            paths = _schema_keys(root)
+            close = [q for k in extra for q in paths if q.rsplit(".", 1)[-1] == str(k)][:3]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return f"unknown key {keys} (allowed here: {', '.join(allowed)}){hint}"
     if error.validator == "required":
@@ -170,7 +185,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
-        raise ConfigError(f"{source}: {describe_error(errors[0])}")
+        raise ConfigError(f"{source}: {describe_error(errors[0], schema)}")
     _fill_defaults(schema, cfg)
     roles = [c["role"] for c in cfg["cohorts"].values()]
     if "train" not in roles:
