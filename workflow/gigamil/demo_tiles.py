@@ -220,7 +220,8 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
             raise GigamilError(
                 f"tile pool has {len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ (not excluded, "
                 f">= {min_tile_tissue:g} tissue) but the cohort needs {need[c]}: use fewer "
-                "patients, slides or tiles per slide"
+                "patients or slides per patient (gigamil demo --patients, "
+                "--slides-per-patient) or more tiles (--tiles DIR)"
             )
     draw = np.random.default_rng([seed, 3])
     queues = {c: [by_class[c][i] for i in draw.permutation(len(by_class[c]))] for c in (0, 1)}
