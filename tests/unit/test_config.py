@@ -118,6 +118,10 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["model"].update(encoder="timm:bad name"),
             "model.encoder: 'timm:bad name' is not allowed here. Patch encoder: torchvision",
         ),
+        (
+            lambda c: c["model"].update(encoder="resnet_18"),
+            "model.encoder: 'resnet_18' is not allowed here (did you mean resnet18",
+        ),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):

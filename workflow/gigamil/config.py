@@ -74,7 +74,10 @@ def _error_message(error: jsonschema.ValidationError) -> str:
         return f"null (an empty value) is not allowed here: give a {error.validator_value}"
     if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):
         described = " ".join(str(error.schema["description"]).split())
-        return f"{error.instance!r} is not allowed here. {described}"
+        names = [str(v) for alt in error.validator_value for v in alt.get("enum", [])]
+        near = difflib.get_close_matches(str(error.instance), names, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        return f"{error.instance!r} is not allowed here{hint}. {described}"
     return error.message
 
 
