@@ -16,4 +16,22 @@ class ConfigError(GigamilError):
 
 
 class SlideError(GigamilError):
-    """A slide cannot be opened, read, or has no usable resolution (MPP)."""
+    """A slide cannot be opened, read, or has no usable resolution (MPP).
+
+    ``reason`` says what kind of problem it is, for code that decides what to do next (the
+    slide reader's plain-image fallback) without parsing the message: ``"unreadable"`` (the
+    default: the file cannot be opened or decoded), ``"mpp"`` (opened fine, but no plausible
+    microns-per-pixel), ``"too_large"`` (too large for the in-memory reader) or
+    ``"truncated"`` (the file is shorter than its own header says).
+    """
+
+    REASONS = ("unreadable", "mpp", "too_large", "truncated")
+
+    def __init__(self, message: str, reason: str = "unreadable") -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"SlideError reason must be one of {self.REASONS}, got {reason!r}")
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple:  # keep the reason across processes (DataLoader workers)
+        return type(self), (str(self), self.reason)

@@ -50,8 +50,9 @@ def test_a_truncated_slide_is_refused_before_any_job(test_slides, tmp_path):
     cut.write_bytes(pyramid[: len(pyramid) // 3])
     with pytest.raises(ConfigError, match=r"a/cut: .*cut.tiff: the file is truncated: its image"):
         check_slides([SlideCheck("a", "cut", cut, None)])
-    with pytest.raises(SlideError, match="truncated"):  # and so is the job's reader
+    with pytest.raises(SlideError, match="truncated") as exc:  # and so is the job's reader
         open_slide(cut)
+    assert exc.value.reason == "truncated"
 
 
 def test_long_lists_are_cut(test_slides):

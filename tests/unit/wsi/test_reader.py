@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import openslide
 import pytest
@@ -151,6 +153,21 @@ def test_plain_image_without_mpp_says_only_that(tmp_path):
     with pytest.raises(SlideError, match="no microns-per-pixel") as exc:
         open_slide(path)
     assert exc.value.__cause__ is None and exc.value.__suppress_context__
+    assert exc.value.reason == "mpp"
+
+
+def test_slide_error_reasons_are_a_closed_set(tmp_path):
+    """The reader decides on the fallback by ``SlideError.reason``, never by the message."""
+    assert SlideError("x").reason == "unreadable"
+    with pytest.raises(ValueError, match="reason must be one of"):
+        SlideError("x", reason="MPP")
+    again = pickle.loads(pickle.dumps(SlideError("y", reason="mpp")))
+    assert (str(again), again.reason) == ("y", "mpp")
+    junk = tmp_path / "MPP too large truncated.png"  # the message's words in the name
+    junk.write_bytes(b"not an image")
+    with pytest.raises(SlideError, match="not a slide format OpenSlide recognises") as exc:
+        open_slide(junk)  # OpenSlide's refusal, the fallback's chained as the cause
+    assert exc.value.reason == "unreadable" and "cannot read the image" in str(exc.value.__cause__)
 
 
 def test_plain_tiff_fallback_reads_resolution_tags(write_tiff, tmp_path):

@@ -136,7 +136,8 @@ def _load_plain_image(
                     raise SlideError(
                         f"{name}: untiled image of {page.imagewidth} x {page.imagelength} px "
                         "is too large for the in-memory reader; convert it to a tiled "
-                        "pyramidal TIFF"
+                        "pyramidal TIFF",
+                        reason="too_large",
                     )
                 tags = page.tags
                 xr = tags.get("XResolution")
@@ -161,7 +162,10 @@ def _load_plain_image(
     try:
         with Image.open(path) as img:
             if img.width * img.height > FALLBACK_MAX_PIXELS:
-                raise SlideError(f"{name}: image of {img.width} x {img.height} px is too large")
+                raise SlideError(
+                    f"{name}: image of {img.width} x {img.height} px is too large",
+                    reason="too_large",
+                )
             dpi = img.info.get("dpi")
             arr = np.asarray(img.convert("RGBA")) if decode else None
     except SlideError:
@@ -182,7 +186,8 @@ def _check_not_truncated(path: Path, name: str, page: Any) -> None:
     if ends and max(ends) > size:
         raise SlideError(
             f"{name}: the file is truncated: its image data runs to byte {max(ends):,} but the "
-            f"file has {size:,} bytes (an interrupted copy or download?); copy the slide again"
+            f"file has {size:,} bytes (an interrupted copy or download?); copy the slide again",
+            reason="truncated",
         )
 
 

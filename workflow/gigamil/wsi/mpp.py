@@ -34,11 +34,13 @@ def check_mpp(name: str, mpp_x: float, mpp_y: float, source: str) -> float:
         if not (math.isfinite(v) and MPP_MIN <= v <= MPP_MAX):
             raise SlideError(
                 f"{name}: implausible microns-per-pixel {mpp_x:g} x {mpp_y:g} from {source} "
-                f"(expected {MPP_MIN:g}..{MPP_MAX:g}; a 72/96 dpi image default?); {FIX_HINT}"
+                f"(expected {MPP_MIN:g}..{MPP_MAX:g}; a 72/96 dpi image default?); {FIX_HINT}",
+                reason="mpp",
             )
     if abs(mpp_x - mpp_y) > MPP_XY_TOLERANCE * max(mpp_x, mpp_y):
         raise SlideError(
-            f"{name}: non-square pixels, MPP x={mpp_x:g} y={mpp_y:g} from {source}; {FIX_HINT}"
+            f"{name}: non-square pixels, MPP x={mpp_x:g} y={mpp_y:g} from {source}; {FIX_HINT}",
+            reason="mpp",
         )
     return (mpp_x + mpp_y) / 2.0
 
@@ -87,7 +89,7 @@ def resolve_mpp_xy(
     if tiff_mpp is not None:
         check_mpp(name, *tiff_mpp, "the resolution tags (TIFF resolution / image dpi)")
         return (float(tiff_mpp[0]), float(tiff_mpp[1])), "tiff"
-    raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}")
+    raise SlideError(f"{name}: no microns-per-pixel (MPP) in the file; {FIX_HINT}", reason="mpp")
 
 
 def resolve_mpp(

@@ -361,25 +361,17 @@ def _existing_slide_file(path: str | Path) -> Path:
     return p
 
 
-def _reason(err: SlideError, p: Path) -> str:
-    """The message of ``err`` without the file's path (a folder named e.g. ``MPP_study`` must not
-    read as an MPP problem)."""
-    return str(err).replace(str(p), "")
-
-
 def _check_fallback(p: Path, os_err: SlideError) -> None:
     """Re-raise OpenSlide's error unless the plain-image fallback may try ``p``."""
     if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
         raise os_err
-    reason = _reason(os_err, p)
-    if "microns-per-pixel" in reason or "MPP" in reason:
+    if os_err.reason == "mpp":
         raise os_err  # OpenSlide opened it fine; the MPP is the problem
 
 
 def _raise_fallback_error(p: Path, os_err: SlideError, fb_err: SlideError) -> NoReturn:
     """The error of a slide both OpenSlide and the fallback refused."""
-    reason = _reason(fb_err, p)
-    if any(k in reason for k in ("microns-per-pixel", "MPP", "too large", "truncated")):
+    if fb_err.reason in ("mpp", "too_large", "truncated"):
         # the fallback understood the file: its message is the useful one, without
         # OpenSlide's refusal chained in front of it (a red herring in the job's log)
         raise fb_err from None
