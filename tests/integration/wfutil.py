@@ -135,16 +135,20 @@ def run_snakemake(
     return res
 
 
-def snakemake_in(workdir: Path, *args: str, timeout: int = 600) -> str:
+def snakemake_in(workdir: Path, *args: str, timeout: int = 600, ok: bool = True) -> str:
     """`snakemake --cores 2 ARGS` run in ``workdir`` (its own Snakefile and config.yaml, bounded by
-    `timeout -k`); stdout + stderr, or fail loudly with the end of both."""
+    `timeout -k`); stdout + stderr. Fails loudly with the end of both unless the run succeeds
+    (``ok``) or, with ``ok=False``, unless it fails."""
     exe = str(Path(sys.executable).with_name("snakemake"))
     cmd = ["timeout", "-k", "10", str(timeout), exe, "--cores", "2", *args]
     res = subprocess.run(
         cmd, cwd=workdir, capture_output=True, text=True, env=local_env(), timeout=timeout + 30
     )
     out = res.stdout + res.stderr
-    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{out[-8000:]}"
+    expected = "succeed" if ok else "fail"
+    assert (res.returncode == 0) == ok, (
+        f"{' '.join(cmd)} did not {expected} ({res.returncode}):\n{out[-8000:]}"
+    )
     return out
 
 
