@@ -86,6 +86,7 @@ def test_every_schema_key_has_description_and_default():
             "training.epochs: 0 is less than the minimum of 1",
         ),
         (lambda c: c["model"].update(pool="max"), "model.pool: 'max' is not one of"),
+        (lambda c: c["model"].update(dropout=1), "model.dropout: 1 is greater than or equal to"),
         (
             lambda c: c["cohorts"]["demo"].update(role="test"),
             "cohorts.demo.role: 'test' is not one of",
