@@ -14,6 +14,7 @@ import pytest
 from wfutil import (
     config_restored,
     copy_workflow,
+    deep_update,
     planned_jobs,
     read_config,
     snakemake_in,
@@ -146,7 +147,7 @@ def test_switching_tensorboard_on_retrains_nothing(workdir: Path):
     assert planned_jobs(workdir) == []
 
 
-def test_sheet_edit_outside_the_split_columns_retrains_nothing(workdir: Path):
+def test_sheet_edit_outside_the_split_columns_or_a_moved_sheet_retrains_nothing(workdir: Path):
     sheet_path = workdir / read_config(workdir)["cohorts"]["demo"]["sheet"]
     original = sheet_path.read_text()
     try:
@@ -154,6 +155,14 @@ def test_sheet_edit_outside_the_split_columns_retrains_nothing(workdir: Path):
         sheet["note"] = "rescanned"  # a column the folds do not read: nothing to redo
         sheet.to_csv(sheet_path, index=False)
         assert planned_jobs(workdir) == []
+        # the same sheet under another name: nothing to redo either
+        cfg = read_config(workdir)
+        moved = sheet_path.with_name("moved.csv")
+        moved.write_text(sheet_path.read_text())
+        write_config(workdir, deep_update(cfg, {"cohorts": {"demo": {"sheet": str(moved)}}}))
+        assert planned_jobs(workdir) == []
+        moved.unlink()
+        write_config(workdir, cfg)
         # two patients swap labels (each class keeps its patient count)
         first = sheet.groupby("label")["patient_id"].first()
         a, b = first["normal"], first["lesion"]

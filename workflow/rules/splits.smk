@@ -1,9 +1,10 @@
 """Rule make_splits: patient-level cross-validation folds (gigamil.splits).
 
-No input files: params are the cv section, the classes, the train-cohort names, their sheet
-paths and a digest of what the folds read from the sheets (gigamil.splits.split_digest), so
-adding an external cohort, changing training keys or editing a sheet column the folds do not
-read (path, lesion_mask, mpp) keeps the folds and the trained models.
+No input files: params are the cv section, the classes, the train-cohort names and a digest of
+what the folds read from the sheets (gigamil.splits.split_digest), so adding an external cohort,
+changing training keys, editing a sheet column the folds do not read (path, lesion_mask, mpp) or
+moving a sheet file keeps the folds and the trained models. The script reads the sheets from the
+paths in the config (snakemake.config: not a rerun trigger).
 """
 
 
@@ -24,7 +25,6 @@ rule make_splits:
         cv=config["cv"],
         cohorts=TRAIN_COHORTS,
         classes=CLASSES,
-        sheets=[config["cohorts"][c]["sheet"] for c in TRAIN_COHORTS],
         sheet_digest=split_digest([SHEETS[c] for c in TRAIN_COHORTS], config["cv"]),
     script:
         "../scripts/make_splits.py"

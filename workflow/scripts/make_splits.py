@@ -10,9 +10,14 @@ from gigamil.config import load_sheet
 from gigamil.folds import split_report, write_folds
 from gigamil.splits import make_cv_folds
 
-sheets = [
-    load_sheet(path, cohort=cohort, classes=list(snakemake.params.classes), check_files=False)
-    for cohort, path in zip(snakemake.params.cohorts, snakemake.params.sheets, strict=True)
+sheets = [  # paths from the config, not params: moving a sheet must not rerun the split
+    load_sheet(
+        snakemake.config["cohorts"][cohort]["sheet"],
+        cohort=cohort,
+        classes=list(snakemake.params.classes),
+        check_files=False,
+    )
+    for cohort in snakemake.params.cohorts
 ]
 folds = make_cv_folds(sheets, snakemake.params.cv)
 write_folds(folds, snakemake.output.folds)

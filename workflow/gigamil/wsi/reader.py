@@ -327,7 +327,7 @@ def open_slide(
         try:
             reader = ImageReader(p, mpp_override)
         except SlideError as fb_err:
-            _raise_fallback_error(p, os_err, fb_err)
+            _raise_fallback_error(os_err, fb_err)
         log.info("%s: OpenSlide refused it; read as a plain image", path)
         return reader
 
@@ -349,7 +349,7 @@ def slide_mpp(path: str | Path, mpp_override: float | None = None) -> float:
         try:
             return plain_image_mpp(p, mpp_override)[0]
         except SlideError as fb_err:
-            _raise_fallback_error(p, os_err, fb_err)
+            _raise_fallback_error(os_err, fb_err)
 
 
 def _existing_slide_file(path: str | Path) -> Path:
@@ -369,7 +369,7 @@ def _check_fallback(p: Path, os_err: SlideError) -> None:
         raise os_err  # OpenSlide opened it fine; the MPP is the problem
 
 
-def _raise_fallback_error(p: Path, os_err: SlideError, fb_err: SlideError) -> NoReturn:
+def _raise_fallback_error(os_err: SlideError, fb_err: SlideError) -> NoReturn:
     """The error of a slide both OpenSlide and the fallback refused."""
     if fb_err.reason in ("mpp", "too_large", "truncated"):
         # the fallback understood the file: its message is the useful one, without
