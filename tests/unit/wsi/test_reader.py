@@ -156,6 +156,19 @@ def test_plain_image_without_mpp_says_only_that(tmp_path):
     assert exc.value.reason == "mpp"
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_truncated_plain_image_says_so(tmp_path, fmt):
+    """A JPEG/PNG cut short: the fallback's "truncated" error, not OpenSlide's refusal."""
+    img = np.random.default_rng(4).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    Image.fromarray(img).save(path, format=fmt, dpi=(50800, 50800))  # 0.5 µm/px
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(SlideError, match="truncated") as exc:
+        open_slide(path)
+    assert exc.value.reason == "truncated" and exc.value.__cause__ is None
+    assert "OpenSlide" not in str(exc.value)
+
+
 def test_slide_error_reasons_are_a_closed_set(tmp_path):
     """The reader decides on the fallback by ``SlideError.reason``, never by the message."""
     assert SlideError("x").reason == "unreadable"

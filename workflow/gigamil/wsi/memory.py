@@ -157,7 +157,9 @@ def _load_plain_image(
         except SlideError:
             raise
         except Exception as exc:  # tifffile raises many types for corrupt/unsupported files
-            raise SlideError(f"{name}: cannot read the TIFF: {exc}") from exc
+            raise SlideError(
+                f"{name}: cannot read the TIFF: {exc}", reason=_decode_reason(exc, path)
+            ) from exc
         return (_to_rgb(arr, name) if arr is not None else None), mpp
     try:
         with Image.open(path) as img:
@@ -171,9 +173,26 @@ def _load_plain_image(
     except SlideError:
         raise
     except Exception as exc:
-        raise SlideError(f"{name}: cannot read the image: {exc}") from exc
+        reason = _decode_reason(exc, path)
+        hint = "; copy the slide again" if reason == "truncated" else ""
+        raise SlideError(f"{name}: cannot read the image: {exc}{hint}", reason=reason) from exc
     mpp = mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
     return (composite_on_white(arr) if arr is not None else None), mpp
+
+
+def _decode_reason(exc: Exception, path: Path) -> str:
+    """:class:`~gigamil.errors.SlideError` reason of an image library's decoding error: Pillow
+    reports a file cut short as "image file is truncated" and refuses an image or text chunk
+    over its limits as a ``DecompressionBombError`` or "... too large ..."; anything else is
+    ``"unreadable"``. The file's ``path``, which the message may quote, is not searched."""
+    from PIL import Image
+
+    text = str(exc).replace(str(path), "").replace(path.name, "").lower()
+    if isinstance(exc, Image.DecompressionBombError) or "too large" in text:
+        return "too_large"
+    if "truncated" in text:
+        return "truncated"
+    return "unreadable"
 
 
 def _check_not_truncated(path: Path, name: str, page: Any) -> None:
