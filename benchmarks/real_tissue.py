@@ -184,17 +184,31 @@ def collect_gigamil(wd: Path) -> dict[str, Any]:
 def compare_oof(wd: Path, baseline: dict[str, Any], positive: str) -> dict[str, Any]:
     """gigamil's (its ``prob_<positive>``) minus the baseline's OOF AUC on the same slides,
     paired patient bootstrap."""
+    ours = pd.read_csv(wd / "results" / "eval" / EXPERIMENT / "per_slide_predictions.csv")
+    return paired_with_baseline(ours, f"prob_{positive}", baseline["per_slide"], str(wd))
+
+
+def paired_with_baseline(
+    ours: pd.DataFrame, score: str, per_slide: list[dict], where: str, y: str | None = None
+) -> dict[str, Any]:
+    """OOF AUC of ``ours[score]`` minus the baseline's (``per_slide``: its slide_id, label 0/1
+    and score per slide) on the same slides, labels from the baseline, with the paired patient
+    bootstrap of :func:`gigamil.evaluate.metrics.paired_auc_difference`. ``ours`` has one row per
+    slide with ``slide_id`` and ``patient_id``; its column ``y`` (if given) must hold the same
+    0/1 labels. RuntimeError, naming ``where``, if the two scored different slides or labels."""
     from gigamil.evaluate.metrics import paired_auc_difference
 
-    ours = pd.read_csv(wd / "results" / "eval" / EXPERIMENT / "per_slide_predictions.csv")
-    theirs = pd.DataFrame(baseline["per_slide"])[["slide_id", "label", "score"]]
-    both = ours.merge(theirs, on="slide_id", suffixes=("", "_baseline"), validate="1:1")
+    theirs = pd.DataFrame(per_slide)[["slide_id", "label", "score"]]
+    theirs = theirs.rename(columns={"label": "label_baseline", "score": "score_baseline"})
+    both = ours.merge(theirs, on="slide_id", validate="1:1")
     if len(both) != len(ours) or len(both) != len(theirs):
-        raise RuntimeError(f"{wd}: gigamil and the baseline scored different slides")
+        raise RuntimeError(f"{where}: gigamil and the baseline scored different slides")
+    if y is not None and not (both[y] == both["label_baseline"]).all():
+        raise RuntimeError(f"{where}: labels differ between gigamil and the baseline")
     return paired_auc_difference(
         both["label_baseline"].to_numpy(),
-        both[f"prob_{positive}"].to_numpy(),
-        both["score"].to_numpy(),
+        both[score].to_numpy(),
+        both["score_baseline"].to_numpy(),
         groups=both["patient_id"].to_numpy(),
     )
 

@@ -8,8 +8,8 @@ Run by hand after ``benchmarks/screen.py`` (its per-slide predictions) and
 
 For every variant, draw and training seed: the variant's out-of-fold AUC minus the baseline's on
 the draw's slides, with the 95 % patient-level paired bootstrap interval and the fraction of
-resamples in which the variant is ahead (:func:`gigamil.evaluate.metrics.paired_auc_difference`,
-the computation ``real_tissue.py`` does for a snakemake run). A draw is found in the result JSONs
+resamples in which the variant is ahead (``real_tissue.paired_with_baseline``, the computation
+``real_tissue.py`` does for a snakemake run). A draw is found in the result JSONs
 by its seed (``draw{seed}``). Prints one line per draw and the mean difference and keeps the rows
 under the variant's name in ``benchmarks/results/screen_vs_baseline.json``; the benchmark's
 draws must have the same slides in both (else RuntimeError).
@@ -27,8 +27,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gigamil.evaluate.metrics import paired_auc_difference  # noqa: E402
+from real_tissue import paired_with_baseline  # noqa: E402
 
 SCREEN = REPO / "benchmarks" / "work" / "screen"
 DRAWS = REPO / "benchmarks" / "work" / "real_tissue"
@@ -39,18 +40,18 @@ RESULTS = [
 ]
 
 
-def baseline_scores(paths: list[Path]) -> dict[str, pd.DataFrame]:
+def baseline_scores(paths: list[Path]) -> dict[str, list[dict]]:
     """Per-slide baseline scores by draw name (``draw{seed}``) from real_tissue.py's JSONs."""
-    out: dict[str, pd.DataFrame] = {}
+    out: dict[str, list[dict]] = {}
     for path in paths:
         for draw in json.loads(path.read_text())["draws"]:
-            out[f"draw{draw['seed']}"] = pd.DataFrame(draw["baseline"]["per_slide"])
+            out[f"draw{draw['seed']}"] = draw["baseline"]["per_slide"]
     return out
 
 
 def compare(
     variant: str,
-    baselines: dict[str, pd.DataFrame],
+    baselines: dict[str, list[dict]],
     screen: Path = SCREEN,
     draws: Path = DRAWS,
 ) -> list[dict]:
@@ -61,19 +62,9 @@ def compare(
     for (draw, seed), ours in preds.groupby(["draw", "seed"]):
         if draw not in baselines:
             continue
-        theirs = baselines[draw][["slide_id", "label", "score"]]
-        both = ours.merge(theirs, on="slide_id", suffixes=("", "_baseline"), validate="1:1")
-        if len(both) != len(ours) or len(both) != len(theirs):
-            raise RuntimeError(f"{variant} {draw}: the screen and the baseline scored other slides")
-        if not (both["y"] == both["label"]).all():
-            raise RuntimeError(f"{variant} {draw}: labels differ between screen and baseline")
         sheet = pd.read_csv(draws / draw / "sheet.csv").set_index("slide_id")
-        d = paired_auc_difference(
-            both["y"].to_numpy(),
-            both["p"].to_numpy(),
-            both["score"].to_numpy(),
-            groups=sheet.loc[both["slide_id"], "patient_id"].to_numpy(),
-        )
+        ours = ours.assign(patient_id=sheet.loc[ours["slide_id"], "patient_id"].to_numpy())
+        d = paired_with_baseline(ours, "p", baselines[draw], f"{variant} {draw}", y="y")
         rows.append({"variant": variant, "draw": draw, "seed": int(seed), **d})
     return rows
 

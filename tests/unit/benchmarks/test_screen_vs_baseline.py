@@ -46,7 +46,7 @@ def test_other_slides_than_the_baseline_are_refused(bench, tmp_path) -> None:
     pd.DataFrame({"draw": "draw3", "seed": 0, "slide_id": slides[:6], "y": y[:6], "p": 0.5}).to_csv(
         tmp_path / "screen" / "v" / "predictions.csv", index=False
     )
-    with pytest.raises(RuntimeError, match="scored other slides"):
+    with pytest.raises(RuntimeError, match="scored different slides"):
         bench.compare(
             "v", bench.baseline_scores([results]), tmp_path / "screen", tmp_path / "draws"
         )
