@@ -119,7 +119,9 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     the log's last ``best_epoch``) marked by a dashed line and a star on each curve. A log of
     ``training.strategy: em`` (rows = rounds) also draws the E-step's pseudo-label loss
     (``encoder_loss``) on the left. A log with a ``replicate`` column (``training.replicates``
-    > 1) draws each member's curves in the same colours, member r with its own line style.
+    > 1) draws each member's curves in the same colours, member r with its own line style. A
+    log without validation (``cv.val_fraction: 0``: its validation columns are empty) draws the
+    training loss and says in the right panel that there were no validation slides.
 
     Returns ``{"epochs": rows, "best_epoch": e (member 0), "best_epochs": [e per member],
     "curves": [the columns drawn]}``.
@@ -137,9 +139,11 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     members = list(log.groupby("replicate", sort=True)) if "replicate" in log else [(None, log)]
     plt = _pyplot()
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=120)
-    losses = ["train_loss", "val_loss"]
+    validated = bool(log["val_loss"].notna().any() or log["val_auc"].notna().any())
+    losses = ["train_loss", "val_loss"] if validated else ["train_loss"]
     if "encoder_loss" in log.columns and log["encoder_loss"].notna().any():
         losses.append("encoder_loss")
+    scores = ["val_auc"] if validated else []
     styles = ["-", "--", ":", "-."]
     bests = []
     for i, (member, rows) in enumerate(members):
@@ -147,7 +151,7 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         bests.append(best)
         at_best = rows.loc[rows["epoch"] == best]
         suffix = "" if member is None else f" r{int(member)}"
-        for ax, cols in ((ax_loss, losses), (ax_auc, ["val_auc"])):
+        for ax, cols in ((ax_loss, losses), (ax_auc, scores)):
             for col in cols:
                 colour = CURVE_COLOURS[col]
                 ax.plot(
@@ -169,6 +173,18 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
                 color="grey",
                 label=f"best epoch{suffix} {best}",
             )
+    if not validated:  # cv.val_fraction: 0 (no validation slides): say so, not an empty panel
+        ax_auc.text(
+            0.5,
+            0.5,
+            "no validation slides (cv.val_fraction: 0):\nmodel.pt is the epoch of the\n"
+            "lowest training loss",
+            ha="center",
+            va="center",
+            fontsize=8,
+            transform=ax_auc.transAxes,
+        )
+        ax_auc.set_xlim(ax_loss.get_xlim())
     for ax in (ax_loss, ax_auc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -186,5 +202,5 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         "epochs": int(len(log)),
         "best_epoch": bests[0],
         "best_epochs": bests,
-        "curves": [*losses, "val_auc"],
+        "curves": [*losses, *scores],
     }
