@@ -78,8 +78,11 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
     training = {**cfg["training"], "seed": seed}
     t0 = time.time()
     train, val = f[f.role == "train"], f[f.role == "val"]
-    if float(cfg["cv"]["val_fraction"]) == 0:  # as the workflow's split: no validation slides
-        train, val = f[f.role.isin(["train", "val"])], f.iloc[:0]
+    if float(cfg["cv"]["val_fraction"]) == 0:  # as the workflow's split: no validation slides,
+        # the training slides in folds.csv's order (make_folds sorts them by cohort, slide_id;
+        # the order of the bags is part of the training's random stream)
+        train = f[f.role.isin(["train", "val"])].sort_values(["cohort", "slide_id"])
+        val = f.iloc[:0]
     model = train_fold(
         train,
         val,
