@@ -64,7 +64,10 @@ def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict
     experiment = cfg["experiment"]
     (cohort,) = cfg["cohorts"]
     classes = [str(c) for c in cfg["classes"]]
-    folds = pd.read_csv(draw / "results" / "splits" / experiment / "folds.csv")
+    folds = pd.read_csv(
+        draw / "results" / "splits" / experiment / "folds.csv",
+        dtype={"slide_id": str, "patient_id": str, "cohort": str},
+    )
     sheet = pd.read_csv(draw / cfg["cohorts"][cohort]["sheet"]).set_index("slide_id")
     masks = draw / "results" / cohort / "lesion_masks"  # a demo cohort's generated masks
     if "lesion_mask" not in sheet.columns and masks.is_dir():

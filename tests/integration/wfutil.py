@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 # ensemble is tested through train_fold and predict_slides in tests/unit/train/test_replicates.py).
 FAST_OVERRIDES: dict[str, Any] = {
     "training": {"epochs": 2, "replicates": 1, "early_stopping": {"patience": 2}},
-    "cv": {"folds": 2},
+    # validation patients (the schema's default) here: config.yaml's demo trains without them
+    # (cv.val_fraction: 0), which test_incremental and test_feature_cache run end to end
+    "cv": {"folds": 2, "val_fraction": 0.2},
     "heatmaps": {"slides": ["demo_p01_s1", "demo_p02_s1"]},
 }
 

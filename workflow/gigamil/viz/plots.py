@@ -178,20 +178,22 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
             0.5,
             0.5,
             "no validation slides (cv.val_fraction: 0):\nmodel.pt is the epoch of the\n"
-            "lowest training loss",
+            "lowest training loss (from min_epochs on)",
             ha="center",
             va="center",
             fontsize=8,
             transform=ax_auc.transAxes,
         )
         ax_auc.set_xlim(ax_loss.get_xlim())
+        ax_auc.set_yticks([])
     for ax in (ax_loss, ax_auc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6 if len(members) > 1 else 7)
+        corner = ax is ax_auc and not validated  # clear of the note in the middle
+        ax.legend(fontsize=6 if len(members) > 1 else 7, loc="upper right" if corner else "best")
     ax_loss.set_ylabel("loss")
-    ax_auc.set_ylabel("validation AUC")
+    ax_auc.set_ylabel("validation AUC" if validated else "")
     ax_auc.set_ylim(-0.02, 1.02)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
