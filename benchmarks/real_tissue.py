@@ -226,13 +226,23 @@ def tile_coverage(wd: Path, sheet: pd.DataFrame) -> float:
     return hit / len(tiles)
 
 
-def run_baseline(wd: Path, sheet: pd.DataFrame, positive: str) -> dict[str, Any]:
+def run_baseline(
+    wd: Path,
+    sheet: pd.DataFrame,
+    positive: str,
+    experiment: str = EXPERIMENT,
+    cohort: str = COHORT,
+) -> dict[str, Any]:
+    """The colour-histogram baseline on the patches and folds of the workflow run in ``wd``
+    (lesion-mask paths in ``sheet`` relative to ``wd`` or absolute)."""
     from gigamil.evaluate.baseline import evaluate_stores
 
-    folds = pd.read_csv(wd / "results" / "splits" / EXPERIMENT / "folds.csv")
-    stores = {s: wd / "results" / "patches" / COHORT / f"{s}.zarr" for s in sheet["slide_id"]}
+    folds = pd.read_csv(
+        wd / "results" / "splits" / experiment / "folds.csv", dtype={"slide_id": str}
+    )
+    stores = {s: wd / "results" / "patches" / cohort / f"{s}.zarr" for s in sheet["slide_id"]}
     labels = dict(zip(sheet["slide_id"], (sheet["label"] == positive).astype(int), strict=True))
-    masks = dict(zip(sheet["slide_id"], sheet["lesion_mask"], strict=True))
+    masks = dict(zip(sheet["slide_id"], [wd / m for m in sheet["lesion_mask"]], strict=True))
     start = time.perf_counter()
     out = evaluate_stores(stores, labels, folds, masks)
     out["seconds"] = time.perf_counter() - start
@@ -298,6 +308,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workdir", type=Path, default=WORK)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--baseline-on",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="only run the colour baseline on a finished workflow run (e.g. a clone after the "
+        "demo's snakemake run: its config.yaml, one cohort with lesion masks), print its OOF "
+        "and localisation AUC, and stop",
+    )
     args = p.parse_args(argv)
     from gigamil.demo_tiles import PCAM_MPP, TILES_PER_SLIDE
 
@@ -306,8 +325,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def baseline_on_run(wd: Path) -> dict[str, Any]:
+    """The colour baseline on the finished workflow run in ``wd`` (its config.yaml's experiment
+    and single cohort; the sheet's ``lesion_mask`` column)."""
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    (cohort,) = cfg["cohorts"]
+    sheet = pd.read_csv(wd / cfg["cohorts"][cohort]["sheet"], dtype={"slide_id": str})
+    return run_baseline(wd, sheet, str(cfg["classes"][1]), cfg["experiment"], cohort)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.baseline_on is not None:
+        out = baseline_on_run(args.baseline_on.resolve())
+        print(
+            f"colour baseline on {args.baseline_on}: OOF AUC {out['oof_auc']:.3f}, "
+            f"localisation AUC {out['localization_auc']:.3f} "
+            f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s"
+        )
+        return 0
     overrides = parse_set(args.overrides)
     positive = yaml.safe_load((REPO / "config.yaml").read_text())["classes"][1]
     draws = []

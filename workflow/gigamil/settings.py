@@ -91,6 +91,7 @@ class AugmentConfig(_Section):
     rot90: bool = _default(_AUG, "rot90")
     color_jitter: float = _default(_AUG, "color_jitter")
     stain_jitter: float = _default(_AUG, "stain_jitter")
+    hue_jitter: float = _default(_AUG, "hue_jitter")
 
 
 @dataclass(frozen=True)

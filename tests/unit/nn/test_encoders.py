@@ -133,7 +133,8 @@ def test_stain_jitter_is_colour_deconvolution_and_chunk_invariant() -> None:
     np.testing.assert_allclose(hed_out[:, 0], 1.2 * hed_in[:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(hed_out[:, 1:], hed_in[:, 1:], atol=1e-5)
     # augmentation of a bag does not depend on how it is cut into chunks
-    pre = PatchPreprocess(flips=True, color_jitter=0.1, stain_jitter=0.1).double().train()
+    pre = PatchPreprocess(flips=True, color_jitter=0.1, stain_jitter=0.1, hue_jitter=0.1)
+    pre = pre.double().train()
     patches = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8)
     torch.manual_seed(5)
     whole = pre(patches)
@@ -142,9 +143,23 @@ def test_stain_jitter_is_colour_deconvolution_and_chunk_invariant() -> None:
     torch.testing.assert_close(whole, parts)
 
 
+def reference_hue(p: torch.Tensor, turns: float) -> torch.Tensor:
+    """Hue rotation of one patch (3, H, W) as documented: RGB -> YIQ, (I, Q) rotated by
+    ``turns`` of a turn, back to RGB, clamped."""
+    yiq_from_rgb = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+        dtype=torch.float64,
+    )
+    y, i, q = torch.einsum("sc,chw->shw", yiq_from_rgb, p)
+    t = 2 * np.pi * turns
+    rotated = torch.stack([y, i * np.cos(t) - q * np.sin(t), i * np.sin(t) + q * np.cos(t)])
+    rgb = torch.linalg.solve(yiq_from_rgb, rotated.reshape(3, -1)).reshape(p.shape)
+    return rgb.clamp(0, 1)
+
+
 def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The documented augmentation, one patch at a time and one step after the other (x (n, 3,
-    H, W) in [0, 1], u (n, 12) the module's float32 uniforms)."""
+    H, W) in [0, 1], u (n, k) the module's float32 uniforms)."""
     out = []
     s, sig = pre.color_jitter, pre.stain_jitter
     for p, r in zip(x, u, strict=True):
@@ -158,6 +173,11 @@ def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) ->
         p = (p - p.mean()) * c + p.mean()
         gray = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]
         p = ((p - gray) * sat + gray).clamp(0, 1)
+        if pre.hue_jitter > 0:
+            p = reference_hue(p, pre.hue_jitter * (2 * float(r[12 if sig > 0 else 6]) - 1))
+        if sig == 0:
+            out.append(p)
+            continue
         a, off = (1 + sig * (2 * r[6:9] - 1)).double(), (sig * (2 * r[9:12] - 1)).double()
         hed = torch.einsum("chw,cs->shw", -torch.log(p.clamp(min=1 / 255)), pre.hed_from_rgb)
         hed = hed * a[:, None, None] + off[:, None, None] * hed.mean(dim=(1, 2), keepdim=True)
@@ -178,6 +198,49 @@ def test_augmentation_equals_the_step_by_step_reference() -> None:
     out = pre(patches) * pre.std + pre.mean
     ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("stain", [0.0, 0.2])
+def test_hue_jitter_equals_the_reference_and_keeps_luma(stain: float) -> None:
+    pre = PatchPreprocess(
+        flips=True, rot90=True, color_jitter=0.2, stain_jitter=stain, hue_jitter=0.1
+    ).double()
+    assert "hue_jitter=0.1" in repr(pre)
+    patches = torch.randint(0, 256, (30, 10, 10, 3), dtype=torch.uint8)
+    k = 13 if stain else 7  # one more uniform per patch than without hue jitter
+    torch.manual_seed(4)
+    u = torch.rand(30, k)
+    torch.manual_seed(4)
+    out = pre.train()(patches) * pre.std + pre.mean
+    ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # float32 YIQ matrices
+    # away from the clamp: the luma is kept, and rotating back restores the patch
+    x = torch.rand(6, 3, 8, 8, dtype=torch.float64) * 0.2 + 0.4
+    turns = torch.linspace(-0.1, 0.1, 6, dtype=torch.float64)
+    y = pre._hue_rotate(x, turns)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.einsum("nchw,c->nhw", y, luma),
+        torch.einsum("nchw,c->nhw", x, luma),
+        atol=1e-6,
+        rtol=0,
+    )
+    assert (y - x).abs().amax() > 0.01
+    torch.testing.assert_close(pre._hue_rotate(y, -turns), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pre._hue_rotate(x, torch.zeros(6)), x, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="hue_jitter"):
+        PatchPreprocess(hue_jitter=0.6)
+
+
+def test_hue_jitter_reaches_the_model() -> None:
+    from gigamil.models.factory import build_mil_model
+
+    model = build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={"hue_jitter": 0.05})
+    assert model.feature_encoder[0].hue_jitter == 0.05
+    assert (
+        build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={}).feature_encoder[0].hue_jitter
+        == 0
+    )
 
 
 def test_encoder_settings_checked_without_building(tmp_path) -> None:

@@ -1,17 +1,25 @@
 """Patch preprocessing and augmentation, inside the encoder path.
 
 Every random number is drawn from torch's global generator with ONE ``torch.rand(n, k)`` call per
-chunk (one row per patch; k = 6, or 12 with stain jitter). On CPU that makes the augmentation independent of how a bag is cut
+chunk (one row per patch; k = 6, 12 with stain jitter, one more with hue jitter). On CPU that makes the augmentation independent of how a bag is cut
 into chunks, and the accumulating trainer can replay it exactly by restoring the RNG state.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# NTSC YIQ (FCC 1953): Y is the luma, (I, Q) the chroma plane that a hue rotation turns
+YIQ_FROM_RGB = (
+    (0.299, 0.587, 0.114),
+    (0.596, -0.274, -0.322),
+    (0.211, -0.523, 0.312),
+)
 # Haematoxylin, eosin and DAB stain vectors (Ruifrok & Johnston 2001, as in skimage.color.rgb2hed)
 RGB_FROM_HED = (
     (0.65, 0.70, 0.29),
@@ -36,8 +44,12 @@ class PatchPreprocess(nn.Module):
         stain_jitter: float = 0.0,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        hue_jitter: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= hue_jitter <= 0.5:
+            raise ValueError(f"hue_jitter: {hue_jitter} is not in [0, 0.5] (a fraction of a turn)")
+        self.hue_jitter = float(hue_jitter)
         self.flips = bool(flips)
         self.rot90 = bool(rot90)
         self.color_jitter = float(color_jitter)
@@ -46,13 +58,18 @@ class PatchPreprocess(nn.Module):
         rgb_from_hed = rgb_from_hed / rgb_from_hed.norm(dim=1, keepdim=True)
         self.register_buffer("rgb_from_hed", rgb_from_hed.float())
         self.register_buffer("hed_from_rgb", torch.linalg.inv(rgb_from_hed).float())
+        yiq_from_rgb = torch.tensor(YIQ_FROM_RGB, dtype=torch.float64)
+        self.register_buffer("yiq_from_rgb", yiq_from_rgb.float(), persistent=False)
+        self.register_buffer(
+            "rgb_from_yiq", torch.linalg.inv(yiq_from_rgb).float(), persistent=False
+        )
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def extra_repr(self) -> str:
         return (
             f"flips={self.flips}, rot90={self.rot90}, color_jitter={self.color_jitter}, "
-            f"stain_jitter={self.stain_jitter}"
+            f"stain_jitter={self.stain_jitter}, hue_jitter={self.hue_jitter}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +81,11 @@ class PatchPreprocess(nn.Module):
         else:
             x = x.to(dt)
         if self.training and (
-            self.flips or self.rot90 or self.color_jitter > 0 or self.stain_jitter > 0
+            self.flips
+            or self.rot90
+            or self.color_jitter > 0
+            or self.stain_jitter > 0
+            or self.hue_jitter > 0
         ):
             x = self._augment(x)
         # (x - mean) / std in one pass (elementwise ops on a contiguous tensor: several times
@@ -74,12 +95,16 @@ class PatchPreprocess(nn.Module):
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         k = 12 if self.stain_jitter > 0 else 6
+        hue_col = k
+        k += 1 if self.hue_jitter > 0 else 0
         u = torch.rand(n, k, device=x.device)  # one row of uniforms per patch (chunk-invariant)
         if self.flips or (self.rot90 and x.shape[-1] == x.shape[-2]):
             x = self._dihedral(x, u)
         s = self.color_jitter
         if s > 0:
             x = self._color_jitter(x, (1.0 + s * (2.0 * u[:, 3:6] - 1.0)).to(x.dtype))
+        if self.hue_jitter > 0:
+            x = self._hue_rotate(x, self.hue_jitter * (2.0 * u[:, hue_col] - 1.0))
         if self.stain_jitter > 0:
             x = self._stain_jitter(x, u[:, 6:12])
         return x
@@ -99,6 +124,20 @@ class PatchPreprocess(nn.Module):
         gray = torch.einsum("nchw,c->nhw", x, luma).unsqueeze(1)  # (n, 1, H, W)
         gray = gray * (alpha * (1.0 - sat)).view(n, 1, 1, 1) + beta.view(n, 1, 1, 1)
         return torch.addcmul(gray, x, (alpha * sat).view(n, 1, 1, 1)).clamp_(0.0, 1.0)
+
+    def _hue_rotate(self, x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        """Rotate the hue of each patch of x (n, 3, H, W) in [0, 1] by ``turns`` (n,) of a full
+        turn: the chroma plane (I, Q) of the YIQ colour space is rotated about the luma axis Y,
+        which stays unchanged (the linear hue rotation of image processing, an approximation of
+        an HSV hue shift such as torchvision's ``adjust_hue``); then clamped to [0, 1]."""
+        n = x.shape[0]
+        theta = (2.0 * math.pi) * turns.to(torch.float64)
+        c, s = torch.cos(theta), torch.sin(theta)
+        rot = torch.zeros(n, 3, 3, dtype=torch.float64, device=x.device)
+        rot[:, 0, 0] = 1.0
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+        m = self.rgb_from_yiq.double() @ rot @ self.yiq_from_rgb.double()  # (n, 3, 3)
+        return torch.einsum("nij,njhw->nihw", m.to(x.dtype), x).clamp_(0.0, 1.0)
 
     def _dihedral(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Per patch: flip W if u0 < 0.5, flip H if u1 < 0.5 (``flips``), then rotate by
