@@ -242,7 +242,11 @@ def run_baseline(
     )
     stores = {s: wd / "results" / "patches" / cohort / f"{s}.zarr" for s in sheet["slide_id"]}
     labels = dict(zip(sheet["slide_id"], (sheet["label"] == positive).astype(int), strict=True))
-    masks = dict(zip(sheet["slide_id"], [wd / m for m in sheet["lesion_mask"]], strict=True))
+    masks = {  # slides without a mask (normal ones may have none) are not localised
+        s: wd / m
+        for s, m in zip(sheet["slide_id"], sheet["lesion_mask"], strict=True)
+        if isinstance(m, str) and m
+    }
     start = time.perf_counter()
     out = evaluate_stores(stores, labels, folds, masks)
     out["seconds"] = time.perf_counter() - start
@@ -329,6 +333,10 @@ def baseline_on_run(wd: Path) -> dict[str, Any]:
     """The colour baseline on the finished workflow run in ``wd`` (its config.yaml's experiment
     and single cohort; the sheet's ``lesion_mask`` column)."""
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    if len(cfg["cohorts"]) != 1:
+        raise SystemExit(
+            f"--baseline-on: {wd}/config.yaml has {len(cfg['cohorts'])} cohorts, not 1"
+        )
     (cohort,) = cfg["cohorts"]
     sheet = pd.read_csv(wd / cfg["cohorts"][cohort]["sheet"], dtype={"slide_id": str})
     return run_baseline(wd, sheet, str(cfg["classes"][1]), cfg["experiment"], cohort)

@@ -58,11 +58,6 @@ class PatchPreprocess(nn.Module):
         rgb_from_hed = rgb_from_hed / rgb_from_hed.norm(dim=1, keepdim=True)
         self.register_buffer("rgb_from_hed", rgb_from_hed.float())
         self.register_buffer("hed_from_rgb", torch.linalg.inv(rgb_from_hed).float())
-        yiq_from_rgb = torch.tensor(YIQ_FROM_RGB, dtype=torch.float64)
-        self.register_buffer("yiq_from_rgb", yiq_from_rgb.float(), persistent=False)
-        self.register_buffer(
-            "rgb_from_yiq", torch.linalg.inv(yiq_from_rgb).float(), persistent=False
-        )
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
@@ -128,15 +123,17 @@ class PatchPreprocess(nn.Module):
     def _hue_rotate(self, x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
         """Rotate the hue of each patch of x (n, 3, H, W) in [0, 1] by ``turns`` (n,) of a full
         turn: the chroma plane (I, Q) of the YIQ colour space is rotated about the luma axis Y,
-        which stays unchanged (the linear hue rotation of image processing, an approximation of
-        an HSV hue shift such as torchvision's ``adjust_hue``); then clamped to [0, 1]."""
+        which stays unchanged before the clamp (the linear hue rotation of image processing, a
+        stand-in for an HSV hue shift such as torchvision's ``adjust_hue``); then clamped to
+        [0, 1]."""
         n = x.shape[0]
         theta = (2.0 * math.pi) * turns.to(torch.float64)
         c, s = torch.cos(theta), torch.sin(theta)
         rot = torch.zeros(n, 3, 3, dtype=torch.float64, device=x.device)
         rot[:, 0, 0] = 1.0
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
-        m = self.rgb_from_yiq.double() @ rot @ self.yiq_from_rgb.double()  # (n, 3, 3)
+        yiq_from_rgb = torch.tensor(YIQ_FROM_RGB, dtype=torch.float64, device=x.device)
+        m = torch.linalg.inv(yiq_from_rgb) @ rot @ yiq_from_rgb  # (n, 3, 3), float64
         return torch.einsum("nij,njhw->nihw", m.to(x.dtype), x).clamp_(0.0, 1.0)
 
     def _dihedral(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
