@@ -48,3 +48,19 @@ def test_result_record_and_save_keep_other_variants(bench, tmp_path) -> None:
     saved = json.loads(path.read_text())
     assert sorted(saved) == ["a", "b"] and saved["a"]["set"] == ["training.lr=0.001"]
     assert "git_commit" in saved["b"]
+
+
+def test_settings_differences_name_each_key_that_differs(bench) -> None:
+    draw = {"cv": {"val_fraction": 0.2, "folds": 6}, "training": {"epochs": 60, "augment": {}}}
+    ref = {
+        "cv": {"val_fraction": 0, "folds": 6},
+        "training": {"epochs": 48, "augment": {"hue_jitter": 0.05}},
+        "heatmaps": {"top_k": 8},  # not a screened section
+    }
+    assert bench.settings_differences(draw, ref) == {
+        "cv.val_fraction": [0.2, 0],
+        "training.augment.hue_jitter": [None, 0.05],
+        "training.epochs": [60, 48],
+    }
+    assert bench.settings_differences(ref, ref) == {}
+    assert bench.flat({"a": {"b": [1, 2]}, "c": 3}) == {"a.b": [1, 2], "c": 3}
