@@ -213,7 +213,7 @@ def test_hue_jitter_equals_the_reference_and_keeps_luma(stain: float) -> None:
     torch.manual_seed(4)
     out = pre.train()(patches) * pre.std + pre.mean
     ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # float32 YIQ matrices
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # float32 HED matrices
     # away from the clamp: the luma is kept, and rotating back restores the patch
     x = torch.rand(6, 3, 8, 8, dtype=torch.float64) * 0.2 + 0.4
     turns = torch.linspace(-0.1, 0.1, 6, dtype=torch.float64)
