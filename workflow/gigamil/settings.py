@@ -92,6 +92,7 @@ class AugmentConfig(_Section):
     color_jitter: float = _default(_AUG, "color_jitter")
     stain_jitter: float = _default(_AUG, "stain_jitter")
     hue_jitter: float = _default(_AUG, "hue_jitter")
+    grayscale: float = _default(_AUG, "grayscale")
 
 
 @dataclass(frozen=True)

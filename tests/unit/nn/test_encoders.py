@@ -162,6 +162,7 @@ def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) ->
     H, W) in [0, 1], u (n, k) the module's float32 uniforms)."""
     out = []
     s, sig = pre.color_jitter, pre.stain_jitter
+    gray_col = (12 if sig > 0 else 6) + (1 if pre.hue_jitter > 0 else 0)
     for p, r in zip(x, u, strict=True):
         if r[0] < 0.5:
             p = p.flip(-1)
@@ -175,13 +176,14 @@ def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) ->
         p = ((p - gray) * sat + gray).clamp(0, 1)
         if pre.hue_jitter > 0:
             p = reference_hue(p, pre.hue_jitter * (2 * float(r[12 if sig > 0 else 6]) - 1))
-        if sig == 0:
-            out.append(p)
-            continue
-        a, off = (1 + sig * (2 * r[6:9] - 1)).double(), (sig * (2 * r[9:12] - 1)).double()
-        hed = torch.einsum("chw,cs->shw", -torch.log(p.clamp(min=1 / 255)), pre.hed_from_rgb)
-        hed = hed * a[:, None, None] + off[:, None, None] * hed.mean(dim=(1, 2), keepdim=True)
-        p = torch.exp(-torch.einsum("shw,sc->chw", hed, pre.rgb_from_hed)).clamp(0, 1)
+        if sig > 0:
+            a, off = (1 + sig * (2 * r[6:9] - 1)).double(), (sig * (2 * r[9:12] - 1)).double()
+            od = -torch.log(p.clamp(min=1 / 255))
+            hed = torch.einsum("chw,cs->shw", od, pre.hed_from_rgb)
+            hed = hed * a[:, None, None] + off[:, None, None] * hed.mean(dim=(1, 2), keepdim=True)
+            p = torch.exp(-torch.einsum("shw,sc->chw", hed, pre.rgb_from_hed)).clamp(0, 1)
+        if pre.grayscale > 0 and r[gray_col] < pre.grayscale:
+            p = (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).expand(3, -1, -1)
         out.append(p)
     return torch.stack(out)
 
@@ -232,11 +234,43 @@ def test_hue_jitter_equals_the_reference_and_keeps_luma(stain: float) -> None:
         PatchPreprocess(hue_jitter=0.6)
 
 
-def test_hue_jitter_reaches_the_model() -> None:
+@pytest.mark.parametrize(("stain", "hue"), [(0.0, 0.0), (0.2, 0.0), (0.2, 0.1)])
+def test_random_grayscale_equals_the_reference(stain: float, hue: float) -> None:
+    pre = PatchPreprocess(
+        flips=True, rot90=True, color_jitter=0.2, stain_jitter=stain, hue_jitter=hue, grayscale=0.4
+    ).double()
+    assert "grayscale=0.4" in repr(pre)
+    n = 60
+    patches = torch.randint(0, 256, (n, 10, 10, 3), dtype=torch.uint8)
+    k = (12 if stain else 6) + (1 if hue else 0) + 1  # one more uniform per patch
+    torch.manual_seed(6)
+    u = torch.rand(n, k)
+    torch.manual_seed(6)
+    out = pre.train()(patches) * pre.std + pre.mean
+    ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    grey = (out[:, 0] - out[:, 1]).abs().amax(dim=(1, 2)) < 1e-9
+    torch.testing.assert_close(grey, u[:, -1] < 0.4)  # the last uniform picks the grey patches
+    assert 0 < int(grey.sum()) < n
+    # colourless patches keep their values; eval mode leaves every patch in colour
+    pre.grayscale = 1.0
+    flat = torch.full((4, 6, 6, 3), 100, dtype=torch.uint8)
+    torch.testing.assert_close(
+        pre._random_grayscale(flat.permute(0, 3, 1, 2).double() / 255, torch.ones(4, dtype=bool)),
+        flat.permute(0, 3, 1, 2).double() / 255,
+    )
+    assert (pre.eval()(patches)[:, 0] != pre(patches)[:, 1]).any()
+    with pytest.raises(ValueError, match="grayscale"):
+        PatchPreprocess(grayscale=1.5)
+
+
+def test_hue_jitter_and_grayscale_reach_the_model() -> None:
     from gigamil.models.factory import build_mil_model
 
-    model = build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={"hue_jitter": 0.05})
+    aug = {"hue_jitter": 0.05, "grayscale": 0.2}
+    model = build_mil_model({"encoder": "smallcnn"}, 2, 16, augment=aug)
     assert model.feature_encoder[0].hue_jitter == 0.05
+    assert model.feature_encoder[0].grayscale == 0.2
     assert (
         build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={}).feature_encoder[0].hue_jitter
         == 0

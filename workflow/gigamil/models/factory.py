@@ -27,7 +27,8 @@ def build_mil_model(
     """Encoder (with preprocessing/augmentation in front) + attention head + loss.
 
     ``model_cfg``: the ``model:`` section (missing keys take the schema defaults).
-    ``augment``: ``{flips, rot90, color_jitter, stain_jitter, hue_jitter}`` (applied in training mode only; None: none).
+    ``augment``: ``{flips, rot90, color_jitter, stain_jitter, hue_jitter,
+    grayscale}`` (applied in training mode only; None: none).
     ``feature_dim``: the model reads cached features (n, feature_dim) of the frozen encoder
     (gigamil.data.features): its feature encoder is the identity, only the head is built.
     """
@@ -62,6 +63,7 @@ def build_mil_model(
             color_jitter=aug.color_jitter,
             stain_jitter=aug.stain_jitter,
             hue_jitter=aug.hue_jitter,
+            grayscale=aug.grayscale,
             mean=mean,
             std=std,
         )

@@ -1,7 +1,8 @@
 """Patch preprocessing and augmentation, inside the encoder path.
 
 Every random number is drawn from torch's global generator with ONE ``torch.rand(n, k)`` call per
-chunk (one row per patch; k = 6, 12 with stain jitter, one more with hue jitter). On CPU that makes the augmentation independent of how a bag is cut
+chunk (one row per patch; k = 6, 12 with stain jitter, one more with hue jitter, one more with
+random greyscale). On CPU that makes the augmentation independent of how a bag is cut
 into chunks, and the accumulating trainer can replay it exactly by restoring the RNG state.
 """
 
@@ -32,8 +33,8 @@ class PatchPreprocess(nn.Module):
     """uint8 (n, H, W, 3) or float (n, 3, H, W) in [0, 1] → augmented, normalised (n, 3, H, W).
 
     Tensors that are not 4-D (e.g. pre-extracted features (n, D)) pass through unchanged.
-    Augmentation (flips, 90° rotations, brightness/contrast/saturation jitter) runs only in
-    training mode. The output dtype follows the module's buffers (``.double()`` gives float64).
+    Augmentation (flips, 90° rotations, brightness/contrast/saturation jitter, hue rotation, H&E
+    stain jitter, random greyscale, in that order) runs only in training mode. The output dtype follows the module's buffers (``.double()`` gives float64).
     """
 
     def __init__(
@@ -45,11 +46,15 @@ class PatchPreprocess(nn.Module):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         hue_jitter: float = 0.0,
+        grayscale: float = 0.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= hue_jitter <= 0.5:
             raise ValueError(f"hue_jitter: {hue_jitter} is not in [0, 0.5] (a fraction of a turn)")
+        if not 0.0 <= grayscale <= 1.0:
+            raise ValueError(f"grayscale: {grayscale} is not a probability in [0, 1]")
         self.hue_jitter = float(hue_jitter)
+        self.grayscale = float(grayscale)
         self.flips = bool(flips)
         self.rot90 = bool(rot90)
         self.color_jitter = float(color_jitter)
@@ -64,7 +69,8 @@ class PatchPreprocess(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"flips={self.flips}, rot90={self.rot90}, color_jitter={self.color_jitter}, "
-            f"stain_jitter={self.stain_jitter}, hue_jitter={self.hue_jitter}"
+            f"stain_jitter={self.stain_jitter}, hue_jitter={self.hue_jitter}, "
+            f"grayscale={self.grayscale}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +87,7 @@ class PatchPreprocess(nn.Module):
             or self.color_jitter > 0
             or self.stain_jitter > 0
             or self.hue_jitter > 0
+            or self.grayscale > 0
         ):
             x = self._augment(x)
         # (x - mean) / std in one pass (elementwise ops on a contiguous tensor: several times
@@ -92,6 +99,8 @@ class PatchPreprocess(nn.Module):
         k = 12 if self.stain_jitter > 0 else 6
         hue_col = k
         k += 1 if self.hue_jitter > 0 else 0
+        gray_col = k
+        k += 1 if self.grayscale > 0 else 0
         u = torch.rand(n, k, device=x.device)  # one row of uniforms per patch (chunk-invariant)
         if self.flips or (self.rot90 and x.shape[-1] == x.shape[-2]):
             x = self._dihedral(x, u)
@@ -102,7 +111,22 @@ class PatchPreprocess(nn.Module):
             x = self._hue_rotate(x, self.hue_jitter * (2.0 * u[:, hue_col] - 1.0))
         if self.stain_jitter > 0:
             x = self._stain_jitter(x, u[:, 6:12])
+        if self.grayscale > 0:
+            x = self._random_grayscale(x, u[:, gray_col] < self.grayscale)
         return x
+
+    @staticmethod
+    def _random_grayscale(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
+        """The patches of x (n, 3, H, W) where ``pick`` (n,) is true become grey: each channel
+        is set to the luma 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, as torchvision's
+        ``RandomGrayscale``), which keeps the patch's morphology and intensity and removes its
+        colour."""
+        if not bool(pick.any()):
+            return x
+        idx = pick.nonzero().squeeze(1)
+        luma = torch.tensor((0.299, 0.587, 0.114), dtype=x.dtype, device=x.device)
+        gray = torch.einsum("nchw,c->nhw", x.index_select(0, idx), luma).unsqueeze(1)
+        return x.index_copy(0, idx, gray.expand(-1, 3, -1, -1))
 
     @staticmethod
     def _color_jitter(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
