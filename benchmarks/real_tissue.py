@@ -13,7 +13,9 @@ For each draw (seeds seed, seed+1, ...):
 2. Runs the real pipeline on it with snakemake (``--snakefile <repo>/Snakefile --directory
    benchmarks/work/real_tissue/draw{seed}``), with the repo's config.yaml settings (plus the
    ``--set`` overrides) and that cohort as the only, ``train``, cohort, up to the
-   cross-validation summary (results/eval/real_tissue/summary.json). The work dir is wiped first,
+   cross-validation summary (results/eval/real_tissue/summary.json); the patches follow the
+   tiles (preprocessing.patches.mpp = --tile-mpp, patch_px = the tiles' side, so that every
+   patch is one tile as in the demo) unless ``--set`` names them. The work dir is wiped first,
    so the wall time covers everything: masks, patches, splits, training, prediction, evaluation.
 3. Runs the colour-histogram baseline (gigamil.evaluate.baseline: weak-label logistic regression
    on per-patch RGB histograms, slide score = mean of the top 20 % patch scores) on the same patch
@@ -113,6 +115,20 @@ def build_cohort(wd: Path, args: argparse.Namespace, seed: int) -> pd.DataFrame:
     ]
     sheet.to_csv(wd / "sheet.csv", index=False)
     return sheet
+
+
+def patch_geometry(tiles: Path | None, tile_mpp: float) -> dict[str, Any]:
+    """The ``preprocessing.patches`` overrides that make every patch one tile, as in the demo:
+    ``mpp`` = the tiles' µm/px, ``patch_px`` = the side of the pool's first tile (the cohort
+    builder refuses tiles of another size). Raises GigamilError for non-square tiles."""
+    from gigamil.errors import GigamilError
+    from gigamil.tile_pool import decode_tile, read_tile_pool
+
+    first = read_tile_pool(tiles)[0]
+    h, w = decode_tile(first).shape[:2]
+    if h != w:
+        raise GigamilError(f"tile {first.file}: {h} x {w} px, the mosaic needs square tiles")
+    return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": int(h)}}}
 
 
 def write_config(wd: Path, overrides: dict[str, Any]) -> Path:
@@ -352,7 +368,17 @@ def main(argv: list[str] | None = None) -> int:
             f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s"
         )
         return 0
-    overrides = parse_set(args.overrides)
+    geometry = patch_geometry(args.tiles, args.tile_mpp)
+    overrides = deep_update(geometry, parse_set(args.overrides))  # --set wins
+    used = overrides["preprocessing"]["patches"]
+    print(f"patches: {used['patch_px']} px at {used['mpp']} µm/px", end="")
+    if used != {**used, **geometry["preprocessing"]["patches"]}:
+        print(
+            " (set by --set, not the tiles' geometry: a patch is not one tile, and the "
+            "'tiles -> patches' fraction is not meaningful)"
+        )
+    else:
+        print(" (the tiles' size and µm/px: every patch is one tile)")
     positive = yaml.safe_load((REPO / "config.yaml").read_text())["classes"][1]
     draws = []
     for seed in range(args.seed, args.seed + args.draws):

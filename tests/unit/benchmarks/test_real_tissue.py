@@ -107,3 +107,26 @@ def test_baseline_on_a_finished_run_reads_its_layout(bench, tmp_path, capsys):
     assert bench.main(["--baseline-on", str(run)]) == 0
     line = capsys.readouterr().out
     assert "OOF AUC 1.000" in line and "(2 slides)" in line
+
+
+def test_patches_follow_the_tiles_unless_set(bench, tmp_path):
+    from PIL import Image
+
+    from gigamil.errors import GigamilError
+
+    for label in ("0", "1"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (64, 64), (200, 120, 180)).save(tmp_path / label / "a.png")
+    geometry = bench.patch_geometry(tmp_path, 0.5)
+    assert geometry == {"preprocessing": {"patches": {"mpp": 0.5, "patch_px": 64}}}
+    # --set wins over the tiles' geometry; the other patch keys stay the repo's
+    over = bench.deep_update(geometry, bench.parse_set(["preprocessing.patches.patch_px=32"]))
+    assert over["preprocessing"]["patches"] == {"mpp": 0.5, "patch_px": 32}
+    cfg = yaml.safe_load(bench.write_config(tmp_path, over).read_text())
+    repo_patches = yaml.safe_load((bench.REPO / "config.yaml").read_text())["preprocessing"][
+        "patches"
+    ]
+    assert cfg["preprocessing"]["patches"] == {**repo_patches, "mpp": 0.5, "patch_px": 32}
+    Image.new("RGB", (64, 48)).save(tmp_path / "0" / "0.png")  # sorted first
+    with pytest.raises(GigamilError, match="64 x 48|48 x 64"):
+        bench.patch_geometry(tmp_path, 0.5)
