@@ -7,8 +7,9 @@ folds, lesion masks and config.yaml):
     python benchmarks/screen.py NAME --draws --dirs CLONE   # a finished demo run in CLONE
 
 For every draw, training seed and fold it calls the package directly, as the workflow's rules
-do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides (with
-``--set cv.val_fraction=0`` both train, as the workflow's split would have it; the draw's
+do: :func:`gigamil.train.run.train_fold` on the fold's ``train``/``val`` slides (the split of
+:func:`gigamil.splits.make_folds` with the screen's ``cv`` settings, e.g. ``--set
+cv.val_fraction=0``: the draw's validation patients train too, in folds.csv's order; the draw's
 ``config.yaml`` ``model:``/``training:`` sections plus the ``--set`` overrides, the seed as
 ``training.seed``), :func:`gigamil.train.predict.predict_slides` on its ``test`` slides and
 :func:`gigamil.evaluate.localization.slide_localization` of their attention against the lesion
@@ -57,39 +58,71 @@ OUT = REPO / "benchmarks" / "work" / "screen"
 RESULTS = REPO / "benchmarks" / "results" / "screen.json"
 
 
-def fold_job(job: tuple[str, Path, int, int, dict[str, Any]]) -> tuple[list[dict], dict]:
-    """Train, predict and localise one fold of one draw; (per-slide rows, fold summary)."""
+def screen_folds(
+    draw_folds: pd.DataFrame, cv: dict[str, Any], sheet: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The folds the workflow's split (:func:`gigamil.splits.make_folds`) makes from a draw's
+    slides with the screen's ``cv`` settings (e.g. ``cv.val_fraction=0``: the draw's validation
+    patients train too): folds.csv's rows and order. With the draw's own ``cv.folds``,
+    ``cv.seed`` and ``cv.stratify_by`` the test folds are the draw's (its patches were cut for
+    them); the assignment of test patients does not depend on ``val_fraction``. ``sheet``
+    (slide_id and the ``cv.stratify_by`` columns) is needed only with ``stratify_by``.
+
+    Raises SystemExit if the draw's folds.csv came from other ``cv`` settings than these
+    (different test folds)."""
+    from gigamil.splits import make_folds
+
+    slides = draw_folds.drop_duplicates(["cohort", "slide_id"])[
+        ["cohort", "slide_id", "patient_id", "label"]
+    ]
+    strata = list(cv.get("stratify_by", []))
+    if strata and sheet is not None:  # folds.csv lacks the sheet's columns to balance
+        slides = slides.merge(sheet[["slide_id", *strata]], on="slide_id", how="left")
+    folds = make_folds(
+        slides,
+        int(cv["folds"]),
+        float(cv["val_fraction"]),
+        int(cv["seed"]),
+        strata,
+    )
+
+    def tests(df: pd.DataFrame) -> set[tuple[int, str]]:
+        t = df[df.role == "test"]
+        return set(zip(t["fold"], t["slide_id"], strict=True))
+
+    if tests(folds) != tests(draw_folds):
+        raise SystemExit(
+            "the draw's folds.csv has other test folds than cv.folds / cv.seed / "
+            "cv.stratify_by give: screen with the draw's cv settings"
+        )
+    return folds
+
+
+def fold_job(
+    job: tuple[str, Path, int, int, dict[str, Any], pd.DataFrame],
+) -> tuple[list[dict], dict]:
+    """Train, predict and localise one fold of one draw (job: name, draw dir, training seed,
+    fold, config, :func:`screen_folds`); (per-slide rows, fold summary)."""
     from gigamil.evaluate.localization import slide_localization
     from gigamil.train.predict import predict_slides
     from gigamil.train.run import train_fold
 
-    name, draw, seed, fold, cfg = job
+    name, draw, seed, fold, cfg, folds = job
     logging.basicConfig(level=logging.WARNING)
-    experiment = cfg["experiment"]
     (cohort,) = cfg["cohorts"]
     classes = [str(c) for c in cfg["classes"]]
-    folds = pd.read_csv(
-        draw / "results" / "splits" / experiment / "folds.csv",
-        dtype={"slide_id": str, "patient_id": str, "cohort": str},
-    )
     sheet = pd.read_csv(draw / cfg["cohorts"][cohort]["sheet"]).set_index("slide_id")
     masks = draw / "results" / cohort / "lesion_masks"  # a demo cohort's generated masks
     if "lesion_mask" not in sheet.columns and masks.is_dir():
         sheet["lesion_mask"] = [str(masks / f"{s}.png") for s in sheet.index]
-    folds["store"] = [
-        str(draw / "results" / "patches" / cohort / f"{s}.zarr") for s in folds.slide_id
-    ]
-    folds["cohort"] = cohort
-    f = folds[folds["fold"] == fold]
+    f = folds[folds["fold"] == fold].copy()
+    f["store"] = [str(draw / "results" / "patches" / cohort / f"{s}.zarr") for s in f.slide_id]
     out = OUT / name / draw.name / f"seed{seed}" / f"fold{fold}"
     training = {**cfg["training"], "seed": seed}
     t0 = time.time()
+    # in make_folds' order, as the workflow reads folds.csv (the order of the bags is part of
+    # the training's random stream)
     train, val = f[f.role == "train"], f[f.role == "val"]
-    if float(cfg["cv"]["val_fraction"]) == 0:  # as the workflow's split: no validation slides,
-        # the training slides in folds.csv's order (make_folds sorts them by cohort, slide_id;
-        # the order of the bags is part of the training's random stream)
-        train = f[f.role.isin(["train", "val"])].sort_values(["cohort", "slide_id"])
-        val = f.iloc[:0]
     model = train_fold(
         train,
         val,
@@ -247,8 +280,17 @@ def main() -> None:
             differs[draw.name] = diff
             shown = ", ".join(f"{k} {v[0]!r} (config.yaml: {v[1]!r})" for k, v in diff.items())
             print(f"note: {draw.name} trains with its own settings where they differ: {shown}")
+        draw_folds = pd.read_csv(
+            draw / "results" / "splits" / cfg["experiment"] / "folds.csv",
+            dtype={"slide_id": str, "patient_id": str, "cohort": str},
+        )
+        (cohort,) = cfg["cohorts"]
+        sheet = pd.read_csv(draw / cfg["cohorts"][cohort]["sheet"], dtype={"slide_id": str})
+        folds = screen_folds(draw_folds, cfg["cv"], sheet)
         jobs += [
-            (args.name, draw, s, k, cfg) for s in args.seeds for k in range(cfg["cv"]["folds"])
+            (args.name, draw, s, k, cfg, folds)
+            for s in args.seeds
+            for k in range(cfg["cv"]["folds"])
         ]
     t0 = time.time()
     with ProcessPoolExecutor(args.workers) as ex:

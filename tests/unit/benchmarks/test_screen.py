@@ -64,3 +64,40 @@ def test_settings_differences_name_each_key_that_differs(bench) -> None:
     }
     assert bench.settings_differences(ref, ref) == {}
     assert bench.flat({"a": {"b": [1, 2]}, "c": 3}) == {"a.b": [1, 2], "c": 3}
+
+
+def test_screen_folds_are_the_workflow_split_for_the_screen_settings(bench) -> None:
+    import pytest
+
+    from gigamil.splits import make_folds
+
+    sheet = pd.DataFrame(
+        {
+            "cohort": "c",
+            "slide_id": [f"p{i:02d}_s{j}" for i in range(12) for j in (1, 2)],
+            "patient_id": [f"p{i:02d}" for i in range(12) for _ in (1, 2)],
+            "label": [("normal", "lesion")[i % 2] for i in range(12) for _ in (1, 2)],
+            "site": [("a", "b")[(i // 2) % 2] for i in range(12) for _ in (1, 2)],
+        }
+    )
+    draw = make_folds(sheet, 4, val_fraction=0.25, seed=0)  # a draw built with validation
+    cv = {"folds": 4, "val_fraction": 0, "seed": 0, "stratify_by": []}
+    folds = bench.screen_folds(draw, cv)
+    pd.testing.assert_frame_equal(folds, make_folds(sheet, 4, val_fraction=0, seed=0))
+    assert set(folds.role) == {"train", "test"}
+    for k in range(4):  # the draw's validation patients train; the test folds are the draw's
+        mine, theirs = folds[folds.fold == k], draw[draw.fold == k]
+        assert set(mine[mine.role == "test"].slide_id) == set(
+            theirs[theirs.role == "test"].slide_id
+        )
+        assert set(mine[mine.role == "train"].slide_id) == set(
+            theirs[theirs.role != "test"].slide_id
+        )
+    # the draw's own settings give its folds.csv back
+    same = {**cv, "val_fraction": 0.25}
+    pd.testing.assert_frame_equal(bench.screen_folds(draw, same), draw)
+    strat = make_folds(sheet, 4, val_fraction=0.25, seed=0, stratify_by=["site"])
+    got = bench.screen_folds(strat, {**same, "stratify_by": ["site"]}, sheet)
+    pd.testing.assert_frame_equal(got, strat)
+    with pytest.raises(SystemExit, match="other test folds"):
+        bench.screen_folds(draw, {**cv, "seed": 5})
