@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,21 @@ def build_cohort(wd: Path, args: argparse.Namespace, seed: int) -> pd.DataFrame:
     return sheet
 
 
-def patch_geometry(tiles: Path | None, tile_mpp: float) -> dict[str, Any]:
+def patch_geometry(
+    tiles: Path | None, tile_mpp: float, exclude: Collection[str] = ()
+) -> dict[str, Any]:
     """The ``preprocessing.patches`` overrides that make every patch one tile, as in the demo:
-    ``mpp`` = the tiles' µm/px, ``patch_px`` = the side of the pool's first tile (the cohort
-    builder refuses tiles of another size). Raises GigamilError for non-square tiles."""
+    ``mpp`` = the tiles' µm/px, ``patch_px`` = the side of the first usable tile (not in
+    ``exclude``, enough tissue: the tiles the cohort builder draws from; it refuses a placed
+    tile of another size). Raises GigamilError for a non-square tile or no usable tile."""
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import decode_tile, read_tile_pool
+    from gigamil.tile_pool import MIN_TILE_TISSUE, decode_tile, read_tile_pool, usable_tiles
 
-    first = read_tile_pool(tiles)[0]
+    excluded = set(exclude)
+    pool = [t for t in read_tile_pool(tiles) if t.sha256 not in excluded]
+    first = next((t for t in pool if usable_tiles([t], MIN_TILE_TISSUE)), None)
+    if first is None:
+        raise GigamilError(f"tile source {tiles}: no usable tile (not excluded, with tissue)")
     h, w = decode_tile(first).shape[:2]
     if h != w:
         raise GigamilError(f"tile {first.file}: {h} x {w} px, the mosaic needs square tiles")
@@ -368,14 +376,20 @@ def main(argv: list[str] | None = None) -> int:
             f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s"
         )
         return 0
-    geometry = patch_geometry(args.tiles, args.tile_mpp)
-    overrides = deep_update(geometry, parse_set(args.overrides))  # --set wins
+    from gigamil.tile_pool import packaged_tile_hashes
+
+    overrides = parse_set(args.overrides)
+    given = overrides.get("preprocessing", {}).get("patches", {})
+    if not {"mpp", "patch_px"} <= set(given):  # --set wins over the tiles' geometry
+        exclude = packaged_tile_hashes() if args.exclude_packaged else ()
+        geometry = patch_geometry(args.tiles, args.tile_mpp, exclude)
+        overrides = deep_update(geometry, overrides)
     used = overrides["preprocessing"]["patches"]
     print(f"patches: {used['patch_px']} px at {used['mpp']} µm/px", end="")
-    if used != {**used, **geometry["preprocessing"]["patches"]}:
+    if given:
         print(
-            " (set by --set, not the tiles' geometry: a patch is not one tile, and the "
-            "'tiles -> patches' fraction is not meaningful)"
+            " (--set: if a patch is not one tile, the 'tiles -> patches' fraction is not "
+            "meaningful)"
         )
     else:
         print(" (the tiles' size and µm/px: every patch is one tile)")
@@ -435,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             "tiles_per_slide": args.tiles_per_slide,
             "tile_mpp": args.tile_mpp,
         },
-        "config_overrides": overrides,
+        "config_overrides": overrides,  # with the tiles' patch geometry (since 32b3f24)
         "summary": summary,
         "draws": draws,
     }

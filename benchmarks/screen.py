@@ -76,8 +76,9 @@ def screen_folds(
         ["cohort", "slide_id", "patient_id", "label"]
     ]
     strata = list(cv.get("stratify_by", []))
-    if strata and sheet is not None:  # folds.csv lacks the sheet's columns to balance
-        slides = slides.merge(sheet[["slide_id", *strata]], on="slide_id", how="left")
+    extra = [c for c in strata if c not in slides.columns]  # e.g. site; cohort is in folds.csv
+    if extra and sheet is not None:  # folds.csv lacks the sheet's other columns to balance
+        slides = slides.merge(sheet[["slide_id", *extra]], on="slide_id", how="left")
     folds = make_folds(
         slides,
         int(cv["folds"]),

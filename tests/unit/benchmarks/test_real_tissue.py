@@ -127,6 +127,14 @@ def test_patches_follow_the_tiles_unless_set(bench, tmp_path):
         "patches"
     ]
     assert cfg["preprocessing"]["patches"] == {**repo_patches, "mpp": 0.5, "patch_px": 32}
-    Image.new("RGB", (64, 48)).save(tmp_path / "0" / "0.png")  # sorted first
-    with pytest.raises(GigamilError, match="64 x 48|48 x 64"):
+    Image.new("RGB", (64, 48), (200, 120, 180)).save(tmp_path / "0" / "0.png")  # sorted first
+    with pytest.raises(GigamilError, match="48 x 64"):
         bench.patch_geometry(tmp_path, 0.5)
+    # tiles the cohort builder would not use do not decide: excluded, or without tissue
+    from gigamil.tile_pool import read_tile_pool
+
+    odd = read_tile_pool(tmp_path)[0]
+    assert odd.file == "0/0.png"
+    assert bench.patch_geometry(tmp_path, 0.5, {odd.sha256}) == geometry
+    Image.new("RGB", (64, 48), (255, 255, 255)).save(tmp_path / "0" / "0.png")  # glass only
+    assert bench.patch_geometry(tmp_path, 0.5) == geometry

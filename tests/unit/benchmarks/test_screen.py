@@ -99,5 +99,9 @@ def test_screen_folds_are_the_workflow_split_for_the_screen_settings(bench) -> N
     strat = make_folds(sheet, 4, val_fraction=0.25, seed=0, stratify_by=["site"])
     got = bench.screen_folds(strat, {**same, "stratify_by": ["site"]}, sheet)
     pd.testing.assert_frame_equal(got, strat)
+    by_cohort = make_folds(sheet, 4, val_fraction=0.25, seed=0, stratify_by=["cohort"])
+    no_cohort = sheet.drop(columns="cohort")  # a cohort's sheet has no cohort column
+    got = bench.screen_folds(by_cohort, {**same, "stratify_by": ["cohort"]}, no_cohort)
+    pd.testing.assert_frame_equal(got, by_cohort)
     with pytest.raises(SystemExit, match="other test folds"):
         bench.screen_folds(draw, {**cv, "seed": 5})

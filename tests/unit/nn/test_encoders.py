@@ -259,7 +259,11 @@ def test_random_grayscale_equals_the_reference(stain: float, hue: float) -> None
         pre._random_grayscale(flat.permute(0, 3, 1, 2).double() / 255, torch.ones(4, dtype=bool)),
         flat.permute(0, 3, 1, 2).double() / 255,
     )
-    assert (pre.eval()(patches)[:, 0] != pre(patches)[:, 1]).any()
+    colour = pre.eval()(patches) * pre.std + pre.mean
+    assert ((colour[:, 0] - colour[:, 1]).abs() > 1e-3).any()
+    grey = pre.train()(patches) * pre.std + pre.mean  # p = 1: every training patch is grey
+    torch.testing.assert_close(grey[:, 0], grey[:, 1], rtol=0, atol=1e-9)
+    torch.testing.assert_close(grey[:, 0], grey[:, 2], rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="grayscale"):
         PatchPreprocess(grayscale=1.5)
 

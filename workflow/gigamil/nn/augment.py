@@ -34,7 +34,8 @@ class PatchPreprocess(nn.Module):
 
     Tensors that are not 4-D (e.g. pre-extracted features (n, D)) pass through unchanged.
     Augmentation (flips, 90° rotations, brightness/contrast/saturation jitter, hue rotation, H&E
-    stain jitter, random greyscale, in that order) runs only in training mode. The output dtype follows the module's buffers (``.double()`` gives float64).
+    stain jitter, random greyscale, in that order) runs only in training mode. The output dtype
+    follows the module's buffers (``.double()`` gives float64).
     """
 
     def __init__(
@@ -118,8 +119,8 @@ class PatchPreprocess(nn.Module):
     @staticmethod
     def _random_grayscale(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
         """The patches of x (n, 3, H, W) where ``pick`` (n,) is true become grey: each channel
-        is set to the luma 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, as torchvision's
-        ``RandomGrayscale``), which keeps the patch's morphology and intensity and removes its
+        is set to the luma 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, as PIL's ``convert("L")``
+        and, to 1e-4, torchvision's ``RandomGrayscale``), which keeps the patch's morphology and intensity and removes its
         colour."""
         if not bool(pick.any()):
             return x
