@@ -15,9 +15,10 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights of R, G, B
 # NTSC YIQ (FCC 1953): Y is the luma, (I, Q) the chroma plane that a hue rotation turns
 YIQ_FROM_RGB = (
-    (0.299, 0.587, 0.114),
+    LUMA,
     (0.596, -0.274, -0.322),
     (0.211, -0.523, 0.312),
 )
@@ -120,12 +121,12 @@ class PatchPreprocess(nn.Module):
     def _random_grayscale(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
         """The patches of x (n, 3, H, W) where ``pick`` (n,) is true become grey: each channel
         is set to the luma 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, as PIL's ``convert("L")``
-        and, to 1e-4, torchvision's ``RandomGrayscale``), which keeps the patch's morphology and intensity and removes its
-        colour."""
+        and, to 1e-4, torchvision's ``RandomGrayscale``), which keeps the patch's morphology and
+        intensity and removes its colour."""
         if not bool(pick.any()):
             return x
         idx = pick.nonzero().squeeze(1)
-        luma = torch.tensor((0.299, 0.587, 0.114), dtype=x.dtype, device=x.device)
+        luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
         gray = torch.einsum("nchw,c->nhw", x.index_select(0, idx), luma).unsqueeze(1)
         return x.index_copy(0, idx, gray.expand(-1, 3, -1, -1))
 
@@ -140,7 +141,7 @@ class PatchPreprocess(nn.Module):
         b, c, sat = f[:, 0], f[:, 1], f[:, 2]
         alpha = b * c
         beta = b * (1.0 - c) * x.mean(dim=(1, 2, 3))
-        luma = torch.tensor((0.299, 0.587, 0.114), dtype=x.dtype, device=x.device)
+        luma = torch.tensor(LUMA, dtype=x.dtype, device=x.device)
         gray = torch.einsum("nchw,c->nhw", x, luma).unsqueeze(1)  # (n, 1, H, W)
         gray = gray * (alpha * (1.0 - sat)).view(n, 1, 1, 1) + beta.view(n, 1, 1, 1)
         return torch.addcmul(gray, x, (alpha * sat).view(n, 1, 1, 1)).clamp_(0.0, 1.0)
