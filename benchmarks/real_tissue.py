@@ -94,10 +94,12 @@ def deep_update(base: dict, upd: dict) -> dict:
     return out
 
 
-def build_cohort(wd: Path, args: argparse.Namespace, seed: int) -> pd.DataFrame:
-    """The mosaic cohort in wd/cohort and its sheet (absolute paths, lesion_mask column)."""
+def build_cohort(
+    wd: Path, args: argparse.Namespace, seed: int, exclude: Collection[str] = ()
+) -> pd.DataFrame:
+    """The mosaic cohort in wd/cohort and its sheet (absolute paths, lesion_mask column), from
+    the tiles of ``args.tiles`` whose sha256 is not in ``exclude``."""
     from gigamil.demo_tiles import make_tile_cohort
-    from gigamil.tile_pool import packaged_tile_hashes
 
     cohort = wd / "cohort"
     sheet = make_tile_cohort(
@@ -106,7 +108,7 @@ def build_cohort(wd: Path, args: argparse.Namespace, seed: int) -> pd.DataFrame:
         n_patients=args.patients,
         slides_per_patient=args.slides_per_patient,
         tiles=args.tiles,
-        exclude=packaged_tile_hashes() if args.exclude_packaged else (),
+        exclude=exclude,
         tiles_per_slide=tuple(args.tiles_per_slide),
         tile_mpp=args.tile_mpp,
     )
@@ -366,6 +368,51 @@ def baseline_on_run(wd: Path) -> dict[str, Any]:
     return run_baseline(wd, sheet, str(cfg["classes"][1]), cfg["experiment"], cohort)
 
 
+def write_result(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    started: dict[str, str],
+    overrides: dict[str, Any],
+    draws: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Write ``args.out`` with the draws done so far (after every draw: a crash or a kill
+    keeps the finished draws; ``draws_requested`` says how many were asked for). Returns the
+    summary (mean ± sd over the draws done)."""
+    summary = {
+        "gigamil_oof_auc": mean_sd([d["gigamil"]["oof_auc"] for d in draws]),
+        "gigamil_localization_auc": mean_sd([d["gigamil"]["localization_auc"] for d in draws]),
+        "gigamil_wall_seconds": mean_sd([d["gigamil"]["wall_seconds"] for d in draws]),
+        "gigamil_final_train_loss": mean_sd(
+            [f["final_train_loss"] for d in draws for f in d["gigamil"]["folds"]]
+        ),
+        "baseline_oof_auc": mean_sd([d["baseline"]["oof_auc"] for d in draws]),
+        "baseline_localization_auc": mean_sd([d["baseline"]["localization_auc"] for d in draws]),
+        "oof_auc_difference": mean_sd([d["gigamil_minus_baseline"]["difference"] for d in draws]),
+    }
+    result = {
+        "command": " ".join(["python", "benchmarks/real_tissue.py", *(argv or sys.argv[1:])]),
+        **started,  # date and git commit at the start
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": args.cores},
+        "tiles": str(args.tiles),
+        "exclude_packaged": args.exclude_packaged,
+        "cohort": {
+            "patients": args.patients,
+            "slides_per_patient": args.slides_per_patient,
+            "tiles_per_slide": args.tiles_per_slide,
+            "tile_mpp": args.tile_mpp,
+        },
+        "config_overrides": overrides,  # with the tiles' patch geometry (since 32b3f24)
+        "draws_requested": args.draws,
+        "summary": summary,
+        "draws": draws,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+    tmp.replace(args.out)  # never a half-written result file
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.baseline_on is not None:
@@ -378,10 +425,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gigamil.tile_pool import packaged_tile_hashes
 
+    started = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),  # the code that runs, even if HEAD moves meanwhile
+    }
     overrides = parse_set(args.overrides)
     given = overrides.get("preprocessing", {}).get("patches", {})
+    exclude = packaged_tile_hashes() if args.exclude_packaged else set()
     if not {"mpp", "patch_px"} <= set(given):  # --set wins over the tiles' geometry
-        exclude = packaged_tile_hashes() if args.exclude_packaged else ()
         geometry = patch_geometry(args.tiles, args.tile_mpp, exclude)
         overrides = deep_update(geometry, overrides)
     used = overrides["preprocessing"]["patches"]
@@ -399,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         wd = (args.workdir / f"draw{seed}").resolve()
         shutil.rmtree(wd, ignore_errors=True)
         wd.mkdir(parents=True)
-        sheet = build_cohort(wd, args, seed)
+        sheet = build_cohort(wd, args, seed, exclude)
         wall = run_pipeline(wd, write_config(wd, overrides), args.cores)
         draw = {
             "seed": seed,
@@ -422,39 +473,10 @@ def main(argv: list[str] | None = None) -> int:
             f"ahead in {d['p_a_better']:.0%} of resamples)",
             flush=True,
         )
-    summary = {
-        "gigamil_oof_auc": mean_sd([d["gigamil"]["oof_auc"] for d in draws]),
-        "gigamil_localization_auc": mean_sd([d["gigamil"]["localization_auc"] for d in draws]),
-        "gigamil_wall_seconds": mean_sd([d["gigamil"]["wall_seconds"] for d in draws]),
-        "gigamil_final_train_loss": mean_sd(
-            [f["final_train_loss"] for d in draws for f in d["gigamil"]["folds"]]
-        ),
-        "baseline_oof_auc": mean_sd([d["baseline"]["oof_auc"] for d in draws]),
-        "baseline_localization_auc": mean_sd([d["baseline"]["localization_auc"] for d in draws]),
-        "oof_auc_difference": mean_sd([d["gigamil_minus_baseline"]["difference"] for d in draws]),
-    }
+        summary = write_result(args, argv, started, overrides, draws)
     print(f"over {len(draws)} draw(s), mean ± sd:")
     for key, stat in summary.items():
         print(f"  {key:28s} {fmt(stat, 1 if 'seconds' in key else 3)}")
-    result = {
-        "command": " ".join(["python", "benchmarks/real_tissue.py", *(argv or sys.argv[1:])]),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cores": args.cores},
-        "tiles": str(args.tiles),
-        "exclude_packaged": args.exclude_packaged,
-        "cohort": {
-            "patients": args.patients,
-            "slides_per_patient": args.slides_per_patient,
-            "tiles_per_slide": args.tiles_per_slide,
-            "tile_mpp": args.tile_mpp,
-        },
-        "config_overrides": overrides,  # with the tiles' patch geometry (since 32b3f24)
-        "summary": summary,
-        "draws": draws,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     print(f"wrote {args.out}")
     return 0
 

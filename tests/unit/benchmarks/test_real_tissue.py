@@ -138,3 +138,34 @@ def test_patches_follow_the_tiles_unless_set(bench, tmp_path):
     assert bench.patch_geometry(tmp_path, 0.5, {odd.sha256}) == geometry
     Image.new("RGB", (64, 48), (255, 255, 255)).save(tmp_path / "0" / "0.png")  # glass only
     assert bench.patch_geometry(tmp_path, 0.5) == geometry
+
+
+def test_result_file_holds_the_draws_done_so_far(bench, tmp_path):
+    args = bench.parse_args(["--draws", "3", "--out", str(tmp_path / "r.json")])
+    started = {"date": "2026-12-02T00:00:00+00:00", "git_commit": "abc"}
+
+    def draw(seed, ours, theirs):
+        return {
+            "seed": seed,
+            "gigamil": {
+                "oof_auc": ours,
+                "localization_auc": 0.8,
+                "wall_seconds": 10.0,
+                "folds": [{"final_train_loss": 0.3}],
+            },
+            "baseline": {"oof_auc": theirs, "localization_auc": 0.7},
+            "gigamil_minus_baseline": {"difference": ours - theirs},
+        }
+
+    draws = [draw(0, 0.9, 0.8)]
+    bench.write_result(args, ["--draws", "3"], started, {"training": {}}, draws)
+    first = json.loads(args.out.read_text())
+    assert first["draws_requested"] == 3 and len(first["draws"]) == 1
+    assert first["git_commit"] == "abc" and first["date"] == started["date"]
+    assert first["summary"]["gigamil_oof_auc"]["mean"] == pytest.approx(0.9)
+    draws.append(draw(1, 0.7, 0.8))
+    summary = bench.write_result(args, ["--draws", "3"], started, {"training": {}}, draws)
+    second = json.loads(args.out.read_text())
+    assert len(second["draws"]) == 2 and second["summary"] == json.loads(json.dumps(summary))
+    assert second["summary"]["oof_auc_difference"]["mean"] == pytest.approx(0.0)
+    assert not list(tmp_path.glob("*.tmp"))
