@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gigamil.config import load_cohorts, load_config, load_sheet, validate_config
+from gigamil.config import (
+    config_warnings,
+    load_cohorts,
+    load_config,
+    load_sheet,
+    validate_config,
+)
 from gigamil.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -518,3 +524,12 @@ def test_a_semicolon_separated_sheet_gets_a_hint(tmp_path):
     path.write_text("slide_id;patient_id;label;path\ns1;p1;normal;s1.svs\n")
     with pytest.raises(ConfigError, match="separated by ';': save the sheet as comma-separated"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_warning_when_min_epochs_leaves_early_stopping_nothing_to_do(base_config):
+    assert config_warnings(validate_config(base_config)) == []  # the demo: 48 epochs, 20 warm-up
+    short = {**base_config, "training": {**base_config["training"], "epochs": 2}}
+    (msg,) = config_warnings(validate_config(short))
+    assert "min_epochs (20) >= training.epochs (2)" in msg and "last" in msg
+    em = {**short, "training": {**short["training"], "strategy": "em"}}
+    assert config_warnings(validate_config(em)) == []  # em does not use training.epochs

@@ -205,6 +205,24 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     return cfg
 
 
+def config_warnings(config: Mapping[str, Any]) -> list[str]:
+    """Settings that are valid but probably not what was meant, as sentences for a warning
+    (``config``: validated, defaults filled in). The workflow prints them once, in snakemake's
+    main process. Today: ``training.early_stopping.min_epochs`` at or above ``training.epochs``
+    (outside ``strategy: em``, which does not use the epochs): every epoch is warm-up, early
+    stopping never acts and model.pt is the last epoch's model."""
+    training = config["training"]
+    epochs, min_epochs = training["epochs"], training["early_stopping"]["min_epochs"]
+    out = []
+    if training["strategy"] != "em" and min_epochs >= epochs > 0:
+        out.append(
+            f"training.early_stopping.min_epochs ({min_epochs}) >= training.epochs ({epochs}): "
+            "every epoch is warm-up, early stopping never acts and each fold keeps its last "
+            "epoch; lower min_epochs to let it choose an epoch"
+        )
+    return out
+
+
 def check_cmap(cmap: str) -> None:
     """ConfigError unless ``heatmaps.cmap`` names a matplotlib colour map (with the nearest
     name). Not part of :func:`validate_config`, which every job runs: importing matplotlib
