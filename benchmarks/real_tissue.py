@@ -445,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(" (the tiles' size and µm/px: every patch is one tile)")
     positive = yaml.safe_load((REPO / "config.yaml").read_text())["classes"][1]
-    draws = []
+    draws: list[dict[str, Any]] = []
+    summary = None
     for seed in range(args.seed, args.seed + args.draws):
         wd = (args.workdir / f"draw{seed}").resolve()
         shutil.rmtree(wd, ignore_errors=True)
@@ -473,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ahead in {d['p_a_better']:.0%} of resamples)",
             flush=True,
         )
+        summary = write_result(args, argv, started, overrides, draws)
+    if summary is None:  # --draws 0: the file still says what was run
         summary = write_result(args, argv, started, overrides, draws)
     print(f"over {len(draws)} draw(s), mean ± sd:")
     for key, stat in summary.items():

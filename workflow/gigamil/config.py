@@ -209,16 +209,19 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that are valid but probably not what was meant, as sentences for a warning
     (``config``: validated, defaults filled in). The workflow prints them once, in snakemake's
     main process. Today: ``training.early_stopping.min_epochs`` at or above ``training.epochs``
-    (outside ``strategy: em``, which does not use the epochs): every epoch is warm-up, early
-    stopping never acts and model.pt is the last epoch's model."""
+    (outside ``strategy: em``, which does not use the epochs): epochs before ``min_epochs`` are
+    warm-up (:class:`gigamil.train.early_stopping.EarlyStopping`), so early stopping cannot end
+    training early and model.pt is the last epoch's model (with the two equal: the better of
+    the last two)."""
     training = config["training"]
     epochs, min_epochs = training["epochs"], training["early_stopping"]["min_epochs"]
     out = []
     if training["strategy"] != "em" and min_epochs >= epochs > 0:
         out.append(
             f"training.early_stopping.min_epochs ({min_epochs}) >= training.epochs ({epochs}): "
-            "every epoch is warm-up, early stopping never acts and each fold keeps its last "
-            "epoch; lower min_epochs to let it choose an epoch"
+            "the epochs before min_epochs are warm-up, so early stopping never acts and each "
+            "fold keeps its last epoch (with the two equal: the better of the last two); lower "
+            "min_epochs to let it choose an epoch"
         )
     return out
 
