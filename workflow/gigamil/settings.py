@@ -93,6 +93,8 @@ class AugmentConfig(_Section):
     stain_jitter: float = _default(_AUG, "stain_jitter")
     hue_jitter: float = _default(_AUG, "hue_jitter")
     grayscale: float = _default(_AUG, "grayscale")
+    scale: float = _default(_AUG, "scale")
+    blur: float = _default(_AUG, "blur")
 
 
 @dataclass(frozen=True)

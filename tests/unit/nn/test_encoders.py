@@ -159,16 +159,21 @@ def reference_hue(p: torch.Tensor, turns: float) -> torch.Tensor:
 
 def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The documented augmentation, one patch at a time and one step after the other (x (n, 3,
-    H, W) in [0, 1], u (n, k) the module's float32 uniforms)."""
+    H, W) in [0, 1], u (n, k) the module's float32 uniforms; the scale and blur steps are the
+    module's own, checked against torchvision below)."""
     out = []
     s, sig = pre.color_jitter, pre.stain_jitter
     gray_col = (12 if sig > 0 else 6) + (1 if pre.hue_jitter > 0 else 0)
+    scale_col = gray_col + (1 if pre.grayscale > 0 else 0)
+    blur_col = scale_col + (1 if pre.scale > 0 else 0)
     for p, r in zip(x, u, strict=True):
         if r[0] < 0.5:
             p = p.flip(-1)
         if r[1] < 0.5:
             p = p.flip(-2)
         p = torch.rot90(p, min(int(r[2] * 4), 3), dims=(-2, -1))
+        if pre.scale > 0:
+            p = pre._rescale(p[None], 1 + pre.scale * (2 * r[scale_col : scale_col + 1] - 1))[0]
         b, c, sat = (1 + s * (2 * r[3:6] - 1)).double().tolist()  # factors drawn in float32
         p = p * b
         p = (p - p.mean()) * c + p.mean()
@@ -184,6 +189,8 @@ def reference_augment(pre: PatchPreprocess, x: torch.Tensor, u: torch.Tensor) ->
             p = torch.exp(-torch.einsum("shw,sc->chw", hed, pre.rgb_from_hed)).clamp(0, 1)
         if pre.grayscale > 0 and r[gray_col] < pre.grayscale:
             p = (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).expand(3, -1, -1)
+        if pre.blur > 0:
+            p = pre._gaussian_blur(p[None], pre.blur * r[blur_col : blur_col + 1])[0]
         out.append(p)
     return torch.stack(out)
 
@@ -300,3 +307,70 @@ def test_encoder_settings_checked_without_building(tmp_path) -> None:
     ]:
         with pytest.raises(ConfigError, match=match):
             check_encoder_settings(encoder, w)
+
+
+def test_scale_jitter_equals_torchvision_affine_and_keeps_zoom_one() -> None:
+    """A zoom > 1 needs no pixel from outside the patch: there it is torchvision's affine with
+    the same scale (bilinear); a zoom of 1 leaves the patch as it is."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import affine
+
+    x = torch.rand(5, 3, 16, 16, dtype=torch.float64)
+    zoom = torch.tensor([1.0, 1.1, 1.25, 1.5, 2.0], dtype=torch.float64)
+    out = PatchPreprocess._rescale(x, zoom)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out[0], x[0], rtol=0, atol=1e-12)
+    for i in range(1, 5):
+        ref = affine(
+            x[i],
+            angle=0.0,
+            translate=[0, 0],
+            scale=float(zoom[i]),
+            shear=[0.0, 0.0],
+            interpolation=InterpolationMode.BILINEAR,
+        )
+        torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-6)
+    # shrinking reflects the border: no black frame, values stay in the patch's range
+    small = PatchPreprocess._rescale(x, torch.full((5,), 0.7, dtype=torch.float64))
+    assert float(small.amin()) >= float(x.amin()) - 1e-9
+    assert (small[:, :, 0, :] > 0).all()
+
+
+def test_gaussian_blur_equals_torchvision_per_patch() -> None:
+    from torchvision.transforms.functional import gaussian_blur
+
+    pre = PatchPreprocess(blur=1.5).double()
+    x = torch.rand(4, 3, 20, 20, dtype=torch.float64)
+    sigma = torch.tensor([0.0, 0.5, 1.0, 1.5], dtype=torch.float64)
+    out = pre._gaussian_blur(x, sigma)
+    torch.testing.assert_close(out[0], x[0], rtol=0, atol=1e-12)  # sigma 0: unchanged
+    for i in range(1, 4):
+        ref = gaussian_blur(x[i], kernel_size=[11, 11], sigma=[float(sigma[i])] * 2)
+        torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-9)
+    assert float(out[3].std()) < float(out[1].std()) < float(x[1].std())
+
+
+def test_scale_and_blur_take_the_last_uniforms_and_reach_the_model() -> None:
+    from gigamil.models.factory import build_mil_model
+
+    kw = {"flips": True, "rot90": True, "color_jitter": 0.1, "grayscale": 0.3}
+    pre = PatchPreprocess(**kw, scale=0.2, blur=1.0).double()
+    assert "scale=0.2, blur=1.0" in repr(pre)
+    patches = torch.randint(0, 256, (12, 16, 16, 3), dtype=torch.uint8)
+    torch.manual_seed(5)
+    u = torch.rand(12, 9)  # 6 + greyscale + scale + blur
+    torch.manual_seed(5)
+    out = pre.train()(patches) * pre.std + pre.mean
+    ref = reference_augment(pre, patches.permute(0, 3, 1, 2).double() / 255, u)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    no_morph = reference_augment(
+        PatchPreprocess(**kw).double(), patches.permute(0, 3, 1, 2).double() / 255, u
+    )
+    assert (out - no_morph).abs().amax() > 0.01
+    with pytest.raises(ValueError, match="scale"):
+        PatchPreprocess(scale=1.0)
+    with pytest.raises(ValueError, match="blur"):
+        PatchPreprocess(blur=-1.0)
+    model = build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={"scale": 0.1, "blur": 0.5})
+    assert (model.feature_encoder[0].scale, model.feature_encoder[0].blur) == (0.1, 0.5)
+    assert build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={}).feature_encoder[0].blur == 0

@@ -28,7 +28,7 @@ def build_mil_model(
 
     ``model_cfg``: the ``model:`` section (missing keys take the schema defaults).
     ``augment``: ``{flips, rot90, color_jitter, stain_jitter, hue_jitter,
-    grayscale}`` (applied in training mode only; None: none).
+    grayscale, scale, blur}`` (applied in training mode only; None: none).
     ``feature_dim``: the model reads cached features (n, feature_dim) of the frozen encoder
     (gigamil.data.features): its feature encoder is the identity, only the head is built.
     """
@@ -64,6 +64,8 @@ def build_mil_model(
             stain_jitter=aug.stain_jitter,
             hue_jitter=aug.hue_jitter,
             grayscale=aug.grayscale,
+            scale=aug.scale,
+            blur=aug.blur,
             mean=mean,
             std=std,
         )

@@ -1,8 +1,8 @@
 """Patch preprocessing and augmentation, inside the encoder path.
 
 Every random number is drawn from torch's global generator with ONE ``torch.rand(n, k)`` call per
-chunk (one row per patch; k = 6, 12 with stain jitter, one more with hue jitter, one more with
-random greyscale). On CPU that makes the augmentation independent of how a bag is cut
+chunk (one row per patch; k = 6, 12 with stain jitter, one more each with hue jitter, random
+greyscale, scale jitter and Gaussian blur). On CPU that makes the augmentation independent of how a bag is cut
 into chunks, and the accumulating trainer can replay it exactly by restoring the RNG state.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,12 +35,14 @@ class PatchPreprocess(nn.Module):
     """uint8 (n, H, W, 3) or float (n, 3, H, W) in [0, 1] → augmented, normalised (n, 3, H, W).
 
     Tensors that are not 4-D (e.g. pre-extracted features (n, D)) pass through unchanged.
-    Augmentation (flips, 90° rotations, brightness/contrast/saturation jitter, hue rotation, H&E
-    stain jitter, random greyscale, in that order) runs only in training mode. The output dtype
+    Augmentation (flips, 90° rotations, scale jitter, brightness/contrast/saturation jitter, hue
+    rotation, H&E stain jitter, random greyscale, Gaussian blur, in that order) runs only in
+    training mode. The output dtype
     follows the module's buffers (``.double()`` gives float64).
     """
 
-    def __init__(
+    # one keyword per key of the schema's training.augment, plus the normalisation (mean, std)
+    def __init__(  # noqa: PLR0913
         self,
         flips: bool = False,
         rot90: bool = False,
@@ -49,8 +52,16 @@ class PatchPreprocess(nn.Module):
         std: tuple[float, float, float] = IMAGENET_STD,
         hue_jitter: float = 0.0,
         grayscale: float = 0.0,
+        scale: float = 0.0,
+        blur: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= scale < 1.0:
+            raise ValueError(f"scale: {scale} is not in [0, 1) (the zoom factor is 1 ± scale)")
+        if not 0.0 <= blur <= 8.0:
+            raise ValueError(f"blur: {blur} is not in [0, 8] (the largest Gaussian sigma, px)")
+        self.scale = float(scale)
+        self.blur = float(blur)
         if not 0.0 <= hue_jitter <= 0.5:
             raise ValueError(f"hue_jitter: {hue_jitter} is not in [0, 0.5] (a fraction of a turn)")
         if not 0.0 <= grayscale <= 1.0:
@@ -72,7 +83,7 @@ class PatchPreprocess(nn.Module):
         return (
             f"flips={self.flips}, rot90={self.rot90}, color_jitter={self.color_jitter}, "
             f"stain_jitter={self.stain_jitter}, hue_jitter={self.hue_jitter}, "
-            f"grayscale={self.grayscale}"
+            f"grayscale={self.grayscale}, scale={self.scale}, blur={self.blur}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +101,8 @@ class PatchPreprocess(nn.Module):
             or self.stain_jitter > 0
             or self.hue_jitter > 0
             or self.grayscale > 0
+            or self.scale > 0
+            or self.blur > 0
         ):
             x = self._augment(x)
         # (x - mean) / std in one pass (elementwise ops on a contiguous tensor: several times
@@ -103,9 +116,15 @@ class PatchPreprocess(nn.Module):
         k += 1 if self.hue_jitter > 0 else 0
         gray_col = k
         k += 1 if self.grayscale > 0 else 0
+        scale_col = k
+        k += 1 if self.scale > 0 else 0
+        blur_col = k
+        k += 1 if self.blur > 0 else 0
         u = torch.rand(n, k, device=x.device)  # one row of uniforms per patch (chunk-invariant)
         if self.flips or (self.rot90 and x.shape[-1] == x.shape[-2]):
             x = self._dihedral(x, u)
+        if self.scale > 0:
+            x = self._rescale(x, 1.0 + self.scale * (2.0 * u[:, scale_col] - 1.0))
         s = self.color_jitter
         if s > 0:
             x = self._color_jitter(x, (1.0 + s * (2.0 * u[:, 3:6] - 1.0)).to(x.dtype))
@@ -115,7 +134,44 @@ class PatchPreprocess(nn.Module):
             x = self._stain_jitter(x, u[:, 6:12])
         if self.grayscale > 0:
             x = self._random_grayscale(x, u[:, gray_col] < self.grayscale)
+        if self.blur > 0:
+            x = self._gaussian_blur(x, self.blur * u[:, blur_col])
         return x
+
+    @staticmethod
+    def _rescale(x: torch.Tensor, zoom: torch.Tensor) -> torch.Tensor:
+        """Zoom each patch of x (n, 3, H, W) about its centre by ``zoom`` (n,) (> 1 magnifies,
+        < 1 shrinks; the patch keeps its size and µm/px label): bilinear resampling
+        (``torch.nn.functional.grid_sample``, pixel centres, ``align_corners=False``) with the
+        border reflected where a shrunk patch needs pixels from outside it. Scale augmentation
+        of the "morphology" group of Tellez et al. 2019 (scanners and slides differ in their
+        true µm/px by a few per cent); a zoom of exactly 1 returns the patch unchanged."""
+        n = x.shape[0]
+        theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+        inv = 1.0 / zoom.to(x.dtype)
+        theta[:, 0, 0], theta[:, 1, 1] = inv, inv
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        return out.clamp_(0.0, 1.0)
+
+    def _gaussian_blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Blur each patch of x (n, 3, H, W) with an isotropic Gaussian of standard deviation
+        ``sigma`` (n,) px (kernel radius ceil(3 × ``blur``), borders reflected; separable, one
+        grouped convolution per axis); sigma below 0.05 px leaves the patch as it is. Out-of-focus
+        scanning (the blur of the "morphology" augmentation of Tellez et al. 2019)."""
+        n, c, h, w = x.shape
+        r = min(math.ceil(3.0 * self.blur), (min(h, w) - 1))
+        t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+        s = sigma.to(x.dtype).clamp(min=0.05)[:, None]
+        k = torch.exp(-0.5 * (t[None, :] / s) ** 2)
+        k = k / k.sum(dim=1, keepdim=True)  # (n, 2r + 1); sigma 0.05: 1 at the centre, ~0 else
+        k = k.repeat_interleave(c, dim=0)  # one kernel per channel of each patch
+        y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
+        y = F.conv2d(y, k.view(n * c, 1, 1, 2 * r + 1), groups=n * c)
+        y = F.conv2d(y, k.view(n * c, 1, 2 * r + 1, 1), groups=n * c)
+        return y.view(n, c, h, w)
 
     @staticmethod
     def _random_grayscale(x: torch.Tensor, pick: torch.Tensor) -> torch.Tensor:
