@@ -41,8 +41,7 @@ class PatchPreprocess(nn.Module):
     follows the module's buffers (``.double()`` gives float64).
     """
 
-    # one keyword per key of the schema's training.augment, plus the normalisation (mean, std)
-    def __init__(  # noqa: PLR0913
+    def __init__(  # noqa: PLR0913 - one keyword per training.augment key, plus mean and std
         self,
         flips: bool = False,
         rot90: bool = False,
