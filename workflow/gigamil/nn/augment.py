@@ -2,8 +2,9 @@
 
 Every random number is drawn from torch's global generator with ONE ``torch.rand(n, k)`` call per
 chunk (one row per patch; k = 6, 12 with stain jitter, one more each with hue jitter, random
-greyscale, scale jitter and Gaussian blur). On CPU that makes the augmentation independent of how a bag is cut
-into chunks, and the accumulating trainer can replay it exactly by restoring the RNG state.
+greyscale, scale jitter and Gaussian blur). On CPU that makes the augmentation independent of how
+a bag is cut into chunks, and the accumulating trainer can replay it exactly by restoring the RNG
+state.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ class PatchPreprocess(nn.Module):
     Tensors that are not 4-D (e.g. pre-extracted features (n, D)) pass through unchanged.
     Augmentation (flips, 90° rotations, scale jitter, brightness/contrast/saturation jitter, hue
     rotation, H&E stain jitter, random greyscale, Gaussian blur, in that order) runs only in
-    training mode. The output dtype
-    follows the module's buffers (``.double()`` gives float64).
+    training mode. The output dtype follows the module's buffers (``.double()`` gives float64).
     """
 
     def __init__(  # noqa: PLR0913 - one keyword per training.augment key, plus mean and std
@@ -161,7 +161,7 @@ class PatchPreprocess(nn.Module):
         grouped convolution per axis); sigma below 0.05 px leaves the patch as it is. Out-of-focus
         scanning (the blur of the "morphology" augmentation of Tellez et al. 2019)."""
         n, c, h, w = x.shape
-        r = min(math.ceil(3.0 * self.blur), (min(h, w) - 1))
+        r = min(math.ceil(3.0 * self.blur), min(h, w) - 1)  # reflect padding needs r < side
         t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
         s = sigma.to(x.dtype).clamp(min=0.05)[:, None]
         k = torch.exp(-0.5 * (t[None, :] / s) ** 2)
