@@ -8,14 +8,14 @@
 # `pytest -m slurm`, and always brings the cluster down again (also on failure or timeout).
 # Exit status: pytest's (124 when it ran out of time), or 1 when the cluster did not come up.
 # Time limits: GIGAMIL_SLURM_UP_TIMEOUT (default 600 s, mostly apt), GIGAMIL_SLURM_TEST_TIMEOUT
-# (default 660 s for pytest; the SLURM run itself is bounded at 540 s).
+# (default 600 s for pytest; the SLURM run itself is bounded at 480 s).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cluster="$here/cluster.sh"
 up_timeout=${GIGAMIL_SLURM_UP_TIMEOUT:-600}
-test_timeout=${GIGAMIL_SLURM_TEST_TIMEOUT:-660}
+test_timeout=${GIGAMIL_SLURM_TEST_TIMEOUT:-600}
 
 say() { printf '[slurm-ci] %s\n' "$*" >&2; }
 
