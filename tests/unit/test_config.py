@@ -205,7 +205,7 @@ def test_missing_column(tmp_path):
 def test_missing_slide_file(tmp_path):
     path = write_sheet(tmp_path, good_rows())
     (tmp_path / "s3.svs").unlink()
-    with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): slide file s3.svs not found"):
+    with pytest.raises(ConfigError, match=r"line 4 \(slide_id 's3'\): slide file s3.svs not found"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     (tmp_path / "s1.svs").unlink()
     with pytest.raises(ConfigError) as err:  # every missing file in one message
@@ -213,10 +213,10 @@ def test_missing_slide_file(tmp_path):
     msg = str(err.value)
     assert "sheet.csv: 2 file(s) not found" in msg
     assert (
-        f"row 2 (slide_id 's1'): slide file s1.svs not found (looked for {tmp_path.resolve()}/s1.svs)"
+        f"line 2 (slide_id 's1'): slide file s1.svs not found (looked for {tmp_path.resolve()}/s1.svs)"
         in msg
     )
-    assert "row 4 (slide_id 's3')" in msg
+    assert "line 4 (slide_id 's3')" in msg
     # generated (demo) cohorts skip the check
     assert len(load_sheet(path, "c1", CLASSES, check_files=False, base_dir=tmp_path)) == 3
 
@@ -226,7 +226,9 @@ def test_missing_lesion_mask_is_named_with_its_row(tmp_path):
     rows[0]["lesion_mask"] = rows[1]["lesion_mask"] = ""  # the optional column left empty
     rows[2]["lesion_mask"] = "masks/s3.png"
     path = write_sheet(tmp_path, rows)
-    with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): lesion mask masks/s3.png not"):
+    with pytest.raises(
+        ConfigError, match=r"line 4 \(slide_id 's3'\): lesion mask masks/s3.png not"
+    ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "s3.png").touch()
@@ -237,7 +239,7 @@ def test_duplicate_slide_id(tmp_path):
     rows = good_rows()
     rows[2]["slide_id"] = "s1"
     path = write_sheet(tmp_path, rows)
-    with pytest.raises(ConfigError, match=r"duplicate slide_id 's1' \(rows 2, 4\)"):
+    with pytest.raises(ConfigError, match=r"duplicate slide_id 's1' \(lines 2, 4\)"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
@@ -245,7 +247,9 @@ def test_label_not_in_classes(tmp_path):
     rows = good_rows()
     rows[2]["label"] = "tumour"
     path = write_sheet(tmp_path, rows)
-    with pytest.raises(ConfigError, match=r"row 4 \(slide_id 's3'\): label 'tumour' is not one of"):
+    with pytest.raises(
+        ConfigError, match=r"line 4 \(slide_id 's3'\): label 'tumour' is not one of"
+    ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
@@ -264,7 +268,7 @@ def test_bad_slide_id_and_mpp(tmp_path):
     rows[0]["slide_id"] = "has space"
     path = write_sheet(tmp_path, rows)
     with pytest.raises(
-        ConfigError, match=r"row 2 .*: slide_id 'has space' is not a safe file name \(letters"
+        ConfigError, match=r"line 2 .*: slide_id 'has space' is not a safe file name \(letters"
     ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     for dots in (".", ".."):  # would name results/... itself or its parent
@@ -272,7 +276,7 @@ def test_bad_slide_id_and_mpp(tmp_path):
         rows[0]["slide_id"] = dots
         path = write_sheet(tmp_path, rows, name="dots.csv")
         with pytest.raises(
-            ConfigError, match=rf"row 2 .*: slide_id '{re.escape(dots)}' is not a safe file"
+            ConfigError, match=rf"line 2 .*: slide_id '{re.escape(dots)}' is not a safe file"
         ):
             load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows = good_rows()
@@ -280,13 +284,13 @@ def test_bad_slide_id_and_mpp(tmp_path):
         r["mpp"] = v
     path = write_sheet(tmp_path, rows, name="s2.csv")
     with pytest.raises(
-        ConfigError, match=r"row 2 \(slide_id '\w+'\): mpp 'abc' is not a number \(µm/px"
+        ConfigError, match=r"line 2 \(slide_id '\w+'\): mpp 'abc' is not a number \(µm/px"
     ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows[0]["mpp"] = -1
     path = write_sheet(tmp_path, rows, name="s3.csv")
     with pytest.raises(
-        ConfigError, match=r"row 2 .*mpp: -1.0 is less than or equal to the minimum of 0"
+        ConfigError, match=r"line 2 .*mpp: -1.0 is less than or equal to the minimum of 0"
     ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
@@ -515,7 +519,7 @@ def test_predict_cohort_needs_no_labels(tmp_path, base_config, caplog):
         _predict_cohort(tmp_path, base_config, rows, role="external")
     rows = other_rows()
     rows[0]["label"] = ""
-    with pytest.raises(ConfigError, match="row 2 .*label"):
+    with pytest.raises(ConfigError, match="line 2 .*label"):
         _predict_cohort(tmp_path, base_config, rows, role="external")
 
 

@@ -3,7 +3,7 @@
 Both are checked against the JSON schemas in ``workflow/schemas/`` and then against the rules a
 schema cannot express (duplicate slides, labels outside ``classes``, patients with conflicting
 labels, missing files). Every problem raises :class:`~gigamil.errors.ConfigError` with one message
-that names the key, the file and the row.
+that names the key, the file and the line (a sheet's header is line 1).
 """
 
 from __future__ import annotations
@@ -363,7 +363,7 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
             row = int(bad.idxmax())
             sid = f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else ""
             raise ConfigError(
-                f"{path}: row {row + 2}{sid}: mpp {df.at[row, 'mpp']!r} is not a number "
+                f"{path}: line {row + 2}{sid}: mpp {df.at[row, 'mpp']!r} is not a number "
                 "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
             )
         mpp = mpp.astype(float)
@@ -388,7 +388,7 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         if err is not None:
             col = _key(list(err.absolute_path))
             raise ConfigError(
-                f"{path}: row {i + 2} (slide_id {record['slide_id']!r}): {col}"
+                f"{path}: line {i + 2} (slide_id {record['slide_id']!r}): {col}"
                 + (" " if _is_pattern_rule(err) else ": ")
                 + _error_message(err)
             )
@@ -399,13 +399,13 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
         rows = [str(i + 2) for i in df.index[df["slide_id"] == dup.iloc[0]]]
-        raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (rows {', '.join(rows)})")
+        raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(rows)})")
 
     bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
         i = int(bad_label.idxmax())
         raise ConfigError(
-            f"{path}: row {i + 2} (slide_id {df.at[i, 'slide_id']!r}): label {df.at[i, 'label']!r} "
+            f"{path}: line {i + 2} (slide_id {df.at[i, 'slide_id']!r}): label {df.at[i, 'label']!r} "
             f"is not one of the classes {classes} of the configuration (its `classes:` list; "
             "without one, the demo's [normal, lesion])"
         )
@@ -437,8 +437,8 @@ def listed(lines: list[str], most: int = MAX_LISTED) -> list[str]:
 def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
     """Every slide file (``path``) and lesion mask (the ``lesion_mask`` cells the workflow reads,
     :func:`gigamil.layout.lesion_masks`) exists; else one :class:`ConfigError` listing each
-    missing file (up to :data:`MAX_LISTED`) with its row and, for a relative path, where it was
-    looked for."""
+    missing file (up to :data:`MAX_LISTED`) with its line in the sheet and, for a relative path,
+    where it was looked for."""
     masks = lesion_masks({}, df)
     ids = df["slide_id"].tolist()
     files = [(i, s, "slide file", p) for i, (s, p) in enumerate(zip(ids, df["path"], strict=True))]
@@ -448,7 +448,7 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
         full = sheet_slide_path(p, base)
         if not full.exists():
             where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
-            missing.append(f"  row {i + 2} (slide_id {slide_id!r}): {what} {p} not found{where}")
+            missing.append(f"  line {i + 2} (slide_id {slide_id!r}): {what} {p} not found{where}")
     if missing:
         raise ConfigError(
             f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
