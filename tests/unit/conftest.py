@@ -10,10 +10,13 @@ once per session from the repository alone: the 3-level pyramid derived from it,
 reference masks (copied in ``tests/data``, see its SOURCES.md) and small synthetic slides for the
 error paths (written here, the tests need no file from outside the clone). ``write_tiff`` and
 ``write_dicom_wsi`` write slides of an image in those formats (DICOM: pydicom, JPEG frames).
+
+Files: ``file_digests`` maps every file under a folder to its SHA-256 (determinism checks).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -529,3 +532,20 @@ def log_lines():
     yield lambda: buf.getvalue().splitlines()
     root.removeHandler(handler)
     root.setLevel(old_level)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def _file_digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def file_digests() -> Callable[[Path], dict[str, str]]:
+    """``file_digests(root)``: {path relative to root (POSIX): SHA-256 hex} of every file under it."""
+    return _file_digests

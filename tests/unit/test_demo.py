@@ -3,7 +3,6 @@ test cohort; the default real-tissue demo is tested in test_demo_tiles.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -28,14 +27,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
     return out, demo.make_demo_cohort(out)
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _not_white_blocks(rgb: np.ndarray, block: int) -> np.ndarray:
     """Fraction of not-white pixels (min channel < 215) per block x block tile."""
     h, w = rgb.shape[:2]
@@ -43,7 +34,7 @@ def _not_white_blocks(rgb: np.ndarray, block: int) -> np.ndarray:
     return nw.reshape(h // block, block, w // block, block).mean(axis=(1, 3))
 
 
-def test_same_seed_same_bytes_and_relative_paths(cohort, tmp_path, monkeypatch):
+def test_same_seed_same_bytes_and_relative_paths(cohort, tmp_path, monkeypatch, file_digests):
     full_out, _ = cohort
     runs = {}
     for name in ("a", "b"):
@@ -52,7 +43,7 @@ def test_same_seed_same_bytes_and_relative_paths(cohort, tmp_path, monkeypatch):
         args = ["demo", "out", "--kind", "synthetic", "--seed", "3", "--patients", "2"]
         args += ["--slides-per-patient", "1"]
         assert main(args) == 0
-        runs[name] = _digests(tmp_path / name / "out")
+        runs[name] = file_digests(tmp_path / name / "out")
     assert runs["a"] == runs["b"]
     assert sorted(runs["a"]) == [
         "lesion_masks/demo_p01_s1.json",
@@ -64,7 +55,7 @@ def test_same_seed_same_bytes_and_relative_paths(cohort, tmp_path, monkeypatch):
         "slides/demo_p02_s1.tiff",
     ]
     # another seed (the seed-0 cohort) gives other slides
-    seed0 = _digests(full_out)
+    seed0 = file_digests(full_out)
     assert runs["a"]["slides/demo_p01_s1.tiff"] != seed0["slides/demo_p01_s1.tiff"]
     sheet = pd.read_csv(tmp_path / "a" / "out" / "sheet.csv")
     assert sheet["path"].tolist() == [f"out/slides/{s}.tiff" for s in sheet["slide_id"]]

@@ -33,14 +33,6 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
     return out, demo_tiles.make_tile_cohort(out)
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 def _tile_folder(root: Path, n_normal: int, n_tumour: int, seed: int = 0) -> Path:
     """A labelled tile folder of plain coloured 96-px JPEGs: pink normal, purple tumour."""
     rng = np.random.default_rng(seed)
@@ -128,14 +120,14 @@ def test_tiff_mpp_pyramid_and_masks_align_with_tumour_tiles(cohort):
         assert np.abs(glass - demo_tiles.BACKGROUND).max() < 6
 
 
-def test_same_seed_same_bytes_other_seed_other_tiles(tmp_path, monkeypatch):
+def test_same_seed_same_bytes_other_seed_other_tiles(tmp_path, monkeypatch, file_digests):
     runs = {}
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         args = ["demo", "out", "--seed", seed, "--patients", "2", "--slides-per-patient", "1"]
         assert main(args) == 0
-        runs[name] = _digests(tmp_path / name / "out")
+        runs[name] = file_digests(tmp_path / name / "out")
     assert runs["a"] == runs["b"]
     assert sorted(runs["a"]) == [
         "lesion_masks/demo_p01_s1.json",
