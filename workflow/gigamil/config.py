@@ -299,6 +299,12 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     return df
 
 
+def _sheet_line(index: int) -> int:
+    """The line of the sheet file that holds the row at 0-based ``index`` (the header is line 1);
+    every error about a row names it so."""
+    return index + 2
+
+
 def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
     when ``labels_required``; else an empty one is added) and a row."""
@@ -363,7 +369,7 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
             row = int(bad.idxmax())
             sid = f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else ""
             raise ConfigError(
-                f"{path}: line {row + 2}{sid}: mpp {df.at[row, 'mpp']!r} is not a number "
+                f"{path}: line {_sheet_line(row)}{sid}: mpp {df.at[row, 'mpp']!r} is not a number "
                 "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
             )
         mpp = mpp.astype(float)
@@ -388,7 +394,7 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         if err is not None:
             col = _key(list(err.absolute_path))
             raise ConfigError(
-                f"{path}: line {i + 2} (slide_id {record['slide_id']!r}): {col}"
+                f"{path}: line {_sheet_line(i)} (slide_id {record['slide_id']!r}): {col}"
                 + (" " if _is_pattern_rule(err) else ": ")
                 + _error_message(err)
             )
@@ -398,14 +404,15 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
     """Unique slide ids, labels among ``classes``, one label per patient."""
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
-        rows = [str(i + 2) for i in df.index[df["slide_id"] == dup.iloc[0]]]
-        raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(rows)})")
+        lines = [str(_sheet_line(i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
+        raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(lines)})")
 
     bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
         i = int(bad_label.idxmax())
         raise ConfigError(
-            f"{path}: line {i + 2} (slide_id {df.at[i, 'slide_id']!r}): label {df.at[i, 'label']!r} "
+            f"{path}: line {_sheet_line(i)} (slide_id {df.at[i, 'slide_id']!r}): "
+            f"label {df.at[i, 'label']!r} "
             f"is not one of the classes {classes} of the configuration (its `classes:` list; "
             "without one, the demo's [normal, lesion])"
         )
@@ -448,7 +455,9 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
         full = sheet_slide_path(p, base)
         if not full.exists():
             where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
-            missing.append(f"  line {i + 2} (slide_id {slide_id!r}): {what} {p} not found{where}")
+            missing.append(
+                f"  line {_sheet_line(i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
+            )
     if missing:
         raise ConfigError(
             f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
