@@ -243,6 +243,25 @@ def test_duplicate_slide_id(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
+def test_row_errors_name_the_file_line_across_blank_lines(tmp_path):
+    """pd.read_csv skips blank lines and reads a quoted cell over two lines as one row; the
+    line an error names is still the one an editor shows."""
+    path = write_sheet(tmp_path, good_rows())
+    head, first, second, third = path.read_text().splitlines()
+    second = second.replace("s2,", '"s2",', 1)
+    path.write_text(
+        "\n".join(["", head, first, "", "   ", second, third.replace("lesion", "tumour")])
+    )
+    with pytest.raises(ConfigError, match=r"line 7 \(slide_id 's3'\): label 'tumour'"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text(f'{head}\n\n{first}\n"s1",p9,normal,"s\n1.svs"\n\n{third}\n')
+    with pytest.raises(ConfigError, match=r"duplicate slide_id 's1' \(lines 3, 4\)"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text(f'{head}\n"s9",p9,normal,"s\n9.svs"\n\n{first.replace("s1.svs", "x.svs")}\n')
+    with pytest.raises(ConfigError, match=r"line 5 \(slide_id 's1'\): slide file x.svs not"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
 def test_label_not_in_classes(tmp_path):
     rows = good_rows()
     rows[2]["label"] = "tumour"

@@ -9,6 +9,7 @@ that names the key, the file and the line (a sheet's header is line 1).
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
 import hashlib
 import logging
@@ -299,10 +300,30 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     return df
 
 
-def _sheet_line(index: int) -> int:
-    """The line of the sheet file that holds the row at 0-based ``index`` (the header is line 1);
-    every error about a row names it so."""
-    return index + 2
+def _sheet_line(df: pd.DataFrame, position: int) -> int:
+    """The line of the sheet file where the row at 0-based ``position`` starts (the header is
+    line 1); every error about a row names it so. Blank lines, which ``pd.read_csv`` skips, are
+    counted: :func:`_read_sheet_csv` keeps each row's line in ``df.attrs["sheet_lines"]``
+    (without it, e.g. a frame built in code, the row after the header is line 2)."""
+    lines = df.attrs.get("sheet_lines")
+    return int(lines[position]) if lines is not None else position + 2
+
+
+def _record_lines(path: Path) -> list[int] | None:
+    """The file line each data record of a CSV starts on, skipping blank (or whitespace-only)
+    lines as ``pd.read_csv`` does; None when the file cannot be read so."""
+    starts: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            previous = 0
+            for record in reader:
+                if len(record) > 1 or (record and record[0].strip()):
+                    starts.append(previous + 1)
+                previous = reader.line_num
+    except (csv.Error, UnicodeDecodeError):
+        return None
+    return starts[1:]  # the first record is the header
 
 
 def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
@@ -330,7 +351,11 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         )
     if df.empty:
         raise ConfigError(f"{path}: the sheet has no rows")
-    return df.apply(lambda col: col.str.strip())
+    df = df.apply(lambda col: col.str.strip())
+    lines = _record_lines(path)
+    if lines is not None and len(lines) == len(df):
+        df.attrs["sheet_lines"] = lines
+    return df
 
 
 def _check_column_spelling(columns: list[str], path: Path) -> None:
@@ -369,8 +394,8 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
             row = int(bad.idxmax())
             sid = f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else ""
             raise ConfigError(
-                f"{path}: line {_sheet_line(row)}{sid}: mpp {df.at[row, 'mpp']!r} is not a number "
-                "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
+                f"{path}: line {_sheet_line(df, row)}{sid}: mpp {df.at[row, 'mpp']!r} "
+                "is not a number (µm/px, e.g. 0.25; leave it empty to use the slide's own)"
             )
         mpp = mpp.astype(float)
     else:
@@ -394,7 +419,7 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         if err is not None:
             col = _key(list(err.absolute_path))
             raise ConfigError(
-                f"{path}: line {_sheet_line(i)} (slide_id {record['slide_id']!r}): {col}"
+                f"{path}: line {_sheet_line(df, i)} (slide_id {record['slide_id']!r}): {col}"
                 + (" " if _is_pattern_rule(err) else ": ")
                 + _error_message(err)
             )
@@ -404,14 +429,14 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
     """Unique slide ids, labels among ``classes``, one label per patient."""
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
-        lines = [str(_sheet_line(i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
+        lines = [str(_sheet_line(df, i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
         raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(lines)})")
 
     bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
         i = int(bad_label.idxmax())
         raise ConfigError(
-            f"{path}: line {_sheet_line(i)} (slide_id {df.at[i, 'slide_id']!r}): "
+            f"{path}: line {_sheet_line(df, i)} (slide_id {df.at[i, 'slide_id']!r}): "
             f"label {df.at[i, 'label']!r} "
             f"is not one of the classes {classes} of the configuration (its `classes:` list; "
             "without one, the demo's [normal, lesion])"
@@ -456,7 +481,7 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
         if not full.exists():
             where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
             missing.append(
-                f"  line {_sheet_line(i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
+                f"  line {_sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
             )
     if missing:
         raise ConfigError(
