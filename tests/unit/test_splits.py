@@ -8,7 +8,7 @@ import pytest
 
 from gigamil.errors import GigamilError
 from gigamil.folds import FOLD_COLUMNS, check_folds, fold_slides, read_folds, write_folds
-from gigamil.splits import feasible_folds, make_folds, split_digest
+from gigamil.splits import _most_frequent, feasible_folds, make_folds, split_digest
 
 
 def _sheet(patients: list[tuple[str, str, int]], site: dict | None = None) -> pd.DataFrame:
@@ -264,3 +264,21 @@ def test_split_digest_follows_only_what_the_folds_read():
     assert split_digest([resited], strat) != split_digest([sheet], strat)  # ... but here it is
     # the folds of equal digests are equal
     assert make_folds(other, 3).equals(make_folds(sheet, 3))
+
+
+def test_sorting_a_sheet_changes_neither_the_folds_nor_their_digest():
+    """A user sorts the sheet in a spreadsheet: the split, and so the trained models, stay."""
+    site = {f"P{i}": "a" if i % 2 else "b" for i in range(8)}
+    sheet = _sheet([(f"P{i}", "x" if i < 4 else "y", 2) for i in range(8)], site)
+    sheet.loc[0, "site"] = "c"  # patient P0: sites b and c once each, a tie
+    shuffled = sheet.sample(frac=1, random_state=3).reset_index(drop=True)
+    assert not shuffled["slide_id"].equals(sheet["slide_id"])
+    for cv in ({"folds": 2, "stratify_by": []}, {"folds": 2, "stratify_by": ["site"]}):
+        assert split_digest([shuffled], cv) == split_digest([sheet], cv)
+        strata = cv["stratify_by"]
+        assert make_folds(shuffled, 4, stratify_by=strata).equals(
+            make_folds(sheet, 4, stratify_by=strata)
+        )
+    tied = sheet[sheet["patient_id"] == "P0"]
+    assert list(tied["site"]) == ["c", "b"]
+    assert _most_frequent(tied["site"]) == _most_frequent(tied["site"][::-1]) == "b"

@@ -47,7 +47,8 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
 
     Args:
         sheet: slides with at least ``patient_id``, ``label`` and the ``stratify_by`` columns.
-        stratify_by: extra columns to balance (a patient's value is its most frequent one).
+        stratify_by: extra columns to balance (a patient's value is its most frequent one; of
+            equally frequent ones the first in sorted order, so the row order does not matter).
 
     Raises:
         GigamilError: missing column, or a patient with slides of different labels.
@@ -74,8 +75,14 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
         }
     )
     for col in stratify_by:
-        out[col] = grouped[col].agg(lambda s: s.astype(str).value_counts().index[0]).to_numpy()
+        out[col] = grouped[col].agg(_most_frequent).to_numpy()
     return out
+
+
+def _most_frequent(values: pd.Series) -> str:
+    """The most frequent value (as text); of equally frequent ones the first in sorted order."""
+    counts = values.astype(str).value_counts()
+    return str(min(counts.index[counts == counts.max()]))
 
 
 def _class_bounds(
@@ -288,13 +295,15 @@ def _check_fold_classes(
 
 def split_digest(sheets: Sequence[pd.DataFrame], cv: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of what the folds depend on: the ``cohort``, ``slide_id``, ``patient_id`` and
-    ``label`` of every row of the train cohorts' sheets, in sheet order, plus the
-    ``cv.stratify_by`` columns. Rule ``make_splits`` takes it as a parameter instead of the
-    sheet files as inputs, so editing a column the folds do not read (``path``, ``lesion_mask``,
-    ``mpp``, a note) retrains nothing, while a changed label, patient or slide reruns the split
-    and everything after it (Snakemake's ``params`` rerun trigger)."""
+    ``label`` of every row of the train cohorts' sheets, plus the ``cv.stratify_by`` columns,
+    sorted by cohort and slide (the folds do not depend on the order of the rows, so neither
+    does the digest). Rule ``make_splits`` takes it as a parameter instead of the sheet files as
+    inputs, so sorting a sheet or editing a column the folds do not read (``path``,
+    ``lesion_mask``, ``mpp``, a note) retrains nothing, while a changed label, patient or slide
+    reruns the split and everything after it (Snakemake's ``params`` rerun trigger)."""
     columns = ["cohort", "slide_id", "patient_id", "label", *(cv.get("stratify_by") or [])]
     table = pd.concat([df.reindex(columns=columns) for df in sheets], ignore_index=True)
+    table = table.astype(str).sort_values(["cohort", "slide_id"], kind="stable")
     text = table.astype(str).to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode()).hexdigest()
 
