@@ -262,6 +262,47 @@ def test_row_errors_name_the_file_line_across_blank_lines(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
+def test_slide_ids_that_differ_only_in_case_are_refused(tmp_path, base_config):
+    """macOS: results/patches/c/S1.zarr and .../s1.zarr would be one directory."""
+    rows = good_rows()
+    rows[1]["slide_id"] = "S1"
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows))}}
+    with pytest.raises(
+        ConfigError, match=r"'S1', 's1' \(cohort a\) differ only in case \(1 such\)"
+    ):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_every_label_not_in_classes_in_one_message(tmp_path):
+    rows = good_rows()
+    rows[0]["label"], rows[2]["label"] = "Normal", "tumour"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert str(err.value).splitlines() == [
+        f"{path}: 2 labels are not one of the classes {CLASSES} of the configuration (its "
+        "`classes:` list; without one, the demo's [normal, lesion])",
+        "  line 2 (slide_id 's1'): label 'Normal'",
+        "  line 4 (slide_id 's3'): label 'tumour'",
+    ]
+
+
+def test_rows_of_empty_cells_are_skipped_like_blank_lines(tmp_path):
+    """A spreadsheet saves trailing rows of empty cells (',,,'); they hold no data."""
+    path = write_sheet(tmp_path, good_rows())
+    head, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([head, rows[0], ",,,", rows[1], rows[2], ",,,", " , ,, "]) + "\n")
+    df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert list(df["slide_id"]) == ["s1", "s2", "s3"]
+    path.write_text("\n".join([head, rows[0], ",,,", rows[1], rows[2].replace("s3.svs", "x")]))
+    with pytest.raises(ConfigError, match=r"line 5 \(slide_id 's3'\): slide file x not found"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text(f"{head}\n,,,\n\n,,,\n")
+    with pytest.raises(ConfigError, match=r"sheet.csv: the sheet has no rows \(only empty ones\)"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
 def test_label_not_in_classes(tmp_path):
     rows = good_rows()
     rows[2]["label"] = "tumour"
@@ -366,6 +407,7 @@ def test_optional_lesion_mask_column_may_be_empty(tmp_path):
     [
         (lambda r: r.update(path="s1.svs"), r"slide file '.*s1.svs' is in cohorts a, b"),
         (lambda r: r.update(slide_id="s1"), r"slide_id 's1' is in cohorts a, b"),
+        (lambda r: r.update(slide_id="S1"), r"slide_ids 'S1', 's1' \(cohort a, b\) differ only in"),
         (lambda r: r.update(patient_id="p1", label="lesion"), r"patient 'p1' has labels"),
         (
             lambda r: r.update(patient_id="p1", label="normal"),

@@ -154,6 +154,9 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     folds = read_folds(out)
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3]
     assert set(folds["cohort"]) == {"cohortA"}
+    assert main(["splits", "--sheet", str(path), "--out", str(out)]) == 0  # the schema's cv
+    folds = read_folds(out)
+    assert folds["fold"].nunique() == 5 and set(folds["role"]) == {"train", "val", "test"}
     capsys.readouterr()
     assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -328,7 +328,8 @@ def _record_lines(path: Path) -> list[int] | None:
 
 def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
-    when ``labels_required``; else an empty one is added) and a row."""
+    when ``labels_required``; else an empty one is added) and a row. Blank lines and rows whose
+    every cell is empty are skipped; ``df.attrs["sheet_lines"]`` keeps each row's file line."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -353,8 +354,13 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         raise ConfigError(f"{path}: the sheet has no rows")
     df = df.apply(lambda col: col.str.strip())
     lines = _record_lines(path)
-    if lines is not None and len(lines) == len(df):
-        df.attrs["sheet_lines"] = lines
+    if lines is None or len(lines) != len(df):
+        lines = [i + 2 for i in range(len(df))]
+    filled = df.ne("").any(axis=1).to_numpy()  # rows of empty cells (",,,"): a spreadsheet's
+    df = df[filled].reset_index(drop=True)  # leftovers hold no data, like blank lines
+    if df.empty:
+        raise ConfigError(f"{path}: the sheet has no rows (only empty ones)")
+    df.attrs["sheet_lines"] = [line for line, keep in zip(lines, filled, strict=True) if keep]
     return df
 
 
@@ -434,12 +440,17 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
 
     bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
-        i = int(bad_label.idxmax())
+        bad = [
+            f"line {_sheet_line(df, i)} (slide_id {df.at[i, 'slide_id']!r}): "
+            f"label {df.at[i, 'label']!r}"
+            for i, is_bad in enumerate(bad_label)
+            if is_bad
+        ]
         raise ConfigError(
-            f"{path}: line {_sheet_line(df, i)} (slide_id {df.at[i, 'slide_id']!r}): "
-            f"label {df.at[i, 'label']!r} "
-            f"is not one of the classes {classes} of the configuration (its `classes:` list; "
-            "without one, the demo's [normal, lesion])"
+            f"{path}: {bad[0] if len(bad) == 1 else f'{len(bad)} labels'} "
+            f"{'is' if len(bad) == 1 else 'are'} not one of the classes {classes} of the "
+            "configuration (its `classes:` list; without one, the demo's [normal, lesion])"
+            + ("".join(f"\n  {line}" for line in listed(bad)) if len(bad) > 1 else "")
         )
 
     labels_per_patient = df[df["label"].ne("")].groupby("patient_id")["label"].unique()
@@ -624,7 +635,7 @@ def check_leakage(
     """Identity and leakage across cohorts, before any job runs; ConfigError naming the ids:
 
     - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
-      across cohorts);
+      across cohorts), or two slide_ids that differ only in case (one file on macOS);
     - the same slide file in two rows, of two cohorts or of one: the same resolved path, or the
       same content (same :func:`slide_fingerprint`: a copy of a slide under another name or
       directory; skipped with ``check_content`` False);
@@ -651,9 +662,21 @@ def check_leakage(
                 f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
                 f"{_first(dup)}); a slide may belong to one cohort only"
             )
-    listed = allr[allr["_path"].duplicated(keep=False)]
-    if not listed.empty:  # within one cohort (across cohorts: the check above)
-        first = listed[listed["_path"] == listed["_path"].iloc[0]]
+    ids = allr["slide_id"].astype(str)
+    spellings = ids.groupby(ids.str.casefold()).unique()
+    clash = spellings[spellings.map(len) > 1]
+    if len(clash):
+        names = sorted(clash.iloc[0])
+        where = sorted(allr.loc[ids.isin(names), "_cohort"].unique())
+        raise ConfigError(
+            f"slide_ids {', '.join(map(repr, names))} (cohort {', '.join(where)}) differ only in "
+            f"case ({len(clash)} such): on a case-insensitive file system (macOS, Windows) their "
+            "result files, e.g. results/patches/<cohort>/<slide_id>.zarr, would be one file; "
+            "rename one"
+        )
+    twice = allr[allr["_path"].duplicated(keep=False)]
+    if not twice.empty:  # within one cohort (across cohorts: the check above)
+        first = twice[twice["_path"] == twice["_path"].iloc[0]]
         raise ConfigError(
             f"cohort {first['_cohort'].iloc[0]}: slide file {first['path'].iloc[0]!r} is listed "
             f"{len(first)} times (slide_ids {', '.join(map(str, first['slide_id']))}); one slide "

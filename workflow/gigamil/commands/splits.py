@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--config",
         metavar="CONFIG.yaml",
-        help="use the train cohorts, classes and cv section of this config",
+        help="use the train cohorts, classes and cv section of this config (relative sheet "
+        "paths are read from the current directory, as snakemake reads them from its --directory)",
     )
     src.add_argument(
         "--sheet",
@@ -42,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from gigamil.config import load_config, load_sheet
+    from gigamil.config import load_config, load_schema, load_sheet
     from gigamil.folds import split_report, write_folds
     from gigamil.splits import make_folds
 
-    cv = {"folds": 5, "val_fraction": 0.2, "seed": 0, "stratify_by": []}
+    keys = load_schema("config")["properties"]["cv"]["properties"]
+    cv = {key: keys[key]["default"] for key in ("folds", "val_fraction", "seed", "stratify_by")}
     if args.config:
         cfg = load_config(args.config)
         cv.update(cfg.get("cv", {}))
