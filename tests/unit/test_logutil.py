@@ -57,3 +57,24 @@ def test_every_script_sets_up_its_log_before_anything_else():
         first, second = ast.unparse(stmts[0]), ast.unparse(stmts[1])
         assert first == "from gigamil.logutil import setup_script_logging", path.name
         assert second == "setup_script_logging(snakemake.log[0])", path.name
+
+
+def test_console_warnings_prefix_the_main_process_warnings_once():
+    """The Snakemake main process has no logging set up; its warnings (a sheet's column, slides
+    to be upsampled) read like config_warnings' lines."""
+    code = (
+        "import logging\n"
+        "from gigamil.logutil import console_warnings\n"
+        "console_warnings(); console_warnings()\n"
+        "logging.getLogger('gigamil.wsi.preflight').warning('2 slide(s) are %s', 'coarser')\n"
+        "logging.getLogger('gigamil.config').info('not shown')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "gigamil: warning: 2 slide(s) are coarser\n"

@@ -497,7 +497,8 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
     if missing:
         raise ConfigError(
             f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
-            "directory snakemake runs in):\n" + "\n".join(listed(missing))
+            "working directory: snakemake's --directory, else where it runs):\n"
+            + "\n".join(listed(missing))
         )
 
 

@@ -66,6 +66,24 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
     logging.captureWarnings(True)
 
 
+class _ConsoleWarnings(logging.StreamHandler):
+    """The handler :func:`console_warnings` adds (its class marks it, so it is added once)."""
+
+
+def console_warnings(name: str = "gigamil") -> None:
+    """Print the warnings of logger ``name`` (and its children) on stderr as ``gigamil: warning:
+    <message>``, the form of the workflow's other warnings. For the Snakemake main process,
+    which parses the workflow (sheets, slides) with no logging set up: Python would print the
+    bare message. Calling it again adds nothing."""
+    logger = logging.getLogger(name)
+    if any(isinstance(h, _ConsoleWarnings) for h in logger.handlers):
+        return
+    handler = _ConsoleWarnings(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("gigamil: warning: %(message)s"))
+    logger.addHandler(handler)
+
+
 def setup_script_logging(log_file: str | Path) -> None:
     """:func:`setup_logging` for a Snakemake script, plus its failure in the job's log.
 

@@ -31,6 +31,7 @@ from gigamil.config import (  # noqa: E402
 )
 from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402
 from gigamil.errors import ConfigError, GigamilError  # noqa: E402
+from gigamil.logutil import console_warnings  # noqa: E402
 from gigamil.splits import make_cv_folds, split_digest  # noqa: E402
 from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
@@ -44,6 +45,8 @@ def stop(message):
     sys.exit(1)
 
 
+if getattr(workflow, "is_main_process", True):
+    console_warnings()  # the checks below warn as "gigamil: warning: ..."
 try:
     # errors name the configuration file(s) snakemake read (and --config when given)
     _sources = [str(f) for f in getattr(workflow, "configfiles", [])]
