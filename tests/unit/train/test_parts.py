@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gigamil.errors import GigamilError
 from gigamil.models.factory import build_mil_model
 from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.settings import EarlyStoppingConfig, ModelConfig
@@ -154,6 +155,16 @@ def test_model_pt_records_the_weights_sha256_and_old_files_still_load(tmp_path: 
         torch.equal(a, b)
         for a, b in zip(again.state_dict().values(), old.state_dict().values(), strict=True)
     )
+
+
+def test_loading_last_pt_as_a_model_says_to_use_model_pt(tmp_path: Path) -> None:
+    state = {"model": {}, "optimizer": {}, "early_stopping": {"epoch": 2}, "rng": {}}
+    path = atomic_save(state, tmp_path / "last.pt")
+    with pytest.raises(GigamilError, match=r"resumable state \(last.pt\), not a model: use the"):
+        load_model(path)
+    path = atomic_save({"epoch": 1}, tmp_path / "other.pt")
+    with pytest.raises(GigamilError, match=r"other.pt: checkpoint lacks \['state_dict', .*\]$"):
+        load_model(path)
 
 
 def test_sm_alpha_reaches_the_head_and_older_smabmil_files_load_with_0_5(tmp_path: Path) -> None:

@@ -186,7 +186,12 @@ def load_model(
     weights_key = "replicates" if members is not None else "state_dict"
     missing = [k for k in (weights_key, "model_config", "classes", "patch_px") if k not in ckpt]
     if missing:
-        raise GigamilError(f"{path}: checkpoint lacks {missing}")
+        hint = (
+            "; it is a trainer's resumable state (last.pt), not a model: use the fold's model.pt"
+            if "optimizer" in ckpt and "early_stopping" in ckpt
+            else ""
+        )
+        raise GigamilError(f"{path}: checkpoint lacks {missing}{hint}")
     model_cfg = dict(ckpt["model_config"])
     model_cfg["weights"] = None  # the state dict holds the trained weights
     model_cfg.setdefault("feature_norm", False)  # model.pt files written before the key existed
