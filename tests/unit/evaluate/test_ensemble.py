@@ -296,7 +296,11 @@ def test_mean_probabilities_skip_missing_models_and_mean_attention(tmp_path):
     a = _predict(ext, 0, np.random.default_rng(0))
     b = _predict(ext, 1, np.random.default_rng(1), nan_slide="ext_p0_s0")
     ens = mean_probabilities(pd.concat([a, b]), CLASSES).set_index("slide_id")
-    assert ens.loc["ext_p0_s0", "n_models"] == 1
+    assert ens.loc["ext_p0_s0", "n_models"] == 1 and ens.loc["ext_p0_s0", "folds"] == "0"
+    assert ens.loc["ext_p1_s0", "n_models"] == 2 and ens.loc["ext_p1_s0", "folds"] == "0;1"
+    c = _predict(ext, 2, np.random.default_rng(2), nan_slide="ext_p0_s0")
+    none = mean_probabilities(pd.concat([b, c]), CLASSES).set_index("slide_id")
+    assert none.loc["ext_p0_s0", ["n_models", "folds", "pred"]].tolist() == [0, "", ""]
     assert ens.loc["ext_p0_s0", "prob_lesion"] == pytest.approx(a.prob_lesion.iloc[0])
     np.save(tmp_path / "a.npy", np.array([0.2, 0.8], np.float32))
     np.save(tmp_path / "b.npy", np.array([0.4, 0.6], np.float32))

@@ -50,7 +50,9 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
         preds: stacked prediction tables of several fold models (column ``fold``).
 
     Returns:
-        cohort, slide_id, patient_id, label, prob_<class>..., pred, n_models, folds.
+        cohort, slide_id, patient_id, label, prob_<class>..., pred, n_models (the models that
+        predicted the slide), folds (theirs, ``;``-separated; empty for a slide no model could
+        predict: no patches).
     """
     pcols = [f"prob_{c}" for c in classes]
     key = ["cohort", "slide_id"]
@@ -59,12 +61,11 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     if (conflict > 1).any():
         raise GigamilError(f"slide {conflict.idxmax()} has different labels in the predictions")
     probs = preds.groupby(key, sort=True)[pcols].mean()  # NaN rows (no patches) are skipped
-    n_models = (
-        preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1))
-        .groupby(key, sort=True)["ok"]
-        .sum()
+    predicted = preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1))
+    n_models = predicted.groupby(key, sort=True)["ok"].sum()
+    folds = predicted.groupby(key, sort=True)[["fold", "ok"]].apply(
+        lambda g: ";".join(map(str, sorted(g.loc[g["ok"], "fold"])))
     )
-    folds = preds.groupby(key, sort=True)["fold"].apply(lambda f: ";".join(map(str, sorted(f))))
     out = ids.join(probs).join(n_models.rename("n_models")).join(folds.rename("folds"))
     p = out[pcols].to_numpy(dtype=float)
     ok = np.isfinite(p).all(axis=1)
