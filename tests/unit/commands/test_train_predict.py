@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 
@@ -115,3 +116,24 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
         )
         == 2
     )
+
+
+def test_slides_csv_may_be_a_pipe(tmp_path: Path) -> None:
+    """`gigamil predict --slides <(grep ... slides.csv)`: bash passes a pipe, not a file."""
+    import os
+    import threading
+
+    from gigamil.commands.train import read_slides_csv
+    from gigamil.errors import GigamilError
+
+    fifo = tmp_path / "slides.pipe"
+    os.mkfifo(fifo)
+    text = "cohort,slide_id,patient_id,store\nc,s1,p1,/abs/s1.zarr\n"
+    writer = threading.Thread(target=fifo.write_text, args=(text,))
+    writer.start()
+    df = read_slides_csv(str(fifo), labels=False)
+    writer.join(timeout=10)
+    assert df[["slide_id", "label", "store"]].values.tolist() == [["s1", "", "/abs/s1.zarr"]]
+    for missing in (tmp_path / "nothere.csv", tmp_path):
+        with pytest.raises(GigamilError, match="file not found"):
+            read_slides_csv(str(missing))

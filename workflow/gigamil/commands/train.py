@@ -58,7 +58,7 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
 
     from gigamil.errors import GigamilError
 
-    if not Path(path).is_file():
+    if not Path(path).exists() or Path(path).is_dir():  # a pipe (<(...)) is fine
         raise GigamilError(f"{path}: file not found")
     try:
         df = pd.read_csv(
