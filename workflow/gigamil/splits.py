@@ -304,7 +304,7 @@ def split_digest(sheets: Sequence[pd.DataFrame], cv: Mapping[str, Any]) -> str:
     columns = ["cohort", "slide_id", "patient_id", "label", *(cv.get("stratify_by") or [])]
     table = pd.concat([df.reindex(columns=columns) for df in sheets], ignore_index=True)
     table = table.astype(str).sort_values(["cohort", "slide_id"], kind="stable")
-    text = table.astype(str).to_csv(index=False, lineterminator="\n")
+    text = table.to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode()).hexdigest()
 
 

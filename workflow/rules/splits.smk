@@ -3,8 +3,8 @@
 No input files: params are the cv section, the classes, the train-cohort names and a digest of
 what the folds read from the sheets, in sorted order (gigamil.splits.split_digest), so adding an
 external cohort, changing training keys, sorting a sheet, editing a sheet column the folds do not
-read (path, lesion_mask, mpp) or moving a sheet file keeps the folds and the trained models. The script reads the sheets from the
-paths in the config (snakemake.config: not a rerun trigger).
+read (path, lesion_mask, mpp) or moving a sheet file keeps the folds and the trained models. The
+script reads the sheets from the paths in the config (snakemake.config: not a rerun trigger).
 """
 
 

@@ -62,8 +62,9 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
         raise GigamilError(f"slide {conflict.idxmax()} has different labels in the predictions")
     probs = preds.groupby(key, sort=True)[pcols].mean()  # NaN rows (no patches) are skipped
     predicted = preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1))
-    n_models = predicted.groupby(key, sort=True)["ok"].sum()
-    folds = predicted.groupby(key, sort=True)[["fold", "ok"]].apply(
+    per_slide = predicted.groupby(key, sort=True)
+    n_models = per_slide["ok"].sum()
+    folds = per_slide[["fold", "ok"]].apply(
         lambda g: ";".join(map(str, sorted(g.loc[g["ok"], "fold"])))
     )
     out = ids.join(probs).join(n_models.rename("n_models")).join(folds.rename("folds"))
