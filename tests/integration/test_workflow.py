@@ -121,6 +121,14 @@ def test_broken_yaml_is_named_with_its_line(workdir: Path):
     assert 'in "config.yaml", line' in res.stderr and "Snakefile" not in res.stderr
 
 
+def test_key_given_twice_in_a_configfile_stops_the_run(workdir: Path):
+    """YAML keeps the last of two equal keys silently (the first one's edit would be lost)."""
+    my = _own_project(workdir)
+    my.write_text(my.read_text() + "experiment: second\n")
+    res = _dry_run_elsewhere(workdir, "--configfile", str(my), ok=False)
+    assert "key 'experiment' given twice (lines" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_own_configfile_never_pulls_in_the_demo_cohort(workdir: Path):
     """`snakemake --configfile my.yaml` next to the demo's config.yaml: only my cohort."""
     my = _own_project(workdir)

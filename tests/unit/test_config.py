@@ -14,6 +14,7 @@ from gigamil.config import (
     load_cohorts,
     load_config,
     load_sheet,
+    read_yaml,
     validate_config,
 )
 from gigamil.errors import ConfigError
@@ -164,6 +165,14 @@ def test_config_file_errors(tmp_path):
     bad.write_text("cohorts: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("experiment: a\ntraining:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"key 'epochs' given twice \(lines 3 and 5\)"):
+        load_config(twice)
+    # the same key in two different mappings is fine
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("cohorts: {}\ntraining: {epochs: 3}\nmodel: {epochs: 3}\n")
+    assert read_yaml(ok)["model"] == {"epochs": 3}
 
 
 def test_good_sheet_loads(tmp_path):

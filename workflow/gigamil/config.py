@@ -241,17 +241,48 @@ def check_cmap(cmap: str) -> None:
         )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            with contextlib.suppress(TypeError):  # an unhashable key: PyYAML's own error below
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} given twice (lines {seen[key]} and {line}); "
+                        "YAML would silently keep the second",
+                        key_node.start_mark,
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, rejecting duplicate keys.
+
+    Raises:
+        ConfigError: the file is not valid YAML, or a mapping gives a key twice (plain YAML
+            loaders keep the last value silently); the message names the file, key and lines.
+        OSError: the file cannot be read.
+    """
+    with open(path) as fh:
+        try:
+            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate a config.yaml."""
+    """Read and validate a config.yaml (duplicate keys are an error, see :func:`read_yaml`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    with open(path) as fh:
-        try:
-            raw = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return validate_config(raw, source=str(path))
+    return validate_config(read_yaml(path) or {}, source=str(path))
 
 
 def _clean(value: Any) -> Any:

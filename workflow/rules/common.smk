@@ -26,6 +26,7 @@ from gigamil.config import (  # noqa: E402
     check_cmap,
     config_warnings,
     load_cohorts,
+    read_yaml,
     train_patient_overlap,
     validate_config,
 )
@@ -50,6 +51,8 @@ if getattr(workflow, "is_main_process", True):
 try:
     # errors name the configuration file(s) snakemake read (and --config when given)
     _sources = [str(f) for f in getattr(workflow, "configfiles", [])]
+    for _file in _sources:  # a key given twice: YAML (and Snakemake) silently keep the last
+        read_yaml(_file)
     if getattr(getattr(workflow, "config_settings", None), "config", None):
         _sources.append("--config")
     _validated = validate_config(config, source=" + ".join(_sources) or "config")
