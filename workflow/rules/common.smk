@@ -79,7 +79,12 @@ if getattr(workflow, "is_main_process", True):
 
     try:  # once, here: the jobs would import matplotlib (and timm) for it
         check_cmap(config["heatmaps"]["cmap"])
-        check_encoder_settings(config["model"]["encoder"], config["model"]["weights"])
+        check_encoder_settings(
+            config["model"]["encoder"],
+            config["model"]["weights"],
+            config["model"]["trainable_blocks"],
+            config["model"]["batchnorm"],
+        )
     except ConfigError as exc:
         stop(f"gigamil: invalid configuration: {exc}")
     for _warning in config_warnings(config):

@@ -304,9 +304,26 @@ def test_encoder_settings_checked_without_building(tmp_path) -> None:
         ("resnet_18", None, "'resnet_18' is not one of"),
         ("resnet18", "IMAGENET1K_V7", "'IMAGENET1K_V7' is not a torchvision weight of resnet18"),
         ("resnet18", str(tmp_path / "nope.pt"), "nope.pt does not exist"),
+        # weight names exist only for the torchvision encoders: found here, not in train_fold
+        ("smallcnn", "IMAGENET1K_V1", "named weights exist only for resnet18, "),
+        ("timm:resnet18", "IMAGENET1K_V1", "'IMAGENET1K_V1' for timm:resnet18"),
+        ("identity", "IMAGENET1K_V1", "identity has no weights"),
+        ("identity", str(weights), "identity has no weights"),
     ]:
         with pytest.raises(ConfigError, match=match):
             check_encoder_settings(encoder, w)
+        with pytest.raises(ConfigError, match=match):  # the job's own check says the same
+            build_encoder(encoder, w, 16, device="meta")
+    check_encoder_settings("smallcnn", None, trainable_blocks=2, batchnorm="groupnorm")
+    check_encoder_settings("resnet18", None, trainable_blocks=3)
+    for encoder, blocks, match in [
+        ("smallcnn", 99, "99 but smallcnn has 4 conv blocks"),
+        ("resnet18", 9, "trainable_blocks"),
+        ("identity", 2, "an integer needs a ViT, a ResNet or smallcnn"),
+        ("smallcnn", "some", "not 'all' or an integer"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            check_encoder_settings(encoder, None, trainable_blocks=blocks)
 
 
 def test_scale_jitter_equals_torchvision_affine_and_keeps_zoom_one() -> None:

@@ -231,7 +231,9 @@ def set_batchnorm_mode(module: nn.Module, mode: str) -> nn.Module:
                 new.load_state_dict(state, assign=any(t.is_meta for t in state.values()))
             else:
                 c = child.num_features
-                new = nn.GroupNorm(_largest_group_count(c), c, eps=child.eps, affine=True)
+                groups = _largest_group_count(c)
+                device = child.weight.device if child.affine else None  # meta: shapes only
+                new = nn.GroupNorm(groups, c, eps=child.eps, affine=True, device=device)
                 if child.affine:
                     with torch.no_grad():
                         new.weight.copy_(child.weight)
@@ -283,24 +285,47 @@ def check_encoder_name(name: str) -> None:
     )
 
 
-def check_encoder_settings(encoder: str, weights: str | None) -> None:
-    """Check ``model.encoder`` and ``model.weights`` without building anything: a known encoder
-    name (timm architectures included), a torchvision weight name the encoder has, a local
-    weights file that exists. The workflow runs it before any job, so a typo stops the run
-    before preprocessing instead of in every ``train_fold`` job. ``hf-hub:`` weights are not
-    looked up here: the jobs may run where ``HF_HUB_CACHE`` points elsewhere (a compute node),
-    and their own check names the cache they searched.
+def check_encoder_settings(
+    encoder: str,
+    weights: str | None,
+    trainable_blocks: str | int = "all",
+    batchnorm: str = "frozen",
+) -> None:
+    """Check ``model.encoder``, ``model.weights``, ``model.trainable_blocks`` and
+    ``model.batchnorm`` together without loading any weights: a known encoder name (timm
+    architectures included), weights of a kind the encoder takes (a torchvision weight name only
+    for the torchvision encoders), a local weights file that exists, and a ``trainable_blocks``
+    the architecture has (the encoder is built on the ``meta`` device: shapes only, no memory).
+    The workflow runs it before any job, so a typo stops the run before preprocessing instead
+    of in every ``train_fold`` job. ``hf-hub:`` weights are not looked up here: the jobs may run
+    where ``HF_HUB_CACHE`` points elsewhere (a compute node), and their own check names the
+    cache they searched.
 
     Raises:
         ConfigError: naming the key and the problem.
     """
     check_encoder_name(encoder)
-    if weights is None or str(weights).startswith(HF_PREFIX):
-        return
-    if is_weights_file(weights):
-        resolve_weights(str(weights))
-    else:
-        torchvision_weights(encoder, str(weights))
+    if weights is not None and not str(weights).startswith(HF_PREFIX):
+        if is_weights_file(weights):
+            if encoder == "identity":
+                raise ConfigError("model.weights: identity has no weights; use null")
+            resolve_weights(str(weights))
+        elif encoder in _WEIGHT_ENUMS:
+            torchvision_weights(encoder, str(weights))
+        else:
+            raise ConfigError(_no_named_weights(encoder, str(weights)))
+    build_encoder(encoder, None, 224, batchnorm, trainable_blocks, device="meta")
+
+
+def _no_named_weights(encoder: str, weights: str) -> str:
+    """The error for a weight name (not a file, not ``hf-hub:``) on an encoder without any."""
+    if encoder == "identity":
+        return "model.weights: identity has no weights; use null"
+    return (
+        f"model.weights: {weights!r} for {encoder}: named weights exist only for "
+        f"{', '.join(_WEIGHT_ENUMS)}; use a local {'/'.join(WEIGHT_SUFFIXES)} file, "
+        "hf-hub:<org>/<name> or null"
+    )
 
 
 def encoder_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -363,10 +388,7 @@ def _build_timm(
         model = build_timm_model(spec)
     if weights is not None:
         if not is_weights_file(weights):
-            raise ConfigError(
-                f"model.weights: {weights!r} for {name}: use a local "
-                f"{'/'.join(WEIGHT_SUFFIXES)} file, hf-hub:<org>/<name> or null"
-            )
+            raise ConfigError(_no_named_weights(name, str(weights)))
         classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
         hint = spec.weights_note or (
             f"is it a {spec.architecture} with the arguments of {spec.source}?"
@@ -409,7 +431,5 @@ def _build_builtin(name: str, weights: str | None, patch_px: int) -> tuple[nn.Mo
         classifier = {"vit_b_16": "heads"}.get(name, "fc" if name.startswith("resnet") else None)
         load_weights_file(target, str(weights), classifier)
     elif weights is not None and name in ("smallcnn", "identity"):
-        raise ConfigError(
-            f"model.weights: {name} has no named weights; use null or a local weights file"
-        )
+        raise ConfigError(_no_named_weights(name, str(weights)))
     return module, int(dim)
