@@ -15,8 +15,10 @@ from gigamil.logutil import setup_logging
 
 
 def _command_modules() -> list[ModuleType]:
-    mods = [
-        import_module(f"gigamil.commands.{m.name}") for m in pkgutil.iter_modules(commands.__path__)
+    mods = [  # a private module (_argtypes) is a helper, not a command
+        import_module(f"gigamil.commands.{m.name}")
+        for m in pkgutil.iter_modules(commands.__path__)
+        if not m.name.startswith("_")
     ]
     return sorted(mods, key=lambda m: m.NAME)
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas
 
+from gigamil.demo import SOURCE_MPP
+from gigamil.demo_tiles import PCAM_MPP
+
 DEMO_SEED = 0
 DEMO_KIND = "tiles"
 DEMO_SHEET = pandas.read_csv(
@@ -16,6 +19,21 @@ DEMO_SHEET = pandas.read_csv(
 )
 DEMO_SLIDE_IDS = DEMO_SHEET["slide_id"].tolist()
 DEMO_PATIENTS = DEMO_SHEET["patient_id"].nunique()
+
+# µm/px of the generated demo slides' level 0
+DEMO_MPP = {"tiles": PCAM_MPP, "synthetic": SOURCE_MPP}[DEMO_KIND]
+
+if getattr(workflow, "is_main_process", True) and DEMO_COHORTS:
+    # common.smk checks the demo slides that exist; before rule demo_cohort has run, the one
+    # check that needs no file (the patch µm/px against the slides' known one) is done here
+    from gigamil.wsi.patching import upsampling_problem
+
+    _problem = upsampling_problem(DEMO_MPP, config["preprocessing"]["patches"]["mpp"])
+    if _problem:
+        stop(
+            f"gigamil: demo cohort {', '.join(DEMO_COHORTS)} (slides generated at "
+            f"{DEMO_MPP:g} µm/px; checked before any job runs): {_problem}"
+        )
 
 
 rule demo_cohort:

@@ -375,3 +375,13 @@ def test_scale_names_agree_in_schema_cli_and_package():
     (action,) = [a for a in parser._actions if a.dest == "normalize"]
     assert tuple(action.choices) == SCALES
     assert HeatmapStyle().normalize == DEFAULT_SCALE
+
+
+def test_heatmap_style_refuses_an_opacity_outside_0_1():
+    from gigamil.errors import GigamilError
+    from gigamil.viz.heatmap import HeatmapStyle
+
+    for kw, match in [({"alpha": 5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"top_k": 0}, "top_k")]:
+        with pytest.raises(GigamilError, match=match):
+            HeatmapStyle(**kw)
+    assert HeatmapStyle(alpha=1.0).alpha == 1.0

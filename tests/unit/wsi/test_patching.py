@@ -282,6 +282,7 @@ def test_bad_params(tissue_image):
     for kw, msg in [
         ({"patch_px": 0}, "patch_px"),
         ({"stride_px": -1}, "stride"),
+        ({"stride_px": 0}, "stride must be >= 1 px, got 0"),  # not read as "no stride given"
         ({"min_tissue": 2.0}, "min_tissue"),
         ({"resample_tolerance": 0.1}, "1"),
     ]:

@@ -94,10 +94,14 @@ def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):
         "mine": pd.DataFrame(
             {"slide_id": ["s1", "s2"], "path": ["rel/s1.svs", "/abs/s2.svs"], "mpp": [np.nan, 0.25]}
         ),
-        "demo": pd.DataFrame({"slide_id": ["d1"], "path": ["d1.tiff"], "mpp": [np.nan]}),
+        "demo": pd.DataFrame(
+            {"slide_id": ["d1", "d2"], "path": ["d1.tiff", "d2.tiff"], "mpp": [np.nan, np.nan]}
+        ),
     }
+    (tmp_path / "d2.tiff").write_bytes(b"")  # generated already: checked like any slide
     checks = sheet_checks(sheets, skip=["demo"], base_dir=tmp_path)
     assert checks == [
         SlideCheck("mine", "s1", tmp_path / "rel" / "s1.svs", None),
         SlideCheck("mine", "s2", Path("/abs/s2.svs"), 0.25),
+        SlideCheck("demo", "d2", tmp_path / "d2.tiff", None),
     ]

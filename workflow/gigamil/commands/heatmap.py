@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, POSITIVE, bounded
+
 NAME = "heatmap"
 HELP = "draw a slide's attention heatmap, top/bottom patch gallery and QuPath GeoJSON"
 
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SLIDE",
         help="slide file for the thumbnail (default: the store's recorded source_path)",
     )
-    parser.add_argument("--slide-mpp", type=float, metavar="X", help="MPP override of the slide")
+    parser.add_argument("--slide-mpp", type=POSITIVE, metavar="X", help="MPP override of the slide")
     parser.add_argument(
         "--tissue-mask",
         metavar="PNG",
@@ -47,13 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--top-k",
-        type=int,
+        type=AT_LEAST_ONE,
         default=8,
         help="patches per gallery row, and top-attention annotations in annotations.geojson (8)",
     )
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (0.5)")
+    parser.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay opacity (0.5)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (jet)")
-    parser.add_argument("--thumb-px", type=int, default=800, help="thumbnail long side (800)")
+    parser.add_argument(
+        "--thumb-px", type=bounded(int, 16), default=800, help="thumbnail long side (800)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

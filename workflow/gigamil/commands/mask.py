@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, bounded
+
 NAME = "mask"
 HELP = "compute the tissue mask of a slide (PNG), with an optional QC image and JSON summary"
 
@@ -19,25 +21,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON summary (tissue_fraction, mask_mpp, warnings); default: none",
     )
     parser.add_argument(
-        "--slide-mpp", type=float, metavar="X", help="override the slide's µm/px at level 0"
+        "--slide-mpp", type=POSITIVE, metavar="X", help="override the slide's µm/px at level 0"
     )
     parser.add_argument(
-        "--mask-mpp", type=float, default=8.0, metavar="X", help="µm/px of the mask (default 8)"
+        "--mask-mpp", type=POSITIVE, default=8.0, metavar="X", help="µm/px of the mask (default 8)"
     )
     parser.add_argument(
         "--threshold",
         default="otsu",
         help="'otsu' or a fixed HSV-saturation threshold 0..255 (default otsu)",
     )
-    parser.add_argument("--median-px", type=int, default=5, help="median blur kernel (px)")
-    parser.add_argument("--close-um", type=float, default=32.0, help="closing radius (µm)")
-    parser.add_argument("--open-um", type=float, default=16.0, help="opening radius (µm)")
+    parser.add_argument("--median-px", type=AT_LEAST_ONE, default=5, help="median blur kernel (px)")
+    parser.add_argument("--close-um", type=NON_NEGATIVE, default=32.0, help="closing radius (µm)")
+    parser.add_argument("--open-um", type=NON_NEGATIVE, default=16.0, help="opening radius (µm)")
     parser.add_argument(
-        "--min-area-um2", type=float, default=20000.0, help="drop smaller tissue pieces (µm²)"
+        "--min-area-um2",
+        type=NON_NEGATIVE,
+        default=20000.0,
+        help="drop smaller tissue pieces (µm²)",
     )
     parser.add_argument(
         "--dark-value",
-        type=int,
+        type=bounded(int, 0, 255),
         default=60,
         metavar="V",
         help="pixels whose brightest channel is below V are background (dark border; default 60)",

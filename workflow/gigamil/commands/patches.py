@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, POSITIVE, bounded
+
 NAME = "patches"
+# gigamil.wsi.patching.MAX_EFFECTIVE_MPP_ERROR (not imported here: `gigamil --help` stays fast)
+MAX_RESAMPLE_TOLERANCE = 0.01
 HELP = "extract tissue patches at a given µm/px into a zarr v3 store"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", metavar="SLIDE", help="slide file (anything OpenSlide opens)")
     parser.add_argument("--out", required=True, metavar="STORE.zarr", help="output zarr store")
-    parser.add_argument("--mpp", type=float, required=True, help="target µm/px of the patches")
-    parser.add_argument("--patch-px", type=int, required=True, help="patch side (px at --mpp)")
+    parser.add_argument("--mpp", type=POSITIVE, required=True, help="target µm/px of the patches")
     parser.add_argument(
-        "--stride", type=int, metavar="PX", help="grid step in px at --mpp (default: --patch-px)"
+        "--patch-px", type=bounded(int, 8), required=True, help="patch side (px at --mpp)"
     )
     parser.add_argument(
-        "--slide-mpp", type=float, metavar="X", help="override the slide's µm/px at level 0"
+        "--stride",
+        type=AT_LEAST_ONE,
+        metavar="PX",
+        help="grid step in px at --mpp (default: --patch-px)",
+    )
+    parser.add_argument(
+        "--slide-mpp", type=POSITIVE, metavar="X", help="override the slide's µm/px at level 0"
     )
     parser.add_argument(
         "--mask",
@@ -25,21 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tissue mask PNG from `gigamil mask` (default: computed with default settings)",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N", help="reader threads (default 1)"
+        "--threads", type=AT_LEAST_ONE, default=1, metavar="N", help="reader threads (default 1)"
     )
     parser.add_argument(
         "--min-tissue",
-        type=float,
+        type=FRACTION,
         default=0.5,
         help="keep patches whose mask coverage is at least this (0..1; default 0.5)",
     )
     parser.add_argument(
         "--codec", choices=("zstd", "jpeg"), default="zstd", help="patch codec (default zstd)"
     )
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality (default 90)")
+    parser.add_argument(
+        "--jpeg-quality", type=bounded(int, 1, 100), default=90, help="JPEG quality (default 90)"
+    )
     parser.add_argument(
         "--resample-tolerance",
-        type=float,
+        type=bounded(float, 0, MAX_RESAMPLE_TOLERANCE),
         default=0.005,
         help="read-level MPP within this relative distance of --mpp is not resampled "
         "(0..0.01; 0 = always resample; default 0.005)",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import AT_LEAST_ONE
+
 NAME = "predict"
 HELP = "predict slides with a trained model.pt (probabilities + attention per patch)"
 
@@ -36,17 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=AT_LEAST_ONE,
         default=1,
         metavar="N",
         help="torch CPU threads, and threads decoding patches (default 1)",
     )
     parser.add_argument(
         "--chunk",
-        type=int,
-        default=512,
+        type=AT_LEAST_ONE,
+        default=256,
         metavar="K",
-        help="instances per encoder pass (memory bound; default 512)",
+        help="instances per encoder pass (memory bound; default 256, as the workflow's "
+        "training.max_instances_per_forward_pass)",
     )
 
 

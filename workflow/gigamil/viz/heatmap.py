@@ -512,6 +512,15 @@ class HeatmapStyle:
     thumb_px: int = 800
     weight: str = "attention"
 
+    def __post_init__(self) -> None:
+        """Raises GigamilError for an opacity outside 0..1 or a non-positive size."""
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise GigamilError(f"heatmap alpha (overlay opacity) must be in 0..1, got {self.alpha}")
+        if int(self.top_k) < 1 or int(self.thumb_px) < 1:
+            raise GigamilError(
+                f"heatmap top_k and thumb_px must be >= 1, got {self.top_k} and {self.thumb_px}"
+            )
+
 
 def weight_name(pool: str) -> str:
     """What a model's per-patch weights (attention.npy) are: ``patch probability`` for

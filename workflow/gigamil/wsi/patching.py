@@ -83,7 +83,7 @@ class PatchParams:
 
     @property
     def stride(self) -> int:
-        return int(self.stride_px or self.patch_px)
+        return int(self.patch_px if self.stride_px is None else self.stride_px)  # 0 is refused
 
     def validate(self) -> None:
         if not (self.mpp > 0 and math.isfinite(self.mpp)):
