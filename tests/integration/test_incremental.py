@@ -147,6 +147,19 @@ def test_switching_tensorboard_on_retrains_nothing(workdir: Path):
     assert planned_jobs(workdir) == []
 
 
+def test_chunk_size_or_device_change_retrains_nothing(workdir: Path):
+    """Lowering max_instances_per_forward_pass after an out-of-memory error (Troubleshooting)
+    or naming the device changes where and in what pieces the same computation runs."""
+    cfg = read_config(workdir)
+    cfg["training"]["max_instances_per_forward_pass"] = 7
+    cfg["training"]["device"] = "cpu"
+    write_config(workdir, cfg)
+    assert planned_jobs(workdir) == []
+    cfg["model"]["batchnorm"] = "train"  # batch statistics per chunk: the chunk trains the model
+    write_config(workdir, cfg)
+    assert Counter(rule for rule, _ in planned_jobs(workdir))["train_fold"] == FOLDS
+
+
 def test_sheet_edit_outside_the_split_columns_or_a_moved_sheet_retrains_nothing(workdir: Path):
     sheet_path = workdir / read_config(workdir)["cohorts"]["demo"]["sheet"]
     original = sheet_path.read_text()

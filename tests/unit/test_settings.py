@@ -83,6 +83,7 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert "tensorboard" not in a.resume_signature()
     # end_to_end without weight averaging, one model per fold: as before these keys existed
     other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em", "ema_decay", "replicates"}
+    other |= {"device", "max_instances_per_forward_pass"}  # where and in what chunks
     other.add("replicate_validation")  # fixed: the fold's own validation slides
     assert set(a.resume_signature()) == set(a.to_dict()) - other
     assert TrainingConfig.from_dict({"ema_decay": 0.99}).resume_signature()["ema_decay"] == 0.99
@@ -94,6 +95,11 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert em != TrainingConfig.from_dict({"strategy": "em", **em2}).resume_signature()
     assert TrainingConfig.from_dict({"strategy": "frozen"}).resume_signature()["strategy"]
     assert a.resume_signature() != TrainingConfig.from_dict({"epochs": 3}).resume_signature()
+    chunk = TrainingConfig.from_dict({"max_instances_per_forward_pass": 7, "device": "cpu"})
+    assert chunk.resume_signature() == a.resume_signature()
+    # under batch statistics (model.batchnorm: train) the chunk size changes the model
+    assert chunk.resume_signature(True) != a.resume_signature(True)
+    assert chunk.resume_signature(True)["max_instances_per_forward_pass"] == 7
 
 
 def test_strategy_and_the_older_encoder_keys() -> None:

@@ -121,6 +121,12 @@ class TrainingConfig(_Section):
     # keys that change what is logged or how fast, not what is trained: not part of the resume
     # signature (nor of rule train_fold's params), so switching them retrains nothing
     LOG_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("tensorboard", "compile")
+    # keys that choose where and in how many pieces the same computation runs: the gradients
+    # are the same up to floating-point rounding (GradCache is exact), so lowering the chunk
+    # size after an out-of-memory error, or moving to a GPU, resumes last.pt and retrains no
+    # fold; the chunk size stays in under batch statistics (model.batchnorm: train), where it
+    # changes the model
+    EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("device", "max_instances_per_forward_pass")
     strategy: str = _default(_TRAIN, "strategy")
     device: str = _default(_TRAIN, "device")
     seed: int = _default(_TRAIN, "seed")
@@ -147,13 +153,18 @@ class TrainingConfig(_Section):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     em: EMConfig = field(default_factory=EMConfig)
 
-    def resume_signature(self) -> dict[str, Any]:
-        """The settings that change what is trained (all but ``LOG_ONLY_KEYS``): ``last.pt``
-        resumes only under the same signature, and rule train_fold takes it as params.
-        ``em`` only under ``strategy: em`` (its settings train nothing otherwise), and
-        ``strategy`` not when it is ``end_to_end``, ``replicates`` not when it is 1: folds
-        trained before the key existed (or with other em settings) are not retrained."""
-        sig = {k: v for k, v in self.to_dict().items() if k not in self.LOG_ONLY_KEYS}
+    def resume_signature(self, batch_statistics: bool = False) -> dict[str, Any]:
+        """The settings that change what is trained (all but ``LOG_ONLY_KEYS`` and
+        ``EXECUTION_KEYS``; ``max_instances_per_forward_pass`` with ``batch_statistics``, i.e.
+        ``model.batchnorm: train``): ``last.pt`` resumes only under the same signature, and
+        rule train_fold takes it as params. ``em`` only under ``strategy: em`` (its settings
+        train nothing otherwise), and ``strategy`` not when it is ``end_to_end``,
+        ``replicates`` not when it is 1: folds trained before the key existed (or with other
+        em settings) are not retrained."""
+        left_out = {*self.LOG_ONLY_KEYS, *self.EXECUTION_KEYS}
+        if batch_statistics:
+            left_out.discard("max_instances_per_forward_pass")
+        sig = {k: v for k, v in self.to_dict().items() if k not in left_out}
         if self.strategy != "em":
             del sig["em"]
         if self.strategy == "end_to_end":

@@ -15,9 +15,11 @@ from gigamil.settings import TrainingConfig
 
 TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
 # the params hold the training settings that change what is trained (without the log-only keys
-# such as training.tensorboard, so switching those retrains nothing); the script reads the whole
-# training section from the config
-TRAINING_PARAMS = TrainingConfig.from_dict(config["training"]).resume_signature()
+# such as training.tensorboard, nor device and max_instances_per_forward_pass, so switching those
+# retrains nothing); the script reads the whole training section from the config
+TRAINING_PARAMS = TrainingConfig.from_dict(config["training"]).resume_signature(
+    batch_statistics=config["model"]["batchnorm"] == "train"
+)
 MODEL_DIR = layout.model_dir(EXPERIMENT, "{fold}")
 
 
@@ -103,7 +105,5 @@ rule predict_fold:
         role=lambda wc: config["cohorts"][wc.cohort]["role"],
         classes=CLASSES,
         features=FEATURE_ID,
-        device=config["training"]["device"],
-        max_instances=config["training"]["max_instances_per_forward_pass"],
     script:
         "../scripts/predict_fold.py"

@@ -33,8 +33,10 @@ preds = predict_slides(
     layout.with_stores(slides, snakemake.params.features),
     None,
     Path(snakemake.output.attention),
-    device=snakemake.params.device,
+    # where and in what chunks: read from the config, not params, so changing them re-predicts
+    # nothing (the predictions are the same up to floating-point rounding)
+    device=snakemake.config["training"]["device"],
     threads=snakemake.threads,
-    max_instances_per_forward_pass=int(snakemake.params.max_instances),
+    max_instances_per_forward_pass=snakemake.config["training"]["max_instances_per_forward_pass"],
 )
 write_fold_predictions(preds, fold, snakemake.output.csv)

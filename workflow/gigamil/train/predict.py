@@ -80,7 +80,7 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     attention_dir: Path,
     device: str = "auto",
     threads: int = 1,
-    max_instances_per_forward_pass: int = 512,
+    max_instances_per_forward_pass: int | None = 512,
 ) -> pd.DataFrame:
     """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
 
@@ -119,7 +119,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     attention_dir: Path,
     device: str,
     threads: int,
-    max_instances_per_forward_pass: int,
+    max_instances_per_forward_pass: int | None,
 ) -> pd.DataFrame:
     torch.set_num_threads(max(1, int(threads)))
     if "label" not in slides.columns:  # slides to predict need no label (``role: predict``)

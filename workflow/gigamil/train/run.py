@@ -421,7 +421,7 @@ class FoldTrainer:
         signature = {
             "model": model_cfg.to_dict(),
             "classes": data.classes,
-            "training": tcfg.resume_signature(),
+            "training": tcfg.resume_signature(model_cfg.batchnorm == "train"),
             "train": sorted(it.slide_id for it in data.train),
             "val": sorted(it.slide_id for it in data.val),
             "features": features,
