@@ -119,6 +119,19 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
     ).set_index("slide_id")
     assert table["localization_auc"].dropna().to_dict() == pytest.approx(per_slide)
 
+    # touching or sorting the external sheet re-predicts nothing; a changed label re-predicts
+    sheet_file = workdir / "ext" / "sheet.csv"
+    ext_sheet = pd.read_csv(sheet_file)
+    ext_sheet.iloc[::-1].to_csv(sheet_file, index=False)
+    assert planned_jobs(workdir) == []
+    relabelled = ext_sheet.copy()
+    relabelled.loc[0, "label"] = "lesion" if relabelled.loc[0, "label"] == "normal" else "normal"
+    relabelled.to_csv(sheet_file, index=False)
+    counts = Counter(rule for rule, _ in planned_jobs(workdir))
+    assert counts["predict_fold"] == FOLDS and counts["ensemble"] == 1, counts
+    assert not set(counts) & ({"tissue_mask", "extract_patches"} | TRAINING), counts
+    ext_sheet.to_csv(sheet_file, index=False)
+
 
 def test_heatmap_parameter_reruns_heatmaps_only(workdir: Path):
     cfg = read_config(workdir)

@@ -8,7 +8,7 @@ import pytest
 
 from gigamil.errors import GigamilError
 from gigamil.folds import FOLD_COLUMNS, check_folds, fold_slides, read_folds, write_folds
-from gigamil.splits import _most_frequent, feasible_folds, make_folds, split_digest
+from gigamil.splits import _most_frequent, feasible_folds, make_folds, sheet_digest, split_digest
 
 
 def _sheet(patients: list[tuple[str, str, int]], site: dict | None = None) -> pd.DataFrame:
@@ -267,6 +267,8 @@ def test_split_digest_follows_only_what_the_folds_read():
     assert split_digest([resited], strat) != split_digest([sheet], strat)  # ... but here it is
     # the folds of equal digests are equal
     assert make_folds(other, 3).equals(make_folds(sheet, 3))
+    # predict_fold's digest of an external sheet: the same columns, any row order
+    assert sheet_digest([other.iloc[::-1]]) == base and sheet_digest([relabelled]) != base
 
 
 def test_sorting_a_sheet_changes_neither_the_folds_nor_their_digest():

@@ -203,16 +203,17 @@ def heatmap_dir(experiment: str, cohort: str, slide_id: str) -> str:
 
 
 def lesion_masks(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str, str]:
-    """{slide_id: lesion mask PNG} of a cohort with ground-truth lesion masks.
+    """{slide_id: lesion mask PNG} of a cohort with ground-truth lesion masks, sorted by slide_id
+    (rule params and inputs built from it do not change when the sheet's rows are sorted).
 
     Demo cohorts (``demo: true``) have the generator's masks in results/demo/lesion_masks; any
     other sheet may give masks in an optional ``lesion_mask`` column (a PNG covering the whole
     slide with a JSON sidecar giving its ``downsample``); otherwise there are none.
     """
     if cohort_cfg.get("demo"):
-        return {s: demo_lesion_mask(s) for s in sheet["slide_id"]}
+        return {s: demo_lesion_mask(s) for s in sorted(sheet["slide_id"])}
     if "lesion_mask" in sheet.columns:
-        pairs = zip(sheet["slide_id"], sheet["lesion_mask"], strict=True)
+        pairs = sorted(zip(sheet["slide_id"], sheet["lesion_mask"], strict=True))
         return {s: m for s, m in pairs if isinstance(m, str) and m.strip()}
     return {}
 

@@ -301,7 +301,17 @@ def split_digest(sheets: Sequence[pd.DataFrame], cv: Mapping[str, Any]) -> str:
     inputs, so sorting a sheet or editing a column the folds do not read (``path``,
     ``lesion_mask``, ``mpp``, a note) retrains nothing, while a changed label, patient or slide
     reruns the split and everything after it (Snakemake's ``params`` rerun trigger)."""
-    columns = ["cohort", "slide_id", "patient_id", "label", *(cv.get("stratify_by") or [])]
+    return sheet_digest(sheets, cv.get("stratify_by") or ())
+
+
+def sheet_digest(sheets: Sequence[pd.DataFrame], extra_columns: Sequence[str] = ()) -> str:
+    """SHA-256 (hex) of the ``cohort``, ``slide_id``, ``patient_id`` and ``label`` (and
+    ``extra_columns``) of every row of ``sheets``, sorted by cohort and slide: what a prediction
+    or split reads from a sheet, independent of the row order and of the other columns. Rule
+    ``predict_fold`` takes it for an external or predict cohort instead of the sheet file as an
+    input, so touching or sorting that sheet re-predicts nothing (a changed ``path`` or ``mpp``
+    reruns through the patch stores)."""
+    columns = ["cohort", "slide_id", "patient_id", "label", *extra_columns]
     table = pd.concat([df.reindex(columns=columns) for df in sheets], ignore_index=True)
     table = table.astype(str).sort_values(["cohort", "slide_id"], kind="stable")
     text = table.to_csv(index=False, lineterminator="\n")

@@ -33,7 +33,7 @@ from gigamil.config import (  # noqa: E402
 from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402
 from gigamil.errors import ConfigError, GigamilError  # noqa: E402
 from gigamil.logutil import console_warnings  # noqa: E402
-from gigamil.splits import make_cv_folds, split_digest  # noqa: E402
+from gigamil.splits import make_cv_folds, sheet_digest, split_digest  # noqa: E402
 from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 
@@ -128,8 +128,9 @@ wildcard_constraints:
 
 
 def cohort_slide_ids(cohort):
-    """slide_ids of a cohort, in sheet order."""
-    return SHEETS[cohort]["slide_id"].tolist()
+    """slide_ids of a cohort, sorted: the jobs' params and inputs built from them (the QC table,
+    its thumbnail sample) stay the same when a user sorts the sheet."""
+    return sorted(SHEETS[cohort]["slide_id"])
 
 
 def _row(cohort, slide_id):

@@ -81,11 +81,6 @@ rule predict_fold:
     input:
         model=f"{MODEL_DIR}/model.pt",
         folds=FOLDS_CSV,
-        sheet=lambda wc: (
-            config["cohorts"][wc.cohort]["sheet"]
-            if config["cohorts"][wc.cohort]["role"] != "train"
-            else []
-        ),
         stores=lambda wc: cohort_bags([wc.cohort]),
     output:
         csv=layout.prediction_csv(EXPERIMENT, "{fold}", "{cohort}"),
@@ -103,6 +98,13 @@ rule predict_fold:
         gpu=TRAIN_GPUS,
     params:
         role=lambda wc: config["cohorts"][wc.cohort]["role"],
+        # what the predictions copy from an external/predict cohort's sheet, not the file: touching
+        # or sorting it re-predicts nothing (the script reads it from the config's path)
+        sheet_digest=lambda wc: (
+            sheet_digest([SHEETS[wc.cohort]])
+            if config["cohorts"][wc.cohort]["role"] != "train"
+            else ""
+        ),
         classes=CLASSES,
         features=FEATURE_ID,
     script:

@@ -21,7 +21,7 @@ if snakemake.params.role == "train":
     slides = fold_slides(read_folds(snakemake.input.folds), fold, "test", cohort=cohort)
 else:
     sheet = load_sheet(
-        snakemake.input.sheet,
+        snakemake.config["cohorts"][cohort]["sheet"],  # not an input: see the rule's params
         cohort=cohort,
         classes=classes,
         check_files=False,
