@@ -17,12 +17,20 @@ if not workflow.overwrite_configfiles:
 
     try:  # a YAML slip named by its line, not by Snakemake's generic message
         with open("config.yaml") as _fh:
-            yaml.safe_load(_fh)
+            _raw = yaml.safe_load(_fh)
     except yaml.YAMLError as _exc:
         print(f"gigamil: config.yaml is not valid YAML: {_exc}", file=sys.stderr)
         sys.exit(1)
     except OSError:
-        pass  # no config.yaml: Snakemake's own message names it
+        _raw = {}  # no config.yaml: Snakemake's own message names it
+    if not isinstance(_raw, dict):
+        _what = "an empty file" if _raw is None else f"a {type(_raw).__name__}"
+        print(
+            "gigamil: invalid configuration: config.yaml must be a mapping of keys "
+            f"(experiment:, cohorts:, ...), not {_what}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
     configfile: "config.yaml"
 

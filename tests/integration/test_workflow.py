@@ -126,6 +126,11 @@ def test_broken_yaml_is_named_with_its_line(workdir: Path):
     res = _dry_run_elsewhere(workdir, ok=False)
     assert res.returncode == 1 and "gigamil: config.yaml is not valid YAML" in res.stderr
     assert 'in "config.yaml", line' in res.stderr and "Snakefile" not in res.stderr
+    (workdir / "config.yaml").write_text("# everything commented out\n")
+    res = _dry_run_elsewhere(workdir, ok=False)
+    assert "config.yaml must be a mapping of keys (experiment:, cohorts:, ...), not an empty" in (
+        res.stderr
+    )
 
 
 def test_key_given_twice_in_a_configfile_stops_the_run(workdir: Path):

@@ -102,7 +102,17 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["cohorts"]["demo"].pop("sheet"),
             "cohorts.demo: 'sheet' is a required property",
         ),
-        (lambda c: c.update(classes=["only"]), "classes:"),
+        (lambda c: c.update(classes=["only"]), "classes: ['only'] has 1 item(s); at least 2 are"),
+        (
+            lambda c: c["heatmaps"].update(normalize="probabilty"),
+            "heatmaps.normalize: 'probabilty' is not one of probability, relative, rank, "
+            "percentile, minmax; did you mean probability?",
+        ),
+        (
+            lambda c: c.update(experiment=None),
+            "experiment: null (an empty value) is not allowed here: give a string",
+        ),  # fmt: skip
+        (lambda c: c.update(cv=[2]), "cv: [2] is not of type 'object'"),
         (
             lambda c: c["cohorts"]["demo"].update(role="external"),
             "at least one cohort needs role: train",
@@ -135,8 +145,23 @@ def test_every_schema_key_has_description_and_default():
 def test_bad_config_names_the_key(base_config, edit, message):
     cfg = copy.deepcopy(base_config)
     edit(cfg)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config(cfg)
+
+
+def test_an_empty_section_takes_its_defaults_and_the_top_level_must_be_a_mapping(base_config):
+    """`training:` with every key commented out is YAML's null: the section's defaults apply."""
+    cfg = copy.deepcopy(base_config)
+    cfg["training"] = None
+    cfg["heatmaps"] = None
+    out = validate_config(cfg)
+    assert (
+        out["training"]["epochs"]
+        == validate_config({"cohorts": cfg["cohorts"]})["training"]["epochs"]
+    )
+    assert out["heatmaps"]["alpha"] == 0.5
+    with pytest.raises(ConfigError, match="must be a mapping of keys .* not a list"):
+        validate_config(["experiment"])  # type: ignore[arg-type]
 
 
 def test_command_line_strings_are_read_as_the_numbers_typed(base_config):
@@ -607,3 +632,10 @@ def test_warning_when_min_epochs_leaves_early_stopping_nothing_to_do(base_config
     assert "min_epochs (20) >= training.epochs (2)" in msg and "last" in msg
     em = {**short, "training": {**short["training"], "strategy": "em"}}
     assert config_warnings(validate_config(em)) == []  # em does not use training.epochs
+
+
+def test_warning_when_a_train_cohort_allows_patient_overlap(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"]["demo"]["allow_patient_overlap"] = True
+    (msg,) = config_warnings(validate_config(cfg))
+    assert "cohorts.demo.allow_patient_overlap applies to external cohorts only" in msg

@@ -72,7 +72,20 @@ def _error_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES:
         return f"{error.instance!r} {_PATTERN_RULES[error.schema['pattern']]}"
     if error.validator == "type" and error.instance is None:  # YAML's null, ~ or an empty value
-        return f"null (an empty value) is not allowed here: give a {error.validator_value}"
+        kinds = error.validator_value
+        kind = " or ".join(kinds) if isinstance(kinds, list) else str(kinds)
+        article = "an" if kind[:1] in "aeiou" else "a"
+        return f"null (an empty value) is not allowed here: give {article} {kind}"
+    if error.validator == "minItems" and isinstance(error.instance, list):
+        return (
+            f"{error.instance!r} has {len(error.instance)} item(s); at least "
+            f"{error.validator_value} are needed"
+        )
+    if error.validator == "enum" and isinstance(error.instance, str):
+        names = [str(v) for v in error.validator_value]
+        near = difflib.get_close_matches(error.instance, names, n=1)
+        hint = f"; did you mean {near[0]}?" if near else ""
+        return f"{error.instance!r} is not one of {', '.join(names)}{hint}"
     if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):
         described = " ".join(str(error.schema["description"]).split())
         names = [str(v) for alt in error.validator_value for v in alt.get("enum", [])]
@@ -135,6 +148,18 @@ def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
                 _fill_defaults(extra, value)
 
 
+def _empty_sections_to_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
+    """An empty section (``training:`` with every key commented out: YAML reads null) becomes
+    ``{}``, so its defaults apply, in place; nested sections too."""
+    for key, sub in (schema.get("properties") or {}).items():
+        if not isinstance(sub, Mapping) or sub.get("type") != "object" or key not in instance:
+            continue
+        if instance[key] is None:
+            instance[key] = {}
+        if isinstance(instance[key], dict):
+            _empty_sections_to_defaults(sub, instance[key])
+
+
 def _coerce_strings(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
     """Turn string values that the schema rejects but whose YAML reading it accepts ("3" → 3,
     "false" → False, "2" → 2 for ``trainable_blocks``) into that reading, in place.
@@ -184,7 +209,13 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
             ``config.yaml: unknown key training.epoch (allowed here: ...)``.
     """
     schema = load_schema("config")
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(
+            f"{source}: the configuration must be a mapping of keys (experiment:, cohorts:, "
+            f"...), not a {type(config).__name__}"
+        )
     cfg = deepcopy(dict(config or {}))
+    _empty_sections_to_defaults(schema, cfg)
     _coerce_strings(schema, cfg)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
@@ -209,14 +240,20 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that are valid but probably not what was meant, as sentences for a warning
     (``config``: validated, defaults filled in). The workflow prints them once, in snakemake's
-    main process. Today: ``training.early_stopping.min_epochs`` at or above ``training.epochs``
+    main process. Today: ``allow_patient_overlap`` on a train cohort (it has no effect there),
+    and ``training.early_stopping.min_epochs`` at or above ``training.epochs``
     (outside ``strategy: em``, which does not use the epochs): epochs before ``min_epochs`` are
     warm-up (:class:`gigamil.train.early_stopping.EarlyStopping`), so early stopping cannot end
     training early and model.pt is the last epoch's model (with the two equal: the better of
     the last two)."""
     training = config["training"]
     epochs, min_epochs = training["epochs"], training["early_stopping"]["min_epochs"]
-    out = []
+    out = [
+        f"cohorts.{name}.allow_patient_overlap applies to external cohorts only; cohort {name} "
+        "has role train (its patients are split by the folds), so it has no effect"
+        for name, cohort in config["cohorts"].items()
+        if cohort.get("role") == "train" and cohort.get("allow_patient_overlap")
+    ]
     if training["strategy"] != "em" and min_epochs >= epochs > 0:
         out.append(
             f"training.early_stopping.min_epochs ({min_epochs}) >= training.epochs ({epochs}): "

@@ -96,7 +96,7 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     preds = pd.concat([pd.read_csv(p) for p in paths])
     ok = preds.dropna(subset=["prob_lesion"])
     assert on_disk["n_slides"] == 23 and on_disk["n_unpredicted"] == 1
-    assert on_disk["n_patients"] == 12
+    assert on_disk["n_patients"] == 12 and "ci_note" not in on_disk
     assert on_disk["oof_auc"] == pytest.approx(roc_auc_score(ok.label == "lesion", ok.prob_lesion))
     fold_aucs = [roc_auc_score(f.label == "lesion", f.prob_lesion) for _, f in ok.groupby("fold")]
     assert on_disk["fold_auc"] == pytest.approx(fold_aucs)
@@ -255,6 +255,8 @@ def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(
     summary = ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=20, localization=loc)
     per = summary["localization_auc_per_slide"]
     assert per == pytest.approx(expected) and len(per) == 2
+    # 4 patients: the bootstrap intervals carry a caveat (12 patients, above: none)
+    assert "resample only 4 patient(s)" in summary["ci_note"]
     assert summary["localization_auc"] == pytest.approx(np.mean(list(expected.values())))
     assert 0.5 < summary["localization_auc"] <= 1.0
     table = pd.read_csv(tmp_path / "ens" / "predictions.csv").set_index("slide_id")

@@ -86,7 +86,11 @@ def test_a_target_far_finer_than_the_scan_is_refused_with_the_slide(cmu_svs):
         "target 0.005 µm/px (preprocessing.patches.mpp, gigamil patches --mpp) is 99.8x finer than"
         in msg
     )
-    assert "e.g. 0.5 for 20x" in msg
+    assert "e.g. 0.5 for 20x" in msg and "typo" not in msg
+    # an override typed in the sheet (4.99 for 0.499) is pointed at as the likelier typo
+    typed = SlideCheck("a", "svs", Path(cmu_svs), 4.99)
+    with pytest.raises(ConfigError, match=r"the slide's 4.99 µm/px is the override from its sheet"):
+        check_slides([typed], patch_mpp=0.5)
 
 
 def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):

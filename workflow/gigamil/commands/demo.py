@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("outdir", metavar="OUTDIR", help="output directory (e.g. results/demo)")
+    parser.add_argument(
+        "outdir",
+        metavar="OUTDIR",
+        help="output directory (e.g. results/demo); the sheet's paths start with OUTDIR as given, "
+        "so a relative OUTDIR makes them relative to the directory the command runs in: run it "
+        "in the project directory snakemake runs in (or give an absolute OUTDIR)",
+    )
     parser.add_argument(
         "--kind",
         choices=("tiles", "synthetic"),

@@ -31,14 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="otsu",
         help="'otsu' or a fixed HSV-saturation threshold 0..255 (default otsu)",
     )
-    parser.add_argument("--median-px", type=AT_LEAST_ONE, default=5, help="median blur kernel (px)")
-    parser.add_argument("--close-um", type=NON_NEGATIVE, default=32.0, help="closing radius (µm)")
-    parser.add_argument("--open-um", type=NON_NEGATIVE, default=16.0, help="opening radius (µm)")
+    parser.add_argument(
+        "--median-px", type=AT_LEAST_ONE, default=5, help="median blur kernel (px; default 5)"
+    )
+    parser.add_argument(
+        "--close-um", type=NON_NEGATIVE, default=32.0, help="closing radius (µm; default 32)"
+    )
+    parser.add_argument(
+        "--open-um", type=NON_NEGATIVE, default=16.0, help="opening radius (µm; default 16)"
+    )
     parser.add_argument(
         "--min-area-um2",
         type=NON_NEGATIVE,
         default=20000.0,
-        help="drop smaller tissue pieces (µm²)",
+        help="drop smaller tissue pieces (µm²; default 20000)",
     )
     parser.add_argument(
         "--dark-value",

@@ -234,6 +234,12 @@ def metrics_table(
     return table
 
 
+# below this many patients the summary records ``ci_note``: a percentile bootstrap over few
+# patients has few distinct resamples and intervals that are too narrow (Efron & Tibshirani
+# 1993, ch. 13)
+MIN_PATIENTS_FOR_CI = 10
+
+
 def summary_block(
     preds: pd.DataFrame,
     classes: Sequence[str],
@@ -242,7 +248,8 @@ def summary_block(
     table: pd.DataFrame,
     auc_key: str,
 ) -> dict[str, Any]:
-    """The summary.json numbers shared by the CV summary and the ensemble summaries."""
+    """The summary.json numbers shared by the CV summary and the ensemble summaries; with fewer
+    than :data:`MIN_PATIENTS_FOR_CI` patients also ``ci_note`` (and a warning in the log)."""
     folds = table.loc[table.index.str.startswith("fold")]
     patients = M.patient_level(preds, classes)
     yp, pp = M.labels_and_probs(patients, classes)
@@ -265,6 +272,12 @@ def summary_block(
     out["per_class_recall"] = {c: pooled[f"recall_{c}"] for c in classes}
     out["confusion_matrix"] = pooled["confusion"]
     out["ci_level"] = 0.95
+    if out["n_patients"] < MIN_PATIENTS_FOR_CI:
+        out["ci_note"] = (
+            f"the intervals resample only {out['n_patients']} patient(s): with so few they say "
+            "little (an interval such as [1.0, 1.0] does not mean certainty)"
+        )
+        log.warning("%s", out["ci_note"])
     return out
 
 

@@ -61,6 +61,11 @@ def check_slide(check: SlideCheck, patch_mpp: float | None = None) -> SlideStatu
     try:
         mpp = slide_mpp(check.path, check.mpp)
         problem = None if patch_mpp is None else upsampling_problem(mpp, patch_mpp)
+        if problem and check.mpp is not None:  # the slide's µm/px was typed by the user
+            problem += (
+                f"; the slide's {mpp:g} µm/px is the override from its sheet row's `mpp` column "
+                "(or its cohort's `mpp` in config.yaml): is that a typo?"
+            )
         return SlideStatus(check, problem, mpp)
     except GigamilError as exc:
         return SlideStatus(check, str(exc), None)
