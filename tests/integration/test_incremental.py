@@ -181,6 +181,9 @@ def test_sheet_edit_outside_the_split_columns_or_a_moved_sheet_retrains_nothing(
         sheet["note"] = "rescanned"  # a column the folds do not read: nothing to redo
         sheet.to_csv(sheet_path, index=False)
         assert planned_jobs(workdir) == []
+        # rows sorted another way: no QC table, CV evaluation or ensemble reruns either
+        sheet.iloc[::-1].to_csv(sheet_path, index=False)
+        assert planned_jobs(workdir) == []
         # the same sheet under another name: nothing to redo either
         cfg = read_config(workdir)
         moved = sheet_path.with_name("moved.csv")

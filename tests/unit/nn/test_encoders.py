@@ -326,6 +326,18 @@ def test_encoder_settings_checked_without_building(tmp_path) -> None:
             check_encoder_settings(encoder, None, trainable_blocks=blocks)
 
 
+def test_an_encoder_that_cannot_be_built_on_meta_is_left_to_the_job(monkeypatch) -> None:
+    """Some architectures need real tensors while they are built (e.g. ``.item()`` in their
+    constructor): the pre-run check then does not stop the run; the training job builds it."""
+    import gigamil.nn.encoders as encoders
+
+    def no_meta(*args, **kwargs):
+        raise NotImplementedError("Cannot copy out of meta tensor")
+
+    monkeypatch.setattr(encoders, "build_encoder", no_meta)
+    check_encoder_settings("timm:resnet18", None)
+
+
 def test_scale_jitter_equals_torchvision_affine_and_keeps_zoom_one() -> None:
     """A zoom > 1 needs no pixel from outside the patch: there it is torchvision's affine with
     the same scale (bilinear); a zoom of 1 leaves the patch as it is."""

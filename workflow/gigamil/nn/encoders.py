@@ -314,7 +314,12 @@ def check_encoder_settings(
             torchvision_weights(encoder, str(weights))
         else:
             raise ConfigError(_no_named_weights(encoder, str(weights)))
-    build_encoder(encoder, None, 224, batchnorm, trainable_blocks, device="meta")
+    try:
+        build_encoder(encoder, None, 224, batchnorm, trainable_blocks, device="meta")
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an architecture that needs real tensors to build
+        log.debug("encoder %s not checked on the meta device: %s", encoder, exc)
 
 
 def _no_named_weights(encoder: str, weights: str) -> str:
