@@ -194,6 +194,10 @@ def test_config_file_errors(tmp_path):
     twice.write_text("experiment: a\ntraining:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n")
     with pytest.raises(ConfigError, match=r"key 'epochs' given twice \(lines 3 and 5\)"):
         load_config(twice)
+    # merge keys: a merged key given again here overrides it (YAML), not a duplicate
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {role: train, sheet: a.csv}\nother: {<<: *b, role: predict}\n")
+    assert read_yaml(merged)["other"] == {"role": "predict", "sheet": "a.csv"}
     # the same key in two different mappings is fine
     ok = tmp_path / "ok.yaml"
     ok.write_text("cohorts: {}\ntraining: {epochs: 3}\nmodel: {epochs: 3}\n")

@@ -284,6 +284,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: merged keys may be overridden here (YAML merge keys)
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             with contextlib.suppress(TypeError):  # an unhashable key: PyYAML's own error below

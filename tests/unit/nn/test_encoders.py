@@ -319,7 +319,7 @@ def test_encoder_settings_checked_without_building(tmp_path) -> None:
     for encoder, blocks, match in [
         ("smallcnn", 99, "99 but smallcnn has 4 conv blocks"),
         ("resnet18", 9, "trainable_blocks"),
-        ("identity", 2, "an integer needs a ViT, a ResNet or smallcnn"),
+        ("identity", 2, "an integer needs a timm ViT, a ResNet or smallcnn; identity takes all"),
         ("smallcnn", "some", "not 'all' or an integer"),
     ]:
         with pytest.raises(ConfigError, match=match):

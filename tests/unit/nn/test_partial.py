@@ -102,7 +102,7 @@ def test_resnet_stages_and_errors() -> None:
     assert out.shape == (2, 512) and out.requires_grad
     with pytest.raises(ConfigError, match="has 4 stages"):
         build_encoder("resnet18", None, 32, trainable_blocks=5)
-    with pytest.raises(ConfigError, match="needs a ViT, a ResNet or smallcnn"):
+    with pytest.raises(ConfigError, match="vit_b_16 takes all or 0; for a ViT-B/16 with N"):
         build_encoder("vit_b_16", None, 32, trainable_blocks=1)
     with pytest.raises(ConfigError, match="smallcnn has 4 conv blocks"):
         build_encoder("smallcnn", None, 32, trainable_blocks=5)

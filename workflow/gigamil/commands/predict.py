@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=AT_LEAST_ONE,
         default=256,
         metavar="K",
-        help="instances per encoder pass (memory bound; default 256, as the workflow's "
+        help="instances per encoder pass (memory bound; default 256, the schema default of "
         "training.max_instances_per_forward_pass)",
     )
 

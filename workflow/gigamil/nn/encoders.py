@@ -376,9 +376,14 @@ def build_encoder(  # noqa: PLR0913 - one config section's keys
             return module, int(dim)
         if not isinstance(module, SplitEncoder):
             if not name.startswith("resnet"):
+                hint = (
+                    "; for a ViT-B/16 with N trainable blocks use timm:vit_base_patch16_224"
+                    if name == "vit_b_16"
+                    else ""
+                )
                 raise ConfigError(
-                    f"model.trainable_blocks: an integer needs a ViT, a ResNet or smallcnn, not "
-                    f"{name} (use all or 0; for a ViT-B/16 use timm:vit_base_patch16_224)"
+                    f"model.trainable_blocks: an integer needs a timm ViT, a ResNet or smallcnn; "
+                    f"{name} takes all or 0{hint}"
                 )
             module = SplitEncoder(module)
         module.set_trainable_blocks(n_top)
