@@ -133,3 +133,11 @@ def test_resample_tolerance_range_matches_the_package():
     from gigamil.wsi.patching import MAX_EFFECTIVE_MPP_ERROR
 
     assert MAX_RESAMPLE_TOLERANCE == MAX_EFFECTIVE_MPP_ERROR
+
+
+def test_heatmap_cmap_typo_is_named_as_the_option(tmp_path, capsys):
+    args = ["heatmap", "--store", str(tmp_path / "s.zarr"), "--attention", "a.npy"]
+    assert main([*args, "--out", str(tmp_path / "h"), "--cmap", "jett"]) == 2
+    err = capsys.readouterr().err
+    assert "--cmap: 'jett' is not a matplotlib colour map; did you mean jet?" in err
+    assert "heatmaps.cmap" not in err

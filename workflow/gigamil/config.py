@@ -264,16 +264,16 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def check_cmap(cmap: str) -> None:
+def check_cmap(cmap: str, key: str = "heatmaps.cmap") -> None:
     """ConfigError unless ``heatmaps.cmap`` names a matplotlib colour map (with the nearest
-    name). Not part of :func:`validate_config`, which every job runs: importing matplotlib
+    name); ``key`` names the setting in the message (``--cmap`` on the command line). Not part of :func:`validate_config`, which every job runs: importing matplotlib
     costs about 0.3-0.5 s; the workflow runs this once, in snakemake's main process."""
     import matplotlib
 
     if cmap not in matplotlib.colormaps:
         near = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=1)
         raise ConfigError(
-            f"heatmaps.cmap: {cmap!r} is not a matplotlib colour map"
+            f"{key}: {cmap!r} is not a matplotlib colour map"
             + (f"; did you mean {near[0]}?" if near else " (e.g. jet, viridis, magma)")
         )
 

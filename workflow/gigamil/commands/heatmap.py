@@ -63,11 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from gigamil.config import check_cmap
     from gigamil.errors import GigamilError
     from gigamil.evaluate.localization import mean_attention, read_store_geometry
     from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
     from gigamil.viz.slide_info import read_slide_prediction
 
+    check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
     prediction = None
     if args.predictions:
         _, _, attrs = read_store_geometry(args.store)
