@@ -192,12 +192,17 @@ def test_config_file_errors(tmp_path):
         load_config(bad)
     twice = tmp_path / "twice.yaml"
     twice.write_text("experiment: a\ntraining:\n  epochs: 3\n  lr: 0.1\n  epochs: 5\n")
-    with pytest.raises(ConfigError, match=r"key 'epochs' given twice \(lines 3 and 5\)"):
+    with pytest.raises(ConfigError, match=r"key training.epochs given twice \(lines 3 and 5\)"):
         load_config(twice)
     # merge keys: a merged key given again here overrides it (YAML), not a duplicate
     merged = tmp_path / "merged.yaml"
     merged.write_text("base: &b {role: train, sheet: a.csv}\nother: {<<: *b, role: predict}\n")
     assert read_yaml(merged)["other"] == {"role": "predict", "sheet": "a.csv"}
+    # in a list of mappings too, named with the item's index
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("heatmaps:\n  slides:\n    - {a: 1, a: 2}\n")
+    with pytest.raises(ConfigError, match=r"key heatmaps.slides.0.a given twice \(lines 3 and 3\)"):
+        read_yaml(listed)
     # the same key in two different mappings is fine
     ok = tmp_path / "ok.yaml"
     ok.write_text("cohorts: {}\ntraining: {epochs: 3}\nmodel: {epochs: 3}\n")

@@ -266,8 +266,9 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
 
 def check_cmap(cmap: str, key: str = "heatmaps.cmap") -> None:
     """ConfigError unless ``heatmaps.cmap`` names a matplotlib colour map (with the nearest
-    name); ``key`` names the setting in the message (``--cmap`` on the command line). Not part of :func:`validate_config`, which every job runs: importing matplotlib
-    costs about 0.3-0.5 s; the workflow runs this once, in snakemake's main process."""
+    name); ``key`` names the setting in the message (``--cmap`` on the command line). Not part
+    of :func:`validate_config`, which every job runs: importing matplotlib costs about 0.3-0.5 s;
+    the workflow runs this once, in snakemake's main process."""
     import matplotlib
 
     if cmap not in matplotlib.colormaps:
@@ -278,42 +279,62 @@ def check_cmap(cmap: str, key: str = "heatmaps.cmap") -> None:
         )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<: *anchor`
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor`: merged keys may be overridden here (YAML merge keys)
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            with contextlib.suppress(TypeError):  # an unhashable key: PyYAML's own error below
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"key {key!r} given twice (lines {seen[key]} and {line}); "
-                        "YAML would silently keep the second",
-                        key_node.start_mark,
+
+def duplicate_key(node: yaml.Node | None, path: tuple[str, ...] = ()) -> str | None:
+    """The first key given twice in one mapping of a composed YAML document
+    (``yaml.compose``), as a message with its dotted path and both lines, or None. Keys merged
+    in with ``<<: *anchor`` may be overridden (YAML merge keys): they do not count."""
+    seen_nodes: set[int] = set()
+
+    def walk(node: yaml.Node | None, path: tuple[str, ...]) -> str | None:
+        if node is None or id(node) in seen_nodes:  # an alias: its node is checked once
+            return None
+        seen_nodes.add(id(node))
+        children: list[tuple[str, yaml.Node]] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = (key_node.tag, str(key_node.value))
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key in seen:
+                    return (
+                        f"key {'.'.join((*path, key[1]))} given twice (lines {seen[key]} and "
+                        f"{line}); YAML would silently keep the second"
                     )
                 seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+                children.append((key[1], value_node))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(str(i), item) for i, item in enumerate(node.value)]
+        for name, child in children:
+            found = walk(child, (*path, name))
+            if found:
+                return found
+        return None
+
+    return walk(node, path)
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file, rejecting duplicate keys.
+    """Parse a YAML file (``yaml.safe_load``), rejecting duplicate keys.
 
     Raises:
         ConfigError: the file is not valid YAML, or a mapping gives a key twice (plain YAML
-            loaders keep the last value silently); the message names the file, key and lines.
+            loaders keep the last value silently); the message names the file, the key's
+            dotted path and both lines.
         OSError: the file cannot be read.
     """
-    with open(path) as fh:
-        try:
-            return yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    text = Path(path).read_text()
+    try:
+        found = duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if found:
+            raise ConfigError(f"{path}: {found}")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
