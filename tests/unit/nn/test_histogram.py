@@ -41,3 +41,20 @@ def test_histogram_learns_and_chunked_gradients_are_exact() -> None:
     )
     assert not any(p.requires_grad for p in frozen.feature_encoder.parameters())
     assert ColourHistogram(2, (0.5,) * 3, (0.25,) * 3).out_dim == 6
+
+
+def test_histogram_of_a_pixel_grid_estimates_the_full_one() -> None:
+    assert ColourHistogram.pixel_stride(32, 32) == 1
+    assert ColourHistogram.pixel_stride(96, 96) == 3
+    assert ColourHistogram.pixel_stride(224, 224) == 7
+    gen = torch.Generator().manual_seed(0)
+    # smooth colour fields (as tissue): a coarse random image upsampled to 96 px
+    coarse = torch.rand(4, 3, 12, 12, generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=96, mode="bilinear", align_corners=False)
+    layer = ColourHistogram(8, (0.0,) * 3, (1.0,) * 3)
+    with torch.no_grad():
+        sampled = layer(x)
+        full = torch.sigmoid(layer.proj(x)).mean(dim=(2, 3))
+    assert sampled.shape == (4, 24)
+    assert (sampled - full).abs().max() < 0.03
+    assert (sampled - full).abs().max() > 0  # a sample, not the full image

@@ -78,6 +78,7 @@ def encoder_spec(
     :func:`encoder_id`. A weights file enters by its sha256 (moving it changes nothing), a
     torchvision weight by its name, random initialisation by :data:`RANDOM_INIT_SEED`."""
     from gigamil.nn.encoders import encoder_normalisation
+    from gigamil.nn.histogram import MAX_PIXELS
 
     m, p = ModelConfig.from_dict(model_cfg), PatchConfig.from_dict(patch_cfg)
     if m.weights is None:
@@ -93,6 +94,9 @@ def encoder_spec(
         "weights": weights,
         "batchnorm": m.batchnorm,
         "colour_histogram": int(m.colour_histogram),
+        # how many pixels the histogram samples (gigamil.nn.histogram); only when it is on, so
+        # the ids of caches without it stay as they were
+        **({"colour_histogram_max_pixels": MAX_PIXELS} if m.colour_histogram else {}),
         "mean": [round(float(v), 6) for v in mean],
         "std": [round(float(v), 6) for v in std],
         "patch_mpp": float(p.mpp),

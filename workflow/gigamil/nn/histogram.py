@@ -14,21 +14,31 @@ directions and a sigmoid thresholds each one; the spatial mean is the fraction o
 pixels above that threshold, i.e. a soft cumulative histogram. It is initialised to exactly that
 for the R, G and B channels at ``bins`` evenly spaced thresholds over each channel's range; the
 directions, thresholds and sharpness then learn with the rest of the model.
+
+The histogram is taken over a regular grid of at most :data:`MAX_PIXELS` pixels of each patch
+(every s-th pixel in each direction, s = ceil(sqrt(H W / MAX_PIXELS)); all of a 32 x 32 patch,
+every third pixel of a 96 x 96 one): a pixel sample estimates the patch's colour histogram
+without bias (standard error <= 0.016 per bin at 1,024 pixels), where the full-resolution layer
+cost three times the small CNN's own forward and backward pass (48 sigmoid maps of 96 x 96).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+MAX_PIXELS = 1024  # pixels per patch the histogram is taken over (a regular grid)
 
 
 class ColourHistogram(nn.Module):
     """Soft cumulative colour histogram of normalised patches.
 
     Input (n, 3, H, W) normalised as ``(x - mean) / std`` with x in [0, 1]; output (n, 3 × bins)
-    in [0, 1]: for channel c and threshold j the share of pixels whose value exceeds it.
+    in [0, 1]: for channel c and threshold j the share of pixels whose value exceeds it, over
+    every :meth:`pixel_stride`-th pixel in each direction (at most :data:`MAX_PIXELS`).
     """
 
     def __init__(self, bins: int, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -54,8 +64,14 @@ class ColourHistogram(nn.Module):
     def out_dim(self) -> int:
         return 3 * self.bins
 
+    @staticmethod
+    def pixel_stride(height: int, width: int) -> int:
+        """Grid spacing in px that keeps at most :data:`MAX_PIXELS` pixels of an H x W patch."""
+        return max(1, math.ceil(math.sqrt(height * width / MAX_PIXELS)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.proj(x)).mean(dim=(2, 3))  # (n, 3 × bins)
+        s = self.pixel_stride(x.shape[-2], x.shape[-1])
+        return torch.sigmoid(self.proj(x[..., ::s, ::s])).mean(dim=(2, 3))  # (n, 3 × bins)
 
 
 class WithColourHistogram(nn.Module):
