@@ -17,9 +17,11 @@ directions, thresholds and sharpness then learn with the rest of the model.
 
 The histogram is taken over a regular grid of at most :data:`MAX_PIXELS` pixels of each patch
 (every s-th pixel in each direction, s = ceil(sqrt(H W / MAX_PIXELS)); all of a 32 x 32 patch,
-every third pixel of a 96 x 96 one): a pixel sample estimates the patch's colour histogram
-without bias (standard error <= 0.016 per bin at 1,024 pixels), where the full-resolution layer
-cost three times the small CNN's own forward and backward pass (48 sigmoid maps of 96 x 96).
+every third pixel of a 96 x 96 one), a systematic sample of its pixels: for tissue that is not
+periodic at the grid's spacing it estimates the patch's colour histogram as a random sample of
+that size would (standard error at most 0.016 per bin for 1,024 independent pixels). Over every
+pixel the layer made a training step of the small CNN 6.8 times as slow, over the grid 1.28 times
+(``benchmarks/histogram_cost.py``, 96-px patches).
 """
 
 from __future__ import annotations
