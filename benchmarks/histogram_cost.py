@@ -8,7 +8,7 @@ Times ``MILModel.forward_train`` (forward, loss and backward, GradCache chunk 25
 the small CNN on one bag of random uint8 patches, side by side in one process and interleaved,
 for three encoders: the small CNN alone, with the 16-bin histogram over the pixel grid gigamil
 uses (at most ``gigamil.nn.histogram.MAX_PIXELS`` pixels per patch), and with the histogram over
-every pixel (the layer before the grid). One CPU thread. Prints the median seconds per step and
+every pixel (``ColourHistogram.max_pixels`` = H W: the layer before the grid). One CPU thread. Prints the median seconds per step and
 the ratios to the small CNN alone, and writes ``benchmarks/results/histogram_cost.json``.
 """
 
@@ -28,8 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 
-import gigamil.nn.histogram as histogram  # noqa: E402
 from gigamil.models.factory import build_mil_model  # noqa: E402
+from gigamil.nn.histogram import MAX_PIXELS  # noqa: E402
 from gigamil.nn.losses import BagLoss  # noqa: E402
 
 
@@ -44,28 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     px = args.patch_px
     bag = torch.randint(0, 256, (args.patches, px, px, 3), dtype=torch.uint8)
-    grid = histogram.MAX_PIXELS
-    variants = {  # name: (colour_histogram bins, MAX_PIXELS while it runs)
-        "smallcnn": (0, grid),
-        "smallcnn+histogram16_grid": (16, grid),
+    variants = {  # name: (colour_histogram bins, pixels the histogram samples per patch)
+        "smallcnn": (0, None),
+        "smallcnn+histogram16_grid": (16, MAX_PIXELS),
         "smallcnn+histogram16_every_pixel": (16, px * px),
     }
-    models = {
-        name: build_mil_model(
+    models = {}
+    for name, (bins, max_pixels) in variants.items():
+        model = build_mil_model(
             {"encoder": "smallcnn", "colour_histogram": bins}, 2, px, loss_fn=BagLoss()
         )
-        for name, (bins, _) in variants.items()
-    }
+        if max_pixels is not None:  # feature_encoder: (PatchPreprocess, WithColourHistogram)
+            model.feature_encoder[1].histogram.max_pixels = max_pixels
+        models[name] = model
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(args.repeats + 2):  # the first two rounds warm up
         for name, model in models.items():
-            histogram.MAX_PIXELS = variants[name][1]
             model.zero_grad()
             start = time.perf_counter()
             model.forward_train(bag, 1, max_instances_per_forward_pass=256)
             if r >= 2:
                 times[name].append(time.perf_counter() - start)
-    histogram.MAX_PIXELS = grid
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = {name: median[name] / median["smallcnn"] for name in variants}
     for name in variants:
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": 1,
         "bag": {"patches": args.patches, "patch_px": px},
-        "max_pixels_grid": grid,
+        "max_pixels_grid": MAX_PIXELS,
         "median_seconds_per_step": median,
         "ratio_to_smallcnn": ratio,
         "repeats": args.repeats,

@@ -48,16 +48,18 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views
 
 
-def slide_probabilities(model_path: Path, store: Path) -> list[float]:
-    """P(positive class) of the slide for each of the 8 views (the identity first)."""
-    model, ckpt = load_model(model_path)
+def slide_probabilities(
+    model: torch.nn.Module, calibration: dict | None, store: Path
+) -> list[float]:
+    """P(positive class) of the slide for each of the 8 views (the identity first), the logits
+    mapped by the model.pt's ``logit_calibration``."""
     bag = ZarrBag(store)
     x, adj = bag.load(), grid_adjacency(bag.grid)
     out = []
     with torch.inference_mode():
         for view in dihedral_views(x):
             logits, _ = model(view, adj, max_instances_per_forward_pass=None)
-            logits = apply_calibration(logits, ckpt.get("logit_calibration"))
+            logits = apply_calibration(logits, calibration)
             out.append(float(bag_probabilities(logits).reshape(-1)[-1]))
     return out
 
@@ -74,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     pred = pd.read_csv(root / "predictions.csv")
     rows = []
     for (draw, seed, fold), g in pred.groupby(["draw", "seed", "fold"], sort=True):
-        model_path = root / draw / f"seed{seed}" / f"fold{fold}" / "model.pt"
+        model, ckpt = load_model(root / draw / f"seed{seed}" / f"fold{fold}" / "model.pt")
         for r in g.itertuples():
             store = next((dirs[draw] / "results" / "patches").glob(f"*/{r.slide_id}.zarr"))
-            probs = slide_probabilities(model_path, store)
+            probs = slide_probabilities(model, ckpt.get("logit_calibration"), store)
             rows.append((draw, seed, r.slide_id, r.y, r.p, probs[0], float(np.mean(probs))))
     df = pd.DataFrame(rows, columns=["draw", "seed", "slide_id", "y", "p", "identity", "tta"])
     result: dict[str, dict[str, dict[str, float]]] = {}

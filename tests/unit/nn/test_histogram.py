@@ -58,3 +58,6 @@ def test_histogram_of_a_pixel_grid_estimates_the_full_one() -> None:
     assert sampled.shape == (4, 24)
     assert (sampled - full).abs().max() < 0.03
     assert (sampled - full).abs().max() > 0  # a sample, not the full image
+    layer.max_pixels = 96 * 96  # every pixel
+    with torch.no_grad():
+        assert torch.allclose(layer(x), full)

@@ -15,8 +15,8 @@ pixels above that threshold, i.e. a soft cumulative histogram. It is initialised
 for the R, G and B channels at ``bins`` evenly spaced thresholds over each channel's range; the
 directions, thresholds and sharpness then learn with the rest of the model.
 
-The histogram is taken over a regular grid of at most :data:`MAX_PIXELS` pixels of each patch
-(every s-th pixel in each direction, s = ceil(sqrt(H W / MAX_PIXELS)); all of a 32 x 32 patch,
+The histogram is taken over a regular grid of at most :data:`MAX_PIXELS` pixels of each square
+patch (every s-th pixel in each direction, s = ceil(sqrt(H W / MAX_PIXELS)); all of a 32 x 32 patch,
 every third pixel of a 96 x 96 one), a systematic sample of its pixels: for tissue that is not
 periodic at the grid's spacing it estimates the patch's colour histogram as a random sample of
 that size would (standard error at most 0.016 per bin for 1,024 independent pixels). Over every
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-MAX_PIXELS = 1024  # pixels per patch the histogram is taken over (a regular grid)
+MAX_PIXELS = 1024  # default pixels per patch the histogram is taken over (a regular grid)
 
 
 class ColourHistogram(nn.Module):
@@ -40,14 +40,24 @@ class ColourHistogram(nn.Module):
 
     Input (n, 3, H, W) normalised as ``(x - mean) / std`` with x in [0, 1]; output (n, 3 × bins)
     in [0, 1]: for channel c and threshold j the share of pixels whose value exceeds it, over
-    every :meth:`pixel_stride`-th pixel in each direction (at most :data:`MAX_PIXELS`).
+    every :meth:`pixel_stride`-th pixel in each direction (at most ``max_pixels`` of a square
+    patch; ``max_pixels`` >= H W: every pixel).
     """
 
-    def __init__(self, bins: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        bins: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        max_pixels: int = MAX_PIXELS,
+    ) -> None:
         super().__init__()
         if bins < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
         self.bins = int(bins)
+        self.max_pixels = int(max_pixels)
         self.proj = nn.Conv2d(3, 3 * bins, kernel_size=1)
         with torch.no_grad():
             weight = torch.zeros(3 * bins, 3, 1, 1)
@@ -67,12 +77,13 @@ class ColourHistogram(nn.Module):
         return 3 * self.bins
 
     @staticmethod
-    def pixel_stride(height: int, width: int) -> int:
-        """Grid spacing in px that keeps at most :data:`MAX_PIXELS` pixels of an H x W patch."""
-        return max(1, math.ceil(math.sqrt(height * width / MAX_PIXELS)))
+    def pixel_stride(height: int, width: int, max_pixels: int = MAX_PIXELS) -> int:
+        """Grid spacing in px that keeps at most ``max_pixels`` pixels of a square H x W patch
+        (of another shape, ceil(H / s) ceil(W / s) may exceed it slightly)."""
+        return max(1, math.ceil(math.sqrt(height * width / max_pixels)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.pixel_stride(x.shape[-2], x.shape[-1])
+        s = self.pixel_stride(x.shape[-2], x.shape[-1], self.max_pixels)
         return torch.sigmoid(self.proj(x[..., ::s, ::s])).mean(dim=(2, 3))  # (n, 3 × bins)
 
 
