@@ -21,12 +21,13 @@ For each draw (seeds seed, seed+1, ...):
    on per-patch RGB histograms, slide score = mean of the top 20 % patch scores) on the same patch
    stores and the same folds (results/splits/real_tissue/folds.csv), out of fold.
 4. Reports per draw and mean ± sd over draws: gigamil OOF AUC, localisation AUC, wall time and
-   final training loss per fold (results/models/real_tissue/fold{k}/train_log.csv); the
+   final training loss per model (fold × replicate) (results/models/real_tissue/fold{k}/train_log.csv); the
    baseline's OOF AUC and localisation AUC; the fraction of tiles that became patches; and the
    paired difference of the two OOF AUCs on the draw's slides with a 95 % patient-level paired
    bootstrap interval and the fraction of resamples in which gigamil is ahead
    (gigamil.evaluate.metrics.paired_auc_difference): whether a draw's difference is more than
-   which slides the cohort happened to hold. Writes benchmarks/results/real_tissue.json.
+   which slides the cohort happened to hold. Writes WORKDIR/real_tissue.json (``--out``; the
+   committed records in benchmarks/results/ name theirs).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ import yaml
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 WORK = ROOT / "work" / "real_tissue"
-RESULTS = ROOT / "results" / "real_tissue.json"
 DEFAULT_TILES = REPO.parent / "shared" / "data" / "pcam-valid"
 EXPERIMENT = "real_tissue"
 COHORT = "real"
@@ -124,21 +124,44 @@ def patch_geometry(
     tiles: Path | None, tile_mpp: float, exclude: Collection[str] = ()
 ) -> dict[str, Any]:
     """The ``preprocessing.patches`` overrides that make every patch one tile, as in the demo:
-    ``mpp`` = the tiles' µm/px, ``patch_px`` = the side of the first usable tile (not in
-    ``exclude``, enough tissue: the tiles the cohort builder draws from; it refuses a placed
-    tile of another size). Raises GigamilError for a non-square tile or no usable tile."""
+    ``mpp`` = the tiles' µm/px, ``patch_px`` = the side of the usable tiles (not in ``exclude``,
+    enough tissue: the tiles the cohort builder draws from), which must all be square and of one
+    size (:func:`gigamil.tile_pool.tile_side`). Raises GigamilError otherwise or for no usable
+    tile."""
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import MIN_TILE_TISSUE, decode_tile, read_tile_pool, usable_tiles
+    from gigamil.tile_pool import (
+        MIN_TILE_TISSUE,
+        read_tile_pool,
+        tile_side,
+        unique_tiles,
+        usable_tiles,
+    )
 
     excluded = set(exclude)
-    pool = [t for t in read_tile_pool(tiles) if t.sha256 not in excluded]
-    first = next((t for t in pool if usable_tiles([t], MIN_TILE_TISSUE)), None)
-    if first is None:
+    pool = [t for t in unique_tiles(read_tile_pool(tiles)) if t.sha256 not in excluded]
+    pool = usable_tiles(pool, MIN_TILE_TISSUE)
+    if not pool:
         raise GigamilError(f"tile source {tiles}: no usable tile (not excluded, with tissue)")
-    h, w = decode_tile(first).shape[:2]
-    if h != w:
-        raise GigamilError(f"tile {first.file}: {h} x {w} px, the mosaic needs square tiles")
-    return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": int(h)}}}
+    return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": tile_side(pool)}}}
+
+
+def fit_folds(overrides: dict[str, Any], n_patients: int, seeds: range) -> dict[str, Any]:
+    """``overrides`` with ``cv.folds`` lowered to the patients of the smaller class when the
+    cohort has fewer (``--patients`` below 12 with the repo's 6 folds), unless ``--set`` gave
+    ``cv.folds``: a fold needs a test patient of each class."""
+    from gigamil.demo_io import patient_labels
+
+    if "folds" in overrides.get("cv", {}):
+        return overrides
+    folds = int(yaml.safe_load((REPO / "config.yaml").read_text())["cv"]["folds"])
+    fewest = min(
+        min(labels.count(c) for c in set(labels))
+        for labels in (patient_labels(seed, n_patients) for seed in seeds)
+    )
+    if fewest >= folds or fewest < 2:  # < 2: the workflow's own error says what is wrong
+        return overrides
+    print(f"cv.folds: {folds} -> {fewest} ({fewest} patients in the smaller class)")
+    return deep_update(overrides, {"cv": {"folds": fewest}})
 
 
 def write_config(wd: Path, overrides: dict[str, Any]) -> Path:
@@ -323,21 +346,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--draws", type=int, default=3, help="cohorts to build, seeds seed.. (default 3)"
     )
-    p.add_argument("--patients", type=int, default=12)
-    p.add_argument("--slides-per-patient", type=int, default=2)
+    p.add_argument(
+        "--patients",
+        type=int,
+        default=12,
+        help="patients per cohort, half of them lesion (default 12; below 12, cv.folds is "
+        "lowered to the patients of a class unless --set cv.folds=N)",
+    )
+    p.add_argument("--slides-per-patient", type=int, default=2, help="(default 2)")
     p.add_argument("--tiles-per-slide", type=int, nargs=2, default=None, metavar=("LO", "HI"))
-    p.add_argument("--tile-mpp", type=float, default=None, help="µm/px of the tiles (0.972)")
+    p.add_argument(
+        "--tile-mpp",
+        type=float,
+        default=None,
+        help="µm/px of the tiles (default 0.972, PatchCamelyon's); resized tiles have another: "
+        "e.g. PCam's 96-px tiles resized to 64 px are 0.972 x 96 / 64 = 1.458 µm/px",
+    )
     p.add_argument("--cores", type=int, default=2, help="snakemake --cores (default 2)")
     p.add_argument(
         "--set",
         dest="overrides",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config.yaml key, e.g. --set training.epochs=2 (repeatable)",
+        help="override config.yaml keys, e.g. --set training.epochs=2 training.seed=1 "
+        "(as screen.py; --set may also be repeated)",
     )
     p.add_argument("--workdir", type=Path, default=WORK)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="result JSON (default: WORKDIR/real_tissue.json; the committed records under "
+        "benchmarks/results/ are written with an explicit --out)",
+    )
     p.add_argument(
         "--baseline-on",
         type=Path,
@@ -352,6 +395,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     args.tiles_per_slide = args.tiles_per_slide or list(TILES_PER_SLIDE)
     args.tile_mpp = PCAM_MPP if args.tile_mpp is None else args.tile_mpp
+    args.out = args.workdir / "real_tissue.json" if args.out is None else args.out
     return args
 
 
@@ -435,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     if not {"mpp", "patch_px"} <= set(given):  # --set wins over the tiles' geometry
         geometry = patch_geometry(args.tiles, args.tile_mpp, exclude)
         overrides = deep_update(geometry, overrides)
+    overrides = fit_folds(overrides, args.patients, range(args.seed, args.seed + args.draws))
     used = overrides["preprocessing"]["patches"]
     print(f"patches: {used['patch_px']} px at {used['mpp']} µm/px", end="")
     if given:
@@ -467,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         losses = ", ".join(f"{f['final_train_loss']:.3f}" for f in g["folds"])
         print(
             f"draw seed {seed}: gigamil OOF AUC {g['oof_auc']:.3f}, localisation "
-            f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per fold [{losses}]"
+            f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per model [{losses}]"
             f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
             f" | tiles -> patches {draw['tile_patch_fraction']:.3f} | OOF AUC difference "
             f"{d['difference']:+.3f} (95 % CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}, gigamil "

@@ -181,6 +181,46 @@ def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
         demo_tiles.make_tile_cohort(tmp_path / "c", tiles=folder, **{**kw, "n_patients": 6})
 
 
+def test_both_short_classes_are_named(tmp_path):
+    folder = _tile_folder(tmp_path / "tiles", n_normal=5, n_tumour=1)
+    with pytest.raises(GigamilError) as err:
+        demo_tiles.make_tile_cohort(tmp_path / "c", tiles=folder, n_patients=2, tile_mpp=0.5)
+    msg = str(err.value)
+    assert "usable tiles in 0/" in msg and "usable tiles in 1/" in msg
+    assert "--patients, --slides-per-patient" in msg
+
+
+def test_a_tile_of_another_size_fails_whichever_tiles_are_drawn(tmp_path):
+    folder = _tile_folder(tmp_path / "tiles", n_normal=50, n_tumour=12)
+    odd = np.full((PX + 32, PX + 32, 3), (225, 150, 190), dtype=np.uint8)
+    Image.fromarray(odd).save(folder / "0" / "zz_odd.png")  # sorted last among 51 normal tiles
+    kw = dict(n_patients=2, slides_per_patient=1, tiles_per_slide=(10, 12), tile_mpp=0.5)
+    for seed in range(3):  # a cohort that does not place it fails as well
+        with pytest.raises(GigamilError, match=r"one size.*1 of 128 x 128 px \(e.g. 0/zz_odd"):
+            demo_tiles.make_tile_cohort(tmp_path / f"s{seed}", tiles=folder, seed=seed, **kw)
+
+
+def test_unreadable_and_skipped_tile_files_are_named(tmp_path, caplog):
+    folder = _tile_folder(tmp_path / "tiles", n_normal=3, n_tumour=3)
+    (folder / "1" / "notes.txt").write_text("not a tile")
+    (folder / "1" / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level("WARNING", logger="gigamil.tile_pool"):
+        pool = tile_pool.read_tile_pool(folder)
+    assert len(pool) == 6
+    assert "skipped 1 file(s)" in caplog.text and "1/notes.txt" in caplog.text
+    assert ".DS_Store" not in caplog.text
+    assert tile_pool.tile_side(pool) == PX
+    (folder / "0" / "broken.jpg").write_text("not an image either")
+    pool = tile_pool.read_tile_pool(folder)
+    broken = next(t for t in pool if t.file == "0/broken.jpg")
+    with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image"):
+        tile_pool.decode_tile(broken)
+    with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image"):
+        tile_pool.tile_side(pool)
+    with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image"):
+        demo_tiles.make_tile_cohort(tmp_path / "c", tiles=folder, n_patients=2)
+
+
 def test_packaged_tiles_manifest_licence_and_package_data():
     path = tile_pool.packaged_tiles_path()
     assert path.stat().st_size < 5_000_000

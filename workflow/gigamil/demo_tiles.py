@@ -55,6 +55,7 @@ from gigamil.tile_pool import (
     Tile,
     decode_tile,
     read_tile_pool,
+    tile_side,
     unique_tiles,
     usable_tiles,
 )
@@ -215,20 +216,21 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
         0: sum(int((pl.tissue & ~pl.lesion).sum()) for *_, pl in slides),
         1: sum(int(pl.lesion.sum()) for *_, pl in slides),
     }
-    for c in (0, 1):
-        if need[c] > len(by_class[c]):
-            raise GigamilError(
-                f"tile pool has {len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ (not excluded, "
-                f">= {min_tile_tissue:g} tissue) but the cohort needs {need[c]}: use fewer "
-                "patients or slides per patient (gigamil demo --patients, "
-                "--slides-per-patient) or more tiles (--tiles DIR)"
-            )
+    short = [
+        f"{len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ but the cohort needs {need[c]}"
+        for c in (0, 1)
+        if need[c] > len(by_class[c])
+    ]
+    if short:
+        raise GigamilError(
+            f"tile pool has {' and '.join(short)} (usable: not excluded, >= "
+            f"{min_tile_tissue:g} tissue): use fewer patients or slides per patient "
+            "(--patients, --slides-per-patient) or more tiles (--tiles DIR)"
+        )
     draw = np.random.default_rng([seed, 3])
     queues = {c: [by_class[c][i] for i in draw.permutation(len(by_class[c]))] for c in (0, 1)}
 
-    tile_px = (
-        decode_tile(queues[0][0]).shape[0] if queues[0] else decode_tile(queues[1][0]).shape[0]
-    )
+    tile_px = tile_side(pool)  # every usable tile, whichever the draw places
     if tile_px % MASK_DOWNSAMPLE and MASK_DOWNSAMPLE % tile_px:
         log.warning("tile size %d px is not a multiple of the mask downsample", tile_px)
     rows_out, tile_rows = [], []

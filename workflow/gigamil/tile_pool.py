@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import re
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,7 +20,10 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 
+log = logging.getLogger(__name__)
+
 PACKAGED_TILES = "pcam_demo_tiles.zip"
+TILE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 CLASS_DIRS = ("0", "1")  # folder of normal and of tumour tiles
 MIN_TILE_TISSUE = 0.5  # a tile is used only if at least this fraction of it is tissue
 _PCAM_INDEX = re.compile(r"patch(\d+)")
@@ -40,9 +45,12 @@ def packaged_tiles_path() -> Path:
 
 
 def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
-    """All tiles of a labelled tile folder (``0/*.jpg|png``, ``1/*``) or zip, sorted by file.
+    """All tiles of a labelled tile folder (``0/*.jpg|png|...``, ``1/*``, see
+    :data:`TILE_SUFFIXES`) or zip, sorted by file.
 
-    ``source`` None = the packaged subset.
+    ``source`` None = the packaged subset. Other files in ``0/`` and ``1/`` (a README, a
+    ``.DS_Store``) are skipped, with a warning that names them unless they are hidden files.
+    Raises GigamilError for a source that is neither, or one without tiles.
     """
     source = packaged_tiles_path() if source is None else Path(source)
     items: list[tuple[str, bytes]] = []
@@ -52,10 +60,21 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
                 if name.split("/")[0] in CLASS_DIRS and not name.endswith("/"):
                     items.append((name, zf.read(name)))
     elif source.is_dir():
+        skipped = []
         for d in CLASS_DIRS:
             for p in sorted((source / d).glob("*")):
-                if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"):
+                if p.is_file() and p.suffix.lower() in TILE_SUFFIXES:
                     items.append((f"{d}/{p.name}", p.read_bytes()))
+                elif p.is_file() and not p.name.startswith("."):
+                    skipped.append(f"{d}/{p.name}")
+        if skipped:
+            log.warning(
+                "tile source %s: skipped %d file(s) that are not %s tiles, e.g. %s",
+                source,
+                len(skipped),
+                "/".join(x.lstrip(".") for x in TILE_SUFFIXES),
+                ", ".join(skipped[:3]),
+            )
     else:
         raise GigamilError(f"tile source {source}: not a folder with 0/ and 1/ or a zip of them")
     tiles = [
@@ -79,9 +98,44 @@ def pcam_index(file: str) -> int | None:
 
 
 def decode_tile(tile: Tile) -> np.ndarray:
-    from PIL import Image
+    """The tile's pixels (H, W, 3) uint8 RGB; GigamilError naming the file if it is not an image."""
+    from PIL import Image, UnidentifiedImageError
 
-    return np.asarray(Image.open(io.BytesIO(tile.data)).convert("RGB"))
+    try:
+        return np.asarray(Image.open(io.BytesIO(tile.data)).convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise GigamilError(f"tile {tile.file}: not a readable image ({exc})") from None
+
+
+def tile_side(tiles: list[Tile]) -> int:
+    """The side in px of the tiles, which must all be square and of one size (read from the
+    image headers, so every tile is checked, not only those a cohort happens to draw).
+
+    Raises GigamilError naming a file of each size found, an unreadable file, or no tiles.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not tiles:
+        raise GigamilError("no tiles to measure")
+    sizes: Counter[tuple[int, int]] = Counter()
+    example: dict[tuple[int, int], str] = {}
+    for t in tiles:
+        try:
+            with Image.open(io.BytesIO(t.data)) as im:
+                size = im.size  # (width, height)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise GigamilError(f"tile {t.file}: not a readable image ({exc})") from None
+        sizes[size] += 1
+        example.setdefault(size, t.file)
+    if len(sizes) > 1:
+        found = "; ".join(
+            f"{n} of {w} x {h} px (e.g. {example[(w, h)]})" for (w, h), n in sizes.most_common()
+        )
+        raise GigamilError(f"the tiles must all have one size, found {found}")
+    ((w, h),) = sizes
+    if w != h:
+        raise GigamilError(f"tile {example[(w, h)]}: {w} x {h} px, the mosaic needs square tiles")
+    return int(w)
 
 
 def tile_tissue_fraction(rgb: np.ndarray) -> float:

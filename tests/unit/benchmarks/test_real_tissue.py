@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,8 +129,12 @@ def test_patches_follow_the_tiles_unless_set(bench, tmp_path):
     ]
     assert cfg["preprocessing"]["patches"] == {**repo_patches, "mpp": 0.5, "patch_px": 32}
     Image.new("RGB", (64, 48), (200, 120, 180)).save(tmp_path / "0" / "0.png")  # sorted first
-    with pytest.raises(GigamilError, match="48 x 64"):
+    with pytest.raises(GigamilError, match=r"one size.*1 of 64 x 48 px \(e.g. 0/0.png\)"):
         bench.patch_geometry(tmp_path, 0.5)
+    Image.new("RGB", (64, 48), (200, 120, 180)).save(tmp_path / "0" / "b.png")  # not first
+    with pytest.raises(GigamilError, match="one size"):
+        bench.patch_geometry(tmp_path, 0.5)
+    (tmp_path / "0" / "b.png").unlink()
     # tiles the cohort builder would not use do not decide: excluded, or without tissue
     from gigamil.tile_pool import read_tile_pool
 
@@ -169,3 +174,25 @@ def test_result_file_holds_the_draws_done_so_far(bench, tmp_path):
     assert len(second["draws"]) == 2 and second["summary"] == json.loads(json.dumps(summary))
     assert second["summary"]["oof_auc_difference"]["mean"] == pytest.approx(0.0)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_folds_follow_a_smaller_cohort_unless_set(bench, capsys):
+    folds = yaml.safe_load((bench.REPO / "config.yaml").read_text())["cv"]["folds"]
+    assert bench.fit_folds({}, 2 * folds, range(3)) == {}
+    small = bench.fit_folds({"training": {"epochs": 2}}, 4, range(2))
+    assert small == {"training": {"epochs": 2}, "cv": {"folds": 2}}
+    assert "cv.folds: 6 -> 2" in capsys.readouterr().out
+    given = {"cv": {"folds": 3}}
+    assert bench.fit_folds(given, 4, range(2)) == given
+
+
+def test_result_file_defaults_to_the_workdir(bench, tmp_path):
+    args = bench.parse_args(["--workdir", str(tmp_path)])
+    assert args.out == tmp_path / "real_tissue.json"
+    assert bench.parse_args(["--out", "x.json"]).out == Path("x.json")
+
+
+def test_set_takes_several_pairs_and_repeats(bench):
+    args = bench.parse_args(["--set", "a=1", "b.c=2", "--set", "d=x"])
+    assert args.overrides == ["a=1", "b.c=2", "d=x"]
+    assert bench.parse_set(args.overrides) == {"a": 1, "b": {"c": 2}, "d": "x"}
