@@ -145,6 +145,43 @@ def patch_geometry(
     return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": tile_side(pool)}}}
 
 
+def check_tile_supply(
+    tiles: Path | None, exclude: Collection[str], args: argparse.Namespace
+) -> None:
+    """Raise GigamilError before the first draw if any draw (seeds ``args.seed`` ..) needs more
+    usable tiles of a class than the folder holds: a long run does not fail at a later draw."""
+    from gigamil.demo_tiles import tiles_needed
+    from gigamil.errors import GigamilError
+    from gigamil.tile_pool import (
+        CLASS_DIRS,
+        MIN_TILE_TISSUE,
+        read_tile_pool,
+        unique_tiles,
+        usable_tiles,
+    )
+
+    excluded = set(exclude)
+    pool = [t for t in unique_tiles(read_tile_pool(tiles)) if t.sha256 not in excluded]
+    have = {c: 0 for c in (0, 1)}
+    for t in usable_tiles(pool, MIN_TILE_TISSUE):
+        have[t.label] += 1
+    seeds = range(args.seed, args.seed + args.draws)
+    kw = {"n_patients": args.patients, "slides_per_patient": args.slides_per_patient}
+    need = [tiles_needed(s, tiles_per_slide=tuple(args.tiles_per_slide), **kw) for s in seeds]
+    short = [
+        f"{have[c]} usable tiles in {CLASS_DIRS[c]}/ but draw seed {seed} needs {n[c]}"
+        for c in (0, 1)
+        for seed, n in zip(seeds, need, strict=True)
+        if n[c] > have[c]
+    ]
+    if short:
+        raise GigamilError(
+            f"tile source {tiles}: {'; '.join(short)} (usable: not excluded, >= "
+            f"{MIN_TILE_TISSUE:g} tissue): use fewer draws, --patients or --slides-per-patient, "
+            "or more tiles"
+        )
+
+
 def fit_folds(overrides: dict[str, Any], n_patients: int, seeds: range) -> dict[str, Any]:
     """``overrides`` with ``cv.folds`` lowered to the patients of the smaller class when the
     cohort has fewer (``--patients`` below 12 with the repo's 6 folds), unless ``--set`` gave
@@ -479,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if not {"mpp", "patch_px"} <= set(given):  # --set wins over the tiles' geometry
         geometry = patch_geometry(args.tiles, args.tile_mpp, exclude)
         overrides = deep_update(geometry, overrides)
+    check_tile_supply(args.tiles, exclude, args)
     overrides = fit_folds(overrides, args.patients, range(args.seed, args.seed + args.draws))
     used = overrides["preprocessing"]["patches"]
     print(f"patches: {used['patch_px']} px at {used['mpp']} µm/px", end="")

@@ -171,6 +171,45 @@ def _check_args(
         raise GigamilError(f"lesion range: bad range {lesion_range}")
 
 
+def _plan_cohort(
+    seed: int,
+    n_patients: int,
+    slides_per_patient: int,
+    tiles_per_slide: tuple[int, int],
+    lesion_range: tuple[float, float],
+) -> list[tuple[str, str, str, _SlidePlan]]:
+    """``(slide suffix p01_s1, patient suffix p01, label, plan)`` of every slide of a cohort."""
+    slides = []
+    for p, label in enumerate(patient_labels(seed, n_patients)):
+        for s in range(slides_per_patient):
+            rng = np.random.default_rng([seed, 2, p, s])
+            plan = _plan_slide(rng, label == LABELS[1], tiles_per_slide, lesion_range)
+            slides.append((f"p{p + 1:02d}_s{s + 1}", f"p{p + 1:02d}", label, plan))
+    return slides
+
+
+def _tiles_needed(slides: list[tuple[str, str, str, _SlidePlan]]) -> dict[int, int]:
+    return {
+        0: sum(int((pl.tissue & ~pl.lesion).sum()) for *_, pl in slides),
+        1: sum(int(pl.lesion.sum()) for *_, pl in slides),
+    }
+
+
+def tiles_needed(
+    seed: int,
+    n_patients: int = 12,
+    slides_per_patient: int = 2,
+    tiles_per_slide: tuple[int, int] = TILES_PER_SLIDE,
+    lesion_range: tuple[float, float] = LESION_RANGE,
+) -> dict[int, int]:
+    """Normal (0) and tumour (1) tiles that :func:`make_tile_cohort` with these arguments
+    places, without reading any tile (to check several draws before building the first)."""
+    _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+    return _tiles_needed(
+        _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+    )
+
+
 def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil demo flags)
     outdir: str | Path,
     seed: int = 0,
@@ -204,18 +243,9 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     pool = usable_tiles(pool, min_tile_tissue)
     by_class = {c: [t for t in pool if t.label == c] for c in (0, 1)}
 
-    slides = []
-    for p, label in enumerate(patient_labels(seed, n_patients)):
-        for s in range(slides_per_patient):
-            rng = np.random.default_rng([seed, 2, p, s])
-            plan = _plan_slide(rng, label == LABELS[1], tiles_per_slide, lesion_range)
-            patient = f"{prefix}_p{p + 1:02d}"
-            slides.append((f"{patient}_s{s + 1}", patient, label, plan))
-
-    need = {
-        0: sum(int((pl.tissue & ~pl.lesion).sum()) for *_, pl in slides),
-        1: sum(int(pl.lesion.sum()) for *_, pl in slides),
-    }
+    slides = _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+    slides = [(f"{prefix}_{sid}", f"{prefix}_{pid}", label, pl) for sid, pid, label, pl in slides]
+    need = _tiles_needed(slides)
     short = [
         f"{len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ but the cohort needs {need[c]}"
         for c in (0, 1)

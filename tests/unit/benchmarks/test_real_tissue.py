@@ -196,3 +196,33 @@ def test_set_takes_several_pairs_and_repeats(bench):
     args = bench.parse_args(["--set", "a=1", "b.c=2", "--set", "d=x"])
     assert args.overrides == ["a=1", "b.c=2", "d=x"]
     assert bench.parse_set(args.overrides) == {"a": 1, "b": {"c": 2}, "d": "x"}
+
+
+def test_every_draw_is_checked_for_enough_tiles_before_the_first(bench, tmp_path):
+    from PIL import Image
+
+    from gigamil.demo_tiles import tiles_needed
+    from gigamil.errors import GigamilError
+
+    rng = np.random.default_rng(0)
+    for label, n in (("0", 22), ("1", 12)):
+        (tmp_path / label).mkdir()
+        for i in range(n):
+            img = np.clip(np.array([200, 120, 180]) + rng.normal(0, 12, (32, 32, 3)), 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(tmp_path / label / f"{i}.png")
+    need = {
+        s: tiles_needed(s, n_patients=2, slides_per_patient=1, tiles_per_slide=(10, 14))
+        for s in range(6)
+    }
+    ok = [s for s in need if need[s][0] <= 22 and need[s][1] <= 12]
+    bad = [s for s in need if need[s][0] > 22 or need[s][1] > 12]
+    assert ok and bad  # the draws differ in size: some fit, some do not
+    flags = ["--tiles", str(tmp_path), "--patients", "2", "--slides-per-patient", "1"]
+    flags += ["--tiles-per-slide", "10", "14"]
+    bench.check_tile_supply(
+        tmp_path, (), bench.parse_args([*flags, "--seed", str(ok[0]), "--draws", "1"])
+    )
+    later_bad = min(b for b in bad if b > ok[0])  # a later draw of a run that starts well
+    args = bench.parse_args([*flags, "--seed", str(ok[0]), "--draws", str(later_bad - ok[0] + 1)])
+    with pytest.raises(GigamilError, match=f"draw seed {later_bad} needs"):
+        bench.check_tile_supply(tmp_path, (), args)
