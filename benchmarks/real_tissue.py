@@ -129,17 +129,9 @@ def patch_geometry(
     size (:func:`gigamil.tile_pool.tile_side`). Raises GigamilError otherwise or for no usable
     tile."""
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import (
-        MIN_TILE_TISSUE,
-        read_tile_pool,
-        tile_side,
-        unique_tiles,
-        usable_tiles,
-    )
+    from gigamil.tile_pool import tile_side, usable_pool
 
-    excluded = set(exclude)
-    pool = [t for t in unique_tiles(read_tile_pool(tiles)) if t.sha256 not in excluded]
-    pool = usable_tiles(pool, MIN_TILE_TISSUE)
+    pool = usable_pool(tiles, exclude)
     if not pool:
         raise GigamilError(f"tile source {tiles}: no usable tile (not excluded, with tissue)")
     return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": tile_side(pool)}}}
@@ -152,18 +144,10 @@ def check_tile_supply(
     usable tiles of a class than the folder holds: a long run does not fail at a later draw."""
     from gigamil.demo_tiles import tiles_needed
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import (
-        CLASS_DIRS,
-        MIN_TILE_TISSUE,
-        read_tile_pool,
-        unique_tiles,
-        usable_tiles,
-    )
+    from gigamil.tile_pool import CLASS_DIRS, MIN_TILE_TISSUE, usable_pool
 
-    excluded = set(exclude)
-    pool = [t for t in unique_tiles(read_tile_pool(tiles)) if t.sha256 not in excluded]
     have = {c: 0 for c in (0, 1)}
-    for t in usable_tiles(pool, MIN_TILE_TISSUE):
+    for t in usable_pool(tiles, exclude):
         have[t.label] += 1
     seeds = range(args.seed, args.seed + args.draws)
     kw = {"n_patients": args.patients, "slides_per_patient": args.slides_per_patient}

@@ -54,10 +54,8 @@ from gigamil.tile_pool import (
     MIN_TILE_TISSUE,
     Tile,
     decode_tile,
-    read_tile_pool,
     tile_side,
-    unique_tiles,
-    usable_tiles,
+    usable_pool,
 )
 
 log = logging.getLogger(__name__)
@@ -238,9 +236,7 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range)
     check_prefix(prefix)
     outdir = Path(outdir)
-    excluded = set(exclude)
-    pool = [t for t in unique_tiles(read_tile_pool(tiles)) if t.sha256 not in excluded]
-    pool = usable_tiles(pool, min_tile_tissue)
+    pool = usable_pool(tiles, exclude, min_tile_tissue)
     by_class = {c: [t for t in pool if t.label == c] for c in (0, 1)}
 
     slides = _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)

@@ -11,6 +11,7 @@ import logging
 import re
 import zipfile
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -164,6 +165,19 @@ def usable_tiles(tiles: list[Tile], min_tile_tissue: float) -> list[Tile]:
     if min_tile_tissue <= 0:
         return tiles
     return [t for t in tiles if tile_tissue_fraction(decode_tile(t)) >= min_tile_tissue]
+
+
+def usable_pool(
+    source: str | Path | None,
+    exclude: Collection[str] = (),
+    min_tile_tissue: float = MIN_TILE_TISSUE,
+) -> list[Tile]:
+    """The tiles a mosaic cohort draws from: those of ``source`` (:func:`read_tile_pool`), one
+    of each identical image, without the sha256 digests in ``exclude``, with at least
+    ``min_tile_tissue`` tissue (:func:`usable_tiles`)."""
+    excluded = set(exclude)
+    pool = [t for t in unique_tiles(read_tile_pool(source)) if t.sha256 not in excluded]
+    return usable_tiles(pool, min_tile_tissue)
 
 
 def pack_tiles(
