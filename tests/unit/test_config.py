@@ -238,6 +238,31 @@ def test_missing_sheet(tmp_path, monkeypatch):
     )
 
 
+def test_label_and_file_near_misses_are_suggested(tmp_path):
+    rows = good_rows()
+    rows[2]["label"] = "Lesion"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"label 'Lesion' is not one of .*did you mean 'Lesion' -> 'lesion'\?"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    rows[2]["label"], rows[1]["label"] = "tumour", "normall"  # nothing close to 'tumour'
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert "did you mean 'normall' -> 'normal'?" in str(err.value)
+    assert "tumour' ->" not in str(err.value)
+    path = write_sheet(tmp_path, good_rows())
+    (tmp_path / "s3.svs").rename(tmp_path / "s3.SVS")
+    (tmp_path / "s1.svs").rename(tmp_path / "s1.tif")
+    (tmp_path / "s1.png").touch()  # two candidates: no guess
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    msg = str(err.value)
+    assert "slide file s3.svs not found" in msg and "did you mean s3.SVS?" in msg
+    assert "slide file s1.svs not found" in msg and "did you mean s1." not in msg
+
+
 def test_missing_column(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "patient_id"} for r in good_rows()]
     path = write_sheet(tmp_path, rows)
@@ -325,7 +350,8 @@ def test_every_label_not_in_classes_in_one_message(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     assert str(err.value).splitlines() == [
         f"{path}: 2 labels are not one of the classes {CLASSES} of the configuration (its "
-        "`classes:` list; without one, the demo's [normal, lesion])",
+        "`classes:` list; without one, the demo's [normal, lesion]); did you mean 'Normal' -> "
+        "'normal'?",
         "  line 2 (slide_id 's1'): label 'Normal'",
         "  line 4 (slide_id 's3'): label 'tumour'",
     ]

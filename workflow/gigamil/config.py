@@ -522,6 +522,29 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
             )
 
 
+def _near_label(value: str, classes: list[str]) -> str | None:
+    """``'Lesion' -> 'lesion'`` for a label that differs from a class only in case or
+    surrounding spaces, else the class :func:`difflib.get_close_matches` finds, as ``'x' -> 'y'``."""
+    folded = {c.strip().casefold(): c for c in classes}
+    match = folded.get(str(value).strip().casefold())
+    if match is None:
+        near = difflib.get_close_matches(str(value), classes, n=1, cutoff=0.75)
+        match = near[0] if near else None
+    return None if match is None else f"{value!r} -> {match!r}"
+
+
+def _other_suffix(full: Path) -> Path | None:
+    """A file beside the missing ``full`` with its name but another suffix (``S1.tif`` for
+    ``S1.tiff``, ``S1.SVS`` for ``S1.svs``), if there is exactly one."""
+    try:
+        same = [q for q in full.parent.glob(f"{full.stem}.*") if q.is_file() and q != full]
+    except OSError:
+        return None
+    if len(same) != 1:
+        return None
+    return same[0]
+
+
 def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
     """Unique slide ids, labels among ``classes``, one label per patient."""
     dup = df["slide_id"][df["slide_id"].duplicated()]
@@ -537,10 +560,12 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
             for i, is_bad in enumerate(bad_label)
             if is_bad
         ]
+        hints = sorted({h for v in df.loc[bad_label, "label"] if (h := _near_label(v, classes))})
         raise ConfigError(
             f"{path}: {bad[0] if len(bad) == 1 else f'{len(bad)} labels'} "
             f"{'is' if len(bad) == 1 else 'are'} not one of the classes {classes} of the "
             "configuration (its `classes:` list; without one, the demo's [normal, lesion])"
+            + (f"; did you mean {', '.join(hints)}?" if hints else "")
             + ("".join(f"\n  {line}" for line in listed(bad)) if len(bad) > 1 else "")
         )
 
@@ -582,6 +607,8 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
         full = sheet_slide_path(p, base)
         if not full.exists():
             where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
+            other = _other_suffix(full)
+            where += f"; did you mean {other.name}?" if other is not None else ""
             missing.append(
                 f"  line {_sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
             )
