@@ -234,7 +234,9 @@ def test_missing_sheet(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as exc:
         load_sheet("sheets/nope.csv", "c1", CLASSES)
     assert str(exc.value) == (
-        f"cohort 'c1': sheet sheets/nope.csv not found (looked for {tmp_path.resolve()}/sheets/nope.csv)"
+        f"cohort 'c1': sheet sheets/nope.csv not found (looked for {tmp_path.resolve()}/sheets/nope.csv"
+        ": relative paths are read from the working directory, snakemake's --directory, else "
+        "where it runs)"
     )
 
 

@@ -379,7 +379,12 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     """
     path = Path(path)
     if not path.is_file():
-        where = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+        where = (
+            ""
+            if path.is_absolute()
+            else f" (looked for {path.resolve()}: relative paths are read from the working "
+            "directory, snakemake's --directory, else where it runs)"
+        )
         raise ConfigError(f"cohort {cohort!r}: sheet {path} not found{where}")
     df = _read_sheet_csv(path, labels_required)
     df["mpp"] = _sheet_mpp(df, path, cohort_mpp)
