@@ -124,7 +124,9 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     page = (out / "metrics.html").read_text()
     lo, hi = on_disk["oof_auc_ci"]
     assert f"{on_disk['oof_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in page
-    assert f"<td>{on_disk['patient_auc']:.3f}</td>" in page
+    plo, phi = on_disk["patient_auc_ci"]  # resampling patients, as the slide AUC's CI
+    assert plo <= on_disk["patient_auc"] <= phi
+    assert f"{on_disk['patient_auc']:.3f} (95% CI {plo:.3f}–{phi:.3f})" in page
     assert f"{on_disk['balanced_accuracy']:.3f} (95% CI" in page
     assert "23 / 12" in page and "slides without patches (not scored)</td><td>1<" in page
 
@@ -220,7 +222,7 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert "patient_overlap" in (tmp_path / "ens2" / "summary.json").read_text()
     page = (out / "metrics.html").read_text()
     assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
-    assert f"<td>{summary['patient_auc']:.3f}</td>" in page
+    assert f"<td>{summary['patient_auc']:.3f} (95% CI" in page
 
 
 def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(

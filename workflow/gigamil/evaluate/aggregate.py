@@ -138,7 +138,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
             f"fold AUC, mean ± sd over {len(folds)}",
             _mean_sd(summary.get("fold_auc_mean"), summary.get("fold_auc_sd")),
         ),
-        ("patient AUC (mean probability per patient)", _fmt(summary.get("patient_auc"))),
+        ("patient AUC (mean probability per patient)", _with_ci(summary, "patient_auc")),
         ("balanced accuracy", _with_ci(summary, "balanced_accuracy")),
         ("macro F1", _with_ci(summary, "macro_f1")),
         ("accuracy", _with_ci(summary, "accuracy")),
@@ -207,12 +207,16 @@ def write_metrics_html(
 def pooled_metrics(
     preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
 ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
-    """Metrics of all rows together and their patient-level bootstrap CIs."""
+    """Metrics of all rows together and their patient-level bootstrap CIs; ``pooled`` also holds
+    ``patient_auc_ci``, the bootstrap CI (resampling patients) of the AUC of the mean probability
+    per patient (:func:`gigamil.evaluate.metrics.patient_level`)."""
     y, p = M.labels_and_probs(preds, classes)
     pooled = M.classification_metrics(y, p, classes)
     ci = M.bootstrap_ci(
         y, p, classes, groups=preds["patient_id"].to_numpy(), n_boot=n_boot, seed=seed
     )
+    yp, pp = M.labels_and_probs(M.patient_level(preds, classes), classes)
+    pooled["patient_auc_ci"] = M.bootstrap_ci(yp, pp, classes, n_boot=n_boot, seed=seed)["auc"]
     return pooled, ci
 
 
@@ -264,6 +268,8 @@ def summary_block(
         "fold_auc_sd": float(folds["auc"].std(ddof=1)) if len(folds) > 1 else float("nan"),
         "patient_auc": M.roc_auc(yp, pp),
     }
+    if "patient_auc_ci" in pooled:
+        out["patient_auc_ci"] = list(pooled["patient_auc_ci"])
     for name in ("balanced_accuracy", "macro_f1", "accuracy"):
         out[name] = pooled[name]
         out[f"{name}_ci"] = list(ci[name])

@@ -215,7 +215,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     Returns:
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
         model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
-        ``accuracy`` (+ CIs), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``,
+        ``accuracy`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
         ``n_slides``, ``n_patients``, ``n_models``, ``n_unpredicted`` and, with masks, the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
     """
