@@ -87,6 +87,33 @@ HEATMAP = ["heatmap", "--store", "s.zarr", "--attention", "a.npy", "--out", "h"]
         ),
         ([*HEATMAP, "--alpha", "5"], "--alpha: must be <= 1, got 5"),
         ([*HEATMAP, "--top-k", "x"], "--top-k: an integer is needed, got 'x'"),
+        (["demo", "d", "--tile-mpp", "0"], "--tile-mpp: must be > 0, got 0"),
+        (["demo", "d", "--tile-mpp", "inf"], "--tile-mpp: a finite number is needed, got 'inf'"),
+        (
+            [
+                "evaluate",
+                "--folds",
+                "f.csv",
+                "--predictions",
+                "p.csv",
+                "--out",
+                "e",
+                "--n-boot",
+                "0",
+            ],
+            "--n-boot: must be >= 1, got 0",
+        ),
+        (
+            ["ensemble", "--predictions", "p.csv", "--cohort", "c", "--out", "e", "--seed", "-1"],
+            "--seed: must be >= 0, got -1",
+        ),
+        (
+            [
+                *["train", "--config", "c.yaml", "--train-csv", "t.csv", "--val-csv", "v.csv"],
+                *["--out", "o", "--threads", "0"],
+            ],
+            "--threads: must be >= 1, got 0",
+        ),
     ],
 )
 def test_out_of_range_options_are_refused_by_name(args, message, capsys):

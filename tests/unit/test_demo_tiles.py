@@ -190,6 +190,16 @@ def test_both_short_classes_are_named(tmp_path):
     assert "--patients, --slides-per-patient" in msg
 
 
+@pytest.mark.parametrize("mpp", [0.0, -0.5, float("nan"), float("inf")])
+def test_a_bad_tile_mpp_fails_before_anything_is_written(tmp_path, mpp):
+    """The µm/px goes into every TIFF: 0, negative or NaN would fail deep in the TIFF writer
+    after slides were written, or give slides whose MPP is nonsense."""
+    folder = _tile_folder(tmp_path / "tiles", n_normal=40, n_tumour=20)
+    with pytest.raises(GigamilError, match="tile µm/px must be a positive number"):
+        demo_tiles.make_tile_cohort(tmp_path / "c", tiles=folder, n_patients=2, tile_mpp=mpp)
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_tile_of_another_size_fails_whichever_tiles_are_drawn(tmp_path):
     folder = _tile_folder(tmp_path / "tiles", n_normal=50, n_tumour=12)
     odd = np.full((PX + 32, PX + 32, 3), (225, 150, 190), dtype=np.uint8)

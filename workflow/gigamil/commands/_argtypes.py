@@ -49,3 +49,4 @@ POSITIVE = bounded(float, 0, exclusive_minimum=True)  # µm/px and other scales
 NON_NEGATIVE = bounded(float, 0)
 FRACTION = bounded(float, 0, 1)
 AT_LEAST_ONE = bounded(int, 1)
+NON_NEGATIVE_INT = bounded(int, 0)  # seeds

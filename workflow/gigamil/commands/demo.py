@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+from gigamil.commands._argtypes import POSITIVE
+
 NAME = "demo"
 HELP = (
     "build a demo cohort (deterministic for a seed): by default mosaic slides of the packaged "
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tile-mpp",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="--kind tiles: µm/px of the tiles (default: 0.972, PatchCamelyon's)",
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+
 NAME = "ensemble"
 HELP = "average the fold models' probabilities on a cohort and evaluate the ensemble"
 
@@ -32,8 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV with slide_id, store, attention, mask (one row per fold model's "
         "attention .npy) for the localisation AUC of the mean attention",
     )
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (1000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    parser.add_argument(
+        "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"
+    )
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
 
 
 def run(args: argparse.Namespace) -> int:

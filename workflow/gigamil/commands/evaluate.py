@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+
 NAME = "evaluate"
 HELP = "summarise cross-validation predictions: summary.json, metrics.csv, ROC, confusion"
 
@@ -30,8 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CSV",
         help="CSV with slide_id, store, attention, mask for localisation AUC",
     )
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (1000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    parser.add_argument(
+        "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"
+    )
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
 
 
 def classes_from_predictions(path: str) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import AT_LEAST_ONE
+
 NAME = "train"
 HELP = "train an attention-MIL model end to end with the accumulating trainer"
 
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=AT_LEAST_ONE,
         default=1,
         metavar="N",
         help="torch CPU threads, and threads decoding patches (default 1)",
