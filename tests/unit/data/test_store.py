@@ -246,3 +246,25 @@ def test_stores_written_before_the_checksums_still_read(s1_attrs, tmp_path, capl
     np.testing.assert_array_equal(p[...], patches)
     assert c.shape == (4, 2)
     assert "no chunk checksums" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["coords", "grid"])
+def test_coords_or_grid_of_another_length_than_the_patches_is_damage(
+    s1_attrs, row_major_grid, tmp_path, name
+):
+    from gigamil.data.bags import ZarrBag
+
+    grid, coords = _grid(row_major_grid, 10)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, 10, 8, coords, grid) as w:
+        w.append(np.zeros((10, 8, 8, 3), np.uint8))
+        w.commit(s1_attrs())
+    group = zarr.open_group(str(out), mode="a", zarr_format=3)
+    short = np.asarray(group[name][:7])
+    del group[name]
+    group.create_array(name, data=short, write_data=True)  # 7 places for 10 patches
+    msg = rf"slide s1: patch store .*s\.zarr is damaged: {name} is int64 \(7, 2\), not .*\(10, 2\)"
+    with pytest.raises(GigamilError, match=msg):
+        read_store(out)
+    with pytest.raises(GigamilError, match=msg):
+        ZarrBag(out)

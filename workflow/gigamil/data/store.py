@@ -10,7 +10,8 @@ complete. Reading: :func:`read_store` (or :func:`open_store` for the zarr group)
 
 Integrity: every chunk ends in a CRC-32C (zarr's ``crc32c`` codec), so a damaged chunk fails
 to read instead of giving noise; :func:`read_store` checks that every chunk file exists (zarr
-would read a missing one as black patches) and :func:`read_patches` turns a chunk that fails its
+would read a missing one as black patches) and that ``coords`` and ``grid`` have one row per
+patch, and :func:`read_patches` turns a chunk that fails its
 checksum or cannot be decoded into one :class:`GigamilError` naming the slide, store and chunk.
 Stores written before the checksums existed still read (without that protection).
 
@@ -191,8 +192,9 @@ _UNCHECKED_WARNED: set[str] = set()
 
 def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, dict[str, Any]]:
     """(patches: lazy zarr array (N, H, W, 3) uint8, coords (N, 2) int64, grid (N, 2) int64,
-    attrs dict). A missing chunk or a damaged coords/grid chunk raises GigamilError naming the
-    slide, the store and the chunk; read the patches with :func:`read_patches`."""
+    attrs dict). A missing chunk, a damaged coords/grid chunk or coords/grid that are not one
+    (x, y) / (row, col) per patch raise GigamilError naming the slide, the store and what is
+    wrong; read the patches with :func:`read_patches`."""
     path = Path(path)
     group = open_store(path)
     attrs = dict(group.attrs)
@@ -206,12 +208,32 @@ def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, di
             "delete it and rerun to extract it with checksums",
             path,
         )
+    _check_shapes(path, group, slide_id)
     out = []
     for name in ("coords", "grid"):
-        out.append(
-            np.asarray(read_patches(group[name], path, slide_id), dtype=np.int64).reshape(-1, 2)
-        )
+        out.append(np.asarray(read_patches(group[name], path, slide_id), dtype=np.int64))
     return patches, out[0], out[1], attrs
+
+
+def _check_shapes(path: Path, group: zarr.Group, slide_id: str) -> None:
+    """``patches`` is (N, H, W, 3) uint8 and ``coords`` and ``grid`` are (N, 2) integers: a
+    store whose arrays disagree would pair patches with the wrong places (or none)."""
+    patches = group["patches"]
+    if patches.ndim != 4 or patches.shape[3] != 3 or patches.dtype != np.uint8:
+        raise GigamilError(
+            f"slide {slide_id}: patch store {path} is damaged: patches is {patches.dtype} "
+            f"{tuple(patches.shape)}, not uint8 (N, H, W, 3); delete the store and rerun to "
+            "extract it again"
+        )
+    n = int(patches.shape[0])
+    for name in ("coords", "grid"):
+        arr = group[name]
+        if tuple(arr.shape) != (n, 2) or arr.dtype.kind not in "iu":
+            raise GigamilError(
+                f"slide {slide_id}: patch store {path} is damaged: {name} is {arr.dtype} "
+                f"{tuple(arr.shape)}, not integers ({n}, 2) for its {n} patches; delete the "
+                "store and rerun to extract it again"
+            )
 
 
 def read_patches(
