@@ -560,3 +560,25 @@ def test_train_fold_with_bag_mixing(mil_bags, cohort, tmp_path: Path) -> None:
     )
     rows = read_log(out / "train_log.csv")
     assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+
+
+def test_predict_with_nan_weights_is_an_error_not_a_row_of_nan(
+    mil_bags, cohort, tmp_path: Path
+) -> None:
+    """NaN probabilities are the mark of a slide without patches; a model that gives them for a
+    bag with patches (here: a model.pt whose weights are NaN, with a valid checksum) must not
+    write a row that the evaluation leaves out as 'no patches' (nor a ``pred`` of argmax NaN)."""
+    train, val = cohort
+    torch.set_num_threads(1)
+    model_path = train_fold(
+        train, val, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    ckpt = checkpoint_mod.load_checkpoint(model_path)
+    ckpt["state_dict"]["attention_model.classifier.weight"] = torch.full_like(
+        ckpt["state_dict"]["attention_model.classifier.weight"], float("nan")
+    )
+    bad = checkpoint_mod.atomic_save(ckpt, tmp_path / "bad" / "model.pt")
+    out = tmp_path / "pred.csv"
+    with pytest.raises(GigamilError, match=r"bad/model.pt: the model's weights hold NaN or inf"):
+        predict_slides(bad, val, out, tmp_path / "att", device="cpu")
+    assert not out.exists()

@@ -73,6 +73,28 @@ def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None
         )
 
 
+def _non_finite_message(
+    model_path: Path, model: torch.nn.Module, row: object, n: int, prob: np.ndarray
+) -> str:
+    """Why a bag with instances got NaN or inf probabilities or attention: the model's weights
+    (named) or, if they are finite, the slide's patches or features."""
+    bad = [
+        k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        return (
+            f"{model_path}: the model's weights hold NaN or inf ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}), so its predictions are not numbers; delete it "
+            "and rerun to train the fold again"
+        )
+    return (
+        f"slide {row.slide_id}: the model {model_path} gives probabilities "  # type: ignore[attr-defined]
+        f"{np.array2string(prob, precision=3)} or attention that are not finite numbers for its "
+        f"{n} instances in {row.store}; the store holds values the model cannot handle "  # type: ignore[attr-defined]
+        "(e.g. NaN or inf features): delete the store and rerun to extract it again"
+    )
+
+
 def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     model_path: Path,
     slides: pd.DataFrame,
@@ -91,7 +113,9 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
     a feature store has the rows of its patch store). ``slides.store`` is a patch store, or a
     feature store of the encoder of a model trained on cached features. A slide without patches gets NaN probabilities, an empty ``pred`` and an
-    empty attention array (there is nothing to classify; no guess is made).
+    empty attention array (there is nothing to classify; no guess is made). A slide with
+    instances whose probabilities or attention are not finite (NaN weights, NaN or inf
+    features) is an error naming the slide and the model, never a row of NaN.
 
     Logs one line per slide (``slide 3/12 s1: 812 patches, P(lesion) 0.973 -> lesion (2.1 s)``),
     in the caller's :func:`gigamil.logutil.log_context` (default ``<model dir> predict <cohort>``, e.g. ``fold2 predict ext``).
@@ -149,6 +173,8 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
         prob, att = _predict_bag(
             model, bag, len(classes), max_instances_per_forward_pass, ckpt.get("logit_calibration")
         )
+        if len(bag) and not (np.isfinite(prob).all() and np.isfinite(att).all()):
+            raise GigamilError(_non_finite_message(model_path, model, row, len(bag), prob))
         pred = classes[int(prob.argmax())] if len(bag) else ""
         np.save(attention_dir / f"{row.slide_id}.npy", att)
         log.info(
