@@ -225,6 +225,25 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert f"<td>{summary['patient_auc']:.3f} (95% CI" in page
 
 
+@pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])
+def test_a_fold_file_lacking_slides_the_other_models_predicted_is_an_error(tmp_path, which):
+    """On an external cohort every fold model predicts every slide: a file without some of them
+    (cut short, edited) made those slides the mean of fewer models without a word."""
+    ext = _sheet(n_patients=10, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    paths = []
+    for k in range(3):
+        df = _predict(ext, k, rng, signal=1.0)
+        paths.append(tmp_path / f"fold{k}.csv")
+        (df.iloc[:-3] if k == 1 else df).to_csv(paths[-1], index=False)
+    run = ensemble_cohort if which == "ensemble_cohort" else predict_cohort
+    with pytest.raises(
+        GigamilError, match=r"fold1\.csv lacks the prediction of 3 slide\(s\) .*\(ext_p7_s0, "
+    ):
+        run(paths, CLASSES, tmp_path / "ens", "ext")
+    assert not (tmp_path / "ens" / "summary.json").exists()
+
+
 def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(
     grid_slide, tmp_path, capsys
 ):

@@ -116,11 +116,37 @@ def _cohort_predictions(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(fold predictions of the cohort, their mean per slide)``; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    preds = read_predictions(pred_csvs, classes)
-    preds = preds[preds["cohort"] == cohort].reset_index(drop=True)
+    per_file = [read_predictions([path], classes) for path in pred_csvs]
+    per_file = [df[df["cohort"] == cohort] for df in per_file]
+    _check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
+    preds = pd.concat(per_file, ignore_index=True) if per_file else pd.DataFrame()
     if preds.empty:
         raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
     return preds, mean_probabilities(preds, classes)
+
+
+def _check_every_model_predicted_every_slide(
+    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
+) -> None:
+    """On a cohort no fold model trained on (a slide in more than one file) every fold model
+    predicts every slide: a file that lacks some of them is incomplete, and averaging over the
+    models that remain would quietly make another ensemble for those slides. (On a train cohort
+    each slide is in one file only, its out-of-fold model's.)"""
+    sets = [set(map(str, df["slide_id"])) for df in per_file]
+    every = set().union(*sets)
+    if not any(sum(s in ids for ids in sets) > 1 for s in every):
+        return
+    for path, ids in zip(pred_csvs, sets, strict=True):
+        lacking = sorted(every - ids)
+        if lacking:
+            shown = ", ".join(lacking[:5]) + (
+                f", ... ({len(lacking)} in all)" if len(lacking) > 5 else ""
+            )
+            raise GigamilError(
+                f"cohort {cohort!r}: {path} lacks the prediction of {len(lacking)} slide(s) that "
+                f"the other fold models predicted ({shown}); every fold model predicts every slide "
+                "of a cohort it did not train on, so the file is incomplete: delete it and rerun"
+            )
 
 
 def predict_cohort(
