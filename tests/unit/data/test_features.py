@@ -156,6 +156,30 @@ def test_damaged_feature_chunk_is_named(write_store, tmp_path: Path) -> None:
         FeatureBag(out)
 
 
+def test_feature_store_coords_or_grid_that_do_not_match_the_features_are_damage(
+    write_store, tmp_path: Path
+) -> None:
+    """coords/grid of another length than the features, or a coords chunk file deleted (zarr
+    reads it as zeros), paired features with the wrong places without a word."""
+    import zarr
+
+    store = write_store(tmp_path / "s.zarr", _patches(6), chunk=3)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    (out / "coords" / "c" / "0" / "0").unlink()
+    with pytest.raises(GigamilError, match=r"f\.zarr is damaged: chunk coords/c/0/0 is missing"):
+        FeatureBag(out)
+    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    group = zarr.open_group(str(out), mode="a", zarr_format=3)
+    short = np.asarray(group["grid"][:4])
+    del group["grid"]
+    group.create_array("grid", data=short, write_data=True)
+    with pytest.raises(
+        GigamilError, match=r"f\.zarr is damaged: features \(6, 64\) and grid int64 \(4, 2\), not"
+    ):
+        FeatureBag(out)
+
+
 def test_encoder_id_changes_only_with_what_changes_the_features(tmp_path: Path) -> None:
     base = {"encoder": "smallcnn", "trainable_blocks": 0}
     ref = encoder_id(encoder_spec(base, PATCHES))

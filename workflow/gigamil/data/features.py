@@ -323,6 +323,8 @@ class FeatureBag:
         self._array = group["features"]
         _check_chunks_exist(self.path, self._array, self.slide_id)
         self.store_len = int(self._array.shape[0])
+        for name in ("coords", "grid"):
+            _check_rows(self.path, group, name, self._array, self.slide_id)
         rows = {
             name: np.asarray(read_patches(group[name], self.path, self.slide_id), np.int64)
             for name in ("coords", "grid")
@@ -463,6 +465,29 @@ def _check_chunks_exist(path: Path, arr: zarr.Array, slide_id: str) -> None:
         key = chunk_key(arr, index)
         if not (path / key).is_file():
             raise damaged_store_error(path, slide_id, key, "is missing")
+
+
+def _check_rows(
+    path: Path, group: zarr.Group, name: str, features: zarr.Array, slide_id: str
+) -> None:
+    """``name`` (coords or grid) is in the store, (N, 2) integers for the N rows of a 2-D
+    ``features``, every chunk file present: else the features would be paired with the wrong
+    places (SmABMIL's adjacency, heatmaps, localisation)."""
+    n = int(features.shape[0])
+    arr = group.get(name) if name in group else None
+    if (
+        features.ndim != 2
+        or arr is None
+        or tuple(arr.shape) != (n, 2)
+        or arr.dtype.kind not in "iu"
+    ):
+        what = "missing" if arr is None else f"{arr.dtype} {tuple(arr.shape)}"
+        raise GigamilError(
+            f"slide {slide_id}: feature store {path} is damaged: features {tuple(features.shape)}"
+            f" and {name} {what}, not integers ({n}, 2) for its {n} rows; delete the store and "
+            "rerun to extract it again"
+        )
+    _check_chunks_exist(path, arr, slide_id)
 
 
 def open_bag(
