@@ -6,8 +6,8 @@ so a compute node without internet behaves like a laptop with one). The file hol
 dict or one wrapped in ``state_dict`` / ``model``; prefixes every key shares (``module.``,
 ``backbone.``, ``encoder.``, ``model.``) are stripped when the encoder has no key with them, and
 keys of the classifier that gigamil removed (``head.*`` of a timm ViT, ``fc.*`` of a ResNet)
-are dropped. Anything else missing or unexpected, or a tensor holding NaN or inf, is an error naming
-the first keys and the counts.
+are dropped. Anything else missing or unexpected, or a tensor holding NaN, is an error naming the
+first keys and the counts (±inf is allowed: some models store masks with -inf).
 The sha256 of the file identifies the weights in ``model.pt`` and in the log.
 """
 
@@ -161,7 +161,8 @@ def load_strict(
     hint: str = "",
 ) -> None:
     """Load ``state`` into ``module`` after prefix stripping; every key must match (names and
-    shapes) and every tensor must hold finite numbers (no NaN or inf). Keys under ``classifier`` (the head gigamil replaced by an identity) are dropped."""
+    shapes) and no tensor may hold NaN (±inf is allowed: some models store attention masks of
+    -inf). Keys under ``classifier`` (the head gigamil replaced by an identity) are dropped."""
     expected = set(module.state_dict())
     state = strip_prefixes(state, expected)
     if classifier:
@@ -192,18 +193,18 @@ def load_strict(
             f"other shapes (first {k}: {tuple(state[k].shape)} in the file, "
             f"{tuple(own[k].shape)} in the encoder; a different architecture?){tail}"
         )
-    bad = [k for k in sorted(state) if _not_finite(state[k])]
+    bad = [k for k in sorted(state) if _holds_nan(state[k])]
     if bad:
         raise ConfigError(
-            f"model.weights: {source} holds NaN or inf in {len(bad)} tensor"
+            f"model.weights: {source} holds NaN in {len(bad)} tensor"
             f"{'s' if len(bad) > 1 else ''} ({_key_list(bad)}): the weights are damaged or "
             f"come from a training that diverged; use an intact file{tail}"
         )
     module.load_state_dict(state, strict=True)
 
 
-def _not_finite(t: torch.Tensor) -> bool:
-    return bool(t.is_floating_point() and not torch.isfinite(t).all())
+def _holds_nan(t: torch.Tensor) -> bool:
+    return bool(t.is_floating_point() and torch.isnan(t).any())
 
 
 def load_weights_file(
