@@ -69,6 +69,38 @@ def _cv_fixture(tmp_path, nan_slide=None):
     return folds, paths
 
 
+def _damage_last_row(path, edit):
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    row = dict(zip(header, lines[-1].split(","), strict=True))
+    edit(row)
+    lines[-1] = ",".join(row[c] for c in header)
+    path.write_text("\n".join(lines) + "\n")
+    return row["slide_id"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda r: r.update(prob_normal="0.3", prob_lesion="0.26"), "sum to 0.56, not 1"),
+        (lambda r: r.update(prob_lesion="", pred=""), "only some probabilities given"),
+        (lambda r: r.update(prob_lesion="x"), "prob_lesion not a number"),
+        (lambda r: r.update(prob_normal="-0.5", prob_lesion="1.5"), "outside \\[0, 1\\]"),
+        (lambda r: r.update(prob_normal="", prob_lesion=""), "pred '(normal|lesion)' without"),
+        (lambda r: r.update(pred="Lesion"), "pred 'Lesion' is not one of the classes"),
+        (lambda r: r.update(fold=""), "fold '' is not an integer"),
+    ],
+)
+def test_a_damaged_prediction_row_is_an_error_not_data(tmp_path, edit, why):
+    """A fold's prediction file cut short or edited by hand: the row was read as another
+    prediction (probabilities summing to 0.56) or dropped as 'no patches' (one probability
+    missing), i.e. a silent wrong AUC."""
+    _, paths = _cv_fixture(tmp_path)
+    slide = _damage_last_row(paths[2], edit)
+    with pytest.raises(GigamilError, match=f"demo.csv: row .*slide {slide}.*{why}"):
+        aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "demo", n_boot=9)
+
+
 def test_aggregate_cv_outputs_and_values(tmp_path):
     folds, paths = _cv_fixture(tmp_path, nan_slide="demo_p3_s1")
     out = tmp_path / "eval"

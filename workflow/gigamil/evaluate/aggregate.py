@@ -65,12 +65,60 @@ def read_predictions(paths: Sequence[str | Path], classes: Sequence[str]) -> pd.
         missing = [c for c in need if c not in df.columns]
         if missing:
             raise GigamilError(f"{path}: missing column(s) {', '.join(missing)}")
+        _check_prediction_rows(df, path, classes)
         frames.append(df)
     if not frames:
         raise GigamilError("no prediction files given")
     out = pd.concat(frames, ignore_index=True)
     out["fold"] = out["fold"].astype(int)
     return out
+
+
+PROB_SUM_TOLERANCE = 1e-3  # the files hold full float precision; this allows rounded copies
+
+
+def _check_prediction_rows(df: pd.DataFrame, path: Path, classes: Sequence[str]) -> None:
+    """Refuse rows a prediction file cannot hold: a fold that is not an integer, probabilities
+    that are not numbers in [0, 1] summing to 1, or only some of them missing, or a ``pred`` that
+    disagrees with them (empty exactly when all are missing: a slide without patches). A file cut
+    short or edited by hand would otherwise be read as other predictions or as 'no patches'.
+
+    Raises:
+        GigamilError: naming the file, the slide and what is wrong.
+    """
+    cols = [f"prob_{c}" for c in classes]
+    fold = pd.to_numeric(df["fold"], errors="coerce")
+    probs = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    unparsed = np.isnan(probs) & ~df[cols].isna().to_numpy()  # read_csv's NaN: "", nan, NaN
+    missing = np.isnan(probs)
+    finite = np.isfinite(probs).all(axis=1)
+    bad_sum = finite & (np.abs(probs.sum(axis=1) - 1.0) > PROB_SUM_TOLERANCE)
+    out_of_range = finite & ((probs < 0) | (probs > 1)).any(axis=1)
+    has_pred = "pred" in df.columns
+    pred = df["pred"].fillna("").astype(str).to_numpy() if has_pred else None
+    for i in range(len(df)):
+        why = None
+        if not (np.isfinite(fold.iloc[i]) and float(fold.iloc[i]).is_integer()):
+            why = f"fold {df['fold'].iloc[i]!r} is not an integer"
+        elif unparsed[i].any():
+            why = f"{', '.join(np.asarray(cols)[unparsed[i]])} not a number"
+        elif missing[i].any() and not missing[i].all():
+            why = f"only some probabilities given ({', '.join(np.asarray(cols)[missing[i]])} empty)"
+        elif not finite[i] and not missing[i].all():
+            why = "a probability is infinite"
+        elif out_of_range[i]:
+            why = "a probability outside [0, 1]"
+        elif bad_sum[i]:
+            why = f"probabilities sum to {probs[i].sum():.4g}, not 1"
+        elif pred is not None and missing[i].all() and pred[i]:
+            why = f"pred {pred[i]!r} without probabilities"
+        elif pred is not None and finite[i] and pred[i] not in classes:
+            why = f"pred {pred[i]!r} is not one of the classes"
+        if why:
+            raise GigamilError(
+                f"{path}: row {i + 2} (slide {df['slide_id'].iloc[i]}): {why}; the file is "
+                "damaged or was edited: delete it and rerun to predict again"
+            )
 
 
 def split_unpredicted(preds: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFrame, int]:
