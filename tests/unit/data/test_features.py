@@ -17,6 +17,7 @@ from gigamil.data.features import (
     FeatureBag,
     cache_enabled,
     config_encoder_id,
+    encode_bag,
     encoder_id,
     encoder_spec,
     extract_features,
@@ -178,6 +179,25 @@ def test_feature_store_coords_or_grid_that_do_not_match_the_features_are_damage(
         GigamilError, match=r"f\.zarr is damaged: features \(6, 64\) and grid int64 \(4, 2\), not"
     ):
         FeatureBag(out)
+
+
+@pytest.mark.parametrize(
+    ("scale", "why"),
+    [(1e5, "reach 1e\\+05, beyond the float16 range"), (float("nan"), "NaN or inf features")],
+)
+def test_features_float16_cannot_hold_are_an_error_not_inf(write_store, tmp_path, scale, why):
+    """The cache stores float16: a feature of 1e5 was cast to inf (and NaN cached) silently."""
+    store = write_store(tmp_path / "s.zarr", _patches(5), chunk=16, target_mpp=0.5)
+
+    class Loud(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float().mean(dim=(2, 3)) * 0 + scale
+
+    with pytest.raises(GigamilError, match=f"s.zarr: the encoder.*{why}"):
+        encode_bag(Loud(), ZarrBag(store), torch.device("cpu"))
+    assert (
+        encode_bag(torch.nn.Flatten(1), ZarrBag(store), torch.device("cpu"), chunk=2).shape[0] == 5
+    )
 
 
 def test_encoder_id_changes_only_with_what_changes_the_features(tmp_path: Path) -> None:

@@ -148,6 +148,9 @@ def build_feature_encoder(
     return module.eval(), dim
 
 
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
@@ -163,14 +166,32 @@ def encode_bag(
     amp: bool = True,
 ) -> np.ndarray:
     """float16 features (N, D) of every patch of ``bag``, chunk by chunk (autocast on CUDA when
-    ``amp``)."""
+    ``amp``).
+
+    Raises:
+        GigamilError: the encoder gives NaN or inf, or values beyond float16's range (65504,
+            which the cast would turn into inf), naming the slide's store.
+    """
     dtype = _amp_dtype(device) if amp else None
     out = []
     for x in bag.chunks(chunk):
         ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with ctx:
             h = encoder(x.to(device, non_blocking=True))
-        out.append(h.float().cpu().numpy().astype(np.float16))
+        h32 = h.float().cpu().numpy()
+        if not np.isfinite(h32).all():
+            raise GigamilError(
+                f"{bag.path}: the encoder gives NaN or inf features for this slide's patches "
+                "(damaged or diverged weights?); nothing was cached"
+            )
+        peak = float(np.abs(h32).max()) if h32.size else 0.0
+        if peak > FLOAT16_MAX:
+            raise GigamilError(
+                f"{bag.path}: the encoder's features reach {peak:.4g}, beyond the float16 range "
+                f"of the feature cache ({FLOAT16_MAX:g}): they would be stored as inf; the "
+                "encoder's output is not normalised (train end to end instead of caching features)"
+            )
+        out.append(h32.astype(np.float16))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float16)
 
 
