@@ -511,6 +511,30 @@ def test_train_fold_without_validation(mil_bags, cohort, tmp_path: Path) -> None
     assert best == 1 + int(np.argmin(losses))
 
 
+def test_weights_that_diverge_stop_the_training_by_epoch(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
+    """A step that writes NaN into the weights (lr far too high, in fp32 or bf16) stopped
+    nothing: only 'non-finite loss' warnings, then NaN predictions for the fold."""
+    from gigamil.train import run as run_mod
+
+    real = run_mod.train_epoch
+
+    def diverging(model, *args, epoch, **kwargs):
+        loss = real(model, *args, epoch=epoch, **kwargs)
+        if epoch == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(run_mod, "train_epoch", diverging)
+    train, val = cohort
+    out = tmp_path / "nan"
+    with pytest.raises(GigamilError, match=r"training diverged in epoch 2 .* hold NaN or inf"):
+        train_fold(train, val.iloc[0:0], mil_bags.classes, mil_bags.model, training(epochs=3), out)
+    assert len(read_log(out / "train_log.csv")) == 1  # epoch 1 is kept, epoch 2 is not logged
+
+
 def test_ema_decay_saves_the_averaged_weights_and_resumes_them(
     mil_bags, cohort, tmp_path: Path, train_killed
 ) -> None:

@@ -526,6 +526,7 @@ class FoldTrainer:
         train_loss = train_epoch(
             self.model, data.train, self.optim, epoch=epoch, settings=self.settings, ema=self.ema
         )
+        check_finite_weights(self.model, epoch, train_loss)
         metrics = validate(
             self.eval_model,
             data.val,
@@ -570,6 +571,25 @@ class FoldTrainer:
                 tb.flush()
             self.saver.save_last(self.state_dict())
         ddp.barrier(self.runtime.info)
+
+
+def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) -> None:
+    """Stop a training whose weights became NaN or inf (it diverged): every later epoch and the
+    fold's predictions would be NaN. With ``amp: fp16`` the gradient scaler skips such steps, so
+    this only fires when the optimizer itself wrote non-finite weights.
+
+    Raises:
+        GigamilError: naming the epoch, the training loss and the first parameters affected.
+    """
+    bad = [
+        n for n, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+    ]
+    if bad:
+        raise GigamilError(
+            f"training diverged in epoch {epoch} (training loss {train_loss:.4g}): the weights "
+            f"hold NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+            "lower training.lr (or check the patches), delete the fold's last.pt and rerun"
+        )
 
 
 def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
