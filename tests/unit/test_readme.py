@@ -23,3 +23,10 @@ def test_reference_lists_every_leaf_key():
         "heatmaps.normalize",
     ]:
         assert f"`{key}`" in ref
+
+
+def test_required_keys_show_no_default():
+    """`cohorts` has no default a config could fall back on: the schema requires it."""
+    ref = render_reference()
+    assert "| `cohorts` | object | `required` |" in ref
+    assert "| `cohorts.<name>.sheet` | string | `required` |" in ref
