@@ -11,6 +11,7 @@ from gigamil.errors import GigamilError
 from gigamil.evaluate.localization import (
     load_mask_with_downsample,
     localization_auc,
+    mean_attention,
     patch_mask_fraction,
     slide_localization,
 )
@@ -53,3 +54,12 @@ def test_slide_localization_with_sidecar_and_fallbacks(grid_slide, tmp_path):
         (grid_slide.cols * grid_slide.patch + 40, grid_slide.rows * grid_slide.patch + 24),
     )
     assert ds == pytest.approx(16.0, rel=0.05)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an array", None], ids=["empty", "text", "cut"])
+def test_mean_attention_names_an_unreadable_file(tmp_path, content):
+    path = tmp_path / "s.npy"
+    np.save(path, np.full(35, 1 / 35, np.float32))
+    path.write_bytes(path.read_bytes()[:60] if content is None else content)
+    with pytest.raises(GigamilError, match=r"attention file .*s\.npy is damaged"):
+        mean_attention([path])

@@ -139,9 +139,10 @@ def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
     """Mean (N,) of the attention arrays of several fold models for one slide.
 
     Raises:
-        GigamilError: no file, or arrays of different lengths (stores changed between models).
+        GigamilError: no file, a file that is not a readable .npy array (cut short, another
+            format), or arrays of different lengths (stores changed between models).
     """
-    arrays = [np.load(p).astype(np.float64) for p in paths]
+    arrays = [_load_attention(p) for p in paths]
     if not arrays:
         raise GigamilError("no attention files to average")
     sizes = {a.shape for a in arrays}
@@ -151,3 +152,15 @@ def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
             f"{', '.join(map(str, paths))}"
         )
     return np.mean(arrays, axis=0).astype(np.float32)
+
+
+def _load_attention(path: str | Path) -> np.ndarray:
+    """One attention .npy as float64; a file numpy cannot read (cut short by a killed job, or
+    not a .npy) is an error naming it, not a traceback. A missing file stays an OSError."""
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float64)
+    except (ValueError, EOFError) as exc:
+        raise GigamilError(
+            f"attention file {path} is damaged or not a .npy array ({exc}): delete it and rerun "
+            "the prediction that wrote it"
+        ) from None
