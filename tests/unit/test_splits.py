@@ -163,6 +163,29 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     assert len(err) == 1 and "class 'rare' has 5 patient(s) but cv.folds is 6" in err[0]
 
 
+def test_cli_splits_refuses_two_sheets_of_one_file_name(tmp_path, capsys):
+    """The cohort name is the file stem: demo/sheet.csv and ext/sheet.csv (both written by
+    `gigamil demo`) would merge into one cohort 'sheet'."""
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    for d in ("demo", "ext"):
+        (tmp_path / d).mkdir()
+        sheet.assign(slide_id=d + sheet["slide_id"]).to_csv(tmp_path / d / "sheet.csv", index=False)
+    args = ["splits", "--out", str(tmp_path / "folds.csv")]
+    args += [
+        "--sheet",
+        str(tmp_path / "demo/sheet.csv"),
+        "--sheet",
+        str(tmp_path / "ext/sheet.csv"),
+    ]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "would all be cohort 'sheet'" in capsys.readouterr().err
+    assert not (tmp_path / "folds.csv").exists()
+
+
 def test_class_bounds_relax_unmeetable_minimums_from_the_first_group():
     from gigamil.splits import _class_bounds
 

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from gigamil.config import load_config, load_schema, load_sheet
+    from gigamil.errors import GigamilError
     from gigamil.folds import split_report, write_folds
     from gigamil.splits import make_folds
 
@@ -59,6 +60,14 @@ def run(args: argparse.Namespace) -> int:
             if c["role"] == "train"
         ]
     else:
+        stems = [Path(path).stem for path in args.sheet]
+        same = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if same:  # one cohort name for two sheets: their rows would merge under it
+            raise GigamilError(
+                f"--sheet: {', '.join(p for p in args.sheet if Path(p).stem in same)} would all be "
+                f"cohort {same[0]!r} (the cohort name is the file name without .csv): rename the "
+                "files, or use --config with named cohorts"
+            )
         sheets = []
         for path in args.sheet:
             raw = pd.read_csv(path, dtype=str, keep_default_na=False)
