@@ -93,6 +93,17 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     assert (df2["label"] == "").all() and list(df2.slide_id) == list(val.slide_id)
     np.testing.assert_allclose(df2.prob_lesion.astype(float), df.prob_lesion, rtol=1e-5)
 
+    # --fold K: the fold column the pipeline's per-fold CSVs have, so ensemble takes it as it is
+    fold_csv = tmp_path / "fold3" / "v.csv"
+    assert main([*unlabelled[:6], str(fold_csv), *unlabelled[7:], "--fold", "3"]) == 0
+    df3 = pd.read_csv(fold_csv, keep_default_na=False)
+    assert list(df3.columns[:5]) == ["slide_id", "patient_id", "cohort", "label", "fold"]
+    assert (df3["fold"] == 3).all()
+    cohort = str(val.cohort.iloc[0])
+    ens = ["ensemble", "--cohort", cohort, "--predictions", str(fold_csv), "--out"]
+    assert main([*ens, str(tmp_path / "ens")]) == 0
+    assert (tmp_path / "ens" / "predictions.csv").is_file()
+
     capsys.readouterr()
     bad = val.assign(label="tumour")
     bad.to_csv(tmp_path / "bad.csv", index=False)

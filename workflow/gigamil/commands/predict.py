@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
 
 NAME = "predict"
 HELP = "predict slides with a trained model.pt (probabilities + attention per patch)"
@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="PREDS.csv",
         help="output CSV: slide_id, patient_id, cohort, label, prob_<class>, pred",
+    )
+    parser.add_argument(
+        "--fold",
+        type=NON_NEGATIVE_INT,
+        metavar="K",
+        help="the fold model's number: writes a fold column after the ids, as the pipeline's "
+        "per-fold CSVs have, so the output goes to gigamil evaluate / ensemble as it is",
     )
     parser.add_argument(
         "--attention-dir",
@@ -57,16 +64,19 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gigamil.commands.train import read_slides_csv
+    from gigamil.evaluate.aggregate import write_fold_predictions
     from gigamil.train.predict import predict_slides
 
-    predict_slides(
+    preds = predict_slides(
         Path(args.model),
         read_slides_csv(args.slides, labels=False),
-        Path(args.out),
+        None if args.fold is not None else Path(args.out),
         Path(args.attention_dir),
         device=args.device,
         threads=args.threads,
         max_instances_per_forward_pass=args.chunk,
     )
+    if args.fold is not None:
+        write_fold_predictions(preds, args.fold, args.out)
     print(args.out)
     return 0
