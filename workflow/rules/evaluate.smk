@@ -88,6 +88,7 @@ rule ensemble:
         folds=FOLDS,
         lesion_masks=lambda wc: layout.localization_masks(config, SHEETS, [wc.cohort]),
         patient_overlap=lambda wc: train_patient_overlap(config, SHEETS, wc.cohort),
+        slides=lambda wc: cohort_slide_ids(wc.cohort),  # the predictions must cover exactly these
         n_boot=1000,
         seed=config["cv"]["seed"],
     script:
@@ -125,5 +126,6 @@ rule predict_cohort:
     params:
         classes=CLASSES,
         experiment=EXPERIMENT,
+        slides=lambda wc: cohort_slide_ids(wc.cohort),
     script:
         "../scripts/predict_cohort.py"

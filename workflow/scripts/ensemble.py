@@ -24,4 +24,5 @@ ensemble_cohort(
     seed=int(params.seed),
     localization=localization or None,
     patient_overlap=list(params.patient_overlap),
+    slides=list(params.slides),
 )

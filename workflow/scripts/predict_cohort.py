@@ -15,4 +15,5 @@ predict_cohort(
     Path(snakemake.output.summary).parent,
     cohort=snakemake.wildcards.cohort,
     experiment=snakemake.params.experiment,
+    slides=list(snakemake.params.slides),
 )

@@ -276,6 +276,30 @@ def test_a_fold_file_lacking_slides_the_other_models_predicted_is_an_error(tmp_p
     assert not (tmp_path / "ens" / "summary.json").exists()
 
 
+@pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])
+def test_predictions_must_cover_exactly_the_sheets_slides(tmp_path, which):
+    """A slide missing from every fold model's file dropped out of the ensemble's metrics
+    without a word; one not in the sheet (stale, another cohort's) was counted."""
+    ext = _sheet(n_patients=10, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"fold{k}.csv")
+        _predict(ext.iloc[1:], k, rng, signal=1.0).to_csv(paths[-1], index=False)
+    run = ensemble_cohort if which == "ensemble_cohort" else predict_cohort
+    sheet = list(ext.slide_id)
+    run(paths, CLASSES, tmp_path / "ok", "ext", slides=sheet[1:])  # all there: fine
+    with pytest.raises(
+        GigamilError, match=r"1 slide\(s\) of the sheet have no prediction \(ext_p0_s0\)"
+    ):
+        run(paths, CLASSES, tmp_path / "ens", "ext", slides=sheet)
+    with pytest.raises(
+        GigamilError, match=r"2 predicted slide\(s\) are not in the sheet \(ext_p1_s0, ext_p2_s0\)"
+    ):
+        run(paths, CLASSES, tmp_path / "ens", "ext", slides=sheet[3:])
+    assert not (tmp_path / "ens" / "summary.json").exists()
+
+
 def test_ensemble_localization_uses_the_mean_attention_of_the_fold_models(
     grid_slide, tmp_path, capsys
 ):

@@ -112,7 +112,11 @@ def write_predictions_html(
 
 
 def _cohort_predictions(
-    pred_csvs: Sequence[str | Path], classes: Sequence[str], cohort: str, out_dir: Path
+    pred_csvs: Sequence[str | Path],
+    classes: Sequence[str],
+    cohort: str,
+    out_dir: Path,
+    slides: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(fold predictions of the cohort, their mean per slide)``; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,31 @@ def _cohort_predictions(
     preds = pd.concat(per_file, ignore_index=True) if per_file else pd.DataFrame()
     if preds.empty:
         raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
+    if slides is not None:
+        _check_slides_match_the_sheet(set(map(str, preds["slide_id"])), slides, cohort)
     return preds, mean_probabilities(preds, classes)
+
+
+def _shown(ids: Sequence[str]) -> str:
+    return ", ".join(ids[:5]) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
+
+
+def _check_slides_match_the_sheet(predicted: set[str], slides: Sequence[str], cohort: str) -> None:
+    """The fold models together predicted exactly the sheet's slides: a slide missing from every
+    file would be left out of the metrics without a word, a slide not in the sheet is another
+    cohort's or a stale one."""
+    expected = set(map(str, slides))
+    missing, extra = sorted(expected - predicted), sorted(predicted - expected)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} slide(s) of the sheet have no prediction ({_shown(missing)})")
+    if extra:
+        parts.append(f"{len(extra)} predicted slide(s) are not in the sheet ({_shown(extra)})")
+    if parts:
+        raise GigamilError(
+            f"cohort {cohort!r}: {'; '.join(parts)}; the prediction files are stale or "
+            "incomplete: delete them and rerun"
+        )
 
 
 def _check_every_model_predicted_every_slide(
@@ -139,12 +167,9 @@ def _check_every_model_predicted_every_slide(
     for path, ids in zip(pred_csvs, sets, strict=True):
         lacking = sorted(every - ids)
         if lacking:
-            shown = ", ".join(lacking[:5]) + (
-                f", ... ({len(lacking)} in all)" if len(lacking) > 5 else ""
-            )
             raise GigamilError(
                 f"cohort {cohort!r}: {path} lacks the prediction of {len(lacking)} slide(s) that "
-                f"the other fold models predicted ({shown}); every fold model predicts every slide "
+                f"the other fold models predicted ({_shown(lacking)}); every fold model predicts every slide "
                 "of a cohort it did not train on, so the file is incomplete: delete it and rerun"
             )
 
@@ -155,9 +180,11 @@ def predict_cohort(
     out_dir: str | Path,
     cohort: str,
     experiment: str = "",
+    slides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The fold models' ensemble on a cohort without labels (``role: predict``): the mean
-    probabilities and no metrics.
+    probabilities and no metrics. ``slides``: the sheet's slide ids, which the predictions must
+    cover exactly (GigamilError naming the missing and extra ones); None: not checked.
 
     Writes ``predictions.csv`` (as :func:`mean_probabilities`), ``predictions.html`` and
     ``summary.json``: ``experiment``, ``cohort``, ``metrics: null``, ``note``, ``n_slides``,
@@ -165,7 +192,7 @@ def predict_cohort(
     (slides per predicted class).
     """
     out_dir = Path(out_dir)
-    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir)
+    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     ens.to_csv(out_dir / "predictions.csv", index=False)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title)
@@ -222,6 +249,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     seed: int = 0,
     localization: Mapping[str, tuple[str | Path, Sequence[str | Path], str | Path]] | None = None,
     patient_overlap: Sequence[str] = (),
+    slides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the fold-model ensemble on one cohort.
 
@@ -237,6 +265,9 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
             ``cohorts.<cohort>.allow_patient_overlap``): recorded in the summary as
             ``patient_overlap`` (count, ids and a note) and logged as a warning, since the fold
             models have seen those patients.
+        slides: the cohort sheet's slide ids; the predictions must cover exactly these
+            (GigamilError naming the missing and extra ones), so a slide no model predicted
+            cannot drop out of the metrics unseen. None: not checked.
 
     Returns:
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
@@ -248,7 +279,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     from gigamil.viz.plots import plot_confusion, plot_roc
 
     out_dir = Path(out_dir)
-    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir)
+    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
