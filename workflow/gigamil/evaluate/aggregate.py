@@ -256,14 +256,16 @@ def pooled_metrics(
     preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
 ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
     """Metrics of all rows together and their patient-level bootstrap CIs; ``pooled`` also holds
-    ``patient_auc_ci``, the bootstrap CI (resampling patients) of the AUC of the mean probability
-    per patient (:func:`gigamil.evaluate.metrics.patient_level`)."""
+    ``patient_auc``, the AUC of the mean probability per patient
+    (:func:`gigamil.evaluate.metrics.patient_level`), and ``patient_auc_ci``, its bootstrap CI
+    (resampling patients)."""
     y, p = M.labels_and_probs(preds, classes)
     pooled = M.classification_metrics(y, p, classes)
     ci = M.bootstrap_ci(
         y, p, classes, groups=preds["patient_id"].to_numpy(), n_boot=n_boot, seed=seed
     )
     yp, pp = M.labels_and_probs(M.patient_level(preds, classes), classes)
+    pooled["patient_auc"] = M.roc_auc(yp, pp)
     pooled["patient_auc_ci"] = M.bootstrap_ci(yp, pp, classes, n_boot=n_boot, seed=seed)["auc"]
     return pooled, ci
 
@@ -303,8 +305,6 @@ def summary_block(
     """The summary.json numbers shared by the CV summary and the ensemble summaries; with fewer
     than :data:`MIN_PATIENTS_FOR_CI` patients also ``ci_note`` (and a warning in the log)."""
     folds = table.loc[table.index.str.startswith("fold")]
-    patients = M.patient_level(preds, classes)
-    yp, pp = M.labels_and_probs(patients, classes)
     out: dict[str, Any] = {
         "classes": list(classes),
         "n_slides": int(len(preds)),
@@ -314,10 +314,9 @@ def summary_block(
         "fold_auc": folds["auc"].tolist(),
         "fold_auc_mean": float(folds["auc"].mean()),
         "fold_auc_sd": float(folds["auc"].std(ddof=1)) if len(folds) > 1 else float("nan"),
-        "patient_auc": M.roc_auc(yp, pp),
+        "patient_auc": pooled["patient_auc"],
+        "patient_auc_ci": list(pooled["patient_auc_ci"]),
     }
-    if "patient_auc_ci" in pooled:
-        out["patient_auc_ci"] = list(pooled["patient_auc_ci"])
     for name in ("balanced_accuracy", "macro_f1", "accuracy"):
         out[name] = pooled[name]
         out[f"{name}_ci"] = list(ci[name])
