@@ -19,7 +19,13 @@ from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
 from gigamil.train.logit_calibration import apply_calibration
 from gigamil.train.loop import bag_probabilities
-from gigamil.train.run import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
+from gigamil.train.run import (
+    MPP_TOLERANCE,
+    check_columns,
+    non_finite_weights,
+    resolve_device,
+    store_mpp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +84,11 @@ def _non_finite_message(
 ) -> str:
     """Why a bag with instances got NaN or inf probabilities or attention: the model's weights
     (named) or, if they are finite, the slide's patches or features."""
-    bad = [
-        k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()
-    ]
+    bad = non_finite_weights(model)
     if bad:
         return (
-            f"{model_path}: the model's weights hold NaN or inf ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}), so its predictions are not numbers; delete it "
-            "and rerun to train the fold again"
+            f"{model_path}: the model's weights hold NaN or inf ({bad}), so its predictions are "
+            "not numbers; delete it and rerun to train the fold again"
         )
     return (
         f"slide {row.slide_id}: the model {model_path} gives probabilities "  # type: ignore[attr-defined]

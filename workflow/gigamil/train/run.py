@@ -573,6 +573,15 @@ class FoldTrainer:
         ddp.barrier(self.runtime.info)
 
 
+def non_finite_weights(model: torch.nn.Module) -> str:
+    """The first three floating-point tensors of ``model``'s state dict that hold NaN or inf,
+    as ``"a, b, c, ..."`` ("" when every weight is a finite number)."""
+    bad = [
+        n for n, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+    ]
+    return ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+
+
 def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) -> None:
     """Stop a training whose weights became NaN or inf (it diverged): every later epoch and the
     fold's predictions would be NaN. With ``amp: fp16`` the gradient scaler skips such steps, so
@@ -581,14 +590,12 @@ def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) 
     Raises:
         GigamilError: naming the epoch, the training loss and the first parameters affected.
     """
-    bad = [
-        n for n, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
-    ]
+    bad = non_finite_weights(model)
     if bad:
         raise GigamilError(
             f"training diverged in epoch {epoch} (training loss {train_loss:.4g}): the weights "
-            f"hold NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
-            "lower training.lr (or check the patches), delete the fold's last.pt and rerun"
+            f"hold NaN or inf ({bad}); lower training.lr (or check the patches), delete the "
+            "fold's last.pt and rerun"
         )
 
 
