@@ -162,11 +162,8 @@ def _check_args(
     slides_per_patient: int,
     tiles_per_slide: tuple[int, int],
     lesion_range: tuple[float, float],
-    tile_mpp: float,
 ) -> None:
     check_cohort_size(n_patients, slides_per_patient)
-    if not (math.isfinite(tile_mpp) and tile_mpp > 0):
-        raise GigamilError(f"tile µm/px must be a positive number (got {tile_mpp})")
     if not 1 <= tiles_per_slide[0] <= tiles_per_slide[1]:
         raise GigamilError(f"tiles per slide: bad range {tiles_per_slide}")
     if not 0.0 < lesion_range[0] <= lesion_range[1] < 1.0:
@@ -206,7 +203,7 @@ def tiles_needed(
 ) -> dict[int, int]:
     """Normal (0) and tumour (1) tiles that :func:`make_tile_cohort` with these arguments
     places, without reading any tile (to check several draws before building the first)."""
-    _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range, PCAM_MPP)
+    _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range)
     return _tiles_needed(
         _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
     )
@@ -237,7 +234,9 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
         min_tile_tissue: tiles with a smaller :func:`tile_tissue_fraction` are not used.
         prefix: of the slide and patient ids (``{prefix}_p01_s1``, ``{prefix}_p01``).
     """
-    _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range, tile_mpp)
+    _check_args(n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+    if not (math.isfinite(tile_mpp) and tile_mpp > 0):
+        raise GigamilError(f"tile µm/px must be a positive number (got {tile_mpp})")
     check_prefix(prefix)
     outdir = Path(outdir)
     pool = usable_pool(tiles, exclude, min_tile_tissue)
