@@ -11,7 +11,8 @@ import logging
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -98,14 +99,23 @@ def pcam_index(file: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def decode_tile(tile: Tile) -> np.ndarray:
-    """The tile's pixels (H, W, 3) uint8 RGB; GigamilError naming the file if it is not an image."""
-    from PIL import Image, UnidentifiedImageError
+@contextmanager
+def _readable(tile: Tile) -> Iterator[None]:
+    """Turns PIL's errors on reading ``tile`` into one GigamilError naming its file."""
+    from PIL import UnidentifiedImageError
 
     try:
-        return np.asarray(Image.open(io.BytesIO(tile.data)).convert("RGB"))
+        yield
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise GigamilError(f"tile {tile.file}: not a readable image ({exc})") from None
+
+
+def decode_tile(tile: Tile) -> np.ndarray:
+    """The tile's pixels (H, W, 3) uint8 RGB; GigamilError naming the file if it is not an image."""
+    from PIL import Image
+
+    with _readable(tile):
+        return np.asarray(Image.open(io.BytesIO(tile.data)).convert("RGB"))
 
 
 def tile_side(tiles: list[Tile]) -> int:
@@ -114,18 +124,15 @@ def tile_side(tiles: list[Tile]) -> int:
 
     Raises GigamilError naming a file of each size found, an unreadable file, or no tiles.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if not tiles:
         raise GigamilError("no tiles to measure")
     sizes: Counter[tuple[int, int]] = Counter()
     example: dict[tuple[int, int], str] = {}
     for t in tiles:
-        try:
-            with Image.open(io.BytesIO(t.data)) as im:
-                size = im.size  # (width, height)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise GigamilError(f"tile {t.file}: not a readable image ({exc})") from None
+        with _readable(t), Image.open(io.BytesIO(t.data)) as im:
+            size = im.size  # (width, height)
         sizes[size] += 1
         example.setdefault(size, t.file)
     if len(sizes) > 1:
