@@ -30,3 +30,16 @@ def test_required_keys_show_no_default():
     ref = render_reference()
     assert "| `cohorts` | object | `required` |" in ref
     assert "| `cohorts.<name>.sheet` | string | `required` |" in ref
+
+
+def _troubleshooting() -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+
+
+def test_troubleshooting_names_the_missing_slurm_plugin_and_its_one_line_fix():
+    """`snakemake --profile profiles/slurm` without the executor plugin prints ~100 lines of usage
+    ending in `invalid choice: 'slurm'`: the Troubleshooting table gives the one-line fix."""
+    section = _troubleshooting()
+    assert "invalid choice: 'slurm'" in section
+    assert 'pip install -e ".[slurm]"' in section
