@@ -363,3 +363,29 @@ def test_array_reader_with_non_square_pixels():
     plan = plan_patches(r, PatchParams(mpp=0.5, patch_px=10, min_tissue=0.0), None)
     assert (plan.fx, plan.fy) == pytest.approx((2.0, 0.5 / 0.26))
     assert plan.n_cols == 5 and plan.n_rows == 5  # 100 * 0.26 / 0.5 = 52 target px high
+
+
+def test_level_cut_without_resampling_when_downsample_is_above_a_whole_number(tmp_path):
+    # A level whose downsample is a bit above 4 (401 / round(401 / 4) = 4.01): the level pixel
+    # a patch starts at is read exactly, not the one before it (the location rounded to level 0
+    # lies just below lx * downsample, and flooring it went one level pixel left/up).
+    img = np.random.default_rng(5).integers(0, 255, (301, 401, 3), dtype=np.uint8)
+    reader = ArrayReader(img, 0.25, downsamples=(4,))
+    level1 = np.asarray(Image.fromarray(img).resize((100, 75), Image.Resampling.BOX))
+    res = extract_patches(
+        reader,
+        tmp_path / "a.zarr",
+        PatchParams(mpp=1.0, patch_px=20, min_tissue=0.0),
+        mask=None,
+        progress=False,
+    )
+    p, c, g, attrs = read_store(tmp_path / "a.zarr")
+    assert res.n_patches == 5 * 3 and attrs["level"] == 1 and not attrs["resampled"]
+    for k in range(res.n_patches):
+        row, col = g[k]
+        lx, ly = round(col * 20 * 100 / 401 * 4), round(row * 20 * 75 / 301 * 4)
+        np.testing.assert_array_equal(p[k], level1[ly : ly + 20, lx : lx + 20])
+    # read_region at the level-0 location of a level pixel starts at that level pixel
+    for lx in range(0, 100, 7):
+        loc = round(lx * reader.level_downsamples[1])
+        assert reader.level_origin((loc, loc), 1) == (float(lx), float(lx))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,12 +68,12 @@ class ArrayReader(SlideReader):
         self.level_dimensions = tuple((a.shape[1], a.shape[0]) for a in self._levels)
 
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
-        """Whole level pixels: floor(location / downsample) (no sub-pixel interpolation)."""
+        """Whole level pixels: the one nearest location / downsample (no sub-pixel
+        interpolation), like the fast TIFF path. Rounding, not flooring: a level-0 location
+        rounded from ``lx * downsample`` may lie just below it (downsample 4.01), and must still
+        give ``lx``, not ``lx - 1``."""
         ds = self.level_downsamples[level]
-        return (
-            float(math.floor(location[0] / ds + 1e-6)),
-            float(math.floor(location[1] / ds + 1e-6)),
-        )
+        return float(round(location[0] / ds)), float(round(location[1] / ds))
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         arr = self._levels[level]
