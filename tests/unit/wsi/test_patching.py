@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from gigamil.data.store import REQUIRED_ATTRS, read_store
+from gigamil.errors import GigamilError
 from gigamil.wsi.extract import extract_patches
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.patching import PatchParams, mask_coverage, plan_patches, plan_units
@@ -389,3 +390,26 @@ def test_level_cut_without_resampling_when_downsample_is_above_a_whole_number(tm
     for lx in range(0, 100, 7):
         loc = round(lx * reader.level_downsamples[1])
         assert reader.level_origin((loc, loc), 1) == (float(lx), float(lx))
+
+
+def test_upsampling_limit_is_the_one_the_preflight_checks(tmp_path):
+    # 0.25 x 0.26 µm/px: the run's preflight (gigamil.wsi.preflight, the slide's mean µm/px)
+    # lets a target of 0.064 through (0.255 / 0.064 = 3.98x); extraction must not refuse it
+    # later in the job (it compared the coarser axis, 0.26 / 0.064 = 4.06x)
+    import tifffile
+
+    from gigamil.wsi.preflight import SlideCheck, check_slide
+
+    img = np.full((120, 160, 3), 230, np.uint8)
+    path = tmp_path / "aniso.tif"
+    tifffile.imwrite(
+        path, img, photometric="rgb", resolution=(1e4 / 0.25, 1e4 / 0.26), resolutionunit=3
+    )
+    assert check_slide(SlideCheck("c", "s", path, None), patch_mpp=0.064).problem is None
+    with open_slide(path) as reader:
+        assert reader.mpp_xy == pytest.approx((0.25, 0.26))
+        plan = plan_patches(reader, PatchParams(mpp=0.064, patch_px=64, min_tissue=0.0), None)
+        assert plan.resample and any("upsampled" in w for w in plan.warnings)
+    assert check_slide(SlideCheck("c", "s", path, None), patch_mpp=0.063).problem is not None
+    with open_slide(path) as reader, pytest.raises(GigamilError, match="4.05x finer"):
+        plan_patches(reader, PatchParams(mpp=0.063, patch_px=64, min_tissue=0.0), None)

@@ -198,7 +198,9 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     target = float(params.mpp)
     mpp_x, mpp_y = reader.mpp_xy
     fx, fy = target / mpp_x, target / mpp_y
-    problem = upsampling_problem(max(mpp_x, mpp_y), target)
+    # the slide's mean µm/px, as the run's preflight (gigamil.wsi.preflight) compares it: a
+    # target it let through must not fail here, in the job
+    problem = upsampling_problem(reader.mpp, target)
     if problem:
         raise GigamilError(f"{reader.name}: {problem}")
     p, s = int(params.patch_px), params.stride
