@@ -340,3 +340,33 @@ def test_slide_mpp_does_not_decode_plain_images(tmp_path, monkeypatch):
     with pytest.raises(SlideError, match="no microns-per-pixel"):
         slide_mpp(tmp_path / "b.png")
     assert slide_mpp(tmp_path / "b.png", 0.25) == 0.25
+
+
+def test_openslide_reads_left_of_or_above_the_slide_where_level_origin_says(write_tiff, tmp_path):
+    # OpenSlide (openslide_read_region) paints a region that starts at a negative level-0
+    # location with the slide's edge at level pixel trunc(-x / downsample) of the output, not
+    # at -x / downsample: read_raster pads its windows by a level pixel or two, so every window
+    # at the slide's left or top edge (the first block of a tissue mask, the first row and
+    # column of patches) was shifted by up to one level pixel on the OpenSlide path.
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 255, (131, 197, 3), dtype=np.uint8)
+    path = write_tiff(tmp_path / "pyr.tiff", img, mpp=0.5, levels=2)  # level 1: 98 x 65
+    with open_slide(path, fast_tiff=False) as slow, open_slide(path) as fast:
+        assert not slow.fast_tiff and fast.fast_tiff
+        ds = slow.level_downsamples[1]
+        assert ds != 2.0
+        level1 = fast.read_region((0, 0), 1, slow.level_dimensions[1])
+        for loc in [(-2, -2), (-5, -1), (-1, -9), (-40, -3)]:
+            ox, oy = slow.level_origin(loc, 1)
+            assert (ox, oy) == (-int(-loc[0] / ds), -int(-loc[1] / ds))
+            out = slow.read_region(loc, 1, (30, 20))
+            tx, ty = int(-ox), int(-oy)
+            assert (out[:ty] == 255).all() and (out[:, :tx] == 255).all()
+            np.testing.assert_array_equal(out[ty:, tx:], level1[: 20 - ty, : 30 - tx])
+        # read_raster at the top-left corner: both paths give the same pixels
+        from gigamil.wsi.raster import read_raster
+
+        for f in (2.5, 3.3):
+            a = read_raster(slow, 1, f, f, 0, 0, 40, 30).astype(int)
+            b = read_raster(fast, 1, f, f, 0, 0, 40, 30).astype(int)
+            assert np.abs(a - b).mean() < 1.0

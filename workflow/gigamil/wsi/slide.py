@@ -103,10 +103,16 @@ class SlideReader:
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
         """Level coordinates (may be fractional) where ``read_region(location, level, ...)`` starts.
 
-        OpenSlide divides the level-0 location by the level's (mean) downsample.
+        OpenSlide divides the level-0 location by the level's (mean) downsample. A negative
+        location is not divided: OpenSlide reads from 0 and shifts the slide's edge right/down by
+        ``trunc(-location / downsample)`` whole level pixels, so the region starts at minus that.
         """
         ds = self.level_downsamples[level]
-        return location[0] / ds, location[1] / ds
+
+        def origin(v: float) -> float:
+            return v / ds if v >= 0 else -float(int(-v / ds))
+
+        return origin(location[0]), origin(location[1])
 
     def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 (h, w, 3) image of the whole slide fitting in ``max_size`` (w, h)."""
