@@ -370,3 +370,25 @@ def test_openslide_reads_left_of_or_above_the_slide_where_level_origin_says(writ
             a = read_raster(slow, 1, f, f, 0, 0, 40, 30).astype(int)
             b = read_raster(fast, 1, f, f, 0, 0, 40, 30).astype(int)
             assert np.abs(a - b).mean() < 1.0
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_resolution_without_unit_tag_is_in_inches_in_both_readers(write_tiff, tmp_path, tiled):
+    # TIFF 6.0: ResolutionUnit defaults to 2 (inch) when the tag is absent. OpenSlide (tiled
+    # TIFFs) applies the default; the plain-image fallback (untiled TIFFs) took the same tags
+    # for "no MPP in the file".
+    import tifffile
+
+    img = np.random.default_rng(2).integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    path = write_tiff(tmp_path / f"nounit-{tiled}.tiff", img, mpp=0.25, tiled=tiled, unit="INCH")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[0].tags["ResolutionUnit"].offset
+    data = bytearray(path.read_bytes())
+    assert int.from_bytes(data[offset : offset + 2], "little") == 296
+    data[offset : offset + 2] = (300).to_bytes(2, "little")  # an unassigned tag code: no unit
+    path.write_bytes(bytes(data))
+    with tifffile.TiffFile(path) as tif:
+        assert "ResolutionUnit" not in tif.pages[0].tags
+    with open_slide(path) as r:
+        assert type(r).__name__ == ("OpenSlideReader" if tiled else "ImageReader")
+        assert r.mpp == pytest.approx(0.25) and r.mpp_source in ("openslide", "tiff")

@@ -145,7 +145,7 @@ def _load_plain_image(
                 mpp = mpp_from_resolution(
                     _rational(xr.value) if xr else None,
                     _rational(yr.value) if yr else None,
-                    int(unit.value) if unit else None,
+                    int(unit.value) if unit else 2,  # TIFF's default unit: inch (as OpenSlide)
                 )
                 _check_not_truncated(path, name, page)
                 if decode:
