@@ -12,6 +12,9 @@ error paths (written here, the tests need no file from outside the clone). ``wri
 ``write_dicom_wsi`` write slides of an image in those formats (DICOM: pydicom, JPEG frames).
 
 Files: ``file_digests`` maps every file under a folder to its SHA-256 (determinism checks).
+
+Configuration: ``base_config`` is the repository's config.yaml as read, not validated (a fresh
+dict per test).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from slidefiles import write_svs
 
 from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
@@ -549,3 +553,12 @@ def _file_digests(root: Path) -> dict[str, str]:
 def file_digests() -> Callable[[Path], dict[str, str]]:
     """``file_digests(root)``: {path relative to root (POSIX): SHA-256 hex} of every file under it."""
     return _file_digests
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def base_config() -> dict:
+    with open(REPO / "config.yaml") as fh:
+        return yaml.safe_load(fh)

@@ -22,12 +22,11 @@ os.environ.update(
 )
 
 from gigamil import layout  # noqa: E402
+from gigamil.cohorts import load_cohorts, train_patient_overlap  # noqa: E402
 from gigamil.config import (  # noqa: E402
     check_cmap,
     config_warnings,
-    load_cohorts,
     read_yaml,
-    train_patient_overlap,
     validate_config,
 )
 from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402

@@ -6,8 +6,8 @@ setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 
 import logging
 
-from gigamil.config import load_sheet
 from gigamil.folds import split_report, write_folds
+from gigamil.sheets import load_sheet
 from gigamil.splits import make_cv_folds
 
 sheets = [  # paths from the config, not params: moving a sheet must not rerun the split

@@ -9,9 +9,10 @@ setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 from pathlib import Path
 
 from gigamil import layout
-from gigamil.config import ROLE_PREDICT, load_sheet
+from gigamil.config import ROLE_PREDICT
 from gigamil.evaluate.aggregate import write_fold_predictions
 from gigamil.folds import fold_slides, read_folds
+from gigamil.sheets import load_sheet
 from gigamil.train.predict import predict_slides
 
 fold = int(snakemake.wildcards.fold)

@@ -43,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from gigamil.config import load_config, load_schema, load_sheet
+    from gigamil.config import load_config, load_schema
     from gigamil.errors import GigamilError
     from gigamil.folds import split_report, write_folds
+    from gigamil.sheets import load_sheet
     from gigamil.splits import make_folds
 
     keys = load_schema("config")["properties"]["cv"]["properties"]

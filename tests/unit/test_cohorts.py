@@ -1,0 +1,195 @@
+"""The cohorts of a configuration together (gigamil.cohorts): loading them, the classes the
+train cohorts teach, and slide identity and patient leakage across cohorts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from sheetfiles import good_rows, other_rows, write_sheet
+
+from gigamil.cohorts import load_cohorts
+from gigamil.config import validate_config
+from gigamil.errors import ConfigError
+
+
+def test_slide_ids_that_differ_only_in_case_are_refused(tmp_path, base_config):
+    """macOS: results/patches/c/S1.zarr and .../s1.zarr would be one directory."""
+    rows = good_rows()
+    rows[1]["slide_id"] = "S1"
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows))}}
+    with pytest.raises(
+        ConfigError, match=r"'S1', 's1' \(cohort a\) differ only in case \(1 such\)"
+    ):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):
+    path = write_sheet(tmp_path, good_rows())
+    other = write_sheet(tmp_path, other_rows(), name="other.csv")
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(path), "mpp": 0.3},
+        "b": {"sheet": str(other), "role": "external"},
+    }
+    sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert set(sheets) == {"a", "b"}
+    assert sheets["a"]["mpp"].tolist() == [0.3] * 3 and sheets["b"]["mpp"].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(path="s1.svs"), r"slide file '.*s1.svs' is in cohorts a, b"),
+        (lambda r: r.update(slide_id="s1"), r"slide_id 's1' is in cohorts a, b"),
+        (lambda r: r.update(slide_id="S1"), r"slide_ids 'S1', 's1' \(cohort a, b\) differ only in"),
+        (lambda r: r.update(patient_id="p1", label="lesion"), r"patient 'p1' has labels"),
+        (
+            lambda r: r.update(patient_id="p1", label="normal"),
+            r"cohort b: 1 patient\(s\) also in a "
+            r"train cohort \(p1\).*set cohorts.b.allow_patient_overlap: true",
+        ),
+    ],
+)
+def test_leakage_across_cohorts_stops_before_any_job(tmp_path, base_config, edit, message):
+    """Issue 15, items 3-4: ids unique across cohorts, no slide file in two cohorts, one label
+    per patient, no train patient in an external cohort (unless allowed)."""
+    rows = other_rows()
+    edit(rows[0])
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "b": {"sheet": str(write_sheet(tmp_path, rows, name="b.csv")), "role": "external"},
+    }
+    with pytest.raises(ConfigError, match=message):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_allowed_patient_overlap_is_a_warning(tmp_path, base_config, caplog):
+    rows = other_rows()
+    rows[0].update(patient_id="p1", label="normal")
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "b": {
+            "sheet": str(write_sheet(tmp_path, rows, name="b.csv")),
+            "role": "external",
+            "allow_patient_overlap": True,
+        },
+    }
+    sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "also in a train cohort (p1)" in caplog.text
+    from gigamil.cohorts import train_patient_overlap
+
+    assert train_patient_overlap(cfg, sheets, "b") == ["p1"]
+    assert train_patient_overlap(cfg, sheets, "a") == []
+
+
+def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):
+    """Issue 15, item 4: a copy of a slide (other name, other folder) in a second cohort."""
+    from gigamil.cohorts import slide_fingerprint
+
+    rows, others = good_rows(), other_rows()
+    for i, r in enumerate(rows + others):
+        (tmp_path / r["path"]).write_bytes(bytes([i]) * (3 << 20))  # 3 MiB, distinct
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, rows, touch=False))},
+        "b": {"sheet": str(write_sheet(tmp_path, others, name="b.csv", touch=False))},
+    }
+    cfg["cohorts"]["b"]["role"] = "external"
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)  # distinct files: fine
+    copy_dir = tmp_path / "copies"
+    copy_dir.mkdir()
+    (copy_dir / "renamed.svs").write_bytes((tmp_path / "s3.svs").read_bytes())
+    others[1]["path"] = "copies/renamed.svs"
+    cfg["cohorts"]["b"]["sheet"] = str(write_sheet(tmp_path, others, name="b.csv", touch=False))
+    with pytest.raises(ConfigError, match=r"a/s3 \(s3.svs\), b/xs2 \(renamed.svs\) have the same"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert slide_fingerprint(tmp_path / "missing.svs") is None
+    assert slide_fingerprint(tmp_path / "s1.svs") != slide_fingerprint(tmp_path / "s2.svs")
+    # the workflow's job processes skip the content comparison (the main process made it)
+    sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path, check_content=False)
+    assert set(sheets) == {"a", "b"}
+
+
+def test_a_class_without_training_slides_is_refused(tmp_path, base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["classes"] = ["normal", "lesion", "itc"]
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, good_rows()))}}
+    with pytest.raises(ConfigError, match=r"classes: 'itc' has no slide in the train cohort"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    # an external cohort may lack a class (only the train cohorts teach the classes)
+    rows = [
+        {**r, "slide_id": f"e{i}", "patient_id": f"q{i}", "path": f"e{i}.svs"}
+        for i, r in enumerate(good_rows())
+    ]
+    cfg["cohorts"]["e"] = {"sheet": str(write_sheet(tmp_path, rows, "e.csv")), "role": "external"}
+    cfg["classes"] = ["normal", "lesion"]
+    assert set(load_cohorts(validate_config(cfg), base_dir=tmp_path)) == {"a", "e"}
+
+
+def test_one_slide_twice_in_one_cohort_is_refused(tmp_path, base_config):
+    """The same file (one path, or a byte-identical copy) in two rows of one cohort: it could
+    be trained on in one row and tested in another."""
+    rows = good_rows()
+    for i, r in enumerate(rows):
+        (tmp_path / r["path"]).write_bytes(bytes([i]) * (3 << 20))  # 3 MiB, distinct
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows, touch=False))}}
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)  # distinct files of one size: fine
+    rows.append({"slide_id": "s4", "patient_id": "p3", "label": "lesion", "path": "s3.svs"})
+    write_sheet(tmp_path, rows, touch=False)
+    with pytest.raises(ConfigError, match=r"cohort a: slide file 's3.svs' is listed 2 times "):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    (tmp_path / "copy.svs").write_bytes((tmp_path / "s3.svs").read_bytes())
+    rows[-1]["path"] = "copy.svs"
+    write_sheet(tmp_path, rows, touch=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"a/s3 \(s3.svs\), a/s4 \(copy.svs\) have the same "
+        r"content .* in one cohort",
+    ):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    (tmp_path / "copy.svs").write_bytes(bytes([9]) * (2 << 20))  # another size: not read
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def _predict_cohort(tmp_path, base_config, rows, role="predict"):
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "new": {"sheet": str(write_sheet(tmp_path, rows, name="new.csv")), "role": role},
+    }
+    return load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_predict_cohort_needs_no_labels(tmp_path, base_config, caplog):
+    """A `role: predict` cohort: the label column may be missing or empty (given labels are
+    still checked); a train patient there is a warning, not an error (no metrics)."""
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in other_rows()]
+    sheet = _predict_cohort(tmp_path, base_config, rows)["new"]
+    assert sheet["label"].tolist() == ["", "", ""] and sheet["slide_id"].tolist()[0] == "xs1"
+    assert list(sheet.columns[:5]) == ["cohort", "slide_id", "patient_id", "label", "path"]
+    rows = other_rows()
+    rows[0]["label"], rows[1]["label"] = "", ""  # xp1 unlabelled, xp2 labelled
+    rows[2]["patient_id"] = "p1"  # a train patient, with its train label
+    rows[2]["label"] = "normal"
+    sheet = _predict_cohort(tmp_path, base_config, rows)["new"]
+    assert sheet["label"].tolist() == ["", "", "normal"]
+    assert "cohort new: 1 patient(s) also in a train cohort (p1)" in caplog.text
+    rows[2]["label"] = "tumour"
+    with pytest.raises(ConfigError, match="label 'tumour' is not one of the classes"):
+        _predict_cohort(tmp_path, base_config, rows)
+    rows[2]["label"] = "lesion"  # p1 is normal in the train cohort
+    with pytest.raises(ConfigError, match="patient 'p1' has labels"):
+        _predict_cohort(tmp_path, base_config, rows)
+    # an external cohort still needs labels
+    rows = [{k: v for k, v in r.items() if k != "label"} for r in other_rows()]
+    with pytest.raises(ConfigError, match="missing column.*label"):
+        _predict_cohort(tmp_path, base_config, rows, role="external")
+    rows = other_rows()
+    rows[0]["label"] = ""
+    with pytest.raises(ConfigError, match="line 2 .*label"):
+        _predict_cohort(tmp_path, base_config, rows, role="external")

@@ -1,0 +1,260 @@
+"""Cohort-sheet validation (gigamil.sheets): every bad case gives a message naming the file,
+the line and the problem."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sheetfiles import CLASSES, good_rows, write_sheet
+
+from gigamil.errors import ConfigError
+from gigamil.sheets import load_sheet
+
+
+def test_good_sheet_loads(tmp_path):
+    path = write_sheet(tmp_path, good_rows())
+    df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert list(df.columns[:5]) == ["cohort", "slide_id", "patient_id", "label", "path"]
+    assert df["cohort"].eq("c1").all() and len(df) == 3
+    assert df["mpp"].isna().all()
+
+
+def test_mpp_override_order(tmp_path):
+    rows = good_rows()
+    rows[0]["mpp"] = 0.25
+    for r in rows[1:]:
+        r["mpp"] = ""
+    path = write_sheet(tmp_path, rows)
+    df = load_sheet(path, "c1", CLASSES, cohort_mpp=0.5, base_dir=tmp_path)
+    assert df["mpp"].tolist() == [0.25, 0.5, 0.5]  # the sheet row wins over the cohort
+
+
+def test_missing_sheet(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"cohort 'c1': sheet .*nope.csv not found$"):
+        load_sheet(tmp_path / "nope.csv", "c1", CLASSES)
+    monkeypatch.chdir(tmp_path)  # a relative path: the message says where it was looked for
+    with pytest.raises(ConfigError) as exc:
+        load_sheet("sheets/nope.csv", "c1", CLASSES)
+    assert str(exc.value) == (
+        f"cohort 'c1': sheet sheets/nope.csv not found (looked for {tmp_path.resolve()}/sheets/nope.csv"
+        ": relative paths are read from the working directory, snakemake's --directory, else "
+        "where it runs)"
+    )
+
+
+def test_label_and_file_near_misses_are_suggested(tmp_path):
+    rows = good_rows()
+    rows[2]["label"] = "Lesion"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"label 'Lesion' is not one of .*did you mean 'Lesion' -> 'lesion'\?"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    rows[2]["label"], rows[1]["label"] = "tumour", "normall"  # nothing close to 'tumour'
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert "did you mean 'normall' -> 'normal'?" in str(err.value)
+    assert "tumour' ->" not in str(err.value)
+    path = write_sheet(tmp_path, good_rows())
+    (tmp_path / "s3.svs").rename(tmp_path / "s3.SVS")
+    (tmp_path / "s1.svs").rename(tmp_path / "s1.tif")
+    (tmp_path / "s1.png").touch()  # two candidates: no guess
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    msg = str(err.value)
+    assert "slide file s3.svs not found" in msg and "did you mean s3.SVS?" in msg
+    assert "slide file s1.svs not found" in msg and "did you mean s1." not in msg
+
+
+def test_missing_column(tmp_path):
+    rows = [{k: v for k, v in r.items() if k != "patient_id"} for r in good_rows()]
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match="missing column.*patient_id"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_missing_slide_file(tmp_path):
+    path = write_sheet(tmp_path, good_rows())
+    (tmp_path / "s3.svs").unlink()
+    with pytest.raises(ConfigError, match=r"line 4 \(slide_id 's3'\): slide file s3.svs not found"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    (tmp_path / "s1.svs").unlink()
+    with pytest.raises(ConfigError) as err:  # every missing file in one message
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    msg = str(err.value)
+    assert "sheet.csv: 2 file(s) not found" in msg
+    assert (
+        f"line 2 (slide_id 's1'): slide file s1.svs not found (looked for {tmp_path.resolve()}/s1.svs)"
+        in msg
+    )
+    assert "line 4 (slide_id 's3')" in msg
+    # generated (demo) cohorts skip the check
+    assert len(load_sheet(path, "c1", CLASSES, check_files=False, base_dir=tmp_path)) == 3
+
+
+def test_missing_lesion_mask_is_named_with_its_row(tmp_path):
+    rows = good_rows()
+    rows[0]["lesion_mask"] = rows[1]["lesion_mask"] = ""  # the optional column left empty
+    rows[2]["lesion_mask"] = "masks/s3.png"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"line 4 \(slide_id 's3'\): lesion mask masks/s3.png not"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "s3.png").touch()
+    assert len(load_sheet(path, "c1", CLASSES, base_dir=tmp_path)) == 3
+
+
+def test_duplicate_slide_id(tmp_path):
+    rows = good_rows()
+    rows[2]["slide_id"] = "s1"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"duplicate slide_id 's1' \(lines 2, 4\)"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_row_errors_name_the_file_line_across_blank_lines(tmp_path):
+    """pd.read_csv skips blank lines and reads a quoted cell over two lines as one row; the
+    line an error names is still the one an editor shows."""
+    path = write_sheet(tmp_path, good_rows())
+    head, first, second, third = path.read_text().splitlines()
+    second = second.replace("s2,", '"s2",', 1)
+    path.write_text(
+        "\n".join(["", head, first, "", "   ", second, third.replace("lesion", "tumour")])
+    )
+    with pytest.raises(ConfigError, match=r"line 7 \(slide_id 's3'\): label 'tumour'"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text(f'{head}\n\n{first}\n"s1",p9,normal,"s\n1.svs"\n\n{third}\n')
+    with pytest.raises(ConfigError, match=r"duplicate slide_id 's1' \(lines 3, 4\)"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text(f'{head}\n"s9",p9,normal,"s\n9.svs"\n\n{first.replace("s1.svs", "x.svs")}\n')
+    with pytest.raises(ConfigError, match=r"line 5 \(slide_id 's1'\): slide file x.svs not"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_every_label_not_in_classes_in_one_message(tmp_path):
+    rows = good_rows()
+    rows[0]["label"], rows[2]["label"] = "Normal", "tumour"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert str(err.value).splitlines() == [
+        f"{path}: 2 labels are not one of the classes {CLASSES} of the configuration (its "
+        "`classes:` list; without one, the demo's [normal, lesion]); did you mean 'Normal' -> "
+        "'normal'?",
+        "  line 2 (slide_id 's1'): label 'Normal'",
+        "  line 4 (slide_id 's3'): label 'tumour'",
+    ]
+
+
+def test_rows_of_empty_cells_are_skipped_like_blank_lines(tmp_path):
+    """A spreadsheet saves trailing rows of empty cells (',,,'); they hold no data."""
+    path = write_sheet(tmp_path, good_rows())
+    head, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([head, rows[0], ",,,", rows[1], rows[2], ",,,", " , ,, "]) + "\n")
+    df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert list(df["slide_id"]) == ["s1", "s2", "s3"]
+    path.write_text("\n".join([head, rows[0], ",,,", rows[1], rows[2].replace("s3.svs", "x")]))
+    with pytest.raises(ConfigError, match=r"line 5 \(slide_id 's3'\): slide file x not found"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text(f"{head}\n,,,\n\n,,,\n")
+    with pytest.raises(ConfigError, match=r"sheet.csv: the sheet has no rows \(only empty ones\)"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_label_not_in_classes(tmp_path):
+    rows = good_rows()
+    rows[2]["label"] = "tumour"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"line 4 \(slide_id 's3'\): label 'tumour' is not one of"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_patient_with_conflicting_labels(tmp_path):
+    rows = good_rows()
+    rows[1]["label"] = "lesion"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"patient 'p1' has conflicting labels \['lesion', 'normal'\]"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_bad_slide_id_and_mpp(tmp_path):
+    rows = good_rows()
+    rows[0]["slide_id"] = "has space"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"line 2 .*: slide_id 'has space' is not a safe file name \(letters"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    for dots in (".", ".."):  # would name results/... itself or its parent
+        rows = good_rows()
+        rows[0]["slide_id"] = dots
+        path = write_sheet(tmp_path, rows, name="dots.csv")
+        with pytest.raises(
+            ConfigError, match=rf"line 2 .*: slide_id '{re.escape(dots)}' is not a safe file"
+        ):
+            load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    rows = good_rows()
+    for r, v in zip(rows, ["abc", "", ""], strict=True):
+        r["mpp"] = v
+    path = write_sheet(tmp_path, rows, name="s2.csv")
+    with pytest.raises(
+        ConfigError, match=r"line 2 \(slide_id '\w+'\): mpp 'abc' is not a number \(µm/px"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    rows[0]["mpp"] = -1
+    path = write_sheet(tmp_path, rows, name="s3.csv")
+    with pytest.raises(
+        ConfigError, match=r"line 2 .*mpp: -1.0 is less than or equal to the minimum of 0"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_empty_sheet(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("slide_id,patient_id,label,path\n")
+    with pytest.raises(ConfigError, match="has no rows"):
+        load_sheet(path, "c1", CLASSES)
+
+
+def test_optional_lesion_mask_column_may_be_empty(tmp_path):
+    from gigamil.layout import lesion_masks
+
+    rows = good_rows()
+    rows[0]["lesion_mask"] = "masks/s1.png"
+    rows[1]["lesion_mask"] = ""
+    rows[2]["lesion_mask"] = "masks/s3.png"
+    (tmp_path / "masks").mkdir()
+    for name in ("s1", "s3"):  # the masks exist (a missing one is an error)
+        (tmp_path / "masks" / f"{name}.png").touch()
+    df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert lesion_masks({}, df) == {"s1": "masks/s1.png", "s3": "masks/s3.png"}
+
+
+def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog):
+    rows = good_rows()
+    for r in rows:
+        r["MPP"] = "0.5"  # would be ignored: the slides' own MPP used instead
+    with pytest.raises(ConfigError, match=r"column 'MPP' means 'mpp'; .* rename it mpp"):
+        load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows = [{**r, "Slide ID": r["slide_id"]} for r in good_rows()]  # both: a column of its own
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows = [{**r, "lesion_masks": "", "mpp_um": "0.5", "scanner": "x"} for r in good_rows()]
+    df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert "column 'lesion_masks' is not read by gigamil (did you mean lesion_mask?)" in caplog.text
+    assert "column 'mpp_um' is not read by gigamil (did you mean mpp?)" in caplog.text
+    assert "scanner" not in caplog.text and df["mpp"].isna().all()
+
+
+def test_a_semicolon_separated_sheet_gets_a_hint(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("slide_id;patient_id;label;path\ns1;p1;normal;s1.svs\n")
+    with pytest.raises(ConfigError, match="separated by ';': save the sheet as comma-separated"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)

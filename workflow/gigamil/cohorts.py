@@ -1,0 +1,239 @@
+"""The cohorts of a configuration together: loading every sheet, and the checks across them
+(classes seen in training, slide identity and patient leakage between cohorts).
+
+Every problem raises :class:`~gigamil.errors.ConfigError` naming the cohorts and ids, before any
+job runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gigamil.config import ROLE_PREDICT
+from gigamil.errors import ConfigError
+from gigamil.sheets import load_sheet, sheet_slide_path
+
+log = logging.getLogger(__name__)
+
+
+def load_cohorts(
+    config: Mapping[str, Any], base_dir: str | Path = ".", check_content: bool = True
+) -> dict[str, pd.DataFrame]:
+    """Load every cohort sheet of a validated config, keyed by cohort name, and run
+    :func:`check_leakage` (``check_content`` False skips its same-content comparison, which reads
+    2 MiB of every slide: the workflow's job processes leave it to the main process)."""
+    sheets: dict[str, pd.DataFrame] = {}
+    for name, cohort in config["cohorts"].items():
+        sheets[name] = load_sheet(
+            Path(base_dir) / cohort["sheet"]
+            if not Path(cohort["sheet"]).is_absolute()
+            else cohort["sheet"],
+            cohort=name,
+            classes=list(config["classes"]),
+            cohort_mpp=cohort.get("mpp"),
+            check_files=not cohort.get("demo", False),
+            base_dir=base_dir,
+            labels_required=cohort.get("role", "train") != ROLE_PREDICT,
+        )
+    check_leakage(config, sheets, base_dir, check_content=check_content)
+    check_classes_trained(config, sheets)
+    return sheets
+
+
+def check_classes_trained(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame]) -> None:
+    """ConfigError if a class of ``classes`` has no slide in the train cohorts: the models would
+    get an output for a class they never see (and, with three outputs instead of two, no logit
+    calibration). Without train cohorts (only predicting) there is nothing to check."""
+    train = [n for n in sheets if config["cohorts"][n].get("role", "train") == "train"]
+    if not train:
+        return
+    seen = {str(v) for n in train for v in sheets[n]["label"]}
+    absent = [str(c) for c in config["classes"] if str(c) not in seen]
+    if absent:
+        raise ConfigError(
+            f"classes: {', '.join(map(repr, absent))} has no slide in the train cohort(s) "
+            f"{', '.join(train)} (their labels: {', '.join(sorted(seen))}); remove it from "
+            "classes or add slides with that label"
+        )
+
+
+def _first(ids: pd.Series | set[str], n: int = 3) -> str:
+    return ", ".join(sorted(map(str, ids))[:n])
+
+
+FINGERPRINT_BYTES = 1 << 20
+
+
+def slide_fingerprint(path: Path) -> tuple[int, str] | None:
+    """``(size in bytes, sha256 of the first and last MiB)`` of a file; None if it is missing
+    (e.g. generated later, like the demo cohort) or empty.
+
+    Two slide files with the same fingerprint are taken to be copies of one slide. Hashing whole
+    gigapixel files (GBs each) at every workflow start would take minutes; a copy, a hard link or
+    a re-download has the same size and the same head and tail (where TIFF headers and tile
+    offsets live), while two different scans practically never do.
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:  # not a slide (the reader says so); nothing to compare
+            return None
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            digest.update(fh.read(FINGERPRINT_BYTES))
+            if size > FINGERPRINT_BYTES:
+                fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+                digest.update(fh.read(FINGERPRINT_BYTES))
+    except FileNotFoundError:  # generated later (demo cohorts); checked when it exists
+        return None
+    return size, digest.hexdigest()
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_size or None  # empty: not a slide (the reader says so)
+    except OSError:  # generated later (demo cohorts); checked when it exists
+        return None
+
+
+def _check_same_content(allr: pd.DataFrame) -> None:
+    """ConfigError if two rows (of one cohort or of two) hold files with the same
+    :func:`slide_fingerprint`. Only files whose byte size another file shares are read: files
+    of different sizes differ, so a cohort of distinct scans costs one ``stat`` per slide."""
+    sizes = pd.Series([_file_size(p) for p in allr["_path"]], index=allr.index, dtype=object)
+    same_size = sizes.notna() & sizes.duplicated(keep=False)
+    candidates = allr[same_size]
+    prints = pd.Series(
+        [slide_fingerprint(Path(p)) for p in candidates["_path"]], index=candidates.index
+    )
+    known = prints.notna()
+    for _, group in candidates[known].groupby(prints[known].astype(str)):
+        if len(group) < 2:
+            continue
+        pairs = [
+            f"{c}/{s} ({Path(p).name})"
+            for c, s, p in group[["_cohort", "slide_id", "_path"]].itertuples(index=False)
+        ]
+        where = (
+            "in different cohorts: copies of one slide; a slide may belong to one cohort only"
+            if group["_cohort"].nunique() > 1
+            else "in one cohort: copies of one slide, which would be trained on and tested as two; "
+            "list each slide once"
+        )
+        raise ConfigError(
+            f"slides {', '.join(pairs[:3])} have the same content (size and first/last MiB) {where}"
+        )
+
+
+def train_patient_overlap(
+    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], cohort: str
+) -> list[str]:
+    """Sorted patient ids of ``cohort`` that are also in a train cohort (empty for a train
+    cohort itself). :func:`check_leakage` lets such patients into an external cohort only with
+    ``allow_patient_overlap``; the ensemble's summary records them."""
+    if config["cohorts"][cohort].get("role", "train") == "train":
+        return []
+    train = {
+        str(p)
+        for name, df in sheets.items()
+        if config["cohorts"][name].get("role", "train") == "train"
+        for p in df["patient_id"]
+    }
+    return sorted(train & set(map(str, sheets[cohort]["patient_id"])))
+
+
+def check_leakage(
+    config: Mapping[str, Any],
+    sheets: Mapping[str, pd.DataFrame],
+    base_dir: str | Path = ".",
+    check_content: bool = True,
+) -> None:
+    """Identity and leakage across cohorts, before any job runs; ConfigError naming the ids:
+
+    - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
+      across cohorts), or two slide_ids that differ only in case (one file on macOS);
+    - the same slide file in two rows, of two cohorts or of one: the same resolved path, or the
+      same content (same :func:`slide_fingerprint`: a copy of a slide under another name or
+      directory; skipped with ``check_content`` False);
+    - a patient with different labels in different cohorts (empty labels of a predict cohort
+      are no labels);
+    - a patient of a train cohort in an external cohort, unless that cohort sets
+      ``allow_patient_overlap: true`` (then a warning is logged). In a ``predict`` cohort such a
+      patient is only a warning: no metrics are computed there, but the fold models have seen
+      the patient's other slides.
+    """
+    rows = []
+    for name, df in sheets.items():
+        paths = [str(sheet_slide_path(p, base_dir).resolve()) for p in df["path"].astype(str)]
+        rows.append(df.assign(_cohort=name, _path=paths))
+    if not rows:
+        return
+    allr = pd.concat(rows, ignore_index=True)
+    for col, what in (("slide_id", "slide_id"), ("_path", "slide file")):
+        per = allr.groupby(col)["_cohort"].nunique()
+        dup = per[per > 1].index
+        if len(dup):
+            where = sorted(allr.loc[allr[col] == dup[0], "_cohort"].unique())
+            raise ConfigError(
+                f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
+                f"{_first(dup)}); a slide may belong to one cohort only"
+            )
+    ids = allr["slide_id"].astype(str)
+    spellings = ids.groupby(ids.str.casefold()).unique()
+    clash = spellings[spellings.map(len) > 1]
+    if len(clash):
+        names = sorted(clash.iloc[0])
+        where = sorted(allr.loc[ids.isin(names), "_cohort"].unique())
+        raise ConfigError(
+            f"slide_ids {', '.join(map(repr, names))} (cohort {', '.join(where)}) differ only in "
+            f"case ({len(clash)} such): on a case-insensitive file system (macOS, Windows) their "
+            "result files, e.g. results/patches/<cohort>/<slide_id>.zarr, would be one file; "
+            "rename one"
+        )
+    twice = allr[allr["_path"].duplicated(keep=False)]
+    if not twice.empty:  # within one cohort (across cohorts: the check above)
+        first = twice[twice["_path"] == twice["_path"].iloc[0]]
+        raise ConfigError(
+            f"cohort {first['_cohort'].iloc[0]}: slide file {first['path'].iloc[0]!r} is listed "
+            f"{len(first)} times (slide_ids {', '.join(map(str, first['slide_id']))}); one slide "
+            "may have one row only (a slide in two folds would be trained on and tested)"
+        )
+    if check_content:
+        _check_same_content(allr)
+    labels = allr[allr["label"].astype(str).ne("")].groupby("patient_id")["label"].nunique()
+    mixed = labels[labels > 1].index
+    if len(mixed):
+        found = sorted(allr.loc[allr["patient_id"] == mixed[0], "label"].astype(str).unique())
+        raise ConfigError(
+            f"patient {mixed[0]!r} has labels {found} in different cohorts ({len(mixed)} such: "
+            f"{_first(mixed)}); a patient has one label"
+        )
+    roles = {name: config["cohorts"][name].get("role", "train") for name in sheets}
+    for name in sheets:
+        shared = train_patient_overlap(config, sheets, name)  # empty for a train cohort
+        if not shared:
+            continue
+        if roles[name] == ROLE_PREDICT:
+            log.warning(
+                "cohort %s: %d patient(s) also in a train cohort (%s): the fold models have seen "
+                "their other slides (a predict cohort gets no metrics)",
+                name,
+                len(shared),
+                _first(shared),
+            )
+            continue
+        msg = (
+            f"cohort {name}: {len(shared)} patient(s) also in a train cohort ({_first(shared)}): "
+            "the fold models have seen them, so its external metrics would be optimistic"
+        )
+        if config["cohorts"][name].get("allow_patient_overlap", False):
+            log.warning("%s (allowed by cohorts.%s.allow_patient_overlap)", msg, name)
+        else:
+            raise ConfigError(
+                f"{msg}; remove them, or set cohorts.{name}.allow_patient_overlap: true"
+            )
