@@ -174,6 +174,17 @@ def check_leakage(
     if not rows:
         return
     allr = pd.concat(rows, ignore_index=True)
+    _check_one_cohort_per_slide(allr)
+    _check_case_clashes(allr)
+    _check_file_listed_once(allr)
+    if check_content:
+        _check_same_content(allr)
+    _check_one_label_per_patient(allr)
+    _check_train_patients(config, sheets)
+
+
+def _check_one_cohort_per_slide(allr: pd.DataFrame) -> None:
+    """ConfigError if a slide_id or a resolved slide file (``_path``) is in two cohorts."""
     for col, what in (("slide_id", "slide_id"), ("_path", "slide file")):
         per = allr.groupby(col)["_cohort"].nunique()
         dup = per[per > 1].index
@@ -183,6 +194,10 @@ def check_leakage(
                 f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
                 f"{_first(dup)}); a slide may belong to one cohort only"
             )
+
+
+def _check_case_clashes(allr: pd.DataFrame) -> None:
+    """ConfigError if two slide_ids (of any cohorts) differ only in case."""
     ids = allr["slide_id"].astype(str)
     spellings = ids.groupby(ids.str.casefold()).unique()
     clash = spellings[spellings.map(len) > 1]
@@ -195,16 +210,23 @@ def check_leakage(
             "result files, e.g. results/patches/<cohort>/<slide_id>.zarr, would be one file; "
             "rename one"
         )
+
+
+def _check_file_listed_once(allr: pd.DataFrame) -> None:
+    """ConfigError if one resolved slide file is in two rows of one cohort (across cohorts:
+    :func:`_check_one_cohort_per_slide`)."""
     twice = allr[allr["_path"].duplicated(keep=False)]
-    if not twice.empty:  # within one cohort (across cohorts: the check above)
+    if not twice.empty:
         first = twice[twice["_path"] == twice["_path"].iloc[0]]
         raise ConfigError(
             f"cohort {first['_cohort'].iloc[0]}: slide file {first['path'].iloc[0]!r} is listed "
             f"{len(first)} times (slide_ids {', '.join(map(str, first['slide_id']))}); one slide "
             "may have one row only (a slide in two folds would be trained on and tested)"
         )
-    if check_content:
-        _check_same_content(allr)
+
+
+def _check_one_label_per_patient(allr: pd.DataFrame) -> None:
+    """ConfigError if a patient has different (non-empty) labels in different cohorts."""
     labels = allr[allr["label"].astype(str).ne("")].groupby("patient_id")["label"].nunique()
     mixed = labels[labels > 1].index
     if len(mixed):
@@ -213,6 +235,11 @@ def check_leakage(
             f"patient {mixed[0]!r} has labels {found} in different cohorts ({len(mixed)} such: "
             f"{_first(mixed)}); a patient has one label"
         )
+
+
+def _check_train_patients(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame]) -> None:
+    """Train patients in another cohort: a warning in a predict cohort or with
+    ``allow_patient_overlap``, else ConfigError."""
     roles = {name: config["cohorts"][name].get("role", "train") for name in sheets}
     for name in sheets:
         shared = train_patient_overlap(config, sheets, name)  # empty for a train cohort
