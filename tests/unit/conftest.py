@@ -499,9 +499,10 @@ def train_killed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     (KeyboardInterrupt) while validating epoch ``epoch``, i.e. after epoch ``epoch - 1``'s
     checkpoints."""
     from gigamil.train import run as run_mod
+    from gigamil.train import trainer as trainer_mod
 
     def run(epoch: int, *args: Any, **kwargs: Any) -> None:
-        real, calls = run_mod.validate, {"n": 0}
+        real, calls = trainer_mod.validate, {"n": 0}
 
         def dying_validate(*a: Any, **k: Any) -> Any:
             calls["n"] += 1
@@ -509,12 +510,12 @@ def train_killed(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
                 raise KeyboardInterrupt
             return real(*a, **k)
 
-        monkeypatch.setattr(run_mod, "validate", dying_validate)
+        monkeypatch.setattr(trainer_mod, "validate", dying_validate)
         try:
             with pytest.raises(KeyboardInterrupt):
                 run_mod.train_fold(*args, **kwargs)
         finally:
-            monkeypatch.setattr(run_mod, "validate", real)
+            monkeypatch.setattr(trainer_mod, "validate", real)
 
     return run
 

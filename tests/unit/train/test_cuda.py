@@ -99,7 +99,7 @@ def test_resume_on_cuda_continues(
     """A run killed after epoch 1 resumes from last.pt written on CUDA (optimizer, fp16 gradient
     scaler, CUDA RNG) with epoch 2, and ends like the uninterrupted run."""
     from gigamil.train import loop as loop_mod
-    from gigamil.train import run as run_mod
+    from gigamil.train import trainer as trainer_mod
 
     train, val = cohort
     cfg = training(epochs=3, amp="fp16")
@@ -115,7 +115,7 @@ def test_resume_on_cuda_continues(
         seen.append(kwargs["epoch"])
         return loop_mod.train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "train_epoch", recording)
+    monkeypatch.setattr(trainer_mod, "train_epoch", recording)
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     assert seen == [2, 3]  # continued, not restarted
     for path in (full, killed):

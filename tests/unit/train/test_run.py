@@ -14,7 +14,9 @@ from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.train import checkpoint as checkpoint_mod
 from gigamil.train import loop as loop_mod
+from gigamil.train import monitor as monitor_mod
 from gigamil.train import run as run_mod
+from gigamil.train import trainer as trainer_mod
 from gigamil.train.checkpoint import load_model
 from gigamil.train.predict import predict_slides
 from gigamil.train.run import train_fold
@@ -187,7 +189,7 @@ def test_resume_after_kill_continues(
         seen.append(kwargs["epoch"])
         return loop_mod.train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(run_mod, "train_epoch", recording_train_epoch)
+    monkeypatch.setattr(trainer_mod, "train_epoch", recording_train_epoch)
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     assert seen == [3, 4]  # continued, not restarted
     log_full, log_killed = read_log(full / "train_log.csv"), read_log(killed / "train_log.csv")
@@ -293,15 +295,15 @@ def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "f", resume=True)
     rows = read_log(tmp_path / "f" / "train_log.csv")
     scalars = _tb_scalars(tmp_path / "f" / "tensorboard")
-    assert set(run_mod.TB_SCALARS) <= set(scalars)
-    for key in run_mod.TB_SCALARS:
+    assert set(monitor_mod.TB_SCALARS) <= set(scalars)
+    for key in monitor_mod.TB_SCALARS:
         steps = [s for s, _ in scalars[key]]
         assert steps == [1, 2, 3], (key, steps)
         for (_, value), row in zip(scalars[key], rows, strict=True):
             assert value == pytest.approx(float(row[key]), rel=1e-5, abs=1e-6), key
     # switching TensorBoard off does not invalidate the finished run
     seen = []
-    monkeypatch.setattr(run_mod, "train_epoch", lambda *a, **k: seen.append(k["epoch"]))
+    monkeypatch.setattr(trainer_mod, "train_epoch", lambda *a, **k: seen.append(k["epoch"]))
     train_fold(
         train,
         val,
@@ -325,7 +327,7 @@ def test_early_stopping_min_epochs_in_train_fold(
     train, val = cohort
     train, val = train.head(4), val.head(4)
     flat = {"auc": 0.5, "loss": 0.7, "balanced_accuracy": 0.5}  # never improves after epoch 1
-    monkeypatch.setattr(run_mod, "validate", lambda *a, **k: dict(flat))
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: dict(flat))
     for min_epochs, n_epochs in [(0, 2), (3, 3)]:
         es = {"metric": "auc", "patience": 1, "min_epochs": min_epochs}
         out = tmp_path / f"m{min_epochs}"
@@ -516,9 +518,7 @@ def test_weights_that_diverge_stop_the_training_by_epoch(
 ) -> None:
     """A step that writes NaN into the weights (lr far too high, in fp32 or bf16) stopped
     nothing: only 'non-finite loss' warnings, then NaN predictions for the fold."""
-    from gigamil.train import run as run_mod
-
-    real = run_mod.train_epoch
+    real = trainer_mod.train_epoch
 
     def diverging(model, *args, epoch, **kwargs):
         loss = real(model, *args, epoch=epoch, **kwargs)
@@ -527,7 +527,7 @@ def test_weights_that_diverge_stop_the_training_by_epoch(
                 next(model.parameters()).fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(run_mod, "train_epoch", diverging)
+    monkeypatch.setattr(trainer_mod, "train_epoch", diverging)
     train, val = cohort
     out = tmp_path / "nan"
     with pytest.raises(GigamilError, match=r"training diverged in epoch 2 .* hold NaN or inf"):

@@ -61,7 +61,7 @@ from gigamil.train.loop import (
 )
 
 if TYPE_CHECKING:
-    from gigamil.train.run import FoldTrainer
+    from gigamil.train.trainer import FoldTrainer
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class EMTrainer:
     """The rounds of ``training.strategy: em`` for one fold (see the module docstring).
 
     Shares the fold's model, checkpoint saver, header and validation loss with the end-to-end
-    :class:`~gigamil.train.run.FoldTrainer` that builds it (``parts``), so ``model.pt``,
+    :class:`~gigamil.train.trainer.FoldTrainer` that builds it (``parts``), so ``model.pt``,
     ``last.pt`` and ``train_log.csv`` have the same format; a row of ``train_log.csv`` is a
     round (``epoch`` = round, ``train_loss`` = the head's loss in its last epoch,
     ``encoder_loss`` = the mean pseudo-label loss of the E-step, empty in round 1).

@@ -1,0 +1,53 @@
+"""Watching a training run: the check that its weights are still finite numbers after every
+epoch (:func:`check_finite_weights`, also used by :mod:`gigamil.train.predict` to explain NaN
+predictions) and the TensorBoard writer of ``training.tensorboard`` (:data:`TB_SCALARS`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gigamil.errors import ConfigError, GigamilError
+
+TB_SCALARS = ("train_loss", "val_loss", "val_auc", "val_balanced_accuracy", "lr", "seconds")
+
+
+def non_finite_weights(model: torch.nn.Module) -> str:
+    """The first three floating-point tensors of ``model``'s state dict that hold NaN or inf,
+    as ``"a, b, c, ..."`` ("" when every weight is a finite number)."""
+    bad = [
+        n for n, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+    ]
+    return ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+
+
+def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) -> None:
+    """Stop a training whose weights became NaN or inf (it diverged): every later epoch and the
+    fold's predictions would be NaN. With ``amp: fp16`` the gradient scaler skips such steps, so
+    this only fires when the optimizer itself wrote non-finite weights.
+
+    Raises:
+        GigamilError: naming the epoch, the training loss and the first parameters affected.
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        raise GigamilError(
+            f"training diverged in epoch {epoch} (training loss {train_loss:.4g}): the weights "
+            f"hold NaN or inf ({bad}); lower training.lr (or check the patches), delete the "
+            "fold's last.pt and rerun"
+        )
+
+
+def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
+    """A TensorBoard ``SummaryWriter`` for ``log_dir``; events of epochs >= ``first_epoch`` left
+    by a killed run are purged, so a resumed run does not draw them twice."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError(
+            "training.tensorboard: true needs the tensorboard package "
+            "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
+        ) from exc
+    return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
