@@ -1,6 +1,6 @@
-"""training.strategy: em (gigamil.train.em): pseudo-label rules, the E-step loss, MNIST-bags
-learned by EM through train_fold, a killed run resuming at the next round; and the frozen
-strategy on patch stores (the encoder stays as initialised)."""
+"""training.strategy: em (gigamil.train.em): MNIST-bags learned by EM through train_fold, a
+killed run resuming at the next round; and the frozen strategy on patch stores (the encoder
+stays as initialised)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from gigamil.models.factory import build_mil_model
-from gigamil.nn.pooling import AttentionHead
 from gigamil.settings import ModelConfig
 from gigamil.train import em as em_mod
-from gigamil.train.em import (
-    balanced_soft_weights,
-    class_log_probs,
-    pseudo_labels,
-    soft_cross_entropy,
-)
 from gigamil.train.predict import predict_slides
 from gigamil.train.run import train_fold
 
@@ -33,63 +26,6 @@ from gigamil.train.run import train_fold
 def read_log(path: Path) -> list[dict[str, str]]:
     with open(path) as fh:
         return list(csv.DictReader(fh))
-
-
-# --- pseudo-labels and the E-step loss ------------------------------------------------------
-
-
-def _head(n_classes: int = 2) -> AttentionHead:
-    torch.manual_seed(0)
-    return AttentionHead(6, n_classes=n_classes, att_dim=4).eval()
-
-
-def test_negative_bags_label_every_instance_with_the_first_class() -> None:
-    head, h = _head(), torch.randn(5, 6)
-    for rule in ("instance", "attention"):
-        q = pseudo_labels(head, h, 0, rule)
-        assert torch.equal(q, torch.tensor([[1.0, 0.0]] * 5))
-
-
-def test_instance_rule_is_the_bag_classifier_on_a_bag_of_one() -> None:
-    head, h = _head(), torch.randn(5, 6)
-    q = pseudo_labels(head, h, 1, "instance")
-    for i in range(5):
-        logits, att = head(h[i : i + 1])  # the instance as a bag of one
-        assert att.item() == pytest.approx(1.0)
-        assert q[i, 1].item() == pytest.approx(torch.sigmoid(logits[0]).item(), abs=1e-6)
-    assert torch.allclose(q.sum(1), torch.ones(5))
-    sharp = pseudo_labels(head, h, 1, "instance", temperature=0.5)
-    assert torch.all((sharp[:, 1] - 0.5).abs() >= (q[:, 1] - 0.5).abs() - 1e-7)
-    multi, hm = _head(3), torch.randn(4, 6)
-    qm = pseudo_labels(multi, hm, 2, "instance")
-    assert torch.allclose(qm, torch.softmax(multi.classifier(hm), -1), atol=1e-6)
-
-
-def test_attention_rule_gives_the_most_attended_instance_the_bag_evidence() -> None:
-    head, h = _head(), torch.randn(6, 6)
-    logits, att = head(h)
-    p_bag = torch.sigmoid(logits[0])
-    q = pseudo_labels(head, h, 1, "attention")
-    top = int(att.argmax())
-    assert q[top, 1].item() == pytest.approx(p_bag.item(), abs=1e-6)
-    assert torch.allclose(q[:, 1], p_bag * att / att.max(), atol=1e-6)
-    assert torch.allclose(q.sum(1), torch.ones(6))
-    with pytest.raises(ValueError, match="rule must be one of"):
-        pseudo_labels(head, h, 1, "majority")
-    with pytest.raises(ValueError, match="temperature"):
-        pseudo_labels(head, h, 1, "instance", temperature=0)
-
-
-def test_soft_cross_entropy_is_bce_for_one_logit_and_weights_balance_classes() -> None:
-    z = torch.tensor([[2.0], [-1.0], [0.5]])
-    q1 = torch.tensor([1.0, 0.0, 0.3])
-    target = torch.stack([1 - q1, q1], 1)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], q1)
-    assert soft_cross_entropy(z, target).item() == pytest.approx(bce.item(), abs=1e-6)
-    assert torch.allclose(class_log_probs(z).exp().sum(1), torch.ones(3))
-    w = balanced_soft_weights(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
-    assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))  # total / (classes x class mass)
-    assert torch.equal(balanced_soft_weights(torch.tensor([[1.0, 0.0]])), torch.tensor([1.0, 0]))
 
 
 # --- MNIST-bags through train_fold ----------------------------------------------------------

@@ -10,11 +10,13 @@ passes per patch per step), the fold is trained in rounds (``training.em``):
   head trainer of the ``frozen`` strategy (:func:`gigamil.train.loop.train_epoch`),
   ``head_epochs`` epochs; then validation on the validation slides' features.
 - **E-step** (rounds 2 and later, before the M-step): with the head fixed, the bag classifier
-  labels ``instances_per_round`` training patches (:func:`pseudo_labels`: the classifier applied
+  labels ``instances_per_round`` training patches
+  (:func:`~gigamil.train.pseudo_labels.pseudo_labels`: the classifier applied
   to each patch as a bag of one, or attention-weighted bag evidence; every patch of a
   first-class bag is first-class, the standard MIL assumption), and the encoder is fine-tuned
   on minibatches of those patches (augmented) for ``encoder_steps`` steps, so that the fixed
-  head's bag-of-one prediction matches the pseudo-labels (:func:`soft_cross_entropy`).
+  head's bag-of-one prediction matches the pseudo-labels
+  (:func:`~gigamil.train.pseudo_labels.soft_cross_entropy`).
 
 Round 1 is therefore the ``frozen`` strategy; each later round couples the encoder more
 closely to the head. This is the self-training / pseudo-label family of MIL methods (instance
@@ -52,101 +54,18 @@ from gigamil.train.early_stopping import EarlyStopping
 from gigamil.train.loop import (
     BagItem,
     EpochSettings,
-    bag_probabilities,
     bag_seed,
     make_scheduler,
     steps_per_epoch,
     train_epoch,
     validate,
 )
+from gigamil.train.pseudo_labels import balanced_soft_weights, pseudo_labels, soft_cross_entropy
 
 if TYPE_CHECKING:
     from gigamil.train.trainer import FoldTrainer
 
 log = logging.getLogger(__name__)
-
-RULES = ("instance", "attention")
-
-
-def class_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Log class probabilities (N, n_classes) of classifier logits (N, n_out); one logit z
-    (binary) is the two-class logits (0, z), the convention of :func:`bag_probabilities`."""
-    logits = logits.float()
-    if logits.shape[-1] == 1:
-        logits = torch.cat([torch.zeros_like(logits), logits], dim=-1)
-    return torch.log_softmax(logits, dim=-1)
-
-
-@torch.no_grad()
-def pseudo_labels(  # noqa: PLR0913 - one argument per setting of the rule
-    head: nn.Module,
-    h: torch.Tensor,
-    label: int,
-    rule: str = "instance",
-    temperature: float = 1.0,
-    adj: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Soft class targets (N, n_classes), rows summing to 1, for the N instances of one bag.
-
-    ``head``: an :class:`~gigamil.nn.pooling.AttentionHead` (put it in eval mode first);
-    ``h`` (N, D) the bag's instance features; ``label`` the bag's class index; ``adj`` the
-    bag's adjacency when the head needs one (SmABMIL, ``attention`` rule only).
-
-    - every instance of a bag of class 0 gets class 0 (the standard MIL assumption: a negative
-      bag holds no positive instance);
-    - ``instance``: the bag classifier applied to each instance as a bag of one
-      (``head.instance_logits``; the bag logit is the attention-weighted mean of these),
-      logits divided by ``temperature`` (< 1 sharpens);
-    - ``attention``: attention-weighted bag evidence: instance i gets the bag's class with
-      probability p_bag(label) · (a_i / max_j a_j)^(1/temperature) and class 0 otherwise (the
-      most attended instance carries the bag's evidence, the others in proportion).
-
-    Raises ValueError for an unknown rule, a non-positive temperature or an empty bag.
-    """
-    if rule not in RULES:
-        raise ValueError(f"pseudo-label rule must be one of {RULES}, got {rule!r}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    n = len(h)
-    if n == 0:
-        raise ValueError("empty bag (0 instances)")
-    n_classes = max(2, int(head.n_out))
-    if label == 0:
-        target = torch.zeros(n, n_classes, device=h.device)
-        target[:, 0] = 1.0
-        return target
-    if rule == "instance":
-        z = head.instance_logits(h).float() / temperature
-        return class_log_probs(z).exp()
-    logits, att = head(h, adj) if adj is not None else head(h)
-    p_bag = bag_probabilities(logits)[label]
-    rel = (att.float() / att.float().max()).clamp(0, 1) ** (1.0 / temperature)
-    share = p_bag * rel  # (N,)
-    target = torch.zeros(n, n_classes, device=h.device)
-    target[:, label] = share
-    target[:, 0] += 1.0 - share
-    return target
-
-
-def soft_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean over instances of -Σ_c w_c q_c log p_c: ``logits`` (N, n_out) of the classifier,
-    ``target`` (N, n_classes) soft labels q, ``class_weights`` (n_classes,) w (None: 1)."""
-    loss = -(target * class_log_probs(logits))
-    if class_weights is not None:
-        loss = loss * class_weights.to(loss.device)
-    return loss.sum(-1).mean()
-
-
-def balanced_soft_weights(target: torch.Tensor) -> torch.Tensor:
-    """Class weights (n_classes,) from soft targets (N, n_classes): total / (n_classes ×
-    class mass), 0 for a class without mass (as ``class_weights: balanced`` for bags)."""
-    mass = target.sum(0)
-    weights = torch.zeros_like(mass)
-    present = mass > 0
-    weights[present] = target.sum() / (int(present.sum()) * mass[present])
-    return weights
 
 
 class EMTrainer:
@@ -416,39 +335,9 @@ class EMTrainer:
         for p in trainable:  # the head is fixed in the E-step
             p.requires_grad_(False)
         model.feature_encoder.train()
-        params = [p for p in model.feature_encoder.parameters() if p.requires_grad]
-        lr = float(em.encoder_lr if em.encoder_lr is not None else cfg.lr)
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
-        amp = AmpScaler(cfg.amp, self.p.runtime.device)
-        optim = Optimization(optimizer, make_scheduler(optimizer, "constant", 1), amp)
-        gen = torch.Generator().manual_seed(bag_seed(cfg.seed, r, -7))
-        batch = min(em.instance_batch, len(x))
-        order = torch.randperm(len(x), generator=gen)
-        pos, total = 0, 0.0
-        last_line = time.monotonic()
+        optim = self._encoder_optimization()
         try:
-            for step in range(em.encoder_steps):
-                if pos + batch > len(order):  # a new pass over the patches
-                    order, pos = torch.randperm(len(x), generator=gen), 0
-                idx = order[pos : pos + batch]
-                pos += batch
-                optim.zero_grad()
-                h = model.encode(x[idx], batch)
-                loss = soft_cross_entropy(
-                    head.instance_logits(h.float()), q[idx].to(h.device), weights
-                )
-                scaled = amp.grad_scaler.scale(loss) if amp.grad_scaler is not None else loss
-                scaled.backward()
-                optim.step()
-                total += float(loss.detach())
-                if time.monotonic() - last_line >= self.p.runtime.log_every_s:
-                    last_line = time.monotonic()
-                    log.info(
-                        "E-step: %d/%d steps, loss so far %.4f",
-                        step + 1,
-                        em.encoder_steps,
-                        total / (step + 1),
-                    )
+            total = self._encoder_steps(r, x, q, weights, optim)
         finally:
             for p in trainable:
                 p.requires_grad_(True)
@@ -456,3 +345,53 @@ class EMTrainer:
         mean = total / em.encoder_steps
         log.info("E-step: encoder fine-tuned, pseudo-label loss %.4f", mean)
         return mean
+
+    def _encoder_optimization(self) -> Optimization:
+        """AdamW over the encoder's trainable parameters (``em.encoder_lr``, else
+        ``training.lr``), a constant schedule and ``training.amp``."""
+        em, cfg, model = self.em, self.cfg, self.model
+        params = [p for p in model.feature_encoder.parameters() if p.requires_grad]
+        lr = float(em.encoder_lr if em.encoder_lr is not None else cfg.lr)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
+        amp = AmpScaler(cfg.amp, self.p.runtime.device)
+        return Optimization(optimizer, make_scheduler(optimizer, "constant", 1), amp)
+
+    def _encoder_steps(
+        self,
+        r: int,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        weights: torch.Tensor | None,
+        optim: Optimization,
+    ) -> float:
+        """``encoder_steps`` steps on minibatches of the patches ``x`` (M, H, W, 3) against the
+        soft targets ``q`` (M, n_classes), in passes of an order seeded by (seed, round ``r``);
+        returns the sum of the steps' losses."""
+        em, model, amp = self.em, self.model, optim.amp
+        head = model.attention_model
+        gen = torch.Generator().manual_seed(bag_seed(self.cfg.seed, r, -7))
+        batch = min(em.instance_batch, len(x))
+        order = torch.randperm(len(x), generator=gen)
+        pos, total = 0, 0.0
+        last_line = time.monotonic()
+        for step in range(em.encoder_steps):
+            if pos + batch > len(order):  # a new pass over the patches
+                order, pos = torch.randperm(len(x), generator=gen), 0
+            idx = order[pos : pos + batch]
+            pos += batch
+            optim.zero_grad()
+            h = model.encode(x[idx], batch)
+            loss = soft_cross_entropy(head.instance_logits(h.float()), q[idx].to(h.device), weights)
+            scaled = amp.grad_scaler.scale(loss) if amp.grad_scaler is not None else loss
+            scaled.backward()
+            optim.step()
+            total += float(loss.detach())
+            if time.monotonic() - last_line >= self.p.runtime.log_every_s:
+                last_line = time.monotonic()
+                log.info(
+                    "E-step: %d/%d steps, loss so far %.4f",
+                    step + 1,
+                    em.encoder_steps,
+                    total / (step + 1),
+                )
+        return total
