@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,23 @@ def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None
             f"slide {slide_id}: patches are at {mpp:g} µm/px but the model was trained at "
             f"{model_mpp:g} µm/px; extract this cohort with preprocessing.patches.mpp: {model_mpp:g}"
         )
+
+
+def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBag | FeatureBag:
+    """The bag of one slide (``row`` of the slides table) for the model of ``ckpt``: checked
+    to hold what the model reads, at its patch size and resolution; a bag without patches is
+    logged (its probabilities will be NaN)."""
+    bag = open_bag(row.store, workers=threads, pin_memory=dev.type == "cuda")
+    _check_kind(row.slide_id, bag, ckpt.get("features"))
+    if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
+        raise GigamilError(
+            f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
+            f"the model was trained on {ckpt['patch_px']} px"
+        )
+    _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
+    if len(bag) == 0:
+        log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
+    return bag
 
 
 def _non_finite_message(
@@ -158,16 +176,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     rows = []
     for i, row in enumerate(slides.itertuples(index=False), start=1):
         t0 = time.monotonic()
-        bag = open_bag(row.store, workers=threads, pin_memory=dev.type == "cuda")
-        _check_kind(row.slide_id, bag, ckpt.get("features"))
-        if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
-            raise GigamilError(
-                f"slide {row.slide_id}: patches are {bag.patch_shape[0]} px but "
-                f"the model was trained on {ckpt['patch_px']} px"
-            )
-        _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
-        if len(bag) == 0:
-            log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
+        bag = _open_slide(row, ckpt, threads, dev)
         prob, att = _predict_bag(
             model, bag, len(classes), max_instances_per_forward_pass, ckpt.get("logit_calibration")
         )
