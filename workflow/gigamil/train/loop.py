@@ -163,23 +163,10 @@ def train_epoch(
         group = order[start : start + group_size]
         optim.zero_grad()
         for idx in group[info.rank :: info.world]:
-            item = items[idx]
-            bag = _training_bag(item, bag_seed(seed, epoch, idx), settings.max_instances)
-            if settings.bag_mixing > 0:
-                bag = mix_negative(bag, idx, items, settings, bag_seed(seed, epoch, idx) + 2)
-            try:
-                out = model.forward_train(
-                    bag,
-                    item.label,
-                    max_instances_per_forward_pass=settings.chunk,
-                    loss_scale=1.0 / len(group),
-                    scaler=optim.amp.grad_scaler,
-                )
-            except GigamilError as exc:
-                raise GigamilError(f"slide {item.slide_id}: {exc}") from exc
-            if not math.isfinite(out.loss):
-                log.warning("non-finite loss on slide %s", item.slide_id)
-            loss_sum += out.loss
+            loss = _bag_step(
+                model, items, idx, bag_seed(seed, epoch, idx), settings, optim, len(group)
+            )
+            loss_sum += loss
             count += 1
             done = min(done + info.world, len(order))
             progress.update(done, loss_sum / count)
@@ -189,6 +176,37 @@ def train_epoch(
             ema.update_parameters(model)
     loss_sum, count = all_reduce_sum([loss_sum, float(count)], info, model.device)
     return loss_sum / max(count, 1.0)
+
+
+def _bag_step(
+    model: MILModel,
+    items: Sequence[BagItem],
+    idx: int,
+    seed: int,
+    settings: EpochSettings,
+    optim: Optimization,
+    group_size: int,
+) -> float:
+    """Forward and backward pass of bag ``idx`` (seeded by ``seed``: augmentation,
+    subsampling, bag mixing with ``seed + 2``), its gradients scaled by 1 / ``group_size`` and
+    accumulated; returns its loss (a non-finite loss is logged)."""
+    item = items[idx]
+    bag = _training_bag(item, seed, settings.max_instances)
+    if settings.bag_mixing > 0:
+        bag = mix_negative(bag, idx, items, settings, seed + 2)
+    try:
+        out = model.forward_train(
+            bag,
+            item.label,
+            max_instances_per_forward_pass=settings.chunk,
+            loss_scale=1.0 / group_size,
+            scaler=optim.amp.grad_scaler,
+        )
+    except GigamilError as exc:
+        raise GigamilError(f"slide {item.slide_id}: {exc}") from exc
+    if not math.isfinite(out.loss):
+        log.warning("non-finite loss on slide %s", item.slide_id)
+    return out.loss
 
 
 def _training_bag(item: BagItem, seed: int, max_instances: int | None) -> ZarrBag:
