@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from gigamil.viz.geojson import box_regions, mask_polygons, tissue_features, top_region_features
-from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, mask_downsample
+from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
 
 QUPATH_OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tmaCore"}
 
@@ -270,14 +270,6 @@ def test_annotations_without_a_mask_or_patches(grid_slide, tmp_path):
     assert region["geometry"]["coordinates"] == [
         [[8 * p, 6 * p], [5 * p, 6 * p], [5 * p, 5 * p], [8 * p, 5 * p], [8 * p, 6 * p]]
     ]
-
-
-def test_mask_downsample_from_the_store_or_the_mask_sidecar(tmp_path):
-    assert mask_downsample((50, 100), {"slide_dimensions": [1000, 600]}) == (10.0, 12.0)
-    mask = tmp_path / "m.png"
-    assert mask_downsample((50, 100), {}, mask) is None
-    mask.with_suffix(".json").write_text(json.dumps({"slide_dimensions": [400, 200]}))
-    assert mask_downsample((50, 100), {}, mask) == (4.0, 4.0)
 
 
 def test_cli_heatmap_writes_annotations_with_the_tissue_mask(grid_slide, tmp_path):

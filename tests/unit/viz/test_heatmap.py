@@ -10,52 +10,8 @@ import pytest
 from PIL import Image
 
 from gigamil.errors import GigamilError
-from gigamil.viz.heatmap import (
-    HeatmapStyle,
-    attention_canvas,
-    make_heatmap,
-    normalize_attention,
-    render_gallery,
-    scale_attention,
-    weight_name,
-)
+from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
 from gigamil.viz.slide_info import SlidePrediction
-
-
-def test_normalizations():
-    att = np.array([0.1, 0.4, 0.4, 5.0])
-    np.testing.assert_allclose(normalize_attention(att, "rank"), [0.25, 0.625, 0.625, 1.0])
-    np.testing.assert_allclose(normalize_attention(att, "minmax"), (att - 0.1) / 4.9)
-    pct = normalize_attention(np.r_[np.linspace(0, 1, 999), 1000.0], "percentile")
-    assert pct.min() == 0.0 and pct.max() == 1.0 and pct[500] > 0.45  # the outlier is clipped
-    np.testing.assert_allclose(normalize_attention(np.ones(3), "minmax"), 0.5)
-    with pytest.raises(GigamilError, match="heatmaps.normalize"):
-        normalize_attention(att, "zscore")
-
-
-def test_one_hot_attention_lights_the_right_cell_on_the_canvas(grid_slide):
-    grid = np.array([(r, c) for r in range(grid_slide.rows) for c in range(grid_slide.cols)])
-    coords = grid[:, ::-1] * grid_slide.patch
-    hot = 19  # row 2, col 3
-    att = np.zeros(len(grid))
-    att[hot] = 1.0
-    scale = 0.25  # 16 thumbnail px per patch
-    canvas = attention_canvas(
-        coords, grid_slide.patch, att, scale, (grid_slide.rows * 16 + 5, grid_slide.cols * 16 + 7)
-    )
-    r, c = grid[hot]
-    assert np.all(canvas[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] == 1.0)
-    lit = np.argwhere(canvas == 1.0)
-    assert lit.min(axis=0).tolist() == [r * 16, c * 16]
-    assert lit.max(axis=0).tolist() == [r * 16 + 15, c * 16 + 15]
-    assert np.isnan(canvas[grid_slide.rows * 16 :, :]).all()  # outside the patches: nothing
-
-
-def test_overlapping_patches_are_averaged():
-    coords = np.array([[0, 0], [32, 0]])  # half-overlapping 64-px patches
-    canvas = attention_canvas(coords, 64, np.array([1.0, 0.0]), 1.0, (64, 96))
-    assert canvas[10, 10] == 1.0 and canvas[10, 80] == 0.0
-    assert canvas[10, 40] == pytest.approx(0.5)
 
 
 def test_make_heatmap_outputs_and_one_hot_overlay(grid_slide, tmp_path):
@@ -223,28 +179,6 @@ def test_honest_default_scale_draws_a_confident_normal_slide_cooler(grid_slide, 
     np.testing.assert_array_equal(same[0], same[1])
 
 
-def test_scales_state_their_meaning():
-    att = np.array([0.25, 0.25, 0.25, 0.25])
-    rel = scale_attention(att, "relative")
-    np.testing.assert_allclose(rel.values, 0.5)  # uniform = 1 = the middle of 0.01..100
-    assert rel.tick_labels[rel.ticks.index(0.5)] == "1" and "uniform" in rel.label
-    peaked = scale_attention(np.array([0.97, 0.01, 0.01, 0.01]), "relative").values
-    assert peaked[0] == pytest.approx((np.log10(3.88) + 2) / 4) and peaked[1] < 0.5
-    prob = scale_attention(np.array([0.5, 0.25, 0.25]), probability=0.8, positive="tumour")
-    np.testing.assert_allclose(prob.values, [0.8, 0.4, 0.4])
-    assert prob.label.startswith("P(tumour) × attention")
-    assert "not comparable" in scale_attention(att, "rank").label
-    with pytest.raises(GigamilError, match="needs the slide's predicted probability"):
-        scale_attention(att, "probability")
-    # model.pool: instance saves patch probabilities (their share of the slide's sum)
-    weight = weight_name("instance")
-    assert weight == "patch probability" and weight_name("smabmil") == "attention"
-    inst = scale_attention(att, probability=0.8, positive="tumour", weight=weight)
-    assert inst.label == "P(tumour) × patch probability / slide's top patch probability"
-    assert "attention" not in scale_attention(att, "relative", weight=weight).label
-    assert scale_attention(att, "rank", weight=weight).label.startswith("patch probability rank")
-
-
 def test_titles_carry_label_prediction_probability_and_models(grid_slide, tmp_path):
     store = tmp_path / "s8.zarr"
     coords, _ = grid_slide.write(store)
@@ -285,36 +219,6 @@ def test_overlay_is_drawn_pixel_for_pixel_without_seams(grid_slide, tmp_path):
         scale = thumb_px / (grid_slide.cols * grid_slide.patch + 40)
         assert box.shape[1] == round(grid_slide.cols * grid_slide.patch * scale)
         assert box.shape[0] == round(grid_slide.rows * grid_slide.patch * scale)
-
-
-@pytest.mark.parametrize(("side", "thumb_px"), [(443.2, 333), (1000 / 3, 400), (300.4, 800)])
-def test_resampled_patches_leave_no_seam_on_the_canvas(side, thumb_px):
-    """Patches of a non-integer level-0 side (resampled to the target µm/px) at whole-pixel
-    coords: the canvas has no uncovered row or column between patch rows."""
-    rows, cols = 6, 8
-    grid = np.array([(r, c) for r in range(rows) for c in range(cols)])
-    coords = np.round(grid[:, ::-1] * side).astype(np.int64)
-    w0, h0 = round(cols * side) + 40, round(rows * side) + 24
-    scale = thumb_px / max(w0, h0)
-    canvas = attention_canvas(
-        coords, side, np.ones(len(coords)), scale, (round(h0 * scale), round(w0 * scale))
-    )
-    covered = np.isfinite(canvas)
-    ys, xs = np.nonzero(covered)
-    assert covered[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
-
-
-def test_gallery_captions_do_not_cover_the_patches(tmp_path):
-    k, px = 4, 8
-    patches = np.zeros((2 * k, px, px, 3), np.uint8)
-    patches[:] = (0, 200, 0)
-    png = tmp_path / "g.png"
-    captions = [f"#{i + 1}" for i in range(k)] + [f"-#{i + 1}" for i in range(k)]
-    render_gallery(patches, np.linspace(0.5, 0.001, 2 * k), captions, png, "t", n_patches=50)
-    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
-    green = (img == (0, 200, 0)).all(axis=-1)
-    up = int(np.ceil(96 / px))
-    assert green.sum() == 2 * k * (px * up) ** 2  # every patch pixel, untouched by any text
 
 
 def test_thumbnail_from_the_store_source_path(write_store, row_major_grid, tmp_path):
@@ -359,22 +263,6 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     assert "c / s11" in title and "P(lesion) = 0.9" in title and "1 fold model (fold 2)" in title
     assert main([*args, "--normalize", "probability"]) == 2  # needs --predictions
     assert "needs --predictions" in capsys.readouterr().err
-
-
-def test_scale_names_agree_in_schema_cli_and_package():
-    import argparse
-
-    from gigamil.commands import heatmap as cmd
-    from gigamil.settings import schema_section
-    from gigamil.viz.heatmap import DEFAULT_SCALE, SCALES
-
-    node = schema_section(("heatmaps",))["properties"]["normalize"]
-    assert tuple(node["enum"]) == SCALES and node["default"] == DEFAULT_SCALE
-    parser = argparse.ArgumentParser()
-    cmd.add_arguments(parser)
-    (action,) = [a for a in parser._actions if a.dest == "normalize"]
-    assert tuple(action.choices) == SCALES
-    assert HeatmapStyle().normalize == DEFAULT_SCALE
 
 
 def test_heatmap_style_refuses_an_opacity_outside_0_1():

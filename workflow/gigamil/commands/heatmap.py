@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--normalize",
-        choices=["probability", "relative", "rank", "percentile", "minmax"],  # viz.heatmap.SCALES
+        choices=["probability", "relative", "rank", "percentile", "minmax"],  # viz.scales.SCALES
         default=None,
         help="colour scale (default: probability with --predictions, else relative)",
     )

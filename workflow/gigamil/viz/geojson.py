@@ -46,7 +46,7 @@ def patches_geojson(
         coords: (N, 2) level-0 x, y of each patch's top-left corner.
         patch_size_level0: patch side in level-0 pixels.
         attention: (N,) raw attention; normalized: (N,) its colour-scale value in [0, 1]
-            (:func:`gigamil.viz.heatmap.scale_attention`).
+            (:func:`gigamil.viz.scales.scale_attention`).
     """
     features = []
     for i in range(coords.shape[0]):

@@ -1,0 +1,50 @@
+"""The attention canvas: values on the right thumbnail pixels, overlaps averaged, no seams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gigamil.viz.canvas import attention_canvas
+
+
+def test_one_hot_attention_lights_the_right_cell_on_the_canvas(grid_slide):
+    grid = np.array([(r, c) for r in range(grid_slide.rows) for c in range(grid_slide.cols)])
+    coords = grid[:, ::-1] * grid_slide.patch
+    hot = 19  # row 2, col 3
+    att = np.zeros(len(grid))
+    att[hot] = 1.0
+    scale = 0.25  # 16 thumbnail px per patch
+    canvas = attention_canvas(
+        coords, grid_slide.patch, att, scale, (grid_slide.rows * 16 + 5, grid_slide.cols * 16 + 7)
+    )
+    r, c = grid[hot]
+    assert np.all(canvas[r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16] == 1.0)
+    lit = np.argwhere(canvas == 1.0)
+    assert lit.min(axis=0).tolist() == [r * 16, c * 16]
+    assert lit.max(axis=0).tolist() == [r * 16 + 15, c * 16 + 15]
+    assert np.isnan(canvas[grid_slide.rows * 16 :, :]).all()  # outside the patches: nothing
+
+
+def test_overlapping_patches_are_averaged():
+    coords = np.array([[0, 0], [32, 0]])  # half-overlapping 64-px patches
+    canvas = attention_canvas(coords, 64, np.array([1.0, 0.0]), 1.0, (64, 96))
+    assert canvas[10, 10] == 1.0 and canvas[10, 80] == 0.0
+    assert canvas[10, 40] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("side", "thumb_px"), [(443.2, 333), (1000 / 3, 400), (300.4, 800)])
+def test_resampled_patches_leave_no_seam_on_the_canvas(side, thumb_px):
+    """Patches of a non-integer level-0 side (resampled to the target µm/px) at whole-pixel
+    coords: the canvas has no uncovered row or column between patch rows."""
+    rows, cols = 6, 8
+    grid = np.array([(r, c) for r in range(rows) for c in range(cols)])
+    coords = np.round(grid[:, ::-1] * side).astype(np.int64)
+    w0, h0 = round(cols * side) + 40, round(rows * side) + 24
+    scale = thumb_px / max(w0, h0)
+    canvas = attention_canvas(
+        coords, side, np.ones(len(coords)), scale, (round(h0 * scale), round(w0 * scale))
+    )
+    covered = np.isfinite(canvas)
+    ys, xs = np.nonzero(covered)
+    assert covered[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()

@@ -1,0 +1,59 @@
+"""Colour scales: per-slide normalisations, the scales that compare across slides, their names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gigamil.errors import GigamilError
+from gigamil.viz.heatmap import HeatmapStyle, weight_name
+from gigamil.viz.scales import normalize_attention, scale_attention
+
+
+def test_normalizations():
+    att = np.array([0.1, 0.4, 0.4, 5.0])
+    np.testing.assert_allclose(normalize_attention(att, "rank"), [0.25, 0.625, 0.625, 1.0])
+    np.testing.assert_allclose(normalize_attention(att, "minmax"), (att - 0.1) / 4.9)
+    pct = normalize_attention(np.r_[np.linspace(0, 1, 999), 1000.0], "percentile")
+    assert pct.min() == 0.0 and pct.max() == 1.0 and pct[500] > 0.45  # the outlier is clipped
+    np.testing.assert_allclose(normalize_attention(np.ones(3), "minmax"), 0.5)
+    with pytest.raises(GigamilError, match="heatmaps.normalize"):
+        normalize_attention(att, "zscore")
+
+
+def test_scales_state_their_meaning():
+    att = np.array([0.25, 0.25, 0.25, 0.25])
+    rel = scale_attention(att, "relative")
+    np.testing.assert_allclose(rel.values, 0.5)  # uniform = 1 = the middle of 0.01..100
+    assert rel.tick_labels[rel.ticks.index(0.5)] == "1" and "uniform" in rel.label
+    peaked = scale_attention(np.array([0.97, 0.01, 0.01, 0.01]), "relative").values
+    assert peaked[0] == pytest.approx((np.log10(3.88) + 2) / 4) and peaked[1] < 0.5
+    prob = scale_attention(np.array([0.5, 0.25, 0.25]), probability=0.8, positive="tumour")
+    np.testing.assert_allclose(prob.values, [0.8, 0.4, 0.4])
+    assert prob.label.startswith("P(tumour) × attention")
+    assert "not comparable" in scale_attention(att, "rank").label
+    with pytest.raises(GigamilError, match="needs the slide's predicted probability"):
+        scale_attention(att, "probability")
+    # model.pool: instance saves patch probabilities (their share of the slide's sum)
+    weight = weight_name("instance")
+    assert weight == "patch probability" and weight_name("smabmil") == "attention"
+    inst = scale_attention(att, probability=0.8, positive="tumour", weight=weight)
+    assert inst.label == "P(tumour) × patch probability / slide's top patch probability"
+    assert "attention" not in scale_attention(att, "relative", weight=weight).label
+    assert scale_attention(att, "rank", weight=weight).label.startswith("patch probability rank")
+
+
+def test_scale_names_agree_in_schema_cli_and_package():
+    import argparse
+
+    from gigamil.commands import heatmap as cmd
+    from gigamil.settings import schema_section
+    from gigamil.viz.scales import DEFAULT_SCALE, SCALES
+
+    node = schema_section(("heatmaps",))["properties"]["normalize"]
+    assert tuple(node["enum"]) == SCALES and node["default"] == DEFAULT_SCALE
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    (action,) = [a for a in parser._actions if a.dest == "normalize"]
+    assert tuple(action.choices) == SCALES
+    assert HeatmapStyle().normalize == DEFAULT_SCALE

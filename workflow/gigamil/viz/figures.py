@@ -1,0 +1,162 @@
+"""The heatmap's matplotlib images: overlay.png (the blended thumbnail, title and colour bar)
+and gallery.png (the top-k and bottom-k patches with their captions), drawn 1:1 in pixels.
+
+Both carry their title in the PNG's ``Title`` metadata too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gigamil.viz.canvas import _colormap, composite_overlay
+from gigamil.viz.scales import ColourScale
+
+DPI = 100
+MIN_FIGURE_PX = 620  # room for the title's second line
+
+
+def _figure(width_px: int, height_px: int) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI)
+
+
+def _pixel_axes(fig: Any, x: int, y_top: int, w: int, h: int, fig_w: int, fig_h: int) -> Any:
+    """Axes at whole pixels (x, y from the top-left), so an image of w x h px is drawn 1:1."""
+    ax = fig.add_axes((x / fig_w, 1.0 - (y_top + h) / fig_h, w / fig_w, h / fig_h))
+    ax.set_axis_off()
+    return ax
+
+
+def _title_px(title: str) -> int:
+    """Height of the title band: 16 px per line at 9 pt, plus margins."""
+    return 10 + 16 * (title.count("\n") + 1)
+
+
+def render_overlay(
+    thumb: np.ndarray,
+    canvas: np.ndarray,
+    path: str | Path,
+    title: str,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    tissue: np.ndarray | None = None,
+    scale: ColourScale | None = None,
+) -> None:
+    """Save the thumbnail with the coloured canvas on top (NaN = transparent), 1:1 in pixels,
+    the title above and a colour bar on the right labelled with what the colour means
+    (``scale``'s label and ticks; None: "attention" on 0..1)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    image = composite_overlay(thumb, canvas, cmap, alpha, tissue)
+    h, w = image.shape[:2]
+    bar_px = 110  # colour bar, its ticks and its two-line label
+    fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
+    top = _title_px(title)
+    fig_h = h + top + 16
+    fig = _figure(fig_w, fig_h)
+    left = max(10, (fig_w - bar_px - w) // 2)
+    ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
+    ax.imshow(image, interpolation="nearest")
+    fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
+    cax = fig.add_axes(
+        ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
+    )
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), _colormap(cmap)), cax=cax)
+    label = scale.label if scale is not None else "attention"
+    bar.set_label(_wrap(label, max(24, h // 6)), fontsize=7)
+    if scale is not None:
+        bar.set_ticks(list(scale.ticks), labels=list(scale.tick_labels))
+    bar.ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width)) or text
+
+
+CAPTION_PX = 26  # two caption lines under each gallery patch
+
+
+def render_gallery(
+    patches: np.ndarray,
+    values: np.ndarray,
+    ranks: Sequence[str],
+    path: str | Path,
+    title: str,
+    n_patches: int | None = None,
+) -> None:
+    """Save a 2-row gallery: the top-k (first row) and bottom-k patches with their attention.
+
+    The patches are tiled into one mosaic image drawn 1:1 in pixels (one matplotlib image, fast
+    for any k); each patch's caption (rank, attention weight ``a`` and, given ``n_patches``, the
+    weight relative to uniform ``×N``) is written in a white strip under it, never over it.
+
+    Args:
+        patches: (2k, H, W, 3) uint8, the top k then the bottom k.
+        values: (2k,) attention of each.
+        ranks: (2k,) captions.
+        n_patches: N, the slide's number of patches (for ``×N``).
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(patches)
+    k = max(1, int(np.ceil(n / 2)))
+    ph, pw = (patches.shape[1], patches.shape[2]) if n else (32, 32)
+    up = max(1, int(np.ceil(96 / max(ph, pw))))  # small patches are enlarged (nearest)
+    cell_h, cell_w, pad = ph * up, pw * up, 6
+    row_h = cell_h + CAPTION_PX + pad
+    mosaic = np.full((2 * row_h + pad, k * (cell_w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, k)
+        y, x = pad + r * row_h, pad + c * (cell_w + pad)
+        mosaic[y : y + cell_h, x : x + cell_w] = np.repeat(np.repeat(patches[i], up, 0), up, 1)
+    mh, mw = mosaic.shape[:2]
+    margin = 26  # the "top" / "bottom" row names
+    fig_w = max(mw + margin + 10, MIN_FIGURE_PX)
+    top = _title_px(title)
+    fig_h = mh + top + 4
+    fig = _figure(fig_w, fig_h)
+    left = max(margin, (fig_w - mw) // 2)
+    ax = _pixel_axes(fig, left, top, mw, mh, fig_w, fig_h)
+    ax.imshow(mosaic, interpolation="nearest")
+    for i in range(n):
+        r, c = divmod(i, k)
+        caption = f"{ranks[i]}  a={values[i]:.3g}"
+        if n_patches:
+            caption += f"\n×N = {values[i] * n_patches:.3g}"
+        ax.text(
+            pad + c * (cell_w + pad),
+            pad + r * row_h + cell_h + 2,
+            caption,
+            fontsize=6.5,
+            va="top",
+            ha="left",
+            color="black",
+            linespacing=1.1,
+        )
+    for r, name in enumerate(("top", "bottom")):
+        ax.text(
+            -4,
+            pad + r * row_h + cell_h / 2,
+            name,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=8,
+        )
+    fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
+    fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
+    plt.close(fig)
