@@ -7,6 +7,7 @@ Both carry their title in the PNG's ``Title`` metadata too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,86 @@ def _wrap(text: str, width: int) -> str:
 
 
 CAPTION_PX = 26  # two caption lines under each gallery patch
+GALLERY_PAD = 6  # white px around the gallery's cells
+
+
+@dataclass(frozen=True)
+class _GalleryGrid:
+    """The gallery's layout: ``k`` cells per row of ``cell_h`` x ``cell_w`` px (the patches
+    enlarged ``up`` times), each with its caption strip below; cells GALLERY_PAD px apart."""
+
+    k: int
+    up: int
+    cell_h: int
+    cell_w: int
+
+    @classmethod
+    def of(cls, patches: np.ndarray) -> _GalleryGrid:
+        """The layout of 2 rows of ``patches`` (2k, H, W, 3) (32 x 32 cells if there are none)."""
+        n = len(patches)
+        k = max(1, int(np.ceil(n / 2)))
+        ph, pw = (patches.shape[1], patches.shape[2]) if n else (32, 32)
+        up = max(1, int(np.ceil(96 / max(ph, pw))))  # small patches are enlarged (nearest)
+        return cls(k, up, ph * up, pw * up)
+
+    @property
+    def row_h(self) -> int:
+        """Height of a row: cell, caption strip and padding."""
+        return self.cell_h + CAPTION_PX + GALLERY_PAD
+
+    def corner(self, i: int) -> tuple[int, int]:
+        """(y, x) of the top-left corner of cell ``i`` in the mosaic."""
+        r, c = divmod(i, self.k)
+        return GALLERY_PAD + r * self.row_h, GALLERY_PAD + c * (self.cell_w + GALLERY_PAD)
+
+
+def _gallery_mosaic(patches: np.ndarray, grid: _GalleryGrid) -> np.ndarray:
+    """The patches tiled on white, enlarged ``grid.up`` times: uint8 (2 row_h + pad, W, 3)."""
+    pad = GALLERY_PAD
+    mosaic = np.full((2 * grid.row_h + pad, grid.k * (grid.cell_w + pad) + pad, 3), 255, np.uint8)
+    for i in range(len(patches)):
+        y, x = grid.corner(i)
+        mosaic[y : y + grid.cell_h, x : x + grid.cell_w] = np.repeat(
+            np.repeat(patches[i], grid.up, 0), grid.up, 1
+        )
+    return mosaic
+
+
+def _gallery_captions(
+    ax: Any,
+    grid: _GalleryGrid,
+    n: int,
+    values: np.ndarray,
+    ranks: Sequence[str],
+    n_patches: int | None,
+) -> None:
+    """The captions of the ``n`` patches, each in the strip under it; the rows' names ("top",
+    "bottom") on their left."""
+    for i in range(n):
+        y, x = grid.corner(i)
+        caption = f"{ranks[i]}  a={values[i]:.3g}"
+        if n_patches:
+            caption += f"\n×N = {values[i] * n_patches:.3g}"
+        ax.text(
+            x,
+            y + grid.cell_h + 2,
+            caption,
+            fontsize=6.5,
+            va="top",
+            ha="left",
+            color="black",
+            linespacing=1.1,
+        )
+    for r, name in enumerate(("top", "bottom")):
+        ax.text(
+            -4,
+            GALLERY_PAD + r * grid.row_h + grid.cell_h / 2,
+            name,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=8,
+        )
 
 
 def render_gallery(
@@ -112,17 +193,8 @@ def render_gallery(
     """
     import matplotlib.pyplot as plt
 
-    n = len(patches)
-    k = max(1, int(np.ceil(n / 2)))
-    ph, pw = (patches.shape[1], patches.shape[2]) if n else (32, 32)
-    up = max(1, int(np.ceil(96 / max(ph, pw))))  # small patches are enlarged (nearest)
-    cell_h, cell_w, pad = ph * up, pw * up, 6
-    row_h = cell_h + CAPTION_PX + pad
-    mosaic = np.full((2 * row_h + pad, k * (cell_w + pad) + pad, 3), 255, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, k)
-        y, x = pad + r * row_h, pad + c * (cell_w + pad)
-        mosaic[y : y + cell_h, x : x + cell_w] = np.repeat(np.repeat(patches[i], up, 0), up, 1)
+    grid = _GalleryGrid.of(patches)
+    mosaic = _gallery_mosaic(patches, grid)
     mh, mw = mosaic.shape[:2]
     margin = 26  # the "top" / "bottom" row names
     fig_w = max(mw + margin + 10, MIN_FIGURE_PX)
@@ -132,31 +204,7 @@ def render_gallery(
     left = max(margin, (fig_w - mw) // 2)
     ax = _pixel_axes(fig, left, top, mw, mh, fig_w, fig_h)
     ax.imshow(mosaic, interpolation="nearest")
-    for i in range(n):
-        r, c = divmod(i, k)
-        caption = f"{ranks[i]}  a={values[i]:.3g}"
-        if n_patches:
-            caption += f"\n×N = {values[i] * n_patches:.3g}"
-        ax.text(
-            pad + c * (cell_w + pad),
-            pad + r * row_h + cell_h + 2,
-            caption,
-            fontsize=6.5,
-            va="top",
-            ha="left",
-            color="black",
-            linespacing=1.1,
-        )
-    for r, name in enumerate(("top", "bottom")):
-        ax.text(
-            -4,
-            pad + r * row_h + cell_h / 2,
-            name,
-            rotation=90,
-            va="center",
-            ha="right",
-            fontsize=8,
-        )
+    _gallery_captions(ax, grid, len(patches), values, ranks, n_patches)
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)

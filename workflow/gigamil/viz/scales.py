@@ -97,21 +97,34 @@ def scale_attention(
         }[method]
         return ColourScale(normalize_attention(att, method), label)
     if method == "relative":
-        lo, hi = np.log10(RELATIVE_RANGE)
-        with np.errstate(divide="ignore"):
-            rel = np.log10(np.maximum(att * att.size, 1e-300))
-        values = np.clip((rel - lo) / (hi - lo), 0.0, 1.0)
-        exps = np.arange(int(lo), int(hi) + 1)
-        labels = [f"{10.0**e:g}" for e in exps]
-        labels[0], labels[-1] = f"≤{labels[0]}", f"≥{labels[-1]}"
-        return ColourScale(
-            values,
-            f"{weight} share × N (1 = uniform; log scale)"
-            if weight != "attention"
-            else "attention × N (1 = uniform; log scale)",
-            tuple(float((e - lo) / (hi - lo)) for e in exps),
-            tuple(labels),
-        )
+        return _relative_scale(att, weight)
+    return _probability_scale(att, probability, positive, weight)
+
+
+def _relative_scale(att: np.ndarray, weight: str) -> ColourScale:
+    """``relative``: N x ``att`` (N,) on a log10 scale over RELATIVE_RANGE, clipped to it."""
+    lo, hi = np.log10(RELATIVE_RANGE)
+    with np.errstate(divide="ignore"):
+        rel = np.log10(np.maximum(att * att.size, 1e-300))
+    values = np.clip((rel - lo) / (hi - lo), 0.0, 1.0)
+    exps = np.arange(int(lo), int(hi) + 1)
+    labels = [f"{10.0**e:g}" for e in exps]
+    labels[0], labels[-1] = f"≤{labels[0]}", f"≥{labels[-1]}"
+    return ColourScale(
+        values,
+        f"{weight} share × N (1 = uniform; log scale)"
+        if weight != "attention"
+        else "attention × N (1 = uniform; log scale)",
+        tuple(float((e - lo) / (hi - lo)) for e in exps),
+        tuple(labels),
+    )
+
+
+def _probability_scale(
+    att: np.ndarray, probability: float | None, positive: str, weight: str
+) -> ColourScale:
+    """``probability``: ``probability`` x ``att`` (N,) / its largest value; GigamilError
+    without a finite probability in [0, 1]."""
     if probability is None or not np.isfinite(probability):
         raise GigamilError(
             "heatmaps.normalize: probability needs the slide's predicted probability "
