@@ -1,6 +1,6 @@
 """Snakemake script of rule predict_fold: gigamil.train.predict.predict_slides for one fold model on
 one cohort (its test slides for a train cohort, every slide of an external or predict cohort); the CSV is
-written once, with the fold, by gigamil.evaluate.aggregate.write_fold_predictions."""
+written once, with the fold, by gigamil.evaluate.predictions.write_fold_predictions."""
 
 from gigamil.logutil import setup_script_logging
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gigamil import layout
 from gigamil.config import ROLE_PREDICT
-from gigamil.evaluate.aggregate import write_fold_predictions
+from gigamil.evaluate.predictions import write_fold_predictions
 from gigamil.folds import fold_slides, read_folds
 from gigamil.sheets import load_sheet
 from gigamil.train.predict import predict_slides

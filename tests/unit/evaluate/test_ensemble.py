@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.aggregate import aggregate_cv, oof_predictions
+from gigamil.evaluate.aggregate import aggregate_cv
 from gigamil.evaluate.ensemble import (
     ensemble_cohort,
     has_labels,
@@ -19,6 +19,7 @@ from gigamil.evaluate.ensemble import (
     prediction_labels,
 )
 from gigamil.evaluate.localization import mean_attention, slide_localization
+from gigamil.evaluate.predictions import oof_predictions
 from gigamil.folds import write_folds
 from gigamil.splits import make_folds
 

@@ -245,7 +245,7 @@ def test_thumbnail_from_the_store_source_path(write_store, row_major_grid, tmp_p
 
 def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path, capsys):
     from gigamil.cli import main
-    from gigamil.evaluate.aggregate import write_fold_predictions
+    from gigamil.evaluate.predictions import write_fold_predictions
 
     store = tmp_path / "s11.zarr"
     coords, _ = grid_slide.write(store)

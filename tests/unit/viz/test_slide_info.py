@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.aggregate import write_fold_predictions
+from gigamil.evaluate.predictions import write_fold_predictions
 from gigamil.viz.slide_info import SlidePrediction, read_slide_prediction
 
 

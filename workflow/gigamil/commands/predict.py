@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gigamil.commands.train import read_slides_csv
-    from gigamil.evaluate.aggregate import write_fold_predictions
+    from gigamil.evaluate.predictions import write_fold_predictions
     from gigamil.train.predict import predict_slides
 
     preds = predict_slides(

@@ -28,17 +28,14 @@ import pandas as pd
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import (
     add_localization_columns,
-    html_page,
     localization_block,
     metrics_table,
     pooled_metrics,
-    read_predictions,
-    split_unpredicted,
     summary_block,
-    write_json,
-    write_metrics_html,
 )
 from gigamil.evaluate.localization import cohort_localization
+from gigamil.evaluate.predictions import read_predictions, split_unpredicted
+from gigamil.evaluate.tables import html_page, write_json, write_metrics_html
 
 log = logging.getLogger(__name__)
 

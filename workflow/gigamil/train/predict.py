@@ -125,7 +125,7 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     ``threads``: torch's CPU threads and the threads decoding patch chunks (ahead of the model;
     on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
-    :func:`gigamil.evaluate.aggregate.write_fold_predictions`). Writes
+    :func:`gigamil.evaluate.predictions.write_fold_predictions`). Writes
     ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
     a feature store has the rows of its patch store). ``slides.store`` is a patch store, or a
     feature store of the encoder of a model trained on cached features. A slide without patches gets NaN probabilities, an empty ``pred`` and an

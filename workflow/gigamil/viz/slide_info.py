@@ -85,8 +85,8 @@ def read_slide_prediction(
     Raises:
         GigamilError: no CSV, or none holds the slide.
     """
-    from gigamil.evaluate.aggregate import read_predictions
     from gigamil.evaluate.ensemble import mean_probabilities
+    from gigamil.evaluate.predictions import read_predictions
 
     if not pred_csvs:
         raise GigamilError(f"slide {slide_id}: no prediction files given")

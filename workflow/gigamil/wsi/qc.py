@@ -102,7 +102,7 @@ def qc_labels(mask_json: str | Path) -> dict[str, str]:
 def write_qc_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
     """The QC table as a small standalone HTML page (the Snakemake report shows it inline):
     one row per slide, numbers rounded, slides with warnings highlighted."""
-    from gigamil.evaluate.aggregate import html_page
+    from gigamil.evaluate.tables import html_page
 
     digits = {"slide_mpp": 4, "target_mpp": 4, "effective_mpp": 4, "tissue_fraction": 3}
     digits |= {"mask_seconds": 1, "extract_seconds": 1}

@@ -1,0 +1,33 @@
+"""The fold models' prediction CSVs: written with ``fold`` after the ids, read back as written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate.predictions import PRED_ID_COLUMNS, read_predictions, write_fold_predictions
+
+
+def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
+    preds = pd.DataFrame(
+        {
+            "slide_id": ["s1", "s2"],
+            "patient_id": ["p1", "p2"],
+            "cohort": ["c", "c"],
+            "label": ["a", "b"],
+            "prob_a": [0.7, np.nan],
+            "prob_b": [0.3, np.nan],
+            "pred": ["a", ""],
+        }
+    )
+    path = tmp_path / "sub" / "preds.csv"
+    out = write_fold_predictions(preds, 3, path)
+    assert list(out.columns) == [*PRED_ID_COLUMNS, "fold", "prob_a", "prob_b", "pred"]
+    back = read_predictions([path], ["a", "b"])
+    assert back["fold"].tolist() == [3, 3] and back["pred"].tolist() == ["a", ""]
+    assert np.isnan(back.loc[1, "prob_a"]) and back.loc[0, "prob_a"] == 0.7
+    assert "fold" not in preds.columns
+    with pytest.raises(GigamilError, match="lack column"):
+        write_fold_predictions(preds.drop(columns="label"), 0, path)

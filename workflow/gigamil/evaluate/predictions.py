@@ -1,0 +1,158 @@
+"""The fold models' prediction CSVs (``results/predictions/{experiment}/fold{k}/{cohort}.csv``):
+writing them, reading and checking them (a damaged or hand-edited row is an error, not data),
+leaving out slides without patches, and the out-of-fold selection with its leakage checks.
+
+A file holds the id columns :data:`PRED_ID_COLUMNS`, ``fold``, ``prob_<class>``... and ``pred``;
+a slide without patches has empty probabilities and an empty ``pred``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+
+log = logging.getLogger(__name__)
+
+PRED_ID_COLUMNS = ["slide_id", "patient_id", "cohort", "label"]
+
+
+def write_fold_predictions(preds: pd.DataFrame, fold: int, path: str | Path) -> pd.DataFrame:
+    """Write one fold model's predictions (``predict_slides``'s table) as the CSV rule
+    predict_fold declares: the id columns, ``fold``, ``prob_<class>``..., ``pred``.
+
+    Returns the table written.
+    """
+    missing = [c for c in PRED_ID_COLUMNS if c not in preds.columns]
+    if missing:
+        raise GigamilError(f"predictions lack column(s) {', '.join(missing)}")
+    out = preds.drop(columns=["fold"], errors="ignore")
+    out.insert(len(PRED_ID_COLUMNS), "fold", int(fold))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return out
+
+
+def read_predictions(paths: Sequence[str | Path], classes: Sequence[str]) -> pd.DataFrame:
+    """Concatenate prediction CSVs (string ids, int ``fold``) and check their columns."""
+    frames = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise GigamilError(f"{path}: prediction file not found")
+        df = pd.read_csv(
+            path,
+            dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
+            keep_default_na=False,
+            na_values={f"prob_{c}": ["", "nan", "NaN"] for c in classes},
+        )
+        need = PRED_ID_COLUMNS + ["fold"] + [f"prob_{c}" for c in classes]
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise GigamilError(f"{path}: missing column(s) {', '.join(missing)}")
+        _check_prediction_rows(df, path, classes)
+        frames.append(df)
+    if not frames:
+        raise GigamilError("no prediction files given")
+    out = pd.concat(frames, ignore_index=True)
+    out["fold"] = out["fold"].astype(int)
+    return out
+
+
+PROB_SUM_TOLERANCE = 1e-3  # the files hold full float precision; this allows rounded copies
+
+
+def _check_prediction_rows(df: pd.DataFrame, path: Path, classes: Sequence[str]) -> None:
+    """Refuse rows a prediction file cannot hold: a fold that is not an integer, probabilities
+    that are not numbers in [0, 1] summing to 1, or only some of them missing, or a ``pred`` that
+    disagrees with them (empty exactly when all are missing: a slide without patches). A file cut
+    short or edited by hand would otherwise be read as other predictions or as 'no patches'.
+
+    Raises:
+        GigamilError: naming the file, the slide and what is wrong.
+    """
+    cols = [f"prob_{c}" for c in classes]
+    fold = pd.to_numeric(df["fold"], errors="coerce")
+    probs = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    unparsed = np.isnan(probs) & ~df[cols].isna().to_numpy()  # read_csv's NaN: "", nan, NaN
+    missing = np.isnan(probs)
+    finite = np.isfinite(probs).all(axis=1)
+    bad_sum = finite & (np.abs(probs.sum(axis=1) - 1.0) > PROB_SUM_TOLERANCE)
+    out_of_range = finite & ((probs < 0) | (probs > 1)).any(axis=1)
+    has_pred = "pred" in df.columns
+    pred = df["pred"].fillna("").astype(str).to_numpy() if has_pred else None
+    for i in range(len(df)):
+        why = None
+        if not (np.isfinite(fold.iloc[i]) and float(fold.iloc[i]).is_integer()):
+            why = f"fold {df['fold'].iloc[i]!r} is not an integer"
+        elif unparsed[i].any():
+            why = f"{', '.join(np.asarray(cols)[unparsed[i]])} not a number"
+        elif missing[i].any() and not missing[i].all():
+            why = f"only some probabilities given ({', '.join(np.asarray(cols)[missing[i]])} empty)"
+        elif not finite[i] and not missing[i].all():
+            why = "a probability is infinite"
+        elif out_of_range[i]:
+            why = "a probability outside [0, 1]"
+        elif bad_sum[i]:
+            why = f"probabilities sum to {probs[i].sum():.4g}, not 1"
+        elif pred is not None and missing[i].all() and pred[i]:
+            why = f"pred {pred[i]!r} without probabilities"
+        elif pred is not None and finite[i] and pred[i] not in classes:
+            why = f"pred {pred[i]!r} is not one of the classes"
+        if why:
+            raise GigamilError(
+                f"{path}: row {i + 2} (slide {df['slide_id'].iloc[i]}): {why}; the file is "
+                "damaged or was edited: delete it and rerun to predict again"
+            )
+
+
+def split_unpredicted(preds: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFrame, int]:
+    """Drop rows with non-finite probabilities (slides without patches); return (rest, count)."""
+    probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    ok = np.isfinite(probs).all(axis=1)
+    if (~ok).any():
+        log.warning(
+            "%d slide(s) have no prediction (no patches), left out of the metrics: %s",
+            int((~ok).sum()),
+            ", ".join(preds.loc[~ok, "slide_id"].head(10)),
+        )
+    return preds.loc[ok].reset_index(drop=True), int((~ok).sum())
+
+
+def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Out-of-fold predictions: each train-cohort slide predicted by the fold it is a test slide of.
+
+    Raises:
+        GigamilError: a test slide without a prediction, or predicted by a model that trained on it.
+    """
+    test = folds.loc[folds["role"] == "test", ["fold", "cohort", "slide_id"]]
+    key = ["fold", "cohort", "slide_id"]
+    dup = preds.duplicated(key)
+    if dup.any():
+        r = preds.loc[dup].iloc[0]
+        raise GigamilError(
+            f"slide {r['cohort']}/{r['slide_id']} is predicted twice by fold {r['fold']}"
+        )
+    merged = test.merge(preds, on=key, how="left", indicator=True)
+    missing = merged[merged["_merge"] == "left_only"]
+    if not missing.empty:
+        r = missing.iloc[0]
+        raise GigamilError(
+            f"slide {r['cohort']}/{r['slide_id']} (test slide of fold {r['fold']}) "
+            "has no prediction"
+        )
+    seen = preds.merge(folds[key + ["role"]], on=key, how="left")
+    leaked = seen[seen["role"].isin(["train", "val"])]
+    if not leaked.empty:
+        r = leaked.iloc[0]
+        raise GigamilError(
+            f"slide {r['cohort']}/{r['slide_id']} is predicted by fold {r['fold']}, whose model "
+            f"used it for {r['role']}; it cannot count as out-of-fold"
+        )
+    return merged.drop(columns="_merge").reset_index(drop=True)

@@ -1,0 +1,132 @@
+"""Writing evaluation summaries: strict JSON (summary.json), the headline rows of a CV or
+ensemble summary and the metrics table as a small standalone HTML page (metrics.html, which the
+Snakemake report shows inline; :func:`html_page` also serves the QC table)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: nan/inf -> None, numpy scalars -> Python, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value
+
+
+def write_json(data: Mapping[str, Any], path: str | Path) -> None:
+    """Write ``data`` as strict JSON (NaN written as null)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(_clean(dict(data)), indent=2, allow_nan=False) + "\n")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    """A number for a table cell ("" when undefined)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return f"{float(v):.{digits}f}"
+
+
+def _with_ci(summary: Mapping[str, Any], key: str) -> str:
+    value, ci = _fmt(summary.get(key)), summary.get(f"{key}_ci") or []
+    if value and len(ci) == 2 and all(_fmt(c) for c in ci):
+        level = round(100 * float(summary.get("ci_level", 0.95)))
+        return f"{value} ({level}% CI {_fmt(ci[0])}–{_fmt(ci[1])})"
+    return value
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    m, s = _fmt(mean), _fmt(sd)
+    return f"{m} ± {s}" if m and s else m
+
+
+def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, str]]:
+    """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
+    its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1 and accuracy with CIs,
+    the localisation AUC (with lesion masks) and the counts."""
+    who = "ensemble" if auc_key == "auc" else "out-of-fold"
+    folds = summary.get("fold_auc") or []
+    rows = [
+        (f"slide AUC ({who})", _with_ci(summary, auc_key)),
+        (
+            f"fold AUC, mean ± sd over {len(folds)}",
+            _mean_sd(summary.get("fold_auc_mean"), summary.get("fold_auc_sd")),
+        ),
+        ("patient AUC (mean probability per patient)", _with_ci(summary, "patient_auc")),
+        ("balanced accuracy", _with_ci(summary, "balanced_accuracy")),
+        ("macro F1", _with_ci(summary, "macro_f1")),
+        ("accuracy", _with_ci(summary, "accuracy")),
+    ]
+    if "localization_auc" in summary:
+        loc = _mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
+        n = summary.get("localization_n_slides", 0)
+        rows.append(("localisation AUC of the attention (lesion masks)", f"{loc} ({n} slides)"))
+    rows.append(("slides / patients", f"{summary.get('n_slides')} / {summary.get('n_patients')}"))
+    if summary.get("n_unpredicted"):
+        rows.append(("slides without patches (not scored)", str(summary["n_unpredicted"])))
+    return rows
+
+
+_HTML_STYLE = (
+    "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin-bottom:14px}"
+    "td,th{padding:3px 9px;text-align:right;border-bottom:1px solid #ddd}"
+    "table.summary td:first-child{text-align:left}"
+)
+
+
+def html_page(title: str, body: str) -> str:
+    """A small standalone HTML page (the Snakemake report shows such files inline)."""
+    import html
+
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_HTML_STYLE}</style></head><body><h3>{html.escape(title)}</h3>{body}"
+        "</body></html>\n"
+    )
+
+
+def write_metrics_html(
+    table: pd.DataFrame,
+    path: str | Path,
+    title: str,
+    summary: Mapping[str, Any] | None = None,
+    auc_key: str = "oof_auc",
+) -> None:
+    """The headline numbers of ``summary`` (:func:`summary_rows`) and the metrics table as a
+    small standalone HTML page, which the Snakemake report shows inline."""
+    import html
+
+    def cell(col: str, v: Any) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return ""
+        return f"{int(v)}" if col.startswith("n_") else f"{float(v):.3f}"
+
+    shown = pd.DataFrame(
+        {c: [cell(c, v) for v in table[c]] for c in table.columns}, index=table.index
+    )
+    body = ""
+    if summary is not None:
+        body += (
+            "<table class='summary'>"
+            + "".join(
+                f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+                for k, v in summary_rows(summary, auc_key)
+            )
+            + "</table>"
+        )
+    body += shown.to_html(border=0, classes="metrics")
+    Path(path).write_text(html_page(title, body))
