@@ -273,47 +273,21 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         ``n_slides``, ``n_patients``, ``n_models``, ``n_unpredicted`` and, with masks, the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
     """
-    from gigamil.viz.plots import plot_confusion, plot_roc
-
     out_dir = Path(out_dir)
     preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
     ens.to_csv(out_dir / "predictions.csv", index=False)
-    valid, n_unpredicted = split_unpredicted(ens, classes)
-    valid_folds, _ = split_unpredicted(preds, classes)
-    if valid.empty:
-        raise GigamilError(f"cohort {cohort!r}: no slide has a prediction")
-    pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
-    table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
-    table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
-    title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
-    summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
-    summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
-    summary["n_models"] = int(preds["fold"].nunique())
-    summary["n_unpredicted"] = n_unpredicted
+    valid, table, summary = _ensemble_metrics(
+        ens, preds, classes, cohort, experiment, n_boot, seed, out_dir
+    )
     if loc is not None:
         summary.update(localization_block(loc))
     if patient_overlap:
-        summary["patient_overlap"] = {
-            "n_patients": len(patient_overlap),
-            "patient_ids": sorted(map(str, patient_overlap)),
-            "note": (
-                f"allowed by cohorts.{cohort}.allow_patient_overlap: the fold models were trained "
-                "on these patients, so the metrics are optimistic"
-            ),
-        }
-        log.warning(
-            "cohort %s: %d patient(s) also in a train cohort (%s); metrics are optimistic",
-            cohort,
-            len(patient_overlap),
-            ", ".join(sorted(map(str, patient_overlap))[:5]),
-        )
-    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
-    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
-    plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
-    write_json(summary, out_dir / "summary.json")
+        summary["patient_overlap"] = _patient_overlap(cohort, patient_overlap)
+    title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
+    _write_ensemble_outputs(out_dir, table, valid, summary, classes, title)
     log.info(
         "cohort %s: ensemble of %d model(s), AUC %.3f on %d slides",
         cohort,
@@ -322,3 +296,69 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         summary["n_slides"],
     )
     return summary
+
+
+def _ensemble_metrics(
+    ens: pd.DataFrame,
+    preds: pd.DataFrame,
+    classes: Sequence[str],
+    cohort: str,
+    experiment: str,
+    n_boot: int,
+    seed: int,
+    out_dir: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The ensemble's slides with a prediction, its metrics table (the fold models alone, then
+    the ensemble's pooled row and CIs; written to metrics.csv) and the summary's metrics.
+
+    Raises:
+        GigamilError: no slide of the cohort has a prediction.
+    """
+    valid, n_unpredicted = split_unpredicted(ens, classes)
+    valid_folds, _ = split_unpredicted(preds, classes)
+    if valid.empty:
+        raise GigamilError(f"cohort {cohort!r}: no slide has a prediction")
+    pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
+    table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
+    table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
+    summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
+    summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
+    summary["n_models"] = int(preds["fold"].nunique())
+    summary["n_unpredicted"] = n_unpredicted
+    return valid, table, summary
+
+
+def _patient_overlap(cohort: str, patient_overlap: Sequence[str]) -> dict[str, Any]:
+    """The summary's ``patient_overlap``: count, sorted ids and a note; logs a warning."""
+    block = {
+        "n_patients": len(patient_overlap),
+        "patient_ids": sorted(map(str, patient_overlap)),
+        "note": (
+            f"allowed by cohorts.{cohort}.allow_patient_overlap: the fold models were trained "
+            "on these patients, so the metrics are optimistic"
+        ),
+    }
+    log.warning(
+        "cohort %s: %d patient(s) also in a train cohort (%s); metrics are optimistic",
+        cohort,
+        len(patient_overlap),
+        ", ".join(sorted(map(str, patient_overlap))[:5]),
+    )
+    return block
+
+
+def _write_ensemble_outputs(
+    out_dir: Path,
+    table: pd.DataFrame,
+    valid: pd.DataFrame,
+    summary: Mapping[str, Any],
+    classes: Sequence[str],
+    title: str,
+) -> None:
+    """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``."""
+    from gigamil.viz.plots import plot_confusion, plot_roc
+
+    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
+    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
+    plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
+    write_json(summary, out_dir / "summary.json")
