@@ -186,14 +186,6 @@ def test_cli_splits_refuses_two_sheets_of_one_file_name(tmp_path, capsys):
     assert not (tmp_path / "folds.csv").exists()
 
 
-def test_class_bounds_relax_unmeetable_minimums_from_the_first_group():
-    from gigamil.splits import _class_bounds
-
-    assert _class_bounds(10, [0.2, 0.2, 0.6], [1, 1, 1]) == [(2, 2), (2, 2), (6, 6)]
-    assert _class_bounds(7, [0.2, 0.2, 0.6], [1, 1, 1]) == [(1, 2), (1, 2), (4, 5)]
-    assert _class_bounds(2, [0.2, 0.2, 0.6], [1, 1, 1]) == [(0, 1), (1, 1), (1, 2)]
-
-
 def test_every_fold_trains_and_validates_on_every_class():
     """2 patients per class and 2 folds: no validation patient of a class in some fold; before,
     folds.csv was written anyway and the fold trained/validated on one class (issue 15, item 6)."""

@@ -10,15 +10,14 @@ any cohort size (thousands of patients) and makes the result deterministic for a
 
 A validation subset is carved out of each fold's training part by the same program with two groups
 (val, train) of target fractions ``val_fraction`` and ``1 - val_fraction``. The folds.csv table
-(checks, reading, writing) is :mod:`gigamil.folds`.
+(checks, reading, writing) is :mod:`gigamil.folds`; the program itself is
+:mod:`gigamil.split_program`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,19 +26,7 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.folds import FOLD_COLUMNS, check_folds
-
-log = logging.getLogger(__name__)
-
-
-# Objective weights: class balance first, then patient totals and strata, then slide counts.
-W_LABEL = 100.0
-W_TOTAL = 10.0
-W_STRATUM = 10.0
-W_LABEL_STRATUM = 5.0
-W_SLIDES = 1.0
-# Branch-and-bound node limit: keeps the solve deterministic (unlike a time limit) and fast.
-MAX_NODES = 200
-CUTS = False
+from gigamil.split_program import assign_groups
 
 
 def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.DataFrame:
@@ -83,158 +70,6 @@ def _most_frequent(values: pd.Series) -> str:
     """The most frequent value (as text); of equally frequent ones the first in sorted order."""
     counts = values.astype(str).value_counts()
     return str(min(counts.index[counts == counts.max()]))
-
-
-def _class_bounds(
-    n_cls: int, fractions: Sequence[float], min_per_class: Sequence[int]
-) -> list[tuple[int, int]]:
-    """(lowest, highest) number of a class's ``n_cls`` patients in each group: the floor and
-    ceiling of its ideal share, the low raised to ``min_per_class`` (as far as the class has
-    patients). Minimums that cannot all be met (a class with fewer patients than groups) are
-    relaxed from the first group on, so later groups (e.g. train after val) keep their minimum.
-    """
-    n_groups = len(fractions)
-    lows = [
-        max(math.floor(n_cls * fractions[g] + 1e-9), min(min_per_class[g], n_cls))
-        for g in range(n_groups)
-    ]
-    g = 0
-    while sum(lows) > n_cls and g < n_groups:
-        lows[g] = max(0, lows[g] - (sum(lows) - n_cls))
-        g += 1
-    return [
-        (lows[g], max(math.ceil(n_cls * fractions[g] - 1e-9), lows[g])) for g in range(n_groups)
-    ]
-
-
-def _solve_counts(
-    types: pd.DataFrame,
-    fractions: Sequence[float],
-    strata: Sequence[str],
-    min_per_class: Sequence[int],
-    time_limit: float = 60.0,
-) -> np.ndarray:
-    """Integer program: how many patients of each type go to each group.
-
-    Args:
-        types: one row per type with columns ``label``, ``n_slides``, ``n`` (patients of this
-            type) and the ``strata`` columns.
-        fractions: (G,) target share of each group, summing to 1.
-        strata: stratification columns to balance besides the label.
-        min_per_class: (G,) minimum number of patients of every class in each group (applied only
-            as far as the class has patients).
-
-    Returns:
-        (T, G) int array of patient counts per type and group.
-    """
-    import pulp
-
-    n_types, n_groups = len(types), len(fractions)
-    prob = pulp.LpProblem("gigamil_folds", pulp.LpMinimize)
-
-    def var(name: str, up: float | None = None, cat: str = "Continuous"):
-        if hasattr(prob, "add_variable"):  # pulp >= 3.3
-            return prob.add_variable(name, lowBound=0, upBound=up, cat=cat)
-        return pulp.LpVariable(name, lowBound=0, upBound=up, cat=cat)
-
-    y = {
-        (t, g): var(f"y_{t}_{g}", int(types["n"].iat[t]), "Integer")
-        for t in range(n_types)
-        for g in range(n_groups)
-    }
-    for t in range(n_types):
-        prob += pulp.lpSum(y[t, g] for g in range(n_groups)) == int(types["n"].iat[t]), f"all_{t}"
-
-    objective = []
-
-    def balance(name: str, members: np.ndarray, weight: float, size: np.ndarray | None = None):
-        """Add |count in group - ideal| for the types in ``members`` (weighted by ``size``)."""
-        if not members.any():
-            return
-        idx = np.flatnonzero(members)
-        sizes = np.ones(n_types) if size is None else size
-        total = float(sum(types["n"].iat[t] * sizes[t] for t in idx))
-        for g in range(n_groups):
-            ideal = total * fractions[g]
-            expr = pulp.lpSum(float(sizes[t]) * y[t, g] for t in idx)
-            dev = var(f"d_{name}_{g}")
-            prob.addConstraint(dev >= expr - ideal, f"dp_{name}_{g}")
-            prob.addConstraint(dev >= ideal - expr, f"dm_{name}_{g}")
-            objective.append(weight * dev)
-
-    labels = types["label"].to_numpy()
-    for ci, cls in enumerate(sorted(set(labels))):
-        members = labels == cls
-        n_cls = int(types["n"].to_numpy()[members].sum())
-        idx = np.flatnonzero(members)
-        bounds = _class_bounds(n_cls, fractions, min_per_class)
-        for g, (low, high) in enumerate(bounds):
-            expr = pulp.lpSum(y[t, g] for t in idx)
-            prob += expr >= low, f"lo_c{ci}_{g}"
-            prob += expr <= high, f"hi_c{ci}_{g}"
-        balance(f"c{ci}", members, W_LABEL)
-        balance(f"s{ci}", members, W_SLIDES, size=types["n_slides"].to_numpy(dtype=float))
-    balance("all", np.ones(n_types, dtype=bool), W_TOTAL)
-    n_slides = types["n_slides"].to_numpy(float)
-    balance("slides", np.ones(n_types, dtype=bool), W_SLIDES, size=n_slides)
-    for si, col in enumerate(strata):
-        values = types[col].to_numpy()
-        for vi, value in enumerate(sorted(set(values))):
-            balance(f"k{si}_{vi}", values == value, W_STRATUM)
-            for ci, cls in enumerate(sorted(set(labels))):
-                balance(f"k{si}_{vi}_c{ci}", (values == value) & (labels == cls), W_LABEL_STRATUM)
-    prob += pulp.lpSum(objective)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # pulp 3.3 announces the 4.0 API
-        solver = pulp.PULP_CBC_CMD(
-            msg=False, timeLimit=time_limit, threads=1, maxNodes=MAX_NODES, cuts=CUTS
-        )
-        status = prob.solve(solver)
-    log.debug("fold program: %s, objective %.3f", pulp.LpStatus[status], pulp.value(prob.objective))
-    counts = np.array(
-        [[round(y[t, g].value() or 0) for g in range(n_groups)] for t in range(n_types)], dtype=int
-    )
-    if (
-        pulp.LpStatus[status] not in ("Optimal", "Not Solved")
-        or (counts.sum(axis=1) != types["n"].to_numpy()).any()
-    ):
-        raise GigamilError(f"cv: the fold assignment program failed ({pulp.LpStatus[status]})")
-    return counts
-
-
-def assign_groups(
-    patients: pd.DataFrame,
-    fractions: Sequence[float],
-    seed: int,
-    stratify_by: Sequence[str] = (),
-    min_per_class: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Assign each patient to a group (fold, or val/train) with balanced counts.
-
-    Args:
-        patients: output of :func:`patient_table` (one row per patient).
-        fractions: (G,) target shares of the groups.
-        seed: seed of the order in which patients of one type are dealt to the groups.
-        stratify_by: columns of ``patients`` to balance besides the label.
-        min_per_class: (G,) minimum patients of each class per group (default 0).
-
-    Returns:
-        (P,) int group index per patient, aligned with ``patients`` rows.
-    """
-    keys = ["label", *stratify_by, "n_slides"]
-    grouped = patients.groupby(keys, sort=True)
-    types = grouped.size().rename("n").reset_index()
-    type_of = grouped.ngroup().to_numpy()  # (P,) type index of each patient
-    mins = list(min_per_class) if min_per_class is not None else [0] * len(fractions)
-    counts = _solve_counts(types, fractions, stratify_by, mins)
-    rng = np.random.default_rng(seed)
-    group = np.full(len(patients), -1, dtype=int)
-    for t in range(len(types)):
-        members = np.flatnonzero(type_of == t)
-        members = members[rng.permutation(len(members))]
-        group[members] = np.repeat(np.arange(len(fractions)), counts[t])
-    return group
 
 
 MIN_PATIENTS_PER_CLASS = 3  # one each for a fold's test, training and validation parts
@@ -360,11 +195,32 @@ def make_folds(
     Raises:
         GigamilError: fewer patients of a class than folds, bad arguments, or unknown columns.
     """
+    validation = _check_fold_arguments(folds, val_fraction)
+    sheet = _slide_table(sheet)
+    patients = patient_table(sheet, stratify_by)
+    per_class = patients["label"].value_counts()
+    _check_class_sizes(per_class, folds, validation)
+    fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
+    role = _fold_roles(patients, fold_of, folds, val_fraction, seed, stratify_by)
+    _check_fold_classes(patients, role, per_class, validation)
+    out = _folds_table(sheet, patients, role)
+    check_folds(out, sheet)
+    return out
+
+
+def _check_fold_arguments(folds: int, val_fraction: float) -> bool:
+    """GigamilError unless folds >= 2 and 0 <= val_fraction < 1; whether folds have a
+    validation part (``val_fraction > 0``)."""
     if folds < 2:
         raise GigamilError(f"cv.folds must be at least 2 (got {folds})")
     if not 0.0 <= val_fraction < 1.0:
         raise GigamilError(f"cv.val_fraction must be in [0, 1) (got {val_fraction})")
-    validation = val_fraction > 0
+    return val_fraction > 0
+
+
+def _slide_table(sheet: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``sheet`` with its cohort, slide_id, patient_id and label columns as text;
+    GigamilError if one is missing or a (cohort, slide) appears twice."""
     sheet = sheet.copy()
     for col in ("cohort", "slide_id", "patient_id", "label"):
         if col not in sheet.columns:
@@ -373,9 +229,12 @@ def make_folds(
     dup = sheet.duplicated(["cohort", "slide_id"])
     if dup.any():
         raise GigamilError(f"cv: slide {sheet.loc[dup, 'slide_id'].iloc[0]!r} appears twice")
+    return sheet
 
-    patients = patient_table(sheet, stratify_by)
-    per_class = patients["label"].value_counts()
+
+def _check_class_sizes(per_class: pd.Series, folds: int, validation: bool) -> None:
+    """GigamilError naming every class (smallest first) with too few patients (``per_class``:
+    patients per label) for one in each fold's test, training and validation parts."""
     least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
     few = per_class[per_class < max(folds, least)]
     if not few.empty:  # every short class in one message, the smallest first
@@ -387,13 +246,24 @@ def make_folds(
             f"patient of each class in its {parts}"
             + _fold_advice(int(per_class.min()), list(few.index), folds, validation)
         )
-    fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
 
+
+def _fold_roles(
+    patients: pd.DataFrame,
+    fold_of: np.ndarray,
+    folds: int,
+    val_fraction: float,
+    seed: int,
+    stratify_by: Sequence[str],
+) -> np.ndarray:
+    """(K, P) object array of each patient's role (train, val, test) in each fold: test in its
+    fold ``fold_of``, the rest split into val and train by :func:`assign_groups` (seed
+    ``seed + 7919 * (k + 1)``), or all train when ``val_fraction`` is 0."""
     role = np.empty((folds, len(patients)), dtype=object)
     for k in range(folds):
         role[k, fold_of == k] = "test"
         part = np.flatnonzero(fold_of != k)
-        if not validation:
+        if not val_fraction > 0:
             role[k, part] = "train"
             continue
         sub = patients.iloc[part].reset_index(drop=True)
@@ -405,22 +275,24 @@ def make_folds(
             [1, 1],
         )
         role[k, part] = np.where(val_of == 0, "val", "train")
+    return role
 
-    _check_fold_classes(patients, role, per_class, validation)
+
+def _folds_table(sheet: pd.DataFrame, patients: pd.DataFrame, role: np.ndarray) -> pd.DataFrame:
+    """The long folds.csv table: one row per (fold, slide) with the slide's patient's role,
+    sorted by fold, role (train, val, test), cohort and slide."""
     pid_index = {p: i for i, p in enumerate(patients["patient_id"])}
     rows = sheet[["cohort", "slide_id", "patient_id", "label"]]
     pidx = rows["patient_id"].map(pid_index).to_numpy()
     frames = []
-    for k in range(folds):
+    for k in range(role.shape[0]):
         part = rows.copy()
         part.insert(0, "role", role[k, pidx])
         part.insert(0, "fold", k)
         frames.append(part)
     out = pd.concat(frames, ignore_index=True)[FOLD_COLUMNS]
     order = {r: i for i, r in enumerate(("train", "val", "test"))}
-    out = out.sort_values(
+    return out.sort_values(
         ["fold", "role", "cohort", "slide_id"],
         key=lambda s: s.map(order) if s.name == "role" else s,
     ).reset_index(drop=True)
-    check_folds(out, sheet)
-    return out
