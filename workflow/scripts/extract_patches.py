@@ -5,8 +5,8 @@ from gigamil.logutil import setup_script_logging
 setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 
 from gigamil.wsi.extract import extract_patches
+from gigamil.wsi.mask_io import mask_params_for, read_mask_png
 from gigamil.wsi.patching import PatchParams
-from gigamil.wsi.tissue import mask_params_for, read_mask_png
 
 extract_patches(
     snakemake.input.slide,

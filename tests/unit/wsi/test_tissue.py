@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gigamil.wsi.mask_io import OUTLINE_RGB, mask_params_for, read_mask_png
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.reader import open_slide
 from gigamil.wsi.tissue import (
     INK_HUE_DEG,
-    OUTLINE_RGB,
     TissueParams,
     _binary_morph,
     _disk,
@@ -23,9 +23,6 @@ from gigamil.wsi.tissue import (
     hue_degrees,
     make_mask,
     mask_from_rgb,
-    mask_params_for,
-    qc_image,
-    read_mask_png,
     saturation,
 )
 
@@ -124,15 +121,6 @@ def test_make_mask_outputs(cmu_svs, tmp_path):
     np.testing.assert_array_equal(read_mask_png(out), png > 0)
     params = mask_params_for(out)
     assert params["mask_file"].endswith("s.png") and params["mask_mpp"] == 16.0
-
-
-def test_qc_image_outline_on_mask_boundary():
-    rgb = np.full((20, 30, 3), 200, np.uint8)
-    mask = np.zeros((20, 30), bool)
-    mask[5:15, 10:20] = True
-    qc = qc_image(rgb, mask, min_side=20)
-    edge = (qc == OUTLINE_RGB).all(axis=2)
-    assert edge[5, 12] and edge[14, 12] and edge[8, 10] and not edge[10, 15] and not edge[0, 0]
 
 
 def test_params_from_config_dict():

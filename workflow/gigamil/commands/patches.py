@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from gigamil.wsi.extract import extract_patches
+    from gigamil.wsi.mask_io import mask_params_for, read_mask_png
     from gigamil.wsi.patching import PatchParams
-    from gigamil.wsi.tissue import mask_params_for, read_mask_png
 
     params = PatchParams(
         mpp=args.mpp,

@@ -7,6 +7,7 @@
 - :mod:`gigamil.wsi.tiff_tiles`: direct decoding of tiled TIFF/SVS tiles.
 - :mod:`gigamil.wsi.raster`: regions at an exact µm/px from the best pyramid level.
 - :mod:`gigamil.wsi.tissue`: tissue masks at a given µm/px.
+- :mod:`gigamil.wsi.mask_io`: a mask's files (mask PNG, QC PNG, JSON sidecar) and reading them back.
 - :mod:`gigamil.wsi.patching`: the patch grid at an exact µm/px (``PatchParams``, ``plan_patches``).
 - :mod:`gigamil.wsi.extract`: ``extract_patches``, the planned patches into a zarr store.
 - :mod:`gigamil.wsi.qc`: the per-cohort QC table.

@@ -3,7 +3,7 @@ background and pen ink set aside -> Otsu (on sqrt saturation, never below a floo
 threshold -> close -> ink/dark removed -> open -> holes filled (not those touching ink) -> small
 components dropped (µm²).
 
-Outputs (``write_mask_outputs``): the mask PNG (uint8 0/255, one pixel = mask_mpp µm), a QC PNG
+Outputs (:func:`gigamil.wsi.mask_io.write_mask_outputs`): the mask PNG (uint8 0/255, one pixel = mask_mpp µm), a QC PNG
 (the slide at mask resolution with the mask outline drawn on it, a title with the tissue fraction
 and threshold, and a scale bar; :mod:`gigamil.wsi.qc`) and a JSON sidecar
 (tissue_fraction, mask_mpp, warnings, ...).
@@ -11,16 +11,15 @@ and threshold, and a scale bar; :mod:`gigamil.wsi.qc`) and a JSON sidecar
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gigamil.settings import TissueConfig
+from gigamil.wsi.mask_io import write_mask_outputs
 from gigamil.wsi.raster import read_raster_image
 from gigamil.wsi.slide import SlideReader
 
@@ -36,7 +35,6 @@ LITTLE_TISSUE_FRACTION = 0.005
 # purple (hue ~240-360 and 0-20); the blue-grey of pale haematoxylin stays below the saturation.
 INK_HUE_DEG = (60.0, 235.0)
 INK_MIN_SATURATION = 60.0
-OUTLINE_RGB = (0, 200, 0)
 
 
 _SCHEMA_DEFAULTS = TissueConfig()
@@ -276,111 +274,6 @@ def compute_tissue_mask(
     return TissueMask(mask, mpp_x, mpp_y, thr, frac, level, warnings, rgb if keep_rgb else None)
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of ``mask`` (mask minus its 4-connected erosion)."""
-    from scipy import ndimage
-
-    if not mask.any():
-        return np.zeros_like(mask)
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
-
-
-def qc_image(rgb: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:
-    """The slide image with the mask outline drawn (upscaled so the short side >= min_side)."""
-    from PIL import Image
-
-    h, w = mask.shape
-    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
-    if scale > 1:
-        big = (w * scale, h * scale)
-        rgb = np.asarray(Image.fromarray(rgb).resize(big, Image.Resampling.NEAREST))
-        mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
-    from scipy import ndimage
-
-    edge = outline(mask)
-    if scale > 2:
-        edge = ndimage.binary_dilation(edge, iterations=scale // 3)
-    out = rgb.copy()
-    out[edge] = OUTLINE_RGB
-    return out
-
-
-def write_png(path: str | Path, image: np.ndarray, mpp: float | None = None) -> None:
-    """Write a PNG (creating the directory); ``mpp`` goes into the pHYs chunk as dpi."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kw = {"dpi": (25400.0 / mpp, 25400.0 / mpp)} if mpp else {}
-    Image.fromarray(image).save(path, **kw)
-
-
-def read_mask_png(path: str | Path) -> np.ndarray:
-    """A mask PNG -> (H, W) bool (nonzero = tissue)."""
-    from PIL import Image
-
-    from gigamil.errors import GigamilError
-
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("L"))
-    except (OSError, ValueError) as exc:
-        raise GigamilError(f"{path}: cannot read the mask PNG ({exc})") from exc
-    return arr > 0
-
-
-def mask_summary(
-    reader: SlideReader, tm: TissueMask, params: TissueParams, seconds: float | None = None
-) -> dict[str, Any]:
-    """The JSON sidecar content."""
-    from gigamil import __version__
-
-    return {
-        "slide": reader.name,
-        "tissue_fraction": tm.tissue_fraction,
-        "mask_mpp": params.mask_mpp,
-        "mask_mpp_xy": [tm.mpp_x, tm.mpp_y],
-        "mask_shape": list(tm.mask.shape),
-        "slide_mpp": reader.mpp,
-        "slide_mpp_xy": list(reader.mpp_xy),
-        "slide_mpp_source": reader.mpp_source,
-        "slide_dimensions": list(reader.dimensions),
-        "level_read": tm.level,
-        "threshold_value": tm.threshold_value,
-        "params": asdict(params),
-        "warnings": list(tm.warnings),
-        "seconds": seconds,
-        "gigamil_version": __version__,
-    }
-
-
-def write_mask_outputs(
-    reader: SlideReader,
-    tm: TissueMask,
-    params: TissueParams,
-    out_png: str | Path,
-    qc_png: str | Path | None = None,
-    json_path: str | Path | None = None,
-    seconds: float | None = None,
-) -> dict[str, Any]:
-    """Write the mask PNG and optionally the QC PNG and JSON sidecar; return the summary."""
-    mpp = (tm.mpp_x + tm.mpp_y) / 2
-    write_png(out_png, (tm.mask.astype(np.uint8) * 255), mpp)
-    summary = mask_summary(reader, tm, params, seconds)
-    if qc_png is not None:
-        from gigamil.wsi.qc import annotate_qc_image, qc_caption
-
-        rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
-        qc = qc_image(rgb, tm.mask)
-        qc_mpp = mpp * tm.mask.shape[1] / qc.shape[1]  # qc_image upscales small masks
-        title = Path(str(reader.name)).name
-        write_png(qc_png, annotate_qc_image(qc, qc_mpp, title, qc_caption(summary)))
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
 def make_mask(
     slide: str | Path,
     out_png: str | Path,
@@ -411,13 +304,3 @@ def make_mask(
         out_png,
     )
     return summary
-
-
-def mask_params_for(mask_png: str | Path) -> dict[str, Any]:
-    """Provenance of a mask PNG: its path plus, if present, its JSON sidecar's params."""
-    params: dict[str, Any] = {"mask_file": str(Path(mask_png).resolve())}
-    sidecar = Path(mask_png).with_suffix(".json")
-    if sidecar.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            params.update(json.loads(sidecar.read_text()).get("params", {}))
-    return params

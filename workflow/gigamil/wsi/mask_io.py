@@ -1,0 +1,135 @@
+"""The files of a tissue mask (:mod:`gigamil.wsi.tissue`): the mask PNG (uint8 0/255, one pixel =
+mask_mpp µm), the QC PNG (the slide at mask resolution with the mask outline drawn on it, a title
+and a scale bar; :mod:`gigamil.wsi.qc`) and the JSON sidecar (tissue_fraction, mask_mpp,
+warnings, params, ...); reading a mask PNG and its provenance back (``extract_patches``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gigamil.wsi.slide import SlideReader
+    from gigamil.wsi.tissue import TissueMask, TissueParams
+
+OUTLINE_RGB = (0, 200, 0)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of ``mask`` (mask minus its 4-connected erosion)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return np.zeros_like(mask)
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def qc_image(rgb: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:
+    """The slide image with the mask outline drawn (upscaled so the short side >= min_side)."""
+    from PIL import Image
+
+    h, w = mask.shape
+    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    if scale > 1:
+        big = (w * scale, h * scale)
+        rgb = np.asarray(Image.fromarray(rgb).resize(big, Image.Resampling.NEAREST))
+        mask = np.repeat(np.repeat(mask, scale, axis=0), scale, axis=1)
+    from scipy import ndimage
+
+    edge = outline(mask)
+    if scale > 2:
+        edge = ndimage.binary_dilation(edge, iterations=scale // 3)
+    out = rgb.copy()
+    out[edge] = OUTLINE_RGB
+    return out
+
+
+def write_png(path: str | Path, image: np.ndarray, mpp: float | None = None) -> None:
+    """Write a PNG (creating the directory); ``mpp`` goes into the pHYs chunk as dpi."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kw = {"dpi": (25400.0 / mpp, 25400.0 / mpp)} if mpp else {}
+    Image.fromarray(image).save(path, **kw)
+
+
+def read_mask_png(path: str | Path) -> np.ndarray:
+    """A mask PNG -> (H, W) bool (nonzero = tissue)."""
+    from PIL import Image
+
+    from gigamil.errors import GigamilError
+
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise GigamilError(f"{path}: cannot read the mask PNG ({exc})") from exc
+    return arr > 0
+
+
+def mask_summary(
+    reader: SlideReader, tm: TissueMask, params: TissueParams, seconds: float | None = None
+) -> dict[str, Any]:
+    """The JSON sidecar content."""
+    from gigamil import __version__
+
+    return {
+        "slide": reader.name,
+        "tissue_fraction": tm.tissue_fraction,
+        "mask_mpp": params.mask_mpp,
+        "mask_mpp_xy": [tm.mpp_x, tm.mpp_y],
+        "mask_shape": list(tm.mask.shape),
+        "slide_mpp": reader.mpp,
+        "slide_mpp_xy": list(reader.mpp_xy),
+        "slide_mpp_source": reader.mpp_source,
+        "slide_dimensions": list(reader.dimensions),
+        "level_read": tm.level,
+        "threshold_value": tm.threshold_value,
+        "params": asdict(params),
+        "warnings": list(tm.warnings),
+        "seconds": seconds,
+        "gigamil_version": __version__,
+    }
+
+
+def write_mask_outputs(
+    reader: SlideReader,
+    tm: TissueMask,
+    params: TissueParams,
+    out_png: str | Path,
+    qc_png: str | Path | None = None,
+    json_path: str | Path | None = None,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    """Write the mask PNG and optionally the QC PNG and JSON sidecar; return the summary."""
+    mpp = (tm.mpp_x + tm.mpp_y) / 2
+    write_png(out_png, (tm.mask.astype(np.uint8) * 255), mpp)
+    summary = mask_summary(reader, tm, params, seconds)
+    if qc_png is not None:
+        from gigamil.wsi.qc import annotate_qc_image, qc_caption
+
+        rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
+        qc = qc_image(rgb, tm.mask)
+        qc_mpp = mpp * tm.mask.shape[1] / qc.shape[1]  # qc_image upscales small masks
+        title = Path(str(reader.name)).name
+        write_png(qc_png, annotate_qc_image(qc, qc_mpp, title, qc_caption(summary)))
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def mask_params_for(mask_png: str | Path) -> dict[str, Any]:
+    """Provenance of a mask PNG: its path plus, if present, its JSON sidecar's params."""
+    params: dict[str, Any] = {"mask_file": str(Path(mask_png).resolve())}
+    sidecar = Path(mask_png).with_suffix(".json")
+    if sidecar.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            params.update(json.loads(sidecar.read_text()).get("params", {}))
+    return params
