@@ -105,107 +105,158 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
     (any resolution); None computes one with ``tissue_params`` (defaults if None), in which
     case ``mask_params`` defaults to those parameters.
     """
-    from tqdm import tqdm
-
-    from gigamil import __version__
-    from gigamil.data.store import StoreWriter
-
     t0 = time.perf_counter()
     threads = max(1, int(threads))
-    cache = None
-    if isinstance(slide, SlideReader):
-        reader = slide
-        factory: Callable[[], SlideReader] = lambda: reader  # noqa: E731
-        own = False
-        src = reader.path
-    else:
-        src = str(slide)
-        try:
-            cache = shared_tile_cache(cache_mb) if cache_mb > 0 else None
-        except (ImportError, OSError):  # openslide missing: the fallback reader has no cache
-            cache = None
-        reader = open_slide(slide, slide_mpp, cache=cache)
-        factory = lambda: open_slide(slide, slide_mpp, cache=cache)  # noqa: E731
-        own = True
+    reader, factory, own, src = _open_reader(slide, slide_mpp, cache_mb)
     try:
         warnings: list[str] = []
         if mask is None:
-            tp = tissue_params or TissueParams()
-            tm = compute_tissue_mask(reader, tp, keep_rgb=False)
-            mask = tm.mask
-            warnings += tm.warnings
-            if mask_params is None:
-                mask_params = {"computed": True, **asdict(tp)}
+            mask, mask_params = _compute_mask(reader, tissue_params, mask_params, warnings)
         plan = plan_patches(reader, params, mask)
         warnings += plan.warnings
-        for w in plan.warnings:
-            log.warning("%s", w)
-        log.info(
-            "%s: %d patches (%d x %d grid), level %d (downsample %.3f), %s, %d thread(s)",
-            reader.name,
-            plan.n,
-            plan.n_rows,
-            plan.n_cols,
-            plan.level,
-            plan.level_downsample,
-            f"resampled to {plan.target_mpp:g} µm/px" if plan.resample else "not resampled",
-            threads,
-        )
-        src_abs, size, mtime = source_info(src)
-        attrs = {
-            "slide_id": slide_id or Path(src).stem,
-            "source_path": src_abs,
-            "source_size": size,
-            "source_mtime": mtime,
-            "slide_mpp": reader.mpp,
-            "slide_mpp_xy": list(plan.slide_mpp_xy),
-            "slide_mpp_source": reader.mpp_source,
-            "target_mpp": plan.target_mpp,
-            "effective_mpp": plan.effective_mpp,
-            "effective_mpp_xy": list(plan.effective_mpp_xy),
-            "resampled": plan.resample,
-            "patch_px": plan.patch_px,
-            "stride_px": plan.stride_px,
-            "patch_size_level0": plan.patch_size_level0,
-            "patch_size_level0_xy": list(plan.patch_size_level0_xy),
-            "level": plan.level,
-            "level_downsample": plan.level_downsample,
-            "min_tissue": params.min_tissue,
-            "mask_params": mask_params or {},
-            "tissue_fraction": float(mask.mean()) if mask is not None and mask.size else None,
-            "codec": params.codec,
-            "jpeg_quality": params.jpeg_quality if params.codec == "jpeg" else None,
-            "gigamil_version": __version__,
-            "slide_dimensions": list(reader.dimensions),
-            "grid_shape": [plan.n_rows, plan.n_cols],
-            "n_patches": plan.n,
-            "warnings": warnings,
-        }
-        with StoreWriter(
-            out,
-            plan.n,
-            plan.patch_px,
-            plan.coords,
-            plan.grid,
-            codec=params.codec,
-            jpeg_quality=params.jpeg_quality,
-        ) as writer:
-            bar = tqdm(
-                total=plan.n,
-                unit="patch",
-                desc=attrs["slide_id"],
-                disable=not progress or None,
-                leave=False,
-            )
-            units = plan_units(plan, writer.chunk, params.block_px)
-            _run_units(reader, factory, plan, units, threads, writer, bar)
-            bar.close()
-            attrs["seconds"] = round(time.perf_counter() - t0, 3)
-            writer.commit(attrs)
+        _log_plan(reader, plan, threads)
+        attrs = _store_attrs(reader, plan, params, src, slide_id, mask, mask_params, warnings)
+        _write_store(out, reader, factory, plan, params, attrs, threads, progress, t0)
     finally:
         if own:
             reader.close()
     return ExtractResult(Path(out), plan.n, attrs["seconds"], attrs, warnings)
+
+
+def _open_reader(
+    slide: str | Path | SlideReader, slide_mpp: float | None, cache_mb: int
+) -> tuple[SlideReader, Callable[[], SlideReader], bool, str]:
+    """(reader, factory of the workers' readers, whether we opened it, source path): an open
+    ``slide`` is shared; a path is opened with a shared tile cache of ``cache_mb`` MB."""
+    if isinstance(slide, SlideReader):
+        reader = slide
+        factory: Callable[[], SlideReader] = lambda: reader  # noqa: E731
+        return reader, factory, False, reader.path
+    try:
+        cache = shared_tile_cache(cache_mb) if cache_mb > 0 else None
+    except (ImportError, OSError):  # openslide missing: the fallback reader has no cache
+        cache = None
+    reader = open_slide(slide, slide_mpp, cache=cache)
+    factory = lambda: open_slide(slide, slide_mpp, cache=cache)  # noqa: E731
+    return reader, factory, True, str(slide)
+
+
+def _compute_mask(
+    reader: SlideReader,
+    tissue_params: TissueParams | None,
+    mask_params: dict[str, Any] | None,
+    warnings: list[str],
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """(mask, mask_params) of a slide without a mask: computed with ``tissue_params`` (defaults
+    if None), whose values become ``mask_params`` unless given; its warnings join ``warnings``."""
+    tp = tissue_params or TissueParams()
+    tm = compute_tissue_mask(reader, tp, keep_rgb=False)
+    warnings += tm.warnings
+    if mask_params is None:
+        mask_params = {"computed": True, **asdict(tp)}
+    return tm.mask, mask_params
+
+
+def _log_plan(reader: SlideReader, plan: PatchPlan, threads: int) -> None:
+    """Log the plan's warnings and a summary of the patches to extract."""
+    for w in plan.warnings:
+        log.warning("%s", w)
+    log.info(
+        "%s: %d patches (%d x %d grid), level %d (downsample %.3f), %s, %d thread(s)",
+        reader.name,
+        plan.n,
+        plan.n_rows,
+        plan.n_cols,
+        plan.level,
+        plan.level_downsample,
+        f"resampled to {plan.target_mpp:g} µm/px" if plan.resample else "not resampled",
+        threads,
+    )
+
+
+def _store_attrs(
+    reader: SlideReader,
+    plan: PatchPlan,
+    params: PatchParams,
+    src: str,
+    slide_id: str | None,
+    mask: np.ndarray | None,
+    mask_params: dict[str, Any] | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The patch store's attributes (docs/architecture.md), all but ``seconds``."""
+    from gigamil import __version__
+
+    src_abs, size, mtime = source_info(src)
+    return {
+        "slide_id": slide_id or Path(src).stem,
+        "source_path": src_abs,
+        "source_size": size,
+        "source_mtime": mtime,
+        "slide_mpp": reader.mpp,
+        "slide_mpp_xy": list(plan.slide_mpp_xy),
+        "slide_mpp_source": reader.mpp_source,
+        "target_mpp": plan.target_mpp,
+        "effective_mpp": plan.effective_mpp,
+        "effective_mpp_xy": list(plan.effective_mpp_xy),
+        "resampled": plan.resample,
+        "patch_px": plan.patch_px,
+        "stride_px": plan.stride_px,
+        "patch_size_level0": plan.patch_size_level0,
+        "patch_size_level0_xy": list(plan.patch_size_level0_xy),
+        "level": plan.level,
+        "level_downsample": plan.level_downsample,
+        "min_tissue": params.min_tissue,
+        "mask_params": mask_params or {},
+        "tissue_fraction": float(mask.mean()) if mask is not None and mask.size else None,
+        "codec": params.codec,
+        "jpeg_quality": params.jpeg_quality if params.codec == "jpeg" else None,
+        "gigamil_version": __version__,
+        "slide_dimensions": list(reader.dimensions),
+        "grid_shape": [plan.n_rows, plan.n_cols],
+        "n_patches": plan.n,
+        "warnings": warnings,
+    }
+
+
+def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
+    out: str | Path,
+    reader: SlideReader,
+    factory: Callable[[], SlideReader],
+    plan: PatchPlan,
+    params: PatchParams,
+    attrs: dict[str, Any],
+    threads: int,
+    progress: bool,
+    t0: float,
+) -> None:
+    """Write the plan's patches into the store ``out`` with ``threads`` workers, then commit it
+    with ``attrs`` plus ``seconds`` (since ``t0``, set in ``attrs``)."""
+    from tqdm import tqdm
+
+    from gigamil.data.store import StoreWriter
+
+    with StoreWriter(
+        out,
+        plan.n,
+        plan.patch_px,
+        plan.coords,
+        plan.grid,
+        codec=params.codec,
+        jpeg_quality=params.jpeg_quality,
+    ) as writer:
+        bar = tqdm(
+            total=plan.n,
+            unit="patch",
+            desc=attrs["slide_id"],
+            disable=not progress or None,
+            leave=False,
+        )
+        units = plan_units(plan, writer.chunk, params.block_px)
+        _run_units(reader, factory, plan, units, threads, writer, bar)
+        bar.close()
+        attrs["seconds"] = round(time.perf_counter() - t0, 3)
+        writer.commit(attrs)
 
 
 def _run_units(
