@@ -50,6 +50,7 @@ from gigamil.demo_io import (
     write_pyramid_tiff,
 )
 from gigamil.errors import GigamilError
+from gigamil.tile_layout import lesion_region, tissue_blob
 from gigamil.tile_pool import (
     CLASS_DIRS,
     MIN_TILE_TISSUE,
@@ -67,73 +68,6 @@ LESION_RANGE = (0.20, 0.35)  # tumour tiles / tissue tiles of a lesion slide
 BACKGROUND = (240, 238, 241)  # glass colour around the tissue
 
 
-_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
-
-
-def _grow(
-    rng: np.random.Generator, allowed: np.ndarray, start: tuple[int, int], n: int, power: float
-) -> np.ndarray:
-    """A 4-connected region of ``n`` cells of ``allowed``, grown from ``start``.
-
-    Each step adds a frontier cell with probability ∝ (occupied neighbours)^power x a smooth
-    random field: low power = ragged, high power = compact.
-    """
-    h, w = allowed.shape
-    field = _smooth_field(rng, (h, w))
-    occ = np.zeros((h, w), dtype=bool)
-    occ[start] = True
-    for _ in range(n - 1):
-        nb = np.zeros((h, w), dtype=np.int64)
-        nb[1:] += occ[:-1]
-        nb[:-1] += occ[1:]
-        nb[:, 1:] += occ[:, :-1]
-        nb[:, :-1] += occ[:, 1:]
-        cand = allowed & ~occ & (nb > 0)
-        idx = np.flatnonzero(cand)
-        if idx.size == 0:
-            break
-        wts = nb.ravel()[idx].astype(np.float64) ** power * field.ravel()[idx]
-        occ.ravel()[idx[rng.choice(idx.size, p=wts / wts.sum())]] = True
-    return occ
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Positive smooth random field (0.15..1) of cell weights: lobes instead of a disc."""
-    from scipy import ndimage as ndi
-
-    f = ndi.gaussian_filter(rng.standard_normal(shape), sigma=1.5, mode="wrap")
-    f = (f - f.min()) / max(float(np.ptp(f)), 1e-9)
-    return 0.15 + 0.85 * f
-
-
-def _blob(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Tissue cells: a hole-free irregular blob of exactly ``n`` cells, cropped to its bounding
-    box plus one empty cell on every side."""
-    from scipy import ndimage as ndi
-
-    side = int(np.ceil(np.sqrt(n) * 2.0)) + 2
-    allowed = np.zeros((side, side), dtype=bool)
-    allowed[1:-1, 1:-1] = True
-    for _attempt in range(100):
-        occ = _grow(rng, allowed, (side // 2, side // 2), n, power=2.0)
-        if occ.sum() == n and (ndi.binary_fill_holes(occ) == occ).all():
-            break
-    else:  # pragma: no cover - growth with power 2 practically never leaves holes 100 times
-        raise GigamilError(f"could not grow a hole-free blob of {n} tiles")
-    rows, cols = np.flatnonzero(occ.any(axis=1)), np.flatnonzero(occ.any(axis=0))
-    return np.pad(occ[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
-
-
-def _lesion_region(rng: np.random.Generator, tissue: np.ndarray, k: int) -> np.ndarray:
-    """A contiguous (4-connected) region of ``k`` tissue cells."""
-    cells = np.flatnonzero(tissue)
-    start = np.unravel_index(int(cells[rng.integers(cells.size)]), tissue.shape)
-    region = _grow(rng, tissue, (int(start[0]), int(start[1])), k, power=3.0)
-    if region.sum() != k:  # pragma: no cover - a connected blob always has room
-        raise GigamilError("lesion region could not be grown")
-    return region
-
-
 @dataclass(frozen=True)
 class _SlidePlan:
     tissue: np.ndarray  # bool (rows, cols) of tile cells
@@ -147,13 +81,13 @@ def _plan_slide(
     lesion_range: tuple[float, float],
 ) -> _SlidePlan:
     n = int(rng.integers(tiles_per_slide[0], tiles_per_slide[1] + 1))
-    tissue = _blob(rng, n)
+    tissue = tissue_blob(rng, n)
     region = np.zeros_like(tissue)
     if lesion:
         lo, hi = int(np.ceil(lesion_range[0] * n)), int(np.floor(lesion_range[1] * n))
         if hi < max(lo, 1):
             raise GigamilError(f"{n} tiles per slide are too few for lesion range {lesion_range}")
-        region = _lesion_region(rng, tissue, int(rng.integers(max(lo, 1), hi + 1)))
+        region = lesion_region(rng, tissue, int(rng.integers(max(lo, 1), hi + 1)))
     return _SlidePlan(tissue, region)
 
 
@@ -244,18 +178,7 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
 
     slides = _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
     slides = [(f"{prefix}_{sid}", f"{prefix}_{pid}", label, pl) for sid, pid, label, pl in slides]
-    need = _tiles_needed(slides)
-    short = [
-        f"{len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ but the cohort needs {need[c]}"
-        for c in (0, 1)
-        if need[c] > len(by_class[c])
-    ]
-    if short:
-        raise GigamilError(
-            f"tile pool has {' and '.join(short)} (usable: not excluded, >= "
-            f"{min_tile_tissue:g} tissue): use fewer patients or slides per patient "
-            "(--patients, --slides-per-patient) or more tiles (--tiles DIR)"
-        )
+    _check_pool(by_class, _tiles_needed(slides), min_tile_tissue)
     draw = np.random.default_rng([seed, 3])
     queues = {c: [by_class[c][i] for i in draw.permutation(len(by_class[c]))] for c in (0, 1)}
 
@@ -265,43 +188,9 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     rows_out, tile_rows = [], []
     for i, (slide_id, patient_id, label, plan) in enumerate(slides):
         rgb, placed = _render(plan, queues, tile_px, np.random.default_rng([seed, 4, i]))
-        tiff = outdir / "slides" / f"{slide_id}.tiff"
-        write_pyramid_tiff(
-            tiff,
-            rgb,
-            tile_mpp,
-            description=f"gigamil real-tissue demo slide {slide_id} ({label}); mosaic of "
-            f"PatchCamelyon tiles (CC0); mpp={tile_mpp}",
-        )
-        mask = _lesion_mask(plan.lesion, tile_px)
-        n_tissue, n_lesion = int(plan.tissue.sum()), int(plan.lesion.sum())
-        write_lesion_mask(
-            outdir / "lesion_masks" / f"{slide_id}.png",
-            mask,
-            slide_id,
-            n_tissue / plan.tissue.size,
-            n_lesion / n_tissue,
-            level0_mpp=tile_mpp,
-            downsample=MASK_DOWNSAMPLE,
-        )
-        log.info(
-            "%s: %s, %d tiles on a %d x %d grid, %d tumour tiles (%.2f)",
-            slide_id,
-            label,
-            n_tissue,
-            *plan.tissue.shape,
-            n_lesion,
-            n_lesion / n_tissue,
-        )
         tile_rows += [{"slide_id": slide_id, **r} for r in placed]
         rows_out.append(
-            {
-                "slide_id": slide_id,
-                "patient_id": patient_id,
-                "label": label,
-                "path": tiff.as_posix(),
-                "lesion_mask": (outdir / "lesion_masks" / f"{slide_id}.png").as_posix(),
-            }
+            _write_slide(outdir, slide_id, patient_id, label, plan, rgb, tile_px, tile_mpp)
         )
     sheet = pd.DataFrame(rows_out, columns=SHEET_COLUMNS)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +199,71 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     )
     sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")
     return sheet
+
+
+def _check_pool(by_class: dict[int, list[Tile]], need: dict[int, int], min_tissue: float) -> None:
+    """GigamilError naming each class with fewer usable tiles (``by_class``) than the cohort
+    places (``need``)."""
+    short = [
+        f"{len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ but the cohort needs {need[c]}"
+        for c in (0, 1)
+        if need[c] > len(by_class[c])
+    ]
+    if short:
+        raise GigamilError(
+            f"tile pool has {' and '.join(short)} (usable: not excluded, >= "
+            f"{min_tissue:g} tissue): use fewer patients or slides per patient "
+            "(--patients, --slides-per-patient) or more tiles (--tiles DIR)"
+        )
+
+
+def _write_slide(
+    outdir: Path,
+    slide_id: str,
+    patient_id: str,
+    label: str,
+    plan: _SlidePlan,
+    rgb: np.ndarray,
+    tile_px: int,
+    tile_mpp: float,
+) -> dict[str, str]:
+    """Write a rendered slide's TIFF and lesion mask (PNG + JSON) under ``outdir``; its row of
+    the sheet (:data:`SHEET_COLUMNS`)."""
+    tiff = outdir / "slides" / f"{slide_id}.tiff"
+    write_pyramid_tiff(
+        tiff,
+        rgb,
+        tile_mpp,
+        description=f"gigamil real-tissue demo slide {slide_id} ({label}); mosaic of "
+        f"PatchCamelyon tiles (CC0); mpp={tile_mpp}",
+    )
+    mask = _lesion_mask(plan.lesion, tile_px)
+    n_tissue, n_lesion = int(plan.tissue.sum()), int(plan.lesion.sum())
+    write_lesion_mask(
+        outdir / "lesion_masks" / f"{slide_id}.png",
+        mask,
+        slide_id,
+        n_tissue / plan.tissue.size,
+        n_lesion / n_tissue,
+        level0_mpp=tile_mpp,
+        downsample=MASK_DOWNSAMPLE,
+    )
+    log.info(
+        "%s: %s, %d tiles on a %d x %d grid, %d tumour tiles (%.2f)",
+        slide_id,
+        label,
+        n_tissue,
+        *plan.tissue.shape,
+        n_lesion,
+        n_lesion / n_tissue,
+    )
+    return {
+        "slide_id": slide_id,
+        "patient_id": patient_id,
+        "label": label,
+        "path": tiff.as_posix(),
+        "lesion_mask": (outdir / "lesion_masks" / f"{slide_id}.png").as_posix(),
+    }
 
 
 def _render(
