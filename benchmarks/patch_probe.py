@@ -7,7 +7,7 @@ folds):
     python benchmarks/patch_probe.py benchmarks/work/real_tissue/draw0 benchmarks/work/real_tissue/draw1 \
         benchmarks/work/real_tissue/draw2 --seeds 0 1 [--colour-aug on off]
 
-Per fold, ``gigamil.nn.encoders.SmallCNN`` from random initialisation with a linear classifier
+Per fold, ``gigamil.nn.smallcnn.SmallCNN`` from random initialisation with a linear classifier
 is trained on every patch of the fold's training and validation slides (the slides the
 baseline trains on), each patch labelled with its slide's label (weak labels; Coudray et al.
 2018), in mini-batches of 32 patches shuffled ACROSS slides with BatchNorm in train mode (what

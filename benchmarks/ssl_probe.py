@@ -5,7 +5,7 @@ Run by hand:
     python benchmarks/ssl_probe.py [--pretrain-tiles CSV_OR_ZIP] [--epochs 150]
         [--weights-out benchmarks/work/ssl/smallcnn_simclr.pt]
 
-Pretrains ``gigamil.nn.encoders.SmallCNN`` from random initialisation with SimCLR (Chen et al.
+Pretrains ``gigamil.nn.smallcnn.SmallCNN`` from random initialisation with SimCLR (Chen et al.
 2020, ICML: NT-Xent loss, temperature 0.2, two augmented views per tile: random resized crop
 0.4-1.0, flips, colour jitter 0.4/0.4/0.4/0.1 with p 0.8, grey with p 0.2, Gaussian blur with p
 0.3; a 64-128-64 projection head; AdamW, one-cycle lr 2e-3, batches of 128 tiles) on unlabelled
@@ -41,7 +41,7 @@ from real_tissue import git_commit  # noqa: E402
 
 from gigamil.evaluate.baseline import colour_histograms  # noqa: E402
 from gigamil.nn.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from gigamil.nn.encoders import SmallCNN  # noqa: E402
+from gigamil.nn.smallcnn import SmallCNN  # noqa: E402
 from gigamil.tile_pool import Tile, decode_tile, packaged_tiles_path, read_tile_pool  # noqa: E402
 
 DEFAULT_TILES = REPO.parent / "shared" / "data" / "pcam-valid"

@@ -12,7 +12,7 @@ n (balanced random tiles of ``--tiles DIR/{0,1}``) and seed it trains
 
 - ``colour_lr``: logistic regression on standardised 16-bin RGB histograms
   (``gigamil.evaluate.baseline.colour_histograms``, the baseline's features);
-- ``small_cnn``: ``gigamil.nn.encoders.SmallCNN`` from random initialisation with a linear
+- ``small_cnn``: ``gigamil.nn.smallcnn.SmallCNN`` from random initialisation with a linear
   classifier, gigamil's own patch augmentation (``PatchPreprocess``: flips, 90° rotations,
   colour jitter 0.05, HED stain jitter 0.1, the shipped config's values), AdamW lr 1e-3,
   batches of 32, max(20, 12000 / n) epochs,
@@ -52,7 +52,7 @@ from real_tissue import git_commit  # noqa: E402
 from gigamil.evaluate.baseline import colour_histograms  # noqa: E402
 from gigamil.evaluate.metrics import binary_auc  # noqa: E402
 from gigamil.nn.augment import PatchPreprocess  # noqa: E402
-from gigamil.nn.encoders import SmallCNN  # noqa: E402
+from gigamil.nn.smallcnn import SmallCNN  # noqa: E402
 
 DEFAULT_TILES = REPO.parent / "shared" / "data" / "pcam-valid"
 
