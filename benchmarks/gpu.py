@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
 from gigamil.data.bags import ZarrBag  # noqa: E402
-from gigamil.data.store import StoreWriter, unresampled_store_attrs  # noqa: E402
+from gigamil.data.store_writer import StoreWriter, unresampled_store_attrs  # noqa: E402
 from gigamil.models.factory import build_mil_model  # noqa: E402
 from gigamil.models.mil import MILModel  # noqa: E402
 from gigamil.nn.losses import BagLoss  # noqa: E402

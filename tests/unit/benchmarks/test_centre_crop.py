@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gigamil.data.store import StoreWriter, read_patches, read_store
+from gigamil.data.store import read_patches, read_store
+from gigamil.data.store_writer import StoreWriter
 
 
 def test_whiten_border_keeps_only_the_centre(bench) -> None:

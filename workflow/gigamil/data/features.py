@@ -43,7 +43,8 @@ from torch import nn
 
 from gigamil import __version__
 from gigamil.data.bags import ZarrBag
-from gigamil.data.store import _jsonable, chunk_key, damaged_store_error, read_patches
+from gigamil.data.store import chunk_key, damaged_store_error, read_patches
+from gigamil.data.store_writer import _jsonable
 from gigamil.errors import GigamilError
 from gigamil.fileutil import remove_stale_temporaries, temp_path
 from gigamil.nn.weights import is_weights_file, weights_sha256

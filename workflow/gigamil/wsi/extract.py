@@ -234,7 +234,7 @@ def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
     with ``attrs`` plus ``seconds`` (since ``t0``, set in ``attrs``)."""
     from tqdm import tqdm
 
-    from gigamil.data.store import StoreWriter
+    from gigamil.data.store_writer import StoreWriter
 
     with StoreWriter(
         out,

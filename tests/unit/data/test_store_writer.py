@@ -1,0 +1,97 @@
+"""gigamil.data.store_writer: writing the patch store (atomic replacement, checks on commit,
+chunk size, leftovers of killed extractions, a full disk)."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gigamil.data.store import read_store
+from gigamil.data.store_writer import StoreWriter, chunk_patches
+from gigamil.errors import GigamilError
+
+
+def _grid(row_major_grid, n):
+    grid = row_major_grid(n, 7)
+    return grid, grid[:, ::-1] * 16
+
+
+def test_crash_leaves_no_store_and_keeps_the_old_one(s1_attrs, row_major_grid, tmp_path):
+    out = tmp_path / "s.zarr"
+    old = np.full((5, 8, 8, 3), 7, np.uint8)
+    grid, coords = _grid(row_major_grid, 5)
+    with StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(old)
+        w.commit(s1_attrs(slide_id="old"))
+    with pytest.raises(RuntimeError, match="boom"), StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(old[:3])
+        raise RuntimeError("boom")
+    assert not list(tmp_path.glob("*.tmp-*"))  # temporary store removed
+    p, _, _, attrs = read_store(out)  # the previous complete store is untouched
+    assert attrs["slide_id"] == "old"
+    np.testing.assert_array_equal(p[...], old)
+    # replacing a complete store with a new one
+    with StoreWriter(out, 5, 8, coords, grid) as w:
+        w.append(old + 1)
+        w.commit(s1_attrs(slide_id="new"))
+    p, _, _, attrs = read_store(out)
+    assert attrs["slide_id"] == "new" and int(p[0, 0, 0, 0]) == 8
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_commit_checks_counts_and_attrs(s1_attrs, row_major_grid, tmp_path):
+    grid, coords = _grid(row_major_grid, 4)
+    with StoreWriter(tmp_path / "a.zarr", 4, 8, coords, grid) as w:
+        w.append(np.zeros((3, 8, 8, 3), np.uint8))
+        with pytest.raises(RuntimeError, match="wrote 3 of 4"):
+            w.commit(s1_attrs())
+    with StoreWriter(tmp_path / "b.zarr", 4, 8, coords, grid) as w:
+        w.append(np.zeros((4, 8, 8, 3), np.uint8))
+        with pytest.raises(ValueError, match="slide_mpp"):
+            w.commit({"slide_id": "x"})
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_chunk_size_between_64_and_256():
+    assert chunk_patches(256) == 128  # 24 MiB / 192 KiB
+    assert chunk_patches(32) == 256
+    assert chunk_patches(1024) == 64
+
+
+def test_redoing_a_store_removes_leftovers_of_killed_extractions(
+    s1_attrs, row_major_grid, tmp_path
+):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in (f"s.zarr.tmp-{dead.pid}", f"s.zarr.old-{dead.pid}", f"s.zarr.tmp-{live.pid}"):
+            (tmp_path / name / "patches").mkdir(parents=True)
+        grid, coords = _grid(row_major_grid, 3)
+        with StoreWriter(tmp_path / "s.zarr", 3, 8, coords, grid) as w:
+            w.append(np.zeros((3, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+        # the killed process's temporaries are gone, a running writer's are left alone
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr", f"s.zarr.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_full_disk_while_writing_a_store(s1_attrs, row_major_grid, tmp_path, monkeypatch):
+    grid, coords = _grid(row_major_grid, 3)
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with StoreWriter(tmp_path / "s.zarr", 3, 8, coords, grid) as w:
+        monkeypatch.setattr(Path, "write_bytes", full_disk)
+        with pytest.raises(GigamilError, match=r"no space left on device: .*s\.zarr"):
+            w.append(np.zeros((3, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+    assert not list(tmp_path.iterdir())
