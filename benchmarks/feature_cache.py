@@ -13,7 +13,7 @@ every slide) is measured too, with the number of epochs after which it has paid 
 
 1. The demo's patch stores are made by the real workflow (``snakemake results/qc/demo.csv`` in
    benchmarks/work/feature_cache; reused when up to date).
-2. Every store is encoded once with :func:`gigamil.data.features.extract_features`.
+2. Every store is encoded once with :func:`gigamil.data.feature_extract.extract_features`.
 3. Epochs: :func:`gigamil.train.loop.train_epoch` over all bags with each model.
 
 Writes benchmarks/results/feature_cache.json.
@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO / "workflow"))  # this tree's gigamil, also without 
 
 from gigamil import layout  # noqa: E402
 from gigamil.data.bags import ZarrBag  # noqa: E402
-from gigamil.data.features import FeatureBag, extract_features  # noqa: E402
+from gigamil.data.feature_extract import extract_features  # noqa: E402
+from gigamil.data.features import FeatureBag  # noqa: E402
 from gigamil.models.factory import build_mil_model  # noqa: E402
 from gigamil.nn.losses import BagLoss  # noqa: E402
 from gigamil.settings import ModelConfig, TrainingConfig  # noqa: E402

@@ -29,7 +29,7 @@ from gigamil.config import (  # noqa: E402
     read_yaml,
     validate_config,
 )
-from gigamil.data.features import config_encoder_id, encoder_spec  # noqa: E402
+from gigamil.data.feature_spec import config_encoder_id, encoder_spec  # noqa: E402
 from gigamil.errors import ConfigError, GigamilError  # noqa: E402
 from gigamil.logutil import console_warnings  # noqa: E402
 from gigamil.splits import make_cv_folds, sheet_digest, split_digest  # noqa: E402

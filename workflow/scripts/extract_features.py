@@ -1,11 +1,11 @@
-"""Snakemake script of rule extract_features: gigamil.data.features.extract_features (one slide's
-patch store encoded once by the frozen encoder)."""
+"""Snakemake script of rule extract_features: gigamil.data.feature_extract.extract_features (one
+slide's patch store encoded once by the frozen encoder)."""
 
 from gigamil.logutil import setup_script_logging
 
 setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 
-from gigamil.data.features import extract_features
+from gigamil.data.feature_extract import extract_features
 
 # params.encoder (what the features depend on) only triggers reruns; the model section and the
 # device are read from the config, so head or training changes never re-extract

@@ -1,5 +1,5 @@
-"""The feature cache of frozen encoders: encoder_id, extraction (cached == live features within
-fp16), FeatureBag, and training/prediction from feature stores."""
+"""gigamil.data.features: the feature stores (FeatureBag, damage checks, open_bag) and
+training/prediction from feature stores."""
 
 from __future__ import annotations
 
@@ -11,18 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from gigamil import layout
 from gigamil.data.bags import ZarrBag
-from gigamil.data.features import (
-    FeatureBag,
-    cache_enabled,
-    config_encoder_id,
-    encode_bag,
-    encoder_id,
-    encoder_spec,
-    extract_features,
-    open_bag,
-)
+from gigamil.data.feature_extract import extract_features
+from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.models.factory import build_mil_model
 from gigamil.nn.pooling import grid_adjacency
@@ -35,50 +26,6 @@ PATCHES = {"mpp": 0.5, "patch_px": 32}
 
 def _patches(n: int, px: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
-
-
-def _live_features(model_cfg: dict, store: Path, chunk: int = 7) -> np.ndarray:
-    """What the trainer's frozen model computes from the patches (training.seed 0, eval)."""
-    torch.manual_seed(0)
-    model = build_mil_model(model_cfg, 2, PATCHES["patch_px"]).eval()
-    with torch.inference_mode():
-        return model.encode(ZarrBag(store), chunk).numpy()
-
-
-def test_cache_equals_live_features_random_init(write_store, tmp_path: Path) -> None:
-    store = write_store(tmp_path / "s.zarr", _patches(37), chunk=16, target_mpp=0.5)
-    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
-    out = extract_features(store, tmp_path / "f" / "s.zarr", cfg, PATCHES, device="cpu", chunk=10)
-    bag = FeatureBag(out)
-    cached = bag.load().numpy()
-    live = _live_features(cfg, store)
-    assert cached.shape == live.shape == (37, 64)
-    assert bag.attrs["kind"] == "features" and bag.attrs["feature_dim"] == 64
-    np.testing.assert_allclose(cached, live, rtol=2e-3, atol=2e-3 * np.abs(live).max())
-    assert not np.allclose(cached, 0)
-
-
-def test_cache_equals_live_features_weights_file(write_store, tmp_path: Path) -> None:
-    import torchvision
-
-    weights = tmp_path / "r18.pt"
-    torch.manual_seed(5)
-    net = torchvision.models.resnet18()
-    torch.save(net.state_dict(), weights)
-    store = write_store(tmp_path / "s.zarr", _patches(20, seed=1), chunk=8, target_mpp=0.5)
-    cfg = {"encoder": "resnet18", "weights": str(weights), "freeze_encoder": True}
-    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
-    bag = FeatureBag(out)
-    live = _live_features(cfg, store)
-    np.testing.assert_allclose(bag.load().numpy(), live, rtol=2e-3, atol=2e-3 * np.abs(live).max())
-    from gigamil.nn.weights import file_sha256
-
-    # provenance: encoder, weights sha256, patch size and MPP, version
-    assert bag.attrs["weights_sha256"] == file_sha256(weights)
-    assert bag.attrs["encoder"] == "resnet18" and bag.attrs["patch_px"] == 32
-    assert bag.attrs["target_mpp"] == 0.5 and bag.attrs["gigamil_version"]
-    assert bag.attrs["encoder_id"] == encoder_id(encoder_spec(cfg, PATCHES))
-    assert bag.attrs["encoder_spec"]["weights"] == f"sha256:{file_sha256(weights)}"
 
 
 def test_feature_store_keeps_rows_coords_grid(write_store, tmp_path: Path) -> None:
@@ -179,93 +126,6 @@ def test_feature_store_coords_or_grid_that_do_not_match_the_features_are_damage(
         GigamilError, match=r"f\.zarr is damaged: features \(6, 64\) and grid int64 \(4, 2\), not"
     ):
         FeatureBag(out)
-
-
-@pytest.mark.parametrize(
-    ("scale", "why"),
-    [(1e5, "reach 1e\\+05, beyond the float16 range"), (float("nan"), "NaN or inf features")],
-)
-def test_features_float16_cannot_hold_are_an_error_not_inf(write_store, tmp_path, scale, why):
-    """The cache stores float16: a feature of 1e5 was cast to inf (and NaN cached) silently."""
-    store = write_store(tmp_path / "s.zarr", _patches(5), chunk=16, target_mpp=0.5)
-
-    class Loud(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.float().mean(dim=(2, 3)) * 0 + scale
-
-    with pytest.raises(GigamilError, match=f"s.zarr: the encoder.*{why}"):
-        encode_bag(Loud(), ZarrBag(store), torch.device("cpu"))
-    assert (
-        encode_bag(torch.nn.Flatten(1), ZarrBag(store), torch.device("cpu"), chunk=2).shape[0] == 5
-    )
-
-
-def test_encoder_id_changes_only_with_what_changes_the_features(tmp_path: Path) -> None:
-    base = {"encoder": "smallcnn", "trainable_blocks": 0}
-    ref = encoder_id(encoder_spec(base, PATCHES))
-    assert ref == encoder_id(encoder_spec(base, PATCHES))  # stable
-    assert ref.startswith("smallcnn-") and len(ref) == len("smallcnn-") + 12
-    # head, training-side and cache switches: the same features
-    for head in (
-        {"att_dim": 8},
-        {"pool": "smabmil"},
-        {"pool": "smabmil", "sm_alpha": 0.9},
-        {"dropout": 0.5},
-        {"feature_norm": False},
-        {"instance_loss": 0.5},
-        {"freeze_encoder": True},
-    ):
-        assert encoder_id(encoder_spec({**base, **head}, PATCHES)) == ref, head
-    assert encoder_id(encoder_spec(base, {**PATCHES, "stride_px": 16, "min_tissue": 0.9})) == ref
-    # what changes the features changes the id
-    w1, w2 = tmp_path / "a.pt", tmp_path / "b.pt"
-    w1.write_bytes(b"one")
-    w2.write_bytes(b"two")
-    changed = [
-        encoder_spec({**base, "encoder": "resnet18"}, PATCHES),
-        encoder_spec({**base, "batchnorm": "groupnorm"}, PATCHES),
-        encoder_spec(base, {**PATCHES, "mpp": 1.0}),
-        encoder_spec(base, {**PATCHES, "patch_px": 64}),
-        encoder_spec(base, {**PATCHES, "codec": "jpeg"}),
-        encoder_spec({**base, "encoder": "resnet18", "weights": str(w1)}, PATCHES),
-        encoder_spec({**base, "encoder": "resnet18", "weights": str(w2)}, PATCHES),
-        encoder_spec({**base, "encoder": "resnet18", "weights": "IMAGENET1K_V1"}, PATCHES),
-    ]
-    ids = [encoder_id(s) for s in changed]
-    assert ref not in ids and len(set(ids)) == len(ids)
-    # the same weights file elsewhere: the same id (by content)
-    w3 = tmp_path / "sub" / "a.pt"
-    w3.parent.mkdir()
-    w3.write_bytes(b"one")
-    same = encoder_spec({**base, "encoder": "resnet18", "weights": str(w3)}, PATCHES)
-    assert encoder_id(same) == ids[5]
-
-
-def test_cache_enabled_only_for_a_frozen_encoder() -> None:
-    assert cache_enabled({"trainable_blocks": 0})
-    assert cache_enabled({"freeze_encoder": True})
-    assert not cache_enabled({"trainable_blocks": 0, "feature_cache": False})
-    assert not cache_enabled({"trainable_blocks": "all"})
-    assert not cache_enabled({"encoder": "resnet18", "trainable_blocks": 2})
-    cfg = {"model": {"trainable_blocks": 0}, "preprocessing": {"patches": PATCHES}}
-    assert config_encoder_id(cfg) == encoder_id(encoder_spec(cfg["model"], PATCHES))
-    assert config_encoder_id({"model": {}, "preprocessing": {"patches": PATCHES}}) is None
-    slides = pd.DataFrame({"cohort": ["c"], "slide_id": ["s1"]})
-    eid = config_encoder_id(cfg)
-    assert layout.with_stores(slides, eid)["store"].tolist() == [
-        f"results/features/{eid}/c/s1.zarr"
-    ]
-    assert layout.with_stores(slides)["store"].tolist() == ["results/patches/c/s1.zarr"]
-    # training.strategy: frozen caches too (trainable_blocks left at all); em and end_to_end not
-    frozen = {
-        "model": {},
-        "training": {"strategy": "frozen"},
-        "preprocessing": {"patches": PATCHES},
-    }
-    assert config_encoder_id(frozen) == eid
-    for strategy in ("em", "end_to_end"):
-        cfg = {**frozen, "training": {"strategy": strategy}}
-        assert config_encoder_id(cfg) is None
 
 
 def test_in_memory_bag_behaves_like_a_stored_one(write_store, tmp_path: Path) -> None:

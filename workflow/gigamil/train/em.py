@@ -4,10 +4,10 @@ Instead of backpropagating the bag loss through every patch (GradCache, exact bu
 passes per patch per step), the fold is trained in rounds (``training.em``):
 
 - **M-step** (every round): with the encoder fixed, every slide is encoded once (eval mode, no
-  augmentation; :func:`gigamil.data.features.encode_bag`, float16 like the feature cache) into
-  in-memory :class:`~gigamil.data.features.FeatureBag` s (``FeatureBag.in_memory``: N × D × 2
-  bytes for the fold's N patches), and the attention head trains on those features with the
-  head trainer of the ``frozen`` strategy (:func:`gigamil.train.loop.train_epoch`),
+  augmentation; :func:`gigamil.data.feature_extract.encode_bag`, float16 like the feature
+  cache) into in-memory :class:`~gigamil.data.features.FeatureBag` s (``FeatureBag.in_memory``:
+  N × D × 2 bytes for the fold's N patches), and the attention head trains on those features
+  with the head trainer of the ``frozen`` strategy (:func:`gigamil.train.loop.train_epoch`),
   ``head_epochs`` epochs; then validation on the validation slides' features.
 - **E-step** (rounds 2 and later, before the M-step): with the head fixed, the bag classifier
   labels ``instances_per_round`` training patches
@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gigamil.data.features import FeatureBag, encode_bag
+from gigamil.data.feature_extract import encode_bag
+from gigamil.data.features import FeatureBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
 from gigamil.models.mil import MILModel

@@ -1,0 +1,86 @@
+"""gigamil.data.feature_extract: extraction of the feature cache (cached == live features within
+fp16, provenance attrs, features float16 cannot hold)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gigamil.data.bags import ZarrBag
+from gigamil.data.feature_extract import encode_bag, extract_features
+from gigamil.data.feature_spec import encoder_id, encoder_spec
+from gigamil.data.features import FeatureBag
+from gigamil.errors import GigamilError
+from gigamil.models.factory import build_mil_model
+
+PATCHES = {"mpp": 0.5, "patch_px": 32}
+
+
+def _patches(n: int, px: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8)
+
+
+def _live_features(model_cfg: dict, store: Path, chunk: int = 7) -> np.ndarray:
+    """What the trainer's frozen model computes from the patches (training.seed 0, eval)."""
+    torch.manual_seed(0)
+    model = build_mil_model(model_cfg, 2, PATCHES["patch_px"]).eval()
+    with torch.inference_mode():
+        return model.encode(ZarrBag(store), chunk).numpy()
+
+
+def test_cache_equals_live_features_random_init(write_store, tmp_path: Path) -> None:
+    store = write_store(tmp_path / "s.zarr", _patches(37), chunk=16, target_mpp=0.5)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    out = extract_features(store, tmp_path / "f" / "s.zarr", cfg, PATCHES, device="cpu", chunk=10)
+    bag = FeatureBag(out)
+    cached = bag.load().numpy()
+    live = _live_features(cfg, store)
+    assert cached.shape == live.shape == (37, 64)
+    assert bag.attrs["kind"] == "features" and bag.attrs["feature_dim"] == 64
+    np.testing.assert_allclose(cached, live, rtol=2e-3, atol=2e-3 * np.abs(live).max())
+    assert not np.allclose(cached, 0)
+
+
+def test_cache_equals_live_features_weights_file(write_store, tmp_path: Path) -> None:
+    import torchvision
+
+    weights = tmp_path / "r18.pt"
+    torch.manual_seed(5)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), weights)
+    store = write_store(tmp_path / "s.zarr", _patches(20, seed=1), chunk=8, target_mpp=0.5)
+    cfg = {"encoder": "resnet18", "weights": str(weights), "freeze_encoder": True}
+    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    bag = FeatureBag(out)
+    live = _live_features(cfg, store)
+    np.testing.assert_allclose(bag.load().numpy(), live, rtol=2e-3, atol=2e-3 * np.abs(live).max())
+    from gigamil.nn.weights import file_sha256
+
+    # provenance: encoder, weights sha256, patch size and MPP, version
+    assert bag.attrs["weights_sha256"] == file_sha256(weights)
+    assert bag.attrs["encoder"] == "resnet18" and bag.attrs["patch_px"] == 32
+    assert bag.attrs["target_mpp"] == 0.5 and bag.attrs["gigamil_version"]
+    assert bag.attrs["encoder_id"] == encoder_id(encoder_spec(cfg, PATCHES))
+    assert bag.attrs["encoder_spec"]["weights"] == f"sha256:{file_sha256(weights)}"
+
+
+@pytest.mark.parametrize(
+    ("scale", "why"),
+    [(1e5, "reach 1e\\+05, beyond the float16 range"), (float("nan"), "NaN or inf features")],
+)
+def test_features_float16_cannot_hold_are_an_error_not_inf(write_store, tmp_path, scale, why):
+    """The cache stores float16: a feature of 1e5 was cast to inf (and NaN cached) silently."""
+    store = write_store(tmp_path / "s.zarr", _patches(5), chunk=16, target_mpp=0.5)
+
+    class Loud(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float().mean(dim=(2, 3)) * 0 + scale
+
+    with pytest.raises(GigamilError, match=f"s.zarr: the encoder.*{why}"):
+        encode_bag(Loud(), ZarrBag(store), torch.device("cpu"))
+    assert (
+        encode_bag(torch.nn.Flatten(1), ZarrBag(store), torch.device("cpu"), chunk=2).shape[0] == 5
+    )

@@ -1,0 +1,81 @@
+"""gigamil.data.feature_spec: the encoder_id of the feature cache and whether a configuration
+reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from gigamil import layout
+from gigamil.data.feature_spec import cache_enabled, config_encoder_id, encoder_id, encoder_spec
+
+PATCHES = {"mpp": 0.5, "patch_px": 32}
+
+
+def test_encoder_id_changes_only_with_what_changes_the_features(tmp_path: Path) -> None:
+    base = {"encoder": "smallcnn", "trainable_blocks": 0}
+    ref = encoder_id(encoder_spec(base, PATCHES))
+    assert ref == encoder_id(encoder_spec(base, PATCHES))  # stable
+    assert ref.startswith("smallcnn-") and len(ref) == len("smallcnn-") + 12
+    # head, training-side and cache switches: the same features
+    for head in (
+        {"att_dim": 8},
+        {"pool": "smabmil"},
+        {"pool": "smabmil", "sm_alpha": 0.9},
+        {"dropout": 0.5},
+        {"feature_norm": False},
+        {"instance_loss": 0.5},
+        {"freeze_encoder": True},
+    ):
+        assert encoder_id(encoder_spec({**base, **head}, PATCHES)) == ref, head
+    assert encoder_id(encoder_spec(base, {**PATCHES, "stride_px": 16, "min_tissue": 0.9})) == ref
+    # what changes the features changes the id
+    w1, w2 = tmp_path / "a.pt", tmp_path / "b.pt"
+    w1.write_bytes(b"one")
+    w2.write_bytes(b"two")
+    changed = [
+        encoder_spec({**base, "encoder": "resnet18"}, PATCHES),
+        encoder_spec({**base, "batchnorm": "groupnorm"}, PATCHES),
+        encoder_spec(base, {**PATCHES, "mpp": 1.0}),
+        encoder_spec(base, {**PATCHES, "patch_px": 64}),
+        encoder_spec(base, {**PATCHES, "codec": "jpeg"}),
+        encoder_spec({**base, "encoder": "resnet18", "weights": str(w1)}, PATCHES),
+        encoder_spec({**base, "encoder": "resnet18", "weights": str(w2)}, PATCHES),
+        encoder_spec({**base, "encoder": "resnet18", "weights": "IMAGENET1K_V1"}, PATCHES),
+    ]
+    ids = [encoder_id(s) for s in changed]
+    assert ref not in ids and len(set(ids)) == len(ids)
+    # the same weights file elsewhere: the same id (by content)
+    w3 = tmp_path / "sub" / "a.pt"
+    w3.parent.mkdir()
+    w3.write_bytes(b"one")
+    same = encoder_spec({**base, "encoder": "resnet18", "weights": str(w3)}, PATCHES)
+    assert encoder_id(same) == ids[5]
+
+
+def test_cache_enabled_only_for_a_frozen_encoder() -> None:
+    assert cache_enabled({"trainable_blocks": 0})
+    assert cache_enabled({"freeze_encoder": True})
+    assert not cache_enabled({"trainable_blocks": 0, "feature_cache": False})
+    assert not cache_enabled({"trainable_blocks": "all"})
+    assert not cache_enabled({"encoder": "resnet18", "trainable_blocks": 2})
+    cfg = {"model": {"trainable_blocks": 0}, "preprocessing": {"patches": PATCHES}}
+    assert config_encoder_id(cfg) == encoder_id(encoder_spec(cfg["model"], PATCHES))
+    assert config_encoder_id({"model": {}, "preprocessing": {"patches": PATCHES}}) is None
+    slides = pd.DataFrame({"cohort": ["c"], "slide_id": ["s1"]})
+    eid = config_encoder_id(cfg)
+    assert layout.with_stores(slides, eid)["store"].tolist() == [
+        f"results/features/{eid}/c/s1.zarr"
+    ]
+    assert layout.with_stores(slides)["store"].tolist() == ["results/patches/c/s1.zarr"]
+    # training.strategy: frozen caches too (trainable_blocks left at all); em and end_to_end not
+    frozen = {
+        "model": {},
+        "training": {"strategy": "frozen"},
+        "preprocessing": {"patches": PATCHES},
+    }
+    assert config_encoder_id(frozen) == eid
+    for strategy in ("em", "end_to_end"):
+        cfg = {**frozen, "training": {"strategy": strategy}}
+        assert config_encoder_id(cfg) is None

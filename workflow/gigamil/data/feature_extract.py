@@ -1,0 +1,211 @@
+"""Extraction of the feature cache (rule ``extract_features``): the frozen encoder of a
+configuration (:func:`build_feature_encoder`) encodes every patch of a patch store once
+(:func:`encode_bag`, float16) and :func:`write_feature_store` writes the feature store (format:
+gigamil.data.features) under a temporary name and renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch import nn
+
+from gigamil import __version__
+from gigamil.data.bags import ZarrBag
+from gigamil.data.feature_spec import RANDOM_INIT_SEED, encoder_id, encoder_spec
+from gigamil.data.features import KIND
+from gigamil.data.store_writer import _jsonable
+from gigamil.errors import GigamilError
+from gigamil.fileutil import remove_stale_temporaries, temp_path
+from gigamil.nn.weights import weights_sha256
+from gigamil.settings import ModelConfig, PatchConfig
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 4096  # rows per zarr chunk of ``features``
+EXTRACT_CHUNK = 256  # patches per encoder forward pass during extraction
+
+
+def build_feature_encoder(
+    model_cfg: Mapping[str, Any] | ModelConfig, patch_px: int
+) -> tuple[nn.Module, int]:
+    """The frozen encoder of the cache with its input normalisation in front (no
+    augmentation), in eval mode: uint8 (n, H, W, 3) → float (n, D). A random-init encoder is
+    initialised under ``torch.manual_seed(RANDOM_INIT_SEED)`` (the global RNG is restored)."""
+    from gigamil.nn.augment import PatchPreprocess
+    from gigamil.nn.encoders import build_encoder, encoder_normalisation
+
+    cfg = ModelConfig.from_dict(model_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        encoder, dim = build_encoder(
+            cfg.encoder, cfg.weights, patch_px, cfg.batchnorm, trainable_blocks=0
+        )
+    mean, std = encoder_normalisation(cfg.encoder)
+    module = nn.Sequential(PatchPreprocess(mean=mean, std=std), encoder)
+    module.requires_grad_(False)
+    return module.eval(), dim
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.inference_mode()
+def encode_bag(
+    encoder: nn.Module,
+    bag: ZarrBag,
+    device: torch.device,
+    chunk: int = EXTRACT_CHUNK,
+    amp: bool = True,
+) -> np.ndarray:
+    """float16 features (N, D) of every patch of ``bag``, chunk by chunk (autocast on CUDA when
+    ``amp``).
+
+    Raises:
+        GigamilError: the encoder gives NaN or inf, or values beyond float16's range (65504,
+            which the cast would turn into inf), naming the slide's store.
+    """
+    dtype = _amp_dtype(device) if amp else None
+    out = []
+    for x in bag.chunks(chunk):
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with ctx:
+            h = encoder(x.to(device, non_blocking=True))
+        h32 = h.float().cpu().numpy()
+        if not np.isfinite(h32).all():
+            raise GigamilError(
+                f"{bag.path}: the encoder gives NaN or inf features for this slide's patches "
+                "(damaged or diverged weights?); nothing was cached"
+            )
+        peak = float(np.abs(h32).max()) if h32.size else 0.0
+        if peak > FLOAT16_MAX:
+            raise GigamilError(
+                f"{bag.path}: the encoder's features reach {peak:.4g}, beyond the float16 range "
+                f"of the feature cache ({FLOAT16_MAX:g}): they would be stored as inf; the "
+                "encoder's output is not normalised (train end to end instead of caching features)"
+            )
+        out.append(h32.astype(np.float16))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float16)
+
+
+def write_feature_store(
+    out: str | Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    grid: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> Path:
+    """Write a feature store under a temporary name and rename it into place."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    tmp = temp_path(out)
+    n = int(len(features))
+    try:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arrays = {
+            "features": np.ascontiguousarray(features, dtype=np.float16),
+            "coords": np.asarray(coords, dtype=np.int64).reshape(n, 2),
+            "grid": np.asarray(grid, dtype=np.int64).reshape(n, 2),
+        }
+        for name, arr in arrays.items():
+            z = group.create_array(
+                name,
+                shape=arr.shape,
+                chunks=(max(1, min(n, CHUNK_ROWS)), *arr.shape[1:]),
+                dtype=arr.dtype,
+                compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
+                config={"write_empty_chunks": True},
+            )
+            if n:
+                z[...] = arr
+        # one write of zarr.json (attrs.update rewrites it once per key: ~5 ms each)
+        group.update_attributes(_jsonable({"kind": KIND, **dict(attrs), "n_patches": n}))
+        if out.exists():
+            old = temp_path(out, "old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def extract_features(  # noqa: PLR0913 - one rule's inputs
+    store: str | Path,
+    out: str | Path,
+    model_cfg: Mapping[str, Any] | ModelConfig,
+    patch_cfg: Mapping[str, Any] | PatchConfig,
+    device: str = "auto",
+    chunk: int = EXTRACT_CHUNK,
+    amp: bool = True,
+    threads: int = 1,
+) -> Path:
+    """Encode every patch of the patch store ``store`` once with the frozen encoder of
+    ``model_cfg`` and write the feature store ``out`` (float16 (N, D), coords and grid of the
+    patch store, provenance attrs). ``device``: auto (CUDA when present), cpu or cuda."""
+    from gigamil.train.run import resolve_device
+
+    torch.set_num_threads(max(1, int(threads)))
+    t0 = time.perf_counter()
+    spec = encoder_spec(model_cfg, patch_cfg)
+    cfg = ModelConfig.from_dict(model_cfg)
+    bag = ZarrBag(store, prefetch=2)
+    patch_px = int(bag.patch_shape[0])
+    if patch_px != spec["patch_px"]:
+        raise GigamilError(
+            f"{store}: patches are {patch_px} px but preprocessing.patches.patch_px is "
+            f"{spec['patch_px']}; extract the patches again"
+        )
+    dev = resolve_device(device)
+    encoder, dim = build_feature_encoder(cfg, patch_px)
+    encoder.to(dev)
+    feats = encode_bag(encoder, bag, dev, chunk, amp) if len(bag) else np.zeros((0, dim))
+    attrs = {
+        "encoder_id": encoder_id(spec),
+        "encoder_spec": spec,
+        "encoder": cfg.encoder,
+        "weights": cfg.weights,
+        "weights_sha256": weights_sha256(cfg.weights, cfg.encoder),
+        "feature_dim": int(dim),
+        "slide_id": bag.attrs.get("slide_id", Path(store).stem),
+        "patch_px": patch_px,
+        "target_mpp": bag.attrs.get("target_mpp"),
+        "effective_mpp": bag.attrs.get("effective_mpp"),
+        "patch_store": str(store),
+        "gigamil_version": __version__,
+        "device": str(dev),
+        "amp": bool(amp and _amp_dtype(dev) is not None),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    path = write_feature_store(out, feats, bag.coords, bag.grid, attrs)
+    log.info(
+        "%s: %d patches -> features (%d, %d) with %s [%s] on %s in %.1f s",
+        attrs["slide_id"],
+        len(bag),
+        len(feats),
+        dim,
+        cfg.encoder,
+        attrs["encoder_id"],
+        dev,
+        attrs["seconds"],
+    )
+    return path

@@ -1,0 +1,89 @@
+"""The name of a frozen encoder's feature cache: ``results/features/{encoder_id}/...``.
+
+``encoder_id`` (:func:`encoder_id`) is a short hash of everything that changes the features
+(:func:`encoder_spec`): the encoder name, its weights (the file's sha256; a torchvision weight
+name; random initialisation with :data:`RANDOM_INIT_SEED`), the BatchNorm mode, the input
+normalisation and the patch settings (µm/px, size, codec). Training and head settings are not
+part of it, so changing them re-extracts nothing. Whether a configuration reads the cache at
+all: :func:`cache_enabled`, :func:`config_encoder_id`. The stores themselves:
+gigamil.data.features (reading), gigamil.data.feature_extract (writing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gigamil.nn.weights import is_weights_file, weights_sha256
+from gigamil.settings import ModelConfig, PatchConfig, resolve_strategy
+
+FORMAT = 1  # bump when the stored features of the same encoder change meaning
+RANDOM_INIT_SEED = 0  # torch seed of a random-init encoder whose features are cached
+ID_LENGTH = 12
+
+
+def frozen_encoder(model_cfg: Mapping[str, Any] | ModelConfig) -> bool:
+    """The encoder learns nothing: ``trainable_blocks: 0`` or ``freeze_encoder: true``."""
+    cfg = ModelConfig.from_dict(model_cfg)
+    return cfg.freeze_encoder or cfg.trainable_blocks == 0
+
+
+def cache_enabled(model_cfg: Mapping[str, Any] | ModelConfig) -> bool:
+    """Train and predict from cached features: a frozen encoder and ``model.feature_cache``."""
+    cfg = ModelConfig.from_dict(model_cfg)
+    return frozen_encoder(cfg) and cfg.feature_cache and cfg.encoder != "identity"
+
+
+def encoder_spec(
+    model_cfg: Mapping[str, Any] | ModelConfig, patch_cfg: Mapping[str, Any] | PatchConfig
+) -> dict[str, Any]:
+    """Everything that changes the cached features (and nothing else): the input of
+    :func:`encoder_id`. A weights file enters by its sha256 (moving it changes nothing), a
+    torchvision weight by its name, random initialisation by :data:`RANDOM_INIT_SEED`."""
+    from gigamil.nn.encoders import encoder_normalisation
+    from gigamil.nn.histogram import MAX_PIXELS
+
+    m, p = ModelConfig.from_dict(model_cfg), PatchConfig.from_dict(patch_cfg)
+    if m.weights is None:
+        weights: str = f"random-init:seed={RANDOM_INIT_SEED}"
+    elif is_weights_file(m.weights):
+        weights = f"sha256:{weights_sha256(m.weights, m.encoder)}"
+    else:
+        weights = f"name:{m.weights}"
+    mean, std = encoder_normalisation(m.encoder)
+    return {
+        "format": FORMAT,
+        "encoder": m.encoder,
+        "weights": weights,
+        "batchnorm": m.batchnorm,
+        "colour_histogram": int(m.colour_histogram),
+        # how many pixels the histogram samples (gigamil.nn.histogram); only when it is on, so
+        # the ids of caches without it stay as they were
+        **({"colour_histogram_max_pixels": MAX_PIXELS} if m.colour_histogram else {}),
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+        "patch_mpp": float(p.mpp),
+        "patch_px": int(p.patch_px),
+        "codec": p.codec,
+        "jpeg_quality": int(p.jpeg_quality) if p.codec == "jpeg" else None,
+    }
+
+
+def encoder_id(spec: Mapping[str, Any]) -> str:
+    """``<encoder>-<12 hex digits>``: a short stable hash of :func:`encoder_spec`."""
+    text = json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+    name = "".join(c if c.isalnum() else "_" for c in str(spec["encoder"]))
+    return f"{name}-{digest}"
+
+
+def config_encoder_id(config: Mapping[str, Any]) -> str | None:
+    """The ``encoder_id`` of a whole (validated) configuration when its training reads the
+    feature cache (``training.strategy: frozen``, or its older spelling, with
+    ``model.feature_cache``), else None."""
+    strategy, model = resolve_strategy(config.get("model", {}), config.get("training", {}))
+    if strategy != "frozen" or not cache_enabled(model):
+        return None
+    return encoder_id(encoder_spec(model, config.get("preprocessing", {}).get("patches", {})))
