@@ -68,12 +68,8 @@ class ArrayReader(SlideReader):
         self.level_dimensions = tuple((a.shape[1], a.shape[0]) for a in self._levels)
 
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
-        """Whole level pixels: the one nearest location / downsample (no sub-pixel
-        interpolation), like the fast TIFF path. Rounding, not flooring: a level-0 location
-        rounded from ``lx * downsample`` may lie just below it (downsample 4.01), and must still
-        give ``lx``, not ``lx - 1``."""
-        ds = self.level_downsamples[level]
-        return float(round(location[0] / ds)), float(round(location[1] / ds))
+        """Whole level pixels (no sub-pixel interpolation), as the fast TIFF path."""
+        return self.nearest_level_pixel(location, level)
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         arr = self._levels[level]

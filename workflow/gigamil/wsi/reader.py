@@ -238,8 +238,7 @@ class OpenSlideReader(SlideReader):
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
         if self._tiles is None:
             return super().level_origin(location, level)
-        ds = self.level_downsamples[level]
-        return float(round(location[0] / ds)), float(round(location[1] / ds))
+        return self.nearest_level_pixel(location, level)
 
     def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         if self._tiles is not None:

@@ -114,6 +114,14 @@ class SlideReader:
 
         return origin(location[0]), origin(location[1])
 
+    def nearest_level_pixel(self, location: tuple[int, int], level: int) -> tuple[float, float]:
+        """The whole level pixel nearest ``location / downsample``: where readers that cut a
+        level's own pixels (no sub-pixel interpolation) start a read. Rounding, not flooring: a
+        level-0 location rounded from ``lx * downsample`` may lie just below it (downsample
+        4.01) and must still give ``lx``, not ``lx - 1``."""
+        ds = self.level_downsamples[level]
+        return float(round(location[0] / ds)), float(round(location[1] / ds))
+
     def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 (h, w, 3) image of the whole slide fitting in ``max_size`` (w, h)."""
         from PIL import Image
