@@ -8,8 +8,6 @@ import numpy as np
 
 from gigamil.errors import GigamilError
 
-_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
-
 
 def grow_region(
     rng: np.random.Generator, allowed: np.ndarray, start: tuple[int, int], n: int, power: float

@@ -15,7 +15,6 @@ from gigamil.errors import GigamilError
 
 PER_SLIDE = ("rank", "percentile", "minmax")
 SCALES = ("probability", "relative", *PER_SLIDE)
-NORMALIZATIONS = SCALES  # the values of heatmaps.normalize / --normalize
 DEFAULT_SCALE = "probability"
 RELATIVE_RANGE = (0.01, 100.0)  # the relative scale's colour bar: N x attention, log10
 
