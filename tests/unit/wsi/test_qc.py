@@ -3,11 +3,17 @@ itself is tested with real slides in tests/unit/commands/test_mask_patches.py)."
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import gigamil
 from gigamil.wsi.qc import (
     COLUMNS,
     annotate_qc_image,
@@ -91,3 +97,20 @@ def test_qc_labels_from_the_mask_json(tmp_path):
         "threshold": "40 (fixed)",
         "warnings": "s.tiff: little tissue",
     }
+
+
+def test_the_tissue_mask_job_does_not_import_pandas_zarr_or_scipy_stats():
+    """A tissue_mask job imports wsi.tissue, wsi.mask_io and (for the QC thumbnail) wsi.qc:
+    pandas and zarr (the QC table's) and scipy.stats (the AUC's) cost about 1.5 s per job
+    together, once per slide; the training modules need no scipy.stats either."""
+    code = (
+        "import sys, gigamil.wsi.tissue, gigamil.wsi.mask_io, gigamil.wsi.qc\n"
+        "bad = sorted({'pandas', 'zarr', 'scipy.stats'} & set(sys.modules))\n"
+        "assert not bad, bad\n"
+        "import gigamil.train.run, gigamil.evaluate.localization, gigamil.viz.scales\n"
+        "assert 'scipy.stats' not in sys.modules\n"
+    )
+    package_root = str(Path(gigamil.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=package_root)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]

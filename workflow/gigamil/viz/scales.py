@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from gigamil.errors import GigamilError
 
@@ -32,6 +31,8 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     if att.size == 0:
         return att
     if method == "rank":
+        from scipy.stats import rankdata  # here: scipy.stats takes about 1 s to import
+
         return rankdata(att) / att.size
     if method == "percentile":
         lo, hi = np.percentile(att, [1.0, 99.0])

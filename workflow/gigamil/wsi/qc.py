@@ -9,12 +9,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from gigamil.data.store import open_store
+if TYPE_CHECKING:  # pandas and the store (zarr) are imported where the QC table needs them: the
+    import pandas as pd  # tissue_mask job imports this module only to annotate its thumbnail
+
 
 COLUMNS = [
     "slide_id",
@@ -37,6 +38,8 @@ COLUMNS = [
 
 def qc_row(slide_id: str, mask_json: str | Path, store: str | Path) -> dict:
     """One QC row from a mask JSON sidecar and a patch store."""
+    from gigamil.data.store import open_store
+
     info = json.loads(Path(mask_json).read_text())
     attrs = dict(open_store(store).attrs)
     width, height = attrs.get("slide_dimensions", info.get("slide_dimensions", [None, None]))
@@ -64,6 +67,8 @@ def qc_table(
     slide_ids: Sequence[str], mask_jsons: Sequence[str | Path], stores: Sequence[str | Path]
 ) -> pd.DataFrame:
     """The QC table of a cohort (rows in the given slide order)."""
+    import pandas as pd
+
     if not len(slide_ids) == len(mask_jsons) == len(stores):
         raise ValueError("slide_ids, mask_jsons and stores must have the same length")
     rows = [qc_row(s, m, z) for s, m, z in zip(slide_ids, mask_jsons, stores, strict=True)]
