@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from wfutil import (
+    FOUR_SLIDES,
     config_restored,
     copy_workflow,
     planned_jobs,
@@ -25,7 +26,7 @@ from wfutil import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FOLDS = 2
-PATIENTS = 6  # of the demo's 12 (12 of its 24 slides), 3 per class: 2 folds stay stratified
+SLIDES = FOUR_SLIDES
 FROZEN: dict = {
     "model": {"trainable_blocks": 0},
     "training": {"epochs": 2, "early_stopping": {"patience": 2}},
@@ -43,7 +44,7 @@ def planned(workdir: Path) -> list[tuple[str, dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("features") / "work", FROZEN, PATIENTS)
+    workdir = copy_workflow(tmp_path_factory.mktemp("features") / "work", FROZEN, SLIDES)
     snakemake_in(workdir, TARGET, timeout=900)
     return workdir
 
@@ -55,7 +56,7 @@ def workdir(done: Path):
 
 def test_frozen_run_trains_from_the_feature_stores(workdir: Path):
     stores = sorted((workdir / "results" / "features").glob("*/demo/*.zarr"))
-    assert len(stores) == 2 * PATIENTS, stores  # every slide of the cohort, one encoder_id
+    assert len(stores) == len(SLIDES), stores  # every slide of the cohort, one encoder_id
     assert len({p.parent.parent.name for p in stores}) == 1
     encoder_id = stores[0].parent.parent.name
     assert re.fullmatch(r"smallcnn-[0-9a-f]{12}", encoder_id)
@@ -92,7 +93,7 @@ def test_encoder_change_extracts_again_under_a_new_id(workdir: Path):
     write_config(workdir, cfg)
     jobs = planned(workdir)
     extract = [w for rule, w in jobs if rule == "extract_features"]
-    assert len(extract) == 2 * PATIENTS
+    assert len(extract) == len(SLIDES)
     assert {w["encoder_id"] for w in extract}.isdisjoint(old)
     assert not {"extract_patches", "tissue_mask"} & {rule for rule, _ in jobs}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from wfutil import (
+    FOUR_SLIDES,
     config_restored,
     copy_workflow,
     deep_update,
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDS = 2
-PATIENTS = 6  # of the demo's 12 (12 of its 24 slides), 3 per class: 2 folds stay stratified
+SLIDES = FOUR_SLIDES
 
 # The demo, as small as the real rules allow: 2 folds, 1 epoch, heatmaps of two slides.
 TINY: dict = {
@@ -42,7 +43,7 @@ TRAINING = {"make_splits", "train_fold"}
 @pytest.fixture(scope="module")
 def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory in which the whole tiny demo workflow has run to completion."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY, PATIENTS)
+    workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY, SLIDES)
     snakemake_in(workdir, timeout=900)
     assert (workdir / "results" / "eval" / "demo" / "summary.json").is_file()
     return workdir

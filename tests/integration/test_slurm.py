@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from wfutil import copy_workflow, deep_update
+from wfutil import FOUR_SLIDES, copy_workflow, deep_update
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 FOLDS = 2
-PATIENTS = 6  # of the demo's 12 (12 of its 24 slides), 3 per class: 2 folds stay stratified
-SLURM_TIMEOUT = 480  # s, the SLURM run (6 patients: 271 s here; 8 took 470 s on a slow VM)
+SLIDES = FOUR_SLIDES
+SLURM_TIMEOUT = 480  # s, the SLURM run (12 slides: 271-349 s; 16 took 470 s on a slow VM)
 TINY: dict = {
     # one model per fold (as FAST_OVERRIDES): this test is about the executor, and the SLURM run
     # must stay well inside SLURM_TIMEOUT
@@ -99,8 +99,8 @@ def cluster() -> None:
 def runs(cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the tiny demo through SLURM and, meanwhile, locally. Returns both directories + logs."""
     base = tmp_path_factory.mktemp("slurm")
-    on_slurm = copy_workflow(base / "slurm", TINY, PATIENTS)
-    local = copy_workflow(base / "local", TINY, PATIENTS)
+    on_slurm = copy_workflow(base / "slurm", TINY, SLIDES)
+    local = copy_workflow(base / "local", TINY, SLIDES)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # GPUs for the training and prediction jobs: the test node has a fake one, so the trainer
     # itself runs on the CPU (device: auto) while SLURM allocates the GPU.
@@ -186,7 +186,7 @@ def test_training_jobs_asked_for_a_gpu(runs: dict):
 def test_cuda_config_makes_the_rules_ask_for_gpus(cluster, tmp_path: Path):
     """With `training.device: cuda` the rules themselves (no --set-resources) request a GPU."""
     workdir = copy_workflow(
-        tmp_path / "cuda", deep_update(TINY, {"training": {"device": "cuda"}}), PATIENTS
+        tmp_path / "cuda", deep_update(TINY, {"training": {"device": "cuda"}}), SLIDES
     )
     res = subprocess.run(
         snakemake_cmd(120, *PROFILES, "--dry-run"),

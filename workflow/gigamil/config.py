@@ -93,6 +93,14 @@ def _is_pattern_rule(error: jsonschema.ValidationError) -> bool:
     return error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES
 
 
+def describe_value_error(error: jsonschema.ValidationError) -> str:
+    """The key (dotted path; in a sample sheet the column) and what is wrong with its value:
+    ``lr: 'x' is not of type 'number'``, or for a pattern with a rule in words ``slide_id 'a/b'
+    is not a safe file name (...)``."""
+    sep = " " if _is_pattern_rule(error) else ": "
+    return _key(list(error.absolute_path)) + sep + _error_message(error)
+
+
 def _schema_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths of every named property of ``schema`` (nested objects included)."""
     out: list[str] = []

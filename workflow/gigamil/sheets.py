@@ -21,9 +21,7 @@ import pandas as pd
 from gigamil.config import (
     OPTIONAL_COLUMNS,
     SHEET_COLUMNS,
-    _error_message,
-    _is_pattern_rule,
-    _key,
+    describe_value_error,
     load_schema,
 )
 from gigamil.errors import ConfigError
@@ -206,11 +204,9 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
         err = next(iter(sorted(validator.iter_errors(row), key=lambda e: e.path)), None)
         if err is not None:
-            col = _key(list(err.absolute_path))
             raise ConfigError(
-                f"{path}: line {_sheet_line(df, i)} (slide_id {record['slide_id']!r}): {col}"
-                + (" " if _is_pattern_rule(err) else ": ")
-                + _error_message(err)
+                f"{path}: line {_sheet_line(df, i)} (slide_id {record['slide_id']!r}): "
+                + describe_value_error(err)
             )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -255,7 +256,12 @@ def build_encoder(  # noqa: PLR0913 - one config section's keys
     if is_timm_encoder(name):
         module, dim = _build_timm(name, weights, device)
     else:
-        with torch.device(device) if device is not None else contextlib.nullcontext():
+        with (
+            torch.device(device) if device is not None else contextlib.nullcontext(),
+            _no_init()
+            if torch.device(device or "cpu").type == "meta"
+            else contextlib.nullcontext(),
+        ):
             module, dim = _build_builtin(name, weights, patch_px)
     set_batchnorm_mode(module, batchnorm)
     if n_top == 0:
@@ -278,6 +284,22 @@ def build_encoder(  # noqa: PLR0913 - one config section's keys
             module = SplitEncoder(module)
         module.set_trainable_blocks(n_top)
     return module, int(dim)
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """The in-place initialisers of ``torch.nn.init`` as no-ops (meta tensors hold no values; on
+    them ``kaiming_normal_`` and the like import ``torch._dynamo``, 2.5-4 s at every workflow
+    start). The same idea as ``transformers.modeling_utils.no_init_weights``."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
 
 
 def _build_timm(
