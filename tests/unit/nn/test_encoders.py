@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import gigamil
 from gigamil.errors import ConfigError
 from gigamil.nn.augment import PatchPreprocess
 from gigamil.nn.encoders import EvalBatchNorm2d, build_encoder, check_encoder_settings
@@ -366,3 +372,22 @@ def test_scale_and_blur_take_the_last_uniforms_and_reach_the_model() -> None:
     model = build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={"scale": 0.1, "blur": 0.5})
     assert (model.feature_encoder[0].scale, model.feature_encoder[0].blur) == (0.1, 0.5)
     assert build_mil_model({"encoder": "smallcnn"}, 2, 16, augment={}).feature_encoder[0].blur == 0
+
+
+def test_the_workflow_check_of_smallcnn_neither_initialises_nor_imports_dynamo():
+    """check_encoder_settings builds on the meta device with torch.nn.init switched off: the meta
+    path of kaiming_normal_ imports torch._dynamo (2.5-4 s at every snakemake start)."""
+    code = (
+        "import sys, torch\n"
+        "from gigamil.nn.encoders import check_encoder_settings\n"
+        "init = torch.nn.init.kaiming_normal_\n"
+        "check_encoder_settings('smallcnn', None, 2, 'frozen')\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "assert torch.nn.init.kaiming_normal_ is init\n"  # restored afterwards
+        "w = torch.nn.init.kaiming_normal_(torch.zeros(8, 3, 3, 3))\n"
+        "assert w.abs().sum() > 0\n"
+    )
+    package_root = str(Path(gigamil.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=package_root)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
