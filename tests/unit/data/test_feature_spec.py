@@ -3,10 +3,14 @@ reads it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+import gigamil
 from gigamil import layout
 from gigamil.data.feature_spec import cache_enabled, config_encoder_id, encoder_id, encoder_spec
 
@@ -79,3 +83,19 @@ def test_cache_enabled_only_for_a_frozen_encoder() -> None:
     for strategy in ("em", "end_to_end"):
         cfg = {**frozen, "training": {"strategy": strategy}}
         assert config_encoder_id(cfg) is None
+
+
+def test_the_workflow_imports_no_torch_to_parse_the_snakefile():
+    """common.smk imports feature_spec (and so gigamil.nn.weights) at every start, also inside
+    each SLURM job: without torch (2.5 s) there; only the main process checks the encoder."""
+    code = (
+        "import sys\n"
+        "import gigamil.data.feature_spec, gigamil.layout, gigamil.cohorts, gigamil.splits\n"
+        "import gigamil.wsi.preflight, gigamil.wsi.qc, gigamil.settings, gigamil.demo_tiles\n"
+        "import gigamil.evaluate.ensemble, gigamil.wsi.patching\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    package_root = str(Path(gigamil.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=package_root)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]

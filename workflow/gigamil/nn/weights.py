@@ -19,11 +19,13 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from gigamil.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read: the workflow imports this module
+    import torch  # at every start (feature_spec) and needs no torch for it (2.5 s per SLURM job)
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             obj: object = load_file(str(path), device="cpu")
         else:
+            import torch
+
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise ConfigError(f"model.weights: cannot read {path} ({exc})") from exc
@@ -127,6 +131,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_state_dict(obj: Mapping) -> bool:
+    import torch
+
     return len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     )
@@ -204,6 +210,8 @@ def load_strict(
 
 
 def _holds_nan(t: torch.Tensor) -> bool:
+    import torch
+
     return bool(t.is_floating_point() and torch.isnan(t).any())
 
 
@@ -226,6 +234,8 @@ def weights_sha256(weights: str | None, encoder: str) -> str | None:
         return None
     if is_weights_file(weights):
         return file_sha256(resolve_weights(weights))
+    import torch
+
     from gigamil.nn.encoders import torchvision_weights
 
     try:
