@@ -144,48 +144,12 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     if "encoder_loss" in log.columns and log["encoder_loss"].notna().any():
         losses.append("encoder_loss")
     scores = ["val_auc"] if validated else []
-    styles = ["-", "--", ":", "-."]
-    bests = []
-    for i, (member, rows) in enumerate(members):
-        best = int(rows["best_epoch"].iloc[-1])
-        bests.append(best)
-        at_best = rows.loc[rows["epoch"] == best]
-        suffix = "" if member is None else f" r{int(member)}"
-        for ax, cols in ((ax_loss, losses), (ax_auc, scores)):
-            for col in cols:
-                colour = CURVE_COLOURS[col]
-                ax.plot(
-                    rows["epoch"],
-                    rows[col],
-                    marker=".",
-                    ms=4 if member is None else 2,
-                    lw=1.4 if member is None else 1.0,
-                    ls=styles[i % len(styles)],
-                    color=colour,
-                    label=col + suffix,
-                )
-                if not at_best.empty and pd.notna(at_best[col].iloc[0]):
-                    ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
-            ax.axvline(
-                best,
-                ls=styles[i % len(styles)],
-                lw=1,
-                color="grey",
-                label=f"best epoch{suffix} {best}",
-            )
+    bests = [
+        _draw_member(ax_loss, ax_auc, rows, losses, scores, i, member)
+        for i, (member, rows) in enumerate(members)
+    ]
     if not validated:  # cv.val_fraction: 0 (no validation slides): say so, not an empty panel
-        ax_auc.text(
-            0.5,
-            0.5,
-            "no validation slides (cv.val_fraction: 0):\nmodel.pt is the epoch of the\n"
-            "lowest training loss (from min_epochs on)",
-            ha="center",
-            va="center",
-            fontsize=8,
-            transform=ax_auc.transAxes,
-        )
-        ax_auc.set_xlim(ax_loss.get_xlim())
-        ax_auc.set_yticks([])
+        _no_validation_note(ax_auc, ax_loss)
     for ax in (ax_loss, ax_auc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -206,3 +170,56 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         "best_epochs": bests,
         "curves": [*losses, *scores],
     }
+
+
+LINE_STYLES = ["-", "--", ":", "-."]  # one per replicate (member) of a fold
+
+
+def _draw_member(  # noqa: PLR0913 - the two panels, the member's rows and what to draw
+    ax_loss: Any,
+    ax_auc: Any,
+    rows: pd.DataFrame,
+    losses: list[str],
+    scores: list[str],
+    i: int,
+    member: Any,
+) -> int:
+    """Draw one member's curves (its own line style), a star at its best epoch on each and a
+    vertical line there; returns the best epoch."""
+    best = int(rows["best_epoch"].iloc[-1])
+    at_best = rows.loc[rows["epoch"] == best]
+    suffix = "" if member is None else f" r{int(member)}"
+    style = LINE_STYLES[i % len(LINE_STYLES)]
+    for ax, cols in ((ax_loss, losses), (ax_auc, scores)):
+        for col in cols:
+            colour = CURVE_COLOURS[col]
+            ax.plot(
+                rows["epoch"],
+                rows[col],
+                marker=".",
+                ms=4 if member is None else 2,
+                lw=1.4 if member is None else 1.0,
+                ls=style,
+                color=colour,
+                label=col + suffix,
+            )
+            if not at_best.empty and pd.notna(at_best[col].iloc[0]):
+                ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
+        ax.axvline(best, ls=style, lw=1, color="grey", label=f"best epoch{suffix} {best}")
+    return best
+
+
+def _no_validation_note(ax_auc: Any, ax_loss: Any) -> None:
+    """The right panel of a log without validation slides: a note instead of empty axes."""
+    ax_auc.text(
+        0.5,
+        0.5,
+        "no validation slides (cv.val_fraction: 0):\nmodel.pt is the epoch of the\n"
+        "lowest training loss (from min_epochs on)",
+        ha="center",
+        va="center",
+        fontsize=8,
+        transform=ax_auc.transAxes,
+    )
+    ax_auc.set_xlim(ax_loss.get_xlim())
+    ax_auc.set_yticks([])
