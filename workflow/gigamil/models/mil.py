@@ -243,6 +243,20 @@ class MILModel(nn.Module):
             backward(loss)
             return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
 
+        return self._gradcache_step(bag, label, adj, k, backward)
+
+    def _gradcache_step(
+        self,
+        bag: Bag,
+        label: int | torch.Tensor,
+        adj: torch.Tensor | None,
+        k: int,
+        backward: Callable[[torch.Tensor], None],
+    ) -> TrainStep:
+        """GradCache (Gao et al. 2021) on one bag in chunks of ``k``: encode every chunk without
+        grad, run the head and loss once on the stacked features H (N, D), then re-encode each
+        chunk with grad under its saved RNG state and backpropagate its slice of dL/dH."""
+        n = len(bag)
         # 1. no-grad encoding of every chunk, remembering the RNG state before each
         dev = self.device
         bn_saved = _bn_running_buffers(self.feature_encoder)
