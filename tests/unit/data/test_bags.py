@@ -237,3 +237,13 @@ def test_mix_negative_adds_patches_of_a_negative_bag(tmp_path: Path, write_store
     assert len(sizes) > 3
     # a negative bag is never mixed with itself; no other negative: unchanged
     assert mix_negative(items[1].bag, 1, items[:2], always, 0) is items[1].bag
+
+
+def test_a_bag_that_keeps_its_rows_is_its_own_cached_view(write_store, tmp_path: Path) -> None:
+    data = _patches(20)
+    bag = ZarrBag(write_store(tmp_path / "a.zarr", data)).with_cache(10**6)
+    assert np.array_equal(torch.cat(list(bag.chunks(8))).numpy(), data)
+    assert bag.with_cache() is bag  # kept: the next training step reuses what was read
+    assert bag.with_cache(cache_bytes=100) is not bag  # a smaller limit: a new view
+    plain = ZarrBag(write_store(tmp_path / "b.zarr", data))
+    assert plain.with_cache() is not plain  # no cache of its own: a view, freed with it

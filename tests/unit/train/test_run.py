@@ -606,3 +606,33 @@ def test_predict_with_nan_weights_is_an_error_not_a_row_of_nan(
     with pytest.raises(GigamilError, match=r"bad/model.pt: the model's weights hold NaN or inf"):
         predict_slides(bad, val, out, tmp_path / "att", device="cpu")
     assert not out.exists()
+
+
+def test_bags_are_decoded_once_per_fold_and_train_the_same(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
+    """Patch bags stay in memory after their first read (run.DECODED_BAGS_BYTES): three epochs
+    read the stores as often as one, and train exactly the model the re-reading trainer does."""
+    train, val = cohort
+    reads: list[str] = []
+    original = ZarrBag._read
+
+    def counting(self, selection):  # noqa: ANN001, ANN202
+        reads.append(self.path.name)
+        return original(self, selection)
+
+    monkeypatch.setattr(ZarrBag, "_read", counting)
+    cfg = training(epochs=3, early_stopping={"metric": "loss", "patience": 10})
+    args = (train, val, mil_bags.classes, mil_bags.model)
+    train_fold(*args, training(epochs=1), tmp_path / "one")
+    once = len(reads)
+    reads.clear()
+    kept = train_fold(*args, cfg, tmp_path / "kept")
+    assert len(reads) == once
+    monkeypatch.setattr(run_mod, "DECODED_BAGS_BYTES", 0)
+    reads.clear()
+    reread = train_fold(*args, cfg, tmp_path / "reread")
+    assert len(reads) > 2 * once  # every epoch reads every bag again
+    a = torch.load(kept, weights_only=True)["state_dict"]
+    b = torch.load(reread, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

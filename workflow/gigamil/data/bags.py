@@ -89,7 +89,11 @@ class ZarrBag:
 
     def with_cache(self, cache_bytes: int = 256 * 2**20) -> ZarrBag:
         """A view of the same rows that keeps them in memory after the first pass if the bag
-        holds at most ``cache_bytes`` of pixels (drop the view to free them)."""
+        holds at most ``cache_bytes`` of pixels (drop the view to free them). A bag that
+        already keeps all its rows (``cache_bytes`` of its own at least its size) is returned
+        as it is, with what it has read."""
+        if 0 < self.nbytes <= min(self.cache_bytes, cache_bytes):
+            return self
         view = copy.copy(self)
         view.cache_bytes = int(cache_bytes)
         view._cache = None

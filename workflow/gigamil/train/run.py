@@ -40,6 +40,8 @@ from gigamil.train.trainer import FoldTrainer, Runtime
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
+# decoded patches of a fold's bags kept in memory after their first read (a demo fold: 17 MB)
+DECODED_BAGS_BYTES = 2**30
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +81,25 @@ def _open_bags(
             continue
         items.append(BagItem(str(row.slide_id), bag, label))
     return items
+
+
+def _keep_decoded(items: list[BagItem], budget: int | None = None) -> list[BagItem]:
+    """The items with their patch bags kept in memory once read (decoded uint8 pixels; not
+    feature bags), in order, while their pixels total at most ``budget`` bytes (default
+    :data:`DECODED_BAGS_BYTES`): every epoch after the first then reads no store. The same
+    pixels as read from the store each time."""
+    budget = DECODED_BAGS_BYTES if budget is None else budget
+    out, total = [], 0
+    for it in items:
+        bag = it.bag
+        if isinstance(bag, ZarrBag) and total + bag.nbytes <= budget:
+            total += bag.nbytes
+            bag = bag.with_cache(bag.nbytes)
+        out.append(BagItem(it.slide_id, bag, it.label))
+    if total:
+        kept = sum(isinstance(it.bag, ZarrBag) and it.bag.cache_bytes > 0 for it in out)
+        log.info("%d bag(s) kept in memory once decoded (%.0f MB)", kept, total / 2**20)
+    return out
 
 
 def _patch_px(items: Sequence[BagItem]) -> int:
@@ -183,7 +204,8 @@ class FoldData:
                 f"training slides hold only class {only!r}: a fold must train on every class "
                 f"({', '.join(map(str, classes))}); give it slides of each"
             )
-        items = train_items + val_items
+        items = _keep_decoded(train_items + val_items)
+        train_items, val_items = items[: len(train_items)], items[len(train_items) :]
         return cls(
             list(classes),
             train_items,
