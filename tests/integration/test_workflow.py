@@ -217,6 +217,13 @@ def test_configuration_errors_name_the_file_or_the_command_line(workdir: Path):
     assert f"{my} + --config: unknown key training.epoch" in res.stdout + res.stderr
     # numbers typed in a --config mapping are numbers
     _dry_run_elsewhere(workdir, "--configfile", str(my), "--config", "training={'epochs': 3}")
+    # the checks after the schema's (colour map, heatmap slides) name the file too
+    args = ("--configfile", str(my), "--config", "heatmaps={'cmap': 'jett'}")
+    res = _dry_run_elsewhere(workdir, *args, ok=False)
+    assert f"{my} + --config: heatmaps.cmap: 'jett' is not a matplotlib" in res.stderr
+    args = ("--configfile", str(my), "--config", "heatmaps={'slides': ['no_such_slide']}")
+    res = _dry_run_elsewhere(workdir, *args, ok=False)
+    assert f"invalid configuration: {my} + --config: heatmaps.slides" in res.stderr
 
 
 def test_project_directory_with_its_own_config_yaml(tmp_path: Path):

@@ -110,6 +110,10 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["model"].update(encoder="resnet_18"),
             "model.encoder: 'resnet_18' is not allowed here (did you mean resnet18",
         ),
+        (  # closer to cpu by spelling; what a user means by it is cuda
+            lambda c: c["training"].update(device="gpu"),
+            "training.device: 'gpu' is not one of auto, cpu, cuda; did you mean cuda?",
+        ),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):

@@ -54,6 +54,10 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+# values users write for an allowed one that spelling alone would not suggest ("gpu" is closer to
+# "cpu" than to "cuda")
+VALUE_ALIASES = {"gpu": "cuda", "nvidia": "cuda"}
+
 _PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regular expression
     _SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots)",
 }
@@ -77,7 +81,8 @@ def _error_message(error: jsonschema.ValidationError) -> str:
         )
     if error.validator == "enum" and isinstance(error.instance, str):
         names = [str(v) for v in error.validator_value]
-        near = difflib.get_close_matches(error.instance, names, n=1)
+        alias = VALUE_ALIASES.get(error.instance.lower())
+        near = [alias] if alias in names else difflib.get_close_matches(error.instance, names, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
         return f"{error.instance!r} is not one of {', '.join(names)}{hint}"
     if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):

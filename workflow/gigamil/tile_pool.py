@@ -149,7 +149,9 @@ def tile_side(tiles: list[Tile]) -> int:
 def tile_tissue_fraction(rgb: np.ndarray) -> float:
     """Fraction of a tile's pixels that are tissue: HSV saturation > 15 (0..255) after a 5-px
     median blur, the floor of the tissue mask's threshold (gigamil.wsi.tissue). PCam's normal
-    tiles include glass and fat with little tissue; on a slide those are not tissue patches."""
+    tiles include glass and fat with little tissue; on a slide those are not tissue patches.
+    Unlike the tissue mask it has no darkness test: a dark grey tile without tissue can pass
+    (one packaged tile does; the tissue mask drops it from its slide)."""
     import cv2
 
     sat = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)[..., 1]

@@ -47,15 +47,16 @@ def stop(message):
 
 if getattr(workflow, "is_main_process", True):
     console_warnings()  # the checks below warn as "gigamil: warning: ..."
+# errors name the configuration file(s) snakemake read (and --config when given)
+_sources = [str(f) for f in getattr(workflow, "configfiles", [])]
+if getattr(getattr(workflow, "config_settings", None), "config", None):
+    _sources.append("--config")
+CONFIG_SOURCE = " + ".join(_sources) or "config"
 try:
-    # errors name the configuration file(s) snakemake read (and --config when given)
-    _sources = [str(f) for f in getattr(workflow, "configfiles", [])]
     # a key given twice: YAML (and Snakemake) silently keep the last
-    for _file in _sources:
-        read_yaml(_file)
-    if getattr(getattr(workflow, "config_settings", None), "config", None):
-        _sources.append("--config")
-    _validated = validate_config(config, source=" + ".join(_sources) or "config")
+    for _file in getattr(workflow, "configfiles", []):
+        read_yaml(str(_file))
+    _validated = validate_config(config, source=CONFIG_SOURCE)
     # the same-content check reads 2 MiB of every slide: once, in the main process, not again
     # in every job (each job parses this file too)
     SHEETS = load_cohorts(
@@ -86,7 +87,7 @@ if getattr(workflow, "is_main_process", True):
             config["model"]["batchnorm"],
         )
     except ConfigError as exc:
-        stop(f"gigamil: invalid configuration: {exc}")
+        stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
     for _warning in config_warnings(config):
         print(f"gigamil: warning: {_warning}", file=sys.stderr)
     # every slide opens and has a plausible MPP: all unusable slides in one message before any

@@ -13,7 +13,7 @@ try:  # an unknown slide_id in heatmaps.slides: one message before any job
         config["heatmaps"]["slides"], SHEETS, PREDICTED_COHORTS
     )
 except ConfigError as exc:
-    stop(f"gigamil: invalid configuration: {exc}")
+    stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
 HEATMAPS_IN_REPORT = len(HEATMAP_SLIDES) <= HEATMAP_REPORT_MAX
 
 

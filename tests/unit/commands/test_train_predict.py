@@ -150,3 +150,22 @@ def test_slides_csv_may_be_a_pipe(tmp_path: Path) -> None:
     for missing in (tmp_path / "nothere.csv", tmp_path):
         with pytest.raises(GigamilError, match="file not found"):
             read_slides_csv(str(missing))
+
+
+def test_train_cli_prints_the_configuration_warnings(mil_bags, tmp_path: Path, capsys) -> None:
+    """As the workflow does, once, at the start (README, Troubleshooting)."""
+    for name, n, seed in (("train", 2, 7), ("val", 2, 8)):
+        mil_bags.cohort(tmp_path / "stores", n, seed, name[0]).to_csv(tmp_path / f"{name}.csv")
+    cfg = {
+        "experiment": "cli",
+        "classes": mil_bags.classes,
+        "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+        "model": dict(mil_bags.model, freeze_encoder=True),
+        "training": {"device": "cpu", "epochs": 1, "early_stopping": {"min_epochs": 1}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["train", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "m")]
+    args += ["--train-csv", str(tmp_path / "train.csv"), "--val-csv", str(tmp_path / "val.csv")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "gigamil: warning: training.early_stopping.min_epochs (1) >= training.epochs (1)" in err

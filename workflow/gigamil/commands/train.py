@@ -87,12 +87,15 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
-    from gigamil.config import load_config
+    from gigamil.config import config_warnings, load_config
     from gigamil.train.run import train_fold
 
     cfg = load_config(args.config)
+    for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
+        print(f"gigamil: warning: {warning}", file=sys.stderr)
     model_path = train_fold(
         read_slides_csv(args.train_csv),
         read_slides_csv(args.val_csv),

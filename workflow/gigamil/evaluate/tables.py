@@ -118,6 +118,8 @@ def write_metrics_html(
     shown = pd.DataFrame(
         {c: [cell(c, v) for v in table[c]] for c in table.columns}, index=table.index
     )
+    # the index's name (scope) in the header's corner: one header row, not a second empty one
+    shown.columns.name, shown.index.name = table.index.name, None
     body = ""
     if summary is not None:
         body += (
