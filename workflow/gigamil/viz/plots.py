@@ -30,23 +30,28 @@ def plot_roc(
 ) -> None:
     """ROC curves of slide predictions.
 
-    Binary: the pooled curve (thick) and, when ``by`` names a column with several values, one thin
-    curve per value (e.g. per fold). Multi-class: one pooled one-vs-rest curve per class.
+    Binary: the pooled curve (black) and, when ``by`` names a column with several values, one
+    curve per value (e.g. per fold), each narrower than the one before, so curves that coincide
+    (several folds at AUC 1.0) show as nested bands instead of hiding each other. Multi-class:
+    one pooled one-vs-rest curve per class.
     """
     plt = _pyplot()
     y, p = labels_and_probs(preds, classes)
     fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
     if len(classes) == 2:
         if by is not None and by in preds.columns and preds[by].nunique() > 1:
-            for value, part in preds.groupby(by, sort=True):
+            parts = list(preds.groupby(by, sort=True))
+            for i, (value, part) in enumerate(parts):
                 yk, pk = labels_and_probs(part, classes)
                 if 0 < (yk == 1).sum() < yk.size:
                     fpr, tpr = roc_curve(yk == 1, pk[:, 1])
                     auc = roc_auc(yk, pk)
-                    ax.plot(fpr, tpr, lw=1, alpha=0.6, label=f"{by} {value} (AUC {auc:.3f})")
+                    lw = 1.0 + 1.5 * (len(parts) - 1 - i)  # widest first: coinciding curves show
+                    label = f"{by} {value} (AUC {auc:.3f})"
+                    ax.plot(fpr, tpr, lw=lw, label=label, solid_capstyle="butt")
         if 0 < (y == 1).sum() < y.size:
             fpr, tpr = roc_curve(y == 1, p[:, 1])
-            ax.plot(fpr, tpr, lw=2.5, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
+            ax.plot(fpr, tpr, lw=1.5, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
     else:
         for c, name in enumerate(classes):
             if 0 < (y == c).sum() < y.size:
@@ -54,8 +59,8 @@ def plot_roc(
                 auc = roc_auc((y == c).astype(int), np.c_[1 - p[:, c], p[:, c]])
                 ax.plot(fpr, tpr, lw=1.8, label=f"{name} vs rest (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlim(-0.04, 1.04)  # room for the widest curve along the edges (AUC 1.0)
+    ax.set_ylim(-0.04, 1.04)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=10)
