@@ -3,14 +3,11 @@ reads it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
+from fresh_python import run_fresh
 
-import gigamil
 from gigamil import layout
 from gigamil.data.feature_spec import cache_enabled, config_encoder_id, encoder_id, encoder_spec
 
@@ -95,7 +92,5 @@ def test_the_workflow_imports_no_torch_to_parse_the_snakefile():
         "import gigamil.evaluate.ensemble, gigamil.wsi.patching\n"
         "assert 'torch' not in sys.modules\n"
     )
-    package_root = str(Path(gigamil.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=package_root)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    res = run_fresh(code)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from fresh_python import run_fresh
 from torch import nn
 
-import gigamil
 from gigamil.errors import ConfigError
 from gigamil.nn.augment import PatchPreprocess
 from gigamil.nn.encoders import EvalBatchNorm2d, build_encoder, check_encoder_settings
@@ -387,7 +382,5 @@ def test_the_workflow_check_of_smallcnn_neither_initialises_nor_imports_dynamo()
         "w = torch.nn.init.kaiming_normal_(torch.zeros(8, 3, 3, 3))\n"
         "assert w.abs().sum() > 0\n"
     )
-    package_root = str(Path(gigamil.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=package_root)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    res = run_fresh(code)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -3,17 +3,12 @@ itself is tested with real slides in tests/unit/commands/test_mask_patches.py)."
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from fresh_python import run_fresh
 from PIL import Image
 
-import gigamil
 from gigamil.wsi.qc import (
     COLUMNS,
     annotate_qc_image,
@@ -110,7 +105,5 @@ def test_the_tissue_mask_job_does_not_import_pandas_zarr_or_scipy_stats():
         "import gigamil.train.run, gigamil.evaluate.localization, gigamil.viz.scales\n"
         "assert 'scipy.stats' not in sys.modules\n"
     )
-    package_root = str(Path(gigamil.__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=package_root)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    res = run_fresh(code)
     assert res.returncode == 0, res.stderr[-2000:]
