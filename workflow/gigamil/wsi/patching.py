@@ -200,13 +200,10 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     fx, fy = target / mpp_x, target / mpp_y
     # the slide's mean µm/px, as the run's preflight (gigamil.wsi.preflight) compares it: a
     # target it let through must not fail here, in the job
-    problem = upsampling_problem(reader.mpp, target)
-    if problem:
+    if problem := upsampling_problem(reader.mpp, target):
         raise GigamilError(f"{reader.name}: {problem}")
     p, s = int(params.patch_px), params.stride
-    wt, ht = w0 / fx, h0 / fy  # slide size in target px
-    n_cols = int(math.floor((wt - p) / s + 1e-9)) + 1 if wt >= p else 0
-    n_rows = int(math.floor((ht - p) / s + 1e-9)) + 1 if ht >= p else 0
+    n_rows, n_cols = _grid_shape((w0, h0), fx, fy, p, s)
     if n_cols == 0 or n_rows == 0:
         warnings.append(
             f"{reader.name}: slide ({w0} x {h0} px at {reader.mpp:g} µm/px) is smaller than one "
@@ -226,20 +223,7 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
         if abs(e / target - 1.0) > MAX_EFFECTIVE_MPP_ERROR:
             raise GigamilError(f"{reader.name}: effective MPP {e:g} not within 1 % of {target}")
 
-    cols = np.arange(n_cols, dtype=np.int64)
-    rows = np.arange(n_rows, dtype=np.int64)
-    x0 = cols * s * fx
-    y0 = rows * s * fy
-    if mask is None or n_cols == 0 or n_rows == 0:
-        cov = np.ones((n_rows, n_cols))
-    else:
-        cov = mask_coverage(mask, (w0, h0), x0, y0, p * fx, p * fy)
-    keep = cov >= params.min_tissue if params.min_tissue > 0 else np.ones_like(cov, bool)
-    if mask is not None and params.min_tissue > 0 and not mask.any():
-        keep[:] = False
-    rr, cc = np.nonzero(keep)  # raster order
-    grid = np.stack([rr, cc], axis=1).astype(np.int64).reshape(-1, 2)
-    coords = np.stack([np.round(x0[cc]), np.round(y0[rr])], axis=1).astype(np.int64).reshape(-1, 2)
+    grid, coords, coverage = _kept_patches(mask, params, (w0, h0), (n_rows, n_cols), fx, fy)
     if len(grid) == 0 and n_cols and n_rows:
         warnings.append(
             f"{reader.name}: no patch reaches min_tissue={params.min_tissue}; 0 patches"
@@ -263,9 +247,47 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
         n_cols=n_cols,
         grid=grid,
         coords=coords,
-        coverage=cov[rr, cc].astype(np.float64),
+        coverage=coverage,
         warnings=warnings,
     )
+
+
+def _grid_shape(dims: tuple[int, int], fx: float, fy: float, p: int, s: float) -> tuple[int, int]:
+    """(rows, cols) of whole ``p``-px patches at stride ``s`` (target px) on a slide of level-0
+    ``dims`` (w, h) with ``fx``, ``fy`` level-0 px per target px; 0 where one patch does not fit."""
+    wt, ht = dims[0] / fx, dims[1] / fy  # slide size in target px
+    n_cols = int(math.floor((wt - p) / s + 1e-9)) + 1 if wt >= p else 0
+    n_rows = int(math.floor((ht - p) / s + 1e-9)) + 1 if ht >= p else 0
+    return n_rows, n_cols
+
+
+def _kept_patches(  # noqa: PLR0913 - the grid's geometry, axis by axis
+    mask: np.ndarray | None,
+    params: PatchParams,
+    dims: tuple[int, int],
+    shape: tuple[int, int],
+    fx: float,
+    fy: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid's patches whose mask coverage reaches ``params.min_tissue``, in raster order:
+    ``(grid (n, 2) row, col; coords (n, 2) level-0 x, y of the top-left corner, rounded;
+    coverage (n,))``. ``dims``: level-0 (w, h); ``shape``: (rows, cols); ``fx``, ``fy``:
+    level-0 px per target px. Without a mask every patch is kept."""
+    (w0, h0), (n_rows, n_cols) = dims, shape
+    p, s = int(params.patch_px), params.stride
+    x0 = np.arange(n_cols, dtype=np.int64) * s * fx
+    y0 = np.arange(n_rows, dtype=np.int64) * s * fy
+    if mask is None or n_cols == 0 or n_rows == 0:
+        cov = np.ones((n_rows, n_cols))
+    else:
+        cov = mask_coverage(mask, (w0, h0), x0, y0, p * fx, p * fy)
+    keep = cov >= params.min_tissue if params.min_tissue > 0 else np.ones_like(cov, bool)
+    if mask is not None and params.min_tissue > 0 and not mask.any():
+        keep[:] = False
+    rr, cc = np.nonzero(keep)  # raster order
+    grid = np.stack([rr, cc], axis=1).astype(np.int64).reshape(-1, 2)
+    coords = np.stack([np.round(x0[cc]), np.round(y0[rr])], axis=1).astype(np.int64).reshape(-1, 2)
+    return grid, coords, cov[rr, cc].astype(np.float64)
 
 
 def plan_units(
