@@ -112,6 +112,20 @@ def plain_image_mpp(path: str | Path, mpp_override: float | None = None) -> tupl
     return (mpp_x + mpp_y) / 2.0, source
 
 
+def _tiff_page_mpp(page: Any) -> tuple[float, float] | None:
+    """The (x, y) µm/px of a tifffile page's resolution tags (None without them); a missing
+    ResolutionUnit is an inch, TIFF's default (as OpenSlide reads it)."""
+    tags = page.tags
+    xr = tags.get("XResolution")
+    yr = tags.get("YResolution")
+    unit = tags.get("ResolutionUnit")
+    return mpp_from_resolution(
+        _rational(xr.value) if xr else None,
+        _rational(yr.value) if yr else None,
+        int(unit.value) if unit else 2,
+    )
+
+
 def _load_plain_image(
     path: Path, name: str, decode: bool = True
 ) -> tuple[np.ndarray | None, tuple[float, float] | None]:
@@ -134,15 +148,7 @@ def _load_plain_image(
                         "pyramidal TIFF",
                         reason="too_large",
                     )
-                tags = page.tags
-                xr = tags.get("XResolution")
-                yr = tags.get("YResolution")
-                unit = tags.get("ResolutionUnit")
-                mpp = mpp_from_resolution(
-                    _rational(xr.value) if xr else None,
-                    _rational(yr.value) if yr else None,
-                    int(unit.value) if unit else 2,  # TIFF's default unit: inch (as OpenSlide)
-                )
+                mpp = _tiff_page_mpp(page)
                 _check_not_truncated(path, name, page)
                 if decode:
                     arr = page.asarray()

@@ -151,6 +151,26 @@ class SlideCache:
     tiles: Any
 
 
+def _property_mpps(
+    props: dict[str, str],
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The (x, y) µm/px an OpenSlide property set states: the vendor's (``openslide.mpp-x/y``)
+    and the TIFF resolution tags' (:func:`mpp_from_resolution`), each None when absent or
+    unreadable; :func:`resolve_mpp_xy` chooses between them."""
+    vendor = None
+    if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
+        try:
+            vendor = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
+        except ValueError:
+            vendor = None
+    tiff = mpp_from_resolution(
+        _float_or_none(props.get("tiff.XResolution")),
+        _float_or_none(props.get("tiff.YResolution")),
+        props.get("tiff.ResolutionUnit"),
+    )
+    return vendor, tiff
+
+
 class OpenSlideReader(SlideReader):
     """Any format OpenSlide opens. OpenSlide errors become SlideError naming the file."""
 
@@ -185,19 +205,8 @@ class OpenSlideReader(SlideReader):
         tw = props.get("openslide.level[0].tile-width")
         th = props.get("openslide.level[0].tile-height")
         self.tile_size = (int(tw), int(th)) if tw and th else (0, 0)
-        vendor = None
-        if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
-            try:
-                vendor = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
-            except ValueError:
-                vendor = None
-        tiff = mpp_from_resolution(
-            _float_or_none(props.get("tiff.XResolution")),
-            _float_or_none(props.get("tiff.YResolution")),
-            props.get("tiff.ResolutionUnit"),
-        )
         try:
-            self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, vendor, tiff))
+            self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, *_property_mpps(props)))
         except SlideError:
             self._slide.close()
             raise
