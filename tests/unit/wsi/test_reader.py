@@ -392,3 +392,23 @@ def test_resolution_without_unit_tag_is_in_inches_in_both_readers(write_tiff, tm
     with open_slide(path) as r:
         assert type(r).__name__ == ("OpenSlideReader" if tiled else "ImageReader")
         assert r.mpp == pytest.approx(0.25) and r.mpp_source in ("openslide", "tiff")
+
+
+def test_ome_tiff_pyramid_in_subifds_reads_as_its_full_resolution_level(tmp_path):
+    """An OME-TIFF keeps its reduced levels in SubIFDs, which OpenSlide (generic tiled TIFF) does
+    not list: the slide opens with one level, the µm/px of its resolution tags and exact
+    pixels; coarser patches are then resampled from that level (README, Preprocessing)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((512, 768, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "s.ome.tif"
+    opts = {"tile": (256, 256), "photometric": "rgb", "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(img, subifds=1, resolution=(2e4, 2e4), **opts)  # 0.5 µm/px
+        tif.write(img[::2, ::2], subfiletype=1, resolution=(1e4, 1e4), **opts)
+    reader = open_slide(path)
+    assert reader.level_dimensions == ((768, 512),)
+    assert reader.mpp_xy == pytest.approx((0.5, 0.5))
+    assert np.array_equal(reader.read_region((256, 128), 0, (64, 32)), img[128:160, 256:320])
+    assert reader.best_level_for_mpp(1.0) == 0
