@@ -89,15 +89,14 @@ def _keep_decoded(items: list[BagItem], budget: int | None = None) -> list[BagIt
     :data:`DECODED_BAGS_BYTES`): every epoch after the first then reads no store. The same
     pixels as read from the store each time."""
     budget = DECODED_BAGS_BYTES if budget is None else budget
-    out, total = [], 0
+    out, total, kept = [], 0, 0
     for it in items:
         bag = it.bag
         if isinstance(bag, ZarrBag) and total + bag.nbytes <= budget:
-            total += bag.nbytes
+            total, kept = total + bag.nbytes, kept + 1
             bag = bag.with_cache(bag.nbytes)
         out.append(BagItem(it.slide_id, bag, it.label))
-    if total:
-        kept = sum(isinstance(it.bag, ZarrBag) and it.bag.cache_bytes > 0 for it in out)
+    if kept:
         log.info("%d bag(s) kept in memory once decoded (%.0f MB)", kept, total / 2**20)
     return out
 
