@@ -40,7 +40,7 @@ from gigamil.train.trainer import FoldTrainer, Runtime
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
-# decoded patches of a fold's bags kept in memory after their first read (a demo fold: 17 MB)
+# decoded patches of a fold's bags kept in memory after their first read (a demo fold: 12 MB)
 DECODED_BAGS_BYTES = 2**30
 
 
