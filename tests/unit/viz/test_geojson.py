@@ -12,9 +12,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fresh_python import modules_loaded_by
 from PIL import Image
 
-from gigamil.viz.geojson import box_regions, mask_polygons, tissue_features, top_region_features
+from gigamil.viz.geojson import (
+    _drop_collinear,
+    box_regions,
+    mask_polygons,
+    tissue_features,
+    top_region_features,
+)
 from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
 
 QUPATH_OBJECT_TYPES = {"annotation", "detection", "tile", "cell", "tmaCore"}
@@ -100,6 +107,35 @@ def test_mask_with_a_hole_maps_to_level0_pixel_edges():
     area = _signed_area(big[0]) + _signed_area(big[1])
     assert area == pytest.approx((120 - 12) * fx * fy, abs=8 * fx * fy / 8)
     assert mask_polygons(np.zeros((4, 4), bool), (1.0, 1.0)) == []
+
+
+def test_outlines_keep_every_corner_as_douglas_peucker_does_on_small_masks():
+    """The rings are what ``skimage.measure.approximate_polygon(tolerance=0.01)`` gave (it is
+    no longer used: its module imports scipy.signal, 1.8 s per heatmap job), on random masks
+    small enough that Douglas-Peucker drops only collinear vertices; the heatmap's
+    modules do not import scipy.signal."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    rng = np.random.default_rng(0)
+    n_rings = 0
+    for _ in range(20):
+        mask = rng.random((12, 15)) < 0.55
+        padded = np.pad(mask, 1).astype(np.float32)
+        for contour in find_contours(padded, 0.5, positive_orientation="high"):
+            ring = contour[:, ::-1] - 0.5
+            ours, theirs = _drop_collinear(ring), approximate_polygon(ring, tolerance=0.01)
+            # the same vertices in the same order, except that Douglas-Peucker keeps the
+            # contour's first vertex (an end of its polyline) even where it is collinear
+            theirs = _drop_collinear(theirs)
+            start = int(np.flatnonzero((ours[:-1] == theirs[0]).all(axis=1))[0])
+            rolled = np.roll(ours[:-1], -start, axis=0)
+            np.testing.assert_array_equal(rolled, theirs[:-1])
+            n_rings += 1
+    assert n_rings > 100
+    square = np.array([[0, 0], [1, 0], [2, 0], [2, 2], [0, 2], [0, 1], [0, 0]], float)
+    np.testing.assert_array_equal(_drop_collinear(square), square[[0, 2, 3, 4, 0]])
+    loaded = modules_loaded_by("gigamil.viz.heatmap", "gigamil.viz.geojson")
+    assert "scipy.signal" not in loaded
 
 
 def test_tissue_features_are_classified_annotations_with_areas():
