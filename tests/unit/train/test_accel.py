@@ -89,25 +89,33 @@ def test_is_cnn() -> None:
     assert not is_cnn(nn.Sequential(nn.Flatten(1), nn.Linear(3, 2)))
 
 
-def test_prepare_model_channels_last_only_on_cuda(monkeypatch) -> None:
-    """The model is on the CPU here; asking for CUDA converts its memory format (conv weights
-    channels-last, the same values and outputs) and switches cuDNN autotuning on."""
+@pytest.mark.parametrize("encoder", ["resnet18", "smallcnn"])
+def test_prepare_model_channels_last(monkeypatch, encoder: str) -> None:
+    """A CNN encoder's conv weights become channels-last on any device (the same keys, values
+    and outputs; the small CNN then takes its input channels-last too); cuDNN autotuning is
+    switched on only for CUDA. A ViT-like encoder (one patch-embedding convolution) stays as it
+    is."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    model = small_model("resnet18", 32).eval()
+    model = small_model(encoder, 32).eval()
     x = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
     with torch.no_grad():
         before = model.feature_encoder(x)
-    prepare_model(model, CPU)
-    conv = model.feature_encoder[1].conv1.weight
-    assert conv.is_contiguous() and not torch.backends.cudnn.benchmark
+    conv = next(m for m in model.feature_encoder.modules() if isinstance(m, nn.Conv2d)).weight
+    assert conv.is_contiguous()
     keys = list(model.state_dict())
-    prepare_model(model, CUDA)
+    prepare_model(model, CPU)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark
     assert list(model.state_dict()) == keys
     with torch.no_grad():
         after = model.feature_encoder(x)
     assert torch.allclose(before, after, atol=1e-5)
+    prepare_model(model, CUDA)
+    assert torch.backends.cudnn.benchmark
+    patchify = nn.Sequential(PatchPreprocess(), nn.Conv2d(3, 4, 16, 16), nn.Flatten(1))
+    vit_like = MILModel(patchify, AttentionHead(4, 2), BagLoss("ce"))  # one conv: not a CNN
+    prepare_model(vit_like, CPU)
+    assert patchify[1].weight.is_contiguous()
 
 
 def _failing_backend(gm, example_inputs):  # noqa: ANN001, ANN202

@@ -13,7 +13,9 @@ from gigamil.errors import ConfigError
 class SmallCNN(nn.Module):
     """A small CPU-friendly CNN: four 3×3 conv blocks (three with stride 2), global average pool.
 
-    Input (n, in_ch, H, W) float, output (n, out_dim). :meth:`set_trainable_blocks` (``model.
+    Input (n, in_ch, H, W) float, output (n, out_dim); with channels-last weights
+    (:func:`gigamil.train.accel.prepare_model`) the input is made channels-last too, so every
+    convolution runs in NHWC. :meth:`set_trainable_blocks` (``model.
     trainable_blocks: N``, 1-4) freezes all but the last N conv blocks: the leading blocks (the
     trunk) get no gradient, stay in eval mode and run under ``torch.no_grad``, as the ViT/ResNet
     trunks of :class:`gigamil.nn.partial.SplitEncoder`.
@@ -74,6 +76,8 @@ class SmallCNN(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.net[0].weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
         cut = self._cut()
         if cut:
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Speed on the device: cuDNN autotuning, channels-last CNN encoders, optional ``torch.compile``.
+"""Speed: channels-last CNN encoders, cuDNN autotuning on CUDA, optional ``torch.compile``.
 
 None of these changes what is computed beyond floating-point rounding: ``prepare_model`` is
 called by the trainer and by ``predict_slides`` after the model is on its device.
@@ -23,8 +23,9 @@ def is_cnn(module: nn.Module) -> bool:
 
 
 def prepare_model(model: nn.Module, device: torch.device, compile_encoder: bool = False) -> None:
-    """On CUDA: ``cudnn.benchmark`` on and a CNN encoder in ``channels_last`` memory format (its
-    uint8 (n, H, W, 3) input already is: the preprocessing only permutes it). With
+    """A CNN encoder in ``channels_last`` memory format, on every device (its convolutions then
+    run in NHWC; on a 2-core CPU the demo's training step takes 0.89 × the time and its eval
+    forward 0.81 ×, ``benchmarks/memory_format.py``); on CUDA also ``cudnn.benchmark`` on. With
     ``compile_encoder``, ``torch.compile`` the encoder (see :func:`compile_module`). A
     :class:`~gigamil.models.ensemble.ReplicateEnsemble` has each member prepared."""
     if hasattr(model, "members"):
@@ -34,8 +35,8 @@ def prepare_model(model: nn.Module, device: torch.device, compile_encoder: bool 
     encoder = model.feature_encoder
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        if is_cnn(encoder):
-            encoder.to(memory_format=torch.channels_last)
+    if is_cnn(encoder):
+        encoder.to(memory_format=torch.channels_last)
     if compile_encoder:
         compile_module(encoder)
 
