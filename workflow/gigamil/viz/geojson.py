@@ -97,8 +97,8 @@ def _signed_area(ring: np.ndarray) -> float:
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     """A closed ring (M, 2) without the vertices that lie on the straight line through their
-    two neighbours (cross product below 1e-9: marching squares at 0.5 on a 0/1 mask puts every
-    vertex on the half-pixel grid, so collinearity is exact), closed again. This is what
+    two neighbours (cross product below 1e-9: both kinds of ring here, marching-squares midpoints
+    and pixel corners, lie on the half-pixel grid, so collinearity is exact), closed again. This is what
     ``skimage.measure.approximate_polygon(ring, tolerance=0.01)`` did here, except that
     Douglas-Peucker may also drop a real corner of a long shallow staircase; and it spares each
     heatmap job the 1.8 s import of ``scipy.signal`` that ``skimage.measure._polygon`` makes."""
@@ -135,10 +135,7 @@ def _outline_rings(mask: np.ndarray, exact: bool) -> tuple[list[np.ndarray], lis
             # consecutive midpoints share one marching square, whose centre is the corner
             # floor(min) + 0.5 in padded pixel-centre units = floor(min) in edge units
             ring = np.floor(np.minimum(contour[:-1], contour[1:]))[:, ::-1]
-            # keep the corners where the outline turns (its neighbours differ in x and in y)
-            turn = np.all(np.roll(ring, 1, axis=0) != np.roll(ring, -1, axis=0), axis=1)
-            ring = ring[turn]
-            ring = np.vstack([ring, ring[:1]])
+            ring = _drop_collinear(np.vstack([ring, ring[:1]]))  # keep the corners that turn
         else:
             # (row, col) in padded pixel-centre units -> x, y in edge units
             ring = _drop_collinear(contour[:, ::-1] - 0.5)
