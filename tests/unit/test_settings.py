@@ -83,10 +83,13 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert "tensorboard" not in a.resume_signature()
     # end_to_end without weight averaging, one model per fold: as before these keys existed
     other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em", "ema_decay", "replicates"}
+    other.add("warmup_epochs")  # 0: no warm-up, as before the key existed
     other |= {"device", "max_instances_per_forward_pass"}  # where and in what chunks
     other.add("replicate_validation")  # fixed: the fold's own validation slides
     assert set(a.resume_signature()) == set(a.to_dict()) - other
     assert TrainingConfig.from_dict({"ema_decay": 0.99}).resume_signature()["ema_decay"] == 0.99
+    warm = TrainingConfig.from_dict({"warmup_epochs": 2}).resume_signature()
+    assert warm["warmup_epochs"] == 2 and "warmup_epochs" not in a.resume_signature()
     # em settings change what em trains, and nothing else
     em2 = {"em": {"rounds": 2}}
     assert a.resume_signature() == TrainingConfig.from_dict(em2).resume_signature()
@@ -143,3 +146,17 @@ def test_unknown_strategy_and_em_keys_are_schema_errors() -> None:
         TrainingConfig.from_dict({"em": {"pseudo_label": "majority"}})
     with pytest.raises(ConfigError, match="rounds"):
         TrainingConfig.from_dict({"em": {"rounds": 0}})
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"warmup_epochs": 2, "schedule": "onecycle"}, "onecycle warms up itself"),
+        ({"warmup_epochs": 5, "epochs": 5}, r"warmup_epochs \(5\) must be below training.epochs"),
+        ({"warmup_epochs": 1, "strategy": "em"}, "strategy em trains in rounds of its own"),
+    ],
+)
+def test_warmup_epochs_contradictions_are_config_errors(training, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_strategy({}, training)
+    assert resolve_strategy({}, {"warmup_epochs": 2})[0] == "end_to_end"

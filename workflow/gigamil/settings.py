@@ -134,6 +134,7 @@ class TrainingConfig(_Section):
     lr: float = _default(_TRAIN, "lr")
     weight_decay: float = _default(_TRAIN, "weight_decay")
     schedule: str = _default(_TRAIN, "schedule")
+    warmup_epochs: float = _default(_TRAIN, "warmup_epochs")
     bags_per_step: int = _default(_TRAIN, "bags_per_step")
     max_instances_per_forward_pass: int | None = _default(_TRAIN, "max_instances_per_forward_pass")
     max_instances_per_bag: int | None = _default(_TRAIN, "max_instances_per_bag")
@@ -171,6 +172,8 @@ class TrainingConfig(_Section):
             del sig["strategy"]
         if not self.ema_decay:
             del sig["ema_decay"]
+        if not self.warmup_epochs:  # no warm-up, as before the key existed
+            del sig["warmup_epochs"]
         if self.replicates == 1:  # one model per fold, as before the key existed
             del sig["replicates"]
         if self.replicate_validation == "fixed":  # the fold's own validation slides
@@ -212,6 +215,7 @@ class PatchConfig(_Section):
     min_tissue: float = _default(_PATCH, "min_tissue")
     codec: str = _default(_PATCH, "codec")
     jpeg_quality: int = _default(_PATCH, "jpeg_quality")
+    stain_normalization: str = _default(_PATCH, "stain_normalization")
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,28 @@ SECTIONS: tuple[type[_Section], ...] = (
 STRATEGIES = ("end_to_end", "frozen", "em")
 
 
+def _check_warmup(t: TrainingConfig) -> None:
+    """ConfigError for ``training.warmup_epochs`` under ``schedule: onecycle``, not below
+    ``training.epochs``, or with ``strategy: em``."""
+    if not t.warmup_epochs:
+        return
+    if t.schedule == "onecycle":
+        raise ConfigError(
+            "training.warmup_epochs: schedule onecycle warms up itself (30 % of the steps); "
+            "set warmup_epochs: 0 or schedule: cosine"
+        )
+    if t.warmup_epochs >= t.epochs:
+        raise ConfigError(
+            f"training.warmup_epochs ({t.warmup_epochs:g}) must be below training.epochs "
+            f"({t.epochs}): the learning rate would never reach training.lr"
+        )
+    if t.strategy == "em":
+        raise ConfigError(
+            "training.warmup_epochs warms up the end_to_end and frozen strategies; "
+            "strategy em trains in rounds of its own: set warmup_epochs: 0"
+        )
+
+
 def resolve_strategy(
     model_cfg: Mapping[str, Any] | ModelConfig, training_cfg: Mapping[str, Any] | TrainingConfig
 ) -> tuple[str, ModelConfig]:
@@ -260,10 +286,12 @@ def resolve_strategy(
     the strategy existed keep working); ``frozen`` sets ``trainable_blocks: 0`` in the returned
     model config. Raises ConfigError for contradictions: ``frozen`` with ``trainable_blocks: N``
     (N > 0), ``em`` with a frozen encoder, the parameter-free ``identity`` encoder or
-    ``training.ema_decay``, and
-    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0.
+    ``training.ema_decay`` or ``training.warmup_epochs``,
+    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, and
+    ``training.warmup_epochs`` under ``schedule: onecycle`` or not below ``training.epochs``.
     """
     m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
+    _check_warmup(t)
     blocks = m.trainable_blocks
     if m.freeze_encoder and blocks not in ("all", 0):
         raise ConfigError(

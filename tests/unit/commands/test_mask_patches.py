@@ -82,12 +82,15 @@ def test_mask_and_patches_contract(cmu_svs, tmp_path):
                 "0",
                 "--codec",
                 "jpeg",
+                "--stain-normalization",
+                "macenko",
             ]
         )
         == 0
     )
     _, c2, g2, a2 = read_store(store2)
     assert a2["slide_mpp"] == 0.25 and a2["level"] == 0 and a2["codec"] == "jpeg"
+    assert a2["stain_normalization"] == "macenko" and attrs["stain_normalization"] == "none"
     assert a2["patch_size_level0"] == 256.0
     np.testing.assert_array_equal(c2[1], [256, 0])
 

@@ -22,6 +22,7 @@ from gigamil.train.checkpoint import (
     model_header,
 )
 from gigamil.train.early_stopping import EarlyStopping, scalar_metric
+from gigamil.train.loop import make_scheduler
 
 
 def auc(value: float, loss: float = 0.5) -> dict[str, float]:
@@ -247,3 +248,30 @@ def test_weight_average_is_the_exponential_moving_average_of_the_steps() -> None
     averaged = dict(ema.module.named_parameters())[name]
     assert torch.allclose(averaged, torch.full_like(averaged, expected))  # 1.0 -> 1.1 -> 1.39
     assert not torch.allclose(averaged, param)
+
+
+def _lr_factors(schedule: str, total: int, warmup: int = 0) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = make_scheduler(opt, schedule, total, warmup_steps=warmup)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_rises_linearly_then_runs_the_schedule_over_the_remaining_steps() -> None:
+    """training.warmup_epochs: lr (t + 1) / W for the first W steps, then the schedule as it
+    would run over total - W steps (cosine from lr to ~0; constant at lr)."""
+    warm = _lr_factors("cosine", 20, warmup=4)
+    assert warm[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert warm[4:] == pytest.approx(_lr_factors("cosine", 16))
+    assert warm[4] == pytest.approx(1.0) and warm[-1] < 0.02
+    assert _lr_factors("constant", 6, warmup=3) == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1])
+    assert _lr_factors("cosine", 20) == _lr_factors("cosine", 20, warmup=0)
+    with pytest.raises(ValueError, match="onecycle"):
+        make_scheduler(
+            torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), "onecycle", 9, 2
+        )

@@ -391,6 +391,44 @@ def test_model_records_patch_mpp_and_refuses_other_resolutions(
     predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # same µm/px: fine
 
 
+def test_model_records_stain_normalization_and_refuses_other_stores(
+    mil_bags, write_store, tmp_path: Path
+) -> None:
+    """Training on stores of different stain normalisations, and predicting stores normalised
+    otherwise than the model's, are errors naming the slides; a store without the attribute
+    (written before gigamil recorded it) counts as ``none``."""
+    rng = np.random.default_rng(0)
+
+    def slides(prefix: str, stains: list[str | None]) -> pd.DataFrame:
+        rows = []
+        for i, stain in enumerate(stains):
+            sid = f"{prefix}{i}"
+            attrs = {} if stain is None else {"stain_normalization": stain}
+            store = write_store(tmp_path / f"{sid}.zarr", mil_bags.slide(rng, i % 2, 12), **attrs)
+            label = mil_bags.classes[i % 2]
+            rows.append(
+                {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
+            )
+        return pd.DataFrame(rows)
+
+    torch.set_num_threads(1)
+    train = slides("a", ["macenko"] * 4)
+    model_path = train_fold(
+        train, train.iloc[:0], mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    assert torch.load(model_path, weights_only=True)["stain_normalization"] == "macenko"
+    mixed = slides("b", ["macenko", None, "macenko", "macenko"])
+    with pytest.raises(
+        GigamilError, match=r"different stain normalisations \(slide b0 'macenko', "
+    ):
+        train_fold(mixed, mixed.iloc[:0], mil_bags.classes, mil_bags.model, training(), tmp_path)
+    with pytest.raises(
+        GigamilError, match=r"slide b1: patches with stain normalisation 'none' but the model"
+    ):
+        predict_slides(model_path, mixed.iloc[1:2], None, tmp_path / "att", device="cpu")
+    predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # the same: fine
+
+
 def test_training_on_one_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
     train, val = cohort
     one = train[train["label"] == mil_bags.classes[0]]

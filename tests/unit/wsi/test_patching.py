@@ -12,6 +12,7 @@ from gigamil.wsi.extract import extract_patches
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.patching import PatchParams, mask_coverage, plan_patches, plan_units
 from gigamil.wsi.reader import open_slide
+from gigamil.wsi.stain import normalize_stains
 from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
 
 PYRAMID = "CMU-1-Small-Region.pyramid.tiff"
@@ -223,6 +224,24 @@ def test_threads_give_identical_store(cmu_svs, tmp_path, cmu_tissue):
     assert res.n_patches == len(c1) > 100
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(p1[...], p2[...])
+
+
+def test_stain_normalization_at_extraction(cmu_svs, tmp_path, cmu_tissue):
+    """preprocessing.patches.stain_normalization: macenko stores exactly the Macenko-normalised
+    patches of the plain extraction (also with two worker threads) and says so in its attrs."""
+    _, (plain, coords, _, attrs) = _extract(tmp_path, cmu_svs, "plain", cmu_tissue, patch_px=64)
+    assert attrs["stain_normalization"] == "none" and "stain_normalization_skipped" not in attrs
+    params = PatchParams(mpp=0.5, patch_px=64, block_px=256, stain_normalization="macenko")
+    extract_patches(
+        cmu_svs, tmp_path / "m.zarr", params, mask=cmu_tissue, threads=2, progress=False
+    )
+    normed, coords_m, _, attrs_m = read_store(tmp_path / "m.zarr")
+    expected, skipped = normalize_stains(plain[...], "macenko")
+    np.testing.assert_array_equal(coords, coords_m)
+    np.testing.assert_array_equal(normed[...], expected)
+    assert not np.array_equal(normed[...], plain[...])
+    assert attrs_m["stain_normalization"] == "macenko"
+    assert attrs_m["stain_normalization_skipped"] == skipped < len(coords) // 10
 
 
 def test_attrs_and_mask_computed_when_absent(cmu_svs, tmp_path):

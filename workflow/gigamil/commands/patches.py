@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jpeg-quality", type=bounded(int, 1, 100), default=90, help="JPEG quality (default 90)"
     )
     parser.add_argument(
+        "--stain-normalization",
+        choices=("none", "macenko"),
+        default="none",
+        help="stain-normalise every patch (macenko: Macenko et al. 2009, per patch; default none)",
+    )
+    parser.add_argument(
         "--resample-tolerance",
         type=bounded(float, 0, MAX_RESAMPLE_TOLERANCE),
         default=0.005,
@@ -74,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         codec=args.codec,
         jpeg_quality=args.jpeg_quality,
         resample_tolerance=args.resample_tolerance,
+        stain_normalization=args.stain_normalization,
     )
     params.validate()
     mask = read_mask_png(args.mask) if args.mask else None

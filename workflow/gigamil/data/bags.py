@@ -195,6 +195,17 @@ class ZarrBag:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def store_stain_normalization(bag: Any) -> str | None:
+    """``preprocessing.patches.stain_normalization`` of the patches behind ``bag`` (a
+    :class:`ZarrBag` or a feature bag): its store's ``stain_normalization`` attribute; ``"none"``
+    for a patch store written before gigamil recorded it (scanned colours); None for a feature
+    store that does not say."""
+    value = bag.attrs.get("stain_normalization")
+    if value is None:
+        return "none" if isinstance(bag, ZarrBag) else None
+    return str(value)
+
+
 class ConcatBag:
     """The instances of several bags one after another, as one bag (a ``BagSource``).
 

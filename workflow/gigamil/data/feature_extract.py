@@ -21,7 +21,7 @@ import zarr
 from torch import nn
 
 from gigamil import __version__
-from gigamil.data.bags import ZarrBag
+from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.feature_spec import RANDOM_INIT_SEED, encoder_id, encoder_spec
 from gigamil.data.features import KIND
 from gigamil.data.store_writer import _jsonable
@@ -177,8 +177,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
         )
     dev = resolve_device(device)
     encoder, dim = build_feature_encoder(cfg, patch_px)
-    encoder.to(dev)
-    feats = encode_bag(encoder, bag, dev, chunk, amp) if len(bag) else np.zeros((0, dim))
+    feats = encode_bag(encoder.to(dev), bag, dev, chunk, amp) if len(bag) else np.zeros((0, dim))
     attrs = {
         "encoder_id": encoder_id(spec),
         "encoder_spec": spec,
@@ -190,6 +189,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
         "patch_px": patch_px,
         "target_mpp": bag.attrs.get("target_mpp"),
         "effective_mpp": bag.attrs.get("effective_mpp"),
+        "stain_normalization": store_stain_normalization(bag),
         "patch_store": str(store),
         "gigamil_version": __version__,
         "device": str(dev),

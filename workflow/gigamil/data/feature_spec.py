@@ -68,6 +68,12 @@ def encoder_spec(
         "patch_px": int(p.patch_px),
         "codec": p.codec,
         "jpeg_quality": int(p.jpeg_quality) if p.codec == "jpeg" else None,
+        # only when on, so the ids of caches of scanned colours stay as they were
+        **(
+            {"stain_normalization": p.stain_normalization}
+            if p.stain_normalization != "none"
+            else {}
+        ),
     }
 
 

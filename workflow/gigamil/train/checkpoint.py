@@ -87,17 +87,20 @@ def model_header(
     patch_mpp: float | None = None,
     weights_sha256: str | None = None,
     features: Mapping[str, Any] | None = None,
+    stain_normalization: str | None = None,
 ) -> dict[str, Any]:
     """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
     the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
     of ``model.weights`` the encoder started from, None for random initialisation;
     ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
-    holds no encoder)."""
+    holds no encoder; ``stain_normalization``: that of the training patches, None if the stores
+    did not say)."""
     header = {
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
         "patch_px": int(patch_px),
         "patch_mpp": None if patch_mpp is None else float(patch_mpp),
+        "stain_normalization": stain_normalization,
         "weights_sha256": weights_sha256,
         "gigamil_version": __version__,
     }

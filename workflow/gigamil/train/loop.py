@@ -39,10 +39,28 @@ def bag_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + index * 101 + 17) % (2**63 - 1)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0
+) -> LambdaLR:
     """``cosine`` (to 0), ``onecycle`` (30 % linear warm-up from lr/25, cosine to lr/1e4) or
-    ``constant``, stepped once per optimizer step."""
-    total = max(1, total_steps)
+    ``constant``, stepped once per optimizer step. ``warmup_steps`` > 0 (not with
+    ``onecycle``) puts a linear warm-up in front: step t < W runs at lr · (t + 1) / W, and the
+    schedule runs over the remaining ``total_steps`` − W steps."""
+    if warmup_steps < 0 or (warmup_steps and schedule == "onecycle"):
+        raise ValueError(f"warmup_steps {warmup_steps} with schedule {schedule!r}")
+    warmup = min(int(warmup_steps), max(0, total_steps - 1))
+    base = _schedule(schedule, max(1, total_steps - warmup))
+    if not warmup:
+        return LambdaLR(optimizer, base)
+
+    def f(t: int) -> float:
+        return (t + 1) / warmup if t < warmup else base(t - warmup)
+
+    return LambdaLR(optimizer, f)
+
+
+def _schedule(schedule: str, total: int) -> Callable[[int], float]:
+    """The learning-rate factor of ``schedule`` at step t of ``total``."""
     if schedule == "cosine":
 
         def f(t: int) -> float:
@@ -61,7 +79,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps:
             return 1.0
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
-    return LambdaLR(optimizer, f)
+    return f
 
 
 def weight_average(model: MILModel, decay: float) -> AveragedModel | None:

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from gigamil.config import check_slide_id
-from gigamil.data.bags import ZarrBag
+from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.logutil import current_context, log_context
@@ -75,6 +75,17 @@ def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None
         )
 
 
+def _check_stain_normalization(slide_id: str, bag: ZarrBag | FeatureBag, model: str | None) -> None:
+    store = store_stain_normalization(bag)
+    if store is None or model is None or store == model:
+        return
+    raise GigamilError(
+        f"slide {slide_id}: patches with stain normalisation {store!r} but the model was "
+        f"trained on {model!r} ones; extract this cohort with "
+        f"preprocessing.patches.stain_normalization: {model}"
+    )
+
+
 def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBag | FeatureBag:
     """The bag of one slide (``row`` of the slides table) for the model of ``ckpt``: checked
     to hold what the model reads, at its patch size and resolution; a bag without patches is
@@ -87,6 +98,7 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
             f"the model was trained on {ckpt['patch_px']} px"
         )
     _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
+    _check_stain_normalization(row.slide_id, bag, ckpt.get("stain_normalization"))
     if len(bag) == 0:
         log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
     return bag

@@ -31,7 +31,14 @@ from gigamil.train.checkpoint import atomic_save, load_checkpoint, write_train_l
 log = logging.getLogger(__name__)
 
 MEMBER_KEYS = ("state_dict", "epoch", "metrics", "logit_calibration")
-SHARED_KEYS = ("model_config", "classes", "patch_px", "patch_mpp", "features")
+SHARED_KEYS = (
+    "model_config",
+    "classes",
+    "patch_px",
+    "patch_mpp",
+    "features",
+    "stain_normalization",
+)
 
 
 def replicate_dir(out_dir: str | Path, replicate: int) -> Path:

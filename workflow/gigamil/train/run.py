@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gigamil.data.bags import ZarrBag
+from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
@@ -153,6 +153,23 @@ def _patch_mpp(items: Sequence[BagItem]) -> float | None:
     return float(np.median(list(known.values())))
 
 
+def _stain_normalization(items: Sequence[BagItem]) -> str | None:
+    """The stain normalisation of the fold's patches (:func:`store_stain_normalization`; None
+    when no store says); GigamilError when two stores differ (normalised and scanned colours
+    in one training set)."""
+    known = {it.slide_id: s for it in items if (s := store_stain_normalization(it.bag))}
+    if len(set(known.values())) > 1:
+        by: dict[str, str] = {}
+        for sid, s in sorted(known.items()):
+            by.setdefault(s, sid)  # the first slide of each
+        shown = ", ".join(f"slide {sid} {s!r}" for s, sid in sorted(by.items()))
+        raise GigamilError(
+            f"patch stores with different stain normalisations ({shown}); extract all slides "
+            "with the same preprocessing.patches.stain_normalization"
+        )
+    return next(iter(known.values()), None)
+
+
 def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
     """``{encoder_id, dim}`` when every bag is a feature store of one encoder, None when every
     bag is a patch store; GigamilError for a mix."""
@@ -181,6 +198,7 @@ class FoldData:
     patch_px: int
     patch_mpp: float | None = None
     features: dict[str, Any] | None = None  # {encoder_id, dim}: bags of cached features
+    stain_normalization: str | None = None  # of the patches (None: the stores do not say)
 
     @classmethod
     def open(
@@ -212,6 +230,7 @@ class FoldData:
             _patch_px(items),
             _patch_mpp(items),
             _features(items),
+            _stain_normalization(items),
         )
 
 

@@ -113,18 +113,22 @@ class FoldTrainer:
         return amp
 
     def _optimization(self, amp: AmpScaler) -> Optimization:
-        """AdamW over the trainable parameters, the ``training.schedule`` over every step of
-        the run, and ``amp``."""
+        """AdamW over the trainable parameters, the ``training.schedule`` (after
+        ``training.warmup_epochs`` of linear warm-up) over every step of the run, and ``amp``."""
         tcfg, info = self.cfg, self.runtime.info
         optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=float(tcfg.lr),
             weight_decay=float(tcfg.weight_decay),
         )
-        total_steps = tcfg.epochs * steps_per_epoch(
-            len(self.data.train), tcfg.bags_per_step, info.world
+        per_epoch = steps_per_epoch(len(self.data.train), tcfg.bags_per_step, info.world)
+        scheduler = make_scheduler(
+            optimizer,
+            tcfg.schedule,
+            tcfg.epochs * per_epoch,
+            warmup_steps=round(tcfg.warmup_epochs * per_epoch),
         )
-        return Optimization(optimizer, make_scheduler(optimizer, tcfg.schedule, total_steps), amp)
+        return Optimization(optimizer, scheduler, amp)
 
     def _signature(self, model_cfg: ModelConfig) -> dict[str, Any]:
         """What ``last.pt`` must match to be resumed: model, classes, training settings, slides."""
@@ -148,7 +152,13 @@ class FoldTrainer:
                 "encoder %s, weights %s (sha256 %s)", model_cfg.encoder, model_cfg.weights, digest
             )
         return model_header(
-            model_cfg.to_dict(), data.classes, data.patch_px, data.patch_mpp, digest, data.features
+            model_cfg.to_dict(),
+            data.classes,
+            data.patch_px,
+            data.patch_mpp,
+            digest,
+            data.features,
+            data.stain_normalization,
         )
 
     def fit(self, resume: bool) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from gigamil.wsi.patching import PatchParams, PatchPlan, plan_patches, plan_unit
 from gigamil.wsi.raster import read_raster
 from gigamil.wsi.reader import open_slide, shared_tile_cache
 from gigamil.wsi.slide import SlideReader
+from gigamil.wsi.stain import normalize_stains
 from gigamil.wsi.tissue import TissueParams, compute_tissue_mask
 
 log = logging.getLogger(__name__)
@@ -211,6 +213,7 @@ def _store_attrs(
         "tissue_fraction": float(mask.mean()) if mask is not None and mask.size else None,
         "codec": params.codec,
         "jpeg_quality": params.jpeg_quality if params.codec == "jpeg" else None,
+        "stain_normalization": params.stain_normalization,
         "gigamil_version": __version__,
         "slide_dimensions": list(reader.dimensions),
         "grid_shape": [plan.n_rows, plan.n_cols],
@@ -253,10 +256,40 @@ def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
             leave=False,
         )
         units = plan_units(plan, writer.chunk, params.block_px)
-        _run_units(reader, factory, plan, units, threads, writer, bar)
+        stain = params.stain_normalization
+        out_writer = writer if stain == "none" else _StainNormalizingWriter(writer, stain)
+        _run_units(reader, factory, plan, units, threads, out_writer, bar)
         bar.close()
+        if isinstance(out_writer, _StainNormalizingWriter):
+            attrs["stain_normalization_skipped"] = out_writer.skipped
+            if out_writer.skipped:
+                log.warning(
+                    "%s: %d of %d patches left without %s stain normalisation (too few stained "
+                    "pixels, or the estimate failed)",
+                    attrs["slide_id"],
+                    out_writer.skipped,
+                    plan.n,
+                    stain,
+                )
         attrs["seconds"] = round(time.perf_counter() - t0, 3)
         writer.commit(attrs)
+
+
+class _StainNormalizingWriter:
+    """A store writer's ``write_chunk`` (thread-safe) behind :func:`normalize_stains` with
+    ``method``; ``skipped`` counts the patches it left as they were."""
+
+    def __init__(self, writer: Any, method: str) -> None:
+        self._writer, self._method = writer, method
+        self.chunk = writer.chunk
+        self.skipped = 0
+        self._lock = threading.Lock()
+
+    def write_chunk(self, index: int, patches: np.ndarray) -> None:
+        normalised, skipped = normalize_stains(patches, self._method)
+        with self._lock:
+            self.skipped += skipped
+        self._writer.write_chunk(index, normalised)
 
 
 def _run_units(
@@ -271,8 +304,6 @@ def _run_units(
     """Each unit (one store chunk) is read, encoded and written by one of ``threads`` workers,
     each with its own slide handle (the first worker takes over ``reader``, which the calling
     thread no longer uses); the calling thread only schedules and reports progress."""
-    import threading
-
     local = threading.local()
     handles: list[SlideReader] = []
     spare = [reader]

@@ -29,6 +29,7 @@ from gigamil.errors import GigamilError
 from gigamil.settings import PatchConfig
 from gigamil.wsi.raster import level_scale
 from gigamil.wsi.slide import SlideReader
+from gigamil.wsi.stain import STAIN_NORMALIZATIONS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class PatchParams:
     min_tissue: float = _SCHEMA_DEFAULTS.min_tissue
     codec: str = _SCHEMA_DEFAULTS.codec
     jpeg_quality: int = _SCHEMA_DEFAULTS.jpeg_quality
+    stain_normalization: str = _SCHEMA_DEFAULTS.stain_normalization
     resample_tolerance: float = 0.005
     block_px: int = 4096  # longest single read (a run of patches), in read-level pixels
 
@@ -94,6 +96,11 @@ class PatchParams:
             raise GigamilError(f"stride must be >= 1 px, got {self.stride_px}")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise GigamilError(f"min_tissue must be in 0..1, got {self.min_tissue}")
+        if self.stain_normalization not in STAIN_NORMALIZATIONS:
+            raise GigamilError(
+                f"stain_normalization must be one of {STAIN_NORMALIZATIONS}, "
+                f"got {self.stain_normalization!r}"
+            )
         if not 0.0 <= self.resample_tolerance <= MAX_EFFECTIVE_MPP_ERROR:
             raise GigamilError(
                 f"resample_tolerance must be in 0..{MAX_EFFECTIVE_MPP_ERROR}, "
