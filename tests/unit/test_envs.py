@@ -29,6 +29,9 @@ def test_conda_env_mirrors_pyproject():
     wanted = dict(_split(d) for d in project["dependencies"])
     env = yaml.safe_load((REPO / "envs/gigamil.yaml").read_text())
     have = dict(_split(d) for d in env["dependencies"] if isinstance(d, str))
+    # packages the env installs with pip (PyPI names) count too
+    pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    have |= dict(_split(d) for group in pip for d in group)
     have.pop("pip")
     have.pop("python")
     mapped = {CONDA_NAME.get(name, name): spec for name, spec in wanted.items()}
