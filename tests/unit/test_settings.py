@@ -160,3 +160,12 @@ def test_warmup_epochs_contradictions_are_config_errors(training, message) -> No
     with pytest.raises(ConfigError, match=message):
         resolve_strategy({}, training)
     assert resolve_strategy({}, {"warmup_epochs": 2})[0] == "end_to_end"
+
+
+def test_patch_rule_params_leave_out_stain_normalization_when_off() -> None:
+    """Rule extract_patches' params: a workspace extracted before the key existed is not
+    redone (its recorded params are exactly these keys), one that turns it on is."""
+    before = {"mpp", "patch_px", "stride_px", "min_tissue", "codec", "jpeg_quality"}
+    assert set(PatchConfig().rule_params()) == before
+    on = PatchConfig.from_dict({"stain_normalization": "macenko"}).rule_params()
+    assert on["stain_normalization"] == "macenko" and set(on) == before | {"stain_normalization"}

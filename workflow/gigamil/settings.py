@@ -217,6 +217,14 @@ class PatchConfig(_Section):
     jpeg_quality: int = _default(_PATCH, "jpeg_quality")
     stain_normalization: str = _default(_PATCH, "stain_normalization")
 
+    def rule_params(self) -> dict[str, Any]:
+        """The params of rule extract_patches: the section, without ``stain_normalization``
+        when it is ``none`` (stores extracted before the key existed are not redone)."""
+        params = self.to_dict()
+        if params["stain_normalization"] == "none":
+            del params["stain_normalization"]
+        return params
+
 
 @dataclass(frozen=True)
 class TissueConfig(_Section):

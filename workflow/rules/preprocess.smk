@@ -1,8 +1,13 @@
 """Rules tissue_mask, extract_patches, qc_table: slide ingestion (gigamil.wsi).
 
 Only the preprocessing sub-dicts of config.yaml are params here, so changing a training or
-heatmap key does not redo the masks or the patch stores.
+heatmap key does not redo the masks or the patch stores; keys added later are left out at their
+"off" value (PatchConfig.rule_params), so an update of gigamil redoes no store.
 """
+
+from gigamil.settings import PatchConfig
+
+PATCH_PARAMS = PatchConfig.from_dict(config["preprocessing"]["patches"]).rule_params()
 
 
 rule tissue_mask:
@@ -51,7 +56,7 @@ rule extract_patches:
         mem_mb=8000,
         runtime=lambda wc, attempt: 20 * attempt,  # minutes; more on each retry
     params:
-        patches=config["preprocessing"]["patches"],
+        patches=PATCH_PARAMS,
         slide_mpp=slide_mpp_override,
     script:
         "../scripts/extract_patches.py"
