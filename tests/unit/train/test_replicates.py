@@ -130,6 +130,14 @@ def test_combine_refuses_missing_or_mismatched_members(mil_bags, cohort, tmp_pat
     with pytest.raises(GigamilError, match="member model missing"):
         combine_replicates([dirs[0], tmp_path / "nowhere"], [0, 1], tmp_path)
     other = load_checkpoint(dirs[1] / "model.pt")
+    # a member of an earlier gigamil (no stain_normalization key) combines with a new one
+    older = {k: v for k, v in other.items() if k != "stain_normalization"}
+    atomic_save(older, dirs[1] / "model.pt")
+    assert other["stain_normalization"] == "none"
+    assert load_checkpoint(combine_replicates(dirs, [0, 1], tmp_path / "c"))["replicates"]
+    atomic_save({**other, "stain_normalization": "macenko"}, dirs[1] / "model.pt")
+    with pytest.raises(GigamilError, match="differs .* in \\['stain_normalization'\\]"):
+        combine_replicates(dirs, [0, 1], tmp_path)
     atomic_save({**other, "patch_px": other["patch_px"] * 2}, dirs[1] / "model.pt")
     with pytest.raises(GigamilError, match="differs .* in \\['patch_px'\\]"):
         combine_replicates(dirs, [0, 1], tmp_path)

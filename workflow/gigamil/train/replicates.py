@@ -41,6 +41,13 @@ SHARED_KEYS = (
 )
 
 
+def _shared(ckpt: dict[str, Any], key: str) -> Any:
+    """A shared key of a member's model.pt; a member trained before gigamil recorded the stain
+    normalisation (no key) counts as ``none``, like its stores."""
+    value = ckpt.get(key)
+    return "none" if key == "stain_normalization" and value is None else value
+
+
 def replicate_dir(out_dir: str | Path, replicate: int) -> Path:
     """The directory of member ``replicate`` (0-based) of a fold: ``out_dir/replicate{r}``."""
     return Path(out_dir) / f"replicate{int(replicate)}"
@@ -119,7 +126,7 @@ def combine_replicates(
         ckpts.append(load_checkpoint(d / "model.pt"))
     first = ckpts[0]
     for d, ckpt in zip(member_dirs, ckpts, strict=True):
-        differ = [k for k in SHARED_KEYS if ckpt.get(k) != first.get(k)]
+        differ = [k for k in SHARED_KEYS if _shared(ckpt, k) != _shared(first, k)]
         if differ:
             raise GigamilError(
                 f"{d}: member model differs from {member_dirs[0]} in {differ}; delete the "
