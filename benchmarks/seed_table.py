@@ -25,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SCREEN = REPO / "benchmarks" / "results" / "screen.json"
 RUNS: list[tuple[str, list[int]]] = [  # the shipped settings (cv.val_fraction 0, 48 epochs,
-    ("repro_d1", [0]),  # two models per fold, greyscale 0.2); reruns first
+    ("cl_d01", [0, 2]),  # two models per fold, greyscale 0.2); reruns first
+    ("repro_d1", [0]),
     ("gray20_repro", [0, 2]),
     ("gray20_seeds68", [6, 8]),
     ("gray20_d2345_seeds46", [4, 6]),
