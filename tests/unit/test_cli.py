@@ -88,6 +88,11 @@ HEATMAP = ["heatmap", "--store", "s.zarr", "--attention", "a.npy", "--out", "h"]
         ([*HEATMAP, "--alpha", "5"], "--alpha: must be <= 1, got 5"),
         ([*HEATMAP, "--top-k", "x"], "--top-k: an integer is needed, got 'x'"),
         (["demo", "d", "--tile-mpp", "0"], "--tile-mpp: must be > 0, got 0"),
+        (["demo", "d", "--seed", "-1"], "--seed: must be >= 0, got -1"),
+        (
+            ["splits", "--sheet", "s.csv", "--out", "f.csv", "--seed", "-1"],
+            "--seed: must be >= 0, got -1",
+        ),
         (["demo", "d", "--tile-mpp", "inf"], "--tile-mpp: a finite number is needed, got 'inf'"),
         (
             [

@@ -151,6 +151,16 @@ def test_command_line_strings_are_read_as_the_numbers_typed(base_config):
     cfg["training"]["epochs"] = "three"  # not a number in any reading: still an error
     with pytest.raises(ConfigError, match="training.epochs"):
         validate_config(cfg)
+    # out of range: the error names the range, as for the same number in config.yaml
+    for key, typed, message in (
+        ("epochs", "-3", "training.epochs: -3 is less than the minimum of 1"),
+        ("lr", "-0.1", "training.lr: -0.1 is less than or equal to the minimum of 0"),
+        ("seed", "-1", "training.seed: -1 is less than the minimum of 0"),
+    ):
+        bad = copy.deepcopy(cfg)
+        bad["training"] = {**cfg["training"], "epochs": "3", key: typed}
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_config(bad)
     cfg["training"]["epochs"] = "3"
     cfg["model"]["trainable_blocks"] = "2"  # read as 2: the strategy contradiction is found
     with pytest.raises(ConfigError, match="trainable_blocks"):

@@ -169,7 +169,9 @@ def _empty_sections_to_defaults(schema: Mapping[str, Any], instance: dict[str, A
 
 def _coerce_strings(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
     """Turn string values that the schema rejects but whose YAML reading it accepts ("3" → 3,
-    "false" → False, "2" → 2 for ``trainable_blocks``) into that reading, in place.
+    "false" → False, "2" → 2 for ``trainable_blocks``) into that reading, in place; a reading
+    of the schema's type that is out of range ("-3" for a minimum of 1) too, so that the error
+    names the range, not the type.
 
     ``snakemake --config 'training={"epochs": 3}'`` hands the values inside such a mapping over
     as strings; a user typed a number and should not be told it is not one.
@@ -186,10 +188,14 @@ def _coerce_strings(schema: Mapping[str, Any], instance: dict[str, Any]) -> None
             check = jsonschema.Draft202012Validator(sub)
             if check.is_valid(value):
                 continue
-            for parsed in _readings(value):
-                if check.is_valid(parsed):
-                    instance[key] = parsed
-                    break
+            readings = _readings(value)
+            # a valid reading, else one of the right type ("-3" → -3: then the error says
+            # "less than the minimum", as for the same value in config.yaml)
+            fits = [r for r in readings if check.is_valid(r)] or [
+                r for r in readings if not any(e.validator == "type" for e in check.iter_errors(r))
+            ]
+            if fits:
+                instance[key] = fits[0]
 
 
 def _readings(value: str) -> list[Any]:

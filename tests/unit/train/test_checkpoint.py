@@ -65,6 +65,25 @@ def test_a_file_that_is_no_model_is_named_without_a_delete_hint(tmp_path: Path) 
         load_checkpoint(broken)
 
 
+class _NotWeights:
+    """A pickled object that torch's weights-only unpickler refuses."""
+
+
+def test_refused_unpickling_does_not_repeat_torchs_weights_only_false_advice(
+    tmp_path: Path,
+) -> None:
+    """torch suggests retrying with weights_only=False (arbitrary code): wrong for a damaged
+    file; the error says what the file is and, for model.pt, how to have it written again."""
+    path = tmp_path / "model.pt"
+    torch.save({"epoch": 1, "x": _NotWeights()}, path)
+    with pytest.raises(GigamilError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "does not load as plain weights: damaged, edited or not gigamil's" in message
+    assert "weights_only" not in message and "False" not in message
+    assert f"snakemake --cores all {path}" in message  # a model.pt: named as the target
+
+
 def test_checkpoint_without_digest_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"epoch": 1}, path)  # written by an older gigamil

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from gigamil.commands._argtypes import POSITIVE
+from gigamil.commands._argtypes import NON_NEGATIVE_INT, POSITIVE
 
 NAME = "demo"
 HELP = (
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prefix of the slide and patient ids, e.g. ext gives ext_p01_s1 (default: demo); "
         "cohorts of one run need distinct ids",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--patients",
         type=int,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gigamil.commands._argtypes import NON_NEGATIVE_INT
+
 NAME = "splits"
 HELP = "make patient-level cross-validation folds (folds.csv) from cohort sheets"
 
@@ -29,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="validation share of each training part (default: config, else 0.2)",
     )
-    parser.add_argument("--seed", type=int, help="seed (default: config, else 0)")
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, help="seed (default: config, else 0)")
     parser.add_argument(
         "--stratify-by",
         nargs="*",

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import logging
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,17 @@ def _damaged_hint(path: Path) -> str:
         )
     return (
         "delete it and rerun snakemake: train_fold writes it again (from last.pt when that is "
-        "intact, else by training the fold)"
+        "intact, else by training the fold) as soon as a job needs it, e.g. the one that failed "
+        f"here; to write it now, name it as the target: snakemake --cores all {path}"
     )
+
+
+def _load_failure(exc: Exception) -> str:
+    """The first line of a ``torch.load`` failure, without torch's advice for the weights-only
+    unpickler (to retry with ``weights_only=False``: never right for a damaged file)."""
+    if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load"):
+        return "its pickled data does not load as plain weights: damaged, edited or not gigamil's"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -156,7 +166,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ValueError("not a PyTorch archive: damaged or cut short")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = _load_failure(exc)
         if not ours:  # not a file train_fold wrote: no hint to delete it
             raise GigamilError(
                 f"{path}: not a readable gigamil model file ({reason}); give a fold's model.pt"
