@@ -97,6 +97,7 @@ if getattr(workflow, "is_main_process", True):
         check_slides(
             sheet_checks(SHEETS, skip=DEMO_COHORTS),
             patch_mpp=config["preprocessing"]["patches"]["mpp"],
+            mask_mpp=config["preprocessing"]["tissue"]["mask_mpp"],
         )
     except ConfigError as exc:
         stop(f"gigamil: {exc}")

@@ -93,6 +93,17 @@ def test_a_target_far_finer_than_the_scan_is_refused_with_the_slide(cmu_svs):
         check_slides([typed], patch_mpp=0.5)
 
 
+def test_a_tissue_mask_far_finer_than_the_scan_is_refused_before_any_job(cmu_svs):
+    """preprocessing.tissue.mask_mpp 0.01 (a typo for 8) asked one tissue_mask job for 46 GiB."""
+    svs = SlideCheck("a", "svs", Path(cmu_svs), None)  # 0.499 µm/px
+    check_slides([svs], patch_mpp=0.5, mask_mpp=8.0)
+    with pytest.raises(ConfigError) as err:
+        check_slides([svs], patch_mpp=0.5, mask_mpp=0.01)
+    assert "a/svs: preprocessing.tissue.mask_mpp 0.01 µm/px (gigamil mask --mask-mpp) is 49.9x" in (
+        str(err.value)
+    )
+
+
 def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):
     sheets = {
         "mine": pd.DataFrame(

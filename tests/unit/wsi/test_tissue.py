@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gigamil.errors import ConfigError
 from gigamil.wsi.mask_io import OUTLINE_RGB, mask_params_for, read_mask_png
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.reader import open_slide
@@ -23,6 +24,7 @@ from gigamil.wsi.tissue import (
     hue_degrees,
     make_mask,
     mask_from_rgb,
+    mask_raster_problem,
     saturation,
 )
 
@@ -121,6 +123,17 @@ def test_make_mask_outputs(cmu_svs, tmp_path):
     np.testing.assert_array_equal(read_mask_png(out), png > 0)
     params = mask_params_for(out)
     assert params["mask_file"].endswith("s.png") and params["mask_mpp"] == 16.0
+
+
+def test_mask_mpp_far_too_fine_is_a_config_error_not_a_memory_error(cmu_svs):
+    """gigamil mask --mask-mpp 0.01 tried to allocate 45.8 GiB; now one line naming the key."""
+    too_fine = r"mask_mpp 0.01 µm/px .* is 49.9x finer than"
+    with open_slide(cmu_svs) as reader, pytest.raises(ConfigError, match=too_fine):
+        compute_tissue_mask(reader, TissueParams(mask_mpp=0.01))
+    # a whole-slide image of 100k x 80k px at 0.25 µm/px: 8 µm/px is fine, 1 µm/px is not
+    assert mask_raster_problem((100_000, 80_000), (0.25, 0.25), 8.0) is None
+    problem = mask_raster_problem((100_000, 80_000), (0.25, 0.25), 1.0)
+    assert "would be 25000 x 20000 px" in problem and "use at least 1.37 µm/px" in problem
 
 
 def test_params_from_config_dict():

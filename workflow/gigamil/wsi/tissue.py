@@ -12,14 +12,17 @@ and threshold, and a scale bar; :mod:`gigamil.wsi.qc`) and a JSON sidecar
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gigamil.errors import ConfigError
 from gigamil.settings import TissueConfig
 from gigamil.wsi.mask_io import write_mask_outputs
+from gigamil.wsi.patching import MAX_UPSAMPLING
 from gigamil.wsi.raster import read_raster_image
 from gigamil.wsi.slide import SlideReader
 
@@ -36,6 +39,10 @@ LITTLE_TISSUE_FRACTION = 0.005
 INK_HUE_DEG = (60.0, 235.0)
 INK_MIN_SATURATION = 60.0
 
+
+# a mask raster above this many pixels is refused (3 bytes each, several working copies): the
+# mask is a low-resolution map, and a mask_mpp typo (0.01 for 8) would ask for tens of GiB
+MAX_MASK_PIXELS = 2**28
 
 _SCHEMA_DEFAULTS = TissueConfig()
 
@@ -259,10 +266,52 @@ def mask_from_rgb(
     return mask.astype(bool), thr, warnings
 
 
+def mask_mpp_problem(slide_mpp: float, mask_mpp: float) -> str | None:
+    """Why a slide scanned at ``slide_mpp`` µm/px cannot be masked at ``mask_mpp`` µm/px (more
+    than :data:`~gigamil.wsi.patching.MAX_UPSAMPLING` times finer than the scan), or None."""
+    factor = slide_mpp / mask_mpp
+    if factor <= MAX_UPSAMPLING:
+        return None
+    return (
+        f"preprocessing.tissue.mask_mpp {mask_mpp:g} µm/px (gigamil mask --mask-mpp) is "
+        f"{factor:.3g}x finer than the slide's {slide_mpp:g} µm/px: the tissue mask is a "
+        f"low-resolution map (default {_SCHEMA_DEFAULTS.mask_mpp:g} µm/px)"
+    )
+
+
+def mask_raster_problem(
+    dimensions: tuple[int, int], mpp_xy: tuple[float, float], mask_mpp: float
+) -> str | None:
+    """Why a slide of ``dimensions`` (W, H) level-0 px at ``mpp_xy`` µm/px cannot be masked at
+    ``mask_mpp`` µm/px (its raster would exceed :data:`MAX_MASK_PIXELS`), or None."""
+    (w0, h0), (mx, my) = dimensions, mpp_xy
+    width, height = max(1, round(w0 * mx / mask_mpp)), max(1, round(h0 * my / mask_mpp))
+    if width * height <= MAX_MASK_PIXELS:
+        return None
+    coarsest = math.sqrt(w0 * mx * h0 * my / MAX_MASK_PIXELS)
+    return (
+        f"a tissue mask at {mask_mpp:g} µm/px (preprocessing.tissue.mask_mpp, gigamil mask "
+        f"--mask-mpp) would be {width} x {height} px, more than the {MAX_MASK_PIXELS} px "
+        f"allowed: the mask is a low-resolution map (default {_SCHEMA_DEFAULTS.mask_mpp:g} "
+        f"µm/px); use at least {math.ceil(coarsest * 100) / 100:g} µm/px for this slide"
+    )
+
+
 def compute_tissue_mask(
     reader: SlideReader, params: TissueParams, keep_rgb: bool = True
 ) -> TissueMask:
-    """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it."""
+    """Read the slide at ``params.mask_mpp`` (best level + box downsampling) and mask it.
+
+    Raises:
+        ConfigError: ``mask_mpp`` is far finer than the scan (:func:`mask_mpp_problem`) or
+            its raster would have more than :data:`MAX_MASK_PIXELS` pixels
+            (:func:`mask_raster_problem`).
+    """
+    problem = mask_mpp_problem(reader.mpp, params.mask_mpp) or mask_raster_problem(
+        reader.dimensions, reader.mpp_xy, params.mask_mpp
+    )
+    if problem:
+        raise ConfigError(f"{reader.name}: {problem}")
     rgb, fx, fy, level = read_raster_image(reader, params.mask_mpp)
     mpp_x, mpp_y = fx * reader.mpp_xy[0], fy * reader.mpp_xy[1]
     mask, thr, warnings = mask_from_rgb(rgb, (mpp_x + mpp_y) / 2, params, reader.name)
