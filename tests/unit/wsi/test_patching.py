@@ -295,6 +295,17 @@ def test_more_than_4x_upsampling_is_refused(tissue_image):
         plan_patches(reader, PatchParams(mpp=0.24, patch_px=64, min_tissue=0.0), None)
 
 
+def test_a_mask_of_another_shape_than_the_slide_is_refused(tissue_image):
+    """gigamil patches --mask with another slide's mask (or any image) cut patches by it."""
+    reader = ArrayReader(tissue_image((800, 1000)), 0.5)  # H 800, W 1000 at 0.5 µm/px
+    params = PatchParams(mpp=0.5, patch_px=64, min_tissue=0.5)
+    own = compute_tissue_mask(reader, TissueParams(mask_mpp=8.0)).mask  # 50 x 62 px (rounded)
+    assert len(plan_patches(reader, params, own).grid) > 0
+    for shape in [(1000, 1000), (50, 400), (31, 25)]:  # square, landscape, transposed
+        with pytest.raises(GigamilError, match=r"does not have the slide's shape \(1000 x 800"):
+            plan_patches(reader, params, np.ones(shape, bool))
+
+
 def test_bad_params(tissue_image):
     from gigamil.errors import GigamilError
 

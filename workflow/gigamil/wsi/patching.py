@@ -197,6 +197,23 @@ def mask_coverage(
     return np.clip((s_bb - s_ab - s_ba + s_aa) / area, 0.0, 1.0)
 
 
+def mask_shape_problem(mask_shape: tuple[int, ...], reader: SlideReader) -> str | None:
+    """Why a tissue mask of ``mask_shape`` (Hm, Wm) px cannot be the mask of ``reader``'s slide,
+    or None: a mask spans the whole slide with square pixels in µm (:func:`gigamil.wsi.tissue.
+    compute_tissue_mask`), so its width and height must scale the slide's alike, up to the
+    rounding of each side to whole pixels."""
+    hm, wm = int(mask_shape[0]), int(mask_shape[1])
+    (w0, h0), (mpp_x, mpp_y) = reader.dimensions, reader.mpp_xy
+    um_x, um_y = w0 * mpp_x / max(wm, 1), h0 * mpp_y / max(hm, 1)  # µm per mask pixel
+    if hm > 0 and wm > 0 and abs(um_x / um_y - 1.0) <= 1.0 / min(hm, wm) + 0.01:
+        return None
+    return (
+        f"the tissue mask ({wm} x {hm} px) does not have the slide's shape ({w0} x {h0} px): "
+        f"its pixels would be {um_x:.3g} x {um_y:.3g} µm; is it this slide's mask (made by "
+        "gigamil mask from this slide)?"
+    )
+
+
 def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | None) -> PatchPlan:
     """Grid, kept patches (by mask coverage), read level and resampling of a slide."""
     params.validate()
@@ -205,9 +222,9 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     target = float(params.mpp)
     mpp_x, mpp_y = reader.mpp_xy
     fx, fy = target / mpp_x, target / mpp_y
-    # the slide's mean µm/px, as the run's preflight (gigamil.wsi.preflight) compares it: a
-    # target it let through must not fail here, in the job
-    if problem := upsampling_problem(reader.mpp, target):
+    # the slide's mean µm/px, as gigamil.wsi.preflight compares it (what it let through passes)
+    mask_problem = None if mask is None else mask_shape_problem(mask.shape, reader)
+    if problem := upsampling_problem(reader.mpp, target) or mask_problem:
         raise GigamilError(f"{reader.name}: {problem}")
     p, s = int(params.patch_px), params.stride
     n_rows, n_cols = _grid_shape((w0, h0), fx, fy, p, s)
