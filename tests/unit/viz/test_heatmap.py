@@ -293,6 +293,13 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     assert "c / s11" in title and "P(lesion) = 0.9" in title and "1 fold model (fold 2)" in title
     assert main([*args, "--normalize", "probability"]) == 2  # needs --predictions
     assert "needs --predictions" in capsys.readouterr().err
+    # predictions that name the slide otherwise (the sheet's id, not the store's): --slide-id
+    renamed = pd.read_csv(tmp_path / "p.csv").assign(slide_id="cmu")
+    renamed.to_csv(tmp_path / "q.csv", index=False)
+    assert main([*args, "--predictions", str(tmp_path / "q.csv")]) == 2
+    assert "give that id with --slide-id" in capsys.readouterr().err
+    assert main([*args, "--predictions", str(tmp_path / "q.csv"), "--slide-id", "cmu"]) == 0
+    assert "c / cmu" in Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
 
 
 def test_heatmap_style_refuses_an_opacity_outside_0_1():

@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--slide-mpp", type=POSITIVE, metavar="X", help="MPP override of the slide")
     parser.add_argument(
+        "--slide-id",
+        metavar="ID",
+        help="the slide's id in --predictions (default: the slide_id recorded in the store, "
+        "gigamil patches --slide-id, else the slide file's name)",
+    )
+    parser.add_argument(
         "--tissue-mask",
         metavar="PNG",
         help="tissue mask to clip the overlay to; also outlined (class Tissue) in "
@@ -73,8 +79,16 @@ def run(args: argparse.Namespace) -> int:
     prediction = None
     if args.predictions:
         _, _, attrs = read_store_geometry(args.store)
-        slide_id = str(attrs.get("slide_id", Path(args.store).stem))
-        prediction = read_slide_prediction(args.predictions, slide_id)
+        slide_id = args.slide_id or str(attrs.get("slide_id", Path(args.store).stem))
+        try:
+            prediction = read_slide_prediction(args.predictions, slide_id)
+        except GigamilError as exc:
+            if args.slide_id:
+                raise
+            raise GigamilError(
+                f"{exc} (the id recorded in the store {args.store}; if the predictions name the "
+                "slide otherwise, give that id with --slide-id)"
+            ) from exc
     normalize = args.normalize or ("probability" if prediction is not None else "relative")
     if normalize == "probability" and prediction is None:
         raise GigamilError("--normalize probability needs --predictions (the slide's probability)")
