@@ -217,3 +217,13 @@ def test_warning_when_a_train_cohort_allows_patient_overlap(base_config):
     cfg["cohorts"]["demo"]["allow_patient_overlap"] = True
     (msg,) = config_warnings(validate_config(cfg))
     assert "cohorts.demo.allow_patient_overlap applies to external cohorts only" in msg
+
+
+def test_warning_when_the_median_kernel_is_even(base_config):
+    """median_px 4 was silently used as 5 (a median blur needs an odd kernel)."""
+    cfg = copy.deepcopy(base_config)
+    cfg["preprocessing"] = {"tissue": {"median_px": 4}}
+    (msg,) = config_warnings(validate_config(cfg))
+    assert msg.startswith("preprocessing.tissue.median_px 4 is even") and "5 is used" in msg
+    cfg["preprocessing"]["tissue"]["median_px"] = 5
+    assert config_warnings(validate_config(cfg)) == []

@@ -254,7 +254,8 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that are valid but probably not what was meant, as sentences for a warning
     (``config``: validated, defaults filled in). The workflow prints them once, in snakemake's
     main process. Today: ``allow_patient_overlap`` on a train cohort (it has no effect there),
-    and ``training.early_stopping.min_epochs`` at or above ``training.epochs``
+    an even ``preprocessing.tissue.median_px`` (the next odd kernel is used), and
+    ``training.early_stopping.min_epochs`` at or above ``training.epochs``
     (outside ``strategy: em``, which does not use the epochs): epochs before ``min_epochs`` are
     warm-up (:class:`gigamil.train.early_stopping.EarlyStopping`), so early stopping cannot end
     training early and model.pt is the last epoch's model (with the two equal: the better of
@@ -273,6 +274,12 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
             "the epochs before min_epochs are warm-up, so early stopping never acts and each "
             "fold keeps its last epoch (with the two equal: the better of the last two); lower "
             "min_epochs to let it choose an epoch"
+        )
+    median_px = config["preprocessing"]["tissue"]["median_px"]
+    if median_px % 2 == 0:
+        out.append(
+            f"preprocessing.tissue.median_px {median_px} is even; a median blur needs an odd "
+            f"kernel, so {median_px + 1} is used (write {median_px + 1} or {median_px - 1 or 1})"
         )
     return out
 
