@@ -104,6 +104,16 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     assert main([*ens, str(tmp_path / "ens")]) == 0
     assert (tmp_path / "ens" / "predictions.csv").is_file()
 
+    # a label the model does not know is an error (it was copied to the output as it was)
+    capsys.readouterr()
+    val.assign(label="tumour").to_csv(tmp_path / "tumour.csv", index=False)
+    assert main([*unlabelled[:4], str(tmp_path / "tumour.csv"), *unlabelled[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "label(s) ['tumour'] are not among the classes ['normal', 'lesion']" in err
+    if not torch.cuda.is_available():  # --device cuda without CUDA is named as the option
+        assert main([*unlabelled, "--device", "cuda"]) == 2
+        assert "--device: cuda requested but no CUDA device" in capsys.readouterr().err
+
     capsys.readouterr()
     bad = val.assign(label="tumour")
     bad.to_csv(tmp_path / "bad.csv", index=False)

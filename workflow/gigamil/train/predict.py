@@ -123,6 +123,17 @@ def _non_finite_message(
     )
 
 
+def _check_labels(slides: pd.DataFrame, classes: list[str], model_path: Path) -> None:
+    """GigamilError for a label that is not one of the model's classes (an empty label: a
+    slide to predict without one, ``role: predict``)."""
+    labels = {str(v) for v in slides["label"].fillna("")} - {""}
+    if unknown := sorted(labels - set(classes)):
+        raise GigamilError(
+            f"slides to predict: label(s) {unknown} are not among the classes {classes} of "
+            f"{model_path}; fix the sheet's labels, or leave the column empty"
+        )
+
+
 def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     model_path: Path,
     slides: pd.DataFrame,
@@ -181,6 +192,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     model, ckpt = load_model(model_path, dev)
     prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
+    _check_labels(slides, classes, model_path)
     attention_dir = Path(attention_dir)
     attention_dir.mkdir(parents=True, exist_ok=True)
     for slide_id in slides["slide_id"]:  # before any work: ids name the attention files

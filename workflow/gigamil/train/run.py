@@ -44,12 +44,13 @@ REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
 DECODED_BAGS_BYTES = 2**30
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
+def resolve_device(name: str, key: str = "training.device") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``key``: the setting or option named in the
+    error when ``cuda`` is asked for without a CUDA device (e.g. ``--device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device: cuda requested but no CUDA device is available")
+        raise ConfigError(f"{key}: cuda requested but no CUDA device is available")
     return torch.device(name)
 
 
