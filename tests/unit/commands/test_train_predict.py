@@ -13,6 +13,21 @@ import yaml
 from gigamil.cli import main
 
 
+def _predict_refuses_unknown_labels_and_a_missing_cuda(
+    predict_args: list[str], slides: pd.DataFrame, tmp_path: Path, capsys
+) -> None:
+    """A label the model does not know is an error (it was copied to the output as it was);
+    --device cuda without CUDA is named as the option."""
+    capsys.readouterr()
+    slides.assign(label="tumour").to_csv(tmp_path / "tumour.csv", index=False)
+    assert main([*predict_args[:4], str(tmp_path / "tumour.csv"), *predict_args[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "label(s) ['tumour'] are not among the classes ['normal', 'lesion']" in err
+    if not torch.cuda.is_available():
+        assert main([*predict_args, "--device", "cuda"]) == 2
+        assert "--device: cuda requested but no CUDA device" in capsys.readouterr().err
+
+
 def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     train = mil_bags.cohort(tmp_path / "stores", 4, 5, "t")
     val = mil_bags.cohort(tmp_path / "stores", 2, 6, "v")
@@ -104,16 +119,7 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     assert main([*ens, str(tmp_path / "ens")]) == 0
     assert (tmp_path / "ens" / "predictions.csv").is_file()
 
-    # a label the model does not know is an error (it was copied to the output as it was)
-    capsys.readouterr()
-    val.assign(label="tumour").to_csv(tmp_path / "tumour.csv", index=False)
-    assert main([*unlabelled[:4], str(tmp_path / "tumour.csv"), *unlabelled[5:]]) == 2
-    err = capsys.readouterr().err
-    assert "label(s) ['tumour'] are not among the classes ['normal', 'lesion']" in err
-    if not torch.cuda.is_available():  # --device cuda without CUDA is named as the option
-        assert main([*unlabelled, "--device", "cuda"]) == 2
-        assert "--device: cuda requested but no CUDA device" in capsys.readouterr().err
-
+    _predict_refuses_unknown_labels_and_a_missing_cuda(unlabelled, val, tmp_path, capsys)
     capsys.readouterr()
     bad = val.assign(label="tumour")
     bad.to_csv(tmp_path / "bad.csv", index=False)
