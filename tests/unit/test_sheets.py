@@ -258,3 +258,9 @@ def test_a_semicolon_separated_sheet_gets_a_hint(tmp_path):
     path.write_text("slide_id;patient_id;label;path\ns1;p1;normal;s1.svs\n")
     with pytest.raises(ConfigError, match="separated by ';': save the sheet as comma-separated"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    # a predict cohort's sheet (no label needed) too, and its error does not ask for a label
+    path.write_text("slide_id;patient_id;path\ns1;p1;s1.svs\n")
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path, labels_required=False)
+    assert "separated by ';'" in str(err.value)
+    assert "a sheet needs slide_id, patient_id, path; optional: label, mpp" in str(err.value)
