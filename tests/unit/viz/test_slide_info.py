@@ -89,3 +89,16 @@ def test_slide_without_label_says_so(tmp_path):
     assert pred.label == ""
     assert pred.title().splitlines()[1].startswith("no label · predicted: benign, P(metastasis)")
     assert "true:" not in pred.title()
+
+
+def test_a_slide_without_patches_is_predicted_by_no_fold_model(tmp_path):
+    """Its rows hold NaN in every fold's CSV: the title said "mean of 2 fold models" while
+    predictions.csv says n_models 0."""
+    row = {"slide_id": "s", "patient_id": "p", "cohort": "c", "label": "lesion"}
+    nan = {"prob_normal": float("nan"), "prob_lesion": float("nan"), "pred": ""}
+    paths = [tmp_path / f"f{k}.csv" for k in range(2)]
+    for k, path in enumerate(paths):
+        write_fold_predictions(pd.DataFrame([{**row, **nan}]), k, path)
+    pred = read_slide_prediction(paths, "s")
+    assert pred.n_models == 0 and pred.folds == ()
+    assert pred.title().endswith("predicted: none (no patches), P(lesion) = n/a · no fold model")

@@ -40,7 +40,10 @@ class SlidePrediction:
     folds: tuple[int, ...] = ()
 
     def models_text(self) -> str:
-        """``mean of 6 fold models`` / ``1 fold model (fold 3)``."""
+        """``mean of 6 fold models`` / ``1 fold model (fold 3)`` / ``no fold model`` (a slide
+        without patches: nothing was predicted)."""
+        if self.n_models == 0:
+            return "no fold model"
         if self.n_models == 1:
             which = f" (fold {self.folds[0]})" if len(self.folds) == 1 else ""
             return f"1 fold model{which}"
@@ -98,6 +101,7 @@ def read_slide_prediction(
             f"slide {slide_id}: in none of the prediction files {', '.join(map(str, pred_csvs))}"
         )
     row = mean_probabilities(preds, names).iloc[0]
+    predicted = np.isfinite(preds[[f"prob_{c}" for c in names]].to_numpy(float)).all(axis=1)
     probs = np.array([row[f"prob_{c}"] for c in names], dtype=float)
     if len(names) == 2:
         probability, positive = float(probs[1]), names[1]
@@ -110,6 +114,6 @@ def read_slide_prediction(
         pred=str(row["pred"]),
         probability=probability,
         positive=positive,
-        n_models=len(preds),
-        folds=tuple(sorted(int(f) for f in preds["fold"])),
+        n_models=int(predicted.sum()),  # as predictions.csv's n_models: NaN rows do not count
+        folds=tuple(sorted(int(f) for f in preds.loc[predicted, "fold"])),
     )
