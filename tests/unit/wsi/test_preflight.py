@@ -55,6 +55,23 @@ def test_a_truncated_slide_is_refused_before_any_job(test_slides, tmp_path):
     assert exc.value.reason == "truncated"
 
 
+@pytest.mark.parametrize("keep", [800_000, 1_800_000])
+def test_a_truncated_svs_is_named_truncated(cmu_svs, tmp_path, keep):
+    """OpenSlide calls an .svs cut short "Unsupported or missing image file": the error says
+    truncated (its first image directory, or a later one, lies past the end of the file)."""
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(Path(cmu_svs).read_bytes()[:keep])
+    with pytest.raises(ConfigError, match=r"a/cut: .*cut.svs: the file is truncated: an image"):
+        check_slides([SlideCheck("a", "cut", cut, None)])
+    with pytest.raises(SlideError, match="past its end") as exc:
+        open_slide(cut)
+    assert exc.value.reason == "truncated"
+    whole = tmp_path / "whole.svs"  # the intact file still opens
+    whole.write_bytes(Path(cmu_svs).read_bytes())
+    with open_slide(whole) as reader:
+        assert reader.dimensions == (2220, 2967)
+
+
 def test_long_lists_are_cut(test_slides):
     bad = test_slides / "synthetic" / "boxes.tiff"
     checks = [SlideCheck("c", f"s{i}", bad, None) for i in range(MAX_LISTED + 3)]

@@ -193,8 +193,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
     _check_labels(slides, classes, model_path)
-    attention_dir = Path(attention_dir)
-    attention_dir.mkdir(parents=True, exist_ok=True)
+    (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     for slide_id in slides["slide_id"]:  # before any work: ids name the attention files
         check_slide_id(slide_id)
     rows = []

@@ -196,6 +196,58 @@ def _decode_reason(exc: Exception, path: Path) -> str:
     return "unreadable"
 
 
+def check_tiff_not_truncated(path: Path, name: str) -> None:
+    """SlideError if the TIFF-based file ``path`` (e.g. an Aperio .svs) is cut short: an image
+    file directory (IFD) of its chain (TIFF 6.0 section 2; BigTIFF) or the image data of a
+    page (:func:`_check_not_truncated`) lies past the end of the file. Nothing if it is not a
+    TIFF or nothing is cut short."""
+    import logging as _logging
+    import struct
+
+    import tifffile
+
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or len(head) < 8:
+            return
+        big = struct.unpack(order + "H", head[2:4])[0] == 43
+        fmt, count_fmt, entry = (
+            (order + "Q", order + "Q", 20) if big else (order + "I", order + "H", 12)
+        )
+        offset = struct.unpack(fmt, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset and offset not in seen:
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            n = struct.unpack(count_fmt, raw)[0] if len(raw) == struct.calcsize(count_fmt) else 0
+            end = offset + struct.calcsize(count_fmt) + n * entry + struct.calcsize(fmt)
+            if offset >= size or end > size:
+                raise SlideError(
+                    f"{name}: the file is truncated: an image directory at byte {offset:,} runs "
+                    f"past its end ({size:,} bytes; an interrupted copy or download?); copy the "
+                    "slide again",
+                    reason="truncated",
+                )
+            fh.seek(end - struct.calcsize(fmt))
+            offset = struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+    tiff_log = _logging.getLogger("tifffile")
+    level, tiff_log.level = tiff_log.level, _logging.CRITICAL  # its own complaints: ours follow
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
+            for page in pages:
+                _check_not_truncated(path, name, page)
+    except SlideError:
+        raise
+    except Exception:  # noqa: BLE001, S110 - a TIFF tifffile cannot list: OpenSlide's error stands
+        pass
+    finally:
+        tiff_log.level = level
+
+
 def _check_not_truncated(path: Path, name: str, page: Any) -> None:
     """SlideError if the image data of a TIFF page (``tifffile.TiffPage``) runs past the end of
     the file: a copy or download cut short, whose header still reads fine."""

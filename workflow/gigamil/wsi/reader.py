@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gigamil.errors import SlideError
-from gigamil.wsi.memory import ImageReader, plain_image_mpp
+from gigamil.wsi.memory import ImageReader, check_tiff_not_truncated, plain_image_mpp
 from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
@@ -56,6 +56,8 @@ except (
 
 
 FAST_TIFF_VENDORS = ("generic-tiff", "aperio")
+# TIFF-based slide formats other than .tif/.tiff (Aperio, Hamamatsu, Leica, Ventana, Philips)
+TIFF_BASED = (".svs", ".ndpi", ".scn", ".bif", ".tif", ".tiff")
 # DICOM transfer syntaxes whose frames are baseline/extended JPEG (colour space in the stream)
 DICOM_JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 # mean absolute difference (0..255) below which OpenSlide's pixels "match" a frame decoded by
@@ -370,8 +372,12 @@ def _existing_slide_file(path: str | Path) -> Path:
 
 
 def _check_fallback(p: Path, os_err: SlideError) -> None:
-    """Re-raise OpenSlide's error unless the plain-image fallback may try ``p``."""
+    """Re-raise OpenSlide's error unless the plain-image fallback may try ``p``; a TIFF-based
+    slide (e.g. .svs) whose image data runs past the end of the file is named truncated
+    instead (OpenSlide calls it a format it does not recognise)."""
     if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
+        if p.suffix.lower() in TIFF_BASED and os_err.reason != "mpp":
+            check_tiff_not_truncated(p, str(p))
         raise os_err
     if os_err.reason == "mpp":
         raise os_err  # OpenSlide opened it fine; the MPP is the problem
