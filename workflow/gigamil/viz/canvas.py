@@ -66,10 +66,11 @@ def slide_thumbnail(
     slide_dims: tuple[int, int],
     max_px: int,
     mpp_override: float | None = None,
+    check_dims: bool = True,
 ) -> np.ndarray:
     """RGB uint8 (H, W, 3) thumbnail with the slide's aspect ratio (grey, with a warning, if
     unreadable or if its level-0 size is not ``slide_dims``, the size of the slide the patches
-    were cut from)."""
+    were cut from; ``check_dims`` False: ``slide_dims`` is only the patches' extent)."""
     w0, h0 = slide_dims
     scale = max_px / max(w0, h0)
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
@@ -80,7 +81,7 @@ def slide_thumbnail(
             from gigamil.wsi.reader import open_slide
 
             with open_slide(slide_path, mpp_override=mpp_override) as reader:
-                if tuple(reader.dimensions) != (w0, h0):
+                if check_dims and tuple(reader.dimensions) != (w0, h0):
                     raise ValueError(
                         f"it is {reader.dimensions[0]} x {reader.dimensions[1]} px, the slide "
                         f"the patches were cut from {w0} x {h0} px: not the same slide"

@@ -241,7 +241,11 @@ def _thumbnail(
         # the µm/px the patches were cut with: a slide file without MPP still gives a thumbnail
         mpp_override = float(attrs["slide_mpp"]) if attrs["slide_mpp"] > 0 else None
     return slide_thumbnail(
-        resolve_slide_path(slide_path, attrs), slide.dims, thumb_px, mpp_override
+        resolve_slide_path(slide_path, attrs),
+        slide.dims,
+        thumb_px,
+        mpp_override,
+        check_dims=bool(attrs.get("slide_dimensions")),  # else dims is the patches' extent
     )
 
 
