@@ -196,56 +196,63 @@ def _decode_reason(exc: Exception, path: Path) -> str:
     return "unreadable"
 
 
-def check_tiff_not_truncated(path: Path, name: str) -> None:
-    """SlideError if the TIFF-based file ``path`` (e.g. an Aperio .svs) is cut short: an image
-    file directory (IFD) of its chain (TIFF 6.0 section 2; BigTIFF) or the image data of a
-    page (:func:`_check_not_truncated`) lies past the end of the file. Nothing if it is not a
-    TIFF or nothing is cut short."""
-    import logging as _logging
+def _ifd_past_the_end(path: Path) -> int | None:
+    """Offset of the first image file directory (IFD) of the TIFF ``path`` whose entries run
+    past the end of the file (TIFF 6.0 section 2; BigTIFF: 8-byte offsets and counts, 20-byte
+    entries), or None (none does, or ``path`` is not a TIFF)."""
     import struct
-
-    import tifffile
 
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(16)
         order = {b"II": "<", b"MM": ">"}.get(head[:2])
         if order is None or len(head) < 8:
-            return
+            return None
         big = struct.unpack(order + "H", head[2:4])[0] == 43
-        fmt, count_fmt, entry = (
-            (order + "Q", order + "Q", 20) if big else (order + "I", order + "H", 12)
-        )
-        offset = struct.unpack(fmt, head[8:16] if big else head[4:8])[0]
+        offset_fmt, count_fmt, entry = ("Q", "Q", 20) if big else ("I", "H", 12)
+        offset_len, count_len = struct.calcsize(offset_fmt), struct.calcsize(count_fmt)
+        offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
         seen: set[int] = set()
         while offset and offset not in seen:
             seen.add(offset)
             fh.seek(offset)
-            raw = fh.read(struct.calcsize(count_fmt))
-            n = struct.unpack(count_fmt, raw)[0] if len(raw) == struct.calcsize(count_fmt) else 0
-            end = offset + struct.calcsize(count_fmt) + n * entry + struct.calcsize(fmt)
-            if offset >= size or end > size:
-                raise SlideError(
-                    f"{name}: the file is truncated: an image directory at byte {offset:,} runs "
-                    f"past its end ({size:,} bytes; an interrupted copy or download?); copy the "
-                    "slide again",
-                    reason="truncated",
-                )
-            fh.seek(end - struct.calcsize(fmt))
-            offset = struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
-    tiff_log = _logging.getLogger("tifffile")
-    level, tiff_log.level = tiff_log.level, _logging.CRITICAL  # its own complaints: ours follow
+            raw = fh.read(count_len)
+            n = struct.unpack(order + count_fmt, raw)[0] if len(raw) == count_len else 0
+            end = offset + count_len + n * entry + offset_len  # entries, then the next offset
+            if end > size:
+                return offset
+            fh.seek(end - offset_len)
+            offset = struct.unpack(order + offset_fmt, fh.read(offset_len))[0]
+    return None
+
+
+def check_tiff_not_truncated(path: Path, name: str) -> None:
+    """SlideError if the TIFF-based file ``path`` (e.g. an Aperio .svs) is cut short: an image
+    file directory of its chain (:func:`_ifd_past_the_end`) or the image data of a page
+    (:func:`_check_not_truncated`) lies past the end of the file. Nothing if it is not a TIFF
+    or nothing is cut short."""
+    import logging
+
+    import tifffile
+
+    if (offset := _ifd_past_the_end(path)) is not None:
+        raise SlideError(
+            f"{name}: the file is truncated: an image directory at byte {offset:,} runs past its "
+            f"end ({path.stat().st_size:,} bytes; an interrupted copy or download?); copy the "
+            "slide again",
+            reason="truncated",
+        )
+    tiff_log = logging.getLogger("tifffile")
+    level, tiff_log.level = tiff_log.level, logging.CRITICAL  # its own complaints: ours follow
     try:
         with tifffile.TiffFile(path) as tif:
             pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
-            for page in pages:
-                _check_not_truncated(path, name, page)
-    except SlideError:
-        raise
-    except Exception:  # noqa: BLE001, S110 - a TIFF tifffile cannot list: OpenSlide's error stands
-        pass
+    except Exception:  # noqa: BLE001 - a TIFF tifffile cannot list: OpenSlide's error stands
+        return
     finally:
         tiff_log.level = level
+    for page in pages:
+        _check_not_truncated(path, name, page)
 
 
 def _check_not_truncated(path: Path, name: str, page: Any) -> None:

@@ -62,6 +62,16 @@ def read_raster(
     return np.asarray(img.resize((w, h), filt, box=box))
 
 
+def raster_shape(
+    dimensions: tuple[int, int], mpp_xy: tuple[float, float], mpp: float
+) -> tuple[int, int]:
+    """(width, height) px of the raster of a slide of level-0 ``dimensions`` (W, H) at
+    ``mpp_xy`` µm/px read at about ``mpp`` µm/px: round(W0 / f_x) x round(H0 / f_y), at least 1,
+    with f = mpp / the slide's µm/px per axis (:func:`read_raster_image`)."""
+    (w0, h0), (mpp_x, mpp_y) = dimensions, mpp_xy
+    return max(1, round(w0 * mpp_x / mpp)), max(1, round(h0 * mpp_y / mpp))
+
+
 def read_raster_image(
     reader: SlideReader, mpp: float, max_block: int = 4096
 ) -> tuple[np.ndarray, float, float, int]:
@@ -73,8 +83,7 @@ def read_raster_image(
     Returns (image (H, W, 3) uint8, fx, fy, level read).
     """
     w0, h0 = reader.dimensions
-    mpp_x, mpp_y = reader.mpp_xy
-    width, height = max(1, round(w0 * mpp_x / mpp)), max(1, round(h0 * mpp_y / mpp))
+    width, height = raster_shape((w0, h0), reader.mpp_xy, mpp)
     fx, fy = w0 / width, h0 / height
     level = reader.best_level_for_mpp(mpp)
     out = np.empty((height, width, 3), np.uint8)

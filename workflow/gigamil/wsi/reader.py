@@ -57,7 +57,7 @@ except (
 
 FAST_TIFF_VENDORS = ("generic-tiff", "aperio")
 # TIFF-based slide formats other than .tif/.tiff (Aperio, Hamamatsu, Leica, Ventana, Philips)
-TIFF_BASED = (".svs", ".ndpi", ".scn", ".bif", ".tif", ".tiff")
+TIFF_BASED = (".svs", ".ndpi", ".scn", ".bif")
 # DICOM transfer syntaxes whose frames are baseline/extended JPEG (colour space in the stream)
 DICOM_JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 # mean absolute difference (0..255) below which OpenSlide's pixels "match" a frame decoded by

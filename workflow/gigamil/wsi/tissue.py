@@ -23,7 +23,7 @@ from gigamil.errors import ConfigError
 from gigamil.settings import TissueConfig
 from gigamil.wsi.mask_io import write_mask_outputs
 from gigamil.wsi.patching import MAX_UPSAMPLING
-from gigamil.wsi.raster import read_raster_image
+from gigamil.wsi.raster import raster_shape, read_raster_image
 from gigamil.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
@@ -284,10 +284,10 @@ def mask_raster_problem(
 ) -> str | None:
     """Why a slide of ``dimensions`` (W, H) level-0 px at ``mpp_xy`` µm/px cannot be masked at
     ``mask_mpp`` µm/px (its raster would exceed :data:`MAX_MASK_PIXELS`), or None."""
-    (w0, h0), (mx, my) = dimensions, mpp_xy
-    width, height = max(1, round(w0 * mx / mask_mpp)), max(1, round(h0 * my / mask_mpp))
+    width, height = raster_shape(dimensions, mpp_xy, mask_mpp)
     if width * height <= MAX_MASK_PIXELS:
         return None
+    (w0, h0), (mx, my) = dimensions, mpp_xy
     coarsest = math.sqrt(w0 * mx * h0 * my / MAX_MASK_PIXELS)
     return (
         f"a tissue mask at {mask_mpp:g} µm/px (preprocessing.tissue.mask_mpp, gigamil mask "
