@@ -48,6 +48,15 @@ def test_script_failure_is_in_its_log_with_traceback(tmp_path: Path, body: str, 
     assert log.count(expected) >= 1 and res.stderr.count("Traceback") == 1  # told once
 
 
+def test_an_interrupted_script_says_so_in_one_line(tmp_path: Path):
+    # Ctrl-C reaches a Snakemake job as SIGINT: no traceback on the terminal, a line in the log,
+    # and the process still ends by SIGINT (Snakemake then treats the job as interrupted)
+    res, log = _run(tmp_path, "def work():\n    raise KeyboardInterrupt\nwork()\n")
+    assert res.returncode in (-2, 130), res.returncode
+    assert "Traceback" not in res.stderr and "Traceback" not in log
+    assert "job interrupted" in res.stderr and "job interrupted" in log
+
+
 def test_every_script_sets_up_its_log_before_anything_else():
     for path in SCRIPTS:
         body = ast.parse(path.read_text()).body

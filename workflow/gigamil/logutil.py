@@ -90,13 +90,17 @@ def setup_script_logging(log_file: str | Path) -> None:
     Every script calls this first, before its other imports, so that an error while the script
     sets up (an import, a bad input) and any later one reach ``log_file`` with its traceback,
     not only Snakemake's terminal. The error is logged once (to stderr and the file); the
-    interpreter then exits with status 1 as for any uncaught exception.
+    interpreter then exits with status 1 as for any uncaught exception. An interrupt (Ctrl-C,
+    which Snakemake passes on to its jobs) is one line, ``job interrupted``, without a
+    traceback; the interpreter still ends by SIGINT, so Snakemake sees an interrupted job.
     """
     setup_logging(log_file)
 
     def log_uncaught(exc_type, exc, tb) -> None:
         if issubclass(exc_type, KeyboardInterrupt):
-            sys.__excepthook__(exc_type, exc, tb)
+            logging.getLogger("gigamil").warning("job interrupted (Ctrl-C or SIGINT)")
+            for handler in logging.getLogger().handlers:
+                handler.flush()
             return
         logging.getLogger("gigamil").critical(
             "job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb)
