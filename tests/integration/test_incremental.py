@@ -174,6 +174,20 @@ def test_chunk_size_or_device_change_retrains_nothing(workdir: Path):
     assert Counter(rule for rule, _ in planned_jobs(workdir))["train_fold"] == FOLDS
 
 
+def _reversed_keys(value):
+    if isinstance(value, dict):
+        return {k: _reversed_keys(value[k]) for k in reversed(list(value))}
+    return value
+
+
+def test_reordered_config_keys_rerun_nothing(workdir: Path):
+    """Snakemake compares params by repr: the same settings with their keys in another order
+    (every mapping of config.yaml reversed, as a hand edit or yaml.safe_dump(sort_keys=True)
+    might write them) must schedule nothing."""
+    write_config(workdir, _reversed_keys(read_config(workdir)))
+    assert planned_jobs(workdir) == []
+
+
 def test_sheet_edit_outside_the_split_columns_or_a_moved_sheet_retrains_nothing(workdir: Path):
     sheet_path = workdir / read_config(workdir)["cohorts"]["demo"]["sheet"]
     original = sheet_path.read_text()

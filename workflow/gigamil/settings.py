@@ -33,6 +33,40 @@ def _default(path: tuple[str, ...], key: str) -> Any:
     return schema_section(path)["properties"][key]["default"]
 
 
+# Keys a rule's params list first, in this order, before the section's other schema keys: the
+# order the shipped config.yaml gave ``model`` (its keys, then the schema defaults) before params
+# had a fixed order, so that workspaces finished before keep their trained models.
+_PARAMS_FIRST: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("model",): (
+        "encoder",
+        "weights",
+        "freeze_encoder",
+        "trainable_blocks",
+        "batchnorm",
+        "pool",
+        "att_dim",
+        "sm_alpha",
+        "dropout",
+    ),
+}
+
+
+def ordered_params(path: tuple[str, ...], section: Mapping[str, Any]) -> dict[str, Any]:
+    """The config section at ``path`` (e.g. ``("preprocessing", "tissue")``) with its keys in
+    one fixed order, for a rule's ``params``.
+
+    Snakemake compares params by their ``repr``, i.e. a dict in the order the user wrote its keys:
+    writing ``tissue: {threshold: otsu, mask_mpp: 8}`` instead of the documented order would
+    redo every mask, store and model with the same values. The order here is the schema's
+    (``model`` first lists the keys of ``_PARAMS_FIRST``); keys the schema does not know follow,
+    sorted. Nested values are kept as they are.
+    """
+    first = _PARAMS_FIRST.get(path, ())
+    order = [*first, *(k for k in schema_section(path)["properties"] if k not in first)]
+    order += sorted(k for k in section if k not in order)
+    return {k: section[k] for k in order if k in section}
+
+
 class _Section:
     """``from_dict``/``to_dict`` of a frozen config dataclass whose schema node is ``SCHEMA_PATH``."""
 

@@ -32,6 +32,7 @@ from gigamil.config import (  # noqa: E402
 from gigamil.data.feature_spec import config_encoder_id, encoder_spec  # noqa: E402
 from gigamil.errors import ConfigError, GigamilError  # noqa: E402
 from gigamil.logutil import console_warnings  # noqa: E402
+from gigamil.settings import ordered_params  # noqa: E402
 from gigamil.splits import make_cv_folds, sheet_digest, split_digest  # noqa: E402
 from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402

@@ -5,7 +5,11 @@ listed by eval_targets() (common.smk).
 """
 
 HEATMAP_DIR = layout.heatmap_dir(EXPERIMENT, "{cohort}", "{slide_id}")
-HEATMAP_PARAMS = {k: v for k, v in config["heatmaps"].items() if k != "slides"}
+HEATMAP_PARAMS = {
+    k: v
+    for k, v in ordered_params(("heatmaps",), config["heatmaps"]).items()
+    if k != "slides"
+}
 # The HTML report embeds every image: beyond this many slides the heatmaps stay on disk only.
 HEATMAP_REPORT_MAX = 48
 try:  # an unknown slide_id in heatmaps.slides: one message before any job

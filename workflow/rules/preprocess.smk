@@ -2,7 +2,8 @@
 
 Only the preprocessing sub-dicts of config.yaml are params here, so changing a training or
 heatmap key does not redo the masks or the patch stores; keys added later are left out at their
-"off" value (PatchConfig.rule_params), so an update of gigamil redoes no store.
+"off" value (PatchConfig.rule_params), so an update of gigamil redoes no store. The params'
+keys are in a fixed order (settings.ordered_params): reordering keys in config.yaml redoes nothing.
 """
 
 from gigamil.settings import PatchConfig
@@ -30,7 +31,9 @@ rule tissue_mask:
         mem_mb=4000,
         runtime=lambda wc, attempt: 5 * attempt,  # minutes; more on each retry
     params:
-        tissue=config["preprocessing"]["tissue"],
+        tissue=ordered_params(
+            ("preprocessing", "tissue"), config["preprocessing"]["tissue"]
+        ),
         slide_mpp=slide_mpp_override,
     script:
         "../scripts/tissue_mask.py"

@@ -22,7 +22,7 @@ rule make_splits:
         mem_mb=2000,
         runtime=30,
     params:
-        cv=config["cv"],
+        cv=ordered_params(("cv",), config["cv"]),
         cohorts=TRAIN_COHORTS,
         classes=CLASSES,
         sheet_digest=split_digest([SHEETS[c] for c in TRAIN_COHORTS], config["cv"]),

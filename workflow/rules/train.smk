@@ -42,7 +42,7 @@ rule train_fold:
         runtime=24 * 60,
         gpu=TRAIN_GPUS,
     params:
-        model=config["model"],
+        model=ordered_params(("model",), config["model"]),
         training=TRAINING_PARAMS,
         classes=CLASSES,
         features=FEATURE_ID,
