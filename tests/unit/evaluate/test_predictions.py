@@ -31,3 +31,18 @@ def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
     assert "fold" not in preds.columns
     with pytest.raises(GigamilError, match="lack column"):
         write_fold_predictions(preds.drop(columns="label"), 0, path)
+    # one model's file (gigamil predict without --fold): an error for evaluate / ensemble, fold
+    # -1 where a fold is not needed (a heatmap's title)
+    out.drop(columns="fold").to_csv(tmp_path / "one.csv", index=False)
+    with pytest.raises(GigamilError, match="missing column"):
+        read_predictions([tmp_path / "one.csv"], ["a", "b"])
+    assert read_predictions([tmp_path / "one.csv"], ["a", "b"], need_fold=False)[
+        "fold"
+    ].tolist() == [
+        -1,
+        -1,
+    ]
+    # a file that is not a CSV (an attention .npy given by mistake): a clear error
+    np.save(tmp_path / "att.npy", np.zeros(3, np.float32))
+    with pytest.raises(GigamilError, match="not a prediction CSV"):
+        read_predictions([tmp_path / "att.npy"], ["a", "b"])

@@ -287,6 +287,13 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     assert "give that id with --slide-id" in capsys.readouterr().err
     assert main([*args, "--predictions", str(tmp_path / "q.csv"), "--slide-id", "cmu"]) == 0
     assert "c / cmu" in Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
+    # one model's predictions (gigamil predict without --fold: no fold column)
+    pd.read_csv(tmp_path / "p.csv").drop(columns="fold").to_csv(tmp_path / "one.csv", index=False)
+    assert main([*args, "--predictions", str(tmp_path / "one.csv")]) == 0
+    assert "1 model" in Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
+    # a file that is not a prediction CSV: its own error, without the --slide-id hint
+    assert main([*args, "--predictions", str(tmp_path / "a.npy")]) == 2
+    assert "--slide-id" not in capsys.readouterr().err
 
 
 def test_heatmap_style_refuses_an_opacity_outside_0_1():

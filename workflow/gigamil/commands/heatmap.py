@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.errors import GigamilError
     from gigamil.evaluate.localization import mean_attention, read_store_geometry
     from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
-    from gigamil.viz.slide_info import read_slide_prediction
+    from gigamil.viz.slide_info import SlideNotPredicted, read_slide_prediction
 
     check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
     prediction = None
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         slide_id = args.slide_id or str(attrs.get("slide_id", Path(args.store).stem))
         try:
             prediction = read_slide_prediction(args.predictions, slide_id)
-        except GigamilError as exc:
+        except SlideNotPredicted as exc:
             if args.slide_id:
                 raise
             raise GigamilError(

@@ -39,19 +39,32 @@ def write_fold_predictions(preds: pd.DataFrame, fold: int, path: str | Path) -> 
     return out
 
 
-def read_predictions(paths: Sequence[str | Path], classes: Sequence[str]) -> pd.DataFrame:
-    """Concatenate prediction CSVs (string ids, int ``fold``) and check their columns."""
+NO_FOLD = -1  # the fold of a prediction CSV without one (a single model's, gigamil predict)
+
+
+def read_predictions(
+    paths: Sequence[str | Path], classes: Sequence[str], *, need_fold: bool = True
+) -> pd.DataFrame:
+    """Concatenate prediction CSVs (string ids, int ``fold``) and check their columns.
+
+    ``need_fold=False`` also reads a CSV without a ``fold`` column (``gigamil predict`` without
+    ``--fold``: one model), its rows given fold -1 (:data:`NO_FOLD`)."""
     frames = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
             raise GigamilError(f"{path}: prediction file not found")
-        df = pd.read_csv(
-            path,
-            dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
-            keep_default_na=False,
-            na_values={f"prob_{c}": ["", "nan", "NaN"] for c in classes},
-        )
+        try:
+            df = pd.read_csv(
+                path,
+                dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
+                keep_default_na=False,
+                na_values={f"prob_{c}": ["", "nan", "NaN"] for c in classes},
+            )
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from exc
+        if not need_fold and "fold" not in df.columns:
+            df["fold"] = NO_FOLD
         need = PRED_ID_COLUMNS + ["fold"] + [f"prob_{c}" for c in classes]
         missing = [c for c in need if c not in df.columns]
         if missing:

@@ -21,6 +21,10 @@ import pandas as pd
 from gigamil.errors import GigamilError
 
 
+class SlideNotPredicted(GigamilError):
+    """None of the prediction files has a row of the slide (another id, or another cohort)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class SlidePrediction:
     """A slide's prediction as a heatmap states it.
@@ -40,13 +44,14 @@ class SlidePrediction:
     folds: tuple[int, ...] = ()
 
     def models_text(self) -> str:
-        """``mean of 6 fold models`` / ``1 fold model (fold 3)`` / ``no fold model`` (a slide
-        without patches: nothing was predicted)."""
+        """``mean of 6 fold models`` / ``1 fold model (fold 3)`` / ``1 model`` (predictions
+        without a fold) / ``no fold model`` (a slide without patches: nothing was predicted)."""
         if self.n_models == 0:
             return "no fold model"
         if self.n_models == 1:
-            which = f" (fold {self.folds[0]})" if len(self.folds) == 1 else ""
-            return f"1 fold model{which}"
+            if not self.folds:  # gigamil predict without --fold: a model of no fold
+                return "1 model"
+            return f"1 fold model (fold {self.folds[0]})"
         return f"mean of {self.n_models} fold models"
 
     def probability_text(self) -> str:
@@ -68,7 +73,10 @@ class SlidePrediction:
 
 def prediction_classes(path: str | Path) -> list[str]:
     """The classes of a prediction CSV, in output order, from its ``prob_<class>`` columns."""
-    header = pd.read_csv(path, nrows=0).columns
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from exc
     classes = [str(c)[len("prob_") :] for c in header if str(c).startswith("prob_")]
     if len(classes) < 2:
         raise GigamilError(f"{path}: not a prediction CSV (fewer than two prob_<class> columns)")
@@ -81,23 +89,25 @@ def read_slide_prediction(
     """The mean prediction of ``slide_id`` over the fold models whose CSVs hold it.
 
     Args:
-        pred_csvs: prediction CSVs of fold models (rows of other slides are ignored).
+        pred_csvs: prediction CSVs of fold models (rows of other slides are ignored), or of
+            one model (``gigamil predict`` without ``--fold``: no ``fold`` column).
         slide_id: the slide.
         classes: class names in output order (None: read from the first CSV's columns).
 
     Raises:
-        GigamilError: no CSV, or none holds the slide.
+        SlideNotPredicted: no CSV holds the slide.
+        GigamilError: no CSV, or one that is not a prediction CSV.
     """
     from gigamil.evaluate.ensemble import mean_probabilities
-    from gigamil.evaluate.predictions import read_predictions
+    from gigamil.evaluate.predictions import NO_FOLD, read_predictions
 
     if not pred_csvs:
         raise GigamilError(f"slide {slide_id}: no prediction files given")
     names = [str(c) for c in (classes or prediction_classes(pred_csvs[0]))]
-    preds = read_predictions(pred_csvs, names)
+    preds = read_predictions(pred_csvs, names, need_fold=False)
     preds = preds[preds["slide_id"] == str(slide_id)]
     if preds.empty:
-        raise GigamilError(
+        raise SlideNotPredicted(
             f"slide {slide_id}: in none of the prediction files {', '.join(map(str, pred_csvs))}"
         )
     row = mean_probabilities(preds, names).iloc[0]
@@ -115,5 +125,5 @@ def read_slide_prediction(
         probability=probability,
         positive=positive,
         n_models=int(predicted.sum()),  # as predictions.csv's n_models: NaN rows do not count
-        folds=tuple(sorted(int(f) for f in preds.loc[predicted, "fold"])),
+        folds=tuple(sorted(int(f) for f in preds.loc[predicted, "fold"] if f != NO_FOLD)),
     )
