@@ -110,6 +110,15 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["model"].update(encoder="resnet_18"),
             "model.encoder: 'resnet_18' is not allowed here (did you mean resnet18",
         ),
+        (
+            lambda c: c["cv"].update(stratify_by=["label"]),
+            "cv.stratify_by: the folds always balance the label",
+        ),
+        (lambda c: c["cv"].update(stratify_by=["patient_id"]), "cannot stratify by 'patient_id'"),
+        (
+            lambda c: c["cv"].update(stratify_by=["site", "site"]),
+            "cv.stratify_by: ['site', 'site']",
+        ),
         (  # closer to cpu by spelling; what a user means by it is cuda
             lambda c: c["training"].update(device="gpu"),
             "training.device: 'gpu' is not one of auto, cpu, cuda; did you mean cuda?",

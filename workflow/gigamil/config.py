@@ -239,7 +239,12 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     if "train" not in roles:
         raise ConfigError(f"{source}: cohorts: at least one cohort needs role: train")
     for name in cfg["cv"]["stratify_by"]:
-        if name in SHEET_COLUMNS and name != "label":
+        if name == "label":  # the folds always balance it
+            raise ConfigError(
+                f"{source}: cv.stratify_by: the folds always balance the label; list only other "
+                "columns (e.g. [site])"
+            )
+        if name in SHEET_COLUMNS:
             raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}")
     from gigamil.settings import resolve_strategy  # settings imports this module
 
