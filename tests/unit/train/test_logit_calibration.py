@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gigamil.train.logit_calibration import apply_calibration, fit_class_means
+from gigamil.train.logit_calibration import MAX_SCALE, apply_calibration, fit_class_means
 
 
 def test_class_means_go_to_minus_and_plus_ln9() -> None:
@@ -27,6 +27,21 @@ def test_two_fold_models_on_different_scales_rank_together_after_calibration() -
     test_a = [apply_calibration(torch.tensor([v]), a).item() for v in (4.5, 5.8)]  # neg, pos
     test_b = [apply_calibration(torch.tensor([v]), b).item() for v in (-8.0, -2.0)]
     assert max(test_a[0], test_b[0]) < min(test_a[1], test_b[1])  # raw: -2.0 < 4.5 (misranked)
+
+
+def test_a_model_that_barely_separates_its_slides_is_not_stretched_to_0_and_1() -> None:
+    # class means 0.005 apart (a one-epoch model): 2 ln 9 / 0.005 = 879 would send a test slide
+    # 0.05 from the midpoint to probability 1e-19 or 1 - 1e-19
+    cal = fit_class_means([-0.667, -0.667, -0.662, -0.662], [0, 0, 1, 1])
+    assert cal["scale"] == MAX_SCALE
+    probs = [
+        torch.sigmoid(apply_calibration(torch.tensor([v]), cal)).item() for v in (-0.72, -0.61)
+    ]
+    assert 0.2 < probs[0] < 0.5 < probs[1] < 0.8
+    # the order is kept, and a clearly separating model still gets its class means to 0.1 / 0.9
+    assert fit_class_means([-1.0, -1.0, 1.0, 1.0], [0, 0, 1, 1])["scale"] == pytest.approx(
+        math.log(9)
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,10 @@ slides (never the test slides) and the bag logit ``z`` of a binary model is mapp
 ``(z - m) * s`` with ``m`` the midpoint of the two class-mean logits and ``s = 2 ln 9 / gap``
 (``gap`` = positive-class mean minus negative-class mean), i.e. the mean training slide of each
 class gets probability 0.1 / 0.9. Monotone per model: a fold's own ranking is unchanged.
+``s`` is at most ``MAX_SCALE`` (20): a model whose class means lie less than 2 ln 9 / 20 = 0.22
+apart barely separates its own training slides (e.g. after one epoch: 0.005 apart, ``s`` would be
+880), and stretching the noise of its logits would push its predictions to exactly 0 and 1 and let
+it outvote the other fold models of an ensemble; its class means then map inside ∓ln 9.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ log = logging.getLogger(__name__)
 
 TARGET_LOGIT = math.log(9.0)  # class means -> probability 0.1 / 0.9
 MIN_GAP = 1e-6
+MAX_SCALE = 20.0  # the demo's fold models: 0.8-1.9
 
 
 def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str, Any] | None:
     """The affine map ``{"method", "offset", "scale", "class_mean_logits", "n_slides"}`` of the
-    binary bag logits (n,) of reference slides with labels (n,) in {0, 1}; None (logits kept)
+    binary bag logits (n,) of reference slides with labels (n,) in {0, 1} (scale at most
+    ``MAX_SCALE``); None (logits kept)
     when a class has no slide, a logit is not finite, or the positive class's mean logit is not
     above the negative's (a model that does not separate its own training slides)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -51,7 +57,7 @@ def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str,
     return {
         "method": "class_means",
         "offset": (m0 + m1) / 2,
-        "scale": 2 * TARGET_LOGIT / gap,
+        "scale": min(2 * TARGET_LOGIT / gap, MAX_SCALE),
         "class_mean_logits": [m0, m1],
         "n_slides": int(len(z)),
     }
@@ -89,6 +95,18 @@ def calibrate_fold_model(
             "logit calibration: the model does not separate its %d training/validation slides "
             "(class-mean logits not ordered); its logits are left as they are",
             len(zs),
+        )
+    elif cal["scale"] == MAX_SCALE:
+        m0, m1 = cal["class_mean_logits"]
+        log.warning(
+            "logit calibration: the model barely separates its %d training/validation slides "
+            "(class-mean logits %.3f / %.3f): scaled by %g only, to %+.3f / %+.3f (not to ∓ln 9)",
+            cal["n_slides"],
+            m0,
+            m1,
+            MAX_SCALE,
+            (m0 - cal["offset"]) * MAX_SCALE,
+            (m1 - cal["offset"]) * MAX_SCALE,
         )
     else:
         log.info(
