@@ -296,3 +296,29 @@ def _folds_table(sheet: pd.DataFrame, patients: pd.DataFrame, role: np.ndarray) 
         ["fold", "role", "cohort", "slide_id"],
         key=lambda s: s.map(order) if s.name == "role" else s,
     ).reset_index(drop=True)
+
+
+def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
+    """Refuse a fold that the workflow's folds (:func:`gigamil.splits.make_folds`) never give:
+    a slide listed twice, a patient in both the training and the validation slides (the
+    validation would see the training patient), or a patient whose slides carry different labels.
+
+    Raises:
+        GigamilError: naming the slide or patient.
+    """
+    both = pd.concat([train.assign(_part="training"), val.assign(_part="validation")])
+    ids = both["slide_id"].astype(str)
+    if ids.duplicated().any():
+        dup = ids[ids.duplicated()].iloc[0]
+        parts = " and ".join(sorted(set(both.loc[ids == dup, "_part"])))
+        raise GigamilError(f"slide {dup} is listed twice ({parts} slides)")
+    patients = both.groupby(both["patient_id"].astype(str))
+    leak = patients["_part"].nunique()
+    if (leak > 1).any():
+        raise GigamilError(
+            f"patient {leak.idxmax()} has training and validation slides: the validation would "
+            "score a patient the model trained on; give each patient's slides to one side"
+        )
+    labels = patients["label"].nunique()
+    if (labels > 1).any():
+        raise GigamilError(f"patient {labels.idxmax()} has slides of different labels")

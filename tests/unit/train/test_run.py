@@ -353,6 +353,29 @@ def test_predict_refuses_slide_ids_that_leave_the_attention_dir(
         with pytest.raises(ConfigError, match="not a safe file name"):
             predict_slides(model_path, slides, None, tmp_path / "att", device="cpu")
     assert not list(tmp_path.rglob("*.npy"))  # nothing written, anywhere
+    # a slide listed twice: its second row would overwrite the first's attention file
+    with pytest.raises(GigamilError, match=r"slide \S+ is listed twice"):
+        predict_slides(model_path, pd.concat([val.head(1)] * 2), None, tmp_path / "att", "cpu")
+    assert not list(tmp_path.rglob("*.npy"))
+
+
+def test_predict_warns_when_the_store_is_of_another_slide(
+    mil_bags, cohort, tmp_path: Path, caplog
+) -> None:
+    train, val = cohort
+    model_path = train_fold(
+        train, val, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    row = val[val["store"].map(lambda p: "slide_id" in ZarrBag(p).attrs)].head(1)
+    recorded = ZarrBag(row["store"].iloc[0]).attrs["slide_id"]
+    with caplog.at_level("WARNING", logger="gigamil"):
+        predict_slides(model_path, row, None, tmp_path / "att", device="cpu")
+        assert "was extracted from slide" not in caplog.text
+        predict_slides(model_path, row.assign(slide_id="renamed"), None, tmp_path / "a", "cpu")
+    assert (
+        f"slide renamed: its store {row['store'].iloc[0]} was extracted from slide {recorded}"
+        in (caplog.text)
+    )
 
 
 def test_model_records_patch_mpp_and_refuses_other_resolutions(
@@ -429,11 +452,27 @@ def test_model_records_stain_normalization_and_refuses_other_stores(
     predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # the same: fine
 
 
-def test_training_on_one_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
+def test_training_without_every_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
     train, val = cohort
     one = train[train["label"] == mil_bags.classes[0]]
-    with pytest.raises(GigamilError, match=r"training slides hold only class 'normal'"):
+    with pytest.raises(GigamilError, match=r"no training slide \(with patches\) of class 'lesion'"):
         train_fold(one, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
+    three = [*mil_bags.classes, "other"]  # a class the training slides lack
+    with pytest.raises(GigamilError, match=r"of class 'other': a fold must train on every class"):
+        train_fold(train, val, three, mil_bags.model, training(), tmp_path)
+
+
+def test_a_fold_the_splits_never_give_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
+    train, val = cohort
+    args = (mil_bags.classes, mil_bags.model, training(), tmp_path)
+    with pytest.raises(GigamilError, match=r"is listed twice \(training and validation slides\)"):
+        train_fold(train, pd.concat([val, train.iloc[:1]]), *args)
+    leak = train.iloc[:1].assign(slide_id="other_slide")  # a training patient's second slide
+    with pytest.raises(GigamilError, match=r"has training and validation slides"):
+        train_fold(train, pd.concat([val, leak]), *args)
+    flipped = leak.assign(label=[c for c in mil_bags.classes if c != leak["label"].iloc[0]][0])
+    with pytest.raises(GigamilError, match=r"has slides of different labels"):
+        train_fold(pd.concat([train, flipped]), val, *args)
 
 
 def test_training_and_prediction_log_lines_name_fold_epoch_and_progress(

@@ -99,6 +99,14 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
         )
     _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
     _check_stain_normalization(row.slide_id, bag, ckpt.get("stain_normalization"))
+    recorded = getattr(bag, "attrs", {}).get("slide_id")
+    if recorded is not None and str(recorded) != str(row.slide_id):
+        log.warning(
+            "slide %s: its store %s was extracted from slide %s; check the slides table",
+            row.slide_id,
+            row.store,
+            recorded,
+        )
     if len(bag) == 0:
         log.warning("slide %s has no patches; predicted probabilities are NaN", row.slide_id)
     return bag
@@ -175,6 +183,18 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         )
 
 
+def _check_slide_ids(slide_ids: pd.Series) -> None:
+    """Before any work: the ids name the attention files, so each must be a safe file name
+    and listed once (a second row would overwrite the first's attention file)."""
+    for slide_id in slide_ids:
+        check_slide_id(slide_id)
+    ids = slide_ids.astype(str)
+    if ids.duplicated().any():
+        raise GigamilError(
+            f"slides to predict: slide {ids[ids.duplicated()].iloc[0]} is listed twice"
+        )
+
+
 def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     model_path: Path,
     slides: pd.DataFrame,
@@ -193,9 +213,8 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
     _check_labels(slides, classes, model_path)
+    _check_slide_ids(slides["slide_id"])
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
-    for slide_id in slides["slide_id"]:  # before any work: ids name the attention files
-        check_slide_id(slide_id)
     rows = []
     for i, row in enumerate(slides.itertuples(index=False), start=1):
         t0 = time.monotonic()

@@ -25,6 +25,7 @@ from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
 from gigamil.settings import ModelConfig, TrainingConfig, resolve_strategy
+from gigamil.splits import check_fold_slides
 from gigamil.train import distributed as ddp
 from gigamil.train.em import EMTrainer
 from gigamil.train.logit_calibration import calibrate_fold_model
@@ -216,11 +217,11 @@ class FoldData:
         if not train_items:
             raise GigamilError("no training slide has patches; nothing to train on")
         seen = {it.label for it in train_items}
-        if len(seen) < 2:
-            only = classes[next(iter(seen))]
+        if len(seen) < len(classes):
+            lacking = ", ".join(repr(str(c)) for i, c in enumerate(classes) if i not in seen)
             raise GigamilError(
-                f"training slides hold only class {only!r}: a fold must train on every class "
-                f"({', '.join(map(str, classes))}); give it slides of each"
+                f"no training slide (with patches) of class {lacking}: a fold must train on "
+                f"every class ({', '.join(map(str, classes))}); give it slides of each"
             )
         items = _keep_decoded(train_items + val_items)
         train_items, val_items = items[: len(train_items)], items[len(train_items) :]
@@ -275,6 +276,7 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         raise ConfigError("classes: need at least two classes")
     check_columns(train, "training slides")
     check_columns(val, "validation slides")
+    check_fold_slides(train, val)  # what make_folds guarantees, for direct callers
     runtime = _fold_runtime(tcfg, threads, fold, out_dir, log_every_s)
     try:
         with log_context(runtime.name):
