@@ -121,7 +121,7 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
 
     _predict_refuses_unknown_labels_and_a_missing_cuda(unlabelled, val, tmp_path, capsys)
     capsys.readouterr()
-    bad = val.assign(label="tumour")
+    bad = train.assign(label="tumour")
     bad.to_csv(tmp_path / "bad.csv", index=False)
     args_bad = args[:4] + [str(tmp_path / "bad.csv")] + args[5:]
     assert main(args_bad) == 2
