@@ -119,6 +119,11 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["cv"].update(stratify_by=["site", "site"]),
             "cv.stratify_by: ['site', 'site']",
         ),
+        (  # YAML reads unquoted 0 / 1 as numbers: the sheets' labels are strings
+            lambda c: c.update(classes=[0, 1]),
+            "classes.0: 0 is a number in YAML, not a string: quote it as the sheets spell it",
+        ),
+        (lambda c: c.update(classes=[False, True]), "classes.0: False is a boolean in YAML"),
         (  # closer to cpu by spelling; what a user means by it is cuda
             lambda c: c["training"].update(device="gpu"),
             "training.device: 'gpu' is not one of auto, cpu, cuda; did you mean cuda?",

@@ -74,6 +74,16 @@ def _error_message(error: jsonschema.ValidationError) -> str:
         kind = " or ".join(kinds) if isinstance(kinds, list) else str(kinds)
         article = "an" if kind[:1] in "aeiou" else "a"
         return f"null (an empty value) is not allowed here: give {article} {kind}"
+    if (
+        error.validator == "type"
+        and error.validator_value == "string"
+        and (isinstance(error.instance, (bool, int, float)))
+    ):  # YAML reads 0, 1.5, yes/no/on/off unquoted as numbers and booleans
+        kind = "a boolean" if isinstance(error.instance, bool) else "a number"
+        return (
+            f"{error.instance!r} is {kind} in YAML, not a string: quote it as the sheets spell "
+            f"it, e.g. '0' or 'yes'"
+        )
     if error.validator == "minItems" and isinstance(error.instance, list):
         return (
             f"{error.instance!r} has {len(error.instance)} item(s); at least "
