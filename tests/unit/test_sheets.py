@@ -253,7 +253,7 @@ def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog
     assert "scanner" not in caplog.text and df["mpp"].isna().all()
 
 
-def test_a_semicolon_separated_sheet_gets_a_hint(tmp_path):
+def test_a_semicolon_or_tab_separated_sheet_gets_a_hint(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_text("slide_id;patient_id;label;path\ns1;p1;normal;s1.svs\n")
     with pytest.raises(ConfigError, match="separated by ';': save the sheet as comma-separated"):
@@ -264,3 +264,7 @@ def test_a_semicolon_separated_sheet_gets_a_hint(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path, labels_required=False)
     assert "separated by ';'" in str(err.value)
     assert "a sheet needs slide_id, patient_id, path; optional: label, mpp" in str(err.value)
+    # a tab-separated one (a spreadsheet's "text, tab delimited") too
+    path.write_text("slide_id\tpatient_id\tlabel\tpath\ns1\tp1\tnormal\ts1.svs\n")
+    with pytest.raises(ConfigError, match="separated by tabs: save the sheet as comma-separated"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)

@@ -117,7 +117,8 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
     df.columns = [c.strip() for c in df.columns]
     _check_column_spelling(list(df.columns), path)
-    semicolons = len(df.columns) == 1 and ";" in str(df.columns[0])
+    header = str(df.columns[0]) if len(df.columns) == 1 else ""
+    separator = next((name for sep, name in (("\t", "tabs"), (";", "';'")) if sep in header), "")
     needed = [c for c in SHEET_COLUMNS if labels_required or c != "label"]
     if not labels_required and "label" not in df.columns:
         df.insert(min(2, len(df.columns)), "label", "")
@@ -128,8 +129,8 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
             f"(a sheet needs {', '.join(needed)}; optional: "
             f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
             + (
-                "; its header is separated by ';': save the sheet as comma-separated CSV"
-                if semicolons
+                f"; its header is separated by {separator}: save the sheet as comma-separated CSV"
+                if separator
                 else ""
             )
         )
