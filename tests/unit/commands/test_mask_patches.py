@@ -29,6 +29,9 @@ def test_mask_and_patches_contract(cmu_svs, tmp_path):
     mask, qc, js = tmp_path / "m.png", tmp_path / "m.qc.png", tmp_path / "m.json"
     assert main(["mask", str(cmu_svs), "--out", str(mask), "--qc", str(qc), "--json", str(js)]) == 0
     assert mask.is_file() and qc.is_file()
+    # a mask named .jpg would be saved lossy (values between 0 and 255): refused before any work
+    assert main(["mask", str(cmu_svs), "--out", str(tmp_path / "m.jpg")]) == 2
+    assert not (tmp_path / "m.jpg").exists()
     info = json.loads(js.read_text())
     assert {"tissue_fraction", "mask_mpp", "warnings"} <= set(info)
     store = tmp_path / "s.zarr"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gigamil.errors import ConfigError
+from gigamil.errors import ConfigError, GigamilError
 from gigamil.settings import TissueConfig
 from gigamil.wsi.mask_io import write_mask_outputs
 from gigamil.wsi.patching import MAX_UPSAMPLING
@@ -334,11 +334,19 @@ def make_mask(
     """Open ``slide``, compute its tissue mask and write the outputs; return the JSON summary.
 
     What ``gigamil mask`` and rule ``tissue_mask`` run.
+
+    Raises:
+        GigamilError: ``out_png`` not named ``*.png`` (a JPEG would blur the 0/255 mask), or the
+            slide's errors (:func:`gigamil.wsi.reader.open_slide`).
     """
     import time
 
     from gigamil.wsi.reader import open_slide
 
+    if Path(out_png).suffix.lower() != ".png":
+        raise GigamilError(
+            f"{out_png}: the mask is written as a PNG (lossless 0/255); name it *.png"
+        )
     t0 = time.perf_counter()
     with open_slide(slide, slide_mpp) as reader:
         tm = compute_tissue_mask(reader, params)
