@@ -55,7 +55,9 @@ def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None)
     if features is not None and not isinstance(bag, FeatureBag):
         raise GigamilError(
             f"slide {slide_id}: the model was trained on cached features of encoder "
-            f"{features['encoder_id']}; give it that feature store, not the patch store {bag.path}"
+            f"{features['encoder_id']}; give it that feature store, not the patch store {bag.path} "
+            "(for a new slide: gigamil features STORE --config CONFIG.yaml --out FEATURES.zarr, "
+            "with the config the model was trained with)"
         )
     if features is not None and bag.encoder_id != features["encoder_id"]:  # type: ignore[union-attr]
         raise GigamilError(
