@@ -268,3 +268,26 @@ def test_a_semicolon_or_tab_separated_sheet_gets_a_hint(tmp_path):
     path.write_text("slide_id\tpatient_id\tlabel\tpath\ns1\tp1\tnormal\ts1.svs\n")
     with pytest.raises(ConfigError, match="separated by tabs: save the sheet as comma-separated"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_every_kind_of_problem_of_a_sheet_in_one_message(tmp_path):
+    """A duplicate id, a label outside the classes, a patient with two labels and a missing file:
+    fixed in one round, not four."""
+    rows = [
+        *good_rows(),
+        {"slide_id": "s3", "patient_id": "p3", "label": "lesion", "path": "s4.svs"},
+        {"slide_id": "s5", "patient_id": "p3", "label": "tumour", "path": "s5.svs"},
+        {"slide_id": "s6", "patient_id": "p2", "label": "normal", "path": "s6.svs"},
+    ]
+    path = write_sheet(tmp_path, rows)
+    (tmp_path / "s6.svs").unlink()
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 4 problems:"
+    assert lines[1] == "- duplicate slide_id 's3' (lines 4, 5)"
+    assert lines[2].startswith("- line 6 (slide_id 's5'): label 'tumour' is not one of")
+    assert lines[3].startswith("- patient 'p2' has conflicting labels ['lesion', 'normal']")
+    assert lines[4].startswith("- 1 file(s) not found") and "s6.svs not found" in lines[5]
+    # the misspelt label makes no second conflict for patient p3 (s3 lesion, s5 'tumour')
+    assert "'p3'" not in str(err.value)

@@ -12,6 +12,7 @@ import difflib
 import logging
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,34 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         raise ConfigError(f"cohort {cohort!r}: sheet {path} not found{where}")
     df = _read_sheet_csv(path, labels_required)
     df["mpp"] = _sheet_mpp(df, path, cohort_mpp)
-    _check_rows_against_schema(df, path, labels_required)
-    _check_slides_and_labels(df, path, classes)
+    checks = [
+        lambda: _check_rows_against_schema(df, path, labels_required),
+        lambda: _check_unique_slides(df, path),
+        lambda: _check_labels(df, path, classes),
+        lambda: _check_patient_labels(df, path, classes),
+    ]
     if check_files:
-        _check_slide_files(df, path, Path(base_dir))
+        checks.append(lambda: _check_slide_files(df, path, Path(base_dir)))
+    _run_all(checks, path)
     df.insert(0, "cohort", cohort)
     return df
+
+
+def _run_all(checks: list[Callable[[], None]], path: Path) -> None:
+    """Run every check; one :class:`ConfigError` with all their problems (a sheet with a
+    duplicate id, a wrong label and a missing file is fixed in one round, not three)."""
+    problems: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(str(exc).removeprefix(f"{path}: "))
+    if len(problems) == 1:
+        raise ConfigError(f"{path}: {problems[0]}")
+    if problems:
+        raise ConfigError(
+            f"{path}: {len(problems)} problems:" + "".join(f"\n- {p}" for p in problems)
+        )
 
 
 def _sheet_line(df: pd.DataFrame, position: int) -> int:
@@ -236,13 +259,14 @@ def _other_suffix(full: Path) -> Path | None:
     return same[0]
 
 
-def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
-    """Unique slide ids, labels among ``classes``, one label per patient."""
+def _check_unique_slides(df: pd.DataFrame, path: Path) -> None:
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
         lines = [str(_sheet_line(df, i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
         raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(lines)})")
 
+
+def _check_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
     bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
         bad = [
@@ -260,7 +284,10 @@ def _check_slides_and_labels(df: pd.DataFrame, path: Path, classes: list[str]) -
             + ("".join(f"\n  {line}" for line in listed(bad)) if len(bad) > 1 else "")
         )
 
-    labels_per_patient = df[df["label"].ne("")].groupby("patient_id")["label"].unique()
+
+def _check_patient_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
+    """One label per patient, among the valid labels (a misspelt one is its own problem)."""
+    labels_per_patient = df[df["label"].isin(classes)].groupby("patient_id")["label"].unique()
     conflicting = labels_per_patient[labels_per_patient.map(len) > 1]
     if not conflicting.empty:
         pid = conflicting.index[0]
