@@ -398,6 +398,7 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     assert f"{cv['balanced_accuracy']:.3f} (95% CI" in page
     assert f"{cv['localization_auc']:.3f} ± " in page
     ens = json.loads((res / "eval/demo/ensemble/demo/summary.json").read_text())
+    assert ens["models_per_slide"] == [1, 1]  # a train cohort: each slide its out-of-fold model
     page = results["results/eval/demo/ensemble/demo/metrics.html"]["content"].decode()
     assert f"slide AUC (ensemble)</td><td>{ens['auc']:.3f}" in page
 

@@ -15,6 +15,7 @@ from gigamil.evaluate.ensemble import (
     ensemble_cohort,
     has_labels,
     mean_probabilities,
+    models_per_slide,
     predict_cohort,
     prediction_labels,
 )
@@ -240,6 +241,7 @@ def test_ensemble_means_fold_probabilities(tmp_path):
         roc_auc_score(manual.index.map(ext.set_index("slide_id")["label"]) == "lesion", manual)
     )
     assert summary["n_models"] == 3 and summary["n_slides"] == 10
+    assert summary["models_per_slide"] == [3, 3]
     single = [roc_auc_score(f.label == "lesion", f.prob_lesion) for f in frames]
     assert summary["fold_auc"] == pytest.approx(single)
     for name in ("summary.json", "metrics.csv", "metrics.html", "roc.png", "confusion.png"):
@@ -381,6 +383,7 @@ def test_mean_probabilities_skip_missing_models_and_mean_attention(tmp_path):
     c = _predict(ext, 2, np.random.default_rng(2), nan_slide="ext_p0_s0")
     none = mean_probabilities(pd.concat([b, c]), CLASSES).set_index("slide_id")
     assert none.loc["ext_p0_s0", ["n_models", "folds", "pred"]].tolist() == [0, "", ""]
+    assert models_per_slide(ens.reset_index()) == [1, 2] and models_per_slide(none) == [2, 2]
     assert ens.loc["ext_p0_s0", "prob_lesion"] == pytest.approx(a.prob_lesion.iloc[0])
     np.save(tmp_path / "a.npy", np.array([0.2, 0.8], np.float32))
     np.save(tmp_path / "b.npy", np.array([0.4, 0.6], np.float32))
@@ -517,6 +520,7 @@ def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary and summary["metrics"] is None and "no metrics" in summary["note"]
     assert "auc" not in summary and summary["n_slides"] == 4 and summary["n_models"] == 2
+    assert summary["models_per_slide"] == [1, 2]  # new_p3_s0 has patches for one model only
     table = pd.read_csv(out / "predictions.csv", keep_default_na=False).set_index("slide_id")
     frames = pd.concat([pd.read_csv(p) for p in paths])
     manual = frames.groupby("slide_id")["prob_lesion"].mean()  # NaN rows skipped

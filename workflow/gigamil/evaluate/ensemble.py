@@ -185,7 +185,8 @@ def predict_cohort(
 
     Writes ``predictions.csv`` (as :func:`mean_probabilities`), ``predictions.html`` and
     ``summary.json``: ``experiment``, ``cohort``, ``metrics: null``, ``note``, ``n_slides``,
-    ``n_patients``, ``n_models``, ``n_unpredicted`` (slides without patches) and ``predicted``
+    ``n_patients``, ``n_models``, ``models_per_slide`` ([min, max], :func:`models_per_slide`),
+    ``n_unpredicted`` (slides without patches) and ``predicted``
     (slides per predicted class).
     """
     out_dir = Path(out_dir)
@@ -203,18 +204,34 @@ def predict_cohort(
         "n_slides": int(len(ens)),
         "n_patients": int(ens["patient_id"].nunique()),
         "n_models": int(preds["fold"].nunique()),
+        "models_per_slide": models_per_slide(ens),
         "n_unpredicted": int((predicted == "").sum()),
         "predicted": {c: int((predicted == c).sum()) for c in classes},
     }
     write_json(summary, out_dir / "summary.json")
     log.info(
-        "cohort %s: ensemble of %d model(s) predicted %d slides (%s); no labels, no metrics",
+        "cohort %s: %s predicted %d slides (%s); no labels, no metrics",
         cohort,
-        summary["n_models"],
+        _models_text(summary),
         summary["n_slides"],
         ", ".join(f"{n} {c}" for c, n in summary["predicted"].items()),
     )
     return summary
+
+
+def models_per_slide(ens: pd.DataFrame) -> list[int]:
+    """[min, max] of the models that predicted a slide (``n_models`` of
+    :func:`mean_probabilities`; slides without patches left out): [1, 1] for a train cohort,
+    whose slides are each predicted by their out-of-fold model only."""
+    n = ens.loc[ens["n_models"] > 0, "n_models"]
+    return [int(n.min()), int(n.max())] if len(n) else [0, 0]
+
+
+def _models_text(summary: Mapping[str, Any]) -> str:
+    """``6 fold model(s), 1 per slide`` / ``6 fold model(s), 4-6 per slide``."""
+    lo, hi = summary["models_per_slide"]
+    per = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"{summary['n_models']} fold model(s), {per} per slide"
 
 
 def prediction_labels(
@@ -270,7 +287,9 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
         model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
         ``accuracy`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
-        ``n_slides``, ``n_patients``, ``n_models``, ``n_unpredicted`` and, with masks, the
+        ``n_slides``, ``n_patients``, ``n_models`` (fold models), ``models_per_slide`` ([min,
+        max] of those that predicted a slide: [1, 1] on a train cohort), ``n_unpredicted`` and,
+        with masks, the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
     """
     out_dir = Path(out_dir)
@@ -289,9 +308,9 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
     _write_ensemble_outputs(out_dir, table, valid, summary, classes, title)
     log.info(
-        "cohort %s: ensemble of %d model(s), AUC %.3f on %d slides",
+        "cohort %s: %s, AUC %.3f on %d slides",
         cohort,
-        summary["n_models"],
+        _models_text(summary),
         summary["auc"],
         summary["n_slides"],
     )
@@ -324,6 +343,7 @@ def _ensemble_metrics(
     summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())
+    summary["models_per_slide"] = models_per_slide(ens)
     summary["n_unpredicted"] = n_unpredicted
     return valid, table, summary
 
