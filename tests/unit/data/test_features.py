@@ -197,7 +197,7 @@ def test_train_and_predict_from_cached_features(
     # and a patch-trained model refuses feature stores (mixing kinds in a fold is an error too)
     with pytest.raises(GigamilError, match="some slides are patch stores"):
         train_fold(
-            pd.concat([ftrain, train.head(2)], ignore_index=True),
+            pd.concat([ftrain, train.head(2).assign(slide_id=["x0", "x1"])], ignore_index=True),
             fval,
             mil_bags.classes,
             model_cfg,

@@ -287,9 +287,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
         model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
         ``accuracy`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
-        ``n_slides``, ``n_patients``, ``n_models`` (fold models), ``models_per_slide`` ([min,
-        max] of those that predicted a slide: [1, 1] on a train cohort), ``n_unpredicted`` and,
-        with masks, the
+        ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted`` and, with masks, the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
     """
     out_dir = Path(out_dir)
