@@ -400,7 +400,8 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     ens = json.loads((res / "eval/demo/ensemble/demo/summary.json").read_text())
     assert ens["models_per_slide"] == [1, 1]  # a train cohort: each slide its out-of-fold model
     page = results["results/eval/demo/ensemble/demo/metrics.html"]["content"].decode()
-    assert f"slide AUC (ensemble)</td><td>{ens['auc']:.3f}" in page
+    assert f"slide AUC (out-of-fold)</td><td>{ens['auc']:.3f}" in page  # 1 model per slide
+    assert "demo out-of-fold (1 model per slide) metrics" in page
 
     # the QC table of every cohort and a sample of annotated QC thumbnails
     for cohort, slides in (("demo", 24), ("new", 3)):

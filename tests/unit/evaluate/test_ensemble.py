@@ -130,7 +130,9 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     preds = pd.concat([pd.read_csv(p) for p in paths])
     ok = preds.dropna(subset=["prob_lesion"])
     assert on_disk["n_slides"] == 23 and on_disk["n_unpredicted"] == 1
-    assert on_disk["n_patients"] == 12 and "ci_note" not in on_disk
+    assert on_disk["n_patients"] == 12  # enough patients; these rank perfectly: [1, 1]
+    assert on_disk["oof_auc_ci"] == [1.0, 1.0]
+    assert on_disk["ci_note"].startswith("zero-width interval(s) oof_auc [1, 1]")
     assert on_disk["oof_auc"] == pytest.approx(roc_auc_score(ok.label == "lesion", ok.prob_lesion))
     fold_aucs = [roc_auc_score(f.label == "lesion", f.prob_lesion) for _, f in ok.groupby("fold")]
     assert on_disk["fold_auc"] == pytest.approx(fold_aucs)
@@ -258,6 +260,17 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     page = (out / "metrics.html").read_text()
     assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
     assert f"<td>{summary['patient_auc']:.3f} (95% CI" in page
+    assert "<title>demo: ext ensemble metrics</title>" in page
+    # a train cohort's files: each slide scored by its out-of-fold model only, and said so
+    oof_paths = []
+    for k, part in enumerate(np.array_split(np.arange(len(ext)), 3)):
+        oof_paths.append(tmp_path / f"oof{k}.csv")
+        frames[k].iloc[part].to_csv(oof_paths[-1], index=False)
+    oof = ensemble_cohort(oof_paths, CLASSES, tmp_path / "oof", "ext", "demo", n_boot=10)
+    assert oof["models_per_slide"] == [1, 1]
+    page = (tmp_path / "oof" / "metrics.html").read_text()
+    assert "<title>demo: ext out-of-fold (1 model per slide) metrics</title>" in page
+    assert "slide AUC (out-of-fold)</td>" in page and "(ensemble)" not in page
 
 
 @pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])

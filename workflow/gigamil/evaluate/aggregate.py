@@ -107,13 +107,38 @@ def summary_block(
     out["per_class_recall"] = {c: pooled[f"recall_{c}"] for c in classes}
     out["confusion_matrix"] = pooled["confusion"]
     out["ci_level"] = 0.95
-    if out["n_patients"] < MIN_PATIENTS_FOR_CI:
-        out["ci_note"] = (
-            f"the intervals resample only {out['n_patients']} patient(s): with so few they say "
+    note = _ci_note(out)
+    if note:
+        out["ci_note"] = note
+        log.warning("%s", note)
+    return out
+
+
+def _ci_note(summary: Mapping[str, Any]) -> str:
+    """Why the intervals say less than they seem to: few patients (below
+    :data:`MIN_PATIENTS_FOR_CI`), or an interval of zero width, e.g. patient AUC [1.0, 1.0]
+    when every resample ranks perfectly (a percentile bootstrap cannot reach beyond the values
+    it resamples); "" when neither."""
+    n = summary["n_patients"]
+    if n < MIN_PATIENTS_FOR_CI:
+        return (
+            f"the intervals resample only {n} patient(s): with so few they say "
             "little (an interval such as [1.0, 1.0] does not mean certainty)"
         )
-        log.warning("%s", out["ci_note"])
-    return out
+    flat = [
+        f"{key.removesuffix('_ci')} [{lo:.3g}, {hi:.3g}]"
+        for key, value in summary.items()
+        if key.endswith("_ci") and len(value) == 2
+        for lo, hi in [value]
+        if np.isfinite(lo) and lo == hi
+    ]
+    if not flat:
+        return ""
+    return (
+        f"zero-width interval(s) {', '.join(flat)}: every bootstrap resample of the {n} "
+        "patients gave the same value; this does not mean certainty (a percentile bootstrap "
+        "cannot reach beyond the values it resamples)"
+    )
 
 
 def add_localization_columns(table: pd.DataFrame, loc: Mapping[str, Mapping[str, float]]) -> None:

@@ -303,8 +303,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         summary.update(localization_block(loc))
     if patient_overlap:
         summary["patient_overlap"] = _patient_overlap(cohort, patient_overlap)
-    title = f"{experiment}: {cohort} ensemble" if experiment else f"{cohort} ensemble"
-    _write_ensemble_outputs(out_dir, table, valid, summary, classes, title)
+    _write_ensemble_outputs(out_dir, table, valid, summary, classes, experiment)
     log.info(
         "cohort %s: %s, AUC %.3f on %d slides",
         cohort,
@@ -371,10 +370,17 @@ def _write_ensemble_outputs(
     valid: pd.DataFrame,
     summary: Mapping[str, Any],
     classes: Sequence[str],
-    title: str,
+    experiment: str,
 ) -> None:
-    """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``."""
+    """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``, titled
+    ``{experiment}: {cohort} ensemble``, or ``... out-of-fold (1 model per slide)`` for a train
+    cohort, whose slides are each scored by the one fold model that did not train on them."""
     from gigamil.viz.plots import plot_confusion, plot_roc
+
+    one = summary["models_per_slide"][1] <= 1
+    what = "out-of-fold (1 model per slide)" if one else "ensemble"
+    title = f"{summary['cohort']} {what}"
+    title = f"{experiment}: {title}" if experiment else title
 
     write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)

@@ -58,7 +58,9 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
     its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1 and accuracy with CIs,
     the localisation AUC (with lesion masks) and the counts."""
-    who = "ensemble" if auc_key == "auc" else "out-of-fold"
+    per_slide = summary.get("models_per_slide") or [0, 0]
+    # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
+    who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
     folds = summary.get("fold_auc") or []
     rows = [
         (f"slide AUC ({who})", _with_ci(summary, auc_key)),
@@ -74,10 +76,14 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     if "localization_auc" in summary:
         loc = _mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
         n = summary.get("localization_n_slides", 0)
-        rows.append(("localisation AUC of the attention (lesion masks)", f"{loc} ({n} slides)"))
+        rows.append(
+            ("localisation AUC of the attention (lesion masks), mean ± sd", f"{loc} ({n} slides)")
+        )
     rows.append(("slides / patients", f"{summary.get('n_slides')} / {summary.get('n_patients')}"))
     if summary.get("n_unpredicted"):
         rows.append(("slides without patches (not scored)", str(summary["n_unpredicted"])))
+    if summary.get("ci_note"):
+        rows.append(("note on the 95 % intervals", str(summary["ci_note"])))
     return rows
 
 
