@@ -48,6 +48,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/heatmaps.smk"
 
 
+onsuccess:
+    print_run_summary()
+
+
 rule all:
     default_target: True
     input:

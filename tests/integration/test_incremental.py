@@ -44,8 +44,11 @@ TRAINING = {"make_splits", "train_fold"}
 def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory in which the whole tiny demo workflow has run to completion."""
     workdir = copy_workflow(tmp_path_factory.mktemp("incremental") / "work", TINY, SLIDES)
-    snakemake_in(workdir, timeout=900)
+    out = snakemake_in(workdir, timeout=900)
     assert (workdir / "results" / "eval" / "demo" / "summary.json").is_file()
+    # the run ends with its headline figure and the page to open (the Snakefile's onsuccess)
+    assert "gigamil: results of experiment demo" in out, out[-3000:]
+    assert "out-of-fold slide AUC" in out and "open results/eval/demo/metrics.html" in out
     return workdir
 
 

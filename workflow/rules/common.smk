@@ -38,6 +38,16 @@ from gigamil.wsi.preflight import check_slides, sheet_checks  # noqa: E402
 from gigamil.wsi.qc import qc_labels  # noqa: E402
 
 
+def print_run_summary():
+    """After a successful run (the Snakefile's onsuccess): the headline figures and the page to
+    open for each (gigamil.evaluate.run_summary); nothing in a dry run or before any summary.
+    """
+    from gigamil.evaluate.run_summary import run_summary_lines
+
+    for line in run_summary_lines(EXPERIMENT, config["cohorts"]):
+        print(line, file=sys.stderr)
+
+
 def stop(message):
     """End the run with one message on stderr and exit status 1: the error is in the user's
     input, so no traceback (a WorkflowError raised here also prints the line of this file).

@@ -1,0 +1,43 @@
+"""gigamil.evaluate.run_summary: what a finished run prints last."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gigamil.evaluate.run_summary import run_summary_lines
+
+COHORTS = {"demo": {"role": "train"}, "ext": {"role": "external"}, "new": {"role": "predict"}}
+
+
+def _write(path: Path, summary: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary))
+
+
+def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
+    assert run_summary_lines("exp", COHORTS, tmp_path) == []  # nothing evaluated yet
+    cv = {"n_slides": 24, "n_patients": 12, "oof_auc": 0.9722, "oof_auc_ci": [0.906, 1.0]}
+    cv |= {"localization_auc": 0.87, "localization_auc_sd": 0.103, "localization_n_slides": 12}
+    _write(tmp_path / "results/eval/exp/summary.json", cv)
+    ext = {"n_slides": 6, "auc": 0.8, "auc_ci": [0.5, 1.0]}
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
+    new = {"n_slides": 3, "metrics": None, "predicted": {"normal": 2, "lesion": 1}}
+    _write(tmp_path / "results/eval/exp/ensemble/new/summary.json", new)
+    lines = run_summary_lines("exp", COHORTS, tmp_path)
+    assert lines[0] == "gigamil: results of experiment exp"
+    assert lines[1] == (
+        "  cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95 % CI "
+        "0.906-1.000); localisation AUC 0.870 ± 0.103 (mean ± sd, 12 slides)"
+    )
+    assert lines[2] == "    open results/eval/exp/metrics.html"
+    assert "external cohort ext, 6 slides: fold-model ensemble slide AUC 0.800" in lines[3]
+    assert lines[4] == "    open results/eval/exp/ensemble/ext/metrics.html"
+    assert lines[5] == "  cohort new (predict), 3 slides: 2 normal, 1 lesion"
+    assert lines[6] == "    open results/eval/exp/ensemble/new/predictions.html"
+    assert "snakemake --report report.html" in lines[-1]
+    # a damaged or half-written summary is left out, not a traceback at the end of a run
+    (tmp_path / "results/eval/exp/summary.json").write_text("{")
+    assert not any(
+        "cross-validation" in line for line in run_summary_lines("exp", COHORTS, tmp_path)
+    )

@@ -1,0 +1,93 @@
+"""What a finished run prints last: the headline figures and the files to open first.
+
+Snakemake ends a run with ``N of N steps (100%) done`` and the path of its log; a user then has to
+know where the results are. :func:`run_summary_lines` reads the run's summaries (the
+cross-validation's ``summary.json`` and each external or predict cohort's) and names the page to
+open for each; the Snakefile's ``onsuccess`` handler prints them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gigamil import layout
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _ci(summary: Mapping[str, Any], key: str) -> str:
+    value, ci = summary.get(key), summary.get(f"{key}_ci") or []
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    if len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f"{value:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
+    return f"{value:.3f}"
+
+
+def _localisation(summary: Mapping[str, Any]) -> str:
+    if not isinstance(summary.get("localization_auc"), (int, float)):
+        return ""
+    sd = summary.get("localization_auc_sd")
+    spread = f" ± {sd:.3f}" if isinstance(sd, (int, float)) else ""
+    n = summary.get("localization_n_slides", "?")
+    return f"; localisation AUC {summary['localization_auc']:.3f}{spread} (mean ± sd, {n} slides)"
+
+
+def run_summary_lines(
+    experiment: str, cohorts: Mapping[str, Mapping[str, Any]], root: str | Path = "."
+) -> list[str]:
+    """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
+    ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
+    with none at all (e.g. a run of only the tissue masks) the list is empty.
+
+    Returns, e.g.::
+
+        gigamil: results of experiment demo
+          cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95 % CI ...)
+            open results/eval/demo/metrics.html
+          ...
+          all results in one page: snakemake --report report.html
+    """
+    root = Path(root)
+    lines: list[str] = []
+    cv_path = Path(layout.eval_dir(experiment)) / "summary.json"
+    cv = _read(root / cv_path)
+    if cv is not None:
+        lines += [
+            f"  cross-validation, {cv.get('n_slides')} slides of {cv.get('n_patients')} "
+            f"patients: out-of-fold slide AUC {_ci(cv, 'oof_auc')}{_localisation(cv)}",
+            f"    open {cv_path.with_name('metrics.html')}",
+        ]
+    for name, cohort in cohorts.items():
+        role = cohort.get("role")
+        path = Path(layout.ensemble_dir(experiment, name)) / "summary.json"
+        summary = _read(root / path) if role in ("external", "predict") else None
+        if summary is None:
+            continue
+        if role == "external":
+            lines += [
+                f"  external cohort {name}, {summary.get('n_slides')} slides: fold-model "
+                f"ensemble slide AUC {_ci(summary, 'auc')}{_localisation(summary)}",
+                f"    open {path.with_name('metrics.html')}",
+            ]
+        else:
+            counts = ", ".join(f"{n} {c}" for c, n in (summary.get("predicted") or {}).items())
+            lines += [
+                f"  cohort {name} (predict), {summary.get('n_slides')} slides: {counts}",
+                f"    open {path.with_name('predictions.html')}",
+            ]
+    if not lines:
+        return []
+    return [
+        f"gigamil: results of experiment {experiment}",
+        *lines,
+        "  heatmaps: results/heatmaps/; all results in one page: snakemake --report report.html",
+    ]
