@@ -36,6 +36,10 @@ rule heatmap:
         preds=lambda wc: [
             layout.prediction_csv(EXPERIMENT, k, wc.cohort) for k in FOLDS
         ],
+        # the slide's ground-truth lesion mask, where the cohort has one: outlined on the overlay
+        lesion=lambda wc: layout.lesion_masks(
+            config["cohorts"][wc.cohort], SHEETS[wc.cohort]
+        ).get(wc.slide_id, []),
     output:
         overlay=report_output(
             f"{HEATMAP_DIR}/overlay.png",

@@ -43,4 +43,5 @@ make_heatmap(
     ),
     mpp_override=snakemake.params.slide_mpp,
     prediction=prediction,
+    lesion_mask=snakemake.input.lesion or None,  # [] where the slide has no lesion mask
 )

@@ -304,3 +304,40 @@ def test_heatmap_style_refuses_an_opacity_outside_0_1():
         with pytest.raises(GigamilError, match=match):
             HeatmapStyle(**kw)
     assert HeatmapStyle(alpha=1.0).alpha == 1.0
+
+
+def test_lesion_mask_is_outlined_on_the_overlay(grid_slide, tmp_path, capsys):
+    """The ground truth the localisation AUC is scored against, drawn where the attention is."""
+    from gigamil.cli import main
+    from gigamil.data.store import read_store
+
+    store = tmp_path / "s7.zarr"
+    coords, _ = grid_slide.write(store)
+    np.save(tmp_path / "a.npy", np.full(len(coords), 1 / len(coords), np.float32))
+    w, h = read_store(store)[3]["slide_dimensions"]
+    lesion = np.zeros((h // 16, w // 16), np.uint8)  # a lesion in the slide's right half
+    lesion[h // 64 : 3 * h // 64, w // 32 + w // 128 : w // 16 - w // 128] = 255
+    Image.fromarray(lesion).save(tmp_path / "lesion.png")
+    args = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "a.npy")]
+    args += ["--thumb-px", "200", "--normalize", "relative"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert (
+        main([*args, "--out", str(tmp_path / "les"), "--lesion-mask", str(tmp_path / "les.png")])
+        == 2
+    )
+    assert "--lesion-mask" in capsys.readouterr().err
+    assert (
+        main([*args, "--out", str(tmp_path / "les"), "--lesion-mask", str(tmp_path / "lesion.png")])
+        == 0
+    )
+    plain = np.asarray(Image.open(tmp_path / "plain" / "overlay.png").convert("RGB")).astype(int)
+    drawn = np.asarray(Image.open(tmp_path / "les" / "overlay.png").convert("RGB")).astype(int)
+    changed = np.abs(drawn - plain).sum(axis=-1) > 60
+    white = changed & (drawn.min(axis=-1) > 230)
+    assert white.sum() > 50  # the outline
+    # where the image is: the coloured (heatmap) pixels' box; the outline lies in its right half
+    coloured = np.abs(plain - plain.mean(axis=-1, keepdims=True)).sum(axis=-1) > 60
+    ys, xs = np.nonzero(coloured[: int(0.8 * plain.shape[0]), : int(0.7 * plain.shape[1])])
+    wy, wx = np.nonzero(white[: ys.max() + 1])  # above the line of text under the image
+    assert wx.min() > (xs.min() + xs.max()) / 2 - 3 and wx.max() <= xs.max() + 3
+    assert wy.min() >= ys.min() - 3

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "annotations.geojson",
     )
     parser.add_argument(
+        "--lesion-mask",
+        metavar="PNG",
+        help="ground-truth lesion mask (a PNG covering the whole slide, > 127 = lesion), "
+        "outlined on the overlay",
+    )
+    parser.add_argument(
         "--predictions",
         nargs="+",
         metavar="CSV",
@@ -76,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.viz.slide_info import SlideNotPredicted, read_slide_prediction
 
     check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
+    if args.lesion_mask and not Path(args.lesion_mask).is_file():
+        raise GigamilError(f"--lesion-mask: {args.lesion_mask} not found")
     prediction = None
     if args.predictions:
         _, _, attrs = read_store_geometry(args.store)
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         mpp_override=args.slide_mpp,
         prediction=prediction,
+        lesion_mask=args.lesion_mask,
     )
     print(f"{info['slide_id']}: {info['n_patches']} patches -> {args.out}")
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gigamil.viz.canvas import _colormap, composite_overlay
+from gigamil.viz.canvas import _colormap, _resize_mask, composite_overlay
 from gigamil.viz.scales import ColourScale
 
 DPI = 100
@@ -41,7 +41,7 @@ def _title_px(title: str) -> int:
     return 10 + 16 * (title.count("\n") + 1)
 
 
-def render_overlay(
+def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     thumb: np.ndarray,
     canvas: np.ndarray,
     path: str | Path,
@@ -50,10 +50,13 @@ def render_overlay(
     alpha: float = 0.5,
     tissue: np.ndarray | None = None,
     scale: ColourScale | None = None,
+    lesion: np.ndarray | None = None,
 ) -> None:
     """Save the thumbnail with the coloured canvas on top (NaN = transparent), 1:1 in pixels,
     the title above and a colour bar on the right labelled with what the colour means
-    (``scale``'s label and ticks; None: "attention" on 0..1)."""
+    (``scale``'s label and ticks; None: "attention" on 0..1). ``lesion``: the ground-truth
+    lesion mask (bool, any size covering the slide), outlined in white over a black edge (seen
+    on every colour map) and named in a line under the image."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -68,6 +71,9 @@ def render_overlay(
     left = max(10, (fig_w - bar_px - w) // 2)
     ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
+    if lesion is not None and lesion.any():
+        _outline(ax, _resize_mask(lesion, (h, w)))
+        fig.text(left / fig_w, 2 / fig_h, "white outline: lesion mask", fontsize=7, va="bottom")
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
         ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
@@ -80,6 +86,13 @@ def render_overlay(
     bar.ax.tick_params(labelsize=7)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
+
+
+def _outline(ax: Any, mask: np.ndarray) -> None:
+    """The border of ``mask`` (bool (H, W), the image's size): white over black."""
+    z = mask.astype(np.float32)
+    for colour, width in (("black", 3.2), ("white", 1.6)):
+        ax.contour(z, levels=[0.5], colors=colour, linewidths=width)
 
 
 def _wrap(text: str, width: int) -> str:

@@ -51,7 +51,7 @@ def top_bottom(att: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
-    """The tissue mask PNG as bool (H, W), or None if no path / no file."""
+    """The tissue (or lesion) mask PNG as bool (H, W) (> 127), or None if no path / no file."""
     if path is None or not Path(path).is_file():
         return None
     from PIL import Image
@@ -125,6 +125,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     title: str = "",
     mpp_override: float | None = None,
     prediction: SlidePrediction | None = None,
+    lesion_mask: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write overlay.png, attention.npy, gallery.png, patches.geojson and annotations.geojson
     for one slide.
@@ -145,6 +146,8 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             fold models (:func:`gigamil.viz.slide_info.read_slide_prediction`): the title of both
             images, and the probability the ``probability`` colour scale needs. Without it that
             scale falls back to ``relative`` (with a warning; the colour bar says which).
+        lesion_mask: the slide's ground-truth lesion PNG (covering the whole slide, > 127 =
+            lesion, as the localisation AUC reads it): outlined on overlay.png.
 
     Returns:
         A small dict (n_patches, top indices, the scale used) for logging and tests.
@@ -156,7 +159,9 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     method, scale = _colour_scale(slide, style, prediction)
     head = prediction.title() if prediction is not None else (title or slide.slide_id)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
-    tissue = _write_overlay(slide, thumb, scale, tissue_mask, style, head, out_dir / "overlay.png")
+    tissue = _write_overlay(
+        slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png"
+    )
     top, bottom = top_bottom(slide.attention, style.top_k)
     _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png")
     _write_geojsons(slide, scale, top, tissue, tissue_mask, out_dir)
@@ -253,16 +258,19 @@ def _write_overlay(
     slide: _Slide,
     thumb: np.ndarray,
     scale: ColourScale,
-    tissue_mask: str | Path | None,
+    masks: tuple[str | Path | None, str | Path | None],
     style: HeatmapStyle,
     head: str,
     path: Path,
 ) -> np.ndarray | None:
-    """Write overlay.png; returns the tissue mask (bool (H, W)) it was clipped to, or None."""
+    """Write overlay.png, clipped to the tissue mask and with the lesion mask outlined
+    (``masks``: their PNGs or None); returns the tissue mask (bool (H, W)), or None."""
     scale_xy = thumb.shape[1] / slide.dims[0]
     canvas = attention_canvas(slide.coords, slide.psize, scale.values, scale_xy, thumb.shape[:2])
-    tissue = load_tissue_mask(tissue_mask)
-    render_overlay(thumb, canvas, path, head, style.cmap, style.alpha, tissue, scale=scale)
+    tissue, lesion = (load_tissue_mask(m) for m in masks)
+    render_overlay(
+        thumb, canvas, path, head, style.cmap, style.alpha, tissue, scale=scale, lesion=lesion
+    )
     return tissue
 
 
