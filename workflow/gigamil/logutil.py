@@ -97,14 +97,11 @@ def setup_script_logging(log_file: str | Path) -> None:
     setup_logging(log_file)
 
     def log_uncaught(exc_type, exc, tb) -> None:
+        log = logging.getLogger("gigamil")
         if issubclass(exc_type, KeyboardInterrupt):
-            logging.getLogger("gigamil").warning("job interrupted (Ctrl-C or SIGINT)")
-            for handler in logging.getLogger().handlers:
-                handler.flush()
-            return
-        logging.getLogger("gigamil").critical(
-            "job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb)
-        )
+            log.warning("job interrupted (Ctrl-C or SIGINT)")
+        else:
+            log.critical("job failed: %s: %s", exc_type.__name__, exc, exc_info=(exc_type, exc, tb))
         for handler in logging.getLogger().handlers:
             handler.flush()
 

@@ -46,13 +46,7 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
                 f"cv: column {col!r} is not in the train cohorts' sheets "
                 f"(columns: {', '.join(map(str, sheet.columns))})"
             )
-    labels = sheet.groupby("patient_id", sort=True)["label"].unique()
-    bad = labels[labels.map(len) > 1]
-    if not bad.empty:
-        raise GigamilError(
-            f"patient {bad.index[0]!r} has slides with different labels {sorted(bad.iloc[0])} "
-            "(if two cohorts reuse a patient_id for different people, prefix the ids per cohort)"
-        )
+    labels = _labels_per_patient(sheet)
     grouped = sheet.groupby("patient_id", sort=True)
     out = pd.DataFrame(
         {
@@ -64,6 +58,19 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
     for col in stratify_by:
         out[col] = grouped[col].agg(_most_frequent).to_numpy()
     return out
+
+
+def _labels_per_patient(sheet: pd.DataFrame) -> pd.Series:
+    """The labels of each patient's slides (by ``patient_id``, sorted); GigamilError naming the
+    first patient whose slides carry more than one."""
+    labels = sheet.groupby("patient_id", sort=True)["label"].unique()
+    bad = labels[labels.map(len) > 1]
+    if not bad.empty:
+        raise GigamilError(
+            f"patient {bad.index[0]!r} has slides with different labels {sorted(bad.iloc[0])} "
+            "(if two cohorts reuse a patient_id for different people, prefix the ids per cohort)"
+        )
+    return labels
 
 
 def _most_frequent(values: pd.Series) -> str:
@@ -312,13 +319,10 @@ def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
         dup = ids[ids.duplicated()].iloc[0]
         parts = " and ".join(sorted(set(both.loc[ids == dup, "_part"])))
         raise GigamilError(f"slide {dup} is listed twice ({parts} slides)")
-    patients = both.groupby(both["patient_id"].astype(str))
-    leak = patients["_part"].nunique()
+    leak = both.groupby(both["patient_id"].astype(str))["_part"].nunique()
     if (leak > 1).any():
         raise GigamilError(
             f"patient {leak.idxmax()} has training and validation slides: the validation would "
             "score a patient the model trained on; give each patient's slides to one side"
         )
-    labels = patients["label"].nunique()
-    if (labels > 1).any():
-        raise GigamilError(f"patient {labels.idxmax()} has slides of different labels")
+    _labels_per_patient(both)  # the check of patient_table

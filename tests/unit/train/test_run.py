@@ -471,7 +471,7 @@ def test_a_fold_the_splits_never_give_is_an_error(mil_bags, cohort, tmp_path: Pa
     with pytest.raises(GigamilError, match=r"has training and validation slides"):
         train_fold(train, pd.concat([val, leak]), *args)
     flipped = leak.assign(label=[c for c in mil_bags.classes if c != leak["label"].iloc[0]][0])
-    with pytest.raises(GigamilError, match=r"has slides of different labels"):
+    with pytest.raises(GigamilError, match=r"has slides with different labels"):
         train_fold(pd.concat([train, flipped]), val, *args)
 
 

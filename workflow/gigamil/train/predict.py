@@ -101,7 +101,7 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
         )
     _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
     _check_stain_normalization(row.slide_id, bag, ckpt.get("stain_normalization"))
-    recorded = getattr(bag, "attrs", {}).get("slide_id")
+    recorded = bag.attrs.get("slide_id")
     if recorded is not None and str(recorded) != str(row.slide_id):
         log.warning(
             "slide %s: its store %s was extracted from slide %s; check the slides table",
