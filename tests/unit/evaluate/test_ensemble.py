@@ -152,7 +152,24 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
         "oof",
         "oof_ci_low",
         "oof_ci_high",
+        "oof_patient",
+        "oof_patient_ci_low",
+        "oof_patient_ci_high",
     ]
+    # the patient row: the same metrics on each patient's mean probability, its CI by patients
+    patients = (
+        ok.groupby("patient_id")[["prob_lesion"]]
+        .mean()
+        .join(ok.groupby("patient_id")["label"].first())
+    )
+    assert table.loc["oof_patient", "auc"] == pytest.approx(
+        roc_auc_score(patients.label == "lesion", patients.prob_lesion)
+    )
+    assert table.loc["oof_patient", "auc"] == pytest.approx(on_disk["patient_auc"])
+    assert table.loc["oof_patient", "n_patients"] == 12
+    assert [table.loc[f"oof_patient_ci_{s}", "auc"] for s in ("low", "high")] == pytest.approx(
+        on_disk["patient_auc_ci"]
+    )
     per_slide = pd.read_csv(out / "per_slide_predictions.csv")
     assert len(per_slide) == 24 and set(per_slide.columns) >= {"fold", "pred", "correct"}
     assert summary == on_disk | {"fold_auc_sd": summary["fold_auc_sd"]}

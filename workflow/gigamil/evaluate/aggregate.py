@@ -4,7 +4,8 @@ Outputs in ``out_dir`` (``results/eval/{experiment}``):
 
 - ``summary.json``: headline numbers (see :func:`aggregate_cv` for the keys);
 - ``metrics.csv``: one row per fold, ``mean`` and ``sd`` across folds, the pooled out-of-fold
-  (``oof``) row and its bootstrap 95% CI (``oof_ci_low``, ``oof_ci_high``);
+  (``oof``) row and its bootstrap 95% CI (``oof_ci_low``, ``oof_ci_high``), then the same per
+  patient (``oof_patient``: the mean probability of each patient's slides) and its CI rows;
 - ``per_slide_predictions.csv``: every train-cohort slide's out-of-fold prediction (and its
   localisation AUC where a lesion mask exists);
 - ``roc.png``, ``confusion.png``; ``metrics.html`` (the table, for the HTML report).
@@ -37,18 +38,21 @@ log = logging.getLogger(__name__)
 def pooled_metrics(
     preds: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
 ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
-    """Metrics of all rows together and their patient-level bootstrap CIs; ``pooled`` also holds
-    ``patient_auc``, the AUC of the mean probability per patient
-    (:func:`gigamil.evaluate.metrics.patient_level`), and ``patient_auc_ci``, its bootstrap CI
-    (resampling patients)."""
+    """Metrics of all rows together and their patient-level bootstrap CIs. ``pooled`` also holds
+    the same metrics per patient, on the mean probability of each patient's slides
+    (:func:`gigamil.evaluate.metrics.patient_level`): ``patient`` (the metrics, ``n`` = patients)
+    and ``patient_ci`` (their bootstrap CIs, resampling patients), with ``patient_auc`` and
+    ``patient_auc_ci`` for the summary."""
     y, p = M.labels_and_probs(preds, classes)
     pooled = M.classification_metrics(y, p, classes)
     ci = M.bootstrap_ci(
         y, p, classes, groups=preds["patient_id"].to_numpy(), n_boot=n_boot, seed=seed
     )
     yp, pp = M.labels_and_probs(M.patient_level(preds, classes), classes)
-    pooled["patient_auc"] = M.roc_auc(yp, pp)
-    pooled["patient_auc_ci"] = M.bootstrap_ci(yp, pp, classes, n_boot=n_boot, seed=seed)["auc"]
+    pooled["patient"] = M.classification_metrics(yp, pp, classes)
+    pooled["patient_ci"] = M.bootstrap_ci(yp, pp, classes, n_boot=n_boot, seed=seed)
+    pooled["patient_auc"] = pooled["patient"]["auc"]
+    pooled["patient_auc_ci"] = pooled["patient_ci"]["auc"]
     return pooled, ci
 
 
@@ -59,14 +63,19 @@ def metrics_table(
     ci: Mapping[str, tuple[float, float]],
     pooled_name: str,
 ) -> pd.DataFrame:
-    """Per-fold rows, mean, sd, the pooled row and its CI rows."""
+    """Per-fold rows, mean, sd, the pooled row and its CI rows, then the patient-level row
+    ``{pooled_name}_patient`` (one mean probability per patient) and its CI rows."""
     table = M.fold_table(preds, classes)
-    row = {k: pooled[k] for k in table.columns if k in pooled}
-    row["n_slides"] = pooled["n"]
-    row["n_patients"] = int(preds["patient_id"].nunique())
-    table.loc[pooled_name] = pd.Series(row)
-    for i, suffix in enumerate(("ci_low", "ci_high")):
-        table.loc[f"{pooled_name}_{suffix}"] = pd.Series({k: v[i] for k, v in ci.items()})
+    n_patients = int(preds["patient_id"].nunique())
+    rows = [(pooled_name, pooled, ci)]
+    if "patient" in pooled:
+        rows.append((f"{pooled_name}_patient", pooled["patient"], pooled["patient_ci"]))
+    for name, metrics, intervals in rows:
+        row = {k: metrics[k] for k in table.columns if k in metrics}
+        row["n_slides"], row["n_patients"] = pooled["n"], n_patients
+        table.loc[name] = pd.Series(row)
+        for i, suffix in enumerate(("ci_low", "ci_high")):
+            table.loc[f"{name}_{suffix}"] = pd.Series({k: v[i] for k, v in intervals.items()})
     return table
 
 
