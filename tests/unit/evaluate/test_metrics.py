@@ -61,6 +61,33 @@ def test_roc_curve_matches_sklearn_points():
     assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, p[:, 1]))
 
 
+def test_roc_band_holds_the_curve_narrows_and_keeps_patients_together():
+    rng = np.random.default_rng(2)
+    y, p = _random_preds(rng, 60, 2, signal=1.0)
+    grid, low, high = M.roc_band(y, p[:, 1], n_boot=400, seed=0)
+    assert grid.shape == low.shape == high.shape == (101,)
+    assert (low <= high).all() and (np.diff(low) >= 0).all() and (np.diff(high) >= 0).all()
+    # the curve itself, read at the grid as the band reads each resample, lies inside
+    fpr, tpr = M.roc_curve(y, p[:, 1])
+    at_grid = tpr[np.searchsorted(fpr, grid, side="right") - 1]
+    assert ((low <= at_grid) & (at_grid <= high)).mean() > 0.95
+    assert high[-1] == low[-1] == 1.0  # every curve ends at (1, 1)
+    y_big, p_big = _random_preds(rng, 960, 2, signal=1.0)
+    _, low_big, high_big = M.roc_band(y_big, p_big[:, 1], n_boot=400, seed=0)
+    assert (high_big - low_big)[10:90].mean() < (high - low)[10:90].mean() / 2
+    # perfect separation: every resample's curve is perfect, so is the band
+    _, low1, high1 = M.roc_band([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], n_boot=50)
+    assert (low1 == 1.0).all() and (high1 == 1.0).all()
+    # groups resample together: a patient holding both classes keeps both in every resample,
+    # so the band of one such patient is its own curve; rows resampled alone give a wider band
+    same = np.zeros(4, int)
+    _, lo_g, hi_g = M.roc_band([0, 1, 0, 1], [0.3, 0.6, 0.7, 0.9], same, n_boot=100)
+    _, lo_r, hi_r = M.roc_band([0, 1, 0, 1], [0.3, 0.6, 0.7, 0.9], None, n_boot=100)
+    assert (hi_g - lo_g).max() == 0.0 < (hi_r - lo_r).max()
+    # one class only: no band
+    assert np.isnan(M.roc_band([1, 1, 1], [0.2, 0.5, 0.9], n_boot=20)[1]).all()
+
+
 def test_auc_is_nan_with_one_class():
     assert np.isnan(M.roc_auc(np.zeros(4, int), np.full((4, 2), 0.5)))
 

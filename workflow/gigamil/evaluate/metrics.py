@@ -65,6 +65,37 @@ def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return fpr, tpr
 
 
+def roc_band(
+    y: np.ndarray,
+    score: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pointwise bootstrap band of the ROC curve: (fpr grid (101,), tpr low, tpr high).
+
+    Each resample of ``groups`` (patients: slides of one patient stay together; None: rows) gives
+    a curve, read at every false positive rate of the grid as its true positive rate there
+    (vertical averaging, Fawcett 2006, sec. 8.1: the highest TPR at an FPR <= the grid value);
+    the band is the central ``level`` percentile interval per grid value. Resamples with one
+    class only are skipped; with none left, the band is nan.
+    """
+    y = np.asarray(y).astype(bool)
+    score = np.asarray(score, dtype=float)
+    grid = np.linspace(0.0, 1.0, 101)
+    curves = []
+    for idx in _group_resamples(y.size, groups, n_boot, seed):
+        if 0 < y[idx].sum() < idx.size:
+            fpr, tpr = roc_curve(y[idx], score[idx])
+            curves.append(tpr[np.searchsorted(fpr, grid, side="right") - 1])
+    if not curves:
+        return grid, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(np.asarray(curves), [tail, 100.0 - tail], axis=0)
+    return grid, low, high
+
+
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) counts, rows = true class, columns = predicted class."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gigamil.evaluate.metrics import confusion_matrix, labels_and_probs, roc_auc, roc_curve
+from gigamil.evaluate.metrics import (
+    confusion_matrix,
+    labels_and_probs,
+    roc_auc,
+    roc_band,
+    roc_curve,
+)
 
 
 def _pyplot():
@@ -21,6 +27,9 @@ def _pyplot():
     return plt
 
 
+BAND_LABEL = "pooled: 95% band (bootstrap over patients)"
+
+
 def plot_roc(
     preds: pd.DataFrame,
     classes: Sequence[str],
@@ -30,10 +39,12 @@ def plot_roc(
 ) -> None:
     """ROC curves of slide predictions.
 
-    Binary: the pooled curve (black) and, when ``by`` names a column with several values, one
-    curve per value (e.g. per fold), each narrower than the one before, so curves that coincide
-    (several folds at AUC 1.0) show as nested bands instead of hiding each other. Multi-class:
-    one pooled one-vs-rest curve per class.
+    Binary: the pooled curve (thick, black) with its pointwise 95 % bootstrap band, resampling
+    patients (``patient_id``; rows when there is no such column;
+    :func:`gigamil.evaluate.metrics.roc_band`), and, when ``by`` names a column with several
+    values, one thin curve per value (e.g. per fold; curves that coincide, such as several folds
+    at AUC 1.0, overlap: the legend gives each one's AUC). Multi-class: one pooled one-vs-rest
+    curve per class.
     """
     plt = _pyplot()
     y, p = labels_and_probs(preds, classes)
@@ -46,12 +57,16 @@ def plot_roc(
                 if 0 < (yk == 1).sum() < yk.size:
                     fpr, tpr = roc_curve(yk == 1, pk[:, 1])
                     auc = roc_auc(yk, pk)
-                    lw = 1.0 + 1.5 * (len(parts) - 1 - i)  # widest first: coinciding curves show
                     label = f"{by} {value} (AUC {auc:.3f})"
-                    ax.plot(fpr, tpr, lw=lw, label=label, solid_capstyle="butt")
+                    ax.plot(fpr, tpr, lw=1.0, alpha=0.75, label=label, color=f"C{i % 10}")
         if 0 < (y == 1).sum() < y.size:
+            groups = preds["patient_id"].to_numpy() if "patient_id" in preds.columns else None
+            grid, low, high = roc_band(y == 1, p[:, 1], groups)
+            ax.fill_between(
+                grid, low, high, step="post", color="0.6", alpha=0.35, lw=0, label=BAND_LABEL
+            )
             fpr, tpr = roc_curve(y == 1, p[:, 1])
-            ax.plot(fpr, tpr, lw=1.5, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
+            ax.plot(fpr, tpr, lw=2.2, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
     else:
         for c, name in enumerate(classes):
             if 0 < (y == c).sum() < y.size:
@@ -59,8 +74,8 @@ def plot_roc(
                 auc = roc_auc((y == c).astype(int), np.c_[1 - p[:, c], p[:, c]])
                 ax.plot(fpr, tpr, lw=1.8, label=f"{name} vs rest (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-    ax.set_xlim(-0.04, 1.04)  # room for the widest curve along the edges (AUC 1.0)
-    ax.set_ylim(-0.04, 1.04)
+    ax.set_xlim(-0.02, 1.02)  # curves along the edges (AUC 1.0) stay visible
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=10)
