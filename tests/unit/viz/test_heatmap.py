@@ -76,12 +76,35 @@ def test_geojson_is_valid_and_in_level0_pixels(grid_slide, tmp_path):
         assert props["classification"]["name"] in ("attention-high", "attention-low")
 
 
-def test_gallery_shows_top_and_bottom_patches(grid_slide, tmp_path):
+def test_gallery_shows_top_and_bottom_patches(grid_slide, tmp_path, monkeypatch):
+    import gigamil.viz.heatmap as hm
+
+    shown = {}
+    real = hm.render_gallery
+
+    def spy(tiles, att, captions, *args, **kwargs):
+        shown.update(att=np.asarray(att), captions=list(captions))
+        return real(tiles, att, captions, *args, **kwargs)
+
+    monkeypatch.setattr(hm, "render_gallery", spy)
     store = tmp_path / "s3.zarr"
     coords, _ = grid_slide.write(store)
-    att = np.arange(len(coords), dtype=np.float32)  # the last patch has the highest attention
+    n = len(coords)
+    att = np.arange(n, dtype=np.float32)  # the last patch has the highest attention
     info = make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=4, thumb_px=128))
-    assert info["top"] == [len(coords) - 1 - i for i in range(4)]
+    assert info["top"] == [n - 1 - i for i in range(4)]
+    # every patch captioned with its rank among the slide's n patches: the lowest is #n
+    assert shown["captions"] == [
+        "#1",
+        "#2",
+        "#3",
+        "#4",
+        f"#{n}",
+        f"#{n - 1}",
+        f"#{n - 2}",
+        f"#{n - 3}",
+    ]
+    assert shown["att"].tolist() == [n - 1, n - 2, n - 3, n - 4, 0, 1, 2, 3]
 
 
 def test_attention_length_mismatch_is_an_error(grid_slide, tmp_path):

@@ -295,9 +295,10 @@ def _write_gallery(
     order = np.argsort(idx)
     tiles = np.empty((idx.size, *group["patches"].shape[1:]), dtype=np.uint8)
     tiles[order] = group["patches"].get_orthogonal_selection((idx[order],))
-    captions = [f"#{i + 1}" for i in range(top.size)]
-    captions += [f"-#{i + 1}" for i in range(bottom.size)]
     n = slide.coords.shape[0]
+    # each patch's rank among the slide's n patches, 1 = highest: the bottom row ends at #n
+    captions = [f"#{i + 1}" for i in range(top.size)]
+    captions += [f"#{n - i}" for i in range(bottom.size)]
     what = (
         "patches (a: attention weight; ×N: relative to uniform)"
         if style.weight == "attention"
