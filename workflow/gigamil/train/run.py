@@ -327,11 +327,18 @@ def _train_replicates(  # noqa: PLR0913 - the parts of one training run
     dirs, seeds = [], []
     for r in range(tcfg.replicates):
         rcfg = replicate_config(tcfg, r)
-        rname = f"{runtime.name} replicate {r + 1}/{tcfg.replicates}"
+        rname = f"{runtime.name} replicate{r}"  # as its folder and train_log.csv name it
         dirs.append(replicate_dir(out_dir, r))
         seeds.append(rcfg.seed)
         with log_context(rname):
-            log.info("training member %d of %d (seed %d)", r + 1, tcfg.replicates, rcfg.seed)
+            log.info(
+                "training replicate%d (%d of %d, seed %d) into %s",
+                r,
+                r + 1,
+                tcfg.replicates,
+                rcfg.seed,
+                dirs[-1],
+            )
             member_data = data
             if tcfg.replicate_validation == "rotate":
                 member_data = _member_data(data, *frames, r, int(tcfg.seed))

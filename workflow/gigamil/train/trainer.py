@@ -253,14 +253,9 @@ class FoldTrainer:
         )
         improved = self.early_stopping.update(epoch, metrics, train_loss)
         seconds = time.time() - t0
-        log.info(
-            "done: train_loss %.4f val_loss %.4f val_auc %.4f (%.1f s)%s",
-            train_loss,
-            metrics["loss"],
-            metrics["auc"],
-            seconds,
-            " *" if improved else "",
-        )
+        val = f" val_loss {metrics['loss']:.4f} val_auc {metrics['auc']:.4f}" if data.val else ""
+        star = " *" if improved else ""  # a new best epoch
+        log.info("done: train_loss %.4f%s (%.1f s)%s", train_loss, val, seconds, star)
         if self.runtime.info.is_main:
             if improved:
                 val = {f"val_{k}": v for k, v in metrics.items()}
