@@ -331,13 +331,9 @@ def _train_replicates(  # noqa: PLR0913 - the parts of one training run
         dirs.append(replicate_dir(out_dir, r))
         seeds.append(rcfg.seed)
         with log_context(rname):
+            n, seed = tcfg.replicates, rcfg.seed
             log.info(
-                "training replicate%d (%d of %d, seed %d) into %s",
-                r,
-                r + 1,
-                tcfg.replicates,
-                rcfg.seed,
-                dirs[-1],
+                "training replicate%d (%d of %d, seed %d) into %s", r, r + 1, n, seed, dirs[-1]
             )
             member_data = data
             if tcfg.replicate_validation == "rotate":
