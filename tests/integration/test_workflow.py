@@ -417,12 +417,17 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     assert all(r["content"].startswith(b"\x89PNG") for r in curves.values())
 
     # heatmaps listed with label, prediction and probability; the predict cohort's table
-    overlay = results["results/heatmaps/demo/new/new_a/overlay.png"]["labels"]
+    # the report embeds the heatmaps' JPEG copies, not the lossless PNGs
+    assert (
+        results["results/heatmaps/demo/new/new_a/overlay.report.jpg"]["mime_type"] == "image/jpeg"
+    )
+    assert not [p for p in results if p.startswith("results/heatmaps/") and p.endswith(".png")]
+    overlay = results["results/heatmaps/demo/new/new_a/overlay.report.jpg"]["labels"]
     table = pd.read_csv(res / "eval/demo/ensemble/new/predictions.csv").set_index("slide_id")
     pred = table.loc["new_a", "pred"]
     assert overlay["label"] == "-" and overlay["prediction"] == pred
-    assert overlay["probability"] == f"{table.loc['new_a', f'prob_{pred}']:.3f}"
-    demo = results["results/heatmaps/demo/demo/demo_p01_s1/overlay.png"]["labels"]
+    assert overlay["P(lesion)"] == f"{table.loc['new_a', 'prob_lesion']:.3f}"
+    demo = results["results/heatmaps/demo/demo/demo_p01_s1/overlay.report.jpg"]["labels"]
     assert demo["label"] in ("normal", "lesion") and demo["prediction"] in ("normal", "lesion")
     page = results["results/eval/demo/ensemble/new/predictions.html"]["content"].decode()
     assert all(f"<td>{sid}</td>" in page for sid in NEW)

@@ -41,16 +41,19 @@ rule heatmap:
             config["cohorts"][wc.cohort], SHEETS[wc.cohort]
         ).get(wc.slide_id, []),
     output:
-        overlay=report_output(
-            f"{HEATMAP_DIR}/overlay.png",
+        overlay=f"{HEATMAP_DIR}/overlay.png",
+        gallery=f"{HEATMAP_DIR}/gallery.png",
+        # the report embeds their JPEG copies (a quarter of the bytes: the report holds them all)
+        overlay_report=report_output(
+            f"{HEATMAP_DIR}/overlay.report.jpg",
             "heatmap",
             "3. Heatmaps",
             subcategory="{cohort}",
             labels=partial(heatmap_labels, "attention overlay"),
             enabled=HEATMAPS_IN_REPORT,
         ),
-        gallery=report_output(
-            f"{HEATMAP_DIR}/gallery.png",
+        gallery_report=report_output(
+            f"{HEATMAP_DIR}/gallery.report.jpg",
             "gallery",
             "3. Heatmaps",
             subcategory="{cohort}",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gigamil import layout
 from gigamil.evaluate.localization import mean_attention
+from gigamil.viz.figures import report_copy
 from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, weight_name
 from gigamil.viz.slide_info import read_slide_prediction
 
@@ -45,3 +46,6 @@ make_heatmap(
     prediction=prediction,
     lesion_mask=snakemake.input.lesion or None,  # [] where the slide has no lesion mask
 )
+# the report embeds JPEG copies (a quarter of the bytes); the PNGs stay the originals
+report_copy(snakemake.output.overlay, snakemake.output.overlay_report)
+report_copy(snakemake.output.gallery, snakemake.output.gallery_report)

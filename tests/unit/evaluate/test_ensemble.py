@@ -509,9 +509,10 @@ def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predic
     assert prediction_labels(paths, CLASSES, first) == {
         "label": "normal",
         "prediction": "lesion",
-        "probability": "0.750",
+        "P(lesion)": "0.750",
     }
-    assert prediction_labels(paths, CLASSES, second)["probability"] == "0.800"
+    # P(lesion) of a slide predicted normal: the number its heatmap title shows
+    assert prediction_labels(paths, CLASSES, second)["P(lesion)"] == "0.200"
     assert prediction_labels(paths + [tmp_path / "gone.csv"], CLASSES, "zz")["prediction"] == "?"
     unlabelled = pd.read_csv(paths[0]).assign(label="")
     unlabelled.loc[0, ["prob_normal", "prob_lesion", "pred"]] = [np.nan, np.nan, ""]
@@ -519,7 +520,7 @@ def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predic
     assert prediction_labels(paths[:1], CLASSES, first) == {
         "label": "-",
         "prediction": "none (no patches)",
-        "probability": "",
+        "P(lesion)": "",
     }
 
 

@@ -1,11 +1,11 @@
-"""The heatmap's images: the gallery's captions never cover its patches."""
+"""The heatmap's images: the gallery's captions never cover its patches; the report's copies."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from gigamil.viz.figures import render_gallery
+from gigamil.viz.figures import render_gallery, report_copy
 
 
 def test_gallery_captions_do_not_cover_the_patches(tmp_path):
@@ -13,9 +13,24 @@ def test_gallery_captions_do_not_cover_the_patches(tmp_path):
     patches = np.zeros((2 * k, px, px, 3), np.uint8)
     patches[:] = (0, 200, 0)
     png = tmp_path / "g.png"
-    captions = [f"#{i + 1}" for i in range(k)] + [f"-#{i + 1}" for i in range(k)]
+    captions = [f"#{i + 1}" for i in range(k)] + [f"#{50 - i}" for i in range(k)]
     render_gallery(patches, np.linspace(0.5, 0.001, 2 * k), captions, png, "t", n_patches=50)
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     green = (img == (0, 200, 0)).all(axis=-1)
     up = int(np.ceil(96 / px))
     assert green.sum() == 2 * k * (px * up) ** 2  # every patch pixel, untouched by any text
+
+
+def test_report_copy_is_a_smaller_rgb_jpeg_of_the_same_figure(tmp_path):
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(60, 200, 96)[None, :, None, None] + rng.normal(0, 12, (8, 96, 96, 3))
+    patches = np.clip(ramp, 0, 255).astype(np.uint8)  # photo-like: a PNG compresses it poorly
+    png = tmp_path / "g.png"
+    render_gallery(patches, np.linspace(0.5, 0.01, 8), [f"#{i}" for i in range(8)], png, "t")
+    jpg = report_copy(png, tmp_path / "sub" / "g.report.jpg")
+    with Image.open(png) as a, Image.open(jpg) as b:
+        assert b.format == "JPEG" and b.mode == "RGB" and b.size == a.size
+        assert b.info["comment"] == a.info["Title"].encode()  # the title travels along
+        diff = np.abs(np.asarray(a.convert("RGB"), int) - np.asarray(b, int))
+    assert diff.mean() < 8  # the same picture
+    assert jpg.stat().st_size < png.stat().st_size / 2

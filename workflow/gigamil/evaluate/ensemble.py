@@ -238,19 +238,23 @@ def prediction_labels(
     pred_csvs: Sequence[str | Path], classes: Sequence[str], slide_id: str
 ) -> dict[str, str]:
     """What the report lists beside a slide's heatmap: its ``label`` (``-`` when unlabelled),
-    the ensemble's ``prediction`` and its ``probability`` (of the predicted class), from the
-    prediction CSVs of the fold models (mean over those that predicted the slide, as the heatmap
-    averages their attention; a train-cohort slide has one, its out-of-fold model)."""
+    the ensemble's ``prediction`` and a probability, from the prediction CSVs of the fold models
+    (mean over those that predicted the slide, as the heatmap averages their attention; a
+    train-cohort slide has one, its out-of-fold model). With two classes the probability is that
+    of the positive (second) class, under the key ``P(<class>)``, the number the heatmap's title
+    shows; with more, ``probability`` of the predicted class."""
+    key = f"P({classes[1]})" if len(classes) == 2 else "probability"
     preds = read_predictions([p for p in pred_csvs if Path(p).is_file()], classes)
     preds = preds[preds["slide_id"] == str(slide_id)]
     if preds.empty:
-        return {"label": "?", "prediction": "?", "probability": "?"}
+        return {"label": "?", "prediction": "?", key: "?"}
     row = mean_probabilities(preds, classes).iloc[0]
     label = str(row["label"]) if str(row["label"]) else "-"
     if not row["pred"]:
-        return {"label": label, "prediction": "none (no patches)", "probability": ""}
-    prob = float(row[f"prob_{row['pred']}"])
-    return {"label": label, "prediction": str(row["pred"]), "probability": f"{prob:.3f}"}
+        return {"label": label, "prediction": "none (no patches)", key: ""}
+    shown = classes[1] if len(classes) == 2 else row["pred"]
+    prob = float(row[f"prob_{shown}"])
+    return {"label": label, "prediction": str(row["pred"]), key: f"{prob:.3f}"}
 
 
 def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
