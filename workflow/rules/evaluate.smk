@@ -27,6 +27,7 @@ rule aggregate_cv:
                 "roc": ("roc.png", "roc"),
                 "confusion": ("confusion.png", "confusion"),
             },
+            subcategory="metrics and plots",
         ),
     log:
         layout.log_file("aggregate_cv", EXPERIMENT),
@@ -61,7 +62,7 @@ rule ensemble:
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
             "2. Ensembles",
             {
-                "summary": ("summary.json", None),
+                "summary": ("summary.json", "ensemble_summary"),
                 "predictions": ("predictions.csv", "ensemble_predictions"),
                 "metrics": ("metrics.csv", "ensemble_metrics"),
                 "metrics_html": ("metrics.html", "ensemble_metrics"),
@@ -105,7 +106,7 @@ rule predict_cohort:
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
             "2. Ensembles",
             {
-                "summary": ("summary.json", None),
+                "summary": ("summary.json", "ensemble_summary"),
                 "predictions": ("predictions.csv", "predict_predictions"),
                 "predictions_html": ("predictions.html", "predict_predictions"),
             },

@@ -277,7 +277,7 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     page = (out / "metrics.html").read_text()
     assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
     assert f"<td>{summary['patient_auc']:.3f} (95% CI" in page
-    assert "<title>demo: ext ensemble metrics</title>" in page
+    assert "<title>demo: cohort ext ensemble metrics</title>" in page
     # a train cohort's files: each slide scored by its out-of-fold model only, and said so
     oof_paths = []
     for k, part in enumerate(np.array_split(np.arange(len(ext)), 3)):
@@ -286,7 +286,7 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     oof = ensemble_cohort(oof_paths, CLASSES, tmp_path / "oof", "ext", "demo", n_boot=10)
     assert oof["models_per_slide"] == [1, 1]
     page = (tmp_path / "oof" / "metrics.html").read_text()
-    assert "<title>demo: ext out-of-fold (1 model per slide) metrics</title>" in page
+    assert "<title>demo: cohort ext out-of-fold (1 model per slide) metrics</title>" in page
     assert "slide AUC (out-of-fold)</td>" in page and "(ensemble)" not in page
 
 

@@ -67,14 +67,20 @@ def test_training_curves_refuse_a_log_without_the_curves(tmp_path):
 
 
 def test_training_curves_without_validation_slides_draw_the_training_loss(tmp_path):
-    """cv.val_fraction 0: the validation columns are empty; no empty curves, the panel says so."""
+    """cv.val_fraction 0: the validation columns are empty; no empty curves, the title says so."""
     rows = pd.read_csv(_train_log(tmp_path / "train_log.csv"))
     rows[["val_loss", "val_auc", "val_balanced_accuracy"]] = float("nan")
     rows["n_val_bags"] = 0
     rows.to_csv(tmp_path / "train_log.csv", index=False)
     out = tmp_path / "curves.png"
     info = plot_training_curves(tmp_path / "train_log.csv", out, "demo: fold 0")
-    assert info == {"epochs": 6, "best_epoch": 3, "best_epochs": [3], "curves": ["train_loss"]}
+    # the right panel draws the learning rate instead of empty validation axes
+    assert info == {
+        "epochs": 6,
+        "best_epoch": 3,
+        "best_epochs": [3],
+        "curves": ["train_loss", "lr"],
+    }
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (960, 408)
 

@@ -383,7 +383,7 @@ def _write_ensemble_outputs(
 
     one = summary["models_per_slide"][1] <= 1
     what = "out-of-fold (1 model per slide)" if one else "ensemble"
-    title = f"{summary['cohort']} {what}"
+    title = f"cohort {summary['cohort']} {what}"
     title = f"{experiment}: {title}" if experiment else title
 
     write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")

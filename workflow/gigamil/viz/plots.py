@@ -18,6 +18,13 @@ from gigamil.evaluate.metrics import (
 )
 
 
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (a title that fits its figure)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=width)) or text
+
+
 def _pyplot():
     import matplotlib
 
@@ -78,7 +85,7 @@ def plot_roc(
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, 48), fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=7)
     else:  # one class only (e.g. an all-normal external cohort): no curve to draw
@@ -115,9 +122,9 @@ def plot_confusion(
             )
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
+    ax.set_xlabel("predicted (most probable class)")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, 24 + 8 * len(classes)), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +147,9 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     ``training.strategy: em`` (rows = rounds) also draws the E-step's pseudo-label loss
     (``encoder_loss``) on the left. A log with a ``replicate`` column (``training.replicates``
     > 1) draws each member's curves in the same colours, member r with its own line style. A
-    log without validation (``cv.val_fraction: 0``: its validation columns are empty) draws the
-    training loss and says in the right panel that there were no validation slides.
+    log without validation (``cv.val_fraction: 0``: its validation columns are empty) draws each
+    member's training loss in its own colour, the learning rate (``lr``) on the right, and says in
+    the title that there were no validation slides and which epoch model.pt keeps.
 
     Returns ``{"epochs": rows, "best_epoch": e (member 0), "best_epochs": [e per member],
     "curves": [the columns drawn]}``.
@@ -165,21 +173,22 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         losses.append("encoder_loss")
     scores = ["val_auc"] if validated else []
     bests = [
-        _draw_member(ax_loss, ax_auc, rows, losses, scores, i, member)
+        _draw_member(ax_loss, ax_auc, rows, losses, scores, i, member, by_member=not validated)
         for i, (member, rows) in enumerate(members)
     ]
-    if not validated:  # cv.val_fraction: 0 (no validation slides): say so, not an empty panel
-        _no_validation_note(ax_auc, ax_loss)
+    if not validated:  # cv.val_fraction: 0 (no validation slides): the schedule, not empty axes
+        scores = _learning_rate_panel(ax_auc, members[0][1])
+        title += f"\n{NO_VALIDATION}"
     for ax in (ax_loss, ax_auc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        corner = ax is ax_auc and not validated  # clear of the note in the middle
-        ax.legend(fontsize=6 if len(members) > 1 else 7, loc="upper right" if corner else "best")
-    ax_loss.set_ylabel("loss")
-    ax_auc.set_ylabel("validation AUC" if validated else "")
-    ax_auc.set_ylim(-0.02, 1.02)
-    fig.suptitle(title, fontsize=10)
+        ax.legend(fontsize=6 if len(members) > 1 else 7, loc="best")
+    ax_loss.set_ylabel("loss (mean per bag)")
+    if validated:
+        ax_auc.set_ylabel("validation AUC")
+        ax_auc.set_ylim(-0.02, 1.02)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -193,6 +202,18 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
 
 
 LINE_STYLES = ["-", "--", ":", "-."]  # one per replicate (member) of a fold
+NO_VALIDATION = (
+    "no validation slides (cv.val_fraction: 0): model.pt keeps each model's epoch of lowest"
+    " training loss (from min_epochs on)"
+)
+
+
+def _learning_rate_panel(ax: Any, rows: pd.DataFrame) -> list[str]:
+    """The learning rate per epoch of ``rows`` (one member: the schedule is the members')."""
+    ax.plot(rows["epoch"], rows["lr"], color="0.3", lw=1.2, label="lr")
+    ax.set_ylim(0.0, 1.05 * max(float(rows["lr"].max()), 1e-12))
+    ax.set_ylabel("learning rate")
+    return ["lr"]
 
 
 def _draw_member(  # noqa: PLR0913 - the two panels, the member's rows and what to draw
@@ -203,16 +224,17 @@ def _draw_member(  # noqa: PLR0913 - the two panels, the member's rows and what 
     scores: list[str],
     i: int,
     member: Any,
+    by_member: bool = False,
 ) -> int:
-    """Draw one member's curves (its own line style), a star at its best epoch on each and a
-    vertical line there; returns the best epoch."""
+    """Draw one member's curves (its own line style; ``by_member``: its own colour too), a star
+    at its best epoch on each and a vertical line there; returns the best epoch."""
     best = int(rows["best_epoch"].iloc[-1])
     at_best = rows.loc[rows["epoch"] == best]
-    suffix = "" if member is None else f" r{int(member)}"
+    suffix = "" if member is None else f" replicate{int(member)}"
     style = LINE_STYLES[i % len(LINE_STYLES)]
     for ax, cols in ((ax_loss, losses), (ax_auc, scores)):
         for col in cols:
-            colour = CURVE_COLOURS[col]
+            colour = f"C{i % 10}" if by_member else CURVE_COLOURS[col]
             ax.plot(
                 rows["epoch"],
                 rows[col],
@@ -227,19 +249,3 @@ def _draw_member(  # noqa: PLR0913 - the two panels, the member's rows and what 
                 ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
         ax.axvline(best, ls=style, lw=1, color="grey", label=f"best epoch{suffix} {best}")
     return best
-
-
-def _no_validation_note(ax_auc: Any, ax_loss: Any) -> None:
-    """The right panel of a log without validation slides: a note instead of empty axes."""
-    ax_auc.text(
-        0.5,
-        0.5,
-        "no validation slides (cv.val_fraction: 0):\nmodel.pt is the epoch of the\n"
-        "lowest training loss (from min_epochs on)",
-        ha="center",
-        va="center",
-        fontsize=8,
-        transform=ax_auc.transAxes,
-    )
-    ax_auc.set_xlim(ax_loss.get_xlim())
-    ax_auc.set_yticks([])
