@@ -406,7 +406,7 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     # the QC table of every cohort and a sample of annotated QC thumbnails
     for cohort, slides in (("demo", 24), ("new", 3)):
         page = results[f"results/qc/{cohort}.html"]["content"].decode()
-        assert f"{slides} slide(s)" in page and "<th>tissue_fraction</th>" in page
+        assert f"{slides} slide(s)" in page and "<th>tissue (%)</th>" in page
     thumbs = [r for p, r in results.items() if p.endswith(".qc.png")]
     assert len(thumbs) == 8 + 3  # 8 of the demo's 24 slides, all 3 of the new cohort
     assert all(r["mime_type"] == "image/png" and "tissue fraction" in r["labels"] for r in thumbs)

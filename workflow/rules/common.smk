@@ -145,6 +145,16 @@ def cohort_slide_ids(cohort):
     return sorted(SHEETS[cohort]["slide_id"])
 
 
+def qc_sheet(cohort):
+    """The sheet columns the QC table shows ({slide_id, patient_id, label if any: list}),
+    sorted by slide_id as the table's rows, so re-sorting the sheet reruns nothing."""
+    cols = [
+        c for c in ("slide_id", "patient_id", "label") if c in SHEETS[cohort].columns
+    ]
+    rows = SHEETS[cohort][cols].astype(str).sort_values("slide_id")
+    return {c: rows[c].tolist() for c in cols}
+
+
 def _row(cohort, slide_id):
     sheet = SHEETS[cohort]
     return sheet.loc[sheet["slide_id"] == slide_id].iloc[0]

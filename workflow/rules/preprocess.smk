@@ -88,5 +88,7 @@ rule qc_table:
         runtime=10,
     params:
         slide_ids=lambda wc: cohort_slide_ids(wc.cohort),
+        # patient and label columns of the table
+        sheet=lambda wc: qc_sheet(wc.cohort),
     script:
         "../scripts/qc_table.py"

@@ -13,4 +13,5 @@ write_qc_table(
     snakemake.input.stores,
     out_html=snakemake.output.html,
     title=f"cohort {snakemake.wildcards.cohort}: slide QC",
+    sheet=snakemake.params.sheet,
 )

@@ -140,9 +140,15 @@ def test_qc_table(cmu_svs, tmp_path):
         ["a", "b"],
         [tmp_path / "a.json", tmp_path / "b.json"],
         [tmp_path / "a.zarr", tmp_path / "b.zarr"],
+        out_html=tmp_path / "qc" / "cohort.html",
+        sheet={"slide_id": ["b", "a"], "patient_id": ["p2", "p1"], "label": ["x", "y"]},
     )
     df = pd.read_csv(out)
     assert list(df.columns) == COLUMNS and list(df["slide_id"]) == ["a", "b"]
+    assert list(df["patient_id"]) == ["p1", "p2"] and list(df["label"]) == ["y", "x"]
+    page = (tmp_path / "qc" / "cohort.html").read_text()
+    assert "<th>tissue (%)</th>" in page and "<th>width (px)</th>" in page
+    assert f"<td>{100 * df['tissue_fraction'][0]:.1f}</td>" in page  # a fraction shown in %
     row = df.iloc[0]
     assert (row["width"], row["height"]) == (2220, 2967)
     assert row["slide_mpp"] == pytest.approx(0.499) and row["n_patches"] > 0

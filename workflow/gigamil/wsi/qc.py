@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pandas and the store (zarr) are imported where the QC table
 
 COLUMNS = [
     "slide_id",
+    "patient_id",
+    "label",
     "source_path",
     "width",
     "height",
@@ -34,6 +36,22 @@ COLUMNS = [
     "extract_seconds",
     "warnings",
 ]
+# the HTML page's headers, with units (the CSV keeps the column names)
+HEADERS = {
+    "patient_id": "patient",
+    "width": "width (px)",
+    "height": "height (px)",
+    "slide_mpp": "slide µm/px",
+    "slide_mpp_source": "µm/px from",
+    "tissue_fraction": "tissue (%)",
+    "n_patches": "patches",
+    "target_mpp": "target µm/px",
+    "effective_mpp": "patch µm/px",
+    "patch_px": "patch (px)",
+    "level": "pyramid level",
+    "mask_seconds": "mask (s)",
+    "extract_seconds": "patches (s)",
+}
 
 
 def qc_row(slide_id: str, mask_json: str | Path, store: str | Path) -> dict:
@@ -64,15 +82,27 @@ def qc_row(slide_id: str, mask_json: str | Path, store: str | Path) -> dict:
 
 
 def qc_table(
-    slide_ids: Sequence[str], mask_jsons: Sequence[str | Path], stores: Sequence[str | Path]
+    slide_ids: Sequence[str],
+    mask_jsons: Sequence[str | Path],
+    stores: Sequence[str | Path],
+    sheet: pd.DataFrame | Mapping[str, Sequence[Any]] | None = None,
 ) -> pd.DataFrame:
-    """The QC table of a cohort (rows in the given slide order)."""
+    """The QC table of a cohort (rows in the given slide order); ``sheet`` (the cohort's sheet,
+    or its columns as lists: slide_id, patient_id and, if any, label) fills the patient_id and
+    label columns, which stay empty without it."""
     import pandas as pd
 
     if not len(slide_ids) == len(mask_jsons) == len(stores):
         raise ValueError("slide_ids, mask_jsons and stores must have the same length")
     rows = [qc_row(s, m, z) for s, m, z in zip(slide_ids, mask_jsons, stores, strict=True)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if sheet is not None:
+        sheet = pd.DataFrame(sheet)
+        by_slide = sheet.set_index(sheet["slide_id"].astype(str))
+        for col in ("patient_id", "label"):
+            if col in by_slide.columns:
+                df[col] = df["slide_id"].astype(str).map(by_slide[col]).to_numpy()
+    return df
 
 
 def write_qc_table(
@@ -82,10 +112,11 @@ def write_qc_table(
     stores: Sequence[str | Path],
     out_html: str | Path | None = None,
     title: str = "QC",
+    sheet: pd.DataFrame | Mapping[str, Sequence[Any]] | None = None,
 ) -> pd.DataFrame:
     """Write the QC CSV (and, with ``out_html``, the same table as an HTML page); return the
-    table."""
-    df = qc_table(slide_ids, mask_jsons, stores)
+    table. ``sheet``: see :func:`qc_table`."""
+    df = qc_table(slide_ids, mask_jsons, stores, sheet)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     if out_html is not None:
@@ -106,21 +137,22 @@ def qc_labels(mask_json: str | Path) -> dict[str, str]:
 
 def write_qc_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
     """The QC table as a small standalone HTML page (the Snakemake report shows it inline):
-    one row per slide, numbers rounded, slides with warnings highlighted."""
+    one row per slide, headers with units (:data:`HEADERS`), the tissue fraction in %, numbers
+    rounded, slides with warnings highlighted."""
     from gigamil.evaluate.tables import html_page
 
-    digits = {"slide_mpp": 4, "target_mpp": 4, "effective_mpp": 4, "tissue_fraction": 3}
+    digits = {"slide_mpp": 4, "target_mpp": 4, "effective_mpp": 4, "tissue_fraction": 1}
     digits |= {"mask_seconds": 1, "extract_seconds": 1}
 
     def cell(col: str, v: Any) -> str:
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             return ""
         if col in digits and isinstance(v, (int, float, np.number)):
-            return f"{float(v):.{digits[col]}f}"
+            return f"{float(v) * (100 if col == 'tissue_fraction' else 1):.{digits[col]}f}"
         return html.escape(str(v))
 
     shown = [c for c in table.columns if c != "source_path"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in shown)
     rows = []
     for rec in table.to_dict(orient="records"):
         warn = " style='background:#fff3cd'" if rec.get("warnings") else ""
