@@ -64,27 +64,27 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
 
     image = composite_overlay(thumb, canvas, cmap, alpha, tissue)
     h, w = image.shape[:2]
-    bar_px = 110  # colour bar, its ticks and its two-line label
+    bar_px = 130  # colour bar, its ticks and its two-line label
     fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
     top = _title_px(title)
-    fig_h = h + top + 16
+    fig_h = h + top + 20  # room for the lesion outline's key below the image
     fig = _figure(fig_w, fig_h)
     left = max(10, (fig_w - bar_px - w) // 2)
     ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
     if lesion is not None and lesion.any():
         _outline(ax, _resize_mask(lesion, (h, w)))
-        fig.text(left / fig_w, 2 / fig_h, "white outline: lesion mask", fontsize=7, va="bottom")
+        fig.text(left / fig_w, 2 / fig_h, "white outline: lesion mask", fontsize=8.5, va="bottom")
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
         ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
     )
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), _colormap(cmap)), cax=cax)
     label = scale.label if scale is not None else "attention"
-    bar.set_label(_wrap(label, max(24, h // 6)), fontsize=7)
+    bar.set_label(_wrap(label, max(24, h // 8)), fontsize=8.5)
     if scale is not None:
         bar.set_ticks(list(scale.ticks), labels=list(scale.tick_labels))
-    bar.ax.tick_params(labelsize=7)
+    bar.ax.tick_params(labelsize=8.5)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
 
