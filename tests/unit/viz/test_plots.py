@@ -111,3 +111,24 @@ def test_roc_of_a_one_class_cohort_says_so_without_a_legend_warning(tmp_path, re
     plot_roc(preds, ["normal", "lesion"], tmp_path / "roc.png", "all normal")
     assert Image.open(tmp_path / "roc.png").size[0] > 0
     assert not [w for w in recwarn if "legend" in str(w.message)]
+
+
+def test_roc_marks_the_operating_point_of_the_predicted_classes(tmp_path):
+    from gigamil.viz.plots import plot_roc
+
+    p1 = [0.1, 0.3, 0.6, 0.2, 0.7, 0.9, 0.4, 0.8]  # P(lesion); normal, normal, normal, ... lesion
+    preds = pd.DataFrame(
+        {
+            "slide_id": list("abcdefgh"),
+            "patient_id": list("aabbccdd"),
+            "label": ["normal"] * 4 + ["lesion"] * 4,
+            "prob_lesion": p1,
+            "prob_normal": [1 - v for v in p1],
+            "fold": [0, 0, 1, 1, 0, 0, 1, 1],
+        }
+    )
+    info = plot_roc(preds, ["normal", "lesion"], tmp_path / "roc.png", "t")
+    # one of 4 normal slides above 0.5 (fpr 0.25), 3 of 4 lesion slides (tpr 0.75)
+    assert info == {"operating_point": (0.25, 0.75)}
+    with Image.open(tmp_path / "roc.png") as img:
+        assert img.format == "PNG"

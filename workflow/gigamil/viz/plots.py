@@ -35,6 +35,7 @@ def _pyplot():
 
 
 BAND_LABEL = "pooled: 95% band (bootstrap over patients)"
+OPERATING_POINT = "predicted class (most probable: P > 0.5)"
 
 
 def plot_roc(
@@ -43,37 +44,23 @@ def plot_roc(
     path: str | Path,
     title: str,
     by: str | None = "fold",
-) -> None:
-    """ROC curves of slide predictions.
+) -> dict[str, Any]:
+    """ROC curves of slide predictions; returns ``{"operating_point": (fpr, tpr) | None}``.
 
     Binary: the pooled curve (thick, black) with its pointwise 95 % bootstrap band, resampling
     patients (``patient_id``; rows when there is no such column;
     :func:`gigamil.evaluate.metrics.roc_band`), and, when ``by`` names a column with several
     values, one thin curve per value (e.g. per fold; curves that coincide, such as several folds
-    at AUC 1.0, overlap: the legend gives each one's AUC). Multi-class: one pooled one-vs-rest
-    curve per class.
+    at AUC 1.0, overlap: the legend gives each one's AUC and slide counts), and a ring at the
+    operating point of the predicted classes (the most probable class: P(positive) > 0.5).
+    Multi-class: one pooled one-vs-rest curve per class.
     """
     plt = _pyplot()
     y, p = labels_and_probs(preds, classes)
     fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
+    point = None
     if len(classes) == 2:
-        if by is not None and by in preds.columns and preds[by].nunique() > 1:
-            parts = list(preds.groupby(by, sort=True))
-            for i, (value, part) in enumerate(parts):
-                yk, pk = labels_and_probs(part, classes)
-                if 0 < (yk == 1).sum() < yk.size:
-                    fpr, tpr = roc_curve(yk == 1, pk[:, 1])
-                    auc = roc_auc(yk, pk)
-                    label = f"{by} {value} (AUC {auc:.3f})"
-                    ax.plot(fpr, tpr, lw=1.0, alpha=0.75, label=label, color=f"C{i % 10}")
-        if 0 < (y == 1).sum() < y.size:
-            groups = preds["patient_id"].to_numpy() if "patient_id" in preds.columns else None
-            grid, low, high = roc_band(y == 1, p[:, 1], groups)
-            ax.fill_between(
-                grid, low, high, step="post", color="0.6", alpha=0.35, lw=0, label=BAND_LABEL
-            )
-            fpr, tpr = roc_curve(y == 1, p[:, 1])
-            ax.plot(fpr, tpr, lw=2.2, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
+        point = _binary_roc(ax, preds, classes, by)
     else:
         for c, name in enumerate(classes):
             if 0 < (y == c).sum() < y.size:
@@ -94,6 +81,33 @@ def plot_roc(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+    return {"operating_point": point}
+
+
+def _binary_roc(
+    ax: Any, preds: pd.DataFrame, classes: Sequence[str], by: str | None
+) -> tuple[float, float] | None:
+    """The binary curves of :func:`plot_roc` on ``ax``; returns the operating point."""
+    if by is not None and by in preds.columns and preds[by].nunique() > 1:
+        for i, (value, part) in enumerate(preds.groupby(by, sort=True)):
+            yk, pk = labels_and_probs(part, classes)
+            n_pos = int((yk == 1).sum())
+            if 0 < n_pos < yk.size:
+                fpr, tpr = roc_curve(yk == 1, pk[:, 1])
+                label = f"{by} {value} (AUC {roc_auc(yk, pk):.3f}; {n_pos}+ / {yk.size - n_pos}-)"
+                ax.plot(fpr, tpr, lw=1.0, alpha=0.75, label=label, color=f"C{i % 10}")
+    y, p = labels_and_probs(preds, classes)
+    if not 0 < (y == 1).sum() < y.size:
+        return None
+    groups = preds["patient_id"].to_numpy() if "patient_id" in preds.columns else None
+    grid, low, high = roc_band(y == 1, p[:, 1], groups)
+    ax.fill_between(grid, low, high, step="post", color="0.6", alpha=0.35, lw=0, label=BAND_LABEL)
+    fpr, tpr = roc_curve(y == 1, p[:, 1])
+    ax.plot(fpr, tpr, lw=2.2, color="k", label=f"pooled (AUC {roc_auc(y, p):.3f})")
+    called = p.argmax(axis=1) == 1
+    point = (float(called[y == 0].mean()), float(called[y == 1].mean()))
+    ax.plot(*point, "o", ms=8, mfc="none", mec="crimson", mew=1.6, label=OPERATING_POINT)
+    return point
 
 
 def plot_confusion(
