@@ -9,6 +9,7 @@ import pytest
 from fresh_python import modules_loaded_by
 from PIL import Image
 
+from gigamil.wsi.mask_io import OUTLINE_RGB
 from gigamil.wsi.qc import (
     COLUMNS,
     annotate_qc_image,
@@ -60,10 +61,12 @@ def test_mask_qc_thumbnail_is_annotated(cmu_svs, tmp_path):
         cmu_svs, tmp_path / "m.png", tmp_path / "m.qc.png", None, TissueParams(mask_mpp=16.0)
     )
     qc = np.asarray(Image.open(tmp_path / "m.qc.png"))
-    h, w = summary["mask_shape"]
-    scale = int(np.ceil(512 / min(h, w)))
-    assert qc.shape[1] == w * scale and qc.shape[0] > h * scale  # + the title band
-    assert (qc[: qc.shape[0] - h * scale] < 128).any()
+    h, w = summary["mask_shape"]  # 93 x 69 px: the QC image is the slide's 1024-px thumbnail
+    w0, h0 = summary["slide_dimensions"]  # 2220 x 2967 px
+    assert max(h, w) < 1024 and qc.shape[1] == round(w0 * 1024 / h0)
+    band = qc.shape[0] - 1024
+    assert band > 0 and (qc[:band] < 128).any()  # the title band above it
+    assert (qc[band:] == OUTLINE_RGB).all(axis=2).sum() > 1000  # the outline, enlarged to it
 
 
 def test_qc_html_lists_every_slide_and_highlights_warnings(tmp_path):
@@ -76,8 +79,8 @@ def test_qc_html_lists_every_slide_and_highlights_warnings(tmp_path):
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_qc_html(table, tmp_path / "qc.html", "cohort x: QC")
     page = (tmp_path / "qc.html").read_text()
-    assert "<h3>cohort x: QC</h3>" in page and "<th>tissue_fraction</th>" in page
-    assert "<td>a</td>" in page and "<td>0.412</td>" in page and "<td>7</td>" in page
+    assert "<h3>cohort x: QC</h3>" in page and "<th>tissue (%)</th>" in page
+    assert "<td>a</td>" in page and "<td>41.2</td>" in page and "<td>7</td>" in page
     assert "no tissue found" in page and "2 slide(s), 1 with warnings" in page
 
 

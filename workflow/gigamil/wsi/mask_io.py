@@ -30,7 +30,8 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def qc_image(rgb: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:
-    """The slide image with the mask outline drawn (upscaled so the short side >= min_side)."""
+    """The slide image with the mask outline drawn (upscaled so the short side >= min_side),
+    thickened on large images (about 1 px per 400 px of the long side)."""
     from PIL import Image
 
     h, w = mask.shape
@@ -42,8 +43,9 @@ def qc_image(rgb: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarr
     from scipy import ndimage
 
     edge = outline(mask)
-    if scale > 2:
-        edge = ndimage.binary_dilation(edge, iterations=scale // 3)
+    width = max(scale // 3, max(mask.shape) // 400)  # visible on large images too
+    if width > 0:
+        edge = ndimage.binary_dilation(edge, iterations=width)
     out = rgb.copy()
     out[edge] = OUTLINE_RGB
     return out
@@ -98,6 +100,29 @@ def mask_summary(
     }
 
 
+QC_LONG_SIDE = 1024  # px: a mask raster smaller than this gets the slide's own thumbnail
+
+
+def _qc_background(reader: SlideReader, tm: TissueMask) -> tuple[np.ndarray, np.ndarray]:
+    """The QC image's background and the mask at its size. Where the mask raster's long side is
+    under :data:`QC_LONG_SIDE` px (small slides, e.g. the demo's 864 px at 0.972 µm/px give
+    105 mask px at 8 µm/px), the slide's thumbnail of up to that many px (never beyond level 0)
+    with the mask enlarged to it (nearest), so the tissue stays recognisable; else the RGB the
+    mask was computed on."""
+    from PIL import Image
+
+    rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
+    if max(tm.mask.shape) >= QC_LONG_SIDE:
+        return rgb, tm.mask
+    side = min(QC_LONG_SIDE, max(reader.dimensions))  # never enlarged beyond level 0
+    thumb = np.ascontiguousarray(reader.get_thumbnail((side, side))[..., :3])
+    if max(thumb.shape[:2]) <= max(tm.mask.shape):
+        return rgb, tm.mask
+    size = (thumb.shape[1], thumb.shape[0])
+    big = Image.fromarray(tm.mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+    return thumb, np.asarray(big) > 127
+
+
 def write_mask_outputs(
     reader: SlideReader,
     tm: TissueMask,
@@ -114,9 +139,9 @@ def write_mask_outputs(
     if qc_png is not None:
         from gigamil.wsi.qc import annotate_qc_image, qc_caption
 
-        rgb = tm.rgb if tm.rgb is not None else np.full((*tm.mask.shape, 3), 255, np.uint8)
-        qc = qc_image(rgb, tm.mask)
-        qc_mpp = mpp * tm.mask.shape[1] / qc.shape[1]  # qc_image upscales small masks
+        rgb, mask = _qc_background(reader, tm)
+        qc = qc_image(rgb, mask)
+        qc_mpp = mpp * tm.mask.shape[1] / qc.shape[1]  # finer than the mask on small slides
         title = Path(str(reader.name)).name
         write_png(qc_png, annotate_qc_image(qc, qc_mpp, title, qc_caption(summary)))
     if json_path is not None:
