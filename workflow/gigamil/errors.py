@@ -35,3 +35,12 @@ class SlideError(GigamilError):
 
     def __reduce__(self) -> tuple:  # keep the reason across processes (DataLoader workers)
         return type(self), (str(self), self.reason)
+
+
+def csv_read_errors() -> tuple[type[Exception], ...]:
+    """What ``pandas.read_csv`` raises on a file that is not a readable CSV (binary or wrongly
+    encoded, malformed, empty), for ``except csv_read_errors() as exc:`` (pandas imported here,
+    when an exception is being matched, not when this module is)."""
+    import pandas as pd
+
+    return (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError)

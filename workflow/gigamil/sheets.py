@@ -25,7 +25,7 @@ from gigamil.config import (
     describe_value_error,
     load_schema,
 )
-from gigamil.errors import ConfigError
+from gigamil.errors import ConfigError, csv_read_errors
 from gigamil.layout import lesion_masks
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     every cell is empty are skipped; ``df.attrs["sheet_lines"]`` keeps each row's file line."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except csv_read_errors() as exc:
         raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
     df.columns = [c.strip() for c in df.columns]
     _check_column_spelling(list(df.columns), path)

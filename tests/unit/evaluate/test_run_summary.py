@@ -27,8 +27,8 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     lines = run_summary_lines("exp", COHORTS, tmp_path)
     assert lines[0] == "gigamil: results of experiment exp"
     assert lines[1] == (
-        "  cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95 % CI "
-        "0.906-1.000); localisation AUC 0.870 ± 0.103 (mean ± sd, 12 slides)"
+        "  cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI "
+        "0.906–1.000); localisation AUC 0.870 ± 0.103 (mean ± sd, 12 slides)"
     )
     assert lines[2] == "    open results/eval/exp/metrics.html"
     assert "external cohort ext, 6 slides: fold-model ensemble slide AUC 0.800" in lines[3]

@@ -128,14 +128,14 @@ def _excluded_tiles(csvs: list[str], packaged: bool) -> set[str]:
     ``sha256`` column) and, with ``--exclude-packaged``, the packaged subset's."""
     import pandas as pd
 
-    from gigamil.errors import GigamilError
+    from gigamil.errors import GigamilError, csv_read_errors
     from gigamil.tile_pool import packaged_tile_hashes
 
     out = set(packaged_tile_hashes()) if packaged else set()
     for path in csvs:
         try:
             table = pd.read_csv(path, dtype=str)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        except (OSError, *csv_read_errors()) as exc:
             raise GigamilError(f"--exclude-tiles {path}: cannot be read ({exc})") from None
         if "sha256" not in table.columns:
             raise GigamilError(

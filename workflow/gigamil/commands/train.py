@@ -58,7 +58,7 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
 
     import pandas as pd
 
-    from gigamil.errors import GigamilError
+    from gigamil.errors import GigamilError, csv_read_errors
 
     if not Path(path).exists() or Path(path).is_dir():  # a pipe (<(...)) is fine
         raise GigamilError(f"{path}: file not found")
@@ -66,7 +66,7 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
         df = pd.read_csv(
             path, dtype={"slide_id": str, "patient_id": str, "label": str, "cohort": str}
         )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except csv_read_errors() as exc:
         raise GigamilError(f"{path}: not a readable CSV ({exc})") from exc
     if not labels:
         df["label"] = df["label"].fillna("") if "label" in df.columns else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gigamil.errors import GigamilError
+from gigamil.errors import GigamilError, csv_read_errors
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def read_predictions(
                 keep_default_na=False,
                 na_values={f"prob_{c}": ["", "nan", "NaN"] for c in classes},
             )
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        except csv_read_errors() as exc:
             raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from exc
         if not need_fold and "fold" not in df.columns:
             df["fold"] = NO_FOLD

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gigamil import layout
+from gigamil.evaluate.tables import mean_sd, with_ci
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -24,21 +25,16 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _ci(summary: Mapping[str, Any], key: str) -> str:
-    value, ci = summary.get(key), summary.get(f"{key}_ci") or []
-    if not isinstance(value, (int, float)):
-        return "n/a"
-    if len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
-        return f"{value:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
-    return f"{value:.3f}"
+    """The value with its CI, as metrics.html writes it ("n/a" when undefined)."""
+    return with_ci(summary, key) or "n/a"
 
 
 def _localisation(summary: Mapping[str, Any]) -> str:
-    if not isinstance(summary.get("localization_auc"), (int, float)):
+    loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
+    if not loc:
         return ""
-    sd = summary.get("localization_auc_sd")
-    spread = f" ± {sd:.3f}" if isinstance(sd, (int, float)) else ""
     n = summary.get("localization_n_slides", "?")
-    return f"; localisation AUC {summary['localization_auc']:.3f}{spread} (mean ± sd, {n} slides)"
+    return f"; localisation AUC {loc} (mean ± sd, {n} slides)"
 
 
 def run_summary_lines(

@@ -41,7 +41,9 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def _with_ci(summary: Mapping[str, Any], key: str) -> str:
+def with_ci(summary: Mapping[str, Any], key: str) -> str:
+    """``summary[key]`` with its CI (``{key}_ci``): "0.972 (95% CI 0.906–1.000)"; without a CI
+    the value alone; "" when undefined."""
     value, ci = _fmt(summary.get(key)), summary.get(f"{key}_ci") or []
     if value and len(ci) == 2 and all(_fmt(c) for c in ci):
         level = round(100 * float(summary.get("ci_level", 0.95)))
@@ -49,7 +51,8 @@ def _with_ci(summary: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _mean_sd(mean: Any, sd: Any) -> str:
+def mean_sd(mean: Any, sd: Any) -> str:
+    """ "0.870 ± 0.103" (the mean alone without an sd; "" when undefined)."""
     m, s = _fmt(mean), _fmt(sd)
     return f"{m} ± {s}" if m and s else m
 
@@ -63,18 +66,18 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
     folds = summary.get("fold_auc") or []
     rows = [
-        (f"slide AUC ({who})", _with_ci(summary, auc_key)),
+        (f"slide AUC ({who})", with_ci(summary, auc_key)),
         (
             f"fold AUC, mean ± sd over {len(folds)}",
-            _mean_sd(summary.get("fold_auc_mean"), summary.get("fold_auc_sd")),
+            mean_sd(summary.get("fold_auc_mean"), summary.get("fold_auc_sd")),
         ),
-        ("patient AUC (mean probability per patient)", _with_ci(summary, "patient_auc")),
-        ("balanced accuracy", _with_ci(summary, "balanced_accuracy")),
-        ("macro F1", _with_ci(summary, "macro_f1")),
-        ("accuracy", _with_ci(summary, "accuracy")),
+        ("patient AUC (mean probability per patient)", with_ci(summary, "patient_auc")),
+        ("balanced accuracy", with_ci(summary, "balanced_accuracy")),
+        ("macro F1", with_ci(summary, "macro_f1")),
+        ("accuracy", with_ci(summary, "accuracy")),
     ]
     if "localization_auc" in summary:
-        loc = _mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
+        loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
         n = summary.get("localization_n_slides", 0)
         rows.append(
             ("localisation AUC of the attention (lesion masks), mean ± sd", f"{loc} ({n} slides)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gigamil.errors import GigamilError
+from gigamil.errors import GigamilError, csv_read_errors
 
 
 class SlideNotPredicted(GigamilError):
@@ -75,7 +75,7 @@ def prediction_classes(path: str | Path) -> list[str]:
     """The classes of a prediction CSV, in output order, from its ``prob_<class>`` columns."""
     try:
         header = pd.read_csv(path, nrows=0).columns
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except csv_read_errors() as exc:
         raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from exc
     classes = [str(c)[len("prob_") :] for c in header if str(c).startswith("prob_")]
     if len(classes) < 2:
