@@ -252,22 +252,43 @@ def test_hue_jitter_and_grayscale_reach_the_model() -> None:
     )
 
 
-def test_encoder_settings_checked_without_building(tmp_path) -> None:
+def test_encoder_settings_checked_without_building(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import save_file
+
+    from gigamil.nn.smallcnn import SmallCNN
+
+    state = SmallCNN().state_dict()
     weights = tmp_path / "w.safetensors"
-    weights.write_bytes(b"")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    ckpt = tmp_path / "lightning.ckpt"  # a Lightning checkpoint: wrapped, keys prefixed
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}, ckpt)
+    pickled = tmp_path / "module.pt"
+    torch.save(SmallCNN(), pickled)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache
     for encoder, w in [
         ("smallcnn", None),
-        ("resnet18", "IMAGENET1K_V1"),
-        ("resnet50", str(weights)),
+        ("smallcnn", str(weights)),  # names and shapes checked against the meta encoder
+        ("smallcnn", str(ckpt)),
         ("timm:resnet18", None),
         ("uni", "hf-hub:MahmoodLab/UNI"),  # looked up by the job, where its cache is
     ]:
-        check_encoder_settings(encoder, w)
+        assert check_encoder_settings(encoder, w) == []
+    # a torchvision weight name not in torch's cache: the first job would download it
+    (warning,) = check_encoder_settings("resnet18", "IMAGENET1K_V1")
+    assert "IMAGENET1K_V1 is not in torch's cache" in warning and "without internet" in warning
     for encoder, w, match in [
+        # weights of another architecture, a pickled model, a damaged file: before any job
+        ("resnet18", str(weights), r"does not fit the encoder .*; is it a resnet18\?"),
+        ("timm:resnet18", str(weights), "does not fit the encoder"),
+        ("smallcnn", str(pickled), "holds a pickled model .* state_dict"),
+        ("smallcnn", str(empty), "cannot read"),
         ("timm:notamodel", None, "'notamodel' is not a timm architecture"),
         ("resnet_18", None, "'resnet_18' is not one of"),
         ("resnet18", "IMAGENET1K_V7", "'IMAGENET1K_V7' is not a torchvision weight of resnet18"),
         ("resnet18", str(tmp_path / "nope.pt"), "nope.pt does not exist"),
+        ("resnet18", "nope.pt", r"nope.pt does not exist \(looked for .*nope.pt; a relative"),
         # weight names exist only for the torchvision encoders: found here, not in train_fold
         ("smallcnn", "IMAGENET1K_V1", "named weights exist only for resnet18, "),
         ("timm:resnet18", "IMAGENET1K_V1", "'IMAGENET1K_V1' for timm:resnet18"),

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -181,36 +183,57 @@ def check_encoder_settings(
     weights: str | None,
     trainable_blocks: str | int = "all",
     batchnorm: str = "frozen",
-) -> None:
+) -> list[str]:
     """Check ``model.encoder``, ``model.weights``, ``model.trainable_blocks`` and
     ``model.batchnorm`` together without loading any weights: a known encoder name (timm
     architectures included), weights of a kind the encoder takes (a torchvision weight name only
-    for the torchvision encoders), a local weights file that exists, and a ``trainable_blocks``
-    the architecture has (the encoder is built on the ``meta`` device: shapes only, no memory).
-    The workflow runs it before any job, so a typo stops the run before preprocessing instead
-    of in every ``train_fold`` job. ``hf-hub:`` weights are not looked up here: the jobs may run
-    where ``HF_HUB_CACHE`` points elsewhere (a compute node), and their own check names the
-    cache they searched.
+    for the torchvision encoders), a local weights file that exists and fits the encoder (its
+    tensor names and shapes, read without the tensors, against the encoder built on the ``meta``
+    device: no memory), and a ``trainable_blocks`` the architecture has. The workflow runs it
+    before any job, so a typo or the weights of another architecture stop the run before
+    preprocessing instead of in every ``train_fold`` job. ``hf-hub:`` weights are not looked up
+    here: the jobs may run where ``HF_HUB_CACHE`` points elsewhere (a compute node), and their
+    own check names the cache they searched.
+
+    Returns:
+        warnings: a torchvision weight name whose file is not in torch's hub cache (the first
+        job downloads it, which fails on a machine without internet).
 
     Raises:
         ConfigError: naming the key and the problem.
     """
     check_encoder_name(encoder)
+    local, warnings = None, []
     if weights is not None and not str(weights).startswith(HF_PREFIX):
         if is_weights_file(weights):
             if encoder == "identity":
                 raise ConfigError("model.weights: identity has no weights; use null")
             resolve_weights(str(weights))
+            local = str(weights)  # checked against the meta encoder below
         elif encoder in _WEIGHT_ENUMS:
-            torchvision_weights(encoder, str(weights))
+            warnings += _uncached_weights(encoder, torchvision_weights(encoder, str(weights)))
         else:
             raise ConfigError(_no_named_weights(encoder, str(weights)))
     try:
-        build_encoder(encoder, None, 224, batchnorm, trainable_blocks, device="meta")
+        build_encoder(encoder, local, 224, batchnorm, trainable_blocks, device="meta")
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - an architecture that needs real tensors to build
         log.debug("encoder %s not checked on the meta device: %s", encoder, exc)
+    return warnings
+
+
+def _uncached_weights(encoder: str, enum: Any) -> list[str]:
+    """A warning when torchvision's weights ``enum`` are not in torch's hub cache yet."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    if cached.is_file():
+        return []
+    return [
+        f"model.weights {enum} is not in torch's cache ({cached}): the first job downloads it "
+        f"({enum.url}), which fails on a machine without internet; download it beforehand "
+        f"(python -c \"import torchvision; torchvision.models.{encoder}(weights='{enum}')\") or "
+        "use a local weights file"
+    ]
 
 
 def _no_named_weights(encoder: str, weights: str) -> str:
@@ -351,7 +374,7 @@ def _build_builtin(name: str, weights: str | None, patch_px: int) -> tuple[nn.Mo
             raise ConfigError("model.weights: identity has no weights; use null")
         target = module[1] if name == "vit_b_16" else module
         classifier = {"vit_b_16": "heads"}.get(name, "fc" if name.startswith("resnet") else None)
-        load_weights_file(target, str(weights), classifier)
+        load_weights_file(target, str(weights), classifier, f"is it a {name}?")
     elif weights is not None and name in ("smallcnn", "identity"):
         raise ConfigError(_no_named_weights(name, str(weights)))
     return module, int(dim)

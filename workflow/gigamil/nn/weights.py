@@ -1,6 +1,6 @@
 """Encoder weights from a local file or the local Hugging Face cache, loaded strictly.
 
-``model.weights`` is a local ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` file or
+``model.weights`` is a local ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` file or
 ``hf-hub:<org>/<name>`` (looked up in the local Hugging Face cache only: nothing is downloaded,
 so a compute node without internet behaves like a laptop with one). The file holds a bare state
 dict or one wrapped in ``state_dict`` / ``model``; prefixes every key shares (``module.``,
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are read: the workflow impo
 log = logging.getLogger(__name__)
 
 HF_PREFIX = "hf-hub:"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # .ckpt: e.g. Lightning's
 WRAPPERS = ("state_dict", "model")
 STRIP_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 # file names a Hugging Face model repository keeps its weights under, in order of preference
@@ -61,7 +61,9 @@ def resolve_weights(weights: str) -> Path:
     if not weights.startswith(HF_PREFIX):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise ConfigError(f"model.weights: file {weights} does not exist")
+            where = "" if path.is_absolute() else f" (looked for {path.resolve()}"
+            where += "; a relative path is relative to the working directory)" if where else ""
+            raise ConfigError(f"model.weights: file {weights} does not exist{where}")
         return path
     repo = weights[len(HF_PREFIX) :].strip("/")
     if repo.count("/") != 1:
@@ -97,20 +99,14 @@ def file_sha256(path: str | Path) -> str:
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a torch pickle read with ``weights_only``;
-    a dict wrapped in ``state_dict`` / ``model`` is unwrapped."""
+    a dict wrapped in ``state_dict`` / ``model`` is unwrapped. ``device="meta"`` reads names and
+    shapes only (milliseconds for any size: the workflow's check before any job)."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: object = load_file(str(path), device="cpu")
-        else:
-            import torch
-
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _read_tensors(path, device)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
-        raise ConfigError(f"model.weights: cannot read {path} ({exc})") from exc
+        raise ConfigError(f"model.weights: cannot read {path} ({_read_error(exc)})") from exc
     for _ in range(2):  # e.g. {"model": {...}} or {"state_dict": {"model": ...}} is not nested
         if isinstance(obj, Mapping) and not _is_state_dict(obj):
             inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), Mapping)), None)
@@ -128,6 +124,35 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"may be wrapped in {' or '.join(repr(w) for w in WRAPPERS)}, nothing else)"
         )
     return dict(obj)
+
+
+def _read_tensors(path: Path, device: str) -> object:
+    import torch
+
+    if path.suffix != ".safetensors":
+        return torch.load(path, map_location=device, weights_only=True)
+    if device != "meta":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=device)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        names = f.keys()  # a safe_open handle has keys(), it is not iterable
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in names}
+
+
+def _read_error(exc: Exception) -> str:
+    """What went wrong reading a weights file, in one line (torch's refusal of a pickled model
+    is several lines of advice that does not apply here)."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        return (
+            "it holds a pickled model or other objects, not only tensors; save the model's "
+            "state_dict() instead, e.g. torch.save(model.state_dict(), 'weights.pt'), or a "
+            ".safetensors file"
+        )
+    return text
 
 
 def _is_state_dict(obj: Mapping) -> bool:
@@ -199,6 +224,8 @@ def load_strict(
             f"other shapes (first {k}: {tuple(state[k].shape)} in the file, "
             f"{tuple(own[k].shape)} in the encoder; a different architecture?){tail}"
         )
+    if any(t.is_meta for t in own.values()):  # the check before any job: names and shapes only
+        return
     bad = [k for k in sorted(state) if _holds_nan(state[k])]
     if bad:
         raise ConfigError(
@@ -219,8 +246,12 @@ def load_weights_file(
     module: nn.Module, weights: str, classifier: str | None = None, hint: str = ""
 ) -> str:
     """Resolve, read and strictly load ``weights`` into ``module``; returns the file's sha256
-    (also logged)."""
+    (also logged). A ``module`` on the ``meta`` device is only checked against the file's names
+    and shapes (no tensor is read, no sha256: the workflow's check before any job); returns ""."""
     path = resolve_weights(weights)
+    if any(t.is_meta for t in module.state_dict().values()):
+        load_strict(module, read_state_dict(path, device="meta"), str(weights), classifier, hint)
+        return ""
     digest = file_sha256(path)
     load_strict(module, read_state_dict(path), str(weights), classifier, hint)
     log.info("encoder weights %s (%s): sha256 %s", weights, path, digest)
