@@ -493,6 +493,11 @@ def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
     assert set(s["per_class_recall"]) == set(classes)
     assert np.array(s["confusion_matrix"]).shape == (3, 3)
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 0
+    # the page and the end-of-run line say how the AUC is formed
+    assert (
+        "slide AUC (out-of-fold; macro one-vs-rest)"
+        in (tmp_path / "ev" / "metrics.html").read_text()
+    )
 
 
 def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predicted_it(tmp_path):
@@ -574,3 +579,11 @@ def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
 def _write(path, df):
     df.to_csv(path, index=False)
     return path
+
+
+def test_prediction_labels_with_three_classes_give_the_predicted_class_probability(tmp_path):
+    row = {"slide_id": "s", "patient_id": "p", "cohort": "c", "label": "a", "fold": 0}
+    probs = {"prob_normal": 0.1, "prob_a": 0.3, "prob_b": 0.6, "pred": "b"}
+    pd.DataFrame([row | probs]).to_csv(tmp_path / "f.csv", index=False)
+    labels = prediction_labels([tmp_path / "f.csv"], ["normal", "a", "b"], "s")
+    assert labels == {"label": "a", "prediction": "b", "P(predicted)": "0.600"}

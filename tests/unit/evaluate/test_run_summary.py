@@ -41,3 +41,10 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert not any(
         "cross-validation" in line for line in run_summary_lines("exp", COHORTS, tmp_path)
     )
+
+
+def test_a_multiclass_auc_is_named_macro_one_vs_rest(tmp_path):
+    cv = {"n_slides": 9, "n_patients": 9, "oof_auc": 0.67, "classes": ["n", "a", "b"]}
+    _write(tmp_path / "results/eval/exp/summary.json", cv)
+    lines = run_summary_lines("exp", {}, tmp_path)
+    assert "out-of-fold slide AUC (macro one-vs-rest) 0.670" in lines[1]

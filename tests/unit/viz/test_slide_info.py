@@ -69,6 +69,9 @@ def test_three_class_probability_is_not_the_first_class(tmp_path):
     write_fold_predictions(df, 0, tmp_path / "p.csv")
     pred = read_slide_prediction([tmp_path / "p.csv"], "s")
     assert pred.positive == "not normal" and pred.probability == pytest.approx(0.9)
+    # the title names the predicted class's own probability first: one number per class
+    assert pred.pred_probability == pytest.approx(0.6)
+    assert "predicted: b, P(b) = 0.6, P(not normal) = 0.9 · 1 fold model (fold 0)" in pred.title()
 
 
 def test_slide_without_label_says_so(tmp_path):

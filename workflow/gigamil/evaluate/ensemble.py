@@ -242,8 +242,9 @@ def prediction_labels(
     (mean over those that predicted the slide, as the heatmap averages their attention; a
     train-cohort slide has one, its out-of-fold model). With two classes the probability is that
     of the positive (second) class, under the key ``P(<class>)``, the number the heatmap's title
-    shows; with more, ``probability`` of the predicted class."""
-    key = f"P({classes[1]})" if len(classes) == 2 else "probability"
+    shows; with more, ``P(predicted)``: that of the predicted class, which the title shows first.
+    """
+    key = f"P({classes[1]})" if len(classes) == 2 else "P(predicted)"
     preds = read_predictions([p for p in pred_csvs if Path(p).is_file()], classes)
     preds = preds[preds["slide_id"] == str(slide_id)]
     if preds.empty:

@@ -29,6 +29,11 @@ def _ci(summary: Mapping[str, Any], key: str) -> str:
     return with_ci(summary, key) or "n/a"
 
 
+def _macro(summary: Mapping[str, Any]) -> str:
+    """ " (macro one-vs-rest)" for more than two classes: how that AUC is formed."""
+    return " (macro one-vs-rest)" if len(summary.get("classes") or []) > 2 else ""
+
+
 def _localisation(summary: Mapping[str, Any]) -> str:
     loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
     if not loc:
@@ -59,7 +64,7 @@ def run_summary_lines(
     if cv is not None:
         lines += [
             f"  cross-validation, {cv.get('n_slides')} slides of {cv.get('n_patients')} "
-            f"patients: out-of-fold slide AUC {_ci(cv, 'oof_auc')}{_localisation(cv)}",
+            f"patients: out-of-fold slide AUC{_macro(cv)} {_ci(cv, 'oof_auc')}{_localisation(cv)}",
             f"    open {cv_path.with_name('metrics.html')}",
         ]
     for name, cohort in cohorts.items():
@@ -71,7 +76,8 @@ def run_summary_lines(
         if role == "external":
             lines += [
                 f"  external cohort {name}, {summary.get('n_slides')} slides: fold-model "
-                f"ensemble slide AUC {_ci(summary, 'auc')}{_localisation(summary)}",
+                f"ensemble slide AUC{_macro(summary)} {_ci(summary, 'auc')}"
+                f"{_localisation(summary)}",
                 f"    open {path.with_name('metrics.html')}",
             ]
         else:

@@ -64,6 +64,8 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     per_slide = summary.get("models_per_slide") or [0, 0]
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
+    if len(summary.get("classes") or []) > 2:
+        who += "; macro one-vs-rest"
     folds = summary.get("fold_auc") or []
     rows = [
         (f"slide AUC ({who})", with_ci(summary, auc_key)),

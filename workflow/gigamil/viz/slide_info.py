@@ -31,7 +31,9 @@ class SlidePrediction:
 
     ``probability`` is P(``positive``): for two classes the second class's probability; for more,
     1 - P(first class), the probability of "not ``classes[0]``" (the first class is the
-    negative/normal one, as for the AUC). NaN when the slide has no patches (nothing predicted).
+    negative/normal one, as for the AUC), and ``pred_probability`` that of the predicted class
+    (NaN with two classes, where the title shows only P(positive)). NaN when the slide has no
+    patches (nothing predicted).
     """
 
     slide_id: str
@@ -42,6 +44,7 @@ class SlidePrediction:
     positive: str
     n_models: int
     folds: tuple[int, ...] = ()
+    pred_probability: float = math.nan
 
     def models_text(self) -> str:
         """``mean of 6 fold models`` / ``1 fold model (fold 3)`` / ``1 model`` (predictions
@@ -55,9 +58,13 @@ class SlidePrediction:
         return f"mean of {self.n_models} fold models"
 
     def probability_text(self) -> str:
-        """``P(lesion) = 0.973`` (3 significant digits, so 3e-06 stays 3e-06)."""
+        """``P(lesion) = 0.973`` (3 significant digits, so 3e-06 stays 3e-06); with more than two
+        classes the predicted class's first: ``P(lesion_a) = 0.358, P(not normal) = 0.694``."""
         p = "n/a" if not math.isfinite(self.probability) else f"{self.probability:.3g}"
-        return f"P({self.positive}) = {p}"
+        text = f"P({self.positive}) = {p}"
+        if self.pred and math.isfinite(self.pred_probability):
+            text = f"P({self.pred}) = {self.pred_probability:.3g}, {text}"
+        return text
 
     def title(self) -> str:
         """Two lines: ``cohort / slide_id`` and ``true: x · predicted: y, P(y) = p · models``
@@ -113,10 +120,13 @@ def read_slide_prediction(
     row = mean_probabilities(preds, names).iloc[0]
     predicted = np.isfinite(preds[[f"prob_{c}" for c in names]].to_numpy(float)).all(axis=1)
     probs = np.array([row[f"prob_{c}"] for c in names], dtype=float)
+    pred_probability = math.nan
     if len(names) == 2:
         probability, positive = float(probs[1]), names[1]
     else:
         probability, positive = float(1.0 - probs[0]), f"not {names[0]}"
+        if str(row["pred"]) in names:
+            pred_probability = float(probs[names.index(str(row["pred"]))])
     return SlidePrediction(
         slide_id=str(slide_id),
         cohort=str(row["cohort"]),
@@ -126,4 +136,5 @@ def read_slide_prediction(
         positive=positive,
         n_models=int(predicted.sum()),  # as predictions.csv's n_models: NaN rows do not count
         folds=tuple(sorted(int(f) for f in preds.loc[predicted, "fold"] if f != NO_FOLD)),
+        pred_probability=pred_probability,
     )
