@@ -245,7 +245,18 @@ def test_every_class_short_of_patients_is_named_at_once_smallest_first():
     assert (
         "class 'tumour' has 1 patient(s), class 'normal' has 2 patient(s) but cv.folds is 5" in msg
     )
-    assert "add patients of classes 'tumour' and 'normal' (at least 3 per class)" in msg
+    # advice that works when followed: enough for these folds, or the fewest with fewer folds
+    assert (
+        "add patients of classes 'tumour' and 'normal' (at least 5 per class for cv.folds 5; "
+        "with cv.folds lowered to 3, at least 3)"
+    ) in msg
+    cv_nv = cv | {"folds": 3, "val_fraction": 0}  # the new-user trial's case
+    with pytest.raises(
+        GigamilError,
+        match=r"at least 3 per class for cv.folds 3; with cv.folds "
+        r"lowered to 2, at least 2\)",
+    ):
+        make_cv_folds([sheet], cv_nv)
     # four patients of each class, five folds: both classes are short, and both are named
     four = _sheet(
         [(f"N{i}", "normal", 1) for i in range(4)] + [(f"T{i}", "tumour", 1) for i in range(4)]

@@ -105,6 +105,11 @@ def _fold_advice(
     ok = feasible_folds(n_min, validation)
     if not ok:
         least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
+        if folds > least:  # adding `least` alone would meet the next error: too few for folds
+            return (
+                f": add patients of {cls} (at least {folds} per class for cv.folds {folds}; "
+                f"with cv.folds lowered to {least}, at least {least})"
+            )
         return f": add patients of {cls} (at least {least} per class)"
     if folds > max(ok):
         return f": lower cv.folds to at most {max(ok)} or add patients of {cls}"
