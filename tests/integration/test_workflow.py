@@ -418,16 +418,14 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
 
     # heatmaps listed with label, prediction and probability; the predict cohort's table
     # the report embeds the heatmaps' JPEG copies, not the lossless PNGs
-    assert (
-        results["results/heatmaps/demo/new/new_a/overlay.report.jpg"]["mime_type"] == "image/jpeg"
-    )
+    assert results["results/heatmaps/demo/new/new_a/new_a.overlay.jpg"]["mime_type"] == "image/jpeg"
     assert not [p for p in results if p.startswith("results/heatmaps/") and p.endswith(".png")]
-    overlay = results["results/heatmaps/demo/new/new_a/overlay.report.jpg"]["labels"]
+    overlay = results["results/heatmaps/demo/new/new_a/new_a.overlay.jpg"]["labels"]
     table = pd.read_csv(res / "eval/demo/ensemble/new/predictions.csv").set_index("slide_id")
     pred = table.loc["new_a", "pred"]
     assert overlay["label"] == "-" and overlay["prediction"] == pred
     assert overlay["P(lesion)"] == f"{table.loc['new_a', 'prob_lesion']:.3f}"
-    demo = results["results/heatmaps/demo/demo/demo_p01_s1/overlay.report.jpg"]["labels"]
+    demo = results["results/heatmaps/demo/demo/demo_p01_s1/demo_p01_s1.overlay.jpg"]["labels"]
     assert demo["label"] in ("normal", "lesion") and demo["prediction"] in ("normal", "lesion")
     page = results["results/eval/demo/ensemble/new/predictions.html"]["content"].decode()
     assert all(f"<td>{sid}</td>" in page for sid in NEW)

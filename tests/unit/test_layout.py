@@ -80,7 +80,7 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
         "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/tr/summary.json",
         "results/eval/e/ensemble/ex/summary.json",
-        "results/heatmaps/e/tr/a/overlay.png",
+        "results/heatmaps/e/tr/a/a.overlay.jpg",
     ]
     # a predict cohort: its ensemble predictions even without ensemble.enabled, and heatmaps
     sheets["new"] = pd.DataFrame({"slide_id": ["d"], "patient_id": ["t"]})
@@ -90,9 +90,9 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
         "results/models/e/fold0/training_curves.png",
         "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/new/summary.json",
-        "results/heatmaps/e/tr/a/overlay.png",
-        "results/heatmaps/e/tr/b/overlay.png",
-        "results/heatmaps/e/new/d/overlay.png",
+        "results/heatmaps/e/tr/a/a.overlay.jpg",
+        "results/heatmaps/e/tr/b/b.overlay.jpg",
+        "results/heatmaps/e/new/d/d.overlay.jpg",
     ]
     del sheets["new"]
     files = layout.localization_inputs(config, sheets, ["tr"], [0, 1])

@@ -202,6 +202,13 @@ def heatmap_dir(experiment: str, cohort: str, slide_id: str) -> str:
     return f"{RESULTS}/heatmaps/{experiment}/{cohort}/{slide_id}"
 
 
+def heatmap_jpg(experiment: str, cohort: str, slide_id: str, figure: str) -> str:
+    """The report's JPEG copy of a slide's ``figure`` (overlay or gallery), named by slide so
+    that the report, which lists its items by file name, keeps a slide's two together; the
+    heatmap job writes it last, so rule all asks for it."""
+    return f"{heatmap_dir(experiment, cohort, slide_id)}/{slide_id}.{figure}.jpg"
+
+
 def lesion_masks(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str, str]:
     """{slide_id: lesion mask PNG} of a cohort with ground-truth lesion masks, sorted by slide_id
     (rule params and inputs built from it do not change when the sheet's rows are sorted).
@@ -343,5 +350,5 @@ def eval_targets(
     targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in predict_cohorts]
     predicted = list(train_cohorts) + list(external_cohorts) + list(predict_cohorts)
     pairs = heatmap_slides(config["heatmaps"]["slides"], sheets, predicted)
-    targets += [f"{heatmap_dir(exp, c, s)}/overlay.png" for c, s in pairs]
+    targets += [heatmap_jpg(exp, c, s, "overlay") for c, s in pairs]
     return targets

@@ -43,9 +43,10 @@ rule heatmap:
     output:
         overlay=f"{HEATMAP_DIR}/overlay.png",
         gallery=f"{HEATMAP_DIR}/gallery.png",
-        # the report embeds their JPEG copies (a quarter of the bytes: the report holds them all)
+        # the report embeds their JPEG copies (a quarter of the bytes: the report holds them all),
+        # named by slide: the report lists its items by file name, so a slide's two sit together
         overlay_report=report_output(
-            f"{HEATMAP_DIR}/overlay.report.jpg",
+            layout.heatmap_jpg(EXPERIMENT, "{cohort}", "{slide_id}", "overlay"),
             "heatmap",
             "3. Heatmaps",
             subcategory="{cohort}",
@@ -53,7 +54,7 @@ rule heatmap:
             enabled=HEATMAPS_IN_REPORT,
         ),
         gallery_report=report_output(
-            f"{HEATMAP_DIR}/gallery.report.jpg",
+            layout.heatmap_jpg(EXPERIMENT, "{cohort}", "{slide_id}", "gallery"),
             "gallery",
             "3. Heatmaps",
             subcategory="{cohort}",
