@@ -407,9 +407,9 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     for cohort, slides in (("demo", 24), ("new", 3)):
         page = results[f"results/qc/{cohort}.html"]["content"].decode()
         assert f"{slides} slide(s)" in page and "<th>tissue (%)</th>" in page
-    thumbs = [r for p, r in results.items() if p.endswith(".qc.png")]
+    thumbs = [r for p, r in results.items() if p.endswith(".qc.jpg")]  # the JPEG copies
     assert len(thumbs) == 8 + 3  # 8 of the demo's 24 slides, all 3 of the new cohort
-    assert all(r["mime_type"] == "image/png" and "tissue fraction" in r["labels"] for r in thumbs)
+    assert all(r["mime_type"] == "image/jpeg" and "tissue fraction" in r["labels"] for r in thumbs)
 
     # one training-curve image per fold
     curves = {p: r for p, r in results.items() if r["job_properties"]["rule"] == "training_curves"}

@@ -79,6 +79,11 @@ def tissue_qc(cohort: str, slide_id: str) -> str:
     return f"{mask_dir(cohort)}/{slide_id}.qc.png"
 
 
+def tissue_qc_jpg(cohort: str, slide_id: str) -> str:
+    """The report's JPEG copy of a slide's tissue-mask QC overlay (rule qc_report_copy)."""
+    return f"{mask_dir(cohort)}/{slide_id}.qc.jpg"
+
+
 def tissue_json(cohort: str, slide_id: str) -> str:
     """The tissue mask's JSON sidecar (mask resolution and statistics)."""
     return f"{mask_dir(cohort)}/{slide_id}.json"

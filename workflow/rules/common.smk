@@ -237,7 +237,9 @@ def qc_thumbnails(caption):
     for c in config["cohorts"]:
         for s in layout.qc_sample(cohort_slide_ids(c)):
             thumbnail = report(
-                layout.tissue_qc(c, s),
+                layout.tissue_qc_jpg(
+                    c, s
+                ),  # the JPEG copy: the report holds every image
                 caption=caption,
                 category="0. Quality control",
                 subcategory=c,

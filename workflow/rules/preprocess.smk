@@ -1,4 +1,4 @@
-"""Rules tissue_mask, extract_patches, qc_table: slide ingestion (gigamil.wsi).
+"""Rules tissue_mask, extract_patches, qc_table, qc_report_copy: slide ingestion (gigamil.wsi).
 
 Only the preprocessing sub-dicts of config.yaml are params here, so changing a training or
 heatmap key does not redo the masks or the patch stores; keys added later are left out at their
@@ -92,3 +92,24 @@ rule qc_table:
         sheet=lambda wc: qc_sheet(wc.cohort),
     script:
         "../scripts/qc_table.py"
+
+
+rule qc_report_copy:
+    input:
+        png=layout.tissue_qc("{cohort}", "{slide_id}"),
+    output:
+        # the report embeds this JPEG copy (a fifth of the bytes); nothing downstream reads it,
+        # so it never reruns a mask or a patch store
+        jpg=layout.tissue_qc_jpg("{cohort}", "{slide_id}"),
+    log:
+        layout.log_file("qc_report_copy", "{cohort}", "{slide_id}"),
+    benchmark:
+        layout.benchmark_file("qc_report_copy", "{cohort}", "{slide_id}")
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../scripts/report_copy.py"
