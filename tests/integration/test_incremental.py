@@ -103,6 +103,7 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
         "tissue_mask",
         "extract_patches",
         "qc_table",
+        "qc_report_copy",  # the new slides' QC thumbnails for the report
         "predict_fold",
         "ensemble",
         "heatmap",

@@ -218,7 +218,7 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
 LINE_STYLES = ["-", "--", ":", "-."]  # one per replicate (member) of a fold
 NO_VALIDATION = (
     "no validation slides (cv.val_fraction: 0): model.pt keeps each model's epoch of lowest"
-    " training loss (from min_epochs on)"
+    " training loss (warm-up epochs before min_epochs excepted, the last one included)"
 )
 
 
