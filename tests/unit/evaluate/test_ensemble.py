@@ -181,6 +181,17 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     assert plo <= on_disk["patient_auc"] <= phi
     assert f"{on_disk['patient_auc']:.3f} (95% CI {plo:.3f}–{phi:.3f})" in page
     assert f"{on_disk['balanced_accuracy']:.3f} (95% CI" in page
+    # each class's recall with its counts and CI: the sensitivity and specificity at the
+    # predicted class, resampling patients as the other intervals do
+    (tn, fp), (fn, tp) = on_disk["confusion_matrix"]
+    sens, (slo, shi) = (
+        on_disk["per_class_recall"]["lesion"],
+        on_disk["per_class_recall_ci"]["lesion"],
+    )
+    assert sens == pytest.approx(tp / (tp + fn)) and slo <= sens <= shi
+    assert f"sensitivity (recall of lesion)</td><td>{tp} / {tp + fn} = {sens:.3f} (95% CI" in page
+    assert f"specificity (recall of normal)</td><td>{tn} / {tn + fp} = " in page
+    assert table.loc["oof_ci_low", "recall_lesion"] == pytest.approx(slo)
     assert "23 / 12" in page and "slides without patches (not scored)</td><td>1<" in page
 
 

@@ -114,6 +114,7 @@ def summary_block(
         out[f"fold_{name}_mean"] = float(folds[name].mean())
         out[f"fold_{name}_sd"] = float(folds[name].std(ddof=1)) if len(folds) > 1 else float("nan")
     out["per_class_recall"] = {c: pooled[f"recall_{c}"] for c in classes}
+    out["per_class_recall_ci"] = {c: list(ci[f"recall_{c}"]) for c in classes}
     out["confusion_matrix"] = pooled["confusion"]
     out["ci_level"] = 0.95
     note = _ci_note(out)
@@ -134,10 +135,14 @@ def _ci_note(summary: Mapping[str, Any]) -> str:
             f"the intervals resample only {n} patient(s): with so few they say "
             "little (an interval such as [1.0, 1.0] does not mean certainty)"
         )
+    intervals = [(key.removesuffix("_ci"), v) for key, v in summary.items() if key.endswith("_ci")]
+    recalls = summary.get("per_class_recall_ci") or {}  # {class: [low, high]}
+    intervals = [(k, v) for k, v in intervals if not isinstance(v, Mapping)]
+    intervals += [(f"recall_{c}", v) for c, v in recalls.items()]
     flat = [
-        f"{key.removesuffix('_ci')} [{lo:.3g}, {hi:.3g}]"
-        for key, value in summary.items()
-        if key.endswith("_ci") and len(value) == 2
+        f"{name} [{lo:.3g}, {hi:.3g}]"
+        for name, value in intervals
+        if len(value) == 2
         for lo, hi in [value]
         if np.isfinite(lo) and lo == hi
     ]

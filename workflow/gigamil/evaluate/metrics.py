@@ -170,12 +170,15 @@ def bootstrap_ci(
     class only, for the AUC) are skipped for that metric.
 
     Returns:
-        {metric: (low, high)} for :data:`SCALAR_METRICS`; (nan, nan) if never defined.
+        {metric: (low, high)} for :data:`SCALAR_METRICS` and ``recall_<class>`` of every class
+        (a resample without the class does not count for its recall); (nan, nan) if never
+        defined.
     """
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=float)
     pred = probs.argmax(axis=1)
-    values: dict[str, list[float]] = {m: [] for m in SCALAR_METRICS}
+    recalls = [f"recall_{c}" for c in classes]
+    values: dict[str, list[float]] = {m: [] for m in (*SCALAR_METRICS, *recalls)}
     for idx in _group_resamples(y.size, groups, n_boot, seed):
         yb, pb = y[idx], pred[idx]
         cm = confusion_matrix(yb, pb, len(classes))
@@ -183,6 +186,8 @@ def bootstrap_ci(
         values["balanced_accuracy"].append(balanced_accuracy(cm))
         values["macro_f1"].append(macro_f1(cm))
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
+        for name, r in zip(recalls, per_class_recall(cm), strict=True):
+            values[name].append(float(r))
     return {m: _percentile_interval(vals, level) for m, vals in values.items()}
 
 

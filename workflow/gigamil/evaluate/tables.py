@@ -60,7 +60,8 @@ def mean_sd(mean: Any, sd: Any) -> str:
 def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, str]]:
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
     its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1 and accuracy with CIs,
-    the localisation AUC (with lesion masks) and the counts."""
+    each class's recall with its counts and CI (with two classes named sensitivity and
+    specificity), the localisation AUC (with lesion masks) and the counts."""
     per_slide = summary.get("models_per_slide") or [0, 0]
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
@@ -77,6 +78,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         ("balanced accuracy", with_ci(summary, "balanced_accuracy")),
         ("macro F1", with_ci(summary, "macro_f1")),
         ("accuracy", with_ci(summary, "accuracy")),
+        *_recall_rows(summary),
     ]
     if "localization_auc" in summary:
         loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
@@ -89,6 +91,26 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         rows.append(("slides without patches (not scored)", str(summary["n_unpredicted"])))
     if summary.get("ci_note"):
         rows.append(("note on the 95 % intervals", str(summary["ci_note"])))
+    return rows
+
+
+def _recall_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Each class's recall at the predicted class (the most probable one) as "9 / 12 = 0.750
+    (95% CI ...)"; with two classes the second's is the sensitivity, the first's the
+    specificity."""
+    classes = list(summary.get("classes") or [])
+    cm = summary.get("confusion_matrix") or []
+    recall = summary.get("per_class_recall") or {}
+    ci = summary.get("per_class_recall_ci") or {}
+    names = {classes[-1]: "sensitivity", classes[0]: "specificity"} if len(classes) == 2 else {}
+    rows = []
+    for i, c in enumerate(classes):
+        if c not in recall or i >= len(cm):
+            continue
+        text = with_ci({"r": recall[c], "r_ci": ci.get(c), "ci_level": 0.95}, "r")
+        counts = f"{cm[i][i]} / {sum(cm[i])} = " if text else ""
+        what = f"{names[c]} (recall of {c})" if c in names else f"recall of {c}"
+        rows.append((what, f"{counts}{text}"))
     return rows
 
 
