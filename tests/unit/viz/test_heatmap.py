@@ -105,6 +105,10 @@ def test_gallery_shows_top_and_bottom_patches(grid_slide, tmp_path, monkeypatch)
         f"#{n - 3}",
     ]
     assert shown["att"].tolist() == [n - 1, n - 2, n - 3, n - 4, 0, 1, 2, 3]
+    # the overlay boxes the same top patches in magenta, so the gallery's #1 is found on it
+    overlay = np.asarray(Image.open(tmp_path / "hm" / "overlay.png").convert("RGB")).astype(int)
+    magenta = (overlay[..., 0] > 200) & (overlay[..., 1] < 60) & (overlay[..., 2] > 200)
+    assert magenta.sum() > 4 * 4 * 12  # four boxes of at least 12 px a side
 
 
 def test_attention_length_mismatch_is_an_error(grid_slide, tmp_path):
@@ -231,7 +235,7 @@ def test_overlay_is_drawn_pixel_for_pixel_without_seams(grid_slide, tmp_path):
             store,
             np.full(len(coords), 1 / len(coords), np.float32),
             out,
-            style=HeatmapStyle(normalize="minmax", alpha=1.0, thumb_px=thumb_px),
+            style=HeatmapStyle(normalize="minmax", alpha=1.0, thumb_px=thumb_px, mark_top=False),
         )
         img = np.asarray(Image.open(out / "overlay.png").convert("RGB")).astype(int)
         img = img[:, : int(0.7 * img.shape[1])]

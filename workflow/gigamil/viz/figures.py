@@ -52,12 +52,16 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     tissue: np.ndarray | None = None,
     scale: ColourScale | None = None,
     lesion: np.ndarray | None = None,
+    marks: Sequence[tuple[float, float, float, str]] = (),
 ) -> None:
     """Save the thumbnail with the coloured canvas on top (NaN = transparent), 1:1 in pixels,
     the title above and a colour bar on the right labelled with what the colour means
     (``scale``'s label and ticks; None: "attention" on 0..1). ``lesion``: the ground-truth
     lesion mask (bool, any size covering the slide), outlined in white over a black edge (seen
-    on every colour map) and named in a line under the image."""
+    on every colour map) and named in a line under the image. ``marks``: patches to box and
+    number, ``(x, y, side, text)`` in image pixels (top-left corner; boxes of at least
+    :data:`MIN_MARK_PX`, so a patch of a few thumbnail pixels is still found), named in the
+    same line."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -72,9 +76,17 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     left = max(10, (fig_w - bar_px - w) // 2)
     ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
+    keys = []
     if lesion is not None and lesion.any():
         _outline(ax, _resize_mask(lesion, (h, w)))
-        fig.text(left / fig_w, 2 / fig_h, "white outline: lesion mask", fontsize=8.5, va="bottom")
+        keys.append("white outline: lesion mask")
+    if marks:
+        _mark_patches(ax, marks)
+        keys.append(
+            f"magenta boxes: the {len(marks)} highest-attention patches (#1..., as in the gallery)"
+        )
+    if keys:
+        fig.text(left / fig_w, 2 / fig_h, " · ".join(keys), fontsize=8.5, va="bottom")
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
         ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
@@ -87,6 +99,23 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     bar.ax.tick_params(labelsize=8.5)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
+
+
+MIN_MARK_PX = 12  # the smallest box drawn around a marked patch
+
+
+def _mark_patches(ax: Any, marks: Sequence[tuple[float, float, float, str]]) -> None:
+    """A magenta box around each marked patch, its text in a magenta tag at the box's corner."""
+    from matplotlib.patches import Rectangle
+
+    for x, y, side, text in marks:
+        box = max(side, MIN_MARK_PX)
+        x0, y0 = x + side / 2 - box / 2, y + side / 2 - box / 2
+        ax.add_patch(Rectangle((x0, y0), box, box, fill=False, ec="magenta", lw=1.6))
+        ax.text(
+            x0 + 1, y0 + 1, text, color="white", fontsize=7.5, va="top", ha="left",
+            bbox={"facecolor": "magenta", "edgecolor": "none", "pad": 0.8, "alpha": 0.9},
+        )  # fmt: skip
 
 
 def _outline(ax: Any, mask: np.ndarray) -> None:

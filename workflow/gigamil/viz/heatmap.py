@@ -71,7 +71,8 @@ class HeatmapStyle:
     ``normalize``: the colour scale (see :func:`scale_attention`); ``top_k``: patches per gallery
     row; ``alpha``: overlay opacity; ``cmap``: matplotlib colour map; ``thumb_px``: thumbnail long
     side; ``weight``: what the per-patch weights are, for the labels (``attention``, or ``patch
-    probability`` for ``model.pool: instance``: see :func:`weight_name`).
+    probability`` for ``model.pool: instance``: see :func:`weight_name`); ``mark_top``: box and
+    number the ``top_k`` patches on the overlay, as the gallery numbers them.
     """
 
     normalize: str = _style_default("normalize")
@@ -80,6 +81,7 @@ class HeatmapStyle:
     cmap: str = _style_default("cmap")
     thumb_px: int = 800
     weight: str = "attention"
+    mark_top: bool = True
 
     def __post_init__(self) -> None:
         """Raises GigamilError for an opacity outside 0..1 or a non-positive size."""
@@ -159,10 +161,10 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     method, scale = _colour_scale(slide, style, prediction)
     head = prediction.title() if prediction is not None else (title or slide.slide_id)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
-    tissue = _write_overlay(
-        slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png"
-    )
     top, bottom = top_bottom(slide.attention, style.top_k)
+    tissue = _write_overlay(
+        slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png", top
+    )
     _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png")
     _write_geojsons(slide, scale, top, tissue, tissue_mask, out_dir)
     return {
@@ -262,14 +264,35 @@ def _write_overlay(
     style: HeatmapStyle,
     head: str,
     path: Path,
+    top: np.ndarray,
 ) -> np.ndarray | None:
-    """Write overlay.png, clipped to the tissue mask and with the lesion mask outlined
-    (``masks``: their PNGs or None); returns the tissue mask (bool (H, W)), or None."""
+    """Write overlay.png, clipped to the tissue mask, with the lesion mask outlined (``masks``:
+    their PNGs or None) and the ``top`` patches boxed and numbered as in the gallery; returns
+    the tissue mask (bool (H, W)), or None."""
     scale_xy = thumb.shape[1] / slide.dims[0]
     canvas = attention_canvas(slide.coords, slide.psize, scale.values, scale_xy, thumb.shape[:2])
     tissue, lesion = (load_tissue_mask(m) for m in masks)
+    side = slide.psize * scale_xy
+    marks = [
+        (
+            float(slide.coords[i, 0]) * scale_xy,
+            float(slide.coords[i, 1]) * scale_xy,
+            side,
+            f"#{r + 1}",
+        )
+        for r, i in enumerate(top if style.mark_top else [])
+    ]
     render_overlay(
-        thumb, canvas, path, head, style.cmap, style.alpha, tissue, scale=scale, lesion=lesion
+        thumb,
+        canvas,
+        path,
+        head,
+        style.cmap,
+        style.alpha,
+        tissue,
+        scale=scale,
+        lesion=lesion,
+        marks=marks,
     )
     return tissue
 
