@@ -21,7 +21,7 @@ rule aggregate_cv:
             "1. Cross-validation",
             {
                 "summary": ("summary.json", "summary"),
-                "metrics": ("metrics.csv", "metrics"),
+                "metrics": ("metrics.csv", "metrics_csv"),
                 "metrics_html": ("metrics.html", "metrics"),
                 "per_slide": ("per_slide_predictions.csv", "per_slide"),
                 "roc": ("roc.png", "roc"),
@@ -64,7 +64,7 @@ rule ensemble:
             {
                 "summary": ("summary.json", "ensemble_summary"),
                 "predictions": ("predictions.csv", "ensemble_predictions"),
-                "metrics": ("metrics.csv", "ensemble_metrics"),
+                "metrics": ("metrics.csv", "metrics_csv"),
                 "metrics_html": ("metrics.html", "ensemble_metrics"),
                 "roc": ("roc.png", "ensemble_roc"),
                 "confusion": ("confusion.png", "ensemble_confusion"),
