@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from PIL import Image
 
 from gigamil.errors import GigamilError
@@ -109,6 +110,11 @@ def test_gallery_shows_top_and_bottom_patches(grid_slide, tmp_path, monkeypatch)
     overlay = np.asarray(Image.open(tmp_path / "hm" / "overlay.png").convert("RGB")).astype(int)
     magenta = (overlay[..., 0] > 200) & (overlay[..., 1] < 60) & (overlay[..., 2] > 200)
     assert magenta.sum() > 4 * 4 * 12  # four boxes of at least 12 px a side
+    # the gallery's title gives the patches' physical width
+    attrs = zarr.open_group(str(store), mode="r").attrs
+    width = attrs["patch_size_level0"] * attrs["slide_mpp"]
+    title = Image.open(tmp_path / "hm" / "gallery.png").text["Title"]
+    assert title.endswith(f"; each {width:.0f} µm wide"), title
 
 
 def test_attention_length_mismatch_is_an_error(grid_slide, tmp_path):

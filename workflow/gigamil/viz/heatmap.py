@@ -328,7 +328,17 @@ def _write_gallery(
         else f"patches (a: {style.weight} / slide's sum; ×N: relative to uniform)"
     )
     title = f"{head}\ntop {top.size} / bottom {bottom.size} {style.weight} of {n} {what}"
+    title += _patch_width(slide.attrs)
     render_gallery(tiles, slide.attention[idx], captions, path, title, n_patches=int(n))
+
+
+def _patch_width(attrs: Mapping[str, Any]) -> str:
+    """The gallery title's "; each 93 µm wide", from a store's ``patch_size_level0`` (px) and
+    ``slide_mpp`` (µm/px); "" without them."""
+    px, mpp = attrs.get("patch_size_level0"), attrs.get("slide_mpp")
+    if not isinstance(px, int | float) or not isinstance(mpp, int | float) or mpp <= 0:
+        return ""
+    return f"; each {px * mpp:.0f} µm wide"
 
 
 def _write_geojsons(
