@@ -122,7 +122,8 @@ def test_external_cohort_runs_only_its_own_jobs(workdir: Path):
     table = pd.read_csv(
         workdir / "results" / "eval" / "demo" / "ensemble" / "ext" / "predictions.csv"
     ).set_index("slide_id")
-    assert table["localization_auc"].dropna().to_dict() == pytest.approx(per_slide)
+    # the CSV holds 6 significant digits
+    assert table["localization_auc"].dropna().to_dict() == pytest.approx(per_slide, rel=1e-5)
 
     # touching or sorting the external sheet re-predicts nothing; a changed label re-predicts
     sheet_file = workdir / "ext" / "sheet.csv"

@@ -30,7 +30,7 @@ from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.evaluate.localization import cohort_localization
 from gigamil.evaluate.predictions import oof_predictions, read_predictions, split_unpredicted
-from gigamil.evaluate.tables import write_json, write_metrics_html
+from gigamil.evaluate.tables import FLOAT_FORMAT, write_json, write_metrics_html
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,9 @@ def _write_cv_outputs(
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
     cols += [c for c in ("localization_auc", "n_lesion_patches") if c in per_slide.columns]
     per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(
-        out_dir / "per_slide_predictions.csv", index=False
+        out_dir / "per_slide_predictions.csv", index=False, float_format=FLOAT_FORMAT
     )
-    table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
+    table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
     write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "oof_auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by="fold")

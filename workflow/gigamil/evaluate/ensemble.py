@@ -35,7 +35,7 @@ from gigamil.evaluate.aggregate import (
 )
 from gigamil.evaluate.localization import cohort_localization
 from gigamil.evaluate.predictions import read_predictions, split_unpredicted
-from gigamil.evaluate.tables import html_page, write_json, write_metrics_html
+from gigamil.evaluate.tables import FLOAT_FORMAT, html_page, write_json, write_metrics_html
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def predict_cohort(
     """
     out_dir = Path(out_dir)
     preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
-    ens.to_csv(out_dir / "predictions.csv", index=False)
+    ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title)
     predicted = ens["pred"].astype(str)
@@ -300,7 +300,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
-    ens.to_csv(out_dir / "predictions.csv", index=False)
+    ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
     valid, table, summary = _ensemble_metrics(
         ens, preds, classes, cohort, experiment, n_boot, seed, out_dir
     )
@@ -341,7 +341,7 @@ def _ensemble_metrics(
         raise GigamilError(f"cohort {cohort!r}: no slide has a prediction")
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
     table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
-    table.to_csv(out_dir / "metrics.csv", float_format="%.6g")
+    table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())

@@ -34,6 +34,11 @@ def write_json(data: Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(_clean(dict(data)), indent=2, allow_nan=False) + "\n")
 
 
+# the evaluation's CSVs: 6 significant digits (probabilities come from float32 models; 17 digits
+# of a float64 mean only look precise)
+FLOAT_FORMAT = "%.6g"
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     """A number for a table cell ("" when undefined)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
