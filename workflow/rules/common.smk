@@ -250,10 +250,23 @@ def qc_thumbnails(caption):
 
 
 def heatmap_labels(figure, wildcards):
-    """Report labels of a heatmap figure: the slide, its label, the ensemble's prediction and
-    probability (read from the fold models' prediction CSVs when the report is made)."""
+    """Report labels of a heatmap figure: the slide, its label, the ensemble's prediction,
+    probability and whether it is right (read from the fold models' prediction CSVs when the
+    report is made), and its localisation AUC (from the cohort's ensemble or CV summary).
+    """
     from gigamil.evaluate.ensemble import prediction_labels
+    from gigamil.evaluate.localization import localization_label
 
     csvs = [layout.prediction_csv(EXPERIMENT, k, wildcards.cohort) for k in FOLDS]
     info = prediction_labels(csvs, CLASSES, wildcards.slide_id)
-    return {"slide": wildcards.slide_id, **info, "figure": figure}
+    summaries = [
+        f"{layout.ensemble_dir(EXPERIMENT, wildcards.cohort)}/summary.json",
+        f"{layout.eval_dir(EXPERIMENT)}/summary.json",
+    ]
+    loc = localization_label(summaries, wildcards.slide_id)
+    return {
+        "slide": wildcards.slide_id,
+        **info,
+        "localisation AUC": loc,
+        "figure": figure,
+    }

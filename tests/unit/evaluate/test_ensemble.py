@@ -527,6 +527,7 @@ def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predic
         "label": "normal",
         "prediction": "lesion",
         "P(lesion)": "0.750",
+        "correct": "no",
     }
     # P(lesion) of a slide predicted normal: the number its heatmap title shows
     assert prediction_labels(paths, CLASSES, second)["P(lesion)"] == "0.200"
@@ -538,6 +539,7 @@ def test_prediction_labels_of_a_heatmap_are_the_mean_over_the_models_that_predic
         "label": "-",
         "prediction": "none (no patches)",
         "P(lesion)": "",
+        "correct": "-",
     }
 
 
@@ -600,4 +602,15 @@ def test_prediction_labels_with_three_classes_give_the_predicted_class_probabili
     probs = {"prob_normal": 0.1, "prob_a": 0.3, "prob_b": 0.6, "pred": "b"}
     pd.DataFrame([row | probs]).to_csv(tmp_path / "f.csv", index=False)
     labels = prediction_labels([tmp_path / "f.csv"], ["normal", "a", "b"], "s")
-    assert labels == {"label": "a", "prediction": "b", "P(predicted)": "0.600"}
+    assert labels == {"label": "a", "prediction": "b", "P(predicted)": "0.600", "correct": "no"}
+
+
+def test_localization_label_reads_the_first_summary_that_has_the_slide(tmp_path):
+    from gigamil.evaluate.localization import localization_label
+
+    ens, cv = tmp_path / "ens.json", tmp_path / "cv.json"
+    ens.write_text('{"auc": 0.9}')  # an ensemble without lesion masks
+    cv.write_text('{"localization_auc_per_slide": {"s1": 0.9166, "s2": null}}')
+    assert localization_label([tmp_path / "gone.json", ens, cv], "s1") == "0.917"
+    assert localization_label([ens, cv], "s2") == "-"  # no AUC for that slide
+    assert localization_label([ens], "s1") == "-"

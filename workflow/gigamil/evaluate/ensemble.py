@@ -243,19 +243,20 @@ def prediction_labels(
     train-cohort slide has one, its out-of-fold model). With two classes the probability is that
     of the positive (second) class, under the key ``P(<class>)``, the number the heatmap's title
     shows; with more, ``P(predicted)``: that of the predicted class, which the title shows first.
+    ``correct``: yes / no, or ``-`` without a label or a prediction.
     """
     key = f"P({classes[1]})" if len(classes) == 2 else "P(predicted)"
     preds = read_predictions([p for p in pred_csvs if Path(p).is_file()], classes)
     preds = preds[preds["slide_id"] == str(slide_id)]
     if preds.empty:
-        return {"label": "?", "prediction": "?", key: "?"}
+        return {"label": "?", "prediction": "?", key: "?", "correct": "-"}
     row = mean_probabilities(preds, classes).iloc[0]
     label = str(row["label"]) if str(row["label"]) else "-"
     if not row["pred"]:
-        return {"label": label, "prediction": "none (no patches)", key: ""}
-    shown = classes[1] if len(classes) == 2 else row["pred"]
-    prob = float(row[f"prob_{shown}"])
-    return {"label": label, "prediction": str(row["pred"]), key: f"{prob:.3f}"}
+        return {"label": label, "prediction": "none (no patches)", key: "", "correct": "-"}
+    prob = float(row[f"prob_{classes[1] if len(classes) == 2 else row['pred']}"])
+    correct = "-" if label == "-" else ("yes" if label == str(row["pred"]) else "no")
+    return {"label": label, "prediction": str(row["pred"]), key: f"{prob:.3f}", "correct": correct}
 
 
 def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)

@@ -164,3 +164,18 @@ def _load_attention(path: str | Path) -> np.ndarray:
             f"attention file {path} is damaged or not a .npy array ({exc}): delete it and rerun "
             "the prediction that wrote it"
         ) from None
+
+
+def localization_label(summaries: Sequence[str | Path], slide_id: str) -> str:
+    """A slide's localisation AUC as the report lists it beside its heatmap ("0.917"), from the
+    first of ``summaries`` (summary.json files: the cohort's ensemble, the cross-validation)
+    whose ``localization_auc_per_slide`` holds it; "-" when none does (no lesion mask, or a slide
+    without both lesion and other patches)."""
+    for path in summaries:
+        try:
+            per_slide = json.loads(Path(path).read_text()).get("localization_auc_per_slide")
+        except (OSError, ValueError):
+            continue
+        if isinstance(per_slide, dict) and isinstance(per_slide.get(str(slide_id)), int | float):
+            return f"{per_slide[str(slide_id)]:.3f}"
+    return "-"
