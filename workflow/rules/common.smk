@@ -236,10 +236,9 @@ def qc_thumbnails(caption):
     flagged = []
     for c in config["cohorts"]:
         for s in layout.qc_sample(cohort_slide_ids(c)):
+            # the JPEG copy (made by qc_report_copy): the report holds every image
             thumbnail = report(
-                layout.tissue_qc_jpg(
-                    c, s
-                ),  # the JPEG copy: the report holds every image
+                layout.tissue_qc_jpg(c, s),
                 caption=caption,
                 category="0. Quality control",
                 subcategory=c,

@@ -135,9 +135,12 @@ def _ci_note(summary: Mapping[str, Any]) -> str:
             f"the intervals resample only {n} patient(s): with so few they say "
             "little (an interval such as [1.0, 1.0] does not mean certainty)"
         )
-    intervals = [(key.removesuffix("_ci"), v) for key, v in summary.items() if key.endswith("_ci")]
+    intervals = [
+        (key.removesuffix("_ci"), v)
+        for key, v in summary.items()
+        if key.endswith("_ci") and not isinstance(v, Mapping)  # per_class_recall_ci: below
+    ]
     recalls = summary.get("per_class_recall_ci") or {}  # {class: [low, high]}
-    intervals = [(k, v) for k, v in intervals if not isinstance(v, Mapping)]
     intervals += [(f"recall_{c}", v) for c, v in recalls.items()]
     flat = [
         f"{name} [{lo:.3g}, {hi:.3g}]"

@@ -243,20 +243,25 @@ def prediction_labels(
     train-cohort slide has one, its out-of-fold model). With two classes the probability is that
     of the positive (second) class, under the key ``P(<class>)``, the number the heatmap's title
     shows; with more, ``P(predicted)``: that of the predicted class, which the title shows first.
-    ``correct``: yes / no, or ``-`` without a label or a prediction.
+    ``correct``: yes / no, or ``-`` without a label or a prediction. Read as the heatmap's title
+    reads them (:func:`gigamil.viz.slide_info.read_slide_prediction`).
     """
+    from gigamil.viz.slide_info import SlideNotPredicted, read_slide_prediction
+
     key = f"P({classes[1]})" if len(classes) == 2 else "P(predicted)"
-    preds = read_predictions([p for p in pred_csvs if Path(p).is_file()], classes)
-    preds = preds[preds["slide_id"] == str(slide_id)]
-    if preds.empty:
+    found = [p for p in pred_csvs if Path(p).is_file()]
+    try:
+        slide = read_slide_prediction(found, slide_id, classes) if found else None
+    except SlideNotPredicted:
+        slide = None
+    if slide is None:
         return {"label": "?", "prediction": "?", key: "?", "correct": "-"}
-    row = mean_probabilities(preds, classes).iloc[0]
-    label = str(row["label"]) if str(row["label"]) else "-"
-    if not row["pred"]:
+    label = slide.label or "-"
+    if not slide.pred:
         return {"label": label, "prediction": "none (no patches)", key: "", "correct": "-"}
-    prob = float(row[f"prob_{classes[1] if len(classes) == 2 else row['pred']}"])
-    correct = "-" if label == "-" else ("yes" if label == str(row["pred"]) else "no")
-    return {"label": label, "prediction": str(row["pred"]), key: f"{prob:.3f}", "correct": correct}
+    prob = slide.probability if len(classes) == 2 else slide.pred_probability
+    correct = "-" if label == "-" else ("yes" if label == slide.pred else "no")
+    return {"label": label, "prediction": slide.pred, key: f"{prob:.3f}", "correct": correct}
 
 
 def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)

@@ -49,11 +49,15 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def with_ci(summary: Mapping[str, Any], key: str) -> str:
     """``summary[key]`` with its CI (``{key}_ci``): "0.972 (95% CI 0.906–1.000)"; without a CI
     the value alone; "" when undefined."""
-    value, ci = _fmt(summary.get(key)), summary.get(f"{key}_ci") or []
-    if value and len(ci) == 2 and all(_fmt(c) for c in ci):
-        level = round(100 * float(summary.get("ci_level", 0.95)))
-        return f"{value} ({level}% CI {_fmt(ci[0])}–{_fmt(ci[1])})"
-    return value
+    return _value_ci(summary.get(key), summary.get(f"{key}_ci"), summary.get("ci_level", 0.95))
+
+
+def _value_ci(value: Any, ci: Any, level: Any) -> str:
+    """``value`` and its ``ci`` ([low, high] at ``level``) as :func:`with_ci` writes them."""
+    text, ci = _fmt(value), ci or []
+    if text and len(ci) == 2 and all(_fmt(c) for c in ci):
+        return f"{text} ({round(100 * float(level))}% CI {_fmt(ci[0])}–{_fmt(ci[1])})"
+    return text
 
 
 def mean_sd(mean: Any, sd: Any) -> str:
@@ -112,7 +116,7 @@ def _recall_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     for i, c in enumerate(classes):
         if c not in recall or i >= len(cm):
             continue
-        text = with_ci({"r": recall[c], "r_ci": ci.get(c), "ci_level": 0.95}, "r")
+        text = _value_ci(recall[c], ci.get(c), summary.get("ci_level", 0.95))
         counts = f"{cm[i][i]} / {sum(cm[i])} = " if text else ""
         what = f"{names[c]} (recall of {c})" if c in names else f"recall of {c}"
         rows.append((what, f"{counts}{text}"))
