@@ -45,6 +45,24 @@ def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
         assert img.format == "PNG" and img.size == (960, 408)
 
 
+def test_training_curves_title_lines_fit_the_figure(tmp_path, monkeypatch):
+    """The no-validation note is wrapped: a 165-character line was cut off at both edges."""
+    from matplotlib.figure import Figure
+
+    titles = []
+    suptitle = Figure.suptitle
+    monkeypatch.setattr(
+        Figure, "suptitle", lambda f, t, **kw: titles.append(t) or suptitle(f, t, **kw)
+    )
+    rows = pd.read_csv(_train_log(tmp_path / "train_log.csv"))
+    rows[["val_loss", "val_auc", "val_balanced_accuracy"]] = float("nan")
+    rows.to_csv(tmp_path / "train_log.csv", index=False)
+    plot_training_curves(tmp_path / "train_log.csv", tmp_path / "c.png", "demo: fold 0")
+    (title,) = titles
+    assert "no validation slides" in title and "min_epochs - 1" in title
+    assert max(map(len, title.splitlines())) <= 100
+
+
 def test_training_curves_of_em_rounds_draw_the_encoder_loss(tmp_path):
     log = _train_log(tmp_path / "train_log.csv")
     rows = pd.read_csv(log)

@@ -192,7 +192,7 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     ]
     if not validated:  # cv.val_fraction: 0 (no validation slides): the schedule, not empty axes
         scores = _learning_rate_panel(ax_auc, members[0][1])
-        title += f"\n{NO_VALIDATION}"
+        title += "\n" + _wrap(NO_VALIDATION, TITLE_CHARS)
     for ax in (ax_loss, ax_auc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
@@ -218,8 +218,9 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
 LINE_STYLES = ["-", "--", ":", "-."]  # one per replicate (member) of a fold
 NO_VALIDATION = (
     "no validation slides (cv.val_fraction: 0): model.pt keeps each model's epoch of lowest"
-    " training loss (warm-up epochs before min_epochs excepted, the last one included)"
+    " training loss, from epoch min_epochs - 1 on"
 )
+TITLE_CHARS = 100  # characters per line of the training curves' 8-inch-wide title (9 pt)
 
 
 def _learning_rate_panel(ax: Any, rows: pd.DataFrame) -> list[str]:
