@@ -374,3 +374,34 @@ def test_lesion_mask_is_outlined_on_the_overlay(grid_slide, tmp_path, capsys):
     wy, wx = np.nonzero(white[: ys.max() + 1])  # above the line of text under the image
     assert wx.min() > (xs.min() + xs.max()) / 2 - 3 and wx.max() <= xs.max() + 3
     assert wy.min() >= ys.min() - 3
+
+
+def test_overlay_scale_bar_lies_under_the_image(tmp_path):
+    """With the thumbnail's µm/px the overlay gets a scale bar of a round length (50 µm = 25 px
+    at 2 µm/px on a 200-px-wide image), in a band under the image: it hides no tissue."""
+    from gigamil.viz.figures import SCALE_BAR_PX, render_overlay
+
+    thumb = np.full((100, 200, 3), 150, np.uint8)
+    canvas = np.full((100, 200), np.nan, np.float32)
+    render_overlay(thumb, canvas, tmp_path / "bar.png", "t", mpp=2.0)
+    render_overlay(thumb, canvas, tmp_path / "none.png", "t")
+    bar = np.asarray(Image.open(tmp_path / "bar.png").convert("RGB")).astype(int)
+    none = np.asarray(Image.open(tmp_path / "none.png").convert("RGB")).astype(int)
+    assert bar.shape[0] == none.shape[0] + SCALE_BAR_PX
+    rows = np.nonzero(((bar == 150).all(axis=-1)).sum(axis=1) == 200)[0]
+    assert len(rows) == 100  # the image itself, untouched
+    cols = np.nonzero((bar[rows[0]] == 150).all(axis=-1))[0]
+    under = np.s_[rows.max() + 1 :, cols.min() : cols.max() + 1]  # the band under the image
+    runs = [_longest_run(r) for r in (bar.max(axis=-1) < 40)[under]]
+    assert 24 <= max(runs) <= 26  # the bar: 25 px (its label's letters are shorter runs)
+    below = (none.max(axis=-1) < 40)[under]  # without µm/px: only the key's text
+    assert max(_longest_run(r) for r in below) < 12
+
+
+def _longest_run(row: np.ndarray) -> int:
+    """The longest run of True in a 1-D bool array."""
+    best = cur = 0
+    for v in row:
+        cur = cur + 1 if v else 0
+        best = max(best, cur)
+    return best

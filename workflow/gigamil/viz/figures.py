@@ -53,6 +53,7 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     scale: ColourScale | None = None,
     lesion: np.ndarray | None = None,
     marks: Sequence[tuple[float, float, float, str]] = (),
+    mpp: float | None = None,
 ) -> None:
     """Save the thumbnail with the coloured canvas on top (NaN = transparent), 1:1 in pixels,
     the title above and a colour bar on the right labelled with what the colour means
@@ -61,7 +62,8 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     on every colour map) and named in a line under the image. ``marks``: patches to box and
     number, ``(x, y, side, text)`` in image pixels (top-left corner; boxes of at least
     :data:`MIN_MARK_PX`, so a patch of a few thumbnail pixels is still found), named in the
-    same line."""
+    same line, which also says that tissue without colour had no patch. ``mpp``: µm per pixel of
+    ``thumb``, for a scale bar at the lower left (None: no bar)."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -71,22 +73,14 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     bar_px = 130  # colour bar, its ticks and its two-line label
     fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
     top = _title_px(title)
-    fig_h = h + top + 20  # room for the lesion outline's key below the image
+    bar_h = SCALE_BAR_PX if mpp else 0  # the scale bar's band under the image
+    fig_h = h + top + bar_h + 20  # and the key line below it
     fig = _figure(fig_w, fig_h)
     left = max(10, (fig_w - bar_px - w) // 2)
     ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
-    keys = []
-    if lesion is not None and lesion.any():
-        _outline(ax, _resize_mask(lesion, (h, w)))
-        keys.append("white outline: lesion mask")
-    if marks:
-        _mark_patches(ax, marks)
-        keys.append(
-            f"magenta boxes: the {len(marks)} highest-attention patches (#1..., as in the gallery)"
-        )
-    if keys:
-        fig.text(left / fig_w, 2 / fig_h, " · ".join(keys), fontsize=8.5, va="bottom")
+    keys = _draw_marks(ax, lesion, marks, mpp)
+    fig.text(left / fig_w, 2 / fig_h, " · ".join(keys), fontsize=8.5, va="bottom")
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
         ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
@@ -99,6 +93,29 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     bar.ax.tick_params(labelsize=8.5)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
+
+
+def _draw_marks(
+    ax: Any,
+    lesion: np.ndarray | None,
+    marks: Sequence[tuple[float, float, float, str]],
+    mpp: float | None,
+) -> list[str]:
+    """Draw the lesion outline, the marked patches and the scale bar on the image's axes;
+    returns the key line's parts."""
+    h, w = ax.get_images()[0].get_array().shape[:2]
+    keys = []
+    if lesion is not None and lesion.any():
+        _outline(ax, _resize_mask(lesion, (h, w)))
+        keys.append("white outline: lesion mask")
+    if marks:
+        _mark_patches(ax, marks)
+        keys.append(
+            f"magenta boxes: the {len(marks)} highest-attention patches (#1..., as in the gallery)"
+        )
+    if mpp:
+        _scale_bar(ax, mpp, w)
+    return [*keys, "no colour: no patch"]
 
 
 MIN_MARK_PX = 12  # the smallest box drawn around a marked patch
@@ -118,10 +135,32 @@ def _mark_patches(ax: Any, marks: Sequence[tuple[float, float, float, str]]) -> 
         )  # fmt: skip
 
 
+SCALE_BAR_PX = 26  # height of the band under the overlay that holds its scale bar
+
+
+def _scale_bar(ax: Any, mpp: float, width_px: int) -> None:
+    """A black scale bar of a round length (:func:`gigamil.wsi.qc.scale_bar_um`, about a fifth
+    of the image width), its length under it, just below the lower left corner of ``ax`` (for
+    ``mpp`` µm per image pixel): outside the image, so it hides no tissue."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    from gigamil.wsi.qc import scale_bar_um, um_text
+
+    um = scale_bar_um(mpp, width_px)
+    bar = AnchoredSizeBar(
+        ax.transData, um / mpp, um_text(um), "upper left", pad=0.1, borderpad=0.0, sep=2,
+        frameon=False, size_vertical=3, fontproperties={"size": 8},
+        bbox_to_anchor=(0.0, -0.004), bbox_transform=ax.transAxes,
+    )  # fmt: skip
+    bar.set_clip_on(False)
+    ax.add_artist(bar)
+
+
 def _outline(ax: Any, mask: np.ndarray) -> None:
-    """The border of ``mask`` (bool (H, W), the image's size): white over black."""
+    """The border of ``mask`` (bool (H, W), the image's size): a broad white line on a thin
+    black edge, so it reads as white on every colour map and on the glass."""
     z = mask.astype(np.float32)
-    for colour, width in (("black", 3.2), ("white", 1.6)):
+    for colour, width in (("black", 3.6), ("white", 2.4)):
         ax.contour(z, levels=[0.5], colors=colour, linewidths=width)
 
 

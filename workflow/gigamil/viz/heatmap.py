@@ -293,8 +293,17 @@ def _write_overlay(
         scale=scale,
         lesion=lesion,
         marks=marks,
+        mpp=_thumbnail_mpp(slide.attrs, scale_xy),
     )
     return tissue
+
+
+def _thumbnail_mpp(attrs: Mapping[str, Any], scale_xy: float) -> float | None:
+    """µm per thumbnail pixel: the store's level-0 ``slide_mpp`` over the thumbnail's scale
+    (thumbnail px per level-0 px); None when the store records no positive µm/px."""
+    mpp = attrs.get("slide_mpp")
+    ok = isinstance(mpp, int | float) and not isinstance(mpp, bool) and mpp > 0 and scale_xy > 0
+    return float(mpp) / scale_xy if ok else None
 
 
 def _write_gallery(

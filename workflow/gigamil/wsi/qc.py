@@ -189,7 +189,8 @@ def scale_bar_um(mpp: float, width_px: int, fraction: float = 0.2) -> float:
     return max((m * 10.0**k for m in (1, 2, 5) if m * 10.0**k <= target), default=10.0**k)
 
 
-def _um_text(um: float) -> str:
+def um_text(um: float) -> str:
+    """A length in µm as text, in mm from 1,000 µm on (``500 µm``, ``2 mm``)."""
     return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
 
 
@@ -223,7 +224,7 @@ def annotate_qc_image(image: np.ndarray, mpp: float | None, title: str, caption:
     if mpp:
         um = scale_bar_um(mpp, w)
         bar = max(1, round(um / mpp))
-        text = _um_text(um)
+        text = um_text(um)
         tw = draw.textlength(text, font=font)
         pad, thick = max(4, size // 3), max(3, size // 4)
         box_w = int(max(bar, tw)) + 2 * pad
