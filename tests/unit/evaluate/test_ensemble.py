@@ -176,10 +176,11 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     # the report shows the headline numbers inline, as text, above the fold table
     page = (out / "metrics.html").read_text()
     lo, hi = on_disk["oof_auc_ci"]
-    assert f"{on_disk['oof_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in page
+    assert lo == hi == 1.0  # every resample ranks perfectly: said, not shown as an interval
+    assert f"{on_disk['oof_auc']:.3f} (no 95% CI: every resample gave 1.000)" in page
     plo, phi = on_disk["patient_auc_ci"]  # resampling patients, as the slide AUC's CI
     assert plo <= on_disk["patient_auc"] <= phi
-    assert f"{on_disk['patient_auc']:.3f} (95% CI {plo:.3f}–{phi:.3f})" in page
+    assert f"{on_disk['patient_auc']:.3f} ({_ci_text(plo, phi)})" in page
     assert f"{on_disk['balanced_accuracy']:.3f} (95% CI" in page
     # each class's recall with its counts and CI: the sensitivity and specificity at the
     # predicted class, resampling patients as the other intervals do
@@ -191,6 +192,7 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     assert sens == pytest.approx(tp / (tp + fn)) and slo <= sens <= shi
     assert f"sensitivity (recall of lesion)</td><td>{tp} / {tp + fn} = {sens:.3f} (95% CI" in page
     assert f"specificity (recall of normal)</td><td>{tn} / {tn + fp} = " in page
+    _check_patient_recall(on_disk, table, page)
     assert table.loc["oof_ci_low", "recall_lesion"] == pytest.approx(slo)
     assert "23 / 12" in page and "slides without patches (not scored)</td><td>1<" in page
 
@@ -287,8 +289,10 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert "allow_patient_overlap" in again["patient_overlap"]["note"]
     assert "patient_overlap" in (tmp_path / "ens2" / "summary.json").read_text()
     page = (out / "metrics.html").read_text()
-    assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} (95% CI" in page
-    assert f"<td>{summary['patient_auc']:.3f} (95% CI" in page
+    lo, hi = summary["auc_ci"]
+    assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} ({_ci_text(lo, hi)})" in page
+    plo, phi = summary["patient_auc_ci"]
+    assert f"<td>{summary['patient_auc']:.3f} ({_ci_text(plo, phi)})" in page
     assert "<title>demo: cohort ext ensemble metrics</title>" in page
     # a train cohort's files: each slide scored by its out-of-fold model only, and said so
     oof_paths = []
@@ -614,3 +618,26 @@ def test_localization_label_reads_the_first_summary_that_has_the_slide(tmp_path)
     assert localization_label([tmp_path / "gone.json", ens, cv], "s1") == "0.917"
     assert localization_label([ens, cv], "s2") == "-"  # no AUC for that slide
     assert localization_label([ens], "s1") == "-"
+
+
+def _ci_text(lo: float, hi: float) -> str:
+    """How metrics.html writes a 95 % interval: a range, or, when every resample gave the same
+    value, that there is none."""
+    return f"no 95% CI: every resample gave {lo:.3f}" if lo == hi else f"95% CI {lo:.3f}–{hi:.3f}"
+
+
+def _check_patient_recall(summary: dict, table: pd.DataFrame, page: str) -> None:
+    """The per-patient confusion matrix, recall and interval: in the summary, equal to the
+    table's ``oof_patient`` row, and on the page."""
+    (tn, fp), (fn, tp) = summary["patient_confusion_matrix"]
+    assert tn + fp + fn + tp == summary["n_patients"]
+    sens = summary["patient_per_class_recall"]["lesion"]
+    assert sens == pytest.approx(table.loc["oof_patient", "recall_lesion"])
+    assert summary["patient_balanced_accuracy"] == pytest.approx(
+        table.loc["oof_patient", "balanced_accuracy"]
+    )
+    lo, hi = summary["patient_per_class_recall_ci"]["lesion"]
+    assert (
+        "patient sensitivity (recall of lesion), mean probability per patient</td>"
+        f"<td>{tp} / {tp + fn} = {sens:.3f} ({_ci_text(lo, hi)})"
+    ) in page

@@ -116,6 +116,13 @@ def summary_block(
     out["per_class_recall"] = {c: pooled[f"recall_{c}"] for c in classes}
     out["per_class_recall_ci"] = {c: list(ci[f"recall_{c}"]) for c in classes}
     out["confusion_matrix"] = pooled["confusion"]
+    if "patient" in pooled:  # the same per patient (mean probability of its slides)
+        pat, pat_ci = pooled["patient"], pooled["patient_ci"]
+        out["patient_balanced_accuracy"] = pat["balanced_accuracy"]
+        out["patient_balanced_accuracy_ci"] = list(pat_ci["balanced_accuracy"])
+        out["patient_per_class_recall"] = {c: pat[f"recall_{c}"] for c in classes}
+        out["patient_per_class_recall_ci"] = {c: list(pat_ci[f"recall_{c}"]) for c in classes}
+        out["patient_confusion_matrix"] = pat["confusion"]
     out["ci_level"] = 0.95
     note = _ci_note(out)
     if note:
@@ -140,8 +147,9 @@ def _ci_note(summary: Mapping[str, Any]) -> str:
         for key, v in summary.items()
         if key.endswith("_ci") and not isinstance(v, Mapping)  # per_class_recall_ci: below
     ]
-    recalls = summary.get("per_class_recall_ci") or {}  # {class: [low, high]}
-    intervals += [(f"recall_{c}", v) for c, v in recalls.items()]
+    for prefix in ("", "patient_"):
+        recalls = summary.get(f"{prefix}per_class_recall_ci") or {}  # {class: [low, high]}
+        intervals += [(f"{prefix}recall_{c}", v) for c, v in recalls.items()]
     flat = [
         f"{name} [{lo:.3g}, {hi:.3g}]"
         for name, value in intervals

@@ -56,6 +56,8 @@ def _value_ci(value: Any, ci: Any, level: Any) -> str:
     """``value`` and its ``ci`` ([low, high] at ``level``) as :func:`with_ci` writes them."""
     text, ci = _fmt(value), ci or []
     if text and len(ci) == 2 and all(_fmt(c) for c in ci):
+        if float(ci[0]) == float(ci[1]):  # every resample gave the same value: no interval
+            return f"{text} (no {round(100 * float(level))}% CI: every resample gave {_fmt(ci[0])})"
         return f"{text} ({round(100 * float(level))}% CI {_fmt(ci[0])}–{_fmt(ci[1])})"
     return text
 
@@ -88,6 +90,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         ("macro F1", with_ci(summary, "macro_f1")),
         ("accuracy", with_ci(summary, "accuracy")),
         *_recall_rows(summary),
+        *_recall_rows(summary, "patient_"),
     ]
     if "localization_auc" in summary:
         loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
@@ -103,14 +106,15 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     return rows
 
 
-def _recall_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _recall_rows(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
     """Each class's recall at the predicted class (the most probable one) as "9 / 12 = 0.750
     (95% CI ...)"; with two classes the second's is the sensitivity, the first's the
-    specificity."""
+    specificity. ``prefix`` ``patient_``: the same per patient (``patient_per_class_recall``;
+    none when the summary lacks it)."""
     classes = list(summary.get("classes") or [])
-    cm = summary.get("confusion_matrix") or []
-    recall = summary.get("per_class_recall") or {}
-    ci = summary.get("per_class_recall_ci") or {}
+    cm = summary.get(f"{prefix}confusion_matrix") or []
+    recall = summary.get(f"{prefix}per_class_recall") or {}
+    ci = summary.get(f"{prefix}per_class_recall_ci") or {}
     names = {classes[-1]: "sensitivity", classes[0]: "specificity"} if len(classes) == 2 else {}
     rows = []
     for i, c in enumerate(classes):
@@ -119,6 +123,7 @@ def _recall_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
         text = _value_ci(recall[c], ci.get(c), summary.get("ci_level", 0.95))
         counts = f"{cm[i][i]} / {sum(cm[i])} = " if text else ""
         what = f"{names[c]} (recall of {c})" if c in names else f"recall of {c}"
+        what = f"patient {what}, mean probability per patient" if prefix else what
         rows.append((what, f"{counts}{text}"))
     return rows
 
