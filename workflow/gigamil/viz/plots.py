@@ -94,7 +94,8 @@ def _binary_roc(
             n_pos = int((yk == 1).sum())
             if 0 < n_pos < yk.size:
                 fpr, tpr = roc_curve(yk == 1, pk[:, 1])
-                label = f"{by} {value} (AUC {roc_auc(yk, pk):.3f}; {n_pos}+ / {yk.size - n_pos}-)"
+                counts = f"{n_pos} {classes[1]} / {yk.size - n_pos} {classes[0]}"
+                label = f"{by} {value} (AUC {roc_auc(yk, pk):.3f}; {counts})"
                 ax.plot(fpr, tpr, lw=1.0, alpha=0.75, label=label, color=f"C{i % 10}")
     y, p = labels_and_probs(preds, classes)
     if not 0 < (y == 1).sum() < y.size:
