@@ -71,7 +71,9 @@ def test_three_class_probability_is_not_the_first_class(tmp_path):
     assert pred.positive == "not normal" and pred.probability == pytest.approx(0.9)
     # the title names the predicted class's own probability first: one number per class
     assert pred.pred_probability == pytest.approx(0.6)
-    assert "predicted: b, P(b) = 0.6, P(not normal) = 0.9 · 1 fold model (fold 0)" in pred.title()
+    assert (
+        "predicted: b, P(b) = 0.600, P(not normal) = 0.900 · 1 fold model (fold 0)" in pred.title()
+    )
 
 
 def test_slide_without_label_says_so(tmp_path):
@@ -105,3 +107,15 @@ def test_a_slide_without_patches_is_predicted_by_no_fold_model(tmp_path):
     pred = read_slide_prediction(paths, "s")
     assert pred.n_models == 0 and pred.folds == ()
     assert pred.title().endswith("predicted: none (no patches), P(lesion) = n/a · no fold model")
+
+
+def test_probability_str_keeps_three_significant_digits_in_titles_and_the_report():
+    """One format for the heatmap titles and the report's heatmap list."""
+    from gigamil.viz.slide_info import probability_str
+
+    assert [probability_str(p) for p in (0.75, 0.0105, 1.0, 3e-6)] == [
+        "0.750",
+        "0.0105",
+        "1.00",
+        "3.00e-06",
+    ]

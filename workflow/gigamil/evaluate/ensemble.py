@@ -242,11 +242,12 @@ def prediction_labels(
     (mean over those that predicted the slide, as the heatmap averages their attention; a
     train-cohort slide has one, its out-of-fold model). With two classes the probability is that
     of the positive (second) class, under the key ``P(<class>)``, the number the heatmap's title
-    shows; with more, ``P(predicted)``: that of the predicted class, which the title shows first.
+    shows, written as it does (:func:`gigamil.viz.slide_info.probability_str`); with more, ``P(predicted)``:
+    that of the predicted class, which the title shows first.
     ``correct``: yes / no, or ``-`` without a label or a prediction. Read as the heatmap's title
     reads them (:func:`gigamil.viz.slide_info.read_slide_prediction`).
     """
-    from gigamil.viz.slide_info import SlideNotPredicted, read_slide_prediction
+    from gigamil.viz.slide_info import SlideNotPredicted, probability_str, read_slide_prediction
 
     key = f"P({classes[1]})" if len(classes) == 2 else "P(predicted)"
     found = [p for p in pred_csvs if Path(p).is_file()]
@@ -261,7 +262,12 @@ def prediction_labels(
         return {"label": label, "prediction": "none (no patches)", key: "", "correct": "-"}
     prob = slide.probability if len(classes) == 2 else slide.pred_probability
     correct = "-" if label == "-" else ("yes" if label == slide.pred else "no")
-    return {"label": label, "prediction": slide.pred, key: f"{prob:.3f}", "correct": correct}
+    return {
+        "label": label,
+        "prediction": slide.pred,
+        key: probability_str(prob),
+        "correct": correct,
+    }
 
 
 def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)

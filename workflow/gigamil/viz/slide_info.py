@@ -21,6 +21,12 @@ import pandas as pd
 from gigamil.errors import GigamilError, csv_read_errors
 
 
+def probability_str(p: float) -> str:
+    """A probability as heatmap titles and the report's heatmap list write it: 3 significant
+    digits, trailing zeros kept (``0.750``, ``0.0105``, ``1.00``, ``3.00e-06``)."""
+    return f"{p:#.3g}"
+
+
 class SlideNotPredicted(GigamilError):
     """None of the prediction files has a row of the slide (another id, or another cohort)."""
 
@@ -58,12 +64,13 @@ class SlidePrediction:
         return f"mean of {self.n_models} fold models"
 
     def probability_text(self) -> str:
-        """``P(lesion) = 0.973`` (3 significant digits, so 3e-06 stays 3e-06); with more than two
+        """``P(lesion) = 0.973`` (:func:`probability_str`: 3 significant digits, so 3e-06 stays
+        3.00e-06); with more than two
         classes the predicted class's first: ``P(lesion_a) = 0.358, P(not normal) = 0.694``."""
-        p = "n/a" if not math.isfinite(self.probability) else f"{self.probability:.3g}"
+        p = "n/a" if not math.isfinite(self.probability) else probability_str(self.probability)
         text = f"P({self.positive}) = {p}"
         if self.pred and math.isfinite(self.pred_probability):
-            text = f"P({self.pred}) = {self.pred_probability:.3g}, {text}"
+            text = f"P({self.pred}) = {probability_str(self.pred_probability)}, {text}"
         return text
 
     def title(self) -> str:
