@@ -42,6 +42,7 @@ STAGES = [
     "train_fold",
     "predict_fold",
     "aggregate_cv",
+    "oof_cohort",  # the train cohort's out-of-fold files (rule ensemble: external cohorts)
     "heatmap",
 ]
 
@@ -63,6 +64,7 @@ def test_dry_run_lists_every_demo_stage(workdir: Path):
         assert counts.get(stage, 0) >= 1, f"{stage} not in the DAG: {counts}"
     assert counts["tissue_mask"] == 24 and counts["extract_patches"] == 24
     assert counts["train_fold"] == 2  # cv.folds in the fast config
+    assert counts["oof_cohort"] == 1 and "ensemble" not in counts  # no external cohort
 
 
 def test_bad_config_stops_before_any_job(workdir: Path):
@@ -393,15 +395,18 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     cv = json.loads((res / "eval/demo/summary.json").read_text())
     page = results["results/eval/demo/metrics.html"]["content"].decode()
     lo, hi = cv["oof_auc_ci"]
-    assert f"{cv['oof_auc']:.3f} (95% CI {lo:.3f}–{hi:.3f})" in page
-    assert f"<td>{cv['patient_auc']:.3f} (95% CI" in page
-    assert f"{cv['balanced_accuracy']:.3f} (95% CI" in page
+    ci = f"no 95% CI: every resample gave {lo:.3f}" if lo == hi else f"95% CI {lo:.3f}–{hi:.3f}"
+    assert f"{cv['oof_auc']:.3f} ({ci})" in page
+    assert f"<td>{cv['patient_auc']:.3f} (" in page and "CI" in page
+    assert f"{cv['balanced_accuracy']:.3f} (" in page
     assert f"{cv['localization_auc']:.3f} ± " in page
     ens = json.loads((res / "eval/demo/ensemble/demo/summary.json").read_text())
     assert ens["models_per_slide"] == [1, 1]  # a train cohort: each slide its out-of-fold model
-    page = results["results/eval/demo/ensemble/demo/metrics.html"]["content"].decode()
+    page = (res / "eval/demo/ensemble/demo/metrics.html").read_text()
     assert f"slide AUC (out-of-fold)</td><td>{ens['auc']:.3f}" in page  # 1 model per slide
     assert "demo out-of-fold (1 model per slide) metrics" in page
+    # the only train cohort's out-of-fold pages would repeat section 1: not in the report
+    assert not [p for p in results if p.startswith("results/eval/demo/ensemble/demo/")]
 
     # the QC table of every cohort and a sample of annotated QC thumbnails
     for cohort, slides in (("demo", 24), ("new", 3)):
@@ -424,7 +429,7 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     table = pd.read_csv(res / "eval/demo/ensemble/new/predictions.csv").set_index("slide_id")
     pred = table.loc["new_a", "pred"]
     assert overlay["label"] == "-" and overlay["prediction"] == pred
-    # the label has 3 decimals, the CSV 6 significant digits of the same mean
+    # the label has 3 significant digits, the CSV 6 of the same mean
     assert abs(float(overlay["P(lesion)"]) - table.loc["new_a", "prob_lesion"]) <= 5.01e-4
     demo = results["results/heatmaps/demo/demo/demo_p01_s1/demo_p01_s1.overlay.jpg"]["labels"]
     assert demo["label"] in ("normal", "lesion") and demo["prediction"] in ("normal", "lesion")

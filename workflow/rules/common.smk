@@ -213,12 +213,17 @@ def report_output(path, caption, category, subcategory=None, labels=None, enable
     )
 
 
-def report_outputs(out_dir, category, files, subcategory=None):
+def report_outputs(out_dir, category, files, subcategory=None, enabled=True):
     """Named outputs ``{name: report_output(out_dir/file, caption, category)}`` of
-    ``files = {name: (file, caption)}``; used as ``output: **report_outputs(...)``."""
+    ``files = {name: (file, caption)}``; used as ``output: **report_outputs(...)``. Not
+    ``enabled``: the same paths, not flagged for the report."""
     return {
         name: report_output(
-            f"{out_dir}/{file}", caption, category, subcategory=subcategory
+            f"{out_dir}/{file}",
+            caption,
+            category,
+            subcategory=subcategory,
+            enabled=enabled,
         )
         for name, (file, caption) in files.items()
     }

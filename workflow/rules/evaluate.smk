@@ -76,7 +76,7 @@ rule ensemble:
     benchmark:
         layout.benchmark_file("ensemble", EXPERIMENT, "{cohort}")
     wildcard_constraints:
-        cohort=cohort_regex(TRAIN_COHORTS + EXTERNAL_COHORTS),
+        cohort=cohort_regex(EXTERNAL_COHORTS),
     conda:
         "../../envs/gigamil.yaml"
     threads: 1
@@ -94,6 +94,29 @@ rule ensemble:
         seed=config["cv"]["seed"],
     script:
         "../scripts/ensemble.py"
+
+
+# A train cohort's out-of-fold evaluation: the same files, each slide scored by the fold model
+# that held it out. In the report only with two or more train cohorts (each cohort's own
+# figures); with one it would repeat section 1 page for page.
+use rule ensemble as oof_cohort with:
+    output:
+        **report_outputs(
+            layout.ensemble_dir(EXPERIMENT, "{cohort}"),
+            "2. Ensembles",
+            {
+                "summary": ("summary.json", "ensemble_summary"),
+                "predictions": ("predictions.csv", "ensemble_predictions"),
+                "metrics": ("metrics.csv", "metrics_csv"),
+                "metrics_html": ("metrics.html", "ensemble_metrics"),
+                "roc": ("roc.png", "ensemble_roc"),
+                "confusion": ("confusion.png", "ensemble_confusion"),
+            },
+            subcategory="{cohort}",
+            enabled=len(TRAIN_COHORTS) > 1,
+        ),
+    wildcard_constraints:
+        cohort=cohort_regex(TRAIN_COHORTS),
 
 
 rule predict_cohort:
