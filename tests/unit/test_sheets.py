@@ -270,6 +270,22 @@ def test_a_semicolon_or_tab_separated_sheet_gets_a_hint(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
+def test_trailing_commas_keep_the_columns_and_a_decimal_comma_is_named(tmp_path):
+    """Rows one field longer than the header made pandas take slide_id as the index and shift
+    every value a column left ("label '/path/s1.svs' is not one of the classes")."""
+    path = write_sheet(tmp_path, good_rows())
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0]] + [f"{line}," for line in lines[1:]]) + "\n")
+    df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)  # a spreadsheet export's commas
+    assert df["slide_id"].tolist() == ["s1", "s2", "s3"] and df["label"].iloc[2] == "lesion"
+    path.write_text(
+        "slide_id,patient_id,label,path,mpp\n"
+        "s1,p1,normal,s1.svs,0.25\ns2,p1,normal,s2.svs,0,25\ns3,p2,lesion,s3.svs,0.25\n"
+    )
+    with pytest.raises(ConfigError, match=r"line 3 has 6 fields but the header has 5 .*'25'"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
 def test_every_kind_of_problem_of_a_sheet_in_one_message(tmp_path):
     """A duplicate id, a label outside the classes, a patient with two labels and a missing file:
     fixed in one round, not four."""

@@ -113,6 +113,42 @@ def _sheet_line(df: pd.DataFrame, position: int) -> int:
     return int(lines[position]) if lines is not None else position + 2
 
 
+def read_sheet_frame(path: str | Path) -> pd.DataFrame:
+    """A sheet CSV as strings, as written (no NA conversion). ``index_col=False``: rows with a
+    trailing comma (a spreadsheet export) keep their columns; without it pandas makes the first
+    column the index and shifts every value one column left. Call :func:`_check_field_counts`
+    first: the extra fields it drops must be empty."""
+    import warnings
+
+    with warnings.catch_warnings():  # "loss of data": only empty trailing fields, checked
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+
+
+def _check_field_counts(path: Path) -> None:
+    """Raises ConfigError for a data row with more non-empty fields than the header has
+    columns (e.g. an unquoted decimal comma, ``0,25``), naming its line; extra fields that are
+    empty (a trailing comma) are allowed. Only comma-separated sheets (a header of one field is
+    checked for other separators later); an unreadable file is left to pandas."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            if len(header) < 2:
+                return
+            for record in reader:
+                extra = [v for v in record[len(header) :] if v.strip()]
+                if extra:
+                    raise ConfigError(
+                        f"{path}: line {reader.line_num} has {len(record)} fields but the header "
+                        f"has {len(header)} ({', '.join(header)}); extra: {extra[:3]}. Quote a "
+                        'value that holds a comma ("a, b"), and write numbers with a decimal '
+                        "point (mpp 0.25, not 0,25)"
+                    )
+    except (csv.Error, UnicodeDecodeError, OSError):
+        return
+
+
 def _record_lines(path: Path) -> list[int] | None:
     """The file line each data record of a CSV starts on, skipping blank (or whitespace-only)
     lines as ``pd.read_csv`` does; None when the file cannot be read so."""
@@ -134,8 +170,9 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
     when ``labels_required``; else an empty one is added) and a row. Blank lines and rows whose
     every cell is empty are skipped; ``df.attrs["sheet_lines"]`` keeps each row's file line."""
+    _check_field_counts(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = read_sheet_frame(path)
     except csv_read_errors() as exc:
         raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
     df.columns = [c.strip() for c in df.columns]

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.config import load_config, load_schema
     from gigamil.errors import GigamilError
     from gigamil.folds import split_report, write_folds
-    from gigamil.sheets import load_sheet
+    from gigamil.sheets import load_sheet, read_sheet_frame
     from gigamil.splits import make_folds
 
     keys = load_schema("config")["properties"]["cv"]["properties"]
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             )
         sheets = []
         for path in args.sheet:
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+            raw = read_sheet_frame(path)
             classes = sorted(raw["label"].unique()) if "label" in raw.columns else []
             sheets.append(
                 load_sheet(path, cohort=Path(path).stem, classes=classes, check_files=False)
