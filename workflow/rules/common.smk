@@ -258,7 +258,7 @@ def heatmap_labels(figure, wildcards):
     probability and whether it is right (read from the fold models' prediction CSVs when the
     report is made), and its localisation AUC (from the cohort's ensemble or CV summary).
     """
-    from gigamil.evaluate.ensemble import prediction_labels
+    from gigamil.viz.slide_info import prediction_labels
     from gigamil.evaluate.localization import localization_label
 
     csvs = [layout.prediction_csv(EXPERIMENT, k, wildcards.cohort) for k in FOLDS]

@@ -17,12 +17,12 @@ from gigamil.evaluate.ensemble import (
     mean_probabilities,
     models_per_slide,
     predict_cohort,
-    prediction_labels,
 )
 from gigamil.evaluate.localization import mean_attention, slide_localization
 from gigamil.evaluate.predictions import oof_predictions
 from gigamil.folds import write_folds
 from gigamil.splits import make_folds
+from gigamil.viz.slide_info import prediction_labels
 
 CLASSES = ["normal", "lesion"]
 

@@ -13,6 +13,7 @@ import torch
 from gigamil.data.bags import ZarrBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.train import checkpoint as checkpoint_mod
+from gigamil.train import fold_data
 from gigamil.train import loop as loop_mod
 from gigamil.train import monitor as monitor_mod
 from gigamil.train import run as run_mod
@@ -458,8 +459,17 @@ def test_training_without_every_class_is_an_error(mil_bags, cohort, tmp_path: Pa
     with pytest.raises(GigamilError, match=r"no training slide \(with patches\) of class 'lesion'"):
         train_fold(one, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
     three = [*mil_bags.classes, "other"]  # a class the training slides lack
-    with pytest.raises(GigamilError, match=r"of class 'other': a fold must train on every class"):
+    with pytest.raises(GigamilError, match=r"of class 'other'; a fold must train on every class"):
         train_fold(train, val, three, mil_bags.model, training(), tmp_path)
+    # the class's only training slide has no patches: named, with what to do (a new user's
+    # fold failed hours in, the slide named only in a warning far up the log)
+    lesion_and_empty = train[(train["label"] == "lesion") | (train["slide_id"] == "empty")]
+    with pytest.raises(
+        GigamilError,
+        match=r"of class 'normal'; its training slide\(s\) empty of that class have no patches "
+        r"\(no tissue found: see the cohort's QC table, results/qc/\{cohort\}.csv\): remove",
+    ):
+        train_fold(lesion_and_empty, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
 
 
 def test_a_fold_the_splits_never_give_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
@@ -706,7 +716,7 @@ def test_bags_are_decoded_once_per_fold_and_train_the_same(
     reads.clear()
     kept = train_fold(*args, cfg, tmp_path / "kept")
     assert len(reads) == once
-    monkeypatch.setattr(run_mod, "DECODED_BAGS_BYTES", 0)
+    monkeypatch.setattr(fold_data, "DECODED_BAGS_BYTES", 0)
     reads.clear()
     reread = train_fold(*args, cfg, tmp_path / "reread")
     assert len(reads) > 2 * once  # every epoch reads every bag again

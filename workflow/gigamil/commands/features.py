@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from gigamil.config import load_config
     from gigamil.data.feature_extract import extract_features
-    from gigamil.train.run import resolve_device
+    from gigamil.train.fold_data import resolve_device
 
     cfg = load_config(args.config)
     resolve_device(args.device, key="--device")  # a missing CUDA named as the option

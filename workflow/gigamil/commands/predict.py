@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gigamil.commands.train import read_slides_csv
     from gigamil.evaluate.predictions import write_fold_predictions
+    from gigamil.train.fold_data import resolve_device
     from gigamil.train.predict import predict_slides
-    from gigamil.train.run import resolve_device
 
     resolve_device(args.device, key="--device")  # named as typed, before the model is read
     preds = predict_slides(

@@ -162,7 +162,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
     """Encode every patch of the patch store ``store`` once with the frozen encoder of
     ``model_cfg`` and write the feature store ``out`` (float16 (N, D), coords and grid of the
     patch store, provenance attrs). ``device``: auto (CUDA when present), cpu or cuda."""
-    from gigamil.train.run import resolve_device
+    from gigamil.train.fold_data import resolve_device
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.perf_counter()

@@ -18,10 +18,10 @@ from gigamil.errors import GigamilError
 from gigamil.logutil import current_context, log_context
 from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
+from gigamil.train.fold_data import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
 from gigamil.train.logit_calibration import apply_calibration
 from gigamil.train.loop import bag_probabilities
 from gigamil.train.monitor import non_finite_weights
-from gigamil.train.run import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
 
 log = logging.getLogger(__name__)
 

@@ -11,23 +11,21 @@ Called by the Snakemake scripts (rules train_fold / predict_fold) and by ``gigam
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from gigamil.data.bags import ZarrBag, store_stain_normalization
-from gigamil.data.features import FeatureBag, open_bag
-from gigamil.errors import ConfigError, GigamilError
+from gigamil.errors import ConfigError
 from gigamil.logutil import log_context
 from gigamil.settings import ModelConfig, TrainingConfig, resolve_strategy
 from gigamil.splits import check_fold_slides
 from gigamil.train import distributed as ddp
 from gigamil.train.em import EMTrainer
+from gigamil.train.fold_data import Feed, FoldData, check_columns, resolve_device
 from gigamil.train.logit_calibration import calibrate_fold_model
 from gigamil.train.loop import PROGRESS_EVERY_S, BagItem
 from gigamil.train.replicates import (
@@ -39,201 +37,6 @@ from gigamil.train.replicates import (
 from gigamil.train.trainer import FoldTrainer, Runtime
 
 log = logging.getLogger(__name__)
-
-REQUIRED_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
-# decoded patches of a fold's bags kept in memory after their first read (a demo fold: 12 MB)
-DECODED_BAGS_BYTES = 2**30
-
-
-def resolve_device(name: str, key: str = "training.device") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``key``: the setting or option named in the
-    error when ``cuda`` is asked for without a CUDA device (e.g. ``--device``)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key}: cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def check_columns(df: pd.DataFrame, what: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        need = ", ".join(REQUIRED_COLUMNS)
-        raise GigamilError(f"{what}: missing columns {missing} (need {need})")
-
-
-def _label_index(label: Any, classes: Sequence[str], slide_id: str) -> int:
-    names = [str(c) for c in classes]
-    if str(label) not in names:
-        raise ConfigError(f"slide {slide_id}: label {label!r} is not one of classes {names}")
-    return names.index(str(label))
-
-
-def _open_bags(
-    df: pd.DataFrame, classes: Sequence[str], what: str, feed: Feed | None = None
-) -> list[BagItem]:
-    """Open every store; bags without instances (no tissue) are skipped with a warning."""
-    feed = feed or Feed()
-    items = []
-    for row in df.itertuples(index=False):
-        label = _label_index(row.label, classes, row.slide_id)
-        bag = open_bag(row.store, workers=feed.workers, pin_memory=feed.pin_memory)
-        if len(bag) == 0:
-            log.warning("%s: slide %s has no patches (no tissue); skipped", what, row.slide_id)
-            continue
-        items.append(BagItem(str(row.slide_id), bag, label))
-    return items
-
-
-def _keep_decoded(items: list[BagItem], budget: int | None = None) -> list[BagItem]:
-    """The items with their patch bags kept in memory once read (decoded uint8 pixels; not
-    feature bags), in order, while their pixels total at most ``budget`` bytes (default
-    :data:`DECODED_BAGS_BYTES`): every epoch after the first then reads no store. The same
-    pixels as read from the store each time."""
-    budget = DECODED_BAGS_BYTES if budget is None else budget
-    out, total, kept = [], 0, 0
-    for it in items:
-        bag = it.bag
-        if isinstance(bag, ZarrBag) and total + bag.nbytes <= budget:
-            total, kept = total + bag.nbytes, kept + 1
-            bag = bag.with_cache(bag.nbytes)
-        out.append(BagItem(it.slide_id, bag, it.label))
-    if kept:
-        log.info("%d bag(s) kept in memory once decoded (%.0f MB)", kept, total / 2**20)
-    return out
-
-
-def _patch_px(items: Sequence[BagItem]) -> int:
-    shapes = {it.bag.patch_shape for it in items}
-    if len(shapes) != 1:
-        raise GigamilError(
-            f"patch stores have different patch shapes {sorted(shapes)}; "
-            "extract all slides with the same preprocessing.patches settings"
-        )
-    return int(next(iter(shapes))[0])
-
-
-class Feed(NamedTuple):
-    """How bags are read: ``workers`` decoding threads, chunks in pinned memory or not."""
-
-    workers: int = 1
-    pin_memory: bool = False
-
-    @classmethod
-    def for_device(cls, device: torch.device, threads: int) -> Feed:
-        """``threads`` decoding workers; pinned memory when the model runs on CUDA."""
-        return cls(max(1, int(threads)), device.type == "cuda")
-
-
-MPP_TOLERANCE = 0.01  # relative: patches of two slides (or slide and model) must agree to 1 %
-
-
-def store_mpp(bag: ZarrBag | FeatureBag) -> float | None:
-    """The µm/px of a store's patches (``effective_mpp``, else ``target_mpp``); None if the
-    store does not say (a positive number is required)."""
-    for key in ("effective_mpp", "target_mpp"):
-        value = bag.attrs.get(key)
-        if isinstance(value, int | float) and value > 0:
-            return float(value)
-    return None
-
-
-def _patch_mpp(items: Sequence[BagItem]) -> float | None:
-    """The common µm/px of the fold's patches (median); GigamilError when two stores differ by
-    more than 1 % (training on a mix of resolutions is an error, not a silent average)."""
-    known = {it.slide_id: m for it in items if (m := store_mpp(it.bag)) is not None}
-    if not known:
-        return None
-    lo = min(known, key=known.__getitem__)
-    hi = max(known, key=known.__getitem__)
-    if known[hi] > known[lo] * (1 + MPP_TOLERANCE):
-        raise GigamilError(
-            f"patch stores at different resolutions: slide {lo} at {known[lo]:g} µm/px, slide "
-            f"{hi} at {known[hi]:g} µm/px; extract all slides with the same "
-            "preprocessing.patches.mpp"
-        )
-    return float(np.median(list(known.values())))
-
-
-def _stain_normalization(items: Sequence[BagItem]) -> str | None:
-    """The stain normalisation of the fold's patches (:func:`store_stain_normalization`; None
-    when no store says); GigamilError when two stores differ (normalised and scanned colours
-    in one training set)."""
-    known = {it.slide_id: s for it in items if (s := store_stain_normalization(it.bag))}
-    if len(set(known.values())) > 1:
-        by: dict[str, str] = {}
-        for sid, s in sorted(known.items()):
-            by.setdefault(s, sid)  # the first slide of each
-        shown = ", ".join(f"slide {sid} {s!r}" for s, sid in sorted(by.items()))
-        raise GigamilError(
-            f"patch stores with different stain normalisations ({shown}); extract all slides "
-            "with the same preprocessing.patches.stain_normalization"
-        )
-    return next(iter(known.values()), None)
-
-
-def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
-    """``{encoder_id, dim}`` when every bag is a feature store of one encoder, None when every
-    bag is a patch store; GigamilError for a mix."""
-    kinds = {isinstance(it.bag, FeatureBag) for it in items}
-    if kinds == {False}:
-        return None
-    if kinds != {True}:
-        raise GigamilError("some slides are patch stores and some feature stores; use one kind")
-    ids = {(it.bag.encoder_id, it.bag.dim) for it in items}  # type: ignore[union-attr]
-    if len(ids) != 1:
-        raise GigamilError(
-            f"feature stores of different encoders {sorted(i for i, _ in ids)}; "
-            "extract every slide with the same encoder"
-        )
-    encoder, dim = next(iter(ids))
-    return {"encoder_id": encoder, "dim": dim}
-
-
-@dataclass(frozen=True)
-class FoldData:
-    """The opened bags of one fold."""
-
-    classes: list[str]
-    train: list[BagItem]
-    val: list[BagItem]
-    patch_px: int
-    patch_mpp: float | None = None
-    features: dict[str, Any] | None = None  # {encoder_id, dim}: bags of cached features
-    stain_normalization: str | None = None  # of the patches (None: the stores do not say)
-
-    @classmethod
-    def open(
-        cls,
-        train: pd.DataFrame,
-        val: pd.DataFrame,
-        classes: Sequence[str],
-        feed: Feed | None = None,
-    ) -> FoldData:
-        """Open the fold's stores; ``feed``: how their chunks are read (one worker, no pinning
-        by default)."""
-        train_items = _open_bags(train, classes, "training", feed)
-        val_items = _open_bags(val, classes, "validation", feed)
-        if not train_items:
-            raise GigamilError("no training slide has patches; nothing to train on")
-        seen = {it.label for it in train_items}
-        if len(seen) < len(classes):
-            lacking = ", ".join(repr(str(c)) for i, c in enumerate(classes) if i not in seen)
-            raise GigamilError(
-                f"no training slide (with patches) of class {lacking}: a fold must train on "
-                f"every class ({', '.join(map(str, classes))}); give it slides of each"
-            )
-        items = _keep_decoded(train_items + val_items)
-        train_items, val_items = items[: len(train_items)], items[len(train_items) :]
-        return cls(
-            list(classes),
-            train_items,
-            val_items,
-            _patch_px(items),
-            _patch_mpp(items),
-            _features(items),
-            _stain_normalization(items),
-        )
 
 
 def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)

@@ -40,7 +40,7 @@ from gigamil.train.loop import (
 from gigamil.train.monitor import TB_SCALARS, check_finite_weights, tensorboard_writer
 
 if TYPE_CHECKING:
-    from gigamil.train.run import FoldData
+    from gigamil.train.fold_data import FoldData
 
 # the epoch lines keep the logger name they had in gigamil.train.run (README's sample log)
 log = logging.getLogger("gigamil.train.run")
