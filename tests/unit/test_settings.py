@@ -87,7 +87,7 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert "tensorboard" not in a.resume_signature()
     # end_to_end without weight averaging, one model per fold: as before these keys existed
     other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em", "ema_decay", "replicates"}
-    other.add("warmup_epochs")  # 0: no warm-up, as before the key existed
+    other |= {"warmup_epochs", "recalibrate_every"}  # 0: as before these keys existed
     other |= {"device", "max_instances_per_forward_pass"}  # where and in what chunks
     other.add("replicate_validation")  # fixed: the fold's own validation slides
     assert set(a.resume_signature()) == set(a.to_dict()) - other

@@ -184,6 +184,7 @@ class TrainingConfig(_Section):
     compile: bool = _default(_TRAIN, "compile")
     tensorboard: bool = _default(_TRAIN, "tensorboard")
     calibration_patches: int = _default(_TRAIN, "calibration_patches")
+    recalibrate_every: int = _default(_TRAIN, "recalibrate_every")
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     em: EMConfig = field(default_factory=EMConfig)
@@ -208,6 +209,8 @@ class TrainingConfig(_Section):
             del sig["ema_decay"]
         if not self.warmup_epochs:  # no warm-up, as before the key existed
             del sig["warmup_epochs"]
+        if not self.recalibrate_every:  # calibrated once, as before the key existed
+            del sig["recalibrate_every"]
         if self.replicates == 1:  # one model per fold, as before the key existed
             del sig["replicates"]
         if self.replicate_validation == "fixed":  # the fold's own validation slides

@@ -723,3 +723,27 @@ def test_bags_are_decoded_once_per_fold_and_train_the_same(
     a = torch.load(kept, weights_only=True)["state_dict"]
     b = torch.load(reread, weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recalibrate_every_recomputes_the_statistics_before_every_nth_epoch(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
+    """training.recalibrate_every: 2 calibrates before epoch 1 (the fresh start) and again before
+    epochs 3 and 5, each from its own sample (seed + epoch); the key enters the resume signature
+    only when set, so folds trained before it existed are not retrained."""
+    from gigamil.settings import TrainingConfig
+
+    train, val = cohort
+    seeds = []
+    original = trainer_mod.calibrate_model
+
+    def spy(model, bags, **kw):
+        seeds.append(kw["seed"])
+        return original(model, bags, **kw)
+
+    monkeypatch.setattr(trainer_mod, "calibrate_model", spy)
+    cfg = training(epochs=5, recalibrate_every=2, calibration_patches=64)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "r")
+    assert seeds == [0, 3, 5]
+    assert "recalibrate_every" not in TrainingConfig.from_dict({}).resume_signature()
+    assert TrainingConfig.from_dict(cfg).resume_signature()["recalibrate_every"] == 2

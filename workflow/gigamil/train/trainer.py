@@ -170,14 +170,7 @@ class FoldTrainer:
             log.info("training already finished (epoch %d/%d); nothing to do", es.epoch, epochs)
             return self.saver.model_path
         if es.epoch == 0:  # a fresh start (a resumed run has the statistics in last.pt)
-            calibrate_model(
-                self.model,
-                [it.bag for it in self.data.train],
-                n_patches=self.cfg.calibration_patches,
-                encoder_too=self.encoder_random_init,
-                chunk=self.settings.chunk or 256,
-                seed=self.cfg.seed,
-            )
+            self._calibrate(seed=self.cfg.seed)
         tb = None
         if self.cfg.tensorboard and self.runtime.info.is_main:
             tb = tensorboard_writer(self.out_dir / "tensorboard", es.epoch + 1)
@@ -235,10 +228,25 @@ class FoldTrainer:
         )
         self.saver.restore_outputs()  # Snakemake deletes the declared outputs of a failed job
 
+    def _calibrate(self, seed: int) -> None:
+        """Recompute the normalisation statistics (:func:`calibrate_model`) from
+        ``training.calibration_patches`` training patches drawn with ``seed``."""
+        calibrate_model(
+            self.model,
+            [it.bag for it in self.data.train],
+            n_patches=self.cfg.calibration_patches,
+            encoder_too=self.encoder_random_init,
+            chunk=self.settings.chunk or 256,
+            seed=seed,
+        )
+
     def _epoch(self, epoch: int, tb: Any) -> None:
         """Train, validate, update early stopping, write the checkpoints and logs of one epoch."""
         t0, lr = time.time(), self.optim.lr
         data = self.data
+        every = self.cfg.recalibrate_every  # training.recalibrate_every: again before epoch 1 + kN
+        if every and epoch > 1 and (epoch - 1) % every == 0:
+            self._calibrate(seed=self.cfg.seed + epoch)
         train_loss = train_epoch(
             self.model, data.train, self.optim, epoch=epoch, settings=self.settings, ema=self.ema
         )
