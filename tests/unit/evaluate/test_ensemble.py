@@ -585,8 +585,21 @@ def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
     counts = table["pred"].value_counts()
     assert summary["predicted"] == {c: int(counts.get(c, 0)) for c in CLASSES}
     page = (out / "predictions.html").read_text()
-    assert "<td>new_p0_s0</td>" in page and "4 slide(s) predicted" in page
+    assert "<td>new_p0_s0</td>" in page and "4 of 4 slide(s) predicted" in page
     assert f"<td>{table.loc['new_p0_s0', 'prob_lesion']:.3f}</td>" in page
+    # a slide no model could predict (no patches) is counted as such, not as predicted
+    for path in paths:
+        df = pd.read_csv(path)
+        df.loc[df.slide_id == "new_p1_s0", ["prob_normal", "prob_lesion", "pred"]] = [
+            np.nan,
+            np.nan,
+            "",
+        ]
+        df.to_csv(path, index=False)
+    empty = predict_cohort(paths, CLASSES, tmp_path / "ens_empty", "new", "demo")
+    page = (tmp_path / "ens_empty" / "predictions.html").read_text()
+    assert empty["n_unpredicted"] == 1 and sum(empty["predicted"].values()) == 3
+    assert "3 of 4 slide(s) predicted: " in page and "; 1 without patches, not predicted." in page
     # `gigamil ensemble` on predictions without labels: the same, no metrics
     capsys.readouterr()
     args = ["ensemble", "--cohort", "new", "--out", str(tmp_path / "cli"), "--predictions"]

@@ -36,6 +36,12 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert lines[5] == "  cohort new (predict), 3 slides: 2 normal, 1 lesion"
     assert lines[6] == "    open results/eval/exp/ensemble/new/predictions.html"
     assert "snakemake --report report.html" in lines[-1]
+    # slides without patches are counted beside the scored ones, not silently left out
+    _write(tmp_path / "results/eval/exp/ensemble/new/summary.json", new | {"n_unpredicted": 1})
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext | {"n_unpredicted": 2})
+    lines = run_summary_lines("exp", COHORTS, tmp_path)
+    assert "external cohort ext, 6 slides (+ 2 without patches, not scored):" in lines[3]
+    assert lines[5].endswith("2 normal, 1 lesion, 1 without patches (not predicted)")
     # a damaged or half-written summary is left out, not a traceback at the end of a run
     (tmp_path / "results/eval/exp/summary.json").write_text("{")
     assert not any(

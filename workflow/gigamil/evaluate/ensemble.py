@@ -102,9 +102,10 @@ def write_predictions_html(
         shown = shown.drop(columns="label")
     counts = ens.loc[ens["pred"].astype(str) != "", "pred"].value_counts()
     note = ", ".join(f"{counts.get(c, 0)} {html.escape(c)}" for c in classes)
-    body = f"<p>{len(ens)} slide(s) predicted: {note}.</p>" + shown.to_html(
-        border=0, index=False, classes="predictions", na_rep=""
-    )
+    missing = len(ens) - int(counts.sum())
+    unscored = f"; {missing} without patches, not predicted" if missing else ""
+    body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
+    body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
     Path(path).write_text(html_page(title, body))
 
 

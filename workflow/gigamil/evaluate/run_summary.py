@@ -64,7 +64,7 @@ def run_summary_lines(
     if cv is not None:
         lines += [
             f"  cross-validation, {cv.get('n_slides')} slides of {cv.get('n_patients')} "
-            f"patients: out-of-fold slide AUC{_macro(cv)} {_ci(cv, 'oof_auc')}{_localisation(cv)}",
+            f"patients{_unscored(cv)}: out-of-fold slide AUC{_macro(cv)} {_ci(cv, 'oof_auc')}{_localisation(cv)}",
             f"    open {cv_path.with_name('metrics.html')}",
         ]
     for name, cohort in cohorts.items():
@@ -75,13 +75,16 @@ def run_summary_lines(
             continue
         if role == "external":
             lines += [
-                f"  external cohort {name}, {summary.get('n_slides')} slides: fold-model "
+                f"  external cohort {name}, {summary.get('n_slides')} slides{_unscored(summary)}:"
+                " fold-model "
                 f"ensemble slide AUC{_macro(summary)} {_ci(summary, 'auc')}"
                 f"{_localisation(summary)}",
                 f"    open {path.with_name('metrics.html')}",
             ]
         else:
             counts = ", ".join(f"{n} {c}" for c, n in (summary.get("predicted") or {}).items())
+            if summary.get("n_unpredicted"):
+                counts += f", {summary['n_unpredicted']} without patches (not predicted)"
             lines += [
                 f"  cohort {name} (predict), {summary.get('n_slides')} slides: {counts}",
                 f"    open {path.with_name('predictions.html')}",
@@ -93,3 +96,9 @@ def run_summary_lines(
         *lines,
         "  heatmaps: results/heatmaps/; all results in one page: snakemake --report report.html",
     ]
+
+
+def _unscored(summary: Mapping[str, Any]) -> str:
+    """`` (+ 2 without patches, not scored)`` when the summary counts such slides, else ""."""
+    n = summary.get("n_unpredicted") or 0
+    return f" (+ {n} without patches, not scored)" if n else ""
