@@ -654,3 +654,21 @@ def _check_patient_recall(summary: dict, table: pd.DataFrame, page: str) -> None
         "patient sensitivity (recall of lesion), mean probability per patient</td>"
         f"<td>{tp} / {tp + fn} = {sens:.3f} ({_ci_text(lo, hi)})"
     ) in page
+
+
+def test_a_prediction_file_given_twice_is_refused(tmp_path):
+    """A repeated file, or a copy of one fold's file, counted that model twice in the mean
+    (P(lesion) 0.837 instead of 0.757 in a new user's trial); ``gigamil evaluate`` refused it."""
+    import shutil
+
+    ext = _sheet(n_patients=4, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"fold{k}.csv")
+        _predict(ext, k, rng).to_csv(paths[-1], index=False)
+    with pytest.raises(GigamilError, match=r"fold0.csv is given twice"):
+        ensemble_cohort([*paths, paths[0]], CLASSES, tmp_path / "a", "ext", n_boot=10)
+    shutil.copy(paths[0], tmp_path / "copy.csv")
+    with pytest.raises(GigamilError, match=r"fold 0 is predicted by both .*fold0.csv and .*copy"):
+        ensemble_cohort([*paths, tmp_path / "copy.csv"], CLASSES, tmp_path / "b", "ext", n_boot=10)

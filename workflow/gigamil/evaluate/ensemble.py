@@ -120,6 +120,7 @@ def _cohort_predictions(
     out_dir.mkdir(parents=True, exist_ok=True)
     per_file = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in per_file]
+    _check_one_file_per_model(per_file, pred_csvs, cohort)
     _check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
     preds = pd.concat(per_file, ignore_index=True) if per_file else pd.DataFrame()
     if preds.empty:
@@ -149,6 +150,27 @@ def _check_slides_match_the_sheet(predicted: set[str], slides: Sequence[str], co
             f"cohort {cohort!r}: {'; '.join(parts)}; the prediction files are stale or "
             "incomplete: delete them and rerun"
         )
+
+
+def _check_one_file_per_model(
+    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
+) -> None:
+    """A file given twice, or two files of one fold model, would count that model twice in the
+    mean (``gigamil evaluate`` refuses the same)."""
+    seen: dict[tuple[str, str], str] = {}
+    for path, df in zip(pred_csvs, per_file, strict=True):
+        key = (str(Path(path).resolve()), "")
+        if key in seen:
+            raise GigamilError(f"cohort {cohort!r}: {path} is given twice")
+        seen[key] = str(path)
+        folds = {str(f) for f in df["fold"].dropna().astype(str)} - {""} if "fold" in df else set()
+        for fold in sorted(folds):
+            other = seen.setdefault(("fold", fold), str(path))
+            if other != str(path):
+                raise GigamilError(
+                    f"cohort {cohort!r}: fold {fold} is predicted by both {other} and {path}; "
+                    "give each fold model's prediction file once"
+                )
 
 
 def _check_every_model_predicted_every_slide(
