@@ -99,6 +99,15 @@ def test_check_mpp_rejects_nonsense(x, y, fragment):
     assert "slide.svs" in str(exc.value) and "--slide-mpp" in str(exc.value)
 
 
+def test_an_implausible_typed_mpp_is_called_a_typo_not_a_dpi_default():
+    """The sheet's own value: the user set the column already, and a file's dpi is not involved."""
+    with pytest.raises(SlideError) as exc:
+        resolve_mpp("s.svs", 250.0, (0.5, 0.5), None)
+    msg = str(exc.value)
+    assert "implausible microns-per-pixel 250 x 250 from the override" in msg
+    assert "a typo, or another unit? µm per pixel, e.g. 0.25 at 40x" in msg and "dpi" not in msg
+
+
 def test_72dpi_default_is_an_error_unless_overridden(test_slides):
     boxes = test_slides / "synthetic" / "boxes.tiff"
     with pytest.raises(SlideError, match=r"boxes\.tiff: implausible microns-per-pixel 352\.778"):

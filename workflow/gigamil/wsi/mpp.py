@@ -18,6 +18,7 @@ from gigamil.errors import SlideError
 MPP_MIN = 0.05  # µm/px; finer than any optical scanner
 MPP_MAX = 100.0  # µm/px; coarser than any useful slide scan
 MPP_XY_TOLERANCE = 0.05  # relative x/y difference accepted
+OVERRIDE_SOURCE = "the override (sheet/--slide-mpp)"
 FIX_HINT = (
     "set the slide's `mpp` column in the cohort sheet or the cohort's `mpp` in config.yaml "
     "(gigamil mask / patches: --slide-mpp)"
@@ -32,9 +33,20 @@ def check_mpp(name: str, mpp_x: float, mpp_y: float, source: str) -> float:
     """
     for v in (mpp_x, mpp_y):
         if not (math.isfinite(v) and MPP_MIN <= v <= MPP_MAX):
+            typed = source == OVERRIDE_SOURCE  # a value the user typed, not a file's dpi
+            detail = (
+                "a typo, or another unit? µm per pixel, e.g. 0.25 at 40x, 0.5 at 20x"
+                if typed
+                else "a 72/96 dpi image default?"
+            )
+            fix = (
+                "fix the sheet's `mpp` column, the cohort's `mpp` in config.yaml or --slide-mpp"
+                if typed
+                else FIX_HINT
+            )
             raise SlideError(
                 f"{name}: implausible microns-per-pixel {mpp_x:g} x {mpp_y:g} from {source} "
-                f"(expected {MPP_MIN:g}..{MPP_MAX:g}; a 72/96 dpi image default?); {FIX_HINT}",
+                f"(expected {MPP_MIN:g}..{MPP_MAX:g}; {detail}); {fix}",
                 reason="mpp",
             )
     if abs(mpp_x - mpp_y) > MPP_XY_TOLERANCE * max(mpp_x, mpp_y):
@@ -81,7 +93,7 @@ def resolve_mpp_xy(
     """Pick the level-0 MPP by trust order; return ((mpp_x, mpp_y), source description).
     An override applies to both axes."""
     if override is not None:
-        check_mpp(name, float(override), float(override), "the override (sheet/--slide-mpp)")
+        check_mpp(name, float(override), float(override), OVERRIDE_SOURCE)
         return (float(override), float(override)), "override"
     if vendor_mpp is not None:
         check_mpp(name, *vendor_mpp, "openslide.mpp-x/y")
