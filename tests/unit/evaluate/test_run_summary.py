@@ -54,3 +54,21 @@ def test_a_multiclass_auc_is_named_macro_one_vs_rest(tmp_path):
     _write(tmp_path / "results/eval/exp/summary.json", cv)
     lines = run_summary_lines("exp", {}, tmp_path)
     assert "out-of-fold slide AUC (macro one-vs-rest) 0.670" in lines[1]
+
+
+def test_a_summary_older_than_the_fold_models_is_marked_stale(tmp_path):
+    """`snakemake --until train_fold` retrained the folds and printed the old models' figures."""
+    import os
+
+    cv_path = tmp_path / "results/eval/exp/summary.json"
+    _write(cv_path, {"n_slides": 4, "n_patients": 4, "oof_auc": 0.5})
+    model = tmp_path / "results/models/exp/fold1/model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    os.utime(cv_path, (1000, 1000))
+    os.utime(model, (2000, 2000))
+    (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "cross-validation" in x]
+    assert line.endswith("[STALE: older than the fold models; run snakemake again to update]")
+    os.utime(cv_path, (3000, 3000))  # evaluated after training: as it was
+    (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "cross-validation" in x]
+    assert "STALE" not in line

@@ -47,7 +47,8 @@ def run_summary_lines(
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
-    with none at all (e.g. a run of only the tissue masks) the list is empty.
+    with none at all (e.g. a run of only the tissue masks) the list is empty. A summary older
+    than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
 
     Returns, e.g.::
 
@@ -59,12 +60,15 @@ def run_summary_lines(
     """
     root = Path(root)
     lines: list[str] = []
+    models = [p.stat().st_mtime for p in root.glob(f"{layout.model_dir(experiment, '*')}/model.pt")]
+    newest_model = max(models, default=0.0)
     cv_path = Path(layout.eval_dir(experiment)) / "summary.json"
     cv = _read(root / cv_path)
     if cv is not None:
         lines += [
             f"  cross-validation, {cv.get('n_slides')} slides of {cv.get('n_patients')} "
-            f"patients{_unscored(cv)}: out-of-fold slide AUC{_macro(cv)} {_ci(cv, 'oof_auc')}{_localisation(cv)}",
+            f"patients{_unscored(cv)}: out-of-fold slide AUC{_macro(cv)} {_ci(cv, 'oof_auc')}"
+            f"{_localisation(cv)}{_stale(root / cv_path, newest_model)}",
             f"    open {cv_path.with_name('metrics.html')}",
         ]
     for name, cohort in cohorts.items():
@@ -78,7 +82,7 @@ def run_summary_lines(
                 f"  external cohort {name}, {summary.get('n_slides')} slides{_unscored(summary)}:"
                 " fold-model "
                 f"ensemble slide AUC{_macro(summary)} {_ci(summary, 'auc')}"
-                f"{_localisation(summary)}",
+                f"{_localisation(summary)}{_stale(root / path, newest_model)}",
                 f"    open {path.with_name('metrics.html')}",
             ]
         else:
@@ -86,7 +90,8 @@ def run_summary_lines(
             if summary.get("n_unpredicted"):
                 counts += f", {summary['n_unpredicted']} without patches (not predicted)"
             lines += [
-                f"  cohort {name} (predict), {summary.get('n_slides')} slides: {counts}",
+                f"  cohort {name} (predict), {summary.get('n_slides')} slides: {counts}"
+                f"{_stale(root / path, newest_model)}",
                 f"    open {path.with_name('predictions.html')}",
             ]
     if not lines:
@@ -102,3 +107,14 @@ def _unscored(summary: Mapping[str, Any]) -> str:
     """`` (+ 2 without patches, not scored)`` when the summary counts such slides, else ""."""
     n = summary.get("n_unpredicted") or 0
     return f" (+ {n} without patches, not scored)" if n else ""
+
+
+def _stale(path: Path, newest_model: float) -> str:
+    """A warning for a summary written before the newest fold model (mtime ``newest_model``):
+    a run that retrained folds but stopped before the evaluation (``--until train_fold``)
+    must not print the old figures as if they were the new models'."""
+    try:
+        old = path.stat().st_mtime < newest_model
+    except OSError:
+        return ""
+    return " [STALE: older than the fold models; run snakemake again to update]" if old else ""
