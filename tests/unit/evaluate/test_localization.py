@@ -54,6 +54,17 @@ def test_slide_localization_with_sidecar_and_fallbacks(grid_slide, tmp_path):
         (grid_slide.cols * grid_slide.patch + 40, grid_slide.rows * grid_slide.patch + 24),
     )
     assert ds == pytest.approx(16.0, rel=0.05)
+    # a mask that cannot be this slide's: refused, not scored (a new user's 100 x 100 px mask of
+    # a 2220 x 2967 px slide got a localisation AUC without a word)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "square.png")
+    dims = (grid_slide.cols * grid_slide.patch + 40, grid_slide.rows * grid_slide.patch + 24)
+    with pytest.raises(GigamilError, match=r"square.png \(20 x 20 px, .* does not cover the slide"):
+        load_mask_with_downsample(tmp_path / "square.png", None, dims)
+    (tmp_path / "square.json").write_text(json.dumps({"downsample": 4}))  # a sidecar that lies
+    with pytest.raises(GigamilError, match=r"it would span 80 x 80\)"):
+        load_mask_with_downsample(tmp_path / "square.png", None, dims)
 
 
 @pytest.mark.parametrize("content", [b"", b"not an array", None], ids=["empty", "text", "cut"])

@@ -40,7 +40,10 @@ def load_mask_with_downsample(
     """A lesion mask PNG as bool (H, W) and its downsample (level-0 px per mask px).
 
     The downsample comes from the JSON sidecar (same stem) key ``downsample``; else from its
-    ``mpp`` divided by ``slide_mpp``; else from the slide width over the mask width.
+    ``mpp`` divided by ``slide_mpp``; else from the slide width over the mask width. With
+    ``slide_dimensions`` (level-0 width, height) the mask must cover the slide at that
+    downsample (each side within 2 % or two mask pixels): GigamilError otherwise, since another
+    slide's mask, or one of another size, would be scored silently.
     """
     from PIL import Image
 
@@ -51,12 +54,32 @@ def load_mask_with_downsample(
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if "downsample" in meta:
-        return mask, float(meta["downsample"])
-    if "mpp" in meta and slide_mpp:
-        return mask, float(meta["mpp"]) / float(slide_mpp)
+        ds = float(meta["downsample"])
+    elif "mpp" in meta and slide_mpp:
+        ds = float(meta["mpp"]) / float(slide_mpp)
+    elif slide_dimensions is not None:
+        ds = float(slide_dimensions[0]) / mask.shape[1]
+    else:
+        raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
     if slide_dimensions is not None:
-        return mask, float(slide_dimensions[0]) / mask.shape[1]
-    raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
+        _check_mask_covers_slide(path, mask.shape, ds, slide_dimensions)
+    return mask, ds
+
+
+def _check_mask_covers_slide(
+    path: Path, shape: tuple[int, ...], ds: float, slide_dimensions: tuple[int, int]
+) -> None:
+    """Raises GigamilError when a mask of ``shape`` (H, W) at downsample ``ds`` does not span
+    the slide's level-0 ``slide_dimensions`` (W, H)."""
+    (w0, h0), (hm, wm) = slide_dimensions, shape[:2]
+    off = [abs(m * ds - s) > max(2 * ds, 0.02 * s) for m, s in ((wm, float(w0)), (hm, float(h0)))]
+    if any(off):
+        raise GigamilError(
+            f"lesion mask {path} ({wm} x {hm} px, {ds:g} slide px per mask px) does not cover "
+            f"the slide ({w0} x {h0} px; it would span {wm * ds:.0f} x {hm * ds:.0f}): is it this "
+            "slide's mask, of the whole slide? (its JSON sidecar's downsample or mpp, if any, "
+            "must fit too)"
+        )
 
 
 def patch_mask_fraction(
