@@ -63,6 +63,11 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     enc_keys = [k for k in first if k.startswith("feature_encoder.1.")]
     assert enc_keys and all(torch.equal(state["model"][k], first[k]) for k in enc_keys)
     assert main(args + ["--no-resume"]) == 0
+    # without --val-csv: no validation slides, as with cv.val_fraction: 0
+    no_val = [a for a in args if a not in ("--val-csv", str(tmp_path / "val.csv"))]
+    assert main([*no_val[:-1], str(tmp_path / "no_val")]) == 0
+    log = pd.read_csv(tmp_path / "no_val" / "train_log.csv")
+    assert (log["n_val_bags"] == 0).all() and log["val_loss"].isna().all()
 
     preds = tmp_path / "preds.csv"
     assert (

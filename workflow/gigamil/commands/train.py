@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--val-csv",
-        required=True,
         metavar="CSV",
-        help="validation slides (same columns; may have no rows)",
+        help="validation slides (same columns; may have no rows). Default: none, as with "
+        "cv.val_fraction: 0 (model.pt keeps the epoch of lowest training loss)",
     )
     parser.add_argument(
         "--out",
@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
         print(f"gigamil: warning: {warning}", file=sys.stderr)
+    train = read_slides_csv(args.train_csv)
     model_path = train_fold(
-        read_slides_csv(args.train_csv),
-        read_slides_csv(args.val_csv),
+        train,
+        read_slides_csv(args.val_csv) if args.val_csv else train.iloc[:0],
         cfg["classes"],
         cfg["model"],
         cfg["training"],
