@@ -195,9 +195,11 @@ def test_every_fold_trains_and_validates_on_every_class():
     with pytest.raises(
         GigamilError,
         match=r"class '(normal|lesion)' has 2 patient\(s\) .*"
-        r"test, training and validation parts: add patients of class",
+        r"test, training and validation parts: add patients of class.*\(at least 3 per "
+        r"class\), or set cv.val_fraction: 0 \(no validation patients; 2 per class then suffice\)",
     ):
         make_folds(two, 2)
+    make_folds(two, 2, val_fraction=0.0)  # the advice, followed
     # enough patients for the test parts, too few left for training + validation in a fold
     three = _sheet(
         [(f"N{i}", "normal", 1) for i in range(8)] + [(f"L{i}", "lesion", 1) for i in range(3)]

@@ -110,7 +110,13 @@ def _fold_advice(
                 f": add patients of {cls} (at least {folds} per class for cv.folds {folds}; "
                 f"with cv.folds lowered to {least}, at least {least})"
             )
-        return f": add patients of {cls} (at least {least} per class)"
+        without = (
+            f", or set cv.val_fraction: 0 (no validation patients; {least - 1} per class then "
+            "suffice)"
+            if validation and n_min >= least - 1
+            else ""
+        )
+        return f": add patients of {cls} (at least {least} per class){without}"
     if folds > max(ok):
         return f": lower cv.folds to at most {max(ok)} or add patients of {cls}"
     if folds < min(ok):

@@ -202,6 +202,11 @@ def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
     preds = pd.concat([pd.read_csv(p, dtype={"fold": int}) for p in paths], ignore_index=True)
     with pytest.raises(GigamilError, match="has no prediction"):
         oof_predictions(preds.iloc[1:], folds)
+    # an external cohort's predictions given to the CV evaluation: said, with the command to use
+    with pytest.raises(
+        GigamilError, match=r"of cohort\(s\) ext, not of the folds' test .*ensemble"
+    ):
+        oof_predictions(preds.assign(cohort="ext"), folds)
     with pytest.raises(GigamilError, match="predicted twice by fold"):
         oof_predictions(pd.concat([preds, preds.iloc[:1]], ignore_index=True), folds)
     train0 = folds[(folds.fold == 0) & (folds.role == "train")].iloc[:1]
@@ -667,6 +672,10 @@ def test_a_prediction_file_given_twice_is_refused(tmp_path):
     for k in range(2):
         paths.append(tmp_path / f"fold{k}.csv")
         _predict(ext, k, rng).to_csv(paths[-1], index=False)
+    with pytest.raises(
+        GigamilError, match=r"cohort 'exx': no predictions in .* \(they hold cohort"
+    ):
+        ensemble_cohort(paths, CLASSES, tmp_path / "x", "exx", n_boot=10)  # a typo: named
     with pytest.raises(GigamilError, match=r"fold0.csv is given twice"):
         ensemble_cohort([*paths, paths[0]], CLASSES, tmp_path / "a", "ext", n_boot=10)
     shutil.copy(paths[0], tmp_path / "copy.csv")

@@ -34,7 +34,14 @@ from gigamil.evaluate.aggregate import (
     summary_block,
 )
 from gigamil.evaluate.localization import cohort_localization
-from gigamil.evaluate.predictions import read_predictions, split_unpredicted
+from gigamil.evaluate.predictions import (
+    check_every_model_predicted_every_slide,
+    check_one_file_per_model,
+    check_slides_match_the_sheet,
+    file_cohorts,
+    read_predictions,
+    split_unpredicted,
+)
 from gigamil.evaluate.tables import FLOAT_FORMAT, html_page, write_json, write_metrics_html
 
 log = logging.getLogger(__name__)
@@ -120,78 +127,18 @@ def _cohort_predictions(
     out_dir.mkdir(parents=True, exist_ok=True)
     per_file = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in per_file]
-    _check_one_file_per_model(per_file, pred_csvs, cohort)
-    _check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
+    check_one_file_per_model(per_file, pred_csvs, cohort)
+    check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
     preds = pd.concat(per_file, ignore_index=True) if per_file else pd.DataFrame()
     if preds.empty:
-        raise GigamilError(f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}")
-    if slides is not None:
-        _check_slides_match_the_sheet(set(map(str, preds["slide_id"])), slides, cohort)
-    return preds, mean_probabilities(preds, classes)
-
-
-def _shown(ids: Sequence[str]) -> str:
-    return ", ".join(ids[:5]) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
-
-
-def _check_slides_match_the_sheet(predicted: set[str], slides: Sequence[str], cohort: str) -> None:
-    """The fold models together predicted exactly the sheet's slides: a slide missing from every
-    file would be left out of the metrics without a word, a slide not in the sheet is another
-    cohort's or a stale one."""
-    expected = set(map(str, slides))
-    missing, extra = sorted(expected - predicted), sorted(predicted - expected)
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} slide(s) of the sheet have no prediction ({_shown(missing)})")
-    if extra:
-        parts.append(f"{len(extra)} predicted slide(s) are not in the sheet ({_shown(extra)})")
-    if parts:
+        present = sorted({str(c) for path in pred_csvs for c in file_cohorts(path)})
+        found = f" (they hold cohort(s) {', '.join(present)})" if present else ""
         raise GigamilError(
-            f"cohort {cohort!r}: {'; '.join(parts)}; the prediction files are stale or "
-            "incomplete: delete them and rerun"
+            f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}{found}"
         )
-
-
-def _check_one_file_per_model(
-    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
-) -> None:
-    """A file given twice, or two files of one fold model, would count that model twice in the
-    mean (``gigamil evaluate`` refuses the same)."""
-    seen: dict[tuple[str, str], str] = {}
-    for path, df in zip(pred_csvs, per_file, strict=True):
-        key = (str(Path(path).resolve()), "")
-        if key in seen:
-            raise GigamilError(f"cohort {cohort!r}: {path} is given twice")
-        seen[key] = str(path)
-        folds = {str(f) for f in df["fold"].dropna().astype(str)} - {""} if "fold" in df else set()
-        for fold in sorted(folds):
-            other = seen.setdefault(("fold", fold), str(path))
-            if other != str(path):
-                raise GigamilError(
-                    f"cohort {cohort!r}: fold {fold} is predicted by both {other} and {path}; "
-                    "give each fold model's prediction file once"
-                )
-
-
-def _check_every_model_predicted_every_slide(
-    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
-) -> None:
-    """On a cohort no fold model trained on (a slide in more than one file) every fold model
-    predicts every slide: a file that lacks some of them is incomplete, and averaging over the
-    models that remain would quietly make another ensemble for those slides. (On a train cohort
-    each slide is in one file only, its out-of-fold model's.)"""
-    sets = [set(map(str, df["slide_id"])) for df in per_file]
-    every = set().union(*sets)
-    if not any(sum(s in ids for ids in sets) > 1 for s in every):
-        return
-    for path, ids in zip(pred_csvs, sets, strict=True):
-        lacking = sorted(every - ids)
-        if lacking:
-            raise GigamilError(
-                f"cohort {cohort!r}: {path} lacks the prediction of {len(lacking)} slide(s) that "
-                f"the other fold models predicted ({_shown(lacking)}); every fold model predicts every slide "
-                "of a cohort it did not train on, so the file is incomplete: delete it and rerun"
-            )
+    if slides is not None:
+        check_slides_match_the_sheet(set(map(str, preds["slide_id"])), slides, cohort)
+    return preds, mean_probabilities(preds, classes)
 
 
 def predict_cohort(

@@ -1,6 +1,8 @@
 """The fold models' prediction CSVs (``results/predictions/{experiment}/fold{k}/{cohort}.csv``):
 writing them, reading and checking them (a damaged or hand-edited row is an error, not data),
-leaving out slides without patches, and the out-of-fold selection with its leakage checks.
+leaving out slides without patches, the out-of-fold selection with its leakage checks, and the
+checks an ensemble makes of its files (:func:`check_one_file_per_model`,
+:func:`check_every_model_predicted_every_slide`, :func:`check_slides_match_the_sheet`).
 
 A file holds the id columns :data:`PRED_ID_COLUMNS`, ``fold``, ``prob_<class>``... and ``pred``;
 a slide without patches has empty probabilities and an empty ``pred``.
@@ -156,9 +158,17 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     missing = merged[merged["_merge"] == "left_only"]
     if not missing.empty:
         r = missing.iloc[0]
+        others = sorted(set(map(str, preds["cohort"])) - set(map(str, test["cohort"])))
+        hint = (
+            f"; the predictions are of cohort(s) {', '.join(others)}, not of the folds' "
+            "test slides: evaluate a cohort the fold models did not train on with gigamil "
+            "ensemble"
+            if others and not set(map(str, preds["cohort"])) & set(map(str, test["cohort"]))
+            else ""
+        )
         raise GigamilError(
             f"slide {r['cohort']}/{r['slide_id']} (test slide of fold {r['fold']}) "
-            "has no prediction"
+            f"has no prediction{hint}"
         )
     seen = preds.merge(folds[key + ["role"]], on=key, how="left")
     leaked = seen[seen["role"].isin(["train", "val"])]
@@ -169,3 +179,75 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
             f"used it for {r['role']}; it cannot count as out-of-fold"
         )
     return merged.drop(columns="_merge").reset_index(drop=True)
+
+
+def file_cohorts(path: str | Path) -> list[str]:
+    """The cohorts a prediction CSV holds (none when it cannot be read)."""
+    try:
+        return pd.read_csv(path, usecols=["cohort"], dtype=str)["cohort"].dropna().unique().tolist()
+    except (OSError, ValueError):
+        return []
+
+
+def shown(ids: Sequence[str]) -> str:
+    return ", ".join(ids[:5]) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
+
+
+def check_slides_match_the_sheet(predicted: set[str], slides: Sequence[str], cohort: str) -> None:
+    """The fold models together predicted exactly the sheet's slides: a slide missing from every
+    file would be left out of the metrics without a word, a slide not in the sheet is another
+    cohort's or a stale one."""
+    expected = set(map(str, slides))
+    missing, extra = sorted(expected - predicted), sorted(predicted - expected)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} slide(s) of the sheet have no prediction ({shown(missing)})")
+    if extra:
+        parts.append(f"{len(extra)} predicted slide(s) are not in the sheet ({shown(extra)})")
+    if parts:
+        raise GigamilError(
+            f"cohort {cohort!r}: {'; '.join(parts)}; the prediction files are stale or "
+            "incomplete: delete them and rerun"
+        )
+
+
+def check_one_file_per_model(
+    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
+) -> None:
+    """A file given twice, or two files of one fold model, would count that model twice in the
+    mean (``gigamil evaluate`` refuses the same)."""
+    seen: dict[tuple[str, str], str] = {}
+    for path, df in zip(pred_csvs, per_file, strict=True):
+        key = (str(Path(path).resolve()), "")
+        if key in seen:
+            raise GigamilError(f"cohort {cohort!r}: {path} is given twice")
+        seen[key] = str(path)
+        folds = {str(f) for f in df["fold"].dropna().astype(str)} - {""} if "fold" in df else set()
+        for fold in sorted(folds):
+            other = seen.setdefault(("fold", fold), str(path))
+            if other != str(path):
+                raise GigamilError(
+                    f"cohort {cohort!r}: fold {fold} is predicted by both {other} and {path}; "
+                    "give each fold model's prediction file once"
+                )
+
+
+def check_every_model_predicted_every_slide(
+    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
+) -> None:
+    """On a cohort no fold model trained on (a slide in more than one file) every fold model
+    predicts every slide: a file that lacks some of them is incomplete, and averaging over the
+    models that remain would quietly make another ensemble for those slides. (On a train cohort
+    each slide is in one file only, its out-of-fold model's.)"""
+    sets = [set(map(str, df["slide_id"])) for df in per_file]
+    every = set().union(*sets)
+    if not any(sum(s in ids for ids in sets) > 1 for s in every):
+        return
+    for path, ids in zip(pred_csvs, sets, strict=True):
+        lacking = sorted(every - ids)
+        if lacking:
+            raise GigamilError(
+                f"cohort {cohort!r}: {path} lacks the prediction of {len(lacking)} slide(s) that "
+                f"the other fold models predicted ({shown(lacking)}); every fold model predicts every slide "
+                "of a cohort it did not train on, so the file is incomplete: delete it and rerun"
+            )
