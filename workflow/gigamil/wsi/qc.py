@@ -27,6 +27,8 @@ COLUMNS = [
     "slide_mpp",
     "slide_mpp_source",
     "tissue_fraction",
+    "tissue_threshold",
+    "mask_mpp",
     "n_patches",
     "target_mpp",
     "effective_mpp",
@@ -44,6 +46,8 @@ HEADERS = {
     "slide_mpp": "slide µm/px",
     "slide_mpp_source": "µm/px from",
     "tissue_fraction": "tissue (%)",
+    "tissue_threshold": "saturation threshold",
+    "mask_mpp": "mask µm/px",
     "n_patches": "patches",
     "target_mpp": "target µm/px",
     "effective_mpp": "patch µm/px",
@@ -70,6 +74,8 @@ def qc_row(slide_id: str, mask_json: str | Path, store: str | Path) -> dict:
         "slide_mpp": attrs.get("slide_mpp", info.get("slide_mpp")),
         "slide_mpp_source": attrs.get("slide_mpp_source", info.get("slide_mpp_source")),
         "tissue_fraction": info.get("tissue_fraction"),
+        "tissue_threshold": info.get("threshold_value"),
+        "mask_mpp": info.get("mask_mpp"),
         "n_patches": attrs.get("n_patches"),
         "target_mpp": attrs.get("target_mpp"),
         "effective_mpp": attrs.get("effective_mpp"),
@@ -142,6 +148,7 @@ def write_qc_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
     from gigamil.evaluate.tables import html_page
 
     digits = {"slide_mpp": 4, "target_mpp": 4, "effective_mpp": 4, "tissue_fraction": 1}
+    digits |= {"tissue_threshold": 1, "mask_mpp": 2}
     digits |= {"mask_seconds": 1, "extract_seconds": 1}
 
     def cell(col: str, v: Any) -> str:
