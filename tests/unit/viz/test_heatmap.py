@@ -346,11 +346,12 @@ def test_lesion_mask_is_outlined_on_the_overlay(grid_slide, tmp_path, capsys):
 
     store = tmp_path / "s7.zarr"
     coords, _ = grid_slide.write(store)
-    np.save(tmp_path / "a.npy", np.full(len(coords), 1 / len(coords), np.float32))
     w, h = read_store(store)[3]["slide_dimensions"]
     lesion = np.zeros((h // 16, w // 16), np.uint8)  # a lesion in the slide's right half
     lesion[h // 64 : 3 * h // 64, w // 32 + w // 128 : w // 16 - w // 128] = 255
     Image.fromarray(lesion).save(tmp_path / "lesion.png")
+    right = coords[:, 0] > w / 2  # more attention on the right half: the gallery's top row
+    np.save(tmp_path / "a.npy", np.where(right, 2.0, 1.0).astype(np.float32) / len(coords))
     args = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "a.npy")]
     args += ["--thumb-px", "200", "--normalize", "relative"]
     assert main([*args, "--out", str(tmp_path / "plain")]) == 0
@@ -363,6 +364,17 @@ def test_lesion_mask_is_outlined_on_the_overlay(grid_slide, tmp_path, capsys):
         main([*args, "--out", str(tmp_path / "les"), "--lesion-mask", str(tmp_path / "lesion.png")])
         == 0
     )
+    # the gallery frames the lesion patches in cyan, and its title says how many there are
+    from gigamil.evaluate.localization import lesion_patches
+    from gigamil.viz.heatmap import top_bottom
+
+    shown = np.r_[top_bottom(np.load(tmp_path / "a.npy"), 8)]
+    assert lesion_patches(store, tmp_path / "lesion.png")[shown].any()
+    for name, framed in (("plain", False), ("les", True)):
+        gallery = Image.open(tmp_path / name / "gallery.png")
+        rgb = np.asarray(gallery.convert("RGB")).astype(int)
+        assert bool((np.abs(rgb - (0, 200, 255)).sum(-1) < 40).sum() > 100) == framed
+        assert ("cyan frame: lesion patch" in gallery.info["Title"]) == framed
     plain = np.asarray(Image.open(tmp_path / "plain" / "overlay.png").convert("RGB")).astype(int)
     drawn = np.asarray(Image.open(tmp_path / "les" / "overlay.png").convert("RGB")).astype(int)
     changed = np.abs(drawn - plain).sum(axis=-1) > 60

@@ -117,6 +117,16 @@ def localization_auc(
     return binary_auc(lesion_fraction >= threshold, attention)
 
 
+def lesion_patches(store: str | Path, mask_path: str | Path, threshold: float = 0.5) -> np.ndarray:
+    """bool (N,): which of the store's patches are lesion patches (at least ``threshold`` of
+    their area in the lesion mask), as :func:`slide_localization` counts them."""
+    coords, _, attrs = read_store_geometry(store)
+    mask, ds = load_mask_with_downsample(
+        mask_path, attrs.get("slide_mpp"), tuple(attrs.get("slide_dimensions") or ()) or None
+    )
+    return patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds) >= threshold
+
+
 def slide_localization(
     store: str | Path, attention: np.ndarray, mask_path: str | Path, threshold: float = 0.5
 ) -> dict[str, float]:

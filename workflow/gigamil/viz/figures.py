@@ -260,6 +260,7 @@ def render_gallery(
     path: str | Path,
     title: str,
     n_patches: int | None = None,
+    lesion: Sequence[bool] | None = None,
 ) -> None:
     """Save a 2-row gallery: the top-k (first row) and bottom-k patches with their attention.
 
@@ -272,6 +273,7 @@ def render_gallery(
         values: (2k,) attention of each.
         ranks: (2k,) captions.
         n_patches: N, the slide's number of patches (for ``×N``).
+        lesion: (2k,) whether each is a lesion patch: framed in :data:`LESION_FRAME`.
     """
     import matplotlib.pyplot as plt
 
@@ -287,9 +289,27 @@ def render_gallery(
     ax = _pixel_axes(fig, left, top, mw, mh, fig_w, fig_h)
     ax.imshow(mosaic, interpolation="nearest")
     _gallery_captions(ax, grid, len(patches), values, ranks, n_patches)
+    _frame_cells(ax, grid, [i for i, flag in enumerate(lesion or []) if flag])
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
+
+
+LESION_FRAME = "#00c8ff"  # cyan: a colour no patch has (H&E is pink and purple)
+
+
+def _frame_cells(ax: Any, grid: _GalleryGrid, cells: Sequence[int]) -> None:
+    """A :data:`LESION_FRAME` frame around each of the gallery's ``cells``."""
+    from matplotlib.patches import Rectangle
+
+    for i in cells:
+        y, x = grid.corner(i)
+        ax.add_patch(
+            Rectangle(
+                (x - 1.5, y - 1.5), grid.cell_w + 2, grid.cell_h + 2, fill=False,
+                ec=LESION_FRAME, lw=2.4,
+            )
+        )  # fmt: skip
 
 
 REPORT_JPEG_QUALITY = 85

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.localization import read_store_geometry
+from gigamil.evaluate.localization import lesion_patches, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, slide_thumbnail
@@ -149,7 +149,8 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             images, and the probability the ``probability`` colour scale needs. Without it that
             scale falls back to ``relative`` (with a warning; the colour bar says which).
         lesion_mask: the slide's ground-truth lesion PNG (covering the whole slide, > 127 =
-            lesion, as the localisation AUC reads it): outlined on overlay.png.
+            lesion, as the localisation AUC reads it): outlined on overlay.png; the gallery
+            frames its lesion patches (at least half their area in the mask) in cyan.
 
     Returns:
         A small dict (n_patches, top indices, the scale used) for logging and tests.
@@ -165,7 +166,8 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     tissue = _write_overlay(
         slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png", top
     )
-    _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png")
+    in_lesion = lesion_patches(store, lesion_mask) if lesion_mask is not None else None
+    _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", in_lesion)
     _write_geojsons(slide, scale, top, tissue, tissue_mask, out_dir)
     return {
         "slide_id": slide.slide_id,
@@ -313,8 +315,10 @@ def _write_gallery(
     head: str,
     style: HeatmapStyle,
     path: Path,
+    in_lesion: np.ndarray | None = None,
 ) -> None:
-    """Write gallery.png of the patches ``top`` and ``bottom`` ("no patches" if both are empty)."""
+    """Write gallery.png of the patches ``top`` and ``bottom`` ("no patches" if both are empty);
+    ``in_lesion`` (bool (N,)): the lesion patches, framed in cyan."""
     from gigamil.data.store import open_store
 
     idx = np.r_[top, bottom].astype(np.int64)
@@ -338,7 +342,16 @@ def _write_gallery(
     )
     title = f"{head}\ntop {top.size} / bottom {bottom.size} {style.weight} of {n} {what}"
     title += _patch_width(slide.attrs)
-    render_gallery(tiles, slide.attention[idx], captions, path, title, n_patches=int(n))
+    lesion = None
+    if in_lesion is not None:
+        lesion = [bool(in_lesion[i]) for i in idx]
+        title += (
+            f"\ncyan frame: lesion patch (at least half in the lesion mask; "
+            f"{int(in_lesion.sum())} of {n})"
+        )
+    render_gallery(
+        tiles, slide.attention[idx], captions, path, title, n_patches=int(n), lesion=lesion
+    )
 
 
 def _patch_width(attrs: Mapping[str, Any]) -> str:
