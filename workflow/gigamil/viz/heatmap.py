@@ -136,8 +136,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
         store: the slide's zarr patch store (coords, attrs patch_size_level0, slide_dimensions).
         attention: (N,) attention aligned with the store's rows.
         out_dir: output directory (created).
-        slide_path: the slide file for the thumbnail; None: the store's ``source_path`` (grey
-            background if that is missing or unreadable).
+        slide_path: the thumbnail's slide file; None: the store's ``source_path`` (or grey).
         mpp_override: the slide's µm/px if its file has none (default: the store's
             ``slide_mpp``, the value the patches were cut with).
         tissue_mask: tissue mask PNG (covering the whole slide) to clip the overlay to; also
@@ -148,9 +147,8 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             fold models (:func:`gigamil.viz.slide_info.read_slide_prediction`): the title of both
             images, and the probability the ``probability`` colour scale needs. Without it that
             scale falls back to ``relative`` (with a warning; the colour bar says which).
-        lesion_mask: the slide's ground-truth lesion PNG (covering the whole slide, > 127 =
-            lesion, as the localisation AUC reads it): outlined on overlay.png; the gallery
-            frames its lesion patches (at least half their area in the mask) in cyan.
+        lesion_mask: the slide's ground-truth lesion PNG (whole slide, > 127 = lesion):
+            outlined on overlay.png, its lesion patches framed in the gallery.
 
     Returns:
         A small dict (n_patches, top indices, the scale used) for logging and tests.
