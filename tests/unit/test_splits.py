@@ -160,7 +160,9 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     capsys.readouterr()
     assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "6"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "class 'rare' has 5 patient(s) but cv.folds is 6" in err[0]
+    # the advice in this command's terms: its flags, not the config keys it has no file for
+    assert len(err) == 1 and "class 'rare' has 5 patient(s) but --folds is 6" in err[0]
+    assert "cv." not in err[0] and "lower --folds to at most" in err[0]
 
 
 def test_cli_splits_refuses_two_sheets_of_one_file_name(tmp_path, capsys):

@@ -190,3 +190,20 @@ def test_train_cli_prints_the_configuration_warnings(mil_bags, tmp_path: Path, c
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "gigamil: warning: training.early_stopping.min_epochs (1) >= training.epochs (1)" in err
+
+
+def test_a_missing_relative_store_names_both_places_looked(tmp_path, monkeypatch):
+    """A relative store is looked for from the working directory, then beside the CSV: a new
+    user saw only the second place."""
+    from gigamil.commands.train import read_slides_csv
+    from gigamil.errors import GigamilError
+
+    (tmp_path / "csvs").mkdir()
+    csv = tmp_path / "csvs" / "slides.csv"
+    csv.write_text("cohort,slide_id,patient_id,label,store\nc,s1,p1,normal,stores/s1.zarr\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GigamilError) as err:
+        read_slides_csv(str(csv))
+    msg = str(err.value)
+    assert f"stores/s1.zarr (looked for {tmp_path / 'stores' / 's1.zarr'} and " in msg
+    assert str(tmp_path / "csvs" / "stores" / "s1.zarr") in msg

@@ -76,13 +76,16 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
     if missing:
         raise GigamilError(f"{path}: missing columns {missing}")
     base = Path(path).resolve().parent
-    df["store"] = [
-        str(p if Path(p).is_absolute() or Path(p).exists() else base / p)
-        for p in df["store"].astype(str)
-    ]
-    for store in df["store"]:
+    given = df["store"].astype(str).tolist()
+    df["store"] = [str(p if Path(p).is_absolute() or Path(p).exists() else base / p) for p in given]
+    for typed, store in zip(given, df["store"], strict=True):
         if not Path(store).exists():
-            raise GigamilError(f"{path}: patch store {store} does not exist")
+            where = (
+                f"{store}"
+                if Path(typed).is_absolute()
+                else f"{typed} (looked for {Path(typed).resolve()} and {store})"
+            )
+            raise GigamilError(f"{path}: patch store {where} does not exist")
     return df
 
 
