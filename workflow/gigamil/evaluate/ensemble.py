@@ -38,7 +38,6 @@ from gigamil.evaluate.predictions import (
     check_every_model_predicted_every_slide,
     check_one_file_per_model,
     check_slides_match_the_sheet,
-    file_cohorts,
     read_predictions,
     split_unpredicted,
 )
@@ -125,13 +124,13 @@ def _cohort_predictions(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(fold predictions of the cohort, their mean per slide)``; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_file = [read_predictions([path], classes) for path in pred_csvs]
-    per_file = [df[df["cohort"] == cohort] for df in per_file]
+    every_cohort = [read_predictions([path], classes) for path in pred_csvs]
+    per_file = [df[df["cohort"] == cohort] for df in every_cohort]
     check_one_file_per_model(per_file, pred_csvs, cohort)
     check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
     preds = pd.concat(per_file, ignore_index=True) if per_file else pd.DataFrame()
     if preds.empty:
-        present = sorted({str(c) for path in pred_csvs for c in file_cohorts(path)})
+        present = sorted({str(c) for df in every_cohort for c in df["cohort"].unique()})
         found = f" (they hold cohort(s) {', '.join(present)})" if present else ""
         raise GigamilError(
             f"cohort {cohort!r}: no predictions in {', '.join(map(str, pred_csvs))}{found}"

@@ -117,25 +117,25 @@ def localization_auc(
     return binary_auc(lesion_fraction >= threshold, attention)
 
 
-def lesion_patches(store: str | Path, mask_path: str | Path, threshold: float = 0.5) -> np.ndarray:
-    """bool (N,): which of the store's patches are lesion patches (at least ``threshold`` of
-    their area in the lesion mask), as :func:`slide_localization` counts them."""
-    coords, _, attrs = read_store_geometry(store)
+def lesion_fraction(
+    coords: np.ndarray, attrs: Mapping[str, Any], mask_path: str | Path
+) -> np.ndarray:
+    """Fraction (N,) of each of a store's patches in the lesion mask ``mask_path``, from the
+    store's geometry (:func:`read_store_geometry`: level-0 ``coords`` and ``attrs`` with
+    ``patch_size_level0``, ``slide_mpp``, ``slide_dimensions``)."""
     mask, ds = load_mask_with_downsample(
         mask_path, attrs.get("slide_mpp"), tuple(attrs.get("slide_dimensions") or ()) or None
     )
-    return patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds) >= threshold
+    return patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
 
 
 def slide_localization(
     store: str | Path, attention: np.ndarray, mask_path: str | Path, threshold: float = 0.5
 ) -> dict[str, float]:
-    """Localisation of one slide: AUC, number of lesion patches and of patches."""
+    """Localisation of one slide: AUC, number of lesion patches (at least ``threshold`` of
+    their area in the mask: :func:`lesion_fraction`) and of patches."""
     coords, _, attrs = read_store_geometry(store)
-    mask, ds = load_mask_with_downsample(
-        mask_path, attrs.get("slide_mpp"), tuple(attrs.get("slide_dimensions") or ()) or None
-    )
-    frac = patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
+    frac = lesion_fraction(coords, attrs, mask_path)
     return {
         "localization_auc": localization_auc(attention, frac, threshold),
         "n_lesion_patches": int((frac >= threshold).sum()),

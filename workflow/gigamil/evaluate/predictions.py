@@ -181,14 +181,6 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     return merged.drop(columns="_merge").reset_index(drop=True)
 
 
-def file_cohorts(path: str | Path) -> list[str]:
-    """The cohorts a prediction CSV holds (none when it cannot be read)."""
-    try:
-        return pd.read_csv(path, usecols=["cohort"], dtype=str)["cohort"].dropna().unique().tolist()
-    except (OSError, ValueError):
-        return []
-
-
 def shown(ids: Sequence[str]) -> str:
     return ", ".join(ids[:5]) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
 
@@ -216,15 +208,15 @@ def check_one_file_per_model(
 ) -> None:
     """A file given twice, or two files of one fold model, would count that model twice in the
     mean (``gigamil evaluate`` refuses the same)."""
-    seen: dict[tuple[str, str], str] = {}
+    given: set[Path] = set()
+    fold_file: dict[str, str] = {}  # fold -> the file that predicted it
     for path, df in zip(pred_csvs, per_file, strict=True):
-        key = (str(Path(path).resolve()), "")
-        if key in seen:
+        if Path(path).resolve() in given:
             raise GigamilError(f"cohort {cohort!r}: {path} is given twice")
-        seen[key] = str(path)
+        given.add(Path(path).resolve())
         folds = {str(f) for f in df["fold"].dropna().astype(str)} - {""} if "fold" in df else set()
         for fold in sorted(folds):
-            other = seen.setdefault(("fold", fold), str(path))
+            other = fold_file.setdefault(fold, str(path))
             if other != str(path):
                 raise GigamilError(
                     f"cohort {cohort!r}: fold {fold} is predicted by both {other} and {path}; "

@@ -79,7 +79,7 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     left = max(10, (fig_w - bar_px - w) // 2)
     ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
-    keys = _draw_marks(ax, lesion, marks, mpp)
+    keys = _draw_marks(ax, (h, w), lesion, marks, mpp)
     fig.text(left / fig_w, 2 / fig_h, " · ".join(keys), fontsize=8.5, va="bottom")
     fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
@@ -97,13 +97,14 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
 
 def _draw_marks(
     ax: Any,
+    shape: tuple[int, int],
     lesion: np.ndarray | None,
     marks: Sequence[tuple[float, float, float, str]],
     mpp: float | None,
 ) -> list[str]:
-    """Draw the lesion outline, the marked patches and the scale bar on the image's axes;
-    returns the key line's parts."""
-    h, w = ax.get_images()[0].get_array().shape[:2]
+    """Draw the lesion outline, the marked patches and the scale bar on the axes of the image
+    of ``shape`` (H, W) px; returns the key line's parts."""
+    h, w = shape
     keys = []
     if lesion is not None and lesion.any():
         _outline(ax, _resize_mask(lesion, (h, w)))

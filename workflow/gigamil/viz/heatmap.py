@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.localization import lesion_patches, read_store_geometry
+from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, slide_thumbnail
@@ -164,8 +164,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     tissue = _write_overlay(
         slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png", top
     )
-    in_lesion = lesion_patches(store, lesion_mask) if lesion_mask is not None else None
-    _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", in_lesion)
+    _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", lesion_mask)
     _write_geojsons(slide, scale, top, tissue, tissue_mask, out_dir)
     return {
         "slide_id": slide.slide_id,
@@ -313,10 +312,11 @@ def _write_gallery(
     head: str,
     style: HeatmapStyle,
     path: Path,
-    in_lesion: np.ndarray | None = None,
+    lesion_mask: str | Path | None = None,
 ) -> None:
     """Write gallery.png of the patches ``top`` and ``bottom`` ("no patches" if both are empty);
-    ``in_lesion`` (bool (N,)): the lesion patches, framed in cyan."""
+    with ``lesion_mask``, its lesion patches (at least half their area in it, as the
+    localisation AUC counts them) framed in cyan."""
     from gigamil.data.store import open_store
 
     idx = np.r_[top, bottom].astype(np.int64)
@@ -341,7 +341,8 @@ def _write_gallery(
     title = f"{head}\ntop {top.size} / bottom {bottom.size} {style.weight} of {n} {what}"
     title += _patch_width(slide.attrs)
     lesion = None
-    if in_lesion is not None:
+    if lesion_mask is not None:
+        in_lesion = lesion_fraction(slide.coords, slide.attrs, lesion_mask) >= 0.5
         lesion = [bool(in_lesion[i]) for i in idx]
         title += (
             f"\ncyan frame: lesion patch (at least half in the lesion mask; "
