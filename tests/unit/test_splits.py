@@ -163,6 +163,19 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     # the advice in this command's terms: its flags, not the config keys it has no file for
     assert len(err) == 1 and "class 'rare' has 5 patient(s) but --folds is 6" in err[0]
     assert "cv." not in err[0] and "lower --folds to at most" in err[0]
+    # the other options too, and a value joined as on a command line
+    few = _sheet(
+        [(f"N{i}", "normal", 1) for i in range(2)] + [(f"L{i}", "lesion", 1) for i in range(2)]
+    ).drop(columns="cohort")
+    few["path"] = "x.svs"
+    few.to_csv(path, index=False)
+    assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "or set --val-fraction 0 (no validation patients" in err and "cv." not in err
+    assert main(["splits", "--sheet", str(path), "--out", str(out), "--folds", "1"]) == 2
+    assert "--folds must be at least 2 (got 1)" in capsys.readouterr().err
+    args = ["splits", "--sheet", str(path), "--out", str(out), "--folds", "2"]
+    assert main([*args, "--val-fraction", "0"]) == 0  # the advice, followed
 
 
 def test_cli_splits_refuses_two_sheets_of_one_file_name(tmp_path, capsys):

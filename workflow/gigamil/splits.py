@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,25 @@ def _most_frequent(values: pd.Series) -> str:
 MIN_PATIENTS_PER_CLASS = 3  # one each for a fold's test, training and validation parts
 
 
+@dataclass(frozen=True)
+class SplitTerms:
+    """How the user sets each split option, so that an error's advice can be followed as
+    written: ``cv.folds`` in a config (:data:`CONFIG_TERMS`), ``--folds`` on ``gigamil splits``.
+    ``assign`` joins an option and a value (``cv.val_fraction: 0``, ``--val-fraction 0``)."""
+
+    folds: str = "cv.folds"
+    val_fraction: str = "cv.val_fraction"
+    seed: str = "cv.seed"
+    assign: str = ": "
+
+    def setting(self, option: str, value: object) -> str:
+        """``option`` (a field name, e.g. ``"val_fraction"``) set to ``value``, as written."""
+        return f"{getattr(self, option)}{self.assign}{value}"
+
+
+CONFIG_TERMS = SplitTerms()
+
+
 def feasible_folds(n_patients: int, validation: bool = True) -> list[int]:
     """The cv.folds values for which a class of ``n_patients`` can give every fold a test and a
     training patient, and a validation patient when ``validation``: K <= n and
@@ -91,10 +111,14 @@ def feasible_folds(n_patients: int, validation: bool = True) -> list[int]:
 
 
 def _fold_advice(
-    n_min: int, short: str | Sequence[str], folds: int, validation: bool = True
+    n_min: int,
+    short: str | Sequence[str],
+    folds: int,
+    validation: bool = True,
+    terms: SplitTerms = CONFIG_TERMS,
 ) -> str:
     """Advice that can be followed, for the smallest class (``n_min`` patients); ``short``: the
-    class(es) to add patients to."""
+    class(es) to add patients to; options named as ``terms``."""
     names = [short] if isinstance(short, str) else list(short)
     quoted = [repr(str(c)) for c in names]
     cls = (
@@ -107,28 +131,32 @@ def _fold_advice(
         least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
         if folds > least:  # adding `least` alone would meet the next error: too few for folds
             return (
-                f": add patients of {cls} (at least {folds} per class for cv.folds {folds}; "
-                f"with cv.folds lowered to {least}, at least {least})"
+                f": add patients of {cls} (at least {folds} per class for {terms.folds} "
+                f"{folds}; with {terms.folds} lowered to {least}, at least {least})"
             )
         without = (
-            f", or set cv.val_fraction: 0 (no validation patients; {least - 1} per class then "
-            "suffice)"
+            f", or set {terms.setting('val_fraction', 0)} (no validation patients; "
+            f"{least - 1} per class then suffice)"
             if validation and n_min >= least - 1
             else ""
         )
         return f": add patients of {cls} (at least {least} per class){without}"
     if folds > max(ok):
-        return f": lower cv.folds to at most {max(ok)} or add patients of {cls}"
+        return f": lower {terms.folds} to at most {max(ok)} or add patients of {cls}"
     if folds < min(ok):
         return (
-            f": raise cv.folds to {min(ok)} (smaller test parts leave more patients for "
+            f": raise {terms.folds} to {min(ok)} (smaller test parts leave more patients for "
             f"training and validation) or add patients of {cls}"
         )
-    return f": add patients of {cls} or try another cv.seed"
+    return f": add patients of {cls} or try another {terms.seed}"
 
 
 def _check_fold_classes(
-    patients: pd.DataFrame, role: np.ndarray, per_class: pd.Series, validation: bool = True
+    patients: pd.DataFrame,
+    role: np.ndarray,
+    per_class: pd.Series,
+    validation: bool = True,
+    terms: SplitTerms = CONFIG_TERMS,
 ) -> None:
     """Every fold's training and (with ``validation``) validation parts hold a patient of every
     class (else a fold trains on one class, or validates on one, and its AUC means nothing)."""
@@ -140,9 +168,10 @@ def _check_fold_classes(
                     n_test = int(np.sum((role[k] == "test") & (labels == cls)))
                     name = "training" if part == "train" else "validation"
                     raise GigamilError(
-                        f"cv: fold {k}'s {name} part has no patient of class {cls!r} (that class "
-                        f"has {int(per_class[cls])} patient(s), {n_test} in fold {k}'s test part)"
-                        + _fold_advice(int(per_class.min()), cls, role.shape[0], validation)
+                        f"cv: fold {k}'s {name} part has no patient of class "
+                        f"{cls!r} (that class has {int(per_class[cls])} patient(s), {n_test} in "
+                        f"fold {k}'s test part)"
+                        + _fold_advice(int(per_class.min()), cls, role.shape[0], validation, terms)
                     )
 
 
@@ -195,6 +224,7 @@ def make_folds(
     val_fraction: float = 0.2,
     seed: int = 0,
     stratify_by: Sequence[str] = (),
+    terms: SplitTerms = CONFIG_TERMS,
 ) -> pd.DataFrame:
     """Patient-level K-fold split with a validation subset per fold.
 
@@ -206,6 +236,7 @@ def make_folds(
             0: no validation part, every fold model trains on all its non-test patients).
         seed: makes the assignment reproducible; another seed gives another balanced split.
         stratify_by: sheet columns (e.g. ``site`` or ``cohort``) to balance across folds.
+        terms: how the errors name the options (config keys by default).
 
     Returns:
         folds.csv table (long format, columns :data:`FOLD_COLUMNS`), checked for leakage.
@@ -213,26 +244,26 @@ def make_folds(
     Raises:
         GigamilError: fewer patients of a class than folds, bad arguments, or unknown columns.
     """
-    validation = _check_fold_arguments(folds, val_fraction)
+    validation = _check_fold_arguments(folds, val_fraction, terms)
     sheet = _slide_table(sheet)
     patients = patient_table(sheet, stratify_by)
     per_class = patients["label"].value_counts()
-    _check_class_sizes(per_class, folds, validation)
+    _check_class_sizes(per_class, folds, validation, terms)
     fold_of = assign_groups(patients, [1.0 / folds] * folds, seed, stratify_by, [1] * folds)
     role = _fold_roles(patients, fold_of, folds, val_fraction, seed, stratify_by)
-    _check_fold_classes(patients, role, per_class, validation)
+    _check_fold_classes(patients, role, per_class, validation, terms)
     out = _folds_table(sheet, patients, role)
     check_folds(out, sheet)
     return out
 
 
-def _check_fold_arguments(folds: int, val_fraction: float) -> bool:
+def _check_fold_arguments(folds: int, val_fraction: float, terms: SplitTerms) -> bool:
     """GigamilError unless folds >= 2 and 0 <= val_fraction < 1; whether folds have a
     validation part (``val_fraction > 0``)."""
     if folds < 2:
-        raise GigamilError(f"cv.folds must be at least 2 (got {folds})")
+        raise GigamilError(f"{terms.folds} must be at least 2 (got {folds})")
     if not 0.0 <= val_fraction < 1.0:
-        raise GigamilError(f"cv.val_fraction must be in [0, 1) (got {val_fraction})")
+        raise GigamilError(f"{terms.val_fraction} must be in [0, 1) (got {val_fraction})")
     return val_fraction > 0
 
 
@@ -250,7 +281,9 @@ def _slide_table(sheet: pd.DataFrame) -> pd.DataFrame:
     return sheet
 
 
-def _check_class_sizes(per_class: pd.Series, folds: int, validation: bool) -> None:
+def _check_class_sizes(
+    per_class: pd.Series, folds: int, validation: bool, terms: SplitTerms
+) -> None:
     """GigamilError naming every class (smallest first) with too few patients (``per_class``:
     patients per label) for one in each fold's test, training and validation parts."""
     least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
@@ -260,9 +293,9 @@ def _check_class_sizes(per_class: pd.Series, folds: int, validation: bool) -> No
         counts = ", ".join(f"class {c!r} has {int(n)} patient(s)" for c, n in few.items())
         parts = "test, training and validation parts" if validation else "test and training parts"
         raise GigamilError(
-            f"cv: {counts} but cv.folds is {folds}; every fold needs one "
+            f"cv: {counts} but {terms.folds} is {folds}; every fold needs one "
             f"patient of each class in its {parts}"
-            + _fold_advice(int(per_class.min()), list(few.index), folds, validation)
+            + _fold_advice(int(per_class.min()), list(few.index), folds, validation, terms)
         )
 
 

@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.errors import GigamilError
     from gigamil.folds import split_report, write_folds
     from gigamil.sheets import load_sheet, read_sheet_frame
-    from gigamil.splits import make_folds
+    from gigamil.splits import CONFIG_TERMS, SplitTerms, make_folds
+
+    # the advice of a split error in this command's terms (with --config, the config's keys)
+    flag_terms = SplitTerms(
+        folds="--folds", val_fraction="--val-fraction", seed="--seed", assign=" "
+    )
 
     keys = load_schema("config")["properties"]["cv"]["properties"]
     cv = {key: keys[key]["default"] for key in ("folds", "val_fraction", "seed", "stratify_by")}
@@ -86,30 +91,14 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             cv[key] = value
-    try:
-        folds = make_folds(
-            pd.concat(sheets, ignore_index=True),
-            folds=int(cv["folds"]),
-            val_fraction=float(cv["val_fraction"]),
-            seed=int(cv["seed"]),
-            stratify_by=list(cv["stratify_by"] or []),
-        )
-    except GigamilError as exc:  # the advice in this command's own terms, without --config
-        raise GigamilError(str(exc) if args.config else _flag_names(str(exc))) from exc
+    folds = make_folds(
+        pd.concat(sheets, ignore_index=True),
+        folds=int(cv["folds"]),
+        val_fraction=float(cv["val_fraction"]),
+        seed=int(cv["seed"]),
+        stratify_by=list(cv["stratify_by"] or []),
+        terms=CONFIG_TERMS if args.config else flag_terms,
+    )
     write_folds(folds, args.out)
     print(split_report(folds).to_string(index=False))
     return 0
-
-
-def _flag_names(message: str) -> str:
-    """A split error's advice with the config keys named as this command's flags (``cv.folds``
-    -> ``--folds``, ``cv.val_fraction: 0`` -> ``--val-fraction 0``, ...)."""
-    for key, flag in (
-        ("cv.val_fraction: ", "--val-fraction "),
-        ("cv.val_fraction", "--val-fraction"),
-        ("cv.folds", "--folds"),
-        ("cv.seed", "--seed"),
-        ("cv.stratify_by", "--stratify-by"),
-    ):
-        message = message.replace(key, flag)
-    return message
