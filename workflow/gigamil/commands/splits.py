@@ -41,48 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import pandas as pd
 
     from gigamil.config import load_config, load_schema
-    from gigamil.errors import GigamilError
     from gigamil.folds import split_report, write_folds
-    from gigamil.sheets import load_sheet, read_sheet_frame
     from gigamil.splits import CONFIG_TERMS, SplitTerms, make_folds
-
-    # the advice of a split error in this command's terms (with --config, the config's keys)
-    flag_terms = SplitTerms(
-        folds="--folds", val_fraction="--val-fraction", seed="--seed", assign=" "
-    )
 
     keys = load_schema("config")["properties"]["cv"]["properties"]
     cv = {key: keys[key]["default"] for key in ("folds", "val_fraction", "seed", "stratify_by")}
     if args.config:
         cfg = load_config(args.config)
         cv.update(cfg.get("cv", {}))
-        classes = list(cfg["classes"])
-        sheets = [
-            load_sheet(c["sheet"], cohort=name, classes=classes, check_files=False)
-            for name, c in cfg["cohorts"].items()
-            if c["role"] == "train"
-        ]
+        sheets = _config_sheets(cfg)
     else:
-        stems = [Path(path).stem for path in args.sheet]
-        same = sorted({stem for stem in stems if stems.count(stem) > 1})
-        if same:  # one cohort name for two sheets: their rows would merge under it
-            raise GigamilError(
-                f"--sheet: {', '.join(p for p in args.sheet if Path(p).stem in same)} would all be "
-                f"cohort {same[0]!r} (the cohort name is the file name without .csv): rename the "
-                "files, or use --config with named cohorts"
-            )
-        sheets = []
-        for path in args.sheet:
-            raw = read_sheet_frame(path)
-            classes = sorted(raw["label"].unique()) if "label" in raw.columns else []
-            sheets.append(
-                load_sheet(path, cohort=Path(path).stem, classes=classes, check_files=False)
-            )
+        sheets = _flag_sheets(args.sheet)
     for key, value in (
         ("folds", args.folds),
         ("val_fraction", args.val_fraction),
@@ -91,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             cv[key] = value
+    # a split error's advice in this command's terms (with --config, the config's keys)
+    flag_terms = SplitTerms(
+        folds="--folds", val_fraction="--val-fraction", seed="--seed", assign=" "
+    )
     folds = make_folds(
         pd.concat(sheets, ignore_index=True),
         folds=int(cv["folds"]),
@@ -102,3 +78,39 @@ def run(args: argparse.Namespace) -> int:
     write_folds(folds, args.out)
     print(split_report(folds).to_string(index=False))
     return 0
+
+
+def _config_sheets(cfg: dict) -> list:
+    """The train cohorts' sheets of a loaded config (files not checked)."""
+    from gigamil.sheets import load_sheet
+
+    classes = list(cfg["classes"])
+    return [
+        load_sheet(c["sheet"], cohort=name, classes=classes, check_files=False)
+        for name, c in cfg["cohorts"].items()
+        if c["role"] == "train"
+    ]
+
+
+def _flag_sheets(paths: list[str]) -> list:
+    """The ``--sheet`` files, each a cohort named by its file stem, classes from its labels;
+    GigamilError when two files would be one cohort."""
+    from pathlib import Path
+
+    from gigamil.errors import GigamilError
+    from gigamil.sheets import load_sheet, read_sheet_frame
+
+    stems = [Path(path).stem for path in paths]
+    same = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if same:  # one cohort name for two sheets: their rows would merge under it
+        raise GigamilError(
+            f"--sheet: {', '.join(p for p in paths if Path(p).stem in same)} would all be "
+            f"cohort {same[0]!r} (the cohort name is the file name without .csv): rename the "
+            "files, or use --config with named cohorts"
+        )
+    sheets = []
+    for path in paths:
+        raw = read_sheet_frame(path)
+        classes = sorted(raw["label"].unique()) if "label" in raw.columns else []
+        sheets.append(load_sheet(path, cohort=Path(path).stem, classes=classes, check_files=False))
+    return sheets
