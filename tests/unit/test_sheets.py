@@ -185,6 +185,27 @@ def test_patient_with_conflicting_labels(tmp_path):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
+def test_every_cell_against_the_schema_is_named_at_once(tmp_path):
+    """Three bad cells in two rows: one error lists all three with their lines (before, a run
+    stopped at the first, and the user fixed a sheet one cell per run)."""
+    rows = good_rows()
+    rows[0]["slide_id"], rows[0]["patient_id"] = "has space", ""
+    rows[2]["slide_id"] = ".."
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: 3 cells do not match the sheet's schema " + (
+        "(workflow/schemas/sheet.schema.yaml):"
+    )
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "  line 2 (slide_id 'has space')",
+        "  line 2 (slide_id 'has space')",
+        "  line 4 (slide_id '..')",
+    ]
+    assert "patient_id" in str(err.value) and "is not a safe file name" in lines[1] + lines[2]
+
+
 def test_bad_slide_id_and_mpp(tmp_path):
     rows = good_rows()
     rows[0]["slide_id"] = "has space"

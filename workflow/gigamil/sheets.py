@@ -256,21 +256,28 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
 
 
 def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bool = True) -> None:
+    """Every row against the sheet schema; one :class:`ConfigError` naming each bad cell (up to
+    :data:`MAX_LISTED`) with its line, so a sheet's cells are fixed in one round."""
     schema = load_schema("sheet")
     optional = OPTIONAL_COLUMNS
     if not labels_required:  # a predict cohort: an empty label is no label
         schema["required"] = [c for c in schema["required"] if c != "label"]
         optional = (*OPTIONAL_COLUMNS, "label")
     validator = jsonschema.Draft202012Validator(schema)
+    bad: list[str] = []
     for i, record in enumerate(df.to_dict(orient="records")):
         row = {k: _clean(v) for k, v in record.items() if not (k in optional and v in ("", None))}
         row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
-        err = next(iter(sorted(validator.iter_errors(row), key=lambda e: e.path)), None)
-        if err is not None:
-            raise ConfigError(
-                f"{path}: line {_sheet_line(df, i)} (slide_id {record['slide_id']!r}): "
-                + describe_value_error(err)
-            )
+        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
+            where = f"line {_sheet_line(df, i)} (slide_id {record['slide_id']!r})"
+            bad.append(f"{where}: {describe_value_error(err)}")
+    if len(bad) == 1:
+        raise ConfigError(f"{path}: {bad[0]}")
+    if bad:
+        raise ConfigError(
+            f"{path}: {len(bad)} cells do not match the sheet's schema "
+            "(workflow/schemas/sheet.schema.yaml):" + "".join(f"\n  {b}" for b in listed(bad))
+        )
 
 
 def _near_label(value: str, classes: list[str]) -> str | None:
