@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gigamil.evaluate.tables import write_metrics_html
+from gigamil.evaluate.tables import summary_rows, write_metrics_html
 
 
 def test_metrics_page_has_one_header_row_with_the_scope_in_its_corner(tmp_path: Path) -> None:
@@ -22,3 +22,15 @@ def test_metrics_page_has_one_header_row_with_the_scope_in_its_corner(tmp_path: 
     assert "<th>scope</th>" in head and "<th>auc</th>" in head
     body = html[html.index("<tbody>") :]
     assert "<th>fold0</th>" in body and "<td>1.000</td>" in body and "<td>24</td>" in body
+
+
+def test_the_fold_auc_row_says_what_one_fold_is_computed_on() -> None:
+    """Out of fold, a fold's AUC comes from its few test slides (so its sd is large); in an
+    external cohort's ensemble, from every slide, once per fold's model."""
+    summary = {"n_slides": 24, "fold_auc": [1.0, 0.75, 0.875, 1.0], "fold_auc_mean": 0.906}
+    summary["fold_auc_sd"] = 0.12
+    rows = dict(summary_rows({**summary, "oof_auc": 0.9}, "oof_auc"))
+    assert rows["fold AUC, mean ± sd over 4 folds (each on its ~6 test slides)"] == "0.906 ± 0.120"
+    external = {**summary, "auc": 0.9, "models_per_slide": [8, 8]}
+    rows = dict(summary_rows(external, "auc"))
+    assert rows["each fold's model on all 24 slides: AUC mean ± sd over 4 folds"] == "0.906 ± 0.120"

@@ -78,11 +78,10 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
     if len(summary.get("classes") or []) > 2:
         who += "; macro one-vs-rest"
-    folds = summary.get("fold_auc") or []
     rows = [
         (f"slide AUC ({who})", with_ci(summary, auc_key)),
         (
-            f"fold AUC, mean ± sd over {len(folds)}",
+            _fold_auc_name(summary, who),
             mean_sd(summary.get("fold_auc_mean"), summary.get("fold_auc_sd")),
         ),
         ("patient AUC (mean probability per patient)", with_ci(summary, "patient_auc")),
@@ -104,6 +103,17 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     if summary.get("ci_note"):
         rows.append(("note on the 95 % intervals", str(summary["ci_note"])))
     return rows
+
+
+def _fold_auc_name(summary: Mapping[str, Any], who: str) -> str:
+    """The fold-AUC row's name, saying what one fold's AUC is computed on: out of fold, each
+    fold's few test slides (so it moves in large steps, and its sd is large); in an ensemble,
+    all the cohort's slides, once per fold model."""
+    k = len(summary.get("fold_auc") or [])
+    n = int(summary.get("n_slides") or 0)
+    if who.startswith("out-of-fold") and k:
+        return f"fold AUC, mean ± sd over {k} folds (each on its ~{round(n / k)} test slides)"
+    return f"each fold's model on all {n} slides: AUC mean ± sd over {k} folds"
 
 
 def _recall_rows(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
