@@ -19,6 +19,7 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert run_summary_lines("exp", COHORTS, tmp_path) == []  # nothing evaluated yet
     cv = {"n_slides": 24, "n_patients": 12, "oof_auc": 0.9722, "oof_auc_ci": [0.906, 1.0]}
     cv |= {"localization_auc": 0.87, "localization_auc_sd": 0.103, "localization_n_slides": 12}
+    cv |= {"balanced_accuracy": 0.875, "balanced_accuracy_ci": [0.75, 1.0]}
     _write(tmp_path / "results/eval/exp/summary.json", cv)
     ext = {"n_slides": 6, "auc": 0.8, "auc_ci": [0.5, 1.0]}
     _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
@@ -28,7 +29,8 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert lines[0] == "gigamil: results of experiment exp"
     assert lines[1] == (
         "  cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI "
-        "0.906–1.000); localisation AUC 0.870 ± 0.103 (mean ± sd, 12 slides)"
+        "0.906–1.000), balanced accuracy 0.875 (95% CI 0.750–1.000); localisation AUC "
+        "0.870 ± 0.103 (mean ± sd, 12 slides)"
     )
     assert lines[2] == "    open results/eval/exp/metrics.html"
     assert "external cohort ext, 6 slides: fold-model ensemble slide AUC 0.800" in lines[3]
@@ -47,6 +49,23 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert not any(
         "cross-validation" in line for line in run_summary_lines("exp", COHORTS, tmp_path)
     )
+
+
+def test_few_patients_get_no_interval_and_the_balanced_accuracy_shows_a_miss(tmp_path):
+    """Two external slides, the lesion one called normal: AUC 1.0, and before, "(no 95% CI:
+    every resample gave 1.000)" read as a pass; one lesion-masked slide had "mean ± sd"."""
+    ext = {"n_slides": 2, "n_patients": 2, "auc": 1.0, "auc_ci": [1.0, 1.0]}
+    ext |= {"balanced_accuracy": 0.5, "balanced_accuracy_ci": [0.5, 0.5]}
+    ext |= {"localization_auc": 0.875, "localization_auc_sd": None, "localization_n_slides": 1}
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
+    new = {"n_slides": 1, "metrics": None, "predicted": {"normal": 1}}
+    _write(tmp_path / "results/eval/exp/ensemble/new/summary.json", new)
+    lines = run_summary_lines("exp", COHORTS, tmp_path)
+    assert lines[1] == (
+        "  external cohort ext, 2 slides: fold-model ensemble slide AUC 1.000, balanced accuracy "
+        "0.500 (no 95% CIs: 2 patients, too few); localisation AUC 0.875 (1 slide)"
+    )
+    assert lines[3] == "  cohort new (predict), 1 slide: 1 normal"
 
 
 def test_a_multiclass_auc_is_named_macro_one_vs_rest(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gigamil import layout
+from gigamil.evaluate.aggregate import MIN_PATIENTS_FOR_CI
 from gigamil.evaluate.tables import mean_sd, with_ci
 
 
@@ -24,9 +25,37 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _few_patients(summary: Mapping[str, Any]) -> bool:
+    """Fewer patients than :data:`MIN_PATIENTS_FOR_CI` (the summary then carries ``ci_note``):
+    no interval is printed, since "no 95% CI: every resample gave 1.000" over two patients
+    reads as certainty."""
+    n = summary.get("n_patients")
+    return isinstance(n, int) and n < MIN_PATIENTS_FOR_CI
+
+
 def _ci(summary: Mapping[str, Any], key: str) -> str:
-    """The value with its CI, as metrics.html writes it ("n/a" when undefined)."""
+    """The value with its CI, as metrics.html writes it ("n/a" when undefined); the value alone
+    for fewer than :data:`MIN_PATIENTS_FOR_CI` patients (:func:`_figures` says why)."""
+    if _few_patients(summary):
+        return mean_sd(summary.get(key), None) or "n/a"
     return with_ci(summary, key) or "n/a"
+
+
+def _figures(summary: Mapping[str, Any], auc_key: str) -> str:
+    """ "AUC ..., balanced accuracy ..." with their CIs (the balanced accuracy shows a lesion
+    slide called normal, which an AUC of 1.0 over two slides hides), and a note instead of the
+    CIs for fewer than :data:`MIN_PATIENTS_FOR_CI` patients."""
+    text = f"AUC{_macro(summary)} {_ci(summary, auc_key)}"
+    if summary.get("balanced_accuracy") is not None:
+        text += f", balanced accuracy {_ci(summary, 'balanced_accuracy')}"
+    if _few_patients(summary):
+        text += f" (no 95% CIs: {_count(summary.get('n_patients'), 'patient')}, too few)"
+    return text
+
+
+def _count(n: Any, what: str) -> str:
+    """ "1 slide", "24 slides"."""
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _macro(summary: Mapping[str, Any]) -> str:
@@ -35,11 +64,12 @@ def _macro(summary: Mapping[str, Any]) -> str:
 
 
 def _localisation(summary: Mapping[str, Any]) -> str:
-    loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
-    if not loc:
-        return ""
     n = summary.get("localization_n_slides", "?")
-    return f"; localisation AUC {loc} (mean ± sd, {n} slides)"
+    if n == 1:  # one slide: its AUC, no spread
+        loc = mean_sd(summary.get("localization_auc"), None)
+        return f"; localisation AUC {loc} (1 slide)" if loc else ""
+    loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
+    return f"; localisation AUC {loc} (mean ± sd, {n} slides)" if loc else ""
 
 
 def run_summary_lines(
@@ -53,7 +83,8 @@ def run_summary_lines(
     Returns, e.g.::
 
         gigamil: results of experiment demo
-          cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95 % CI ...)
+          cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI ...),
+          balanced accuracy 0.875 (95% CI ...); localisation AUC ...
             open results/eval/demo/metrics.html
           ...
           all results in one page: snakemake --report report.html
@@ -66,9 +97,9 @@ def run_summary_lines(
     cv = _read(root / cv_path)
     if cv is not None:
         lines += [
-            f"  cross-validation, {cv.get('n_slides')} slides of {cv.get('n_patients')} "
-            f"patients{_unscored(cv)}: out-of-fold slide AUC{_macro(cv)} {_ci(cv, 'oof_auc')}"
-            f"{_localisation(cv)}{_stale(root / cv_path, newest_model)}",
+            f"  cross-validation, {_count(cv.get('n_slides'), 'slide')} of "
+            f"{_count(cv.get('n_patients'), 'patient')}{_unscored(cv)}: out-of-fold slide "
+            f"{_figures(cv, 'oof_auc')}{_localisation(cv)}{_stale(root / cv_path, newest_model)}",
             f"    open {cv_path.with_name('metrics.html')}",
         ]
     for name, cohort in cohorts.items():
@@ -79,9 +110,8 @@ def run_summary_lines(
             continue
         if role == "external":
             lines += [
-                f"  external cohort {name}, {summary.get('n_slides')} slides{_unscored(summary)}:"
-                " fold-model "
-                f"ensemble slide AUC{_macro(summary)} {_ci(summary, 'auc')}"
+                f"  external cohort {name}, {_count(summary.get('n_slides'), 'slide')}"
+                f"{_unscored(summary)}: fold-model ensemble slide {_figures(summary, 'auc')}"
                 f"{_localisation(summary)}{_stale(root / path, newest_model)}",
                 f"    open {path.with_name('metrics.html')}",
             ]
@@ -90,7 +120,7 @@ def run_summary_lines(
             if summary.get("n_unpredicted"):
                 counts += f", {summary['n_unpredicted']} without patches (not predicted)"
             lines += [
-                f"  cohort {name} (predict), {summary.get('n_slides')} slides: {counts}"
+                f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: {counts}"
                 f"{_stale(root / path, newest_model)}",
                 f"    open {path.with_name('predictions.html')}",
             ]
