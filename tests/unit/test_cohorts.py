@@ -25,6 +25,29 @@ def test_slide_ids_that_differ_only_in_case_are_refused(tmp_path, base_config):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
 
 
+def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
+    """Run from the wrong directory: all three sheets are missing, and the error names all
+    three (before, one per run); a good sheet beside them is not named."""
+    cfg = copy.deepcopy(base_config)
+    good = write_sheet(tmp_path, good_rows())
+    cfg["cohorts"] = {
+        "main": {"sheet": "sheets/main.csv"},
+        "ok": {"sheet": str(good), "role": "external"},
+        "ext": {"sheet": "sheets/ext.csv", "role": "external"},
+        "new": {"sheet": "sheets/new.csv", "role": "predict"},
+    }
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "3 cohort sheets have problems:"
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "cohort 'main'",
+        "cohort 'ext'",
+        "cohort 'new'",
+    ]
+    assert lines[2].endswith("sheets/ext.csv not found")
+
+
 def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):
     path = write_sheet(tmp_path, good_rows())
     other = write_sheet(tmp_path, other_rows(), name="other.csv")

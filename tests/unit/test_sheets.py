@@ -274,6 +274,32 @@ def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog
     assert "scanner" not in caplog.text and df["mpp"].isna().all()
 
 
+def test_every_header_problem_and_every_bad_mpp_in_one_error(tmp_path):
+    """Label, MPP and file_path: one error names the two misspelt columns and the missing
+    one (before: three runs, one problem each); every mpp that is not a number at once."""
+    path = tmp_path / "sheet.csv"
+    path.write_text("slide_id,patient_id,Label,file_path,MPP\ns1,p1,normal,s1.svs,0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert str(err.value).splitlines() == [
+        f"{path}: 3 problems with the header:",
+        "- column 'Label' means 'label'; column names are read as spelt: rename it label",
+        "- column 'MPP' means 'mpp'; column names are read as spelt: rename it mpp",
+        "- missing column(s) path (a sheet needs slide_id, patient_id, label, path; optional: "
+        "mpp, site, lesion_mask)",
+    ]
+    rows = good_rows()
+    for r, v in zip(rows, ["abc", "0.5", "0,25"], strict=True):
+        r["mpp"] = f'"{v}"'
+    with pytest.raises(ConfigError) as err:
+        load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert str(err.value).splitlines()[1:] == [
+        "  line 2 (slide_id 's1'): mpp 'abc'",
+        "  line 4 (slide_id 's3'): mpp '0,25'",
+    ]
+    assert "2 mpp values are not numbers (µm/px, e.g. 0.25;" in str(err.value)
+
+
 def test_a_semicolon_or_tab_separated_sheet_gets_a_hint(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_text("slide_id;patient_id;label;path\ns1;p1;normal;s1.svs\n")

@@ -29,18 +29,26 @@ def load_cohorts(
     :func:`check_leakage` (``check_content`` False skips its same-content comparison, which reads
     2 MiB of every slide: the workflow's job processes leave it to the main process)."""
     sheets: dict[str, pd.DataFrame] = {}
+    problems: list[str] = []  # every cohort's sheet problems in one error, not one per run
     for name, cohort in config["cohorts"].items():
-        sheets[name] = load_sheet(
-            Path(base_dir) / cohort["sheet"]
-            if not Path(cohort["sheet"]).is_absolute()
-            else cohort["sheet"],
-            cohort=name,
-            classes=list(config["classes"]),
-            cohort_mpp=cohort.get("mpp"),
-            check_files=not cohort.get("demo", False),
-            base_dir=base_dir,
-            labels_required=cohort.get("role", "train") != ROLE_PREDICT,
-        )
+        try:
+            sheets[name] = load_sheet(
+                Path(base_dir) / cohort["sheet"]
+                if not Path(cohort["sheet"]).is_absolute()
+                else cohort["sheet"],
+                cohort=name,
+                classes=list(config["classes"]),
+                cohort_mpp=cohort.get("mpp"),
+                check_files=not cohort.get("demo", False),
+                base_dir=base_dir,
+                labels_required=cohort.get("role", "train") != ROLE_PREDICT,
+            )
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} cohort sheets have problems:\n" + "\n".join(problems))
     check_leakage(config, sheets, base_dir, check_content=check_content)
     check_classes_trained(config, sheets)
     return sheets

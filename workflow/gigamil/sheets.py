@@ -176,16 +176,20 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     except csv_read_errors() as exc:
         raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
     df.columns = [c.strip() for c in df.columns]
-    _check_column_spelling(list(df.columns), path)
+    renames = _misspelt_columns(list(df.columns), path)  # {column as written: as gigamil reads it}
     header = str(df.columns[0]) if len(df.columns) == 1 else ""
     separator = next((name for sep, name in (("\t", "tabs"), (";", "';'")) if sep in header), "")
     needed = [c for c in SHEET_COLUMNS if labels_required or c != "label"]
-    if not labels_required and "label" not in df.columns:
+    if not labels_required and "label" not in df.columns and "label" not in renames.values():
         df.insert(min(2, len(df.columns)), "label", "")
-    missing = [c for c in needed if c not in df.columns]
+    missing = [c for c in needed if c not in df.columns and c not in renames.values()]
+    problems = [
+        f"column {col!r} means {name!r}; column names are read as spelt: rename it {name}"
+        for col, name in renames.items()
+    ]
     if missing:
-        raise ConfigError(
-            f"{path}: missing column(s) {', '.join(missing)} "
+        problems.append(
+            f"missing column(s) {', '.join(missing)} "
             f"(a sheet needs {', '.join(needed)}; optional: "
             f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
             + (
@@ -193,6 +197,13 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
                 if separator
                 else ""
             )
+        )
+    if len(problems) == 1:
+        raise ConfigError(f"{path}: {problems[0]}")
+    if problems:  # the whole header fixed in one round
+        raise ConfigError(
+            f"{path}: {len(problems)} problems with the header:"
+            + "".join(f"\n- {p}" for p in problems)
         )
     if df.empty:
         raise ConfigError(f"{path}: the sheet has no rows")
@@ -208,21 +219,20 @@ def _read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     return df
 
 
-def _check_column_spelling(columns: list[str], path: Path) -> None:
-    """A column gigamil reads, spelt otherwise: ConfigError when only case, spaces or hyphens
-    differ (``MPP``, ``Slide ID``: its values would be silently ignored), a warning for a near
-    miss of an optional column (``lesion_masks``, ``mpp_um``): extra columns are kept as data
-    and may be the user's own."""
+def _misspelt_columns(columns: list[str], path: Path) -> dict[str, str]:
+    """Columns gigamil reads, spelt otherwise: ``{as written: as read}`` where only case, spaces
+    or hyphens differ (``MPP``, ``Slide ID``: their values would be silently ignored; the caller
+    stops the run); a warning for a near miss of an optional column (``lesion_masks``,
+    ``mpp_um``): extra columns are kept as data and may be the user's own."""
     known = (*SHEET_COLUMNS, *OPTIONAL_COLUMNS)
+    renames: dict[str, str] = {}
     for col in columns:
         if col in known:
             continue
         folded = re.sub(r"[\s-]+", "_", col.lower())
         if folded in known and folded not in columns:
-            raise ConfigError(
-                f"{path}: column {col!r} means {folded!r}; column names are read as spelt: "
-                f"rename it {folded}"
-            )
+            renames[col] = folded
+            continue
         near = difflib.get_close_matches(folded, OPTIONAL_COLUMNS, n=1, cutoff=0.8) or [
             c for c in OPTIONAL_COLUMNS if folded.startswith(f"{c}_")
         ]
@@ -233,6 +243,7 @@ def _check_column_spelling(columns: list[str], path: Path) -> None:
                 col,
                 near[0],
             )
+    return renames
 
 
 def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Series:
@@ -241,12 +252,19 @@ def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Ser
         mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
         bad = df["mpp"].ne("") & mpp.isna()
         if bad.any():
-            row = int(bad.idxmax())
-            sid = f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else ""
-            raise ConfigError(
-                f"{path}: line {_sheet_line(df, row)}{sid}: mpp {df.at[row, 'mpp']!r} "
-                "is not a number (µm/px, e.g. 0.25; leave it empty to use the slide's own)"
+            rows = [
+                f"line {_sheet_line(df, row)}"
+                + (f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else "")
+                + f": mpp {df.at[row, 'mpp']!r}"
+                for row in [i for i, is_bad in enumerate(bad) if is_bad]
+            ]
+            what = (
+                "is not a number" if len(rows) == 1 else f"{len(rows)} mpp values are not numbers"
             )
+            hint = "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
+            if len(rows) == 1:
+                raise ConfigError(f"{path}: {rows[0]} {what} {hint}")
+            raise ConfigError(f"{path}: {what} {hint}:" + "".join(f"\n  {r}" for r in listed(rows)))
         mpp = mpp.astype(float)
     else:
         mpp = pd.Series(float("nan"), index=df.index)
