@@ -98,7 +98,8 @@ def _flag_sheets(paths: list[str]) -> list:
     from pathlib import Path
 
     from gigamil.errors import GigamilError
-    from gigamil.sheets import load_sheet, read_sheet_frame
+    from gigamil.sheet_csv import read_sheet_frame
+    from gigamil.sheets import load_sheet
 
     stems = [Path(path).stem for path in paths]
     same = sorted({stem for stem in stems if stems.count(stem) > 1})

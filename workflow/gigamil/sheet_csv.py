@@ -1,0 +1,152 @@
+"""A cohort sheet's CSV file: reading it as text (:func:`read_sheet_frame`), and its header,
+field counts and each row's line in the file (:func:`read_sheet_csv`). The checks of the rows,
+labels and files are :mod:`gigamil.sheets`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from gigamil.config import OPTIONAL_COLUMNS, SHEET_COLUMNS
+from gigamil.errors import ConfigError, csv_read_errors
+
+log = logging.getLogger(__name__)
+
+
+def read_sheet_frame(path: str | Path) -> pd.DataFrame:
+    """A sheet CSV as strings, as written (no NA conversion). ``index_col=False``: rows with a
+    trailing comma (a spreadsheet export) keep their columns; without it pandas makes the first
+    column the index and shifts every value one column left. Call :func:`_check_field_counts`
+    first: the extra fields it drops must be empty."""
+    import warnings
+
+    with warnings.catch_warnings():  # "loss of data": only empty trailing fields, checked
+        warnings.simplefilter("ignore", pd.errors.ParserWarning)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+
+
+def _check_field_counts(path: Path) -> None:
+    """Raises ConfigError for a data row with more non-empty fields than the header has
+    columns (e.g. an unquoted decimal comma, ``0,25``), naming its line; extra fields that are
+    empty (a trailing comma) are allowed. Only comma-separated sheets (a header of one field is
+    checked for other separators later); an unreadable file is left to pandas."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            if len(header) < 2:
+                return
+            for record in reader:
+                extra = [v for v in record[len(header) :] if v.strip()]
+                if extra:
+                    raise ConfigError(
+                        f"{path}: line {reader.line_num} has {len(record)} fields but the header "
+                        f"has {len(header)} ({', '.join(header)}); extra: {extra[:3]}. Quote a "
+                        'value that holds a comma ("a, b"), and write numbers with a decimal '
+                        "point (mpp 0.25, not 0,25)"
+                    )
+    except (csv.Error, UnicodeDecodeError, OSError):
+        return
+
+
+def _record_lines(path: Path) -> list[int] | None:
+    """The file line each data record of a CSV starts on, skipping blank (or whitespace-only)
+    lines as ``pd.read_csv`` does; None when the file cannot be read so."""
+    starts: list[int] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            previous = 0
+            for record in reader:
+                if len(record) > 1 or (record and record[0].strip()):
+                    starts.append(previous + 1)
+                previous = reader.line_num
+    except (csv.Error, UnicodeDecodeError):
+        return None
+    return starts[1:]  # the first record is the header
+
+
+def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
+    """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
+    when ``labels_required``; else an empty one is added) and a row. Blank lines and rows whose
+    every cell is empty are skipped; ``df.attrs["sheet_lines"]`` keeps each row's file line."""
+    _check_field_counts(path)
+    try:
+        df = read_sheet_frame(path)
+    except csv_read_errors() as exc:
+        raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
+    df.columns = [c.strip() for c in df.columns]
+    renames = _misspelt_columns(list(df.columns), path)  # {column as written: as gigamil reads it}
+    header = str(df.columns[0]) if len(df.columns) == 1 else ""
+    separator = next((name for sep, name in (("\t", "tabs"), (";", "';'")) if sep in header), "")
+    needed = [c for c in SHEET_COLUMNS if labels_required or c != "label"]
+    if not labels_required and "label" not in df.columns and "label" not in renames.values():
+        df.insert(min(2, len(df.columns)), "label", "")
+    missing = [c for c in needed if c not in df.columns and c not in renames.values()]
+    problems = [
+        f"column {col!r} means {name!r}; column names are read as spelt: rename it {name}"
+        for col, name in renames.items()
+    ]
+    if missing:
+        problems.append(
+            f"missing column(s) {', '.join(missing)} "
+            f"(a sheet needs {', '.join(needed)}; optional: "
+            f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
+            + (
+                f"; its header is separated by {separator}: save the sheet as comma-separated CSV"
+                if separator
+                else ""
+            )
+        )
+    if len(problems) == 1:
+        raise ConfigError(f"{path}: {problems[0]}")
+    if problems:  # the whole header fixed in one round
+        raise ConfigError(
+            f"{path}: {len(problems)} problems with the header:"
+            + "".join(f"\n- {p}" for p in problems)
+        )
+    if df.empty:
+        raise ConfigError(f"{path}: the sheet has no rows")
+    df = df.apply(lambda col: col.str.strip())
+    lines = _record_lines(path)
+    if lines is None or len(lines) != len(df):
+        lines = [i + 2 for i in range(len(df))]
+    filled = df.ne("").any(axis=1).to_numpy()  # rows of empty cells (",,,"): a spreadsheet's
+    df = df[filled].reset_index(drop=True)  # leftovers hold no data, like blank lines
+    if df.empty:
+        raise ConfigError(f"{path}: the sheet has no rows (only empty ones)")
+    df.attrs["sheet_lines"] = [line for line, keep in zip(lines, filled, strict=True) if keep]
+    return df
+
+
+def _misspelt_columns(columns: list[str], path: Path) -> dict[str, str]:
+    """Columns gigamil reads, spelt otherwise: ``{as written: as read}`` where only case, spaces
+    or hyphens differ (``MPP``, ``Slide ID``: their values would be silently ignored; the caller
+    stops the run); a warning for a near miss of an optional column (``lesion_masks``,
+    ``mpp_um``): extra columns are kept as data and may be the user's own."""
+    known = (*SHEET_COLUMNS, *OPTIONAL_COLUMNS)
+    renames: dict[str, str] = {}
+    for col in columns:
+        if col in known:
+            continue
+        folded = re.sub(r"[\s-]+", "_", col.lower())
+        if folded in known and folded not in columns:
+            renames[col] = folded
+            continue
+        near = difflib.get_close_matches(folded, OPTIONAL_COLUMNS, n=1, cutoff=0.8) or [
+            c for c in OPTIONAL_COLUMNS if folded.startswith(f"{c}_")
+        ]
+        if near and near[0] not in columns:
+            log.warning(
+                "%s: column %r is not read by gigamil (did you mean %s?); it is kept as data",
+                path,
+                col,
+                near[0],
+            )
+    return renames
