@@ -21,7 +21,10 @@ log = logging.getLogger("heatmap")
 log.info("%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found)))
 prediction = read_slide_prediction(snakemake.input.preds, slide_id, snakemake.params.classes)
 log.info("%s", prediction.title().replace("\n", ": "))
-if prediction.n_models != len(found):
+attention = mean_attention(found)
+if not len(attention):  # a slide without patches: every model wrote an empty array
+    log.info("%s: no patches, so no prediction and no attention to draw", slide_id)
+elif prediction.n_models != len(found):
     log.warning(
         "%s: %d prediction(s) but %d attention file(s); were the predictions rerun?",
         slide_id,
@@ -31,7 +34,7 @@ if prediction.n_models != len(found):
 hm = snakemake.params.heatmaps
 make_heatmap(
     snakemake.input.store,
-    mean_attention(found),
+    attention,
     Path(snakemake.output.overlay).parent,
     slide_path=snakemake.input.slide,
     tissue_mask=snakemake.input.tissue,
