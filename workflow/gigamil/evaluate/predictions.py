@@ -70,7 +70,13 @@ def read_predictions(
         need = PRED_ID_COLUMNS + ["fold"] + [f"prob_{c}" for c in classes]
         missing = [c for c in need if c not in df.columns]
         if missing:
-            raise GigamilError(f"{path}: missing column(s) {', '.join(missing)}")
+            hint = (
+                " (gigamil predict writes it with --fold K, K the fold model's number; the "
+                "pipeline's results/predictions/{experiment}/fold{k}/{cohort}.csv have it)"
+                if missing == ["fold"]
+                else ""
+            )
+            raise GigamilError(f"{path}: missing column(s) {', '.join(missing)}{hint}")
         _check_prediction_rows(df, path, classes)
         frames.append(df)
     if not frames:
