@@ -34,7 +34,9 @@ def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
     # one model's file (gigamil predict without --fold): an error for evaluate / ensemble, fold
     # -1 where a fold is not needed (a heatmap's title)
     out.drop(columns="fold").to_csv(tmp_path / "one.csv", index=False)
-    with pytest.raises(GigamilError, match=r"missing column\(s\) fold \(gigamil predict writes it with --fold K"):
+    with pytest.raises(
+        GigamilError, match=r"missing column\(s\) fold \(gigamil predict writes it with --fold K"
+    ):
         read_predictions([tmp_path / "one.csv"], ["a", "b"])
     assert read_predictions([tmp_path / "one.csv"], ["a", "b"], need_fold=False)[
         "fold"
