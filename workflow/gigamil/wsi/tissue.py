@@ -353,10 +353,12 @@ def make_mask(
         seconds = round(time.perf_counter() - t0, 3)
         summary = write_mask_outputs(reader, tm, params, out_png, qc_png, json_path, seconds)
     log.info(
-        "%s: tissue fraction %.3f, mask %s at %g µm/px -> %s",
+        "%s: tissue fraction %.3f, mask %d x %d px (width x height, as slide dimensions) at "
+        "%g µm/px -> %s",
         slide,
         summary["tissue_fraction"],
-        "x".join(map(str, summary["mask_shape"])),
+        summary["mask_shape"][1],  # mask_shape is numpy's (height, width)
+        summary["mask_shape"][0],
         params.mask_mpp,
         out_png,
     )
