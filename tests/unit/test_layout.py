@@ -68,6 +68,9 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
         layout.heatmap_slides(["zz"], sheets, ["tr", "ex"])
     with pytest.raises(ConfigError, match=r"'cc' is in no cohort sheet \(2 such: cc, zz\); did"):
         layout.heatmap_slides(["cc", "zz", "a"], sheets, ["tr", "ex"])
+    with pytest.raises(ConfigError) as err:  # 'c' is listed already: no suggestion to add it
+        layout.heatmap_slides(["c", "cc"], sheets, ["tr", "ex"])
+    assert "did you mean" not in str(err.value)
     assert layout.lesion_masks({"demo": True}, sheets["tr"]) == {
         "a": "results/demo/lesion_masks/a.png",
         "b": "results/demo/lesion_masks/b.png",

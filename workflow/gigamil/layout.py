@@ -325,7 +325,8 @@ def heatmap_slides(
     known = sorted({str(s) for _, s in pairs})
     unknown = sorted(set(map(str, wanted)) - set(known))
     if unknown:
-        near = difflib.get_close_matches(unknown[0], known, n=1)
+        listed_ok = set(map(str, wanted))  # a slide already in the list is no suggestion
+        near = difflib.get_close_matches(unknown[0], [k for k in known if k not in listed_ok], n=1)
         raise ConfigError(
             f"heatmaps.slides: slide_id {unknown[0]!r} is in no cohort sheet"
             + (f" ({len(unknown)} such: {', '.join(unknown[:3])})" if len(unknown) > 1 else "")
