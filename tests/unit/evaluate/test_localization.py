@@ -13,6 +13,7 @@ from gigamil.evaluate.localization import (
     localization_auc,
     mean_attention,
     patch_mask_fraction,
+    read_binary_mask,
     slide_localization,
 )
 
@@ -74,3 +75,26 @@ def test_mean_attention_names_an_unreadable_file(tmp_path, content):
     path.write_bytes(path.read_bytes()[:60] if content is None else content)
     with pytest.raises(GigamilError, match=r"attention file .*s\.npy is damaged"):
         mean_attention([path])
+
+
+def test_read_binary_mask_takes_0_255_and_0_1_masks_and_refuses_a_photo(tmp_path):
+    """A 0/1 label PNG read with > 127 would hold no lesion, and the slide would silently
+    drop out of the localisation AUC; a photo given as a mask would be scored as one."""
+    from PIL import Image
+
+    lesion = np.zeros((40, 60), bool)
+    lesion[10:20, 5:30] = True
+    for name, values in (("m255.png", lesion * 255), ("m01.png", lesion * 1)):
+        Image.fromarray(values.astype(np.uint8)).save(tmp_path / name)
+        assert np.array_equal(read_binary_mask(tmp_path / name), lesion)
+    edges = lesion * 255
+    edges[9, 5:30] = 100  # anti-aliased edge pixels (below half): few, still a mask
+    Image.fromarray(edges.astype(np.uint8)).save(tmp_path / "edges.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "edges.png"), lesion)
+    photo = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    with pytest.raises(GigamilError, match=r"photo.png: \d+ % of its pixels are grey levels"):
+        read_binary_mask(tmp_path / "photo.png")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(GigamilError, match="text.png: cannot be read as an image"):
+        read_binary_mask(tmp_path / "text.png")

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lesion-mask",
         metavar="PNG",
-        help="ground-truth lesion mask (a PNG covering the whole slide, > 127 = lesion), "
+        help="ground-truth lesion mask (a PNG covering the whole slide, > 127 or 1 = lesion), "
         "outlined on the overlay",
     )
     parser.add_argument(

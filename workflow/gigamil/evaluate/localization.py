@@ -32,6 +32,38 @@ def read_store_geometry(store: str | Path) -> tuple[np.ndarray, np.ndarray, dict
     return coords, grid, attrs
 
 
+# a binary mask's pixels are black or white: more grey levels between than this share (e.g.
+# anti-aliased edges) means the file is not a mask (a photo, a heatmap)
+MAX_GREY_FRACTION = 0.05
+
+
+def read_binary_mask(path: str | Path) -> np.ndarray:
+    """A mask PNG (lesion or tissue) as bool (H, W): grey value > 127, or > 0 for a 0/1 label
+    image (its maximum is 1: with > 127 it would silently hold nothing).
+
+    Raises:
+        GigamilError: the file cannot be read as an image, or more than
+            :data:`MAX_GREY_FRACTION` of its pixels are grey levels between black and white
+            (8..247): a photo or heatmap given as a mask would be scored silently.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            grey = np.asarray(img.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise GigamilError(f"mask {path}: cannot be read as an image ({exc})") from exc
+    if grey.size and grey.max() <= 1:
+        return grey > 0
+    between = float(np.mean((grey >= 8) & (grey <= 247))) if grey.size else 0.0
+    if between > MAX_GREY_FRACTION:
+        raise GigamilError(
+            f"mask {path}: {100 * between:.0f} % of its pixels are grey levels between black and "
+            "white, so it is not a binary mask (lesion / tissue white or 1, the rest black or 0)"
+        )
+    return grey > 127
+
+
 def load_mask_with_downsample(
     path: str | Path,
     slide_mpp: float | None = None,
@@ -45,12 +77,10 @@ def load_mask_with_downsample(
     downsample (each side within 2 % or two mask pixels): GigamilError otherwise, since another
     slide's mask, or one of another size, would be scored silently.
     """
-    from PIL import Image
-
     path = Path(path)
     if not path.is_file():
         raise GigamilError(f"lesion mask {path} not found")
-    mask = np.asarray(Image.open(path).convert("L")) > 127  # (H, W)
+    mask = read_binary_mask(path)  # (H, W)
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if "downsample" in meta:

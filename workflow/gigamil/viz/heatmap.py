@@ -31,7 +31,11 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
+from gigamil.evaluate.localization import (
+    lesion_fraction,
+    read_binary_mask,
+    read_store_geometry,
+)
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, slide_thumbnail
@@ -51,12 +55,11 @@ def top_bottom(att: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
-    """The tissue (or lesion) mask PNG as bool (H, W) (> 127), or None if no path / no file."""
+    """The tissue (or lesion) mask PNG as bool (H, W) (:func:`read_binary_mask`: > 127, or > 0
+    for a 0/1 image), or None if no path / no file."""
     if path is None or not Path(path).is_file():
         return None
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("L")) > 127
+    return read_binary_mask(path)
 
 
 def _style_default(key: str) -> Any:
