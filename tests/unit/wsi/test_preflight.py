@@ -137,3 +137,22 @@ def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):
         SlideCheck("mine", "s2", Path("/abs/s2.svs"), 0.25),
         SlideCheck("demo", "d2", tmp_path / "d2.tiff", None),
     ]
+
+
+def test_a_lesion_mask_of_another_size_stops_the_run_before_any_job(cmu_svs, tmp_path):
+    """A mask that cannot span its slide (e.g. another slide's) was found only by the
+    evaluation, after training; the PNG's header and the slide's suffice."""
+    from PIL import Image
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.zeros((297, 222), np.uint8)).save(good)  # 2220 x 2967 at 10x
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(bad)
+    statuses = check_slides([SlideCheck("a", "svs", Path(cmu_svs), None, good)])
+    assert statuses[0].problem is None
+    with pytest.raises(ConfigError, match=r"a/svs: .*bad.png"):
+        check_slides([SlideCheck("a", "svs", Path(cmu_svs), None, bad)])
+    sheets = {
+        "c": pd.DataFrame({"slide_id": ["s"], "path": [str(cmu_svs)], "lesion_mask": ["m.png"]})
+    }
+    (check,) = sheet_checks(sheets, base_dir=tmp_path)
+    assert check.lesion_mask == tmp_path / "m.png"

@@ -81,19 +81,53 @@ def load_mask_with_downsample(
     if not path.is_file():
         raise GigamilError(f"lesion mask {path} not found")
     mask = read_binary_mask(path)  # (H, W)
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if "downsample" in meta:
-        ds = float(meta["downsample"])
-    elif "mpp" in meta and slide_mpp:
-        ds = float(meta["mpp"]) / float(slide_mpp)
-    elif slide_dimensions is not None:
-        ds = float(slide_dimensions[0]) / mask.shape[1]
-    else:
-        raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
+    ds = mask_downsample(path, mask.shape, slide_mpp, slide_dimensions)
     if slide_dimensions is not None:
         _check_mask_covers_slide(path, mask.shape, ds, slide_dimensions)
     return mask, ds
+
+
+def mask_downsample(
+    path: Path,
+    shape: tuple[int, ...],
+    slide_mpp: float | None,
+    slide_dimensions: tuple[int, int] | None,
+) -> float:
+    """Level-0 px per mask px of the mask ``path`` of ``shape`` (H, W), as
+    :func:`load_mask_with_downsample` takes it: the JSON sidecar's ``downsample``, else its
+    ``mpp`` / ``slide_mpp``, else the slide's width over the mask's; GigamilError when none."""
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if "downsample" in meta:
+        return float(meta["downsample"])
+    if "mpp" in meta and slide_mpp:
+        return float(meta["mpp"]) / float(slide_mpp)
+    if slide_dimensions is not None:
+        return float(slide_dimensions[0]) / shape[1]
+    raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
+
+
+def check_mask_geometry(
+    path: str | Path, slide_mpp: float | None, slide_dimensions: tuple[int, int]
+) -> None:
+    """The check of :func:`load_mask_with_downsample` from the PNG's header alone (its size; the
+    pixels are not decoded): the lesion mask ``path`` spans a slide of level-0
+    ``slide_dimensions`` (W, H) at its downsample. Cheap enough to run on every slide before
+    any job (:mod:`gigamil.wsi.preflight`), so a wrong mask stops the run before training.
+
+    Raises:
+        GigamilError: unreadable header, no downsample, or a mask of another size.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (OSError, ValueError) as exc:
+        raise GigamilError(f"mask {path}: cannot be read as an image ({exc})") from exc
+    ds = mask_downsample(path, (h, w), slide_mpp, slide_dimensions)
+    _check_mask_covers_slide(path, (h, w), ds, slide_dimensions)
 
 
 def _check_mask_covers_slide(

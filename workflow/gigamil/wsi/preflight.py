@@ -23,6 +23,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from gigamil.errors import ConfigError, GigamilError
+from gigamil.layout import lesion_masks
 from gigamil.sheets import MAX_LISTED as MAX_LISTED  # slides named in the error (re-exported)
 from gigamil.sheets import listed, sheet_slide_path
 from gigamil.wsi.patching import LEVEL_TOLERANCE, upsampling_problem
@@ -33,12 +34,14 @@ log = logging.getLogger(__name__)
 
 
 class SlideCheck(NamedTuple):
-    """One slide to check: ``cohort``/``slide_id`` name it, ``mpp`` is its override or None."""
+    """One slide to check: ``cohort``/``slide_id`` name it, ``mpp`` is its override or None,
+    ``lesion_mask`` its ground-truth lesion PNG (None: none, or not made yet)."""
 
     cohort: str
     slide_id: str
     path: Path
     mpp: float | None
+    lesion_mask: Path | None = None
 
 
 class SlideStatus(NamedTuple):
@@ -67,6 +70,8 @@ def check_slide(
         problem = None if patch_mpp is None else upsampling_problem(mpp, patch_mpp)
         if problem is None and mask_mpp is not None:
             problem = mask_mpp_problem(mpp, mask_mpp)
+        if problem is None and check.lesion_mask is not None:
+            problem = _lesion_mask_problem(check, mpp)
         if problem and check.mpp is not None:  # the slide's µm/px was typed by the user
             problem += (
                 f"; the slide's {mpp:g} µm/px is the override from its sheet row's `mpp` column "
@@ -79,6 +84,22 @@ def check_slide(
         return SlideStatus(
             check, f"{check.path}: cannot be read ({type(exc).__name__}: {exc})", None
         )
+
+
+def _lesion_mask_problem(check: SlideCheck, mpp: float) -> str | None:
+    """Why the slide's lesion mask cannot be its mask (another size: e.g. another slide's), from
+    the headers of both files (:func:`gigamil.evaluate.localization.check_mask_geometry`); the
+    evaluation would stop on it only after training."""
+    from gigamil.evaluate.localization import check_mask_geometry
+    from gigamil.wsi.reader import open_slide
+
+    try:
+        with open_slide(check.path, check.mpp) as reader:
+            dimensions = tuple(reader.dimensions)
+        check_mask_geometry(check.lesion_mask, mpp, dimensions)
+    except GigamilError as exc:
+        return str(exc)
+    return None
 
 
 def check_slides(
@@ -141,11 +162,14 @@ def sheet_checks(
     skipped = set(skip)
     out = []
     for cohort, df in sheets.items():
+        masks = {} if cohort in skipped else lesion_masks({}, df)
         for row in df.itertuples(index=False):
             path = sheet_slide_path(str(row.path), base_dir)
             if cohort in skipped and not path.exists():
                 continue  # not generated yet
             mpp = getattr(row, "mpp", None)
             override = None if mpp is None or mpp != mpp else float(mpp)
-            out.append(SlideCheck(str(cohort), str(row.slide_id), path, override))
+            mask = masks.get(row.slide_id)
+            mask_path = None if mask is None else sheet_slide_path(str(mask), base_dir)
+            out.append(SlideCheck(str(cohort), str(row.slide_id), path, override, mask_path))
     return out
