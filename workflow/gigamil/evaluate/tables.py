@@ -63,7 +63,7 @@ def _value_ci(value: Any, ci: Any, level: Any) -> str:
 
 
 def mean_sd(mean: Any, sd: Any) -> str:
-    """ "0.870 ± 0.104" (the mean alone without an sd; "" when undefined)."""
+    """ "0.870 ± 0.103" (the mean alone without an sd; "" when undefined)."""
     m, s = _fmt(mean), _fmt(sd)
     return f"{m} ± {s}" if m and s else m
 
