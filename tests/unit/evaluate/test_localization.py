@@ -91,6 +91,17 @@ def test_read_binary_mask_takes_0_255_and_0_1_masks_and_refuses_a_photo(tmp_path
     edges[9, 5:30] = 100  # anti-aliased edge pixels (below half): few, still a mask
     Image.fromarray(edges.astype(np.uint8)).save(tmp_path / "edges.png")
     assert np.array_equal(read_binary_mask(tmp_path / "edges.png"), lesion)
+    red = np.zeros((40, 60, 3), np.uint8)  # a coloured lesion on black (RGB label image)
+    red[lesion] = (255, 0, 0)
+    Image.fromarray(red).save(tmp_path / "red.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "red.png"), lesion)
+    palette = Image.fromarray((lesion * 1).astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)  # index 1: dark red
+    palette.save(tmp_path / "palette.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "palette.png"), lesion)
+    two = (lesion * 2).astype(np.uint8)  # a label map whose lesion label is 2
+    Image.fromarray(two).save(tmp_path / "m02.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "m02.png"), lesion)
     photo = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
     with pytest.raises(GigamilError, match=r"photo.png: \d+ % of its pixels are grey levels"):

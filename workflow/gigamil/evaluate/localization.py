@@ -38,8 +38,10 @@ MAX_GREY_FRACTION = 0.05
 
 
 def read_binary_mask(path: str | Path) -> np.ndarray:
-    """A mask PNG (lesion or tissue) as bool (H, W): grey value > 127, or > 0 for a 0/1 label
-    image (its maximum is 1: with > 127 it would silently hold nothing).
+    """A mask PNG (lesion or tissue) as bool (H, W): the brightest channel > 127 (white, or a
+    coloured lesion on black), or > 0 for a label image of small values (maximum below 128,
+    e.g. 0/1 or 0/2; a palette image's indices), which > 127 would silently read as empty; a
+    warning when it holds more than one label, all of which count.
 
     Raises:
         GigamilError: the file cannot be read as an image, or more than
@@ -50,18 +52,29 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            grey = np.asarray(img.convert("L"))
+            if img.mode == "P":  # a palette image: its indices are the labels (0 background)
+                level = np.asarray(img)
+            else:
+                level = np.asarray(img.convert("RGB")).max(axis=2)  # (H, W) brightest channel
     except (OSError, ValueError) as exc:
         raise GigamilError(f"mask {path}: cannot be read as an image ({exc})") from exc
-    if grey.size and grey.max() <= 1:
-        return grey > 0
-    between = float(np.mean((grey >= 8) & (grey <= 247))) if grey.size else 0.0
+    top = int(level.max()) if level.size else 0
+    if 0 < top < 128:  # a label image: 0 background, small integers the labels
+        labels = np.unique(level[level > 0])
+        if len(labels) > 1:
+            log.warning(
+                "mask %s: labels %s; every nonzero label counts as lesion / tissue",
+                path,
+                labels.tolist(),
+            )
+        return level > 0
+    between = float(np.mean((level >= 8) & (level <= 247))) if level.size else 0.0
     if between > MAX_GREY_FRACTION:
         raise GigamilError(
             f"mask {path}: {100 * between:.0f} % of its pixels are grey levels between black and "
             "white, so it is not a binary mask (lesion / tissue white or 1, the rest black or 0)"
         )
-    return grey > 127
+    return level > 127
 
 
 def load_mask_with_downsample(
