@@ -46,6 +46,15 @@ def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
         "cohort 'new'",
     ]
     assert lines[2].endswith("sheets/ext.csv not found")
+    rows = good_rows()
+    rows[0]["label"] = "tumour"
+    bad = write_sheet(tmp_path, rows, name="bad.csv")
+    cfg["cohorts"] = {"a": {"sheet": str(bad)}, "b": {"sheet": str(bad), "role": "external"}}
+    with pytest.raises(ConfigError) as err:  # one sheet, two cohorts: each problem says whose
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[1].startswith(f"cohort 'a': {bad}: line 2 (slide_id 's1'): label 'tumour'")
+    assert lines[2].startswith(f"cohort 'b': {bad}: line 2")
 
 
 def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):

@@ -298,6 +298,10 @@ def test_every_header_problem_and_every_bad_mpp_in_one_error(tmp_path):
         "  line 4 (slide_id 's3'): mpp '0,25'",
     ]
     assert "2 mpp values are not numbers (µm/px, e.g. 0.25;" in str(err.value)
+    rows[1]["mpp"] = "-1"  # a number out of range beside them: in the same error
+    with pytest.raises(ConfigError, match=r"2 problems:\n- 2 mpp values .*\n.*\n.*\n- line 3 "):
+        load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows[1]["mpp"] = ""
     rows[2]["label"] = "tumour"  # and a label: both in one error, not one per run
     with pytest.raises(ConfigError, match=r"2 problems:\n- 2 mpp values .*\n.*\n.*\n- line 4"):
         load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)

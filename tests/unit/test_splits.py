@@ -176,6 +176,10 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     assert "--folds must be at least 2 (got 1)" in capsys.readouterr().err
     args = ["splits", "--sheet", str(path), "--out", str(out), "--folds", "2"]
     assert main([*args, "--val-fraction", "0"]) == 0  # the advice, followed
+    few["label"] = " " + few["label"]  # "s1,p1, normal,x.svs": read stripped, as load_sheet does
+    few.to_csv(path, index=False)
+    assert main([*args, "--val-fraction", "0"]) == 0
+    assert set(read_folds(out)["label"]) == {"normal", "lesion"}
 
 
 def test_cli_splits_refuses_two_sheets_of_one_file_name(tmp_path, capsys):

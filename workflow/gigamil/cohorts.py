@@ -43,8 +43,9 @@ def load_cohorts(
                 base_dir=base_dir,
                 labels_required=cohort.get("role", "train") != ROLE_PREDICT,
             )
-        except ConfigError as exc:
-            problems.append(str(exc))
+        except ConfigError as exc:  # each problem names its cohort (two may share a sheet)
+            text = str(exc)
+            problems.append(text if text.startswith("cohort ") else f"cohort {name!r}: {text}")
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:

@@ -220,7 +220,7 @@ def lesion_masks(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str
 
     Demo cohorts (``demo: true``) have the generator's masks in results/demo/lesion_masks; any
     other sheet may give masks in an optional ``lesion_mask`` column (a PNG covering the whole
-    slide with a JSON sidecar giving its ``downsample``); otherwise there are none.
+    slide, optionally with a JSON sidecar giving its ``downsample``); otherwise there are none.
     """
     if cohort_cfg.get("demo"):
         return {s: demo_lesion_mask(s) for s in sorted(sheet["slide_id"])}

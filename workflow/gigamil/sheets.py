@@ -105,40 +105,28 @@ def _sheet_line(df: pd.DataFrame, position: int) -> int:
 
 
 def _set_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> None:
-    """``df["mpp"]`` = :func:`_sheet_mpp`, in place; NaN and the error re-raised when a value is
-    not a number, so the other checks still run on the rest."""
-    try:
-        df["mpp"] = _sheet_mpp(df, path, cohort_mpp)
-    except ConfigError:
-        df["mpp"] = float("nan")
-        raise
-
-
-def _sheet_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> pd.Series:
-    """The ``mpp`` column as floats (NaN where empty), the cohort's MPP filling the gaps."""
-    if "mpp" in df.columns:
-        mpp = pd.to_numeric(df["mpp"].replace("", None), errors="coerce")
-        bad = df["mpp"].ne("") & mpp.isna()
-        if bad.any():
-            rows = [
-                f"line {_sheet_line(df, row)}"
-                + (f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else "")
-                + f": mpp {df.at[row, 'mpp']!r}"
-                for row in [i for i, is_bad in enumerate(bad) if is_bad]
-            ]
-            what = (
-                "is not a number" if len(rows) == 1 else f"{len(rows)} mpp values are not numbers"
-            )
-            hint = "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
-            if len(rows) == 1:
-                raise ConfigError(f"{path}: {rows[0]} {what} {hint}")
-            raise ConfigError(f"{path}: {what} {hint}:" + "".join(f"\n  {r}" for r in listed(rows)))
-        mpp = mpp.astype(float)
-    else:
-        mpp = pd.Series(float("nan"), index=df.index)
-    if cohort_mpp is not None:
-        mpp = mpp.fillna(float(cohort_mpp))
-    return mpp
+    """``df["mpp"]`` as floats (NaN where empty or not a number), the cohort's MPP filling the
+    gaps, in place; then ConfigError naming every value that is not a number. The column is set
+    first, so the schema check still judges the other values (a ``-1`` beside an ``abc``)."""
+    raw = df["mpp"] if "mpp" in df.columns else pd.Series("", index=df.index)
+    mpp = pd.to_numeric(raw.replace("", None), errors="coerce").astype(float)
+    bad = raw.ne("") & mpp.isna()
+    df["mpp"] = mpp if cohort_mpp is None else mpp.fillna(float(cohort_mpp))
+    if not bad.any():
+        return
+    rows = [
+        f"line {_sheet_line(df, row)}"
+        + (f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else "")
+        + f": mpp {raw.iat[row]!r}"
+        for row in [i for i, is_bad in enumerate(bad) if is_bad]
+    ]
+    hint = "(µm/px, e.g. 0.25; leave it empty to use the slide's own)"
+    if len(rows) == 1:
+        raise ConfigError(f"{path}: {rows[0]} is not a number {hint}")
+    raise ConfigError(
+        f"{path}: {len(rows)} mpp values are not numbers {hint}:"
+        + "".join(f"\n  {r}" for r in listed(rows))
+    )
 
 
 def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bool = True) -> None:

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from gigamil.errors import GigamilError
+from gigamil.evaluate.lesion_mask import load_mask_with_downsample, read_binary_mask
 from gigamil.evaluate.localization import (
-    load_mask_with_downsample,
     localization_auc,
     mean_attention,
     patch_mask_fraction,
-    read_binary_mask,
     slide_localization,
 )
 
@@ -77,35 +76,75 @@ def test_mean_attention_names_an_unreadable_file(tmp_path, content):
         mean_attention([path])
 
 
-def test_read_binary_mask_takes_0_255_and_0_1_masks_and_refuses_a_photo(tmp_path):
-    """A 0/1 label PNG read with > 127 would hold no lesion, and the slide would silently
-    drop out of the localisation AUC; a photo given as a mask would be scored as one."""
+def test_read_binary_mask_takes_the_usual_kinds_of_mask(tmp_path):
+    """0/255 and 0/1 (read with > 127 a 0/1 PNG held no lesion, and its slide silently left the
+    localisation AUC), 0/2, a coloured lesion on black, palettes whether their index 0 is black
+    or white (Pillow's quantize puts white first), a transparent background, and a mask
+    resampled with anti-aliased edges."""
     from PIL import Image
 
     lesion = np.zeros((40, 60), bool)
     lesion[10:20, 5:30] = True
-    for name, values in (("m255.png", lesion * 255), ("m01.png", lesion * 1)):
-        Image.fromarray(values.astype(np.uint8)).save(tmp_path / name)
-        assert np.array_equal(read_binary_mask(tmp_path / name), lesion)
-    edges = lesion * 255
-    edges[9, 5:30] = 100  # anti-aliased edge pixels (below half): few, still a mask
-    Image.fromarray(edges.astype(np.uint8)).save(tmp_path / "edges.png")
-    assert np.array_equal(read_binary_mask(tmp_path / "edges.png"), lesion)
-    red = np.zeros((40, 60, 3), np.uint8)  # a coloured lesion on black (RGB label image)
+    white = (lesion * 255).astype(np.uint8)
+    rgb = np.stack([white] * 3, axis=-1)
+    red = np.zeros_like(rgb)
     red[lesion] = (255, 0, 0)
-    Image.fromarray(red).save(tmp_path / "red.png")
-    assert np.array_equal(read_binary_mask(tmp_path / "red.png"), lesion)
-    palette = Image.fromarray((lesion * 1).astype(np.uint8), mode="P")
-    palette.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)  # index 1: dark red
-    palette.save(tmp_path / "palette.png")
-    assert np.array_equal(read_binary_mask(tmp_path / "palette.png"), lesion)
-    two = (lesion * 2).astype(np.uint8)  # a label map whose lesion label is 2
-    Image.fromarray(two).save(tmp_path / "m02.png")
-    assert np.array_equal(read_binary_mask(tmp_path / "m02.png"), lesion)
+    dark = Image.fromarray(lesion.astype(np.uint8), mode="P")
+    dark.putpalette([0, 0, 0, 90, 10, 10] + [0] * 762)  # index 1: a dark colour
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, transparent outside the lesion
+    rgba[lesion, 3] = 255
+    images = {
+        "m255.png": Image.fromarray(white),
+        "m01.png": Image.fromarray(lesion.astype(np.uint8)),
+        "m02.png": Image.fromarray((lesion * 2).astype(np.uint8)),
+        "red.png": Image.fromarray(red),
+        "quantized.png": Image.fromarray(rgb).quantize(2),
+        "web.png": Image.fromarray(rgb).convert("P"),
+        "dark_palette.png": dark,
+        "transparent.png": Image.fromarray(rgba),
+    }
+    for name, image in images.items():
+        image.save(tmp_path / name)
+        assert np.array_equal(read_binary_mask(tmp_path / name), lesion), name
+    foci = np.zeros((4000, 8000), np.uint8)  # many small foci, downsampled with anti-aliasing
+    for i in range(300):
+        y, x = 100 + 60 * (i // 60) * 2, 100 + 120 * (i % 60)
+        foci[y : y + 60, x : x + 60] = 255
+    Image.fromarray(foci).resize((250, 125), Image.BILINEAR).save(tmp_path / "foci.png")
+    assert read_binary_mask(tmp_path / "foci.png").any()
+
+
+def test_read_binary_mask_refuses_what_is_not_one_mask(tmp_path):
+    from PIL import Image
+
     photo = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")
     with pytest.raises(GigamilError, match=r"photo.png: \d+ % of its pixels are grey levels"):
         read_binary_mask(tmp_path / "photo.png")
+    classes = np.zeros((40, 60), np.uint8)
+    classes[:10], classes[20:] = 1, 2  # tumour 1, stroma 2: which is the lesion?
+    Image.fromarray(classes).save(tmp_path / "classes.png")
+    with pytest.raises(GigamilError, match=r"labels \[1, 2\]: which one is the lesion"):
+        read_binary_mask(tmp_path / "classes.png")
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(GigamilError, match="text.png: cannot be read as an image"):
         read_binary_mask(tmp_path / "text.png")
+
+
+def test_a_bad_sidecar_is_named(tmp_path):
+    from PIL import Image
+
+    from gigamil.evaluate.lesion_mask import check_mask_geometry
+
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(tmp_path / "m.png")
+    for text, match in (
+        ('{"downsample": 32,}', "lesion mask sidecar .*m.json: .*expected e.g."),
+        ('{"downsample": "x"}', "lesion mask sidecar .*m.json: could not convert"),
+        ('{"downsample": 0}', "downsample 0 is not positive"),
+    ):
+        (tmp_path / "m.json").write_text(text)
+        with pytest.raises(GigamilError, match=match):
+            check_mask_geometry(tmp_path / "m.png", None, (1600, 960))
+    (tmp_path / "m.json").write_text('{"downsample": 32}')
+    check_mask_geometry(tmp_path / "m.png", None, (1600, 960))  # 50 x 30 px x 32: the slide

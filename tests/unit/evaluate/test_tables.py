@@ -34,3 +34,20 @@ def test_the_fold_auc_row_says_what_one_fold_is_computed_on() -> None:
     external = {**summary, "auc": 0.9, "models_per_slide": [8, 8]}
     rows = dict(summary_rows(external, "auc"))
     assert rows["each fold's model on all 24 slides: AUC mean ± sd over 4 folds"] == "0.906 ± 0.120"
+
+
+def test_few_patients_get_no_interval_on_the_page_and_one_slide_no_sd() -> None:
+    """Two patients: 'no 95% CI: every resample gave 1.000' read as certainty; the note row says
+    why the intervals are left out. One lesion-masked slide: its AUC, not 'mean ± sd'."""
+    summary = {"n_slides": 2, "n_patients": 2, "auc": 1.0, "auc_ci": [1.0, 1.0]}
+    summary |= {"fold_auc": [1.0], "fold_auc_mean": 1.0, "fold_auc_sd": None}
+    summary |= {"classes": ["normal", "lesion"], "confusion_matrix": [[1, 0], [1, 0]]}
+    summary |= {"per_class_recall": {"normal": 1.0, "lesion": 0.0}}
+    summary |= {"per_class_recall_ci": {"normal": [1.0, 1.0], "lesion": [0.0, 0.0]}}
+    summary |= {"localization_auc": 0.875, "localization_n_slides": 1, "ci_note": "few"}
+    rows = dict(summary_rows(summary, "auc"))
+    assert rows["slide AUC (out-of-fold)"] == "1.000"
+    assert rows["sensitivity (recall of lesion)"] == "0 / 1 = 0.000"
+    assert rows["localisation AUC of the attention (lesion mask)"] == "0.875 (1 slide)"
+    assert "fold AUC, mean ± sd over 1 fold (each on its ~2 test slides)" in rows
+    assert rows["note on the 95 % intervals"] == "few"

@@ -149,7 +149,11 @@ def test_a_lesion_mask_of_another_size_stops_the_run_before_any_job(cmu_svs, tmp
     Image.fromarray(np.zeros((300, 300), np.uint8)).save(bad)
     statuses = check_slides([SlideCheck("a", "svs", Path(cmu_svs), None, good)])
     assert statuses[0].problem is None
-    with pytest.raises(ConfigError, match=r"a/svs: .*bad.png"):
+    with pytest.raises(ConfigError, match=r"a/svs: .*bad.png") as err:
+        check_slides([SlideCheck("a", "svs", Path(cmu_svs), 0.499, bad)])
+    assert "typo" not in str(err.value)  # the µm/px override plays no part in a mask's size
+    (tmp_path / "bad.json").write_text('{"downsample": 10,}')
+    with pytest.raises(ConfigError, match=r"a/svs: lesion mask sidecar .*bad.json"):
         check_slides([SlideCheck("a", "svs", Path(cmu_svs), None, bad)])
     sheets = {
         "c": pd.DataFrame({"slide_id": ["s"], "path": [str(cmu_svs)], "lesion_mask": ["m.png"]})

@@ -42,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lesion-mask",
         metavar="PNG",
-        help="ground-truth lesion mask (a PNG covering the whole slide, > 127 or 1 = lesion), "
-        "outlined on the overlay",
+        help="ground-truth lesion mask (a PNG covering the whole slide: lesion white, or 1 in a "
+        "0/1 label image), outlined on the overlay",
     )
     parser.add_argument(
         "--predictions",

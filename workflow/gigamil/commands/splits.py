@@ -97,6 +97,8 @@ def _flag_sheets(paths: list[str]) -> list:
     GigamilError when two files would be one cohort."""
     from pathlib import Path
 
+    import pandas as pd
+
     from gigamil.errors import GigamilError
     from gigamil.sheet_csv import read_sheet_frame
     from gigamil.sheets import load_sheet
@@ -112,6 +114,7 @@ def _flag_sheets(paths: list[str]) -> list:
     sheets = []
     for path in paths:
         raw = read_sheet_frame(path)
-        classes = sorted(raw["label"].unique()) if "label" in raw.columns else []
+        labels = raw["label"].str.strip() if "label" in raw.columns else pd.Series(dtype=str)
+        classes = sorted(set(labels) - {""})  # as load_sheet reads them: stripped
         sheets.append(load_sheet(path, cohort=Path(path).stem, classes=classes, check_files=False))
     return sheets

@@ -30,7 +30,12 @@ from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.evaluate.localization import cohort_localization
 from gigamil.evaluate.predictions import oof_predictions, read_predictions, split_unpredicted
-from gigamil.evaluate.tables import FLOAT_FORMAT, write_json, write_metrics_html
+from gigamil.evaluate.tables import (
+    FLOAT_FORMAT,
+    MIN_PATIENTS_FOR_CI,
+    write_json,
+    write_metrics_html,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +82,6 @@ def metrics_table(
         for i, suffix in enumerate(("ci_low", "ci_high")):
             table.loc[f"{name}_{suffix}"] = pd.Series({k: v[i] for k, v in intervals.items()})
     return table
-
-
-# below this many patients the summary records ``ci_note``: a percentile bootstrap over few
-# patients has few distinct resamples and intervals that are too narrow (Efron & Tibshirani
-# 1993, ch. 13)
-MIN_PATIENTS_FOR_CI = 10
 
 
 def summary_block(

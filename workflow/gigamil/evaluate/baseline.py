@@ -128,11 +128,8 @@ def evaluate_stores(
     ``per_slide`` (slide_id, fold, label, score, localization_auc).
     """
     from gigamil.data.store import read_store
-    from gigamil.evaluate.localization import (
-        load_mask_with_downsample,
-        localization_auc,
-        patch_mask_fraction,
-    )
+    from gigamil.evaluate.lesion_mask import load_mask_with_downsample
+    from gigamil.evaluate.localization import localization_auc, patch_mask_fraction
 
     features, geometry = {}, {}
     for s, path in stores.items():
@@ -145,7 +142,10 @@ def evaluate_stores(
         if s not in scores:
             continue
         coords, attrs = geometry[s]
-        mask, ds = load_mask_with_downsample(mask_path, attrs.get("slide_mpp"))
+        dims = (
+            tuple(attrs.get("slide_dimensions") or ()) or None
+        )  # no sidecar needed, as in gigamil
+        mask, ds = load_mask_with_downsample(mask_path, attrs.get("slide_mpp"), dims)
         frac = patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
         loc[s] = localization_auc(scores[s], frac)
     table["localization_auc"] = table["slide_id"].map(loc)

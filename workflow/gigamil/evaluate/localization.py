@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import GigamilError
+from gigamil.evaluate.lesion_mask import load_mask_with_downsample
 from gigamil.evaluate.metrics import binary_auc
 
 log = logging.getLogger(__name__)
@@ -30,133 +31,6 @@ def read_store_geometry(store: str | Path) -> tuple[np.ndarray, np.ndarray, dict
         raise GigamilError(f"{store}: patch store not found")
     _, coords, grid, attrs = read_store(store)
     return coords, grid, attrs
-
-
-# a binary mask's pixels are black or white: more grey levels between than this share (e.g.
-# anti-aliased edges) means the file is not a mask (a photo, a heatmap)
-MAX_GREY_FRACTION = 0.05
-
-
-def read_binary_mask(path: str | Path) -> np.ndarray:
-    """A mask PNG (lesion or tissue) as bool (H, W): the brightest channel > 127 (white, or a
-    coloured lesion on black), or > 0 for a label image of small values (maximum below 128,
-    e.g. 0/1 or 0/2; a palette image's indices), which > 127 would silently read as empty; a
-    warning when it holds more than one label, all of which count.
-
-    Raises:
-        GigamilError: the file cannot be read as an image, or more than
-            :data:`MAX_GREY_FRACTION` of its pixels are grey levels between black and white
-            (8..247): a photo or heatmap given as a mask would be scored silently.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.mode == "P":  # a palette image: its indices are the labels (0 background)
-                level = np.asarray(img)
-            else:
-                level = np.asarray(img.convert("RGB")).max(axis=2)  # (H, W) brightest channel
-    except (OSError, ValueError) as exc:
-        raise GigamilError(f"mask {path}: cannot be read as an image ({exc})") from exc
-    top = int(level.max()) if level.size else 0
-    if 0 < top < 128:  # a label image: 0 background, small integers the labels
-        labels = np.unique(level[level > 0])
-        if len(labels) > 1:
-            log.warning(
-                "mask %s: labels %s; every nonzero label counts as lesion / tissue",
-                path,
-                labels.tolist(),
-            )
-        return level > 0
-    between = float(np.mean((level >= 8) & (level <= 247))) if level.size else 0.0
-    if between > MAX_GREY_FRACTION:
-        raise GigamilError(
-            f"mask {path}: {100 * between:.0f} % of its pixels are grey levels between black and "
-            "white, so it is not a binary mask (lesion / tissue white or 1, the rest black or 0)"
-        )
-    return level > 127
-
-
-def load_mask_with_downsample(
-    path: str | Path,
-    slide_mpp: float | None = None,
-    slide_dimensions: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, float]:
-    """A lesion mask PNG as bool (H, W) and its downsample (level-0 px per mask px).
-
-    The downsample comes from the JSON sidecar (same stem) key ``downsample``; else from its
-    ``mpp`` divided by ``slide_mpp``; else from the slide width over the mask width. With
-    ``slide_dimensions`` (level-0 width, height) the mask must cover the slide at that
-    downsample (each side within 2 % or two mask pixels): GigamilError otherwise, since another
-    slide's mask, or one of another size, would be scored silently.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise GigamilError(f"lesion mask {path} not found")
-    mask = read_binary_mask(path)  # (H, W)
-    ds = mask_downsample(path, mask.shape, slide_mpp, slide_dimensions)
-    if slide_dimensions is not None:
-        _check_mask_covers_slide(path, mask.shape, ds, slide_dimensions)
-    return mask, ds
-
-
-def mask_downsample(
-    path: Path,
-    shape: tuple[int, ...],
-    slide_mpp: float | None,
-    slide_dimensions: tuple[int, int] | None,
-) -> float:
-    """Level-0 px per mask px of the mask ``path`` of ``shape`` (H, W), as
-    :func:`load_mask_with_downsample` takes it: the JSON sidecar's ``downsample``, else its
-    ``mpp`` / ``slide_mpp``, else the slide's width over the mask's; GigamilError when none."""
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if "downsample" in meta:
-        return float(meta["downsample"])
-    if "mpp" in meta and slide_mpp:
-        return float(meta["mpp"]) / float(slide_mpp)
-    if slide_dimensions is not None:
-        return float(slide_dimensions[0]) / shape[1]
-    raise GigamilError(f"lesion mask {path}: no sidecar {meta_path.name} giving its downsample")
-
-
-def check_mask_geometry(
-    path: str | Path, slide_mpp: float | None, slide_dimensions: tuple[int, int]
-) -> None:
-    """The check of :func:`load_mask_with_downsample` from the PNG's header alone (its size; the
-    pixels are not decoded): the lesion mask ``path`` spans a slide of level-0
-    ``slide_dimensions`` (W, H) at its downsample. Cheap enough to run on every slide before
-    any job (:mod:`gigamil.wsi.preflight`), so a wrong mask stops the run before training.
-
-    Raises:
-        GigamilError: unreadable header, no downsample, or a mask of another size.
-    """
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except (OSError, ValueError) as exc:
-        raise GigamilError(f"mask {path}: cannot be read as an image ({exc})") from exc
-    ds = mask_downsample(path, (h, w), slide_mpp, slide_dimensions)
-    _check_mask_covers_slide(path, (h, w), ds, slide_dimensions)
-
-
-def _check_mask_covers_slide(
-    path: Path, shape: tuple[int, ...], ds: float, slide_dimensions: tuple[int, int]
-) -> None:
-    """Raises GigamilError when a mask of ``shape`` (H, W) at downsample ``ds`` does not span
-    the slide's level-0 ``slide_dimensions`` (W, H)."""
-    (w0, h0), (hm, wm) = slide_dimensions, shape[:2]
-    off = [abs(m * ds - s) > max(2 * ds, 0.02 * s) for m, s in ((wm, float(w0)), (hm, float(h0)))]
-    if any(off):
-        raise GigamilError(
-            f"lesion mask {path} ({wm} x {hm} px, {ds:g} slide px per mask px) does not cover "
-            f"the slide ({w0} x {h0} px; it would span {wm * ds:.0f} x {hm * ds:.0f}): is it this "
-            "slide's mask, of the whole slide? (its JSON sidecar's downsample or mpp, if any, "
-            "must fit too)"
-        )
 
 
 def patch_mask_fraction(

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gigamil import layout
-from gigamil.evaluate.aggregate import MIN_PATIENTS_FOR_CI
-from gigamil.evaluate.tables import mean_sd, with_ci
+from gigamil.evaluate.tables import few_patients, mean_sd, with_ci
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -25,30 +24,20 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _few_patients(summary: Mapping[str, Any]) -> bool:
-    """Fewer patients than :data:`MIN_PATIENTS_FOR_CI` (the summary then carries ``ci_note``):
-    no interval is printed, since "no 95% CI: every resample gave 1.000" over two patients
-    reads as certainty."""
-    n = summary.get("n_patients")
-    return isinstance(n, int) and n < MIN_PATIENTS_FOR_CI
-
-
 def _ci(summary: Mapping[str, Any], key: str) -> str:
     """The value with its CI, as metrics.html writes it ("n/a" when undefined); the value alone
-    for fewer than :data:`MIN_PATIENTS_FOR_CI` patients (:func:`_figures` says why)."""
-    if _few_patients(summary):
-        return mean_sd(summary.get(key), None) or "n/a"
+    for fewer than MIN_PATIENTS_FOR_CI patients (:func:`_figures` says why)."""
     return with_ci(summary, key) or "n/a"
 
 
 def _figures(summary: Mapping[str, Any], auc_key: str) -> str:
     """ "AUC ..., balanced accuracy ..." with their CIs (the balanced accuracy shows a lesion
     slide called normal, which an AUC of 1.0 over two slides hides), and a note instead of the
-    CIs for fewer than :data:`MIN_PATIENTS_FOR_CI` patients."""
+    CIs for fewer than MIN_PATIENTS_FOR_CI (10) patients."""
     text = f"AUC{_macro(summary)} {_ci(summary, auc_key)}"
     if summary.get("balanced_accuracy") is not None:
         text += f", balanced accuracy {_ci(summary, 'balanced_accuracy')}"
-    if _few_patients(summary):
+    if few_patients(summary):
         text += f" (no 95% CIs: {_count(summary.get('n_patients'), 'patient')}, too few)"
     return text
 

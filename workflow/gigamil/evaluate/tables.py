@@ -46,10 +46,25 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return f"{float(v):.{digits}f}"
 
 
+# below this many patients the summaries record ``ci_note`` and the pages and the end-of-run
+# lines show no intervals: a percentile bootstrap over few patients has few distinct resamples
+# and intervals that are too narrow (Efron & Tibshirani 1993, ch. 13); "no 95% CI: every
+# resample gave 1.000" over two patients reads as certainty
+MIN_PATIENTS_FOR_CI = 10
+
+
+def few_patients(summary: Mapping[str, Any]) -> bool:
+    """Fewer patients than :data:`MIN_PATIENTS_FOR_CI` in ``summary`` (``n_patients``)."""
+    n = summary.get("n_patients")
+    return isinstance(n, int) and n < MIN_PATIENTS_FOR_CI
+
+
 def with_ci(summary: Mapping[str, Any], key: str) -> str:
-    """``summary[key]`` with its CI (``{key}_ci``): "0.972 (95% CI 0.906–1.000)"; without a CI
-    the value alone; "" when undefined."""
-    return _value_ci(summary.get(key), summary.get(f"{key}_ci"), summary.get("ci_level", 0.95))
+    """``summary[key]`` with its CI (``{key}_ci``): "0.972 (95% CI 0.906–1.000)"; without a CI,
+    or with fewer than :data:`MIN_PATIENTS_FOR_CI` patients (:func:`few_patients`), the value
+    alone; "" when undefined."""
+    ci = None if few_patients(summary) else summary.get(f"{key}_ci")
+    return _value_ci(summary.get(key), ci, summary.get("ci_level", 0.95))
 
 
 def _value_ci(value: Any, ci: Any, level: Any) -> str:
@@ -94,9 +109,12 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     if "localization_auc" in summary:
         loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
         n = summary.get("localization_n_slides", 0)
-        rows.append(
-            ("localisation AUC of the attention (lesion masks), mean ± sd", f"{loc} ({n} slides)")
-        )
+        if n == 1:  # one slide: its AUC, no spread
+            loc = mean_sd(summary.get("localization_auc"), None)
+            rows.append(("localisation AUC of the attention (lesion mask)", f"{loc} (1 slide)"))
+        else:
+            what = "localisation AUC of the attention (lesion masks), mean ± sd"
+            rows.append((what, f"{loc} ({n} slides)"))
     rows.append(("slides / patients", f"{summary.get('n_slides')} / {summary.get('n_patients')}"))
     if summary.get("n_unpredicted"):
         rows.append(("slides without patches (not scored)", str(summary["n_unpredicted"])))
@@ -111,9 +129,10 @@ def _fold_auc_name(summary: Mapping[str, Any], who: str) -> str:
     all the cohort's slides, once per fold model."""
     k = len(summary.get("fold_auc") or [])
     n = int(summary.get("n_slides") or 0)
+    folds = "1 fold" if k == 1 else f"{k} folds"
     if who.startswith("out-of-fold") and k:
-        return f"fold AUC, mean ± sd over {k} folds (each on its ~{round(n / k)} test slides)"
-    return f"each fold's model on all {n} slides: AUC mean ± sd over {k} folds"
+        return f"fold AUC, mean ± sd over {folds} (each on its ~{round(n / k)} test slides)"
+    return f"each fold's model on all {n} slides: AUC mean ± sd over {folds}"
 
 
 def _recall_rows(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -130,7 +149,8 @@ def _recall_rows(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str
     for i, c in enumerate(classes):
         if c not in recall or i >= len(cm):
             continue
-        text = _value_ci(recall[c], ci.get(c), summary.get("ci_level", 0.95))
+        interval = None if few_patients(summary) else ci.get(c)
+        text = _value_ci(recall[c], interval, summary.get("ci_level", 0.95))
         counts = f"{cm[i][i]} / {sum(cm[i])} = " if text else ""
         what = f"{names[c]} (recall of {c})" if c in names else f"recall of {c}"
         what = f"patient {what}, mean probability per patient" if prefix else what

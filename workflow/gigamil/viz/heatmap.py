@@ -31,11 +31,8 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.localization import (
-    lesion_fraction,
-    read_binary_mask,
-    read_store_geometry,
-)
+from gigamil.evaluate.lesion_mask import read_binary_mask
+from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, slide_thumbnail
@@ -55,8 +52,8 @@ def top_bottom(att: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
-    """The tissue (or lesion) mask PNG as bool (H, W) (:func:`read_binary_mask`: > 127, or > 0
-    for a 0/1 image), or None if no path / no file."""
+    """The tissue (or lesion) mask PNG as bool (H, W) (:func:`read_binary_mask`), or None if no
+    path / no file."""
     if path is None or not Path(path).is_file():
         return None
     return read_binary_mask(path)
@@ -150,7 +147,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             fold models (:func:`gigamil.viz.slide_info.read_slide_prediction`): the title of both
             images, and the probability the ``probability`` colour scale needs. Without it that
             scale falls back to ``relative`` (with a warning; the colour bar says which).
-        lesion_mask: the slide's ground-truth lesion PNG (whole slide, > 127 = lesion):
+        lesion_mask: the slide's ground-truth lesion PNG (whole slide; :func:`read_binary_mask`):
             outlined on overlay.png, its lesion patches framed in the gallery.
 
     Returns:

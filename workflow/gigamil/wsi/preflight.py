@@ -70,13 +70,13 @@ def check_slide(
         problem = None if patch_mpp is None else upsampling_problem(mpp, patch_mpp)
         if problem is None and mask_mpp is not None:
             problem = mask_mpp_problem(mpp, mask_mpp)
-        if problem is None and check.lesion_mask is not None:
-            problem = _lesion_mask_problem(check, mpp)
         if problem and check.mpp is not None:  # the slide's µm/px was typed by the user
             problem += (
                 f"; the slide's {mpp:g} µm/px is the override from its sheet row's `mpp` column "
                 "(or its cohort's `mpp` in config.yaml): is that a typo?"
             )
+        if problem is None and check.lesion_mask is not None:  # no µm/px hint: sizes decide
+            problem = _lesion_mask_problem(check, mpp)
         return SlideStatus(check, problem, mpp)
     except GigamilError as exc:
         return SlideStatus(check, str(exc), None)
@@ -88,9 +88,9 @@ def check_slide(
 
 def _lesion_mask_problem(check: SlideCheck, mpp: float) -> str | None:
     """Why the slide's lesion mask cannot be its mask (another size: e.g. another slide's), from
-    the headers of both files (:func:`gigamil.evaluate.localization.check_mask_geometry`); the
+    the headers of both files (:func:`gigamil.evaluate.lesion_mask.check_mask_geometry`); the
     evaluation would stop on it only after training."""
-    from gigamil.evaluate.localization import check_mask_geometry
+    from gigamil.evaluate.lesion_mask import check_mask_geometry
     from gigamil.wsi.reader import open_slide
 
     try:
