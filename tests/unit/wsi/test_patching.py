@@ -306,6 +306,37 @@ def test_a_mask_of_another_shape_than_the_slide_is_refused(tissue_image):
             plan_patches(reader, params, np.ones(shape, bool))
 
 
+def test_another_slides_mask_of_the_same_proportions_is_refused_by_its_sidecar(
+    tissue_image, tmp_path
+):
+    """A mask of a slide with the same proportions passes the shape check; the JSON sidecar that
+    gigamil mask writes beside it records its slide's size, and extraction compares them."""
+    import json
+
+    from gigamil.wsi.mask_io import mask_params_for
+
+    reader = ArrayReader(tissue_image((800, 1000)), 0.5)
+    params = PatchParams(mpp=0.5, patch_px=64, min_tissue=0.5)
+    own = compute_tissue_mask(reader, TissueParams(mask_mpp=8.0)).mask
+    png = tmp_path / "other.png"
+    Image.fromarray(own.astype(np.uint8) * 255).save(png)
+    png.with_suffix(".json").write_text(json.dumps({"slide_dimensions": [1100, 880]}))
+    with pytest.raises(GigamilError, match=r"made from a slide of 1100 x 880 px .* 1000 x 800"):
+        extract_patches(
+            reader, tmp_path / "x.zarr", params, mask=own, mask_params=mask_params_for(png)
+        )
+    png.with_suffix(".json").write_text(json.dumps({"slide_dimensions": [1000, 800]}))
+    res = extract_patches(
+        reader,
+        tmp_path / "y.zarr",
+        params,
+        mask=own,
+        mask_params=mask_params_for(png),
+        progress=False,
+    )
+    assert res.n_patches > 0 and "_mask_slide_dimensions" not in res.attrs["mask_params"]
+
+
 def test_bad_params(tissue_image):
     from gigamil.errors import GigamilError
 

@@ -114,6 +114,7 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
         warnings: list[str] = []
         if mask is None:
             mask, mask_params = _compute_mask(reader, tissue_params, mask_params, warnings)
+        mask_params = _check_mask_slide(reader, mask_params)
         plan = plan_patches(reader, params, mask)
         warnings += plan.warnings
         _log_plan(reader, plan, threads)
@@ -123,6 +124,29 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
         if own:
             reader.close()
     return ExtractResult(Path(out), plan.n, attrs["seconds"], attrs, warnings)
+
+
+def _check_mask_slide(
+    reader: SlideReader, mask_params: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``mask_params`` without the size of the slide the mask was made from (its sidecar's,
+    :data:`gigamil.wsi.mask_io.MASK_SLIDE_DIMENSIONS`); GigamilError when that is not this
+    slide's size: another slide's mask of similar proportions passes the shape check of
+    :func:`gigamil.wsi.patching.mask_shape_problem`."""
+    from gigamil.errors import GigamilError
+    from gigamil.wsi.mask_io import MASK_SLIDE_DIMENSIONS
+
+    if not mask_params or MASK_SLIDE_DIMENSIONS not in mask_params:
+        return mask_params
+    rest = {k: v for k, v in mask_params.items() if k != MASK_SLIDE_DIMENSIONS}
+    made_from, own = list(mask_params[MASK_SLIDE_DIMENSIONS]), list(reader.dimensions)
+    if made_from != own:
+        raise GigamilError(
+            f"{reader.name}: the tissue mask {rest.get('mask_file', '')} was made from a slide of "
+            f"{made_from[0]} x {made_from[1]} px (its JSON sidecar), not this slide's "
+            f"{own[0]} x {own[1]} px: is it this slide's mask?"
+        )
+    return rest
 
 
 def _open_reader(

@@ -150,11 +150,21 @@ def write_mask_outputs(
     return summary
 
 
+# the key of mask_params_for's result holding the level-0 size of the slide the mask was made
+# from (its JSON sidecar's slide_dimensions); extract_patches checks it and leaves it out of
+# the store's attrs
+MASK_SLIDE_DIMENSIONS = "_mask_slide_dimensions"
+
+
 def mask_params_for(mask_png: str | Path) -> dict[str, Any]:
-    """Provenance of a mask PNG: its path plus, if present, its JSON sidecar's params."""
+    """Provenance of a mask PNG: its path plus, if present, its JSON sidecar's params and (as
+    :data:`MASK_SLIDE_DIMENSIONS`) the size of the slide it was made from."""
     params: dict[str, Any] = {"mask_file": str(Path(mask_png).resolve())}
     sidecar = Path(mask_png).with_suffix(".json")
     if sidecar.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            params.update(json.loads(sidecar.read_text()).get("params", {}))
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            meta = json.loads(sidecar.read_text())
+            params.update(meta.get("params", {}))
+            if meta.get("slide_dimensions"):
+                params[MASK_SLIDE_DIMENSIONS] = [int(v) for v in meta["slide_dimensions"]]
     return params
