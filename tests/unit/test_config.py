@@ -241,3 +241,15 @@ def test_warning_when_the_median_kernel_is_even(base_config):
     assert msg.startswith("preprocessing.tissue.median_px 4 is even") and "5 is used" in msg
     cfg["preprocessing"]["tissue"]["median_px"] = 5
     assert config_warnings(validate_config(cfg)) == []
+
+
+def test_warning_when_a_foundation_model_has_no_weights(base_config):
+    """model.encoder uni without weights silently built a random ViT-L and called its features
+    'uni'; with weights named (a local file or the Hugging Face cache) there is no warning."""
+    cfg = copy.deepcopy(base_config)
+    cfg["model"]["encoder"] = "uni"
+    (msg,) = config_warnings(validate_config(cfg))
+    assert msg.startswith("model.encoder uni with model.weights null builds the architecture")
+    assert "hf-hub:MahmoodLab/UNI" in msg
+    cfg["model"]["weights"] = "hf-hub:MahmoodLab/UNI"
+    assert config_warnings(validate_config(cfg)) == []

@@ -290,6 +290,7 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
             "fold keeps its last epoch (with the two equal: the better of the last two); lower "
             "min_epochs to let it choose an epoch"
         )
+    out += _foundation_warnings(config["model"])
     median_px = config["preprocessing"]["tissue"]["median_px"]
     if median_px % 2 == 0:
         out.append(
@@ -297,6 +298,23 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
             f"kernel, so {median_px + 1} is used (write {median_px + 1} or {median_px - 1 or 1})"
         )
     return out
+
+
+def _foundation_warnings(model: Mapping[str, Any]) -> list[str]:
+    """A pathology foundation model named without ``model.weights``: it is built with random
+    weights (no download happens), a ViT that has learnt nothing, which a user naming ``uni``
+    almost certainly did not mean."""
+    from gigamil.nn.foundation import FOUNDATION_MODELS
+
+    spec = FOUNDATION_MODELS.get(str(model.get("encoder")))
+    if spec is None or model.get("weights"):
+        return []
+    where = f"hf-hub:{spec.hf_repo} once downloaded, or a local file" if spec.hf_repo else "a file"
+    return [
+        f"model.encoder {model['encoder']} with model.weights null builds the architecture "
+        f"({spec.architecture}) with random weights, not the pretrained model: set model.weights "
+        f"({where})"
+    ]
 
 
 def check_cmap(cmap: str, key: str = "heatmaps.cmap") -> None:
