@@ -44,7 +44,10 @@ def print_run_summary():
     """
     from gigamil.evaluate.run_summary import run_summary_lines
 
-    for line in run_summary_lines(EXPERIMENT, config["cohorts"]):
+    configfiles = workflow.overwrite_configfiles or []  # the report needs the same ones
+    for line in run_summary_lines(
+        EXPERIMENT, config["cohorts"], configfiles=configfiles
+    ):
         print(line, file=sys.stderr)
 
 

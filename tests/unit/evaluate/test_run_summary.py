@@ -37,7 +37,10 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert lines[4] == "    open results/eval/exp/ensemble/ext/metrics.html"
     assert lines[5] == "  cohort new (predict), 3 slides: 2 normal, 1 lesion"
     assert lines[6] == "    open results/eval/exp/ensemble/new/predictions.html"
-    assert "snakemake --report report.html" in lines[-1]
+    assert lines[-1].endswith("snakemake --report report.html")
+    # a run with --configfile: the report command needs it too (else the demo's experiment)
+    lines = run_summary_lines("exp", COHORTS, tmp_path, configfiles=["my.yaml"])
+    assert lines[-1].endswith("snakemake --report report.html --configfile my.yaml")
     # slides without patches are counted beside the scored ones, not silently left out
     _write(tmp_path / "results/eval/exp/ensemble/new/summary.json", new | {"n_unpredicted": 1})
     _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext | {"n_unpredicted": 2})

@@ -9,7 +9,7 @@ open for each; the Snakefile's ``onsuccess`` handler prints them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,16 @@ def _localisation(summary: Mapping[str, Any]) -> str:
 
 
 def run_summary_lines(
-    experiment: str, cohorts: Mapping[str, Mapping[str, Any]], root: str | Path = "."
+    experiment: str,
+    cohorts: Mapping[str, Mapping[str, Any]],
+    root: str | Path = ".",
+    configfiles: Sequence[str | Path] = (),
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
-    with none at all (e.g. a run of only the tissue masks) the list is empty. A summary older
+    with none at all (e.g. a run of only the tissue masks) the list is empty. ``configfiles``:
+    the run's ``--configfile`` files, which the report command needs too (without them it
+    reports the default config's experiment). A summary older
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
 
     Returns, e.g.::
@@ -118,7 +123,8 @@ def run_summary_lines(
     return [
         f"gigamil: results of experiment {experiment}",
         *lines,
-        "  heatmaps: results/heatmaps/; all results in one page: snakemake --report report.html",
+        "  heatmaps: results/heatmaps/; all results in one page: snakemake --report report.html"
+        + "".join(f" --configfile {f}" for f in configfiles),
     ]
 
 
