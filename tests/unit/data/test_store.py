@@ -88,7 +88,7 @@ def test_empty_store(s1_attrs, tmp_path):
     assert p.shape == (0, 8, 8, 3) and c.shape == (0, 2) and g.shape == (0, 2)
 
 
-def test_open_store_errors(tmp_path):
+def test_open_store_errors(s1_attrs, tmp_path):
     with pytest.raises(GigamilError, match="not a gigamil patch store"):
         open_store(tmp_path / "missing.zarr")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
@@ -96,6 +96,14 @@ def test_open_store_errors(tmp_path):
         open_store(tmp_path / "other.zarr")
     with pytest.raises(GigamilError, match="unknown patch codec"):
         StoreWriter(tmp_path / "c.zarr", 1, 8, np.zeros((1, 2)), np.zeros((1, 2)), codec="png")
+    # a damaged zarr.json (an unknown codec): an error naming the store, not zarr's traceback
+    out = tmp_path / "meta.zarr"
+    with StoreWriter(out, 0, 8, np.zeros((0, 2)), np.zeros((0, 2))) as w:
+        w.commit(s1_attrs())
+    meta = out / "patches" / "zarr.json"
+    meta.write_text(meta.read_text().replace("crc32c", "crc32x"))
+    with pytest.raises(GigamilError, match=r"metadata of its patches array is damaged .*crc32x"):
+        read_store(out)
 
 
 def _damage(path: Path, how: str) -> None:

@@ -138,9 +138,17 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise GigamilError(f"{path}: not a gigamil patch store ({exc})") from exc
-    missing = [k for k in ("patches", "coords", "grid") if k not in group]
-    if missing:
-        raise GigamilError(f"{path}: patch store lacks arrays {missing}")
+    for key in ("patches", "coords", "grid"):  # each array is there and its zarr.json parses
+        try:
+            present = key in group
+        except (zarr.errors.BaseZarrError, ValueError, KeyError, TypeError) as exc:
+            raise GigamilError(
+                f"{path}: the metadata of its {key} array is damaged ({type(exc).__name__}: "
+                f"{exc}); delete the store and rerun to extract it again"
+            ) from exc
+        if not present:
+            missing = [k for k in ("patches", "coords", "grid") if k not in group]
+            raise GigamilError(f"{path}: patch store lacks arrays {missing}")
     return group
 
 
