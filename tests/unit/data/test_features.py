@@ -176,6 +176,12 @@ def test_train_and_predict_from_cached_features(
     }
     path = train_fold(ftrain, fval, mil_bags.classes, model_cfg, training, tmp_path / "fold0")
     assert "patch augmentation (training.augment) is not applied" in caplog.text
+    assert "only the attention head trains" not in caplog.text  # trainable_blocks 0: frozen
+    end_to_end = {**mil_bags.model, "trainable_blocks": "all"}  # feature stores all the same
+    train_fold(
+        ftrain, fval, mil_bags.classes, end_to_end, {**training, "epochs": 1}, tmp_path / "e2e"
+    )
+    assert "training.strategy is end_to_end but the slides are feature stores" in caplog.text
     model, ckpt = load_model(path)
     eid = FeatureBag(ftrain.store[0]).encoder_id
     assert ckpt["features"] == {"encoder_id": eid, "dim": 64}

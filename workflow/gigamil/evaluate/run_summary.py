@@ -69,9 +69,8 @@ def run_summary_lines(
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
-    with none at all (e.g. a run of only the tissue masks) the list is empty. ``configfiles``:
-    the run's ``--configfile`` files, which the report command needs too (without them it
-    reports the default config's experiment). A summary older
+    with none at all (e.g. a run of only the tissue masks) the list is empty. ``configfiles``
+    (the run's ``--configfile``) go into the report command. A summary older
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
 
     Returns, e.g.::
@@ -80,8 +79,7 @@ def run_summary_lines(
           cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI ...),
           balanced accuracy 0.875 (95% CI ...); localisation AUC ...
             open results/eval/demo/metrics.html
-          ...
-          all results in one page: snakemake --report report.html
+          heatmaps: ...; all results in one page: snakemake --report report.html
     """
     root = Path(root)
     lines: list[str] = []
@@ -110,12 +108,9 @@ def run_summary_lines(
                 f"    open {path.with_name('metrics.html')}",
             ]
         else:
-            counts = ", ".join(f"{n} {c}" for c, n in (summary.get("predicted") or {}).items())
-            if summary.get("n_unpredicted"):
-                counts += f", {summary['n_unpredicted']} without patches (not predicted)"
             lines += [
-                f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: {counts}"
-                f"{_stale(root / path, newest_model)}",
+                f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: "
+                f"{_predicted(summary)}{_stale(root / path, newest_model)}",
                 f"    open {path.with_name('predictions.html')}",
             ]
     if not lines:
@@ -126,6 +121,15 @@ def run_summary_lines(
         "  heatmaps: results/heatmaps/; all results in one page: snakemake --report report.html"
         + "".join(f" --configfile {f}" for f in configfiles),
     ]
+
+
+def _predicted(summary: Mapping[str, Any]) -> str:
+    """A predict cohort's counts per predicted class ("2 normal, 1 lesion") and of slides
+    without patches."""
+    counts = ", ".join(f"{n} {c}" for c, n in (summary.get("predicted") or {}).items())
+    if summary.get("n_unpredicted"):
+        counts += f", {summary['n_unpredicted']} without patches (not predicted)"
+    return counts
 
 
 def _unscored(summary: Mapping[str, Any]) -> str:

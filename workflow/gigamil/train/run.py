@@ -85,6 +85,13 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         with log_context(runtime.name):
             feed = Feed.for_device(runtime.device, threads)
             data = FoldData.open(train, val, [str(c) for c in classes], feed)
+            if data.features is not None and strategy != "frozen":
+                log.warning(
+                    "training.strategy is %s but the slides are feature stores: only the "
+                    "attention head trains, on the cached features (give patch stores to "
+                    "train end to end)",
+                    strategy,
+                )
             if tcfg.replicates == 1:
                 return _train_model(data, mcfg, tcfg, Path(out_dir), runtime, strategy, resume)
             _train_replicates(data, (train, val), mcfg, tcfg, out_dir, runtime, strategy, resume)
