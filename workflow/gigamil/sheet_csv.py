@@ -19,6 +19,17 @@ from gigamil.errors import ConfigError, csv_read_errors
 log = logging.getLogger(__name__)
 
 
+def raise_problems(path: Path, problems: list[str], what: str = "problems") -> None:
+    """One :class:`ConfigError` for a sheet's ``problems`` (none: nothing): the problem itself,
+    or ``{path}: N {what}:`` and one ``- problem`` line each, so a sheet is fixed in one round."""
+    if len(problems) == 1:
+        raise ConfigError(f"{path}: {problems[0]}")
+    if problems:
+        raise ConfigError(
+            f"{path}: {len(problems)} {what}:" + "".join(f"\n- {p}" for p in problems)
+        )
+
+
 def read_sheet_frame(path: str | Path) -> pd.DataFrame:
     """A sheet CSV as strings, as written (no NA conversion). ``index_col=False``: rows with a
     trailing comma (a spreadsheet export) keep their columns; without it pandas makes the first
@@ -104,13 +115,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
                 else ""
             )
         )
-    if len(problems) == 1:
-        raise ConfigError(f"{path}: {problems[0]}")
-    if problems:  # the whole header fixed in one round
-        raise ConfigError(
-            f"{path}: {len(problems)} problems with the header:"
-            + "".join(f"\n- {p}" for p in problems)
-        )
+    raise_problems(path, problems, "problems with the header")  # the header in one round
     if df.empty:
         raise ConfigError(f"{path}: the sheet has no rows")
     df = df.apply(lambda col: col.str.strip())

@@ -19,7 +19,7 @@ import pandas as pd
 from gigamil.config import OPTIONAL_COLUMNS, describe_value_error, load_schema
 from gigamil.errors import ConfigError
 from gigamil.layout import lesion_masks
-from gigamil.sheet_csv import read_sheet_csv
+from gigamil.sheet_csv import raise_problems, read_sheet_csv
 
 
 def _clean(value: Any) -> Any:
@@ -87,12 +87,7 @@ def _run_all(checks: list[Callable[[], None]], path: Path) -> None:
             check()
         except ConfigError as exc:
             problems.append(str(exc).removeprefix(f"{path}: "))
-    if len(problems) == 1:
-        raise ConfigError(f"{path}: {problems[0]}")
-    if problems:
-        raise ConfigError(
-            f"{path}: {len(problems)} problems:" + "".join(f"\n- {p}" for p in problems)
-        )
+    raise_problems(path, problems)
 
 
 def _sheet_line(df: pd.DataFrame, position: int) -> int:

@@ -142,9 +142,8 @@ def evaluate_stores(
         if s not in scores:
             continue
         coords, attrs = geometry[s]
-        dims = (
-            tuple(attrs.get("slide_dimensions") or ()) or None
-        )  # no sidecar needed, as in gigamil
+        # the slide's size: a mask without a JSON sidecar reads as in gigamil's evaluation
+        dims = tuple(attrs.get("slide_dimensions") or ()) or None
         mask, ds = load_mask_with_downsample(mask_path, attrs.get("slide_mpp"), dims)
         frac = patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
         loc[s] = localization_auc(scores[s], frac)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gigamil import layout
-from gigamil.evaluate.tables import few_patients, mean_sd, with_ci
+from gigamil.evaluate.tables import few_patients, localisation_figure, with_ci
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -53,12 +53,10 @@ def _macro(summary: Mapping[str, Any]) -> str:
 
 
 def _localisation(summary: Mapping[str, Any]) -> str:
-    n = summary.get("localization_n_slides", "?")
-    if n == 1:  # one slide: its AUC, no spread
-        loc = mean_sd(summary.get("localization_auc"), None)
-        return f"; localisation AUC {loc} (1 slide)" if loc else ""
-    loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
-    return f"; localisation AUC {loc} (mean ± sd, {n} slides)" if loc else ""
+    loc, n = localisation_figure(summary), summary.get("localization_n_slides", "?")
+    if not loc:
+        return ""
+    return f"; localisation AUC {loc} ({'1 slide' if n == 1 else f'mean ± sd, {n} slides'})"
 
 
 def run_summary_lines(

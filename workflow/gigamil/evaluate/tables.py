@@ -83,6 +83,14 @@ def mean_sd(mean: Any, sd: Any) -> str:
     return f"{m} ± {s}" if m and s else m
 
 
+def localisation_figure(summary: Mapping[str, Any]) -> str:
+    """The localisation AUC of a summary as the pages and the end-of-run line write it: mean ±
+    sd over its lesion-masked slides, one slide's AUC alone (no spread); "" when undefined."""
+    one = summary.get("localization_n_slides") == 1
+    sd = None if one else summary.get("localization_auc_sd")
+    return mean_sd(summary.get("localization_auc"), sd)
+
+
 def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, str]]:
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
     its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1 and accuracy with CIs,
@@ -107,10 +115,8 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         *_recall_rows(summary, "patient_"),
     ]
     if "localization_auc" in summary:
-        loc = mean_sd(summary.get("localization_auc"), summary.get("localization_auc_sd"))
-        n = summary.get("localization_n_slides", 0)
-        if n == 1:  # one slide: its AUC, no spread
-            loc = mean_sd(summary.get("localization_auc"), None)
+        loc, n = localisation_figure(summary), summary.get("localization_n_slides", 0)
+        if n == 1:
             rows.append(("localisation AUC of the attention (lesion mask)", f"{loc} (1 slide)"))
         else:
             what = "localisation AUC of the attention (lesion masks), mean ± sd"
