@@ -379,6 +379,33 @@ def test_predict_warns_when_the_store_is_of_another_slide(
     )
 
 
+def test_model_records_its_slides_and_predict_names_those_it_has_seen(
+    mil_bags, cohort, tmp_path: Path, caplog
+) -> None:
+    train, val = cohort
+    model_path = train_fold(
+        train, val.head(2), mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    seen = torch.load(model_path, weights_only=True)["training_slides"]
+    given = pd.concat([train, val.head(2)])  # every slide given, "empty" (no patches) too
+    assert seen == {
+        "slide_ids": sorted(given["slide_id"]),
+        "patient_ids": sorted(set(given["patient_id"])),
+    }
+    with caplog.at_level("WARNING", logger="gigamil"):
+        predict_slides(model_path, val.iloc[2:], None, tmp_path / "a", device="cpu")
+        assert "not a test of it" not in caplog.text  # other patients: no warning
+        other = train.iloc[1:2].assign(slide_id="another_slide_of_a_training_patient")
+        mixed = pd.concat([val.iloc[2:], train.iloc[:1], val.iloc[1:2], other])
+        predict_slides(model_path, mixed, None, tmp_path / "b", device="cpu")
+    ids = [train["slide_id"].iloc[0], val["slide_id"].iloc[1]]
+    assert (
+        f"of the {len(mixed)} slides to predict, 2 training or validation slide(s) "
+        f"({', '.join(ids)}) and 1 slide(s) of patients it trained on "
+        "(another_slide_of_a_training_patient) of this model" in caplog.text
+    )
+
+
 def test_model_records_patch_mpp_and_refuses_other_resolutions(
     mil_bags, write_store, tmp_path: Path
 ) -> None:
@@ -520,6 +547,9 @@ def test_training_and_prediction_log_lines_name_fold_epoch_and_progress(
     # prediction: one line per slide, in the context of the model's directory and the cohort
     predict_slides(model_path, val, None, tmp_path / "att", device="cpu")
     pred_lines = [ln for ln in log_lines() if "gigamil.train.predict" in ln]
+    seen = [ln for ln in pred_lines if "training or validation slide(s)" in ln]  # val: seen
+    assert len(seen) == 1 and f"of the {len(val)} slides to predict" in seen[0]
+    pred_lines = [ln for ln in pred_lines if ln not in seen]
     assert len(pred_lines) == len(val)
     for i, (ln, sid) in enumerate(zip(pred_lines, val.slide_id, strict=True), start=1):
         assert f"[fold3 predict {val.cohort.iloc[0]}]" in ln

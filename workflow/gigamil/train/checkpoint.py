@@ -89,13 +89,15 @@ def model_header(
     weights_sha256: str | None = None,
     features: Mapping[str, Any] | None = None,
     stain_normalization: str | None = None,
+    training_slides: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
     the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
     of ``model.weights`` the encoder started from, None for random initialisation;
     ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
     holds no encoder; ``stain_normalization``: that of the training patches, None if the stores
-    did not say)."""
+    did not say; ``training_slides``: ``{slide_ids, patient_ids}`` of the training and
+    validation slides, :func:`gigamil.train.fold_data.seen_slides`)."""
     header = {
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
@@ -105,6 +107,8 @@ def model_header(
         "weights_sha256": weights_sha256,
         "gigamil_version": __version__,
     }
+    if training_slides is not None:
+        header["training_slides"] = {k: [str(v) for v in vs] for k, vs in training_slides.items()}
     if features is not None:
         header["features"] = {
             "encoder_id": str(features["encoder_id"]),

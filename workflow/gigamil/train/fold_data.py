@@ -190,6 +190,16 @@ def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
     return {"encoder_id": encoder, "dim": dim}
 
 
+def seen_slides(train: pd.DataFrame, val: pd.DataFrame) -> dict[str, list[str]]:
+    """``{"slide_ids": [...], "patient_ids": [...]}`` (sorted, unique) of the training and
+    validation slides: what a model trained on them has seen (model.pt's ``training_slides``)."""
+    both = pd.concat([train[["slide_id", "patient_id"]], val[["slide_id", "patient_id"]]])
+    return {
+        "slide_ids": sorted(set(map(str, both["slide_id"]))),
+        "patient_ids": sorted(set(map(str, both["patient_id"]))),
+    }
+
+
 @dataclass(frozen=True)
 class FoldData:
     """The opened bags of one fold."""
@@ -201,6 +211,9 @@ class FoldData:
     patch_mpp: float | None = None
     features: dict[str, Any] | None = None  # {encoder_id, dim}: bags of cached features
     stain_normalization: str | None = None  # of the patches (None: the stores do not say)
+    # every training and validation slide given (with or without patches) and their patients:
+    # model.pt records them so predict_slides can name slides of patients the model has seen
+    seen: dict[str, list[str]] | None = None
 
     @classmethod
     def open(
@@ -229,4 +242,5 @@ class FoldData:
             _patch_mpp(items),
             _features(items),
             _stain_normalization(items),
+            seen_slides(train, val),
         )

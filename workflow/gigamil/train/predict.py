@@ -185,6 +185,39 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         )
 
 
+def seen_in_training(slides: pd.DataFrame, ckpt: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The slide ids of ``slides`` (columns slide_id, patient_id) that the model of ``ckpt``
+    trained or validated on, and those of the other slides whose patient it did (model.pt's
+    ``training_slides``; both empty for a model.pt written before it was recorded)."""
+    seen = ckpt.get("training_slides") or {}
+    slide_ids, patients = set(seen.get("slide_ids", ())), set(seen.get("patient_ids", ()))
+    ids, pids = slides["slide_id"].astype(str), slides["patient_id"].astype(str)
+    same = ids.isin(slide_ids)
+    return ids[same].tolist(), ids[~same & pids.isin(patients)].tolist()
+
+
+def _warn_seen(slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path) -> None:
+    """Warn when slides to predict were training or validation slides of the model, or are of
+    patients it trained on: their predictions are no test of the model (too good)."""
+    same, patient = seen_in_training(slides, ckpt)
+    parts = [
+        f"{len(v)} {what} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
+        for v, what in (
+            (same, "training or validation slide(s)"),
+            (patient, "slide(s) of patients it trained on"),
+        )
+        if v
+    ]
+    if parts:
+        log.warning(
+            "%s: of the %d slides to predict, %s of this model: their predictions are not a "
+            "test of it (optimistic); evaluate on slides of other patients",
+            model_path,
+            len(slides),
+            " and ".join(parts),
+        )
+
+
 def _check_slide_ids(slide_ids: pd.Series) -> None:
     """Before any work: the ids name the attention files, so each must be a safe file name
     and listed once (a second row would overwrite the first's attention file)."""
@@ -216,6 +249,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     classes = [str(c) for c in ckpt["classes"]]
     _check_labels(slides, classes, model_path)
     _check_slide_ids(slides["slide_id"])
+    _warn_seen(slides, ckpt, model_path)
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     rows = []
     for i, row in enumerate(slides.itertuples(index=False), start=1):

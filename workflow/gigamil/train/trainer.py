@@ -159,6 +159,7 @@ class FoldTrainer:
             digest,
             data.features,
             data.stain_normalization,
+            data.seen,
         )
 
     def fit(self, resume: bool) -> Path:
