@@ -390,6 +390,15 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     run_snakemake(full_run, "--report", str(full_run / "report.html"), timeout=600)
     results = _report_results((full_run / "report.html").read_text())
     res = full_run / "results"
+    # sections numbered as shown: the predict cohort brings the ensembles' (the demo alone has
+    # none, and its heatmaps are section 2: tests/unit/test_layout.py)
+    found = re.search(r"var categories = (\{.*?\});?\n", (full_run / "report.html").read_text())
+    assert found and sorted(json.loads(found.group(1))) == [
+        "0. Quality control",
+        "1. Cross-validation",
+        "2. Ensembles",
+        "3. Heatmaps",
+    ]
 
     # the headline numbers as text, inline (an HTML table per CV run and per ensemble)
     cv = json.loads((res / "eval/demo/summary.json").read_text())

@@ -183,3 +183,21 @@ def test_qc_sample_spreads_over_the_cohort():
     assert layout.qc_sample(ids[:3], 8) == ["s0", "s1", "s2"]
     assert layout.qc_sample(ids, 1) == ["s0"]
     assert len(layout.qc_sample(ids)) == layout.QC_THUMBNAILS_IN_REPORT
+
+
+def test_report_categories_are_numbered_without_gaps() -> None:
+    on, off = {"ensemble": {"enabled": True}}, {"ensemble": {"enabled": False}}
+    full = {
+        "qc": "0. Quality control",
+        "cv": "1. Cross-validation",
+        "ensembles": "2. Ensembles",
+        "heatmaps": "3. Heatmaps",
+    }
+    assert layout.report_categories(on, ["a"], ["ext"], []) == full
+    assert layout.report_categories(on, ["a", "b"], [], []) == full  # each train cohort's own
+    assert layout.report_categories(off, ["a"], [], ["new"]) == full  # predict: always
+    # one train cohort and nothing else (the demo), or ensembles disabled: heatmaps come second
+    for cfg, external in ((on, []), (off, ["ext"])):
+        cats = layout.report_categories(cfg, ["a"], external, [])
+        assert cats["heatmaps"] == "2. Heatmaps" and cats["cv"] == "1. Cross-validation"
+        assert not cats["ensembles"][0].isdigit()

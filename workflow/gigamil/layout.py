@@ -358,3 +358,22 @@ def eval_targets(
     pairs = heatmap_slides(config["heatmaps"]["slides"], sheets, predicted)
     targets += [heatmap_jpg(exp, c, s, "overlay") for c, s in pairs]
     return targets
+
+
+def report_categories(
+    config: Mapping[str, Any], train: Sequence[str], external: Sequence[str], predict: Sequence[str]
+) -> dict[str, str]:
+    """The HTML report's categories, numbered in the order they are shown and without gaps:
+    ``{"qc": "0. Quality control", "cv": "1. Cross-validation", "ensembles": "2. Ensembles",
+    "heatmaps": "3. Heatmaps"}``; ``heatmaps`` is ``"2. Heatmaps"`` when no ensemble is in the
+    report (ensembles of external cohorts, of ``role: predict`` cohorts, or of each train cohort
+    when there are several; ``train``/``external``/``predict``: the cohorts of each role)."""
+    shown = bool(predict) or (config["ensemble"]["enabled"] and (bool(external) or len(train) > 1))
+    titles = ["Quality control", "Cross-validation", *(["Ensembles"] * shown), "Heatmaps"]
+    numbered = {t: f"{i}. {t}" for i, t in enumerate(titles)}
+    return {
+        "qc": numbered["Quality control"],
+        "cv": numbered["Cross-validation"],
+        "ensembles": numbered.get("Ensembles", "Ensembles"),  # (not shown: no rule of it runs)
+        "heatmaps": numbered["Heatmaps"],
+    }

@@ -89,6 +89,10 @@ EXTERNAL_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "ext
 PREDICT_COHORTS = [c for c, v in config["cohorts"].items() if v["role"] == "predict"]
 PREDICTED_COHORTS = TRAIN_COHORTS + EXTERNAL_COHORTS + PREDICT_COHORTS
 DEMO_COHORTS = [c for c, v in config["cohorts"].items() if v.get("demo")]
+# the report's sections, numbered as shown (no gap where a run has no ensembles)
+REPORT_CATEGORIES = layout.report_categories(
+    config, TRAIN_COHORTS, EXTERNAL_COHORTS, PREDICT_COHORTS
+)
 if getattr(workflow, "is_main_process", True):
     from gigamil.nn.encoders import check_encoder_settings
 
@@ -248,7 +252,7 @@ def qc_thumbnails(caption):
             thumbnail = report(
                 layout.tissue_qc_jpg(c, s),
                 caption=caption,
-                category="0. Quality control",
+                category=REPORT_CATEGORIES["qc"],
                 subcategory=c,
                 labels=partial(_qc_thumbnail_labels, c, s),
             )

@@ -18,7 +18,7 @@ rule aggregate_cv:
     output:
         **report_outputs(
             layout.eval_dir(EXPERIMENT),
-            "1. Cross-validation",
+            REPORT_CATEGORIES["cv"],
             {
                 "summary": ("summary.json", "summary"),
                 "metrics": ("metrics.csv", "metrics_csv"),
@@ -60,7 +60,7 @@ rule ensemble:
     output:
         **report_outputs(
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
-            "2. Ensembles",
+            REPORT_CATEGORIES["ensembles"],
             {
                 "summary": ("summary.json", "ensemble_summary"),
                 "predictions": ("predictions.csv", "ensemble_predictions"),
@@ -103,7 +103,7 @@ use rule ensemble as oof_cohort with:
     output:
         **report_outputs(
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
-            "2. Ensembles",
+            REPORT_CATEGORIES["ensembles"],
             {
                 "summary": ("summary.json", "ensemble_summary"),
                 "predictions": ("predictions.csv", "ensemble_predictions"),
@@ -127,7 +127,7 @@ rule predict_cohort:
     output:
         **report_outputs(
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
-            "2. Ensembles",
+            REPORT_CATEGORIES["ensembles"],
             {
                 "summary": ("summary.json", "ensemble_summary"),
                 "predictions": ("predictions.csv", "predict_predictions"),

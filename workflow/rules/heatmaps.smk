@@ -48,7 +48,7 @@ rule heatmap:
         overlay_report=report_output(
             layout.heatmap_jpg(EXPERIMENT, "{cohort}", "{slide_id}", "overlay"),
             "heatmap",
-            "3. Heatmaps",
+            REPORT_CATEGORIES["heatmaps"],
             subcategory="{cohort}",
             labels=partial(heatmap_labels, "attention overlay"),
             enabled=HEATMAPS_IN_REPORT,
@@ -56,7 +56,7 @@ rule heatmap:
         gallery_report=report_output(
             layout.heatmap_jpg(EXPERIMENT, "{cohort}", "{slide_id}", "gallery"),
             "gallery",
-            "3. Heatmaps",
+            REPORT_CATEGORIES["heatmaps"],
             subcategory="{cohort}",
             labels=partial(heatmap_labels, "top/bottom patches"),
             enabled=HEATMAPS_IN_REPORT,

@@ -74,7 +74,7 @@ rule qc_table:
     output:
         csv=layout.qc_csv("{cohort}"),
         html=report_output(
-            layout.qc_html("{cohort}"), "qc_table", "0. Quality control", "{cohort}"
+            layout.qc_html("{cohort}"), "qc_table", REPORT_CATEGORIES["qc"], "{cohort}"
         ),
     log:
         layout.log_file("qc_table", "{cohort}"),

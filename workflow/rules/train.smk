@@ -57,7 +57,7 @@ rule training_curves:
         png=report_output(
             layout.training_curves(EXPERIMENT, "{fold}"),
             "training_curves",
-            "1. Cross-validation",
+            REPORT_CATEGORIES["cv"],
             subcategory="training curves",
             labels={"fold": "{fold}"},
         ),
