@@ -334,3 +334,29 @@ def test_sorting_a_sheet_changes_neither_the_folds_nor_their_digest():
     tied = sheet[sheet["patient_id"] == "P0"]
     assert list(tied["site"]) == ["c", "b"]
     assert _most_frequent(tied["site"]) == _most_frequent(tied["site"][::-1]) == "b"
+
+
+def test_cli_splits_with_config_names_each_option_where_it_was_set(tmp_path, capsys):
+    """With --config, advice names the config key of a value from the config and the flag of a
+    value given on the command line."""
+    import yaml
+
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    sheet.to_csv(tmp_path / "a.csv", index=False)
+    cfg = {
+        "experiment": "x",
+        "classes": sorted(set(sheet["label"])),
+        "cohorts": {"a": {"sheet": str(tmp_path / "a.csv")}},
+        "cv": {"folds": 6},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["splits", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "f.csv")]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "but cv.folds is 6" in capsys.readouterr().err  # the config's value
+    assert main([*args, "--folds", "1"]) == 2
+    assert "--folds must be at least 2 (got 1)" in capsys.readouterr().err  # the flag's
+    assert main([*args, "--folds", "4"]) == 0

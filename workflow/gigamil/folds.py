@@ -116,3 +116,34 @@ def split_report(folds: pd.DataFrame) -> pd.DataFrame:
         .reset_index()
     )
     return counts
+
+
+def fold_slides_with_stores(
+    path: str | Path, fold: int, role: str, stores: str | Path
+) -> pd.DataFrame:
+    """The ``role`` slides (train, val or test) of fold ``fold`` of the folds.csv at ``path``
+    (cohort, slide_id, patient_id, label) with the column ``store`` =
+    ``stores/{cohort}/{slide_id}.zarr``: the layout the workflow writes patch stores in
+    (``results/patches``) and feature stores in (``results/features/{encoder_id}``). Used by
+    ``gigamil train`` / ``predict --folds``.
+
+    Raises:
+        GigamilError: folds.csv missing or not valid, no fold ``fold`` in it, or a slide
+            without its store (naming the first three).
+    """
+    folds = read_folds(path)
+    known = sorted(set(folds["fold"]))
+    if fold not in known:
+        raise GigamilError(f"{path}: no fold {fold}; it has folds {known[0]} to {known[-1]}")
+    slides = fold_slides(folds, fold, role)
+    pairs = zip(slides["cohort"], slides["slide_id"], strict=True)
+    slides["store"] = [str(Path(stores) / c / f"{s}.zarr") for c, s in pairs]
+    missing = [s for s in slides["store"] if not Path(s).exists()]
+    if missing:
+        raise GigamilError(
+            f"{path}: fold {fold}: {len(missing)} of its {len(slides)} {role} slides have no "
+            f"store under {stores} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+            f"); --stores names the folder that holds <cohort>/<slide_id>.zarr (gigamil patches "
+            "--out writes them)"
+        )
+    return slides

@@ -86,17 +86,18 @@ MIN_PATIENTS_PER_CLASS = 3  # one each for a fold's test, training and validatio
 @dataclass(frozen=True)
 class SplitTerms:
     """How the user sets each split option, so that an error's advice can be followed as
-    written: ``cv.folds`` in a config (:data:`CONFIG_TERMS`), ``--folds`` on ``gigamil splits``.
-    ``assign`` joins an option and a value (``cv.val_fraction: 0``, ``--val-fraction 0``)."""
+    written: ``cv.folds`` in a config (:data:`CONFIG_TERMS`), ``--folds`` on ``gigamil splits``
+    (each option on its own: a flag may override one key of a config)."""
 
     folds: str = "cv.folds"
     val_fraction: str = "cv.val_fraction"
     seed: str = "cv.seed"
-    assign: str = ": "
 
     def setting(self, option: str, value: object) -> str:
-        """``option`` (a field name, e.g. ``"val_fraction"``) set to ``value``, as written."""
-        return f"{getattr(self, option)}{self.assign}{value}"
+        """``option`` (a field name, e.g. ``"val_fraction"``) set to ``value``, as written:
+        ``--val-fraction 0`` for a flag, ``cv.val_fraction: 0`` for a config key."""
+        name = getattr(self, option)
+        return f"{name} {value}" if name.startswith("-") else f"{name}: {value}"
 
 
 CONFIG_TERMS = SplitTerms()

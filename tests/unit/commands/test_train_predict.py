@@ -207,3 +207,52 @@ def test_a_missing_relative_store_names_both_places_looked(tmp_path, monkeypatch
     msg = str(err.value)
     assert f"stores/s1.zarr (looked for {tmp_path / 'stores' / 's1.zarr'} and " in msg
     assert str(tmp_path / "csvs" / "stores" / "s1.zarr") in msg
+
+
+def test_train_and_predict_a_fold_of_folds_csv(mil_bags, tmp_path: Path, capsys) -> None:
+    """`gigamil splits` -> `train --folds` -> `predict --folds`: no slide CSVs by hand; the
+    stores are found as the workflow lays them out (DIR/<cohort>/<slide_id>.zarr)."""
+    from gigamil.folds import write_folds
+    from gigamil.splits import make_folds
+
+    stores = tmp_path / "stores"
+    slides = mil_bags.cohort(stores / "c", 8, 7, "s")
+    folds = make_folds(slides.drop(columns="store"), folds=2, val_fraction=0.25, seed=0)
+    write_folds(folds, tmp_path / "folds.csv")
+    cfg = {
+        "experiment": "cli",
+        "classes": mil_bags.classes,
+        "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+        "model": dict(mil_bags.model, freeze_encoder=True),
+        "training": {"device": "cpu", "epochs": 1, "max_instances_per_forward_pass": 8},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    fold = ["--folds", str(tmp_path / "folds.csv"), "--fold", "1", "--stores", str(stores)]
+    out = tmp_path / "fold1"
+    train = ["train", "--config", str(tmp_path / "config.yaml"), *fold, "--out", str(out)]
+    assert main(train) == 0
+    mine = folds[folds["fold"] == 1]
+    roles = {r: sorted(mine.loc[mine["role"] == r, "slide_id"]) for r in ("train", "val", "test")}
+    assert roles["val"] and roles["test"]
+    log = pd.read_csv(out / "train_log.csv")
+    assert (log["n_train_bags"] == len(roles["train"])).all()
+    assert (log["n_val_bags"] == len(roles["val"])).all()
+    seen = torch.load(out / "model.pt", weights_only=True)["training_slides"]["slide_ids"]
+    assert seen == sorted(roles["train"] + roles["val"])
+
+    predict = ["predict", "--model", str(out / "model.pt"), *fold, "--out", str(tmp_path / "p.csv")]
+    assert main([*predict, "--attention-dir", str(tmp_path / "att")]) == 0
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert sorted(preds["slide_id"]) == roles["test"] and (preds["fold"] == 1).all()
+    assert "not a test of it" not in capsys.readouterr().err  # the fold's own test slides
+
+    capsys.readouterr()
+    errors = {
+        "--folds needs --fold K": [*train[:5], *train[7:]],
+        "no fold 5; it has folds 0 to 1": [*train[:6], "5", *train[7:]],
+        "have no store under": [*train[:8], str(tmp_path / "nowhere"), *train[9:]],
+        "--fold goes with --folds": [*train[:3], "--train-csv", "t.csv", *train[5:7], "--out", "x"],
+    }
+    for message, argv in errors.items():
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+from gigamil.commands._argtypes import AT_LEAST_ONE
+from gigamil.commands.train import add_fold_arguments
 
 NAME = "predict"
 HELP = "predict slides with a trained model.pt (probabilities + attention per patch)"
@@ -12,11 +13,17 @@ HELP = "predict slides with a trained model.pt (probabilities + attention per pa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="MODEL.pt", help="trained model.pt")
-    parser.add_argument(
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument(
         "--slides",
-        required=True,
         metavar="CSV",
         help="slides: cohort, slide_id, patient_id, store (label optional: written to the output)",
+    )
+    src.add_argument(
+        "--folds",
+        metavar="FOLDS.csv",
+        help="instead of --slides: the test slides of fold --fold K of this folds.csv "
+        "(gigamil splits), their stores under --stores",
     )
     parser.add_argument(
         "--out",
@@ -24,12 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PREDS.csv",
         help="output CSV: slide_id, patient_id, cohort, label, prob_<class>, pred",
     )
-    parser.add_argument(
-        "--fold",
-        type=NON_NEGATIVE_INT,
-        metavar="K",
-        help="the fold model's number: writes a fold column after the ids, as the pipeline's "
-        "per-fold CSVs have, so the output goes to gigamil evaluate / ensemble as it is",
+    add_fold_arguments(
+        parser,
+        "the fold model's number: writes a fold column after the ids, as the pipeline's "
+        "per-fold CSVs have, so the output goes to gigamil evaluate / ensemble as it is (with "
+        "--folds: the fold whose test slides are predicted)",
     )
     parser.add_argument(
         "--attention-dir",
@@ -63,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gigamil.commands.train import read_slides_csv
+    from gigamil.commands.train import fold_slides, read_slides_csv
     from gigamil.evaluate.predictions import write_fold_predictions
     from gigamil.train.fold_data import resolve_device
     from gigamil.train.predict import predict_slides
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device, key="--device")  # named as typed, before the model is read
     preds = predict_slides(
         Path(args.model),
-        read_slides_csv(args.slides, labels=False),
+        fold_slides(args, "test") if args.folds else read_slides_csv(args.slides, labels=False),
         None if args.fold is not None else Path(args.out),
         Path(args.attention_dir),
         device=args.device,

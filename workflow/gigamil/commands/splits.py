@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gigamil.config import load_config, load_schema
     from gigamil.folds import split_report, write_folds
-    from gigamil.splits import CONFIG_TERMS, SplitTerms, make_folds
+    from gigamil.splits import SplitTerms, make_folds
 
     keys = load_schema("config")["properties"]["cv"]["properties"]
     cv = {key: keys[key]["default"] for key in ("folds", "val_fraction", "seed", "stratify_by")}
@@ -63,9 +63,16 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             cv[key] = value
-    # a split error's advice in this command's terms (with --config, the config's keys)
-    flag_terms = SplitTerms(
-        folds="--folds", val_fraction="--val-fraction", seed="--seed", assign=" "
+    # a split error's advice in the terms the value came from: the flag when given (or without
+    # --config), else the config's key
+    given = {"folds": args.folds, "val_fraction": args.val_fraction, "seed": args.seed}
+    terms = SplitTerms(
+        **{
+            key: f"--{key.replace('_', '-')}"
+            if value is not None or not args.config
+            else f"cv.{key}"
+            for key, value in given.items()
+        }
     )
     folds = make_folds(
         pd.concat(sheets, ignore_index=True),
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=float(cv["val_fraction"]),
         seed=int(cv["seed"]),
         stratify_by=list(cv["stratify_by"] or []),
-        terms=CONFIG_TERMS if args.config else flag_terms,
+        terms=terms,
     )
     write_folds(folds, args.out)
     print(split_report(folds).to_string(index=False))

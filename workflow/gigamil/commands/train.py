@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
 
 NAME = "train"
 HELP = "train an attention-MIL model end to end with the accumulating trainer"
@@ -17,11 +17,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CONFIG.yaml",
         help="config file: `classes`, `model:` and `training:` are used",
     )
-    parser.add_argument(
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument(
         "--train-csv",
-        required=True,
         metavar="CSV",
         help="training slides: cohort, slide_id, patient_id, label, store",
+    )
+    src.add_argument(
+        "--folds",
+        metavar="FOLDS.csv",
+        help="instead of --train-csv / --val-csv: the training and validation slides of fold "
+        "--fold K of this folds.csv (gigamil splits), their stores under --stores",
     )
     parser.add_argument(
         "--val-csv",
@@ -29,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="validation slides (same columns; may have no rows). Default: none, as with "
         "cv.val_fraction: 0 (model.pt keeps the epoch of lowest training loss)",
     )
+    add_fold_arguments(parser, "with --folds: the fold to train (also names it in the log)")
     parser.add_argument(
         "--out",
         required=True,
@@ -48,6 +55,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="torch CPU threads, and threads decoding patches (default 1)",
     )
+
+
+def add_fold_arguments(parser: argparse.ArgumentParser, fold_help: str) -> None:
+    """``--fold K`` and ``--stores DIR``, the companions of ``--folds FOLDS.csv``."""
+    parser.add_argument("--fold", type=NON_NEGATIVE_INT, metavar="K", help=fold_help)
+    parser.add_argument(
+        "--stores",
+        default="results/patches",
+        metavar="DIR",
+        help="with --folds: the folder of the stores, DIR/<cohort>/<slide_id>.zarr (default "
+        "results/patches, where the workflow writes them; results/features/<encoder_id> for "
+        "cached features)",
+    )
+
+
+def fold_slides(args: argparse.Namespace, role: str):  # noqa: ANN201 - pandas imported lazily
+    """The ``role`` slides of ``--folds``/``--fold`` with their ``--stores``; GigamilError
+    without ``--fold``."""
+    from gigamil.errors import GigamilError
+    from gigamil.folds import fold_slides_with_stores
+
+    if args.fold is None:
+        raise GigamilError("--folds needs --fold K (the fold's number in FOLDS.csv)")
+    return fold_slides_with_stores(args.folds, args.fold, role, args.stores)
 
 
 def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas imported lazily
@@ -94,21 +125,31 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gigamil.config import config_warnings, load_config
+    from gigamil.errors import GigamilError
     from gigamil.train.run import train_fold
 
     cfg = load_config(args.config)
     for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
         print(f"gigamil: warning: {warning}", file=sys.stderr)
-    train = read_slides_csv(args.train_csv)
+    if args.folds:
+        if args.val_csv:
+            raise GigamilError("--val-csv goes with --train-csv; --folds reads the fold's own")
+        train, val = fold_slides(args, "train"), fold_slides(args, "val")
+    elif args.fold is not None:
+        raise GigamilError("--fold goes with --folds FOLDS.csv (--train-csv lists the slides)")
+    else:
+        train = read_slides_csv(args.train_csv)
+        val = read_slides_csv(args.val_csv) if args.val_csv else train.iloc[:0]
     model_path = train_fold(
         train,
-        read_slides_csv(args.val_csv) if args.val_csv else train.iloc[:0],
+        val,
         cfg["classes"],
         cfg["model"],
         cfg["training"],
         Path(args.out),
         resume=args.resume,
         threads=args.threads,
+        fold=args.fold,
     )
     print(model_path)
     return 0
