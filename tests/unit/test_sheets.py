@@ -267,6 +267,12 @@ def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog
         load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     rows = [{**r, "Slide ID": r["slide_id"]} for r in good_rows()]  # both: a column of its own
     load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    # two spellings of one missing column: keep one (renaming both would make two)
+    rows = [{**r, "MPP": "0.5", "Mpp": "0.5"} for r in good_rows()]
+    with pytest.raises(ConfigError, match=r"columns 'MPP', 'Mpp' all mean 'mpp': keep one of them"):
+        load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows = [{**r, "Slide ID": r["slide_id"]} for r in good_rows()]
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     rows = [{**r, "lesion_masks": "", "mpp_um": "0.5", "scanner": "x"} for r in good_rows()]
     df = load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     assert "column 'lesion_masks' is not read by gigamil (did you mean lesion_mask?)" in caplog.text

@@ -100,10 +100,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     if not labels_required and "label" not in df.columns and "label" not in renames.values():
         df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in needed if c not in df.columns and c not in renames.values()]
-    problems = [
-        f"column {col!r} means {name!r}; column names are read as spelt: rename it {name}"
-        for col, name in renames.items()
-    ]
+    problems = _rename_problems(renames)
     if missing:
         problems.append(
             f"missing column(s) {', '.join(missing)} "
@@ -128,6 +125,21 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         raise ConfigError(f"{path}: the sheet has no rows (only empty ones)")
     df.attrs["sheet_lines"] = [line for line, keep in zip(lines, filled, strict=True) if keep]
     return df
+
+
+def _rename_problems(renames: dict[str, str]) -> list[str]:
+    """One problem per column name gigamil reads that the header spells otherwise: rename the
+    column, or, when several columns spell it, keep one of them under that name."""
+    by_name: dict[str, list[str]] = {}
+    for col, name in renames.items():
+        by_name.setdefault(name, []).append(col)
+    return [
+        f"column {cols[0]!r} means {name!r}; column names are read as spelt: rename it {name}"
+        if len(cols) == 1
+        else f"columns {', '.join(map(repr, cols))} all mean {name!r}: keep one of them, named "
+        f"{name}"
+        for name, cols in by_name.items()
+    ]
 
 
 def _misspelt_columns(columns: list[str], path: Path) -> dict[str, str]:
