@@ -237,8 +237,8 @@ def test_train_and_predict_a_fold_of_folds_csv(mil_bags, tmp_path: Path, capsys)
     log = pd.read_csv(out / "train_log.csv")
     assert (log["n_train_bags"] == len(roles["train"])).all()
     assert (log["n_val_bags"] == len(roles["val"])).all()
-    seen = torch.load(out / "model.pt", weights_only=True)["training_slides"]["slide_ids"]
-    assert seen == sorted(roles["train"] + roles["val"])
+    seen = torch.load(out / "model.pt", weights_only=True)["training_slides"]["slides"]
+    assert seen == [["c", s] for s in sorted(roles["train"] + roles["val"])]
 
     predict = ["predict", "--model", str(out / "model.pt"), *fold, "--out", str(tmp_path / "p.csv")]
     assert main([*predict, "--attention-dir", str(tmp_path / "att")]) == 0
@@ -252,7 +252,31 @@ def test_train_and_predict_a_fold_of_folds_csv(mil_bags, tmp_path: Path, capsys)
         "no fold 5; it has folds 0 to 1": [*train[:6], "5", *train[7:]],
         "have no store under": [*train[:8], str(tmp_path / "nowhere"), *train[9:]],
         "--fold goes with --folds": [*train[:3], "--train-csv", "t.csv", *train[5:7], "--out", "x"],
+        "--stores goes with --folds FOLDS.csv (--slides names each store)": [
+            *predict[:3],
+            "--slides",
+            "s.csv",
+            *predict[7:],
+            "--attention-dir",
+            "a",
+        ],
     }
     for message, argv in errors.items():
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err
+
+
+def test_slides_csv_reads_ids_as_written_and_names_an_empty_cell(tmp_path: Path) -> None:
+    from gigamil.commands.train import read_slides_csv
+    from gigamil.errors import GigamilError
+
+    (tmp_path / "s.zarr").mkdir()
+    path = tmp_path / "slides.csv"
+    path.write_text("cohort,slide_id,patient_id,label,store\nc,s1,NA,normal,s.zarr\n")
+    df = read_slides_csv(str(path))
+    assert df["patient_id"].tolist() == ["NA"]  # an id, not a missing value
+    path.write_text(path.read_text() + "c,s2,P2,normal,\n")
+    with pytest.raises(GigamilError, match=r"slides.csv: line 3 has no store"):
+        read_slides_csv(str(path))
+    path.write_text("cohort,slide_id,patient_id,store\nc,s1,P1,s.zarr\n")  # to predict
+    assert read_slides_csv(str(path), labels=False)["label"].tolist() == [""]

@@ -389,7 +389,7 @@ def test_model_records_its_slides_and_predict_names_those_it_has_seen(
     seen = torch.load(model_path, weights_only=True)["training_slides"]
     given = pd.concat([train, val.head(2)])  # every slide given, "empty" (no patches) too
     assert seen == {
-        "slide_ids": sorted(given["slide_id"]),
+        "slides": [["c", s] for s in sorted(given["slide_id"])],
         "patient_ids": sorted(set(given["patient_id"])),
     }
     with caplog.at_level("WARNING", logger="gigamil"):
@@ -404,6 +404,37 @@ def test_model_records_its_slides_and_predict_names_those_it_has_seen(
         f"({', '.join(ids)}) and 1 slide(s) of patients it trained on "
         "(another_slide_of_a_training_patient) of this model" in caplog.text
     )
+    # a slide id of another cohort is another slide (a patient id names one patient)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gigamil"):
+        elsewhere = val.iloc[2:3].assign(slide_id=train["slide_id"].iloc[0], cohort="ext")
+        predict_slides(model_path, elsewhere, None, tmp_path / "c", device="cpu")
+    assert "not a test of it" not in caplog.text
+
+
+def test_a_resumed_older_last_pt_gets_the_training_slides(
+    mil_bags, cohort, tmp_path: Path, caplog
+) -> None:
+    """A fold whose last.pt predates training_slides: the restored model.pt records them."""
+    from gigamil.train.checkpoint import atomic_save, load_checkpoint
+
+    train, val = cohort
+    out = tmp_path / "m"
+    train_fold(train, val, mil_bags.classes, mil_bags.model, training(epochs=1), out)
+    last = load_checkpoint(out / "last.pt")
+    del last["best"]["training_slides"]  # as an older gigamil wrote it
+    atomic_save(last, out / "last.pt")
+    (out / "model.pt").unlink()  # Snakemake deletes a rerun job's outputs
+    train_fold(train, val, mil_bags.classes, mil_bags.model, training(epochs=1), out)
+    assert "training already finished" in caplog.text
+    seen = torch.load(out / "model.pt", weights_only=True)["training_slides"]
+    assert ["c", train["slide_id"].iloc[0]] in seen["slides"]
+    older = load_checkpoint(out / "model.pt")
+    del older["training_slides"]
+    atomic_save(older, tmp_path / "older" / "model.pt")
+    with caplog.at_level("INFO", logger="gigamil"):
+        predict_slides(tmp_path / "older" / "model.pt", train, None, tmp_path / "a", "cpu")
+    assert "does not record its training slides (an older gigamil): not checked" in caplog.text
 
 
 def test_model_records_patch_mpp_and_refuses_other_resolutions(

@@ -62,7 +62,6 @@ def add_fold_arguments(parser: argparse.ArgumentParser, fold_help: str) -> None:
     parser.add_argument("--fold", type=NON_NEGATIVE_INT, metavar="K", help=fold_help)
     parser.add_argument(
         "--stores",
-        default="results/patches",
         metavar="DIR",
         help="with --folds: the folder of the stores, DIR/<cohort>/<slide_id>.zarr (default "
         "results/patches, where the workflow writes them; results/features/<encoder_id> for "
@@ -71,20 +70,30 @@ def add_fold_arguments(parser: argparse.ArgumentParser, fold_help: str) -> None:
 
 
 def fold_slides(args: argparse.Namespace, role: str):  # noqa: ANN201 - pandas imported lazily
-    """The ``role`` slides of ``--folds``/``--fold`` with their ``--stores``; GigamilError
-    without ``--fold``."""
+    """The ``role`` slides of ``--folds``/``--fold`` with their ``--stores`` (default
+    results/patches); GigamilError without ``--fold``."""
     from gigamil.errors import GigamilError
     from gigamil.folds import fold_slides_with_stores
 
     if args.fold is None:
         raise GigamilError("--folds needs --fold K (the fold's number in FOLDS.csv)")
-    return fold_slides_with_stores(args.folds, args.fold, role, args.stores)
+    return fold_slides_with_stores(args.folds, args.fold, role, args.stores or "results/patches")
+
+
+def check_stores_flag(args: argparse.Namespace, listed: str) -> None:
+    """GigamilError for ``--stores`` without ``--folds`` (``listed``: the option whose CSV
+    names every store itself): it would be ignored."""
+    from gigamil.errors import GigamilError
+
+    if args.stores is not None and args.folds is None:
+        raise GigamilError(f"--stores goes with --folds FOLDS.csv ({listed} names each store)")
 
 
 def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas imported lazily
     """Read a slides CSV (columns cohort, slide_id, patient_id, label, store). With
     ``labels=False`` (slides to predict) the ``label`` column is optional: missing or empty
-    labels become ``""``."""
+    labels become ``""``. Values are read as written (``NA`` is an id); an empty id, store or
+    (with ``labels``) label is a GigamilError naming its line."""
     from pathlib import Path
 
     import pandas as pd
@@ -94,20 +103,23 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
     if not Path(path).exists() or Path(path).is_dir():  # a pipe (<(...)) is fine
         raise GigamilError(f"{path}: file not found")
     try:
-        df = pd.read_csv(
-            path, dtype={"slide_id": str, "patient_id": str, "label": str, "cohort": str}
-        )
+        # ids as written: "NA" or "None" is an id, not a missing value (as folds.csv reads them)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except csv_read_errors() as exc:
         raise GigamilError(f"{path}: not a readable CSV ({exc})") from exc
-    if not labels:
-        df["label"] = df["label"].fillna("") if "label" in df.columns else ""
+    if not labels and "label" not in df.columns:
+        df["label"] = ""
     missing = [
         c for c in ("cohort", "slide_id", "patient_id", "label", "store") if c not in df.columns
     ]
     if missing:
         raise GigamilError(f"{path}: missing columns {missing}")
+    for col in ("cohort", "slide_id", "patient_id", "store", *(["label"] * labels)):
+        empty = df.index[df[col].str.strip() == ""]
+        if len(empty):
+            raise GigamilError(f"{path}: line {empty[0] + 2} has no {col}")
     base = Path(path).resolve().parent
-    given = df["store"].astype(str).tolist()
+    given = df["store"].tolist()
     df["store"] = [str(p if Path(p).is_absolute() or Path(p).exists() else base / p) for p in given]
     for typed, store in zip(given, df["store"], strict=True):
         if not Path(store).exists():
@@ -131,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
         print(f"gigamil: warning: {warning}", file=sys.stderr)
-    if args.folds:
+    check_stores_flag(args, "--train-csv")
+    if args.folds is not None:
         if args.val_csv:
             raise GigamilError("--val-csv goes with --train-csv; --folds reads the fold's own")
         train, val = fold_slides(args, "train"), fold_slides(args, "val")

@@ -89,15 +89,15 @@ def model_header(
     weights_sha256: str | None = None,
     features: Mapping[str, Any] | None = None,
     stain_normalization: str | None = None,
-    training_slides: Mapping[str, Sequence[str]] | None = None,
+    training_slides: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
     the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
     of ``model.weights`` the encoder started from, None for random initialisation;
     ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
     holds no encoder; ``stain_normalization``: that of the training patches, None if the stores
-    did not say; ``training_slides``: ``{slide_ids, patient_ids}`` of the training and
-    validation slides, :func:`gigamil.train.fold_data.seen_slides`)."""
+    did not say; ``training_slides``: ``{slides: [[cohort, slide_id], ...], patient_ids}`` of
+    the training and validation slides, :func:`gigamil.train.fold_data.seen_slides`)."""
     header = {
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
@@ -108,7 +108,10 @@ def model_header(
         "gigamil_version": __version__,
     }
     if training_slides is not None:
-        header["training_slides"] = {k: [str(v) for v in vs] for k, vs in training_slides.items()}
+        header["training_slides"] = {
+            "slides": [[str(c), str(s)] for c, s in training_slides["slides"]],
+            "patient_ids": [str(p) for p in training_slides["patient_ids"]],
+        }
     if features is not None:
         header["features"] = {
             "encoder_id": str(features["encoder_id"]),
@@ -298,8 +301,13 @@ class CheckpointSaver:
         self.best = state.get("best")
         self.rows = list(state.get("log_rows", []))
 
-    def restore_outputs(self) -> None:
-        """Write model.pt (when missing) and train_log.csv again from the loaded state."""
+    def restore_outputs(self, header: Mapping[str, Any] | None = None) -> None:
+        """Write model.pt (when missing) and train_log.csv again from the loaded state; the
+        ``training_slides`` of ``header`` (:func:`model_header`) go into a best model of a
+        ``last.pt`` written before gigamil recorded them."""
+        old = self.best is not None and "training_slides" not in self.best
+        if old and header and "training_slides" in header:
+            self.best["training_slides"] = header["training_slides"]  # type: ignore[index]
         if not self.enabled:
             return
         if self.best is not None and not self.model_path.is_file():

@@ -150,7 +150,7 @@ class EMTrainer:
             self.early_stopping.epoch,
             self.em.rounds,
         )
-        self.p.saver.restore_outputs()
+        self.p.saver.restore_outputs(self.p.header)
 
     def _round(self, r: int) -> None:
         t0 = time.time()

@@ -190,13 +190,15 @@ def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
     return {"encoder_id": encoder, "dim": dim}
 
 
-def seen_slides(train: pd.DataFrame, val: pd.DataFrame) -> dict[str, list[str]]:
-    """``{"slide_ids": [...], "patient_ids": [...]}`` (sorted, unique) of the training and
-    validation slides: what a model trained on them has seen (model.pt's ``training_slides``)."""
-    both = pd.concat([train[["slide_id", "patient_id"]], val[["slide_id", "patient_id"]]])
+def seen_slides(train: pd.DataFrame, val: pd.DataFrame) -> dict[str, list]:
+    """``{"slides": [[cohort, slide_id], ...], "patient_ids": [...]}`` (sorted, unique) of the
+    training and validation slides: what a model trained on them has seen (model.pt's
+    ``training_slides``)."""
+    cols = ["cohort", "slide_id", "patient_id"]
+    both = pd.concat([train[cols], val[cols]]).astype(str)
     return {
-        "slide_ids": sorted(set(map(str, both["slide_id"]))),
-        "patient_ids": sorted(set(map(str, both["patient_id"]))),
+        "slides": sorted({(c, s) for c, s in zip(both["cohort"], both["slide_id"], strict=True)}),
+        "patient_ids": sorted(set(both["patient_id"])),
     }
 
 
@@ -213,7 +215,7 @@ class FoldData:
     stain_normalization: str | None = None  # of the patches (None: the stores do not say)
     # every training and validation slide given (with or without patches) and their patients:
     # model.pt records them so predict_slides can name slides of patients the model has seen
-    seen: dict[str, list[str]] | None = None
+    seen: dict[str, list] | None = None
 
     @classmethod
     def open(

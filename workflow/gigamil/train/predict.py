@@ -186,19 +186,29 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
 
 
 def seen_in_training(slides: pd.DataFrame, ckpt: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The slide ids of ``slides`` (columns slide_id, patient_id) that the model of ``ckpt``
-    trained or validated on, and those of the other slides whose patient it did (model.pt's
-    ``training_slides``; both empty for a model.pt written before it was recorded)."""
+    """The slide ids of ``slides`` (columns cohort, slide_id, patient_id) that the model of
+    ``ckpt`` trained or validated on (the same cohort and slide id), and those of the other
+    slides whose patient it did (the same patient_id, in any cohort: patient ids name one
+    patient across cohorts, as the workflow's leakage check has them); both empty for a model.pt
+    written before gigamil recorded its ``training_slides``."""
     seen = ckpt.get("training_slides") or {}
-    slide_ids, patients = set(seen.get("slide_ids", ())), set(seen.get("patient_ids", ()))
-    ids, pids = slides["slide_id"].astype(str), slides["patient_id"].astype(str)
-    same = ids.isin(slide_ids)
-    return ids[same].tolist(), ids[~same & pids.isin(patients)].tolist()
+    pairs = {(str(c), str(s)) for c, s in seen.get("slides", ())}
+    patients = set(map(str, seen.get("patient_ids", ())))
+    ids = slides["slide_id"].astype(str)
+    keys = zip(slides["cohort"].astype(str), ids, strict=True)
+    same = pd.Series([k in pairs for k in keys], index=slides.index, dtype=bool)
+    of_patient = slides["patient_id"].astype(str).isin(patients)
+    return ids[same].tolist(), ids[~same & of_patient].tolist()
 
 
 def _warn_seen(slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path) -> None:
     """Warn when slides to predict were training or validation slides of the model, or are of
     patients it trained on: their predictions are no test of the model (too good)."""
+    if "training_slides" not in ckpt:
+        log.info(
+            "%s does not record its training slides (an older gigamil): not checked", model_path
+        )
+        return
     same, patient = seen_in_training(slides, ckpt)
     parts = [
         f"{len(v)} {what} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"

@@ -133,6 +133,9 @@ def combine_replicates(
                 "fold directory and rerun"
             )
     header = {k: v for k, v in first.items() if k not in MEMBER_KEYS}
+    recorded = [c["training_slides"] for c in ckpts if "training_slides" in c]
+    if recorded and "training_slides" not in header:  # members from before it was recorded
+        header["training_slides"] = recorded[0]
     members: list[dict[str, Any]] = []
     for seed, ckpt in zip(seeds, ckpts, strict=True):
         members.append({"seed": int(seed), **{k: ckpt[k] for k in MEMBER_KEYS if k in ckpt}})

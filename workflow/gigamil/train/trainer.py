@@ -227,7 +227,7 @@ class FoldTrainer:
             self.early_stopping.epoch,
             self.cfg.epochs,
         )
-        self.saver.restore_outputs()  # Snakemake deletes the declared outputs of a failed job
+        self.saver.restore_outputs(self.header)  # Snakemake deletes a failed job's outputs
 
     def _calibrate(self, seed: int) -> None:
         """Recompute the normalisation statistics (:func:`calibrate_model`) from
