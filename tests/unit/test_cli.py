@@ -47,6 +47,16 @@ def test_gigamil_error_is_one_line(monkeypatch, capsys):
     assert err == ["gigamil mask: error: slide x.svs: something went wrong"]
 
 
+def test_a_listed_error_keeps_one_line_per_item() -> None:
+    """A sheet's problems, one per line, stay readable (they ran together as one line)."""
+    from gigamil.cli import error_text
+
+    exc = GigamilError("s.csv: 2 problems:\n- column 'MPP' means\n  'mpp'\n\n- missing  path")
+    assert error_text(exc) == (
+        "s.csv: 2 problems:\n  - column 'MPP' means\n  'mpp'\n  - missing path"
+    )
+
+
 def test_os_errors_are_one_line_and_demo_refuses_a_file_as_outdir(tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")

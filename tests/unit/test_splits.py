@@ -360,3 +360,26 @@ def test_cli_splits_with_config_names_each_option_where_it_was_set(tmp_path, cap
     assert main([*args, "--folds", "1"]) == 2
     assert "--folds must be at least 2 (got 1)" in capsys.readouterr().err  # the flag's
     assert main([*args, "--folds", "4"]) == 0
+
+
+def test_cli_splits_sheet_reads_its_header_as_load_sheet_does_and_refuses_case_twins(
+    tmp_path, capsys
+):
+    """--sheet: a header cell ' label' is label (it read no classes at all: 'not one of the
+    classes []'); 'Lesion' beside 'lesion' would silently be a third class."""
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    path = tmp_path / "a.csv"
+    sheet.rename(columns={"label": " label"}).to_csv(path, index=False)
+    args = ["splits", "--sheet", str(path), "--out", str(tmp_path / "f.csv"), "--folds", "3"]
+    assert main(args) == 0
+    assert set(read_folds(tmp_path / "f.csv")["label"]) == set(sheet["label"])
+    first = sheet["label"].iloc[0]
+    sheet.loc[sheet["patient_id"] == sheet["patient_id"].iloc[0], "label"] = first.title()
+    sheet.to_csv(path, index=False)
+    capsys.readouterr()
+    assert main(args) == 2
+    twins = f"{first.title()!r} ({path}) and {first!r} ({path})"
+    assert f"labels {twins} differ only in case" in capsys.readouterr().err

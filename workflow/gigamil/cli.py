@@ -40,6 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_text(exc: Exception) -> str:
+    """An error message as the command line prints it: one line, except that the items of a
+    list (lines starting with ``-`` or an indent: a sheet's problems, the rows of a bad column)
+    keep a line each, indented by two spaces; every other line break and run of spaces is one
+    space."""
+    out: list[str] = []
+    for line in str(exc).splitlines():
+        text = " ".join(line.split())
+        if out and line[:1] in ("-", " ", "\t") and text:
+            out.append(f"\n  {text}")
+        elif text:
+            out.append(f" {text}" if out else text)
+    return "".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args._run(args)
     except GigamilError as exc:
-        msg = " ".join(str(exc).split())  # exactly one line
-        print(f"gigamil {args.command}: error: {msg}", file=sys.stderr)
+        print(f"gigamil {args.command}: error: {error_text(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path that is not what it must be: one line, the traceback at -v
         logging.getLogger("gigamil").debug("%s", exc, exc_info=True)

@@ -118,10 +118,21 @@ def _flag_sheets(paths: list[str]) -> list:
             f"cohort {same[0]!r} (the cohort name is the file name without .csv): rename the "
             "files, or use --config with named cohorts"
         )
-    sheets = []
+    sheets, spellings = [], {}
     for path in paths:
         raw = read_sheet_frame(path)
+        raw.columns = [str(c).strip() for c in raw.columns]  # as load_sheet reads the header
         labels = raw["label"].str.strip() if "label" in raw.columns else pd.Series(dtype=str)
         classes = sorted(set(labels) - {""})  # as load_sheet reads them: stripped
+        for label in classes:
+            spellings.setdefault(label.casefold(), {}).setdefault(label, path)
         sheets.append(load_sheet(path, cohort=Path(path).stem, classes=classes, check_files=False))
+    for found in spellings.values():  # without a config, the labels are the classes
+        if len(found) > 1:
+            raise GigamilError(
+                "--sheet: labels "
+                + " and ".join(f"{label!r} ({where})" for label, where in found.items())
+                + " differ only in case, so they would be two classes: write one spelling, or "
+                "use --config, whose classes: names them"
+            )
     return sheets
