@@ -167,3 +167,19 @@ def test_cli_rejects_bad_sizes(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "gigamil demo: error: demo cohort needs at least 2 patients (got 1)"
     assert not (tmp_path / "o").exists()
+
+
+def test_demo_refuses_to_replace_a_cohort_without_overwrite(tmp_path, capsys):
+    """A rerun into the same OUTDIR (e.g. another --seed) replaced the slides its patch stores
+    and models were made from, without a word."""
+    from gigamil.cli import main
+
+    out = tmp_path / "d"
+    args = ["demo", str(out), "--kind", "synthetic", "--patients", "2", "--slides-per-patient", "1"]
+    assert main(args) == 0
+    before = (out / "sheet.csv").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--seed", "5"]) == 2
+    assert f"OUTDIR {out} already holds a cohort" in capsys.readouterr().err
+    assert (out / "sheet.csv").read_bytes() == before
+    assert main([*args, "--seed", "5", "--overwrite"]) == 0

@@ -293,6 +293,29 @@ def test_thumbnail_from_the_store_source_path_or_slide(
         assert magenta == 0  # nothing of it drawn
 
 
+def test_a_replaced_source_file_is_not_drawn_under_the_attention(
+    write_store, row_major_grid, tmp_path, caplog
+):
+    """The store records the slide file's size; a file of the same name rewritten since (a
+    `gigamil demo` rerun with another seed) holds other tissue: grey and a warning."""
+    src = tmp_path / "slide.png"
+    Image.fromarray(np.full((300, 400, 3), MAGENTA, np.uint8)).save(src)
+    kw = {"stride": 64, "patch_size_level0": 64.0, "slide_dimensions": [400, 300]}
+    store = write_store(
+        tmp_path / "s.zarr",
+        np.zeros((2, 8, 8, 3), np.uint8),
+        row_major_grid(2, 2),
+        slide_mpp=0.5,
+        source_path=str(src),
+        source_size=src.stat().st_size + 1,  # cut from a file one byte longer
+        **kw,
+    )
+    with caplog.at_level(logging.WARNING):
+        make_heatmap(store, np.array([0.5, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=200))
+    assert _magenta_pixels(tmp_path / "hm" / "overlay.png") == 0
+    assert f"the store's source_path {src} is not the file its patches were cut from" in caplog.text
+
+
 def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path, capsys):
     from gigamil.cli import main
     from gigamil.evaluate.predictions import write_fold_predictions

@@ -78,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slides-per-patient", type=int, default=2, help="slides per patient (default: 2)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the cohort OUTDIR already holds (OUTDIR/sheet.csv): by default that is an "
+        "error, since patch stores and models made from its slides would no longer match them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
         raise GigamilError(f"OUTDIR {args.outdir} exists and is not a directory")
+    if (Path(args.outdir) / "sheet.csv").exists() and not args.overwrite:
+        raise GigamilError(
+            f"OUTDIR {args.outdir} already holds a cohort ({Path(args.outdir) / 'sheet.csv'}); "
+            "its slides would be replaced under the same names, and patch stores, models or "
+            "heatmaps made from them would no longer match: give another OUTDIR, or "
+            "--overwrite to replace it"
+        )
     if args.kind == "synthetic":
         if args.tiles or args.tile_mpp is not None or args.exclude_packaged or args.exclude_tiles:
             raise GigamilError(

@@ -104,11 +104,24 @@ def resolve_slide_path(
     slide_path: str | Path | None, attrs: Mapping[str, Any]
 ) -> str | Path | None:
     """The slide file for the thumbnail: ``slide_path``, else the store's recorded
-    ``source_path`` when that file exists (None: draw on grey)."""
+    ``source_path`` when that file exists and has the size the store recorded
+    (``source_size``; None: draw on grey, with a warning when the file was replaced since the
+    patches were cut: the attention would be drawn over other tissue)."""
     if slide_path is not None:
         return slide_path
     source = attrs.get("source_path")
     if source and Path(str(source)).is_file():
+        recorded, size = int(attrs.get("source_size") or 0), Path(str(source)).stat().st_size
+        if recorded and size != recorded:
+            log.warning(
+                "the store's source_path %s is not the file its patches were cut from (%d "
+                "bytes, the store recorded %d): drawing on grey; extract the slide again, or "
+                "give the original file (--slide)",
+                source,
+                size,
+                recorded,
+            )
+            return None
         log.info("thumbnail from the store's source_path %s", source)
         return str(source)
     if source:
