@@ -34,6 +34,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tiles: mosaic slides of real labelled tiles (default); synthetic: the fast test "
         "cohort of planted lesions in the packaged CMU slide",
     )
+    _add_tile_arguments(parser)
+    parser.add_argument(
+        "--prefix",
+        default="demo",
+        help="prefix of the slide and patient ids, e.g. ext gives ext_p01_s1 (default: demo); "
+        "cohorts of one run need distinct ids",
+    )
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--patients",
+        type=int,
+        default=12,
+        help="number of patients, half with lesions (default: 12)",
+    )
+    parser.add_argument(
+        "--slides-per-patient", type=int, default=2, help="slides per patient (default: 2)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the cohort OUTDIR already holds (OUTDIR/sheet.csv): by default that is an "
+        "error, since patch stores and models made from its slides would no longer match them",
+    )
+
+
+def _add_tile_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``--kind tiles`` (the default): which tiles, at what µm/px."""
     parser.add_argument(
         "--tiles",
         metavar="DIR",
@@ -61,28 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--kind tiles: do not use the tiles listed in CSV (its sha256 column), e.g. the "
         "tiles.csv of a cohort built before, so a second cohort (an external one) shares no "
         "tile with it; may be given several times",
-    )
-    parser.add_argument(
-        "--prefix",
-        default="demo",
-        help="prefix of the slide and patient ids, e.g. ext gives ext_p01_s1 (default: demo); "
-        "cohorts of one run need distinct ids",
-    )
-    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--patients",
-        type=int,
-        default=12,
-        help="number of patients, half with lesions (default: 12)",
-    )
-    parser.add_argument(
-        "--slides-per-patient", type=int, default=2, help="slides per patient (default: 2)"
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the cohort OUTDIR already holds (OUTDIR/sheet.csv): by default that is an "
-        "error, since patch stores and models made from its slides would no longer match them",
     )
 
 
