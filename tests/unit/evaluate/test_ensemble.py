@@ -200,8 +200,12 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
 def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
     folds, paths = _cv_fixture(tmp_path)
     preds = pd.concat([pd.read_csv(p, dtype={"fold": int}) for p in paths], ignore_index=True)
-    with pytest.raises(GigamilError, match="has no prediction"):
+    with pytest.raises(GigamilError, match="has no prediction$"):
         oof_predictions(preds.iloc[1:], folds)
+    # one fold's CSV for the whole cross-validation: the folds it lacks are named
+    one = preds[preds["fold"] == 0]
+    with pytest.raises(GigamilError, match=r"the predictions have no fold 1, 2.*one CSV per fold"):
+        oof_predictions(one, folds)
     # an external cohort's predictions given to the CV evaluation: said, with the command to use
     with pytest.raises(
         GigamilError, match=r"of cohort\(s\) ext, not of the folds' test .*ensemble"

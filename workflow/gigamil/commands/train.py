@@ -140,16 +140,18 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.errors import GigamilError
     from gigamil.train.run import train_fold
 
+    check_stores_flag(args, "--train-csv")  # the command line's own mistakes first
+    if args.folds is None and args.fold is not None:
+        raise GigamilError("--fold goes with --folds FOLDS.csv (--train-csv lists the slides)")
+    if args.folds is not None and args.fold is None:
+        raise GigamilError("--folds needs --fold K (the fold's number in FOLDS.csv)")
     cfg = load_config(args.config)
     for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
         print(f"gigamil: warning: {warning}", file=sys.stderr)
-    check_stores_flag(args, "--train-csv")
     if args.folds is not None:
         if args.val_csv:
             raise GigamilError("--val-csv goes with --train-csv; --folds reads the fold's own")
         train, val = fold_slides(args, "train"), fold_slides(args, "val")
-    elif args.fold is not None:
-        raise GigamilError("--fold goes with --folds FOLDS.csv (--train-csv lists the slides)")
     else:
         train = read_slides_csv(args.train_csv)
         val = read_slides_csv(args.val_csv) if args.val_csv else train.iloc[:0]

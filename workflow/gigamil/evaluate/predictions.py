@@ -172,6 +172,13 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
             if others and not set(map(str, preds["cohort"])) & set(map(str, test["cohort"]))
             else ""
         )
+        absent = sorted(set(test["fold"]) - set(preds["fold"]))
+        if not hint and absent:  # e.g. one fold's CSV given for a whole cross-validation
+            hint = (
+                f"; the predictions have no fold {', '.join(map(str, absent))}: give every fold "
+                "model's predictions of its test slides (one CSV per fold, e.g. --predictions "
+                "fold*/<cohort>.csv)"
+            )
         raise GigamilError(
             f"slide {r['cohort']}/{r['slide_id']} (test slide of fold {r['fold']}) "
             f"has no prediction{hint}"
