@@ -33,7 +33,7 @@ def test_a_model_that_barely_separates_its_slides_is_not_stretched_to_0_and_1() 
     # class means 0.005 apart (a one-epoch model): 2 ln 9 / 0.005 = 879 would send a test slide
     # 0.05 from the midpoint to probability 1e-19 or 1 - 1e-19
     cal = fit_class_means([-0.667, -0.667, -0.662, -0.662], [0, 0, 1, 1])
-    assert cal["scale"] == MAX_SCALE
+    assert cal["scale"] == MAX_SCALE  # no spread within a class: the cap
     probs = [
         torch.sigmoid(apply_calibration(torch.tensor([v]), cal)).item() for v in (-0.72, -0.61)
     ]
@@ -42,6 +42,23 @@ def test_a_model_that_barely_separates_its_slides_is_not_stretched_to_0_and_1() 
     assert fit_class_means([-1.0, -1.0, 1.0, 1.0], [0, 0, 1, 1])["scale"] == pytest.approx(
         math.log(9)
     )
+
+
+def test_a_barely_separating_model_gets_the_slope_its_overlapping_logits_support() -> None:
+    """Class means 0.1 apart but each class spread over ±1 (a one-epoch model): below the cap,
+    the scale is gap / sd² (linear discriminant analysis), so its training slides' calibrated
+    logits stay near 0 instead of reaching ∓20 (probabilities 0.000 / 1.000)."""
+    z = np.array([-1.05, 0.95, -0.95, 1.05])  # class means -0.05 and 0.05, each spread ±1
+    y = np.array([0, 0, 1, 1])
+    cal = fit_class_means(z, y)
+    gap = z[y == 1].mean() - z[y == 0].mean()
+    var = (
+        ((z[y == 0] - z[y == 0].mean()) ** 2).sum() + ((z[y == 1] - z[y == 1].mean()) ** 2).sum()
+    ) / 2
+    assert gap == pytest.approx(0.1) and cal["scale"] == pytest.approx(gap / var)
+    assert cal["scale"] < 0.1 < MAX_SCALE
+    probs = torch.sigmoid(apply_calibration(torch.tensor([1.05]), cal)).item()
+    assert 0.5 < probs < 0.55  # the highest training logit: barely above chance, as the model is
 
 
 @pytest.mark.parametrize(

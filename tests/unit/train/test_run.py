@@ -425,7 +425,8 @@ def test_a_resumed_older_last_pt_gets_the_training_slides(
     del last["best"]["training_slides"]  # as an older gigamil wrote it
     atomic_save(last, out / "last.pt")
     (out / "model.pt").unlink()  # Snakemake deletes a rerun job's outputs
-    train_fold(train, val, mil_bags.classes, mil_bags.model, training(epochs=1), out)
+    with caplog.at_level("INFO", logger="gigamil"):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, training(epochs=1), out)
     assert "training already finished" in caplog.text
     seen = torch.load(out / "model.pt", weights_only=True)["training_slides"]
     assert ["c", train["slide_id"].iloc[0]] in seen["slides"]

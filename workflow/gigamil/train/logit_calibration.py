@@ -12,7 +12,13 @@ class gets probability 0.1 / 0.9. Monotone per model: a fold's own ranking is un
 ``s`` is at most ``MAX_SCALE`` (20): a model whose class means lie less than 2 ln 9 / 20 = 0.22
 apart barely separates its own training slides (e.g. after one epoch: 0.005 apart, ``s`` would be
 880), and stretching the noise of its logits would push its predictions to exactly 0 and 1 and let
-it outvote the other fold models of an ensemble; its class means then map inside ∓ln 9.
+it outvote the other fold models of an ensemble. Such a model's scale is, below that cap, the
+slope its training logits support: ``gap / sd²`` (``sd²``: their pooled within-class variance),
+the log-odds slope of two Gaussian classes of equal variance (linear discriminant analysis;
+Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, 4.3), so a model whose
+classes overlap on its own slides predicts near 0.5 instead of 0 and 1 (one-epoch models of four
+real-tissue draws: out-of-fold probabilities within 0.13-0.81 instead of 0.000-1.000; no member
+of 14 well-trained runs was at the cap: ``benchmarks/calibration_scale_probe.py``).
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ MAX_SCALE = 20.0  # the demo's fold models: 0.8-1.9
 
 def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str, Any] | None:
     """The affine map ``{"method", "offset", "scale", "class_mean_logits", "n_slides"}`` of the
-    binary bag logits (n,) of reference slides with labels (n,) in {0, 1} (scale at most
-    ``MAX_SCALE``); None (logits kept)
+    binary bag logits (n,) of reference slides with labels (n,) in {0, 1} (scale
+    ``2 ln 9 / gap``; above ``MAX_SCALE``, ``min(MAX_SCALE, gap / sd²)``: module docstring);
+    None (logits kept)
     when a class has no slide, a logit is not finite, or the positive class's mean logit is not
     above the negative's (a model that does not separate its own training slides)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -54,10 +61,15 @@ def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str,
     gap = m1 - m0
     if gap < MIN_GAP:
         return None
+    scale = 2 * TARGET_LOGIT / gap
+    if scale > MAX_SCALE:  # barely separated: the slope the overlapping classes support
+        resid = np.concatenate([z[y == 0] - m0, z[y == 1] - m1])
+        var = float((resid**2).sum()) / max(1, len(z) - 2)
+        scale = min(MAX_SCALE, gap / var) if var > 0 else MAX_SCALE
     return {
         "method": "class_means",
         "offset": (m0 + m1) / 2,
-        "scale": min(2 * TARGET_LOGIT / gap, MAX_SCALE),
+        "scale": scale,
         "class_mean_logits": [m0, m1],
         "n_slides": int(len(z)),
     }
@@ -96,17 +108,19 @@ def calibrate_fold_model(
             "(class-mean logits not ordered); its logits are left as they are",
             len(zs),
         )
-    elif cal["scale"] == MAX_SCALE:
+    elif MAX_SCALE * np.diff(cal["class_mean_logits"])[0] < 2 * TARGET_LOGIT:  # capped
         m0, m1 = cal["class_mean_logits"]
+        s = cal["scale"]
         log.warning(
             "logit calibration: the model barely separates its %d training/validation slides "
-            "(class-mean logits %.3f / %.3f): scaled by %g only, to %+.3f / %+.3f (not to ∓ln 9)",
+            "(class-mean logits %.3f / %.3f): scaled by %.3g only, to %+.3f / %+.3f (not to "
+            "∓ln 9; its predictions stay near 0.5)",
             cal["n_slides"],
             m0,
             m1,
-            MAX_SCALE,
-            (m0 - cal["offset"]) * MAX_SCALE,
-            (m1 - cal["offset"]) * MAX_SCALE,
+            s,
+            (m0 - cal["offset"]) * s,
+            (m1 - cal["offset"]) * s,
         )
     else:
         log.info(
