@@ -45,8 +45,20 @@ def print_run_summary():
     from gigamil.evaluate.run_summary import run_summary_lines
 
     configfiles = workflow.overwrite_configfiles or []  # the report needs the same ones
+    here = Path.cwd()
+    snakefile = Path(workflow.main_snakefile).resolve()
+    # started elsewhere (-s / --directory): commands and paths that work from any directory
+    elsewhere = snakefile != (here / "Snakefile").resolve()
     for line in run_summary_lines(
-        EXPERIMENT, config["cohorts"], configfiles=configfiles
+        EXPERIMENT,
+        config["cohorts"],
+        shown_root=here.resolve() if elsewhere else None,
+        configfiles=configfiles,
+        snakemake_args=(
+            ["-s", str(snakefile), "--directory", str(here.resolve())]
+            if elsewhere
+            else []
+        ),
     ):
         print(line, file=sys.stderr)
 
@@ -116,6 +128,7 @@ if getattr(workflow, "is_main_process", True):
             sheet_checks(SHEETS, skip=DEMO_COHORTS),
             patch_mpp=config["preprocessing"]["patches"]["mpp"],
             mask_mpp=config["preprocessing"]["tissue"]["mask_mpp"],
+            patch_px=config["preprocessing"]["patches"]["patch_px"],
         )
     except ConfigError as exc:
         stop(f"gigamil: {exc}")

@@ -41,6 +41,19 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     # a run with --configfile: the report command needs it too (else the demo's experiment)
     lines = run_summary_lines("exp", COHORTS, tmp_path, configfiles=["my.yaml"])
     assert lines[-1].endswith("snakemake --report report.html --configfile my.yaml")
+    # a run started elsewhere (-s / --directory): paths and the command work from anywhere
+    lines = run_summary_lines(
+        "exp",
+        COHORTS,
+        tmp_path,
+        snakemake_args=["-s", "/repo/Snakefile", "--directory", "/proj"],
+        shown_root="/proj",
+    )
+    assert lines[2] == "    open /proj/results/eval/exp/metrics.html"
+    assert lines[-1].endswith(
+        "heatmaps: /proj/results/heatmaps/; all results in one page: snakemake -s "
+        "/repo/Snakefile --directory /proj --report /proj/report.html"
+    )
     # slides without patches are counted beside the scored ones, not silently left out
     _write(tmp_path / "results/eval/exp/ensemble/new/summary.json", new | {"n_unpredicted": 1})
     _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext | {"n_unpredicted": 2})

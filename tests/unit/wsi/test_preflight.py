@@ -160,3 +160,18 @@ def test_a_lesion_mask_of_another_size_stops_the_run_before_any_job(cmu_svs, tmp
     }
     (check,) = sheet_checks(sheets, base_dir=tmp_path)
     assert check.lesion_mask == tmp_path / "m.png"
+
+
+def test_a_slide_smaller_than_one_patch_is_refused_naming_its_override(cmu_svs):
+    """An MPP override several times too small made the whole slide smaller than one patch:
+    every job ran, no patch was cut, and training stopped with 'no training slide has
+    patches'."""
+    typo = SlideCheck("a", "svs", Path(cmu_svs), 0.09)  # 2220 x 2967 px: 200 x 267 µm
+    check_slides([typo], patch_mpp=0.972, patch_px=96)  # 93 µm: a patch fits
+    with pytest.raises(ConfigError) as err:
+        check_slides([typo], patch_mpp=0.972, patch_px=256)  # 249 µm: none fits
+    assert (
+        "a/svs: the whole slide (2220 x 2967 px at 0.09 µm/px: 200 x 267 µm) is smaller than "
+        "one patch (256 px at 0.972 µm/px: 249 µm), so it would give no patch; the slide's "
+        "0.09 µm/px is the override" in str(err.value)
+    )

@@ -64,11 +64,16 @@ def run_summary_lines(
     cohorts: Mapping[str, Mapping[str, Any]],
     root: str | Path = ".",
     configfiles: Sequence[str | Path] = (),
+    snakemake_args: Sequence[str] = (),
+    shown_root: str | Path | None = None,
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
     with none at all (e.g. a run of only the tissue masks) the list is empty. ``configfiles``
-    (the run's ``--configfile``) go into the report command. A summary older
+    (the run's ``--configfile``) and ``snakemake_args`` (e.g. ``-s SNAKEFILE --directory DIR``
+    of a run started elsewhere) go into the report command, and the pages to open are named
+    under ``shown_root`` when given (e.g. the run's absolute directory: paths that work from any
+    directory), else relative to the run's directory. A summary older
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
 
     Returns, e.g.::
@@ -90,34 +95,56 @@ def run_summary_lines(
             f"  cross-validation, {_count(cv.get('n_slides'), 'slide')} of "
             f"{_count(cv.get('n_patients'), 'patient')}{_unscored(cv)}: out-of-fold slide "
             f"{_figures(cv, 'oof_auc')}{_localisation(cv)}{_stale(root / cv_path, newest_model)}",
-            f"    open {cv_path.with_name('metrics.html')}",
+            f"    open {_shown(shown_root, cv_path.with_name('metrics.html'))}",
         ]
     for name, cohort in cohorts.items():
-        role = cohort.get("role")
         path = Path(layout.ensemble_dir(experiment, name)) / "summary.json"
-        summary = _read(root / path) if role in ("external", "predict") else None
-        if summary is None:
-            continue
-        if role == "external":
-            lines += [
-                f"  external cohort {name}, {_count(summary.get('n_slides'), 'slide')}"
-                f"{_unscored(summary)}: fold-model ensemble slide {_figures(summary, 'auc')}"
-                f"{_localisation(summary)}{_stale(root / path, newest_model)}",
-                f"    open {path.with_name('metrics.html')}",
-            ]
-        else:
-            lines += [
-                f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: "
-                f"{_predicted(summary)}{_stale(root / path, newest_model)}",
-                f"    open {path.with_name('predictions.html')}",
-            ]
+        if cohort.get("role") in ("external", "predict"):
+            lines += _cohort_lines(name, cohort["role"], root, path, newest_model, shown_root)
     if not lines:
         return []
     return [
         f"gigamil: results of experiment {experiment}",
         *lines,
-        "  heatmaps: results/heatmaps/; all results in one page: snakemake --report report.html"
+        f"  heatmaps: {_shown(shown_root, Path(layout.RESULTS) / 'heatmaps')}/; all results in one "
+        "page: snakemake"
+        + "".join(f" {a}" for a in snakemake_args)
+        + f" --report {_shown(shown_root, Path('report.html'))}"
         + "".join(f" --configfile {f}" for f in configfiles),
+    ]
+
+
+def _shown(shown_root: str | Path | None, path: Path) -> str:
+    """``path`` (relative to the run's directory) as the summary prints it: under
+    ``shown_root`` when given (a run started with -s / --directory), else as it is."""
+    return str(Path(shown_root) / path) if shown_root is not None else str(path)
+
+
+def _cohort_lines(  # noqa: PLR0913 - the parts of one summary line
+    name: str,
+    role: str,
+    root: Path,
+    path: Path,
+    newest_model: float,
+    shown_root: str | Path | None,
+) -> list[str]:
+    """The two lines of an external or predict cohort's ensemble summary at ``root / path``
+    (none while it is not written)."""
+    summary = _read(root / path)
+    if summary is None:
+        return []
+    stale = _stale(root / path, newest_model)
+    if role == "external":
+        return [
+            f"  external cohort {name}, {_count(summary.get('n_slides'), 'slide')}"
+            f"{_unscored(summary)}: fold-model ensemble slide {_figures(summary, 'auc')}"
+            f"{_localisation(summary)}{stale}",
+            f"    open {_shown(shown_root, path.with_name('metrics.html'))}",
+        ]
+    return [
+        f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: "
+        f"{_predicted(summary)}{stale}",
+        f"    open {_shown(shown_root, path.with_name('predictions.html'))}",
     ]
 
 

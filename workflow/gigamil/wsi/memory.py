@@ -103,13 +103,26 @@ def _auto_downsamples(shape: tuple[int, ...]) -> list[float]:
     return out
 
 
-def plain_image_mpp(path: str | Path, mpp_override: float | None = None) -> tuple[float, str]:
-    """(level-0 MPP, its source) of a plain image as :class:`ImageReader` resolves it, from the
-    file's header alone (the pixels are not decoded). Raises SlideError like ImageReader."""
+def plain_image_header(
+    path: str | Path, mpp_override: float | None = None
+) -> tuple[float, tuple[int, int]]:
+    """(level-0 MPP, (width, height) in px) of a plain image as :class:`ImageReader` resolves
+    them, from the file's header alone (the pixels are not decoded; the size as tifffile or
+    PIL, whichever reads the file, reads it). Raises SlideError like ImageReader."""
+    from PIL import Image
+
     name = str(path)
     _, tiff_mpp = _load_plain_image(Path(path), name, decode=False)
-    (mpp_x, mpp_y), source = resolve_mpp_xy(name, mpp_override, None, tiff_mpp)
-    return (mpp_x + mpp_y) / 2.0, source
+    (mpp_x, mpp_y), _ = resolve_mpp_xy(name, mpp_override, None, tiff_mpp)
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            size = int(tif.pages[0].imagewidth), int(tif.pages[0].imagelength)
+    else:
+        with Image.open(path) as img:
+            size = int(img.width), int(img.height)
+    return (mpp_x + mpp_y) / 2.0, size
 
 
 def _tiff_page_mpp(page: Any) -> tuple[float, float] | None:

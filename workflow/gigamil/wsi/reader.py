@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gigamil.errors import SlideError
-from gigamil.wsi.memory import ImageReader, check_tiff_not_truncated, plain_image_mpp
+from gigamil.wsi.memory import ImageReader, check_tiff_not_truncated, plain_image_header
 from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
@@ -343,21 +343,25 @@ def open_slide(
 
 
 def slide_mpp(path: str | Path, mpp_override: float | None = None) -> float:
-    """The level-0 MPP (µm/px) :func:`open_slide` would give ``path``, from headers only.
+    """The level-0 MPP (µm/px) :func:`open_slide` would give ``path`` (:func:`slide_header`)."""
+    return slide_header(path, mpp_override)[0]
 
-    OpenSlide opens the slide (it reads the TIFF directory, not the tiles); a plain image the
-    fallback would read is not decoded (:func:`gigamil.wsi.memory.plain_image_mpp`). Raises
-    SlideError as open_slide does for a slide that cannot be opened or has no plausible MPP;
-    damaged pixel data is found only when the pixels are read.
-    """
+
+def slide_header(
+    path: str | Path, mpp_override: float | None = None
+) -> tuple[float, tuple[int, int]]:
+    """``(level-0 MPP in µm/px, level-0 (width, height) in px)`` as :func:`open_slide` would give
+    them, from headers only: OpenSlide reads the TIFF directory, not the tiles; a plain image is
+    not decoded (:func:`gigamil.wsi.memory.plain_image_header`). Raises SlideError as open_slide
+    does; damaged pixel data is found only when the pixels are read."""
     p = _existing_slide_file(path)
     try:
         with OpenSlideReader(p, mpp_override, fast_tiff=False) as reader:
-            return float(reader.mpp)
+            return float(reader.mpp), (int(reader.dimensions[0]), int(reader.dimensions[1]))
     except SlideError as os_err:
         _check_fallback(p, os_err)
         try:
-            return plain_image_mpp(p, mpp_override)[0]
+            return plain_image_header(p, mpp_override)
         except SlideError as fb_err:
             _raise_fallback_error(os_err, fb_err)
 
