@@ -53,8 +53,11 @@ def test_a_listed_error_keeps_one_line_per_item() -> None:
 
     exc = GigamilError("s.csv: 2 problems:\n- column 'MPP' means\n  'mpp'\n\n- missing  path")
     assert error_text(exc) == (
-        "s.csv: 2 problems:\n  - column 'MPP' means\n  'mpp'\n  - missing path"
+        "s.csv: 2 problems:\n  - column 'MPP' means\n    'mpp'\n  - missing path"
     )
+    # a YAML error's snippet keeps its alignment, so the caret points at the column
+    exc = GigamilError("c.yaml: not valid YAML:\n    a: [1,\n         ^")
+    assert error_text(exc) == "c.yaml: not valid YAML:\n      a: [1,\n           ^"
 
 
 def test_os_errors_are_one_line_and_demo_refuses_a_file_as_outdir(tmp_path, capsys):

@@ -40,10 +40,10 @@ def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     lines = str(err.value).splitlines()
     assert lines[0] == "3 cohort sheets have problems:"
-    assert [line.split(":")[0] for line in lines[1:]] == [
-        "cohort 'main'",
-        "cohort 'ext'",
-        "cohort 'new'",
+    assert [line.split(":")[0] for line in lines[1:]] == [  # list items (the CLI keeps them)
+        "- cohort 'main'",
+        "- cohort 'ext'",
+        "- cohort 'new'",
     ]
     assert lines[2].endswith("sheets/ext.csv not found")
     rows = good_rows()
@@ -53,8 +53,8 @@ def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
     with pytest.raises(ConfigError) as err:  # one sheet, two cohorts: each problem says whose
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     lines = str(err.value).splitlines()
-    assert lines[1].startswith(f"cohort 'a': {bad}: line 2 (slide_id 's1'): label 'tumour'")
-    assert lines[2].startswith(f"cohort 'b': {bad}: line 2")
+    assert lines[1].startswith(f"- cohort 'a': {bad}: line 2 (slide_id 's1'): label 'tumour'")
+    assert lines[2].startswith(f"- cohort 'b': {bad}: line 2")
 
 
 def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):

@@ -42,13 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def error_text(exc: Exception) -> str:
     """An error message as the command line prints it: one line, except that the items of a
-    list (lines starting with ``-`` or an indent: a sheet's problems, the rows of a bad column)
-    keep a line each, indented by two spaces; every other line break and run of spaces is one
-    space."""
+    list (lines starting with ``-``: a sheet's problems) and indented lines (the rows of a bad
+    column, a YAML error's snippet and its ``^``, whose alignment is kept) keep a line each,
+    indented by two more spaces; every other line break and run of spaces is one space."""
     out: list[str] = []
     for line in str(exc).splitlines():
         text = " ".join(line.split())
-        if out and line[:1] in ("-", " ", "\t") and text:
+        if out and text and line[:1] in (" ", "\t"):
+            out.append(f"\n  {line.rstrip()}")
+        elif out and text and line[:1] == "-":
             out.append(f"\n  {text}")
         elif text:
             out.append(f" {text}" if out else text)

@@ -48,8 +48,11 @@ def load_cohorts(
             problems.append(text if text.startswith("cohort ") else f"cohort {name!r}: {text}")
     if len(problems) == 1:
         raise ConfigError(problems[0])
-    if problems:
-        raise ConfigError(f"{len(problems)} cohort sheets have problems:\n" + "\n".join(problems))
+    if problems:  # one item each, its own lines indented under it
+        raise ConfigError(
+            f"{len(problems)} cohort sheets have problems:\n"
+            + "\n".join("- " + p.replace("\n", "\n  ") for p in problems)
+        )
     check_leakage(config, sheets, base_dir, check_content=check_content)
     check_classes_trained(config, sheets)
     return sheets

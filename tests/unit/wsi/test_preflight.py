@@ -175,3 +175,13 @@ def test_a_slide_smaller_than_one_patch_is_refused_naming_its_override(cmu_svs):
         "one patch (256 px at 0.972 µm/px: 249 µm), so it would give no patch; the slide's "
         "0.09 µm/px is the override" in str(err.value)
     )
+
+
+def test_a_tiny_slide_at_its_own_mpp_is_a_warning(cmu_svs, caplog):
+    """Without an override the scanner's MPP is trusted: a slide smaller than one patch is a
+    tiny image, which the workflow handles (no patches, not scored), not a reason to stop."""
+    svs = SlideCheck("a", "svs", Path(cmu_svs), None)  # 2220 x 2967 px at 0.499: 1108 µm wide
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        (status,) = check_slides([svs], patch_mpp=4.0, patch_px=512)  # 2048 µm
+    assert status.problem is None and "smaller than one patch" in status.small
+    assert "1 slide(s) will give no patch (e.g. a/svs: the whole slide" in caplog.text

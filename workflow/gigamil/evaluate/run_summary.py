@@ -9,6 +9,7 @@ open for each; the Snakefile's ``onsuccess`` handler prints them.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,9 @@ def run_summary_lines(
         *lines,
         f"  heatmaps: {_shown(shown_root, Path(layout.RESULTS) / 'heatmaps')}/; all results in one "
         "page: snakemake"
-        + "".join(f" {a}" for a in snakemake_args)
-        + f" --report {_shown(shown_root, Path('report.html'))}"
-        + "".join(f" --configfile {f}" for f in configfiles),
+        + "".join(f" {shlex.quote(str(a))}" for a in snakemake_args)
+        + f" --report {shlex.quote(_shown(shown_root, Path('report.html')))}"
+        + "".join(f" --configfile {shlex.quote(str(f))}" for f in configfiles),
     ]
 
 

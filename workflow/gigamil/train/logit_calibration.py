@@ -114,7 +114,7 @@ def calibrate_fold_model(
         log.warning(
             "logit calibration: the model barely separates its %d training/validation slides "
             "(class-mean logits %.3f / %.3f): scaled by %.3g only, to %+.3f / %+.3f (not to "
-            "∓ln 9; its predictions stay near 0.5)",
+            "∓ln 9)",
             cal["n_slides"],
             m0,
             m1,

@@ -112,7 +112,7 @@ def resolve_slide_path(
     source = attrs.get("source_path")
     if source and Path(str(source)).is_file():
         recorded, size = int(attrs.get("source_size") or 0), Path(str(source)).stat().st_size
-        if recorded and size != recorded:
+        if recorded > 0 and size != recorded:  # 0 / -1: not recorded (older or unreadable)
             log.warning(
                 "the store's source_path %s is not the file its patches were cut from (%d "
                 "bytes, the store recorded %d): drawing on grey; extract the slide again, or "
