@@ -162,10 +162,10 @@ def test_a_lesion_mask_of_another_size_stops_the_run_before_any_job(cmu_svs, tmp
     assert check.lesion_mask == tmp_path / "m.png"
 
 
-def test_a_slide_smaller_than_one_patch_is_refused_naming_its_override(cmu_svs):
-    """An MPP override several times too small made the whole slide smaller than one patch:
-    every job ran, no patch was cut, and training stopped with 'no training slide has
-    patches'."""
+def test_a_cohort_smaller_than_one_patch_is_refused_naming_its_override(cmu_svs, caplog):
+    """A cohort MPP typed several times too small made every slide smaller than one patch: every
+    job ran, no patch was cut, and training stopped with 'no training slide has patches'. One
+    slide smaller than a patch among others is a tiny image: a warning."""
     typo = SlideCheck("a", "svs", Path(cmu_svs), 0.09)  # 2220 x 2967 px: 200 x 267 µm
     check_slides([typo], patch_mpp=0.972, patch_px=96)  # 93 µm: a patch fits
     with pytest.raises(ConfigError) as err:
@@ -175,13 +175,8 @@ def test_a_slide_smaller_than_one_patch_is_refused_naming_its_override(cmu_svs):
         "one patch (256 px at 0.972 µm/px: 249 µm), so it would give no patch; the slide's "
         "0.09 µm/px is the override" in str(err.value)
     )
-
-
-def test_a_tiny_slide_at_its_own_mpp_is_a_warning(cmu_svs, caplog):
-    """Without an override the scanner's MPP is trusted: a slide smaller than one patch is a
-    tiny image, which the workflow handles (no patches, not scored), not a reason to stop."""
-    svs = SlideCheck("a", "svs", Path(cmu_svs), None)  # 2220 x 2967 px at 0.499: 1108 µm wide
+    fine = SlideCheck("a", "svs2", Path(cmu_svs), None)  # 1108 x 1481 µm: patches fit
     with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
-        (status,) = check_slides([svs], patch_mpp=4.0, patch_px=512)  # 2048 µm
-    assert status.problem is None and "smaller than one patch" in status.small
-    assert "1 slide(s) will give no patch (e.g. a/svs: the whole slide" in caplog.text
+        statuses = check_slides([typo, fine], patch_mpp=0.972, patch_px=256)
+    assert [s.problem for s in statuses] == [None, None]
+    assert "1 slide(s) will give no patch (e.g. a/svs: the whole slide (2220 x 2967" in caplog.text
