@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -40,7 +39,13 @@ from gigamil.data.bags import ZarrBag  # noqa: E402
 from gigamil.evaluate.metrics import roc_auc  # noqa: E402
 from gigamil.models.ensemble import ReplicateEnsemble  # noqa: E402
 from gigamil.train.checkpoint import load_model  # noqa: E402
-from gigamil.train.logit_calibration import MAX_SCALE, TARGET_LOGIT, fit_class_means  # noqa: E402
+from gigamil.train.logit_calibration import (  # noqa: E402
+    MAX_SCALE,
+    TARGET_LOGIT,
+    capped,
+    fit_class_means,
+    lda_slope,
+)
 
 RESULTS = REPO / "benchmarks" / "results" / "calibration_scale_probe.json"
 VARIANTS = ("cap", "product", "lda_all")
@@ -60,14 +65,6 @@ def member_logits(model: torch.nn.Module, bags: dict[str, ZarrBag]) -> list[dict
                 }
             )
     return out
-
-
-def lda_scale(z: np.ndarray, y: np.ndarray) -> float:
-    """gap / pooled within-class variance of the reference logits."""
-    m0, m1 = z[y == 0].mean(), z[y == 1].mean()
-    resid = np.concatenate([z[y == 0] - m0, z[y == 1] - m1])
-    var = float((resid**2).sum() / max(1, len(z) - 2))
-    return float((m1 - m0) / var) if var > 0 else math.inf
 
 
 def probe_run(name: str, models: Path, folds_csv: Path, stores: Path) -> dict:
@@ -96,7 +93,7 @@ def probe_run(name: str, models: Path, folds_csv: Path, stores: Path) -> dict:
             if cal is None:
                 continue
             gap = float(np.diff(cal["class_mean_logits"])[0])
-            s_lda = lda_scale(zr, yr)
+            s_lda = lda_slope(zr, yr)
             scales = {
                 "cap": min(2 * TARGET_LOGIT / gap, MAX_SCALE),
                 "product": cal["scale"],
@@ -112,7 +109,7 @@ def probe_run(name: str, models: Path, folds_csv: Path, stores: Path) -> dict:
                     "gap": gap,
                     "scale_lda": s_lda,
                     **{f"scale_{key}": sc for key, sc in scales.items()},
-                    "capped": bool(2 * TARGET_LOGIT / gap > MAX_SCALE),
+                    "capped": capped(gap),
                     "lowered_by_lda_all": bool(s_lda < 2 * TARGET_LOGIT / gap),
                 }
             )

@@ -35,13 +35,29 @@ import torch
 from gigamil.models.ensemble import apply_calibration
 from gigamil.train.checkpoint import atomic_save, load_model
 
-__all__ = ["apply_calibration", "calibrate_fold_model", "fit_class_means"]
+__all__ = ["apply_calibration", "calibrate_fold_model", "capped", "fit_class_means", "lda_slope"]
 
 log = logging.getLogger(__name__)
 
 TARGET_LOGIT = math.log(9.0)  # class means -> probability 0.1 / 0.9
 MIN_GAP = 1e-6
 MAX_SCALE = 20.0  # the demo's fold models: 0.8-1.9
+
+
+def capped(gap: float) -> bool:
+    """Whether class means ``gap`` apart would need more than ``MAX_SCALE`` to reach ∓ln 9."""
+    return bool(MAX_SCALE * gap < 2 * TARGET_LOGIT)
+
+
+def lda_slope(logits: np.ndarray, labels: np.ndarray) -> float:
+    """``gap / sd²`` of binary logits (n,) with labels (n,) in {0, 1}: the class-mean gap over
+    the pooled within-class variance (n - 2 degrees of freedom), the log-odds slope of two
+    Gaussian classes of equal variance (linear discriminant analysis); inf without spread."""
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    m0, m1 = z[y == 0].mean(), z[y == 1].mean()
+    resid = np.concatenate([z[y == 0] - m0, z[y == 1] - m1])
+    var = float((resid**2).sum()) / max(1, len(z) - 2)
+    return float(m1 - m0) / var if var > 0 else math.inf
 
 
 def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str, Any] | None:
@@ -62,10 +78,8 @@ def fit_class_means(logits: Sequence[float], labels: Sequence[int]) -> dict[str,
     if gap < MIN_GAP:
         return None
     scale = 2 * TARGET_LOGIT / gap
-    if scale > MAX_SCALE:  # barely separated: the slope the overlapping classes support
-        resid = np.concatenate([z[y == 0] - m0, z[y == 1] - m1])
-        var = float((resid**2).sum()) / max(1, len(z) - 2)
-        scale = min(MAX_SCALE, gap / var) if var > 0 else MAX_SCALE
+    if capped(gap):  # barely separated: the slope the overlapping classes support
+        scale = min(MAX_SCALE, lda_slope(z, y))
     return {
         "method": "class_means",
         "offset": (m0 + m1) / 2,
@@ -108,7 +122,7 @@ def calibrate_fold_model(
             "(class-mean logits not ordered); its logits are left as they are",
             len(zs),
         )
-    elif MAX_SCALE * np.diff(cal["class_mean_logits"])[0] < 2 * TARGET_LOGIT:  # capped
+    elif capped(np.diff(cal["class_mean_logits"])[0]):
         m0, m1 = cal["class_mean_logits"]
         s = cal["scale"]
         log.warning(
