@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -119,12 +120,12 @@ def split_report(folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def fold_slides_with_stores(
-    path: str | Path, fold: int, role: str, stores: str | Path
-) -> pd.DataFrame:
-    """The ``role`` slides (train, val or test) of fold ``fold`` of the folds.csv at ``path``
-    (cohort, slide_id, patient_id, label) with the column ``store`` =
-    ``stores/{cohort}/{slide_id}.zarr``: the layout the workflow writes patch stores in
-    (``results/patches``) and feature stores in (``results/features/{encoder_id}``). Used by
+    path: str | Path, fold: int, roles: Sequence[str], stores: str | Path
+) -> list[pd.DataFrame]:
+    """For each of ``roles`` (train, val or test), the slides of fold ``fold`` of the folds.csv
+    at ``path`` (cohort, slide_id, patient_id, label; the file read once) with the column
+    ``store`` = ``stores/{cohort}/{slide_id}.zarr``: the layout the workflow writes patch stores
+    in (``results/patches``) and feature stores in (``results/features/{encoder_id}``). Used by
     ``gigamil train`` / ``predict --folds``.
 
     Raises:
@@ -135,15 +136,19 @@ def fold_slides_with_stores(
     known = sorted(set(folds["fold"]))
     if fold not in known:
         raise GigamilError(f"{path}: no fold {fold}; it has folds {known[0]} to {known[-1]}")
-    slides = fold_slides(folds, fold, role)
-    pairs = zip(slides["cohort"], slides["slide_id"], strict=True)
-    slides["store"] = [str(Path(stores) / c / f"{s}.zarr") for c, s in pairs]
-    missing = [s for s in slides["store"] if not Path(s).exists()]
+    out = []
+    for role in roles:
+        slides = fold_slides(folds, fold, role)
+        pairs = zip(slides["cohort"], slides["slide_id"], strict=True)
+        slides["store"] = [str(Path(stores) / c / f"{s}.zarr") for c, s in pairs]
+        out.append(slides)
+    every = [s for slides in out for s in slides["store"]]
+    missing = [s for s in every if not Path(s).exists()]
     if missing:
         raise GigamilError(
-            f"{path}: fold {fold}: {len(missing)} of its {len(slides)} {role} slides have no "
-            f"store under {stores} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
-            f"); --stores names the folder that holds <cohort>/<slide_id>.zarr (gigamil patches "
-            "--out writes them)"
+            f"{path}: fold {fold}: {len(missing)} of its {len(every)} {' and '.join(roles)} "
+            f"slides have no store under {stores} ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); --stores names the folder that holds "
+            "<cohort>/<slide_id>.zarr (gigamil patches --out writes them)"
         )
-    return slides
+    return out

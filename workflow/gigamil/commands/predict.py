@@ -69,16 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gigamil.commands.train import check_stores_flag, fold_slides, read_slides_csv
+    from gigamil.commands.train import check_fold_flags, fold_slides, read_slides_csv
     from gigamil.evaluate.predictions import write_fold_predictions
     from gigamil.train.fold_data import resolve_device
     from gigamil.train.predict import predict_slides
 
     resolve_device(args.device, key="--device")  # named as typed, before the model is read
-    check_stores_flag(args, "--slides")
+    check_fold_flags(args, "--slides")
     preds = predict_slides(
         Path(args.model),
-        fold_slides(args, "test")
+        fold_slides(args, "test")[0]
         if args.folds is not None
         else read_slides_csv(args.slides, labels=False),
         None if args.fold is not None else Path(args.out),

@@ -69,24 +69,23 @@ def add_fold_arguments(parser: argparse.ArgumentParser, fold_help: str) -> None:
     )
 
 
-def fold_slides(args: argparse.Namespace, role: str):  # noqa: ANN201 - pandas imported lazily
-    """The ``role`` slides of ``--folds``/``--fold`` with their ``--stores`` (default
-    results/patches); GigamilError without ``--fold``."""
-    from gigamil.errors import GigamilError
-    from gigamil.folds import fold_slides_with_stores
-
-    if args.fold is None:
-        raise GigamilError("--folds needs --fold K (the fold's number in FOLDS.csv)")
-    return fold_slides_with_stores(args.folds, args.fold, role, args.stores or "results/patches")
-
-
-def check_stores_flag(args: argparse.Namespace, listed: str) -> None:
-    """GigamilError for ``--stores`` without ``--folds`` (``listed``: the option whose CSV
-    names every store itself): it would be ignored."""
+def check_fold_flags(args: argparse.Namespace, listed: str) -> None:
+    """GigamilError for ``--stores`` without ``--folds`` (``listed``: the option whose CSV names
+    every store itself: it would be ignored) and for ``--folds`` without ``--fold``."""
     from gigamil.errors import GigamilError
 
     if args.stores is not None and args.folds is None:
         raise GigamilError(f"--stores goes with --folds FOLDS.csv ({listed} names each store)")
+    if args.folds is not None and args.fold is None:
+        raise GigamilError("--folds needs --fold K (the fold's number in FOLDS.csv)")
+
+
+def fold_slides(args: argparse.Namespace, *roles: str) -> list:
+    """The slides of each of ``roles`` in fold ``--fold`` of ``--folds``, with their ``--stores``
+    (default results/patches; :func:`gigamil.folds.fold_slides_with_stores`)."""
+    from gigamil.folds import fold_slides_with_stores
+
+    return fold_slides_with_stores(args.folds, args.fold, roles, args.stores or "results/patches")
 
 
 def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas imported lazily
@@ -140,18 +139,16 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.errors import GigamilError
     from gigamil.train.run import train_fold
 
-    check_stores_flag(args, "--train-csv")  # the command line's own mistakes first
+    check_fold_flags(args, "--train-csv")  # the command line's own mistakes first
     if args.folds is None and args.fold is not None:
         raise GigamilError("--fold goes with --folds FOLDS.csv (--train-csv lists the slides)")
-    if args.folds is not None and args.fold is None:
-        raise GigamilError("--folds needs --fold K (the fold's number in FOLDS.csv)")
     cfg = load_config(args.config)
     for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
         print(f"gigamil: warning: {warning}", file=sys.stderr)
     if args.folds is not None:
         if args.val_csv:
             raise GigamilError("--val-csv goes with --train-csv; --folds reads the fold's own")
-        train, val = fold_slides(args, "train"), fold_slides(args, "val")
+        train, val = fold_slides(args, "train", "val")
     else:
         train = read_slides_csv(args.train_csv)
         val = read_slides_csv(args.val_csv) if args.val_csv else train.iloc[:0]
