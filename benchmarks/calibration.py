@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -72,6 +73,38 @@ def write_cohort(root: Path, tiles_dir: Path, seed: int) -> pd.DataFrame:
     pool = [t for t in read_tile_pool(tiles_dir) if t.sha256 not in exclude]
     pool = [t for t in pool if tile_tissue_fraction(decode_tile(t)) >= MIN_TILE_TISSUE]
     return write_tile_bags(root, pool, N_TRAIN + N_TEST, seed=seed)
+
+
+def add_tile_arguments(
+    ap: argparse.ArgumentParser, seeds: list[int], epochs: int, out: Path
+) -> None:
+    """``--tiles``, ``--seeds``, ``--epochs`` and ``--out`` with these defaults (this script's
+    and ``benchmarks/first_epoch.py``'s)."""
+    ap.add_argument("--tiles", type=Path, default=DEFAULT_TILES)
+    ap.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--out", type=Path, default=out)
+
+
+def seed_cohorts(tiles: Path, seeds: list[int]) -> Iterator[tuple[int, Path, pd.DataFrame]]:
+    """Per seed: the seed, a temporary folder holding the bags of :func:`write_cohort` (removed
+    after the last seed) and their slide table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            root = Path(tmp) / f"seed{seed}"
+            root.mkdir()
+            yield seed, root, write_cohort(root, tiles, seed)
+
+
+def result_header(benchmark: str, args: argparse.Namespace) -> dict:
+    """The fields every results JSON of these benchmarks starts with."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "tiles": str(args.tiles),
+        "epochs": args.epochs,
+    }
 
 
 def feature_spread(train: pd.DataFrame, variant: dict, seed: int) -> float:
@@ -143,28 +176,21 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiles", type=Path, default=DEFAULT_TILES)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_tile_arguments(ap, [0, 1, 2], 20, RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            root = Path(tmp) / f"seed{seed}"
-            root.mkdir()
-            df = write_cohort(root, args.tiles, seed)
-            for name in VARIANTS:
-                r = run_variant(name, df, root, seed, args.epochs)
-                rows.append(r)
-                print(
-                    f"seed {seed} {name:13s} loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}"
-                    f"  held-out AUC {r['held_out_auc']:.3f}"
-                    f"  bag-feature spread at init {r['feature_spread_at_init']:.3f}"
-                    f"  ({r['seconds']:.0f} s)",
-                    flush=True,
-                )
+    for seed, root, df in seed_cohorts(args.tiles, args.seeds):
+        for name in VARIANTS:
+            r = run_variant(name, df, root, seed, args.epochs)
+            rows.append(r)
+            print(
+                f"seed {seed} {name:13s} loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}"
+                f"  held-out AUC {r['held_out_auc']:.3f}"
+                f"  bag-feature spread at init {r['feature_spread_at_init']:.3f}"
+                f"  ({r['seconds']:.0f} s)",
+                flush=True,
+            )
     summary = summarise(rows)
     print("\nmean ± sd over seeds:")
     for name, s in summary.items():
@@ -177,11 +203,7 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             {
-                "benchmark": "calibration",
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": platform.platform(),
-                "tiles": str(args.tiles),
-                "epochs": args.epochs,
+                **result_header("calibration", args),
                 "rows": rows,
                 "summary": summary,
             },

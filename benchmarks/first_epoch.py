@@ -21,18 +21,15 @@ records the training loss per epoch (``train_log.csv``). Writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 import yaml
-from calibration import DEFAULT_TILES, N_TRAIN, REPO, write_cohort
+from calibration import N_TRAIN, REPO, add_tile_arguments, result_header, seed_cohorts
 
 sys.path.insert(0, str(REPO / "workflow"))
 
@@ -77,39 +74,20 @@ def run(df: pd.DataFrame, out: Path, encoder: str, warmup: int, seed: int, epoch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tiles", type=Path, default=DEFAULT_TILES)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_tile_arguments(ap, [0, 1], 3, RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            root = Path(tmp) / f"seed{seed}"
-            root.mkdir()
-            df = write_cohort(root, args.tiles, seed)
-            for encoder in ENCODERS:
-                for warmup in WARMUPS:
-                    name = f"{encoder}-warmup{warmup}-seed{seed}"
-                    r = run(df, root / name, encoder, warmup, seed, args.epochs)
-                    rows.append(r)
-                    losses = " ".join(f"{v:.3f}" for v in r["train_loss"])
-                    print(f"{name:26s} training loss per epoch {losses} ({r['seconds']:.0f} s)")
+    for seed, root, df in seed_cohorts(args.tiles, args.seeds):
+        for encoder in ENCODERS:
+            for warmup in WARMUPS:
+                name = f"{encoder}-warmup{warmup}-seed{seed}"
+                r = run(df, root / name, encoder, warmup, seed, args.epochs)
+                rows.append(r)
+                losses = " ".join(f"{v:.3f}" for v in r["train_loss"])
+                print(f"{name:26s} training loss per epoch {losses} ({r['seconds']:.0f} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "first_epoch",
-                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "machine": platform.platform(),
-                "tiles": str(args.tiles),
-                "epochs": args.epochs,
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
+    args.out.write_text(json.dumps({**result_header("first_epoch", args), "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 
