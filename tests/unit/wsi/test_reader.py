@@ -339,7 +339,9 @@ def test_slide_mpp_reads_headers_like_open_slide(cmu_svs, test_slides):
 
 
 def test_slide_mpp_does_not_decode_plain_images(tmp_path, monkeypatch):
-    from gigamil.wsi.reader import slide_mpp
+    import tifffile
+
+    from gigamil.wsi.reader import slide_header, slide_mpp
 
     img = Image.fromarray(np.full((64, 64, 3), 200, np.uint8))
     img.save(tmp_path / "a.png", dpi=(50800, 50800))  # 0.5 µm/px
@@ -349,6 +351,11 @@ def test_slide_mpp_does_not_decode_plain_images(tmp_path, monkeypatch):
     with pytest.raises(SlideError, match="no microns-per-pixel"):
         slide_mpp(tmp_path / "b.png")
     assert slide_mpp(tmp_path / "b.png", 0.25) == 0.25
+    # the size too, from the same header read (the pre-run check's slide_header)
+    Image.fromarray(np.full((30, 70, 3), 200, np.uint8)).save(tmp_path / "c.png", dpi=(50800,) * 2)
+    tifffile.imwrite(tmp_path / "d.tif", np.full((20, 40, 3), 200, np.uint8))
+    assert slide_header(tmp_path / "c.png") == (pytest.approx(0.5, rel=1e-3), (70, 30))
+    assert slide_header(tmp_path / "d.tif", 0.25)[1] == (40, 20)
 
 
 def test_openslide_reads_left_of_or_above_the_slide_where_level_origin_says(write_tiff, tmp_path):

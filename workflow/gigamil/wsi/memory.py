@@ -88,7 +88,7 @@ class ImageReader(ArrayReader):
 
     def __init__(self, path: str | Path, mpp_override: float | None = None):
         name = str(path)
-        image, tiff_mpp = _load_plain_image(Path(path), name)
+        image, tiff_mpp, _ = _load_plain_image(Path(path), name)
         (mpp_x, mpp_y), source = resolve_mpp_xy(name, mpp_override, None, tiff_mpp)
         super().__init__(image, mpp_x, _auto_downsamples(image.shape[:2]), name, source, mpp_y)
         self.path = str(path)
@@ -107,21 +107,11 @@ def plain_image_header(
     path: str | Path, mpp_override: float | None = None
 ) -> tuple[float, tuple[int, int]]:
     """(level-0 MPP, (width, height) in px) of a plain image as :class:`ImageReader` resolves
-    them, from the file's header alone (the pixels are not decoded; the size as tifffile or
-    PIL, whichever reads the file, reads it). Raises SlideError like ImageReader."""
-    from PIL import Image
-
+    them, from the file's header alone (the pixels are not decoded). Raises SlideError like
+    ImageReader."""
     name = str(path)
-    _, tiff_mpp = _load_plain_image(Path(path), name, decode=False)
+    _, tiff_mpp, size = _load_plain_image(Path(path), name, decode=False)
     (mpp_x, mpp_y), _ = resolve_mpp_xy(name, mpp_override, None, tiff_mpp)
-    if Path(path).suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            size = int(tif.pages[0].imagewidth), int(tif.pages[0].imagelength)
-    else:
-        with Image.open(path) as img:
-            size = int(img.width), int(img.height)
     return (mpp_x + mpp_y) / 2.0, size
 
 
@@ -141,10 +131,10 @@ def _tiff_page_mpp(page: Any) -> tuple[float, float] | None:
 
 def _load_plain_image(
     path: Path, name: str, decode: bool = True
-) -> tuple[np.ndarray | None, tuple[float, float] | None]:
-    """Read a plain image as RGB uint8 plus the MPP its resolution metadata implies (or None);
-    ``decode`` False checks the header (format, size) and, for a TIFF, that its first strip or
-    tile decodes, and returns no pixels (None)."""
+) -> tuple[np.ndarray | None, tuple[float, float] | None, tuple[int, int]]:
+    """Read a plain image as RGB uint8 plus the MPP its resolution metadata implies (or None)
+    and its (width, height) in px; ``decode`` False checks the header (format, size) and, for
+    a TIFF, that its first strip or tile decodes, and returns no pixels (None)."""
     from PIL import Image
 
     suffix = path.suffix.lower()
@@ -162,6 +152,7 @@ def _load_plain_image(
                         reason="too_large",
                     )
                 mpp = _tiff_page_mpp(page)
+                size = int(page.imagewidth), int(page.imagelength)
                 _check_not_truncated(path, name, page)
                 if decode:
                     arr = page.asarray()
@@ -174,7 +165,7 @@ def _load_plain_image(
             raise SlideError(
                 f"{name}: cannot read the TIFF: {exc}", reason=_decode_reason(exc, path)
             ) from exc
-        return (_to_rgb(arr, name) if arr is not None else None), mpp
+        return (_to_rgb(arr, name) if arr is not None else None), mpp, size
     try:
         with Image.open(path) as img:
             if img.width * img.height > FALLBACK_MAX_PIXELS:
@@ -183,6 +174,7 @@ def _load_plain_image(
                     reason="too_large",
                 )
             dpi = img.info.get("dpi")
+            size = int(img.width), int(img.height)
             arr = np.asarray(img.convert("RGBA")) if decode else None
     except SlideError:
         raise
@@ -191,7 +183,7 @@ def _load_plain_image(
         hint = "; copy the slide again" if reason == "truncated" else ""
         raise SlideError(f"{name}: cannot read the image: {exc}{hint}", reason=reason) from exc
     mpp = mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
-    return (composite_on_white(arr) if arr is not None else None), mpp
+    return (composite_on_white(arr) if arr is not None else None), mpp, size
 
 
 def _decode_reason(exc: Exception, path: Path) -> str:

@@ -46,8 +46,8 @@ class SlideCheck(NamedTuple):
 
 class SlideStatus(NamedTuple):
     """Outcome of :func:`check_slide`: the problem (None: usable), the level-0 MPP and
-    ``small``: why the slide, usable, will give no patch (smaller than one patch at the
-    scanner's own MPP: a tiny image; None otherwise)."""
+    ``small``: why the slide will give no patch (smaller than one patch; None otherwise), which
+    :func:`check_slides` turns into a problem or a warning."""
 
     check: SlideCheck
     problem: str | None
