@@ -408,6 +408,14 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     assert f"{cv['oof_auc']:.3f} ({ci})" in page
     assert f"<td>{cv['patient_auc']:.3f} (" in page and "CI" in page
     assert f"{cv['balanced_accuracy']:.3f} (" in page
+    # listed in the order of reading: the page first, then the plots, then the tables
+    listed = sorted(
+        (r["labels"]["file"], p.rsplit("/", 1)[1])
+        for p, r in results.items()
+        if p.startswith("results/eval/demo/") and p.count("/") == 3
+    )
+    assert [f for _, f in listed][:3] == ["metrics.html", "roc.png", "confusion.png"]
+    assert all(label.endswith(f) for label, f in listed)
     assert f"{cv['localization_auc']:.3f} ± " in page
     ens = json.loads((res / "eval/demo/ensemble/demo/summary.json").read_text())
     assert ens["models_per_slide"] == [1, 1]  # a train cohort: each slide its out-of-fold model

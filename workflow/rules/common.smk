@@ -235,17 +235,21 @@ def report_output(path, caption, category, subcategory=None, labels=None, enable
 
 def report_outputs(out_dir, category, files, subcategory=None, enabled=True):
     """Named outputs ``{name: report_output(out_dir/file, caption, category)}`` of
-    ``files = {name: (file, caption)}``; used as ``output: **report_outputs(...)``. Not
-    ``enabled``: the same paths, not flagged for the report."""
+    ``files = {name: (file, caption)}``; used as ``output: **report_outputs(...)``. Each gets
+    the label ``{"file": "<i>. <file>"}``, numbered in the order of ``files``: the report
+    sorts a subcategory's results by label (by file name without labels), so the files are
+    listed in that order. Not ``enabled``: the same paths, not flagged for the report.
+    """
     return {
         name: report_output(
             f"{out_dir}/{file}",
             caption,
             category,
             subcategory=subcategory,
+            labels={"file": f"{i}. {file}"},
             enabled=enabled,
         )
-        for name, (file, caption) in files.items()
+        for i, (name, (file, caption)) in enumerate(files.items(), start=1)
     }
 
 

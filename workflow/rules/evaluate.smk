@@ -5,6 +5,17 @@ train cohort's out-of-fold predictions), and the ensemble's predictions of the u
 results/eval/{experiment}/ensemble/{cohort}/; wildcard constraints give each its cohorts. The final outputs for rule all are ``eval_targets()`` (common.smk).
 """
 
+# The files of an ensemble (or a train cohort's out-of-fold) evaluation, in the report's order
+# (report_outputs numbers them): the page to read first, the plots, then the tables.
+ENSEMBLE_REPORT_FILES = {
+    "metrics_html": ("metrics.html", "ensemble_metrics"),
+    "roc": ("roc.png", "ensemble_roc"),
+    "confusion": ("confusion.png", "ensemble_confusion"),
+    "predictions": ("predictions.csv", "ensemble_predictions"),
+    "metrics": ("metrics.csv", "metrics_csv"),
+    "summary": ("summary.json", "ensemble_summary"),
+}
+
 
 rule aggregate_cv:
     input:
@@ -20,12 +31,12 @@ rule aggregate_cv:
             layout.eval_dir(EXPERIMENT),
             REPORT_CATEGORIES["cv"],
             {
-                "summary": ("summary.json", "summary"),
-                "metrics": ("metrics.csv", "metrics_csv"),
                 "metrics_html": ("metrics.html", "metrics"),
-                "per_slide": ("per_slide_predictions.csv", "per_slide"),
                 "roc": ("roc.png", "roc"),
                 "confusion": ("confusion.png", "confusion"),
+                "per_slide": ("per_slide_predictions.csv", "per_slide"),
+                "metrics": ("metrics.csv", "metrics_csv"),
+                "summary": ("summary.json", "summary"),
             },
             subcategory="metrics and plots",
         ),
@@ -61,14 +72,7 @@ rule ensemble:
         **report_outputs(
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
             REPORT_CATEGORIES["ensembles"],
-            {
-                "summary": ("summary.json", "ensemble_summary"),
-                "predictions": ("predictions.csv", "ensemble_predictions"),
-                "metrics": ("metrics.csv", "metrics_csv"),
-                "metrics_html": ("metrics.html", "ensemble_metrics"),
-                "roc": ("roc.png", "ensemble_roc"),
-                "confusion": ("confusion.png", "ensemble_confusion"),
-            },
+            ENSEMBLE_REPORT_FILES,
             subcategory="{cohort}",
         ),
     log:
@@ -104,14 +108,7 @@ use rule ensemble as oof_cohort with:
         **report_outputs(
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
             REPORT_CATEGORIES["ensembles"],
-            {
-                "summary": ("summary.json", "ensemble_summary"),
-                "predictions": ("predictions.csv", "ensemble_predictions"),
-                "metrics": ("metrics.csv", "metrics_csv"),
-                "metrics_html": ("metrics.html", "ensemble_metrics"),
-                "roc": ("roc.png", "ensemble_roc"),
-                "confusion": ("confusion.png", "ensemble_confusion"),
-            },
+            ENSEMBLE_REPORT_FILES,
             subcategory="{cohort}",
             enabled=len(TRAIN_COHORTS) > 1,
         ),
@@ -129,9 +126,9 @@ rule predict_cohort:
             layout.ensemble_dir(EXPERIMENT, "{cohort}"),
             REPORT_CATEGORIES["ensembles"],
             {
-                "summary": ("summary.json", "ensemble_summary"),
-                "predictions": ("predictions.csv", "predict_predictions"),
                 "predictions_html": ("predictions.html", "predict_predictions"),
+                "predictions": ("predictions.csv", "predict_predictions"),
+                "summary": ("summary.json", "ensemble_summary"),
             },
             subcategory="{cohort}",
         ),
