@@ -55,6 +55,19 @@ def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
     lines = str(err.value).splitlines()
     assert lines[1].startswith(f"- cohort 'a': {bad}: line 2 (slide_id 's1'): label 'tumour'")
     assert lines[2].startswith(f"- cohort 'b': {bad}: line 2")
+    rows[1]["label"] = "tumour"  # a problem of several lines: indented under its cohort
+    worse = write_sheet(tmp_path, rows, name="worse.csv")
+    cfg["cohorts"] = {"a": {"sheet": str(worse)}, "b": {"sheet": "sheets/b.csv"}}
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "2 cohort sheets have problems:"
+    assert lines[1].startswith(f"- cohort 'a': {worse}: 2 labels are not one of the classes")
+    assert lines[2:4] == [
+        "    line 2 (slide_id 's1'): label 'tumour'",
+        "    line 3 (slide_id 's2'): label 'tumour'",
+    ]
+    assert lines[4].startswith("- cohort 'b': sheet ")
 
 
 def test_load_cohorts_uses_cohort_settings(tmp_path, base_config):

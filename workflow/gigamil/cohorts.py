@@ -17,6 +17,7 @@ import pandas as pd
 
 from gigamil.config import ROLE_PREDICT
 from gigamil.errors import ConfigError
+from gigamil.sheet_csv import raise_problems
 from gigamil.sheets import load_sheet, sheet_slide_path
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,7 @@ def load_cohorts(
         except ConfigError as exc:  # each problem names its cohort (two may share a sheet)
             text = str(exc)
             problems.append(text if text.startswith("cohort ") else f"cohort {name!r}: {text}")
-    if len(problems) == 1:
-        raise ConfigError(problems[0])
-    if problems:  # one item each, its own lines indented under it
-        raise ConfigError(
-            f"{len(problems)} cohort sheets have problems:\n"
-            + "\n".join("- " + p.replace("\n", "\n  ") for p in problems)
-        )
+    raise_problems(None, problems, "cohort sheets have problems")
     check_leakage(config, sheets, base_dir, check_content=check_content)
     check_classes_trained(config, sheets)
     return sheets

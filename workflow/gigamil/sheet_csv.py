@@ -19,14 +19,17 @@ from gigamil.errors import ConfigError, csv_read_errors
 log = logging.getLogger(__name__)
 
 
-def raise_problems(path: Path, problems: list[str], what: str = "problems") -> None:
+def raise_problems(path: Path | None, problems: list[str], what: str = "problems") -> None:
     """One :class:`ConfigError` for a sheet's ``problems`` (none: nothing): the problem itself,
-    or ``{path}: N {what}:`` and one ``- problem`` line each, so a sheet is fixed in one round."""
+    or ``{path}: N {what}:`` and one ``- problem`` item each (a problem's further lines indented
+    under it), so a sheet is fixed in one round; ``path`` None: no ``{path}: `` prefix."""
+    prefix = f"{path}: " if path is not None else ""
     if len(problems) == 1:
-        raise ConfigError(f"{path}: {problems[0]}")
+        raise ConfigError(prefix + problems[0])
     if problems:
         raise ConfigError(
-            f"{path}: {len(problems)} {what}:" + "".join(f"\n- {p}" for p in problems)
+            f"{prefix}{len(problems)} {what}:"
+            + "".join("\n- " + p.replace("\n", "\n  ") for p in problems)
         )
 
 
