@@ -228,6 +228,17 @@ def test_configuration_errors_name_the_file_or_the_command_line(workdir: Path):
     assert f"invalid configuration: {my} + --config: heatmaps.slides" in res.stderr
 
 
+def test_feature_cache_with_hf_hub_weights_not_in_the_cache_is_one_line(workdir: Path):
+    """A frozen encoder's feature cache is named by its weights' sha256, so the hf-hub: weights
+    are looked up where snakemake starts: missing there, one message (was a traceback)."""
+    my = _own_project(workdir)
+    model = "model={'encoder': 'smallcnn', 'weights': 'hf-hub:nobody/no-such-model'}"
+    args = ("--configfile", str(my), "--config", "training={'strategy': 'frozen'}", model)
+    res = _dry_run_elsewhere(workdir, *args, ok=False)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "gigamil: model.weights: hf-hub:nobody/no-such-model is not in the local" in res.stderr
+
+
 def test_project_directory_with_its_own_config_yaml(tmp_path: Path):
     """The README's way to run a project from its own directory: its config.yaml is the only
     configuration (the repository's demo config.yaml is not read)."""

@@ -142,8 +142,13 @@ if getattr(workflow, "is_main_process", True) and TRAIN_COHORTS:
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
 # the frozen encoder's feature cache (written by extract_features): its encoder_id, or None when the
-# encoder learns (or model.feature_cache is off) and training reads the patch stores
-FEATURE_ID = config_encoder_id(config)
+# encoder learns (or model.feature_cache is off) and training reads the patch stores. The id holds
+# the weights file's sha256, so hf-hub: weights must be in the cache of the machine running
+# snakemake too (a one-line error otherwise)
+try:
+    FEATURE_ID = config_encoder_id(config)
+except GigamilError as exc:
+    stop(f"gigamil: {exc}")
 FEATURE_SPEC = (
     encoder_spec(config["model"], config["preprocessing"]["patches"])
     if FEATURE_ID

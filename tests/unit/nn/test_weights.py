@@ -94,8 +94,9 @@ def test_weights_holding_nan_are_an_error(tiny_vit, tmp_path) -> None:
     save_file(state, str(tmp_path / "w.safetensors"))
     with pytest.raises(
         ConfigError, match=r"w\.safetensors holds NaN in 1 tensor \(blocks\.1\.attn\.qkv"
-    ):
+    ) as err:
         build_encoder(tiny_vit, str(tmp_path / "w.safetensors"), 32)
+    assert str(err.value).endswith("use an intact file")  # not "is it another architecture?"
     state["blocks.1.attn.qkv.weight"][0, :3] = float("-inf")  # as a stored attention mask
     save_file(state, str(tmp_path / "w.safetensors"))
     build_encoder(tiny_vit, str(tmp_path / "w.safetensors"), 32)
@@ -112,6 +113,32 @@ def test_weights_of_another_architecture_are_an_error(tiny_vit, monkeypatch, tmp
     torch.save(timm_state("wider"), tmp_path / "wide.pt")
     with pytest.raises(ConfigError, match="other shapes .*a different architecture"):
         build_encoder(tiny_vit, str(tmp_path / "wide.pt"), 32)
+    deeper_wider = EncoderSpec("vit_tiny_patch16_224", dict(TINY, depth=4, embed_dim=48))
+    monkeypatch.setitem(FOUNDATION_MODELS, "deeper_wider", deeper_wider)
+    torch.save(timm_state("deeper_wider"), tmp_path / "both.pt")
+    with pytest.raises(ConfigError) as err:  # extra keys and other shapes: both counted
+        build_encoder(tiny_vit, str(tmp_path / "both.pt"), 32)
+    n_own = len(timm_state())
+    assert f"(the encoder has {n_own} tensors, the file {n_own + 12})" in str(err.value)
+    assert "12 unexpected keys (blocks.3." in str(err.value)
+    assert "tensors of other shapes (blocks.0." in str(err.value)
+
+
+def test_the_reader_follows_the_content_not_the_suffix(tiny_vit, tmp_path) -> None:
+    """A safetensors file named .pt loads; a file of neither kind is named as such, not as a
+    pickled model (the torch reader's refusal of anything it cannot read)."""
+    state = timm_state()
+    save_file(state, str(tmp_path / "w.pt"))
+    assert same_weights(build_encoder(tiny_vit, str(tmp_path / "w.pt"), 32)[0], state)
+    torch.save(state, tmp_path / "w.safetensors")
+    assert same_weights(build_encoder(tiny_vit, str(tmp_path / "w.safetensors"), 32)[0], state)
+    (tmp_path / "notes.pth").write_text("not weights\n")
+    with pytest.raises(ConfigError, match=r"notes\.pth \(neither a safetensors file nor a torch"):
+        build_encoder(tiny_vit, str(tmp_path / "notes.pth"), 32)
+    data = (tmp_path / "w.pt").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ConfigError, match=r"cut\.safetensors \(.*truncated"):
+        build_encoder(tiny_vit, str(tmp_path / "cut.safetensors"), 32)
 
 
 def test_hf_hub_weights_come_from_the_local_cache_only(tiny_vit, monkeypatch, tmp_path) -> None:

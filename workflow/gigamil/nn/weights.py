@@ -126,11 +126,34 @@ def read_state_dict(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def weights_format(path: Path) -> str:
+    """``"safetensors"``, ``"torch"`` (a ``torch.save`` zip archive or legacy pickle) or
+    ``"unknown"``, from the file's first bytes, whatever its suffix: a safetensors file starts
+    with its header's length (8 bytes, little-endian) and the JSON header (``{``); a
+    ``torch.save`` file with a zip signature (``PK``) or a pickle protocol byte (0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= os.path.getsize(path) - 8:
+            return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    return "unknown"
+
+
 def _read_tensors(path: Path, device: str) -> object:
     import torch
 
-    if path.suffix != ".safetensors":
-        return torch.load(path, map_location=device, weights_only=True)
+    kind = weights_format(path)
+    if kind == "unknown":
+        raise ValueError(
+            "neither a safetensors file nor a torch.save() file (its first bytes are "
+            "neither; an empty, truncated or other kind of file?)"
+        )
+    if kind == "torch":  # a file object: torch.load reads a path named .safetensors as such
+        with open(path, "rb") as f:
+            return torch.load(f, map_location=device, weights_only=True)
     if device != "meta":
         from safetensors.torch import load_file
 
@@ -152,6 +175,8 @@ def _read_error(exc: Exception) -> str:
             "state_dict() instead, e.g. torch.save(model.state_dict(), 'weights.pt'), or a "
             ".safetensors file"
         )
+    if "file not fully covered" in text:  # safetensors: the tensors' byte ranges run past the end
+        return f"{text}: the file is shorter than its header says, i.e. truncated (an interrupted copy?)"
     return text
 
 
@@ -205,18 +230,22 @@ def load_strict(
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - expected)
     tail = f"; {hint}" if hint else ""
+    own = module.state_dict()
+    shapes = [
+        k for k in sorted(set(state) & expected) if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys ({_key_list(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_key_list(unexpected)})")
+        if shapes:
+            parts.append(f"{len(shapes)} tensors of other shapes ({_key_list(shapes)})")
         raise ConfigError(
-            f"model.weights: {source} does not fit the encoder ({len(expected)} keys): "
-            f"{' and '.join(parts)}{tail}"
+            f"model.weights: {source} does not fit the encoder (the encoder has "
+            f"{len(expected)} tensors, the file {len(state)}): {' and '.join(parts)}{tail}"
         )
-    own = module.state_dict()
-    shapes = [k for k in sorted(state) if tuple(state[k].shape) != tuple(own[k].shape)]
     if shapes:
         k = shapes[0]
         raise ConfigError(
@@ -231,7 +260,7 @@ def load_strict(
         raise ConfigError(
             f"model.weights: {source} holds NaN in {len(bad)} tensor"
             f"{'s' if len(bad) > 1 else ''} ({_key_list(bad)}): the weights are damaged or "
-            f"come from a training that diverged; use an intact file{tail}"
+            "come from a training that diverged; use an intact file"
         )
     module.load_state_dict(state, strict=True)
 
