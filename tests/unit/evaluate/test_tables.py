@@ -51,3 +51,18 @@ def test_few_patients_get_no_interval_on_the_page_and_one_slide_no_sd() -> None:
     assert rows["localisation AUC of the attention (lesion mask)"] == "0.875 (1 slide)"
     assert "fold AUC, mean ± sd over 1 fold (each on its ~2 test slides)" in rows
     assert rows["note on the 95 % intervals"] == "few"
+
+
+def test_few_patients_leave_the_interval_rows_out_of_the_page_table(tmp_path: Path) -> None:
+    """The headline shows no interval with fewer than 10 patients; nor does the table below it
+    (an external cohort of 4 patients showed ensemble_ci_low / high 1.000 / 1.000)."""
+    table = pd.DataFrame(
+        {"auc": [1.0, 1.0, 1.0]},
+        index=pd.Index(["ensemble", "ensemble_ci_low", "ensemble_ci_high"], name="scope"),
+    )
+    page = tmp_path / "metrics.html"
+    summary = {"n_slides": 4, "n_patients": 4, "auc": 1.0, "auc_ci": [1.0, 1.0]}
+    write_metrics_html(table, page, "ext metrics", summary, "auc")
+    assert "<th>ensemble</th>" in page.read_text() and "_ci_" not in page.read_text()
+    write_metrics_html(table, page, "ext metrics", {**summary, "n_patients": 12}, "auc")
+    assert "<th>ensemble_ci_low</th>" in page.read_text()

@@ -190,8 +190,13 @@ def write_metrics_html(
     auc_key: str = "oof_auc",
 ) -> None:
     """The headline numbers of ``summary`` (:func:`summary_rows`) and the metrics table as a
-    small standalone HTML page, which the Snakemake report shows inline."""
+    small standalone HTML page, which the Snakemake report shows inline. With fewer patients
+    than :data:`MIN_PATIENTS_FOR_CI` the table's interval rows (``*_ci_low``, ``*_ci_high``)
+    are left out of the page, as the headline leaves out its intervals (metrics.csv has them)."""
     import html
+
+    if summary is not None and few_patients(summary):
+        table = table[~table.index.astype(str).str.contains(r"_ci_(?:low|high)$")]
 
     def cell(col: str, v: Any) -> str:
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
