@@ -97,10 +97,13 @@ def test_damaged_feature_chunk_is_named(write_store, tmp_path: Path) -> None:
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    with pytest.raises(GigamilError, match=r"features/c/0/0"):
+    with pytest.raises(
+        GigamilError, match=r"feature store .*f\.zarr is damaged: chunk features/c/0/0 fails"
+    ) as err:
         FeatureBag(out)
+    assert str(err.value).endswith("rerun to encode it again")  # not "a patch store"
     chunk.unlink()
-    with pytest.raises(GigamilError, match=r"chunk features/c/0/0 is missing"):
+    with pytest.raises(GigamilError, match=r"feature store .* chunk features/c/0/0 is missing"):
         FeatureBag(out)
 
 

@@ -82,7 +82,9 @@ class FeatureBag:
         for name in ("coords", "grid"):
             _check_rows(self.path, group, name, self._array, self.slide_id)
         rows = {
-            name: np.asarray(read_patches(group[name], self.path, self.slide_id), np.int64)
+            name: np.asarray(
+                read_patches(group[name], self.path, self.slide_id, kind="feature"), np.int64
+            )
             for name in ("coords", "grid")
         }
         if indices is not None:
@@ -137,10 +139,10 @@ class FeatureBag:
     def _read(self) -> np.ndarray:
         """The bag's rows of the stored features (float16 (n, D)), from disk."""
         if self.indices is None:
-            return read_patches(self._array, self.path, self.slide_id)
+            return read_patches(self._array, self.path, self.slide_id, kind="feature")
         if len(self.indices) == 0:
             return np.zeros((0, *self._array.shape[1:]), np.float16)
-        return read_patches(self._array, self.path, self.slide_id, self.indices)
+        return read_patches(self._array, self.path, self.slide_id, self.indices, "feature")
 
     def _rows(self) -> np.ndarray:
         return self._features if self._features is not None else self._read()
@@ -220,7 +222,7 @@ def _check_chunks_exist(path: Path, arr: zarr.Array, slide_id: str) -> None:
     for index in itertools.product(*(range(n) for n in arr.cdata_shape)):
         key = chunk_key(arr, index)
         if not (path / key).is_file():
-            raise damaged_store_error(path, slide_id, key, "is missing")
+            raise damaged_store_error(path, slide_id, key, "is missing", "feature")
 
 
 def _check_rows(

@@ -161,10 +161,14 @@ def chunk_key(arr: zarr.Array, index: tuple[int, ...]) -> str:
     return f"{arr.basename}/c/" + "/".join(str(i) for i in index)
 
 
-def damaged_store_error(path: str | Path, slide_id: str, key: str, what: str) -> GigamilError:
+def damaged_store_error(
+    path: str | Path, slide_id: str, key: str, what: str, kind: str = "patch"
+) -> GigamilError:
+    """The error for a damaged chunk of a ``kind`` (``patch`` or ``feature``) store."""
+    redo = "extract" if kind == "patch" else "encode"
     return GigamilError(
-        f"slide {slide_id}: patch store {path} is damaged: chunk {key} {what}; delete the store "
-        "and rerun to extract it again"
+        f"slide {slide_id}: {kind} store {path} is damaged: chunk {key} {what}; delete the store "
+        f"and rerun to {redo} it again"
     )
 
 
@@ -231,11 +235,15 @@ def _check_shapes(path: Path, group: zarr.Group, slide_id: str) -> None:
 
 
 def read_patches(
-    arr: zarr.Array, path: str | Path, slide_id: str, selection: Any = slice(None)
+    arr: zarr.Array,
+    path: str | Path,
+    slide_id: str,
+    selection: Any = slice(None),
+    kind: str = "patch",
 ) -> np.ndarray:
     """``arr[selection]`` (or ``arr.oindex[...]`` for an index array), with a chunk that fails
-    its checksum or cannot be decoded reported as one GigamilError naming the slide, the store
-    and the chunk."""
+    its checksum or cannot be decoded reported as one GigamilError naming the slide, the
+    ``kind`` of store (``patch`` or ``feature``), the store and the chunk."""
     try:
         if isinstance(selection, np.ndarray):
             return np.asarray(arr.oindex[selection])
@@ -251,7 +259,7 @@ def read_patches(
             if "checksum" in str(err)
             else f"cannot be decoded ({type(err).__name__}: {err})"
         )
-        raise damaged_store_error(path, slide_id, key, what) from exc
+        raise damaged_store_error(path, slide_id, key, what, kind) from exc
 
 
 def _find_bad_chunk(arr: zarr.Array) -> tuple[str | None, BaseException | None]:
