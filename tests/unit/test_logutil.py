@@ -65,7 +65,27 @@ def test_every_script_sets_up_its_log_before_anything_else():
         ]
         first, second = ast.unparse(stmts[0]), ast.unparse(stmts[1])
         assert first == "from gigamil.logutil import setup_script_logging", path.name
-        assert second == "setup_script_logging(snakemake.log[0])", path.name
+        assert second.startswith("setup_script_logging(snakemake.log[0]"), path.name
+
+
+def test_a_job_run_again_keeps_its_earlier_attempts_log(tmp_path: Path):
+    """train_fold killed at epoch 91 and run again resumed, but its log began at the resumed
+    run: the killed attempt's lines were gone."""
+    log = tmp_path / "job.log"
+    code = (
+        "import logging, sys\n"
+        "from gigamil.logutil import setup_script_logging\n"
+        f"setup_script_logging({str(log)!r}, keep_earlier=sys.argv[1] == 'keep')\n"
+        "logging.getLogger('gigamil').info('attempt %s', sys.argv[2])\n"
+    )
+    env = {"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"}
+    for mode, attempt in (("keep", "1"), ("keep", "2")):
+        subprocess.run([sys.executable, "-c", code, mode, attempt], env=env, check=True)
+    text = log.read_text()
+    assert text.index("attempt 1") < text.index("job started again") < text.index("attempt 2")
+    assert text.count("job started again") == 1  # not on the first attempt
+    subprocess.run([sys.executable, "-c", code, "fresh", "3"], env=env, check=True)
+    assert "attempt 3" in log.read_text() and "attempt 1" not in log.read_text()
 
 
 def test_console_warnings_prefix_the_main_process_warnings_once():

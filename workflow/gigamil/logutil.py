@@ -51,15 +51,19 @@ def current_context() -> str:
     return _CONTEXT.get()
 
 
-def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
-    """Log to stderr and, if given, to ``log_file`` (Snakemake's ``log:``), replacing old handlers."""
+def setup_logging(
+    log_file: str | Path | None = None, level: int = logging.INFO, append: bool = False
+) -> None:
+    """Log to stderr and, if given, to ``log_file`` (Snakemake's ``log:``), replacing old
+    handlers; ``append``: after the file's earlier lines (a resumed job keeps the log of the
+    attempt it continues), else the file is started afresh."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w"))
     for handler in handlers:
         root.addHandler(format_handler(handler))
     root.setLevel(level)
@@ -84,8 +88,12 @@ def console_warnings(name: str = "gigamil") -> None:
     logger.addHandler(handler)
 
 
-def setup_script_logging(log_file: str | Path) -> None:
+def setup_script_logging(log_file: str | Path, keep_earlier: bool = False) -> None:
     """:func:`setup_logging` for a Snakemake script, plus its failure in the job's log.
+
+    ``keep_earlier``: for a job that can resume (train_fold from ``last.pt``), ``log_file``
+    keeps the lines of earlier attempts, and a line ``job started again`` begins this one's,
+    so a killed attempt's log is not lost when the job runs again.
 
     Every script calls this first, before its other imports, so that an error while the script
     sets up (an import, a bad input) and any later one reach ``log_file`` with its traceback,
@@ -94,7 +102,13 @@ def setup_script_logging(log_file: str | Path) -> None:
     which Snakemake passes on to its jobs) is one line, ``job interrupted``, without a
     traceback; the interpreter still ends by SIGINT, so Snakemake sees an interrupted job.
     """
-    setup_logging(log_file)
+    again = keep_earlier and Path(log_file).is_file() and Path(log_file).stat().st_size > 0
+    setup_logging(log_file, append=keep_earlier)
+    if again:
+        logging.getLogger("gigamil").info(
+            "job started again (the earlier attempts' lines are above; whether it resumes "
+            "follows below)"
+        )
 
     def log_uncaught(exc_type, exc, tb) -> None:
         log = logging.getLogger("gigamil")
