@@ -65,27 +65,39 @@ def test_every_script_sets_up_its_log_before_anything_else():
         ]
         first, second = ast.unparse(stmts[0]), ast.unparse(stmts[1])
         assert first == "from gigamil.logutil import setup_script_logging", path.name
-        assert second.startswith("setup_script_logging(snakemake.log[0]"), path.name
+        assert second == "setup_script_logging(snakemake.log[0])", path.name
 
 
-def test_a_job_run_again_keeps_its_earlier_attempts_log(tmp_path: Path):
+def test_a_job_run_again_keeps_an_unfinished_attempts_log(tmp_path: Path):
     """train_fold killed at epoch 91 and run again resumed, but its log began at the resumed
-    run: the killed attempt's lines were gone."""
+    run: the killed attempt's lines were gone. A finished attempt's log is replaced."""
     log = tmp_path / "job.log"
     code = (
-        "import logging, sys\n"
+        "import logging, os, sys\n"
         "from gigamil.logutil import setup_script_logging\n"
-        f"setup_script_logging({str(log)!r}, keep_earlier=sys.argv[1] == 'keep')\n"
-        "logging.getLogger('gigamil').info('attempt %s', sys.argv[2])\n"
+        f"setup_script_logging({str(log)!r})\n"
+        "logging.getLogger('gigamil').info('attempt %s', sys.argv[1])\n"
+        "if sys.argv[2] == 'killed':\n"
+        "    os._exit(143)  # as SIGTERM: no exit handlers\n"
+        "if sys.argv[2] == 'fails':\n"
+        "    raise ValueError('broken')\n"
     )
     env = {"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"}
-    for mode, attempt in (("keep", "1"), ("keep", "2")):
-        subprocess.run([sys.executable, "-c", code, mode, attempt], env=env, check=True)
-    text = log.read_text()
+
+    def attempt(n: int, how: str) -> str:
+        subprocess.run([sys.executable, "-c", code, str(n), how], env=env, capture_output=True)
+        return log.read_text()
+
+    text = attempt(1, "killed")
+    assert "attempt 1" in text and "job done" not in text
+    text = attempt(2, "done")
     assert text.index("attempt 1") < text.index("job started again") < text.index("attempt 2")
-    assert text.count("job started again") == 1  # not on the first attempt
-    subprocess.run([sys.executable, "-c", code, "fresh", "3"], env=env, check=True)
-    assert "attempt 3" in log.read_text() and "attempt 1" not in log.read_text()
+    assert text.rstrip().endswith("job done")
+    text = attempt(3, "fails")  # after a finished attempt: a fresh log
+    assert "attempt 2" not in text and "job started again" not in text
+    assert "job failed: ValueError: broken" in text and "job done" not in text
+    text = attempt(4, "done")  # after a failed one: kept
+    assert "broken" in text and text.count("job started again") == 1
 
 
 def test_console_warnings_prefix_the_main_process_warnings_once():

@@ -7,6 +7,7 @@ level, so the interleaved output of folds trained in parallel stays readable.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from collections.abc import Iterator
@@ -88,12 +89,22 @@ def console_warnings(name: str = "gigamil") -> None:
     logger.addHandler(handler)
 
 
-def setup_script_logging(log_file: str | Path, keep_earlier: bool = False) -> None:
-    """:func:`setup_logging` for a Snakemake script, plus its failure in the job's log.
+JOB_DONE = "job done"  # the last line of a script's log when it ended without an error
 
-    ``keep_earlier``: for a job that can resume (train_fold from ``last.pt``), ``log_file``
-    keeps the lines of earlier attempts, and a line ``job started again`` begins this one's,
-    so a killed attempt's log is not lost when the job runs again.
+
+def _unfinished_log(log_file: str | Path) -> bool:
+    """``log_file`` holds an attempt that did not end with :data:`JOB_DONE` (killed, failed)."""
+    path = Path(log_file)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 4096))
+        lines = fh.read().decode(errors="replace").rstrip().splitlines()
+    return not (lines and lines[-1].endswith(JOB_DONE))
+
+
+def setup_script_logging(log_file: str | Path) -> None:
+    """:func:`setup_logging` for a Snakemake script, plus its failure in the job's log.
 
     Every script calls this first, before its other imports, so that an error while the script
     sets up (an import, a bad input) and any later one reach ``log_file`` with its traceback,
@@ -101,17 +112,27 @@ def setup_script_logging(log_file: str | Path, keep_earlier: bool = False) -> No
     interpreter then exits with status 1 as for any uncaught exception. An interrupt (Ctrl-C,
     which Snakemake passes on to its jobs) is one line, ``job interrupted``, without a
     traceback; the interpreter still ends by SIGINT, so Snakemake sees an interrupted job.
+
+    A script that ends without an error logs :data:`JOB_DONE` last. When ``log_file`` holds an
+    earlier attempt that did not (a job killed, e.g. by SLURM's time limit, or failed), it is
+    kept and this attempt's lines follow a line ``job started again``: e.g. a killed training's
+    log is not lost when the fold resumes. Otherwise the log starts afresh.
     """
-    again = keep_earlier and Path(log_file).is_file() and Path(log_file).stat().st_size > 0
-    setup_logging(log_file, append=keep_earlier)
+    again = _unfinished_log(log_file)
+    setup_logging(log_file, append=again)
+    log = logging.getLogger("gigamil")
     if again:
-        logging.getLogger("gigamil").info(
-            "job started again (the earlier attempts' lines are above; whether it resumes "
-            "follows below)"
-        )
+        log.info("job started again (the earlier attempt above did not finish)")
+    failed: list[bool] = []
+
+    def log_done() -> None:
+        if not failed:
+            log.info(JOB_DONE)
+
+    atexit.register(log_done)
 
     def log_uncaught(exc_type, exc, tb) -> None:
-        log = logging.getLogger("gigamil")
+        failed.append(True)
         if issubclass(exc_type, KeyboardInterrupt):
             log.warning("job interrupted (Ctrl-C or SIGINT)")
         else:

@@ -5,8 +5,7 @@ With more than one GPU (resources gpu > 1) the fold is trained by torchrun, one 
 
 from gigamil.logutil import setup_script_logging
 
-# first: setup errors reach the log too; a fold run again (resuming) keeps the killed attempt's log
-setup_script_logging(snakemake.log[0], keep_earlier=True)
+setup_script_logging(snakemake.log[0])  # first: setup errors reach the log too
 
 from pathlib import Path
 
