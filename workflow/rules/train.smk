@@ -11,15 +11,13 @@ patch stores. training.strategy em runs all its rounds inside train_fold (featur
 job each round), so its rule graph is the end-to-end one.
 """
 
-from gigamil.settings import TrainingConfig
+from gigamil.data.feature_spec import train_params
 
 TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
-# the params hold the training settings that change what is trained (without the log-only keys
-# such as training.tensorboard, nor device and max_instances_per_forward_pass, so switching those
-# retrains nothing); the script reads the whole training section from the config
-TRAINING_PARAMS = TrainingConfig.from_dict(config["training"]).resume_signature(
-    batch_statistics=config["model"]["batchnorm"] == "train"
-)
+# the params hold the settings that change what is trained, one spelling per training (without
+# the log-only keys such as training.tensorboard, nor device and max_instances_per_forward_pass,
+# so switching those retrains nothing; feature_spec.train_params); the script reads the config
+MODEL_PARAMS, TRAINING_PARAMS = train_params(config)
 MODEL_DIR = layout.model_dir(EXPERIMENT, "{fold}")
 
 
@@ -42,7 +40,7 @@ rule train_fold:
         runtime=24 * 60,
         gpu=TRAIN_GPUS,
     params:
-        model=ordered_params(("model",), config["model"]),
+        model=MODEL_PARAMS,
         training=TRAINING_PARAMS,
         classes=CLASSES,
         features=FEATURE_ID,

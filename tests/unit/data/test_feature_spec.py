@@ -3,13 +3,22 @@ reads it."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pandas as pd
 from fresh_python import modules_loaded_by
 
 from gigamil import layout
-from gigamil.data.feature_spec import cache_enabled, config_encoder_id, encoder_id, encoder_spec
+from gigamil.config import validate_config
+from gigamil.data.feature_spec import (
+    cache_enabled,
+    config_encoder_id,
+    encoder_id,
+    encoder_spec,
+    train_params,
+)
+from gigamil.settings import TrainingConfig, ordered_params, resolve_strategy
 
 PATCHES = {"mpp": 0.5, "patch_px": 32}
 
@@ -80,6 +89,49 @@ def test_cache_enabled_only_for_a_frozen_encoder() -> None:
     for strategy in ("em", "end_to_end"):
         cfg = {**frozen, "training": {"strategy": strategy}}
         assert config_encoder_id(cfg) is None
+
+
+def _config(base: dict, model: dict | None = None, training: dict | None = None) -> dict:
+    cfg = copy.deepcopy(base)
+    cfg["model"] = {**cfg.get("model", {}), **(model or {})}
+    cfg["training"] = {**cfg.get("training", {}), **(training or {})}
+    return validate_config(cfg)
+
+
+def test_train_params_spell_one_training_one_way(base_config: dict) -> None:
+    """Three spellings of a frozen encoder retrained every fold ('params have changed'); so did
+    an augmentation change while training on cached features (not applied to them). The
+    shipped end-to-end settings keep the params they had (no retraining on upgrade)."""
+    cfg = _config(base_config)
+    model, training = train_params(cfg)
+    assert model == ordered_params(("model",), cfg["model"])
+    assert training == TrainingConfig.from_dict(cfg["training"]).resume_signature()
+    assert "augment" in training
+    spellings = [
+        _config(base_config, None, {"strategy": "frozen"}),
+        _config(base_config, {"freeze_encoder": True}),
+        _config(base_config, {"trainable_blocks": 0}),
+        _config(base_config, {"trainable_blocks": 0}, {"strategy": "frozen"}),
+        _config(base_config, None, {"strategy": "frozen", "augment": {"grayscale": 0.5}}),
+    ]
+    params = [train_params(c) for c in spellings]
+    assert all(p == params[0] for p in params), params
+    assert params[0][1]["strategy"] == "frozen" and "augment" not in params[0][1]
+    assert params[0][0]["trainable_blocks"] == 0 and params[0][0]["freeze_encoder"] is False
+    # each spelling's job (model section from the params, training from the config) trains
+    # the frozen strategy
+    for c, (m, _) in zip(spellings, params, strict=True):
+        assert resolve_strategy(m, c["training"])[0] == "frozen"
+    # without the cache the encoder reads patches: augmentation counts
+    a = train_params(_config(base_config, {"feature_cache": False}, {"strategy": "frozen"}))
+    b = train_params(
+        _config(
+            base_config,
+            {"feature_cache": False},
+            {"strategy": "frozen", "augment": {"grayscale": 0.5}},
+        )
+    )
+    assert "augment" in a[1] and a != b
 
 
 def test_the_workflow_imports_no_torch_to_parse_the_snakefile():

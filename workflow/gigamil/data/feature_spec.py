@@ -11,13 +11,20 @@ gigamil.data.features (reading), gigamil.data.feature_extract (writing).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from gigamil.nn.weights import is_weights_file, weights_sha256
-from gigamil.settings import ModelConfig, PatchConfig, resolve_strategy
+from gigamil.settings import (
+    ModelConfig,
+    PatchConfig,
+    TrainingConfig,
+    ordered_params,
+    resolve_strategy,
+)
 
 FORMAT = 1  # bump when the stored features of the same encoder change meaning
 RANDOM_INIT_SEED = 0  # torch seed of a random-init encoder whose features are cached
@@ -93,3 +100,27 @@ def config_encoder_id(config: Mapping[str, Any]) -> str | None:
     if strategy != "frozen" or not cache_enabled(model):
         return None
     return encoder_id(encoder_spec(model, config.get("preprocessing", {}).get("patches", {})))
+
+
+def train_params(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``model`` and ``training`` params of rule train_fold (what retrains a fold when it
+    changes) for a whole validated configuration, one spelling per training:
+
+    - a frozen encoder is ``model.freeze_encoder: false``, ``trainable_blocks: 0`` and
+      ``training.strategy: frozen``, however the configuration says it (``strategy: frozen``,
+      ``freeze_encoder: true`` or ``trainable_blocks: 0`` train the same folds); the job reads
+      its model section from these params and its training section from the configuration,
+      so either way it trains the frozen strategy;
+    - training on the feature cache leaves out ``training.augment`` (not applied to cached
+      features).
+
+    The training section is its :meth:`TrainingConfig.resume_signature`."""
+    model, training = dict(config["model"]), TrainingConfig.from_dict(config["training"])
+    strategy, _ = resolve_strategy(model, training)
+    if strategy == "frozen":
+        model.update(freeze_encoder=False, trainable_blocks=0)
+        training = dataclasses.replace(training, strategy="frozen")
+    sig = training.resume_signature(batch_statistics=model.get("batchnorm") == "train")
+    if config_encoder_id(config) is not None:
+        sig.pop("augment", None)
+    return ordered_params(("model",), model), sig
