@@ -6,6 +6,7 @@ tiny configuration; every case then asks `snakemake --dry-run` what a rerun woul
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -157,6 +158,27 @@ def test_training_parameter_reruns_training_not_patching(workdir: Path):
     assert counts["train_fold"] == FOLDS, counts
     assert counts["predict_fold"] >= FOLDS and counts["aggregate_cv"] == 1, counts
     assert not set(counts) & (UPSTREAM | {"make_splits"}), counts
+
+
+def test_a_fold_without_its_model_is_trained_again(workdir: Path):
+    """A retraining killed mid-fold: Snakemake deletes the failed job's model.pt and
+    train_log.csv, and the fold's predictions of its previous model stay. model.pt is a target
+    of rule all, so the fold trains (resuming its last.pt) and is predicted again; before, the
+    rerun said 'Nothing to be done' and the old predictions went into the evaluation."""
+    fold = workdir / "results" / "models" / "demo" / "fold1"
+    kept = {name: (fold / name).read_bytes() for name in ("model.pt", "train_log.csv")}
+    times = {name: (fold / name).stat().st_mtime_ns for name in kept}
+    try:
+        for name in kept:
+            (fold / name).unlink()
+        counts = Counter(rule for rule, _ in planned_jobs(workdir))
+        assert counts["train_fold"] == 1 and counts["predict_fold"] >= 1, counts
+        assert counts["aggregate_cv"] == 1 and counts["training_curves"] == 1, counts
+    finally:
+        for name, data in kept.items():  # as they were, times included: the run is complete
+            (fold / name).write_bytes(data)
+            os.utime(fold / name, ns=(times[name], times[name]))
+    assert planned_jobs(workdir) == []
 
 
 def test_switching_tensorboard_on_retrains_nothing(workdir: Path):

@@ -79,7 +79,9 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     assert layout.lesion_masks({}, sheets["tr"]) == {}
     assert layout.eval_targets(config, sheets, ["tr"], ["ex"]) == [
         "results/eval/e/summary.json",
+        "results/models/e/fold0/model.pt",
         "results/models/e/fold0/training_curves.png",
+        "results/models/e/fold1/model.pt",
         "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/tr/summary.json",
         "results/eval/e/ensemble/ex/summary.json",
@@ -90,7 +92,9 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     config = {**config, "ensemble": {"enabled": False}, "heatmaps": {"slides": "all"}}
     assert layout.eval_targets(config, sheets, ["tr"], [], ["new"]) == [
         "results/eval/e/summary.json",
+        "results/models/e/fold0/model.pt",
         "results/models/e/fold0/training_curves.png",
+        "results/models/e/fold1/model.pt",
         "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/new/summary.json",
         "results/heatmaps/e/tr/a/a.overlay.jpg",

@@ -343,13 +343,19 @@ def eval_targets(
     external_cohorts: Sequence[str],
     predict_cohorts: Sequence[str] = (),
 ) -> list[str]:
-    """The final evaluation outputs (for rule all): CV summary, training curves, ensembles,
-    heatmaps. A ``predict`` cohort (no labels) always gets its ensemble's predictions (its
-    ``summary.json`` says there are no metrics), whatever ``ensemble.enabled`` says: they are
-    what it is there for."""
+    """The final evaluation outputs (for rule all): CV summary, each fold's model.pt and
+    training curves, ensembles, heatmaps. A ``predict`` cohort (no labels) always gets its
+    ensemble's predictions (its ``summary.json`` says there are no metrics), whatever
+    ``ensemble.enabled`` says: they are what it is there for.
+
+    model.pt is a target of its own: a retraining (changed settings) killed mid-fold leaves the
+    fold without model.pt (Snakemake deletes a failed job's outputs) but with the predictions
+    of its previous model, which, as an intermediate file, Snakemake would not rebuild; the
+    evaluation would then mix the old fold's predictions into the new ones without a word."""
     exp = config["experiment"]
     targets = [f"{eval_dir(exp)}/summary.json"]
-    targets += [training_curves(exp, k) for k in range(config["cv"]["folds"])]
+    for k in range(config["cv"]["folds"]):
+        targets += [f"{model_dir(exp, k)}/model.pt", training_curves(exp, k)]
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
