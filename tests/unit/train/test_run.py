@@ -181,6 +181,12 @@ def test_resume_after_kill_continues(
     train_killed(3, train, val, mil_bags.classes, mil_bags.model, cfg, killed)
     assert [int(r["epoch"]) for r in read_log(killed / "train_log.csv")] == [1, 2]
     assert torch.load(killed / "last.pt", weights_only=True)["early_stopping"]["epoch"] == 2
+    # the killed run's model.pt (its best epoch so far) is marked and refused, not predicted
+    # with as if finished (a killed `gigamil train` left one that looked finished)
+    assert torch.load(killed / "model.pt", weights_only=True)["training_finished"] is False
+    with pytest.raises(GigamilError, match=r"model.pt: the training .* has not finished"):
+        load_model(killed / "model.pt")
+    assert torch.load(full / "model.pt", weights_only=True)["training_finished"] is True
     (killed / "model.pt").unlink()  # Snakemake deletes the declared outputs of a failed job
     (killed / "train_log.csv").unlink()
 
@@ -215,6 +221,7 @@ def test_resume_after_kill_continues(
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     assert seen == []
     assert (killed / "model.pt").is_file() and len(read_log(killed / "train_log.csv")) == 4
+    load_model(killed / "model.pt")  # finished: marked so again
     train_fold(
         train, val, mil_bags.classes, mil_bags.model, training(epochs=1), killed, resume=False
     )

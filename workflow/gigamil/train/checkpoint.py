@@ -32,6 +32,10 @@ from gigamil.models.mil import MILModel
 
 log = logging.getLogger(__name__)
 
+# model.pt key: False while its training runs (the best epoch so far), True once it has ended;
+# absent in model.pt files written before gigamil marked them (read as finished)
+FINISHED = "training_finished"
+
 
 DIGEST_KEY = "sha256"
 
@@ -202,6 +206,13 @@ def load_model(
     ``state_dict`` and ``logit_calibration``) gives a
     :class:`~gigamil.models.ensemble.ReplicateEnsemble` of its members."""
     ckpt = load_checkpoint(path)
+    if ckpt.get(FINISHED) is False:
+        raise GigamilError(
+            f"{path}: the training that writes this model.pt has not finished (it holds the "
+            f"best epoch so far, {ckpt.get('epoch', '?')}, without the calibration of a "
+            "finished model): run the same gigamil train command again (it resumes from "
+            "last.pt), or let snakemake finish the fold"
+        )
     members = ckpt.get("replicates")
     weights_key = "replicates" if members is not None else "state_dict"
     missing = [k for k in (weights_key, "model_config", "classes", "patch_px") if k not in ckpt]
@@ -311,14 +322,26 @@ class CheckpointSaver:
         if not self.enabled:
             return
         if self.best is not None and not self.model_path.is_file():
-            atomic_save(self.best, self.model_path)
+            atomic_save({**self.best, FINISHED: False}, self.model_path)
         self._write_log()
 
     def save_best(self, ckpt: dict[str, Any]) -> None:
-        """A new best epoch: ``ckpt`` (from :func:`model_checkpoint`) becomes model.pt."""
+        """A new best epoch: ``ckpt`` (from :func:`model_checkpoint`) becomes model.pt, marked
+        ``training_finished: False`` until :meth:`finish`."""
         self.best = ckpt
         if self.enabled:
-            atomic_save(ckpt, self.model_path)
+            atomic_save({**ckpt, FINISHED: False}, self.model_path)
+
+    def finish(self) -> None:
+        """The training has ended: model.pt (the best epoch) is marked ``training_finished:
+        True`` (rewritten only when it is missing or not yet marked, so a finished and
+        calibrated model.pt is left as it is). :func:`load_model` refuses a model.pt marked
+        False: a killed ``gigamil train`` left its best epoch so far, which looked finished."""
+        if not self.enabled or self.best is None:
+            return
+        if self.model_path.is_file() and load_checkpoint(self.model_path).get(FINISHED, True):
+            return
+        atomic_save({**self.best, FINISHED: True}, self.model_path)
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         """Append one row (keys ``LOG_COLUMNS``) and rewrite train_log.csv."""
