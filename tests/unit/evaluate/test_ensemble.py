@@ -217,6 +217,20 @@ def test_oof_predictions_refuse_leakage_and_missing_slides(tmp_path):
     extra = _predict(train0, 0, np.random.default_rng(1))
     with pytest.raises(GigamilError, match="whose model used it for train"):
         oof_predictions(pd.concat([preds, extra], ignore_index=True), folds)
+    # a label or patient in the predictions other than folds.csv's: the metrics would count it
+    # (an edited CSV gave OOF AUC 0.625 instead of 0.333 without a word)
+    assert len(oof_predictions(preds, folds)) == len(preds)
+    flipped = preds.copy()
+    flipped.loc[3, "label"] = "normal" if preds.loc[3, "label"] == "lesion" else "lesion"
+    r = flipped.loc[3]
+    with pytest.raises(
+        GigamilError,
+        match=rf"slide {r['cohort']}/{r['slide_id']} has label '{r['label']}' in the predictions "
+        rf"of fold {r['fold']} but '{preds.loc[3, 'label']}' in folds.csv \(1 test slide",
+    ):
+        oof_predictions(flipped, folds)
+    with pytest.raises(GigamilError, match=r"has patient_id 'someone' in the predictions"):
+        oof_predictions(preds.assign(patient_id="someone"), folds)
 
 
 def _slide_with_mask(grid_slide, tmp_path, sid: str, positive: bool):

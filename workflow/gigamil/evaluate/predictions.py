@@ -191,7 +191,32 @@ def oof_predictions(preds: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
             f"slide {r['cohort']}/{r['slide_id']} is predicted by fold {r['fold']}, whose model "
             f"used it for {r['role']}; it cannot count as out-of-fold"
         )
+    _check_split_columns(folds, merged)
     return merged.drop(columns="_merge").reset_index(drop=True)
+
+
+def _check_split_columns(folds: pd.DataFrame, merged: pd.DataFrame) -> None:
+    """The test slides' ``label`` and ``patient_id`` in the predictions (``merged``) are those
+    of folds.csv: the metrics count the predictions' labels and the patient-level figures their
+    patients, so an edited or mixed-up predictions file would score silently wrong.
+
+    Raises:
+        GigamilError: naming the first differing slide and how many differ.
+    """
+    key = ["fold", "cohort", "slide_id"]
+    for col in ("label", "patient_id"):
+        if col not in folds.columns or col not in merged.columns:
+            continue
+        truth = merged[key].merge(folds[key + [col]], on=key, how="left")[col]
+        differ = truth.astype(str).to_numpy() != merged[col].astype(str).to_numpy()
+        if differ.any():
+            r, want = merged.loc[differ].iloc[0], truth[differ].iloc[0]
+            raise GigamilError(
+                f"slide {r['cohort']}/{r['slide_id']} has {col} {r[col]!r} in the predictions "
+                f"of fold {r['fold']} but {want!r} in folds.csv ({int(differ.sum())} test "
+                f"slide(s) differ): the predictions are of other sheets than the folds (or "
+                "were edited); predict again from the same sheets"
+            )
 
 
 def shown(ids: Sequence[str]) -> str:
