@@ -124,6 +124,31 @@ def test_attention_length_mismatch_is_an_error(grid_slide, tmp_path):
         make_heatmap(store, np.ones(3), tmp_path / "hm")
 
 
+def test_attention_that_is_not_finite_is_an_error_and_writes_nothing(grid_slide, tmp_path):
+    """NaN attention was drawn, then the GeoJSON writer failed: a traceback, and overlay.png,
+    gallery.png and a cut-off patches.geojson left behind."""
+    store = tmp_path / "s4.zarr"
+    grid_slide.write(store)
+    att = np.ones(48, np.float32)
+    att[[3, 7]] = [np.nan, np.inf]
+    with pytest.raises(GigamilError, match="attention holds 2 NaN or infinite value"):
+        make_heatmap(store, att, tmp_path / "hm")
+    assert not (tmp_path / "hm").exists() or not any((tmp_path / "hm").iterdir())
+
+
+def test_geojson_is_written_whole_or_not_at_all(tmp_path):
+    from gigamil.viz.geojson import write_geojson
+
+    path = tmp_path / "p.geojson"
+    feature = {"type": "Feature", "properties": {"attention": 0.5}, "geometry": None}
+    write_geojson({"features": [feature, feature]}, path)
+    assert json.loads(path.read_text())["features"] == [feature, feature]
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_geojson({"features": [{**feature, "properties": {"attention": float("nan")}}]}, path)
+    assert json.loads(path.read_text())["features"] == [feature, feature]  # the old file stays
+    assert [p.name for p in tmp_path.iterdir()] == ["p.geojson"]  # no temporary left
+
+
 def test_empty_store_still_gives_outputs(grid_slide, tmp_path):
     store = tmp_path / "s5.zarr"
     grid_slide.write(store, keep=[])

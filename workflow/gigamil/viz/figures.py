@@ -7,7 +7,7 @@ smaller JPEG copies the HTML report embeds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,3 +329,12 @@ def report_copy(png: str | Path, jpg: str | Path, quality: int = REPORT_JPEG_QUA
     jpg.parent.mkdir(parents=True, exist_ok=True)
     rgb.save(jpg, "JPEG", quality=int(quality), optimize=True, comment=title.encode())
     return jpg
+
+
+def patch_width(attrs: Mapping[str, Any]) -> str:
+    """The gallery title's "; each 93 µm wide", from a store's ``patch_size_level0`` (px) and
+    ``slide_mpp`` (µm/px); "" without them."""
+    px, mpp = attrs.get("patch_size_level0"), attrs.get("slide_mpp")
+    if not isinstance(px, int | float) or not isinstance(mpp, int | float) or mpp <= 0:
+        return ""
+    return f"; each {px * mpp:.0f} µm wide"

@@ -376,12 +376,12 @@ def annotations_geojson(*groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_geojson(data: dict[str, Any], path: str | Path) -> None:
-    """Write compact GeoJSON (one line per feature keeps large files diff- and grep-friendly)."""
-    path = Path(path)
-    with path.open("w") as fh:
-        fh.write('{"type": "FeatureCollection", "features": [\n')
-        feats = data["features"]
-        for i, feat in enumerate(feats):
-            fh.write(json.dumps(feat, separators=(",", ":"), allow_nan=False))
-            fh.write(",\n" if i < len(feats) - 1 else "\n")
-        fh.write("]}\n")
+    """Write compact GeoJSON (one line per feature keeps large files diff- and grep-friendly),
+    atomically (:func:`gigamil.fileutil.atomic_write_bytes`): a failure (e.g. a value JSON
+    cannot hold) leaves no cut-off file. Raises ValueError for NaN or infinite values."""
+    from gigamil.fileutil import atomic_write_bytes
+
+    feats = data["features"]
+    lines = [json.dumps(feat, separators=(",", ":"), allow_nan=False) for feat in feats]
+    text = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(lines)
+    atomic_write_bytes(Path(path), (text + ("\n" if lines else "") + "]}\n").encode())

@@ -6,8 +6,7 @@ thumbnail resolution (at most ``thumb_px`` on the long side), so memory does not
 slide size. Overlapping patches (stride < patch size) are averaged per thumbnail pixel, which gives
 smooth maps. Outputs in ``out_dir``:
 
-- ``overlay.png``: the heatmap over the slide thumbnail, clipped to the tissue mask, with a colour
-  bar;
+- ``overlay.png``: the heatmap over the slide thumbnail, clipped to the tissue mask, colour bar;
 - ``attention.npy``: the raw attention (N,) float32 (the mean over fold models for an ensemble);
 - ``gallery.png``: the ``top_k`` highest- and lowest-attention patches;
 - ``patches.geojson``: one polygon per patch in level-0 pixels, with its attention, for QuPath;
@@ -16,8 +15,9 @@ smooth maps. Outputs in ``out_dir``:
   overlap or touch (class ``Attention top-k region``), in level-0 pixels.
 
 The pieces: colour scales in :mod:`gigamil.viz.scales`, the canvas, thumbnail and blending in
-:mod:`gigamil.viz.canvas`, the two images in :mod:`gigamil.viz.figures`, annotations.geojson in
-:mod:`gigamil.viz.annotations`; this module reads the store and puts them together.
+:mod:`gigamil.viz.canvas`, the images in :mod:`gigamil.viz.figures`, annotations.geojson in
+:mod:`gigamil.viz.annotations`; this module reads the store (non-finite attention is an error)
+and puts them together.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, slide_thumbnail
-from gigamil.viz.figures import render_gallery, render_overlay
+from gigamil.viz.figures import patch_width, render_gallery, render_overlay
 from gigamil.viz.geojson import patches_geojson, write_geojson
 from gigamil.viz.scales import ColourScale, scale_attention
 from gigamil.viz.slide_info import SlidePrediction
@@ -210,10 +210,13 @@ def _read_slide(store: str | Path, attention: np.ndarray) -> _Slide:
     the store's number of patches. Without ``slide_dimensions`` the patches' extent is used."""
     coords, _, attrs = read_store_geometry(store)
     attention = np.asarray(attention, dtype=np.float32).reshape(-1)
-    if attention.shape[0] != coords.shape[0]:
+    bad = int((~np.isfinite(attention)).sum())
+    if attention.shape[0] != coords.shape[0] or bad:
         raise GigamilError(
             f"{store}: attention has {attention.shape[0]} values but the store has "
             f"{coords.shape[0]} patches (was the store rebuilt after prediction?)"
+            if not bad
+            else f"{store}: the attention holds {bad} NaN or infinite value(s): nothing to draw"
         )
     slide_id = str(attrs.get("slide_id", Path(store).stem))
     dims = attrs.get("slide_dimensions")
@@ -352,7 +355,7 @@ def _write_gallery(
         else f"patches (a: {style.weight} / slide's sum; ×N: relative to uniform)"
     )
     title = f"{head}\ntop {top.size} / bottom {bottom.size} {style.weight} of {n} {what}"
-    title += _patch_width(slide.attrs)
+    title += patch_width(slide.attrs)
     lesion = None
     if lesion_mask is not None:
         in_lesion = lesion_fraction(slide.coords, slide.attrs, lesion_mask) >= 0.5
@@ -364,15 +367,6 @@ def _write_gallery(
     render_gallery(
         tiles, slide.attention[idx], captions, path, title, n_patches=int(n), lesion=lesion
     )
-
-
-def _patch_width(attrs: Mapping[str, Any]) -> str:
-    """The gallery title's "; each 93 µm wide", from a store's ``patch_size_level0`` (px) and
-    ``slide_mpp`` (µm/px); "" without them."""
-    px, mpp = attrs.get("patch_size_level0"), attrs.get("slide_mpp")
-    if not isinstance(px, int | float) or not isinstance(mpp, int | float) or mpp <= 0:
-        return ""
-    return f"; each {px * mpp:.0f} µm wide"
 
 
 def _write_geojsons(
