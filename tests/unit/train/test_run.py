@@ -365,6 +365,11 @@ def test_predict_refuses_slide_ids_that_leave_the_attention_dir(
     with pytest.raises(GigamilError, match=r"slide \S+ is listed twice"):
         predict_slides(model_path, pd.concat([val.head(1)] * 2), None, tmp_path / "att", "cpu")
     assert not list(tmp_path.rglob("*.npy"))
+    # two slides given one store: the second would be predicted from the first's patches
+    two = pd.concat([val.head(1), val.head(1).assign(slide_id="other")])
+    with pytest.raises(GigamilError, match=r"slides \S+, other have the same store"):
+        predict_slides(model_path, two, None, tmp_path / "att", "cpu")
+    assert not list(tmp_path.rglob("*.npy"))
 
 
 def test_predict_warns_when_the_store_is_of_another_slide(

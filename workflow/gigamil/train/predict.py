@@ -228,15 +228,25 @@ def _warn_seen(slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path) -> 
         )
 
 
-def _check_slide_ids(slide_ids: pd.Series) -> None:
+def _check_slide_ids(slides: pd.DataFrame) -> None:
     """Before any work: the ids name the attention files, so each must be a safe file name
-    and listed once (a second row would overwrite the first's attention file)."""
-    for slide_id in slide_ids:
+    and listed once (a second row would overwrite the first's attention file), and no store
+    may stand in two rows (two slides given the same patches: one of them is predicted from
+    another slide's tissue)."""
+    for slide_id in slides["slide_id"]:
         check_slide_id(slide_id)
-    ids = slide_ids.astype(str)
+    ids = slides["slide_id"].astype(str)
     if ids.duplicated().any():
         raise GigamilError(
             f"slides to predict: slide {ids[ids.duplicated()].iloc[0]} is listed twice"
+        )
+    stores = slides["store"].map(lambda p: str(Path(p).resolve()))
+    if stores.duplicated().any():
+        twice = stores[stores.duplicated(keep=False)].iloc[0]
+        both = ids[stores == twice].tolist()
+        raise GigamilError(
+            f"slides to predict: slides {', '.join(both)} have the same store "
+            f"{slides['store'][stores == twice].iloc[0]}: give each slide its own store"
         )
 
 
@@ -258,7 +268,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
     _check_labels(slides, classes, model_path)
-    _check_slide_ids(slides["slide_id"])
+    _check_slide_ids(slides)
     _warn_seen(slides, ckpt, model_path)
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     rows = []
