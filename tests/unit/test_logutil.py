@@ -85,6 +85,7 @@ def test_a_job_run_again_keeps_an_unfinished_attempts_log(tmp_path: Path):
     env = {"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"}
 
     def attempt(n: int, how: str) -> str:
+        log.unlink(missing_ok=True)  # as Snakemake does before it runs a job
         subprocess.run([sys.executable, "-c", code, str(n), how], env=env, capture_output=True)
         return log.read_text()
 
@@ -98,6 +99,7 @@ def test_a_job_run_again_keeps_an_unfinished_attempts_log(tmp_path: Path):
     assert "job failed: ValueError: broken" in text and "job done" not in text
     text = attempt(4, "done")  # after a failed one: kept
     assert "broken" in text and text.count("job started again") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["job.log"]  # job.log.unfinished deleted
 
 
 def test_console_warnings_prefix_the_main_process_warnings_once():

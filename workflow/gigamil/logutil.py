@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,18 +54,26 @@ def current_context() -> str:
 
 
 def setup_logging(
-    log_file: str | Path | None = None, level: int = logging.INFO, append: bool = False
+    log_file: str | Path | None = None,
+    level: int = logging.INFO,
+    append: bool = False,
+    also: str | Path | None = None,
 ) -> None:
     """Log to stderr and, if given, to ``log_file`` (Snakemake's ``log:``), replacing old
-    handlers; ``append``: after the file's earlier lines (a resumed job keeps the log of the
-    attempt it continues), else the file is started afresh."""
+    handlers; ``append``: after the file's earlier lines, else the file is started afresh (then
+    written in append mode all the same, so a child process appending to it, e.g. torchrun's,
+    is not overwritten); ``also``: a second file the lines are appended to."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w"))
+    for path in (log_file, also):
+        if path is None:
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path == log_file and not append:
+            Path(path).write_text("")
+        handlers.append(logging.FileHandler(path, mode="a"))
     for handler in handlers:
         root.addHandler(format_handler(handler))
     root.setLevel(level)
@@ -92,15 +101,10 @@ def console_warnings(name: str = "gigamil") -> None:
 JOB_DONE = "job done"  # the last line of a script's log when it ended without an error
 
 
-def _unfinished_log(log_file: str | Path) -> bool:
-    """``log_file`` holds an attempt that did not end with :data:`JOB_DONE` (killed, failed)."""
-    path = Path(log_file)
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    with open(path, "rb") as fh:
-        fh.seek(max(0, path.stat().st_size - 4096))
-        lines = fh.read().decode(errors="replace").rstrip().splitlines()
-    return not (lines and lines[-1].endswith(JOB_DONE))
+def unfinished_log(log_file: str | Path) -> Path:
+    """``<log_file>.unfinished``: the lines of a job's attempts since its last finished one
+    (Snakemake deletes a job's ``log:`` file before it runs the job again, not this one)."""
+    return Path(f"{log_file}.unfinished")
 
 
 def setup_script_logging(log_file: str | Path) -> None:
@@ -113,21 +117,34 @@ def setup_script_logging(log_file: str | Path) -> None:
     which Snakemake passes on to its jobs) is one line, ``job interrupted``, without a
     traceback; the interpreter still ends by SIGINT, so Snakemake sees an interrupted job.
 
-    A script that ends without an error logs :data:`JOB_DONE` last. When ``log_file`` holds an
-    earlier attempt that did not (a job killed, e.g. by SLURM's time limit, or failed), it is
-    kept and this attempt's lines follow a line ``job started again``: e.g. a killed training's
-    log is not lost when the fold resumes. Otherwise the log starts afresh.
+    A script that ends without an uncaught exception logs :data:`JOB_DONE` last (``sys.exit``
+    with an error status is not told apart: no script calls it). Its lines also go to
+    :func:`unfinished_log`, deleted after ``job done``: when a job starts and that file exists,
+    the earlier attempt did not finish (killed, e.g. by SLURM's time limit, or failed), and its
+    lines open ``log_file``, followed by ``job started again`` and this attempt's: e.g. a killed
+    training's log is not lost when the fold resumes. torchrun's child processes (multi-GPU
+    training) write to ``log_file`` only.
     """
-    again = _unfinished_log(log_file)
-    setup_logging(log_file, append=again)
+    shadow = unfinished_log(log_file)
+    earlier = shadow.read_text(errors="replace") if shadow.is_file() else ""
+    if earlier:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(log_file).write_text(earlier)
+    setup_logging(log_file, append=bool(earlier), also=shadow)
     log = logging.getLogger("gigamil")
-    if again:
+    if earlier:
         log.info("job started again (the earlier attempt above did not finish)")
     failed: list[bool] = []
 
     def log_done() -> None:
-        if not failed:
-            log.info(JOB_DONE)
+        if failed:
+            return
+        log.info(JOB_DONE)
+        for handler in list(logging.getLogger().handlers):
+            if getattr(handler, "baseFilename", None) == os.path.abspath(shadow):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+        shadow.unlink(missing_ok=True)
 
     atexit.register(log_done)
 
