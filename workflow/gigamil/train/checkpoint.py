@@ -145,8 +145,7 @@ def _damaged_hint(path: Path) -> str:
         )
     return (
         "delete it and rerun snakemake: train_fold writes it again (from last.pt when that is "
-        "intact, else by training the fold) as soon as a job needs it, e.g. the one that failed "
-        f"here; to write it now, name it as the target: snakemake --cores all {path}"
+        "intact, else by training the fold) and the fold is predicted again"
     )
 
 
@@ -198,15 +197,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", unfinished: bool = False
 ) -> tuple[MILModel | ReplicateEnsemble, dict[str, Any]]:
     """Rebuild the model of a ``model.pt``; returns ``(model in eval mode, checkpoint dict)``
     (the attention head alone when the checkpoint has ``features``: it reads cached features).
     A model.pt of ``training.replicates`` > 1 (key ``replicates``: one entry per member with its
     ``state_dict`` and ``logit_calibration``) gives a
-    :class:`~gigamil.models.ensemble.ReplicateEnsemble` of its members."""
+    :class:`~gigamil.models.ensemble.ReplicateEnsemble` of its members. A model.pt whose
+    training has not finished (``training_finished: False``) is a GigamilError unless
+    ``unfinished`` (the calibration that ends the training)."""
     ckpt = load_checkpoint(path)
-    if ckpt.get(FINISHED) is False:
+    if ckpt.get(FINISHED) is False and not unfinished:
         raise GigamilError(
             f"{path}: the training that writes this model.pt has not finished (it holds the "
             f"best epoch so far, {ckpt.get('epoch', '?')}, without the calibration of a "
@@ -339,9 +340,11 @@ class CheckpointSaver:
         False: a killed ``gigamil train`` left its best epoch so far, which looked finished."""
         if not self.enabled or self.best is None:
             return
-        if self.model_path.is_file() and load_checkpoint(self.model_path).get(FINISHED, True):
+        on_disk = load_checkpoint(self.model_path) if self.model_path.is_file() else None
+        if on_disk is not None and on_disk.get(FINISHED, True):
             return
-        atomic_save({**self.best, FINISHED: True}, self.model_path)
+        # the file on disk, when there, is the best epoch (with its calibration, if fitted)
+        atomic_save({**(on_disk or self.best), FINISHED: True}, self.model_path)
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         """Append one row (keys ``LOG_COLUMNS``) and rewrite train_log.csv."""

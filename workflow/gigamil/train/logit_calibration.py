@@ -101,7 +101,8 @@ def calibrate_fold_model(
     record it in model.pt (key ``logit_calibration``, rewritten atomically). Idempotent: a
     model.pt that has the key is left as it is. Models with more than two classes are left
     uncalibrated. Returns the map (None when none was fitted)."""
-    model, ckpt = load_model(model_path, device)  # one read (and digest check) of model.pt
+    # one read (and digest check) of model.pt, which the training marks finished afterwards
+    model, ckpt = load_model(model_path, device, unfinished=True)
     if "logit_calibration" in ckpt:
         return ckpt["logit_calibration"]
     if len(ckpt["classes"]) != 2:

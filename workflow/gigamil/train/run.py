@@ -197,8 +197,6 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
         path = EMTrainer(trainer, mcfg, tcfg).fit(resume)
     else:
         path = trainer.fit(resume)
-    if runtime.info.is_main:
-        trainer.saver.finish()
     if tcfg.logit_calibration == "class_means" and runtime.info.is_main and path.is_file():
         items = [*data.train, *data.val]
         calibrate_fold_model(
@@ -208,4 +206,6 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
             trainer.settings.chunk,
             runtime.device,
         )
+    if runtime.info.is_main:  # after the calibration: a model.pt marked finished has it
+        trainer.saver.finish()
     return path
