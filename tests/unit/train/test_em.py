@@ -168,7 +168,9 @@ def test_killed_em_run_resumes_at_the_next_round(
     assert seen == []
 
 
-def test_frozen_strategy_on_patch_stores_trains_the_head_only(mil_bags, tmp_path: Path) -> None:
+def test_frozen_strategy_on_patch_stores_trains_the_head_only(
+    mil_bags, tmp_path: Path, caplog
+) -> None:
     torch.set_num_threads(1)
     train = mil_bags.cohort(tmp_path / "s", 6, 0, "t")
     val = mil_bags.cohort(tmp_path / "s", 4, 1, "v")
@@ -184,3 +186,16 @@ def test_frozen_strategy_on_patch_stores_trains_the_head_only(mil_bags, tmp_path
     assert weights and all(torch.equal(trained[k], init[k]) for k in weights)  # encoder frozen
     head = [k for k in init if k.startswith("attention_model.")]
     assert any(not torch.equal(trained[k], init[k]) for k in head)  # the head learned
+    # the other spellings of a frozen encoder are the same training: its last.pt resumes
+    # (a finished run is not redone; rule train_fold's params are the same for all three)
+    (tmp_path / "f" / "model.pt").unlink()
+    end_to_end = {**training, "strategy": "end_to_end"}
+    for model in (
+        {**mil_bags.model, "freeze_encoder": True},
+        {**mil_bags.model, "trainable_blocks": 0},
+    ):
+        with caplog.at_level("INFO", logger="gigamil"):
+            train_fold(train, val, mil_bags.classes, model, end_to_end, tmp_path / "f")
+        assert "starting from scratch" not in caplog.text
+        assert "already finished" in caplog.text or "resuming" in caplog.text
+        assert torch.load(path, weights_only=True)["epoch"] == ckpt["epoch"]

@@ -7,6 +7,7 @@ stateful parts of its training (:class:`~gigamil.train.amp.Optimization`,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -131,12 +132,23 @@ class FoldTrainer:
         return Optimization(optimizer, scheduler, amp)
 
     def _signature(self, model_cfg: ModelConfig) -> dict[str, Any]:
-        """What ``last.pt`` must match to be resumed: model, classes, training settings, slides."""
+        """What ``last.pt`` must match to be resumed: model, classes, training settings, slides.
+        One spelling per training, as rule train_fold's params
+        (:func:`gigamil.data.feature_spec.train_params`): a frozen encoder is ``freeze_encoder``
+        false, ``trainable_blocks`` 0 and strategy ``frozen``; on cached features
+        ``training.augment`` (not applied) is left out."""
         data, tcfg = self.data, self.cfg
+        model = model_cfg.to_dict()
+        if model_cfg.freeze_encoder or model_cfg.trainable_blocks == 0:
+            model.update(freeze_encoder=False, trainable_blocks=0)
+            tcfg = dataclasses.replace(tcfg, strategy="frozen")
+        training = tcfg.resume_signature(model_cfg.batchnorm == "train")
+        if data.features:
+            training.pop("augment", None)
         return {
-            "model": model_cfg.to_dict(),
+            "model": model,
             "classes": data.classes,
-            "training": tcfg.resume_signature(model_cfg.batchnorm == "train"),
+            "training": training,
             "train": sorted(it.slide_id for it in data.train),
             "val": sorted(it.slide_id for it in data.val),
             "features": data.features,
