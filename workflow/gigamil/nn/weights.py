@@ -130,14 +130,14 @@ def weights_format(path: Path) -> str:
     """``"safetensors"``, ``"torch"`` (a ``torch.save`` zip archive or legacy pickle) or
     ``"unknown"``, from the file's first bytes, whatever its suffix: a safetensors file starts
     with its header's length (8 bytes, little-endian) and the JSON header (``{``); a
-    ``torch.save`` file with a zip signature (``PK``) or a pickle protocol byte (0x80)."""
+    ``torch.save`` file with a zip signature (``PK\\x03\\x04``) or a pickle protocol byte (0x80)."""
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
         if 2 <= n <= os.path.getsize(path) - 8:
             return "safetensors"
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         return "torch"
     return "unknown"
 

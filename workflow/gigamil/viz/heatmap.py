@@ -211,13 +211,13 @@ def _read_slide(store: str | Path, attention: np.ndarray) -> _Slide:
     coords, _, attrs = read_store_geometry(store)
     attention = np.asarray(attention, dtype=np.float32).reshape(-1)
     bad = int((~np.isfinite(attention)).sum())
-    if attention.shape[0] != coords.shape[0] or bad:
+    if attention.shape[0] != coords.shape[0]:
         raise GigamilError(
             f"{store}: attention has {attention.shape[0]} values but the store has "
             f"{coords.shape[0]} patches (was the store rebuilt after prediction?)"
-            if not bad
-            else f"{store}: the attention holds {bad} NaN or infinite value(s): nothing to draw"
         )
+    if bad:
+        raise GigamilError(f"{store}: the attention holds {bad} NaN or infinite value(s)")
     slide_id = str(attrs.get("slide_id", Path(store).stem))
     dims = attrs.get("slide_dimensions")
     psize = float(attrs["patch_size_level0"])
