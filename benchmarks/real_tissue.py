@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import math
 import os
@@ -120,6 +121,24 @@ def build_cohort(
     return sheet
 
 
+def _usable_pool(tiles: Path | None, exclude: frozenset[str]) -> list[Any]:
+    """:func:`gigamil.tile_pool.usable_pool`, read (and its skipped files warned of) once per
+    run: the geometry and the supply check look at the same tiles (read again when a class
+    folder's listing changed)."""
+    folders = [tiles / d for d in ("0", "1")] if tiles is not None else []
+    stamp = tuple(f.stat().st_mtime_ns if f.is_dir() else 0 for f in folders)
+    return _read_usable_pool(tiles, exclude, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_usable_pool(
+    tiles: Path | None, exclude: frozenset[str], stamp: tuple[int, ...]
+) -> list[Any]:
+    from gigamil.tile_pool import usable_pool
+
+    return usable_pool(tiles, exclude)
+
+
 def patch_geometry(
     tiles: Path | None, tile_mpp: float, exclude: Collection[str] = ()
 ) -> dict[str, Any]:
@@ -129,9 +148,9 @@ def patch_geometry(
     size (:func:`gigamil.tile_pool.tile_side`). Raises GigamilError otherwise or for no usable
     tile."""
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import tile_side, usable_pool
+    from gigamil.tile_pool import tile_side
 
-    pool = usable_pool(tiles, exclude)
+    pool = _usable_pool(tiles, frozenset(exclude))
     if not pool:
         raise GigamilError(f"tile source {tiles}: no usable tile (not excluded, with tissue)")
     return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": tile_side(pool)}}}
@@ -144,10 +163,10 @@ def check_tile_supply(
     usable tiles of a class than the folder holds: a long run does not fail at a later draw."""
     from gigamil.demo_tiles import tiles_needed
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import CLASS_DIRS, MIN_TILE_TISSUE, usable_pool
+    from gigamil.tile_pool import CLASS_DIRS, MIN_TILE_TISSUE
 
     have = {c: 0 for c in (0, 1)}
-    for t in usable_pool(tiles, exclude):
+    for t in _usable_pool(tiles, frozenset(exclude)):
         have[t.label] += 1
     seeds = range(args.seed, args.seed + args.draws)
     kw = {"n_patients": args.patients, "slides_per_patient": args.slides_per_patient}
@@ -163,6 +182,28 @@ def check_tile_supply(
             f"tile source {tiles}: {'; '.join(short)} (usable: not excluded, >= "
             f"{MIN_TILE_TISSUE:g} tissue): use fewer draws, --patients or --slides-per-patient, "
             "or more tiles"
+        )
+
+
+def check_out(out: Path, seeds: range) -> None:
+    """Raise GigamilError before any work when ``out`` holds draws of seeds this run would not
+    redo (its JSON is rewritten after every draw: a run continuing a killed one with ``--seed``
+    would silently replace the draws the killed run kept). Rerunning the same command redoes
+    every draw and may replace them."""
+    from gigamil.errors import GigamilError
+
+    if not out.is_file():
+        return
+    try:
+        kept = [int(d["seed"]) for d in json.loads(out.read_text()).get("draws", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise GigamilError(f"{out}: not a real_tissue.py result; pass another --out") from None
+    other = sorted(set(kept) - set(seeds))
+    if other:
+        raise GigamilError(
+            f"{out} holds draw(s) of seed {', '.join(map(str, other))}, which this run (seeds "
+            f"{seeds.start}-{seeds.stop - 1}) would replace: pass another --out (e.g. one per "
+            "batch of draws), or delete it"
         )
 
 
@@ -413,9 +454,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     from gigamil.demo_tiles import PCAM_MPP, TILES_PER_SLIDE
+    from gigamil.wsi.mpp import MPP_MAX, MPP_MIN
 
+    if args.draws < 1:
+        p.error(f"--draws must be at least 1 (got {args.draws})")
     args.tiles_per_slide = args.tiles_per_slide or list(TILES_PER_SLIDE)
     args.tile_mpp = PCAM_MPP if args.tile_mpp is None else args.tile_mpp
+    if not MPP_MIN <= args.tile_mpp <= MPP_MAX:
+        p.error(
+            f"--tile-mpp {args.tile_mpp:g} µm/px is outside {MPP_MIN:g}-{MPP_MAX:g}: give the "
+            "tiles' µm/px, e.g. 0.972 for PatchCamelyon's 96-px tiles, 1.458 for them resized "
+            "to 64 px"
+        )
     args.out = args.workdir / "real_tissue.json" if args.out is None else args.out
     return args
 
@@ -501,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         geometry = patch_geometry(args.tiles, args.tile_mpp, exclude)
         overrides = deep_update(geometry, overrides)
     check_tile_supply(args.tiles, exclude, args)
+    check_out(args.out, range(args.seed, args.seed + args.draws))
     overrides = fit_folds(overrides, args.patients, range(args.seed, args.seed + args.draws))
     used = overrides["preprocessing"]["patches"]
     print(f"patches: {used['patch_px']} px at {used['mpp']} µm/px", end="")

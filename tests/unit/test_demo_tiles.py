@@ -223,8 +223,9 @@ def test_unreadable_and_skipped_tile_files_are_named(tmp_path, caplog):
     (folder / "0" / "broken.jpg").write_text("not an image either")
     pool = tile_pool.read_tile_pool(folder)
     broken = next(t for t in pool if t.file == "0/broken.jpg")
-    with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image"):
+    with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image") as err:
         tile_pool.decode_tile(broken)
+    assert "BytesIO" not in str(err.value)
     with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image"):
         tile_pool.tile_side(pool)
     with pytest.raises(GigamilError, match="tile 0/broken.jpg: not a readable image"):
@@ -272,3 +273,13 @@ def test_write_tile_bags_uses_each_tile_once_and_records_the_resolution(tmp_path
         seen |= keys
     with pytest.raises(GigamilError, match="tile pool too small"):
         demo_tiles.write_tile_bags(tmp_path / "x", pool[:20], 6, side=3)
+
+
+def test_a_folder_inside_a_class_folder_is_an_error(tmp_path):
+    """Tiles in 1/batchA/ were left out without a word (the run used the 60 beside it)."""
+    folder = _tile_folder(tmp_path / "tiles", n_normal=3, n_tumour=3)
+    (folder / "1" / ".ipynb_checkpoints").mkdir()  # hidden: ignored
+    assert len(tile_pool.read_tile_pool(folder)) == 6
+    (folder / "1" / "batchA").mkdir()
+    with pytest.raises(GigamilError, match=r"1/batchA/ are folders; tiles are read from directly"):
+        tile_pool.read_tile_pool(folder)

@@ -52,7 +52,8 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
 
     ``source`` None = the packaged subset. Other files in ``0/`` and ``1/`` (a README, a
     ``.DS_Store``) are skipped, with a warning that names them unless they are hidden files.
-    Raises GigamilError for a source that is neither, or one without tiles.
+    Raises GigamilError for a source that is neither, one without tiles, or a folder inside
+    ``0/`` or ``1/`` (hidden ones aside: their tiles would be left out).
     """
     source = packaged_tiles_path() if source is None else Path(source)
     items: list[tuple[str, bytes]] = []
@@ -63,6 +64,18 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
                     items.append((name, zf.read(name)))
     elif source.is_dir():
         skipped = []
+        nested = [
+            f"{d}/{p.name}/"
+            for d in CLASS_DIRS
+            for p in sorted((source / d).glob("*"))
+            if p.is_dir() and not p.name.startswith(".")
+        ]
+        if nested:  # e.g. a folder per batch: its tiles would be left out without a word
+            raise GigamilError(
+                f"tile source {source}: {', '.join(nested[:3])}"
+                f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
+                "tiles are read from directly inside 0/ and 1/ only: move them up"
+            )
         for d in CLASS_DIRS:
             for p in sorted((source / d).glob("*")):
                 if p.is_file() and p.suffix.lower() in TILE_SUFFIXES:
@@ -107,7 +120,8 @@ def _readable(tile: Tile) -> Iterator[None]:
     try:
         yield
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise GigamilError(f"tile {tile.file}: not a readable image ({exc})") from None
+        why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))  # no repr
+        raise GigamilError(f"tile {tile.file}: not a readable image ({why})") from None
 
 
 def decode_tile(tile: Tile) -> np.ndarray:

@@ -226,3 +226,29 @@ def test_every_draw_is_checked_for_enough_tiles_before_the_first(bench, tmp_path
     args = bench.parse_args([*flags, "--seed", str(ok[0]), "--draws", str(later_bad - ok[0] + 1)])
     with pytest.raises(GigamilError, match=f"draw seed {later_bad} needs"):
         bench.check_tile_supply(tmp_path, (), args)
+
+
+def test_arguments_that_cannot_run_stop_before_any_work(bench, capsys):
+    """--draws 0 crashed in fit_folds; a --tile-mpp of 1458 (the point dropped) failed inside
+    snakemake with advice about sheets the user cannot edit."""
+    for flags in (["--draws", "0"], ["--draws", "-1"], ["--tile-mpp", "1458"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(flags)
+    assert "--tile-mpp 1458 µm/px is outside 0.05-100" in capsys.readouterr().err
+
+
+def test_a_result_file_of_other_draws_is_not_replaced(bench, tmp_path):
+    """Continuing a killed --draws 2 run with --seed 1 --draws 1 replaced the kept draw 0."""
+    from gigamil.errors import GigamilError
+
+    out = tmp_path / "r.json"
+    bench.check_out(out, range(0, 2))  # no file yet
+    out.write_text(json.dumps({"draws": [{"seed": 0}]}))
+    bench.check_out(out, range(0, 2))  # the same command again redoes draw 0
+    with pytest.raises(
+        GigamilError, match=r"holds draw\(s\) of seed 0, which this run \(seeds 1-1\)"
+    ):
+        bench.check_out(out, range(1, 2))
+    out.write_text("[1, 2]")
+    with pytest.raises(GigamilError, match="not a real_tissue.py result"):
+        bench.check_out(out, range(1, 2))
