@@ -43,3 +43,28 @@ def test_troubleshooting_names_the_missing_slurm_plugin_and_its_one_line_fix():
     section = _troubleshooting()
     assert "invalid choice: 'slurm'" in section
     assert 'pip install -e ".[slurm]"' in section
+
+
+def test_every_command_line_option_is_in_the_readme():
+    """Each option of every gigamil subcommand is written in README.md (an audit found
+    evaluate's --n-boot, splits' --stratify-by and the global --log documented nowhere)."""
+    import argparse
+
+    from gigamil.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            missing.extend(
+                f"{name} {o}"
+                for o in action.option_strings
+                if o.startswith("--") and o != "--help" and o not in readme
+            )
+
+    walk(build_parser(), "gigamil")
+    assert not missing, missing
