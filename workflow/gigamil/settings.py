@@ -298,6 +298,24 @@ SECTIONS: tuple[type[_Section], ...] = (
 STRATEGIES = ("end_to_end", "frozen", "em")
 
 
+def training_signature(
+    model: Mapping[str, Any], training: TrainingConfig, frozen: bool, cached: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model section, training signature)`` of one training, spelled one way: rule
+    train_fold's params and ``last.pt``'s resume signature. A ``frozen`` encoder (however the
+    configuration says it) is ``freeze_encoder: false``, ``trainable_blocks: 0`` and strategy
+    ``frozen``; training on ``cached`` features leaves out ``augment`` (not applied to them).
+    The training part is :meth:`TrainingConfig.resume_signature`."""
+    model = dict(model)
+    if frozen:
+        model.update(freeze_encoder=False, trainable_blocks=0)
+        training = dataclasses.replace(training, strategy="frozen")
+    sig = training.resume_signature(batch_statistics=model.get("batchnorm") == "train")
+    if cached:
+        sig.pop("augment", None)
+    return model, sig
+
+
 def _check_warmup(t: TrainingConfig) -> None:
     """ConfigError for ``training.warmup_epochs`` under ``schedule: onecycle``, not below
     ``training.epochs``, or with ``strategy: em``."""

@@ -11,7 +11,6 @@ gigamil.data.features (reading), gigamil.data.feature_extract (writing).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from gigamil.settings import (
     TrainingConfig,
     ordered_params,
     resolve_strategy,
+    training_signature,
 )
 
 FORMAT = 1  # bump when the stored features of the same encoder change meaning
@@ -102,25 +102,20 @@ def config_encoder_id(config: Mapping[str, Any]) -> str | None:
     return encoder_id(encoder_spec(model, config.get("preprocessing", {}).get("patches", {})))
 
 
-def train_params(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_params(
+    config: Mapping[str, Any], cached: bool | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``model`` and ``training`` params of rule train_fold (what retrains a fold when it
-    changes) for a whole validated configuration, one spelling per training:
-
-    - a frozen encoder is ``model.freeze_encoder: false``, ``trainable_blocks: 0`` and
-      ``training.strategy: frozen``, however the configuration says it (``strategy: frozen``,
-      ``freeze_encoder: true`` or ``trainable_blocks: 0`` train the same folds); the job reads
-      its model section from these params and its training section from the configuration,
-      so either way it trains the frozen strategy;
-    - training on the feature cache leaves out ``training.augment`` (not applied to cached
-      features).
-
-    The training section is its :meth:`TrainingConfig.resume_signature`."""
-    model, training = dict(config["model"]), TrainingConfig.from_dict(config["training"])
-    strategy, _ = resolve_strategy(model, training)
-    if strategy == "frozen":
-        model.update(freeze_encoder=False, trainable_blocks=0)
-        training = dataclasses.replace(training, strategy="frozen")
-    sig = training.resume_signature(batch_statistics=model.get("batchnorm") == "train")
-    if config_encoder_id(config) is not None:
-        sig.pop("augment", None)
+    changes) for a whole validated configuration whose training reads the feature cache when
+    ``cached`` (None: whether :func:`config_encoder_id` is not None; the workflow passes what it
+    computed already), one spelling per training
+    (:func:`gigamil.settings.training_signature`): ``strategy: frozen``, ``freeze_encoder:
+    true`` and ``trainable_blocks: 0`` train the same folds. The job reads its model section from
+    these params and its training section from the configuration, so either way it trains the
+    frozen strategy."""
+    if cached is None:
+        cached = config_encoder_id(config) is not None
+    training = TrainingConfig.from_dict(config["training"])
+    strategy, _ = resolve_strategy(config["model"], training)
+    model, sig = training_signature(config["model"], training, strategy == "frozen", cached)
     return ordered_params(("model",), model), sig

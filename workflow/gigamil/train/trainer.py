@@ -7,7 +7,6 @@ stateful parts of its training (:class:`~gigamil.train.amp.Optimization`,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from gigamil.models.mil import MILModel
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.nn.weights import weights_sha256
-from gigamil.settings import ModelConfig, TrainingConfig
+from gigamil.settings import ModelConfig, TrainingConfig, training_signature
 from gigamil.train import distributed as ddp
 from gigamil.train.accel import prepare_model
 from gigamil.train.amp import AmpScaler, Optimization
@@ -134,17 +133,12 @@ class FoldTrainer:
     def _signature(self, model_cfg: ModelConfig) -> dict[str, Any]:
         """What ``last.pt`` must match to be resumed: model, classes, training settings, slides.
         One spelling per training, as rule train_fold's params
-        (:func:`gigamil.data.feature_spec.train_params`): a frozen encoder is ``freeze_encoder``
-        false, ``trainable_blocks`` 0 and strategy ``frozen``; on cached features
-        ``training.augment`` (not applied) is left out."""
-        data, tcfg = self.data, self.cfg
-        model = model_cfg.to_dict()
-        if model_cfg.freeze_encoder or model_cfg.trainable_blocks == 0:
-            model.update(freeze_encoder=False, trainable_blocks=0)
-            tcfg = dataclasses.replace(tcfg, strategy="frozen")
-        training = tcfg.resume_signature(model_cfg.batchnorm == "train")
-        if data.features:
-            training.pop("augment", None)
+        (:func:`gigamil.settings.training_signature`)."""
+        data = self.data
+        frozen = model_cfg.freeze_encoder or model_cfg.trainable_blocks == 0
+        model, training = training_signature(
+            model_cfg.to_dict(), self.cfg, frozen, cached=bool(data.features)
+        )
         return {
             "model": model,
             "classes": data.classes,
