@@ -64,10 +64,11 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
                     items.append((name, zf.read(name)))
     elif source.is_dir():
         skipped = []
+        listing = {d: sorted((source / d).glob("*")) for d in CLASS_DIRS}
         nested = [
             f"{d}/{p.name}/"
-            for d in CLASS_DIRS
-            for p in sorted((source / d).glob("*"))
+            for d, paths in listing.items()
+            for p in paths
             if p.is_dir() and not p.name.startswith(".")
         ]
         if nested:  # e.g. a folder per batch: its tiles would be left out without a word
@@ -76,8 +77,8 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
                 f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
                 "tiles are read from directly inside 0/ and 1/ only: move them up"
             )
-        for d in CLASS_DIRS:
-            for p in sorted((source / d).glob("*")):
+        for d, paths in listing.items():
+            for p in paths:
                 if p.is_file() and p.suffix.lower() in TILE_SUFFIXES:
                     items.append((f"{d}/{p.name}", p.read_bytes()))
                 elif p.is_file() and not p.name.startswith("."):
