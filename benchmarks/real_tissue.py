@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import functools
 import json
 import math
 import os
@@ -121,52 +120,40 @@ def build_cohort(
     return sheet
 
 
-def _usable_pool(tiles: Path | None, exclude: frozenset[str]) -> list[Any]:
-    """:func:`gigamil.tile_pool.usable_pool`, read (and its skipped files warned of) once per
-    run: the geometry and the supply check look at the same tiles (read again when a class
-    folder's listing changed)."""
-    folders = [tiles / d for d in ("0", "1")] if tiles is not None else []
-    stamp = tuple(f.stat().st_mtime_ns if f.is_dir() else 0 for f in folders)
-    return _read_usable_pool(tiles, exclude, stamp)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_usable_pool(
-    tiles: Path | None, exclude: frozenset[str], stamp: tuple[int, ...]
-) -> list[Any]:
-    from gigamil.tile_pool import usable_pool
-
-    return usable_pool(tiles, exclude)
-
-
 def patch_geometry(
-    tiles: Path | None, tile_mpp: float, exclude: Collection[str] = ()
+    tiles: Path | None,
+    tile_mpp: float,
+    exclude: Collection[str] = (),
+    pool: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The ``preprocessing.patches`` overrides that make every patch one tile, as in the demo:
     ``mpp`` = the tiles' µm/px, ``patch_px`` = the side of the usable tiles (not in ``exclude``,
     enough tissue: the tiles the cohort builder draws from), which must all be square and of one
-    size (:func:`gigamil.tile_pool.tile_side`). Raises GigamilError otherwise or for no usable
-    tile."""
+    size (:func:`gigamil.tile_pool.tile_side`); ``pool``: those tiles, when already read.
+    Raises GigamilError otherwise or for no usable tile."""
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import tile_side
+    from gigamil.tile_pool import tile_side, usable_pool
 
-    pool = _usable_pool(tiles, frozenset(exclude))
+    pool = usable_pool(tiles, exclude) if pool is None else pool
     if not pool:
         raise GigamilError(f"tile source {tiles}: no usable tile (not excluded, with tissue)")
     return {"preprocessing": {"patches": {"mpp": float(tile_mpp), "patch_px": tile_side(pool)}}}
 
 
 def check_tile_supply(
-    tiles: Path | None, exclude: Collection[str], args: argparse.Namespace
+    tiles: Path | None,
+    exclude: Collection[str],
+    args: argparse.Namespace,
+    pool: list[Any] | None = None,
 ) -> None:
     """Raise GigamilError before the first draw if any draw (seeds ``args.seed`` ..) needs more
     usable tiles of a class than the folder holds: a long run does not fail at a later draw."""
     from gigamil.demo_tiles import tiles_needed
     from gigamil.errors import GigamilError
-    from gigamil.tile_pool import CLASS_DIRS, MIN_TILE_TISSUE
+    from gigamil.tile_pool import CLASS_DIRS, MIN_TILE_TISSUE, usable_pool
 
     have = {c: 0 for c in (0, 1)}
-    for t in _usable_pool(tiles, frozenset(exclude)):
+    for t in usable_pool(tiles, exclude) if pool is None else pool:
         have[t.label] += 1
     seeds = range(args.seed, args.seed + args.draws)
     kw = {"n_patients": args.patients, "slides_per_patient": args.slides_per_patient}
@@ -538,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s"
         )
         return 0
-    from gigamil.tile_pool import packaged_tile_hashes
+    from gigamil.tile_pool import packaged_tile_hashes, usable_pool
 
     started = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -547,10 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_set(args.overrides)
     given = overrides.get("preprocessing", {}).get("patches", {})
     exclude = packaged_tile_hashes() if args.exclude_packaged else set()
+    pool = usable_pool(args.tiles, exclude)  # read (and its skipped files warned of) once
     if not {"mpp", "patch_px"} <= set(given):  # --set wins over the tiles' geometry
-        geometry = patch_geometry(args.tiles, args.tile_mpp, exclude)
+        geometry = patch_geometry(args.tiles, args.tile_mpp, exclude, pool)
         overrides = deep_update(geometry, overrides)
-    check_tile_supply(args.tiles, exclude, args)
+    check_tile_supply(args.tiles, exclude, args, pool)
     check_out(args.out, range(args.seed, args.seed + args.draws))
     overrides = fit_folds(overrides, args.patients, range(args.seed, args.seed + args.draws))
     used = overrides["preprocessing"]["patches"]
