@@ -445,6 +445,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     if args.draws < 1:
         p.error(f"--draws must be at least 1 (got {args.draws})")
+    fixed = sorted({"experiment", "cohorts"} & parse_set(args.overrides).keys())
+    if fixed:  # write_config sets them: a --set of them would be dropped without a word
+        p.error(f"--set {', '.join(fixed)}: set by the benchmark itself, cannot be overridden")
+    if args.tile_mpp is None and args.tiles != DEFAULT_TILES:
+        print(
+            f"--tile-mpp not given: the tiles of {args.tiles} are taken as PatchCamelyon's "
+            f"{PCAM_MPP} µm/px",
+            file=sys.stderr,
+        )
     args.tiles_per_slide = args.tiles_per_slide or list(TILES_PER_SLIDE)
     args.tile_mpp = PCAM_MPP if args.tile_mpp is None else args.tile_mpp
     if not MPP_MIN <= args.tile_mpp <= MPP_MAX:
@@ -581,8 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         summary = write_result(args, argv, started, overrides, draws)
-    if summary is None:  # --draws 0: the file still says what was run
-        summary = write_result(args, argv, started, overrides, draws)
+    assert summary is not None  # --draws >= 1 (parse_args)
     print(f"over {len(draws)} draw(s), mean ± sd:")
     for key, stat in summary.items():
         print(f"  {key:28s} {fmt(stat, 1 if 'seconds' in key else 3)}")
@@ -597,3 +605,6 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except GigamilError as exc:  # one line, no traceback (e.g. no tile folder: pass --tiles DIR)
         raise SystemExit(f"real_tissue.py: error: {exc}") from None
+    except KeyboardInterrupt:  # the draws finished so far are in --out already
+        print("real_tissue.py: interrupted; draws finished before it are in --out", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -252,3 +252,20 @@ def test_a_result_file_of_other_draws_is_not_replaced(bench, tmp_path):
     out.write_text("[1, 2]")
     with pytest.raises(GigamilError, match="not a real_tissue.py result"):
         bench.check_out(out, range(1, 2))
+
+
+def test_keys_the_benchmark_sets_cannot_be_overridden(bench, capsys):
+    """--set experiment=x was silently replaced by the benchmark's own experiment name."""
+    for key in ("experiment=mine", "cohorts.x.sheet=s.csv"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--set", "training.epochs=1", key])
+        assert "set by the benchmark itself" in capsys.readouterr().err
+
+
+def test_other_tiles_without_tile_mpp_say_which_mpp_is_assumed(bench, tmp_path, capsys):
+    """A user's own --tiles without --tile-mpp ran at PatchCamelyon's 0.972 µm/px without a word."""
+    assert bench.parse_args(["--tiles", str(tmp_path)]).tile_mpp == 0.972
+    assert "--tile-mpp not given" in capsys.readouterr().err
+    bench.parse_args(["--tiles", str(tmp_path), "--tile-mpp", "0.5"])
+    bench.parse_args([])  # the developers' PatchCamelyon tiles: no note
+    assert capsys.readouterr().err == ""
