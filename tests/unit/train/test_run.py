@@ -823,3 +823,22 @@ def test_recalibrate_every_recomputes_the_statistics_before_every_nth_epoch(
     assert seeds == [0, 3, 5]
     assert "recalibrate_every" not in TrainingConfig.from_dict({}).resume_signature()
     assert TrainingConfig.from_dict(cfg).resume_signature()["recalibrate_every"] == 2
+
+
+def test_predict_says_when_a_store_records_no_mpp(caplog) -> None:
+    """A store without µm/px attributes (e.g. written by another tool) passed the model's
+    resolution check without a word."""
+    from types import SimpleNamespace
+
+    from gigamil.train.predict import _check_mpp
+
+    with caplog.at_level("WARNING", logger="gigamil"):
+        _check_mpp("s1", SimpleNamespace(attrs={"effective_mpp": 0.5}), 0.5)
+        _check_mpp("s1", SimpleNamespace(attrs={}), None)  # neither side knows: nothing to say
+        assert caplog.text == ""
+        _check_mpp("s1", SimpleNamespace(attrs={}), 0.5)
+    assert "slide s1: its store records no µm/px; not checked against the model's 0.5" in (
+        caplog.text
+    )
+    with pytest.raises(GigamilError, match="patches are at 1 µm/px but the model was trained"):
+        _check_mpp("s1", SimpleNamespace(attrs={"target_mpp": 1.0}), 0.5)

@@ -68,6 +68,12 @@ def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None)
 
 def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None) -> None:
     mpp = store_mpp(bag)
+    if mpp is None and model_mpp is not None:  # e.g. a store written by another tool
+        log.warning(
+            "slide %s: its store records no µm/px; not checked against the model's %g µm/px",
+            slide_id,
+            model_mpp,
+        )
     if mpp is None or model_mpp is None:
         return
     if abs(mpp - model_mpp) > MPP_TOLERANCE * model_mpp:
