@@ -175,6 +175,16 @@ def test_patch_rule_params_leave_out_stain_normalization_when_off() -> None:
     assert on["stain_normalization"] == "macenko" and set(on) == before | {"stain_normalization"}
 
 
+def test_patch_rule_params_hold_jpeg_quality_only_for_jpeg_stores() -> None:
+    """jpeg_quality changed the params of zstd stores, which do not depend on it, so editing it
+    re-extracted every store; the default's params are unchanged (no store redone on update)."""
+    default = PatchConfig().rule_params()
+    assert default["jpeg_quality"] == 90 and default["codec"] == "zstd"
+    assert PatchConfig.from_dict({"jpeg_quality": 70}).rule_params() == default
+    jpeg = PatchConfig.from_dict({"codec": "jpeg", "jpeg_quality": 70}).rule_params()
+    assert jpeg["jpeg_quality"] == 70 and list(jpeg) == list(default)
+
+
 # The key order of the params in the metadata of a demo workspace finished before the params had
 # a fixed order (snakemake compares params by repr): the shipped config.yaml must still give it.
 _RECORDED_ORDER = {

@@ -256,10 +256,14 @@ class PatchConfig(_Section):
 
     def rule_params(self) -> dict[str, Any]:
         """The params of rule extract_patches: the section, without ``stain_normalization``
-        when it is ``none`` (stores extracted before the key existed are not redone)."""
+        when it is ``none`` (stores extracted before the key existed are not redone), and with
+        ``jpeg_quality`` at its default unless ``codec`` is ``jpeg`` (a zstd store does not
+        depend on it: changing it redoes no zstd store)."""
         params = self.to_dict()
         if params["stain_normalization"] == "none":
             del params["stain_normalization"]
+        if params["codec"] != "jpeg":
+            params["jpeg_quality"] = _default(_PATCH, "jpeg_quality")
         return params
 
 
