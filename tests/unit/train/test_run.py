@@ -842,3 +842,22 @@ def test_predict_says_when_a_store_records_no_mpp(caplog) -> None:
     )
     with pytest.raises(GigamilError, match="patches are at 1 µm/px but the model was trained"):
         _check_mpp("s1", SimpleNamespace(attrs={"target_mpp": 1.0}), 0.5)
+
+
+def test_the_chunk_size_does_not_change_the_trained_model(mil_bags, tmp_path: Path) -> None:
+    """The calibration before the first epoch ran in batches of the chunk size, and BatchNorm's
+    train-mode statistics depend on the batch: k=4, 16 and a full-bag pass trained three
+    different models although the chunk size is no param and not in the resume signature."""
+    train = mil_bags.cohort(tmp_path, 6, 0, "t")
+    val = mil_bags.cohort(tmp_path, 4, 1, "v")
+    losses, weights = {}, {}
+    for k in (4, 16, None):
+        cfg = training(epochs=2, max_instances_per_forward_pass=k)
+        out = tmp_path / f"k{k}"
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, out)
+        losses[k] = [float(r["train_loss"]) for r in read_log(out / "train_log.csv")]
+        weights[k] = torch.load(out / "last.pt", weights_only=True)["model"]
+    for k in (4, 16):
+        assert losses[k] == pytest.approx(losses[None], rel=1e-5), k
+        for name, value in weights[None].items():
+            assert torch.allclose(weights[k][name].float(), value.float(), atol=1e-4), (k, name)

@@ -15,6 +15,13 @@ from gigamil.nn.calibration import FeatureNorm, batchnorm_layers, calibrate_batc
 
 log = logging.getLogger(__name__)
 
+# Patches per calibration batch. Fixed, not training.max_instances_per_forward_pass: in train
+# mode BatchNorm normalises each batch by its own statistics, so the calibrated statistics depend
+# on the batch size, and the chunk size must not change the trained model (it is left out of the
+# rule params and resume signature). 128: the shipped chunk size, so models trained before are
+# reproduced. Calibration runs without gradients, which holds far less memory than training.
+CALIBRATION_BATCH = 128
+
 
 def calibration_batches(
     bags: Sequence[BagSource], n_patches: int, chunk: int, seed: int, device: torch.device
@@ -50,7 +57,7 @@ def calibrate_model(
     *,
     n_patches: int,
     encoder_too: bool,
-    chunk: int = 256,
+    chunk: int = CALIBRATION_BATCH,
     seed: int = 0,
 ) -> int:
     """Recompute the statistics of the head's :class:`FeatureNorm` and, when ``encoder_too``

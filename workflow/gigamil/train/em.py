@@ -114,7 +114,6 @@ class EMTrainer:
                 [it.bag for it in self.p.data.train],
                 n_patches=self.cfg.calibration_patches,
                 encoder_too=self.encoder_random_init,
-                chunk=self.p.settings.chunk or 256,
                 seed=self.cfg.seed,
             )
         for r in range(es.epoch + 1, rounds + 1):
@@ -250,6 +249,7 @@ class EMTrainer:
             [it.bag for it in items],
             n_patches=cfg.calibration_patches,
             encoder_too=False,
+            chunk=256,  # features, not patches: the batch size of the rounds measured before
             seed=cfg.seed + r,
         )
         params = [p for p in head.parameters() if p.requires_grad]

@@ -243,7 +243,6 @@ class FoldTrainer:
             [it.bag for it in self.data.train],
             n_patches=self.cfg.calibration_patches,
             encoder_too=self.encoder_random_init,
-            chunk=self.settings.chunk or 256,
             seed=seed,
         )
 
