@@ -699,3 +699,30 @@ def test_a_prediction_file_given_twice_is_refused(tmp_path):
     shutil.copy(paths[0], tmp_path / "copy.csv")
     with pytest.raises(GigamilError, match=r"fold 0 is predicted by both .*fold0.csv and .*copy"):
         ensemble_cohort([*paths, tmp_path / "copy.csv"], CLASSES, tmp_path / "b", "ext", n_boot=10)
+
+
+@pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])
+def test_a_slide_twice_in_one_file_or_of_two_patients_is_refused(tmp_path, which):
+    """A row repeated in one fold's file (a hand edit, an appended rerun) gave that model two
+    votes in the slide's mean; a slide's patient_id differing between files was taken from the
+    first file without a word."""
+    ext = _sheet(n_patients=4, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    frames = [_predict(ext, k, rng) for k in range(2)]
+    paths = [tmp_path / f"fold{k}.csv" for k in range(2)]
+    run = ensemble_cohort if which == "ensemble_cohort" else predict_cohort
+    pd.concat([frames[0], frames[0].head(1)]).to_csv(paths[0], index=False)
+    frames[1].to_csv(paths[1], index=False)
+    slide = frames[0]["slide_id"].iloc[0]
+    with pytest.raises(
+        GigamilError, match=rf"fold0.csv predicts slide\(s\) {slide} more than once"
+    ):
+        run(paths, CLASSES, tmp_path / "a", "ext")
+    frames[0].to_csv(paths[0], index=False)
+    moved = frames[1].copy()
+    moved.loc[moved.index[0], "patient_id"] = "someone_else"
+    moved.to_csv(paths[1], index=False)
+    with pytest.raises(GigamilError, match=rf"slide ext/{slide} has different patient ids"):
+        run(paths, CLASSES, tmp_path / "b", "ext")
+    frames[1].to_csv(paths[1], index=False)
+    run(paths, CLASSES, tmp_path / "c", "ext")  # the files as written: no error

@@ -60,9 +60,11 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
     pcols = [f"prob_{c}" for c in classes]
     key = ["cohort", "slide_id"]
     ids = preds.groupby(key, sort=True)[["patient_id", "label"]].first()
-    conflict = preds.groupby(key)["label"].nunique()
-    if (conflict > 1).any():
-        raise GigamilError(f"slide {conflict.idxmax()} has different labels in the predictions")
+    for col, what in (("label", "labels"), ("patient_id", "patient ids")):
+        conflict = preds.groupby(key)[col].nunique()
+        if (conflict > 1).any():
+            cohort, slide = conflict.idxmax()
+            raise GigamilError(f"slide {cohort}/{slide} has different {what} in the predictions")
     probs = preds.groupby(key, sort=True)[pcols].mean()  # NaN rows (no patches) are skipped
     predicted = preds.assign(ok=np.isfinite(preds[pcols].to_numpy(float)).all(axis=1))
     per_slide = predicted.groupby(key, sort=True)

@@ -244,14 +244,20 @@ def check_slides_match_the_sheet(predicted: set[str], slides: Sequence[str], coh
 def check_one_file_per_model(
     per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path], cohort: str
 ) -> None:
-    """A file given twice, or two files of one fold model, would count that model twice in the
-    mean (``gigamil evaluate`` refuses the same)."""
+    """A file given twice, two files of one fold model, or a slide in two rows of one file,
+    would count that model twice in the mean (``gigamil evaluate`` refuses the same)."""
     given: set[Path] = set()
     fold_file: dict[str, str] = {}  # fold -> the file that predicted it
     for path, df in zip(pred_csvs, per_file, strict=True):
         if Path(path).resolve() in given:
             raise GigamilError(f"cohort {cohort!r}: {path} is given twice")
         given.add(Path(path).resolve())
+        twice = sorted(set(map(str, df.loc[df["slide_id"].duplicated(), "slide_id"])))
+        if twice:  # a hand-edited or appended file: that model would vote twice
+            raise GigamilError(
+                f"cohort {cohort!r}: {path} predicts slide(s) {shown(twice)} more than once; "
+                "one row per slide: delete the file and rerun"
+            )
         folds = {str(f) for f in df["fold"].dropna().astype(str)} - {""} if "fold" in df else set()
         for fold in sorted(folds):
             other = fold_file.setdefault(fold, str(path))
