@@ -25,6 +25,22 @@ def test_patch_mask_fraction_exact_overlaps():
     np.testing.assert_allclose(frac, [1.0, 0.5, 0.0, 0.25])
 
 
+def test_patch_mask_fraction_weights_the_edge_pixels_by_their_overlap():
+    """The window was snapped outward to whole mask pixels: a 96-px patch over a 64-px mask
+    pixel of normal tissue and half of a lesion one counted as 0.5 lesion (a lesion patch)
+    instead of 1/3."""
+    mask = np.array([[False, True]] * 2)
+    np.testing.assert_allclose(patch_mask_fraction(np.array([[0, 0]]), 96.0, mask, 64.0), [1 / 3])
+    rng = np.random.default_rng(0)  # against a brute-force count of 200 x 200 sample points
+    mask = rng.random((9, 7)) < 0.5
+    coords = np.column_stack([rng.uniform(0, 5 * 3.7, 40), rng.uniform(0, 7 * 3.7, 40)])
+    got = patch_mask_fraction(coords, 6.1, mask, 3.7)
+    t = (np.arange(200) + 0.5) / 200 * 6.1
+    for (x, y), frac in zip(coords, got, strict=True):
+        rows, cols = np.floor((y + t) / 3.7).astype(int), np.floor((x + t) / 3.7).astype(int)
+        assert frac == pytest.approx(mask[np.ix_(rows, cols)].mean(), abs=0.01)
+
+
 def test_localization_auc_perfect_and_reversed():
     frac = np.array([0.0, 0.1, 0.6, 1.0, 0.0])
     assert localization_auc(np.array([0.1, 0.2, 0.8, 0.9, 0.0]), frac) == 1.0
@@ -74,6 +90,18 @@ def test_mean_attention_names_an_unreadable_file(tmp_path, content):
     path.write_bytes(path.read_bytes()[:60] if content is None else content)
     with pytest.raises(GigamilError, match=r"attention file .*s\.npy is damaged"):
         mean_attention([path])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_mean_attention_refuses_non_finite_values(tmp_path, bad):
+    """A NaN made the slide's AUC NaN, and the slide dropped out of the localisation mean
+    without a word (the heatmap refused the same file)."""
+    good, path = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(good, np.full(4, 0.25, np.float32))
+    np.save(path, np.array([0.5, bad, 0.25, 0.25], np.float32))
+    assert mean_attention([good]).shape == (4,)
+    with pytest.raises(GigamilError, match=r"b\.npy holds 1 NaN or infinite value"):
+        mean_attention([good, path])
 
 
 def test_read_binary_mask_takes_the_usual_kinds_of_mask(tmp_path):

@@ -34,6 +34,10 @@ def test_the_fold_auc_row_says_what_one_fold_is_computed_on() -> None:
     external = {**summary, "auc": 0.9, "models_per_slide": [8, 8]}
     rows = dict(summary_rows(external, "auc"))
     assert rows["each fold's model on all 24 slides: AUC mean ± sd over 4 folds"] == "0.906 ± 0.120"
+    # a fold whose test slides hold one class has no AUC: the mean is over the others, and said so
+    rows = dict(summary_rows({**summary, "fold_auc": [1.0, None, 0.875, float("nan")]}, "auc"))
+    name = "fold AUC, mean ± sd over 2 of 4 folds (2 without an AUC: one class only) (each on"
+    assert any(row.startswith(name) for row in rows), list(rows)
 
 
 def test_few_patients_get_no_interval_on_the_page_and_one_slide_no_sd() -> None:

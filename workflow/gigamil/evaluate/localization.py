@@ -33,10 +33,22 @@ def read_store_geometry(store: str | Path) -> tuple[np.ndarray, np.ndarray, dict
     return coords, grid, attrs
 
 
+def _axis_span(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Per patch, its span ``[lo, hi)`` (in mask pixels) clipped to ``[0, n]``: the first and
+    one-past-last mask pixel it touches (``i0``, ``i1``), the uncovered parts of those two edge
+    pixels (``e0``, ``e1``, each in [0, 1)) and the covered length."""
+    a, b = np.clip(lo, 0, n), np.clip(hi, 0, n)
+    i0 = np.floor(a).astype(np.int64)
+    i1 = np.maximum(np.ceil(b).astype(np.int64), i0)
+    return i0, i1, a - i0, i1 - b, np.maximum(b - a, 0.0)
+
+
 def patch_mask_fraction(
     coords: np.ndarray, patch_size_level0: float, mask: np.ndarray, downsample: float
 ) -> np.ndarray:
-    """Fraction (N,) of each patch's area covered by ``mask``.
+    """Fraction (N,) of each patch's area covered by ``mask``, exact: a mask pixel at the
+    patch's edge counts by the part of it inside the patch (area-weighted box coverage, from a
+    summed-area table); the part of a patch beyond the mask is left out of its area.
 
     Args:
         coords: (N, 2) level-0 x, y of each patch's top-left corner.
@@ -46,13 +58,31 @@ def patch_mask_fraction(
     h, w = mask.shape
     sat = np.zeros((h + 1, w + 1), dtype=np.float64)  # summed-area table
     sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
-    x0 = np.clip(np.floor(coords[:, 0] / downsample).astype(np.int64), 0, w)
-    y0 = np.clip(np.floor(coords[:, 1] / downsample).astype(np.int64), 0, h)
-    x1 = np.clip(np.ceil((coords[:, 0] + patch_size_level0) / downsample).astype(np.int64), 0, w)
-    y1 = np.clip(np.ceil((coords[:, 1] + patch_size_level0) / downsample).astype(np.int64), 0, h)
-    inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
-    area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    return np.where((x1 > x0) & (y1 > y0), inside / area, 0.0)
+    xy = np.asarray(coords, dtype=np.float64) / downsample
+    size = patch_size_level0 / downsample
+    x0, x1, ex0, ex1, width = _axis_span(xy[:, 0], xy[:, 0] + size, w)
+    y0, y1, ey0, ey1, height = _axis_span(xy[:, 1], xy[:, 1] + size, h)
+    xl, yl = np.maximum(x1 - 1, x0), np.maximum(y1 - 1, y0)  # the last touched pixel
+
+    def box(r0, r1, c0, c1):  # mask pixels in rows [r0, r1) x columns [c0, c1), within the mask
+        r0, r1, c0, c1 = np.minimum(r0, h), np.minimum(r1, h), np.minimum(c0, w), np.minimum(c1, w)
+        return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+
+    # sum of mask x (row weight) x (column weight); the weights are 1 inside and 1 - e at the
+    # edge pixels: expand (1 - ex0 [x0] - ex1 [xl]) (1 - ey0 [y0] - ey1 [yl])
+    inside = (
+        box(y0, y1, x0, x1)
+        - ex0 * box(y0, y1, x0, x0 + 1)
+        - ex1 * box(y0, y1, xl, xl + 1)
+        - ey0 * box(y0, y0 + 1, x0, x1)
+        - ey1 * box(yl, yl + 1, x0, x1)
+        + ex0 * ey0 * box(y0, y0 + 1, x0, x0 + 1)
+        + ex0 * ey1 * box(yl, yl + 1, x0, x0 + 1)
+        + ex1 * ey0 * box(y0, y0 + 1, xl, xl + 1)
+        + ex1 * ey1 * box(yl, yl + 1, xl, xl + 1)
+    )
+    area = width * height
+    return np.where(area > 0, np.clip(inside / np.where(area > 0, area, 1.0), 0.0, 1.0), 0.0)
 
 
 def localization_auc(
@@ -140,14 +170,21 @@ def mean_attention(paths: Sequence[str | Path]) -> np.ndarray:
 
 def _load_attention(path: str | Path) -> np.ndarray:
     """One attention .npy as float64; a file numpy cannot read (cut short by a killed job, or
-    not a .npy) is an error naming it, not a traceback. A missing file stays an OSError."""
+    not a .npy) or that holds NaN or infinite values (the slide would drop out of the
+    localisation AUC) is an error naming it, not a traceback. A missing file stays an OSError."""
     try:
-        return np.load(path, allow_pickle=False).astype(np.float64)
+        att = np.load(path, allow_pickle=False).astype(np.float64)
     except (ValueError, EOFError) as exc:
         raise GigamilError(
             f"attention file {path} is damaged or not a .npy array ({exc}): delete it and rerun "
             "the prediction that wrote it"
         ) from None
+    if not np.isfinite(att).all():
+        raise GigamilError(
+            f"attention file {path} holds {int((~np.isfinite(att)).sum())} NaN or infinite "
+            "value(s): delete it and rerun the prediction that wrote it"
+        )
+    return att
 
 
 def localization_label(summaries: Sequence[str | Path], slide_id: str) -> str:

@@ -133,9 +133,13 @@ def _fold_auc_name(summary: Mapping[str, Any], who: str) -> str:
     """The fold-AUC row's name, saying what one fold's AUC is computed on: out of fold, each
     fold's few test slides (so it moves in large steps, and its sd is large); in an ensemble,
     all the cohort's slides, once per fold model."""
-    k = len(summary.get("fold_auc") or [])
+    aucs = list(summary.get("fold_auc") or [])
+    k = len(aucs)
     n = int(summary.get("n_slides") or 0)
+    defined = sum(a is not None and math.isfinite(float(a)) for a in aucs)
     folds = "1 fold" if k == 1 else f"{k} folds"
+    if defined < k:  # a fold whose slides hold one class has no AUC: the mean leaves it out
+        folds = f"{defined} of {folds} ({k - defined} without an AUC: one class only)"
     if who.startswith("out-of-fold") and k:
         return f"fold AUC, mean ± sd over {folds} (each on its ~{round(n / k)} test slides)"
     return f"each fold's model on all {n} slides: AUC mean ± sd over {folds}"
