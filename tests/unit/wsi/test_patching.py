@@ -474,3 +474,19 @@ def test_upsampling_limit_is_the_one_the_preflight_checks(tmp_path):
     assert check_slide(SlideCheck("c", "s", path, None), patch_mpp=0.063).problem is not None
     with open_slide(path) as reader, pytest.raises(GigamilError, match="4.05x finer"):
         plan_patches(reader, PatchParams(mpp=0.063, patch_px=64, min_tissue=0.0), None)
+
+
+def test_unresampled_patches_end_inside_a_slightly_coarser_slide(tmp_path):
+    """A slide up to 0.5 % coarser than the target is read without resampling, p level px per
+    patch: the grid, sized in target px, put the last patch past the slide's edge (at 0.5024
+    µm/px for 0.5, a white column at x = 223 of the second 224-px patch)."""
+    img = np.full((300, 448, 3), 100, np.uint8)
+    for w, cols in ((446, 1), (448, 2)):  # 448 level px hold two patches: nothing dropped
+        reader = ArrayReader(img[:, :w].copy(), mpp=0.5024)
+        out = tmp_path / f"w{w}.zarr"
+        params = PatchParams(mpp=0.5, patch_px=224, min_tissue=0.0)
+        extract_patches(reader, out, params, mask=np.ones((30, 45), bool), progress=False)
+        patches, coords, grid, attrs = read_store(out)
+        assert attrs["resampled"] is False
+        assert len(coords) == cols and (np.asarray(patches) == 100).all(), w
+        assert coords[:, 0].max() + 224 <= w

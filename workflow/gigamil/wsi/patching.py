@@ -227,12 +227,6 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     if problem := upsampling_problem(reader.mpp, target) or mask_problem:
         raise GigamilError(f"{reader.name}: {problem}")
     p, s = int(params.patch_px), params.stride
-    n_rows, n_cols = _grid_shape((w0, h0), fx, fy, p, s)
-    if n_cols == 0 or n_rows == 0:
-        warnings.append(
-            f"{reader.name}: slide ({w0} x {h0} px at {reader.mpp:g} µm/px) is smaller than one "
-            f"{p}-px patch at {target:g} µm/px"
-        )
     level = reader.best_level_for_mpp(target, LEVEL_TOLERANCE)
     sx, sy = level_scale(reader, level, fx, fy)
     if min(fx, fy) < 1.0 / (1.0 + LEVEL_TOLERANCE):
@@ -241,6 +235,14 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
             f"{reader.mpp:g} µm/px; patches are upsampled {1 / min(fx, fy):.2f}x"
         )
     resample = max(abs(sx - 1.0), abs(sy - 1.0)) > params.resample_tolerance
+    n_rows, n_cols = _grid_shape((w0, h0), fx, fy, p, s)
+    if not resample:  # p level px per patch: the last ones must end inside the level
+        n_rows, n_cols = _fit_level(n_rows, n_cols, reader.level_dimensions[level], p, s, sx, sy)
+    if n_cols == 0 or n_rows == 0:
+        warnings.append(
+            f"{reader.name}: slide ({w0} x {h0} px at {reader.mpp:g} µm/px) is smaller than one "
+            f"{p}-px patch at {target:g} µm/px"
+        )
     effective_xy = (target, target) if resample else reader.level_mpp(level)
     effective = (effective_xy[0] + effective_xy[1]) / 2.0
     for e in effective_xy:  # guarded by construction
@@ -282,6 +284,22 @@ def _grid_shape(dims: tuple[int, int], fx: float, fy: float, p: int, s: float) -
     wt, ht = dims[0] / fx, dims[1] / fy  # slide size in target px
     n_cols = int(math.floor((wt - p) / s + 1e-9)) + 1 if wt >= p else 0
     n_rows = int(math.floor((ht - p) / s + 1e-9)) + 1 if ht >= p else 0
+    return n_rows, n_cols
+
+
+def _fit_level(  # noqa: PLR0913 - the grid's geometry, axis by axis
+    n_rows: int, n_cols: int, level_dims: tuple[int, int], p: int, s: float, sx: float, sy: float
+) -> tuple[int, int]:
+    """(rows, cols) of the grid whose patches, read without resampling as ``p`` level pixels
+    from the level pixel ``round(col * s * sx)`` (``round(row * s * sy)``), end inside the
+    level of ``level_dims`` (w, h). A level up to ``resample_tolerance`` coarser than the target
+    (``sx`` < 1) is narrower than the target grid: its last patch would run past the slide's
+    edge by up to ``p * (1 - sx)`` px (read as background)."""
+    lw, lh = level_dims
+    while n_cols and round((n_cols - 1) * s * sx) + p > lw:
+        n_cols -= 1
+    while n_rows and round((n_rows - 1) * s * sy) + p > lh:
+        n_rows -= 1
     return n_rows, n_cols
 
 
