@@ -214,10 +214,20 @@ def mask_shape_problem(mask_shape: tuple[int, ...], reader: SlideReader) -> str 
     )
 
 
+def _upsampling_note(reader: SlideReader, target: float, f: float) -> list[str]:
+    """The warning (a list of 0 or 1) for a target ``f`` level-0 px per target px finer than
+    the slide's own resolution (beyond the level tolerance)."""
+    if f >= 1.0 / (1.0 + LEVEL_TOLERANCE):
+        return []
+    return [
+        f"{reader.name}: target {target:g} µm/px is finer than the slide's {reader.mpp:g} µm/px; "
+        f"patches are upsampled {1 / f:.2f}x"
+    ]
+
+
 def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | None) -> PatchPlan:
     """Grid, kept patches (by mask coverage), read level and resampling of a slide."""
     params.validate()
-    warnings: list[str] = []
     w0, h0 = reader.dimensions
     target = float(params.mpp)
     mpp_x, mpp_y = reader.mpp_xy
@@ -229,19 +239,15 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     p, s = int(params.patch_px), params.stride
     level = reader.best_level_for_mpp(target, LEVEL_TOLERANCE)
     sx, sy = level_scale(reader, level, fx, fy)
-    if min(fx, fy) < 1.0 / (1.0 + LEVEL_TOLERANCE):
-        warnings.append(
-            f"{reader.name}: target {target:g} µm/px is finer than the slide's "
-            f"{reader.mpp:g} µm/px; patches are upsampled {1 / min(fx, fy):.2f}x"
-        )
+    warnings = _upsampling_note(reader, target, min(fx, fy))
     resample = max(abs(sx - 1.0), abs(sy - 1.0)) > params.resample_tolerance
     n_rows, n_cols = _grid_shape((w0, h0), fx, fy, p, s)
     if not resample:  # p level px per patch: the last ones must end inside the level
         n_rows, n_cols = _fit_level(n_rows, n_cols, reader.level_dimensions[level], p, s, sx, sy)
     if n_cols == 0 or n_rows == 0:
+        size = f"{w0} x {h0} px at {reader.mpp:g} µm/px"
         warnings.append(
-            f"{reader.name}: slide ({w0} x {h0} px at {reader.mpp:g} µm/px) is smaller than one "
-            f"{p}-px patch at {target:g} µm/px"
+            f"{reader.name}: slide ({size}) is smaller than one {p}-px patch at {target:g} µm/px"
         )
     effective_xy = (target, target) if resample else reader.level_mpp(level)
     effective = (effective_xy[0] + effective_xy[1]) / 2.0
