@@ -84,3 +84,27 @@ def test_features_float16_cannot_hold_are_an_error_not_inf(write_store, tmp_path
     assert (
         encode_bag(torch.nn.Flatten(1), ZarrBag(store), torch.device("cpu"), chunk=2).shape[0] == 5
     )
+
+
+def test_a_store_of_other_patch_settings_is_not_cached(write_store, tmp_path: Path) -> None:
+    """A patch store cut at 1.0 µm/px was cached under the encoder id of the configured 0.5
+    µm/px (the id is computed from the config); training and prediction then trusted it."""
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    cases = {
+        "mpp": ({"target_mpp": 1.0}, "patches have mpp 1.0 but preprocessing.patches.mpp is 0.5"),
+        "codec": ({"target_mpp": 0.5, "codec": "jpeg"}, "have codec jpeg but .*codec is zstd"),
+        "stain": (
+            {"target_mpp": 0.5, "stain_normalization": "macenko"},
+            "stain_normalization macenko but .*stain_normalization is none",
+        ),
+    }
+    for name, (attrs, message) in cases.items():
+        store = write_store(tmp_path / f"{name}.zarr", _patches(5), **attrs)
+        with pytest.raises(GigamilError, match=message):
+            extract_features(store, tmp_path / f"f_{name}.zarr", cfg, PATCHES, device="cpu")
+        assert not (tmp_path / f"f_{name}.zarr").exists()
+    store = write_store(tmp_path / "px.zarr", _patches(5, px=16), target_mpp=0.5)
+    with pytest.raises(GigamilError, match="patches have patch_px 16 but .*patch_px is 32"):
+        extract_features(store, tmp_path / "f_px.zarr", cfg, PATCHES, device="cpu")
+    close = write_store(tmp_path / "ok.zarr", _patches(5), target_mpp=0.504)  # within 1 %
+    extract_features(close, tmp_path / "f_ok.zarr", cfg, PATCHES, device="cpu")

@@ -149,6 +149,38 @@ def write_feature_store(
     return out
 
 
+def check_store_matches_spec(store: str | Path, bag: ZarrBag, spec: Mapping[str, Any]) -> None:
+    """The patches of ``store`` are what :func:`encoder_spec` ``spec`` names (the cache's
+    ``encoder_id`` is computed from it): their size, µm/px (1 %), codec and stain normalisation.
+    A store extracted with other settings (stale, or copied in) would be cached under the id of
+    the configured ones. Raises GigamilError naming the first difference."""
+    from gigamil.train.fold_data import MPP_TOLERANCE, store_mpp
+
+    mpp = store_mpp(bag)
+    found = {
+        "patch_px": (int(bag.patch_shape[0]), spec["patch_px"]),
+        "mpp": (mpp, spec["patch_mpp"]),
+        "codec": (bag.attrs.get("codec", spec["codec"]), spec["codec"]),
+        "stain_normalization": (
+            store_stain_normalization(bag),
+            spec.get("stain_normalization", "none"),
+        ),
+    }
+    for key, (have, want) in found.items():
+        if have is None:  # a store that does not record it (written by another tool)
+            continue
+        differs = (
+            abs(float(have) - float(want)) > MPP_TOLERANCE * float(want)
+            if key == "mpp"
+            else have != want
+        )
+        if differs:
+            raise GigamilError(
+                f"{store}: patches have {key} {have} but preprocessing.patches.{key} is {want}; "
+                "extract the patches again (delete the store)"
+            )
+
+
 def extract_features(  # noqa: PLR0913 - one rule's inputs
     store: str | Path,
     out: str | Path,
@@ -170,11 +202,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
     cfg = ModelConfig.from_dict(model_cfg)
     bag = ZarrBag(store, prefetch=2)
     patch_px = int(bag.patch_shape[0])
-    if patch_px != spec["patch_px"]:
-        raise GigamilError(
-            f"{store}: patches are {patch_px} px but preprocessing.patches.patch_px is "
-            f"{spec['patch_px']}; extract the patches again"
-        )
+    check_store_matches_spec(store, bag, spec)
     dev = resolve_device(device)
     encoder, dim = build_feature_encoder(cfg, patch_px)
     feats = encode_bag(encoder.to(dev), bag, dev, chunk, amp) if len(bag) else np.zeros((0, dim))
