@@ -190,3 +190,32 @@ def test_coords_or_grid_of_another_length_than_the_patches_is_damage(
         read_store(out)
     with pytest.raises(GigamilError, match=msg):
         ZarrBag(out)
+
+
+def test_arrays_that_contradict_the_recorded_attributes_are_damage(
+    s1_attrs, row_major_grid, tmp_path
+):
+    """The shape of all three arrays edited to 100 rows (a truncated bag), the patches re-cut
+    to 32 x 128 px, or coords and grid swapped were read as data: only the arrays' agreement
+    with each other was checked."""
+    grid, coords = _grid(row_major_grid, 10)
+
+    def store(name, patches, grid=grid, **attrs):
+        out = tmp_path / f"{name}.zarr"
+        with StoreWriter(out, len(patches), patches.shape[1], coords, grid) as w:
+            w.append(patches)
+            w.commit({**s1_attrs(), "n_patches": 10, "patch_px": 8, "grid_shape": [2, 7], **attrs})
+        return out
+
+    read_store(store("ok", np.zeros((10, 8, 8, 3), np.uint8)))
+    cases = {
+        "n": ({"n_patches": 12}, "it holds 10 patches but records n_patches 12"),
+        "px": ({"patch_px": 16}, r"its patches are \(8, 8\) px but it records 16 px"),
+        "grid": ({"grid_shape": [2, 4]}, r"3 grid cell\(s\) outside its grid_shape \[2, 4\]"),
+    }
+    for name, (attrs, message) in cases.items():
+        with pytest.raises(GigamilError, match=rf"slide s1: patch store .* is damaged: {message}"):
+            read_store(store(name, np.zeros((10, 8, 8, 3), np.uint8), **attrs))
+    swapped = store("swapped", np.zeros((10, 8, 8, 3), np.uint8), grid=coords)  # coords as grid
+    with pytest.raises(GigamilError, match=r"outside its grid_shape \[2, 7\]"):
+        read_store(swapped)

@@ -210,7 +210,33 @@ def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, di
     out = []
     for name in ("coords", "grid"):
         out.append(np.asarray(read_patches(group[name], path, slide_id), dtype=np.int64))
+    _check_against_attrs(path, patches, out[1], attrs, slide_id)
     return patches, out[0], out[1], attrs
+
+
+def _check_against_attrs(
+    path: Path, patches: zarr.Array, grid: np.ndarray, attrs: dict[str, Any], slide_id: str
+) -> None:
+    """The arrays agree with the attributes the extraction recorded, where it recorded them:
+    ``n_patches`` rows, ``patch_px`` square patches, grid cells inside ``grid_shape``. An
+    edited array shape (a truncated bag, patches re-cut to another shape) or swapped chunk
+    files would otherwise be read as data."""
+    problems = []
+    n, px = attrs.get("n_patches"), attrs.get("patch_px")
+    if isinstance(n, int) and n != patches.shape[0]:
+        problems.append(f"it holds {patches.shape[0]} patches but records n_patches {n}")
+    if isinstance(px, int) and px > 0 and tuple(patches.shape[1:3]) != (px, px):
+        problems.append(f"its patches are {tuple(patches.shape[1:3])} px but it records {px} px")
+    shape = attrs.get("grid_shape")
+    if isinstance(shape, list) and len(shape) == 2 and len(grid):
+        inside = (grid >= 0).all(axis=1) & (grid[:, 0] < shape[0]) & (grid[:, 1] < shape[1])
+        if not inside.all():
+            problems.append(f"{int((~inside).sum())} grid cell(s) outside its grid_shape {shape}")
+    if problems:
+        raise GigamilError(
+            f"slide {slide_id}: patch store {path} is damaged: {'; '.join(problems)}; delete "
+            "the store and rerun to extract it again"
+        )
 
 
 def _check_shapes(path: Path, group: zarr.Group, slide_id: str) -> None:
