@@ -21,11 +21,12 @@ class SlideError(GigamilError):
     ``reason`` says what kind of problem it is, for code that decides what to do next (the
     slide reader's plain-image fallback) without parsing the message: ``"unreadable"`` (the
     default: the file cannot be opened or decoded), ``"mpp"`` (opened fine, but no plausible
-    microns-per-pixel), ``"too_large"`` (too large for the in-memory reader) or
-    ``"truncated"`` (the file is shorter than its own header says).
+    microns-per-pixel), ``"too_large"`` (too large for the in-memory reader), ``"truncated"``
+    (the file is shorter than its own header says) or ``"unsupported"`` (read, but of a kind of
+    image gigamil does not turn into RGB, e.g. CMYK or 32-bit samples).
     """
 
-    REASONS = ("unreadable", "mpp", "too_large", "truncated")
+    REASONS = ("unreadable", "mpp", "too_large", "truncated", "unsupported")
 
     def __init__(self, message: str, reason: str = "unreadable") -> None:
         if reason not in self.REASONS:

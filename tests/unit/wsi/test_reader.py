@@ -215,6 +215,36 @@ def test_png_fallback_with_override(tmp_path, folder):
         np.testing.assert_array_equal(r.read_region((0, 0), 0, (60, 50)), img)
 
 
+def test_plain_images_of_other_sample_kinds_read_as_their_colours(tmp_path):
+    """A 16-bit grey PNG read all white (Pillow's convert clips), a palette TIFF as its
+    indices, a min-is-white TIFF inverted; CMYK or 32-bit TIFFs are refused by their kind, not
+    with OpenSlide's "not a slide format"."""
+    import tifffile
+
+    ramp = np.tile(np.linspace(20, 200, 60).astype(np.uint8), (50, 1))
+    want = np.repeat(ramp[..., None], 3, axis=2)
+    Image.fromarray(ramp.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    palette = np.tile((np.arange(256) * 257).astype(np.uint16), (3, 1))
+    palette[:, 7] = 25 * 257  # index 7 shows grey 25
+    tifffile.imwrite(tmp_path / "pal.tif", np.full((50, 60), 7, np.uint8), colormap=palette)
+    tifffile.imwrite(tmp_path / "miw.tif", 255 - ramp, photometric="miniswhite")
+    for name, expected in (("g16.png", want), ("pal.tif", 25), ("miw.tif", want)):
+        with open_slide(tmp_path / name, mpp_override=1.0) as r:
+            got = r.read_region((0, 0), 0, (60, 50))
+            np.testing.assert_array_equal(got, np.broadcast_to(expected, got.shape), name)
+    tifffile.imwrite(
+        tmp_path / "cmyk.tif", np.zeros((50, 60, 4), np.uint8), photometric="separated"
+    )
+    Image.fromarray(np.zeros((50, 60), np.int32)).save(tmp_path / "i32.tif")  # Pillow mode I
+    for name, message in (
+        ("cmyk.tif", "cmyk.tif: TIFF of photometric interpretation SEPARATED is not supported"),
+        ("i32.tif", r"i32.tif: unsupported sample type int32 \(expected 8-bit RGB\)"),
+    ):
+        with pytest.raises(SlideError, match=message) as exc:
+            open_slide(tmp_path / name, mpp_override=1.0)
+        assert exc.value.reason == "unsupported"
+
+
 def test_array_reader_levels_and_outside_is_white():
     img = np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8)
     r = ArrayReader(img, 0.5, downsamples=(2, 4))
@@ -428,3 +458,23 @@ def test_ome_tiff_pyramid_in_subifds_reads_as_its_full_resolution_level(tmp_path
     assert reader.mpp_xy == pytest.approx((0.5, 0.5))
     assert np.array_equal(reader.read_region((256, 128), 0, (64, 32)), img[128:160, 256:320])
     assert reader.best_level_for_mpp(1.0) == 0
+
+
+def test_a_tiled_16_bit_grey_tiff_is_not_read_through_openslide(tmp_path, monkeypatch):
+    """OpenSlide garbled the last, partial tile column of a tiled 16-bit greyscale TIFF (a mean
+    32 grey levels off) and gigamil took it as data; now the in-memory reader reads it whole,
+    and one too large for it is refused naming the kind of file."""
+    import tifffile
+
+    from gigamil.wsi import memory
+
+    ramp = (np.tile(np.linspace(20, 200, 300), (300, 1)) * 257).astype(np.uint16)
+    path = tmp_path / "g16.tiff"
+    tifffile.imwrite(path, ramp, tile=(128, 128))  # the last tile column is partial
+    with open_slide(path, mpp_override=0.5) as r:
+        assert type(r).__name__ == "ImageReader"
+        got = r.read_region((0, 0), 0, (300, 300))
+    np.testing.assert_array_equal(got[..., 0], (ramp >> 8).astype(np.uint8))
+    monkeypatch.setattr(memory, "FALLBACK_MAX_PIXELS", 1000)
+    with pytest.raises(SlideError, match="16-bit greyscale TIFF, which OpenSlide misreads"):
+        open_slide(path, mpp_override=0.5)

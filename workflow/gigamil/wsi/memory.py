@@ -155,7 +155,7 @@ def _load_plain_image(
                 size = int(page.imagewidth), int(page.imagelength)
                 _check_not_truncated(path, name, page)
                 if decode:
-                    arr = page.asarray()
+                    arr = _tiff_colours(page, page.asarray(), name)
                 else:  # the first strip/tile only: an undecodable file fails here, not later
                     arr = None
                     next(iter(page.segments()), None)
@@ -175,7 +175,7 @@ def _load_plain_image(
                 )
             dpi = img.info.get("dpi")
             size = int(img.width), int(img.height)
-            arr = np.asarray(img.convert("RGBA")) if decode else None
+            arr = _pillow_rgba(img, name) if decode else None
     except SlideError:
         raise
     except Exception as exc:
@@ -286,10 +286,53 @@ def _to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise SlideError(f"{name}: unsupported image layout {arr.shape} (expected RGB)")
+        raise SlideError(
+            f"{name}: unsupported image layout {arr.shape} (expected RGB)", reason="unsupported"
+        )
     if arr.dtype != np.uint8:
         if arr.dtype == np.uint16:
             arr = (arr >> 8).astype(np.uint8)
         else:
-            raise SlideError(f"{name}: unsupported sample type {arr.dtype} (expected 8-bit RGB)")
+            raise SlideError(
+                f"{name}: unsupported sample type {arr.dtype} (expected 8-bit RGB)",
+                reason="unsupported",
+            )
     return composite_on_white(arr) if arr.shape[2] == 4 else np.ascontiguousarray(arr)
+
+
+# TIFF PhotometricInterpretation values the reader turns into RGB
+_MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _YCBCR = 0, 1, 2, 3, 6
+
+
+def _tiff_colours(page: Any, arr: np.ndarray, name: str) -> np.ndarray:
+    """A plain TIFF page's decoded samples as colours: a palette image's indices through its
+    colour map (tifffile decodes the indices), a min-is-white image inverted; RGB, grey and
+    YCbCr (decoded to RGB by tifffile) as they are; other kinds (CMYK, CIELab, ...) refused."""
+    kind = int(page.photometric)
+    if kind == _PALETTE and page.colormap is not None and arr.ndim == 2:
+        return np.moveaxis(np.asarray(page.colormap)[:, arr], 0, -1)  # uint16 (H, W, 3)
+    if kind == _MINISWHITE and arr.dtype.kind == "u":
+        return np.iinfo(arr.dtype).max - arr
+    if kind in (_MINISBLACK, _RGB, _YCBCR):
+        return arr
+    raise SlideError(
+        f"{name}: TIFF of photometric interpretation {page.photometric.name} is not supported "
+        "(expected RGB, greyscale or palette); convert it to RGB",
+        reason="unsupported",
+    )
+
+
+def _pillow_rgba(img: Any, name: str) -> np.ndarray:
+    """(H, W, 4) uint8 of a Pillow image. 16-bit greyscale keeps its upper 8 bits (Pillow's
+    ``convert`` clips it to white); other integer or float images are refused."""
+    mode = str(img.mode)
+    if mode.startswith("I;16"):
+        grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    if mode in ("I", "F") or mode.startswith("I;"):
+        raise SlideError(
+            f"{name}: image mode {mode} (32-bit integer or float samples) is not supported "
+            "(expected 8- or 16-bit RGB or greyscale); convert it to 8-bit RGB",
+            reason="unsupported",
+        )
+    return np.asarray(img.convert("RGBA"))

@@ -24,6 +24,7 @@ from gigamil.errors import SlideError
 from gigamil.wsi.memory import ImageReader, check_tiff_not_truncated, plain_image_header
 from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
+from gigamil.wsi.tiff_tiles import check_generic_tiff_samples
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +208,16 @@ class OpenSlideReader(SlideReader):
         tw = props.get("openslide.level[0].tile-width")
         th = props.get("openslide.level[0].tile-height")
         self.tile_size = (int(tw), int(th)) if tw and th else (0, 0)
-        try:
+        self._tiles, self._ycbcr, vendor = None, False, props.get("openslide.vendor")
+        try:  # the slide's MPP, and what its format needs checked (closed if refused)
             self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, *_property_mpps(props)))
+            if vendor == "generic-tiff":
+                check_generic_tiff_samples(self.path, self.name)
+            if vendor == "dicom":
+                self._ycbcr = dicom_colour_mode(self) == "ycbcr"
         except SlideError:
             self._slide.close()
             raise
-        self._tiles = None
-        self._ycbcr = False
-        if props.get("openslide.vendor") == "dicom":
-            try:
-                self._ycbcr = dicom_colour_mode(self) == "ycbcr"
-            except SlideError:
-                self._slide.close()
-                raise
         if fast_tiff and props.get("openslide.vendor") in FAST_TIFF_VENDORS:
             from gigamil.wsi.tiff_tiles import try_tile_source
 
@@ -389,7 +387,9 @@ def _check_fallback(p: Path, os_err: SlideError) -> None:
 
 def _raise_fallback_error(os_err: SlideError, fb_err: SlideError) -> NoReturn:
     """The error of a slide both OpenSlide and the fallback refused."""
-    if fb_err.reason in ("mpp", "too_large", "truncated"):
+    if os_err.reason == "unsupported":  # gigamil's reader refused it, naming the kind
+        raise os_err from None
+    if fb_err.reason in ("mpp", "too_large", "truncated", "unsupported"):
         # the fallback understood the file: its message is the useful one, without
         # OpenSlide's refusal chained in front of it (a red herring in the job's log)
         raise fb_err from None

@@ -18,9 +18,12 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gigamil.errors import SlideError
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +193,29 @@ def try_tile_source(
         src.close()
         return None
     return src
+
+
+def check_generic_tiff_samples(path: Path, name: str) -> None:
+    """A tiled TIFF of greyscale samples wider than 8 bits is refused: OpenSlide garbles its
+    partial edge tiles (a 16-bit grey 1000 x 1000 px TIFF of 256-px tiles: the last, partial
+    tile column a mean 32 grey levels off, the others exact; 8-bit grey and 16-bit RGB read
+    exactly, OpenSlide 4.0). Raises SlideError (reason ``unsupported``); the plain-image
+    fallback of :func:`gigamil.wsi.reader.open_slide` then reads such a file whole, exactly, if
+    it is small enough."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            bad = [
+                page
+                for page in tif.pages
+                if int(page.samplesperpixel) == 1 and int(page.bitspersample) > 8
+            ]
+    except Exception:  # noqa: BLE001 - OpenSlide opened it: its reading decides
+        return
+    if bad:
+        raise SlideError(
+            f"{name}: {int(bad[0].bitspersample)}-bit greyscale TIFF, which OpenSlide misreads at "
+            "the slide's edges; convert it to 8-bit RGB",
+            reason="unsupported",
+        )
