@@ -68,6 +68,10 @@ def test_early_stopping_min_epochs() -> None:
     es = EarlyStopping(patience=1, min_epochs=3)
     run(es, [0.5, 0.6, 0.7, 0.6, 0.9])
     assert es.epoch == 4  # past min_epochs: stops at the first bad epoch
+    # the last warm-up epoch (min_epochs - 1) sets the bar, as README says: its lucky 1.0 stays
+    es = EarlyStopping(patience=2, min_epochs=3)
+    assert run(es, [0.6, 1.0, 0.8, 0.9, 0.95]) == [1, 2]
+    assert es.best_epoch == 2 and es.epoch == 4 and es.should_stop
     es = EarlyStopping(patience=5, max_epochs=3)
     run(es, [0.5, 0.6, 0.7])
     assert es.finished and not es.should_stop  # the last epoch finishes without early stopping

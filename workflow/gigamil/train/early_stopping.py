@@ -33,7 +33,9 @@ class EarlyStopping:
     Epochs before ``min_epochs`` are a warm-up: each in turn is the best so far (so model.pt
     always exists) whatever its score, and patience starts counting at ``min_epochs``. A small
     validation set can score a barely trained model perfectly (AUC 1.0 on 4 slides at epoch 1,
-    measured on real tissue); without the warm-up that epoch would be kept for good.
+    measured on real tissue); without the warm-up that epoch would be kept for good. The last
+    warm-up epoch, ``min_epochs - 1``, sets the score later epochs must beat and stays the best
+    if none beats it.
 
     ``finished`` is set when training should not continue: stopped early, or ``max_epochs``
     reached. The state (``state_dict()``) is what ``last.pt`` keeps under ``early_stopping``.
