@@ -166,6 +166,15 @@ def test_warmup_epochs_contradictions_are_config_errors(training, message) -> No
     assert resolve_strategy({}, {"warmup_epochs": 2})[0] == "end_to_end"
 
 
+def test_bag_mixing_under_batch_statistics_is_a_config_error() -> None:
+    """ConcatBag chunks each part on its own: under batchnorm: train a mixed-in part of one
+    patch stopped training with torch's 'Expected more than 1 value per channel'."""
+    with pytest.raises(ConfigError, match="bag_mixing needs model.batchnorm frozen or groupnorm"):
+        resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0.5})
+    assert resolve_strategy({"batchnorm": "frozen"}, {"bag_mixing": 0.5})[0] == "end_to_end"
+    assert resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0})[0] == "end_to_end"
+
+
 def test_patch_rule_params_leave_out_stain_normalization_when_off() -> None:
     """Rule extract_patches' params: a workspace extracted before the key existed is not
     redone (its recorded params are exactly these keys), one that turns it on is."""
