@@ -1,10 +1,11 @@
 """Patch preprocessing and augmentation, inside the encoder path.
 
-Every random number is drawn from torch's global generator with ONE ``torch.rand(n, k)`` call per
-chunk (one row per patch; k = 6, 12 with stain jitter, one more each with hue jitter, random
-greyscale, scale jitter and Gaussian blur). On CPU that makes the augmentation independent of how
-a bag is cut into chunks, and the accumulating trainer can replay it exactly by restoring the RNG
-state.
+Every random number is drawn from torch's global CPU generator with ONE ``torch.rand(n, k)`` call
+per chunk (one row per patch; k = 6, 12 with stain jitter, one more each with hue jitter, random
+greyscale, scale jitter and Gaussian blur), then moved to the patches' device. That makes the
+augmentation independent of how a bag is cut into chunks on every device (CUDA's Philox generator
+is not: its draws depend on the call sizes), and the accumulating trainer can replay it exactly
+by restoring the RNG state.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class PatchPreprocess(nn.Module):
         k += 1 if self.scale > 0 else 0
         blur_col = k
         k += 1 if self.blur > 0 else 0
-        u = torch.rand(n, k, device=x.device)  # one row of uniforms per patch (chunk-invariant)
+        u = torch.rand(n, k).to(x.device)  # a row of CPU uniforms per patch (chunk-invariant)
         if self.flips or (self.rot90 and x.shape[-1] == x.shape[-2]):
             x = self._dihedral(x, u)
         if self.scale > 0:
