@@ -171,6 +171,11 @@ def test_torchvision_encoders_load_files_strictly_and_names_still_resolve(tmp_pa
     torch.save(full, tmp_path / "r18.pt")
     enc, dim = build_encoder("resnet18", str(tmp_path / "r18.pt"), 32, "groupnorm")
     assert dim == 512 and torch.equal(enc.layer4[1].conv2.weight, full["layer4.1.conv2.weight"])
+    # saved before torch 0.4.1: no BatchNorm batch counters (torch's strict loading takes it)
+    old = {k: v for k, v in full.items() if not k.endswith(".num_batches_tracked")}
+    torch.save(old, tmp_path / "old.pt")
+    enc, _ = build_encoder("resnet18", str(tmp_path / "old.pt"), 32)
+    assert torch.equal(enc.layer4[1].bn2.running_var, full["layer4.1.bn2.running_var"])
     broken = {k: v for k, v in full.items() if not k.startswith("layer4.")}
     torch.save(broken, tmp_path / "broken.pt")
     with pytest.raises(ConfigError, match="missing keys"):

@@ -16,7 +16,9 @@ def test_normalizations():
     np.testing.assert_allclose(normalize_attention(att, "minmax"), (att - 0.1) / 4.9)
     pct = normalize_attention(np.r_[np.linspace(0, 1, 999), 1000.0], "percentile")
     assert pct.min() == 0.0 and pct.max() == 1.0 and pct[500] > 0.45  # the outlier is clipped
-    np.testing.assert_allclose(normalize_attention(np.ones(3), "minmax"), 0.5)
+    for mode in ("minmax", "percentile", "rank"):  # a constant slide (e.g. one patch): mid-scale
+        np.testing.assert_allclose(normalize_attention(np.ones(3), mode), 0.5)
+        np.testing.assert_allclose(normalize_attention([0.3], mode), 0.5)
     with pytest.raises(GigamilError, match="heatmaps.normalize"):
         normalize_attention(att, "zscore")
 

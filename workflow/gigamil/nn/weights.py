@@ -227,7 +227,9 @@ def load_strict(
             del state[k]
         if dropped:
             log.info("model.weights: ignoring the classifier's %d keys %s", len(dropped), dropped)
-    missing = sorted(expected - set(state))
+    # BatchNorm's batch counter, absent from checkpoints saved before torch 0.4.1 (torch's
+    # strict loading accepts them too): a counter, not a weight, so no layer stays random
+    missing = sorted(k for k in expected - set(state) if not k.endswith(".num_batches_tracked"))
     unexpected = sorted(set(state) - expected)
     tail = f"; {hint}" if hint else ""
     own = module.state_dict()

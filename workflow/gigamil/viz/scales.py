@@ -33,6 +33,8 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     if method == "rank":
         from scipy.stats import rankdata  # here: scipy.stats takes about 1 s to import
 
+        if np.ptp(att) <= 1e-12 * max(float(np.abs(att).max()), 1.0):
+            return np.full(att.shape, 0.5)  # as the other modes: no patch is above another
         return rankdata(att) / att.size
     if method == "percentile":
         lo, hi = np.percentile(att, [1.0, 99.0])
