@@ -34,3 +34,18 @@ def test_report_copy_is_a_smaller_rgb_jpeg_of_the_same_figure(tmp_path):
         diff = np.abs(np.asarray(a.convert("RGB"), int) - np.asarray(b, int))
     assert diff.mean() < 8  # the same picture
     assert jpg.stat().st_size < png.stat().st_size / 2
+
+
+def test_a_narrow_gallery_wraps_its_title_instead_of_cutting_it(tmp_path):
+    """With top_k 6 or fewer the gallery is 620 px wide and its ~105-character second title
+    line ran past both edges (the patches' width in µm was lost)."""
+    k, px = 3, 64
+    patches = np.full((2 * k, px, px, 3), 200, np.uint8)
+    title = "slide s1 (lesion): P(lesion) 0.93\n" + "top 3 / bottom 3 attention of 812 patches " * 3
+    png = tmp_path / "g.png"
+    render_gallery(patches, np.linspace(0.5, 0.01, 2 * k), [f"#{i}" for i in range(6)], png, title)
+    img = np.asarray(Image.open(png).convert("L")).astype(int)
+    band = img[:60]  # the title band
+    assert (band[:, :3] > 250).all() and (band[:, -3:] > 250).all()  # no text at the edges
+    assert (band < 128).any()  # the title is there
+    assert Image.open(png).info["Title"] == title  # the metadata keeps it unwrapped

@@ -283,7 +283,10 @@ def render_gallery(
     mh, mw = mosaic.shape[:2]
     margin = 26  # the "top" / "bottom" row names
     fig_w = max(mw + margin + 10, MIN_FIGURE_PX)
-    top = _title_px(title)
+    # each line wrapped to the figure (about 7 px a character at 9 pt): a narrow gallery (top_k
+    # of 6 or fewer) cut the ends of its title, e.g. the patches' width in µm
+    shown = "\n".join(_wrap(line, max(24, (fig_w - 10) // 7)) for line in title.split("\n"))
+    top = _title_px(shown)
     fig_h = mh + top + 4
     fig = _figure(fig_w, fig_h)
     left = max(margin, (fig_w - mw) // 2)
@@ -291,7 +294,7 @@ def render_gallery(
     ax.imshow(mosaic, interpolation="nearest")
     _gallery_captions(ax, grid, len(patches), values, ranks, n_patches)
     _frame_cells(ax, grid, [i for i, flag in enumerate(lesion or []) if flag])
-    fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
+    fig.text(0.5, 1.0 - 4 / fig_h, shown, ha="center", va="top", fontsize=9)
     fig.savefig(path, dpi=DPI, metadata={"Title": title})  # the title, also machine-readable
     plt.close(fig)
 
