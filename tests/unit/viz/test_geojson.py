@@ -214,6 +214,27 @@ def test_region_features_group_the_top_patches_that_touch():
     assert _bbox(feat["geometry"]["coordinates"][0]) == [0, 0, 128, 128]
 
 
+
+def test_patches_of_a_slide_with_non_square_pixels_are_drawn_with_both_sides():
+    """At 0.48 x 0.50 µm/px a patch is 133.3 x 128 level-0 px; every figure used the mean side
+    (130.7): side-by-side top patches 133 px apart made no region and the canvas had seams."""
+    from gigamil.data.store import patch_size_xy
+    from gigamil.viz.canvas import attention_canvas
+    from gigamil.viz.geojson import patch_polygon
+
+    attrs = {"patch_size_level0": 130.67, "patch_size_level0_xy": [133.33, 128.0]}
+    assert patch_size_xy(attrs) == (133.33, 128.0)
+    assert patch_size_xy({"patch_size_level0": 64}) == (64.0, 64.0)  # older stores
+    size = patch_size_xy(attrs)
+    assert _bbox(patch_polygon(10, 20, size)[0]) == [10, 20, 143.33, 148.0]
+    coords = np.array([[1333, 640], [1467, 640], [1333, 768]], dtype=np.int64)
+    (region,) = top_region_features(coords, size, np.array([0.5, 0.3, 0.2]), [0, 1, 2], "s")
+    assert region["properties"]["measurements"]["patches"] == 3
+    canvas = attention_canvas(coords, size, np.ones(3), 0.3, (300, 600))
+    lit = np.isfinite(canvas)
+    rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+    assert lit[rows[0] : rows[0] + 35, cols[0] : cols[-1] + 1].all()  # the top row: no seam
+
 def _tissue_png(grid_slide, path, downsample: int = 8) -> np.ndarray:
     """A mask over the whole grid slide: grid rows 1-4, cols 1-6, minus grid cell (2, 3)."""
     w0 = grid_slide.cols * grid_slide.patch + 40

@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +187,28 @@ def _check_chunks_exist(path: Path, group: zarr.Group, slide_id: str) -> None:
 
 
 _UNCHECKED_WARNED: set[str] = set()
+
+
+def patch_sides(size: float | Sequence[float]) -> tuple[float, float]:
+    """(width, height) of a patch side given as one number (square) or as (w, h)."""
+    if isinstance(size, int | float):
+        return float(size), float(size)
+    w, h = size
+    return float(w), float(h)
+
+
+def patch_size_xy(attrs: Mapping[str, Any]) -> tuple[float, float]:
+    """A store's patch (width, height) in level-0 pixels: ``patch_size_level0_xy`` (they
+    differ on a slide whose pixels are not square, e.g. 0.25 x 0.26 µm), else the scalar
+    ``patch_size_level0`` (their mean; stores written before the _xy attribute)."""
+    xy = attrs.get("patch_size_level0_xy")
+    if (
+        isinstance(xy, list | tuple)
+        and len(xy) == 2
+        and all(isinstance(v, int | float) and v > 0 for v in xy)
+    ):
+        return float(xy[0]), float(xy[1])
+    return patch_sides(float(attrs["patch_size_level0"]))
 
 
 def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, dict[str, Any]]:

@@ -44,7 +44,10 @@ def _axis_span(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[np.ndarray, ...]
 
 
 def patch_mask_fraction(
-    coords: np.ndarray, patch_size_level0: float, mask: np.ndarray, downsample: float
+    coords: np.ndarray,
+    patch_size_level0: float | tuple[float, float],
+    mask: np.ndarray,
+    downsample: float,
 ) -> np.ndarray:
     """Fraction (N,) of each patch's area covered by ``mask``, exact: a mask pixel at the
     patch's edge counts by the part of it inside the patch (area-weighted box coverage, from a
@@ -52,16 +55,18 @@ def patch_mask_fraction(
 
     Args:
         coords: (N, 2) level-0 x, y of each patch's top-left corner.
-        patch_size_level0: patch side in level-0 pixels.
+        patch_size_level0: patch side in level-0 pixels, or (width, height).
         mask: bool (H, W), one pixel = ``downsample`` level-0 pixels.
     """
     h, w = mask.shape
     sat = np.zeros((h + 1, w + 1), dtype=np.float64)  # summed-area table
     sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
     xy = np.asarray(coords, dtype=np.float64) / downsample
-    size = patch_size_level0 / downsample
-    x0, x1, ex0, ex1, width = _axis_span(xy[:, 0], xy[:, 0] + size, w)
-    y0, y1, ey0, ey1, height = _axis_span(xy[:, 1], xy[:, 1] + size, h)
+    from gigamil.data.store import patch_sides
+
+    sw, sh = (s / downsample for s in patch_sides(patch_size_level0))
+    x0, x1, ex0, ex1, width = _axis_span(xy[:, 0], xy[:, 0] + sw, w)
+    y0, y1, ey0, ey1, height = _axis_span(xy[:, 1], xy[:, 1] + sh, h)
     xl, yl = np.maximum(x1 - 1, x0), np.maximum(y1 - 1, y0)  # the last touched pixel
 
     def box(r0, r1, c0, c1):  # mask pixels in rows [r0, r1) x columns [c0, c1), within the mask
@@ -107,7 +112,9 @@ def lesion_fraction(
     mask, ds = load_mask_with_downsample(
         mask_path, attrs.get("slide_mpp"), tuple(attrs.get("slide_dimensions") or ()) or None
     )
-    return patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
+    from gigamil.data.store import patch_size_xy
+
+    return patch_mask_fraction(coords, patch_size_xy(attrs), mask, ds)
 
 
 def slide_localization(

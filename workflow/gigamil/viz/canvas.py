@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def attention_canvas(
     coords: np.ndarray,
-    patch_size_level0: float,
+    patch_size_level0: float | tuple[float, float],
     values: np.ndarray,
     scale: float,
     shape: tuple[int, int],
@@ -27,7 +27,8 @@ def attention_canvas(
 
     Args:
         coords: (N, 2) level-0 x, y of the patches' top-left corners.
-        patch_size_level0: patch side in level-0 pixels.
+        patch_size_level0: patch side in level-0 pixels, or (width, height) (pixels that are
+            not square: :func:`gigamil.data.store.patch_size_xy`).
         values: (N,) value per patch.
         scale: thumbnail pixels per level-0 pixel.
         shape: (H, W) of the canvas.
@@ -40,11 +41,13 @@ def attention_canvas(
     # coords are whole level-0 pixels but a resampled patch's side is not (e.g. 443.2 px), so
     # the next patch may start up to 1 level-0 px after this one ends, which the rounding turns
     # into a 1-px seam between patch rows now and then: such ends are moved out by that 1 px.
-    side = float(patch_size_level0) + (0.0 if float(patch_size_level0).is_integer() else 1.0)
+    from gigamil.data.store import patch_sides
+
+    sw, sh = (s + (0.0 if s.is_integer() else 1.0) for s in patch_sides(patch_size_level0))
     x0 = np.round(coords[:, 0] * scale).astype(np.int64)
     y0 = np.round(coords[:, 1] * scale).astype(np.int64)
-    x1 = np.maximum(np.round((coords[:, 0] + side) * scale).astype(np.int64), x0 + 1)
-    y1 = np.maximum(np.round((coords[:, 1] + side) * scale).astype(np.int64), y0 + 1)
+    x1 = np.maximum(np.round((coords[:, 0] + sw) * scale).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.round((coords[:, 1] + sh) * scale).astype(np.int64), y0 + 1)
     x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     # 2-D difference arrays: each patch adds its value to a rectangle in O(1).

@@ -27,10 +27,13 @@ from typing import Any
 import numpy as np
 
 
-def patch_polygon(x: float, y: float, size: float) -> list[list[list[float]]]:
-    """Closed ring of a square patch, counter-clockwise with y up (RFC 7946's right-hand rule)."""
-    x, y, s = float(x), float(y), float(size)
-    return [[[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]]
+def patch_polygon(x: float, y: float, size: float | tuple[float, float]) -> list[list[list[float]]]:
+    """Closed ring of a patch of side ``size`` (or (width, height)), counter-clockwise with y up
+    (RFC 7946's right-hand rule)."""
+    from gigamil.data.store import patch_sides
+
+    (x, y), (w, h) = (float(x), float(y)), patch_sides(size)
+    return [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]
 
 
 def patches_geojson(
@@ -335,8 +338,10 @@ def top_region_features(
     share an edge (within 1 level-0 px), merged into one outline each (:func:`box_regions`): QuPath annotations
     classified ``Attention top-k region``, with the number of patches, the best (lowest) rank
     and the sum and maximum of their attention. Lone patches make no region."""
+    from gigamil.data.store import patch_sides
+
     top = np.asarray(top, dtype=np.int64).reshape(-1)
-    s = float(patch_size_level0)
+    s = np.asarray(patch_sides(patch_size_level0))  # (width, height)
     xy = np.asarray(coords, dtype=np.float64)[top].reshape(-1, 2)
     # a resampled patch's side is fractional (e.g. 443.2 px) but the store's coords are whole
     # pixels, so neighbours may leave up to 1 px between them: they still touch

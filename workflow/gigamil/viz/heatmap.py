@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gigamil.data.store import patch_size_xy
 from gigamil.errors import GigamilError
 from gigamil.evaluate.lesion_mask import read_binary_mask
 from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
@@ -201,7 +202,7 @@ class _Slide:
     attrs: Mapping[str, Any]
     attention: np.ndarray
     slide_id: str
-    psize: float
+    psize: tuple[float, float]
     dims: tuple[int, int]
 
 
@@ -220,9 +221,9 @@ def _read_slide(store: str | Path, attention: np.ndarray) -> _Slide:
         raise GigamilError(f"{store}: the attention holds {bad} NaN or infinite value(s)")
     slide_id = str(attrs.get("slide_id", Path(store).stem))
     dims = attrs.get("slide_dimensions")
-    psize = float(attrs["patch_size_level0"])
+    psize = patch_size_xy(attrs)
     if not dims:
-        dims = (int(coords[:, 0].max(initial=0) + psize), int(coords[:, 1].max(initial=0) + psize))
+        dims = tuple(int(coords[:, i].max(initial=0) + psize[i]) for i in (0, 1))
     dims = (int(dims[0]), int(dims[1]))
     return _Slide(store, coords, attrs, attention, slide_id, psize, dims)
 
@@ -287,7 +288,7 @@ def _write_overlay(
     scale_xy = thumb.shape[1] / slide.dims[0]
     canvas = attention_canvas(slide.coords, slide.psize, scale.values, scale_xy, thumb.shape[:2])
     tissue, lesion = (load_tissue_mask(m) for m in masks)
-    side = slide.psize * scale_xy
+    side = sum(slide.psize) / 2 * scale_xy  # the boxes are square (at least 12 px)
     marks = [
         (
             float(slide.coords[i, 0]) * scale_xy,
@@ -314,9 +315,10 @@ def _write_overlay(
 
 
 def _thumbnail_mpp(attrs: Mapping[str, Any], scale_xy: float) -> float | None:
-    """µm per thumbnail pixel: the store's level-0 ``slide_mpp`` over the thumbnail's scale
-    (thumbnail px per level-0 px); None when the store records no positive µm/px."""
-    mpp = attrs.get("slide_mpp")
+    """µm per thumbnail pixel across (the scale bar's direction): the store's level-0 µm/px in
+    x (``slide_mpp_xy``, else ``slide_mpp``) over the thumbnail's scale (thumbnail px per level-0
+    px); None when the store records no positive µm/px."""
+    mpp = (attrs.get("slide_mpp_xy") or [attrs.get("slide_mpp")])[0]
     ok = isinstance(mpp, int | float) and not isinstance(mpp, bool) and mpp > 0 and scale_xy > 0
     return float(mpp) / scale_xy if ok else None
 
