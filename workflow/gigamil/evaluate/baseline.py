@@ -128,8 +128,7 @@ def evaluate_stores(
     ``per_slide`` (slide_id, fold, label, score, localization_auc).
     """
     from gigamil.data.store import read_store
-    from gigamil.evaluate.lesion_mask import load_mask_with_downsample
-    from gigamil.evaluate.localization import localization_auc, patch_mask_fraction
+    from gigamil.evaluate.localization import lesion_fraction, localization_auc
 
     features, geometry = {}, {}
     for s, path in stores.items():
@@ -142,10 +141,7 @@ def evaluate_stores(
         if s not in scores:
             continue
         coords, attrs = geometry[s]
-        # the slide's size: a mask without a JSON sidecar reads as in gigamil's evaluation
-        dims = tuple(attrs.get("slide_dimensions") or ()) or None
-        mask, ds = load_mask_with_downsample(mask_path, attrs.get("slide_mpp"), dims)
-        frac = patch_mask_fraction(coords, float(attrs["patch_size_level0"]), mask, ds)
+        frac = lesion_fraction(coords, attrs, mask_path)  # as gigamil's evaluation reads it
         loc[s] = localization_auc(scores[s], frac)
     table["localization_auc"] = table["slide_id"].map(loc)
     finite = [v for v in loc.values() if np.isfinite(v)]
