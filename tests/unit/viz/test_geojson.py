@@ -214,7 +214,6 @@ def test_region_features_group_the_top_patches_that_touch():
     assert _bbox(feat["geometry"]["coordinates"][0]) == [0, 0, 128, 128]
 
 
-
 def test_patches_of_a_slide_with_non_square_pixels_are_drawn_with_both_sides():
     """At 0.48 x 0.50 µm/px a patch is 133.3 x 128 level-0 px; every figure used the mean side
     (130.7): side-by-side top patches 133 px apart made no region and the canvas had seams."""
@@ -234,6 +233,7 @@ def test_patches_of_a_slide_with_non_square_pixels_are_drawn_with_both_sides():
     lit = np.isfinite(canvas)
     rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
     assert lit[rows[0] : rows[0] + 35, cols[0] : cols[-1] + 1].all()  # the top row: no seam
+
 
 def _tissue_png(grid_slide, path, downsample: int = 8) -> np.ndarray:
     """A mask over the whole grid slide: grid rows 1-4, cols 1-6, minus grid cell (2, 3)."""
