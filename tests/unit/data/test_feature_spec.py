@@ -150,3 +150,30 @@ def test_the_workflow_imports_no_torch_to_parse_the_snakefile():
         "gigamil.wsi.patching",
     )
     assert "torch" not in modules_loaded_by(*parse)
+
+
+def test_a_weights_file_replaced_in_place_changes_the_train_params(
+    base_config: dict, tmp_path: Path
+) -> None:
+    """model.weights entered the params by its path only: writing other weights to the same
+    file retrained nothing and the old fold models were used. Without a weights file the params
+    are as before (no retraining on upgrade)."""
+    import os
+
+    import torch
+
+    from gigamil.models.factory import build_mil_model
+    from gigamil.nn.weights import file_sha256
+
+    path = tmp_path / "enc.pt"
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = build_mil_model({"encoder": "smallcnn"}, 2, 32).feature_encoder[1]
+        torch.save(net.state_dict(), path)
+        os.utime(path, ns=(seed + 1, seed + 1))  # distinct mtimes, as two writes would have
+        _, training = train_params(_config(base_config, {"weights": str(path)}))
+        assert training["encoder_weights_sha256"] == file_sha256(path)
+        if seed == 0:
+            first = training["encoder_weights_sha256"]
+    assert training["encoder_weights_sha256"] != first
+    assert "encoder_weights_sha256" not in train_params(_config(base_config))[1]
