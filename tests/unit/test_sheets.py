@@ -259,6 +259,25 @@ def test_optional_lesion_mask_column_may_be_empty(tmp_path):
     assert lesion_masks({}, df) == {"s1": "masks/s1.png", "s3": "masks/s3.png"}
 
 
+def test_a_column_given_twice_is_an_error_and_a_variant_beside_it_a_warning(tmp_path, caplog):
+    """pandas renamed a second 'label' / 'mpp' column to 'label.1' / 'mpp.1', kept as data: its
+    values (other labels, the MPP) were ignored without a word; so were those of 'MPP' beside
+    'mpp'."""
+    path = tmp_path / "dup.csv"
+    path.write_text(
+        "slide_id,patient_id,label,path,mpp,mpp,label\ns1,p1,lesion,a.tif,,0.25,normal\n"
+    )
+    with pytest.raises(ConfigError, match="2 problems with the header") as exc:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert "column 'label' is given 2 times" in str(exc.value)
+    assert "column 'mpp' is given 2 times" in str(exc.value)
+    rows = [{**r, "MPP": "0.25"} for r in good_rows()]
+    for r in rows:
+        r["mpp"] = ""
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert "column 'MPP' is not read by gigamil (column 'mpp' is)" in caplog.text
+
+
 def test_a_known_column_spelt_otherwise_is_not_silently_ignored(tmp_path, caplog):
     rows = good_rows()
     for r in rows:

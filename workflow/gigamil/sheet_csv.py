@@ -9,6 +9,7 @@ import csv
 import difflib
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -103,7 +104,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     if not labels_required and "label" not in df.columns and "label" not in renames.values():
         df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in needed if c not in df.columns and c not in renames.values()]
-    problems = _rename_problems(renames)
+    problems = _duplicate_columns(path) + _rename_problems(renames)
     if missing:
         problems.append(
             f"missing column(s) {', '.join(missing)} "
@@ -143,6 +144,29 @@ def _rename_problems(renames: dict[str, str]) -> list[str]:
         f"{name}"
         for name, cols in by_name.items()
     ]
+
+
+def _duplicate_columns(path: Path) -> list[str]:
+    """Header problems: a name given twice (pandas would rename the second ``label.1`` and
+    gigamil would read only the first). A column spelt like one gigamil reads beside that one
+    (``MPP`` beside ``mpp``) is kept as data, with a warning: its values are not read."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = [c.strip() for c in next(csv.reader(handle), [])]
+    except (csv.Error, UnicodeDecodeError, OSError):
+        return []
+    known = (*SHEET_COLUMNS, *OPTIONAL_COLUMNS)
+    for col in dict.fromkeys(header):
+        folded = re.sub(r"[\s-]+", "_", col.lower())
+        if folded in known and folded != col and folded in header:
+            log.warning(
+                "%s: column %r is not read by gigamil (column %r is); it is kept as data",
+                path,
+                col,
+                folded,
+            )
+    counts = Counter(c for c in header if c)
+    return [f"column {c!r} is given {n} times: keep one" for c, n in counts.items() if n > 1]
 
 
 def _misspelt_columns(columns: list[str], path: Path) -> dict[str, str]:
