@@ -111,6 +111,30 @@ def test_leakage_across_cohorts_stops_before_any_job(tmp_path, base_config, edit
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
 
 
+def test_sheet_and_cross_cohort_problems_come_in_one_error(tmp_path, base_config):
+    """A label typo in one cohort, a slide_id reused across cohorts and a train patient in an
+    external cohort took three runs to find (one problem per run)."""
+    rows = other_rows()
+    rows[0].update(slide_id="s1")  # s1 is also in cohort a
+    rows[1].update(patient_id="p1", label="normal")  # a train patient of cohort a
+    typo = good_rows()
+    typo[0]["label"] = "tumour"
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "b": {"sheet": str(write_sheet(tmp_path, rows, name="b.csv")), "role": "external"},
+        "c": {"sheet": str(write_sheet(tmp_path, typo, name="c.csv")), "role": "external"},
+    }
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    text = str(err.value)
+    assert text.startswith("2 cohort sheets have problems:"), text
+    assert "- cohort 'c': " in text and "label 'tumour'" in text
+    assert "2 problems across cohorts:" in text
+    assert "slide_id 's1' is in cohorts a, b" in text
+    assert "cohort b: 1 patient(s) also in a train cohort (p1)" in text
+
+
 def test_allowed_patient_overlap_is_a_warning(tmp_path, base_config, caplog):
     rows = other_rows()
     rows[0].update(patient_id="p1", label="normal")

@@ -47,8 +47,11 @@ def load_cohorts(
         except ConfigError as exc:  # each problem names its cohort (two may share a sheet)
             text = str(exc)
             problems.append(text if text.startswith("cohort ") else f"cohort {name!r}: {text}")
+    try:  # across the sheets that loaded: reported with the sheets' own problems
+        check_leakage(config, sheets, base_dir, check_content=check_content)
+    except ConfigError as exc:
+        problems.append(str(exc))
     raise_problems(None, problems, "cohort sheets have problems")
-    check_leakage(config, sheets, base_dir, check_content=check_content)
     check_classes_trained(config, sheets)
     return sheets
 
@@ -160,7 +163,8 @@ def check_leakage(
     base_dir: str | Path = ".",
     check_content: bool = True,
 ) -> None:
-    """Identity and leakage across cohorts, before any job runs; ConfigError naming the ids:
+    """Identity and leakage across cohorts, before any job runs; one ConfigError naming the ids
+    of every kind found:
 
     - a slide_id in two cohorts (per-slide results are keyed by slide_id, so ids must be unique
       across cohorts), or two slide_ids that differ only in case (one file on macOS);
@@ -181,13 +185,16 @@ def check_leakage(
     if not rows:
         return
     allr = pd.concat(rows, ignore_index=True)
-    _check_one_cohort_per_slide(allr)
-    _check_case_clashes(allr)
-    _check_file_listed_once(allr)
-    if check_content:
-        _check_same_content(allr)
-    _check_one_label_per_patient(allr)
-    _check_train_patients(config, sheets)
+    checks = [_check_one_cohort_per_slide, _check_case_clashes, _check_file_listed_once]
+    checks += [_check_same_content] if check_content else []
+    checks += [_check_one_label_per_patient, lambda _: _check_train_patients(config, sheets)]
+    found = []  # every kind of problem in one error, not one per run
+    for check in checks:
+        try:
+            check(allr)
+        except ConfigError as exc:
+            found.append(str(exc))
+    raise_problems(None, found, "problems across cohorts")
 
 
 def _check_one_cohort_per_slide(allr: pd.DataFrame) -> None:

@@ -177,3 +177,12 @@ def test_a_weights_file_replaced_in_place_changes_the_train_params(
             first = training["encoder_weights_sha256"]
     assert training["encoder_weights_sha256"] != first
     assert "encoder_weights_sha256" not in train_params(_config(base_config))[1]
+
+
+def test_hf_hub_weights_count_by_name_only() -> None:
+    """hf-hub weights are looked up by the training job, in its cache (README): the workflow's
+    main process, whose cache may lack them, hashes nothing."""
+    from gigamil.nn.weights import weights_signature
+
+    assert weights_signature("hf-hub:org/name") == {}
+    assert weights_signature(None) == {} and weights_signature("IMAGENET1K_V1") == {}

@@ -292,10 +292,11 @@ def load_weights_file(
 def weights_signature(weights: str | None) -> dict[str, str]:
     """What a training's signature (rule train_fold's params, ``last.pt``'s resume check)
     holds of ``model.weights`` besides its name: ``{"encoder_weights_sha256": digest}`` of a
-    local or ``hf-hub:`` weights file, so a file replaced in place retrains the folds (the name
-    alone did not change); ``{}`` otherwise (random init, torchvision names), which keeps the
-    signatures of those trainings as they were. Hashes the file once per process."""
-    if not is_weights_file(weights):
+    local weights file, so a file replaced in place retrains the folds (the name alone did not
+    change); ``{}`` otherwise (random init, torchvision names, and ``hf-hub:`` references, which
+    only the training job looks up, in its own cache), which keeps the signatures of those
+    trainings as they were. Hashes the file once per process."""
+    if not is_weights_file(weights) or str(weights).startswith(HF_PREFIX):
         return {}
     return {"encoder_weights_sha256": file_sha256(resolve_weights(str(weights)))}
 
