@@ -262,3 +262,15 @@ def test_predict_cohort_needs_no_labels(tmp_path, base_config, caplog):
     rows[0]["label"] = ""
     with pytest.raises(ConfigError, match="line 2 .*label"):
         _predict_cohort(tmp_path, base_config, rows, role="external")
+
+
+def test_patient_ids_that_differ_only_in_case_are_a_warning(tmp_path, base_config, caplog):
+    """'p1' and 'P1' were two patients without a word: possibly one person in two folds."""
+    rows = good_rows()
+    rows[1]["patient_id"] = rows[0]["patient_id"].upper()
+    rows[1]["label"] = rows[0]["label"]
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows))}}
+    load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "patient_id(s) differ from another only in case or spaces" in caplog.text
+    assert f"'{rows[1]['patient_id']}', '{rows[0]['patient_id']}'" in caplog.text

@@ -188,6 +188,7 @@ def check_leakage(
     checks = [_check_one_cohort_per_slide, _check_case_clashes, _check_file_listed_once]
     checks += [_check_same_content] if check_content else []
     checks += [_check_one_label_per_patient, lambda _: _check_train_patients(config, sheets)]
+    _warn_patient_spellings(allr)
     found = []  # every kind of problem in one error, not one per run
     for check in checks:
         try:
@@ -236,6 +237,22 @@ def _check_file_listed_once(allr: pd.DataFrame) -> None:
             f"cohort {first['_cohort'].iloc[0]}: slide file {first['path'].iloc[0]!r} is listed "
             f"{len(first)} times (slide_ids {', '.join(map(str, first['slide_id']))}); one slide "
             "may have one row only (a slide in two folds would be trained on and tested)"
+        )
+
+
+def _warn_patient_spellings(allr: pd.DataFrame) -> None:
+    """A warning for patient_ids that differ only in case or spaces (``P1``, ``p1``): two
+    patients to gigamil (their folds, the overlap check), likely one person."""
+    ids = allr["patient_id"].astype(str)
+    spellings = ids.groupby(ids.str.casefold().str.replace(r"\s+", "", regex=True)).unique()
+    clash = spellings[spellings.map(len) > 1]
+    if len(clash):
+        log.warning(
+            "%d patient_id(s) differ from another only in case or spaces (%s): they are "
+            "different patients to gigamil (folds, patient overlap); if they are one, spell "
+            "them alike",
+            len(clash),
+            "; ".join(", ".join(map(repr, sorted(c))) for c in clash.iloc[:3]),
         )
 
 
