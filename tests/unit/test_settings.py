@@ -173,6 +173,10 @@ def test_bag_mixing_under_batch_statistics_is_a_config_error() -> None:
         resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0.5})
     assert resolve_strategy({"batchnorm": "frozen"}, {"bag_mixing": 0.5})[0] == "end_to_end"
     assert resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0})[0] == "end_to_end"
+    # no encoder runs on the mixed bags (cached features, EM's head rounds): allowed
+    for strategy in ("frozen", "em"):
+        training = {"bag_mixing": 0.5, "strategy": strategy}
+        assert resolve_strategy({"batchnorm": "train", "weights": "x.pt"}, training)[0] == strategy
 
 
 def test_patch_rule_params_leave_out_stain_normalization_when_off() -> None:

@@ -350,19 +350,14 @@ def resolve_strategy(
     ``training.strategy`` and the older keys ``model.freeze_encoder`` / ``trainable_blocks``
     describe the encoder together: ``end_to_end`` with ``trainable_blocks: 0`` or
     ``freeze_encoder: true`` is ``frozen`` (configs from before the strategy keep working);
-    ``frozen`` sets ``trainable_blocks: 0`` in the returned model config. Raises ConfigError for contradictions: ``frozen`` with ``trainable_blocks: N``
-    (N > 0), ``em`` with a frozen encoder, the parameter-free ``identity`` encoder,
-    ``ema_decay`` or ``warmup_epochs``, ``freeze_encoder: true`` with ``trainable_blocks`` other
-    than ``all`` or 0, ``bag_mixing`` under ``batchnorm: train``, and ``warmup_epochs`` under
-    onecycle or not below ``epochs``.
-    """
+    ``frozen`` sets ``trainable_blocks: 0`` in the returned model config. Raises ConfigError
+    for contradictions: ``frozen`` with ``trainable_blocks: N`` (N > 0), ``em`` with a frozen
+    encoder, the parameter-free ``identity`` encoder, ``ema_decay`` or ``warmup_epochs``,
+    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, end-to-end
+    ``bag_mixing`` under ``batchnorm: train``, ``warmup_epochs`` under onecycle or not below
+    ``epochs``."""
     m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
     _check_warmup(t)
-    if t.bag_mixing and m.batchnorm == "train":  # ConcatBag chunks each part on its own
-        raise ConfigError(
-            "training.bag_mixing needs model.batchnorm frozen or groupnorm, not "
-            "train: each mixed-in part would be a batch of its own, down to 1 patch"
-        )
     blocks = m.trainable_blocks
     if m.freeze_encoder and blocks not in ("all", 0):
         raise ConfigError(
@@ -395,6 +390,11 @@ def resolve_strategy(
                 "training.ema_decay averages the weights of the end_to_end and frozen "
                 "strategies; strategy em trains in rounds of its own: set ema_decay: 0"
             )
+    if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs
+        raise ConfigError(  # on ConcatBag's parts, each chunked on its own
+            "training.bag_mixing needs model.batchnorm frozen or groupnorm, not "
+            "train: each mixed-in part would be a batch of its own, down to 1 patch"
+        )
     if strategy == "frozen":
         m = dataclasses.replace(m, trainable_blocks=0)
     return strategy, m

@@ -236,9 +236,12 @@ def test_plain_images_of_other_sample_kinds_read_as_their_colours(tmp_path):
         tmp_path / "cmyk.tif", np.zeros((50, 60, 4), np.uint8), photometric="separated"
     )
     Image.fromarray(np.zeros((50, 60), np.int32)).save(tmp_path / "i32.tif")  # Pillow mode I
+    ycc = np.full((50, 60, 3), (200, 30, 40), np.uint8)  # uncompressed: samples are Y, Cb, Cr
+    tifffile.imwrite(tmp_path / "ycc.tif", ycc, photometric="ycbcr", subsampling=(1, 1))
     for name, message in (
         ("cmyk.tif", "cmyk.tif: TIFF of photometric interpretation SEPARATED is not supported"),
         ("i32.tif", r"i32.tif: unsupported sample type int32 \(expected 8-bit RGB\)"),
+        ("ycc.tif", "ycc.tif: TIFF of photometric interpretation YCBCR is not supported"),
     ):
         with pytest.raises(SlideError, match=message) as exc:
             open_slide(tmp_path / name, mpp_override=1.0)

@@ -307,14 +307,15 @@ _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _YCBCR = 0, 1, 2, 3, 6
 def _tiff_colours(page: Any, arr: np.ndarray, name: str) -> np.ndarray:
     """A plain TIFF page's decoded samples as colours: a palette image's indices through its
     colour map (tifffile decodes the indices), a min-is-white image inverted; RGB, grey and
-    YCbCr (decoded to RGB by tifffile) as they are; other kinds (CMYK, CIELab, ...) refused."""
+    JPEG-compressed YCbCr (decoded to RGB by the JPEG decoder) as they are; other kinds (CMYK,
+    CIELab, uncompressed YCbCr, whose samples tifffile returns as Y, Cb, Cr) refused."""
     kind = int(page.photometric)
     if kind == _PALETTE and page.colormap is not None and arr.ndim == 2:
         return np.moveaxis(np.asarray(page.colormap)[:, arr], 0, -1)  # uint16 (H, W, 3)
     if kind == _MINISWHITE and arr.dtype.kind == "u":
         return np.iinfo(arr.dtype).max - arr
-    if kind in (_MINISBLACK, _RGB, _YCBCR):
-        return arr
+    if kind in (_MINISBLACK, _RGB) or (kind == _YCBCR and int(page.compression) in (6, 7)):
+        return arr  # 6, 7: old- and new-style JPEG
     raise SlideError(
         f"{name}: TIFF of photometric interpretation {page.photometric.name} is not supported "
         "(expected RGB, greyscale or palette); convert it to RGB",
