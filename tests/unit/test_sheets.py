@@ -48,8 +48,8 @@ def test_label_and_file_near_misses_are_suggested(tmp_path):
     rows[2]["label"] = "Lesion"
     path = write_sheet(tmp_path, rows)
     with pytest.raises(
-        ConfigError, match=r"label 'Lesion' is not one of .*did you mean 'Lesion' -> 'lesion'\?"
-    ):
+        ConfigError, match=r"label 'Lesion' is not one of .*did you mean 'lesion'\?"
+    ):  # one misspelling: the class alone ("did you mean 'Lesion' -> 'lesion'?" read oddly)
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows[2]["label"], rows[1]["label"] = "tumour", "normall"  # nothing close to 'tumour'
     path = write_sheet(tmp_path, rows)

@@ -189,6 +189,8 @@ def _check_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
             if is_bad
         ]
         hints = sorted({h for v in df.loc[bad_label, "label"] if (h := _near_label(v, classes))})
+        if df.loc[bad_label, "label"].nunique() == 1 and len(hints) == 1:  # one misspelling
+            hints = [hints[0].split(" -> ")[1]]  # "did you mean 'lesion'?"
         raise ConfigError(
             f"{path}: {bad[0] if len(bad) == 1 else f'{len(bad)} labels'} "
             f"{'is' if len(bad) == 1 else 'are'} not one of the classes {classes} of the "

@@ -726,3 +726,30 @@ def test_a_slide_twice_in_one_file_or_of_two_patients_is_refused(tmp_path, which
         run(paths, CLASSES, tmp_path / "b", "ext")
     frames[1].to_csv(paths[1], index=False)
     run(paths, CLASSES, tmp_path / "c", "ext")  # the files as written: no error
+
+
+def test_slides_without_patches_are_counted_once_and_all_of_them_named(tmp_path, caplog):
+    """An external cohort of 2 slides without patches, 6 fold models: the log said '2 slide(s)'
+    and then '12 slide(s)' (the rows of the stacked fold files, names repeated); with none left
+    the error gave no cause."""
+    ext = _sheet(n_patients=4, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    slide = ext["slide_id"].iloc[0]
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"fold{k}.csv")
+        _predict(ext, k, rng, nan_slide=slide).to_csv(paths[-1], index=False)
+    with caplog.at_level("WARNING"):
+        ensemble_cohort(paths, CLASSES, tmp_path / "e", "ext", n_boot=10)
+    warned = [r.getMessage() for r in caplog.records if "have no prediction" in r.getMessage()]
+    assert warned == [
+        f"1 slide(s) have no prediction (no patches), left out of the metrics: {slide}"
+    ]
+    for k, path in enumerate(paths):  # no slide has patches
+        df = _predict(ext, k, rng)
+        df[["prob_normal", "prob_lesion", "pred"]] = [np.nan, np.nan, ""]
+        df.to_csv(path, index=False)
+    with pytest.raises(
+        GigamilError, match=r"none of its 4 slide\(s\) has patches \(see results/qc"
+    ):
+        ensemble_cohort(paths, CLASSES, tmp_path / "f", "ext", n_boot=10)

@@ -283,9 +283,13 @@ def _ensemble_metrics(
         GigamilError: no slide of the cohort has a prediction.
     """
     valid, n_unpredicted = split_unpredicted(ens, classes)
-    valid_folds, _ = split_unpredicted(preds, classes)
+    valid_folds, _ = split_unpredicted(preds, classes, warn=False)  # the same slides, per model
     if valid.empty:
-        raise GigamilError(f"cohort {cohort!r}: no slide has a prediction")
+        raise GigamilError(
+            f"cohort {cohort!r}: no slide has a prediction: none of its {len(ens)} slide(s) "
+            f"has patches (see results/qc/{cohort}.csv: tissue fraction and patches per slide; "
+            "a wrong µm/px, e.g. the sheet's mpp column, can leave no tissue or no whole patch)"
+        )
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
     table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)

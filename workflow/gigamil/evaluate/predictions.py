@@ -133,15 +133,20 @@ def _check_prediction_rows(df: pd.DataFrame, path: Path, classes: Sequence[str])
             )
 
 
-def split_unpredicted(preds: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFrame, int]:
-    """Drop rows with non-finite probabilities (slides without patches); return (rest, count)."""
+def split_unpredicted(
+    preds: pd.DataFrame, classes: Sequence[str], warn: bool = True
+) -> tuple[pd.DataFrame, int]:
+    """Drop rows with non-finite probabilities (slides without patches); return (rest, count);
+    ``warn``: log the slides dropped, each named once."""
     probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     ok = np.isfinite(probs).all(axis=1)
-    if (~ok).any():
+    if warn and (~ok).any():  # an ensemble's stacked files: one row per fold model, named once
+        slides = list(dict.fromkeys(map(str, preds.loc[~ok, "slide_id"])))
         log.warning(
             "%d slide(s) have no prediction (no patches), left out of the metrics: %s",
-            int((~ok).sum()),
-            ", ".join(preds.loc[~ok, "slide_id"].head(10)),
+            len(slides),
+            ", ".join(slides[:10])
+            + (f", ... ({len(slides) - 10} more)" if len(slides) > 10 else ""),
         )
     return preds.loc[ok].reset_index(drop=True), int((~ok).sum())
 
