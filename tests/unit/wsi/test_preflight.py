@@ -180,3 +180,26 @@ def test_a_cohort_smaller_than_one_patch_is_refused_naming_its_override(cmu_svs,
         statuses = check_slides([typo, fine], patch_mpp=0.972, patch_px=256)
     assert [s.problem for s in statuses] == [None, None]
     assert "1 slide(s) will give no patch (e.g. a/svs: the whole slide (2220 x 2967" in caplog.text
+
+
+def test_a_cohort_smaller_than_one_patch_at_the_configured_mpp_is_refused(cmu_svs):
+    """preprocessing.patches.mpp typed ten times too coarse (9.72 for 0.972): only a warning,
+    then every slide was masked and extracted before training found no patch."""
+    check = SlideCheck("a", "svs", Path(cmu_svs), None)  # 1108 x 1481 µm
+    with pytest.raises(ConfigError, match=r"no slide of cohort a holds one patch: is "):
+        check_slides([check], patch_mpp=9.72, patch_px=256)  # 2488 µm
+
+
+def test_an_override_far_from_the_files_mpp_is_a_warning(cmu_svs, caplog):
+    """A sheet mpp of 0.25 for a 0.972 µm/px slide passed without a word; the slide's tissue then
+    fell below min_area_um2 and the cohort ended in 'no slide has a prediction'."""
+    near = SlideCheck("a", "near", Path(cmu_svs), 0.52)  # the file says 0.499
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        check_slides([near], patch_mpp=0.5, patch_px=96)
+        assert "override far from the file's own" not in caplog.text
+        far = SlideCheck("a", "far", Path(cmu_svs), 0.125)
+        check_slides([near, far], patch_mpp=0.5, patch_px=96)
+    assert (
+        "1 slide(s) have a µm/px override far from the file's own (e.g. a/far: 0.125 typed, "
+        in (caplog.text)
+    )

@@ -84,6 +84,23 @@ def test_area_filter_and_holes_are_in_microns():
         assert not m[20, 280]  # background
 
 
+def test_tissue_all_smaller_than_min_area_is_named_not_called_no_tissue():
+    """A slide read at a µm/px 4x too fine: its tissue pieces all fell below min_area_um2 and
+    the warning said 'no tissue found', hiding the cause."""
+    img = np.full((400, 400, 3), 245, np.uint8)
+    img[100:200, 100:200] = (190, 110, 160)  # 100 x 100 px of tissue
+    params = TissueParams(mask_mpp=4.0, min_area_um2=20000.0)
+    tm = compute_tissue_mask(ArrayReader(img, 1.0, (4,), name="s.tif"), params)  # 1e4 µm²
+    assert not tm.mask.any()
+    assert any(
+        w.startswith(
+            "s.tif: every tissue piece is smaller than min_area_um2 20000 µm² (the largest "
+        )
+        and "is that µm/px wrong" in w
+        for w in tm.warnings
+    ), tm.warnings
+
+
 def test_fixed_threshold_and_bad_threshold(tissue_image):
     img = tissue_image((400, 400))
     m, thr, _ = mask_from_rgb(img, 4.0, TissueParams(threshold=30.0, min_area_um2=0))

@@ -53,6 +53,7 @@ class SlideStatus(NamedTuple):
     problem: str | None
     mpp: float | None
     small: str | None = None
+    file_mpp: float | None = None  # the file's own µm/px when an override replaced it
 
 
 def check_slide(
@@ -91,13 +92,24 @@ def check_slide(
             small = small and small + typed
         if problem is None and check.lesion_mask is not None:  # no µm/px hint: sizes decide
             problem = _lesion_mask_problem(check, mpp, dims)
-        return SlideStatus(check, problem, mpp, small)
+        return SlideStatus(check, problem, mpp, small, _file_mpp(check))
     except GigamilError as exc:
         return SlideStatus(check, str(exc), None)
     except Exception as exc:  # noqa: BLE001 - any reader failure makes the slide unusable
         return SlideStatus(
             check, f"{check.path}: cannot be read ({type(exc).__name__}: {exc})", None
         )
+
+
+def _file_mpp(check: SlideCheck) -> float | None:
+    """The slide file's own µm/px when ``check`` overrides it (None: no override, or the file
+    has no plausible one), for :func:`_warn`'s comparison."""
+    if check.mpp is None:
+        return None
+    try:
+        return slide_header(check.path, None)[0]
+    except GigamilError:
+        return None
 
 
 def _smaller_than_a_patch(
@@ -180,11 +192,22 @@ def _all_small(statuses: list[SlideStatus]) -> list[SlideStatus]:
     for status in statuses:
         cohorts.setdefault(status.check.cohort, []).append(status)
     return [
-        s._replace(problem=s.small, small=None)
+        s._replace(problem=s.small + _typo_hint(s), small=None)
         for members in cohorts.values()
-        if all(m.small is not None and m.check.mpp is not None for m in members)
+        if all(m.small is not None for m in members)
         for s in members
     ]
+
+
+def _typo_hint(status: SlideStatus) -> str:
+    """What to check when a whole cohort is smaller than one patch at µm/px nobody typed for
+    it (an override says so itself): the patch settings."""
+    if status.check.mpp is not None:
+        return ""
+    return (
+        f"; no slide of cohort {status.check.cohort} holds one patch: is "
+        "preprocessing.patches.mpp (or patch_px) a typo?"
+    )
 
 
 def _warn(statuses: list[SlideStatus], patch_mpp: float | None) -> None:
@@ -199,6 +222,7 @@ def _warn(statuses: list[SlideStatus], patch_mpp: float | None) -> None:
             small[0].check.slide_id,
             small[0].small,
         )
+    _warn_overrides(statuses)
     if patch_mpp is not None:
         limit = patch_mpp * (1.0 + LEVEL_TOLERANCE)  # extract_patches' upsampling threshold
         coarse = [s for s in statuses if s.mpp is not None and s.mpp > limit]
@@ -213,6 +237,32 @@ def _warn(statuses: list[SlideStatus], patch_mpp: float | None) -> None:
                 first.check.slide_id,
                 first.mpp,
             )
+
+
+OVERRIDE_RATIO = 1.25  # an override this far from the file's own µm/px is probably a typo
+
+
+def _warn_overrides(statuses: list[SlideStatus]) -> None:
+    """One warning for the slides whose µm/px override (sheet ``mpp`` column, cohort ``mpp``)
+    differs from the file's own by more than :data:`OVERRIDE_RATIO` (e.g. 0.25 typed for a
+    0.972 µm/px slide: its tissue shrinks below min_area_um2 and it gives no patch)."""
+    far = [
+        s
+        for s in statuses
+        if s.mpp and s.file_mpp and max(s.mpp / s.file_mpp, s.file_mpp / s.mpp) > OVERRIDE_RATIO
+    ]
+    if far:
+        first = far[0]
+        log.warning(
+            "%d slide(s) have a µm/px override far from the file's own (e.g. %s/%s: %g typed, "
+            "%g in the file): the override is used; check the sheet's mpp column or the "
+            "cohort's mpp",
+            len(far),
+            first.check.cohort,
+            first.check.slide_id,
+            first.mpp,
+            first.file_mpp,
+        )
 
 
 def sheet_checks(

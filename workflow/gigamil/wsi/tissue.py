@@ -256,6 +256,14 @@ def mask_from_rgb(
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         keep = sizes >= min_px
         keep[0] = False
+        if not keep.any():  # tissue was found, and all of it is too small
+            largest = float(sizes[1:].max()) * mpp * mpp
+            warnings.append(
+                f"{name + ': ' if name else ''}every tissue piece is smaller than min_area_um2 "
+                f"{params.min_area_um2:g} µm² (the largest {largest:.0f} µm², measured with the "
+                "slide's µm/px): is that µm/px wrong (e.g. the sheet's mpp column), or should "
+                "min_area_um2 be lower?"
+            )
         mask = keep[labels]
     if ink.any():
         log.info(
