@@ -861,3 +861,23 @@ def test_the_chunk_size_does_not_change_the_trained_model(mil_bags, tmp_path: Pa
         assert losses[k] == pytest.approx(losses[None], rel=1e-5), k
         for name, value in weights[None].items():
             assert torch.allclose(weights[k][name].float(), value.float(), atol=1e-4), (k, name)
+
+
+def test_predict_names_the_size_and_the_mpp_mismatch_together(write_store, tmp_path) -> None:
+    """A store cut at other settings gave 'patches are 224 px but the model was trained on 96
+    px'; after re-cutting at 96 px, the µm/px mismatch came next: two runs for one mistake."""
+    from types import SimpleNamespace
+
+    from gigamil.train.predict import _open_slide
+
+    patches = np.zeros((3, 16, 16, 3), np.uint8)
+    store = write_store(tmp_path / "s.zarr", patches, target_mpp=1.0, effective_mpp=1.0)
+    row = SimpleNamespace(slide_id="s", store=str(store))
+    dev = torch.device("cpu")
+    with pytest.raises(GigamilError) as err:
+        _open_slide(row, {"patch_px": 32, "patch_mpp": 0.5}, 1, dev)
+    assert "patches are at 1 µm/px but the model was trained at 0.5 µm/px" in str(err.value)
+    assert "; and they are 16 px but the model was trained on 32 px" in str(err.value)
+    with pytest.raises(GigamilError, match="slide s: patches are 16 px but the model was trained"):
+        _open_slide(row, {"patch_px": 32, "patch_mpp": 1.0}, 1, dev)
+    _open_slide(row, {"patch_px": 16, "patch_mpp": 1.0}, 1, dev)
