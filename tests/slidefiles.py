@@ -11,11 +11,13 @@ def write_svs(  # noqa: PLR0913 - one keyword per property of the file
     seed: int = 0,
     mpp: float | None = 0.5,
     unreadable: bool = False,
-    size: int = 64,
+    size: int = 320,
     quality: int = 90,
 ) -> Path:
-    """An Aperio-style SVS of ``size`` x ``size`` random pixels (``seed``) in one 64 x 64 JPEG
-    tile of ``quality``.
+    """An Aperio-style SVS of ``size`` x ``size`` random pixels (``seed``) in 64 x 64 JPEG tiles
+    of ``quality``. The default 320 px at 0.5 µm/px (160 µm) holds one patch of the schema's
+    defaults (256 px at 0.5 µm/px: 128 µm) and of the repository's config.yaml (96 px at 0.972
+    µm/px: 93 µm): a cohort of slides smaller than one patch is refused before any job.
 
     ``mpp`` None leaves the MPP out (the workflow's pre-flight check refuses it); ``unreadable``
     turns the tile's start-of-scan marker into a quantisation-table marker (with the scan header
