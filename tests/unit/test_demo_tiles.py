@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tomllib
 import zipfile
 from pathlib import Path
@@ -177,8 +178,13 @@ def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
     demo_tiles.make_tile_cohort(tmp_path / "b", tiles=folder, exclude=set(used["sha256"]), **kw)
     other = pd.read_csv(tmp_path / "b" / "tiles.csv")
     assert not set(other["sha256"]) & set(used["sha256"])
-    with pytest.raises(GigamilError, match=r"tile pool has \d+ usable tiles in 0/"):
+    with pytest.raises(GigamilError, match=r"tile pool has \d+ usable tiles in 0/") as err:
         demo_tiles.make_tile_cohort(tmp_path / "c", tiles=folder, **{**kw, "n_patients": 6})
+    # the error names a cohort that fits (a new user had to guess), and it does fit
+    hint = re.search(r"--patients (\d+) --slides-per-patient (\d+) fits", str(err.value))
+    assert hint, str(err.value)
+    fits = {"n_patients": int(hint[1]), "slides_per_patient": int(hint[2])}
+    demo_tiles.make_tile_cohort(tmp_path / "d", tiles=folder, **{**kw, **fits})
 
 
 def test_both_short_classes_are_named(tmp_path):

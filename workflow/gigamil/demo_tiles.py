@@ -178,7 +178,12 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
 
     slides = _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
     slides = [(f"{prefix}_{sid}", f"{prefix}_{pid}", label, pl) for sid, pid, label, pl in slides]
-    _check_pool(by_class, _tiles_needed(slides), min_tile_tissue)
+    fits = _fits(by_class, _tiles_needed(slides))
+    if not fits:
+        plan = (seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
+        _check_pool(
+            by_class, _tiles_needed(slides), min_tile_tissue, _smaller_cohort(by_class, *plan)
+        )
     draw = np.random.default_rng([seed, 3])
     queues = {c: [by_class[c][i] for i in draw.permutation(len(by_class[c]))] for c in (0, 1)}
 
@@ -201,9 +206,33 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     return sheet
 
 
-def _check_pool(by_class: dict[int, list[Tile]], need: dict[int, int], min_tissue: float) -> None:
+def _fits(by_class: dict[int, list[Tile]], need: dict[int, int]) -> bool:
+    return all(need[c] <= len(by_class[c]) for c in (0, 1))
+
+
+def _smaller_cohort(  # noqa: PLR0913 - a cohort plan, field by field
+    by_class: dict[int, list[Tile]],
+    seed: int,
+    n_patients: int,
+    slides_per_patient: int,
+    tiles_per_slide: tuple[int, int],
+    lesion_range: tuple[float, float],
+) -> str:
+    """The largest cohort of this ``seed`` the pool holds, as the options that make it (fewer
+    patients, then one slide each), or "" when not even 2 one-slide patients fit."""
+    for spp in dict.fromkeys((slides_per_patient, 1)):
+        for n in range(n_patients - (spp == slides_per_patient), 1, -1):
+            plan = _plan_cohort(seed, n, spp, tiles_per_slide, lesion_range)
+            if _fits(by_class, _tiles_needed(plan)):
+                return f"--patients {n} --slides-per-patient {spp}"
+    return ""
+
+
+def _check_pool(
+    by_class: dict[int, list[Tile]], need: dict[int, int], min_tissue: float, smaller: str = ""
+) -> None:
     """GigamilError naming each class with fewer usable tiles (``by_class``) than the cohort
-    places (``need``)."""
+    places (``need``), and ``smaller``, the options of a cohort that fits."""
     short = [
         f"{len(by_class[c])} usable tiles in {CLASS_DIRS[c]}/ but the cohort needs {need[c]}"
         for c in (0, 1)
@@ -213,7 +242,9 @@ def _check_pool(by_class: dict[int, list[Tile]], need: dict[int, int], min_tissu
         raise GigamilError(
             f"tile pool has {' and '.join(short)} (usable: not excluded, >= "
             f"{min_tissue:g} tissue): use fewer patients or slides per patient "
-            "(--patients, --slides-per-patient) or more tiles (--tiles DIR)"
+            "(--patients, --slides-per-patient"
+            + (f"; {smaller} fits at this --seed" if smaller else "")
+            + ") or more tiles (--tiles DIR)"
         )
 
 
