@@ -178,12 +178,9 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
 
     slides = _plan_cohort(seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
     slides = [(f"{prefix}_{sid}", f"{prefix}_{pid}", label, pl) for sid, pid, label, pl in slides]
-    fits = _fits(by_class, _tiles_needed(slides))
-    if not fits:
+    if not _fits(by_class, need := _tiles_needed(slides)):
         plan = (seed, n_patients, slides_per_patient, tiles_per_slide, lesion_range)
-        _check_pool(
-            by_class, _tiles_needed(slides), min_tile_tissue, _smaller_cohort(by_class, *plan)
-        )
+        _check_pool(by_class, need, min_tile_tissue, _smaller_cohort(by_class, *plan))
     draw = np.random.default_rng([seed, 3])
     queues = {c: [by_class[c][i] for i in draw.permutation(len(by_class[c]))] for c in (0, 1)}
 
