@@ -155,11 +155,9 @@ class TrainingConfig(_Section):
     # keys that change what is logged or how fast, not what is trained: not part of the resume
     # signature (nor of rule train_fold's params), so switching them retrains nothing
     LOG_ONLY_KEYS: ClassVar[tuple[str, ...]] = ("tensorboard", "compile")
-    # keys that choose where and in how many pieces the same computation runs: the gradients
-    # are the same up to floating-point rounding (GradCache is exact), so lowering the chunk
-    # size after an out-of-memory error, or moving to a GPU, resumes last.pt and retrains no
-    # fold; the chunk size stays in under batch statistics (model.batchnorm: train), where it
-    # changes the model
+    # keys that choose where and in how many pieces the same computation runs (GradCache is
+    # exact): lowering the chunk size after an out-of-memory error, or moving to a GPU, resumes
+    # last.pt and retrains no fold; under model.batchnorm: train the chunk size stays in
     EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("device", "max_instances_per_forward_pass")
     strategy: str = _default(_TRAIN, "strategy")
     device: str = _default(_TRAIN, "device")
@@ -308,8 +306,10 @@ def training_signature(
     """``(model section, training signature)`` of one training, spelled one way: rule
     train_fold's params and ``last.pt``'s resume signature. A ``frozen`` encoder (however the
     configuration says it) is ``freeze_encoder: false``, ``trainable_blocks: 0`` and strategy
-    ``frozen``; training on ``cached`` features leaves out ``augment`` (not applied to them).
-    The training part is :meth:`TrainingConfig.resume_signature`."""
+    ``frozen``; training on ``cached`` features leaves out ``augment`` (not applied to them); a
+    local weights file adds its content (:func:`gigamil.nn.weights.weights_signature`)."""
+    from gigamil.nn.weights import weights_signature
+
     model = dict(model)
     if frozen:
         model.update(freeze_encoder=False, trainable_blocks=0)
@@ -317,7 +317,7 @@ def training_signature(
     sig = training.resume_signature(batch_statistics=model.get("batchnorm") == "train")
     if cached:
         sig.pop("augment", None)
-    return model, sig
+    return model, {**sig, **weights_signature(model.get("weights"))}
 
 
 def _check_warmup(t: TrainingConfig) -> None:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from gigamil.nn.weights import is_weights_file, weights_sha256, weights_signature
+from gigamil.nn.weights import is_weights_file, weights_sha256
 from gigamil.settings import (
     ModelConfig,
     PatchConfig,
@@ -118,5 +118,4 @@ def train_params(
     training = TrainingConfig.from_dict(config["training"])
     strategy, _ = resolve_strategy(config["model"], training)
     model, sig = training_signature(config["model"], training, strategy == "frozen", cached)
-    sig.update(weights_signature(config["model"].get("weights")))  # the file's content
     return ordered_params(("model",), model), sig

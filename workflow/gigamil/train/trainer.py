@@ -20,7 +20,7 @@ from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
-from gigamil.nn.weights import weights_sha256, weights_signature
+from gigamil.nn.weights import weights_sha256
 from gigamil.settings import ModelConfig, TrainingConfig, training_signature
 from gigamil.train import distributed as ddp
 from gigamil.train.accel import prepare_model
@@ -139,7 +139,6 @@ class FoldTrainer:
         model, training = training_signature(
             model_cfg.to_dict(), self.cfg, frozen, cached=bool(data.features)
         )
-        training.update(weights_signature(model_cfg.weights))  # as rule train_fold's params
         return {
             "model": model,
             "classes": data.classes,
