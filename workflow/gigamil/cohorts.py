@@ -211,11 +211,18 @@ def _check_one_cohort_per_slide(allr: pd.DataFrame) -> None:
             )
 
 
+def _spelling_clashes(ids: pd.Series, spaces: bool = False) -> pd.Series:
+    """The sets of distinct ``ids`` that are equal up to case (and, with ``spaces``, white
+    space), one entry per such set."""
+    key = ids.str.casefold()
+    spellings = ids.groupby(key.str.replace(r"\s+", "", regex=True) if spaces else key).unique()
+    return spellings[spellings.map(len) > 1]
+
+
 def _check_case_clashes(allr: pd.DataFrame) -> None:
     """ConfigError if two slide_ids (of any cohorts) differ only in case."""
     ids = allr["slide_id"].astype(str)
-    spellings = ids.groupby(ids.str.casefold()).unique()
-    clash = spellings[spellings.map(len) > 1]
+    clash = _spelling_clashes(ids)
     if len(clash):
         names = sorted(clash.iloc[0])
         where = sorted(allr.loc[ids.isin(names), "_cohort"].unique())
@@ -243,9 +250,7 @@ def _check_file_listed_once(allr: pd.DataFrame) -> None:
 def _warn_patient_spellings(allr: pd.DataFrame) -> None:
     """A warning for patient_ids that differ only in case or spaces (``P1``, ``p1``): two
     patients to gigamil (their folds, the overlap check), likely one person."""
-    ids = allr["patient_id"].astype(str)
-    spellings = ids.groupby(ids.str.casefold().str.replace(r"\s+", "", regex=True)).unique()
-    clash = spellings[spellings.map(len) > 1]
+    clash = _spelling_clashes(allr["patient_id"].astype(str), spaces=True)
     if len(clash):
         log.warning(
             "%d patient_id(s) differ from another only in case or spaces (%s): they are "

@@ -58,12 +58,12 @@ def patch_mask_fraction(
         patch_size_level0: patch side in level-0 pixels, or (width, height).
         mask: bool (H, W), one pixel = ``downsample`` level-0 pixels.
     """
+    from gigamil.data.store import patch_sides
+
     h, w = mask.shape
     sat = np.zeros((h + 1, w + 1), dtype=np.float64)  # summed-area table
     sat[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1)
     xy = np.asarray(coords, dtype=np.float64) / downsample
-    from gigamil.data.store import patch_sides
-
     sw, sh = (s / downsample for s in patch_sides(patch_size_level0))
     x0, x1, ex0, ex1, width = _axis_span(xy[:, 0], xy[:, 0] + sw, w)
     y0, y1, ey0, ey1, height = _axis_span(xy[:, 1], xy[:, 1] + sh, h)

@@ -100,16 +100,17 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
     logged (its probabilities will be NaN)."""
     bag = open_bag(row.store, workers=threads, pin_memory=dev.type == "cuda")
     _check_kind(row.slide_id, bag, ckpt.get("features"))
-    size = len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"])
-    size_text = f"{bag.patch_shape[0] if len(bag) else 0} px but the model was trained on"
+    size = None  # the patch size mismatch, if any
+    if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
+        size = f"{bag.patch_shape[0]} px but the model was trained on {ckpt['patch_px']} px"
     try:  # both mismatches in one message (a store cut at other settings has both)
         _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
     except GigamilError as exc:
         if size:
-            raise GigamilError(f"{exc}; and they are {size_text} {ckpt['patch_px']} px") from None
+            raise GigamilError(f"{exc}; and they are {size}") from None
         raise
     if size:
-        raise GigamilError(f"slide {row.slide_id}: patches are {size_text} {ckpt['patch_px']} px")
+        raise GigamilError(f"slide {row.slide_id}: patches are {size}")
     _check_stain_normalization(row.slide_id, bag, ckpt.get("stain_normalization"))
     recorded = bag.attrs.get("slide_id")
     if recorded is not None and str(recorded) != str(row.slide_id):

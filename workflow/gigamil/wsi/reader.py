@@ -218,7 +218,7 @@ class OpenSlideReader(SlideReader):
         except SlideError:
             self._slide.close()
             raise
-        if fast_tiff and props.get("openslide.vendor") in FAST_TIFF_VENDORS:
+        if fast_tiff and vendor in FAST_TIFF_VENDORS:
             from gigamil.wsi.tiff_tiles import try_tile_source
 
             self._tiles = try_tile_source(
