@@ -51,6 +51,11 @@ def demo_slide(slide_id: str) -> str:
     return f"{DEMO_DIR}/slides/{slide_id}.tiff"
 
 
+def demo_tiles_table() -> str:
+    """The real-tissue demo's table of placed tiles (slide_id, row, col, label, file, sha256)."""
+    return f"{DEMO_DIR}/tiles.csv"
+
+
 def demo_lesion_mask(slide_id: str) -> str:
     """The ground-truth lesion mask PNG of a demo slide."""
     return f"{LESION_MASK_DIR}/{slide_id}.png"

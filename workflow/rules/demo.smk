@@ -42,6 +42,7 @@ rule demo_cohort:
         slides=[layout.demo_slide(s) for s in DEMO_SLIDE_IDS],
         masks=[layout.demo_lesion_mask(s) for s in DEMO_SLIDE_IDS],
         mask_meta=[layout.demo_lesion_meta(s) for s in DEMO_SLIDE_IDS],
+        tiles=[layout.demo_tiles_table()] if DEMO_KIND == "tiles" else [],
     log:
         layout.log_file("demo", "demo_cohort"),
     benchmark:
