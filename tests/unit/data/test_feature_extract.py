@@ -44,6 +44,23 @@ def test_cache_equals_live_features_random_init(write_store, tmp_path: Path) -> 
     assert not np.allclose(cached, 0)
 
 
+def test_cache_holds_the_colour_histogram_as_the_live_model(write_store, tmp_path) -> None:
+    """model.colour_histogram was part of the cache's id, but the extractor left the histogram
+    out: a frozen model with it trained and predicted on the encoder's features only."""
+    store = write_store(tmp_path / "s.zarr", _patches(9), chunk=16, target_mpp=0.5)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0, "colour_histogram": 4}
+    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    cached = FeatureBag(out).load().numpy()
+    live = _live_features(cfg, store)
+    assert cached.shape == live.shape == (9, 64 + 12)
+    np.testing.assert_allclose(cached, live, rtol=2e-3, atol=2e-3 * np.abs(live).max())
+    plain = extract_features(
+        store, tmp_path / "p.zarr", {**cfg, "colour_histogram": 0}, PATCHES, device="cpu"
+    )
+    np.testing.assert_array_equal(FeatureBag(plain).load().numpy(), cached[:, :64])
+    assert cached[:, 64:].min() >= 0 and cached[:, 64:].max() <= 1  # shares of pixels
+
+
 def test_cache_equals_live_features_weights_file(write_store, tmp_path: Path) -> None:
     import torchvision
 
@@ -106,5 +123,11 @@ def test_a_store_of_other_patch_settings_is_not_cached(write_store, tmp_path: Pa
     store = write_store(tmp_path / "px.zarr", _patches(5, px=16), target_mpp=0.5)
     with pytest.raises(GigamilError, match="patches have patch_px 16 but .*patch_px is 32"):
         extract_features(store, tmp_path / "f_px.zarr", cfg, PATCHES, device="cpu")
+    jpeg = {**PATCHES, "codec": "jpeg", "jpeg_quality": 50}
+    store = write_store(
+        tmp_path / "q.zarr", _patches(5), target_mpp=0.5, codec="jpeg", jpeg_quality=95
+    )
+    with pytest.raises(GigamilError, match="jpeg_quality 95 but .*jpeg_quality is 50"):
+        extract_features(store, tmp_path / "f_q.zarr", cfg, jpeg, device="cpu")
     close = write_store(tmp_path / "ok.zarr", _patches(5), target_mpp=0.504)  # within 1 %
     extract_features(close, tmp_path / "f_ok.zarr", cfg, PATCHES, device="cpu")

@@ -70,6 +70,9 @@ def test_cache_enabled_only_for_a_frozen_encoder() -> None:
     assert not cache_enabled({"trainable_blocks": 0, "feature_cache": False})
     assert not cache_enabled({"trainable_blocks": "all"})
     assert not cache_enabled({"encoder": "resnet18", "trainable_blocks": 2})
+    # batch statistics: a patch's features depend on its chunk, so they cannot be cached once
+    assert not cache_enabled({"trainable_blocks": 0, "batchnorm": "train"})
+    assert cache_enabled({"trainable_blocks": 0, "batchnorm": "groupnorm"})
     cfg = {"model": {"trainable_blocks": 0}, "preprocessing": {"patches": PATCHES}}
     assert config_encoder_id(cfg) == encoder_id(encoder_spec(cfg["model"], PATCHES))
     assert config_encoder_id({"model": {}, "preprocessing": {"patches": PATCHES}}) is None

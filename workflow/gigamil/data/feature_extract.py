@@ -40,10 +40,14 @@ def build_feature_encoder(
     model_cfg: Mapping[str, Any] | ModelConfig, patch_px: int
 ) -> tuple[nn.Module, int]:
     """The frozen encoder of the cache with its input normalisation in front (no
-    augmentation), in eval mode: uint8 (n, H, W, 3) → float (n, D). A random-init encoder is
-    initialised under ``torch.manual_seed(RANDOM_INIT_SEED)`` (the global RNG is restored)."""
+    augmentation), in eval mode: uint8 (n, H, W, 3) → float (n, D); with
+    ``model.colour_histogram: k`` its features are followed by the patch's colour histogram at
+    initialisation (:class:`gigamil.nn.histogram.WithColourHistogram`, frozen as in the uncached
+    model: D + 3 k). A random-init encoder is initialised under
+    ``torch.manual_seed(RANDOM_INIT_SEED)`` (the global RNG is restored)."""
     from gigamil.nn.augment import PatchPreprocess
     from gigamil.nn.encoders import build_encoder, encoder_normalisation
+    from gigamil.nn.histogram import WithColourHistogram
 
     cfg = ModelConfig.from_dict(model_cfg)
     with torch.random.fork_rng(devices=[]):
@@ -52,6 +56,9 @@ def build_feature_encoder(
             cfg.encoder, cfg.weights, patch_px, cfg.batchnorm, trainable_blocks=0
         )
     mean, std = encoder_normalisation(cfg.encoder)
+    if cfg.colour_histogram:
+        encoder = WithColourHistogram(encoder, cfg.colour_histogram, mean, std)
+        dim += 3 * cfg.colour_histogram
     module = nn.Sequential(PatchPreprocess(mean=mean, std=std), encoder)
     module.requires_grad_(False)
     return module.eval(), dim
@@ -151,7 +158,8 @@ def write_feature_store(
 
 def check_store_matches_spec(store: str | Path, bag: ZarrBag, spec: Mapping[str, Any]) -> None:
     """The patches of ``store`` are what :func:`encoder_spec` ``spec`` names (the cache's
-    ``encoder_id`` is computed from it): their size, µm/px (1 %), codec and stain normalisation.
+    ``encoder_id`` is computed from it): their size, µm/px (1 %), codec (with its JPEG quality)
+    and stain normalisation.
     A store extracted with other settings (stale, or copied in) would be cached under the id of
     the configured ones. Raises GigamilError naming the first difference."""
     from gigamil.train.fold_data import MPP_TOLERANCE, store_mpp
@@ -161,6 +169,10 @@ def check_store_matches_spec(store: str | Path, bag: ZarrBag, spec: Mapping[str,
         "patch_px": (int(bag.patch_shape[0]), spec["patch_px"]),
         "mpp": (mpp, spec["patch_mpp"]),
         "codec": (bag.attrs.get("codec", spec["codec"]), spec["codec"]),
+        "jpeg_quality": (
+            bag.attrs.get("jpeg_quality") if spec["codec"] == "jpeg" else None,
+            spec["jpeg_quality"],
+        ),
         "stain_normalization": (
             store_stain_normalization(bag),
             spec.get("stain_normalization", "none"),

@@ -38,9 +38,16 @@ def frozen_encoder(model_cfg: Mapping[str, Any] | ModelConfig) -> bool:
 
 
 def cache_enabled(model_cfg: Mapping[str, Any] | ModelConfig) -> bool:
-    """Train and predict from cached features: a frozen encoder and ``model.feature_cache``."""
+    """Train and predict from cached features: a frozen encoder and ``model.feature_cache``,
+    not under ``model.batchnorm: train`` (batch statistics: a patch's features depend on the
+    patches it is encoded with, so they cannot be stored once)."""
     cfg = ModelConfig.from_dict(model_cfg)
-    return frozen_encoder(cfg) and cfg.feature_cache and cfg.encoder != "identity"
+    return (
+        frozen_encoder(cfg)
+        and cfg.feature_cache
+        and cfg.encoder != "identity"
+        and cfg.batchnorm != "train"
+    )
 
 
 def encoder_spec(
@@ -68,7 +75,13 @@ def encoder_spec(
         "colour_histogram": int(m.colour_histogram),
         # how many pixels the histogram samples (gigamil.nn.histogram); only when it is on, so
         # the ids of caches without it stay as they were
-        **({"colour_histogram_max_pixels": MAX_PIXELS} if m.colour_histogram else {}),
+        # "histogram_stored": caches written before 2026-12-05 named the histogram but held
+        # the encoder's features only; their ids change, so they are extracted again
+        **(
+            {"colour_histogram_max_pixels": MAX_PIXELS, "histogram_stored": True}
+            if m.colour_histogram
+            else {}
+        ),
         "mean": [round(float(v), 6) for v in mean],
         "std": [round(float(v), 6) for v in std],
         "patch_mpp": float(p.mpp),
