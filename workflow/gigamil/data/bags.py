@@ -92,7 +92,7 @@ class ZarrBag:
         holds at most ``cache_bytes`` of pixels (drop the view to free them). A bag that
         already keeps all its rows (``cache_bytes`` of its own at least its size) is returned
         as it is, with what it has read."""
-        if 0 < self.nbytes <= min(self.cache_bytes, cache_bytes):
+        if 0 < self.nbytes <= self.cache_bytes:
             return self
         view = copy.copy(self)
         view.cache_bytes = int(cache_bytes)
@@ -101,7 +101,8 @@ class ZarrBag:
         return view
 
     def subsample(self, n: int, generator: torch.Generator | None = None) -> ZarrBag:
-        """A view of at most ``n`` random instances (drawn with ``generator``), order kept."""
+        """A view of at most ``n`` random instances (drawn with ``generator``), order kept; it
+        reads its rows from the store (the cache of this bag is not shared)."""
         if n >= len(self):
             return self
         pick = torch.randperm(len(self), generator=generator)[:n].sort().values.numpy()

@@ -88,8 +88,9 @@ def _open_bags(
 def _keep_decoded(items: list[BagItem], budget: int | None = None) -> list[BagItem]:
     """The items with their patch bags kept in memory once read (decoded uint8 pixels; not
     feature bags), in order, while their pixels total at most ``budget`` bytes (default
-    :data:`DECODED_BAGS_BYTES`): every epoch after the first then reads no store. The same
-    pixels as read from the store each time."""
+    :data:`DECODED_BAGS_BYTES`): every epoch after the first then reads no store (except for
+    bags subsampled by ``training.max_instances_per_bag``, which read their rows each epoch).
+    The same pixels as read from the store each time."""
     budget = DECODED_BAGS_BYTES if budget is None else budget
     out, total, kept = [], 0, 0
     for it in items:
