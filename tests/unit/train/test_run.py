@@ -452,6 +452,34 @@ def test_a_resumed_older_last_pt_gets_the_training_slides(
     assert "does not record its training slides (an older gigamil): not checked" in caplog.text
 
 
+def test_a_finished_last_pt_of_other_labels_or_stores_is_not_returned(
+    mil_bags, cohort, write_store, tmp_path: Path, caplog
+) -> None:
+    """A changed sheet (labels) or re-extracted stores make Snakemake rerun train_fold; its
+    finished last.pt (not a declared output, so kept) handed back the old model as finished."""
+    import shutil
+
+    train, val = cohort
+    classes, done, cfg = mil_bags.classes, tmp_path / "done", training(epochs=1)
+    train_fold(train, val, classes, mil_bags.model, cfg, done)
+    flipped = train.assign(label=[classes[1 - classes.index(v)] for v in train["label"]])
+    fewer = train.copy()
+    first = ZarrBag(train["store"].iloc[0])
+    fewer.loc[fewer.index[0], "store"] = str(
+        write_store(tmp_path / "re.zarr", first.read(0, len(first))[:-1], target_mpp=0.5)
+    )
+    for name, changed in {"same": train, "labels": flipped, "stores": fewer}.items():
+        out = tmp_path / name
+        shutil.copytree(done, out)
+        for file in ("model.pt", "train_log.csv"):  # Snakemake deletes a rerun job's outputs
+            (out / file).unlink()
+        caplog.clear()
+        with caplog.at_level("INFO", logger="gigamil"):
+            train_fold(changed, val, classes, mil_bags.model, cfg, out)
+        assert ("training already finished" in caplog.text) == (name == "same"), name
+        assert ("starting from scratch" in caplog.text) == (name != "same"), name
+
+
 def test_model_records_patch_mpp_and_refuses_other_resolutions(
     mil_bags, write_store, tmp_path: Path
 ) -> None:

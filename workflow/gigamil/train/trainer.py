@@ -131,21 +131,30 @@ class FoldTrainer:
         return Optimization(optimizer, scheduler, amp)
 
     def _signature(self, model_cfg: ModelConfig) -> dict[str, Any]:
-        """What ``last.pt`` must match to be resumed: model, classes, training settings, slides.
-        One spelling per training, as rule train_fold's params
-        (:func:`gigamil.settings.training_signature`)."""
+        """What ``last.pt`` must match to be resumed: model, classes, training settings, the
+        slides with their labels and patch counts, the patches' size, µm/px and stain
+        normalisation, and the number of processes (steps per epoch and the schedule depend on
+        it). One spelling per training, as rule train_fold's params
+        (:func:`gigamil.settings.training_signature`). A changed sheet or re-extracted stores
+        make Snakemake rerun the fold, and its finished ``last.pt`` must not be returned then."""
         data = self.data
         frozen = model_cfg.freeze_encoder or model_cfg.trainable_blocks == 0
         model, training = training_signature(
             model_cfg.to_dict(), self.cfg, frozen, cached=bool(data.features)
         )
+
+        def slides(items: list) -> list[list]:
+            return sorted([it.slide_id, int(it.label), len(it.bag)] for it in items)
+
         return {
             "model": model,
             "classes": data.classes,
             "training": training,
-            "train": sorted(it.slide_id for it in data.train),
-            "val": sorted(it.slide_id for it in data.val),
+            "train": slides(data.train),
+            "val": slides(data.val),
+            "patches": [data.patch_px, data.patch_mpp, data.stain_normalization],
             "features": data.features,
+            "world": self.runtime.info.world,
         }
 
     def _header(self, model_cfg: ModelConfig) -> dict[str, Any]:
