@@ -132,6 +132,16 @@ def test_checkpoint_saver_restores_the_outputs_snakemake_deleted(tmp_path: Path)
     assert load_checkpoint(again.model_path)["epoch"] == 1
     assert torch.equal(load_checkpoint(again.model_path)["state_dict"]["w"], torch.ones(2))
     assert [r["epoch"] for r in read_rows(again.log_path)] == ["1.0", "2.0"]
+    # a model.pt that is not last.pt's best model (another run's in the same folder, or a newer
+    # best epoch saved just before a kill) was marked finished as it was
+    atomic_save({"epoch": 2, "state_dict": {"w": torch.zeros(2)}}, again.model_path)
+    again.restore_outputs()
+    assert torch.equal(load_checkpoint(again.model_path)["state_dict"]["w"], torch.ones(2))
+    again.finish()  # finished and calibrated: the same model, left as it is
+    marked = {**load_checkpoint(again.model_path), "logit_calibration": {"scale": 2.0}}
+    atomic_save(marked, again.model_path)
+    again.restore_outputs()
+    assert load_checkpoint(again.model_path)["logit_calibration"] == {"scale": 2.0}
     # another configuration or other slides: last.pt is ignored
     other = CheckpointSaver(tmp_path / "f", {**sig, "train": ["a"]})
     assert other.load_last() is None

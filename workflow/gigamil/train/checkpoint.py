@@ -314,17 +314,40 @@ class CheckpointSaver:
         self.rows = list(state.get("log_rows", []))
 
     def restore_outputs(self, header: Mapping[str, Any] | None = None) -> None:
-        """Write model.pt (when missing) and train_log.csv again from the loaded state; the
-        ``training_slides`` of ``header`` (:func:`model_header`) go into a best model of a
-        ``last.pt`` written before gigamil recorded them."""
+        """Write model.pt (when missing or not the loaded best model) and train_log.csv again
+        from the loaded state; the ``training_slides`` of ``header`` (:func:`model_header`) go
+        into a best model of a ``last.pt`` written before gigamil recorded them."""
         old = self.best is not None and "training_slides" not in self.best
         if old and header and "training_slides" in header:
             self.best["training_slides"] = header["training_slides"]  # type: ignore[index]
         if not self.enabled:
             return
-        if self.best is not None and not self.model_path.is_file():
+        if self.best is not None and not self._model_pt_is_best():
             atomic_save({**self.best, FINISHED: False}, self.model_path)
         self._write_log()
+
+    def _model_pt_is_best(self) -> bool:
+        """model.pt exists and holds :attr:`best` (its finished mark and logit calibration
+        aside): not a model of another run in the same folder (``gigamil train`` with other
+        settings), nor a newer best epoch saved just before a kill, nor a damaged file."""
+        if not self.model_path.is_file():
+            return False
+        skip = {FINISHED, "logit_calibration", DIGEST_KEY}
+        try:
+            on_disk = load_checkpoint(self.model_path)
+        except GigamilError as exc:
+            log.warning("%s; written again from %s", exc, self.last_path)
+            return False
+
+        def digest(ckpt: Mapping[str, Any]) -> str:
+            return content_digest({k: v for k, v in ckpt.items() if k not in skip})
+
+        same = digest(on_disk) == digest(self.best or {})
+        if not same:
+            log.info(
+                "%s is not the best model of %s: written again", self.model_path, self.last_path
+            )
+        return same
 
     def save_best(self, ckpt: dict[str, Any]) -> None:
         """A new best epoch: ``ckpt`` (from :func:`model_checkpoint`) becomes model.pt, marked
