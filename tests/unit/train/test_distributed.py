@@ -75,3 +75,39 @@ def test_torchrun_command_splits_threads(tmp_path: Path) -> None:
     assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     assert "--nproc_per_node=4" in cmd and cmd[cmd.index("--threads") + 1] == "2"
     assert cmd[cmd.index("--train-csv") + 1] == str(tmp_path / "train.csv")
+
+
+def test_ranks_validate_one_set_of_batchnorm_statistics(mil_bags, tmp_path: Path, monkeypatch):
+    """Under model.batchnorm: train each rank updated the running statistics on its own bags;
+    the ranks then validated differently, one stopped early and the other failed waiting for it
+    (this seed did). With two members, rank 1 also waits while rank 0 calibrates each one."""
+    import re
+
+    train = mil_bags.cohort(tmp_path / "stores", 6, 3, "t")
+    val = mil_bags.cohort(tmp_path / "stores", 3, 4, "v")
+    training = {
+        "device": "cpu",
+        "seed": 3,
+        "epochs": 6,
+        "lr": 3e-3,
+        "max_instances_per_forward_pass": 5,
+        "early_stopping": {"metric": "loss", "patience": 1},
+        "replicates": 2,
+    }
+    cfg = {
+        "experiment": "ddp",
+        "classes": mil_bags.classes,
+        "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+        "model": dict(mil_bags.model, batchnorm="train"),
+        "training": training,
+    }
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    log_file = tmp_path / "ddp.log"
+    model_pt = train_fold_torchrun(
+        train, val, cfg, tmp_path / "ddp", nproc=2, threads=2, log_file=log_file
+    )
+    text = log_file.read_text()
+    assert model_pt.is_file(), text[-3000:]
+    done = re.findall(r"rank (\d) (replicate\d epoch \d+)/6\].*done: .*(val_loss \S+)", text)
+    by_rank = [sorted((epoch, loss) for rank, epoch, loss in done if rank == r) for r in "01"]
+    assert by_rank[0] == by_rank[1] and len(by_rank[0]) >= 4

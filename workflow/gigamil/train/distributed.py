@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# how long a rank waits in a collective for the others: the main rank alone calibrates a fold
+# model on all its training slides (training.logit_calibration) while the others wait at a
+# barrier; NCCL's default of 10 minutes can be shorter than that on whole-slide folds
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 
 
 @dataclass
@@ -39,7 +45,9 @@ def init_distributed(device_type: str) -> DistInfo:
         return DistInfo()
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(
+            "nccl" if device_type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT
+        )
         owns = True
     return DistInfo(
         dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns
@@ -74,6 +82,17 @@ def all_reduce_sum(
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu().tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, as DDP's
+    ``broadcast_buffers`` does: under ``model.batchnorm: train`` each rank updates them on its
+    own bags, and ranks validating with different statistics disagreed on early stopping (one
+    stopped while the others waited for it)."""
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def barrier(info: DistInfo) -> None:

@@ -208,4 +208,5 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
         )
     if runtime.info.is_main:  # after the calibration: a model.pt marked finished has it
         trainer.saver.finish()
+    ddp.barrier(runtime.info)  # the other ranks wait here, not in the next member's first step
     return path

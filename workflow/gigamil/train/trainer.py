@@ -266,6 +266,8 @@ class FoldTrainer:
             self.model, data.train, self.optim, epoch=epoch, settings=self.settings, ema=self.ema
         )
         check_finite_weights(self.model, epoch, train_loss)
+        for module in {id(m): m for m in (self.model, self.eval_model)}.values():
+            ddp.broadcast_buffers(module, self.runtime.info)  # one set of BatchNorm statistics
         metrics = validate(
             self.eval_model,
             data.val,
