@@ -3,12 +3,16 @@ temporaries (``<name>.tmp-<pid>``, ``<name>.old-<pid>``) left by processes that 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from gigamil.errors import GigamilError
 
@@ -96,3 +100,25 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
             raise no_space_error(path, exc) from exc
         raise
     return path
+
+
+def check_replaceable_store(
+    out: str | Path, is_kind: Callable[[Mapping[str, Any]], bool], what: str
+) -> None:
+    """Raise GigamilError unless ``out`` is absent or a zarr store (a folder with ``zarr.json``)
+    whose attributes pass ``is_kind``: writing a store replaces what is at its path, which may be
+    a store of that kind written before (re-extraction), never a file, a folder of other things
+    (e.g. a folder of stores given as the output path) or the input store."""
+    p = Path(out)
+    if not (p.exists() or p.is_symlink()):
+        return
+    attrs: Any = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a readable store
+        attrs = json.loads((p / "zarr.json").read_text()).get("attributes", {})
+    if isinstance(attrs, Mapping) and is_kind(attrs):
+        return
+    kind = "file" if p.is_file() else "folder" if p.is_dir() else "path"
+    raise GigamilError(
+        f"{out}: exists and is not a {what} (a {kind}); writing the {what} there would delete "
+        "it: give a path that does not exist yet (or delete it first)"
+    )

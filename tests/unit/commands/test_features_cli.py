@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from gigamil.cli import main
+from gigamil.data.bags import ZarrBag
 from gigamil.data.feature_extract import extract_features
 from gigamil.data.features import FeatureBag
 from gigamil.train.predict import predict_slides
@@ -43,6 +44,11 @@ def test_features_cli_writes_the_store_a_feature_model_predicts(
     assert main([*args, "--out", str(tmp_path / "n0.zarr"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.strip().endswith("n0.zarr")
     assert FeatureBag(tmp_path / "n0.zarr").encoder_id == FeatureBag(stores[0]).encoder_id
+    # --out may be an earlier feature store, never the patch store (it was replaced)
+    assert main([*args, "--out", str(tmp_path / "n0.zarr"), "--device", "cpu"]) == 0
+    assert main([*args, "--out", new.store.iloc[0], "--device", "cpu"]) == 2
+    assert "exists and is not a feature store (a folder)" in capsys.readouterr().err
+    assert ZarrBag(new.store.iloc[0]).attrs["patch_px"] == mil_bags.px
     preds = predict_slides(model, new.assign(store=str(tmp_path / "n0.zarr")), None, tmp_path / "a")
     assert np.isfinite(preds["prob_lesion"]).all()
     # the patch store itself is refused, and the error names the command that makes the other

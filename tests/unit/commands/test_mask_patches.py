@@ -25,7 +25,7 @@ def _one_error_line(capsys, command, *fragments):
         assert frag in err[0], (frag, err[0])
 
 
-def test_mask_and_patches_contract(cmu_svs, tmp_path):
+def test_mask_and_patches_contract(cmu_svs, tmp_path, capsys):
     mask, qc, js = tmp_path / "m.png", tmp_path / "m.qc.png", tmp_path / "m.json"
     assert main(["mask", str(cmu_svs), "--out", str(mask), "--qc", str(qc), "--json", str(js)]) == 0
     assert mask.is_file() and qc.is_file()
@@ -96,6 +96,16 @@ def test_mask_and_patches_contract(cmu_svs, tmp_path):
     assert a2["stain_normalization"] == "macenko" and attrs["stain_normalization"] == "none"
     assert a2["patch_size_level0"] == 256.0
     np.testing.assert_array_equal(c2[1], [256, 0])
+    # a store is written again in place, but --out never replaces anything else: a folder of
+    # stores, the slide, the mask (each was deleted without a word)
+    args = ["patches", str(cmu_svs), "--mpp", "0.5", "--patch-px", "128", "--mask", str(mask)]
+    assert main([*args, "--out", str(store2), "--no-progress"]) == 0
+    assert read_store(store2)[3]["codec"] == "zstd"
+    for out in (tmp_path, mask):
+        before = sorted(tmp_path.iterdir())
+        assert main([*args, "--out", str(out), "--no-progress"]) == 2
+        assert sorted(tmp_path.iterdir()) == before
+    assert "m.png: exists and is not a patch store (a file)" in capsys.readouterr().err
 
 
 def test_qc_table(cmu_svs, tmp_path):

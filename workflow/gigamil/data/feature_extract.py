@@ -26,7 +26,7 @@ from gigamil.data.feature_spec import RANDOM_INIT_SEED, encoder_id, encoder_spec
 from gigamil.data.features import KIND
 from gigamil.data.store_writer import _jsonable
 from gigamil.errors import GigamilError
-from gigamil.fileutil import remove_stale_temporaries, temp_path
+from gigamil.fileutil import check_replaceable_store, remove_stale_temporaries, temp_path
 from gigamil.nn.weights import weights_sha256
 from gigamil.settings import ModelConfig, PatchConfig
 
@@ -111,6 +111,10 @@ def encode_bag(
     return np.concatenate(out) if out else np.zeros((0, 0), np.float16)
 
 
+def _is_feature_store_attrs(attrs: Mapping[str, Any]) -> bool:
+    return attrs.get("kind") == KIND
+
+
 def write_feature_store(
     out: str | Path,
     features: np.ndarray,
@@ -120,6 +124,7 @@ def write_feature_store(
 ) -> Path:
     """Write a feature store under a temporary name and rename it into place."""
     out = Path(out)
+    check_replaceable_store(out, _is_feature_store_attrs, "feature store")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tmp = temp_path(out)
@@ -210,6 +215,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.perf_counter()
+    check_replaceable_store(out, _is_feature_store_attrs, "feature store")  # before the work
     spec = encoder_spec(model_cfg, patch_cfg)
     cfg = ModelConfig.from_dict(model_cfg)
     bag = ZarrBag(store, prefetch=2)

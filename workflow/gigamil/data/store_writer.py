@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ import zarr
 
 from gigamil.data.store import REQUIRED_ATTRS, JpegPatchCodec
 from gigamil.errors import GigamilError
-from gigamil.fileutil import is_no_space, no_space_error, remove_stale_temporaries, temp_path
+from gigamil.fileutil import (
+    check_replaceable_store,
+    is_no_space,
+    no_space_error,
+    remove_stale_temporaries,
+    temp_path,
+)
 
 CODECS = ("zstd", "jpeg")
 ZSTD_LEVEL = -1  # zstd fast mode: H&E pixels compress ~1.1x at any level; level 3 is 4x slower
@@ -65,6 +72,11 @@ def unresampled_store_attrs(
     }
 
 
+def is_patch_store_attrs(attrs: Mapping[str, Any]) -> bool:
+    """Whether zarr attributes ``attrs`` are a patch store's (not a feature store's)."""
+    return attrs.get("kind") is None and "slide_id" in attrs and "patch_px" in attrs
+
+
 class StoreWriter:
     """Writes a patch store under a temporary name; :meth:`commit` renames it into place.
 
@@ -87,6 +99,7 @@ class StoreWriter:
         if codec not in CODECS:
             raise GigamilError(f"unknown patch codec {codec!r}; choose one of {CODECS}")
         self.out = Path(out)
+        check_replaceable_store(self.out, is_patch_store_attrs, "patch store")
         self.tmp = temp_path(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out)  # ours and those of killed extractions
