@@ -96,11 +96,12 @@ HEATMAP = ["heatmap", "--store", "s.zarr", "--attention", "a.npy", "--out", "h"]
         ),
         (
             ["mask", "s.svs", "--out", "m.png", "--slide-mpp", "-1"],
-            "--slide-mpp: must be > 0, got -1",
+            "--slide-mpp: must be >= 0.05, got -1",
         ),
+        (["demo", "d", "--tile-mpp", "500"], "--tile-mpp: must be <= 100, got 500"),
         ([*HEATMAP, "--alpha", "5"], "--alpha: must be <= 1, got 5"),
         ([*HEATMAP, "--top-k", "x"], "--top-k: an integer is needed, got 'x'"),
-        (["demo", "d", "--tile-mpp", "0"], "--tile-mpp: must be > 0, got 0"),
+        (["demo", "d", "--tile-mpp", "0"], "--tile-mpp: must be >= 0.05, got 0"),
         (["demo", "d", "--seed", "-1"], "--seed: must be >= 0, got -1"),
         (
             ["splits", "--sheet", "s.csv", "--out", "f.csv", "--seed", "-1"],
@@ -141,6 +142,52 @@ def test_out_of_range_options_are_refused_by_name(args, message, capsys):
         build_parser().parse_args(args)
     assert exc.value.code == 2
     assert f"argument {message}" in capsys.readouterr().err
+
+
+def test_slide_mpp_range_matches_the_package():
+    """--tile-mpp 500 made a demo cohort that every later command refused as implausible."""
+    from gigamil.commands._argtypes import SLIDE_MPP
+    from gigamil.wsi.mpp import MPP_MAX, MPP_MIN
+
+    assert SLIDE_MPP(str(MPP_MIN)) == MPP_MIN and SLIDE_MPP(str(MPP_MAX)) == MPP_MAX
+    for outside in (MPP_MIN * 0.99, MPP_MAX * 1.01):
+        with pytest.raises(argparse.ArgumentTypeError):
+            SLIDE_MPP(str(outside))
+
+
+def test_evaluate_and_ensemble_name_what_is_wrong_with_their_files(tmp_path, capsys):
+    """An empty predictions CSV, a --classes list that is not the files' classes and a
+    localisation CSV without its columns were tracebacks or 'the file is damaged'."""
+    empty, preds, loc = tmp_path / "empty.csv", tmp_path / "p.csv", tmp_path / "loc.csv"
+    empty.write_text("")
+    preds.write_text("fold,cohort,slide_id,patient_id,label,pred,prob_normal,prob_tumour\n")
+    loc.write_text("slide_id,store\ns1,s1.zarr\n")
+    ev = ["evaluate", "--folds", str(tmp_path / "f.csv"), "--out", str(tmp_path / "e")]
+    ens = ["ensemble", "--cohort", "c", "--out", str(tmp_path / "e")]
+    cases = [
+        ([*ev, "--predictions", str(empty)], "empty.csv: not a prediction CSV (EmptyDataError)"),
+        ([*ens, "--predictions", str(empty)], "empty.csv: not a prediction CSV"),
+        (
+            [*ev, "--predictions", str(preds), "--classes", "normal", "normal"],
+            "--classes normal normal: give at least two distinct classes",
+        ),
+        (
+            [*ens, "--predictions", str(preds), "--classes", "normal", "lesion"],
+            "p.csv has probabilities of normal, tumour (its prob_<class> columns)",
+        ),
+        (
+            [*ev, "--predictions", str(preds), "--localization", str(loc)],
+            "loc.csv: missing column(s) attention, mask",
+        ),
+        (
+            [*ev, "--predictions", str(preds), "--localization", str(tmp_path / "no.csv")],
+            "no.csv: localisation CSV not found",
+        ),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
 
 
 def test_resample_tolerance_range_matches_the_package():

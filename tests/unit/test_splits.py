@@ -123,6 +123,17 @@ def test_leakage_check_catches_a_patient_in_two_roles(tmp_path):
     write_folds(folds, path)
     back = read_folds(path)
     assert back["fold"].dtype.kind == "i" and len(back) == len(folds)
+    # an edited fold cell was a ValueError traceback; a folder as the path leaked a temporary
+    for cell in ("x", "", "1.5"):
+        bad = folds.astype({"fold": str})
+        bad.loc[bad.index[3], "fold"] = cell
+        bad.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(GigamilError, match=f"bad.csv: row 5: fold '{cell}' is not a fold"):
+            read_folds(tmp_path / "bad.csv")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(GigamilError, match="dir: is a folder; give the path of the folds.csv"):
+        write_folds(folds, tmp_path / "dir")
+    assert not list(tmp_path.glob(".folds.*"))
     # move one slide of a multi-slide test patient into train: leakage
     leaky = folds.copy()
     test0 = leaky[(leaky.fold == 0) & (leaky.role == "test")]

@@ -77,10 +77,15 @@ def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
     check_folds(folds)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise GigamilError(f"{path}: is a folder; give the path of the folds.csv file to write")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".folds.", suffix=".csv")
     os.close(fd)
-    folds[FOLD_COLUMNS].to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        folds[FOLD_COLUMNS].to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # after a failure; renamed away after success
 
 
 def read_folds(path: str | Path) -> pd.DataFrame:
@@ -93,7 +98,16 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     folds = pd.read_csv(path, dtype=str, keep_default_na=False)
     if "fold" not in folds.columns:
         raise GigamilError(f"{path}: missing column fold")
-    folds["fold"] = folds["fold"].astype(int)
+    fold = pd.to_numeric(folds["fold"], errors="coerce")
+    bad = fold.isna() | (fold != fold.round()) | (fold < 0)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise GigamilError(
+            f"{path}: row {row + 2}: fold {folds['fold'].iloc[row]!r} is not a fold number "
+            "(0, 1, ...); the file was edited or damaged: write it again with `gigamil splits` "
+            "(rule make_splits)"
+        )
+    folds["fold"] = fold.astype(int)
     check_folds(folds)
     return folds
 

@@ -46,6 +46,8 @@ def bounded(
 
 
 POSITIVE = bounded(float, 0, exclusive_minimum=True)  # µm/px and other scales
+# a slide's (or tile's) µm/px: gigamil.wsi.mpp's MPP_MIN..MPP_MAX, the range every slide must be in
+SLIDE_MPP = bounded(float, 0.05, 100.0)
 NON_NEGATIVE = bounded(float, 0)
 FRACTION = bounded(float, 0, 1)
 AT_LEAST_ONE = bounded(int, 1)

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from gigamil.commands._argtypes import NON_NEGATIVE_INT, POSITIVE
+from gigamil.commands._argtypes import NON_NEGATIVE_INT, SLIDE_MPP
 
 NAME = "demo"
 HELP = (
@@ -70,7 +70,7 @@ def _add_tile_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tile-mpp",
-        type=POSITIVE,
+        type=SLIDE_MPP,
         default=None,
         help="--kind tiles: µm/px of the tiles (default: 0.972, PatchCamelyon's)",
     )

@@ -43,10 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from gigamil.commands.evaluate import classes_from_predictions
+    from gigamil.commands.evaluate import classes_from_predictions, read_localization
     from gigamil.evaluate.ensemble import ensemble_cohort, has_labels
 
-    classes = args.classes or classes_from_predictions(args.predictions[0])
+    classes = classes_from_predictions(args.predictions[0], args.classes)
     if not has_labels(args.predictions):
         from gigamil.evaluate.ensemble import predict_cohort
 
@@ -55,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     loc = None
     if args.localization:
-        import pandas as pd
-
-        t = pd.read_csv(args.localization, dtype=str)
+        t = read_localization(args.localization)
         loc = {
             sid: (g["store"].iloc[0], list(g["attention"]), g["mask"].iloc[0])
             for sid, g in t.groupby("slide_id", sort=False)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+
+if TYPE_CHECKING:  # pandas is imported when a command runs, not when the CLI parses
+    import pandas as pd
 
 NAME = "evaluate"
 HELP = "summarise cross-validation predictions: summary.json, metrics.csv, ROC, confusion"
@@ -38,29 +42,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
 
 
-def classes_from_predictions(path: str) -> list[str]:
-    """Class names from the ``prob_<class>`` columns of a prediction CSV, in column order."""
+def classes_from_predictions(path: str, given: list[str] | None = None) -> list[str]:
+    """The class order: ``given`` (``--classes``), else the ``prob_<class>`` columns of the
+    prediction CSV ``path`` in column order. Raises GigamilError for an unreadable file, fewer
+    than two classes, a class named twice, or ``given`` classes other than the file's."""
     import pandas as pd
 
-    from gigamil.errors import GigamilError
+    from gigamil.errors import GigamilError, csv_read_errors
 
-    cols = [c[len("prob_") :] for c in pd.read_csv(path, nrows=0).columns if c.startswith("prob_")]
-    if len(cols) < 2:
-        raise GigamilError(f"{path}: no prob_<class> columns; give --classes")
-    return cols
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except FileNotFoundError:
+        raise GigamilError(f"{path}: prediction file not found") from None
+    except csv_read_errors() as exc:
+        raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from None
+    cols = [c[len("prob_") :] for c in header if c.startswith("prob_")]
+    if given is None:
+        if len(cols) < 2:
+            raise GigamilError(f"{path}: no prob_<class> columns; give --classes")
+        return cols
+    if len(set(given)) != len(given) or len(given) < 2:
+        raise GigamilError(f"--classes {' '.join(given)}: give at least two distinct classes")
+    if cols and set(cols) != set(given):
+        raise GigamilError(
+            f"--classes {' '.join(given)}: {path} has probabilities of "
+            f"{', '.join(cols)} (its prob_<class> columns); give those classes"
+        )
+    return list(given)
+
+
+def read_localization(path: str) -> pd.DataFrame:
+    """The ``--localization`` CSV (string cells) with columns slide_id, store, attention and
+    mask; GigamilError for a missing or unreadable file or a missing column."""
+    import pandas as pd
+
+    from gigamil.errors import GigamilError, csv_read_errors
+
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise GigamilError(f"{path}: localisation CSV not found") from None
+    except csv_read_errors() as exc:
+        raise GigamilError(f"{path}: not a CSV ({type(exc).__name__})") from None
+    need = ("slide_id", "store", "attention", "mask")
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise GigamilError(
+            f"{path}: missing column(s) {', '.join(missing)} (one row per slide and model: "
+            f"{', '.join(need)})"
+        )
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import pandas as pd
-
     from gigamil.evaluate.aggregate import aggregate_cv
 
-    classes = args.classes or classes_from_predictions(args.predictions[0])
+    classes = classes_from_predictions(args.predictions[0], args.classes)
     loc = None
     if args.localization:
-        t = pd.read_csv(args.localization, dtype=str)
+        t = read_localization(args.localization)
         loc = {r.slide_id: (r.store, r.attention, r.mask) for r in t.itertuples(index=False)}
     summary = aggregate_cv(
         args.predictions,

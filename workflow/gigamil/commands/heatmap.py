@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, POSITIVE, bounded
+from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, SLIDE_MPP, bounded
 
 NAME = "heatmap"
 HELP = "draw a slide's attention heatmap, top/bottom patch gallery and QuPath GeoJSON"
@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SLIDE",
         help="slide file for the thumbnail (default: the store's recorded source_path)",
     )
-    parser.add_argument("--slide-mpp", type=POSITIVE, metavar="X", help="MPP override of the slide")
+    parser.add_argument(
+        "--slide-mpp", type=SLIDE_MPP, metavar="X", help="MPP override of the slide"
+    )
     parser.add_argument(
         "--slide-id",
         metavar="ID",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, bounded
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SLIDE_MPP, bounded
 
 NAME = "mask"
 HELP = "compute the tissue mask of a slide (PNG), with an optional QC image and JSON summary"
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON summary (tissue_fraction, mask_mpp, warnings); default: none",
     )
     parser.add_argument(
-        "--slide-mpp", type=POSITIVE, metavar="X", help="override the slide's µm/px at level 0"
+        "--slide-mpp", type=SLIDE_MPP, metavar="X", help="override the slide's µm/px at level 0"
     )
     parser.add_argument(
         "--mask-mpp", type=POSITIVE, default=8.0, metavar="X", help="µm/px of the mask (default 8)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, POSITIVE, bounded
+from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, POSITIVE, SLIDE_MPP, bounded
 
 NAME = "patches"
 # gigamil.wsi.patching.MAX_EFFECTIVE_MPP_ERROR (not imported here: `gigamil --help` stays fast)
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="grid step in px at --mpp (default: --patch-px)",
     )
     parser.add_argument(
-        "--slide-mpp", type=POSITIVE, metavar="X", help="override the slide's µm/px at level 0"
+        "--slide-mpp", type=SLIDE_MPP, metavar="X", help="override the slide's µm/px at level 0"
     )
     parser.add_argument(
         "--mask",
