@@ -26,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SLIDE",
         help="slide file for the thumbnail (default: the store's recorded source_path)",
     )
-    parser.add_argument(
-        "--slide-mpp", type=SLIDE_MPP, metavar="X", help="MPP override of the slide"
-    )
+    parser.add_argument("--slide-mpp", type=SLIDE_MPP, metavar="X", help="the slide's µm/px")
     parser.add_argument(
         "--slide-id",
         metavar="ID",
