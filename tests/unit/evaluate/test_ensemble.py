@@ -103,6 +103,17 @@ def test_a_damaged_prediction_row_is_an_error_not_data(tmp_path, edit, why):
         aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "demo", n_boot=9)
 
 
+def test_an_unpredicted_slide_is_neither_right_nor_wrong(tmp_path):
+    """per_slide_predictions.csv gave a slide without patches correct=False, as if misclassified."""
+    folds, paths = _cv_fixture(tmp_path, nan_slide="demo_p3_s1")
+    aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "demo", n_boot=10)
+    per_slide = pd.read_csv(tmp_path / "eval" / "per_slide_predictions.csv", keep_default_na=False)
+    none = per_slide["prob_lesion"] == ""
+    assert per_slide.loc[none, "slide_id"].tolist() == ["demo_p3_s1"]
+    assert per_slide.loc[none, "correct"].tolist() == [""]
+    assert set(per_slide.loc[~none, "correct"]) <= {"True", "False"}
+
+
 def test_aggregate_cv_outputs_and_values(tmp_path):
     folds, paths = _cv_fixture(tmp_path, nan_slide="demo_p3_s1")
     out = tmp_path / "eval"

@@ -259,13 +259,15 @@ def aggregate_cv(
 
 def _per_slide_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """A copy of the out-of-fold ``preds`` with ``pred`` (the most probable class, "" without
-    probabilities) and ``correct``."""
+    probabilities) and ``correct`` (empty without probabilities: a slide without patches was
+    not predicted, neither right nor wrong)."""
     per_slide = preds.copy()
     probs = per_slide[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     ok = np.isfinite(probs).all(axis=1)
     pred_idx = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
     per_slide["pred"] = [classes[i] if i >= 0 else "" for i in pred_idx]
-    per_slide["correct"] = np.where(ok, per_slide["pred"] == per_slide["label"], False)
+    right = (per_slide["pred"] == per_slide["label"]).astype("boolean")
+    per_slide["correct"] = right.where(ok)  # <NA>: written as an empty cell
     return per_slide
 
 
