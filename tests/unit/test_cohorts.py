@@ -210,8 +210,20 @@ def test_one_slide_twice_in_one_cohort_is_refused(tmp_path, base_config):
     load_cohorts(validate_config(cfg), base_dir=tmp_path)  # distinct files of one size: fine
     rows.append({"slide_id": "s4", "patient_id": "p3", "label": "lesion", "path": "s3.svs"})
     write_sheet(tmp_path, rows, touch=False)
-    with pytest.raises(ConfigError, match=r"cohort a: slide file 's3.svs' is listed 2 times "):
+    with pytest.raises(ConfigError, match=r"cohort a: slide file 's3.svs' is listed 2 times ") as e:
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "same content" not in str(e.value)  # one mistake, one message
+    # in two cohorts: one message naming both (it blamed the first cohort for two rows of one,
+    # and added 'same content')
+    ext = [{**rows[-1], "slide_id": "x4", "patient_id": "q4"}]
+    cfg["cohorts"]["ext"] = {"sheet": str(write_sheet(tmp_path, ext, "ext.csv", touch=False))}
+    cfg["cohorts"]["ext"]["role"] = "external"
+    write_sheet(tmp_path, rows[:-1], touch=False)
+    with pytest.raises(ConfigError, match=r"slide file .*s3.svs' is in cohorts a, ext") as e:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "listed 2 times" not in str(e.value) and "same content" not in str(e.value)
+    del cfg["cohorts"]["ext"]
+    write_sheet(tmp_path, rows, touch=False)
     (tmp_path / "copy.svs").write_bytes((tmp_path / "s3.svs").read_bytes())
     rows[-1]["path"] = "copy.svs"
     write_sheet(tmp_path, rows, touch=False)

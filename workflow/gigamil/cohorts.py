@@ -122,7 +122,8 @@ def _check_same_content(allr: pd.DataFrame) -> None:
         [slide_fingerprint(Path(p)) for p in candidates["_path"]], index=candidates.index
     )
     known = prints.notna()
-    for _, group in candidates[known].groupby(prints[known].astype(str)):
+    for _, rows in candidates[known].groupby(prints[known].astype(str)):
+        group = rows.drop_duplicates("_path")  # one file in two rows: reported by path
         if len(group) < 2:
             continue
         pairs = [
@@ -237,7 +238,7 @@ def _check_case_clashes(allr: pd.DataFrame) -> None:
 def _check_file_listed_once(allr: pd.DataFrame) -> None:
     """ConfigError if one resolved slide file is in two rows of one cohort (across cohorts:
     :func:`_check_one_cohort_per_slide`)."""
-    twice = allr[allr["_path"].duplicated(keep=False)]
+    twice = allr[allr.duplicated(["_cohort", "_path"], keep=False)]
     if not twice.empty:
         first = twice[twice["_path"] == twice["_path"].iloc[0]]
         raise ConfigError(
