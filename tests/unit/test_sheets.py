@@ -347,6 +347,15 @@ def test_a_semicolon_or_tab_separated_sheet_gets_a_hint(tmp_path):
     path.write_text("slide_id\tpatient_id\tlabel\tpath\ns1\tp1\tnormal\ts1.svs\n")
     with pytest.raises(ConfigError, match="separated by tabs: save the sheet as comma-separated"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    # ';' with a decimal comma in a row (the usual European export): pandas' own error was all
+    path.write_text(
+        "slide_id;patient_id;label;path;mpp\ns1;p1;normal;s1.svs;\ns2;p2;normal;s2.svs;0,5\n"
+    )
+    with pytest.raises(ConfigError, match="cannot be read as CSV: .*separated by ';': .* dec"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    path.write_text("slide_id;patient_id;label;path;mpp\ns1;p1;normal;s1.svs;0,5\n")
+    with pytest.raises(ConfigError, match="separated by ';': .* decimal point \\(mpp 0.25, not"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
 
 def test_trailing_commas_keep_the_columns_and_a_decimal_comma_is_named(tmp_path):

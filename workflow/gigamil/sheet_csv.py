@@ -87,6 +87,23 @@ def _record_lines(path: Path) -> list[int] | None:
     return starts[1:]  # the first record is the header
 
 
+def _separator_hint(path: Path) -> str:
+    """Why a sheet whose header has no comma but semicolons or tabs does not parse (a European
+    spreadsheet's export: ';' between cells, decimal commas that then split a row); else ""."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            header = handle.readline()
+    except OSError:
+        return ""
+    name = next((n for sep, n in (("\t", "tabs"), (";", "';'")) if sep in header), "")
+    if not name or "," in header:
+        return ""
+    return (
+        f"; its header is separated by {name}: save the sheet as comma-separated CSV, with "
+        "numbers written with a decimal point (mpp 0.25, not 0,25)"
+    )
+
+
 def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
     when ``labels_required``; else an empty one is added) and a row. Blank lines and rows whose
@@ -95,7 +112,9 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     try:
         df = read_sheet_frame(path)
     except csv_read_errors() as exc:
-        raise ConfigError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from exc
+        raise ConfigError(
+            f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}{_separator_hint(path)}"
+        ) from exc
     df.columns = [c.strip() for c in df.columns]
     renames = _misspelt_columns(list(df.columns), path)  # {column as written: as gigamil reads it}
     header = str(df.columns[0]) if len(df.columns) == 1 else ""
@@ -111,7 +130,8 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
             f"(a sheet needs {', '.join(needed)}; optional: "
             f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
             + (
-                f"; its header is separated by {separator}: save the sheet as comma-separated CSV"
+                f"; its header is separated by {separator}: save the sheet as comma-separated "
+                "CSV, with numbers written with a decimal point (mpp 0.25, not 0,25)"
                 if separator
                 else ""
             )
