@@ -183,6 +183,15 @@ def test_cli_heatmap_averages_attention_files(grid_slide, tmp_path, capsys):
     assert main(args) == 0
     np.testing.assert_allclose(np.load(tmp_path / "hm" / "attention.npy"), (a + b) / 2)
     assert "48 patches" in capsys.readouterr().out
+    # --tissue-mask: a missing file was ignored (no clipping, no outline), another slide's mask
+    # (here a square one: the slide is 552 x 408 px) drawn
+    for name, size in {"m.png": (138, 102), "other.png": (100, 100)}.items():
+        Image.fromarray(np.full(size[::-1], 255, np.uint8)).save(tmp_path / name)
+    assert main([*args, "--tissue-mask", str(tmp_path / "m.png")]) == 0
+    assert main([*args, "--tissue-mask", str(tmp_path / "no.png")]) == 2
+    assert "--tissue-mask: " in capsys.readouterr().err
+    assert main([*args, "--tissue-mask", str(tmp_path / "other.png")]) == 2
+    assert "does not have the slide's shape (552 x 408 px)" in capsys.readouterr().err
 
 
 # --- colour scales that compare across slides, titles, gallery, seams, thumbnails ---------------

@@ -197,13 +197,17 @@ def mask_coverage(
     return np.clip((s_bb - s_ab - s_ba + s_aa) / area, 0.0, 1.0)
 
 
-def mask_shape_problem(mask_shape: tuple[int, ...], reader: SlideReader) -> str | None:
-    """Why a tissue mask of ``mask_shape`` (Hm, Wm) px cannot be the mask of ``reader``'s slide,
-    or None: a mask spans the whole slide with square pixels in µm (:func:`gigamil.wsi.tissue.
-    compute_tissue_mask`), so its width and height must scale the slide's alike, up to the
-    rounding of each side to whole pixels."""
+def mask_shape_problem(
+    mask_shape: tuple[int, ...],
+    dimensions: tuple[int, int],
+    mpp_xy: tuple[float, float],
+) -> str | None:
+    """Why a tissue mask of ``mask_shape`` (Hm, Wm) px cannot be the mask of a slide of level-0
+    ``dimensions`` (W, H) px at ``mpp_xy`` (x, y) µm/px, or None: a mask spans the whole slide
+    with square pixels in µm (:func:`gigamil.wsi.tissue.compute_tissue_mask`), so its width and
+    height must scale the slide's alike, up to the rounding of each side to whole pixels."""
     hm, wm = int(mask_shape[0]), int(mask_shape[1])
-    (w0, h0), (mpp_x, mpp_y) = reader.dimensions, reader.mpp_xy
+    (w0, h0), (mpp_x, mpp_y) = dimensions, mpp_xy
     um_x, um_y = w0 * mpp_x / max(wm, 1), h0 * mpp_y / max(hm, 1)  # µm per mask pixel
     if hm > 0 and wm > 0 and abs(um_x / um_y - 1.0) <= 1.0 / min(hm, wm) + 0.01:
         return None
@@ -233,7 +237,9 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
     mpp_x, mpp_y = reader.mpp_xy
     fx, fy = target / mpp_x, target / mpp_y
     # the slide's mean µm/px, as gigamil.wsi.preflight compares it (what it let through passes)
-    mask_problem = None if mask is None else mask_shape_problem(mask.shape, reader)
+    mask_problem = (
+        None if mask is None else mask_shape_problem(mask.shape, reader.dimensions, reader.mpp_xy)
+    )
     if problem := upsampling_problem(reader.mpp, target) or mask_problem:
         raise GigamilError(f"{reader.name}: {problem}")
     p, s = int(params.patch_px), params.stride
