@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gigamil.data.bags import ZarrBag
-from gigamil.data.feature_extract import encode_bag, extract_features
+from gigamil.data.feature_extract import build_feature_encoder, encode_bag, extract_features
 from gigamil.data.feature_spec import encoder_id, encoder_spec
 from gigamil.data.features import FeatureBag
 from gigamil.errors import GigamilError
@@ -59,6 +59,19 @@ def test_cache_holds_the_colour_histogram_as_the_live_model(write_store, tmp_pat
     )
     np.testing.assert_array_equal(FeatureBag(plain).load().numpy(), cached[:, :64])
     assert cached[:, 64:].min() >= 0 and cached[:, 64:].max() <= 1  # shares of pixels
+
+
+def test_encoding_logs_its_progress(write_store, tmp_path: Path, caplog) -> None:
+    """Rule extract_features ran 8 minutes on one slide without a line."""
+    store = write_store(tmp_path / "s.zarr", _patches(25), chunk=16, target_mpp=0.5)
+    encoder, _ = build_feature_encoder({"encoder": "smallcnn", "trainable_blocks": 0}, 32)
+    with caplog.at_level("INFO", logger="gigamil.data.feature_extract"):
+        encode_bag(encoder, ZarrBag(store), torch.device("cpu"), chunk=10, log_every_s=0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [ln.split(",")[0] for ln in lines] == [
+        f"s: encoding: {n}/25 patches" for n in (10, 20, 25)
+    ]
+    assert all(" patches/s" in ln for ln in lines)
 
 
 def test_cache_equals_live_features_weights_file(write_store, tmp_path: Path) -> None:

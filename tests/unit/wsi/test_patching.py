@@ -157,6 +157,19 @@ def test_array_reader_exact_level_and_exact_resampling(tmp_path):
         assert np.abs(p[k].astype(int) - want).max() <= 1
 
 
+def test_extraction_without_a_terminal_logs_progress_lines(tmp_path, caplog, monkeypatch):
+    """Rule extract_patches (progress=False) and a redirected `gigamil patches` had no progress."""
+    from gigamil.train import loop
+
+    monkeypatch.setattr(loop, "PROGRESS_EVERY_S", 0.0)  # a line after every chunk
+    reader = ArrayReader(_gradient(600, 800), 0.5)
+    params = PatchParams(mpp=0.5, patch_px=50, min_tissue=0.0)
+    with caplog.at_level("INFO", logger="gigamil.wsi.extract"):
+        extract_patches(reader, tmp_path / "a.zarr", params, mask=None, progress=False)
+    lines = [r.getMessage() for r in caplog.records if ": extracting: " in r.getMessage()]
+    assert lines and lines[-1].split(",")[0].endswith("extracting: 192/192 patches")
+
+
 def test_grid_stride_and_raster_order(tmp_path):
     reader = ArrayReader(_gradient(800, 1000), 1.0)
     plan = plan_patches(

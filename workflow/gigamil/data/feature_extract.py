@@ -80,16 +80,24 @@ def encode_bag(
     device: torch.device,
     chunk: int = EXTRACT_CHUNK,
     amp: bool = True,
+    log_every_s: float | None = 30.0,
 ) -> np.ndarray:
     """float16 features (N, D) of every patch of ``bag``, chunk by chunk (autocast on CUDA when
-    ``amp``).
+    ``amp``), with a progress line (patches done, patches/s) at most every ``log_every_s``
+    seconds (0: after every chunk; None: none).
 
     Raises:
         GigamilError: the encoder gives NaN or inf, or values beyond float16's range (65504,
             which the cast would turn into inf), naming the slide's store.
     """
+    from gigamil.train.loop import ProgressLog
+
     dtype = _amp_dtype(device) if amp else None
     out = []
+    slide_id = bag.attrs.get("slide_id", bag.path.stem)
+    progress = ProgressLog(
+        f"{slide_id}: encoding", len(bag), log_every_s, unit="patches", logger=log
+    )
     for x in bag.chunks(chunk):
         ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with ctx:
@@ -108,6 +116,7 @@ def encode_bag(
                 "encoder's output is not normalised (train end to end instead of caching features)"
             )
         out.append(h32.astype(np.float16))
+        progress.update(sum(map(len, out)))  # a line at least every 30 s (it ran 8 min silent)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float16)
 
 

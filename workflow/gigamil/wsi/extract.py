@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -105,7 +106,8 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
     ``slide``: a path (each worker thread opens its own handle, sharing one tile cache) or an
     open reader (shared by the workers). ``mask``: (H, W) bool tissue mask over the whole slide
     (any resolution); None computes one with ``tissue_params`` (defaults if None), in which
-    case ``mask_params`` defaults to those parameters.
+    case ``mask_params`` defaults to those parameters. ``progress``: a progress bar on a
+    terminal; without one (or with False) a log line at most every 30 s.
     """
     t0 = time.perf_counter()
     threads = max(1, int(threads))
@@ -262,6 +264,7 @@ def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
     from tqdm import tqdm
 
     from gigamil.data.store_writer import StoreWriter
+    from gigamil.train.loop import ProgressCounter
 
     with StoreWriter(
         out,
@@ -272,12 +275,10 @@ def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
         codec=params.codec,
         jpeg_quality=params.jpeg_quality,
     ) as writer:
-        bar = tqdm(
-            total=plan.n,
-            unit="patch",
-            desc=attrs["slide_id"],
-            disable=not progress or None,
-            leave=False,
+        bar: Any = (
+            tqdm(total=plan.n, unit="patch", desc=attrs["slide_id"], leave=False)
+            if progress and sys.stderr.isatty()
+            else ProgressCounter(f"{attrs['slide_id']}: extracting", plan.n, "patches", log)
         )
         units = plan_units(plan, writer.chunk, params.block_px)
         stain = params.stain_normalization
