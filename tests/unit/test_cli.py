@@ -190,6 +190,16 @@ def test_evaluate_and_ensemble_name_what_is_wrong_with_their_files(tmp_path, cap
         assert len(err) == 1 and message in err[0], (args, err)
 
 
+def test_log_to_a_folder_and_an_even_median_are_one_line(tmp_path, capsys, cmu_svs):
+    assert main(["--log", str(tmp_path), "splits", "--sheet", "s.csv", "--out", "f.csv"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"gigamil: error: --log {tmp_path}: ")
+    args = ["mask", str(cmu_svs), "--out", str(tmp_path / "m.png"), "--median-px", "4"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "--median-px 4 is even; a median blur needs an odd kernel, so 5 is used" in err
+
+
 def test_resample_tolerance_range_matches_the_package():
     from gigamil.commands.patches import MAX_RESAMPLE_TOLERANCE
     from gigamil.wsi.patching import MAX_EFFECTIVE_MPP_ERROR

@@ -60,7 +60,11 @@ def error_text(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log, logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        setup_logging(args.log, logging.DEBUG if args.verbose else logging.INFO)
+    except OSError as exc:  # --log names a folder, or a file that cannot be written
+        print(f"gigamil: error: --log {args.log}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         code = args._run(args)
     except GigamilError as exc:
