@@ -149,7 +149,7 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         )
 
 
-def _near_label(value: str, classes: list[str]) -> str | None:
+def near_label(value: str, classes: list[str]) -> str | None:
     """``'Lesion' -> 'lesion'`` for a label that differs from a class only in case or
     surrounding spaces, else the class :func:`difflib.get_close_matches` finds, as ``'x' -> 'y'``."""
     folded = {c.strip().casefold(): c for c in classes}
@@ -188,7 +188,7 @@ def _check_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
             for i, is_bad in enumerate(bad_label)
             if is_bad
         ]
-        hints = sorted({h for v in df.loc[bad_label, "label"] if (h := _near_label(v, classes))})
+        hints = sorted({h for v in df.loc[bad_label, "label"] if (h := near_label(v, classes))})
         if df.loc[bad_label, "label"].nunique() == 1 and len(hints) == 1:  # one misspelling
             hints = [hints[0].split(" -> ")[1]]  # "did you mean 'lesion'?"
         raise ConfigError(

@@ -23,6 +23,15 @@ def _predict_refuses_unknown_labels_and_a_missing_cuda(
     assert main([*predict_args[:4], str(tmp_path / "tumour.csv"), *predict_args[5:]]) == 2
     err = capsys.readouterr().err
     assert "label(s) ['tumour'] are not among the classes ['normal', 'lesion']" in err
+    slides.assign(label="Lesion").to_csv(tmp_path / "typo.csv", index=False)
+    assert main([*predict_args[:4], str(tmp_path / "typo.csv"), *predict_args[5:]]) == 2
+    assert "(did you mean 'Lesion' -> 'lesion'?)" in capsys.readouterr().err
+    # --model naming the fold's folder: said 'checkpoint not found' of a folder that exists
+    folder = str(Path(predict_args[2]).parent)
+    assert main([*predict_args[:2], folder, *predict_args[3:]]) == 2
+    assert f"{folder}: is a folder, not a checkpoint file (give its model.pt)" in (
+        capsys.readouterr().err
+    )
     if not torch.cuda.is_available():
         assert main([*predict_args, "--device", "cuda"]) == 2
         assert "--device: cuda requested but no CUDA device" in capsys.readouterr().err

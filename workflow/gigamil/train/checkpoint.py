@@ -161,6 +161,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, its ``sha256`` digest verified (and removed from
     the returned dict); :class:`GigamilError` for a missing, unreadable or damaged file."""
     path = Path(path)
+    if path.is_dir():
+        inside = " (give its model.pt)" if (path / "model.pt").is_file() else ""
+        raise GigamilError(f"{path}: is a folder, not a checkpoint file{inside}")
     if not path.is_file():
         raise GigamilError(f"{path}: checkpoint not found")
     ours = path.name in ("model.pt", "last.pt")  # names train_fold writes

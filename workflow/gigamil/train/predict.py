@@ -79,7 +79,8 @@ def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None
     if abs(mpp - model_mpp) > MPP_TOLERANCE * model_mpp:
         raise GigamilError(
             f"slide {slide_id}: patches are at {mpp:g} µm/px but the model was trained at "
-            f"{model_mpp:g} µm/px; extract this cohort with preprocessing.patches.mpp: {model_mpp:g}"
+            f"{model_mpp:g} µm/px; extract this cohort with preprocessing.patches.mpp: "
+            f"{model_mpp:g} (a single slide: gigamil patches --mpp {model_mpp:g})"
         )
 
 
@@ -90,7 +91,8 @@ def _check_stain_normalization(slide_id: str, bag: ZarrBag | FeatureBag, model: 
     raise GigamilError(
         f"slide {slide_id}: patches with stain normalisation {store!r} but the model was "
         f"trained on {model!r} ones; extract this cohort with "
-        f"preprocessing.patches.stain_normalization: {model}"
+        f"preprocessing.patches.stain_normalization: {model} (a single slide: gigamil patches "
+        f"--stain-normalization {model})"
     )
 
 
@@ -102,7 +104,11 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
     _check_kind(row.slide_id, bag, ckpt.get("features"))
     size = None  # the patch size mismatch, if any
     if len(bag) and bag.patch_shape[0] != int(ckpt["patch_px"]):
-        size = f"{bag.patch_shape[0]} px but the model was trained on {ckpt['patch_px']} px"
+        px = int(ckpt["patch_px"])
+        size = (
+            f"{bag.patch_shape[0]} px but the model was trained on {px} px (patch_px: {px}; "
+            f"gigamil patches --patch-px {px})"
+        )
     try:  # both mismatches in one message (a store cut at other settings has both)
         _check_mpp(row.slide_id, bag, ckpt.get("patch_mpp"))
     except GigamilError as exc:
@@ -147,11 +153,15 @@ def _non_finite_message(
 def _check_labels(slides: pd.DataFrame, classes: list[str], model_path: Path) -> None:
     """GigamilError for a label that is not one of the model's classes (an empty label: a
     slide to predict without one, ``role: predict``)."""
+    from gigamil.sheets import near_label
+
     labels = {str(v) for v in slides["label"].fillna("")} - {""}
     if unknown := sorted(labels - set(classes)):
+        hints = [h for v in unknown if (h := near_label(v, classes))]
         raise GigamilError(
             f"slides to predict: label(s) {unknown} are not among the classes {classes} of "
             f"{model_path}; fix the sheet's labels, or leave the column empty"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
         )
 
 
