@@ -137,6 +137,23 @@ def test_bad_config_names_the_key(base_config, edit, message):
         validate_config(cfg)
 
 
+def test_every_schema_problem_comes_in_one_message(base_config):
+    """Three typos took three runs (each a dry run of 12-20 s)."""
+    cfg = copy.deepcopy(base_config)
+    cfg["clases"] = cfg.pop("classes", ["normal", "lesion"])
+    cfg["cv"] = {"val_fracton": 0.1}
+    cfg["training"] = {"epoch": 3}
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "config.yaml: 3 problems in the configuration:"
+    assert [ln.split(" (")[0] for ln in lines[1:]] == [
+        "- unknown key clases",
+        "- unknown key cv.val_fracton",
+        "- unknown key training.epoch",
+    ]
+
+
 def test_an_empty_section_takes_its_defaults_and_the_top_level_must_be_a_mapping(base_config):
     """`training:` with every key commented out is YAML's null: the section's defaults apply."""
     cfg = copy.deepcopy(base_config)

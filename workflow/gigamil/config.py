@@ -242,8 +242,10 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     _coerce_strings(schema, cfg)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
-    if errors:
-        raise ConfigError(f"{source}: {describe_error(errors[0], schema)}")
+    if found := list(dict.fromkeys(describe_error(e, schema) for e in errors)):
+        from gigamil.sheet_csv import raise_problems  # it imports this module
+
+        raise_problems(source, found, "problems in the configuration")  # all in one round
     _fill_defaults(schema, cfg)
     roles = [c["role"] for c in cfg["cohorts"].values()]
     if "train" not in roles:
