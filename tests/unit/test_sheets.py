@@ -311,8 +311,13 @@ def test_every_header_problem_and_every_bad_mpp_in_one_error(tmp_path):
         "- column 'Label' means 'label'; column names are read as spelt: rename it label",
         "- column 'MPP' means 'mpp'; column names are read as spelt: rename it mpp",
         "- missing column(s) path (a sheet needs slide_id, patient_id, label, path; optional: "
-        "mpp, site, lesion_mask)",
+        "mpp, site, lesion_mask); its columns: slide_id, patient_id, Label, file_path, MPP; "
+        "did you mean 'file_path' -> path?",
     ]
+    # other names a sheet often has: each offered for its column (the columns were not listed)
+    path.write_text("slide,Patient,diagnosis,file\ns1,p1,normal,s1.svs\n")
+    with pytest.raises(ConfigError, match="did you mean 'slide' -> slide_id, 'Patient' -> "):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     rows = good_rows()
     for r, v in zip(rows, ["abc", "0.5", "0,25"], strict=True):
         r["mpp"] = f'"{v}"'

@@ -125,10 +125,13 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     missing = [c for c in needed if c not in df.columns and c not in renames.values()]
     problems = _duplicate_columns(path) + _rename_problems(renames)
     if missing:
+        hints = [] if separator else [f"{got!r} -> {c}" for c in missing if (got := _near(c, df))]
         problems.append(
             f"missing column(s) {', '.join(missing)} "
             f"(a sheet needs {', '.join(needed)}; optional: "
             f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
+            + ("" if separator else f"; its columns: {', '.join(map(str, df.columns))}")
+            + (f"; did you mean {', '.join(hints)}?" if hints else "")
             + (
                 f"; its header is separated by {separator}: save the sheet as comma-separated "
                 "CSV, with numbers written with a decimal point (mpp 0.25, not 0,25)"
@@ -187,6 +190,25 @@ def _duplicate_columns(path: Path) -> list[str]:
             )
     counts = Counter(c for c in header if c)
     return [f"column {c!r} is given {n} times: keep one" for c, n in counts.items() if n > 1]
+
+
+# names a sheet's columns often have elsewhere, offered for a missing column
+SYNONYMS = {
+    "label": ("diagnosis", "class", "target", "outcome"),
+    "path": ("file", "filename", "slide_path", "filepath", "image"),
+}
+
+
+def _near(column: str, df: pd.DataFrame) -> str | None:
+    """A column of ``df`` gigamil does not read that is likely the missing ``column``:
+    ``patient`` or ``Patient`` for patient_id, ``slide`` for slide_id, a :data:`SYNONYMS` name
+    (``diagnosis`` for label), a close spelling."""
+    known = (*SHEET_COLUMNS, *OPTIONAL_COLUMNS)
+    others = {re.sub(r"[\s-]+", "_", str(c).lower()): str(c) for c in df.columns}
+    others = {k: v for k, v in others.items() if v not in known}
+    names = (column.removesuffix("_id"), *SYNONYMS.get(column, ()))
+    near = [k for k in others if k in names] or difflib.get_close_matches(column, list(others), 1)
+    return others[near[0]] if near else None
 
 
 def _misspelt_columns(columns: list[str], path: Path) -> dict[str, str]:
