@@ -38,6 +38,11 @@ def test_mask_equals_unpadded_bag() -> None:
     y, att = model(padded, mask=mask, return_att=True)
     assert y.shape == (1, 3)
     assert torch.allclose(y, y_ref, atol=1e-6)
+    # torchmil's positional order, forward(X, mask) / compute_loss(Y, X, mask) / predict(X,
+    # mask): the mask was taken for adj and ignored (the padded rows got attention)
+    assert torch.allclose(model(padded, mask), y_ref, atol=1e-6)
+    assert torch.allclose(model.compute_loss(torch.tensor([2]), padded, mask)[0], y_ref, atol=1e-6)
+    assert torch.allclose(model.predict(padded, mask)[1][:, 6:], torch.zeros(1, 3))
     assert torch.allclose(att[0, :6], att_ref[0], atol=1e-6) and torch.all(att[0, 6:] == 0)
     _, losses = model.compute_loss(torch.tensor([2]), padded, mask=mask)
     assert "CrossEntropyLoss" in losses

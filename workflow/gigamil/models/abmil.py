@@ -1,8 +1,12 @@
 """torchmil-style models: ``ABMIL`` (plain or gated) and ``SmABMIL``.
 
-Interface (as in torchmil): ``forward(X, adj=None, mask=None, return_att=False)`` with X
+Interface (as in torchmil): ``SmABMIL.forward(X, adj=None, mask=None, return_att=False)`` with X
 (batch, bag, *in_shape); ``compute_loss(Y, X, adj=None, mask=None)`` → ``(Y_pred, {name: loss})``;
-``predict(X, adj=None, mask=None, return_inst_pred=True)`` → ``(Y_pred, attention)``.
+``predict(X, adj=None, mask=None, return_inst_pred=True)`` → ``(Y_pred, attention)``; ``ABMIL``
+takes no ``adj``, as torchmil's: ``forward(X, mask=None, return_att=False)``, ``compute_loss(Y,
+X, mask=None)``, ``predict(X, mask=None, return_inst_pred=True)`` (a mask passed by position was
+read as ``adj`` and ignored). The attention returned is the softmax weights (torchmil's ABMIL
+returns the scores before the softmax).
 Binary models output one logit per bag (Y_pred (batch,)); multi-class ones (batch, n_classes).
 ``mask`` (batch, bag) marks real instances of padded bags; ``adj`` (batch, bag, bag) is a
 normalised adjacency (dense or sparse), e.g. from :func:`gigamil.nn.pooling.grid_adjacency`.
@@ -57,6 +61,15 @@ class _PooledMIL(nn.Module):
         mask: torch.Tensor | None = None,
         return_att: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(X, adj, mask, return_att)
+
+    def _forward(
+        self,
+        X: torch.Tensor,
+        adj: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        return_att: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         b, n = X.shape[:2]
         feats = self.feat_ext(X.reshape(b * n, *X.shape[2:])).reshape(b, n, -1)  # (B, N, D)
         logits, atts = [], []
@@ -90,7 +103,7 @@ class _PooledMIL(nn.Module):
         adj: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        y_pred = self.forward(X, adj=adj, mask=mask)
+        y_pred = self._forward(X, adj, mask, False)
         target = Y.to(y_pred.dtype) if self.n_classes == 2 else Y.long()
         return y_pred, {type(self.criterion).__name__: self.criterion(y_pred, target)}
 
@@ -102,7 +115,7 @@ class _PooledMIL(nn.Module):
         mask: torch.Tensor | None = None,
         return_inst_pred: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        y, att = self.forward(X, adj=adj, mask=mask, return_att=True)
+        y, att = self._forward(X, adj, mask, True)
         return (y, att) if return_inst_pred else y
 
 
@@ -130,6 +143,22 @@ class ABMIL(_PooledMIL):
             pool="gated_abmil" if gated else "abmil",
             dropout=dropout,
         )
+
+    def forward(  # type: ignore[override] - torchmil's ABMIL signature: no adj
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(X, None, mask, return_att)
+
+    def compute_loss(  # type: ignore[override]
+        self, Y: torch.Tensor, X: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return super().compute_loss(Y, X, adj=None, mask=mask)
+
+    @torch.no_grad()
+    def predict(  # type: ignore[override]
+        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_inst_pred: bool = True
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return super().predict(X, adj=None, mask=mask, return_inst_pred=return_inst_pred)
 
 
 class SmABMIL(_PooledMIL):
