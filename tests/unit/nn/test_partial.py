@@ -106,6 +106,11 @@ def test_resnet_stages_and_errors() -> None:
         build_encoder("vit_b_16", None, 32, trainable_blocks=1)
     with pytest.raises(ConfigError, match="smallcnn has 4 conv blocks"):
         build_encoder("smallcnn", None, 32, trainable_blocks=5)
+    # an Eva (RoPE) ViT passed the check, then every forward failed inside the training job
+    from gigamil.nn.encoders import check_encoder_settings
+
+    with pytest.raises(ConfigError, match="needs a ViT or a ResNet encoder, not Eva"):
+        check_encoder_settings("timm:eva02_tiny_patch14_224", None, 1, "frozen")
     with pytest.raises(ConfigError, match="contradicts"):
         build_mil_model(
             {"encoder": "resnet18", "freeze_encoder": True, "trainable_blocks": 1}, 2, 32

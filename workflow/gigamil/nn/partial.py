@@ -38,7 +38,11 @@ def resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 def _is_vit(model: nn.Module) -> bool:
-    return all(hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm"))
+    """A timm VisionTransformer whose trunk :meth:`SplitEncoder._trunk` can run (patch embedding,
+    position embedding, patch dropout, pre-norm, blocks); not Eva or RoPE ViTs, whose position
+    embedding returns the rotary embedding too and whose blocks take it (no ``patch_drop``)."""
+    names = ("patch_embed", "_pos_embed", "blocks", "norm", "norm_pre")
+    return all(hasattr(model, a) for a in names) and callable(getattr(model, "patch_drop", None))
 
 
 def _is_resnet(model: nn.Module) -> bool:
