@@ -195,10 +195,11 @@ class MILModel(nn.Module):
         size = balanced_chunk_size(n, k or n)
         if size is None:
             raise GigamilError(
-                f"a bag of {n} patch(es) cannot be trained with model.batchnorm: train in chunks "
-                f"of at most {k or n} (training.max_instances_per_forward_pass): BatchNorm needs "
-                "2 or more patches per chunk; use model.batchnorm: frozen or groupnorm, or a "
-                "larger max_instances_per_forward_pass, or drop slides with a single patch"
+                f"a bag of {n} patch(es) cannot be cut into chunks of one size of at most "
+                f"{k or n} (training.max_instances_per_forward_pass) without a chunk of one "
+                "patch, which BatchNorm in training mode (model.batchnorm: train) cannot "
+                "normalise; use model.batchnorm: frozen or groupnorm, or a larger (or another) "
+                "max_instances_per_forward_pass, or drop slides with a single patch"
             )
         return None if k is None and size == n else size
 

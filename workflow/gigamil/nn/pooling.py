@@ -203,7 +203,9 @@ class AttentionHead(nn.Module):
         """Logits (N, n_out) of every instance under the bag classifier.
 
         The classifier is linear and the attention sums to 1, so the bag logit is the
-        attention-weighted mean of these (up to dropout): they are on the bag's scale.
+        attention-weighted mean of these (up to dropout): they are on the bag's scale. With
+        ``sm_features`` > 0 the bag classifier sees the smoothed features instead, so this
+        holds only approximately (the instances' own, unsmoothed features are scored here).
         """
         if self.norm is not None:
             h = self.norm(h)
