@@ -9,6 +9,12 @@ import torch
 from gigamil.nn.pooling import AttentionHead, grid_adjacency, smooth
 
 
+def test_grid_adjacency_refuses_two_patches_at_one_position() -> None:
+    """Only the first of two was found as a neighbour: an asymmetric 'adjacency'."""
+    with pytest.raises(ValueError, match=r"two patches at \(row, col\) \(5, 7\)"):
+        grid_adjacency(np.array([[5, 7], [5, 7], [5, 8]]))
+
+
 def test_grid_adjacency_neighbours() -> None:
     grid = np.array([(0, 0), (0, 1), (1, 1), (5, 5), (1, 0)])
     a = grid_adjacency(grid, connectivity=8).to_dense()

@@ -25,7 +25,8 @@ def grid_adjacency(
 
     ``grid`` (N, 2) integer (row, col) positions; two patches are neighbours when they touch
     (8-connectivity) or share an edge (4-connectivity). Isolated patches have an empty row.
-    Returns a sparse (N, N) tensor.
+    Returns a sparse (N, N) tensor. Raises ValueError for two patches at one position (a
+    patch store's grid never has them; with them the adjacency would not be symmetric).
     """
     g = np.asarray(grid.cpu() if isinstance(grid, torch.Tensor) else grid, dtype=np.int64)
     n = len(g)
@@ -33,11 +34,13 @@ def grid_adjacency(
         return torch.sparse_coo_tensor(
             torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=dtype), (0, 0)
         )
-    g = g - g.min(axis=0)
+    orig, g = g, g - g.min(axis=0)
     width = int(g[:, 1].max()) + 3
     keys = (g[:, 0] + 1) * width + (g[:, 1] + 1)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
+    if (dup := np.flatnonzero(np.diff(sorted_keys) == 0)).size:
+        raise ValueError(f"grid: two patches at (row, col) {tuple(orig[order[dup[0]]].tolist())}")
     if connectivity == 8:
         offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0)]
     elif connectivity == 4:
