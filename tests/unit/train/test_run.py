@@ -478,6 +478,16 @@ def test_a_finished_last_pt_of_other_labels_or_stores_is_not_returned(
             train_fold(changed, val, classes, mil_bags.model, cfg, out)
         assert ("training already finished" in caplog.text) == (name == "same"), name
         assert ("starting from scratch" in caplog.text) == (name != "same"), name
+    # renamed patients, the same slides and labels: the same model, with the sheet's patients
+    renamed, out = train.assign(patient_id="new_" + train["patient_id"]), tmp_path / "renamed"
+    shutil.copytree(done, out)
+    (out / "model.pt").unlink()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gigamil"):
+        train_fold(renamed, val, classes, mil_bags.model, cfg, out)
+    assert "training already finished" in caplog.text
+    seen = torch.load(out / "model.pt", weights_only=True)["training_slides"]["patient_ids"]
+    assert set(renamed["patient_id"]) <= set(seen) and not set(train["patient_id"]) & set(seen)
 
 
 def test_model_records_patch_mpp_and_refuses_other_resolutions(

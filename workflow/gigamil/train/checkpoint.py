@@ -318,11 +318,11 @@ class CheckpointSaver:
 
     def restore_outputs(self, header: Mapping[str, Any] | None = None) -> None:
         """Write model.pt (when missing or not the loaded best model) and train_log.csv again
-        from the loaded state; the ``training_slides`` of ``header`` (:func:`model_header`) go
-        into a best model of a ``last.pt`` written before gigamil recorded them."""
-        old = self.best is not None and "training_slides" not in self.best
-        if old and header and "training_slides" in header:
-            self.best["training_slides"] = header["training_slides"]  # type: ignore[index]
+        from the loaded state; the best model gets the ``training_slides`` of ``header``
+        (:func:`model_header`): the slides' current cohorts and patients (a ``last.pt`` written
+        before gigamil recorded them has none; a sheet may have renamed a patient since)."""
+        if self.best is not None and header and "training_slides" in header:  # the sheet's now
+            self.best["training_slides"] = header["training_slides"]  # (e.g. renamed patients)
         if not self.enabled:
             return
         if self.best is not None and not self._model_pt_is_best():

@@ -95,6 +95,21 @@ def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def broadcast_metrics(
+    metrics: dict[str, float], info: DistInfo, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Rank 0's numeric ``metrics`` on every rank (float64; ``device`` CUDA with nccl), so that
+    early stopping decides alike on every rank: validation on GPUs is not bitwise equal across
+    ranks, and a rank that stopped while the others went on left them waiting."""
+    if not info.enabled:
+        return metrics
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    got = dict(zip(keys, t.cpu().tolist(), strict=True))
+    return {**metrics, **{k: type(metrics[k])(v) for k, v in got.items()}}  # ints stay ints
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

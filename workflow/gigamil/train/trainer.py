@@ -276,6 +276,7 @@ class FoldTrainer:
             self.val_loss_fn,
             self.runtime.log_every_s,
         )
+        metrics = ddp.broadcast_metrics(metrics, self.runtime.info, self.runtime.device)
         improved = self.early_stopping.update(epoch, metrics, train_loss)
         seconds = time.time() - t0
         val = f" val_loss {metrics['loss']:.4f} val_auc {metrics['auc']:.4f}" if data.val else ""

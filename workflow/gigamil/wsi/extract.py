@@ -109,6 +109,10 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
     case ``mask_params`` defaults to those parameters. ``progress``: a progress bar on a
     terminal; without one (or with False) a log line at most every 30 s.
     """
+    from gigamil.data.store_writer import is_patch_store_attrs
+    from gigamil.fileutil import check_replaceable_store
+
+    check_replaceable_store(out, is_patch_store_attrs, "patch store")  # before any work
     t0 = time.perf_counter()
     threads = max(1, int(threads))
     reader, factory, own, src = _open_reader(slide, slide_mpp, cache_mb)
