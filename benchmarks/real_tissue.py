@@ -332,7 +332,10 @@ def run_baseline(
     cohort: str = COHORT,
 ) -> dict[str, Any]:
     """The colour-histogram baseline on the patches and folds of the workflow run in ``wd``
-    (lesion-mask paths in ``sheet`` relative to ``wd`` or absolute)."""
+    (lesion-mask paths in ``sheet`` relative to ``wd`` or absolute); with ``smoothed``, its
+    figures with the patch scores smoothed over the grid as the run's ``model.pool: smabmil``
+    smooths attention (its ``model.sm_alpha``; wd/config.yaml)."""
+    from gigamil.config import validate_config
     from gigamil.evaluate.baseline import evaluate_stores
 
     folds = pd.read_csv(
@@ -345,8 +348,10 @@ def run_baseline(
         for s, m in zip(sheet["slide_id"], sheet["lesion_mask"], strict=True)
         if isinstance(m, str) and m
     }
+    model = validate_config(yaml.safe_load((wd / "config.yaml").read_text()))["model"]
+    alpha = model["sm_alpha"] if model["pool"] == "smabmil" else None
     start = time.perf_counter()
-    out = evaluate_stores(stores, labels, folds, masks)
+    out = evaluate_stores(stores, labels, folds, masks, sm_alpha=alpha)
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -466,6 +471,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def smoothed_note(baseline: dict[str, Any]) -> str:
+    """`` (smoothed as gigamil's attention: OOF AUC, localisation)`` of a baseline result, or
+    "" without the smoothed figures."""
+    if "smoothed" not in baseline:
+        return ""
+    sm = baseline["smoothed"]
+    return (
+        f" (smoothed as gigamil's attention, sm_alpha {sm['sm_alpha']:g}: OOF AUC "
+        f"{sm['oof_auc']:.3f}, localisation {sm['localization_auc']:.3f})"
+    )
+
+
 def baseline_on_run(wd: Path) -> dict[str, Any]:
     """The colour baseline on the finished workflow run in ``wd`` (its config.yaml's experiment
     and single cohort; the sheet's ``lesion_mask`` column)."""
@@ -500,6 +517,12 @@ def write_result(
         "baseline_localization_auc": mean_sd([d["baseline"]["localization_auc"] for d in draws]),
         "oof_auc_difference": mean_sd([d["gigamil_minus_baseline"]["difference"] for d in draws]),
     }
+    smoothed = [d["baseline"]["smoothed"] for d in draws if "smoothed" in d["baseline"]]
+    if smoothed:  # the baseline with gigamil's spatial prior (model.sm_alpha)
+        summary["baseline_smoothed_oof_auc"] = mean_sd([b["oof_auc"] for b in smoothed])
+        summary["baseline_smoothed_localization_auc"] = mean_sd(
+            [b["localization_auc"] for b in smoothed]
+        )
     result = {
         "command": " ".join(["python", "benchmarks/real_tissue.py", *(argv or sys.argv[1:])]),
         **started,  # date and git commit at the start
@@ -531,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"colour baseline on {args.baseline_on}: OOF AUC {out['oof_auc']:.3f}, "
             f"localisation AUC {out['localization_auc']:.3f} "
-            f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s"
+            f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s{smoothed_note(out)}"
         )
         return 0
     from gigamil.tile_pool import packaged_tile_hashes, usable_pool
@@ -584,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             f"draw seed {seed}: gigamil OOF AUC {g['oof_auc']:.3f}, localisation "
             f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per model [{losses}]"
             f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
+            f"{smoothed_note(b)}"
             f" | tiles -> patches {draw['tile_patch_fraction']:.3f} | OOF AUC difference "
             f"{d['difference']:+.3f} (95 % CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}, gigamil "
             f"ahead in {d['p_a_better']:.0%} of resamples)",

@@ -76,3 +76,24 @@ def test_baseline_out_of_fold_on_tiny_cohort(tmp_path):
     assert result["localization_n_slides"] == 3  # the lesion slides
     assert result["localization_auc"] > 0.95
     assert per_slide.loc[per_slide["label"] == 0, "localization_auc"].isna().all()
+    # with gigamil's spatial prior: the same slides, scores smoothed over the grid
+    smoothed = baseline.evaluate_stores(stores, labels, folds, masks, sm_alpha=0.8)["smoothed"]
+    assert smoothed["sm_alpha"] == 0.8 and smoothed["localization_n_slides"] == 3
+    assert smoothed["oof_auc"] == 1.0 and smoothed["localization_auc"] > 0.9
+
+
+def test_smooth_scores_is_the_sm_operator_on_log_odds():
+    """A stray high patch far from the others is pulled down, a contiguous run keeps its rank:
+    the spatial prior gigamil's smabmil pool gives its attention, for the baseline."""
+    import torch
+
+    from gigamil.nn.pooling import grid_adjacency, smooth
+
+    grid = np.array([[0, c] for c in range(8)])  # one row of 8 patches
+    p = np.array([0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.95, 0.1])  # a run of 3, a stray at 6
+    out = baseline.smooth_scores(p, grid, 0.8)
+    logit = torch.from_numpy(np.log(p / (1 - p)))
+    ref = smooth(logit, grid_adjacency(grid, dtype=torch.float64), 0.8).numpy()
+    np.testing.assert_allclose(out, ref)
+    assert out[6] < out[1] and np.argsort(-p)[0] == 6  # the stray no longer ranks first
+    assert baseline.smooth_scores(np.zeros(0), np.zeros((0, 2), int), 0.8).size == 0

@@ -112,47 +112,79 @@ def cross_validate(
     return pd.DataFrame(rows, columns=["slide_id", "fold", "label", "score"]), patch_scores
 
 
-def evaluate_stores(
+def smooth_scores(scores: np.ndarray, grid: np.ndarray, alpha: float) -> np.ndarray:
+    """Patch probabilities (N,) as log-odds smoothed over the patch grid (N, 2) by gigamil's Sm
+    operator (:func:`gigamil.nn.pooling.smooth`, 10 fixed-point steps, 8-connectivity), as
+    ``model.pool: smabmil`` smooths its attention scores with ``model.sm_alpha``: the same spatial
+    prior (a lesion is a contiguous region) for the baseline."""
+    import torch
+
+    from gigamil.nn.pooling import grid_adjacency, smooth
+
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-9, 1 - 1e-9)
+    if p.size == 0:
+        return p
+    logit = torch.from_numpy(np.log(p / (1 - p)))
+    adj = grid_adjacency(grid, dtype=torch.float64)
+    return smooth(logit, adj, alpha).numpy()
+
+
+def _summary(table: pd.DataFrame, score: str, loc: Mapping[str, float]) -> dict:
+    finite = [v for v in loc.values() if np.isfinite(v)]
+    return {
+        "oof_auc": binary_auc(table["label"].to_numpy(), table[score].to_numpy()),
+        "fold_auc": [
+            binary_auc(p["label"].to_numpy(), p[score].to_numpy())
+            for _, p in table.groupby("fold", sort=True)
+        ],
+        "localization_auc": float(np.mean(finite)) if finite else float("nan"),
+        "localization_n_slides": len(finite),
+    }
+
+
+def evaluate_stores(  # noqa: PLR0913 - the data, then the baseline's settings
     stores: Mapping[str, str | Path],
     labels: Mapping[str, int],
     folds: pd.DataFrame,
     lesion_masks: Mapping[str, str | Path] | None = None,
     top_fraction: float = TOP_FRACTION,
     seed: int = 0,
+    sm_alpha: float | None = None,
 ) -> dict:
     """The baseline on zarr patch stores (the patches gigamil trains on), out of fold.
 
     Returns ``oof_auc`` (pooled over all test slides), ``fold_auc``, ``localization_auc`` (mean
     over slides with a lesion mask and both lesion and other patches, patches with >= 50 % lesion
     count as lesion, as gigamil's attention is scored), ``localization_n_slides`` and
-    ``per_slide`` (slide_id, fold, label, score, localization_auc).
+    ``per_slide`` (slide_id, fold, label, score, localization_auc). With ``sm_alpha`` also
+    ``smoothed``: the same four figures with the patch scores smoothed over the patch grid first
+    (:func:`smooth_scores`; the slide score the top-fraction mean of the smoothed log-odds), the
+    baseline with the spatial prior gigamil's ``smabmil`` pool has.
     """
     from gigamil.data.store import read_store
     from gigamil.evaluate.localization import lesion_fraction, localization_auc
 
     features, geometry = {}, {}
     for s, path in stores.items():
-        patches, coords, _, attrs = read_store(path)
+        patches, coords, grid, attrs = read_store(path)
         features[s] = colour_histograms(patches[...])
-        geometry[s] = (coords, attrs)
+        geometry[s] = (coords, grid, attrs)
     table, scores = cross_validate(features, labels, folds, top_fraction, seed)
-    loc = {}
+    smoothed = {}
+    if sm_alpha is not None:
+        smoothed = {s: smooth_scores(v, geometry[s][1], sm_alpha) for s, v in scores.items()}
+        table["score_smoothed"] = [slide_score(smoothed[s], top_fraction) for s in table.slide_id]
+    loc, loc_sm = {}, {}
     for s, mask_path in (lesion_masks or {}).items():
         if s not in scores:
             continue
-        coords, attrs = geometry[s]
+        coords, _, attrs = geometry[s]
         frac = lesion_fraction(coords, attrs, mask_path)  # as gigamil's evaluation reads it
         loc[s] = localization_auc(scores[s], frac)
+        if smoothed:
+            loc_sm[s] = localization_auc(smoothed[s], frac)
     table["localization_auc"] = table["slide_id"].map(loc)
-    finite = [v for v in loc.values() if np.isfinite(v)]
-    fold_auc = [
-        binary_auc(p["label"].to_numpy(), p["score"].to_numpy())
-        for _, p in table.groupby("fold", sort=True)
-    ]
-    return {
-        "oof_auc": binary_auc(table["label"].to_numpy(), table["score"].to_numpy()),
-        "fold_auc": fold_auc,
-        "localization_auc": float(np.mean(finite)) if finite else float("nan"),
-        "localization_n_slides": len(finite),
-        "per_slide": table.to_dict(orient="records"),
-    }
+    out = _summary(table, "score", loc)
+    if smoothed:
+        out["smoothed"] = {"sm_alpha": float(sm_alpha), **_summary(table, "score_smoothed", loc_sm)}
+    return {**out, "per_slide": table.to_dict(orient="records")}
