@@ -8,7 +8,7 @@ scorer's localisation AUC. This script scores the baseline both ways on the real
 (the same cohorts, patch stores and folds as ``real_tissue.py --draws 6``: seeds 0-5), so the
 localisation comparison can be made like for like:
 
-    python benchmarks/baseline_smoothing.py [--seeds 0 1 2 3 4 5] [--cores 2]
+    python benchmarks/baseline_smoothing.py [--seeds 0 1 2 3 4 5] [--cores 2] [--demo CLONE]
         [--workdir benchmarks/work/real_tissue] [--out benchmarks/results/baseline_smoothing.json]
 
 A draw whose workdir holds a finished ``real_tissue.py`` run is scored on its stores; a missing
@@ -45,6 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "work" / "real_tissue")
     p.add_argument("--tiles", type=Path, default=rt.DEFAULT_TILES)
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument(
+        "--demo",
+        type=Path,
+        default=None,
+        metavar="CLONE",
+        help="also score a finished demo run (a clone after `snakemake --cores all`), as "
+        "real_tissue.py --baseline-on does",
+    )
     p.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results" / "baseline_smoothing.json"
     )
@@ -106,6 +114,16 @@ def main(argv: list[str] | None = None) -> int:
             f"localisation {out['localization_auc']:.3f} -> {sm['localization_auc']:.3f}",
             flush=True,
         )
+    if args.demo is not None:
+        out = rt.baseline_on_run(args.demo.resolve())
+        demo = {
+            "baseline": {k: out[k] for k in ("oof_auc", "localization_auc")},
+            "baseline_smoothed": {
+                k: out["smoothed"][k] for k in ("sm_alpha", "oof_auc", "localization_auc")
+            },
+            "localization_n_slides": out["localization_n_slides"],
+        }
+        print(f"demo: baseline {demo['baseline']} -> smoothed {demo['baseline_smoothed']}")
     result = {
         "command": " ".join(["python", "benchmarks/baseline_smoothing.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             for key in [f"{part}_{metric}"]
         },
         "draws": draws,
+        **({"demo": demo} if args.demo is not None else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rt.json_safe(result), indent=1) + "\n")

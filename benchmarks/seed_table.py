@@ -49,6 +49,9 @@ BASELINES = [
     REPO / "benchmarks" / "results" / "real_tissue_draws345.json",
 ]
 DEMO_BASELINE = (0.792, 0.792)  # README "What the demo gives": --baseline-on a fresh-clone demo
+# the baseline with gigamil's spatial prior (its patch scores smoothed over the grid as smabmil
+# smooths attention): python benchmarks/baseline_smoothing.py --demo DEMO_CLONE
+SMOOTHED = REPO / "benchmarks" / "results" / "baseline_smoothing.json"
 COHORTS = ["demo", *(f"draw{i}" for i in range(6))]
 
 
@@ -89,44 +92,69 @@ def baselines() -> dict[str, tuple[float, float]]:
     return out
 
 
+def smoothed_baselines() -> dict[str, tuple[float, float]]:
+    """``{cohort: (oof_auc, localisation_auc)}`` of the baseline smoothed as gigamil's
+    attention (:data:`SMOOTHED`; empty before that record exists)."""
+    if not SMOOTHED.is_file():
+        return {}
+    rec = json.loads(SMOOTHED.read_text())
+    parts = [(f"draw{d['seed']}", d) for d in rec["draws"]] + [("demo", rec.get("demo"))]
+    return {
+        c: (d["baseline_smoothed"]["oof_auc"], d["baseline_smoothed"]["localization_auc"])
+        for c, d in parts
+        if d
+    }
+
+
+def compare(oof_loc: list[tuple[float, float]], base: tuple[float, float]) -> list[int]:
+    """``[ahead, level, behind, localisation above, runs]`` of gigamil's runs against one
+    baseline's (OOF AUC within 0.0005: level)."""
+    ahead = sum(v[0] > base[0] + 5e-4 for v in oof_loc)
+    behind = sum(v[0] < base[0] - 5e-4 for v in oof_loc)
+    above = sum(v[1] > base[1] for v in oof_loc)
+    return [ahead, len(oof_loc) - ahead - behind, behind, above, len(oof_loc)]
+
+
 def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
     runs, checks = collect(which)
-    base = baselines()
+    base, smoothed = baselines(), smoothed_baselines()
     seeds = sorted({s for _, s in runs})
     head = ["cohort", "baseline OOF (loc.)", *(f"seed {s}" for s in seeds)]
     head += ["gigamil mean ± sd", "ahead / level / behind", "gigamil loc. mean"]
+    head += ["smoothed baseline OOF (loc.)", "ahead / level / behind it"] if smoothed else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    total = [0, 0, 0]
-    draw_oof: list[float] = []
-    loc_above = loc_runs = 0
+    total, total_sm, draw_oof = [0] * 5, [0] * 5, []
     for cohort in COHORTS:
-        got = {s: runs[(cohort, s)] for s in seeds if (cohort, s) in runs}
-        if not got:
+        got = [runs.get((cohort, s)) for s in seeds]
+        if not any(got):
             continue
-        oof = [v[0] for v in got.values()]
-        b_oof, b_loc = base[cohort]
-        ahead = sum(v > b_oof + 5e-4 for v in oof)
-        behind = sum(v < b_oof - 5e-4 for v in oof)
-        level = len(oof) - ahead - behind
-        total = [total[0] + ahead, total[1] + level, total[2] + behind]
-        loc_above += sum(v[1] > b_loc for v in got.values())
-        loc_runs += len(got)
-        if cohort != "demo":
-            draw_oof += oof
+        done = [v for v in got if v is not None]
+        raw = compare(done, base[cohort])
+        total = [a + b for a, b in zip(total, raw, strict=True)]
+        draw_oof += [v[0] for v in done] if cohort != "demo" else []
+        oof = [v[0] for v in done]
         sd = f" ± {statistics.stdev(oof):.3f}" if len(oof) > 1 else ""
-        row = [cohort.replace("draw", "draw "), f"{b_oof:.3f} ({b_loc:.3f})"]
-        row += [f"{got[s][0]:.3f}" if s in got else "–" for s in seeds]
-        row += [f"{statistics.fmean(oof):.3f}{sd}", f"{ahead} / {level} / {behind}"]
-        row += [f"{statistics.fmean(v[1] for v in got.values()):.3f}"]
+        row = [cohort.replace("draw", "draw "), "{:.3f} ({:.3f})".format(*base[cohort])]
+        row += [f"{v[0]:.3f}" if v else "–" for v in got]
+        row += [f"{statistics.fmean(oof):.3f}{sd}", "{} / {} / {}".format(*raw)]
+        row += [f"{statistics.fmean(v[1] for v in done):.3f}"]
+        if smoothed:
+            sm = compare(done, smoothed[cohort])
+            total_sm = [a + b for a, b in zip(total_sm, sm, strict=True)]
+            row += ["{:.3f} ({:.3f})".format(*smoothed[cohort]), "{} / {} / {}".format(*sm)]
         lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    lines.append(f"all runs: ahead {total[0]}, level {total[1]}, behind {total[2]}")
+    lines += ["", "all runs: ahead {}, level {}, behind {}".format(*total)]
     if len(draw_oof) > 1:
         lines.append(
             f"draws: {len(draw_oof)} runs, OOF AUC {statistics.fmean(draw_oof):.3f} ± "
             f"{statistics.stdev(draw_oof):.3f} ({min(draw_oof):.3f}-{max(draw_oof):.3f})"
         )
-    lines.append(f"localisation above the baseline's in {loc_above} of {loc_runs} runs")
+    lines.append("localisation above the baseline's in {3} of {4} runs".format(*total))
+    if smoothed:
+        lines.append(
+            "against the smoothed baseline: ahead {}, level {}, behind {}; localisation above "
+            "it in {} of {} runs".format(*total_sm)
+        )
     return "\n".join(lines + ["", "reproduction checks:", *checks])
 
 
