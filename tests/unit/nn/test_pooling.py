@@ -139,6 +139,12 @@ def test_instance_pool_loss_is_weak_labels_with_exact_chunked_gradients() -> Non
     assert torch.allclose(step.logits, z.topk(5, dim=0).values.mean(0), atol=1e-5)
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    # its heatmap weights: each patch's P(not the first class), as the heatmaps label them
+    # (they were the last class's probability)
+    with torch.no_grad():
+        _, att = head(model.feature_encoder(x))
+    p = 1 - torch.softmax(z, dim=1)[:, 0]
+    assert torch.allclose(att, p / p.sum(), atol=1e-6)
 
 
 def test_instance_pool_rejects_bad_settings() -> None:

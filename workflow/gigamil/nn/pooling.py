@@ -192,7 +192,9 @@ class AttentionHead(nn.Module):
             z = self.classifier(h)  # (N, n_out)
             k = max(1, math.ceil(self.top_fraction * len(z)))
             bag = z.topk(k, dim=0).values.mean(dim=0)  # (n_out,)
-            p = torch.sigmoid(z[:, 0]) if self.n_out == 1 else torch.softmax(z, dim=1)[:, -1]
+            # P(positive): with more than two classes, not the first one (as the heatmaps and
+            # slide titles name it; it was the last class's probability)
+            p = torch.sigmoid(z[:, 0]) if self.n_out == 1 else 1 - torch.softmax(z, dim=1)[:, 0]
             return bag, p / p.sum().clamp_min(torch.finfo(p.dtype).tiny)
         att = torch.softmax(self.scores(h, adj), dim=0)  # (N,)
         if self.sm_features > 0:  # pool neighbourhood-averaged features (attention from raw h)

@@ -281,8 +281,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     max_instances_per_forward_pass: int | None,
 ) -> pd.DataFrame:
     torch.set_num_threads(max(1, int(threads)))
-    if "label" not in slides.columns:  # slides to predict need no label (``role: predict``)
-        slides = slides.assign(label="")
+    slides = slides if "label" in slides else slides.assign(label="")  # role: predict: none
     check_columns(slides, "slides to predict")
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, dev)
@@ -303,14 +302,15 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
             raise GigamilError(_non_finite_message(model_path, model, row, len(bag), prob))
         pred = classes[int(prob.argmax())] if len(bag) else ""
         np.save(attention_dir / f"{row.slide_id}.npy", att)
-        log.info(
+        shown = int(prob.argmax()) if len(classes) > 2 and len(bag) else -1  # 2: the positive
+        log.info(  # with more than two classes, the predicted one's probability
             "slide %d/%d %s: %d patches, P(%s) %.3g -> %s (%.1f s)",
             i,
             len(slides),
             row.slide_id,
             len(bag),
-            classes[-1],
-            prob[-1],
+            classes[shown],
+            prob[shown],
             pred or "none",
             time.monotonic() - t0,
         )
