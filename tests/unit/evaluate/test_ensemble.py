@@ -542,6 +542,16 @@ def test_multiclass_cv_summary_uses_macro_ovr_auc(tmp_path):
     assert s["oof_auc"] == pytest.approx(ref)
     assert set(s["per_class_recall"]) == set(classes)
     assert np.array(s["confusion_matrix"]).shape == (3, 3)
+    # the macro AUC's parts (only in roc.png's legend before): summary.json and metrics.csv
+    probs = allp[[f"prob_{c}" for c in classes]].to_numpy()
+    for i, c in enumerate(classes):
+        one = roc_auc_score(allp["label"] == c, probs[:, i])
+        assert s["per_class_auc"][c] == pytest.approx(one)
+        low, high = s["per_class_auc_ci"][c]
+        assert low <= high
+    assert np.mean(list(s["per_class_auc"].values())) == pytest.approx(ref)
+    table = pd.read_csv(tmp_path / "ev" / "metrics.csv", index_col=0)
+    assert table.loc["oof", "auc_b"] == pytest.approx(s["per_class_auc"]["b"])
     assert (tmp_path / "ev" / "roc.png").stat().st_size > 0
     # the page and the end-of-run line say how the AUC is formed
     assert (

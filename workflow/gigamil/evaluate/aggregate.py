@@ -114,6 +114,10 @@ def summary_block(
         out[f"fold_{name}_sd"] = float(folds[name].std(ddof=1)) if len(folds) > 1 else float("nan")
     out["per_class_recall"] = {c: pooled[f"recall_{c}"] for c in classes}
     out["per_class_recall_ci"] = {c: list(ci[f"recall_{c}"]) for c in classes}
+    if len(classes) > 2:  # the macro AUC's parts, and the classes it averages
+        out["per_class_auc"] = {c: pooled[f"auc_{c}"] for c in classes}
+        out["per_class_auc_ci"] = {c: list(ci[f"auc_{c}"]) for c in classes}
+        _note_missing_classes(classes, out["per_class_auc"])
     out["confusion_matrix"] = pooled["confusion"]
     if "patient" in pooled:  # the same per patient (mean probability of its slides)
         pat, pat_ci = pooled["patient"], pooled["patient_ci"]
@@ -128,6 +132,17 @@ def summary_block(
         out["ci_note"] = note
         log.warning("%s", note)
     return out
+
+
+def _note_missing_classes(classes: Sequence[str], aucs: Mapping[str, float]) -> None:
+    """A warning when the macro AUC leaves out a class without an AUC (no slide of it)."""
+    missing = [c for c in classes if not np.isfinite(aucs[c])]
+    if missing:
+        log.warning(
+            "macro AUC over %s only: no AUC for %s (no slide of the class, or only its slides)",
+            ", ".join(c for c in classes if c not in missing),
+            ", ".join(missing),
+        )
 
 
 def _ci_note(summary: Mapping[str, Any]) -> str:

@@ -134,7 +134,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
 
     Returns:
         dict with ``auc``, ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``n``,
-        ``recall_<class>`` for every class and ``confusion`` (list of lists, rows = truth).
+        ``recall_<class>`` for every class, with more than two classes ``auc_<class>`` (one
+        vs rest) for every class, and ``confusion`` (list of lists, rows = truth).
     """
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -150,8 +151,22 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
     }
     for c, name in enumerate(classes):
         out[f"recall_{name}"] = float(recall[c])
+    if len(classes) > 2:  # the macro AUC's parts: each class against the rest
+        for name, auc in zip(classes, per_class_auc(y, probs), strict=True):
+            out[f"auc_{name}"] = auc
     out["confusion"] = cm.tolist()
     return out
+
+
+def per_class_auc(y: np.ndarray, probs: np.ndarray) -> list[float]:
+    """One-vs-rest AUC of every class (C,), the parts :func:`roc_auc` averages for C > 2; nan
+    for a class with no slide or only its slides."""
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=float)
+    return [
+        binary_auc(y == c, probs[:, c]) if 0 < (y == c).sum() < y.size else float("nan")
+        for c in range(probs.shape[1])
+    ]
 
 
 def bootstrap_ci(
@@ -171,14 +186,15 @@ def bootstrap_ci(
 
     Returns:
         {metric: (low, high)} for :data:`SCALAR_METRICS` and ``recall_<class>`` of every class
-        (a resample without the class does not count for its recall); (nan, nan) if never
-        defined.
+        (a resample without the class does not count for its recall; with more than two
+        classes ``auc_<class>`` too); (nan, nan) if never defined.
     """
     y = np.asarray(y, dtype=int)
     probs = np.asarray(probs, dtype=float)
     pred = probs.argmax(axis=1)
     recalls = [f"recall_{c}" for c in classes]
-    values: dict[str, list[float]] = {m: [] for m in (*SCALAR_METRICS, *recalls)}
+    aucs = [f"auc_{c}" for c in classes] if len(classes) > 2 else []
+    values: dict[str, list[float]] = {m: [] for m in (*SCALAR_METRICS, *recalls, *aucs)}
     for idx in _group_resamples(y.size, groups, n_boot, seed):
         yb, pb = y[idx], pred[idx]
         cm = confusion_matrix(yb, pb, len(classes))
@@ -188,6 +204,8 @@ def bootstrap_ci(
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
         for name, r in zip(recalls, per_class_recall(cm), strict=True):
             values[name].append(float(r))
+        for name, a in zip(aucs, per_class_auc(y[idx], probs[idx]) if aucs else [], strict=True):
+            values[name].append(a)
     return {m: _percentile_interval(vals, level) for m, vals in values.items()}
 
 
@@ -285,7 +303,8 @@ def fold_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
 
     Returns:
         DataFrame indexed by scope (``fold0``, ``fold1``, ..., ``mean``, ``sd``) with columns
-        n_slides, n_patients, the scalar metrics and ``recall_<class>``.
+        n_slides, n_patients, the scalar metrics and ``recall_<class>`` (with more than two
+        classes also ``auc_<class>``, one vs rest).
     """
     rows = {}
     for fold, part in preds.groupby("fold", sort=True):
@@ -305,6 +324,7 @@ def fold_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     )
     table.index.name = "scope"
     cols = ["n_slides", "n_patients", *SCALAR_METRICS] + [f"recall_{c}" for c in classes]
+    cols += [f"auc_{c}" for c in classes] if len(classes) > 2 else []  # one vs rest
     return table[cols]
 
 
