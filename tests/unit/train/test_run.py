@@ -924,3 +924,16 @@ def test_predict_names_the_size_and_the_mpp_mismatch_together(write_store, tmp_p
     with pytest.raises(GigamilError, match="slide s: patches are 16 px but the model was trained"):
         _open_slide(row, {"patch_px": 32, "patch_mpp": 1.0}, 1, dev)
     _open_slide(row, {"patch_px": 16, "patch_mpp": 1.0}, 1, dev)
+
+
+def test_a_one_class_validation_set_says_auc_cannot_choose_the_epoch(
+    mil_bags, cohort, tmp_path: Path, caplog
+) -> None:
+    """val_auc was nan every epoch and the loss chose the epoch, without a word."""
+    train, val = cohort
+    one = val[val["label"] == val["label"].iloc[0]]
+    with caplog.at_level("WARNING", logger="gigamil"):
+        train_fold(train, one, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path)
+    assert f"validation slides of class {one['label'].iloc[0]} only: their AUC is undefined" in (
+        caplog.text
+    )

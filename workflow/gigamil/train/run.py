@@ -191,6 +191,7 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
     """Train one model on ``data`` into ``out_dir`` (model.pt, last.pt, train_log.csv) and,
     under ``training.logit_calibration: class_means``, calibrate it on the training and
     validation bags (main rank); returns the model.pt path."""
+    _warn_undefined_auc(data, tcfg)
     trainer = FoldTrainer(data, mcfg, tcfg, out_dir, runtime)
     if strategy == "em":
         log.info("training strategy em: %d rounds", tcfg.em.rounds)
@@ -210,3 +211,16 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
         trainer.saver.finish()
     ddp.barrier(runtime.info)  # the other ranks wait here, not in the next member's first step
     return path
+
+
+def _warn_undefined_auc(data: FoldData, tcfg: TrainingConfig) -> None:
+    """A warning when ``early_stopping.metric: auc`` cannot act: validation slides of one class
+    have no AUC, so every epoch falls back to the validation loss
+    (:func:`gigamil.train.early_stopping.scalar_metric`)."""
+    present = sorted({int(it.label) for it in data.val})
+    if tcfg.early_stopping.metric == "auc" and len(present) == 1:
+        log.warning(
+            "validation slides of class %s only: their AUC is undefined, so the best epoch is "
+            "chosen by the validation loss (training.early_stopping.metric: auc)",
+            data.classes[present[0]],
+        )
