@@ -60,51 +60,11 @@ def test_compare_oof_pairs_the_two_methods_by_slide(bench, tmp_path):
         bench.compare_oof(tmp_path, {"per_slide": per_slide[:-1]}, "lesion")
 
 
-def test_baseline_on_a_finished_run_reads_its_layout(bench, tmp_path, capsys):
+def test_baseline_on_a_finished_run_reads_its_layout(bench, tmp_path, capsys, finished_run):
     """--baseline-on: the colour baseline on a workflow run's own patches, folds and lesion
-    masks (relative paths in its sheet, as in the demo's)."""
-    from PIL import Image
-
-    from gigamil.cli import main
-    from gigamil.demo_tiles import make_tile_cohort
-
-    rng = np.random.default_rng(0)
-    for cls, n, colour in ((0, 60, (225, 150, 190)), (1, 15, (130, 70, 165))):
-        (tmp_path / "tiles" / str(cls)).mkdir(parents=True)
-        for i in range(n):
-            img = np.clip(np.array(colour) + rng.normal(0, 14, size=(96, 96, 3)), 0, 255)
-            Image.fromarray(img.astype(np.uint8)).save(tmp_path / "tiles" / str(cls) / f"p{i}.jpg")
+    masks."""
     run = tmp_path / "run"
-    sheet = make_tile_cohort(
-        run / "results" / "demo",
-        tiles=tmp_path / "tiles",
-        n_patients=4,
-        slides_per_patient=1,
-        tiles_per_slide=(8, 10),
-    )
-    sheet["lesion_mask"] = [f"results/demo/lesion_masks/{s}.png" for s in sheet.slide_id]
-    sheet.to_csv(run / "sheet.csv", index=False)
-    for s in sheet.slide_id:
-        slide = run / "results" / "demo" / "slides" / f"{s}.tiff"
-        store = run / "results" / "patches" / "coh" / f"{s}.zarr"
-        args = ["patches", str(slide), "--out", str(store), "--mpp", "0.972", "--patch-px", "96"]
-        assert main([*args, "--no-progress"]) == 0
-    order = sheet.sort_values(["label", "slide_id"]).slide_id.tolist()
-    folds = pd.DataFrame(
-        [
-            {"fold": k, "role": "test" if i % 2 == k else "train", "slide_id": s}
-            for k in (0, 1)
-            for i, s in enumerate(order)
-        ]
-    )
-    (run / "results" / "splits" / "exp").mkdir(parents=True)
-    folds.to_csv(run / "results" / "splits" / "exp" / "folds.csv", index=False)
-    cfg = {
-        "experiment": "exp",
-        "classes": ["normal", "lesion"],
-        "cohorts": {"coh": {"sheet": "sheet.csv"}},
-    }
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    finished_run(tmp_path, run, "exp", "coh")
     assert bench.main(["--baseline-on", str(run)]) == 0
     line = capsys.readouterr().out
     assert "OOF AUC 1.000" in line and "(2 slides)" in line
