@@ -22,7 +22,8 @@ def bench(request):  # noqa: ANN201
 
 def _finished_run(root, run, experiment: str, cohort: str, model: dict | None = None) -> None:  # noqa: ANN001
     """A workflow run as the colour baseline reads it, without training: a 4-slide mosaic
-    cohort of plain coloured tiles (in ``run/cohort``, lesion masks by absolute path), its patch
+    cohort of plain coloured tiles (in ``run/cohort``; lesion masks relative to ``run``, as the
+    demo's sheet has them), its patch
     stores in ``run/results/patches/{cohort}/``, two folds in
     ``run/results/splits/{experiment}/folds.csv`` and ``run/config.yaml`` (``model`` added)."""
     import numpy as np
@@ -43,9 +44,7 @@ def _finished_run(root, run, experiment: str, cohort: str, model: dict | None = 
         run / "cohort", tiles=root / "tiles", n_patients=4, slides_per_patient=1,
         tiles_per_slide=(8, 10),
     )  # fmt: skip
-    sheet["lesion_mask"] = [
-        str(run / "cohort" / "lesion_masks" / f"{s}.png") for s in sheet.slide_id
-    ]
+    sheet["lesion_mask"] = [f"cohort/lesion_masks/{s}.png" for s in sheet.slide_id]  # relative
     sheet.to_csv(run / "sheet.csv", index=False)
     for s in sheet.slide_id:
         store = run / "results" / "patches" / cohort / f"{s}.zarr"
