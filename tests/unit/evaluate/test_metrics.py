@@ -111,6 +111,24 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data():
     )
 
 
+def test_multiclass_bootstrap_averages_the_same_classes_in_every_resample():
+    """A resample without a slide of class c averaged the AUCs of a and b only: another quantity
+    than the macro AUC it gives an interval for. Such resamples are now skipped."""
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 8 + [1] * 8 + [2] * 2)
+    probs = rng.dirichlet(np.ones(3), size=y.size)
+    probs[y == 2] = [0.05, 0.05, 0.9]  # class c: perfectly separated, AUC 1
+    ci = M.bootstrap_ci(y, probs, ["a", "b", "c"], n_boot=300, seed=1)
+    ref = []
+    for idx in M._group_resamples(y.size, None, 300, 1):
+        per = np.array(M.per_class_auc(y[idx], probs[idx]))
+        ref.append(per.mean() if np.isfinite(per).all() else np.nan)
+    ref = np.array(ref)
+    assert np.isnan(ref).any()  # some resamples lack class c
+    expected = np.percentile(ref[np.isfinite(ref)], [2.5, 97.5])
+    assert ci["auc"] == pytest.approx(tuple(expected))
+
+
 def test_fold_table_mean_and_sd_across_folds():
     rng = np.random.default_rng(2)
     classes = ["neg", "pos"]

@@ -182,7 +182,9 @@ def bootstrap_ci(
 
     Resamples ``groups`` (e.g. patients, so that slides of one patient stay together) with
     replacement; without groups, resamples rows. Resamples where a metric is undefined (e.g. one
-    class only, for the AUC) are skipped for that metric.
+    class only, for the AUC) are skipped for that metric; with more than two classes, a
+    resample's macro AUC averages the classes the whole set's does, and one without a slide of
+    such a class is skipped.
 
     Returns:
         {metric: (low, high)} for :data:`SCALAR_METRICS` and ``recall_<class>`` of every class
@@ -195,18 +197,30 @@ def bootstrap_ci(
     recalls = [f"recall_{c}" for c in classes]
     aucs = [f"auc_{c}" for c in classes] if len(classes) > 2 else []
     values: dict[str, list[float]] = {m: [] for m in (*SCALAR_METRICS, *recalls, *aucs)}
+    scored = np.isfinite(per_class_auc(y, probs)) if aucs else None  # the macro AUC's classes
     for idx in _group_resamples(y.size, groups, n_boot, seed):
         yb, pb = y[idx], pred[idx]
         cm = confusion_matrix(yb, pb, len(classes))
-        values["auc"].append(roc_auc(yb, probs[idx]))
+        per = per_class_auc(yb, probs[idx]) if aucs else []
+        values["auc"].append(  # C > 2: the macro over the same classes, else undefined
+            roc_auc(yb, probs[idx]) if not aucs else _macro(np.asarray(per), scored)
+        )
         values["balanced_accuracy"].append(balanced_accuracy(cm))
         values["macro_f1"].append(macro_f1(cm))
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
         for name, r in zip(recalls, per_class_recall(cm), strict=True):
             values[name].append(float(r))
-        for name, a in zip(aucs, per_class_auc(y[idx], probs[idx]) if aucs else [], strict=True):
+        for name, a in zip(aucs, per, strict=True):
             values[name].append(a)
     return {m: _percentile_interval(vals, level) for m, vals in values.items()}
+
+
+def _macro(per: np.ndarray, scored: np.ndarray | None) -> float:
+    """The mean of the per-class AUCs ``per`` of the classes ``scored`` (those the whole set's
+    macro AUC averages); nan when a resample lacks one of them (its macro would average other
+    classes: not the same quantity)."""
+    wanted = per[scored] if scored is not None else per
+    return float(wanted.mean()) if wanted.size and np.isfinite(wanted).all() else float("nan")
 
 
 def _group_resamples(
