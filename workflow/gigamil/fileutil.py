@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +102,25 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
     return path
 
 
+def zarr_attributes(path: str | Path) -> dict[str, Any] | None:
+    """The attributes in ``path/zarr.json`` (a zarr v3 group's), or None when ``path`` is not a
+    readable zarr group."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        attrs = json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+        return attrs if isinstance(attrs, dict) else None
+    return None
+
+
 def check_replaceable_store(
-    out: str | Path, is_kind: Callable[[Mapping[str, Any]], bool], what: str
+    out: str | Path, is_kind: Callable[[str | Path], bool], what: str
 ) -> None:
-    """Raise GigamilError unless ``out`` is absent or a zarr store (a folder with ``zarr.json``)
-    whose attributes pass ``is_kind``: writing a store replaces what is at its path, which may be
-    a store of that kind written before (re-extraction), never a file, a folder of other things
-    (e.g. a folder of stores given as the output path) or the input store."""
+    """Raise GigamilError unless ``out`` is absent or a store ``is_kind`` accepts (e.g.
+    :func:`gigamil.data.features.is_feature_store`): writing a store replaces what is at its
+    path, which may be a store of that kind written before (re-extraction), never a file, a
+    folder of other things (e.g. a folder of stores given as the output path) or the input
+    store."""
     p = Path(out)
-    if not (p.exists() or p.is_symlink()):
-        return
-    attrs: Any = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # not a readable store
-        attrs = json.loads((p / "zarr.json").read_text()).get("attributes", {})
-    if isinstance(attrs, Mapping) and is_kind(attrs):
+    if not (p.exists() or p.is_symlink()) or is_kind(p):
         return
     kind = "file" if p.is_file() else "folder" if p.is_dir() else "path"
     raise GigamilError(

@@ -23,7 +23,7 @@ from torch import nn
 from gigamil import __version__
 from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.feature_spec import RANDOM_INIT_SEED, encoder_id, encoder_spec
-from gigamil.data.features import KIND
+from gigamil.data.features import KIND, is_feature_store
 from gigamil.data.store_writer import _jsonable
 from gigamil.errors import GigamilError
 from gigamil.fileutil import check_replaceable_store, remove_stale_temporaries, temp_path
@@ -90,14 +90,12 @@ def encode_bag(
         GigamilError: the encoder gives NaN or inf, or values beyond float16's range (65504,
             which the cast would turn into inf), naming the slide's store.
     """
-    from gigamil.train.loop import ProgressLog
+    from gigamil.train.loop import ProgressCounter
 
     dtype = _amp_dtype(device) if amp else None
     out = []
     slide_id = bag.attrs.get("slide_id", bag.path.stem)
-    progress = ProgressLog(
-        f"{slide_id}: encoding", len(bag), log_every_s, unit="patches", logger=log
-    )
+    progress = ProgressCounter(f"{slide_id}: encoding", len(bag), log_every_s, "patches", log)
     for x in bag.chunks(chunk):
         ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with ctx:
@@ -116,12 +114,8 @@ def encode_bag(
                 "encoder's output is not normalised (train end to end instead of caching features)"
             )
         out.append(h32.astype(np.float16))
-        progress.update(sum(map(len, out)))  # a line at least every 30 s (it ran 8 min silent)
+        progress.update(len(h32))  # a line at least every 30 s (it ran 8 min silent)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float16)
-
-
-def _is_feature_store_attrs(attrs: Mapping[str, Any]) -> bool:
-    return attrs.get("kind") == KIND
 
 
 def write_feature_store(
@@ -133,7 +127,7 @@ def write_feature_store(
 ) -> Path:
     """Write a feature store under a temporary name and rename it into place."""
     out = Path(out)
-    check_replaceable_store(out, _is_feature_store_attrs, "feature store")
+    check_replaceable_store(out, is_feature_store, "feature store")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     tmp = temp_path(out)
@@ -224,7 +218,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
 
     torch.set_num_threads(max(1, int(threads)))
     t0 = time.perf_counter()
-    check_replaceable_store(out, _is_feature_store_attrs, "feature store")  # before the work
+    check_replaceable_store(out, is_feature_store, "feature store")  # before the work
     spec = encoder_spec(model_cfg, patch_cfg)
     cfg = ModelConfig.from_dict(model_cfg)
     bag = ZarrBag(store, prefetch=2)

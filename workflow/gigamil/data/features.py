@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,19 +34,15 @@ import zarr
 from gigamil.data.bags import ZarrBag
 from gigamil.data.store import chunk_key, damaged_store_error, read_patches
 from gigamil.errors import GigamilError
+from gigamil.fileutil import zarr_attributes
 
 KIND = "features"
 
 
 def is_feature_store(path: str | Path) -> bool:
     """Whether ``path`` is a feature store (a zarr group with ``kind: features``)."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("kind") == KIND
-    except (OSError, ValueError):
-        return False
+    attrs = zarr_attributes(path)
+    return attrs is not None and attrs.get("kind") == KIND
 
 
 class FeatureBag:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from gigamil.fileutil import (
     no_space_error,
     remove_stale_temporaries,
     temp_path,
+    zarr_attributes,
 )
 
 CODECS = ("zstd", "jpeg")
@@ -72,9 +72,13 @@ def unresampled_store_attrs(
     }
 
 
-def is_patch_store_attrs(attrs: Mapping[str, Any]) -> bool:
-    """Whether zarr attributes ``attrs`` are a patch store's (not a feature store's)."""
-    return attrs.get("kind") is None and "slide_id" in attrs and "patch_px" in attrs
+def is_patch_store(path: str | Path) -> bool:
+    """Whether ``path`` is a patch store (a zarr group with a slide_id and patch_px, not a
+    feature store's ``kind``)."""
+    attrs = zarr_attributes(path)
+    return (
+        attrs is not None and attrs.get("kind") is None and {"slide_id", "patch_px"} <= set(attrs)
+    )
 
 
 class StoreWriter:
@@ -99,7 +103,7 @@ class StoreWriter:
         if codec not in CODECS:
             raise GigamilError(f"unknown patch codec {codec!r}; choose one of {CODECS}")
         self.out = Path(out)
-        check_replaceable_store(self.out, is_patch_store_attrs, "patch store")
+        check_replaceable_store(self.out, is_patch_store, "patch store")
         self.tmp = temp_path(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out)  # ours and those of killed extractions

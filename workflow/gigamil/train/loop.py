@@ -135,12 +135,14 @@ class ProgressLog:
 
 class ProgressCounter:
     """tqdm's ``update(n)`` (n more done) and ``close()`` as :class:`ProgressLog` lines at most
-    every :data:`PROGRESS_EVERY_S` seconds, for loops that have no terminal for a progress bar
-    (a Snakemake job's log): ``what: 1200/5000 patches, 950.00 patches/s``."""
+    every ``every_s`` seconds, for loops that have no terminal for a progress bar (a Snakemake
+    job's log): ``what: 1200/5000 patches, 950.00 patches/s``."""
 
-    def __init__(self, what: str, total: int, unit: str, logger: logging.Logger) -> None:
+    def __init__(
+        self, what: str, total: int, every_s: float | None, unit: str, logger: logging.Logger
+    ) -> None:
         self.done = 0
-        self.lines = ProgressLog(what, total, PROGRESS_EVERY_S, unit=unit, logger=logger)
+        self.lines = ProgressLog(what, total, every_s, unit=unit, logger=logger)
 
     def update(self, n: int) -> None:
         self.done += n

@@ -109,10 +109,10 @@ def extract_patches(  # noqa: PLR0913 - to group with the typed PatchConfig of i
     case ``mask_params`` defaults to those parameters. ``progress``: a progress bar on a
     terminal; without one (or with False) a log line at most every 30 s.
     """
-    from gigamil.data.store_writer import is_patch_store_attrs
+    from gigamil.data.store_writer import is_patch_store
     from gigamil.fileutil import check_replaceable_store
 
-    check_replaceable_store(out, is_patch_store_attrs, "patch store")  # before any work
+    check_replaceable_store(out, is_patch_store, "patch store")  # before any work
     t0 = time.perf_counter()
     threads = max(1, int(threads))
     reader, factory, own, src = _open_reader(slide, slide_mpp, cache_mb)
@@ -268,7 +268,7 @@ def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
     from tqdm import tqdm
 
     from gigamil.data.store_writer import StoreWriter
-    from gigamil.train.loop import ProgressCounter
+    from gigamil.train import loop
 
     with StoreWriter(
         out,
@@ -282,7 +282,9 @@ def _write_store(  # noqa: PLR0913 - the store, the plan and how to run it
         bar: Any = (
             tqdm(total=plan.n, unit="patch", desc=attrs["slide_id"], leave=False)
             if progress and sys.stderr.isatty()
-            else ProgressCounter(f"{attrs['slide_id']}: extracting", plan.n, "patches", log)
+            else loop.ProgressCounter(
+                f"{attrs['slide_id']}: extracting", plan.n, loop.PROGRESS_EVERY_S, "patches", log
+            )
         )
         units = plan_units(plan, writer.chunk, params.block_px)
         stain = params.stain_normalization
