@@ -84,11 +84,11 @@ def run(args: argparse.Namespace) -> int:
     check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
     if args.lesion_mask and not Path(args.lesion_mask).is_file():
         raise GigamilError(f"--lesion-mask: {args.lesion_mask} not found")
+    attrs = read_store_geometry(args.store)[2] if args.tissue_mask or args.predictions else {}
     if args.tissue_mask:
-        _check_tissue_mask(args.tissue_mask, args.store)
+        _check_tissue_mask(args.tissue_mask, attrs)
     prediction = None
     if args.predictions:
-        _, _, attrs = read_store_geometry(args.store)
         slide_id = args.slide_id or str(attrs.get("slide_id", Path(args.store).stem))
         try:
             prediction = read_slide_prediction(args.predictions, slide_id)
@@ -123,21 +123,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_tissue_mask(path: str, store: str) -> None:
+def _check_tissue_mask(path: str, attrs: dict) -> None:
     """GigamilError when ``--tissue-mask`` is missing (it was ignored: no clipping, no outline)
-    or cannot be the mask of the slide ``store`` was cut from (its size, from the PNG header,
-    against the store's ``slide_dimensions`` and ``slide_mpp_xy``, as ``gigamil patches --mask``
-    checks it)."""
+    or cannot be the mask of the slide the store of ``attrs`` was cut from (its size, from the
+    PNG header, against the store's ``slide_dimensions`` and ``slide_mpp_xy``, as ``gigamil
+    patches --mask`` checks it)."""
     from pathlib import Path
 
     from gigamil.errors import GigamilError
     from gigamil.evaluate.lesion_mask import image_size
-    from gigamil.evaluate.localization import read_store_geometry
     from gigamil.wsi.patching import mask_shape_problem
 
     if not Path(path).is_file():
         raise GigamilError(f"--tissue-mask: {path} not found")
-    _, _, attrs = read_store_geometry(store)
     dims, mpp = attrs.get("slide_dimensions"), attrs.get("slide_mpp")
     mpp_xy = attrs.get("slide_mpp_xy") or (mpp and [mpp, mpp])
     if dims and mpp_xy:
