@@ -87,14 +87,10 @@ def _record_lines(path: Path) -> list[int] | None:
     return starts[1:]  # the first record is the header
 
 
-def _separator_hint(path: Path) -> str:
-    """Why a sheet whose header has no comma but semicolons or tabs does not parse (a European
-    spreadsheet's export: ';' between cells, decimal commas that then split a row); else ""."""
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace") as handle:
-            header = handle.readline()
-    except OSError:
-        return ""
+def _separator_hint(header: str) -> str:
+    """Why a sheet with the ``header`` line (no comma, but semicolons or tabs) lacks its
+    columns or does not parse (a European spreadsheet's export: ';' between cells, decimal
+    commas that then split a row); else ""."""
     name = next((n for sep, n in (("\t", "tabs"), (";", "';'")) if sep in header), "")
     if not name or "," in header:
         return ""
@@ -102,6 +98,14 @@ def _separator_hint(path: Path) -> str:
         f"; its header is separated by {name}: save the sheet as comma-separated CSV, with "
         "numbers written with a decimal point (mpp 0.25, not 0,25)"
     )
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as handle:
+            return handle.readline()
+    except OSError:
+        return ""
 
 
 def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
@@ -113,12 +117,12 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         df = read_sheet_frame(path)
     except csv_read_errors() as exc:
         raise ConfigError(
-            f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}{_separator_hint(path)}"
+            f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}"
+            f"{_separator_hint(_first_line(path))}"
         ) from exc
     df.columns = [c.strip() for c in df.columns]
     renames = _misspelt_columns(list(df.columns), path)  # {column as written: as gigamil reads it}
-    header = str(df.columns[0]) if len(df.columns) == 1 else ""
-    separator = next((name for sep, name in (("\t", "tabs"), (";", "';'")) if sep in header), "")
+    separator = _separator_hint(str(df.columns[0])) if len(df.columns) == 1 else ""
     needed = [c for c in SHEET_COLUMNS if labels_required or c != "label"]
     if not labels_required and "label" not in df.columns and "label" not in renames.values():
         df.insert(min(2, len(df.columns)), "label", "")
@@ -132,12 +136,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
             f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
             + ("" if separator else f"; its columns: {', '.join(map(str, df.columns))}")
             + (f"; did you mean {', '.join(hints)}?" if hints else "")
-            + (
-                f"; its header is separated by {separator}: save the sheet as comma-separated "
-                "CSV, with numbers written with a decimal point (mpp 0.25, not 0,25)"
-                if separator
-                else ""
-            )
+            + separator
         )
     raise_problems(path, problems, "problems with the header")  # the header in one round
     if df.empty:
