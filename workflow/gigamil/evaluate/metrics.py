@@ -45,10 +45,14 @@ def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
         raise GigamilError(f"probabilities of shape {probs.shape} do not match {y.shape[0]} labels")
     if probs.shape[1] == 2:
         return binary_auc(y == 1, probs[:, 1])
-    present = [c for c in range(probs.shape[1]) if 0 < (y == c).sum() < y.size]
-    if len(present) < 2:
-        return float("nan")
-    return float(np.mean([binary_auc(y == c, probs[:, c]) for c in present]))
+    return macro_auc(per_class_auc(y, probs))
+
+
+def macro_auc(per_class: Sequence[float]) -> float:
+    """The mean of the finite one-vs-rest AUCs ``per_class`` (:func:`per_class_auc`): the
+    classes present; nan with fewer than two."""
+    finite = [a for a in per_class if np.isfinite(a)]
+    return float(np.mean(finite)) if len(finite) >= 2 else float("nan")
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,17 +146,18 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(y, pred, len(classes))
     recall = per_class_recall(cm)
+    per = per_class_auc(y, probs) if len(classes) > 2 else None  # the macro AUC's parts
     out = {
         "n": int(y.size),
-        "auc": roc_auc(y, probs),
+        "auc": roc_auc(y, probs) if per is None else macro_auc(per),
         "balanced_accuracy": balanced_accuracy(cm),
         "macro_f1": macro_f1(cm),
         "accuracy": float((pred == y).mean()) if y.size else float("nan"),
     }
     for c, name in enumerate(classes):
         out[f"recall_{name}"] = float(recall[c])
-    if len(classes) > 2:  # the macro AUC's parts: each class against the rest
-        for name, auc in zip(classes, per_class_auc(y, probs), strict=True):
+    if per is not None:  # each class against the rest
+        for name, auc in zip(classes, per, strict=True):
             out[f"auc_{name}"] = auc
     out["confusion"] = cm.tolist()
     return out
@@ -215,11 +220,11 @@ def bootstrap_ci(
     return {m: _percentile_interval(vals, level) for m, vals in values.items()}
 
 
-def _macro(per: np.ndarray, scored: np.ndarray | None) -> float:
+def _macro(per: np.ndarray, scored: np.ndarray) -> float:
     """The mean of the per-class AUCs ``per`` of the classes ``scored`` (those the whole set's
     macro AUC averages); nan when a resample lacks one of them (its macro would average other
     classes: not the same quantity)."""
-    wanted = per[scored] if scored is not None else per
+    wanted = per[scored]
     return float(wanted.mean()) if wanted.size and np.isfinite(wanted).all() else float("nan")
 
 
