@@ -30,8 +30,7 @@ ROLE_PREDICT = "predict"  # cohorts only predicted, labels optional, no metrics
 
 def load_schema(name: str) -> dict[str, Any]:
     """Load ``workflow/schemas/{name}.schema.yaml``."""
-    with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
-        return yaml.safe_load(fh)
+    return yaml.safe_load((SCHEMA_DIR / f"{name}.schema.yaml").read_text(encoding="utf-8"))
 
 
 _SLIDE_ID_PATTERN = load_schema("sheet")["properties"]["slide_id"]["pattern"]
@@ -280,8 +279,8 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
     training = config["training"]
     epochs, min_epochs = training["epochs"], training["early_stopping"]["min_epochs"]
     out = [
-        f"cohorts.{name}.allow_patient_overlap applies to external cohorts only; cohort {name} "
-        "has role train (its patients are split by the folds), so it has no effect"
+        f"cohorts.{name}.allow_patient_overlap applies to external cohorts only; cohort {name} has "
+        "role train (its patients are split by the folds), so it has no effect"
         for name, cohort in config["cohorts"].items()
         if cohort.get("role") == "train" and cohort.get("allow_patient_overlap")
     ]
@@ -293,13 +292,14 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
             "min_epochs to let it choose an epoch"
         )
     out += _foundation_warnings(config["model"])
-    median_px = config["preprocessing"]["tissue"]["median_px"]
-    if median_px % 2 == 0:
-        out.append(
-            f"preprocessing.tissue.median_px {median_px} is even; a median blur needs an odd "
-            f"kernel, so {median_px + 1} is used (write {median_px + 1} or {median_px - 1 or 1})"
-        )
+    if (k := config["preprocessing"]["tissue"]["median_px"]) % 2 == 0:
+        out.append(even_median_message("preprocessing.tissue.median_px", k))
     return out
+
+
+def even_median_message(name: str, k: int) -> str:
+    """The warning for an even median kernel ``k`` given as ``name`` (the next odd one is used)."""
+    return f"{name} {k} is even; a median blur needs an odd kernel, so {k + 1} is used (write {k + 1} or {k - 1 or 1})"
 
 
 def _foundation_warnings(model: Mapping[str, Any]) -> list[str]:

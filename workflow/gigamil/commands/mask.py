@@ -78,14 +78,11 @@ def threshold_arg(value: str) -> str | float:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from gigamil.config import even_median_message
     from gigamil.wsi.tissue import TissueParams, make_mask
 
     if args.median_px % 2 == 0:  # as config.yaml's preprocessing.tissue.median_px warns
-        logging.getLogger("gigamil").warning(
-            "--median-px %d is even; a median blur needs an odd kernel, so %d is used",
-            args.median_px,
-            args.median_px + 1,
-        )
+        logging.getLogger("gigamil").warning(even_median_message("--median-px", args.median_px))
     params = TissueParams(
         mask_mpp=args.mask_mpp,
         threshold=threshold_arg(args.threshold),
