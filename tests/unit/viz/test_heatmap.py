@@ -475,3 +475,37 @@ def _longest_run(row: np.ndarray) -> int:
         cur = cur + 1 if v else 0
         best = max(best, cur)
     return best
+
+
+def test_a_tall_slide_keeps_its_bottom_patch_on_the_bottom_rows(write_store, tmp_path, monkeypatch):
+    """A thumbnail rounds its width and height separately: on a slide 104 x 38,424 px (800 px
+    high, 2 px wide) one scale from the width (0.0192 px/px instead of 0.0208) would put the
+    bottom patch 60 rows above the bottom. The canvas uses a scale per axis."""
+    from gigamil.viz import heatmap
+
+    n = 600  # one column of 64-px patches
+    grid = np.stack([np.arange(n), np.zeros(n, np.int64)], axis=1)
+    store = write_store(
+        tmp_path / "tall.zarr",
+        np.full((n, 8, 8, 3), 120, np.uint8),
+        grid,
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[104, n * 64 + 24],
+        slide_mpp=0.5,
+    )
+    canvases, paint = [], heatmap.attention_canvas
+
+    def keep(*args):
+        canvases.append(paint(*args))
+        return canvases[-1]
+
+    monkeypatch.setattr(heatmap, "attention_canvas", keep)
+    att = np.zeros(n, np.float32)
+    att[-1] = 1.0  # the bottom patch
+    make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(thumb_px=800, normalize="minmax"))
+    (canvas,) = canvases
+    assert canvas.shape == (800, 2)
+    hot = np.nonzero(np.nan_to_num(canvas[:, 0]) == 1.0)[0]
+    assert hot.min() >= 797 and hot.max() == 799  # 38,336-38,400 px * 800 / 38,424
+    assert np.isfinite(canvas[:, 0]).all()  # every row under a patch, down to the last

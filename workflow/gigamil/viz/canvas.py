@@ -20,7 +20,7 @@ def attention_canvas(
     coords: np.ndarray,
     patch_size_level0: float | tuple[float, float],
     values: np.ndarray,
-    scale: float,
+    scale: float | tuple[float, float],
     shape: tuple[int, int],
 ) -> np.ndarray:
     """Paint per-patch values on a thumbnail-sized canvas.
@@ -30,7 +30,8 @@ def attention_canvas(
         patch_size_level0: patch side in level-0 pixels, or (width, height) (pixels that are
             not square: :func:`gigamil.data.store.patch_size_xy`).
         values: (N,) value per patch.
-        scale: thumbnail pixels per level-0 pixel.
+        scale: thumbnail pixels per level-0 pixel, or (across, down): a thumbnail's width and
+            height are rounded separately, so a tall slide's rows need their own scale.
         shape: (H, W) of the canvas.
 
     Returns:
@@ -44,10 +45,11 @@ def attention_canvas(
     from gigamil.data.store import patch_sides
 
     sw, sh = (s + (0.0 if s.is_integer() else 1.0) for s in patch_sides(patch_size_level0))
-    x0 = np.round(coords[:, 0] * scale).astype(np.int64)
-    y0 = np.round(coords[:, 1] * scale).astype(np.int64)
-    x1 = np.maximum(np.round((coords[:, 0] + sw) * scale).astype(np.int64), x0 + 1)
-    y1 = np.maximum(np.round((coords[:, 1] + sh) * scale).astype(np.int64), y0 + 1)
+    kx, ky = (scale, scale) if np.isscalar(scale) else scale
+    x0 = np.round(coords[:, 0] * kx).astype(np.int64)
+    y0 = np.round(coords[:, 1] * ky).astype(np.int64)
+    x1 = np.maximum(np.round((coords[:, 0] + sw) * kx).astype(np.int64), x0 + 1)
+    y1 = np.maximum(np.round((coords[:, 1] + sh) * ky).astype(np.int64), y0 + 1)
     x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     # 2-D difference arrays: each patch adds its value to a rectangle in O(1).

@@ -285,14 +285,15 @@ def _write_overlay(
     """Write overlay.png, clipped to the tissue mask, with the lesion mask outlined (``masks``:
     their PNGs or None) and the ``top`` patches boxed and numbered as in the gallery; returns
     the tissue mask (bool (H, W)), or None."""
-    scale_xy = thumb.shape[1] / slide.dims[0]
-    canvas = attention_canvas(slide.coords, slide.psize, scale.values, scale_xy, thumb.shape[:2])
+    # thumbnail px per level-0 px, across and down (the thumbnail rounds its sides separately)
+    kx, ky = thumb.shape[1] / slide.dims[0], thumb.shape[0] / slide.dims[1]
+    canvas = attention_canvas(slide.coords, slide.psize, scale.values, (kx, ky), thumb.shape[:2])
     tissue, lesion = (load_tissue_mask(m) for m in masks)
-    side = sum(slide.psize) / 2 * scale_xy  # the boxes are square (at least 12 px)
+    side = sum(slide.psize) / 2 * kx  # the boxes are square (at least 12 px)
     marks = [
         (
-            float(slide.coords[i, 0]) * scale_xy,
-            float(slide.coords[i, 1]) * scale_xy,
+            float(slide.coords[i, 0]) * kx,
+            float(slide.coords[i, 1]) * ky,
             side,
             f"#{r + 1}",
         )
@@ -309,7 +310,7 @@ def _write_overlay(
         scale=scale,
         lesion=lesion,
         marks=marks,
-        mpp=_thumbnail_mpp(slide.attrs, scale_xy),
+        mpp=_thumbnail_mpp(slide.attrs, kx),
     )
     return tissue
 
