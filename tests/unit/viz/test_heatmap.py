@@ -509,3 +509,24 @@ def test_a_tall_slide_keeps_its_bottom_patch_on_the_bottom_rows(write_store, tmp
     hot = np.nonzero(np.nan_to_num(canvas[:, 0]) == 1.0)[0]
     assert hot.min() >= 797 and hot.max() == 799  # 38,336-38,400 px * 800 / 38,424
     assert np.isfinite(canvas[:, 0]).all()  # every row under a patch, down to the last
+
+
+def test_a_slide_with_patches_but_no_probability_is_drawn_relative(grid_slide, tmp_path, caplog):
+    """A NaN probability means "no patches"; for a slide that has patches (predictions older
+    than its store) the probability scale would paint every patch 0 (confidently normal): the
+    relative scale is drawn instead, with a warning."""
+    store = tmp_path / "s9.zarr"
+    coords, _ = grid_slide.write(store)
+    att = np.full(len(coords), 0.2 / (len(coords) - 1), np.float32)
+    att[19] = 0.8
+    with caplog.at_level(logging.WARNING):
+        out = make_heatmap(
+            store,
+            att,
+            tmp_path / "hm",
+            style=HeatmapStyle(thumb_px=128),
+            prediction=_prediction("s9", float("nan"), "lesion"),
+        )
+    assert out["scale"] == "relative"
+    assert out["values"].max() > 0.5
+    assert "its predicted probability is nan" in caplog.text

@@ -232,17 +232,20 @@ def _colour_scale(
     slide: _Slide, style: HeatmapStyle, prediction: SlidePrediction | None
 ) -> tuple[str, ColourScale]:
     """The scale's name and the colour scale of ``style.normalize``; ``probability`` without a
-    prediction falls back to ``relative`` (with a warning)."""
+    prediction, or with a probability that is not finite for a slide that has patches (e.g.
+    predictions older than its store), falls back to ``relative`` (with a warning)."""
     method = style.normalize
-    if method == "probability" and prediction is None:
+    prob = prediction.probability if prediction is not None else None
+    no_prob = prob is None or (len(slide.attention) > 0 and not np.isfinite(prob))
+    if method == "probability" and no_prob:
         log.warning(
-            "%s: no prediction given, so the probability colour scale cannot be drawn; "
-            "using relative (attention × N)",
+            "%s: %s, so the probability colour scale cannot be drawn; using relative "
+            "(attention × N)",
             slide.slide_id,
+            "no prediction given" if prob is None else f"its predicted probability is {prob}",
         )
         method = "relative"
-    prob = prediction.probability if prediction is not None else None
-    if method == "probability" and prob is not None and not np.isfinite(prob):
+    if method == "probability" and not np.isfinite(prob):
         prob = 0.0  # no patches: nothing is drawn
     scale = scale_attention(
         slide.attention,
