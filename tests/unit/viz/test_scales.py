@@ -19,6 +19,15 @@ def test_normalizations():
     for mode in ("minmax", "percentile", "rank"):  # a constant slide (e.g. one patch): mid-scale
         np.testing.assert_allclose(normalize_attention(np.ones(3), mode), 0.5)
         np.testing.assert_allclose(normalize_attention([0.3], mode), 0.5)
+    # uniform float32 attention with rounding noise (one ulp here and there) is flat too, not
+    # stretched to the whole colour bar; a real 1e-4 relative difference is not flat
+    noisy = np.full(200, 1 / 200, np.float32)
+    noisy[::7] = np.nextafter(noisy[0], np.float32(1))
+    real = noisy.astype(np.float64)
+    real[:20] *= 1 + 1e-4
+    for mode in ("minmax", "percentile", "rank"):
+        np.testing.assert_allclose(normalize_attention(noisy, mode), 0.5)
+        assert np.ptp(normalize_attention(real, mode)) > 0.5
     with pytest.raises(GigamilError, match="heatmaps.normalize"):
         normalize_attention(att, "zscore")
 

@@ -16,13 +16,16 @@ PER_SLIDE = ("rank", "percentile", "minmax")
 SCALES = ("probability", "relative", *PER_SLIDE)
 DEFAULT_SCALE = "probability"
 RELATIVE_RANGE = (0.01, 100.0)  # the relative scale's colour bar: N x attention, log10
+FLAT = 1e-6  # relative spread below which a slide's attention counts as constant (float32)
 
 
 def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     """Scale attention (N,) to [0, 1] per slide.
 
     ``rank``: rank / N (ties share their mean rank); ``percentile``: clip to the 1st-99th
-    percentiles, then min-max; ``minmax``: min-max. A constant array maps to 0.5.
+    percentiles, then min-max; ``minmax``: min-max. A constant array maps to 0.5, and so does
+    one whose spread is below ``FLAT`` of its largest magnitude: attention is computed in
+    float32 (about 1e-7 relative precision), so such a spread is rounding, not a pattern.
     """
     att = np.asarray(att, dtype=np.float64)
     if method not in PER_SLIDE:
@@ -33,14 +36,14 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     if method == "rank":
         from scipy.stats import rankdata  # here: scipy.stats takes about 1 s to import
 
-        if np.ptp(att) <= 1e-12 * max(float(np.abs(att).max()), 1.0):
+        if np.ptp(att) <= FLAT * float(np.abs(att).max()):
             return np.full(att.shape, 0.5)  # as the other modes: no patch is above another
         return rankdata(att) / att.size
     if method == "percentile":
         lo, hi = np.percentile(att, [1.0, 99.0])
         att = np.clip(att, lo, hi)
     lo, hi = float(att.min()), float(att.max())
-    if hi - lo <= 1e-12 * max(abs(hi), 1.0):
+    if hi - lo <= FLAT * max(abs(hi), abs(lo)):
         return np.full(att.shape, 0.5)
     return (att - lo) / (hi - lo)
 
