@@ -49,3 +49,34 @@ def test_a_narrow_gallery_wraps_its_title_instead_of_cutting_it(tmp_path):
     assert (band[:, :3] > 250).all() and (band[:, -3:] > 250).all()  # no text at the edges
     assert (band < 128).any()  # the title is there
     assert Image.open(png).info["Title"] == title  # the metadata keeps it unwrapped
+
+
+def test_overlay_title_and_key_wrap_to_a_narrow_figure(tmp_path):
+    """A portrait slide's overlay is a narrow figure: its long title (a multi-class prediction)
+    and key line are wrapped onto more lines, not cut off at the figure's edges; the key names
+    what the boxes' weights are."""
+    from PIL import Image
+
+    from gigamil.viz.figures import render_overlay
+
+    thumb = np.full((300, 120, 3), 200, np.uint8)
+    canvas = np.full((300, 120), np.nan, np.float32)
+    title = "ext / slide_0001\n" + "true: lesion · predicted: lesion, P(lesion) = 0.73, " * 3
+    lesion = np.zeros((30, 12), bool)
+    lesion[5:10, 3:6] = True
+    marks = [(10.0 * i, 10.0 * i, 8.0, f"#{i + 1}") for i in range(8)]
+    path = tmp_path / "o.png"
+    render_overlay(
+        thumb, canvas, path, title, lesion=lesion, marks=marks, weight="patch probability"
+    )
+    img = np.asarray(Image.open(path).convert("L")).astype(int)
+    dark = img < 100
+    assert not dark[:, :2].any() and not dark[:, -2:].any()  # no text runs off either edge
+    short = tmp_path / "s.png"
+    render_overlay(thumb, canvas, short, "s", lesion=lesion, marks=marks)
+    assert img.shape[0] >= np.asarray(Image.open(short)).shape[0] + 2 * 16  # more lines
+    from gigamil.viz.figures import _keys
+
+    assert (
+        "the 8 patches of highest patch probability" in _keys(None, marks, "patch probability")[0]
+    )

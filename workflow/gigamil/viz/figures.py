@@ -54,6 +54,7 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     lesion: np.ndarray | None = None,
     marks: Sequence[tuple[float, float, float, str]] = (),
     mpp: float | None = None,
+    weight: str = "attention",
 ) -> None:
     """Save the thumbnail with the coloured canvas on top (NaN = transparent), 1:1 in pixels,
     the title above and a colour bar on the right labelled with what the colour means
@@ -63,7 +64,9 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     number, ``(x, y, side, text)`` in image pixels (top-left corner; boxes of at least
     :data:`MIN_MARK_PX`, so a patch of a few thumbnail pixels is still found), named in the
     same line, which also says that tissue without colour had no patch. ``mpp``: µm per pixel of
-    ``thumb``, for a scale bar at the lower left (None: no bar)."""
+    ``thumb``, for a scale bar at the lower left (None: no bar). ``weight``: what the per-patch
+    weights are (:func:`gigamil.viz.heatmap.weight_name`), for the boxes' key. The title and
+    the key line are wrapped to the figure's width (a portrait slide's figure is narrow)."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -72,16 +75,19 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
     h, w = image.shape[:2]
     bar_px = 130  # colour bar, its ticks and its two-line label
     fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
-    top = _title_px(title)
-    bar_h = SCALE_BAR_PX if mpp else 0  # the scale bar's band under the image
-    fig_h = h + top + bar_h + 20  # and the key line below it
-    fig = _figure(fig_w, fig_h)
+    shown = "\n".join(_wrap(line, max(24, (fig_w - 10) // 7)) for line in title.split("\n"))
+    top = _title_px(shown)
     left = max(10, (fig_w - bar_px - w) // 2)
+    # about 6 px a character at 8.5 pt, from the image's left edge to the figure's right
+    key = _wrap(" · ".join(_keys(lesion, marks, weight)), max(24, (fig_w - left - 10) // 6))
+    bar_h = SCALE_BAR_PX if mpp else 0  # the scale bar's band under the image
+    fig_h = h + top + bar_h + 6 + 14 * (key.count("\n") + 1)  # and the key's lines below it
+    fig = _figure(fig_w, fig_h)
     ax = _pixel_axes(fig, left, top, w, h, fig_w, fig_h)
     ax.imshow(image, interpolation="nearest")
-    keys = _draw_marks(ax, (h, w), lesion, marks, mpp)
-    fig.text(left / fig_w, 2 / fig_h, " · ".join(keys), fontsize=8.5, va="bottom")
-    fig.text(0.5, 1.0 - 4 / fig_h, title, ha="center", va="top", fontsize=9)
+    _draw_marks(ax, (h, w), lesion, marks, mpp)
+    fig.text(left / fig_w, 2 / fig_h, key, fontsize=8.5, va="bottom")
+    fig.text(0.5, 1.0 - 4 / fig_h, shown, ha="center", va="top", fontsize=9)
     cax = fig.add_axes(
         ((fig_w - bar_px + 4) / fig_w, 1.0 - (top + h) / fig_h, 14 / fig_w, h / fig_h)
     )
@@ -101,21 +107,28 @@ def _draw_marks(
     lesion: np.ndarray | None,
     marks: Sequence[tuple[float, float, float, str]],
     mpp: float | None,
-) -> list[str]:
+) -> None:
     """Draw the lesion outline, the marked patches and the scale bar on the axes of the image
-    of ``shape`` (H, W) px; returns the key line's parts."""
+    of ``shape`` (H, W) px."""
     h, w = shape
-    keys = []
     if lesion is not None and lesion.any():
         _outline(ax, _resize_mask(lesion, (h, w)))
-        keys.append("white outline: lesion mask")
     if marks:
         _mark_patches(ax, marks)
-        keys.append(
-            f"magenta boxes: the {len(marks)} highest-attention patches (#1..., as in the gallery)"
-        )
     if mpp:
         _scale_bar(ax, mpp, w)
+
+
+def _keys(
+    lesion: np.ndarray | None, marks: Sequence[tuple[float, float, float, str]], weight: str
+) -> list[str]:
+    """The parts of the overlay's key line: what the outline and the boxes mark."""
+    keys = ["white outline: lesion mask"] if lesion is not None and lesion.any() else []
+    if marks:
+        n = len(marks)
+        keys.append(
+            f"magenta boxes: the {n} patches of highest {weight} (#1..., as in the gallery)"
+        )
     return [*keys, "no colour: no patch"]
 
 

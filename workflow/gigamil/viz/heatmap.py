@@ -314,6 +314,7 @@ def _write_overlay(
         lesion=lesion,
         marks=marks,
         mpp=_thumbnail_mpp(slide.attrs, kx),
+        weight=style.weight,
     )
     return tissue
 
