@@ -289,3 +289,35 @@ def test_a_folder_inside_a_class_folder_is_an_error(tmp_path):
     (folder / "1" / "batchA").mkdir()
     with pytest.raises(GigamilError, match=r"1/batchA/ are folders; tiles are read from directly"):
         tile_pool.read_tile_pool(folder)
+
+
+def _zip_folder(folder: Path, path: Path, prefix: str = "", extra: dict | None = None) -> Path:
+    """``folder`` zipped as ``prefix``0/..., ``prefix``1/... (with folder entries, as zip tools
+    write them), plus ``extra`` {name: bytes}."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for p in sorted(folder.rglob("*")):
+            rel = prefix + p.relative_to(folder).as_posix()
+            zf.writestr(rel + "/", b"") if p.is_dir() else zf.writestr(rel, p.read_bytes())
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_zip_is_read_as_its_folder_would_be(tmp_path, caplog):
+    """A zip gets the folder's rules: hidden files ignored (a Finder zip holds 0/.DS_Store and
+    __MACOSX/), other files skipped with a warning, a folder inside 0/ or 1/ an error; 0/ and 1/
+    may sit in one top folder (a zipped tile folder)."""
+    folder = _tile_folder(tmp_path / "tiles", n_normal=3, n_tumour=2)
+    junk = {"0/.DS_Store": b"\0", "1/README.txt": b"notes", "__MACOSX/0/._x.jpg": b"\0"}
+    flat = _zip_folder(folder, tmp_path / "flat.zip", extra=junk)
+    with caplog.at_level("WARNING", logger="gigamil.tile_pool"):
+        pool = tile_pool.read_tile_pool(flat)
+    assert sorted(t.file for t in pool) == sorted(t.file for t in tile_pool.read_tile_pool(folder))
+    assert "skipped 1 file(s)" in caplog.text and "1/README.txt" in caplog.text
+    assert ".DS_Store" not in caplog.text
+    extra = {f"tiles/{k}": v for k, v in junk.items() if not k.startswith("__")}
+    nested = _zip_folder(folder, tmp_path / "nested.zip", prefix="tiles/", extra=extra)
+    assert [t.sha256 for t in tile_pool.read_tile_pool(nested)] == [t.sha256 for t in pool]
+    batch = _zip_folder(folder, tmp_path / "batch.zip", extra={"1/batchA/p.jpg": b"x"})
+    with pytest.raises(GigamilError, match=r"1/batchA/ are folders; tiles are read from directly"):
+        tile_pool.read_tile_pool(batch)

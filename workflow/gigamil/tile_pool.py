@@ -50,47 +50,27 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
     """All tiles of a labelled tile folder (``0/*.jpg|png|...``, ``1/*``, see
     :data:`TILE_SUFFIXES`) or zip, sorted by file.
 
-    ``source`` None = the packaged subset. Other files in ``0/`` and ``1/`` (a README, a
-    ``.DS_Store``) are skipped, with a warning that names them unless they are hidden files.
-    Raises GigamilError for a source that is neither, one without tiles, or a folder inside
-    ``0/`` or ``1/`` (hidden ones aside: their tiles would be left out).
+    ``source`` None = the packaged subset. A zip may hold ``0/`` and ``1/`` at its top or in one
+    folder (a zipped tile folder). Other files in ``0/`` and ``1/`` (a README, a ``.DS_Store``)
+    are skipped, with a warning that names them unless they are hidden files. Raises
+    GigamilError for a source that is neither, one without tiles, or a folder inside ``0/`` or
+    ``1/`` (hidden ones aside: their tiles would be left out).
     """
     source = packaged_tiles_path() if source is None else Path(source)
-    items: list[tuple[str, bytes]] = []
     if source.is_file() and zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as zf:
-            for name in zf.namelist():
-                if name.split("/")[0] in CLASS_DIRS and not name.endswith("/"):
-                    items.append((name, zf.read(name)))
+            entries = {n: n for n in zf.namelist()}
+            root = _zip_root(entries)
+            entries = {n[len(root) :]: n for n in entries if n.startswith(root)}
+            names = _tile_names(source, list(entries))
+            items = [(name, zf.read(entries[name])) for name in names]
     elif source.is_dir():
-        skipped = []
-        listing = {d: sorted((source / d).glob("*")) for d in CLASS_DIRS}
-        nested = [
-            f"{d}/{p.name}/"
-            for d, paths in listing.items()
-            for p in paths
-            if p.is_dir() and not p.name.startswith(".")
+        files = [  # folders end with "/", as in a zip
+            f"{d}/{p.relative_to(source / d).as_posix()}{'/' if p.is_dir() else ''}"
+            for d in CLASS_DIRS
+            for p in sorted((source / d).rglob("*"))
         ]
-        if nested:  # e.g. a folder per batch: its tiles would be left out without a word
-            raise GigamilError(
-                f"tile source {source}: {', '.join(nested[:3])}"
-                f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
-                "tiles are read from directly inside 0/ and 1/ only: move them up"
-            )
-        for d, paths in listing.items():
-            for p in paths:
-                if p.is_file() and p.suffix.lower() in TILE_SUFFIXES:
-                    items.append((f"{d}/{p.name}", p.read_bytes()))
-                elif p.is_file() and not p.name.startswith("."):
-                    skipped.append(f"{d}/{p.name}")
-        if skipped:
-            log.warning(
-                "tile source %s: skipped %d file(s) that are not %s tiles, e.g. %s",
-                source,
-                len(skipped),
-                "/".join(x.lstrip(".") for x in TILE_SUFFIXES),
-                ", ".join(skipped[:3]),
-            )
+        items = [(name, (source / name).read_bytes()) for name in _tile_names(source, files)]
     else:
         raise GigamilError(f"tile source {source}: not a folder with 0/ and 1/ or a zip of them")
     tiles = [
@@ -99,6 +79,55 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
     ]
     if not tiles:
         raise GigamilError(f"tile source {source}: no tiles in 0/ or 1/")
+    return tiles
+
+
+def _zip_root(names: Collection[str]) -> str:
+    """The folder (``""`` or ``"name/"``) of a zip's entries that holds ``0/`` or ``1/``: its top,
+    else the one top folder that does (macOS's ``__MACOSX/`` aside)."""
+    if any(n.split("/")[0] in CLASS_DIRS for n in names):
+        return ""
+    tops = {
+        n.split("/")[0] + "/"
+        for n in names
+        if n.count("/") >= 2 and n.split("/")[1] in CLASS_DIRS and not n.startswith("__MACOSX/")
+    }
+    return tops.pop() if len(tops) == 1 else ""
+
+
+def _tile_names(source: Path, files: Collection[str]) -> list[str]:
+    """The tiles among ``files`` (paths ``<class dir>/...`` relative to the source, folders
+    ending with ``/``): files directly in ``0/`` or ``1/`` with a :data:`TILE_SUFFIXES` suffix.
+    Hidden files and folders are ignored, other files skipped with a warning; a folder inside a
+    class folder is a GigamilError (e.g. a folder per batch: its tiles would be left out)."""
+    tiles, skipped, nested = [], [], set()
+    for name in files:
+        parts = name.rstrip("/").split("/")
+        if parts[0] not in CLASS_DIRS or any(p.startswith(".") for p in parts[1:]):
+            continue
+        if len(parts) > 2 or (len(parts) == 2 and name.endswith("/")):
+            nested.add(f"{parts[0]}/{parts[1]}/")
+        elif len(parts) == 1:
+            continue  # the class folder itself
+        elif Path(name).suffix.lower() in TILE_SUFFIXES:
+            tiles.append(name)
+        else:
+            skipped.append(name)
+    if nested:
+        nested_list = sorted(nested)
+        raise GigamilError(
+            f"tile source {source}: {', '.join(nested_list[:3])}"
+            f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
+            "tiles are read from directly inside 0/ and 1/ only: move them up"
+        )
+    if skipped:
+        log.warning(
+            "tile source %s: skipped %d file(s) that are not %s tiles, e.g. %s",
+            source,
+            len(skipped),
+            "/".join(x.lstrip(".") for x in TILE_SUFFIXES),
+            ", ".join(sorted(skipped)[:3]),
+        )
     return tiles
 
 

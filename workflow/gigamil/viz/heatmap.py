@@ -238,12 +238,10 @@ def _colour_scale(
     prob = prediction.probability if prediction is not None else None
     no_prob = prob is None or (len(slide.attention) > 0 and not np.isfinite(prob))
     if method == "probability" and no_prob:
-        log.warning(
-            "%s: %s, so the probability colour scale cannot be drawn; using relative "
-            "(attention × N)",
-            slide.slide_id,
-            "no prediction given" if prob is None else f"its predicted probability is {prob}",
-        )
+        why = "no prediction given" if prob is None else f"its predicted probability is {prob}"
+        msg = "%s: %s, so the probability colour scale cannot be drawn; using relative"
+        msg += " (attention × N)"
+        log.warning(msg, slide.slide_id, why)
         method = "relative"
     if method == "probability" and not np.isfinite(prob):
         prob = 0.0  # no patches: nothing is drawn
