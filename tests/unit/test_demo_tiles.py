@@ -321,3 +321,26 @@ def test_a_zip_is_read_as_its_folder_would_be(tmp_path, caplog):
     batch = _zip_folder(folder, tmp_path / "batch.zip", extra={"1/batchA/p.jpg": b"x"})
     with pytest.raises(GigamilError, match=r"1/batchA/ are folders; tiles are read from directly"):
         tile_pool.read_tile_pool(batch)
+
+
+def test_a_rebuild_that_fails_halfway_leaves_no_sheet(tmp_path, monkeypatch):
+    """--overwrite replaces slides one by one: the old sheet goes first and the new one is
+    written last, so a build killed halfway is never taken for a complete cohort."""
+    folder = _tile_folder(tmp_path / "tiles", n_normal=200, n_tumour=60)
+    out = tmp_path / "c"
+    demo_tiles.make_tile_cohort(out, tiles=folder, n_patients=2, slides_per_patient=1)
+    assert (out / "sheet.csv").is_file()
+    calls = []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed
+        return write(*args, **kwargs)
+
+    write = demo_tiles._write_slide
+    monkeypatch.setattr(demo_tiles, "_write_slide", fail_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        demo_tiles.make_tile_cohort(out, tiles=folder, seed=1, n_patients=2, slides_per_patient=1)
+    assert not (out / "sheet.csv").exists()
+    assert main(["demo", str(out), "--tiles", str(folder), "--patients", "2"]) == 0  # no refusal

@@ -57,12 +57,14 @@ from gigamil.demo_io import (
     ID_PREFIX,
     LABELS,
     SHEET_COLUMNS,
+    begin_cohort,
     box_reduce,
     check_cohort_size,
     check_prefix,
     patient_labels,
     write_lesion_mask,
     write_pyramid_tiff,
+    write_sheet,
 )
 
 log = logging.getLogger(__name__)
@@ -231,6 +233,7 @@ def make_demo_cohort(
     check_prefix(prefix)
     outdir = Path(outdir)
     rows = []
+    begin_cohort(outdir)
     for p, label in enumerate(patient_labels(seed, n_patients)):
         for s in range(slides_per_patient):
             slide_id = f"{prefix}_p{p + 1:02d}_s{s + 1}"
@@ -270,6 +273,5 @@ def make_demo_cohort(
                 }
             )
     sheet = pd.DataFrame(rows, columns=SHEET_COLUMNS)
-    outdir.mkdir(parents=True, exist_ok=True)
-    sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")
+    write_sheet(outdir, sheet)
     return sheet

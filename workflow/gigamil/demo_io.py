@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gigamil.errors import GigamilError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TILE = 256  # TIFF tile side (px)
 N_LEVELS = 3  # downsamples 1, 2, 4
@@ -23,6 +27,24 @@ slides), so the sheet gives the localisation AUC also as a plain (``demo: false`
 
 ID_PREFIX = "demo"
 """Default prefix of the generated slide and patient ids (``demo_p01_s1``, ``demo_p01``)."""
+
+
+SHEET = "sheet.csv"  # a demo cohort's sheet, written last: a folder holding it is complete
+
+
+def begin_cohort(outdir: Path) -> None:
+    """Remove an earlier cohort's sheet from ``outdir`` before its slides are replaced, so a
+    build that fails or is killed halfway leaves no sheet describing a mix of old and new
+    slides (``gigamil demo --overwrite``)."""
+    (Path(outdir) / SHEET).unlink(missing_ok=True)
+
+
+def write_sheet(outdir: Path, sheet: pd.DataFrame) -> None:
+    """Write the cohort's sheet (the last file of a build) atomically to ``outdir/sheet.csv``."""
+    from gigamil.fileutil import atomic_write_bytes
+
+    data = sheet.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    atomic_write_bytes(Path(outdir) / SHEET, data)
 
 
 def check_prefix(prefix: str) -> str:

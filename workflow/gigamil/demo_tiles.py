@@ -43,11 +43,13 @@ from gigamil.demo_io import (
     ID_PREFIX,
     LABELS,
     SHEET_COLUMNS,
+    begin_cohort,
     check_cohort_size,
     check_prefix,
     patient_labels,
     write_lesion_mask,
     write_pyramid_tiff,
+    write_sheet,
 )
 from gigamil.errors import GigamilError
 from gigamil.tile_layout import lesion_region, tissue_blob
@@ -188,6 +190,7 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     if tile_px % MASK_DOWNSAMPLE and MASK_DOWNSAMPLE % tile_px:
         log.warning("tile size %d px is not a multiple of the mask downsample", tile_px)
     rows_out, tile_rows = [], []
+    begin_cohort(outdir)
     for i, (slide_id, patient_id, label, plan) in enumerate(slides):
         rgb, placed = _render(plan, queues, tile_px, np.random.default_rng([seed, 4, i]))
         tile_rows += [{"slide_id": slide_id, **r} for r in placed]
@@ -199,7 +202,7 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     pd.DataFrame(tile_rows, columns=["slide_id", "row", "col", "label", "file", "sha256"]).to_csv(
         outdir / "tiles.csv", index=False, lineterminator="\n"
     )
-    sheet.to_csv(outdir / "sheet.csv", index=False, lineterminator="\n")
+    write_sheet(outdir, sheet)
     return sheet
 
 
