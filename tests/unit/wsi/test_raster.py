@@ -7,6 +7,7 @@ from PIL import Image
 
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.raster import read_raster, read_raster_image
+from gigamil.wsi.slide import SlideReader
 
 
 def _image(h=300, w=420, seed=0):
@@ -38,3 +39,31 @@ def test_outside_the_slide_is_white():
     reader = ArrayReader(_image(), 1.0)
     out = read_raster(reader, 0, 1.5, 1.5, 270, 190, 20, 20)  # crosses the right/bottom edges
     assert (out[-3:, :] == 255).all() and (out[:, -3:] == 255).all()
+
+
+class _FlatSlide(SlideReader):
+    """A 12,000 x 9,000 px slide without a pyramid whose reads are recorded (pixels: a
+    horizontal grey ramp, 0 at the left edge to 255 at the right)."""
+
+    def __init__(self) -> None:
+        self.name = self.path = "flat"
+        self.set_mpp((0.25, 0.25), "test")
+        self.level_dimensions, self.level_downsamples = ((12_000, 9_000),), (1.0,)
+        self.reads: list[tuple[int, int]] = []
+
+    def _read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        self.reads.append((w, h))
+        ramp = np.clip((np.arange(x, x + w) + 0.5) * 256 / 12_000, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.broadcast_to(ramp[None, :, None], (h, w, 3)))
+
+
+def test_a_thumbnail_of_a_slide_without_pyramid_is_read_in_blocks():
+    """The thumbnail (heatmaps, QC) of a flat slide is box-averaged block by block: no read of
+    more than about 4096² pixels (a real one of 100,000² px would need 30 GB at once)."""
+    slide = _FlatSlide()
+    thumb = slide.get_thumbnail((800, 800))
+    assert thumb.shape == (600, 800, 3)
+    assert max(w * h for w, h in slide.reads) <= 4100 * 4100
+    assert sum(w * h for w, h in slide.reads) >= 12_000 * 9_000  # every pixel averaged
+    expected = (np.arange(800) + 0.5) * 15 * 256 / 12_000  # the ramp's mean over 15 px
+    np.testing.assert_allclose(thumb[300, :, 0], expected, atol=1.0)

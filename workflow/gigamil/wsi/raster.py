@@ -86,13 +86,27 @@ def read_raster_image(
     width, height = raster_shape((w0, h0), reader.mpp_xy, mpp)
     fx, fy = w0 / width, h0 / height
     level = reader.best_level_for_mpp(mpp)
+    return read_raster_blocks(reader, level, fx, fy, (width, height), max_block), fx, fy, level
+
+
+def read_raster_blocks(
+    reader: SlideReader,
+    level: int,
+    fx: float,
+    fy: float,
+    size: tuple[int, int],
+    max_block: int = 4096,
+) -> np.ndarray:
+    """The raster of ``fx``, ``fy`` level-0 px per pixel, ``size`` (width, height) pixels from
+    its origin, as RGB uint8 (height, width, 3), read from ``level`` in blocks of at most about
+    ``max_block``² level pixels (:func:`read_raster`)."""
+    width, height = size
     out = np.empty((height, width, 3), np.uint8)
     sx, sy = level_scale(reader, level, fx, fy)
-    # keep each level read below ~max_block^2 level pixels
     bw = max(1, int(max_block / max(sx, 1.0)))
     bh = max(1, int(max_block / max(sy, 1.0)))
     for v in range(0, height, bh):
         for u in range(0, width, bw):
             w, h = min(bw, width - u), min(bh, height - v)
             out[v : v + h, u : u + w] = read_raster(reader, level, fx, fy, u, v, w, h)
-    return out, fx, fy, level
+    return out

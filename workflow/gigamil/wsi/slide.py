@@ -123,18 +123,19 @@ class SlideReader:
         return float(round(location[0] / ds)), float(round(location[1] / ds))
 
     def get_thumbnail(self, max_size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 (h, w, 3) image of the whole slide fitting in ``max_size`` (w, h)."""
-        from PIL import Image
+        """RGB uint8 (h, w, 3) image of the whole slide fitting in ``max_size`` (w, h), box-averaged
+        from the smallest level at least that large, read in blocks of at most 4096² level
+        pixels (:func:`gigamil.wsi.raster.read_raster_image`): a slide without a pyramid is
+        not read into memory whole."""
+        from gigamil.wsi.raster import read_raster_blocks
 
         w0, h0 = self.dimensions
         scale = min(max_size[0] / w0, max_size[1] / h0)
         level = self.level_count - 1
         while level > 0 and max(self.level_downsamples[level], 1e-9) > 1.0 / max(scale, 1e-9):
             level -= 1
-        lw, lh = self.level_dimensions[level]
-        img = Image.fromarray(self.read_region((0, 0), level, (lw, lh)))
         out = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-        return np.asarray(img.resize(out, Image.Resampling.BOX))
+        return read_raster_blocks(self, level, w0 / out[0], h0 / out[1], out)
 
     def properties(self) -> Mapping[str, str]:
         """Vendor properties (empty for non-OpenSlide readers)."""
