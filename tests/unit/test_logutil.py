@@ -121,3 +121,29 @@ def test_console_warnings_prefix_the_main_process_warnings_once():
     )
     assert res.returncode == 0, res.stderr
     assert res.stderr == "gigamil: warning: 2 slide(s) are coarser\n"
+
+
+def test_setting_up_logging_again_releases_the_earlier_log_files(tmp_path: Path):
+    """Each setup_logging replaces the handlers: the earlier call's log files are closed (a
+    process that sets up many logs, e.g. the CLI called from Python, leaked a file each)."""
+    import logging
+
+    from gigamil.logutil import setup_logging
+
+    root = logging.getLogger()
+    kept = list(root.handlers)
+    try:
+        setup_logging(tmp_path / "a.log", also=tmp_path / "a.shadow")
+        first = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+        assert len(first) == 2 and all(h.stream is not None for h in first)
+        setup_logging(tmp_path / "b.log")
+        assert all(h.stream is None for h in first)  # closed
+        logging.getLogger("gigamil").info("to b only")
+        assert "to b only" in (tmp_path / "b.log").read_text()
+        assert "to b only" not in (tmp_path / "a.log").read_text()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in kept:
+            root.addHandler(handler)

@@ -66,6 +66,8 @@ def setup_logging(
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        if isinstance(handler, logging.FileHandler):  # an earlier call's: its file is released
+            handler.close()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     for path in (log_file, also):
         if path is None:
