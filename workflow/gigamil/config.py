@@ -4,7 +4,7 @@ It is checked against the JSON schema in ``workflow/schemas/`` and then against 
 cannot express (a train cohort, stratification columns, contradictory strategy settings). Every
 problem raises :class:`~gigamil.errors.ConfigError` with one message that names the key and the
 file. The cohort sheets are read and checked in :mod:`gigamil.sheets`, the cohorts together in
-:mod:`gigamil.cohorts`; both use this module's schema loading and error messages.
+:mod:`gigamil.cohorts`; schemas are loaded and their errors worded in :mod:`gigamil.schemas`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -21,19 +21,12 @@ import jsonschema
 import yaml
 
 from gigamil.errors import ConfigError
+from gigamil.schemas import SLIDE_ID_PATTERN, describe_error, load_schema
+from gigamil.settings import resolve_strategy
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")
 ROLE_PREDICT = "predict"  # cohorts only predicted, labels optional, no metrics
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    """Load ``workflow/schemas/{name}.schema.yaml``."""
-    return yaml.safe_load((SCHEMA_DIR / f"{name}.schema.yaml").read_text(encoding="utf-8"))
-
-
-_SLIDE_ID_PATTERN = load_schema("sheet")["properties"]["slide_id"]["pattern"]
 
 
 def check_slide_id(slide_id: Any) -> str:
@@ -41,112 +34,12 @@ def check_slide_id(slide_id: Any) -> str:
     digits, ``_ - .``, not only dots); else :class:`ConfigError`. Every writer of per-slide files
     calls it, so no output path can leave its directory (``../x``, ``/abs``, ``..``)."""
     name = str(slide_id)
-    if not re.fullmatch(_SLIDE_ID_PATTERN, name):
+    if not re.fullmatch(SLIDE_ID_PATTERN, name):
         raise ConfigError(
             f"slide_id {name!r} is not a safe file name (letters, digits, '_', '-', '.'; "
             "not only dots)"
         )
     return name
-
-
-def _key(path: Iterator[Any] | list[Any]) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
-
-
-# values users write for an allowed one that spelling alone would not suggest ("gpu" is closer to
-# "cpu" than to "cuda")
-VALUE_ALIASES = {"gpu": "cuda", "nvidia": "cuda"}
-
-_PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regular expression
-    _SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots)",
-}
-
-
-def _error_message(error: jsonschema.ValidationError) -> str:
-    """jsonschema's message, with a pattern's rule in words instead of the regex and, for a
-    value that fits none of a key's alternatives, the key's description instead of "is not
-    valid under any of the given schemas"."""
-    if error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES:
-        return f"{error.instance!r} {_PATTERN_RULES[error.schema['pattern']]}"
-    if error.validator == "type" and error.instance is None:  # YAML's null, ~ or an empty value
-        kinds = error.validator_value
-        kind = " or ".join(kinds) if isinstance(kinds, list) else str(kinds)
-        article = "an" if kind[:1] in "aeiou" else "a"
-        return f"null (an empty value) is not allowed here: give {article} {kind}"
-    if (
-        error.validator == "type"
-        and error.validator_value == "string"
-        and (isinstance(error.instance, (bool, int, float)))
-    ):  # YAML reads 0, 1.5, yes/no/on/off unquoted as numbers and booleans
-        kind = "a boolean" if isinstance(error.instance, bool) else "a number"
-        return (
-            f"{error.instance!r} is {kind} in YAML, not a string: quote it as the sheets spell "
-            f"it, e.g. '0' or 'yes'"
-        )
-    if error.validator == "minItems" and isinstance(error.instance, list):
-        return (
-            f"{error.instance!r} has {len(error.instance)} item(s); at least "
-            f"{error.validator_value} are needed"
-        )
-    if error.validator == "enum" and isinstance(error.instance, str):
-        names = [str(v) for v in error.validator_value]
-        alias = VALUE_ALIASES.get(error.instance.lower())
-        near = [alias] if alias in names else difflib.get_close_matches(error.instance, names, n=1)
-        hint = f"; did you mean {near[0]}?" if near else ""
-        return f"{error.instance!r} is not one of {', '.join(names)}{hint}"
-    if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):
-        described = " ".join(str(error.schema["description"]).split())
-        names = [str(v) for alt in error.validator_value for v in alt.get("enum", [])]
-        near = difflib.get_close_matches(str(error.instance), names, n=1)
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        return f"{error.instance!r} is not allowed here{hint}. {described}"
-    return error.message
-
-
-def _is_pattern_rule(error: jsonschema.ValidationError) -> bool:
-    return error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES
-
-
-def describe_value_error(error: jsonschema.ValidationError) -> str:
-    """The key (dotted path; in a sample sheet the column) and what is wrong with its value:
-    ``lr: 'x' is not of type 'number'``, or for a pattern with a rule in words ``slide_id 'a/b'
-    is not a safe file name (...)``."""
-    sep = " " if _is_pattern_rule(error) else ": "
-    return _key(list(error.absolute_path)) + sep + _error_message(error)
-
-
-def _schema_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted paths of every named property of ``schema`` (nested objects included)."""
-    out: list[str] = []
-    for name, sub in (schema.get("properties") or {}).items():
-        out.append(prefix + name)
-        if isinstance(sub, Mapping):
-            out += _schema_keys(sub, f"{prefix}{name}.")
-    return out
-
-
-def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | None = None) -> str:
-    """Turn a jsonschema error into a short message that names the config key. With ``root``
-    (the whole schema), an unknown key that exists in another section is pointed to there
-    (``training.stain_jitter``: did you mean training.augment.stain_jitter?)."""
-    where = _key(list(error.absolute_path))
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = (
-            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
-        )
-        keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
-        close = [m for k in extra for m in difflib.get_close_matches(str(k), allowed, n=1)]
-        if not close and root is not None:  # the key of another section?
-            paths = _schema_keys(root)
-            close = [q for k in extra for q in paths if q.rsplit(".", 1)[-1] == str(k)][:3]
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return f"unknown key {keys} (allowed here: {', '.join(allowed)}){hint}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    if "propertyNames" in error.schema_path:
-        return f"{where}: invalid name {error.instance!r} (use letters, digits, '_' and '-')"
-    return f"{where}: {_error_message(error)}"
 
 
 def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
@@ -257,8 +150,6 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
             )
         if name in SHEET_COLUMNS:
             raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}")
-    from gigamil.settings import resolve_strategy  # settings imports this module
-
     try:
         resolve_strategy(cfg["model"], cfg["training"])  # contradictions, before any job runs
     except ConfigError as exc:

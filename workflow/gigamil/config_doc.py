@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gigamil.config import load_schema
+from gigamil.schemas import load_schema
 
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"

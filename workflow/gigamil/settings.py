@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Self
 
 import jsonschema
 
-from gigamil.config import describe_error, load_schema
 from gigamil.errors import ConfigError
+from gigamil.schemas import describe_error, load_schema
 
 _SCHEMA = load_schema("config")
 

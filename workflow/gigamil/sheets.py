@@ -16,9 +16,10 @@ from typing import Any
 import jsonschema
 import pandas as pd
 
-from gigamil.config import OPTIONAL_COLUMNS, describe_value_error, load_schema
+from gigamil.config import OPTIONAL_COLUMNS
 from gigamil.errors import ConfigError
 from gigamil.layout import lesion_masks
+from gigamil.schemas import describe_value_error, load_schema
 from gigamil.sheet_csv import raise_problems, read_sheet_csv
 
 

@@ -43,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from gigamil.config import load_config, load_schema
+    from gigamil.config import load_config
     from gigamil.folds import split_report, write_folds
+    from gigamil.schemas import load_schema
     from gigamil.splits import SplitTerms, make_folds
 
     keys = load_schema("config")["properties"]["cv"]["properties"]
