@@ -98,6 +98,14 @@ def test_every_schema_key_has_description_and_default():
             "; did you mean training.augment.stain_jitter?",
         ),
         (lambda c: c["model"].update(epochs=3), "; did you mean training.epochs?"),
+        (  # a value of the wrong type or out of range: what the key is, from the schema
+            lambda c: c["cohorts"]["demo"].update(mpp="abc"),
+            "cohorts.demo.mpp: 'abc' is not of type 'number', 'null' (Microns per pixel at level 0",
+        ),
+        (
+            lambda c: c["training"].update(lr=-1),
+            "training.lr: -1 is less than or equal to the minimum of 0 (AdamW learning rate)",
+        ),
         (
             lambda c: c["preprocessing"]["patches"].update(mpp=None),
             "preprocessing.patches.mpp: null (an empty value) is not allowed here: give a number",

@@ -233,9 +233,22 @@ def test_bad_slide_id_and_mpp(tmp_path):
     rows[0]["mpp"] = -1
     path = write_sheet(tmp_path, rows, name="s3.csv")
     with pytest.raises(
-        ConfigError, match=r"line 2 .*mpp: -1.0 is less than or equal to the minimum of 0"
+        ConfigError,
+        match=r"line 2 .*mpp: -1.0 is less than or equal to the minimum of 0 \(Optional microns",
     ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_an_empty_label_names_the_classes_and_role_predict(tmp_path):
+    rows = good_rows()
+    rows[1]["label"] = ""
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert f"line 3 (slide_id {rows[1]['slide_id']!r}): label is empty: give one of the " + (
+        f"classes {CLASSES} (a cohort only predicted, without labels, takes role: predict)"
+    ) in str(err.value)
+    load_sheet(path, "c1", CLASSES, base_dir=tmp_path, labels_required=False)  # no label: fine
 
 
 def test_empty_sheet(tmp_path):

@@ -77,7 +77,23 @@ def _error_message(error: jsonschema.ValidationError) -> str:
         near = difflib.get_close_matches(str(error.instance), names, n=1)
         hint = f" (did you mean {near[0]}?)" if near else ""
         return f"{error.instance!r} is not allowed here{hint}. {described}"
+    if error.validator in _BOUNDS and error.schema.get("description"):  # what the key is
+        return f"{error.message} ({_summary(error.schema['description'])})"
     return error.message
+
+
+# a value of the wrong type or out of range: the message names the key's description too
+_BOUNDS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength")
+
+
+def _summary(description: str, most: int = 240) -> str:
+    """A schema description's whitespace collapsed, cut after the last sentence that ends
+    within ``most`` characters (the first sentence whole if that is longer)."""
+    text = " ".join(str(description).split())
+    if len(text) <= most:
+        return text.rstrip(".")
+    cut = text.rfind(". ", 0, most)
+    return text[:cut] if cut > 0 else text.split(". ")[0]
 
 
 def _is_pattern_rule(error: jsonschema.ValidationError) -> bool:

@@ -67,7 +67,7 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     df = read_sheet_csv(path, labels_required)
     checks = [
         lambda: _set_mpp(df, path, cohort_mpp),  # first: the schema check reads the floats
-        lambda: _check_rows_against_schema(df, path, labels_required),
+        lambda: _check_rows_against_schema(df, path, labels_required, classes),
         lambda: _check_unique_slides(df, path),
         lambda: _check_labels(df, path, classes),
         lambda: _check_patient_labels(df, path, classes),
@@ -125,9 +125,12 @@ def _set_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> None:
     )
 
 
-def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bool = True) -> None:
+def _check_rows_against_schema(
+    df: pd.DataFrame, path: Path, labels_required: bool = True, classes: list[str] | None = None
+) -> None:
     """Every row against the sheet schema; one :class:`ConfigError` naming each bad cell (up to
-    :data:`MAX_LISTED`) with its line, so a sheet's cells are fixed in one round."""
+    :data:`MAX_LISTED`) with its line, so a sheet's cells are fixed in one round (an empty
+    label with the ``classes`` to choose from)."""
     schema = load_schema("sheet")
     optional = OPTIONAL_COLUMNS
     if not labels_required:  # a predict cohort: an empty label is no label
@@ -140,7 +143,13 @@ def _check_rows_against_schema(df: pd.DataFrame, path: Path, labels_required: bo
         row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
         for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
             where = f"line {_sheet_line(df, i)} (slide_id {record['slide_id']!r})"
-            bad.append(f"{where}: {describe_value_error(err)}")
+            text = describe_value_error(err)
+            if list(err.path) == ["label"] and err.validator == "minLength":
+                text = (
+                    f"label is empty: give one of the classes {classes} (a cohort only predicted, "
+                    "without labels, takes role: predict)"
+                )
+            bad.append(f"{where}: {text}")
     if len(bad) == 1:
         raise ConfigError(f"{path}: {bad[0]}")
     if bad:
