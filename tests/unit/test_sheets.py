@@ -41,6 +41,9 @@ def test_missing_sheet(tmp_path, monkeypatch):
         ": relative paths are read from the working directory, snakemake's --directory, else "
         "where it runs)"
     )
+    (tmp_path / "ext").mkdir()  # the cohort's folder instead of its sheet
+    with pytest.raises(ConfigError, match=r"sheet ext is a folder, not a CSV file \(one row"):
+        load_sheet("ext", "c1", CLASSES)
 
 
 def test_label_and_file_near_misses_are_suggested(tmp_path):

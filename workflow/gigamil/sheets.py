@@ -56,6 +56,11 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         extra columns of the sheet, in sheet order.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"cohort {cohort!r}: sheet {path} is a folder, not a CSV file (one row per slide: "
+            "slide_id, patient_id, label, path)"
+        )
     if not path.is_file():
         where = (
             ""
