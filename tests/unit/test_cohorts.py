@@ -117,7 +117,8 @@ def test_sheet_and_cross_cohort_problems_come_in_one_error(tmp_path, base_config
     rows = other_rows()
     rows[0].update(slide_id="s1")  # s1 is also in cohort a
     rows[1].update(patient_id="p1", label="normal")  # a train patient of cohort a
-    typo = good_rows()
+    typo = [{**r, "slide_id": f"y{r['slide_id']}", "patient_id": f"y{r['patient_id']}",
+             "path": f"y{r['path']}"} for r in good_rows()]  # fmt: skip
     typo[0]["label"] = "tumour"
     cfg = copy.deepcopy(base_config)
     cfg["cohorts"] = {
@@ -133,6 +134,27 @@ def test_sheet_and_cross_cohort_problems_come_in_one_error(tmp_path, base_config
     assert "2 problems across cohorts:" in text
     assert "slide_id 's1' is in cohorts a, b" in text
     assert "cohort b: 1 patient(s) also in a train cohort (p1)" in text
+
+
+def test_a_sheet_with_problems_of_its_own_is_checked_across_cohorts_too(tmp_path, base_config):
+    """A new user's second cohort with a missing slide file and a slide_id of the first cohort:
+    both in one message (the reused id was reported only once the file was fixed)."""
+    rows = other_rows()
+    rows[0].update(slide_id="s1")  # s1 is also in cohort a
+    rows[1].update(path="nope.svs")
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "b": {"sheet": str(write_sheet(tmp_path, rows, name="b.csv")), "role": "external"},
+    }
+    (tmp_path / "nope.svs").unlink()
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    text = str(err.value)
+    assert text.startswith("2 cohort sheets have problems:"), text
+    assert "slide file nope.svs not found" in text
+    assert "slide_id 's1' is in cohorts a, b (" in text
+    assert "b.csv line 2; 1 such: s1); a slide may belong to one cohort only: give each" in text
 
 
 def test_allowed_patient_overlap_is_a_warning(tmp_path, base_config, caplog):

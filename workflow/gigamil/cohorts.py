@@ -18,7 +18,7 @@ import pandas as pd
 from gigamil.config import ROLE_PREDICT
 from gigamil.errors import ConfigError
 from gigamil.sheet_csv import raise_problems
-from gigamil.sheets import load_sheet, sheet_slide_path
+from gigamil.sheets import load_sheet, sheet_line, sheet_slide_path
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ def load_cohorts(
     :func:`check_leakage` (``check_content`` False skips its same-content comparison, which reads
     2 MiB of every slide: the workflow's job processes leave it to the main process)."""
     sheets: dict[str, pd.DataFrame] = {}
+    read: dict[str, pd.DataFrame] = {}  # every sheet that could be read, valid or not
     problems: list[str] = []  # every cohort's sheet problems in one error, not one per run
     for name, cohort in config["cohorts"].items():
         try:
@@ -43,12 +44,13 @@ def load_cohorts(
                 check_files=not cohort.get("demo", False),
                 base_dir=base_dir,
                 labels_required=cohort.get("role", "train") != ROLE_PREDICT,
+                loaded=read,
             )
         except ConfigError as exc:  # each problem names its cohort (two may share a sheet)
             text = str(exc)
             problems.append(text if text.startswith("cohort ") else f"cohort {name!r}: {text}")
-    try:  # across the sheets that loaded: reported with the sheets' own problems
-        check_leakage(config, sheets, base_dir, check_content=check_content)
+    try:  # across every sheet that could be read: reported with the sheets' own problems
+        check_leakage(config, read, base_dir, check_content=check_content)
     except ConfigError as exc:
         problems.append(str(exc))
     raise_problems(None, problems, "cohort sheets have problems")
@@ -182,7 +184,11 @@ def check_leakage(
     rows = []
     for name, df in sheets.items():
         paths = [str(sheet_slide_path(p, base_dir).resolve()) for p in df["path"].astype(str)]
-        rows.append(df.assign(_cohort=name, _path=paths))
+        lines = [sheet_line(df, i) for i in range(len(df))]
+        sheet = config["cohorts"].get(name, {}).get("sheet", "?")
+        rows.append(
+            df.assign(_cohort=name, _path=paths, _where=[f"{sheet} line {n}" for n in lines])
+        )
     if not rows:
         return
     allr = pd.concat(rows, ignore_index=True)
@@ -205,10 +211,12 @@ def _check_one_cohort_per_slide(allr: pd.DataFrame) -> None:
         per = allr.groupby(col)["_cohort"].nunique()
         dup = per[per > 1].index
         if len(dup):
-            where = sorted(allr.loc[allr[col] == dup[0], "_cohort"].unique())
+            rows = allr.loc[allr[col] == dup[0]].drop_duplicates("_cohort").sort_values("_cohort")
+            hint = ": give each cohort's ids their own prefix" if col == "slide_id" else ""
             raise ConfigError(
-                f"{what} {dup[0]!r} is in cohorts {', '.join(where)} ({len(dup)} such: "
-                f"{_first(dup)}); a slide may belong to one cohort only"
+                f"{what} {dup[0]!r} is in cohorts {', '.join(rows['_cohort'])} "
+                f"({'; '.join(rows['_where'])}; {len(dup)} such: {_first(dup)}); a slide may "
+                f"belong to one cohort only{hint}"
             )
 
 
@@ -263,9 +271,11 @@ def _warn_patient_spellings(allr: pd.DataFrame) -> None:
 
 
 def _check_one_label_per_patient(allr: pd.DataFrame) -> None:
-    """ConfigError if a patient has different (non-empty) labels in different cohorts."""
-    labels = allr[allr["label"].astype(str).ne("")].groupby("patient_id")["label"].nunique()
-    mixed = labels[labels > 1].index
+    """ConfigError if a patient has different (non-empty) labels in different cohorts (within
+    one sheet, its own check names them)."""
+    labelled = allr[allr["label"].astype(str).ne("")].groupby("patient_id")
+    labels, cohorts = labelled["label"].nunique(), labelled["_cohort"].nunique()
+    mixed = labels[(labels > 1) & (cohorts > 1)].index
     if len(mixed):
         found = sorted(allr.loc[allr["patient_id"] == mixed[0], "label"].astype(str).unique())
         raise ConfigError(

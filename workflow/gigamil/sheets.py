@@ -37,6 +37,7 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     check_files: bool = True,
     base_dir: str | Path = ".",
     labels_required: bool = True,
+    loaded: dict[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Read and validate one cohort sheet.
 
@@ -50,6 +51,9 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         labels_required: False for a ``role: predict`` cohort: the ``label`` column may be
             missing (it is added, empty) and labels may be empty; given ones must still be
             among ``classes``.
+        loaded: where given, the sheet's rows are put under ``loaded[cohort]`` once the file
+            has been read, before its rows are checked (:func:`gigamil.cohorts.load_cohorts`
+            checks across cohorts the rows of a sheet that has problems of its own).
 
     Returns:
         DataFrame with columns cohort, slide_id, patient_id, label, path, mpp (float or NaN) and any
@@ -70,6 +74,8 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         )
         raise ConfigError(f"cohort {cohort!r}: sheet {path} not found{where}")
     df = read_sheet_csv(path, labels_required)
+    if loaded is not None:
+        loaded[cohort] = df
     checks = [
         lambda: _set_mpp(df, path, cohort_mpp),  # first: the schema check reads the floats
         lambda: _check_rows_against_schema(df, path, labels_required, classes),
@@ -79,8 +85,8 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
     ]
     if check_files:
         checks.append(lambda: _check_slide_files(df, path, Path(base_dir)))
-    _run_all(checks, path)
     df.insert(0, "cohort", cohort)
+    _run_all(checks, path)
     return df
 
 
@@ -96,7 +102,7 @@ def _run_all(checks: list[Callable[[], None]], path: Path) -> None:
     raise_problems(path, problems)
 
 
-def _sheet_line(df: pd.DataFrame, position: int) -> int:
+def sheet_line(df: pd.DataFrame, position: int) -> int:
     """The line of the sheet file where the row at 0-based ``position`` starts (the header is
     line 1); every error about a row names it so. Blank lines, which ``pd.read_csv`` skips, are
     counted: :func:`gigamil.sheet_csv.read_sheet_csv` keeps each row's line in ``df.attrs["sheet_lines"]``
@@ -116,7 +122,7 @@ def _set_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> None:
     if not bad.any():
         return
     rows = [
-        f"line {_sheet_line(df, row)}"
+        f"line {sheet_line(df, row)}"
         + (f" (slide_id {df.at[row, 'slide_id']!r})" if "slide_id" in df.columns else "")
         + f": mpp {raw.iat[row]!r}"
         for row in [i for i, is_bad in enumerate(bad) if is_bad]
@@ -147,7 +153,7 @@ def _check_rows_against_schema(
         row = {k: _clean(v) for k, v in record.items() if not (k in optional and v in ("", None))}
         row = {k: v for k, v in row.items() if v is not None or k in OPTIONAL_COLUMNS}
         for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
-            where = f"line {_sheet_line(df, i)} (slide_id {record['slide_id']!r})"
+            where = f"line {sheet_line(df, i)} (slide_id {record['slide_id']!r})"
             text = describe_value_error(err)
             if list(err.path) == ["label"] and err.validator == "minLength":
                 text = (
@@ -190,7 +196,7 @@ def _other_suffix(full: Path) -> Path | None:
 def _check_unique_slides(df: pd.DataFrame, path: Path) -> None:
     dup = df["slide_id"][df["slide_id"].duplicated()]
     if not dup.empty:
-        lines = [str(_sheet_line(df, i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
+        lines = [str(sheet_line(df, i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
         raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(lines)})")
 
 
@@ -198,7 +204,7 @@ def _check_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
     bad_label = ~df["label"].isin(classes) & df["label"].ne("")  # "" only in predict cohorts
     if bad_label.any():
         bad = [
-            f"line {_sheet_line(df, i)} (slide_id {df.at[i, 'slide_id']!r}): "
+            f"line {sheet_line(df, i)} (slide_id {df.at[i, 'slide_id']!r}): "
             f"label {df.at[i, 'label']!r}"
             for i, is_bad in enumerate(bad_label)
             if is_bad
@@ -258,7 +264,7 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
             other = _other_suffix(full)
             where += f"; did you mean {other.name}?" if other is not None else ""
             missing.append(
-                f"  line {_sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
+                f"  line {sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
             )
     if missing:
         raise ConfigError(
