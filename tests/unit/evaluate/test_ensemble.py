@@ -774,3 +774,19 @@ def test_slides_without_patches_are_counted_once_and_all_of_them_named(tmp_path,
         GigamilError, match=r"none of its 4 slide\(s\) has patches \(see results/qc"
     ):
         ensemble_cohort(paths, CLASSES, tmp_path / "f", "ext", n_boot=10)
+
+
+def test_an_external_cohort_of_one_class_says_why_it_has_no_auc(tmp_path, caplog):
+    """Two normal slides: the AUC is undefined; the summary and the log say why (it was a bare
+    null / "AUC nan")."""
+    ext = _sheet(n_patients=2, slides=1, cohort="ext").assign(label="normal")
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"fold{k}.csv")
+        _predict(ext, k, np.random.default_rng(k)).to_csv(paths[-1], index=False)
+    with caplog.at_level("WARNING"):
+        summary = ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=10)
+    assert summary["auc"] != summary["auc"]  # NaN
+    note = "no AUC: all 2 slide(s) with a prediction are 'normal' (an AUC ranks slides of one"
+    assert summary["auc_note"].startswith(note) and note in caplog.text
+    assert "auc_note" in (tmp_path / "ens" / "summary.json").read_text()

@@ -107,3 +107,19 @@ def test_a_summary_older_than_the_fold_models_is_marked_stale(tmp_path):
     os.utime(cv_path, (3000, 3000))  # evaluated after training: as it was
     (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "cross-validation" in x]
     assert "STALE" not in line
+
+
+def test_one_class_and_patients_seen_in_training_are_said_on_the_cohort_line(tmp_path):
+    """An external cohort of normal slides only printed "AUC n/a" with no reason, and one whose
+    patients the fold models had seen (allow_patient_overlap) printed its figures bare."""
+    ext = {"n_slides": 2, "n_patients": 2, "auc": None, "auc_ci": [None, None]}
+    ext |= {"auc_note": "no AUC: all 2 slide(s) with a prediction are 'normal' (...)"}
+    ext |= {"balanced_accuracy": 1.0, "balanced_accuracy_ci": [1.0, 1.0]}
+    ext |= {"patient_overlap": {"n_patients": 1, "patient_ids": ["p1"], "note": "..."}}
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
+    lines = run_summary_lines("exp", COHORTS, tmp_path)
+    assert lines[1] == (
+        "  external cohort ext, 2 slides: fold-model ensemble slide AUC n/a (one class only), "
+        "balanced accuracy 1.000 (no 95% CIs: 2 patients, too few) [1 patient also in "
+        "training: optimistic]"
+    )

@@ -127,11 +127,25 @@ def summary_block(
         out["patient_per_class_recall_ci"] = {c: list(pat_ci[f"recall_{c}"]) for c in classes}
         out["patient_confusion_matrix"] = pat["confusion"]
     out["ci_level"] = 0.95
+    if not np.isfinite(out[auc_key]) and (auc_note := _auc_note(preds, classes)):
+        out["auc_note"] = auc_note
+        log.warning("%s", auc_note)
     note = _ci_note(out)
     if note:
         out["ci_note"] = note
         log.warning("%s", note)
     return out
+
+
+def _auc_note(preds: pd.DataFrame, classes: Sequence[str]) -> str | None:
+    """Why there is no AUC when the slides ``preds`` hold one class only (None otherwise)."""
+    present = [c for c in classes if (preds["label"].astype(str) == c).any()]
+    if len(present) != 1:
+        return None
+    return (
+        f"no AUC: all {len(preds)} slide(s) with a prediction are {present[0]!r} (an AUC ranks "
+        "slides of one class against another); the balanced accuracy is the recall of that class"
+    )
 
 
 def _note_missing_classes(classes: Sequence[str], aucs: Mapping[str, float]) -> None:

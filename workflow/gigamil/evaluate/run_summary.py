@@ -36,6 +36,8 @@ def _figures(summary: Mapping[str, Any], auc_key: str) -> str:
     slide called normal, which an AUC of 1.0 over two slides hides), and a note instead of the
     CIs for fewer than MIN_PATIENTS_FOR_CI (10) patients."""
     text = f"AUC{_macro(summary)} {_ci(summary, auc_key)}"
+    if summary.get("auc_note") and summary.get(auc_key) is None:  # one class: say so
+        text += " (one class only)"
     if summary.get("balanced_accuracy") is not None:
         text += f", balanced accuracy {_ci(summary, 'balanced_accuracy')}"
     if few_patients(summary):
@@ -136,10 +138,12 @@ def _cohort_lines(  # noqa: PLR0913 - the parts of one summary line
         return []
     stale = _stale(root / path, newest_model)
     if role == "external":
+        overlap = (summary.get("patient_overlap") or {}).get("n_patients")
+        seen = f" [{_count(overlap, 'patient')} also in training: optimistic]" if overlap else ""
         return [
             f"  external cohort {name}, {_count(summary.get('n_slides'), 'slide')}"
             f"{_unscored(summary)}: fold-model ensemble slide {_figures(summary, 'auc')}"
-            f"{_localisation(summary)}{stale}",
+            f"{_localisation(summary)}{seen}{stale}",
             f"    open {_shown(shown_root, path.with_name('metrics.html'))}",
         ]
     return [
