@@ -48,7 +48,7 @@ def test_a_truncated_slide_is_refused_before_any_job(test_slides, tmp_path):
     pyramid = (test_slides / "CMU-1-Small-Region.pyramid.tiff").read_bytes()
     cut = tmp_path / "cut.tiff"
     cut.write_bytes(pyramid[: len(pyramid) // 3])
-    with pytest.raises(ConfigError, match=r"a/cut: .*cut.tiff: the file is truncated: its image"):
+    with pytest.raises(ConfigError, match=r"a/cut: .*cut.tiff: the file is truncated: "):
         check_slides([SlideCheck("a", "cut", cut, None)])
     with pytest.raises(SlideError, match="truncated") as exc:  # and so is the job's reader
         open_slide(cut)
@@ -70,6 +70,19 @@ def test_a_truncated_svs_is_named_truncated(cmu_svs, tmp_path, keep):
     whole.write_bytes(Path(cmu_svs).read_bytes())
     with open_slide(whole) as reader:
         assert reader.dimensions == (2220, 2967)
+
+
+@pytest.mark.parametrize("keep", [1_300_000, 1_500_000])
+def test_a_truncated_tiff_pyramid_is_named_truncated_not_read_as_a_plain_image(
+    test_slides, tmp_path, keep
+):
+    """A .tif pyramid cut short: OpenSlide refuses it and the plain-image fallback, which reads
+    page 0 only, opened it as a working one-level slide; now it is named truncated."""
+    cut = tmp_path / "cut.tiff"
+    cut.write_bytes((test_slides / "CMU-1-Small-Region.pyramid.tiff").read_bytes()[:keep])
+    with pytest.raises(SlideError, match="truncated") as exc:
+        open_slide(cut)
+    assert exc.value.reason == "truncated"
 
 
 def test_long_lists_are_cut(test_slides):

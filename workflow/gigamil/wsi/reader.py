@@ -375,11 +375,13 @@ def _existing_slide_file(path: str | Path) -> Path:
 
 def _check_fallback(p: Path, os_err: SlideError) -> None:
     """Re-raise OpenSlide's error unless the plain-image fallback may try ``p``; a TIFF-based
-    slide (e.g. .svs) whose image data runs past the end of the file is named truncated
-    instead (OpenSlide calls it a format it does not recognise)."""
-    if p.suffix.lower() not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
-        if p.suffix.lower() in TIFF_BASED and os_err.reason != "mpp":
-            check_tiff_not_truncated(p, str(p))
+    slide (e.g. .svs, or a .tif pyramid) whose image data runs past the end of the file is
+    named truncated instead (OpenSlide calls it a format it does not recognise, and the
+    fallback, which reads level 0 only, would take a cut-short pyramid for a plain image)."""
+    suffix = p.suffix.lower()
+    if os_err.reason != "mpp" and suffix in (*TIFF_BASED, ".tif", ".tiff"):
+        check_tiff_not_truncated(p, str(p))
+    if suffix not in (".tif", ".tiff", ".png", ".jpg", ".jpeg"):
         raise os_err
     if os_err.reason == "mpp":
         raise os_err  # OpenSlide opened it fine; the MPP is the problem
