@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
@@ -481,3 +482,55 @@ def test_a_tiled_16_bit_grey_tiff_is_not_read_through_openslide(tmp_path, monkey
     monkeypatch.setattr(memory, "FALLBACK_MAX_PIXELS", 1000)
     with pytest.raises(SlideError, match="16-bit greyscale TIFF, which OpenSlide misreads"):
         open_slide(path, mpp_override=0.5)
+
+
+def test_a_ycbcr_level_without_jpeg_is_read_by_openslide_not_the_fast_path(tmp_path):
+    """Deflate-compressed YCbCr tiles decode to raw Y, Cb, Cr: the fast path took such a level
+    (its self-check looked at level 0 only) and gave pixels about 74 grey levels off."""
+    import tifffile
+
+    from gigamil.wsi.reader import ycbcr_to_rgb
+
+    rng = np.random.default_rng(0)
+    low = rng.integers(60, 250, (16, 16, 3), dtype=np.uint8)
+    rgb0 = np.asarray(Image.fromarray(low).resize((512, 512), Image.Resampling.BILINEAR))
+    rgb1 = np.asarray(Image.fromarray(rgb0).resize((256, 256), Image.Resampling.BOX))
+    m = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    ycc1 = np.clip(np.round(rgb1 @ m.T + [0, 128, 128]), 0, 255).astype(np.uint8)
+    assert np.abs(ycbcr_to_rgb(ycc1).astype(int) - rgb1).mean() < 1.5  # the conversion's inverse
+    path = tmp_path / "ycc.tiff"
+    res = {"resolution": (1e4 / 0.5, 1e4 / 0.5), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(rgb0, tile=(256, 256), photometric="rgb", compression="jpeg", **res)
+        tw.write(ycc1, tile=(256, 256), photometric="ycbcr", compression="zlib",
+                 subsampling=(1, 1), subfiletype=1, resolution=(1e4, 1e4),
+                 resolutionunit="CENTIMETER")  # fmt: skip
+    ref = openslide.OpenSlide(str(path))
+    want = np.asarray(ref.read_region((0, 0), 1, (256, 256)))[..., :3].astype(int)
+    with open_slide(path) as r:
+        assert not r.fast_tiff
+        got = r.read_region((0, 0), 1, (256, 256)).astype(int)
+    assert np.abs(got - want).mean() < 0.5 and np.abs(got - rgb1).mean() < 3
+
+
+def test_the_fast_path_refuses_a_tile_the_file_no_longer_holds(test_slides, tmp_path):
+    """A short read (the file cut while open) is an error, not a partly decoded tile."""
+    from gigamil.wsi.tiff_tiles import TiffTileSource
+
+    path = tmp_path / "p.tiff"
+    path.write_bytes((test_slides / "CMU-1-Small-Region.pyramid.tiff").read_bytes())
+    with open_slide(path) as r:
+        dims = r.level_dimensions
+    src = TiffTileSource(str(path), dims)
+    try:
+        ok = src.tile(2, 0, 0)
+        assert ok.shape[2] == 3
+        ends = src._offsets[0] + src._counts[0]
+        last = int(np.argmax(ends))
+        os.truncate(path, int(ends[last]) - 100)
+        ntx = -(-dims[0][0] // src.tile_shape[0][1])
+        with pytest.raises(SlideError, match="the file is truncated: tile") as exc:
+            src.tile(0, last // ntx, last % ntx)
+        assert exc.value.reason == "truncated"
+    finally:
+        src.close()

@@ -93,7 +93,11 @@ class TiffTileSource:
                 continue
             ok = (
                 int(page.compression) in SUPPORTED_COMPRESSION
-                and int(page.photometric) in (2, 6)  # RGB, YCbCr
+                # RGB, or YCbCr in JPEG (libjpeg converts it; other codecs give raw Y, Cb, Cr)
+                and (
+                    int(page.photometric) == 2
+                    or (int(page.photometric), int(page.compression)) == (6, 7)
+                )
                 and int(page.samplesperpixel) == 3
                 and int(page.bitspersample) == 8
                 and int(page.planarconfig) == 1
@@ -119,6 +123,12 @@ class TiffTileSource:
             tile = np.full((th, tw, 3), 255, np.uint8)
         else:
             data = os.pread(self._fd, count, int(self._offsets[level][index]))
+            if len(data) != count:  # the file ends before the tile: never decode a part of it
+                raise SlideError(
+                    f"{self.path}: the file is truncated: tile {index} of level {level} needs "
+                    f"{count:,} bytes, {len(data):,} are left (was it changed while being read?)",
+                    reason="truncated",
+                )
             seg = self._decode[level](data, index, jpegtables=self._tables[level])[0]
             tile = np.asarray(seg).reshape(th, tw, 3)
         self.cache.put(key, tile)
@@ -176,14 +186,19 @@ def try_tile_source(
     except Exception as exc:  # noqa: BLE001 - not a TIFF, unsupported layout, ...: OpenSlide reads it
         log.debug("%s: no fast TIFF path (%s)", path, exc)
         return None
-    try:
+    try:  # level 0's centre tile, and every other level's first (at level-0 origin 0, 0)
         w0, h0 = level_dimensions[0]
         th, tw = src.tile_shape[0]
         x, y = (w0 // 2 // tw) * tw, (h0 // 2 // th) * th
-        w, h = min(tw, w0 - x), min(th, h0 - y)
-        ours = src.read(0, x, y, w, h).astype(np.int16)
-        theirs = np.asarray(openslide_read(x, y, 0, w, h)).astype(np.int16)
-        diff = float(np.abs(ours - theirs).mean())
+        boxes = [(0, x, y, min(tw, w0 - x), min(th, h0 - y))]
+        for level in range(1, len(level_dimensions)):
+            (lw, lh), (th, tw) = level_dimensions[level], src.tile_shape[level]
+            boxes.append((level, 0, 0, min(tw, lw), min(th, lh)))
+        diff = 0.0
+        for level, x, y, w, h in boxes:
+            ours = src.read(level, x, y, w, h).astype(np.int16)
+            theirs = np.asarray(openslide_read(x, y, level, w, h)).astype(np.int16)
+            diff = max(diff, float(np.abs(ours - theirs).mean()))
     except Exception as exc:  # noqa: BLE001 - any failure means: read through OpenSlide
         log.debug("%s: fast TIFF self-check failed (%s)", path, exc)
         src.close()
