@@ -287,3 +287,12 @@ def test_zero_saturation_glass_on_a_mostly_tissue_slide_gives_no_warning():
     blank += rng.integers(0, 4, blank.shape, dtype=np.uint8)
     m, thr, warnings = mask_from_rgb(blank, 8.0, TissueParams())
     assert not m.any() and any("little or no tissue" in w for w in warnings)
+
+
+@pytest.mark.parametrize("mpp", [0, -8.0, float("nan"), float("inf"), "8", True])
+def test_a_mask_mpp_that_is_not_a_positive_number_is_refused(mpp):
+    """Through the Python API (the schema guards config.yaml): 0 divided by zero, -8 or 1e6
+    gave a 1 x 1 empty mask."""
+    with pytest.raises(ConfigError, match=r"preprocessing.tissue.mask_mpp .*: the tissue mask's"):
+        TissueParams(mask_mpp=mpp)
+    assert TissueParams(mask_mpp=np.float32(4.0)).mask_mpp == 4.0

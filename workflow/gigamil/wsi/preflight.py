@@ -153,8 +153,8 @@ def check_slides(
         ConfigError: one or more slides cannot be opened, have no plausible MPP or are more
             than :data:`~gigamil.wsi.patching.MAX_UPSAMPLING` times coarser than ``patch_mpp``
             (or than ``mask_mpp``, the tissue mask's µm/px), are smaller than one patch of
-            ``patch_px`` px at ``patch_mpp`` when every slide of their cohort is, at an MPP
-            override (else a warning), or have a lesion mask of another size;
+            ``patch_px`` px at ``patch_mpp`` when every slide of their cohort is (a single
+            such slide is a warning), or have a lesion mask of another size;
             the message names up to ``MAX_LISTED`` of them with each one's reason, and counts
             the rest.
 
@@ -184,10 +184,10 @@ def check_slides(
 
 
 def _all_small(statuses: list[SlideStatus]) -> list[SlideStatus]:
-    """The slides of the cohorts in which every checked slide is smaller than one patch at an
-    MPP the user typed (as problems): such a cohort gives no patch at all, typically through a
-    cohort ``mpp`` typed ten times too small. Any other slide smaller than a patch is a tiny
-    image: a warning (:func:`_warn`)."""
+    """The slides of the cohorts in which every checked slide is smaller than one patch (as
+    problems; a slide with a problem of its own is listed once, for that): such a cohort gives
+    no patch at all, typically through a cohort ``mpp`` typed ten times too small. Any other
+    slide smaller than a patch is a tiny image: a warning (:func:`_warn`)."""
     cohorts: dict[str, list[SlideStatus]] = {}
     for status in statuses:
         cohorts.setdefault(status.check.cohort, []).append(status)
@@ -196,6 +196,7 @@ def _all_small(statuses: list[SlideStatus]) -> list[SlideStatus]:
         for members in cohorts.values()
         if all(m.small is not None for m in members)
         for s in members
+        if s.problem is None
     ]
 
 

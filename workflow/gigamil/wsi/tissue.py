@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,16 @@ class TissueParams:
     min_area_um2: float = _SCHEMA_DEFAULTS.min_area_um2
     dark_value: int = _SCHEMA_DEFAULTS.dark_value  # max(R, G, B) below this: background
     pen_ink: bool = _SCHEMA_DEFAULTS.pen_ink  # exclude green/blue pen ink
+
+    def __post_init__(self) -> None:
+        """ConfigError for a ``mask_mpp`` that is not a positive finite number (the schema's
+        rule, for callers of the Python API: 0 divided by zero, -8 gave a 1 x 1 empty mask)."""
+        mpp = self.mask_mpp
+        if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real) or not 0 < mpp < math.inf:
+            raise ConfigError(
+                f"preprocessing.tissue.mask_mpp {mpp!r}: the tissue mask's µm/px must be a "
+                "positive number (default 8.0)"
+            )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> TissueParams:
