@@ -170,7 +170,6 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slide = _read_slide(store, attention)
-    np.save(out_dir / "attention.npy", slide.attention)
     method, scale = _colour_scale(slide, style, prediction)
     head = prediction.title() if prediction is not None else (title or slide.slide_id)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
@@ -180,6 +179,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     )
     _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", lesion_mask)
     _write_geojsons(slide, scale, top, tissue, tissue_mask, out_dir)
+    np.save(out_dir / "attention.npy", slide.attention)  # last: the others were drawn from it
     return {
         "slide_id": slide.slide_id,
         "n_patches": int(slide.coords.shape[0]),
