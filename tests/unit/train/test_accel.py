@@ -150,3 +150,25 @@ def test_compile_success_keeps_results_and_keys() -> None:
     for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
     assert list(model.state_dict()) == list(ref.state_dict())
+
+
+def test_compile_leaves_the_augmentation_out_and_a_copy_runs_its_own_weights() -> None:
+    """The augmentation's torch.rand inside a compiled graph drew inductor's own numbers (the
+    patches then depended on the chunk size), and a deepcopy of a compiled encoder (the moving
+    average of the weights) ran the original's weights: validation scored the wrong model."""
+    from gigamil.train.accel import CompiledForward
+
+    model = small_model()
+    prepare_model(model, CPU, compile_encoder=True)
+    pre, encoder = list(model.feature_encoder.children())
+    assert not isinstance(pre.forward, CompiledForward)
+    assert isinstance(encoder.forward, CompiledForward)
+    net = nn.Sequential(nn.Linear(4, 3))
+    compile_module(net, backend="eager")
+    twin = copy.deepcopy(net)
+    x = torch.ones(2, 4)
+    with torch.no_grad():
+        before = twin(x).clone()
+        net[0].weight.add_(1.0)  # the original moves on; the copy must not
+        assert torch.equal(twin(x), before) and not torch.equal(net(x), before)
+    assert twin.forward.compiled is not None and twin.forward.eager.__self__ is twin

@@ -102,7 +102,7 @@ class AttentionHead(nn.Module):
     training uses weak patch labels only (every patch of a slide trained toward the slide's class,
     :meth:`instance_loss`; no bag loss, ``bag_loss_weight`` 0): the patch classifier of Coudray et
     al. 2018 (Nat Med 24:1559) with a top-k mean slide score as in Campanella et al. 2019. Its
-    "attention" is each patch's probability of the last class (binary: the positive class)
+    "attention" is each patch's probability of not being the first class (binary: the positive class)
     divided by their sum: heatmaps show the patch probabilities relative to the highest. ``n_out`` = 1 for binary problems.
     ``sm_features`` > 0 pools Sm-smoothed features, ``smooth(h, adj, sm_features)``, with the
     attention of the raw features (needs ``adj``, any attention pool).

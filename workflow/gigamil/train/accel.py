@@ -1,7 +1,9 @@
 """Speed: channels-last CNN encoders, cuDNN autotuning on CUDA, optional ``torch.compile``.
 
-None of these changes what is computed beyond floating-point rounding: ``prepare_model`` is
-called by the trainer and by ``predict_slides`` after the model is on its device.
+None of these changes what is computed beyond floating-point rounding (``torch.compile`` leaves
+the augmentation in front of the encoder uncompiled, so its random numbers stay torch's):
+``prepare_model`` is called by the trainer and by ``predict_slides`` after the model is on its
+device.
 """
 
 from __future__ import annotations
@@ -38,7 +40,20 @@ def prepare_model(model: nn.Module, device: torch.device, compile_encoder: bool 
     if is_cnn(encoder):
         encoder.to(memory_format=torch.channels_last)
     if compile_encoder:
-        compile_module(encoder)
+        compile_module(_after_preprocess(encoder))
+
+
+def _after_preprocess(encoder: nn.Module) -> nn.Module:
+    """The encoder without its :class:`~gigamil.nn.augment.PatchPreprocess` (augmentation,
+    normalisation) in front: what ``torch.compile`` compiles. Compiled, the augmentation's
+    ``torch.rand`` would draw from inductor's own generator per graph call, so the patches
+    would depend on the chunk size and differ from an uncompiled run."""
+    from gigamil.nn.augment import PatchPreprocess
+
+    parts = list(encoder.children()) if isinstance(encoder, nn.Sequential) else []
+    if len(parts) == 2 and isinstance(parts[0], PatchPreprocess):
+        return parts[1]
+    return encoder
 
 
 class CompiledForward:
@@ -51,6 +66,19 @@ class CompiledForward:
         self.eager: Callable[..., Any] = module.forward
         self.compiled: Callable[..., Any] | None = torch.compile(self.eager, **compile_kwargs)
         self.name = type(module).__name__
+        self._kwargs = compile_kwargs
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CompiledForward:
+        """A copy of the module (e.g. the moving average of the weights) gets its own compiled
+        forward: the compiled function is bound to this module's forward, so a plain copy would
+        run the original module's weights."""
+        import copy
+
+        new = CompiledForward.__new__(CompiledForward)
+        new.eager = copy.deepcopy(self.eager, memo)  # the bound method, rebound to the copy
+        new.name, new._kwargs = self.name, dict(self._kwargs)
+        new.compiled = None if self.compiled is None else torch.compile(new.eager, **new._kwargs)
+        return new
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is not None:

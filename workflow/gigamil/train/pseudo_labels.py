@@ -86,8 +86,9 @@ def soft_cross_entropy(
 
 
 def balanced_soft_weights(target: torch.Tensor) -> torch.Tensor:
-    """Class weights (n_classes,) from soft targets (N, n_classes): total / (n_classes ×
-    class mass), 0 for a class without mass (as ``class_weights: balanced`` for bags)."""
+    """Class weights (n_classes,) from soft targets (N, n_classes): total / (number of classes
+    with mass × class mass), 0 for a class without mass (as ``class_weights: balanced`` for
+    bags, over the classes present)."""
     mass = target.sum(0)
     weights = torch.zeros_like(mass)
     present = mass > 0
