@@ -937,3 +937,41 @@ def test_a_one_class_validation_set_says_auc_cannot_choose_the_epoch(
     assert f"validation slides of class {one['label'].iloc[0]} only: their AUC is undefined" in (
         caplog.text
     )
+
+
+def test_a_store_recut_with_other_pixels_of_the_same_count_trains_again(
+    mil_bags, cohort, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """A slide replaced by another of the same patch count (or patches re-encoded as JPEG):
+    Snakemake reruns the fold, and its finished last.pt matched on slide ids, labels and patch
+    counts, so the old model came back for the new patches. The stores' pixel digests differ."""
+    from gigamil.data.store import read_store
+    from gigamil.data.store_writer import StoreWriter
+
+    train, val = cohort
+    train, val = train.head(4).copy(), val.head(2)
+    cfg = training(epochs=1)
+    out = tmp_path / "f"
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, out)
+    patches, coords, grid, attrs = read_store(train.iloc[0]["store"])
+    recut = tmp_path / "recut.zarr"
+    with StoreWriter(recut, len(coords), patches.shape[1], coords, grid) as writer:
+        writer.append(255 - np.asarray(patches))  # other pixels, the same patches
+        writer.commit(dict(attrs))
+    assert ZarrBag(recut).attrs["patches_sha256"] != attrs["patches_sha256"]
+    seen = []
+
+    def recording_train_epoch(*args, **kwargs):
+        seen.append(kwargs["epoch"])
+        return loop_mod.train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_epoch", recording_train_epoch)
+    (out / "model.pt").unlink()  # Snakemake deletes the job's outputs before it reruns it
+    train.loc[train.index[0], "store"] = str(recut)
+    with caplog.at_level("WARNING"):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, out, resume=True)
+    assert seen == [1] and "other slides; starting from scratch" in caplog.text
+    seen.clear()  # the same pixels again: resumed, nothing to train
+    (out / "model.pt").unlink()
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, out, resume=True)
+    assert seen == []

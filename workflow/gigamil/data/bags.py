@@ -238,3 +238,18 @@ class ConcatBag:
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
         for part in self.parts:
             yield from part.chunks(size)
+
+
+def store_digests(bag: Any) -> list[list[Any]]:
+    """``[[patches_sha256, codec, jpeg_quality]]`` of a bag's patch store (one per part of a
+    :class:`ConcatBag`): the store's digest of its pixels as cut and how they are encoded, so a
+    store re-cut with other pixels (a replaced slide, another codec) is told apart from one of
+    the same patch count. ``[]`` when a store has no digest (written before stores had one; a
+    feature store)."""
+    out = []
+    for part in getattr(bag, "parts", [bag]):
+        attrs = getattr(part, "attrs", None) or {}
+        if not attrs.get("patches_sha256"):
+            return []
+        out.append([attrs["patches_sha256"], attrs.get("codec"), attrs.get("jpeg_quality")])
+    return out

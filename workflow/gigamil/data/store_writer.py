@@ -8,6 +8,7 @@ complete. Every chunk file is written (also all-zero ones) and ends in a CRC-32C
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -126,6 +127,7 @@ class StoreWriter:
         self._buffered = 0
         self._written = 0
         self._committed = False
+        self._digests: dict[int, bytes] = {}  # per chunk: each patch's sha256, as cut
 
     def _create_patches(self, patch_px: int, codec: str, jpeg_quality: int) -> zarr.Array:
         """The empty ``patches`` array (n, patch_px, patch_px, 3) uint8 in chunks of
@@ -207,6 +209,8 @@ class StoreWriter:
         large uint8 chunks: the chunk key is ``c/<index>/0/0/0`` (default encoding, "/"), the
         bytes are the C-order chunk padded with the fill value through the array's codecs.
         """
+        rows = np.ascontiguousarray(data, np.uint8)
+        self._digests[index] = b"".join(hashlib.sha256(row).digest() for row in rows)
         if len(data) < self.chunk:  # the last chunk is stored at full size, padded
             pad = np.zeros((self.chunk - len(data), *data.shape[1:]), np.uint8)
             data = np.concatenate([data, pad])
@@ -226,13 +230,18 @@ class StoreWriter:
             raise
 
     def commit(self, attrs: dict[str, Any]) -> Path:
-        """Flush, write ``attrs``, and atomically replace ``out`` with the finished store."""
+        """Flush, write ``attrs`` and ``patches_sha256`` (a digest of the patches' pixels as cut,
+        before the codec: the sha256 of every patch in row order, hashed, so it does not depend
+        on the chunking; the trainer's resume check compares it), and atomically replace
+        ``out`` with the finished store."""
         self._flush(final=True)
         if self._written != self.n:
             raise RuntimeError(f"{self.out}: wrote {self._written} of {self.n} patches")
         missing = [k for k in REQUIRED_ATTRS if k not in attrs]
         if missing:
             raise ValueError(f"patch store attrs missing {missing}")
+        chunks = b"".join(self._digests[i] for i in range(len(self._digests)))
+        attrs = {**attrs, "patches_sha256": hashlib.sha256(chunks).hexdigest()}
         self.group.update_attributes(_jsonable(attrs))  # one write (attrs.update: one per key)
         if self.out.exists():
             old = temp_path(self.out, "old")

@@ -91,3 +91,10 @@ class EarlyStopping:
         for key in self.STATE_KEYS:
             if key in state:
                 setattr(self, key, state[key])
+
+
+# logged when a finished last.pt is found: the same settings and patches give the same model
+FINISHED = (
+    "training already finished (%s) with these settings and patches; nothing to do (delete %s "
+    "to train it again)"
+)

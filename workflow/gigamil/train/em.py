@@ -51,7 +51,7 @@ from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
 from gigamil.train.checkpoint import model_checkpoint
-from gigamil.train.early_stopping import EarlyStopping
+from gigamil.train.early_stopping import FINISHED, EarlyStopping
 from gigamil.train.loop import (
     BagItem,
     EpochSettings,
@@ -106,7 +106,7 @@ class EMTrainer:
         if resume:
             self._resume()
         if es.finished or es.epoch >= rounds:
-            log.info("training already finished (round %d/%d); nothing to do", es.epoch, rounds)
+            log.info(FINISHED, f"round {es.epoch}/{rounds}", saver.last_path.parent)
             return saver.model_path
         if es.epoch == 0:
             calibrate_model(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from gigamil.data.bags import store_digests
 from gigamil.logutil import log_context
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
@@ -27,7 +28,7 @@ from gigamil.train.accel import prepare_model
 from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
 from gigamil.train.checkpoint import CheckpointSaver, model_checkpoint, model_header
-from gigamil.train.early_stopping import EarlyStopping
+from gigamil.train.early_stopping import FINISHED, EarlyStopping
 from gigamil.train.loop import (
     PROGRESS_EVERY_S,
     EpochSettings,
@@ -132,7 +133,8 @@ class FoldTrainer:
 
     def _signature(self, model_cfg: ModelConfig) -> dict[str, Any]:
         """What ``last.pt`` must match to be resumed: model, classes, training settings, the
-        slides with their labels and patch counts, the patches' size, µm/px and stain
+        slides with their labels, patch counts and the digests of their patches
+        (:func:`store_digests`), the patches' size, µm/px and stain
         normalisation, and the number of processes (steps per epoch and the schedule depend on
         it). One spelling per training, as rule train_fold's params
         (:func:`gigamil.settings.training_signature`). A changed sheet or re-extracted stores
@@ -144,7 +146,9 @@ class FoldTrainer:
         )
 
         def slides(items: list) -> list[list]:
-            return sorted([it.slide_id, int(it.label), len(it.bag)] for it in items)
+            return sorted(
+                [it.slide_id, int(it.label), len(it.bag), *store_digests(it.bag)] for it in items
+            )
 
         return {
             "model": model,
@@ -183,7 +187,7 @@ class FoldTrainer:
             self._resume()
         es, epochs = self.early_stopping, self.cfg.epochs
         if es.finished or es.epoch >= epochs:
-            log.info("training already finished (epoch %d/%d); nothing to do", es.epoch, epochs)
+            log.info(FINISHED, f"epoch {es.epoch}/{epochs}", self.saver.last_path.parent)
             return self.saver.model_path
         if es.epoch == 0:  # a fresh start (a resumed run has the statistics in last.pt)
             self._calibrate(seed=self.cfg.seed)
