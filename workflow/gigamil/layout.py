@@ -182,9 +182,13 @@ def attention_files(dirs: Iterable[str | Path], slide_id: str) -> list[Path]:
     fold model; the heatmap averages the ones found.
 
     Raises:
-        GigamilError: no directory holds the slide's attention.
+        GigamilError: no directory holds the slide's attention, or one whose fold's predictions
+            list the slide lacks it (:func:`gigamil.evaluate.predictions.check_attention_present`).
     """
+    from gigamil.evaluate.predictions import check_attention_present
+
     files = [Path(d) / f"{slide_id}.npy" for d in dirs]
+    check_attention_present(files, slide_id)
     found = [f for f in files if f.is_file()]
     if not found:
         where = files[0].parent if files else "no attention directory"

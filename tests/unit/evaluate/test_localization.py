@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gigamil.errors import GigamilError
@@ -176,3 +177,31 @@ def test_a_bad_sidecar_is_named(tmp_path):
             check_mask_geometry(tmp_path / "m.png", None, (1600, 960))
     (tmp_path / "m.json").write_text('{"downsample": 32}')
     check_mask_geometry(tmp_path / "m.png", None, (1600, 960))  # 50 x 30 px x 32: the slide
+
+
+def test_a_lost_attention_file_of_a_predicted_slide_is_an_error_not_a_smaller_mean(tmp_path):
+    """A deleted fold{k}/attention/{cohort}/{slide}.npy dropped that fold model from the
+    ensemble's mean attention (or the slide from the localisation AUC) with a warning at most;
+    the advice to redo it names the predictions CSV whose deletion makes Snakemake rerun it.
+    A fold that did not predict the slide (a train cohort's other folds) may lack the file."""
+    from gigamil import layout
+    from gigamil.evaluate.localization import cohort_localization
+
+    root = tmp_path / "predictions" / "exp"
+    for k, listed in ((0, ["s1", "s2"]), (1, ["s2"])):
+        (root / f"fold{k}" / "attention" / "ext").mkdir(parents=True)
+        pd.DataFrame({"slide_id": listed}).to_csv(root / f"fold{k}" / "ext.csv", index=False)
+    np.save(root / "fold1" / "attention" / "ext" / "s2.npy", np.ones(3, np.float32))
+    dirs = [root / f"fold{k}" / "attention" / "ext" for k in (0, 1)]
+    assert layout.attention_files(dirs[1:], "s2") == [dirs[1] / "s2.npy"]
+    with pytest.raises(GigamilError) as err:
+        layout.attention_files(dirs, "s2")  # fold0 predicted s2 but its file is gone
+    assert f"attention file {dirs[0] / 's2.npy'} is missing, but {root / 'fold0' / 'ext.csv'}" in (
+        str(err.value)
+    ) and "delete " in str(err.value)
+    with pytest.raises(GigamilError, match="is missing, but"):
+        cohort_localization({"s2": ("store", [d / "s2.npy" for d in dirs], "mask.png")})
+    (root / "fold1" / "attention" / "ext" / "s2.npy").write_bytes(b"not npy")
+    np.save(root / "fold0" / "attention" / "ext" / "s2.npy", np.ones(3, np.float32))
+    with pytest.raises(GigamilError, match=r"damaged or not a .npy array .*: delete .*fold1"):
+        cohort_localization({"s2": ("store", [d / "s2.npy" for d in dirs], "mask.png")})

@@ -138,12 +138,17 @@ def cohort_localization(
     """Localisation of many slides: ``{slide_id: (store, attention, mask png)}``.
 
     ``attention``: one .npy file, or several (e.g. one per fold model of an ensemble), whose mean
-    (:func:`mean_attention`) is scored; missing files are ignored, and a slide with none is
-    skipped with a warning.
+    (:func:`mean_attention`) is scored; a file whose fold model did not predict the slide (a
+    train cohort's other folds) may be missing, one whose fold's predictions list the slide is
+    an error (:func:`~gigamil.evaluate.predictions.check_attention_present`), and a slide
+    with no file at all is skipped with a warning.
     """
+    from gigamil.evaluate.predictions import check_attention_present
+
     out = {}
     for slide_id, (store, attention, mask_path) in slides.items():
         paths = [attention] if isinstance(attention, (str, Path)) else list(attention)
+        check_attention_present(paths, slide_id)
         present = [p for p in paths if Path(p).is_file()]
         if not present:
             log.warning(
@@ -179,17 +184,18 @@ def _load_attention(path: str | Path) -> np.ndarray:
     """One attention .npy as float64; a file numpy cannot read (cut short by a killed job, or
     not a .npy) or that holds NaN or infinite values (the slide would drop out of the
     localisation AUC) is an error naming it, not a traceback. A missing file stays an OSError."""
+    from gigamil.evaluate.predictions import redo_hint
+
     try:
         att = np.load(path, allow_pickle=False).astype(np.float64)
     except (ValueError, EOFError) as exc:
         raise GigamilError(
-            f"attention file {path} is damaged or not a .npy array ({exc}): delete it and rerun "
-            "the prediction that wrote it"
+            f"attention file {path} is damaged or not a .npy array ({exc}): {redo_hint(path)}"
         ) from None
     if not np.isfinite(att).all():
         raise GigamilError(
             f"attention file {path} holds {int((~np.isfinite(att)).sum())} NaN or infinite "
-            "value(s): delete it and rerun the prediction that wrote it"
+            f"value(s): {redo_hint(path)}"
         )
     return att
 

@@ -292,3 +292,40 @@ def check_every_model_predicted_every_slide(
                 f"the other fold models predicted ({shown(lacking)}); every fold model predicts every slide "
                 "of a cohort it did not train on, so the file is incomplete: delete it and rerun"
             )
+
+
+def predictions_of(attention: str | Path) -> Path:
+    """The predictions CSV written with an attention file of the workflow's layout
+    (``fold{k}/attention/{cohort}/{slide_id}.npy`` -> ``fold{k}/{cohort}.csv``)."""
+    cohort_dir = Path(attention).parent
+    return cohort_dir.parent.parent / f"{cohort_dir.name}.csv"
+
+
+def redo_hint(attention: str | Path) -> str:
+    """How to have the prediction that writes ``attention`` run again: in the workflow, delete
+    its predictions CSV (rule predict_fold then writes both again)."""
+    csv = predictions_of(attention)
+    if not csv.is_file():
+        return "rerun the prediction that wrote it"
+    return f"delete {csv} and run snakemake again (its prediction writes both anew)"
+
+
+def check_attention_present(paths: Sequence[str | Path], slide_id: str) -> None:
+    """GigamilError when an attention file of ``slide_id`` among ``paths`` is missing although
+    the predictions CSV written with it lists the slide (every predicted slide gets one, an
+    empty array without patches): a deleted or lost file would otherwise drop a fold model
+    from an ensemble's mean attention, or the slide from the localisation AUC, unseen. A file
+    whose fold did not predict the slide (a train cohort's other folds) may be missing."""
+    for path in paths:
+        csv = predictions_of(path)
+        if Path(path).is_file() or not csv.is_file():
+            continue
+        try:
+            listed = set(pd.read_csv(csv, usecols=["slide_id"], dtype=str)["slide_id"])
+        except (*csv_read_errors(), ValueError):
+            continue  # a damaged CSV is reported by its own reader
+        if str(slide_id) in listed:
+            raise GigamilError(
+                f"slide {slide_id}: attention file {path} is missing, but {csv} lists the "
+                f"slide: {redo_hint(path)}"
+            )
