@@ -73,19 +73,20 @@ class TiffTileSource:
 
         self.path = path
         self._tif = tifffile.TiffFile(path)
-        try:
+        self._fd = -1
+        try:  # any failure (a page layout it cannot read, ...) closes what was opened
             self.pages = [self._match_page(w, h) for (w, h) in level_dimensions]
-        except ValueError:
-            self._tif.close()
+            self._fd = os.open(path, os.O_RDONLY)
+            self._decode = [p.decode for p in self.pages]
+            self._tables = [p.jpegtables for p in self.pages]
+            self._offsets = [np.asarray(p.dataoffsets, np.int64) for p in self.pages]
+            self._counts = [np.asarray(p.databytecounts, np.int64) for p in self.pages]
+            self.tile_shape = [(int(p.tilelength), int(p.tilewidth)) for p in self.pages]
+            self._key = (os.path.realpath(path), os.stat(path).st_mtime_ns)
+        except BaseException:
+            self.close()
             raise
-        self._fd = os.open(path, os.O_RDONLY)
-        self._decode = [p.decode for p in self.pages]
-        self._tables = [p.jpegtables for p in self.pages]
-        self._offsets = [np.asarray(p.dataoffsets, np.int64) for p in self.pages]
-        self._counts = [np.asarray(p.databytecounts, np.int64) for p in self.pages]
-        self.tile_shape = [(int(p.tilelength), int(p.tilewidth)) for p in self.pages]
         self.cache = cache if cache is not None else TileCache(64 * 2**20)
-        self._key = (os.path.realpath(path), os.stat(path).st_mtime_ns)
 
     def _match_page(self, w: int, h: int) -> Any:
         for page in self._tif.pages:
@@ -163,8 +164,10 @@ class TiffTileSource:
         return out
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
         self._tif.close()
 
 
