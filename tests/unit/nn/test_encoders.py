@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -405,3 +407,27 @@ def test_the_workflow_check_of_smallcnn_neither_initialises_nor_imports_dynamo()
     )
     res = run_fresh(code)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_weights_that_are_a_folder_a_bare_hub_id_or_a_bad_hub_name_are_named_before_any_job(
+    tmp_path,
+):
+    """A copied Hugging Face snapshot folder and a Hub id without hf-hub: got "named weights
+    exist only for ..."; a malformed hf-hub: name passed the pre-run check and failed in every
+    train_fold job."""
+    from gigamil.nn.encoders import check_encoder_settings
+
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    cases = {
+        str(
+            snapshot
+        ): f"is a folder: name the weights file in it (e.g. {snapshot}/model.safetensors)",
+        "timm/resnet18.a1_in1k": "for a Hugging Face model write hf-hub:timm/resnet18.a1_in1k",
+        "hf-hub:UNI": "'hf-hub:UNI' is not hf-hub:<org>/<name>",
+    }
+    for weights, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_encoder_settings("timm:resnet18", weights)
+    assert check_encoder_settings("timm:resnet18", "hf-hub:MahmoodLab/UNI") == []  # the job's

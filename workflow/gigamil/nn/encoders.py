@@ -42,8 +42,10 @@ from gigamil.nn.partial import (
 )
 from gigamil.nn.smallcnn import SmallCNN
 from gigamil.nn.weights import (
+    HF_FILES,
     HF_PREFIX,
     WEIGHT_SUFFIXES,
+    hf_repo,
     is_weights_file,
     load_weights_file,
     resolve_weights,
@@ -204,6 +206,8 @@ def check_encoder_settings(
     """
     check_encoder_name(encoder)
     local, warnings = None, []
+    if weights is not None and str(weights).startswith(HF_PREFIX):
+        hf_repo(str(weights))  # its form; the cache is the job's to search
     if weights is not None and not str(weights).startswith(HF_PREFIX):
         if is_weights_file(weights):
             if encoder == "identity":
@@ -240,6 +244,12 @@ def _no_named_weights(encoder: str, weights: str) -> str:
     """The error for a weight name (not a file, not ``hf-hub:``) on an encoder without any."""
     if encoder == "identity":
         return "model.weights: identity has no weights; use null"
+    if Path(weights).expanduser().is_dir():  # e.g. a copied Hugging Face snapshot folder
+        inside = [f for f in HF_FILES if (Path(weights).expanduser() / f).is_file()]
+        example = f"{weights.rstrip('/')}/{inside[0] if inside else HF_FILES[0]}"
+        return f"model.weights: {weights} is a folder: name the weights file in it (e.g. {example})"
+    if weights.count("/") == 1 and all(weights.split("/")):  # org/name, not a weights file
+        return f"model.weights: {weights!r} is not a file; for a Hugging Face model write hf-hub:{weights}"
     return (
         f"model.weights: {weights!r} for {encoder}: named weights exist only for "
         f"{', '.join(_WEIGHT_ENUMS)}; use a local {'/'.join(WEIGHT_SUFFIXES)} file, "

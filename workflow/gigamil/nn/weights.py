@@ -56,6 +56,14 @@ def _hub_cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def hf_repo(weights: str) -> str:
+    """``<org>/<name>`` of an ``hf-hub:<org>/<name>`` reference; ConfigError for another form."""
+    repo = weights[len(HF_PREFIX) :].strip("/")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ConfigError(f"model.weights: {weights!r} is not hf-hub:<org>/<name>")
+    return repo
+
+
 def resolve_weights(weights: str) -> Path:
     """The local file behind ``model.weights`` (raises a one-line ConfigError when missing)."""
     if not weights.startswith(HF_PREFIX):
@@ -65,9 +73,7 @@ def resolve_weights(weights: str) -> Path:
             where += "; a relative path is relative to the working directory)" if where else ""
             raise ConfigError(f"model.weights: file {weights} does not exist{where}")
         return path
-    repo = weights[len(HF_PREFIX) :].strip("/")
-    if repo.count("/") != 1:
-        raise ConfigError(f"model.weights: {weights!r} is not hf-hub:<org>/<name>")
+    repo = hf_repo(weights)
     from huggingface_hub import try_to_load_from_cache
 
     for filename in HF_FILES:
