@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from gigamil.errors import ConfigError
 from gigamil.models.factory import build_mil_model
@@ -195,3 +196,22 @@ def test_the_preprocessing_normalises_with_the_encoders_mean_and_std() -> None:
     resnet = build_mil_model({"encoder": "resnet18"}, 2, 32)
     imagenet = torch.tensor([0.485, 0.456, 0.406])
     assert torch.allclose(resnet.feature_encoder[0].mean.flatten(), imagenet)
+
+
+def test_keys_under_a_prefix_beside_other_keys_get_the_fix_in_the_message():
+    """A DINO-style file, backbone.* beside head.*: the prefix is not stripped (not every key
+    has it), and the message only asked "is it a resnet18?"; it now names the prefix and how to
+    keep that part."""
+    from gigamil.nn.weights import load_strict
+
+    module = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state = {f"backbone.{k}": v for k, v in module.state_dict().items()}
+    state["head.weight"] = torch.zeros(4, 1)
+    with pytest.raises(ConfigError) as err:
+        load_strict(module, state, "w.pt", hint="is it a resnet18?")
+    assert "every missing key is in the file under the prefix 'backbone.', beside 1 other " + (
+        "key(s) (head.weight): save only that part"
+    ) in str(err.value)
+    state.pop("backbone.1.bias")  # not all of them there: the plain message and hint
+    with pytest.raises(ConfigError, match=r"is it a resnet18\?$"):
+        load_strict(module, state, "w.pt", hint="is it a resnet18?")

@@ -210,6 +210,24 @@ def strip_prefixes(
     return state
 
 
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """``; every missing key is in the file under 'backbone.' ...`` when one prefix holds them
+    all but other keys of the file have none (a DINO-style ``backbone.*`` beside ``head.*``, so
+    the prefix is not stripped); else ''."""
+    if not missing:
+        return ""
+    prefixes = {u[: -len(missing[0])] for u in unexpected if u.endswith("." + missing[0])}
+    for prefix in sorted(prefixes):
+        if all(prefix + k in set(unexpected) for k in missing):
+            others = [u for u in unexpected if not u.startswith(prefix)]
+            return (
+                f"; every missing key is in the file under the prefix {prefix!r}, beside "
+                f"{len(others)} other key(s) ({_key_list(others, 3)}): save only that part, "
+                f"{{k.removeprefix({prefix!r}): v for k, v in sd.items() if k.startswith({prefix!r})}}"
+            )
+    return ""
+
+
 def _key_list(keys: list[str], n: int = 5) -> str:
     more = f", ... ({len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
@@ -252,7 +270,8 @@ def load_strict(
             parts.append(f"{len(shapes)} tensors of other shapes ({_key_list(shapes)})")
         raise ConfigError(
             f"model.weights: {source} does not fit the encoder (the encoder has "
-            f"{len(expected)} tensors, the file {len(state)}): {' and '.join(parts)}{tail}"
+            f"{len(expected)} tensors, the file {len(state)}): {' and '.join(parts)}"
+            f"{_prefix_hint(missing, unexpected) or tail}"
         )
     if shapes:
         k = shapes[0]
