@@ -61,8 +61,12 @@ def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None)
         )
     if features is not None and bag.encoder_id != features["encoder_id"]:  # type: ignore[union-attr]
         raise GigamilError(
-            f"slide {slide_id}: features of encoder {bag.encoder_id} but the model was "  # type: ignore[union-attr]
-            f"trained on those of {features['encoder_id']}"
+            f"slide {slide_id}: {bag.path} holds features of encoder {bag.encoder_id} but the "  # type: ignore[union-attr]
+            f"model was trained on those of {features['encoder_id']} (the id hashes the encoder, "
+            "its weights' checksum and the patch settings: one of them differs); extract "
+            "them again with the model's configuration (gigamil features STORE --config "
+            f"CONFIG.yaml --out FEATURES.zarr; in the workflow, delete {Path(bag.path).parent} "
+            "and run snakemake again)"
         )
 
 
