@@ -213,3 +213,18 @@ def test_train_and_predict_from_cached_features(
             training,
             tmp_path / "fold1",
         )
+
+
+def test_a_cache_folder_planned_for_other_weights_is_not_filled(write_store, tmp_path: Path):
+    """Weights replaced at the same path while snakemake ran: the jobs wrote features of the
+    new weights into the folder of the old id, which then held a mix and failed every fold."""
+    from gigamil.data.feature_spec import encoder_id, encoder_spec
+
+    store = write_store(tmp_path / "s.zarr", _patches(3))
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    actual = encoder_id(encoder_spec(cfg, PATCHES))
+    other = f"{actual.rpartition('-')[0]}-{'0' * len(actual.rpartition('-')[2])}"
+    with pytest.raises(GigamilError, match=rf"feature cache {other} was planned for other"):
+        extract_features(store, tmp_path / other / "demo" / "s.zarr", cfg, PATCHES, device="cpu")
+    assert not (tmp_path / other / "demo" / "s.zarr").exists()
+    extract_features(store, tmp_path / actual / "demo" / "s.zarr", cfg, PATCHES, device="cpu")

@@ -201,6 +201,23 @@ def check_store_matches_spec(store: str | Path, bag: ZarrBag, spec: Mapping[str,
             )
 
 
+def _check_planned_id(out: str | Path, actual: str, model_cfg: Any) -> None:
+    """GigamilError when ``out`` lies in the workflow's cache folder of another id of the same
+    encoder (``results/features/<encoder>-<12 hex>/<cohort>/``): the id was planned from the
+    weights file as it was when snakemake started, so the file was replaced during the run,
+    and the folder would mix features of two weights."""
+    name, _, digest = actual.rpartition("-")
+    for folder in list(Path(out).parents)[:2]:
+        planned, (other, _, hexes) = folder.name, folder.name.rpartition("-")
+        if planned != actual and other == name and len(hexes) == len(digest):
+            weights = dict(model_cfg).get("weights") if isinstance(model_cfg, Mapping) else None
+            raise GigamilError(
+                f"{out}: the feature cache {planned} was planned for other encoder settings "
+                f"than those read now ({actual}): was model.weights ({weights}) replaced during "
+                "the run? Run snakemake again: it plans the cache of the file as it is now"
+            )
+
+
 def extract_features(  # noqa: PLR0913 - one rule's inputs
     store: str | Path,
     out: str | Path,
@@ -220,6 +237,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
     t0 = time.perf_counter()
     check_replaceable_store(out, is_feature_store, "feature store")  # before the work
     spec = encoder_spec(model_cfg, patch_cfg)
+    _check_planned_id(out, encoder_id(spec), model_cfg)
     cfg = ModelConfig.from_dict(model_cfg)
     bag = ZarrBag(store, prefetch=2)
     patch_px = int(bag.patch_shape[0])
