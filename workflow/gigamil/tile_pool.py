@@ -59,9 +59,8 @@ def read_tile_pool(source: str | Path | None = None) -> list[Tile]:
     source = packaged_tiles_path() if source is None else Path(source)
     if source.is_file() and zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as zf:
-            entries = {n: n for n in zf.namelist()}
-            root = _zip_root(entries)
-            entries = {n[len(root) :]: n for n in entries if n.startswith(root)}
+            root = _zip_root(zf.namelist())
+            entries = {n[len(root) :]: n for n in zf.namelist() if n.startswith(root)}
             names = _tile_names(source, list(entries))
             items = [(name, zf.read(entries[name])) for name in names]
     elif source.is_dir():
@@ -114,9 +113,8 @@ def _tile_names(source: Path, files: Collection[str]) -> list[str]:
         else:
             skipped.append(name)
     if nested:
-        nested_list = sorted(nested)
         raise GigamilError(
-            f"tile source {source}: {', '.join(nested_list[:3])}"
+            f"tile source {source}: {', '.join(sorted(nested)[:3])}"
             f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
             "tiles are read from directly inside 0/ and 1/ only: move them up"
         )

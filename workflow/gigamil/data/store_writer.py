@@ -209,12 +209,11 @@ class StoreWriter:
         large uint8 chunks: the chunk key is ``c/<index>/0/0/0`` (default encoding, "/"), the
         bytes are the C-order chunk padded with the fill value through the array's codecs.
         """
-        rows = np.ascontiguousarray(data, np.uint8)
-        self._digests[index] = b"".join(hashlib.sha256(row).digest() for row in rows)
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        self._digests[index] = b"".join(hashlib.sha256(row).digest() for row in data)
         if len(data) < self.chunk:  # the last chunk is stored at full size, padded
             pad = np.zeros((self.chunk - len(data), *data.shape[1:]), np.uint8)
             data = np.concatenate([data, pad])
-        data = np.ascontiguousarray(data, dtype=np.uint8)
         if self.codec == "zstd":
             encoded = self._zstd.encode(data)
         else:

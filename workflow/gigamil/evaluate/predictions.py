@@ -10,6 +10,7 @@ a slide without patches has empty probabilities and an empty ``pred``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -320,12 +321,21 @@ def check_attention_present(paths: Sequence[str | Path], slide_id: str) -> None:
         csv = predictions_of(path)
         if Path(path).is_file() or not csv.is_file():
             continue
-        try:
-            listed = set(pd.read_csv(csv, usecols=["slide_id"], dtype=str)["slide_id"])
-        except (*csv_read_errors(), ValueError):
-            continue  # a damaged CSV is reported by its own reader
-        if str(slide_id) in listed:
+        stat = csv.stat()
+        listed = _listed_slides(str(csv), stat.st_mtime_ns, stat.st_size)
+        if listed is not None and str(slide_id) in listed:
             raise GigamilError(
                 f"slide {slide_id}: attention file {path} is missing, but {csv} lists the "
                 f"slide: {redo_hint(path)}"
             )
+
+
+@functools.lru_cache(maxsize=64)
+def _listed_slides(csv: str, mtime_ns: int, size: int) -> frozenset[str] | None:
+    """The slide ids of a predictions CSV, read once per version of the file (a cohort's
+    localisation asks for every slide; ``mtime_ns`` and ``size`` key the version); None for a
+    CSV that cannot be read (its own reader reports it)."""
+    try:
+        return frozenset(pd.read_csv(csv, usecols=["slide_id"], dtype=str)["slide_id"])
+    except (*csv_read_errors(), ValueError):
+        return None

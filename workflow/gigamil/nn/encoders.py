@@ -208,7 +208,7 @@ def check_encoder_settings(
     local, warnings = None, []
     if weights is not None and str(weights).startswith(HF_PREFIX):
         hf_repo(str(weights))  # its form; the cache is the job's to search
-    if weights is not None and not str(weights).startswith(HF_PREFIX):
+    elif weights is not None:
         if is_weights_file(weights):
             if encoder == "identity":
                 raise ConfigError("model.weights: identity has no weights; use null")

@@ -216,9 +216,10 @@ def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
     the prefix is not stripped); else ''."""
     if not missing:
         return ""
+    extra = set(unexpected)
     prefixes = {u[: -len(missing[0])] for u in unexpected if u.endswith("." + missing[0])}
     for prefix in sorted(prefixes):
-        if all(prefix + k in set(unexpected) for k in missing):
+        if all(prefix + k in extra for k in missing):
             others = [u for u in unexpected if not u.startswith(prefix)]
             return (
                 f"; every missing key is in the file under the prefix {prefix!r}, beside "
