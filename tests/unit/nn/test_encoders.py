@@ -274,7 +274,6 @@ def test_encoder_settings_checked_without_building(tmp_path, monkeypatch) -> Non
         ("smallcnn", str(weights)),  # names and shapes checked against the meta encoder
         ("smallcnn", str(ckpt)),
         ("timm:resnet18", None),
-        ("uni", "hf-hub:MahmoodLab/UNI"),  # looked up by the job, where its cache is
     ]:
         assert check_encoder_settings(encoder, w) == []
     # a torchvision weight name not in torch's cache: the first job would download it
@@ -410,7 +409,7 @@ def test_the_workflow_check_of_smallcnn_neither_initialises_nor_imports_dynamo()
 
 
 def test_weights_that_are_a_folder_a_bare_hub_id_or_a_bad_hub_name_are_named_before_any_job(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """A copied Hugging Face snapshot folder and a Hub id without hf-hub: got "named weights
     exist only for ..."; a malformed hf-hub: name passed the pre-run check and failed in every
@@ -430,4 +429,6 @@ def test_weights_that_are_a_folder_a_bare_hub_id_or_a_bad_hub_name_are_named_bef
     for weights, message in cases.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_encoder_settings("timm:resnet18", weights)
-    assert check_encoder_settings("timm:resnet18", "hf-hub:MahmoodLab/UNI") == []  # the job's
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # not here: the job's to find
+    (warning,) = check_encoder_settings("timm:resnet18", "hf-hub:MahmoodLab/UNI")
+    assert "not in the Hugging Face cache here" in warning

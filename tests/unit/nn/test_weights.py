@@ -142,6 +142,31 @@ def test_the_reader_follows_the_content_not_the_suffix(tiny_vit, tmp_path) -> No
         build_encoder(tiny_vit, str(tmp_path / "cut.safetensors"), 32)
 
 
+def test_hf_hub_weights_in_this_machines_cache_are_checked_before_any_job(
+    tiny_vit, monkeypatch, tmp_path
+) -> None:
+    """hf-hub: weights were never looked up before the jobs: a copy of another architecture's
+    weights failed every train_fold job after preprocessing, and a missing copy said nothing
+    until then. Found here they are checked like a local file; missing here, a warning (the jobs
+    may run where HF_HUB_CACHE points elsewhere)."""
+    from gigamil.nn.encoders import check_encoder_settings
+    from gigamil.nn.smallcnn import SmallCNN
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    (warning,) = check_encoder_settings(tiny_vit, "hf-hub:someorg/tiny")
+    assert str(tmp_path / "hub") in warning and "train_fold" in warning and "\n" not in warning
+    snapshot = tmp_path / "hub" / "models--someorg--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    save_file(timm_state(), str(snapshot / "model.safetensors"))
+    assert check_encoder_settings(tiny_vit, "hf-hub:someorg/tiny") == []
+    other = {k: v.contiguous() for k, v in SmallCNN().state_dict().items()}
+    save_file(other, str(snapshot / "model.safetensors"))
+    with pytest.raises(ConfigError, match="does not fit the encoder"):
+        check_encoder_settings(tiny_vit, "hf-hub:someorg/tiny")
+
+
 def test_hf_hub_weights_come_from_the_local_cache_only(tiny_vit, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ConfigError) as err:

@@ -45,7 +45,7 @@ from gigamil.nn.weights import (
     HF_FILES,
     HF_PREFIX,
     WEIGHT_SUFFIXES,
-    hf_repo,
+    hf_weights_here,
     is_weights_file,
     load_weights_file,
     resolve_weights,
@@ -193,13 +193,15 @@ def check_encoder_settings(
     tensor names and shapes, read without the tensors, against the encoder built on the ``meta``
     device: no memory), and a ``trainable_blocks`` the architecture has. The workflow runs it
     before any job, so a typo or the weights of another architecture stop the run before
-    preprocessing instead of in every ``train_fold`` job. ``hf-hub:`` weights are not looked up
-    here: the jobs may run where ``HF_HUB_CACHE`` points elsewhere (a compute node), and their
-    own check names the cache they searched.
+    preprocessing instead of in every ``train_fold`` job. ``hf-hub:`` weights found in this
+    machine's Hugging Face cache are checked as a local file; missing here they only warn: the
+    jobs may run where ``HF_HUB_CACHE`` points elsewhere (a compute node), and their own check
+    names the cache they searched.
 
     Returns:
         warnings: a torchvision weight name whose file is not in torch's hub cache (the first
-        job downloads it, which fails on a machine without internet).
+        job downloads it, which fails on a machine without internet); ``hf-hub:`` weights not in
+        the Hugging Face cache here.
 
     Raises:
         ConfigError: naming the key and the problem.
@@ -207,7 +209,7 @@ def check_encoder_settings(
     check_encoder_name(encoder)
     local, warnings = None, []
     if weights is not None and str(weights).startswith(HF_PREFIX):
-        hf_repo(str(weights))  # its form; the cache is the job's to search
+        local, warnings = hf_weights_here(str(weights))
     elif weights is not None:
         if is_weights_file(weights):
             if encoder == "identity":

@@ -44,7 +44,7 @@ def is_weights_file(weights: str | None) -> bool:
     )
 
 
-def _hub_cache() -> str:
+def hub_cache() -> str:
     """The Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default),
     read when called so a job's environment counts."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -77,17 +77,33 @@ def resolve_weights(weights: str) -> Path:
     from huggingface_hub import try_to_load_from_cache
 
     for filename in HF_FILES:
-        found = try_to_load_from_cache(repo, filename, cache_dir=_hub_cache())
+        found = try_to_load_from_cache(repo, filename, cache_dir=hub_cache())
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
     raise ConfigError(
-        f"model.weights: {weights} is not in the local Hugging Face cache ({_hub_cache()}); "
+        f"model.weights: {weights} is not in the local Hugging Face cache ({hub_cache()}); "
         f"on a machine with internet, accept the model's terms on https://huggingface.co/{repo}, "
         f"run `hf auth login` and `hf download {repo}`, then copy its "
         f"models--{repo.replace('/', '--')} folder into this machine's cache (or set "
         f"HF_HUB_CACHE to a copy), or set model.weights to the downloaded "
         f"{' or '.join(HF_FILES)} file"
     )
+
+
+def hf_weights_here(weights: str) -> tuple[str | None, list[str]]:
+    """``(weights, [])`` when the ``hf-hub:`` weights are in this machine's Hugging Face cache
+    (then checked against the meta encoder like a local file), else ``(None, [warning])``."""
+    hf_repo(weights)  # its form: an error at once
+    try:
+        resolve_weights(weights)
+    except ConfigError:
+        return None, [
+            f"model.weights {weights} is not in the Hugging Face cache here ({hub_cache()}): "
+            "every job that loads the encoder (train_fold, extract_features) looks in its own "
+            "HF_HUB_CACHE and stops, after preprocessing, if it is not there either; if the "
+            'jobs run on this machine, download it first (README, "Choosing an encoder")'
+        ]
+    return weights, []
 
 
 @lru_cache(maxsize=16)
