@@ -45,6 +45,28 @@ def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
         assert img.format == "PNG" and img.size == (960, 408)
 
 
+def test_training_curves_say_how_each_loss_is_taken(tmp_path, monkeypatch):
+    """The training loss (augmented, train mode, class-weighted, while the weights change) and the
+    validation loss (eval mode, unweighted) were drawn as "train_loss" and "val_loss" on one
+    axis: a gap between them read as overfitting."""
+    from matplotlib.figure import Figure
+
+    legends = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda f, *a, **kw: (
+            legends.append([t.get_text() for t in f.axes[0].get_legend().get_texts()])
+            or savefig(f, *a, **kw)
+        ),
+    )
+    plot_training_curves(_train_log(tmp_path / "train_log.csv"), tmp_path / "c.png", "fold 0")
+    (labels,) = legends
+    assert "train (augmented, train mode)" in labels
+    assert "val (eval mode)" in labels
+
+
 def test_training_curves_title_lines_fit_the_figure(tmp_path, monkeypatch):
     """The no-validation note is wrapped: a 165-character line was cut off at both edges."""
     from matplotlib.figure import Figure

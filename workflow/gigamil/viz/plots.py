@@ -154,10 +154,19 @@ CURVE_COLOURS = {
     "encoder_loss": "tab:red",
 }
 
+# the legend's names: the two losses are not on one scale (a gap is not by itself overfitting):
+# the training loss on augmented patches in train mode while the weights change, weighted by
+# training.class_weights; the validation loss after the epoch, in eval mode, unweighted
+CURVE_LABELS = {
+    "train_loss": "train (augmented, train mode)",
+    "val_loss": "val (eval mode)",
+}
+
 
 def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> dict[str, Any]:
     """Training curves of one fold from its ``train_log.csv``: training and validation loss
-    (left) and validation AUC (right) against the epoch, the best epoch (the one model.pt holds,
+    (left; the legend says how each is taken, ``CURVE_LABELS``) and validation AUC (right)
+    against the epoch, the best epoch (the one model.pt holds,
     the log's last ``best_epoch``) marked by a dashed line and a star on each curve. A log of
     ``training.strategy: em`` (rows = rounds) also draws the E-step's pseudo-label loss
     (``encoder_loss``) on the left. A log with a ``replicate`` column (``training.replicates``
@@ -259,7 +268,7 @@ def _draw_member(  # noqa: PLR0913 - the two panels, the member's rows and what 
                 lw=1.4 if member is None else 1.0,
                 ls=style,
                 color=colour,
-                label=col + suffix,
+                label=CURVE_LABELS.get(col, col) + suffix,
             )
             if not at_best.empty and pd.notna(at_best[col].iloc[0]):
                 ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
