@@ -189,3 +189,15 @@ def test_hf_hub_weights_count_by_name_only() -> None:
 
     assert weights_signature("hf-hub:org/name") == {}
     assert weights_signature(None) == {} and weights_signature("IMAGENET1K_V1") == {}
+
+
+def test_parse_encoder_id_reads_what_encoder_id_writes() -> None:
+    """The feature-cache check of extract_features parsed folder names by rpartition("-"); a
+    cohort folder named like an id but with other digits counted as one."""
+    from gigamil.data.feature_spec import encoder_id, parse_encoder_id
+
+    made = encoder_id({"encoder": "timm:vit_small_patch16_224", "weights": None})
+    name, digest = parse_encoder_id(made)
+    assert made == f"{name}-{digest}" and name == "timm_vit_small_patch16_224"
+    for other in ["smallcnn", "smallcnn-0123456789ab-x", "smallcnn-0123456789AB", "a-0123"]:
+        assert parse_encoder_id(other) is None

@@ -22,7 +22,12 @@ from torch import nn
 
 from gigamil import __version__
 from gigamil.data.bags import ZarrBag, store_stain_normalization
-from gigamil.data.feature_spec import RANDOM_INIT_SEED, encoder_id, encoder_spec
+from gigamil.data.feature_spec import (
+    RANDOM_INIT_SEED,
+    encoder_id,
+    encoder_spec,
+    parse_encoder_id,
+)
 from gigamil.data.features import KIND, is_feature_store
 from gigamil.data.store_writer import _jsonable
 from gigamil.errors import GigamilError
@@ -206,10 +211,10 @@ def _check_planned_id(out: str | Path, actual: str, model_cfg: Any) -> None:
     encoder (``results/features/<encoder>-<12 hex>/<cohort>/``): the id was planned from the
     weights file as it was when snakemake started, so the file was replaced during the run,
     and the folder would mix features of two weights."""
-    name, _, digest = actual.rpartition("-")
-    for folder in list(Path(out).parents)[:2]:
-        planned, (other, _, hexes) = folder.name, folder.name.rpartition("-")
-        if planned != actual and other == name and len(hexes) == len(digest):
+    ids = [(folder.name, parse_encoder_id(folder.name)) for folder in list(Path(out).parents)[:2]]
+    own = parse_encoder_id(actual)
+    for planned, parsed in ids:
+        if own and parsed and planned != actual and parsed[0] == own[0]:
             weights = dict(model_cfg).get("weights") if isinstance(model_cfg, Mapping) else None
             raise GigamilError(
                 f"{out}: the feature cache {planned} was planned for other encoder settings "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,6 +104,13 @@ def encoder_id(spec: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
     name = "".join(c if c.isalnum() else "_" for c in str(spec["encoder"]))
     return f"{name}-{digest}"
+
+
+def parse_encoder_id(text: str) -> tuple[str, str] | None:
+    """``(encoder name, digest)`` of a string in the form :func:`encoder_id` writes
+    (``<name>-<12 lowercase hex digits>``, the name of a feature-cache folder), else None."""
+    match = re.fullmatch(rf"(\w+)-([0-9a-f]{{{ID_LENGTH}}})", text)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def config_encoder_id(config: Mapping[str, Any]) -> str | None:
