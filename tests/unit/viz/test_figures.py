@@ -80,3 +80,18 @@ def test_overlay_title_and_key_wrap_to_a_narrow_figure(tmp_path):
     assert (
         "the 8 patches of highest patch probability" in _keys(None, marks, "patch probability")[0]
     )
+
+
+def test_a_lesion_smaller_than_a_thumbnail_pixel_is_still_outlined():
+    """The outline was drawn on a nearest-neighbour resize of the lesion mask, which can miss a
+    small lesion entirely while the key line still said "white outline: lesion mask"."""
+    from gigamil.viz.figures import outline_mask
+
+    mask = np.zeros((1000, 800), bool)
+    mask[0:3, 0:3] = True  # between the nearest-neighbour samples of a 100 x 80 thumbnail
+    small = outline_mask(mask, (100, 80))
+    assert small.shape == (100, 80) and small[0, 0] and small.sum() == 1
+    assert outline_mask(np.zeros((10, 10), bool), (5, 5)) is None
+    assert outline_mask(None, (5, 5)) is None
+    up = outline_mask(np.eye(2, dtype=bool), (4, 4))  # a mask smaller than the image: upscaled
+    assert up.tolist() == np.kron(np.eye(2, dtype=bool), np.ones((2, 2), bool)).tolist()

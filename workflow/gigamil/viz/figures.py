@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gigamil.viz.canvas import _colormap, _resize_mask, composite_overlay
+from gigamil.viz.canvas import _colormap, composite_overlay
 from gigamil.viz.scales import ColourScale
 
 DPI = 100
@@ -73,6 +73,7 @@ def render_overlay(  # noqa: PLR0913 - the image, its masks and drawing options
 
     image = composite_overlay(thumb, canvas, cmap, alpha, tissue)
     h, w = image.shape[:2]
+    lesion = outline_mask(lesion, (h, w))
     bar_px = 130  # colour bar, its ticks and its two-line label
     fig_w = max(w + bar_px + 30, MIN_FIGURE_PX)
     shown = "\n".join(_wrap(line, max(24, (fig_w - 10) // 7)) for line in title.split("\n"))
@@ -108,11 +109,11 @@ def _draw_marks(
     marks: Sequence[tuple[float, float, float, str]],
     mpp: float | None,
 ) -> None:
-    """Draw the lesion outline, the marked patches and the scale bar on the axes of the image
-    of ``shape`` (H, W) px."""
+    """Draw the lesion outline (``lesion``: :func:`outline_mask` of the image's size), the
+    marked patches and the scale bar on the axes of the image of ``shape`` (H, W) px."""
     h, w = shape
-    if lesion is not None and lesion.any():
-        _outline(ax, _resize_mask(lesion, (h, w)))
+    if lesion is not None:
+        _outline(ax, lesion)
     if marks:
         _mark_patches(ax, marks)
     if mpp:
@@ -123,7 +124,7 @@ def _keys(
     lesion: np.ndarray | None, marks: Sequence[tuple[float, float, float, str]], weight: str
 ) -> list[str]:
     """The parts of the overlay's key line: what the outline and the boxes mark."""
-    keys = ["white outline: lesion mask"] if lesion is not None and lesion.any() else []
+    keys = ["white outline: lesion mask"] if lesion is not None else []
     if marks:
         n = len(marks)
         keys.append(
@@ -168,6 +169,19 @@ def _scale_bar(ax: Any, mpp: float, width_px: int) -> None:
     )  # fmt: skip
     bar.set_clip_on(False)
     ax.add_artist(bar)
+
+
+def outline_mask(lesion: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The lesion mask (bool, any size covering the slide) at the image's ``shape`` (H, W), a
+    pixel set when any mask pixel it covers is (block maximum: a lesion smaller than a
+    thumbnail pixel still shows; a nearest-neighbour resize could drop it while the key line
+    still named the outline); None when there is no lesion."""
+    if lesion is None or not lesion.any():
+        return None
+    h, w = shape
+    rows = (np.arange(h) * lesion.shape[0]) // h  # first mask row of each image row
+    cols = (np.arange(w) * lesion.shape[1]) // w
+    return np.logical_or.reduceat(np.logical_or.reduceat(lesion, rows, axis=0), cols, axis=1)
 
 
 def _outline(ax: Any, mask: np.ndarray) -> None:
