@@ -127,7 +127,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     if not labels_required and "label" not in df.columns and "label" not in renames.values():
         df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in needed if c not in df.columns and c not in renames.values()]
-    problems = _duplicate_columns(path) + _rename_problems(renames)
+    problems = _duplicate_columns(path) + rename_problems(renames)
     if missing:
         hints = [] if separator else [f"{got!r} -> {c}" for c in missing if (got := _near(c, df))]
         problems.append(
@@ -151,21 +151,6 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
         raise ConfigError(f"{path}: the sheet has no rows (only empty ones)")
     df.attrs["sheet_lines"] = [line for line, keep in zip(lines, filled, strict=True) if keep]
     return df
-
-
-def _rename_problems(renames: dict[str, str]) -> list[str]:
-    """One problem per column name gigamil reads that the header spells otherwise: rename the
-    column, or, when several columns spell it, keep one of them under that name."""
-    by_name: dict[str, list[str]] = {}
-    for col, name in renames.items():
-        by_name.setdefault(name, []).append(col)
-    return [
-        f"column {cols[0]!r} means {name!r}; column names are read as spelt: rename it {name}"
-        if len(cols) == 1
-        else f"columns {', '.join(map(repr, cols))} all mean {name!r}: keep one of them, named "
-        f"{name}"
-        for name, cols in by_name.items()
-    ]
 
 
 def _duplicate_columns(path: Path) -> list[str]:
@@ -210,20 +195,44 @@ def _near(column: str, df: pd.DataFrame) -> str | None:
     return others[near[0]] if near else None
 
 
+def column_renames(columns: list[str], known: tuple[str, ...]) -> dict[str, str]:
+    """``{as written: as read}`` for the columns that spell a ``known`` name with other case,
+    spaces or hyphens (``Label``, ``Slide ID``) while no column has that name: their values would
+    be silently ignored."""
+    renames = {}
+    for col in columns:
+        folded = re.sub(r"[\s-]+", "_", col.lower())
+        if col not in known and folded in known and folded not in columns:
+            renames[col] = folded
+    return renames
+
+
+def rename_problems(renames: dict[str, str]) -> list[str]:
+    """One problem per column name gigamil reads that the header spells otherwise: rename the
+    column, or, when several columns spell it, keep one of them under that name."""
+    by_name: dict[str, list[str]] = {}
+    for col, name in renames.items():
+        by_name.setdefault(name, []).append(col)
+    return [
+        f"column {cols[0]!r} means {name!r}; column names are read as spelt: rename it {name}"
+        if len(cols) == 1
+        else f"columns {', '.join(map(repr, cols))} all mean {name!r}: keep one of them, named "
+        f"{name}"
+        for name, cols in by_name.items()
+    ]
+
+
 def _misspelt_columns(columns: list[str], path: Path) -> dict[str, str]:
     """Columns gigamil reads, spelt otherwise: ``{as written: as read}`` where only case, spaces
     or hyphens differ (``MPP``, ``Slide ID``: their values would be silently ignored; the caller
     stops the run); a warning for a near miss of an optional column (``lesion_masks``,
     ``mpp_um``): extra columns are kept as data and may be the user's own."""
     known = (*SHEET_COLUMNS, *OPTIONAL_COLUMNS)
-    renames: dict[str, str] = {}
+    renames = column_renames(columns, known)
     for col in columns:
-        if col in known:
+        if col in known or col in renames:
             continue
         folded = re.sub(r"[\s-]+", "_", col.lower())
-        if folded in known and folded not in columns:
-            renames[col] = folded
-            continue
         near = difflib.get_close_matches(folded, OPTIONAL_COLUMNS, n=1, cutoff=0.8) or [
             c for c in OPTIONAL_COLUMNS if folded.startswith(f"{c}_")
         ]

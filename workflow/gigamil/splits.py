@@ -20,6 +20,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -352,8 +353,10 @@ def _folds_table(sheet: pd.DataFrame, patients: pd.DataFrame, role: np.ndarray) 
 
 def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
     """Refuse a fold that the workflow's folds (:func:`gigamil.splits.make_folds`) never give:
-    a slide listed twice, a patient in both the training and the validation slides (the
-    validation would see the training patient), or a patient whose slides carry different labels.
+    a slide listed twice, two slides with the same ``store`` (when the tables have one: one
+    slide's patches under two ids, e.g. a copied row), a patient in both the training and the
+    validation slides (the validation would see the training patient), or a patient whose
+    slides carry different labels.
 
     Raises:
         GigamilError: naming the slide or patient.
@@ -364,6 +367,15 @@ def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
         dup = ids[ids.duplicated()].iloc[0]
         parts = " and ".join(sorted(set(both.loc[ids == dup, "_part"])))
         raise GigamilError(f"slide {dup} is listed twice ({parts} slides)")
+    if "store" in both:
+        stores = both["store"].map(lambda p: str(Path(p).resolve()))
+        if stores.duplicated().any():
+            same = stores == stores[stores.duplicated()].iloc[0]
+            raise GigamilError(
+                f"slides {', '.join(ids[same])} have the same store {both['store'][same].iloc[0]}"
+                f" ({' and '.join(sorted(set(both.loc[same, '_part'])))} slides): one slide's "
+                "patches under two ids; give each slide its own store"
+            )
     leak = both.groupby(both["patient_id"].astype(str))["_part"].nunique()
     if (leak > 1).any():
         raise GigamilError(

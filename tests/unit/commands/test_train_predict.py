@@ -254,6 +254,12 @@ def test_train_and_predict_a_fold_of_folds_csv(mil_bags, tmp_path: Path, capsys)
     preds = pd.read_csv(tmp_path / "p.csv")
     assert sorted(preds["slide_id"]) == roles["test"] and (preds["fold"] == 1).all()
     assert "not a test of it" not in capsys.readouterr().err  # the fold's own test slides
+    # fold 0's test slides are fold 1's training slides: a mistyped --fold gave "out-of-fold"
+    # predictions of slides the model trained on, with a warning only
+    other = ["predict", "--model", str(out / "model.pt"), *fold[:3], "0", *fold[4:]]
+    assert main([*other, "--out", str(tmp_path / "q.csv"), "--attention-dir", "a0"]) == 2
+    assert "were training or validation slides of this model" in capsys.readouterr().err
+    assert not (tmp_path / "q.csv").exists()
 
     capsys.readouterr()
     errors = {
@@ -289,3 +295,33 @@ def test_slides_csv_reads_ids_as_written_and_names_an_empty_cell(tmp_path: Path)
         read_slides_csv(str(path))
     path.write_text("cohort,slide_id,patient_id,store\nc,s1,P1,s.zarr\n")  # to predict
     assert read_slides_csv(str(path), labels=False)["label"].tolist() == [""]
+
+
+def test_slides_csv_header_spacing_case_and_a_slide_file_as_store_are_named(tmp_path: Path) -> None:
+    """README's column list copied as a header (", " between names) read as missing columns; a
+    "Label" header was dropped and every label read as empty; a slide file in the store column
+    got zarr's own message."""
+    from gigamil.commands.train import read_slides_csv
+    from gigamil.errors import GigamilError
+
+    (tmp_path / "s.zarr").mkdir()
+    (tmp_path / "s1.tiff").write_bytes(b"II*")
+    path = tmp_path / "slides.csv"
+    path.write_text("cohort, slide_id, patient_id, label, store\nc, s1, P1, normal, s.zarr\n")
+    df = read_slides_csv(str(path))
+    assert df.loc[0, ["slide_id", "label"]].tolist() == ["s1", "normal"]
+    assert df.loc[0, "store"] == str(tmp_path / "s.zarr")
+    path.write_text("cohort,slide_id,patient_id,Label,store\nc,s1,P1,normal,s.zarr\n")
+    for labels in (True, False):
+        with pytest.raises(GigamilError, match="column 'Label' means 'label'.*rename it label"):
+            read_slides_csv(str(path), labels=labels)
+    path.write_text("slide_id,patient_id,label,path\ns1,P1,normal,s1.tiff\n")  # a cohort sheet
+    with pytest.raises(GigamilError) as err:
+        read_slides_csv(str(path))
+    assert "missing columns ['cohort', 'store']" in str(err.value)
+    assert "its columns: slide_id, patient_id, label, path); this looks like a cohort" in str(
+        err.value
+    )
+    path.write_text("cohort,slide_id,patient_id,label,store\nc,s1,P1,normal,s1.tiff\n")
+    with pytest.raises(GigamilError, match="store s1.tiff is a file, not a patch store"):
+        read_slides_csv(str(path))

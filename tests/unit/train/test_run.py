@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -588,7 +589,12 @@ def test_a_fold_the_splits_never_give_is_an_error(mil_bags, cohort, tmp_path: Pa
     args = (mil_bags.classes, mil_bags.model, training(), tmp_path)
     with pytest.raises(GigamilError, match=r"is listed twice \(training and validation slides\)"):
         train_fold(train, pd.concat([val, train.iloc[:1]]), *args)
-    leak = train.iloc[:1].assign(slide_id="other_slide")  # a training patient's second slide
+    renamed = train.iloc[:1].assign(slide_id="other_slide")  # one slide's patches, two ids
+    with pytest.raises(GigamilError, match=r"slides \S+, other_slide have the same store .*"):
+        train_fold(train, pd.concat([val, renamed]), *args)
+    copy = tmp_path / "copy.zarr"  # a training patient's second slide
+    shutil.copytree(train["store"].iloc[0], copy)
+    leak = renamed.assign(store=str(copy))
     with pytest.raises(GigamilError, match=r"has training and validation slides"):
         train_fold(train, pd.concat([val, leak]), *args)
     flipped = leak.assign(label=[c for c in mil_bags.classes if c != leak["label"].iloc[0]][0])

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         max_instances_per_forward_pass=args.chunk,
+        require_unseen=args.folds is not None,  # declared test slides: none may be seen
     )
     if args.fold is not None:
         write_fold_predictions(preds, args.fold, args.out)

@@ -91,13 +91,16 @@ def fold_slides(args: argparse.Namespace, *roles: str) -> list:
 def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas imported lazily
     """Read a slides CSV (columns cohort, slide_id, patient_id, label, store). With
     ``labels=False`` (slides to predict) the ``label`` column is optional: missing or empty
-    labels become ``""``. Values are read as written (``NA`` is an id); an empty id, store or
-    (with ``labels``) label is a GigamilError naming its line."""
+    labels become ``""``. Values are read as written (``NA`` is an id), spaces around names and
+    values dropped; a column spelt with other case or spaces (``Label``), a missing column (the
+    error lists those found), an empty id, store or (with ``labels``) label, and a store that
+    is missing or a file are a GigamilError naming the column, line or store."""
     from pathlib import Path
 
     import pandas as pd
 
     from gigamil.errors import GigamilError, csv_read_errors
+    from gigamil.sheet_csv import column_renames, rename_problems
 
     if not Path(path).exists() or Path(path).is_dir():  # a pipe (<(...)) is fine
         raise GigamilError(f"{path}: file not found")
@@ -106,21 +109,58 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except csv_read_errors() as exc:
         raise GigamilError(f"{path}: not a readable CSV ({exc})") from exc
+    df.columns = [str(c).strip() for c in df.columns]  # "cohort, slide_id, ..." as README lists
+    renames = column_renames(list(df.columns), SLIDES_COLUMNS)
+    if renames:  # a "Label" column would be dropped and every label read as empty
+        raise GigamilError(f"{path}: {'; '.join(rename_problems(renames))}")
     if not labels and "label" not in df.columns:
         df["label"] = ""
-    missing = [
-        c for c in ("cohort", "slide_id", "patient_id", "label", "store") if c not in df.columns
-    ]
+    missing = [c for c in SLIDES_COLUMNS if c not in df.columns]
     if missing:
-        raise GigamilError(f"{path}: missing columns {missing}")
+        raise GigamilError(_missing_message(path, missing, list(df.columns)))
+    df = df.apply(lambda col: col.str.strip())  # " stores/a.zarr" is stores/a.zarr
     for col in ("cohort", "slide_id", "patient_id", "store", *(["label"] * labels)):
-        empty = df.index[df[col].str.strip() == ""]
+        empty = df.index[df[col] == ""]
         if len(empty):
             raise GigamilError(f"{path}: line {empty[0] + 2} has no {col}")
+    _resolve_stores(df, path)
+    return df
+
+
+SLIDES_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
+
+
+def _missing_message(path: str, missing: list[str], columns: list[str]) -> str:
+    """The error for a slides CSV without ``missing`` columns: what it has, and for a cohort
+    sheet (``path``, no ``store``) what a store is."""
+    sheet = (
+        "; this looks like a cohort sheet (slides by path): a slides CSV names each slide's patch "
+        "store (the .zarr folder gigamil patches writes) in its store column"
+        if "store" in missing and "path" in columns
+        else ""
+    )
+    return (
+        f"{path}: missing columns {missing} (a slides CSV has {', '.join(SLIDES_COLUMNS)}; its "
+        f"columns: {', '.join(columns)}){sheet}"
+    )
+
+
+def _resolve_stores(df, path: str) -> None:  # noqa: ANN001 - a pandas DataFrame, imported lazily
+    """Each ``store`` made absolute (relative to the working directory if it exists there, else
+    to the CSV's folder); GigamilError for a store that does not exist or is a file."""
+    from pathlib import Path
+
+    from gigamil.errors import GigamilError
+
     base = Path(path).resolve().parent
     given = df["store"].tolist()
     df["store"] = [str(p if Path(p).is_absolute() or Path(p).exists() else base / p) for p in given]
     for typed, store in zip(given, df["store"], strict=True):
+        if Path(store).is_file():
+            raise GigamilError(
+                f"{path}: store {typed} is a file, not a patch store (the .zarr folder that "
+                "gigamil patches writes from a slide)"
+            )
         if not Path(store).exists():
             where = (
                 f"{store}"
@@ -128,7 +168,6 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
                 else f"{typed} (looked for {Path(typed).resolve()} and {store})"
             )
             raise GigamilError(f"{path}: patch store {where} does not exist")
-    return df
 
 
 def run(args: argparse.Namespace) -> int:

@@ -177,8 +177,13 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     device: str = "auto",
     threads: int = 1,
     max_instances_per_forward_pass: int | None = 512,
+    require_unseen: bool = False,
 ) -> pd.DataFrame:
     """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
+
+    Slides the model trained or validated on (or of patients it trained on) are a warning;
+    with ``require_unseen`` (the slides are declared its test slides, ``gigamil predict
+    --folds``) a slide it trained or validated on is a GigamilError before any prediction.
 
     ``threads``: torch's CPU threads and the threads decoding patch chunks (ahead of the model;
     on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
@@ -207,6 +212,7 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
             device,
             threads,
             max_instances_per_forward_pass,
+            require_unseen,
         )
 
 
@@ -226,15 +232,20 @@ def seen_in_training(slides: pd.DataFrame, ckpt: dict[str, Any]) -> tuple[list[s
     return ids[same].tolist(), ids[~same & of_patient].tolist()
 
 
-def _warn_seen(slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path) -> None:
+def _warn_seen(
+    slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path, strict: bool = False
+) -> None:
     """Warn when slides to predict were training or validation slides of the model, or are of
-    patients it trained on: their predictions are no test of the model (too good)."""
+    patients it trained on: their predictions are no test of the model (too good). ``strict``
+    (the slides are its declared test slides): a slide it trained on is an error."""
     if "training_slides" not in ckpt:
         log.info(
             "%s does not record its training slides (an older gigamil): not checked", model_path
         )
         return
     same, patient = seen_in_training(slides, ckpt)
+    if strict and same:
+        raise GigamilError(_seen_test_slides(model_path, same, len(slides)))
     parts = [
         f"{len(v)} {what} ({', '.join(v[:5])}{', ...' if len(v) > 5 else ''})"
         for v, what in (
@@ -251,6 +262,26 @@ def _warn_seen(slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path) -> 
             len(slides),
             " and ".join(parts),
         )
+
+
+def _check_slides(
+    slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path, require_unseen: bool
+) -> None:
+    """Before any prediction: labels among the model's classes, safe and unique ids and
+    stores, and the slides the model has seen (warned, or with ``require_unseen`` refused)."""
+    _check_labels(slides, [str(c) for c in ckpt["classes"]], model_path)
+    _check_slide_ids(slides)
+    _warn_seen(slides, ckpt, model_path, require_unseen)
+
+
+def _seen_test_slides(model_path: Path, same: list[str], n: int) -> str:
+    """The error for declared test slides the model trained or validated on."""
+    listed = f"{', '.join(same[:5])}{', ...' if len(same) > 5 else ''}"
+    return (
+        f"{model_path}: {len(same)} of the {n} test slides ({listed}) were training or "
+        "validation slides of this model, so their predictions would be scored as out-of-fold "
+        "but are not: is it the model of this fold (--model foldK/model.pt with --fold K)?"
+    )
 
 
 def _check_slide_ids(slides: pd.DataFrame) -> None:
@@ -283,6 +314,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     device: str,
     threads: int,
     max_instances_per_forward_pass: int | None,
+    require_unseen: bool = False,
 ) -> pd.DataFrame:
     torch.set_num_threads(max(1, int(threads)))
     slides = slides if "label" in slides else slides.assign(label="")  # role: predict: none
@@ -291,9 +323,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     model, ckpt = load_model(model_path, dev)
     prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
-    _check_labels(slides, classes, model_path)
-    _check_slide_ids(slides)
-    _warn_seen(slides, ckpt, model_path)
+    _check_slides(slides, ckpt, model_path, require_unseen)
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     rows = []
     for i, row in enumerate(slides.itertuples(index=False), start=1):
