@@ -29,14 +29,13 @@ from gigamil.fileutil import atomic_write_bytes
 from gigamil.models.ensemble import ReplicateEnsemble
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
+from gigamil.train.signature import changed_keys
 
 log = logging.getLogger(__name__)
 
 # model.pt key: False while its training runs (the best epoch so far), True once it has ended;
 # absent in model.pt files written before gigamil marked them (read as finished)
 FINISHED = "training_finished"
-
-
 DIGEST_KEY = "sha256"
 
 
@@ -303,8 +302,9 @@ class CheckpointSaver:
         ckpt = load_checkpoint(self.last_path)
         if ckpt.get("signature") != self.signature:
             log.warning(
-                "%s was written with another configuration or other slides; starting from scratch",
+                "%s was written with other settings or slides (changed: %s); starting from scratch",
                 self.last_path,
+                changed_keys(ckpt.get("signature"), self.signature),
             )
             return None
         return ckpt

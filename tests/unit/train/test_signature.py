@@ -1,0 +1,34 @@
+"""The resume warning names what changed between last.pt's signature and the training's now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gigamil.train.checkpoint import CheckpointSaver, atomic_save
+from gigamil.train.signature import changed_keys
+
+
+def test_changed_keys_names_settings_and_slides() -> None:
+    old = {"model": {"att_dim": 64, "pool": "abmil"}, "training": {"lr": 3e-4}, "train": [["a"]]}
+    new = {"model": {"att_dim": 128, "pool": "abmil"}, "training": {"lr": 1e-3}, "train": [["b"]]}
+    assert changed_keys(old, new) == (
+        "model.att_dim, the training slides (ids, labels, patch counts or patches), training.lr"
+    )
+    assert changed_keys({"world": 1}, {"world": 2}) == "the number of processes"
+    assert changed_keys({"training": {}}, {"training": {"seed": 1}}) == "training.seed"
+    many = {"training": {f"k{i}": i for i in range(8)}}
+    assert changed_keys({"training": {}}, many, limit=2) == "training.k0, training.k1, ..."
+    assert changed_keys(None, new) == "no signature"
+
+
+def test_a_last_pt_of_other_settings_is_ignored_naming_them(tmp_path: Path, caplog) -> None:
+    """It said only "another configuration or other slides": which of the two, and which
+    setting, was for the user to guess."""
+    sig = {"model": {"att_dim": 64}, "training": {"lr": 3e-4, "epochs": 4}, "train": [["a"]]}
+    saver = CheckpointSaver(tmp_path, sig)
+    atomic_save({"signature": sig, "epoch": 1}, saver.last_path)
+    assert saver.load_last() is not None
+    other = CheckpointSaver(tmp_path, {**sig, "training": {"lr": 1e-3, "epochs": 4}})
+    with caplog.at_level("WARNING", logger="gigamil"):
+        assert other.load_last() is None
+    assert "other settings or slides (changed: training.lr); starting from scratch" in caplog.text
