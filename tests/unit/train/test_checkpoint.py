@@ -125,3 +125,18 @@ def test_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path: Path
     finally:
         live_proc.kill()
         live_proc.wait()
+
+
+def test_a_model_file_cut_short_says_so(tmp_path: Path) -> None:
+    """A truncated copy said only "[Errno 22] Invalid argument" or miniz's "failed finding
+    central directory ... internal miniz error"."""
+    import torch
+
+    full = tmp_path / "full.pt"
+    torch.save({"w": torch.zeros(1000)}, full)
+    data = full.read_bytes()
+    for n in (100, len(data) // 2, len(data) - 10):
+        cut = tmp_path / "copy.pt"
+        cut.write_bytes(data[:n])
+        with pytest.raises(GigamilError, match=r"copy\.pt: not a readable .*damaged or cut short"):
+            load_checkpoint(cut)

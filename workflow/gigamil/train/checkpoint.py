@@ -1,13 +1,12 @@
 """Checkpoints: ``model.pt`` (best model, docs/architecture.md) and ``last.pt`` (resumable state).
 
-:class:`CheckpointSaver` owns a fold directory's files. Both load with ``torch.load(path, weights_only=True)``: they hold only tensors, numbers,
-strings, lists and dicts. Files are written to a temporary name and renamed, so a killed run
-never leaves a truncated checkpoint (nor, on a full disk, a temporary: ``no space left on device``).
-
-Every checkpoint carries ``sha256``, a digest of its content (:func:`content_digest`), verified by
-:func:`load_checkpoint`: a damaged file (a flipped bit) stops with a message saying what to do
-instead of loading and predicting differently. Files written before the digest existed load
-unverified.
+:class:`CheckpointSaver` owns a fold directory's files. Both load with ``torch.load(path,
+weights_only=True)``: only tensors, numbers, strings, lists and dicts. Files are written to a
+temporary name and renamed: a killed run never leaves a truncated checkpoint (nor, on a full
+disk, a temporary). Every checkpoint carries ``sha256``, a digest of its content
+(:func:`content_digest`), verified by :func:`load_checkpoint`: a damaged file (a flipped bit)
+stops with a message saying what to do instead of loading and predicting differently. Files
+written before the digest existed load unverified.
 """
 
 from __future__ import annotations
@@ -153,7 +152,9 @@ def _load_failure(exc: Exception) -> str:
     unpickler (to retry with ``weights_only=False``: never right for a damaged file)."""
     if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load"):
         return "its pickled data does not load as plain weights: damaged, edited or not gigamil's"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    cut = isinstance(exc, OSError) or "central directory" in first  # a zip archive cut short
+    return f"damaged or cut short: {first.split('. ')[0]}" if cut else first
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -295,8 +296,7 @@ class CheckpointSaver:
             out_dir.mkdir(parents=True, exist_ok=True)
 
     def load_last(self) -> dict[str, Any] | None:
-        """``last.pt`` when it exists and was written with this signature (configuration and
-        slides), else None."""
+        """``last.pt`` when it exists and was written with this signature, else None."""
         if not self.last_path.is_file():
             return None
         ckpt = load_checkpoint(self.last_path)
