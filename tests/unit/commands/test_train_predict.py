@@ -325,3 +325,23 @@ def test_slides_csv_header_spacing_case_and_a_slide_file_as_store_are_named(tmp_
     path.write_text("cohort,slide_id,patient_id,label,store\nc,s1,P1,normal,s1.tiff\n")
     with pytest.raises(GigamilError, match="store s1.tiff is a file, not a patch store"):
         read_slides_csv(str(path))
+
+
+def test_train_says_what_to_add_to_a_config_without_cohorts_and_names_an_empty_csv(
+    tmp_path: Path, capsys
+) -> None:
+    """A config without cohorts (the command reads none) said only "'cohorts' is a required
+    property"; a slides CSV with a header only said "no training slide has patches"."""
+    (tmp_path / "s.zarr").mkdir()
+    csv = tmp_path / "train.csv"
+    csv.write_text("cohort,slide_id,patient_id,label,store\n")
+    cfg = {"experiment": "cli", "classes": ["a", "b"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["train", "--config", str(tmp_path / "config.yaml"), "--train-csv", str(csv)]
+    assert main([*args, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "'cohorts' is a required property" in err and "add a cohorts entry" in err
+    cfg["cohorts"] = {"main": {"sheet": "sheet.csv", "role": "train"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([*args, "--out", str(tmp_path / "m")]) == 2
+    assert f"{csv}: no slides (a header only)" in capsys.readouterr().err

@@ -34,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gigamil.config import load_config
+    from gigamil.commands.train import load_cli_config
     from gigamil.data.feature_extract import extract_features
     from gigamil.train.fold_data import resolve_device
 
-    cfg = load_config(args.config)
+    cfg = load_cli_config(args.config)
     resolve_device(args.device, key="--device")  # a missing CUDA named as the option
     out = extract_features(
         args.store,

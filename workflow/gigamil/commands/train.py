@@ -170,18 +170,36 @@ def _resolve_stores(df, path: str) -> None:  # noqa: ANN001 - a pandas DataFrame
             raise GigamilError(f"{path}: patch store {where} does not exist")
 
 
+def load_cli_config(path: str) -> dict:
+    """:func:`gigamil.config.load_config` for a command: a configuration without ``cohorts``
+    (the command reads none) is an error that says what to add."""
+    from gigamil.config import load_config
+    from gigamil.errors import ConfigError
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if "'cohorts' is a required property" not in str(exc):
+            raise
+        raise ConfigError(
+            f"{exc}: the command reads classes, model, training and preprocessing from it but "
+            "checks it whole, as the pipeline does; add a cohorts entry (its sheet is not read), "
+            "e.g. cohorts: {main: {sheet: sheet.csv, role: train}}"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from gigamil.config import config_warnings, load_config
+    from gigamil.config import config_warnings
     from gigamil.errors import GigamilError
     from gigamil.train.run import train_fold
 
     check_fold_flags(args, "--train-csv")  # the command line's own mistakes first
     if args.folds is None and args.fold is not None:
         raise GigamilError("--fold goes with --folds FOLDS.csv (--train-csv lists the slides)")
-    cfg = load_config(args.config)
+    cfg = load_cli_config(args.config)
     for warning in config_warnings(cfg):  # as the workflow prints them, once, at the start
         print(f"gigamil: warning: {warning}", file=sys.stderr)
     if args.folds is not None:
@@ -190,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
         train, val = fold_slides(args, "train", "val")
     else:
         train = read_slides_csv(args.train_csv)
+        if train.empty:
+            raise GigamilError(f"{args.train_csv}: no slides (a header only)")
         val = read_slides_csv(args.val_csv) if args.val_csv else train.iloc[:0]
     model_path = train_fold(
         train,

@@ -107,8 +107,12 @@ def _keep_decoded(items: list[BagItem], budget: int | None = None) -> list[BagIt
 def _patch_px(items: Sequence[BagItem]) -> int:
     shapes = {it.bag.patch_shape for it in items}
     if len(shapes) != 1:
+        first = {}  # one slide of each shape, to find the stores cut at other settings
+        for it in items:
+            first.setdefault(it.bag.patch_shape, it.slide_id)
         raise GigamilError(
-            f"patch stores have different patch shapes {sorted(shapes)}; "
+            "patch stores have different patch shapes "
+            f"{', '.join(f'{s} (e.g. slide {i})' for s, i in sorted(first.items()))}; "
             "extract all slides with the same preprocessing.patches settings"
         )
     return int(next(iter(shapes))[0])
