@@ -215,7 +215,8 @@ def _read_slide(store: str | Path, attention: np.ndarray) -> _Slide:
     if attention.shape[0] != coords.shape[0]:
         raise GigamilError(
             f"{store}: attention has {attention.shape[0]} values but the store has "
-            f"{coords.shape[0]} patches (was the store rebuilt after prediction?)"
+            f"{coords.shape[0]} patches (another slide's attention file, or a store rebuilt after "
+            "prediction?)"
         )
     if bad:
         raise GigamilError(f"{store}: the attention holds {bad} NaN or infinite value(s)")
