@@ -65,9 +65,9 @@ def test_replicates_train_members_and_predict_their_mean(
     )
     assert path == fold / "model.pt"
     lines = [ln for ln in log_lines() if "gigamil.train" in ln]
-    assert any("[fold 0 replicate1 epoch 3/3] gigamil.train.run: done:" in ln for ln in lines)
+    assert any("[fold0 replicate1 epoch 3/3] gigamil.train.run: done:" in ln for ln in lines)
     # numbered as the folders and train_log.csv number them
-    assert any("[fold 0 replicate0]" in ln and "(1 of 2, seed 3)" in ln for ln in lines)
+    assert any("[fold0 replicate0]" in ln and "(1 of 2, seed 3)" in ln for ln in lines)
     ckpt = load_checkpoint(path)
     assert "state_dict" not in ckpt and [m["seed"] for m in ckpt["replicates"]] == [3, 4]
     assert ckpt["classes"] == mil_bags.classes and ckpt["patch_px"] == mil_bags.px
@@ -194,7 +194,7 @@ def test_rotate_trains_members_on_other_validation_patients(
     cfg = training(replicates=2, replicate_validation="rotate", epochs=1)
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, fold, fold=0)
     lines = [ln for ln in log_lines() if "validation patients:" in ln]
-    assert len(lines) == 2 and "[fold 0 replicate1]" in lines[1]
+    assert len(lines) == 2 and "[fold0 replicate1]" in lines[1]
     assert lines[0].endswith(", ".join(val.patient_id))  # member 0: the fold's own
     expected = rotated_validation(train, val, 1, seed=3)[1]
     assert lines[1].endswith(", ".join(expected.patient_id))

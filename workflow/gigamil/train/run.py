@@ -108,14 +108,14 @@ def _fold_runtime(
     log_every_s: float,
 ) -> Runtime:
     """Set torch's CPU threads, pick the device, join the torchrun process group (if any) and
-    name the fold for the log (``fold 2``, or the name of ``out_dir``; `` rank r`` under DDP)."""
+    name the fold for the log (``fold2``, as its folder and its predictions name it, or the name of ``out_dir``; `` rank r`` under DDP)."""
     torch.set_num_threads(max(1, int(threads)))
     device = resolve_device(tcfg.device)
     info = ddp.init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
-    name = f"fold {fold}" if fold is not None else Path(out_dir).name
+    name = f"fold{fold}" if fold is not None else Path(out_dir).name
     if info.world > 1:
         name += f" rank {info.rank}"
     return Runtime(device, info, name, log_every_s)
