@@ -172,3 +172,38 @@ def test_roc_marks_the_operating_point_of_the_predicted_classes(tmp_path):
     assert info == {"operating_point": (0.25, 0.75)}
     with Image.open(tmp_path / "roc.png") as img:
         assert img.format == "PNG"
+
+
+def test_roc_draws_identical_fold_curves_once_above_the_pooled_curve(tmp_path, monkeypatch):
+    """Five folds at AUC 1.0 ran along the axes under the pooled curve: six legend colours, one
+    curve to be seen. Identical curves are one entry naming every fold, drawn over the pooled."""
+    from matplotlib.figure import Figure
+
+    from gigamil.viz.plots import plot_roc
+
+    seen = []
+    savefig = Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        seen.append({line.get_label(): line.get_zorder() for line in ax.get_lines()})
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    p1 = [0.1, 0.2, 0.8, 0.9, 0.3, 0.1, 0.7, 0.6, 0.6, 0.2, 0.4, 0.9]
+    preds = pd.DataFrame(
+        {
+            "slide_id": [f"s{i}" for i in range(12)],
+            "patient_id": [f"p{i}" for i in range(12)],
+            "label": ["normal", "normal", "lesion", "lesion"] * 3,
+            "prob_lesion": p1,
+            "prob_normal": [1 - v for v in p1],
+            "fold": [0] * 4 + [1] * 4 + [2] * 4,
+        }
+    )
+    plot_roc(preds, ["normal", "lesion"], tmp_path / "roc.png", "t")
+    (lines,) = seen
+    merged = "folds 0, 1: identical curves\n(AUC 1.000; 2 lesion / 2 normal each)"
+    assert merged in lines and "fold 2 (AUC 0.750; 2 lesion / 2 normal)" in lines
+    pooled = next(z for label, z in lines.items() if label.startswith("pooled"))
+    assert lines[merged] > pooled

@@ -87,16 +87,17 @@ def plot_roc(
 def _binary_roc(
     ax: Any, preds: pd.DataFrame, classes: Sequence[str], by: str | None
 ) -> tuple[float, float] | None:
-    """The binary curves of :func:`plot_roc` on ``ax``; returns the operating point."""
+    """The binary curves of :func:`plot_roc` on ``ax``; returns the operating point. The
+    per-``by`` curves are drawn over the pooled one (a fold at AUC 1.0 runs along the axes, where
+    the pooled curve hid it), and identical curves once, with one legend entry naming them all."""
     if by is not None and by in preds.columns and preds[by].nunique() > 1:
-        for i, (value, part) in enumerate(preds.groupby(by, sort=True)):
-            yk, pk = labels_and_probs(part, classes)
-            n_pos = int((yk == 1).sum())
-            if 0 < n_pos < yk.size:
-                fpr, tpr = roc_curve(yk == 1, pk[:, 1])
-                counts = f"{n_pos} {classes[1]} / {yk.size - n_pos} {classes[0]}"
-                label = f"{by} {value} (AUC {roc_auc(yk, pk):.3f}; {counts})"
-                ax.plot(fpr, tpr, lw=1.0, alpha=0.75, label=label, color=f"C{i % 10}")
+        for i, (values, (fpr, tpr), auc, counts) in enumerate(_part_curves(preds, classes, by)):
+            label = f"{by} {values[0]} (AUC {auc:.3f}; {counts})"
+            if len(values) > 1:  # two lines: the legend stays inside the axes
+                label = (
+                    f"{by}s {', '.join(values)}: identical curves\n(AUC {auc:.3f}; {counts} each)"
+                )
+            ax.plot(fpr, tpr, lw=1.2, label=label, color=f"C{i % 10}", zorder=2.5)
     y, p = labels_and_probs(preds, classes)
     if not 0 < (y == 1).sum() < y.size:
         return None
@@ -109,6 +110,24 @@ def _binary_roc(
     point = (float(called[y == 0].mean()), float(called[y == 1].mean()))
     ax.plot(*point, "o", ms=8, mfc="none", mec="crimson", mew=1.6, label=OPERATING_POINT)
     return point
+
+
+def _part_curves(
+    preds: pd.DataFrame, classes: Sequence[str], by: str
+) -> list[tuple[list[str], tuple[np.ndarray, np.ndarray], float, str]]:
+    """The ROC curve of each value of ``by`` with both classes, identical curves (and counts)
+    merged: ``[(values, (fpr, tpr), auc, counts)]`` in the order of the first value."""
+    merged: dict[tuple, tuple[list[str], tuple[np.ndarray, np.ndarray], float, str]] = {}
+    for value, part in preds.groupby(by, sort=True):
+        yk, pk = labels_and_probs(part, classes)
+        n_pos = int((yk == 1).sum())
+        if 0 < n_pos < yk.size:
+            fpr, tpr = roc_curve(yk == 1, pk[:, 1])
+            counts = f"{n_pos} {classes[1]} / {yk.size - n_pos} {classes[0]}"
+            key = (tuple(np.round(fpr, 12)), tuple(np.round(tpr, 12)), counts)
+            entry = merged.setdefault(key, ([], (fpr, tpr), roc_auc(yk, pk), counts))
+            entry[0].append(str(value))
+    return list(merged.values())
 
 
 def plot_confusion(
