@@ -321,7 +321,14 @@ def _write_cv_outputs(
     )
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
-    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "oof_auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by="fold")
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
+    write_metrics_html(
+        table,
+        out_dir / "metrics.html",
+        f"{title} metrics",
+        summary,
+        "oof_auc",
+        [out_dir / "roc.png", out_dir / "confusion.png"],
+    )
     write_json(summary, out_dir / "summary.json")

@@ -338,7 +338,14 @@ def _write_ensemble_outputs(
     title = f"cohort {summary['cohort']} {what}"
     title = f"{experiment}: {title}" if experiment else title
 
-    write_metrics_html(table, out_dir / "metrics.html", f"{title} metrics", summary, "auc")
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
+    write_metrics_html(
+        table,
+        out_dir / "metrics.html",
+        f"{title} metrics",
+        summary,
+        "auc",
+        [out_dir / "roc.png", out_dir / "confusion.png"],
+    )
     write_json(summary, out_dir / "summary.json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,7 @@ def _recall_rows(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str
 _HTML_STYLE = (
     "body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;margin-bottom:14px}"
     "td,th{padding:3px 9px;text-align:right;border-bottom:1px solid #ddd}"
-    "table.summary td:first-child{text-align:left}"
+    "table.summary td:first-child{text-align:left} img{max-width:48%;margin:0 8px 14px 0}"
 )
 
 
@@ -192,11 +192,14 @@ def write_metrics_html(
     title: str,
     summary: Mapping[str, Any] | None = None,
     auc_key: str = "oof_auc",
+    figures: Sequence[str | Path] = (),
 ) -> None:
-    """The headline numbers of ``summary`` (:func:`summary_rows`) and the metrics table as a
-    small standalone HTML page, which the Snakemake report shows inline. With fewer patients
-    than :data:`MIN_PATIENTS_FOR_CI` the table's interval rows (``*_ci_low``, ``*_ci_high``)
-    are left out of the page, as the headline leaves out its intervals (metrics.csv has them)."""
+    """The headline numbers of ``summary`` (:func:`summary_rows`), the ``figures`` (PNG files,
+    embedded, so the page stands alone and shows them inline in the Snakemake report too) and
+    the metrics table as a small standalone HTML page. With fewer patients than
+    :data:`MIN_PATIENTS_FOR_CI` the table's interval rows (``*_ci_low``, ``*_ci_high``) are left
+    out of the page, as the headline leaves out its intervals (metrics.csv has them)."""
+    import base64
     import html
 
     if summary is not None and few_patients(summary):
@@ -222,5 +225,8 @@ def write_metrics_html(
             )
             + "</table>"
         )
+    for fig in figures:  # the plots people would rather look at, beside the numbers
+        data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
+        body += f"<img src='data:image/png;base64,{data}' alt='{html.escape(Path(fig).name)}'>"
     body += shown.to_html(border=0, classes="metrics")
     Path(path).write_text(html_page(title, body))
