@@ -161,7 +161,7 @@ def test_qc_table(cmu_svs, tmp_path):
     # the mask's threshold and resolution, as its QC thumbnail states them
     info = json.loads((tmp_path / "a.json").read_text())
     assert df.loc[0, "tissue_threshold"] == pytest.approx(info["threshold_value"], rel=1e-6)
-    assert (df["mask_mpp"] == 16).all() and "<th>saturation threshold</th>" in page
+    assert (df["mask_mpp"] == 16).all() and "<th>saturation threshold (0–255)</th>" in page
     assert f"<td>{100 * df['tissue_fraction'][0]:.1f}</td>" in page  # a fraction shown in %
     row = df.iloc[0]
     assert (row["width"], row["height"]) == (2220, 2967)

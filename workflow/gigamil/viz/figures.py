@@ -130,7 +130,7 @@ def _keys(
         keys.append(
             f"magenta boxes: the {n} patches of highest {weight} (#1..., as in the gallery)"
         )
-    return [*keys, "no colour: no patch"]
+    return [*keys, "no colour: no patch, or outside the tissue mask"]
 
 
 MIN_MARK_PX = 12  # the smallest box drawn around a marked patch

@@ -46,7 +46,7 @@ HEADERS = {
     "slide_mpp": "slide µm/px",
     "slide_mpp_source": "µm/px from",
     "tissue_fraction": "tissue (%)",
-    "tissue_threshold": "saturation threshold",
+    "tissue_threshold": "saturation threshold (0–255)",
     "mask_mpp": "mask µm/px",
     "n_patches": "patches",
     "target_mpp": "target µm/px",
