@@ -346,3 +346,19 @@ def test_cli_heatmap_writes_annotations_with_the_tissue_mask(grid_slide, tmp_pat
     classes = [f["properties"]["classification"]["name"] for f in geo["features"]]
     assert classes == ["Tissue", "Attention top-k", "Attention top-k"]
     assert [f["properties"]["measurements"]["patch_index"] for f in geo["features"][1:]] == [4, 9]
+
+
+def test_patch_tiles_carry_the_attention_relative_to_the_slides_top():
+    """attention_normalized (the overlay's scale) is P(positive) x relative attention by default,
+    so a missed lesion slide had no high tile to show where the model looked; the relative
+    attention shows it whatever the prediction."""
+    from gigamil.viz.geojson import patches_geojson
+
+    coords = np.array([[0, 0], [96, 0], [192, 0]])
+    attention = np.array([0.2, 0.5, 0.3])
+    normalized = 0.3 * attention / attention.max()  # a slide at P(lesion) = 0.3
+    geo = patches_geojson(coords, 96.0, attention, normalized, "s")
+    measured = [f["properties"]["measurements"] for f in geo["features"]]
+    assert [m["attention_relative"] for m in measured] == pytest.approx([0.4, 1.0, 0.6])
+    assert {f["properties"]["classification"]["name"] for f in geo["features"]} == {"attention-low"}
+    assert patches_geojson(coords[:0], 96.0, attention[:0], normalized[:0], "e")["features"] == []

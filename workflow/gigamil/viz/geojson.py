@@ -50,7 +50,14 @@ def patches_geojson(
         patch_size_level0: patch side in level-0 pixels.
         attention: (N,) raw attention; normalized: (N,) its colour-scale value in [0, 1]
             (:func:`gigamil.viz.scales.scale_attention`).
+
+    Measurements: ``attention``, ``attention_normalized`` (the colour scale's value, which
+    classifies the patch high at 0.5 or more), ``attention_relative`` (attention / the slide's
+    top attention: where the model looked, whatever the slide's probability; under the default
+    probability scale a slide called normal has no high patch) and ``patch_index``.
     """
+    top = float(np.max(attention)) if len(attention) else 0.0
+    relative = np.asarray(attention, dtype=np.float64) / top if top > 0 else np.zeros(len(coords))
     features = []
     for i in range(coords.shape[0]):
         high = bool(normalized[i] >= 0.5)
@@ -73,6 +80,7 @@ def patches_geojson(
                     "measurements": {
                         "attention": float(attention[i]),
                         "attention_normalized": float(normalized[i]),
+                        "attention_relative": float(relative[i]),
                         "patch_index": int(i),
                     },
                 },
