@@ -167,9 +167,40 @@ def check_tile_supply(
     if short:
         raise GigamilError(
             f"tile source {tiles}: {'; '.join(short)} (usable: not excluded, >= "
-            f"{MIN_TILE_TISSUE:g} tissue): use fewer draws, --patients or --slides-per-patient, "
-            "or more tiles"
+            f"{MIN_TILE_TISSUE:g} tissue; {supply_detail(tiles, exclude)}): use fewer draws, "
+            "--patients or --slides-per-patient, or more tiles"
         )
+
+
+def supply_detail(tiles: Path | None, exclude: Collection[str]) -> str:
+    """Where a class folder's tiles went: missing folder, tiles in all, the demo's packaged ones
+    left out (``--exclude-packaged``, on by default) and those with too little tissue."""
+    from gigamil.tile_pool import (
+        CLASS_DIRS,
+        MIN_TILE_TISSUE,
+        read_tile_pool,
+        unique_tiles,
+        usable_tiles,
+    )
+
+    if tiles is None:
+        return "the packaged tiles"
+    parts = []
+    every = unique_tiles(read_tile_pool(tiles))
+    for c in (0, 1):
+        if not (Path(tiles) / CLASS_DIRS[c]).is_dir():
+            parts.append(f"{CLASS_DIRS[c]}/ does not exist")
+            continue
+        mine = [t for t in every if t.label == c]
+        kept = [t for t in mine if t.sha256 not in exclude]
+        note = f"{len(mine)} tiles in {CLASS_DIRS[c]}/"
+        if len(kept) < len(mine):
+            note += (
+                f", {len(mine) - len(kept)} of them the demo's (--no-exclude-packaged keeps them)"
+            )
+        low = len(kept) - len(usable_tiles(kept, MIN_TILE_TISSUE))
+        parts.append(note + (f", {low} with too little tissue" if low else ""))
+    return "; ".join(parts)
 
 
 def check_out(out: Path, seeds: range) -> None:
@@ -189,15 +220,16 @@ def check_out(out: Path, seeds: range) -> None:
     if other:
         raise GigamilError(
             f"{out} holds draw(s) of seed {', '.join(map(str, other))}, which this run (seeds "
-            f"{seeds.start}-{seeds.stop - 1}) would replace: pass another --out (e.g. one per "
-            "batch of draws), or delete it"
+            f"{seeds.start}-{seeds.stop - 1}) would drop when it writes the file: pass another "
+            "--out (e.g. one per batch of draws), or delete it"
         )
 
 
 def fit_folds(overrides: dict[str, Any], n_patients: int, seeds: range) -> dict[str, Any]:
     """``overrides`` with ``cv.folds`` lowered to the patients of the smaller class when the
     cohort has fewer (``--patients`` below 12 with the repo's 6 folds), unless ``--set`` gave
-    ``cv.folds``: a fold needs a test patient of each class."""
+    ``cv.folds``: a fold needs a test patient of each class. GigamilError for a class with
+    fewer than 2 patients."""
     from gigamil.demo_io import patient_labels
 
     if "folds" in overrides.get("cv", {}):
@@ -207,7 +239,14 @@ def fit_folds(overrides: dict[str, Any], n_patients: int, seeds: range) -> dict[
         min(labels.count(c) for c in set(labels))
         for labels in (patient_labels(seed, n_patients) for seed in seeds)
     )
-    if fewest >= folds or fewest < 2:  # < 2: the workflow's own error says what is wrong
+    if fewest < 2:  # known now, not after the cohort is built and preprocessed
+        from gigamil.errors import GigamilError
+
+        raise GigamilError(
+            f"--patients {n_patients} leaves a class with {fewest} patient(s) in a draw; "
+            "cross-validation needs at least 2 of each class: use --patients 4 or more"
+        )
+    if fewest >= folds:
         return overrides
     print(f"cv.folds: {folds} -> {fewest} ({fewest} patients in the smaller class)")
     return deep_update(overrides, {"cv": {"folds": fewest}})
@@ -224,6 +263,18 @@ def write_config(wd: Path, overrides: dict[str, Any]) -> Path:
     return path
 
 
+PROGRESS_S = 60.0  # seconds between progress lines of a running draw
+
+
+def pipeline_progress(log_path: Path) -> str:
+    """Snakemake's last ``N of M steps (P%) done`` in its log, or that it is starting."""
+    import re
+
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    done = re.findall(r"(\d+) of (\d+) steps \((\d+%)\) done", text)
+    return f"{done[-1][0]} of {done[-1][1]} steps done" if done else "building the cohort's DAG"
+
+
 def run_pipeline(wd: Path, config: Path, cores: int) -> float:
     """snakemake up to the CV summary; returns the wall time in seconds."""
     target = f"results/eval/{EXPERIMENT}/summary.json"
@@ -236,9 +287,16 @@ def run_pipeline(wd: Path, config: Path, cores: int) -> float:
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO / "workflow"), *filter(None, [env.get("PYTHONPATH")])]
     )
-    start = time.perf_counter()
-    with open(wd / "snakemake.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    start, log_path = time.perf_counter(), wd / "snakemake.log"
+    print(f"  snakemake running (its log: {log_path})", flush=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:  # a line every PROGRESS_S: minutes of silence otherwise
+            try:
+                proc.wait(timeout=PROGRESS_S)
+            except subprocess.TimeoutExpired:
+                elapsed = time.perf_counter() - start
+                print(f"  {pipeline_progress(log_path)} ({elapsed:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = (wd / "snakemake.log").read_text().splitlines()[-30:]
@@ -284,6 +342,15 @@ def compare_oof(wd: Path, baseline: dict[str, Any], positive: str) -> dict[str, 
     paired patient bootstrap."""
     ours = pd.read_csv(wd / "results" / "eval" / EXPERIMENT / "per_slide_predictions.csv")
     return paired_with_baseline(ours, f"prob_{positive}", baseline["per_slide"], str(wd))
+
+
+def ahead_text(d: dict[str, Any]) -> str:
+    """How often gigamil's OOF AUC is above the baseline's in the paired bootstrap: strictly
+    ahead and level separately (ties are common on small cohorts; a record written before both
+    were kept has only ``p_a_better``, ties counted half)."""
+    if "p_a_ahead" not in d:
+        return f"gigamil ahead in {d['p_a_better']:.0%} of resamples (ties counted half)"
+    return f"gigamil ahead in {d['p_a_ahead']:.0%} of resamples, level in {d['p_level']:.0%}"
 
 
 def paired_with_baseline(
@@ -408,7 +475,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "lowered to the patients of a class unless --set cv.folds=N)",
     )
     p.add_argument("--slides-per-patient", type=int, default=2, help="(default 2)")
-    p.add_argument("--tiles-per-slide", type=int, nargs=2, default=None, metavar=("LO", "HI"))
+    p.add_argument(
+        "--tiles-per-slide",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="tissue tiles per slide, an inclusive range (default: the demo's, 20 28)",
+    )
     p.add_argument(
         "--tile-mpp",
         type=float,
@@ -609,15 +683,16 @@ def main(argv: list[str] | None = None) -> int:
             f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
             f"{smoothed_note(b)}"
             f" | tiles -> patches {draw['tile_patch_fraction']:.3f} | OOF AUC difference "
-            f"{d['difference']:+.3f} (95 % CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}, gigamil "
-            f"ahead in {d['p_a_better']:.0%} of resamples)",
+            f"{d['difference']:+.3f} (95 % CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}, "
+            f"{ahead_text(d)})",
             flush=True,
         )
         summary = write_result(args, argv, started, overrides, draws)
     assert summary is not None  # --draws >= 1 (parse_args)
     print(f"over {len(draws)} draw(s), mean ± sd:")
+    width = max(map(len, summary))  # one column for the values
     for key, stat in summary.items():
-        print(f"  {key:28s} {fmt(stat, 1 if 'seconds' in key else 3)}")
+        print(f"  {key:{width}s} {fmt(stat, 1 if 'seconds' in key else 3)}")
     print(f"wrote {args.out}")
     return 0
 
@@ -630,5 +705,8 @@ if __name__ == "__main__":
     except GigamilError as exc:  # one line, no traceback (e.g. no tile folder: pass --tiles DIR)
         raise SystemExit(f"real_tissue.py: error: {exc}") from None
     except KeyboardInterrupt:  # the draws finished so far are in --out already
-        print("real_tissue.py: interrupted; draws finished before it are in --out", file=sys.stderr)
+        print(
+            "real_tissue.py: interrupted; the draws finished before it (if any) are in --out",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from real_tissue import paired_with_baseline  # noqa: E402
+from real_tissue import ahead_text, paired_with_baseline  # noqa: E402
 
 SCREEN = REPO / "benchmarks" / "work" / "screen"
 DRAWS = REPO / "benchmarks" / "work" / "real_tissue"
@@ -83,7 +83,7 @@ def main() -> None:
             print(
                 f"{variant} {r['draw']} seed {r['seed']}: {r['auc_a']:.3f} vs baseline "
                 f"{r['auc_b']:.3f}, difference {r['difference']:+.3f} ({lo:+.2f} to {hi:+.2f}), "
-                f"ahead in {r['p_a_better']:.0%} of resamples"
+                f"{ahead_text(r)}"
             )
         diffs = [r["difference"] for r in rows]
         print(f"{variant}: mean difference {np.mean(diffs):+.3f} over {len(rows)} draw runs")

@@ -96,6 +96,9 @@ def test_tiff_mpp_pyramid_and_masks_align_with_tumour_tiles(cohort):
     for row in sheet.iloc[::5].itertuples():  # every fifth slide, both labels
         with openslide.OpenSlide(row.path) as slide:
             assert slide.properties["openslide.vendor"] == "generic-tiff"
+            assert (
+                "mosaic of PatchCamelyon tiles (CC0)" in slide.properties["tiff.ImageDescription"]
+            )
             for key in ("openslide.mpp-x", "openslide.mpp-y"):
                 assert float(slide.properties[key]) == pytest.approx(0.972, abs=1e-4)
             w, h = slide.dimensions
@@ -172,6 +175,9 @@ def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
     sheet = demo_tiles.make_tile_cohort(tmp_path / "a", tiles=folder, **kw)
     with openslide.OpenSlide(sheet["path"][0]) as slide:
         assert float(slide.properties["openslide.mpp-x"]) == pytest.approx(0.5, abs=1e-4)
+        # a user's tiles are named by their folder, not claimed to be PatchCamelyon's (CC0)
+        described = slide.properties["tiff.ImageDescription"]
+        assert "mosaic of tiles of tiles;" in described and "PatchCamelyon" not in described
     used = pd.read_csv(tmp_path / "a" / "tiles.csv")
     assert used["sha256"].is_unique
     # excluding the used tiles gives a cohort of other tiles

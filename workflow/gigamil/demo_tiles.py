@@ -194,9 +194,8 @@ def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil
     for i, (slide_id, patient_id, label, plan) in enumerate(slides):
         rgb, placed = _render(plan, queues, tile_px, np.random.default_rng([seed, 4, i]))
         tile_rows += [{"slide_id": slide_id, **r} for r in placed]
-        rows_out.append(
-            _write_slide(outdir, slide_id, patient_id, label, plan, rgb, tile_px, tile_mpp)
-        )
+        ids = (slide_id, patient_id, label)
+        rows_out.append(_write_slide(outdir, ids, plan, rgb, (tile_px, tile_mpp), tiles))
     sheet = pd.DataFrame(rows_out, columns=SHEET_COLUMNS)
     outdir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(tile_rows, columns=["slide_id", "row", "col", "label", "file", "sha256"]).to_csv(
@@ -250,23 +249,25 @@ def _check_pool(
 
 def _write_slide(
     outdir: Path,
-    slide_id: str,
-    patient_id: str,
-    label: str,
+    ids: tuple[str, str, str],
     plan: _SlidePlan,
     rgb: np.ndarray,
-    tile_px: int,
-    tile_mpp: float,
+    tile: tuple[int, float],
+    tiles: str | Path | None,
 ) -> dict[str, str]:
     """Write a rendered slide's TIFF and lesion mask (PNG + JSON) under ``outdir``; its row of
-    the sheet (:data:`SHEET_COLUMNS`)."""
+    the sheet (:data:`SHEET_COLUMNS`). ``ids``: slide id, patient id, label; ``tile``: the tiles'
+    side (px) and µm/px; ``tiles``: their source (None: the packaged PatchCamelyon subset), named
+    in the TIFF's description (a user's own tiles are not claimed to be PatchCamelyon's)."""
+    (slide_id, patient_id, label), (tile_px, tile_mpp) = ids, tile
+    credit = "PatchCamelyon tiles (CC0)" if tiles is None else f"tiles of {Path(tiles).name}"
     tiff = outdir / "slides" / f"{slide_id}.tiff"
     write_pyramid_tiff(
         tiff,
         rgb,
         tile_mpp,
         description=f"gigamil real-tissue demo slide {slide_id} ({label}); mosaic of "
-        f"PatchCamelyon tiles (CC0); mpp={tile_mpp}",
+        f"{credit}; mpp={tile_mpp}",
     )
     mask = _lesion_mask(plan.lesion, tile_px)
     n_tissue, n_lesion = int(plan.tissue.sum()), int(plan.lesion.sum())

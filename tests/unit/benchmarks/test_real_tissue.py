@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,10 @@ def test_folds_follow_a_smaller_cohort_unless_set(bench, capsys):
     assert "cv.folds: 6 -> 2" in capsys.readouterr().out
     given = {"cv": {"folds": 3}}
     assert bench.fit_folds(given, 4, range(2)) == given
+    from gigamil.errors import GigamilError  # 3 patients: a class of 1, found after preprocessing
+
+    with pytest.raises(GigamilError, match="--patients 3 leaves a class with 1 patient"):
+        bench.fit_folds({}, 3, range(1))
 
 
 def test_result_file_defaults_to_the_workdir(bench, tmp_path):
@@ -185,6 +190,20 @@ def test_every_draw_is_checked_for_enough_tiles_before_the_first(bench, tmp_path
     later_bad = min(b for b in bad if b > ok[0])  # a later draw of a run that starts well
     args = bench.parse_args([*flags, "--seed", str(ok[0]), "--draws", str(later_bad - ok[0] + 1)])
     with pytest.raises(GigamilError, match=f"draw seed {later_bad} needs"):
+        bench.check_tile_supply(tmp_path, (), args)
+    # where the tiles went: the demo's left out (and how to keep them), too little tissue
+    from gigamil.tile_pool import read_tile_pool
+
+    some = {t.sha256 for t in read_tile_pool(tmp_path) if t.label == 0}
+    Image.new("RGB", (32, 32), (250, 250, 250)).save(tmp_path / "0" / "glass.png")
+    with pytest.raises(GigamilError) as err:
+        bench.check_tile_supply(tmp_path, set(list(some)[:5]), args)
+    assert (
+        "23 tiles in 0/, 5 of them the demo's (--no-exclude-packaged keeps them), 1 with too "
+        "little tissue; 12 tiles in 1/)"
+    ) in str(err.value)
+    shutil.rmtree(tmp_path / "1")
+    with pytest.raises(GigamilError, match=r"; 1/ does not exist\)"):
         bench.check_tile_supply(tmp_path, (), args)
 
 
@@ -229,3 +248,11 @@ def test_other_tiles_without_tile_mpp_say_which_mpp_is_assumed(bench, tmp_path, 
     bench.parse_args(["--tiles", str(tmp_path), "--tile-mpp", "0.5"])
     bench.parse_args([])  # the developers' PatchCamelyon tiles: no note
     assert capsys.readouterr().err == ""
+
+
+def test_a_running_draw_reports_snakemakes_progress(bench, tmp_path):
+    """The console was silent for the minutes of a draw: snakemake's output goes to its log."""
+    log = tmp_path / "snakemake.log"
+    assert bench.pipeline_progress(log) == "building the cohort's DAG"
+    log.write_text("Finished jobid: 3\n3 of 71 steps (4%) done\nx\n12 of 71 steps (17%) done\n")
+    assert bench.pipeline_progress(log) == "12 of 71 steps done"

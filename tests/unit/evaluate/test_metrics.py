@@ -171,6 +171,9 @@ def test_paired_auc_difference_sign_interval_and_pairing():
     # pairing: a score against a monotone transform of itself differs by exactly 0 in every resample
     same = M.paired_auc_difference(y, good, np.exp(good), n_boot=200, seed=0)
     assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0] and same["p_a_better"] == 0.5
+    # ties are not "ahead": strictly ahead and level are kept apart (ties count half in p_a_better)
+    assert same["p_a_ahead"] == 0.0 and same["p_level"] == 1.0
+    assert out["p_a_better"] == pytest.approx(out["p_a_ahead"] + out["p_level"] / 2)
     # swapping the methods mirrors the result
     swapped = M.paired_auc_difference(y, weak, good, groups=np.arange(n) // 2, n_boot=500, seed=1)
     assert swapped["ci"] == pytest.approx([-high, -low])

@@ -271,8 +271,10 @@ def paired_auc_difference(
     with one class only are skipped.
 
     Returns ``{"auc_a", "auc_b", "difference", "ci": [low, high], "p_a_better"}`` (the fraction
-    of resamples in which a scores the higher AUC; ties count half) and ``n_boot`` used. Raises
-    GigamilError for mismatched lengths or labels other than 0/1.
+    of resamples in which a scores the higher AUC; ties count half), ``p_a_ahead`` and
+    ``p_level`` (the fractions strictly ahead and tied: on a few slides ties are common, and
+    half of them read as "ahead" overstates it) and ``n_boot`` used. Raises GigamilError for
+    mismatched lengths or labels other than 0/1.
     """
     y = np.asarray(y)
     a, b = np.asarray(score_a, dtype=float), np.asarray(score_b, dtype=float)
@@ -295,6 +297,8 @@ def paired_auc_difference(
         "difference": auc_a - auc_b,
         "ci": list(_percentile_interval(d, level)),
         "p_a_better": float(((d > 0) + 0.5 * (d == 0)).mean()) if d.size else float("nan"),
+        "p_a_ahead": float((d > 0).mean()) if d.size else float("nan"),
+        "p_level": float((d == 0).mean()) if d.size else float("nan"),
         "n_boot": int(d.size),
     }
 
