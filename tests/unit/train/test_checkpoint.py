@@ -140,3 +140,12 @@ def test_a_model_file_cut_short_says_so(tmp_path: Path) -> None:
         cut.write_bytes(data[:n])
         with pytest.raises(GigamilError, match=r"copy\.pt: not a readable .*damaged or cut short"):
             load_checkpoint(cut)
+
+
+def test_train_log_writes_an_empty_cell_for_nan(tmp_path: Path) -> None:
+    """Without validation slides every val_ column read "nan" in a spreadsheet."""
+    from gigamil.train.checkpoint import write_train_log
+
+    rows = [{"epoch": 1, "train_loss": 0.5, "val_loss": float("nan")}, {"epoch": 2}]
+    write_train_log(tmp_path / "log.csv", rows, ["epoch", "train_loss", "val_loss"])
+    assert (tmp_path / "log.csv").read_text() == "epoch,train_loss,val_loss\n1,0.5,\n2,,\n"

@@ -390,11 +390,11 @@ class CheckpointSaver:
 def write_train_log(
     path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 ) -> None:
-    """Write ``rows`` (dicts; a missing key is an empty cell) as a CSV with header ``columns``
-    to ``path``, atomically: the one writer of train_log.csv (a fold's and a replicate
-    ensemble's). Raises ValueError for a key not in ``columns``."""
+    """Write ``rows`` (dicts; a missing key or NaN is an empty cell) as a CSV with header
+    ``columns`` to ``path``, atomically: the one writer of train_log.csv (a fold's and a
+    replicate ensemble's). Raises ValueError for a key not in ``columns``."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: "" if v != v else v for k, v in row.items()} for row in rows)
     atomic_write_bytes(Path(path), text.getvalue().encode())
