@@ -94,6 +94,9 @@ def _zip_root(names: Collection[str]) -> str:
     return tops.pop() if len(tops) == 1 else ""
 
 
+_SKIPPED_SAID: set[tuple[str, tuple[str, ...]]] = set()  # (source, skipped files) warned of
+
+
 def _tile_names(source: Path, files: Collection[str]) -> list[str]:
     """The tiles among ``files`` (paths ``<class dir>/...`` relative to the source, folders
     ending with ``/``): files directly in ``0/`` or ``1/`` with a :data:`TILE_SUFFIXES` suffix.
@@ -118,7 +121,9 @@ def _tile_names(source: Path, files: Collection[str]) -> list[str]:
             f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
             "tiles are read from directly inside 0/ and 1/ only: move them up"
         )
-    if skipped:
+    said = (str(source), tuple(sorted(skipped)))  # a folder read twice in a run: said once
+    if skipped and said not in _SKIPPED_SAID:
+        _SKIPPED_SAID.add(said)
         log.warning(
             "tile source %s: skipped %d file(s) that are not %s tiles, e.g. %s",
             source,
