@@ -421,6 +421,21 @@ def test_lesion_mask_is_outlined_on_the_overlay(grid_slide, tmp_path, capsys):
         main([*args, "--out", str(tmp_path / "les"), "--lesion-mask", str(tmp_path / "lesion.png")])
         == 0
     )
+    # annotations.geojson holds the lesion outline for a QuPath review (in level-0 pixels)
+    import json
+
+    def lesions(name: str) -> list[dict]:
+        geo = json.loads((tmp_path / name / "annotations.geojson").read_text())
+        return [
+            f
+            for f in geo["features"]
+            if f["properties"]["classification"]["name"] == "Lesion (ground truth)"
+        ]
+
+    assert lesions("plain") == []
+    (piece,) = lesions("les")
+    xs = [x for x, _ in piece["geometry"]["coordinates"][0]]
+    assert min(xs) > w / 2 and max(xs) <= w and piece["properties"]["name"] == "lesion 1"
     # the gallery frames the lesion patches in cyan, and its title says how many there are
     from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
     from gigamil.viz.heatmap import top_bottom

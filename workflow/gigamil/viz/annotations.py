@@ -58,27 +58,50 @@ def write_annotations(  # noqa: PLR0913 - the heatmap's pieces
     attrs: Mapping[str, Any],
     tissue: np.ndarray | None,
     tissue_mask: str | Path | None = None,
+    lesion: tuple[np.ndarray | None, str | Path | None] = (None, None),
 ) -> dict[str, Any]:
     """Write annotations.geojson: the tissue mask (if given and the slide's level-0 size is
-    known), the patches ``top`` and the regions where they touch as QuPath annotations
-    (:mod:`gigamil.viz.geojson`)."""
-    tissue_annotations: list[dict[str, Any]] = []
-    if tissue is not None:
-        downsample = mask_downsample(tissue.shape, attrs, tissue_mask)
-        if downsample is None:
-            log.warning(
-                "%s: the slide's level-0 size is unknown (no slide_dimensions in the store or "
-                "the mask's JSON), so annotations.geojson has no tissue outline",
-                slide_id,
-            )
-        else:
-            slide_mpp = attrs.get("slide_mpp")
-            mpp = float(slide_mpp) if isinstance(slide_mpp, int | float) and slide_mpp > 0 else None
-            tissue_annotations = tissue_features(tissue, downsample, slide_id, mpp)
+    known), the ground-truth lesion mask (``lesion``: the bool mask and its PNG, if given;
+    class ``Lesion (ground truth)``, cyan as the gallery's lesion frames, so a QuPath review
+    compares where the model looked with the truth), the patches ``top`` and the regions where
+    they touch as QuPath annotations (:mod:`gigamil.viz.geojson`)."""
+    tissue_annotations = _mask_features(tissue, tissue_mask, attrs, slide_id, "tissue")
+    lesion_annotations = _mask_features(*lesion, attrs, slide_id, "lesion")
+    for i, feat in enumerate(lesion_annotations, start=1):
+        feat["properties"].update(name=f"lesion {i}", classification=dict(LESION_CLASS))
     top_annotations = top_attention_features(
         coords, patch_size_level0, attention, normalized, top, slide_id
     )
     regions = top_region_features(coords, patch_size_level0, attention, top, slide_id)
-    geo = annotations_geojson(tissue_annotations, regions, top_annotations)
+    geo = annotations_geojson(tissue_annotations, lesion_annotations, regions, top_annotations)
     write_geojson(geo, path)
     return geo
+
+
+LESION_CLASS = {"name": "Lesion (ground truth)", "color": [0, 200, 255]}
+
+
+def _mask_features(
+    mask: np.ndarray | None,
+    mask_path: str | Path | None,
+    attrs: Mapping[str, Any],
+    slide_id: str,
+    kind: str,
+) -> list[dict[str, Any]]:
+    """A whole-slide mask's pieces as annotations (:func:`tissue_features`; a lesion mask's ids
+    differ from the tissue's), or none when there is no mask or the slide's size is unknown."""
+    if mask is None:
+        return []
+    downsample = mask_downsample(mask.shape, attrs, mask_path)
+    if downsample is None:
+        log.warning(
+            "%s: the slide's level-0 size is unknown (no slide_dimensions in the store or "
+            "the mask's JSON), so annotations.geojson has no %s outline",
+            slide_id,
+            kind,
+        )
+        return []
+    slide_mpp = attrs.get("slide_mpp")
+    mpp = float(slide_mpp) if isinstance(slide_mpp, int | float) and slide_mpp > 0 else None
+    owner = slide_id if kind == "tissue" else f"{slide_id}:{kind}"  # the tissue's ids as before
+    return tissue_features(mask, downsample, owner, mpp)

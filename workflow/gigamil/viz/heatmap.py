@@ -53,8 +53,7 @@ def top_bottom(att: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
-    """The tissue (or lesion) mask PNG as bool (H, W) (:func:`read_binary_mask`), or None if no
-    path / no file."""
+    """The tissue (or lesion) mask PNG as bool (H, W) (:func:`read_binary_mask`), or None."""
     if path is None or not Path(path).is_file():
         return None
     return read_binary_mask(path)
@@ -178,7 +177,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
         slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png", top
     )
     _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", lesion_mask)
-    _write_geojsons(slide, scale, top, tissue, tissue_mask, out_dir)
+    _write_geojsons(slide, scale, top, tissue, (tissue_mask, lesion_mask), out_dir)
     np.save(out_dir / "attention.npy", slide.attention)  # last: the others were drawn from it
     return {
         "slide_id": slide.slide_id,
@@ -380,10 +379,10 @@ def _write_geojsons(
     scale: ColourScale,
     top: np.ndarray,
     tissue: np.ndarray | None,
-    tissue_mask: str | Path | None,
+    masks: tuple[str | Path | None, str | Path | None],
     out_dir: Path,
 ) -> None:
-    """Write patches.geojson and annotations.geojson (:mod:`gigamil.viz.annotations`)."""
+    """Write patches.geojson and annotations.geojson (``masks``: tissue, lesion mask PNG)."""
     geo = patches_geojson(slide.coords, slide.psize, slide.attention, scale.values, slide.slide_id)
     write_geojson(geo, out_dir / "patches.geojson")
     write_annotations(
@@ -396,5 +395,6 @@ def _write_geojsons(
         slide.slide_id,
         slide.attrs,
         tissue,
-        tissue_mask,
+        masks[0],
+        (load_tissue_mask(masks[1]), masks[1]),
     )
