@@ -291,5 +291,6 @@ def _draw_member(  # noqa: PLR0913 - the two panels, the member's rows and what 
             )
             if not at_best.empty and pd.notna(at_best[col].iloc[0]):
                 ax.plot(best, at_best[col].iloc[0], marker="*", ms=12, color=colour, ls="none")
-        ax.axvline(best, ls=style, lw=1, color="grey", label=f"best epoch{suffix} {best}")
+        where = f" ({suffix.strip()})" if suffix else ""  # "best epoch 47 (replicate0)"
+        ax.axvline(best, ls=style, lw=1, color="grey", label=f"best epoch {best}{where}")
     return best
