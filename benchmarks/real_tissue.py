@@ -252,6 +252,17 @@ def fit_folds(overrides: dict[str, Any], n_patients: int, seeds: range) -> dict[
     return deep_update(overrides, {"cv": {"folds": fewest}})
 
 
+def check_settings(overrides: dict[str, Any]) -> None:
+    """The configuration every draw will run (the repo's config.yaml with ``overrides``),
+    validated now, before any cohort is built: a ``--set training.epochs=0`` failed inside
+    snakemake, after the first draw's cohort and preprocessing. Raises ConfigError."""
+    from gigamil.config import validate_config
+
+    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
+    cfg["cohorts"] = {COHORT: {"sheet": "sheet.csv", "role": "train"}}  # as write_config's
+    validate_config(cfg, source="config.yaml with --set")
+
+
 def write_config(wd: Path, overrides: dict[str, Any]) -> Path:
     """The repo's config.yaml with the cohort replaced by ours (and the overrides applied)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -647,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     check_tile_supply(args.tiles, exclude, args, pool)
     check_out(args.out, range(args.seed, args.seed + args.draws))
     overrides = fit_folds(overrides, args.patients, range(args.seed, args.seed + args.draws))
+    check_settings(overrides)
     used = overrides["preprocessing"]["patches"]
     print(f"patches: {used['patch_px']} px at {used['mpp']} µm/px", end="")
     if given:

@@ -256,3 +256,12 @@ def test_a_running_draw_reports_snakemakes_progress(bench, tmp_path):
     assert bench.pipeline_progress(log) == "building the cohort's DAG"
     log.write_text("Finished jobid: 3\n3 of 71 steps (4%) done\nx\n12 of 71 steps (17%) done\n")
     assert bench.pipeline_progress(log) == "12 of 71 steps done"
+
+
+def test_settings_are_validated_before_any_draw_is_built(bench):
+    """--set training.epochs=0 was refused only inside snakemake, after a cohort was built."""
+    from gigamil.errors import ConfigError
+
+    bench.check_settings({"training": {"epochs": 2}})
+    with pytest.raises(ConfigError, match="config.yaml with --set: training.epochs"):
+        bench.check_settings({"training": {"epochs": 0}})
