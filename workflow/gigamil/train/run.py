@@ -108,7 +108,8 @@ def _fold_runtime(
     log_every_s: float,
 ) -> Runtime:
     """Set torch's CPU threads, pick the device, join the torchrun process group (if any) and
-    name the fold for the log (``fold2``, as its folder and its predictions name it, or the name of ``out_dir``; `` rank r`` under DDP)."""
+    name the fold for the log (``fold2``, as its folder and its predictions name it, or the
+    name of ``out_dir``; `` rank r`` under DDP)."""
     torch.set_num_threads(max(1, int(threads)))
     device = resolve_device(tcfg.device)
     info = ddp.init_distributed(device.type)

@@ -173,11 +173,11 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     head = prediction.title() if prediction is not None else (title or slide.slide_id)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
     top, bottom = top_bottom(slide.attention, style.top_k)
-    tissue = _write_overlay(
+    loaded = _write_overlay(
         slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png", top
     )
     _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", lesion_mask)
-    _write_geojsons(slide, scale, top, tissue, (tissue_mask, lesion_mask), out_dir)
+    _write_geojsons(slide, scale, top, loaded, (tissue_mask, lesion_mask), out_dir)
     np.save(out_dir / "attention.npy", slide.attention)  # last: the others were drawn from it
     return {
         "slide_id": slide.slide_id,
@@ -282,10 +282,10 @@ def _write_overlay(
     head: str,
     path: Path,
     top: np.ndarray,
-) -> np.ndarray | None:
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Write overlay.png, clipped to the tissue mask, with the lesion mask outlined (``masks``:
     their PNGs or None) and the ``top`` patches boxed and numbered as in the gallery; returns
-    the tissue mask (bool (H, W)), or None."""
+    the tissue and lesion masks as read (bool (H, W), or None)."""
     # thumbnail px per level-0 px, across and down (the thumbnail rounds its sides separately)
     kx, ky = thumb.shape[1] / slide.dims[0], thumb.shape[0] / slide.dims[1]
     canvas = attention_canvas(slide.coords, slide.psize, scale.values, (kx, ky), thumb.shape[:2])
@@ -314,7 +314,7 @@ def _write_overlay(
         mpp=_thumbnail_mpp(slide.attrs, kx),
         weight=style.weight,
     )
-    return tissue
+    return tissue, lesion
 
 
 def _thumbnail_mpp(attrs: Mapping[str, Any], scale_xy: float) -> float | None:
@@ -378,11 +378,11 @@ def _write_geojsons(
     slide: _Slide,
     scale: ColourScale,
     top: np.ndarray,
-    tissue: np.ndarray | None,
+    loaded: tuple[np.ndarray | None, np.ndarray | None],
     masks: tuple[str | Path | None, str | Path | None],
     out_dir: Path,
 ) -> None:
-    """Write patches.geojson and annotations.geojson (``masks``: tissue, lesion mask PNG)."""
+    """Write patches.geojson and annotations.geojson (tissue, lesion: ``loaded``, from ``masks``)."""
     geo = patches_geojson(slide.coords, slide.psize, slide.attention, scale.values, slide.slide_id)
     write_geojson(geo, out_dir / "patches.geojson")
     write_annotations(
@@ -394,7 +394,7 @@ def _write_geojsons(
         top,
         slide.slide_id,
         slide.attrs,
-        tissue,
+        loaded[0],
         masks[0],
-        (load_tissue_mask(masks[1]), masks[1]),
+        (loaded[1], masks[1]),
     )
