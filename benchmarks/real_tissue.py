@@ -252,23 +252,27 @@ def fit_folds(overrides: dict[str, Any], n_patients: int, seeds: range) -> dict[
     return deep_update(overrides, {"cv": {"folds": fewest}})
 
 
+def draw_config(overrides: dict[str, Any], sheet: str) -> dict[str, Any]:
+    """The repo's config.yaml with the cohort replaced by ours (its ``sheet``) and the
+    overrides applied: what every draw runs."""
+    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
+    cfg["experiment"] = EXPERIMENT
+    cfg["cohorts"] = {COHORT: {"sheet": sheet, "role": "train"}}
+    return cfg
+
+
 def check_settings(overrides: dict[str, Any]) -> None:
-    """The configuration every draw will run (the repo's config.yaml with ``overrides``),
-    validated now, before any cohort is built: a ``--set training.epochs=0`` failed inside
-    snakemake, after the first draw's cohort and preprocessing. Raises ConfigError."""
+    """:func:`draw_config` validated now, before any cohort is built: a ``--set
+    training.epochs=0`` failed inside snakemake, after the first draw's cohort and
+    preprocessing. Raises ConfigError."""
     from gigamil.config import validate_config
 
-    cfg = deep_update(yaml.safe_load((REPO / "config.yaml").read_text()), overrides)
-    cfg["cohorts"] = {COHORT: {"sheet": "sheet.csv", "role": "train"}}  # as write_config's
-    validate_config(cfg, source="config.yaml with --set")
+    validate_config(draw_config(overrides, "sheet.csv"), source="config.yaml with --set")
 
 
 def write_config(wd: Path, overrides: dict[str, Any]) -> Path:
-    """The repo's config.yaml with the cohort replaced by ours (and the overrides applied)."""
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg = deep_update(cfg, overrides)
-    cfg["experiment"] = EXPERIMENT
-    cfg["cohorts"] = {COHORT: {"sheet": str(wd / "sheet.csv"), "role": "train"}}
+    """Write the draw's :func:`draw_config` to ``wd/config.yaml``."""
+    cfg = draw_config(overrides, str(wd / "sheet.csv"))
     path = wd / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -310,7 +314,7 @@ def run_pipeline(wd: Path, config: Path, cores: int) -> float:
                 print(f"  {pipeline_progress(log_path)} ({elapsed:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        tail = (wd / "snakemake.log").read_text().splitlines()[-30:]
+        tail = log_path.read_text().splitlines()[-30:]
         raise SystemExit(
             f"snakemake failed ({proc.returncode}); {wd}/snakemake.log:\n" + "\n".join(tail)
         )
