@@ -351,6 +351,15 @@ def _folds_table(sheet: pd.DataFrame, patients: pd.DataFrame, role: np.ndarray) 
     ).reset_index(drop=True)
 
 
+def shared_store(slides: pd.DataFrame) -> pd.Series | None:
+    """The rows (a bool mask) that give the first ``store`` standing in two or more rows of
+    ``slides`` (paths compared resolved: two ids given one slide's patches), or None."""
+    stores = slides["store"].map(lambda p: str(Path(p).resolve()))
+    if not stores.duplicated().any():
+        return None
+    return stores == stores[stores.duplicated(keep=False)].iloc[0]
+
+
 def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
     """Refuse a fold that the workflow's folds (:func:`gigamil.splits.make_folds`) never give:
     a slide listed twice, two slides with the same ``store`` (when the tables have one: one
@@ -367,15 +376,13 @@ def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
         dup = ids[ids.duplicated()].iloc[0]
         parts = " and ".join(sorted(set(both.loc[ids == dup, "_part"])))
         raise GigamilError(f"slide {dup} is listed twice ({parts} slides)")
-    if "store" in both:
-        stores = both["store"].map(lambda p: str(Path(p).resolve()))
-        if stores.duplicated().any():
-            same = stores == stores[stores.duplicated()].iloc[0]
-            raise GigamilError(
-                f"slides {', '.join(ids[same])} have the same store {both['store'][same].iloc[0]}"
-                f" ({' and '.join(sorted(set(both.loc[same, '_part'])))} slides): one slide's "
-                "patches under two ids; give each slide its own store"
-            )
+    same = shared_store(both) if "store" in both else None
+    if same is not None:
+        raise GigamilError(
+            f"slides {', '.join(ids[same])} have the same store {both['store'][same].iloc[0]}"
+            f" ({' and '.join(sorted(set(both.loc[same, '_part'])))} slides): one slide's "
+            "patches under two ids; give each slide its own store"
+        )
     leak = both.groupby(both["patient_id"].astype(str))["_part"].nunique()
     if (leak > 1).any():
         raise GigamilError(

@@ -16,6 +16,7 @@ from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.logutil import current_context, log_context
+from gigamil.splits import shared_store
 from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
 from gigamil.train.fold_data import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
@@ -296,13 +297,11 @@ def _check_slide_ids(slides: pd.DataFrame) -> None:
         raise GigamilError(
             f"slides to predict: slide {ids[ids.duplicated()].iloc[0]} is listed twice"
         )
-    stores = slides["store"].map(lambda p: str(Path(p).resolve()))
-    if stores.duplicated().any():
-        twice = stores[stores.duplicated(keep=False)].iloc[0]
-        both = ids[stores == twice].tolist()
+    same = shared_store(slides)
+    if same is not None:
         raise GigamilError(
-            f"slides to predict: slides {', '.join(both)} have the same store "
-            f"{slides['store'][stores == twice].iloc[0]}: give each slide its own store"
+            f"slides to predict: slides {', '.join(ids[same])} have the same store "
+            f"{slides['store'][same].iloc[0]}: give each slide its own store"
         )
 
 
