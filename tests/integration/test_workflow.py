@@ -322,6 +322,7 @@ def test_full_demo_run(full_run: Path):
         "fold_auc_sd",
         "balanced_accuracy",
         "macro_f1",
+        "brier",
         "n_slides",
         "n_patients",
         "localization_auc",

@@ -127,7 +127,9 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
         "metrics.html",
     ):
         assert (out / name).is_file(), name
-    assert (out / "metrics.html").read_text().count("data:image/png;base64,") == 2  # ROC, confusion
+    assert (out / "metrics.html").read_text().count(
+        "data:image/png;base64,"
+    ) == 3  # ROC, confusion, calibration
     on_disk = json.loads((out / "summary.json").read_text())
     for key in (
         "oof_auc",
@@ -330,7 +332,7 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert f"<td>{summary['patient_auc']:.3f} ({_ci_text(plo, phi)})" in page
     assert "<title>demo: cohort ext ensemble metrics</title>" in page
     # the ROC and confusion plots on the page itself (embedded: the page stands alone)
-    assert page.count("<img src='data:image/png;base64,") == 2
+    assert page.count("<img src='data:image/png;base64,") == 3
     assert "alt='roc.png'" in page and "alt='confusion.png'" in page
     # a train cohort's files: each slide scored by its out-of-fold model only, and said so
     oof_paths = []

@@ -43,6 +43,23 @@ def test_metrics_match_sklearn(c, ties):
         np.testing.assert_array_equal(m["confusion"], ref_cm)
 
 
+@pytest.mark.parametrize("c", [2, 3, 5])
+def test_brier_score_matches_its_definition_and_sklearn(c):
+    rng = np.random.default_rng(c)
+    y, p = _random_preds(rng, 40, c)
+    m = M.classification_metrics(y, p, [f"k{i}" for i in range(c)])
+    squared = ((p - np.eye(c)[y]) ** 2).sum(axis=1).mean()  # Brier (1950): sum over classes
+    if c == 2:  # halved: the mean squared error of P(positive), scikit-learn's binary Brier
+        assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p[:, 1]), abs=1e-12)
+        assert m["brier"] == pytest.approx(squared / 2, abs=1e-12)
+    else:
+        assert m["brier"] == pytest.approx(squared, abs=1e-12)
+    uniform = np.full_like(p, 1 / c)
+    assert M.brier_score(y, uniform) == pytest.approx(0.25 if c == 2 else 1 - 1 / c)
+    assert M.brier_score(y, np.eye(c)[y]) == 0.0
+    assert np.isnan(M.brier_score(np.array([], dtype=int), np.zeros((0, c))))
+
+
 def test_macro_f1_with_a_class_never_predicted_matches_sklearn():
     y = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 0, 0, 1, 1, 1])  # class 2 never predicted

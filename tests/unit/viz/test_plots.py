@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -207,3 +208,38 @@ def test_roc_draws_identical_fold_curves_once_above_the_pooled_curve(tmp_path, m
     assert merged in lines and "fold 2 (AUC 0.750; 2 lesion / 2 normal)" in lines
     pooled = next(z for label, z in lines.items() if label.startswith("pooled"))
     assert lines[merged] > pooled
+
+
+def test_calibration_bins_count_slides_and_give_wilson_intervals():
+    from scipy.stats import binomtest
+
+    from gigamil.viz.plots import _calibration_bins
+
+    x = np.array([0.05, 0.1, 0.15, 0.5, 0.95, 0.99, 1.0])
+    hit = np.array([False, False, True, True, True, True, True])
+    bins = _calibration_bins(x, hit, 5)
+    assert [b[4] for b in bins] == [3, 1, 3]  # bins [0, 0.2), [0.4, 0.6), [0.8, 1.0]
+    mean_x, frac, low, high, n = bins[0]
+    assert (mean_x, frac) == (pytest.approx(0.1), pytest.approx(1 / 3))
+    ci = binomtest(1, 3).proportion_ci(method="wilson")
+    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert bins[2][1:4] == (
+        1.0,
+        pytest.approx(binomtest(3, 3).proportion_ci(method="wilson").low),
+        1.0,
+    )
+
+
+@pytest.mark.parametrize("classes", [["normal", "lesion"], ["a", "b", "c"]])
+def test_calibration_plot_is_a_png_for_two_and_more_classes(classes):
+    import io
+
+    from gigamil.viz.plots import plot_calibration
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(classes)), size=12)
+    preds = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
+    preds["label"] = [classes[i % len(classes)] for i in range(12)]
+    png = plot_calibration(preds, classes, "cohort x calibration")
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.size[0] > 100

@@ -107,7 +107,7 @@ def summary_block(
         "patient_auc": pooled["patient_auc"],
         "patient_auc_ci": list(pooled["patient_auc_ci"]),
     }
-    for name in ("balanced_accuracy", "macro_f1", "accuracy"):
+    for name in ("balanced_accuracy", "macro_f1", "accuracy", "brier"):
         out[name] = pooled[name]
         out[f"{name}_ci"] = list(ci[name])
         out[f"fold_{name}_mean"] = float(folds[name].mean())
@@ -248,8 +248,8 @@ def aggregate_cv(
 
     Returns:
         The summary: ``oof_auc`` (+ ``_ci``), ``fold_auc`` list, ``fold_auc_mean``,
-        ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``, ``accuracy`` (each with ``_ci`` and
-        fold mean/sd), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``, ``n_slides``,
+        ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``brier`` (each with
+        ``_ci`` and fold mean/sd), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``, ``n_slides``,
         ``n_patients``, ``n_folds``, ``n_unpredicted`` and, with masks, ``localization_auc``
         (mean over slides where it is defined) and ``localization_auc_per_slide``.
     """
@@ -311,7 +311,7 @@ def _write_cv_outputs(
 ) -> None:
     """Write per_slide_predictions.csv, metrics.csv, metrics.html, roc.png, confusion.png and
     summary.json in ``out_dir``."""
-    from gigamil.viz.plots import plot_confusion, plot_roc
+    from gigamil.viz.plots import plot_calibration, plot_confusion, plot_roc
 
     pcols = [f"prob_{c}" for c in classes]
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
@@ -329,6 +329,10 @@ def _write_cv_outputs(
         f"{title} metrics",
         summary,
         "oof_auc",
-        [out_dir / "roc.png", out_dir / "confusion.png"],
+        [
+            out_dir / "roc.png",
+            out_dir / "confusion.png",
+            plot_calibration(valid, classes, f"{title} calibration"),
+        ],
     )
     write_json(summary, out_dir / "summary.json")

@@ -238,7 +238,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     Returns:
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
         model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
-        ``accuracy`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
+        ``accuracy``, ``brier`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
         ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted`` and, with masks, the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
     """
@@ -331,7 +331,7 @@ def _write_ensemble_outputs(
     """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``, titled
     ``{experiment}: {cohort} ensemble``, or ``... out-of-fold (1 model per slide)`` for a train
     cohort, whose slides are each scored by the one fold model that did not train on them."""
-    from gigamil.viz.plots import plot_confusion, plot_roc
+    from gigamil.viz.plots import plot_calibration, plot_confusion, plot_roc
 
     one = summary["models_per_slide"][1] <= 1
     what = "out-of-fold (1 model per slide)" if one else "ensemble"
@@ -346,6 +346,10 @@ def _write_ensemble_outputs(
         f"{title} metrics",
         summary,
         "auc",
-        [out_dir / "roc.png", out_dir / "confusion.png"],
+        [
+            out_dir / "roc.png",
+            out_dir / "confusion.png",
+            plot_calibration(valid, classes, f"{title} calibration"),
+        ],
     )
     write_json(summary, out_dir / "summary.json")

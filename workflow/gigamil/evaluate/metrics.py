@@ -14,7 +14,7 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 
-SCALAR_METRICS = ("auc", "balanced_accuracy", "macro_f1", "accuracy")
+SCALAR_METRICS = ("auc", "balanced_accuracy", "macro_f1", "accuracy", "brier")
 
 
 def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -53,6 +53,22 @@ def macro_auc(per_class: Sequence[float]) -> float:
     classes present; nan with fewer than two."""
     finite = [a for a in per_class if np.isfinite(a)]
     return float(np.mean(finite)) if len(finite) >= 2 else float("nan")
+
+
+def brier_score(y: np.ndarray, probs: np.ndarray) -> float:
+    """Brier score of class probabilities (Brier 1950): the mean over rows of the squared distance
+    of ``probs`` (n, C) from the one-hot truth ``y`` (n,), halved for two classes, where it is
+    the mean of (P(positive) - y)^2 (scikit-learn's ``brier_score_loss`` convention,
+    ``scale_by_half="auto"``). 0 is perfect; a constant uniform guess scores 0.25 for two
+    classes (1 - 1/C for C > 2); nan without rows. Lower is better; unlike the AUC it also
+    penalises probabilities on the wrong scale (over- or under-confidence)."""
+    y = np.asarray(y, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    if y.size == 0:
+        return float("nan")
+    onehot = np.eye(probs.shape[1])[y]
+    total = float(((probs - onehot) ** 2).sum(axis=1).mean())
+    return total / 2 if probs.shape[1] == 2 else total
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +153,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
     """All slide-level metrics of one set of predictions.
 
     Returns:
-        dict with ``auc``, ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``n``,
+        dict with ``auc``, ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``brier``
+        (:func:`brier_score`), ``n``,
         ``recall_<class>`` for every class, with more than two classes ``auc_<class>`` (one
         vs rest) for every class, and ``confusion`` (list of lists, rows = truth).
     """
@@ -153,6 +170,7 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: Sequence[s
         "balanced_accuracy": balanced_accuracy(cm),
         "macro_f1": macro_f1(cm),
         "accuracy": float((pred == y).mean()) if y.size else float("nan"),
+        "brier": brier_score(y, probs),
     }
     for c, name in enumerate(classes):
         out[f"recall_{name}"] = float(recall[c])
@@ -213,6 +231,7 @@ def bootstrap_ci(
         values["balanced_accuracy"].append(balanced_accuracy(cm))
         values["macro_f1"].append(macro_f1(cm))
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
+        values["brier"].append(brier_score(yb, probs[idx]))
         for name, r in zip(recalls, per_class_recall(cm), strict=True):
             values[name].append(float(r))
         for name, a in zip(aucs, per, strict=True):

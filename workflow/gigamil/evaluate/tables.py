@@ -93,9 +93,9 @@ def localisation_figure(summary: Mapping[str, Any]) -> str:
 
 def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, str]]:
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
-    its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1 and accuracy with CIs,
-    each class's recall with its counts and CI (with two classes named sensitivity and
-    specificity), the localisation AUC (with lesion masks) and the counts."""
+    its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1, accuracy and the Brier
+    score with CIs, each class's recall with its counts and CI (with two classes named
+    sensitivity and specificity), the localisation AUC (with lesion masks) and the counts."""
     per_slide = summary.get("models_per_slide") or [0, 0]
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
@@ -111,6 +111,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         ("balanced accuracy", with_ci(summary, "balanced_accuracy")),
         ("macro F1", with_ci(summary, "macro_f1")),
         ("accuracy", with_ci(summary, "accuracy")),
+        *_brier_row(summary),
         *_recall_rows(summary),
         *_recall_rows(summary, "patient_"),
     ]
@@ -127,6 +128,17 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     if summary.get("ci_note"):
         rows.append(("note on the 95 % intervals", str(summary["ci_note"])))
     return rows
+
+
+def _brier_row(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The Brier score row (none in a summary written before it was added), naming what a
+    constant uniform guess would score (1 - 1/C, halved for two classes)."""
+    if "brier" not in summary:
+        return []
+    c = len(summary.get("classes") or []) or 2
+    guess = 0.25 if c == 2 else 1 - 1 / c
+    name = f"Brier score (probabilities; 0 is perfect, a constant 1/{c} scores {guess:.3f})"
+    return [(name, with_ci(summary, "brier"))]
 
 
 def _fold_auc_name(summary: Mapping[str, Any], who: str) -> str:
@@ -192,10 +204,10 @@ def write_metrics_html(
     title: str,
     summary: Mapping[str, Any] | None = None,
     auc_key: str = "oof_auc",
-    figures: Sequence[str | Path] = (),
+    figures: Sequence[str | Path | bytes] = (),
 ) -> None:
-    """The headline numbers of ``summary`` (:func:`summary_rows`), the ``figures`` (PNG files,
-    embedded, so the page stands alone and shows them inline in the Snakemake report too) and
+    """The headline numbers of ``summary`` (:func:`summary_rows`), the ``figures`` (PNG files or
+    PNG bytes, embedded, so the page stands alone and shows them inline in the Snakemake report too) and
     the metrics table as a small standalone HTML page. With fewer patients than
     :data:`MIN_PATIENTS_FOR_CI` the table's interval rows (``*_ci_low``, ``*_ci_high``) are left
     out of the page, as the headline leaves out its intervals (metrics.csv has them)."""
@@ -226,7 +238,9 @@ def write_metrics_html(
             + "</table>"
         )
     for fig in figures:  # the plots people would rather look at, beside the numbers
-        data = base64.b64encode(Path(fig).read_bytes()).decode("ascii")
-        body += f"<img src='data:image/png;base64,{data}' alt='{html.escape(Path(fig).name)}'>"
+        png = fig if isinstance(fig, bytes) else Path(fig).read_bytes()
+        alt = "figure" if isinstance(fig, bytes) else Path(fig).name
+        data = base64.b64encode(png).decode("ascii")
+        body += f"<img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'>"
     body += shown.to_html(border=0, classes="metrics")
     Path(path).write_text(html_page(title, body))
