@@ -343,13 +343,31 @@ def collect_gigamil(wd: Path) -> dict[str, Any]:
                     "min_train_loss": float(rows["train_loss"].min()),
                 }
             )
+    per_slide = pd.read_csv(res / "eval" / EXPERIMENT / "per_slide_predictions.csv")
     return {
         "oof_auc": summary["oof_auc"],
+        "balanced_accuracy": summary.get("balanced_accuracy"),
+        "brier": summary.get("brier"),  # absent from summaries before 2026-12-05
+        "predicted": {str(k): int(v) for k, v in per_slide["pred"].value_counts().items()},
         "fold_auc": summary.get("fold_auc"),
         "localization_auc": summary.get("localization_auc"),
         "localization_n_slides": summary.get("localization_n_slides"),
         "folds": per_fold,
     }
+
+
+def one_class_note(predicted: dict[str, int], classes: list[str]) -> str:
+    """A warning when every predicted slide got the same class (``predicted``: slides per
+    predicted class): the OOF AUC ranks slides and can be high while the probabilities sit on
+    the wrong side of 0.5 for a whole class, which only the balanced accuracy shows."""
+    called = [c for c, n in predicted.items() if n > 0]
+    if len(called) != 1:
+        return ""
+    missing = ", ".join(c for c in classes if c not in called)
+    return (
+        f" | NOTE: every slide predicted {called[0]} (none {missing}): the ranking (AUC) may"
+        " be right, the probabilities' scale is not (balanced accuracy 0.5)"
+    )
 
 
 def compare_oof(wd: Path, baseline: dict[str, Any], positive: str) -> dict[str, Any]:
@@ -597,6 +615,9 @@ def write_result(
     summary (mean ± sd over the draws done)."""
     summary = {
         "gigamil_oof_auc": mean_sd([d["gigamil"]["oof_auc"] for d in draws]),
+        "gigamil_balanced_accuracy": mean_sd(
+            [d["gigamil"].get("balanced_accuracy") for d in draws]
+        ),
         "gigamil_localization_auc": mean_sd([d["gigamil"]["localization_auc"] for d in draws]),
         "gigamil_wall_seconds": mean_sd([d["gigamil"]["wall_seconds"] for d in draws]),
         "gigamil_final_train_loss": mean_sd(
@@ -672,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(" (the tiles' size and µm/px: every patch is one tile)")
-    positive = yaml.safe_load((REPO / "config.yaml").read_text())["classes"][1]
+    classes = [str(c) for c in yaml.safe_load((REPO / "config.yaml").read_text())["classes"]]
+    positive = classes[1]
     draws: list[dict[str, Any]] = []
     summary = None
     for seed in range(args.seed, args.seed + args.draws):
@@ -694,13 +716,14 @@ def main(argv: list[str] | None = None) -> int:
         g, b, d = draw["gigamil"], draw["baseline"], draw["gigamil_minus_baseline"]
         losses = ", ".join(f"{f['final_train_loss']:.3f}" for f in g["folds"])
         print(
-            f"draw seed {seed}: gigamil OOF AUC {g['oof_auc']:.3f}, localisation "
+            f"draw seed {seed}: gigamil OOF AUC {g['oof_auc']:.3f}, balanced accuracy "
+            f"{g['balanced_accuracy']:.3f}, localisation "
             f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per model [{losses}]"
             f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
             f"{smoothed_note(b)}"
             f" | tiles -> patches {draw['tile_patch_fraction']:.3f} | OOF AUC difference "
             f"{d['difference']:+.3f} (95 % CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}, "
-            f"{ahead_text(d)})",
+            f"{ahead_text(d)}){one_class_note(g['predicted'], classes)}",
             flush=True,
         )
         summary = write_result(args, argv, started, overrides, draws)

@@ -265,3 +265,29 @@ def test_settings_are_validated_before_any_draw_is_built(bench):
     bench.check_settings({"training": {"epochs": 2}})
     with pytest.raises(ConfigError, match="config.yaml with --set: training.epochs"):
         bench.check_settings({"training": {"epochs": 0}})
+
+
+def test_a_draw_reads_the_class_balance_of_its_predictions(bench, tmp_path):
+    """The OOF AUC ranks; a draw whose probabilities put every slide in one class (balanced
+    accuracy 0.5) is flagged on the draw's line, and its counts are recorded."""
+    res = tmp_path / "results"
+    ev = res / "eval" / bench.EXPERIMENT
+    ev.mkdir(parents=True)
+    summary = {"oof_auc": 1.0, "balanced_accuracy": 0.5, "brier": 0.2, "localization_auc": 0.9}
+    (ev / "summary.json").write_text(json.dumps(summary))
+    preds = pd.DataFrame({"slide_id": ["a", "b", "c", "d"], "pred": ["normal"] * 4})
+    preds.to_csv(ev / "per_slide_predictions.csv", index=False)
+    splits = res / "splits" / bench.EXPERIMENT
+    splits.mkdir(parents=True)
+    pd.DataFrame({"fold": [0, 0, 1, 1]}).to_csv(splits / "folds.csv", index=False)
+    for k in (0, 1):
+        fold = res / "models" / bench.EXPERIMENT / f"fold{k}"
+        fold.mkdir(parents=True)
+        log = pd.DataFrame({"epoch": [1, 2], "best_epoch": [2, 2], "train_loss": [0.7, 0.6]})
+        log.to_csv(fold / "train_log.csv", index=False)
+    got = bench.collect_gigamil(tmp_path)
+    assert got["predicted"] == {"normal": 4} and got["balanced_accuracy"] == 0.5
+    assert got["brier"] == 0.2 and [f["final_train_loss"] for f in got["folds"]] == [0.6, 0.6]
+    note = bench.one_class_note(got["predicted"], ["normal", "lesion"])
+    assert "every slide predicted normal (none lesion)" in note
+    assert bench.one_class_note({"normal": 2, "lesion": 2}, ["normal", "lesion"]) == ""
