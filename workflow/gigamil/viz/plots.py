@@ -321,7 +321,8 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
 LINE_STYLES = ["-", "--", ":", "-."]  # one per replicate (member) of a fold
 NO_VALIDATION = (
     "no validation slides (cv.val_fraction: 0): model.pt keeps each model's epoch of lowest"
-    " training loss, from epoch min_epochs - 1 on"
+    " training loss once the warm-up is over (from the last warm-up epoch,"
+    " training.early_stopping.min_epochs - 1, on)"
 )
 TITLE_CHARS = 100  # characters per line of the training curves' 8-inch-wide title (9 pt)
 
