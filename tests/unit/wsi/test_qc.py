@@ -84,6 +84,30 @@ def test_qc_html_lists_every_slide_and_highlights_warnings(tmp_path):
     assert "no tissue found" in page and "2 slide(s), 1 with warnings" in page
 
 
+def test_qc_html_embeds_each_slides_mask_image_beside_its_row(tmp_path, monkeypatch):
+    import base64
+    import io
+    import re
+
+    from gigamil.wsi import qc
+
+    Image.fromarray(np.full((300, 400, 3), 200, np.uint8)).save(tmp_path / "a.qc.png")
+    table = pd.DataFrame(
+        [dict.fromkeys(COLUMNS, None) | {"slide_id": s} for s in ("a", "b")], columns=COLUMNS
+    )
+    thumbs = {"a": tmp_path / "a.qc.png", "b": tmp_path / "b.qc.png"}  # b's image is missing
+    write_qc_html(table, tmp_path / "qc.html", "QC", thumbs)
+    page = (tmp_path / "qc.html").read_text()
+    (data,) = re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page)
+    with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+        assert img.size == (qc.THUMBNAIL_PX, 120)  # 400 x 300 scaled to 160 wide
+    assert "<th>tissue mask</th>" in page and "<tr><td></td><td>b</td>" in page
+    monkeypatch.setattr(qc, "MAX_THUMBNAILS", 1)  # too many slides: no images, a note
+    write_qc_html(table, tmp_path / "qc.html", "QC", thumbs)
+    page = (tmp_path / "qc.html").read_text()
+    assert "base64" not in page and f"see {tmp_path}/" in page
+
+
 def test_qc_labels_from_the_mask_json(tmp_path):
     js = tmp_path / "s.json"
     js.write_text(

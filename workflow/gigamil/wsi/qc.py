@@ -120,13 +120,17 @@ def write_qc_table(
     title: str = "QC",
     sheet: pd.DataFrame | Mapping[str, Sequence[Any]] | None = None,
 ) -> pd.DataFrame:
-    """Write the QC CSV (and, with ``out_html``, the same table as an HTML page); return the
-    table. ``sheet``: see :func:`qc_table`."""
+    """Write the QC CSV (and, with ``out_html``, the same table as an HTML page, with each
+    slide's tissue-mask QC image beside its row: ``{slide_id}.qc.png`` next to its mask JSON,
+    which the tissue_mask job writes with it); return the table. ``sheet``: see
+    :func:`qc_table`."""
     df = qc_table(slide_ids, mask_jsons, stores, sheet)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_csv, index=False)
     if out_html is not None:
-        write_qc_html(df, out_html, title)
+        pairs = zip(slide_ids, mask_jsons, strict=True)
+        thumbs = {s: Path(m).with_name(f"{s}.qc.png") for s, m in pairs}
+        write_qc_html(df, out_html, title, thumbs)
     return df
 
 
@@ -141,10 +145,22 @@ def qc_labels(mask_json: str | Path) -> dict[str, str]:
     }
 
 
-def write_qc_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
+MAX_THUMBNAILS = 400  # QC images embedded in the page (about 4 kB each); more: none, and a note
+THUMBNAIL_PX = 160  # their width
+
+
+def write_qc_html(
+    table: pd.DataFrame,
+    path: str | Path,
+    title: str,
+    thumbnails: Mapping[str, str | Path] | None = None,
+) -> None:
     """The QC table as a small standalone HTML page (the Snakemake report shows it inline):
     one row per slide, headers with units (:data:`HEADERS`), the tissue fraction in %, numbers
-    rounded, slides with warnings highlighted."""
+    rounded, slides with warnings highlighted; with ``thumbnails`` ({slide_id: QC image}), each
+    slide's image in a first column, embedded as a :data:`THUMBNAIL_PX`-wide JPEG (a missing
+    file leaves its cell empty; more than :data:`MAX_THUMBNAILS` slides: none, and a note
+    saying where the images are)."""
     from gigamil.evaluate.tables import html_page
 
     digits = {"slide_mpp": 4, "target_mpp": 4, "effective_mpp": 4, "tissue_fraction": 1}
@@ -159,16 +175,44 @@ def write_qc_html(table: pd.DataFrame, path: str | Path, title: str) -> None:
         return html.escape(str(v))
 
     shown = [c for c in table.columns if c != "source_path"]
-    head = "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in shown)
+    embed = bool(thumbnails) and len(table) <= MAX_THUMBNAILS
+    head = "<th>tissue mask</th>" if embed else ""
+    head += "".join(f"<th>{html.escape(HEADERS.get(c, c))}</th>" for c in shown)
     rows = []
     for rec in table.to_dict(orient="records"):
         warn = " style='background:#fff3cd'" if rec.get("warnings") else ""
-        rows.append(f"<tr{warn}>" + "".join(f"<td>{cell(c, rec[c])}</td>" for c in shown) + "</tr>")
+        image = ""
+        if embed:
+            image = f"<td>{_thumbnail_img((thumbnails or {}).get(str(rec['slide_id'])))}</td>"
+        cells = "".join(f"<td>{cell(c, rec[c])}</td>" for c in shown)
+        rows.append(f"<tr{warn}>{image}{cells}</tr>")
     n_warn = int((table["warnings"].fillna("") != "").sum()) if "warnings" in table else 0
-    note = f"<p>{len(table)} slide(s), {n_warn} with warnings (highlighted).</p>"
-    body = f"{note}<table class='qc'><tr>{head}</tr>{''.join(rows)}</table>"
+    note = f"<p>{len(table)} slide(s), {n_warn} with warnings (highlighted)."
+    if thumbnails and not embed:
+        where = html.escape(str(Path(next(iter(thumbnails.values()))).parent))
+        note += f" QC images not embedded (more than {MAX_THUMBNAILS} slides): see {where}/."
+    body = f"{note}</p><table class='qc'><tr>{head}</tr>{''.join(rows)}</table>"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(html_page(title, body))
+
+
+def _thumbnail_img(path: str | Path | None) -> str:
+    """An ``<img>`` of the image at ``path`` scaled to :data:`THUMBNAIL_PX` wide, as an embedded
+    JPEG; "" when there is no such file."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    if path is None or not Path(path).is_file():
+        return ""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    height = max(1, round(rgb.height * THUMBNAIL_PX / rgb.width))
+    buf = io.BytesIO()
+    rgb.resize((THUMBNAIL_PX, height), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=80)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"<img src='data:image/jpeg;base64,{data}' alt='{html.escape(Path(path).name)}'>"
 
 
 # ----------------------------------------------------------------------------- QC thumbnail
