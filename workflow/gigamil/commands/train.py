@@ -173,13 +173,18 @@ def _resolve_stores(df, path: str) -> None:  # noqa: ANN001 - a pandas DataFrame
 def load_cli_config(path: str) -> dict:
     """:func:`gigamil.config.load_config` for a command: a configuration without ``cohorts``
     (the command reads none) is an error that says what to add."""
-    from gigamil.config import load_config
+    from pathlib import Path
+
+    from gigamil.config import load_config, read_yaml, validate_config
     from gigamil.errors import ConfigError
 
+    if not Path(path).is_file():
+        return load_config(path)  # raises its "config file not found"
+    raw = read_yaml(path) or {}  # load_config's two steps, to see what the file holds
     try:
-        return load_config(path)
+        return validate_config(raw, source=str(path))
     except ConfigError as exc:
-        if "'cohorts' is a required property" not in str(exc):
+        if not isinstance(raw, dict) or "cohorts" in raw:
             raise
         raise ConfigError(
             f"{exc}: the command reads classes, model, training and preprocessing from it but "
