@@ -206,6 +206,32 @@ def test_command_line_strings_are_read_as_the_numbers_typed(base_config):
         validate_config(cfg)
 
 
+def test_a_whole_number_has_one_form_per_key(base_config):
+    """Snakemake compares rule params by repr: `mask_mpp: 8` after `8.0`, or `val_fraction:
+    0.0` after `0`, redid every mask, store and model with the same values; and `epochs: 48.0`
+    passed the schema (JSON Schema counts 48.0 as an integer), then failed in a job."""
+    cfg = copy.deepcopy(base_config)
+    shipped = validate_config(cfg)
+    cfg["preprocessing"]["tissue"] |= {"mask_mpp": 8, "min_area_um2": 20000}
+    cfg["cv"] |= {"val_fraction": 0.0, "folds": float(shipped["cv"]["folds"])}
+    cfg["training"] |= {"epochs": 48.0, "seed": 0.0, "max_instances_per_forward_pass": 128.0}
+    cfg["model"] = {**cfg.get("model", {}), "att_dim": 64.0}
+    out = validate_config(cfg)
+    for path in (("preprocessing", "tissue"), ("cv",)):  # equal values, equal params
+        a, b = shipped, out
+        for key in path:
+            a, b = a[key], b[key]
+        assert repr(a) == repr(b), path
+    assert out["preprocessing"]["tissue"]["mask_mpp"] == 8.0  # the default's form: 8.0
+    assert isinstance(out["preprocessing"]["tissue"]["mask_mpp"], float)
+    assert out["cv"]["val_fraction"] == 0 and isinstance(out["cv"]["val_fraction"], int)
+    for key in ("epochs", "seed", "max_instances_per_forward_pass"):
+        assert type(out["training"][key]) is int, key
+    assert type(out["model"]["att_dim"]) is int and type(out["cv"]["folds"]) is int
+    assert out["training"]["lr"] == shipped["training"]["lr"]  # not whole: as written
+    assert repr(validate_config(base_config)) == repr(shipped)  # the shipped file: unchanged
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -57,6 +57,37 @@ def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
                 _fill_defaults(extra, value)
 
 
+def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
+    """Write each whole number in one form per key, in place, so that equal values make equal
+    rule params (Snakemake compares params by their ``repr``: ``mask_mpp: 8`` after ``8.0``
+    would redo every mask, store and model): an ``integer`` key's whole float becomes an int
+    (``epochs: 48.0`` → 48; ``range()`` and tensor sizes need one); a ``number`` key's whole
+    number takes the form of the key's default: a float where the default is a whole float
+    (``mask_mpp`` 8 → 8.0, default 8.0), else an int (``cv.val_fraction`` 0.0 → 0, default
+    0.2). The shipped config.yaml is written in these forms, so its params are unchanged."""
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    for key, value in list(instance.items()):
+        sub = props.get(key, extra if isinstance(extra, dict) else None)
+        if not isinstance(sub, dict):
+            continue
+        if isinstance(value, dict):
+            _canonical_numbers(sub, value)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not (isinstance(value, int) or value.is_integer()):
+            continue
+        types = sub.get("type")
+        types = types if isinstance(types, list) else [types]
+        default = sub.get("default")
+        if "integer" in types:
+            instance[key] = int(value)
+        elif "number" in types:
+            whole_float = isinstance(default, float) and default.is_integer()
+            instance[key] = float(value) if whole_float else int(value)
+
+
 def _empty_sections_to_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
     """An empty section (``training:`` with every key commented out: YAML reads null) becomes
     ``{}``, so its defaults apply, in place; nested sections too."""
@@ -139,6 +170,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
 
         raise_problems(source, found, "problems in the configuration")  # all in one round
     _fill_defaults(schema, cfg)
+    _canonical_numbers(schema, cfg)
     roles = [c["role"] for c in cfg["cohorts"].values()]
     if "train" not in roles:
         raise ConfigError(f"{source}: cohorts: at least one cohort needs role: train")
