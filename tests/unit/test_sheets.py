@@ -416,3 +416,15 @@ def test_every_kind_of_problem_of_a_sheet_in_one_message(tmp_path):
     assert lines[4].startswith("- 1 file(s) not found") and "s6.svs not found" in lines[5]
     # the misspelt label makes no second conflict for patient p3 (s3 lesion, s5 'tumour')
     assert "'p3'" not in str(err.value)
+
+
+def test_a_sheet_in_the_windows_encoding_says_which_line_and_how_to_save_it(tmp_path):
+    """Excel's plain "CSV" on Windows writes cp1252: 'é' is byte 0xe9, not UTF-8."""
+    path = tmp_path / "excel.csv"
+    text = "slide_id,patient_id,label,path,site\ns1,p1,normal,s1.svs,Hôpital Cochin\n"
+    path.write_bytes(text.encode("cp1252"))
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    message = str(err.value)
+    assert "line 2 is not UTF-8 text (byte 0xf4 at column 22, 'ô' in the Windows" in message
+    assert "'CSV UTF-8 (Comma delimited)'" in message

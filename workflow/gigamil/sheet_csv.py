@@ -100,6 +100,23 @@ def _separator_hint(header: str) -> str:
     )
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where a sheet that is not UTF-8 first breaks, what the byte likely is (cp1252, the
+    encoding Excel's plain "CSV" uses on Windows) and how to save it instead."""
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            byte = line[bad.start : bad.start + 1]
+            guess = byte.decode("cp1252", errors="replace")
+            return (
+                f"line {number} is not UTF-8 text (byte 0x{byte.hex()} at column "
+                f"{bad.start + 1}, {guess!r} in the Windows encoding cp1252): save the sheet as "
+                "UTF-8 (Excel: Save As, 'CSV UTF-8 (Comma delimited)')"
+            )
+    return f"not UTF-8 text ({exc.reason}): save the sheet as UTF-8"
+
+
 def _first_line(path: Path) -> str:
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as handle:
@@ -115,6 +132,8 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     _check_field_counts(path)
     try:
         df = read_sheet_frame(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {_not_utf8(path, exc)}") from exc
     except csv_read_errors() as exc:
         raise ConfigError(
             f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}"
