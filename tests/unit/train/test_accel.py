@@ -172,3 +172,13 @@ def test_compile_leaves_the_augmentation_out_and_a_copy_runs_its_own_weights() -
         net[0].weight.add_(1.0)  # the original moves on; the copy must not
         assert torch.equal(twin(x), before) and not torch.equal(net(x), before)
     assert twin.forward.compiled is not None and twin.forward.eager.__self__ is twin
+
+
+def test_a_run_is_told_at_its_start_that_cuda_has_no_device_here(monkeypatch):
+    from gigamil.train.accel import device_warning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "no CUDA device" in device_warning("cuda") and "device: auto" in device_warning("cuda")
+    assert device_warning("auto") is None and device_warning("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_warning("cuda") is None

@@ -3,7 +3,8 @@
 None of these changes what is computed beyond floating-point rounding (``torch.compile`` leaves
 the augmentation in front of the encoder uncompiled, so its random numbers stay torch's):
 ``prepare_model`` is called by the trainer and by ``predict_slides`` after the model is on its
-device.
+device. ``device_warning`` tells a run at its start that ``training.device: cuda`` has no CUDA
+device here.
 """
 
 from __future__ import annotations
@@ -118,3 +119,18 @@ def compile_module(module: nn.Module, **compile_kwargs: Any) -> CompiledForward:
     compiled = CompiledForward(module, **compile_kwargs)
     module.forward = compiled  # type: ignore[method-assign]
     return compiled
+
+
+def device_warning(name: str) -> str | None:
+    """A warning for the start of a run when ``training.device`` is ``cuda`` and this machine
+    has no CUDA device: the jobs that train and predict fail there, after the masks and patch
+    stores are made; none when a cluster sends those jobs to GPU nodes, which only the run
+    knows."""
+    if name != "cuda" or torch.cuda.is_available():
+        return None
+    return (
+        "training.device: cuda, but this machine has no CUDA device: train_fold and "
+        "predict_fold jobs that run here will fail (after the tissue masks and patch stores "
+        "are made); ignore this if a cluster profile sends them to GPU nodes, else set "
+        "device: auto"
+    )
