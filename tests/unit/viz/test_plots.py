@@ -38,6 +38,7 @@ def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
     info = plot_training_curves(log, out, "demo: fold 0")
     assert info == {
         "epochs": 6,
+        "epochs_per_model": [6],
         "best_epoch": 3,
         "best_epochs": [3],
         "curves": ["train_loss", "val_loss", "val_auc"],
@@ -118,6 +119,7 @@ def test_training_curves_without_validation_slides_draw_the_training_loss(tmp_pa
     # the right panel draws the learning rate instead of empty validation axes
     assert info == {
         "epochs": 6,
+        "epochs_per_model": [6],
         "best_epoch": 3,
         "best_epochs": [3],
         "curves": ["train_loss", "lr"],
@@ -132,7 +134,8 @@ def test_training_curves_of_replicates_draw_each_member(tmp_path):
     log = tmp_path / "train_log.csv"
     pd.concat([a, b]).to_csv(log, index=False)
     info = plot_training_curves(log, tmp_path / "r.png", "demo: fold 0 (2 replicates)")
-    assert info["epochs"] == 11 and info["best_epochs"] == [3, 2] and info["best_epoch"] == 3
+    assert info["epochs"] == 6 and info["epochs_per_model"] == [6, 5]  # not 11 rows
+    assert info["best_epochs"] == [3, 2] and info["best_epoch"] == 3
     with Image.open(tmp_path / "r.png") as img:
         assert img.format == "PNG"
 

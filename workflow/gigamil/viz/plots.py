@@ -268,8 +268,9 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     member's training loss in its own colour, the learning rate (``lr``) on the right, and says in
     the title that there were no validation slides and which epoch model.pt keeps.
 
-    Returns ``{"epochs": rows, "best_epoch": e (member 0), "best_epochs": [e per member],
-    "curves": [the columns drawn]}``.
+    Returns ``{"epochs": rows of the longest member (epochs, or EM rounds), "epochs_per_model":
+    [rows per member], "best_epoch": e (member 0), "best_epochs": [e per member], "curves": [the
+    columns drawn]}``.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -311,7 +312,8 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     fig.savefig(path)
     plt.close(fig)
     return {
-        "epochs": int(len(log)),
+        "epochs": max(len(rows) for _, rows in members),
+        "epochs_per_model": [len(rows) for _, rows in members],
         "best_epoch": bests[0],
         "best_epochs": bests,
         "curves": [*losses, *scores],
