@@ -136,6 +136,10 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["training"].update(device="gpu"),
             "training.device: 'gpu' is not one of auto, cpu, cuda; did you mean cuda?",
         ),
+        (  # the choices as config.yaml spells them (false, not Python's False)
+            lambda c: c["training"].update(amp="fp32"),
+            "training.amp: 'fp32' is not one of auto, bf16, fp16, false, true",
+        ),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):

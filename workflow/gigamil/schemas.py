@@ -66,14 +66,14 @@ def _error_message(error: jsonschema.ValidationError) -> str:
             f"{error.validator_value} are needed"
         )
     if error.validator == "enum" and isinstance(error.instance, str):
-        names = [str(v) for v in error.validator_value]
+        names = [_yaml_name(v) for v in error.validator_value]
         alias = VALUE_ALIASES.get(error.instance.lower())
         near = [alias] if alias in names else difflib.get_close_matches(error.instance, names, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
         return f"{error.instance!r} is not one of {', '.join(names)}{hint}"
     if error.validator in ("oneOf", "anyOf") and error.schema.get("description"):
         described = " ".join(str(error.schema["description"]).split())
-        names = [str(v) for alt in error.validator_value for v in alt.get("enum", [])]
+        names = [_yaml_name(v) for alt in error.validator_value for v in alt.get("enum", [])]
         near = difflib.get_close_matches(str(error.instance), names, n=1)
         hint = f" (did you mean {near[0]}?)" if near else ""
         return f"{error.instance!r} is not allowed here{hint}. {described}"
@@ -116,6 +116,13 @@ def _schema_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
         if isinstance(sub, Mapping):
             out += _schema_keys(sub, f"{prefix}{name}.")
     return out
+
+
+def _yaml_name(value: object) -> str:
+    """A schema value as config.yaml spells it: true, false, null; else as written."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | None = None) -> str:
