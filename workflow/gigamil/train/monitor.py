@@ -1,6 +1,7 @@
 """Watching a training run: the check that its weights are still finite numbers after every
 epoch (:func:`check_finite_weights`, also used by :mod:`gigamil.train.predict` to explain NaN
-predictions) and the TensorBoard writer of ``training.tensorboard`` (:data:`TB_SCALARS`)."""
+predictions) and the TensorBoard writer of ``training.tensorboard`` (:data:`TB_SCALARS`), with
+the start-of-run warning that folds trained already get no events (:func:`tensorboard_warning`)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,24 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
             "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
         ) from exc
     return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
+
+
+def tensorboard_warning(model_dirs: list[str | Path]) -> str | None:
+    """The start-of-run warning for ``training.tensorboard: true`` when folds in ``model_dirs``
+    (``results/models/{experiment}/fold{k}``) hold a model.pt but no ``tensorboard/`` (nor, with
+    replicates, ``replicate{r}/tensorboard/``): the
+    setting is not one of the training's params (it changes no model), so switching it on
+    retrains nothing and those folds get no events; None when every trained fold has them."""
+
+    def has_events(d: Path) -> bool:  # with replicates: fold{k}/replicate{r}/tensorboard
+        return any(p.is_dir() for p in (*d.glob("tensorboard"), *d.glob("replicate*/tensorboard")))
+
+    dirs = [Path(d) for d in model_dirs]
+    without = [d.name for d in dirs if (d / "model.pt").is_file() and not has_events(d)]
+    if not without:
+        return None
+    return (
+        f"training.tensorboard: true, but {', '.join(without)} trained without it and are not "
+        "retrained for it (it changes no model): only folds trained from now on get TensorBoard "
+        "events; delete a fold's directory under results/models/ to retrain it with them"
+    )

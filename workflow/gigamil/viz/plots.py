@@ -259,8 +259,8 @@ CURVE_LABELS = {
 def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> dict[str, Any]:
     """Training curves of one fold from its ``train_log.csv``: training and validation loss
     (left; the legend says how each is taken, ``CURVE_LABELS``) and validation AUC (right)
-    against the epoch, the best epoch (the one model.pt holds,
-    the log's last ``best_epoch``) marked by a dashed line and a star on each curve. A log of
+    against the epoch, the best epoch (the one model.pt holds, the log's last ``best_epoch``)
+    marked by a dashed line and a star on each curve. A log of
     ``training.strategy: em`` (rows = rounds) also draws the E-step's pseudo-label loss
     (``encoder_loss``) on the left. A log with a ``replicate`` column (``training.replicates``
     > 1) draws each member's curves in the same colours, member r with its own line style. A
@@ -268,10 +268,8 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     member's training loss in its own colour, the learning rate (``lr``) on the right, and says in
     the title that there were no validation slides and which epoch model.pt keeps.
 
-    Returns ``{"epochs": rows of the longest member (epochs, or EM rounds), "epochs_per_model":
-    [rows per member], "best_epoch": e (member 0), "best_epochs": [e per member], "curves": [the
-    columns drawn]}``.
-    """
+    Returns ``{"epochs": rows of the longest member (epochs or EM rounds), "epochs_per_model":
+    [per member], "best_epoch": member 0's, "best_epochs": [per member], "curves": [drawn]}``."""
     from matplotlib.ticker import MaxNLocator
 
     from gigamil.errors import GigamilError
