@@ -92,6 +92,18 @@ def test_instance_loss_multiclass_and_exact_chunked_gradients() -> None:
     assert step.loss > float(bag_only)  # the instance term is part of the trained loss
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    # against autograd on the loss written out (not MILModel's own path): the instance term's
+    # gradient reaches the encoder
+    model.zero_grad()
+    h_ref = model.feature_encoder(x)
+    logits, _ = head(h_ref)
+    (BagLoss()(logits, 1) + head.instance_loss(h_ref, 1)).backward()
+    for a, (name, p) in zip(grads[1], model.named_parameters(), strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-6), name
+    model.zero_grad()
+    logits, _ = head(model.feature_encoder(x))
+    BagLoss()(logits, 1).backward()  # the bag term alone: a different encoder gradient
+    assert not torch.allclose(grads[1][0], model.feature_encoder.weight.grad, atol=1e-4)
 
 
 def test_instance_pool_top_fraction_mean_and_weak_labels() -> None:
@@ -139,6 +151,15 @@ def test_instance_pool_loss_is_weak_labels_with_exact_chunked_gradients() -> Non
     assert torch.allclose(step.logits, z.topk(5, dim=0).values.mean(0), atol=1e-5)
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    # against autograd on the weak-label loss written out: the encoder learns from it
+    model.zero_grad()
+    ce = torch.nn.functional.cross_entropy(
+        head.instance_logits(model.feature_encoder(x)), torch.full((9,), 2)
+    )
+    ce.backward()
+    assert model.feature_encoder.weight.grad.abs().max() > 1e-3
+    for a, (name, p) in zip(grads[1], model.named_parameters(), strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-6), name
     # its heatmap weights: each patch's P(not the first class), as the heatmaps label them
     # (they were the last class's probability)
     with torch.no_grad():

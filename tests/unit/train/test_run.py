@@ -200,8 +200,22 @@ def test_resume_after_kill_continues(
         return loop_mod.train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "train_epoch", recording_train_epoch)
+    # the resumed trainer takes over the whole early-stopping state (best score, tie-break,
+    # epochs without improvement), not only the epoch: on this run every epoch after the kill
+    # is a new best, so the logs alone would not show a lost best score
+    saved = torch.load(killed / "last.pt", weights_only=True)["early_stopping"]
+    assert saved["best_score"] is not None and saved["best_epoch"] == 2
+    taken_over = []
+    load_state = trainer_mod.EarlyStopping.load_state_dict
+
+    def recording_load(self, state):
+        load_state(self, state)
+        taken_over.append(self.state_dict())
+
+    monkeypatch.setattr(trainer_mod.EarlyStopping, "load_state_dict", recording_load)
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
     assert seen == [3, 4]  # continued, not restarted
+    assert taken_over == [saved]
     log_full, log_killed = read_log(full / "train_log.csv"), read_log(killed / "train_log.csv")
     assert [int(r["epoch"]) for r in log_killed] == [1, 2, 3, 4]
     for a, b in zip(log_full, log_killed, strict=True):
