@@ -325,6 +325,15 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     assert again["patient_overlap"]["patient_ids"] == ["p3", "p9"]
     assert "allow_patient_overlap" in again["patient_overlap"]["note"]
     assert "patient_overlap" in (tmp_path / "ens2" / "summary.json").read_text()
+    # and on the page the report shows, above the figures it makes optimistic
+    overlap_page = (tmp_path / "ens2" / "metrics.html").read_text()
+    warning = "WARNING: patients also in training (the figures below are optimistic)"
+    assert f"<td>{warning}</td><td>2: p3, p9</td>" in overlap_page
+    assert overlap_page.index(warning) < overlap_page.index("slide AUC")
+    assert "patients also in training" not in (out / "metrics.html").read_text()
+    # a cohort's page scores a patient on this cohort's slides (others may be in another)
+    label = "patient AUC (mean probability of each patient&#x27;s slides in this cohort)"
+    assert label in overlap_page  # (html.escape writes the apostrophe so)
     page = (out / "metrics.html").read_text()
     lo, hi = summary["auc_ci"]
     assert f"slide AUC (ensemble)</td><td>{summary['auc']:.3f} ({_ci_text(lo, hi)})" in page
@@ -796,3 +805,20 @@ def test_an_external_cohort_of_one_class_says_why_it_has_no_auc(tmp_path, caplog
     note = "no AUC: all 2 slide(s) with a prediction are 'normal' (an AUC ranks slides of one"
     assert summary["auc_note"].startswith(note) and note in caplog.text
     assert "auc_note" in (tmp_path / "ens" / "summary.json").read_text()
+
+
+def test_a_patient_without_a_scored_slide_is_counted_where_the_page_says_so():
+    """A patient whose every slide has no patches is missing from the patient count: the row of
+    slides without patches says how many such patients there are."""
+    from gigamil.evaluate.aggregate import unscored_patients
+    from gigamil.evaluate.tables import summary_rows
+
+    preds = pd.DataFrame({"patient_id": ["a", "a", "b", "c"], "slide_id": ["1", "2", "3", "4"]})
+    assert unscored_patients(preds, preds[preds["slide_id"].isin(["1", "3"])]) == 1  # c
+    assert unscored_patients(preds, preds) == 0
+    summary = {"n_slides": 2, "n_patients": 2, "n_unpredicted": 2, "n_patients_unscored": 1}
+    rows = dict(summary_rows(summary, "oof_auc"))
+    assert rows["slides without patches (not scored)"] == "2 (1 patient(s) with no scored slide)"
+    assert "patient AUC (mean probability of each patient's slides)" in rows  # CV: every cohort
+    summary["n_patients_unscored"] = 0
+    assert dict(summary_rows(summary, "auc"))["slides without patches (not scored)"] == "2"

@@ -61,6 +61,12 @@ def pooled_metrics(
     return pooled, ci
 
 
+def unscored_patients(preds: pd.DataFrame, scored: pd.DataFrame) -> int:
+    """Patients of ``preds`` none of whose slides is in ``scored`` (every slide without
+    patches): they are missing from the metrics' patient counts."""
+    return int(len(set(preds["patient_id"]) - set(scored["patient_id"])))
+
+
 def metrics_table(
     preds: pd.DataFrame,
     classes: Sequence[str],
@@ -268,6 +274,7 @@ def aggregate_cv(
     summary.update(summary_block(valid, classes, pooled, ci, table, "oof_auc"))
     summary["n_folds"] = int(folds["fold"].nunique())
     summary["n_unpredicted"] = n_unpredicted
+    summary["n_patients_unscored"] = unscored_patients(preds, valid)
     summary["cohorts"] = sorted(folds["cohort"].unique().tolist())
     per_slide = _per_slide_table(preds, classes)
     if localization:

@@ -32,6 +32,7 @@ from gigamil.evaluate.aggregate import (
     metrics_table,
     pooled_metrics,
     summary_block,
+    unscored_patients,
 )
 from gigamil.evaluate.localization import cohort_localization
 from gigamil.evaluate.predictions import (
@@ -298,6 +299,7 @@ def _ensemble_metrics(
     summary["n_models"] = int(preds["fold"].nunique())
     summary["models_per_slide"] = models_per_slide(ens)
     summary["n_unpredicted"] = n_unpredicted
+    summary["n_patients_unscored"] = unscored_patients(ens, valid)
     return valid, table, summary
 
 

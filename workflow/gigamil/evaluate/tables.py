@@ -101,13 +101,18 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
     if len(summary.get("classes") or []) > 2:
         who += "; macro one-vs-rest"
-    rows = [
+    rows = _overlap_rows(summary)  # a caveat on every number below: first
+    where = " in this cohort" if auc_key == "auc" else ""  # a patient's other cohorts: not here
+    rows += [
         (f"slide AUC ({who})", with_ci(summary, auc_key)),
         (
             _fold_auc_name(summary, who),
             mean_sd(summary.get("fold_auc_mean"), summary.get("fold_auc_sd")),
         ),
-        ("patient AUC (mean probability per patient)", with_ci(summary, "patient_auc")),
+        (
+            f"patient AUC (mean probability of each patient's slides{where})",
+            with_ci(summary, "patient_auc"),
+        ),
         ("balanced accuracy", with_ci(summary, "balanced_accuracy")),
         ("macro F1", with_ci(summary, "macro_f1")),
         ("accuracy", with_ci(summary, "accuracy")),
@@ -124,10 +129,25 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
             rows.append((what, f"{loc} ({n} slides)"))
     rows.append(("slides / patients", f"{summary.get('n_slides')} / {summary.get('n_patients')}"))
     if summary.get("n_unpredicted"):
-        rows.append(("slides without patches (not scored)", str(summary["n_unpredicted"])))
+        text = str(summary["n_unpredicted"])
+        if summary.get("n_patients_unscored"):  # not in the patient count above
+            text += f" ({summary['n_patients_unscored']} patient(s) with no scored slide)"
+        rows.append(("slides without patches (not scored)", text))
     if summary.get("ci_note"):
         rows.append(("note on the 95 % intervals", str(summary["ci_note"])))
     return rows
+
+
+def _overlap_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An external cohort's patients that are also in training (``patient_overlap``, allowed by
+    ``allow_patient_overlap``): the fold models trained on them, so every figure is optimistic."""
+    overlap = summary.get("patient_overlap")
+    if not overlap:
+        return []
+    ids = list(overlap.get("patient_ids") or [])
+    shown = ", ".join(ids[:5]) + (f", ... ({len(ids) - 5} more)" if len(ids) > 5 else "")
+    name = "WARNING: patients also in training (the figures below are optimistic)"
+    return [(name, f"{overlap.get('n_patients', len(ids))}: {shown}")]
 
 
 def _brier_row(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
