@@ -298,13 +298,26 @@ def test_predict_cohort_needs_no_labels(tmp_path, base_config, caplog):
         _predict_cohort(tmp_path, base_config, rows, role="external")
 
 
-def test_patient_ids_that_differ_only_in_case_are_a_warning(tmp_path, base_config, caplog):
-    """'p1' and 'P1' were two patients without a word: possibly one person in two folds."""
+def test_patient_ids_that_differ_only_in_case_are_refused_where_they_could_leak(
+    tmp_path, base_config, caplog
+):
+    """'p1' and 'P1' in the train (or external) cohorts were two patients with a warning: one
+    person's slides could be trained on and tested in one fold. In a predict cohort (no
+    metrics) such ids stay a warning."""
     rows = good_rows()
     rows[1]["patient_id"] = rows[0]["patient_id"].upper()
     rows[1]["label"] = rows[0]["label"]
     cfg = copy.deepcopy(base_config)
     cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows))}}
-    load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "patient_id(s) of the train and external cohorts differ from another only" in str(
+        err.value
+    )
+    assert f"'{rows[1]['patient_id']}', '{rows[0]['patient_id']}'" in str(err.value)
+    caplog.clear()
+    new = other_rows()
+    new[0]["patient_id"] = good_rows()[0]["patient_id"].upper()  # 'P1' beside train 'p1'
+    new[0]["label"] = good_rows()[0]["label"]
+    _predict_cohort(tmp_path, base_config, new)
     assert "patient_id(s) differ from another only in case or spaces" in caplog.text
-    assert f"'{rows[1]['patient_id']}', '{rows[0]['patient_id']}'" in caplog.text

@@ -195,6 +195,8 @@ def check_leakage(
     checks = [_check_one_cohort_per_slide, _check_case_clashes, _check_file_listed_once]
     checks += [_check_same_content] if check_content else []
     checks += [_check_one_label_per_patient, lambda _: _check_train_patients(config, sheets)]
+    scored = [c for c, v in config["cohorts"].items() if v.get("role") in ("train", "external")]
+    checks += [lambda a: _check_patient_spellings(a[a["_cohort"].isin(scored)])]
     _warn_patient_spellings(allr)
     found = []  # every kind of problem in one error, not one per run
     for check in checks:
@@ -256,9 +258,24 @@ def _check_file_listed_once(allr: pd.DataFrame) -> None:
         )
 
 
+def _check_patient_spellings(scored: pd.DataFrame) -> None:
+    """ConfigError for patient_ids of the train and external cohorts (``scored``) that differ
+    only in case or spaces (``P1``, ``p1``): as two patients, one person's slides could be
+    trained on and tested in one fold, or be in training and in the external metrics."""
+    clash = _spelling_clashes(scored["patient_id"].astype(str), spaces=True)
+    if len(clash):
+        raise ConfigError(
+            f"{len(clash)} patient_id(s) of the train and external cohorts differ from another "
+            f"only in case or spaces ({'; '.join(', '.join(map(repr, sorted(c))) for c in clash.iloc[:3])}"
+            "): as two patients, one person could be in training and in the test slides; if "
+            "they are one person, spell them alike, else give them clearly different ids"
+        )
+
+
 def _warn_patient_spellings(allr: pd.DataFrame) -> None:
-    """A warning for patient_ids that differ only in case or spaces (``P1``, ``p1``): two
-    patients to gigamil (their folds, the overlap check), likely one person."""
+    """A warning for patient_ids that differ only in case or spaces (``P1``, ``p1``) where a
+    predict cohort is involved (among train and external cohorts they are an error,
+    :func:`_check_patient_spellings`): two patients to gigamil, likely one person."""
     clash = _spelling_clashes(allr["patient_id"].astype(str), spaces=True)
     if len(clash):
         log.warning(
