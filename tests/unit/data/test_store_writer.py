@@ -57,6 +57,18 @@ def test_commit_checks_counts_and_attrs(s1_attrs, row_major_grid, tmp_path):
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
 
 
+def test_a_chunk_written_short_is_refused(s1_attrs, row_major_grid, tmp_path):
+    """A worker that hands over fewer rows than its chunk holds must not commit a store that
+    reads the missing rows back as black patches."""
+    grid, coords = _grid(row_major_grid, 4)
+    with StoreWriter(tmp_path / "a.zarr", 4, 8, coords, grid, chunk=64) as w:
+        with pytest.raises(ValueError, match="chunk 0 needs 4 patches, got 2"):
+            w.write_chunk(0, np.full((2, 8, 8, 3), 9, np.uint8))
+        with pytest.raises(RuntimeError, match="wrote 0 of 4"):
+            w.commit(s1_attrs())
+    assert not (tmp_path / "a.zarr").exists()
+
+
 def test_chunk_size_between_64_and_256():
     assert chunk_patches(256) == 128  # 24 MiB / 192 KiB
     assert chunk_patches(32) == 256

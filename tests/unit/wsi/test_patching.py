@@ -503,3 +503,66 @@ def test_unresampled_patches_end_inside_a_slightly_coarser_slide(tmp_path):
         assert attrs["resampled"] is False
         assert len(coords) == cols and (np.asarray(patches) == 100).all(), w
         assert coords[:, 0].max() + 224 <= w
+
+
+@pytest.mark.parametrize(
+    ("size", "mpp", "target", "px", "shape"),
+    [
+        # resampled, 666.7 x 400 target px: 16 whole columns (15.67 + 1 would be 17, the last
+        # one past the edge), 10 rows
+        ((1000, 600), (0.5, 0.5), 0.75, 40, (10, 16)),
+        # unresampled (0.5024 is within 1 % of 0.5): 446 level px hold one 224-px row, not two
+        ((300, 446), (0.5024, 0.5024), 0.5, 224, (1, 1)),
+        ((446, 300), (0.5024, 0.5024), 0.5, 224, (1, 1)),
+        # non-square pixels, resampled per axis: 52 target px high, 50 wide
+        ((100, 100), (0.25, 0.26), 0.5, 10, (5, 5)),
+    ],
+)
+def test_every_patch_is_whole_and_inside_the_slide(tmp_path, size, mpp, target, px, shape):
+    """Only whole patches inside the slide are on the grid, on both axes, resampled or not: a
+    slide of one grey value gives patches of that value only (a patch past the edge reads
+    background), and the grid is as large as fits."""
+    w, h = size
+    reader = ArrayReader(np.full((h, w, 3), 100, np.uint8), mpp[0], mpp_y=mpp[1])
+    params = PatchParams(mpp=target, patch_px=px, min_tissue=0.0)
+    plan = plan_patches(reader, params, None)
+    assert (plan.n_rows, plan.n_cols) == shape
+    extract_patches(reader, tmp_path / "s.zarr", params, mask=None, progress=False)
+    patches, coords, _, attrs = read_store(tmp_path / "s.zarr")
+    assert len(coords) == shape[0] * shape[1]
+    assert (np.asarray(patches) == 100).all()
+
+
+def test_level0_coordinates_follow_each_axis_of_non_square_pixels():
+    """0.25 x 0.26 µm/px cut at 0.5: a patch of 10 target px spans 20 level-0 px in x and
+    19.23 in y; the stored top-left corners are those, rounded, axis by axis."""
+    reader = ArrayReader(np.full((200, 200, 3), 100, np.uint8), 0.25, mpp_y=0.26)
+    plan = plan_patches(reader, PatchParams(mpp=0.5, patch_px=10, min_tissue=0.0), None)
+    rows, cols = plan.grid[:, 0], plan.grid[:, 1]
+    np.testing.assert_array_equal(plan.coords[:, 0], np.round(cols * 10 * 0.5 / 0.25))
+    np.testing.assert_array_equal(plan.coords[:, 1], np.round(rows * 10 * 0.5 / 0.26))
+    assert plan.coords[:, 1].max() == round(9 * 10 * 0.5 / 0.26) == 173  # not 9 * 20 = 180
+
+
+def test_a_level_coarser_than_the_target_on_one_axis_is_not_read():
+    """Levels: 0.25 x 0.26 µm/px and 4x that, 1.0 x 1.04. For a target of 1.0 the 4x level is
+    4 % too coarse in y (the tolerance is 1 %): the patches are cut from level 0, resampled,
+    not read from level 1 and stretched in y."""
+    reader = ArrayReader(np.full((400, 400, 3), 100, np.uint8), 0.25, (4,), mpp_y=0.26)
+    plan = plan_patches(reader, PatchParams(mpp=1.0, patch_px=20, min_tissue=0.0), None)
+    assert plan.level == 0 and plan.resample
+    square = ArrayReader(np.full((400, 400, 3), 100, np.uint8), 0.25, (4,))
+    assert plan_patches(square, PatchParams(mpp=1.0, patch_px=20, min_tissue=0.0), None).level == 1
+
+
+def test_a_store_cut_as_is_records_the_slides_own_mpp(tmp_path):
+    """A slide at 0.499 µm/px is within 1 % of a 0.5 target and is cut without resampling: the
+    store's effective_mpp is the 0.499 it was cut at, not the 0.5 asked for."""
+    reader = ArrayReader(np.full((120, 120, 3), 100, np.uint8), 0.499)
+    params = PatchParams(mpp=0.5, patch_px=40, min_tissue=0.0)
+    plan = plan_patches(reader, params, None)
+    assert not plan.resample and plan.effective_mpp_xy == (0.499, 0.499)
+    extract_patches(reader, tmp_path / "s.zarr", params, mask=None, progress=False)
+    attrs = read_store(tmp_path / "s.zarr")[3]
+    assert attrs["effective_mpp"] == pytest.approx(0.499, abs=1e-12)
+    assert attrs["target_mpp"] == 0.5

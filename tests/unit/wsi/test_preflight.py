@@ -216,3 +216,39 @@ def test_an_override_far_from_the_files_mpp_is_a_warning(cmu_svs, caplog):
         "1 slide(s) have a µm/px override far from the file's own (e.g. a/far: 0.125 typed, "
         in (caplog.text)
     )
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_a_plain_image_at_a_screen_dpi_is_refused_before_any_job(tmp_path, suffix):
+    """A plain TIFF or PNG (no slide vendor, so OpenSlide's properties do not apply) whose
+    resolution tags say 72 dpi (352.8 µm/px): the run stops at the preflight, not in a job."""
+    from PIL import Image
+
+    path = tmp_path / f"screen{suffix}"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(path, dpi=(72, 72))
+    with pytest.raises(ConfigError) as err:
+        check_slides([SlideCheck("a", "screen", path, None)])
+    assert "a/screen: " in str(err.value) and "implausible microns-per-pixel 352.7" in str(
+        err.value
+    )
+    assert check_slides([SlideCheck("a", "screen", path, 0.5)])[0].problem is None  # overridden
+
+
+def test_pixels_more_than_5_percent_from_square_are_refused(tmp_path):
+    """x and y µm/px may differ by up to 5 % (resampled per axis); 0.25 x 0.27 is 7.4 %."""
+    import tifffile
+
+    for y_mpp, ok in ((0.26, True), (0.27, False)):
+        path = tmp_path / f"aniso{y_mpp}.tif"
+        tifffile.imwrite(
+            path,
+            np.full((64, 64, 3), 200, np.uint8),
+            photometric="rgb",
+            resolution=(1e4 / 0.25, 1e4 / y_mpp),
+            resolutionunit=3,
+        )
+        if ok:
+            assert check_slides([SlideCheck("a", "s", path, None)])[0].problem is None
+        else:
+            with pytest.raises(ConfigError, match="non-square pixels, MPP x=0.25 y=0.27"):
+                check_slides([SlideCheck("a", "s", path, None)])

@@ -296,3 +296,26 @@ def test_a_mask_mpp_that_is_not_a_positive_number_is_refused(mpp):
     with pytest.raises(ConfigError, match=r"preprocessing.tissue.mask_mpp .*: the tissue mask's"):
         TissueParams(mask_mpp=mpp)
     assert TissueParams(mask_mpp=np.float32(4.0)).mask_mpp == 4.0
+
+
+def test_closing_and_opening_radii_are_in_microns():
+    """close_um is a length on the tissue, whatever the mask's µm/px: a 48-µm gap between two
+    pieces is closed (radius 32 µm) at a mask of 4 and of 8 µm/px, a 160-µm gap is not; and a
+    strand 24 µm thin is opened away (radius 16 µm) at both."""
+    img = np.full((800, 1600, 3), 245, np.uint8)
+    pink = np.array([190, 110, 160], np.uint8)
+    img[200:600, 96:496] = pink
+    img[200:600, 544:944] = pink  # 48 µm after the first piece
+    img[200:600, 1104:1504] = pink  # 160 µm after the second
+    img[700:724, 96:1504] = pink  # a 24-µm strand
+    for mask_mpp in (4.0, 8.0):
+        params = TissueParams(mask_mpp=mask_mpp, min_area_um2=1000.0)
+        m = compute_tissue_mask(ArrayReader(img, 1.0, (4,)), params).mask
+
+        def at(x_um, y_um, m=m, f=mask_mpp):
+            return bool(m[int(y_um / f), int(x_um / f)])
+
+        assert at(300, 400) and at(740, 400) and at(1300, 400), mask_mpp  # the pieces
+        assert at(520, 400), mask_mpp  # the 48-µm gap closed
+        assert not at(1024, 400), mask_mpp  # the 160-µm gap kept
+        assert not at(800, 712), mask_mpp  # the strand opened away
