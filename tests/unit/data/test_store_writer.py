@@ -131,3 +131,10 @@ def test_the_pixel_digest_depends_on_the_pixels_not_on_chunks_order_or_codec(
         digests.append(read_store(tmp_path / f"{name}.zarr")[3]["patches_sha256"])
     expected = hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in px)).hexdigest()
     assert digests[0] == digests[1] == expected != digests[2]
+    # a lossy JPEG store records the digest of the pixels as cut, not as decoded
+    with StoreWriter(tmp_path / "j.zarr", 10, 8, coords, grid, codec="jpeg", chunk=4) as w:
+        w.append(px)
+        w.commit(s1_attrs())
+    jpeg_patches, _, _, jpeg_attrs = read_store(tmp_path / "j.zarr")
+    assert not np.array_equal(np.asarray(jpeg_patches), px)  # lossy
+    assert jpeg_attrs["patches_sha256"] == expected

@@ -274,6 +274,14 @@ def test_attrs_and_mask_computed_when_absent(cmu_svs, tmp_path):
     assert attrs["codec"] == "zstd" and attrs["slide_dimensions"] == [2220, 2967]
     assert attrs["source_size"] == cmu_svs.stat().st_size
     assert attrs["n_patches"] == res.n_patches == len(coords) > 0
+    # provenance the heatmaps and the resume check rely on: where the slide is (absolute, so a
+    # job in another directory finds it), when it was written, where its µm/px came from, how
+    # much of it is tissue
+    assert attrs["source_path"] == str(cmu_svs.resolve())
+    assert attrs["source_mtime"] == pytest.approx(cmu_svs.stat().st_mtime)
+    with open_slide(cmu_svs) as reader:
+        assert attrs["slide_mpp_source"] == reader.mpp_source == "openslide"
+    assert 0.2 < attrs["tissue_fraction"] < 0.95
 
 
 def test_white_slide_gives_empty_store_with_warning(tmp_path):
