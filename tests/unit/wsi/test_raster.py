@@ -67,3 +67,16 @@ def test_a_thumbnail_of_a_slide_without_pyramid_is_read_in_blocks():
     assert sum(w * h for w, h in slide.reads) >= 12_000 * 9_000  # every pixel averaged
     expected = (np.arange(800) + 0.5) * 15 * 256 / 12_000  # the ramp's mean over 15 px
     np.testing.assert_allclose(thumb[300, :, 0], expected, atol=1.0)
+
+
+def test_level_scale_takes_each_axis_from_its_own_level_dimensions():
+    """A 401 x 301 slide's 4x level is 100 x 75 px: 4.01 level-0 px per level px in x, 4.013 in
+    y. Each axis keeps its own ratio; one mean downsample for both would drift by 0.08 % of the
+    slide's height (16 px on a 20,000-px slide)."""
+    from gigamil.wsi.raster import level_scale
+
+    reader = ArrayReader(np.zeros((301, 401, 3), np.uint8), 0.25, downsamples=(4,))
+    assert reader.level_dimensions[1] == (100, 75)
+    sx, sy = level_scale(reader, 1, 2.0, 3.0)
+    assert (sx, sy) == (2.0 * 100 / 401, 3.0 * 75 / 301)
+    assert sx / 2.0 != sy / 3.0  # the axes differ: a mean would be wrong on one of them
