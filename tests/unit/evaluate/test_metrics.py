@@ -201,3 +201,17 @@ def test_paired_auc_difference_rejects_bad_input():
         M.paired_auc_difference(np.array([0, 1, 1]), np.zeros(3), np.zeros(2))
     with pytest.raises(M.GigamilError, match="binary"):
         M.paired_auc_difference(np.array([0, 2]), np.zeros(2), np.zeros(2))
+
+
+def test_a_patient_is_scored_by_the_mean_probability_of_their_slides():
+    preds = pd.DataFrame(
+        {
+            "patient_id": ["p1", "p1", "p2", "p3", "p3"],
+            "label": ["lesion", "lesion", "normal", "normal", "normal"],
+            "prob_lesion": [0.2, 0.9, 0.4, 0.1, 0.6],
+            "prob_normal": [0.8, 0.1, 0.6, 0.9, 0.4],
+        }
+    )
+    pat = M.patient_level(preds, ["normal", "lesion"]).set_index("patient_id")
+    assert pat["prob_lesion"].to_dict() == pytest.approx({"p1": 0.55, "p2": 0.4, "p3": 0.35})
+    assert pat["label"].to_dict() == {"p1": "lesion", "p2": "normal", "p3": "normal"}

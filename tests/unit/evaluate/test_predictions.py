@@ -48,3 +48,35 @@ def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
     np.save(tmp_path / "att.npy", np.zeros(3, np.float32))
     with pytest.raises(GigamilError, match="not a prediction CSV"):
         read_predictions([tmp_path / "att.npy"], ["a", "b"])
+
+
+def test_a_slide_predicted_by_the_model_that_validated_on_it_is_not_out_of_fold():
+    """A fold's validation slides chose its epoch (early stopping): they are not unseen."""
+    from gigamil.evaluate.predictions import oof_predictions
+
+    folds = pd.DataFrame(
+        {
+            "fold": [0, 0, 0, 1, 1, 1],
+            "cohort": ["c"] * 6,
+            "slide_id": ["a", "b", "v", "a", "b", "v"],
+            "patient_id": ["pa", "pb", "pv", "pa", "pb", "pv"],
+            "label": ["normal", "lesion", "normal"] * 2,
+            "role": ["test", "train", "val", "train", "test", "test"],
+        }
+    )
+    preds = pd.DataFrame(
+        {
+            "fold": [0, 1, 1, 0],
+            "cohort": ["c"] * 4,
+            "slide_id": ["a", "b", "v", "v"],
+            "patient_id": ["pa", "pb", "pv", "pv"],
+            "label": ["normal", "lesion", "normal", "normal"],
+            "prob_normal": [0.9, 0.2, 0.7, 0.6],
+            "prob_lesion": [0.1, 0.8, 0.3, 0.4],
+        }
+    )
+    with pytest.raises(
+        GigamilError, match="slide c/v is predicted by fold 0, whose model used it for val"
+    ):
+        oof_predictions(preds, folds)
+    assert oof_predictions(preds.iloc[:3], folds)["slide_id"].tolist() == ["a", "b", "v"]
