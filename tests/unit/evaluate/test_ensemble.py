@@ -776,7 +776,9 @@ def test_slides_without_patches_are_counted_once_and_all_of_them_named(tmp_path,
         paths.append(tmp_path / f"fold{k}.csv")
         _predict(ext, k, rng, nan_slide=slide).to_csv(paths[-1], index=False)
     with caplog.at_level("WARNING"):
-        ensemble_cohort(paths, CLASSES, tmp_path / "e", "ext", n_boot=10)
+        summary = ensemble_cohort(paths, CLASSES, tmp_path / "e", "ext", n_boot=10)
+    assert summary["n_unpredicted"] == 1 and summary["n_slides"] == 3  # once, not per model
+    assert summary["n_patients_unscored"] == 1  # one slide per patient
     warned = [r.getMessage() for r in caplog.records if "have no prediction" in r.getMessage()]
     assert warned == [
         f"1 slide(s) have no prediction (no patches), left out of the metrics: {slide}"

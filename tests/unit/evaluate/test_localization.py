@@ -205,3 +205,22 @@ def test_a_lost_attention_file_of_a_predicted_slide_is_an_error_not_a_smaller_me
     np.save(root / "fold0" / "attention" / "ext" / "s2.npy", np.ones(3, np.float32))
     with pytest.raises(GigamilError, match=r"damaged or not a .npy array .*: delete .*fold1"):
         cohort_localization({"s2": ("store", [d / "s2.npy" for d in dirs], "mask.png")})
+
+
+def test_a_lesion_patch_has_at_least_half_its_area_in_the_mask(grid_slide, tmp_path, monkeypatch):
+    """The boundary: 0.5 counts, 0.49 and 0.3 do not; the attention ranks exactly the patches
+    with at least half their area in the mask first, so only that rule gives AUC 1.0."""
+    from gigamil.evaluate import localization as loc
+
+    frac = np.array([0.0, 0.3, 0.49, 0.5, 0.51, 1.0])
+    att = np.array([0.05, 0.02, 0.03, 0.13, 0.11, 0.12])  # the 0.5 patch ranked first
+    assert localization_auc(att, frac) == 1.0
+    assert localization_auc(att, frac, threshold=0.25) < 1.0  # 0.3 and 0.49 would be lesion
+    assert localization_auc(att, frac, threshold=0.5 + 1e-9) < 1.0  # 0.5 would not
+    store = tmp_path / "s.zarr"
+    _, grid = grid_slide.write(store)
+    frac = np.resize(frac, len(grid))
+    monkeypatch.setattr(loc, "lesion_fraction", lambda *_: frac)
+    res = slide_localization(store, np.resize(att, len(grid)), tmp_path / "unused.png")
+    assert res["n_lesion_patches"] == int((frac >= 0.5).sum()) < int((frac > 0).sum())
+    assert res["localization_auc"] == 1.0
