@@ -321,3 +321,28 @@ def test_patient_ids_that_differ_only_in_case_are_refused_where_they_could_leak(
     new[0]["label"] = good_rows()[0]["label"]
     _predict_cohort(tmp_path, base_config, new)
     assert "patient_id(s) differ from another only in case or spaces" in caplog.text
+
+
+def test_an_external_patient_of_the_second_train_cohort_is_caught(tmp_path, base_config):
+    """The overlap check compares the external cohort with every train cohort, not the first;
+    and an external id that is a train id in other case or with a space is caught too."""
+    y_rows = [
+        {**r, "slide_id": f"y{r['slide_id']}", "patient_id": f"y{r['patient_id']}",
+         "path": f"y{r['path']}"} for r in good_rows()
+    ]  # fmt: skip
+    for ext_pid, message in (
+        ("yp2", "cohort ext: 1 patient(s) also in a train cohort (yp2)"),
+        ("YP2", "differ from another only in case or spaces ('YP2', 'yp2')"),
+        ("y p2", "differ from another only in case or spaces ('y p2', 'yp2')"),
+    ):
+        ext = other_rows()
+        ext[2]["patient_id"] = ext_pid  # a lesion patient, as yp2 is
+        cfg = copy.deepcopy(base_config)
+        cfg["cohorts"] = {
+            "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+            "b": {"sheet": str(write_sheet(tmp_path, y_rows, name="b.csv"))},
+            "ext": {"sheet": str(write_sheet(tmp_path, ext, name="e.csv")), "role": "external"},
+        }
+        with pytest.raises(ConfigError) as err:
+            load_cohorts(validate_config(cfg), base_dir=tmp_path)
+        assert message in str(err.value), ext_pid

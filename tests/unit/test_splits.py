@@ -394,3 +394,37 @@ def test_cli_splits_sheet_reads_its_header_as_load_sheet_does_and_refuses_case_t
     assert main(args) == 2
     twins = f"{first.title()!r} ({path}) and {first!r} ({path})"
     assert f"labels {twins} differ only in case" in capsys.readouterr().err
+
+
+def test_a_patient_in_two_train_cohorts_keeps_one_role_per_fold():
+    """Patients with slides in two train cohorts (same patient_id): each fold gives all their
+    slides, whichever cohort, one role, and every slide is tested exactly once."""
+    a = _uneven_sheet(seed=5)
+    b = a.drop_duplicates("patient_id").assign(
+        cohort="b", slide_id=lambda d: "b_" + d["slide_id"]
+    )  # one more slide of every patient, in another cohort
+    folds = make_folds(pd.concat([a, b], ignore_index=True), folds=3, val_fraction=0.2, seed=1)
+    roles = folds.groupby(["fold", "patient_id"])["role"].nunique()
+    assert (roles == 1).all()
+    assert set(folds["cohort"]) == {"c", "b"}
+    assert (folds[folds["role"] == "test"].groupby(["cohort", "slide_id"]).size() == 1).all()
+    assert len(folds[folds["role"] == "test"]) == len(a) + len(b)
+
+
+def test_check_folds_finds_each_kind_of_incomplete_split():
+    sheet = _uneven_sheet()
+    folds = make_folds(sheet, folds=3, seed=0)
+    check_folds(folds, sheet)
+    # a slide that is never a test slide
+    never = folds.copy()
+    slide = never.loc[(never["fold"] == 0) & (never["role"] == "test"), "slide_id"].iloc[0]
+    pid = never.loc[never["slide_id"] == slide, "patient_id"].iloc[0]
+    never.loc[(never["fold"] == 0) & (never["patient_id"] == pid), "role"] = "train"
+    with pytest.raises(GigamilError, match=r"slide c/\S+ is never a test slide"):
+        check_folds(never)
+    # a fold without one of the slides
+    with pytest.raises(GigamilError, match="the folds do not all cover the same slides"):
+        check_folds(folds.drop(folds.index[(folds["fold"] == 2)][:1]))
+    # folds of other slides than the sheet's
+    with pytest.raises(GigamilError, match=r"does not match the sheets \(e.g. slide c/"):
+        check_folds(folds, sheet.iloc[1:])
