@@ -89,6 +89,11 @@ def test_site_stratification_balances_sites():
     assert per_site.eq(4).all().all()
     per_site_label = test.groupby(["fold", "site", "label"]).size()
     assert per_site_label.eq(2).all()
+    # the validation parts are stratified too: each fold validates on every site and label
+    folds = make_folds(sheet, folds=3, seed=0, stratify_by=["site"], val_fraction=0.25)
+    val = folds[folds.role == "val"].merge(sheet[["slide_id", "site"]], on="slide_id")
+    per_val = val.groupby(["fold", "site", "label"]).size()
+    assert len(per_val) == 3 * 2 * 2 and per_val.eq(1).all()
 
 
 def test_deterministic_for_a_seed_and_seed_changes_assignment():
