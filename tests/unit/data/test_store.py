@@ -219,3 +219,28 @@ def test_arrays_that_contradict_the_recorded_attributes_are_damage(
     swapped = store("swapped", np.zeros((10, 8, 8, 3), np.uint8), grid=coords)  # coords as grid
     with pytest.raises(GigamilError, match=r"outside its grid_shape \[2, 7\]"):
         read_store(swapped)
+
+
+def test_patches_of_another_dtype_or_shape_are_damage(s1_attrs, row_major_grid, tmp_path):
+    """A store whose patches array is not uint8 (N, H, W, 3), e.g. float or greyscale, is
+    refused by name, not read as data (the chunk checksums usually see it first; this is the
+    check behind them)."""
+    from gigamil.data.store import _check_shapes
+
+    grid, coords = _grid(row_major_grid, 4)
+    for label, data in (
+        ("float32", np.zeros((4, 8, 8, 3), np.float32)),
+        ("uint8", np.zeros((4, 8, 8), np.uint8)),
+    ):
+        out = tmp_path / f"{label}.zarr"
+        with StoreWriter(out, 4, 8, coords, grid) as w:
+            w.append(np.zeros((4, 8, 8, 3), np.uint8))
+            w.commit(s1_attrs())
+        group = zarr.open_group(str(out), mode="a", zarr_format=3)
+        _check_shapes(out, group, "s1")  # as written: fine
+        del group["patches"]
+        group.create_array("patches", data=data, write_data=True)
+        with pytest.raises(GigamilError, match=rf"is damaged: patches is {label} .*not uint8"):
+            _check_shapes(out, group, "s1")
+        with pytest.raises(GigamilError, match="is damaged"):
+            read_store(out)

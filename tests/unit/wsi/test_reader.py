@@ -88,6 +88,11 @@ def test_mpp_from_resolution_units():
     assert mpp_from_resolution(50800.0, 50800.0, 2) == (0.5, 0.5)  # inch
     assert mpp_from_resolution(72.0, 72.0, 1) is None  # no absolute unit
     assert mpp_from_resolution(None, 72.0, 2) is None
+    # the non-baseline codes some writers use: 4 millimetre, 5 micrometre
+    assert mpp_from_resolution(2000.0, 4000.0, 4) == (0.5, 0.25)
+    assert mpp_from_resolution(2.0, 4.0, "5") == (0.5, 0.25)
+    assert mpp_from_resolution(2000.0, 2000.0, "mm") == (0.5, 0.5)
+    assert mpp_from_resolution(0.0, 2.0, 5) is None  # no resolution
 
 
 @pytest.mark.parametrize(
