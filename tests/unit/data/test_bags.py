@@ -53,6 +53,10 @@ def test_subsample_keeps_order_and_grid(write_store, tmp_path: Path) -> None:
     sparse = ZarrBag(bag.path, indices=np.array([0, 50, 99]), cache_bytes=0)
     assert np.array_equal(sparse.load().numpy(), data[[0, 50, 99]])
     assert bag.subsample(500) is bag
+    # a subsample of a subsample draws from the first one's rows, not from the whole store
+    subsub = sub.subsample(10, torch.Generator().manual_seed(1))
+    assert len(subsub) == 10 and set(subsub.indices) <= set(sub.indices)
+    assert np.array_equal(subsub.load().numpy(), data[subsub.indices])
 
 
 def test_cache_and_empty_store(write_store, tmp_path: Path) -> None:
