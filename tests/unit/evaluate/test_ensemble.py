@@ -144,6 +144,7 @@ def test_aggregate_cv_outputs_and_values(tmp_path):
     preds = pd.concat([pd.read_csv(p) for p in paths])
     ok = preds.dropna(subset=["prob_lesion"])
     assert on_disk["n_slides"] == 23 and on_disk["n_unpredicted"] == 1
+    assert on_disk["n_folds"] == folds["fold"].nunique() == len(paths)
     assert on_disk["n_patients"] == 12  # enough patients; these rank perfectly: [1, 1]
     assert on_disk["oof_auc_ci"] == [1.0, 1.0]
     assert on_disk["ci_note"].startswith("zero-width interval(s) oof_auc [1, 1]")
