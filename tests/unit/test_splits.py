@@ -433,3 +433,18 @@ def test_check_folds_finds_each_kind_of_incomplete_split():
     # folds of other slides than the sheet's
     with pytest.raises(GigamilError, match=r"does not match the sheets \(e.g. slide c/"):
         check_folds(folds, sheet.iloc[1:])
+
+
+def test_the_validation_parts_follow_the_seed():
+    """With the test parts fixed, another seed picks other validation patients (the seed is
+    part of each fold's validation draw), and the same seed the same ones."""
+    from gigamil.splits import _fold_roles, patient_table
+
+    sheet = _uneven_sheet()
+    patients = patient_table(sheet, [])
+    fold_of = np.arange(len(patients)) % 3  # the same test parts for every seed
+    a = _fold_roles(patients, fold_of, 3, 0.3, 0, [])
+    assert np.array_equal(a, _fold_roles(patients, fold_of, 3, 0.3, 0, []))
+    others = [_fold_roles(patients, fold_of, 3, 0.3, s, []) for s in (1, 2, 3)]
+    assert all((o == "test").sum() == (a == "test").sum() for o in others)
+    assert any(not np.array_equal(o == "val", a == "val") for o in others)
