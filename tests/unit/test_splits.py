@@ -448,3 +448,16 @@ def test_the_validation_parts_follow_the_seed():
     others = [_fold_roles(patients, fold_of, 3, 0.3, s, []) for s in (1, 2, 3)]
     assert all((o == "test").sum() == (a == "test").sum() for o in others)
     assert any(not np.array_equal(o == "val", a == "val") for o in others)
+
+
+def test_each_class_has_its_slides_spread_over_the_folds():
+    """Two 10-slide patients in each class: the folds split each class's slides evenly (both
+    big lesion patients in one fold and both big normal ones in the other would balance the
+    folds' totals, not each class)."""
+    pats = [("P1", "pos", 10), ("P2", "pos", 10), ("N1", "neg", 10), ("N2", "neg", 10)]
+    pats += [(f"p{i}", "pos", 1) for i in range(4)] + [(f"n{i}", "neg", 1) for i in range(4)]
+    for seed in range(4):
+        folds = make_folds(_sheet(pats), folds=2, val_fraction=0, seed=seed)
+        test = folds[folds.role == "test"]
+        per_class = test.groupby(["fold", "label"]).size().unstack()
+        assert (per_class == 12).all().all(), (seed, per_class)
