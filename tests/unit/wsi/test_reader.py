@@ -539,3 +539,24 @@ def test_the_fast_path_refuses_a_tile_the_file_no_longer_holds(test_slides, tmp_
         assert exc.value.reason == "truncated"
     finally:
         src.close()
+
+
+@pytest.mark.parametrize(("offset", "used"), [(0, True), (0.6, True), (3, False)])
+def test_the_fast_path_is_used_only_where_it_decodes_as_openslide_does(cmu_svs, offset, used):
+    """The self-check compares the direct tile decoding with OpenSlide's read on a tile per
+    level: a layout the fast path accepts but decodes differently (here OpenSlide's pixels
+    shifted by 3 grey levels, beyond the 1-level mean tolerance) is read through OpenSlide."""
+    import openslide
+
+    from gigamil.wsi.tiff_tiles import try_tile_source
+
+    with openslide.OpenSlide(str(cmu_svs)) as osr:
+
+        def read(x, y, level, w, h):
+            rgb = np.asarray(osr.read_region((x, y), level, (w, h)).convert("RGB"), float)
+            return rgb + offset
+
+        src = try_tile_source(str(cmu_svs), osr.level_dimensions, read)
+    assert (src is not None) == used
+    if src is not None:
+        src.close()
