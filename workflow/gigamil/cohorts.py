@@ -258,6 +258,11 @@ def _check_file_listed_once(allr: pd.DataFrame) -> None:
         )
 
 
+def _clash_text(clash: pd.Series) -> str:
+    """The first three sets of :func:`_spelling_clashes`, each as its sorted spellings."""
+    return "; ".join(", ".join(map(repr, sorted(c))) for c in clash.iloc[:3])
+
+
 def _check_patient_spellings(scored: pd.DataFrame) -> None:
     """ConfigError for patient_ids of the train and external cohorts (``scored``) that differ
     only in case or spaces (``P1``, ``p1``): as two patients, one person's slides could be
@@ -266,9 +271,9 @@ def _check_patient_spellings(scored: pd.DataFrame) -> None:
     if len(clash):
         raise ConfigError(
             f"{len(clash)} patient_id(s) of the train and external cohorts differ from another "
-            f"only in case or spaces ({'; '.join(', '.join(map(repr, sorted(c))) for c in clash.iloc[:3])}"
-            "): as two patients, one person could be in training and in the test slides; if "
-            "they are one person, spell them alike, else give them clearly different ids"
+            f"only in case or spaces ({_clash_text(clash)}): as two patients, one person could "
+            "be in training and in the test slides; if they are one person, spell them alike, "
+            "else give them clearly different ids"
         )
 
 
@@ -283,7 +288,7 @@ def _warn_patient_spellings(allr: pd.DataFrame) -> None:
             "different patients to gigamil (folds, patient overlap); if they are one, spell "
             "them alike",
             len(clash),
-            "; ".join(", ".join(map(repr, sorted(c))) for c in clash.iloc[:3]),
+            _clash_text(clash),
         )
 
 

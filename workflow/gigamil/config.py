@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,25 @@ def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
                 _fill_defaults(extra, value)
 
 
+def _schema_leaves(
+    schema: Mapping[str, Any], instance: dict[str, Any]
+) -> Iterator[tuple[dict[str, Any], str, Any, dict[str, Any]]]:
+    """Every value of ``instance`` that is not a mapping, with its schema node (the key's
+    ``properties`` entry, else ``additionalProperties``; keys the schema does not describe are
+    skipped), recursing into nested mappings: ``(the mapping holding it, key, value, node)``,
+    so the caller may replace the value in place."""
+    props = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
+    for key, value in list(instance.items()):
+        sub = props.get(key, extra if isinstance(extra, dict) else None)
+        if not isinstance(sub, dict):
+            continue
+        if isinstance(value, dict):
+            yield from _schema_leaves(sub, value)
+        else:
+            yield instance, key, value, sub
+
+
 def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
     """Write each whole number in one form per key, in place, so that equal values make equal
     rule params (Snakemake compares params by their ``repr``: ``mask_mpp: 8`` after ``8.0``
@@ -65,15 +84,7 @@ def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> N
     number takes the form of the key's default: a float where the default is a whole float
     (``mask_mpp`` 8 → 8.0, default 8.0), else an int (``cv.val_fraction`` 0.0 → 0, default
     0.2). The shipped config.yaml is written in these forms, so its params are unchanged."""
-    props = schema.get("properties", {})
-    extra = schema.get("additionalProperties")
-    for key, value in list(instance.items()):
-        sub = props.get(key, extra if isinstance(extra, dict) else None)
-        if not isinstance(sub, dict):
-            continue
-        if isinstance(value, dict):
-            _canonical_numbers(sub, value)
-            continue
+    for parent, key, value, sub in _schema_leaves(schema, instance):
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if not (isinstance(value, int) or value.is_integer()):
@@ -82,10 +93,10 @@ def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> N
         types = types if isinstance(types, list) else [types]
         default = sub.get("default")
         if "integer" in types:
-            instance[key] = int(value)
+            parent[key] = int(value)
         elif "number" in types:
             whole_float = isinstance(default, float) and default.is_integer()
-            instance[key] = float(value) if whole_float else int(value)
+            parent[key] = float(value) if whole_float else int(value)
 
 
 def _empty_sections_to_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
@@ -109,26 +120,20 @@ def _coerce_strings(schema: Mapping[str, Any], instance: dict[str, Any]) -> None
     ``snakemake --config 'training={"epochs": 3}'`` hands the values inside such a mapping over
     as strings; a user typed a number and should not be told it is not one.
     """
-    props = schema.get("properties", {})
-    extra = schema.get("additionalProperties")
-    for key, value in list(instance.items()):
-        sub = props.get(key, extra if isinstance(extra, dict) else None)
-        if not isinstance(sub, dict):
+    for parent, key, value, sub in _schema_leaves(schema, instance):
+        if not isinstance(value, str):
             continue
-        if isinstance(value, dict):
-            _coerce_strings(sub, value)
-        elif isinstance(value, str):
-            check = jsonschema.Draft202012Validator(sub)
-            if check.is_valid(value):
-                continue
-            readings = _readings(value)
-            # a valid reading, else one of the right type ("-3" → -3: then the error says
-            # "less than the minimum", as for the same value in config.yaml)
-            fits = [r for r in readings if check.is_valid(r)] or [
-                r for r in readings if not any(e.validator == "type" for e in check.iter_errors(r))
-            ]
-            if fits:
-                instance[key] = fits[0]
+        check = jsonschema.Draft202012Validator(sub)
+        if check.is_valid(value):
+            continue
+        readings = _readings(value)
+        # a valid reading, else one of the right type ("-3" → -3: then the error says
+        # "less than the minimum", as for the same value in config.yaml)
+        fits = [r for r in readings if check.is_valid(r)] or [
+            r for r in readings if not any(e.validator == "type" for e in check.iter_errors(r))
+        ]
+        if fits:
+            parent[key] = fits[0]
 
 
 def _readings(value: str) -> list[Any]:

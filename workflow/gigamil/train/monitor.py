@@ -57,9 +57,9 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
 def tensorboard_warning(model_dirs: list[str | Path]) -> str | None:
     """The start-of-run warning for ``training.tensorboard: true`` when folds in ``model_dirs``
     (``results/models/{experiment}/fold{k}``) hold a model.pt but no ``tensorboard/`` (nor, with
-    replicates, ``replicate{r}/tensorboard/``): the
-    setting is not one of the training's params (it changes no model), so switching it on
-    retrains nothing and those folds get no events; None when every trained fold has them."""
+    replicates, ``replicate{r}/tensorboard/``): the setting is not one of the training's params
+    (it changes no model), so switching it on retrains nothing and those folds get no events;
+    None when every trained fold has them."""
 
     def has_events(d: Path) -> bool:  # with replicates: fold{k}/replicate{r}/tensorboard
         return any(p.is_dir() for p in (*d.glob("tensorboard"), *d.glob("replicate*/tensorboard")))
