@@ -198,6 +198,18 @@ def test_patch_rule_params_hold_jpeg_quality_only_for_jpeg_stores() -> None:
     assert jpeg["jpeg_quality"] == 70 and list(jpeg) == list(default)
 
 
+def test_patch_rule_params_spell_a_stride_of_patch_px_as_null() -> None:
+    """``stride_px`` equal to ``patch_px`` extracts the very patches of ``null``, so it must not
+    change the params (writing it out re-extracted every store); any other stride does."""
+    default = PatchConfig().rule_params()
+    assert default["stride_px"] is None
+    assert PatchConfig.from_dict({"stride_px": default["patch_px"]}).rule_params() == default
+    same = PatchConfig.from_dict({"patch_px": 96, "stride_px": 96}).rule_params()
+    assert same == PatchConfig.from_dict({"patch_px": 96}).rule_params()
+    assert same["stride_px"] is None
+    assert PatchConfig.from_dict({"patch_px": 96, "stride_px": 48}).rule_params()["stride_px"] == 48
+
+
 # The key order of the params in the metadata of a demo workspace finished before the params had
 # a fixed order (snakemake compares params by repr): the shipped config.yaml must still give it.
 _RECORDED_ORDER = {

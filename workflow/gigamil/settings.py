@@ -253,15 +253,16 @@ class PatchConfig(_Section):
     stain_normalization: str = _default(_PATCH, "stain_normalization")
 
     def rule_params(self) -> dict[str, Any]:
-        """The params of rule extract_patches: the section, without ``stain_normalization``
-        when it is ``none`` (stores extracted before the key existed are not redone), and with
-        ``jpeg_quality`` at its default unless ``codec`` is ``jpeg`` (a zstd store does not
-        depend on it: changing it redoes no zstd store)."""
+        """Rule extract_patches' params: the section without ``stain_normalization`` if ``none``,
+        ``jpeg_quality`` at its default unless ``codec`` is ``jpeg``, ``stride_px`` null if it is
+        ``patch_px``: settings giving the same patches give the same params (no store redone)."""
         params = self.to_dict()
         if params["stain_normalization"] == "none":
             del params["stain_normalization"]
         if params["codec"] != "jpeg":
             params["jpeg_quality"] = _default(_PATCH, "jpeg_quality")
+        if params["stride_px"] == params["patch_px"]:
+            params["stride_px"] = None
         return params
 
 
@@ -321,8 +322,7 @@ def training_signature(
 
 
 def _check_warmup(t: TrainingConfig) -> None:
-    """ConfigError for ``training.warmup_epochs`` under ``schedule: onecycle``, not below
-    ``training.epochs``, or with ``strategy: em``."""
+    """ConfigError for ``warmup_epochs`` with ``schedule: onecycle`` or ``strategy: em``, or >= epochs."""
     if not t.warmup_epochs:
         return
     if t.schedule == "onecycle":
