@@ -315,6 +315,7 @@ def test_patient_ids_that_differ_only_in_case_are_refused_where_they_could_leak(
         err.value
     )
     assert f"'{rows[1]['patient_id']}', '{rows[0]['patient_id']}'" in str(err.value)
+    assert "patient_id(s) differ" not in caplog.text  # the error, not also a warning before it
     caplog.clear()
     new = other_rows()
     new[0]["patient_id"] = good_rows()[0]["patient_id"].upper()  # 'P1' beside train 'p1'

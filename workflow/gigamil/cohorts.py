@@ -197,7 +197,7 @@ def check_leakage(
     checks += [_check_one_label_per_patient, lambda _: _check_train_patients(config, sheets)]
     scored = [c for c, v in config["cohorts"].items() if v.get("role") in ("train", "external")]
     checks += [lambda a: _check_patient_spellings(a[a["_cohort"].isin(scored)])]
-    _warn_patient_spellings(allr)
+    _warn_patient_spellings(allr, allr["_cohort"].isin(scored))
     found = []  # every kind of problem in one error, not one per run
     for check in checks:
         try:
@@ -277,11 +277,15 @@ def _check_patient_spellings(scored: pd.DataFrame) -> None:
         )
 
 
-def _warn_patient_spellings(allr: pd.DataFrame) -> None:
+def _warn_patient_spellings(allr: pd.DataFrame, scored: pd.Series) -> None:
     """A warning for patient_ids that differ only in case or spaces (``P1``, ``p1``) where a
-    predict cohort is involved (among train and external cohorts they are an error,
-    :func:`_check_patient_spellings`): two patients to gigamil, likely one person."""
-    clash = _spelling_clashes(allr["patient_id"].astype(str), spaces=True)
+    predict cohort is involved: two patients to gigamil, likely one person. Sets whose every
+    spelling is in the ``scored`` rows (train and external cohorts) are left to the error of
+    :func:`_check_patient_spellings`, not also warned of."""
+    ids = allr["patient_id"].astype(str)
+    refused = set().union(*_spelling_clashes(ids[scored], spaces=True))
+    clash = _spelling_clashes(ids, spaces=True)
+    clash = clash[[not set(c) <= refused for c in clash]]
     if len(clash):
         log.warning(
             "%d patient_id(s) differ from another only in case or spaces (%s): they are "
