@@ -318,8 +318,6 @@ def _write_cv_outputs(
 ) -> None:
     """Write per_slide_predictions.csv, metrics.csv, metrics.html, roc.png, confusion.png and
     summary.json in ``out_dir``."""
-    from gigamil.viz.plots import plot_calibration, plot_confusion, plot_roc
-
     pcols = [f"prob_{c}" for c in classes]
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
     cols += [c for c in ("localization_auc", "n_lesion_patches") if c in per_slide.columns]
@@ -328,18 +326,30 @@ def _write_cv_outputs(
     )
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
-    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by="fold")
+    write_report(out_dir, table, valid, summary, classes, title, auc_key="oof_auc", roc_by="fold")
+
+
+def write_report(
+    out_dir: Path,
+    table: pd.DataFrame,
+    valid: pd.DataFrame,
+    summary: Mapping[str, Any],
+    classes: Sequence[str],
+    title: str,
+    *,
+    auc_key: str,
+    roc_by: str | None,
+) -> None:
+    """Write roc.png (one curve per ``roc_by`` group, or one), confusion.png, metrics.html (the
+    headline rows of ``summary`` with ``auc_key`` first, the two plots and the reliability
+    diagram embedded, the ``table``) and summary.json in ``out_dir``, each titled ``title``."""
+    from gigamil.viz.plots import plot_calibration, plot_confusion, plot_roc
+
+    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=roc_by)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
+    calibration = plot_calibration(valid, classes, f"{title} calibration")
+    figures = [out_dir / "roc.png", out_dir / "confusion.png", calibration]
     write_metrics_html(
-        table,
-        out_dir / "metrics.html",
-        f"{title} metrics",
-        summary,
-        "oof_auc",
-        [
-            out_dir / "roc.png",
-            out_dir / "confusion.png",
-            plot_calibration(valid, classes, f"{title} calibration"),
-        ],
+        table, out_dir / "metrics.html", f"{title} metrics", summary, auc_key, figures
     )
     write_json(summary, out_dir / "summary.json")

@@ -33,6 +33,7 @@ from gigamil.evaluate.aggregate import (
     pooled_metrics,
     summary_block,
     unscored_patients,
+    write_report,
 )
 from gigamil.evaluate.localization import cohort_localization
 from gigamil.evaluate.predictions import (
@@ -42,7 +43,7 @@ from gigamil.evaluate.predictions import (
     read_predictions,
     split_unpredicted,
 )
-from gigamil.evaluate.tables import FLOAT_FORMAT, html_page, write_json, write_metrics_html
+from gigamil.evaluate.tables import FLOAT_FORMAT, html_page, write_json
 
 log = logging.getLogger(__name__)
 
@@ -333,25 +334,8 @@ def _write_ensemble_outputs(
     """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``, titled
     ``{experiment}: {cohort} ensemble``, or ``... out-of-fold (1 model per slide)`` for a train
     cohort, whose slides are each scored by the one fold model that did not train on them."""
-    from gigamil.viz.plots import plot_calibration, plot_confusion, plot_roc
-
     one = summary["models_per_slide"][1] <= 1
     what = "out-of-fold (1 model per slide)" if one else "ensemble"
     title = f"cohort {summary['cohort']} {what}"
     title = f"{experiment}: {title}" if experiment else title
-
-    plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=None)
-    plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")
-    write_metrics_html(
-        table,
-        out_dir / "metrics.html",
-        f"{title} metrics",
-        summary,
-        "auc",
-        [
-            out_dir / "roc.png",
-            out_dir / "confusion.png",
-            plot_calibration(valid, classes, f"{title} calibration"),
-        ],
-    )
-    write_json(summary, out_dir / "summary.json")
+    write_report(out_dir, table, valid, summary, classes, title, auc_key="auc", roc_by=None)
