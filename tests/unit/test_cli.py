@@ -213,3 +213,41 @@ def test_heatmap_cmap_typo_is_named_as_the_option(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--cmap: 'jett' is not a matplotlib colour map; did you mean jet?" in err
     assert "heatmaps.cmap" not in err
+
+
+def test_zero_is_refused_where_the_minimum_is_exclusive(capsys):
+    """µm/px must be > 0: --mpp 0 (and --mask-mpp 0) are refused by argparse, not used."""
+    for args, option in (
+        ([*PATCHES, "--mpp", "0", "--patch-px", "64"], "--mpp"),
+        (["mask", "s.svs", "--out", "m.png", "--mask-mpp", "0"], "--mask-mpp"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(args)
+        assert exc.value.code == 2
+        assert f"argument {option}: must be > 0, got 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_command_exits_130_with_one_line(monkeypatch, capsys):
+    """Ctrl-C: exit status 130 (as a shell reports SIGINT) and one line, no traceback."""
+
+    def interrupted(args: argparse.Namespace) -> None:
+        raise KeyboardInterrupt
+
+    ns = argparse.Namespace(command="patches", _run=interrupted, log=None, verbose=False)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: ns)
+    assert main(["patches"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["gigamil patches: interrupted"]
+
+
+def test_ensemble_passes_its_bootstrap_options(monkeypatch, tmp_path, capsys):
+    """--n-boot and --seed reach the ensemble's bootstrap (they were parsed, then not used)."""
+    from gigamil.evaluate import ensemble
+
+    preds = tmp_path / "p.csv"
+    preds.write_text("fold,cohort,slide_id,patient_id,label,pred,prob_normal,prob_tumour\n")
+    seen = {}
+    monkeypatch.setattr(ensemble, "has_labels", lambda paths: True)
+    monkeypatch.setattr(ensemble, "ensemble_cohort", lambda *a, **k: seen.update(k) or {})
+    args = ["ensemble", "--predictions", str(preds), "--cohort", "c", "--out", str(tmp_path)]
+    assert main([*args, "--n-boot", "7", "--seed", "3"]) == 0
+    assert seen["n_boot"] == 7 and seen["seed"] == 3

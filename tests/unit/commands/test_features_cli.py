@@ -64,3 +64,19 @@ def _predict_error(model: Path, slides, tmp_path: Path) -> str:
     except GigamilError as exc:
         return str(exc)
     raise AssertionError("a feature model predicted a patch store")
+
+
+def test_features_cli_names_a_missing_cuda_as_the_option(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """--device cuda without CUDA is named as the option typed, before the store is read."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a GPU machine
+    cfg = {
+        "classes": ["a", "b"],
+        "cohorts": {"c": {"sheet": "sheet.csv", "role": "train"}},
+        "model": {"encoder": "smallcnn", "trainable_blocks": 0},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["features", str(tmp_path / "none.zarr"), "--config", str(tmp_path / "config.yaml")]
+    assert main([*args, "--out", str(tmp_path / "f.zarr"), "--device", "cuda"]) == 2
+    assert "--device: cuda requested but no CUDA device" in capsys.readouterr().err

@@ -295,3 +295,42 @@ def test_console_script_reports_one_line(test_slides, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gigamil patches: error: ")
     assert str(slide) in lines[0]
+
+
+def test_threshold_must_be_otsu_or_within_0_255():
+    """A saturation threshold above 255 (or below 0) masks nothing or everything: refused."""
+    from gigamil.commands.mask import threshold_arg
+    from gigamil.errors import GigamilError
+
+    assert threshold_arg("otsu") == "otsu" and threshold_arg("0") == 0.0
+    assert threshold_arg("255") == 255.0
+    for bad in ("256", "300", "-1", "nan"):
+        with pytest.raises(GigamilError, match="--threshold must be 'otsu' or a number in 0..255"):
+            threshold_arg(bad)
+
+
+def test_mask_options_reach_the_tissue_parameters(monkeypatch, tmp_path):
+    """Every `gigamil mask` option is used, none silently replaced by its default."""
+    from gigamil.wsi import tissue
+
+    seen = {}
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: seen.update(args=a))
+    argv = ["mask", "s.svs", "--out", str(tmp_path / "m.png"), "--mask-mpp", "16"]
+    argv += ["--threshold", "40", "--median-px", "7", "--close-um", "10", "--open-um", "3"]
+    argv += ["--min-area-um2", "5", "--dark-value", "20", "--keep-pen-ink", "--slide-mpp", "0.3"]
+    assert main(argv) == 0
+    slide, out, qc, js, params, slide_mpp = seen["args"]
+    assert slide == "s.svs" and str(out) == str(tmp_path / "m.png") and slide_mpp == 0.3
+    assert qc is None and js is None
+    assert (params.mask_mpp, params.threshold, params.median_px) == (16.0, 40.0, 7)
+    assert (params.close_um, params.open_um, params.min_area_um2) == (10.0, 3.0, 5.0)
+    assert params.dark_value == 20 and params.pen_ink is False
+
+
+def test_patches_records_the_given_slide_id(cmu_svs, tmp_path):
+    """--slide-id is the store's slide_id (heatmap --predictions finds the slide by it), not
+    the file name."""
+    out = tmp_path / "s.zarr"
+    args = ["patches", str(cmu_svs), "--out", str(out), "--mpp", "4", "--patch-px", "16"]
+    assert main([*args, "--slide-id", "case-7", "--no-progress"]) == 0
+    assert read_store(out)[3]["slide_id"] == "case-7"

@@ -257,7 +257,10 @@ def test_train_and_predict_a_fold_of_folds_csv(mil_bags, tmp_path: Path, capsys)
     # fold 0's test slides are fold 1's training slides: a mistyped --fold gave "out-of-fold"
     # predictions of slides the model trained on, with a warning only
     other = ["predict", "--model", str(out / "model.pt"), *fold[:3], "0", *fold[4:]]
-    assert main([*other, "--out", str(tmp_path / "q.csv"), "--attention-dir", "a0"]) == 2
+    assert (
+        main([*other, "--out", str(tmp_path / "q.csv"), "--attention-dir", str(tmp_path / "a0")])
+        == 2
+    )
     assert "were training or validation slides of this model" in capsys.readouterr().err
     assert not (tmp_path / "q.csv").exists()
 
@@ -345,3 +348,30 @@ def test_train_says_what_to_add_to_a_config_without_cohorts_and_names_an_empty_c
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main([*args, "--out", str(tmp_path / "m")]) == 2
     assert f"{csv}: no slides (a header only)" in capsys.readouterr().err
+
+
+def test_train_refuses_a_val_csv_with_folds(tmp_path: Path, capsys) -> None:
+    """--folds reads the fold's own validation slides: a --val-csv beside it was ignored
+    without a word."""
+    cfg = {"classes": ["a", "b"], "cohorts": {"main": {"sheet": "sheet.csv", "role": "train"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["train", "--config", str(tmp_path / "config.yaml"), "--folds", "folds.csv"]
+    args += ["--fold", "0", "--val-csv", "val.csv", "--out", str(tmp_path / "m")]
+    assert main(args) == 2
+    assert "--val-csv goes with --train-csv; --folds reads the fold's own" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_relative_store_is_found_from_the_working_directory_first(tmp_path, monkeypatch):
+    """A relative store that exists from the working directory (where snakemake runs) is that
+    store, even when the CSV's folder holds one of the same name."""
+    from gigamil.commands.train import read_slides_csv
+
+    (tmp_path / "stores" / "s1.zarr").mkdir(parents=True)
+    (tmp_path / "csvs" / "stores" / "s1.zarr").mkdir(parents=True)
+    csv = tmp_path / "csvs" / "slides.csv"
+    csv.write_text("cohort,slide_id,patient_id,label,store\nc,s1,p1,normal,stores/s1.zarr\n")
+    monkeypatch.chdir(tmp_path)
+    store = read_slides_csv(str(csv))["store"].iloc[0]
+    assert Path(store).resolve() == (tmp_path / "stores" / "s1.zarr").resolve()

@@ -253,3 +253,58 @@ def test_a_bag_that_keeps_its_rows_is_its_own_cached_view(write_store, tmp_path:
     assert bag.with_cache(cache_bytes=100) is bag
     plain = ZarrBag(write_store(tmp_path / "b.zarr", data))
     assert plain.with_cache() is not plain  # no cache of its own: a view, freed with it
+
+
+def test_indices_must_be_strictly_increasing_store_rows(write_store, tmp_path: Path) -> None:
+    """Unsorted, repeated or out-of-range rows would break the grid raster order SmABMIL
+    relies on (or read past the store): refused."""
+    path = write_store(tmp_path / "a.zarr", _patches(5))
+    for bad in ([3, 1], [1, 1], [-1, 2], [0, 5]):
+        with pytest.raises(ValueError, match="strictly increasing store rows"):
+            ZarrBag(path, indices=np.array(bad))
+    assert len(ZarrBag(path, indices=np.array([0, 4]))) == 2
+
+
+def test_coords_follow_the_indices(write_store, tmp_path: Path) -> None:
+    """A bag of some rows (a subsample) has the coords of those rows, as its grid (the em
+    strategy builds feature bags from them; heatmaps place patches by them)."""
+    path = write_store(tmp_path / "a.zarr", _patches(30))
+    bag = ZarrBag(path)
+    sparse = ZarrBag(path, indices=np.array([2, 7, 29]))
+    np.testing.assert_array_equal(sparse.coords, bag.coords[[2, 7, 29]])
+    sub = bag.subsample(10, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(sub.coords, bag.coords[sub.indices])
+
+
+def test_a_cached_pass_is_not_reused_for_another_chunk_size(write_store, tmp_path: Path) -> None:
+    """The chunks kept from a pass of size 8 are not handed out for a pass of size 5 (the
+    GradCache passes must see the chunks they asked for)."""
+    data = _patches(20)
+    view = ZarrBag(write_store(tmp_path / "a.zarr", data)).with_cache()
+    assert [len(c) for c in view.chunks(8)] == [8, 8, 4]
+    chunks = list(view.chunks(5))
+    assert [len(c) for c in chunks] == [5, 5, 5, 5]
+    assert np.array_equal(torch.cat(chunks).numpy(), data)
+
+
+def test_store_digests_tell_codecs_apart(row_major_grid, store_attrs, tmp_path: Path) -> None:
+    """The same pixels as cut stored with zstd, JPEG q90 and JPEG q50 have one patches_sha256
+    but give other patches to the model: the resume signature must tell them apart."""
+    from gigamil.data.bags import store_digests
+    from gigamil.data.store_writer import StoreWriter
+
+    data = _patches(4)
+    grid = row_major_grid(4, 2)
+    digests = []
+    for name, codec, quality in (("z", "zstd", 90), ("j", "jpeg", 90), ("q", "jpeg", 50)):
+        attrs = store_attrs(slide_id=name, codec=codec)
+        if codec == "jpeg":
+            attrs["jpeg_quality"] = quality
+        with StoreWriter(
+            tmp_path / f"{name}.zarr", 4, 8, grid * 8, grid, codec=codec, jpeg_quality=quality
+        ) as w:
+            w.append(data)
+            w.commit(attrs)
+        digests.append(store_digests(ZarrBag(tmp_path / f"{name}.zarr")))
+    assert len({d[0][0] for d in digests}) == 1  # the pixels as cut: one digest
+    assert len({str(d) for d in digests}) == 3

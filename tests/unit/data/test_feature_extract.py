@@ -144,3 +144,23 @@ def test_a_store_of_other_patch_settings_is_not_cached(write_store, tmp_path: Pa
         extract_features(store, tmp_path / "f_q.zarr", cfg, jpeg, device="cpu")
     close = write_store(tmp_path / "ok.zarr", _patches(5), target_mpp=0.504)  # within 1 %
     extract_features(close, tmp_path / "f_ok.zarr", cfg, PATCHES, device="cpu")
+
+
+def test_a_store_beyond_the_mpp_tolerance_is_not_cached(write_store, tmp_path: Path) -> None:
+    """Patches 4 % off the configured µm/px (outside the 1 % tolerance) are not cached under
+    the id of the configured ones."""
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    store = write_store(tmp_path / "off.zarr", _patches(3), target_mpp=0.52)
+    with pytest.raises(GigamilError, match="patches have mpp 0.52 but preprocessing.patches.mpp"):
+        extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def test_building_the_feature_encoder_leaves_the_global_rng_alone() -> None:
+    """The random-init encoder is drawn under RANDOM_INIT_SEED; the caller's RNG stream (e.g.
+    the em strategy's training) continues as if nothing had been drawn."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_feature_encoder({"encoder": "smallcnn", "trainable_blocks": 0}, 32)
+    assert torch.equal(torch.rand(3), expected)

@@ -201,3 +201,29 @@ def test_parse_encoder_id_reads_what_encoder_id_writes() -> None:
     assert made == f"{name}-{digest}" and name == "timm_vit_small_patch16_224"
     for other in ["smallcnn", "smallcnn-0123456789ab-x", "smallcnn-0123456789AB", "a-0123"]:
         assert parse_encoder_id(other) is None
+
+
+def test_encoder_id_changes_with_the_histogram_stain_and_jpeg_quality() -> None:
+    """A cache of other histogram bins, of stain-normalised patches or of patches of another
+    JPEG quality holds other features: it must have another id (it was reused otherwise)."""
+    base = {"encoder": "smallcnn", "trainable_blocks": 0}
+    jpeg = {**PATCHES, "codec": "jpeg"}
+    specs = [
+        encoder_spec(base, PATCHES),
+        encoder_spec({**base, "colour_histogram": 4}, PATCHES),
+        encoder_spec({**base, "colour_histogram": 8}, PATCHES),
+        encoder_spec(base, {**PATCHES, "stain_normalization": "macenko"}),
+        encoder_spec(base, {**jpeg, "jpeg_quality": 90}),
+        encoder_spec(base, {**jpeg, "jpeg_quality": 50}),
+    ]
+    ids = [encoder_id(s) for s in specs]
+    assert len(set(ids)) == len(ids), ids
+    # the JPEG quality of a zstd store changes nothing
+    assert encoder_id(encoder_spec(base, {**PATCHES, "jpeg_quality": 50})) == ids[0]
+
+
+def test_the_identity_encoder_is_never_cached() -> None:
+    """identity passes the pixels through: caching them as float16 features would store every
+    patch again at twice its size."""
+    assert not cache_enabled({"encoder": "identity", "weights": None, "trainable_blocks": 0})
+    assert not cache_enabled({"encoder": "identity", "weights": None, "freeze_encoder": True})

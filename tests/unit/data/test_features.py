@@ -228,3 +228,29 @@ def test_a_cache_folder_planned_for_other_weights_is_not_filled(write_store, tmp
         extract_features(store, tmp_path / other / "demo" / "s.zarr", cfg, PATCHES, device="cpu")
     assert not (tmp_path / other / "demo" / "s.zarr").exists()
     extract_features(store, tmp_path / actual / "demo" / "s.zarr", cfg, PATCHES, device="cpu")
+
+
+def test_feature_store_coords_that_are_not_integers_are_damage(write_store, tmp_path: Path):
+    """Float coords of the right shape (rewritten by another tool) are refused by name, not
+    truncated to other places."""
+    import zarr
+
+    store = write_store(tmp_path / "s.zarr", _patches(4), chunk=3)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
+    group = zarr.open_group(str(out), mode="a", zarr_format=3)
+    data = np.asarray(group["coords"][...], np.float64) + 0.5
+    del group["coords"]
+    group.create_array("coords", data=data, write_data=True)
+    with pytest.raises(GigamilError, match=r"f\.zarr is damaged: .* coords float64 \(4, 2\), not"):
+        FeatureBag(out)
+
+
+def test_feature_subsample_coords_follow_the_rows(write_store, tmp_path: Path) -> None:
+    """A subsample's coords are those of its rows, as its grid."""
+    store = write_store(tmp_path / "s.zarr", _patches(9), chunk=4)
+    cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
+    bag = FeatureBag(extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu"))
+    sub = bag.subsample(4, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(sub.coords, bag.coords[sub.indices])
+    np.testing.assert_array_equal(sub.grid, bag.grid[sub.indices])

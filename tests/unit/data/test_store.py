@@ -244,3 +244,49 @@ def test_patches_of_another_dtype_or_shape_are_damage(s1_attrs, row_major_grid, 
             _check_shapes(out, group, "s1")
         with pytest.raises(GigamilError, match="is damaged"):
             read_store(out)
+
+
+def test_a_negative_grid_cell_is_damage(s1_attrs, row_major_grid, tmp_path):
+    """A grid cell with a negative row or column lies outside the recorded grid_shape as much as
+    one past its end: read as data it would place a patch off the slide (SmABMIL, heatmaps)."""
+    grid, coords = _grid(row_major_grid, 10)
+    bad = grid.copy()
+    bad[3] = (0, -1)
+    out = tmp_path / "neg.zarr"
+    with StoreWriter(out, 10, 8, coords, bad) as w:
+        w.append(np.zeros((10, 8, 8, 3), np.uint8))
+        w.commit({**s1_attrs(), "n_patches": 10, "patch_px": 8, "grid_shape": [2, 7]})
+    with pytest.raises(GigamilError, match=r"1 grid cell\(s\) outside its grid_shape \[2, 7\]"):
+        read_store(out)
+
+
+@pytest.mark.parametrize("name", ["coords", "grid"])
+def test_coords_or_grid_that_are_not_integers_are_damage(s1_attrs, row_major_grid, tmp_path, name):
+    """coords/grid of the right shape but float (an array rewritten by another tool) are refused
+    by name: they would be truncated silently to other places."""
+    grid, coords = _grid(row_major_grid, 6)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, 6, 8, coords, grid) as w:
+        w.append(np.zeros((6, 8, 8, 3), np.uint8))
+        w.commit(s1_attrs())
+    group = zarr.open_group(str(out), mode="a", zarr_format=3)
+    data = np.asarray(group[name][...], np.float64) + 0.5
+    del group[name]
+    group.create_array(name, data=data, write_data=True)
+    with pytest.raises(
+        GigamilError, match=rf"is damaged: {name} is float64 \(6, 2\), not integers"
+    ):
+        read_store(out)
+
+
+def test_jpeg_codec_refuses_a_quality_outside_1_to_100():
+    """The codec of a JPEG store (also as read back from its zarr.json) only takes qualities
+    imagecodecs accepts."""
+    from gigamil.data.store import JpegPatchCodec
+
+    assert JpegPatchCodec(quality=1).quality == 1 and JpegPatchCodec(quality=100).quality == 100
+    for bad in (0, 101):
+        with pytest.raises(ValueError, match="JPEG quality must be in 1..100"):
+            JpegPatchCodec(quality=bad)
+        with pytest.raises(ValueError, match="JPEG quality must be in 1..100"):
+            JpegPatchCodec.from_dict({"name": "gigamil.jpeg", "configuration": {"quality": bad}})

@@ -138,3 +138,38 @@ def test_the_pixel_digest_depends_on_the_pixels_not_on_chunks_order_or_codec(
     jpeg_patches, _, _, jpeg_attrs = read_store(tmp_path / "j.zarr")
     assert not np.array_equal(np.asarray(jpeg_patches), px)  # lossy
     assert jpeg_attrs["patches_sha256"] == expected
+
+
+def test_more_patches_than_declared_are_refused(s1_attrs, row_major_grid, tmp_path):
+    """A caller appending one patch too many must not commit a store whose extra row is
+    dropped (its patches would no longer line up with coords and grid)."""
+    grid, coords = _grid(row_major_grid, 4)
+    with StoreWriter(tmp_path / "a.zarr", 4, 8, coords, grid, chunk=64) as w:
+        w.append(np.zeros((5, 8, 8, 3), np.uint8))
+        with pytest.raises(RuntimeError, match="wrote 5 of 4"):
+            w.commit(s1_attrs())
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_a_feature_store_is_never_replaced_by_a_patch_store(s1_attrs, row_major_grid, tmp_path):
+    """A feature store has slide_id and patch_px too: `gigamil patches --out` naming it must
+    not delete it as if it were an earlier patch store."""
+    from gigamil.data.feature_extract import write_feature_store
+
+    grid, coords = _grid(row_major_grid, 3)
+    feats = write_feature_store(
+        tmp_path / "f.zarr", np.ones((3, 4)), coords, grid, {"slide_id": "s1", "patch_px": 8}
+    )
+    with pytest.raises(GigamilError, match=r"f\.zarr: exists and is not a patch store"):
+        StoreWriter(feats, 3, 8, coords, grid)
+    assert (feats / "features").is_dir()
+
+
+def test_a_store_of_one_patch_at_the_origin_reads(s1_attrs, tmp_path):
+    """coords and grid all zero (one patch at (0, 0)) are still written as chunk files: a
+    skipped all-zero chunk would be read back as a missing chunk (damage)."""
+    with StoreWriter(tmp_path / "o.zarr", 1, 8, np.zeros((1, 2)), np.zeros((1, 2))) as w:
+        w.append(np.full((1, 8, 8, 3), 5, np.uint8))
+        w.commit(s1_attrs())
+    p, c, g, _ = read_store(tmp_path / "o.zarr")
+    assert int(p[0, 0, 0, 0]) == 5 and c.tolist() == [[0, 0]] and g.tolist() == [[0, 0]]

@@ -146,8 +146,9 @@ def _missing_message(path: str, missing: list[str], columns: list[str]) -> str:
 
 
 def _resolve_stores(df, path: str) -> None:  # noqa: ANN001 - a pandas DataFrame, imported lazily
-    """Each ``store`` made absolute (relative to the working directory if it exists there, else
-    to the CSV's folder); GigamilError for a store that does not exist or is a file."""
+    """Each relative ``store`` found from the working directory if it exists there (kept as
+    typed), else made absolute from the CSV's folder; GigamilError for a store that does not
+    exist or is a file."""
     from pathlib import Path
 
     from gigamil.errors import GigamilError
