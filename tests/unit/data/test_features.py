@@ -254,3 +254,38 @@ def test_feature_subsample_coords_follow_the_rows(write_store, tmp_path: Path) -
     sub = bag.subsample(4, torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(sub.coords, bag.coords[sub.indices])
     np.testing.assert_array_equal(sub.grid, bag.grid[sub.indices])
+
+
+def test_a_feature_store_cut_short_is_damage(tmp_path: Path) -> None:
+    """A feature store whose three arrays were cut to fewer rows than its n_patches (a copy
+    interrupted and rewritten by another tool) opened as a smaller bag: read as data. A patch
+    store refuses the same damage."""
+    import zarr
+
+    from gigamil.data.feature_extract import write_feature_store
+
+    rows = np.arange(12).reshape(6, 2)
+    attrs = {"slide_id": "s", "patch_px": 8}
+    out = write_feature_store(tmp_path / "f.zarr", np.ones((6, 4)), rows, rows, attrs)
+    assert len(FeatureBag(out)) == 6
+    group = zarr.open_group(str(out), mode="a", zarr_format=3)
+    for name in ("features", "coords", "grid"):
+        kept = np.asarray(group[name][:4])
+        del group[name]
+        group.create_array(name, data=kept, write_data=True)
+    with pytest.raises(GigamilError, match=r"damaged: features of 4 rows, n_patches 6"):
+        FeatureBag(out)
+
+
+def test_feature_bag_indices_must_be_strictly_increasing_rows(tmp_path: Path) -> None:
+    """As for a patch bag: unsorted, repeated or out-of-range rows are a ValueError naming the
+    rule, not an IndexError (or a bag out of raster order) later."""
+    from gigamil.data.feature_extract import write_feature_store
+
+    rows = np.arange(10).reshape(5, 2)
+    attrs = {"slide_id": "s", "patch_px": 8}
+    out = write_feature_store(tmp_path / "f.zarr", np.ones((5, 4)), rows, rows, attrs)
+    for bad in ([3, 1], [1, 1], [-1, 2], [0, 5]):
+        with pytest.raises(ValueError, match="strictly increasing store rows"):
+            FeatureBag(out, indices=np.array(bad))
+    assert FeatureBag(out, indices=np.array([0, 4])).coords.tolist() == [[0, 1], [8, 9]]

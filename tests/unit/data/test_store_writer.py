@@ -151,6 +151,24 @@ def test_more_patches_than_declared_are_refused(s1_attrs, row_major_grid, tmp_pa
     assert not (tmp_path / "a.zarr").exists()
 
 
+def test_a_chunk_written_twice_does_not_stand_in_for_another(s1_attrs, row_major_grid, tmp_path):
+    """write_chunk counted the rows of a chunk written twice again, so a store with a chunk
+    never written passed the count and was committed (over a good store at that path); it
+    was only found damaged when read."""
+    grid, coords = _grid(row_major_grid, 8)
+    with StoreWriter(tmp_path / "s.zarr", 8, 8, coords, grid, chunk=4) as w:
+        w.write_chunk(0, np.zeros((4, 8, 8, 3), np.uint8))
+        w.write_chunk(0, np.zeros((4, 8, 8, 3), np.uint8))  # chunk 1 never written
+        with pytest.raises(RuntimeError, match=r"wrote 8 of 8 patches, chunks \[0\] of 0..1"):
+            w.commit(s1_attrs())
+    assert not (tmp_path / "s.zarr").exists()
+    with StoreWriter(tmp_path / "s.zarr", 8, 8, coords, grid, chunk=4) as w:
+        w.write_chunk(1, np.ones((4, 8, 8, 3), np.uint8))  # any order, each chunk once
+        w.write_chunk(0, np.zeros((4, 8, 8, 3), np.uint8))
+        w.commit(s1_attrs())
+    assert int(read_store(tmp_path / "s.zarr")[0][4:].min()) == 1
+
+
 def test_a_feature_store_is_never_replaced_by_a_patch_store(s1_attrs, row_major_grid, tmp_path):
     """A feature store has slide_id and patch_px too: `gigamil patches --out` naming it must
     not delete it as if it were an earlier patch store."""

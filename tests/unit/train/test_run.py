@@ -24,6 +24,18 @@ from gigamil.train.predict import predict_slides
 from gigamil.train.run import train_fold
 
 
+def _record_epochs(monkeypatch) -> list[int]:
+    """The epochs trained from now on (the trainer's train_epoch, recorded)."""
+    seen: list[int] = []
+
+    def recording_train_epoch(*args, **kwargs):
+        seen.append(kwargs["epoch"])
+        return loop_mod.train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_epoch", recording_train_epoch)
+    return seen
+
+
 def training(**kw: object) -> dict:
     cfg = {
         "device": "cpu",
@@ -193,13 +205,7 @@ def test_resume_after_kill_continues(
     (killed / "model.pt").unlink()  # Snakemake deletes the declared outputs of a failed job
     (killed / "train_log.csv").unlink()
 
-    seen = []
-
-    def recording_train_epoch(*args, **kwargs):
-        seen.append(kwargs["epoch"])
-        return loop_mod.train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_epoch", recording_train_epoch)
+    seen = _record_epochs(monkeypatch)
     # the resumed trainer takes over the whole early-stopping state (best score, tie-break,
     # epochs without improvement), not only the epoch: on this run every epoch after the kill
     # is a new best, so the logs alone would not show a lost best score
@@ -979,13 +985,7 @@ def test_a_store_recut_with_other_pixels_of_the_same_count_trains_again(
         writer.append(255 - np.asarray(patches))  # other pixels, the same patches
         writer.commit(dict(attrs))
     assert ZarrBag(recut).attrs["patches_sha256"] != attrs["patches_sha256"]
-    seen = []
-
-    def recording_train_epoch(*args, **kwargs):
-        seen.append(kwargs["epoch"])
-        return loop_mod.train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_epoch", recording_train_epoch)
+    seen = _record_epochs(monkeypatch)
     (out / "model.pt").unlink()  # Snakemake deletes the job's outputs before it reruns it
     train.loc[train.index[0], "store"] = str(recut)
     with caplog.at_level("WARNING"):
@@ -996,3 +996,35 @@ def test_a_store_recut_with_other_pixels_of_the_same_count_trains_again(
     (out / "model.pt").unlink()
     train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, out, resume=True)
     assert seen == []
+
+
+def test_features_of_a_store_recut_with_other_pixels_train_again(
+    mil_bags, tmp_path: Path, monkeypatch
+) -> None:
+    """The same on cached features: a feature store recorded no digest of its patch store, so
+    a fold resumed on the features of a re-cut store (Snakemake reruns extract_features, then
+    the fold) returned the finished model of the old features. The digest is copied over."""
+    from gigamil.data.feature_extract import extract_features
+    from gigamil.data.store import read_store
+    from gigamil.data.store_writer import StoreWriter
+
+    model_cfg = {**mil_bags.model, "trainable_blocks": 0}
+    patch_cfg = {"mpp": 0.5, "patch_px": mil_bags.px}
+    train = mil_bags.cohort(tmp_path / "p", 4, 0, "t")
+    feats = [
+        str(extract_features(s, tmp_path / "f" / f"{i}.zarr", model_cfg, patch_cfg, device="cpu"))
+        for i, s in enumerate(train["store"])
+    ]
+    ftrain = train.assign(store=feats)
+    cfg = training(epochs=1)
+    out = tmp_path / "fold"
+    train_fold(ftrain, ftrain.iloc[:0], mil_bags.classes, model_cfg, cfg, out)
+    patches, coords, grid, attrs = read_store(train["store"].iloc[0])
+    with StoreWriter(train["store"].iloc[0], len(coords), patches.shape[1], coords, grid) as w:
+        w.append(255 - np.asarray(patches))  # other pixels, the same patches
+        w.commit(dict(attrs))
+    extract_features(train["store"].iloc[0], feats[0], model_cfg, patch_cfg, device="cpu")
+    seen = _record_epochs(monkeypatch)
+    (out / "model.pt").unlink()  # Snakemake deletes the job's outputs before it reruns it
+    train_fold(ftrain, ftrain.iloc[:0], mil_bags.classes, model_cfg, cfg, out, resume=True)
+    assert seen == [1]

@@ -31,6 +31,20 @@ def pinnable() -> bool:
     return torch.cuda.is_available()
 
 
+def checked_indices(indices: np.ndarray | None, store_len: int) -> np.ndarray | None:
+    """``indices`` as int64 rows of a store of ``store_len`` rows (None: every row); ValueError
+    unless strictly increasing and inside the store (the grid's raster order, which SmABMIL's
+    adjacency and the chunked reads rely on)."""
+    if indices is None:
+        return None
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size and (
+        np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= store_len
+    ):
+        raise ValueError("indices must be strictly increasing store rows")
+    return indices
+
+
 class ZarrBag:
     """A (possibly subsampled) bag of patches from ``{slide_id}.zarr``.
 
@@ -55,13 +69,7 @@ class ZarrBag:
         self._patches = patches
         self.attrs: dict[str, Any] = attrs
         self.store_len = int(patches.shape[0])
-        if indices is not None:
-            indices = np.asarray(indices, dtype=np.int64)
-            if indices.size and (
-                np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= self.store_len
-            ):
-                raise ValueError("indices must be strictly increasing store rows")
-        self.indices = indices
+        self.indices = indices = checked_indices(indices, self.store_len)
         self.coords = coords if indices is None else coords[indices]
         self.grid = grid if indices is None else grid[indices]
         self.prefetch = int(prefetch)
@@ -244,8 +252,8 @@ def store_digests(bag: Any) -> list[list[Any]]:
     """``[[patches_sha256, codec, jpeg_quality]]`` of a bag's patch store (one per part of a
     :class:`ConcatBag`): the store's digest of its pixels as cut and how they are encoded, so a
     store re-cut with other pixels (a replaced slide, another codec) is told apart from one of
-    the same patch count. ``[]`` when a store has no digest (written before stores had one; a
-    feature store)."""
+    the same patch count; a feature store gives its patch store's (recorded since 2026-12-05).
+    ``[]`` when a store has no digest (written before stores, or feature stores, had one)."""
     out = []
     for part in getattr(bag, "parts", [bag]):
         attrs = getattr(part, "attrs", None) or {}

@@ -235,7 +235,8 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
 ) -> Path:
     """Encode every patch of the patch store ``store`` once with the frozen encoder of
     ``model_cfg`` and write the feature store ``out`` (float16 (N, D), coords and grid of the
-    patch store, provenance attrs). ``device``: auto (CUDA when present), cpu or cuda."""
+    patch store, provenance attrs with its ``patches_sha256``, ``codec`` and ``jpeg_quality``
+    for :func:`~gigamil.data.bags.store_digests`). ``device``: auto, cpu or cuda."""
     from gigamil.train.fold_data import resolve_device
 
     torch.set_num_threads(max(1, int(threads)))
@@ -263,6 +264,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
         "effective_mpp": bag.attrs.get("effective_mpp"),
         "stain_normalization": store_stain_normalization(bag),
         "patch_store": str(store),
+        **{k: bag.attrs.get(k) for k in ("patches_sha256", "codec", "jpeg_quality")},
         "gigamil_version": __version__,
         "device": str(dev),
         "amp": bool(amp and _amp_dtype(dev) is not None),

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import zarr
 
-from gigamil.data.bags import ZarrBag
+from gigamil.data.bags import ZarrBag, checked_indices
 from gigamil.data.store import chunk_key, damaged_store_error, read_patches
 from gigamil.errors import GigamilError
 from gigamil.fileutil import zarr_attributes
@@ -74,6 +74,12 @@ class FeatureBag:
         self._array = group["features"]
         _check_chunks_exist(self.path, self._array, self.slide_id)
         self.store_len = int(self._array.shape[0])
+        if self.attrs.get("n_patches", self.store_len) != self.store_len:  # cut short
+            raise GigamilError(
+                f"slide {self.slide_id}: feature store {self.path} is damaged: features of "
+                f"{self.store_len} rows, n_patches {self.attrs['n_patches']}; delete the store "
+                "and rerun to encode it again"
+            )
         for name in ("coords", "grid"):
             _check_rows(self.path, group, name, self._array, self.slide_id)
         rows = {
@@ -82,9 +88,7 @@ class FeatureBag:
             )
             for name in ("coords", "grid")
         }
-        if indices is not None:
-            indices = np.asarray(indices, dtype=np.int64)
-        self.indices = indices
+        self.indices = indices = checked_indices(indices, self.store_len)
         pick = slice(None) if indices is None else indices
         self.coords = rows["coords"].reshape(-1, 2)[pick]
         self.grid = rows["grid"].reshape(-1, 2)[pick]

@@ -234,8 +234,12 @@ class StoreWriter:
         on the chunking; the trainer's resume check compares it), and atomically replace
         ``out`` with the finished store."""
         self._flush(final=True)
-        if self._written != self.n:
-            raise RuntimeError(f"{self.out}: wrote {self._written} of {self.n} patches")
+        n_chunks = -(-self.n // self.chunk)
+        if self._written != self.n or sorted(self._digests) != list(range(n_chunks)):
+            raise RuntimeError(  # a chunk written twice counts its rows twice: check both
+                f"{self.out}: wrote {self._written} of {self.n} patches, chunks "
+                f"{sorted(self._digests)} of 0..{n_chunks - 1}"
+            )
         missing = [k for k in REQUIRED_ATTRS if k not in attrs]
         if missing:
             raise ValueError(f"patch store attrs missing {missing}")
