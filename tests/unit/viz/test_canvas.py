@@ -48,3 +48,20 @@ def test_resampled_patches_leave_no_seam_on_the_canvas(side, thumb_px):
     covered = np.isfinite(canvas)
     ys, xs = np.nonzero(covered)
     assert covered[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+
+
+def test_overlay_is_clipped_to_the_tissue_mask_in_its_own_orientation():
+    """composite_overlay colours only tissue pixels: a patch over glass stays the thumbnail's.
+    The mask (any size covering the slide) is resized, not transposed, onto the canvas."""
+    from gigamil.viz.canvas import composite_overlay
+
+    thumb = np.full((20, 30, 3), 100, np.uint8)
+    canvas = np.ones((20, 30))  # every pixel under a patch, at the top of the colour bar
+    tissue = np.zeros((10, 15), bool)  # half the canvas's resolution
+    tissue[:5, :5] = True  # tissue in the top-left: canvas rows 0-9, columns 0-9
+    out = composite_overlay(thumb, canvas, "jet", 1.0, tissue).astype(int)
+    coloured = (out != 100).any(axis=-1)
+    expected = np.zeros((20, 30), bool)
+    expected[:10, :10] = True
+    np.testing.assert_array_equal(coloured, expected)
+    assert (out[~expected] == 100).all()  # outside the tissue: the thumbnail, untouched

@@ -95,3 +95,56 @@ def test_a_lesion_smaller_than_a_thumbnail_pixel_is_still_outlined():
     assert outline_mask(None, (5, 5)) is None
     up = outline_mask(np.eye(2, dtype=bool), (4, 4))  # a mask smaller than the image: upscaled
     assert up.tolist() == np.kron(np.eye(2, dtype=bool), np.ones((2, 2), bool)).tolist()
+
+
+def _saved_figures(monkeypatch) -> list:
+    """The matplotlib figures saved from now on (kept for inspection after plt.close)."""
+    from matplotlib.figure import Figure
+
+    figs: list = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda f, *a, **kw: figs.append(f) or savefig(f, *a, **kw)
+    )
+    return figs
+
+
+def test_overlay_colour_bar_has_the_scale_s_colour_map_label_and_ticks(tmp_path, monkeypatch):
+    """The colour bar says what a colour means: the overlay's colour map (not always jet), the
+    scale's label and its tick labels (the relative scale's ≤0.01 .. ≥100, not 0 .. 1)."""
+    from gigamil.viz.figures import render_overlay
+    from gigamil.viz.scales import scale_attention
+
+    figs = _saved_figures(monkeypatch)
+    scale = scale_attention(np.array([0.7, 0.2, 0.1]), "relative")
+    thumb = np.full((60, 80, 3), 200, np.uint8)
+    canvas = np.full((60, 80), 0.5)
+    render_overlay(thumb, canvas, tmp_path / "o.png", "t", cmap="viridis", scale=scale)
+    (fig,) = figs
+    cax = fig.axes[-1]
+    assert [t.get_text() for t in cax.get_yticklabels()] == list(scale.tick_labels)
+    assert cax.get_ylabel().replace("\n", " ") == scale.label
+    (mesh,) = [c for c in cax.collections if type(c).__name__ == "QuadMesh"]  # the bar
+    assert mesh.get_cmap().name == "viridis"
+
+
+def test_gallery_puts_the_top_patches_in_the_first_row_with_their_captions(tmp_path, monkeypatch):
+    """Row 1 holds the top k patches left to right, row 2 the bottom k; each caption gives the
+    rank, the attention weight a and a × N (relative to uniform)."""
+    figs = _saved_figures(monkeypatch)
+    k, px = 3, 32
+    patches = np.zeros((2 * k, px, px, 3), np.uint8)
+    patches[:k] = (250, 0, 0)  # top: red
+    patches[k:] = (0, 0, 250)  # bottom: blue
+    values = np.array([0.4, 0.2, 0.1, 0.001, 0.002, 0.003])
+    ranks = ["#1", "#2", "#3", "#100", "#99", "#98"]
+    png = tmp_path / "g.png"
+    render_gallery(patches, values, ranks, png, "t", n_patches=100)
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    red = np.nonzero((img == (250, 0, 0)).all(axis=-1))[0]
+    blue = np.nonzero((img == (0, 0, 250)).all(axis=-1))[0]
+    assert red.size == blue.size == k * (px * 3) ** 2
+    assert red.max() < blue.min()  # every top patch above every bottom patch
+    (fig,) = figs
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "#1  a=0.4\n×N = 40" in texts and "#100  a=0.001\n×N = 0.1" in texts

@@ -362,3 +362,32 @@ def test_patch_tiles_carry_the_attention_relative_to_the_slides_top():
     assert [m["attention_relative"] for m in measured] == pytest.approx([0.4, 1.0, 0.6])
     assert {f["properties"]["classification"]["name"] for f in geo["features"]} == {"attention-low"}
     assert patches_geojson(coords[:0], 96.0, attention[:0], normalized[:0], "e")["features"] == []
+
+
+def test_patch_tiles_are_high_from_0_5_and_coloured_by_class():
+    """patches.geojson classifies a tile ``attention-high`` (red) at a colour-scale value of 0.5
+    or more, ``attention-low`` (blue) below (a constant slide under minmax is exactly 0.5); each
+    tile has its own id."""
+    from gigamil.viz.geojson import patches_geojson
+
+    coords = np.array([[0, 0], [96, 0], [192, 0]])
+    geo = patches_geojson(coords, 96.0, np.ones(3) / 3, np.array([0.5, 0.4999, 0.9]), "s")
+    classes = [f["properties"]["classification"] for f in geo["features"]]
+    assert [c["name"] for c in classes] == ["attention-high", "attention-low", "attention-high"]
+    high, low = classes[0]["color"], classes[1]["color"]
+    assert high[0] > high[2] and low[2] > low[0]  # red, blue
+    assert len({f["id"] for f in geo["features"]}) == 3
+
+
+def test_a_hole_belongs_to_the_smallest_piece_around_it():
+    """A ring of tissue inside another ring's hole: its own hole is inside both exteriors and
+    belongs to the inner piece (the smallest around it), not to the outer one."""
+    mask = np.zeros((22, 22), bool)
+    mask[1:21, 1:21] = True
+    mask[3:19, 3:19] = False  # outer ring, hole 16 x 16
+    mask[6:16, 6:16] = True
+    mask[9:13, 9:13] = False  # inner ring, hole 4 x 4
+    outer, inner = mask_polygons(mask, (1.0, 1.0))  # largest first
+    assert len(outer) == 2 and len(inner) == 2
+    assert _bbox(outer[1]) == [3, 3, 19, 19]
+    assert _bbox(inner[0]) == [6, 6, 16, 16] and _bbox(inner[1]) == [9, 9, 13, 13]

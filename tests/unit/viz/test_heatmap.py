@@ -547,3 +547,125 @@ def test_a_slide_with_patches_but_no_probability_is_drawn_relative(grid_slide, t
     assert out["scale"] == "relative"
     assert out["values"].max() > 0.5
     assert "its predicted probability is nan" in caplog.text
+
+
+def test_overlay_boxes_are_numbered_as_the_gallery_and_the_scale_bar_is_in_thumbnail_um(
+    grid_slide, tmp_path, monkeypatch
+):
+    """The overlay's magenta boxes carry the gallery's numbers (#1 = highest) on the top
+    patches' corners, and its scale bar gets µm per *thumbnail* pixel (level-0 µm/px over the
+    thumbnail's scale): 0.5 µm/px at half size is 1 µm per thumbnail pixel."""
+    import gigamil.viz.heatmap as hm
+
+    seen = {}
+    real = hm.render_overlay
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hm, "render_overlay", spy)
+    store = tmp_path / "m.zarr"
+    coords, _ = grid_slide.write(store)  # 552 x 408 level-0 px at 0.5 µm/px
+    att = np.zeros(len(coords), np.float32)
+    att[[10, 20, 30]] = (0.5, 0.3, 0.2)
+    info = make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=3, thumb_px=276))
+    assert info["thumbnail_shape"] == [204, 276] and info["top"] == [10, 20, 30]
+    assert [m[3] for m in seen["marks"]] == ["#1", "#2", "#3"]
+    for (x, y, side, _), i in zip(seen["marks"], info["top"], strict=True):
+        assert (x, y, side) == pytest.approx((coords[i, 0] / 2, coords[i, 1] / 2, 32))
+    assert seen["mpp"] == pytest.approx(1.0)
+
+
+def test_a_store_without_slide_dimensions_is_drawn_on_the_patches_extent(write_store, tmp_path):
+    """An older store records no slide_dimensions: the thumbnail takes the patches' extent
+    (x from the columns, y from the rows), here one row of three 64-px patches: 192 x 64 px."""
+    store = write_store(
+        tmp_path / "old.zarr",
+        np.zeros((3, 8, 8, 3), np.uint8),
+        np.array([[0, 0], [0, 1], [0, 2]]),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[],
+        slide_mpp=0.5,
+    )
+    info = make_heatmap(
+        store, np.array([0.2, 0.3, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=96)
+    )
+    assert info["thumbnail_shape"] == [32, 96]
+
+
+def test_gallery_frames_only_patches_at_least_half_in_the_lesion(grid_slide, tmp_path, monkeypatch):
+    """A patch is a lesion patch (cyan frame) with at least half its area in the lesion mask, as
+    the localisation AUC counts them: one a quarter in the lesion is not framed."""
+    import gigamil.viz.heatmap as hm
+
+    seen = {}
+    real = hm.render_gallery
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hm, "render_gallery", spy)
+    store = tmp_path / "g.zarr"
+    coords, _ = grid_slide.write(store)
+    mask = np.zeros((51, 69), np.uint8)  # the 552 x 408 px slide at 8 level-0 px a mask pixel
+    mask[0:8, 0:8] = 255  # patch 0 (grid cell 0, 0) whole
+    mask[0:4, 8:12] = 255  # a quarter of patch 1 (cell 0, 1)
+    mask[0:8, 16:20] = 255  # half of patch 2 (cell 0, 2)
+    Image.fromarray(mask).save(tmp_path / "lesion.png")
+    att = np.full(len(coords), 0.01, np.float32)
+    att[[0, 1, 2]] = (0.5, 0.4, 0.3)
+    info = make_heatmap(
+        store,
+        att,
+        tmp_path / "hm",
+        style=HeatmapStyle(top_k=3, thumb_px=128),
+        lesion_mask=tmp_path / "lesion.png",
+    )
+    assert info["top"] == [0, 1, 2]
+    assert seen["lesion"][:3] == [True, False, True]
+    assert "2 of 48" in Image.open(tmp_path / "hm" / "gallery.png").text["Title"]
+
+
+def test_the_colour_bar_names_the_positive_class(grid_slide, tmp_path, monkeypatch):
+    """Under the probability scale the colour bar reads ``P(<positive class>) × attention ...``
+    with the prediction's class name, not a generic ``P(positive)``."""
+    import gigamil.viz.heatmap as hm
+
+    seen = {}
+    real = hm.render_overlay
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hm, "render_overlay", spy)
+    store = tmp_path / "c.zarr"
+    coords, _ = grid_slide.write(store)
+    att = np.full(len(coords), 1 / len(coords), np.float32)
+    make_heatmap(
+        store,
+        att,
+        tmp_path / "hm",
+        style=HeatmapStyle(thumb_px=64),
+        prediction=_prediction("c", 0.9, "lesion"),
+    )
+    assert seen["scale"].label.startswith("P(lesion) × attention")
+
+
+def test_a_slide_without_patches_and_a_nan_probability_still_gets_its_heatmap(grid_slide, tmp_path):
+    """A slide without patches is predicted NaN by every model; under the default probability
+    scale its heatmap is drawn (nothing on it), not an error about a missing probability."""
+    store = tmp_path / "e.zarr"
+    grid_slide.write(store, keep=[])
+    info = make_heatmap(
+        store,
+        np.zeros(0, np.float32),
+        tmp_path / "hm",
+        style=HeatmapStyle(thumb_px=64),
+        prediction=_prediction("e", float("nan"), "lesion", n_models=0),
+    )
+    assert info["scale"] == "probability" and info["n_patches"] == 0
+    assert (tmp_path / "hm" / "overlay.png").is_file()

@@ -246,3 +246,130 @@ def test_calibration_plot_is_a_png_for_two_and_more_classes(classes):
     png = plot_calibration(preds, classes, "cohort x calibration")
     with Image.open(io.BytesIO(png)) as img:
         assert img.format == "PNG" and img.size[0] > 100
+
+
+def _saved_axes(monkeypatch) -> list:
+    """The first axes of each matplotlib figure saved from now on."""
+    from matplotlib.figure import Figure
+
+    axes: list = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda f, *a, **kw: axes.append(f.axes[0]) or savefig(f, *a, **kw)
+    )
+    return axes
+
+
+def test_confusion_matrix_rows_are_the_true_class_normalised_per_row(tmp_path, monkeypatch):
+    """Rows = true class, columns = predicted; the % are of the true class (recall on the
+    diagonal): 4 normal slides, 1 called lesion; 1 lesion slide, called lesion."""
+    from gigamil.viz.plots import plot_confusion
+
+    axes = _saved_axes(monkeypatch)
+    p1 = [0.1, 0.1, 0.2, 0.9, 0.8]
+    preds = pd.DataFrame(
+        {
+            "label": ["normal"] * 4 + ["lesion"],
+            "prob_normal": [1 - v for v in p1],
+            "prob_lesion": p1,
+        }
+    )
+    plot_confusion(preds, ["normal", "lesion"], tmp_path / "cm.png", "t")
+    (ax,) = axes
+    # (row, column) = (true, predicted)
+    cells = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts
+    }
+    assert cells == {
+        (0, 0): "3\n75%",
+        (0, 1): "1\n25%",
+        (1, 0): "0\n0%",
+        (1, 1): "1\n100%",
+    }
+    assert ax.get_ylabel() == "true" and ax.get_xlabel().startswith("predicted")
+
+
+@pytest.mark.parametrize("classes", [["normal", "lesion"], ["a", "b", "c"]])
+def test_calibration_ticks_are_each_slide_s_probability_by_outcome(classes, monkeypatch):
+    """Binary: each slide is a tick at its P(positive), on top if positive, below if not. More
+    classes: at the predicted class's probability, on top if predicted right."""
+    from gigamil.viz.plots import plot_calibration
+
+    axes = _saved_axes(monkeypatch)
+    if len(classes) == 2:
+        probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
+        labels = ["normal", "normal", "lesion", "lesion"]
+        top, bottom = [0.8, 0.4], [0.1, 0.7]  # lesion slides; normal slides
+    else:
+        probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.2, 0.3]])
+        labels = ["a", "c", "c", "b"]
+        top, bottom = [0.6, 0.6], [0.7, 0.5]  # predicted right; wrong
+    preds = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes]).assign(label=labels)
+    plot_calibration(preds, classes, "t")
+    (ax,) = axes
+    ticks = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "|"}
+    high = ticks.pop(f"a {classes[1]} slide" if len(classes) == 2 else "a right slide")
+    (low,) = ticks.values()
+    assert sorted(high.get_xdata()) == pytest.approx(sorted(top))
+    assert sorted(low.get_xdata()) == pytest.approx(sorted(bottom))
+    assert set(high.get_ydata()) == {1.04} and set(low.get_ydata()) == {-0.04}
+
+
+def test_calibration_points_sit_at_the_mean_probability_of_their_bin():
+    """A bin's point is at its slides' mean probability, not the bin's centre (0.98, not 0.9)."""
+    from gigamil.viz.plots import _calibration_bins
+
+    bins = _calibration_bins(np.array([0.95, 0.99, 1.0, 0.3]), np.array([1, 1, 1, 0], bool), 5)
+    assert [b[0] for b in bins] == pytest.approx([0.3, 0.98])
+
+
+def test_multiclass_roc_draws_each_class_against_its_own_probability(tmp_path, monkeypatch):
+    """One-vs-rest: class c's curve ranks slides by P(c); here each class's probability
+    separates it perfectly, so every curve reaches (fpr 0, tpr 1)."""
+    from gigamil.viz.plots import plot_roc
+
+    axes = _saved_axes(monkeypatch)
+    classes = ["a", "b", "c"]
+    probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.45, 0.5, 0.05], [0.3, 0.6, 0.1]])
+    probs = np.vstack([probs, [[0.1, 0.2, 0.7], [0.35, 0.25, 0.4]]])
+    labels = ["a", "a", "b", "b", "c", "c"]
+    preds = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes]).assign(label=labels)
+    plot_roc(preds, classes, tmp_path / "roc.png", "t")
+    (ax,) = axes
+    curves = {
+        ln.get_label().split(" vs rest")[0]: ln
+        for ln in ax.get_lines()
+        if "vs rest" in ln.get_label()
+    }
+    assert sorted(curves) == classes
+    for name, line in curves.items():
+        fpr, tpr = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        assert ((fpr == 0) & (tpr == 1)).any(), name
+        assert "(AUC 1.000)" in line.get_label()
+
+
+def test_roc_band_resamples_patients(tmp_path, monkeypatch):
+    """The pooled curve's band is a bootstrap over patients (slides of a patient together), as
+    its legend says; over rows only without a patient_id column."""
+    import gigamil.viz.plots as plots
+
+    seen = []
+    real = plots.roc_band
+    monkeypatch.setattr(
+        plots, "roc_band", lambda y, s, g, *a, **k: seen.append(g) or real(y, s, g, *a, **k)
+    )
+    p1 = [0.1, 0.3, 0.6, 0.2, 0.7, 0.9]
+    preds = pd.DataFrame(
+        {
+            "patient_id": list("aabbcc"),
+            "label": ["normal"] * 3 + ["lesion"] * 3,
+            "prob_lesion": p1,
+            "prob_normal": [1 - v for v in p1],
+        }
+    )
+    plots.plot_roc(preds, ["normal", "lesion"], tmp_path / "a.png", "t", by=None)
+    plots.plot_roc(
+        preds.drop(columns="patient_id"), ["normal", "lesion"], tmp_path / "b.png", "t", by=None
+    )
+    assert seen[0] is not None and list(seen[0]) == list("aabbcc")
+    assert seen[1] is None

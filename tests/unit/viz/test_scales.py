@@ -68,3 +68,32 @@ def test_scale_names_agree_in_schema_cli_and_package():
     (action,) = [a for a in parser._actions if a.dest == "normalize"]
     assert tuple(action.choices) == SCALES
     assert HeatmapStyle().normalize == DEFAULT_SCALE
+
+
+def test_percentile_clips_at_the_1st_and_99th_percentiles():
+    """``percentile``: the 1st-99th percentiles span the colour bar (not 5th-95th): a patch at
+    the 2nd percentile is not painted as the slide's minimum."""
+    att = np.arange(1001, dtype=np.float64)  # percentile q is the value 10 q
+    out = normalize_attention(att, "percentile")
+    assert out[10] == 0.0 and out[990] == 1.0
+    np.testing.assert_allclose(out[[20, 500, 980]], [10 / 980, 490 / 980, 970 / 980])
+
+
+def test_probability_scale_refuses_a_probability_outside_0_1():
+    """A probability of 1.5 (or a logit passed by mistake) would paint patches beyond the colour
+    bar's top, clipped to red: an error instead."""
+    att = np.array([0.5, 0.5])
+    for p in (1.5, -0.2):
+        with pytest.raises(GigamilError, match="not in \\[0, 1\\]"):
+            scale_attention(att, "probability", probability=p)
+    np.testing.assert_allclose(scale_attention(att, probability=1.0).values, [1.0, 1.0])
+    np.testing.assert_allclose(scale_attention(att, probability=0.0).values, [0.0, 0.0])
+
+
+def test_relative_scale_ticks_say_that_its_ends_are_clipped():
+    """The relative colour bar runs from 0.01 to 100 x uniform, log scale; patches beyond are
+    clipped to its ends, which its end ticks say (≤0.01, ≥100)."""
+    rel = scale_attention(np.array([1e-6, 1 - 1e-6]), "relative")
+    assert rel.tick_labels == ("≤0.01", "0.1", "1", "10", "≥100")
+    np.testing.assert_allclose(rel.ticks, [0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(rel.values, [0.0, (np.log10(2 * (1 - 1e-6)) + 2) / 4])

@@ -119,3 +119,30 @@ def test_probability_str_keeps_three_significant_digits_in_titles_and_the_report
         "1.00",
         "3.00e-06",
     ]
+
+
+def test_prediction_labels_of_an_unlabelled_slide_are_neither_right_nor_wrong(tmp_path):
+    """The report's heatmap list: a slide of a ``role: predict`` cohort has no label, so
+    ``correct`` is ``-``, not ``no``."""
+    from gigamil.viz.slide_info import prediction_labels
+
+    df = pd.DataFrame(
+        {
+            "slide_id": ["n1", "l1"],
+            "patient_id": ["p1", "p2"],
+            "cohort": "new",
+            "label": [None, "benign"],
+            "prob_benign": [0.7, 0.2],
+            "prob_metastasis": [0.3, 0.8],
+            "pred": ["benign", "metastasis"],
+        }
+    )
+    write_fold_predictions(df, 0, tmp_path / "f0.csv")
+    classes = ["benign", "metastasis"]
+    assert prediction_labels([tmp_path / "f0.csv"], classes, "n1") == {
+        "label": "-",
+        "prediction": "benign",
+        "P(metastasis)": "0.300",
+        "correct": "-",
+    }
+    assert prediction_labels([tmp_path / "f0.csv"], classes, "l1")["correct"] == "no"
