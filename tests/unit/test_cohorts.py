@@ -39,7 +39,7 @@ def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
     with pytest.raises(ConfigError) as err:
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     lines = str(err.value).splitlines()
-    assert lines[0] == "3 cohort sheets have problems:"
+    assert lines[0] == "3 problems in the cohort sheets:"
     assert [line.split(":")[0] for line in lines[1:]] == [  # list items (the CLI keeps them)
         "- cohort 'main'",
         "- cohort 'ext'",
@@ -61,7 +61,7 @@ def test_every_cohorts_sheet_problems_come_in_one_error(tmp_path, base_config):
     with pytest.raises(ConfigError) as err:
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     lines = str(err.value).splitlines()
-    assert lines[0] == "2 cohort sheets have problems:"
+    assert lines[0] == "2 problems in the cohort sheets:"
     assert lines[1].startswith(f"- cohort 'a': {worse}: 2 labels are not one of the classes")
     assert lines[2:4] == [
         "    line 2 (slide_id 's1'): label 'tumour'",
@@ -129,7 +129,7 @@ def test_sheet_and_cross_cohort_problems_come_in_one_error(tmp_path, base_config
     with pytest.raises(ConfigError) as err:
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     text = str(err.value)
-    assert text.startswith("2 cohort sheets have problems:"), text
+    assert text.startswith("2 problems in the cohort sheets:"), text
     assert "- cohort 'c': " in text and "label 'tumour'" in text
     assert "2 problems across cohorts:" in text
     assert "slide_id 's1' is in cohorts a, b" in text
@@ -151,7 +151,7 @@ def test_a_sheet_with_problems_of_its_own_is_checked_across_cohorts_too(tmp_path
     with pytest.raises(ConfigError) as err:
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     text = str(err.value)
-    assert text.startswith("2 cohort sheets have problems:"), text
+    assert text.startswith("2 problems in the cohort sheets:"), text
     assert "slide file nope.svs not found" in text
     assert "slide_id 's1' is in cohorts a, b (" in text
     assert "b.csv line 2; 1 such: s1); a slide may belong to one cohort only: give each" in text

@@ -368,11 +368,12 @@ def test_a_semicolon_or_tab_separated_sheet_gets_a_hint(tmp_path):
     path.write_text("slide_id\tpatient_id\tlabel\tpath\ns1\tp1\tnormal\ts1.svs\n")
     with pytest.raises(ConfigError, match="separated by tabs: save the sheet as comma-separated"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
-    # ';' with a decimal comma in a row (the usual European export): pandas' own error was all
+    # ';' with a decimal comma in a row (the usual European export): pandas' own error ("cannot
+    # be read as CSV: Expected 1 fields in line 3, saw 2") was all, now the missing columns
     path.write_text(
         "slide_id;patient_id;label;path;mpp\ns1;p1;normal;s1.svs;\ns2;p2;normal;s2.svs;0,5\n"
     )
-    with pytest.raises(ConfigError, match="cannot be read as CSV: .*separated by ';': .* dec"):
+    with pytest.raises(ConfigError, match="missing column.*separated by ';': .* decimal point"):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     path.write_text("slide_id;patient_id;label;path;mpp\ns1;p1;normal;s1.svs;0,5\n")
     with pytest.raises(ConfigError, match="separated by ';': .* decimal point \\(mpp 0.25, not"):
@@ -387,6 +388,12 @@ def test_trailing_commas_keep_the_columns_and_a_decimal_comma_is_named(tmp_path)
     path.write_text("\n".join([lines[0]] + [f"{line}," for line in lines[1:]]) + "\n")
     df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)  # a spreadsheet export's commas
     assert df["slide_id"].tolist() == ["s1", "s2", "s3"] and df["label"].iloc[2] == "lesion"
+    for rows in ([1], [2], [1, 3]):  # on some rows only: pandas refused a later row with one
+        path.write_text(
+            "\n".join(f"{line}," if i in rows else line for i, line in enumerate(lines)) + "\n"
+        )
+        df = load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+        assert df["slide_id"].tolist() == ["s1", "s2", "s3"] and df["label"].iloc[2] == "lesion"
     path.write_text(
         "slide_id,patient_id,label,path,mpp\n"
         "s1,p1,normal,s1.svs,0.25\ns2,p1,normal,s2.svs,0,25\ns3,p2,lesion,s3.svs,0.25\n"

@@ -53,7 +53,7 @@ def load_cohorts(
         check_leakage(config, read, base_dir, check_content=check_content)
     except ConfigError as exc:
         problems.append(str(exc))
-    raise_problems(None, problems, "cohort sheets have problems")
+    raise_problems(None, problems, "problems in the cohort sheets")
     check_classes_trained(config, sheets)
     return sheets
 

@@ -1,4 +1,4 @@
-"""Exceptions that are shown to the user as one clear line (no traceback)."""
+"""Exceptions that are shown to the user as a clear message (no traceback)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 class GigamilError(Exception):
     """Base class of every error caused by bad input rather than by a bug.
 
-    The CLI prints ``gigamil <command>: error: <message>`` on one line of stderr and exits 2.
+    The CLI prints ``gigamil <command>: error: <message>`` on stderr (one line, or a list of
+    problems one item a line) and exits 2.
     The message must name the offending file, slide, key or row and, where possible, the fix.
     """
 

@@ -35,15 +35,19 @@ def raise_problems(path: Path | None, problems: list[str], what: str = "problems
 
 
 def read_sheet_frame(path: str | Path) -> pd.DataFrame:
-    """A sheet CSV as strings, as written (no NA conversion). ``index_col=False``: rows with a
-    trailing comma (a spreadsheet export) keep their columns; without it pandas makes the first
-    column the index and shifts every value one column left. Call :func:`_check_field_counts`
-    first: the extra fields it drops must be empty."""
+    """A sheet CSV as strings, as written (no NA conversion). Rows with a trailing comma (a
+    spreadsheet export) keep their columns, whichever rows have one: ``index_col=False`` keeps
+    pandas from making the first column the index (shifting every value one column left) when
+    the first data row has it, and ``usecols`` keeps it from refusing a later row that has it
+    ("Expected 4 fields in line 3, saw 5"). Call :func:`_check_field_counts` first: the extra
+    fields dropped here must be empty."""
     import warnings
 
     with warnings.catch_warnings():  # "loss of data": only empty trailing fields, checked
         warnings.simplefilter("ignore", pd.errors.ParserWarning)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, index_col=False)
+        return pd.read_csv(
+            path, dtype=str, keep_default_na=False, index_col=False, usecols=lambda _: True
+        )
 
 
 def _check_field_counts(path: Path) -> None:
