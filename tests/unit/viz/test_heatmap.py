@@ -669,3 +669,37 @@ def test_a_slide_without_patches_and_a_nan_probability_still_gets_its_heatmap(gr
     )
     assert info["scale"] == "probability" and info["n_patches"] == 0
     assert (tmp_path / "hm" / "overlay.png").is_file()
+
+
+def test_a_store_without_slide_dimensions_keeps_the_attention_on_its_tissue(
+    write_store, tmp_path, monkeypatch
+):
+    """A store without slide_dimensions whose slide file is larger than the patches' extent:
+    the whole slide's thumbnail was squeezed onto the extent, so the hot patch was drawn off its
+    tissue (0 % overlap here). The thumbnail is now the extent's part of the slide."""
+    import gigamil.viz.heatmap as hm
+
+    slide = np.full((300, 400, 3), 255, np.uint8)  # 400 x 300 level-0 px
+    slide[192:256, 256:320] = (255, 0, 255)  # magenta tissue under the patch at (256, 192)
+    Image.fromarray(slide).save(tmp_path / "slide.png")
+    store = write_store(
+        tmp_path / "s.zarr",
+        np.zeros((2, 8, 8, 3), np.uint8),
+        np.array([[0, 0], [3, 4]]),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[],
+        slide_mpp=0.5,
+        source_path=str(tmp_path / "slide.png"),
+    )
+    seen = {}
+    real = hm.render_overlay
+    monkeypatch.setattr(
+        hm, "render_overlay", lambda t, c, *a, **k: seen.update(t=t, c=c) or real(t, c, *a, **k)
+    )
+    make_heatmap(store, np.array([0.0, 1.0]), tmp_path / "hm", style=HeatmapStyle(thumb_px=160))
+    thumb, canvas = seen["t"], seen["c"]
+    assert thumb.shape[:2] == canvas.shape == (128, 160)  # the 320 x 256 px extent
+    tissue = (thumb[..., 1] < 80) & (thumb[..., 0] > 200)
+    hot = np.nan_to_num(canvas, nan=-1) == canvas[np.isfinite(canvas)].max()
+    assert (hot & tissue).sum() > 0.8 * hot.sum()

@@ -75,7 +75,10 @@ def slide_thumbnail(
 ) -> np.ndarray:
     """RGB uint8 (H, W, 3) thumbnail with the slide's aspect ratio (grey, with a warning, if
     unreadable or if its level-0 size is not ``slide_dims``, the size of the slide the patches
-    were cut from; ``check_dims`` False: ``slide_dims`` is only the patches' extent)."""
+    were cut from). ``check_dims`` False (a store without ``slide_dimensions``): ``slide_dims``
+    is only the patches' extent from the origin, and the thumbnail is that part of the slide
+    (before, the whole slide was squeezed onto it, so the patches were drawn off their tissue);
+    grey if the extent reaches beyond the slide."""
     w0, h0 = slide_dims
     scale = max_px / max(w0, h0)
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
@@ -86,12 +89,16 @@ def slide_thumbnail(
             from gigamil.wsi.reader import open_slide
 
             with open_slide(slide_path, mpp_override=mpp_override) as reader:
-                if check_dims and tuple(reader.dimensions) != (w0, h0):
+                w, h = (int(v) for v in reader.dimensions)
+                if (w, h) != (w0, h0) if check_dims else (w0 > w or h0 > h):
                     raise ValueError(
-                        f"it is {reader.dimensions[0]} x {reader.dimensions[1]} px, the slide "
-                        f"the patches were cut from {w0} x {h0} px: not the same slide"
+                        f"it is {w} x {h} px, the slide the patches were cut from "
+                        f"{'' if check_dims else 'at least '}{w0} x {h0} px: not the same slide"
                     )
-                thumb = reader.get_thumbnail((max_px, max_px))
+                zoom = min(4.0, max(w / w0, h / h0))  # the extent's part at about max_px
+                thumb = reader.get_thumbnail((round(max_px * zoom), round(max_px * zoom)))
+                th, tw = thumb.shape[:2]
+                thumb = thumb[: max(1, round(h0 * th / h)), : max(1, round(w0 * tw / w))]
             if thumb.shape[:2] != (size[1], size[0]):
                 thumb = np.asarray(Image.fromarray(thumb).resize(size, Image.Resampling.BILINEAR))
             return thumb[..., :3]
