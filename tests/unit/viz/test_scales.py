@@ -79,6 +79,17 @@ def test_percentile_clips_at_the_1st_and_99th_percentiles():
     np.testing.assert_allclose(out[[20, 500, 980]], [10 / 980, 490 / 980, 970 / 980])
 
 
+def test_percentile_keeps_a_lone_hot_patch():
+    """One patch with 50 times the attention of the other 199: its 1st and 99th percentiles are
+    equal, so clipping made the slide flat (every patch 0.5) and hid the one patch the model
+    looked at; then the scale is min-max."""
+    att = np.full(200, 0.004)
+    att[7] = 0.204
+    out = normalize_attention(att, "percentile")
+    assert out[7] == 1.0 and np.all(np.delete(out, 7) == 0.0)
+    assert np.all(normalize_attention(np.full(200, 0.005), "percentile") == 0.5)
+
+
 def test_probability_scale_refuses_a_probability_outside_0_1():
     """A probability of 1.5 (or a logit passed by mistake) would paint patches beyond the colour
     bar's top, clipped to red: an error instead."""

@@ -23,7 +23,9 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     """Scale attention (N,) to [0, 1] per slide.
 
     ``rank``: rank / N (ties share their mean rank); ``percentile``: clip to the 1st-99th
-    percentiles, then min-max; ``minmax``: min-max. A constant array maps to 0.5, and so does
+    percentiles, then min-max (min-max alone when those percentiles are equal: the under 1 %
+    of patches that stand out are then all the pattern, e.g. one hot patch among 200, which
+    clipping painted as flat as the rest); ``minmax``: min-max. A constant array maps to 0.5, and so does
     one whose spread is below ``FLAT`` of its largest magnitude: attention is computed in
     float32 (about 1e-7 relative precision), so such a spread is rounding, not a pattern.
     """
@@ -41,7 +43,8 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
         return rankdata(att) / att.size
     if method == "percentile":
         lo, hi = np.percentile(att, [1.0, 99.0])
-        att = np.clip(att, lo, hi)
+        if hi - lo > FLAT * max(abs(hi), abs(lo)):
+            att = np.clip(att, lo, hi)
     lo, hi = float(att.min()), float(att.max())
     if hi - lo <= FLAT * max(abs(hi), abs(lo)):
         return np.full(att.shape, 0.5)
