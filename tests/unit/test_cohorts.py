@@ -347,3 +347,74 @@ def test_an_external_patient_of_the_second_train_cohort_is_caught(tmp_path, base
         with pytest.raises(ConfigError) as err:
             load_cohorts(validate_config(cfg), base_dir=tmp_path)
         assert message in str(err.value), ext_pid
+
+
+def test_the_demo_cohort_loads_before_its_slides_are_generated(tmp_path, base_config):
+    """`demo: true` (the shipped config.yaml): the slides and lesion masks are written by rule
+    demo_cohort, a job of the run, so the sheet's files must not be required when the workflow
+    starts (a new user's first `snakemake` would stop at "48 file(s) not found"); a plain
+    cohort's must exist."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / base_config["cohorts"]["demo"]["sheet"]
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"]["demo"]["sheet"] = str(shipped)
+    sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)  # no slide exists here
+    assert len(sheets["demo"]) == 24
+    cfg["cohorts"]["demo"]["demo"] = False
+    with pytest.raises(ConfigError, match=r"48 file\(s\) not found"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_an_unlabelled_slide_of_a_train_patient_in_a_predict_cohort_is_no_conflict(
+    tmp_path, base_config, caplog
+):
+    """A predict cohort's empty label is no label: a new, unlabelled slide of train patient p1
+    (normal) is a warning about the overlap, not "patient 'p1' has labels ['', 'normal']"."""
+    rows = other_rows()
+    rows[0].update(patient_id="p1", label="")
+    sheet = _predict_cohort(tmp_path, base_config, rows)["new"]
+    assert sheet["label"].tolist()[0] == ""
+    assert "cohort new: 1 patient(s) also in a train cohort (p1)" in caplog.text
+
+
+def test_same_content_is_found_from_the_last_mebibyte_and_for_a_pair_of_unique_size(
+    tmp_path, base_config
+):
+    """slide_fingerprint hashes the first and the last MiB: two scans whose first MiB agree
+    (a long shared header) but whose tails differ are two slides; a copy is caught also when
+    it and its original are the only files of their size."""
+    from gigamil.cohorts import slide_fingerprint
+
+    head = bytes(range(256)) * 4096  # 1 MiB, the same in both files
+    (tmp_path / "a.svs").write_bytes(head + b"\1" * (2 << 20))
+    (tmp_path / "b.svs").write_bytes(head + b"\2" * (2 << 20))
+    assert slide_fingerprint(tmp_path / "a.svs") != slide_fingerprint(tmp_path / "b.svs")
+    rows, others = good_rows(), other_rows()
+    for i, r in enumerate(rows + others):  # distinct files of distinct sizes
+        (tmp_path / r["path"]).write_bytes(bytes([i]) * ((1 << 20) + 1000 * i))
+    (tmp_path / "copy.svs").write_bytes((tmp_path / "s3.svs").read_bytes())
+    others[1]["path"] = "copy.svs"  # the only other file of s3.svs's size
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, rows, touch=False))},
+        "b": {"sheet": str(write_sheet(tmp_path, others, "b.csv", touch=False))},
+    }
+    cfg["cohorts"]["b"]["role"] = "external"
+    with pytest.raises(ConfigError, match=r"a/s3 \(s3.svs\), b/xs2 \(copy.svs\) have the same"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_a_class_seen_only_in_an_external_cohort_is_refused(tmp_path, base_config):
+    """The models learn the classes of the train cohorts only: a class that only an external
+    cohort has would be an output never trained on, whatever the external sheet holds."""
+    cfg = copy.deepcopy(base_config)
+    cfg["classes"] = ["normal", "lesion", "itc"]
+    ext = other_rows()
+    ext[2]["label"] = "itc"
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, good_rows()))},
+        "e": {"sheet": str(write_sheet(tmp_path, ext, "e.csv")), "role": "external"},
+    }
+    with pytest.raises(ConfigError, match=r"classes: 'itc' has no slide in the train cohort"):
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)

@@ -308,3 +308,54 @@ def test_warning_when_a_foundation_model_has_no_weights(base_config):
     assert "hf-hub:MahmoodLab/UNI" in msg
     cfg["model"]["weights"] = "hf-hub:MahmoodLab/UNI"
     assert config_warnings(validate_config(cfg)) == []
+
+
+def test_command_line_strings_of_a_cohort_are_read_as_typed(base_config):
+    """`--config 'cohorts={"ext": {"sheet": "e.csv", "mpp": "0.25"}}'` passes a cohort's values
+    as strings too: a cohort's keys (the schema's additionalProperties) are read as typed, like
+    the keys of the named sections, not refused as "not of type 'number'"."""
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"]["ext"] = {
+        "sheet": "e.csv",
+        "role": "external",
+        "mpp": "0.25",
+        "allow_patient_overlap": "true",
+    }
+    out = validate_config(cfg)["cohorts"]["ext"]
+    assert out["mpp"] == 0.25 and out["allow_patient_overlap"] is True
+
+
+def test_an_empty_nested_section_takes_its_defaults(base_config):
+    """`early_stopping:` (or `tissue:`) with every key commented out is YAML's null inside a
+    section: its defaults apply, as for an empty top-level section."""
+    cfg = copy.deepcopy(base_config)
+    cfg["training"] = {**cfg["training"], "early_stopping": None, "augment": None}
+    cfg["preprocessing"] = {"tissue": None, "patches": cfg["preprocessing"]["patches"]}
+    out = validate_config(cfg)
+    defaults = validate_config({"cohorts": cfg["cohorts"]})
+    assert out["training"]["early_stopping"] == defaults["training"]["early_stopping"]
+    assert out["training"]["augment"] == defaults["training"]["augment"]
+    assert out["preprocessing"]["tissue"] == defaults["preprocessing"]["tissue"]
+
+
+def test_warning_when_min_epochs_equals_epochs(base_config):
+    """min_epochs == epochs leaves early stopping nothing to choose either (the docstring's
+    "with the two equal" case): the warning is given, and not one epoch below."""
+    cfg = copy.deepcopy(base_config)
+    cfg["training"] = {**cfg["training"], "epochs": 20}
+    cfg["training"]["early_stopping"] = {**cfg["training"]["early_stopping"], "min_epochs": 20}
+    (msg,) = config_warnings(validate_config(cfg))
+    assert "min_epochs (20) >= training.epochs (20)" in msg
+    cfg["training"]["early_stopping"]["min_epochs"] = 19
+    assert config_warnings(validate_config(cfg)) == []
+
+
+def test_check_slide_id_refuses_names_that_leave_their_folder():
+    """Every writer of per-slide files calls check_slide_id: an id like ``../x`` or ``/abs``
+    would write outside its results folder."""
+    from gigamil.config import check_slide_id
+
+    assert check_slide_id("s1.a-b_c") == "s1.a-b_c"
+    for bad in ("../x", "/tmp/abs", "..", ".", "a/b", "has space", "s1\n"):
+        with pytest.raises(ConfigError, match="is not a safe file name"):
+            check_slide_id(bad)

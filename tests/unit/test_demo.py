@@ -183,3 +183,17 @@ def test_demo_refuses_to_replace_a_cohort_without_overwrite(tmp_path, capsys):
     assert f"OUTDIR {out} already holds a cohort" in capsys.readouterr().err
     assert (out / "sheet.csv").read_bytes() == before
     assert main([*args, "--seed", "5", "--overwrite"]) == 0
+
+
+def test_every_demo_slide_is_its_own_scan(cohort):
+    """Each slide draws its own layout, stain and lesions ([seed, 2, patient, slide]): two
+    slides of a patient that were one image under two ids (their TIFFs differ only in the
+    description, so no check of the workflow would notice) would be one slide counted twice."""
+    _, sheet = cohort
+    images = set()
+    for path in sheet["path"]:
+        with openslide.OpenSlide(path) as slide:
+            level = slide.level_count - 1
+            rgb = slide.read_region((0, 0), level, slide.level_dimensions[level]).convert("RGB")
+        images.add(np.asarray(rgb).tobytes())
+    assert len(images) == len(sheet)

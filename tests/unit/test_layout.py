@@ -205,3 +205,21 @@ def test_report_categories_are_numbered_without_gaps() -> None:
         cats = layout.report_categories(cfg, ["a"], external, [])
         assert cats["heatmaps"] == "2. Heatmaps" and cats["cv"] == "1. Cross-validation"
         assert not cats["ensembles"][0].isdigit()
+
+
+def test_lesion_masks_do_not_depend_on_the_order_of_the_sheet():
+    """The lesion masks are rule params (localisation, heatmaps) and inputs: sorted by slide_id,
+    so a user who sorts the sheet by label or patient reruns no job."""
+    sheet = pd.DataFrame({"slide_id": ["b", "a", "c"], "lesion_mask": ["m/b.png", "m/a.png", ""]})
+    for cohort in ({}, {"demo": True}):
+        forward = layout.lesion_masks(cohort, sheet)
+        backward = layout.lesion_masks(cohort, sheet.iloc[::-1].reset_index(drop=True))
+        assert repr(forward) == repr(backward)
+        assert list(forward) == sorted(forward)
+    assert layout.lesion_masks({}, sheet) == {"a": "m/a.png", "b": "m/b.png"}
+
+
+def test_heatmap_slides_keeps_every_listed_slide(sheets):
+    """heatmaps.slides: [a, c]: a heatmap for each, in cohort and sheet order."""
+    assert layout.heatmap_slides(["c", "a"], sheets, ["tr", "ex"]) == [("tr", "a"), ("ex", "c")]
+    assert layout.heatmap_slides(["b", "a"], sheets, ["tr"]) == [("tr", "a"), ("tr", "b")]

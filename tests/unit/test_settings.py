@@ -241,3 +241,31 @@ def test_rule_params_do_not_depend_on_the_order_of_the_keys(path: tuple[str, ...
     # a partial section keeps the same relative order; a key the schema lacks goes last
     partial = {"zz_extra": 1, **{k: shipped[k] for k in reversed(list(shipped)[:3])}}
     assert list(ordered_params(path, partial)) == [*list(shipped)[:3], "zz_extra"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("bags_per_step", 2),
+        ("replicates", 2),
+        ("replicate_validation", "rotate"),
+        ("recalibrate_every", 2),
+        ("warmup_epochs", 2),
+        ("ema_decay", 0.99),
+    ],
+)
+def test_every_key_that_changes_training_is_in_the_resume_signature(key, value) -> None:
+    """A fold resumes last.pt (and rule train_fold is not rerun) only under the same signature:
+    a key that changes what is trained, at a value other than the one that trained as before
+    the key existed, must be in it, or the folds keep the models of the old value. Only these
+    four keys change where, how fast or what is logged (the list is written out here: the test
+    above derives it from the class constants, so it could not catch a key added to them)."""
+    assert set(TrainingConfig.LOG_ONLY_KEYS) | set(TrainingConfig.EXECUTION_KEYS) == {
+        "tensorboard",
+        "compile",
+        "device",
+        "max_instances_per_forward_pass",
+    }
+    sig = TrainingConfig.from_dict({key: value}).resume_signature()
+    assert sig[key] == value
+    assert sig != TrainingConfig().resume_signature()

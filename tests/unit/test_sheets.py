@@ -435,3 +435,15 @@ def test_a_sheet_in_the_windows_encoding_says_which_line_and_how_to_save_it(tmp_
     message = str(err.value)
     assert "line 2 is not UTF-8 text (byte 0xf4 at column 22, 'ô' in the Windows" in message
     assert "'CSV UTF-8 (Comma delimited)'" in message
+
+
+def test_a_label_in_other_case_is_suggested_however_far_its_spelling(tmp_path):
+    """'LESION' differs from 'lesion' only in case, but too much for difflib's spelling match:
+    the hint must still name the class."""
+    rows = good_rows()
+    rows[2]["label"] = "LESION"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(
+        ConfigError, match=r"label 'LESION' is not one of .*did you mean 'lesion'\?"
+    ):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
