@@ -418,3 +418,21 @@ def test_a_class_seen_only_in_an_external_cohort_is_refused(tmp_path, base_confi
     }
     with pytest.raises(ConfigError, match=r"classes: 'itc' has no slide in the train cohort"):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
+
+
+def test_slide_paths_that_are_folders_are_named_not_a_traceback(tmp_path, base_config):
+    """Two rows naming folders (e.g. DICOM series): every folder has the same size, so they
+    looked like copies and fingerprinting one raised IsADirectoryError, a traceback. Now the
+    sheet names them."""
+    rows = good_rows()
+    for row in rows[:2]:
+        (tmp_path / f"{row['slide_id']}_dir").mkdir()
+        row["path"] = f"{row['slide_id']}_dir"
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows))}}
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    text = str(err.value)
+    assert "2 path(s) are folders, not files" in text and "for DICOM one .dcm file" in text
+    assert f"slide file {rows[0]['slide_id']}_dir" in text
+    assert "same content" not in text and "copies" not in text

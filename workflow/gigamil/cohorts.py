@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import pandas as pd
@@ -101,16 +102,19 @@ def slide_fingerprint(path: Path) -> tuple[int, str] | None:
             if size > FINGERPRINT_BYTES:
                 fh.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
                 digest.update(fh.read(FINGERPRINT_BYTES))
-    except FileNotFoundError:  # generated later (demo cohorts); checked when it exists
+    except OSError:  # generated later (demo cohorts), or not a file: the sheet check says so
         return None
     return size, digest.hexdigest()
 
 
 def _file_size(path: str) -> int | None:
+    """The byte size of a regular, non-empty file (empty: not a slide, the reader says so; a
+    folder: the sheet check says so); None otherwise."""
     try:
-        return Path(path).stat().st_size or None  # empty: not a slide (the reader says so)
+        stat = Path(path).stat()
     except OSError:  # generated later (demo cohorts); checked when it exists
         return None
+    return stat.st_size if S_ISREG(stat.st_mode) and stat.st_size else None
 
 
 def _check_same_content(allr: pd.DataFrame) -> None:

@@ -257,9 +257,12 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
     files = [(i, s, "slide file", p) for i, (s, p) in enumerate(zip(ids, df["path"], strict=True))]
     files += [(i, s, "lesion mask", masks[s]) for i, s in enumerate(ids) if s in masks]
     missing: list[str] = []
+    folders: list[str] = []
     for i, slide_id, what, p in files:
         full = sheet_slide_path(p, base)
-        if not full.exists():
+        if full.is_dir():
+            folders.append(f"  line {sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p}")
+        elif not full.exists():
             where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
             other = _other_suffix(full)
             where += f"; did you mean {other.name}?" if other is not None else ""
@@ -271,4 +274,10 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
             f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
             "working directory: snakemake's --directory, else where it runs):\n"
             + "\n".join(listed(missing))
+        )
+    if folders:
+        raise ConfigError(
+            f"{path}: {len(folders)} path(s) are folders, not files (name the slide file: for "
+            "MIRAX the .mrxs beside its folder, for DICOM one .dcm file of the series):\n"
+            + "\n".join(listed(folders))
         )
