@@ -236,6 +236,35 @@ def test_a_whole_number_has_one_form_per_key(base_config):
     assert repr(validate_config(base_config)) == repr(shipped)  # the shipped file: unchanged
 
 
+def test_a_whole_number_of_a_key_of_several_types_has_one_form(base_config):
+    """Keys of ``oneOf`` types had no ``type`` for the canonicalisation to read: ``threshold:
+    20.0`` and ``20`` made different params (every mask redone), and ``trainable_blocks: 2.0``
+    passed the schema, then was refused as not an integer."""
+    cfg = copy.deepcopy(base_config)
+    cfg["preprocessing"]["tissue"] |= {"threshold": 20.0}
+    cfg["model"] = {**cfg.get("model", {}), "encoder": "resnet18", "trainable_blocks": 2.0}
+    out = validate_config(cfg)
+    assert type(out["preprocessing"]["tissue"]["threshold"]) is int
+    assert type(out["model"]["trainable_blocks"]) is int and out["model"]["trainable_blocks"] == 2
+    cfg["preprocessing"]["tissue"]["threshold"] = 20.5  # not whole: as written
+    assert validate_config(cfg)["preprocessing"]["tissue"]["threshold"] == 20.5
+    cfg["preprocessing"]["tissue"]["threshold"] = "otsu"
+    assert validate_config(cfg)["preprocessing"]["tissue"]["threshold"] == "otsu"
+
+
+def test_nan_and_infinite_numbers_are_refused_by_key(base_config):
+    """YAML's .nan and .inf pass the schema's bounds (nan > 0 and nan <= 0 are both false):
+    a cohort's ``mpp: .nan`` was accepted and then ignored (the scanner's MPP used), a
+    ``patches.mpp: .inf`` reached the jobs."""
+    cfg = copy.deepcopy(base_config)
+    cfg["preprocessing"]["patches"]["mpp"] = float("inf")
+    next(iter(cfg["cohorts"].values()))["mpp"] = float("nan")
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert "preprocessing.patches.mpp: inf is not a finite number" in str(err.value)
+    assert f"cohorts.{next(iter(cfg['cohorts']))}.mpp: nan is not a finite number" in str(err.value)
+
+
 def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

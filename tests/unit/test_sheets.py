@@ -447,3 +447,14 @@ def test_a_label_in_other_case_is_suggested_however_far_its_spelling(tmp_path):
         ConfigError, match=r"label 'LESION' is not one of .*did you mean 'lesion'\?"
     ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_an_infinite_mpp_is_not_a_number(tmp_path):
+    """'inf' and '1e400' parse as floats: loaded as an infinite MPP, they were refused later with
+    a garbled message ("infx finer"). They are named here, as any other mpp that is no number."""
+    rows = good_rows()
+    rows[0]["mpp"], rows[1]["mpp"] = "inf", "1e400"
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match=r"2 mpp values are not numbers") as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    assert "mpp 'inf'" in str(err.value) and "mpp '1e400'" in str(err.value)

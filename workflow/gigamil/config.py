@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import re
 from collections.abc import Iterator, Mapping
 from copy import deepcopy
@@ -83,20 +84,37 @@ def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> N
     (``epochs: 48.0`` → 48; ``range()`` and tensor sizes need one); a ``number`` key's whole
     number takes the form of the key's default: a float where the default is a whole float
     (``mask_mpp`` 8 → 8.0, default 8.0), else an int (``cv.val_fraction`` 0.0 → 0, default
-    0.2). The shipped config.yaml is written in these forms, so its params are unchanged."""
+    0.2); a key of several types (``oneOf``) by the types of its choices
+    (``trainable_blocks: 2.0`` → 2, ``threshold: 20.0`` → 20). The shipped config.yaml is
+    written in these forms, so its params are unchanged."""
     for parent, key, value, sub in _schema_leaves(schema, instance):
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if not (isinstance(value, int) or value.is_integer()):
             continue
-        types = sub.get("type")
-        types = types if isinstance(types, list) else [types]
+        types = [sub.get("type")]  # and those of a oneOf/anyOf's choices (trainable_blocks)
+        types += [alt.get("type") for alt in sub.get("oneOf", []) + sub.get("anyOf", [])]
+        types = [t for ts in types for t in (ts if isinstance(ts, list) else [ts])]
         default = sub.get("default")
         if "integer" in types:
             parent[key] = int(value)
         elif "number" in types:
             whole_float = isinstance(default, float) and default.is_integer()
             parent[key] = float(value) if whole_float else int(value)
+
+
+def _non_finite(instance: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """``(dotted key, value)`` of every NaN or infinite number in ``instance`` (YAML's ``.nan``,
+    ``.inf``), nested mappings and lists included: the schema's bounds let them through
+    (``nan > 0`` is false, so is ``nan <= 0``)."""
+    for key, value in instance.items():
+        name = f"{prefix}{key}"
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, Mapping):
+                yield from _non_finite(v, f"{name}.")
+            elif isinstance(v, float) and not math.isfinite(v):
+                yield name, v
 
 
 def _empty_sections_to_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
@@ -170,7 +188,8 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     _coerce_strings(schema, cfg)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
-    if found := list(dict.fromkeys(describe_error(e, schema) for e in errors)):
+    found = [f"{k}: {v} is not a finite number" for k, v in _non_finite(cfg)]  # .nan passes
+    if found := found + list(dict.fromkeys(describe_error(e, schema) for e in errors)):
         from gigamil.sheet_csv import raise_problems  # it imports this module
 
         raise_problems(source, found, "problems in the configuration")  # all in one round

@@ -117,6 +117,7 @@ def _set_mpp(df: pd.DataFrame, path: Path, cohort_mpp: float | None) -> None:
     first, so the schema check still judges the other values (a ``-1`` beside an ``abc``)."""
     raw = df["mpp"] if "mpp" in df.columns else pd.Series("", index=df.index)
     mpp = pd.to_numeric(raw.replace("", None), errors="coerce").astype(float)
+    mpp = mpp.where(mpp.abs() != float("inf"))  # 'inf', '1e400': not a resolution either
     bad = raw.ne("") & mpp.isna()
     df["mpp"] = mpp if cohort_mpp is None else mpp.fillna(float(cohort_mpp))
     if not bad.any():
