@@ -197,7 +197,11 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     _canonical_numbers(schema, cfg)
     roles = [c["role"] for c in cfg["cohorts"].values()]
     if "train" not in roles:
-        raise ConfigError(f"{source}: cohorts: at least one cohort needs role: train")
+        raise ConfigError(
+            f"{source}: cohorts: at least one cohort needs role: train (the workflow trains the "
+            "models it predicts with; to predict with model.pt files trained elsewhere, use "
+            "gigamil predict and gigamil ensemble: README, 'Sharing trained models')"
+        )
     for name in cfg["cv"]["stratify_by"]:
         if name == "label":  # the folds always balance it
             raise ConfigError(

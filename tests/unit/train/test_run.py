@@ -412,6 +412,12 @@ def test_predict_warns_when_the_store_is_of_another_slide(
         f"slide renamed: its store {row['store'].iloc[0]} was extracted from slide {recorded}"
         in (caplog.text)
     )
+    # two stores swapped: each slide would be predicted, and scored, as the other: an error
+    two = val.head(2).copy()
+    two["store"] = two["store"].iloc[::-1].to_numpy()
+    with pytest.raises(GigamilError, match="was extracted from slide .* are stores swapped"):
+        predict_slides(model_path, two, None, tmp_path / "b", device="cpu")
+    assert not (tmp_path / "b").exists()
 
 
 def test_model_records_its_slides_and_predict_names_those_it_has_seen(

@@ -384,6 +384,37 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     # a file that is not a prediction CSV: its own error, without the --slide-id hint
     assert main([*args, "--predictions", str(tmp_path / "a.npy")]) == 2
     assert "--slide-id" not in capsys.readouterr().err
+    # two models' attention beside one model's predictions: the title's probability and the
+    # map are of other models (a colleague's mix-up); said, not silent
+    two = [*args[:5], str(tmp_path / "a.npy"), *args[5:], "--predictions", str(tmp_path / "p.csv")]
+    assert main(two) == 0
+    assert "2 --attention file(s) beside predictions of 1 model(s)" in capsys.readouterr().err
+    assert "1 fold model (fold 2)" in Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
+    assert main([*args, "--predictions", str(tmp_path / "p.csv")]) == 0
+    assert "--attention file(s) beside" not in capsys.readouterr().err
+
+
+def test_a_moved_slide_file_is_drawn_on_grey_with_a_hint(
+    write_store, row_major_grid, tmp_path, caplog
+):
+    """The store's source_path no longer exists (slides moved, or a colleague's machine): the
+    warning says how to draw on the slide anyway (--slide)."""
+    store = write_store(
+        tmp_path / "s.zarr",
+        np.zeros((2, 8, 8, 3), np.uint8),
+        row_major_grid(2, 2),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[400, 300],
+        slide_mpp=0.5,
+        source_path=str(tmp_path / "moved" / "slide.tiff"),
+    )
+    with caplog.at_level(logging.WARNING):
+        make_heatmap(store, np.array([0.5, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=64))
+    assert (
+        "slide.tiff is not a file (moved?); drawing on grey; give the slide file with --slide"
+        in (caplog.text)
+    )
 
 
 def test_heatmap_style_refuses_an_opacity_outside_0_1():

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{exc} (the id recorded in the store {args.store}; if the predictions name the "
                 "slide otherwise, give that id with --slide-id)"
             ) from exc
+    if prediction is not None and prediction.n_models != len(args.attention):
+        _warn_model_counts(len(args.attention), prediction.n_models)
     normalize = args.normalize or ("probability" if prediction is not None else "relative")
     if normalize == "probability" and prediction is None:
         raise GigamilError("--normalize probability needs --predictions (the slide's probability)")
@@ -142,3 +144,19 @@ def _check_tissue_mask(path: str, attrs: dict) -> None:
         w, h = image_size(path)
         if problem := mask_shape_problem((h, w), tuple(dims), tuple(mpp_xy)):
             raise GigamilError(f"--tissue-mask {path}: {problem}")
+
+
+def _warn_model_counts(n_attention: int, n_models: int) -> None:
+    """A warning when the title's probability (the mean of ``n_models`` models' predictions)
+    and the map (the mean of ``n_attention`` attention files) are not of the same models."""
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "%d --attention file(s) beside predictions of %d model(s): the title's probability is "
+        "the mean of %d models, the map the mean attention of %d; give each fold model's "
+        "attention and predictions, or one fold's of each",
+        n_attention,
+        n_models,
+        n_models,
+        n_attention,
+    )

@@ -15,6 +15,7 @@ from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
+from gigamil.fileutil import zarr_attributes
 from gigamil.logutil import current_context, log_context
 from gigamil.splits import shared_store
 from gigamil.train.accel import prepare_model
@@ -289,7 +290,8 @@ def _check_slide_ids(slides: pd.DataFrame) -> None:
     """Before any work: the ids name the attention files, so each must be a safe file name
     and listed once (a second row would overwrite the first's attention file), and no store
     may stand in two rows (two slides given the same patches: one of them is predicted from
-    another slide's tissue)."""
+    another slide's tissue) or be cut from another listed slide (stores swapped). A store
+    cut from a slide of another id not in the table is a warning (:func:`_open_slide`)."""
     for slide_id in slides["slide_id"]:
         check_slide_id(slide_id)
     ids = slides["slide_id"].astype(str)
@@ -303,6 +305,14 @@ def _check_slide_ids(slides: pd.DataFrame) -> None:
             f"slides to predict: slides {', '.join(ids[same])} have the same store "
             f"{slides['store'][same].iloc[0]}: give each slide its own store"
         )
+    for slide_id, store in zip(ids, slides["store"], strict=True):  # a store cut from another
+        cut_from = str((zarr_attributes(store) or {}).get("slide_id", slide_id))  # listed one
+        if cut_from != slide_id and cut_from in set(ids):
+            raise GigamilError(
+                f"slides to predict: slide {slide_id}'s store {store} was extracted from slide "
+                f"{cut_from}, another slide of this table: are stores swapped? Each would be "
+                "predicted (and scored) under the other's id and label"
+            )
 
 
 def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides

@@ -8,6 +8,7 @@ level-0 pixel).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,39 @@ def slide_thumbnail(
         except Exception as exc:  # noqa: BLE001 - a heatmap without background beats none
             log.warning("%s: no thumbnail (%s); drawing on grey", slide_path, exc)
     return np.full((size[1], size[0], 3), 230, dtype=np.uint8)
+
+
+def resolve_slide_path(
+    slide_path: str | Path | None, attrs: Mapping[str, Any]
+) -> str | Path | None:
+    """The slide file for the thumbnail: ``slide_path``, else the store's recorded
+    ``source_path`` when that file exists and has the size the store recorded
+    (``source_size``; None: draw on grey, with a warning when the file was replaced since the
+    patches were cut: the attention would be drawn over other tissue)."""
+    if slide_path is not None:
+        return slide_path
+    source = attrs.get("source_path")
+    if source and Path(str(source)).is_file():
+        recorded, size = int(attrs.get("source_size") or 0), Path(str(source)).stat().st_size
+        if recorded > 0 and size != recorded:  # 0 / -1: not recorded (older or unreadable)
+            log.warning(
+                "the store's source_path %s is not the file its patches were cut from (%d "
+                "bytes, the store recorded %d): drawing on grey; extract the slide again, or "
+                "give the original file (--slide)",
+                source,
+                size,
+                recorded,
+            )
+            return None
+        log.info("thumbnail from the store's source_path %s", source)
+        return str(source)
+    if source:
+        log.warning(
+            "the store's source_path %s is not a file (moved?); drawing on grey; give the slide "
+            "file with --slide (gigamil heatmap) to draw on it",
+            source,
+        )
+    return None
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -36,7 +36,7 @@ from gigamil.evaluate.lesion_mask import read_binary_mask
 from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
-from gigamil.viz.canvas import attention_canvas, slide_thumbnail
+from gigamil.viz.canvas import attention_canvas, resolve_slide_path, slide_thumbnail
 from gigamil.viz.figures import patch_width, render_gallery, render_overlay
 from gigamil.viz.geojson import patches_geojson, write_geojson
 from gigamil.viz.scales import ColourScale, scale_attention
@@ -98,35 +98,6 @@ def weight_name(pool: str) -> str:
     ``model.pool: instance`` (each patch's P(positive) divided by the slide's sum), else
     ``attention`` (softmax attention weights)."""
     return "patch probability" if pool == "instance" else "attention"
-
-
-def resolve_slide_path(
-    slide_path: str | Path | None, attrs: Mapping[str, Any]
-) -> str | Path | None:
-    """The slide file for the thumbnail: ``slide_path``, else the store's recorded
-    ``source_path`` when that file exists and has the size the store recorded
-    (``source_size``; None: draw on grey, with a warning when the file was replaced since the
-    patches were cut: the attention would be drawn over other tissue)."""
-    if slide_path is not None:
-        return slide_path
-    source = attrs.get("source_path")
-    if source and Path(str(source)).is_file():
-        recorded, size = int(attrs.get("source_size") or 0), Path(str(source)).stat().st_size
-        if recorded > 0 and size != recorded:  # 0 / -1: not recorded (older or unreadable)
-            log.warning(
-                "the store's source_path %s is not the file its patches were cut from (%d "
-                "bytes, the store recorded %d): drawing on grey; extract the slide again, or "
-                "give the original file (--slide)",
-                source,
-                size,
-                recorded,
-            )
-            return None
-        log.info("thumbnail from the store's source_path %s", source)
-        return str(source)
-    if source:
-        log.warning("the store's source_path %s is not a file; drawing on grey", source)
-    return None
 
 
 def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
