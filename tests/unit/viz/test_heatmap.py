@@ -197,6 +197,22 @@ def test_cli_heatmap_averages_attention_files(grid_slide, tmp_path, capsys):
 # --- colour scales that compare across slides, titles, gallery, seams, thumbnails ---------------
 
 
+def _spy_kwargs(monkeypatch, name: str) -> dict:
+    """The keyword arguments gigamil.viz.heatmap's ``name`` (render_overlay, render_gallery) is
+    called with from now on (the call still runs)."""
+    import gigamil.viz.heatmap as hm
+
+    seen: dict = {}
+    real = getattr(hm, name)
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hm, name, spy)
+    return seen
+
+
 def _prediction(slide_id: str, p_lesion: float, label: str, n_models: int = 6) -> SlidePrediction:
     return SlidePrediction(
         slide_id=slide_id,
@@ -586,16 +602,7 @@ def test_overlay_boxes_are_numbered_as_the_gallery_and_the_scale_bar_is_in_thumb
     """The overlay's magenta boxes carry the gallery's numbers (#1 = highest) on the top
     patches' corners, and its scale bar gets µm per *thumbnail* pixel (level-0 µm/px over the
     thumbnail's scale): 0.5 µm/px at half size is 1 µm per thumbnail pixel."""
-    import gigamil.viz.heatmap as hm
-
-    seen = {}
-    real = hm.render_overlay
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hm, "render_overlay", spy)
+    seen = _spy_kwargs(monkeypatch, "render_overlay")
     store = tmp_path / "m.zarr"
     coords, _ = grid_slide.write(store)  # 552 x 408 level-0 px at 0.5 µm/px
     att = np.zeros(len(coords), np.float32)
@@ -629,16 +636,7 @@ def test_a_store_without_slide_dimensions_is_drawn_on_the_patches_extent(write_s
 def test_gallery_frames_only_patches_at_least_half_in_the_lesion(grid_slide, tmp_path, monkeypatch):
     """A patch is a lesion patch (cyan frame) with at least half its area in the lesion mask, as
     the localisation AUC counts them: one a quarter in the lesion is not framed."""
-    import gigamil.viz.heatmap as hm
-
-    seen = {}
-    real = hm.render_gallery
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hm, "render_gallery", spy)
+    seen = _spy_kwargs(monkeypatch, "render_gallery")
     store = tmp_path / "g.zarr"
     coords, _ = grid_slide.write(store)
     mask = np.zeros((51, 69), np.uint8)  # the 552 x 408 px slide at 8 level-0 px a mask pixel
@@ -663,16 +661,7 @@ def test_gallery_frames_only_patches_at_least_half_in_the_lesion(grid_slide, tmp
 def test_the_colour_bar_names_the_positive_class(grid_slide, tmp_path, monkeypatch):
     """Under the probability scale the colour bar reads ``P(<positive class>) × attention ...``
     with the prediction's class name, not a generic ``P(positive)``."""
-    import gigamil.viz.heatmap as hm
-
-    seen = {}
-    real = hm.render_overlay
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hm, "render_overlay", spy)
+    seen = _spy_kwargs(monkeypatch, "render_overlay")
     store = tmp_path / "c.zarr"
     coords, _ = grid_slide.write(store)
     att = np.full(len(coords), 1 / len(coords), np.float32)
