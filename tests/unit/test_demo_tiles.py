@@ -354,3 +354,19 @@ def test_a_rebuild_that_fails_halfway_leaves_no_sheet(tmp_path, monkeypatch):
         demo_tiles.make_tile_cohort(out, tiles=folder, seed=1, n_patients=2, slides_per_patient=1)
     assert not (out / "sheet.csv").exists()
     assert main(["demo", str(out), "--tiles", str(folder), "--patients", "2"]) == 0  # no refusal
+
+
+def test_draws_of_other_seeds_take_other_tiles_and_masks_carry_the_tile_mpp(tmp_path):
+    """The benchmark's draws (seeds 0, 1, ...) are other cohorts of the same folder: each seed
+    shuffles the pool itself, so two draws share few tiles (not the same first tiles of one
+    fixed order with another layout); the lesion mask's sidecar gives the tiles' µm/px."""
+    folder = _tile_folder(tmp_path / "tiles", n_normal=200, n_tumour=60)
+    kw = dict(n_patients=2, slides_per_patient=1, tiles_per_slide=(10, 12), tile_mpp=0.5)
+    used = []
+    for seed in (0, 1):
+        sheet = demo_tiles.make_tile_cohort(tmp_path / f"s{seed}", tiles=folder, seed=seed, **kw)
+        used.append(set(pd.read_csv(tmp_path / f"s{seed}" / "tiles.csv")["sha256"]))
+    shared = len(used[0] & used[1])
+    assert shared <= min(map(len, used)) // 4, f"{shared} of about 22 tiles in both draws"
+    lesion = sheet.loc[sheet["label"] == "lesion", "lesion_mask"].iloc[0]
+    assert load_lesion_mask(lesion)[1] == pytest.approx(0.5 * 16)

@@ -291,3 +291,227 @@ def test_a_draw_reads_the_class_balance_of_its_predictions(bench, tmp_path):
     note = bench.one_class_note(got["predicted"], ["normal", "lesion"])
     assert "every slide predicted normal (none lesion)" in note
     assert bench.one_class_note({"normal": 2, "lesion": 2}, ["normal", "lesion"]) == ""
+
+
+def _coloured_tiles(root: Path, n_normal: int, n_tumour: int, px: int = 32) -> Path:
+    """A labelled tile folder of noisy pink (normal) and purple (tumour) ``px``-px PNGs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, n, colour in (("0", n_normal, (200, 120, 180)), ("1", n_tumour, (120, 60, 160))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = np.clip(np.array(colour) + rng.normal(0, 12, (px, px, 3)), 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(root / label / f"{i:03d}.png")
+    return root
+
+
+def test_the_paired_difference_resamples_patients(bench):
+    """The draw's interval is the patient bootstrap (a patient's slides resampled together),
+    not a bootstrap of slides, which treats a patient's two slides as two patients."""
+    from gigamil.evaluate.metrics import paired_auc_difference
+
+    rng = np.random.default_rng(1)
+    ids = [f"s{i}" for i in range(24)]
+    patients = [f"p{i // 3}" for i in range(24)]  # 8 patients of 3 slides
+    y = np.array([(i // 3) % 2 for i in range(24)])
+    ours = pd.DataFrame(
+        {"slide_id": ids, "patient_id": patients, "prob_lesion": y + rng.normal(size=24)}
+    )
+    theirs = 0.5 * y + rng.normal(size=24)
+    per_slide = [
+        {"slide_id": s, "label": int(t), "score": b} for s, t, b in zip(ids, y, theirs, strict=True)
+    ]
+    got = bench.paired_with_baseline(ours, "prob_lesion", per_slide[::-1], "draw")
+    want = paired_auc_difference(y, ours["prob_lesion"].to_numpy(), theirs, groups=patients)
+    assert got == want  # the same computation on the same slides in the same order
+    by_slide = paired_auc_difference(y, ours["prob_lesion"].to_numpy(), theirs)
+    assert got["ci"] != pytest.approx(by_slide["ci"])
+
+
+def test_the_summary_takes_each_figure_from_its_own_method(bench, tmp_path):
+    """Every mean in the record's summary comes from its own field of the draws: the
+    baseline's figures from the baseline, the training losses from every model of every draw,
+    the difference from each draw's paired difference."""
+    args = bench.parse_args(["--draws", "2", "--out", str(tmp_path / "r.json")])
+
+    def draw(seed, k):
+        return {
+            "seed": seed,
+            "gigamil": {
+                "oof_auc": 0.90 + k,
+                "balanced_accuracy": 0.80 + k,
+                "localization_auc": 0.85 + k,
+                "wall_seconds": 100.0 + 10 * k,
+                "folds": [{"final_train_loss": 0.30 + k}, {"final_train_loss": 0.50 + k}],
+            },
+            "baseline": {"oof_auc": 0.60 + k, "localization_auc": 0.55 + k},
+            "gigamil_minus_baseline": {"difference": 0.25 + k},
+        }
+
+    summary = bench.write_result(args, [], {}, {}, [draw(0, 0.0), draw(1, 0.02)])
+    mean = {key: stat["mean"] for key, stat in summary.items()}
+    assert mean == pytest.approx(
+        {
+            "gigamil_oof_auc": 0.91,
+            "gigamil_balanced_accuracy": 0.81,
+            "gigamil_localization_auc": 0.86,
+            "gigamil_wall_seconds": 100.1,
+            "gigamil_final_train_loss": 0.41,
+            "baseline_oof_auc": 0.61,
+            "baseline_localization_auc": 0.56,
+            "oof_auc_difference": 0.26,
+        }
+    )
+    assert summary["gigamil_final_train_loss"]["n"] == 4  # 2 models x 2 draws
+    assert summary["baseline_oof_auc"]["sd"] == pytest.approx(np.std([0.60, 0.62], ddof=1))
+    record = json.loads(args.out.read_text())
+    assert [d["baseline"]["oof_auc"] for d in record["draws"]] == [0.60, 0.62]
+
+
+def test_each_replicate_of_a_fold_is_a_model_of_its_own(bench, tmp_path):
+    """With training.replicates > 1 a fold's train_log.csv holds every member: each gets its
+    own final loss, not the last rows of the log whichever member they belong to."""
+    res = tmp_path / "results"
+    ev = res / "eval" / bench.EXPERIMENT
+    ev.mkdir(parents=True)
+    (ev / "summary.json").write_text(json.dumps({"oof_auc": 0.9}))
+    pd.DataFrame({"slide_id": ["a", "b"], "pred": ["normal", "lesion"]}).to_csv(
+        ev / "per_slide_predictions.csv", index=False
+    )
+    (res / "splits" / bench.EXPERIMENT).mkdir(parents=True)
+    pd.DataFrame({"fold": [0, 0]}).to_csv(res / "splits" / bench.EXPERIMENT / "folds.csv")
+    fold = res / "models" / bench.EXPERIMENT / "fold0"
+    fold.mkdir(parents=True)
+    log = pd.DataFrame(
+        {
+            "replicate": [0, 0, 0, 1, 1],
+            "epoch": [1, 2, 3, 1, 2],
+            "best_epoch": [2, 2, 2, 1, 1],
+            "train_loss": [0.7, 0.5, 0.6, 0.8, 0.9],
+        }
+    )
+    log.to_csv(fold / "train_log.csv", index=False)
+    got = bench.collect_gigamil(tmp_path)["folds"]
+    assert got == [
+        {"fold": 0, "replicate": 0, "epochs": 3, "best_epoch": 2, "final_train_loss": 0.6,
+         "min_train_loss": 0.5},
+        {"fold": 0, "replicate": 1, "epochs": 2, "best_epoch": 1, "final_train_loss": 0.9,
+         "min_train_loss": 0.8},
+    ]  # fmt: skip
+
+
+def test_tile_coverage_matches_each_slides_tiles_to_its_own_patch_grid(
+    bench, tmp_path, finished_run
+):
+    """The 'tiles -> patches' fraction: a tile counts when its own slide has a patch at its
+    cell (row, col), not when another slide has one there, and every placed tile is in the
+    denominator."""
+    run = tmp_path / "run"
+    finished_run(tmp_path, run, bench.EXPERIMENT, bench.COHORT)
+    sheet = pd.read_csv(run / "sheet.csv")
+    assert bench.tile_coverage(run, sheet) == 1.0  # plain tissue tiles: every one a patch
+    tiles = pd.read_csv(run / "cohort" / "tiles.csv")
+    lost = tiles.iloc[[0]].assign(row=0, col=0)  # a cell on the empty border: no patch there
+    pd.concat([tiles, lost]).to_csv(run / "cohort" / "tiles.csv", index=False)
+    assert bench.tile_coverage(run, sheet) == pytest.approx(len(tiles) / (len(tiles) + 1))
+    # a tile of slide a listed under slide b, at a cell where b has no patch (a has one)
+    a, b = sheet["slide_id"][:2]
+    rows = list(zip(tiles.index, tiles.slide_id, tiles.row, tiles.col, strict=True))
+    cells_b = {(r, c) for _, s, r, c in rows if s == b}
+    moved = next(i for i, s, r, c in rows if s == a and (r, c) not in cells_b)
+    tiles.loc[moved, "slide_id"] = b
+    tiles.to_csv(run / "cohort" / "tiles.csv", index=False)
+    assert bench.tile_coverage(run, sheet) == pytest.approx((len(tiles) - 1) / len(tiles))
+
+
+def test_a_class_with_exactly_the_tiles_a_draw_needs_is_enough(bench, tmp_path):
+    """The supply check refuses only a draw that needs more tiles than there are: exactly
+    enough builds (the cohort builder's own rule)."""
+    from gigamil.demo_tiles import make_tile_cohort, tiles_needed
+
+    need = tiles_needed(2, n_patients=2, slides_per_patient=1, tiles_per_slide=(8, 10))
+    _coloured_tiles(tmp_path / "tiles", need[0], need[1])
+    flags = ["--tiles", str(tmp_path / "tiles"), "--patients", "2", "--slides-per-patient", "1"]
+    args = bench.parse_args([*flags, "--tiles-per-slide", "8", "10", "--seed", "2", "--draws", "1"])
+    bench.check_tile_supply(tmp_path / "tiles", (), args)
+    make_tile_cohort(
+        tmp_path / "c", seed=2, n_patients=2, slides_per_patient=1, tiles=tmp_path / "tiles",
+        tiles_per_slide=(8, 10),
+    )  # fmt: skip
+
+
+def test_a_run_builds_its_draws_at_the_tile_mpp_and_scores_the_lesion_class(
+    bench, tmp_path, monkeypatch
+):
+    """main() with the pipeline and the scoring stubbed: each draw's slides and patches are at
+    --tile-mpp (a user's tiles were silently taken as PatchCamelyon's 0.972 µm/px), the
+    baseline and the paired difference score the positive class, the demo's tiles are left
+    out, and the record holds every draw; an --out of other seeds is refused before a cohort
+    is built."""
+    import openslide
+
+    from gigamil.errors import GigamilError
+
+    tiles = _coloured_tiles(tmp_path / "tiles", 60, 20)
+    configs, positives = [], []
+
+    def pipeline(wd, config, cores):
+        configs.append(yaml.safe_load(Path(config).read_text()))
+        return 7.0
+
+    def baseline(wd, sheet, positive):
+        positives.append(positive)
+        return {"oof_auc": 0.7, "localization_auc": 0.6, "per_slide": []}
+
+    def compare(wd, baseline, positive):
+        positives.append(positive)
+        ahead = {"p_a_better": 0.925, "p_a_ahead": 0.9, "p_level": 0.05}
+        return {"difference": 0.2, "ci": [0.0, 0.4], **ahead}
+
+    gigamil = {
+        "oof_auc": 0.9,
+        "balanced_accuracy": 0.8,
+        "localization_auc": 0.85,
+        "folds": [{"final_train_loss": 0.2}],
+        "predicted": {"normal": 2, "lesion": 2},
+    }
+    monkeypatch.setattr(bench, "run_pipeline", pipeline)
+    monkeypatch.setattr(bench, "run_baseline", baseline)
+    monkeypatch.setattr(bench, "compare_oof", compare)
+    monkeypatch.setattr(bench, "collect_gigamil", lambda wd: dict(gigamil))
+    monkeypatch.setattr(bench, "tile_coverage", lambda wd, sheet: 1.0)
+    out, work = tmp_path / "r.json", tmp_path / "work"
+    argv = ["--tiles", str(tiles), "--tile-mpp", "0.5", "--patients", "4"]
+    argv += ["--slides-per-patient", "1", "--tiles-per-slide", "8", "10", "--seed", "5"]
+    argv += ["--draws", "2", "--workdir", str(work), "--out", str(out)]
+    from gigamil import tile_pool
+
+    demos = {t.sha256 for t in tile_pool.read_tile_pool(tiles)[::3]}  # stand-ins for the demo's
+    monkeypatch.setattr(tile_pool, "packaged_tile_hashes", lambda: demos)
+    out.write_text(json.dumps({"draws": [{"seed": 4}]}))
+    with pytest.raises(GigamilError, match="holds draw"):
+        bench.main(argv)
+    assert not work.exists() and not configs
+    out.unlink()
+    assert bench.main(argv) == 0
+    assert [c["preprocessing"]["patches"]["mpp"] for c in configs] == [0.5, 0.5]
+    assert [c["preprocessing"]["patches"]["patch_px"] for c in configs] == [32, 32]
+    for slide in sorted((work / "draw5" / "cohort" / "slides").glob("*.tiff"))[:1]:
+        with openslide.OpenSlide(slide) as s:
+            assert float(s.properties["openslide.mpp-x"]) == pytest.approx(0.5, abs=1e-4)
+    assert positives == ["lesion"] * 4
+    record = json.loads(out.read_text())
+    assert [d["seed"] for d in record["draws"]] == [5, 6] and record["draws_requested"] == 2
+    assert record["cohort"]["tile_mpp"] == 0.5
+    for seed in (5, 6):  # --exclude-packaged (the default): none of the demo's tiles
+        placed = set(pd.read_csv(work / f"draw{seed}" / "cohort" / "tiles.csv")["sha256"])
+        assert placed and not placed & demos
+
+
+def test_the_draw_line_reads_strictly_ahead_and_level_apart(bench):
+    """The console's "ahead" is the fraction strictly ahead, ties said apart; an older
+    record with only p_a_better says ties were counted half."""
+    d = {"p_a_better": 0.7, "p_a_ahead": 0.6, "p_level": 0.2}
+    assert bench.ahead_text(d) == "gigamil ahead in 60% of resamples, level in 20%"
+    assert "70% of resamples (ties counted half)" in bench.ahead_text({"p_a_better": 0.7})

@@ -203,6 +203,43 @@ def test_paired_auc_difference_rejects_bad_input():
         M.paired_auc_difference(np.array([0, 2]), np.zeros(2), np.zeros(2))
 
 
+def test_paired_auc_difference_resamples_a_patients_slides_together():
+    """The benchmark's interval is patient-level: with every patient's slides identical, the
+    patient bootstrap of 3 slides each is the row bootstrap of one slide each, draw for draw; a
+    bootstrap of slides (groups ignored) would treat 3 copies as 3 patients and narrow it."""
+    rng = np.random.default_rng(3)
+    k = 16
+    y = np.repeat([0, 1], k // 2)
+    a, b = y + rng.normal(size=k), 0.4 * y + rng.normal(size=k)
+    one = M.paired_auc_difference(y, a, b, n_boot=300, seed=2)
+    three = M.paired_auc_difference(
+        np.repeat(y, 3), np.repeat(a, 3), np.repeat(b, 3), groups=np.repeat(np.arange(k), 3),
+        n_boot=300, seed=2,
+    )  # fmt: skip
+    for key in ("difference", "ci", "p_a_better", "p_a_ahead", "p_level", "n_boot"):
+        assert three[key] == pytest.approx(one[key]), key
+    slides = M.paired_auc_difference(
+        np.repeat(y, 3), np.repeat(a, 3), np.repeat(b, 3), n_boot=300, seed=2
+    )
+    assert slides["ci"][1] - slides["ci"][0] < one["ci"][1] - one["ci"][0]
+
+
+def test_paired_auc_difference_skips_resamples_of_one_class_and_follows_level():
+    """On 4 slides many resamples hold one class: they have no AUC and are neither counted in
+    ``n_boot`` nor read as "not ahead"; the interval is the requested ``level``'s."""
+    y = np.array([0, 0, 1, 1])
+    right, wrong = np.array([0.1, 0.2, 0.8, 0.9]), np.array([0.9, 0.8, 0.2, 0.1])
+    out = M.paired_auc_difference(y, right, wrong, n_boot=400, seed=0)
+    assert 100 < out["n_boot"] < 400  # about 1 in 8 resamples has one class only
+    assert out["p_a_ahead"] == 1.0 and out["p_a_better"] == 1.0 and out["ci"] == [1.0, 1.0]
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    a, b = y + rng.normal(size=40), y + rng.normal(size=40)
+    wide = M.paired_auc_difference(y, a, b, n_boot=400, seed=0)["ci"]
+    narrow = M.paired_auc_difference(y, a, b, n_boot=400, seed=0, level=0.5)["ci"]
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
+
+
 def test_a_patient_is_scored_by_the_mean_probability_of_their_slides():
     preds = pd.DataFrame(
         {
