@@ -230,3 +230,21 @@ def test_localisation_reads_each_slides_own_mask_and_counts_half_lesion_patches(
         assert per_slide.loc[s, "localization_auc"] == pytest.approx(binary_auc(truth, scores[s]))
     assert out["localization_n_slides"] == len(lesion) == 4
     assert per_slide.loc[[s for s in stores if not labels[s]], "localization_auc"].isna().all()
+
+
+def test_a_slide_without_patches_is_left_out_not_a_crash_or_nan():
+    """gigamil writes an empty store for a slide without enough tissue and leaves it out of
+    its metrics; the baseline crashed on it (reshape of 0 patches) and, past that, gave a NaN
+    OOF AUC. Its histograms are now (0, 48) and its slide is left out of the AUCs."""
+    assert baseline.colour_histograms(np.zeros((0, 96, 96, 3), np.uint8)).shape == (0, 48)
+    table = pd.DataFrame(
+        {
+            "slide_id": ["a", "b", "c", "d", "e"],
+            "fold": [0, 0, 1, 1, 1],
+            "label": [0, 1, 0, 1, 1],
+            "score": [0.2, 0.8, 0.3, 0.9, float("nan")],  # e: no patches
+        }
+    )
+    out = baseline._summary(table, "score", {"b": 0.7, "d": float("nan")})
+    assert out["oof_auc"] == 1.0 and out["fold_auc"] == [1.0, 1.0]
+    assert out["localization_auc"] == 0.7 and out["localization_n_slides"] == 1

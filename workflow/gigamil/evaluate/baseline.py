@@ -30,8 +30,8 @@ def colour_histograms(patches: np.ndarray, bins: int = BINS) -> np.ndarray:
     patches = np.asarray(patches)
     if patches.ndim != 4 or patches.shape[-1] != 3:
         raise GigamilError(f"patches must be (N, H, W, 3), got {patches.shape}")
-    n = patches.shape[0]
-    idx = (patches.reshape(n, -1, 3).astype(np.int64) * bins) // 256  # (N, P, 3) bin per pixel
+    n, pixels = patches.shape[0], patches.shape[1] * patches.shape[2]  # n may be 0: no patches
+    idx = (patches.reshape(n, pixels, 3).astype(np.int64) * bins) // 256  # (N, P, 3) bin a pixel
     out = np.zeros((n, 3, bins), dtype=np.float64)
     for c in range(3):
         np.add.at(out[:, c], (np.repeat(np.arange(n), idx.shape[1]), idx[:, :, c].ravel()), 1.0)
@@ -130,6 +130,10 @@ def smooth_scores(scores: np.ndarray, grid: np.ndarray, alpha: float) -> np.ndar
 
 
 def _summary(table: pd.DataFrame, score: str, loc: Mapping[str, float]) -> dict:
+    """The AUCs of the slides that have a score (a slide without patches has none and is left
+    out, as gigamil's metrics leave out a slide it could not predict) and the mean
+    localisation AUC of the slides that have one."""
+    table = table[np.isfinite(table[score].to_numpy(dtype=float))]
     finite = [v for v in loc.values() if np.isfinite(v)]
     return {
         "oof_auc": binary_auc(table["label"].to_numpy(), table[score].to_numpy()),
