@@ -108,11 +108,10 @@ def test_damaged_feature_chunk_is_named(write_store, tmp_path: Path) -> None:
 
 
 def test_feature_store_coords_or_grid_that_do_not_match_the_features_are_damage(
-    write_store, tmp_path: Path
+    write_store, rewrite_array, tmp_path: Path
 ) -> None:
     """coords/grid of another length than the features, or a coords chunk file deleted (zarr
     reads it as zeros), paired features with the wrong places without a word."""
-    import zarr
 
     store = write_store(tmp_path / "s.zarr", _patches(6), chunk=3)
     cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
@@ -121,10 +120,7 @@ def test_feature_store_coords_or_grid_that_do_not_match_the_features_are_damage(
     with pytest.raises(GigamilError, match=r"f\.zarr is damaged: chunk coords/c/0/0 is missing"):
         FeatureBag(out)
     out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
-    group = zarr.open_group(str(out), mode="a", zarr_format=3)
-    short = np.asarray(group["grid"][:4])
-    del group["grid"]
-    group.create_array("grid", data=short, write_data=True)
+    rewrite_array(out, "grid", lambda a: a[:4])
     with pytest.raises(
         GigamilError, match=r"f\.zarr is damaged: features \(6, 64\) and grid int64 \(4, 2\), not"
     ):
@@ -230,18 +226,16 @@ def test_a_cache_folder_planned_for_other_weights_is_not_filled(write_store, tmp
     extract_features(store, tmp_path / actual / "demo" / "s.zarr", cfg, PATCHES, device="cpu")
 
 
-def test_feature_store_coords_that_are_not_integers_are_damage(write_store, tmp_path: Path):
+def test_feature_store_coords_that_are_not_integers_are_damage(
+    write_store, rewrite_array, tmp_path: Path
+):
     """Float coords of the right shape (rewritten by another tool) are refused by name, not
     truncated to other places."""
-    import zarr
 
     store = write_store(tmp_path / "s.zarr", _patches(4), chunk=3)
     cfg = {"encoder": "smallcnn", "trainable_blocks": 0}
     out = extract_features(store, tmp_path / "f.zarr", cfg, PATCHES, device="cpu")
-    group = zarr.open_group(str(out), mode="a", zarr_format=3)
-    data = np.asarray(group["coords"][...], np.float64) + 0.5
-    del group["coords"]
-    group.create_array("coords", data=data, write_data=True)
+    rewrite_array(out, "coords", lambda a: a.astype(np.float64) + 0.5)
     with pytest.raises(GigamilError, match=r"f\.zarr is damaged: .* coords float64 \(4, 2\), not"):
         FeatureBag(out)
 
@@ -256,11 +250,10 @@ def test_feature_subsample_coords_follow_the_rows(write_store, tmp_path: Path) -
     np.testing.assert_array_equal(sub.grid, bag.grid[sub.indices])
 
 
-def test_a_feature_store_cut_short_is_damage(tmp_path: Path) -> None:
+def test_a_feature_store_cut_short_is_damage(rewrite_array, tmp_path: Path) -> None:
     """A feature store whose three arrays were cut to fewer rows than its n_patches (a copy
     interrupted and rewritten by another tool) opened as a smaller bag: read as data. A patch
     store refuses the same damage."""
-    import zarr
 
     from gigamil.data.feature_extract import write_feature_store
 
@@ -268,11 +261,8 @@ def test_a_feature_store_cut_short_is_damage(tmp_path: Path) -> None:
     attrs = {"slide_id": "s", "patch_px": 8}
     out = write_feature_store(tmp_path / "f.zarr", np.ones((6, 4)), rows, rows, attrs)
     assert len(FeatureBag(out)) == 6
-    group = zarr.open_group(str(out), mode="a", zarr_format=3)
     for name in ("features", "coords", "grid"):
-        kept = np.asarray(group[name][:4])
-        del group[name]
-        group.create_array(name, data=kept, write_data=True)
+        rewrite_array(out, name, lambda a: a[:4])
     with pytest.raises(GigamilError, match=r"damaged: features of 4 rows, n_patches 6"):
         FeatureBag(out)
 

@@ -172,7 +172,7 @@ def test_stores_written_before_the_checksums_still_read(s1_attrs, tmp_path, capl
 
 @pytest.mark.parametrize("name", ["coords", "grid"])
 def test_coords_or_grid_of_another_length_than_the_patches_is_damage(
-    s1_attrs, row_major_grid, tmp_path, name
+    s1_attrs, row_major_grid, rewrite_array, tmp_path, name
 ):
     from gigamil.data.bags import ZarrBag
 
@@ -181,10 +181,7 @@ def test_coords_or_grid_of_another_length_than_the_patches_is_damage(
     with StoreWriter(out, 10, 8, coords, grid) as w:
         w.append(np.zeros((10, 8, 8, 3), np.uint8))
         w.commit(s1_attrs())
-    group = zarr.open_group(str(out), mode="a", zarr_format=3)
-    short = np.asarray(group[name][:7])
-    del group[name]
-    group.create_array(name, data=short, write_data=True)  # 7 places for 10 patches
+    rewrite_array(out, name, lambda a: a[:7])  # 7 places for 10 patches
     msg = rf"slide s1: patch store .*s\.zarr is damaged: {name} is int64 \(7, 2\), not .*\(10, 2\)"
     with pytest.raises(GigamilError, match=msg):
         read_store(out)
@@ -261,7 +258,9 @@ def test_a_negative_grid_cell_is_damage(s1_attrs, row_major_grid, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["coords", "grid"])
-def test_coords_or_grid_that_are_not_integers_are_damage(s1_attrs, row_major_grid, tmp_path, name):
+def test_coords_or_grid_that_are_not_integers_are_damage(
+    s1_attrs, row_major_grid, rewrite_array, tmp_path, name
+):
     """coords/grid of the right shape but float (an array rewritten by another tool) are refused
     by name: they would be truncated silently to other places."""
     grid, coords = _grid(row_major_grid, 6)
@@ -269,10 +268,7 @@ def test_coords_or_grid_that_are_not_integers_are_damage(s1_attrs, row_major_gri
     with StoreWriter(out, 6, 8, coords, grid) as w:
         w.append(np.zeros((6, 8, 8, 3), np.uint8))
         w.commit(s1_attrs())
-    group = zarr.open_group(str(out), mode="a", zarr_format=3)
-    data = np.asarray(group[name][...], np.float64) + 0.5
-    del group[name]
-    group.create_array(name, data=data, write_data=True)
+    rewrite_array(out, name, lambda a: a.astype(np.float64) + 0.5)
     with pytest.raises(
         GigamilError, match=rf"is damaged: {name} is float64 \(6, 2\), not integers"
     ):
