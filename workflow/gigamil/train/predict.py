@@ -305,9 +305,10 @@ def _check_slide_ids(slides: pd.DataFrame) -> None:
             f"slides to predict: slides {', '.join(ids[same])} have the same store "
             f"{slides['store'][same].iloc[0]}: give each slide its own store"
         )
+    listed = set(ids)
     for slide_id, store in zip(ids, slides["store"], strict=True):  # a store cut from another
         cut_from = str((zarr_attributes(store) or {}).get("slide_id", slide_id))  # listed one
-        if cut_from != slide_id and cut_from in set(ids):
+        if cut_from != slide_id and cut_from in listed:
             raise GigamilError(
                 f"slides to predict: slide {slide_id}'s store {store} was extracted from slide "
                 f"{cut_from}, another slide of this table: are stores swapped? Each would be "

@@ -19,6 +19,12 @@ RELATIVE_RANGE = (0.01, 100.0)  # the relative scale's colour bar: N x attention
 FLAT = 1e-6  # relative spread below which a slide's attention counts as constant (float32)
 
 
+def _flat(lo: float, hi: float) -> bool:
+    """Whether values from ``lo`` to ``hi`` spread less than ``FLAT`` of their largest
+    magnitude: rounding of float32 attention, not a pattern."""
+    return hi - lo <= FLAT * max(abs(hi), abs(lo))
+
+
 def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     """Scale attention (N,) to [0, 1] per slide.
 
@@ -38,15 +44,15 @@ def normalize_attention(att: np.ndarray, method: str = "rank") -> np.ndarray:
     if method == "rank":
         from scipy.stats import rankdata  # here: scipy.stats takes about 1 s to import
 
-        if np.ptp(att) <= FLAT * float(np.abs(att).max()):
+        if _flat(float(att.min()), float(att.max())):
             return np.full(att.shape, 0.5)  # as the other modes: no patch is above another
         return rankdata(att) / att.size
     if method == "percentile":
         lo, hi = np.percentile(att, [1.0, 99.0])
-        if hi - lo > FLAT * max(abs(hi), abs(lo)):
+        if not _flat(lo, hi):
             att = np.clip(att, lo, hi)
     lo, hi = float(att.min()), float(att.max())
-    if hi - lo <= FLAT * max(abs(hi), abs(lo)):
+    if _flat(lo, hi):
         return np.full(att.shape, 0.5)
     return (att - lo) / (hi - lo)
 
