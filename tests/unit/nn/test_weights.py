@@ -15,7 +15,7 @@ from gigamil.models.factory import build_mil_model
 from gigamil.nn.encoders import build_encoder, encoder_normalisation
 from gigamil.nn.foundation import FOUNDATION_MODELS, EncoderSpec
 from gigamil.nn.weights import weights_sha256
-from gigamil.train.checkpoint import model_header
+from gigamil.train.model_file import model_header
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 32, "num_heads": 2}
 

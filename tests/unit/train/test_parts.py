@@ -18,11 +18,10 @@ from gigamil.train.checkpoint import (
     atomic_save,
     load_checkpoint,
     load_model,
-    model_checkpoint,
-    model_header,
 )
 from gigamil.train.early_stopping import EarlyStopping, scalar_metric
 from gigamil.train.loop import make_scheduler
+from gigamil.train.model_file import model_checkpoint, model_header
 
 
 def auc(value: float, loss: float = 0.5) -> dict[str, float]:

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from gigamil import __version__
 from gigamil.errors import GigamilError
 from gigamil.fileutil import atomic_write_bytes
 from gigamil.models.ensemble import ReplicateEnsemble
@@ -72,67 +71,6 @@ def atomic_save(obj: Mapping[str, Any], path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save({**content, DIGEST_KEY: content_digest(content)}, buf)
     return atomic_write_bytes(path, buf.getbuffer())
-
-
-def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
-    """A copy of the model's weights without the loss function's buffers (class weights)."""
-    return {
-        k: v.detach().cpu().clone()
-        for k, v in model.state_dict().items()
-        if not k.startswith("loss_fn.")
-    }
-
-
-def model_header(
-    model_config: Mapping[str, Any],
-    classes: Sequence[str],
-    patch_px: int,
-    patch_mpp: float | None = None,
-    weights_sha256: str | None = None,
-    features: Mapping[str, Any] | None = None,
-    stain_normalization: str | None = None,
-    training_slides: Mapping[str, Sequence[Any]] | None = None,
-) -> dict[str, Any]:
-    """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
-    the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
-    of ``model.weights`` the encoder started from, None for random initialisation;
-    ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
-    holds no encoder; ``stain_normalization``: that of the training patches, None if the stores
-    did not say; ``training_slides``: ``{slides: [[cohort, slide_id], ...], patient_ids}`` of
-    the training and validation slides, :func:`gigamil.train.fold_data.seen_slides`)."""
-    header = {
-        "model_config": dict(model_config),
-        "classes": [str(c) for c in classes],
-        "patch_px": int(patch_px),
-        "patch_mpp": None if patch_mpp is None else float(patch_mpp),
-        "stain_normalization": stain_normalization,
-        "weights_sha256": weights_sha256,
-        "gigamil_version": __version__,
-    }
-    if training_slides is not None:
-        header["training_slides"] = {
-            "slides": [[str(c), str(s)] for c, s in training_slides["slides"]],
-            "patient_ids": [str(p) for p in training_slides["patient_ids"]],
-        }
-    if features is not None:
-        header["features"] = {
-            "encoder_id": str(features["encoder_id"]),
-            "dim": int(features["dim"]),
-        }
-    return header
-
-
-def model_checkpoint(
-    model: MILModel, header: Mapping[str, Any], epoch: int, metrics: Mapping[str, float]
-) -> dict[str, Any]:
-    """The content of ``model.pt`` (docs/architecture.md), weights copied to the CPU;
-    ``header`` from :func:`model_header`."""
-    return {
-        "state_dict": model_state_dict(model),
-        **header,
-        "epoch": int(epoch),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
 
 
 def _damaged_hint(path: Path) -> str:
@@ -319,7 +257,7 @@ class CheckpointSaver:
     def restore_outputs(self, header: Mapping[str, Any] | None = None) -> None:
         """Write model.pt (when missing or not the loaded best model) and train_log.csv again
         from the loaded state; the best model gets the ``training_slides`` of ``header``
-        (:func:`model_header`): the slides' current cohorts and patients (a ``last.pt`` written
+        (:func:`gigamil.train.model_file.model_header`): the slides' current cohorts and patients (a ``last.pt`` written
         before gigamil recorded them has none; a sheet may have renamed a patient since)."""
         if self.best is not None and header and "training_slides" in header:  # the sheet's now
             self.best["training_slides"] = header["training_slides"]  # (e.g. renamed patients)
@@ -353,7 +291,7 @@ class CheckpointSaver:
         return same
 
     def save_best(self, ckpt: dict[str, Any]) -> None:
-        """A new best epoch: ``ckpt`` (from :func:`model_checkpoint`) becomes model.pt, marked
+        """A new best epoch: ``ckpt`` (from :func:`gigamil.train.model_file.model_checkpoint`) becomes model.pt, marked
         ``training_finished: False`` until :meth:`finish`."""
         self.best = ckpt
         if self.enabled:

@@ -50,7 +50,6 @@ from gigamil.nn.rng import get_rng_state, manual_seed, set_rng_state
 from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
-from gigamil.train.checkpoint import model_checkpoint
 from gigamil.train.early_stopping import FINISHED, EarlyStopping
 from gigamil.train.loop import (
     BagItem,
@@ -61,6 +60,7 @@ from gigamil.train.loop import (
     train_epoch,
     validate,
 )
+from gigamil.train.model_file import model_checkpoint
 from gigamil.train.pseudo_labels import balanced_soft_weights, pseudo_labels, soft_cross_entropy
 
 if TYPE_CHECKING:

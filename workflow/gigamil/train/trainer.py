@@ -27,7 +27,7 @@ from gigamil.train import distributed as ddp
 from gigamil.train.accel import prepare_model
 from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
-from gigamil.train.checkpoint import CheckpointSaver, model_checkpoint, model_header
+from gigamil.train.checkpoint import CheckpointSaver
 from gigamil.train.early_stopping import FINISHED, EarlyStopping
 from gigamil.train.loop import (
     PROGRESS_EVERY_S,
@@ -38,6 +38,7 @@ from gigamil.train.loop import (
     validate,
     weight_average,
 )
+from gigamil.train.model_file import model_checkpoint, model_header
 from gigamil.train.monitor import TB_SCALARS, check_finite_weights, tensorboard_writer
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class FoldTrainer:
         }
 
     def _header(self, model_cfg: ModelConfig) -> dict[str, Any]:
-        """The metadata of ``model.pt`` (:func:`gigamil.train.checkpoint.model_header`); logs
+        """The metadata of ``model.pt`` (:func:`gigamil.train.model_file.model_header`); logs
         the encoder weights' checksum when the model starts from a weights file."""
         data = self.data
         digest = weights_sha256(model_cfg.weights, model_cfg.encoder)

@@ -1,0 +1,74 @@
+"""What ``model.pt`` holds (docs/architecture.md): the weights of the best epoch and a header
+saying what the model reads (classes, patch size, µm/px, stain normalisation, the preprocessing
+of the training patches), what it started from and what it has seen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from gigamil import __version__
+from gigamil.models.mil import MILModel
+
+
+def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights without the loss function's buffers (class weights)."""
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if not k.startswith("loss_fn.")
+    }
+
+
+def model_header(
+    model_config: Mapping[str, Any],
+    classes: Sequence[str],
+    patch_px: int,
+    patch_mpp: float | None = None,
+    weights_sha256: str | None = None,
+    features: Mapping[str, Any] | None = None,
+    stain_normalization: str | None = None,
+    training_slides: Mapping[str, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
+    """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
+    the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
+    of ``model.weights`` the encoder started from, None for random initialisation;
+    ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
+    holds no encoder; ``stain_normalization``: that of the training patches, None if the stores
+    did not say; ``training_slides``: ``{slides: [[cohort, slide_id], ...], patient_ids}`` of
+    the training and validation slides, :func:`gigamil.train.fold_data.seen_slides`)."""
+    header = {
+        "model_config": dict(model_config),
+        "classes": [str(c) for c in classes],
+        "patch_px": int(patch_px),
+        "patch_mpp": None if patch_mpp is None else float(patch_mpp),
+        "stain_normalization": stain_normalization,
+        "weights_sha256": weights_sha256,
+        "gigamil_version": __version__,
+    }
+    if training_slides is not None:
+        header["training_slides"] = {
+            "slides": [[str(c), str(s)] for c, s in training_slides["slides"]],
+            "patient_ids": [str(p) for p in training_slides["patient_ids"]],
+        }
+    if features is not None:
+        header["features"] = {
+            "encoder_id": str(features["encoder_id"]),
+            "dim": int(features["dim"]),
+        }
+    return header
+
+
+def model_checkpoint(
+    model: MILModel, header: Mapping[str, Any], epoch: int, metrics: Mapping[str, float]
+) -> dict[str, Any]:
+    """The content of ``model.pt`` (docs/architecture.md), weights copied to the CPU;
+    ``header`` from :func:`model_header`."""
+    return {
+        "state_dict": model_state_dict(model),
+        **header,
+        "epoch": int(epoch),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
