@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 from pathlib import Path
 
@@ -589,6 +590,57 @@ def test_model_records_stain_normalization_and_refuses_other_stores(
     ):
         predict_slides(model_path, mixed.iloc[1:2], None, tmp_path / "att", device="cpu")
     predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # the same: fine
+
+
+def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
+    mil_bags, write_store, tmp_path: Path, caplog
+) -> None:
+    """model.pt records the preprocessing its training stores agree on (min_tissue, codec, the
+    computed tissue mask's settings; a key they differ on is left out), and predicting stores
+    cut otherwise is one warning naming the key, the values and the slides, before any
+    prediction; stores cut alike, or that record nothing, are not warned about."""
+    rng = np.random.default_rng(0)
+    mask = {"mask_file": "/x.png", "mask_mpp": 8.0, "threshold": "otsu", "close_um": 32.0}
+
+    def slides(prefix: str, attrs: list[dict]) -> pd.DataFrame:
+        rows = []
+        for i, a in enumerate(attrs):
+            sid = f"{prefix}{i}"
+            store = write_store(tmp_path / f"{sid}.zarr", mil_bags.slide(rng, i % 2, 12), **a)
+            label = mil_bags.classes[i % 2]
+            rows.append(
+                {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
+            )
+        return pd.DataFrame(rows)
+
+    torch.set_num_threads(1)
+    same = {"min_tissue": 0.5, "codec": "zstd", "jpeg_quality": None, "mask_params": mask}
+    other_close = {**same, "mask_params": {**mask, "close_um": 16.0}}
+    train = slides("a", [same, same, same, other_close])
+    model_path = train_fold(
+        train, train.iloc[:0], mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path / "m"
+    )
+    assert torch.load(model_path, weights_only=True)["preprocessing"] == {
+        "preprocessing.patches.min_tissue": 0.5,
+        "preprocessing.patches.codec": "zstd",
+        "preprocessing.tissue.mask_mpp": 8.0,
+        "preprocessing.tissue.threshold": "otsu",
+    }
+    jpeg = {**same, "codec": "jpeg", "jpeg_quality": 80}
+    new = slides("n", [{**same, "min_tissue": 0.25}, jpeg, same, {}, {**jpeg, "min_tissue": 0.25}])
+    caplog.set_level(logging.WARNING)
+    predict_slides(model_path, new, None, tmp_path / "att", device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "other preprocessing" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "3 of the 5 slides to predict were cut with other preprocessing" in warned[0]
+    assert (
+        "preprocessing.patches.min_tissue 0.25 (2 slide(s): n0, n4) where the training patches "
+        "had 0.5" in warned[0]
+    )
+    assert "preprocessing.patches.codec 'jpeg' (2 slide(s): n1, n4) where" in warned[0]
+    caplog.clear()
+    predict_slides(model_path, train, None, tmp_path / "att", device="cpu")
+    assert not [r for r in caplog.records if "other preprocessing" in r.getMessage()]
 
 
 def test_training_without_every_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:

@@ -1,13 +1,16 @@
 """The opened bags of one fold (:class:`FoldData`) and the checks on them: columns, labels,
-patch size, µm/px and stain normalisation agreeing across slides, cached features; the device
-setting (:func:`resolve_device`). Used by :func:`gigamil.train.run.train_fold` and
+patch size, µm/px and stain normalisation agreeing across slides, cached features, the other
+preprocessing the stores record (:func:`store_preprocessing`); the device setting
+(:func:`resolve_device`). Used by :func:`gigamil.train.run.train_fold` and
 :mod:`gigamil.train.predict`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,6 +20,8 @@ import torch
 from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
+from gigamil.fileutil import zarr_attributes
+from gigamil.settings import TissueConfig
 from gigamil.train.loop import BagItem
 
 # the fold's warnings keep the logger name they had in gigamil.train.run
@@ -177,6 +182,67 @@ def _stain_normalization(items: Sequence[BagItem]) -> str | None:
     return next(iter(known.values()), None)
 
 
+def store_preprocessing(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing a store's attributes record besides patch size, µm/px and stain
+    normalisation, by config key: ``preprocessing.patches.min_tissue``, ``.codec`` and (JPEG
+    only) ``.jpeg_quality``, and the ``preprocessing.tissue`` settings of a tissue mask gigamil
+    computed (its ``mask_params``; a hand-drawn mask records none). A feature store records its
+    patch store's codec only. Keys a store does not record are left out."""
+    mask = attrs.get("mask_params") or {}
+    tissue = {
+        f"preprocessing.tissue.{f.name}": mask.get(f.name) for f in dataclasses.fields(TissueConfig)
+    }
+    patches = {
+        f"preprocessing.patches.{k}": attrs.get(k) for k in ("min_tissue", "codec", "jpeg_quality")
+    }
+    return {k: v for k, v in {**patches, **tissue}.items() if v is not None}
+
+
+def _preprocessing(items: Sequence[BagItem]) -> dict[str, Any]:
+    """:func:`store_preprocessing` of the fold's stores: the keys on which every store that
+    records them agrees (model.pt's ``preprocessing``; ``gigamil predict`` compares a new
+    slide's store with it)."""
+    values: dict[str, list] = {}
+    for it in items:
+        for key, value in store_preprocessing(it.bag.attrs).items():
+            values.setdefault(key, []).append(value)
+    return {k: v[0] for k, v in values.items() if all(x == v[0] for x in v)}
+
+
+def preprocessing_warning(
+    stores: Mapping[str, str | Path], recorded: Mapping[str, Any] | None
+) -> str | None:
+    """Why the stores of slides to predict (``stores``: slide_id → store) hold other patches
+    than the model learnt on: each key of :func:`store_preprocessing` whose value differs from
+    ``recorded`` (model.pt's ``preprocessing``), with the slides' values and up to five slides of
+    each; None when none differs, or the model (older than the record) or a store does not say.
+    """
+    if not recorded:
+        return None
+    differ: dict[str, dict[str, list[str]]] = {}
+    for slide_id, store in stores.items():
+        own = store_preprocessing(zarr_attributes(store) or {})
+        for key, value in own.items():
+            if key in recorded and value != recorded[key]:
+                differ.setdefault(key, {}).setdefault(repr(value), []).append(str(slide_id))
+    if not differ:
+        return None
+    parts = []
+    for key, by_value in differ.items():
+        shown = "; ".join(
+            f"{value} ({len(ids)} slide(s): {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+            for value, ids in by_value.items()
+        )
+        parts.append(f"{key} {shown} where the training patches had {recorded[key]!r}")
+    n = len({s for by_value in differ.values() for ids in by_value.values() for s in ids})
+    return (
+        f"{n} of the {len(stores)} slides to predict were cut with other preprocessing than the "
+        f"model's training patches: {'; '.join(parts)}. Their patches differ from those the "
+        "model learnt on, which can shift its predictions: cut them with the preprocessing of "
+        "the config the model was trained with"
+    )
+
+
 def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
     """``{encoder_id, dim}`` when every bag is a feature store of one encoder, None when every
     bag is a patch store; GigamilError for a mix."""
@@ -221,6 +287,7 @@ class FoldData:
     # every training and validation slide given (with or without patches) and their patients:
     # model.pt records them so predict_slides can name slides of patients the model has seen
     seen: dict[str, list] | None = None
+    preprocessing: dict[str, Any] | None = None  # :func:`_preprocessing`
 
     @classmethod
     def open(
@@ -250,4 +317,5 @@ class FoldData:
             _features(items),
             _stain_normalization(items),
             seen_slides(train, val),
+            _preprocessing(items),
         )

@@ -22,7 +22,7 @@ def model_state_dict(model: MILModel) -> dict[str, torch.Tensor]:
     }
 
 
-def model_header(
+def model_header(  # noqa: PLR0913 - one argument per header key
     model_config: Mapping[str, Any],
     classes: Sequence[str],
     patch_px: int,
@@ -31,6 +31,7 @@ def model_header(
     features: Mapping[str, Any] | None = None,
     stain_normalization: str | None = None,
     training_slides: Mapping[str, Sequence[Any]] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ``model.pt`` holds besides the weights, epoch and metrics (``patch_mpp``: µm/px of
     the training patches, None if the stores did not say; ``weights_sha256``: sha256 of the file
@@ -38,7 +39,11 @@ def model_header(
     ``features``: ``{encoder_id, dim}`` of a head trained on cached features, whose state dict
     holds no encoder; ``stain_normalization``: that of the training patches, None if the stores
     did not say; ``training_slides``: ``{slides: [[cohort, slide_id], ...], patient_ids}`` of
-    the training and validation slides, :func:`gigamil.train.fold_data.seen_slides`)."""
+    the training and validation slides, :func:`gigamil.train.fold_data.seen_slides`;
+    ``preprocessing``: the other settings the training stores record, by config key, e.g.
+    ``{"preprocessing.patches.min_tissue": 0.5, "preprocessing.tissue.threshold": "otsu"}``,
+    :func:`gigamil.train.fold_data.store_preprocessing`; ``gigamil predict`` warns about a store
+    cut otherwise)."""
     header = {
         "model_config": dict(model_config),
         "classes": [str(c) for c in classes],
@@ -48,6 +53,8 @@ def model_header(
         "weights_sha256": weights_sha256,
         "gigamil_version": __version__,
     }
+    if preprocessing is not None:
+        header["preprocessing"] = dict(preprocessing)
     if training_slides is not None:
         header["training_slides"] = {
             "slides": [[str(c), str(s)] for c, s in training_slides["slides"]],

@@ -20,7 +20,13 @@ from gigamil.logutil import current_context, log_context
 from gigamil.splits import shared_store
 from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
-from gigamil.train.fold_data import MPP_TOLERANCE, check_columns, resolve_device, store_mpp
+from gigamil.train.fold_data import (
+    MPP_TOLERANCE,
+    check_columns,
+    preprocessing_warning,
+    resolve_device,
+    store_mpp,
+)
 from gigamil.train.logit_calibration import apply_calibration
 from gigamil.train.loop import bag_probabilities
 from gigamil.train.monitor import non_finite_weights
@@ -270,10 +276,14 @@ def _check_slides(
     slides: pd.DataFrame, ckpt: dict[str, Any], model_path: Path, require_unseen: bool
 ) -> None:
     """Before any prediction: labels among the model's classes, safe and unique ids and
-    stores, and the slides the model has seen (warned, or with ``require_unseen`` refused)."""
+    stores, the slides the model has seen (warned, or with ``require_unseen`` refused) and
+    stores cut with other preprocessing than the model's training patches (warned)."""
     _check_labels(slides, [str(c) for c in ckpt["classes"]], model_path)
     _check_slide_ids(slides)
     _warn_seen(slides, ckpt, model_path, require_unseen)
+    stores = dict(zip(slides["slide_id"].astype(str), slides["store"], strict=True))
+    if other := preprocessing_warning(stores, ckpt.get("preprocessing")):
+        log.warning("%s: %s", model_path, other)
 
 
 def _seen_test_slides(model_path: Path, same: list[str], n: int) -> str:

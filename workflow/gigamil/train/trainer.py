@@ -180,6 +180,7 @@ class FoldTrainer:
             data.features,
             data.stain_normalization,
             data.seen,
+            data.preprocessing,
         )
 
     def fit(self, resume: bool) -> Path:
