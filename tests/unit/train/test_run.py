@@ -518,24 +518,32 @@ def test_a_finished_last_pt_of_other_labels_or_stores_is_not_returned(
     assert set(renamed["patient_id"]) <= set(seen) and not set(train["patient_id"]) & set(seen)
 
 
+def attr_slides(
+    mil_bags, write_store, folder: Path, prefix: str, attrs: list[dict]
+) -> pd.DataFrame:
+    """A slides table of one store per entry of ``attrs`` (its attributes), classes
+    alternating, 12 patches each (seeded by the prefix)."""
+    rng = np.random.default_rng(sum(map(ord, prefix)))
+    rows = []
+    for i, a in enumerate(attrs):
+        sid = f"{prefix}{i}"
+        store = write_store(folder / f"{sid}.zarr", mil_bags.slide(rng, i % 2, 12), **a)
+        label = mil_bags.classes[i % 2]
+        rows.append(
+            {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
+        )
+    return pd.DataFrame(rows)
+
+
 def test_model_records_patch_mpp_and_refuses_other_resolutions(
     mil_bags, write_store, tmp_path: Path
 ) -> None:
     """Training on a mix of resolutions, and predicting stores of another µm/px than the
     model's, are errors naming the slides (issue 15, item 12)."""
-    rng = np.random.default_rng(0)
 
     def slides(prefix: str, mpps: list[float]) -> pd.DataFrame:
-        rows = []
-        for i, mpp in enumerate(mpps):
-            sid = f"{prefix}{i}"
-            patches = mil_bags.slide(rng, i % 2 == 1, 12)
-            store = write_store(tmp_path / f"{sid}.zarr", patches, effective_mpp=mpp)
-            label = mil_bags.classes[i % 2]
-            rows.append(
-                {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
-            )
-        return pd.DataFrame(rows)
+        attrs = [{"effective_mpp": m} for m in mpps]
+        return attr_slides(mil_bags, write_store, tmp_path, prefix, attrs)
 
     torch.set_num_threads(1)
     train = slides("a", [1.0, 1.0, 1.005, 1.0])  # within 1 %
@@ -560,19 +568,10 @@ def test_model_records_stain_normalization_and_refuses_other_stores(
     """Training on stores of different stain normalisations, and predicting stores normalised
     otherwise than the model's, are errors naming the slides; a store without the attribute
     (written before gigamil recorded it) counts as ``none``."""
-    rng = np.random.default_rng(0)
 
     def slides(prefix: str, stains: list[str | None]) -> pd.DataFrame:
-        rows = []
-        for i, stain in enumerate(stains):
-            sid = f"{prefix}{i}"
-            attrs = {} if stain is None else {"stain_normalization": stain}
-            store = write_store(tmp_path / f"{sid}.zarr", mil_bags.slide(rng, i % 2, 12), **attrs)
-            label = mil_bags.classes[i % 2]
-            rows.append(
-                {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
-            )
-        return pd.DataFrame(rows)
+        attrs = [{} if st is None else {"stain_normalization": st} for st in stains]
+        return attr_slides(mil_bags, write_store, tmp_path, prefix, attrs)
 
     torch.set_num_threads(1)
     train = slides("a", ["macenko"] * 4)
@@ -599,19 +598,10 @@ def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
     computed tissue mask's settings; a key they differ on is left out), and predicting stores
     cut otherwise is one warning naming the key, the values and the slides, before any
     prediction; stores cut alike, or that record nothing, are not warned about."""
-    rng = np.random.default_rng(0)
     mask = {"mask_file": "/x.png", "mask_mpp": 8.0, "threshold": "otsu", "close_um": 32.0}
 
     def slides(prefix: str, attrs: list[dict]) -> pd.DataFrame:
-        rows = []
-        for i, a in enumerate(attrs):
-            sid = f"{prefix}{i}"
-            store = write_store(tmp_path / f"{sid}.zarr", mil_bags.slide(rng, i % 2, 12), **a)
-            label = mil_bags.classes[i % 2]
-            rows.append(
-                {"cohort": "c", "slide_id": sid, "patient_id": sid, "label": label, "store": store}
-            )
-        return pd.DataFrame(rows)
+        return attr_slides(mil_bags, write_store, tmp_path, prefix, attrs)
 
     torch.set_num_threads(1)
     same = {"min_tissue": 0.5, "codec": "zstd", "jpeg_quality": None, "mask_params": mask}
