@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from gigamil.errors import GigamilError
-from gigamil.folds import FOLD_COLUMNS, check_folds, fold_slides, read_folds, write_folds
+from gigamil.folds import (
+    FOLD_COLUMNS,
+    check_folds,
+    fold_slides,
+    read_folds,
+    split_report,
+    write_folds,
+)
 from gigamil.splits import _most_frequent, feasible_folds, make_folds, sheet_digest, split_digest
 
 
@@ -89,6 +96,12 @@ def test_site_stratification_balances_sites():
     assert per_site.eq(4).all().all()
     per_site_label = test.groupby(["fold", "site", "label"]).size()
     assert per_site_label.eq(2).all()
+    # the split's log (split_report) shows the balance per site, which folds.csv does not hold
+    report = split_report(folds)
+    assert list(report.columns) == ["fold", "role", "label", "site", "slides", "patients"]
+    tested = report[report["role"] == "test"].set_index(["fold", "site", "label"])["patients"]
+    assert tested.to_dict() == per_site_label.to_dict()
+    assert "site" not in folds.columns  # folds.csv's columns are unchanged
     # the validation parts are stratified too: each fold validates on every site and label
     folds = make_folds(sheet, folds=3, seed=0, stratify_by=["site"], val_fraction=0.25)
     val = folds[folds.role == "val"].merge(sheet[["slide_id", "site"]], on="slide_id")
@@ -332,6 +345,21 @@ def test_split_digest_follows_only_what_the_folds_read():
     assert make_folds(other, 3).equals(make_folds(sheet, 3))
     # predict_fold's digest of an external sheet: the same columns, any row order
     assert sheet_digest([other.iloc[::-1]]) == base and sheet_digest([relabelled]) != base
+
+
+def test_stratifying_by_cohort_gives_a_digest_and_folds():
+    """``cv.stratify_by: [cohort]`` (README's example): the digest reads the cohort column once
+    (it crashed the workflow's parse naming a non-unique column) and changes with a cohort."""
+    site = {f"P{i}": "a" for i in range(8)}
+    sheet = _sheet([(f"P{i}", "x" if i < 4 else "y", 1) for i in range(8)], site)
+    sheet["cohort"] = ["c1" if i % 2 else "c2" for i in range(len(sheet))]
+    cv = {"folds": 2, "stratify_by": ["cohort"]}
+    base = split_digest([sheet], cv)
+    moved = sheet.assign(cohort=sheet["cohort"].where(sheet.index != 0, "c3"))
+    assert len(base) == 64 and split_digest([moved], cv) != base
+    folds = make_folds(sheet, 2, stratify_by=["cohort"])
+    test = folds[folds["role"] == "test"]
+    assert test.groupby("fold")["cohort"].nunique().eq(2).all()  # each fold tests both cohorts
 
 
 def test_sorting_a_sheet_changes_neither_the_folds_nor_their_digest():

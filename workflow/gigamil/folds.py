@@ -124,9 +124,14 @@ def fold_slides(
 
 
 def split_report(folds: pd.DataFrame) -> pd.DataFrame:
-    """Patients and slides per fold, role and label (for logs and the CLI)."""
+    """Patients and slides per fold, role and label (for logs and the CLI), and per stratum
+    when ``folds`` comes from :func:`gigamil.splits.make_folds` with ``stratify_by`` (its
+    ``attrs["strata"]``), so the balance of e.g. the sites over the folds shows."""
+    strata = folds.attrs.get("strata", {})
+    keys = folds["cohort"].astype(str) + "/" + folds["slide_id"].astype(str)
+    folds = folds.assign(**{c: keys.map(m) for c, m in strata.items() if c not in folds})
     counts = (
-        folds.groupby(["fold", "role", "label"])
+        folds.groupby(["fold", "role", "label", *(c for c in strata if c != "label")], dropna=False)
         .agg(slides=("slide_id", "size"), patients=("patient_id", "nunique"))
         .reset_index()
     )

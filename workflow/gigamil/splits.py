@@ -195,7 +195,7 @@ def sheet_digest(sheets: Sequence[pd.DataFrame], extra_columns: Sequence[str] = 
     ``predict_fold`` takes it for an external or predict cohort instead of the sheet file as an
     input, so touching or sorting that sheet re-predicts nothing (a changed ``path`` or ``mpp``
     reruns through the patch stores)."""
-    columns = ["cohort", "slide_id", "patient_id", "label", *extra_columns]
+    columns = list(dict.fromkeys(["cohort", "slide_id", "patient_id", "label", *extra_columns]))
     table = pd.concat([df.reindex(columns=columns) for df in sheets], ignore_index=True)
     table = table.astype(str).sort_values(["cohort", "slide_id"], kind="stable")
     text = table.to_csv(index=False, lineterminator="\n")
@@ -256,7 +256,15 @@ def make_folds(
     _check_fold_classes(patients, role, per_class, validation, terms)
     out = _folds_table(sheet, patients, role)
     check_folds(out, sheet)
+    out.attrs["strata"] = {  # for split_report: each slide's value of each stratify_by column
+        c: dict(zip(_slide_keys(sheet), sheet[c].astype(str), strict=True))
+        for c in dict.fromkeys(stratify_by)
+    }
     return out
+
+
+def _slide_keys(table: pd.DataFrame) -> list[str]:
+    return [f"{c}/{s}" for c, s in zip(table["cohort"], table["slide_id"], strict=True)]
 
 
 def _check_fold_arguments(folds: int, val_fraction: float, terms: SplitTerms) -> bool:
