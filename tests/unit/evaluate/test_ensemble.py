@@ -825,3 +825,35 @@ def test_a_patient_without_a_scored_slide_is_counted_where_the_page_says_so():
     assert "patient AUC (mean probability of each patient's slides)" in rows  # CV: every cohort
     summary["n_patients_unscored"] = 0
     assert dict(summary_rows(summary, "auc"))["slides without patches (not scored)"] == "2"
+
+
+@pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])
+def test_a_missing_fold_file_is_a_warning_naming_the_fold(tmp_path, caplog, which):
+    """Files of folds 0, 1 and 3 (fold 2's forgotten, e.g. a shell glob of ``gigamil
+    ensemble``): the mean is of three models, and the warning names fold 2; the files of every
+    fold, or a file without rows (a fold with no test slides of a train cohort), are not
+    warned about."""
+    ext = _sheet(n_patients=6, slides=1, cohort="ext")
+    if which == "predict_cohort":
+        ext = ext.assign(label="")
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(4):
+        paths.append(tmp_path / f"fold{k}.csv")
+        _predict(ext, k, rng).to_csv(paths[-1], index=False)
+    run = ensemble_cohort if which == "ensemble_cohort" else predict_cohort
+    kwargs = {"n_boot": 10} if which == "ensemble_cohort" else {}
+    run([paths[0], paths[1], paths[3]], CLASSES, tmp_path / "three", "ext", **kwargs)
+    warned = [
+        r.getMessage() for r in caplog.records if "no prediction file of fold" in r.getMessage()
+    ]
+    assert len(warned) == 1 and "fold(s) 2 (given: folds 0, 1, 3)" in warned[0]
+    caplog.clear()
+    run(paths, CLASSES, tmp_path / "four", "ext", **kwargs)
+    oof = [tmp_path / f"oof{k}.csv" for k in range(3)]
+    _predict(ext, 0, rng).iloc[:3].to_csv(oof[0], index=False)
+    _predict(ext, 1, rng).iloc[:0].to_csv(oof[1], index=False)  # no rows: its fold is unknown
+    _predict(ext, 2, rng).iloc[3:].to_csv(oof[2], index=False)
+    if which == "ensemble_cohort":
+        run(oof, CLASSES, tmp_path / "oof", "ext", **kwargs)
+    assert not [r for r in caplog.records if "no prediction file of fold" in r.getMessage()]

@@ -40,6 +40,7 @@ from gigamil.evaluate.predictions import (
     check_every_model_predicted_every_slide,
     check_one_file_per_model,
     check_slides_match_the_sheet,
+    missing_folds,
     read_predictions,
     split_unpredicted,
 )
@@ -132,6 +133,16 @@ def _cohort_predictions(
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
     check_one_file_per_model(per_file, pred_csvs, cohort)
     check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
+    missing, given = missing_folds(every_cohort)
+    if missing:
+        log.warning(
+            "cohort %s: no prediction file of fold(s) %s (given: folds %s): on a cohort no "
+            "fold trained on, the mean lacks those models; on a train cohort, their test slides "
+            "are missing. Give every fold model's prediction file",
+            cohort,
+            ", ".join(map(str, missing)),
+            ", ".join(map(str, given)),
+        )
     preds = pd.concat(per_file, ignore_index=True) if per_file else pd.DataFrame()
     if preds.empty:
         present = sorted({str(c) for df in every_cohort for c in df["cohort"].unique()})
