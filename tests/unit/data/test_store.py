@@ -218,6 +218,24 @@ def test_arrays_that_contradict_the_recorded_attributes_are_damage(
         read_store(swapped)
 
 
+def test_patches_cut_narrower_than_the_recorded_patch_px_are_damage(
+    s1_attrs, row_major_grid, tmp_path, rewrite_array
+):
+    """Patches re-cut to 8 x 4 px (only the width changed) under patch_px 8 are not square
+    patches of the recorded size."""
+    grid, coords = _grid(row_major_grid, 10)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, 10, 8, coords, grid) as w:
+        w.append(np.full((10, 8, 8, 3), 7, np.uint8))
+        w.commit({**s1_attrs(), "n_patches": 10, "patch_px": 8})
+    read_store(out)
+    rewrite_array(out, "patches", lambda a: np.ascontiguousarray(a[:, :, :4]))
+    with pytest.raises(
+        GigamilError, match=r"is damaged: its patches are \(8, 4\) px but it records 8 px"
+    ):
+        read_store(out)
+
+
 def test_patches_of_another_dtype_or_shape_are_damage(s1_attrs, row_major_grid, tmp_path):
     """A store whose patches array is not uint8 (N, H, W, 3), e.g. float or greyscale, is
     refused by name, not read as data (the chunk checksums usually see it first; this is the

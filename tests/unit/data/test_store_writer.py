@@ -140,6 +140,19 @@ def test_the_pixel_digest_depends_on_the_pixels_not_on_chunks_order_or_codec(
     assert jpeg_attrs["patches_sha256"] == expected
 
 
+@pytest.mark.parametrize("extra", [1, -1])
+def test_coords_and_grid_of_another_length_than_declared_are_refused(
+    row_major_grid, tmp_path, extra
+):
+    """n patches need n coords and n grid cells: a longer or shorter list (a plan of another
+    slide, rows dropped) is refused before anything is written, not cut to length."""
+    grid, coords = _grid(row_major_grid, 10 + extra)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(ValueError):
+        StoreWriter(out, 10, 8, coords, grid)
+    assert not out.exists()
+
+
 def test_more_patches_than_declared_are_refused(s1_attrs, row_major_grid, tmp_path):
     """A caller appending one patch too many must not commit a store whose extra row is
     dropped (its patches would no longer line up with coords and grid)."""

@@ -213,6 +213,26 @@ def test_mask_coverage_matches_brute_force():
     assert cov[0, 2] == pytest.approx(up2[0:100, 431:531].mean(), abs=1e-9)
 
 
+def test_mask_coverage_of_boxes_of_other_width_than_height():
+    """Non-square slide pixels give patch boxes of another level-0 width than height: a box
+    inside the tissue is covered 1.0 (not height / width), one partly inside by the part."""
+    mask = np.zeros((40, 40), bool)
+    mask[:, :20] = True  # tissue at level-0 x < 200 (10 level-0 px per mask px)
+    x0, y0 = np.array([0.0, 170.0, 300.0]), np.array([0.0, 200.0])
+    for size_x, size_y in ((52.0, 50.0), (50.0, 52.0)):
+        cov = mask_coverage(mask, (400, 400), x0, y0, size_x, size_y)
+        want = [1.0, (200.0 - 170.0) / size_x, 0.0]
+        np.testing.assert_allclose(cov, [want, want], atol=1e-12)
+
+
+def test_mask_coverage_counts_a_box_past_the_mask_as_background_there():
+    """A box running 20 level-0 px past the edge of a mask that is tissue everywhere is 40 %
+    covered (the part outside is background), not 100 % (the last mask column extended)."""
+    mask = np.ones((30, 40), bool)  # 10 level-0 px per mask px
+    cov = mask_coverage(mask, (400, 300), np.array([0.0, 380.0]), np.array([0.0, 270.0]), 50, 50)
+    np.testing.assert_allclose(cov, [[1.0, 0.4], [0.6, 0.24]], atol=1e-12)
+
+
 def test_min_tissue_selects_patches_by_mask(tissue_image):
     img = tissue_image((800, 1000))
     reader = ArrayReader(img, 1.0)
@@ -303,6 +323,13 @@ def test_upsampling_and_tiny_slide_warn(tissue_image, tmp_path):
     assert any("upsampled" in w for w in plan.warnings) and plan.resample
     plan = plan_patches(reader, PatchParams(mpp=4.0, patch_px=64, min_tissue=0.0), None)
     assert plan.n == 0 and any("smaller than one" in w for w in plan.warnings)
+    # a strip as wide as many patches but lower than one: no rows, said so
+    strip = ArrayReader(tissue_image((40, 1000)), 1.0)
+    plan = plan_patches(strip, PatchParams(mpp=1.0, patch_px=64, min_tissue=0.0), None)
+    assert (plan.n_rows, plan.n) == (0, 0)
+    assert any(
+        "(1000 x 40 px at 1 µm/px) is smaller than one 64-px patch" in w for w in plan.warnings
+    )
 
 
 def test_more_than_4x_upsampling_is_refused(tissue_image):
@@ -322,7 +349,8 @@ def test_a_mask_of_another_shape_than_the_slide_is_refused(tissue_image):
     params = PatchParams(mpp=0.5, patch_px=64, min_tissue=0.5)
     own = compute_tissue_mask(reader, TissueParams(mask_mpp=8.0)).mask  # 50 x 62 px (rounded)
     assert len(plan_patches(reader, params, own).grid) > 0
-    for shape in [(1000, 1000), (50, 400), (31, 25)]:  # square, landscape, transposed
+    # square, landscape, transposed, 12 % too tall (another slide's proportions)
+    for shape in [(1000, 1000), (50, 400), (31, 25), (56, 62)]:
         with pytest.raises(GigamilError, match=r"does not have the slide's shape \(1000 x 800"):
             plan_patches(reader, params, np.ones(shape, bool))
 
@@ -524,6 +552,12 @@ def test_unresampled_patches_end_inside_a_slightly_coarser_slide(tmp_path):
         ((446, 300), (0.5024, 0.5024), 0.5, 224, (1, 1)),
         # non-square pixels, resampled per axis: 52 target px high, 50 wide
         ((100, 100), (0.25, 0.26), 0.5, 10, (5, 5)),
+        # non-square pixels: 210 target px wide (21 columns) but only 200 high (20 rows, each
+        # axis sized by its own µm/px: a 21st row would run past the bottom edge)
+        ((400, 400), (0.2625, 0.25), 0.5, 10, (20, 21)),
+        # 125 px at 0.44 µm/px are exactly 110 px at 0.5, eleven 10-px patches, although
+        # 125 / (0.5 / 0.44) is 109.99999999999999 in floating point
+        ((125, 40), (0.44, 0.44), 0.5, 10, (3, 11)),
     ],
 )
 def test_every_patch_is_whole_and_inside_the_slide(tmp_path, size, mpp, target, px, shape):

@@ -13,7 +13,7 @@ from PIL import Image
 from gigamil.errors import SlideError
 from gigamil.wsi.memory import ArrayReader
 from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp
-from gigamil.wsi.reader import open_slide
+from gigamil.wsi.reader import open_slide, slide_mpp
 from gigamil.wsi.slide import composite_on_white
 
 
@@ -143,6 +143,28 @@ def test_missing_file_and_directory(tmp_path):
         open_slide(tmp_path / "nope.svs")
     with pytest.raises(SlideError, match="is a directory"):
         open_slide(tmp_path)
+
+
+def test_an_mpp_openslide_refuses_is_not_retried_by_the_plain_image_reader(
+    write_tiff, tmp_path, monkeypatch
+):
+    """A tiled TIFF OpenSlide opens but whose 72 dpi is no slide MPP is refused for its MPP
+    as it is: the in-memory fallback (which decodes the whole level 0, or calls a large slide
+    too large for it) is not tried."""
+    import gigamil.wsi.reader as reader_module
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the plain-image fallback was tried")
+
+    monkeypatch.setattr(reader_module, "ImageReader", no_fallback)
+    monkeypatch.setattr(reader_module, "plain_image_header", no_fallback)
+    img = np.full((128, 128, 3), 200, np.uint8)
+    path = write_tiff(tmp_path / "dpi72.tif", img, mpp=25400 / 72, unit="INCH")
+    refused = r"dpi72\.tif: implausible microns-per-pixel 352\.778 x 352\.778 from openslide"
+    with pytest.raises(SlideError, match=refused):
+        open_slide(path)
+    with pytest.raises(SlideError, match=refused):
+        slide_mpp(path)
 
 
 @pytest.mark.parametrize("tiled", [True, False])

@@ -101,6 +101,24 @@ def test_tissue_all_smaller_than_min_area_is_named_not_called_no_tissue():
     ), tm.warnings
 
 
+def test_a_piece_of_exactly_min_area_um2_is_kept():
+    """Components *smaller* than min_area_um2 are dropped (the schema's words): at 2 µm/px a
+    5 x 5 px piece is 100 µm² and stays at min_area_um2 100, a 5 x 4 px one (80 µm²) goes."""
+    img = np.full((40, 40, 3), 245, np.uint8)
+    img[5:10, 5:10] = (190, 110, 160)  # 25 px = 100 µm²
+    img[20:25, 20:24] = (190, 110, 160)  # 20 px = 80 µm²
+    params = TissueParams(threshold=40.0, median_px=1, close_um=0.0, open_um=0.0, min_area_um2=100)
+    mask, _, _ = mask_from_rgb(img, 2.0, params)
+    assert mask[5:10, 5:10].all() and mask.sum() == 25
+
+
+def test_a_slide_smaller_than_one_mask_pixel_gets_a_one_pixel_mask():
+    """4 x 4 px at 0.5 µm/px is 2 µm, a quarter of an 8 µm mask pixel: the mask is 1 x 1 px
+    (the raster is at least one pixel), not an empty array."""
+    tm = compute_tissue_mask(ArrayReader(np.full((4, 4, 3), 245, np.uint8), 0.5), TissueParams())
+    assert tm.mask.shape == (1, 1) and not tm.mask.any()
+
+
 def test_fixed_threshold_and_bad_threshold(tissue_image):
     img = tissue_image((400, 400))
     m, thr, _ = mask_from_rgb(img, 4.0, TissueParams(threshold=30.0, min_area_um2=0))
