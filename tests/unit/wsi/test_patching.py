@@ -213,6 +213,16 @@ def test_mask_coverage_matches_brute_force():
     assert cov[0, 2] == pytest.approx(up2[0:100, 431:531].mean(), abs=1e-9)
 
 
+@pytest.mark.parametrize(("mpp", "mpp_y"), [(0.2425, None), (0.46, None), (0.25, 0.26)])
+def test_min_tissue_1_keeps_every_patch_wholly_in_tissue(mpp, mpp_y):
+    """A box wholly inside the mask has coverage 1 up to rounding (1 - 2e-15 from the summed
+    areas): ``min_tissue: 1.0`` keeps it, and so every patch of an all-tissue slide."""
+    reader = ArrayReader(np.full((400, 400, 3), 100, np.uint8), mpp, mpp_y=mpp_y)
+    params = PatchParams(mpp=0.5, patch_px=16, min_tissue=1.0)
+    everything = plan_patches(reader, PatchParams(mpp=0.5, patch_px=16, min_tissue=0.0), None)
+    assert plan_patches(reader, params, np.ones((25, 25), bool)).n == everything.n > 0
+
+
 def test_mask_coverage_of_boxes_of_other_width_than_height():
     """Non-square slide pixels give patch boxes of another level-0 width than height: a box
     inside the tissue is covered 1.0 (not height / width), one partly inside by the part."""

@@ -335,7 +335,9 @@ def _kept_patches(  # noqa: PLR0913 - the grid's geometry, axis by axis
         cov = np.ones((n_rows, n_cols))
     else:
         cov = mask_coverage(mask, (w0, h0), x0, y0, p * fx, p * fy)
-    keep = cov >= params.min_tissue if params.min_tissue > 0 else np.ones_like(cov, bool)
+    # the coverage of a box wholly in tissue can come out 1 - 2e-15 (summed-area differences):
+    # compared with a tolerance, min_tissue 1.0 keeps it (and 0.5 an exact half)
+    keep = cov >= params.min_tissue - 1e-9 if params.min_tissue > 0 else np.ones_like(cov, bool)
     if mask is not None and params.min_tissue > 0 and not mask.any():
         keep[:] = False
     rr, cc = np.nonzero(keep)  # raster order
