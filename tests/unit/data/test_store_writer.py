@@ -69,6 +69,32 @@ def test_a_chunk_written_short_is_refused(s1_attrs, row_major_grid, tmp_path):
     assert not (tmp_path / "a.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.full((4, 8, 8, 3), 0.5, np.float32),  # would be cast to zeros
+        np.full((4, 8, 8, 3), 300, np.uint16),  # would wrap
+        np.full((4, 4, 4, 3), 9, np.uint8),  # another patch size
+        np.full((4, 16, 4, 3), 9, np.uint8),  # as many values, read back scrambled
+        np.full((4, 8, 8, 4), 9, np.uint8),  # RGBA
+    ],
+    ids=["float", "uint16", "smaller", "same_count", "rgba"],
+)
+@pytest.mark.parametrize("how", ["append", "write_chunk"])
+def test_patches_of_another_dtype_or_shape_are_refused(
+    s1_attrs, row_major_grid, tmp_path, bad, how
+):
+    """The writer takes uint8 (k, patch_px, patch_px, 3) only: anything else is an error, not
+    pixels quietly cast, wrapped or scrambled into the store."""
+    grid, coords = _grid(row_major_grid, 4)
+    with StoreWriter(tmp_path / "a.zarr", 4, 8, coords, grid, chunk=64) as w:
+        with pytest.raises(ValueError, match=r"patches must be uint8 of shape \(k, 8, 8, 3\)"):
+            w.append(bad) if how == "append" else w.write_chunk(0, bad)
+        w.write_chunk(0, np.full((4, 8, 8, 3), 9, np.uint8))  # the right ones still go in
+        w.commit(s1_attrs())
+    assert (tmp_path / "a.zarr").is_dir()
+
+
 def test_chunk_size_between_64_and_256():
     assert chunk_patches(256) == 128  # 24 MiB / 192 KiB
     assert chunk_patches(32) == 256

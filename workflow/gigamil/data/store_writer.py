@@ -170,10 +170,23 @@ class StoreWriter:
             if self.n:
                 z[...] = arr
 
+    def _check_patches(self, patches: np.ndarray) -> None:
+        """ValueError unless ``patches`` are uint8 (k, patch_px, patch_px, 3): a cast would turn
+        float patches in 0..1 into zeros and wrap uint16 values, and another shape would be read
+        back scrambled."""
+        want = tuple(self.patches.shape[1:])
+        if patches.dtype != np.uint8 or tuple(patches.shape[1:]) != want:
+            raise ValueError(
+                f"patches must be uint8 of shape (k, {', '.join(map(str, want))}); got "
+                f"{patches.dtype} {tuple(patches.shape)}"
+            )
+
     def append(self, patches: np.ndarray) -> None:
-        """Append (k, H, W, 3) uint8 patches (the next k rows)."""
+        """Append (k, H, W, 3) uint8 patches (the next k rows); ValueError for another dtype or
+        patch shape."""
         if len(patches) == 0:
             return
+        self._check_patches(patches)
         self._buf.append(patches)
         self._buffered += len(patches)
         if self._buffered >= self.chunk:
@@ -195,6 +208,7 @@ class StoreWriter:
         """Write chunk ``index`` (rows index*C .. index*C + len(data)) directly; thread-safe for
         different chunks. Use either this or :meth:`append`, not both."""
         n = min(self.chunk, self.n - index * self.chunk)
+        self._check_patches(data)
         if len(data) != n:
             raise ValueError(f"chunk {index} needs {n} patches, got {len(data)}")
         self._write_chunk(index, data)
