@@ -13,7 +13,15 @@ import torch
 
 from gigamil import fileutil
 from gigamil.errors import GigamilError
-from gigamil.train.checkpoint import CheckpointSaver, atomic_save, load_checkpoint
+from gigamil.models.factory import build_mil_model
+from gigamil.settings import ModelConfig
+from gigamil.train.checkpoint import (
+    CheckpointSaver,
+    atomic_save,
+    load_checkpoint,
+    load_model,
+)
+from gigamil.train.model_file import model_checkpoint, model_header
 
 MARK = 1.2345678
 
@@ -149,3 +157,42 @@ def test_train_log_writes_an_empty_cell_for_nan(tmp_path: Path) -> None:
     rows = [{"epoch": 1, "train_loss": 0.5, "val_loss": float("nan")}, {"epoch": 2}]
     write_train_log(tmp_path / "log.csv", rows, ["epoch", "train_loss", "val_loss"])
     assert (tmp_path / "log.csv").read_text() == "epoch,train_loss,val_loss\n1,0.5,\n2,,\n"
+
+
+def _small_model_checkpoint() -> tuple[torch.nn.Module, dict]:
+    cfg = ModelConfig.from_dict({"encoder": "smallcnn"})
+    model = build_mil_model(cfg, 2, 32)
+    header = model_header(cfg.to_dict(), ["neg", "pos"], 32)
+    return model, model_checkpoint(model, header, 1, {"val_auc": 0.9})
+
+
+def test_the_best_epoch_kept_for_last_pt_is_a_copy_not_the_training_weights(
+    tmp_path: Path,
+) -> None:
+    """The saver keeps the best epoch in memory and writes it into every last.pt, from which a
+    resumed run writes model.pt again: weights shared with the model in training would turn
+    it into the latest epoch's weights."""
+    model, ckpt = _small_model_checkpoint()
+    saver = CheckpointSaver(tmp_path, {"s": 1})
+    saver.save_best(ckpt)
+    with torch.no_grad():  # the next epochs train on
+        for p in model.parameters():
+            p.add_(1.0)
+    saver.save_last({"model": model.state_dict()})
+    best = load_checkpoint(saver.model_path)["state_dict"]
+    kept = load_checkpoint(saver.last_path)["best"]["state_dict"]
+    assert best.keys() == kept.keys()
+    assert all(torch.equal(best[k], kept[k]) for k in best)
+
+
+def test_a_model_pt_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    """A state dict lacking a tensor (or holding another model's) must not load with the
+    missing layers left at their random initialisation."""
+    _, ckpt = _small_model_checkpoint()
+    key = next(k for k in ckpt["state_dict"] if k.startswith("attention_model."))
+    missing = {**ckpt, "state_dict": {k: v for k, v in ckpt["state_dict"].items() if k != key}}
+    with pytest.raises(RuntimeError, match=f"Missing key.*{key}"):
+        load_model(atomic_save(missing, tmp_path / "a" / "model.pt"))
+    extra = {**ckpt, "state_dict": {**ckpt["state_dict"], "attention_model.extra": torch.ones(1)}}
+    with pytest.raises(RuntimeError, match="Unexpected key.*attention_model.extra"):
+        load_model(atomic_save(extra, tmp_path / "b" / "model.pt"))

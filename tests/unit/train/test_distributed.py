@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -124,3 +125,28 @@ def test_ranks_validate_one_set_of_batchnorm_statistics(mil_bags, tmp_path: Path
     done = re.findall(r"rank (\d) (replicate\d epoch \d+)/6\].*done: .*(val_loss \S+)", text)
     by_rank = [sorted((epoch, loss) for rank, epoch, loss in done if rank == r) for r in "01"]
     assert by_rank[0] == by_rank[1] and len(by_rank[0]) >= 4
+
+
+def test_train_fold_torchrun_refuses_to_nest_and_otherwise_launches_torchrun(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Inside a torchrun process (WORLD_SIZE set), launching torchrun again would start
+    nproc × nproc processes; one process is train_fold's job."""
+    import pandas as pd
+
+    from gigamil.train import launch
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(launch.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    slides = pd.DataFrame({"slide_id": ["a"], "label": ["x"]})
+    with pytest.raises(ValueError, match="nproc >= 2"):
+        train_fold_torchrun(slides, slides, {}, tmp_path / "one", nproc=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="already inside a torchrun process group"):
+        train_fold_torchrun(slides, slides, {}, tmp_path / "nested", nproc=2)
+    assert calls == []
+    monkeypatch.delenv("WORLD_SIZE")
+    out = train_fold_torchrun(slides, slides, {"seed": 1}, tmp_path / "f", nproc=2, threads=4)
+    assert out == tmp_path / "f" / "model.pt"
+    assert calls == [torchrun_command(tmp_path / "f" / "ddp", tmp_path / "f", 2, 4)]
+    assert yaml.safe_load((tmp_path / "f" / "ddp" / "config.yaml").read_text()) == {"seed": 1}

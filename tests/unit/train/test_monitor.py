@@ -1,8 +1,13 @@
-"""Watching a training run: the start-of-run TensorBoard warning."""
+"""Watching a training run: the start-of-run TensorBoard warning, the check that the weights
+are still finite numbers."""
 
 from __future__ import annotations
 
-from gigamil.train.monitor import tensorboard_warning
+import pytest
+import torch
+
+from gigamil.errors import GigamilError
+from gigamil.train.monitor import check_finite_weights, non_finite_weights, tensorboard_warning
 
 
 def test_folds_trained_without_tensorboard_are_named_at_the_start_of_a_run(tmp_path):
@@ -19,3 +24,20 @@ def test_folds_trained_without_tensorboard_are_named_at_the_start_of_a_run(tmp_p
     assert "fold1" not in message and "fold2" not in message and "fold3" not in message
     (folds[0] / "tensorboard").mkdir()
     assert tensorboard_warning(folds) is None
+
+
+def test_infinite_weights_stop_the_training_as_nan_ones_do() -> None:
+    """An optimizer step can write inf without NaN (an overflowing update): every later epoch
+    and prediction is then NaN, so inf must stop the training with the layers named."""
+    model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(4)])
+    assert non_finite_weights(model) == ""
+    check_finite_weights(model, 1, 0.5)  # finite: nothing happens
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("inf")
+    assert non_finite_weights(model) == "1.weight"
+    with pytest.raises(GigamilError, match=r"training diverged in epoch 3 .*\(1\.weight\)"):
+        check_finite_weights(model, 3, 0.5)
+    with torch.no_grad():
+        for layer in model:
+            layer.bias[0] = float("-inf")
+    assert non_finite_weights(model) == "0.bias, 1.weight, 1.bias, ..."

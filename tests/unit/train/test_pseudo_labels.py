@@ -67,3 +67,18 @@ def test_soft_cross_entropy_is_bce_for_one_logit_and_weights_balance_classes() -
     w = balanced_soft_weights(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
     assert torch.allclose(w, torch.tensor([4 / 6, 4 / 2]))  # total / (classes x class mass)
     assert torch.equal(balanced_soft_weights(torch.tensor([[1.0, 0.0]])), torch.tensor([1.0, 0]))
+
+
+def test_attention_rule_temperature_sharpens_the_relative_attention() -> None:
+    """(a_i / max a)^(1/T): T < 1 gives the less attended instances less of the bag's
+    evidence, T > 1 more; the most attended instance keeps p_bag."""
+    head, h = _head(), torch.randn(6, 6)
+    logits, att = head(h)
+    p_bag, rel = torch.sigmoid(logits[0]), att / att.max()
+    for t in (0.5, 2.0):
+        q = pseudo_labels(head, h, 1, "attention", temperature=t)
+        assert torch.allclose(q[:, 1], p_bag * rel ** (1 / t), atol=1e-6)
+        assert torch.allclose(q.sum(1), torch.ones(6))
+    sharp = pseudo_labels(head, h, 1, "attention", temperature=0.5)[:, 1]
+    plain = pseudo_labels(head, h, 1, "attention")[:, 1]
+    assert (sharp <= plain + 1e-7).all() and (sharp < plain - 1e-4).any()
