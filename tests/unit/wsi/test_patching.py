@@ -568,6 +568,10 @@ def test_unresampled_patches_end_inside_a_slightly_coarser_slide(tmp_path):
         # 125 px at 0.44 µm/px are exactly 110 px at 0.5, eleven 10-px patches, although
         # 125 / (0.5 / 0.44) is 109.99999999999999 in floating point
         ((125, 40), (0.44, 0.44), 0.5, 10, (3, 11)),
+        # upsampled (bilinear): the patches on the slide's edge have no pale rim from the white
+        # past it (their outer pixel rows read 139, the corners 168, before)
+        ((64, 64), (0.5, 0.5), 0.25, 32, (4, 4)),
+        ((64, 64), (0.35, 0.35), 0.3, 32, (2, 2)),
     ],
 )
 def test_every_patch_is_whole_and_inside_the_slide(tmp_path, size, mpp, target, px, shape):
@@ -583,6 +587,28 @@ def test_every_patch_is_whole_and_inside_the_slide(tmp_path, size, mpp, target, 
     patches, coords, _, attrs = read_store(tmp_path / "s.zarr")
     assert len(coords) == shape[0] * shape[1]
     assert (np.asarray(patches) == 100).all()
+
+
+def test_repeating_the_edge_changes_no_pixel_away_from_it(tmp_path):
+    """Upsampled patches of a textured slide: those off the slide's edge are exactly what a
+    slide twice as large (no edge near them) gives; only the edge patches' rims change."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    big = np.full((128, 128, 3), 255, np.uint8)
+    big[:64, :64] = image
+    params = PatchParams(mpp=0.25, patch_px=32, min_tissue=0.0)
+    for name, img in (("small", image), ("big", big)):
+        extract_patches(ArrayReader(img, 0.5), tmp_path / f"{name}.zarr", params, progress=False)
+    small, small_coords, _, _ = read_store(tmp_path / "small.zarr")
+    large, large_coords, _, _ = read_store(tmp_path / "big.zarr")
+    index = {tuple(c): i for i, c in enumerate(np.asarray(large_coords))}
+    small, large = np.asarray(small), np.asarray(large)
+    for i, (x, y) in enumerate(np.asarray(small_coords)):
+        a, b = small[i], large[index[(x, y)]]
+        if x + 16 < 64 and y + 16 < 64:  # a patch spans 16 level-0 px: off the right and bottom
+            assert np.array_equal(a, b), (x, y)
+        else:  # on the edge: only the outer row or column, bilinear from the white, changes
+            assert np.array_equal(a[:-1, :-1], b[:-1, :-1]) and not np.array_equal(a, b), (x, y)
 
 
 def test_level0_coordinates_follow_each_axis_of_non_square_pixels():

@@ -34,7 +34,8 @@ def read_raster(
 ) -> np.ndarray:
     """Raster pixels [u0, u0+w) x [v0, v0+h) as RGB uint8 (h, w, 3), read from ``level``.
 
-    Outside the slide is white. Downscaling uses box (area) averaging, upscaling bilinear.
+    Outside the slide is white. Downscaling uses box (area) averaging, upscaling bilinear (which
+    looks a pixel past the slide's edge: there it sees the edge pixels repeated, not white).
     """
     from PIL import Image
 
@@ -50,8 +51,10 @@ def read_raster(
     location = (round(rx0 * ds), round(ry0 * ds))
     ox, oy = reader.level_origin(location, level)
     region = reader.read_region_view(location, level, (rx1 - rx0, ry1 - ry0))  # (rh, rw, 3)
-    img = Image.fromarray(np.ascontiguousarray(region))
     filt = Image.Resampling.BOX if min(sx, sy) >= 1.0 else Image.Resampling.BILINEAR
+    if filt == Image.Resampling.BILINEAR:
+        region = _repeat_edges(region, (ox, oy), reader.level_dimensions[level], margin)
+    img = Image.fromarray(np.ascontiguousarray(region))
     rw, rh = rx1 - rx0, ry1 - ry0
     box = (
         min(max(bx0 - ox, 0.0), rw),
@@ -60,6 +63,28 @@ def read_raster(
         min(max(by1 - oy, 0.0), rh),
     )
     return np.asarray(img.resize((w, h), filt, box=box))
+
+
+def _repeat_edges(
+    region: np.ndarray, origin: tuple[float, float], level_dims: tuple[int, int], margin: int
+) -> np.ndarray:
+    """``region`` (rh, rw, 3), whose pixel (0, 0) is at level coordinate ``origin``, with the
+    white read past the level's edge (``level_dims`` (w, h)) replaced, up to ``margin`` pixels
+    out, by the slide's edge pixels: bilinear upsampling looks one pixel past the edge, and the
+    white there would lighten a patch's border pixels (a uniform slide gave patches with a pale
+    rim). Further out stays white."""
+    rh, rw = region.shape[:2]
+    (ox, oy), (lw, lh) = origin, level_dims
+    x0, y0 = max(0, math.ceil(-ox - 1e-6)), max(0, math.ceil(-oy - 1e-6))
+    x1, y1 = min(rw, math.floor(lw - ox + 1e-6)), min(rh, math.floor(lh - oy + 1e-6))
+    if x0 >= x1 or y0 >= y1 or (x0, y0, x1, y1) == (0, 0, rw, rh):
+        return region
+    pad = ((min(margin, y0), min(margin, rh - y1)), (min(margin, x0), min(margin, rw - x1)))
+    out = np.array(region)
+    out[y0 - pad[0][0] : y1 + pad[0][1], x0 - pad[1][0] : x1 + pad[1][1]] = np.pad(
+        region[y0:y1, x0:x1], (*pad, (0, 0)), mode="edge"
+    )
+    return out
 
 
 def raster_shape(
