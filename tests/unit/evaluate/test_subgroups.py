@@ -1,0 +1,115 @@
+"""gigamil.evaluate.subgroups and ``gigamil subgroups``: metrics per value of a sheet column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
+
+from gigamil.cli import main
+from gigamil.errors import GigamilError
+from gigamil.evaluate import subgroups as sg
+
+CLASSES = ["normal", "lesion"]
+
+
+def _preds(n: int = 16, seed: int = 0) -> pd.DataFrame:
+    """Two slides per patient, labels alternating by patient, noisy probabilities."""
+    rng = np.random.default_rng(seed)
+    label = np.array(["normal", "lesion"])[(np.arange(n) // 2) % 2]
+    p = np.clip((label == "lesion") * 0.4 + rng.uniform(0.1, 0.6, n), 0, 1)
+    return pd.DataFrame(
+        {
+            "cohort": "c",
+            "slide_id": [f"s{i}" for i in range(n)],
+            "patient_id": [f"p{i // 2}" for i in range(n)],
+            "label": label,
+            "prob_normal": 1 - p,
+            "prob_lesion": p,
+        }
+    )
+
+
+def _sheet(preds: pd.DataFrame, site: list[str]) -> pd.DataFrame:
+    return preds[["slide_id", "patient_id"]].assign(path="x.svs", site=site)
+
+
+def test_each_subgroup_has_the_metrics_of_its_slides():
+    preds = _preds()
+    site = ["A" if i < 8 else "B" for i in range(16)]
+    site[15] = ""  # an empty cell is a group of its own
+    table = sg.subgroup_metrics(
+        sg.join_columns(preds, [_sheet(preds, site)], ["site"]), CLASSES, ["site"], n_boot=50
+    )
+    assert list(table["value"]) == ["all", sg.EMPTY, "A", "B"]
+    for value, rows in (("all", slice(0, 16)), ("A", slice(0, 8)), ("B", slice(8, 15))):
+        part = preds.iloc[rows]
+        row = table.set_index("value").loc[value]
+        y = (part["label"] == "lesion").to_numpy()
+        assert row["auc"] == pytest.approx(roc_auc_score(y, part["prob_lesion"]))
+        pred = part["prob_lesion"] > part["prob_normal"]
+        assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+        assert row["brier"] == pytest.approx(brier_score_loss(y, part["prob_lesion"]))
+        assert row["n_slides"] == len(part) and row["n_patients"] == part["patient_id"].nunique()
+        assert row["n_lesion"] == int(y.sum()) and row["n_normal"] == int((~y).sum())
+        assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
+    one = table.set_index("value").loc[sg.EMPTY]  # slide s15 alone: one class, no AUC
+    assert np.isnan(one["auc"]) and one["note"] == "only lesion: no AUC"
+
+
+def test_unpredicted_slides_are_counted_not_scored():
+    preds = _preds()
+    preds.loc[3, ["prob_normal", "prob_lesion"]] = np.nan  # a slide without patches
+    table = sg.subgroup_metrics(preds.assign(site="A"), CLASSES, ["site"], n_boot=20)
+    assert table.loc[0, "n_unpredicted"] == 1 and table.loc[0, "n_slides"] == 15
+    assert table.loc[1, "n_slides"] == 15
+
+
+def test_the_bootstrap_resamples_patients(monkeypatch):
+    """The intervals resample patients (a patient's slides stay together), not slides."""
+    seen = []
+    real = sg.M.bootstrap_ci
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("groups"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sg.M, "bootstrap_ci", spy)
+    preds = _preds()
+    sg.subgroup_metrics(preds.assign(site="A"), CLASSES, ["site"], n_boot=10)
+    assert len(seen) == 2 and all(list(g) == list(preds["patient_id"]) for g in seen)
+
+
+def test_columns_come_from_the_predictions_or_the_sheets_and_errors_name_the_problem():
+    preds = _preds(4)
+    assert list(sg.join_columns(preds, [], ["cohort"])["cohort"]) == ["c"] * 4  # no sheet needed
+    sheet = _sheet(preds, ["A", "B", "A", "B"])
+    with pytest.raises(GigamilError, match=r"--by scanner: not a column .*site"):
+        sg.join_columns(preds, [sheet], ["scanner"])
+    with pytest.raises(GigamilError, match=r"--by site: not a column .*\(no --sheet\)"):
+        sg.join_columns(preds, [], ["site"])
+    with pytest.raises(GigamilError, match=r"1 predicted slide\(s\) are in no sheet given: s3"):
+        sg.join_columns(preds, [sheet.iloc[:3]], ["site"])
+    with pytest.raises(GigamilError, match=r"slide s0 is in two sheet rows"):
+        sg.join_columns(preds, [sheet, sheet.iloc[:1]], ["site"])
+    with pytest.raises(GigamilError, match=r"--by patient_id: group by a column"):
+        sg.join_columns(preds, [sheet], ["patient_id"])
+    with pytest.raises(GigamilError, match=r"4 of the 4 slides have no label"):
+        sg.subgroup_metrics(preds.assign(label="", site="A"), CLASSES, ["site"])
+
+
+def test_cli_writes_the_table_and_prints_it(tmp_path, capsys):
+    preds = _preds()
+    preds.to_csv(tmp_path / "per_slide_predictions.csv", index=False)
+    _sheet(preds, ["A", "B"] * 8).to_csv(tmp_path / "sheet.csv", index=False)
+    args = ["subgroups", "--predictions", str(tmp_path / "per_slide_predictions.csv")]
+    args += ["--sheet", str(tmp_path / "sheet.csv"), "--by", "site", "cohort"]
+    assert main([*args, "--out", str(tmp_path / "sg"), "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "sg" / "subgroups.csv", keep_default_na=False)
+    assert list(table["column"]) == ["all", "site", "site", "cohort"]
+    assert list(table["value"]) == ["all", "A", "B", "c"]
+    page = (tmp_path / "sg" / "subgroups.html").read_text()
+    assert "percentile bootstrap over patients" in page and "<td>site</td>" in page
+    assert "site     A" in out and str(tmp_path / "sg" / "subgroups.csv") in out

@@ -1,0 +1,72 @@
+"""``gigamil subgroups``: metrics per value of sheet columns (site, scanner, ...) from
+per-slide predictions (:mod:`gigamil.evaluate.subgroups`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+
+NAME = "subgroups"
+HELP = "metrics per value of sheet columns (e.g. site): AUC, balanced accuracy, Brier, with CIs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        metavar="CSV",
+        help="per-slide predictions: results/eval/<experiment>/per_slide_predictions.csv "
+        "(out of fold) or results/eval/<experiment>/ensemble/<cohort>/predictions.csv",
+    )
+    parser.add_argument(
+        "--sheet",
+        nargs="+",
+        default=[],
+        metavar="SHEET.csv",
+        help="the cohort sheet(s) holding the --by columns (joined on slide_id); not needed "
+        "for a column of the predictions (cohort)",
+    )
+    parser.add_argument(
+        "--by",
+        required=True,
+        nargs="+",
+        metavar="COLUMN",
+        help="sheet column(s), e.g. site, or cohort",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="writes subgroups.csv/.html")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="CLASS",
+        help="class order (default: the prob_<class> columns' order)",
+    )
+    parser.add_argument(
+        "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"
+    )
+    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gigamil.commands.evaluate import classes_from_predictions
+    from gigamil.evaluate.predictions import read_predictions
+    from gigamil.evaluate.subgroups import (
+        format_table,
+        join_columns,
+        subgroup_metrics,
+        write_subgroups,
+    )
+    from gigamil.sheet_csv import read_sheet_csv
+
+    classes = classes_from_predictions(args.predictions, args.classes)
+    preds = read_predictions([args.predictions], classes, need_fold=False)
+    sheets = [read_sheet_csv(Path(p), labels_required=False) for p in args.sheet]
+    table = subgroup_metrics(
+        join_columns(preds, sheets, args.by), classes, args.by, args.n_boot, args.seed
+    )
+    paths = write_subgroups(table, args.out, f"{Path(args.predictions).name}: subgroups")
+    print(format_table(table).to_string(index=False))
+    print("\n".join(map(str, paths)))
+    return 0

@@ -1,0 +1,164 @@
+"""Subgroup analysis (``gigamil subgroups``): the metrics of each value of sheet columns such as
+``site`` or ``scanner``, from a table of per-slide predictions.
+
+A model's pooled AUC can hide a hospital or scanner it fails on; reporting performance in key
+subgroups is what reporting guidelines for clinical prediction models ask for (TRIPOD+AI, Collins
+et al., BMJ 2024). The predictions are those gigamil writes per slide: the out-of-fold
+``results/eval/{experiment}/per_slide_predictions.csv`` or an ensemble's
+``results/eval/{experiment}/ensemble/{cohort}/predictions.csv``; the columns to group by come from
+the cohort sheets, joined on ``slide_id`` (ids are unique across cohorts, as the workflow checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gigamil.errors import GigamilError
+from gigamil.evaluate import metrics as M
+from gigamil.evaluate.tables import FLOAT_FORMAT, html_page
+
+# the value shown for an empty cell of a grouping column
+EMPTY = "(empty)"
+# the metrics with bootstrap CIs in the table, in column order
+SHOWN = ("auc", "balanced_accuracy", "brier")
+
+
+def join_columns(
+    preds: pd.DataFrame, sheets: Sequence[pd.DataFrame], by: Sequence[str]
+) -> pd.DataFrame:
+    """``preds`` with the ``by`` columns it lacks taken from the sheets, joined on
+    ``slide_id`` (a column of the predictions, e.g. ``cohort``, needs no sheet).
+
+    Raises:
+        GigamilError: a ``by`` column that names no group (``slide_id``, ``patient_id``,
+            ``label``, a probability), one in neither the predictions nor a sheet (naming the
+            sheets' columns), a slide in two sheet rows, or predicted slides no sheet lists
+            (naming up to five).
+    """
+    if reserved := [
+        c for c in by if c in ("slide_id", "patient_id", "label", "pred") or c.startswith("prob_")
+    ]:
+        raise GigamilError(f"--by {' '.join(reserved)}: group by a column such as site or cohort")
+    wanted = [c for c in dict.fromkeys(by) if c not in preds.columns]
+    if not wanted:
+        return preds.assign(**{c: preds[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+    table = pd.concat(list(sheets), ignore_index=True) if sheets else pd.DataFrame()
+    if missing := [c for c in wanted if c not in table.columns]:
+        where = (
+            f"the sheets' columns: {', '.join(map(str, table.columns))}" if sheets else "no --sheet"
+        )
+        raise GigamilError(
+            f"--by {' '.join(missing)}: not a column of the predictions or the sheets ({where})"
+        )
+    ids = table["slide_id"].astype(str)
+    if ids.duplicated().any():
+        raise GigamilError(f"slide {ids[ids.duplicated()].iloc[0]} is in two sheet rows")
+    lookup = table.assign(slide_id=ids).set_index("slide_id")[wanted]
+    slides = preds["slide_id"].astype(str)
+    if unknown := sorted(set(slides) - set(lookup.index)):
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise GigamilError(f"{len(unknown)} predicted slide(s) are in no sheet given: {shown}")
+    joined = preds.assign(**{c: lookup.loc[slides, c].to_numpy() for c in wanted})
+    return joined.assign(**{c: joined[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+
+
+def _group_row(
+    part: pd.DataFrame, classes: Sequence[str], n_boot: int, seed: int
+) -> dict[str, object]:
+    """Counts, metrics and patient-level bootstrap CIs of one subgroup."""
+    row: dict[str, object] = {
+        "n_slides": len(part),
+        "n_patients": int(part["patient_id"].nunique()),
+        **{f"n_{c}": int((part["label"].astype(str) == c).sum()) for c in classes},
+    }
+    y, p = M.labels_and_probs(part, classes)
+    found = M.classification_metrics(y, p, classes)
+    ci = M.bootstrap_ci(
+        y, p, classes, groups=part["patient_id"].to_numpy(), n_boot=n_boot, seed=seed
+    )
+    for m in SHOWN:
+        row[m] = found[m]
+        row[f"{m}_ci_low"], row[f"{m}_ci_high"] = ci[m]
+    present = [c for c in classes if row[f"n_{c}"]]
+    row["note"] = f"only {', '.join(present)}: no AUC" if len(present) < 2 else ""
+    return row
+
+
+def subgroup_metrics(
+    preds: pd.DataFrame,
+    classes: Sequence[str],
+    by: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One row for all slides, then one per value of each ``by`` column of ``preds``.
+
+    Args:
+        preds: per-slide predictions with ``slide_id``, ``patient_id``, ``label``,
+            ``prob_<class>`` and the ``by`` columns (:func:`join_columns`). Slides without a
+            prediction (NaN probabilities: no patches) are left out and counted in the ``all``
+            row's ``n_unpredicted``.
+        classes: class names, in the order of the model's outputs.
+        n_boot: bootstrap resamples of patients for the 95 % CIs (percentile method).
+
+    Returns:
+        columns ``column``, ``value``, ``n_slides``, ``n_patients``, ``n_<class>``, ``auc``,
+        ``balanced_accuracy`` and ``brier`` each with ``_ci_low`` / ``_ci_high``, ``note`` (a
+        subgroup of one class has no AUC: NaN), ``n_unpredicted``. Values sorted as text.
+    """
+    unlabelled = preds["label"].astype(str).str.strip().eq("")
+    if unlabelled.any():
+        raise GigamilError(
+            f"{int(unlabelled.sum())} of the {len(preds)} slides have no label (e.g. "
+            f"{preds.loc[unlabelled, 'slide_id'].iloc[0]}; a role: predict cohort): metrics "
+            "need the true class of every slide"
+        )
+    probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    scored = preds[np.isfinite(probs).all(axis=1)]
+    if scored.empty:
+        raise GigamilError("no slide has a prediction (every probability is empty)")
+    rows = [{"column": "all", "value": "all", **_group_row(scored, classes, n_boot, seed)}]
+    rows[0]["n_unpredicted"] = len(preds) - len(scored)
+    for column in dict.fromkeys(by):
+        for value, part in scored.groupby(scored[column].astype(str), sort=True):
+            rows.append(
+                {"column": column, "value": value, **_group_row(part, classes, n_boot, seed)}
+            )
+    return pd.DataFrame(rows).fillna({"n_unpredicted": 0}).astype({"n_unpredicted": int})
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as people read it: each metric ``0.912 (0.85-0.97)``, counts, the note."""
+
+    def cell(row: pd.Series, m: str) -> str:
+        value, lo, hi = row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"]
+        if not np.isfinite(value):
+            return "-"
+        ci = f" ({lo:.2f}-{hi:.2f})" if np.isfinite(lo) and np.isfinite(hi) else ""
+        return f"{value:.3f}{ci}"
+
+    shown = table[["column", "value", "n_slides", "n_patients"]].copy()
+    for m in SHOWN:
+        shown[m] = [cell(r, m) for _, r in table.iterrows()]
+    shown["note"] = table["note"]
+    return shown
+
+
+def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> list[Path]:
+    """``out_dir/subgroups.csv`` (every number) and ``subgroups.html`` (:func:`format_table`,
+    with the bootstrap note); returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, page = out / "subgroups.csv", out / "subgroups.html"
+    table.to_csv(csv, index=False, float_format=FLOAT_FORMAT)
+    body = format_table(table).to_html(index=False, border=0, classes="metrics")
+    note = (
+        "<p>95 % intervals: percentile bootstrap over patients. A subgroup of a few patients "
+        "has a wide interval; one of a single class has no AUC.</p>"
+    )
+    page.write_text(html_page(title, note + body))
+    return [csv, page]
