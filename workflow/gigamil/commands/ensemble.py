@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+from gigamil.commands.evaluate import add_metric_arguments
 
 NAME = "ensemble"
 HELP = "average the fold models' probabilities on a cohort and evaluate the ensemble"
@@ -21,12 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cohort", required=True, help="cohort name (rows of others ignored)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument(
-        "--classes",
-        nargs="+",
-        metavar="CLASS",
-        help="class order (default: the prob_<class> columns' order)",
-    )
     parser.add_argument("--experiment", default="", help="name shown in titles and summary")
     parser.add_argument(
         "--localization",
@@ -34,10 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CSV with slide_id, store, attention, mask (one row per fold model's "
         "attention .npy) for the localisation AUC of the mean attention",
     )
-    parser.add_argument(
-        "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"
-    )
-    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
+    add_metric_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

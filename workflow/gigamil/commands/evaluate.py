@@ -24,17 +24,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-fold prediction CSVs (with a fold column)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument(
-        "--classes",
-        nargs="+",
-        metavar="CLASS",
-        help="class order (default: the prob_<class> columns' order)",
-    )
     parser.add_argument("--experiment", default="", help="name shown in titles and summary")
     parser.add_argument(
         "--localization",
         metavar="CSV",
         help="CSV with slide_id, store, attention, mask for localisation AUC",
+    )
+    add_metric_arguments(parser)
+
+
+def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--classes``, ``--n-boot`` and ``--seed``: the options of every command that computes
+    metrics from prediction CSVs (evaluate, ensemble, subgroups)."""
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="CLASS",
+        help="class order (default: the prob_<class> columns' order)",
     )
     parser.add_argument(
         "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
+from gigamil.commands.evaluate import add_metric_arguments
 
 NAME = "subgroups"
 HELP = "metrics per value of sheet columns (e.g. site): AUC, balanced accuracy, Brier, with CIs"
@@ -35,16 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sheet column(s), e.g. site, or cohort",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="writes subgroups.csv/.html")
-    parser.add_argument(
-        "--classes",
-        nargs="+",
-        metavar="CLASS",
-        help="class order (default: the prob_<class> columns' order)",
-    )
-    parser.add_argument(
-        "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"
-    )
-    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
+    add_metric_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
