@@ -67,3 +67,19 @@ def test_gated_differs_from_plain() -> None:
     torch.manual_seed(0)
     gated = ABMIL(in_shape=4, att_dim=5, gated=True)
     assert gated.head.U is not None and plain.head.U is None
+
+
+def test_smabmil_attention_is_the_softmax_of_the_sm_smoothed_scores() -> None:
+    """SmABMIL's settings reach its head: the attention is softmax((1-α)(I - αA)^-1 s) of the
+    ABMIL scores s, with the model's own α."""
+    torch.manual_seed(0)
+    grid = np.array([(r, c) for r in range(3) for c in range(4)])
+    adj = grid_adjacency(grid).to_dense()
+    model = SmABMIL(in_shape=3, att_dim=4, sm_alpha=0.8, sm_mode="exact", sm_steps=3)
+    assert (model.head.sm_alpha, model.head.sm_mode, model.head.sm_steps) == (0.8, "exact", 3)
+    x = torch.randn(1, 12, 3)
+    _, att = model(x, adj=adj[None], return_att=True)
+    with torch.no_grad():
+        s = model.head.w(torch.tanh(model.head.V(x[0])))[:, 0]
+        smoothed = 0.2 * torch.linalg.solve(torch.eye(12) - 0.8 * adj, s)
+    assert torch.allclose(att[0], torch.softmax(smoothed, dim=0), atol=1e-5)

@@ -318,3 +318,33 @@ def test_train_batchnorm_with_a_last_chunk_of_one_patch() -> None:
     assert all(p.grad is not None for p in model.feature_encoder.parameters() if p.requires_grad)
     with pytest.raises(GigamilError, match=r"a bag of 1 patch.*model\.batchnorm: train"):
         model.forward_train(bag[:1], 1, max_instances_per_forward_pass=4)
+
+
+def test_a_bag_with_a_grid_gets_its_8_connected_adjacency() -> None:
+    """A bag that carries its patch grid (``.grid``) needs no ``adj``: SmABMIL smooths over the
+    8-connected neighbours of that grid; a bag's own ``adjacency()`` is used as it is."""
+
+    class GridBag:
+        def __init__(self, data: torch.Tensor, grid: np.ndarray) -> None:
+            self.data, self.grid = data, grid
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def chunks(self, size: int):
+            yield from self.data.split(size)
+
+    model = make_model("smabmil").eval()
+    bag, grid = make_bag()
+    with torch.no_grad():
+        ref = model(bag, adj=grid_adjacency(grid, connectivity=8))
+        four = model(bag, adj=grid_adjacency(grid, connectivity=4))
+        got = model(GridBag(bag, grid), max_instances_per_forward_pass=7)
+    torch.testing.assert_close(got, ref)
+    assert not torch.allclose(four[1], ref[1])  # the check can tell the two apart
+    cached = GridBag(bag, grid)
+    cached.adjacency = lambda: grid_adjacency(grid, connectivity=4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(cached), four)
+    with pytest.raises(ValueError, match="needs `adj`"):
+        model(bag)

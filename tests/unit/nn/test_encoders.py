@@ -432,3 +432,21 @@ def test_weights_that_are_a_folder_a_bare_hub_id_or_a_bad_hub_name_are_named_bef
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # not here: the job's to find
     (warning,) = check_encoder_settings("timm:resnet18", "hf-hub:MahmoodLab/UNI")
     assert "not in the Hugging Face cache here" in warning
+
+
+def test_groupnorm_swap_keeps_the_affine_parameters() -> None:
+    """``batchnorm: groupnorm`` loses the running statistics only: the learned (pretrained)
+    scale and shift of every BatchNorm go to its GroupNorm."""
+    from gigamil.nn.encoders import set_batchnorm_mode
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Sequential(nn.BatchNorm2d(8)))
+    bn = net[1][0]
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1.0, 1.0)
+    weight, bias = bn.weight.detach().clone(), bn.bias.detach().clone()
+    set_batchnorm_mode(net, "groupnorm")
+    gn = net[1][0]
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 8
+    assert torch.equal(gn.weight.detach(), weight) and torch.equal(gn.bias.detach(), bias)

@@ -43,3 +43,18 @@ def test_focal_and_class_weights() -> None:
     assert w == pytest.approx([4 / 6, 2.0])
     weighted = BagLoss(class_weights=w)(torch.tensor([[0.0], [0.0]]), torch.tensor([0, 1]))
     assert torch.allclose(weighted, torch.tensor(math.log(2) * (4 / 6 + 2.0) / 2))
+
+
+def test_class_weights_follow_each_bags_own_class() -> None:
+    """Each bag's loss is multiplied by the weight of ITS class; the batch loss is the plain
+    mean over bags."""
+    bce = F.binary_cross_entropy_with_logits
+    loss = BagLoss(class_weights=[0.25, 3.0])
+    z = torch.tensor([0.7])
+    assert torch.allclose(loss(z, 0), 0.25 * bce(z, torch.zeros(1)))
+    assert torch.allclose(loss(z, 1), 3.0 * bce(z, torch.ones(1)))
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([2, 0, 1, 2])
+    w = torch.tensor([0.5, 1.0, 2.0])
+    expected = (F.cross_entropy(logits, labels, reduction="none") * w[labels]).mean()
+    assert torch.allclose(BagLoss(class_weights=w.tolist())(logits, labels), expected)

@@ -204,3 +204,74 @@ def test_sm_features_pools_smoothed_features_with_the_raw_attention(pool: str) -
         head(h)
     with pytest.raises(ValueError, match="sm_features must be in"):
         AttentionHead(5, sm_features=1.0)
+
+
+@pytest.mark.parametrize("pool", ["abmil", "gated_abmil"])
+def test_attention_is_the_softmax_of_the_documented_scores(pool: str) -> None:
+    """a_i ∝ exp(wᵀ tanh(V h_i)) (ABMIL) or exp(wᵀ(tanh(V h_i) ⊙ σ(U h_i))) (gated), over the
+    bag's instances; the bag logit classifies the attention-weighted mean feature."""
+    torch.manual_seed(0)
+    head = AttentionHead(5, att_dim=4, pool=pool)
+    h = torch.randn(7, 5)
+    a = torch.tanh(head.V(h))
+    if pool == "gated_abmil":
+        a = a * torch.sigmoid(head.U(h))
+    s = a @ head.w.weight[0]
+    expected = torch.exp(s) / torch.exp(s).sum()
+    logit, att = head(h)
+    assert torch.allclose(att, expected, atol=1e-6)
+    assert torch.allclose(logit, head.classifier(expected @ h), atol=1e-6)
+
+
+def test_grid_adjacency_equals_brute_force_neighbours() -> None:
+    """Every pair of patches that touch (8-) or share an edge (4-connectivity), and no other: a
+    patch at the right edge of a row is not a neighbour of one at the left of the next row."""
+    rng = np.random.default_rng(0)
+    full = np.array([(r, c) for r in range(3) for c in range(4)])
+    cells = rng.choice(6 * 5, size=20, replace=False)
+    sparse = np.stack([cells // 5, cells % 5], axis=1) + [3, 10]  # not starting at (0, 0)
+    for grid in (full, sparse):
+        d = np.abs(grid[:, None, :] - grid[None, :, :])
+        for connectivity, touch in ((8, d.max(-1) == 1), (4, d.sum(-1) == 1)):
+            deg = touch.sum(1)
+            inv = np.where(deg > 0, 1 / np.sqrt(np.maximum(deg, 1)), 0.0)
+            expected = touch * inv[:, None] * inv[None, :]
+            a = grid_adjacency(grid, connectivity, dtype=torch.float64).to_dense().numpy()
+            np.testing.assert_allclose(a, expected, atol=1e-12, err_msg=str(connectivity))
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.8])
+def test_smooth_is_the_sm_operator_for_any_alpha(alpha: float) -> None:
+    """Both modes give (1-α)(I - αA)^-1 f, written out here (not the module's own solver)."""
+    grid = np.array([(r, c) for r in range(3) for c in range(4)])
+    adj = grid_adjacency(grid, dtype=torch.float64)
+    f = torch.randn(12, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = adj.to_dense()
+    expected = (
+        (1 - alpha) * torch.linalg.inv(torch.eye(12, dtype=torch.float64) - alpha * dense) @ f
+    )
+    torch.testing.assert_close(smooth(f, adj, alpha, mode="exact"), expected)
+    torch.testing.assert_close(smooth(f, adj, alpha, steps=200), expected)
+    torch.testing.assert_close(smooth(f[:, 0], dense, alpha, steps=200), expected[:, 0])
+
+
+def test_feature_norm_standardises_the_features_the_head_sees() -> None:
+    """``feature_norm``: the head pools (h - running_mean) / sqrt(running_var + eps) · γ + β
+    (frozen statistics, also in training mode), and scores its instances on it too."""
+    torch.manual_seed(0)
+    normed = AttentionHead(5, att_dim=4, feature_norm=True)
+    plain = AttentionHead(5, att_dim=4)
+    plain.load_state_dict({k: v for k, v in normed.state_dict().items() if k in plain.state_dict()})
+    norm = normed.norm
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.linspace(-1.0, 1.0, 5))
+        norm.running_var.copy_(torch.linspace(0.5, 3.0, 5))
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    h = torch.randn(7, 5) * 2 + 1
+    z = (h - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    logit, att = normed.train()(h)
+    logit0, att0 = plain(z)
+    assert torch.allclose(att, att0, atol=1e-6) and torch.allclose(logit, logit0, atol=1e-6)
+    assert torch.allclose(normed.instance_logits(h), plain.instance_logits(z), atol=1e-6)
+    assert not torch.allclose(att, plain(h)[1], atol=1e-4)  # the statistics matter here

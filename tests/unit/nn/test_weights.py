@@ -240,3 +240,33 @@ def test_keys_under_a_prefix_beside_other_keys_get_the_fix_in_the_message():
     state.pop("backbone.1.bias")  # not all of them there: the plain message and hint
     with pytest.raises(ConfigError, match=r"is it a resnet18\?$"):
         load_strict(module, state, "w.pt", hint="is it a resnet18?")
+
+
+def test_a_weights_file_replaced_in_place_gets_its_new_sha256(tmp_path) -> None:
+    """The sha256 identifies the weights (model.pt, the training signature): a file of the same
+    size rewritten in place must not keep the cached digest of its old content."""
+    import os
+
+    from gigamil.nn.weights import file_sha256
+
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"a" * 64)
+    old = file_sha256(path)
+    st = os.stat(path)
+    path.write_bytes(b"b" * 64)  # same size, new content, a later modification time
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert old == hashlib.sha256(b"a" * 64).hexdigest()
+    assert file_sha256(path) == hashlib.sha256(b"b" * 64).hexdigest()
+
+
+def test_stripping_prefixes_of_an_empty_state_dict_returns_at_once():
+    """No key has no prefix either: the loop stopped only when a pass stripped nothing, and on
+    an empty dict every pass 'stripped' (a hang of load_strict on {})."""
+    import subprocess
+    import sys
+
+    code = "from gigamil.nn.weights import strip_prefixes; print(strip_prefixes({}, {'a'}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "{}"

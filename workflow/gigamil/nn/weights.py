@@ -216,7 +216,7 @@ def strip_prefixes(
     """Remove a prefix from :data:`STRIP_PREFIXES` that every key has and no expected key has
     (repeatedly: ``module.backbone.x`` → ``x``)."""
     state = dict(state)
-    changed = True
+    changed = bool(state)  # an empty dict has every prefix on all (no) keys: nothing to strip
     while changed:
         changed = False
         for p in STRIP_PREFIXES:
