@@ -56,7 +56,7 @@ def _predict(slides: pd.DataFrame, fold: int, rng, signal=2.0, nan_slide=None) -
     return df
 
 
-def _cv_fixture(tmp_path, nan_slide=None):
+def _cv_fixture(tmp_path, nan_slide=None, signal=2.0):
     sheet = _sheet()
     folds = make_folds(sheet, folds=3, seed=0)
     write_folds(folds, tmp_path / "folds.csv")
@@ -66,7 +66,7 @@ def _cv_fixture(tmp_path, nan_slide=None):
         test = folds[(folds.fold == k) & (folds.role == "test")]
         p = tmp_path / f"fold{k}" / "demo.csv"
         p.parent.mkdir()
-        _predict(test, k, rng, nan_slide=nan_slide).to_csv(p, index=False)
+        _predict(test, k, rng, signal=signal, nan_slide=nan_slide).to_csv(p, index=False)
         paths.append(p)
     return folds, paths
 
@@ -857,3 +857,60 @@ def test_a_missing_fold_file_is_a_warning_naming_the_fold(tmp_path, caplog, whic
     if which == "ensemble_cohort":
         run(oof, CLASSES, tmp_path / "oof", "ext", **kwargs)
     assert not [r for r in caplog.records if "no prediction file of fold" in r.getMessage()]
+
+
+def test_the_summarys_fold_means_and_sds_are_those_of_each_folds_slides(tmp_path):
+    """summary.json's fold_<metric>_mean / _sd (sample sd) of every metric are the folds' own
+    values (scikit-learn on each fold's scored slides), as metrics.csv's mean and sd rows; its
+    patient row counts the slides it summarises."""
+    from sklearn.metrics import accuracy_score, brier_score_loss, f1_score
+
+    _, paths = _cv_fixture(tmp_path, nan_slide="demo_p3_s1", signal=0.6)
+    summary = aggregate_cv(paths, tmp_path / "folds.csv", CLASSES, tmp_path / "e", n_boot=20)
+    table = pd.read_csv(tmp_path / "e" / "metrics.csv", index_col="scope")
+    ok = pd.concat([pd.read_csv(p) for p in paths]).dropna(subset=["prob_lesion"])
+    scores = {
+        "balanced_accuracy": balanced_accuracy_score,
+        "macro_f1": lambda y, p: f1_score(y, p, average="macro"),
+        "accuracy": accuracy_score,
+    }
+    for name, score in scores.items():
+        per_fold = [
+            score(f.label, np.where(f.prob_lesion > f.prob_normal, "lesion", "normal"))
+            for _, f in ok.groupby("fold")
+        ]
+        assert np.std(per_fold) > 0.01, name  # the folds differ: ddof matters
+        assert summary[f"fold_{name}_mean"] == pytest.approx(np.mean(per_fold)), name
+        assert summary[f"fold_{name}_sd"] == pytest.approx(np.std(per_fold, ddof=1)), name
+        assert table.loc["mean", name] == pytest.approx(summary[f"fold_{name}_mean"], rel=1e-5)
+        assert table.loc["sd", name] == pytest.approx(summary[f"fold_{name}_sd"], rel=1e-5)
+    brier = [brier_score_loss(f.label == "lesion", f.prob_lesion) for _, f in ok.groupby("fold")]
+    assert summary["fold_brier_mean"] == pytest.approx(np.mean(brier))
+    assert summary["fold_brier_sd"] == pytest.approx(np.std(brier, ddof=1))
+    assert table.loc["oof", "n_slides"] == table.loc["oof_patient", "n_slides"] == 23
+    assert table.loc["oof_patient", "n_patients"] == 12
+
+
+def test_the_cli_seed_sets_the_bootstrap(tmp_path):
+    """``--seed`` of gigamil evaluate and gigamil ensemble reaches the bootstrap: the intervals
+    are those of the same seed in the API, and another seed's differ."""
+    from gigamil.cli import main
+
+    _, paths = _cv_fixture(tmp_path, signal=0.6)
+    preds = [str(p) for p in paths]
+    common = ["--n-boot", "40", "--seed", "3", "--predictions", *preds]
+    folds = ["--folds", str(tmp_path / "folds.csv")]
+    assert main(["evaluate", *folds, "--out", str(tmp_path / "cli"), *common]) == 0
+    cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    api = {
+        s: aggregate_cv(
+            paths, tmp_path / "folds.csv", CLASSES, tmp_path / f"s{s}", n_boot=40, seed=s
+        )
+        for s in (0, 3)
+    }
+    assert cli["oof_auc_ci"] == pytest.approx(api[3]["oof_auc_ci"])
+    assert api[3]["oof_auc_ci"] != api[0]["oof_auc_ci"]
+    assert main(["ensemble", "--cohort", "demo", "--out", str(tmp_path / "en"), *common]) == 0
+    ens = json.loads((tmp_path / "en" / "summary.json").read_text())
+    assert ens["auc_ci"] == pytest.approx(cli["oof_auc_ci"])  # the same slides and resamples
+    assert ens["balanced_accuracy_ci"] == pytest.approx(cli["balanced_accuracy_ci"])

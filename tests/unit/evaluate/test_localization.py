@@ -224,3 +224,43 @@ def test_a_lesion_patch_has_at_least_half_its_area_in_the_mask(grid_slide, tmp_p
     res = slide_localization(store, np.resize(att, len(grid)), tmp_path / "unused.png")
     assert res["n_lesion_patches"] == int((frac >= 0.5).sum()) < int((frac > 0).sum())
     assert res["localization_auc"] == 1.0
+
+
+def test_patch_mask_fraction_of_a_patch_taller_than_wide():
+    """Patches of a slide with non-square pixels are (width, height) rectangles in level-0
+    pixels: the height, not the width, bounds a patch vertically."""
+    mask = np.zeros((40, 40), bool)  # 1 mask px = 4 level-0 px
+    mask[0:8, :] = True  # level-0 rows [0, 32): lesion
+    coords = np.array([[0, 0], [0, 16], [64, 32]])
+    frac = patch_mask_fraction(coords, (16.0, 64.0), mask, 4.0)  # 16 wide, 64 tall
+    np.testing.assert_allclose(frac, [0.5, 0.25, 0.0])
+    frac = patch_mask_fraction(coords, (64.0, 16.0), mask, 4.0)  # 64 wide, 16 tall
+    np.testing.assert_allclose(frac, [1.0, 1.0, 0.0])
+
+
+def test_without_a_sidecar_the_downsample_is_the_slide_width_over_the_mask_width(tmp_path):
+    """A 100 x 51 px mask of a 1000 x 500 px slide (its height rounded up): 10 level-0 px per
+    mask px, from the widths (the heights would give 9.8, within the 2 % the check allows)."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((51, 100), np.uint8)).save(tmp_path / "m.png")
+    _, ds = load_mask_with_downsample(tmp_path / "m.png", None, (1000, 500))
+    assert ds == 10.0
+
+
+def test_the_localisation_summary_is_the_mean_and_sample_sd_of_the_defined_slides():
+    from gigamil.evaluate.aggregate import localization_block
+
+    loc = {
+        "s3": {"localization_auc": 0.9, "n_lesion_patches": 4},
+        "s1": {"localization_auc": 0.6, "n_lesion_patches": 2},
+        "s2": {"localization_auc": 0.75, "n_lesion_patches": 3},
+        "s0": {"localization_auc": float("nan"), "n_lesion_patches": 0},  # no lesion patch
+    }
+    block = localization_block(loc)
+    assert block["localization_auc"] == pytest.approx(0.75)
+    assert block["localization_auc_sd"] == pytest.approx(0.15)  # ddof=1 (0.122 with ddof=0)
+    assert block["localization_n_slides"] == 3
+    assert block["localization_auc_per_slide"] == {"s1": 0.6, "s2": 0.75, "s3": 0.9}
+    one = localization_block({"s1": {"localization_auc": 0.6, "n_lesion_patches": 2}})
+    assert one["localization_auc_sd"] is None and one["localization_n_slides"] == 1

@@ -252,3 +252,51 @@ def test_a_patient_is_scored_by_the_mean_probability_of_their_slides():
     pat = M.patient_level(preds, ["normal", "lesion"]).set_index("patient_id")
     assert pat["prob_lesion"].to_dict() == pytest.approx({"p1": 0.55, "p2": 0.4, "p3": 0.35})
     assert pat["label"].to_dict() == {"p1": "lesion", "p2": "normal", "p3": "normal"}
+
+
+def test_a_class_predicted_but_absent_from_the_truth_scores_as_sklearn():
+    """A fold (or cohort) with no slide of class c, some slides predicted c: the balanced
+    accuracy averages the recall of the classes that have slides (a mean over all three would be
+    nan), the macro F1 counts c with F1 0 (it was predicted, and wrongly)."""
+    y = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.eye(3)[[0, 0, 2, 1, 2, 0]] * 0.8 + 0.2 / 3  # two slides called class 2
+    m = M.classification_metrics(y, probs, ["a", "b", "c"])
+    pred = probs.argmax(1)
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        ref_bacc = skm.balanced_accuracy_score(y, pred)
+    assert m["balanced_accuracy"] == pytest.approx(ref_bacc) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    ref_f1 = skm.f1_score(y, pred, average="macro", zero_division=0)  # labels: truth or pred
+    assert m["macro_f1"] == pytest.approx(ref_f1) == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert np.isnan(m["recall_c"]) and m["recall_a"] == pytest.approx(2 / 3)
+
+
+def test_the_bootstrap_draws_every_patient_alike_and_keeps_their_slides_together():
+    """Each resample draws as many patients as there are, each with probability 1/n (the
+    last patient as often as the first), and takes all the slides of every patient drawn."""
+    groups = np.array(["p3", "p1", "p2", "p1", "p4", "p3", "p3", "p5"])  # 5 patients, 1-3 slides
+    members = {g: set(np.flatnonzero(groups == g)) for g in np.unique(groups)}
+    draws = {g: 0 for g in members}
+    n_boot = 4000
+    for idx in M._group_resamples(groups.size, groups, n_boot, seed=4):
+        picked = groups[idx]
+        for g in np.unique(picked):
+            rows = idx[picked == g]
+            copies, rest = divmod(rows.size, len(members[g]))
+            assert rest == 0 and set(rows) == members[g]  # whole patients, every slide
+            draws[g] += copies
+        assert sum(divmod(np.sum(picked == g), len(members[g]))[0] for g in members) == 5
+    for g, n in draws.items():  # expected n_boot draws each (5 per resample / 5 patients)
+        assert n == pytest.approx(n_boot, rel=0.06), g
+
+
+def test_the_bootstrap_seed_is_used_and_reproduces():
+    """Another seed gives other resamples (other interval bounds); the same seed the same."""
+    rng = np.random.default_rng(5)
+    y, p = _random_preds(rng, 80, 2, signal=0.7)
+    groups = np.arange(80) // 2
+    ci = {s: M.bootstrap_ci(y, p, ["a", "b"], groups=groups, n_boot=200, seed=s) for s in (0, 1)}
+    assert ci[0]["auc"] != ci[1]["auc"]
+    assert ci[1] == M.bootstrap_ci(y, p, ["a", "b"], groups=groups, n_boot=200, seed=1)
+    other = y + rng.normal(size=80)
+    d = [M.paired_auc_difference(y, p[:, 1], other, n_boot=200, seed=s)["ci"] for s in (0, 1, 1)]
+    assert d[0] != d[1] == d[2]

@@ -80,3 +80,32 @@ def test_a_slide_predicted_by_the_model_that_validated_on_it_is_not_out_of_fold(
     ):
         oof_predictions(preds, folds)
     assert oof_predictions(preds.iloc[:3], folds)["slide_id"].tolist() == ["a", "b", "v"]
+
+
+def test_an_incomplete_file_of_one_of_two_fold_models_is_refused():
+    """Two fold models (2-fold CV) on an external cohort: a slide both predicted shows it is a
+    cohort every model predicts, so a file that lacks a slide is incomplete."""
+    from gigamil.evaluate.predictions import check_every_model_predicted_every_slide
+
+    full = pd.DataFrame({"slide_id": ["s1", "s2", "s3"]})
+    with pytest.raises(GigamilError, match=r"b\.csv lacks the prediction of 1 slide\(s\) .*\(s3\)"):
+        check_every_model_predicted_every_slide([full, full.iloc[:2]], ["a.csv", "b.csv"], "ext")
+    check_every_model_predicted_every_slide([full, full], ["a.csv", "b.csv"], "ext")
+    # a train cohort: each slide in its out-of-fold model's file only
+    check_every_model_predicted_every_slide([full.iloc[:1], full.iloc[1:]], ["a", "b"], "c")
+
+
+@pytest.mark.parametrize("prob_b", ["0.7", "0.70004", "0.66"])
+def test_probabilities_must_sum_to_one_up_to_rounding(tmp_path, prob_b):
+    """0.3 + 0.66 = 0.96 is a damaged row, not a prediction; 0.3 + 0.70004 a rounded copy."""
+    path = tmp_path / "p.csv"
+    path.write_text(
+        "slide_id,patient_id,cohort,label,fold,prob_a,prob_b,pred\n"
+        f"s1,p1,c,a,0,0.3,{prob_b},b\ns2,p2,c,b,0,0.5,0.5,a\n"
+    )
+    if prob_b == "0.66":
+        with pytest.raises(GigamilError, match="row 2 .*probabilities sum to 0.96, not 1"):
+            read_predictions([path], ["a", "b"])
+    else:
+        back = read_predictions([path], ["a", "b"])
+        assert back["prob_b"].tolist() == [float(prob_b), 0.5]
