@@ -300,3 +300,26 @@ def test_the_bootstrap_seed_is_used_and_reproduces():
     other = y + rng.normal(size=80)
     d = [M.paired_auc_difference(y, p[:, 1], other, n_boot=200, seed=s)["ci"] for s in (0, 1, 1)]
     assert d[0] != d[1] == d[2]
+
+
+def test_a_patient_with_slides_of_two_labels_is_an_error_at_patient_level():
+    """Hand-made prediction CSVs skip the sheets' one-label-per-patient check: the patient-level
+    metrics would score the patient by its first slide's label, so it is an error."""
+    import pandas as pd
+
+    from gigamil.errors import GigamilError
+    from gigamil.evaluate.metrics import patient_level
+
+    preds = pd.DataFrame(
+        {
+            "patient_id": ["p1", "p1", "p2"],
+            "label": ["lesion", "normal", "normal"],
+            "prob_normal": [0.2, 0.7, 0.9],
+            "prob_lesion": [0.8, 0.3, 0.1],
+        }
+    )
+    with pytest.raises(GigamilError, match=r"patient p1 has slides labelled lesion, normal"):
+        patient_level(preds, ["normal", "lesion"])
+    table = patient_level(preds.assign(label=["lesion", "lesion", "normal"]), ["normal", "lesion"])
+    assert list(table["label"]) == ["lesion", "normal"]
+    assert table["prob_lesion"].tolist() == pytest.approx([0.55, 0.1])

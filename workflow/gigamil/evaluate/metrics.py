@@ -371,7 +371,16 @@ def fold_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
 
 
 def patient_level(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Mean class probabilities per patient (one row per patient with its label)."""
+    """Mean class probabilities per patient (one row per patient with its label); GigamilError
+    for a patient whose slides have different labels (the sheets refuse them; prediction CSVs
+    given to ``gigamil evaluate`` / ``ensemble`` by hand are checked here)."""
+    labels = preds.groupby("patient_id")["label"].unique()
+    if (mixed := labels[labels.map(len) > 1]).any():
+        pid = mixed.index[0]
+        raise GigamilError(
+            f"patient {pid} has slides labelled {', '.join(sorted(map(str, mixed[pid])))} in the "
+            "predictions: patient-level metrics need one label per patient (as the sheets do)"
+        )
     cols = [f"prob_{c}" for c in classes]
     agg = {**{c: "mean" for c in cols}, "label": "first"}
     return preds.groupby("patient_id", sort=True).agg(agg).reset_index()
