@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, on a machine with a CUDA GPU (about 10 minutes on one H200):
+# The GPU checks in one go, on a machine with a CUDA GPU (step timeouts 270 s + 420 s; not yet timed):
 #   1. the CUDA tests: pytest -m gpu (GradCache exactness on CUDA, bf16/fp16, train + predict, ...)
 #   2. the GPU benchmark: python benchmarks/gpu.py -> benchmarks/results/gpu.json
 # Usage, from the repository root, in an environment with gigamil[test] and a CUDA build of torch:

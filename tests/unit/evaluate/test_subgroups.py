@@ -113,3 +113,19 @@ def test_cli_writes_the_table_and_prints_it(tmp_path, capsys):
     page = (tmp_path / "sg" / "subgroups.html").read_text()
     assert "percentile bootstrap over patients" in page and "<td>site</td>" in page
     assert "site     A" in out and str(tmp_path / "sg" / "subgroups.csv") in out
+
+
+def test_sheets_after_one_flag_or_repeated_flags_are_all_read(tmp_path, capsys):
+    """``--sheet a.csv b.csv`` and ``--sheet a.csv --sheet b.csv`` give the same table (as
+    ``gigamil splits --sheet`` is repeated): no sheet is dropped."""
+    preds = _preds()
+    preds.to_csv(tmp_path / "p.csv", index=False)
+    sheet = _sheet(preds, ["A", "B"] * 8)
+    sheet.iloc[:8].to_csv(tmp_path / "a.csv", index=False)
+    sheet.iloc[8:].to_csv(tmp_path / "b.csv", index=False)
+    base = ["subgroups", "--predictions", str(tmp_path / "p.csv"), "--by", "site", "--n-boot", "5"]
+    a, b = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
+    assert main([*base, "--sheet", a, b, "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--sheet", a, "--sheet", b, "--out", str(tmp_path / "two")]) == 0
+    one = (tmp_path / "one" / "subgroups.csv").read_text()
+    assert one == (tmp_path / "two" / "subgroups.csv").read_text() and "\nsite,B,8," in one

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sheet",
         nargs="+",
+        action="extend",
         default=[],
         metavar="SHEET.csv",
         help="the cohort sheet(s) holding the --by columns (joined on slide_id); not needed "
