@@ -362,6 +362,24 @@ def test_stratifying_by_cohort_gives_a_digest_and_folds():
     assert test.groupby("fold")["cohort"].nunique().eq(2).all()  # each fold tests both cohorts
 
 
+def test_a_stratify_column_missing_from_one_cohorts_sheet_is_an_error_naming_it():
+    """Two train sheets, one without the ``site`` column: the pooled table holds no value for
+    that cohort's slides (a traceback from an empty min() before); a single missing value
+    counts as an empty cell."""
+    site = {f"P{i}": "a" if i % 2 else "b" for i in range(12)}
+    sheet = _sheet([(f"P{i}", "x" if i < 6 else "y", 1) for i in range(12)], site)
+    sheet["cohort"] = ["c1" if i % 3 else "c2" for i in range(12)]
+    lacking = sheet.assign(site=sheet["site"].where(sheet["cohort"] == "c1"))
+    with pytest.raises(GigamilError, match=r"column 'site' is not in the sheet of cohort\(s\) c2"):
+        make_folds(lacking, 3, stratify_by=["site"])
+    one = sheet.assign(site=sheet["site"].where(sheet.index != 1))  # one cell: a value of ''
+    assert make_folds(one, 3, stratify_by=["site"]).equals(
+        make_folds(
+            sheet.assign(site=sheet["site"].where(sheet.index != 1, "")), 3, stratify_by=["site"]
+        )
+    )
+
+
 def test_sorting_a_sheet_changes_neither_the_folds_nor_their_digest():
     """A user sorts the sheet in a spreadsheet: the split, and so the trained models, stay."""
     site = {f"P{i}": "a" if i % 2 else "b" for i in range(8)}

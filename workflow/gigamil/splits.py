@@ -48,6 +48,7 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
                 f"cv: column {col!r} is not in the train cohorts' sheets "
                 f"(columns: {', '.join(map(str, sheet.columns))})"
             )
+    sheet = _strata_filled(sheet, stratify_by)
     labels = _labels_per_patient(sheet)
     grouped = sheet.groupby("patient_id", sort=True)
     out = pd.DataFrame(
@@ -60,6 +61,25 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
     for col in stratify_by:
         out[col] = grouped[col].agg(_most_frequent).to_numpy()
     return out
+
+
+def _strata_filled(sheet: pd.DataFrame, stratify_by: Sequence[str]) -> pd.DataFrame:
+    """``sheet`` with missing values of the ``stratify_by`` columns as empty text (an empty cell
+    is a value of its own); GigamilError when a cohort has none of a column's values: its sheet
+    lacks the column, which the pooled train sheets then hold for the other cohorts only."""
+    for col in stratify_by:
+        missing = sheet[col].isna()
+        if not missing.any():
+            continue
+        cohorts = sheet.groupby(sheet.get("cohort", pd.Series("", index=sheet.index)))
+        lacking = sorted(str(c) for c, part in cohorts if part[col].isna().all())
+        if lacking:
+            raise GigamilError(
+                f"cv: column {col!r} is not in the sheet of cohort(s) {', '.join(lacking)}; "
+                "add it to every train cohort's sheet (an empty cell is a value of its own)"
+            )
+        sheet = sheet.assign(**{col: sheet[col].where(~missing, "")})
+    return sheet
 
 
 def _labels_per_patient(sheet: pd.DataFrame) -> pd.Series:
