@@ -102,6 +102,9 @@ def test_site_stratification_balances_sites():
     tested = report[report["role"] == "test"].set_index(["fold", "site", "label"])["patients"]
     assert tested.to_dict() == per_site_label.to_dict()
     assert "site" not in folds.columns  # folds.csv's columns are unchanged
+    blank = sheet.assign(site=sheet["site"].where(sheet.index != 0, ""))
+    shown = split_report(make_folds(blank, folds=3, seed=0, stratify_by=["site"]))["site"]
+    assert "(empty)" in set(shown) and "" not in set(shown)  # as gigamil subgroups shows it
     # the validation parts are stratified too: each fold validates on every site and label
     folds = make_folds(sheet, folds=3, seed=0, stratify_by=["site"], val_fraction=0.25)
     val = folds[folds.role == "val"].merge(sheet[["slide_id", "site"]], on="slide_id")

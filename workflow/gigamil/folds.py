@@ -129,7 +129,9 @@ def split_report(folds: pd.DataFrame) -> pd.DataFrame:
     ``attrs["strata"]``), so the balance of e.g. the sites over the folds shows."""
     strata = folds.attrs.get("strata", {})
     keys = folds["cohort"].astype(str) + "/" + folds["slide_id"].astype(str)
-    folds = folds.assign(**{c: keys.map(m) for c, m in strata.items() if c not in folds})
+    folds = folds.assign(  # an empty cell shown as gigamil subgroups shows it
+        **{c: keys.map(m).replace("", "(empty)") for c, m in strata.items() if c not in folds}
+    )
     counts = (
         folds.groupby(["fold", "role", "label", *(c for c in strata if c != "label")], dropna=False)
         .agg(slides=("slide_id", "size"), patients=("patient_id", "nunique"))

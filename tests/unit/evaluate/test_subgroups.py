@@ -55,15 +55,21 @@ def test_each_subgroup_has_the_metrics_of_its_slides():
         assert row["n_lesion"] == int(y.sum()) and row["n_normal"] == int((~y).sum())
         assert row["auc_ci_low"] <= row["auc"] <= row["auc_ci_high"]
     one = table.set_index("value").loc[sg.EMPTY]  # slide s15 alone: one class, no AUC
-    assert np.isnan(one["auc"]) and one["note"] == "only lesion: no AUC"
+    assert np.isnan(one["auc"]) and one["note"] == (
+        "only lesion: no AUC, balanced accuracy = its recall; "
+        "1 patient(s): the interval is not reliable"
+    )
+    assert table.set_index("value").loc["A", "note"] == "4 patient(s): the interval is not reliable"
 
 
 def test_unpredicted_slides_are_counted_not_scored():
     preds = _preds()
     preds.loc[3, ["prob_normal", "prob_lesion"]] = np.nan  # a slide without patches
-    table = sg.subgroup_metrics(preds.assign(site="A"), CLASSES, ["site"], n_boot=20)
+    site = ["A"] * 8 + ["B"] * 8
+    table = sg.subgroup_metrics(preds.assign(site=site), CLASSES, ["site"], n_boot=20)
     assert table.loc[0, "n_unpredicted"] == 1 and table.loc[0, "n_slides"] == 15
-    assert table.loc[1, "n_slides"] == 15
+    assert table["n_slides"].tolist() == [15, 7, 8]  # the unpredicted slide is site A's
+    assert table["n_unpredicted"].tolist() == [1, 1, 0]
 
 
 def test_the_bootstrap_resamples_patients(monkeypatch):
@@ -112,6 +118,7 @@ def test_cli_writes_the_table_and_prints_it(tmp_path, capsys):
     assert list(table["value"]) == ["all", "A", "B", "c"]
     page = (tmp_path / "sg" / "subgroups.html").read_text()
     assert "percentile bootstrap over patients" in page and "<td>site</td>" in page
+    assert "<title>subgroups of cohort(s) c (" in page
     assert "site     A" in out and str(tmp_path / "sg" / "subgroups.csv") in out
 
 

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     table = subgroup_metrics(
         join_columns(preds, sheets, args.by), classes, args.by, args.n_boot, args.seed
     )
-    paths = write_subgroups(table, args.out, f"{Path(args.predictions).name}: subgroups")
+    cohorts = ", ".join(sorted(set(preds["cohort"].astype(str))))
+    title = f"subgroups of cohort(s) {cohorts} ({args.predictions})"
+    paths = write_subgroups(table, args.out, title)
     print(format_table(table).to_string(index=False))
     print("\n".join(map(str, paths)))
     return 0

@@ -19,7 +19,7 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
-from gigamil.evaluate.tables import FLOAT_FORMAT, html_page
+from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, html_page
 
 # the value shown for an empty cell of a grouping column
 EMPTY = "(empty)"
@@ -84,7 +84,12 @@ def _group_row(
         row[m] = found[m]
         row[f"{m}_ci_low"], row[f"{m}_ci_high"] = ci[m]
     present = [c for c in classes if row[f"n_{c}"]]
-    row["note"] = f"only {', '.join(present)}: no AUC" if len(present) < 2 else ""
+    notes = []
+    if len(present) < 2:
+        notes.append(f"only {', '.join(present)}: no AUC, balanced accuracy = its recall")
+    if row["n_patients"] < MIN_PATIENTS_FOR_CI:
+        notes.append(f"{row['n_patients']} patient(s): the interval is not reliable")
+    row["note"] = "; ".join(notes)
     return row
 
 
@@ -100,15 +105,17 @@ def subgroup_metrics(
     Args:
         preds: per-slide predictions with ``slide_id``, ``patient_id``, ``label``,
             ``prob_<class>`` and the ``by`` columns (:func:`join_columns`). Slides without a
-            prediction (NaN probabilities: no patches) are left out and counted in the ``all``
-            row's ``n_unpredicted``.
+            prediction (NaN probabilities: no patches) are left out and counted in their
+            groups' ``n_unpredicted``.
         classes: class names, in the order of the model's outputs.
         n_boot: bootstrap resamples of patients for the 95 % CIs (percentile method).
 
     Returns:
         columns ``column``, ``value``, ``n_slides``, ``n_patients``, ``n_<class>``, ``auc``,
         ``balanced_accuracy`` and ``brier`` each with ``_ci_low`` / ``_ci_high``, ``note`` (a
-        subgroup of one class has no AUC: NaN), ``n_unpredicted``. Values sorted as text.
+        subgroup of one class has no AUC: NaN, and its balanced accuracy is that class's recall;
+        one of fewer than 10 patients has an unreliable interval), ``n_unpredicted`` (its slides
+        without a prediction; a group of those only has no row). Values sorted as text.
     """
     unlabelled = preds["label"].astype(str).str.strip().eq("")
     if unlabelled.any():
@@ -121,14 +128,16 @@ def subgroup_metrics(
     scored = preds[np.isfinite(probs).all(axis=1)]
     if scored.empty:
         raise GigamilError("no slide has a prediction (every probability is empty)")
+    unpredicted = ~np.isfinite(probs).all(axis=1)
     rows = [{"column": "all", "value": "all", **_group_row(scored, classes, n_boot, seed)}]
-    rows[0]["n_unpredicted"] = len(preds) - len(scored)
+    rows[0]["n_unpredicted"] = int(unpredicted.sum())
     for column in dict.fromkeys(by):
-        for value, part in scored.groupby(scored[column].astype(str), sort=True):
-            rows.append(
-                {"column": column, "value": value, **_group_row(part, classes, n_boot, seed)}
-            )
-    return pd.DataFrame(rows).fillna({"n_unpredicted": 0}).astype({"n_unpredicted": int})
+        values = preds[column].astype(str)
+        for value, part in scored.groupby(values[~unpredicted], sort=True):
+            row = _group_row(part, classes, n_boot, seed)
+            n_un = int((unpredicted & (values == value)).sum())
+            rows.append({"column": column, "value": value, **row, "n_unpredicted": n_un})
+    return pd.DataFrame(rows)
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +150,8 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         ci = f" ({lo:.2f}-{hi:.2f})" if np.isfinite(lo) and np.isfinite(hi) else ""
         return f"{value:.3f}{ci}"
 
-    shown = table[["column", "value", "n_slides", "n_patients"]].copy()
+    counts = [c for c in table.columns if c.startswith("n_") and c != "n_unpredicted"]
+    shown = table[["column", "value", *counts]].copy()
     for m in SHOWN:
         shown[m] = [cell(r, m) for _, r in table.iterrows()]
     shown["note"] = table["note"]
