@@ -848,8 +848,14 @@ def test_a_missing_fold_file_is_a_warning_naming_the_fold(tmp_path, caplog, whic
         r.getMessage() for r in caplog.records if "no prediction file of fold" in r.getMessage()
     ]
     assert len(warned) == 1 and "fold(s) 2 (given: folds 0, 1, 3)" in warned[0]
+    summary = json.loads((tmp_path / "three" / "summary.json").read_text())
+    assert summary["missing_folds"] == [2]  # kept with the figures, not only in the log
+    if which == "ensemble_cohort":
+        page = (tmp_path / "three" / "metrics.html").read_text()
+        assert "WARNING: no prediction file of fold(s)" in page
     caplog.clear()
     run(paths, CLASSES, tmp_path / "four", "ext", **kwargs)
+    assert "missing_folds" not in json.loads((tmp_path / "four" / "summary.json").read_text())
     oof = [tmp_path / f"oof{k}.csv" for k in range(3)]
     _predict(ext, 0, rng).iloc[:3].to_csv(oof[0], index=False)
     _predict(ext, 1, rng).iloc[:0].to_csv(oof[1], index=False)  # no rows: its fold is unknown

@@ -126,8 +126,9 @@ def _cohort_predictions(
     cohort: str,
     out_dir: Path,
     slides: Sequence[str] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(fold predictions of the cohort, their mean per slide)``; creates ``out_dir``."""
+) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+    """``(fold predictions of the cohort, their mean per slide, the fold numbers missing among
+    the files: :func:`missing_folds`)``; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     every_cohort = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
@@ -152,7 +153,7 @@ def _cohort_predictions(
         )
     if slides is not None:
         check_slides_match_the_sheet(set(map(str, preds["slide_id"])), slides, cohort)
-    return preds, mean_probabilities(preds, classes)
+    return preds, mean_probabilities(preds, classes), missing
 
 
 def predict_cohort(
@@ -170,11 +171,11 @@ def predict_cohort(
     Writes ``predictions.csv`` (as :func:`mean_probabilities`), ``predictions.html`` and
     ``summary.json``: ``experiment``, ``cohort``, ``metrics: null``, ``note``, ``n_slides``,
     ``n_patients``, ``n_models``, ``models_per_slide`` ([min, max], :func:`models_per_slide`),
-    ``n_unpredicted`` (slides without patches) and ``predicted``
-    (slides per predicted class).
+    ``n_unpredicted`` (slides without patches), ``predicted``
+    (slides per predicted class) and, when fold files are missing, ``missing_folds``.
     """
     out_dir = Path(out_dir)
-    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
+    preds, ens, missing = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title)
@@ -191,6 +192,7 @@ def predict_cohort(
         "models_per_slide": models_per_slide(ens),
         "n_unpredicted": int((predicted == "").sum()),
         "predicted": {c: int((predicted == c).sum()) for c in classes},
+        **({"missing_folds": missing} if missing else {}),
     }
     write_json(summary, out_dir / "summary.json")
     log.info(
@@ -252,11 +254,12 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         The summary written to ``summary.json``: ``auc`` (+ ``auc_ci``), ``fold_auc`` (each fold
         model alone), ``fold_auc_mean``, ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``,
         ``accuracy``, ``brier`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
-        ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted`` and, with masks, the
-        ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`.
+        ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted``, with masks the
+        ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`, and
+        ``missing_folds`` (:func:`missing_folds`) when fold files are missing.
     """
     out_dir = Path(out_dir)
-    preds, ens = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
+    preds, ens, missing = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
@@ -268,6 +271,8 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         summary.update(localization_block(loc))
     if patient_overlap:
         summary["patient_overlap"] = _patient_overlap(cohort, patient_overlap)
+    if missing:  # warned above; kept with the figures
+        summary["missing_folds"] = missing
     _write_ensemble_outputs(out_dir, table, valid, summary, classes, experiment)
     log.info(
         "cohort %s: %s, AUC %.3f on %d slides",

@@ -101,7 +101,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
     if len(summary.get("classes") or []) > 2:
         who += "; macro one-vs-rest"
-    rows = _overlap_rows(summary)  # a caveat on every number below: first
+    rows = _overlap_rows(summary) + _missing_fold_rows(summary)  # caveats on all below: first
     where = " in this cohort" if auc_key == "auc" else ""  # a patient's other cohorts: not here
     rows += [
         (f"slide AUC ({who})", with_ci(summary, auc_key)),
@@ -148,6 +148,16 @@ def _overlap_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     shown = ", ".join(ids[:5]) + (f", ... ({len(ids) - 5} more)" if len(ids) > 5 else "")
     name = "WARNING: patients also in training (the figures below are optimistic)"
     return [(name, f"{overlap.get('n_patients', len(ids))}: {shown}")]
+
+
+def _missing_fold_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Fold numbers no prediction file was given for (``missing_folds``, ``gigamil ensemble``
+    by hand): the figures are of fewer models than the cross-validation trained."""
+    missing = summary.get("missing_folds")
+    if not missing:
+        return []
+    name = "WARNING: no prediction file of fold(s) (the figures below lack those models)"
+    return [(name, ", ".join(map(str, missing)))]
 
 
 def _brier_row(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
