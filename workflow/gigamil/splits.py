@@ -20,7 +20,6 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +48,7 @@ def patient_table(sheet: pd.DataFrame, stratify_by: Sequence[str] = ()) -> pd.Da
                 f"(columns: {', '.join(map(str, sheet.columns))})"
             )
     sheet = _strata_filled(sheet, stratify_by)
-    labels = _labels_per_patient(sheet)
+    labels = labels_per_patient(sheet)
     grouped = sheet.groupby("patient_id", sort=True)
     out = pd.DataFrame(
         {
@@ -82,7 +81,7 @@ def _strata_filled(sheet: pd.DataFrame, stratify_by: Sequence[str]) -> pd.DataFr
     return sheet
 
 
-def _labels_per_patient(sheet: pd.DataFrame) -> pd.Series:
+def labels_per_patient(sheet: pd.DataFrame) -> pd.Series:
     """The labels of each patient's slides (by ``patient_id``, sorted); GigamilError naming the
     first patient whose slides carry more than one."""
     labels = sheet.groupby("patient_id", sort=True)["label"].unique()
@@ -377,44 +376,3 @@ def _folds_table(sheet: pd.DataFrame, patients: pd.DataFrame, role: np.ndarray) 
         ["fold", "role", "cohort", "slide_id"],
         key=lambda s: s.map(order) if s.name == "role" else s,
     ).reset_index(drop=True)
-
-
-def shared_store(slides: pd.DataFrame) -> pd.Series | None:
-    """The rows (a bool mask) that give the first ``store`` standing in two or more rows of
-    ``slides`` (paths compared resolved: two ids given one slide's patches), or None."""
-    stores = slides["store"].map(lambda p: str(Path(p).resolve()))
-    if not stores.duplicated().any():
-        return None
-    return stores == stores[stores.duplicated(keep=False)].iloc[0]
-
-
-def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
-    """Refuse a fold that the workflow's folds (:func:`gigamil.splits.make_folds`) never give:
-    a slide listed twice, two slides with the same ``store`` (when the tables have one: one
-    slide's patches under two ids, e.g. a copied row), a patient in both the training and the
-    validation slides (the validation would see the training patient), or a patient whose
-    slides carry different labels.
-
-    Raises:
-        GigamilError: naming the slide or patient.
-    """
-    both = pd.concat([train.assign(_part="training"), val.assign(_part="validation")])
-    ids = both["slide_id"].astype(str)
-    if ids.duplicated().any():
-        dup = ids[ids.duplicated()].iloc[0]
-        parts = " and ".join(sorted(set(both.loc[ids == dup, "_part"])))
-        raise GigamilError(f"slide {dup} is listed twice ({parts} slides)")
-    same = shared_store(both) if "store" in both else None
-    if same is not None:
-        raise GigamilError(
-            f"slides {', '.join(ids[same])} have the same store {both['store'][same].iloc[0]}"
-            f" ({' and '.join(sorted(set(both.loc[same, '_part'])))} slides): one slide's "
-            "patches under two ids; give each slide its own store"
-        )
-    leak = both.groupby(both["patient_id"].astype(str))["_part"].nunique()
-    if (leak > 1).any():
-        raise GigamilError(
-            f"patient {leak.idxmax()} has training and validation slides: the validation would "
-            "score a patient the model trained on; give each patient's slides to one side"
-        )
-    _labels_per_patient(both)  # the check of patient_table

@@ -271,16 +271,10 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         summary.update(localization_block(loc))
     if patient_overlap:
         summary["patient_overlap"] = _patient_overlap(cohort, patient_overlap)
-    if missing:  # warned above; kept with the figures
-        summary["missing_folds"] = missing
+    summary.update({"missing_folds": missing} if missing else {})  # warned; kept with figures
     _write_ensemble_outputs(out_dir, table, valid, summary, classes, experiment)
-    log.info(
-        "cohort %s: %s, AUC %.3f on %d slides",
-        cohort,
-        _models_text(summary),
-        summary["auc"],
-        summary["n_slides"],
-    )
+    models, auc, n = _models_text(summary), summary["auc"], summary["n_slides"]
+    log.info("cohort %s: %s, AUC %.3f on %d slides", cohort, models, auc, n)
     return summary
 
 

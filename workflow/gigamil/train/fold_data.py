@@ -1,7 +1,8 @@
 """The opened bags of one fold (:class:`FoldData`) and the checks on them: columns, labels,
 patch size, µm/px and stain normalisation agreeing across slides, cached features, the other
-preprocessing the stores record (:func:`store_preprocessing`); the device setting
-(:func:`resolve_device`). Used by :func:`gigamil.train.run.train_fold` and
+preprocessing the stores record (:func:`store_preprocessing`), a fold's slides
+(:func:`check_fold_slides`: no slide twice, no shared store, no patient on both sides); the device
+setting (:func:`resolve_device`). Used by :func:`gigamil.train.run.train_fold` and
 :mod:`gigamil.train.predict`."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.fileutil import zarr_attributes
 from gigamil.settings import TissueConfig
+from gigamil.splits import labels_per_patient
 from gigamil.train.loop import BagItem
 
 # the fold's warnings keep the logger name they had in gigamil.train.run
@@ -319,3 +321,44 @@ class FoldData:
             seen_slides(train, val),
             _preprocessing(items),
         )
+
+
+def shared_store(slides: pd.DataFrame) -> pd.Series | None:
+    """The rows (a bool mask) that give the first ``store`` standing in two or more rows of
+    ``slides`` (paths compared resolved: two ids given one slide's patches), or None."""
+    stores = slides["store"].map(lambda p: str(Path(p).resolve()))
+    if not stores.duplicated().any():
+        return None
+    return stores == stores[stores.duplicated(keep=False)].iloc[0]
+
+
+def check_fold_slides(train: pd.DataFrame, val: pd.DataFrame) -> None:
+    """Refuse a fold that the workflow's folds (:func:`gigamil.splits.make_folds`) never give:
+    a slide listed twice, two slides with the same ``store`` (when the tables have one: one
+    slide's patches under two ids, e.g. a copied row), a patient in both the training and the
+    validation slides (the validation would see the training patient), or a patient whose
+    slides carry different labels.
+
+    Raises:
+        GigamilError: naming the slide or patient.
+    """
+    both = pd.concat([train.assign(_part="training"), val.assign(_part="validation")])
+    ids = both["slide_id"].astype(str)
+    if ids.duplicated().any():
+        dup = ids[ids.duplicated()].iloc[0]
+        parts = " and ".join(sorted(set(both.loc[ids == dup, "_part"])))
+        raise GigamilError(f"slide {dup} is listed twice ({parts} slides)")
+    same = shared_store(both) if "store" in both else None
+    if same is not None:
+        raise GigamilError(
+            f"slides {', '.join(ids[same])} have the same store {both['store'][same].iloc[0]}"
+            f" ({' and '.join(sorted(set(both.loc[same, '_part'])))} slides): one slide's "
+            "patches under two ids; give each slide its own store"
+        )
+    leak = both.groupby(both["patient_id"].astype(str))["_part"].nunique()
+    if (leak > 1).any():
+        raise GigamilError(
+            f"patient {leak.idxmax()} has training and validation slides: the validation would "
+            "score a patient the model trained on; give each patient's slides to one side"
+        )
+    labels_per_patient(both)  # the check of gigamil.splits.patient_table

@@ -17,7 +17,6 @@ from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.fileutil import zarr_attributes
 from gigamil.logutil import current_context, log_context
-from gigamil.splits import shared_store
 from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
 from gigamil.train.fold_data import (
@@ -25,6 +24,7 @@ from gigamil.train.fold_data import (
     check_columns,
     preprocessing_warning,
     resolve_device,
+    shared_store,
     store_mpp,
 )
 from gigamil.train.logit_calibration import apply_calibration

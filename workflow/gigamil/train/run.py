@@ -22,10 +22,9 @@ import torch
 from gigamil.errors import ConfigError
 from gigamil.logutil import log_context
 from gigamil.settings import ModelConfig, TrainingConfig, resolve_strategy
-from gigamil.splits import check_fold_slides
 from gigamil.train import distributed as ddp
 from gigamil.train.em import EMTrainer
-from gigamil.train.fold_data import Feed, FoldData, check_columns, resolve_device
+from gigamil.train.fold_data import Feed, FoldData, check_columns, check_fold_slides, resolve_device
 from gigamil.train.logit_calibration import calibrate_fold_model
 from gigamil.train.loop import PROGRESS_EVERY_S, BagItem
 from gigamil.train.replicates import (
