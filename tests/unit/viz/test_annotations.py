@@ -49,3 +49,27 @@ def test_tissue_and_lesion_annotations_have_their_own_ids_and_areas_in_mm2(tmp_p
     area = tissue["properties"]["measurements"]["area_mm2"]
     assert area == pytest.approx(3600 * 0.25 / 1e6, rel=0.02)  # corners cut: -1.4 %
     assert les["properties"]["measurements"]["area_mm2"] > 0
+
+
+def test_the_area_in_mm2_of_non_square_pixels_is_x_times_y(tmp_path):
+    """0.25 x 0.5 µm/px: a level-0 pixel covers 0.125 µm², not the mean 0.375² = 0.141 (12.5 %
+    too much); square pixels and stores without slide_mpp_xy keep slide_mpp."""
+    import numpy as np
+
+    from gigamil.viz.annotations import write_annotations
+
+    mask = np.zeros((10, 10), bool)
+    mask[2:8, 2:8] = True  # 600 x 600 level-0 px of a 1000 x 1000 slide
+    empty = (np.zeros((0, 2)), 64.0, np.zeros(0), np.zeros(0), np.zeros(0, int), "s")
+
+    def area(attrs: dict) -> float:
+        geo = write_annotations(tmp_path / "a.geojson", *empty, attrs, mask)
+        measurements = geo["features"][0]["properties"]["measurements"]
+        return measurements["area_level0_px2"], measurements["area_mm2"]
+
+    px2, mm2 = area(
+        {"slide_dimensions": [1000, 1000], "slide_mpp": 0.375, "slide_mpp_xy": [0.25, 0.5]}
+    )
+    assert mm2 == pytest.approx(px2 * 0.25 * 0.5 / 1e6)
+    px2, mm2 = area({"slide_dimensions": [1000, 1000], "slide_mpp": 0.5})  # an older store
+    assert mm2 == pytest.approx(px2 * 0.25 / 1e6)

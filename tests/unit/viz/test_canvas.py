@@ -65,3 +65,12 @@ def test_overlay_is_clipped_to_the_tissue_mask_in_its_own_orientation():
     expected[:10, :10] = True
     np.testing.assert_array_equal(coloured, expected)
     assert (out[~expected] == 100).all()  # outside the tissue: the thumbnail, untouched
+
+
+def test_a_patch_smaller_than_a_thumbnail_pixel_still_covers_one():
+    """On a large slide a patch may be under one thumbnail pixel (224 level-0 px at 1/300
+    scale): it still colours a pixel where both its edges round to the same one."""
+    coords = np.array([[180, 0], [3000, 0]])  # x from 0.6 to 1.35 px: both edges round to 1
+    canvas = attention_canvas(coords, 224, np.array([0.3, 0.9]), 1 / 300, (2, 12))
+    assert canvas[0, 1] == pytest.approx(0.3) and canvas[0, 10] == pytest.approx(0.9)
+    assert np.isfinite(canvas).sum() == 2

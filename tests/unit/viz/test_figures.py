@@ -148,3 +148,39 @@ def test_gallery_puts_the_top_patches_in_the_first_row_with_their_captions(tmp_p
     (fig,) = figs
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "#1  a=0.4\n×N = 40" in texts and "#100  a=0.001\n×N = 0.1" in texts
+
+
+def test_a_lesion_smaller_than_an_overlay_pixel_is_still_outlined():
+    """outline_mask takes the block maximum: a one-pixel lesion of a 100 x 100 mask shrunk to
+    10 x 10 lights the image pixel that covers it, not none (a nearest-neighbour resize drops
+    it while the key line still names the outline)."""
+    from gigamil.viz.figures import outline_mask
+
+    lesion = np.zeros((100, 100), bool)
+    lesion[57, 23] = True
+    out = outline_mask(lesion, (10, 10))
+    assert out is not None and out.shape == (10, 10)
+    assert np.argwhere(out).tolist() == [[5, 2]]
+
+
+def test_a_marked_patch_smaller_than_the_minimum_gets_a_box_of_the_minimum_centred_on_it():
+    """A top patch of 2 thumbnail px is boxed at MIN_MARK_PX (12 px), centred on the patch, so
+    it can still be found on the overlay."""
+    from gigamil.viz import figures
+
+    class Axes:
+        def __init__(self):
+            self.patches, self.texts = [], []
+
+        def add_patch(self, p):
+            self.patches.append(p)
+
+        def text(self, *args, **kwargs):
+            self.texts.append(args)
+
+    ax = Axes()
+    figures._mark_patches(ax, [(50.0, 40.0, 2.0, "#1")])
+    (box,) = ax.patches
+    assert (box.get_width(), box.get_height()) == (12, 12)
+    assert box.get_xy() == (45.0, 35.0)  # centre (51, 41), the patch's
+    assert ax.texts[0][2] == "#1"

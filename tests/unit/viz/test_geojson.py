@@ -391,3 +391,13 @@ def test_a_hole_belongs_to_the_smallest_piece_around_it():
     assert len(outer) == 2 and len(inner) == 2
     assert _bbox(outer[1]) == [3, 3, 19, 19]
     assert _bbox(inner[0]) == [6, 6, 16, 16] and _bbox(inner[1]) == [9, 9, 13, 13]
+
+
+def test_top_patches_one_level0_pixel_apart_still_form_one_region():
+    """Whole-pixel coords of resampled patches leave up to 1 level-0 px between neighbours:
+    a gap of exactly 1 px still joins them into one region, outlined over the gap."""
+    coords = np.array([[0, 0], [65, 0]], dtype=np.int64)  # 64-px patches, 1 px apart
+    (feat,) = top_region_features(coords, 64, np.array([0.6, 0.4]), np.array([0, 1]), "s")
+    assert feat["properties"]["measurements"]["patches"] == 2
+    (ring,) = feat["geometry"]["coordinates"]
+    assert sorted({tuple(p) for p in ring}) == [(0, 0), (0, 64), (129, 0), (129, 64)]

@@ -723,3 +723,106 @@ def test_a_store_without_slide_dimensions_keeps_the_attention_on_its_tissue(
     tissue = (thumb[..., 1] < 80) & (thumb[..., 0] > 200)
     hot = np.nan_to_num(canvas, nan=-1) == canvas[np.isfinite(canvas)].max()
     assert (hot & tissue).sum() > 0.8 * hot.sum()
+
+
+def test_overlay_boxes_of_a_tall_slide_use_the_vertical_scale(write_store, tmp_path, monkeypatch):
+    """The top patches' boxes are placed as the canvas paints them, with a scale per axis: on
+    a slide 104 x 38,424 px (thumbnail 2 x 800) the bottom patch's box is at the bottom rows,
+    not 60 rows above them (the width's scale) or below the image."""
+    seen = _spy_kwargs(monkeypatch, "render_overlay")
+    store = write_store(
+        tmp_path / "tall.zarr",
+        np.full((2, 8, 8, 3), 120, np.uint8),
+        np.array([[0, 0], [599, 0]]),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[104, 599 * 64 + 88],
+        slide_mpp=0.5,
+    )
+    make_heatmap(
+        store,
+        np.array([0.2, 0.8], np.float32),
+        tmp_path / "hm",
+        style=HeatmapStyle(thumb_px=800, top_k=1, normalize="minmax"),
+    )
+    ((x, y, _, text),) = seen["marks"]
+    assert text == "#1" and x == 0.0
+    assert y == pytest.approx(599 * 64 * 800 / (599 * 64 + 88))  # 797.9, the bottom rows
+
+
+def test_a_source_file_longer_than_recorded_is_not_drawn_under_the_attention(
+    write_store, row_major_grid, tmp_path, caplog
+):
+    """A replaced slide file may be longer as well as shorter than the one the patches were
+    cut from: any other size than the store's ``source_size`` draws on grey, with a warning."""
+    src = tmp_path / "slide.png"
+    Image.fromarray(np.full((300, 400, 3), MAGENTA, np.uint8)).save(src)
+    store = write_store(
+        tmp_path / "s.zarr",
+        np.zeros((2, 8, 8, 3), np.uint8),
+        row_major_grid(2, 2),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[400, 300],
+        slide_mpp=0.5,
+        source_path=str(src),
+        source_size=src.stat().st_size - 1,  # cut from a file one byte shorter
+    )
+    with caplog.at_level(logging.WARNING):
+        make_heatmap(store, np.array([0.5, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=200))
+    assert _magenta_pixels(tmp_path / "hm" / "overlay.png") == 0
+    assert f"the store's source_path {src} is not the file its patches were cut from" in caplog.text
+
+
+def test_gallery_tiles_are_the_ranked_patches_under_their_captions(
+    write_store, row_major_grid, tmp_path, monkeypatch
+):
+    """Each gallery cell shows the patch its caption ranks (read from the store in index
+    order, put back in rank order): #1 is the highest-attention patch's pixels, not the
+    lowest-indexed top patch's."""
+    import gigamil.viz.heatmap as hm
+
+    n = 12
+    patches = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None] * 20, 8, axis=1)
+    patches = np.repeat(np.repeat(patches, 8, axis=2), 3, axis=3)  # patch i is grey 20 i
+    store = write_store(
+        tmp_path / "g.zarr",
+        patches,
+        row_major_grid(n, 4),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[256, 192],
+        slide_mpp=0.5,
+    )
+    seen = {}
+    real = hm.render_gallery
+    monkeypatch.setattr(
+        hm, "render_gallery", lambda t, *a, **k: seen.update(t=np.asarray(t)) or real(t, *a, **k)
+    )
+    att = np.array([3, 11, 0, 7, 9, 1, 5, 10, 2, 8, 4, 6], np.float32)
+    info = make_heatmap(store, att, tmp_path / "hm", style=HeatmapStyle(top_k=3, thumb_px=64))
+    assert info["top"] == [1, 7, 4]
+    shown = seen["t"][:, 0, 0, 0].tolist()  # each tile's grey level / 20 = its patch index
+    assert [v // 20 for v in shown] == [1, 7, 4, 2, 5, 8]
+
+
+def test_gallery_lesion_frames_follow_the_patches_in_rank_order(grid_slide, tmp_path, monkeypatch):
+    """The cyan frame goes on the cell of the lesion patch, wherever its rank puts it: here the
+    top patch (#1) is the highest-indexed of the three and the only one in the lesion."""
+    seen = _spy_kwargs(monkeypatch, "render_gallery")
+    store = tmp_path / "g.zarr"
+    coords, _ = grid_slide.write(store)
+    mask = np.zeros((51, 69), np.uint8)  # the 552 x 408 px slide at 8 level-0 px a mask pixel
+    mask[0:8, 16:24] = 255  # patch 2 (cell 0, 2) whole
+    Image.fromarray(mask).save(tmp_path / "lesion.png")
+    att = np.full(len(coords), 0.01, np.float32)
+    att[[0, 1, 2]] = (0.3, 0.4, 0.5)
+    info = make_heatmap(
+        store,
+        att,
+        tmp_path / "hm",
+        style=HeatmapStyle(top_k=3, thumb_px=128),
+        lesion_mask=tmp_path / "lesion.png",
+    )
+    assert info["top"] == [2, 1, 0]
+    assert seen["lesion"] == [True, False, False, False, False, False]

@@ -108,3 +108,9 @@ def test_relative_scale_ticks_say_that_its_ends_are_clipped():
     assert rel.tick_labels == ("≤0.01", "0.1", "1", "10", "≥100")
     np.testing.assert_allclose(rel.ticks, [0.0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(rel.values, [0.0, (np.log10(2 * (1 - 1e-6)) + 2) / 4])
+
+
+@pytest.mark.parametrize("method", ["rank", "percentile", "minmax"])
+def test_all_zero_weights_are_flat_not_nan(method):
+    """A constant array maps to 0.5, zeros included (no spread at all is flat, not 0 / 0)."""
+    assert normalize_attention(np.zeros(5), method).tolist() == [0.5] * 5

@@ -267,7 +267,7 @@ def tissue_features(
     Args:
         mask: (H, W) bool tissue mask covering the whole slide.
         downsample: (fx, fy) level-0 pixels per mask pixel.
-        mpp: the slide's level-0 µm/px, for the area in mm² (None: level-0 px² only).
+        mpp: the side in µm of a level-0 pixel's area (sqrt(x × y) µm/px), for mm² (or None).
     """
     features = []
     for i, rings in enumerate(mask_polygons(mask, downsample)):
