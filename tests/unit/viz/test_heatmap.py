@@ -183,6 +183,17 @@ def test_cli_heatmap_averages_attention_files(grid_slide, tmp_path, capsys):
     assert main(args) == 0
     np.testing.assert_allclose(np.load(tmp_path / "hm" / "attention.npy"), (a + b) / 2)
     assert "48 patches" in capsys.readouterr().out
+    title = Image.open(tmp_path / "hm" / "gallery.png").text["Title"]
+    assert "attention of 48" in title and "patch probability" not in title
+    # --pool instance: the weights are patch probabilities, and the gallery says so
+    assert (
+        main(
+            [*args[:-4], "--out", str(tmp_path / "inst"), "--thumb-px", "128", "--pool", "instance"]
+        )
+        == 0
+    )
+    title = Image.open(tmp_path / "inst" / "gallery.png").text["Title"]
+    assert "patch probability of 48" in title
     # --tissue-mask: a missing file was ignored (no clipping, no outline), another slide's mask
     # (here a square one: the slide is 552 x 408 px) drawn
     for name, size in {"m.png": (138, 102), "other.png": (100, 100)}.items():
@@ -637,22 +648,12 @@ def test_gallery_frames_only_patches_at_least_half_in_the_lesion(grid_slide, tmp
     """A patch is a lesion patch (cyan frame) with at least half its area in the lesion mask, as
     the localisation AUC counts them: one a quarter in the lesion is not framed."""
     seen = _spy_kwargs(monkeypatch, "render_gallery")
-    store = tmp_path / "g.zarr"
-    coords, _ = grid_slide.write(store)
-    mask = np.zeros((51, 69), np.uint8)  # the 552 x 408 px slide at 8 level-0 px a mask pixel
-    mask[0:8, 0:8] = 255  # patch 0 (grid cell 0, 0) whole
-    mask[0:4, 8:12] = 255  # a quarter of patch 1 (cell 0, 1)
-    mask[0:8, 16:20] = 255  # half of patch 2 (cell 0, 2)
-    Image.fromarray(mask).save(tmp_path / "lesion.png")
-    att = np.full(len(coords), 0.01, np.float32)
-    att[[0, 1, 2]] = (0.5, 0.4, 0.3)
-    info = make_heatmap(
-        store,
-        att,
-        tmp_path / "hm",
-        style=HeatmapStyle(top_k=3, thumb_px=128),
-        lesion_mask=tmp_path / "lesion.png",
-    )
+    lesion = [  # patch 0 (grid cell 0, 0) whole, a quarter of patch 1, half of patch 2
+        (slice(0, 8), slice(0, 8)),
+        (slice(0, 4), slice(8, 12)),
+        (slice(0, 8), slice(16, 20)),
+    ]
+    info = _gallery_of_lesion(grid_slide, tmp_path, lesion, (0.5, 0.4, 0.3))
     assert info["top"] == [0, 1, 2]
     assert seen["lesion"][:3] == [True, False, True]
     assert "2 of 48" in Image.open(tmp_path / "hm" / "gallery.png").text["Title"]
@@ -810,19 +811,24 @@ def test_gallery_lesion_frames_follow_the_patches_in_rank_order(grid_slide, tmp_
     """The cyan frame goes on the cell of the lesion patch, wherever its rank puts it: here the
     top patch (#1) is the highest-indexed of the three and the only one in the lesion."""
     seen = _spy_kwargs(monkeypatch, "render_gallery")
+    lesion = [(slice(0, 8), slice(16, 24))]  # patch 2 (cell 0, 2) whole
+    info = _gallery_of_lesion(grid_slide, tmp_path, lesion, (0.3, 0.4, 0.5))
+    assert info["top"] == [2, 1, 0]
+    assert seen["lesion"] == [True, False, False, False, False, False]
+
+
+def _gallery_of_lesion(grid_slide, tmp_path, lesion: list, top: tuple) -> dict:
+    """make_heatmap of the grid slide with a lesion mask painted on the ``lesion`` (rows, cols)
+    slices of its mask pixels (8 level-0 px each) and attention ``top`` on patches 0, 1 and 2."""
     store = tmp_path / "g.zarr"
     coords, _ = grid_slide.write(store)
     mask = np.zeros((51, 69), np.uint8)  # the 552 x 408 px slide at 8 level-0 px a mask pixel
-    mask[0:8, 16:24] = 255  # patch 2 (cell 0, 2) whole
+    for rows, cols in lesion:
+        mask[rows, cols] = 255
     Image.fromarray(mask).save(tmp_path / "lesion.png")
     att = np.full(len(coords), 0.01, np.float32)
-    att[[0, 1, 2]] = (0.3, 0.4, 0.5)
-    info = make_heatmap(
-        store,
-        att,
-        tmp_path / "hm",
-        style=HeatmapStyle(top_k=3, thumb_px=128),
-        lesion_mask=tmp_path / "lesion.png",
+    att[[0, 1, 2]] = top
+    style = HeatmapStyle(top_k=3, thumb_px=128)
+    return make_heatmap(
+        store, att, tmp_path / "hm", style=style, lesion_mask=tmp_path / "lesion.png"
     )
-    assert info["top"] == [2, 1, 0]
-    assert seen["lesion"] == [True, False, False, False, False, False]

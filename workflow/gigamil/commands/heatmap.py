@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="patches per gallery row, and top-attention annotations in annotations.geojson (8)",
     )
+    parser.add_argument(
+        "--pool",
+        choices=("abmil", "gated_abmil", "smabmil", "instance"),
+        default="abmil",
+        help="model.pool of the model(s) behind --attention: with instance the weights are "
+        "patch probabilities, and the labels say so (default abmil: attention)",
+    )
     parser.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay opacity (0.5)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (jet)")
     parser.add_argument(
@@ -78,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.config import check_cmap
     from gigamil.errors import GigamilError
     from gigamil.evaluate.localization import mean_attention, read_store_geometry
-    from gigamil.viz.heatmap import HeatmapStyle, make_heatmap
+    from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, weight_name
     from gigamil.viz.slide_info import SlideNotPredicted, read_slide_prediction
 
     check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             cmap=args.cmap,
             thumb_px=args.thumb_px,
+            weight=weight_name(args.pool),
         ),
         mpp_override=args.slide_mpp,
         prediction=prediction,
