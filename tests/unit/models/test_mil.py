@@ -293,6 +293,31 @@ def test_empty_bag_raises() -> None:
         model.forward_train(torch.zeros(0, 8, 8, 3, dtype=torch.uint8), 1, 4)
 
 
+@pytest.mark.parametrize("k", [-4, 2.5, "8", True])
+def test_a_chunk_size_that_is_not_a_whole_number_is_a_clear_error(k) -> None:
+    """0 divided the chunk loop by zero, -4 gave 'the bag yielded 0 instances', 2.5 and '8'
+    raw TypeErrors: each is now one message naming the argument, in training and inference."""
+    model = make_model("abmil")
+    bag = torch.zeros(6, 8, 8, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"max_instances_per_forward_pass must be a whole"):
+        model.forward_train(bag, 1, k)
+    with pytest.raises(ValueError, match=r"max_instances_per_forward_pass must be a whole"):
+        model(bag, max_instances_per_forward_pass=k)
+
+
+def test_a_chunk_size_of_0_or_none_is_the_whole_bag() -> None:
+    model = make_model("abmil").eval()
+    bag = torch.randint(0, 255, (6, 8, 8, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        whole, _ = model(bag, max_instances_per_forward_pass=None)
+        zero, _ = model(bag, max_instances_per_forward_pass=0)
+        numpy_k, _ = model(bag, max_instances_per_forward_pass=np.int64(4))
+    torch.testing.assert_close(zero, whole)
+    torch.testing.assert_close(numpy_k, whole, rtol=1e-5, atol=1e-6)
+    model.train()
+    assert model.forward_train(bag, 1, 0).loss > 0  # the plain pass, no division by zero
+
+
 def test_balanced_chunk_size_never_leaves_a_chunk_of_one() -> None:
     from gigamil.models.mil import balanced_chunk_size
 

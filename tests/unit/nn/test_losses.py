@@ -58,3 +58,18 @@ def test_class_weights_follow_each_bags_own_class() -> None:
     w = torch.tensor([0.5, 1.0, 2.0])
     expected = (F.cross_entropy(logits, labels, reduction="none") * w[labels]).mean()
     assert torch.allclose(BagLoss(class_weights=w.tolist())(logits, labels), expected)
+
+
+def test_fractional_or_one_hot_labels_are_refused() -> None:
+    """0.7 trained as class 0 and a one-hot [0, 1] was broadcast into the mean of both classes'
+    losses, silently: both are errors; whole-number floats and one index per bag are fine."""
+    loss = BagLoss()
+    with pytest.raises(ValueError, match=r"label must be class indices"):
+        loss(torch.tensor([0.3]), 0.7)
+    with pytest.raises(ValueError, match=r"2 label\(s\) for 1 bag\(s\)"):
+        loss(torch.tensor([0.3]), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"3 label\(s\) for 1 bag\(s\)"):
+        BagLoss()(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0, 1, 0]))
+    assert loss(torch.tensor([0.3]), 1.0) == loss(torch.tensor([0.3]), 1)
+    batch = torch.tensor([[0.3], [-0.2]])
+    assert loss(batch, torch.tensor([1, 0])) > 0

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the title states the slide's label, predicted class and probability and the number "
         "of models, and the probability colour scale uses it",
     )
+    _add_style_arguments(parser)
+
+
+def _add_style_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the heatmap is drawn: colour scale, top-k, what the weights are, opacity, map."""
     parser.add_argument(
         "--normalize",
         choices=["probability", "relative", "rank", "percentile", "minmax"],  # viz.scales.SCALES

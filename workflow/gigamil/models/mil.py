@@ -16,6 +16,7 @@ get their running statistics restored after step 1, so they are updated once per
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -165,9 +166,10 @@ class MILModel(nn.Module):
 
     # ---------------------------------------------------------------- inference
     def encode(self, bag: Bag, max_instances_per_forward_pass: int | None = None) -> torch.Tensor:
-        """Features (N, D) of a bag, chunk by chunk (follows the current grad mode)."""
+        """Features (N, D) of a bag, chunk by chunk (follows the current grad mode); chunk size
+        None or 0: the whole bag at once."""
         n = len(bag)
-        k = max_instances_per_forward_pass or max(n, 1)
+        k = chunk_argument(max_instances_per_forward_pass) or max(n, 1)
         dev = self.device
         feats = [self._encode_chunk(x, dev) for x in iter_chunks(bag, k)]
         if not feats:
@@ -221,6 +223,15 @@ class MILModel(nn.Module):
         that many instances. Gradients are accumulated into ``.grad`` (scaled by
         ``loss_scale``, e.g. 1/bags_per_step, and by ``scaler.scale`` for fp16 AMP). Returns
         detached logits, attention and the loss value.
+
+        ``bag``: a tensor of N patches, uint8 (N, H, W, 3) or float (N, 3, H, W) in [0, 1]
+        (:class:`gigamil.nn.augment.PatchPreprocess`), or a bag object with ``chunks(k)`` and
+        ``len`` (:class:`gigamil.data.bags.ZarrBag`); ``label``: the bag's class index, an int
+        or a one-element integer tensor (:class:`gigamil.nn.losses.BagLoss` refuses fractions
+        and one-hot vectors); ``adj``: the (N, N) patch adjacency of ``smabmil`` (default: from
+        the bag's ``grid``). Augmentation and dropout follow the modules' train/eval mode.
+        Raises ValueError for an empty bag, a missing loss_fn or a chunk size that is not a
+        whole number >= 1 (or None / 0).
         """
         if self.loss_fn is None:
             raise ValueError("MILModel.forward_train needs a loss_fn")
@@ -228,7 +239,7 @@ class MILModel(nn.Module):
         if n == 0:
             raise ValueError("empty bag (0 instances): nothing to train on")
         adj = self._adjacency(bag, adj)
-        k = self._chunk_size(n, max_instances_per_forward_pass)
+        k = self._chunk_size(n, chunk_argument(max_instances_per_forward_pass) or None)
         trainable = self._encoder_trainable()
 
         def backward(t: torch.Tensor) -> None:
@@ -297,3 +308,17 @@ class MILModel(nn.Module):
         finally:
             set_rng_state(after_pass_1, dev)
         return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
+
+
+def chunk_argument(k: Any) -> int | None:
+    """``max_instances_per_forward_pass`` checked: None or 0 (the whole bag), or a whole number
+    >= 1; ValueError otherwise (0 divided the chunk loop by zero in training, a negative number
+    gave a misleading count error, a float or a string a raw TypeError)."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise ValueError(
+            "max_instances_per_forward_pass must be a whole number >= 1, or None (or 0) for the "
+            f"whole bag; got {k!r}"
+        )
+    return int(k)

@@ -46,7 +46,7 @@ class BagLoss(nn.Module):
     def forward(self, logits: torch.Tensor, label: torch.Tensor | int) -> torch.Tensor:
         single = logits.dim() == 1
         logits = logits.unsqueeze(0) if single else logits  # (B, n_out)
-        y = torch.as_tensor(label, device=logits.device).long().reshape(-1)  # (B,)
+        y = _class_indices(label, logits.shape[0], logits.device)  # (B,)
         if logits.shape[1] == 1:  # one logit z: log p = (log σ(-z), log σ(z))
             z = logits[:, 0]
             log_p = torch.stack([F.logsigmoid(-z), F.logsigmoid(z)], dim=1)  # (B, 2)
@@ -69,3 +69,18 @@ def balanced_class_weights(labels: Sequence[int], n_classes: int) -> list[float]
     counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=n_classes)
     n = float(counts.sum())
     return [n / (n_classes * float(c)) if c > 0 else 0.0 for c in counts.tolist()]
+
+
+def _class_indices(label: torch.Tensor | int, n_bags: int, device: torch.device) -> torch.Tensor:
+    """``label`` as (B,) long class indices; ValueError for a fraction (0.7 was truncated to 0)
+    or another count than the bags (a one-hot vector was broadcast over the classes)."""
+    y = torch.as_tensor(label, device=device)
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise ValueError(f"label must be class indices (whole numbers), got {label!r}")
+    y = y.long().reshape(-1)
+    if y.numel() != n_bags:
+        raise ValueError(
+            f"{y.numel()} label(s) for {n_bags} bag(s): give each bag's class index (for a "
+            "one-hot label, its argmax)"
+        )
+    return y
