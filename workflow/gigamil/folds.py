@@ -123,12 +123,17 @@ def fold_slides(
     return sel[["cohort", "slide_id", "patient_id", "label"]].reset_index(drop=True)
 
 
+def slide_keys(table: pd.DataFrame) -> list[str]:
+    """``cohort/slide_id`` of every row: a slide's key across cohorts."""
+    return [f"{c}/{s}" for c, s in zip(table["cohort"], table["slide_id"], strict=True)]
+
+
 def split_report(folds: pd.DataFrame) -> pd.DataFrame:
     """Patients and slides per fold, role and label (for logs and the CLI), and per stratum
     when ``folds`` comes from :func:`gigamil.splits.make_folds` with ``stratify_by`` (its
     ``attrs["strata"]``), so the balance of e.g. the sites over the folds shows."""
     strata = folds.attrs.get("strata", {})
-    keys = folds["cohort"].astype(str) + "/" + folds["slide_id"].astype(str)
+    keys = pd.Series(slide_keys(folds), index=folds.index)
     folds = folds.assign(  # an empty cell shown as gigamil subgroups shows it
         **{c: keys.map(m).replace("", "(empty)") for c, m in strata.items() if c not in folds}
     )

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gigamil.errors import GigamilError
-from gigamil.folds import FOLD_COLUMNS, check_folds
+from gigamil.folds import FOLD_COLUMNS, check_folds, slide_keys
 from gigamil.split_program import assign_groups
 
 
@@ -276,14 +276,10 @@ def make_folds(
     out = _folds_table(sheet, patients, role)
     check_folds(out, sheet)
     out.attrs["strata"] = {  # for split_report: each slide's value of each stratify_by column
-        c: dict(zip(_slide_keys(sheet), sheet[c].astype(str), strict=True))
+        c: dict(zip(slide_keys(sheet), sheet[c].astype(str), strict=True))
         for c in dict.fromkeys(stratify_by)
     }
     return out
-
-
-def _slide_keys(table: pd.DataFrame) -> list[str]:
-    return [f"{c}/{s}" for c, s in zip(table["cohort"], table["slide_id"], strict=True)]
 
 
 def _check_fold_arguments(folds: int, val_fraction: float, terms: SplitTerms) -> bool:

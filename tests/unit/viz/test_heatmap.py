@@ -334,15 +334,9 @@ def test_thumbnail_from_the_store_source_path_or_slide(
     attention on the wrong tissue: the heatmap is drawn on grey and the warning says why."""
     src = tmp_path / "slide.png"
     Image.fromarray(np.full((*slide_px, 3), MAGENTA, np.uint8)).save(src)
-    store = write_store(
-        tmp_path / "s10.zarr",
-        np.zeros((2, 8, 8, 3), np.uint8),
-        row_major_grid(2, 2),
-        stride=64,
-        patch_size_level0=64.0,
-        slide_dimensions=[400, 300],
-        slide_mpp=0.5,  # a PNG has no MPP: the store's is used
-        source_path=str(src),
+    # a PNG has no MPP: the store's is used
+    store = _two_patch_store(
+        write_store, row_major_grid, tmp_path / "s10.zarr", source_path=str(src)
     )
     with caplog.at_level(logging.WARNING):
         make_heatmap(store, np.array([0.5, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=200))
@@ -426,16 +420,8 @@ def test_a_moved_slide_file_is_drawn_on_grey_with_a_hint(
 ):
     """The store's source_path no longer exists (slides moved, or a colleague's machine): the
     warning says how to draw on the slide anyway (--slide)."""
-    store = write_store(
-        tmp_path / "s.zarr",
-        np.zeros((2, 8, 8, 3), np.uint8),
-        row_major_grid(2, 2),
-        stride=64,
-        patch_size_level0=64.0,
-        slide_dimensions=[400, 300],
-        slide_mpp=0.5,
-        source_path=str(tmp_path / "moved" / "slide.tiff"),
-    )
+    moved = str(tmp_path / "moved" / "slide.tiff")
+    store = _two_patch_store(write_store, row_major_grid, tmp_path / "s.zarr", source_path=moved)
     with caplog.at_level(logging.WARNING):
         make_heatmap(store, np.array([0.5, 0.5]), tmp_path / "hm", style=HeatmapStyle(thumb_px=64))
     assert (
@@ -758,14 +744,10 @@ def test_a_source_file_longer_than_recorded_is_not_drawn_under_the_attention(
     cut from: any other size than the store's ``source_size`` draws on grey, with a warning."""
     src = tmp_path / "slide.png"
     Image.fromarray(np.full((300, 400, 3), MAGENTA, np.uint8)).save(src)
-    store = write_store(
+    store = _two_patch_store(
+        write_store,
+        row_major_grid,
         tmp_path / "s.zarr",
-        np.zeros((2, 8, 8, 3), np.uint8),
-        row_major_grid(2, 2),
-        stride=64,
-        patch_size_level0=64.0,
-        slide_dimensions=[400, 300],
-        slide_mpp=0.5,
         source_path=str(src),
         source_size=src.stat().st_size - 1,  # cut from a file one byte shorter
     )
@@ -831,4 +813,19 @@ def _gallery_of_lesion(grid_slide, tmp_path, lesion: list, top: tuple) -> dict:
     style = HeatmapStyle(top_k=3, thumb_px=128)
     return make_heatmap(
         store, att, tmp_path / "hm", style=style, lesion_mask=tmp_path / "lesion.png"
+    )
+
+
+def _two_patch_store(write_store, row_major_grid, path, **attrs):
+    """Two black 8-px patches of a 400 x 300 px slide at 0.5 µm/px, 64 level-0 px apart, with
+    ``attrs`` (the source slide's path and size)."""
+    return write_store(
+        path,
+        np.zeros((2, 8, 8, 3), np.uint8),
+        row_major_grid(2, 2),
+        stride=64,
+        patch_size_level0=64.0,
+        slide_dimensions=[400, 300],
+        slide_mpp=0.5,
+        **attrs,
     )

@@ -19,6 +19,7 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
+from gigamil.evaluate.predictions import shown
 from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, html_page
 
 # the value shown for an empty cell of a grouping column
@@ -44,8 +45,15 @@ def join_columns(
     ]:
         raise GigamilError(f"--by {' '.join(reserved)}: group by a column such as site or cohort")
     wanted = [c for c in dict.fromkeys(by) if c not in preds.columns]
-    if not wanted:
-        return preds.assign(**{c: preds[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+    if wanted:
+        preds = preds.assign(**_sheet_columns(preds["slide_id"].astype(str), sheets, wanted))
+    return preds.assign(**{c: preds[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+
+
+def _sheet_columns(
+    slides: pd.Series, sheets: Sequence[pd.DataFrame], wanted: list[str]
+) -> dict[str, np.ndarray]:
+    """The ``wanted`` columns of the sheets for ``slides`` (slide ids), by column."""
     table = pd.concat(list(sheets), ignore_index=True) if sheets else pd.DataFrame()
     if missing := [c for c in wanted if c not in table.columns]:
         where = (
@@ -58,12 +66,11 @@ def join_columns(
     if ids.duplicated().any():
         raise GigamilError(f"slide {ids[ids.duplicated()].iloc[0]} is in two sheet rows")
     lookup = table.assign(slide_id=ids).set_index("slide_id")[wanted]
-    slides = preds["slide_id"].astype(str)
     if unknown := sorted(set(slides) - set(lookup.index)):
-        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise GigamilError(f"{len(unknown)} predicted slide(s) are in no sheet given: {shown}")
-    joined = preds.assign(**{c: lookup.loc[slides, c].to_numpy() for c in wanted})
-    return joined.assign(**{c: joined[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+        raise GigamilError(
+            f"{len(unknown)} predicted slide(s) are in no sheet given: {shown(unknown)}"
+        )
+    return {c: lookup.loc[slides, c].to_numpy() for c in wanted}
 
 
 def _group_row(
@@ -125,10 +132,10 @@ def subgroup_metrics(
             "need the true class of every slide"
         )
     probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    scored = preds[np.isfinite(probs).all(axis=1)]
+    unpredicted = ~np.isfinite(probs).all(axis=1)
+    scored = preds[~unpredicted]
     if scored.empty:
         raise GigamilError("no slide has a prediction (every probability is empty)")
-    unpredicted = ~np.isfinite(probs).all(axis=1)
     rows = [{"column": "all", "value": "all", **_group_row(scored, classes, n_boot, seed)}]
     rows[0]["n_unpredicted"] = int(unpredicted.sum())
     for column in dict.fromkeys(by):

@@ -21,7 +21,7 @@ import torch
 from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
-from gigamil.fileutil import zarr_attributes
+from gigamil.evaluate.predictions import shown
 from gigamil.settings import TissueConfig
 from gigamil.splits import labels_per_patient
 from gigamil.train.loop import BagItem
@@ -212,30 +212,28 @@ def _preprocessing(items: Sequence[BagItem]) -> dict[str, Any]:
 
 
 def preprocessing_warning(
-    stores: Mapping[str, str | Path], recorded: Mapping[str, Any] | None
+    stores: Mapping[str, Mapping[str, Any]], recorded: Mapping[str, Any] | None
 ) -> str | None:
-    """Why the stores of slides to predict (``stores``: slide_id → store) hold other patches
-    than the model learnt on: each key of :func:`store_preprocessing` whose value differs from
+    """Why the stores of slides to predict (``stores``: slide_id → the store's attributes) hold
+    other patches than the model learnt on: each key of :func:`store_preprocessing` whose value differs from
     ``recorded`` (model.pt's ``preprocessing``), with the slides' values and up to five slides of
     each; None when none differs, or the model (older than the record) or a store does not say.
     """
     if not recorded:
         return None
     differ: dict[str, dict[str, list[str]]] = {}
-    for slide_id, store in stores.items():
-        own = store_preprocessing(zarr_attributes(store) or {})
-        for key, value in own.items():
+    for slide_id, attrs in stores.items():
+        for key, value in store_preprocessing(attrs).items():
             if key in recorded and value != recorded[key]:
                 differ.setdefault(key, {}).setdefault(repr(value), []).append(str(slide_id))
     if not differ:
         return None
     parts = []
     for key, by_value in differ.items():
-        shown = "; ".join(
-            f"{value} ({len(ids)} slide(s): {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
-            for value, ids in by_value.items()
+        values = "; ".join(
+            f"{value} ({len(ids)} slide(s): {shown(ids)})" for value, ids in by_value.items()
         )
-        parts.append(f"{key} {shown} where the training patches had {recorded[key]!r}")
+        parts.append(f"{key} {values} where the training patches had {recorded[key]!r}")
     n = len({s for by_value in differ.values() for ids in by_value.values() for s in ids})
     return (
         f"{n} of the {len(stores)} slides to predict were cut with other preprocessing than the "

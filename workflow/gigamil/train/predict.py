@@ -279,10 +279,11 @@ def _check_slides(
     stores, the slides the model has seen (warned, or with ``require_unseen`` refused) and
     stores cut with other preprocessing than the model's training patches (warned)."""
     _check_labels(slides, [str(c) for c in ckpt["classes"]], model_path)
-    _check_slide_ids(slides)
+    attrs = [zarr_attributes(store) or {} for store in slides["store"]]  # read once, for both
+    _check_slide_ids(slides, attrs)
     _warn_seen(slides, ckpt, model_path, require_unseen)
-    stores = dict(zip(slides["slide_id"].astype(str), slides["store"], strict=True))
-    if other := preprocessing_warning(stores, ckpt.get("preprocessing")):
+    recorded = dict(zip(slides["slide_id"].astype(str), attrs, strict=True))
+    if other := preprocessing_warning(recorded, ckpt.get("preprocessing")):
         log.warning("%s: %s", model_path, other)
 
 
@@ -296,12 +297,13 @@ def _seen_test_slides(model_path: Path, same: list[str], n: int) -> str:
     )
 
 
-def _check_slide_ids(slides: pd.DataFrame) -> None:
+def _check_slide_ids(slides: pd.DataFrame, attrs: list[dict[str, Any]]) -> None:
     """Before any work: the ids name the attention files, so each must be a safe file name
     and listed once (a second row would overwrite the first's attention file), and no store
     may stand in two rows (two slides given the same patches: one of them is predicted from
     another slide's tissue) or be cut from another listed slide (stores swapped). A store
-    cut from a slide of another id not in the table is a warning (:func:`_open_slide`)."""
+    cut from a slide of another id not in the table is a warning (:func:`_open_slide`).
+    ``attrs``: each row's store attributes."""
     for slide_id in slides["slide_id"]:
         check_slide_id(slide_id)
     ids = slides["slide_id"].astype(str)
@@ -316,8 +318,8 @@ def _check_slide_ids(slides: pd.DataFrame) -> None:
             f"{slides['store'][same].iloc[0]}: give each slide its own store"
         )
     listed = set(ids)
-    for slide_id, store in zip(ids, slides["store"], strict=True):  # a store cut from another
-        cut_from = str((zarr_attributes(store) or {}).get("slide_id", slide_id))  # listed one
+    for slide_id, store, own in zip(ids, slides["store"], attrs, strict=True):  # a store cut
+        cut_from = str(own.get("slide_id", slide_id))  # from another listed slide
         if cut_from != slide_id and cut_from in listed:
             raise GigamilError(
                 f"slides to predict: slide {slide_id}'s store {store} was extracted from slide "
