@@ -48,6 +48,24 @@ def test_mask_equals_unpadded_bag() -> None:
     assert "CrossEntropyLoss" in losses
 
 
+@pytest.mark.parametrize("pool", ["abmil", "smabmil"])
+def test_fully_masked_bag_is_an_error_not_the_bias(pool: str) -> None:
+    """A bag whose mask is all False has nothing to attend to: pooling it gave the
+    classifier's bias as a prediction, indistinguishable from a real one."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]])
+    if pool == "abmil":
+        model, kw = ABMIL(in_shape=3, att_dim=4), {}
+    else:
+        model = SmABMIL(in_shape=3, att_dim=4)
+        kw = {"adj": grid_adjacency(np.array([[0, 0], [0, 1], [1, 0], [1, 1]])).to_dense()[None]}
+        kw["adj"] = kw["adj"].expand(2, 4, 4)
+    with pytest.raises(ValueError, match="bag 1 of the batch has no instance"):
+        model(x, mask=mask, **kw)
+    assert model(x[:1], mask=mask[:1], **{k: v[:1] for k, v in kw.items()}).shape == (1,)
+
+
 def test_smabmil_uses_adjacency() -> None:
     torch.manual_seed(0)
     grid = np.array([(r, c) for r in range(3) for c in range(4)])

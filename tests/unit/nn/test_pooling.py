@@ -48,6 +48,13 @@ def test_head_outputs() -> None:
     assert torch.isclose(att.sum(), torch.tensor(1.0))
 
 
+@pytest.mark.parametrize("pool", ["abmil", "gated_abmil", "instance"])
+def test_head_refuses_an_empty_bag(pool: str) -> None:
+    head = AttentionHead(4, pool=pool)
+    with pytest.raises(ValueError, match="empty bag"):
+        head(torch.zeros(0, 4))
+
+
 def test_instance_loss_weak_labels() -> None:
     torch.manual_seed(0)
     head = AttentionHead(4, att_dim=8, instance_loss=2.0, instance_top_k=2)

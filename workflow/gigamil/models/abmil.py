@@ -79,6 +79,8 @@ class _PooledMIL(nn.Module):
                 if mask is not None
                 else torch.ones(n, dtype=torch.bool, device=X.device)
             )
+            if not bool(keep.any()):
+                raise ValueError(f"bag {i} of the batch has no instance (its mask is all False)")
             adj_i = None
             if self.head.needs_adj:
                 if adj is None:

@@ -185,6 +185,12 @@ class AttentionHead(nn.Module):
     def forward(
         self, h: torch.Tensor, adj: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bag logit(s) (n_out,) and attention (N,) of one bag's features h (N, D); ``adj``
+        (N, N) for SmABMIL. Raises ValueError for an empty bag (N = 0: there is nothing to
+        attend to, and the pooled zero vector would give the classifier's bias as a
+        prediction)."""
+        if h.shape[0] == 0:
+            raise ValueError("empty bag (0 instances): nothing to pool")
         if self.norm is not None:
             h = self.norm(h)
         h = self.dropout(h)  # (N, D)
