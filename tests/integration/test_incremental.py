@@ -246,3 +246,37 @@ def test_sheet_edit_outside_the_split_columns_or_a_moved_sheet_retrains_nothing(
         assert not set(counts) & (UPSTREAM - {"qc_table"}) and counts["qc_table"] == 1, counts
     finally:
         sheet_path.write_text(original)
+
+
+def test_subgroups_add_only_their_own_job(workdir: Path):
+    """`subgroups: [site, cohort]` adds one job, subgroups_cv, which reads the site column
+    from the sheet; the numbers come from the out-of-fold predictions."""
+    sheet_path = workdir / read_config(workdir)["cohorts"]["demo"]["sheet"]
+    original = sheet_path.read_text()
+    try:
+        sheet = pd.read_csv(sheet_path)
+        sheet["site"] = ["A" if i < 2 else "B" for i in range(len(sheet))]
+        sheet.to_csv(sheet_path, index=False)
+        write_config(workdir, deep_update(read_config(workdir), {"subgroups": ["site", "cohort"]}))
+        assert Counter(rule for rule, _ in planned_jobs(workdir)) == {"subgroups_cv": 1}
+        snakemake_in(workdir)
+        table = pd.read_csv(workdir / "results" / "eval" / "demo" / "subgroups.csv")
+        assert list(zip(table["column"], table["value"], strict=True)) == [
+            ("all", "all"),
+            ("site", "A"),
+            ("site", "B"),
+            ("cohort", "demo"),
+        ]
+        assert table["n_slides"].tolist() == [len(sheet), 2, len(sheet) - 2, len(sheet)]
+        oof = pd.read_csv(workdir / "results" / "eval" / "demo" / "per_slide_predictions.csv")
+        brier = ((oof["prob_lesion"] - oof["label"].eq("lesion")) ** 2).mean()
+        assert table.loc[0, "brier"] == pytest.approx(brier, rel=1e-4)
+        html = (workdir / "results" / "eval" / "demo" / "subgroups.html").read_text()
+        assert "site" in html and "bootstrap" in html
+        # a column no sheet has stops the run before any job, naming the sheets' columns
+        write_config(workdir, deep_update(read_config(workdir), {"subgroups": ["scanner"]}))
+        out = snakemake_in(workdir, "-n", ok=False)
+        assert "subgroups: 'scanner' is a column of no scored cohort's sheet" in out, out[-2000:]
+        assert "site" in out
+    finally:
+        sheet_path.write_text(original)

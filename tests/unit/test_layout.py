@@ -87,6 +87,16 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
         "results/eval/e/ensemble/ex/summary.json",
         "results/heatmaps/e/tr/a/a.overlay.jpg",
     ]
+    # subgroups: out of fold, and per external cohort with its ensemble (not without)
+    grouped = layout.eval_targets({**config, "subgroups": ["site"]}, sheets, ["tr"], ["ex"])
+    assert [t for t in grouped if "subgroups" in t] == [
+        "results/eval/e/subgroups.csv",
+        "results/eval/e/ensemble/ex/subgroups.csv",
+    ]
+    alone = {**config, "subgroups": ["site"], "ensemble": {"enabled": False}}
+    assert [t for t in layout.eval_targets(alone, sheets, ["tr"], ["ex"]) if "subgroups" in t] == [
+        "results/eval/e/subgroups.csv"
+    ]
     # a predict cohort: its ensemble predictions even without ensemble.enabled, and heatmaps
     sheets["new"] = pd.DataFrame({"slide_id": ["d"], "patient_id": ["t"]})
     config = {**config, "ensemble": {"enabled": False}, "heatmaps": {"slides": "all"}}

@@ -353,9 +353,9 @@ def eval_targets(
     predict_cohorts: Sequence[str] = (),
 ) -> list[str]:
     """The final evaluation outputs (for rule all): CV summary, each fold's model.pt and
-    training curves, ensembles, heatmaps. A ``predict`` cohort (no labels) always gets its
-    ensemble's predictions (its ``summary.json`` says there are no metrics), whatever
-    ``ensemble.enabled`` says: they are what it is there for.
+    training curves, subgroup metrics (``subgroups``), ensembles, heatmaps. A ``predict``
+    cohort (no labels) always gets its ensemble's predictions (its ``summary.json`` says there
+    are no metrics), whatever ``ensemble.enabled`` says: they are what it is there for.
 
     model.pt is a target of its own: a retraining (changed settings) killed mid-fold leaves the
     fold without model.pt (Snakemake deletes a failed job's outputs) but with the predictions
@@ -365,9 +365,13 @@ def eval_targets(
     targets = [f"{eval_dir(exp)}/summary.json"]
     for k in range(config["cv"]["folds"]):
         targets += [f"{model_dir(exp, k)}/model.pt", training_curves(exp, k)]
+    if config.get("subgroups"):
+        targets.append(f"{eval_dir(exp)}/subgroups.csv")
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
+        if config.get("subgroups"):
+            targets += [f"{ensemble_dir(exp, c)}/subgroups.csv" for c in external_cohorts]
     targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in predict_cohorts]
     predicted = list(train_cohorts) + list(external_cohorts) + list(predict_cohorts)
     pairs = heatmap_slides(config["heatmaps"]["slides"], sheets, predicted)

@@ -152,6 +152,16 @@ if getattr(workflow, "is_main_process", True) and TRAIN_COHORTS:
         make_cv_folds([SHEETS[c] for c in TRAIN_COHORTS], config["cv"])
     except GigamilError as exc:
         stop(f"gigamil: {exc}")
+if getattr(workflow, "is_main_process", True) and config["subgroups"]:
+    from gigamil.evaluate.subgroups import check_subgroup_columns
+
+    try:  # the columns exist: known now, not after training
+        check_subgroup_columns(
+            config["subgroups"],
+            [SHEETS[c] for c in TRAIN_COHORTS + EXTERNAL_COHORTS],
+        )
+    except GigamilError as exc:
+        stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
 FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
 # the frozen encoder's feature cache (written by extract_features): its encoder_id, or None when the

@@ -150,3 +150,59 @@ rule predict_cohort:
         slides=lambda wc: cohort_slide_ids(wc.cohort),
     script:
         "../scripts/predict_cohort.py"
+
+
+# Metrics per value of the `subgroups` sheet columns (e.g. site): out of fold, and per external
+# cohort from its ensemble's predictions (gigamil.evaluate.subgroups, as `gigamil subgroups`).
+rule subgroups_cv:
+    input:
+        predictions=f"{layout.eval_dir(EXPERIMENT)}/per_slide_predictions.csv",
+        sheets=[config["cohorts"][c]["sheet"] for c in TRAIN_COHORTS],
+    output:
+        # in the report after the section's six files (their labels are numbered)
+        html=report_output(
+            f"{layout.eval_dir(EXPERIMENT)}/subgroups.html",
+            "subgroups",
+            REPORT_CATEGORIES["cv"],
+            subcategory="metrics and plots",
+            labels={"file": "7. subgroups.html"},
+        ),
+        csv=f"{layout.eval_dir(EXPERIMENT)}/subgroups.csv",
+    log:
+        layout.log_file("subgroups_cv", EXPERIMENT),
+    benchmark:
+        layout.benchmark_file("subgroups_cv", EXPERIMENT)
+    conda:
+        "../../envs/gigamil.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        classes=CLASSES,
+        by=config["subgroups"],
+        n_boot=1000,
+        seed=config["cv"]["seed"],
+    script:
+        "../scripts/subgroups.py"
+
+
+use rule subgroups_cv as subgroups_cohort with:
+    input:
+        predictions=f"{layout.ensemble_dir(EXPERIMENT, '{cohort}')}/predictions.csv",
+        sheets=lambda wc: [config["cohorts"][wc.cohort]["sheet"]],
+    output:
+        html=report_output(
+            f"{layout.ensemble_dir(EXPERIMENT, '{cohort}')}/subgroups.html",
+            "subgroups",
+            REPORT_CATEGORIES["ensembles"],
+            subcategory="{cohort}",
+            labels={"file": "7. subgroups.html"},
+        ),
+        csv=f"{layout.ensemble_dir(EXPERIMENT, '{cohort}')}/subgroups.csv",
+    log:
+        layout.log_file("subgroups_cohort", EXPERIMENT, "{cohort}"),
+    benchmark:
+        layout.benchmark_file("subgroups_cohort", EXPERIMENT, "{cohort}")
+    wildcard_constraints:
+        cohort=cohort_regex(EXTERNAL_COHORTS),

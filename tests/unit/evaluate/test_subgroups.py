@@ -136,3 +136,35 @@ def test_sheets_after_one_flag_or_repeated_flags_are_all_read(tmp_path, capsys):
     assert main([*base, "--sheet", a, "--sheet", b, "--out", str(tmp_path / "two")]) == 0
     one = (tmp_path / "one" / "subgroups.csv").read_text()
     assert one == (tmp_path / "two" / "subgroups.csv").read_text() and "\nsite,B,8," in one
+
+
+def test_config_check_names_unknown_and_reserved_columns():
+    preds = _preds()
+    sheets = [_sheet(preds, ["A"] * 16), preds[["slide_id", "patient_id"]].assign(scanner="x")]
+    sg.check_subgroup_columns(["site", "scanner", "cohort"], sheets)  # each in one sheet: fine
+    with pytest.raises(GigamilError, match="'tissue' is a column of no scored cohort's sheet"):
+        sg.check_subgroup_columns(["site", "tissue"], sheets)
+    with pytest.raises(GigamilError, match="path, patient_id, scanner, site, slide_id"):
+        sg.check_subgroup_columns(["tissue"], sheets)
+    for reserved in ("label", "slide_id", "prob_lesion"):
+        with pytest.raises(GigamilError, match=f"{reserved!r} names no group"):
+            sg.check_subgroup_columns([reserved], sheets)
+
+
+def test_report_subgroups_reads_the_files_and_writes_the_table(tmp_path):
+    preds = _preds()
+    preds.to_csv(tmp_path / "pred.csv", index=False)
+    site = ["A" if i % 8 < 4 else "B" for i in range(16)]
+    _sheet(preds, site).to_csv(tmp_path / "sheet.csv", index=False)
+    sheet = str(tmp_path / "sheet.csv")
+    table = sg.report_subgroups(
+        tmp_path / "pred.csv", [sheet, sheet], ["site"], CLASSES, tmp_path / "out", n_boot=50
+    )  # a sheet given twice (two cohorts sharing it) is read once: no "two sheet rows" error
+    assert table["value"].tolist() == ["all", "A", "B"]
+    b = preds[np.array(site) == "B"]
+    assert table.loc[2, "auc"] == pytest.approx(
+        roc_auc_score(b["label"] == "lesion", b["prob_lesion"])
+    )
+    written = pd.read_csv(tmp_path / "out" / "subgroups.csv")
+    assert written["n_slides"].tolist() == [16, 8, 8]
+    assert "subgroups of cohort(s) c" in (tmp_path / "out" / "subgroups.html").read_text()

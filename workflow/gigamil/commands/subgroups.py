@@ -43,24 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gigamil.commands.evaluate import classes_from_predictions
-    from gigamil.evaluate.predictions import read_predictions
-    from gigamil.evaluate.subgroups import (
-        format_table,
-        join_columns,
-        subgroup_metrics,
-        write_subgroups,
-    )
-    from gigamil.sheet_csv import read_sheet_csv
+    from gigamil.evaluate.subgroups import format_table, report_subgroups
 
     classes = classes_from_predictions(args.predictions, args.classes)
-    preds = read_predictions([args.predictions], classes, need_fold=False)
-    sheets = [read_sheet_csv(Path(p), labels_required=False) for p in args.sheet]
-    table = subgroup_metrics(
-        join_columns(preds, sheets, args.by), classes, args.by, args.n_boot, args.seed
+    table = report_subgroups(
+        args.predictions, args.sheet, args.by, classes, args.out, args.n_boot, args.seed
     )
-    cohorts = ", ".join(sorted(set(preds["cohort"].astype(str))))
-    title = f"subgroups of cohort(s) {cohorts} ({args.predictions})"
-    paths = write_subgroups(table, args.out, title)
     print(format_table(table).to_string(index=False))
-    print("\n".join(map(str, paths)))
+    print("\n".join(str(Path(args.out) / f"subgroups.{ext}") for ext in ("csv", "html")))
     return 0

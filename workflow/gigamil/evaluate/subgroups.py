@@ -40,14 +40,21 @@ def join_columns(
             sheets' columns), a slide in two sheet rows, or predicted slides no sheet lists
             (naming up to five).
     """
-    if reserved := [
-        c for c in by if c in ("slide_id", "patient_id", "label", "pred") or c.startswith("prob_")
-    ]:
+    if reserved := _reserved(by):
         raise GigamilError(f"--by {' '.join(reserved)}: group by a column such as site or cohort")
     wanted = [c for c in dict.fromkeys(by) if c not in preds.columns]
     if wanted:
         preds = preds.assign(**_sheet_columns(preds["slide_id"].astype(str), sheets, wanted))
     return preds.assign(**{c: preds[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+
+
+def _reserved(by: Sequence[str]) -> list[str]:
+    """The ``by`` columns that name no group: ids, the label, the predictions' own columns."""
+    return [
+        c
+        for c in by
+        if c in ("slide_id", "patient_id", "label", "pred") or str(c).startswith("prob_")
+    ]
 
 
 def _sheet_columns(
@@ -179,3 +186,52 @@ def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> lis
     )
     page.write_text(html_page(title, note + body))
     return [csv, page]
+
+
+def check_subgroup_columns(by: Sequence[str], sheets: Sequence[pd.DataFrame]) -> None:
+    """Config-time check of the ``subgroups`` key: every column names a group (not
+    ``slide_id``, ``patient_id``, ``label``, ``pred`` or a probability) and is
+    ``cohort`` or a column of at least one of ``sheets`` (the scored cohorts' sheets; a sheet
+    without it puts its slides in the group ``(empty)``).
+
+    Raises:
+        GigamilError: naming the column, and the sheets' columns for an unknown one.
+    """
+    if reserved := _reserved(by):
+        raise GigamilError(f"subgroups: {reserved[0]!r} names no group; list e.g. site or cohort")
+    for column in by:
+        if column != "cohort" and not any(column in sheet.columns for sheet in sheets):
+            known = sorted({str(c) for sheet in sheets for c in sheet.columns})
+            raise GigamilError(
+                f"subgroups: {column!r} is a column of no scored cohort's sheet (their "
+                f"columns: {', '.join(known)})"
+            )
+
+
+def report_subgroups(
+    predictions: str | Path,
+    sheets: Sequence[str | Path],
+    by: Sequence[str],
+    classes: Sequence[str],
+    out_dir: str | Path,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`subgroup_metrics` of a per-slide predictions CSV, written by
+    :func:`write_subgroups` (``out_dir/subgroups.csv`` and ``.html``); the table is returned.
+    The ``by`` columns come from the predictions (``cohort``) or the cohort ``sheets``
+    (CSV paths; read without requiring labels), as :func:`join_columns`. Used by ``gigamil
+    subgroups`` and the workflow's rules ``subgroups_cv`` / ``subgroups_cohort``.
+
+    Raises:
+        GigamilError: as :func:`join_columns` and :func:`subgroup_metrics`.
+    """
+    from gigamil.evaluate.predictions import read_predictions
+    from gigamil.sheet_csv import read_sheet_csv
+
+    preds = read_predictions([predictions], classes, need_fold=False)
+    tables = [read_sheet_csv(Path(p), labels_required=False) for p in dict.fromkeys(sheets)]
+    table = subgroup_metrics(join_columns(preds, tables, by), classes, by, n_boot, seed)
+    cohorts = ", ".join(sorted(set(preds["cohort"].astype(str))))
+    write_subgroups(table, out_dir, f"subgroups of cohort(s) {cohorts} ({predictions})")
+    return table
