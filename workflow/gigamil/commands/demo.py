@@ -12,8 +12,8 @@ from gigamil.commands._argtypes import NON_NEGATIVE_INT, SLIDE_MPP
 NAME = "demo"
 HELP = (
     "build a demo cohort (deterministic for a seed): by default mosaic slides of the packaged "
-    "real PatchCamelyon tiles (CC0); OUTDIR/slides/*.tiff, OUTDIR/lesion_masks/*.png and "
-    "OUTDIR/sheet.csv"
+    "real PatchCamelyon tiles (CC0); OUTDIR/slides/*.tiff, OUTDIR/lesion_masks/*.png (+ .json), "
+    "OUTDIR/sheet.csv and OUTDIR/tiles.csv (the tiles used)"
 )
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the cohort OUTDIR already holds (OUTDIR/sheet.csv): by default that is an "
-        "error, since patch stores and models made from its slides would no longer match them",
+        help="write over the cohort OUTDIR already holds (OUTDIR/sheet.csv; files of the old cohort "
+        "that the new one does not name stay): by default that is an error, since patch "
+        "stores and models made from its slides would no longer match them",
     )
 
 

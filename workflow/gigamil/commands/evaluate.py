@@ -11,7 +11,10 @@ if TYPE_CHECKING:  # pandas is imported when a command runs, not when the CLI pa
     import pandas as pd
 
 NAME = "evaluate"
-HELP = "summarise cross-validation predictions: summary.json, metrics.csv, ROC, confusion"
+HELP = (
+    "summarise cross-validation predictions: summary.json, metrics.csv/.html, "
+    "per_slide_predictions.csv, ROC, confusion"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +48,12 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-boot", type=AT_LEAST_ONE, default=1000, help="bootstrap resamples (1000)"
     )
-    parser.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed (0)")
+    parser.add_argument(
+        "--seed",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        help="bootstrap seed (default 0; the workflow uses cv.seed)",
+    )
 
 
 def classes_from_predictions(path: str, given: list[str] | None = None) -> list[str]:

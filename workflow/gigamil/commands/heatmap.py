@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--slide-id",
         metavar="ID",
         help="the slide's id in --predictions (default: the slide_id recorded in the store, "
-        "gigamil patches --slide-id, else the slide file's name)",
+        "gigamil patches --slide-id, else the store's file name)",
     )
     parser.add_argument(
         "--tissue-mask",

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         metavar="MASK.json",
-        help="JSON summary (tissue_fraction, mask_mpp, warnings); default: none",
+        help="JSON summary (tissue_fraction, mask_mpp, warnings); default: none. Write it as "
+        "MASK.json beside MASK.png: gigamil patches --mask reads the mask's settings from there",
     )
     parser.add_argument(
         "--slide-mpp", type=SLIDE_MPP, metavar="X", help="override the slide's µm/px at level 0"

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mask",
         metavar="MASK.png",
-        help="tissue mask PNG from `gigamil mask` (default: computed with default settings)",
+        help="tissue mask PNG from `gigamil mask` (default: computed with default settings); its "
+        "settings and slide size are recorded from MASK.json beside it (gigamil mask --json)",
     )
     parser.add_argument(
         "--threads", type=AT_LEAST_ONE, default=1, metavar="N", help="reader threads (default 1)"

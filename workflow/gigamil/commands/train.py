@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-csv",
         metavar="CSV",
         help="validation slides (same columns; may have no rows). Default: none, as with "
-        "cv.val_fraction: 0 (model.pt keeps the epoch of lowest training loss)",
+        "cv.val_fraction: 0 (model.pt keeps the epoch of lowest training loss from epoch "
+        "min_epochs - 1 on)",
     )
     add_fold_arguments(parser, "with --folds: the fold to train (also names it in the log)")
     parser.add_argument(
