@@ -920,3 +920,29 @@ def test_the_cli_seed_sets_the_bootstrap(tmp_path):
     ens = json.loads((tmp_path / "en" / "summary.json").read_text())
     assert ens["auc_ci"] == pytest.approx(cli["oof_auc_ci"])  # the same slides and resamples
     assert ens["balanced_accuracy_ci"] == pytest.approx(cli["balanced_accuracy_ci"])
+
+
+def test_the_cli_names_the_experiment_of_the_workflow_layout(tmp_path, capsys):
+    """`gigamil ensemble` / `gigamil evaluate` without --experiment wrote "experiment": "" into
+    summary.json; files in the workflow's layout name it."""
+    from gigamil.cli import main
+    from gigamil.commands.evaluate import experiment_name
+
+    run = tmp_path / "results" / "predictions" / "exp1"
+    run.mkdir(parents=True)
+    folds, paths = _cv_fixture(run)
+    laid_out = [str(p) for p in paths]  # results/predictions/exp1/fold<k>/demo.csv
+    assert experiment_name(None, laid_out) == "exp1"
+    assert experiment_name("mine", laid_out) == "mine"
+    assert experiment_name(None, [*laid_out, str(tmp_path / "p.csv")]) == ""
+    other = tmp_path / "results" / "predictions" / "exp2" / "fold0" / "demo.csv"
+    assert experiment_name(None, [*laid_out, str(other)]) == ""  # two experiments: none
+    assert experiment_name(None, [str(tmp_path / "fold0" / "demo.csv")]) == ""
+    out = tmp_path / "ens"
+    args = ["ensemble", "--cohort", "demo", "--out", str(out), "--n-boot", "5"]
+    assert main([*args, "--predictions", *laid_out]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "summary.json").read_text())["experiment"] == "exp1"
+    ev = ["evaluate", "--folds", str(run / "folds.csv"), "--out", str(tmp_path / "cv")]
+    assert main([*ev, "--n-boot", "5", "--predictions", *laid_out]) == 0
+    assert json.loads((tmp_path / "cv" / "summary.json").read_text())["experiment"] == "exp1"

@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cohort", required=True, help="cohort name (rows of others ignored)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--experiment", default="", help="name shown in titles and summary")
+    parser.add_argument(
+        "--experiment",
+        help="name shown in titles and summary.json (default: the {experiment} of the "
+        "predictions' paths when all are results/predictions/{experiment}/fold<k>/..., "
+        "else none)",
+    )
     parser.add_argument(
         "--localization",
         metavar="CSV",
@@ -34,10 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from gigamil.commands.evaluate import classes_from_predictions, read_localization
+    from gigamil.commands.evaluate import (
+        classes_from_predictions,
+        experiment_name,
+        read_localization,
+    )
     from gigamil.evaluate.ensemble import ensemble_cohort, has_labels
 
     classes = classes_from_predictions(args.predictions[0], args.classes)
+    args.experiment = experiment_name(args.experiment, args.predictions)
     if not has_labels(args.predictions):
         from gigamil.evaluate.ensemble import predict_cohort
 

@@ -27,7 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-fold prediction CSVs (with a fold column)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--experiment", default="", help="name shown in titles and summary")
+    parser.add_argument(
+        "--experiment",
+        help="name shown in titles and summary.json (default: the {experiment} of the "
+        "predictions' paths when all are results/predictions/{experiment}/fold<k>/..., "
+        "else none)",
+    )
     parser.add_argument(
         "--localization",
         metavar="CSV",
@@ -54,6 +59,23 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="bootstrap seed (default 0; the workflow uses cv.seed)",
     )
+
+
+def experiment_name(given: str | None, predictions: list[str]) -> str:
+    """``--experiment`` when given, else the experiment the prediction CSVs' paths name when
+    every one is ``.../predictions/{experiment}/fold<k>/<cohort>.csv`` (the workflow's layout)
+    and they agree, else ``""`` (no name in the titles and summary.json)."""
+    if given:
+        return given
+    from pathlib import Path
+
+    names = set()
+    for p in predictions:
+        parts = Path(p).parts
+        if len(parts) < 4 or parts[-4] != "predictions" or not parts[-2].startswith("fold"):
+            return ""
+        names.add(parts[-3])
+    return names.pop() if len(names) == 1 else ""
 
 
 def classes_from_predictions(path: str, given: list[str] | None = None) -> list[str]:
@@ -123,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         args.folds,
         classes,
         args.out,
-        args.experiment,
+        experiment_name(args.experiment, args.predictions),
         localization=loc,
         n_boot=args.n_boot,
         seed=args.seed,
