@@ -173,8 +173,9 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> list[Path]:
-    """``out_dir/subgroups.csv`` (every number) and ``subgroups.html`` (:func:`format_table`,
-    with the bootstrap note); returns their paths."""
+    """``out_dir/subgroups.csv`` (every number) and ``subgroups.html`` (the bootstrap note, a
+    forest plot of the AUCs, :func:`gigamil.viz.forest.forest_plot`, embedded, and
+    :func:`format_table`); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv, page = out / "subgroups.csv", out / "subgroups.html"
@@ -184,7 +185,13 @@ def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> lis
         "<p>95 % intervals: percentile bootstrap over patients. A subgroup of a few patients "
         "has a wide interval; one of a single class has no AUC.</p>"
     )
-    page.write_text(html_page(title, note + body))
+    import base64
+
+    from gigamil.viz.forest import forest_plot
+
+    png = base64.b64encode(forest_plot(table, "auc")).decode("ascii")
+    plot = f"<img src='data:image/png;base64,{png}' alt='AUC per subgroup'>"
+    page.write_text(html_page(title, note + plot + body))
     return [csv, page]
 
 

@@ -1,0 +1,54 @@
+"""gigamil.viz.forest: the subgroup forest plot."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gigamil.viz.forest import BASE_IN, ROW_IN, forest_plot
+
+
+def _table(aucs: list[float]) -> pd.DataFrame:
+    n = len(aucs)
+    return pd.DataFrame(
+        {
+            "column": ["all"] + ["site"] * (n - 1),
+            "value": ["all"] + [f"S{i}" for i in range(1, n)],
+            "n_slides": [10 * n] + [10] * (n - 1),
+            "auc": aucs,
+            "auc_ci_low": [a - 0.1 for a in aucs],
+            "auc_ci_high": [min(a + 0.1, 1.0) for a in aucs],
+        }
+    )
+
+
+def _image(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def test_one_row_per_subgroup_and_the_points_where_the_values_are():
+    small, large = _image(forest_plot(_table([0.8, 0.6]))), _image(forest_plot(_table([0.8] * 6)))
+    # the figure grows by one row's height per subgroup (100 dpi)
+    assert large.shape[0] - small.shape[0] == pytest.approx(4 * ROW_IN * 100, abs=2)
+    assert small.shape[0] == pytest.approx((BASE_IN + 2 * ROW_IN) * 100, abs=2)
+    # a subgroup's point moves with its AUC: the blue marker's mean column (the x axis is 0-1)
+    blue = [np.nonzero(_blue(_image(forest_plot(_table([0.8, a])))))[1].mean() for a in (0.3, 0.9)]
+    assert blue[1] - blue[0] > 0.2 * small.shape[1]  # 0.6 of an axis about half the width
+
+
+def _blue(img: np.ndarray) -> np.ndarray:
+    """Pixels of matplotlib's tab:blue (31, 119, 180), within a small tolerance."""
+    return (np.abs(img - np.array([31, 119, 180])) < 40).all(axis=2)
+
+
+def test_a_subgroup_without_the_metric_is_listed_without_a_point():
+    table = _table([0.8, 0.7])
+    table.loc[1, ["auc", "auc_ci_low", "auc_ci_high"]] = np.nan
+    assert not _blue(_image(forest_plot(table))).any()  # only the black pooled row is drawn
+    assert _blue(_image(forest_plot(_table([0.8, 0.7])))).any()
+    with pytest.raises(KeyError):
+        forest_plot(table, "sensitivity")
