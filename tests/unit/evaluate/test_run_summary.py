@@ -123,3 +123,16 @@ def test_one_class_and_patients_seen_in_training_are_said_on_the_cohort_line(tmp
         "balanced accuracy 1.000 (no 95% CIs: 2 patients, too few) [1 patient also in "
         "training: optimistic]"
     )
+
+
+def test_subgroup_pages_are_named_when_written(tmp_path):
+    _write(tmp_path / "results/eval/exp/summary.json", {"n_slides": 4, "oof_auc": 0.9})
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", {"n_slides": 3, "auc": 0.8})
+    assert not any("subgroup" in line for line in run_summary_lines("exp", COHORTS, tmp_path))
+    (tmp_path / "results/eval/exp/subgroups.html").write_text("<html>")
+    (tmp_path / "results/eval/exp/ensemble/ext/subgroups.html").write_text("<html>")
+    lines = run_summary_lines("exp", COHORTS, tmp_path)
+    assert lines[3] == "    open results/eval/exp/subgroups.html (metrics per subgroup)"
+    assert (
+        lines[6] == "    open results/eval/exp/ensemble/ext/subgroups.html (metrics per subgroup)"
+    )

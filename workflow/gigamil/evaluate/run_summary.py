@@ -99,6 +99,7 @@ def run_summary_lines(
             f"{_count(cv.get('n_patients'), 'patient')}{_unscored(cv)}: out-of-fold slide "
             f"{_figures(cv, 'oof_auc')}{_localisation(cv)}{_stale(root / cv_path, newest_model)}",
             f"    open {_shown(shown_root, cv_path.with_name('metrics.html'))}",
+            *_subgroups(root, cv_path, newest_model, shown_root),
         ]
     for name, cohort in cohorts.items():
         path = Path(layout.ensemble_dir(experiment, name)) / "summary.json"
@@ -145,12 +146,25 @@ def _cohort_lines(  # noqa: PLR0913 - the parts of one summary line
             f"{_unscored(summary)}: fold-model ensemble slide {_figures(summary, 'auc')}"
             f"{_localisation(summary)}{seen}{stale}",
             f"    open {_shown(shown_root, path.with_name('metrics.html'))}",
+            *_subgroups(root, path, newest_model, shown_root),
         ]
     return [
         f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: "
         f"{_predicted(summary)}{stale}",
         f"    open {_shown(shown_root, path.with_name('predictions.html'))}",
     ]
+
+
+def _subgroups(
+    root: Path, summary: Path, newest_model: float, shown_root: str | Path | None
+) -> list[str]:
+    """The line naming ``subgroups.html`` beside ``summary`` (config key ``subgroups``), when
+    written."""
+    page = summary.with_name("subgroups.html")
+    if not (root / page).is_file():
+        return []
+    stale = _stale(root / page, newest_model)
+    return [f"    open {_shown(shown_root, page)} (metrics per subgroup){stale}"]
 
 
 def _predicted(summary: Mapping[str, Any]) -> str:
