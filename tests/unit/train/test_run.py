@@ -604,7 +604,8 @@ def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
         return attr_slides(mil_bags, write_store, tmp_path, prefix, attrs)
 
     torch.set_num_threads(1)
-    same = {"min_tissue": 0.5, "codec": "zstd", "jpeg_quality": None, "mask_params": mask}
+    same = {"min_tissue": 0.5, "stride_px": 16, "codec": "zstd", "jpeg_quality": None}
+    same["mask_params"] = mask
     other_close = {**same, "mask_params": {**mask, "close_um": 16.0}}
     train = slides("a", [same, same, same, other_close])
     model_path = train_fold(
@@ -612,17 +613,23 @@ def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
     )
     assert torch.load(model_path, weights_only=True)["preprocessing"] == {
         "preprocessing.patches.min_tissue": 0.5,
+        "preprocessing.patches.stride_px": 16,
         "preprocessing.patches.codec": "zstd",
         "preprocessing.tissue.mask_mpp": 8.0,
         "preprocessing.tissue.threshold": "otsu",
     }
     jpeg = {**same, "codec": "jpeg", "jpeg_quality": 80}
-    new = slides("n", [{**same, "min_tissue": 0.25}, jpeg, same, {}, {**jpeg, "min_tissue": 0.25}])
+    overlapping = {**same, "stride_px": 8}  # a trial's stride-48 store: P 0.41 became 0.13
+    new = slides(
+        "n",
+        [{**same, "min_tissue": 0.25}, jpeg, same, {}, {**jpeg, "min_tissue": 0.25}, overlapping],
+    )
     caplog.set_level(logging.WARNING)
     predict_slides(model_path, new, None, tmp_path / "att", device="cpu")
     warned = [r.getMessage() for r in caplog.records if "other preprocessing" in r.getMessage()]
     assert len(warned) == 1, warned
-    assert "3 of the 5 slides to predict were cut with other preprocessing" in warned[0]
+    assert "4 of the 6 slides to predict were cut with other preprocessing" in warned[0]
+    assert "stride_px 8 (1 slide(s): n5) where the training patches had 16" in warned[0]
     assert (
         "preprocessing.patches.min_tissue 0.25 (2 slide(s): n0, n4) where the training patches "
         "had 0.5" in warned[0]

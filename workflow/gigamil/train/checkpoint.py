@@ -81,7 +81,8 @@ def _damaged_hint(path: Path) -> str:
         )
     return (
         "delete it and rerun snakemake: train_fold writes it again (from last.pt when that is "
-        "intact, else by training the fold) and the fold is predicted again"
+        "intact, else by training the fold) and the fold is predicted again; a model.pt "
+        "shared from another project: ask for a fresh copy (compare its sha256 with the sender's)"
     )
 
 

@@ -186,8 +186,9 @@ def _stain_normalization(items: Sequence[BagItem]) -> str | None:
 
 def store_preprocessing(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing a store's attributes record besides patch size, µm/px and stain
-    normalisation, by config key: ``preprocessing.patches.min_tissue``, ``.codec`` and (JPEG
-    only) ``.jpeg_quality``, and the ``preprocessing.tissue`` settings of a tissue mask gigamil
+    normalisation, by config key: ``preprocessing.patches.min_tissue``, ``.stride_px`` (the
+    stride used: patch_px without overlap; another stride changes the bag and its grid), ``.codec``
+    and (JPEG only) ``.jpeg_quality``, and the ``preprocessing.tissue`` settings of a tissue mask gigamil
     computed (its ``mask_params``; a hand-drawn mask records none). A feature store records its
     patch store's codec only. Keys a store does not record are left out."""
     mask = attrs.get("mask_params") or {}
@@ -195,7 +196,8 @@ def store_preprocessing(attrs: Mapping[str, Any]) -> dict[str, Any]:
         f"preprocessing.tissue.{f.name}": mask.get(f.name) for f in dataclasses.fields(TissueConfig)
     }
     patches = {
-        f"preprocessing.patches.{k}": attrs.get(k) for k in ("min_tissue", "codec", "jpeg_quality")
+        f"preprocessing.patches.{k}": attrs.get(k)
+        for k in ("min_tissue", "stride_px", "codec", "jpeg_quality")
     }
     return {k: v for k, v in {**patches, **tissue}.items() if v is not None}
 
