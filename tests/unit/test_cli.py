@@ -184,6 +184,17 @@ def test_evaluate_and_ensemble_name_what_is_wrong_with_their_files(tmp_path, cap
             "no.csv: localisation CSV not found",
         ),
     ]
+    # a model of another class set among the files: both files' classes named (the second
+    # file was blamed for "missing column(s) prob_normal, prob_tumour")
+    other = tmp_path / "other.csv"
+    other.write_text("fold,cohort,slide_id,patient_id,label,pred,prob_benign,prob_malignant\n")
+    cases.append(
+        (
+            [*ens, "--predictions", str(preds), str(other)],
+            f"{preds} has normal, tumour, {other} has benign, malignant",
+        )
+    )
+    cases.append(([*ev, "--predictions", str(preds), str(other)], "of models of other classes"))
     for args, message in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()

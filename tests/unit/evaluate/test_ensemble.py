@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -850,11 +851,12 @@ def test_a_missing_fold_file_is_a_warning_naming_the_fold(tmp_path, caplog, whic
     assert len(warned) == 1 and "fold(s) 2 (given: folds 0, 1, 3)" in warned[0]
     summary = json.loads((tmp_path / "three" / "summary.json").read_text())
     assert summary["missing_folds"] == [2]  # kept with the figures, not only in the log
-    if which == "ensemble_cohort":
-        page = (tmp_path / "three" / "metrics.html").read_text()
-        assert "WARNING: no prediction file of fold(s)" in page
+    page_name = "metrics.html" if which == "ensemble_cohort" else "predictions.html"
+    page = (tmp_path / "three" / page_name).read_text()  # the page a cohort's readers open
+    assert "WARNING: no prediction file of fold(s)" in page and "2" in page
     caplog.clear()
     run(paths, CLASSES, tmp_path / "four", "ext", **kwargs)
+    assert "WARNING" not in (tmp_path / "four" / page_name).read_text()
     assert "missing_folds" not in json.loads((tmp_path / "four" / "summary.json").read_text())
     oof = [tmp_path / f"oof{k}.csv" for k in range(3)]
     _predict(ext, 0, rng).iloc[:3].to_csv(oof[0], index=False)
@@ -946,3 +948,34 @@ def test_the_cli_names_the_experiment_of_the_workflow_layout(tmp_path, capsys):
     ev = ["evaluate", "--folds", str(run / "folds.csv"), "--out", str(tmp_path / "cv")]
     assert main([*ev, "--n-boot", "5", "--predictions", *laid_out]) == 0
     assert json.loads((tmp_path / "cv" / "summary.json").read_text())["experiment"] == "exp1"
+
+
+def test_a_half_labelled_cohort_is_one_error_before_anything_is_written(tmp_path):
+    """`gigamil ensemble` on a cohort with some labels failed with "prediction label '' is not
+    one of ['normal', 'lesion']" after writing predictions.csv, which looked like a success."""
+    _, paths = _cv_fixture(tmp_path)
+    for p in paths:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        df.loc[df["slide_id"].isin(["demo_p0_s1", "demo_p1_s1"]), "label"] = ""
+        df.to_csv(p, index=False)
+    out = tmp_path / "ens"
+    with pytest.raises(GigamilError, match=r"2 of the \d+ slides have no label \(demo_p0_s1, demo"):
+        ensemble_cohort(paths, CLASSES, out, "demo", n_boot=5)
+    assert not (out / "predictions.csv").exists()
+
+
+def test_the_predict_log_counts_the_slides_predicted_not_those_listed(tmp_path, caplog):
+    """'predicted 2 slides (1 normal, 0 lesion)' was logged for one predicted slide and one
+    without patches."""
+    ext = _sheet(n_patients=6, slides=1, cohort="ext").assign(label="")
+    rng = np.random.default_rng(0)
+    nan_slide = str(ext["slide_id"].iloc[0])
+    paths = [tmp_path / f"fold{k}.csv" for k in range(2)]
+    for k, p in enumerate(paths):
+        _predict(ext, k, rng, nan_slide=nan_slide).to_csv(p, index=False)
+    caplog.set_level(logging.INFO)
+    summary = predict_cohort(paths, CLASSES, tmp_path / "out", "ext")
+    said = [r.getMessage() for r in caplog.records if "no labels, no metrics" in r.getMessage()]
+    n = sum(summary["predicted"].values())
+    assert n == 5 and len(said) == 1 and "predicted 5 of 6 slides (" in said[0]
+    assert said[0].endswith(", 1 without patches); no labels, no metrics")

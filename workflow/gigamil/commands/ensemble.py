@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from gigamil.evaluate.ensemble import ensemble_cohort, has_labels
 
-    classes = classes_from_predictions(args.predictions[0], args.classes)
+    classes = classes_from_predictions(args.predictions[0], args.classes, args.predictions[1:])
     args.experiment = experiment_name(args.experiment, args.predictions)
     if not has_labels(args.predictions):
         from gigamil.evaluate.ensemble import predict_cohort

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE_INT
@@ -78,10 +79,8 @@ def experiment_name(given: str | None, predictions: list[str]) -> str:
     return names.pop() if len(names) == 1 else ""
 
 
-def classes_from_predictions(path: str, given: list[str] | None = None) -> list[str]:
-    """The class order: ``given`` (``--classes``), else the ``prob_<class>`` columns of the
-    prediction CSV ``path`` in column order. Raises GigamilError for an unreadable file, fewer
-    than two classes, a class named twice, or ``given`` classes other than the file's."""
+def _prob_classes(path: str) -> list[str]:
+    """The classes of the ``prob_<class>`` columns of prediction CSV ``path``, in column order."""
     import pandas as pd
 
     from gigamil.errors import GigamilError, csv_read_errors
@@ -92,7 +91,27 @@ def classes_from_predictions(path: str, given: list[str] | None = None) -> list[
         raise GigamilError(f"{path}: prediction file not found") from None
     except csv_read_errors() as exc:
         raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from None
-    cols = [c[len("prob_") :] for c in header if c.startswith("prob_")]
+    return [c[len("prob_") :] for c in header if c.startswith("prob_")]
+
+
+def classes_from_predictions(
+    path: str, given: list[str] | None = None, others: Sequence[str] = ()
+) -> list[str]:
+    """The class order: ``given`` (``--classes``), else the ``prob_<class>`` columns of the
+    prediction CSV ``path`` in column order. Raises GigamilError for an unreadable file, fewer
+    than two classes, a class named twice, ``given`` classes other than the file's, or one of
+    the ``others`` (the command's other prediction files) with other classes than ``path``'s
+    (a model trained on another class set: naming both files' classes)."""
+    from gigamil.errors import GigamilError
+
+    cols = _prob_classes(path)
+    for other in others:
+        if (theirs := _prob_classes(other)) and cols and set(theirs) != set(cols):
+            raise GigamilError(
+                f"the prediction files are of models of other classes: {path} has "
+                f"{', '.join(cols)}, {other} has {', '.join(theirs)}; give the predictions of "
+                "models trained on one class set"
+            )
     if given is None:
         if len(cols) < 2:
             raise GigamilError(f"{path}: no prob_<class> columns; give --classes")
@@ -135,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gigamil.evaluate.aggregate import aggregate_cv
 
-    classes = classes_from_predictions(args.predictions[0], args.classes)
+    classes = classes_from_predictions(args.predictions[0], args.classes, args.predictions[1:])
     loc = None
     if args.localization:
         t = read_localization(args.localization)

@@ -44,6 +44,7 @@ from gigamil.evaluate.predictions import (
     read_predictions,
     split_unpredicted,
 )
+from gigamil.evaluate.predictions import shown as shown_ids
 from gigamil.evaluate.tables import FLOAT_FORMAT, html_page, write_json
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,14 @@ def has_labels(pred_csvs: Sequence[str | Path]) -> bool:
 
 
 def write_predictions_html(
-    ens: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str
+    ens: pd.DataFrame,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str,
+    absent_folds: Sequence[int] = (),
 ) -> None:
-    """The ensemble's predictions as an HTML table (the report shows it inline)."""
+    """The ensemble's predictions as an HTML table (the report shows it inline); ``absent_folds``:
+    fold numbers without a prediction file (:func:`missing_folds`), a warning above it."""
     import html
 
     cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
@@ -116,6 +122,11 @@ def write_predictions_html(
     missing = len(ens) - int(counts.sum())
     unscored = f"; {missing} without patches, not predicted" if missing else ""
     body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
+    if absent_folds:
+        body = (
+            f"<p><b>WARNING: no prediction file of fold(s) {', '.join(map(str, absent_folds))}</b> "
+            "(the probabilities below lack those models).</p>" + body
+        )
     body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
     Path(path).write_text(html_page(title, body))
 
@@ -178,7 +189,7 @@ def predict_cohort(
     preds, ens, missing = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
-    write_predictions_html(ens, classes, out_dir / "predictions.html", title)
+    write_predictions_html(ens, classes, out_dir / "predictions.html", title, missing)
     predicted = ens["pred"].astype(str)
     summary: dict[str, Any] = {
         "experiment": experiment,
@@ -195,12 +206,15 @@ def predict_cohort(
         **({"missing_folds": missing} if missing else {}),
     }
     write_json(summary, out_dir / "summary.json")
+    unscored = f", {summary['n_unpredicted']} without patches" if summary["n_unpredicted"] else ""
     log.info(
-        "cohort %s: %s predicted %d slides (%s); no labels, no metrics",
+        "cohort %s: %s predicted %d of %d slides (%s%s); no labels, no metrics",
         cohort,
         _models_text(summary),
+        summary["n_slides"] - summary["n_unpredicted"],
         summary["n_slides"],
         ", ".join(f"{n} {c}" for c, n in summary["predicted"].items()),
+        unscored,
     )
     return summary
 
@@ -260,6 +274,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     """
     out_dir = Path(out_dir)
     preds, ens, missing = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
+    _check_every_label(ens, cohort)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
@@ -312,6 +327,21 @@ def _ensemble_metrics(
     summary["n_unpredicted"] = n_unpredicted
     summary["n_patients_unscored"] = unscored_patients(ens, valid)
     return valid, table, summary
+
+
+def _check_every_label(ens: pd.DataFrame, cohort: str) -> None:
+    """GigamilError, before anything is written, when some slides of a labelled cohort have no
+    label: the metrics need every slide's (a trial's half-labelled cohort failed with "label ''
+    is not one of the classes" after writing predictions.csv)."""
+    unlabelled = ens["label"].fillna("").astype(str).str.strip().eq("")
+    if unlabelled.any():
+        raise GigamilError(
+            f"cohort {cohort!r}: {int(unlabelled.sum())} of the {len(ens)} slides have no label "
+            f"({shown_ids(list(ens.loc[unlabelled, 'slide_id'].astype(str)))}) while the others "
+            "have one: metrics need every slide's label. Give the missing labels, predict "
+            "without metrics by leaving every label out, or evaluate the labelled slides' "
+            "rows alone"
+        )
 
 
 def _patient_overlap(cohort: str, patient_overlap: Sequence[str]) -> dict[str, Any]:
