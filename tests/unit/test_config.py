@@ -84,6 +84,11 @@ def test_every_schema_key_has_description_and_default():
         ),  # fmt: skip
         (lambda c: c.update(cv=[2]), "cv: [2] is not of type 'object'"),
         (
+            lambda c: c["heatmaps"].update(slides="demo_p01_s1"),
+            "heatmaps.slides: 'demo_p01_s1' is not allowed here (a list of one is written "
+            "[demo_p01_s1]). `all`, `none`, or a list",
+        ),
+        (
             lambda c: c["cohorts"]["demo"].update(role="external"),
             "at least one cohort needs role: train",
         ),

@@ -71,6 +71,8 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     with pytest.raises(ConfigError) as err:  # 'c' is listed already: no suggestion to add it
         layout.heatmap_slides(["c", "cc"], sheets, ["tr", "ex"])
     assert "did you mean" not in str(err.value)
+    with pytest.raises(ConfigError, match="'C' is in no cohort sheet; did you mean c"):
+        layout.heatmap_slides(["C"], sheets, ["tr", "ex"])  # another case: difflib missed it
     assert layout.lesion_masks({"demo": True}, sheets["tr"]) == {
         "a": "results/demo/lesion_masks/a.png",
         "b": "results/demo/lesion_masks/b.png",

@@ -335,7 +335,9 @@ def heatmap_slides(
     unknown = sorted(set(map(str, wanted)) - set(known))
     if unknown:
         listed_ok = set(map(str, wanted))  # a slide already in the list is no suggestion
-        near = difflib.get_close_matches(unknown[0], [k for k in known if k not in listed_ok], n=1)
+        others = [k for k in known if k not in listed_ok]
+        same_letters = [k for k in others if k.lower() == unknown[0].lower()]  # another case
+        near = same_letters or difflib.get_close_matches(unknown[0], others, n=1)
         raise ConfigError(
             f"heatmaps.slides: slide_id {unknown[0]!r} is in no cohort sheet"
             + (f" ({len(unknown)} such: {', '.join(unknown[:3])})" if len(unknown) > 1 else "")

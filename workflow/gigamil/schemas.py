@@ -76,6 +76,9 @@ def _error_message(error: jsonschema.ValidationError) -> str:
         names = [_yaml_name(v) for alt in error.validator_value for v in alt.get("enum", [])]
         near = difflib.get_close_matches(str(error.instance), names, n=1)
         hint = f" (did you mean {near[0]}?)" if near else ""
+        lists = any(alt.get("type") == "array" for alt in error.validator_value)
+        if not near and lists and isinstance(error.instance, str):  # one item, not in a list
+            hint = f" (a list of one is written [{error.instance}])"
         return f"{error.instance!r} is not allowed here{hint}. {described}"
     if error.validator in _BOUNDS and error.schema.get("description"):  # what the key is
         return f"{error.message} ({_summary(error.schema['description'])})"
