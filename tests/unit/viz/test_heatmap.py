@@ -389,6 +389,13 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     assert main([*args, "--predictions", str(tmp_path / "p.csv")]) == 0
     title = Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
     assert "c / s11" in title and "P(lesion) = 0.9" in title and "1 fold model (fold 2)" in title
+    # a.npy is not named after the store's slide (gigamil predict writes s11.npy): a trial drew
+    # another slide's attention on a slide of as many patches without a word
+    assert "a.npy: named after another slide than the store's (s11;" in capsys.readouterr().err
+    (tmp_path / "s11.npy").write_bytes((tmp_path / "a.npy").read_bytes())
+    named = ["heatmap", "--store", str(store), "--attention", str(tmp_path / "s11.npy")]
+    assert main([*named, "--out", str(tmp_path / "hm2"), "--thumb-px", "128"]) == 0
+    assert "named after another slide" not in capsys.readouterr().err
     assert main([*args, "--normalize", "probability"]) == 2  # needs --predictions
     assert "needs --predictions" in capsys.readouterr().err
     # predictions that name the slide otherwise (the sheet's id, not the store's): --slide-id

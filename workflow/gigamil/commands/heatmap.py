@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
     if args.lesion_mask and not Path(args.lesion_mask).is_file():
         raise GigamilError(f"--lesion-mask: {args.lesion_mask} not found")
-    attrs = read_store_geometry(args.store)[2] if args.tissue_mask or args.predictions else {}
+    attrs = read_store_geometry(args.store)[2]
+    _warn_attention_names(args.attention, args.slide_id or attrs.get("slide_id"))
     if args.tissue_mask:
         _check_tissue_mask(args.tissue_mask, attrs)
     prediction = None
@@ -157,6 +158,26 @@ def _check_tissue_mask(path: str, attrs: dict) -> None:
         w, h = image_size(path)
         if problem := mask_shape_problem((h, w), tuple(dims), tuple(mpp_xy)):
             raise GigamilError(f"--tissue-mask {path}: {problem}")
+
+
+def _warn_attention_names(attention: list[str], slide_id: str | None) -> None:
+    """A warning when an ``--attention`` file is named after another slide than the store's
+    (``gigamil predict`` names each file ``<slide_id>.npy``): a slide's attention drawn on
+    another slide with as many patches passed unnoticed in a trial."""
+    from pathlib import Path
+
+    if not slide_id:
+        return
+    other = [a for a in attention if Path(a).stem != str(slide_id)]
+    if other:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "--attention %s: named after another slide than the store's (%s; gigamil predict "
+            "writes <slide_id>.npy): check that the attention is this slide's",
+            ", ".join(other[:3]) + (f" (+{len(other) - 3})" if len(other) > 3 else ""),
+            slide_id,
+        )
 
 
 def _warn_model_counts(n_attention: int, n_models: int) -> None:
