@@ -83,6 +83,11 @@ def test_every_schema_key_has_description_and_default():
             "experiment: null (an empty value) is not allowed here: give a string",
         ),  # fmt: skip
         (lambda c: c.update(cv=[2]), "cv: [2] is not of type 'object'"),
+        (  # the key's description, not cut at its "e.g."
+            lambda c: c.update(subgroups="site"),
+            "subgroups: 'site' is not of type 'array' (Sheet columns (e.g. `[site, scanner]`, or "
+            "`cohort`) to report",
+        ),
         (
             lambda c: c["heatmaps"].update(slides="demo_p01_s1"),
             "heatmaps.slides: 'demo_p01_s1' is not allowed here (a list of one is written "

@@ -20,6 +20,15 @@ def test_good_sheet_loads(tmp_path):
     assert df["mpp"].isna().all()
 
 
+def test_a_sheet_column_named_cohort_is_one_error_naming_the_file(tmp_path):
+    """A sheet with its own `cohort` column (e.g. a hospital code) crashed the workflow's
+    start with pandas' "cannot insert cohort, already exists"."""
+    rows = [{**r, "cohort": "hospital_x"} for r in good_rows()]
+    path = write_sheet(tmp_path, rows)
+    with pytest.raises(ConfigError, match="column 'cohort' is gigamil's .* e.g. to hospital"):
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+
+
 def test_mpp_override_order(tmp_path):
     rows = good_rows()
     rows[0]["mpp"] = 0.25

@@ -135,7 +135,7 @@ def setup_script_logging(log_file: str | Path) -> None:
     setup_logging(log_file, append=bool(earlier), also=shadow)
     log = logging.getLogger("gigamil")
     if earlier:
-        log.info("job started again (the earlier attempt above did not finish)")
+        log.info("job started again (the earlier attempt above failed or was interrupted)")
     failed: list[bool] = []
 
     def log_done() -> None:

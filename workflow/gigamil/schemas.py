@@ -8,6 +8,7 @@ description where a value fits none of its alternatives). Used by :mod:`gigamil.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,10 @@ def _summary(description: str, most: int = 240) -> str:
     text = " ".join(str(description).split())
     if len(text) <= most:
         return text.rstrip(".")
-    cut = text.rfind(". ", 0, most)
-    return text[:cut] if cut > 0 else text.split(". ")[0]
+    # sentence ends: ". " but not that of an abbreviation such as "e.g. " or "i.e. "
+    ends = [m.start() for m in re.finditer(r"(?<!\be\.g)(?<!\bi\.e)\. ", text)]
+    within = [e for e in ends if e < most]
+    return text[: within[-1]] if within else text[: ends[0]] if ends else text
 
 
 def _is_pattern_rule(error: jsonschema.ValidationError) -> bool:

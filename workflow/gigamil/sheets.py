@@ -60,6 +60,30 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         extra columns of the sheet, in sheet order.
     """
     path = Path(path)
+    _check_sheet_file(path, cohort)
+    df = read_sheet_csv(path, labels_required)
+    if loaded is not None:
+        loaded[cohort] = df
+    checks = [
+        lambda: _set_mpp(df, path, cohort_mpp),  # first: the schema check reads the floats
+        lambda: _check_rows_against_schema(df, path, labels_required, classes),
+        lambda: _check_unique_slides(df, path),
+        lambda: _check_labels(df, path, classes),
+        lambda: _check_patient_labels(df, path, classes),
+    ]
+    if check_files:
+        checks.append(lambda: _check_slide_files(df, path, Path(base_dir)))
+    if "cohort" in df.columns:  # the name is the config's: a sheet's own column would clash
+        checks.append(_reserved_cohort_column)
+    else:
+        df.insert(0, "cohort", cohort)
+    _run_all(checks, path)
+    return df
+
+
+def _check_sheet_file(path: Path, cohort: str) -> None:
+    """ConfigError when the sheet ``path`` is a folder or not found (saying where a relative
+    path was looked for)."""
     if path.is_dir():
         raise ConfigError(
             f"cohort {cohort!r}: sheet {path} is a folder, not a CSV file (one row per slide: "
@@ -73,21 +97,13 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
             "directory, snakemake's --directory, else where it runs)"
         )
         raise ConfigError(f"cohort {cohort!r}: sheet {path} not found{where}")
-    df = read_sheet_csv(path, labels_required)
-    if loaded is not None:
-        loaded[cohort] = df
-    checks = [
-        lambda: _set_mpp(df, path, cohort_mpp),  # first: the schema check reads the floats
-        lambda: _check_rows_against_schema(df, path, labels_required, classes),
-        lambda: _check_unique_slides(df, path),
-        lambda: _check_labels(df, path, classes),
-        lambda: _check_patient_labels(df, path, classes),
-    ]
-    if check_files:
-        checks.append(lambda: _check_slide_files(df, path, Path(base_dir)))
-    df.insert(0, "cohort", cohort)
-    _run_all(checks, path)
-    return df
+
+
+def _reserved_cohort_column() -> None:
+    raise ConfigError(
+        "column 'cohort' is gigamil's (the cohort's name in config.yaml, which the workflow "
+        "adds to every row): rename the sheet's column, e.g. to hospital"
+    )
 
 
 def _run_all(checks: list[Callable[[], None]], path: Path) -> None:

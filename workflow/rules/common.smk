@@ -158,7 +158,12 @@ if getattr(workflow, "is_main_process", True) and config["subgroups"]:
     try:  # the columns exist: known now, not after training
         check_subgroup_columns(
             config["subgroups"],
-            [SHEETS[c] for c in TRAIN_COHORTS + EXTERNAL_COHORTS],
+            # the cohorts it scores: external ones only through their ensemble
+            [
+                SHEETS[c]
+                for c in TRAIN_COHORTS
+                + (EXTERNAL_COHORTS if config["ensemble"]["enabled"] else [])
+            ],
         )
     except GigamilError as exc:
         stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")

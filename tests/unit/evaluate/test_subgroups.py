@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,8 +146,12 @@ def test_config_check_names_unknown_and_reserved_columns():
     sg.check_subgroup_columns(["site", "scanner", "cohort"], sheets)  # each in one sheet: fine
     with pytest.raises(GigamilError, match="'tissue' is a column of no scored cohort's sheet"):
         sg.check_subgroup_columns(["site", "tissue"], sheets)
-    with pytest.raises(GigamilError, match="path, patient_id, scanner, site, slide_id"):
-        sg.check_subgroup_columns(["tissue"], sheets)
+    with pytest.raises(GigamilError, match=r"\(their columns: scanner, site\)"):
+        sg.check_subgroup_columns(["tissue"], sheets)  # ids and paths name no group
+    with pytest.raises(GigamilError, match="sheet; did you mean site\\?"):
+        sg.check_subgroup_columns(["sitee"], sheets)
+    with pytest.raises(GigamilError, match="sheet; did you mean site\\?"):
+        sg.check_subgroup_columns(["Site"], sheets)
     for reserved in ("label", "slide_id", "prob_lesion"):
         with pytest.raises(GigamilError, match=f"{reserved!r} names no group"):
             sg.check_subgroup_columns([reserved], sheets)
@@ -168,3 +174,35 @@ def test_report_subgroups_reads_the_files_and_writes_the_table(tmp_path):
     written = pd.read_csv(tmp_path / "out" / "subgroups.csv")
     assert written["n_slides"].tolist() == [16, 8, 8]
     assert "subgroups of cohort(s) c" in (tmp_path / "out" / "subgroups.html").read_text()
+
+
+def test_a_column_missing_from_the_scopes_sheets_is_the_empty_group_in_the_workflow(tmp_path):
+    """A column only the external cohort's sheet has (the configuration check passes) failed
+    rule subgroups_cv at the end of a whole run; the workflow puts those slides in (empty)."""
+    preds = _preds()
+    preds.to_csv(tmp_path / "pred.csv", index=False)
+    _sheet(preds, ["A"] * 16).to_csv(tmp_path / "sheet.csv", index=False)
+    args = (tmp_path / "pred.csv", [str(tmp_path / "sheet.csv")], ["site", "scanner"], CLASSES)
+    with pytest.raises(GigamilError, match="--by scanner: not a column"):
+        sg.report_subgroups(*args, tmp_path / "cli", n_boot=5)  # gigamil subgroups: a typo
+    table = sg.report_subgroups(*args, tmp_path / "wf", n_boot=5, missing_as_empty=True)
+    assert table[table["column"] == "scanner"]["value"].tolist() == [sg.EMPTY]
+
+
+def test_the_page_shows_no_interval_for_a_few_patients_and_counts_unpredicted_slides():
+    """A 2-patient group read "1.000 (1.00-1.00)", and slides without a prediction were only
+    in the CSV (a group looked like one class with a normal slide silently gone)."""
+    preds = _preds(n=24)
+    preds.loc[0, ["prob_normal", "prob_lesion"]] = np.nan
+    site = ["A"] * 20 + ["B"] * 4  # A: 10 patients, B: 2
+    table = sg.subgroup_metrics(
+        sg.join_columns(preds, [_sheet(preds, site)], ["site"]), CLASSES, ["site"], 50
+    )
+    shown = sg.format_table(table).set_index("value")
+    assert re.fullmatch(r"\d\.\d{3} \(\d\.\d\d-\d\.\d\d\)", shown.loc["A", "auc"])
+    assert re.fullmatch(r"\d\.\d{3}", shown.loc["B", "auc"])  # no interval, the note says why
+    assert shown.loc["A", "n_unpredicted"] == 1 and shown.loc["B", "n_unpredicted"] == 0
+    clean = sg.subgroup_metrics(
+        sg.join_columns(_preds(n=24), [_sheet(preds, site)], ["site"]), CLASSES, ["site"], 50
+    )
+    assert "n_unpredicted" not in sg.format_table(clean).columns

@@ -11,6 +11,7 @@ the cohort sheets, joined on ``slide_id`` (ids are unique across cohorts, as the
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,10 +30,16 @@ SHOWN = ("auc", "balanced_accuracy", "brier")
 
 
 def join_columns(
-    preds: pd.DataFrame, sheets: Sequence[pd.DataFrame], by: Sequence[str]
+    preds: pd.DataFrame,
+    sheets: Sequence[pd.DataFrame],
+    by: Sequence[str],
+    missing_as_empty: bool = False,
 ) -> pd.DataFrame:
     """``preds`` with the ``by`` columns it lacks taken from the sheets, joined on
     ``slide_id`` (a column of the predictions, e.g. ``cohort``, needs no sheet).
+    ``missing_as_empty``: a column no sheet has puts every slide in the group ``(empty)``
+    instead of an error (the workflow, whose configuration check found the column in another
+    cohort's sheet).
 
     Raises:
         GigamilError: a ``by`` column that names no group (``slide_id``, ``patient_id``,
@@ -44,7 +51,8 @@ def join_columns(
         raise GigamilError(f"--by {' '.join(reserved)}: group by a column such as site or cohort")
     wanted = [c for c in dict.fromkeys(by) if c not in preds.columns]
     if wanted:
-        preds = preds.assign(**_sheet_columns(preds["slide_id"].astype(str), sheets, wanted))
+        slides = preds["slide_id"].astype(str)
+        preds = preds.assign(**_sheet_columns(slides, sheets, wanted, missing_as_empty))
     return preds.assign(**{c: preds[c].fillna("").astype(str).replace("", EMPTY) for c in by})
 
 
@@ -57,11 +65,21 @@ def _reserved(by: Sequence[str]) -> list[str]:
     ]
 
 
+def _reserved_all() -> list[str]:
+    """The sheet columns that are ids or labels, never groups (left out of suggestions)."""
+    return ["slide_id", "patient_id", "label", "path", "lesion_mask"]
+
+
 def _sheet_columns(
-    slides: pd.Series, sheets: Sequence[pd.DataFrame], wanted: list[str]
+    slides: pd.Series,
+    sheets: Sequence[pd.DataFrame],
+    wanted: list[str],
+    missing_as_empty: bool = False,
 ) -> dict[str, np.ndarray]:
     """The ``wanted`` columns of the sheets for ``slides`` (slide ids), by column."""
     table = pd.concat(list(sheets), ignore_index=True) if sheets else pd.DataFrame()
+    if missing_as_empty and sheets:
+        table = table.assign(**{c: "" for c in wanted if c not in table.columns})
     if missing := [c for c in wanted if c not in table.columns]:
         where = (
             f"the sheets' columns: {', '.join(map(str, table.columns))}" if sheets else "no --sheet"
@@ -155,16 +173,21 @@ def subgroup_metrics(
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as people read it: each metric ``0.912 (0.85-0.97)``, counts, the note."""
+    """The table as people read it: each metric ``0.912 (0.85-0.97)`` (the interval only for
+    groups of at least :data:`MIN_PATIENTS_FOR_CI` patients, as metrics.html: a 2-patient
+    group's ``1.000 (1.00-1.00)`` looked certain), counts, the slides without a prediction
+    (``n_unpredicted``, when any group has them) and the note."""
 
     def cell(row: pd.Series, m: str) -> str:
         value, lo, hi = row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"]
         if not np.isfinite(value):
             return "-"
-        ci = f" ({lo:.2f}-{hi:.2f})" if np.isfinite(lo) and np.isfinite(hi) else ""
-        return f"{value:.3f}{ci}"
+        shown_ci = np.isfinite(lo) and np.isfinite(hi) and row["n_patients"] >= MIN_PATIENTS_FOR_CI
+        return f"{value:.3f}" + (f" ({lo:.2f}-{hi:.2f})" if shown_ci else "")
 
     counts = [c for c in table.columns if c.startswith("n_") and c != "n_unpredicted"]
+    if "n_unpredicted" in table and table["n_unpredicted"].gt(0).any():
+        counts.append("n_unpredicted")
     shown = table[["column", "value", *counts]].copy()
     for m in SHOWN:
         shown[m] = [cell(r, m) for _, r in table.iterrows()]
@@ -189,7 +212,7 @@ def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> lis
 
     from gigamil.viz.forest import forest_plot
 
-    png = base64.b64encode(forest_plot(table, "auc")).decode("ascii")
+    png = base64.b64encode(forest_plot(table, "auc", MIN_PATIENTS_FOR_CI)).decode("ascii")
     plot = f"<img src='data:image/png;base64,{png}' alt='AUC per subgroup'>"
     page.write_text(html_page(title, note + plot + body))
     return [csv, page]
@@ -206,12 +229,15 @@ def check_subgroup_columns(by: Sequence[str], sheets: Sequence[pd.DataFrame]) ->
     """
     if reserved := _reserved(by):
         raise GigamilError(f"subgroups: {reserved[0]!r} names no group; list e.g. site or cohort")
+    known = sorted({str(c) for sheet in sheets for c in sheet.columns} - set(_reserved_all()))
     for column in by:
-        if column != "cohort" and not any(column in sheet.columns for sheet in sheets):
-            known = sorted({str(c) for sheet in sheets for c in sheet.columns})
+        if column != "cohort" and column not in known:
+            same = [k for k in known if k.lower() == str(column).lower()]
+            near = same or difflib.get_close_matches(str(column), known, n=1)
             raise GigamilError(
-                f"subgroups: {column!r} is a column of no scored cohort's sheet (their "
-                f"columns: {', '.join(known)})"
+                f"subgroups: {column!r} is a column of no scored cohort's sheet"
+                + (f"; did you mean {near[0]}?" if near else "")
+                + f" (their columns: {', '.join(known)})"
             )
 
 
@@ -223,11 +249,13 @@ def report_subgroups(
     out_dir: str | Path,
     n_boot: int = 1000,
     seed: int = 0,
+    missing_as_empty: bool = False,
 ) -> pd.DataFrame:
     """:func:`subgroup_metrics` of a per-slide predictions CSV, written by
     :func:`write_subgroups` (``out_dir/subgroups.csv`` and ``.html``); the table is returned.
     The ``by`` columns come from the predictions (``cohort``) or the cohort ``sheets``
-    (CSV paths; read without requiring labels), as :func:`join_columns`. Used by ``gigamil
+    (CSV paths; read without requiring labels), as :func:`join_columns` (with
+    ``missing_as_empty``). Used by ``gigamil
     subgroups`` and the workflow's rules ``subgroups_cv`` / ``subgroups_cohort``.
 
     Raises:
@@ -238,7 +266,8 @@ def report_subgroups(
 
     preds = read_predictions([predictions], classes, need_fold=False)
     tables = [read_sheet_csv(Path(p), labels_required=False) for p in dict.fromkeys(sheets)]
-    table = subgroup_metrics(join_columns(preds, tables, by), classes, by, n_boot, seed)
+    joined = join_columns(preds, tables, by, missing_as_empty)
+    table = subgroup_metrics(joined, classes, by, n_boot, seed)
     cohorts = ", ".join(sorted(set(preds["cohort"].astype(str))))
     write_subgroups(table, out_dir, f"subgroups of cohort(s) {cohorts} ({predictions})")
     return table

@@ -15,11 +15,13 @@ NAMES = {"auc": "slide AUC", "balanced_accuracy": "balanced accuracy", "brier": 
 ROW_IN, BASE_IN = 0.32, 1.1
 
 
-def forest_plot(table: pd.DataFrame, metric: str = "auc") -> bytes:
+def forest_plot(table: pd.DataFrame, metric: str = "auc", min_patients: int = 10) -> bytes:
     """PNG bytes of ``metric`` (a column of the subgroup table with ``_ci_low``/``_ci_high``)
     per subgroup: a point and its interval per row, labelled ``column = value (n slides)``, the
     first row (all slides) drawn in black with a dashed vertical line at its value. A subgroup
-    without the metric (NaN: e.g. one class, no AUC) is listed with "n/a" and no point.
+    without the metric (NaN: e.g. one class, no AUC) is listed with "n/a" and no point; one of
+    fewer than ``min_patients`` patients (``n_patients``) gets its point without an interval
+    and a "*" (its bootstrap interval is not reliable).
 
     Raises:
         KeyError: ``metric`` is not a column of ``table``.
@@ -32,9 +34,12 @@ def forest_plot(table: pd.DataFrame, metric: str = "auc") -> bytes:
         "all slides" if r.column == "all" else f"{r.column} = {r.value}"
         for r in table.itertuples(index=False)
     ]
+    small = (
+        table["n_patients"].to_numpy() < min_patients if "n_patients" in table else [0] * len(table)
+    )
     labels = [
-        f"{t} ({n})" + ("" if np.isfinite(v) else "  n/a")
-        for t, n, v in zip(labels, table["n_slides"], values, strict=True)
+        f"{t} ({n})" + ("" if np.isfinite(v) else "  n/a") + (" *" if few else "")
+        for t, n, v, few in zip(labels, table["n_slides"], values, small, strict=True)
     ]
     y = np.arange(len(table))[::-1]
     fig, ax = plt.subplots(figsize=(6.4, BASE_IN + ROW_IN * len(table)), dpi=100)
@@ -43,7 +48,7 @@ def forest_plot(table: pd.DataFrame, metric: str = "auc") -> bytes:
             if not np.isfinite(values[i]):
                 continue
             colour = "black" if i == 0 else "tab:blue"
-            if np.isfinite(lo[i]) and np.isfinite(hi[i]):
+            if np.isfinite(lo[i]) and np.isfinite(hi[i]) and not small[i]:
                 ax.plot([lo[i], hi[i]], [y[i], y[i]], color=colour, lw=1.5)
             ax.plot(values[i], y[i], "s" if i == 0 else "o", color=colour, ms=6)
         if np.isfinite(values[0]):
@@ -53,7 +58,8 @@ def forest_plot(table: pd.DataFrame, metric: str = "auc") -> bytes:
         name = NAMES.get(metric, metric.replace("_", " "))
         ax.set_xlabel(f"{name} (95% interval: bootstrap over patients)")
         ax.set_ylim(-0.6, len(table) - 0.4)
-        ax.set_title(f"{name} per subgroup (slides in brackets)", fontsize=10)
+        few = f"; * fewer than {min_patients} patients: no interval" if any(small) else ""
+        ax.set_title(f"{name} per subgroup (slides in brackets){few}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         buf = io.BytesIO()
