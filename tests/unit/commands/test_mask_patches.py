@@ -334,3 +334,59 @@ def test_patches_records_the_given_slide_id(cmu_svs, tmp_path):
     args = ["patches", str(cmu_svs), "--out", str(out), "--mpp", "4", "--patch-px", "16"]
     assert main([*args, "--slide-id", "case-7", "--no-progress"]) == 0
     assert read_store(out)[3]["slide_id"] == "case-7"
+
+
+def _config(tmp_path, preprocessing: dict) -> str:
+    """A config.yaml like a shared model's: a train cohort and this preprocessing section."""
+    import yaml
+
+    cfg = {
+        "classes": ["normal", "lesion"],
+        "cohorts": {"c": {"sheet": "absent.csv"}},  # Lab B has no such sheet: not read
+        "preprocessing": preprocessing,
+    }
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_mask_takes_the_tissue_settings_of_a_config_under_the_flags(monkeypatch, tmp_path):
+    """A lab predicting with shared models typed the training config's tissue settings by
+    hand; --config takes them, and a flag given still wins."""
+    from gigamil.wsi import tissue
+
+    seen = {}
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: seen.update(params=a[4]))
+    shared = _config(tmp_path, {"tissue": {"threshold": 30, "close_um": 8.0, "pen_ink": False}})
+    argv = ["mask", "s.svs", "--out", str(tmp_path / "m.png"), "--config", shared]
+    assert main(argv) == 0
+    p = seen["params"]
+    assert (p.threshold, p.close_um, p.pen_ink) == (30, 8.0, False)
+    assert (p.mask_mpp, p.median_px, p.open_um) == (8.0, 5, 16.0)  # the schema's defaults
+    assert main([*argv, "--close-um", "4"]) == 0 and seen["params"].close_um == 4.0
+    assert main(["mask", "s.svs", "--out", str(tmp_path / "m.png")]) == 0
+    assert seen["params"].threshold == "otsu" and seen["params"].pen_ink is True  # no --config
+    bad = _config(tmp_path, {"tissue": {"close_um": -1}})
+    assert main([*argv[:4], "--config", bad]) == 2
+
+
+def test_patches_take_the_patch_settings_of_a_config(cmu_svs, tmp_path, capsys):
+    shared = _config(
+        tmp_path,
+        {
+            "patches": {"mpp": 4.0, "patch_px": 16, "stride_px": 8, "min_tissue": 0.25},
+            "tissue": {"mask_mpp": 16.0},
+        },
+    )
+    out = tmp_path / "s.zarr"
+    args = ["patches", str(cmu_svs), "--out", str(out), "--no-progress"]
+    assert main([*args, "--config", shared]) == 0
+    attrs = read_store(out)[3]
+    assert (attrs["target_mpp"], attrs["stride_px"], attrs["min_tissue"]) == (4.0, 8, 0.25)
+    assert attrs["mask_params"]["mask_mpp"] == 16.0  # the mask it computed: the config's
+    flagged = ["patches", str(cmu_svs), "--out", str(tmp_path / "t.zarr"), "--no-progress"]
+    assert main([*flagged, "--config", shared, "--min-tissue", "0.75"]) == 0  # the flag wins
+    assert read_store(tmp_path / "t.zarr")[3]["min_tissue"] == 0.75
+    capsys.readouterr()
+    assert main([*args[:4], "--no-progress"]) == 2  # neither --mpp/--patch-px nor --config
+    assert "give --mpp and --patch-px, or --config" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from gigamil.commands._argtypes import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SLIDE_MPP, bounded
+from gigamil.commands._preprocessing import CONFIG_HELP
 
 NAME = "mask"
 HELP = "compute the tissue mask of a slide (PNG), with an optional QC image and JSON summary"
@@ -24,41 +25,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--slide-mpp", type=SLIDE_MPP, metavar="X", help="override the slide's µm/px at level 0"
     )
+    parser.add_argument("--config", metavar="CONFIG.yaml", help=CONFIG_HELP + " (.tissue)")
+    add_tissue_arguments(parser)
+
+
+def add_tissue_arguments(parser: argparse.ArgumentParser) -> None:
+    """The preprocessing.tissue flags (defaults: --config's, else the schema's, in brackets)."""
     parser.add_argument(
-        "--mask-mpp", type=POSITIVE, default=8.0, metavar="X", help="µm/px of the mask (default 8)"
+        "--mask-mpp", type=POSITIVE, metavar="X", help="µm/px of the mask (default 8)"
     )
     parser.add_argument(
-        "--threshold",
-        default="otsu",
-        help="'otsu' or a fixed HSV-saturation threshold 0..255 (default otsu)",
+        "--threshold", help="'otsu' or a fixed HSV-saturation threshold 0..255 (default otsu)"
     )
+    parser.add_argument("--median-px", type=AT_LEAST_ONE, help="median blur kernel (px; default 5)")
+    parser.add_argument("--close-um", type=NON_NEGATIVE, help="closing radius (µm; default 32)")
+    parser.add_argument("--open-um", type=NON_NEGATIVE, help="opening radius (µm; default 16)")
     parser.add_argument(
-        "--median-px", type=AT_LEAST_ONE, default=5, help="median blur kernel (px; default 5)"
-    )
-    parser.add_argument(
-        "--close-um", type=NON_NEGATIVE, default=32.0, help="closing radius (µm; default 32)"
-    )
-    parser.add_argument(
-        "--open-um", type=NON_NEGATIVE, default=16.0, help="opening radius (µm; default 16)"
-    )
-    parser.add_argument(
-        "--min-area-um2",
-        type=NON_NEGATIVE,
-        default=20000.0,
-        help="drop smaller tissue pieces (µm²; default 20000)",
+        "--min-area-um2", type=NON_NEGATIVE, help="drop smaller tissue pieces (µm²; default 20000)"
     )
     parser.add_argument(
         "--dark-value",
         type=bounded(int, 0, 255),
-        default=60,
         metavar="V",
         help="pixels whose brightest channel is below V are background (dark border; default 60)",
     )
     parser.add_argument(
         "--keep-pen-ink",
         action="store_true",
+        default=None,
         help="do not exclude green/blue pen ink from the tissue (default: excluded)",
     )
+
+
+def tissue_settings(args: argparse.Namespace) -> dict:
+    """preprocessing.tissue: --config's (else the schema's defaults) under the flags given."""
+    from gigamil.commands._preprocessing import preprocessing_settings
+
+    flags = {
+        "mask_mpp": args.mask_mpp,
+        "threshold": threshold_arg(args.threshold) if args.threshold is not None else None,
+        "median_px": args.median_px,
+        "close_um": args.close_um,
+        "open_um": args.open_um,
+        "min_area_um2": args.min_area_um2,
+        "dark_value": args.dark_value,
+        "pen_ink": False if args.keep_pen_ink else None,
+    }
+    return preprocessing_settings(args.config, "tissue", flags)
 
 
 def threshold_arg(value: str) -> str | float:
@@ -82,17 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.config import even_median_message
     from gigamil.wsi.tissue import TissueParams, make_mask
 
-    if args.median_px % 2 == 0:  # as config.yaml's preprocessing.tissue.median_px warns
-        logging.getLogger("gigamil").warning(even_median_message("--median-px", args.median_px))
-    params = TissueParams(
-        mask_mpp=args.mask_mpp,
-        threshold=threshold_arg(args.threshold),
-        median_px=args.median_px,
-        close_um=args.close_um,
-        open_um=args.open_um,
-        min_area_um2=args.min_area_um2,
-        dark_value=args.dark_value,
-        pen_ink=not args.keep_pen_ink,
-    )
+    params = TissueParams.from_dict(tissue_settings(args))
+    if params.median_px % 2 == 0:  # as config.yaml's preprocessing.tissue.median_px warns
+        logging.getLogger("gigamil").warning(even_median_message("--median-px", params.median_px))
     make_mask(args.slide, Path(args.out), args.qc, args.json, params, args.slide_mpp)
     return 0

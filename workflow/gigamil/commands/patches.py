@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from gigamil.commands._argtypes import AT_LEAST_ONE, FRACTION, POSITIVE, SLIDE_MPP, bounded
+from gigamil.commands._preprocessing import CONFIG_HELP
 
 NAME = "patches"
 # gigamil.wsi.patching.MAX_EFFECTIVE_MPP_ERROR (not imported here: `gigamil --help` stays fast)
@@ -15,15 +16,24 @@ HELP = "extract tissue patches at a given µm/px into a zarr v3 store"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", metavar="SLIDE", help="slide file (anything OpenSlide opens)")
     parser.add_argument("--out", required=True, metavar="STORE.zarr", help="output zarr store")
-    parser.add_argument("--mpp", type=POSITIVE, required=True, help="target µm/px of the patches")
     parser.add_argument(
-        "--patch-px", type=bounded(int, 8), required=True, help="patch side (px at --mpp)"
+        "--config",
+        metavar="CONFIG.yaml",
+        help=CONFIG_HELP + " (.patches, and .tissue for the mask computed without --mask)",
+    )
+    parser.add_argument(
+        "--mpp", type=POSITIVE, help="target µm/px of the patches (required without --config)"
+    )
+    parser.add_argument(
+        "--patch-px",
+        type=bounded(int, 8),
+        help="patch side (px at --mpp; required without --config)",
     )
     parser.add_argument(
         "--stride",
         type=AT_LEAST_ONE,
         metavar="PX",
-        help="grid step in px at --mpp (default: --patch-px)",
+        help="grid step in px at --mpp (default: --config's, else --patch-px)",
     )
     parser.add_argument(
         "--slide-mpp", type=SLIDE_MPP, metavar="X", help="override the slide's µm/px at level 0"
@@ -31,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mask",
         metavar="MASK.png",
-        help="tissue mask PNG from `gigamil mask` (default: computed with default settings); its "
-        "settings and slide size are recorded from MASK.json beside it (gigamil mask --json)",
+        help="tissue mask PNG from `gigamil mask` (default: computed with --config's tissue "
+        "settings, else the defaults); its settings and slide size are recorded from MASK.json "
+        "beside it (gigamil mask --json)",
     )
     parser.add_argument(
         "--threads", type=AT_LEAST_ONE, default=1, metavar="N", help="reader threads (default 1)"
@@ -40,19 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-tissue",
         type=FRACTION,
-        default=0.5,
         help="keep patches whose mask coverage is at least this (0..1; default 0.5)",
     )
+    parser.add_argument("--codec", choices=("zstd", "jpeg"), help="patch codec (default zstd)")
     parser.add_argument(
-        "--codec", choices=("zstd", "jpeg"), default="zstd", help="patch codec (default zstd)"
-    )
-    parser.add_argument(
-        "--jpeg-quality", type=bounded(int, 1, 100), default=90, help="JPEG quality (default 90)"
+        "--jpeg-quality", type=bounded(int, 1, 100), help="JPEG quality (default 90)"
     )
     parser.add_argument(
         "--stain-normalization",
         choices=("none", "macenko"),
-        default="none",
         help="stain-normalise every patch (macenko: Macenko et al. 2009, per patch; default none)",
     )
     parser.add_argument(
@@ -69,21 +76,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from gigamil.commands._preprocessing import preprocessing_settings
+    from gigamil.errors import GigamilError
     from gigamil.wsi.extract import extract_patches
     from gigamil.wsi.mask_io import mask_params_for, read_mask_png
     from gigamil.wsi.patching import PatchParams
+    from gigamil.wsi.tissue import TissueParams
 
-    params = PatchParams(
-        mpp=args.mpp,
-        patch_px=args.patch_px,
-        stride_px=args.stride,
-        min_tissue=args.min_tissue,
-        codec=args.codec,
-        jpeg_quality=args.jpeg_quality,
-        resample_tolerance=args.resample_tolerance,
-        stain_normalization=args.stain_normalization,
-    )
+    if not args.config and (args.mpp is None or args.patch_px is None):
+        raise GigamilError("give --mpp and --patch-px, or --config (its preprocessing.patches)")
+    flags = {
+        "mpp": args.mpp,
+        "patch_px": args.patch_px,
+        "stride_px": args.stride,
+        "min_tissue": args.min_tissue,
+        "codec": args.codec,
+        "jpeg_quality": args.jpeg_quality,
+        "stain_normalization": args.stain_normalization,
+    }
+    settings = preprocessing_settings(args.config, "patches", flags)
+    params = PatchParams.from_dict({**settings, "resample_tolerance": args.resample_tolerance})
     params.validate()
+    tissue = None
+    if args.config and not args.mask:  # the mask computed here: the config's settings too
+        tissue = TissueParams.from_dict(preprocessing_settings(args.config, "tissue", {}))
     mask = read_mask_png(args.mask) if args.mask else None
     result = extract_patches(
         args.slide,
@@ -91,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         params,
         mask=mask,
         mask_params=mask_params_for(args.mask) if args.mask else None,
+        tissue_params=tissue,
         slide_mpp=args.slide_mpp,
         slide_id=args.slide_id,
         threads=args.threads,

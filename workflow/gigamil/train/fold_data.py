@@ -241,7 +241,8 @@ def preprocessing_warning(
         f"{n} of the {len(stores)} slides to predict were cut with other preprocessing than the "
         f"model's training patches: {'; '.join(parts)}. Their patches differ from those the "
         "model learnt on, which can shift its predictions: cut them with the preprocessing of "
-        "the config the model was trained with"
+        "the config the model was trained with (gigamil mask / gigamil patches --config "
+        "CONFIG.yaml)"
     )
 
 
