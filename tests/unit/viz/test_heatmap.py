@@ -417,6 +417,15 @@ def test_cli_heatmap_reads_predictions_and_the_source_path(grid_slide, tmp_path,
     two = [*args[:5], str(tmp_path / "a.npy"), *args[5:], "--predictions", str(tmp_path / "p.csv")]
     assert main(two) == 0
     assert "2 --attention file(s) beside predictions of 1 model(s)" in capsys.readouterr().err
+    # the slide had no patches when predicted (empty probabilities): said as such, not as a
+    # count mismatch of "predictions of 0 model(s)"
+    blank = pd.read_csv(tmp_path / "p.csv")
+    blank[[c for c in blank.columns if c.startswith("prob_")]] = np.nan
+    blank.assign(pred="").to_csv(tmp_path / "blank.csv", index=False)
+    blank_args = [*args, "--predictions", str(tmp_path / "blank.csv"), "--normalize", "relative"]
+    assert main([*blank_args, "--out", str(tmp_path / "hm_blank")]) == 0
+    err = capsys.readouterr().err
+    assert "give slide s11 no probability (it had no patches" in err and "0 model(s)" not in err
     assert "1 fold model (fold 2)" in Image.open(tmp_path / "hm" / "overlay.png").text["Title"]
     assert main([*args, "--predictions", str(tmp_path / "p.csv")]) == 0
     assert "--attention file(s) beside" not in capsys.readouterr().err

@@ -112,7 +112,15 @@ def run(args: argparse.Namespace) -> int:
                 f"{exc} (the id recorded in the store {args.store}; if the predictions name the "
                 "slide otherwise, give that id with --slide-id)"
             ) from exc
-    if prediction is not None and prediction.n_models != len(args.attention):
+    if prediction is not None and prediction.n_models == 0:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "--predictions give slide %s no probability (it had no patches when predicted): the "
+            "map is drawn without a prediction",
+            prediction.slide_id,
+        )
+    elif prediction is not None and prediction.n_models != len(args.attention):
         _warn_model_counts(len(args.attention), prediction.n_models)
     normalize = args.normalize or ("probability" if prediction is not None else "relative")
     if normalize == "probability" and prediction is None:
