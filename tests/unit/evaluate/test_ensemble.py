@@ -979,3 +979,26 @@ def test_the_predict_log_counts_the_slides_predicted_not_those_listed(tmp_path, 
     n = sum(summary["predicted"].values())
     assert n == 5 and len(said) == 1 and "predicted 5 of 6 slides (" in said[0]
     assert said[0].endswith(", 1 without patches); no labels, no metrics")
+
+
+def test_one_model_given_as_two_folds_is_warned_about(tmp_path, caplog):
+    """A trial predicted with fold 0's model.pt as --fold 0, 1 and 2: the ensemble counted it
+    as three models without a word."""
+    ext = _sheet(n_patients=6, slides=1, cohort="ext")
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / f"fold{k}.csv" for k in range(3)]
+    first = _predict(ext, 0, rng)
+    first.to_csv(paths[0], index=False)
+    first.assign(fold=1).to_csv(paths[1], index=False)  # the same model, another fold number
+    _predict(ext, 2, rng).to_csv(paths[2], index=False)
+    ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=5)
+    warned = [r.getMessage() for r in caplog.records if "the same model" in r.getMessage()]
+    assert len(warned) == 1 and "fold0.csv and" in warned[0] and "fold1.csv give" in warned[0]
+    caplog.clear()
+    _predict(ext, 1, rng).to_csv(paths[1], index=False)
+    ensemble_cohort(paths, CLASSES, tmp_path / "ens2", "ext", n_boot=5)
+    assert not [r for r in caplog.records if "the same model" in r.getMessage()]
+    # a train cohort's out-of-fold files share no slide: nothing to compare
+    _, oof = _cv_fixture(tmp_path / "cv")
+    ensemble_cohort(oof, CLASSES, tmp_path / "oof", "demo", n_boot=5)
+    assert not [r for r in caplog.records if "the same model" in r.getMessage()]

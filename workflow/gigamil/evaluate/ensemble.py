@@ -40,6 +40,7 @@ from gigamil.evaluate.predictions import (
     check_every_model_predicted_every_slide,
     check_one_file_per_model,
     check_slides_match_the_sheet,
+    identical_models,
     missing_folds,
     read_predictions,
     split_unpredicted,
@@ -145,6 +146,14 @@ def _cohort_predictions(
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
     check_one_file_per_model(per_file, pred_csvs, cohort)
     check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
+    for a, b in identical_models(per_file, pred_csvs):
+        log.warning(
+            "cohort %s: %s and %s give every slide the same probabilities: the same model "
+            "twice? (each fold's predictions come from its own model.pt)",
+            cohort,
+            a,
+            b,
+        )
     missing, given = missing_folds(every_cohort)
     if missing:
         log.warning(

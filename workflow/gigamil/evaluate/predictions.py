@@ -314,6 +314,28 @@ def check_every_model_predicted_every_slide(
             )
 
 
+def identical_models(
+    per_file: Sequence[pd.DataFrame], pred_csvs: Sequence[str | Path]
+) -> list[tuple[str, str]]:
+    """Pairs of prediction files whose probabilities agree exactly on every slide both predict
+    (at least two, with probabilities): one model given twice (e.g. ``gigamil predict --fold 1``
+    with fold 0's model.pt), which the ensemble would count as two. Distinct fold models on the
+    same slides never agree to the last digit."""
+
+    def probabilities(df: pd.DataFrame) -> pd.DataFrame:
+        cols = [c for c in df.columns if str(c).startswith("prob_")]
+        return df.assign(slide_id=df["slide_id"].astype(str)).set_index("slide_id")[cols].dropna()
+
+    tables = [probabilities(df) for df in per_file]
+    pairs = []
+    for i in range(len(tables)):
+        for j in range(i + 1, len(tables)):
+            both = tables[i].index.intersection(tables[j].index)
+            if len(both) >= 2 and tables[i].loc[both].equals(tables[j].loc[both]):
+                pairs.append((str(pred_csvs[i]), str(pred_csvs[j])))
+    return pairs
+
+
 def predictions_of(attention: str | Path) -> Path:
     """The predictions CSV written with an attention file of the workflow's layout
     (``fold{k}/attention/{cohort}/{slide_id}.npy`` -> ``fold{k}/{cohort}.csv``)."""
