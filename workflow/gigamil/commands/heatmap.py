@@ -112,16 +112,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{exc} (the id recorded in the store {args.store}; if the predictions name the "
                 "slide otherwise, give that id with --slide-id)"
             ) from exc
-    if prediction is not None and prediction.n_models == 0:
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "--predictions give slide %s no probability (it had no patches when predicted): the "
-            "map is drawn without a prediction",
-            prediction.slide_id,
-        )
-    elif prediction is not None and prediction.n_models != len(args.attention):
-        _warn_model_counts(len(args.attention), prediction.n_models)
+    if prediction is not None:
+        _warn_model_counts(len(args.attention), prediction.n_models, prediction.slide_id)
     normalize = args.normalize or ("probability" if prediction is not None else "relative")
     if normalize == "probability" and prediction is None:
         raise GigamilError("--normalize probability needs --predictions (the slide's probability)")
@@ -188,11 +180,21 @@ def _warn_attention_names(attention: list[str], slide_id: str | None) -> None:
         )
 
 
-def _warn_model_counts(n_attention: int, n_models: int) -> None:
+def _warn_model_counts(n_attention: int, n_models: int, slide_id: str) -> None:
     """A warning when the title's probability (the mean of ``n_models`` models' predictions)
-    and the map (the mean of ``n_attention`` attention files) are not of the same models."""
+    and the map (the mean of ``n_attention`` attention files) are not of the same models, or
+    when no model predicted the slide (it had no patches then)."""
     import logging
 
+    if n_models == 0:
+        logging.getLogger(__name__).warning(
+            "--predictions give slide %s no probability (it had no patches when predicted): the "
+            "map is drawn without a prediction",
+            slide_id,
+        )
+        return
+    if n_models == n_attention:
+        return
     logging.getLogger(__name__).warning(
         "%d --attention file(s) beside predictions of %d model(s): the title's probability is "
         "the mean of %d models, the map the mean attention of %d; give each fold model's "
