@@ -1002,3 +1002,22 @@ def test_one_model_given_as_two_folds_is_warned_about(tmp_path, caplog):
     _, oof = _cv_fixture(tmp_path / "cv")
     ensemble_cohort(oof, CLASSES, tmp_path / "oof", "demo", n_boot=5)
     assert not [r for r in caplog.records if "the same model" in r.getMessage()]
+
+
+def test_a_missing_fold_is_found_from_every_cohort_of_the_files(tmp_path, caplog):
+    """The folds given are read from the files' whole tables: fold 1's file holds only another
+    cohort's slides, yet it is a fold given, and fold 2 (no file) is the one missing for
+    cohort a."""
+    a, b = _sheet(n_patients=8, slides=1, cohort="a"), _sheet(n_patients=4, slides=1, cohort="b")
+    rng = np.random.default_rng(0)
+    parts = {0: [a.iloc[:4], b.iloc[:2]], 1: [b.iloc[2:]], 3: [a.iloc[4:]]}
+    paths = []
+    for k, slides in parts.items():
+        paths.append(tmp_path / f"fold{k}.csv")
+        _predict(pd.concat(slides), k, rng).to_csv(paths[-1], index=False)
+    ensemble_cohort(paths, CLASSES, tmp_path / "a", "a", n_boot=10)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["missing_folds"] == [2]
+    _predict(a.iloc[4:], 5, rng).to_csv(paths[-1], index=False)  # folds 0, 1, 5: 2, 3, 4 missing
+    ensemble_cohort(paths, CLASSES, tmp_path / "a5", "a", n_boot=10)
+    summary = json.loads((tmp_path / "a5" / "summary.json").read_text())
+    assert summary["missing_folds"] == [2, 3, 4]

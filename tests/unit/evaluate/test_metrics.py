@@ -323,3 +323,63 @@ def test_a_patient_with_slides_of_two_labels_is_an_error_at_patient_level():
     table = patient_level(preds.assign(label=["lesion", "lesion", "normal"]), ["normal", "lesion"])
     assert list(table["label"]) == ["lesion", "normal"]
     assert table["prob_lesion"].tolist() == pytest.approx([0.55, 0.1])
+
+
+def test_paired_auc_difference_defaults_one_class_and_two_dimensional_input():
+    """2000 resamples by default; labels of one class give no resample with an AUC: the
+    probabilities and the interval are nan, not a coin flip; (n, 1) columns are refused (their
+    AUCs would be of the flattened arrays, silently)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    a, b = y + rng.normal(size=40), y + rng.normal(size=40)
+    assert M.paired_auc_difference(y, a, b)["n_boot"] == 2000  # no resample of one class here
+    flat = M.paired_auc_difference(np.zeros(6, int), rng.random(6), rng.random(6), n_boot=20)
+    assert flat["n_boot"] == 0 and np.isnan(flat["ci"]).all()
+    assert np.isnan([flat["p_a_better"], flat["p_a_ahead"], flat["p_level"]]).all()
+    with pytest.raises(M.GigamilError, match="alike"):
+        M.paired_auc_difference(y[:, None], a[:, None], b[:, None], n_boot=5)
+
+
+def test_bootstrap_ci_of_the_brier_score_and_a_class_no_slide_has():
+    """Each resample scores its own slides (the Brier interval has a width and holds the
+    estimate); with three classes and no slide of one, the macro AUC averages the two present,
+    in the whole set and in every resample (not nan for want of the third); two classes give
+    no per-class AUC intervals."""
+    rng = np.random.default_rng(2)
+    y, p = _random_preds(rng, 60, 2, signal=0.7)
+    ci = M.bootstrap_ci(y, p, ["a", "b"], n_boot=200, seed=0)
+    brier = M.classification_metrics(y, p, ["a", "b"])["brier"]
+    assert ci["brier"][0] < brier < ci["brier"][1]
+    assert not [k for k in ci if k.startswith("auc_")]
+    y3 = np.array([0] * 10 + [1] * 10)
+    probs = rng.dirichlet(np.ones(3), size=y3.size)
+    ci3 = M.bootstrap_ci(y3, probs, ["a", "b", "c"], n_boot=100, seed=0)
+    assert np.isfinite(ci3["auc"]).all() and np.isnan(ci3["auc_c"]).all()
+
+
+def test_roc_band_level_sets_the_percentiles():
+    """``level`` is the central interval: level 0 is the median curve (low = high)."""
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1], 15)
+    score = y + rng.normal(size=y.size)
+    _, low, high = M.roc_band(y, score, n_boot=100, seed=0, level=0.0)
+    np.testing.assert_allclose(low, high)
+    _, low95, high95 = M.roc_band(y, score, n_boot=100, seed=0)
+    assert (low95 <= low).all() and (high <= high95).all() and (low95 < high95).any()
+
+
+def test_bootstrap_ci_intervals_are_the_percentiles_of_each_resamples_metric():
+    """Each metric's interval is the 2.5-97.5 percentiles of that metric (scikit-learn's) over
+    the resamples the bootstrap draws, not of another metric."""
+    rng = np.random.default_rng(5)
+    y, p = _random_preds(rng, 50, 2, signal=0.7)
+    groups = np.arange(50) // 2
+    ci = M.bootstrap_ci(y, p, ["a", "b"], groups=groups, n_boot=200, seed=3)
+    ref = {"balanced_accuracy": [], "macro_f1": [], "accuracy": []}
+    for idx in M._group_resamples(y.size, groups, 200, 3):
+        yb, pb = y[idx], p[idx].argmax(axis=1)
+        ref["balanced_accuracy"].append(skm.balanced_accuracy_score(yb, pb))
+        ref["macro_f1"].append(skm.f1_score(yb, pb, average="macro", labels=[0, 1]))
+        ref["accuracy"].append(skm.accuracy_score(yb, pb))
+    for metric, values in ref.items():
+        assert ci[metric] == pytest.approx(tuple(np.percentile(values, [2.5, 97.5]))), metric

@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from gigamil.errors import GigamilError
-from gigamil.evaluate.predictions import PRED_ID_COLUMNS, read_predictions, write_fold_predictions
+from gigamil.evaluate.predictions import (
+    PRED_ID_COLUMNS,
+    missing_folds,
+    read_predictions,
+    write_fold_predictions,
+)
 
 
 def test_write_fold_predictions_puts_fold_after_the_ids(tmp_path):
@@ -109,3 +114,17 @@ def test_probabilities_must_sum_to_one_up_to_rounding(tmp_path, prob_b):
     else:
         back = read_predictions([path], ["a", "b"])
         assert back["prob_b"].tolist() == [float(prob_b), 0.5]
+
+
+def test_missing_folds_are_the_gaps_below_the_highest_fold_given():
+    """Folds 0, 1, 3 (one file of many cohorts): 2 is missing; a fold that is no whole number,
+    or no fold column, gives no answer rather than a wrong one; an empty fold cell is skipped."""
+
+    def file(*folds):
+        fold = pd.Series(folds, dtype=object)
+        return pd.DataFrame({"slide_id": [f"s{i}" for i in range(len(folds))], "fold": fold})
+
+    assert missing_folds([file(0, 0), file(1), file(3)]) == ([2], [0, 1, 3])
+    assert missing_folds([file(0, None), file(2)]) == ([1], [0, 2])
+    assert missing_folds([file(0), file("x"), file(3)]) == ([], [])
+    assert missing_folds([pd.DataFrame({"slide_id": ["s0"]})]) == ([], [])

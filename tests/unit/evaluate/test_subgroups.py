@@ -206,3 +206,140 @@ def test_the_page_shows_no_interval_for_a_few_patients_and_counts_unpredicted_sl
         sg.join_columns(_preds(n=24), [_sheet(preds, site)], ["site"]), CLASSES, ["site"], 50
     )
     assert "n_unpredicted" not in sg.format_table(clean).columns
+
+
+def test_a_prediction_column_names_no_group_and_a_column_given_twice_is_one_group():
+    """``--by pred`` or ``--by prob_lesion`` would give a row per predicted class or per
+    probability, not a subgroup: refused like ``label``; ``--by site site`` gives site's rows
+    once; a label of spaces is no label."""
+    preds = _preds(4).assign(pred="lesion", site=["A", "B", "A", "B"])
+    for column in ("pred", "prob_lesion"):
+        with pytest.raises(GigamilError, match=rf"--by {column}: group by a column"):
+            sg.join_columns(preds, [], [column])
+    table = sg.subgroup_metrics(preds, CLASSES, ["site", "site"], n_boot=5)
+    assert list(table["value"]) == ["all", "A", "B"]
+    with pytest.raises(GigamilError, match=r"1 of the 4 slides have no label"):
+        sg.subgroup_metrics(preds.assign(label=["normal", "lesion", " ", "lesion"]), CLASSES, [])
+
+
+def test_sheet_values_follow_the_slide_ids_not_the_row_order():
+    """A sheet in another row order than the predictions (and a missing cell read as NaN)
+    gives each slide its own row's value."""
+    preds = _preds(6)
+    sheet = _sheet(preds, ["A", "B", "C", "D", "E", None]).iloc[::-1]
+    joined = sg.join_columns(preds, [sheet], ["site"])
+    assert list(joined["site"]) == ["A", "B", "C", "D", "E", sg.EMPTY]
+
+
+def test_ten_patients_are_enough_for_an_interval_and_the_seed_is_used():
+    """MIN_PATIENTS_FOR_CI patients (10) get no note; the bootstrap uses the given seed (the
+    same seed reproduces the intervals, another one moves them)."""
+    preds = _preds(20).assign(site="A")  # 10 patients
+    one = sg.subgroup_metrics(preds, CLASSES, ["site"], n_boot=30, seed=1)
+    assert list(one["note"]) == ["", ""]
+    again = sg.subgroup_metrics(preds, CLASSES, ["site"], n_boot=30, seed=1)
+    other = sg.subgroup_metrics(preds, CLASSES, ["site"], n_boot=30, seed=2)
+    pd.testing.assert_frame_equal(one, again)
+    assert not one["brier_ci_low"].equals(other["brier_ci_low"])
+
+
+def test_a_slide_with_any_probability_missing_is_unpredicted_and_none_predicted_is_an_error():
+    preds = _preds().assign(site="A")
+    preds.loc[5, "prob_normal"] = np.nan  # half a prediction is none
+    table = sg.subgroup_metrics(preds, CLASSES, ["site"], n_boot=5)
+    assert table["n_unpredicted"].tolist() == [1, 1] and table["n_slides"].tolist() == [15, 15]
+    assert np.isfinite(table[["auc", "brier", "balanced_accuracy"]].to_numpy()).all()
+    with pytest.raises(GigamilError, match=r"no slide has a prediction"):
+        sg.subgroup_metrics(preds.assign(prob_lesion=np.nan), CLASSES, ["site"])
+
+
+def test_the_formatted_table_shows_three_decimals_the_interval_and_the_note():
+    """A metric is ``0.912 (0.85-0.97)``; without an interval just the value; an undefined one
+    ``-``; the counts and the note are shown, n_unpredicted too when a group has such slides."""
+    row = {
+        "column": "site",
+        "value": "A",
+        "n_slides": 4,
+        "n_patients": 12,
+        "n_normal": 2,
+        "n_lesion": 2,
+        "auc": 0.91234,
+        "auc_ci_low": 0.8512,
+        "auc_ci_high": 0.9688,
+        "balanced_accuracy": 0.75,
+        "balanced_accuracy_ci_low": np.nan,
+        "balanced_accuracy_ci_high": np.nan,
+        "brier": np.nan,
+        "brier_ci_low": 0.1,
+        "brier_ci_high": 0.2,
+        "note": "2 patient(s): the interval is not reliable",
+        "n_unpredicted": 1,
+    }
+    shown = sg.format_table(pd.DataFrame([row]))
+    assert list(shown.columns) == [
+        "column",
+        "value",
+        "n_slides",
+        "n_patients",
+        "n_normal",
+        "n_lesion",
+        "n_unpredicted",
+        "auc",
+        "balanced_accuracy",
+        "brier",
+        "note",
+    ]
+    assert shown.iloc[0][["auc", "balanced_accuracy", "brier"]].tolist() == [
+        "0.912 (0.85-0.97)",
+        "0.750",
+        "-",
+    ]
+    assert shown.iloc[0]["note"] == row["note"]
+
+
+def test_the_csv_keeps_six_significant_digits_and_the_cli_passes_seed_and_cohorts(tmp_path):
+    """``--seed`` reaches the bootstrap (the same seed, the same file; another, other
+    intervals), the page's title lists every cohort, the CSV's numbers have six significant
+    digits (FLOAT_FORMAT), not fewer."""
+    preds = _preds()
+    preds["cohort"] = ["c2"] * 8 + ["c1"] * 8
+    preds.to_csv(tmp_path / "p.csv", index=False)
+    args = ["subgroups", "--predictions", str(tmp_path / "p.csv"), "--by", "cohort"]
+    for out, seed in (("a", "1"), ("b", "1"), ("c", "2")):
+        assert main([*args, "--n-boot", "20", "--seed", seed, "--out", str(tmp_path / out)]) == 0
+    a, b, c = ((tmp_path / d / "subgroups.csv").read_text() for d in "abc")
+    assert a == b != c
+    assert (
+        "<title>subgroups of cohort(s) c1, c2 (" in (tmp_path / "c" / "subgroups.html").read_text()
+    )
+    table = sg.subgroup_metrics(preds, CLASSES, ["cohort"], n_boot=20, seed=2)
+    read = pd.read_csv(tmp_path / "c" / "subgroups.csv", keep_default_na=False)
+    assert read["brier"].tolist() == pytest.approx(table["brier"].tolist(), rel=1e-5)
+
+
+def test_errors_name_the_slide_in_two_rows_and_up_to_five_unknown_slides(tmp_path):
+    """The duplicated slide named is the one in two rows (not the sheet's first); unknown
+    slides are listed up to five, with their count; the outputs go to a new nested folder."""
+    preds = _preds(8)
+    sheet = _sheet(preds, ["A"] * 8)
+    with pytest.raises(GigamilError, match=r"slide s5 is in two sheet rows"):
+        sg.join_columns(preds, [sheet, sheet.iloc[5:6]], ["site"])
+    with pytest.raises(
+        GigamilError, match=r"7 predicted .*: s1, s2, s3, s4, s5, \.\.\. \(7 in all\)"
+    ):
+        sg.join_columns(preds, [sheet.iloc[:1]], ["site"])
+    table = sg.subgroup_metrics(preds.assign(site="A"), CLASSES, ["site"], n_boot=5)
+    paths = sg.write_subgroups(table, tmp_path / "new" / "dir", "t")
+    assert [p.name for p in paths] == ["subgroups.csv", "subgroups.html"]
+    assert all(p.is_file() for p in paths)
+
+
+def test_an_all_empty_float_column_is_the_empty_group_without_a_pandas_warning():
+    """fillna("") on a float column warns in pandas 3 (and will raise): a Python caller's
+    all-NaN column of the predictions is one group (empty)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        joined = sg.join_columns(_preds().assign(cohort=np.nan), [], ["cohort"])
+    assert set(joined["cohort"]) == {sg.EMPTY}

@@ -70,3 +70,15 @@ def test_few_patients_leave_the_interval_rows_out_of_the_page_table(tmp_path: Pa
     assert "<th>ensemble</th>" in page.read_text() and "_ci_" not in page.read_text()
     write_metrics_html(table, page, "ext metrics", {**summary, "n_patients": 12}, "auc")
     assert "<th>ensemble_ci_low</th>" in page.read_text()
+
+
+def test_the_missing_fold_row_lists_every_missing_fold_and_only_when_one_is() -> None:
+    """``missing_folds`` [2, 4]: the warning row names both, first; none or an empty list: no
+    warning row."""
+    summary = {"n_slides": 24, "auc": 0.9, "fold_auc": [1.0, 0.75], "fold_auc_mean": 0.875}
+    rows = summary_rows({**summary, "missing_folds": [2, 4]}, "auc")
+    name = "WARNING: no prediction file of fold(s) (the figures below lack those models)"
+    assert rows[0] == (name, "2, 4")
+    for missing in ([], None):
+        rows = summary_rows({**summary, "missing_folds": missing}, "auc")
+        assert not [r for r, _ in rows if r.startswith("WARNING")]

@@ -199,3 +199,28 @@ def test_a_model_pt_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path
     extra = {**ckpt, "state_dict": {**ckpt["state_dict"], "attention_model.extra": torch.ones(1)}}
     with pytest.raises(RuntimeError, match="Unexpected key.*attention_model.extra"):
         load_model(atomic_save(extra, tmp_path / "b" / "model.pt"))
+
+
+def test_a_header_of_numpy_values_loads_with_weights_only(tmp_path: Path) -> None:
+    """model.pt is read with ``weights_only=True``, which refuses numpy scalars: the header
+    stores the µm/px, the feature dim, the metrics and the patient ids as plain Python values
+    (numpy ones come from the stores' medians and pandas columns)."""
+    cfg = ModelConfig.from_dict({"encoder": "smallcnn"})
+    model = build_mil_model(cfg, 2, 32)
+    seen = {"slides": [["c", "s1"]], "patient_ids": np.array(["p1", "p2"])}
+    header = model_header(
+        cfg.to_dict(),
+        ["neg", "pos"],
+        np.int64(32),
+        patch_mpp=np.float64(0.5),
+        features={"encoder_id": "enc", "dim": np.int64(8)},
+        training_slides=seen,
+        preprocessing={"preprocessing.patches.codec": "zstd"},
+    )
+    ckpt = model_checkpoint(model, header, np.int64(3), {"val_auc": np.float64(0.9)})
+    torch.save(ckpt, tmp_path / "model.pt")
+    back = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert back["patch_mpp"] == 0.5 and back["features"] == {"encoder_id": "enc", "dim": 8}
+    assert back["metrics"] == {"val_auc": 0.9} and back["epoch"] == 3
+    assert back["training_slides"]["patient_ids"] == ["p1", "p2"]
+    assert back["preprocessing"] == {"preprocessing.patches.codec": "zstd"}

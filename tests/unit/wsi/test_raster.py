@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from gigamil.wsi.memory import ArrayReader
-from gigamil.wsi.raster import read_raster, read_raster_image
+from gigamil.wsi.raster import _repeat_edges, read_raster, read_raster_image
 from gigamil.wsi.slide import SlideReader
 
 
@@ -80,3 +80,32 @@ def test_level_scale_takes_each_axis_from_its_own_level_dimensions():
     sx, sy = level_scale(reader, 1, 2.0, 3.0)
     assert (sx, sy) == (2.0 * 100 / 401, 3.0 * 75 / 301)
     assert sx / 2.0 != sy / 3.0  # the axes differ: a mean would be wrong on one of them
+
+
+def test_repeat_edges_copies_each_edge_pixel_margin_pixels_out_then_white():
+    """A region whose (0, 0) is at level (-2, -1) over a 5 x 3 px level: the slide's pixels are
+    kept, each edge pixel (not its mirror) fills up to ``margin`` (2) pixels past its edge, and
+    further out stays white."""
+    slide = np.random.default_rng(0).integers(0, 200, (3, 5, 3), dtype=np.uint8)
+    region = np.full((9, 12, 3), 255, np.uint8)
+    region[1:4, 2:7] = slide
+    out = _repeat_edges(region, (-2.0, -1.0), (5, 3), 2)
+    np.testing.assert_array_equal(out[1:4, 2:7], slide)
+    for col in (0, 1):
+        np.testing.assert_array_equal(out[1:4, col], slide[:, 0])
+    for col in (7, 8):
+        np.testing.assert_array_equal(out[1:4, col], slide[:, -1])
+    np.testing.assert_array_equal(out[0, 2:7], slide[0])
+    for row in (4, 5):
+        np.testing.assert_array_equal(out[row, 2:7], slide[-1])
+    assert (out[0, 0] == slide[0, 0]).all() and (out[5, 8] == slide[-1, -1]).all()
+    assert (out[6:] == 255).all() and (out[:, 9:] == 255).all()
+
+
+def test_a_downscaled_pixel_across_the_edge_averages_the_slide_and_the_white():
+    """Box downscaling does not repeat the edge: a raster pixel over 1 slide and 2 white level
+    pixels is their mean, (100 + 2 * 255) / 3."""
+    reader = ArrayReader(np.full((10, 10, 3), 100, np.uint8), 1.0)
+    out = read_raster(reader, 0, 3.0, 3.0, 0, 0, 4, 4)
+    assert (out[:3, :3] == 100).all()
+    assert np.abs(out[0, 3].astype(int) - (100 + 2 * 255) / 3).max() <= 1

@@ -53,7 +53,8 @@ def join_columns(
     if wanted:
         slides = preds["slide_id"].astype(str)
         preds = preds.assign(**_sheet_columns(slides, sheets, wanted, missing_as_empty))
-    return preds.assign(**{c: preds[c].fillna("").astype(str).replace("", EMPTY) for c in by})
+    cells = {c: preds[c].astype(object).fillna("").astype(str) for c in by}  # NaN: empty
+    return preds.assign(**{c: v.replace("", EMPTY) for c, v in cells.items()})
 
 
 def _reserved(by: Sequence[str]) -> list[str]:
