@@ -343,3 +343,27 @@ def test_an_all_empty_float_column_is_the_empty_group_without_a_pandas_warning()
         warnings.simplefilter("error")
         joined = sg.join_columns(_preds().assign(cohort=np.nan), [], ["cohort"])
     assert set(joined["cohort"]) == {sg.EMPTY}
+
+
+def test_a_subgroup_without_one_of_three_classes_says_which_classes_its_figures_cover():
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c"]
+    label = np.array(classes)[np.arange(30) % 3]
+    p = rng.dirichlet([1, 1, 1], 30) + 0.5 * (label[:, None] == np.array(classes))
+    p /= p.sum(axis=1, keepdims=True)
+    preds = pd.DataFrame(
+        {
+            "cohort": "x",
+            "slide_id": [f"s{i}" for i in range(30)],
+            "patient_id": [f"p{i}" for i in range(30)],
+            "label": label,
+            **{f"prob_{c}": p[:, k] for k, c in enumerate(classes)},
+            "site": np.where((label == "c") | (np.arange(30) >= 15), "B", "A"),
+        }
+    )
+    table = sg.subgroup_metrics(preds, classes, ["site"], n_boot=20).set_index("value")
+    assert table.loc["A", "note"] == "no c: AUC and balanced accuracy over a, b"
+    a = preds[preds["site"] == "A"]
+    expected = np.mean([roc_auc_score(a["label"] == c, a[f"prob_{c}"]) for c in ("a", "b")])
+    assert table.loc["A", "auc"] == pytest.approx(expected)  # one-vs-rest of the two present
+    assert table.loc["B", "note"] == ""

@@ -120,6 +120,9 @@ def _group_row(
     notes = []
     if len(present) < 2:
         notes.append(f"only {', '.join(present)}: no AUC, balanced accuracy = its recall")
+    elif len(present) < len(classes):  # a macro AUC and balanced accuracy of fewer classes
+        absent = [c for c in classes if c not in present]
+        notes.append(f"no {', '.join(absent)}: AUC and balanced accuracy over {', '.join(present)}")
     if row["n_patients"] < MIN_PATIENTS_FOR_CI:
         notes.append(f"{row['n_patients']} patient(s): the interval is not reliable")
     row["note"] = "; ".join(notes)
