@@ -13,6 +13,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from gigamil.errors import GigamilError
 from gigamil.evaluate.aggregate import aggregate_cv
 from gigamil.evaluate.ensemble import (
+    NO_METRICS,
     ensemble_cohort,
     has_labels,
     mean_probabilities,
@@ -1021,3 +1022,19 @@ def test_a_missing_fold_is_found_from_every_cohort_of_the_files(tmp_path, caplog
     ensemble_cohort(paths, CLASSES, tmp_path / "a5", "a", n_boot=10)
     summary = json.loads((tmp_path / "a5" / "summary.json").read_text())
     assert summary["missing_folds"] == [2, 3, 4]
+
+
+def test_a_predict_cohort_with_a_few_labels_says_they_are_not_scored(tmp_path):
+    """A role: predict sheet with labels for some slides: summary.json said "no labels"."""
+    ext = _sheet(n_patients=4, slides=1, cohort="new")
+    ext.loc[ext.index[1:], "label"] = ""  # one labelled slide of four
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / f"fold{k}.csv" for k in range(2)]
+    for k, p in enumerate(paths):
+        _predict(ext, k, rng).assign(label=ext["label"].to_numpy()).to_csv(p, index=False)
+    note = predict_cohort(paths, CLASSES, tmp_path / "out", "new")["note"]
+    assert note.startswith("predictions only, no metrics: 1 of the 4 slides have a label")
+    blank = [tmp_path / f"blank{k}.csv" for k in range(2)]
+    for p, b in zip(paths, blank, strict=True):
+        pd.read_csv(p).assign(label="").to_csv(b, index=False)
+    assert predict_cohort(blank, CLASSES, tmp_path / "out2", "new")["note"] == NO_METRICS

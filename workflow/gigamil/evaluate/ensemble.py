@@ -46,7 +46,7 @@ from gigamil.evaluate.predictions import (
     split_unpredicted,
 )
 from gigamil.evaluate.predictions import shown as shown_ids
-from gigamil.evaluate.tables import FLOAT_FORMAT, html_page, write_json
+from gigamil.evaluate.tables import FLOAT_FORMAT, write_json, write_predictions_html
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
 NO_METRICS = "no labels: predictions only, no metrics"
 
 
+def _no_metrics_note(ens: pd.DataFrame) -> str:
+    """summary.json's note of a cohort predicted without metrics: :data:`NO_METRICS`, or, when
+    some slides have labels (a ``role: predict`` sheet with a few), that they are not scored."""
+    n = int(ens["label"].fillna("").astype(str).str.strip().ne("").sum())
+    if not n:
+        return NO_METRICS
+    return (
+        f"predictions only, no metrics: {n} of the {len(ens)} slides have a label, which is not "
+        "scored (a cohort of role external, every slide labelled, gets metrics)"
+    )
+
+
 def has_labels(pred_csvs: Sequence[str | Path]) -> bool:
     """Whether any row of the prediction CSVs has a label (else: a ``role: predict`` cohort)."""
     for path in pred_csvs:
@@ -98,38 +110,6 @@ def has_labels(pred_csvs: Sequence[str | Path]) -> bool:
         if "label" in df.columns and df["label"].str.strip().ne("").any():
             return True
     return False
-
-
-def write_predictions_html(
-    ens: pd.DataFrame,
-    classes: Sequence[str],
-    path: str | Path,
-    title: str,
-    absent_folds: Sequence[int] = (),
-) -> None:
-    """The ensemble's predictions as an HTML table (the report shows it inline); ``absent_folds``:
-    fold numbers without a prediction file (:func:`missing_folds`), a warning above it."""
-    import html
-
-    cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
-    cols = [c for c in cols if c in ens.columns]
-    shown = ens[cols].copy()
-    for c in classes:
-        shown[f"prob_{c}"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in shown[f"prob_{c}"]]
-    if "label" in shown and not shown["label"].astype(str).ne("").any():
-        shown = shown.drop(columns="label")
-    counts = ens.loc[ens["pred"].astype(str) != "", "pred"].value_counts()
-    note = ", ".join(f"{counts.get(c, 0)} {html.escape(c)}" for c in classes)
-    missing = len(ens) - int(counts.sum())
-    unscored = f"; {missing} without patches, not predicted" if missing else ""
-    body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
-    if absent_folds:
-        body = (
-            f"<p><b>WARNING: no prediction file of fold(s) {', '.join(map(str, absent_folds))}</b> "
-            "(the probabilities below lack those models).</p>" + body
-        )
-    body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
-    Path(path).write_text(html_page(title, body))
 
 
 def _cohort_predictions(
@@ -204,7 +184,7 @@ def predict_cohort(
         "experiment": experiment,
         "cohort": cohort,
         "metrics": None,
-        "note": NO_METRICS,
+        "note": _no_metrics_note(ens),
         "classes": list(classes),
         "n_slides": int(len(ens)),
         "n_patients": int(ens["patient_id"].nunique()),

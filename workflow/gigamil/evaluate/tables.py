@@ -274,3 +274,35 @@ def write_metrics_html(
         body += f"<img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'>"
     body += shown.to_html(border=0, classes="metrics")
     Path(path).write_text(html_page(title, body))
+
+
+def write_predictions_html(
+    ens: pd.DataFrame,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str,
+    absent_folds: Sequence[int] = (),
+) -> None:
+    """The ensemble's predictions as an HTML table (the report shows it inline); ``absent_folds``:
+    fold numbers without a prediction file (:func:`missing_folds`), a warning above it."""
+    import html
+
+    cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
+    cols = [c for c in cols if c in ens.columns]
+    shown = ens[cols].copy()
+    for c in classes:
+        shown[f"prob_{c}"] = [f"{v:.3f}" if np.isfinite(v) else "" for v in shown[f"prob_{c}"]]
+    if "label" in shown and not shown["label"].astype(str).ne("").any():
+        shown = shown.drop(columns="label")
+    counts = ens.loc[ens["pred"].astype(str) != "", "pred"].value_counts()
+    note = ", ".join(f"{counts.get(c, 0)} {html.escape(c)}" for c in classes)
+    missing = len(ens) - int(counts.sum())
+    unscored = f"; {missing} without patches, not predicted" if missing else ""
+    body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
+    if absent_folds:
+        body = (
+            f"<p><b>WARNING: no prediction file of fold(s) {', '.join(map(str, absent_folds))}</b> "
+            "(the probabilities below lack those models).</p>" + body
+        )
+    body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
+    Path(path).write_text(html_page(title, body))
