@@ -93,6 +93,10 @@ def test_every_schema_key_has_description_and_default():
             "heatmaps.slides: 'demo_p01_s1' is not allowed here (a list of one is written "
             "[demo_p01_s1]). `all`, `none`, or a list",
         ),
+        (  # a near name is the hint, not "a list of one"
+            lambda c: c["heatmaps"].update(slides="nonee"),
+            "heatmaps.slides: 'nonee' is not allowed here (did you mean none?). `all`",
+        ),
         (
             lambda c: c["cohorts"]["demo"].update(role="external"),
             "at least one cohort needs role: train",
@@ -398,3 +402,19 @@ def test_check_slide_id_refuses_names_that_leave_their_folder():
     for bad in ("../x", "/tmp/abs", "..", ".", "a/b", "has space", "s1\n"):
         with pytest.raises(ConfigError, match="is not a safe file name"):
             check_slide_id(bad)
+
+
+def test_a_long_description_is_cut_at_its_last_sentence_end_within_the_limit():
+    """A key's description in an error: whole sentences up to 240 characters, an
+    abbreviation's full stop (e.g., i.e.) is no sentence end; a first sentence longer than the
+    limit is kept whole."""
+    from gigamil.schemas import _summary
+
+    first, second = "A" * 50 + ".", "B" * 100 + ", i.e. " + "C" * 60 + "."
+    text = f"{first} {second} {'D' * 100}. end"
+    assert _summary(text) == f"{first} {second}"[:-1]
+    assert _summary("short. text.") == "short. text"
+    assert _summary(f"{first} {'B' * 100}, i.e. {'C' * 150}. end") == first[:-1]
+    long_first = "E" * 300
+    assert _summary(f"{long_first}. F.") == long_first
+    assert _summary("G" * 300) == "G" * 300

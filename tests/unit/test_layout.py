@@ -235,3 +235,17 @@ def test_heatmap_slides_keeps_every_listed_slide(sheets):
     """heatmaps.slides: [a, c]: a heatmap for each, in cohort and sheet order."""
     assert layout.heatmap_slides(["c", "a"], sheets, ["tr", "ex"]) == [("tr", "a"), ("ex", "c")]
     assert layout.heatmap_slides(["b", "a"], sheets, ["tr"]) == [("tr", "a"), ("tr", "b")]
+
+
+def test_heatmap_slides_suggests_no_listed_slide_in_another_case(sheets):
+    """heatmaps.slides: [c, C]: 'c' is listed already, so 'C' gets no "did you mean c"."""
+    with pytest.raises(ConfigError) as err:
+        layout.heatmap_slides(["c", "C"], sheets, ["tr", "ex"])
+    assert "'C' is in no cohort sheet" in str(err.value) and "did you mean" not in str(err.value)
+
+
+def test_heatmap_slides_suggests_an_upper_case_id_before_a_near_one():
+    """'abc' for the sheet's ABC: ABC, though difflib alone finds abd nearer."""
+    sheets = {"tr": pd.DataFrame({"slide_id": ["ABC", "abd"], "patient_id": ["p", "q"]})}
+    with pytest.raises(ConfigError, match="'abc' is in no cohort sheet; did you mean ABC"):
+        layout.heatmap_slides(["abc"], sheets, ["tr"])

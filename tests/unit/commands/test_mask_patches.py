@@ -390,3 +390,87 @@ def test_patches_take_the_patch_settings_of_a_config(cmu_svs, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args[:4], "--no-progress"]) == 2  # neither --mpp/--patch-px nor --config
     assert "give --mpp and --patch-px, or --config" in capsys.readouterr().err
+
+
+def test_every_tissue_flag_wins_over_the_config_zero_included(monkeypatch, tmp_path):
+    """A flag of 0 (--open-um 0: no opening) is a value given, not a flag left out."""
+    from gigamil.wsi import tissue
+
+    seen = {}
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: seen.update(params=a[4]))
+    shared = _config(
+        tmp_path,
+        {
+            "tissue": {
+                "mask_mpp": 16.0,
+                "median_px": 7,
+                "close_um": 8.0,
+                "open_um": 4.0,
+                "min_area_um2": 100.0,
+                "dark_value": 30,
+            }
+        },
+    )
+    flags = ["--mask-mpp", "4", "--median-px", "3", "--close-um", "0", "--open-um", "0"]
+    flags += ["--min-area-um2", "0", "--dark-value", "0", "--threshold", "20"]
+    argv = ["mask", "s.svs", "--out", str(tmp_path / "m.png"), "--config", shared, *flags]
+    assert main(argv) == 0
+    p = seen["params"]
+    assert (p.mask_mpp, p.median_px, p.threshold) == (4.0, 3, 20.0)
+    assert (p.close_um, p.open_um, p.min_area_um2, p.dark_value) == (0.0, 0.0, 0.0, 0)
+
+
+def test_patches_need_both_mpp_and_patch_px_without_a_config(tmp_path, capsys):
+    base = ["patches", "s.svs", "--out", str(tmp_path / "s.zarr"), "--no-progress"]
+    for half in (["--mpp", "4"], ["--patch-px", "16"]):
+        assert main([*base, *half]) == 2
+        assert "give --mpp and --patch-px, or --config" in capsys.readouterr().err
+
+
+def test_mask_warns_about_an_even_median_kernel(monkeypatch, tmp_path, capsys):
+    from gigamil.wsi import tissue
+
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: None)
+    argv = ["mask", "s.svs", "--out", str(tmp_path / "m.png")]
+    assert main([*argv, "--median-px", "4"]) == 0
+    assert "--median-px 4 is even; a median blur needs an odd kernel" in capsys.readouterr().err
+    assert main([*argv, "--median-px", "3"]) == 0
+    assert "is even" not in capsys.readouterr().err
+
+
+def test_every_patch_flag_wins_over_the_config(monkeypatch, tmp_path):
+    """The PatchParams extract_patches gets: the config's under each flag given."""
+    from types import SimpleNamespace
+
+    from gigamil.wsi import extract
+
+    seen = {}
+
+    def fake(slide, out, params, **kw):
+        seen.update(params=params, tissue=kw["tissue_params"])
+        return SimpleNamespace(n_patches=0, attrs={"effective_mpp": params.mpp}, seconds=0.0)
+
+    monkeypatch.setattr(extract, "extract_patches", fake)
+    shared = _config(tmp_path, {"patches": {"mpp": 4.0, "patch_px": 16, "codec": "zstd"}})
+    argv = ["patches", "s.svs", "--out", str(tmp_path / "s.zarr"), "--config", shared]
+    flags = ["--stride", "8", "--min-tissue", "0.3", "--codec", "jpeg", "--jpeg-quality", "70"]
+    flags += ["--stain-normalization", "macenko", "--resample-tolerance", "0.01"]
+    assert main([*argv, *flags, "--no-progress"]) == 0
+    p = seen["params"]
+    assert (p.mpp, p.patch_px, p.stride_px, p.min_tissue) == (4.0, 16, 8, 0.3)
+    assert (p.codec, p.jpeg_quality, p.stain_normalization) == ("jpeg", 70, "macenko")
+    assert p.resample_tolerance == 0.01 and seen["tissue"] is not None
+    assert main([*argv, "--mpp", "8", "--patch-px", "8", "--no-progress"]) == 0
+    assert (seen["params"].mpp, seen["params"].patch_px) == (8.0, 8)
+
+
+def test_an_even_median_from_the_config_is_named_as_the_configs_key(monkeypatch, tmp_path, capsys):
+    """It was reported as a --median-px flag nobody gave."""
+    from gigamil.wsi import tissue
+
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: None)
+    shared = _config(tmp_path, {"tissue": {"median_px": 4}})
+    assert main(["mask", "s.svs", "--out", str(tmp_path / "m.png"), "--config", shared]) == 0
+    err = capsys.readouterr().err
+    assert f"{shared}: preprocessing.tissue.median_px 4 is even; a median blur" in err
+    assert "--median-px" not in err

@@ -1038,3 +1038,66 @@ def test_a_predict_cohort_with_a_few_labels_says_they_are_not_scored(tmp_path):
     for p, b in zip(paths, blank, strict=True):
         pd.read_csv(p).assign(label="").to_csv(b, index=False)
     assert predict_cohort(blank, CLASSES, tmp_path / "out2", "new")["note"] == NO_METRICS
+
+
+def test_experiment_name_of_short_paths_and_of_other_folders_is_none(tmp_path):
+    """Relative paths of fewer than four parts (``fold0/demo.csv``) name no experiment (they
+    must not index past their start), nor files under predictions/NAME/ outside a fold<k>."""
+    from gigamil.commands.evaluate import experiment_name
+
+    assert experiment_name(None, ["fold0/demo.csv"]) == ""
+    assert experiment_name(None, ["demo.csv"]) == ""
+    attention = tmp_path / "results" / "predictions" / "exp1" / "attention" / "demo.csv"
+    assert experiment_name(None, [str(attention)]) == ""
+    laid_out = tmp_path / "results" / "predictions" / "exp1" / "fold0" / "demo.csv"
+    assert experiment_name(None, [str(laid_out)]) == "exp1"
+
+
+def test_prediction_files_with_the_classes_in_another_column_order_are_one_class_set(tmp_path):
+    """The files' classes are compared as sets: a file whose prob_<class> columns come in
+    another order is of the same models' class set, not "of models of other classes"."""
+    from gigamil.commands.evaluate import classes_from_predictions
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("fold,cohort,slide_id,patient_id,label,pred,prob_normal,prob_lesion\n")
+    second.write_text("fold,cohort,slide_id,patient_id,label,pred,prob_lesion,prob_normal\n")
+    assert classes_from_predictions(str(first), None, [str(second)]) == ["normal", "lesion"]
+
+
+def test_a_blank_label_is_no_label(tmp_path):
+    """A label of spaces is as missing as an empty one: one error before anything is written,
+    not "label ' ' is not one of the classes" after predictions.csv."""
+    _, paths = _cv_fixture(tmp_path)
+    for p in paths:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        df.loc[df["slide_id"] == "demo_p0_s1", "label"] = "  "
+        df.to_csv(p, index=False)
+    out = tmp_path / "ens"
+    with pytest.raises(GigamilError, match=r"1 of the \d+ slides have no label \(demo_p0_s1\)"):
+        ensemble_cohort(paths, CLASSES, out, "demo", n_boot=5)
+    assert not (out / "predictions.csv").exists()
+
+
+def test_the_predict_log_of_a_cohort_predicted_whole_counts_no_slides_without_patches(
+    tmp_path, caplog
+):
+    ext = _sheet(n_patients=4, slides=1, cohort="ext").assign(label="")
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / f"fold{k}.csv" for k in range(2)]
+    for k, p in enumerate(paths):
+        _predict(ext, k, rng).to_csv(p, index=False)
+    caplog.set_level(logging.INFO)
+    predict_cohort(paths, CLASSES, tmp_path / "out", "ext")
+    (said,) = [r.getMessage() for r in caplog.records if "no labels, no metrics" in r.getMessage()]
+    assert "predicted 4 of 4 slides (" in said and "without patches" not in said
+
+
+def test_the_predictions_page_lists_the_absent_folds(tmp_path):
+    from gigamil.evaluate.ensemble import write_predictions_html
+
+    ext = _sheet(n_patients=2, slides=1, cohort="ext").assign(label="")
+    ens = _predict(ext, 0, np.random.default_rng(0)).assign(n_models=3)
+    write_predictions_html(ens, CLASSES, tmp_path / "p.html", "t", absent_folds=[1, 3])
+    assert "WARNING: no prediction file of fold(s) 1, 3</b>" in (tmp_path / "p.html").read_text()
+    write_predictions_html(ens, CLASSES, tmp_path / "q.html", "t")
+    assert "WARNING" not in (tmp_path / "q.html").read_text()

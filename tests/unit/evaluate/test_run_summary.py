@@ -136,3 +136,22 @@ def test_subgroup_pages_are_named_when_written(tmp_path):
     assert (
         lines[6] == "    open results/eval/exp/ensemble/ext/subgroups.html (metrics per subgroup)"
     )
+
+
+def test_a_subgroup_page_older_than_the_fold_models_is_marked_stale(tmp_path):
+    import os
+
+    _write(tmp_path / "results/eval/exp/summary.json", {"n_slides": 4, "oof_auc": 0.9})
+    page = tmp_path / "results/eval/exp/subgroups.html"
+    page.write_text("<html>")
+    model = tmp_path / "results/models/exp/fold0/model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    os.utime(page, (1000, 1000))
+    os.utime(model, (2000, 2000))
+    (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "subgroups.html" in x]
+    assert line.startswith("    open results/eval/exp/subgroups.html (metrics per subgroup)")
+    assert "[STALE: older than the fold models" in line
+    os.utime(page, (3000, 3000))
+    (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "subgroups.html" in x]
+    assert "STALE" not in line

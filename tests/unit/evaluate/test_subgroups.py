@@ -367,3 +367,59 @@ def test_a_subgroup_without_one_of_three_classes_says_which_classes_its_figures_
     expected = np.mean([roc_auc_score(a["label"] == c, a[f"prob_{c}"]) for c in ("a", "b")])
     assert table.loc["A", "auc"] == pytest.approx(expected)  # one-vs-rest of the two present
     assert table.loc["B", "note"] == ""
+
+
+def test_missing_as_empty_keeps_the_columns_the_sheets_have():
+    """The workflow's (empty) group is for a column no sheet has; a column a sheet has keeps
+    its values beside it."""
+    preds = _preds()
+    site = ["A" if i < 8 else "B" for i in range(16)]
+    joined = sg.join_columns(preds, [_sheet(preds, site)], ["site", "scanner"], True)
+    assert joined["site"].tolist() == site
+    assert set(joined["scanner"]) == {sg.EMPTY}
+
+
+def test_pred_names_no_group():
+    preds = _preds()
+    with pytest.raises(GigamilError, match="--by pred: group by a column"):
+        sg.join_columns(preds.assign(pred="normal"), [], ["pred"])
+    with pytest.raises(GigamilError, match="'pred' names no group"):
+        sg.check_subgroup_columns(["pred"], [_sheet(preds, ["A"] * 16)])
+
+
+def test_config_check_suggests_the_column_of_another_case_before_a_near_name():
+    """'site' beside a sheet's SITE and sites: SITE (difflib alone would say sites); a
+    lesion_mask column is a path, never suggested nor listed."""
+    preds = _preds()
+    sheet = preds[["slide_id", "patient_id"]].assign(SITE="A", sites="x", lesion_mask="m.png")
+    with pytest.raises(GigamilError, match=r"did you mean SITE\? \(their columns: SITE, sites\)"):
+        sg.check_subgroup_columns(["site"], [sheet])
+    with pytest.raises(GigamilError) as err:
+        sg.check_subgroup_columns(["lesion_mas"], [sheet])
+    assert "lesion_mask" not in str(err.value)
+
+
+def test_the_page_embeds_the_forest_plot(tmp_path):
+    preds = _preds()
+    table = sg.subgroup_metrics(
+        sg.join_columns(preds, [_sheet(preds, ["A"] * 16)], ["site"]), CLASSES, ["site"], 20
+    )
+    sg.write_subgroups(table, tmp_path, "t")
+    assert "<img src='data:image/png;base64," in (tmp_path / "subgroups.html").read_text()
+
+
+def test_missing_as_empty_without_sheets_is_still_the_no_sheet_error():
+    with pytest.raises(GigamilError, match=r"--by site: not a column .*\(no --sheet\)"):
+        sg.join_columns(_preds(), [], ["site"], missing_as_empty=True)
+
+
+def test_a_slides_own_files_name_no_group_in_the_config_and_the_cli():
+    """`subgroups: [path]` was called "a column of no scored cohort's sheet" (false: the sheet
+    has it) while `gigamil subgroups --by path` grouped by each slide's file."""
+    preds = _preds()
+    sheet = _sheet(preds, ["A"] * 16).assign(lesion_mask="")
+    for column in ("path", "lesion_mask"):
+        with pytest.raises(GigamilError, match=f"{column!r} names no group"):
+            sg.check_subgroup_columns([column], [sheet])
+        with pytest.raises(GigamilError, match=f"--by {column}: group by a column such as"):
+            sg.join_columns(preds, [sheet], [column])

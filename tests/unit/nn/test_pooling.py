@@ -55,6 +55,13 @@ def test_head_refuses_an_empty_bag(pool: str) -> None:
         head(torch.zeros(0, 4))
 
 
+@pytest.mark.parametrize("pool", ["abmil", "gated_abmil", "instance"])
+def test_head_pools_a_bag_of_one_instance(pool: str) -> None:
+    """One patch is the smallest bag (a small biopsy): all the attention on it, no error."""
+    logits, att = AttentionHead(4, pool=pool)(torch.randn(1, 4))
+    assert logits.shape == (1,) and torch.allclose(att, torch.ones(1))
+
+
 def test_instance_loss_weak_labels() -> None:
     torch.manual_seed(0)
     head = AttentionHead(4, att_dim=8, instance_loss=2.0, instance_top_k=2)

@@ -52,3 +52,26 @@ def test_a_subgroup_without_the_metric_is_listed_without_a_point():
     assert _blue(_image(forest_plot(_table([0.8, 0.7])))).any()
     with pytest.raises(KeyError):
         forest_plot(table, "sensitivity")
+
+
+def _blue_columns(png: bytes) -> np.ndarray:
+    """The image columns holding tab:blue pixels (a point, and its interval when drawn)."""
+    return np.nonzero(_blue(_image(png)).any(axis=0))[0]
+
+
+def test_a_subgroup_of_fewer_patients_than_the_minimum_gets_no_interval():
+    """Its bootstrap interval is not reliable: its point only (as subgroups.html's table)."""
+    table = _table([0.8, 0.5]).assign(auc_ci_low=[0.7, 0.2], auc_ci_high=[0.9, 0.8])
+    drawn = _blue_columns(forest_plot(table.assign(n_patients=[20, 10]), min_patients=10))
+    few = _blue_columns(forest_plot(table.assign(n_patients=[20, 9]), min_patients=10))
+    width = _image(forest_plot(table)).shape[1]
+    assert drawn.max() - drawn.min() > 0.2 * width  # 0.6 of the 0-1 axis: the interval
+    assert few.max() - few.min() < 0.05 * width  # the marker alone
+
+
+def test_the_rows_run_down_in_table_order():
+    """The pooled row first (at the top), then the subgroups as listed."""
+    img = _blue(_image(forest_plot(_table([0.5, 0.1, 0.9]))))
+    rows, cols = np.nonzero(img)
+    left, right = cols < img.shape[1] / 2, cols >= img.shape[1] / 2
+    assert rows[left].mean() < rows[right].mean()  # S1 (AUC 0.1) above S2 (AUC 0.9)

@@ -845,3 +845,34 @@ def _two_patch_store(write_store, row_major_grid, path, **attrs):
         slide_mpp=0.5,
         **attrs,
     )
+
+
+def test_cli_heatmap_checks_the_attention_names_without_predictions(grid_slide, tmp_path, capsys):
+    """The check needs only the store's slide id: a heatmap drawn without --predictions (the
+    usual way to look at attention) warns too, and --slide-id is the id the files are named
+    after when given."""
+    from gigamil.cli import main
+
+    store = tmp_path / "s11.zarr"
+    coords, _ = grid_slide.write(store)
+    for name in ("a", "cmu"):
+        np.save(tmp_path / f"{name}.npy", np.full(len(coords), 1 / len(coords), np.float32))
+    base = ["heatmap", "--store", str(store), "--thumb-px", "128"]
+    assert main([*base, "--attention", str(tmp_path / "a.npy"), "--out", str(tmp_path / "h")]) == 0
+    assert "a.npy: named after another slide than the store's (s11;" in capsys.readouterr().err
+    cmu = ["--attention", str(tmp_path / "cmu.npy"), "--slide-id", "cmu"]
+    assert main([*base, *cmu, "--out", str(tmp_path / "h2")]) == 0
+    assert "named after another slide" not in capsys.readouterr().err
+
+
+def test_the_attention_name_warning_names_three_files_and_counts_the_rest(caplog):
+    from gigamil.commands.heatmap import _warn_attention_names
+
+    with caplog.at_level(logging.WARNING):
+        _warn_attention_names([f"x{i}.npy" for i in range(5)] + ["s.npy"], "s")
+    assert "--attention x0.npy, x1.npy, x2.npy (+2): named after another slide" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _warn_attention_names(["a/s.npy", "b/s.npy"], "s")
+        _warn_attention_names(["a.npy"], None)  # a store without a slide id: nothing to compare
+    assert not caplog.text

@@ -97,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
 
     params = TissueParams.from_dict(tissue_settings(args))
     if params.median_px % 2 == 0:  # as config.yaml's preprocessing.tissue.median_px warns
-        logging.getLogger("gigamil").warning(even_median_message("--median-px", params.median_px))
+        given = (
+            "--median-px"
+            if args.median_px is not None
+            else f"{args.config}: preprocessing.tissue.median_px"
+        )
+        logging.getLogger("gigamil").warning(even_median_message(given, params.median_px))
     make_mask(args.slide, Path(args.out), args.qc, args.json, params, args.slide_mpp)
     return 0

@@ -42,8 +42,8 @@ def join_columns(
     cohort's sheet).
 
     Raises:
-        GigamilError: a ``by`` column that names no group (``slide_id``, ``patient_id``,
-            ``label``, a probability), one in neither the predictions nor a sheet (naming the
+        GigamilError: a ``by`` column that names no group (:data:`NO_GROUP`, a
+            probability), one in neither the predictions nor a sheet (naming the
             sheets' columns), a slide in two sheet rows, or predicted slides no sheet lists
             (naming up to five).
     """
@@ -57,18 +57,13 @@ def join_columns(
     return preds.assign(**{c: v.replace("", EMPTY) for c, v in cells.items()})
 
 
+# columns that name no group: ids, the label, a slide's own files, the predictions' columns
+NO_GROUP = ("slide_id", "patient_id", "label", "pred", "path", "lesion_mask")
+
+
 def _reserved(by: Sequence[str]) -> list[str]:
-    """The ``by`` columns that name no group: ids, the label, the predictions' own columns."""
-    return [
-        c
-        for c in by
-        if c in ("slide_id", "patient_id", "label", "pred") or str(c).startswith("prob_")
-    ]
-
-
-def _reserved_all() -> list[str]:
-    """The sheet columns that are ids or labels, never groups (left out of suggestions)."""
-    return ["slide_id", "patient_id", "label", "path", "lesion_mask"]
+    """The ``by`` columns that name no group (:data:`NO_GROUP`, ``prob_<class>``)."""
+    return [c for c in by if c in NO_GROUP or str(c).startswith("prob_")]
 
 
 def _sheet_columns(
@@ -224,7 +219,7 @@ def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> lis
 
 def check_subgroup_columns(by: Sequence[str], sheets: Sequence[pd.DataFrame]) -> None:
     """Config-time check of the ``subgroups`` key: every column names a group (not
-    ``slide_id``, ``patient_id``, ``label``, ``pred`` or a probability) and is
+    one of :data:`NO_GROUP` or a probability) and is
     ``cohort`` or a column of at least one of ``sheets`` (the scored cohorts' sheets; a sheet
     without it puts its slides in the group ``(empty)``).
 
@@ -233,7 +228,7 @@ def check_subgroup_columns(by: Sequence[str], sheets: Sequence[pd.DataFrame]) ->
     """
     if reserved := _reserved(by):
         raise GigamilError(f"subgroups: {reserved[0]!r} names no group; list e.g. site or cohort")
-    known = sorted({str(c) for sheet in sheets for c in sheet.columns} - set(_reserved_all()))
+    known = sorted({str(c) for sheet in sheets for c in sheet.columns} - set(NO_GROUP))
     for column in by:
         if column != "cohort" and column not in known:
             same = [k for k in known if k.lower() == str(column).lower()]
