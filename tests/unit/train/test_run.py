@@ -446,6 +446,11 @@ def test_model_records_its_slides_and_predict_names_those_it_has_seen(
         f"({', '.join(ids)}) and 1 slide(s) of patients it trained on "
         "(another_slide_of_a_training_patient) of this model" in caplog.text
     )
+    assert "another institution's patients who only share the ids" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gigamil"):  # the same slides only: no id caveat
+        predict_slides(model_path, train.iloc[:1], None, tmp_path / "d", device="cpu")
+    assert "not a test of it" in caplog.text and "share the ids" not in caplog.text
     # a slide id of another cohort is another slide (a patient id names one patient)
     caplog.clear()
     with caplog.at_level("WARNING", logger="gigamil"):

@@ -263,12 +263,20 @@ def _warn_seen(
         if v
     ]
     if parts:
+        # patients are matched by id text: another institution's patient may share an id
+        shared_ids = (
+            " (patients are matched by patient_id: if these are another institution's patients "
+            "who only share the ids, this does not apply)"
+            if patient
+            else ""
+        )
         log.warning(
             "%s: of the %d slides to predict, %s of this model: their predictions are not a "
-            "test of it (optimistic); evaluate on slides of other patients",
+            "test of it (optimistic); evaluate on slides of other patients%s",
             model_path,
             len(slides),
             " and ".join(parts),
+            shared_ids,
         )
 
 
