@@ -147,3 +147,59 @@ def test_setting_up_logging_again_releases_the_earlier_log_files(tmp_path: Path)
             handler.close()
         for handler in kept:
             root.addHandler(handler)
+
+
+def test_a_log_line_names_its_context_in_brackets_and_the_enclosing_one_comes_back():
+    import io
+    import logging
+
+    from gigamil.logutil import current_context, format_handler, log_context
+
+    stream = io.StringIO()
+    handler = format_handler(logging.StreamHandler(stream))
+    logger = logging.getLogger("gigamil.test_log_context")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("outside")
+        with log_context("fold 2 predict ext"):
+            with log_context("fold 2 epoch 3/20"):
+                assert current_context() == "fold 2 epoch 3/20"
+                logger.info("inner")
+            assert current_context() == "fold 2 predict ext"
+            logger.info("outer")
+        assert current_context() == ""
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith(" INFO gigamil.test_log_context: outside")
+    assert lines[1].endswith(" INFO [fold 2 epoch 3/20] gigamil.test_log_context: inner")
+    assert lines[2].endswith(" INFO [fold 2 predict ext] gigamil.test_log_context: outer")
+
+
+def test_python_warnings_reach_the_log_file(tmp_path: Path):
+    """A library's warnings.warn (e.g. a deprecation in a job) is a line of the job's log."""
+    res, log = _run(tmp_path, "import warnings\nwarnings.warn('this knob is deprecated')\n")
+    assert res.returncode == 0, res.stderr
+    assert "WARNING py.warnings: " in log and "this knob is deprecated" in log
+
+
+def test_console_warnings_leave_out_info_lines_of_a_logger_set_to_info():
+    code = (
+        "import logging\n"
+        "from gigamil.logutil import console_warnings\n"
+        "logging.getLogger('gigamil').setLevel(logging.INFO)\n"
+        "console_warnings()\n"
+        "logging.getLogger('gigamil.config').info('not shown')\n"
+        "logging.getLogger('gigamil.config').warning('shown')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "gigamil: warning: shown\n"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gigamil.config_doc import END, START, render_reference
+import pytest
+
+from gigamil.config_doc import END, START, _rows, render_reference, update_readme
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,3 +70,29 @@ def test_every_command_line_option_is_in_the_readme():
 
     walk(build_parser(), "gigamil")
     assert not missing, missing
+
+
+def test_update_readme_rewrites_only_the_reference_block_and_says_whether_it_changed(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n{START}\nold table\n{END}\nafter\n")
+    assert update_readme(readme) is True
+    assert readme.read_text() == f"# Title\n{START}\n{render_reference()}\n{END}\nafter\n"
+    assert update_readme(readme) is False  # up to date: nothing to do
+
+
+def test_a_description_over_several_lines_stays_one_table_row():
+    node = {"properties": {"k": {"type": "integer", "default": 3, "description": "One\n  two."}}}
+    assert _rows(node, "a.") == ["| `a.k` | integer | `3` | One two. |"]
+
+
+def test_update_readme_without_its_end_marker_changes_nothing(tmp_path):
+    """A README that lost its end marker was cut after the start marker: the rest deleted."""
+    readme = tmp_path / "README.md"
+    text = f"intro\n{START}\nold\n## Troubleshooting\nkeep me\n"
+    readme.write_text(text)
+    with pytest.raises(ValueError, match="needs the markers"):
+        update_readme(readme)
+    assert readme.read_text() == text
+    readme.write_text("no markers at all\n")
+    with pytest.raises(ValueError, match="needs the markers"):
+        update_readme(readme)

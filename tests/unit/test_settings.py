@@ -20,6 +20,7 @@ from gigamil.settings import (
     ordered_params,
     resolve_strategy,
     schema_section,
+    training_signature,
 )
 from gigamil.wsi.patching import PatchParams
 from gigamil.wsi.tissue import TissueParams
@@ -269,3 +270,40 @@ def test_every_key_that_changes_training_is_in_the_resume_signature(key, value) 
     sig = TrainingConfig.from_dict({key: value}).resume_signature()
     assert sig[key] == value
     assert sig != TrainingConfig().resume_signature()
+
+
+def test_keys_the_schema_lacks_follow_sorted() -> None:
+    params = ordered_params(("preprocessing", "tissue"), {"zz": 1, "aa": 2, "mask_mpp": 8.0})
+    assert list(params) == ["mask_mpp", "aa", "zz"]
+
+
+def test_from_dict_reports_the_outermost_problem_first() -> None:
+    """Of several problems, the one nearest the section's top is named (a misspelt key before
+    a bad value inside a nested section)."""
+    with pytest.raises(ConfigError, match="unknown key training.epoch "):
+        TrainingConfig.from_dict({"early_stopping": {"metric": "x"}, "epoch": 3})
+
+
+def test_training_signature_spells_a_frozen_encoder_one_way() -> None:
+    model = {"encoder": "resnet18", "weights": None, "freeze_encoder": True, "batchnorm": "train"}
+    training = TrainingConfig.from_dict({"max_instances_per_forward_pass": 64})
+    spelt, sig = training_signature(model, training, frozen=True, cached=True)
+    assert spelt["freeze_encoder"] is False and spelt["trainable_blocks"] == 0
+    assert model["freeze_encoder"] is True  # the caller's dict is left as it was
+    assert sig["strategy"] == "frozen" and "augment" not in sig  # not applied to features
+    assert sig["max_instances_per_forward_pass"] == 64  # batch statistics: chunks matter
+    spelt, sig = training_signature({**model, "batchnorm": "frozen"}, training, False, False)
+    assert spelt["freeze_encoder"] is True and "trainable_blocks" not in spelt
+    assert "strategy" not in sig and sig["augment"] == training.augment.to_dict()
+    assert "max_instances_per_forward_pass" not in sig
+
+
+def test_a_frozen_encoder_may_be_spelt_with_both_older_keys() -> None:
+    model = {"freeze_encoder": True, "trainable_blocks": 0}
+    name, m = resolve_strategy(model, {})
+    assert name == "frozen" and m.trainable_blocks == 0
+
+
+def test_weight_averaging_under_em_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="strategy em trains in rounds of its own: set ema_d"):
+        resolve_strategy({}, {"strategy": "em", "ema_decay": 0.99})

@@ -11,6 +11,7 @@ from gigamil.folds import (
     FOLD_COLUMNS,
     check_folds,
     fold_slides,
+    fold_slides_with_stores,
     read_folds,
     split_report,
     write_folds,
@@ -510,3 +511,100 @@ def test_each_class_has_its_slides_spread_over_the_folds():
         test = folds[folds.role == "test"]
         per_class = test.groupby(["fold", "label"]).size().unstack()
         assert (per_class == 12).all().all(), (seed, per_class)
+
+
+def _two_folds() -> pd.DataFrame:
+    """Two slides of two patients, each the test slide of one fold."""
+    rows = [
+        (0, "test", "c", "s1", "p1", "a"),
+        (0, "train", "c", "s2", "p2", "b"),
+        (1, "train", "c", "s1", "p1", "a"),
+        (1, "test", "c", "s2", "p2", "b"),
+    ]
+    return pd.DataFrame(rows, columns=FOLD_COLUMNS)
+
+
+def test_check_folds_refuses_an_empty_table_and_a_slide_twice_in_one_fold():
+    check_folds(_two_folds())
+    with pytest.raises(GigamilError, match="folds.csv: no rows"):
+        check_folds(pd.DataFrame(columns=FOLD_COLUMNS))
+    folds = _two_folds()
+    twice = pd.concat([folds, folds.iloc[[1]]], ignore_index=True)
+    with pytest.raises(GigamilError, match="slide c/s2 appears twice in one fold"):
+        check_folds(twice)
+
+
+def test_read_folds_refuses_a_negative_fold_number(tmp_path):
+    bad = _two_folds().astype({"fold": str})
+    bad.loc[bad.index[2], "fold"] = "-1"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(GigamilError, match="bad.csv: row 4: fold '-1' is not a fold number"):
+        read_folds(tmp_path / "bad.csv")
+    bad.loc[bad.index[2], "fold"] = "inf"  # passed, then a raw pandas IntCastingNaNError
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(GigamilError, match="bad.csv: row 4: fold 'inf' is not a fold number"):
+        read_folds(tmp_path / "bad.csv")
+    _two_folds().drop(columns="fold").to_csv(tmp_path / "nofold.csv", index=False)
+    with pytest.raises(GigamilError, match="nofold.csv: missing column fold"):
+        read_folds(tmp_path / "nofold.csv")
+
+
+def test_fold_slides_of_one_cohort():
+    folds = _two_folds()
+    folds.loc[folds["slide_id"] == "s2", "cohort"] = "d"
+    assert fold_slides(folds, 1, "train", cohort="c")["slide_id"].tolist() == ["s1"]
+    assert fold_slides(folds, 1, "train", cohort="d").empty
+    assert fold_slides(folds, 1, "test")["slide_id"].tolist() == ["s2"]
+
+
+def test_split_report_counts_patients_once_and_keeps_a_slide_without_a_stratum():
+    rows = [
+        (0, "test", "c", "s1", "p1", "a"),
+        (0, "test", "c", "s1b", "p1", "a"),
+        (0, "train", "c", "s2", "p2", "b"),
+        (1, "train", "c", "s1", "p1", "a"),
+        (1, "train", "c", "s1b", "p1", "a"),
+        (1, "test", "c", "s2", "p2", "b"),
+    ]
+    folds = pd.DataFrame(rows, columns=FOLD_COLUMNS)
+    folds.attrs["strata"] = {"site": {"c/s1": "x", "c/s1b": "x"}}  # s2: no value
+    report = split_report(folds)
+    assert report["slides"].sum() == len(folds)
+    row = report[(report["fold"] == 0) & (report["role"] == "test")].iloc[0]
+    assert (row["slides"], row["patients"], row["site"]) == (2, 1, "x")
+
+
+def test_write_folds_writes_only_the_fold_columns(tmp_path):
+    write_folds(_two_folds().assign(site="x"), tmp_path / "folds.csv")
+    assert (tmp_path / "folds.csv").read_text().splitlines()[0] == ",".join(FOLD_COLUMNS)
+    leaky = _two_folds()
+    leaky.loc[0, "role"] = "val"  # s1 is then never a test slide
+    with pytest.raises(GigamilError, match="never a test slide"):
+        write_folds(leaky, tmp_path / "leaky.csv")
+    assert not (tmp_path / "leaky.csv").exists()
+
+
+def test_fold_slides_with_stores_names_the_missing_stores(tmp_path):
+    rows = [
+        (f, "test" if i % 2 == f else "train", "c", f"s{i}", f"p{i}", "a")
+        for f in (0, 1)
+        for i in range(6)
+    ]
+    write_folds(pd.DataFrame(rows, columns=FOLD_COLUMNS), tmp_path / "folds.csv")
+    stores = tmp_path / "stores"
+    with pytest.raises(GigamilError, match="folds.csv: no fold 2; it has folds 0 to 1"):
+        fold_slides_with_stores(tmp_path / "folds.csv", 2, ["train"], stores)
+    for i in (0, 1, 2):
+        (stores / "c" / f"s{i}.zarr").mkdir(parents=True)
+    with pytest.raises(GigamilError) as err:
+        fold_slides_with_stores(tmp_path / "folds.csv", 0, ["train", "test"], stores)
+    assert "fold 0: 3 of its 6 train and test slides have no store under" in str(err.value)
+    assert "s4.zarr)" in str(err.value) and "..." not in str(err.value)  # all three named
+    (stores / "c" / "s0.zarr").rmdir()
+    with pytest.raises(GigamilError, match=r"s0.zarr, ...\); --stores names"):
+        fold_slides_with_stores(tmp_path / "folds.csv", 0, ["train", "test"], stores)
+    for i in (0, 3, 4, 5):
+        (stores / "c" / f"s{i}.zarr").mkdir(exist_ok=True)
+    train, test = fold_slides_with_stores(tmp_path / "folds.csv", 0, ["train", "test"], stores)
+    assert train["slide_id"].tolist() == ["s1", "s3", "s5"]
+    assert test["store"].tolist() == [str(stores / "c" / f"s{i}.zarr") for i in (0, 2, 4)]

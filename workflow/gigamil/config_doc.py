@@ -54,10 +54,17 @@ def render_reference() -> str:
 
 
 def update_readme(path: Path) -> bool:
-    """Rewrite the reference block of ``path``; returns True when the file changed."""
+    """Rewrite the reference block of ``path``; returns True when the file changed.
+
+    Raises:
+        ValueError: ``path`` lacks a marker, or its end marker comes before its start (the
+            block's bounds are unknown: rewriting would delete the rest of the file).
+    """
     text = path.read_text()
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
+    head, found, rest = text.partition(START)
+    _, end, tail = rest.partition(END)
+    if not (found and end):
+        raise ValueError(f"{path}: needs the markers {START!r} and, after it, {END!r}")
     new = f"{head}{START}\n{render_reference()}\n{END}{tail}"
     changed = new != text
     path.write_text(new)

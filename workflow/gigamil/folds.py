@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gigamil.errors import GigamilError
@@ -99,7 +100,7 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     if "fold" not in folds.columns:
         raise GigamilError(f"{path}: missing column fold")
     fold = pd.to_numeric(folds["fold"], errors="coerce")
-    bad = fold.isna() | (fold != fold.round()) | (fold < 0)
+    bad = fold.isna() | ~np.isfinite(fold) | (fold != fold.round()) | (fold < 0)
     if bad.any():
         row = int(bad.to_numpy().argmax())
         raise GigamilError(

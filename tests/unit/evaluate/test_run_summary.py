@@ -138,6 +138,32 @@ def test_subgroup_pages_are_named_when_written(tmp_path):
     )
 
 
+def test_a_binary_auc_without_a_balanced_accuracy_is_named_bare(tmp_path):
+    cv = {"n_slides": 4, "n_patients": 4, "oof_auc": None, "classes": ["normal", "lesion"]}
+    _write(tmp_path / "results/eval/exp/summary.json", cv)
+    lines = run_summary_lines("exp", {}, tmp_path)
+    # no auc_note: not "one class only"; no balanced accuracy in the summary: none printed
+    assert lines[1] == (
+        "  cross-validation, 4 slides of 4 patients: out-of-fold slide AUC n/a (no 95% CIs: "
+        "4 patients, too few)"
+    )
+
+
+def test_a_summary_older_than_any_fold_model_is_stale(tmp_path):
+    import os
+
+    cv_path = tmp_path / "results/eval/exp/summary.json"
+    _write(cv_path, {"n_slides": 4, "n_patients": 4, "oof_auc": 0.5})
+    for fold, mtime in ((0, 1000), (1, 3000)):  # fold 1 retrained after the evaluation
+        model = tmp_path / f"results/models/exp/fold{fold}/model.pt"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"")
+        os.utime(model, (mtime, mtime))
+    os.utime(cv_path, (2000, 2000))
+    (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "cross-validation" in x]
+    assert "[STALE: older than the fold models" in line
+
+
 def test_a_subgroup_page_older_than_the_fold_models_is_marked_stale(tmp_path):
     import os
 
@@ -155,3 +181,18 @@ def test_a_subgroup_page_older_than_the_fold_models_is_marked_stale(tmp_path):
     os.utime(page, (3000, 3000))
     (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "subgroups.html" in x]
     assert "STALE" not in line
+
+    os.utime(tmp_path / "results/eval/exp/summary.json", (2000, 2000))
+    os.utime(model, (2000, 2000))  # written in the same second: not older
+    os.utime(page, (1000, 1000))
+    lines = run_summary_lines("exp", {}, tmp_path)
+    assert "STALE" not in lines[1]
+    assert lines[3].startswith("    open results/eval/exp/subgroups.html (metrics per subgroup) [")
+
+
+def test_unscored_cv_slides_and_a_path_with_a_space_in_the_report_command(tmp_path):
+    cv = {"n_slides": 4, "n_patients": 4, "oof_auc": 0.5, "n_unpredicted": 1}
+    _write(tmp_path / "results/eval/exp/summary.json", cv)
+    lines = run_summary_lines("exp", {}, tmp_path, snakemake_args=["-s", "/my repo/Snakefile"])
+    assert "4 slides of 4 patients (+ 1 without patches, not scored):" in lines[1]
+    assert "snakemake -s '/my repo/Snakefile' --report report.html" in lines[-1]

@@ -252,3 +252,63 @@ def test_pixels_more_than_5_percent_from_square_are_refused(tmp_path):
         else:
             with pytest.raises(ConfigError, match="non-square pixels, MPP x=0.25 y=0.27"):
                 check_slides([SlideCheck("a", "s", path, None)])
+
+
+def test_a_slide_refused_for_its_target_stays_refused_whatever_its_other_checks(cmu_svs, tmp_path):
+    """The tissue mask's µm/px and the lesion mask are checked only for a slide usable so far:
+    a fine mask_mpp or a lesion mask of the right size must not clear an earlier problem."""
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((297, 222), np.uint8)).save(good)  # spans the slide at 10x
+    for check, mask_mpp in [
+        (SlideCheck("a", "svs", Path(cmu_svs), None), 8.0),
+        (SlideCheck("a", "svs", Path(cmu_svs), None, good), None),
+    ]:
+        with pytest.raises(ConfigError, match=r"a/svs: target 0.005 µm/px"):
+            check_slides([check], patch_mpp=0.005, mask_mpp=mask_mpp)
+
+
+def test_a_slide_exactly_one_patch_wide_gives_a_patch(cmu_svs):
+    check = SlideCheck("a", "svs", Path(cmu_svs), 1.0)  # 2220 x 2967 px: 2220 x 2967 µm
+    (status,) = check_slides([check], patch_mpp=10.0, patch_px=222)  # 2220 µm
+    assert status.problem is None and status.small is None
+
+
+def test_without_an_override_the_files_mpp_is_not_read_twice(cmu_svs):
+    (status,) = check_slides([SlideCheck("a", "svs", Path(cmu_svs), None)])
+    assert status.file_mpp is None
+    (status,) = check_slides([SlideCheck("a", "svs", Path(cmu_svs), 0.5)])
+    assert status.mpp == 0.5 and round(status.file_mpp, 3) == 0.499
+
+
+def test_a_slide_with_a_problem_of_its_own_is_listed_once(cmu_svs):
+    """Smaller than one patch and with a tissue mask far too fine: one slide, one entry."""
+    typo = SlideCheck("a", "svs", Path(cmu_svs), 0.09)  # 200 x 267 µm
+    with pytest.raises(ConfigError) as err:
+        check_slides([typo], patch_mpp=0.972, patch_px=256, mask_mpp=0.0001)
+    assert str(err.value).startswith("1 of 1 slide(s) cannot be used")
+    assert str(err.value).count("a/svs: ") == 1
+
+
+def test_a_cohort_too_small_through_its_override_is_not_told_to_check_the_patch_settings(
+    cmu_svs,
+):
+    typo = SlideCheck("a", "svs", Path(cmu_svs), 0.09)
+    with pytest.raises(ConfigError) as err:
+        check_slides([typo], patch_mpp=0.972, patch_px=256)
+    assert "the override" in str(err.value) and "patches.mpp (or patch_px)" not in str(err.value)
+
+
+def test_a_slide_within_the_level_tolerance_of_the_target_is_not_upsampled(cmu_svs, caplog):
+    near = SlideCheck("a", "svs", Path(cmu_svs), 0.504)  # 0.8 % coarser than 0.5
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        check_slides([near], patch_mpp=0.5)
+    assert "coarser than" not in caplog.text
+
+
+@pytest.mark.parametrize(("typed", "warned"), [(0.6, False), (0.65, True), (0.38, True)])
+def test_an_override_a_quarter_off_the_files_mpp_is_a_warning(cmu_svs, caplog, typed, warned):
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        check_slides([SlideCheck("a", "s", Path(cmu_svs), typed)])  # the file says 0.499
+    assert ("override far from the file's own" in caplog.text) is warned

@@ -15,15 +15,26 @@ from gigamil.wsi.qc import (
     annotate_qc_image,
     qc_caption,
     qc_labels,
+    qc_row,
+    qc_table,
     scale_bar_um,
+    um_text,
     write_qc_html,
+    write_qc_table,
 )
 from gigamil.wsi.tissue import TissueParams, make_mask
 
 
 @pytest.mark.parametrize(
     ("mpp", "width", "expected"),
-    [(8.0, 512, 500.0), (8.0, 3000, 2000.0), (0.5, 1000, 100.0), (16.0, 800, 2000.0), (1, 3, 1.0)],
+    [
+        (8.0, 512, 500.0),
+        (8.0, 3000, 2000.0),
+        (0.5, 1000, 100.0),
+        (16.0, 800, 2000.0),
+        (1, 3, 1.0),
+        (1.0, 1000, 200.0),
+    ],
 )
 def test_scale_bar_is_a_round_length_near_a_fifth_of_the_width(mpp, width, expected):
     assert scale_bar_um(mpp, width) == expected
@@ -129,3 +140,123 @@ def test_the_tissue_mask_job_does_not_import_pandas_zarr_or_scipy_stats():
     assert not {"pandas", "zarr", "scipy.stats"} & modules_loaded_by(*job)
     training = ("gigamil.train.run", "gigamil.evaluate.localization", "gigamil.viz.scales")
     assert "scipy.stats" not in modules_loaded_by(*job, *training)
+
+
+def _fake_store(monkeypatch, attrs: dict) -> None:
+    """open_store gives an object with ``attrs`` (a patch store's attributes)."""
+    import types
+
+    from gigamil.data import store
+
+    monkeypatch.setattr(store, "open_store", lambda path: types.SimpleNamespace(attrs=attrs))
+
+
+def test_qc_row_prefers_the_store_and_lists_each_warning_once(tmp_path, monkeypatch):
+    import json
+
+    info = {"slide": "old.svs", "slide_dimensions": [10, 20], "slide_mpp": 0.5}
+    info |= {"slide_mpp_source": "file", "tissue_fraction": 0.3, "threshold_value": 21.0}
+    info |= {"mask_mpp": 8.0, "seconds": 1.5, "warnings": ["little tissue", "pen ink"]}
+    (tmp_path / "s.json").write_text(json.dumps(info))
+    attrs = {"source_path": "new.svs", "slide_dimensions": [30, 40], "slide_mpp": 0.25}
+    attrs |= {"slide_mpp_source": "override", "n_patches": 7, "target_mpp": 0.5}
+    attrs |= {"effective_mpp": 0.5, "patch_px": 224, "level": 1, "seconds": 2.5}
+    attrs |= {"warnings": ["pen ink", "blurry"]}
+    _fake_store(monkeypatch, attrs)
+    assert qc_row("s", tmp_path / "s.json", tmp_path / "s.zarr") == {
+        "slide_id": "s",
+        "source_path": "new.svs",
+        "width": 30,
+        "height": 40,
+        "slide_mpp": 0.25,
+        "slide_mpp_source": "override",
+        "tissue_fraction": 0.3,
+        "tissue_threshold": 21.0,
+        "mask_mpp": 8.0,
+        "n_patches": 7,
+        "target_mpp": 0.5,
+        "effective_mpp": 0.5,
+        "patch_px": 224,
+        "level": 1,
+        "mask_seconds": 1.5,
+        "extract_seconds": 2.5,
+        "warnings": "little tissue | pen ink | blurry",
+    }
+    # a store without the slide's own attributes: the mask JSON's
+    _fake_store(monkeypatch, {})
+    row = qc_row("s", tmp_path / "s.json", tmp_path / "s.zarr")
+    assert (row["source_path"], row["width"], row["height"]) == ("old.svs", 10, 20)
+    assert (row["slide_mpp"], row["slide_mpp_source"]) == (0.5, "file")
+
+
+def test_qc_table_needs_one_mask_and_store_per_slide(tmp_path):
+    with pytest.raises(ValueError, match="must have the same length"):
+        qc_table(["a", "b"], [tmp_path / "a.json"], [tmp_path / "a.zarr", tmp_path / "b.zarr"])
+
+
+def test_write_qc_table_embeds_the_qc_image_beside_each_mask_json(tmp_path, monkeypatch):
+    for s in ("a", "b"):
+        (tmp_path / f"{s}.json").write_text("{}")
+    Image.fromarray(np.full((30, 40, 3), 200, np.uint8)).save(tmp_path / "a.qc.png")
+    _fake_store(monkeypatch, {})
+    df = write_qc_table(
+        tmp_path / "qc.csv",
+        ["a", "b"],
+        [tmp_path / "a.json", tmp_path / "b.json"],
+        [tmp_path / "a.zarr", tmp_path / "b.zarr"],
+        out_html=tmp_path / "qc.html",
+        sheet={"slide_id": ["b", "a"], "patient_id": ["p2", "p1"]},  # the sheet's order
+    )
+    assert df["patient_id"].tolist() == ["p1", "p2"] and df["label"].isna().all()
+    page = (tmp_path / "qc.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 1  # a's image; b has none
+
+
+def test_qc_html_leaves_a_missing_number_empty_and_hides_the_source_path(tmp_path):
+    row = dict.fromkeys(COLUMNS, None) | {"slide_id": "a", "source_path": "/data/a.svs"}
+    row |= {"slide_mpp": float("nan"), "tissue_threshold": 21.04, "mask_mpp": 8}
+    write_qc_html(pd.DataFrame([row], columns=COLUMNS), tmp_path / "qc.html", "QC")
+    page = (tmp_path / "qc.html").read_text()
+    assert "nan" not in page and "/data/a.svs" not in page
+    assert "<td>21.0</td><td>8.00</td>" in page  # threshold and mask µm/px, rounded
+    assert "0 with warnings" in page and "background" not in page
+
+
+def test_qc_labels_without_warnings_say_none(tmp_path):
+    js = tmp_path / "s.json"
+    js.write_text('{"tissue_fraction": 0.5, "threshold_value": 20.4}')
+    assert qc_labels(js) == {
+        "tissue fraction": "50.0 %",
+        "threshold": "20 (Otsu)",
+        "warnings": "none",
+    }
+
+
+def test_qc_caption_without_a_threshold_value_names_the_method_only():
+    caption = qc_caption({"tissue_fraction": 0.1, "mask_mpp": 8.0, "params": {"threshold": 30}})
+    assert caption == "tissue 10.0 % · saturation threshold fixed · mask 8 µm/px"
+
+
+@pytest.mark.parametrize(("um", "text"), [(500.0, "500 µm"), (1000.0, "1 mm"), (2000.0, "2 mm")])
+def test_lengths_from_a_millimetre_on_are_in_mm(um, text):
+    assert um_text(um) == text
+
+
+def test_qc_html_highlights_the_rows_with_warnings(tmp_path):
+    rows = [dict.fromkeys(COLUMNS, None) | {"slide_id": "a", "warnings": ""}]
+    rows.append(dict.fromkeys(COLUMNS, None) | {"slide_id": "b", "warnings": "no tissue found"})
+    write_qc_html(pd.DataFrame(rows, columns=COLUMNS), tmp_path / "qc.html", "QC")
+    page = (tmp_path / "qc.html").read_text()
+    assert "<tr><td>a</td>" in page and "<tr style='background:#fff3cd'><td>b</td>" in page
+
+
+def test_qc_html_embeds_the_images_of_exactly_max_thumbnails_slides(tmp_path, monkeypatch):
+    from gigamil.wsi import qc
+
+    monkeypatch.setattr(qc, "MAX_THUMBNAILS", 2)
+    table = pd.DataFrame(
+        [dict.fromkeys(COLUMNS, None) | {"slide_id": s} for s in ("a", "b")], columns=COLUMNS
+    )
+    thumbs = {"a": tmp_path / "a.qc.png", "b": tmp_path / "b.qc.png"}
+    write_qc_html(table, tmp_path / "qc.html", "QC", thumbs)
+    assert "<th>tissue mask</th>" in (tmp_path / "qc.html").read_text()
