@@ -31,6 +31,17 @@ def _run(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess, str]:
     return res, log.read_text()
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python with only the package on its path."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize(
     "body, expected",
     [
@@ -112,13 +123,7 @@ def test_console_warnings_prefix_the_main_process_warnings_once():
         "logging.getLogger('gigamil.wsi.preflight').warning('2 slide(s) are %s', 'coarser')\n"
         "logging.getLogger('gigamil.config').info('not shown')\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"},
-        timeout=120,
-    )
+    res = _python(code)
     assert res.returncode == 0, res.stderr
     assert res.stderr == "gigamil: warning: 2 slide(s) are coarser\n"
 
@@ -194,12 +199,6 @@ def test_console_warnings_leave_out_info_lines_of_a_logger_set_to_info():
         "logging.getLogger('gigamil.config').info('not shown')\n"
         "logging.getLogger('gigamil.config').warning('shown')\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO / "workflow"), "PATH": "/usr/bin:/bin"},
-        timeout=120,
-    )
+    res = _python(code)
     assert res.returncode == 0, res.stderr
     assert res.stderr == "gigamil: warning: shown\n"
