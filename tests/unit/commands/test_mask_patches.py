@@ -474,3 +474,16 @@ def test_an_even_median_from_the_config_is_named_as_the_configs_key(monkeypatch,
     err = capsys.readouterr().err
     assert f"{shared}: preprocessing.tissue.median_px 4 is even; a median blur" in err
     assert "--median-px" not in err
+
+
+def test_a_mask_without_its_json_beside_it_is_warned_about(cmu_svs, tmp_path, capsys):
+    """`--json` under another name than the mask's: the store recorded no tissue settings and
+    gigamil predict compared none, without a word (a model-sharing trial)."""
+    mask = tmp_path / "e.mask.png"
+    assert main(["mask", str(cmu_svs), "--out", str(mask), "--json", str(tmp_path / "e.json")]) == 0
+    args = ["patches", str(cmu_svs), "--mpp", "4", "--patch-px", "16", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a.zarr"), "--mask", str(mask)]) == 0
+    assert "no readable e.mask.json beside it" in capsys.readouterr().err
+    (tmp_path / "e.json").rename(tmp_path / "e.mask.json")
+    assert main([*args, "--out", str(tmp_path / "b.zarr"), "--mask", str(mask)]) == 0
+    assert "beside it" not in capsys.readouterr().err

@@ -41,6 +41,12 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     # a run with --configfile: the report command needs it too (else the demo's experiment)
     lines = run_summary_lines("exp", COHORTS, tmp_path, configfiles=["my.yaml"])
     assert lines[-1].endswith("snakemake --report report.html --configfile my.yaml")
+    # no heatmap drawn (heatmaps.slides: none): no folder named that does not exist
+    assert (
+        lines[-1]
+        == "  all results in one page: snakemake --report report.html --configfile my.yaml"
+    )
+    (tmp_path / "results/heatmaps").mkdir(parents=True)
     # a run started elsewhere (-s / --directory): paths and the command work from anywhere
     lines = run_summary_lines(
         "exp",

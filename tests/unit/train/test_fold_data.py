@@ -93,6 +93,18 @@ def test_preprocessing_warning_names_at_most_five_slides_and_the_trained_value()
     ) in warned
 
 
+def test_a_store_of_another_patch_size_is_not_compared() -> None:
+    """A store cut at 256 px (an error when predicted) warned first about its stride 256 against
+    the model's 96: noise before the real error (a model-sharing trial)."""
+    recorded = {"preprocessing.patches.stride_px": 96}
+    other_size = {"big": {"patch_px": 256, "stride_px": 256}}
+    assert preprocessing_warning(other_size, recorded, patch_px=96) is None
+    assert preprocessing_warning(other_size, recorded) is not None  # the size not given
+    overlapping = {"half": {"patch_px": 96, "stride_px": 48}}
+    warned = preprocessing_warning(overlapping, recorded, patch_px=96)
+    assert warned is not None and "stride_px 48 (1 slide(s): half)" in warned
+
+
 def _fold(slides: list[tuple[str, str, str]], root) -> pd.DataFrame:
     """(slide_id, patient_id, store name) rows of one label."""
     rows = [

@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     from gigamil.commands._preprocessing import preprocessing_settings
     from gigamil.errors import GigamilError
@@ -101,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
     if args.config and not args.mask:  # the mask computed here: the config's settings too
         tissue = TissueParams.from_dict(preprocessing_settings(args.config, "tissue", {}))
     mask = read_mask_png(args.mask) if args.mask else None
+    if args.mask and len(mask_params_for(args.mask)) == 1:  # only its path: no settings known
+        logging.getLogger(__name__).warning(
+            "--mask %s: no readable %s beside it (gigamil mask --json, named like the mask): "
+            "the mask's tissue settings are not recorded, so gigamil predict cannot compare "
+            "them with a model's",
+            args.mask,
+            Path(args.mask).with_suffix(".json").name,
+        )
     result = extract_patches(
         args.slide,
         args.out,

@@ -107,11 +107,12 @@ def run_summary_lines(
             lines += _cohort_lines(name, cohort["role"], root, path, newest_model, shown_root)
     if not lines:
         return []
+    heatmaps = Path(layout.RESULTS) / "heatmaps"  # none drawn (heatmaps.slides: none): not named
+    drawn = f"heatmaps: {_shown(shown_root, heatmaps)}/; " if (root / heatmaps).is_dir() else ""
     return [
         f"gigamil: results of experiment {experiment}",
         *lines,
-        f"  heatmaps: {_shown(shown_root, Path(layout.RESULTS) / 'heatmaps')}/; all results in one "
-        "page: snakemake"
+        f"  {drawn}all results in one page: snakemake"
         + "".join(f" {shlex.quote(str(a))}" for a in snakemake_args)
         + f" --report {shlex.quote(_shown(shown_root, Path('report.html')))}"
         + "".join(f" --configfile {shlex.quote(str(f))}" for f in configfiles),

@@ -214,17 +214,23 @@ def _preprocessing(items: Sequence[BagItem]) -> dict[str, Any]:
 
 
 def preprocessing_warning(
-    stores: Mapping[str, Mapping[str, Any]], recorded: Mapping[str, Any] | None
+    stores: Mapping[str, Mapping[str, Any]],
+    recorded: Mapping[str, Any] | None,
+    patch_px: int | None = None,
 ) -> str | None:
     """Why the stores of slides to predict (``stores``: slide_id → the store's attributes) hold
     other patches than the model learnt on: each key of :func:`store_preprocessing` whose value differs from
     ``recorded`` (model.pt's ``preprocessing``), with the slides' values and up to five slides of
     each; None when none differs, or the model (older than the record) or a store does not say.
+    ``patch_px``: the model's patch size; a store of another (an error of its own, named when
+    the slide is predicted) is not compared, as its stride differs with the size.
     """
     if not recorded:
         return None
     differ: dict[str, dict[str, list[str]]] = {}
     for slide_id, attrs in stores.items():
+        if patch_px is not None and attrs.get("patch_px") not in (None, patch_px):
+            continue
         for key, value in store_preprocessing(attrs).items():
             if key in recorded and value != recorded[key]:
                 differ.setdefault(key, {}).setdefault(repr(value), []).append(str(slide_id))

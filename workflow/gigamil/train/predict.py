@@ -291,7 +291,7 @@ def _check_slides(
     _check_slide_ids(slides, attrs)
     _warn_seen(slides, ckpt, model_path, require_unseen)
     recorded = dict(zip(slides["slide_id"].astype(str), attrs, strict=True))
-    if other := preprocessing_warning(recorded, ckpt.get("preprocessing")):
+    if other := preprocessing_warning(recorded, ckpt.get("preprocessing"), int(ckpt["patch_px"])):
         log.warning("%s: %s", model_path, other)
 
 
