@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -949,6 +950,20 @@ def test_the_cli_names_the_experiment_of_the_workflow_layout(tmp_path, capsys):
     ev = ["evaluate", "--folds", str(run / "folds.csv"), "--out", str(tmp_path / "cv")]
     assert main([*ev, "--n-boot", "5", "--predictions", *laid_out]) == 0
     assert json.loads((tmp_path / "cv" / "summary.json").read_text())["experiment"] == "exp1"
+    # elsewhere no experiment is known: null, not an empty name
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    copies = []
+    for k, p in enumerate(laid_out):
+        copies.append(loose / f"f{k}.csv")
+        copies[-1].write_text(Path(p).read_text())
+    assert (
+        main(
+            [*args[:4], str(tmp_path / "ens2"), "--n-boot", "5", "--predictions", *map(str, copies)]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "ens2" / "summary.json").read_text())["experiment"] is None
 
 
 def test_a_half_labelled_cohort_is_one_error_before_anything_is_written(tmp_path):

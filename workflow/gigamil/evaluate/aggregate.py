@@ -270,7 +270,7 @@ def aggregate_cv(
         raise GigamilError("no slide has a prediction; nothing to evaluate")
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
     table = metrics_table(valid, classes, pooled, ci, "oof")
-    summary: dict[str, Any] = {"experiment": experiment}
+    summary: dict[str, Any] = {"experiment": experiment or None}
     summary.update(summary_block(valid, classes, pooled, ci, table, "oof_auc"))
     summary["n_folds"] = int(folds["fold"].nunique())
     summary["n_unpredicted"] = n_unpredicted

@@ -181,7 +181,7 @@ def predict_cohort(
     write_predictions_html(ens, classes, out_dir / "predictions.html", title, missing)
     predicted = ens["pred"].astype(str)
     summary: dict[str, Any] = {
-        "experiment": experiment,
+        "experiment": experiment or None,
         "cohort": cohort,
         "metrics": None,
         "note": _no_metrics_note(ens),
@@ -309,7 +309,7 @@ def _ensemble_metrics(
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
     table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
-    summary: dict[str, Any] = {"experiment": experiment, "cohort": cohort}
+    summary: dict[str, Any] = {"experiment": experiment or None, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary["n_models"] = int(preds["fold"].nunique())
     summary["models_per_slide"] = models_per_slide(ens)
