@@ -1010,6 +1010,9 @@ def test_one_model_given_as_two_folds_is_warned_about(tmp_path, caplog):
     ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", n_boot=5)
     warned = [r.getMessage() for r in caplog.records if "the same model" in r.getMessage()]
     assert len(warned) == 1 and "fold0.csv and" in warned[0] and "fold1.csv give" in warned[0]
+    summary = json.loads((tmp_path / "ens" / "summary.json").read_text())
+    assert summary["identical_models"] == [[str(paths[0]), str(paths[1])]]  # kept with figures
+    assert "one model twice?" in (tmp_path / "ens" / "metrics.html").read_text()
     caplog.clear()
     _predict(ext, 1, rng).to_csv(paths[1], index=False)
     ensemble_cohort(paths, CLASSES, tmp_path / "ens2", "ext", n_boot=5)
@@ -1108,11 +1111,19 @@ def test_the_predict_log_of_a_cohort_predicted_whole_counts_no_slides_without_pa
 
 
 def test_the_predictions_page_lists_the_absent_folds(tmp_path):
-    from gigamil.evaluate.ensemble import write_predictions_html
+    from gigamil.evaluate.tables import write_predictions_html
 
     ext = _sheet(n_patients=2, slides=1, cohort="ext").assign(label="")
     ens = _predict(ext, 0, np.random.default_rng(0)).assign(n_models=3)
-    write_predictions_html(ens, CLASSES, tmp_path / "p.html", "t", absent_folds=[1, 3])
-    assert "WARNING: no prediction file of fold(s) 1, 3</b>" in (tmp_path / "p.html").read_text()
+    write_predictions_html(ens, CLASSES, tmp_path / "p.html", "t", {"missing_folds": [1, 3]})
+    page = (tmp_path / "p.html").read_text()
+    assert (
+        "WARNING: no prediction file of fold(s) (the figures below lack those models)</b>: 1, 3"
+        in page
+    )
+    twins = {"identical_models": [["a/fold0.csv", "b/fold1.csv"]]}
+    write_predictions_html(ens, CLASSES, tmp_path / "r.html", "t", twins)
+    page = (tmp_path / "r.html").read_text()
+    assert "(one model twice?)</b>: a/fold0.csv and b/fold1.csv" in page
     write_predictions_html(ens, CLASSES, tmp_path / "q.html", "t")
     assert "WARNING" not in (tmp_path / "q.html").read_text()

@@ -119,14 +119,17 @@ def _cohort_predictions(
     out_dir: Path,
     slides: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
-    """``(fold predictions of the cohort, their mean per slide, the fold numbers missing among
-    the files: :func:`missing_folds`)``; creates ``out_dir``."""
+    """``(fold predictions of the cohort, their mean per slide, caveats)``; the caveats (for
+    summary.json, warned in the log) are ``missing_folds`` (the fold numbers missing among the
+    files: :func:`missing_folds`) and ``identical_models`` (pairs of files of one model:
+    :func:`identical_models`), each only when there are any; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     every_cohort = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
     check_one_file_per_model(per_file, pred_csvs, cohort)
     check_every_model_predicted_every_slide(per_file, pred_csvs, cohort)
-    for a, b in identical_models(per_file, pred_csvs):
+    twins = identical_models(per_file, pred_csvs)
+    for a, b in twins:
         log.warning(
             "cohort %s: %s and %s give every slide the same probabilities: the same model "
             "twice? (each fold's predictions come from its own model.pt)",
@@ -153,7 +156,10 @@ def _cohort_predictions(
         )
     if slides is not None:
         check_slides_match_the_sheet(set(map(str, preds["slide_id"])), slides, cohort)
-    return preds, mean_probabilities(preds, classes), missing
+    caveats: dict[str, Any] = {"missing_folds": missing} if missing else {}
+    if twins:
+        caveats["identical_models"] = [list(pair) for pair in twins]
+    return preds, mean_probabilities(preds, classes), caveats
 
 
 def predict_cohort(
@@ -172,13 +178,14 @@ def predict_cohort(
     ``summary.json``: ``experiment``, ``cohort``, ``metrics: null``, ``note``, ``n_slides``,
     ``n_patients``, ``n_models``, ``models_per_slide`` ([min, max], :func:`models_per_slide`),
     ``n_unpredicted`` (slides without patches), ``predicted``
-    (slides per predicted class) and, when fold files are missing, ``missing_folds``.
+    (slides per predicted class) and, when fold files are missing, ``missing_folds``, and
+    when two files are of one model, ``identical_models``.
     """
     out_dir = Path(out_dir)
-    preds, ens, missing = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
+    preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
-    write_predictions_html(ens, classes, out_dir / "predictions.html", title, missing)
+    write_predictions_html(ens, classes, out_dir / "predictions.html", title, caveats)
     predicted = ens["pred"].astype(str)
     summary: dict[str, Any] = {
         "experiment": experiment or None,
@@ -192,7 +199,7 @@ def predict_cohort(
         "models_per_slide": models_per_slide(ens),
         "n_unpredicted": int((predicted == "").sum()),
         "predicted": {c: int((predicted == c).sum()) for c in classes},
-        **({"missing_folds": missing} if missing else {}),
+        **caveats,
     }
     write_json(summary, out_dir / "summary.json")
     unscored = f", {summary['n_unpredicted']} without patches" if summary["n_unpredicted"] else ""
@@ -259,10 +266,11 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         ``accuracy``, ``brier`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
         ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted``, with masks the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`, and
-        ``missing_folds`` (:func:`missing_folds`) when fold files are missing.
+        ``missing_folds`` (:func:`missing_folds`) when fold files are missing, and
+        ``identical_models`` when two files are of one model.
     """
     out_dir = Path(out_dir)
-    preds, ens, missing = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
+    preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     _check_every_label(ens, cohort)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
@@ -275,7 +283,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         summary.update(localization_block(loc))
     if patient_overlap:
         summary["patient_overlap"] = _patient_overlap(cohort, patient_overlap)
-    summary.update({"missing_folds": missing} if missing else {})  # warned; kept with figures
+    summary.update(caveats)  # warned; kept with the figures
     _write_ensemble_outputs(out_dir, table, valid, summary, classes, experiment)
     models, auc, n = _models_text(summary), summary["auc"], summary["n_slides"]
     log.info("cohort %s: %s, AUC %.3f on %d slides", cohort, models, auc, n)

@@ -152,12 +152,17 @@ def _overlap_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _missing_fold_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Fold numbers no prediction file was given for (``missing_folds``, ``gigamil ensemble``
-    by hand): the figures are of fewer models than the cross-validation trained."""
+    by hand): the figures are of fewer models than the cross-validation trained; and pairs of
+    files of one model (``identical_models``): of fewer models than they count."""
     missing = summary.get("missing_folds")
-    if not missing:
-        return []
-    name = "WARNING: no prediction file of fold(s) (the figures below lack those models)"
-    return [(name, ", ".join(map(str, missing)))]
+    rows = []
+    if missing:
+        name = "WARNING: no prediction file of fold(s) (the figures below lack those models)"
+        rows.append((name, ", ".join(map(str, missing))))
+    if twins := summary.get("identical_models"):
+        name = "WARNING: files with the same probabilities for every slide (one model twice?)"
+        rows.append((name, "; ".join(" and ".join(map(str, pair)) for pair in twins)))
+    return rows
 
 
 def _brier_row(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -281,10 +286,11 @@ def write_predictions_html(
     classes: Sequence[str],
     path: str | Path,
     title: str,
-    absent_folds: Sequence[int] = (),
+    caveats: Mapping[str, Any] | None = None,
 ) -> None:
-    """The ensemble's predictions as an HTML table (the report shows it inline); ``absent_folds``:
-    fold numbers without a prediction file (:func:`missing_folds`), a warning above it."""
+    """The ensemble's predictions as an HTML table (the report shows it inline), below the
+    warnings of the ``caveats`` (summary.json's ``missing_folds`` and ``identical_models``,
+    as :func:`summary_rows` shows them on metrics.html)."""
     import html
 
     cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
@@ -299,10 +305,7 @@ def write_predictions_html(
     missing = len(ens) - int(counts.sum())
     unscored = f"; {missing} without patches, not predicted" if missing else ""
     body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
-    if absent_folds:
-        body = (
-            f"<p><b>WARNING: no prediction file of fold(s) {', '.join(map(str, absent_folds))}</b> "
-            "(the probabilities below lack those models).</p>" + body
-        )
+    warnings = _missing_fold_rows(caveats or {})
+    body = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in warnings) + body
     body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
     Path(path).write_text(html_page(title, body))
