@@ -487,3 +487,29 @@ def test_a_mask_without_its_json_beside_it_is_warned_about(cmu_svs, tmp_path, ca
     (tmp_path / "e.json").rename(tmp_path / "e.mask.json")
     assert main([*args, "--out", str(tmp_path / "b.zarr"), "--mask", str(mask)]) == 0
     assert "beside it" not in capsys.readouterr().err
+
+
+def test_a_config_of_only_its_preprocessing_section_is_enough(monkeypatch, tmp_path, capsys):
+    """--config needed a whole pipeline config (classes, cohorts) for the one section it reads;
+    a config without that section silently cut at the schema's defaults."""
+    import yaml
+
+    from gigamil.wsi import tissue
+
+    seen = {}
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: seen.update(params=a[4]))
+    only = tmp_path / "only.yaml"
+    only.write_text(yaml.safe_dump({"preprocessing": {"tissue": {"close_um": 8.0}}}))
+    argv = ["mask", "s.svs", "--out", str(tmp_path / "m.png")]
+    assert main([*argv, "--config", str(only)]) == 0 and seen["params"].close_um == 8.0
+    assert "no preprocessing section" not in capsys.readouterr().err
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({"training": {"epochs": 3}}))
+    assert main([*argv, "--config", str(bare)]) == 0
+    assert f"--config {bare} has no preprocessing section" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"preprocessing": {"tissue": {"close_um": -1}}}))
+    assert main([*argv, "--config", str(bad)]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    assert main([*argv, "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: config file not found" in capsys.readouterr().err
