@@ -513,3 +513,14 @@ def test_a_config_of_only_its_preprocessing_section_is_enough(monkeypatch, tmp_p
     assert "bad.yaml" in capsys.readouterr().err
     assert main([*argv, "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_mask_json_under_another_name_than_the_masks_is_warned_about(monkeypatch, tmp_path, capsys):
+    from gigamil.wsi import tissue
+
+    monkeypatch.setattr(tissue, "make_mask", lambda *a: None)
+    argv = ["mask", "s.svs", "--out", str(tmp_path / "e.mask.png")]
+    assert main([*argv, "--json", str(tmp_path / "e.json")]) == 0
+    assert "reads the mask's settings from" in capsys.readouterr().err
+    assert main([*argv, "--json", str(tmp_path / "e.mask.json")]) == 0
+    assert "reads the mask's settings" not in capsys.readouterr().err

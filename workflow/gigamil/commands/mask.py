@@ -103,5 +103,14 @@ def run(args: argparse.Namespace) -> int:
             else f"{args.config}: preprocessing.tissue.median_px"
         )
         logging.getLogger("gigamil").warning(even_median_message(given, params.median_px))
+    beside = Path(args.out).with_suffix(".json")
+    if args.json and Path(args.json).resolve() != beside.resolve():
+        logging.getLogger("gigamil").warning(
+            "--json %s: gigamil patches --mask %s reads the mask's settings from %s only; "
+            "under another name they are not recorded in the patch store",
+            args.json,
+            args.out,
+            beside,
+        )
     make_mask(args.slide, Path(args.out), args.qc, args.json, params, args.slide_mpp)
     return 0
