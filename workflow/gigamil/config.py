@@ -343,9 +343,18 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate a config.yaml (duplicate keys are an error, see :func:`read_yaml`)."""
+def read_config_file(path: str | Path) -> Any:
+    """The parsed content of a config file, not yet validated (``{}`` for an empty one).
+
+    Raises:
+        ConfigError: the file is not found, or not valid YAML (:func:`read_yaml`).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    return validate_config(read_yaml(path) or {}, source=str(path))
+    return read_yaml(path) or {}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a config.yaml (duplicate keys are an error, see :func:`read_yaml`)."""
+    return validate_config(read_config_file(path), source=str(path))

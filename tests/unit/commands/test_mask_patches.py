@@ -524,3 +524,15 @@ def test_mask_json_under_another_name_than_the_masks_is_warned_about(monkeypatch
     assert "reads the mask's settings from" in capsys.readouterr().err
     assert main([*argv, "--json", str(tmp_path / "e.mask.json")]) == 0
     assert "reads the mask's settings" not in capsys.readouterr().err
+
+
+def test_patches_read_the_config_once(cmu_svs, tmp_path, capsys):
+    """The patch and the tissue settings come from one reading of --config: a file without a
+    preprocessing section was warned about twice."""
+    import yaml
+
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump({"training": {"epochs": 3}}))
+    args = ["patches", str(cmu_svs), "--out", str(tmp_path / "s.zarr"), "--no-progress"]
+    assert main([*args, "--config", str(bare), "--mpp", "4", "--patch-px", "16"]) == 0
+    assert capsys.readouterr().err.count("has no preprocessing section") == 1

@@ -13,39 +13,36 @@ CONFIG_HELP = (
 )
 
 
-def preprocessing_settings(
-    config: str | None, section: str, flags: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``preprocessing.<section>`` (``tissue`` or ``patches``) of the validated config file
-    ``config`` (defaults filled in), else of the schema's defaults, updated with the ``flags``
-    that are not None (by config key). The file may hold only a ``preprocessing`` section
-    (its ``classes`` and ``cohorts``, which the workflow needs, are not); one without that
-    section is a warning (every setting is then the schema's default).
+def preprocessing_section(config: str | None) -> dict[str, dict[str, Any]]:
+    """The ``preprocessing`` section (``tissue`` and ``patches``) of the validated config file
+    ``config`` (defaults filled in), else the schema's defaults. The file may hold only a
+    ``preprocessing`` section (its ``classes`` and ``cohorts``, which the workflow needs, are
+    not); one without that section is a warning (every setting is then the schema's default).
 
     Raises:
         ConfigError: the config file is missing or invalid (naming it and the key).
     """
+    if config:
+        return _config_preprocessing(config)
     from gigamil.settings import PatchConfig, TissueConfig
 
-    if config:
-        settings = dict(_config_preprocessing(config)[section])
-    else:
-        settings = (TissueConfig() if section == "tissue" else PatchConfig()).to_dict()
-    settings.update({k: v for k, v in flags.items() if v is not None})
-    return settings
+    return {"tissue": TissueConfig().to_dict(), "patches": PatchConfig().to_dict()}
+
+
+def with_flags(settings: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (one part of :func:`preprocessing_section`) under the command-line
+    ``flags`` that were given (not None), by config key."""
+    return {**settings, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _config_preprocessing(path: str) -> dict[str, Any]:
     """The validated ``preprocessing`` section of config file ``path``."""
     import logging
-    from pathlib import Path
 
-    from gigamil.config import read_yaml, validate_config
+    from gigamil.config import read_config_file, validate_config
     from gigamil.errors import ConfigError
 
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: config file not found")
-    cfg = read_yaml(path) or {}
+    cfg = read_config_file(path)
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: not a configuration (a YAML mapping of sections)")
     if "preprocessing" not in cfg:

@@ -59,7 +59,7 @@ def add_tissue_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tissue_settings(args: argparse.Namespace) -> dict:
     """preprocessing.tissue: --config's (else the schema's defaults) under the flags given."""
-    from gigamil.commands._preprocessing import preprocessing_settings
+    from gigamil.commands._preprocessing import preprocessing_section, with_flags
 
     flags = {
         "mask_mpp": args.mask_mpp,
@@ -71,7 +71,7 @@ def tissue_settings(args: argparse.Namespace) -> dict:
         "dark_value": args.dark_value,
         "pen_ink": False if args.keep_pen_ink else None,
     }
-    return preprocessing_settings(args.config, "tissue", flags)
+    return with_flags(preprocessing_section(args.config)["tissue"], flags)
 
 
 def threshold_arg(value: str) -> str | float:
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from gigamil.config import even_median_message
+    from gigamil.wsi.mask_io import mask_sidecar
     from gigamil.wsi.tissue import TissueParams, make_mask
 
     params = TissueParams.from_dict(tissue_settings(args))
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             else f"{args.config}: preprocessing.tissue.median_px"
         )
         logging.getLogger("gigamil").warning(even_median_message(given, params.median_px))
-    beside = Path(args.out).with_suffix(".json")
+    beside = mask_sidecar(args.out)
     if args.json and Path(args.json).resolve() != beside.resolve():
         logging.getLogger("gigamil").warning(
             "--json %s: gigamil patches --mask %s reads the mask's settings from %s only; "

@@ -75,12 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    from pathlib import Path
 
-    from gigamil.commands._preprocessing import preprocessing_settings
+    from gigamil.commands._preprocessing import preprocessing_section, with_flags
     from gigamil.errors import GigamilError
     from gigamil.wsi.extract import extract_patches
-    from gigamil.wsi.mask_io import mask_params_for, read_mask_png
+    from gigamil.wsi.mask_io import read_mask_png
     from gigamil.wsi.patching import PatchParams
     from gigamil.wsi.tissue import TissueParams
 
@@ -95,27 +94,21 @@ def run(args: argparse.Namespace) -> int:
         "jpeg_quality": args.jpeg_quality,
         "stain_normalization": args.stain_normalization,
     }
-    settings = preprocessing_settings(args.config, "patches", flags)
+    section = preprocessing_section(args.config)  # the file read once
+    settings = with_flags(section["patches"], flags)
     params = PatchParams.from_dict({**settings, "resample_tolerance": args.resample_tolerance})
     params.validate()
     tissue = None
     if args.config and not args.mask:  # the mask computed here: the config's settings too
-        tissue = TissueParams.from_dict(preprocessing_settings(args.config, "tissue", {}))
+        tissue = TissueParams.from_dict(section["tissue"])
     mask = read_mask_png(args.mask) if args.mask else None
-    if args.mask and len(mask_params_for(args.mask)) == 1:  # only its path: no settings known
-        logging.getLogger(__name__).warning(
-            "--mask %s: no readable %s beside it (gigamil mask --json, named like the mask): "
-            "the mask's tissue settings are not recorded, so gigamil predict cannot compare "
-            "them with a model's",
-            args.mask,
-            Path(args.mask).with_suffix(".json").name,
-        )
+    mask_params = _mask_provenance(args.mask) if args.mask else None
     result = extract_patches(
         args.slide,
         args.out,
         params,
         mask=mask,
-        mask_params=mask_params_for(args.mask) if args.mask else None,
+        mask_params=mask_params,
         tissue_params=tissue,
         slide_mpp=args.slide_mpp,
         slide_id=args.slide_id,
@@ -133,3 +126,22 @@ def run(args: argparse.Namespace) -> int:
         args.out,
     )
     return 0
+
+
+def _mask_provenance(mask: str) -> dict:
+    """The ``--mask``'s provenance for the store (:func:`gigamil.wsi.mask_io.mask_params_for`),
+    with a warning when no sidecar gives its settings (gigamil predict then compares none)."""
+    import logging
+
+    from gigamil.wsi.mask_io import mask_params_for, mask_sidecar
+
+    params = mask_params_for(mask)
+    if len(params) == 1:  # only its path: no settings known
+        logging.getLogger(__name__).warning(
+            "--mask %s: no readable %s beside it (gigamil mask --json, named like the mask): "
+            "the mask's tissue settings are not recorded, so gigamil predict cannot compare "
+            "them with a model's",
+            mask,
+            mask_sidecar(mask).name,
+        )
+    return params

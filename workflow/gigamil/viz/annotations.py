@@ -37,7 +37,9 @@ def mask_downsample(
     if not dims and mask_path is not None:
         import json
 
-        sidecar = Path(mask_path).with_suffix(".json")
+        from gigamil.wsi.mask_io import mask_sidecar
+
+        sidecar = mask_sidecar(mask_path)
         if sidecar.is_file():
             try:
                 dims = json.loads(sidecar.read_text()).get("slide_dimensions")

@@ -156,11 +156,17 @@ def write_mask_outputs(
 MASK_SLIDE_DIMENSIONS = "_mask_slide_dimensions"
 
 
+def mask_sidecar(mask_png: str | Path) -> Path:
+    """The JSON sidecar of a tissue-mask PNG (``MASK.png`` -> ``MASK.json``): where ``gigamil
+    mask --json`` must write, and where :func:`mask_params_for` looks."""
+    return Path(mask_png).with_suffix(".json")
+
+
 def mask_params_for(mask_png: str | Path) -> dict[str, Any]:
     """Provenance of a mask PNG: its path plus, if present, its JSON sidecar's params and (as
     :data:`MASK_SLIDE_DIMENSIONS`) the size of the slide it was made from."""
     params: dict[str, Any] = {"mask_file": str(Path(mask_png).resolve())}
-    sidecar = Path(mask_png).with_suffix(".json")
+    sidecar = mask_sidecar(mask_png)
     if sidecar.is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
             meta = json.loads(sidecar.read_text())
