@@ -44,6 +44,7 @@ from gigamil.evaluate.predictions import (
     missing_folds,
     read_predictions,
     split_unpredicted,
+    unlabelled,
 )
 from gigamil.evaluate.predictions import shown as shown_ids
 from gigamil.evaluate.tables import FLOAT_FORMAT, write_json, write_predictions_html
@@ -94,7 +95,7 @@ NO_METRICS = "no labels: predictions only, no metrics"
 def _no_metrics_note(ens: pd.DataFrame) -> str:
     """summary.json's note of a cohort predicted without metrics: :data:`NO_METRICS`, or, when
     some slides have labels (a ``role: predict`` sheet with a few), that they are not scored."""
-    n = int(ens["label"].fillna("").astype(str).str.strip().ne("").sum())
+    n = int((~unlabelled(ens)).sum())
     if not n:
         return NO_METRICS
     return (
@@ -107,7 +108,7 @@ def has_labels(pred_csvs: Sequence[str | Path]) -> bool:
     """Whether any row of the prediction CSVs has a label (else: a ``role: predict`` cohort)."""
     for path in pred_csvs:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if "label" in df.columns and df["label"].str.strip().ne("").any():
+        if not unlabelled(df).all():
             return True
     return False
 
@@ -118,7 +119,7 @@ def _cohort_predictions(
     cohort: str,
     out_dir: Path,
     slides: Sequence[str] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """``(fold predictions of the cohort, their mean per slide, caveats)``; the caveats (for
     summary.json, warned in the log) are ``missing_folds`` (the fold numbers missing among the
     files: :func:`missing_folds`) and ``identical_models`` (pairs of files of one model:
@@ -330,11 +331,11 @@ def _check_every_label(ens: pd.DataFrame, cohort: str) -> None:
     """GigamilError, before anything is written, when some slides of a labelled cohort have no
     label: the metrics need every slide's (a trial's half-labelled cohort failed with "label ''
     is not one of the classes" after writing predictions.csv)."""
-    unlabelled = ens["label"].fillna("").astype(str).str.strip().eq("")
-    if unlabelled.any():
+    missing = unlabelled(ens)
+    if missing.any():
         raise GigamilError(
-            f"cohort {cohort!r}: {int(unlabelled.sum())} of the {len(ens)} slides have no label "
-            f"({shown_ids(list(ens.loc[unlabelled, 'slide_id'].astype(str)))}) while the others "
+            f"cohort {cohort!r}: {int(missing.sum())} of the {len(ens)} slides have no label "
+            f"({shown_ids(list(ens.loc[missing, 'slide_id'].astype(str)))}) while the others "
             "have one: metrics need every slide's label. Give the missing labels, predict "
             "without metrics by leaving every label out, or evaluate the labelled slides' "
             "rows alone"

@@ -225,6 +225,14 @@ def _check_split_columns(folds: pd.DataFrame, merged: pd.DataFrame) -> None:
             )
 
 
+def unlabelled(table: pd.DataFrame) -> pd.Series:
+    """The rows without a label (no ``label`` column, or an empty, blank or missing cell): the
+    slides of a ``role: predict`` cohort, which metrics cannot score."""
+    if "label" not in table.columns:
+        return pd.Series(True, index=table.index)
+    return table["label"].astype(object).fillna("").astype(str).str.strip().eq("")
+
+
 def shown(ids: Sequence[str]) -> str:
     return ", ".join(ids[:5]) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
-from gigamil.evaluate.predictions import shown
+from gigamil.evaluate.predictions import shown, unlabelled
 from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, html_page
 
 # the value shown for an empty cell of a grouping column
@@ -148,11 +148,11 @@ def subgroup_metrics(
         one of fewer than 10 patients has an unreliable interval), ``n_unpredicted`` (its slides
         without a prediction; a group of those only has no row). Values sorted as text.
     """
-    unlabelled = preds["label"].astype(str).str.strip().eq("")
-    if unlabelled.any():
+    missing = unlabelled(preds)
+    if missing.any():
         raise GigamilError(
-            f"{int(unlabelled.sum())} of the {len(preds)} slides have no label (e.g. "
-            f"{preds.loc[unlabelled, 'slide_id'].iloc[0]}; a role: predict cohort): metrics "
+            f"{int(missing.sum())} of the {len(preds)} slides have no label (e.g. "
+            f"{preds.loc[missing, 'slide_id'].iloc[0]}; a role: predict cohort): metrics "
             "need the true class of every slide"
         )
     probs = preds[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)

@@ -101,7 +101,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
     if len(summary.get("classes") or []) > 2:
         who += "; macro one-vs-rest"
-    rows = _overlap_rows(summary) + _missing_fold_rows(summary)  # caveats on all below: first
+    rows = _overlap_rows(summary) + _caveat_rows(summary)  # caveats on all below: first
     where = " in this cohort" if auc_key == "auc" else ""  # a patient's other cohorts: not here
     rows += [
         (f"slide AUC ({who})", with_ci(summary, auc_key)),
@@ -150,7 +150,7 @@ def _overlap_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(name, f"{overlap.get('n_patients', len(ids))}: {shown}")]
 
 
-def _missing_fold_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _caveat_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Fold numbers no prediction file was given for (``missing_folds``, ``gigamil ensemble``
     by hand): the figures are of fewer models than the cross-validation trained; and pairs of
     files of one model (``identical_models``): of fewer models than they count."""
@@ -305,7 +305,7 @@ def write_predictions_html(
     missing = len(ens) - int(counts.sum())
     unscored = f"; {missing} without patches, not predicted" if missing else ""
     body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
-    warnings = _missing_fold_rows(caveats or {})
+    warnings = _caveat_rows(caveats or {})
     body = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in warnings) + body
     body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
     Path(path).write_text(html_page(title, body))
