@@ -21,7 +21,7 @@ import pandas as pd
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.evaluate.predictions import shown, unlabelled
-from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, html_page
+from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, embedded_png, html_page
 
 # the value shown for an empty cell of a grouping column
 EMPTY = "(empty)"
@@ -207,12 +207,9 @@ def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> lis
         "<p>95 % intervals: percentile bootstrap over patients. A subgroup of a few patients "
         "has a wide interval; one of a single class has no AUC.</p>"
     )
-    import base64
-
     from gigamil.viz.forest import forest_plot
 
-    png = base64.b64encode(forest_plot(table, "auc", MIN_PATIENTS_FOR_CI)).decode("ascii")
-    plot = f"<img src='data:image/png;base64,{png}' alt='AUC per subgroup'>"
+    plot = embedded_png(forest_plot(table, "auc", MIN_PATIENTS_FOR_CI), "AUC per subgroup")
     page.write_text(html_page(title, note + plot + body))
     return [csv, page]
 

@@ -233,6 +233,16 @@ def html_page(title: str, body: str) -> str:
     )
 
 
+def embedded_png(png: bytes, alt: str) -> str:
+    """An ``<img>`` holding the PNG itself (base64), so the page stands alone and shows it
+    inline in the Snakemake report too."""
+    import base64
+    import html
+
+    data = base64.b64encode(png).decode("ascii")
+    return f"<img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'>"
+
+
 def write_metrics_html(
     table: pd.DataFrame,
     path: str | Path,
@@ -246,7 +256,6 @@ def write_metrics_html(
     the metrics table as a small standalone HTML page. With fewer patients than
     :data:`MIN_PATIENTS_FOR_CI` the table's interval rows (``*_ci_low``, ``*_ci_high``) are left
     out of the page, as the headline leaves out its intervals (metrics.csv has them)."""
-    import base64
     import html
 
     if summary is not None and few_patients(summary):
@@ -274,9 +283,7 @@ def write_metrics_html(
         )
     for fig in figures:  # the plots people would rather look at, beside the numbers
         png = fig if isinstance(fig, bytes) else Path(fig).read_bytes()
-        alt = "figure" if isinstance(fig, bytes) else Path(fig).name
-        data = base64.b64encode(png).decode("ascii")
-        body += f"<img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'>"
+        body += embedded_png(png, "figure" if isinstance(fig, bytes) else Path(fig).name)
     body += shown.to_html(border=0, classes="metrics")
     Path(path).write_text(html_page(title, body))
 

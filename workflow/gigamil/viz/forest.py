@@ -3,12 +3,10 @@ with its 95 % interval on one axis, the pooled value as a reference line (matplo
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 
-from gigamil.viz.plots import _pyplot
+from gigamil.viz.plots import _pyplot, png_bytes
 
 NAMES = {"auc": "slide AUC", "balanced_accuracy": "balanced accuracy", "brier": "Brier score"}
 # a row of the plot per subgroup: its height in inches, and the figure's fixed part
@@ -62,8 +60,6 @@ def forest_plot(table: pd.DataFrame, metric: str = "auc", min_patients: int = 10
         ax.set_title(f"{name} per subgroup (slides in brackets){few}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        return png_bytes(fig)
     finally:
         plt.close(fig)
-    return buf.getvalue()

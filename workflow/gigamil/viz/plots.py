@@ -36,6 +36,13 @@ def _pyplot():
     return plt
 
 
+def png_bytes(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (for pages that embed it); the figure stays open."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 BAND_LABEL = "pooled: 95% band (bootstrap over patients)"
 OPERATING_POINT = "predicted class (most probable: P > 0.5)"
 
@@ -215,10 +222,9 @@ def plot_calibration(
     ax.set_title(_wrap(title, 48), fontsize=9)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, ncol=2)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    png = png_bytes(fig)
     plt.close(fig)
-    return buf.getvalue()
+    return png
 
 
 def _calibration_bins(
