@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class GigamilError(Exception):
     """Base class of every error caused by bad input rather than by a bug.
@@ -46,3 +48,17 @@ def csv_read_errors() -> tuple[type[Exception], ...]:
     import pandas as pd
 
     return (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+
+def nearest_name(value: str, names: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The one of ``names`` a user probably meant by ``value``, for a "did you mean" hint: the
+    first equal to it but for case and surrounding spaces, else the closest by
+    :func:`difflib.get_close_matches` (at least ``cutoff`` similar, which such a case
+    difference alone may not reach: ``C`` against ``c``); None when none is."""
+    import difflib
+
+    names = [str(n) for n in names]
+    folded = str(value).strip().casefold()
+    same = [n for n in names if n.strip().casefold() == folded]
+    near = same or difflib.get_close_matches(str(value), names, n=1, cutoff=cutoff)
+    return near[0] if near else None

@@ -11,14 +11,13 @@ the scripts share (the slides' ``store`` column, attention-file discovery, local
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from gigamil.errors import ConfigError, GigamilError
+from gigamil.errors import ConfigError, GigamilError, nearest_name
 
 RESULTS = "results"
 LOGS = "logs"
@@ -335,13 +334,11 @@ def heatmap_slides(
     unknown = sorted(set(map(str, wanted)) - set(known))
     if unknown:
         listed_ok = set(map(str, wanted))  # a slide already in the list is no suggestion
-        others = [k for k in known if k not in listed_ok]
-        same_letters = [k for k in others if k.lower() == unknown[0].lower()]  # another case
-        near = same_letters or difflib.get_close_matches(unknown[0], others, n=1)
+        near = nearest_name(unknown[0], [k for k in known if k not in listed_ok])
         raise ConfigError(
             f"heatmaps.slides: slide_id {unknown[0]!r} is in no cohort sheet"
             + (f" ({len(unknown)} such: {', '.join(unknown[:3])})" if len(unknown) > 1 else "")
-            + (f"; did you mean {near[0]}?" if near else "")
+            + (f"; did you mean {near}?" if near else "")
         )
     keep = set(wanted)
     return [(c, s) for c, s in pairs if s in keep]

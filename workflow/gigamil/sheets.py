@@ -7,7 +7,6 @@ the line (a sheet's header is line 1). The checks across the cohorts of a config
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import jsonschema
 import pandas as pd
 
 from gigamil.config import OPTIONAL_COLUMNS
-from gigamil.errors import ConfigError
+from gigamil.errors import ConfigError, nearest_name
 from gigamil.layout import lesion_masks
 from gigamil.schemas import describe_value_error, load_schema
 from gigamil.sheet_csv import raise_problems, read_sheet_csv
@@ -190,11 +189,7 @@ def _check_rows_against_schema(
 def near_label(value: str, classes: list[str]) -> str | None:
     """``'Lesion' -> 'lesion'`` for a label that differs from a class only in case or
     surrounding spaces, else the class :func:`difflib.get_close_matches` finds, as ``'x' -> 'y'``."""
-    folded = {c.strip().casefold(): c for c in classes}
-    match = folded.get(str(value).strip().casefold())
-    if match is None:
-        near = difflib.get_close_matches(str(value), classes, n=1, cutoff=0.75)
-        match = near[0] if near else None
+    match = nearest_name(value, classes, cutoff=0.75)
     return None if match is None else f"{value!r} -> {match!r}"
 
 

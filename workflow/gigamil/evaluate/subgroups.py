@@ -11,14 +11,13 @@ the cohort sheets, joined on ``slide_id`` (ids are unique across cohorts, as the
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gigamil.errors import GigamilError
+from gigamil.errors import GigamilError, nearest_name
 from gigamil.evaluate import metrics as M
 from gigamil.evaluate.predictions import shown, unlabelled
 from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, embedded_png, html_page
@@ -228,11 +227,10 @@ def check_subgroup_columns(by: Sequence[str], sheets: Sequence[pd.DataFrame]) ->
     known = sorted({str(c) for sheet in sheets for c in sheet.columns} - set(NO_GROUP))
     for column in by:
         if column != "cohort" and column not in known:
-            same = [k for k in known if k.lower() == str(column).lower()]
-            near = same or difflib.get_close_matches(str(column), known, n=1)
+            near = nearest_name(column, known)
             raise GigamilError(
                 f"subgroups: {column!r} is a column of no scored cohort's sheet"
-                + (f"; did you mean {near[0]}?" if near else "")
+                + (f"; did you mean {near}?" if near else "")
                 + f" (their columns: {', '.join(known)})"
             )
 
