@@ -15,6 +15,16 @@ def _write(path: Path, summary: dict) -> None:
     path.write_text(json.dumps(summary))
 
 
+def _fold_model(root: Path, fold: int, mtime: float) -> None:
+    """An (empty) model.pt of experiment exp's fold, written at ``mtime``."""
+    import os
+
+    model = root / f"results/models/exp/fold{fold}/model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    os.utime(model, (mtime, mtime))
+
+
 def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert run_summary_lines("exp", COHORTS, tmp_path) == []  # nothing evaluated yet
     cv = {"n_slides": 24, "n_patients": 12, "oof_auc": 0.9722, "oof_auc_ci": [0.906, 1.0]}
@@ -103,11 +113,8 @@ def test_a_summary_older_than_the_fold_models_is_marked_stale(tmp_path):
 
     cv_path = tmp_path / "results/eval/exp/summary.json"
     _write(cv_path, {"n_slides": 4, "n_patients": 4, "oof_auc": 0.5})
-    model = tmp_path / "results/models/exp/fold1/model.pt"
-    model.parent.mkdir(parents=True)
-    model.write_bytes(b"")
+    _fold_model(tmp_path, 1, 2000)
     os.utime(cv_path, (1000, 1000))
-    os.utime(model, (2000, 2000))
     (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "cross-validation" in x]
     assert line.endswith("[STALE: older than the fold models; run snakemake again to update]")
     os.utime(cv_path, (3000, 3000))  # evaluated after training: as it was
@@ -161,10 +168,7 @@ def test_a_summary_older_than_any_fold_model_is_stale(tmp_path):
     cv_path = tmp_path / "results/eval/exp/summary.json"
     _write(cv_path, {"n_slides": 4, "n_patients": 4, "oof_auc": 0.5})
     for fold, mtime in ((0, 1000), (1, 3000)):  # fold 1 retrained after the evaluation
-        model = tmp_path / f"results/models/exp/fold{fold}/model.pt"
-        model.parent.mkdir(parents=True)
-        model.write_bytes(b"")
-        os.utime(model, (mtime, mtime))
+        _fold_model(tmp_path, fold, mtime)
     os.utime(cv_path, (2000, 2000))
     (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "cross-validation" in x]
     assert "[STALE: older than the fold models" in line
@@ -176,11 +180,8 @@ def test_a_subgroup_page_older_than_the_fold_models_is_marked_stale(tmp_path):
     _write(tmp_path / "results/eval/exp/summary.json", {"n_slides": 4, "oof_auc": 0.9})
     page = tmp_path / "results/eval/exp/subgroups.html"
     page.write_text("<html>")
-    model = tmp_path / "results/models/exp/fold0/model.pt"
-    model.parent.mkdir(parents=True)
-    model.write_bytes(b"")
+    _fold_model(tmp_path, 0, 2000)
     os.utime(page, (1000, 1000))
-    os.utime(model, (2000, 2000))
     (line,) = [x for x in run_summary_lines("exp", {}, tmp_path) if "subgroups.html" in x]
     assert line.startswith("    open results/eval/exp/subgroups.html (metrics per subgroup)")
     assert "[STALE: older than the fold models" in line
@@ -189,7 +190,7 @@ def test_a_subgroup_page_older_than_the_fold_models_is_marked_stale(tmp_path):
     assert "STALE" not in line
 
     os.utime(tmp_path / "results/eval/exp/summary.json", (2000, 2000))
-    os.utime(model, (2000, 2000))  # written in the same second: not older
+    os.utime(tmp_path / "results/models/exp/fold0/model.pt", (2000, 2000))  # same second: not older
     os.utime(page, (1000, 1000))
     lines = run_summary_lines("exp", {}, tmp_path)
     assert "STALE" not in lines[1]
