@@ -387,6 +387,41 @@ def test_predict_cohort_is_predicted_without_labels_or_metrics(full_run: Path):
     assert set(folds["cohort"]) == {"demo"}
 
 
+@pytest.mark.slow
+def test_models_trained_elsewhere_predict_in_a_project_of_their_own(full_run: Path, tmp_path: Path):
+    """Lab B gets the full run's fold models (copied away) and predicts its own cohort with
+    `trained_models`: nothing trains, and the ensemble's predictions are the full run's own."""
+    models = tmp_path / "lab_a_models"
+    for k in range(2):
+        (models / f"fold{k}").mkdir(parents=True)
+        shutil.copy2(full_run / f"results/models/demo/fold{k}/model.pt", models / f"fold{k}")
+    project = make_workdir(tmp_path / "lab_b", FAST_OVERRIDES)
+    shutil.copytree(full_run / "new", project / "new")
+    cfg = read_config(project)
+    cfg.update(experiment="lab_b", trained_models=str(models))
+    cfg["cohorts"] = {"new": {"sheet": "new/to_predict.csv", "role": "predict"}}
+    cfg["heatmaps"]["slides"] = NEW[:1]
+    write_config(project, cfg)
+    run = run_snakemake(project, "--cores", "2", timeout=600)
+    jobs = _job_counts(run.stdout + run.stderr)
+    assert jobs.get("predict_fold") == 2 and jobs.get("heatmap") == 1
+    assert not {"make_splits", "train_fold", "aggregate_cv", "demo_cohort"} & set(jobs)
+    assert not (project / "results/models").exists()
+    ours = pd.read_csv(project / "results/eval/lab_b/ensemble/new/predictions.csv")
+    theirs = pd.read_csv(full_run / "results/eval/demo/ensemble/new/predictions.csv")
+    cols = ["slide_id", "prob_normal", "prob_lesion", "pred", "n_models"]
+    pd.testing.assert_frame_equal(ours[cols], theirs[cols], atol=1e-6)
+    assert (project / f"results/heatmaps/lab_b/new/{NEW[0]}/overlay.png").is_file()
+    # the run's summary names the cohort's page, with no cross-validation
+    assert "cohort new (predict" in run.stderr and "cross-validation" not in run.stderr
+    # a model the config cannot feed stops the run before any job, naming what to set
+    cfg["preprocessing"]["patches"]["patch_px"] = 64
+    write_config(project, cfg)
+    bad = run_snakemake(project, "-n", "--cores", "1", check=False)
+    assert bad.returncode == 1
+    assert "preprocessing.patches.patch_px: 96 (here 64)" in bad.stderr
+
+
 def _report_results(html: str) -> dict[str, dict]:
     """The results embedded in a `snakemake --report` HTML file, with each file decoded."""
     found = re.search(r"var results = (\{.*?\});?\n", html)

@@ -101,6 +101,14 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["cohorts"]["demo"].update(role="external"),
             "at least one cohort needs role: train",
         ),
+        (  # and the error names the way to predict with models trained elsewhere
+            lambda c: c["cohorts"]["demo"].update(role="external"),
+            "set trained_models: their folder",
+        ),
+        (  # models given: nothing trains, so a train cohort would be silently unused
+            lambda c: c.update(trained_models="shared/models"),
+            "cohorts: demo has role: train, but trained_models gives the fold models",
+        ),
         (lambda c: c["cohorts"].update({"bad name": {"sheet": "x"}}), "invalid name 'bad name'"),
         (lambda c: c["cohorts"].update({"..": {"sheet": "x"}}), "invalid name '..'"),
         (lambda c: c.update(experiment=".."), "experiment: '..' is not a safe file name (letters"),
@@ -418,3 +426,13 @@ def test_a_long_description_is_cut_at_its_last_sentence_end_within_the_limit():
     long_first = "E" * 300
     assert _summary(f"{long_first}. F.") == long_first
     assert _summary("G" * 300) == "G" * 300
+
+
+def test_trained_models_need_no_train_cohort(base_config):
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"]["demo"]["role"] = "predict"
+    cfg["trained_models"] = "shared/models"
+    assert validate_config(cfg)["trained_models"] == "shared/models"
+    del cfg["trained_models"]
+    base = validate_config(base_config)
+    assert base["trained_models"] is None  # the default: the workflow trains

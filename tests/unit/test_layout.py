@@ -113,6 +113,15 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
         "results/heatmaps/e/tr/b/b.overlay.jpg",
         "results/heatmaps/e/new/d/d.overlay.jpg",
     ]
+    # trained_models: no train cohort, so no CV, fold models, curves nor out-of-fold subgroups
+    given = {**config, "subgroups": ["site"], "ensemble": {"enabled": True}}
+    assert layout.eval_targets(given, sheets, [], ["ex"], ["new"]) == [
+        "results/eval/e/ensemble/ex/summary.json",
+        "results/eval/e/ensemble/ex/subgroups.csv",
+        "results/eval/e/ensemble/new/summary.json",
+        "results/heatmaps/e/ex/c/c.overlay.jpg",
+        "results/heatmaps/e/new/d/d.overlay.jpg",
+    ]
     del sheets["new"]
     files = layout.localization_inputs(config, sheets, ["tr"], [0, 1])
     assert "results/patches/tr/a.zarr" in files and "results/demo/lesion_masks/b.json" in files

@@ -170,6 +170,23 @@ def _readings(value: str) -> list[Any]:
     return out
 
 
+def _check_roles(cfg: Mapping[str, Any], source: str) -> None:
+    """A train cohort without ``trained_models``; none with it (the models are given)."""
+    train = [name for name, c in cfg["cohorts"].items() if c["role"] == "train"]
+    if cfg.get("trained_models") and train:
+        raise ConfigError(
+            f"{source}: cohorts: {', '.join(train)} has role: train, but trained_models gives "
+            "the fold models, so nothing is trained; give it role: external (scored by the "
+            "models) or predict, or remove trained_models"
+        )
+    if not cfg.get("trained_models") and not train:
+        raise ConfigError(
+            f"{source}: cohorts: at least one cohort needs role: train (the workflow trains the "
+            "models it predicts with; to predict with model.pt files trained elsewhere, set "
+            "trained_models: their folder: README, 'Sharing trained models')"
+        )
+
+
 def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with every default filled in.
 
@@ -195,13 +212,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
         raise_problems(source, found, "problems in the configuration")  # all in one round
     _fill_defaults(schema, cfg)
     _canonical_numbers(schema, cfg)
-    roles = [c["role"] for c in cfg["cohorts"].values()]
-    if "train" not in roles:
-        raise ConfigError(
-            f"{source}: cohorts: at least one cohort needs role: train (the workflow trains the "
-            "models it predicts with; to predict with model.pt files trained elsewhere, use "
-            "gigamil predict and gigamil ensemble: README, 'Sharing trained models')"
-        )
+    _check_roles(cfg, source)
     for name in cfg["cv"]["stratify_by"]:
         if name == "label":  # the folds always balance it
             raise ConfigError(

@@ -352,7 +352,8 @@ def eval_targets(
     predict_cohorts: Sequence[str] = (),
 ) -> list[str]:
     """The final evaluation outputs (for rule all): CV summary, each fold's model.pt and
-    training curves, subgroup metrics (``subgroups``), ensembles, heatmaps. A ``predict``
+    training curves, subgroup metrics (``subgroups``; none of these without train cohorts),
+    ensembles, heatmaps. A ``predict``
     cohort (no labels) always gets its ensemble's predictions (its ``summary.json`` says there
     are no metrics), whatever ``ensemble.enabled`` says: they are what it is there for.
 
@@ -360,12 +361,13 @@ def eval_targets(
     fold without model.pt (Snakemake deletes a failed job's outputs) but with the predictions
     of its previous model, which, as an intermediate file, Snakemake would not rebuild; the
     evaluation would then mix the old fold's predictions into the new ones without a word."""
-    exp = config["experiment"]
-    targets = [f"{eval_dir(exp)}/summary.json"]
-    for k in range(config["cv"]["folds"]):
-        targets += [f"{model_dir(exp, k)}/model.pt", training_curves(exp, k)]
-    if config.get("subgroups"):
-        targets.append(f"{eval_dir(exp)}/subgroups.csv")
+    exp, targets = config["experiment"], []
+    if train_cohorts:  # none with trained_models (fold models trained elsewhere predict)
+        targets.append(f"{eval_dir(exp)}/summary.json")
+        for k in range(config["cv"]["folds"]):
+            targets += [f"{model_dir(exp, k)}/model.pt", training_curves(exp, k)]
+        if config.get("subgroups"):
+            targets.append(f"{eval_dir(exp)}/subgroups.csv")
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
         targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]

@@ -213,9 +213,12 @@ def sheet_digest(sheets: Sequence[pd.DataFrame], extra_columns: Sequence[str] = 
     or split reads from a sheet, independent of the row order and of the other columns. Rule
     ``predict_fold`` takes it for an external or predict cohort instead of the sheet file as an
     input, so touching or sorting that sheet re-predicts nothing (a changed ``path`` or ``mpp``
-    reruns through the patch stores)."""
+    reruns through the patch stores). No sheets: the digest of the header alone."""
     columns = list(dict.fromkeys(["cohort", "slide_id", "patient_id", "label", *extra_columns]))
-    table = pd.concat([df.reindex(columns=columns) for df in sheets], ignore_index=True)
+    table = pd.concat(
+        [pd.DataFrame(columns=columns), *(df.reindex(columns=columns) for df in sheets)],
+        ignore_index=True,
+    )  # no sheets (no train cohort: trained_models): the digest of an empty table
     table = table.astype(str).sort_values(["cohort", "slide_id"], kind="stable")
     text = table.to_csv(index=False, lineterminator="\n")
     return hashlib.sha256(text.encode()).hexdigest()

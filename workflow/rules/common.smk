@@ -167,7 +167,6 @@ if getattr(workflow, "is_main_process", True) and config["subgroups"]:
         )
     except GigamilError as exc:
         stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
-FOLDS = list(range(config["cv"]["folds"]))
 FOLDS_CSV = layout.folds_csv(EXPERIMENT)
 # the frozen encoder's feature cache (written by extract_features): its encoder_id, or None when the
 # encoder learns (or model.feature_cache is off) and training reads the patch stores. The id holds
@@ -183,6 +182,32 @@ FEATURE_SPEC = (
     else None
 )
 FEATURE_GPUS = 1 if config["training"]["device"] == "cuda" else 0
+# trained_models: fold models trained elsewhere predict (fold -> model.pt); else None and the
+# workflow trains cv.folds models of its own. MODEL_POOL: what the attention files hold.
+TRAINED_MODELS = None
+FOLDS = list(range(config["cv"]["folds"]))
+MODEL_POOL = config["model"]["pool"]
+if config["trained_models"]:
+    from gigamil.train import trained_models
+
+    try:
+        TRAINED_MODELS = trained_models.fold_models(
+            config["trained_models"],
+            own_models=Path(layout.model_dir(EXPERIMENT, 0)).parent,
+        )
+        if getattr(workflow, "is_main_process", True):
+            for _warning in trained_models.check_trained_models(
+                TRAINED_MODELS,
+                CLASSES,
+                config["preprocessing"]["patches"],
+                FEATURE_ID,
+                trained_models.config_preprocessing(config["preprocessing"]),
+            ):
+                print(f"gigamil: warning: {_warning}", file=sys.stderr)
+        MODEL_POOL = trained_models.models_pool(TRAINED_MODELS)
+    except GigamilError as exc:
+        stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
+    FOLDS = list(TRAINED_MODELS)
 
 
 wildcard_constraints:
@@ -243,6 +268,14 @@ def eval_targets():
     return layout.eval_targets(
         config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS, PREDICT_COHORTS
     )
+
+
+def fold_model(wildcards):
+    """The model.pt that predicts for fold {fold}: trained_models' file, else this
+    experiment's own (rule train_fold's output)."""
+    if TRAINED_MODELS:
+        return str(TRAINED_MODELS[int(wildcards.fold)])
+    return f"{layout.model_dir(EXPERIMENT, wildcards.fold)}/model.pt"
 
 
 def cohort_regex(cohorts):

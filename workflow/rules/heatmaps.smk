@@ -81,6 +81,6 @@ rule heatmap:
         heatmaps=HEATMAP_PARAMS,
         classes=CLASSES,
         slide_mpp=slide_mpp_override,
-        pool=config["model"]["pool"],
+        pool=MODEL_POOL,  # the fold models' (trained_models': theirs)
     script:
         "../scripts/heatmap.py"

@@ -1,7 +1,8 @@
 """Rules train_fold, training_curves and predict_fold: one training job per fold (and a plot of
 its train_log.csv), one prediction job per fold and cohort (gigamil.train.run).
 
-train_fold reads only the train cohorts' stores and has only the model and training sections
+With trained_models (fold models trained elsewhere) predict_fold reads their model.pt files
+and nothing is trained. train_fold reads only the train cohorts' stores and has only the model and training sections
 (and the classes) as params, so adding an external cohort never retrains. Each fold directory
 also holds last.pt, deliberately not a declared output: Snakemake leaves it in place when a job
 dies, and the trainer resumes from it (it ignores a last.pt written with another configuration).
@@ -77,8 +78,8 @@ rule training_curves:
 
 rule predict_fold:
     input:
-        model=f"{MODEL_DIR}/model.pt",
-        folds=FOLDS_CSV,
+        model=fold_model,  # with trained_models, theirs (no folds: no train cohort)
+        folds=[] if TRAINED_MODELS else FOLDS_CSV,
         stores=lambda wc: cohort_bags([wc.cohort]),
     output:
         csv=layout.prediction_csv(EXPERIMENT, "{fold}", "{cohort}"),

@@ -127,4 +127,7 @@ def test_missing_folds_are_the_gaps_below_the_highest_fold_given():
     assert missing_folds([file(0, 0), file(1), file(3)]) == ([2], [0, 1, 3])
     assert missing_folds([file(0, None), file(2)]) == ([1], [0, 2])
     assert missing_folds([file(0), file("x"), file(3)]) == ([], [])
+    assert missing_folds([file(0.0), file(" 3 "), file(np.float64(1))]) == ([2], [0, 1, 3])
+    assert missing_folds([file(0), file(1.5)]) == ([], [])
+    assert missing_folds([file(0), file(float("inf"))]) == ([], [])
     assert missing_folds([pd.DataFrame({"slide_id": ["s0"]})]) == ([], [])

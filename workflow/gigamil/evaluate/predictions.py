@@ -286,16 +286,20 @@ def missing_folds(per_file: Sequence[pd.DataFrame]) -> tuple[list[int], list[int
     """``(missing, given)``: the fold numbers below the highest given one that no file
     predicts (fold 3 of files of folds 0, 1, 2, 4, 5: one model fewer in the mean than the
     cross-validation trained), and the given ones. ``per_file``: each file's whole table (every
-    cohort). Both empty when a fold is not a whole number, or a file has no rows (its fold is
+    cohort). Both empty when a fold is not a whole number (2.0 is one), or a file has no rows (its fold is
     unknown: e.g. a fold without test slides of a train cohort)."""
     given: set[int] = set()
     if any(len(df) == 0 for df in per_file):
         return [], []
     for df in per_file:
-        for value in df["fold"].dropna().astype(str) if "fold" in df else ():
-            if not value.strip().lstrip("-").isdigit():
+        for value in df["fold"].dropna() if "fold" in df else ():
+            try:  # 2, "2" and 2.0 (a float column of a Python caller's table) are fold 2
+                number = float(str(value).strip())
+            except ValueError:
                 return [], []
-            given.add(int(value))
+            if not number.is_integer():
+                return [], []
+            given.add(int(number))
     if not given:
         return [], []
     return sorted(set(range(max(given) + 1)) - given), sorted(given)

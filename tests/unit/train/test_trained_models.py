@@ -1,0 +1,156 @@
+"""gigamil.train.trained_models: fold models trained elsewhere (config key trained_models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gigamil.errors import ConfigError
+from gigamil.models.factory import build_mil_model
+from gigamil.settings import ModelConfig
+from gigamil.train.checkpoint import FINISHED, atomic_save
+from gigamil.train.model_file import model_checkpoint, model_header
+from gigamil.train.trained_models import (
+    check_trained_models,
+    config_preprocessing,
+    fold_models,
+    models_pool,
+)
+
+CLASSES = ["normal", "lesion"]
+PATCHES = {"patch_px": 32, "mpp": 0.5, "stain_normalization": None}
+PREPROCESSING = {
+    "patches": {
+        "min_tissue": 0.5,
+        "stride_px": None,
+        "codec": "zstd",
+        "jpeg_quality": 90,
+        "patch_px": 32,
+    },
+    "tissue": {"threshold": "otsu", "close_um": 32.0},
+}
+
+
+def _save(path: Path, pool: str = "abmil", **header_keys) -> Path:
+    """A small random-init model.pt at ``path`` (patches of 32 px at 0.5 µm/px)."""
+    cfg = ModelConfig.from_dict({"encoder": "smallcnn", "pool": pool})
+    model = build_mil_model(cfg, 2, 32)
+    keys = {"patch_mpp": 0.5, "classes": CLASSES, "patch_px": 32, **header_keys}
+    header = model_header(cfg.to_dict(), **keys)
+    return atomic_save(model_checkpoint(model, header, 3, {}), path)
+
+
+@pytest.fixture()
+def models(tmp_path: Path) -> Path:
+    for k in (0, 1, 3):
+        _save(tmp_path / "exp" / f"fold{k}" / "model.pt", pool="smabmil")
+    (tmp_path / "exp" / "fold1" / "last.pt").write_bytes(b"")  # other files are left alone
+    (tmp_path / "exp" / "folds.csv").write_text("")
+    return tmp_path / "exp"
+
+
+def test_fold_models_are_found_by_fold_number_and_sorted(models: Path, tmp_path: Path):
+    found = fold_models(models)
+    assert found == {k: models / f"fold{k}" / "model.pt" for k in (0, 1, 3)}
+    assert list(found) == [0, 1, 3]
+    assert models_pool(found) == "smabmil"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("missing", "trained_models: {tmp}/missing does not exist"),
+        ("exp/fold1", "give the folder holding the fold folders, {tmp}/exp"),
+        ("exp/fold1/model.pt", "give the folder holding the fold folders, {tmp}/exp"),
+        (".", "it holds experiments' folders: give one of them, e.g. {tmp}/exp"),
+    ],
+)
+def test_a_folder_one_level_off_names_the_one_to_give(models, tmp_path, given, message):
+    with pytest.raises(ConfigError, match="no fold<k>/model.pt|does not exist") as err:
+        fold_models(tmp_path / given)
+    assert message.format(tmp=tmp_path) in str(err.value)
+
+
+def test_this_experiments_own_models_folder_is_refused(models: Path):
+    """train_fold writes results/models/{experiment}: given models there would be overwritten."""
+    with pytest.raises(ConfigError, match="this experiment's own models folder"):
+        fold_models(models, own_models=models / "fold0" / "..")
+
+
+def test_matching_models_pass_and_a_missing_fold_is_a_warning(models: Path):
+    warnings = check_trained_models(fold_models(models), CLASSES, PATCHES)
+    assert warnings == [
+        "trained_models: no model.pt for fold(s) 2: the ensembles average the 3 fold model(s) "
+        "found (folds 0, 1, 3)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("classes", "patches", "encoder_id", "message"),
+    [
+        (["lesion", "normal"], PATCHES, None, "classes: ['normal', 'lesion'] (the model's output"),
+        (
+            CLASSES,
+            {**PATCHES, "patch_px": 64},
+            None,
+            "preprocessing.patches.patch_px: 32 (here 64)",
+        ),
+        (CLASSES, {**PATCHES, "mpp": 0.25}, None, "preprocessing.patches.mpp: 0.5 (here 0.25)"),
+        (CLASSES, PATCHES, "enc", "they read patches (their encoder is in model.pt), but this"),
+    ],
+)
+def test_a_model_the_config_cannot_feed_names_the_setting(
+    tmp_path, classes, patches, encoder_id, message
+):
+    _save(tmp_path / "fold0" / "model.pt")
+    with pytest.raises(ConfigError, match="fold0/model.pt \\(fold 0\\) cannot predict") as err:
+        check_trained_models(fold_models(tmp_path), classes, patches, encoder_id)
+    assert message in str(err.value)
+
+
+def test_models_of_cached_features_need_the_same_feature_cache(tmp_path: Path):
+    _save(tmp_path / "fold0" / "model.pt", features={"encoder_id": "enc-a", "dim": 8})
+    models = fold_models(tmp_path)
+    assert check_trained_models(models, CLASSES, PATCHES, "enc-a") == []
+    for here, said in ((None, "this configuration reads patches"), ("enc-b", "encoder enc-b")):
+        with pytest.raises(ConfigError, match="cached features of encoder enc-a") as err:
+            check_trained_models(models, CLASSES, PATCHES, here)
+        assert said in str(err.value)
+
+
+def test_stain_normalisation_must_match(tmp_path: Path):
+    _save(tmp_path / "fold0" / "model.pt", stain_normalization="macenko")
+    with pytest.raises(ConfigError, match="stain_normalization: macenko \\(here None\\)"):
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+
+
+def test_other_preprocessing_than_the_training_patches_is_a_warning(tmp_path: Path):
+    recorded = {"preprocessing.patches.min_tissue": 0.25, "preprocessing.patches.stride_px": 32}
+    _save(tmp_path / "fold0" / "model.pt", preprocessing=recorded)
+    here = config_preprocessing(PREPROCESSING)
+    assert here["preprocessing.patches.stride_px"] == 32  # null: the patch size
+    assert "preprocessing.patches.jpeg_quality" not in here  # zstd: no quality
+    assert here["preprocessing.tissue.threshold"] == "otsu"
+    warnings = check_trained_models(fold_models(tmp_path), CLASSES, PATCHES, None, here)
+    assert warnings == [
+        "trained_models: the models' training patches had preprocessing.patches.min_tissue "
+        "0.25 (here 0.5): patches cut otherwise may be scored differently"
+    ]
+
+
+def test_unfinished_damaged_or_foreign_files_are_refused(tmp_path: Path):
+    path = _save(tmp_path / "a" / "fold0" / "model.pt")
+    import torch
+
+    ckpt = torch.load(path, weights_only=True)
+    atomic_save({**ckpt, FINISHED: False}, path)
+    with pytest.raises(ConfigError, match="its training has not finished"):
+        check_trained_models(fold_models(tmp_path / "a"), CLASSES, PATCHES)
+    atomic_save({"weights": torch.ones(1)}, tmp_path / "b" / "fold0" / "model.pt")
+    with pytest.raises(ConfigError, match="not a fold's model.pt \\(it lacks"):
+        check_trained_models(fold_models(tmp_path / "b"), CLASSES, PATCHES)
+    (tmp_path / "c" / "fold0").mkdir(parents=True)
+    (tmp_path / "c" / "fold0" / "model.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ConfigError, match="trained_models: .*not a readable gigamil checkpoint"):
+        check_trained_models(fold_models(tmp_path / "c"), CLASSES, PATCHES)
