@@ -1,0 +1,126 @@
+"""gigamil.train.model_info: what a model.pt is, and the config keys to predict with it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gigamil.config import validate_config
+from gigamil.errors import GigamilError
+from gigamil.models.factory import build_mil_model
+from gigamil.settings import ModelConfig
+from gigamil.train.checkpoint import FINISHED, atomic_save, load_checkpoint
+from gigamil.train.model_file import model_checkpoint, model_header
+from gigamil.train.model_info import config_fragment, describe_model, model_header_of
+from gigamil.train.trained_models import (
+    check_trained_models,
+    config_preprocessing,
+    fold_models,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+RECORDED = {  # what a fold's training stores recorded (fold_data.store_preprocessing)
+    "preprocessing.patches.min_tissue": 0.25,
+    "preprocessing.patches.stride_px": 48,
+    "preprocessing.patches.codec": "jpeg",
+    "preprocessing.patches.jpeg_quality": 80,
+    "preprocessing.tissue.threshold": 20,
+    "preprocessing.tissue.close_um": 16.0,
+}
+
+
+def _model_pt(path: Path, replicates: int = 1, **header_keys) -> Path:
+    cfg = ModelConfig.from_dict({"encoder": "smallcnn", "pool": "smabmil", "att_dim": 16})
+    model = build_mil_model(cfg, 2, 96)
+    keys = {"classes": ["benign", "tumour"], "patch_px": 96, "patch_mpp": 0.5, **header_keys}
+    ckpt = model_checkpoint(model, model_header(cfg.to_dict(), **keys), 7, {"val_auc": 0.8})
+    if replicates > 1:
+        member = {k: ckpt.pop(k) for k in ("state_dict", "epoch", "metrics")}
+        ckpt["replicates"] = [{"seed": s, **member} for s in range(replicates)]
+    return atomic_save({**ckpt, FINISHED: True}, path)
+
+
+def test_the_config_keys_it_gives_predict_with_the_model_without_a_warning(tmp_path: Path):
+    """The printed keys, put into a project's config.yaml, pass the trained_models check with
+    no error and no preprocessing warning: they are exactly what the model needs."""
+    path = _model_pt(tmp_path / "fold0" / "model.pt", preprocessing=RECORDED)
+    fragment = config_fragment(model_header_of(path))
+    assert fragment["classes"] == ["benign", "tumour"]
+    assert fragment["preprocessing"]["patches"] == {
+        "patch_px": 96,
+        "mpp": 0.5,
+        "min_tissue": 0.25,
+        "stride_px": 48,
+        "codec": "jpeg",
+        "jpeg_quality": 80,
+    }
+    with open(REPO / "config.yaml") as fh:
+        cfg = yaml.safe_load(fh)
+    cfg["classes"] = fragment["classes"]
+    for section, values in fragment["preprocessing"].items():
+        cfg["preprocessing"][section].update(values)
+    cfg["cohorts"]["demo"]["role"] = "predict"
+    cfg = validate_config({**cfg, "trained_models": str(tmp_path)})
+    models = fold_models(tmp_path)
+    here = config_preprocessing(cfg["preprocessing"])
+    patches = cfg["preprocessing"]["patches"]
+    assert check_trained_models(models, cfg["classes"], patches, None, here) == []
+    # and the repo's config as it is (other classes, patch size, µm/px) cannot
+    with open(REPO / "config.yaml") as fh:
+        plain = validate_config(yaml.safe_load(fh))
+    with pytest.raises(GigamilError, match="set classes: \\['benign', 'tumour'\\]"):
+        check_trained_models(models, plain["classes"], plain["preprocessing"]["patches"])
+
+
+def test_a_model_without_recorded_preprocessing_gives_the_patch_keys_only(tmp_path: Path):
+    path = _model_pt(tmp_path / "model.pt", patch_mpp=None, stain_normalization="macenko")
+    assert config_fragment(model_header_of(path))["preprocessing"] == {
+        "patches": {"patch_px": 96, "stain_normalization": "macenko"}
+    }
+
+
+def test_the_summary_names_classes_input_members_and_training_slides(tmp_path: Path):
+    seen = {"slides": [["a", "s1"], ["a", "s2"], ["b", "s3"]], "patient_ids": ["p1", "p1", "p2"]}
+    path = _model_pt(tmp_path / "model.pt", replicates=2, training_slides=seen)
+    header = model_header_of(path)
+    assert "state_dict" not in header and "state_dict" not in header["replicates"][0]
+    assert header["replicates"][1]["seed"] == 1  # the members' other keys are kept
+    text = "\n".join(describe_model(path, header))
+    assert "2 replicate models (seeds 0, 1; epochs 7, 7)" in text
+    assert "classes: benign, tumour (output order; positive class tumour)" in text
+    assert "input: patches of 96 px at 0.5 µm/px, stain normalisation none" in text
+    assert "smallcnn, trained from random initialisation" in text
+    assert "pool: smabmil, att_dim 16" in text
+    assert "3 slides of 2 patients (training and validation; cohorts: a, b)" in text
+    assert "NOT finished" not in text
+    ckpt = load_checkpoint(path)
+    atomic_save({**ckpt, FINISHED: False}, path)
+    assert "(training NOT finished)" in describe_model(path, model_header_of(path))[0]
+
+
+def test_a_damaged_file_is_refused(tmp_path: Path):
+    path = _model_pt(tmp_path / "model.pt")
+    path.write_bytes(path.read_bytes()[:-1000])  # cut short, as by a broken copy
+    with pytest.raises(GigamilError, match="model.pt: not a readable gigamil checkpoint"):
+        model_header_of(path)
+
+
+def test_cli_prints_the_summary_and_the_config_keys(tmp_path: Path, capsys):
+    from gigamil.cli import main
+
+    path = _model_pt(tmp_path / "model.pt", preprocessing=RECORDED)
+    assert main(["model-info", str(path)]) == 0
+    out = capsys.readouterr().out
+    summary, keys = out.split("\nconfig.yaml keys of a project predicting with it")
+    assert summary.startswith(f"{path}: a gigamil ")
+    fragment = yaml.safe_load(keys.split("\n", 1)[1])
+    assert fragment == config_fragment(model_header_of(path))
+    assert "classes: [benign, tumour]\n" in keys
+    assert main(["model-info", str(path), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["config"] == copy.deepcopy(fragment)
+    assert printed["header"]["patch_px"] == 96 and "state_dict" not in printed["header"]
