@@ -436,3 +436,13 @@ def test_trained_models_need_no_train_cohort(base_config):
     del cfg["trained_models"]
     base = validate_config(base_config)
     assert base["trained_models"] is None  # the default: the workflow trains
+
+
+def test_trained_models_with_train_cohorts_names_every_one(base_config):
+    """Two train cohorts beside trained_models: the error lists both to change, not the first."""
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"]["site_b"] = {"sheet": "resources/site_b.csv", "role": "train"}
+    cfg["cohorts"]["new"] = {"sheet": "resources/new.csv", "role": "predict"}
+    cfg["trained_models"] = "shared/models"
+    with pytest.raises(ConfigError, match="cohorts: demo, site_b has role: train, but"):
+        validate_config(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -608,3 +610,15 @@ def test_fold_slides_with_stores_names_the_missing_stores(tmp_path):
     train, test = fold_slides_with_stores(tmp_path / "folds.csv", 0, ["train", "test"], stores)
     assert train["slide_id"].tolist() == ["s1", "s3", "s5"]
     assert test["store"].tolist() == [str(stores / "c" / f"s{i}.zarr") for i in (0, 2, 4)]
+
+
+def test_the_sheet_digest_of_no_sheets_is_that_of_the_header_alone():
+    """trained_models, no train cohort: rule make_splits' split_digest of the train cohorts'
+    sheets (none) is still computed when the workflow is parsed; it is that of the empty
+    table's header, not an error."""
+    header = "cohort,slide_id,patient_id,label\n"
+    assert sheet_digest([]) == hashlib.sha256(header.encode()).hexdigest()
+    assert split_digest([], {"folds": 5, "stratify_by": []}) == sheet_digest([])
+    assert sheet_digest([], ["site"]) != sheet_digest([])
+    one = pd.DataFrame({"cohort": ["c"], "slide_id": ["s"], "patient_id": ["p"], "label": ["x"]})
+    assert sheet_digest([one]) != sheet_digest([])

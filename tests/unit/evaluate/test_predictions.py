@@ -130,4 +130,6 @@ def test_missing_folds_are_the_gaps_below_the_highest_fold_given():
     assert missing_folds([file(0.0), file(" 3 "), file(np.float64(1))]) == ([2], [0, 1, 3])
     assert missing_folds([file(0), file(1.5)]) == ([], [])
     assert missing_folds([file(0), file(float("inf"))]) == ([], [])
+    # a file of no rows (a fold without test slides): its fold is unknown, so no gap is named
+    assert missing_folds([file(0), file(), file(3)]) == ([], [])
     assert missing_folds([pd.DataFrame({"slide_id": ["s0"]})]) == ([], [])

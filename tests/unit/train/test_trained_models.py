@@ -69,7 +69,14 @@ def test_fold_models_are_found_by_fold_number_and_sorted(models: Path, tmp_path:
 def test_a_folder_one_level_off_names_the_one_to_give(models, tmp_path, given, message):
     with pytest.raises(ConfigError, match="no fold<k>/model.pt|does not exist") as err:
         fold_models(tmp_path / given)
-    assert message.format(tmp=tmp_path) in str(err.value)
+    assert str(err.value).endswith(message.format(tmp=tmp_path))  # that folder, not below it
+
+
+def test_only_folders_named_fold_and_a_number_are_folds(tmp_path: Path):
+    """A backup beside the folds (fold1_old, fold2.bak) is no fold 1 or 2 of the ensembles."""
+    for name in ("fold0", "fold1_old", "fold2.bak", "foldx", "old_fold3"):
+        _save(tmp_path / name / "model.pt")
+    assert fold_models(tmp_path) == {0: tmp_path / "fold0" / "model.pt"}
 
 
 def test_this_experiments_own_models_folder_is_refused(models: Path):
@@ -84,6 +91,57 @@ def test_matching_models_pass_and_a_missing_fold_is_a_warning(models: Path):
         "trained_models: no model.pt for fold(s) 2: the ensembles average the 3 fold model(s) "
         "found (folds 0, 1, 3)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("folds", "warnings"),
+    [
+        ((0, 1), []),
+        (
+            (0, 3),
+            [
+                "no model.pt for fold(s) 1, 2: the ensembles average the 2 fold model(s) found "
+                "(folds 0, 3)"
+            ],
+        ),
+        (
+            (2,),
+            [
+                "no model.pt for fold(s) 0, 1: the ensembles average the 1 fold model(s) found "
+                "(folds 2)"
+            ],
+        ),
+    ],
+)
+def test_every_fold_below_the_highest_without_a_model_is_named(tmp_path, folds, warnings):
+    """Folds 0 and 3 given: both 1 and 2 are missing (not only the count of models short)."""
+    for k in folds:
+        _save(tmp_path / f"fold{k}" / "model.pt")
+    found = check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+    assert found == [f"trained_models: {w}" for w in warnings]
+
+
+def test_every_fold_model_is_checked_not_only_the_first(tmp_path: Path):
+    """A folder mixing models of two projects: the later fold's other classes are refused."""
+    _save(tmp_path / "fold0" / "model.pt")
+    _save(tmp_path / "fold1" / "model.pt", classes=["lesion", "normal"])
+    with pytest.raises(
+        ConfigError,
+        match="fold1/model.pt \\(fold 1\\) cannot predict with this configuration; set classes",
+    ):
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+
+
+@pytest.mark.parametrize(("mpp", "refused"), [(0.503, False), (0.497, False), (0.52, True)])
+def test_the_resolution_must_agree_to_one_percent(tmp_path: Path, mpp: float, refused: bool):
+    """The MPP_TOLERANCE of the stores: 0.6 % off is the same resolution, 4 % is not."""
+    _save(tmp_path / "fold0" / "model.pt")
+    models, patches = fold_models(tmp_path), {**PATCHES, "mpp": mpp}
+    if refused:
+        with pytest.raises(ConfigError, match=f"preprocessing.patches.mpp: 0.5 \\(here {mpp}\\)"):
+            check_trained_models(models, CLASSES, patches)
+    else:
+        assert check_trained_models(models, CLASSES, patches) == []
 
 
 @pytest.mark.parametrize(
@@ -154,3 +212,45 @@ def test_unfinished_damaged_or_foreign_files_are_refused(tmp_path: Path):
     (tmp_path / "c" / "fold0" / "model.pt").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ConfigError, match="trained_models: .*not a readable gigamil checkpoint"):
         check_trained_models(fold_models(tmp_path / "c"), CLASSES, PATCHES)
+
+
+def test_preprocessing_warnings_name_every_folds_value_and_only_settings_given_here(
+    tmp_path: Path,
+):
+    """Folds whose patches differed each give their value; a setting this configuration does
+    not record (the JPEG quality of models trained on JPEG, here zstd) is no warning of its own:
+    the codec's is the one."""
+    for k, min_tissue in ((0, 0.25), (1, 0.3), (2, 0.5)):
+        recorded = {
+            "preprocessing.patches.min_tissue": min_tissue,
+            "preprocessing.patches.codec": "jpeg",
+            "preprocessing.patches.jpeg_quality": 80,
+        }
+        _save(tmp_path / f"fold{k}" / "model.pt", preprocessing=recorded)
+    here = config_preprocessing(PREPROCESSING)
+    assert check_trained_models(fold_models(tmp_path), CLASSES, PATCHES, None, here) == [
+        "trained_models: the models' training patches had preprocessing.patches.min_tissue "
+        "0.25 (here 0.5) / 0.3 (here 0.5): patches cut otherwise may be scored differently",
+        "trained_models: the models' training patches had preprocessing.patches.codec "
+        "'jpeg' (here 'zstd'): patches cut otherwise may be scored differently",
+    ]
+
+
+def test_a_file_without_its_model_config_is_refused_before_any_job(tmp_path: Path):
+    """Without model_config no network can be built for it: refused by the check, not later."""
+    import torch
+
+    path = _save(tmp_path / "fold0" / "model.pt")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["model_config"]
+    atomic_save(ckpt, path)
+    with pytest.raises(ConfigError, match="not a fold's model.pt \\(it lacks \\['model_config'\\]"):
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+
+
+def test_two_folders_of_one_fold_number_are_refused(tmp_path: Path):
+    """fold1/ and fold01/ are both fold 1: which one predicts must not depend on the listing."""
+    for name in ("fold0", "fold1", "fold01"):
+        _save(tmp_path / name / "model.pt")
+    with pytest.raises(ConfigError, match="fold01 and .*fold1 are both fold 1; keep one"):
+        fold_models(tmp_path)

@@ -45,8 +45,9 @@ def fold_models(directory: str | Path, own_models: str | Path | None = None) -> 
     ``directory`` must not be (its rule train_fold would write there).
 
     Raises:
-        ConfigError: ``directory`` is missing, is this project's models folder, or holds no
-            ``fold<k>/model.pt`` (naming the folder to give instead when it is one level off).
+        ConfigError: ``directory`` is missing, is this project's models folder, holds no
+            ``fold<k>/model.pt`` (naming the folder to give instead when it is one level off),
+            or holds two folders of one fold number (``fold1/`` and ``fold01/``).
     """
     root = Path(directory)
     if own_models is not None and root.resolve() == Path(own_models).resolve():
@@ -56,9 +57,14 @@ def fold_models(directory: str | Path, own_models: str | Path | None = None) -> 
         )
     if not root.exists():
         raise ConfigError(f"{KEY}: {root} does not exist")
-    found = {}
-    for path in root.glob("fold*/model.pt"):
+    found: dict[int, Path] = {}
+    for path in sorted(root.glob("fold*/model.pt")):
         match = FOLD_DIR.fullmatch(path.parent.name)
+        if match and int(match.group(1)) in found:  # fold1/ and fold01/
+            raise ConfigError(
+                f"{KEY}: {found[int(match.group(1))].parent} and {path.parent} are both fold "
+                f"{int(match.group(1))}; keep one"
+            )
         if match:
             found[int(match.group(1))] = path
     if not found:
