@@ -420,6 +420,20 @@ def test_models_trained_elsewhere_predict_in_a_project_of_their_own(full_run: Pa
     bad = run_snakemake(project, "-n", "--cores", "1", check=False)
     assert bad.returncode == 1
     assert "preprocessing.patches.patch_px: 96 (here 64)" in bad.stderr
+    # a labelled cohort holding a patient the models trained on: stopped, as in the training
+    # project (its metrics would be optimistic), before any job
+    cfg["preprocessing"]["patches"]["patch_px"] = 96
+    sheet = pd.read_csv(project / "new/to_predict.csv")
+    sheet["label"] = ["normal", "lesion", "normal"]
+    sheet.loc[0, "patient_id"] = "demo_p01"
+    sheet.to_csv(project / "new/labelled.csv", index=False)
+    cfg["cohorts"] = {"ext": {"sheet": "new/labelled.csv", "role": "external"}}
+    write_config(project, cfg)
+    leak = run_snakemake(project, "-n", "--cores", "1", check=False)
+    assert leak.returncode == 1, leak.stdout[-2000:]
+    assert "cohort ext: 1 patient id(s) that the trained_models fold models trained on" in (
+        leak.stderr
+    )
 
 
 def _report_results(html: str) -> dict[str, dict]:

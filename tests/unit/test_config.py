@@ -446,3 +446,20 @@ def test_trained_models_with_train_cohorts_names_every_one(base_config):
     cfg["trained_models"] = "shared/models"
     with pytest.raises(ConfigError, match="cohorts: demo, site_b has role: train, but"):
         validate_config(cfg)
+
+
+def test_with_trained_models_only_the_unscored_external_cohort_is_warned_about(base_config):
+    """Nothing trains: warnings about training keys would be noise; an external cohort without
+    the ensemble would get no metrics."""
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"]["demo"]["role"] = "external"
+    cfg["training"]["early_stopping"]["min_epochs"] = 99
+    cfg.update(trained_models="shared/models", ensemble={"enabled": False})
+    warnings = config_warnings(validate_config(cfg))
+    assert warnings == [
+        "ensemble.enabled is false: the external cohort(s) demo get each trained_models fold "
+        "model's predictions and heatmaps but no ensemble and no metrics; set "
+        "ensemble.enabled: true to score them"
+    ]
+    cfg["ensemble"]["enabled"] = True
+    assert config_warnings(validate_config(cfg)) == []

@@ -237,7 +237,8 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
     (outside ``strategy: em``, which does not use the epochs): epochs before ``min_epochs`` are
     warm-up (:class:`gigamil.train.early_stopping.EarlyStopping`), so early stopping cannot end
     training early and model.pt is the last epoch's model (with the two equal: the better of
-    the last two)."""
+    the last two). With ``trained_models`` (nothing trains) the model and training keys are not
+    checked; external cohorts without ``ensemble.enabled`` are (they get no metrics)."""
     training = config["training"]
     epochs, min_epochs = training["epochs"], training["early_stopping"]["min_epochs"]
     out = [
@@ -246,17 +247,31 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
         for name, cohort in config["cohorts"].items()
         if cohort.get("role") == "train" and cohort.get("allow_patient_overlap")
     ]
-    if training["strategy"] != "em" and min_epochs >= epochs > 0:
+    if config.get("trained_models"):  # nothing trains: the model and training keys are unused
+        out += _trained_models_warnings(config)
+    elif training["strategy"] != "em" and min_epochs >= epochs > 0:
         out.append(
             f"training.early_stopping.min_epochs ({min_epochs}) >= training.epochs ({epochs}): "
             "the epochs before min_epochs are warm-up, so early stopping never acts and each "
             "fold keeps its last epoch (with the two equal: the better of the last two); lower "
             "min_epochs to let it choose an epoch"
         )
-    out += _foundation_warnings(config["model"])
+    out += [] if config.get("trained_models") else _foundation_warnings(config["model"])
     if (k := config["preprocessing"]["tissue"]["median_px"]) % 2 == 0:
         out.append(even_median_message("preprocessing.tissue.median_px", k))
     return out
+
+
+def _trained_models_warnings(config: Mapping[str, Any]) -> list[str]:
+    """With ``trained_models``: external cohorts without ``ensemble.enabled`` get no metrics."""
+    external = [n for n, c in config["cohorts"].items() if c.get("role") == "external"]
+    if external and not config["ensemble"]["enabled"]:
+        return [
+            f"ensemble.enabled is false: the external cohort(s) {', '.join(external)} get each "
+            "trained_models fold model's predictions and heatmaps but no ensemble and no "
+            "metrics; set ensemble.enabled: true to score them"
+        ]
+    return []
 
 
 def even_median_message(name: str, k: int) -> str:

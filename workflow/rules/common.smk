@@ -185,6 +185,7 @@ FEATURE_GPUS = 1 if config["training"]["device"] == "cuda" else 0
 # trained_models: fold models trained elsewhere predict (fold -> model.pt); else None and the
 # workflow trains cv.folds models of its own. MODEL_POOL: what the attention files hold.
 TRAINED_MODELS = None
+TRAINED_PATIENTS = set()  # the patient ids they trained on
 FOLDS = list(range(config["cv"]["folds"]))
 MODEL_POOL = config["model"]["pool"]
 if config["trained_models"]:
@@ -202,9 +203,18 @@ if config["trained_models"]:
                 config["preprocessing"]["patches"],
                 FEATURE_ID,
                 trained_models.config_preprocessing(config["preprocessing"]),
+                n_folds=config["cv"]["folds"],
             ):
                 print(f"gigamil: warning: {_warning}", file=sys.stderr)
         MODEL_POOL = trained_models.models_pool(TRAINED_MODELS)
+        TRAINED_PATIENTS = trained_models.training_patients(TRAINED_MODELS)
+        if getattr(workflow, "is_main_process", True):
+            for _warning in trained_models.check_patient_overlap(
+                config["cohorts"],
+                {c: SHEETS[c]["patient_id"] for c in config["cohorts"]},
+                TRAINED_PATIENTS,
+            ):
+                print(f"gigamil: warning: {_warning}", file=sys.stderr)
     except GigamilError as exc:
         stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
     FOLDS = list(TRAINED_MODELS)
@@ -268,6 +278,15 @@ def eval_targets():
     return layout.eval_targets(
         config, SHEETS, TRAIN_COHORTS, EXTERNAL_COHORTS, PREDICT_COHORTS
     )
+
+
+def patient_overlap(cohort):
+    """Patient ids of an external cohort that the fold models trained on (allowed by its
+    allow_patient_overlap; the ensemble's summary records them): those of the train cohorts,
+    or with trained_models those its model.pt files record."""
+    if TRAINED_MODELS:
+        return sorted(TRAINED_PATIENTS & set(map(str, SHEETS[cohort]["patient_id"])))
+    return train_patient_overlap(config, SHEETS, cohort)
 
 
 def fold_model(wildcards):

@@ -92,7 +92,7 @@ rule ensemble:
         experiment=EXPERIMENT,
         folds=FOLDS,
         lesion_masks=lambda wc: layout.localization_masks(config, SHEETS, [wc.cohort]),
-        patient_overlap=lambda wc: train_patient_overlap(config, SHEETS, wc.cohort),
+        patient_overlap=lambda wc: patient_overlap(wc.cohort),
         slides=lambda wc: cohort_slide_ids(wc.cohort),  # the predictions must cover exactly these
         n_boot=1000,
         seed=config["cv"]["seed"],

@@ -12,10 +12,12 @@ from gigamil.settings import ModelConfig
 from gigamil.train.checkpoint import FINISHED, atomic_save
 from gigamil.train.model_file import model_checkpoint, model_header
 from gigamil.train.trained_models import (
+    check_patient_overlap,
     check_trained_models,
     config_preprocessing,
     fold_models,
     models_pool,
+    training_patients,
 )
 
 CLASSES = ["normal", "lesion"]
@@ -212,6 +214,101 @@ def test_unfinished_damaged_or_foreign_files_are_refused(tmp_path: Path):
     (tmp_path / "c" / "fold0" / "model.pt").write_bytes(b"PK\x03\x04 cut short")
     with pytest.raises(ConfigError, match="trained_models: .*not a readable gigamil checkpoint"):
         check_trained_models(fold_models(tmp_path / "c"), CLASSES, PATCHES)
+
+
+def test_a_damaged_file_asks_for_a_fresh_copy_not_for_retraining(tmp_path: Path):
+    """The training project's advice (delete it: train_fold writes it again) would drop the
+    fold here, where nothing trains."""
+    path = _save(tmp_path / "fold0" / "model.pt")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ConfigError) as err:
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+    assert "ask the sender for a fresh copy" in str(err.value)
+    assert "train_fold" not in str(err.value) and "delete it" not in str(err.value)
+
+
+def test_a_last_pt_renamed_model_pt_is_named_as_such(tmp_path: Path):
+    import torch
+
+    state = {"model": {"w": torch.ones(1)}, "optimizer": {}, "early_stopping": {}}
+    atomic_save(state, tmp_path / "fold0" / "model.pt")
+    with pytest.raises(ConfigError, match="a trainer's resumable state \\(a last.pt\\)"):
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+
+
+def test_one_model_in_two_fold_folders_is_refused(tmp_path: Path):
+    import shutil
+
+    _save(tmp_path / "fold0" / "model.pt")
+    _save(tmp_path / "fold1" / "model.pt")
+    (tmp_path / "fold2").mkdir()
+    shutil.copy2(tmp_path / "fold0" / "model.pt", tmp_path / "fold2" / "model.pt")
+    with pytest.raises(ConfigError, match="fold2/model.pt is the same model as fold 0's"):
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+
+
+def test_fewer_models_than_cv_folds_is_a_warning(tmp_path: Path):
+    """fold1 of two removed: no gap below the highest fold, but cv.folds (the config the models
+    were trained with) says there were two."""
+    _save(tmp_path / "fold0" / "model.pt")
+    models = fold_models(tmp_path)
+    assert check_trained_models(models, CLASSES, PATCHES, n_folds=1) == []
+    assert check_trained_models(models, CLASSES, PATCHES, n_folds=2) == [
+        "trained_models: 1 fold model(s) found (folds 0) but cv.folds is 2: check that none is "
+        "missing (the config the models were trained with says how many folds they had); the "
+        "ensembles average the models found"
+    ]
+
+
+def test_the_folder_holds_something_else_or_this_projects_models(tmp_path: Path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "fold0.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no fold<k>/model.pt under .*; it holds fold0.pt"):
+        fold_models(tmp_path / "flat")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="; it is empty"):
+        fold_models(tmp_path / "empty")
+    for exp in ("mine", "theirs"):  # results/models given: the hint names the other's folder
+        _save(tmp_path / "models" / exp / "fold0" / "model.pt")
+    with pytest.raises(ConfigError) as err:
+        fold_models(tmp_path / "models", own_models=tmp_path / "models" / "mine")
+    assert str(err.value).endswith(f"e.g. {tmp_path / 'models' / 'theirs'}")
+
+
+def test_a_relative_folder_is_named_with_its_absolute_path(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=f"shared/m \\({tmp_path}/shared/m\\) does not exist"):
+        fold_models("shared/m")
+
+
+def test_training_patients_in_this_projects_cohorts(tmp_path: Path):
+    seen = {"slides": [["a", "s1"], ["a", "s2"]], "patient_ids": ["p1", "p2"]}
+    _save(tmp_path / "fold0" / "model.pt", training_slides=seen)
+    seen = {"slides": [["a", "s3"]], "patient_ids": ["p3"]}
+    _save(tmp_path / "fold1" / "model.pt", training_slides=seen)
+    _save(tmp_path / "fold2" / "model.pt")  # from before training_slides was recorded
+    trained = training_patients(fold_models(tmp_path))
+    assert trained == {"p1", "p2", "p3"}
+    cohorts = {
+        "ext": {"role": "external"},
+        "new": {"role": "predict"},
+        "ok": {"role": "external", "allow_patient_overlap": True},
+        "clean": {"role": "external"},
+    }
+    patients = {"ext": ["p3", "x"], "new": ["p1"], "ok": ["p2"], "clean": ["y"]}
+    with pytest.raises(ConfigError) as err:
+        check_patient_overlap(cohorts, patients, trained)
+    assert "cohort ext: 1 patient id(s) that the trained_models fold models trained on (p3)" in (
+        str(err.value)
+    )
+    assert "set cohorts.ext.allow_patient_overlap: true" in str(err.value)
+    del cohorts["ext"]
+    assert check_patient_overlap(cohorts, patients, trained) == [
+        "cohort new: 1 patient id(s) that the trained_models fold models trained on (p1): they "
+        "have seen these patients' slides (no metrics here)",
+        "cohort ok: 1 patient id(s) that the trained_models fold models trained on (p2) "
+        "(allowed by cohorts.ok.allow_patient_overlap)",
+    ]
 
 
 def test_preprocessing_warnings_name_every_folds_value_and_only_settings_given_here(

@@ -96,9 +96,11 @@ def _load_failure(exc: Exception) -> str:
     return f"damaged or cut short: {first.split('. ')[0]}" if cut else first
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, damaged_hint: str | None = None) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, its ``sha256`` digest verified (and removed from
-    the returned dict); :class:`GigamilError` for a missing, unreadable or damaged file."""
+    the returned dict); :class:`GigamilError` for a missing, unreadable or damaged file, whose
+    message ends with what to do (``damaged_hint`` when given: e.g. for a model.pt that no rule
+    writes again)."""
     path = Path(path)
     if path.is_dir():
         inside = " (give its model.pt)" if (path / "model.pt").is_file() else ""
@@ -124,7 +126,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 f"{path}: not a readable gigamil model file ({reason}); give a fold's model.pt"
             ) from exc
         raise GigamilError(
-            f"{path}: not a readable gigamil checkpoint ({reason}); {_damaged_hint(path)}"
+            f"{path}: not a readable gigamil checkpoint ({reason}); {damaged_hint or _damaged_hint(path)}"
         ) from exc
     if not isinstance(ckpt, dict):
         raise GigamilError(f"{path}: not a gigamil checkpoint (a {type(ckpt).__name__})")
@@ -133,7 +135,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         log.warning("%s has no checksum (written by an older gigamil); not verified", path)
     elif content_digest(ckpt) != stored:
         raise GigamilError(
-            f"{path}: checkpoint is damaged (checksum mismatch); {_damaged_hint(path)}"
+            f"{path}: checkpoint is damaged (checksum mismatch); {damaged_hint or _damaged_hint(path)}"
         )
     return ckpt
 

@@ -18,24 +18,37 @@ from typing import Any
 import torch
 
 from gigamil.errors import ConfigError, GigamilError
-from gigamil.train.checkpoint import FINISHED, load_checkpoint
+from gigamil.train.checkpoint import DIGEST_KEY, FINISHED, load_checkpoint
 from gigamil.train.fold_data import MPP_TOLERANCE, store_preprocessing
 
 KEY = "trained_models"
 FOLD_DIR = re.compile(r"fold(\d+)")
 
 
-def _layout_hint(root: Path) -> str:
+def _where(root: Path) -> str:
+    """``root``, with its absolute path when given relative (relative to the run's directory)."""
+    return str(root) if root.is_absolute() else f"{root} ({root.resolve()})"
+
+
+def _layout_hint(root: Path, own: Path | None) -> str:
     """Where the fold folders are when ``root`` is one level off: a model.pt or a fold folder
-    (give the folder above), or ``results/models`` (give one experiment's folder)."""
+    (give the folder above), ``results/models`` (give one experiment's folder, not this
+    project's own ``own``), else what the folder holds."""
     if root.is_file():
-        return f"; give the folder holding the fold folders, {root.parent.parent}"
+        return f"; {root} is a file: give the folder holding the fold folders, {root.parent.parent}"
     if FOLD_DIR.fullmatch(root.name):
         return f"; give the folder holding the fold folders, {root.parent}"
-    below = sorted({p.parent.parent.name for p in root.glob("*/fold*/model.pt")})
+    mine = own.resolve() if own is not None else None
+    below = sorted({p.parent.parent for p in root.glob("*/fold*/model.pt")})
+    below = [p for p in below if p.resolve() != mine]
     if below:
-        return f"; it holds experiments' folders: give one of them, e.g. {root / below[0]}"
-    return ""
+        return f"; it holds experiments' folders: give one of them, e.g. {below[0]}"
+    held = sorted(p.name for p in root.iterdir())
+    return (
+        f"; it holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}"
+        if held
+        else "; it is empty"
+    )
 
 
 def fold_models(directory: str | Path, own_models: str | Path | None = None) -> dict[int, Path]:
@@ -46,17 +59,19 @@ def fold_models(directory: str | Path, own_models: str | Path | None = None) -> 
 
     Raises:
         ConfigError: ``directory`` is missing, is this project's models folder, holds no
-            ``fold<k>/model.pt`` (naming the folder to give instead when it is one level off),
-            or holds two folders of one fold number (``fold1/`` and ``fold01/``).
+            ``fold<k>/model.pt`` (naming the folder to give instead when it is one level off,
+            else what it holds), or holds two folders of one fold number (``fold1/`` and
+            ``fold01/``).
     """
     root = Path(directory)
-    if own_models is not None and root.resolve() == Path(own_models).resolve():
+    own = None if own_models is None else Path(own_models)
+    if own is not None and root.resolve() == own.resolve():
         raise ConfigError(
-            f"{KEY}: {root} is this experiment's own models folder, which its training writes; "
-            "give the other project's models a folder of their own, or another experiment name"
+            f"{KEY}: {root} is this experiment's own models folder, where rule train_fold "
+            "writes; copy the models elsewhere (e.g. shared/<name>) and give that folder"
         )
     if not root.exists():
-        raise ConfigError(f"{KEY}: {root} does not exist")
+        raise ConfigError(f"{KEY}: {_where(root)} does not exist")
     found: dict[int, Path] = {}
     for path in sorted(root.glob("fold*/model.pt")):
         match = FOLD_DIR.fullmatch(path.parent.name)
@@ -69,16 +84,21 @@ def fold_models(directory: str | Path, own_models: str | Path | None = None) -> 
             found[int(match.group(1))] = path
     if not found:
         raise ConfigError(
-            f"{KEY}: no fold<k>/model.pt in {root} (a copy of a project's "
-            f"results/models/<experiment> folder){_layout_hint(root)}"
+            f"{KEY}: no fold<k>/model.pt under {_where(root)} (give a copy of a project's "
+            f"results/models/<experiment> folder){_layout_hint(root, own)}"
         )
     return dict(sorted(found.items()))
 
 
 def _header(path: Path) -> dict[str, Any]:
-    """The checkpoint of ``path`` without its weights, its checksum verified."""
+    """The checkpoint of ``path`` without its weights, its checksum verified (kept as
+    ``sha256``: two folds holding one model are found by it)."""
     try:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(
+            path,
+            damaged_hint="nothing here writes trained_models' files again: ask the sender for a "
+            "fresh copy (compare its sha256 with theirs)",
+        )
     except GigamilError as exc:
         raise ConfigError(f"{KEY}: {exc}") from None
     if ckpt.get(FINISHED) is False:
@@ -88,8 +108,21 @@ def _header(path: Path) -> dict[str, Any]:
         )
     missing = [k for k in ("model_config", "classes", "patch_px") if k not in ckpt]
     if missing:
-        raise ConfigError(f"{KEY}: {path}: not a fold's model.pt (it lacks {missing})")
-    return {k: v for k, v in ckpt.items() if k not in ("state_dict", "replicates")}
+        last = "optimizer" in ckpt and "early_stopping" in ckpt
+        raise ConfigError(
+            f"{KEY}: {path}: not a fold's model.pt (it lacks {missing})"
+            + (
+                "; it is a trainer's resumable state (a last.pt): use the fold's model.pt"
+                if last
+                else ""
+            )
+        )
+    header = {k: v for k, v in ckpt.items() if k not in ("state_dict", "replicates")}
+    # the digest load_checkpoint verified (and removed), read again without the weights
+    header[DIGEST_KEY] = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
+        DIGEST_KEY
+    )
+    return header
 
 
 def _mismatches(
@@ -136,12 +169,31 @@ def _mismatches(
     return found
 
 
-def check_trained_models(
+def _fold_warnings(models: Mapping[int, Path], n_folds: int | None) -> list[str]:
+    """Fold numbers missing below the highest found, or other folds than ``cv.folds`` says."""
+    found = ", ".join(map(str, models))
+    gaps = sorted(set(range(max(models) + 1)) - set(models))
+    if gaps:
+        return [
+            f"{KEY}: no model.pt for fold(s) {', '.join(map(str, gaps))}: the ensembles average "
+            f"the {len(models)} fold model(s) found (folds {found})"
+        ]
+    if n_folds is not None and len(models) != n_folds:
+        return [
+            f"{KEY}: {len(models)} fold model(s) found (folds {found}) but cv.folds is {n_folds}: "
+            "check that none is missing (the config the models were trained with says how many "
+            "folds they had); the ensembles average the models found"
+        ]
+    return []
+
+
+def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
     models: Mapping[int, Path],
     classes: Sequence[str],
     patches: Mapping[str, Any],
     encoder_id: str | None = None,
     preprocessing: Mapping[str, Any] | None = None,
+    n_folds: int | None = None,
 ) -> list[str]:
     """Check that this configuration can predict with every fold model of ``models``
     (:func:`fold_models`) and return the warnings.
@@ -156,23 +208,21 @@ def check_trained_models(
             0.5, ...}``), compared with what the models' training patches recorded
             (``model.pt``'s ``preprocessing``): a difference is a warning, as in ``gigamil
             predict``.
+        n_folds: its ``cv.folds``: another number of models found is a warning.
 
     Returns:
-        Warnings: fold numbers missing below the highest, and preprocessing differences.
+        Warnings: fold numbers missing below the highest (or other than ``n_folds``), and
+        preprocessing differences.
 
     Raises:
-        ConfigError: a file that does not load as a finished model.pt, or a model whose
-            classes, patch size, µm/px, stain normalisation or input (patches or cached
-            features) differ from the configuration, naming the settings to use.
+        ConfigError: a file that does not load as a finished model.pt, one model in two fold
+            folders, or a model whose classes, patch size, µm/px, stain normalisation or input
+            (patches or cached features) differ from the configuration, naming the settings
+            to use.
     """
-    warnings = []
-    gaps = sorted(set(range(max(models) + 1)) - set(models))
-    if gaps:
-        warnings.append(
-            f"{KEY}: no model.pt for fold(s) {', '.join(map(str, gaps))}: the ensembles average "
-            f"the {len(models)} fold model(s) found (folds {', '.join(map(str, models))})"
-        )
+    warnings = _fold_warnings(models, n_folds)
     differ: dict[str, set[str]] = {}
+    digests: dict[str, int] = {}
     for fold, path in models.items():
         header = _header(path)
         found = _mismatches(header, classes, patches, encoder_id)
@@ -181,14 +231,69 @@ def check_trained_models(
                 f"{KEY}: {path} (fold {fold}) cannot predict with this configuration; set "
                 + "; ".join(found)
             )
+        if header[DIGEST_KEY] is not None and header[DIGEST_KEY] in digests:
+            raise ConfigError(
+                f"{KEY}: {path} is the same model as fold {digests[header[DIGEST_KEY]]}'s "
+                "(one fold's file copied twice?): the ensembles would count it twice; put each "
+                "fold's own model.pt in its folder"
+            )
+        digests[header[DIGEST_KEY]] = fold
         for key, value in (header.get("preprocessing") or {}).items():
             if preprocessing and key in preprocessing and preprocessing[key] != value:
                 differ.setdefault(key, set()).add(f"{value!r} (here {preprocessing[key]!r})")
-    for key, values in differ.items():
-        warnings.append(
-            f"{KEY}: the models' training patches had {key} {' / '.join(sorted(values))}: "
-            "patches cut otherwise may be scored differently"
+    warnings += [
+        f"{KEY}: the models' training patches had {key} {' / '.join(sorted(values))}: "
+        "patches cut otherwise may be scored differently"
+        for key, values in differ.items()
+    ]
+    return warnings
+
+
+def training_patients(models: Mapping[int, Path]) -> set[str]:
+    """The patient ids every fold model trained or validated on (model.pt's
+    ``training_slides``; none for a model.pt from before it was recorded), read without the
+    weights (``torch.load(mmap=True)``)."""
+    patients: set[str] = set()
+    for path in models.values():
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001, S112 - check_trained_models names the problem
+            continue
+        seen = ckpt.get("training_slides") or {}
+        patients.update(map(str, seen.get("patient_ids", ())))
+    return patients
+
+
+def check_patient_overlap(
+    cohorts: Mapping[str, Mapping[str, Any]],
+    patients_of: Mapping[str, Sequence[Any]],
+    trained: set[str],
+) -> list[str]:
+    """The models' training patients in this project's cohorts, as the workflow's own leakage
+    check treats a train cohort's (``cohorts``: the config's section; ``patients_of``: each
+    cohort's patient ids; ``trained``: :func:`training_patients`): a warning for a ``predict``
+    cohort or with ``allow_patient_overlap``, else ConfigError (an ``external`` cohort's
+    metrics would be optimistic). Patient ids are compared as text, so ids of another lab that
+    happen to be equal are found too: the message says how to allow them."""
+    warnings = []
+    for name, cohort in cohorts.items():
+        shared = sorted(trained & set(map(str, patients_of[name])))
+        if not shared:
+            continue
+        msg = (
+            f"cohort {name}: {len(shared)} patient id(s) that the trained_models fold models "
+            f"trained on ({', '.join(shared[:5])}{' ...' if len(shared) > 5 else ''})"
         )
+        if cohort["role"] == "predict":
+            warnings.append(f"{msg}: they have seen these patients' slides (no metrics here)")
+        elif cohort.get("allow_patient_overlap"):
+            warnings.append(f"{msg} (allowed by cohorts.{name}.allow_patient_overlap)")
+        else:
+            raise ConfigError(
+                f"{msg}: its metrics would be optimistic; remove them, or, if these ids name "
+                f"other patients (ids are compared as text), set cohorts.{name}."
+                "allow_patient_overlap: true (its summary.json then records them)"
+            )
     return warnings
 
 
