@@ -197,13 +197,8 @@ if config["trained_models"]:
             own_models=Path(layout.model_dir(EXPERIMENT, 0)).parent,
         )
         if getattr(workflow, "is_main_process", True):
-            for _warning in trained_models.check_trained_models(
-                TRAINED_MODELS,
-                CLASSES,
-                config["preprocessing"]["patches"],
-                FEATURE_ID,
-                trained_models.config_preprocessing(config["preprocessing"]),
-                n_folds=config["cv"]["folds"],
+            for _warning in trained_models.check_with_config(
+                TRAINED_MODELS, config, FEATURE_ID
             ):
                 print(f"gigamil: warning: {_warning}", file=sys.stderr)
         MODEL_POOL = trained_models.models_pool(TRAINED_MODELS)

@@ -124,3 +124,34 @@ def test_cli_prints_the_summary_and_the_config_keys(tmp_path: Path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["config"] == copy.deepcopy(fragment)
     assert printed["header"]["patch_px"] == 96 and "state_dict" not in printed["header"]
+
+
+def test_cli_on_a_folder_describes_every_fold_and_checks_a_config(tmp_path: Path, capsys):
+    """`gigamil model-info DIR --config CONFIG.yaml`: the workflow's trained_models check before
+    a run; a config that cannot feed the models is an error naming the setting."""
+    from gigamil.cli import main
+
+    for k in (0, 1):
+        _model_pt(tmp_path / "models" / f"fold{k}" / "model.pt", preprocessing=RECORDED)
+    with open(REPO / "config.yaml") as fh:
+        cfg = yaml.safe_load(fh)
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(cfg))
+    fragment = config_fragment(model_header_of(tmp_path / "models" / "fold0" / "model.pt"))
+    cfg["classes"] = fragment["classes"]
+    for section, values in fragment["preprocessing"].items():
+        cfg["preprocessing"][section].update(values)
+    cfg["cv"]["folds"] = 3
+    (tmp_path / "fits.yaml").write_text(yaml.safe_dump(cfg))
+    models = str(tmp_path / "models")
+    assert main(["model-info", models, "--config", str(tmp_path / "fits.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": a gigamil ") == 2 and "fold1/model.pt: a gigamil" in out
+    assert "warning: trained_models: 2 fold model(s) found (folds 0, 1) but cv.folds is 3" in out
+    assert out.rstrip().endswith("fits.yaml can predict with these 2 fold models (warnings above)")
+    assert main(["model-info", models, "--json", "--config", str(tmp_path / "fits.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert sorted(json.loads(captured.out)["headers"]) == ["fold0", "fold1"]
+    assert "can predict with these 2 fold models" in captured.err
+    assert main(["model-info", models, "--config", str(tmp_path / "plain.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot predict with this configuration; set classes: ['benign', 'tumour']" in err

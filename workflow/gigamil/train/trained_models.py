@@ -249,6 +249,22 @@ def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
     return warnings
 
 
+def check_with_config(
+    models: Mapping[int, Path], config: Mapping[str, Any], encoder_id: str | None = None
+) -> list[str]:
+    """:func:`check_trained_models` of a whole validated configuration (its ``classes``,
+    ``preprocessing`` and ``cv.folds``; ``encoder_id``: its feature cache,
+    :func:`gigamil.data.feature_spec.config_encoder_id`, which the caller computes)."""
+    return check_trained_models(
+        models,
+        config["classes"],
+        config["preprocessing"]["patches"],
+        encoder_id,
+        config_preprocessing(config["preprocessing"]),
+        n_folds=config["cv"]["folds"],
+    )
+
+
 def training_patients(models: Mapping[int, Path]) -> set[str]:
     """The patient ids every fold model trained or validated on (model.pt's
     ``training_slides``; none for a model.pt from before it was recorded), read without the
