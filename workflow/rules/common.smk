@@ -53,6 +53,7 @@ def print_run_summary():
         EXPERIMENT,
         config["cohorts"],
         shown_root=here.resolve() if elsewhere else None,
+        trained_models=list(TRAINED_MODELS.values()) if TRAINED_MODELS else [],
         configfiles=configfiles,
         snakemake_args=(
             ["-s", str(snakefile), "--directory", str(here.resolve())]

@@ -203,3 +203,28 @@ def test_unscored_cv_slides_and_a_path_with_a_space_in_the_report_command(tmp_pa
     lines = run_summary_lines("exp", {}, tmp_path, snakemake_args=["-s", "/my repo/Snakefile"])
     assert "4 slides of 4 patients (+ 1 without patches, not scored):" in lines[1]
     assert "snakemake -s '/my repo/Snakefile' --report report.html" in lines[-1]
+
+
+def test_models_trained_elsewhere_are_named_and_date_the_summaries(tmp_path):
+    """With trained_models the fold models are theirs: a line names the folder, and a summary
+    older than one of them (replaced after the last run) is stale."""
+    import os
+
+    path = tmp_path / "results/eval/exp/ensemble/ext/summary.json"
+    _write(path, {"n_slides": 4, "n_patients": 4, "auc": 0.75})
+    models = []
+    for k in (0, 1):
+        model = tmp_path / f"shared/m/fold{k}/model.pt"
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"")
+        os.utime(model, (1000, 1000))
+        models.append(Path("shared/m") / f"fold{k}" / "model.pt")
+    os.utime(path, (2000, 2000))
+    lines = run_summary_lines("exp", COHORTS, tmp_path, trained_models=models)
+    assert lines[1] == "  predicted by 2 fold models of shared/m (trained_models)"
+    assert "STALE" not in "".join(lines)
+    os.utime(tmp_path / models[1], (3000, 3000))
+    lines = run_summary_lines("exp", COHORTS, tmp_path, trained_models=models)
+    assert any(
+        "external cohort ext" in x and "[STALE: older than the fold models" in x for x in lines
+    )

@@ -69,6 +69,7 @@ def run_summary_lines(
     configfiles: Sequence[str | Path] = (),
     snakemake_args: Sequence[str] = (),
     shown_root: str | Path | None = None,
+    trained_models: Sequence[str | Path] = (),
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
@@ -78,6 +79,7 @@ def run_summary_lines(
     under ``shown_root`` when given (e.g. the run's absolute directory: paths that work from any
     directory), else relative to the run's directory. A summary older
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
+    ``trained_models``: the model.pt files of that key (trained elsewhere): named, and dated.
 
     Returns, e.g.::
 
@@ -89,8 +91,7 @@ def run_summary_lines(
     """
     root = Path(root)
     lines: list[str] = []
-    models = [p.stat().st_mtime for p in root.glob(f"{layout.model_dir(experiment, '*')}/model.pt")]
-    newest_model = max(models, default=0.0)
+    newest_model = _newest_model(root, experiment, trained_models)
     cv_path = Path(layout.eval_dir(experiment)) / "summary.json"
     cv = _read(root / cv_path)
     if cv is not None:
@@ -107,6 +108,7 @@ def run_summary_lines(
             lines += _cohort_lines(name, cohort["role"], root, path, newest_model, shown_root)
     if not lines:
         return []
+    lines[:0] = _models_line(trained_models)
     heatmaps = Path(layout.RESULTS) / "heatmaps"  # none drawn (heatmaps.slides: none): not named
     drawn = f"heatmaps: {_shown(shown_root, heatmaps)}/; " if (root / heatmaps).is_dir() else ""
     return [
@@ -117,6 +119,24 @@ def run_summary_lines(
         + f" --report {shlex.quote(_shown(shown_root, Path('report.html')))}"
         + "".join(f" --configfile {shlex.quote(str(f))}" for f in configfiles),
     ]
+
+
+def _models_line(trained_models: Sequence[str | Path]) -> list[str]:
+    """The line naming the trained_models folder (each model.pt is in a fold folder of it)."""
+    if not trained_models:
+        return []
+    folder = Path(trained_models[0]).parent.parent
+    return [
+        f"  predicted by {_count(len(trained_models), 'fold model')} of {folder} (trained_models)"
+    ]
+
+
+def _newest_model(root: Path, experiment: str, trained_models: Sequence[str | Path]) -> float:
+    """mtime of the newest fold model.pt: of ``trained_models``, else the experiment's own."""
+    files = [root / p for p in trained_models] or list(
+        root.glob(f"{layout.model_dir(experiment, '*')}/model.pt")
+    )
+    return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
 
 
 def _shown(shown_root: str | Path | None, path: Path) -> str:
