@@ -43,6 +43,7 @@ def print_run_summary():
     open for each (gigamil.evaluate.run_summary); nothing in a dry run or before any summary.
     """
     from gigamil.evaluate.run_summary import run_summary_lines
+    from gigamil.train.learning import chance_loss
 
     configfiles = workflow.overwrite_configfiles or []  # the report needs the same ones
     here = Path.cwd()
@@ -54,6 +55,7 @@ def print_run_summary():
         config["cohorts"],
         shown_root=here.resolve() if elsewhere else None,
         trained_models=list(TRAINED_MODELS.values()) if TRAINED_MODELS else [],
+        chance_loss=chance_loss(len(CLASSES), config["training"]["loss"]),
         configfiles=configfiles,
         snakemake_args=(
             ["-s", str(snakefile), "--directory", str(here.resolve())]

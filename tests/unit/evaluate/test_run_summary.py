@@ -228,3 +228,37 @@ def test_models_trained_elsewhere_are_named_and_date_the_summaries(tmp_path):
     assert any(
         "external cohort ext" in x and "[STALE: older than the fold models" in x for x in lines
     )
+
+
+def test_a_fold_that_did_not_learn_is_a_warning_with_its_curves(tmp_path):
+    """The training loss of fold 1's second member stayed at ln 2: the summary says so, and
+    where its training curves are; a fold that learnt, and a run without chance_loss, say
+    nothing."""
+    import math
+
+    import pandas as pd
+
+    _write(tmp_path / "results/eval/exp/summary.json", {"n_slides": 4, "oof_auc": 0.6})
+    for fold, member_losses in ((0, [0.6, 0.3, 0.2, 0.1]), (1, [0.70, 0.69, 0.70, 0.69])):
+        rows = pd.concat(
+            [
+                pd.DataFrame({"epoch": range(1, 5), "train_loss": [0.6, 0.4, 0.3, 0.2]}),
+                pd.DataFrame({"epoch": range(1, 5), "train_loss": member_losses}),
+            ],
+            keys=[0, 1],
+            names=["replicate", None],
+        ).reset_index(level=0)
+        path = tmp_path / f"results/models/exp/fold{fold}/train_log.csv"
+        path.parent.mkdir(parents=True)
+        rows.to_csv(path, index=False)
+    lines = run_summary_lines("exp", {}, tmp_path, chance_loss=math.log(2))
+    warned = [x for x in lines if "WARNING" in x]
+    assert warned == [
+        "  WARNING: fold1 replicate1 did not learn: its training loss ended at 0.693, the "
+        "chance level is 0.693 (a model predicting every class equally likely); its predictions "
+        "mean nothing (README, 'When a fold does not learn')"
+    ]
+    assert lines[lines.index(warned[0]) + 1] == (
+        "    open results/models/exp/fold1/training_curves.png"
+    )
+    assert not any("WARNING" in x for x in run_summary_lines("exp", {}, tmp_path))

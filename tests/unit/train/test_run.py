@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,7 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
     )
     assert model_path == tmp_path / "fold0" / "model.pt"
     assert "empty has no patches" in caplog.text
+    assert "did not learn" not in caplog.text  # its loss falls: no warning
     rows = read_log(tmp_path / "fold0" / "train_log.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     assert {"epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"} <= set(rows[0])
@@ -1088,3 +1090,21 @@ def test_features_of_a_store_recut_with_other_pixels_train_again(
     (out / "model.pt").unlink()  # Snakemake deletes the job's outputs before it reruns it
     train_fold(ftrain, ftrain.iloc[:0], mil_bags.classes, model_cfg, cfg, out, resume=True)
     assert seen == [1]
+
+
+def test_a_fold_that_does_not_learn_says_so(mil_bags, cohort, tmp_path: Path, caplog) -> None:
+    """A learning rate too small to move the weights: the training loss stays at the chance
+    level (ln 2), and the fold's log says that the model did not learn (issue 18: 'nothing
+    says so'); with two members, each is named."""
+    train, val = cohort
+    torch.set_num_threads(1)
+    cfg = training(epochs=3, lr=1e-12, replicates=2)
+    with caplog.at_level("WARNING", logger="gigamil"):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "fold3")
+    for member in (0, 1):
+        said = re.search(
+            f"fold3 replicate{member} did not learn: its training loss ended at ([0-9.]+), "
+            "the chance level is 0.693",
+            caplog.text,
+        )
+        assert said and float(said.group(1)) >= 0.9 * np.log(2)

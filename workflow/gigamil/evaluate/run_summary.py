@@ -70,6 +70,7 @@ def run_summary_lines(
     snakemake_args: Sequence[str] = (),
     shown_root: str | Path | None = None,
     trained_models: Sequence[str | Path] = (),
+    chance_loss: float | None = None,
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
@@ -80,6 +81,8 @@ def run_summary_lines(
     directory), else relative to the run's directory. A summary older
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
     ``trained_models``: the model.pt files of that key (trained elsewhere): named, and dated.
+    ``chance_loss``: a fold model whose training loss ended near it is named as not learned
+    (:mod:`gigamil.train.learning`).
 
     Returns, e.g.::
 
@@ -109,16 +112,47 @@ def run_summary_lines(
     if not lines:
         return []
     lines[:0] = _models_line(trained_models)
-    heatmaps = Path(layout.RESULTS) / "heatmaps"  # none drawn (heatmaps.slides: none): not named
-    drawn = f"heatmaps: {_shown(shown_root, heatmaps)}/; " if (root / heatmaps).is_dir() else ""
+    if chance_loss is not None:
+        lines += _learning_lines(root, experiment, chance_loss, shown_root)
     return [
         f"gigamil: results of experiment {experiment}",
         *lines,
+        _closing_line(root, shown_root, snakemake_args, configfiles),
+    ]
+
+
+def _closing_line(
+    root: Path,
+    shown_root: str | Path | None,
+    snakemake_args: Sequence[str],
+    configfiles: Sequence[str | Path],
+) -> str:
+    """Where the heatmaps are (when drawn) and the command of the one-page report."""
+    heatmaps = Path(layout.RESULTS) / "heatmaps"  # none drawn (heatmaps.slides: none): not named
+    drawn = f"heatmaps: {_shown(shown_root, heatmaps)}/; " if (root / heatmaps).is_dir() else ""
+    return (
         f"  {drawn}all results in one page: snakemake"
         + "".join(f" {shlex.quote(str(a))}" for a in snakemake_args)
         + f" --report {shlex.quote(_shown(shown_root, Path('report.html')))}"
-        + "".join(f" --configfile {shlex.quote(str(f))}" for f in configfiles),
-    ]
+        + "".join(f" --configfile {shlex.quote(str(f))}" for f in configfiles)
+    )
+
+
+def _learning_lines(
+    root: Path, experiment: str, chance: float, shown_root: str | Path | None
+) -> list[str]:
+    """A WARNING line per fold model of the experiment whose training loss ended near the
+    chance level, each with its training curves to open."""
+    from gigamil.train.learning import learning_warnings
+
+    logs = sorted(root.glob(f"{layout.model_dir(experiment, '*')}/train_log.csv"))
+    out = []
+    for path in logs:
+        fold = path.parent.name.removeprefix("fold")
+        for warning in learning_warnings({f"fold{fold}": path}, chance):
+            curves = Path(layout.training_curves(experiment, fold))
+            out += [f"  WARNING: {warning}", f"    open {_shown(shown_root, curves)}"]
+    return out
 
 
 def _models_line(trained_models: Sequence[str | Path]) -> list[str]:

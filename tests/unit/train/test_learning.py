@@ -1,0 +1,61 @@
+"""gigamil.train.learning: a fold model whose training loss ends at the chance level."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from gigamil.nn.losses import BagLoss
+from gigamil.train.learning import chance_loss, learning_warnings, unlearned_models
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), [("ce", 2), ("ce", 3), ("focal", 2), ("focal", 4)])
+def test_chance_loss_is_the_loss_of_a_uniform_prediction(kind: str, n_classes: int):
+    """The bag loss gigamil trains with (balanced class weights average 1 over the bags), at
+    logits that give every class the same probability."""
+    n_out = 1 if n_classes == 2 else n_classes
+    labels = torch.tensor([0, 0, 0, 1] if n_classes == 2 else list(range(n_classes)) * 2)
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    weights = len(labels) / (n_classes * counts)
+    loss = BagLoss(kind, class_weights=weights)(torch.zeros(len(labels), n_out), labels)
+    assert chance_loss(n_classes, kind) == pytest.approx(float(loss), rel=1e-6)
+    assert chance_loss(2) == pytest.approx(math.log(2))
+
+
+def test_a_model_is_judged_by_the_mean_of_its_last_three_epochs():
+    chance = math.log(2)
+    flat = pd.DataFrame({"epoch": range(1, 7), "train_loss": [0.70, 0.69, 0.69, 0.70, 0.69, 0.68]})
+    assert unlearned_models(flat, chance) == [(None, pytest.approx(0.69))]
+    # one low epoch among the last three does not make a model that learnt
+    noisy = flat.assign(train_loss=[0.7, 0.69, 0.69, 0.69, 0.40, 0.69])
+    assert unlearned_models(noisy, chance) == []  # mean 0.593 < 0.9 ln 2
+    learnt = flat.assign(train_loss=[0.70, 0.6, 0.5, 0.3, 0.2, 0.25])
+    assert unlearned_models(learnt, chance) == []
+    just = flat.assign(train_loss=[0.7] * 3 + [0.9 * chance] * 3)  # the boundary is not learned
+    assert unlearned_models(just, chance) == [(None, pytest.approx(0.9 * chance))]
+    members = pd.concat(
+        [flat.assign(replicate=0), learnt.assign(replicate=1), flat.assign(replicate=2)]
+    )
+    assert [m for m, _ in unlearned_models(members, chance)] == [0, 2]
+    assert unlearned_models(pd.DataFrame(columns=["epoch", "train_loss"]), chance) == []
+
+
+def test_warnings_name_the_fold_the_member_and_the_figures(tmp_path: Path):
+    log = tmp_path / "train_log.csv"
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.71, 0.70, 0.69], "replicate": 1}).to_csv(
+        log, index=False
+    )
+    (tmp_path / "empty.csv").write_text("")
+    found = learning_warnings(
+        {"fold2": log, "fold3": tmp_path / "missing.csv", "fold4": tmp_path / "empty.csv"},
+        math.log(2),
+    )
+    assert found == [
+        "fold2 replicate1 did not learn: its training loss ended at 0.700, the chance level "
+        "is 0.693 (a model predicting every class equally likely); its predictions mean "
+        "nothing (README, 'When a fold does not learn')"
+    ]

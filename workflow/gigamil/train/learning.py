@@ -1,0 +1,72 @@
+"""Did a fold model learn? Its training loss against the chance level: a model that ends where
+a model predicting every class equally likely starts has learnt nothing from its slides, and
+its predictions and heatmaps mean nothing (on real tissue this happened on one cohort in two
+before 2026-12: docs/real_tissue.md). Said after training (train_fold's log) and at the end of
+the run (:mod:`gigamil.evaluate.run_summary`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+CHANCE_FRACTION = 0.9  # a training loss ending above 0.9 × chance: not learned
+LAST_EPOCHS = 3  # the training loss judged: the mean of the last 3 epochs (one is noisy)
+
+
+def chance_loss(n_classes: int, loss: str = "ce", gamma: float = 2.0) -> float:
+    """The bag loss of a model that predicts 1 / n_classes for every class: ln K for
+    cross-entropy (with or without label smoothing, and with balanced class weights, whose mean
+    over the bags is 1), (1 − 1/K)^γ ln K for focal loss (:class:`gigamil.nn.losses.BagLoss`)."""
+    ce = math.log(n_classes)
+    return ce * (1 - 1 / n_classes) ** gamma if loss == "focal" else ce
+
+
+def unlearned_models(train_log: pd.DataFrame, chance: float) -> list[tuple[int | None, float]]:
+    """``(replicate, final training loss)`` of each model of a fold's ``train_log.csv`` (one
+    per ``replicate``; None without that column) whose training loss, the mean of its last
+    :data:`LAST_EPOCHS` epochs, ended at or above :data:`CHANCE_FRACTION` × ``chance``."""
+    if "train_loss" not in train_log or train_log.empty:
+        return []
+    members = (
+        train_log.groupby("replicate", sort=True)
+        if "replicate" in train_log
+        else [(None, train_log)]
+    )
+    found = []
+    for member, rows in members:
+        final = float(rows["train_loss"].dropna().tail(LAST_EPOCHS).mean())
+        if final >= CHANCE_FRACTION * chance:
+            found.append((None if member is None else int(member), final))
+    return found
+
+
+def learning_warnings(train_logs: Mapping[str, str | Path], chance: float) -> list[str]:
+    """One sentence per fold model (``train_logs``: the fold's name, e.g. ``fold2``, → its
+    ``train_log.csv``; missing or unreadable files are skipped) whose training loss ended near
+    ``chance``."""
+    out = []
+    for fold_name, path in train_logs.items():
+        try:
+            table = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue
+        for member, final in unlearned_models(table, chance):
+            name = fold_name + ("" if member is None else f" replicate{member}")
+            out.append(
+                f"{name} did not learn: its training loss ended at {final:.3f}, the chance level "
+                f"is {chance:.3f} (a model predicting every class equally likely); its "
+                "predictions mean nothing (README, 'When a fold does not learn')"
+            )
+    return out
+
+
+def warn_if_unlearned(train_log: str | Path, chance: float, fold_name: str) -> None:
+    """Log :func:`learning_warnings` of one fold's ``train_log.csv`` as warnings."""
+    for warning in learning_warnings({fold_name: train_log}, chance):
+        log.warning("%s", warning)
