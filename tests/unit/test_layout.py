@@ -226,6 +226,9 @@ def test_report_categories_are_numbered_without_gaps() -> None:
         cats = layout.report_categories(cfg, ["a"], external, [])
         assert cats["heatmaps"] == "2. Heatmaps" and cats["cv"] == "1. Cross-validation"
         assert not cats["ensembles"][0].isdigit()
+    # trained_models: no train cohort, so no cross-validation section
+    cats = layout.report_categories(on, [], ["ext"], ["new"])
+    assert (cats["ensembles"], cats["heatmaps"]) == ("1. Ensembles", "2. Heatmaps")
 
 
 def test_lesion_masks_do_not_depend_on_the_order_of_the_sheet():

@@ -389,11 +389,12 @@ def report_categories(
     report (ensembles of external cohorts, of ``role: predict`` cohorts, or of each train cohort
     when there are several; ``train``/``external``/``predict``: the cohorts of each role)."""
     shown = bool(predict) or (config["ensemble"]["enabled"] and (bool(external) or len(train) > 1))
-    titles = ["Quality control", "Cross-validation", *(["Ensembles"] * shown), "Heatmaps"]
+    cv = ["Cross-validation"] * bool(train)  # none with trained_models: nothing trains
+    titles = ["Quality control", *cv, *(["Ensembles"] * shown), "Heatmaps"]
     numbered = {t: f"{i}. {t}" for i, t in enumerate(titles)}
     return {
         "qc": numbered["Quality control"],
-        "cv": numbered["Cross-validation"],
+        "cv": numbered.get("Cross-validation", "Cross-validation"),
         "ensembles": numbered.get("Ensembles", "Ensembles"),  # (not shown: no rule of it runs)
         "heatmaps": numbered["Heatmaps"],
     }

@@ -56,6 +56,7 @@ def print_run_summary():
         shown_root=here.resolve() if elsewhere else None,
         trained_models=list(TRAINED_MODELS.values()) if TRAINED_MODELS else [],
         chance_loss=chance_loss(len(CLASSES), config["training"]["loss"]),
+        warnings=TRAINED_WARNINGS,
         configfiles=configfiles,
         snakemake_args=(
             ["-s", str(snakefile), "--directory", str(here.resolve())]
@@ -189,6 +190,8 @@ FEATURE_GPUS = 1 if config["training"]["device"] == "cuda" else 0
 # workflow trains cv.folds models of its own. MODEL_POOL: what the attention files hold.
 TRAINED_MODELS = None
 TRAINED_PATIENTS = set()  # the patient ids they trained on
+# their checks' warnings: printed now and again at the end of the run
+TRAINED_WARNINGS = []
 FOLDS = list(range(config["cv"]["folds"]))
 MODEL_POOL = config["model"]["pool"]
 if config["trained_models"]:
@@ -199,20 +202,21 @@ if config["trained_models"]:
             config["trained_models"],
             own_models=Path(layout.model_dir(EXPERIMENT, 0)).parent,
         )
-        if getattr(workflow, "is_main_process", True):
-            for _warning in trained_models.check_with_config(
+        if getattr(workflow, "is_main_process", True):  # first: names a damaged file
+            TRAINED_WARNINGS = trained_models.check_with_config(
                 TRAINED_MODELS, config, FEATURE_ID
-            ):
-                print(f"gigamil: warning: {_warning}", file=sys.stderr)
+            )
         MODEL_POOL = trained_models.models_pool(TRAINED_MODELS)
-        TRAINED_PATIENTS = trained_models.training_patients(TRAINED_MODELS)
+        TRAINED_PATIENTS, _unrecorded = trained_models.training_patients(TRAINED_MODELS)
         if getattr(workflow, "is_main_process", True):
-            for _warning in trained_models.check_patient_overlap(
+            TRAINED_WARNINGS += trained_models.check_patient_overlap(
                 config["cohorts"],
                 {c: SHEETS[c]["patient_id"] for c in config["cohorts"]},
                 TRAINED_PATIENTS,
-            ):
-                print(f"gigamil: warning: {_warning}", file=sys.stderr)
+                _unrecorded,
+            )
+        for _warning in TRAINED_WARNINGS:
+            print(f"gigamil: warning: {_warning}", file=sys.stderr)
     except GigamilError as exc:
         stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
     FOLDS = list(TRAINED_MODELS)

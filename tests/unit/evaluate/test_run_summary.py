@@ -222,6 +222,10 @@ def test_models_trained_elsewhere_are_named_and_date_the_summaries(tmp_path):
     os.utime(path, (2000, 2000))
     lines = run_summary_lines("exp", COHORTS, tmp_path, trained_models=models)
     assert lines[1] == "  predicted by 2 fold models of shared/m (trained_models)"
+    said = run_summary_lines(  # the checks' warnings of the start, again at the end
+        "exp", COHORTS, tmp_path, trained_models=models, warnings=["1 fold model but cv.folds 2"]
+    )
+    assert said[-2] == "  WARNING: 1 fold model but cv.folds 2"
     assert "STALE" not in "".join(lines)
     os.utime(tmp_path / models[1], (3000, 3000))
     lines = run_summary_lines("exp", COHORTS, tmp_path, trained_models=models)

@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -72,7 +73,7 @@ def test_the_config_keys_it_gives_predict_with_the_model_without_a_warning(tmp_p
     # and the repo's config as it is (other classes, patch size, µm/px) cannot
     with open(REPO / "config.yaml") as fh:
         plain = validate_config(yaml.safe_load(fh))
-    with pytest.raises(GigamilError, match="set classes: \\['benign', 'tumour'\\]"):
+    with pytest.raises(GigamilError, match="set classes: \\[benign, tumour\\]"):
         check_trained_models(models, plain["classes"], plain["preprocessing"]["patches"])
 
 
@@ -149,9 +150,58 @@ def test_cli_on_a_folder_describes_every_fold_and_checks_a_config(tmp_path: Path
     assert "warning: trained_models: 2 fold model(s) found (folds 0, 1) but cv.folds is 3" in out
     assert out.rstrip().endswith("fits.yaml can predict with these 2 fold models (warnings above)")
     assert main(["model-info", models, "--json", "--config", str(tmp_path / "fits.yaml")]) == 0
-    captured = capsys.readouterr()
-    assert sorted(json.loads(captured.out)["headers"]) == ["fold0", "fold1"]
-    assert "can predict with these 2 fold models" in captured.err
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(printed["headers"]) == ["fold0", "fold1"]
+    assert printed["check"]["ok"] and len(printed["check"]["warnings"]) == 1
+    assert printed["config"]["cv"] == {"folds": 2}  # a folder: its folds, for cv.folds
     assert main(["model-info", models, "--config", str(tmp_path / "plain.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "cannot predict with this configuration; set classes: ['benign', 'tumour']" in err
+    assert "cannot predict with this configuration; set classes: [benign, tumour]" in err
+
+
+def test_cli_names_a_last_pt_copies_nan_and_patients_the_models_trained_on(tmp_path: Path, capsys):
+    """What a new-user trial found: a last.pt crashed model-info, a fold copied twice and the
+    models' training patients in a cohort passed, and --json wrote NaN (not JSON)."""
+    import hashlib
+    import shutil
+
+    import torch
+
+    from gigamil.cli import main
+
+    models = tmp_path / "models"
+    seen = {"slides": [["a", "s1"]], "patient_ids": ["demo_p01"]}
+    first = _model_pt(models / "fold0" / "model.pt", training_slides=seen)
+    ckpt = load_checkpoint(first)
+    atomic_save({**ckpt, "metrics": {"val_auc": float("nan")}}, first)
+    (models / "fold1").mkdir()
+    shutil.copy2(first, models / "fold1" / "model.pt")
+    assert main(["model-info", str(models)]) == 0
+    out = capsys.readouterr().out
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    assert f"  file sha256: {digest}" in out
+    assert f"warning: {models / 'fold1' / 'model.pt'} is the same file as fold 0's" in out
+    assert main(["model-info", str(first), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # standard JSON: NaN written as null
+    assert printed["header"]["metrics"] == {"val_auc": None}
+    assert printed["header"]["file_sha256"] == digest
+    # a cohort of the config holding a patient the models trained on: refused, as in the run
+    with open(REPO / "config.yaml") as fh:
+        cfg = yaml.safe_load(fh)
+    sheet = pd.read_csv(REPO / "resources/demo/sheet.csv")
+    sheet.to_csv(tmp_path / "sheet.csv", index=False)
+    cfg["classes"] = ["benign", "tumour"]
+    cfg["preprocessing"]["patches"]["mpp"] = 0.5
+    cfg["cohorts"] = {"ext": {"sheet": str(tmp_path / "sheet.csv"), "role": "external"}}
+    cfg["trained_models"] = str(models)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["model-info", str(first), "--config", str(tmp_path / "b.yaml")]) == 2
+    assert (
+        "cohort ext: 1 patient id(s) that the trained_models fold models trained on (demo_p01)"
+        in (capsys.readouterr().err)
+    )
+    # a trainer's last.pt under a model.pt name: said, no traceback
+    state = {"model": {"w": torch.ones(1)}, "optimizer": {}, "early_stopping": {}}
+    atomic_save(state, tmp_path / "last" / "fold0" / "model.pt")
+    assert main(["model-info", str(tmp_path / "last")]) == 2
+    assert "it is a trainer's resumable state (a last.pt)" in capsys.readouterr().err

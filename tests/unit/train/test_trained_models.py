@@ -149,7 +149,7 @@ def test_the_resolution_must_agree_to_one_percent(tmp_path: Path, mpp: float, re
 @pytest.mark.parametrize(
     ("classes", "patches", "encoder_id", "message"),
     [
-        (["lesion", "normal"], PATCHES, None, "classes: ['normal', 'lesion'] (the model's output"),
+        (["lesion", "normal"], PATCHES, None, "classes: [normal, lesion] (the model's output"),
         (
             CLASSES,
             {**PATCHES, "patch_px": 64},
@@ -287,8 +287,8 @@ def test_training_patients_in_this_projects_cohorts(tmp_path: Path):
     seen = {"slides": [["a", "s3"]], "patient_ids": ["p3"]}
     _save(tmp_path / "fold1" / "model.pt", training_slides=seen)
     _save(tmp_path / "fold2" / "model.pt")  # from before training_slides was recorded
-    trained = training_patients(fold_models(tmp_path))
-    assert trained == {"p1", "p2", "p3"}
+    trained, unrecorded = training_patients(fold_models(tmp_path))
+    assert trained == {"p1", "p2", "p3"} and unrecorded == [2]
     cohorts = {
         "ext": {"role": "external"},
         "new": {"role": "predict"},
@@ -303,6 +303,13 @@ def test_training_patients_in_this_projects_cohorts(tmp_path: Path):
     )
     assert "set cohorts.ext.allow_patient_overlap: true" in str(err.value)
     del cohorts["ext"]
+    assert check_patient_overlap(cohorts, patients, trained, unrecorded)[0] == (
+        "trained_models: the model.pt of fold(s) 2 records no training patients (written before "
+        "2026-12-05): whether the external cohorts hold patients they trained on is not checked "
+        "for them"
+    )
+    predict_only = {"new": cohorts["new"]}
+    assert len(check_patient_overlap(predict_only, patients, trained, unrecorded)) == 1
     assert check_patient_overlap(cohorts, patients, trained) == [
         "cohort new: 1 patient id(s) that the trained_models fold models trained on (p1): they "
         "have seen these patients' slides (no metrics here)",

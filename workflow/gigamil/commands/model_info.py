@@ -1,11 +1,14 @@
 """``gigamil model-info``: what a fold's model.pt (or a folder of fold models) is (classes, input
-patches, encoder, what it was trained on), the config.yaml keys a project needs to predict with
-it, and, with ``--config``, whether that config can (:mod:`gigamil.train.model_info`,
+patches, encoder, what it was trained on, its file's sha256), the config.yaml keys a project
+needs to predict with it, and, with ``--config``, whether that config can, as the workflow's
+``trained_models`` checks say (:mod:`gigamil.train.model_info`,
 :mod:`gigamil.train.trained_models`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 NAME = "model-info"
 HELP = "what a model.pt (or a folder of fold models) is, and the config keys to predict with it"
@@ -22,12 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="CONFIG.yaml",
         help="check that this config can predict with the model(s), as the workflow does with "
-        "trained_models before any job: errors name the setting to use, warnings are printed",
+        "trained_models before any job (classes, patches, feature cache, cv.folds, and its "
+        "cohorts' sheets against the patients the models trained on): errors name the setting "
+        "to use, warnings are printed",
     )
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print the header(s) (everything but the weights) and the config keys as JSON",
+        help="print the header(s) (everything but the weights), the config keys and the "
+        "check's result as JSON",
     )
 
 
@@ -35,60 +41,108 @@ def _print_keys(fragment: dict) -> None:
     import yaml
 
     print(
-        "\nconfig.yaml keys of a project predicting with it (with trained_models: the folder "
-        "holding fold<k>/model.pt; README, 'Sharing trained models'):"
+        "\nconfig.yaml keys of a project predicting with it: replace these keys of its config "
+        "(with trained_models: the folder holding fold<k>/model.pt; README, 'Sharing trained "
+        "models'):"
     )
     classes = {"classes": fragment["classes"]}  # a list in one line, sections as blocks
     print(yaml.safe_dump(classes, default_flow_style=None, allow_unicode=True).rstrip())
-    rest = {"preprocessing": fragment["preprocessing"]}
+    rest = {k: v for k, v in fragment.items() if k != "classes"}
     print(yaml.safe_dump(rest, sort_keys=False, allow_unicode=True).rstrip())
+
+
+def _cohort_patients(config: dict) -> dict[str, list[str]]:
+    """Each cohort's patient ids, from its sheet as the config names it (relative to the
+    current directory, as in a run; no slide file read, labels not checked)."""
+    from gigamil.sheet_csv import read_sheet_csv
+
+    return {
+        name: read_sheet_csv(Path(cohort["sheet"]), labels_required=False)["patient_id"].tolist()
+        for name, cohort in config["cohorts"].items()
+    }
 
 
 def _check(models: dict, config_path: str) -> list[str]:
     """The workflow's trained_models checks of ``models`` against the config at
-    ``config_path`` (GigamilError naming the setting to use); its warnings and a verdict."""
+    ``config_path`` (GigamilError naming the setting to use): its warnings."""
     from gigamil.config import load_config
     from gigamil.data.feature_spec import config_encoder_id
-    from gigamil.train.trained_models import check_with_config
+    from gigamil.train.trained_models import (
+        check_patient_overlap,
+        check_with_config,
+        training_patients,
+    )
 
     config = load_config(config_path)
     warnings = check_with_config(models, config, config_encoder_id(config))
-    them = "this model" if len(models) == 1 else f"these {len(models)} fold models"
-    verdict = f"{config_path} can predict with {them}"
-    return [
-        *(f"warning: {w}" for w in warnings),
-        verdict + (" (warnings above)" if warnings else ""),
-    ]
+    trained, unrecorded = training_patients(models)
+    return warnings + check_patient_overlap(
+        config["cohorts"], _cohort_patients(config), trained, unrecorded
+    )
+
+
+def _report(path: Path, models: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """Headers, file digests, folder warnings, the config keys and the --config check."""
+    from gigamil.train.model_info import (
+        config_fragment,
+        file_sha256,
+        folder_warnings,
+        model_header_of,
+    )
+
+    headers = {fold: model_header_of(p) for fold, p in models.items()}
+    digests = {fold: file_sha256(p) for fold, p in models.items()}
+    n_folds = max(models) + 1 if path.is_dir() else None
+    fragments = [config_fragment(h, n_folds) for h in headers.values()]
+    return {
+        "headers": headers,
+        "digests": digests,
+        "warnings": folder_warnings(models, digests) if path.is_dir() else [],
+        "config": fragments[0],
+        "differ": any(f != fragments[0] for f in fragments),
+        "check": _check(models, args.config) if args.config else None,
+    }
+
+
+def _print_json(path: Path, report: dict[str, Any], config: str | None) -> None:
+    import json
+
+    from gigamil.train.model_info import json_safe
+
+    headers = {k: {**h, "file_sha256": report["digests"][k]} for k, h in report["headers"].items()}
+    shown: dict[str, Any] = (
+        {"headers": {f"fold{k}": h for k, h in headers.items()}, "warnings": report["warnings"]}
+        if path.is_dir()
+        else {"header": headers[0]}
+    )
+    shown["config"] = report["config"]
+    if config:
+        shown["check"] = {"config": config, "ok": True, "warnings": report["check"]}
+    print(json.dumps(json_safe(shown), indent=2, default=str, allow_nan=False))
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    from pathlib import Path
-
-    from gigamil.train.model_info import config_fragment, describe_model, model_header_of
+    from gigamil.train.model_info import describe_model
     from gigamil.train.trained_models import fold_models
 
     path = Path(args.model)
     models = fold_models(path) if path.is_dir() else {0: path}
-    headers = {fold: model_header_of(p) for fold, p in models.items()}
-    fragments = {fold: config_fragment(h) for fold, h in headers.items()}
-    first = next(iter(fragments.values()))
-    checked = _check(models, args.config) if args.config else []
-    if args.json:  # the check's lines on stderr: stdout is the JSON alone
-        if checked:
-            print("\n".join(checked), file=sys.stderr)
-        if path.is_dir():
-            shown = {"headers": {f"fold{k}": h for k, h in headers.items()}}
-        else:
-            shown = {"header": headers[0]}
-        print(json.dumps({**shown, "config": first}, indent=2, default=str))
+    report = _report(path, models, args)
+    if args.json:
+        _print_json(path, report, args.config)
         return 0
-    for fold, header in headers.items():
+    for fold, header in report["headers"].items():
         print("\n".join(describe_model(models[fold], header)))
-    if any(f != first for f in fragments.values()):
+        print(f"  file sha256: {report['digests'][fold]}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+    if report["differ"]:
         print("\nnote: the fold models differ in these keys; shown: the first fold's")
-    _print_keys(first)
-    if checked:
-        print("\n" + "\n".join(checked))
+    _print_keys(report["config"])
+    if args.config:
+        for warning in report["check"]:
+            print(f"warning: {warning}")
+        them = "this model" if len(models) == 1 else f"these {len(models)} fold models"
+        verdict = f"{args.config} can predict with {them}"
+        print(f"\n{verdict}" + (" (warnings above)" if report["check"] else ""))
     return 0

@@ -348,12 +348,12 @@ def _patient_overlap(cohort: str, patient_overlap: Sequence[str]) -> dict[str, A
         "n_patients": len(patient_overlap),
         "patient_ids": sorted(map(str, patient_overlap)),
         "note": (
-            f"allowed by cohorts.{cohort}.allow_patient_overlap: the fold models were trained "
-            "on these patients, so the metrics are optimistic"
+            f"allowed by cohorts.{cohort}.allow_patient_overlap: fold models (one or more) "
+            "trained or validated on these patients, so the metrics are optimistic"
         ),
     }
     log.warning(
-        "cohort %s: %d patient(s) also in a train cohort (%s); metrics are optimistic",
+        "cohort %s: %d patient(s) the fold models trained on (%s); metrics are optimistic",
         cohort,
         len(patient_overlap),
         ", ".join(sorted(map(str, patient_overlap))[:5]),

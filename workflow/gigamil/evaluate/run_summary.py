@@ -62,7 +62,7 @@ def _localisation(summary: Mapping[str, Any]) -> str:
     return f"; localisation AUC {loc} ({'1 slide' if n == 1 else f'mean ± sd, {n} slides'})"
 
 
-def run_summary_lines(
+def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of a run
     experiment: str,
     cohorts: Mapping[str, Mapping[str, Any]],
     root: str | Path = ".",
@@ -71,6 +71,7 @@ def run_summary_lines(
     shown_root: str | Path | None = None,
     trained_models: Sequence[str | Path] = (),
     chance_loss: float | None = None,
+    warnings: Sequence[str] = (),
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
@@ -82,7 +83,8 @@ def run_summary_lines(
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
     ``trained_models``: the model.pt files of that key (trained elsewhere): named, and dated.
     ``chance_loss``: a fold model whose training loss ended near it is named as not learned
-    (:mod:`gigamil.train.learning`).
+    (:mod:`gigamil.train.learning`). ``warnings``: the run's own (e.g. trained_models' checks),
+    repeated at the end, where they are read.
 
     Returns, e.g.::
 
@@ -112,6 +114,7 @@ def run_summary_lines(
     if not lines:
         return []
     lines[:0] = _models_line(trained_models)
+    lines += [f"  WARNING: {w}" for w in warnings]
     if chance_loss is not None:
         lines += _learning_lines(root, experiment, chance_loss, shown_root)
     return [

@@ -4,13 +4,28 @@ predict with it (``trained_models``, :mod:`gigamil.train.trained_models`)."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gigamil.errors import GigamilError
 from gigamil.train.checkpoint import FINISHED, load_checkpoint
 
 WEIGHT_KEYS = ("state_dict", "replicates")
+
+
+def not_a_model(ckpt: Mapping[str, Any], path: str | Path) -> str | None:
+    """Why the checkpoint ``ckpt`` of ``path`` is no fold's model.pt (the header keys it lacks;
+    a trainer's last.pt said as such), or None."""
+    missing = [k for k in ("model_config", "classes", "patch_px") if k not in ckpt]
+    if not missing:
+        return None
+    last = "optimizer" in ckpt and "early_stopping" in ckpt
+    return f"{path}: not a fold's model.pt (it lacks {missing})" + (
+        "; it is a trainer's resumable state (a last.pt): use the fold's model.pt" if last else ""
+    )
 
 
 def model_header_of(path: str | Path) -> dict[str, Any]:
@@ -19,9 +34,12 @@ def model_header_of(path: str | Path) -> dict[str, Any]:
 
     Raises:
         GigamilError: a missing, unreadable or damaged file
-            (:func:`gigamil.train.checkpoint.load_checkpoint`).
+            (:func:`gigamil.train.checkpoint.load_checkpoint`), or one that is no fold's model.pt
+            (:func:`not_a_model`).
     """
     ckpt = load_checkpoint(path)
+    if problem := not_a_model(ckpt, path):
+        raise GigamilError(problem)
     header = {k: v for k, v in ckpt.items() if k not in WEIGHT_KEYS}
     if ckpt.get("replicates") is not None:
         header["replicates"] = [
@@ -41,12 +59,14 @@ def _nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_fragment(header: Mapping[str, Any]) -> dict[str, Any]:
+def config_fragment(header: Mapping[str, Any], n_folds: int | None = None) -> dict[str, Any]:
     """The configuration keys that must match the model for a project to predict with it:
     ``classes`` and ``preprocessing`` (``patches.patch_px``, ``mpp``, ``stain_normalization``
     and what the training patches recorded: ``min_tissue``, ``stride_px``, ``codec``, the tissue
     mask settings), as nested config.yaml sections; keys the model does not record are left out
-    (they take the config's own values)."""
+    (they take the config's own values). ``n_folds``: the folds of a folder of fold models,
+    given as ``cv.folds`` (from 2: the schema's minimum), which trained_models compares with
+    the models found."""
     patches: dict[str, Any] = {"patch_px": int(header["patch_px"])}
     if header.get("patch_mpp") is not None:
         patches["mpp"] = float(header["patch_mpp"])
@@ -54,7 +74,8 @@ def config_fragment(header: Mapping[str, Any]) -> dict[str, Any]:
         patches["stain_normalization"] = header["stain_normalization"]
     recorded = _nested(header.get("preprocessing") or {}).get("preprocessing", {})
     preprocessing = {**recorded, "patches": {**patches, **recorded.get("patches", {})}}
-    return {"classes": [str(c) for c in header["classes"]], "preprocessing": preprocessing}
+    fragment = {"classes": [str(c) for c in header["classes"]], "preprocessing": preprocessing}
+    return {**fragment, "cv": {"folds": n_folds}} if n_folds and n_folds >= 2 else fragment
 
 
 def _members(header: Mapping[str, Any]) -> str:
@@ -103,3 +124,40 @@ def describe_model(path: str | Path, header: Mapping[str, Any]) -> list[str]:
         f"  pool: {cfg.get('pool')}, att_dim {cfg.get('att_dim')}",
         f"  trained on: {_trained_on(header)}",
     ]
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of the file's bytes: what sender and receiver compare for a shared
+    model.pt (``sha256sum model.pt`` gives the same)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_warnings(models: Mapping[int, Path], digests: Mapping[int, str]) -> list[str]:
+    """A folder of fold models (``models``: fold → model.pt; ``digests``: fold → its
+    :func:`file_sha256`): fold numbers missing below the highest, and one file in two folds."""
+    out = []
+    gaps = sorted(set(range(max(models) + 1)) - set(models))
+    if gaps:
+        out.append(f"no model.pt for fold(s) {', '.join(map(str, gaps))}")
+    first: dict[str, int] = {}
+    for fold, digest in digests.items():
+        if digest in first:
+            out.append(f"{models[fold]} is the same file as fold {first[digest]}'s (copied twice?)")
+        first.setdefault(digest, fold)
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None, so ``json.dumps`` writes standard
+    JSON (``null``) that every parser reads (``NaN`` is Python's extension)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

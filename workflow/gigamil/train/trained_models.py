@@ -20,6 +20,7 @@ import torch
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.train.checkpoint import DIGEST_KEY, FINISHED, load_checkpoint
 from gigamil.train.fold_data import MPP_TOLERANCE, store_preprocessing
+from gigamil.train.model_info import not_a_model
 
 KEY = "trained_models"
 FOLD_DIR = re.compile(r"fold(\d+)")
@@ -106,17 +107,8 @@ def _header(path: Path) -> dict[str, Any]:
             f"{KEY}: {path}: its training has not finished (the best epoch so far, without "
             "its calibration); finish it in the project that trains it"
         )
-    missing = [k for k in ("model_config", "classes", "patch_px") if k not in ckpt]
-    if missing:
-        last = "optimizer" in ckpt and "early_stopping" in ckpt
-        raise ConfigError(
-            f"{KEY}: {path}: not a fold's model.pt (it lacks {missing})"
-            + (
-                "; it is a trainer's resumable state (a last.pt): use the fold's model.pt"
-                if last
-                else ""
-            )
-        )
+    if problem := not_a_model(ckpt, path):
+        raise ConfigError(f"{KEY}: {problem}")
     header = {k: v for k, v in ckpt.items() if k not in ("state_dict", "replicates")}
     # the digest load_checkpoint verified (and removed), read again without the weights
     header[DIGEST_KEY] = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
@@ -135,7 +127,8 @@ def _mismatches(
     found = []
     if list(header["classes"]) != list(classes):
         found.append(
-            f"classes: {list(header['classes'])} (the model's output order; here {list(classes)})"
+            f"classes: [{', '.join(map(str, header['classes']))}] (the model's output order; "
+            f"here [{', '.join(map(str, classes))}])"
         )
     if int(header["patch_px"]) != int(patches["patch_px"]):
         found.append(
@@ -265,34 +258,48 @@ def check_with_config(
     )
 
 
-def training_patients(models: Mapping[int, Path]) -> set[str]:
-    """The patient ids every fold model trained or validated on (model.pt's
-    ``training_slides``; none for a model.pt from before it was recorded), read without the
-    weights (``torch.load(mmap=True)``)."""
+def training_patients(models: Mapping[int, Path]) -> tuple[set[str], list[int]]:
+    """The patient ids the fold models trained or validated on (model.pt's ``training_slides``),
+    and the folds whose model.pt does not record them (written before 2026-12-05), read
+    without the weights (``torch.load(mmap=True)``)."""
     patients: set[str] = set()
-    for path in models.values():
+    unrecorded = []
+    for fold, path in models.items():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001, S112 - check_trained_models names the problem
             continue
-        seen = ckpt.get("training_slides") or {}
-        patients.update(map(str, seen.get("patient_ids", ())))
-    return patients
+        seen = ckpt.get("training_slides")
+        if not seen:
+            unrecorded.append(fold)
+        patients.update(map(str, (seen or {}).get("patient_ids", ())))
+    return patients, unrecorded
 
 
 def check_patient_overlap(
     cohorts: Mapping[str, Mapping[str, Any]],
     patients_of: Mapping[str, Sequence[Any]],
     trained: set[str],
+    unrecorded: Sequence[int] = (),
 ) -> list[str]:
     """The models' training patients in this project's cohorts, as the workflow's own leakage
     check treats a train cohort's (``cohorts``: the config's section; ``patients_of``: each
     cohort's patient ids; ``trained``: :func:`training_patients`): a warning for a ``predict``
     cohort or with ``allow_patient_overlap``, else ConfigError (an ``external`` cohort's
     metrics would be optimistic). Patient ids are compared as text, so ids of another lab that
-    happen to be equal are found too: the message says how to allow them."""
+    happen to be equal are found too: the message says how to allow them. ``unrecorded``:
+    folds whose model.pt records no patients (:func:`training_patients`): a warning when an
+    external cohort cannot be checked against them."""
     warnings = []
+    if unrecorded and any(c["role"] == "external" for c in cohorts.values()):
+        warnings.append(
+            f"{KEY}: the model.pt of fold(s) {', '.join(map(str, unrecorded))} records no "
+            "training patients (written before 2026-12-05): whether the external cohorts hold "
+            "patients they trained on is not checked for them"
+        )
     for name, cohort in cohorts.items():
+        if cohort["role"] == "train":  # (no train cohort beside trained_models)
+            continue
         shared = sorted(trained & set(map(str, patients_of[name])))
         if not shared:
             continue
