@@ -3,9 +3,12 @@ files, e.g. a copy of another project's ``results/models/{experiment}``, that pr
 project's external and predict cohorts instead of models it trains itself.
 
 :func:`fold_models` finds the files (every Snakemake process: the folds are the rules' inputs);
-:func:`check_trained_models` reads each header once, before any job, and refuses a model this
-configuration cannot feed (other classes, patch size, µm/px, stain normalisation, cached
-features); :func:`models_pool` gives the pool the heatmaps are labelled for.
+:func:`check_trained_models` (:func:`check_with_config` for a whole configuration) reads each
+header once, before any job, and refuses a model this configuration cannot feed (other classes,
+patch size, µm/px, stain normalisation, cached features), a damaged or unfinished file and one
+model in two folds; :func:`training_patients` and :func:`check_patient_overlap` keep the models'
+training patients out of external cohorts, as a train cohort's are in the training project;
+:func:`models_pool` gives the pool the heatmaps are labelled for.
 """
 
 from __future__ import annotations
