@@ -229,6 +229,7 @@ def test_report_categories_are_numbered_without_gaps() -> None:
     # trained_models: no train cohort, so no cross-validation section
     cats = layout.report_categories(on, [], ["ext"], ["new"])
     assert (cats["ensembles"], cats["heatmaps"]) == ("1. Ensembles", "2. Heatmaps")
+    assert cats["cv"] == "Cross-validation"  # not numbered: it would take the ensembles' 1
 
 
 def test_lesion_masks_do_not_depend_on_the_order_of_the_sheet():

@@ -266,3 +266,13 @@ def test_a_fold_that_did_not_learn_is_a_warning_with_its_curves(tmp_path):
         "    open results/models/exp/fold1/training_curves.png"
     )
     assert not any("WARNING" in x for x in run_summary_lines("exp", {}, tmp_path))
+
+
+def test_one_model_trained_elsewhere_is_named_and_a_shown_root_with_a_space_is_quoted(tmp_path):
+    path = tmp_path / "results/eval/exp/ensemble/ext/summary.json"
+    _write(path, {"n_slides": 4, "n_patients": 4, "auc": 0.75})
+    model = Path("shared/m/fold0/model.pt")
+    lines = run_summary_lines("exp", COHORTS, tmp_path, trained_models=[model])
+    assert lines[1] == "  predicted by 1 fold model of shared/m (trained_models)"
+    lines = run_summary_lines("exp", COHORTS, tmp_path, shown_root="/my runs/a")
+    assert lines[-1].endswith("snakemake --report '/my runs/a/report.html'")

@@ -59,3 +59,32 @@ def test_warnings_name_the_fold_the_member_and_the_figures(tmp_path: Path):
         "is 0.693 (a model predicting every class equally likely); its predictions mean "
         "nothing (README, 'When a fold does not learn')"
     ]
+
+
+def test_the_last_epochs_with_a_loss_are_judged_and_members_named_by_number():
+    """Rows without a training loss (empty cells) are not epochs; rows without a replicate
+    belong to no member, and a member read back as a float (an empty cell in the column) is
+    still named replicate1, not replicate1.0."""
+    chance = math.log(2)
+    nan = float("nan")
+    ended = pd.DataFrame({"train_loss": [0.2, 0.2, 0.2, 0.69, nan, nan]})
+    assert unlearned_models(ended, chance) == []  # mean of 0.2, 0.2, 0.69: learnt
+    flat = ended.assign(train_loss=[0.2, 0.2, 0.69, 0.69, 0.69, nan])
+    assert unlearned_models(flat, chance) == [(None, pytest.approx(0.69))]
+    members = pd.DataFrame(
+        {"train_loss": [0.69, 0.69, 0.69, 0.1], "replicate": [1.0, 1.0, 1.0, float("nan")]}
+    )
+    found = unlearned_models(members, chance)
+    assert found == [(1, pytest.approx(0.69))] and type(found[0][0]) is int
+    later_first = pd.DataFrame({"train_loss": [0.69] * 6, "replicate": [2, 2, 2, 0, 0, 0]})
+    assert [m for m, _ in unlearned_models(later_first, chance)] == [0, 2]  # in member order
+
+
+def test_a_log_without_training_losses_or_a_torn_file_gives_no_warning(tmp_path: Path):
+    """A train_log.csv without the train_loss column, or one cut in the middle of a row (a
+    job killed while writing it), is skipped: no warning and no traceback at the end of a
+    run."""
+    (tmp_path / "old.csv").write_text("epoch,val_loss\n1,0.7\n2,0.7\n")
+    (tmp_path / "torn.csv").write_text("epoch,train_loss\n1,0.7\n2,0.7,0.3,1,5\n")
+    logs = {"fold0": tmp_path / "old.csv", "fold1": tmp_path / "torn.csv"}
+    assert learning_warnings(logs, math.log(2)) == []

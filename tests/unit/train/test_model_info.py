@@ -16,7 +16,14 @@ from gigamil.models.factory import build_mil_model
 from gigamil.settings import ModelConfig
 from gigamil.train.checkpoint import FINISHED, atomic_save, load_checkpoint
 from gigamil.train.model_file import model_checkpoint, model_header
-from gigamil.train.model_info import config_fragment, describe_model, model_header_of
+from gigamil.train.model_info import (
+    config_fragment,
+    describe_model,
+    folder_warnings,
+    json_safe,
+    model_header_of,
+    not_a_model,
+)
 from gigamil.train.trained_models import (
     check_trained_models,
     config_preprocessing,
@@ -205,3 +212,75 @@ def test_cli_names_a_last_pt_copies_nan_and_patients_the_models_trained_on(tmp_p
     atomic_save(state, tmp_path / "last" / "fold0" / "model.pt")
     assert main(["model-info", str(tmp_path / "last")]) == 2
     assert "it is a trainer's resumable state (a last.pt)" in capsys.readouterr().err
+
+
+def test_the_summary_of_a_multiclass_feature_model_from_pretrained_weights():
+    """Three classes: no positive class; weights and feature cache named; a model.pt from
+    before the finished mark (no such key) is not said to be unfinished."""
+    header = {
+        "model_config": {"encoder": "resnet18", "pool": "abmil", "att_dim": 64},
+        "classes": ["a", "b", "c"],
+        "patch_px": 224,
+        "weights_sha256": "0123456789abcdef",
+        "features": {"encoder_id": "enc-1"},
+        "epoch": 4,
+    }
+    text = "\n".join(describe_model("m.pt", header))
+    assert "classes: a, b, c (output order)\n" in text and "positive class" not in text
+    assert "resnet18, started from weights of sha256 0123456789ab…" in text
+    assert "; reads cached features of encoder enc-1" in text
+    assert "one model, epoch 4" in text and "NOT finished" not in text
+    assert "an unrecorded µm/px" in text and "not recorded (a model.pt from before" in text
+
+
+def test_cv_folds_is_given_for_a_folder_of_two_folds_or_more_only():
+    """cv.folds is at least 2 in the schema: one fold model gives no cv key to paste."""
+    header = {"classes": ["x", "y"], "patch_px": 32}
+    assert "cv" not in config_fragment(header) and "cv" not in config_fragment(header, 1)
+    assert config_fragment(header, 2)["cv"] == {"folds": 2}
+
+
+def test_json_safe_writes_every_non_finite_number_as_null():
+    value = {"m": {"a": float("inf"), "b": -float("inf")}, "t": (1.0, float("nan")), 3: "x"}
+    assert json_safe(value) == {"m": {"a": None, "b": None}, "t": [1.0, None], "3": "x"}
+    json.dumps(json_safe(value), allow_nan=False)
+
+
+def test_folder_warnings_name_each_copy_after_the_first_fold_and_missing_folds():
+    models = {k: Path(f"m/fold{k}/model.pt") for k in (0, 1, 3)}
+    assert folder_warnings(models, {0: "d", 1: "d", 3: "d"}) == [
+        "no model.pt for fold(s) 2",
+        "m/fold1/model.pt is the same file as fold 0's (copied twice?)",
+        "m/fold3/model.pt is the same file as fold 0's (copied twice?)",
+    ]
+    assert folder_warnings({0: models[0], 1: models[1]}, {0: "a", 1: "b"}) == []
+
+
+def test_cli_on_a_folder_with_a_gap_and_folds_that_differ(tmp_path: Path, capsys):
+    """Folds 0 and 2: cv.folds 3 (the folds the models were trained in), the missing fold
+    said, and a note when the fold models' config keys differ."""
+    from gigamil.cli import main
+
+    models = tmp_path / "models"
+    _model_pt(models / "fold0" / "model.pt")
+    _model_pt(models / "fold2" / "model.pt", stain_normalization="macenko")
+    assert main(["model-info", str(models)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: no model.pt for fold(s) 1" in out
+    assert "note: the fold models differ in these keys; shown: the first fold's" in out
+    assert main(["model-info", str(models), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["config"]["cv"] == {"folds": 3}
+    assert printed["warnings"] == ["no model.pt for fold(s) 1"]
+
+
+def test_only_a_trainers_state_is_called_a_last_pt():
+    """A file with an optimizer but no early-stopping state is some other checkpoint: its
+    missing keys are named, not a last.pt."""
+    other = not_a_model({"optimizer": {}}, "x.pt")
+    assert other == "x.pt: not a fold's model.pt (it lacks ['model_config', 'classes', 'patch_px'])"
+    last = not_a_model({"optimizer": {}, "early_stopping": {}, "classes": ["a"]}, "x.pt")
+    assert last.endswith(
+        "lacks ['model_config', 'patch_px']); it is a trainer's resumable "
+        "state (a last.pt): use the fold's model.pt"
+    )

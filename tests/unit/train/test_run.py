@@ -1108,3 +1108,20 @@ def test_a_fold_that_does_not_learn_says_so(mil_bags, cohort, tmp_path: Path, ca
             caplog.text,
         )
         assert said and float(said.group(1)) >= 0.9 * np.log(2)
+
+
+def test_a_focal_loss_fold_is_judged_for_learning_by_the_focal_chance_level(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
+    """Focal loss at chance is (1 - 1/2)^2 ln 2 = 0.173, far below ln 2: a fold trained with it
+    is judged against that level (against ln 2, no focal model would ever be said not to
+    learn)."""
+    train, val = cohort
+    torch.set_num_threads(1)
+    judged = []
+    monkeypatch.setattr(run_mod, "warn_if_unlearned", lambda *args: judged.append(args))
+    cfg = training(epochs=1, loss="focal")
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "fold0")
+    assert [(Path(log).name, chance) for log, chance, _ in judged] == [
+        ("train_log.csv", pytest.approx(0.25 * np.log(2)))
+    ]

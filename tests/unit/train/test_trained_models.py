@@ -14,6 +14,7 @@ from gigamil.train.model_file import model_checkpoint, model_header
 from gigamil.train.trained_models import (
     check_patient_overlap,
     check_trained_models,
+    check_with_config,
     config_preprocessing,
     fold_models,
     models_pool,
@@ -358,3 +359,33 @@ def test_two_folders_of_one_fold_number_are_refused(tmp_path: Path):
         _save(tmp_path / name / "model.pt")
     with pytest.raises(ConfigError, match="fold01 and .*fold1 are both fold 1; keep one"):
         fold_models(tmp_path)
+
+
+def test_patients_are_compared_as_text_and_at_most_five_are_named():
+    """Ids read as numbers from a sheet match the recorded (text) ids; a train cohort (a
+    config that trains, given to model-info --config) is not checked."""
+    trained = {f"{i}" for i in range(101, 107)}
+    cohorts = {"new": {"role": "predict"}, "own": {"role": "train"}}
+    patients = {"new": list(range(101, 107)), "own": [101]}
+    assert check_patient_overlap(cohorts, patients, trained) == [
+        "cohort new: 6 patient id(s) that the trained_models fold models trained on (101, 102, "
+        "103, 104, 105 ...): they have seen these patients' slides (no metrics here)"
+    ]
+    five = {"new": [101, 102, 103, 104, 105]}
+    assert "(101, 102, 103, 104, 105): they" in check_patient_overlap(cohorts, five, trained)[0]
+
+
+def test_the_config_check_compares_the_feature_cache_of_the_config(tmp_path: Path):
+    """check_with_config (model-info --config, the workflow) passes the config's encoder on:
+    models of cached features and a config reading another cache are refused."""
+    _save(tmp_path / "fold0" / "model.pt", features={"encoder_id": "enc-a", "dim": 8})
+    _save(tmp_path / "fold1" / "model.pt", features={"encoder_id": "enc-a", "dim": 8})
+    config = {
+        "classes": CLASSES,
+        "preprocessing": {**PREPROCESSING, "patches": {**PREPROCESSING["patches"], **PATCHES}},
+        "cv": {"folds": 2},
+    }
+    models = fold_models(tmp_path)
+    assert check_with_config(models, config, "enc-a") == []
+    with pytest.raises(ConfigError, match="encoder enc-b"):
+        check_with_config(models, config, "enc-b")
