@@ -43,7 +43,7 @@ def print_run_summary():
     open for each (gigamil.evaluate.run_summary); nothing in a dry run or before any summary.
     """
     from gigamil.evaluate.run_summary import run_summary_lines
-    from gigamil.train.learning import chance_loss
+    from gigamil.train.learning import chance_loss, flag_loss
 
     configfiles = workflow.overwrite_configfiles or []  # the report needs the same ones
     here = Path.cwd()
@@ -56,6 +56,7 @@ def print_run_summary():
         shown_root=here.resolve() if elsewhere else None,
         trained_models=list(TRAINED_MODELS.values()) if TRAINED_MODELS else [],
         chance_loss=chance_loss(len(CLASSES), config["training"]["loss"]),
+        flag_loss=flag_loss(len(CLASSES), config["training"]["loss"]),
         warnings=TRAINED_WARNINGS,
         configfiles=configfiles,
         snakemake_args=(

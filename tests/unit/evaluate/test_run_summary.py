@@ -266,6 +266,9 @@ def test_a_fold_that_did_not_learn_is_a_warning_with_its_curves(tmp_path):
         "    open results/models/exp/fold1/training_curves.png"
     )
     assert not any("WARNING" in x for x in run_summary_lines("exp", {}, tmp_path))
+    # a lower flag given (as focal loss has): fold 0 member 1 (last three epochs 0.2) passes
+    flagged = run_summary_lines("exp", {}, tmp_path, chance_loss=math.log(2), flag_loss=0.25)
+    assert sum("did not learn" in x for x in flagged) == 3  # all but that one
 
 
 def test_one_model_trained_elsewhere_is_named_and_a_shown_root_with_a_space_is_quoted(tmp_path):

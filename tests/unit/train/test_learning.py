@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from gigamil.nn.losses import BagLoss
-from gigamil.train.learning import chance_loss, learning_warnings, unlearned_models
+from gigamil.train.learning import (
+    chance_loss,
+    flag_loss,
+    learning_warnings,
+    unlearned_models,
+)
 
 
 @pytest.mark.parametrize(("kind", "n_classes"), [("ce", 2), ("ce", 3), ("focal", 2), ("focal", 4)])
@@ -88,3 +93,23 @@ def test_a_log_without_training_losses_or_a_torn_file_gives_no_warning(tmp_path:
     (tmp_path / "torn.csv").write_text("epoch,train_loss\n1,0.7\n2,0.7,0.3,1,5\n")
     logs = {"fold0": tmp_path / "old.csv", "fold1": tmp_path / "torn.csv"}
     assert learning_warnings(logs, math.log(2)) == []
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_the_flag_is_one_true_class_probability_for_both_losses(n_classes: int):
+    """Not learned: the true class's probability at or below K^-0.9 (0.536 for two classes),
+    whichever loss measures it: 0.9 ln K for cross-entropy, and the focal loss of that
+    probability, a smaller share of focal's own chance level."""
+    p = n_classes**-0.9
+    assert (
+        flag_loss(n_classes)
+        == pytest.approx(-math.log(p))
+        == pytest.approx(0.9 * chance_loss(n_classes))
+    )
+    focal = flag_loss(n_classes, "focal")
+    assert focal == pytest.approx((1 - p) ** 2 * -math.log(p))
+    assert focal < 0.9 * chance_loss(n_classes, "focal")  # stricter than 0.9 x focal's chance
+    # 87 % of focal's chance level (the reproducer's weights that did not move): flagged
+    table = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.87 * chance_loss(2, "focal")] * 3})
+    assert unlearned_models(table, chance_loss(2, "focal"), flag_loss(2, "focal")) != []
+    assert unlearned_models(table, chance_loss(2, "focal")) == []  # 0.9 x chance missed it

@@ -72,6 +72,7 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
     trained_models: Sequence[str | Path] = (),
     chance_loss: float | None = None,
     warnings: Sequence[str] = (),
+    flag_loss: float | None = None,
 ) -> list[str]:
     """The lines to print after a successful run of ``experiment`` with ``cohorts`` (the config's
     ``cohorts`` section: name -> {role, ...}); summaries not (yet) written are left out, and
@@ -82,9 +83,8 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
     directory), else relative to the run's directory. A summary older
     than the newest fold model.pt is marked ``[STALE: ...]`` (a run stopped before evaluating).
     ``trained_models``: the model.pt files of that key (trained elsewhere): named, and dated.
-    ``chance_loss``: a fold model whose training loss ended near it is named as not learned
-    (:mod:`gigamil.train.learning`). ``warnings``: the run's own (e.g. trained_models' checks),
-    repeated at the end, where they are read.
+    ``chance_loss``, ``flag_loss``: a fold model whose training loss ended at or above the flag
+    is named as not learned (:mod:`gigamil.train.learning`); ``warnings``: repeated at the end.
 
     Returns, e.g.::
 
@@ -116,7 +116,7 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
     lines[:0] = _models_line(trained_models)
     lines += [f"  WARNING: {w}" for w in warnings]
     if chance_loss is not None:
-        lines += _learning_lines(root, experiment, chance_loss, shown_root)
+        lines += _learning_lines(root, experiment, (chance_loss, flag_loss), shown_root)
     return [
         f"gigamil: results of experiment {experiment}",
         *lines,
@@ -142,17 +142,21 @@ def _closing_line(
 
 
 def _learning_lines(
-    root: Path, experiment: str, chance: float, shown_root: str | Path | None
+    root: Path,
+    experiment: str,
+    chance: tuple[float, float | None],
+    shown_root: str | Path | None,
 ) -> list[str]:
     """A WARNING line per fold model of the experiment whose training loss ended near the
-    chance level, each with its training curves to open."""
+    chance level (``chance``: the level and the flag, :mod:`gigamil.train.learning`), each with
+    its training curves to open."""
     from gigamil.train.learning import learning_warnings
 
     logs = sorted(root.glob(f"{layout.model_dir(experiment, '*')}/train_log.csv"))
     out = []
     for path in logs:
         fold = path.parent.name.removeprefix("fold")
-        for warning in learning_warnings({f"fold{fold}": path}, chance):
+        for warning in learning_warnings({f"fold{fold}": path}, *chance):
             curves = Path(layout.training_curves(experiment, fold))
             out += [f"  WARNING: {warning}", f"    open {_shown(shown_root, curves)}"]
     return out

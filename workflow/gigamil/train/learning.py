@@ -15,7 +15,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-CHANCE_FRACTION = 0.9  # a training loss ending above 0.9 × chance: not learned
+CHANCE_FRACTION = 0.9  # not learned: the true class's probability at or below K^-0.9, i.e. a
+# cross-entropy at or above 0.9 × ln K (the same probability gives focal loss its own bound)
 LAST_EPOCHS = 3  # the training loss judged: the mean of the last 3 epochs (one is noisy)
 
 
@@ -27,10 +28,25 @@ def chance_loss(n_classes: int, loss: str = "ce", gamma: float = 2.0) -> float:
     return ce * (1 - 1 / n_classes) ** gamma if loss == "focal" else ce
 
 
-def unlearned_models(train_log: pd.DataFrame, chance: float) -> list[tuple[int | None, float]]:
+def flag_loss(n_classes: int, loss: str = "ce", gamma: float = 2.0) -> float:
+    """The training loss at or above which a model has not learned: the loss of a model giving
+    the true class the probability p = K^-0.9 (0.536 for two classes), 0.9 ln K for
+    cross-entropy and (1 − p)^γ · 0.9 ln K for focal loss. One probability for both losses:
+    focal loss falls faster than cross-entropy for a small separation (at random
+    initialisation, to 87 % of its chance level where cross-entropy stays at 93 %), so 0.9 ×
+    its chance level would let a focal model that learned nothing pass."""
+    ce = CHANCE_FRACTION * math.log(n_classes)
+    return ce * (1 - math.exp(-ce)) ** gamma if loss == "focal" else ce
+
+
+def unlearned_models(
+    train_log: pd.DataFrame, chance: float, flag: float | None = None
+) -> list[tuple[int | None, float]]:
     """``(replicate, final training loss)`` of each model of a fold's ``train_log.csv`` (one
     per ``replicate``; None without that column) whose training loss, the mean of its last
-    :data:`LAST_EPOCHS` epochs, ended at or above :data:`CHANCE_FRACTION` × ``chance``."""
+    :data:`LAST_EPOCHS` epochs, ended at or above ``flag`` (:func:`flag_loss`; None:
+    :data:`CHANCE_FRACTION` × ``chance``, the cross-entropy rule)."""
+    flag = CHANCE_FRACTION * chance if flag is None else flag
     if "train_loss" not in train_log or train_log.empty:
         return []
     members = (
@@ -41,22 +57,24 @@ def unlearned_models(train_log: pd.DataFrame, chance: float) -> list[tuple[int |
     found = []
     for member, rows in members:
         final = float(rows["train_loss"].dropna().tail(LAST_EPOCHS).mean())
-        if final >= CHANCE_FRACTION * chance:
+        if final >= flag:
             found.append((None if member is None else int(member), final))
     return found
 
 
-def learning_warnings(train_logs: Mapping[str, str | Path], chance: float) -> list[str]:
+def learning_warnings(
+    train_logs: Mapping[str, str | Path], chance: float, flag: float | None = None
+) -> list[str]:
     """One sentence per fold model (``train_logs``: the fold's name, e.g. ``fold2``, → its
     ``train_log.csv``; missing or unreadable files are skipped) whose training loss ended near
-    ``chance``."""
+    ``chance`` (at or above ``flag``, :func:`unlearned_models`)."""
     out = []
     for fold_name, path in train_logs.items():
         try:
             table = pd.read_csv(path)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
-        for member, final in unlearned_models(table, chance):
+        for member, final in unlearned_models(table, chance, flag):
             name = fold_name + ("" if member is None else f" replicate{member}")
             out.append(
                 f"{name} did not learn: its training loss ended at {final:.3f}, the chance level "
@@ -66,7 +84,9 @@ def learning_warnings(train_logs: Mapping[str, str | Path], chance: float) -> li
     return out
 
 
-def warn_if_unlearned(train_log: str | Path, chance: float, fold_name: str) -> None:
+def warn_if_unlearned(
+    train_log: str | Path, chance: float, fold_name: str, flag: float | None = None
+) -> None:
     """Log :func:`learning_warnings` of one fold's ``train_log.csv`` as warnings."""
-    for warning in learning_warnings({fold_name: train_log}, chance):
+    for warning in learning_warnings({fold_name: train_log}, chance, flag):
         log.warning("%s", warning)
