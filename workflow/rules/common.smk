@@ -288,7 +288,9 @@ def patient_overlap(cohort):
     allow_patient_overlap; the ensemble's summary records them): those of the train cohorts,
     or with trained_models those its model.pt files record."""
     if TRAINED_MODELS:
-        return sorted(TRAINED_PATIENTS & set(map(str, SHEETS[cohort]["patient_id"])))
+        return trained_models.patient_overlap(
+            TRAINED_PATIENTS, SHEETS[cohort]["patient_id"]
+        )
     return train_patient_overlap(config, SHEETS, cohort)
 
 

@@ -28,16 +28,16 @@ def not_a_model(ckpt: Mapping[str, Any], path: str | Path) -> str | None:
     )
 
 
-def model_header_of(path: str | Path) -> dict[str, Any]:
+def model_header_of(path: str | Path, damaged_hint: str | None = None) -> dict[str, Any]:
     """The checkpoint of ``path`` (checksum verified) without its weights; a ``replicates``
     model keeps, per member, its seed, epoch, metrics and logit calibration.
 
     Raises:
         GigamilError: a missing, unreadable or damaged file
-            (:func:`gigamil.train.checkpoint.load_checkpoint`), or one that is no fold's model.pt
-            (:func:`not_a_model`).
+            (:func:`gigamil.train.checkpoint.load_checkpoint`, whose ``damaged_hint`` says
+            what to do), or one that is no fold's model.pt (:func:`not_a_model`).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, damaged_hint)
     if problem := not_a_model(ckpt, path):
         raise GigamilError(problem)
     header = {k: v for k, v in ckpt.items() if k not in WEIGHT_KEYS}

@@ -14,16 +14,16 @@ training patients out of external cohorts, as a train cohort's are in the traini
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from gigamil.errors import ConfigError, GigamilError
-from gigamil.train.checkpoint import DIGEST_KEY, FINISHED, load_checkpoint
+from gigamil.train.checkpoint import DIGEST_KEY, FINISHED
 from gigamil.train.fold_data import MPP_TOLERANCE, store_preprocessing
-from gigamil.train.model_info import not_a_model
+from gigamil.train.model_info import model_header_of
 
 KEY = "trained_models"
 FOLD_DIR = re.compile(r"fold(\d+)")
@@ -95,24 +95,21 @@ def fold_models(directory: str | Path, own_models: str | Path | None = None) -> 
 
 
 def _header(path: Path) -> dict[str, Any]:
-    """The checkpoint of ``path`` without its weights, its checksum verified (kept as
-    ``sha256``: two folds holding one model are found by it)."""
+    """:func:`gigamil.train.model_info.model_header_of` of a finished model.pt, its verified
+    ``sha256`` kept (two folds holding one model are found by it)."""
     try:
-        ckpt = load_checkpoint(
+        header = model_header_of(
             path,
             damaged_hint="nothing here writes trained_models' files again: ask the sender for a "
             "fresh copy (compare its sha256 with theirs)",
         )
     except GigamilError as exc:
         raise ConfigError(f"{KEY}: {exc}") from None
-    if ckpt.get(FINISHED) is False:
+    if header.get(FINISHED) is False:
         raise ConfigError(
             f"{KEY}: {path}: its training has not finished (the best epoch so far, without "
             "its calibration); finish it in the project that trains it"
         )
-    if problem := not_a_model(ckpt, path):
-        raise ConfigError(f"{KEY}: {problem}")
-    header = {k: v for k, v in ckpt.items() if k not in ("state_dict", "replicates")}
     # the digest load_checkpoint verified (and removed), read again without the weights
     header[DIGEST_KEY] = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(
         DIGEST_KEY
@@ -279,6 +276,12 @@ def training_patients(models: Mapping[int, Path]) -> tuple[set[str], list[int]]:
     return patients, unrecorded
 
 
+def patient_overlap(trained: set[str], patients: Iterable[Any]) -> list[str]:
+    """The ids of ``patients`` that the models trained on (``trained``:
+    :func:`training_patients`), compared as text, sorted."""
+    return sorted(trained & set(map(str, patients)))
+
+
 def check_patient_overlap(
     cohorts: Mapping[str, Mapping[str, Any]],
     patients_of: Mapping[str, Sequence[Any]],
@@ -303,7 +306,7 @@ def check_patient_overlap(
     for name, cohort in cohorts.items():
         if cohort["role"] == "train":  # (no train cohort beside trained_models)
             continue
-        shared = sorted(trained & set(map(str, patients_of[name])))
+        shared = patient_overlap(trained, patients_of[name])
         if not shared:
             continue
         msg = (
