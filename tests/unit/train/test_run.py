@@ -98,6 +98,8 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
     rows = read_log(tmp_path / "fold0" / "train_log.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     assert {"epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"} <= set(rows[0])
+    # the chance level of two classes (ln 2) and the flag (0.9 ln 2) on every row, for the plot
+    assert {(r["chance_loss"], r["flag_loss"]) for r in rows} == {("0.693147", "0.623832")}
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < 0.7 * losses[0]  # the loss falls
     assert max(float(r["val_auc"]) for r in rows) >= 0.8  # and validation is well above chance

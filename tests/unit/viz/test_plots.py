@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,6 +44,8 @@ def test_training_curves_mark_the_best_epoch_of_the_last_row(tmp_path):
         "best_epoch": 3,
         "best_epochs": [3],
         "curves": ["train_loss", "val_loss", "val_auc"],
+        "chance_loss": None,  # a log written before gigamil recorded the chance level
+        "not_learned": [],
     }
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (960, 408)
@@ -123,6 +127,8 @@ def test_training_curves_without_validation_slides_draw_the_training_loss(tmp_pa
         "best_epoch": 3,
         "best_epochs": [3],
         "curves": ["train_loss", "lr"],
+        "chance_loss": None,
+        "not_learned": [],
     }
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (960, 408)
@@ -138,6 +144,46 @@ def test_training_curves_of_replicates_draw_each_member(tmp_path):
     assert info["best_epochs"] == [3, 2] and info["best_epoch"] == 3
     with Image.open(tmp_path / "r.png") as img:
         assert img.format == "PNG"
+
+
+def _with_levels(log: Path, losses: list[float], replicate: int | None = None) -> pd.DataFrame:
+    """``log``'s rows with these training losses and the chance levels of two classes (ce)."""
+    from gigamil.train.learning import log_columns
+
+    rows = pd.read_csv(log).head(len(losses)).assign(train_loss=losses, **log_columns(2, "ce"))
+    return rows if replicate is None else rows.assign(replicate=replicate)
+
+
+def test_training_curves_draw_the_chance_level_and_name_a_model_that_did_not_learn(
+    tmp_path, saved_axes
+):
+    """Issue 18's failure (the training loss staying at ln 2) must be visible in the report's
+    plot: a dotted chance line on the loss panel, and the member whose loss ended there named
+    in a red title; a member that learned is not."""
+    import math
+
+    base = _train_log(tmp_path / "base.csv")
+    learned = _with_levels(base, [0.69, 0.6, 0.45, 0.3, 0.2, 0.15], replicate=0)
+    flat = _with_levels(base, [0.694, 0.693, 0.692, 0.693, 0.69, 0.691], replicate=1)
+    log = tmp_path / "train_log.csv"
+    pd.concat([learned, flat]).to_csv(log, index=False)
+    info = plot_training_curves(log, tmp_path / "c.png", "demo: fold 0")
+    assert info["chance_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert len(info["not_learned"]) == 1
+    assert info["not_learned"][0].startswith("replicate1 training loss ended at 0.691")
+    ax_loss = saved_axes[0]
+    chance = [ln for ln in ax_loss.get_lines() if ln.get_label().startswith("chance level")]
+    assert len(chance) == 1 and list(chance[0].get_ydata()) == [pytest.approx(math.log(2))] * 2
+    title = ax_loss.figure._suptitle
+    assert "DID NOT LEARN: replicate1" in title.get_text().replace("\n", " ")
+    assert title.get_color() == "firebrick"
+
+    pd.concat([learned, flat.assign(train_loss=learned["train_loss"])]).to_csv(log, index=False)
+    saved_axes.clear()
+    info = plot_training_curves(log, tmp_path / "c.png", "demo: fold 0")
+    assert info["not_learned"] == [] and info["chance_loss"] == pytest.approx(math.log(2))
+    assert "DID NOT LEARN" not in saved_axes[0].figure._suptitle.get_text()
+    assert saved_axes[0].figure._suptitle.get_color() == "black"
 
 
 def test_roc_of_a_one_class_cohort_says_so_without_a_legend_warning(tmp_path, recwarn):
@@ -213,59 +259,12 @@ def test_roc_draws_identical_fold_curves_once_above_the_pooled_curve(tmp_path, m
     assert lines[merged] > pooled
 
 
-def test_calibration_bins_count_slides_and_give_wilson_intervals():
-    from scipy.stats import binomtest
-
-    from gigamil.viz.plots import _calibration_bins
-
-    x = np.array([0.05, 0.1, 0.15, 0.5, 0.95, 0.99, 1.0])
-    hit = np.array([False, False, True, True, True, True, True])
-    bins = _calibration_bins(x, hit, 5)
-    assert [b[4] for b in bins] == [3, 1, 3]  # bins [0, 0.2), [0.4, 0.6), [0.8, 1.0]
-    mean_x, frac, low, high, n = bins[0]
-    assert (mean_x, frac) == (pytest.approx(0.1), pytest.approx(1 / 3))
-    ci = binomtest(1, 3).proportion_ci(method="wilson")
-    assert (low, high) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    assert bins[2][1:4] == (
-        1.0,
-        pytest.approx(binomtest(3, 3).proportion_ci(method="wilson").low),
-        1.0,
-    )
-
-
-@pytest.mark.parametrize("classes", [["normal", "lesion"], ["a", "b", "c"]])
-def test_calibration_plot_is_a_png_for_two_and_more_classes(classes):
-    import io
-
-    from gigamil.viz.plots import plot_calibration
-
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(len(classes)), size=12)
-    preds = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
-    preds["label"] = [classes[i % len(classes)] for i in range(12)]
-    png = plot_calibration(preds, classes, "cohort x calibration")
-    with Image.open(io.BytesIO(png)) as img:
-        assert img.format == "PNG" and img.size[0] > 100
-
-
-def _saved_axes(monkeypatch) -> list:
-    """The first axes of each matplotlib figure saved from now on."""
-    from matplotlib.figure import Figure
-
-    axes: list = []
-    savefig = Figure.savefig
-    monkeypatch.setattr(
-        Figure, "savefig", lambda f, *a, **kw: axes.append(f.axes[0]) or savefig(f, *a, **kw)
-    )
-    return axes
-
-
-def test_confusion_matrix_rows_are_the_true_class_normalised_per_row(tmp_path, monkeypatch):
+def test_confusion_matrix_rows_are_the_true_class_normalised_per_row(tmp_path, saved_axes):
     """Rows = true class, columns = predicted; the % are of the true class (recall on the
     diagonal): 4 normal slides, 1 called lesion; 1 lesion slide, called lesion."""
     from gigamil.viz.plots import plot_confusion
 
-    axes = _saved_axes(monkeypatch)
+    axes = saved_axes
     p1 = [0.1, 0.1, 0.2, 0.9, 0.8]
     preds = pd.DataFrame(
         {
@@ -289,46 +288,12 @@ def test_confusion_matrix_rows_are_the_true_class_normalised_per_row(tmp_path, m
     assert ax.get_ylabel() == "true" and ax.get_xlabel().startswith("predicted")
 
 
-@pytest.mark.parametrize("classes", [["normal", "lesion"], ["a", "b", "c"]])
-def test_calibration_ticks_are_each_slide_s_probability_by_outcome(classes, monkeypatch):
-    """Binary: each slide is a tick at its P(positive), on top if positive, below if not. More
-    classes: at the predicted class's probability, on top if predicted right."""
-    from gigamil.viz.plots import plot_calibration
-
-    axes = _saved_axes(monkeypatch)
-    if len(classes) == 2:
-        probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
-        labels = ["normal", "normal", "lesion", "lesion"]
-        top, bottom = [0.8, 0.4], [0.1, 0.7]  # lesion slides; normal slides
-    else:
-        probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.2, 0.3]])
-        labels = ["a", "c", "c", "b"]
-        top, bottom = [0.6, 0.6], [0.7, 0.5]  # predicted right; wrong
-    preds = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes]).assign(label=labels)
-    plot_calibration(preds, classes, "t")
-    (ax,) = axes
-    ticks = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "|"}
-    high = ticks.pop(f"a {classes[1]} slide" if len(classes) == 2 else "a right slide")
-    (low,) = ticks.values()
-    assert sorted(high.get_xdata()) == pytest.approx(sorted(top))
-    assert sorted(low.get_xdata()) == pytest.approx(sorted(bottom))
-    assert set(high.get_ydata()) == {1.04} and set(low.get_ydata()) == {-0.04}
-
-
-def test_calibration_points_sit_at_the_mean_probability_of_their_bin():
-    """A bin's point is at its slides' mean probability, not the bin's centre (0.98, not 0.9)."""
-    from gigamil.viz.plots import _calibration_bins
-
-    bins = _calibration_bins(np.array([0.95, 0.99, 1.0, 0.3]), np.array([1, 1, 1, 0], bool), 5)
-    assert [b[0] for b in bins] == pytest.approx([0.3, 0.98])
-
-
-def test_multiclass_roc_draws_each_class_against_its_own_probability(tmp_path, monkeypatch):
+def test_multiclass_roc_draws_each_class_against_its_own_probability(tmp_path, saved_axes):
     """One-vs-rest: class c's curve ranks slides by P(c); here each class's probability
     separates it perfectly, so every curve reaches (fpr 0, tpr 1)."""
     from gigamil.viz.plots import plot_roc
 
-    axes = _saved_axes(monkeypatch)
+    axes = saved_axes
     classes = ["a", "b", "c"]
     probs = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.45, 0.5, 0.05], [0.3, 0.6, 0.1]])
     probs = np.vstack([probs, [[0.1, 0.2, 0.7], [0.35, 0.25, 0.4]]])

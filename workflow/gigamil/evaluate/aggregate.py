@@ -343,7 +343,8 @@ def write_report(
     """Write roc.png (one curve per ``roc_by`` group, or one), confusion.png, metrics.html (the
     headline rows of ``summary`` with ``auc_key`` first, the two plots and the reliability
     diagram embedded, the ``table``) and summary.json in ``out_dir``, each titled ``title``."""
-    from gigamil.viz.plots import plot_calibration, plot_confusion, plot_roc
+    from gigamil.viz.calibration import plot_calibration
+    from gigamil.viz.plots import plot_confusion, plot_roc
 
     plot_roc(valid, classes, out_dir / "roc.png", f"{title} ROC", by=roc_by)
     plot_confusion(valid, classes, out_dir / "confusion.png", f"{title} confusion")

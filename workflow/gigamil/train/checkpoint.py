@@ -202,6 +202,9 @@ class CheckpointSaver:
     content and ``log_rows``), each written atomically.
 
     Rows of the ``em`` strategy are rounds and add ``encoder_loss`` (empty in other rows).
+    ``chance_loss`` and ``flag_loss`` are the model's constant levels
+    (:func:`gigamil.train.learning.log_columns`; empty in rows of a log resumed from a
+    ``last.pt`` written before 2026-12-06).
 
     ``last.pt`` is not a declared Snakemake output, so it survives a failed job while model.pt and
     train_log.csv are deleted; :meth:`restore_outputs` writes them back from it. ``enabled=False``
@@ -220,6 +223,8 @@ class CheckpointSaver:
         "n_train_bags",
         "n_val_bags",
         "encoder_loss",  # training.strategy: em (pseudo-label loss of the round's E-step)
+        "chance_loss",  # the levels of gigamil.train.learning.log_columns: a model whose
+        "flag_loss",  # training loss ends at or above flag_loss did not learn
     )
 
     def __init__(

@@ -199,6 +199,7 @@ class EMTrainer:
                 "n_train_bags": len(self.p.data.train),
                 "n_val_bags": len(self.p.data.val),
                 "encoder_loss": encoder_loss,
+                **self.p.levels,
             }
         )
         saver.save_last(self.state_dict())

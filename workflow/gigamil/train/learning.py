@@ -39,6 +39,28 @@ def flag_loss(n_classes: int, loss: str = "ce", gamma: float = 2.0) -> float:
     return ce * (1 - math.exp(-ce)) ** gamma if loss == "focal" else ce
 
 
+def log_columns(n_classes: int, loss: str = "ce") -> dict[str, float]:
+    """The ``chance_loss`` and ``flag_loss`` (:func:`chance_loss`, :func:`flag_loss`) of a model
+    of ``n_classes`` trained with ``loss``: written on every row of train_log.csv, so its
+    training curves can draw the chance level and name a model that did not learn
+    (:func:`gigamil.viz.plots.plot_training_curves`) from the log alone."""
+    return {
+        "chance_loss": round(chance_loss(n_classes, loss), 6),
+        "flag_loss": round(flag_loss(n_classes, loss), 6),
+    }
+
+
+def log_levels(train_log: pd.DataFrame) -> tuple[float, float] | None:
+    """``(chance_loss, flag_loss)`` recorded in a train_log.csv (:func:`log_columns`; their last
+    values), or None for a log written before gigamil recorded them."""
+    if not {"chance_loss", "flag_loss"} <= set(train_log.columns):
+        return None
+    levels = train_log[["chance_loss", "flag_loss"]].dropna()
+    if levels.empty:
+        return None
+    return float(levels["chance_loss"].iloc[-1]), float(levels["flag_loss"].iloc[-1])
+
+
 def unlearned_models(
     train_log: pd.DataFrame, chance: float, flag: float | None = None
 ) -> list[tuple[int | None, float]]:

@@ -29,6 +29,7 @@ from gigamil.train.amp import AmpScaler, Optimization
 from gigamil.train.calibration import calibrate_model
 from gigamil.train.checkpoint import CheckpointSaver
 from gigamil.train.early_stopping import FINISHED, EarlyStopping
+from gigamil.train.learning import log_columns
 from gigamil.train.loop import (
     PROGRESS_EVERY_S,
     EpochSettings,
@@ -79,6 +80,7 @@ class FoldTrainer:
         self.saver = CheckpointSaver(out_dir, self._signature(model_cfg), enabled=info.is_main)
         self.header = self._header(model_cfg)
         self.settings = epoch_settings(tcfg, runtime)
+        self.levels = log_columns(len(data.classes), tcfg.loss)  # on every train_log.csv row
 
     def _build_model(self, model_cfg: ModelConfig) -> AmpScaler:
         """Seed torch with ``training.seed``, build the model (its loss weighted by
@@ -306,6 +308,7 @@ class FoldTrainer:
                 "best_epoch": self.early_stopping.best_epoch,
                 "n_train_bags": len(data.train),
                 "n_val_bags": len(data.val),
+                **self.levels,
             }
             self.saver.log_epoch(row)
             if tb is not None:

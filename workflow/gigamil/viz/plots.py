@@ -1,5 +1,5 @@
-"""Evaluation plots: ROC curves, confusion matrices, reliability diagrams, training curves
-(matplotlib, Agg backend)."""
+"""Evaluation plots: ROC curves, confusion matrices, training curves (matplotlib, Agg
+backend; reliability diagrams: :mod:`gigamil.viz.calibration`)."""
 
 from __future__ import annotations
 
@@ -175,77 +175,6 @@ def plot_confusion(
     plt.close(fig)
 
 
-def plot_calibration(
-    preds: pd.DataFrame, classes: Sequence[str], title: str, n_bins: int = 5
-) -> bytes:
-    """Reliability diagram of slide predictions as PNG bytes (for metrics.html).
-
-    Binary: the predicted P(positive) in ``n_bins`` equal-width bins against the fraction of
-    slides of the positive class in each bin, with Wilson 95 % intervals
-    (``scipy.stats.binomtest``) and the bin's slide count; below and above the axes each slide
-    is a tick at its probability (bottom: true negative class, top: positive). More than two
-    classes: the same for the top label (the predicted class's probability against the
-    fraction predicted right). Points on the diagonal are calibrated; with a few tens of slides
-    the intervals are wide.
-    """
-    plt = _pyplot()
-    y, p = labels_and_probs(preds, classes)
-    binary = len(classes) == 2
-    x = p[:, 1] if binary else p.max(axis=1)
-    hit = (y == 1) if binary else (p.argmax(axis=1) == y)
-    fig, ax = plt.subplots(figsize=(4.8, 5.0), dpi=120)
-    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey", label="perfectly calibrated")
-    bins = _calibration_bins(x, hit, n_bins)
-    if bins:
-        mx, frac, low, high, count = (np.array(v) for v in zip(*bins, strict=True))
-        ax.errorbar(
-            mx,
-            frac,
-            yerr=[frac - low, high - frac],
-            fmt="o-",
-            color="k",
-            capsize=3,
-            label="slides per bin: fraction (95% Wilson interval)",
-        )
-        for xi, fi, n in zip(mx, frac, count, strict=True):
-            ax.annotate(f"n={n}", (xi, fi), textcoords="offset points", xytext=(5, -11), fontsize=7)
-    low_name, high_name = (classes[0], classes[1]) if binary else ("wrong", "right")
-    ax.plot(
-        x[~hit], np.full((~hit).sum(), -0.04), "|", color="C0", ms=9, label=f"a {low_name} slide"
-    )
-    ax.plot(x[hit], np.full(hit.sum(), 1.04), "|", color="C3", ms=9, label=f"a {high_name} slide")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.08, 1.08)
-    what = f"P({classes[1]})" if binary else "probability of the predicted class"
-    ax.set_xlabel(f"predicted {what}")
-    ax.set_ylabel(f"fraction {classes[1]}" if binary else "fraction predicted right")
-    ax.set_title(_wrap(title, 48), fontsize=9)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, ncol=2)
-    fig.tight_layout()
-    png = png_bytes(fig)
-    plt.close(fig)
-    return png
-
-
-def _calibration_bins(
-    x: np.ndarray, hit: np.ndarray, n_bins: int
-) -> list[tuple[float, float, float, float, int]]:
-    """(mean x, fraction of ``hit``, Wilson 95 % low, high, count) of each non-empty bin of
-    ``n_bins`` equal-width bins of [0, 1]."""
-    from scipy.stats import binomtest
-
-    idx = np.clip((np.asarray(x) * n_bins).astype(int), 0, n_bins - 1)
-    out = []
-    for b in range(n_bins):
-        sel = idx == b
-        n = int(sel.sum())
-        if n:
-            k = int(hit[sel].sum())
-            ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-            out.append((float(x[sel].mean()), k / n, float(ci.low), float(ci.high), n))
-    return out
-
-
 CURVE_COLOURS = {
     "train_loss": "tab:blue",
     "val_loss": "tab:orange",
@@ -272,20 +201,16 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     > 1) draws each member's curves in the same colours, member r with its own line style. A
     log without validation (``cv.val_fraction: 0``: its validation columns are empty) draws each
     member's training loss in its own colour, the learning rate (``lr``) on the right, and says in
-    the title that there were no validation slides and which epoch model.pt keeps.
+    the title that there were no validation slides and which epoch model.pt keeps. A log that
+    records the model's chance level (``chance_loss``, ``flag_loss``:
+    :func:`gigamil.train.learning.log_columns`) draws it as a dotted red line, and a member
+    whose training loss ended at or above ``flag_loss`` is named in a red title ("DID NOT
+    LEARN": README, 'When a fold does not learn').
 
     Returns ``{"epochs": rows of the longest member (epochs or EM rounds), "epochs_per_model":
-    [per member], "best_epoch": member 0's, "best_epochs": [per member], "curves": [drawn]}``."""
-    from matplotlib.ticker import MaxNLocator
-
-    from gigamil.errors import GigamilError
-
-    log = pd.read_csv(log_csv)
-    missing = {"epoch", "train_loss", "val_loss", "val_auc", "best_epoch"} - set(log.columns)
-    if missing:
-        raise GigamilError(f"{log_csv}: missing column(s) {', '.join(sorted(missing))}")
-    if log.empty:
-        raise GigamilError(f"{log_csv}: no epoch logged")
+    [per member], "best_epoch": member 0's, "best_epochs": [per member], "curves": [drawn],
+    "chance_loss": the level or None, "not_learned": [one phrase per member not learned]}``."""
+    log = _read_train_log(log_csv)
     members = list(log.groupby("replicate", sort=True)) if "replicate" in log else [(None, log)]
     plt = _pyplot()
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(8.0, 3.4), dpi=120)
@@ -301,16 +226,11 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     if not validated:  # cv.val_fraction: 0 (no validation slides): the schedule, not empty axes
         scores = _learning_rate_panel(ax_auc, members[0][1])
         title += "\n" + _wrap(NO_VALIDATION, TITLE_CHARS)
-    for ax in (ax_loss, ax_auc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6 if len(members) > 1 else 7, loc="best")
-    ax_loss.set_ylabel("loss (mean per bag)")
-    if validated:
-        ax_auc.set_ylabel("validation AUC")
-        ax_auc.set_ylim(-0.02, 1.02)
-    fig.suptitle(title, fontsize=9)
+    chance, not_learned = _chance_level(ax_loss, log)
+    if not_learned:
+        title += "\n" + _wrap(f"DID NOT LEARN: {'; '.join(not_learned)}", TITLE_CHARS)
+    _label_axes(ax_loss, ax_auc, validated, small_legend=len(members) > 1)
+    fig.suptitle(title, fontsize=9, color="firebrick" if not_learned else "black")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -321,7 +241,38 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         "best_epoch": bests[0],
         "best_epochs": bests,
         "curves": [*losses, *scores],
+        "chance_loss": chance,
+        "not_learned": not_learned,
     }
+
+
+def _label_axes(ax_loss: Any, ax_auc: Any, validated: bool, small_legend: bool) -> None:
+    """Epoch ticks, labels, grid and legends of the two training-curve panels."""
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_auc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6 if small_legend else 7, loc="best")
+    ax_loss.set_ylabel("loss (mean per bag)")
+    if validated:
+        ax_auc.set_ylabel("validation AUC")
+        ax_auc.set_ylim(-0.02, 1.02)
+
+
+def _read_train_log(log_csv: str | Path) -> pd.DataFrame:
+    """A fold's train_log.csv with at least one epoch and the columns the curves need; raises
+    GigamilError naming the file otherwise."""
+    from gigamil.errors import GigamilError
+
+    log = pd.read_csv(log_csv)
+    missing = {"epoch", "train_loss", "val_loss", "val_auc", "best_epoch"} - set(log.columns)
+    if missing:
+        raise GigamilError(f"{log_csv}: missing column(s) {', '.join(sorted(missing))}")
+    if log.empty:
+        raise GigamilError(f"{log_csv}: no epoch logged")
+    return log
 
 
 LINE_STYLES = ["-", "--", ":", "-."]  # one per replicate (member) of a fold
@@ -331,6 +282,26 @@ NO_VALIDATION = (
     " training.early_stopping.min_epochs - 1, on)"
 )
 TITLE_CHARS = 100  # characters per line of the training curves' 8-inch-wide title (9 pt)
+
+
+def _chance_level(ax: Any, log: pd.DataFrame) -> tuple[float | None, list[str]]:
+    """The chance level recorded in ``log`` (:func:`gigamil.train.learning.log_levels`) as a
+    dotted line on the loss panel; returns it (None for a log without it) and one phrase per
+    member whose training loss ended at or above the log's ``flag_loss``
+    (:func:`gigamil.train.learning.unlearned_models`)."""
+    from gigamil.train.learning import LAST_EPOCHS, log_levels, unlearned_models
+
+    levels = log_levels(log)
+    if levels is None:
+        return None, []
+    chance, flag = levels
+    ax.axhline(chance, ls=":", lw=1.2, color="firebrick", label=f"chance level {chance:.3f}")
+    return chance, [
+        ("" if member is None else f"replicate{member} ")
+        + f"training loss ended at {final:.3f} (mean of the last {LAST_EPOCHS} epochs; "
+        f"flagged at >= {flag:.3f}, chance {chance:.3f})"
+        for member, final in unlearned_models(log, chance, flag)
+    ]
 
 
 def _learning_rate_panel(ax: Any, rows: pd.DataFrame) -> list[str]:
