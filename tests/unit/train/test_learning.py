@@ -113,3 +113,37 @@ def test_the_flag_is_one_true_class_probability_for_both_losses(n_classes: int):
     table = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.87 * chance_loss(2, "focal")] * 3})
     assert unlearned_models(table, chance_loss(2, "focal"), flag_loss(2, "focal")) != []
     assert unlearned_models(table, chance_loss(2, "focal")) == []  # 0.9 x chance missed it
+
+
+def test_the_learning_record_travels_with_the_model_and_says_whether_it_learned():
+    """model.pt records its final training loss against chance (from its log's rows), so the
+    person it is shared with can tell; a log from before the levels were written has none."""
+    from gigamil.train.learning import (
+        LEARNING_KEY,
+        learning_record,
+        log_columns,
+        recorded_verdicts,
+        verdict_phrase,
+    )
+
+    levels = log_columns(2, "ce")
+    flat = [{"epoch": e, "train_loss": v, **levels} for e, v in enumerate([0.7, 0.69, 0.7, 0.68])]
+    record = learning_record(flat)
+    assert record == {
+        "final_train_loss": pytest.approx((0.69 + 0.7 + 0.68) / 3),
+        "chance_loss": pytest.approx(math.log(2), abs=1e-6),
+        "flag_loss": pytest.approx(0.9 * math.log(2), abs=1e-6),
+        "learned": False,
+    }
+    assert verdict_phrase(record) == (
+        "training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): DID NOT LEARN"
+    )
+    falling = [{**row, "train_loss": 0.7 - 0.15 * i} for i, row in enumerate(flat)]
+    assert learning_record(falling)["learned"] is True  # last three: 0.55, 0.4, 0.25
+    assert learning_record([{"epoch": 1, "train_loss": 0.7}]) is None  # an older log
+    assert learning_record([]) is None
+    # a fold of two members, the second without a record (trained before 2026-12-06)
+    header = {"replicates": [{"seed": 0, LEARNING_KEY: record}, {"seed": 1}]}
+    assert recorded_verdicts(header) == [(0, record)]
+    assert recorded_verdicts({LEARNING_KEY: record}) == [(None, record)]
+    assert recorded_verdicts({"epoch": 3}) == []

@@ -105,6 +105,7 @@ def test_the_summary_names_classes_input_members_and_training_slides(tmp_path: P
     assert "pool: smabmil, att_dim 16" in text
     assert "3 slides of 2 patients (training and validation; cohorts: a, b)" in text
     assert "NOT finished" not in text
+    assert "learned: not recorded (a model.pt from before 2026-12-06)" in text
     ckpt = load_checkpoint(path)
     atomic_save({**ckpt, FINISHED: False}, path)
     assert "(training NOT finished)" in describe_model(path, model_header_of(path))[0]
@@ -284,3 +285,23 @@ def test_only_a_trainers_state_is_called_a_last_pt():
         "lacks ['model_config', 'patch_px']); it is a trainer's resumable "
         "state (a last.pt): use the fold's model.pt"
     )
+
+
+def test_the_summary_says_whether_each_member_learned(tmp_path: Path):
+    """model.pt's learning record (written when training finishes) is shown per member: the
+    receiver of a shared model sees that one member never left the chance level."""
+    from gigamil.train.learning import log_columns
+
+    levels = log_columns(2, "ce")
+    path = _model_pt(tmp_path / "model.pt", replicates=2)
+    ckpt = load_checkpoint(path)
+    for member, final in zip(ckpt["replicates"], (0.21, 0.69), strict=True):
+        member["learning"] = {"final_train_loss": final, **levels, "learned": final < 0.62}
+    atomic_save(ckpt, path)
+    lines = describe_model(path, model_header_of(path))
+    assert lines[-2:] == [
+        "  replicate0 training loss ended at 0.210 (chance level 0.693, flagged at >= 0.624): "
+        "learned",
+        "  replicate1 training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): "
+        "DID NOT LEARN",
+    ]

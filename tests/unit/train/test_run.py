@@ -101,6 +101,15 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
     # the chance level of two classes (ln 2) and the flag (0.9 ln 2) on every row, for the plot
     assert {(r["chance_loss"], r["flag_loss"]) for r in rows} == {("0.693147", "0.623832")}
     losses = [float(r["train_loss"]) for r in rows]
+    assert (
+        torch.load(model_path, weights_only=True)["learning"]
+        == {  # travels with model.pt
+            "final_train_loss": pytest.approx(sum(losses[-3:]) / 3, abs=1e-6),
+            "chance_loss": pytest.approx(0.693147),
+            "flag_loss": pytest.approx(0.623832),
+            "learned": True,
+        }
+    )
     assert losses[-1] < 0.7 * losses[0]  # the loss falls
     assert max(float(r["val_auc"]) for r in rows) >= 0.8  # and validation is well above chance
 
@@ -1110,6 +1119,12 @@ def test_a_fold_that_does_not_learn_says_so(mil_bags, cohort, tmp_path: Path, ca
             caplog.text,
         )
         assert said and float(said.group(1)) >= 0.9 * np.log(2)
+    # and the fold's model.pt records it per member, for those the model is shared with
+    members = torch.load(tmp_path / "fold3" / "model.pt", weights_only=True)["replicates"]
+    for member in members:
+        assert member["learning"]["learned"] is False
+        assert member["learning"]["chance_loss"] == pytest.approx(0.693147)
+        assert member["learning"]["final_train_loss"] >= member["learning"]["flag_loss"]
 
 
 def test_a_focal_loss_fold_is_judged_for_learning_by_the_focal_chance_level(

@@ -9,7 +9,7 @@ import pytest
 from gigamil.errors import ConfigError
 from gigamil.models.factory import build_mil_model
 from gigamil.settings import ModelConfig
-from gigamil.train.checkpoint import FINISHED, atomic_save
+from gigamil.train.checkpoint import FINISHED, atomic_save, load_checkpoint
 from gigamil.train.model_file import model_checkpoint, model_header
 from gigamil.train.trained_models import (
     check_patient_overlap,
@@ -389,3 +389,23 @@ def test_the_config_check_compares_the_feature_cache_of_the_config(tmp_path: Pat
     assert check_with_config(models, config, "enc-a") == []
     with pytest.raises(ConfigError, match="encoder enc-b"):
         check_with_config(models, config, "enc-b")
+
+
+def test_a_model_that_recorded_it_did_not_learn_is_a_warning(tmp_path: Path):
+    """A fold model whose training loss ended near chance (its learning record) predicts
+    nothing: the receiving project is told at the start, naming the file and fold."""
+    from gigamil.train.learning import log_columns
+
+    levels = log_columns(2, "ce")
+    flat = {"final_train_loss": 0.69, **levels, "learned": False}
+    good = {"final_train_loss": 0.2, **levels, "learned": True}
+    for fold, record in enumerate([good, flat, None]):  # fold 2: no record, nothing said
+        path = _save(tmp_path / "m" / f"fold{fold}" / "model.pt")
+        if record:
+            atomic_save({**load_checkpoint(path), "learning": record}, path)
+    warnings = check_trained_models(fold_models(tmp_path / "m"), CLASSES, PATCHES)
+    assert warnings == [
+        f"trained_models: {tmp_path}/m/fold1/model.pt (fold 1) training loss ended at 0.690 "
+        "(chance level 0.693, flagged at >= 0.624): DID NOT LEARN: its predictions mean nothing "
+        "(README, 'When a fold does not learn'); ask the sender to train it again"
+    ]

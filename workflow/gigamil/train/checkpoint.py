@@ -27,6 +27,7 @@ from gigamil.fileutil import atomic_write_bytes
 from gigamil.models.ensemble import ReplicateEnsemble
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
+from gigamil.train.learning import LEARNING_KEY, learning_record
 from gigamil.train.signature import changed_keys
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ class CheckpointSaver:
         settings), nor a newer best epoch saved just before a kill, nor a damaged file."""
         if not self.model_path.is_file():
             return False
-        skip = {FINISHED, "logit_calibration", DIGEST_KEY}
+        skip = {FINISHED, "logit_calibration", DIGEST_KEY, LEARNING_KEY}
         try:
             on_disk = load_checkpoint(self.model_path)
         except GigamilError as exc:
@@ -308,7 +309,9 @@ class CheckpointSaver:
     def finish(self) -> None:
         """The training has ended: model.pt (the best epoch) is marked ``training_finished:
         True`` (rewritten only when it is missing or not yet marked, so a finished and
-        calibrated model.pt is left as it is). :func:`load_model` refuses a model.pt marked
+        calibrated model.pt is left as it is), with its ``learning`` record
+        (:func:`gigamil.train.learning.learning_record` of the log's rows). :func:`load_model`
+        refuses a model.pt marked
         False: a killed ``gigamil train`` left its best epoch so far, which looked finished."""
         if not self.enabled or self.best is None:
             return
@@ -316,7 +319,9 @@ class CheckpointSaver:
         if on_disk is not None and on_disk.get(FINISHED, True):
             return
         # the file on disk, when there, is the best epoch (with its calibration, if fitted)
-        atomic_save({**(on_disk or self.best), FINISHED: True}, self.model_path)
+        record = learning_record(self.rows)  # the training loss against chance, with the model
+        extra = {LEARNING_KEY: record} if record else {}
+        atomic_save({**(on_disk or self.best), FINISHED: True, **extra}, self.model_path)
 
     def log_epoch(self, row: Mapping[str, Any]) -> None:
         """Append one row (keys ``LOG_COLUMNS``) and rewrite train_log.csv."""

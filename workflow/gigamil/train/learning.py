@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -59,6 +60,49 @@ def log_levels(train_log: pd.DataFrame) -> tuple[float, float] | None:
     if levels.empty:
         return None
     return float(levels["chance_loss"].iloc[-1]), float(levels["flag_loss"].iloc[-1])
+
+
+LEARNING_KEY = "learning"  # model.pt's record of its training loss against chance
+
+
+def learning_record(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """What model.pt records of whether its model learned, from its train_log.csv ``rows``
+    (:class:`gigamil.train.checkpoint.CheckpointSaver`): ``final_train_loss`` (the mean of the
+    last :data:`LAST_EPOCHS` epochs), ``chance_loss``, ``flag_loss`` and ``learned`` (the final
+    loss below the flag); None for rows without the levels (a log from before 2026-12-06).
+    Travels with a shared model: ``gigamil model-info`` and ``trained_models`` say it."""
+    table = pd.DataFrame(list(rows))
+    levels = log_levels(table) if "train_loss" in table else None
+    if levels is None:
+        return None
+    final = float(pd.to_numeric(table["train_loss"]).dropna().tail(LAST_EPOCHS).mean())
+    chance, flag = levels
+    return {
+        "final_train_loss": round(final, 6),
+        "chance_loss": chance,
+        "flag_loss": flag,
+        "learned": bool(final < flag),
+    }
+
+
+def recorded_verdicts(header: Mapping[str, Any]) -> list[tuple[int | None, dict[str, Any]]]:
+    """``(replicate or None, learning record)`` of each model of a model.pt ``header`` that
+    records one (:func:`learning_record`; members in ``replicates``)."""
+    members = header.get("replicates")
+    if members:
+        pairs = [(r, m.get(LEARNING_KEY)) for r, m in enumerate(members)]
+    else:
+        pairs = [(None, header.get(LEARNING_KEY))]
+    return [(r, rec) for r, rec in pairs if rec]
+
+
+def verdict_phrase(record: Mapping[str, Any]) -> str:
+    """``training loss ended at 0.210 (chance level 0.693): learned`` or ``...: DID NOT LEARN``."""
+    return (
+        f"training loss ended at {record['final_train_loss']:.3f} (chance level "
+        f"{record['chance_loss']:.3f}, flagged at >= {record['flag_loss']:.3f}): "
+        + ("learned" if record["learned"] else "DID NOT LEARN")
+    )
 
 
 def unlearned_models(

@@ -123,6 +123,21 @@ def describe_model(path: str | Path, header: Mapping[str, Any]) -> list[str]:
         f"  encoder: {encoder}",
         f"  pool: {cfg.get('pool')}, att_dim {cfg.get('att_dim')}",
         f"  trained on: {_trained_on(header)}",
+        *_learning_lines(header),
+    ]
+
+
+def _learning_lines(header: Mapping[str, Any]) -> list[str]:
+    """One line per model: its training loss against the chance level (model.pt's ``learning``
+    record, :func:`gigamil.train.learning.learning_record`), or that it is not recorded."""
+    from gigamil.train.learning import recorded_verdicts, verdict_phrase
+
+    verdicts = recorded_verdicts(header)
+    if not verdicts:
+        return ["  learned: not recorded (a model.pt from before 2026-12-06)"]
+    return [
+        "  " + ("" if member is None else f"replicate{member} ") + verdict_phrase(record)
+        for member, record in verdicts
     ]
 
 

@@ -30,7 +30,7 @@ from gigamil.train.checkpoint import atomic_save, load_checkpoint, write_train_l
 
 log = logging.getLogger(__name__)
 
-MEMBER_KEYS = ("state_dict", "epoch", "metrics", "logit_calibration")
+MEMBER_KEYS = ("state_dict", "epoch", "metrics", "logit_calibration", "learning")
 SHARED_KEYS = (
     "model_config",
     "classes",
@@ -116,7 +116,8 @@ def combine_replicates(
 
     model.pt holds the members' shared header (model configuration, classes, patch size and
     µm/px, ...) and ``replicates``: per member ``seed``, ``epoch``, ``metrics``,
-    ``state_dict`` and ``logit_calibration``. Raises :class:`GigamilError` when a member's
+    ``state_dict``, ``logit_calibration`` and ``learning`` (its training loss against chance,
+    :func:`gigamil.train.learning.learning_record`). Raises :class:`GigamilError` when a member's
     model.pt is missing or the members disagree on the shared keys."""
     out_dir = Path(out_dir)
     ckpts = []

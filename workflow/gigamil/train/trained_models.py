@@ -180,6 +180,21 @@ def _fold_warnings(models: Mapping[int, Path], n_folds: int | None) -> list[str]
     return []
 
 
+def _unlearned(path: Path, fold: int, header: Mapping[str, Any]) -> list[str]:
+    """A warning per model of ``header`` whose recorded training loss ended near chance
+    (model.pt's ``learning``, :func:`gigamil.train.learning.learning_record`)."""
+    from gigamil.train.learning import recorded_verdicts, verdict_phrase
+
+    return [
+        f"{KEY}: {path} (fold {fold}"
+        + ("" if member is None else f", replicate{member}")
+        + f") {verdict_phrase(record)}: its predictions mean nothing (README, 'When a fold "
+        "does not learn'); ask the sender to train it again"
+        for member, record in recorded_verdicts(header)
+        if not record["learned"]
+    ]
+
+
 def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
     models: Mapping[int, Path],
     classes: Sequence[str],
@@ -190,7 +205,6 @@ def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
 ) -> list[str]:
     """Check that this configuration can predict with every fold model of ``models``
     (:func:`fold_models`) and return the warnings.
-
     Args:
         classes: the configuration's ``classes``.
         patches: its ``preprocessing.patches`` section (``patch_px``, ``mpp`` in µm/px,
@@ -204,8 +218,8 @@ def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
         n_folds: its ``cv.folds``: another number of models found is a warning.
 
     Returns:
-        Warnings: fold numbers missing below the highest (or other than ``n_folds``), and
-        preprocessing differences.
+        Warnings: missing fold numbers (or other than ``n_folds``), models that recorded
+        they did not learn (:func:`_unlearned`), preprocessing differences.
 
     Raises:
         ConfigError: a file that does not load as a finished model.pt, one model in two fold
@@ -231,6 +245,7 @@ def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
                 "fold's own model.pt in its folder"
             )
         digests[header[DIGEST_KEY]] = fold
+        warnings += _unlearned(path, fold, header)
         for key, value in (header.get("preprocessing") or {}).items():
             if preprocessing and key in preprocessing and preprocessing[key] != value:
                 differ.setdefault(key, set()).add(f"{value!r} (here {preprocessing[key]!r})")
