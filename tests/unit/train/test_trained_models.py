@@ -409,3 +409,19 @@ def test_a_model_that_recorded_it_did_not_learn_is_a_warning(tmp_path: Path):
         "(chance level 0.693, flagged at >= 0.624): DID NOT LEARN: its predictions mean nothing "
         "(README, 'When a fold does not learn'); ask the sender to train it again"
     ]
+
+
+def test_one_folder_written_three_ways_gives_the_same_model_paths(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The model.pt paths are predict_fold's inputs: writing the folder as ./exp, exp/ or its
+    absolute path must not make Snakemake re-predict every slide; a folder outside the working
+    directory is absolute however it is written."""
+    monkeypatch.chdir(tmp_path)
+    expected = {k: Path("exp") / f"fold{k}" / "model.pt" for k in (0, 1, 3)}
+    for spelling in ("exp", "./exp", "exp/", str(tmp_path / "exp"), "exp/../exp"):
+        assert fold_models(spelling) == expected, spelling
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    outside = {k: tmp_path / "exp" / f"fold{k}" / "model.pt" for k in (0, 1, 3)}
+    assert fold_models("../exp") == outside == fold_models(tmp_path / "exp")

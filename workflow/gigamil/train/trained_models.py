@@ -13,6 +13,7 @@ training patients out of external cohorts, as a train cohort's are in the traini
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,8 +56,20 @@ def _layout_hint(root: Path, own: Path | None) -> str:
     )
 
 
+def same_spelling(directory: str | Path) -> Path:
+    """One spelling of ``directory`` however the config writes it: relative to the working
+    directory when inside it, else absolute (``os.path.abspath``: ``.`` and ``..`` removed,
+    symbolic links kept). The model.pt paths are rule predict_fold's inputs, and Snakemake
+    reruns a job whose input paths change: ``shared/m``, ``./shared/m`` and its absolute path
+    must not re-predict every slide."""
+    absolute = Path(os.path.abspath(directory))
+    here = Path(os.path.abspath(Path.cwd()))
+    return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
+
+
 def fold_models(directory: str | Path, own_models: str | Path | None = None) -> dict[int, Path]:
-    """``{fold: directory/fold<fold>/model.pt}`` for every such file, sorted by fold.
+    """``{fold: directory/fold<fold>/model.pt}`` for every such file, sorted by fold
+    (``directory`` spelled by :func:`same_spelling`).
 
     ``own_models``: this project's own models folder (``results/models/{experiment}``), which
     ``directory`` must not be (its rule train_fold would write there).
@@ -67,7 +80,7 @@ def fold_models(directory: str | Path, own_models: str | Path | None = None) -> 
             else what it holds), or holds two folders of one fold number (``fold1/`` and
             ``fold01/``).
     """
-    root = Path(directory)
+    root = same_spelling(directory)
     own = None if own_models is None else Path(own_models)
     if own is not None and root.resolve() == own.resolve():
         raise ConfigError(
