@@ -201,6 +201,28 @@ def test_a_model_pt_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path
         load_model(atomic_save(extra, tmp_path / "b" / "model.pt"))
 
 
+def test_a_model_that_recorded_it_did_not_learn_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gigamil predict, the workflow's prediction and the heatmaps load the model with
+    load_model: a model that did not learn still predicts, and every log that used it says so;
+    one that learned says nothing."""
+    from gigamil.train.learning import log_columns
+
+    _, ckpt = _small_model_checkpoint()
+    record = {"final_train_loss": 0.69, **log_columns(2, "ce"), "learned": False}
+    path = atomic_save({**ckpt, "learning": record}, tmp_path / "a" / "model.pt")
+    with caplog.at_level("WARNING", logger="gigamil"):
+        load_model(path)
+    assert f"{path}: training loss ended at 0.690 (chance level 0.693" in caplog.text
+    assert "DID NOT LEARN: its predictions mean nothing" in caplog.text
+    caplog.clear()
+    learned = {**record, "final_train_loss": 0.2, "learned": True}
+    with caplog.at_level("WARNING", logger="gigamil"):
+        load_model(atomic_save({**ckpt, "learning": learned}, tmp_path / "b" / "model.pt"))
+    assert caplog.text == ""
+
+
 def test_a_header_of_numpy_values_loads_with_weights_only(tmp_path: Path) -> None:
     """model.pt is read with ``weights_only=True``, which refuses numpy scalars: the header
     stores the µm/px, the feature dim, the metrics and the patient ids as plain Python values

@@ -27,7 +27,12 @@ from gigamil.fileutil import atomic_write_bytes
 from gigamil.models.ensemble import ReplicateEnsemble
 from gigamil.models.factory import build_mil_model
 from gigamil.models.mil import MILModel
-from gigamil.train.learning import LEARNING_KEY, learning_record
+from gigamil.train.learning import (
+    LEARNING_KEY,
+    learning_record,
+    recorded_verdicts,
+    verdict_phrase,
+)
 from gigamil.train.signature import changed_keys
 
 log = logging.getLogger(__name__)
@@ -150,7 +155,8 @@ def load_model(
     ``state_dict`` and ``logit_calibration``) gives a
     :class:`~gigamil.models.ensemble.ReplicateEnsemble` of its members. A model.pt whose
     training has not finished (``training_finished: False``) is a GigamilError unless
-    ``unfinished`` (the calibration that ends the training)."""
+    ``unfinished`` (the calibration that ends the training); one that recorded it did not learn
+    (``learning``, :func:`gigamil.train.learning.learning_record`) is logged as a warning."""
     ckpt = load_checkpoint(path)
     if ckpt.get(FINISHED) is False and not unfinished:
         raise GigamilError(
@@ -159,6 +165,12 @@ def load_model(
             "finished model): run the same gigamil train command again (it resumes from "
             "last.pt), or let snakemake finish the fold"
         )
+    for member, record in recorded_verdicts(ckpt):  # it predicts, but says what it is worth
+        if not record["learned"]:
+            where = "" if member is None else f" replicate{member}"
+            log.warning(
+                "%s%s: %s: its predictions mean nothing", path, where, verdict_phrase(record)
+            )
     members = ckpt.get("replicates")
     weights_key = "replicates" if members is not None else "state_dict"
     missing = [k for k in (weights_key, "model_config", "classes", "patch_px") if k not in ckpt]
