@@ -134,6 +134,36 @@ def test_a_tissue_mask_far_finer_than_the_scan_is_refused_before_any_job(cmu_svs
     )
 
 
+def test_a_tissue_mask_of_a_few_pixels_is_refused_before_any_job(cmu_svs):
+    """preprocessing.tissue.mask_mpp 5000 (a typo for 5) gave every slide a 1 x 1 px mask, no
+    patches, and an error only at training ('no training slide has patches')."""
+    svs = SlideCheck("a", "svs", Path(cmu_svs), None)  # 2220 x 2967 px at 0.499: 1108 µm wide
+    check_slides([svs], patch_mpp=0.5, mask_mpp=138.0)  # 8.03 mask px on the short side
+    with pytest.raises(ConfigError) as err:
+        check_slides([svs], patch_mpp=0.5, mask_mpp=5000)
+    assert (
+        "a/svs: preprocessing.tissue.mask_mpp 5000 µm/px (gigamil mask --mask-mpp) would map this "
+        "slide (1108 x 1481 µm) on fewer than 8 mask pixels a side: use at most 138 µm/px"
+    ) in str(err.value)
+
+
+def test_a_lesion_mask_that_is_no_binary_mask_stops_the_run_before_any_job(cmu_svs, tmp_path):
+    """A lesion mask of the right size but the wrong content (a photo, or labels 1 and 2) was
+    found by the evaluation, after training, in a traceback naming no slide."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photo, labels = tmp_path / "photo.png", tmp_path / "labels.png"
+    Image.fromarray(rng.integers(20, 230, (297, 222), dtype=np.uint8)).save(photo)
+    two = np.zeros((297, 222), np.uint8)
+    two[:50], two[100:150] = 1, 2
+    Image.fromarray(two).save(labels)
+    with pytest.raises(ConfigError, match=r"a/photo: mask .*photo.png: \d+ % of its pixels"):
+        check_slides([SlideCheck("a", "photo", Path(cmu_svs), None, photo)])
+    with pytest.raises(ConfigError, match=r"a/labels: mask .*labels.png: a label image with "):
+        check_slides([SlideCheck("a", "labels", Path(cmu_svs), None, labels)])
+
+
 def test_sheet_checks_resolve_paths_overrides_and_skip_cohorts(tmp_path):
     sheets = {
         "mine": pd.DataFrame(

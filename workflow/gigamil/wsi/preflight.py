@@ -28,7 +28,7 @@ from gigamil.sheets import MAX_LISTED as MAX_LISTED  # slides named in the error
 from gigamil.sheets import listed, sheet_slide_path
 from gigamil.wsi.patching import LEVEL_TOLERANCE, upsampling_problem
 from gigamil.wsi.reader import slide_header
-from gigamil.wsi.tissue import mask_mpp_problem
+from gigamil.wsi.tissue import TissueParams, mask_mpp_problem
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def check_slide(
         if problem is None and patch_mpp is not None and patch_px is not None:
             small = _smaller_than_a_patch(mpp, dims, patch_mpp, patch_px)
         if problem is None and mask_mpp is not None:
-            problem = mask_mpp_problem(mpp, mask_mpp)
+            problem = mask_mpp_problem(mpp, mask_mpp) or _coarse_mask_problem(mpp, dims, mask_mpp)
         if check.mpp is not None:  # the slide's µm/px was typed by the user
             typed = (
                 f"; the slide's {mpp:g} µm/px is the override from its sheet row's `mpp` column "
@@ -99,6 +99,24 @@ def check_slide(
         return SlideStatus(
             check, f"{check.path}: cannot be read ({type(exc).__name__}: {exc})", None
         )
+
+
+MIN_MASK_PX = 8  # a tissue mask narrower than this maps nothing (one pixel: all or nothing)
+
+
+def _coarse_mask_problem(mpp: float, dims: tuple[int, int], mask_mpp: float) -> str | None:
+    """Why ``mask_mpp`` µm/px is too coarse for a slide of ``dims`` (W, H) px at ``mpp``: its
+    tissue mask would be under :data:`MIN_MASK_PX` px on a side (e.g. 5000 typed for 5), every
+    slide would then get an empty or all-tissue mask and the run would fail only at training."""
+    short_um = min(dims) * mpp
+    if short_um / mask_mpp >= MIN_MASK_PX:
+        return None
+    return (
+        f"preprocessing.tissue.mask_mpp {mask_mpp:g} µm/px (gigamil mask --mask-mpp) would map "
+        f"this slide ({dims[0] * mpp:.0f} x {dims[1] * mpp:.0f} µm) on fewer than "
+        f"{MIN_MASK_PX} mask pixels a side: use at most {short_um / MIN_MASK_PX:.3g} µm/px "
+        f"(default {TissueParams().mask_mpp:g})"
+    )
 
 
 def _file_mpp(check: SlideCheck) -> float | None:
@@ -129,15 +147,23 @@ def _smaller_than_a_patch(
 
 def _lesion_mask_problem(check: SlideCheck, mpp: float, dims: tuple[int, int]) -> str | None:
     """Why the slide's lesion mask cannot be its mask (another size: e.g. another slide's), from
-    the headers of both files (:func:`gigamil.evaluate.lesion_mask.check_mask_geometry`); the
-    evaluation would stop on it only after training."""
-    from gigamil.evaluate.lesion_mask import check_mask_geometry
+    the headers of both files (:func:`gigamil.evaluate.lesion_mask.check_mask_geometry`), or,
+    for a mask of at most :data:`MAX_CHECKED_MASK_PX` pixels, from its content (not a binary
+    mask: :func:`gigamil.evaluate.lesion_mask.read_binary_mask`); the evaluation would stop on
+    it only after training."""
+    from gigamil.evaluate.lesion_mask import check_mask_geometry, image_size, read_binary_mask
 
     try:
         check_mask_geometry(check.lesion_mask, mpp, dims)
+        width, height = image_size(check.lesion_mask)
+        if width * height <= MAX_CHECKED_MASK_PX:  # its pixels too: a photo, a label image
+            read_binary_mask(check.lesion_mask)
     except GigamilError as exc:
         return str(exc)
     return None
+
+
+MAX_CHECKED_MASK_PX = 16_000_000  # lesion masks up to this size are decoded before any job
 
 
 def check_slides(
