@@ -672,9 +672,19 @@ def test_training_without_every_class_is_an_error(mil_bags, cohort, tmp_path: Pa
     with pytest.raises(
         GigamilError,
         match=r"of class 'normal'; its training slide\(s\) empty of that class have no patches "
-        r"\(no tissue found: see the cohort's QC table, results/qc/\{cohort\}.csv\): remove",
+        r"\(no tissue found, or no patch reaches preprocessing.patches.min_tissue at this "
+        r"patch_px: the QC table says which, results/qc/c.csv\): remove",
     ):
         train_fold(lesion_and_empty, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
+    # no slide has patches (a trial's mask_mpp typo): where to look, not only that it failed
+    with pytest.raises(
+        GigamilError,
+        match=r"^no training slide has patches \(no tissue found, or no patch reaches "
+        r"preprocessing.patches.min_tissue at this patch_px: the QC table says which, "
+        r"results/qc/c.csv\); nothing to train on$",
+    ):
+        only_empty = train[train["slide_id"] == "empty"]
+        train_fold(only_empty, val, mil_bags.classes, mil_bags.model, training(), tmp_path)
 
 
 def test_a_fold_the_splits_never_give_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:

@@ -58,15 +58,27 @@ def _label_index(label: Any, classes: Sequence[str], slide_id: str) -> int:
     return names.index(str(label))
 
 
+def _no_patches_hint(slides: pd.DataFrame) -> str:
+    """Where to see why ``slides`` have no patches: their cohorts' QC tables, which say whether
+    no tissue was found or no patch reached ``preprocessing.patches.min_tissue``."""
+    cohorts = sorted(set(slides["cohort"].astype(str))) if "cohort" in slides else []
+    tables = ", ".join(f"results/qc/{c}.csv" for c in cohorts) or "results/qc/<cohort>.csv"
+    return (
+        "no tissue found, or no patch reaches preprocessing.patches.min_tissue at this "
+        f"patch_px: the QC table says which, {tables}"
+    )
+
+
 def _lacking_class_message(train: pd.DataFrame, classes: Sequence[str], seen: set[int]) -> str:
     """Why a fold cannot train: the classes without a training slide with patches and, when the
     fold has training slides of them, those slides (they have no patches: no tissue)."""
     lacking = [str(c) for i, c in enumerate(classes) if i not in seen]
-    empty = train.loc[train["label"].astype(str).isin(lacking), "slide_id"].astype(str).tolist()
+    rows = train.loc[train["label"].astype(str).isin(lacking)]
+    empty = rows["slide_id"].astype(str).tolist()
     why = (
-        f"; its training slide(s) {', '.join(empty[:10])} of that class have no patches (no "
-        "tissue found: see the cohort's QC table, results/qc/{cohort}.csv): remove them from "
-        "the sheet, or check their tissue masks"
+        f"; its training slide(s) {', '.join(empty[:10])} of that class have no patches "
+        f"({_no_patches_hint(rows)}): remove them from the sheet, or check their tissue masks "
+        "and patch settings"
         if empty
         else ""
     )
@@ -311,7 +323,9 @@ class FoldData:
         train_items = _open_bags(train, classes, "training", feed)
         val_items = _open_bags(val, classes, "validation", feed)
         if not train_items:
-            raise GigamilError("no training slide has patches; nothing to train on")
+            raise GigamilError(
+                f"no training slide has patches ({_no_patches_hint(train)}); nothing to train on"
+            )
         seen = {it.label for it in train_items}
         if len(seen) < len(classes):
             raise GigamilError(_lacking_class_message(train, classes, seen))
