@@ -218,6 +218,17 @@ def test_every_cell_against_the_schema_is_named_at_once(tmp_path):
     assert "patient_id" in str(err.value) and "is not a safe file name" in lines[1] + lines[2]
 
 
+def test_a_slide_id_too_long_for_a_file_name_is_refused(tmp_path):
+    """A 250-character slide_id passed the sheet and crashed the first job with 'File name too
+    long' (file names: 255 bytes, and outputs add suffixes such as .qc.png)."""
+    rows = good_rows()
+    rows[0]["slide_id"] = "s" + "x" * 199  # 200 characters: allowed
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows[0]["slide_id"] = "s" + "x" * 200
+    with pytest.raises(ConfigError, match=r"line 2 .*not only dots; at most 200 characters\)"):
+        load_sheet(write_sheet(tmp_path, rows, name="long.csv"), "c1", CLASSES, base_dir=tmp_path)
+
+
 def test_bad_slide_id_and_mpp(tmp_path):
     rows = good_rows()
     rows[0]["slide_id"] = "has space"

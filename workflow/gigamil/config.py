@@ -38,7 +38,7 @@ def check_slide_id(slide_id: Any) -> str:
     if not re.fullmatch(SLIDE_ID_PATTERN, name):
         raise ConfigError(
             f"slide_id {name!r} is not a safe file name (letters, digits, '_', '-', '.'; "
-            "not only dots)"
+            "not only dots; at most 200 characters)"
         )
     return name
 

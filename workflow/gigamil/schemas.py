@@ -36,7 +36,8 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
 VALUE_ALIASES = {"gpu": "cuda", "nvidia": "cuda"}
 
 _PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regular expression
-    SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots)",
+    SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots; "
+    "at most 200 characters)",
 }
 
 
