@@ -457,6 +457,30 @@ def test_a_sheet_in_the_windows_encoding_says_which_line_and_how_to_save_it(tmp_
     assert "'CSV UTF-8 (Comma delimited)'" in message
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "the file is empty (0 bytes): a sheet needs a header line"),
+        (b"PK\x03\x04\x14\x00\x06\x00", "a zip archive such as an Excel workbook (.xlsx)"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (.xls)"),
+        ("slide_id,patient_id\n".encode("utf-16"), "UTF-16 text (e.g. Excel's 'Unicode Text')"),
+        ("slide_id,patient_id\n".encode("utf-16-le"), "UTF-16 text"),  # without a BOM
+    ],
+)
+def test_a_sheet_that_is_no_csv_text_says_what_it_is(tmp_path, content, said):
+    """A workbook, UTF-16 text or an empty file was diagnosed as cp1252 bytes, NUL bytes
+    printed as column names, or pandas' 'No columns to parse from file' (new-user trial)."""
+    path = tmp_path / "sheet.csv"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {said}")
+    assert "\x00" not in message and "cp1252" not in message
+    if content:
+        assert message.endswith("save it as 'CSV UTF-8 (Comma delimited)' (Excel: Save As)")
+
+
 def test_a_label_in_other_case_is_suggested_however_far_its_spelling(tmp_path):
     """'LESION' differs from 'lesion' only in case, but too much for difflib's spelling match:
     the hint must still name the class."""

@@ -121,6 +121,29 @@ def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
     return f"not UTF-8 text ({exc.reason}): save the sheet as UTF-8"
 
 
+SAVE_AS = "save it as 'CSV UTF-8 (Comma delimited)' (Excel: Save As)"
+
+
+def _not_csv_text(path: Path) -> str | None:
+    """What a sheet file is when it is no CSV text that :func:`_not_utf8` could diagnose: empty,
+    a workbook (.xlsx is a zip archive, .xls an OLE2 file), or UTF-16 text (a byte-order mark,
+    or NUL bytes, which UTF-8 text never holds); None otherwise or when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty (0 bytes): a sheet needs a header line (slide_id,patient_id,label,path) and a row per slide"
+    if head.startswith(b"PK\x03\x04"):
+        return f"a zip archive such as an Excel workbook (.xlsx), not CSV text: {SAVE_AS}"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):
+        return f"an Excel 97-2003 workbook (.xls), not CSV text: {SAVE_AS}"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        return f"UTF-16 text (e.g. Excel's 'Unicode Text'), not UTF-8: {SAVE_AS}"
+    return None
+
+
 def _first_line(path: Path) -> str:
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as handle:
@@ -133,6 +156,8 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     """The sheet as strings, names and values stripped; it needs SHEET_COLUMNS (``label`` only
     when ``labels_required``; else an empty one is added) and a row. Blank lines and rows whose
     every cell is empty are skipped; ``df.attrs["sheet_lines"]`` keeps each row's file line."""
+    if problem := _not_csv_text(path):
+        raise ConfigError(f"{path}: {problem}")
     _check_field_counts(path)
     try:
         df = read_sheet_frame(path)
