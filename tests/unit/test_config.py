@@ -113,6 +113,10 @@ def test_every_schema_key_has_description_and_default():
         (lambda c: c["cohorts"].update({"..": {"sheet": "x"}}), "invalid name '..'"),
         (lambda c: c.update(experiment=".."), "experiment: '..' is not a safe file name (letters"),
         (lambda c: c.update(experiment="."), "experiment: '.' is not a safe file name"),
+        (  # the sheets' labels are stripped: ' lesion' could never match one (new-user trial)
+            lambda c: c.update(classes=["normal", " lesion"]),
+            "classes.1: ' lesion' has spaces at its start or end, which the sheets' labels are",
+        ),
         (lambda c: c["training"].update(epoch=3), "unknown key training.epoch (allowed here:"),
         (lambda c: c["training"].update(epoch=3), "; did you mean epochs?"),
         (  # a key of another section: pointed to there

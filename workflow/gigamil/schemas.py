@@ -35,7 +35,10 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
 # "cpu" than to "cuda")
 VALUE_ALIASES = {"gpu": "cuda", "nvidia": "cuda"}
 
+CLASS_PATTERN = load_schema("config")["properties"]["classes"]["items"]["pattern"]
 _PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regular expression
+    CLASS_PATTERN: "has spaces at its start or end, which the sheets' labels are read without: "
+    "remove them",
     SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots; "
     "at most 200 characters)",
 }
