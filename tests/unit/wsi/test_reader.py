@@ -105,6 +105,20 @@ def test_check_mpp_rejects_nonsense(x, y, fragment):
     assert "slide.svs" in str(exc.value) and "--slide-mpp" in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [(352.78, "a 72/96 dpi image default?"), (264.58, "a 72/96 dpi image default?")]
+    + [(v, "not the scan's resolution; 0.25 is 40x, 0.5 20x") for v in (0.0001, 5000.0)],
+)
+def test_a_files_implausible_mpp_is_called_a_dpi_default_only_near_one(value, said):
+    """72 and 96 dpi are 352.8 and 264.6 µm/px; a file saying 0.0001 µm/px was told the same
+    (new-user trial)."""
+    with pytest.raises(SlideError) as exc:
+        check_mpp("slide.tif", value, value, "TIFF resolution tags")
+    assert said in str(exc.value)
+    assert ("dpi" in said) == ("dpi" in str(exc.value))
+
+
 def test_an_implausible_typed_mpp_is_called_a_typo_not_a_dpi_default():
     """The sheet's own value: the user set the column already, and a file's dpi is not involved."""
     with pytest.raises(SlideError) as exc:

@@ -37,7 +37,9 @@ def check_mpp(name: str, mpp_x: float, mpp_y: float, source: str) -> float:
             detail = (
                 "a typo, or another unit? µm per pixel, e.g. 0.25 at 40x, 0.5 at 20x"
                 if typed
-                else "a 72/96 dpi image default?"
+                else "a 72/96 dpi image default?"  # 25400 µm per inch / 96 or 72 dpi
+                if 200 <= v <= 400
+                else "not the scan's resolution; 0.25 is 40x, 0.5 20x"
             )
             fix = (
                 "fix the sheet's `mpp` column, the cohort's `mpp` in config.yaml or --slide-mpp"
