@@ -146,7 +146,9 @@ def test_config_check_names_unknown_and_reserved_columns():
     sg.check_subgroup_columns(["site", "scanner", "cohort"], sheets)  # each in one sheet: fine
     with pytest.raises(GigamilError, match="'tissue' is a column of no scored cohort's sheet"):
         sg.check_subgroup_columns(["site", "tissue"], sheets)
-    with pytest.raises(GigamilError, match=r"\(their columns: scanner, site\)"):
+    with pytest.raises(
+        GigamilError, match=r"\(their columns that can name groups: scanner, site\)"
+    ):
         sg.check_subgroup_columns(["tissue"], sheets)  # ids and paths name no group
     with pytest.raises(GigamilError, match="sheet; did you mean site\\?"):
         sg.check_subgroup_columns(["sitee"], sheets)
@@ -387,12 +389,28 @@ def test_pred_names_no_group():
         sg.check_subgroup_columns(["pred"], [_sheet(preds, ["A"] * 16)])
 
 
+def test_config_check_lists_no_column_the_sheets_leave_empty():
+    """The sheet loader adds an empty mpp column to a sheet without one: a trial's sheet of
+    slide_id, patient_id, label, path and lesion_mask was told 'their columns: cohort, mpp'."""
+    preds = _preds()
+    sheet = preds[["slide_id", "patient_id"]].assign(mpp=float("nan"), site="", lesion_mask="m")
+    with pytest.raises(GigamilError) as err:
+        sg.check_subgroup_columns(["site"], [sheet])  # a column left blank names no group
+    assert str(err.value).endswith(
+        "(their columns that can name groups: none but cohort: add one, e.g. site)"
+    )
+    sg.check_subgroup_columns(["site"], [sheet, sheet.assign(site="A")])  # filled in one: fine
+
+
 def test_config_check_suggests_the_column_of_another_case_before_a_near_name():
     """'site' beside a sheet's SITE and sites: SITE (difflib alone would say sites); a
     lesion_mask column is a path, never suggested nor listed."""
     preds = _preds()
     sheet = preds[["slide_id", "patient_id"]].assign(SITE="A", sites="x", lesion_mask="m.png")
-    with pytest.raises(GigamilError, match=r"did you mean SITE\? \(their columns: SITE, sites\)"):
+    with pytest.raises(
+        GigamilError,
+        match=r"did you mean SITE\? \(their columns that can name groups: SITE, sites\)",
+    ):
         sg.check_subgroup_columns(["site"], [sheet])
     with pytest.raises(GigamilError) as err:
         sg.check_subgroup_columns(["lesion_mas"], [sheet])

@@ -224,15 +224,24 @@ def check_subgroup_columns(by: Sequence[str], sheets: Sequence[pd.DataFrame]) ->
     """
     if reserved := _reserved(by):
         raise GigamilError(f"subgroups: {reserved[0]!r} names no group; list e.g. site or cohort")
-    known = sorted({str(c) for sheet in sheets for c in sheet.columns} - set(NO_GROUP))
+    known = sorted(
+        {str(c) for sheet in sheets for c in sheet.columns if _filled(sheet[c])} - set(NO_GROUP)
+    )
     for column in by:
         if column != "cohort" and column not in known:
             near = nearest_name(column, known)
+            columns = ", ".join(known) or "none but cohort: add one, e.g. site"
             raise GigamilError(
                 f"subgroups: {column!r} is a column of no scored cohort's sheet"
                 + (f"; did you mean {near}?" if near else "")
-                + f" (their columns: {', '.join(known)})"
+                + f" (their columns that can name groups: {columns})"
             )
+
+
+def _filled(column: pd.Series) -> bool:
+    """A sheet column with a value in some row: not one the sheet loader added empty (``mpp``
+    for a sheet without it) nor a column left blank."""
+    return bool(column.notna().any() and column.astype(str).str.strip().ne("").any())
 
 
 def report_subgroups(
