@@ -62,3 +62,10 @@ def nearest_name(value: str, names: Iterable[str], cutoff: float = 0.6) -> str |
     same = [n for n in names if n.strip().casefold() == folded]
     near = same or difflib.get_close_matches(str(value), names, n=1, cutoff=cutoff)
     return near[0] if near else None
+
+
+# what to do when a slide that opened cannot decode its pixels (tiles overwritten or cut short)
+DAMAGED_PIXELS = (
+    "; the slide's image data is damaged (an interrupted copy, a failing disk?): copy the slide "
+    "again from its source, or remove it from the sheet"
+)

@@ -150,6 +150,10 @@ def test_openable_but_unreadable_slide(test_slides):
         with pytest.raises(SlideError, match="cannot read pixels: Bogus marker length") as exc:
             r.read_region((0, 0), 0, (16, 16))
     assert str(path) in str(exc.value)
+    # a slide that opens but whose tiles are damaged: what to do, as for a truncated file
+    assert str(exc.value).endswith(
+        ": copy the slide again from its source, or remove it from the sheet"
+    )
 
 
 def test_missing_file_and_directory(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from gigamil.errors import DAMAGED_PIXELS as DAMAGED
 from gigamil.errors import SlideError
 from gigamil.wsi.memory import ImageReader, check_tiff_not_truncated, plain_image_header
 from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
@@ -242,7 +243,7 @@ class OpenSlideReader(SlideReader):
         try:
             self._tiles.read(level, lx, ly, w, h, out=out)
         except Exception as exc:
-            raise SlideError(f"{self.name}: cannot read pixels: {exc}") from exc
+            raise SlideError(f"{self.name}: cannot read pixels: {exc}{DAMAGED}") from exc
 
     def level_origin(self, location: tuple[int, int], level: int) -> tuple[float, float]:
         if self._tiles is None:
@@ -255,7 +256,7 @@ class OpenSlideReader(SlideReader):
             try:
                 return self._tiles.read(level, lx, ly, w, h)
             except Exception as exc:  # corrupt tile data; tifffile/imagecodecs raise many types
-                raise SlideError(f"{self.name}: cannot read pixels: {exc}") from exc
+                raise SlideError(f"{self.name}: cannot read pixels: {exc}{DAMAGED}") from exc
         return self._openslide_read(x, y, level, w, h)
 
     def _openslide_read(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
@@ -274,7 +275,7 @@ class OpenSlideReader(SlideReader):
             buf = np.empty((h, w), np.uint32)
             _RAW_READ(self._slide._osr, buf.ctypes.data_as(_c_uint32_p), x, y, level, w, h)
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.name}: OpenSlide cannot read pixels: {exc}") from exc
+            raise SlideError(f"{self.name}: OpenSlide cannot read pixels: {exc}{DAMAGED}") from exc
         bgra = buf.view(np.uint8).reshape(h, w, 4)
         alpha = bgra[..., 3]
         if alpha.min(initial=255) < 255:  # premultiplied over white: c + (255 - a)
