@@ -436,3 +436,28 @@ def test_slide_paths_that_are_folders_are_named_not_a_traceback(tmp_path, base_c
     assert "2 path(s) are folders, not files" in text and "for DICOM one .dcm file" in text
     assert f"slide file {rows[0]['slide_id']}_dir" in text
     assert "same content" not in text and "copies" not in text
+
+
+def test_demo_true_on_a_cohort_of_other_slides_is_an_error():
+    """demo: true copied from the demo's config onto one's own cohort gave Snakemake's
+    MissingInputException for the demo's lesion masks (new-user trial); the demo's own sheet,
+    or part of it, passes."""
+    import pandas as pd
+
+    from gigamil.cohorts import check_demo_cohorts
+
+    demo_ids = ["demo_p01_s1", "demo_p01_s2", "demo_p02_s1"]
+    config = {"cohorts": {"demo": {"demo": True}, "mine": {"demo": False}}}
+    sheets = {
+        "demo": pd.DataFrame({"slide_id": demo_ids[:2]}),
+        "mine": pd.DataFrame({"slide_id": ["s1", "s2", "s3", "s4"]}),
+    }
+    check_demo_cohorts(config, sheets, demo_ids)
+    config["cohorts"]["mine"]["demo"] = True
+    with pytest.raises(ConfigError) as err:
+        check_demo_cohorts(config, sheets, demo_ids)
+    assert str(err.value) == (
+        "cohorts.mine.demo: true is for the built-in demo cohort (sheet "
+        "resources/demo/sheet.csv), whose slides rule demo_cohort generates; cohort mine's sheet "
+        "lists other slides (s1, s2, s3, ...): remove demo: true from cohort mine"
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
@@ -57,6 +57,28 @@ def load_cohorts(
     raise_problems(None, problems, "problems in the cohort sheets")
     check_classes_trained(config, sheets)
     return sheets
+
+
+def check_demo_cohorts(
+    config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], demo_slide_ids: Iterable[str]
+) -> None:
+    """ConfigError for a cohort with ``demo: true`` whose sheet lists slides the built-in demo
+    does not make (``demo_slide_ids``: those of resources/demo/sheet.csv, which rule demo_cohort
+    writes): the key, copied from the demo's config onto a cohort of one's own slides, makes
+    the workflow expect generated slides and the demo's lesion masks for them."""
+    made = set(map(str, demo_slide_ids))
+    for name, cohort in config["cohorts"].items():
+        other = (
+            sorted(set(sheets[name]["slide_id"].astype(str)) - made) if cohort.get("demo") else []
+        )
+        if other:
+            raise ConfigError(
+                f"cohorts.{name}.demo: true is for the built-in demo cohort (sheet "
+                f"resources/demo/sheet.csv), whose slides rule demo_cohort generates; cohort "
+                f"{name}'s sheet lists other slides ({', '.join(other[:3])}"
+                + (", ..." if len(other) > 3 else "")
+                + f"): remove demo: true from cohort {name}"
+            )
 
 
 def check_classes_trained(config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame]) -> None:

@@ -26,7 +26,13 @@ DEMO_MPP = {"tiles": PCAM_MPP, "synthetic": SOURCE_MPP}[DEMO_KIND]
 if getattr(workflow, "is_main_process", True) and DEMO_COHORTS:
     # common.smk checks the demo slides that exist; before rule demo_cohort has run, the one
     # check that needs no file (the patch µm/px against the slides' known one) is done here
+    from gigamil.cohorts import check_demo_cohorts
     from gigamil.wsi.patching import upsampling_problem
+
+    try:  # demo: true copied onto a cohort of one's own slides
+        check_demo_cohorts(config, SHEETS, DEMO_SLIDE_IDS)
+    except ConfigError as exc:
+        stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")
 
     _problem = upsampling_problem(DEMO_MPP, config["preprocessing"]["patches"]["mpp"])
     if _problem:
