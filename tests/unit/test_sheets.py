@@ -191,8 +191,10 @@ def test_patient_with_conflicting_labels(tmp_path):
     rows = good_rows()
     rows[1]["label"] = "lesion"
     path = write_sheet(tmp_path, rows)
-    with pytest.raises(
-        ConfigError, match=r"patient 'p1' has conflicting labels \['lesion', 'normal'\]"
+    with pytest.raises(  # where, as every other sheet problem says it (new-user trial)
+        ConfigError,
+        match=r"patient 'p1' has conflicting labels \['lesion', 'normal'\] \(line 2 s1 normal, "
+        r"line 3 s2 lesion\); all slides",
     ):
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
 
