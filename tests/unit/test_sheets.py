@@ -80,6 +80,36 @@ def test_label_and_file_near_misses_are_suggested(tmp_path):
     assert "slide file s1.svs not found" in msg and "did you mean s1." not in msg
 
 
+def test_a_missing_file_names_its_case_unicode_or_link_twin(tmp_path):
+    """Names that differ only in letter case or Unicode form (a macOS copy's 'e' + combining
+    accent against a typed 'é': they print the same) got a bare 'not found', and so did a
+    dangling symbolic link (new-user trial)."""
+    import unicodedata
+
+    rows = good_rows()
+    rows[0]["path"] = "S1.SVS"
+    rows[1]["path"] = "café.svs"
+    rows[2]["path"] = "link.svs"
+    path = write_sheet(tmp_path, rows, touch=False)
+    (tmp_path / "s1.svs").write_bytes(b"x")
+    (tmp_path / unicodedata.normalize("NFD", "café.svs")).write_bytes(b"x")
+    (tmp_path / "link.svs").symlink_to(tmp_path / "gone.svs")
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    lines = str(err.value).splitlines()[1:]
+    assert lines[0].endswith(
+        "S1.SVS not found (looked for " + f"{tmp_path}/S1.SVS); did you mean s1.svs?"
+    )
+    assert "café.svs not found" in lines[1]
+    assert lines[1].endswith(
+        "a file of this name in another Unicode form is there ('cafe\\u0301.svs'; copies from "
+        "macOS keep accents apart): rename the file by typing its name again"
+    )
+    assert lines[2].endswith(
+        f"; it is a symbolic link to {tmp_path}/gone.svs, which does not exist"
+    )
+
+
 def test_missing_column(tmp_path):
     rows = [{k: v for k, v in r.items() if k != "patient_id"} for r in good_rows()]
     path = write_sheet(tmp_path, rows)
@@ -504,3 +534,19 @@ def test_an_infinite_mpp_is_not_a_number(tmp_path):
     with pytest.raises(ConfigError, match=r"2 mpp values are not numbers") as err:
         load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
     assert "mpp 'inf'" in str(err.value) and "mpp '1e400'" in str(err.value)
+
+
+def test_missing_files_and_folders_are_named_in_one_round(tmp_path):
+    """A folder given as a slide was named only once the missing files were fixed."""
+    rows = good_rows()
+    path = write_sheet(tmp_path, rows)
+    (tmp_path / "s1.svs").unlink()
+    (tmp_path / "s2.svs").unlink()
+    (tmp_path / "s2.svs").mkdir()
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path)
+    text = str(err.value)
+    assert "1 file(s) not found" in text and "slide file s1.svs not found" in text
+    assert (
+        "1 path(s) are folders, not files" in text and "(slide_id 's2'): slide file s2.svs" in text
+    )

@@ -8,6 +8,8 @@ the line (a sheet's header is line 1). The checks across the cohorts of a config
 from __future__ import annotations
 
 import math
+import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,16 +195,31 @@ def near_label(value: str, classes: list[str]) -> str | None:
     return None if match is None else f"{value!r} -> {match!r}"
 
 
-def _other_suffix(full: Path) -> Path | None:
-    """A file beside the missing ``full`` with its name but another suffix (``S1.tif`` for
-    ``S1.tiff``, ``S1.SVS`` for ``S1.svs``), if there is exactly one."""
+def _near_file(full: Path) -> str:
+    """A hint for the missing ``full``: a dangling symbolic link, or the one file beside it with
+    its name but for letter case or Unicode form (a name typed as ``é`` against a macOS copy's
+    ``e`` + accent, which print the same), else with its stem and another suffix (``S1.tif``
+    for ``S1.tiff``); "" when there is none."""
+    if full.is_symlink():
+        return f"; it is a symbolic link to {os.readlink(full)}, which does not exist"
     try:
-        same = [q for q in full.parent.glob(f"{full.stem}.*") if q.is_file() and q != full]
+        names = [n for n in os.listdir(full.parent) if (full.parent / n).is_file()]
     except OSError:
-        return None
-    if len(same) != 1:
-        return None
-    return same[0]
+        return ""
+
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFC", name).casefold()
+
+    same = [n for n in names if key(n) == key(full.name)]
+    if len(same) == 1:
+        if unicodedata.normalize("NFC", same[0]) == unicodedata.normalize("NFC", full.name):
+            return (
+                f"; a file of this name in another Unicode form is there ({same[0]!a}; copies "
+                "from macOS keep accents apart): rename the file by typing its name again"
+            )
+        return f"; did you mean {same[0]}?"
+    stems = [n for n in names if key(Path(n).stem) == key(full.stem) and n != full.name]
+    return f"; did you mean {stems[0]}?" if len(stems) == 1 else ""
 
 
 def _check_unique_slides(df: pd.DataFrame, path: Path) -> None:
@@ -282,20 +299,22 @@ def _check_slide_files(df: pd.DataFrame, path: Path, base: Path) -> None:
             folders.append(f"  line {sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p}")
         elif not full.exists():
             where = "" if Path(p).is_absolute() else f" (looked for {full.resolve()})"
-            other = _other_suffix(full)
-            where += f"; did you mean {other.name}?" if other is not None else ""
+            where += _near_file(full) if len(missing) < MAX_LISTED else ""  # those shown
             missing.append(
                 f"  line {sheet_line(df, i)} (slide_id {slide_id!r}): {what} {p} not found{where}"
             )
+    parts = []  # both kinds in one message: fixed in one round
     if missing:
-        raise ConfigError(
+        parts.append(
             f"{path}: {len(missing)} file(s) not found (relative paths are read from the "
             "working directory: snakemake's --directory, else where it runs):\n"
             + "\n".join(listed(missing))
         )
     if folders:
-        raise ConfigError(
+        parts.append(
             f"{path}: {len(folders)} path(s) are folders, not files (name the slide file: for "
             "MIRAX the .mrxs beside its folder, for DICOM one .dcm file of the series):\n"
             + "\n".join(listed(folders))
         )
+    if parts:
+        raise ConfigError("\n".join(parts))
