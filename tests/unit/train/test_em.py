@@ -168,6 +168,28 @@ def test_killed_em_run_resumes_at_the_next_round(
     assert seen == []
 
 
+def test_em_rounds_record_the_chance_level_and_model_pt_whether_it_learned(
+    mil_bags, tmp_path: Path
+) -> None:
+    """An EM fold's rows are rounds, written by its own trainer: they carry the chance and flag
+    levels as an end-to-end fold's epochs do (the training curves draw and judge from them) and
+    its model.pt records whether it learned (model-info, trained_models); without them an EM
+    model that learned nothing would pass unremarked."""
+    torch.set_num_threads(1)
+    train = mil_bags.cohort(tmp_path / "s", 4, 0, "t")
+    val = mil_bags.cohort(tmp_path / "s", 2, 1, "v")
+    em = {"rounds": 2, "head_epochs": 1, "encoder_steps": 1, "instance_batch": 8}
+    training = {"device": "cpu", "strategy": "em", "max_instances_per_forward_pass": 8, "em": em}
+    train_fold(train, val, mil_bags.classes, mil_bags.model, training, tmp_path / "fold0")
+    rows = read_log(tmp_path / "fold0" / "train_log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {(r["chance_loss"], r["flag_loss"]) for r in rows} == {("0.693147", "0.623832")}
+    record = torch.load(tmp_path / "fold0" / "model.pt", weights_only=True)["learning"]
+    losses = [float(r["train_loss"]) for r in rows]
+    assert record["final_train_loss"] == pytest.approx(sum(losses) / 2, abs=1e-6)
+    assert record["flag_loss"] == pytest.approx(0.623832)
+
+
 def test_frozen_strategy_on_patch_stores_trains_the_head_only(
     mil_bags, tmp_path: Path, caplog
 ) -> None:

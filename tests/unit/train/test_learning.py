@@ -147,3 +147,31 @@ def test_the_learning_record_travels_with_the_model_and_says_whether_it_learned(
     assert recorded_verdicts(header) == [(0, record)]
     assert recorded_verdicts({LEARNING_KEY: record}) == [(None, record)]
     assert recorded_verdicts({"epoch": 3}) == []
+
+
+@pytest.mark.parametrize(("kind", "n_classes"), [("ce", 3), ("focal", 2)])
+def test_the_log_records_the_levels_of_the_loss_it_trains_with(kind: str, n_classes: int):
+    """Each train_log.csv row's levels are those of the fold's own loss and classes: a focal
+    model at its chance level (0.173 for two classes) judged by ln 2 would be called learned,
+    and its plot would draw the chance line far above its curve."""
+    from gigamil.train.learning import log_columns
+
+    assert log_columns(n_classes, kind) == {
+        "chance_loss": pytest.approx(chance_loss(n_classes, kind), abs=1e-6),
+        "flag_loss": pytest.approx(flag_loss(n_classes, kind), abs=1e-6),
+    }
+
+
+def test_the_record_and_the_plot_agree_on_a_loss_ending_at_the_flag():
+    """The rule is 'at or above the flag did not learn' (:func:`unlearned_models`, which the
+    training log and the plot use): model.pt's record of a loss ending exactly at the flag
+    must say DID NOT LEARN too, not 'learned' beside a red plot title."""
+    from gigamil.train.learning import learning_record
+
+    rows = [
+        {"epoch": e, "train_loss": 0.5, "chance_loss": 0.625, "flag_loss": 0.5} for e in (1, 2, 3)
+    ]
+    assert unlearned_models(pd.DataFrame(rows), 0.625, 0.5) == [(None, 0.5)]
+    assert learning_record(rows)["learned"] is False
+    below = [{**row, "train_loss": 0.499} for row in rows]
+    assert learning_record(below)["learned"] is True

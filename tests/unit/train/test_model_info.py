@@ -305,3 +305,23 @@ def test_the_summary_says_whether_each_member_learned(tmp_path: Path):
         "  replicate1 training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): "
         "DID NOT LEARN",
     ]
+
+
+def test_a_member_without_a_learning_record_is_said_so_beside_one_with(tmp_path: Path):
+    """A fold whose members were trained before and after model.pt recorded it: the older
+    member is not left out of the summary (mutation audit)."""
+    from gigamil.train.learning import log_columns
+
+    path = _model_pt(tmp_path / "model.pt", replicates=2)
+    ckpt = load_checkpoint(path)
+    ckpt["replicates"][1]["learning"] = {
+        "final_train_loss": 0.3,
+        **log_columns(2, "ce"),
+        "learned": True,
+    }
+    atomic_save(ckpt, path)
+    assert describe_model(path, model_header_of(path))[-2:] == [
+        "  replicate0 learned: not recorded (a model.pt from before 2026-12-06)",
+        "  replicate1 training loss ended at 0.300 (chance level 0.693, flagged at >= 0.624): "
+        "learned",
+    ]

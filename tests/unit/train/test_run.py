@@ -1137,6 +1137,25 @@ def test_a_fold_that_does_not_learn_says_so(mil_bags, cohort, tmp_path: Path, ca
         assert member["learning"]["final_train_loss"] >= member["learning"]["flag_loss"]
 
 
+def test_a_three_class_fold_is_judged_by_the_chance_level_of_three_classes(
+    mil_bags, cohort, tmp_path: Path
+) -> None:
+    """The levels on each log row and in model.pt are those of the fold's classes: ln 3 =
+    1.099 for three (flag 0.989), not ln 2's (flag 0.624), by which a three-class model at
+    0.7, well below its chance level, would be recorded as not learned."""
+    train, val = (
+        df.assign(label=[(*mil_bags.classes, "other")[i % 3] for i in range(len(df))])
+        for df in cohort
+    )
+    torch.set_num_threads(1)
+    classes = [*mil_bags.classes, "other"]
+    train_fold(train, val, classes, mil_bags.model, training(epochs=1), tmp_path / "fold0")
+    rows = read_log(tmp_path / "fold0" / "train_log.csv")
+    assert {(r["chance_loss"], r["flag_loss"]) for r in rows} == {("1.098612", "0.988751")}
+    record = torch.load(tmp_path / "fold0" / "model.pt", weights_only=True)["learning"]
+    assert (record["chance_loss"], record["flag_loss"]) == (1.098612, 0.988751)
+
+
 def test_a_focal_loss_fold_is_judged_for_learning_by_the_focal_chance_level(
     mil_bags, cohort, tmp_path: Path, monkeypatch
 ) -> None:
@@ -1161,10 +1180,20 @@ def test_a_focal_model_that_did_not_learn_is_said_too(
 ) -> None:
     """A mutation audit's reproducer: with weights that do not move, the focal loss falls to
     87 % of its chance level from the random initialisation's small separation (cross-entropy:
-    93 %), so 0.9 x chance let it pass; the flag of one true-class probability catches both."""
+    93 %), so 0.9 x chance let it pass; the flag of one true-class probability catches both.
+    The log's rows (for the plot) and model.pt's record (for those it is shared with) carry the
+    focal levels too: with ln 2's, this model would be drawn far below chance and recorded as
+    learned."""
     train, val = cohort
     torch.set_num_threads(1)
     cfg = training(epochs=3, lr=1e-12, loss="focal")
     with caplog.at_level("WARNING", logger="gigamil"):
         train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "fold5")
     assert "fold5 did not learn" in caplog.text and "the chance level is 0.173" in caplog.text
+    p = 2**-0.9  # the levels as the log writes them (6 decimals)
+    focal = tuple(pytest.approx(v, abs=1e-6) for v in (0.25 * np.log(2), (1 - p) ** 2 * -np.log(p)))
+    for row in read_log(tmp_path / "fold5" / "train_log.csv"):
+        assert (float(row["chance_loss"]), float(row["flag_loss"])) == focal
+    record = torch.load(tmp_path / "fold5" / "model.pt", weights_only=True)["learning"]
+    assert (record["chance_loss"], record["flag_loss"]) == focal
+    assert record["learned"] is False

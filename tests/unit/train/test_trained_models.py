@@ -425,3 +425,53 @@ def test_one_folder_written_three_ways_gives_the_same_model_paths(
     monkeypatch.chdir(tmp_path / "run")
     outside = {k: tmp_path / "exp" / f"fold{k}" / "model.pt" for k in (0, 1, 3)}
     assert fold_models("../exp") == outside == fold_models(tmp_path / "exp")
+
+
+def test_a_member_that_did_not_learn_is_named_in_the_warning(tmp_path: Path):
+    """A fold model of replicates records each member's learning: the warning names the member
+    that stayed at chance (replicate1), so the sender knows which seed to train again; the
+    member that learned is not mentioned."""
+    from gigamil.train.learning import log_columns
+
+    levels = log_columns(2, "ce")
+    path = _save(tmp_path / "m" / "fold0" / "model.pt")
+    ckpt = load_checkpoint(path)
+    member = {k: ckpt.pop(k) for k in ("state_dict", "epoch", "metrics")}
+    ckpt["replicates"] = [
+        {"seed": seed, **member, "learning": {"final_train_loss": final, **levels, "learned": ok}}
+        for seed, (final, ok) in enumerate([(0.2, True), (0.69, False)])
+    ]
+    atomic_save(ckpt, path)
+    warnings = check_trained_models(fold_models(tmp_path / "m"), CLASSES, PATCHES)
+    assert warnings == [
+        f"trained_models: {path} (fold 0, replicate1) training loss ended at 0.690 "
+        "(chance level 0.693, flagged at >= 0.624): DID NOT LEARN: its predictions mean nothing "
+        "(README, 'When a fold does not learn'); ask the sender to train it again"
+    ]
+
+
+def test_a_linked_folder_keeps_the_spelling_of_its_link(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A project's shared/exp may be a symbolic link to where the models are stored: its model
+    paths stay the link's (inside the project, relative), as same_spelling's docstring says,
+    not the storage folder's absolute path (which resolving the link would give)."""
+    run = tmp_path / "run"
+    (run / "shared").mkdir(parents=True)
+    (run / "shared" / "exp").symlink_to(models, target_is_directory=True)
+    monkeypatch.chdir(run)
+    linked = {k: Path("shared") / "exp" / f"fold{k}" / "model.pt" for k in (0, 1, 3)}
+    assert fold_models("shared/exp") == linked == fold_models(run / "shared" / "exp")
+
+
+def test_a_sibling_folder_named_like_the_run_is_outside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Inside the working directory means below it as a path, not a name that starts alike:
+    run-old/exp from run is outside (absolute), not a crash on a failed relative_to."""
+    for k in (0, 1):
+        _save(tmp_path / "run-old" / "exp" / f"fold{k}" / "model.pt")
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    outside = {k: tmp_path / "run-old" / "exp" / f"fold{k}" / "model.pt" for k in (0, 1)}
+    assert fold_models("../run-old/exp") == outside

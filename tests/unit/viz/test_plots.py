@@ -146,11 +146,13 @@ def test_training_curves_of_replicates_draw_each_member(tmp_path):
         assert img.format == "PNG"
 
 
-def _with_levels(log: Path, losses: list[float], replicate: int | None = None) -> pd.DataFrame:
-    """``log``'s rows with these training losses and the chance levels of two classes (ce)."""
+def _with_levels(
+    log: Path, losses: list[float], replicate: int | None = None, loss: str = "ce"
+) -> pd.DataFrame:
+    """``log``'s rows with these training losses and the chance levels of two classes."""
     from gigamil.train.learning import log_columns
 
-    rows = pd.read_csv(log).head(len(losses)).assign(train_loss=losses, **log_columns(2, "ce"))
+    rows = pd.read_csv(log).head(len(losses)).assign(train_loss=losses, **log_columns(2, loss))
     return rows if replicate is None else rows.assign(replicate=replicate)
 
 
@@ -184,6 +186,24 @@ def test_training_curves_draw_the_chance_level_and_name_a_model_that_did_not_lea
     assert info["not_learned"] == [] and info["chance_loss"] == pytest.approx(math.log(2))
     assert "DID NOT LEARN" not in saved_axes[0].figure._suptitle.get_text()
     assert saved_axes[0].figure._suptitle.get_color() == "black"
+
+
+def test_training_curves_judge_a_focal_model_by_the_flag_of_its_log(tmp_path, saved_axes):
+    """A focal-loss model at 87 % of its chance level (0.151 of 0.173) did not learn (the
+    flag, 0.134, is one true-class probability, gigamil.train.learning.flag_loss); 0.9 x
+    chance (0.156) would let it pass, so the plot must judge by the log's flag_loss, as the
+    training log's warning does."""
+    base = _train_log(tmp_path / "base.csv")
+    focal = _with_levels(base, [0.17, 0.16, 0.155, 0.151, 0.151, 0.151], loss="focal")
+    log = tmp_path / "train_log.csv"
+    focal.to_csv(log, index=False)
+    info = plot_training_curves(log, tmp_path / "f.png", "demo: fold 0")
+    assert info["chance_loss"] == pytest.approx(0.25 * np.log(2), abs=1e-6)
+    assert [phrase.split(" (")[0] for phrase in info["not_learned"]] == [
+        "training loss ended at 0.151"
+    ]
+    assert "flagged at >= 0.134" in info["not_learned"][0]
+    assert saved_axes[0].figure._suptitle.get_color() == "firebrick"
 
 
 def test_roc_of_a_one_class_cohort_says_so_without_a_legend_warning(tmp_path, recwarn):

@@ -132,12 +132,16 @@ def _learning_lines(header: Mapping[str, Any]) -> list[str]:
     record, :func:`gigamil.train.learning.learning_record`), or that it is not recorded."""
     from gigamil.train.learning import recorded_verdicts, verdict_phrase
 
-    verdicts = recorded_verdicts(header)
+    verdicts = dict(recorded_verdicts(header))
+    unrecorded = "learned: not recorded (a model.pt from before 2026-12-06)"
     if not verdicts:
-        return ["  learned: not recorded (a model.pt from before 2026-12-06)"]
-    return [
-        "  " + ("" if member is None else f"replicate{member} ") + verdict_phrase(record)
-        for member, record in verdicts
+        return [f"  {unrecorded}"]
+    members = [None] if None in verdicts else range(len(header.get("replicates") or []))
+    return [  # every member: one trained before the record existed is said so
+        "  "
+        + ("" if member is None else f"replicate{member} ")
+        + (verdict_phrase(verdicts[member]) if member in verdicts else unrecorded)
+        for member in members
     ]
 
 
