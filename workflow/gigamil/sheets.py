@@ -203,14 +203,17 @@ def _near_file(full: Path) -> str:
     if full.is_symlink():
         return f"; it is a symbolic link to {os.readlink(full)}, which does not exist"
     try:
-        names = [n for n in os.listdir(full.parent) if (full.parent / n).is_file()]
+        names = os.listdir(full.parent)  # names only: a slide folder may hold thousands
     except OSError:
         return ""
 
     def key(name: str) -> str:
         return unicodedata.normalize("NFC", name).casefold()
 
-    same = [n for n in names if key(n) == key(full.name)]
+    def files(found: list[str]) -> list[str]:
+        return [n for n in found if (full.parent / n).is_file()]
+
+    same = files([n for n in names if key(n) == key(full.name)])
     if len(same) == 1:
         if unicodedata.normalize("NFC", same[0]) == unicodedata.normalize("NFC", full.name):
             return (
@@ -218,7 +221,7 @@ def _near_file(full: Path) -> str:
                 "from macOS keep accents apart): rename the file by typing its name again"
             )
         return f"; did you mean {same[0]}?"
-    stems = [n for n in names if key(Path(n).stem) == key(full.stem) and n != full.name]
+    stems = files([n for n in names if key(Path(n).stem) == key(full.stem) and n != full.name])
     return f"; did you mean {stems[0]}?" if len(stems) == 1 else ""
 
 
