@@ -393,21 +393,34 @@ def test_the_config_check_compares_the_feature_cache_of_the_config(tmp_path: Pat
 
 def test_a_model_that_recorded_it_did_not_learn_is_a_warning(tmp_path: Path):
     """A fold model whose training loss ended near chance (its learning record) predicts
-    nothing: the receiving project is told at the start, naming the file and fold."""
+    nothing: the receiving project is told at the start, naming the file and fold and, in a
+    fold of replicates, the member that stayed at chance (so the sender knows which seed to
+    train again); a model that learned, or records nothing, is not mentioned."""
     from gigamil.train.learning import log_columns
 
     levels = log_columns(2, "ce")
     flat = {"final_train_loss": 0.69, **levels, "learned": False}
     good = {"final_train_loss": 0.2, **levels, "learned": True}
-    for fold, record in enumerate([good, flat, None]):  # fold 2: no record, nothing said
+    for fold, record in enumerate([good, flat, None, [good, flat]]):  # fold 2: no record
         path = _save(tmp_path / "m" / f"fold{fold}" / "model.pt")
-        if record:
-            atomic_save({**load_checkpoint(path), "learning": record}, path)
+        ckpt = load_checkpoint(path)
+        if isinstance(record, list):  # fold 3: two members
+            member = {k: ckpt.pop(k) for k in ("state_dict", "epoch", "metrics")}
+            ckpt["replicates"] = [
+                {"seed": r, **member, "learning": m} for r, m in enumerate(record)
+            ]
+        elif record:
+            ckpt["learning"] = record
+        atomic_save(ckpt, path)
     warnings = check_trained_models(fold_models(tmp_path / "m"), CLASSES, PATCHES)
+    said = (
+        " training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): DID NOT LEARN: "
+        "its predictions mean nothing (README, 'When a fold does not learn'); ask the sender to "
+        "train it again"
+    )
     assert warnings == [
-        f"trained_models: {tmp_path}/m/fold1/model.pt (fold 1) training loss ended at 0.690 "
-        "(chance level 0.693, flagged at >= 0.624): DID NOT LEARN: its predictions mean nothing "
-        "(README, 'When a fold does not learn'); ask the sender to train it again"
+        f"trained_models: {tmp_path}/m/fold1/model.pt (fold 1){said}",
+        f"trained_models: {tmp_path}/m/fold3/model.pt (fold 3, replicate1){said}",
     ]
 
 
@@ -425,29 +438,6 @@ def test_one_folder_written_three_ways_gives_the_same_model_paths(
     monkeypatch.chdir(tmp_path / "run")
     outside = {k: tmp_path / "exp" / f"fold{k}" / "model.pt" for k in (0, 1, 3)}
     assert fold_models("../exp") == outside == fold_models(tmp_path / "exp")
-
-
-def test_a_member_that_did_not_learn_is_named_in_the_warning(tmp_path: Path):
-    """A fold model of replicates records each member's learning: the warning names the member
-    that stayed at chance (replicate1), so the sender knows which seed to train again; the
-    member that learned is not mentioned."""
-    from gigamil.train.learning import log_columns
-
-    levels = log_columns(2, "ce")
-    path = _save(tmp_path / "m" / "fold0" / "model.pt")
-    ckpt = load_checkpoint(path)
-    member = {k: ckpt.pop(k) for k in ("state_dict", "epoch", "metrics")}
-    ckpt["replicates"] = [
-        {"seed": seed, **member, "learning": {"final_train_loss": final, **levels, "learned": ok}}
-        for seed, (final, ok) in enumerate([(0.2, True), (0.69, False)])
-    ]
-    atomic_save(ckpt, path)
-    warnings = check_trained_models(fold_models(tmp_path / "m"), CLASSES, PATCHES)
-    assert warnings == [
-        f"trained_models: {path} (fold 0, replicate1) training loss ended at 0.690 "
-        "(chance level 0.693, flagged at >= 0.624): DID NOT LEARN: its predictions mean nothing "
-        "(README, 'When a fold does not learn'); ask the sender to train it again"
-    ]
 
 
 def test_a_linked_folder_keeps_the_spelling_of_its_link(
