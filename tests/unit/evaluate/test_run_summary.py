@@ -258,9 +258,9 @@ def test_a_fold_that_did_not_learn_is_a_warning_with_its_curves(tmp_path):
     lines = run_summary_lines("exp", {}, tmp_path, chance_loss=math.log(2))
     warned = [x for x in lines if "WARNING" in x]
     assert warned == [
-        "  WARNING: fold1 replicate1 did not learn: its training loss ended at 0.693, the "
-        "chance level is 0.693 (a model predicting every class equally likely); its predictions "
-        "mean nothing (README, 'When a fold does not learn')"
+        "  WARNING: fold1 replicate1 did not learn: its training loss ended at 0.693 (chance "
+        "level 0.693: a model predicting every class equally likely; flagged at >= 0.624); its "
+        "predictions mean nothing (README, 'When a fold does not learn')"
     ]
     assert lines[lines.index(warned[0]) + 1] == (
         "    open results/models/exp/fold1/training_curves.png"
@@ -269,6 +269,20 @@ def test_a_fold_that_did_not_learn_is_a_warning_with_its_curves(tmp_path):
     # a lower flag given (as focal loss has): fold 0 member 1 (last three epochs 0.2) passes
     flagged = run_summary_lines("exp", {}, tmp_path, chance_loss=math.log(2), flag_loss=0.25)
     assert sum("did not learn" in x for x in flagged) == 3  # all but that one
+    # only the folds of this cross-validation (its folds.csv): fold 1 is left from a run with
+    # more folds (new-user trial: a stale fold folder was warned about and its plot named)
+    folds = tmp_path / "results/splits/exp/folds.csv"
+    folds.parent.mkdir(parents=True)
+    folds.write_text("fold,role,cohort,slide_id,patient_id,label\n0,test,c,s1,p1,normal\n")
+    assert not any("WARNING" in x for x in run_summary_lines("exp", {}, tmp_path, chance_loss=0.69))
+    folds.write_text("fold,role,cohort,slide_id,patient_id,label\n1,test,c,s1,p1,normal\n")
+    assert (
+        sum("WARNING" in x for x in run_summary_lines("exp", {}, tmp_path, chance_loss=0.69)) == 1
+    )
+    # models trained elsewhere: this project's own fold folders (an earlier run's) are not its
+    models = ["shared/m/fold0/model.pt"]
+    said = run_summary_lines("exp", {}, tmp_path, trained_models=models, chance_loss=0.69)
+    assert not any("did not learn" in x for x in said)
 
 
 def test_one_model_trained_elsewhere_is_named_and_a_shown_root_with_a_space_is_quoted(tmp_path):

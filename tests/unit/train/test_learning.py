@@ -60,9 +60,9 @@ def test_warnings_name_the_fold_the_member_and_the_figures(tmp_path: Path):
         math.log(2),
     )
     assert found == [
-        "fold2 replicate1 did not learn: its training loss ended at 0.700, the chance level "
-        "is 0.693 (a model predicting every class equally likely); its predictions mean "
-        "nothing (README, 'When a fold does not learn')"
+        "fold2 replicate1 did not learn: its training loss ended at 0.700 (chance level 0.693: "
+        "a model predicting every class equally likely; flagged at >= 0.624); its predictions "
+        "mean nothing (README, 'When a fold does not learn')"
     ]
 
 

@@ -176,6 +176,8 @@ def test_training_curves_draw_the_chance_level_and_name_a_model_that_did_not_lea
     ax_loss = saved_axes[0]
     chance = [ln for ln in ax_loss.get_lines() if ln.get_label().startswith("chance level")]
     assert len(chance) == 1 and list(chance[0].get_ydata()) == [pytest.approx(math.log(2))] * 2
+    flag = [ln for ln in ax_loss.get_lines() if ln.get_label() == "did not learn at >= 0.624"]
+    assert len(flag) == 1 and flag[0].get_ydata()[0] == pytest.approx(0.9 * math.log(2), abs=1e-6)
     title = ax_loss.figure._suptitle
     assert "DID NOT LEARN: replicate1" in title.get_text().replace("\n", " ")
     assert title.get_color() == "firebrick"

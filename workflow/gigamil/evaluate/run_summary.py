@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from gigamil import layout
 from gigamil.evaluate.tables import few_patients, localisation_figure, with_ci
 
@@ -115,7 +117,7 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
         return []
     lines[:0] = _models_line(trained_models)
     lines += [f"  WARNING: {w}" for w in warnings]
-    if chance_loss is not None:
+    if chance_loss is not None and not trained_models:  # this project's own fold models
         lines += _learning_lines(root, experiment, (chance_loss, flag_loss), shown_root)
     return [
         f"gigamil: results of experiment {experiment}",
@@ -149,17 +151,29 @@ def _learning_lines(
 ) -> list[str]:
     """A WARNING line per fold model of the experiment whose training loss ended near the
     chance level (``chance``: the level and the flag, :mod:`gigamil.train.learning`), each with
-    its training curves to open."""
+    its training curves to open: the folds of the run's folds.csv (a fold folder left from a
+    run with more folds is not this cross-validation's), every fold folder without one."""
     from gigamil.train.learning import learning_warnings
 
     logs = sorted(root.glob(f"{layout.model_dir(experiment, '*')}/train_log.csv"))
+    folds = _run_folds(root / layout.folds_csv(experiment))
     out = []
     for path in logs:
         fold = path.parent.name.removeprefix("fold")
+        if folds is not None and fold not in folds:
+            continue
         for warning in learning_warnings({f"fold{fold}": path}, *chance):
             curves = Path(layout.training_curves(experiment, fold))
             out += [f"  WARNING: {warning}", f"    open {_shown(shown_root, curves)}"]
     return out
+
+
+def _run_folds(folds_csv: Path) -> set[str] | None:
+    """The fold numbers (as text) of a folds.csv, or None when it is missing or unreadable."""
+    try:
+        return set(pd.read_csv(folds_csv, usecols=["fold"])["fold"].astype(int).astype(str))
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
 
 
 def _models_line(trained_models: Sequence[str | Path]) -> list[str]:

@@ -165,12 +165,7 @@ def load_model(
             "finished model): run the same gigamil train command again (it resumes from "
             "last.pt), or let snakemake finish the fold"
         )
-    for member, record in recorded_verdicts(ckpt):  # it predicts, but says what it is worth
-        if not record["learned"]:
-            where = "" if member is None else f" replicate{member}"
-            log.warning(
-                "%s%s: %s: its predictions mean nothing", path, where, verdict_phrase(record)
-            )
+    _warn_unlearned(path, ckpt)  # it predicts, but says what it is worth
     members = ckpt.get("replicates")
     weights_key = "replicates" if members is not None else "state_dict"
     missing = [k for k in (weights_key, "model_config", "classes", "patch_px") if k not in ckpt]
@@ -206,6 +201,18 @@ def load_model(
         [m.get("logit_calibration") for m in members],
     )
     return ensemble.to(device).eval(), ckpt
+
+
+def _warn_unlearned(path: str | Path, ckpt: Mapping[str, Any]) -> None:
+    """A warning per model of ``ckpt`` that recorded it did not learn."""
+    for member, record in recorded_verdicts(ckpt):
+        if not record["learned"]:
+            log.warning(
+                "%s%s: %s: its predictions mean nothing (README, 'When a fold does not learn')",
+                path,
+                "" if member is None else f" replicate{member}",
+                verdict_phrase(record),
+            )
 
 
 class CheckpointSaver:

@@ -134,6 +134,7 @@ def learning_warnings(
     """One sentence per fold model (``train_logs``: the fold's name, e.g. ``fold2``, → its
     ``train_log.csv``; missing or unreadable files are skipped) whose training loss ended near
     ``chance`` (at or above ``flag``, :func:`unlearned_models`)."""
+    flag = CHANCE_FRACTION * chance if flag is None else flag
     out = []
     for fold_name, path in train_logs.items():
         try:
@@ -143,9 +144,10 @@ def learning_warnings(
         for member, final in unlearned_models(table, chance, flag):
             name = fold_name + ("" if member is None else f" replicate{member}")
             out.append(
-                f"{name} did not learn: its training loss ended at {final:.3f}, the chance level "
-                f"is {chance:.3f} (a model predicting every class equally likely); its "
-                "predictions mean nothing (README, 'When a fold does not learn')"
+                f"{name} did not learn: its training loss ended at {final:.3f} (chance level "
+                f"{chance:.3f}: a model predicting every class equally likely; flagged at >= "
+                f"{flag:.3f}); its predictions mean nothing (README, 'When a fold does not "
+                "learn')"
             )
     return out
 

@@ -203,7 +203,8 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     member's training loss in its own colour, the learning rate (``lr``) on the right, and says in
     the title that there were no validation slides and which epoch model.pt keeps. A log that
     records the model's chance level (``chance_loss``, ``flag_loss``:
-    :func:`gigamil.train.learning.log_columns`) draws it as a dotted red line, and a member
+    :func:`gigamil.train.learning.log_columns`) draws it as a dotted red line and the flag as a
+    dashed one, and a member
     whose training loss ended at or above ``flag_loss`` is named in a red title ("DID NOT
     LEARN": README, 'When a fold does not learn').
 
@@ -286,7 +287,9 @@ TITLE_CHARS = 100  # characters per line of the training curves' 8-inch-wide tit
 
 def _chance_level(ax: Any, log: pd.DataFrame) -> tuple[float | None, list[str]]:
     """The chance level recorded in ``log`` (:func:`gigamil.train.learning.log_levels`) as a
-    dotted line on the loss panel; returns it (None for a log without it) and one phrase per
+    dotted line on the loss panel and its did-not-learn flag as a dashed one (with focal loss
+    an unlearnt model falls a little below chance, not below the flag); returns the chance level
+    (None for a log without it) and one phrase per
     member whose training loss ended at or above the log's ``flag_loss``
     (:func:`gigamil.train.learning.unlearned_models`)."""
     from gigamil.train.learning import LAST_EPOCHS, log_levels, unlearned_models
@@ -296,6 +299,7 @@ def _chance_level(ax: Any, log: pd.DataFrame) -> tuple[float | None, list[str]]:
         return None, []
     chance, flag = levels
     ax.axhline(chance, ls=":", lw=1.2, color="firebrick", label=f"chance level {chance:.3f}")
+    ax.axhline(flag, ls="--", lw=0.8, color="salmon", label=f"did not learn at >= {flag:.3f}")
     return chance, [
         ("" if member is None else f"replicate{member} ")
         + f"training loss ended at {final:.3f} (mean of the last {LAST_EPOCHS} epochs; "
