@@ -56,7 +56,11 @@ def print_run_summary():
         shown_root=here.resolve() if elsewhere else None,
         trained_models=list(TRAINED_MODELS.values()) if TRAINED_MODELS else [],
         chance_loss=chance_loss(len(CLASSES), config["training"]["loss"]),
-        flag_loss=flag_loss(len(CLASSES), config["training"]["loss"]),
+        flag_loss=flag_loss(
+            len(CLASSES),
+            config["training"]["loss"],
+            label_smoothing=config["training"]["label_smoothing"],
+        ),
         warnings=TRAINED_WARNINGS,
         configfiles=configfiles,
         snakemake_args=(

@@ -175,3 +175,23 @@ def test_the_record_and_the_plot_agree_on_a_loss_ending_at_the_flag():
     assert learning_record(rows)["learned"] is False
     below = [{**row, "train_loss": 0.499} for row in rows]
     assert learning_record(below)["learned"] is True
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3, 0.6, 0.65, 0.8, 0.9])
+def test_the_flag_with_label_smoothing_lies_between_the_best_loss_and_chance(eps: float):
+    """With label smoothing ε a perfect two-class model's loss is the target's entropy (0.611 at
+    ε 0.6, 0.631 at 0.65): against 0.9 ln 2 = 0.624 every model would be called unlearnt from
+    ε ≈ 0.65 (new-user trial). The flag is the loss of p = 2^-0.9 against the smoothed target:
+    above the best reachable loss, below chance, and 0.9 ln 2 at ε 0."""
+    from gigamil.train.learning import log_columns
+
+    t = 1 - eps / 2
+    best = float(BagLoss("ce", label_smoothing=eps)(torch.tensor([math.log(t / (1 - t))]), 1))
+    assert best == pytest.approx(-(t * math.log(t) + (1 - t) * math.log(1 - t)), rel=1e-5)
+    flag = flag_loss(2, "ce", label_smoothing=eps)
+    assert best < flag < chance_loss(2)
+    p = 2**-0.9  # the flag is the bag loss of a model giving the true class p
+    at_p = BagLoss("ce", label_smoothing=eps)(torch.tensor([math.log(p / (1 - p))]), 1)
+    assert flag == pytest.approx(float(at_p), rel=1e-5)
+    assert log_columns(2, "ce", eps)["flag_loss"] == pytest.approx(flag, abs=1e-6)
+    assert flag_loss(2, "ce", label_smoothing=0.0) == pytest.approx(0.9 * math.log(2))

@@ -1199,3 +1199,23 @@ def test_a_focal_model_that_did_not_learn_is_said_too(
     record = torch.load(tmp_path / "fold5" / "model.pt", weights_only=True)["learning"]
     assert (record["chance_loss"], record["flag_loss"]) == focal
     assert record["learned"] is False
+
+
+def test_a_label_smoothed_fold_is_judged_against_the_smoothed_flag(
+    mil_bags, cohort, tmp_path: Path, monkeypatch
+) -> None:
+    """training.label_smoothing reaches the flag of the fold's log rows and of its warning:
+    with 0.9 ln 2 a perfect model trained with ε 0.65 would be called unlearnt."""
+    from gigamil.train.learning import flag_loss
+
+    train, val = cohort
+    torch.set_num_threads(1)
+    judged = []
+    monkeypatch.setattr(run_mod, "warn_if_unlearned", lambda *args: judged.append(args))
+    cfg = training(epochs=1, label_smoothing=0.65)
+    train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / "fold0")
+    flag = flag_loss(2, "ce", label_smoothing=0.65)  # 0.671, above the best reachable 0.631
+    assert [round(args[3], 6) for args in judged] == [round(flag, 6)]
+    assert {r["flag_loss"] for r in read_log(tmp_path / "fold0" / "train_log.csv")} == {
+        f"{flag:.6f}"
+    }

@@ -29,25 +29,36 @@ def chance_loss(n_classes: int, loss: str = "ce", gamma: float = 2.0) -> float:
     return ce * (1 - 1 / n_classes) ** gamma if loss == "focal" else ce
 
 
-def flag_loss(n_classes: int, loss: str = "ce", gamma: float = 2.0) -> float:
+def flag_loss(
+    n_classes: int, loss: str = "ce", gamma: float = 2.0, label_smoothing: float = 0.0
+) -> float:
     """The training loss at or above which a model has not learned: the loss of a model giving
-    the true class the probability p = K^-0.9 (0.536 for two classes), 0.9 ln K for
-    cross-entropy and (1 − p)^γ · 0.9 ln K for focal loss. One probability for both losses:
-    focal loss falls faster than cross-entropy for a small separation (at random
+    the true class the probability p = K^-0.9 (0.536 for two classes) and the others an equal
+    share, against the training target (one-hot, or with ``label_smoothing`` ε (1 - ε) one-hot
+    + ε / K, :class:`gigamil.nn.losses.BagLoss`): 0.9 ln K for cross-entropy without smoothing
+    (0.624 for two classes) and (1 - p)^γ · 0.9 ln K for focal loss. One probability for both
+    losses: focal loss falls faster than cross-entropy for a small separation (at random
     initialisation, to 87 % of its chance level where cross-entropy stays at 93 %), so 0.9 ×
-    its chance level would let a focal model that learned nothing pass."""
-    ce = CHANCE_FRACTION * math.log(n_classes)
-    return ce * (1 - math.exp(-ce)) ** gamma if loss == "focal" else ce
+    its chance level would let a focal model that learned nothing pass. With smoothing the
+    target itself keeps the loss up (a perfect two-class model ends at 0.61 with ε 0.6), so
+    0.9 ln K would call every model unlearnt from ε ≈ 0.65; against the smoothed target the
+    flag stays between the best reachable loss and chance (for ε up to about 0.95)."""
+    k = n_classes
+    p = k**-CHANCE_FRACTION
+    q = [p] + [(1 - p) / (k - 1)] * (k - 1)  # the predicted probabilities, true class first
+    t = [1 - label_smoothing + label_smoothing / k] + [label_smoothing / k] * (k - 1)
+    weight = (lambda x: (1 - x) ** gamma) if loss == "focal" else (lambda x: 1.0)
+    return float(sum(tc * weight(qc) * -math.log(qc) for tc, qc in zip(t, q, strict=True)))
 
 
-def log_columns(n_classes: int, loss: str = "ce") -> dict[str, float]:
+def log_columns(n_classes: int, loss: str = "ce", label_smoothing: float = 0.0) -> dict[str, float]:
     """The ``chance_loss`` and ``flag_loss`` (:func:`chance_loss`, :func:`flag_loss`) of a model
     of ``n_classes`` trained with ``loss``: written on every row of train_log.csv, so its
     training curves can draw the chance level and name a model that did not learn
     (:func:`gigamil.viz.plots.plot_training_curves`) from the log alone."""
     return {
         "chance_loss": round(chance_loss(n_classes, loss), 6),
-        "flag_loss": round(flag_loss(n_classes, loss), 6),
+        "flag_loss": round(flag_loss(n_classes, loss, label_smoothing=label_smoothing), 6),
     }
 
 

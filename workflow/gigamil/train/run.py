@@ -211,9 +211,8 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
     if runtime.info.is_main:  # after the calibration: a model.pt marked finished has it
         trainer.saver.finish()
         k, kind = len(data.classes), tcfg.loss  # a model that did not learn: said
-        warn_if_unlearned(
-            Path(out_dir) / "train_log.csv", chance_loss(k, kind), runtime.name, flag_loss(k, kind)
-        )
+        flag = flag_loss(k, kind, label_smoothing=tcfg.label_smoothing)
+        warn_if_unlearned(Path(out_dir) / "train_log.csv", chance_loss(k, kind), runtime.name, flag)
     ddp.barrier(runtime.info)  # the other ranks wait here, not in the next member's first step
     return path
 

@@ -80,7 +80,7 @@ class FoldTrainer:
         self.saver = CheckpointSaver(out_dir, self._signature(model_cfg), enabled=info.is_main)
         self.header = self._header(model_cfg)
         self.settings = epoch_settings(tcfg, runtime)
-        self.levels = log_columns(len(data.classes), tcfg.loss)  # on every train_log.csv row
+        self.levels = log_columns(len(data.classes), tcfg.loss, tcfg.label_smoothing)  # per row
 
     def _build_model(self, model_cfg: ModelConfig) -> AmpScaler:
         """Seed torch with ``training.seed``, build the model (its loss weighted by
