@@ -132,6 +132,7 @@ def test_read_binary_mask_takes_the_usual_kinds_of_mask(tmp_path):
         "web.png": Image.fromarray(rgb).convert("P"),
         "dark_palette.png": dark,
         "transparent.png": Image.fromarray(rgba),
+        "bilevel.png": Image.fromarray(white).convert("1"),  # 1 bit per pixel
     }
     for name, image in images.items():
         image.save(tmp_path / name)
@@ -151,6 +152,9 @@ def test_read_binary_mask_refuses_what_is_not_one_mask(tmp_path):
     Image.fromarray(photo).save(tmp_path / "photo.png")
     with pytest.raises(GigamilError, match=r"photo.png: \d+ % of its pixels are grey levels"):
         read_binary_mask(tmp_path / "photo.png")
+    Image.fromarray(photo[..., 0]).save(tmp_path / "grey.png")  # one channel: read without RGBA
+    with pytest.raises(GigamilError, match=r"grey.png: \d+ % of its pixels are grey levels"):
+        read_binary_mask(tmp_path / "grey.png")
     classes = np.zeros((40, 60), np.uint8)
     classes[:10], classes[20:] = 1, 2  # tumour 1, stroma 2: which is the lesion?
     Image.fromarray(classes).save(tmp_path / "classes.png")

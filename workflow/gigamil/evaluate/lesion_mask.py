@@ -39,8 +39,12 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            rgba = np.asarray(img.convert("RGBA"))
             index = np.asarray(img) if img.mode == "P" else None
+            if img.mode in ("1", "L"):  # one opaque channel: its values are the levels (a
+                level = np.asarray(img.convert("L"))  # quarter of RGBA's memory and time)
+            else:
+                rgba = np.asarray(img.convert("RGBA"))
+                level = np.where(rgba[..., 3] > 0, rgba[..., :3].max(axis=2), 0)  # (H, W)
     except Image.DecompressionBombError as exc:
         raise GigamilError(
             f"mask {path}: too large to decode ({exc}); save it at a lower resolution with a "
@@ -48,7 +52,6 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
         ) from exc
     except (OSError, ValueError) as exc:
         raise GigamilError(f"mask {path}: cannot be read as an image ({exc})") from exc
-    level = np.where(rgba[..., 3] > 0, rgba[..., :3].max(axis=2), 0)  # (H, W)
     top = int(level.max()) if level.size else 0
     if top < 128 and index is not None:  # a palette of dark colours: the indices are labels
         return _label_mask(path, np.where(rgba[..., 3] > 0, index, 0))
