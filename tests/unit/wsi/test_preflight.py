@@ -147,6 +147,27 @@ def test_a_tissue_mask_of_a_few_pixels_is_refused_before_any_job(cmu_svs):
     ) in str(err.value)
 
 
+def test_an_inverted_lesion_mask_is_a_warning(cmu_svs, tmp_path, caplog):
+    """A mask of black lesion on white marks the whole slide but the lesion: its slide's
+    localisation AUC would silently be scored against the background (new-user trial: read
+    as 81 % lesion without a word); a usual mask says nothing."""
+    from PIL import Image
+
+    lesion = np.zeros((297, 222), np.uint8)
+    lesion[100:150, 50:100] = 255
+    Image.fromarray(lesion).save(tmp_path / "usual.png")
+    Image.fromarray(255 - lesion).save(tmp_path / "inverted.png")
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        check_slides([SlideCheck("a", "usual", Path(cmu_svs), None, tmp_path / "usual.png")])
+    assert "lesion" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="gigamil.wsi.preflight"):
+        check_slides([SlideCheck("a", "inv", Path(cmu_svs), None, tmp_path / "inverted.png")])
+    assert "1 lesion mask(s) mark most of their slide as lesion (e.g. a/inv: 96 % of " in (
+        caplog.text
+    )
+    assert "inverted (lesion black on white)?" in caplog.text
+
+
 def test_a_lesion_mask_that_is_no_binary_mask_stops_the_run_before_any_job(cmu_svs, tmp_path):
     """A lesion mask of the right size but the wrong content (a photo, or labels 1 and 2) was
     found by the evaluation, after training, in a traceback naming no slide."""

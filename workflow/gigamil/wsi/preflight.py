@@ -54,6 +54,7 @@ class SlideStatus(NamedTuple):
     mpp: float | None
     small: str | None = None
     file_mpp: float | None = None  # the file's own µm/px when an override replaced it
+    lesion_fraction: float | None = None  # of its decoded lesion mask's pixels, if decoded
 
 
 def check_slide(
@@ -90,9 +91,10 @@ def check_slide(
             )
             problem = problem and problem + typed
             small = small and small + typed
+        fraction = None
         if problem is None and check.lesion_mask is not None:  # no µm/px hint: sizes decide
-            problem = _lesion_mask_problem(check, mpp, dims)
-        return SlideStatus(check, problem, mpp, small, _file_mpp(check))
+            problem, fraction = _lesion_mask_problem(check, mpp, dims)
+        return SlideStatus(check, problem, mpp, small, _file_mpp(check), fraction)
     except GigamilError as exc:
         return SlideStatus(check, str(exc), None)
     except Exception as exc:  # noqa: BLE001 - any reader failure makes the slide unusable
@@ -145,22 +147,25 @@ def _smaller_than_a_patch(
     )
 
 
-def _lesion_mask_problem(check: SlideCheck, mpp: float, dims: tuple[int, int]) -> str | None:
+def _lesion_mask_problem(
+    check: SlideCheck, mpp: float, dims: tuple[int, int]
+) -> tuple[str | None, float | None]:
     """Why the slide's lesion mask cannot be its mask (another size: e.g. another slide's), from
     the headers of both files (:func:`gigamil.evaluate.lesion_mask.check_mask_geometry`), or,
     for a mask of at most :data:`MAX_CHECKED_MASK_PX` pixels, from its content (not a binary
-    mask: :func:`gigamil.evaluate.lesion_mask.read_binary_mask`); the evaluation would stop on
-    it only after training."""
+    mask: :func:`gigamil.evaluate.lesion_mask.read_binary_mask`), which the evaluation would
+    find only after training; and the fraction of a decoded mask's pixels that are lesion."""
     from gigamil.evaluate.lesion_mask import check_mask_geometry, image_size, read_binary_mask
 
     try:
         check_mask_geometry(check.lesion_mask, mpp, dims)
         width, height = image_size(check.lesion_mask)
         if width * height <= MAX_CHECKED_MASK_PX:  # its pixels too: a photo, a label image
-            read_binary_mask(check.lesion_mask)
+            mask = read_binary_mask(check.lesion_mask)
+            return None, float(mask.mean()) if mask.size else None
     except GigamilError as exc:
-        return str(exc)
-    return None
+        return str(exc), None
+    return None, None
 
 
 MAX_CHECKED_MASK_PX = 16_000_000  # lesion masks up to this size are decoded before any job
@@ -250,6 +255,7 @@ def _warn(statuses: list[SlideStatus], patch_mpp: float | None) -> None:
             small[0].small,
         )
     _warn_overrides(statuses)
+    _warn_inverted(statuses)
     if patch_mpp is not None:
         limit = patch_mpp * (1.0 + LEVEL_TOLERANCE)  # extract_patches' upsampling threshold
         coarse = [s for s in statuses if s.mpp is not None and s.mpp > limit]
@@ -264,6 +270,27 @@ def _warn(statuses: list[SlideStatus], patch_mpp: float | None) -> None:
                 first.check.slide_id,
                 first.mpp,
             )
+
+
+MOSTLY_LESION = 0.75  # a lesion mask marking more of its whole slide (glass included)
+
+
+def _warn_inverted(statuses: list[SlideStatus]) -> None:
+    """One warning for the lesion masks that mark more than :data:`MOSTLY_LESION` of their
+    whole slide as lesion, glass included: most likely inverted (lesion black on white), which
+    would score the localisation AUC against the background."""
+    most = [s for s in statuses if (s.lesion_fraction or 0.0) > MOSTLY_LESION]
+    if most:
+        log.warning(
+            "%d lesion mask(s) mark most of their slide as lesion (e.g. %s/%s: %.0f %% of %s): "
+            "inverted (lesion black on white)? The localisation AUC is scored against the "
+            "white (or nonzero) pixels",
+            len(most),
+            most[0].check.cohort,
+            most[0].check.slide_id,
+            100 * (most[0].lesion_fraction or 0.0),
+            most[0].check.lesion_mask,
+        )
 
 
 OVERRIDE_RATIO = 1.25  # an override this far from the file's own µm/px is probably a typo
