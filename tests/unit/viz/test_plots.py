@@ -178,16 +178,16 @@ def test_training_curves_draw_the_chance_level_and_name_a_model_that_did_not_lea
     assert len(chance) == 1 and list(chance[0].get_ydata()) == [pytest.approx(math.log(2))] * 2
     flag = [ln for ln in ax_loss.get_lines() if ln.get_label() == "did not learn at >= 0.624"]
     assert len(flag) == 1 and flag[0].get_ydata()[0] == pytest.approx(0.9 * math.log(2), abs=1e-6)
-    title = ax_loss.figure._suptitle
-    assert "DID NOT LEARN: replicate1" in title.get_text().replace("\n", " ")
-    assert title.get_color() == "firebrick"
+    warning = ax_loss.get_title(loc="left")  # in red over the loss curves; the title stays black
+    assert warning.replace("\n", " ").startswith("DID NOT LEARN: replicate1 training loss ended")
+    assert ax_loss._left_title.get_color() == "firebrick"
+    assert "DID NOT LEARN" not in ax_loss.figure._suptitle.get_text()
 
     pd.concat([learned, flat.assign(train_loss=learned["train_loss"])]).to_csv(log, index=False)
     saved_axes.clear()
     info = plot_training_curves(log, tmp_path / "c.png", "demo: fold 0")
     assert info["not_learned"] == [] and info["chance_loss"] == pytest.approx(math.log(2))
-    assert "DID NOT LEARN" not in saved_axes[0].figure._suptitle.get_text()
-    assert saved_axes[0].figure._suptitle.get_color() == "black"
+    assert saved_axes[0].get_title(loc="left") == ""
 
 
 def test_training_curves_judge_a_focal_model_by_the_flag_of_its_log(tmp_path, saved_axes):
@@ -205,7 +205,7 @@ def test_training_curves_judge_a_focal_model_by_the_flag_of_its_log(tmp_path, sa
         "training loss ended at 0.151"
     ]
     assert "flagged at >= 0.134" in info["not_learned"][0]
-    assert saved_axes[0].figure._suptitle.get_color() == "firebrick"
+    assert saved_axes[0].get_title(loc="left").startswith("DID NOT LEARN: training loss ended")
 
 
 def test_roc_of_a_one_class_cohort_says_so_without_a_legend_warning(tmp_path, recwarn):

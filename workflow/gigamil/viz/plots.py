@@ -205,8 +205,8 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
     records the model's chance level (``chance_loss``, ``flag_loss``:
     :func:`gigamil.train.learning.log_columns`) draws it as a dotted red line and the flag as a
     dashed one, and a member
-    whose training loss ended at or above ``flag_loss`` is named in a red title ("DID NOT
-    LEARN": README, 'When a fold does not learn').
+    whose training loss ended at or above ``flag_loss`` is named in red over the loss panel
+    ("DID NOT LEARN": README, 'When a fold does not learn').
 
     Returns ``{"epochs": rows of the longest member (epochs or EM rounds), "epochs_per_model":
     [per member], "best_epoch": member 0's, "best_epochs": [per member], "curves": [drawn],
@@ -229,9 +229,10 @@ def plot_training_curves(log_csv: str | Path, path: str | Path, title: str) -> d
         title += "\n" + _wrap(NO_VALIDATION, TITLE_CHARS)
     chance, not_learned = _chance_level(ax_loss, log)
     if not_learned:
-        title += "\n" + _wrap(f"DID NOT LEARN: {'; '.join(not_learned)}", TITLE_CHARS)
+        warning = _wrap(f"DID NOT LEARN: {'; '.join(not_learned)}", TITLE_CHARS // 2)
+        ax_loss.set_title(warning, fontsize=7, color="firebrick", loc="left")  # over its curves
     _label_axes(ax_loss, ax_auc, validated, small_legend=len(members) > 1)
-    fig.suptitle(title, fontsize=9, color="firebrick" if not_learned else "black")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
