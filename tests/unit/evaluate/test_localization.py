@@ -133,9 +133,11 @@ def test_read_binary_mask_takes_the_usual_kinds_of_mask(tmp_path):
         "dark_palette.png": dark,
         "transparent.png": Image.fromarray(rgba),
         "bilevel.png": Image.fromarray(white).convert("1"),  # 1 bit per pixel
+        "keyed.png": Image.fromarray(np.where(lesion, 255, 128).astype(np.uint8)),  # grey key
     }
     for name, image in images.items():
-        image.save(tmp_path / name)
+        # a one-channel PNG whose grey 128 is its transparent colour (tRNS): background
+        image.save(tmp_path / name, **({"transparency": 128} if name == "keyed.png" else {}))
         assert np.array_equal(read_binary_mask(tmp_path / name), lesion), name
     foci = np.zeros((4000, 8000), np.uint8)  # many small foci, downsampled with anti-aliasing
     for i in range(300):

@@ -40,8 +40,8 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             index = np.asarray(img) if img.mode == "P" else None
-            if img.mode in ("1", "L"):  # one opaque channel: its values are the levels (a
-                level = np.asarray(img.convert("L"))  # quarter of RGBA's memory and time)
+            if img.mode in ("1", "L") and "transparency" not in img.info:  # one opaque channel:
+                level = np.asarray(img.convert("L"))  # the levels (a quarter of RGBA's cost)
             else:
                 rgba = np.asarray(img.convert("RGBA"))
                 level = np.where(rgba[..., 3] > 0, rgba[..., :3].max(axis=2), 0)  # (H, W)
