@@ -254,11 +254,27 @@ def test_a_slide_id_too_long_for_a_file_name_is_refused(tmp_path):
     """A 250-character slide_id passed the sheet and crashed the first job with 'File name too
     long' (file names: 255 bytes, and outputs add suffixes such as .qc.png)."""
     rows = good_rows()
-    rows[0]["slide_id"] = "s" + "x" * 199  # 200 characters: allowed
+    long_id = "".join(f"{i:03d}" for i in range(67))[:200]  # 200 characters, not periodic
+    rows[0]["slide_id"] = long_id  # allowed
     load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
-    rows[0]["slide_id"] = "s" + "x" * 200
+    rows[0]["slide_id"] = long_id + "9"
     with pytest.raises(ConfigError, match=r"line 2 .*not only dots; at most 200 characters\)"):
         load_sheet(write_sheet(tmp_path, rows, name="long.csv"), "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_a_slide_id_snakemake_would_call_periodic_is_refused_with_its_line(tmp_path):
+    """Snakemake refuses a wildcard value ending in one substring repeated 20 times or more
+    (PeriodicWildcardError, a traceback after the checks); 19 times is fine (new-user trial)."""
+    rows = good_rows()
+    rows[1]["slide_id"] = "s_" + "0" * 19
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    rows[1]["slide_id"] = "s_" + "01" * 20
+    with pytest.raises(ConfigError) as err:
+        load_sheet(write_sheet(tmp_path, rows, name="p.csv"), "c1", CLASSES, base_dir=tmp_path)
+    assert f"line 3 (slide_id 's_{'01' * 20}'): it ends in '01' repeated 20 times, which " in str(
+        err.value
+    )
+    assert "(PeriodicWildcardError)" in str(err.value)
 
 
 def test_bad_slide_id_and_mpp(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,7 @@ def load_sheet(  # noqa: PLR0913 - public API (rules, scripts, tests call it by 
         lambda: _set_mpp(df, path, cohort_mpp),  # first: the schema check reads the floats
         lambda: _check_rows_against_schema(df, path, labels_required, classes),
         lambda: _check_unique_slides(df, path),
+        lambda: _check_periodic_ids(df, path),
         lambda: _check_labels(df, path, classes),
         lambda: _check_patient_labels(df, path, classes),
     ]
@@ -230,6 +232,24 @@ def _check_unique_slides(df: pd.DataFrame, path: Path) -> None:
     if not dup.empty:
         lines = [str(sheet_line(df, i)) for i in df.index[df["slide_id"] == dup.iloc[0]]]
         raise ConfigError(f"{path}: duplicate slide_id {dup.iloc[0]!r} (lines {', '.join(lines)})")
+
+
+# A wildcard value ending in one substring repeated 20 or more times is refused by Snakemake
+# (PeriodicWildcardError: it takes it for a rule feeding on its own output), with a traceback
+PERIODIC_SUFFIX = re.compile(r"(?P<unit>.+?)(?P=unit){19,}$")
+
+
+def _check_periodic_ids(df: pd.DataFrame, path: Path) -> None:
+    """ConfigError naming the first slide_id that Snakemake would refuse as periodic
+    (:data:`PERIODIC_SUFFIX`, e.g. ``s_00000000000000000000``), with its line."""
+    for i, slide_id in enumerate(df["slide_id"].astype(str)):
+        if m := PERIODIC_SUFFIX.search(slide_id):
+            raise ConfigError(
+                f"{path}: line {sheet_line(df, i)} (slide_id {slide_id!r}): it ends in "
+                f"{m.group('unit')!r} repeated {len(m.group(0)) // len(m.group('unit'))} times, "
+                "which Snakemake refuses as a wildcard value (PeriodicWildcardError): shorten "
+                "the repetition, e.g. rename the slide"
+            )
 
 
 def _check_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
