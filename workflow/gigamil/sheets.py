@@ -279,10 +279,10 @@ def _check_patient_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> N
     conflicting = labels_per_patient[labels_per_patient.map(len) > 1]
     if not conflicting.empty:
         pid = conflicting.index[0]
-        lines = df.attrs.get("sheet_lines") or [i + 2 for i in range(len(df))]
         rows = [i for i, p in enumerate(df["patient_id"]) if p == pid]
         where = ", ".join(
-            f"line {lines[i]} {df['slide_id'].iloc[i]} {df['label'].iloc[i]}" for i in rows[:6]
+            f"line {sheet_line(df, i)} {df['slide_id'].iloc[i]} {df['label'].iloc[i]}"
+            for i in rows[:6]
         )
         more = f"; {len(conflicting) - 1} more such patient(s)" if len(conflicting) > 1 else ""
         raise ConfigError(

@@ -195,3 +195,20 @@ def test_the_flag_with_label_smoothing_lies_between_the_best_loss_and_chance(eps
     assert flag == pytest.approx(float(at_p), rel=1e-5)
     assert log_columns(2, "ce", eps)["flag_loss"] == pytest.approx(flag, abs=1e-6)
     assert flag_loss(2, "ce", label_smoothing=0.0) == pytest.approx(0.9 * math.log(2))
+
+
+def test_warnings_judge_by_the_levels_the_log_records(tmp_path: Path):
+    """The fold log's and the summary's warning use the levels the train_log records (as its
+    plot and model.pt's record do), so the three never disagree; the levels given are for logs
+    written before they were recorded."""
+    from gigamil.train.learning import log_columns
+
+    log = tmp_path / "train_log.csv"
+    focal = log_columns(2, "focal")  # chance 0.173, flag 0.134
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.16, 0.15, 0.15], **focal}).to_csv(
+        log, index=False
+    )
+    (found,) = learning_warnings({"fold0": log}, math.log(2))  # ce's levels given: not used
+    assert "(chance level 0.173: " in found and "flagged at >= 0.134)" in found
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.16, 0.15, 0.15]}).to_csv(log, index=False)
+    assert learning_warnings({"fold0": log}, math.log(2)) == []  # below ce's flag 0.624: learnt

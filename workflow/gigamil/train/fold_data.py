@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gigamil import layout
 from gigamil.data.bags import ZarrBag, store_stain_normalization
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
@@ -62,7 +63,7 @@ def _no_patches_hint(slides: pd.DataFrame) -> str:
     """Where to see why ``slides`` have no patches: their cohorts' QC tables, which say whether
     no tissue was found or no patch reached ``preprocessing.patches.min_tissue``."""
     cohorts = sorted(set(slides["cohort"].astype(str))) if "cohort" in slides else []
-    tables = ", ".join(f"results/qc/{c}.csv" for c in cohorts) or "results/qc/<cohort>.csv"
+    tables = ", ".join(map(layout.qc_csv, cohorts)) or layout.qc_csv("<cohort>")
     return (
         "no tissue found, or no patch reaches preprocessing.patches.min_tissue at this "
         f"patch_px: the QC table says which, {tables}"

@@ -144,7 +144,9 @@ def learning_warnings(
 ) -> list[str]:
     """One sentence per fold model (``train_logs``: the fold's name, e.g. ``fold2``, → its
     ``train_log.csv``; missing or unreadable files are skipped) whose training loss ended near
-    ``chance`` (at or above ``flag``, :func:`unlearned_models`)."""
+    chance (at or above the flag, :func:`unlearned_models`): the levels the log records
+    (:func:`log_levels`, which its plot and model.pt's record use), else ``chance`` and
+    ``flag`` (a log from before 2026-12-06)."""
     flag = CHANCE_FRACTION * chance if flag is None else flag
     out = []
     for fold_name, path in train_logs.items():
@@ -152,12 +154,13 @@ def learning_warnings(
             table = pd.read_csv(path)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
-        for member, final in unlearned_models(table, chance, flag):
+        level, at = log_levels(table) or (chance, flag)  # the log's own, as plot and model.pt
+        for member, final in unlearned_models(table, level, at):
             name = fold_name + ("" if member is None else f" replicate{member}")
             out.append(
                 f"{name} did not learn: its training loss ended at {final:.3f} (chance level "
-                f"{chance:.3f}: a model predicting every class equally likely; flagged at >= "
-                f"{flag:.3f}); its predictions mean nothing (README, 'When a fold does not "
+                f"{level:.3f}: a model predicting every class equally likely; flagged at >= "
+                f"{at:.3f}); its predictions mean nothing (README, 'When a fold does not "
                 "learn')"
             )
     return out

@@ -63,7 +63,7 @@ def same_spelling(directory: str | Path) -> Path:
     reruns a job whose input paths change: ``shared/m``, ``./shared/m`` and its absolute path
     must not re-predict every slide."""
     absolute = Path(os.path.abspath(directory))
-    here = Path(os.path.abspath(Path.cwd()))
+    here = Path.cwd()  # absolute already (the physical path: os.getcwd)
     return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
 
 
