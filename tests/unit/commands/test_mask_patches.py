@@ -228,6 +228,17 @@ def test_implausible_mpp_message(test_slides, tmp_path, capsys):
     _one_error_line(capsys, "mask", str(slide), "implausible", "--slide-mpp")
 
 
+def test_a_mask_of_a_few_pixels_is_refused(cmu_svs, tmp_path, capsys):
+    """--mask-mpp 5000 (a typo for 5) wrote a 1 x 1 px mask without a word, and gigamil patches
+    then cut nothing; the pipeline refuses it before any job, the command now does too."""
+    out = tmp_path / "m.png"
+    assert main(["mask", str(cmu_svs), "--out", str(out), "--mask-mpp", "5000"]) == 2
+    _one_error_line(capsys, "mask", str(cmu_svs), "fewer than 8 mask pixels", "at most 138")
+    assert not out.exists()
+    assert main(["mask", str(cmu_svs), "--out", str(out), "--mask-mpp", "138"]) == 0
+    assert min(Image.open(out).size) == 8
+
+
 def test_empty_tissue_is_a_warning_not_a_crash(write_tiff, tmp_path, capsys):
     white = np.full((512, 512, 3), 248, np.uint8)
     slide = write_tiff(tmp_path / "white.tiff", white, mpp=0.5, levels=2)

@@ -83,7 +83,7 @@ def check_slide(
         if problem is None and patch_mpp is not None and patch_px is not None:
             small = _smaller_than_a_patch(mpp, dims, patch_mpp, patch_px)
         if problem is None and mask_mpp is not None:
-            problem = mask_mpp_problem(mpp, mask_mpp) or _coarse_mask_problem(mpp, dims, mask_mpp)
+            problem = mask_mpp_problem(mpp, mask_mpp) or coarse_mask_problem(mpp, dims, mask_mpp)
         if check.mpp is not None:  # the slide's µm/px was typed by the user
             typed = (
                 f"; the slide's {mpp:g} µm/px is the override from its sheet row's `mpp` column "
@@ -106,7 +106,7 @@ def check_slide(
 MIN_MASK_PX = 8  # a tissue mask narrower than this maps nothing (one pixel: all or nothing)
 
 
-def _coarse_mask_problem(mpp: float, dims: tuple[int, int], mask_mpp: float) -> str | None:
+def coarse_mask_problem(mpp: float, dims: tuple[int, int], mask_mpp: float) -> str | None:
     """Why ``mask_mpp`` µm/px is too coarse for a slide of ``dims`` (W, H) px at ``mpp``: its
     tissue mask would be under :data:`MIN_MASK_PX` px on a side (e.g. 5000 typed for 5), every
     slide would then get an empty or all-tissue mask and the run would fail only at training."""

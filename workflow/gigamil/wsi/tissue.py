@@ -355,11 +355,13 @@ def make_mask(
     What ``gigamil mask`` and rule ``tissue_mask`` run.
 
     Raises:
-        GigamilError: ``out_png`` not named ``*.png`` (a JPEG would blur the 0/255 mask), or the
-            slide's errors (:func:`gigamil.wsi.reader.open_slide`).
+        GigamilError: ``out_png`` not named ``*.png`` (a JPEG would blur the 0/255 mask), a
+            ``params.mask_mpp`` too coarse for the slide
+            (:func:`gigamil.wsi.preflight.coarse_mask_problem`), or the slide's errors (:func:`gigamil.wsi.reader.open_slide`).
     """
     import time
 
+    from gigamil.wsi.preflight import coarse_mask_problem
     from gigamil.wsi.reader import open_slide
 
     if Path(out_png).suffix.lower() != ".png":
@@ -368,6 +370,9 @@ def make_mask(
         )
     t0 = time.perf_counter()
     with open_slide(slide, slide_mpp) as reader:
+        dims = (int(reader.dimensions[0]), int(reader.dimensions[1]))
+        if problem := coarse_mask_problem(float(reader.mpp), dims, params.mask_mpp):
+            raise GigamilError(f"{slide}: {problem}")  # e.g. 5000 typed for 5: 1 x 1 px
         tm = compute_tissue_mask(reader, params)
         seconds = round(time.perf_counter() - t0, 3)
         summary = write_mask_outputs(reader, tm, params, out_png, qc_png, json_path, seconds)
