@@ -49,3 +49,73 @@ def test_the_confidence_intervals_resample_patients_not_slides():
     yp, pp = M.labels_and_probs(M.patient_level(preds, classes), classes)
     assert pooled["patient_ci"] == M.bootstrap_ci(yp, pp, classes, n_boot=300, seed=3)
     assert pooled["patient_ci"]["auc"] != ci["auc"]
+
+
+def _fold_files(tmp_path, learned):
+    """Three folds' prediction CSVs of a 12-patient cohort (every slide ranked right), fold k's
+    rows with ``model_learned`` = ``learned[k]`` (the column left out where it is ``"absent"``)."""
+    import numpy as np
+    import pandas as pd
+
+    from gigamil.folds import write_folds
+    from gigamil.splits import make_folds
+
+    sheet = pd.DataFrame(
+        {
+            "cohort": "c",
+            "slide_id": [f"s{i}" for i in range(12)],
+            "patient_id": [f"p{i}" for i in range(12)],
+            "label": ["normal", "lesion"] * 6,
+        }
+    )
+    folds = make_folds(sheet, folds=3, seed=0)
+    write_folds(folds, tmp_path / "folds.csv")
+    paths = []
+    for k, said in enumerate(learned):
+        test = folds[(folds.fold == k) & (folds.role == "test")]
+        df = test[["slide_id", "patient_id", "cohort", "label"]].copy()
+        p1 = np.where(df["label"] == "lesion", 0.8, 0.2)
+        df["fold"], df["prob_normal"], df["prob_lesion"] = k, 1 - p1, p1
+        df["pred"] = np.where(p1 > 0.5, "lesion", "normal")
+        if said != "absent":
+            df["model_learned"] = said
+        (path := tmp_path / f"fold{k}.csv").write_text(df.to_csv(index=False))
+        paths.append(path)
+    return paths
+
+
+def test_a_fold_model_that_did_not_learn_is_named_on_every_results_page(tmp_path, caplog):
+    """model.pt's verdict reaches the figures a user reads first (it was only in the logs, the
+    training curves and model-info): summary.json, the caveat row of metrics.html, a warning,
+    per_slide_predictions.csv; prediction files from before the column say nothing."""
+    import json
+    import logging
+
+    import pandas as pd
+
+    from gigamil.evaluate.aggregate import aggregate_cv
+    from gigamil.evaluate.ensemble import ensemble_cohort
+
+    paths = _fold_files(tmp_path, [True, False, "absent"])
+    with caplog.at_level(logging.WARNING, logger="gigamil.evaluate.aggregate"):
+        summary = aggregate_cv(paths, tmp_path / "folds.csv", ["normal", "lesion"], tmp_path / "cv")
+    assert summary["folds_not_learned"] == [1]
+    assert json.loads((tmp_path / "cv" / "summary.json").read_text())["folds_not_learned"] == [1]
+    page = (tmp_path / "cv" / "metrics.html").read_text()
+    assert "WARNING: fold model(s) that did not learn" in page and "<td>1</td>" in page
+    assert "cross-validation: the model(s) of fold(s) 1 did not learn" in caplog.text
+    per_slide = pd.read_csv(tmp_path / "cv" / "per_slide_predictions.csv")
+    said = per_slide.groupby("fold")["model_learned"]
+    assert said.agg(lambda v: v.isna().all()).tolist() == [False, False, True]
+    assert said.first().iloc[:2].astype(str).str.lower().tolist() == ["true", "false"]
+    ext = ensemble_cohort(paths, ["normal", "lesion"], tmp_path / "ens", "c", n_boot=10)
+    assert ext["folds_not_learned"] == [1]
+    assert "did not learn" in (tmp_path / "ens" / "metrics.html").read_text()
+
+    (tmp_path / "old").mkdir()
+    old = _fold_files(tmp_path / "old", ["absent"] * 3)
+    summary = aggregate_cv(
+        old, tmp_path / "old" / "folds.csv", ["normal", "lesion"], tmp_path / "o"
+    )
+    assert "folds_not_learned" not in summary
+    assert "did not learn" not in (tmp_path / "o" / "metrics.html").read_text()

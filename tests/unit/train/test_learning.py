@@ -212,3 +212,22 @@ def test_warnings_judge_by_the_levels_the_log_records(tmp_path: Path):
     assert "(chance level 0.173: " in found and "flagged at >= 0.134)" in found
     pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.16, 0.15, 0.15]}).to_csv(log, index=False)
     assert learning_warnings({"fold0": log}, math.log(2)) == []  # below ce's flag 0.624: learnt
+
+
+def test_the_prediction_rows_carry_the_verdict_of_every_member():
+    """model_learned: False when any replicate did not learn (its half of the mean is noise),
+    None for a model.pt that records nothing; unlearned_folds reads it back from the CSVs,
+    whichever way pandas parsed the column, and finds nothing in files without it."""
+    from gigamil.train.learning import model_learned, unlearned_folds
+
+    yes, no = {"learned": True}, {"learned": False}
+    assert model_learned({"learning": yes}) is True
+    assert model_learned({"replicates": [{"learning": yes}, {"learning": no}]}) is False
+    assert model_learned({"replicates": [{"learning": yes}, {}]}) is True  # only recorded ones
+    assert model_learned({"state_dict": {}}) is None
+    preds = pd.DataFrame(
+        {"fold": [0, 0, 1, 2, 3], "model_learned": [True, True, "False", "", float("nan")]}
+    )
+    assert unlearned_folds(preds) == [1]
+    assert unlearned_folds(preds.assign(model_learned=[False] * 5)) == [0, 1, 2, 3]
+    assert unlearned_folds(preds.drop(columns="model_learned")) == []

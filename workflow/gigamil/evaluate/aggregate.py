@@ -248,17 +248,17 @@ def aggregate_cv(
         folds_csv: the folds.csv the models were trained with.
         classes: class names in output order.
         out_dir: where summary.json, metrics.csv, per_slide_predictions.csv and the plots go.
-        localization: ``{slide_id: (store, attention.npy, lesion_mask.png)}`` for slides with a
-            ground-truth lesion mask (attention from the slide's out-of-fold model).
+        localization: ``{slide_id: (store, attention.npy, lesion_mask.png)}`` of slides with
+            a lesion mask (attention of the slide's out-of-fold model).
         n_boot: bootstrap resamples (patients) for the 95% CIs.
 
     Returns:
-        The summary: ``oof_auc`` (+ ``_ci``), ``fold_auc`` list, ``fold_auc_mean``,
-        ``fold_auc_sd``, ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``brier`` (each with
-        ``_ci`` and fold mean/sd), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``, ``n_slides``,
-        ``n_patients``, ``n_folds``, ``n_unpredicted`` and, with masks, ``localization_auc``
-        (mean over slides where it is defined) and ``localization_auc_per_slide``.
-    """
+        The summary: ``oof_auc`` (+ ``_ci``), ``fold_auc`` list, ``fold_auc_mean``, ``fold_auc_sd``,
+        ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``brier`` (each with ``_ci`` and fold
+        mean/sd), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``, ``n_slides``,
+        ``n_patients``, ``n_folds``, ``n_unpredicted``, with masks ``localization_auc`` (mean
+        over slides where defined) and ``localization_auc_per_slide``, ``folds_not_learned``
+        when a fold model did not learn (:func:`unlearned_caveat`)."""
     from gigamil.folds import read_folds
 
     out_dir = Path(out_dir)
@@ -272,10 +272,10 @@ def aggregate_cv(
     table = metrics_table(valid, classes, pooled, ci, "oof")
     summary: dict[str, Any] = {"experiment": experiment or None}
     summary.update(summary_block(valid, classes, pooled, ci, table, "oof_auc"))
-    summary["n_folds"] = int(folds["fold"].nunique())
-    summary["n_unpredicted"] = n_unpredicted
+    summary["n_folds"], summary["n_unpredicted"] = int(folds["fold"].nunique()), n_unpredicted
     summary["n_patients_unscored"] = unscored_patients(preds, valid)
     summary["cohorts"] = sorted(folds["cohort"].unique().tolist())
+    summary.update(unlearned_caveat(preds, "cross-validation"))
     per_slide = _per_slide_table(preds, classes)
     if localization:
         loc = cohort_localization(localization)
@@ -291,6 +291,25 @@ def aggregate_cv(
         summary["n_slides"],
     )
     return summary
+
+
+def unlearned_caveat(preds: pd.DataFrame, where: str) -> dict[str, list[int]]:
+    """``{"folds_not_learned": [k, ...]}`` (logged as a warning; summary.json and the pages'
+    caveat rows show it) when prediction rows say their fold model did not learn
+    (:func:`gigamil.train.learning.unlearned_folds`), else ``{}``."""
+    from gigamil.train.learning import unlearned_folds
+
+    folds = unlearned_folds(preds)
+    if not folds:
+        return {}
+    log.warning(
+        "%s: the model(s) of fold(s) %s did not learn (their training loss ended near chance; "
+        "model.pt records it): their predictions are in these figures but mean nothing "
+        "(README, 'When a fold does not learn')",
+        where,
+        ", ".join(map(str, folds)),
+    )
+    return {"folds_not_learned": folds}
 
 
 def _per_slide_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
@@ -320,7 +339,8 @@ def _write_cv_outputs(
     summary.json in ``out_dir``."""
     pcols = [f"prob_{c}" for c in classes]
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
-    cols += [c for c in ("localization_auc", "n_lesion_patches") if c in per_slide.columns]
+    extra = ("model_learned", "localization_auc", "n_lesion_patches")
+    cols += [c for c in extra if c in per_slide.columns]
     per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(
         out_dir / "per_slide_predictions.csv", index=False, float_format=FLOAT_FORMAT
     )

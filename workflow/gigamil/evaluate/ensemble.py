@@ -32,6 +32,7 @@ from gigamil.evaluate.aggregate import (
     metrics_table,
     pooled_metrics,
     summary_block,
+    unlearned_caveat,
     unscored_patients,
     write_report,
 )
@@ -122,8 +123,9 @@ def _cohort_predictions(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """``(fold predictions of the cohort, their mean per slide, caveats)``; the caveats (for
     summary.json, warned in the log) are ``missing_folds`` (the fold numbers missing among the
-    files: :func:`missing_folds`) and ``identical_models`` (pairs of files of one model:
-    :func:`identical_models`), each only when there are any; creates ``out_dir``."""
+    files: :func:`missing_folds`), ``identical_models`` (pairs of files of one model:
+    :func:`identical_models`) and ``folds_not_learned`` (:func:`unlearned_caveat`), each only
+    when there are any; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     every_cohort = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
@@ -160,6 +162,7 @@ def _cohort_predictions(
     caveats: dict[str, Any] = {"missing_folds": missing} if missing else {}
     if twins:
         caveats["identical_models"] = [list(pair) for pair in twins]
+    caveats.update(unlearned_caveat(preds, f"cohort {cohort}"))
     return preds, mean_probabilities(preds, classes), caveats
 
 
@@ -267,8 +270,9 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         ``accuracy``, ``brier`` (+ CIs), ``patient_auc`` (+ ``patient_auc_ci``), ``per_class_recall``, ``confusion_matrix``,
         ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted``, with masks the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`, and
-        ``missing_folds`` (:func:`missing_folds`) when fold files are missing, and
-        ``identical_models`` when two files are of one model.
+        ``missing_folds`` (:func:`missing_folds`) when fold files are missing,
+        ``identical_models`` when two files are of one model, and ``folds_not_learned`` when
+        fold models did not learn.
     """
     out_dir = Path(out_dir)
     preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)

@@ -152,13 +152,20 @@ def _overlap_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _caveat_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Fold numbers no prediction file was given for (``missing_folds``, ``gigamil ensemble``
-    by hand): the figures are of fewer models than the cross-validation trained; and pairs of
-    files of one model (``identical_models``): of fewer models than they count."""
+    by hand): the figures are of fewer models than the cross-validation trained; fold models
+    that did not learn (``folds_not_learned``); and pairs of files of one model
+    (``identical_models``): of fewer models than they count."""
     missing = summary.get("missing_folds")
     rows = []
     if missing:
         name = "WARNING: no prediction file of fold(s) (the figures below lack those models)"
         rows.append((name, ", ".join(map(str, missing))))
+    if unlearned := summary.get("folds_not_learned"):
+        name = (
+            "WARNING: fold model(s) that did not learn (training loss near chance: their "
+            "predictions below mean nothing; README, 'When a fold does not learn')"
+        )
+        rows.append((name, ", ".join(map(str, unlearned))))
     if twins := summary.get("identical_models"):
         name = "WARNING: files with the same probabilities for every slide (one model twice?)"
         rows.append((name, "; ".join(" and ".join(map(str, pair)) for pair in twins)))

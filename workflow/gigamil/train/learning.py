@@ -107,6 +107,27 @@ def recorded_verdicts(header: Mapping[str, Any]) -> list[tuple[int | None, dict[
     return [(r, rec) for r, rec in pairs if rec]
 
 
+LEARNED_COLUMN = "model_learned"  # of the prediction CSVs (predict_slides)
+
+
+def model_learned(header: Mapping[str, Any]) -> bool | None:
+    """Whether the model(s) of a model.pt ``header`` recorded that they learned
+    (:func:`recorded_verdicts`): False when any did not (a replicate ensemble's mean is then
+    partly noise), None when none records it (a model.pt from before 2026-12-06). What
+    ``predict_slides`` writes in the :data:`LEARNED_COLUMN` of its predictions."""
+    verdicts = [bool(record["learned"]) for _, record in recorded_verdicts(header)]
+    return all(verdicts) if verdicts else None
+
+
+def unlearned_folds(preds: pd.DataFrame) -> list[int]:
+    """The ``fold`` numbers of prediction rows whose model did not learn (:data:`LEARNED_COLUMN`
+    False); none for files without the column (written before 2026-12-06) or with it empty."""
+    if LEARNED_COLUMN not in preds or "fold" not in preds:
+        return []
+    said = preds[LEARNED_COLUMN].astype(str).str.strip().str.lower()
+    return sorted({int(f) for f in preds.loc[said == "false", "fold"]})
+
+
 def verdict_phrase(record: Mapping[str, Any]) -> str:
     """``training loss ended at 0.210 (chance level 0.693): learned`` or ``...: DID NOT LEARN``."""
     return (

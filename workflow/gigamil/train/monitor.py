@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gigamil.errors import ConfigError, GigamilError
@@ -72,4 +73,24 @@ def tensorboard_warning(model_dirs: list[str | Path]) -> str | None:
         f"training.tensorboard: true, but {', '.join(without)} trained without it and are not "
         "retrained for it (it changes no model): only folds trained from now on get TensorBoard "
         "events; delete a fold's directory under results/models/ to retrain it with them"
+    )
+
+
+def non_finite_message(
+    model_path: Path, model: torch.nn.Module, row: object, n: int, prob: np.ndarray
+) -> str:
+    """Why a bag of ``n`` instances (``row``: slide_id, store) got NaN or inf probabilities
+    ``prob`` or attention from ``model``: its weights (named) or, if they are finite, the slide's
+    patches or features (``predict_slides``)."""
+    bad = non_finite_weights(model)
+    if bad:
+        return (
+            f"{model_path}: the model's weights hold NaN or inf ({bad}), so its predictions are "
+            "not numbers; delete it and rerun to train the fold again"
+        )
+    return (
+        f"slide {row.slide_id}: the model {model_path} gives probabilities "  # type: ignore[attr-defined]
+        f"{np.array2string(prob, precision=3)} or attention that are not finite numbers for its "
+        f"{n} instances in {row.store}; the store holds values the model cannot handle "  # type: ignore[attr-defined]
+        "(e.g. NaN or inf features): delete the store and rerun to extract it again"
     )

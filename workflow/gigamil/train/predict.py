@@ -27,9 +27,10 @@ from gigamil.train.fold_data import (
     shared_store,
     store_mpp,
 )
+from gigamil.train.learning import LEARNED_COLUMN, model_learned
 from gigamil.train.logit_calibration import apply_calibration
 from gigamil.train.loop import bag_probabilities
-from gigamil.train.monitor import non_finite_weights
+from gigamil.train.monitor import non_finite_message
 
 log = logging.getLogger(__name__)
 
@@ -143,25 +144,6 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
     return bag
 
 
-def _non_finite_message(
-    model_path: Path, model: torch.nn.Module, row: object, n: int, prob: np.ndarray
-) -> str:
-    """Why a bag with instances got NaN or inf probabilities or attention: the model's weights
-    (named) or, if they are finite, the slide's patches or features."""
-    bad = non_finite_weights(model)
-    if bad:
-        return (
-            f"{model_path}: the model's weights hold NaN or inf ({bad}), so its predictions are "
-            "not numbers; delete it and rerun to train the fold again"
-        )
-    return (
-        f"slide {row.slide_id}: the model {model_path} gives probabilities "  # type: ignore[attr-defined]
-        f"{np.array2string(prob, precision=3)} or attention that are not finite numbers for its "
-        f"{n} instances in {row.store}; the store holds values the model cannot handle "  # type: ignore[attr-defined]
-        "(e.g. NaN or inf features): delete the store and rerun to extract it again"
-    )
-
-
 def _check_labels(slides: pd.DataFrame, classes: list[str], model_path: Path) -> None:
     """GigamilError for a label that is not one of the model's classes (an empty label: a
     slide to predict without one, ``role: predict``)."""
@@ -194,7 +176,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     --folds``) a slide it trained or validated on is a GigamilError before any prediction.
 
     ``threads``: torch's CPU threads and the threads decoding patch chunks (ahead of the model;
-    on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred) and writes it
+    on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred, model_learned:
+    :func:`gigamil.train.learning.model_learned`, empty when not recorded) and writes it
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
     :func:`gigamil.evaluate.predictions.write_fold_predictions`). Writes
     ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
@@ -352,7 +335,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     dev = resolve_device(device)
     model, ckpt = load_model(model_path, dev)
     prepare_model(model, dev)
-    classes = [str(c) for c in ckpt["classes"]]
+    classes, learned = [str(c) for c in ckpt["classes"]], model_learned(ckpt)
     _check_slides(slides, ckpt, model_path, require_unseen)
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -363,7 +346,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
             model, bag, len(classes), max_instances_per_forward_pass, ckpt.get("logit_calibration")
         )
         if len(bag) and not (np.isfinite(prob).all() and np.isfinite(att).all()):
-            raise GigamilError(_non_finite_message(model_path, model, row, len(bag), prob))
+            raise GigamilError(non_finite_message(model_path, model, row, len(bag), prob))
         pred = classes[int(prob.argmax())] if len(bag) else ""
         np.save(attention_dir / f"{row.slide_id}.npy", att)
         shown = int(prob.argmax()) if len(classes) > 2 and len(bag) else -1  # 2: the positive
@@ -386,10 +369,11 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
                 "label": row.label,
                 **{f"prob_{c}": float(p) for c, p in zip(classes, prob, strict=True)},
                 "pred": pred,
+                LEARNED_COLUMN: learned,
             }
         )
-    columns = ["slide_id", "patient_id", "cohort", "label", *[f"prob_{c}" for c in classes], "pred"]
-    df = pd.DataFrame(rows, columns=columns)
+    ids = ["slide_id", "patient_id", "cohort", "label"]
+    df = pd.DataFrame(rows, columns=[*ids, *(f"prob_{c}" for c in classes), "pred", LEARNED_COLUMN])
     if out_csv is not None:
         out_csv = Path(out_csv)
         out_csv.parent.mkdir(parents=True, exist_ok=True)
