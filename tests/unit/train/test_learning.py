@@ -231,3 +231,49 @@ def test_the_prediction_rows_carry_the_verdict_of_every_member():
     assert unlearned_folds(preds) == [1]
     assert unlearned_folds(preds.assign(model_learned=[False] * 5)) == [0, 1, 2, 3]
     assert unlearned_folds(preds.drop(columns="model_learned")) == []
+
+
+def test_a_log_without_a_flag_is_read_as_not_judged(tmp_path: Path):
+    """model.pool: instance writes the chance level and an empty flag: no warning (not even by
+    the config's fallback levels), a record with learned None that every surface reads as no
+    verdict, and a plot with the chance line only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gigamil.train.learning import (
+        learning_record,
+        log_columns,
+        log_levels,
+        model_learned,
+        verdict_phrase,
+    )
+    from gigamil.viz.plots import _chance_level
+
+    levels = log_columns(2, weak_patch_labels=True)
+    assert levels == {"chance_loss": 0.693147, "flag_loss": None}
+    rows = [{"epoch": e, "train_loss": 0.68, **levels} for e in range(1, 5)]
+    path = tmp_path / "train_log.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)  # the flag as an empty cell
+    table = pd.read_csv(path)
+    assert log_levels(table) == (pytest.approx(0.693147), None)
+    assert learning_warnings({"fold0": path}, math.log(2), 0.624) == []
+    record = learning_record(rows)
+    assert record["learned"] is None and "not judged" in verdict_phrase(record)
+    assert model_learned({"learning": record}) is None
+    assert (
+        model_learned({"replicates": [{"learning": record}, {"learning": {"learned": False}}]})
+        is False
+    )
+    fig, ax = plt.subplots()
+    assert _chance_level(ax, table) == (pytest.approx(0.693147), [])
+    assert len(ax.lines) == 1  # the chance level, no flag line
+    plt.close(fig)
+    # a log of the flag's own rows judges as before; an instance loss raises both levels
+    assert log_levels(pd.DataFrame([{"chance_loss": 0.69, "flag_loss": 0.62}])) == (0.69, 0.62)
+    both = log_columns(2, instance_loss=0.5)
+    assert both == {
+        "chance_loss": round(1.5 * math.log(2), 6),
+        "flag_loss": round(1.35 * math.log(2), 6),
+    }

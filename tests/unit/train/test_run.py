@@ -1220,3 +1220,35 @@ def test_a_label_smoothed_fold_is_judged_against_the_smoothed_flag(
     assert {r["flag_loss"] for r in read_log(tmp_path / "fold0" / "train_log.csv")} == {
         f"{flag:.6f}"
     }
+
+
+def test_weak_patch_labels_are_not_judged_and_an_instance_loss_raises_the_levels(
+    mil_bags, cohort, tmp_path: Path, caplog
+) -> None:
+    """A screen's finding: with model.pool: instance every patch trains toward its slide's
+    label, and the normal-looking patches of positive slides keep the loss near ln 2 however
+    well the patches are told apart, so every such model was called 'DID NOT LEARN'. Its log
+    now has no flag and nothing says it did not learn, even at a learning rate that moves
+    nothing; model.instance_loss w adds its term to both levels."""
+    train, val = cohort
+    torch.set_num_threads(1)
+    model = dict(mil_bags.model, pool="instance")
+    with caplog.at_level("WARNING", logger="gigamil"):
+        train_fold(
+            train, val, mil_bags.classes, model, training(epochs=3, lr=1e-12), tmp_path / "i"
+        )
+    assert "did not learn" not in caplog.text and "DID NOT LEARN" not in caplog.text
+    assert {
+        (r["chance_loss"], r["flag_loss"]) for r in read_log(tmp_path / "i" / "train_log.csv")
+    } == {("0.693147", "")}
+    record = torch.load(tmp_path / "i" / "model.pt", weights_only=True)["learning"]
+    assert record["learned"] is None and record["flag_loss"] is None
+    assert (
+        predict_slides(tmp_path / "i" / "model.pt", val, None, tmp_path / "a")["model_learned"]
+        .isna()
+        .all()
+    )
+    model = dict(mil_bags.model, instance_loss=0.5)
+    train_fold(train, val, mil_bags.classes, model, training(epochs=1), tmp_path / "w")
+    rows = read_log(tmp_path / "w" / "train_log.csv")
+    assert {(r["chance_loss"], r["flag_loss"]) for r in rows} == {("1.039721", "0.935749")}

@@ -206,7 +206,7 @@ def load_model(
 def _warn_unlearned(path: str | Path, ckpt: Mapping[str, Any]) -> None:
     """A warning per model of ``ckpt`` that recorded it did not learn."""
     for member, record in recorded_verdicts(ckpt):
-        if not record["learned"]:
+        if record["learned"] is False:  # None: not judged
             log.warning(
                 "%s%s: %s: its predictions mean nothing (README, 'When a fold does not learn')",
                 path,

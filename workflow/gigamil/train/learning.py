@@ -51,26 +51,50 @@ def flag_loss(
     return float(sum(tc * weight(qc) * -math.log(qc) for tc, qc in zip(t, q, strict=True)))
 
 
-def log_columns(n_classes: int, loss: str = "ce", label_smoothing: float = 0.0) -> dict[str, float]:
+def log_columns(
+    n_classes: int,
+    loss: str = "ce",
+    label_smoothing: float = 0.0,
+    *,
+    instance_loss: float = 0.0,
+    weak_patch_labels: bool = False,
+) -> dict[str, float | None]:
     """The ``chance_loss`` and ``flag_loss`` (:func:`chance_loss`, :func:`flag_loss`) of a model
     of ``n_classes`` trained with ``loss``: written on every row of train_log.csv, so its
     training curves can draw the chance level and name a model that did not learn
-    (:func:`gigamil.viz.plots.plot_training_curves`) from the log alone."""
+    (:func:`gigamil.viz.plots.plot_training_curves`) from the log alone.
+
+    The levels are those of the loss the model trains with: ``instance_loss`` w > 0
+    (``model.instance_loss``, weak labels of selected patches beside the bag loss) adds w ln K to
+    the chance level and w × 0.9 ln K to the flag (its cross-entropy at the same probabilities).
+    ``weak_patch_labels`` (``model.pool: instance``: every patch trained toward its slide's
+    label, no bag loss): chance ln K and no flag (None: not judged), since the normal-looking
+    patches of positive slides keep even a perfect patch classifier's loss near chance (with
+    10 % tumour patches in positive slides its best loss is 0.657, chance 0.693)."""
+    if weak_patch_labels:
+        return {"chance_loss": round(math.log(n_classes), 6), "flag_loss": None}
+    extra = instance_loss * math.log(n_classes)  # the instance term at the same probabilities
     return {
-        "chance_loss": round(chance_loss(n_classes, loss), 6),
-        "flag_loss": round(flag_loss(n_classes, loss, label_smoothing=label_smoothing), 6),
+        "chance_loss": round(chance_loss(n_classes, loss) + extra, 6),
+        "flag_loss": round(
+            flag_loss(n_classes, loss, label_smoothing=label_smoothing) + CHANCE_FRACTION * extra,
+            6,
+        ),
     }
 
 
-def log_levels(train_log: pd.DataFrame) -> tuple[float, float] | None:
-    """``(chance_loss, flag_loss)`` recorded in a train_log.csv (:func:`log_columns`; their last
-    values), or None for a log written before gigamil recorded them."""
-    if not {"chance_loss", "flag_loss"} <= set(train_log.columns):
+def log_levels(train_log: pd.DataFrame) -> tuple[float, float | None] | None:
+    """``(chance_loss, flag_loss)`` recorded in a train_log.csv (:func:`log_columns`; those of its
+    last row that has them; the flag None where the log says the loss is not judged), or None
+    for a log written before gigamil recorded them."""
+    if "chance_loss" not in train_log.columns:
         return None
-    levels = train_log[["chance_loss", "flag_loss"]].dropna()
-    if levels.empty:
+    chance = pd.to_numeric(train_log["chance_loss"], errors="coerce").dropna()
+    if chance.empty:
         return None
-    return float(levels["chance_loss"].iloc[-1]), float(levels["flag_loss"].iloc[-1])
+    flags = train_log.get("flag_loss", pd.Series(dtype=float))
+    flag = pd.to_numeric(flags, errors="coerce").reindex(chance.index).iloc[-1]
+    return float(chance.iloc[-1]), None if pd.isna(flag) else float(flag)
 
 
 LEARNING_KEY = "learning"  # model.pt's record of its training loss against chance
@@ -80,7 +104,8 @@ def learning_record(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """What model.pt records of whether its model learned, from its train_log.csv ``rows``
     (:class:`gigamil.train.checkpoint.CheckpointSaver`): ``final_train_loss`` (the mean of the
     last :data:`LAST_EPOCHS` epochs), ``chance_loss``, ``flag_loss`` and ``learned`` (the final
-    loss below the flag); None for rows without the levels (a log from before 2026-12-06).
+    loss below the flag; None where the log has no flag: not judged, :func:`log_columns`);
+    None for rows without the levels (a log from before 2026-12-06).
     Travels with a shared model: ``gigamil model-info`` and ``trained_models`` say it."""
     table = pd.DataFrame(list(rows))
     levels = log_levels(table) if "train_loss" in table else None
@@ -92,7 +117,7 @@ def learning_record(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         "final_train_loss": round(final, 6),
         "chance_loss": chance,
         "flag_loss": flag,
-        "learned": bool(final < flag),
+        "learned": None if flag is None else bool(final < flag),  # None: not judged
     }
 
 
@@ -113,9 +138,10 @@ LEARNED_COLUMN = "model_learned"  # of the prediction CSVs (predict_slides)
 def model_learned(header: Mapping[str, Any]) -> bool | None:
     """Whether the model(s) of a model.pt ``header`` recorded that they learned
     (:func:`recorded_verdicts`): False when any did not (a replicate ensemble's mean is then
-    partly noise), None when none records it (a model.pt from before 2026-12-06). What
+    partly noise), None when none records a verdict (a model.pt from before 2026-12-06, or
+    not judged: :func:`log_columns`). What
     ``predict_slides`` writes in the :data:`LEARNED_COLUMN` of its predictions."""
-    verdicts = [bool(record["learned"]) for _, record in recorded_verdicts(header)]
+    verdicts = [r["learned"] for _, r in recorded_verdicts(header) if r["learned"] is not None]
     return all(verdicts) if verdicts else None
 
 
@@ -129,10 +155,17 @@ def unlearned_folds(preds: pd.DataFrame) -> list[int]:
 
 
 def verdict_phrase(record: Mapping[str, Any]) -> str:
-    """``training loss ended at 0.210 (chance level 0.693): learned`` or ``...: DID NOT LEARN``."""
+    """``training loss ended at 0.210 (chance level 0.693, ...): learned``, ``...: DID NOT LEARN``
+    or, for a loss that is not judged (:func:`log_columns`), ``...: not judged (...)``."""
+    head = f"training loss ended at {record['final_train_loss']:.3f} (chance level "
+    if record["learned"] is None:
+        return head + (
+            f"{record['chance_loss']:.3f}): not judged (weak patch labels, model.pool: "
+            "instance: a model that learned ends near chance too)"
+        )
     return (
-        f"training loss ended at {record['final_train_loss']:.3f} (chance level "
-        f"{record['chance_loss']:.3f}, flagged at >= {record['flag_loss']:.3f}): "
+        head
+        + f"{record['chance_loss']:.3f}, flagged at >= {record['flag_loss']:.3f}): "
         + ("learned" if record["learned"] else "DID NOT LEARN")
     )
 
@@ -176,6 +209,8 @@ def learning_warnings(
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
         level, at = log_levels(table) or (chance, flag)  # the log's own, as plot and model.pt
+        if at is None and log_levels(table) is not None:
+            continue  # the log says its loss is not judged (log_columns)
         for member, final in unlearned_models(table, level, at):
             name = fold_name + ("" if member is None else f" replicate{member}")
             out.append(

@@ -204,7 +204,7 @@ def _unlearned(path: Path, fold: int, header: Mapping[str, Any]) -> list[str]:
         + f") {verdict_phrase(record)}: its predictions mean nothing (README, 'When a fold "
         "does not learn'); ask the sender to train it again"
         for member, record in recorded_verdicts(header)
-        if not record["learned"]
+        if record["learned"] is False  # None: not judged
     ]
 
 

@@ -80,7 +80,13 @@ class FoldTrainer:
         self.saver = CheckpointSaver(out_dir, self._signature(model_cfg), enabled=info.is_main)
         self.header = self._header(model_cfg)
         self.settings = epoch_settings(tcfg, runtime)
-        self.levels = log_columns(len(data.classes), tcfg.loss, tcfg.label_smoothing)  # per row
+        self.levels = log_columns(  # per row: the levels of the loss it trains with
+            len(data.classes),
+            tcfg.loss,
+            tcfg.label_smoothing,
+            instance_loss=model_cfg.instance_loss,
+            weak_patch_labels=model_cfg.pool == "instance",
+        )
 
     def _build_model(self, model_cfg: ModelConfig) -> AmpScaler:
         """Seed torch with ``training.seed``, build the model (its loss weighted by

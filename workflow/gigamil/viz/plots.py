@@ -300,6 +300,8 @@ def _chance_level(ax: Any, log: pd.DataFrame) -> tuple[float | None, list[str]]:
         return None, []
     chance, flag = levels
     ax.axhline(chance, ls=":", lw=1.2, color="firebrick", label=f"chance level {chance:.3f}")
+    if flag is None:  # not judged (weak patch labels: gigamil.train.learning.log_columns)
+        return chance, []
     ax.axhline(flag, ls="--", lw=0.8, color="salmon", label=f"did not learn at >= {flag:.3f}")
     return chance, [
         ("" if member is None else f"replicate{member} ")
