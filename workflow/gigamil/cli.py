@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pkgutil
 import sys
 from importlib import import_module
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except GigamilError as exc:
         print(f"gigamil {args.command}: error: {error_text(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. head, which stopped reading: no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python docs, signal)
+        return 141  # 128 + SIGPIPE, as a shell command reports it
     except OSError as exc:  # a path that is not what it must be: one line, the traceback at -v
         logging.getLogger("gigamil").debug("%s", exc, exc_info=True)
         where = f": {exc.filename}" if exc.filename else ""

@@ -214,7 +214,10 @@ def test_a_model_that_recorded_it_did_not_learn_loads_with_a_warning(
     path = atomic_save({**ckpt, "learning": record}, tmp_path / "a" / "model.pt")
     with caplog.at_level("WARNING", logger="gigamil"):
         load_model(path)
-    assert f"{path}: training loss ended at 0.690 (chance level 0.693" in caplog.text
+    assert (
+        f"{path}: training loss ended at 0.690 (mean of the last 3 epochs; chance level 0.693"
+        in caplog.text
+    )
     assert "DID NOT LEARN: its predictions mean nothing" in caplog.text
     caplog.clear()
     learned = {**record, "final_train_loss": 0.2, "learned": True}

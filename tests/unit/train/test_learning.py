@@ -136,7 +136,7 @@ def test_the_learning_record_travels_with_the_model_and_says_whether_it_learned(
         "learned": False,
     }
     assert verdict_phrase(record) == (
-        "training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): DID NOT LEARN"
+        "training loss ended at 0.690 (mean of the last 3 epochs; chance level 0.693, flagged at >= 0.624): DID NOT LEARN"
     )
     falling = [{**row, "train_loss": 0.7 - 0.15 * i} for i, row in enumerate(flat)]
     assert learning_record(falling)["learned"] is True  # last three: 0.55, 0.4, 0.25

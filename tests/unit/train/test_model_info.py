@@ -98,7 +98,7 @@ def test_the_summary_names_classes_input_members_and_training_slides(tmp_path: P
     assert "state_dict" not in header and "state_dict" not in header["replicates"][0]
     assert header["replicates"][1]["seed"] == 1  # the members' other keys are kept
     text = "\n".join(describe_model(path, header))
-    assert "2 replicate models (seeds 0, 1; epochs 7, 7)" in text
+    assert "2 replicate models (seeds 0, 1; the weights of epochs 7, 7)" in text
     assert "classes: benign, tumour (output order; positive class tumour)" in text
     assert "input: patches of 96 px at 0.5 µm/px, stain normalisation none" in text
     assert "smallcnn, trained from random initialisation" in text
@@ -230,7 +230,7 @@ def test_the_summary_of_a_multiclass_feature_model_from_pretrained_weights():
     assert "classes: a, b, c (output order)\n" in text and "positive class" not in text
     assert "resnet18, started from weights of sha256 0123456789ab…" in text
     assert "; reads cached features of encoder enc-1" in text
-    assert "one model, epoch 4" in text and "NOT finished" not in text
+    assert "one model, the weights of epoch 4" in text and "NOT finished" not in text
     assert "an unrecorded µm/px" in text and "not recorded (a model.pt from before" in text
 
 
@@ -300,9 +300,9 @@ def test_the_summary_says_whether_each_member_learned(tmp_path: Path):
     atomic_save(ckpt, path)
     lines = describe_model(path, model_header_of(path))
     assert lines[-2:] == [
-        "  replicate0 training loss ended at 0.210 (chance level 0.693, flagged at >= 0.624): "
+        "  replicate0 training loss ended at 0.210 (mean of the last 3 epochs; chance level 0.693, flagged at >= 0.624): "
         "learned",
-        "  replicate1 training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): "
+        "  replicate1 training loss ended at 0.690 (mean of the last 3 epochs; chance level 0.693, flagged at >= 0.624): "
         "DID NOT LEARN",
     ]
 
@@ -322,6 +322,35 @@ def test_a_member_without_a_learning_record_is_said_so_beside_one_with(tmp_path:
     atomic_save(ckpt, path)
     assert describe_model(path, model_header_of(path))[-2:] == [
         "  replicate0 learned: not recorded (a model.pt from before 2026-12-06)",
-        "  replicate1 training loss ended at 0.300 (chance level 0.693, flagged at >= 0.624): "
+        "  replicate1 training loss ended at 0.300 (mean of the last 3 epochs; chance level 0.693, flagged at >= 0.624): "
         "learned",
     ]
+
+
+def test_the_summary_says_which_slides_trained_and_points_a_member_to_its_fold(tmp_path: Path):
+    """A new-user trial read 'training and validation' for a fold without validation slides
+    (cv.val_fraction: 0: every val_ metric NaN) and took fold2/replicate0/model.pt, one
+    member, for a fold model to share."""
+    seen = {"slides": [["a", "s1"], ["a", "s2"]], "patient_ids": ["p1", "p2"]}
+    fold = _model_pt(tmp_path / "fold2" / "model.pt", training_slides=seen)
+    text = "\n".join(describe_model(fold, model_header_of(fold)))
+    assert "2 slides of 2 patients (training and validation; cohorts: a)" in text
+    assert "share that one" not in text
+    member = tmp_path / "fold2" / "replicate0" / "model.pt"
+    header = {**model_header_of(fold), "metrics": {"val_auc": float("nan"), "val_loss": None}}
+    text = "\n".join(describe_model(member, header))
+    assert "2 slides of 2 patients (training; no validation slides; cohorts: a)" in text
+    assert f"one member of {fold}, which averages the members: share that one" in text
+    header = {**header, "metrics": {"train_loss": 0.2}}
+    assert "(training and validation, if any;" in "\n".join(describe_model(member, header))
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_error(tmp_path: Path):
+    """gigamil model-info --json | head printed 'error: Broken pipe' twice."""
+    import subprocess
+    import sys
+
+    path = _model_pt(tmp_path / "fold0" / "model.pt")
+    cmd = f"{sys.executable} -m gigamil model-info {path} --json | head -1"
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "{" and out.stderr == ""

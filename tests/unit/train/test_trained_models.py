@@ -414,7 +414,7 @@ def test_a_model_that_recorded_it_did_not_learn_is_a_warning(tmp_path: Path):
         atomic_save(ckpt, path)
     warnings = check_trained_models(fold_models(tmp_path / "m"), CLASSES, PATCHES)
     said = (
-        " training loss ended at 0.690 (chance level 0.693, flagged at >= 0.624): DID NOT LEARN: "
+        " training loss ended at 0.690 (mean of the last 3 epochs; chance level 0.693, flagged at >= 0.624): DID NOT LEARN: "
         "its predictions mean nothing (README, 'When a fold does not learn'); ask the sender to "
         "train it again"
     )

@@ -155,9 +155,13 @@ def unlearned_folds(preds: pd.DataFrame) -> list[int]:
 
 
 def verdict_phrase(record: Mapping[str, Any]) -> str:
-    """``training loss ended at 0.210 (chance level 0.693, ...): learned``, ``...: DID NOT LEARN``
+    """``training loss ended at 0.210 (mean of the last 3 epochs; chance level 0.693, ...):
+    learned``, ``...: DID NOT LEARN``
     or, for a loss that is not judged (:func:`log_columns`), ``...: not judged (...)``."""
-    head = f"training loss ended at {record['final_train_loss']:.3f} (chance level "
+    head = (
+        f"training loss ended at {record['final_train_loss']:.3f} (mean of the last "
+        f"{LAST_EPOCHS} epochs; chance level "
+    )
     if record["learned"] is None:
         return head + (
             f"{record['chance_loss']:.3f}): not judged (weak patch labels, model.pool: "

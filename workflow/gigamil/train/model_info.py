@@ -81,10 +81,20 @@ def config_fragment(header: Mapping[str, Any], n_folds: int | None = None) -> di
 def _members(header: Mapping[str, Any]) -> str:
     members = header.get("replicates")
     if not members:
-        return f"one model, epoch {header.get('epoch', '?')}"
+        return f"one model, the weights of epoch {header.get('epoch', '?')}"
     seeds = ", ".join(str(m.get("seed")) for m in members)
     epochs = ", ".join(str(m.get("epoch")) for m in members)
-    return f"{len(members)} replicate models (seeds {seeds}; epochs {epochs})"
+    return f"{len(members)} replicate models (seeds {seeds}; the weights of epochs {epochs})"
+
+
+def _member_hint(path: str | Path) -> str:
+    """For ``fold<k>/replicate<r>/model.pt``, one member of ``fold<k>/model.pt``: the file to
+    share is the fold's, which averages the members' calibrated logits."""
+    path = Path(path)
+    fold_model = path.parent.parent / "model.pt"
+    if path.parent.name.startswith("replicate") and fold_model.is_file():
+        return f"; one member of {fold_model}, which averages the members: share that one"
+    return ""
 
 
 def _trained_on(header: Mapping[str, Any]) -> str:
@@ -93,9 +103,18 @@ def _trained_on(header: Mapping[str, Any]) -> str:
         return "not recorded (a model.pt from before 2026-12)"
     cohorts = sorted({c for c, _ in seen["slides"]})
     slides, patients = len(seen["slides"]), len(set(seen["patient_ids"]))
+    metrics = [m.get("metrics") or {} for m in header.get("replicates") or [header]]
+    val = [v for m in metrics for k, v in m.items() if k.startswith("val_")]
+    which = (  # without validation slides every val_ metric is NaN (cv.val_fraction: 0)
+        "training and validation"
+        if any(isinstance(v, (int, float)) and math.isfinite(v) for v in val)
+        else "training; no validation slides"
+        if val
+        else "training and validation, if any"
+    )
     return (
         f"{slides} slide{'s' * (slides != 1)} of {patients} patient{'s' * (patients != 1)} "
-        f"(training and validation; cohorts: {', '.join(cohorts)})"
+        f"({which}; cohorts: {', '.join(cohorts)})"
     )
 
 
@@ -114,7 +133,8 @@ def describe_model(path: str | Path, header: Mapping[str, Any]) -> list[str]:
     finished = header.get(FINISHED)
     return [
         f"{path}: a gigamil {header.get('gigamil_version', '?')} fold model, {_members(header)}"
-        + (" (training NOT finished)" if finished is False else ""),
+        + (" (training NOT finished)" if finished is False else "")
+        + _member_hint(path),
         f"  classes: {', '.join(classes)} (output order"
         + (f"; positive class {classes[-1]})" if len(classes) == 2 else ")"),
         f"  input: patches of {header['patch_px']} px at "
