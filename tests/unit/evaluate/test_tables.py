@@ -82,3 +82,27 @@ def test_the_missing_fold_row_lists_every_missing_fold_and_only_when_one_is() ->
     for missing in ([], None):
         rows = summary_rows({**summary, "missing_folds": missing}, "auc")
         assert not [r for r, _ in rows if r.startswith("WARNING")]
+
+
+def test_the_patient_balanced_accuracy_is_on_the_page_beside_the_patient_recalls() -> None:
+    """A new-user trial found patient recalls on metrics.html but their balanced accuracy only
+    in summary.json and metrics.csv; summaries without it (older ones) show no row."""
+    from gigamil.evaluate.tables import summary_rows
+
+    summary = {
+        "classes": ["normal", "lesion"],
+        "n_patients": 12,
+        "patient_balanced_accuracy": 0.9166,
+        "patient_balanced_accuracy_ci": [0.75, 1.0],
+        "patient_confusion_matrix": [[6, 0], [1, 5]],
+        "patient_per_class_recall": {"normal": 1.0, "lesion": 5 / 6},
+    }
+    names = [name for name, _ in summary_rows(summary, "oof_auc")]
+    row = "patient balanced accuracy, mean probability per patient"
+    assert (
+        names.index(row)
+        == names.index("patient specificity (recall of normal), mean probability per patient") - 1
+    )
+    assert dict(summary_rows(summary, "oof_auc"))[row] == "0.917 (95% CI 0.750–1.000)"
+    del summary["patient_balanced_accuracy"]
+    assert row not in dict(summary_rows(summary, "oof_auc"))

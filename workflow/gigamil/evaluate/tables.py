@@ -95,7 +95,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
     its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1, accuracy and the Brier
     score with CIs, each class's recall with its counts and CI (with two classes named
-    sensitivity and specificity), the localisation AUC (with lesion masks) and the counts."""
+    sensitivity and specificity), the patient balanced accuracy and recalls, the localisation AUC (with lesion masks) and the counts."""
     per_slide = summary.get("models_per_slide") or [0, 0]
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
     who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
@@ -118,6 +118,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         ("accuracy", with_ci(summary, "accuracy")),
         *_brier_row(summary),
         *_recall_rows(summary),
+        *_patient_balanced_accuracy_row(summary),
         *_recall_rows(summary, "patient_"),
     ]
     if "localization_auc" in summary:
@@ -197,6 +198,15 @@ def _fold_auc_name(summary: Mapping[str, Any], who: str) -> str:
     if who.startswith("out-of-fold") and k:
         return f"fold AUC, mean ± sd over {folds} (each on its ~{round(n / k)} test slides)"
     return f"each fold's model on all {n} slides: AUC mean ± sd over {folds}"
+
+
+def _patient_balanced_accuracy_row(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The balanced accuracy per patient (``patient_balanced_accuracy``, on each patient's mean
+    probability) with its CI, beside the patient recalls it averages; none without it."""
+    if summary.get("patient_balanced_accuracy") is None:
+        return []
+    what = "patient balanced accuracy, mean probability per patient"
+    return [(what, with_ci(summary, "patient_balanced_accuracy"))]
 
 
 def _recall_rows(summary: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
