@@ -25,7 +25,7 @@ from gigamil.settings import ModelConfig, TrainingConfig, resolve_strategy
 from gigamil.train import distributed as ddp
 from gigamil.train.em import EMTrainer
 from gigamil.train.fold_data import Feed, FoldData, check_columns, check_fold_slides, resolve_device
-from gigamil.train.learning import chance_loss, flag_loss, warn_if_unlearned
+from gigamil.train.learning import warn_if_unlearned
 from gigamil.train.logit_calibration import calibrate_fold_model
 from gigamil.train.loop import PROGRESS_EVERY_S, BagItem
 from gigamil.train.replicates import (
@@ -210,9 +210,9 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
         )
     if runtime.info.is_main:  # after the calibration: a model.pt marked finished has it
         trainer.saver.finish()
-        k, kind = len(data.classes), tcfg.loss  # a model that did not learn: said
-        flag = flag_loss(k, kind, label_smoothing=tcfg.label_smoothing)
-        warn_if_unlearned(Path(out_dir) / "train_log.csv", chance_loss(k, kind), runtime.name, flag)
+        levels = trainer.levels  # a model that did not learn: said, by the log's own levels
+        log_file = Path(out_dir) / "train_log.csv"
+        warn_if_unlearned(log_file, levels["chance_loss"], runtime.name, levels["flag_loss"])
     ddp.barrier(runtime.info)  # the other ranks wait here, not in the next member's first step
     return path
 
