@@ -347,7 +347,15 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     # the ROC and confusion plots on the page itself (embedded: the page stands alone)
     assert page.count("<img src='data:image/png;base64,") == 3
     assert "alt='roc.png'" in page and "alt='confusion.png'" in page
-    # a train cohort's files: each slide scored by its out-of-fold model only, and said so
+
+
+def test_a_train_cohorts_files_are_out_of_fold_and_say_so(tmp_path):
+    """Each slide scored by its out-of-fold model only: pages titled out-of-fold, and the
+    metrics.csv rows named as the cross-validation's are (a new-user trial read the rows
+    'ensemble' of a folder of one model per slide as an ensemble's figures)."""
+    ext = _sheet(n_patients=10, slides=1, cohort="ext")
+    rng = np.random.default_rng(3)
+    frames = [_predict(ext, k, rng, signal=1.0) for k in range(3)]
     oof_paths = []
     for k, part in enumerate(np.array_split(np.arange(len(ext)), 3)):
         oof_paths.append(tmp_path / f"oof{k}.csv")
@@ -357,6 +365,14 @@ def test_ensemble_means_fold_probabilities(tmp_path):
     page = (tmp_path / "oof" / "metrics.html").read_text()
     assert "<title>demo: cohort ext out-of-fold (1 model per slide) metrics</title>" in page
     assert "slide AUC (out-of-fold)</td>" in page and "(ensemble)" not in page
+    rows = pd.read_csv(tmp_path / "oof" / "metrics.csv", index_col=0).index.tolist()
+    assert {"oof", "oof_ci_low", "oof_patient"} <= set(rows) and "ensemble" not in rows
+    paths = []
+    for k, frame in enumerate(frames):
+        frame.to_csv(path := tmp_path / f"fold{k}.csv", index=False)
+        paths.append(path)
+    ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", "demo", n_boot=10)
+    assert "ensemble" in pd.read_csv(tmp_path / "ens" / "metrics.csv", index_col=0).index
 
 
 @pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])

@@ -306,7 +306,9 @@ def _ensemble_metrics(
     out_dir: Path,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The ensemble's slides with a prediction, its metrics table (the fold models alone, then
-    the ensemble's pooled row and CIs; written to metrics.csv) and the summary's metrics.
+    the ensemble's pooled row and CIs, named ``ensemble``, or ``oof`` on a train cohort, whose
+    slides are each predicted by one model, as in the cross-validation's metrics.csv; written
+    to metrics.csv) and the summary's metrics.
 
     Raises:
         GigamilError: no slide of the cohort has a prediction.
@@ -320,7 +322,8 @@ def _ensemble_metrics(
             "a wrong µm/px, e.g. the sheet's mpp column, can leave no tissue or no whole patch)"
         )
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
-    table = metrics_table(valid_folds, classes, pooled, ci, "ensemble")
+    out_of_fold = models_per_slide(ens)[1] <= 1  # a train cohort: no slide has two models
+    table = metrics_table(valid_folds, classes, pooled, ci, "oof" if out_of_fold else "ensemble")
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     summary: dict[str, Any] = {"experiment": experiment or None, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
