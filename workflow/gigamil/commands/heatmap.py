@@ -26,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SLIDE",
         help="slide file for the thumbnail (default: the store's recorded source_path)",
     )
-    parser.add_argument("--slide-mpp", type=SLIDE_MPP, metavar="X", help="the slide's µm/px")
+    parser.add_argument(
+        "--slide-mpp",
+        type=SLIDE_MPP,
+        metavar="X",
+        help="override the slide's µm/px at level 0 (default: the slide file's own)",
+    )
     parser.add_argument(
         "--slide-id",
         metavar="ID",
@@ -43,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lesion-mask",
         metavar="PNG",
         help="ground-truth lesion mask (a PNG covering the whole slide: lesion white, or 1 in a "
-        "0/1 label image), outlined on the overlay",
+        "0/1 label image), outlined on the overlay; its scale comes from a JSON sidecar of the "
+        'same name ({"downsample": level-0 px per mask px}), else from the slide\'s width over '
+        "the mask's",
     )
     parser.add_argument(
         "--predictions",
@@ -62,7 +69,10 @@ def _add_style_arguments(parser: argparse.ArgumentParser) -> None:
         "--normalize",
         choices=["probability", "relative", "rank", "percentile", "minmax"],  # viz.scales.SCALES
         default=None,
-        help="colour scale (default: probability with --predictions, else relative)",
+        help="colour scale (default: probability with --predictions, else relative): "
+        "probability = the slide's P(positive) x attention / its top attention (a slide called "
+        "normal stays cool), relative = attention x patches (log scale); both compare across "
+        "slides; rank, percentile and minmax spread each slide's own attention over the colours",
     )
     parser.add_argument(
         "--top-k",
