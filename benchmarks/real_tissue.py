@@ -603,6 +603,25 @@ def baseline_on_run(wd: Path) -> dict[str, Any]:
     return run_baseline(wd, sheet, str(cfg["classes"][1]), cfg["experiment"], cohort)
 
 
+def write_baseline_record(
+    path: Path, run_dir: Path, baseline: dict[str, Any], argv: list[str] | None
+) -> None:
+    """``--baseline-on RUN_DIR --out FILE``: the baseline's figures with the command, the date,
+    this repository's commit and RUN_DIR's (the code that made its patches and folds)."""
+    run_commit = subprocess.run(
+        ["git", "-C", str(run_dir), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    record = {
+        "command": " ".join(["python", "benchmarks/real_tissue.py", *(argv or sys.argv[1:])]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "run_dir_git_commit": run_commit or "unknown",
+        "baseline": baseline,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n")
+
+
 def write_result(
     args: argparse.Namespace,
     argv: list[str] | None,
@@ -666,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
             f"localisation AUC {out['localization_auc']:.3f} "
             f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s{smoothed_note(out)}"
         )
+        if args.out is not None:  # a record, as README's demo baseline figures have
+            write_baseline_record(args.out, args.baseline_on.resolve(), out, argv)
         return 0
     from gigamil.tile_pool import packaged_tile_hashes, usable_pool
 

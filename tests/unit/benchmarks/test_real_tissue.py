@@ -69,6 +69,11 @@ def test_baseline_on_a_finished_run_reads_its_layout(bench, tmp_path, capsys, fi
     assert bench.main(["--baseline-on", str(run)]) == 0
     line = capsys.readouterr().out
     assert "OOF AUC 1.000" in line and "(2 slides)" in line
+    # with --out, a record of the figures (README's demo baseline cites one)
+    assert bench.main(["--baseline-on", str(run), "--out", str(tmp_path / "b.json")]) == 0
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert record["baseline"]["oof_auc"] == 1.0 and record["command"].endswith("b.json")
+    assert record["run_dir_git_commit"] == "unknown"  # the run is no git checkout
 
 
 def test_patches_follow_the_tiles_unless_set(bench, tmp_path):
