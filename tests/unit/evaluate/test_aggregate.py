@@ -78,7 +78,7 @@ def _fold_files(tmp_path, learned):
         df["fold"], df["prob_normal"], df["prob_lesion"] = k, 1 - p1, p1
         df["pred"] = np.where(p1 > 0.5, "lesion", "normal")
         if said != "absent":
-            df["model_learned"] = said
+            df["model_learned"], df["model_sha256"] = said, f"{k}" * 64
         (path := tmp_path / f"fold{k}.csv").write_text(df.to_csv(index=False))
         paths.append(path)
     return paths
@@ -100,6 +100,7 @@ def test_a_fold_model_that_did_not_learn_is_named_on_every_results_page(tmp_path
     with caplog.at_level(logging.WARNING, logger="gigamil.evaluate.aggregate"):
         summary = aggregate_cv(paths, tmp_path / "folds.csv", ["normal", "lesion"], tmp_path / "cv")
     assert summary["folds_not_learned"] == [1]
+    assert summary["models"] == {"0": "0" * 64, "1": "1" * 64}  # fold 2's file says none
     assert json.loads((tmp_path / "cv" / "summary.json").read_text())["folds_not_learned"] == [1]
     page = (tmp_path / "cv" / "metrics.html").read_text()
     assert "WARNING: fold model(s) that did not learn" in page and "<td>1</td>" in page
@@ -109,7 +110,7 @@ def test_a_fold_model_that_did_not_learn_is_named_on_every_results_page(tmp_path
     assert said.agg(lambda v: v.isna().all()).tolist() == [False, False, True]
     assert said.first().iloc[:2].astype(str).str.lower().tolist() == ["true", "false"]
     ext = ensemble_cohort(paths, ["normal", "lesion"], tmp_path / "ens", "c", n_boot=10)
-    assert ext["folds_not_learned"] == [1]
+    assert ext["folds_not_learned"] == [1] and ext["models"] == summary["models"]
     assert "did not learn" in (tmp_path / "ens" / "metrics.html").read_text()
 
     (tmp_path / "old").mkdir()
@@ -117,5 +118,5 @@ def test_a_fold_model_that_did_not_learn_is_named_on_every_results_page(tmp_path
     summary = aggregate_cv(
         old, tmp_path / "old" / "folds.csv", ["normal", "lesion"], tmp_path / "o"
     )
-    assert "folds_not_learned" not in summary
+    assert "folds_not_learned" not in summary and "models" not in summary
     assert "did not learn" not in (tmp_path / "o" / "metrics.html").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 import shutil
@@ -149,16 +150,21 @@ def test_train_fold_learns_and_predicts(mil_bags, cohort, tmp_path: Path, caplog
         device="cpu",
         max_instances_per_forward_pass=5,
     )
-    assert list(preds.columns) == [
-        "slide_id",
-        "patient_id",
-        "cohort",
-        "label",
-        "prob_normal",
-        "prob_lesion",
-        "pred",
-        "model_learned",  # model.pt's verdict: the evaluation pages warn of False
-    ]
+    assert (
+        list(preds.columns)
+        == [
+            "slide_id",
+            "patient_id",
+            "cohort",
+            "label",
+            "prob_normal",
+            "prob_lesion",
+            "pred",
+            "model_learned",  # model.pt's verdict: the evaluation pages warn of False
+            "model_sha256",  # the file that predicted (summary.json's models)
+        ]
+        and preds["model_sha256"].eq(hashlib.sha256(model_path.read_bytes()).hexdigest()).all()
+    )
     assert preds["model_learned"].all() and pd.read_csv(tmp_path / "p.csv").shape == preds.shape
     ok = preds.slide_id != "empty"
     assert np.allclose(preds.loc[ok, "prob_normal"] + preds.loc[ok, "prob_lesion"], 1.0)

@@ -258,7 +258,7 @@ def aggregate_cv(
         mean/sd), ``patient_auc``, ``per_class_recall``, ``confusion_matrix``, ``n_slides``,
         ``n_patients``, ``n_folds``, ``n_unpredicted``, with masks ``localization_auc`` (mean
         over slides where defined) and ``localization_auc_per_slide``, ``folds_not_learned``
-        when a fold model did not learn (:func:`unlearned_caveat`)."""
+        when a fold model did not learn and ``models`` (:func:`model_records`)."""
     from gigamil.folds import read_folds
 
     out_dir = Path(out_dir)
@@ -275,7 +275,7 @@ def aggregate_cv(
     summary["n_folds"], summary["n_unpredicted"] = int(folds["fold"].nunique()), n_unpredicted
     summary["n_patients_unscored"] = unscored_patients(preds, valid)
     summary["cohorts"] = sorted(folds["cohort"].unique().tolist())
-    summary.update(unlearned_caveat(preds, "cross-validation"))
+    summary.update(model_records(preds, "cross-validation"))
     per_slide = _per_slide_table(preds, classes)
     if localization:
         loc = cohort_localization(localization)
@@ -293,15 +293,19 @@ def aggregate_cv(
     return summary
 
 
-def unlearned_caveat(preds: pd.DataFrame, where: str) -> dict[str, list[int]]:
-    """``{"folds_not_learned": [k, ...]}`` (logged as a warning; summary.json and the pages'
-    caveat rows show it) when prediction rows say their fold model did not learn
-    (:func:`gigamil.train.learning.unlearned_folds`), else ``{}``."""
+def model_records(preds: pd.DataFrame, where: str) -> dict[str, Any]:
+    """What the prediction rows say of the fold models behind them, for summary.json:
+    ``models`` (``{fold: model.pt's SHA-256}``, :func:`gigamil.train.model_info.model_digests`)
+    and, when a fold model did not learn (:func:`gigamil.train.learning.unlearned_folds`;
+    logged as a warning, shown in the pages' caveat rows), ``folds_not_learned``; each only
+    when the files record it."""
     from gigamil.train.learning import unlearned_folds
+    from gigamil.train.model_info import model_digests
 
+    out: dict[str, Any] = {"models": digests} if (digests := model_digests(preds)) else {}
     folds = unlearned_folds(preds)
     if not folds:
-        return {}
+        return out
     log.warning(
         "%s: the model(s) of fold(s) %s did not learn (their training loss ended near chance; "
         "model.pt records it): their predictions are in these figures but mean nothing "
@@ -309,7 +313,7 @@ def unlearned_caveat(preds: pd.DataFrame, where: str) -> dict[str, list[int]]:
         where,
         ", ".join(map(str, folds)),
     )
-    return {"folds_not_learned": folds}
+    return {**out, "folds_not_learned": folds}
 
 
 def _per_slide_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:

@@ -30,9 +30,9 @@ from gigamil.evaluate.aggregate import (
     add_localization_columns,
     localization_block,
     metrics_table,
+    model_records,
     pooled_metrics,
     summary_block,
-    unlearned_caveat,
     unscored_patients,
     write_report,
 )
@@ -124,8 +124,8 @@ def _cohort_predictions(
     """``(fold predictions of the cohort, their mean per slide, caveats)``; the caveats (for
     summary.json, warned in the log) are ``missing_folds`` (the fold numbers missing among the
     files: :func:`missing_folds`), ``identical_models`` (pairs of files of one model:
-    :func:`identical_models`) and ``folds_not_learned`` (:func:`unlearned_caveat`), each only
-    when there are any; creates ``out_dir``."""
+    :func:`identical_models`), ``folds_not_learned`` and ``models`` (:func:`model_records`),
+    each only when there are any; creates ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     every_cohort = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
@@ -162,7 +162,7 @@ def _cohort_predictions(
     caveats: dict[str, Any] = {"missing_folds": missing} if missing else {}
     if twins:
         caveats["identical_models"] = [list(pair) for pair in twins]
-    caveats.update(unlearned_caveat(preds, f"cohort {cohort}"))
+    caveats.update(model_records(preds, f"cohort {cohort}"))
     return preds, mean_probabilities(preds, classes), caveats
 
 
@@ -271,8 +271,8 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
         ``n_slides``, ``n_patients``, ``n_models``, ``models_per_slide``, ``n_unpredicted``, with masks the
         ``localization_*`` fields of :func:`gigamil.evaluate.aggregate.localization_block`, and
         ``missing_folds`` (:func:`missing_folds`) when fold files are missing,
-        ``identical_models`` when two files are of one model, and ``folds_not_learned`` when
-        fold models did not learn.
+        ``identical_models`` when two files are of one model, ``folds_not_learned`` when
+        fold models did not learn, and ``models`` (each fold's model.pt SHA-256).
     """
     out_dir = Path(out_dir)
     preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)

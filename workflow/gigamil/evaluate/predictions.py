@@ -60,7 +60,9 @@ def read_predictions(
         try:
             df = pd.read_csv(
                 path,
-                dtype={c: str for c in PRED_ID_COLUMNS + ["pred"]},
+                dtype={
+                    c: str for c in [*PRED_ID_COLUMNS, "pred", "model_sha256"]
+                },  # hex, not a number
                 keep_default_na=False,
                 na_values={f"prob_{c}": ["", "nan", "NaN"] for c in classes},
             )

@@ -165,6 +165,20 @@ def _learning_lines(header: Mapping[str, Any]) -> list[str]:
     ]
 
 
+MODEL_COLUMN = "model_sha256"  # of the prediction CSVs: the model.pt file that predicted
+
+
+def model_digests(preds: Any) -> dict[str, str]:
+    """``{fold: model_sha256}`` of prediction rows (a DataFrame with ``fold`` and
+    :data:`MODEL_COLUMN`; folds whose files lack the column, written before 2026-12-06, are
+    left out): the model.pt files behind a summary's figures, as ``sha256sum`` gives them."""
+    if MODEL_COLUMN not in preds or "fold" not in preds:
+        return {}
+    rows = preds[["fold", MODEL_COLUMN]].dropna().drop_duplicates()
+    rows = rows[rows[MODEL_COLUMN].astype(str).str.fullmatch(r"[0-9a-f]{64}")]
+    return {str(int(f)): str(d) for f, d in sorted(rows.itertuples(index=False, name=None))}
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 (hex) of the file's bytes: what sender and receiver compare for a shared
     model.pt (``sha256sum model.pt`` gives the same)."""

@@ -30,6 +30,7 @@ from gigamil.train.fold_data import (
 from gigamil.train.learning import LEARNED_COLUMN, model_learned
 from gigamil.train.logit_calibration import apply_calibration
 from gigamil.train.loop import bag_probabilities
+from gigamil.train.model_info import MODEL_COLUMN, file_sha256
 from gigamil.train.monitor import non_finite_message
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,8 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
 
     ``threads``: torch's CPU threads and the threads decoding patch chunks (ahead of the model;
     on CUDA into pinned memory, copied asynchronously). Returns the table (slide_id, patient_id, cohort, label, prob_<class>..., pred, model_learned:
-    :func:`gigamil.train.learning.model_learned`, empty when not recorded) and writes it
+    :func:`gigamil.train.learning.model_learned`, empty when not recorded, model_sha256: the
+    model.pt file's SHA-256, as ``sha256sum`` gives it) and writes it
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
     :func:`gigamil.evaluate.predictions.write_fold_predictions`). Writes
     ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
@@ -332,10 +334,9 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     torch.set_num_threads(max(1, int(threads)))
     slides = slides if "label" in slides else slides.assign(label="")  # role: predict: none
     check_columns(slides, "slides to predict")
-    dev = resolve_device(device)
-    model, ckpt = load_model(model_path, dev)
+    model, ckpt = load_model(model_path, dev := resolve_device(device))
     prepare_model(model, dev)
-    classes, learned = [str(c) for c in ckpt["classes"]], model_learned(ckpt)
+    classes = [str(c) for c in ckpt["classes"]]
     _check_slides(slides, ckpt, model_path, require_unseen)
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -369,11 +370,12 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
                 "label": row.label,
                 **{f"prob_{c}": float(p) for c, p in zip(classes, prob, strict=True)},
                 "pred": pred,
-                LEARNED_COLUMN: learned,
             }
         )
     ids = ["slide_id", "patient_id", "cohort", "label"]
-    df = pd.DataFrame(rows, columns=[*ids, *(f"prob_{c}" for c in classes), "pred", LEARNED_COLUMN])
+    df = pd.DataFrame(rows, columns=[*ids, *(f"prob_{c}" for c in classes), "pred"])
+    # the model's verdict and which file predicted (summary.json's folds_not_learned, models)
+    df[LEARNED_COLUMN], df[MODEL_COLUMN] = model_learned(ckpt), file_sha256(model_path)
     if out_csv is not None:
         out_csv = Path(out_csv)
         out_csv.parent.mkdir(parents=True, exist_ok=True)
