@@ -140,7 +140,7 @@ def qc_labels(mask_json: str | Path) -> dict[str, str]:
     how = "Otsu" if str((info.get("params") or {}).get("threshold", "otsu")) == "otsu" else "fixed"
     return {
         "tissue fraction": f"{100 * float(info.get('tissue_fraction') or 0.0):.1f} %",
-        "threshold": f"{float(info.get('threshold_value') or 0.0):.0f} ({how})",
+        "threshold": f"{round(float(info.get('threshold_value') or 0.0), 1):g} ({how})",  # as the QC table shows it
         "warnings": "; ".join(info.get("warnings") or []) or "none",
     }
 
@@ -225,7 +225,8 @@ def qc_caption(summary: Mapping[str, Any]) -> str:
     how = params.get("threshold", "otsu")
     how = "Otsu" if str(how) == "otsu" else "fixed"
     thr = summary.get("threshold_value")
-    thr_text = f"{float(thr):.0f} ({how})" if thr is not None else how
+    # the threshold to one decimal, as the QC table shows it
+    thr_text = f"{round(float(thr), 1):g} ({how})" if thr is not None else how
     return (
         f"tissue {100 * float(summary.get('tissue_fraction') or 0.0):.1f} % · "
         f"saturation threshold {thr_text} · mask {float(summary.get('mask_mpp', 0)):g} µm/px"
