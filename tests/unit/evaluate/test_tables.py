@@ -31,6 +31,13 @@ def test_the_fold_auc_row_says_what_one_fold_is_computed_on() -> None:
     summary["fold_auc_sd"] = 0.12
     rows = dict(summary_rows({**summary, "oof_auc": 0.9}, "oof_auc"))
     assert rows["fold AUC, mean ± sd over 4 folds (each on its ~6 test slides)"] == "0.906 ± 0.120"
+    # with the folds' slide counts (summaries since 2026-12-06) the row says them exactly
+    exact = {**summary, "oof_auc": 0.9, "fold_n_slides": [6, 6, 6, 6]}
+    assert "fold AUC, mean ± sd over 4 folds (each on its 6 test slides)" in dict(
+        summary_rows(exact, "oof_auc")
+    )
+    uneven = dict(summary_rows({**exact, "fold_n_slides": [5, 6, 7, 6]}, "oof_auc"))
+    assert "fold AUC, mean ± sd over 4 folds (each on its 5–7 test slides)" in uneven
     external = {**summary, "auc": 0.9, "models_per_slide": [8, 8]}
     rows = dict(summary_rows(external, "auc"))
     assert rows["each fold's model on all 24 slides: AUC mean ± sd over 4 folds"] == "0.906 ± 0.120"

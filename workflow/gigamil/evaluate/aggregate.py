@@ -108,6 +108,7 @@ def summary_block(
         auc_key: pooled["auc"],
         f"{auc_key}_ci": list(ci["auc"]),
         "fold_auc": folds["auc"].tolist(),
+        "fold_n_slides": [int(n) for n in folds["n_slides"]],  # what each fold AUC is on
         "fold_auc_mean": float(folds["auc"].mean()),
         "fold_auc_sd": float(folds["auc"].std(ddof=1)) if len(folds) > 1 else float("nan"),
         "patient_auc": pooled["patient_auc"],

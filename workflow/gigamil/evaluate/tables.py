@@ -195,8 +195,12 @@ def _fold_auc_name(summary: Mapping[str, Any], who: str) -> str:
     folds = "1 fold" if k == 1 else f"{k} folds"
     if defined < k:  # a fold whose slides hold one class has no AUC: the mean leaves it out
         folds = f"{defined} of {folds} ({k - defined} without an AUC: one class only)"
+    sizes = [int(v) for v in summary.get("fold_n_slides") or []]
     if who.startswith("out-of-fold") and k:
-        return f"fold AUC, mean ± sd over {folds} (each on its ~{round(n / k)} test slides)"
+        each = f"~{round(n / k)}"  # a summary from before fold_n_slides: the mean
+        if sizes:
+            each = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}–{max(sizes)}"
+        return f"fold AUC, mean ± sd over {folds} (each on its {each} test slides)"
     return f"each fold's model on all {n} slides: AUC mean ± sd over {folds}"
 
 
