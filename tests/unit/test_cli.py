@@ -262,3 +262,29 @@ def test_ensemble_passes_its_bootstrap_options(monkeypatch, tmp_path, capsys):
     args = ["ensemble", "--predictions", str(preds), "--cohort", "c", "--out", str(tmp_path)]
     assert main([*args, "--n-boot", "7", "--seed", "3"]) == 0
     assert seen["n_boot"] == 7 and seen["seed"] == 3
+
+
+def test_a_reader_that_stopped_reading_is_exit_141_and_no_error(tmp_path):
+    """Output into a pipe nobody reads any more (``gigamil ... | head``): no 'error: Broken
+    pipe' and no 'Exception ignored' on stderr, and the exit status a shell gives a command
+    killed by SIGPIPE (128 + 13), as any pipeline's first command reports it."""
+    import os
+
+    script = (
+        "import argparse, sys\n"
+        "from gigamil.cli import main\n"
+        "def run(args):\n"
+        "    print('x' * 200_000)  # more than a pipe holds: written inside the command\n"
+        "ns = argparse.Namespace(command='model-info', _run=run, log=None, verbose=False)\n"
+        "argparse.ArgumentParser.parse_args = lambda self, argv=None: ns\n"
+        "sys.exit(main(['model-info']))\n"
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", script], stdout=write, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write)
+    assert (res.returncode, res.stderr) == (141, "")

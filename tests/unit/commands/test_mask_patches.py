@@ -547,3 +547,14 @@ def test_patches_read_the_config_once(cmu_svs, tmp_path, capsys):
     args = ["patches", str(cmu_svs), "--out", str(tmp_path / "s.zarr"), "--no-progress"]
     assert main([*args, "--config", str(bare), "--mpp", "4", "--patch-px", "16"]) == 0
     assert capsys.readouterr().err.count("has no preprocessing section") == 1
+
+
+def test_a_mask_too_coarse_for_the_short_side_is_refused(write_tiff, tmp_path, capsys):
+    """The mask must have 8 pixels on the slide's short side, whichever that is: a strip of
+    tissue 2048 px wide and 64 px (32 µm) high maps to 4 mask rows at 8 µm/px."""
+    strip = np.full((64, 2048, 3), 200, np.uint8)
+    slide = write_tiff(tmp_path / "strip.tiff", strip, mpp=0.5)
+    out = tmp_path / "m.png"
+    assert main(["mask", str(slide), "--out", str(out), "--mask-mpp", "8"]) == 2
+    _one_error_line(capsys, "mask", str(slide), "fewer than 8 mask pixels", "at most 4")
+    assert not out.exists()

@@ -120,3 +120,34 @@ def test_a_fold_model_that_did_not_learn_is_named_on_every_results_page(tmp_path
     )
     assert "folds_not_learned" not in summary and "models" not in summary
     assert "did not learn" not in (tmp_path / "o" / "metrics.html").read_text()
+
+
+def test_every_fold_learned_keeps_the_models_and_names_no_fold(tmp_path):
+    """Fold models that all learned: summary.json still lists which model.pt files made the
+    figures (``models``), with no ``folds_not_learned`` and no warning row."""
+    from gigamil.evaluate.aggregate import aggregate_cv
+
+    paths = _fold_files(tmp_path, [True, True, True])
+    summary = aggregate_cv(paths, tmp_path / "folds.csv", ["normal", "lesion"], tmp_path / "cv")
+    assert summary["models"] == {str(k): f"{k}" * 64 for k in range(3)}
+    assert "folds_not_learned" not in summary
+    assert "did not learn" not in (tmp_path / "cv" / "metrics.html").read_text()
+
+
+def test_model_digests_keep_real_digests_one_per_fold_in_fold_order():
+    """``{fold: sha256}`` as summary.json writes it: fold numbers as integers' text (a fold
+    column read as floats gives "1", not "1.0"), in fold order, an empty or unreadable digest
+    cell left out (an edited file), and nothing for rows without a fold column."""
+    import json
+
+    import pandas as pd
+
+    from gigamil.train.model_info import model_digests
+
+    a, b = "a" * 64, "b" * 64
+    preds = pd.DataFrame(
+        {"fold": [2.0, 2.0, 0.0, 1.0, 3.0], "model_sha256": [b, b, a, "", "not-a-digest"]}
+    )
+    digests = model_digests(preds)
+    assert json.dumps(digests) == json.dumps({"0": a, "2": b})
+    assert model_digests(preds.drop(columns="fold")) == {}

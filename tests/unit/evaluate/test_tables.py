@@ -113,3 +113,23 @@ def test_the_patient_balanced_accuracy_is_on_the_page_beside_the_patient_recalls
     assert dict(summary_rows(summary, "oof_auc"))[row] == "0.917 (95% CI 0.750–1.000)"
     del summary["patient_balanced_accuracy"]
     assert row not in dict(summary_rows(summary, "oof_auc"))
+
+
+def test_the_unlearned_fold_row_names_every_such_fold_and_only_when_there_is_one() -> None:
+    """``folds_not_learned`` [1, 3]: one warning row naming both, after the missing-fold row
+    (both above every figure); an empty list (no fold failed) shows no row."""
+    summary = {"n_slides": 24, "auc": 0.9, "missing_folds": [4]}
+    rows = summary_rows({**summary, "folds_not_learned": [1, 3]}, "auc")
+    assert rows[0][0].startswith("WARNING: no prediction file of fold(s)")
+    assert rows[1][0].startswith("WARNING: fold model(s) that did not learn")
+    assert rows[1][1] == "1, 3"
+    rows = summary_rows({**summary, "folds_not_learned": []}, "auc")
+    assert not [name for name, _ in rows if "did not learn" in name]
+
+
+def test_a_patient_balanced_accuracy_of_zero_is_shown() -> None:
+    """A balanced accuracy of 0 (every patient called the other class) is a figure, not a
+    missing one: its row is on the page."""
+    summary = {"n_patients": 12, "patient_balanced_accuracy": 0.0}
+    row = "patient balanced accuracy, mean probability per patient"
+    assert dict(summary_rows(summary, "oof_auc"))[row].startswith("0.000")

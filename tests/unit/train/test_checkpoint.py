@@ -249,3 +249,18 @@ def test_a_header_of_numpy_values_loads_with_weights_only(tmp_path: Path) -> Non
     assert back["metrics"] == {"val_auc": 0.9} and back["epoch"] == 3
     assert back["training_slides"]["patient_ids"] == ["p1", "p2"]
     assert back["preprocessing"] == {"preprocessing.patches.codec": "zstd"}
+
+
+def test_a_model_whose_loss_is_not_judged_loads_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """model.pool: instance records ``learned`` None (not judged: a model that learned ends
+    near chance too); loading it must not say that its predictions mean nothing."""
+    from gigamil.train.learning import log_columns
+
+    _, ckpt = _small_model_checkpoint()
+    levels = log_columns(2, weak_patch_labels=True)
+    record = {"final_train_loss": 0.68, **levels, "learned": None}
+    with caplog.at_level("WARNING", logger="gigamil"):
+        load_model(atomic_save({**ckpt, "learning": record}, tmp_path / "a" / "model.pt"))
+    assert caplog.text == ""

@@ -277,3 +277,40 @@ def test_a_log_without_a_flag_is_read_as_not_judged(tmp_path: Path):
         "chance_loss": round(1.5 * math.log(2), 6),
         "flag_loss": round(1.35 * math.log(2), 6),
     }
+
+
+def test_an_instance_loss_adds_its_term_at_the_chance_level_of_the_folds_classes():
+    """model.instance_loss w adds w ln K for K classes (the patch cross-entropy at the same
+    uniform probabilities), not w ln 2: a three-class fold with an instance loss judged by two
+    classes' levels would be called learned while still at chance."""
+    from gigamil.train.learning import log_columns
+
+    k, w = 3, 0.5
+    assert log_columns(k, instance_loss=w) == {
+        "chance_loss": round(chance_loss(k) + w * math.log(k), 6),
+        "flag_loss": round(flag_loss(k) + 0.9 * w * math.log(k), 6),
+    }
+
+
+def test_the_levels_come_from_the_last_row_that_records_them():
+    """log_levels reads the chance level and flag of one row, the last that has the chance
+    level (a row without it, e.g. written by an older gigamil, is skipped with its flag); a log
+    with the chance level and no flag column is a log whose loss is not judged."""
+    from gigamil.train.learning import log_levels
+
+    table = pd.DataFrame(
+        {"chance_loss": [0.693147, 0.693147, None], "flag_loss": [0.623832, 0.623832, None]}
+    )
+    assert log_levels(table) == (0.693147, 0.623832)
+    assert log_levels(pd.DataFrame({"chance_loss": [0.693147]})) == (0.693147, None)
+
+
+def test_unlearned_folds_reads_hand_edited_cells_and_files_without_a_fold():
+    """A verdict cell with spaces (' False ', a file edited by hand) still names its fold; rows
+    without a ``fold`` column (one model's ``gigamil predict`` output) name none instead of
+    failing."""
+    from gigamil.train.learning import unlearned_folds
+
+    preds = pd.DataFrame({"fold": [0, 1, 2], "model_learned": ["True", " False ", "FALSE"]})
+    assert unlearned_folds(preds) == [1, 2]
+    assert unlearned_folds(preds.drop(columns="fold")) == []

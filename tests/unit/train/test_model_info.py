@@ -354,3 +354,15 @@ def test_output_piped_into_a_reader_that_stops_is_no_error(tmp_path: Path):
     cmd = f"{sys.executable} -m gigamil model-info {path} --json | head -1"
     out = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "{" and out.stderr == ""
+
+
+def test_only_a_replicate_with_its_fold_model_beside_it_points_to_that_file(tmp_path: Path):
+    """The 'share that one' hint names the fold's model.pt, so it is given only where that
+    file exists and the file described is in a ``replicate<r>`` folder below it: a member whose
+    fold model is not written yet, or a fold model whose parent folder happens to hold a
+    model.pt, gets none."""
+    lone = _model_pt(tmp_path / "a" / "fold0" / "replicate0" / "model.pt")
+    assert "share that one" not in "\n".join(describe_model(lone, model_header_of(lone)))
+    _model_pt(tmp_path / "b" / "model.pt")  # a stray model.pt above the fold folder
+    fold = _model_pt(tmp_path / "b" / "fold1" / "model.pt")
+    assert "share that one" not in "\n".join(describe_model(fold, model_header_of(fold)))

@@ -1143,6 +1143,9 @@ def test_a_fold_that_does_not_learn_says_so(mil_bags, cohort, tmp_path: Path, ca
         assert member["learning"]["learned"] is False
         assert member["learning"]["chance_loss"] == pytest.approx(0.693147)
         assert member["learning"]["final_train_loss"] >= member["learning"]["flag_loss"]
+    # and its predictions carry the verdict, which the evaluation pages warn of
+    preds = predict_slides(tmp_path / "fold3" / "model.pt", val, None, tmp_path / "att")
+    assert preds["model_learned"].tolist() == [False] * len(val)
 
 
 def test_a_three_class_fold_is_judged_by_the_chance_level_of_three_classes(

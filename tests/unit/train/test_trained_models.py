@@ -465,3 +465,16 @@ def test_a_sibling_folder_named_like_the_run_is_outside_it(
     monkeypatch.chdir(tmp_path / "run")
     outside = {k: tmp_path / "run-old" / "exp" / f"fold{k}" / "model.pt" for k in (0, 1)}
     assert fold_models("../run-old/exp") == outside
+
+
+def test_a_model_whose_loss_is_not_judged_is_no_warning(tmp_path: Path):
+    """A shared model.pool: instance model records ``learned`` None (not judged): the
+    receiving project is not told to have it trained again."""
+    from gigamil.train.learning import log_columns
+
+    path = _save(tmp_path / "m" / "fold0" / "model.pt")
+    ckpt = load_checkpoint(path)
+    levels = log_columns(2, weak_patch_labels=True)
+    ckpt["learning"] = {"final_train_loss": 0.68, **levels, "learned": None}
+    atomic_save(ckpt, path)
+    assert check_trained_models(fold_models(tmp_path / "m"), CLASSES, PATCHES) == []
