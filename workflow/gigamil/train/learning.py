@@ -212,9 +212,10 @@ def learning_warnings(
             table = pd.read_csv(path)
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
             continue
-        level, at = log_levels(table) or (chance, flag)  # the log's own, as plot and model.pt
-        if at is None and log_levels(table) is not None:
+        recorded = log_levels(table)  # the log's own, as its plot and model.pt's record use
+        if recorded is not None and recorded[1] is None:
             continue  # the log says its loss is not judged (log_columns)
+        level, at = recorded or (chance, flag)
         for member, final in unlearned_models(table, level, at):
             name = fold_name + ("" if member is None else f" replicate{member}")
             out.append(

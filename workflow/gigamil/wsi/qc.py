@@ -137,12 +137,23 @@ def write_qc_table(
 def qc_labels(mask_json: str | Path) -> dict[str, str]:
     """Report labels of a QC thumbnail from its mask JSON: tissue fraction, threshold, warnings."""
     info = json.loads(Path(mask_json).read_text())
-    how = "Otsu" if str((info.get("params") or {}).get("threshold", "otsu")) == "otsu" else "fixed"
     return {
         "tissue fraction": f"{100 * float(info.get('tissue_fraction') or 0.0):.1f} %",
-        "threshold": f"{round(float(info.get('threshold_value') or 0.0), 1):g} ({how})",  # as the QC table shows it
+        "threshold": _threshold_text(
+            {**info, "threshold_value": info.get("threshold_value") or 0.0}
+        ),
         "warnings": "; ".join(info.get("warnings") or []) or "none",
     }
+
+
+def _threshold_text(summary: Mapping[str, Any]) -> str:
+    """The saturation threshold of a mask JSON summary to one decimal, as the QC table shows
+    it, and how it was chosen: ``27.9 (Otsu)``, ``40 (fixed)``; ``Otsu`` alone without one."""
+    how = (
+        "Otsu" if str((summary.get("params") or {}).get("threshold", "otsu")) == "otsu" else "fixed"
+    )
+    thr = summary.get("threshold_value")
+    return f"{round(float(thr), 1):g} ({how})" if thr is not None else how
 
 
 MAX_THUMBNAILS = 400  # QC images embedded in the page (about 4 kB each); more: none, and a note
@@ -221,15 +232,10 @@ def _thumbnail_img(path: str | Path | None) -> str:
 def qc_caption(summary: Mapping[str, Any]) -> str:
     """The second title line of a QC thumbnail from a mask JSON summary: tissue fraction,
     threshold (value and how it was chosen) and the thumbnail's resolution."""
-    params = summary.get("params") or {}
-    how = params.get("threshold", "otsu")
-    how = "Otsu" if str(how) == "otsu" else "fixed"
-    thr = summary.get("threshold_value")
-    # the threshold to one decimal, as the QC table shows it
-    thr_text = f"{round(float(thr), 1):g} ({how})" if thr is not None else how
     return (
         f"tissue {100 * float(summary.get('tissue_fraction') or 0.0):.1f} % · "
-        f"saturation threshold {thr_text} · mask {float(summary.get('mask_mpp', 0)):g} µm/px"
+        f"saturation threshold {_threshold_text(summary)} · "
+        f"mask {float(summary.get('mask_mpp', 0)):g} µm/px"
     )
 
 
