@@ -346,6 +346,7 @@ def test_predict_cohort_is_predicted_without_labels_or_metrics(full_run: Path):
     res = full_run / "results"
     ens = res / "eval/demo/ensemble/new"
     assert sorted(p.name for p in ens.iterdir()) == [
+        "patient_predictions.csv",
         "predictions.csv",
         "predictions.html",
         "summary.json",

@@ -81,12 +81,15 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     assert layout.lesion_masks({}, sheets["tr"]) == {}
     assert layout.eval_targets(config, sheets, ["tr"], ["ex"]) == [
         "results/eval/e/summary.json",
+        "results/eval/e/per_patient_predictions.csv",
         "results/models/e/fold0/model.pt",
         "results/models/e/fold0/training_curves.png",
         "results/models/e/fold1/model.pt",
         "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/tr/summary.json",
+        "results/eval/e/ensemble/tr/patient_predictions.csv",
         "results/eval/e/ensemble/ex/summary.json",
+        "results/eval/e/ensemble/ex/patient_predictions.csv",
         "results/heatmaps/e/tr/a/a.overlay.jpg",
     ]
     # subgroups: out of fold, and per external cohort with its ensemble (not without)
@@ -104,11 +107,13 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     config = {**config, "ensemble": {"enabled": False}, "heatmaps": {"slides": "all"}}
     assert layout.eval_targets(config, sheets, ["tr"], [], ["new"]) == [
         "results/eval/e/summary.json",
+        "results/eval/e/per_patient_predictions.csv",
         "results/models/e/fold0/model.pt",
         "results/models/e/fold0/training_curves.png",
         "results/models/e/fold1/model.pt",
         "results/models/e/fold1/training_curves.png",
         "results/eval/e/ensemble/new/summary.json",
+        "results/eval/e/ensemble/new/patient_predictions.csv",
         "results/heatmaps/e/tr/a/a.overlay.jpg",
         "results/heatmaps/e/tr/b/b.overlay.jpg",
         "results/heatmaps/e/new/d/d.overlay.jpg",
@@ -117,8 +122,10 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     given = {**config, "subgroups": ["site"], "ensemble": {"enabled": True}}
     assert layout.eval_targets(given, sheets, [], ["ex"], ["new"]) == [
         "results/eval/e/ensemble/ex/summary.json",
+        "results/eval/e/ensemble/ex/patient_predictions.csv",
         "results/eval/e/ensemble/ex/subgroups.csv",
         "results/eval/e/ensemble/new/summary.json",
+        "results/eval/e/ensemble/new/patient_predictions.csv",
         "results/heatmaps/e/ex/c/c.overlay.jpg",
         "results/heatmaps/e/new/d/d.overlay.jpg",
     ]

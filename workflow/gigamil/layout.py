@@ -23,6 +23,8 @@ RESULTS = "results"
 LOGS = "logs"
 DEMO_DIR = f"{RESULTS}/demo"
 LESION_MASK_DIR = f"{DEMO_DIR}/lesion_masks"
+PER_PATIENT = "per_patient_predictions.csv"  # also patient_predictions.csv of an ensemble:
+ENSEMBLE_FILES = ("summary.json", "patient_predictions.csv")  # targets, so an upgrade writes them
 
 # ----------------------------------------------------------------------------- logs
 
@@ -175,10 +177,8 @@ def attention_file(experiment: str, fold: int | str, cohort: str, slide_id: str)
 
 
 def attention_files(dirs: Iterable[str | Path], slide_id: str) -> list[Path]:
-    """The attention arrays of ``slide_id`` present in ``dirs`` (one per fold model).
-
-    A train-cohort slide is predicted by its test fold's model only, an external one by every
-    fold model; the heatmap averages the ones found.
+    """The attention arrays of ``slide_id`` present in ``dirs`` (one per fold model): a
+    train-cohort slide's of its test fold's model, an external one's of every fold model.
 
     Raises:
         GigamilError: no directory holds the slide's attention, or one whose fold's predictions
@@ -351,11 +351,10 @@ def eval_targets(
     external_cohorts: Sequence[str],
     predict_cohorts: Sequence[str] = (),
 ) -> list[str]:
-    """The final evaluation outputs (for rule all): CV summary, each fold's model.pt and
-    training curves, subgroup metrics (``subgroups``; none of these without train cohorts),
-    ensembles, heatmaps. A ``predict``
-    cohort (no labels) always gets its ensemble's predictions (its ``summary.json`` says there
-    are no metrics), whatever ``ensemble.enabled`` says: they are what it is there for.
+    """The final evaluation outputs (for rule all): CV summary and patient predictions, each
+    fold's model.pt and training curves, subgroup metrics (``subgroups``; none of these without
+    train cohorts), ensembles, heatmaps. A ``predict`` cohort (no labels) always gets its
+    ensemble's predictions, whatever ``ensemble.enabled`` says: they are what it is there for.
 
     model.pt is a target of its own: a retraining (changed settings) killed mid-fold leaves the
     fold without model.pt (Snakemake deletes a failed job's outputs) but with the predictions
@@ -363,17 +362,17 @@ def eval_targets(
     evaluation would then mix the old fold's predictions into the new ones without a word."""
     exp, targets = config["experiment"], []
     if train_cohorts:  # none with trained_models (fold models trained elsewhere predict)
-        targets.append(f"{eval_dir(exp)}/summary.json")
+        targets += [f"{eval_dir(exp)}/{f}" for f in ("summary.json", PER_PATIENT)]
         for k in range(config["cv"]["folds"]):
             targets += [f"{model_dir(exp, k)}/model.pt", training_curves(exp, k)]
         if config.get("subgroups"):
             targets.append(f"{eval_dir(exp)}/subgroups.csv")
     if config["ensemble"]["enabled"]:
         cohorts = list(train_cohorts) + list(external_cohorts)
-        targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in cohorts]
+        targets += [f"{ensemble_dir(exp, c)}/{f}" for c in cohorts for f in ENSEMBLE_FILES]
         if config.get("subgroups"):
             targets += [f"{ensemble_dir(exp, c)}/subgroups.csv" for c in external_cohorts]
-    targets += [f"{ensemble_dir(exp, c)}/summary.json" for c in predict_cohorts]
+    targets += [f"{ensemble_dir(exp, c)}/{f}" for c in predict_cohorts for f in ENSEMBLE_FILES]
     predicted = list(train_cohorts) + list(external_cohorts) + list(predict_cohorts)
     pairs = heatmap_slides(config["heatmaps"]["slides"], sheets, predicted)
     targets += [heatmap_jpg(exp, c, s, "overlay") for c, s in pairs]

@@ -12,6 +12,7 @@ ENSEMBLE_REPORT_FILES = {
     "roc": ("roc.png", "ensemble_roc"),
     "confusion": ("confusion.png", "ensemble_confusion"),
     "predictions": ("predictions.csv", "ensemble_predictions"),
+    "patient_predictions": ("patient_predictions.csv", "patient_predictions"),
     "metrics": ("metrics.csv", "metrics_csv"),
     "summary": ("summary.json", "ensemble_summary"),
 }
@@ -35,6 +36,7 @@ rule aggregate_cv:
                 "roc": ("roc.png", "roc"),
                 "confusion": ("confusion.png", "confusion"),
                 "per_slide": ("per_slide_predictions.csv", "per_slide"),
+                "per_patient": ("per_patient_predictions.csv", "per_patient"),
                 "metrics": ("metrics.csv", "metrics_csv"),
                 "summary": ("summary.json", "summary"),
             },
@@ -128,6 +130,10 @@ rule predict_cohort:
             {
                 "predictions_html": ("predictions.html", "predict_predictions"),
                 "predictions": ("predictions.csv", "predict_predictions"),
+                "patient_predictions": (
+                    "patient_predictions.csv",
+                    "patient_predictions",
+                ),
                 "summary": ("summary.json", "ensemble_summary"),
             },
             subcategory="{cohort}",

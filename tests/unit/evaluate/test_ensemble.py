@@ -646,6 +646,7 @@ def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
     out = tmp_path / "ens"
     summary = predict_cohort(paths, CLASSES, out, "new", "demo")
     assert sorted(p.name for p in out.iterdir()) == [
+        "patient_predictions.csv",
         "predictions.csv",
         "predictions.html",
         "summary.json",

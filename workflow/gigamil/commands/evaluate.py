@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pandas is imported when a command runs, not when the CLI pa
 NAME = "evaluate"
 HELP = (
     "summarise cross-validation predictions: summary.json, metrics.csv/.html, "
-    "per_slide_predictions.csv, ROC, confusion"
+    "per_slide_predictions.csv, per_patient_predictions.csv, ROC, confusion"
 )
 
 

@@ -8,6 +8,8 @@ Outputs in ``out_dir`` (``results/eval/{experiment}``):
   patient (``oof_patient``: the mean probability of each patient's slides) and its CI rows;
 - ``per_slide_predictions.csv``: every train-cohort slide's out-of-fold prediction (and its
   localisation AUC where a lesion mask exists);
+- ``per_patient_predictions.csv``: every train-cohort patient, the mean probabilities of its
+  slides (the score of the ``oof_patient`` rows; :mod:`gigamil.evaluate.patients`);
 - ``roc.png``, ``confusion.png``; ``metrics.html`` (the table, for the HTML report).
 
 The prediction files are read and checked by :mod:`gigamil.evaluate.predictions`, summary.json and
@@ -29,6 +31,7 @@ import pandas as pd
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
 from gigamil.evaluate.localization import cohort_localization
+from gigamil.evaluate.patients import write_patient_predictions
 from gigamil.evaluate.predictions import oof_predictions, read_predictions, split_unpredicted
 from gigamil.evaluate.tables import (
     FLOAT_FORMAT,
@@ -340,8 +343,9 @@ def _write_cv_outputs(
     classes: Sequence[str],
     experiment: str,
 ) -> None:
-    """Write per_slide_predictions.csv, metrics.csv, metrics.html, roc.png, confusion.png and
-    summary.json in ``out_dir``."""
+    """Write per_slide_predictions.csv, per_patient_predictions.csv
+    (:func:`gigamil.evaluate.patients.patient_predictions`), metrics.csv, metrics.html, roc.png,
+    confusion.png and summary.json in ``out_dir``."""
     pcols = [f"prob_{c}" for c in classes]
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
     extra = ("model_learned", "localization_auc", "n_lesion_patches")
@@ -349,6 +353,7 @@ def _write_cv_outputs(
     per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(
         out_dir / "per_slide_predictions.csv", index=False, float_format=FLOAT_FORMAT
     )
+    write_patient_predictions(per_slide, classes, out_dir / "per_patient_predictions.csv")
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
     write_report(out_dir, table, valid, summary, classes, title, auc_key="oof_auc", roc_by="fold")

@@ -6,10 +6,12 @@ it was a test slide of, so the "ensemble" is exactly the out-of-fold prediction:
 gives the per-cohort out-of-fold evaluation.
 
 A ``role: predict`` cohort (no labels) gets only the predictions (:func:`predict_cohort`):
-``predictions.csv``, ``predictions.html`` and a ``summary.json`` that says there are no metrics.
+``predictions.csv``, ``patient_predictions.csv``, ``predictions.html`` and a ``summary.json``
+that says there are no metrics.
 
 Outputs in ``out_dir`` (``results/eval/{experiment}/ensemble/{cohort}``): ``predictions.csv``,
-``metrics.csv`` (each fold model's metrics on the cohort, their mean and sd, the ensemble row and
+``patient_predictions.csv`` (one row per patient: the mean of its slides' probabilities,
+:func:`gigamil.evaluate.patients.patient_predictions`), ``metrics.csv`` (each fold model's metrics on the cohort, their mean and sd, the ensemble row and
 its bootstrap CI; also as ``metrics.html``), ``summary.json``, ``roc.png``, ``confusion.png``.
 With lesion masks (a ``lesion_mask`` column in the cohort's sheet), the localisation AUC of the
 mean attention of the fold models goes into ``summary.json`` and ``predictions.csv``.
@@ -37,6 +39,7 @@ from gigamil.evaluate.aggregate import (
     write_report,
 )
 from gigamil.evaluate.localization import cohort_localization
+from gigamil.evaluate.patients import write_patient_predictions
 from gigamil.evaluate.predictions import (
     check_every_model_predicted_every_slide,
     check_one_file_per_model,
@@ -178,7 +181,8 @@ def predict_cohort(
     probabilities and no metrics. ``slides``: the sheet's slide ids, which the predictions must
     cover exactly (GigamilError naming the missing and extra ones); None: not checked.
 
-    Writes ``predictions.csv`` (as :func:`mean_probabilities`), ``predictions.html`` and
+    Writes ``predictions.csv`` (as :func:`mean_probabilities`), ``patient_predictions.csv``
+    (:func:`gigamil.evaluate.patients.patient_predictions`), ``predictions.html`` and
     ``summary.json``: ``experiment``, ``cohort``, ``metrics: null``, ``note``, ``n_slides``,
     ``n_patients``, ``n_models``, ``models_per_slide`` ([min, max], :func:`models_per_slide`),
     ``n_unpredicted`` (slides without patches), ``predicted``
@@ -188,6 +192,7 @@ def predict_cohort(
     out_dir = Path(out_dir)
     preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
+    write_patient_predictions(ens, classes, out_dir / "patient_predictions.csv")
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title, caveats)
     predicted = ens["pred"].astype(str)
@@ -281,6 +286,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     if loc is not None:
         add_localization_columns(ens, loc)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
+    write_patient_predictions(ens, classes, out_dir / "patient_predictions.csv")
     valid, table, summary = _ensemble_metrics(
         ens, preds, classes, cohort, experiment, n_boot, seed, out_dir
     )
