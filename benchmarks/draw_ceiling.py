@@ -94,7 +94,6 @@ def probe_draw(draw: Path, tiles: Path, seed: int) -> dict[str, dict[str, float]
     x_train = load(tiles, [f for f, _ in pool])
     y_train = np.array([lab for _, lab in pool], dtype=np.int64)
     x_test = load(tiles, placed["file"].tolist())
-    torch.manual_seed(seed)
     net = train_small_cnn(x_train, y_train, seed, epochs=max(20, 12000 // len(x_train)))
     with torch.inference_mode():
         cnn = torch.cat([net(torch.from_numpy(b)).squeeze(1) for b in np.array_split(x_test, 8)])

@@ -153,7 +153,7 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
         total = [a + b for a, b in zip(total, raw, strict=True)]
         in_sample = cohort not in ("demo", *HELD_OUT)
         draw_oof += [v[0] for v in done] if in_sample else []
-        held_out += [v for v in done] if cohort in HELD_OUT else []
+        held_out += done if cohort in HELD_OUT else []
         oof = [v[0] for v in done]
         sd = f" ± {statistics.stdev(oof):.3f}" if len(oof) > 1 else ""
         row = [cohort.replace("draw", "draw "), "{:.3f} ({:.3f})".format(*base[cohort])]

@@ -327,8 +327,7 @@ def _per_slide_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFram
     per_slide = preds.copy()
     probs = per_slide[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
     ok = np.isfinite(probs).all(axis=1)
-    pred_idx = np.where(ok, np.nan_to_num(probs, nan=-1.0).argmax(axis=1), -1)
-    per_slide["pred"] = [classes[i] if i >= 0 else "" for i in pred_idx]
+    per_slide["pred"] = M.most_probable(probs, classes)
     right = (per_slide["pred"] == per_slide["label"]).astype("boolean")
     per_slide["correct"] = right.where(ok)  # <NA>: written as an empty cell
     return per_slide

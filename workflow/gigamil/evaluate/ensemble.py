@@ -39,6 +39,7 @@ from gigamil.evaluate.aggregate import (
     write_report,
 )
 from gigamil.evaluate.localization import cohort_localization
+from gigamil.evaluate.metrics import most_probable
 from gigamil.evaluate.patients import write_patient_predictions
 from gigamil.evaluate.predictions import (
     check_every_model_predicted_every_slide,
@@ -83,12 +84,7 @@ def mean_probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFr
         lambda g: ";".join(map(str, sorted(g.loc[g["ok"], "fold"])))
     )
     out = ids.join(probs).join(n_models.rename("n_models")).join(folds.rename("folds"))
-    p = out[pcols].to_numpy(dtype=float)
-    ok = np.isfinite(p).all(axis=1)
-    out["pred"] = [
-        classes[i] if good else ""
-        for i, good in zip(np.nan_to_num(p, nan=-1).argmax(axis=1), ok, strict=True)
-    ]
+    out["pred"] = most_probable(out[pcols].to_numpy(dtype=float), classes)
     out = out.reset_index()
     return out[["cohort", "slide_id", "patient_id", "label", *pcols, "pred", "n_models", "folds"]]
 

@@ -384,3 +384,11 @@ def patient_level(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     cols = [f"prob_{c}" for c in classes]
     agg = {**{c: "mean" for c in cols}, "label": "first"}
     return preds.groupby("patient_id", sort=True).agg(agg).reset_index()
+
+
+def most_probable(probs: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The predicted class of each row of ``probs`` (n, C): the most probable one, ``""`` for a
+    row with a missing probability (a slide, or patient, without patches)."""
+    ok = np.isfinite(probs).all(axis=1)
+    best = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
+    return [classes[i] if good else "" for i, good in zip(best, ok, strict=True)]

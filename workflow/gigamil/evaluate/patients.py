@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gigamil.evaluate.metrics import most_probable, patient_level
 from gigamil.evaluate.predictions import unlabelled
 from gigamil.evaluate.tables import FLOAT_FORMAT
 
@@ -56,12 +57,10 @@ def patient_predictions(per_slide: pd.DataFrame, classes: Sequence[str]) -> pd.D
             "slide_ids": groups["slide_id"].agg(_joined),
         }
     )
-    out = out.join(df[df["_ok"]].groupby("patient_id")[pcols].mean())
-    probs = out[pcols].to_numpy(dtype=float)
-    ok = np.isfinite(probs).all(axis=1)
-    best = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
-    out["pred"] = [classes[i] if good else "" for i, good in zip(best, ok, strict=True)]
-    judged = ok & (out["label"] != "").to_numpy()
+    # the predicted slides' mean, as the metrics' patient rows score them (the rows they see)
+    out = out.join(patient_level(df[df["_ok"]], classes).set_index("patient_id")[pcols])
+    out["pred"] = most_probable(out[pcols].to_numpy(dtype=float), classes)
+    judged = (out["pred"] != "") & (out["label"] != "")
     out["correct"] = pd.array(out["pred"] == out["label"], dtype="boolean")
     out.loc[~judged, "correct"] = pd.NA
     return out.reset_index()
