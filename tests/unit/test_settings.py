@@ -18,9 +18,7 @@ from gigamil.settings import (
     TissueConfig,
     TrainingConfig,
     ordered_params,
-    resolve_strategy,
     schema_section,
-    training_signature,
 )
 from gigamil.wsi.patching import PatchParams
 from gigamil.wsi.tissue import TissueParams
@@ -89,6 +87,7 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     # end_to_end without weight averaging, one model per fold: as before these keys existed
     other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em", "ema_decay", "replicates"}
     other |= {"warmup_epochs", "recalibrate_every"}  # 0: as before these keys existed
+    other.add("encoder_lr")  # null: one learning rate, as before the key existed
     other |= {"device", "max_instances_per_forward_pass"}  # where and in what chunks
     other.add("replicate_validation")  # fixed: the fold's own validation slides
     assert set(a.resume_signature()) == set(a.to_dict()) - other
@@ -110,40 +109,6 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     assert chunk.resume_signature(True)["max_instances_per_forward_pass"] == 7
 
 
-def test_strategy_and_the_older_encoder_keys() -> None:
-    assert TrainingConfig().strategy == "end_to_end" and TrainingConfig().em == EMConfig()
-    assert resolve_strategy({}, {}) == ("end_to_end", ModelConfig())
-    # the older spellings of frozen keep working, with or without the strategy
-    for model in ({"trainable_blocks": 0}, {"freeze_encoder": True}):
-        for strategy in ("end_to_end", "frozen"):
-            name, m = resolve_strategy(model, {"strategy": strategy})
-            assert name == "frozen" and m.trainable_blocks == 0
-    name, m = resolve_strategy({}, {"strategy": "frozen"})
-    assert name == "frozen" and m.trainable_blocks == 0  # frozen freezes the whole encoder
-    assert resolve_strategy({"trainable_blocks": 2}, {})[1].trainable_blocks == 2
-    name, m = resolve_strategy({"trainable_blocks": 2}, {"strategy": "em"})
-    assert name == "em" and m.trainable_blocks == 2  # em may fine-tune the top blocks only
-    assert TrainingConfig.from_dict({"em": {"rounds": 2}}).em.rounds == 2
-
-
-@pytest.mark.parametrize(
-    ("model", "strategy", "message"),
-    [
-        ({"trainable_blocks": 2}, "frozen", "strategy: frozen contradicts model.trainable_blocks"),
-        ({"trainable_blocks": 0}, "em", "em fine-tunes the encoder but model.trainable_blocks: 0"),
-        ({"freeze_encoder": True}, "em", "but model.freeze_encoder: true freezes it"),
-        ({"encoder": "identity"}, "em", "model.encoder: identity has none"),
-        ({"freeze_encoder": True, "trainable_blocks": 1}, "end_to_end", "contradicts"),
-    ],
-)
-def test_contradictory_strategies_are_config_errors(model, strategy, message) -> None:
-    with pytest.raises(ConfigError, match=message):
-        resolve_strategy(model, {"strategy": strategy})
-    cfg = {"cohorts": {"a": {"sheet": "a.csv"}}, "model": model, "training": {"strategy": strategy}}
-    with pytest.raises(ConfigError, match=message):  # validation says so before any job runs
-        validate_config(cfg)
-
-
 def test_unknown_strategy_and_em_keys_are_schema_errors() -> None:
     with pytest.raises(ConfigError, match="strategy"):
         TrainingConfig.from_dict({"strategy": "alternating"})
@@ -151,33 +116,6 @@ def test_unknown_strategy_and_em_keys_are_schema_errors() -> None:
         TrainingConfig.from_dict({"em": {"pseudo_label": "majority"}})
     with pytest.raises(ConfigError, match="rounds"):
         TrainingConfig.from_dict({"em": {"rounds": 0}})
-
-
-@pytest.mark.parametrize(
-    ("training", "message"),
-    [
-        ({"warmup_epochs": 2, "schedule": "onecycle"}, "onecycle warms up itself"),
-        ({"warmup_epochs": 5, "epochs": 5}, r"warmup_epochs \(5\) must be below training.epochs"),
-        ({"warmup_epochs": 1, "strategy": "em"}, "strategy em trains in rounds of its own"),
-    ],
-)
-def test_warmup_epochs_contradictions_are_config_errors(training, message) -> None:
-    with pytest.raises(ConfigError, match=message):
-        resolve_strategy({}, training)
-    assert resolve_strategy({}, {"warmup_epochs": 2})[0] == "end_to_end"
-
-
-def test_bag_mixing_under_batch_statistics_is_a_config_error() -> None:
-    """ConcatBag chunks each part on its own: under batchnorm: train a mixed-in part of one
-    patch stopped training with torch's 'Expected more than 1 value per channel'."""
-    with pytest.raises(ConfigError, match="bag_mixing needs model.batchnorm frozen or groupnorm"):
-        resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0.5})
-    assert resolve_strategy({"batchnorm": "frozen"}, {"bag_mixing": 0.5})[0] == "end_to_end"
-    assert resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0})[0] == "end_to_end"
-    # no encoder runs on the mixed bags (cached features, EM's head rounds): allowed
-    for strategy in ("frozen", "em"):
-        training = {"bag_mixing": 0.5, "strategy": strategy}
-        assert resolve_strategy({"batchnorm": "train", "weights": "x.pt"}, training)[0] == strategy
 
 
 def test_patch_rule_params_leave_out_stain_normalization_when_off() -> None:
@@ -253,6 +191,7 @@ def test_rule_params_do_not_depend_on_the_order_of_the_keys(path: tuple[str, ...
         ("recalibrate_every", 2),
         ("warmup_epochs", 2),
         ("ema_decay", 0.99),
+        ("encoder_lr", 3e-5),
     ],
 )
 def test_every_key_that_changes_training_is_in_the_resume_signature(key, value) -> None:
@@ -282,28 +221,3 @@ def test_from_dict_reports_the_outermost_problem_first() -> None:
     a bad value inside a nested section)."""
     with pytest.raises(ConfigError, match="unknown key training.epoch "):
         TrainingConfig.from_dict({"early_stopping": {"metric": "x"}, "epoch": 3})
-
-
-def test_training_signature_spells_a_frozen_encoder_one_way() -> None:
-    model = {"encoder": "resnet18", "weights": None, "freeze_encoder": True, "batchnorm": "train"}
-    training = TrainingConfig.from_dict({"max_instances_per_forward_pass": 64})
-    spelt, sig = training_signature(model, training, frozen=True, cached=True)
-    assert spelt["freeze_encoder"] is False and spelt["trainable_blocks"] == 0
-    assert model["freeze_encoder"] is True  # the caller's dict is left as it was
-    assert sig["strategy"] == "frozen" and "augment" not in sig  # not applied to features
-    assert sig["max_instances_per_forward_pass"] == 64  # batch statistics: chunks matter
-    spelt, sig = training_signature({**model, "batchnorm": "frozen"}, training, False, False)
-    assert spelt["freeze_encoder"] is True and "trainable_blocks" not in spelt
-    assert "strategy" not in sig and sig["augment"] == training.augment.to_dict()
-    assert "max_instances_per_forward_pass" not in sig
-
-
-def test_a_frozen_encoder_may_be_spelt_with_both_older_keys() -> None:
-    model = {"freeze_encoder": True, "trainable_blocks": 0}
-    name, m = resolve_strategy(model, {})
-    assert name == "frozen" and m.trainable_blocks == 0
-
-
-def test_weight_averaging_under_em_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="strategy em trains in rounds of its own: set ema_d"):
-        resolve_strategy({}, {"strategy": "em", "ema_decay": 0.99})

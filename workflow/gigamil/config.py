@@ -23,7 +23,7 @@ import yaml
 
 from gigamil.errors import ConfigError
 from gigamil.schemas import SLIDE_ID_PATTERN, describe_error, load_schema
-from gigamil.settings import resolve_strategy
+from gigamil.strategy import resolve_strategy
 
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
 OPTIONAL_COLUMNS = ("mpp", "site", "lesion_mask")

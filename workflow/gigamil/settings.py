@@ -159,11 +159,22 @@ class TrainingConfig(_Section):
     # exact): lowering the chunk size after an out-of-memory error, or moving to a GPU, resumes
     # last.pt and retrains no fold; under model.batchnorm: train the chunk size stays in
     EXECUTION_KEYS: ClassVar[tuple[str, ...]] = ("device", "max_instances_per_forward_pass")
+    # keys at the value that trains as before they existed: left out of the resume signature
+    # then, so that no fold trained before a key existed is retrained
+    AS_BEFORE: ClassVar[dict[str, Any]] = {
+        "ema_decay": 0,
+        "warmup_epochs": 0,
+        "recalibrate_every": 0,
+        "replicates": 1,
+        "replicate_validation": "fixed",
+        "encoder_lr": None,
+    }
     strategy: str = _default(_TRAIN, "strategy")
     device: str = _default(_TRAIN, "device")
     seed: int = _default(_TRAIN, "seed")
     epochs: int = _default(_TRAIN, "epochs")
     lr: float = _default(_TRAIN, "lr")
+    encoder_lr: float | None = _default(_TRAIN, "encoder_lr")
     weight_decay: float = _default(_TRAIN, "weight_decay")
     schedule: str = _default(_TRAIN, "schedule")
     warmup_epochs: float = _default(_TRAIN, "warmup_epochs")
@@ -192,8 +203,8 @@ class TrainingConfig(_Section):
         ``EXECUTION_KEYS``; ``max_instances_per_forward_pass`` with ``batch_statistics``, i.e.
         ``model.batchnorm: train``): ``last.pt`` resumes only under the same signature, and
         rule train_fold takes it as params. ``em`` only under ``strategy: em`` (its settings
-        train nothing otherwise), and ``strategy`` not when it is ``end_to_end``,
-        ``replicates`` not when it is 1: folds trained before the key existed (or with other
+        train nothing otherwise), ``strategy`` not when it is ``end_to_end``, and no key of
+        ``AS_BEFORE`` at its value there: folds trained before the key existed (or with other
         em settings) are not retrained."""
         left_out = {*self.LOG_ONLY_KEYS, *self.EXECUTION_KEYS}
         if batch_statistics:
@@ -203,17 +214,7 @@ class TrainingConfig(_Section):
             del sig["em"]
         if self.strategy == "end_to_end":
             del sig["strategy"]
-        if not self.ema_decay:
-            del sig["ema_decay"]
-        if not self.warmup_epochs:  # no warm-up, as before the key existed
-            del sig["warmup_epochs"]
-        if not self.recalibrate_every:  # calibrated once, as before the key existed
-            del sig["recalibrate_every"]
-        if self.replicates == 1:  # one model per fold, as before the key existed
-            del sig["replicates"]
-        if self.replicate_validation == "fixed":  # the fold's own validation slides
-            del sig["replicate_validation"]
-        return sig
+        return {k: v for k, v in sig.items() if k not in self.AS_BEFORE or v != self.AS_BEFORE[k]}
 
 
 @dataclass(frozen=True)
@@ -299,102 +300,3 @@ SECTIONS: tuple[type[_Section], ...] = (
 )
 
 STRATEGIES = ("end_to_end", "frozen", "em")
-
-
-def training_signature(
-    model: Mapping[str, Any], training: TrainingConfig, frozen: bool, cached: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(model section, training signature)`` of one training, spelled one way: rule
-    train_fold's params and ``last.pt``'s resume signature. A ``frozen`` encoder (however the
-    configuration says it) is ``freeze_encoder: false``, ``trainable_blocks: 0`` and strategy
-    ``frozen``; training on ``cached`` features leaves out ``augment`` (not applied to them); a
-    local weights file adds its content (:func:`gigamil.nn.weights.weights_signature`)."""
-    from gigamil.nn.weights import weights_signature
-
-    model = dict(model)
-    if frozen:
-        model.update(freeze_encoder=False, trainable_blocks=0)
-        training = dataclasses.replace(training, strategy="frozen")
-    sig = training.resume_signature(batch_statistics=model.get("batchnorm") == "train")
-    if cached:
-        sig.pop("augment", None)
-    return model, {**sig, **weights_signature(model.get("weights"))}
-
-
-def _check_warmup(t: TrainingConfig) -> None:
-    """ConfigError for ``warmup_epochs`` with ``schedule: onecycle`` or ``strategy: em``, or >= epochs."""
-    if not t.warmup_epochs:
-        return
-    if t.schedule == "onecycle":
-        raise ConfigError(
-            "training.warmup_epochs: schedule onecycle warms up itself (30 % of the steps); "
-            "set warmup_epochs: 0 or schedule: cosine"
-        )
-    if t.warmup_epochs >= t.epochs:
-        raise ConfigError(
-            f"training.warmup_epochs ({t.warmup_epochs:g}) must be below training.epochs "
-            f"({t.epochs}): the learning rate would never reach training.lr"
-        )
-    if t.strategy == "em":
-        raise ConfigError(
-            "training.warmup_epochs warms up the end_to_end and frozen strategies; "
-            "strategy em trains in rounds of its own: set warmup_epochs: 0"
-        )
-
-
-def resolve_strategy(
-    model_cfg: Mapping[str, Any] | ModelConfig, training_cfg: Mapping[str, Any] | TrainingConfig
-) -> tuple[str, ModelConfig]:
-    """The training strategy and the model section it trains: ``(strategy, model config)``.
-
-    ``training.strategy`` and the older keys ``model.freeze_encoder`` / ``trainable_blocks``
-    describe the encoder together: ``end_to_end`` with ``trainable_blocks: 0`` or
-    ``freeze_encoder: true`` is ``frozen`` (configs from before the strategy keep working);
-    ``frozen`` sets ``trainable_blocks: 0`` in the returned model config. Raises ConfigError
-    for contradictions: ``frozen`` with ``trainable_blocks: N`` (N > 0), ``em`` with a frozen
-    encoder, the parameter-free ``identity`` encoder, ``ema_decay`` or ``warmup_epochs``,
-    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, end-to-end
-    ``bag_mixing`` under ``batchnorm: train``, ``warmup_epochs`` under onecycle or not below
-    ``epochs``."""
-    m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
-    _check_warmup(t)
-    blocks = m.trainable_blocks
-    if m.freeze_encoder and blocks not in ("all", 0):
-        raise ConfigError(
-            f"model.freeze_encoder: true contradicts model.trainable_blocks: {blocks}"
-        )
-    frozen_keys = m.freeze_encoder or blocks == 0
-    strategy = t.strategy
-    if strategy == "end_to_end" and frozen_keys:
-        strategy = "frozen"
-    elif strategy == "frozen" and blocks not in ("all", 0):
-        raise ConfigError(
-            f"training.strategy: frozen contradicts model.trainable_blocks: {blocks} (the "
-            "encoder learns nothing under frozen); use trainable_blocks: all (or 0), or "
-            "strategy end_to_end / em to fine-tune those blocks"
-        )
-    elif strategy == "em":
-        if frozen_keys:
-            what = "freeze_encoder: true" if m.freeze_encoder else "trainable_blocks: 0"
-            raise ConfigError(
-                f"training.strategy: em fine-tunes the encoder but model.{what} freezes it; "
-                "use training.strategy: frozen, or let the encoder learn"
-            )
-        if m.encoder == "identity":
-            raise ConfigError(
-                "training.strategy: em needs an encoder with weights to fine-tune; "
-                "model.encoder: identity has none"
-            )
-        if t.ema_decay:
-            raise ConfigError(
-                "training.ema_decay averages the weights of the end_to_end and frozen "
-                "strategies; strategy em trains in rounds of its own: set ema_decay: 0"
-            )
-    if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs
-        raise ConfigError(  # on ConcatBag's parts, each chunked on its own
-            "training.bag_mixing needs model.batchnorm frozen or groupnorm, not "
-            "train: each mixed-in part would be a batch of its own, down to 1 patch"
-        )
-    if strategy == "frozen":
-        m = dataclasses.replace(m, trainable_blocks=0)
-    return strategy, m

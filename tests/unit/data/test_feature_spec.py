@@ -18,7 +18,8 @@ from gigamil.data.feature_spec import (
     encoder_spec,
     train_params,
 )
-from gigamil.settings import TrainingConfig, ordered_params, resolve_strategy
+from gigamil.settings import TrainingConfig, ordered_params
+from gigamil.strategy import resolve_strategy
 
 PATCHES = {"mpp": 0.5, "patch_px": 32}
 

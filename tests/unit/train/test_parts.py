@@ -288,3 +288,24 @@ def test_warmup_rises_linearly_then_runs_the_schedule_over_the_remaining_steps()
         make_scheduler(
             torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), "onecycle", 9, 2
         )
+
+
+def test_parameter_groups_put_the_encoder_at_encoder_lr() -> None:
+    from gigamil.train.trainer import parameter_groups
+
+    model = build_mil_model(ModelConfig(encoder="smallcnn"), 2, 32)
+    (one,) = parameter_groups(model, 1e-3, None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert one["lr"] == 1e-3 and len(one["params"]) == len(trainable)
+    head, encoder = parameter_groups(model, 1e-3, 1e-4)
+    assert (head["lr"], encoder["lr"]) == (1e-3, 1e-4)
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in model.feature_encoder.parameters()}
+    assert len(head["params"]) + len(encoder["params"]) == len(trainable)
+    assert head["params"] and not {id(p) for p in head["params"]} & {
+        id(p) for p in encoder["params"]
+    }
+    # a frozen encoder part (trainable_blocks) stays out of both groups
+    partial = build_mil_model(ModelConfig(encoder="smallcnn", trainable_blocks=1), 2, 32)
+    groups = parameter_groups(partial, 1e-3, 1e-4)
+    assert all(p.requires_grad for g in groups for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) < len(list(partial.parameters()))

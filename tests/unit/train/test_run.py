@@ -880,6 +880,33 @@ def test_ema_decay_saves_the_averaged_weights_and_resumes_them(
         assert torch.allclose(again[k].float(), v.float(), atol=1e-6), k
 
 
+def test_encoder_lr_trains_the_encoder_at_its_own_rate(mil_bags, cohort, tmp_path: Path) -> None:
+    """training.encoder_lr: the encoder's parameters move at their own rate, the head's at lr."""
+    train, val = cohort
+    train, val = train.head(6), val.head(4)
+
+    def weights(name: str, **kw: object) -> tuple[dict, dict]:
+        cfg = training(epochs=2, early_stopping={"metric": "auc", "min_epochs": 2}, **kw)
+        train_fold(train, val, mil_bags.classes, mil_bags.model, cfg, tmp_path / name)
+        sd = torch.load(tmp_path / name / "model.pt", weights_only=True)["state_dict"]
+        floats = {k: v.float() for k, v in sd.items() if v.is_floating_point()}
+        encoder = {k: v for k, v in floats.items() if k.startswith("feature_encoder.")}
+        learned = {k: v for k, v in encoder.items() if "running_" not in k}
+        head = {k: v for k, v in floats.items() if k not in encoder}
+        return learned, head
+
+    def largest_change(a: dict, b: dict) -> float:
+        return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+    slow, head = weights("slow", encoder_lr=1e-9)
+    slow_fast_head, fast_head = weights("slow_fast_head", encoder_lr=1e-9, lr=3e-2)
+    full, _ = weights("full")
+    assert slow and head
+    assert largest_change(slow, slow_fast_head) < 1e-6  # both still at the initial weights
+    assert largest_change(head, fast_head) > 1e-3  # while the head learns at lr
+    assert largest_change(slow, full) > 1e-3  # at lr, the encoder learns too
+
+
 def test_ema_decay_with_strategy_em_is_a_config_error(mil_bags, cohort, tmp_path: Path) -> None:
     train, val = cohort
     with pytest.raises(ConfigError, match="ema_decay"):

@@ -23,9 +23,8 @@ from gigamil.settings import (
     PatchConfig,
     TrainingConfig,
     ordered_params,
-    resolve_strategy,
-    training_signature,
 )
+from gigamil.strategy import resolve_strategy, training_signature
 
 FORMAT = 1  # bump when the stored features of the same encoder change meaning
 RANDOM_INIT_SEED = 0  # torch seed of a random-init encoder whose features are cached
@@ -130,7 +129,7 @@ def train_params(
     changes) for a whole validated configuration whose training reads the feature cache when
     ``cached`` (None: whether :func:`config_encoder_id` is not None; the workflow passes what it
     computed already), one spelling per training
-    (:func:`gigamil.settings.training_signature`): ``strategy: frozen``, ``freeze_encoder:
+    (:func:`gigamil.strategy.training_signature`): ``strategy: frozen``, ``freeze_encoder:
     true`` and ``trainable_blocks: 0`` train the same folds. The job reads its model section from
     these params and its training section from the configuration, so either way it trains the
     frozen strategy."""

@@ -21,7 +21,8 @@ import torch
 
 from gigamil.errors import ConfigError
 from gigamil.logutil import log_context
-from gigamil.settings import ModelConfig, TrainingConfig, resolve_strategy
+from gigamil.settings import ModelConfig, TrainingConfig
+from gigamil.strategy import resolve_strategy
 from gigamil.train import distributed as ddp
 from gigamil.train.em import EMTrainer
 from gigamil.train.fold_data import Feed, FoldData, check_columns, check_fold_slides, resolve_device

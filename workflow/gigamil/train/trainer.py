@@ -22,7 +22,8 @@ from gigamil.models.mil import MILModel
 from gigamil.nn.losses import BagLoss, balanced_class_weights
 from gigamil.nn.rng import get_rng_state, set_rng_state
 from gigamil.nn.weights import weights_sha256
-from gigamil.settings import ModelConfig, TrainingConfig, training_signature
+from gigamil.settings import ModelConfig, TrainingConfig
+from gigamil.strategy import training_signature
 from gigamil.train import distributed as ddp
 from gigamil.train.accel import prepare_model
 from gigamil.train.amp import AmpScaler, Optimization
@@ -57,6 +58,26 @@ class Runtime(NamedTuple):
     info: ddp.DistInfo
     name: str = ""
     log_every_s: float = PROGRESS_EVERY_S
+
+
+def parameter_groups(
+    model: torch.nn.Module, lr: float, encoder_lr: float | None
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: every trainable parameter at ``lr``, or with
+    ``encoder_lr`` (``training.encoder_lr``) the head's (attention pool, classifier) first at
+    ``lr`` and the encoder's (``model.feature_encoder``) at ``encoder_lr``. The first group's
+    rate is the one the training log reports."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    encoder = getattr(model, "feature_encoder", None)
+    if encoder_lr is None or encoder is None:
+        return [{"params": trainable, "lr": float(lr)}]
+    ids = {id(p) for p in encoder.parameters()}
+    head = [p for p in trainable if id(p) not in ids]
+    groups = [{"params": head, "lr": float(lr)}]
+    encoder_params = [p for p in trainable if id(p) in ids]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": float(encoder_lr)})
+    return groups
 
 
 class FoldTrainer:
@@ -123,11 +144,12 @@ class FoldTrainer:
         return amp
 
     def _optimization(self, amp: AmpScaler) -> Optimization:
-        """AdamW over the trainable parameters, the ``training.schedule`` (after
+        """AdamW over the trainable parameters (the encoder's at ``training.encoder_lr`` when
+        set, :func:`parameter_groups`), the ``training.schedule`` (after
         ``training.warmup_epochs`` of linear warm-up) over every step of the run, and ``amp``."""
         tcfg, info = self.cfg, self.runtime.info
         optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
+            parameter_groups(self.model, tcfg.lr, tcfg.encoder_lr),
             lr=float(tcfg.lr),
             weight_decay=float(tcfg.weight_decay),
         )
@@ -146,7 +168,7 @@ class FoldTrainer:
         (:func:`store_digests`), the patches' size, µm/px and stain
         normalisation, and the number of processes (steps per epoch and the schedule depend on
         it). One spelling per training, as rule train_fold's params
-        (:func:`gigamil.settings.training_signature`). A changed sheet or re-extracted stores
+        (:func:`gigamil.strategy.training_signature`). A changed sheet or re-extracted stores
         make Snakemake rerun the fold, and its finished ``last.pt`` must not be returned then."""
         data = self.data
         frozen = model_cfg.freeze_encoder or model_cfg.trainable_blocks == 0
