@@ -293,3 +293,25 @@ def test_one_model_trained_elsewhere_is_named_and_a_shown_root_with_a_space_is_q
     assert lines[1] == "  predicted by 1 fold model of shared/m (trained_models)"
     lines = run_summary_lines("exp", COHORTS, tmp_path, shown_root="/my runs/a")
     assert lines[-1].endswith("snakemake --report '/my runs/a/report.html'")
+
+
+def test_the_patient_auc_is_named_where_a_patient_has_several_slides(tmp_path):
+    """24 slides of 12 patients: the patient AUC beside the slide AUC; one slide per patient:
+    the same figure twice, so left out."""
+    cv = {"n_slides": 24, "n_patients": 12, "oof_auc": 0.9722, "oof_auc_ci": [0.906, 1.0]}
+    cv |= {"patient_auc": 0.9, "patient_auc_ci": [0.7, 1.0]}
+    _write(tmp_path / "results/eval/exp/summary.json", cv)
+    ext = {"n_slides": 12, "n_patients": 12, "auc": 0.8, "auc_ci": [0.5, 1.0]}
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext | {"patient_auc": 0.8})
+    lines = run_summary_lines("exp", COHORTS, tmp_path)
+    assert lines[1] == (
+        "  cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI "
+        "0.906–1.000); patient AUC 0.900 (95% CI 0.700–1.000)"
+    )
+    assert "patient AUC" not in lines[3] and lines[3].startswith("  external cohort ext")
+    ext |= {"n_slides": 14, "patient_auc": None}  # undefined (one class): left out
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
+    assert "patient AUC" not in run_summary_lines("exp", COHORTS, tmp_path)[3]
+    ext["patient_auc"] = 0.75
+    _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
+    assert "; patient AUC 0.750" in run_summary_lines("exp", COHORTS, tmp_path)[3]

@@ -57,6 +57,20 @@ def _macro(summary: Mapping[str, Any]) -> str:
     return " (macro one-vs-rest)" if len(summary.get("classes") or []) > 2 else ""
 
 
+def _headline(summary: Mapping[str, Any], auc_key: str) -> str:
+    """The slide figures, the patient AUC and the localisation AUC of one summary line."""
+    return f"{_figures(summary, auc_key)}{_patients(summary)}{_localisation(summary)}"
+
+
+def _patients(summary: Mapping[str, Any]) -> str:
+    """ "; patient AUC ..." (with its CI) where some patient has several slides: the figure a
+    patient-level decision is judged by (per_patient_predictions.csv), "" otherwise."""
+    n_patients, n_slides = summary.get("n_patients"), summary.get("n_slides")
+    if summary.get("patient_auc") is None or not n_patients or not n_slides:
+        return ""
+    return f"; patient AUC {_ci(summary, 'patient_auc')}" if n_patients < n_slides else ""
+
+
 def _localisation(summary: Mapping[str, Any]) -> str:
     loc, n = localisation_figure(summary), summary.get("localization_n_slides", "?")
     if not loc:
@@ -92,7 +106,7 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
 
         gigamil: results of experiment demo
           cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI ...),
-          balanced accuracy 0.875 (95% CI ...); localisation AUC ...
+          balanced accuracy 0.875 (95% CI ...); patient AUC 1.000 (...); localisation AUC ...
             open results/eval/demo/metrics.html
           heatmaps: ...; all results in one page: snakemake --report report.html
     """
@@ -105,7 +119,7 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
         lines += [
             f"  cross-validation, {_count(cv.get('n_slides'), 'slide')} of "
             f"{_count(cv.get('n_patients'), 'patient')}{_unscored(cv)}: out-of-fold slide "
-            f"{_figures(cv, 'oof_auc')}{_localisation(cv)}{_stale(root / cv_path, newest_model)}",
+            f"{_headline(cv, 'oof_auc')}{_stale(root / cv_path, newest_model)}",
             f"    open {_shown(shown_root, cv_path.with_name('metrics.html'))}",
             *_subgroups(root, cv_path, newest_model, shown_root),
         ]
@@ -219,8 +233,8 @@ def _cohort_lines(  # noqa: PLR0913 - the parts of one summary line
         seen = f" [{_count(overlap, 'patient')} also in training: optimistic]" if overlap else ""
         return [
             f"  external cohort {name}, {_count(summary.get('n_slides'), 'slide')}"
-            f"{_unscored(summary)}: fold-model ensemble slide {_figures(summary, 'auc')}"
-            f"{_localisation(summary)}{seen}{stale}",
+            f"{_unscored(summary)}: fold-model ensemble slide {_headline(summary, 'auc')}"
+            f"{seen}{stale}",
             f"    open {_shown(shown_root, path.with_name('metrics.html'))}",
             *_subgroups(root, path, newest_model, shown_root),
         ]
