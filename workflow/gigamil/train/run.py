@@ -52,7 +52,7 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     fold: int | str | None = None,
     log_every_s: float = PROGRESS_EVERY_S,
 ) -> Path:
-    """Train one fold with the strategy of ``training.strategy`` (:func:`gigamil.settings.
+    """Train one fold with the strategy of ``training.strategy`` (:func:`gigamil.strategy.
     resolve_strategy`): ``end_to_end`` (encoder included, the accumulating trainer), ``frozen``
     (the head alone, on cached features when the stores are feature stores) or ``em``
     (:class:`gigamil.train.em.EMTrainer`: rounds of head training on re-extracted features and
