@@ -87,7 +87,7 @@ def test_resume_signature_leaves_out_the_log_only_keys() -> None:
     # end_to_end without weight averaging, one model per fold: as before these keys existed
     other = {*TrainingConfig.LOG_ONLY_KEYS, "strategy", "em", "ema_decay", "replicates"}
     other |= {"warmup_epochs", "recalibrate_every"}  # 0: as before these keys existed
-    other.add("encoder_lr")  # null: one learning rate, as before the key existed
+    other |= {"encoder_lr", "head_first_epochs"}  # one rate from the start, as before
     other |= {"device", "max_instances_per_forward_pass"}  # where and in what chunks
     other.add("replicate_validation")  # fixed: the fold's own validation slides
     assert set(a.resume_signature()) == set(a.to_dict()) - other
@@ -192,6 +192,7 @@ def test_rule_params_do_not_depend_on_the_order_of_the_keys(path: tuple[str, ...
         ("warmup_epochs", 2),
         ("ema_decay", 0.99),
         ("encoder_lr", 3e-5),
+        ("head_first_epochs", 2),
     ],
 )
 def test_every_key_that_changes_training_is_in_the_resume_signature(key, value) -> None:

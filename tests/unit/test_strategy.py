@@ -99,12 +99,20 @@ def test_weight_averaging_under_em_is_a_config_error() -> None:
     ("training", "message"),
     [
         ({"strategy": "frozen"}, "a frozen encoder learns nothing"),
-        ({"strategy": "em"}, "em has em.encoder_lr"),
+        ({"strategy": "em"}, "em has training.em.encoder_lr"),
     ],
 )
-def test_encoder_lr_under_another_strategy_is_a_config_error(training, message) -> None:
-    with pytest.raises(ConfigError, match=message):
-        resolve_strategy({}, {**training, "encoder_lr": 1e-5})
-    with pytest.raises(ConfigError, match="encoder_lr"):  # the older spelling of frozen too
-        resolve_strategy({"trainable_blocks": 0}, {"encoder_lr": 1e-5})
-    assert resolve_strategy({}, {"encoder_lr": 1e-5})[0] == "end_to_end"
+@pytest.mark.parametrize("key", [{"encoder_lr": 1e-5}, {"head_first_epochs": 2}])
+def test_how_the_encoder_learns_under_another_strategy_is_a_config_error(
+    training, message, key
+) -> None:
+    with pytest.raises(ConfigError, match=f"training.{next(iter(key))}.*{message}"):
+        resolve_strategy({}, {**training, **key})
+    with pytest.raises(ConfigError, match=next(iter(key))):  # the older spelling of frozen too
+        resolve_strategy({"trainable_blocks": 0}, key)
+    assert resolve_strategy({}, key)[0] == "end_to_end"
+
+
+def test_head_first_epochs_must_leave_the_encoder_epochs() -> None:
+    with pytest.raises(ConfigError, match=r"head_first_epochs \(4\) must be below"):
+        resolve_strategy({}, {"head_first_epochs": 4, "epochs": 4})

@@ -168,6 +168,7 @@ class TrainingConfig(_Section):
         "replicates": 1,
         "replicate_validation": "fixed",
         "encoder_lr": None,
+        "head_first_epochs": 0,
     }
     strategy: str = _default(_TRAIN, "strategy")
     device: str = _default(_TRAIN, "device")
@@ -175,6 +176,7 @@ class TrainingConfig(_Section):
     epochs: int = _default(_TRAIN, "epochs")
     lr: float = _default(_TRAIN, "lr")
     encoder_lr: float | None = _default(_TRAIN, "encoder_lr")
+    head_first_epochs: int = _default(_TRAIN, "head_first_epochs")
     weight_decay: float = _default(_TRAIN, "weight_decay")
     schedule: str = _default(_TRAIN, "schedule")
     warmup_epochs: float = _default(_TRAIN, "warmup_epochs")

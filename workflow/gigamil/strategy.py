@@ -72,15 +72,21 @@ def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
                 "training.ema_decay averages the weights of the end_to_end and frozen "
                 "strategies; strategy em trains in rounds of its own: set ema_decay: 0"
             )
-    if t.encoder_lr is not None and strategy != "end_to_end":
-        raise ConfigError(
-            "training.encoder_lr is the encoder's learning rate under strategy end_to_end; "
-            + (
-                "a frozen encoder learns nothing"
-                if strategy == "frozen"
-                else "em has em.encoder_lr"
+    for key, off in (("encoder_lr", None), ("head_first_epochs", 0)):
+        if getattr(t, key) != off and strategy != "end_to_end":
+            raise ConfigError(
+                f"training.{key} sets how the encoder learns under strategy end_to_end; "
+                + (
+                    "a frozen encoder learns nothing"
+                    if strategy == "frozen"
+                    else "em has training.em.encoder_lr and rounds of its own"
+                )
+                + f": set it to {'null' if off is None else off}"
             )
-            + ": set it to null"
+    if t.head_first_epochs >= t.epochs:
+        raise ConfigError(
+            f"training.head_first_epochs ({t.head_first_epochs}) must be below training.epochs "
+            f"({t.epochs}): the encoder would never learn (strategy frozen trains the head alone)"
         )
     if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs
         raise ConfigError(  # on ConcatBag's parts, each chunked on its own
@@ -102,7 +108,8 @@ def resolve_strategy(
     encoder, the parameter-free ``identity`` encoder, ``ema_decay`` or ``warmup_epochs``,
     ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, end-to-end
     ``bag_mixing`` under ``batchnorm: train``, ``warmup_epochs`` under onecycle or not below
-    ``epochs``, ``encoder_lr`` under another strategy than ``end_to_end``."""
+    ``epochs``, ``encoder_lr`` or ``head_first_epochs`` under another strategy than ``end_to_end``,
+    ``head_first_epochs`` not below ``epochs``."""
     m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)
     _check_warmup(t)
     blocks = m.trainable_blocks

@@ -309,3 +309,23 @@ def test_parameter_groups_put_the_encoder_at_encoder_lr() -> None:
     groups = parameter_groups(partial, 1e-3, 1e-4)
     assert all(p.requires_grad for g in groups for p in g["params"])
     assert sum(len(g["params"]) for g in groups) < len(list(partial.parameters()))
+
+
+def test_hold_steps_keep_a_group_at_zero_then_run_the_same_schedule() -> None:
+    """training.head_first_epochs: the encoder's group at lr 0 for its first steps, then at the
+    factor the other groups have at that step (warm-up included)."""
+    head, encoder = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [head], "lr": 1.0}, {"params": [encoder], "lr": 0.1}])
+    sched = make_scheduler(opt, "cosine", 10, warmup_steps=2, hold_steps=(0, 4))
+    rates = []
+    for _ in range(10):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    heads, encoders = zip(*rates, strict=True)
+    assert heads == pytest.approx(_lr_factors("cosine", 10, warmup=2))
+    assert encoders[:4] == (0.0, 0.0, 0.0, 0.0)
+    assert encoders[4:] == pytest.approx([0.1 * h for h in heads[4:]])
+    # no hold: one schedule for every group, as before the key existed
+    plain = make_scheduler(opt, "cosine", 10, hold_steps=(0, 0))
+    assert plain.lr_lambdas[0] is plain.lr_lambdas[1]

@@ -907,6 +907,38 @@ def test_encoder_lr_trains_the_encoder_at_its_own_rate(mil_bags, cohort, tmp_pat
     assert largest_change(slow, full) > 1e-3  # at lr, the encoder learns too
 
 
+def test_head_first_epochs_hold_the_encoder_then_train_it(
+    mil_bags, cohort, tmp_path: Path, train_killed
+) -> None:
+    """training.head_first_epochs 1: after epoch 1 the encoder is where it started (the same
+    whatever the head's learning rate), and it learns in the epochs after."""
+    train, val = cohort
+    args = (train.head(6), val.head(4), mil_bags.classes, mil_bags.model)
+
+    def cfg(**kw: object) -> dict:
+        stop = {"metric": "auc", "min_epochs": 3}
+        return training(epochs=3, head_first_epochs=1, early_stopping=stop, **kw)
+
+    def encoder(state: dict) -> dict:
+        return {
+            k: v.float()
+            for k, v in state.items()
+            if k.startswith("feature_encoder.") and v.is_floating_point() and "running_" not in k
+        }
+
+    train_killed(2, *args, cfg(), tmp_path / "a")  # killed after epoch 1
+    train_killed(2, *args, cfg(lr=3e-2), tmp_path / "b")
+    last_a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    last_b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
+    held_a, held_b = encoder(last_a), encoder(last_b)
+    assert held_a and all(torch.equal(held_a[k], held_b[k]) for k in held_a)
+    heads_differ = [k for k in last_a if k not in held_a and not torch.equal(last_a[k], last_b[k])]
+    assert heads_differ  # the head learned, at its own rate
+    train_fold(*args, cfg(), tmp_path / "a", resume=True)
+    final = encoder(torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"])
+    assert max(float((final[k] - held_a[k]).abs().max()) for k in final) > 1e-3
+
+
 def test_ema_decay_with_strategy_em_is_a_config_error(mil_bags, cohort, tmp_path: Path) -> None:
     train, val = cohort
     with pytest.raises(ConfigError, match="ema_decay"):

@@ -40,23 +40,35 @@ def bag_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    total_steps: int,
+    warmup_steps: int = 0,
+    hold_steps: Sequence[int] = (),
 ) -> LambdaLR:
     """``cosine`` (to 0), ``onecycle`` (30 % linear warm-up from lr/25, cosine to lr/1e4) or
     ``constant``, stepped once per optimizer step. ``warmup_steps`` > 0 (not with
     ``onecycle``) puts a linear warm-up in front: step t < W runs at lr · (t + 1) / W, and the
-    schedule runs over the remaining ``total_steps`` − W steps."""
+    schedule runs over the remaining ``total_steps`` − W steps. ``hold_steps``: per parameter
+    group (missing: 0), the first steps at learning rate 0 (``training.head_first_epochs``: the
+    encoder's group); from then on the group follows the same schedule as the others."""
     if warmup_steps < 0 or (warmup_steps and schedule == "onecycle"):
         raise ValueError(f"warmup_steps {warmup_steps} with schedule {schedule!r}")
     warmup = min(int(warmup_steps), max(0, total_steps - 1))
     base = _schedule(schedule, max(1, total_steps - warmup))
-    if not warmup:
-        return LambdaLR(optimizer, base)
 
     def f(t: int) -> float:
         return (t + 1) / warmup if t < warmup else base(t - warmup)
 
-    return LambdaLR(optimizer, f)
+    holds = [*hold_steps, *[0] * (len(optimizer.param_groups) - len(hold_steps))]
+    if not any(holds):
+        return LambdaLR(optimizer, f)
+    return LambdaLR(optimizer, [_held(f, int(h)) for h in holds])
+
+
+def _held(f: Callable[[int], float], hold: int) -> Callable[[int], float]:
+    """``f`` with its first ``hold`` steps at 0."""
+    return lambda t: 0.0 if t < hold else f(t)
 
 
 def _schedule(schedule: str, total: int) -> Callable[[int], float]:

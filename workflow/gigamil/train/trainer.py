@@ -145,13 +145,16 @@ class FoldTrainer:
 
     def _optimization(self, amp: AmpScaler) -> Optimization:
         """AdamW over the trainable parameters (the encoder's at ``training.encoder_lr`` when
-        set, :func:`parameter_groups`), the ``training.schedule`` (after
-        ``training.warmup_epochs`` of linear warm-up) over every step of the run, and ``amp``."""
+        set, :func:`parameter_groups`, and at 0 for the first ``training.head_first_epochs``),
+        the ``training.schedule`` (after ``training.warmup_epochs`` of linear warm-up) over
+        every step of the run, and ``amp``."""
         tcfg, info = self.cfg, self.runtime.info
+        encoder_lr = tcfg.encoder_lr
+        if tcfg.head_first_epochs and encoder_lr is None:  # a group of its own to hold
+            encoder_lr = tcfg.lr
+        groups = parameter_groups(self.model, tcfg.lr, encoder_lr)
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, tcfg.lr, tcfg.encoder_lr),
-            lr=float(tcfg.lr),
-            weight_decay=float(tcfg.weight_decay),
+            groups, lr=float(tcfg.lr), weight_decay=float(tcfg.weight_decay)
         )
         per_epoch = steps_per_epoch(len(self.data.train), tcfg.bags_per_step, info.world)
         scheduler = make_scheduler(
@@ -159,6 +162,7 @@ class FoldTrainer:
             tcfg.schedule,
             tcfg.epochs * per_epoch,
             warmup_steps=round(tcfg.warmup_epochs * per_epoch),
+            hold_steps=(0, tcfg.head_first_epochs * per_epoch)[: len(groups)],
         )
         return Optimization(optimizer, scheduler, amp)
 
