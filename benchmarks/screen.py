@@ -294,8 +294,11 @@ def main() -> None:
             for k in range(cfg["cv"]["folds"])
         ]
     t0 = time.time()
+    results = []
     with ProcessPoolExecutor(args.workers) as ex:
-        results = list(ex.map(fold_job, jobs))
+        for done, result in enumerate(ex.map(fold_job, jobs), start=1):  # in the jobs' order
+            results.append(result)
+            print(f"  {done} of {len(jobs)} folds done ({time.time() - t0:.0f} s)", flush=True)
     df = pd.DataFrame([row for rows, _ in results for row in rows])
     info = pd.DataFrame([i for _, i in results])
     (OUT / args.name).mkdir(parents=True, exist_ok=True)
