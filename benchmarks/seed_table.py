@@ -38,6 +38,9 @@ RUNS: list[tuple[str, list[int]]] = [  # the shipped settings (cv.val_fraction 0
     ("shipped_d678", [0]),  # held-out draws 6-8, built after the settings were chosen
     ("shipped_d678_seed2", [2]),
     ("shipped_d678_seed4", [4]),
+    ("shipped_d91011", [0]),  # held-out draws 9-11, built on 2026-12-06 after draws 6-8
+    ("shipped_d91011_seed2", [2]),
+    ("shipped_d91011_seed4", [4]),
 ]
 # the shipped settings plus training.recalibrate_every: 1 (docs/real_tissue.md, "Recalibrating
 # BatchNorm every epoch"); `--variant recal` prints their table
@@ -51,17 +54,23 @@ BASELINES = [
     REPO / "benchmarks" / "results" / "real_tissue_gray20.json",
     REPO / "benchmarks" / "results" / "real_tissue_draws345.json",
     REPO / "benchmarks" / "results" / "real_tissue_draws678.json",
+    REPO / "benchmarks" / "results" / "real_tissue_draws9_11.json",
 ]
 # draws first built on 2026-12-06, after every shipped setting was chosen on draws 0-5 and the
-# demo: their runs are summarised apart from the in-sample draws' below the table
-HELD_OUT = ("draw6", "draw7", "draw8")
+# demo (6-8, then 9-11 after the variants screened on 6-8 were not shipped): their runs are
+# summarised apart from the in-sample draws' below the table, per batch and together
+HELD_OUT_BATCHES = {
+    "held-out draws 6-8": ("draw6", "draw7", "draw8"),
+    "held-out draws 9-11": ("draw9", "draw10", "draw11"),
+}
+HELD_OUT = tuple(d for batch in HELD_OUT_BATCHES.values() for d in batch)
 # README "What the demo gives": python benchmarks/real_tissue.py --baseline-on DEMO_CLONE --out
 # benchmarks/results/demo_baseline.json (a fresh-clone demo run; its smoothed figures too)
 DEMO_BASELINE = REPO / "benchmarks" / "results" / "demo_baseline.json"
 # the baseline with gigamil's spatial prior (its patch scores smoothed over the grid as smabmil
 # smooths attention): python benchmarks/baseline_smoothing.py --demo DEMO_CLONE
 SMOOTHED = REPO / "benchmarks" / "results" / "baseline_smoothing.json"
-COHORTS = ["demo", *(f"draw{i}" for i in range(9))]
+COHORTS = ["demo", *(f"draw{i}" for i in range(12))]
 
 
 def cohort_name(key: str) -> str:
@@ -135,6 +144,14 @@ def compare(oof_loc: list[tuple[float, float]], base: tuple[float, float]) -> li
     return [ahead, len(oof_loc) - ahead - behind, behind, above, len(oof_loc)]
 
 
+def _spread(values: list[float]) -> str:
+    """ "mean ± sd (min-max)"."""
+    return (
+        f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f} "
+        f"({min(values):.3f}-{max(values):.3f})"
+    )
+
+
 def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
     runs, checks = collect(which)
     base, smoothed = baselines(), smoothed_baselines()
@@ -143,7 +160,7 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
     head += ["gigamil mean ± sd", "ahead / level / behind", "gigamil loc. mean"]
     head += ["smoothed baseline OOF (loc.)", "ahead / level / behind it"] if smoothed else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    total, total_sm, draw_oof, held_out = [0] * 5, [0] * 5, [], []
+    total, total_sm, draw_oof, held_out = [0] * 5, [0] * 5, [], {}
     for cohort in COHORTS:
         got = [runs.get((cohort, s)) for s in seeds]
         if not any(got):
@@ -153,7 +170,7 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
         total = [a + b for a, b in zip(total, raw, strict=True)]
         in_sample = cohort not in ("demo", *HELD_OUT)
         draw_oof += [v[0] for v in done] if in_sample else []
-        held_out += done if cohort in HELD_OUT else []
+        held_out.update({(cohort, i): v for i, v in enumerate(done)} if cohort in HELD_OUT else {})
         oof = [v[0] for v in done]
         sd = f" ± {statistics.stdev(oof):.3f}" if len(oof) > 1 else ""
         row = [cohort.replace("draw", "draw "), "{:.3f} ({:.3f})".format(*base[cohort])]
@@ -166,18 +183,16 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
             row += ["{:.3f} ({:.3f})".format(*smoothed[cohort]), "{} / {} / {}".format(*sm)]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "all runs: ahead {}, level {}, behind {}".format(*total)]
-    for what, oof in (("draws 0-5", draw_oof), ("held-out draws", [v[0] for v in held_out])):
-        if len(oof) > 1:
+    if len(draw_oof) > 1:
+        lines.append(f"draws 0-5: {len(draw_oof)} runs, OOF AUC {_spread(draw_oof)}")
+    groups = {**HELD_OUT_BATCHES, "all held-out draws": HELD_OUT}
+    for what, draws in groups.items():
+        runs_of = [v for (cohort, _), v in held_out.items() if cohort in draws]
+        if len(runs_of) > 1:
             lines.append(
-                f"{what}: {len(oof)} runs, OOF AUC {statistics.fmean(oof):.3f} ± "
-                f"{statistics.stdev(oof):.3f} ({min(oof):.3f}-{max(oof):.3f})"
+                f"{what}: {len(runs_of)} runs, OOF AUC {_spread([v[0] for v in runs_of])}, "
+                f"localisation AUC {_spread([v[1] for v in runs_of])}"
             )
-    if len(held_out) > 1:
-        loc = [v[1] for v in held_out]
-        lines.append(
-            f"held-out draws: localisation AUC {statistics.fmean(loc):.3f} ± "
-            f"{statistics.stdev(loc):.3f} ({min(loc):.3f}-{max(loc):.3f})"
-        )
     lines.append("localisation above the baseline's in {3} of {4} runs".format(*total))
     if smoothed:
         lines.append(

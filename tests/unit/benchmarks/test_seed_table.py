@@ -20,7 +20,7 @@ def test_table_rows_are_in_readme_and_reruns_agree():
     table = mod.table()
     readme = (REPO / "README.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + len(mod.COHORTS)  # header, demo and nine draws (6-8 held out)
+    assert len(rows) == 1 + len(mod.COHORTS)  # header, the demo and draws 0-11 (6-11 held out)
     for row in rows:
         assert row in readme, f"README's table is stale: python benchmarks/seed_table.py\n{row}"
     runs, checks = mod.collect()
