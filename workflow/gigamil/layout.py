@@ -23,8 +23,9 @@ RESULTS = "results"
 LOGS = "logs"
 DEMO_DIR = f"{RESULTS}/demo"
 LESION_MASK_DIR = f"{DEMO_DIR}/lesion_masks"
-PER_PATIENT = "per_patient_predictions.csv"  # also patient_predictions.csv of an ensemble:
-ENSEMBLE_FILES = ("summary.json", "patient_predictions.csv")  # targets, so an upgrade writes them
+PER_PATIENT = "per_patient_predictions.csv"  # and an ensemble's PATIENT_PREDICTIONS are
+PATIENT_PREDICTIONS = "patient_predictions.csv"  # targets, so that an upgrade writes them
+ENSEMBLE_FILES = ("summary.json", PATIENT_PREDICTIONS)
 
 # ----------------------------------------------------------------------------- logs
 

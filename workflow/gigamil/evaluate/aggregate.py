@@ -39,6 +39,7 @@ from gigamil.evaluate.tables import (
     write_json,
     write_metrics_html,
 )
+from gigamil.layout import PER_PATIENT
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ def _write_cv_outputs(
     per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(
         out_dir / "per_slide_predictions.csv", index=False, float_format=FLOAT_FORMAT
     )
-    write_patient_predictions(per_slide, classes, out_dir / "per_patient_predictions.csv")
+    write_patient_predictions(per_slide, classes, out_dir / PER_PATIENT)
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
     write_report(out_dir, table, valid, summary, classes, title, auc_key="oof_auc", roc_by="fold")

@@ -53,6 +53,7 @@ from gigamil.evaluate.predictions import (
 )
 from gigamil.evaluate.predictions import shown as shown_ids
 from gigamil.evaluate.tables import FLOAT_FORMAT, write_json, write_predictions_html
+from gigamil.layout import PATIENT_PREDICTIONS
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def predict_cohort(
     out_dir = Path(out_dir)
     preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
-    write_patient_predictions(ens, classes, out_dir / "patient_predictions.csv")
+    write_patient_predictions(ens, classes, out_dir / PATIENT_PREDICTIONS)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title, caveats)
     predicted = ens["pred"].astype(str)
@@ -282,7 +283,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     if loc is not None:
         add_localization_columns(ens, loc)
     ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
-    write_patient_predictions(ens, classes, out_dir / "patient_predictions.csv")
+    write_patient_predictions(ens, classes, out_dir / PATIENT_PREDICTIONS)
     valid, table, summary = _ensemble_metrics(
         ens, preds, classes, cohort, experiment, n_boot, seed, out_dir
     )
