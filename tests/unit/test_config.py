@@ -72,6 +72,11 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["cohorts"]["demo"].pop("sheet"),
             "cohorts.demo: 'sheet' is a required property",
         ),
+        (  # a --configfile of only the keys to change: it replaces config.yaml
+            lambda c: c.pop("cohorts"),
+            "'cohorts' is a required property: a configuration names its cohorts, and a "
+            "--configfile replaces config.yaml instead of adding to it",
+        ),
         (lambda c: c.update(classes=["only"]), "classes: ['only'] has 1 item(s); at least 2 are"),
         (
             lambda c: c["heatmaps"].update(normalize="probabilty"),

@@ -114,5 +114,5 @@ def test_how_the_encoder_learns_under_another_strategy_is_a_config_error(
 
 
 def test_head_first_epochs_must_leave_the_encoder_epochs() -> None:
-    with pytest.raises(ConfigError, match=r"head_first_epochs \(4\) must be below"):
+    with pytest.raises(ConfigError, match=r"head_first_epochs \(4\) must be below.*e.g. to 2"):
         resolve_strategy({}, {"head_first_epochs": 4, "epochs": 4})

@@ -86,7 +86,8 @@ def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
     if t.head_first_epochs >= t.epochs:
         raise ConfigError(
             f"training.head_first_epochs ({t.head_first_epochs}) must be below training.epochs "
-            f"({t.epochs}): the encoder would never learn (strategy frozen trains the head alone)"
+            f"({t.epochs}), or the encoder never learns: lower it (e.g. to {t.epochs // 2}), or "
+            "set training.strategy: frozen to train the head alone"
         )
     if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs
         raise ConfigError(  # on ConcatBag's parts, each chunked on its own
