@@ -187,6 +187,19 @@ def _check_roles(cfg: Mapping[str, Any], source: str) -> None:
         )
 
 
+def _config_error(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> str:
+    """:func:`describe_error` of a configuration's schema error; a configuration without
+    ``cohorts`` (typically a --configfile of only the keys to change) says what --configfile
+    does."""
+    text = describe_error(error, schema)
+    if error.validator == "required" and not error.absolute_path and "'cohorts'" in error.message:
+        text += (
+            ": a configuration names its cohorts, and a --configfile replaces config.yaml "
+            "instead of adding to it: start from a copy of config.yaml"
+        )
+    return text
+
+
 def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with every default filled in.
 
@@ -206,7 +219,7 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
     found = [f"{k}: {v} is not a finite number" for k, v in _non_finite(cfg)]  # .nan passes
-    if found := found + list(dict.fromkeys(describe_error(e, schema) for e in errors)):
+    if found := found + list(dict.fromkeys(_config_error(e, schema) for e in errors)):
         from gigamil.sheet_csv import raise_problems  # it imports this module
 
         raise_problems(source, found, "problems in the configuration")  # all in one round

@@ -153,12 +153,6 @@ def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | 
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return f"unknown key {keys} (allowed here: {', '.join(allowed)}){hint}"
     if error.validator == "required":
-        if not error.absolute_path and "'cohorts'" in error.message:  # a partial --configfile
-            return (
-                f"{where}: {error.message}: a configuration names its cohorts, and a "
-                "--configfile replaces config.yaml instead of adding to it: start from a copy "
-                "of config.yaml"
-            )
         return f"{where}: {error.message}"
     if "propertyNames" in error.schema_path:
         return f"{where}: invalid name {error.instance!r} (use letters, digits, '_' and '-')"

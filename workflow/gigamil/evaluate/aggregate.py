@@ -327,10 +327,9 @@ def _per_slide_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFram
     not predicted, neither right nor wrong)."""
     per_slide = preds.copy()
     probs = per_slide[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
-    ok = np.isfinite(probs).all(axis=1)
     per_slide["pred"] = M.most_probable(probs, classes)
     right = (per_slide["pred"] == per_slide["label"]).astype("boolean")
-    per_slide["correct"] = right.where(ok)  # <NA>: written as an empty cell
+    per_slide["correct"] = right.where(per_slide["pred"] != "")  # <NA>: an empty cell
     return per_slide
 
 
