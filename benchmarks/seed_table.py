@@ -160,7 +160,7 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
     head += ["gigamil mean ± sd", "ahead / level / behind", "gigamil loc. mean"]
     head += ["smoothed baseline OOF (loc.)", "ahead / level / behind it"] if smoothed else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    total, total_sm, draw_oof, held_out = [0] * 5, [0] * 5, [], {}
+    total, total_sm, draw_oof = [0] * 5, [0] * 5, []
     for cohort in COHORTS:
         got = [runs.get((cohort, s)) for s in seeds]
         if not any(got):
@@ -170,7 +170,6 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
         total = [a + b for a, b in zip(total, raw, strict=True)]
         in_sample = cohort not in ("demo", *HELD_OUT)
         draw_oof += [v[0] for v in done] if in_sample else []
-        held_out.update({(cohort, i): v for i, v in enumerate(done)} if cohort in HELD_OUT else {})
         oof = [v[0] for v in done]
         sd = f" ± {statistics.stdev(oof):.3f}" if len(oof) > 1 else ""
         row = [cohort.replace("draw", "draw "), "{:.3f} ({:.3f})".format(*base[cohort])]
@@ -187,7 +186,7 @@ def table(which: list[tuple[str, list[int]]] = RUNS) -> str:
         lines.append(f"draws 0-5: {len(draw_oof)} runs, OOF AUC {_spread(draw_oof)}")
     groups = {**HELD_OUT_BATCHES, "all held-out draws": HELD_OUT}
     for what, draws in groups.items():
-        runs_of = [v for (cohort, _), v in held_out.items() if cohort in draws]
+        runs_of = [v for (cohort, _), v in runs.items() if cohort in draws]
         if len(runs_of) > 1:
             lines.append(
                 f"{what}: {len(runs_of)} runs, OOF AUC {_spread([v[0] for v in runs_of])}, "
