@@ -911,7 +911,8 @@ def test_head_first_epochs_hold_the_encoder_then_train_it(
     mil_bags, cohort, tmp_path: Path, train_killed
 ) -> None:
     """training.head_first_epochs 1: after epoch 1 the encoder is where it started (the same
-    whatever the head's learning rate), and it learns in the epochs after."""
+    whatever the head's learning rate) and AdamW holds no moments for it (it had no gradient),
+    and it learns in the epochs after."""
     train, val = cohort
     args = (train.head(6), val.head(4), mil_bags.classes, mil_bags.model)
 
@@ -934,6 +935,10 @@ def test_head_first_epochs_hold_the_encoder_then_train_it(
     assert held_a and all(torch.equal(held_a[k], held_b[k]) for k in held_a)
     heads_differ = [k for k in last_a if k not in held_a and not torch.equal(last_a[k], last_b[k])]
     assert heads_differ  # the head learned, at its own rate
+    optimizer = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["optimizer"]
+    head_ids, encoder_ids = (g["params"] for g in optimizer["param_groups"])
+    assert set(optimizer["state"]) == set(head_ids)  # moments for the head's group only
+    assert encoder_ids
     train_fold(*args, cfg(), tmp_path / "a", resume=True)
     final = encoder(torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"])
     assert max(float((final[k] - held_a[k]).abs().max()) for k in final) > 1e-3

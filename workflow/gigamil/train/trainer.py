@@ -7,9 +7,10 @@ stateful parts of its training (:class:`~gigamil.train.amp.Optimization`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -58,6 +59,21 @@ class Runtime(NamedTuple):
     info: ddp.DistInfo
     name: str = ""
     log_every_s: float = PROGRESS_EVERY_S
+
+
+@contextlib.contextmanager
+def no_gradient(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """``params`` without gradient inside the block (``requires_grad`` False, restored after):
+    held at learning rate 0, they cost no backward pass (an encoder without trainable parameters
+    is encoded under ``torch.no_grad``, :meth:`MILModel.forward_train`), and AdamW, which skips
+    parameters without a gradient, leaves their moments and weight decay alone."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def parameter_groups(
@@ -165,6 +181,14 @@ class FoldTrainer:
             hold_steps=(0, tcfg.head_first_epochs * per_epoch)[: len(groups)],
         )
         return Optimization(optimizer, scheduler, amp)
+
+    def _held_params(self, epoch: int) -> list[torch.nn.Parameter]:
+        """The encoder's parameters in the first ``training.head_first_epochs`` epochs (their
+        group's learning rate is 0 then, :func:`make_scheduler`), else none."""
+        groups = self.optim.optimizer.param_groups
+        if epoch > self.cfg.head_first_epochs or len(groups) < 2:
+            return []
+        return list(groups[1]["params"])
 
     def _signature(self, model_cfg: ModelConfig) -> dict[str, Any]:
         """What ``last.pt`` must match to be resumed: model, classes, training settings, the
@@ -302,9 +326,15 @@ class FoldTrainer:
         every = self.cfg.recalibrate_every  # training.recalibrate_every: again before epoch 1 + kN
         if every and epoch > 1 and (epoch - 1) % every == 0:
             self._calibrate(seed=self.cfg.seed + epoch)
-        train_loss = train_epoch(
-            self.model, data.train, self.optim, epoch=epoch, settings=self.settings, ema=self.ema
-        )
+        with no_gradient(self._held_params(epoch)):
+            train_loss = train_epoch(
+                self.model,
+                data.train,
+                self.optim,
+                epoch=epoch,
+                settings=self.settings,
+                ema=self.ema,
+            )
         check_finite_weights(self.model, epoch, train_loss)
         for module in {id(m): m for m in (self.model, self.eval_model)}.values():
             ddp.broadcast_buffers(module, self.runtime.info)  # one set of BatchNorm statistics
