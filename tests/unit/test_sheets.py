@@ -322,6 +322,18 @@ def test_an_empty_label_names_the_classes_and_role_predict(tmp_path):
     load_sheet(path, "c1", CLASSES, base_dir=tmp_path, labels_required=False)  # no label: fine
 
 
+def test_a_predict_sheet_missing_a_column_lists_its_columns_as_written(tmp_path):
+    """A sheet without labels gets an empty label column; the error about another missing
+    column listed it as if the file had one (a new user's trial, 2026-12-06)."""
+    path = tmp_path / "p.csv"
+    path.write_text("slide_id,patient_id,pathh\ns1,p1,s1.svs\n")
+    with pytest.raises(ConfigError) as err:
+        load_sheet(path, "c1", CLASSES, base_dir=tmp_path, labels_required=False)
+    assert "its columns: slide_id, patient_id, pathh; did you mean 'pathh' -> path?" in str(
+        err.value
+    )
+
+
 def test_empty_sheet(tmp_path):
     path = tmp_path / "e.csv"
     path.write_text("slide_id,patient_id,label,path\n")

@@ -172,6 +172,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
     renames = _misspelt_columns(list(df.columns), path)  # {column as written: as gigamil reads it}
     separator = _separator_hint(str(df.columns[0])) if len(df.columns) == 1 else ""
     needed = [c for c in SHEET_COLUMNS if labels_required or c != "label"]
+    written = ", ".join(map(str, df.columns))  # before an empty label column is added
     if not labels_required and "label" not in df.columns and "label" not in renames.values():
         df.insert(min(2, len(df.columns)), "label", "")
     missing = [c for c in needed if c not in df.columns and c not in renames.values()]
@@ -182,7 +183,7 @@ def read_sheet_csv(path: Path, labels_required: bool = True) -> pd.DataFrame:
             f"missing column(s) {', '.join(missing)} "
             f"(a sheet needs {', '.join(needed)}; optional: "
             f"{', '.join(OPTIONAL_COLUMNS if labels_required else ['label', *OPTIONAL_COLUMNS])})"
-            + ("" if separator else f"; its columns: {', '.join(map(str, df.columns))}")
+            + ("" if separator else f"; its columns: {written}")
             + (f"; did you mean {', '.join(hints)}?" if hints else "")
             + separator
         )

@@ -321,9 +321,18 @@ def test_slides_csv_header_spacing_case_and_a_slide_file_as_store_are_named(tmp_
     path.write_text("slide_id,patient_id,label,path\ns1,P1,normal,s1.tiff\n")  # a cohort sheet
     with pytest.raises(GigamilError) as err:
         read_slides_csv(str(path))
-    assert "missing columns ['cohort', 'store']" in str(err.value)
+    assert "missing column(s) cohort, store (" in str(err.value)
     assert "its columns: slide_id, patient_id, label, path); this looks like a cohort" in str(
         err.value
+    )
+    # slides to predict: the error lists the columns as written (not the empty label it adds)
+    # and a close spelling of the missing one
+    path.write_text("cohort,slide_id,patient_id,stores\nc,s1,P1,s.zarr\n")
+    with pytest.raises(GigamilError) as err:
+        read_slides_csv(str(path), labels=False)
+    assert (
+        "its columns: cohort, slide_id, patient_id, stores); did you mean 'stores' -> store?"
+        in (str(err.value))
     )
     path.write_text("cohort,slide_id,patient_id,label,store\nc,s1,P1,normal,s1.tiff\n")
     with pytest.raises(GigamilError, match="store s1.tiff is a file, not a patch store"):

@@ -114,11 +114,12 @@ def read_slides_csv(path: str, labels: bool = True):  # noqa: ANN201 - pandas im
     renames = column_renames(list(df.columns), SLIDES_COLUMNS)
     if renames:  # a "Label" column would be dropped and every label read as empty
         raise GigamilError(f"{path}: {'; '.join(rename_problems(renames))}")
+    written = list(df.columns)  # before an empty label column is added
     if not labels and "label" not in df.columns:
         df["label"] = ""
     missing = [c for c in SLIDES_COLUMNS if c not in df.columns]
     if missing:
-        raise GigamilError(_missing_message(path, missing, list(df.columns)))
+        raise GigamilError(_missing_message(path, missing, written))
     df = df.apply(lambda col: col.str.strip())  # " stores/a.zarr" is stores/a.zarr
     for col in ("cohort", "slide_id", "patient_id", "store", *(["label"] * labels)):
         empty = df.index[df[col] == ""]
@@ -132,8 +133,17 @@ SLIDES_COLUMNS = ("cohort", "slide_id", "patient_id", "label", "store")
 
 
 def _missing_message(path: str, missing: list[str], columns: list[str]) -> str:
-    """The error for a slides CSV without ``missing`` columns: what it has, and for a cohort
-    sheet (``path``, no ``store``) what a store is."""
+    """The error for a slides CSV without ``missing`` columns: what it has, a close spelling
+    among its other columns (``stores`` for store), and for a cohort sheet (``path``, no
+    ``store``) what a store is."""
+    import difflib
+
+    others = [c for c in columns if c not in SLIDES_COLUMNS]
+    hints = [
+        f"{near[0]!r} -> {c}"
+        for c in missing
+        if (near := difflib.get_close_matches(c, others, n=1, cutoff=0.6))
+    ]
     sheet = (
         "; this looks like a cohort sheet (slides by path): a slides CSV names each slide's patch "
         "store (the .zarr folder gigamil patches writes) in its store column"
@@ -141,8 +151,10 @@ def _missing_message(path: str, missing: list[str], columns: list[str]) -> str:
         else ""
     )
     return (
-        f"{path}: missing columns {missing} (a slides CSV has {', '.join(SLIDES_COLUMNS)}; its "
-        f"columns: {', '.join(columns)}){sheet}"
+        f"{path}: missing column(s) {', '.join(missing)} (a slides CSV has "
+        f"{', '.join(SLIDES_COLUMNS)}; its columns: {', '.join(columns)})"
+        + (f"; did you mean {', '.join(hints)}?" if hints else "")
+        + sheet
     )
 
 
