@@ -1143,4 +1143,7 @@ def test_the_predictions_page_lists_the_absent_folds(tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert "(one model twice?)</b>: a/fold0.csv and b/fold1.csv" in page
     write_predictions_html(ens, CLASSES, tmp_path / "q.html", "t")
-    assert "WARNING" not in (tmp_path / "q.html").read_text()
+    page = (tmp_path / "q.html").read_text()
+    assert "WARNING" not in page
+    # what the probabilities are worth, on every page (a new user's trial, 2026-12-06)
+    assert "only for slides like their training slides (tissue, stain, scanner, µm/px)" in page

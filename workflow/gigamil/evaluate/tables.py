@@ -309,6 +309,16 @@ def write_metrics_html(
     Path(path).write_text(html_page(title, body))
 
 
+# predictions.html of a cohort without labels: what its probabilities are worth (a new user's
+# trial took P = 0.997 for a skin slide predicted by lymph-node models at face value)
+LIKE_TRAINING = (
+    "Each probability is the mean of the fold models'. It means something only for slides like "
+    "their training slides (tissue, stain, scanner, µm/px): a slide of other tissue gets as "
+    "confident a probability, and nothing here checks that it resembles them. `gigamil "
+    "model-info results/models/<experiment>` says what the models were trained on."
+)
+
+
 def write_predictions_html(
     ens: pd.DataFrame,
     classes: Sequence[str],
@@ -318,7 +328,8 @@ def write_predictions_html(
 ) -> None:
     """The ensemble's predictions as an HTML table (the report shows it inline), below the
     warnings of the ``caveats`` (summary.json's ``missing_folds`` and ``identical_models``,
-    as :func:`summary_rows` shows them on metrics.html)."""
+    as :func:`summary_rows` shows them on metrics.html), and what the probabilities are worth
+    (:data:`LIKE_TRAINING`)."""
     import html
 
     cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
@@ -333,6 +344,7 @@ def write_predictions_html(
     missing = len(ens) - int(counts.sum())
     unscored = f"; {missing} without patches, not predicted" if missing else ""
     body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
+    body += f"<p>{html.escape(LIKE_TRAINING)}</p>"
     warnings = _caveat_rows(caveats or {})
     body = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in warnings) + body
     body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
