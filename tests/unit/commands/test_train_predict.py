@@ -37,6 +37,28 @@ def _predict_refuses_unknown_labels_and_a_missing_cuda(
         assert "--device: cuda requested but no CUDA device" in capsys.readouterr().err
 
 
+def _predict_without_attention_dir(args: list[str], expected: pd.DataFrame, tmp_path: Path) -> None:
+    """Without --attention-dir: the probabilities only (a new user's trial found it required)."""
+    no_att = [a for a in args if a not in ("--attention-dir", str(tmp_path / "att2"))]
+    no_att[no_att.index("--out") + 1] = str(tmp_path / "no_att.csv")
+    assert main(no_att) == 0
+    df_no = pd.read_csv(tmp_path / "no_att.csv", keep_default_na=False)
+    np.testing.assert_array_equal(df_no.prob_lesion, expected.prob_lesion)
+
+
+def _ensemble_without_labels_says_one_line(
+    ens: list[str], cohort: str, tmp_path: Path, capsys
+) -> None:
+    """gigamil ensemble of unlabelled predictions prints one line, not summary.json (a new
+    user's trial)."""
+    capsys.readouterr()
+    assert main([*ens, str(tmp_path / "ens")]) == 0
+    assert (tmp_path / "ens" / "predictions.csv").is_file()
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and said.startswith(f"cohort {cohort}: ")
+    assert "slide(s) predicted by 1 model(s)" in said and "/ens/predictions.csv" in said
+
+
 def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     train = mil_bags.cohort(tmp_path / "stores", 4, 5, "t")
     val = mil_bags.cohort(tmp_path / "stores", 2, 6, "v")
@@ -121,6 +143,7 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     df2 = pd.read_csv(tmp_path / "unlabelled_preds.csv", keep_default_na=False)
     assert (df2["label"] == "").all() and list(df2.slide_id) == list(val.slide_id)
     np.testing.assert_allclose(df2.prob_lesion.astype(float), df.prob_lesion, rtol=1e-5)
+    _predict_without_attention_dir(unlabelled, df2, tmp_path)
 
     # --fold K: the fold column the pipeline's per-fold CSVs have, so ensemble takes it as it is
     fold_csv = tmp_path / "fold3" / "v.csv"
@@ -130,8 +153,7 @@ def test_train_and_predict_cli(mil_bags, tmp_path: Path, capsys) -> None:
     assert (df3["fold"] == 3).all()
     cohort = str(val.cohort.iloc[0])
     ens = ["ensemble", "--cohort", cohort, "--predictions", str(fold_csv), "--out"]
-    assert main([*ens, str(tmp_path / "ens")]) == 0
-    assert (tmp_path / "ens" / "predictions.csv").is_file()
+    _ensemble_without_labels_says_one_line(ens, cohort, tmp_path, capsys)
 
     _predict_refuses_unknown_labels_and_a_missing_cuda(unlabelled, val, tmp_path, capsys)
     capsys.readouterr()

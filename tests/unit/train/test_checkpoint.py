@@ -98,6 +98,24 @@ def test_refused_unpickling_does_not_repeat_torchs_weights_only_false_advice(
     )
 
 
+def test_a_folder_of_fold_models_given_as_a_model_says_to_give_each_fold(tmp_path: Path) -> None:
+    """``gigamil predict --model results/models/demo`` (a new user's trial): the folder of the
+    fold models, named with one of them and what to do with the rest."""
+    for k in (0, 1):
+        (tmp_path / f"fold{k}").mkdir()
+        (tmp_path / f"fold{k}" / "model.pt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(GigamilError) as err:
+        load_checkpoint(tmp_path)
+    first = tmp_path / "fold0" / "model.pt"
+    assert (
+        f"is a folder, not a checkpoint file (2 fold models: give one fold's model.pt, e.g. "
+        f"{first}, once per fold; gigamil ensemble averages their predictions)"
+    ) in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GigamilError, match=r"is a folder, not a checkpoint file$"):
+        load_checkpoint(tmp_path / "empty")  # a folder without model files: no hint
+
+
 def test_checkpoint_without_digest_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     torch.save({"epoch": 1}, path)  # written by an older gigamil

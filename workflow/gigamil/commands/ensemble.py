@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         from gigamil.evaluate.ensemble import predict_cohort
 
         summary = predict_cohort(args.predictions, classes, args.out, args.cohort, args.experiment)
-        print(json.dumps(summary, indent=1))
+        print(_predicted_line(summary, args.out))
         return 0
     loc = None
     if args.localization:
@@ -84,3 +84,16 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1))
     return 0
+
+
+def _predicted_line(summary: dict, out: str) -> str:
+    """What ``gigamil ensemble`` prints for a cohort without labels (summary.json is the
+    record): the slides per predicted class, and where the files are."""
+    counts = ", ".join(f"{n} {c}" for c, n in summary["predicted"].items())
+    unscored = summary["n_unpredicted"]
+    return (
+        f"cohort {summary['cohort']}: {summary['n_slides'] - unscored} of {summary['n_slides']} "
+        f"slide(s) predicted by {summary['n_models']} model(s): {counts}"
+        + (f"; {unscored} without patches" if unscored else "")
+        + f"; no labels, no metrics: {out}/predictions.csv, predictions.html, summary.json"
+    )

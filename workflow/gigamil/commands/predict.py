@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--attention-dir",
-        required=True,
         metavar="DIR",
-        help="writes DIR/{slide_id}.npy (float32 attention per patch)",
+        help="writes DIR/{slide_id}.npy (float32 attention per patch: gigamil heatmap reads "
+        "them); default: none written",
     )
     parser.add_argument(
         "--device",
@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import tempfile
     from pathlib import Path
 
     from gigamil.commands.train import check_fold_flags, fold_slides, read_slides_csv
@@ -76,18 +78,20 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device, key="--device")  # named as typed, before the model is read
     check_fold_flags(args, "--slides")
-    preds = predict_slides(
-        Path(args.model),
-        fold_slides(args, "test")[0]
-        if args.folds is not None
-        else read_slides_csv(args.slides, labels=False),
-        None if args.fold is not None else Path(args.out),
-        Path(args.attention_dir),
-        device=args.device,
-        threads=args.threads,
-        max_instances_per_forward_pass=args.chunk,
-        require_unseen=args.folds is not None,  # declared test slides: none may be seen
-    )
+    with contextlib.ExitStack() as stack:  # no --attention-dir: written to a temporary folder
+        attention = args.attention_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        preds = predict_slides(
+            Path(args.model),
+            fold_slides(args, "test")[0]
+            if args.folds is not None
+            else read_slides_csv(args.slides, labels=False),
+            None if args.fold is not None else Path(args.out),
+            Path(attention),
+            device=args.device,
+            threads=args.threads,
+            max_instances_per_forward_pass=args.chunk,
+            require_unseen=args.folds is not None,  # declared test slides: none may be seen
+        )
     if args.fold is not None:
         write_fold_predictions(preds, args.fold, args.out)
     print(args.out)
