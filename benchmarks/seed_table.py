@@ -1,6 +1,6 @@
 """Table: gigamil over cohorts and training seeds against the colour baseline, from committed JSONs.
 
-Run by hand; prints the Markdown table README's "On other real tissue" shows:
+Run by hand; prints the Markdown table docs/results.md's "On other real tissue" shows (README summarises it):
 
     python benchmarks/seed_table.py
 

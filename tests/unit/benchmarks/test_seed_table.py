@@ -1,4 +1,4 @@
-"""benchmarks/seed_table.py: README's table over draws and seeds comes from the committed records."""
+"""benchmarks/seed_table.py: docs/results.md's table over draws and seeds comes from the committed records."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ def _load():
 def test_table_rows_are_in_readme_and_reruns_agree():
     mod = _load()
     table = mod.table()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(mod.COHORTS)  # header, the demo and draws 0-11 (6-11 held out)
     for row in rows:
-        assert row in readme, f"README's table is stale: python benchmarks/seed_table.py\n{row}"
+        assert row in readme, (
+            f"docs/results.md's table is stale: python benchmarks/seed_table.py\n{row}"
+        )
     runs, checks = mod.collect()
     assert checks  # the records overlap: the reruns must match the earlier runs to one pair
     for cell in checks:
