@@ -684,7 +684,8 @@ def test_predict_cohort_writes_predictions_and_no_metrics(tmp_path, capsys):
     capsys.readouterr()
     args = ["ensemble", "--cohort", "new", "--out", str(tmp_path / "cli"), "--predictions"]
     assert main(args + list(map(str, paths))) == 0
-    assert json.loads(capsys.readouterr().out)["metrics"] is None
+    assert "; no labels, no metrics: " in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["metrics"] is None
     assert not (tmp_path / "cli" / "metrics.csv").exists()
     assert has_labels([_write(tmp_path / "l.csv", _predict(new.assign(label="lesion"), 0, rng))])
 
