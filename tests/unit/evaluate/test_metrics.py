@@ -146,6 +146,44 @@ def test_multiclass_bootstrap_averages_the_same_classes_in_every_resample():
     assert ci["auc"] == pytest.approx(tuple(expected))
 
 
+def test_balanced_accuracy_and_macro_f1_intervals_skip_resamples_without_a_class():
+    """Both positive patients missed: every two-class resample has balanced accuracy 0.5, but
+    the resamples without a positive scored the negatives' recall, 1.0, into the interval
+    (0.5, 1.0); macro F1 likewise (a review, 2026-12-06)."""
+    y = np.array([1, 1] + [0] * 18)
+    p1 = np.r_[0.4, 0.3, np.full(18, 0.1)]
+    probs = np.c_[1 - p1, p1]
+    ci = M.bootstrap_ci(y, probs, ["neg", "pos"], n_boot=1000, seed=0)
+    assert ci["balanced_accuracy"] == (0.5, 0.5)
+    f1 = []  # the macro F1 of the resamples with both classes
+    for idx in M._group_resamples(y.size, None, 1000, 0):
+        if 0 < y[idx].sum() < idx.size:
+            f1.append(M.macro_f1(M.confusion_matrix(y[idx], probs[idx].argmax(1), 2)))
+    assert ci["macro_f1"] == pytest.approx(tuple(np.percentile(f1, [2.5, 97.5])))
+    assert ci["macro_f1"][1] < 1.0
+
+
+def test_a_fold_of_one_class_has_no_balanced_accuracy_in_the_fold_mean():
+    """A fold whose test slides are all normal scored its balanced accuracy as their recall
+    (1.0) into the folds' mean beside the two-class folds' values."""
+    preds = pd.DataFrame(
+        {
+            "fold": [0, 0, 0, 0, 1, 1],
+            "patient_id": ["a", "b", "c", "d", "e", "f"],
+            "label": ["neg", "pos", "neg", "pos", "neg", "neg"],
+            "prob_neg": [0.9, 0.6, 0.8, 0.3, 0.9, 0.8],
+            "prob_pos": [0.1, 0.4, 0.2, 0.7, 0.1, 0.2],
+        }
+    )
+    table = M.fold_table(preds, ["neg", "pos"])
+    assert table.loc["fold0", "balanced_accuracy"] == 0.75
+    assert np.isnan(
+        table.loc["fold1", ["auc", "balanced_accuracy", "macro_f1"]].astype(float)
+    ).all()
+    assert table.loc["mean", "balanced_accuracy"] == 0.75
+    assert table.loc["fold1", "accuracy"] == 1.0  # defined on one class: kept
+
+
 def test_fold_table_mean_and_sd_across_folds():
     rng = np.random.default_rng(2)
     classes = ["neg", "pos"]

@@ -204,10 +204,9 @@ def bootstrap_ci(
     """Percentile bootstrap confidence intervals of the scalar metrics.
 
     Resamples ``groups`` (e.g. patients, so that slides of one patient stay together) with
-    replacement; without groups, resamples rows. Resamples where a metric is undefined (e.g. one
-    class only, for the AUC) are skipped for that metric; with more than two classes, a
-    resample's macro AUC averages the classes the whole set's does, and one without a slide of
-    such a class is skipped.
+    replacement; without groups, resamples rows. A metric skips the resamples where it is not
+    the set's quantity: the AUC those of one class (with more than two, those lacking a class the
+    set's macro AUC averages), balanced accuracy and macro F1 those lacking a class of the set.
 
     Returns:
         {metric: (low, high)} for :data:`SCALAR_METRICS` and ``recall_<class>`` of every class
@@ -221,15 +220,18 @@ def bootstrap_ci(
     aucs = [f"auc_{c}" for c in classes] if len(classes) > 2 else []
     values: dict[str, list[float]] = {m: [] for m in (*SCALAR_METRICS, *recalls, *aucs)}
     scored = np.isfinite(per_class_auc(y, probs)) if aucs else None  # the macro AUC's classes
+    present = np.bincount(y, minlength=len(classes)) > 0
     for idx in _group_resamples(y.size, groups, n_boot, seed):
         yb, pb = y[idx], pred[idx]
         cm = confusion_matrix(yb, pb, len(classes))
+        # a class of the set missing: balanced accuracy and macro F1 would average other classes
+        complete = bool((cm.sum(axis=1)[present] > 0).all())
         per = per_class_auc(yb, probs[idx]) if aucs else []
         values["auc"].append(  # C > 2: the macro over the same classes, else undefined
             roc_auc(yb, probs[idx]) if not aucs else _macro(np.asarray(per), scored)
         )
-        values["balanced_accuracy"].append(balanced_accuracy(cm))
-        values["macro_f1"].append(macro_f1(cm))
+        values["balanced_accuracy"].append(balanced_accuracy(cm) if complete else float("nan"))
+        values["macro_f1"].append(macro_f1(cm) if complete else float("nan"))
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
         values["brier"].append(brier_score(yb, probs[idx]))
         for name, r in zip(recalls, per_class_recall(cm), strict=True):
@@ -346,13 +348,17 @@ def fold_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     Returns:
         DataFrame indexed by scope (``fold0``, ``fold1``, ..., ``mean``, ``sd``) with columns
         n_slides, n_patients, the scalar metrics and ``recall_<class>`` (with more than two
-        classes also ``auc_<class>``, one vs rest).
+        classes also ``auc_<class>``, one vs rest). A fold lacking a class of ``preds`` has
+        NaN AUC, balanced accuracy and macro F1 (``mean`` and ``sd`` leave it out).
     """
     rows = {}
+    present = set(labels_and_probs(preds, classes)[0].tolist())
     for fold, part in preds.groupby("fold", sort=True):
         y, p = labels_and_probs(part, classes)
         m = classification_metrics(y, p, classes)
         m.pop("confusion")
+        if set(y.tolist()) != present:  # like its AUC: not the quantity of the other folds
+            m["balanced_accuracy"] = m["macro_f1"] = float("nan")
         m["n_slides"] = m.pop("n")
         m["n_patients"] = int(part["patient_id"].nunique())
         rows[f"fold{int(fold)}"] = m
