@@ -211,6 +211,11 @@ def test_a_lost_attention_file_of_a_predicted_slide_is_an_error_not_a_smaller_me
     np.save(root / "fold0" / "attention" / "ext" / "s2.npy", np.ones(3, np.float32))
     with pytest.raises(GigamilError, match=r"damaged or not a .npy array .*: delete .*fold1"):
         cohort_localization({"s2": ("store", [d / "s2.npy" for d in dirs], "mask.png")})
+    # a slide whose id is "NA" (an id like any other in the sheets and predictions) was read as
+    # missing from the CSV, so its lost file went unnoticed (a review, 2026-12-06)
+    pd.DataFrame({"slide_id": ["s1", "s2", "NA"]}).to_csv(root / "fold0" / "ext.csv", index=False)
+    with pytest.raises(GigamilError, match="attention file .*NA.npy is missing, but"):
+        layout.attention_files(dirs[:1], "NA")
 
 
 def test_a_lesion_patch_has_at_least_half_its_area_in_the_mask(grid_slide, tmp_path, monkeypatch):

@@ -391,6 +391,7 @@ def _listed_slides(csv: str, mtime_ns: int, size: int) -> frozenset[str] | None:
     localisation asks for every slide; ``mtime_ns`` and ``size`` key the version); None for a
     CSV that cannot be read (its own reader reports it)."""
     try:
-        return frozenset(pd.read_csv(csv, usecols=["slide_id"], dtype=str)["slide_id"])
+        ids = pd.read_csv(csv, usecols=["slide_id"], dtype=str, keep_default_na=False)
+        return frozenset(ids["slide_id"])  # "NA" is an id, as read_predictions reads it
     except (*csv_read_errors(), ValueError):
         return None
