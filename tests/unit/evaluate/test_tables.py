@@ -133,3 +133,19 @@ def test_a_patient_balanced_accuracy_of_zero_is_shown() -> None:
     summary = {"n_patients": 12, "patient_balanced_accuracy": 0.0}
     row = "patient balanced accuracy, mean probability per patient"
     assert dict(summary_rows(summary, "oof_auc"))[row].startswith("0.000")
+
+
+def test_evaluation_csvs_keep_float32_probabilities_apart():
+    """Two float32 probabilities near 1 read back tied at 6 significant digits ("1"), so an AUC
+    computed from per_slide_predictions.csv (gigamil subgroups) could differ from the run's."""
+    import io
+
+    import numpy as np
+
+    from gigamil.evaluate.tables import FLOAT_FORMAT
+
+    probs = np.array([0.99999994, 0.9999999, 0.12345679], dtype=np.float32).astype(float)
+    buf = io.StringIO()
+    pd.DataFrame({"prob_lesion": probs}).to_csv(buf, index=False, float_format=FLOAT_FORMAT)
+    back = pd.read_csv(io.StringIO(buf.getvalue()))["prob_lesion"].to_numpy()
+    assert np.array_equal(back.astype(np.float32), probs.astype(np.float32))

@@ -34,9 +34,11 @@ def write_json(data: Mapping[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(_clean(dict(data)), indent=2, allow_nan=False) + "\n")
 
 
-# the evaluation's CSVs: 6 significant digits (probabilities come from float32 models; 17 digits
-# of a float64 mean only look precise)
-FLOAT_FORMAT = "%.6g"
+# the evaluation's CSVs: 9 significant digits, in which a float32 probability reads back exactly,
+# so a table read again (gigamil subgroups, a user's own analysis) ranks the slides as the run
+# did; 6 digits tied probabilities near 1 (0.99999994 and 0.9999999 both "1") and could move an
+# AUC read from the file (a review, 2026-12-06). 17 digits of a float64 mean only look precise.
+FLOAT_FORMAT = "%.9g"
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
