@@ -279,3 +279,17 @@ def test_feature_bag_indices_must_be_strictly_increasing_rows(tmp_path: Path) ->
         with pytest.raises(ValueError, match="strictly increasing store rows"):
             FeatureBag(out, indices=np.array(bad))
     assert FeatureBag(out, indices=np.array([0, 4])).coords.tolist() == [[0, 1], [8, 9]]
+
+
+def test_features_of_another_dtype_are_damage(rewrite_array, tmp_path: Path) -> None:
+    """Features rewritten as integers (an edited dtype) read as values about 10,000 instead of
+    0.04 and predicted P = 1.0 (a review, 2026-12-06): refused by name."""
+    from gigamil.data.feature_extract import write_feature_store
+
+    rows = np.arange(12).reshape(6, 2)
+    out = write_feature_store(tmp_path / "f.zarr", np.ones((6, 4)), rows, rows, {"slide_id": "s"})
+    rewrite_array(out, "features", lambda a: a.view(np.int16))
+    with pytest.raises(
+        GigamilError, match=r"f\.zarr is damaged: features of dtype int16, not float16"
+    ):
+        FeatureBag(out)

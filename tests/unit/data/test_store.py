@@ -304,3 +304,25 @@ def test_jpeg_codec_refuses_a_quality_outside_1_to_100():
             JpegPatchCodec(quality=bad)
         with pytest.raises(ValueError, match="JPEG quality must be in 1..100"):
             JpegPatchCodec.from_dict({"name": "gigamil.jpeg", "configuration": {"quality": bad}})
+
+
+def test_a_store_without_the_attributes_commit_writes_is_refused(
+    s1_attrs, row_major_grid, tmp_path
+):
+    """Every chunk written but the attributes not (an interrupted extraction's <store>.tmp-<pid>
+    given as a store): training and prediction read it and skipped the µm/px and patch-size
+    checks, the heatmap failed with a raw KeyError (a review, 2026-12-06)."""
+    grid, coords = _grid(row_major_grid, 4)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, 4, 8, coords, grid) as w:
+        w.append(np.zeros((4, 8, 8, 3), np.uint8))
+        w.commit(s1_attrs())
+    read_store(out)  # as written: fine
+    group = zarr.open_group(str(out), mode="a", zarr_format=3)
+    attrs = dict(group.attrs)
+    group.attrs.clear()
+    group.attrs.update({"slide_id": attrs["slide_id"]})
+    with pytest.raises(
+        GigamilError, match=r"lacks the attributes extraction records last .*not a finished"
+    ):
+        read_store(out)

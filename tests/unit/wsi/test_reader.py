@@ -72,6 +72,38 @@ def test_fast_tiff_path_on_svs_and_fallback_for_corrupt_tiles(cmu_svs, test_slid
         assert not r.fast_tiff  # the self-check failed: OpenSlide reads (and reports) it
 
 
+def test_a_jpeg_tile_whose_end_was_overwritten_is_an_error_not_grey_pixels(cmu_svs, tmp_path):
+    """libjpeg decoded a tile whose second half was zeroed into pixels, with a warning at most,
+    so 15 patches of the slide were cut from garbage where OpenSlide refuses the tile (a
+    review, 2026-12-06): the fast path checks each JPEG tile's start and end markers."""
+    import shutil
+
+    import tifffile
+
+    copy = tmp_path / "damaged.svs"
+    shutil.copyfile(cmu_svs, copy)
+    with tifffile.TiffFile(copy) as tif:
+        page = tif.pages[0]
+        index = int(np.argmax(page.databytecounts))
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        tw, tl, ntx = (
+            int(page.tilewidth),
+            int(page.tilelength),
+            -(-page.imagewidth // page.tilewidth),
+        )
+    with open(copy, "r+b") as fh:
+        fh.seek(offset + count // 2)
+        fh.write(b"\x00" * (count - count // 2))
+    x, y = (index % ntx) * tw, (index // ntx) * tl
+    with open_slide(copy) as r:
+        assert r.fast_tiff
+        with pytest.raises(
+            SlideError, match=rf"tile {index} of level 0 is damaged: .*end-of-image"
+        ):
+            r.read_region((x, y), 0, (tw, tl))
+        r.read_region((0, 0) if index else (tw, 0), 0, (8, 8))  # other tiles still read
+
+
 def test_override_wins_over_file_mpp(cmu_svs):
     with open_slide(cmu_svs, mpp_override=0.25) as r:
         assert r.mpp == 0.25 and r.mpp_source == "override"

@@ -74,6 +74,11 @@ class FeatureBag:
         self._array = group["features"]
         _check_chunks_exist(self.path, self._array, self.slide_id)
         self.store_len = int(self._array.shape[0])
+        if self._array.dtype != np.float16:  # what write_feature_store writes; else garbage
+            raise GigamilError(
+                f"slide {self.slide_id}: feature store {self.path} is damaged: features of dtype "
+                f"{self._array.dtype}, not float16; delete the store and rerun to encode it again"
+            )
         if self.attrs.get("n_patches", self.store_len) != self.store_len:  # cut short
             raise GigamilError(
                 f"slide {self.slide_id}: feature store {self.path} is damaged: features of "

@@ -220,6 +220,13 @@ def read_store(path: str | Path) -> tuple[zarr.Array, np.ndarray, np.ndarray, di
     group = open_store(path)
     attrs = dict(group.attrs)
     slide_id = str(attrs.get("slide_id", path.stem))
+    if missing := [k for k in REQUIRED_ATTRS if k not in attrs]:  # written on commit, last
+        raise GigamilError(
+            f"slide {slide_id}: patch store {path} lacks the attributes extraction records last "
+            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}): not a finished "
+            "store (an interrupted gigamil patches leaves <store>.tmp-<pid>); delete it and "
+            "extract the slide again"
+        )
     _check_chunks_exist(path, group, slide_id)
     patches = group["patches"]
     if not _has_checksums(patches) and str(path) not in _UNCHECKED_WARNED:

@@ -60,6 +60,21 @@ class TileCache:
                 self._bytes -= old.nbytes
 
 
+JPEG = 7  # TIFF compression tag of JPEG tiles
+
+
+def check_jpeg_markers(data: bytes, index: int, level: int) -> None:
+    """ValueError unless the JPEG data of tile ``index`` starts with the start-of-image marker
+    and ends, zero padding aside, with the end-of-image one: libjpeg decodes a tile whose end
+    was overwritten or zeroed into grey pixels with only a warning, where OpenSlide refuses it
+    ("Premature end of JPEG file"). Damage inside the entropy-coded data is not seen."""
+    if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        raise ValueError(
+            f"tile {index} of level {level} is damaged: its JPEG data does not run from a "
+            "start-of-image to an end-of-image marker (overwritten or cut inside the file?)"
+        )
+
+
 class TiffTileSource:
     """Tile-decoding reads of the levels of one tiled TIFF, matched to OpenSlide's levels."""
 
@@ -130,6 +145,8 @@ class TiffTileSource:
                     f"{count:,} bytes, {len(data):,} are left (was it changed while being read?)",
                     reason="truncated",
                 )
+            if int(self.pages[level].compression) == JPEG:
+                check_jpeg_markers(data, index, level)
             seg = self._decode[level](data, index, jpegtables=self._tables[level])[0]
             tile = np.asarray(seg).reshape(th, tw, 3)
         self.cache.put(key, tile)
