@@ -14,7 +14,7 @@ import torch
 from gigamil.data.bags import ZarrBag
 from gigamil.data.feature_extract import extract_features
 from gigamil.data.features import FeatureBag, open_bag
-from gigamil.errors import GigamilError
+from gigamil.errors import ConfigError, GigamilError
 from gigamil.models.factory import build_mil_model
 from gigamil.nn.pooling import grid_adjacency
 from gigamil.train.checkpoint import load_model
@@ -199,6 +199,17 @@ def test_train_and_predict_from_cached_features(
     )
     with pytest.raises(GigamilError, match="features of encoder"):
         predict_slides(path, other, None, tmp_path / "att3", device="cpu")
+    # training refuses feature stores of another encoder than model.encoder (model.pt would
+    # name one and hold a head for the other's features; a review, 2026-12-06)
+    with pytest.raises(ConfigError, match=r"feature stores of encoder smallcnn-.*model.encoder is"):
+        train_fold(
+            ftrain,
+            fval,
+            mil_bags.classes,
+            {**model_cfg, "encoder": "resnet18"},
+            training,
+            tmp_path / "resnet",
+        )
     # and a patch-trained model refuses feature stores (mixing kinds in a fold is an error too)
     with pytest.raises(GigamilError, match="some slides are patch stores"):
         train_fold(

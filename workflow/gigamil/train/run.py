@@ -86,6 +86,7 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
         with log_context(runtime.name):
             feed = Feed.for_device(runtime.device, threads)
             data = FoldData.open(train, val, [str(c) for c in classes], feed)
+            _check_feature_encoder(data, mcfg)
             if data.features is not None and strategy != "frozen":
                 log.warning(
                     "training.strategy is %s but the slides are feature stores: only the "
@@ -216,6 +217,24 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
         warn_if_unlearned(log_file, levels["chance_loss"], runtime.name, levels["flag_loss"])
     ddp.barrier(runtime.info)  # the other ranks wait here, not in the next member's first step
     return path
+
+
+def _check_feature_encoder(data: FoldData, mcfg: ModelConfig) -> None:
+    """ConfigError when the feature stores were encoded by another encoder than
+    ``model.encoder``: model.pt would name one encoder and hold a head for another's features
+    (``gigamil predict`` refuses it only later)."""
+    from gigamil.data.feature_spec import parse_encoder_id
+
+    if data.features is None:
+        return
+    parsed = parse_encoder_id(str(data.features["encoder_id"]))
+    name = "".join(c if c.isalnum() else "_" for c in str(mcfg.encoder))  # as encoder_id spells it
+    if parsed is not None and parsed[0] != name:
+        raise ConfigError(
+            f"the slides are feature stores of encoder {data.features['encoder_id']}, but "
+            f"model.encoder is {mcfg.encoder}: encode them with {mcfg.encoder} (gigamil features "
+            "--config CONFIG.yaml), or set model.encoder to the one that encoded them"
+        )
 
 
 def _warn_undefined_auc(data: FoldData, tcfg: TrainingConfig) -> None:
