@@ -171,6 +171,17 @@ def test_every_schema_key_has_description_and_default():
             lambda c: c["training"].update(amp="fp32"),
             "training.amp: 'fp32' is not one of auto, bf16, fp16, false, true",
         ),
+        # known before any job (a review found them raised inside train_fold, after
+        # preprocessing; and a 253-character cohort name failed a job with 'File name too long')
+        (
+            lambda c: c["model"].update(pool="instance", instance_loss=0.5),
+            "model.instance_loss applies to the attention pools",
+        ),
+        (
+            lambda c: c["training"].update(device="cpu", amp="fp16"),
+            "training.amp: fp16 needs a CUDA device (training.device is cpu)",
+        ),
+        (lambda c: c["cohorts"].update({"c" * 101: c["cohorts"]["demo"]}), "c" * 101),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):

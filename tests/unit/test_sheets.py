@@ -258,8 +258,22 @@ def test_a_slide_id_too_long_for_a_file_name_is_refused(tmp_path):
     rows[0]["slide_id"] = long_id  # allowed
     load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     rows[0]["slide_id"] = long_id + "9"
-    with pytest.raises(ConfigError, match=r"line 2 .*not only dots; at most 200 characters\)"):
+    with pytest.raises(
+        ConfigError, match=r"line 2 .*not only dots; not ending in \.qc; at most 200 characters\)"
+    ):
         load_sheet(write_sheet(tmp_path, rows, name="long.csv"), "c1", CLASSES, base_dir=tmp_path)
+
+
+def test_a_slide_id_ending_in_qc_is_refused(tmp_path):
+    """Slide 'a.qc''s tissue mask, results/masks/c/a.qc.png, is slide 'a''s QC image:
+    Snakemake stopped with its raw AmbiguousRuleException (a review, 2026-12-06)."""
+    rows = good_rows()
+    rows[0]["slide_id"] = "a.qc1"  # fine
+    load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    for bad in ("a.qc", "a.QC"):
+        rows[0]["slide_id"] = bad
+        with pytest.raises(ConfigError, match=r"line 2 .*not ending in \.qc; at most 200"):
+            load_sheet(write_sheet(tmp_path, rows, name="qc.csv"), "c1", CLASSES, base_dir=tmp_path)
 
 
 def test_a_slide_id_snakemake_would_call_periodic_is_refused_with_its_line(tmp_path):

@@ -36,11 +36,15 @@ def _key(path: Iterator[Any] | list[Any]) -> str:
 VALUE_ALIASES = {"gpu": "cuda", "nvidia": "cuda"}
 
 CLASS_PATTERN = load_schema("config")["properties"]["classes"]["items"]["pattern"]
+EXPERIMENT_PATTERN = load_schema("config")["properties"]["experiment"]["pattern"]
+SAFE_NAME = "is not a safe file name (letters, digits, '_', '-', '.'; not only dots; "
+# a slide's tissue mask {id}.png must not be another slide's QC image {id}.qc.png
+SLIDE_ID_RULE = f"{SAFE_NAME}not ending in .qc; at most 200 characters)"
 _PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regular expression
     CLASS_PATTERN: "has spaces at its start or end, which the sheets' labels are read without: "
     "remove them",
-    SLIDE_ID_PATTERN: "is not a safe file name (letters, digits, '_', '-', '.'; not only dots; "
-    "at most 200 characters)",
+    SLIDE_ID_PATTERN: SLIDE_ID_RULE,
+    EXPERIMENT_PATTERN: f"{SAFE_NAME}at most 200 characters)",
 }
 
 

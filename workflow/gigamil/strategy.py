@@ -89,6 +89,13 @@ def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
             f"({t.epochs}), or the encoder never learns: lower it (e.g. to {t.epochs // 2}), or "
             "set training.strategy: frozen to train the head alone"
         )
+    if m.pool == "instance" and m.instance_loss:  # what build_mil_model refuses, before any job
+        raise ConfigError(
+            "model.instance_loss applies to the attention pools; pool: instance trains every "
+            "patch already (set instance_loss: 0)"
+        )
+    if t.device == "cpu" and t.amp == "fp16":  # what AmpScaler refuses, before any job
+        raise ConfigError("training.amp: fp16 needs a CUDA device (training.device is cpu)")
     if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs
         raise ConfigError(  # on ConcatBag's parts, each chunked on its own
             "training.bag_mixing needs model.batchnorm frozen or groupnorm, not "
@@ -108,7 +115,8 @@ def resolve_strategy(
     for contradictions: ``frozen`` with ``trainable_blocks: N`` (N > 0), ``em`` with a frozen
     encoder, the parameter-free ``identity`` encoder, ``ema_decay`` or ``warmup_epochs``,
     ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, end-to-end
-    ``bag_mixing`` under ``batchnorm: train``, ``warmup_epochs`` under onecycle or not below
+    ``bag_mixing`` under ``batchnorm: train``, ``instance_loss`` with ``pool: instance``, ``amp:
+    fp16`` with ``device: cpu``, ``warmup_epochs`` under onecycle or not below
     ``epochs``, ``encoder_lr`` or ``head_first_epochs`` under another strategy than ``end_to_end``,
     ``head_first_epochs`` not below ``epochs``."""
     m, t = ModelConfig.from_dict(model_cfg), TrainingConfig.from_dict(training_cfg)

@@ -17,6 +17,7 @@ from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.fileutil import zarr_attributes
 from gigamil.logutil import current_context, log_context
+from gigamil.settings import TrainingConfig
 from gigamil.train.accel import prepare_model
 from gigamil.train.checkpoint import load_model
 from gigamil.train.fold_data import (
@@ -167,7 +168,7 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     attention_dir: Path,
     device: str = "auto",
     threads: int = 1,
-    max_instances_per_forward_pass: int | None = 512,
+    max_instances_per_forward_pass: int | None = TrainingConfig.max_instances_per_forward_pass,
     require_unseen: bool = False,
 ) -> pd.DataFrame:
     """Predict every slide with the model of ``model_path`` (eval mode, inference mode).
