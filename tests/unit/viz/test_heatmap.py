@@ -122,6 +122,10 @@ def test_attention_length_mismatch_is_an_error(grid_slide, tmp_path):
     grid_slide.write(store)
     with pytest.raises(GigamilError, match="attention has 3 values but the store has 48 patches"):
         make_heatmap(store, np.ones(3), tmp_path / "hm")
+    # a (2, 24) array has the store's 48 values but is no slide's attention: it was flattened
+    # and drawn (a review, 2026-12-06)
+    with pytest.raises(GigamilError, match=r"attention of shape \(2, 24\), not one value per"):
+        make_heatmap(store, np.ones((2, 24)), tmp_path / "hm")
 
 
 def test_attention_that_is_not_finite_is_an_error_and_writes_nothing(grid_slide, tmp_path):

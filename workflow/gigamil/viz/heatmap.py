@@ -180,7 +180,11 @@ def _read_slide(store: str | Path, attention: np.ndarray) -> _Slide:
     """The store's geometry with ``attention`` as float32 (N,); GigamilError if N differs from
     the store's number of patches. Without ``slide_dimensions`` the patches' extent is used."""
     coords, _, attrs = read_store_geometry(store)
-    attention = np.asarray(attention, dtype=np.float32).reshape(-1)
+    attention = np.asarray(attention, dtype=np.float32)
+    if attention.ndim != 1:  # one value per patch; a (2, N/2) array is no slide's attention
+        raise GigamilError(
+            f"{store}: attention of shape {attention.shape}, not one value per patch"
+        )
     bad = int((~np.isfinite(attention)).sum())
     if attention.shape[0] != coords.shape[0]:
         raise GigamilError(
