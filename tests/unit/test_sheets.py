@@ -272,7 +272,10 @@ def test_a_slide_id_ending_in_qc_is_refused(tmp_path):
     load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
     for bad in ("a.qc", "a.QC"):
         rows[0]["slide_id"] = bad
-        with pytest.raises(ConfigError, match=r"line 2 .*not ending in \.qc; at most 200"):
+        with pytest.raises(
+            ConfigError,
+            match=r"line 2 .*: slide_id 'a\.[qQ][cC]' ends in \.qc, the suffix of the tissue masks' QC images: rename it",
+        ):
             load_sheet(write_sheet(tmp_path, rows, name="qc.csv"), "c1", CLASSES, base_dir=tmp_path)
 
 

@@ -280,7 +280,8 @@ def _check_file_listed_once(allr: pd.DataFrame) -> None:
         raise ConfigError(
             f"cohort {first['_cohort'].iloc[0]}: slide file {first['path'].iloc[0]!r} is listed "
             f"{len(first)} times (slide_ids {', '.join(map(str, first['slide_id']))}); one slide "
-            "may have one row only (a slide in two folds would be trained on and tested)"
+            "may have one row only (in a train cohort a slide in two folds would be trained on "
+            "and tested; elsewhere it would be counted twice)"
         )
 
 

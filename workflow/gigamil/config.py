@@ -22,7 +22,7 @@ import jsonschema
 import yaml
 
 from gigamil.errors import ConfigError
-from gigamil.schemas import SLIDE_ID_PATTERN, SLIDE_ID_RULE, describe_error, load_schema
+from gigamil.schemas import SLIDE_ID_PATTERN, describe_error, load_schema, pattern_rule
 from gigamil.strategy import resolve_strategy
 
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
@@ -36,7 +36,7 @@ def check_slide_id(slide_id: Any) -> str:
     calls it, so no output path can leave its directory (``../x``, ``/abs``, ``..``)."""
     name = str(slide_id)
     if not re.fullmatch(SLIDE_ID_PATTERN, name):
-        raise ConfigError(f"slide_id {name!r} {SLIDE_ID_RULE}")
+        raise ConfigError(f"slide_id {name!r} {pattern_rule(SLIDE_ID_PATTERN, name)}")
     return name
 
 

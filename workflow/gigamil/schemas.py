@@ -48,12 +48,21 @@ _PATTERN_RULES = {  # a schema pattern -> what a user reads instead of the regul
 }
 
 
+def pattern_rule(pattern: str, value: object) -> str:
+    """What ``value`` breaks of ``pattern``'s rule in words; a slide id ending in ``.qc`` is
+    told so first (the only part of the rule that allowed characters can break)."""
+    rule = _PATTERN_RULES[pattern]
+    if pattern == SLIDE_ID_PATTERN and str(value).lower().endswith(".qc"):
+        return f"ends in .qc, the suffix of the tissue masks' QC images: rename it ({rule})"
+    return rule
+
+
 def _error_message(error: jsonschema.ValidationError) -> str:
     """jsonschema's message, with a pattern's rule in words instead of the regex and, for a
     value that fits none of a key's alternatives, the key's description instead of "is not
     valid under any of the given schemas"."""
     if error.validator == "pattern" and error.schema.get("pattern") in _PATTERN_RULES:
-        return f"{error.instance!r} {_PATTERN_RULES[error.schema['pattern']]}"
+        return f"{error.instance!r} {pattern_rule(error.schema['pattern'], error.instance)}"
     if error.validator == "type" and error.instance is None:  # YAML's null, ~ or an empty value
         kinds = error.validator_value
         kind = " or ".join(kinds) if isinstance(kinds, list) else str(kinds)

@@ -1011,7 +1011,7 @@ def test_the_predict_log_counts_the_slides_predicted_not_those_listed(tmp_path, 
     summary = predict_cohort(paths, CLASSES, tmp_path / "out", "ext")
     said = [r.getMessage() for r in caplog.records if "no labels, no metrics" in r.getMessage()]
     n = sum(summary["predicted"].values())
-    assert n == 5 and len(said) == 1 and "predicted 5 of 6 slides (" in said[0]
+    assert n == 5 and len(said) == 1 and "5 of 6 slides predicted by " in said[0]
     assert said[0].endswith(", 1 without patches); no labels, no metrics")
 
 
@@ -1125,7 +1125,7 @@ def test_the_predict_log_of_a_cohort_predicted_whole_counts_no_slides_without_pa
     caplog.set_level(logging.INFO)
     predict_cohort(paths, CLASSES, tmp_path / "out", "ext")
     (said,) = [r.getMessage() for r in caplog.records if "no labels, no metrics" in r.getMessage()]
-    assert "predicted 4 of 4 slides (" in said and "without patches" not in said
+    assert "4 of 4 slides predicted by " in said and "without patches" not in said
 
 
 def test_the_predictions_page_lists_the_absent_folds(tmp_path):

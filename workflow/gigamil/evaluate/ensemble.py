@@ -210,11 +210,11 @@ def predict_cohort(
     write_json(summary, out_dir / "summary.json")
     unscored = f", {summary['n_unpredicted']} without patches" if summary["n_unpredicted"] else ""
     log.info(
-        "cohort %s: %s predicted %d of %d slides (%s%s); no labels, no metrics",
+        "cohort %s: %d of %d slides predicted by %s (%s%s); no labels, no metrics",
         cohort,
-        _models_text(summary),
         summary["n_slides"] - summary["n_unpredicted"],
         summary["n_slides"],
+        _models_text(summary),
         ", ".join(f"{n} {c}" for c, n in summary["predicted"].items()),
         unscored,
     )
