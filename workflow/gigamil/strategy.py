@@ -53,6 +53,17 @@ def _check_warmup(t: TrainingConfig) -> None:
         )
 
 
+def check_instance_loss(m: ModelConfig) -> None:
+    """ConfigError for ``model.instance_loss`` with ``pool: instance``, which has no attention
+    to add a patch loss to (:func:`resolve_strategy` for a config, ``build_mil_model`` for a
+    model built directly)."""
+    if m.pool == "instance" and m.instance_loss > 0:
+        raise ConfigError(
+            "model.instance_loss applies to the attention pools; model.pool: instance already "
+            "trains every patch on its slide's label (set instance_loss: 0)"
+        )
+
+
 def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
     """ConfigError for keys that ``strategy`` cannot train with (see :func:`resolve_strategy`)."""
     if strategy == "em":
@@ -89,11 +100,7 @@ def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
             f"({t.epochs}), or the encoder never learns: lower it (e.g. to {t.epochs // 2}), or "
             "set training.strategy: frozen to train the head alone"
         )
-    if m.pool == "instance" and m.instance_loss:  # what build_mil_model refuses, before any job
-        raise ConfigError(
-            "model.instance_loss applies to the attention pools; pool: instance trains every "
-            "patch already (set instance_loss: 0)"
-        )
+    check_instance_loss(m)  # build_mil_model's check, before any job
     if t.device == "cpu" and t.amp == "fp16":  # what AmpScaler refuses, before any job
         raise ConfigError("training.amp: fp16 needs a CUDA device (training.device is cpu)")
     if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs

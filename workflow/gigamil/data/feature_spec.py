@@ -97,12 +97,17 @@ def encoder_spec(
     }
 
 
+def encoder_id_name(encoder: str) -> str:
+    """How :func:`encoder_id` spells ``model.encoder``: every character but letters and digits
+    as ``_`` (``timm:resnet50`` -> ``timm_resnet50``)."""
+    return "".join(c if c.isalnum() else "_" for c in str(encoder))
+
+
 def encoder_id(spec: Mapping[str, Any]) -> str:
     """``<encoder>-<12 hex digits>``: a short stable hash of :func:`encoder_spec`."""
     text = json.dumps(dict(spec), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
-    name = "".join(c if c.isalnum() else "_" for c in str(spec["encoder"]))
-    return f"{name}-{digest}"
+    return f"{encoder_id_name(spec['encoder'])}-{digest}"
 
 
 def parse_encoder_id(text: str) -> tuple[str, str] | None:

@@ -14,6 +14,7 @@ from gigamil.nn.encoders import build_encoder, encoder_normalisation
 from gigamil.nn.histogram import WithColourHistogram
 from gigamil.nn.pooling import POOLS, AttentionHead
 from gigamil.settings import AugmentConfig, ModelConfig
+from gigamil.strategy import check_instance_loss
 
 
 def build_mil_model(
@@ -74,11 +75,7 @@ def build_mil_model(
 
 
 def _head(cfg: ModelConfig, dim: int, n_classes: int) -> AttentionHead:
-    if cfg.pool == "instance" and cfg.instance_loss > 0:
-        raise ConfigError(
-            "model.instance_loss applies to the attention pools; model.pool: instance already "
-            "trains every patch on its slide's label (set instance_loss: 0)"
-        )
+    check_instance_loss(cfg)
     return AttentionHead(
         dim,
         n_classes=n_classes,

@@ -109,15 +109,14 @@ def load_checkpoint(path: str | Path, damaged_hint: str | None = None) -> dict[s
     writes again)."""
     path = Path(path)
     if path.is_dir():
-        folds = sorted(path.glob("fold*/model.pt"))
-        inside = (
-            " (give its model.pt)"
-            if (path / "model.pt").is_file()
-            else f" ({len(folds)} fold models: give one fold's model.pt, e.g. {folds[0]}, once "
-            "per fold; gigamil ensemble averages their predictions)"
-            if folds
-            else ""
-        )
+        inside, folds = "", sorted(path.glob("fold*/model.pt"))
+        if (path / "model.pt").is_file():
+            inside = " (give its model.pt)"
+        elif folds:
+            inside = (
+                f" ({len(folds)} fold models: give one fold's model.pt, e.g. {folds[0]}, once "
+                "per fold; gigamil ensemble averages their predictions)"
+            )
         raise GigamilError(f"{path}: is a folder, not a checkpoint file{inside}")
     if not path.is_file():
         raise GigamilError(f"{path}: checkpoint not found")

@@ -223,13 +223,12 @@ def _check_feature_encoder(data: FoldData, mcfg: ModelConfig) -> None:
     """ConfigError when the feature stores were encoded by another encoder than
     ``model.encoder``: model.pt would name one encoder and hold a head for another's features
     (``gigamil predict`` refuses it only later)."""
-    from gigamil.data.feature_spec import parse_encoder_id
+    from gigamil.data.feature_spec import encoder_id_name, parse_encoder_id
 
     if data.features is None:
         return
     parsed = parse_encoder_id(str(data.features["encoder_id"]))
-    name = "".join(c if c.isalnum() else "_" for c in str(mcfg.encoder))  # as encoder_id spells it
-    if parsed is not None and parsed[0] != name:
+    if parsed is not None and parsed[0] != encoder_id_name(mcfg.encoder):
         raise ConfigError(
             f"the slides are feature stores of encoder {data.features['encoder_id']}, but "
             f"model.encoder is {mcfg.encoder}: encode them with {mcfg.encoder} (gigamil features "

@@ -27,7 +27,8 @@ from gigamil.errors import SlideError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_COMPRESSION = {1, 5, 7, 8, 32946}  # none, LZW, JPEG, deflate (Adobe, old)
+JPEG = 7  # TIFF compression tag of JPEG tiles
+SUPPORTED_COMPRESSION = {1, 5, JPEG, 8, 32946}  # none, LZW, JPEG, deflate (Adobe, old)
 SELF_CHECK_MAX_MEAN_DIFF = 1.0  # grey levels, mean over the checked tile
 
 
@@ -58,9 +59,6 @@ class TileCache:
             while self._bytes > self.max_bytes:
                 _, old = self._data.popitem(last=False)
                 self._bytes -= old.nbytes
-
-
-JPEG = 7  # TIFF compression tag of JPEG tiles
 
 
 def check_jpeg_markers(data: bytes, index: int, level: int) -> None:
@@ -94,6 +92,7 @@ class TiffTileSource:
             self._fd = os.open(path, os.O_RDONLY)
             self._decode = [p.decode for p in self.pages]
             self._tables = [p.jpegtables for p in self.pages]
+            self._jpeg = [int(p.compression) == JPEG for p in self.pages]
             self._offsets = [np.asarray(p.dataoffsets, np.int64) for p in self.pages]
             self._counts = [np.asarray(p.databytecounts, np.int64) for p in self.pages]
             self.tile_shape = [(int(p.tilelength), int(p.tilewidth)) for p in self.pages]
@@ -112,7 +111,7 @@ class TiffTileSource:
                 # RGB, or YCbCr in JPEG (libjpeg converts it; other codecs give raw Y, Cb, Cr)
                 and (
                     int(page.photometric) == 2
-                    or (int(page.photometric), int(page.compression)) == (6, 7)
+                    or (int(page.photometric), int(page.compression)) == (6, JPEG)
                 )
                 and int(page.samplesperpixel) == 3
                 and int(page.bitspersample) == 8
@@ -145,7 +144,7 @@ class TiffTileSource:
                     f"{count:,} bytes, {len(data):,} are left (was it changed while being read?)",
                     reason="truncated",
                 )
-            if int(self.pages[level].compression) == JPEG:
+            if self._jpeg[level]:
                 check_jpeg_markers(data, index, level)
             seg = self._decode[level](data, index, jpegtables=self._tables[level])[0]
             tile = np.asarray(seg).reshape(th, tw, 3)
