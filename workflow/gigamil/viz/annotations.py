@@ -18,6 +18,7 @@ from gigamil.viz.geojson import (
     top_region_features,
     write_geojson,
 )
+from gigamil.viz.masks import PlacedMask
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ def write_annotations(  # noqa: PLR0913 - the heatmap's pieces
     top: np.ndarray,
     slide_id: str,
     attrs: Mapping[str, Any],
-    tissue: np.ndarray | None,
+    tissue: np.ndarray | PlacedMask | None,
     tissue_mask: str | Path | None = None,
-    lesion: tuple[np.ndarray | None, str | Path | None] = (None, None),
+    lesion: tuple[np.ndarray | PlacedMask | None, str | Path | None] = (None, None),
 ) -> dict[str, Any]:
     """Write annotations.geojson: the tissue mask (if given and the slide's level-0 size is
-    known), the ground-truth lesion mask (``lesion``: the bool mask and its PNG, if given;
+    known; a :class:`~gigamil.viz.masks.PlacedMask` brings its own downsample), the ground-truth lesion mask (``lesion``: the bool mask and its PNG, if given;
     class ``Lesion (ground truth)``, cyan as the gallery's lesion frames, so a QuPath review
     compares where the model looked with the truth), the patches ``top`` and the regions where
     they touch as QuPath annotations (:mod:`gigamil.viz.geojson`)."""
@@ -85,7 +86,7 @@ LESION_CLASS = {"name": "Lesion (ground truth)", "color": [0, 200, 255]}
 
 
 def _mask_features(
-    mask: np.ndarray | None,
+    mask: np.ndarray | PlacedMask | None,
     mask_path: str | Path | None,
     attrs: Mapping[str, Any],
     slide_id: str,
@@ -95,13 +96,17 @@ def _mask_features(
     differ from the tissue's), or none when there is no mask or the slide's size is unknown."""
     if mask is None:
         return []
-    downsample = mask_downsample(mask.shape, attrs, mask_path)
+    if isinstance(mask, PlacedMask):  # placed by the heatmap (gigamil.viz.masks)
+        mask, downsample = mask.mask, mask.downsample
+    else:
+        downsample = mask_downsample(mask.shape, attrs, mask_path)
     if downsample is None:
         log.warning(
             "%s: the slide's level-0 size is unknown (no slide_dimensions in the store or "
-            "the mask's JSON), so annotations.geojson has no %s outline",
+            "the mask's JSON), so annotations.geojson has no %s outline%s",
             slide_id,
             kind,
+            " and overlay.png is not clipped to the tissue" if kind == "tissue" else "",
         )
         return []
     owner = slide_id if kind == "tissue" else f"{slide_id}:{kind}"  # the tissue's ids as before

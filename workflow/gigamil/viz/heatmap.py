@@ -23,6 +23,8 @@ and puts them together.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,13 @@ import numpy as np
 
 from gigamil.data.store import patch_size_xy
 from gigamil.errors import GigamilError
-from gigamil.evaluate.lesion_mask import read_binary_mask
 from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, resolve_slide_path, slide_thumbnail
 from gigamil.viz.figures import patch_width, render_gallery, render_overlay
 from gigamil.viz.geojson import patches_geojson, write_geojson
+from gigamil.viz.masks import PlacedMask, load_heatmap_masks, mask_on_image
 from gigamil.viz.scales import ColourScale, scale_attention
 from gigamil.viz.slide_info import SlidePrediction
 
@@ -50,13 +52,6 @@ def top_bottom(att: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-np.asarray(att), kind="stable")
     k = min(k, att.size)
     return order[:k], order[::-1][:k]
-
-
-def load_tissue_mask(path: str | Path | None) -> np.ndarray | None:
-    """The tissue (or lesion) mask PNG as bool (H, W) (:func:`read_binary_mask`), or None."""
-    if path is None or not Path(path).is_file():
-        return None
-    return read_binary_mask(path)
 
 
 def _style_default(key: str) -> Any:
@@ -100,6 +95,16 @@ def weight_name(pool: str) -> str:
     return "patch probability" if pool == "instance" else "attention"
 
 
+#: The files make_heatmap writes into its out_dir.
+HEATMAP_FILES = (
+    "overlay.png",
+    "gallery.png",
+    "patches.geojson",
+    "annotations.geojson",
+    "attention.npy",
+)
+
+
 def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     store: str | Path,
     attention: np.ndarray,
@@ -131,7 +136,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
             fold models (:func:`gigamil.viz.slide_info.read_slide_prediction`): the title of both
             images, and the probability the ``probability`` colour scale needs. Without it that
             scale falls back to ``relative`` (with a warning; the colour bar says which).
-        lesion_mask: the slide's ground-truth lesion PNG (whole slide; :func:`read_binary_mask`):
+        lesion_mask: the slide's ground-truth lesion PNG (whole slide; :func:`gigamil.evaluate.lesion_mask.read_binary_mask`):
             outlined on overlay.png, its lesion patches framed in the gallery.
 
     Returns:
@@ -140,16 +145,17 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slide = _read_slide(store, attention)
+    masks = load_heatmap_masks(tissue_mask, lesion_mask, slide.attrs)  # checked before drawing
     method, scale = _colour_scale(slide, style, prediction)
     head = prediction.title() if prediction is not None else (title or slide.slide_id)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
     top, bottom = top_bottom(slide.attention, style.top_k)
-    loaded = _write_overlay(
-        slide, thumb, scale, (tissue_mask, lesion_mask), style, head, out_dir / "overlay.png", top
-    )
-    _write_gallery(slide, top, bottom, head, style, out_dir / "gallery.png", lesion_mask)
-    _write_geojsons(slide, scale, top, loaded, (tissue_mask, lesion_mask), out_dir)
-    np.save(out_dir / "attention.npy", slide.attention)  # last: the others were drawn from it
+    # drawn in a scratch folder, moved into out_dir at the end: a failure leaves the old whole
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".drawing-") as tmp:
+        _write_overlay(slide, thumb, scale, masks, style, head, Path(tmp) / "overlay.png", top)
+        _write_gallery(slide, top, bottom, head, style, Path(tmp) / "gallery.png", lesion_mask)
+        _write_geojsons(slide, scale, top, masks, (tissue_mask, lesion_mask), Path(tmp))
+        _move_into(Path(tmp), out_dir, slide.attention)
     return {
         "slide_id": slide.slide_id,
         "n_patches": int(slide.coords.shape[0]),
@@ -159,6 +165,14 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
         "values": scale.values,
         "title": head,
     }
+
+
+def _move_into(draft: Path, out_dir: Path, attention: np.ndarray) -> None:
+    """Save attention.npy in ``draft`` and move the heatmap's files into ``out_dir``,
+    attention.npy last (the others were drawn from it)."""
+    np.save(draft / "attention.npy", attention)
+    for name in HEATMAP_FILES:
+        os.replace(draft / name, out_dir / name)
 
 
 @dataclass(frozen=True)
@@ -252,19 +266,21 @@ def _write_overlay(
     slide: _Slide,
     thumb: np.ndarray,
     scale: ColourScale,
-    masks: tuple[str | Path | None, str | Path | None],
+    masks: tuple[PlacedMask | None, PlacedMask | None],
     style: HeatmapStyle,
     head: str,
     path: Path,
     top: np.ndarray,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Write overlay.png, clipped to the tissue mask, with the lesion mask outlined (``masks``:
-    their PNGs or None) and the ``top`` patches boxed and numbered as in the gallery; returns
-    the tissue and lesion masks as read (bool (H, W), or None)."""
+) -> None:
+    """Write overlay.png, clipped to the tissue mask, with the lesion mask outlined (``masks``,
+    each placed on the slide by its own downsample: :mod:`gigamil.viz.masks`; a tissue mask of
+    unknown downsample clips nothing) and the ``top`` patches boxed and numbered as in the
+    gallery."""
     # thumbnail px per level-0 px, across and down (the thumbnail rounds its sides separately)
     kx, ky = thumb.shape[1] / slide.dims[0], thumb.shape[0] / slide.dims[1]
     canvas = attention_canvas(slide.coords, slide.psize, scale.values, (kx, ky), thumb.shape[:2])
-    tissue, lesion = (load_tissue_mask(m) for m in masks)
+    tissue = mask_on_image(masks[0], (kx, ky), thumb.shape[:2])
+    lesion = mask_on_image(masks[1], (kx, ky), thumb.shape[:2], any_pixel=True)
     side = sum(slide.psize) / 2 * kx  # the boxes are square (at least 12 px)
     marks = [
         (
@@ -289,7 +305,6 @@ def _write_overlay(
         mpp=_thumbnail_mpp(slide.attrs, kx),
         weight=style.weight,
     )
-    return tissue, lesion
 
 
 def _thumbnail_mpp(attrs: Mapping[str, Any], scale_xy: float) -> float | None:
@@ -353,11 +368,12 @@ def _write_geojsons(
     slide: _Slide,
     scale: ColourScale,
     top: np.ndarray,
-    loaded: tuple[np.ndarray | None, np.ndarray | None],
+    placed: tuple[PlacedMask | None, PlacedMask | None],
     masks: tuple[str | Path | None, str | Path | None],
     out_dir: Path,
 ) -> None:
-    """Write patches.geojson and annotations.geojson (tissue, lesion: ``loaded``, from ``masks``)."""
+    """Write patches.geojson and annotations.geojson (tissue, lesion: ``placed``, read from
+    ``masks``)."""
     geo = patches_geojson(slide.coords, slide.psize, slide.attention, scale.values, slide.slide_id)
     write_geojson(geo, out_dir / "patches.geojson")
     write_annotations(
@@ -369,7 +385,7 @@ def _write_geojsons(
         top,
         slide.slide_id,
         slide.attrs,
-        loaded[0],
+        placed[0],
         masks[0],
-        (loaded[1], masks[1]),
+        (placed[1], masks[1]),
     )
