@@ -20,7 +20,7 @@ def test_slide_ids_that_differ_only_in_case_are_refused(tmp_path, base_config):
     cfg = copy.deepcopy(base_config)
     cfg["cohorts"] = {"a": {"sheet": str(write_sheet(tmp_path, rows))}}
     with pytest.raises(
-        ConfigError, match=r"'S1', 's1' \(cohort a\) differ only in case \(1 such\)"
+        ConfigError, match=r"'S1', 's1' \(cohort a\) differ only in case or Unicode form \(1 such\)"
     ):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
 
@@ -321,7 +321,7 @@ def test_patient_ids_that_differ_only_in_case_are_refused_where_they_could_leak(
     new[0]["patient_id"] = good_rows()[0]["patient_id"].upper()  # 'P1' beside train 'p1'
     new[0]["label"] = good_rows()[0]["label"]
     _predict_cohort(tmp_path, base_config, new)
-    assert "patient_id(s) differ from another only in case or spaces" in caplog.text
+    assert "patient_id(s) differ from another only in case, spaces or Unicode form" in caplog.text
 
 
 def test_an_external_patient_of_the_second_train_cohort_is_caught(tmp_path, base_config):
@@ -333,8 +333,8 @@ def test_an_external_patient_of_the_second_train_cohort_is_caught(tmp_path, base
     ]  # fmt: skip
     for ext_pid, message in (
         ("yp2", "cohort ext: 1 patient(s) also in a train cohort (yp2)"),
-        ("YP2", "differ from another only in case or spaces ('YP2', 'yp2')"),
-        ("y p2", "differ from another only in case or spaces ('y p2', 'yp2')"),
+        ("YP2", "differ from another only in case, spaces or Unicode form ('YP2', 'yp2')"),
+        ("y p2", "differ from another only in case, spaces or Unicode form ('y p2', 'yp2')"),
     ):
         ext = other_rows()
         ext[2]["patient_id"] = ext_pid  # a lesion patient, as yp2 is
@@ -461,3 +461,24 @@ def test_demo_true_on_a_cohort_of_other_slides_is_an_error():
         "resources/demo/sheet.csv), whose slides rule demo_cohort generates; cohort mine's sheet "
         "lists other slides (s1, s2, s3, ...): remove demo: true from cohort mine"
     )
+
+
+def test_patient_ids_in_two_unicode_forms_are_one_spelling_clash(tmp_path, base_config):
+    """'José' typed as one character (NFC) in the train sheet and as 'e' plus a combining accent
+    (NFD, as macOS copies have it) in the external one print alike: they were two patients and
+    passed the overlap check; now refused, the two spellings shown with escapes."""
+    import unicodedata
+
+    rows = good_rows()
+    rows[2]["patient_id"] = unicodedata.normalize("NFC", "José")
+    ext = other_rows()
+    ext[2]["patient_id"] = unicodedata.normalize("NFD", "José")
+    ext[2]["label"] = rows[2]["label"]
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, rows))},
+        "ext": {"sheet": str(write_sheet(tmp_path, ext, name="e.csv")), "role": "external"},
+    }
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "only in case, spaces or Unicode form ('Jose\\u0301', 'Jos\\xe9')" in str(err.value)

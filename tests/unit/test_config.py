@@ -154,6 +154,8 @@ def test_every_schema_key_has_description_and_default():
             "cv.stratify_by: the folds always balance the label",
         ),
         (lambda c: c["cv"].update(stratify_by=["patient_id"]), "cannot stratify by 'patient_id'"),
+        (lambda c: c["cv"].update(stratify_by=["n"]), "'n' (a name the fold splitter uses"),
+        (lambda c: c["cv"].update(stratify_by=["n_slides"]), "'n_slides' (a name the fold"),
         (
             lambda c: c["cv"].update(stratify_by=["site", "site"]),
             "cv.stratify_by: ['site', 'site']",

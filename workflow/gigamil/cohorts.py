@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from stat import S_ISREG
@@ -249,9 +250,10 @@ def _check_one_cohort_per_slide(allr: pd.DataFrame) -> None:
 
 
 def _spelling_clashes(ids: pd.Series, spaces: bool = False) -> pd.Series:
-    """The sets of distinct ``ids`` that are equal up to case (and, with ``spaces``, white
-    space), one entry per such set."""
-    key = ids.str.casefold()
+    """The sets of distinct ``ids`` that are equal up to case and Unicode form (``é`` as one
+    character, NFC, or as ``e`` and a combining accent, NFD, as macOS file names have it: they
+    print alike) and, with ``spaces``, white space; one entry per such set."""
+    key = ids.map(lambda i: unicodedata.normalize("NFC", i)).str.casefold()
     spellings = ids.groupby(key.str.replace(r"\s+", "", regex=True) if spaces else key).unique()
     return spellings[spellings.map(len) > 1]
 
@@ -264,8 +266,8 @@ def _check_case_clashes(allr: pd.DataFrame) -> None:
         names = sorted(clash.iloc[0])
         where = sorted(allr.loc[ids.isin(names), "_cohort"].unique())
         raise ConfigError(
-            f"slide_ids {', '.join(map(repr, names))} (cohort {', '.join(where)}) differ only in "
-            f"case ({len(clash)} such): on a case-insensitive file system (macOS, Windows) their "
+            f"slide_ids {_spellings(names)} (cohort {', '.join(where)}) differ only in "
+            f"case or Unicode form ({len(clash)} such): on a case-insensitive file system (macOS, Windows) their "
             "result files, e.g. results/patches/<cohort>/<slide_id>.zarr, would be one file; "
             "rename one"
         )
@@ -287,18 +289,26 @@ def _check_file_listed_once(allr: pd.DataFrame) -> None:
 
 def _clash_text(clash: pd.Series) -> str:
     """The first three sets of :func:`_spelling_clashes`, each as its sorted spellings."""
-    return "; ".join(", ".join(map(repr, sorted(c))) for c in clash.iloc[:3])
+    return "; ".join(_spellings(c) for c in clash.iloc[:3])
+
+
+def _spellings(ids: Iterable[str]) -> str:
+    """``ids`` sorted, quoted; with escapes (``'Jos\\xe9'``, ``'Jose\\u0301'``) when two differ
+    only in Unicode form, as they would print alike."""
+    ids = sorted(ids)
+    forms = {unicodedata.normalize("NFC", i) for i in ids}
+    return ", ".join(map(ascii if len(forms) < len(ids) else repr, ids))
 
 
 def _check_patient_spellings(scored: pd.DataFrame) -> None:
     """ConfigError for patient_ids of the train and external cohorts (``scored``) that differ
-    only in case or spaces (``P1``, ``p1``): as two patients, one person's slides could be
+    only in case, spaces or Unicode form (``P1``, ``p1``): as two patients, one person's slides could be
     trained on and tested in one fold, or be in training and in the external metrics."""
     clash = _spelling_clashes(scored["patient_id"].astype(str), spaces=True)
     if len(clash):
         raise ConfigError(
             f"{len(clash)} patient_id(s) of the train and external cohorts differ from another "
-            f"only in case or spaces ({_clash_text(clash)}): as two patients, one person could "
+            f"only in case, spaces or Unicode form ({_clash_text(clash)}): as two patients, one person could "
             "be in training and in the test slides; if they are one person, spell them alike, "
             "else give them clearly different ids"
         )
@@ -315,7 +325,8 @@ def _warn_patient_spellings(allr: pd.DataFrame, scored: pd.Series) -> None:
     clash = clash[[not set(c) <= refused for c in clash]]
     if len(clash):
         log.warning(
-            "%d patient_id(s) differ from another only in case or spaces (%s): they are "
+            "%d patient_id(s) differ from another only in case, spaces or Unicode form (%s): "
+            "they are "
             "different patients to gigamil (folds, patient overlap); if they are one, spell "
             "them alike",
             len(clash),

@@ -229,8 +229,10 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
                 f"{source}: cv.stratify_by: the folds always balance the label; list only other "
                 "columns (e.g. [site])"
             )
-        if name in SHEET_COLUMNS:
-            raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}")
+        if name in (*SHEET_COLUMNS, "n", "n_slides"):  # n, n_slides: the splitter's own
+            own = name in ("n", "n_slides")
+            why = " (a name the fold splitter uses itself: rename the column)" if own else ""
+            raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}{why}")
     try:
         resolve_strategy(cfg["model"], cfg["training"])  # contradictions, before any job runs
     except ConfigError as exc:

@@ -373,6 +373,15 @@ def test_a_train_cohorts_files_are_out_of_fold_and_say_so(tmp_path):
         paths.append(path)
     ensemble_cohort(paths, CLASSES, tmp_path / "ens", "ext", "demo", n_boot=10)
     assert "ensemble" in pd.read_csv(tmp_path / "ens" / "metrics.csv", index_col=0).index
+    # one model scoring a whole cohort is not out of fold (a review found it called so)
+    one = ensemble_cohort(paths[:1], CLASSES, tmp_path / "one", "ext", "demo", n_boot=10)
+    assert one["n_models"] == 1 and one["models_per_slide"] == [1, 1]
+    page = (tmp_path / "one" / "metrics.html").read_text()
+    assert "<title>demo: cohort ext 1 model metrics</title>" in page
+    assert "slide AUC (1 model)</td>" in page and "out-of-fold" not in page
+    rows = pd.read_csv(tmp_path / "one" / "metrics.csv", index_col=0).index.tolist()
+    assert "ensemble" in rows and "oof" not in rows
+    assert "each fold&#x27;s model on all 10 slides" in page
 
 
 @pytest.mark.parametrize("which", ["ensemble_cohort", "predict_cohort"])

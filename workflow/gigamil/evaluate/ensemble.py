@@ -52,7 +52,12 @@ from gigamil.evaluate.predictions import (
     unlabelled,
 )
 from gigamil.evaluate.predictions import shown as shown_ids
-from gigamil.evaluate.tables import FLOAT_FORMAT, write_json, write_predictions_html
+from gigamil.evaluate.tables import (
+    FLOAT_FORMAT,
+    out_of_fold,
+    write_json,
+    write_predictions_html,
+)
 from gigamil.layout import PATIENT_PREDICTIONS
 
 log = logging.getLogger(__name__)
@@ -325,13 +330,13 @@ def _ensemble_metrics(
             "a wrong µm/px, e.g. the sheet's mpp column, can leave no tissue or no whole patch)"
         )
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
-    out_of_fold = models_per_slide(ens)[1] <= 1  # a train cohort: no slide has two models
-    table = metrics_table(valid_folds, classes, pooled, ci, "oof" if out_of_fold else "ensemble")
+    models = {"n_models": int(preds["fold"].nunique()), "models_per_slide": models_per_slide(ens)}
+    kind = "oof" if out_of_fold(models) else "ensemble"  # a train cohort: oof, as in the CV
+    table = metrics_table(valid_folds, classes, pooled, ci, kind)
     table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
     summary: dict[str, Any] = {"experiment": experiment or None, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
-    summary["n_models"] = int(preds["fold"].nunique())
-    summary["models_per_slide"] = models_per_slide(ens)
+    summary.update(models)
     summary["n_unpredicted"] = n_unpredicted
     summary["n_patients_unscored"] = unscored_patients(ens, valid)
     return valid, table, summary
@@ -382,8 +387,8 @@ def _write_ensemble_outputs(
     """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``, titled
     ``{experiment}: {cohort} ensemble``, or ``... out-of-fold (1 model per slide)`` for a train
     cohort, whose slides are each scored by the one fold model that did not train on them."""
-    one = summary["models_per_slide"][1] <= 1
-    what = "out-of-fold (1 model per slide)" if one else "ensemble"
+    what = "out-of-fold (1 model per slide)" if out_of_fold(summary) else "ensemble"
+    what = "1 model" if summary["n_models"] == 1 else what
     title = f"cohort {summary['cohort']} {what}"
     title = f"{experiment}: {title}" if experiment else title
     write_report(out_dir, table, valid, summary, classes, title, auc_key="auc", roc_by=None)

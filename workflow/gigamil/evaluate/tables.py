@@ -93,14 +93,25 @@ def localisation_figure(summary: Mapping[str, Any]) -> str:
     return mean_sd(summary.get("localization_auc"), sd)
 
 
+def out_of_fold(summary: Mapping[str, Any]) -> bool:
+    """Whether an ensemble ``summary`` scores each slide by one of several fold models (a train
+    cohort: each slide by the model that held it out), from its ``models_per_slide`` and
+    ``n_models``; one model scoring a whole cohort (``gigamil ensemble`` with one file) is
+    not out of fold."""
+    n_models = summary.get("n_models")
+    per_slide = summary.get("models_per_slide") or [0, 0]
+    return per_slide[1] <= 1 and (n_models is None or int(n_models) > 1)
+
+
 def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, str]]:
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
     its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1, accuracy and the Brier
     score with CIs, each class's recall with its counts and CI (with two classes named
     sensitivity and specificity), the patient balanced accuracy and recalls, the localisation AUC (with lesion masks) and the counts."""
-    per_slide = summary.get("models_per_slide") or [0, 0]
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
-    who = "ensemble" if auc_key == "auc" and per_slide[1] > 1 else "out-of-fold"
+    who = "out-of-fold" if auc_key != "auc" or out_of_fold(summary) else "ensemble"
+    if who == "ensemble" and summary.get("n_models") == 1:
+        who = "1 model"
     if len(summary.get("classes") or []) > 2:
         who += "; macro one-vs-rest"
     rows = _overlap_rows(summary) + _caveat_rows(summary)  # caveats on all below: first
