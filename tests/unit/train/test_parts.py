@@ -76,6 +76,24 @@ def test_early_stopping_min_epochs() -> None:
     assert es.finished and not es.should_stop  # the last epoch finishes without early stopping
 
 
+def test_a_nan_epoch_never_holds_the_best_epoch() -> None:
+    """An epoch whose score is NaN (e.g. its fp16 steps all skipped, weights still finite)
+    became model.pt's epoch and blocked every later one: NaN compares False with everything."""
+    nan = float("nan")
+    no_val = {"auc": nan, "loss": nan}  # cv.val_fraction 0: the score is -train_loss
+    es = EarlyStopping(metric="auc", patience=2, max_epochs=10)
+    assert es.update(1, no_val, nan)  # the first epoch is kept (model.pt must exist)
+    assert es.update(2, no_val, 0.6)  # any finite score beats a NaN best
+    assert es.update(3, no_val, 0.3)
+    assert not es.update(4, no_val, nan)  # and a NaN one never beats a finite best
+    assert es.best_epoch == 3 and es.best_score == -0.3 and es.bad_epochs == 1
+    warm = EarlyStopping(metric="auc", patience=2, min_epochs=3, max_epochs=10)
+    warm.update(1, no_val, 0.5)
+    assert warm.update(2, no_val, nan)  # a NaN warm-up epoch is forced in (the last one) ...
+    assert warm.update(3, no_val, 0.9)  # ... and replaced by the first finite epoch after it
+    assert warm.best_epoch == 3
+
+
 def test_early_stopping_state_dict_round_trip() -> None:
     es = EarlyStopping(patience=3, max_epochs=10)
     run(es, [0.6, 0.7, 0.65])

@@ -321,6 +321,29 @@ def _tb_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def test_a_resume_with_the_training_rows_reordered_starts_from_scratch(
+    mil_bags, cohort, tmp_path: Path, monkeypatch, train_killed, caplog
+) -> None:
+    """The shuffle and each bag's seed follow the rows' order: a fold killed with one order and
+    resumed with another (gigamil train --train-csv) ended as neither training, without a word.
+    Rows in slide_id order (the workflow's) keep the signature of earlier runs."""
+    train, val = cohort
+    train, val = train.head(6).sort_values("slide_id"), val.head(4)
+    cfg = training(epochs=3, max_instances_per_bag=9)
+    killed = tmp_path / "killed"
+    train_killed(3, train, val, mil_bags.classes, mil_bags.model, cfg, killed)
+    saved = torch.load(killed / "last.pt", weights_only=True)["signature"]
+    assert "train_order" not in saved and "val_order" not in saved
+    (killed / "model.pt").unlink()
+    (killed / "train_log.csv").unlink()
+    seen = _record_epochs(monkeypatch)
+    reordered = train.iloc[::-1].reset_index(drop=True)
+    with caplog.at_level(logging.WARNING):
+        train_fold(reordered, val, mil_bags.classes, mil_bags.model, cfg, killed, resume=True)
+    assert seen == [1, 2, 3]  # from scratch, not from epoch 3
+    assert "changed: the order of the training rows" in caplog.text
+
+
 def test_tensorboard_events_match_the_csv_log_and_survive_a_resume(
     mil_bags, cohort, tmp_path: Path, monkeypatch
 ) -> None:

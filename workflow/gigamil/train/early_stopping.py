@@ -64,8 +64,16 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience and self.epoch >= self.min_epochs
 
     def _improves(self, score: float, tiebreak: float) -> bool:
+        """Whether ``score`` beats the best so far (the first epoch always does, so model.pt
+        exists); a NaN score never beats one, and any finite score beats a NaN best (an epoch
+        whose loss was NaN, e.g. fp16 steps skipped by the gradient scaler, must not hold
+        model.pt for the rest of the training)."""
         best, best_tb = self.best_score, self.best_tiebreak
-        if best is None or score > best + TOLERANCE:
+        if best is None:
+            return True
+        if not math.isfinite(score):
+            return False
+        if not math.isfinite(best) or score > best + TOLERANCE:
             return True
         tie = abs(score - best) <= TOLERANCE
         return tie and best_tb is not None and tiebreak > best_tb + TOLERANCE

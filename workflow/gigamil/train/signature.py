@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # the signature's parts that are not settings (gigamil.train.trainer.Trainer._signature)
@@ -12,6 +12,8 @@ PARTS = {
     "patches": "the patches' size, µm/px or stain normalisation",
     "features": "the cached features",
     "world": "the number of processes",
+    "train_order": "the order of the training rows",
+    "val_order": "the order of the validation rows",
     "classes": "classes",
 }
 
@@ -35,3 +37,17 @@ def changed_keys(old: Any, new: Mapping[str, Any], limit: int = 6) -> str:
             changed.append(PARTS.get(str(key), str(key)))
     shown = ", ".join(changed[:limit])
     return shown + (", ..." if len(changed) > limit else "") if changed else "nothing named"
+
+
+def row_order_keys(train: Sequence[Any], val: Sequence[Any]) -> dict[str, list[str]]:
+    """``{"train_order": [slide_id, ...]}`` (and ``val_order``) for a part whose rows are not in
+    slide_id order, for a fold's ``last.pt`` signature: the shuffle and each bag's seed follow
+    the rows' order, so a resume with the rows reordered (``gigamil train --train-csv``) would
+    mix two trainings. Parts in slide_id order (the workflow's folds.csv within a cohort) add
+    nothing: their signature is that of earlier runs."""
+    keys = {}
+    for part, items in (("train", train), ("val", val)):
+        ids = [str(it.slide_id) for it in items]
+        if ids != sorted(ids):
+            keys[f"{part}_order"] = ids
+    return keys

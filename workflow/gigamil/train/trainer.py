@@ -43,6 +43,7 @@ from gigamil.train.loop import (
 )
 from gigamil.train.model_file import model_checkpoint, model_header
 from gigamil.train.monitor import TB_SCALARS, check_finite_weights, tensorboard_writer
+from gigamil.train.signature import row_order_keys
 
 if TYPE_CHECKING:
     from gigamil.train.fold_data import FoldData
@@ -218,6 +219,7 @@ class FoldTrainer:
             "patches": [data.patch_px, data.patch_mpp, data.stain_normalization],
             "features": data.features,
             "world": self.runtime.info.world,
+            **row_order_keys(data.train, data.val),
         }
 
     def _header(self, model_cfg: ModelConfig) -> dict[str, Any]:
