@@ -198,6 +198,10 @@ def test_cli_splits_writes_folds_and_reports_errors_on_one_line(tmp_path, capsys
     # the advice in this command's terms: its flags, not the config keys it has no file for
     assert len(err) == 1 and "class 'rare' has 5 patient(s) but --folds is 6" in err[0]
     assert "cv." not in err[0] and "lower --folds to at most" in err[0]
+    (tmp_path / "empty.csv").write_bytes(b"")  # a traceback (EmptyDataError) before
+    assert main(["splits", "--sheet", str(tmp_path / "empty.csv"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the file is empty (0 bytes)" in err[0]
     # the other options too, and a value joined as on a command line
     few = _sheet(
         [(f"N{i}", "normal", 1) for i in range(2)] + [(f"L{i}", "lesion", 1) for i in range(2)]
@@ -622,3 +626,12 @@ def test_the_sheet_digest_of_no_sheets_is_that_of_the_header_alone():
     assert sheet_digest([], ["site"]) != sheet_digest([])
     one = pd.DataFrame({"cohort": ["c"], "slide_id": ["s"], "patient_id": ["p"], "label": ["x"]})
     assert sheet_digest([one]) != sheet_digest([])
+
+
+@pytest.mark.parametrize("content", [b"", "fold,slide_id\n".encode("utf-16")])
+def test_an_empty_or_utf16_folds_file_is_one_error_not_a_traceback(tmp_path, content):
+    """pandas' EmptyDataError / UnicodeDecodeError reached the user as a traceback."""
+    path = tmp_path / "folds.csv"
+    path.write_bytes(content)
+    with pytest.raises(GigamilError, match="cannot be read as a folds CSV"):
+        read_folds(path)

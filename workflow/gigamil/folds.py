@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gigamil.errors import GigamilError
+from gigamil.errors import GigamilError, csv_read_errors
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,14 @@ def read_folds(path: str | Path) -> pd.DataFrame:
         raise GigamilError(
             f"{path}: folds file not found (run `gigamil splits` or rule make_splits)"
         )
-    folds = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        folds = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except csv_read_errors() as exc:  # empty, binary, UTF-16: one line, not a traceback
+        raise GigamilError(
+            f"{path}: cannot be read as a folds CSV ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}); write it again with `gigamil splits` (rule "
+            "make_splits)"
+        ) from exc
     if "fold" not in folds.columns:
         raise GigamilError(f"{path}: missing column fold")
     fold = pd.to_numeric(folds["fold"], errors="coerce")

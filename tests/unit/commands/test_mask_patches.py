@@ -558,3 +558,46 @@ def test_a_mask_too_coarse_for_the_short_side_is_refused(write_tiff, tmp_path, c
     assert main(["mask", str(slide), "--out", str(out), "--mask-mpp", "8"]) == 2
     _one_error_line(capsys, "mask", str(slide), "fewer than 8 mask pixels", "at most 4")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [
+        (["--qc", "{slide}"], "--qc {slide}: that is the slide itself"),
+        (["--json", "{slide}"], "--json {slide}: that is the slide itself"),
+        (["--qc", "{out}"], "--out and --qc both name {out}"),
+        (["--json", "{out}"], "--out and --json both name {out}"),
+        (["--qc", "{tmp}"], "--qc {tmp}: a folder"),
+        (["--qc", "{tmp}/qc.txt"], "--qc {tmp}/qc.txt: the QC image is written as PNG or JPEG"),
+    ],
+)
+def test_mask_outputs_that_would_destroy_a_file_are_refused_first(
+    cmu_svs, tmp_path, capsys, flags, fragment
+):
+    """`--qc SLIDE` replaced the slide with its QC image, `--json MASK.png` the mask with the
+    JSON, and `--qc DIR` / `--qc qc.txt` were a traceback after the mask was written (a review
+    of the CLI): now one line each, before anything is written."""
+    slide = tmp_path / "s.svs"
+    shutil.copy(cmu_svs, slide)
+    out = tmp_path / "m.png"
+    names = {"slide": str(slide), "out": str(out), "tmp": str(tmp_path)}
+    argv = ["mask", str(slide), "--out", str(out), *(f.format(**names) for f in flags)]
+    before = slide.read_bytes()
+    assert main(argv) == 2
+    _one_error_line(capsys, "mask", fragment.format(**names))
+    assert slide.read_bytes() == before and not out.exists()
+
+
+def test_a_new_mask_rewrites_the_stale_sidecar_beside_it(cmu_svs, tmp_path, capsys):
+    """A mask made again without --json left the earlier mask's sidecar beside it, and gigamil
+    patches --mask recorded its settings (otsu, close_um 32) for the new mask (threshold 120,
+    close_um 0)."""
+    mask = tmp_path / "m.png"
+    assert main(["mask", str(cmu_svs), "--out", str(mask), "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(["mask", str(cmu_svs), "--out", str(mask), "--threshold", "120", "--close-um", "0"])
+        == 0
+    )
+    assert "the sidecar of an earlier mask" in capsys.readouterr().err
+    params = json.loads((tmp_path / "m.json").read_text())["params"]
+    assert params["threshold"] == 120 and params["close_um"] == 0

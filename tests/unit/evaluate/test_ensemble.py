@@ -1157,3 +1157,21 @@ def test_the_predictions_page_lists_the_absent_folds(tmp_path):
     assert "WARNING" not in page
     # what the probabilities are worth, on every page (a new user's trial, 2026-12-06)
     assert "only for slides like their training slides (tissue, stain, scanner, µm/px)" in page
+
+
+def test_cli_ensemble_prints_strict_json_where_a_metric_is_undefined(tmp_path, capsys):
+    """A one-class cohort has no AUC: the printed summary said NaN, which strict JSON parsers
+    refuse, while summary.json has null (a review of the CLI)."""
+    from gigamil.cli import main
+
+    ext = _sheet(n_patients=6, slides=1, cohort="ext")
+    ext["label"] = "normal"
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(2):
+        _predict(ext, k, rng).to_csv(path := tmp_path / f"f{k}.csv", index=False)
+        paths.append(str(path))
+    argv = ["ensemble", "--cohort", "ext", "--out", str(tmp_path / "en"), "--n-boot", "20"]
+    assert main([*argv, "--predictions", *paths]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
+    assert printed["auc"] is None

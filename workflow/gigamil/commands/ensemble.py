@@ -37,14 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from gigamil.commands.evaluate import (
         classes_from_predictions,
         experiment_name,
         read_localization,
     )
     from gigamil.evaluate.ensemble import ensemble_cohort, has_labels
+    from gigamil.evaluate.tables import json_text
 
     classes = classes_from_predictions(args.predictions[0], args.classes, args.predictions[1:])
     args.experiment = experiment_name(args.experiment, args.predictions)
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "n_models",
         "localization_auc",
     )
-    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1))
+    print(json_text({k: summary[k] for k in keys if k in summary}, indent=1))  # NaN: null
     return 0
 
 

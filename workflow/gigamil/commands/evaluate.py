@@ -150,9 +150,8 @@ def read_localization(path: str) -> pd.DataFrame:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from gigamil.evaluate.aggregate import aggregate_cv
+    from gigamil.evaluate.tables import json_text
 
     classes = classes_from_predictions(args.predictions[0], args.classes, args.predictions[1:])
     loc = None
@@ -180,5 +179,5 @@ def run(args: argparse.Namespace) -> int:
         "n_patients",
         "localization_auc",
     )
-    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=1))
+    print(json_text({k: summary[k] for k in keys if k in summary}, indent=1))  # NaN: null
     return 0

@@ -104,7 +104,15 @@ def run(args: argparse.Namespace) -> int:
             else f"{args.config}: preprocessing.tissue.median_px"
         )
         logging.getLogger("gigamil").warning(even_median_message(given, params.median_px))
+    check_outputs(args.slide, {"--out": args.out, "--qc": args.qc, "--json": args.json})
     beside = mask_sidecar(args.out)
+    if not args.json and beside.is_file():  # it describes the mask this run replaces
+        logging.getLogger("gigamil").warning(
+            "%s: the sidecar of an earlier mask; written again with this mask's settings, "
+            "which gigamil patches --mask records from it",
+            beside,
+        )
+        args.json = str(beside)
     if args.json and Path(args.json).resolve() != beside.resolve():
         logging.getLogger("gigamil").warning(
             "--json %s: gigamil patches --mask %s reads the mask's settings from %s only; "
@@ -115,3 +123,30 @@ def run(args: argparse.Namespace) -> int:
         )
     make_mask(args.slide, Path(args.out), args.qc, args.json, params, args.slide_mpp)
     return 0
+
+
+QC_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_outputs(slide: str, outputs: dict[str, str | None]) -> None:
+    """GigamilError, before any work, for an output (``{flag: path}``, None: not given) that is
+    the slide itself or a folder, two flags naming one file, or a ``--qc`` image of a type it
+    cannot be saved as: a trial overwrote the slide with its QC image (``--qc SLIDE``), and
+    ``--qc DIR`` ended in a traceback after the mask was written."""
+    from gigamil.errors import GigamilError
+
+    given = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    slide_file = Path(slide).resolve()
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        where = path.resolve()
+        if where == slide_file:
+            raise GigamilError(f"{flag} {path}: that is the slide itself; name another file")
+        if path.is_dir():
+            raise GigamilError(f"{flag} {path}: a folder; give a file name")
+        if where in seen:
+            raise GigamilError(f"{seen[where]} and {flag} both name {path}: give each its own file")
+        seen[where] = flag
+    qc = given.get("--qc")
+    if qc is not None and qc.suffix.lower() not in QC_SUFFIXES:
+        raise GigamilError(f"--qc {qc}: the QC image is written as PNG or JPEG; name it *.png")

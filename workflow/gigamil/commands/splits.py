@@ -108,7 +108,7 @@ def _flag_sheets(paths: list[str]) -> list:
     import pandas as pd
 
     from gigamil.errors import GigamilError
-    from gigamil.sheet_csv import read_sheet_frame
+    from gigamil.sheet_csv import read_sheet_csv
     from gigamil.sheets import load_sheet
 
     stems = [Path(path).stem for path in paths]
@@ -121,9 +121,8 @@ def _flag_sheets(paths: list[str]) -> list:
         )
     sheets, spellings = [], {}
     for path in paths:
-        raw = read_sheet_frame(path)
-        raw.columns = [str(c).strip() for c in raw.columns]  # as load_sheet reads the header
-        labels = raw["label"].str.strip() if "label" in raw.columns else pd.Series(dtype=str)
+        raw = read_sheet_csv(Path(path), labels_required=False)  # one-line errors, stripped
+        labels = raw["label"] if "label" in raw.columns else pd.Series(dtype=str)
         classes = sorted(set(labels) - {""})  # as load_sheet reads them: stripped
         for label in classes:
             spellings.setdefault(label.casefold(), {}).setdefault(label, path)

@@ -28,10 +28,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def json_text(data: Mapping[str, Any], indent: int = 2) -> str:
+    """``data`` as strict JSON text (NaN and infinities as null, numpy scalars as numbers)."""
+    return json.dumps(_clean(dict(data)), indent=indent, allow_nan=False)
+
+
 def write_json(data: Mapping[str, Any], path: str | Path) -> None:
     """Write ``data`` as strict JSON (NaN written as null)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(_clean(dict(data)), indent=2, allow_nan=False) + "\n")
+    Path(path).write_text(json_text(data) + "\n")
 
 
 # the evaluation's CSVs: 9 significant digits, in which a float32 probability reads back exactly,
