@@ -632,3 +632,45 @@ def test_the_fast_path_is_used_only_where_it_decodes_as_openslide_does(cmu_svs, 
     assert (src is not None) == used
     if src is not None:
         src.close()
+
+
+def test_a_plain_tiff_with_associated_alpha_is_not_darkened_twice(tmp_path):
+    """ExtraSamples 1 (associated alpha): the colours are already multiplied by alpha, as
+    OpenSlide's are; compositing them as unassociated darkened them a second time (the plain
+    reader gave (177, 152, 140) where OpenSlide gives (227, 177, 152))."""
+    import tifffile
+
+    a, rgb = 128, np.array([200, 100, 50])
+    img = np.zeros((64, 64, 4), np.uint8)
+    img[..., :3], img[..., 3] = np.round(rgb * a / 255), a
+    path = tmp_path / "assoc.tif"
+    tifffile.imwrite(path, img, photometric="rgb", extrasamples=["assocalpha"],
+                     resolution=(20000, 20000), resolutionunit="CENTIMETER")  # fmt: skip
+    with open_slide(path) as r:
+        assert r.read_region((0, 0), 0, (4, 4))[0, 0].tolist() == [227, 177, 152]
+    unassoc = tmp_path / "unassoc.tif"  # colours not multiplied: c·a/255 + (255 - a)
+    img[..., :3] = rgb
+    tifffile.imwrite(unassoc, img, photometric="rgb", extrasamples=["unassalpha"],
+                     resolution=(20000, 20000), resolutionunit="CENTIMETER")  # fmt: skip
+    with open_slide(unassoc) as r:
+        assert r.read_region((0, 0), 0, (4, 4))[0, 0].tolist() == [227, 177, 152]
+
+
+def test_a_jpegs_exif_resolution_without_a_unit_gives_no_mpp(tmp_path):
+    """EXIF ResolutionUnit 1 (no absolute unit): Pillow's dpi read it as inches, a plausible
+    0.5 µm/px from nothing; now the missing-MPP error, as for a TIFF. In inches or cm, and with
+    x and y apart, EXIF gives the µm/px."""
+
+    def jpeg(name: str, x: float, y: float, unit: int):  # noqa: ANN202
+        exif = Image.Exif()
+        exif[0x011A], exif[0x011B], exif[0x0128] = x, y, unit
+        path = tmp_path / name
+        Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(path, exif=exif.tobytes())
+        return path
+
+    with pytest.raises(SlideError, match="no microns-per-pixel"):
+        open_slide(jpeg("none.jpg", 50800.0, 50800.0, 1))
+    with open_slide(jpeg("cm.jpg", 20000.0, 20000.0, 3)) as r:
+        assert r.mpp == pytest.approx(0.5)
+    with open_slide(jpeg("inch.jpg", 50800.0, 50800.0, 2)) as r:
+        assert r.mpp == pytest.approx(0.5)

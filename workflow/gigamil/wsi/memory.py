@@ -152,6 +152,7 @@ def _load_plain_image(
                         reason="too_large",
                     )
                 mpp = _tiff_page_mpp(page)
+                premultiplied = tuple(page.extrasamples or ())[:1] == (1,)  # associated alpha
                 size = int(page.imagewidth), int(page.imagelength)
                 _check_not_truncated(path, name, page)
                 if decode:
@@ -165,7 +166,7 @@ def _load_plain_image(
             raise SlideError(
                 f"{name}: cannot read the TIFF: {exc}", reason=_decode_reason(exc, path)
             ) from exc
-        return (_to_rgb(arr, name) if arr is not None else None), mpp, size
+        return (_to_rgb(arr, name, premultiplied) if arr is not None else None), mpp, size
     try:
         with Image.open(path) as img:
             if img.width * img.height > FALLBACK_MAX_PIXELS:
@@ -173,7 +174,7 @@ def _load_plain_image(
                     f"{name}: image of {img.width} x {img.height} px is too large",
                     reason="too_large",
                 )
-            dpi = img.info.get("dpi")
+            mpp = _pillow_mpp(img)
             size = int(img.width), int(img.height)
             arr = _pillow_rgba(img, name) if decode else None
     except SlideError:
@@ -182,8 +183,22 @@ def _load_plain_image(
         reason = _decode_reason(exc, path)
         hint = "; copy the slide again" if reason == "truncated" else ""
         raise SlideError(f"{name}: cannot read the image: {exc}{hint}", reason=reason) from exc
-    mpp = mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
     return (composite_on_white(arr) if arr is not None else None), mpp, size
+
+
+def _pillow_mpp(img: Any) -> tuple[float, float] | None:
+    """µm/px (x, y) of an image Pillow opened: a JPEG's JFIF density when it has a unit (1 dots
+    per inch, 2 per cm), else its EXIF XResolution / YResolution in their ResolutionUnit (EXIF's
+    default inch; 1, no absolute unit, gives none: Pillow's ``dpi`` reads it as inches, and took
+    XResolution for both axes); other formats' ``dpi`` (a PNG's pHYs). None when there is none."""
+    if img.format == "JPEG" and img.info.get("jfif_unit") not in (1, 2):
+        exif = img.getexif()
+        x_res, y_res = exif.get(0x011A), exif.get(0x011B)
+        if x_res is None or y_res is None:
+            return None
+        return mpp_from_resolution(float(x_res), float(y_res), exif.get(0x0128, 2))
+    dpi = img.info.get("dpi")
+    return mpp_from_resolution(dpi[0], dpi[1], "inch") if dpi else None
 
 
 def _decode_reason(exc: Exception, path: Path) -> str:
@@ -281,8 +296,8 @@ def _rational(v: Any) -> float:
     return float(v)
 
 
-def _to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
-    """tifffile page array -> (H, W, 3) uint8."""
+def _to_rgb(arr: np.ndarray, name: str, premultiplied: bool = False) -> np.ndarray:
+    """tifffile page array -> (H, W, 3) uint8 (RGBA over white: :func:`composite_on_white`)."""
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
@@ -297,7 +312,9 @@ def _to_rgb(arr: np.ndarray, name: str) -> np.ndarray:
                 f"{name}: unsupported sample type {arr.dtype} (expected 8-bit RGB)",
                 reason="unsupported",
             )
-    return composite_on_white(arr) if arr.shape[2] == 4 else np.ascontiguousarray(arr)
+    if arr.shape[2] == 4:
+        return composite_on_white(arr, premultiplied)
+    return np.ascontiguousarray(arr)
 
 
 # TIFF PhotometricInterpretation values the reader turns into RGB

@@ -7,13 +7,17 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA (not premultiplied) -> (H, W, 3) uint8 RGB over a white background."""
+def composite_on_white(rgba: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA -> (H, W, 3) uint8 RGB over a white background. ``premultiplied``:
+    the colours are already multiplied by alpha (a TIFF's associated alpha, ExtraSamples 1, as
+    OpenSlide's pixels are): c + (255 - a), not c·a/255 + (255 - a), which darkens them twice."""
     rgb = rgba[..., :3]
     alpha = rgba[..., 3]
     if alpha.min(initial=255) == 255:
         return np.ascontiguousarray(rgb)
     a = alpha.astype(np.uint16)[..., None]
+    if premultiplied:
+        return (rgb.astype(np.uint16) + (255 - a)).clip(0, 255).astype(np.uint8)
     out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
     return out.astype(np.uint8)
 
