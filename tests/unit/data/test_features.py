@@ -201,7 +201,7 @@ def test_train_and_predict_from_cached_features(
         predict_slides(path, other, None, tmp_path / "att3", device="cpu")
     # training refuses feature stores of another encoder than model.encoder (model.pt would
     # name one and hold a head for the other's features; a review, 2026-12-06)
-    with pytest.raises(ConfigError, match=r"feature stores of encoder smallcnn-.*model.encoder is"):
+    with pytest.raises(ConfigError, match=r"stores of encoder smallcnn-.*encoder: smallcnn in"):
         train_fold(
             ftrain,
             fval,
@@ -210,10 +210,15 @@ def test_train_and_predict_from_cached_features(
             training,
             tmp_path / "resnet",
         )
+    # and features of the same encoder with other settings (its BatchNorm mode here; other
+    # weights alike): only the encoder's name was compared
+    groupnorm = {**model_cfg, "batchnorm": "groupnorm"}
+    with pytest.raises(ConfigError, match=r"batchnorm: frozen in the stores, groupnorm here"):
+        train_fold(ftrain, fval, mil_bags.classes, groupnorm, training, tmp_path / "gn")
     # and a patch-trained model refuses feature stores (mixing kinds in a fold is an error too)
     with pytest.raises(GigamilError, match="some slides are patch stores"):
         train_fold(
-            pd.concat([ftrain, train.head(2).assign(slide_id=["x0", "x1"])], ignore_index=True),
+            pd.concat([ftrain, mil_bags.cohort(tmp_path / "x", 2, 2, "x")], ignore_index=True),
             fval,
             mil_bags.classes,
             model_cfg,

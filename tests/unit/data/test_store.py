@@ -326,3 +326,54 @@ def test_a_store_without_the_attributes_commit_writes_is_refused(
         GigamilError, match=r"lacks the attributes extraction records last .*not a finished"
     ):
         read_store(out)
+
+
+def _edit_array_json(path: Path, edit) -> None:  # noqa: ANN001
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_a_jpeg_chunk_holding_fewer_patches_than_the_chunks_is_damage(
+    s1_attrs, row_major_grid, tmp_path
+):
+    """patches/zarr.json edited to chunks of 32 over JPEG chunks of 16 patches: the decoder
+    filled the rows it had no patch for with black, and 84 of 100 rows read wrong without a
+    word (a review); zstd fails there already."""
+    from gigamil.data.bags import ZarrBag
+
+    n = 100
+    grid, coords = _grid(row_major_grid, n)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, n, 16, coords, grid, codec="jpeg", chunk=16) as w:
+        w.append(_smooth_patches(n))
+        w.commit(s1_attrs(codec="jpeg"))
+    ZarrBag(out).load()
+
+    def double(meta: dict) -> None:
+        meta["chunk_grid"]["configuration"]["chunk_shape"][0] = 32
+
+    _edit_array_json(out / "patches" / "zarr.json", double)
+    with pytest.raises(GigamilError, match="holds 16 JPEG patches, the array's chunks 32"):
+        ZarrBag(out).load()
+
+
+def test_chunk_files_are_looked_for_as_zarr_json_names_them(s1_attrs, row_major_grid, tmp_path):
+    """zarr.json's chunk key encoding edited to v2 ('0.0.0.0'): the check that every chunk file
+    exists looked for c/0/0/0/0 and passed, zarr found no file and read fill values (100 black
+    patches)."""
+    from gigamil.data.bags import ZarrBag
+
+    n = 100
+    grid, coords = _grid(row_major_grid, n)
+    out = tmp_path / "s.zarr"
+    with StoreWriter(out, n, 16, coords, grid, chunk=64) as w:
+        w.append(_smooth_patches(n))
+        w.commit(s1_attrs())
+
+    def v2_keys(meta: dict) -> None:
+        meta["chunk_key_encoding"] = {"name": "v2", "configuration": {"separator": "."}}
+
+    _edit_array_json(out / "patches" / "zarr.json", v2_keys)
+    with pytest.raises(GigamilError, match=r"chunk patches/0\.0\.0\.0 is missing"):
+        ZarrBag(out).load()

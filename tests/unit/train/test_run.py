@@ -464,6 +464,16 @@ def test_predict_warns_when_the_store_is_of_another_slide(
     assert not (tmp_path / "b").exists()
 
 
+def test_training_refuses_swapped_stores(mil_bags, cohort, tmp_path: Path) -> None:
+    """Prediction refused two stores swapped between slides of its table; training took them,
+    each slide's patches under the other's label (a review of the data layer)."""
+    train, val = cohort
+    train = train.head(6).copy()
+    train["store"] = np.r_[train["store"].iloc[1::-1], train["store"].iloc[2:]]  # first two
+    with pytest.raises(GigamilError, match="slides to train on: .* are stores swapped"):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, training(epochs=1), tmp_path)
+
+
 def test_model_records_its_slides_and_predict_names_those_it_has_seen(
     mil_bags, cohort, tmp_path: Path, caplog
 ) -> None:

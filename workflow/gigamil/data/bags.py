@@ -261,3 +261,22 @@ def store_digests(bag: Any) -> list[list[Any]]:
             return []
         out.append([attrs["patches_sha256"], attrs.get("codec"), attrs.get("jpeg_quality")])
     return out
+
+
+def swapped_store(
+    slide_ids: Sequence[str], stores: Sequence[str | Path], recorded: Sequence[Any]
+) -> str | None:
+    """The problem of a table whose slide's store (``stores``, aligned with ``slide_ids``) was
+    extracted from another slide of the same table (its ``recorded`` ``slide_id`` attribute;
+    None: not recorded): each slide would be trained on, or predicted and scored, under the
+    other's id and label. None when there is no such slide."""
+    listed = {str(i) for i in slide_ids}
+    for slide_id, store, own in zip(slide_ids, stores, recorded, strict=True):
+        cut_from = str(own) if own is not None else str(slide_id)
+        if cut_from != str(slide_id) and cut_from in listed:
+            return (
+                f"slide {slide_id}'s store {store} was extracted from slide {cut_from}, another "
+                "slide of this table: are stores swapped? Each would be used under the other's "
+                "id and label"
+            )
+    return None

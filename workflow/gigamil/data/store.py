@@ -113,12 +113,18 @@ class JpegPatchCodec(ArrayBytesCodec):
 
         raw = chunk_bytes.to_bytes()
         (count,) = struct.unpack_from("<I", raw, 0)
+        if count != chunk_spec.shape[0]:  # rows left black, not data (another chunking)
+            raise ValueError(
+                f"holds {count} JPEG patches, the array's chunks {chunk_spec.shape[0]}"
+            )
         lengths = struct.unpack_from(f"<{count}I", raw, 4)
         out = np.zeros(chunk_spec.shape, dtype=np.uint8)
         pos = 4 + 4 * count
         for i, n in enumerate(lengths):
             out[i] = imagecodecs.jpeg8_decode(raw[pos : pos + n])
             pos += n
+        if pos != len(raw):
+            raise ValueError(f"{len(raw) - pos} bytes after its {count} JPEG patches")
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(out)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
@@ -158,8 +164,10 @@ def _has_checksums(arr: zarr.Array) -> bool:
 
 
 def chunk_key(arr: zarr.Array, index: tuple[int, ...]) -> str:
-    """The file of chunk ``index`` of ``arr`` inside its store, e.g. ``patches/c/3/0/0/0``."""
-    return f"{arr.basename}/c/" + "/".join(str(i) for i in index)
+    """The file of chunk ``index`` of ``arr`` inside its store, e.g. ``patches/c/3/0/0/0``, by
+    the chunk key encoding its zarr.json records (the one zarr reads by: a check of files
+    named otherwise passed while zarr found none and read fill values)."""
+    return f"{arr.basename}/" + arr.metadata.encode_chunk_key(index)
 
 
 def damaged_store_error(

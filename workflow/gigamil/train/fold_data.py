@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from gigamil import layout
-from gigamil.data.bags import ZarrBag, store_stain_normalization
+from gigamil.data.bags import ZarrBag, store_stain_normalization, swapped_store
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.evaluate.predictions import shown
@@ -327,6 +327,10 @@ class FoldData:
             raise GigamilError(
                 f"no training slide has patches ({_no_patches_hint(train)}); nothing to train on"
             )
+        both = train_items + val_items
+        ids, stores = [it.slide_id for it in both], [it.bag.path for it in both]
+        if problem := swapped_store(ids, stores, [it.bag.attrs.get("slide_id") for it in both]):
+            raise GigamilError(f"slides to train on: {problem}")
         seen = {it.label for it in train_items}
         if len(seen) < len(classes):
             raise GigamilError(_lacking_class_message(train, classes, seen))

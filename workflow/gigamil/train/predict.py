@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from gigamil.config import check_slide_id
-from gigamil.data.bags import ZarrBag, store_stain_normalization
+from gigamil.data.bags import ZarrBag, store_stain_normalization, swapped_store
 from gigamil.data.features import FeatureBag, open_bag
 from gigamil.errors import GigamilError
 from gigamil.fileutil import zarr_attributes
@@ -311,15 +311,9 @@ def _check_slide_ids(slides: pd.DataFrame, attrs: list[dict[str, Any]]) -> None:
             f"slides to predict: slides {', '.join(ids[same])} have the same store "
             f"{slides['store'][same].iloc[0]}: give each slide its own store"
         )
-    listed = set(ids)
-    for slide_id, store, own in zip(ids, slides["store"], attrs, strict=True):  # a store cut
-        cut_from = str(own.get("slide_id", slide_id))  # from another listed slide
-        if cut_from != slide_id and cut_from in listed:
-            raise GigamilError(
-                f"slides to predict: slide {slide_id}'s store {store} was extracted from slide "
-                f"{cut_from}, another slide of this table: are stores swapped? Each would be "
-                "predicted (and scored) under the other's id and label"
-            )
+    recorded = [own.get("slide_id") for own in attrs]  # a store cut from another listed slide
+    if problem := swapped_store(list(ids), list(slides["store"]), recorded):
+        raise GigamilError(f"slides to predict: {problem}")
 
 
 def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides

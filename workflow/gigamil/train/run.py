@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gigamil.errors import ConfigError
+from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
 from gigamil.settings import ModelConfig, TrainingConfig
 from gigamil.strategy import resolve_strategy
@@ -220,19 +220,36 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
 
 
 def _check_feature_encoder(data: FoldData, mcfg: ModelConfig) -> None:
-    """ConfigError when the feature stores were encoded by another encoder than
-    ``model.encoder``: model.pt would name one encoder and hold a head for another's features
-    (``gigamil predict`` refuses it only later)."""
-    from gigamil.data.feature_spec import encoder_id_name, parse_encoder_id
+    """ConfigError when the feature stores were encoded otherwise than ``model:`` says: another
+    encoder, other weights (file checksum or name), BatchNorm mode or colour histogram (their
+    ``encoder_spec`` against the one the configuration gives at the stores' own patch settings):
+    model.pt would name one encoder and hold a head trained on another's features. A feature
+    store without its ``encoder_spec`` is damaged."""
+    from gigamil.data.feature_spec import encoder_spec
 
     if data.features is None:
         return
-    parsed = parse_encoder_id(str(data.features["encoder_id"]))
-    if parsed is not None and parsed[0] != encoder_id_name(mcfg.encoder):
+    stored = data.train[0].bag.attrs.get("encoder_spec")  # one encoder_id for all (FoldData)
+    if not isinstance(stored, Mapping) or "patch_mpp" not in stored:
+        raise GigamilError(
+            f"{data.train[0].bag.path}: a feature store without its encoder_spec (damaged, or "
+            "not written by gigamil features); delete it and rerun to encode it again"
+        )
+    patches = {
+        "mpp": stored["patch_mpp"],
+        "patch_px": stored["patch_px"],
+        "codec": stored.get("codec") or "zstd",
+        "jpeg_quality": stored.get("jpeg_quality") or 90,
+        "stain_normalization": stored.get("stain_normalization", "none"),
+    }
+    mine = encoder_spec(mcfg.to_dict(), patches)
+    differ = sorted(k for k in set(mine) | set(stored) if mine.get(k) != stored.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k)} in the stores, {mine.get(k)} here" for k in differ)
         raise ConfigError(
-            f"the slides are feature stores of encoder {data.features['encoder_id']}, but "
-            f"model.encoder is {mcfg.encoder}: encode them with {mcfg.encoder} (gigamil features "
-            "--config CONFIG.yaml), or set model.encoder to the one that encoded them"
+            f"the slides are feature stores of encoder {data.features['encoder_id']}, encoded "
+            f"otherwise than model: says ({shown}): encode them with this configuration (gigamil "
+            "features --config CONFIG.yaml), or set model: to the settings that encoded them"
         )
 
 
