@@ -270,3 +270,61 @@ def test_stripping_prefixes_of_an_empty_state_dict_returns_at_once():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "{}"
+
+
+@pytest.mark.parametrize("name", ["MahmoodLab/UNI@main", "org/na me", "org/..", "-org/x"])
+def test_a_malformed_hf_hub_name_is_a_config_error(tiny_vit, name) -> None:
+    """The hub's own naming rules (timm's @revision spelling, a space): a raw HFValidationError
+    (a traceback past the workflow's ConfigError handlers) before."""
+    from gigamil.nn.encoders import check_encoder_settings
+
+    with pytest.raises(ConfigError, match=r"is not hf-hub:<org>/<name>"):
+        check_encoder_settings(tiny_vit, f"hf-hub:{name}")
+
+
+def test_timms_hf_hub_spelling_gets_the_right_hint(tiny_vit) -> None:
+    from gigamil.nn.encoders import check_encoder_settings
+
+    with pytest.raises(ConfigError, match=r"write hf-hub:prov-gigapath/prov-gigapath$"):
+        check_encoder_settings(tiny_vit, "hf_hub:prov-gigapath/prov-gigapath")
+
+
+def test_the_hub_cache_path_expands_home_and_variables(monkeypatch, tmp_path) -> None:
+    """HF_HUB_CACHE='~/hfcache' (quoted, or from a profile's env): huggingface_hub expands it,
+    gigamil looked in a literal ./~/hfcache and said the model was not there."""
+    from gigamil.nn.weights import hub_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", "~/hfcache")
+    assert hub_cache() == str(tmp_path / "hfcache")
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("SCRATCH", str(tmp_path / "s"))
+    monkeypatch.setenv("HF_HOME", "$SCRATCH/hf")
+    assert hub_cache() == str(tmp_path / "s" / "hf" / "hub")
+
+
+def test_a_timm_model_with_two_classifier_heads_drops_both(tmp_path) -> None:
+    """timm names the distilled DeiT's classifier ('head', 'head_dist'): its own checkpoint was
+    refused with 4 unexpected keys."""
+    import timm
+
+    name = "deit_tiny_distilled_patch16_224"
+    torch.manual_seed(0)
+    state = timm.create_model(name, pretrained=False).state_dict()
+    torch.save(state, tmp_path / "deit.pt")
+    enc, dim = build_encoder(f"timm:{name}", str(tmp_path / "deit.pt"), 224, device="meta")
+    assert dim == 192
+
+
+def test_torchvision_vit_resizes_to_its_weights_input_size(monkeypatch) -> None:
+    """vit_b_16 built for 384 px (what IMAGENET1K_SWAG_E2E_V1 builds) was fed 224 px and failed
+    at its first forward pass; the resize follows the model's image_size."""
+    import torchvision
+
+    from gigamil.nn.encoders import _build_builtin
+
+    real = torchvision.models.vit_b_16
+    monkeypatch.setattr(torchvision.models, "vit_b_16", lambda **kw: real(image_size=384))
+    with torch.device("meta"):
+        enc, _ = _build_builtin("vit_b_16", None, 224)
+    assert enc[0].size == enc[1].image_size == 384

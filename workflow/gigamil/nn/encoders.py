@@ -250,6 +250,8 @@ def _no_named_weights(encoder: str, weights: str) -> str:
         inside = [f for f in HF_FILES if (Path(weights).expanduser() / f).is_file()]
         example = f"{weights.rstrip('/')}/{inside[0] if inside else HF_FILES[0]}"
         return f"model.weights: {weights} is a folder: name the weights file in it (e.g. {example})"
+    if weights.startswith("hf_hub:"):  # timm's spelling (model cards): gigamil's is hf-hub:
+        return f"model.weights: {weights!r}: write hf-hub:{weights[len('hf_hub:') :]}"
     if weights.count("/") == 1 and all(weights.split("/")):  # org/name, not a weights file
         return f"model.weights: {weights!r} is not a file; for a Hugging Face model write hf-hub:{weights}"
     return (
@@ -375,7 +377,8 @@ def _build_builtin(name: str, weights: str | None, patch_px: int) -> tuple[nn.Mo
                 module = torchvision.models.vit_b_16(weights=tv_weights)
                 dim = module.heads.head.in_features
                 module.heads = nn.Identity()
-                module = nn.Sequential(Resize(224), module)
+                # the weights' own input size (224; 384 for IMAGENET1K_SWAG_E2E_V1)
+                module = nn.Sequential(Resize(int(module.image_size)), module)
         except (OSError, RuntimeError) as exc:  # download failure offline
             raise ConfigError(
                 f"model.weights: cannot load {weights!r} for {name} ({exc}); "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,10 +47,14 @@ def is_weights_file(weights: str | None) -> bool:
 def hub_cache() -> str:
     """The Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the default),
     read when called so a job's environment counts."""
+
+    def expanded(name: str) -> str:  # as huggingface_hub reads them: ~ and $VAR expanded
+        return os.path.expandvars(os.path.expanduser(os.environ[name]))
+
     if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
+        return expanded("HF_HUB_CACHE")
     if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
+        return str(Path(expanded("HF_HOME")) / "hub")
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
@@ -61,6 +65,16 @@ def hf_repo(weights: str) -> str:
     repo = weights[len(HF_PREFIX) :].strip("/")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ConfigError(f"model.weights: {weights!r} is not hf-hub:<org>/<name>")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # the hub's own rules (a traceback from its cache lookup before)
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        revision = " (a revision, @..., is not supported: the cache's main is read)"
+        raise ConfigError(
+            f"model.weights: {weights!r} is not hf-hub:<org>/<name>: {exc}"
+            f"{revision if '@' in repo else ''}"
+        ) from None
     return repo
 
 
@@ -254,7 +268,7 @@ def load_strict(
     module: nn.Module,
     state: Mapping[str, torch.Tensor],
     source: str,
-    classifier: str | None = None,
+    classifier: str | Sequence[str] | None = None,
     hint: str = "",
 ) -> None:
     """Load ``state`` into ``module`` after prefix stripping; every key must match (names and
@@ -262,8 +276,11 @@ def load_strict(
     -inf). Keys under ``classifier`` (the head gigamil replaced by an identity) are dropped."""
     expected = set(module.state_dict())
     state = strip_prefixes(state, expected)
-    if classifier:
-        dropped = [k for k in state if k.startswith(f"{classifier}.") and k not in expected]
+    if classifier:  # one name, or several (timm's distilled models: ('head', 'head_dist'))
+        heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        dropped = [
+            k for k in state if k not in expected and any(k.startswith(f"{c}.") for c in heads)
+        ]
         for k in dropped:
             del state[k]
         if dropped:
@@ -316,7 +333,7 @@ def _holds_nan(t: torch.Tensor) -> bool:
 
 
 def load_weights_file(
-    module: nn.Module, weights: str, classifier: str | None = None, hint: str = ""
+    module: nn.Module, weights: str, classifier: str | Sequence[str] | None = None, hint: str = ""
 ) -> str:
     """Resolve, read and strictly load ``weights`` into ``module``; returns the file's sha256
     (also logged). A ``module`` on the ``meta`` device is only checked against the file's names
