@@ -1175,3 +1175,15 @@ def test_cli_ensemble_prints_strict_json_where_a_metric_is_undefined(tmp_path, c
     assert main([*argv, "--predictions", *paths]) == 0
     printed = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
     assert printed["auc"] is None
+
+
+def test_refused_inputs_leave_no_output_folder(tmp_path):
+    """evaluate, ensemble (and heatmap) made their --out folder before reading the inputs: a
+    refused run left an empty folder behind (a review of the CLI)."""
+    folds, paths = _cv_fixture(tmp_path)
+    with pytest.raises(GigamilError, match="no predictions"):
+        ensemble_cohort(paths, CLASSES, tmp_path / "ens", "other", n_boot=10)
+    assert not (tmp_path / "ens").exists()
+    with pytest.raises(GigamilError, match="folds file not found"):
+        aggregate_cv(paths, tmp_path / "none.csv", CLASSES, tmp_path / "cv")
+    assert not (tmp_path / "cv").exists()

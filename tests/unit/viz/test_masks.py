@@ -140,3 +140,11 @@ def test_a_failure_while_drawing_leaves_the_earlier_heatmap_untouched(
         make_heatmap(store, np.r_[np.full(15, 0.01), 0.85], out)
     assert {name: (out / name).read_bytes() for name in HEATMAP_FILES} == before
     assert sorted(p.name for p in out.iterdir()) == sorted(HEATMAP_FILES)
+
+
+def test_attention_of_another_length_leaves_no_output_folder(write_store, tmp_path):
+    grid = [(r, c) for r in range(2) for c in range(2)]
+    store = _store(write_store, tmp_path / "s.zarr", grid, 64, slide_dimensions=[128, 128])
+    with pytest.raises(GigamilError, match="attention has 3 values"):
+        make_heatmap(store, np.full(3, 1 / 3), tmp_path / "hm")
+    assert not (tmp_path / "hm").exists()

@@ -267,12 +267,12 @@ def aggregate_cv(
     from gigamil.folds import read_folds
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     folds = read_folds(folds_csv)
     preds = oof_predictions(read_predictions(pred_csvs, classes), folds)
     valid, n_unpredicted = split_unpredicted(preds, classes)
     if valid.empty:
         raise GigamilError("no slide has a prediction; nothing to evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)  # not before: a refused input leaves no folder
     pooled, ci = pooled_metrics(valid, classes, n_boot, seed)
     table = metrics_table(valid, classes, pooled, ci, "oof")
     summary: dict[str, Any] = {"experiment": experiment or None}

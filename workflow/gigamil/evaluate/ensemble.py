@@ -130,8 +130,7 @@ def _cohort_predictions(
     summary.json, warned in the log) are ``missing_folds`` (the fold numbers missing among the
     files: :func:`missing_folds`), ``identical_models`` (pairs of files of one model:
     :func:`identical_models`), ``folds_not_learned`` and ``models`` (:func:`model_records`),
-    each only when there are any; creates ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    each only when there are any; creates ``out_dir`` once they are checked."""
     every_cohort = [read_predictions([path], classes) for path in pred_csvs]
     per_file = [df[df["cohort"] == cohort] for df in every_cohort]
     check_one_file_per_model(per_file, pred_csvs, cohort)
@@ -168,6 +167,7 @@ def _cohort_predictions(
     if twins:
         caveats["identical_models"] = [list(pair) for pair in twins]
     caveats.update(model_records(preds, f"cohort {cohort}"))
+    out_dir.mkdir(parents=True, exist_ok=True)  # not before: a refused input leaves no folder
     return preds, mean_probabilities(preds, classes), caveats
 
 

@@ -142,10 +142,9 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     Returns:
         A small dict (n_patches, top indices, the scale used) for logging and tests.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     slide = _read_slide(store, attention)
     masks = load_heatmap_masks(tissue_mask, lesion_mask, slide.attrs)  # checked before drawing
+    (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)  # not before: no empty folder
     method, scale = _colour_scale(slide, style, prediction)
     head = prediction.title() if prediction is not None else (title or slide.slide_id)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
