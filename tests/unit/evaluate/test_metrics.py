@@ -184,6 +184,23 @@ def test_a_fold_of_one_class_has_no_balanced_accuracy_in_the_fold_mean():
     assert table.loc["fold1", "accuracy"] == 1.0  # defined on one class: kept
 
 
+def test_a_three_class_fold_lacking_a_class_has_no_auc_in_the_fold_mean():
+    """With three classes the macro AUC of a fold without class c averaged a and b alone, and
+    went into the folds' mean beside the folds over all three (a review of the reports)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for fold, labels in [(0, "aabbaabb"), (1, "abcabcabc")]:  # fold 0 has no 'c' slide
+        for i, lab in enumerate(labels):
+            p = rng.dirichlet([1, 1, 1])
+            rows.append(
+                {"fold": fold, "patient_id": f"f{fold}p{i}", "label": lab,
+                 "prob_a": p[0], "prob_b": p[1], "prob_c": p[2]}
+            )  # fmt: skip
+    table = M.fold_table(pd.DataFrame(rows), ["a", "b", "c"])
+    assert np.isnan(float(table.loc["fold0", "auc"]))
+    assert table.loc["mean", "auc"] == pytest.approx(table.loc["fold1", "auc"])
+
+
 def test_fold_table_mean_and_sd_across_folds():
     rng = np.random.default_rng(2)
     classes = ["neg", "pos"]

@@ -69,6 +69,22 @@ def test_a_subgroup_of_fewer_patients_than_the_minimum_gets_no_interval():
     assert few.max() - few.min() < 0.05 * width  # the marker alone
 
 
+def test_the_title_with_the_small_group_note_fits_the_figure(saved_axes):
+    """'; * fewer than 10 patients: no interval' made the title wider than the 6.4 in figure:
+    subgroups.html showed '... no inte' and lost what the stars mean."""
+    table = _table([0.8, 0.5]).assign(n_patients=[20, 9])
+    forest_plot(table, min_patients=10)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ax = saved_axes[-1]
+    fig = ax.figure
+    canvas = FigureCanvasAgg(fig)  # the figure was closed after saving
+    canvas.draw()
+    box = ax.title.get_window_extent(canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    assert "no interval" in ax.get_title().replace("\n", " ")
+
+
 def test_the_rows_run_down_in_table_order():
     """The pooled row first (at the top), then the subgroups as listed."""
     img = _blue(_image(forest_plot(_table([0.5, 0.1, 0.9]))))

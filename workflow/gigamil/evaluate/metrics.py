@@ -357,8 +357,8 @@ def fold_table(preds: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
         y, p = labels_and_probs(part, classes)
         m = classification_metrics(y, p, classes)
         m.pop("confusion")
-        if set(y.tolist()) != present:  # like its AUC: not the quantity of the other folds
-            m["balanced_accuracy"] = m["macro_f1"] = float("nan")
+        if set(y.tolist()) != present:  # not the other folds' quantity (3 classes: macro AUC)
+            m["auc"] = m["balanced_accuracy"] = m["macro_f1"] = float("nan")
         m["n_slides"] = m.pop("n")
         m["n_patients"] = int(part["patient_id"].nunique())
         rows[f"fold{int(fold)}"] = m

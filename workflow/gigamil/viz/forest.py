@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gigamil.viz.plots import _pyplot, png_bytes
+from gigamil.viz.plots import _pyplot, _wrap, png_bytes
 
 NAMES = {"auc": "slide AUC", "balanced_accuracy": "balanced accuracy", "brier": "Brier score"}
 # a row of the plot per subgroup: its height in inches, and the figure's fixed part
@@ -57,7 +57,8 @@ def forest_plot(table: pd.DataFrame, metric: str = "auc", min_patients: int = 10
         ax.set_xlabel(f"{name} (95% interval: bootstrap over patients)")
         ax.set_ylim(-0.6, len(table) - 0.4)
         few = f"; * fewer than {min_patients} patients: no interval" if any(small) else ""
-        ax.set_title(f"{name} per subgroup (slides in brackets){few}", fontsize=10)
+        title = f"{name} per subgroup (slides in brackets){few}"
+        ax.set_title(_wrap(title, 70), fontsize=10)  # 6.4 in: a longer line was cut off
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
         return png_bytes(fig)
