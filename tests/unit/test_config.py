@@ -155,6 +155,27 @@ def test_every_schema_key_has_description_and_default():
         ),
         (lambda c: c["cv"].update(stratify_by=["patient_id"]), "cannot stratify by 'patient_id'"),
         (lambda c: c["cv"].update(stratify_by=["n"]), "'n' (a name the fold splitter uses"),
+        # a review of the configuration (each a traceback, or a name with a line break, before)
+        (
+            lambda c: c["cohorts"].update({False: c["cohorts"].pop("demo")}),
+            "cohorts: the name False is a boolean in YAML, not a name: quote it as written",
+        ),
+        (
+            lambda c: c["cohorts"].update({2024: {"sheet": "x.csv"}}),
+            "cohorts: the name 2024 is a number in YAML",
+        ),
+        (
+            lambda c: c["training"].update({5: "x", "foo": 1}),
+            "unknown key training.5, training.foo",
+        ),
+        (lambda c: c.update(experiment="demo\n"), "experiment: 'demo\\n' is not a safe"),
+        (lambda c: c.update(classes=["normal", "lesion\n"]), "'lesion\\n' has spaces"),
+        (
+            lambda c: c["training"].update(strategy="em", warmup_epochs=100),
+            "strategy em trains in rounds of its own",
+        ),
+        (lambda c: c["training"].update(seed=2**64), "is greater than the maximum of 4294967295"),
+        (lambda c: c.update(experiment=2024), "2024 is a number in YAML, not a string: quote it,"),
         (lambda c: c["cv"].update(stratify_by=["n_slides"]), "'n_slides' (a name the fold"),
         (
             lambda c: c["cv"].update(stratify_by=["site", "site"]),
@@ -485,3 +506,13 @@ def test_with_trained_models_only_the_unscored_external_cohort_is_warned_about(b
     ]
     cfg["ensemble"]["enabled"] = True
     assert config_warnings(validate_config(cfg)) == []
+
+
+def test_null_on_the_command_line_is_null_for_a_key_that_may_be_null(base_config):
+    """snakemake --config trained_models=null hands over the string 'null', a valid path to
+    the schema: it was looked for as a folder; model.weights 'null' as a weight name."""
+    cfg = copy.deepcopy(base_config)
+    cfg["trained_models"] = "null"
+    cfg["model"]["weights"] = "~"
+    out = validate_config(cfg)
+    assert out["trained_models"] is None and out["model"]["weights"] is None

@@ -9,7 +9,6 @@ file. The cohort sheets are read and checked in :mod:`gigamil.sheets`, the cohor
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import math
 import re
@@ -21,8 +20,15 @@ from typing import Any
 import jsonschema
 import yaml
 
+from gigamil.config_strings import coerce_strings, schema_leaves
 from gigamil.errors import ConfigError
-from gigamil.schemas import SLIDE_ID_PATTERN, describe_error, load_schema, pattern_rule
+from gigamil.schemas import (
+    SLIDE_ID_PATTERN,
+    SchemaValidator,
+    describe_error,
+    load_schema,
+    pattern_rule,
+)
 from gigamil.strategy import resolve_strategy
 
 SHEET_COLUMNS = ("slide_id", "patient_id", "label", "path")
@@ -55,25 +61,6 @@ def _fill_defaults(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
                 _fill_defaults(extra, value)
 
 
-def _schema_leaves(
-    schema: Mapping[str, Any], instance: dict[str, Any]
-) -> Iterator[tuple[dict[str, Any], str, Any, dict[str, Any]]]:
-    """Every value of ``instance`` that is not a mapping, with its schema node (the key's
-    ``properties`` entry, else ``additionalProperties``; keys the schema does not describe are
-    skipped), recursing into nested mappings: ``(the mapping holding it, key, value, node)``,
-    so the caller may replace the value in place."""
-    props = schema.get("properties", {})
-    extra = schema.get("additionalProperties")
-    for key, value in list(instance.items()):
-        sub = props.get(key, extra if isinstance(extra, dict) else None)
-        if not isinstance(sub, dict):
-            continue
-        if isinstance(value, dict):
-            yield from _schema_leaves(sub, value)
-        else:
-            yield instance, key, value, sub
-
-
 def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
     """Write each whole number in one form per key, in place, so that equal values make equal
     rule params (Snakemake compares params by their ``repr``: ``mask_mpp: 8`` after ``8.0``
@@ -84,7 +71,7 @@ def _canonical_numbers(schema: Mapping[str, Any], instance: dict[str, Any]) -> N
     0.2); a key of several types (``oneOf``) by the types of its choices
     (``trainable_blocks: 2.0`` → 2, ``threshold: 20.0`` → 20). The shipped config.yaml is
     written in these forms, so its params are unchanged."""
-    for parent, key, value, sub in _schema_leaves(schema, instance):
+    for parent, key, value, sub in schema_leaves(schema, instance):
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if not (isinstance(value, int) or value.is_integer()):
@@ -124,47 +111,6 @@ def _empty_sections_to_defaults(schema: Mapping[str, Any], instance: dict[str, A
             instance[key] = {}
         if isinstance(instance[key], dict):
             _empty_sections_to_defaults(sub, instance[key])
-
-
-def _coerce_strings(schema: Mapping[str, Any], instance: dict[str, Any]) -> None:
-    """Turn string values that the schema rejects but whose YAML reading it accepts ("3" → 3,
-    "false" → False, "2" → 2 for ``trainable_blocks``) into that reading, in place; a reading
-    of the schema's type that is out of range ("-3" for a minimum of 1) too, so that the error
-    names the range, not the type.
-
-    ``snakemake --config 'training={"epochs": 3}'`` hands the values inside such a mapping over
-    as strings; a user typed a number and should not be told it is not one.
-    """
-    for parent, key, value, sub in _schema_leaves(schema, instance):
-        if not isinstance(value, str):
-            continue
-        check = jsonschema.Draft202012Validator(sub)
-        if check.is_valid(value):
-            continue
-        readings = _readings(value)
-        # a valid reading, else one of the right type ("-3" → -3: then the error says
-        # "less than the minimum", as for the same value in config.yaml)
-        fits = [r for r in readings if check.is_valid(r)] or [
-            r for r in readings if not any(e.validator == "type" for e in check.iter_errors(r))
-        ]
-        if fits:
-            parent[key] = fits[0]
-
-
-def _readings(value: str) -> list[Any]:
-    """The non-string values a string on a command line may mean: its YAML reading (3, 0.5,
-    false, null), else a number Python reads (YAML 1.1 keeps "1e-3" a string)."""
-    out: list[Any] = []
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        parsed = value
-    if not isinstance(parsed, (dict, list, str)):
-        out.append(parsed)
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            out.append(kind(value))
-    return out
 
 
 def _check_roles(cfg: Mapping[str, Any], source: str) -> None:
@@ -212,9 +158,11 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
         )
     cfg = deepcopy(dict(config or {}))
     _empty_sections_to_defaults(schema, cfg)
-    _coerce_strings(schema, cfg)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), e.path))
+    coerce_strings(schema, cfg)
+    validator = SchemaValidator(schema)
+    errors = sorted(  # keys of mixed types (a YAML key 2024 beside names) compared as text
+        validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), [str(p) for p in e.path])
+    )
     found = [f"{k}: {v} is not a finite number" for k, v in _non_finite(cfg)]  # .nan passes
     if found := found + list(dict.fromkeys(_config_error(e, schema) for e in errors)):
         from gigamil.sheet_csv import raise_problems  # it imports this module

@@ -27,6 +27,29 @@ def load_schema(name: str) -> dict[str, Any]:
 SLIDE_ID_PATTERN = load_schema("sheet")["properties"]["slide_id"]["pattern"]
 
 
+def _pattern(
+    validator: Any,
+    pattern: str,
+    instance: Any,
+    schema: Mapping[str, Any],  # noqa: ARG001 - jsonschema's keyword signature
+) -> Iterator[jsonschema.ValidationError]:
+    """jsonschema's ``pattern`` (``re.search``), except that a pattern ending in ``$`` does not
+    take a string ending in a line break: Python's ``$`` matches before a final ``\n``, so
+    ``experiment: |`` (YAML's block scalar, "demo\n") passed as a safe name and planned
+    results/models/demo\n/...; ``\\Z`` would say it, but JSON Schema's regexes have none."""
+    if not validator.is_type(instance, "string"):
+        return
+    line_break = pattern.endswith("$") and instance.endswith("\n")
+    if line_break or re.search(pattern, instance) is None:  # jsonschema's own: re.search
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: The validator of gigamil's schemas (Draft 2020-12 with :func:`_pattern`).
+SchemaValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _pattern}
+)
+
+
 def _key(path: Iterator[Any] | list[Any]) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
@@ -74,10 +97,8 @@ def _error_message(error: jsonschema.ValidationError) -> str:
         and (isinstance(error.instance, (bool, int, float)))
     ):  # YAML reads 0, 1.5, yes/no/on/off unquoted as numbers and booleans
         kind = "a boolean" if isinstance(error.instance, bool) else "a number"
-        return (
-            f"{error.instance!r} is {kind} in YAML, not a string: quote it as the sheets spell "
-            f"it, e.g. '0' or 'yes'"
-        )
+        sheets = " as the sheets spell it" if list(error.absolute_path)[:1] == ["classes"] else ""
+        return f"{error.instance!r} is {kind} in YAML, not a string: quote it{sheets}, e.g. '0'"
     if error.validator == "minItems" and isinstance(error.instance, list):
         return (
             f"{error.instance!r} has {len(error.instance)} item(s); at least "
@@ -156,7 +177,9 @@ def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | 
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = (
-            sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+            sorted(set(error.instance) - set(allowed), key=str)
+            if isinstance(error.instance, dict)
+            else []
         )
         keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
         close = [m for k in extra for m in difflib.get_close_matches(str(k), allowed, n=1)]
@@ -168,5 +191,15 @@ def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | 
     if error.validator == "required":
         return f"{where}: {error.message}"
     if "propertyNames" in error.schema_path:
-        return f"{where}: invalid name {error.instance!r} (use letters, digits, '_' and '-')"
+        name = error.instance
+        if isinstance(name, (bool, int, float)):  # YAML reads NO, on, 2024 unquoted so
+            kind = "a boolean" if isinstance(name, bool) else "a number"
+            return (
+                f"{where}: the name {name!r} is {kind} in YAML, not a name: quote it as "
+                "written (e.g. 'NO' or '2024')"
+            )
+        return (
+            f"{where}: invalid name {name!r} (use letters, digits, '_' and '-'; at most 100 "
+            "characters)"
+        )
     return f"{where}: {_error_message(error)}"

@@ -13,10 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-import jsonschema
-
 from gigamil.errors import ConfigError
-from gigamil.schemas import describe_error, load_schema
+from gigamil.schemas import SchemaValidator, describe_error, load_schema
 
 _SCHEMA = load_schema("config")
 
@@ -82,7 +80,7 @@ class _Section:
         schema: dict[str, Any] = schema_section(cls.SCHEMA_PATH)
         for key in reversed(cls.SCHEMA_PATH):  # errors name the full key, e.g. training.epochs
             wrapped, schema = {key: wrapped}, {"type": "object", "properties": {key: schema}}
-        validator = jsonschema.Draft202012Validator(schema)
+        validator = SchemaValidator(schema)
         errors = sorted(validator.iter_errors(wrapped), key=lambda e: len(e.absolute_path))
         if errors:
             raise ConfigError(describe_error(errors[0]))

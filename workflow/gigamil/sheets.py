@@ -15,13 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pandas as pd
 
 from gigamil.config import OPTIONAL_COLUMNS
 from gigamil.errors import ConfigError, nearest_name
 from gigamil.layout import lesion_masks
-from gigamil.schemas import describe_value_error, load_schema
+from gigamil.schemas import SchemaValidator, describe_value_error, load_schema
 from gigamil.sheet_csv import raise_problems, read_sheet_csv
 
 
@@ -167,7 +166,7 @@ def _check_rows_against_schema(
     if not labels_required:  # a predict cohort: an empty label is no label
         schema["required"] = [c for c in schema["required"] if c != "label"]
         optional = (*OPTIONAL_COLUMNS, "label")
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = SchemaValidator(schema)
     bad: list[str] = []
     for i, record in enumerate(df.to_dict(orient="records")):
         row = {k: _clean(v) for k, v in record.items() if not (k in optional and v in ("", None))}

@@ -41,15 +41,15 @@ def _check_warmup(t: TrainingConfig) -> None:
             "training.warmup_epochs: schedule onecycle warms up itself (30 % of the steps); "
             "set warmup_epochs: 0 or schedule: cosine"
         )
+    if t.strategy == "em":  # first: under em, training.epochs is not used
+        raise ConfigError(
+            "training.warmup_epochs warms up the end_to_end and frozen strategies; "
+            "strategy em trains in rounds of its own: set warmup_epochs: 0"
+        )
     if t.warmup_epochs >= t.epochs:
         raise ConfigError(
             f"training.warmup_epochs ({t.warmup_epochs:g}) must be below training.epochs "
             f"({t.epochs}): the learning rate would never reach training.lr"
-        )
-    if t.strategy == "em":
-        raise ConfigError(
-            "training.warmup_epochs warms up the end_to_end and frozen strategies; "
-            "strategy em trains in rounds of its own: set warmup_epochs: 0"
         )
 
 
