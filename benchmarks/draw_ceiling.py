@@ -12,7 +12,7 @@ tumour, so some "tumour" tiles are mostly stroma or normal tissue). This probe r
 weak supervision: for each draw it trains gigamil's random-init small CNN (``tile_probe.
 train_small_cnn``: gigamil's augmentation, mini-batches of 32, BatchNorm in train mode) and the
 colour-histogram logistic regression on the TRUE labels of every tile of ``--tiles`` that the
-draw does not use (about 2,400 tiles, versus the 20 slide labels a fold model gets), and scores
+draw does not use, compared by content (about 2,400 tiles, versus the 20 slide labels a fold model gets), and scores
 the draw's own tiles (placed as ``cohort/tiles.csv`` says):
 
 - ``tile_auc``: tumour vs normal tiles of the draw (the lesion masks' labels);
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import math
 import platform
@@ -84,12 +85,15 @@ def slide_scores(placed: pd.DataFrame, score: np.ndarray) -> pd.DataFrame:
 
 def probe_draw(draw: Path, tiles: Path, seed: int) -> dict[str, dict[str, float]]:
     placed = pd.read_csv(draw / "cohort" / "tiles.csv")
-    used = set(placed["file"])
+    # by content, not name: PatchCamelyon holds byte-identical copies under other names (draw
+    # 8: 10 of its 75 tumour tiles had one in the training pool before 2026-12-06)
+    used = set(placed["sha256"])
     pool = [
         (f"{lab}/{p.name}", lab)
         for lab in (0, 1)
         for p in sorted((tiles / str(lab)).iterdir())
-        if f"{lab}/{p.name}" not in used and p.suffix.lower() in {".jpg", ".png", ".tif"}
+        if p.suffix.lower() in {".jpg", ".png", ".tif"}
+        and hashlib.sha256(p.read_bytes()).hexdigest() not in used
     ]
     x_train = load(tiles, [f for f, _ in pool])
     y_train = np.array([lab for _, lab in pool], dtype=np.int64)

@@ -203,12 +203,14 @@ def summary_line(
 
 def result_record(sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds: float) -> dict:
     """The variant's figures for ``benchmarks/results/screen.json``: OOF and mean localisation
-    AUC per draw (one per training seed), their mean and minimum over draws and seeds, the
-    median final training loss and epochs, the wall time."""
+    AUC per draw (one per training seed, in the order of ``seeds``: sorted, whatever order
+    ``--seeds`` gave), their mean and minimum over draws and seeds, the median final training
+    loss and epochs, the wall time."""
     oof, loc = per_draw_figures(df)
     aucs = [a for v in oof.values() for a in v]
     return {
         "set": sets,
+        "seeds": sorted({int(s) for s in df["seed"]}),  # the order of each draw's values
         "oof_auc": {k: [round(a, 4) for a in v] for k, v in oof.items()},
         "localization_auc": {k: [round(a, 4) for a in v] for k, v in loc.items()},
         "mean_oof_auc": round(float(np.mean(aucs)), 4),

@@ -45,7 +45,7 @@ RUNS: list[tuple[str, list[int]]] = [  # the shipped settings (cv.val_fraction 0
 # the shipped settings plus training.recalibrate_every: 1 (docs/real_tissue.md, "Recalibrating
 # BatchNorm every epoch"); `--variant recal` prints their table
 RECAL_RUNS: list[tuple[str, list[int]]] = [
-    ("recal1", [2, 4, 0]),
+    ("recal1", [0, 2, 4]),  # run as --seeds 2 4 0; screen.py stores them sorted
     ("recal1_s68", [6, 8]),
     ("recal1_d01", [0, 2]),
     ("recal1_d2345", [4]),
@@ -90,6 +90,8 @@ def collect(
         if name not in records:
             continue
         rec = records[name]
+        if "seeds" in rec and list(rec["seeds"]) != list(seeds):  # the values' order
+            raise SystemExit(f"{name}: its values are of seeds {rec['seeds']}, listed {seeds}")
         for key, values in rec["oof_auc"].items():
             for seed, oof, loc in zip(seeds, values, rec["localization_auc"][key], strict=True):
                 cell = (cohort_name(key), seed)

@@ -58,8 +58,19 @@ DEFAULT_TILES = REPO.parent / "shared" / "data" / "pcam-valid"
 
 
 def load_tiles(root: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """All tiles of ``root/0`` and ``root/1``, shuffled: uint8 (N, H, W, 3), labels (N,)."""
-    files = [(p, lab) for lab in (0, 1) for p in sorted((root / str(lab)).iterdir())]
+    """All tiles of ``root/0`` and ``root/1``, each image once (PatchCamelyon holds byte-identical
+    copies under other names, which fell on both sides of the held-out split before
+    2026-12-06: 46 of 484 held-out tumour tiles at seed 0), shuffled: uint8 (N, H, W, 3),
+    labels (N,)."""
+    import hashlib
+
+    files, seen = [], set()
+    for lab in (0, 1):
+        for p in sorted((root / str(lab)).iterdir()):
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                files.append((p, lab))
     if not files:
         raise SystemExit(f"no tiles under {root}/0 and {root}/1")
     order = np.random.default_rng(seed).permutation(len(files))
