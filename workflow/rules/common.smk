@@ -67,9 +67,19 @@ def print_run_summary():
             ["-s", str(snakefile), "--directory", str(here.resolve())]
             if elsewhere
             else []
-        ),
+        )
+        + config_overrides(),
     ):
         print(line, file=sys.stderr)
+
+
+def config_overrides():
+    """``["--config", "key=value", ...]`` of the run's --config (as Snakemake hands them to its
+    jobs), so the printed report command builds this run's experiment; [] without any.
+    """
+    settings = getattr(workflow, "config_settings", None)
+    given = list(getattr(settings, "config_args", None) or [])
+    return ["--config", *given] if given else []
 
 
 def stop(message):

@@ -275,3 +275,19 @@ def test_the_localisation_summary_is_the_mean_and_sample_sd_of_the_defined_slide
     assert block["localization_auc_per_slide"] == {"s1": 0.6, "s2": 0.75, "s3": 0.9}
     one = localization_block({"s1": {"localization_auc": 0.6, "n_lesion_patches": 2}})
     assert one["localization_auc_sd"] is None and one["localization_n_slides"] == 1
+
+
+def test_no_localisation_auc_says_why(caplog):
+    """One masked slide with all 8 of its patches in the lesion: the log said 'mean nan over 0
+    slides' and metrics.html a blank '(0 slides)', without a reason (a new user's trial)."""
+    from gigamil.evaluate.aggregate import localization_block
+    from gigamil.evaluate.tables import summary_rows
+
+    loc = {"s1": {"localization_auc": float("nan"), "n_lesion_patches": 8, "n_patches": 8}}
+    block = localization_block(loc)
+    assert (
+        "1 with every patch in the lesion, 0 without a lesion patch" in block["localization_note"]
+    )
+    assert "mean nan" not in caplog.text and "localisation AUC: n/a" in caplog.text
+    rows = dict(summary_rows({**block, "n_slides": 1, "n_patients": 1}, "auc"))
+    assert rows["localisation AUC of the attention (lesion masks)"].startswith("n/a: no slide")

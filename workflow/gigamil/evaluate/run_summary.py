@@ -74,7 +74,8 @@ def _patients(summary: Mapping[str, Any]) -> str:
 def _localisation(summary: Mapping[str, Any]) -> str:
     loc, n = localisation_figure(summary), summary.get("localization_n_slides", "?")
     if not loc:
-        return ""
+        note = summary.get("localization_note")
+        return f"; localisation AUC n/a ({note})" if note else ""
     return f"; localisation AUC {loc} ({'1 slide' if n == 1 else f'mean ± sd, {n} slides'})"
 
 

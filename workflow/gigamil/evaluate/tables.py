@@ -141,7 +141,14 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     ]
     if "localization_auc" in summary:
         loc, n = localisation_figure(summary), summary.get("localization_n_slides", 0)
-        if n == 1:
+        if summary.get("localization_note") and not n:
+            rows.append(
+                (
+                    "localisation AUC of the attention (lesion masks)",
+                    "n/a: " + str(summary["localization_note"]),
+                )
+            )
+        elif n == 1:
             rows.append(("localisation AUC of the attention (lesion mask)", f"{loc} (1 slide)"))
         else:
             what = "localisation AUC of the attention (lesion masks), mean ± sd"
