@@ -347,3 +347,12 @@ def test_hold_steps_keep_a_group_at_zero_then_run_the_same_schedule() -> None:
     # no hold: one schedule for every group, as before the key existed
     plain = make_scheduler(opt, "cosine", 10, hold_steps=(0, 0))
     assert plain.lr_lambdas[0] is plain.lr_lambdas[1]
+
+
+def test_a_probability_near_one_is_not_printed_as_one() -> None:
+    """'%.3g' printed 0.99997 as '1' in predict's log line (read as certainty in a trial)."""
+    from gigamil.train.predict import probability_text
+
+    assert probability_text(0.99997) == "1 - 3.0e-05"
+    assert probability_text(0.837) == "0.837" and probability_text(1.0) == "1"
+    assert probability_text(3.2e-6) == "3.2e-06"

@@ -94,5 +94,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.fold is not None:
         write_fold_predictions(preds, args.fold, args.out)
+    import logging
+
+    logging.getLogger("gigamil").info(  # a trial read P = 1 for skin by lymph-node models
+        "a probability means something only for slides like the model's training slides "
+        "(tissue, stain, scanner, µm/px), and nothing checks that these are: gigamil "
+        "model-info %s says what it trained on",
+        args.model,
+    )
     print(args.out)
     return 0

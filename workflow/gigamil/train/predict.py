@@ -94,8 +94,9 @@ def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None
     if abs(mpp - model_mpp) > MPP_TOLERANCE * model_mpp:
         raise GigamilError(
             f"slide {slide_id}: patches are at {mpp:g} µm/px but the model was trained at "
-            f"{model_mpp:g} µm/px; extract this cohort with preprocessing.patches.mpp: "
-            f"{model_mpp:g} (a single slide: gigamil patches --mpp {model_mpp:g})"
+            f"{model_mpp:g} µm/px; extract this cohort with a preprocessing.patches.mpp within "
+            f"1 % of it, e.g. the training config's (a single slide: gigamil patches --mpp "
+            f"{model_mpp:g})"
         )
 
 
@@ -316,6 +317,12 @@ def _check_slide_ids(slides: pd.DataFrame, attrs: list[dict[str, Any]]) -> None:
         raise GigamilError(f"slides to predict: {problem}")
 
 
+def probability_text(p: float) -> str:
+    """A probability in a log line: three significant digits, and near 1 its distance from 1
+    (``1 - 3.2e-05``: '%.3g' printed 0.99997 as "1", which reads as certainty)."""
+    return f"1 - {1.0 - p:.1e}" if 0.9995 <= p < 1.0 else f"{p:.3g}"
+
+
 def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     model_path: Path,
     slides: pd.DataFrame,
@@ -347,13 +354,13 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
         np.save(attention_dir / f"{row.slide_id}.npy", att)
         shown = int(prob.argmax()) if len(classes) > 2 and len(bag) else -1  # 2: the positive
         log.info(  # with more than two classes, the predicted one's probability
-            "slide %d/%d %s: %d patches, P(%s) %.3g -> %s (%.1f s)",
+            "slide %d/%d %s: %d patches, P(%s) %s -> %s (%.1f s)",
             i,
             len(slides),
             row.slide_id,
             len(bag),
             classes[shown],
-            prob[shown],
+            probability_text(float(prob[shown])),
             pred or "none",
             time.monotonic() - t0,
         )
