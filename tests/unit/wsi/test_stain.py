@@ -78,3 +78,13 @@ def test_none_and_bad_arguments() -> None:
         normalize_stains(batch.astype(np.float32), "macenko")
     with pytest.raises(GigamilError, match="stain_normalization must be one of"):
         PatchParams(stain_normalization="vahadane").validate()
+
+
+def test_a_patch_of_one_percent_stain_is_left_as_it_is():
+    """torchstain scales by the 99th percentile over all pixels: with about 1 % stained the
+    percentile falls on glass, and the glass came out dark purple (a review). Such a patch is
+    left unchanged and counted."""
+    patch = np.full((1, 100, 100, 3), 243, np.uint8)
+    patch[0, :10, :10] = (120, 60, 150)  # 100 of 10,000 pixels stained: 1 %
+    out, skipped = normalize_stains(patch)
+    assert skipped == 1 and np.array_equal(out, patch)

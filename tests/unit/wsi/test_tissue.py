@@ -337,3 +337,17 @@ def test_closing_and_opening_radii_are_in_microns():
         assert at(520, 400), mask_mpp  # the 48-µm gap closed
         assert not at(1024, 400), mask_mpp  # the 160-µm gap kept
         assert not at(800, 712), mask_mpp  # the strand opened away
+
+
+def test_an_otsu_split_of_tinted_glass_alone_is_warned_about():
+    """A blank slide on yellowish glass (saturation 17-30) came out 56 % tissue without a
+    word: Otsu split the glass's own tint. Classes that close are warned about; glass against
+    tissue (5 against 80) is not."""
+    from gigamil.wsi.otsu import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(np.linspace(17, 30, 20000), 3), 0, 255)
+    thr, warnings = otsu_threshold(glass, "s")
+    assert thr > 15 and len(warnings) == 1 and "classes only" in warnings[0]
+    slide = np.r_[rng.normal(5, 2, 15000), rng.normal(80, 15, 5000)].clip(0, 255)
+    assert otsu_threshold(slide, "s")[1] == []

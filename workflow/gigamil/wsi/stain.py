@@ -11,8 +11,13 @@ normalisation before a CNN is the recipe of Kather et al. 2019 (Nat Med 25:1054)
 patch's stain hue and strength away (pale or dark slides, one lab against another) and keeps its
 morphology; it runs once, at patch extraction, so the stores hold normalised pixels.
 
-A patch with fewer than :data:`MIN_STAINED_PX` stained pixels (optical density below ``beta`` in
-some channel everywhere else), or whose estimate fails, is left as it is and counted.
+A patch with fewer than :data:`MIN_STAINED_PX` stained pixels, or under
+:data:`MIN_STAINED_FRACTION` of its pixels stained (optical density below ``beta`` in some
+channel everywhere else), or whose estimate fails, is left as it is and counted: torchstain
+scales a patch by the 99th percentile of its stain concentrations over all its pixels, glass
+included, so on a patch with under about 1 % stained pixels that percentile falls on glass and
+the glass is stretched to the reference's full stain strength (a review turned a CMU patch's
+glass and PCam normal tiles dark purple).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["MIN_STAINED_PX", "STAIN_NORMALIZATIONS", "normalize_stains"]
+__all__ = ["MIN_STAINED_FRACTION", "MIN_STAINED_PX", "STAIN_NORMALIZATIONS", "normalize_stains"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,7 @@ STAIN_NORMALIZATIONS = ("none", "macenko")
 IO = 240  # transmitted light intensity (torchstain's and Macenko's default)
 BETA = 0.15  # optical density below which a pixel counts as unstained (ditto)
 MIN_STAINED_PX = 64  # fewer stained pixels than this: the stain vectors are not estimated
+MIN_STAINED_FRACTION = 0.05  # nor under this share of the patch (module docstring)
 
 
 def _stained_px(patch: np.ndarray) -> int:
@@ -58,7 +64,8 @@ def normalize_stains(patches: np.ndarray, method: str = "macenko") -> tuple[np.n
     out = patches.copy()
     skipped = 0
     for i, patch in enumerate(patches):
-        if _stained_px(patch) < MIN_STAINED_PX:
+        needed = max(MIN_STAINED_PX, MIN_STAINED_FRACTION * patch.shape[0] * patch.shape[1])
+        if _stained_px(patch) < needed:
             skipped += 1
             continue
         try:

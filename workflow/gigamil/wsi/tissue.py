@@ -23,18 +23,13 @@ import numpy as np
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.settings import TissueConfig
 from gigamil.wsi.mask_io import write_mask_outputs
+from gigamil.wsi.otsu import otsu_threshold
 from gigamil.wsi.patching import MAX_UPSAMPLING
 from gigamil.wsi.raster import raster_shape, read_raster_image
 from gigamil.wsi.slide import SlideReader
 
 log = logging.getLogger(__name__)
 
-# An Otsu threshold below this saturation means the image is (nearly) uniform background:
-# splitting JPEG noise on white glass would invent tissue.
-MIN_OTSU_SATURATION = 15.0
-# Below this fraction of (non-dark, non-ink) pixels above the floor the slide has little or no
-# tissue; above it a low Otsu threshold only means the glass is flat (saturation ~0).
-LITTLE_TISSUE_FRACTION = 0.005
 # Pen ink: green to blue hues (degrees) with at least this saturation (0..255). H&E is pink to
 # purple (hue ~240-360 and 0-20); the blue-grey of pale haematoxylin stays below the saturation.
 INK_HUE_DEG = (60.0, 235.0)
@@ -188,40 +183,6 @@ def pen_ink_mask(hue: np.ndarray, sat: np.ndarray, low: float, open_px: int) -> 
     weak = inky & (sat > low)
     seed = (strong & weak).astype(np.uint8)
     return reconstruction(seed, weak.astype(np.uint8), method="dilation").astype(bool) | strong
-
-
-def otsu_threshold(sat: np.ndarray, name: str = "") -> tuple[float, list[str]]:
-    """Otsu's threshold of saturation values (1-D float), computed on their square root (which
-    evens out the long tail of dense tissue, so faint stroma is not lumped with the glass), never
-    below ``MIN_OTSU_SATURATION``; returns (threshold, warnings). The floor matters when the
-    glass is flat: glass of saturation 0 puts Otsu at ~0 on a slide that is mostly tissue (no
-    warning then); only when few pixels pass the floor does it warn of little or no tissue."""
-    from skimage.filters import threshold_otsu
-
-    if sat.size == 0:
-        return MIN_OTSU_SATURATION, []
-    root = np.sqrt(sat)
-    thr = float(threshold_otsu(root)) ** 2 if np.ptp(root) > 0 else float(sat.flat[0])
-    if thr >= MIN_OTSU_SATURATION:
-        return thr, []
-    above = float(np.mean(sat > MIN_OTSU_SATURATION))
-    who = f"{name}: " if name else ""
-    if above < LITTLE_TISSUE_FRACTION:
-        return MIN_OTSU_SATURATION, [
-            f"{who}Otsu threshold {thr:.1f} is below the minimum saturation "
-            f"{MIN_OTSU_SATURATION:g} and only {100 * above:.2f} % of the slide is above it "
-            f"(little or no tissue?); using {MIN_OTSU_SATURATION:g}"
-        ]
-    log.info(
-        "%sOtsu threshold %.1f below the minimum saturation %g with %.1f %% of the slide above it "
-        "(clean glass); using %g",
-        who,
-        thr,
-        MIN_OTSU_SATURATION,
-        100 * above,
-        MIN_OTSU_SATURATION,
-    )
-    return MIN_OTSU_SATURATION, []
 
 
 def mask_from_rgb(
