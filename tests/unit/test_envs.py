@@ -40,3 +40,19 @@ def test_conda_env_mirrors_pyproject():
         f"not in pyproject: {sorted(set(have) - set(mapped))}; "
         f"ranges differ: {sorted(k for k in mapped.keys() & have.keys() if mapped[k] != have[k])}"
     )
+
+
+def test_a_wheel_holds_the_schemas_and_the_imports_are_declared():
+    """A non-editable install could not import gigamil.config (the schemas lived outside the
+    package), and google_crc32c, imported by the store writer, came only through some zarr
+    releases (a review of the packaging). The package reaches workflow/schemas/ through its
+    data/schemas link, which its package-data names, so a wheel holds copies."""
+    from gigamil.schemas import SCHEMA_DIR
+
+    link = REPO / "workflow" / "gigamil" / "data" / "schemas"
+    assert link.resolve() == (REPO / "workflow" / "schemas").resolve() == SCHEMA_DIR.resolve()
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "data/schemas/*.yaml" in tool["package-data"]["gigamil"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {_split(d)[0] for d in project["dependencies"]}
+    assert "google-crc32c" in declared

@@ -16,7 +16,9 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+# workflow/schemas/ through the package's data/schemas link, or the copies an installed wheel
+# holds there (the link's target is outside the package)
+SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "schemas"
 
 
 def load_schema(name: str) -> dict[str, Any]:

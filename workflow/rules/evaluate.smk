@@ -1,7 +1,8 @@
 """Rules aggregate_cv, ensemble, oof_cohort and predict_cohort: cross-validation metrics,
 fold-model ensembles with metrics and lesion localisation (external cohorts; oof_cohort: each
 train cohort's out-of-fold predictions), and the ensemble's predictions of the unlabelled
-``role: predict`` cohorts, without metrics (gigamil.evaluate). All three write
+``role: predict`` cohorts, without metrics (gigamil.evaluate); subgroups_cv and
+subgroups_cohort: the metrics per value of the ``subgroups`` columns. The ensemble rules write
 results/eval/{experiment}/ensemble/{cohort}/; wildcard constraints give each its cohorts. The final outputs for rule all are ``eval_targets()`` (common.smk).
 """
 
