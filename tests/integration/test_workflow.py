@@ -514,3 +514,30 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     assert demo["label"] in ("normal", "lesion") and demo["prediction"] in ("normal", "lesion")
     page = results["results/eval/demo/ensemble/new/predictions.html"]["content"].decode()
     assert all(f"<td>{sid}</td>" in page for sid in NEW)
+
+
+def test_a_trained_models_project_does_not_read_the_senders_weights(tmp_path: Path):
+    """README: with trained_models the config's model: section is not used. The sender's
+    config.yaml names a weights file the receiving lab does not have: the dry run stopped on
+    it (a review), and train.smk's params would have read it too. No job needs it."""
+    from gigamil.models.factory import build_mil_model
+    from gigamil.settings import ModelConfig
+    from gigamil.train.checkpoint import atomic_save
+    from gigamil.train.model_file import model_checkpoint, model_header
+
+    project = make_workdir(tmp_path / "lab_b")
+    cfg = read_config(project)
+    models = tmp_path / "models"
+    for k in range(cfg["cv"]["folds"]):
+        m = ModelConfig.from_dict({"encoder": "smallcnn", "pool": "smabmil"})
+        header = model_header(m.to_dict(), patch_mpp=0.972, classes=cfg["classes"], patch_px=96)
+        model = model_checkpoint(build_mil_model(m, 2, 96), header, 3, {})
+        atomic_save(model, models / f"fold{k}" / "model.pt")
+    cfg["trained_models"] = str(models)
+    for cohort in cfg["cohorts"].values():
+        cohort["role"] = "external"
+    cfg["model"].update(encoder="resnet18", weights=str(tmp_path / "senders.safetensors"))
+    write_config(project, cfg)
+    run = run_snakemake(project, "-n", "--cores", "1", check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "senders.safetensors" not in run.stderr

@@ -129,11 +129,17 @@ if getattr(workflow, "is_main_process", True):
 
     try:  # once, here: the jobs would import matplotlib (and timm) for it
         check_cmap(config["heatmaps"]["cmap"])
-        _encoder_warnings = check_encoder_settings(
-            config["model"]["encoder"],
-            config["model"]["weights"],
-            config["model"]["trainable_blocks"],
-            config["model"]["batchnorm"],
+        # with trained_models each model.pt holds its encoder: model: is read only to cache
+        # features (the sender's weights path need not exist here)
+        _encoder_warnings = (
+            check_encoder_settings(
+                config["model"]["encoder"],
+                config["model"]["weights"],
+                config["model"]["trainable_blocks"],
+                config["model"]["batchnorm"],
+            )
+            if not config.get("trained_models") or config_encoder_id(config) is not None
+            else []
         )
     except ConfigError as exc:
         stop(f"gigamil: invalid configuration: {CONFIG_SOURCE}: {exc}")

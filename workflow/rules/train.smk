@@ -18,7 +18,12 @@ TRAIN_GPUS = 1 if config["training"]["device"] == "cuda" else 0
 # the params hold the settings that change what is trained, one spelling per training (without
 # the log-only keys such as training.tensorboard, nor device and max_instances_per_forward_pass,
 # so switching those retrains nothing; feature_spec.train_params); the script reads the config
-MODEL_PARAMS, TRAINING_PARAMS = train_params(config, cached=FEATURE_ID is not None)
+# (with trained_models nothing is trained here: model: is not read, its weights need not exist)
+MODEL_PARAMS, TRAINING_PARAMS = (
+    train_params(config, cached=FEATURE_ID is not None)
+    if not TRAINED_MODELS
+    else ({}, {})
+)
 MODEL_DIR = layout.model_dir(EXPERIMENT, "{fold}")
 
 

@@ -155,7 +155,10 @@ def test_cli_on_a_folder_describes_every_fold_and_checks_a_config(tmp_path: Path
     assert main(["model-info", models, "--config", str(tmp_path / "fits.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.count(": a gigamil ") == 2 and "fold1/model.pt: a gigamil" in out
-    assert "warning: trained_models: 2 fold model(s) found (folds 0, 1) but cv.folds is 3" in out
+    assert (
+        "warning: trained_models: no model.pt for fold(s) 2: the ensembles average the 2 fold model(s) found (folds 0, 1) (cv.folds is 3"
+        in out
+    )
     assert out.rstrip().endswith("fits.yaml can predict with these 2 fold models (warnings above)")
     assert main(["model-info", models, "--json", "--config", str(tmp_path / "fits.yaml")]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -366,3 +369,27 @@ def test_only_a_replicate_with_its_fold_model_beside_it_points_to_that_file(tmp_
     _model_pt(tmp_path / "b" / "model.pt")  # a stray model.pt above the fold folder
     fold = _model_pt(tmp_path / "b" / "fold1" / "model.pt")
     assert "share that one" not in "\n".join(describe_model(fold, model_header_of(fold)))
+
+
+def test_a_model_started_from_named_weights_without_a_checksum_says_so(tmp_path):
+    """The header is written before the model is built, so a torchvision name not yet in the
+    cache has no checksum: model-info said 'trained from random initialisation' (a review)."""
+    from gigamil.train.model_info import describe_model
+
+    header = {
+        "model_config": {"encoder": "resnet18", "weights": "IMAGENET1K_V1"},
+        "classes": ["normal", "lesion"],
+        "weights_sha256": None,
+        "patch_px": 224,
+        "patch_mpp": 0.5,
+    }
+    text = "\n".join(describe_model(tmp_path / "model.pt", header))
+    assert "started from weights IMAGENET1K_V1 (checksum not recorded)" in text
+    assert "random initialisation" not in text
+
+
+def test_one_model_pt_is_named_by_its_fold_folder():
+    """model-info on fold3/model.pt called it fold 0 in every check's message."""
+    from gigamil.commands.model_info import _fold_of
+
+    assert _fold_of(Path("m/fold3/model.pt")) == 3 and _fold_of(Path("model.pt")) == 0

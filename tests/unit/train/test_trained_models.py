@@ -255,10 +255,42 @@ def test_fewer_models_than_cv_folds_is_a_warning(tmp_path: Path):
     models = fold_models(tmp_path)
     assert check_trained_models(models, CLASSES, PATCHES, n_folds=1) == []
     assert check_trained_models(models, CLASSES, PATCHES, n_folds=2) == [
-        "trained_models: 1 fold model(s) found (folds 0) but cv.folds is 2: check that none is "
-        "missing (the config the models were trained with says how many folds they had); the "
-        "ensembles average the models found"
+        "trained_models: no model.pt for fold(s) 1: the ensembles average the 1 fold model(s) "
+        "found (folds 0) (cv.folds is 2: check that it is the number of folds the models were "
+        "trained with)"
     ]
+
+
+def test_missing_last_folds_are_named_beside_a_gap(tmp_path: Path):
+    """Folds 0, 1 and 3 of six: only fold 2 was named, not 4 and 5 (a review)."""
+    for k in (0, 1, 3):
+        _save(tmp_path / f"fold{k}" / "model.pt")
+    (warning,) = check_trained_models(fold_models(tmp_path), CLASSES, PATCHES, n_folds=6)
+    assert "no model.pt for fold(s) 2, 4, 5" in warning
+
+
+def test_an_older_model_copied_into_two_folds_is_refused(tmp_path: Path):
+    """A model.pt without its sha256 key (older format) copied into two fold folders passed:
+    the check compared the recorded digests only; the file's own hash stands in now."""
+    import shutil
+
+    import torch
+
+    path = _save(tmp_path / "fold0" / "model.pt")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt.pop("sha256", None)
+    torch.save(ckpt, path)
+    (tmp_path / "fold1").mkdir()
+    shutil.copy2(path, tmp_path / "fold1" / "model.pt")
+    with pytest.raises(ConfigError, match="fold1/model.pt is the same model as fold 0's"):
+        check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+
+
+def test_fold_models_of_two_pools_are_a_warning(tmp_path: Path):
+    _save(tmp_path / "fold0" / "model.pt", pool="smabmil")
+    _save(tmp_path / "fold1" / "model.pt", pool="instance")
+    warnings = check_trained_models(fold_models(tmp_path), CLASSES, PATCHES)
+    assert any("differ in model.pool (instance folds 1; smabmil folds 0)" in w for w in warnings)
 
 
 def test_the_folder_holds_something_else_or_this_projects_models(tmp_path: Path):

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from gigamil.train.trained_models import fold_models
 
     path = Path(args.model)
-    models = fold_models(path) if path.is_dir() else {0: path}
+    models = fold_models(path) if path.is_dir() else {_fold_of(path): path}
     report = _report(path, models, args)
     if args.json:
         _print_json(path, report, args.config)
@@ -146,3 +146,12 @@ def run(args: argparse.Namespace) -> int:
         verdict = f"{args.config} can predict with {them}"
         print(f"\n{verdict}" + (" (warnings above)" if report["check"] else ""))
     return 0
+
+
+def _fold_of(path: Path) -> int:
+    """The fold of one model.pt, from its folder's name (``fold3/model.pt``: 3), else 0 (every
+    single file was called fold 0 in the checks' messages)."""
+    from gigamil.train.trained_models import FOLD_DIR
+
+    match = FOLD_DIR.fullmatch(path.parent.name)
+    return int(match.group(1)) if match else 0

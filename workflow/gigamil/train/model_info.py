@@ -123,11 +123,13 @@ def describe_model(path: str | Path, header: Mapping[str, Any]) -> list[str]:
     cfg = header["model_config"]
     classes = [str(c) for c in header["classes"]]
     mpp = header.get("patch_mpp")
-    encoder = f"{cfg.get('encoder')}, " + (
-        f"started from weights of sha256 {header['weights_sha256'][:12]}…"
-        if header.get("weights_sha256")
-        else "trained from random initialisation"
-    )
+    if header.get("weights_sha256"):
+        start = f"started from weights of sha256 {header['weights_sha256'][:12]}…"
+    elif cfg.get("weights"):  # e.g. a torchvision name not yet in the cache when it was hashed
+        start = f"started from weights {cfg['weights']} (checksum not recorded)"
+    else:
+        start = "trained from random initialisation"
+    encoder = f"{cfg.get('encoder')}, {start}"
     if header.get("features"):
         encoder += f"; reads cached features of encoder {header['features']['encoder_id']}"
     finished = header.get(FINISHED)

@@ -24,9 +24,9 @@ import torch
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.train.checkpoint import DIGEST_KEY, FINISHED
 from gigamil.train.fold_data import MPP_TOLERANCE, store_preprocessing
-from gigamil.train.model_info import model_header_of
+from gigamil.train.model_info import file_sha256, model_header_of
+from gigamil.train.trained_checks import KEY, check_not_a_copy, fold_warnings, mixed_pools
 
-KEY = "trained_models"
 FOLD_DIR = re.compile(r"fold(\d+)")
 
 
@@ -175,24 +175,6 @@ def _mismatches(
     return found
 
 
-def _fold_warnings(models: Mapping[int, Path], n_folds: int | None) -> list[str]:
-    """Fold numbers missing below the highest found, or other folds than ``cv.folds`` says."""
-    found = ", ".join(map(str, models))
-    gaps = sorted(set(range(max(models) + 1)) - set(models))
-    if gaps:
-        return [
-            f"{KEY}: no model.pt for fold(s) {', '.join(map(str, gaps))}: the ensembles average "
-            f"the {len(models)} fold model(s) found (folds {found})"
-        ]
-    if n_folds is not None and len(models) != n_folds:
-        return [
-            f"{KEY}: {len(models)} fold model(s) found (folds {found}) but cv.folds is {n_folds}: "
-            "check that none is missing (the config the models were trained with says how many "
-            "folds they had); the ensembles average the models found"
-        ]
-    return []
-
-
 def _unlearned(path: Path, fold: int, header: Mapping[str, Any]) -> list[str]:
     """A warning per model of ``header`` whose recorded training loss ended near chance
     (model.pt's ``learning``, :func:`gigamil.train.learning.learning_record`)."""
@@ -240,24 +222,20 @@ def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
             (patches or cached features) differ from the configuration, naming the settings
             to use.
     """
-    warnings = _fold_warnings(models, n_folds)
+    warnings = fold_warnings(models, n_folds)
     differ: dict[str, set[str]] = {}
     digests: dict[str, int] = {}
+    pools: dict[str, list[int]] = {}  # the heatmaps call the mean of the folds' weights one kind
     for fold, path in models.items():
         header = _header(path)
+        pools.setdefault(str((header.get("model_config") or {}).get("pool")), []).append(fold)
         found = _mismatches(header, classes, patches, encoder_id)
         if found:
             raise ConfigError(
                 f"{KEY}: {path} (fold {fold}) cannot predict with this configuration; set "
                 + "; ".join(found)
             )
-        if header[DIGEST_KEY] is not None and header[DIGEST_KEY] in digests:
-            raise ConfigError(
-                f"{KEY}: {path} is the same model as fold {digests[header[DIGEST_KEY]]}'s "
-                "(one fold's file copied twice?): the ensembles would count it twice; put each "
-                "fold's own model.pt in its folder"
-            )
-        digests[header[DIGEST_KEY]] = fold
+        check_not_a_copy(digests, header[DIGEST_KEY] or file_sha256(path), path, fold)
         warnings += _unlearned(path, fold, header)
         for key, value in (header.get("preprocessing") or {}).items():
             if preprocessing and key in preprocessing and preprocessing[key] != value:
@@ -267,7 +245,7 @@ def check_trained_models(  # noqa: PLR0913 - the configuration's parts it checks
         "patches cut otherwise may be scored differently"
         for key, values in differ.items()
     ]
-    return warnings
+    return warnings + mixed_pools(pools)
 
 
 def check_with_config(
