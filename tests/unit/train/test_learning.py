@@ -314,3 +314,20 @@ def test_unlearned_folds_reads_hand_edited_cells_and_files_without_a_fold():
     preds = pd.DataFrame({"fold": [0, 1, 2], "model_learned": ["True", " False ", "FALSE"]})
     assert unlearned_folds(preds) == [1, 2]
     assert unlearned_folds(preds.drop(columns="fold")) == []
+
+
+def test_an_epoch_of_infinite_loss_is_left_out_as_a_nan_one_is():
+    """One overflowing bag (an fp16 step the scaler skipped) made an epoch's loss inf, and a
+    model that learned 'did not learn', while the same epoch as NaN was left out (a review)."""
+    from gigamil.train.learning import learning_record
+
+    chance = math.log(2)
+    losses = [0.6, 0.4, 0.2, 0.2, math.inf, 0.2]
+    log = pd.DataFrame({"epoch": range(1, 7), "train_loss": losses})
+    assert unlearned_models(log, chance) == []
+    rows = [
+        {"epoch": e, "train_loss": v, "chance_loss": chance, "flag_loss": 0.9 * chance}
+        for e, v in zip(range(1, 7), losses, strict=True)
+    ]
+    record = learning_record(rows)
+    assert record["learned"] is True and record["final_train_loss"] == pytest.approx(0.2)

@@ -111,7 +111,7 @@ def learning_record(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     levels = log_levels(table) if "train_loss" in table else None
     if levels is None:
         return None
-    final = float(pd.to_numeric(table["train_loss"]).dropna().tail(LAST_EPOCHS).mean())
+    final = float(finite_losses(table["train_loss"]).tail(LAST_EPOCHS).mean())
     chance, flag = levels
     return {
         "final_train_loss": round(final, 6),
@@ -191,10 +191,18 @@ def unlearned_models(
     )
     found = []
     for member, rows in members:
-        final = float(rows["train_loss"].dropna().tail(LAST_EPOCHS).mean())
+        final = float(finite_losses(rows["train_loss"]).tail(LAST_EPOCHS).mean())
         if final >= flag:
             found.append((None if member is None else int(member), final))
     return found
+
+
+def finite_losses(losses: pd.Series) -> pd.Series:
+    """A log's losses without the epochs whose loss is not a finite number: an epoch with one
+    overflowing bag (inf; its step skipped by the fp16 scaler, the weights finite) made a
+    model that learned "not learned", while the same epoch as NaN was left out."""
+    values = pd.to_numeric(losses, errors="coerce")
+    return values[values.map(math.isfinite)]
 
 
 def learning_warnings(
