@@ -29,7 +29,11 @@ from gigamil.config import (  # noqa: E402
     read_yaml,
     validate_config,
 )
-from gigamil.data.feature_spec import config_encoder_id, encoder_spec  # noqa: E402
+from gigamil.data.feature_spec import (  # noqa: E402
+    config_encoder_id,
+    encoder_spec,
+    reads_feature_cache,
+)
 from gigamil.errors import ConfigError, GigamilError  # noqa: E402
 from gigamil.logutil import console_warnings  # noqa: E402
 from gigamil.settings import ordered_params  # noqa: E402
@@ -138,7 +142,7 @@ if getattr(workflow, "is_main_process", True):
                 config["model"]["trainable_blocks"],
                 config["model"]["batchnorm"],
             )
-            if not config.get("trained_models") or config_encoder_id(config) is not None
+            if not config.get("trained_models") or reads_feature_cache(config)
             else []
         )
     except ConfigError as exc:

@@ -117,13 +117,20 @@ def parse_encoder_id(text: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def reads_feature_cache(config: Mapping[str, Any]) -> bool:
+    """Whether a whole (validated) configuration's training reads the feature cache
+    (``training.strategy: frozen``, or its older spelling, with ``model.feature_cache``); cheap:
+    no weights are read."""
+    strategy, model = resolve_strategy(config.get("model", {}), config.get("training", {}))
+    return strategy == "frozen" and cache_enabled(model)
+
+
 def config_encoder_id(config: Mapping[str, Any]) -> str | None:
     """The ``encoder_id`` of a whole (validated) configuration when its training reads the
-    feature cache (``training.strategy: frozen``, or its older spelling, with
-    ``model.feature_cache``), else None."""
-    strategy, model = resolve_strategy(config.get("model", {}), config.get("training", {}))
-    if strategy != "frozen" or not cache_enabled(model):
+    feature cache (:func:`reads_feature_cache`), else None."""
+    if not reads_feature_cache(config):
         return None
+    _, model = resolve_strategy(config.get("model", {}), config.get("training", {}))
     return encoder_id(encoder_spec(model, config.get("preprocessing", {}).get("patches", {})))
 
 

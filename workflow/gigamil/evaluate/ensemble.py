@@ -55,6 +55,7 @@ from gigamil.evaluate.predictions import shown as shown_ids
 from gigamil.evaluate.tables import (
     FLOAT_FORMAT,
     out_of_fold,
+    scored_by,
     write_json,
     write_predictions_html,
 )
@@ -387,8 +388,8 @@ def _write_ensemble_outputs(
     """Write metrics.html, roc.png, confusion.png and summary.json in ``out_dir``, titled
     ``{experiment}: {cohort} ensemble``, or ``... out-of-fold (1 model per slide)`` for a train
     cohort, whose slides are each scored by the one fold model that did not train on them."""
-    what = "out-of-fold (1 model per slide)" if out_of_fold(summary) else "ensemble"
-    what = "1 model" if summary["n_models"] == 1 else what
+    what = scored_by(summary)
+    what += " (1 model per slide)" if what == "out-of-fold" else ""
     title = f"cohort {summary['cohort']} {what}"
     title = f"{experiment}: {title}" if experiment else title
     write_report(out_dir, table, valid, summary, classes, title, auc_key="auc", roc_by=None)

@@ -108,15 +108,21 @@ def out_of_fold(summary: Mapping[str, Any]) -> bool:
     return per_slide[1] <= 1 and (n_models is None or int(n_models) > 1)
 
 
+def scored_by(summary: Mapping[str, Any]) -> str:
+    """What scored an ensemble ``summary``'s slides, as its pages name it: ``out-of-fold``
+    (:func:`out_of_fold`), ``1 model`` (one model scoring the whole cohort) or ``ensemble``."""
+    if out_of_fold(summary):
+        return "out-of-fold"
+    return "1 model" if summary.get("n_models") == 1 else "ensemble"
+
+
 def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, str]]:
     """The headline numbers of a CV or ensemble ``summary`` as (name, text) rows: slide AUC with
     its CI, fold AUC mean ± sd, patient AUC, balanced accuracy, macro F1, accuracy and the Brier
     score with CIs, each class's recall with its counts and CI (with two classes named
     sensitivity and specificity), the patient balanced accuracy and recalls, the localisation AUC (with lesion masks) and the counts."""
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
-    who = "out-of-fold" if auc_key != "auc" or out_of_fold(summary) else "ensemble"
-    if who == "ensemble" and summary.get("n_models") == 1:
-        who = "1 model"
+    who = scored_by(summary) if auc_key == "auc" else "out-of-fold"
     if len(summary.get("classes") or []) > 2:
         who += "; macro one-vs-rest"
     rows = _overlap_rows(summary) + _caveat_rows(summary)  # caveats on all below: first

@@ -34,7 +34,7 @@ import numpy as np
 
 from gigamil.data.store import patch_size_xy
 from gigamil.errors import GigamilError
-from gigamil.evaluate.localization import lesion_fraction, read_store_geometry
+from gigamil.evaluate.localization import patch_mask_fraction, read_store_geometry
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, resolve_slide_path, slide_thumbnail
@@ -152,7 +152,7 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     # drawn in a scratch folder, moved into out_dir at the end: a failure leaves the old whole
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".drawing-") as tmp:
         _write_overlay(slide, thumb, scale, masks, style, head, Path(tmp) / "overlay.png", top)
-        _write_gallery(slide, top, bottom, head, style, Path(tmp) / "gallery.png", lesion_mask)
+        _write_gallery(slide, top, bottom, head, style, Path(tmp) / "gallery.png", masks[1])
         _write_geojsons(slide, scale, top, masks, (tissue_mask, lesion_mask), Path(tmp))
         _move_into(Path(tmp), out_dir, slide.attention)
     return {
@@ -322,11 +322,11 @@ def _write_gallery(
     head: str,
     style: HeatmapStyle,
     path: Path,
-    lesion_mask: str | Path | None = None,
+    lesion_mask: PlacedMask | None = None,
 ) -> None:
     """Write gallery.png of the patches ``top`` and ``bottom`` ("no patches" if both are empty);
-    with ``lesion_mask``, its lesion patches (at least half their area in it, as the
-    localisation AUC counts them) framed in cyan."""
+    with ``lesion_mask`` (as :func:`load_heatmap_masks` read it), its lesion patches (at least
+    half their area in it, as the localisation AUC counts them) framed in cyan."""
     from gigamil.data.store import open_store
 
     idx = np.r_[top, bottom].astype(np.int64)
@@ -352,7 +352,8 @@ def _write_gallery(
     title += patch_width(slide.attrs)
     lesion = None
     if lesion_mask is not None:
-        in_lesion = lesion_fraction(slide.coords, slide.attrs, lesion_mask) >= 0.5
+        mask, (ds, _) = lesion_mask.mask, lesion_mask.downsample  # as lesion_fraction reads it
+        in_lesion = patch_mask_fraction(slide.coords, slide.psize, mask, ds) >= 0.5
         lesion = [bool(in_lesion[i]) for i in idx]
         title += (
             f"\ncyan frame: lesion patch (at least half in the lesion mask; "

@@ -279,8 +279,7 @@ class OpenSlideReader(SlideReader):
         bgra = buf.view(np.uint8).reshape(h, w, 4)
         alpha = bgra[..., 3]
         if alpha.min(initial=255) < 255:  # premultiplied over white: c + (255 - a)
-            rgb = bgra[..., 2::-1].astype(np.uint16) + (255 - alpha[..., None].astype(np.uint16))
-            return rgb.clip(0, 255).astype(np.uint8)
+            return composite_on_white(bgra[..., [2, 1, 0, 3]], premultiplied=True)
         from PIL import Image
 
         # BGRX -> RGB in Pillow's C loop: faster than numpy's reversed-stride copy
