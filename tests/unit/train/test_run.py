@@ -416,7 +416,7 @@ def test_early_stopping_min_epochs_in_train_fold(
 
 
 def test_predict_refuses_slide_ids_that_leave_the_attention_dir(
-    mil_bags, cohort, tmp_path: Path
+    mil_bags, cohort, write_store, tmp_path: Path
 ) -> None:
     train, val = cohort
     torch.set_num_threads(1)
@@ -436,6 +436,13 @@ def test_predict_refuses_slide_ids_that_leave_the_attention_dir(
     two = pd.concat([val.head(1), val.head(1).assign(slide_id="other")])
     with pytest.raises(GigamilError, match=r"slides \S+, other have the same store"):
         predict_slides(model_path, two, None, tmp_path / "att", "cpu")
+    assert not list(tmp_path.rglob("*.npy"))
+    # a store cut at another patch size second in the table: every store is checked before
+    # the first prediction, so the first slide's attention file is not left behind
+    other = write_store(tmp_path / "other.zarr", np.zeros((3, 8, 8, 3), np.uint8))
+    bad = pd.concat([val.head(1), val.head(1).assign(slide_id="other", store=str(other))])
+    with pytest.raises(GigamilError, match="slide other: patches are 8 px"):
+        predict_slides(model_path, bad, None, tmp_path / "att", "cpu")
     assert not list(tmp_path.rglob("*.npy"))
 
 

@@ -147,6 +147,12 @@ def _open_slide(row: Any, ckpt: dict, threads: int, dev: torch.device) -> ZarrBa
     return bag
 
 
+def _open_slides(slides: pd.DataFrame, ckpt: dict, threads: int, dev: torch.device) -> list:
+    """Every slide's bag, checked (_open_slide) before the first prediction: a bad store later
+    in the table stops the run before any attention file is written, not after some."""
+    return [_open_slide(row, ckpt, threads, dev) for row in slides.itertuples(index=False)]
+
+
 def _check_labels(slides: pd.DataFrame, classes: list[str], model_path: Path) -> None:
     """GigamilError for a label that is not one of the model's classes (an empty label: a
     slide to predict without one, ``role: predict``)."""
@@ -340,11 +346,11 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     prepare_model(model, dev)
     classes = [str(c) for c in ckpt["classes"]]
     _check_slides(slides, ckpt, model_path, require_unseen)
+    bags = _open_slides(slides, ckpt, threads, dev)
     (attention_dir := Path(attention_dir)).mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, row in enumerate(slides.itertuples(index=False), start=1):
+    for i, (row, bag) in enumerate(zip(slides.itertuples(index=False), bags, strict=True), 1):
         t0 = time.monotonic()
-        bag = _open_slide(row, ckpt, threads, dev)
         prob, att = _predict_bag(
             model, bag, len(classes), max_instances_per_forward_pass, ckpt.get("logit_calibration")
         )
