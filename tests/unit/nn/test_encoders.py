@@ -29,6 +29,23 @@ def test_smallcnn_and_batchnorm_modes() -> None:
     assert any(isinstance(m, nn.BatchNorm2d) and m.training for m in tr.modules())
 
 
+def test_a_frozen_encoder_under_batchnorm_train_updates_only_its_running_statistics() -> None:
+    """As the schema says of model.batchnorm: trainable_blocks 0 under ``train`` normalises by
+    batch statistics and updates the running ones; its weights take no gradient; an integer
+    trainable_blocks keeps the frozen trunk in eval mode."""
+    enc, _ = build_encoder("smallcnn", None, 32, "train", trainable_blocks=0)
+    enc.train()
+    bns = [m for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in bns]
+    enc(torch.rand(6, 3, 32, 32))
+    assert all(not torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+    assert not any(p.requires_grad for p in enc.parameters())
+    part, _ = build_encoder("smallcnn", None, 32, "train", trainable_blocks=1)
+    part.train()
+    trunk = [m for m in list(part.net)[: part._cut()] if isinstance(m, nn.BatchNorm2d)]
+    assert trunk and not any(m.training for m in trunk)
+
+
 def test_resnet18_random_init_and_identity() -> None:
     enc, dim = build_encoder("resnet18", None, 32, "groupnorm")
     assert dim == 512 and enc(torch.randn(2, 3, 32, 32)).shape == (2, 512)
