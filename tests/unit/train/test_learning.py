@@ -331,3 +331,24 @@ def test_an_epoch_of_infinite_loss_is_left_out_as_a_nan_one_is():
     ]
     record = learning_record(rows)
     assert record["learned"] is True and record["final_train_loss"] == pytest.approx(0.2)
+
+
+def test_unweighted_imbalanced_classes_lower_the_levels_to_the_class_prior():
+    """Under training.class_weights: null on 75 / 25 % classes a model predicting the class
+    prior for every bag (it told no bags apart) ended at 0.562, below the flag of 0.624, and
+    was called learned; the levels are now its loss, H(π), and 0.9 H(π)."""
+    from gigamil.train.learning import log_columns, prior_ratio
+
+    labels = torch.tensor([0, 0, 0, 1] * 5)
+    prior_logit = torch.full((len(labels), 1), math.log(0.25 / 0.75))  # P(class 1) = 0.25
+    prior_model = float(BagLoss("ce")(prior_logit, labels))
+    levels = log_columns(2, "ce", unweighted_labels=labels.tolist())
+    assert levels["chance_loss"] == pytest.approx(prior_model, abs=1e-6)
+    assert levels["flag_loss"] == pytest.approx(0.9 * prior_model, abs=1e-6)
+    table = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [prior_model] * 3})
+    assert unlearned_models(table, levels["chance_loss"], levels["flag_loss"]) != []
+    # balanced classes, or no labels (the loss weighs the classes): the levels of ln K
+    assert prior_ratio([0, 1, 1, 0], 2) == pytest.approx(1.0)
+    assert log_columns(3, "focal", unweighted_labels=[0, 1, 2]) == log_columns(3, "focal")
+    assert prior_ratio([], 2) == 1.0
+    assert prior_ratio([0, 0, 0, 1], 2) == pytest.approx(0.811, abs=1e-3)

@@ -292,6 +292,15 @@ def test_options_smabmil_focal_onecycle_amp(mil_bags, cohort, tmp_path: Path) ->
     assert lrs[0] < 3e-3  # one-cycle warm-up starts below the peak
     m, _ = load_model(path)
     assert m.attention_model.pool == "smabmil"
+    # class_weights: null: the levels are those of a model predicting the training class prior
+    from gigamil.train.learning import log_columns
+
+    labels = [mil_bags.classes.index(y) for y in train.head(5)["label"]]
+    expected = log_columns(2, "focal", unweighted_labels=labels)
+    assert float(rows[-1]["chance_loss"]) == pytest.approx(expected["chance_loss"], abs=1e-6)
+    assert (
+        len(set(labels)) == 2 and expected["chance_loss"] < log_columns(2, "focal")["chance_loss"]
+    )
 
 
 def test_bad_labels_and_columns(mil_bags, cohort, tmp_path: Path) -> None:

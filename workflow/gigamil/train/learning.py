@@ -58,6 +58,7 @@ def log_columns(
     *,
     instance_loss: float = 0.0,
     weak_patch_labels: bool = False,
+    unweighted_labels: Sequence[int] | None = None,
 ) -> dict[str, float | None]:
     """The ``chance_loss`` and ``flag_loss`` (:func:`chance_loss`, :func:`flag_loss`) of a model
     of ``n_classes`` trained with ``loss``: written on every row of train_log.csv, so its
@@ -70,17 +71,34 @@ def log_columns(
     ``weak_patch_labels`` (``model.pool: instance``: every patch trained toward its slide's
     label, no bag loss): chance ln K and no flag (None: not judged), since the normal-looking
     patches of positive slides keep even a perfect patch classifier's loss near chance (with
-    10 % tumour patches in positive slides its best loss is 0.657, chance 0.693)."""
+    10 % tumour patches in positive slides its best loss is 0.657, chance 0.693).
+    ``unweighted_labels``: the training bags' class indices when the loss does not weigh the
+    classes (``training.class_weights: null``): both levels are scaled by
+    :func:`prior_ratio`, as a model that learned only the class prior ends below ln K."""
     if weak_patch_labels:
         return {"chance_loss": round(math.log(n_classes), 6), "flag_loss": None}
     extra = instance_loss * math.log(n_classes)  # the instance term at the same probabilities
+    flag = flag_loss(n_classes, loss, label_smoothing=label_smoothing) + CHANCE_FRACTION * extra
+    r = 1.0 if unweighted_labels is None else prior_ratio(unweighted_labels, n_classes)
     return {
-        "chance_loss": round(chance_loss(n_classes, loss) + extra, 6),
-        "flag_loss": round(
-            flag_loss(n_classes, loss, label_smoothing=label_smoothing) + CHANCE_FRACTION * extra,
-            6,
-        ),
+        "chance_loss": round(r * (chance_loss(n_classes, loss) + extra), 6),
+        "flag_loss": round(r * flag, 6),
     }
+
+
+def prior_ratio(labels: Sequence[int], n_classes: int) -> float:
+    """H(π) / ln K, π the class shares of ``labels`` (class indices), K ``n_classes``: the
+    cross-entropy of a model that predicts the class prior for every bag, the lowest a model
+    reaches without telling bags apart when the loss does not weigh the classes, over that of
+    uniform predictions (1 for balanced classes; 0.811 at 75 / 25 %). Scaling the chance and
+    flag levels by it makes them exact for cross-entropy (chance H(π), flag 0.9 H(π)) and
+    proportional for focal loss, label smoothing and the instance loss. 1 without labels."""
+    counts = [sum(1 for y in labels if int(y) == c) for c in range(n_classes)]
+    n = sum(counts)
+    if n == 0 or n_classes < 2:
+        return 1.0
+    entropy = -sum(c / n * math.log(c / n) for c in counts if c)
+    return entropy / math.log(n_classes)
 
 
 def log_levels(train_log: pd.DataFrame) -> tuple[float, float | None] | None:

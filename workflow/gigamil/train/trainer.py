@@ -2,8 +2,7 @@
 stateful parts of its training (:class:`~gigamil.train.amp.Optimization`,
 :class:`~gigamil.train.early_stopping.EarlyStopping`,
 :class:`~gigamil.train.checkpoint.CheckpointSaver`) and its epoch loop; built and run by
-:func:`gigamil.train.run.train_fold`, and shared with :class:`gigamil.train.em.EMTrainer`.
-"""
+:func:`gigamil.train.run.train_fold`, and shared with :class:`gigamil.train.em.EMTrainer`."""
 
 from __future__ import annotations
 
@@ -124,6 +123,7 @@ class FoldTrainer:
             tcfg.label_smoothing,
             instance_loss=model_cfg.instance_loss,
             weak_patch_labels=model_cfg.pool == "instance",
+            unweighted_labels=None if tcfg.class_weights else [it.label for it in data.train],
         )
 
     def _build_model(self, model_cfg: ModelConfig) -> AmpScaler:
