@@ -568,6 +568,9 @@ def test_unresampled_patches_end_inside_a_slightly_coarser_slide(tmp_path):
         # 125 px at 0.44 µm/px are exactly 110 px at 0.5, eleven 10-px patches, although
         # 125 / (0.5 / 0.44) is 109.99999999999999 in floating point
         ((125, 40), (0.44, 0.44), 0.5, 10, (3, 11)),
+        # 240 px at 0.24 µm/px are exactly one 64-px patch at 0.9, although 240 / (0.9 / 0.24)
+        # is 63.99999999999999 in floating point (the row was dropped: 0 x 3 patches)
+        ((840, 240), (0.24, 0.24), 0.9, 64, (1, 3)),
         # upsampled (bilinear): the patches on the slide's edge have no pale rim from the white
         # past it (their outer pixel rows read 139, the corners 168, before)
         ((64, 64), (0.5, 0.5), 0.25, 32, (4, 4)),

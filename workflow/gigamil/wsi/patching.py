@@ -292,10 +292,12 @@ def plan_patches(reader: SlideReader, params: PatchParams, mask: np.ndarray | No
 
 def _grid_shape(dims: tuple[int, int], fx: float, fy: float, p: int, s: float) -> tuple[int, int]:
     """(rows, cols) of whole ``p``-px patches at stride ``s`` (target px) on a slide of level-0
-    ``dims`` (w, h) with ``fx``, ``fy`` level-0 px per target px; 0 where one patch does not fit."""
+    ``dims`` (w, h) with ``fx``, ``fy`` level-0 px per target px; 0 where one patch does not fit.
+    A side of exactly ``p`` target px holds one patch even where the division leaves it a
+    rounding error short (240 / (0.9 / 0.24) is 63.99999999999999, not 64)."""
     wt, ht = dims[0] / fx, dims[1] / fy  # slide size in target px
-    n_cols = int(math.floor((wt - p) / s + 1e-9)) + 1 if wt >= p else 0
-    n_rows = int(math.floor((ht - p) / s + 1e-9)) + 1 if ht >= p else 0
+    n_cols = max(0, int(math.floor((wt - p) / s + 1e-9)) + 1)
+    n_rows = max(0, int(math.floor((ht - p) / s + 1e-9)) + 1)
     return n_rows, n_cols
 
 
