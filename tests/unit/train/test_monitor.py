@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from gigamil.errors import GigamilError
-from gigamil.train.monitor import check_finite_weights, non_finite_weights, tensorboard_warning
+from gigamil.train.monitor import (
+    check_finite_weights,
+    non_finite_weights,
+    tensorboard_warning,
+    tensorboard_writer,
+)
 
 
 def test_folds_trained_without_tensorboard_are_named_at_the_start_of_a_run(tmp_path):
@@ -41,3 +46,28 @@ def test_infinite_weights_stop_the_training_as_nan_ones_do() -> None:
         for layer in model:
             layer.bias[0] = float("-inf")
     assert non_finite_weights(model) == "0.bias, 1.weight, 1.bias, ..."
+
+
+def test_a_training_that_starts_again_at_epoch_1_purges_the_earlier_events(tmp_path) -> None:
+    """A fold killed in its first epoch (after that epoch's events, before its first last.pt),
+    or trained again from scratch (``--no-resume``, other settings), starts again at epoch 1:
+    the earlier events are purged as a resumed run's are, not drawn twice (epoch 1 twice)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def run(first_epoch: int, values: list[float]) -> None:
+        tb = tensorboard_writer(tmp_path, first_epoch)
+        for epoch, value in enumerate(values, start=first_epoch):
+            tb.add_scalar("val_auc", value, epoch)
+        tb.close()
+
+    def scalars() -> list[tuple[int, float]]:
+        acc = EventAccumulator(str(tmp_path))
+        acc.Reload()
+        return [(e.step, round(e.value, 3)) for e in acc.Scalars("val_auc")]
+
+    run(1, [0.1])  # killed before epoch 1's last.pt
+    run(1, [0.2, 0.3, 0.4])  # started again at epoch 1, killed after epoch 3's events
+    assert scalars() == [(1, 0.2), (2, 0.3), (3, 0.4)]
+    run(3, [0.5])  # resumed after epoch 2's last.pt: epoch 3 redone
+    assert scalars() == [(1, 0.2), (2, 0.3), (3, 0.5)]

@@ -44,7 +44,8 @@ def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) 
 
 def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
     """A TensorBoard ``SummaryWriter`` for ``log_dir``; events of epochs >= ``first_epoch`` left
-    by a killed run are purged, so a resumed run does not draw them twice."""
+    by an earlier run are purged (a killed run's, also one killed before its first ``last.pt``,
+    or those of a training started again from epoch 1), so no epoch is drawn twice."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
@@ -52,7 +53,7 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
             "training.tensorboard: true needs the tensorboard package "
             "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
         ) from exc
-    return SummaryWriter(str(log_dir), purge_step=first_epoch if first_epoch > 1 else None)
+    return SummaryWriter(str(log_dir), purge_step=first_epoch)
 
 
 def tensorboard_warning(model_dirs: list[str | Path]) -> str | None:
