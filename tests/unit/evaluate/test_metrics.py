@@ -325,6 +325,27 @@ def test_a_class_predicted_but_absent_from_the_truth_scores_as_sklearn():
     assert np.isnan(m["recall_c"]) and m["recall_a"] == pytest.approx(2 / 3)
 
 
+def test_the_macro_f1_interval_averages_the_classes_its_estimate_averages():
+    """A cohort without slides of class c (an external one), one slide predicted c: the macro F1
+    counts c with F1 0, so it is at most 2/3; the resamples that did not draw that slide averaged
+    a and b only and put 1.0 into the interval (0.62, 1.0) of an estimate of 0.655."""
+    y = np.array([0] * 15 + [1] * 15)
+    pred = y.copy()
+    pred[0] = 2
+    probs = np.full((y.size, 3), 0.05)
+    probs[np.arange(y.size), pred] = 0.9
+    m = M.classification_metrics(y, probs, ["a", "b", "c"])
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    ci = M.bootstrap_ci(y, probs, ["a", "b", "c"], n_boot=500, seed=0)
+    ref = [  # scikit-learn's macro F1 over the set's classes a, b, c in every resample
+        skm.f1_score(y[idx], pred[idx], average="macro", labels=[0, 1, 2], zero_division=0)
+        for idx in M._group_resamples(y.size, None, 500, 0)
+        if 0 < y[idx].sum() < idx.size
+    ]
+    assert ci["macro_f1"] == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])))
+    assert ci["macro_f1"][1] <= 2 / 3
+
+
 def test_the_bootstrap_draws_every_patient_alike_and_keeps_their_slides_together():
     """Each resample draws as many patients as there are, each with probability 1/n (the
     last patient as often as the first), and takes all the slides of every patient drawn."""

@@ -136,15 +136,14 @@ def balanced_accuracy(cm: np.ndarray) -> float:
     return float(np.nanmean(recall)) if np.isfinite(recall).any() else float("nan")
 
 
-def macro_f1(cm: np.ndarray) -> float:
-    """Mean F1 over the classes present in truth or prediction (F1 = 0 where undefined)."""
+def macro_f1(cm: np.ndarray, over: np.ndarray | None = None) -> float:
+    """Mean F1 over the classes present in truth or prediction (F1 = 0 where undefined), or over
+    those of the bool mask ``over`` (C,) (a bootstrap resample: the whole set's classes)."""
     tp = np.diag(cm).astype(float)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    present = (support + predicted) > 0
+    denom = cm.sum(axis=1) + cm.sum(axis=0)  # support + predicted
+    present = denom > 0 if over is None else np.asarray(over, dtype=bool)
     if not present.any():
         return float("nan")
-    denom = support + predicted
     f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
     return float(f1[present].mean())
 
@@ -204,9 +203,9 @@ def bootstrap_ci(
     """Percentile bootstrap confidence intervals of the scalar metrics.
 
     Resamples ``groups`` (e.g. patients, so that slides of one patient stay together) with
-    replacement; without groups, resamples rows. A metric skips the resamples where it is not
-    the set's quantity: the AUC those of one class (with more than two, those lacking a class the
-    set's macro AUC averages), balanced accuracy and macro F1 those lacking a class of the set.
+    replacement; without groups, rows. A metric skips the resamples where it is not the set's
+    quantity: the AUC those of one class (more than two: lacking a class the macro AUC averages),
+    balanced accuracy and macro F1 (of the set's classes) those lacking a class of the set.
 
     Returns:
         {metric: (low, high)} for :data:`SCALAR_METRICS` and ``recall_<class>`` of every class
@@ -221,6 +220,7 @@ def bootstrap_ci(
     values: dict[str, list[float]] = {m: [] for m in (*SCALAR_METRICS, *recalls, *aucs)}
     scored = np.isfinite(per_class_auc(y, probs)) if aucs else None  # the macro AUC's classes
     present = np.bincount(y, minlength=len(classes)) > 0
+    f1_over = np.isin(np.arange(len(classes)), np.r_[y, pred])  # the set's macro F1 classes
     for idx in _group_resamples(y.size, groups, n_boot, seed):
         yb, pb = y[idx], pred[idx]
         cm = confusion_matrix(yb, pb, len(classes))
@@ -231,7 +231,7 @@ def bootstrap_ci(
             roc_auc(yb, probs[idx]) if not aucs else _macro(np.asarray(per), scored)
         )
         values["balanced_accuracy"].append(balanced_accuracy(cm) if complete else float("nan"))
-        values["macro_f1"].append(macro_f1(cm) if complete else float("nan"))
+        values["macro_f1"].append(macro_f1(cm, f1_over) if complete else float("nan"))
         values["accuracy"].append(float((yb == pb).mean()) if idx.size else float("nan"))
         values["brier"].append(brier_score(yb, probs[idx]))
         for name, r in zip(recalls, per_class_recall(cm), strict=True):
