@@ -280,3 +280,27 @@ def test_subgroups_add_only_their_own_job(workdir: Path):
         assert "site" in out
     finally:
         sheet_path.write_text(original)
+
+
+def test_train_cohorts_written_in_another_order_do_not_split_again(tmp_path: Path):
+    """The folds of two train cohorts do not depend on their order in config.yaml: written the
+    other way round, nothing reruns. Before, make_splits' params listed the cohorts in the
+    config's order, so the split, every fold's train_fold job and all after them reran."""
+    from gigamil import layout
+    from gigamil.demo import make_demo_cohort
+
+    workdir = copy_workflow(tmp_path / "work", TINY, SLIDES)
+    cfg = read_config(workdir)
+    cohorts = {}
+    for seed, name in enumerate(("ca", "cb"), start=3):  # 4 one-slide patients each, 2 classes
+        make_demo_cohort(workdir / name, seed=seed, n_patients=4, slides_per_patient=1, prefix=name)
+        cohorts[name] = {"sheet": f"{name}/sheet.csv", "role": "train"}
+    write_config(workdir, {**cfg, "cohorts": cohorts, "heatmaps": {"slides": "none"}})
+    folds = layout.folds_csv(cfg["experiment"])
+    snakemake_in(workdir, folds)
+    before = (workdir / folds).read_text()
+    reordered = {"cohorts": dict(reversed(cohorts.items())), "heatmaps": {"slides": "none"}}
+    write_config(workdir, {**cfg, **reordered})
+    assert planned_jobs(workdir, folds) == []
+    snakemake_in(workdir, folds, "--forcerun", "make_splits")  # the same folds either way
+    assert (workdir / folds).read_text() == before

@@ -144,6 +144,15 @@ def test_heatmap_slides_and_eval_targets(sheets, config):
     }
 
 
+def test_localization_masks_do_not_depend_on_the_order_of_the_cohorts(config, sheets):
+    """Rule aggregate_cv's ``lesion_masks`` param, compared by its repr: two train cohorts
+    written in the other order in config.yaml must give the same one (no rerun)."""
+    forward = layout.localization_masks(config, sheets, ["tr", "ex"])
+    backward = layout.localization_masks(config, sheets, ["ex", "tr"])
+    assert repr(forward) == repr(backward)
+    assert list(forward) == ["ex", "tr"]
+
+
 def test_with_stores_adds_the_store_of_each_slide():
     slides = pd.DataFrame({"cohort": ["x", "y"], "slide_id": ["s1", "s2"], "label": ["0", "1"]})
     out = layout.with_stores(slides)

@@ -268,13 +268,10 @@ def localization_inputs(
 def localization_masks(
     config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], train_cohorts: Sequence[str]
 ) -> dict[str, dict[str, str]]:
-    """{cohort: {slide_id: mask}} of the train cohorts that have lesion masks."""
-    out = {}
-    for c in train_cohorts:
-        masks = lesion_masks(config["cohorts"][c], sheets[c])
-        if masks:
-            out[c] = masks
-    return out
+    """{cohort: {slide_id: mask}} of the train cohorts that have lesion masks, by cohort name
+    (rule aggregate_cv's params: the cohorts' order in config.yaml reruns nothing)."""
+    masks = {c: lesion_masks(config["cohorts"][c], sheets[c]) for c in sorted(train_cohorts)}
+    return {c: m for c, m in masks.items() if m}
 
 
 LocalizationInput = tuple[str, list[str], str]

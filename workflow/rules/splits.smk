@@ -23,7 +23,9 @@ rule make_splits:
         runtime=30,
     params:
         cv=ordered_params(("cv",), config["cv"]),
-        cohorts=TRAIN_COHORTS,
+        # sorted: the folds do not depend on the order of the cohorts in config.yaml, so
+        # writing them in another order must not re-split (nor rerun what reads folds.csv)
+        cohorts=sorted(TRAIN_COHORTS),
         classes=CLASSES,
         sheet_digest=split_digest([SHEETS[c] for c in TRAIN_COHORTS], config["cv"]),
     script:
