@@ -149,3 +149,15 @@ def test_evaluation_csvs_keep_float32_probabilities_apart():
     pd.DataFrame({"prob_lesion": probs}).to_csv(buf, index=False, float_format=FLOAT_FORMAT)
     back = pd.read_csv(io.StringIO(buf.getvalue()))["prob_lesion"].to_numpy()
     assert np.array_equal(back.astype(np.float32), probs.astype(np.float32))
+
+
+def test_a_macro_auc_that_leaves_out_a_class_says_so_on_the_page() -> None:
+    """A three-class external cohort without slides of one class: the macro AUC averages the
+    other two (the log said so, the page called it the macro of every class)."""
+    base = {"classes": ["a", "b", "c"], "auc": 0.8, "n_models": 3}
+    for missing in (float("nan"), None):  # in memory / read back from summary.json
+        summary = {**base, "per_class_auc": {"a": 0.9, "b": 0.7, "c": missing}}
+        name = summary_rows(summary, "auc")[0][0]
+        assert name.endswith("; macro one-vs-rest over a, b; no AUC for c)"), name
+    every = {**base, "per_class_auc": {"a": 0.9, "b": 0.7, "c": 0.8}}
+    assert summary_rows(every, "auc")[0][0].endswith("; macro one-vs-rest)")

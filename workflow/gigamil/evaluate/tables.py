@@ -124,7 +124,7 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     # an ensemble summary of a train cohort scores each slide by its out-of-fold model only
     who = scored_by(summary) if auc_key == "auc" else "out-of-fold"
     if len(summary.get("classes") or []) > 2:
-        who += "; macro one-vs-rest"
+        who += "; macro one-vs-rest" + _macro_classes(summary)
     rows = _overlap_rows(summary) + _caveat_rows(summary)  # caveats on all below: first
     where = " in this cohort" if auc_key == "auc" else ""  # a patient's other cohorts: not here
     rows += [
@@ -168,6 +168,17 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
     if summary.get("ci_note"):
         rows.append(("note on the 95 % intervals", str(summary["ci_note"])))
     return rows
+
+
+def _macro_classes(summary: Mapping[str, Any]) -> str:
+    """`` over a, b; no AUC for c``: the classes a macro AUC averages when it leaves out one
+    without an AUC (no slide of it in the cohort); empty when it averages every class."""
+    aucs = summary.get("per_class_auc") or {}
+    missing = [c for c, v in aucs.items() if v is None or not math.isfinite(float(v))]
+    if not missing or len(missing) == len(aucs):
+        return ""
+    kept = ", ".join(c for c in aucs if c not in missing)
+    return f" over {kept}; no AUC for {', '.join(missing)}"
 
 
 def _overlap_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
