@@ -309,3 +309,27 @@ def test_features_of_another_dtype_are_damage(rewrite_array, tmp_path: Path) -> 
         GigamilError, match=r"f\.zarr is damaged: features of dtype int16, not float16"
     ):
         FeatureBag(out)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_features_that_are_not_finite_are_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: float
+) -> None:
+    """A feature store holding inf (cached before the extraction refused values beyond
+    float16's range) or NaN opened as data: a validation slide's loss was NaN every epoch and
+    the best epoch was chosen by the training loss without a word (a review, 2026-12-07)."""
+    from gigamil.data.feature_extract import write_feature_store
+
+    rows = np.arange(12).reshape(6, 2)
+    feats = np.ones((6, 4), np.float16)
+    feats[4, 1] = bad
+    attrs = {"slide_id": "s", "patch_px": 8}
+    out = write_feature_store(tmp_path / "f.zarr", feats, rows, rows, attrs)
+    with pytest.raises(GigamilError, match=r"f\.zarr is damaged: .*not finite .* row 4"):
+        FeatureBag(out)
+    monkeypatch.setattr(FeatureBag, "RESIDENT_BYTES", 0)  # read from disk when used
+    lazy = FeatureBag(out)
+    assert len(lazy.subsample(3, torch.Generator().manual_seed(0))) == 3
+    with pytest.raises(GigamilError, match=r"not finite .* row 4"):
+        lazy.load()
+    assert FeatureBag(out, indices=np.array([0, 1, 5])).with_cache().load().shape == (3, 4)

@@ -141,12 +141,16 @@ class FeatureBag:
         FeatureBag._resident[0] -= nbytes
 
     def _read(self) -> np.ndarray:
-        """The bag's rows of the stored features (float16 (n, D)), from disk."""
+        """The bag's rows of the stored features (float16 (n, D)), from disk, checked to be
+        finite (:func:`_check_finite`)."""
         if self.indices is None:
-            return read_patches(self._array, self.path, self.slide_id, kind="feature")
-        if len(self.indices) == 0:
+            rows = read_patches(self._array, self.path, self.slide_id, kind="feature")
+        elif len(self.indices) == 0:
             return np.zeros((0, *self._array.shape[1:]), np.float16)
-        return read_patches(self._array, self.path, self.slide_id, self.indices, "feature")
+        else:
+            rows = read_patches(self._array, self.path, self.slide_id, self.indices, "feature")
+        _check_finite(self.path, rows, self.slide_id, self.indices)
+        return rows
 
     def _rows(self) -> np.ndarray:
         return self._features if self._features is not None else self._read()
@@ -227,6 +231,30 @@ def _check_chunks_exist(path: Path, arr: zarr.Array, slide_id: str) -> None:
         key = chunk_key(arr, index)
         if not (path / key).is_file():
             raise damaged_store_error(path, slide_id, key, "is missing", "feature")
+
+
+FINITE_CHECK_ROWS = 4096  # rows checked at once (bounds the temporary boolean array)
+
+
+def _check_finite(
+    path: Path, rows: np.ndarray, slide_id: str, indices: np.ndarray | None = None
+) -> None:
+    """Every feature read is a finite number: a store written before the extraction refused
+    values float16 cannot hold (beyond 65504, cast to inf) or by another tool may hold inf or
+    NaN, which made a validation slide's loss NaN (the best epoch then chosen by the training
+    loss, without a word) or a training slide's diverge the head ("lower training.lr")."""
+    for start in range(0, len(rows), FINITE_CHECK_ROWS):
+        block = rows[start : start + FINITE_CHECK_ROWS]
+        bad = ~np.isfinite(block).all(axis=tuple(range(1, block.ndim)))
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            row = int(indices[row]) if indices is not None else row
+            raise GigamilError(
+                f"slide {slide_id}: feature store {path} is damaged: features that are not "
+                f"finite numbers (NaN or inf), e.g. in row {row} (values beyond float16's "
+                "range, cached by an older gigamil?); delete the store and rerun to encode it "
+                "again"
+            )
 
 
 def _check_rows(
