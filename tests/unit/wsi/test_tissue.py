@@ -243,6 +243,25 @@ def test_dark_unscanned_border_is_not_tissue(iou):
     assert off[border].mean() > 0.9  # dark_value 0 turns the exclusion off
 
 
+def test_a_black_dot_inside_the_tissue_is_not_filled_back_in():
+    """Dark pixels are never tissue, also where the tissue encloses them: a black pen dot
+    (240 µm) on an H&E ellipse was set aside as dark, then filled back as a hole (709 of its
+    709 pixels tissue)."""
+    rng = np.random.default_rng(0)
+    shape = (400, 500)
+    img = _glass(shape, rng)
+    tissue = _ellipse(shape, 200, 250, 150, 200)
+    img[tissue] = _he_tissue(shape, rng)[tissue]
+    dot = _ellipse(shape, 200, 250, 15, 15)
+    img[dot] = (20, 20, 25)
+    m, _, warnings = mask_from_rgb(img, 8.0, TissueParams())
+    # (a few rim pixels, tissue in the median blur, may stay)
+    assert m[dot].mean() < 0.05 and not m[_ellipse(shape, 200, 250, 13, 13)].any()
+    assert warnings == []
+    assert m[tissue & ~_ellipse(shape, 200, 250, 19, 19)].mean() > 0.99  # the rest is kept
+    assert mask_from_rgb(img, 8.0, TissueParams(dark_value=0))[0][dot].all()  # off: tissue
+
+
 def _pen_slide(rng):
     """H&E ellipse crossed by a blue stroke, a green pen circle (overlapping the tissue's edge)
     around glass with a blue dot in it: (image, true tissue, glass inside the circle, ink)."""

@@ -190,7 +190,8 @@ def mask_from_rgb(
 ) -> tuple[np.ndarray, float, list[str]]:
     """Tissue mask of an (H, W, 3) uint8 image of ``mpp`` µm/px: (mask bool (H, W), threshold,
     warnings). Dark background (max(R, G, B) < ``dark_value``) and, with ``pen_ink``, green/blue
-    pen ink are never tissue, and holes touching ink are not filled."""
+    pen ink are never tissue, and holes touching ink are not filled (the dark pixels of a filled
+    hole, e.g. a black pen dot on the tissue, stay background)."""
     from scipy import ndimage
 
     warnings: list[str] = []
@@ -221,7 +222,7 @@ def mask_from_rgb(
     not_tissue = dark | ink
     mask = _binary_morph((sat > thr) & ~not_tissue, r_close, "close") & ~not_tissue
     mask = _binary_morph(mask, r_open, "open")
-    mask = fill_holes(mask, keep_open=ink)
+    mask = fill_holes(mask, keep_open=ink) & ~dark  # filling must not bring dark pixels back
     min_px = params.min_area_um2 / (mpp * mpp)
     if min_px > 1 and mask.any():
         labels, n = ndimage.label(mask)
