@@ -29,13 +29,19 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
+QC_MAX_SIDE = 8192  # the upscaling stops here (a JPEG copy for the report takes 65,535 px)
+
+
 def qc_image(rgb: np.ndarray, mask: np.ndarray, min_side: int = 512) -> np.ndarray:
-    """The slide image with the mask outline drawn (upscaled so the short side >= min_side),
-    thickened on large images (about 1 px per 400 px of the long side)."""
+    """The slide image with the mask outline drawn (upscaled so the short side >= min_side,
+    the long side staying within :data:`QC_MAX_SIDE` px: a narrow strip of tissue is not blown
+    up past what an image file can hold), thickened on large images (about 1 px per 400 px of
+    the long side)."""
     from PIL import Image
 
     h, w = mask.shape
-    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    scale = int(np.ceil(min_side / max(1, min(h, w))))
+    scale = max(1, min(scale, QC_MAX_SIDE // max(1, h, w)))
     if scale > 1:
         big = (w * scale, h * scale)
         rgb = np.asarray(Image.fromarray(rgb).resize(big, Image.Resampling.NEAREST))
