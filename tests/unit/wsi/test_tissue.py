@@ -370,3 +370,19 @@ def test_an_otsu_split_of_tinted_glass_alone_is_warned_about():
     assert thr > 15 and len(warnings) == 1 and "classes only" in warnings[0]
     slide = np.r_[rng.normal(5, 2, 15000), rng.normal(80, 15, 5000)].clip(0, 255)
     assert otsu_threshold(slide, "s")[1] == []
+
+
+def test_an_image_without_glass_warns_that_its_pale_tissue_may_be_left_out():
+    """A crop inside the tissue (pale stroma beside dense tissue, no glass): Otsu split the
+    tissue itself and left the pale half out without a word; with glass in the image (its lower
+    class has a saturation of about 3, as on the CMU and demo slides) nothing is said."""
+    rng = np.random.default_rng(0)
+    img = np.empty((200, 300, 3), np.uint8)
+    noise = rng.integers(-4, 5, (200, 150, 3))
+    img[:, :150] = np.clip(np.array([235, 180, 210]) + noise, 0, 255)  # saturation ~60
+    img[:, 150:] = np.clip(np.array([150, 70, 160]) + noise, 0, 255)  # ~143
+    m, thr, warnings = mask_from_rgb(img, 8.0, TissueParams())
+    assert m[:, :150].mean() < 0.05 and len(warnings) == 1, (thr, warnings)
+    assert "does not look like glass" in warnings[0] and "tissue.threshold" in warnings[0]
+    with_glass = np.concatenate([_glass((200, 150), rng), img], axis=1)
+    assert mask_from_rgb(with_glass, 8.0, TissueParams())[2] == []

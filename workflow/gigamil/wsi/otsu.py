@@ -28,11 +28,29 @@ def _class_gap_warning(sat: np.ndarray, thr: float, who: str) -> list[str]:
     low, high = sat[sat <= thr], sat[sat > thr]
     gap = float(high.mean() - low.mean()) if low.size and high.size else 0.0
     if gap >= MIN_CLASS_GAP:
-        return []
+        return _no_glass_warning(float(low.mean()), thr, who)
     return [
         f"{who}the saturation splits at Otsu threshold {thr:.1f} into classes only {gap:.1f} "
         "apart (tissue and glass differ by far more): a slide without tissue on tinted glass, "
         "or of uniform colour? Check its QC image"
+    ]
+
+
+GLASS_MAX_SATURATION = 35.0  # mean saturation of Otsu's lower class above which it is not glass
+# (2.5-4.5 on the CMU slide and the demo's; pale stroma is about 60)
+
+
+def _no_glass_warning(low_mean: float, thr: float, who: str) -> list[str]:
+    """A warning when Otsu's lower class is not glass (its mean saturation above
+    :data:`GLASS_MAX_SATURATION`): an image with no glass, e.g. a crop inside the tissue or a
+    TMA core, is split into pale and dense tissue, and the pale part (stroma) is lost."""
+    if low_mean <= GLASS_MAX_SATURATION:
+        return []
+    return [
+        f"{who}Otsu's lower class (mean saturation {low_mean:.1f}, glass is usually below 10) "
+        f"does not look like glass: an image without glass (a crop inside the tissue?) is split "
+        f"into pale and dense tissue at {thr:.1f}, leaving pale tissue out; check its QC image, "
+        "or set preprocessing.tissue.threshold to a saturation (gigamil mask --threshold)"
     ]
 
 
