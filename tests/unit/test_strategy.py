@@ -57,6 +57,19 @@ def test_warmup_epochs_contradictions_are_config_errors(training, message) -> No
     assert resolve_strategy({}, {"warmup_epochs": 2})[0] == "end_to_end"
 
 
+def test_recalibrate_every_under_em_is_a_config_error() -> None:
+    """EMTrainer calibrates the encoder's statistics once, before round 1: recalibrate_every was
+    accepted under em and changed nothing (the same model.pt, yet a retraining param)."""
+    training = {"strategy": "em", "recalibrate_every": 1}
+    with pytest.raises(ConfigError, match="strategy em trains in rounds of its own"):
+        resolve_strategy({}, training)
+    cfg = {"cohorts": {"a": {"sheet": "a.csv"}}, "training": training}
+    with pytest.raises(ConfigError, match="set recalibrate_every: 0"):  # before any job runs
+        validate_config(cfg)
+    for strategy in ("end_to_end", "frozen"):
+        assert resolve_strategy({}, {**training, "strategy": strategy})[0] == strategy
+
+
 def test_bag_mixing_under_batch_statistics_is_a_config_error() -> None:
     """ConcatBag chunks each part on its own: under batchnorm: train a mixed-in part of one
     patch stopped training with torch's 'Expected more than 1 value per channel'."""

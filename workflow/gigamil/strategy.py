@@ -83,6 +83,12 @@ def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
                 "training.ema_decay averages the weights of the end_to_end and frozen "
                 "strategies; strategy em trains in rounds of its own: set ema_decay: 0"
             )
+        if t.recalibrate_every:  # EMTrainer calibrates the encoder once, before round 1
+            raise ConfigError(
+                "training.recalibrate_every recalibrates before epochs of the end_to_end and "
+                "frozen strategies; strategy em trains in rounds of its own: set "
+                "recalibrate_every: 0"
+            )
     for key, off in (("encoder_lr", None), ("head_first_epochs", 0)):
         if getattr(t, key) != off and strategy != "end_to_end":
             raise ConfigError(
@@ -120,7 +126,8 @@ def resolve_strategy(
     ``freeze_encoder: true`` is ``frozen`` (configs from before the strategy keep working);
     ``frozen`` sets ``trainable_blocks: 0`` in the returned model config. Raises ConfigError
     for contradictions: ``frozen`` with ``trainable_blocks: N`` (N > 0), ``em`` with a frozen
-    encoder, the parameter-free ``identity`` encoder, ``ema_decay`` or ``warmup_epochs``,
+    encoder, the parameter-free ``identity`` encoder, ``ema_decay``, ``warmup_epochs`` or
+    ``recalibrate_every``,
     ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, end-to-end
     ``bag_mixing`` under ``batchnorm: train``, ``instance_loss`` with ``pool: instance``, ``amp:
     fp16`` with ``device: cpu``, ``warmup_epochs`` under onecycle or not below
