@@ -183,7 +183,8 @@ def test_train_and_predict_from_cached_features(
     assert "training.strategy is end_to_end but the slides are feature stores" in caplog.text
     model, ckpt = load_model(path)
     eid = FeatureBag(ftrain.store[0]).encoder_id
-    assert ckpt["features"] == {"encoder_id": eid, "dim": 64}
+    weights = FeatureBag(ftrain.store[0]).attrs["encoder_sha256"]  # the encoder's state
+    assert ckpt["features"] == {"encoder_id": eid, "dim": 64, "encoder_sha256": weights}
     assert isinstance(model.feature_encoder, torch.nn.Identity)
     assert all(k.startswith("attention_model.") for k in ckpt["state_dict"])
     preds = predict_slides(path, fval, None, tmp_path / "att", device="cpu")
@@ -225,6 +226,43 @@ def test_train_and_predict_from_cached_features(
             training,
             tmp_path / "fold1",
         )
+
+
+def test_features_of_other_weights_under_the_same_encoder_id_are_refused(
+    mil_bags, monkeypatch, tmp_path: Path
+) -> None:
+    """encoder_id names a random-init encoder by its seed: a torch or timm upgrade that
+    initialises it otherwise fills the same cache folder with features of other weights, which
+    training mixed and prediction read without a word. Each store records its encoder's state
+    (encoder_sha256); a fold of two such stores, or a model and a store, that differ is refused."""
+    import gigamil.data.feature_extract as fx
+
+    torch.set_num_threads(1)
+    model_cfg = {**mil_bags.model, "trainable_blocks": 0}
+    train = _feature_cohort(
+        mil_bags.cohort(tmp_path / "p", 6, 0, "t"), tmp_path / "f", model_cfg, mil_bags.px
+    )
+    val = mil_bags.cohort(tmp_path / "p", 4, 1, "v")
+    fval = _feature_cohort(val, tmp_path / "f", model_cfg, mil_bags.px)
+    training = {"device": "cpu", "epochs": 1, "max_instances_per_forward_pass": 8}
+    path = train_fold(train, fval, mil_bags.classes, model_cfg, training, tmp_path / "m")
+    monkeypatch.setattr(fx, "RANDOM_INIT_SEED", 1)  # "the upgrade": other initial weights
+    new = mil_bags.cohort(tmp_path / "p", 1, 2, "x")
+    later = _feature_cohort(new, tmp_path / "g", model_cfg, mil_bags.px)
+    assert FeatureBag(later.store[0]).encoder_id == FeatureBag(fval.store[0]).encoder_id
+    with pytest.raises(GigamilError, match="encoded by 2 different sets of weights"):
+        mixed = pd.concat([train, later], ignore_index=True)
+        train_fold(mixed, fval, mil_bags.classes, model_cfg, training, tmp_path / "mixed")
+    with pytest.raises(GigamilError, match="was encoded by other weights than the features"):
+        predict_slides(path, later, None, tmp_path / "att", device="cpu")
+    # the same weights again: the same fingerprint (0-dim buffers included)
+    a, _ = fx.build_feature_encoder(model_cfg, mil_bags.px)
+    b, _ = fx.build_feature_encoder(model_cfg, mil_bags.px)
+    assert (
+        fx.encoder_fingerprint(a)
+        == fx.encoder_fingerprint(b)
+        != fx.encoder_fingerprint(torch.nn.Linear(2, 2))
+    )
 
 
 def test_a_cache_folder_planned_for_other_weights_is_not_filled(write_store, tmp_path: Path):

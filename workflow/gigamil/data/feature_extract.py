@@ -7,6 +7,7 @@ gigamil.data.features) under a temporary name and renames it into place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -223,6 +224,20 @@ def _check_planned_id(out: str | Path, actual: str, model_cfg: Any) -> None:
             )
 
 
+def encoder_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state (every parameter and buffer: name, dtype, shape, bytes):
+    the encoder that actually encoded a feature store. ``encoder_id`` names a random-init
+    encoder by its seed, and a torchvision encoder by its weight name, which a torch, timm or
+    torchvision upgrade may turn into other weights under the same id; the training and
+    prediction compare this instead (:func:`gigamil.train.fold_data.FoldData`)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def extract_features(  # noqa: PLR0913 - one rule's inputs
     store: str | Path,
     out: str | Path,
@@ -257,11 +272,11 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
         "encoder": cfg.encoder,
         "weights": cfg.weights,
         "weights_sha256": weights_sha256(cfg.weights, cfg.encoder),
+        "encoder_sha256": encoder_fingerprint(encoder),
         "feature_dim": int(dim),
         "slide_id": bag.attrs.get("slide_id", Path(store).stem),
         "patch_px": patch_px,
-        "target_mpp": bag.attrs.get("target_mpp"),
-        "effective_mpp": bag.attrs.get("effective_mpp"),
+        **{k: bag.attrs.get(k) for k in ("target_mpp", "effective_mpp")},
         "stain_normalization": store_stain_normalization(bag),
         "patch_store": str(store),
         **{k: bag.attrs.get(k) for k in ("patches_sha256", "codec", "jpeg_quality")},

@@ -14,6 +14,7 @@ changes the features (:func:`gigamil.data.feature_spec.encoder_spec`, which list
 Feature store (zarr v3 group): ``features`` float16 (N, D), ``coords`` and ``grid`` int64 (N, 2)
 copied from the patch store (same rows, same order), every chunk checksummed (CRC-32C); attrs
 ``kind: "features"``, ``encoder_id``, ``encoder_spec``, ``encoder``, ``weights_sha256``,
+``encoder_sha256`` (the encoder's state as it encoded; stores of one id must agree on it),
 ``feature_dim``, ``slide_id``, ``patch_px``, ``target_mpp``, ``effective_mpp``,
 ``patch_store``, ``gigamil_version``, ``seconds``, ``device``, ``amp``.
 """
@@ -288,3 +289,19 @@ def open_bag(
     if is_feature_store(path):
         return FeatureBag(path)
     return ZarrBag(path, prefetch=prefetch, workers=workers, pin_memory=pin_memory)
+
+
+def check_encoder_weights(slide_id: str, bag: Any, features: Mapping[str, Any] | None) -> None:
+    """GigamilError when the feature store ``bag`` was encoded by other weights than the
+    features a model trained on (``features``: model.pt's record), under the same encoder id:
+    both record ``encoder_sha256`` (:func:`gigamil.data.feature_extract.encoder_fingerprint`)
+    and they differ, e.g. after a torch/timm upgrade. Nothing to compare: no error."""
+    mine = bag.attrs.get("encoder_sha256") if features is not None else None
+    theirs = (features or {}).get("encoder_sha256")
+    if mine and theirs and mine != theirs:
+        raise GigamilError(
+            f"slide {slide_id}: {bag.path} was encoded by other weights than the features the "
+            f"model trained on, under the same encoder id {features['encoder_id']} (a torch, "
+            "timm or torchvision upgrade between them?); extract it again where the model's "
+            "features were extracted, or retrain the model on features encoded here"
+        )

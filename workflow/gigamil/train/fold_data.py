@@ -280,7 +280,17 @@ def _features(items: Sequence[BagItem]) -> dict[str, Any] | None:
             "extract every slide with the same encoder"
         )
     encoder, dim = next(iter(ids))
-    return {"encoder_id": encoder, "dim": dim}
+    # the weights that encoded them (recorded since 2026-12-07): one id, other weights when a
+    # torch/timm upgrade changed a random-init or named encoder between two extractions
+    prints = {it.bag.attrs.get("encoder_sha256") for it in items} - {None}
+    if len(prints) > 1:
+        raise GigamilError(
+            f"the feature stores of encoder {encoder} were encoded by {len(prints)} different "
+            "sets of weights (a torch, timm or torchvision upgrade between extractions?); "
+            f"delete the feature stores of {encoder} and rerun to encode every slide again"
+        )
+    weights = {"encoder_sha256": next(iter(prints))} if prints else {}  # none: older stores
+    return {"encoder_id": encoder, "dim": dim, **weights}
 
 
 def seen_slides(train: pd.DataFrame, val: pd.DataFrame) -> dict[str, list]:
@@ -304,7 +314,7 @@ class FoldData:
     val: list[BagItem]
     patch_px: int
     patch_mpp: float | None = None
-    features: dict[str, Any] | None = None  # {encoder_id, dim}: bags of cached features
+    features: dict[str, Any] | None = None  # {encoder_id, dim[, encoder_sha256]}: features
     stain_normalization: str | None = None  # of the patches (None: the stores do not say)
     # every training and validation slide given (with or without patches) and their patients:
     # model.pt records them so predict_slides can name slides of patients the model has seen

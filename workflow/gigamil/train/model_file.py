@@ -64,6 +64,7 @@ def model_header(  # noqa: PLR0913 - one argument per header key
         header["features"] = {
             "encoder_id": str(features["encoder_id"]),
             "dim": int(features["dim"]),
+            **{k: str(v) for k, v in features.items() if k == "encoder_sha256"},
         }
     return header
 

@@ -13,7 +13,7 @@ import torch
 
 from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag, store_stain_normalization, swapped_store
-from gigamil.data.features import FeatureBag, open_bag
+from gigamil.data.features import FeatureBag, check_encoder_weights, open_bag
 from gigamil.errors import GigamilError
 from gigamil.fileutil import zarr_attributes
 from gigamil.logutil import current_context, log_context
@@ -79,6 +79,7 @@ def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None)
             f"CONFIG.yaml --out FEATURES.zarr; in the workflow, delete {Path(bag.path).parent} "
             "and run snakemake again)"
         )
+    check_encoder_weights(slide_id, bag, features)  # the same id: the same weights?
 
 
 def _check_mpp(slide_id: str, bag: ZarrBag | FeatureBag, model_mpp: float | None) -> None:
