@@ -129,6 +129,13 @@ def test_every_schema_key_has_description_and_default():
             "; did you mean training.augment.stain_jitter?",
         ),
         (lambda c: c["model"].update(epochs=3), "; did you mean training.epochs?"),
+        (  # at the top level (--config epochs=10): where it goes, and how --config writes it
+            # (Snakemake's own parser stops at --config training.epochs=10 with a traceback)
+            lambda c: c.update(stain_jitter=0.1),
+            "did you mean training.augment.stain_jitter? (in a config file it belongs under "
+            "training: > augment:; with --config, write the section as a mapping: --config "
+            """'training={"augment": {"stain_jitter": 0.1}}')""",
+        ),
         (  # a value of the wrong type or out of range: what the key is, from the schema
             lambda c: c["cohorts"]["demo"].update(mpp="abc"),
             "cohorts.demo.mpp: 'abc' is not of type 'number', 'null' (Microns per pixel at level 0",

@@ -8,6 +8,7 @@ description where a value fits none of its alternatives). Used by :mod:`gigamil.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -171,6 +172,21 @@ def _yaml_name(value: object) -> str:
     return "null" if value is None else str(value)
 
 
+def _nested_hint(path: str, value: Any) -> str:
+    """How to write the section key ``path`` (``training.epochs``) given at the top level: indented
+    under its section in config.yaml, or as a mapping with --config (Snakemake's own parser
+    stops at ``--config training.epochs=10`` with a traceback)."""
+    *sections, key = path.split(".")
+    inner = json.dumps({key: value}, default=str)
+    for section in reversed(sections[1:]):
+        inner = f'{{"{section}": {inner}}}'
+    return (
+        f" (in a config file it belongs under {' > '.join(f'{x}:' for x in sections)}; with "
+        "--config, write "
+        f"the section as a mapping: --config '{sections[0]}={inner}')"
+    )
+
+
 def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | None = None) -> str:
     """Turn a jsonschema error into a short message that names the config key. With ``root``
     (the whole schema), an unknown key that exists in another section is pointed to there
@@ -189,6 +205,8 @@ def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | 
             paths = _schema_keys(root)
             close = [q for k in extra for q in paths if q.rsplit(".", 1)[-1] == str(k)][:3]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
+        if where == "<top level>" and len(extra) == 1 and len(close) == 1 and "." in close[0]:
+            hint += _nested_hint(close[0], error.instance[extra[0]])
         return f"unknown key {keys} (allowed here: {', '.join(allowed)}){hint}"
     if error.validator == "required":
         return f"{where}: {error.message}"
