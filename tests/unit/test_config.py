@@ -129,6 +129,14 @@ def test_every_schema_key_has_description_and_default():
             "; did you mean training.augment.stain_jitter?",
         ),
         (lambda c: c["model"].update(epochs=3), "; did you mean training.epochs?"),
+        (  # --config 'training={epochs:10}': YAML reads one key, 'epochs:10' (new-user trial)
+            lambda c: c["training"].update({"epochs:10": None}),
+            "unknown key training.epochs:10 (allowed here: amp, augment, ",
+        ),
+        (
+            lambda c: c["training"].update({"epochs:10": None}),
+            "; YAML needs a space after the colon: epochs: 10",
+        ),
         (  # at the top level (--config epochs=10): where it goes, and how --config writes it
             # (Snakemake's own parser stops at --config training.epochs=10 with a traceback)
             lambda c: c.update(stain_jitter=0.1),

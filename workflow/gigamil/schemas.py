@@ -205,6 +205,10 @@ def describe_error(error: jsonschema.ValidationError, root: Mapping[str, Any] | 
             paths = _schema_keys(root)
             close = [q for k in extra for q in paths if q.rsplit(".", 1)[-1] == str(k)][:3]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
+        glued = [str(k) for k in extra if str(k).split(":", 1)[0].strip() in allowed]
+        if glued and ":" in glued[0]:  # {epochs:10}: YAML reads one key 'epochs:10'
+            name, value = glued[0].split(":", 1)
+            hint = f"; YAML needs a space after the colon: {name.strip()}: {value.strip()}"
         if where == "<top level>" and len(extra) == 1 and len(close) == 1 and "." in close[0]:
             hint += _nested_hint(close[0], error.instance[extra[0]])
         return f"unknown key {keys} (allowed here: {', '.join(allowed)}){hint}"
