@@ -198,6 +198,13 @@ def test_same_slide_content_in_two_cohorts_is_refused(tmp_path, base_config):
     cfg["cohorts"]["b"]["sheet"] = str(write_sheet(tmp_path, others, name="b.csv", touch=False))
     with pytest.raises(ConfigError, match=r"a/s3 \(s3.svs\), b/xs2 \(renamed.svs\) have the same"):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    # two copies: both named in one error (the first pair only, before; a new-user trial)
+    (copy_dir / "again.svs").write_bytes((tmp_path / "s1.svs").read_bytes())
+    others[0]["path"] = "copies/again.svs"
+    cfg["cohorts"]["b"]["sheet"] = str(write_sheet(tmp_path, others, name="b.csv", touch=False))
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    assert "b/xs2 (renamed.svs)" in str(err.value) and "b/xs1 (again.svs)" in str(err.value)
     assert slide_fingerprint(tmp_path / "missing.svs") is None
     assert slide_fingerprint(tmp_path / "s1.svs") != slide_fingerprint(tmp_path / "s2.svs")
     # the workflow's job processes skip the content comparison (the main process made it)

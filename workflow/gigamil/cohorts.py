@@ -150,7 +150,7 @@ def _check_same_content(allr: pd.DataFrame) -> None:
     prints = pd.Series(
         [slide_fingerprint(Path(p)) for p in candidates["_path"]], index=candidates.index
     )
-    known = prints.notna()
+    known, found = prints.notna(), []
     for _, rows in candidates[known].groupby(prints[known].astype(str)):
         group = rows.drop_duplicates("_path")  # one file in two rows: reported by path
         if len(group) < 2:
@@ -165,9 +165,12 @@ def _check_same_content(allr: pd.DataFrame) -> None:
             else "in one cohort: copies of one slide, which would be trained on and tested as two; "
             "list each slide once"
         )
-        raise ConfigError(
-            f"slides {', '.join(pairs[:3])} have the same content (size and first/last MiB) {where}"
+        found.append(
+            f"slides {', '.join(pairs[:3])} have the same content (size, first/last MiB) {where}"
         )
+    if found:  # every group, not the first only (two copied cohorts: every pair)
+        more = f"; and {len(found) - 5} more such group(s)" if len(found) > 5 else ""
+        raise ConfigError("; ".join(found[:5]) + more)
 
 
 def train_patient_overlap(
