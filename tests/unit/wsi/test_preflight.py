@@ -252,6 +252,13 @@ def test_a_cohort_smaller_than_one_patch_at_the_configured_mpp_is_refused(cmu_sv
     check = SlideCheck("a", "svs", Path(cmu_svs), None)  # 1108 x 1481 µm
     with pytest.raises(ConfigError, match=r"no slide of cohort a holds one patch: is "):
         check_slides([check], patch_mpp=9.72, patch_px=256)  # 2488 µm
+    # a cohort of several such slides: one line, with the count (not one line per slide)
+    three = [SlideCheck("a", f"s{i}", Path(cmu_svs), None) for i in range(3)]
+    with pytest.raises(ConfigError) as err:
+        check_slides(three, patch_mpp=9.72, patch_px=256)
+    text = str(err.value)
+    assert text.startswith("3 of 3 slide(s) cannot be used") and text.count("whole slide") == 1
+    assert "  a: all 3 slides, e.g. s0: the whole slide (" in text
 
 
 def test_an_override_far_from_the_files_mpp_is_a_warning(cmu_svs, caplog):

@@ -201,9 +201,12 @@ def check_slides(
                 slides,
             )
         )
-    bad = [s for s in statuses if s.problem is not None] + _all_small(statuses)
-    if bad:
-        lines = listed([f"  {s.check.cohort}/{s.check.slide_id}: {s.problem}" for s in bad])
+    own, small = [s for s in statuses if s.problem is not None], _all_small(statuses)
+    if bad := own + small:
+        lines = listed(
+            [f"  {s.check.cohort}/{s.check.slide_id}: {s.problem}" for s in own]
+            + _small_lines(small)
+        )
         raise ConfigError(
             f"{len(bad)} of {len(slides)} slide(s) cannot be used (checked before any job "
             "runs):\n" + "\n".join(lines)
@@ -228,6 +231,21 @@ def _all_small(statuses: list[SlideStatus]) -> list[SlideStatus]:
         if all(m.small is not None for m in members)
         for s in members
         if s.problem is None
+    ]
+
+
+def _small_lines(small: list[SlideStatus]) -> list[str]:
+    """One line per cohort of slides smaller than one patch (:func:`_all_small`): the first
+    slide's reason and the count, not the same long line for each of them (a typo in
+    preprocessing.patches.mpp repeated it for every slide of the cohort)."""
+    cohorts: dict[str, list[SlideStatus]] = {}
+    for status in small:
+        cohorts.setdefault(status.check.cohort, []).append(status)
+    return [
+        f"  {c}/{m[0].check.slide_id}: {m[0].problem}"
+        if len(m) == 1
+        else f"  {c}: all {len(m)} slides, e.g. {m[0].check.slide_id}: {m[0].problem}"
+        for c, m in cohorts.items()
     ]
 
 
