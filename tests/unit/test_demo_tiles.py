@@ -193,6 +193,17 @@ def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
     demo_tiles.make_tile_cohort(tmp_path / "d", tiles=folder, **{**kw, **fits})
 
 
+def test_a_tile_folder_given_as_dot_is_named_in_the_description(tmp_path, monkeypatch):
+    """`gigamil demo OUT --tiles .` run inside the tile folder: Path(".").name is "", which
+    described the slides as a "mosaic of tiles of ;"."""
+    folder = _tile_folder(tmp_path / "mytiles", n_normal=30, n_tumour=8)
+    monkeypatch.chdir(folder)
+    kw = dict(n_patients=2, slides_per_patient=1, tiles_per_slide=(10, 12), tile_mpp=0.5)
+    sheet = demo_tiles.make_tile_cohort(tmp_path / "a", tiles=".", **kw)
+    with openslide.OpenSlide(sheet["path"][0]) as slide:
+        assert "mosaic of tiles of mytiles;" in slide.properties["tiff.ImageDescription"]
+
+
 def test_both_short_classes_are_named(tmp_path):
     folder = _tile_folder(tmp_path / "tiles", n_normal=5, n_tumour=1)
     with pytest.raises(GigamilError) as err:

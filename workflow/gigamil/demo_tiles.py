@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,9 @@ def _write_slide(
     side (px) and µm/px; ``tiles``: their source (None: the packaged PatchCamelyon subset), named
     in the TIFF's description (a user's own tiles are not claimed to be PatchCamelyon's)."""
     (slide_id, patient_id, label), (tile_px, tile_mpp) = ids, tile
-    credit = "PatchCamelyon tiles (CC0)" if tiles is None else f"tiles of {Path(tiles).name}"
+    # the folder's own name also when given as "." or "..", whose Path.name is ""
+    source = None if tiles is None else Path(os.path.abspath(tiles)).name or str(tiles)
+    credit = "PatchCamelyon tiles (CC0)" if source is None else f"tiles of {source}"
     tiff = outdir / "slides" / f"{slide_id}.tiff"
     write_pyramid_tiff(
         tiff,
