@@ -102,6 +102,14 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
     return path
 
 
+def atomic_write_csv(table: Any, path: str | Path) -> Path:
+    """``table.to_csv(path, index=False)`` (a pandas DataFrame) through
+    :func:`atomic_write_bytes`: a job killed while writing leaves the earlier file or none,
+    never one cut short, which a reader takes for a table of fewer rows (a prediction CSV: of
+    fewer slides, its cut row a slide without patches)."""
+    return atomic_write_bytes(path, table.to_csv(index=False).encode("utf-8"))
+
+
 def zarr_attributes(path: str | Path) -> dict[str, Any] | None:
     """The attributes in ``path/zarr.json`` (a zarr v3 group's), or None when ``path`` is not a
     readable zarr group."""

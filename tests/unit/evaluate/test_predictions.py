@@ -133,3 +133,40 @@ def test_missing_folds_are_the_gaps_below_the_highest_fold_given():
     # a file of no rows (a fold without test slides): its fold is unknown, so no gap is named
     assert missing_folds([file(0), file(), file(3)]) == ([], [])
     assert missing_folds([pd.DataFrame({"slide_id": ["s0"]})]) == ([], [])
+
+
+_KILLED_WRITER = """
+import resource, signal, sys
+import numpy as np, pandas as pd
+from gigamil.evaluate.predictions import write_fold_predictions
+n = 300
+p = np.linspace(0.01, 0.99, n)
+table = pd.DataFrame({"slide_id": [f"S{i:04d}" for i in range(n)], "patient_id": "P",
+    "cohort": "c", "label": "a", "prob_a": 1 - p, "prob_b": p, "pred": "a",
+    "model_sha256": "0" * 64})
+if sys.argv[1] == "kill":  # the write past 8300 bytes: SIGXFSZ kills the process mid-write
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8300, 8300))
+write_fold_predictions(table, 0, sys.argv[2])
+"""
+
+
+def test_a_prediction_csv_is_never_left_cut_short_by_a_killed_job(tmp_path):
+    """A job killed while writing its prediction CSV (SIGKILL, a time limit, a full disk) left
+    the file cut short in place, which read_predictions took for a file of fewer slides, its
+    cut row a slide 'without patches'; now the earlier file stays whole (or there is none)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "fold0.csv"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    run = [sys.executable, "-c", _KILLED_WRITER]
+    subprocess.run([*run, "full", str(out)], check=True, env=env)
+    before = out.read_bytes()
+    assert len(before) > 8300
+    killed = subprocess.run([*run, "kill", str(out)], env=env)
+    assert killed.returncode == -signal.SIGXFSZ
+    assert out.read_bytes() == before
+    assert len(read_predictions([out], ["a", "b"])) == 300

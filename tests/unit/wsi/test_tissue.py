@@ -386,3 +386,16 @@ def test_an_image_without_glass_warns_that_its_pale_tissue_may_be_left_out():
     assert "does not look like glass" in warnings[0] and "tissue.threshold" in warnings[0]
     with_glass = np.concatenate([_glass((200, 150), rng), img], axis=1)
     assert mask_from_rgb(with_glass, 8.0, TissueParams())[2] == []
+
+
+def test_a_failed_mask_run_leaves_no_sidecar_of_the_earlier_mask(cmu_svs, tmp_path):
+    """gigamil mask again with other settings, failing after the new mask PNG (here: its QC
+    image's folder is a file) left the earlier run's JSON sidecar beside the new mask, and
+    gigamil patches recorded the earlier settings as this mask's."""
+    out, sidecar = tmp_path / "s.png", tmp_path / "s.json"
+    make_mask(cmu_svs, out, None, sidecar, TissueParams(mask_mpp=8.0))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        make_mask(cmu_svs, out, tmp_path / "file" / "qc.png", sidecar, TissueParams(mask_mpp=16))
+    assert "mask_mpp" not in mask_params_for(out)  # not the earlier mask's 8.0
+    assert not sidecar.exists() and read_mask_png(out).shape == (93, 69)  # the 16 µm/px mask

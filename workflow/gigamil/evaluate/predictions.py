@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gigamil.errors import GigamilError, csv_read_errors
+from gigamil.fileutil import atomic_write_csv
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,7 @@ def write_fold_predictions(preds: pd.DataFrame, fold: int, path: str | Path) -> 
         raise GigamilError(f"predictions lack column(s) {', '.join(missing)}")
     out = preds.drop(columns=["fold"], errors="ignore")
     out.insert(len(PRED_ID_COLUMNS), "fold", int(fold))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
+    atomic_write_csv(out, path)  # a kill mid-write leaves no file cut short
     return out
 
 

@@ -15,7 +15,7 @@ from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag, store_stain_normalization, swapped_store
 from gigamil.data.features import FeatureBag, check_encoder_weights, open_bag
 from gigamil.errors import GigamilError
-from gigamil.fileutil import zarr_attributes
+from gigamil.fileutil import atomic_write_csv, zarr_attributes
 from gigamil.logutil import current_context, log_context
 from gigamil.settings import TrainingConfig
 from gigamil.train.accel import prepare_model
@@ -386,7 +386,5 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     # the model's verdict and which file predicted (summary.json's folds_not_learned, models)
     df[LEARNED_COLUMN], df[MODEL_COLUMN] = model_learned(ckpt), file_sha256(model_path)
     if out_csv is not None:
-        out_csv = Path(out_csv)
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out_csv, index=False)
+        atomic_write_csv(df, out_csv)  # a kill mid-write leaves no file cut short
     return df

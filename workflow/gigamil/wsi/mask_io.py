@@ -6,12 +6,15 @@ warnings, params, ...); reading a mask PNG and its provenance back (``extract_pa
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from gigamil.fileutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from gigamil.wsi.slide import SlideReader
@@ -64,7 +67,10 @@ def write_png(path: str | Path, image: np.ndarray, mpp: float | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kw = {"dpi": (25400.0 / mpp, 25400.0 / mpp)} if mpp else {}
-    Image.fromarray(image).save(path, **kw)
+    buf = io.BytesIO()
+    fmt = Image.registered_extensions().get(path.suffix.lower())  # as save(path) picks it
+    Image.fromarray(image).save(buf, format=fmt, **kw)
+    atomic_write_bytes(path, buf.getbuffer())  # a kill mid-write leaves no PNG cut short
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:
@@ -138,8 +144,13 @@ def write_mask_outputs(
     json_path: str | Path | None = None,
     seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Write the mask PNG and optionally the QC PNG and JSON sidecar; return the summary."""
+    """Write the mask PNG and optionally the QC PNG and JSON sidecar; return the summary.
+    An earlier ``json_path`` is deleted first and the sidecar written last: a failure between
+    the writes (e.g. the QC image's folder) leaves no sidecar rather than the earlier mask's
+    settings beside this mask, which gigamil patches would record as this mask's."""
     mpp = (tm.mpp_x + tm.mpp_y) / 2
+    if json_path is not None:
+        Path(json_path).unlink(missing_ok=True)
     write_png(out_png, (tm.mask.astype(np.uint8) * 255), mpp)
     summary = mask_summary(reader, tm, params, seconds)
     if qc_png is not None:
@@ -151,8 +162,7 @@ def write_mask_outputs(
         title = Path(str(reader.name)).name
         write_png(qc_png, annotate_qc_image(qc, qc_mpp, title, qc_caption(summary)))
     if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_bytes(json_path, (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
