@@ -102,12 +102,13 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
     return path
 
 
-def atomic_write_csv(table: Any, path: str | Path) -> Path:
-    """``table.to_csv(path, index=False)`` (a pandas DataFrame) through
-    :func:`atomic_write_bytes`: a job killed while writing leaves the earlier file or none,
-    never one cut short, which a reader takes for a table of fewer rows (a prediction CSV: of
-    fewer slides, its cut row a slide without patches)."""
-    return atomic_write_bytes(path, table.to_csv(index=False).encode("utf-8"))
+def atomic_write_csv(table: Any, path: str | Path, **to_csv: Any) -> Path:
+    """``table.to_csv(path, index=False, **to_csv)`` (a pandas DataFrame; ``index=True`` keeps
+    the index) through :func:`atomic_write_bytes`: a job killed while writing leaves the
+    earlier file or none, never one cut short, which a reader takes for a table of fewer rows
+    (a prediction CSV: of fewer slides, its cut row a slide without patches)."""
+    text = table.to_csv(**{"index": False, **to_csv})
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def zarr_attributes(path: str | Path) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ from gigamil.evaluate.tables import (
     write_json,
     write_metrics_html,
 )
+from gigamil.fileutil import atomic_write_csv
 from gigamil.layout import PER_PATIENT
 
 log = logging.getLogger(__name__)
@@ -364,11 +365,10 @@ def _write_cv_outputs(
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
     extra = ("model_learned", "localization_auc", "n_lesion_patches")
     cols += [c for c in extra if c in per_slide.columns]
-    per_slide[cols].sort_values(["cohort", "slide_id"]).to_csv(
-        out_dir / "per_slide_predictions.csv", index=False, float_format=FLOAT_FORMAT
-    )
+    ordered = per_slide[cols].sort_values(["cohort", "slide_id"])
+    atomic_write_csv(ordered, out_dir / "per_slide_predictions.csv", float_format=FLOAT_FORMAT)
     write_patient_predictions(per_slide, classes, out_dir / PER_PATIENT)
-    table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
+    atomic_write_csv(table, out_dir / "metrics.csv", index=True, float_format=FLOAT_FORMAT)
     title = f"{experiment}: out-of-fold" if experiment else "out-of-fold"
     write_report(out_dir, table, valid, summary, classes, title, auc_key="oof_auc", roc_by="fold")
 

@@ -59,6 +59,7 @@ from gigamil.evaluate.tables import (
     write_json,
     write_predictions_html,
 )
+from gigamil.fileutil import atomic_write_csv
 from gigamil.layout import PATIENT_PREDICTIONS
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def predict_cohort(
     """
     out_dir = Path(out_dir)
     preds, ens, caveats = _cohort_predictions(pred_csvs, classes, cohort, out_dir, slides)
-    ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
+    atomic_write_csv(ens, out_dir / "predictions.csv", float_format=FLOAT_FORMAT)
     write_patient_predictions(ens, classes, out_dir / PATIENT_PREDICTIONS)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
     write_predictions_html(ens, classes, out_dir / "predictions.html", title, caveats)
@@ -288,7 +289,7 @@ def ensemble_cohort(  # noqa: PLR0913 - public API (script, CLI, tests)
     loc = cohort_localization(localization) if localization else None
     if loc is not None:
         add_localization_columns(ens, loc)
-    ens.to_csv(out_dir / "predictions.csv", index=False, float_format=FLOAT_FORMAT)
+    atomic_write_csv(ens, out_dir / "predictions.csv", float_format=FLOAT_FORMAT)
     write_patient_predictions(ens, classes, out_dir / PATIENT_PREDICTIONS)
     valid, table, summary = _ensemble_metrics(
         ens, preds, classes, cohort, experiment, n_boot, seed, out_dir
@@ -334,7 +335,7 @@ def _ensemble_metrics(
     models = {"n_models": int(preds["fold"].nunique()), "models_per_slide": models_per_slide(ens)}
     kind = "oof" if out_of_fold(models) else "ensemble"  # a train cohort: oof, as in the CV
     table = metrics_table(valid_folds, classes, pooled, ci, kind)
-    table.to_csv(out_dir / "metrics.csv", float_format=FLOAT_FORMAT)
+    atomic_write_csv(table, out_dir / "metrics.csv", index=True, float_format=FLOAT_FORMAT)
     summary: dict[str, Any] = {"experiment": experiment or None, "cohort": cohort}
     summary.update(summary_block(valid, classes, pooled, ci, table, "auc"))
     summary.update(models)

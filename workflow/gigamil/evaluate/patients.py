@@ -17,6 +17,7 @@ import pandas as pd
 from gigamil.evaluate.metrics import most_probable, patient_level
 from gigamil.evaluate.predictions import unlabelled
 from gigamil.evaluate.tables import FLOAT_FORMAT
+from gigamil.fileutil import atomic_write_csv
 
 
 def _joined(values: pd.Series) -> str:
@@ -72,5 +73,5 @@ def write_patient_predictions(
     """:func:`patient_predictions` written as CSV at ``path`` (6 significant digits, empty
     cells for missing values); returns the table."""
     table = patient_predictions(per_slide, classes)
-    table.to_csv(path, index=False, float_format=FLOAT_FORMAT)
+    atomic_write_csv(table, path, float_format=FLOAT_FORMAT)
     return table

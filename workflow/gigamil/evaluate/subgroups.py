@@ -21,6 +21,7 @@ from gigamil.errors import GigamilError, nearest_name
 from gigamil.evaluate import metrics as M
 from gigamil.evaluate.predictions import shown, unlabelled
 from gigamil.evaluate.tables import FLOAT_FORMAT, MIN_PATIENTS_FOR_CI, embedded_png, html_page
+from gigamil.fileutil import atomic_write_csv
 
 # the value shown for an empty cell of a grouping column
 EMPTY = "(empty)"
@@ -200,7 +201,7 @@ def write_subgroups(table: pd.DataFrame, out_dir: str | Path, title: str) -> lis
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv, page = out / "subgroups.csv", out / "subgroups.html"
-    table.to_csv(csv, index=False, float_format=FLOAT_FORMAT)
+    atomic_write_csv(table, csv, float_format=FLOAT_FORMAT)
     body = format_table(table).to_html(index=False, border=0, classes="metrics")
     note = (
         "<p>95 % intervals: percentile bootstrap over patients. A subgroup of a few patients "

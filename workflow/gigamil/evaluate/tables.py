@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gigamil.fileutil import atomic_write_bytes
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe: nan/inf -> None, numpy scalars -> Python, recursively."""
@@ -35,8 +37,7 @@ def json_text(data: Mapping[str, Any], indent: int = 2) -> str:
 
 def write_json(data: Mapping[str, Any], path: str | Path) -> None:
     """Write ``data`` as strict JSON (NaN written as null)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json_text(data) + "\n")
+    atomic_write_bytes(path, (json_text(data) + "\n").encode("utf-8"))  # never cut short
 
 
 # the evaluation's CSVs: 9 significant digits, in which a float32 probability reads back exactly,

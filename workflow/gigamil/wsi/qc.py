@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gigamil.fileutil import atomic_write_csv
+
 if TYPE_CHECKING:  # pandas and the store (zarr) are imported where the QC table needs them: the
     import pandas as pd  # tissue_mask job imports this module only to annotate its thumbnail
 
@@ -125,8 +127,7 @@ def write_qc_table(
     which the tissue_mask job writes with it); return the table. ``sheet``: see
     :func:`qc_table`."""
     df = qc_table(slide_ids, mask_jsons, stores, sheet)
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_csv, index=False)
+    atomic_write_csv(df, out_csv)
     if out_html is not None:
         pairs = zip(slide_ids, mask_jsons, strict=True)
         thumbs = {s: Path(m).with_name(f"{s}.qc.png") for s, m in pairs}
