@@ -381,3 +381,27 @@ def test_draws_of_other_seeds_take_other_tiles_and_masks_carry_the_tile_mpp(tmp_
     assert shared <= min(map(len, used)) // 4, f"{shared} of about 22 tiles in both draws"
     lesion = sheet.loc[sheet["label"] == "lesion", "lesion_mask"].iloc[0]
     assert load_lesion_mask(lesion)[1] == pytest.approx(0.5 * 16)
+
+
+def test_resized_copies_of_the_packaged_tiles_are_excluded_by_content(tmp_path, caplog):
+    """--exclude-packaged compared bytes: the packaged tiles resized to 64 px (the docs' own
+    --tile-mpp example) or saved as PNG passed, and a benchmark 'on other tiles' drew half its
+    tiles from the demo's (a new user's trial). Tiles of other content stay."""
+    rng = np.random.default_rng(0)
+    packaged = tile_pool.read_tile_pool(None)
+    copies = [t for t in packaged if t.label == 0][:6] + [t for t in packaged if t.label == 1][:3]
+    for t in copies:
+        (tmp_path / "t" / str(t.label)).mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(tile_pool.decode_tile(t)).resize((64, 64), Image.Resampling.LANCZOS)
+        img.save(tmp_path / "t" / str(t.label) / f"copy_{Path(t.file).stem}.png")
+    for cls, colour in ((0, (225, 150, 190)), (1, (120, 60, 160))):
+        for i in range(4):
+            noise = rng.normal(0, 30, size=(64, 64, 3))
+            img = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "t" / str(cls) / f"other{i}.png")
+    kept = {t.file for t in tile_pool.usable_pool(tmp_path / "t")}
+    assert sum(n.split("/")[1].startswith("copy_") for n in kept) == len(copies)
+    with caplog.at_level("WARNING"):
+        pool = tile_pool.usable_pool(tmp_path / "t", tile_pool.packaged_tile_hashes())
+    assert sorted(t.file for t in pool) == sorted(n for n in kept if "/other" in n)
+    assert len(pool) == 8 and f"left out {len(copies)} tile(s) that are resized" in caplog.text

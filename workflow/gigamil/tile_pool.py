@@ -233,7 +233,26 @@ def usable_pool(
     ``min_tile_tissue`` tissue (:func:`usable_tiles`)."""
     excluded = set(exclude)
     pool = [t for t in unique_tiles(read_tile_pool(source)) if t.sha256 not in excluded]
-    return usable_tiles(pool, min_tile_tissue)
+    pool = usable_tiles(pool, min_tile_tissue)
+    if source is not None and excluded >= (packaged := packaged_tile_hashes()):
+        pool = _without_copies(pool, [t for t in read_tile_pool(None) if t.sha256 in packaged])
+    return pool
+
+
+def _without_copies(pool: list[Tile], packaged: list[Tile]) -> list[Tile]:
+    """``pool`` without resized or re-encoded copies of the ``packaged`` tiles (excluded by
+    content: :func:`gigamil.tile_match.lookalikes`; their bytes differ), which are logged."""
+    from gigamil.tile_match import lookalikes
+
+    copies = {t.file for t in lookalikes(pool, packaged, decode_tile)}
+    if copies:
+        log.warning(
+            "left out %d tile(s) that are resized or re-encoded copies of the packaged demo "
+            "tiles (e.g. %s): the packaged tiles are excluded by content, not only by bytes",
+            len(copies),
+            min(copies),
+        )
+    return [t for t in pool if t.file not in copies]
 
 
 def pack_tiles(
