@@ -213,7 +213,8 @@ def check_out(out: Path, seeds: range) -> None:
     if not out.is_file():
         return
     try:
-        kept = [int(d["seed"]) for d in json.loads(out.read_text()).get("draws", [])]
+        record = json.loads(out.read_text())
+        kept = [int(d["seed"]) for d in record["draws"]]  # no draws: not a result either
     except (ValueError, KeyError, TypeError, AttributeError):
         raise GigamilError(f"{out}: not a real_tissue.py result; pass another --out") from None
     other = sorted(set(kept) - set(seeds))
@@ -578,6 +579,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def baseline_wall_note(baseline: dict[str, Any]) -> str:
+    """``, wall 2.0 s on the pipeline's patches``: the baseline's own time beside gigamil's
+    (its patch stores are the pipeline's, whose extraction gigamil's wall time includes)."""
+    if baseline.get("seconds") is None:
+        return ""
+    return f", wall {baseline['seconds']:.1f} s on the pipeline's patches"
+
+
 def smoothed_note(baseline: dict[str, Any]) -> str:
     """`` (smoothed as gigamil's attention: OOF AUC, localisation)`` of a baseline result, or
     "" without the smoothed figures."""
@@ -644,6 +653,9 @@ def write_result(
         ),
         "baseline_oof_auc": mean_sd([d["baseline"]["oof_auc"] for d in draws]),
         "baseline_localization_auc": mean_sd([d["baseline"]["localization_auc"] for d in draws]),
+        # the baseline's own time, on the pipeline's patch stores (their extraction is in
+        # gigamil's wall time)
+        "baseline_wall_seconds": mean_sd([d["baseline"].get("seconds") for d in draws]),
         "oof_auc_difference": mean_sd([d["gigamil_minus_baseline"]["difference"] for d in draws]),
     }
     smoothed = [d["baseline"]["smoothed"] for d in draws if "smoothed" in d["baseline"]]
@@ -741,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{g['balanced_accuracy']:.3f}, localisation "
             f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per model [{losses}]"
             f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
-            f"{smoothed_note(b)}"
+            f"{smoothed_note(b)}{baseline_wall_note(b)}"
             f" | tiles -> patches {draw['tile_patch_fraction']:.3f} | OOF AUC difference "
             f"{d['difference']:+.3f} (95 % CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}, "
             f"{ahead_text(d)}){one_class_note(g['predicted'], classes)}",

@@ -233,9 +233,10 @@ def test_a_result_file_of_other_draws_is_not_replaced(bench, tmp_path):
         GigamilError, match=r"holds draw\(s\) of seed 0, which this run \(seeds 1-1\)"
     ):
         bench.check_out(out, range(1, 2))
-    out.write_text("[1, 2]")
-    with pytest.raises(GigamilError, match="not a real_tissue.py result"):
-        bench.check_out(out, range(1, 2))
+    for other in ("[1, 2]", '{"a": 1}'):  # valid JSON of something else: not overwritten
+        out.write_text(other)
+        with pytest.raises(GigamilError, match="not a real_tissue.py result"):
+            bench.check_out(out, range(1, 2))
 
 
 def test_keys_the_benchmark_sets_cannot_be_overridden(bench, capsys):
@@ -350,7 +351,7 @@ def test_the_summary_takes_each_figure_from_its_own_method(bench, tmp_path):
                 "wall_seconds": 100.0 + 10 * k,
                 "folds": [{"final_train_loss": 0.30 + k}, {"final_train_loss": 0.50 + k}],
             },
-            "baseline": {"oof_auc": 0.60 + k, "localization_auc": 0.55 + k},
+            "baseline": {"oof_auc": 0.60 + k, "localization_auc": 0.55 + k, "seconds": 2.0 + k},
             "gigamil_minus_baseline": {"difference": 0.25 + k},
         }
 
@@ -365,6 +366,7 @@ def test_the_summary_takes_each_figure_from_its_own_method(bench, tmp_path):
             "gigamil_final_train_loss": 0.41,
             "baseline_oof_auc": 0.61,
             "baseline_localization_auc": 0.56,
+            "baseline_wall_seconds": 2.01,
             "oof_auc_difference": 0.26,
         }
     )
