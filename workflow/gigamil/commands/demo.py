@@ -122,6 +122,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         from gigamil.demo_tiles import PCAM_MPP, make_tile_cohort
 
+        if args.tiles and args.tile_mpp is None:  # as benchmarks/real_tissue.py says it
+            log.warning(
+                "--tile-mpp not given: the tiles of %s are taken as PatchCamelyon's %g µm/px "
+                "(tiles resized from 96 to 64 px are %g)",
+                args.tiles,
+                PCAM_MPP,
+                PCAM_MPP * 96 / 64,
+            )
         sheet = make_tile_cohort(
             Path(args.outdir),
             seed=args.seed,
