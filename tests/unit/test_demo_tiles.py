@@ -409,3 +409,15 @@ def test_resized_copies_of_the_packaged_tiles_are_excluded_by_content(tmp_path, 
         pool = tile_pool.usable_pool(tmp_path / "t", tile_pool.packaged_tile_hashes())
     assert sorted(t.file for t in pool) == sorted(n for n in kept if "/other" in n)
     assert len(pool) == 8 and f"left out {len(copies)} tile(s) that are resized" in caplog.text
+
+
+def test_byte_identical_tile_files_are_one_tile_and_said(tmp_path, caplog):
+    """PCam holds byte-identical duplicates: a folder of 70 files was counted as '69 tiles in
+    1/' without a word on why."""
+    folder = _tile_folder(tmp_path / "t", n_normal=3, n_tumour=2)
+    (folder / "1" / "dup.jpg").write_bytes((folder / "1" / "patch0000000.jpg").read_bytes())
+    tiles = tile_pool.read_tile_pool(folder)
+    with caplog.at_level("INFO", logger="gigamil.tile_pool"):
+        unique = tile_pool.unique_tiles(tiles)
+    assert len(tiles) == 6 and len(unique) == 5
+    assert "1 tile file(s) are byte-identical copies of others" in caplog.text

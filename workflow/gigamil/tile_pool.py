@@ -214,6 +214,11 @@ def unique_tiles(tiles: list[Tile]) -> list[Tile]:
         if t.sha256 not in seen:
             seen.add(t.sha256)
             out.append(t)
+    if len(out) < len(tiles):  # said: the counts of later messages are of distinct tiles
+        log.info(
+            "%d tile file(s) are byte-identical copies of others: one of each is used",
+            len(tiles) - len(out),
+        )
     return out
 
 
