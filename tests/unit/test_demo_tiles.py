@@ -308,7 +308,7 @@ def test_a_folder_inside_a_class_folder_is_an_error(tmp_path):
     (folder / "1" / ".ipynb_checkpoints").mkdir()  # hidden: ignored
     assert len(tile_pool.read_tile_pool(folder)) == 6
     (folder / "1" / "batchA").mkdir()
-    with pytest.raises(GigamilError, match=r"1/batchA/ are folders; tiles are read from directly"):
+    with pytest.raises(GigamilError, match=r"1/batchA/ is a folder; tiles are read from directly"):
         tile_pool.read_tile_pool(folder)
 
 
@@ -340,7 +340,7 @@ def test_a_zip_is_read_as_its_folder_would_be(tmp_path, caplog):
     nested = _zip_folder(folder, tmp_path / "nested.zip", prefix="tiles/", extra=extra)
     assert [t.sha256 for t in tile_pool.read_tile_pool(nested)] == [t.sha256 for t in pool]
     batch = _zip_folder(folder, tmp_path / "batch.zip", extra={"1/batchA/p.jpg": b"x"})
-    with pytest.raises(GigamilError, match=r"1/batchA/ are folders; tiles are read from directly"):
+    with pytest.raises(GigamilError, match=r"1/batchA/ is a folder; tiles are read from directly"):
         tile_pool.read_tile_pool(batch)
 
 

@@ -118,8 +118,10 @@ def _tile_names(source: Path, files: Collection[str]) -> list[str]:
     if nested:
         raise GigamilError(
             f"tile source {source}: {', '.join(sorted(nested)[:3])}"
-            f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} are folders; "
-            "tiles are read from directly inside 0/ and 1/ only: move them up"
+            f"{f' and {len(nested) - 3} more' if len(nested) > 3 else ''} "
+            f"{'is a folder' if len(nested) == 1 else 'are folders'}; tiles are read from "
+            f"directly inside 0/ and 1/ only: move {'its' if len(nested) == 1 else 'their'} "
+            "tiles up"
         )
     said = (str(source), tuple(sorted(skipped)))  # a folder read twice in a run: said once
     if skipped and said not in _SKIPPED_SAID:
