@@ -39,6 +39,18 @@ def test_any_pixel_keeps_a_lesion_smaller_than_a_thumbnail_pixel():
     assert not mask_on_image(placed, (0.01, 0.01), (8, 16)).any()
 
 
+def test_any_pixel_sets_every_image_pixel_a_lesion_overlaps_on_both_sides():
+    """A lesion at level-0 x 30-60 (mask pixels 3-5 of 10 level-0 px) on an image of 4 level-0
+    px a pixel: image pixel 7 (level-0 28-32) overlaps it as pixel 14 (56-60) does, so both are
+    set (pixel 7 took only its first mask pixel, 2, and the outline began a pixel late)."""
+    mask = np.zeros((10, 10), bool)
+    mask[3:6, 3:6] = True
+    shown = mask_on_image(PlacedMask(mask, (10.0, 10.0)), (0.25, 0.25), (25, 25), any_pixel=True)
+    overlaps = [j for j in range(25) if j * 4 < 60 and (j + 1) * 4 > 30]  # 7 .. 14
+    assert np.flatnonzero(shown.any(axis=0)).tolist() == overlaps
+    assert np.flatnonzero(shown.any(axis=1)).tolist() == overlaps
+
+
 def _store(write_store, path: Path, grid: list, side: int, **attrs) -> Path:
     patches = np.full((len(grid), 8, 8, 3), 120, np.uint8)
     return write_store(path, patches, np.array(grid), stride=side, patch_size_level0=side, **attrs)

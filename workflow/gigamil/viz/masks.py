@@ -82,14 +82,16 @@ def mask_on_image(
         rows, row_ok = _centres(shape[0], ky * dy, mask.shape[0])
         cols, col_ok = _centres(shape[1], kx * dx, mask.shape[1])
         return mask[np.ix_(rows, cols)] & row_ok[:, None] & col_ok[None, :]
-    # block maximum: OR over the mask pixels from each image pixel's first one to the next's
-    padded = np.pad(mask, ((0, 1), (0, 1)))  # an all-False pixel beyond each side
-    out = padded
+    # block maximum: OR over the mask pixels each image pixel overlaps, from the first to the
+    # last one it touches (a prefix sum per axis; OR over a box is separable)
+    out = mask.astype(np.int32)
     for axis, (n, k) in enumerate(((shape[0], ky * dy), (shape[1], kx * dx))):
-        starts = np.minimum(np.floor(np.arange(n) / k).astype(np.int64), mask.shape[axis])
-        end = min(max(int(np.ceil(n / k)), int(starts[-1]) + 1), mask.shape[axis] + 1)
-        out = np.logical_or.reduceat(out.take(np.arange(end), axis=axis), starts, axis=axis)
-    return out
+        i = np.arange(n)
+        start = np.minimum(np.floor(i / k + 1e-9).astype(np.int64), mask.shape[axis])
+        end = np.clip(np.ceil((i + 1) / k - 1e-9).astype(np.int64), start, mask.shape[axis])
+        total = np.cumsum(np.insert(out, 0, 0, axis=axis), axis=axis)
+        out = total.take(end, axis=axis) - total.take(start, axis=axis)
+    return out > 0
 
 
 def _centres(n: int, k: float, n_mask: int) -> tuple[np.ndarray, np.ndarray]:
