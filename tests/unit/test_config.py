@@ -220,6 +220,10 @@ def test_every_schema_key_has_description_and_default():
             "training.amp: fp16 needs a CUDA device (training.device is cpu)",
         ),
         (lambda c: c["cohorts"].update({"c" * 101: c["cohorts"]["demo"]}), "c" * 101),
+        (  # factors 1 ± s: above 1 a negative factor inverts the patch
+            lambda c: c["training"]["augment"].update(color_jitter=1.5),
+            "training.augment.color_jitter: 1.5 is greater than the maximum of 1",
+        ),
     ],
 )
 def test_bad_config_names_the_key(base_config, edit, message):

@@ -66,6 +66,22 @@ def test_feature_norm_stays_frozen_and_instances_independent():
     np.testing.assert_allclose(norm(x)[:2].detach(), norm(x[:2]).detach(), atol=1e-6)
 
 
+def test_feature_norm_is_frozen_from_construction():
+    # nn.Module.__init__ set training=True without train(): a new FeatureNorm (and an
+    # AttentionHead(feature_norm=True)) normalised by batch statistics and updated its
+    # running statistics until .train() or .eval() was called
+    from gigamil.nn.pooling import AttentionHead
+
+    norm = FeatureNorm(3)
+    assert norm.training is False
+    x = torch.randn(5, 3) + 4
+    np.testing.assert_allclose(norm(x).detach(), x / np.sqrt(1 + norm.eps), rtol=1e-6)
+    assert torch.equal(norm.running_mean, torch.zeros(3))
+    head = AttentionHead(3, feature_norm=True)
+    logits, att = head(torch.randn(1, 3))  # one patch: batch statistics would refuse it
+    assert att.shape == (1,)
+
+
 class _ListBag:
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x

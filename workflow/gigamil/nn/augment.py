@@ -64,6 +64,11 @@ class PatchPreprocess(nn.Module):
         self.blur = float(blur)
         if not 0.0 <= hue_jitter <= 0.5:
             raise ValueError(f"hue_jitter: {hue_jitter} is not in [0, 0.5] (a fraction of a turn)")
+        if not 0.0 <= color_jitter <= 1.0:
+            raise ValueError(
+                f"color_jitter: {color_jitter} is not in [0, 1] (the factors are 1 ± "
+                "color_jitter; above 1 they turn negative and invert the patch's contrast)"
+            )
         if not 0.0 <= grayscale <= 1.0:
             raise ValueError(f"grayscale: {grayscale} is not a probability in [0, 1]")
         self.hue_jitter = float(hue_jitter)
@@ -249,8 +254,8 @@ class PatchPreprocess(nn.Module):
     def _stain_jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """HED stain augmentation (Tellez et al. 2018, "HED-light"): each patch's haematoxylin,
         eosin and DAB concentrations c (colour deconvolution, Ruifrok & Johnston 2001) become
-        c·a + b with a ~ U(1-σ, 1+σ), b ~ U(-σ, σ) per stain (σ = ``stain_jitter``); x (n, 3,
-        H, W) in [0, 1], u (n, 6) uniforms."""
+        c·a + b·mean(c) with a ~ U(1-σ, 1+σ), b ~ U(-σ, σ) per stain (σ = ``stain_jitter``,
+        mean(c) the stain's mean over the patch); x (n, 3, H, W) in [0, 1], u (n, 6) uniforms."""
         s = self.stain_jitter
         dt = x.dtype
         n, _, h, w = x.shape

@@ -35,6 +35,10 @@ class FeatureNorm(nn.BatchNorm1d):
     patches (mean 0, variance 1 until then).
     """
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.training = False  # nn.Module.__init__ sets True without calling train()
+
     def train(self, mode: bool = True) -> FeatureNorm:
         return super().train(False)
 
