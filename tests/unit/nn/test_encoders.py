@@ -18,6 +18,7 @@ from gigamil.nn.encoders import EvalBatchNorm2d, build_encoder, check_encoder_se
 def test_smallcnn_and_batchnorm_modes() -> None:
     enc, dim = build_encoder("smallcnn", None, 32, "frozen")
     assert dim == 64
+    assert not EvalBatchNorm2d(4).training  # frozen from construction, not from .train() on
     enc.train()
     assert all(not m.training for m in enc.modules() if isinstance(m, EvalBatchNorm2d))
     x = torch.randn(5, 3, 32, 32)

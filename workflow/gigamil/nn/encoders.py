@@ -71,7 +71,12 @@ class Resize(nn.Module):
 
 
 class EvalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that stays in eval mode (running statistics) whatever ``.train()`` says."""
+    """BatchNorm2d that stays in eval mode (running statistics) whatever ``.train()`` says, also
+    from construction (nn.Module sets ``training`` without calling ``train()``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.training = False
 
     def train(self, mode: bool = True) -> EvalBatchNorm2d:
         return super().train(False)
