@@ -79,6 +79,23 @@ def test_smabmil_uses_adjacency() -> None:
         model(x)
 
 
+def test_abmil_takes_the_issue_s_signature_and_torchmil_s_order() -> None:
+    """Issue 4: ``forward(X, adj=None, mask=None, return_att=False)`` for ABMIL too (it had
+    torchmil's ABMIL signature, without adj, so ``adj=None`` was a TypeError); torchmil's own
+    order, ABMIL(X, mask), still reads the mask (test_mask_equals_unpadded_bag)."""
+    torch.manual_seed(0)
+    model = ABMIL(in_shape=3, att_dim=4)
+    x, mask = torch.randn(1, 4, 3), torch.tensor([[1, 1, 0, 0]])
+    y, att = model(x, adj=None, mask=mask, return_att=True)
+    assert torch.equal(att[0, 2:], torch.zeros(2)) and y.shape == (1,)
+    adj = grid_adjacency(np.array([[0, 0], [0, 1], [1, 0], [1, 1]])).to_dense()[None]
+    assert torch.equal(model(x, adj, mask), y)  # an adjacency: accepted, unused
+    assert torch.equal(model(x, mask), y)  # torchmil's ABMIL order: the mask, by shape
+    y_pred, losses = model.compute_loss(torch.tensor([1.0]), x, mask=mask)
+    assert torch.equal(y_pred, y) and set(losses) == {"BCEWithLogitsLoss"}
+    assert torch.equal(model.predict(x, None, mask)[1], att)
+
+
 def test_gated_differs_from_plain() -> None:
     torch.manual_seed(0)
     plain = ABMIL(in_shape=4, att_dim=5)

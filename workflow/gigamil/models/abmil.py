@@ -1,11 +1,12 @@
 """torchmil-style models: ``ABMIL`` (plain or gated) and ``SmABMIL``.
 
-Interface (as in torchmil): ``SmABMIL.forward(X, adj=None, mask=None, return_att=False)`` with X
-(batch, bag, *in_shape); ``compute_loss(Y, X, adj=None, mask=None)`` → ``(Y_pred, {name: loss})``;
-``predict(X, adj=None, mask=None, return_inst_pred=True)`` → ``(Y_pred, attention)``; ``ABMIL``
-takes no ``adj``, as torchmil's: ``forward(X, mask=None, return_att=False)``, ``compute_loss(Y,
-X, mask=None)``, ``predict(X, mask=None, return_inst_pred=True)`` (a mask passed by position was
-read as ``adj`` and ignored). The attention returned is the softmax weights (torchmil's ABMIL
+Interface (torchmil's SmABMIL, and both models here): ``forward(X, adj=None, mask=None,
+return_att=False)`` with X (batch, bag, *in_shape); ``compute_loss(Y, X, adj=None, mask=None)`` →
+``(Y_pred, {name: loss})``; ``predict(X, adj=None, mask=None, return_inst_pred=True)`` →
+``(Y_pred, attention)``. ``ABMIL`` uses no adjacency (one of (batch, bag, bag) is accepted and
+unused) and also takes torchmil's ABMIL order, ``forward(X, mask)``, ``compute_loss(Y, X, mask)``,
+``predict(X, mask)``: a (batch, bag) tensor where ``adj`` goes is the mask (it was ignored as an
+adjacency once). The attention returned is the softmax weights (torchmil's ABMIL
 returns the scores before the softmax).
 Binary models output one logit per bag (Y_pred (batch,)); multi-class ones (batch, n_classes).
 ``mask`` (batch, bag) marks real instances of padded bags; ``adj`` (batch, bag, bag) is a
@@ -70,6 +71,8 @@ class _PooledMIL(nn.Module):
         mask: torch.Tensor | None,
         return_att: bool,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if adj is not None and not self.head.needs_adj and adj.dim() == 2 and mask is None:
+            adj, mask = None, adj  # torchmil's ABMIL order, (X, mask): a (batch, bag) mask
         b, n = X.shape[:2]
         feats = self.feat_ext(X.reshape(b * n, *X.shape[2:])).reshape(b, n, -1)  # (B, N, D)
         logits, atts = [], []
@@ -145,22 +148,6 @@ class ABMIL(_PooledMIL):
             pool="gated_abmil" if gated else "abmil",
             dropout=dropout,
         )
-
-    def forward(  # type: ignore[override] - torchmil's ABMIL signature: no adj
-        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_att: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return self._forward(X, None, mask, return_att)
-
-    def compute_loss(  # type: ignore[override]
-        self, Y: torch.Tensor, X: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return super().compute_loss(Y, X, adj=None, mask=mask)
-
-    @torch.no_grad()
-    def predict(  # type: ignore[override]
-        self, X: torch.Tensor, mask: torch.Tensor | None = None, return_inst_pred: bool = True
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        return super().predict(X, adj=None, mask=mask, return_inst_pred=return_inst_pred)
 
 
 class SmABMIL(_PooledMIL):
