@@ -674,3 +674,63 @@ def test_a_jpegs_exif_resolution_without_a_unit_gives_no_mpp(tmp_path):
         assert r.mpp == pytest.approx(0.5)
     with open_slide(jpeg("inch.jpg", 50800.0, 50800.0, 2)) as r:
         assert r.mpp == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("order", [(2, 1, 0), (1, 0, 2)])
+def test_a_tiff_pyramid_not_written_largest_level_first_has_its_level_0_mpp(tmp_path, order):
+    """OpenSlide lists a generic TIFF's levels largest first but takes its properties (the MPP
+    of the resolution tags) from the file's first directory: a pyramid written smallest level
+    first had its smallest level's µm/px (2.0 for 0.5) as level 0's."""
+    import tifffile
+
+    from gigamil.wsi.reader import slide_header
+
+    img = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    levels = [(img, 2e4), (img[::2, ::2], 1e4), (img[::4, ::4], 5e3)]  # 0.5, 1, 2 µm/px
+    path = tmp_path / "order.tiff"
+    with tifffile.TiffWriter(path) as tw:
+        for k, i in enumerate(order):
+            tw.write(levels[i][0], tile=(128, 128), photometric="rgb", subfiletype=int(k > 0),
+                     resolution=(levels[i][1],) * 2, resolutionunit="CENTIMETER")  # fmt: skip
+    with open_slide(path) as r:
+        assert r.level_dimensions == ((512, 512), (256, 256), (128, 128))
+        assert r.mpp_xy == pytest.approx((0.5, 0.5))
+        assert r.level_mpp(2) == pytest.approx((2.0, 2.0))
+    assert slide_header(path) == (pytest.approx(0.5), (512, 512))
+    with open_slide(path, mpp_override=0.25) as r:
+        assert r.mpp == 0.25 and r.mpp_source == "override"
+
+
+def test_a_plain_tiff_of_separate_colour_planes_reads_as_its_colours(tmp_path):
+    """tifffile returns a planar (PlanarConfiguration 2) page as (3, H, W): the fallback
+    refused such an RGB TIFF as an "unsupported image layout"."""
+    import tifffile
+
+    img = np.random.default_rng(1).integers(0, 255, (50, 60, 3), dtype=np.uint8)
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.moveaxis(img, -1, 0), photometric="rgb", planarconfig="separate")
+    with open_slide(path, mpp_override=1.0) as r:
+        np.testing.assert_array_equal(r.read_region((0, 0), 0, (60, 50)), img)
+
+
+def test_the_header_check_refuses_a_plain_tiff_the_reader_refuses(tmp_path):
+    """A CMYK, uncompressed YCbCr or 32-bit plain TIFF passed the header-only check of a run's
+    preflight (slide_header) and failed its tissue_mask job later, refused by its kind."""
+    import tifffile
+
+    from gigamil.wsi.reader import slide_header
+
+    tifffile.imwrite(
+        tmp_path / "cmyk.tif", np.zeros((50, 60, 4), np.uint8), photometric="separated"
+    )
+    ycc = np.full((50, 60, 3), (200, 30, 40), np.uint8)
+    tifffile.imwrite(tmp_path / "ycc.tif", ycc, photometric="ycbcr", subsampling=(1, 1))
+    tifffile.imwrite(tmp_path / "i32.tif", np.zeros((50, 60), np.int32))
+    for name, message in (
+        ("cmyk.tif", "photometric interpretation SEPARATED is not supported"),
+        ("ycc.tif", "photometric interpretation YCBCR is not supported"),
+        ("i32.tif", "unsupported sample type int32"),
+    ):
+        with pytest.raises(SlideError, match=message) as exc:
+            slide_header(tmp_path / name, mpp_override=1.0)
+        assert exc.value.reason == "unsupported"

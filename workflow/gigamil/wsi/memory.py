@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from gigamil.errors import SlideError
-from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp_xy
+from gigamil.wsi.mpp import check_mpp, mpp_from_resolution, resolve_mpp_xy, tiff_page_mpp
 from gigamil.wsi.slide import SlideReader, composite_on_white
 
 FALLBACK_MAX_PIXELS = 2**28  # plain images read fully into memory by the fallback reader
@@ -115,20 +115,6 @@ def plain_image_header(
     return (mpp_x + mpp_y) / 2.0, size
 
 
-def _tiff_page_mpp(page: Any) -> tuple[float, float] | None:
-    """The (x, y) µm/px of a tifffile page's resolution tags (None without them); a missing
-    ResolutionUnit is an inch, TIFF's default (as OpenSlide reads it)."""
-    tags = page.tags
-    xr = tags.get("XResolution")
-    yr = tags.get("YResolution")
-    unit = tags.get("ResolutionUnit")
-    return mpp_from_resolution(
-        _rational(xr.value) if xr else None,
-        _rational(yr.value) if yr else None,
-        int(unit.value) if unit else 2,
-    )
-
-
 def _load_plain_image(
     path: Path, name: str, decode: bool = True
 ) -> tuple[np.ndarray | None, tuple[float, float] | None, tuple[int, int]]:
@@ -151,15 +137,16 @@ def _load_plain_image(
                         "pyramidal TIFF",
                         reason="too_large",
                     )
-                mpp = _tiff_page_mpp(page)
+                mpp = tiff_page_mpp(page)
                 premultiplied = tuple(page.extrasamples or ())[:1] == (1,)  # associated alpha
                 size = int(page.imagewidth), int(page.imagelength)
                 _check_not_truncated(path, name, page)
                 if decode:
-                    arr = _tiff_colours(page, page.asarray(), name)
+                    arr = _tiff_colours(page, _samples_last(page, page.asarray()), name)
                 else:  # the first strip/tile only: an undecodable file fails here, not later
                     arr = None
                     next(iter(page.segments()), None)
+                    _check_tiff_kind(page, name, premultiplied)
         except SlideError:
             raise
         except Exception as exc:  # tifffile raises many types for corrupt/unsupported files
@@ -290,12 +277,6 @@ def _check_not_truncated(path: Path, name: str, page: Any) -> None:
         )
 
 
-def _rational(v: Any) -> float:
-    if isinstance(v, tuple):
-        return v[0] / v[1] if v[1] else 0.0
-    return float(v)
-
-
 def _to_rgb(arr: np.ndarray, name: str, premultiplied: bool = False) -> np.ndarray:
     """tifffile page array -> (H, W, 3) uint8 (RGBA over white: :func:`composite_on_white`)."""
     if arr.ndim == 2:
@@ -315,6 +296,26 @@ def _to_rgb(arr: np.ndarray, name: str, premultiplied: bool = False) -> np.ndarr
     if arr.shape[2] == 4:
         return composite_on_white(arr, premultiplied)
     return np.ascontiguousarray(arr)
+
+
+def _samples_last(page: Any, arr: np.ndarray) -> np.ndarray:
+    """A tifffile page array with its samples last: tifffile returns a planar page's
+    (PlanarConfiguration 2, separate) samples first, (S, H, W)."""
+    if int(page.planarconfig) == 2 and arr.ndim == 3:
+        return np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def _check_tiff_kind(page: Any, name: str, premultiplied: bool) -> None:
+    """Refuse, from its header alone, a TIFF page that :func:`_tiff_colours` or :func:`_to_rgb`
+    would refuse once decoded (photometric kind, sample layout or type): they are run on one
+    pixel of the page's sample layout, so that a header check (:func:`plain_image_header`, the
+    run's preflight) names what reading the slide would."""
+    if page.dtype is None:  # a sample format tifffile cannot decode: reading it will say
+        return
+    spp = int(page.samplesperpixel)
+    probe = np.zeros((1, 1, spp) if spp > 1 else (1, 1), page.dtype)
+    _to_rgb(_tiff_colours(page, probe, name), name, premultiplied)
 
 
 # TIFF PhotometricInterpretation values the reader turns into RGB

@@ -1,7 +1,8 @@
 """Microns per pixel (MPP) of a slide: validation and the trust order of its sources.
 
 Trust order: the caller's override (sheet ``mpp`` column / ``--slide-mpp``) > OpenSlide's
-``openslide.mpp-x/-y`` > TIFF resolution tags (unit centimetre or inch). An MPP outside
+``openslide.mpp-x/-y`` > TIFF resolution tags (unit centimetre or inch; :func:`property_mpps`
+and, for a plain TIFF, :func:`tiff_page_mpp`). An MPP outside
 [MPP_MIN, MPP_MAX] or with x/y differing by more than 5 % is rejected (typical of a 72 dpi default
 written by image editors), as is a slide without any MPP: :class:`~gigamil.errors.SlideError`
 says which slide and how to fix it. Within that tolerance x and y are kept apart
@@ -12,6 +13,8 @@ out square at the requested µm/px.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 from gigamil.errors import SlideError
 
@@ -115,3 +118,78 @@ def resolve_mpp(
     """Like :func:`resolve_mpp_xy`, with the mean of x and y: (mpp, source description)."""
     (mpp_x, mpp_y), source = resolve_mpp_xy(name, override, vendor_mpp, tiff_mpp)
     return (mpp_x + mpp_y) / 2.0, source
+
+
+def _float_or_none(v: Any) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _rational(v: Any) -> float:
+    if isinstance(v, tuple):
+        return v[0] / v[1] if v[1] else 0.0
+    return float(v)
+
+
+def tiff_page_mpp(page: Any) -> tuple[float, float] | None:
+    """The (x, y) µm/px of a tifffile page's resolution tags (None without them); a missing
+    ResolutionUnit is an inch, TIFF's default (as OpenSlide reads it)."""
+    tags = page.tags
+    xr = tags.get("XResolution")
+    yr = tags.get("YResolution")
+    unit = tags.get("ResolutionUnit")
+    return mpp_from_resolution(
+        _rational(xr.value) if xr else None,
+        _rational(yr.value) if yr else None,
+        int(unit.value) if unit else 2,
+    )
+
+
+def property_mpps(
+    props: Mapping[str, str], generic_tiff: str | None = None
+) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """The (x, y) µm/px an OpenSlide property set states: the vendor's (``openslide.mpp-x/y``)
+    and the TIFF resolution tags' (:func:`mpp_from_resolution`), each None when absent or
+    unreadable; :func:`resolve_mpp_xy` chooses between them.
+
+    OpenSlide takes a generic tiled TIFF's properties from the file's first directory, which
+    need not be level 0 (a pyramid written smallest level first): with ``generic_tiff`` (the
+    file's path) the largest tiled page's own resolution tags are used instead
+    (:func:`_level0_page_mpp`), as the TIFF tags' MPP."""
+    if generic_tiff is not None:
+        moved, level0_mpp = _level0_page_mpp(generic_tiff)
+        if moved:
+            return None, level0_mpp
+    vendor = None
+    if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
+        try:
+            vendor = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
+        except ValueError:
+            vendor = None
+    tiff = mpp_from_resolution(
+        _float_or_none(props.get("tiff.XResolution")),
+        _float_or_none(props.get("tiff.YResolution")),
+        props.get("tiff.ResolutionUnit"),
+    )
+    return vendor, tiff
+
+
+def _level0_page_mpp(path: str) -> tuple[bool, tuple[float, float] | None]:
+    """``(True, MPP of its resolution tags)`` for the largest tiled page of the TIFF ``path``
+    (the level 0 OpenSlide lists first) when that is not the file's first page; ``(False,
+    None)`` when it is, or when tifffile cannot read the file (OpenSlide's properties stand)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tiled = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled]
+            if not tiled:
+                return False, None
+            largest = max(tiled, key=lambda p: int(p.imagewidth) * int(p.imagelength))
+            if largest.index == 0:
+                return False, None
+            return True, tiff_page_mpp(largest)
+    except Exception:  # noqa: BLE001 - OpenSlide opened it: its properties stand
+        return False, None

@@ -23,7 +23,7 @@ import numpy as np
 from gigamil.errors import DAMAGED_PIXELS as DAMAGED
 from gigamil.errors import SlideError
 from gigamil.wsi.memory import ImageReader, check_tiff_not_truncated, plain_image_header
-from gigamil.wsi.mpp import mpp_from_resolution, resolve_mpp_xy
+from gigamil.wsi.mpp import property_mpps, resolve_mpp_xy
 from gigamil.wsi.slide import SlideReader, composite_on_white
 from gigamil.wsi.tiff_tiles import check_generic_tiff_samples
 
@@ -155,26 +155,6 @@ class SlideCache:
     tiles: Any
 
 
-def _property_mpps(
-    props: dict[str, str],
-) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
-    """The (x, y) µm/px an OpenSlide property set states: the vendor's (``openslide.mpp-x/y``)
-    and the TIFF resolution tags' (:func:`mpp_from_resolution`), each None when absent or
-    unreadable; :func:`resolve_mpp_xy` chooses between them."""
-    vendor = None
-    if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
-        try:
-            vendor = float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])
-        except ValueError:
-            vendor = None
-    tiff = mpp_from_resolution(
-        _float_or_none(props.get("tiff.XResolution")),
-        _float_or_none(props.get("tiff.YResolution")),
-        props.get("tiff.ResolutionUnit"),
-    )
-    return vendor, tiff
-
-
 class OpenSlideReader(SlideReader):
     """Any format OpenSlide opens. OpenSlide errors become SlideError naming the file."""
 
@@ -211,7 +191,8 @@ class OpenSlideReader(SlideReader):
         self.tile_size = (int(tw), int(th)) if tw and th else (0, 0)
         self._tiles, self._ycbcr, vendor = None, False, props.get("openslide.vendor")
         try:  # the slide's MPP, and what its format needs checked (closed if refused)
-            self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, *_property_mpps(props)))
+            mpps = property_mpps(props, self.path if vendor == "generic-tiff" else None)
+            self.set_mpp(*resolve_mpp_xy(self.name, mpp_override, *mpps))
             if vendor == "generic-tiff":
                 check_generic_tiff_samples(self.path, self.name)
             if vendor == "dicom":
@@ -292,13 +273,6 @@ class OpenSlideReader(SlideReader):
         if self._tiles is not None:
             self._tiles.close()
         self._slide.close()
-
-
-def _float_or_none(v: Any) -> float | None:
-    try:
-        return float(v) if v is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def shared_tile_cache(mb: int) -> SlideCache:
