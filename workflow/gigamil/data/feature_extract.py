@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,13 @@ def encode_bag(
     chunk: int = EXTRACT_CHUNK,
     amp: bool = True,
     log_every_s: float | None = 30.0,
+    progress: Any = None,
 ) -> np.ndarray:
     """float16 features (N, D) of every patch of ``bag``, chunk by chunk (autocast on CUDA when
     ``amp``), with a progress line (patches done, patches/s) at most every ``log_every_s``
-    seconds (0: after every chunk; None: none).
+    seconds (0: after every chunk; None: none). ``progress``: a
+    :class:`gigamil.train.loop.ProgressCounter` of a pass over several slides to count the
+    patches on instead (one per slide would stay silent on slides shorter than its interval).
 
     Raises:
         GigamilError: the encoder gives NaN or inf, or values beyond float16's range (65504,
@@ -101,7 +104,8 @@ def encode_bag(
     dtype = _amp_dtype(device) if amp else None
     out = []
     slide_id = bag.attrs.get("slide_id", bag.path.stem)
-    progress = ProgressCounter(f"{slide_id}: encoding", len(bag), log_every_s, "patches", log)
+    if progress is None:
+        progress = ProgressCounter(f"{slide_id}: encoding", len(bag), log_every_s, "patches", log)
     for x in bag.chunks(chunk):
         ctx = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with ctx:
@@ -122,6 +126,25 @@ def encode_bag(
         out.append(h32.astype(np.float16))
         progress.update(len(h32))  # a line at least every 30 s (it ran 8 min silent)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float16)
+
+
+def encode_bags(
+    encoder: nn.Module,
+    bags: Sequence[ZarrBag],
+    device: torch.device,
+    chunk: int = EXTRACT_CHUNK,
+    amp: bool = True,
+    log_every_s: float | None = 30.0,
+) -> list[np.ndarray]:
+    """:func:`encode_bag` of each of ``bags`` as one pass, with a progress line (patches of the
+    pass done, patches/s) at most every ``log_every_s`` seconds: a counter per slide would stay
+    silent through a pass over many slides that each take less (training.strategy em encodes
+    every training and validation slide each round)."""
+    from gigamil.train.loop import ProgressCounter
+
+    n = sum(len(b) for b in bags)
+    progress = ProgressCounter("encoding", n, log_every_s, "patches", log)
+    return [encode_bag(encoder, b, device, chunk, amp, progress=progress) for b in bags]
 
 
 def write_feature_store(

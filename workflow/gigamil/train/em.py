@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gigamil.data.feature_extract import encode_bag
+from gigamil.data.feature_extract import encode_bags
 from gigamil.data.features import FeatureBag
 from gigamil.errors import ConfigError, GigamilError
 from gigamil.logutil import log_context
@@ -206,38 +206,29 @@ class EMTrainer:
 
     # ------------------------------------------------------------------ features
     def _features(self, r: int) -> tuple[list[BagItem], list[BagItem]]:
-        """The training and validation bags encoded by the current encoder (kept until the
-        encoder changes), as in-memory :class:`FeatureBag` s (float16, N × D × 2 bytes)."""
+        """The training and validation bags encoded by the current encoder (eval mode; kept
+        until the encoder changes), as in-memory :class:`FeatureBag` s (float16, N × D × 2
+        bytes); one pass, with a progress line at most every ``log_every_s`` seconds."""
         if self.features is None:
-            t0 = time.time()
-            data = self.p.data
-            bags = [self._encode(it, r) for it in [*data.train, *data.val]]
+            t0, data, model = time.time(), self.p.data, self.model
+            items, was_training = [*data.train, *data.val], model.training
+            model.eval()
+            try:
+                feats = encode_bags(
+                    model.feature_encoder,
+                    [it.bag for it in items],
+                    self.p.runtime.device,
+                    self.p.settings.chunk or 256,
+                    amp=model.amp_dtype is not None,
+                    log_every_s=self.p.runtime.log_every_s,
+                )
+            finally:
+                model.train(was_training)
+            bags = [_feature_item(it, f, r) for it, f in zip(items, feats, strict=True)]
             self.features = (bags[: len(data.train)], bags[len(data.train) :])
             n = sum(len(b.bag) for b in bags)
             log.info("encoded %d patches of %d slides (%.1f s)", n, len(bags), time.time() - t0)
         return self.features
-
-    def _encode(self, item: BagItem, r: int) -> BagItem:
-        model, device = self.model, self.p.runtime.device
-        was_training = model.training
-        model.eval()
-        try:
-            feats = encode_bag(
-                model.feature_encoder,
-                item.bag,
-                device,
-                self.p.settings.chunk or 256,
-                amp=model.amp_dtype is not None,
-            )
-        finally:
-            model.train(was_training)
-        attrs = {
-            "encoder_id": f"em-round{r}",
-            "slide_id": item.slide_id,
-            "patch_px": int(item.bag.patch_shape[0]),
-        }
-        bag = FeatureBag.in_memory(feats, item.bag.coords, item.bag.grid, attrs)
-        return BagItem(item.slide_id, bag, item.label)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ M-step
     def m_step(self, r: int, items: Sequence[BagItem]) -> tuple[float, float]:
@@ -397,3 +388,11 @@ class EMTrainer:
                     total / (step + 1),
                 )
         return total
+
+
+def _feature_item(item: BagItem, feats: np.ndarray, r: int) -> BagItem:
+    """``item`` with its round-``r`` features ``feats`` as an in-memory FeatureBag."""
+    patch_px = int(item.bag.patch_shape[0])
+    attrs = {"encoder_id": f"em-round{r}", "slide_id": item.slide_id, "patch_px": patch_px}
+    bag = FeatureBag.in_memory(feats, item.bag.coords, item.bag.grid, attrs)
+    return BagItem(item.slide_id, bag, item.label)  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ import torch
 
 from gigamil.models.ensemble import apply_calibration
 from gigamil.train.checkpoint import atomic_save, load_model
+from gigamil.train.loop import PROGRESS_EVERY_S, ProgressLog
 
 __all__ = ["apply_calibration", "calibrate_fold_model", "capped", "fit_class_means", "lda_slope"]
 
@@ -95,12 +96,15 @@ def calibrate_fold_model(
     labels: Sequence[int],
     chunk: int | None,
     device: str | torch.device = "cpu",
+    log_every_s: float | None = PROGRESS_EVERY_S,
 ) -> dict[str, Any] | None:
     """Fit :func:`fit_class_means` on the bag logits of ``model_path``'s model (eval mode) for
     ``bags`` (the fold's training and validation bags) with class indices ``labels`` and
     record it in model.pt (key ``logit_calibration``, rewritten atomically). Idempotent: a
     model.pt that has the key is left as it is. Models with more than two classes are left
-    uncalibrated. Returns the map (None when none was fitted)."""
+    uncalibrated. Returns the map (None when none was fitted). A progress line (slides
+    scored) at most every ``log_every_s`` seconds: the pass is a forward over every training
+    and validation patch."""
     # one read (and digest check) of model.pt, which the training marks finished afterwards
     model, ckpt = load_model(model_path, device, unfinished=True)
     if "logit_calibration" in ckpt:
@@ -108,14 +112,7 @@ def calibrate_fold_model(
     if len(ckpt["classes"]) != 2:
         log.info("logit calibration: %d classes, logits left as they are", len(ckpt["classes"]))
         return None
-    zs, ys = [], []
-    with torch.inference_mode():
-        for bag, y in zip(bags, labels, strict=True):
-            if len(bag) == 0:
-                continue
-            logits, _ = model(bag, max_instances_per_forward_pass=chunk)
-            zs.append(float(logits.float().reshape(-1)[0]))
-            ys.append(int(y))
+    zs, ys = _bag_logits(model, bags, labels, chunk, log_every_s)
     cal = fit_class_means(zs, ys)
     if cal is None:
         log.warning(
@@ -146,3 +143,23 @@ def calibrate_fold_model(
         )
     atomic_save({**ckpt, "logit_calibration": cal}, model_path)
     return cal
+
+
+def _bag_logits(
+    model: torch.nn.Module,
+    bags: Sequence[Any],
+    labels: Sequence[int],
+    chunk: int | None,
+    log_every_s: float | None,
+) -> tuple[list[float], list[int]]:
+    """The binary bag logits of ``model`` on ``bags`` with patches, and their labels."""
+    progress = ProgressLog("logit calibration", len(bags), log_every_s, unit="slides", logger=log)
+    zs, ys = [], []
+    with torch.inference_mode():
+        for i, (bag, y) in enumerate(zip(bags, labels, strict=True)):
+            if len(bag):
+                logits, _ = model(bag, max_instances_per_forward_pass=chunk)
+                zs.append(float(logits.float().reshape(-1)[0]))
+                ys.append(int(y))
+            progress.update(i + 1)
+    return zs, ys

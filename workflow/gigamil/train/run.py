@@ -209,6 +209,7 @@ def _train_model(  # noqa: PLR0913 - the parts of one training run
             [it.label for it in items],
             trainer.settings.chunk,
             runtime.device,
+            runtime.log_every_s,
         )
     if runtime.info.is_main:  # after the calibration: a model.pt marked finished has it
         trainer.saver.finish()
