@@ -237,12 +237,15 @@ def usable_pool(
 ) -> list[Tile]:
     """The tiles a mosaic cohort draws from: those of ``source`` (:func:`read_tile_pool`), one
     of each identical image, without the sha256 digests in ``exclude``, with at least
-    ``min_tile_tissue`` tissue (:func:`usable_tiles`)."""
+    ``min_tile_tissue`` tissue (:func:`usable_tiles`); when ``exclude`` holds every packaged
+    tile's digest, also without resized or re-encoded copies of them (:func:`_without_copies`)."""
     excluded = set(exclude)
     pool = [t for t in unique_tiles(read_tile_pool(source)) if t.sha256 not in excluded]
     pool = usable_tiles(pool, min_tile_tissue)
-    if source is not None and excluded >= (packaged := packaged_tile_hashes()):
-        pool = _without_copies(pool, [t for t in read_tile_pool(None) if t.sha256 in packaged])
+    if source is not None:  # the packaged tiles excluded: their copies too (other bytes)
+        packaged = read_tile_pool(None)
+        if excluded >= {t.sha256 for t in packaged}:
+            pool = _without_copies(pool, packaged)
     return pool
 
 

@@ -222,12 +222,9 @@ def _all_small(statuses: list[SlideStatus]) -> list[SlideStatus]:
     problems; a slide with a problem of its own is listed once, for that): such a cohort gives
     no patch at all, typically through a cohort ``mpp`` typed ten times too small. Any other
     slide smaller than a patch is a tiny image: a warning (:func:`_warn`)."""
-    cohorts: dict[str, list[SlideStatus]] = {}
-    for status in statuses:
-        cohorts.setdefault(status.check.cohort, []).append(status)
     return [
         s._replace(problem=s.small + _typo_hint(s), small=None)
-        for members in cohorts.values()
+        for members in _by_cohort(statuses).values()
         if all(m.small is not None for m in members)
         for s in members
         if s.problem is None
@@ -238,15 +235,20 @@ def _small_lines(small: list[SlideStatus]) -> list[str]:
     """One line per cohort of slides smaller than one patch (:func:`_all_small`): the first
     slide's reason and the count, not the same long line for each of them (a typo in
     preprocessing.patches.mpp repeated it for every slide of the cohort)."""
-    cohorts: dict[str, list[SlideStatus]] = {}
-    for status in small:
-        cohorts.setdefault(status.check.cohort, []).append(status)
     return [
         f"  {c}/{m[0].check.slide_id}: {m[0].problem}"
         if len(m) == 1
         else f"  {c}: all {len(m)} slides, e.g. {m[0].check.slide_id}: {m[0].problem}"
-        for c, m in cohorts.items()
+        for c, m in _by_cohort(small).items()
     ]
+
+
+def _by_cohort(statuses: list[SlideStatus]) -> dict[str, list[SlideStatus]]:
+    """``statuses`` grouped by cohort, in their order."""
+    cohorts: dict[str, list[SlideStatus]] = {}
+    for status in statuses:
+        cohorts.setdefault(status.check.cohort, []).append(status)
+    return cohorts
 
 
 def _typo_hint(status: SlideStatus) -> str:
