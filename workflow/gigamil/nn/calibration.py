@@ -20,13 +20,27 @@ the attention head.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-class FeatureNorm(nn.BatchNorm1d):
+class AlwaysEval:
+    """Mixin for a BatchNorm layer that stays in eval mode (running statistics) whatever
+    ``.train()`` says, also from construction (nn.Module.__init__ sets ``training`` without
+    calling ``train()``): ``class X(AlwaysEval, nn.BatchNorm1d)``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.training = False
+
+    def train(self, mode: bool = True) -> Any:  # noqa: ARG002 - always eval
+        return super().train(False)  # type: ignore[misc]
+
+
+class FeatureNorm(AlwaysEval, nn.BatchNorm1d):
     """Per-dimension standardisation of instance features (n, D) with frozen statistics.
 
     A ``BatchNorm1d`` that always normalises with its running statistics (eval mode, whatever
@@ -34,13 +48,6 @@ class FeatureNorm(nn.BatchNorm1d):
     parameters learn. The statistics are set by :func:`calibrate_batchnorm` from training
     patches (mean 0, variance 1 until then).
     """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.training = False  # nn.Module.__init__ sets True without calling train()
-
-    def train(self, mode: bool = True) -> FeatureNorm:
-        return super().train(False)
 
 
 def batchnorm_layers(module: nn.Module) -> list[_BatchNorm]:

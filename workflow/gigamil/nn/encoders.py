@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from gigamil.errors import ConfigError
 from gigamil.nn.augment import IMAGENET_MEAN, IMAGENET_STD
+from gigamil.nn.calibration import AlwaysEval
 from gigamil.nn.foundation import FOUNDATION_MODELS, encoder_spec, is_timm_encoder
 from gigamil.nn.partial import (
     SplitEncoder,
@@ -70,16 +71,9 @@ class Resize(nn.Module):
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
 
 
-class EvalBatchNorm2d(nn.BatchNorm2d):
+class EvalBatchNorm2d(AlwaysEval, nn.BatchNorm2d):
     """BatchNorm2d that stays in eval mode (running statistics) whatever ``.train()`` says, also
-    from construction (nn.Module sets ``training`` without calling ``train()``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.training = False
-
-    def train(self, mode: bool = True) -> EvalBatchNorm2d:
-        return super().train(False)
+    from construction (:class:`gigamil.nn.calibration.AlwaysEval`)."""
 
 
 def _largest_group_count(channels: int, max_groups: int = 32) -> int:
