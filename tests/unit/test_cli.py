@@ -257,7 +257,7 @@ def test_ensemble_passes_its_bootstrap_options(monkeypatch, tmp_path, capsys):
     preds = tmp_path / "p.csv"
     preds.write_text("fold,cohort,slide_id,patient_id,label,pred,prob_normal,prob_tumour\n")
     seen = {}
-    monkeypatch.setattr(ensemble, "has_labels", lambda paths: True)
+    monkeypatch.setattr(ensemble, "has_labels", lambda paths, cohort=None: True)
     monkeypatch.setattr(ensemble, "ensemble_cohort", lambda *a, **k: seen.update(k) or {})
     args = ["ensemble", "--predictions", str(preds), "--cohort", "c", "--out", str(tmp_path)]
     assert main([*args, "--n-boot", "7", "--seed", "3"]) == 0

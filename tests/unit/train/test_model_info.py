@@ -393,3 +393,17 @@ def test_one_model_pt_is_named_by_its_fold_folder():
     from gigamil.commands.model_info import _fold_of
 
     assert _fold_of(Path("m/fold3/model.pt")) == 3 and _fold_of(Path("model.pt")) == 0
+
+
+def test_cli_json_of_one_model_pt_of_a_fold_other_than_0(tmp_path: Path, capsys):
+    """model-info fold3/model.pt --json ended in a KeyError traceback (the header was looked
+    up as fold 0's, the file being named fold 3 by its folder)."""
+    from gigamil.cli import main
+
+    path = _model_pt(tmp_path / "fold3" / "model.pt")
+    assert main(["model-info", str(path), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["header"]["patch_px"] == 96 and printed["config"]["classes"] == [
+        "benign",
+        "tumour",
+    ]

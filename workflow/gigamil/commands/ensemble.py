@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     classes = classes_from_predictions(args.predictions[0], args.classes, args.predictions[1:])
     args.experiment = experiment_name(args.experiment, args.predictions)
-    if not has_labels(args.predictions):
+    if not has_labels(args.predictions, args.cohort):
         from gigamil.evaluate.ensemble import predict_cohort
 
         summary = predict_cohort(args.predictions, classes, args.out, args.cohort, args.experiment)

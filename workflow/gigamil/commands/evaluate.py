@@ -149,15 +149,31 @@ def read_localization(path: str) -> pd.DataFrame:
     return table
 
 
+def cv_localization(path: str) -> dict[str, tuple[str, str, str]]:
+    """``{slide_id: (store, attention, mask)}`` of ``gigamil evaluate --localization``: one row
+    per slide, its out-of-fold model's attention. GigamilError for a slide in several rows
+    (e.g. ``gigamil ensemble``'s table, one row per fold model): one of them was scored
+    silently, perhaps the attention of a model that trained on the slide."""
+    from gigamil.errors import GigamilError
+
+    t = read_localization(path)
+    if (twice := t["slide_id"].duplicated()).any():
+        sid = t.loc[twice, "slide_id"].iloc[0]
+        raise GigamilError(
+            f"{path}: slide {sid} is in {int((t['slide_id'] == sid).sum())} rows: the "
+            "cross-validation scores one attention file per slide, that of the fold model that "
+            "held it out; give one row per slide (the mean attention of several fold models "
+            "is gigamil ensemble's --localization)"
+        )
+    return {r.slide_id: (r.store, r.attention, r.mask) for r in t.itertuples(index=False)}
+
+
 def run(args: argparse.Namespace) -> int:
     from gigamil.evaluate.aggregate import aggregate_cv
     from gigamil.evaluate.tables import json_text
 
     classes = classes_from_predictions(args.predictions[0], args.classes, args.predictions[1:])
-    loc = None
-    if args.localization:
-        t = read_localization(args.localization)
-        loc = {r.slide_id: (r.store, r.attention, r.mask) for r in t.itertuples(index=False)}
+    loc = cv_localization(args.localization) if args.localization else None
     summary = aggregate_cv(
         args.predictions,
         args.folds,

@@ -113,7 +113,7 @@ def _print_json(path: Path, report: dict[str, Any], config: str | None) -> None:
     shown: dict[str, Any] = (
         {"headers": {f"fold{k}": h for k, h in headers.items()}, "warnings": report["warnings"]}
         if path.is_dir()
-        else {"header": headers[0]}
+        else {"header": next(iter(headers.values()))}  # fold3/model.pt: fold 3's
     )
     shown["config"] = report["config"]
     if config:

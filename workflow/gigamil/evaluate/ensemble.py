@@ -112,10 +112,14 @@ def _no_metrics_note(ens: pd.DataFrame) -> str:
     )
 
 
-def has_labels(pred_csvs: Sequence[str | Path]) -> bool:
-    """Whether any row of the prediction CSVs has a label (else: a ``role: predict`` cohort)."""
+def has_labels(pred_csvs: Sequence[str | Path], cohort: str | None = None) -> bool:
+    """Whether any row of the prediction CSVs (of ``cohort`` only, when given: a file of
+    ``gigamil predict`` may hold several cohorts) has a label (else: a ``role: predict``
+    cohort)."""
     for path in pred_csvs:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if cohort is not None and "cohort" in df.columns:
+            df = df[df["cohort"] == str(cohort)]
         if not unlabelled(df).all():
             return True
     return False
