@@ -489,3 +489,22 @@ def test_patient_ids_in_two_unicode_forms_are_one_spelling_clash(tmp_path, base_
     with pytest.raises(ConfigError) as err:
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
     assert "only in case, spaces or Unicode form ('Jose\\u0301', 'Jos\\xe9')" in str(err.value)
+
+
+def test_empty_patient_ids_are_no_patient_across_cohorts(tmp_path, base_config):
+    """An empty patient_id in a train and in an external cohort: each sheet names its empty
+    cell; no "patient '' has labels ... in different cohorts" nor "1 patient(s) also in a
+    train cohort ()" beside them."""
+    rows, ext = good_rows(), other_rows()
+    rows[2]["patient_id"] = ext[0]["patient_id"] = ""
+    cfg = copy.deepcopy(base_config)
+    cfg["cohorts"] = {
+        "a": {"sheet": str(write_sheet(tmp_path, rows))},
+        "b": {"sheet": str(write_sheet(tmp_path, ext, name="b.csv")), "role": "external"},
+    }
+    with pytest.raises(ConfigError) as err:
+        load_cohorts(validate_config(cfg), base_dir=tmp_path)
+    text = str(err.value)
+    assert text.startswith("2 problems in the cohort sheets:")
+    assert text.count("patient_id: '' should be non-empty") == 2
+    assert "different cohorts" not in text and "also in a train cohort" not in text

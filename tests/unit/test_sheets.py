@@ -595,3 +595,14 @@ def test_missing_files_and_folders_are_named_in_one_round(tmp_path):
     assert (
         "1 path(s) are folders, not files" in text and "(slide_id 's2'): slide file s2.svs" in text
     )
+
+
+def test_empty_patient_ids_are_not_one_patient_with_conflicting_labels(tmp_path):
+    """Two slides without a patient_id: the empty cells are the problem, not a patient ''
+    'with conflicting labels'."""
+    rows = good_rows()
+    rows[0]["patient_id"] = rows[2]["patient_id"] = ""
+    with pytest.raises(ConfigError) as err:
+        load_sheet(write_sheet(tmp_path, rows), "c1", CLASSES, base_dir=tmp_path)
+    assert "patient_id: '' should be non-empty" in str(err.value)
+    assert "conflicting labels" not in str(err.value)

@@ -253,8 +253,9 @@ def test_every_fold_trains_and_validates_on_every_class():
     with pytest.raises(
         GigamilError,
         match=r"class '(normal|lesion)' has 2 patient\(s\) .*"
-        r"test, training and validation parts: add patients of class.*\(at least 3 per "
-        r"class\), or set cv.val_fraction: 0 \(no validation patients; 2 per class then suffice\)",
+        r"test, training and validation parts: add patients of class.*\(at least 4 per "
+        r"class for cv.folds 2; with cv.folds raised to 3, at least 3\), or set "
+        r"cv.val_fraction: 0 \(no validation patients; 2 per class then suffice\)",
     ):
         make_folds(two, 2)
     make_folds(two, 2, val_fraction=0.0)  # the advice, followed
@@ -635,3 +636,107 @@ def test_an_empty_or_utf16_folds_file_is_one_error_not_a_traceback(tmp_path, con
     path.write_bytes(content)
     with pytest.raises(GigamilError, match="cannot be read as a folds CSV"):
         read_folds(path)
+
+
+def test_the_advice_for_a_class_too_small_for_any_fold_works_when_followed():
+    """Two patients of a class: with 2 folds and validation patients, 3 per class do not
+    suffice (a fold tests 2 of them: the advice 'at least 3' met the next error), and with 3
+    folds cv.val_fraction 0 does not help (3 folds need 3 patients): neither is advised."""
+    sheet = _sheet([(f"N{i}", "normal", 1) for i in range(6)])
+
+    def with_lesion(n: int) -> pd.DataFrame:
+        return pd.concat([sheet, _sheet([(f"L{i}", "lesion", 1) for i in range(n)])])
+
+    with pytest.raises(GigamilError) as err:
+        make_folds(with_lesion(2), 2)
+    assert (
+        "add patients of class 'lesion' (at least 4 per class for cv.folds 2; with cv.folds "
+        "raised to 3, at least 3), or set cv.val_fraction: 0 (no validation patients; 2 per "
+        "class then suffice)"
+    ) in str(err.value)
+    make_folds(with_lesion(4), 2)  # each way out, followed
+    make_folds(with_lesion(3), 3)
+    make_folds(with_lesion(2), 2, val_fraction=0.0)
+    with pytest.raises(GigamilError, match="at least 3 per class") as err:
+        make_folds(with_lesion(2), 3)
+    assert "val_fraction" not in str(err.value)
+    with pytest.raises(GigamilError, match="lower cv.folds to at most 2"):
+        make_folds(with_lesion(2), 3, val_fraction=0.0)  # the advice it gave before
+
+
+def test_many_strata_still_give_folds():
+    """150 patients of 15 sites: the solver found no assignment within its node limit and the
+    split failed ('the fold assignment program failed (Not Solved)'); it now improves on a
+    feasible start, and the sites still spread over the folds."""
+    rng = np.random.default_rng(0)
+    pats = [(f"P{i}", "ab"[int(rng.random() < 0.3)], int(rng.integers(1, 4))) for i in range(150)]
+    site = {pid: f"s{rng.integers(0, 15)}" for pid, _, _ in pats}
+    sheet = _sheet(pats, site)
+    folds = make_folds(sheet, 5, val_fraction=0.0, stratify_by=["site"])
+    check_folds(folds, sheet)
+    test = folds[folds["role"] == "test"].drop_duplicates("patient_id")
+    per_class = test.groupby(["label", "fold"]).size().unstack()
+    assert (per_class.max(axis=1) - per_class.min(axis=1)).max() <= 1
+    per_site = test.assign(site=test["patient_id"].map(site)).groupby(["site", "fold"]).size()
+    spread = per_site.unstack(fill_value=0)
+    assert (spread.max(axis=1) - spread.min(axis=1)).max() <= 2
+
+
+def test_cli_splits_checks_stratify_by_as_a_config_does(tmp_path, capsys):
+    """--stratify-by label (or a column twice) ended in pandas' traceback 'cannot insert label,
+    already exists'; now the config's check, in the flag's terms."""
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    sheet["site"] = ["a", "b"] * (len(sheet) // 2) + ["a"] * (len(sheet) % 2)
+    sheet.to_csv(tmp_path / "a.csv", index=False)
+    args = ["splits", "--sheet", str(tmp_path / "a.csv"), "--out", str(tmp_path / "f.csv")]
+    capsys.readouterr()
+    assert main([*args, "--stratify-by", "label"]) == 2
+    assert "--stratify-by: the folds always balance the label" in capsys.readouterr().err
+    assert main([*args, "--stratify-by", "n_slides"]) == 2
+    assert "--stratify-by: cannot stratify by 'n_slides'" in capsys.readouterr().err
+    assert main([*args, "--stratify-by", "site", "site"]) == 0
+
+
+def test_cli_splits_config_without_train_cohorts_is_one_error(tmp_path, capsys):
+    """Only external cohorts (trained_models): pandas' 'No objects to concatenate' before."""
+    import yaml
+
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    sheet.to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "models").mkdir()
+    cfg = {
+        "experiment": "x",
+        "classes": sorted(set(sheet["label"])),
+        "trained_models": str(tmp_path / "models"),
+        "cohorts": {"a": {"sheet": str(tmp_path / "a.csv"), "role": "external"}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    args = ["splits", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "f.csv")]
+    assert main(args) == 2
+    assert "no cohort has role: train" in capsys.readouterr().err
+
+
+def test_cli_splits_refuses_one_patient_under_two_spellings(tmp_path, capsys):
+    """P1 in one sheet and p1 in another were two patients to the folds (one person trained on
+    and tested in one fold), though the workflow refuses them; now the command does too."""
+    from gigamil.cli import main
+
+    sheet = _uneven_sheet().drop(columns="cohort")
+    sheet["path"] = "x.svs"
+    sheet.to_csv(tmp_path / "a.csv", index=False)
+    other = sheet.assign(
+        slide_id="b" + sheet["slide_id"], patient_id=sheet["patient_id"].str.lower()
+    )
+    other.to_csv(tmp_path / "b.csv", index=False)
+    args = ["splits", "--out", str(tmp_path / "f.csv"), "--sheet", str(tmp_path / "a.csv")]
+    capsys.readouterr()
+    assert main([*args, "--sheet", str(tmp_path / "b.csv")]) == 2
+    assert "differ from another only in case" in capsys.readouterr().err
+    assert not (tmp_path / "f.csv").exists()

@@ -177,7 +177,8 @@ def train_patient_overlap(
     config: Mapping[str, Any], sheets: Mapping[str, pd.DataFrame], cohort: str
 ) -> list[str]:
     """Sorted patient ids of ``cohort`` that are also in a train cohort (empty for a train
-    cohort itself). :func:`check_leakage` lets such patients into an external cohort only with
+    cohort itself; an empty id, which the sheet check refuses, is no patient).
+    :func:`check_leakage` lets such patients into an external cohort only with
     ``allow_patient_overlap``; the ensemble's summary records them."""
     if config["cohorts"][cohort].get("role", "train") == "train":
         return []
@@ -187,7 +188,7 @@ def train_patient_overlap(
         if config["cohorts"][name].get("role", "train") == "train"
         for p in df["patient_id"]
     }
-    return sorted(train & set(map(str, sheets[cohort]["patient_id"])))
+    return sorted((train & set(map(str, sheets[cohort]["patient_id"]))) - {""})
 
 
 def check_leakage(
@@ -226,7 +227,7 @@ def check_leakage(
     checks += [_check_same_content] if check_content else []
     checks += [_check_one_label_per_patient, lambda _: _check_train_patients(config, sheets)]
     scored = [c for c, v in config["cohorts"].items() if v.get("role") in ("train", "external")]
-    checks += [lambda a: _check_patient_spellings(a[a["_cohort"].isin(scored)])]
+    checks += [lambda a: check_patient_spellings(a[a["_cohort"].isin(scored)])]
     _warn_patient_spellings(allr, allr["_cohort"].isin(scored))
     found = []  # every kind of problem in one error, not one per run
     for check in checks:
@@ -303,7 +304,7 @@ def _spellings(ids: Iterable[str]) -> str:
     return ", ".join(map(ascii if len(forms) < len(ids) else repr, ids))
 
 
-def _check_patient_spellings(scored: pd.DataFrame) -> None:
+def check_patient_spellings(scored: pd.DataFrame) -> None:
     """ConfigError for patient_ids of the train and external cohorts (``scored``) that differ
     only in case, spaces or Unicode form (``P1``, ``p1``): as two patients, one person's slides could be
     trained on and tested in one fold, or be in training and in the external metrics."""
@@ -321,7 +322,7 @@ def _warn_patient_spellings(allr: pd.DataFrame, scored: pd.Series) -> None:
     """A warning for patient_ids that differ only in case or spaces (``P1``, ``p1``) where a
     predict cohort is involved: two patients to gigamil, likely one person. Sets whose every
     spelling is in the ``scored`` rows (train and external cohorts) are left to the error of
-    :func:`_check_patient_spellings`, not also warned of."""
+    :func:`check_patient_spellings`, not also warned of."""
     ids = allr["patient_id"].astype(str)
     refused = set().union(*_spelling_clashes(ids[scored], spaces=True))
     clash = _spelling_clashes(ids, spaces=True)
@@ -340,7 +341,8 @@ def _warn_patient_spellings(allr: pd.DataFrame, scored: pd.Series) -> None:
 def _check_one_label_per_patient(allr: pd.DataFrame) -> None:
     """ConfigError if a patient has different (non-empty) labels in different cohorts (within
     one sheet, its own check names them)."""
-    labelled = allr[allr["label"].astype(str).ne("")].groupby("patient_id")
+    known = allr["label"].astype(str).ne("") & allr["patient_id"].astype(str).ne("")
+    labelled = allr[known].groupby("patient_id")  # an empty id: no patient (its sheet says so)
     labels, cohorts = labelled["label"].nunique(), labelled["_cohort"].nunique()
     mixed = labels[(labels > 1) & (cohorts > 1)].index
     if len(mixed):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,21 @@ def _config_error(error: jsonschema.ValidationError, schema: Mapping[str, Any]) 
     return text
 
 
+def check_stratify_by(names: Sequence[str], key: str = "cv.stratify_by") -> None:
+    """ConfigError (``{key}: ...``) for a column the folds cannot stratify by: the label (always
+    balanced), another column gigamil reads from a sheet, or ``n`` / ``n_slides`` (the fold
+    splitter's own names). ``key``: how the user gave them (``--stratify-by`` on the CLI)."""
+    for name in names:
+        if name == "label":  # the folds always balance it
+            raise ConfigError(
+                f"{key}: the folds always balance the label; list only other columns (e.g. site)"
+            )
+        if name in (*SHEET_COLUMNS, "n", "n_slides"):  # n, n_slides: the splitter's own
+            own = name in ("n", "n_slides")
+            why = " (a name the fold splitter uses itself: rename the column)" if own else ""
+            raise ConfigError(f"{key}: cannot stratify by {name!r}{why}")
+
+
 def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with every default filled in.
 
@@ -171,16 +186,10 @@ def validate_config(config: Mapping[str, Any], source: str = "config.yaml") -> d
     _fill_defaults(schema, cfg)
     _canonical_numbers(schema, cfg)
     _check_roles(cfg, source)
-    for name in cfg["cv"]["stratify_by"]:
-        if name == "label":  # the folds always balance it
-            raise ConfigError(
-                f"{source}: cv.stratify_by: the folds always balance the label; list only other "
-                "columns (e.g. [site])"
-            )
-        if name in (*SHEET_COLUMNS, "n", "n_slides"):  # n, n_slides: the splitter's own
-            own = name in ("n", "n_slides")
-            why = " (a name the fold splitter uses itself: rename the column)" if own else ""
-            raise ConfigError(f"{source}: cv.stratify_by: cannot stratify by {name!r}{why}")
+    try:
+        check_stratify_by(cfg["cv"]["stratify_by"])
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         resolve_strategy(cfg["model"], cfg["training"])  # contradictions, before any job runs
     except ConfigError as exc:

@@ -273,8 +273,10 @@ def _check_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
 
 
 def _check_patient_labels(df: pd.DataFrame, path: Path, classes: list[str]) -> None:
-    """One label per patient, among the valid labels (a misspelt one is its own problem)."""
-    labels_per_patient = df[df["label"].isin(classes)].groupby("patient_id")["label"].unique()
+    """One label per patient, among the valid labels (a misspelt one is its own problem; an
+    empty patient_id is no patient: the schema check names it)."""
+    known = df["label"].isin(classes) & df["patient_id"].ne("")
+    labels_per_patient = df[known].groupby("patient_id")["label"].unique()
     conflicting = labels_per_patient[labels_per_patient.map(len) > 1]
     if not conflicting.empty:
         pid = conflicting.index[0]

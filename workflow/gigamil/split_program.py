@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gigamil.errors import GigamilError
-
 log = logging.getLogger(__name__)
 
 
@@ -138,16 +136,24 @@ class _CountProgram:
                     members = (values == value) & (labels == cls)
                     self.balance(f"k{si}_{vi}_c{ci}", members, W_LABEL_STRATUM)
 
-    def solve(self, time_limit: float) -> np.ndarray:
-        """Minimise the objective with CBC; (T, G) int counts, GigamilError if it failed."""
+    def solve(self, time_limit: float, start: np.ndarray | None = None) -> np.ndarray | None:
+        """Minimise the objective with CBC, from the (T, G) counts ``start`` where given (a
+        warm start); (T, G) int counts, None when CBC found no solution within its limits."""
         import pulp
 
         prob, types = self.prob, self.types
         prob += pulp.lpSum(self.objective)
+        for (t, g), var in self.y.items() if start is not None else ():
+            var.setInitialValue(int(start[t, g]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # pulp 3.3 announces the 4.0 API
             solver = pulp.PULP_CBC_CMD(
-                msg=False, timeLimit=time_limit, threads=1, maxNodes=MAX_NODES, cuts=CUTS
+                msg=False,
+                timeLimit=time_limit,
+                threads=1,
+                maxNodes=MAX_NODES,
+                cuts=CUTS,
+                warmStart=start is not None,
             )
             status = prob.solve(solver)
         log.debug(
@@ -164,8 +170,38 @@ class _CountProgram:
             pulp.LpStatus[status] not in ("Optimal", "Not Solved")
             or (counts.sum(axis=1) != types["n"].to_numpy()).any()
         ):
-            raise GigamilError(f"cv: the fold assignment program failed ({pulp.LpStatus[status]})")
+            return None
         return counts
+
+
+def _feasible_counts(
+    types: pd.DataFrame, fractions: Sequence[float], min_per_class: Sequence[int]
+) -> np.ndarray:
+    """A (T, G) count table within every class's :func:`_class_bounds`: each class's group
+    totals raised from their lows towards the ideal shares, then its patients dealt type after
+    type to the groups in turn (so each type, hence each stratum, spreads over the groups). The
+    start from which CBC improves when it finds no solution of its own within MAX_NODES (hundreds
+    of types: many strata)."""
+    labels, n = types["label"].to_numpy(), types["n"].to_numpy(dtype=int)
+    n_groups = len(fractions)
+    counts = np.zeros((len(types), n_groups), dtype=int)
+    for cls in sorted(set(labels)):
+        idx = np.flatnonzero(labels == cls)
+        n_cls = int(n[idx].sum())
+        bounds = _class_bounds(n_cls, fractions, min_per_class)
+        left = [low for low, _ in bounds]
+        for _ in range(n_cls - sum(left)):  # each to the open group furthest below its share
+            below = [g for g in range(n_groups) if left[g] < bounds[g][1]]
+            left[max(below, key=lambda g: n_cls * fractions[g] - left[g])] += 1
+        g = 0
+        for t in idx:
+            for _ in range(n[t]):
+                while left[g] == 0:
+                    g = (g + 1) % n_groups
+                counts[t, g] += 1
+                left[g] -= 1
+                g = (g + 1) % n_groups
+    return counts
 
 
 def _solve_counts(
@@ -186,15 +222,24 @@ def _solve_counts(
             as far as the class has patients).
 
     Returns:
-        (T, G) int array of patient counts per type and group.
-
-    Raises:
-        GigamilError: the solver found no solution.
+        (T, G) int array of patient counts per type and group: CBC's best within
+        :data:`MAX_NODES` nodes, from :func:`_feasible_counts` when it finds none of its own.
     """
-    program = _CountProgram(types, fractions)
-    program.add_class_terms(min_per_class)
-    program.add_strata_terms(strata)
-    return program.solve(time_limit)
+
+    def solve(start: np.ndarray | None = None) -> np.ndarray | None:
+        program = _CountProgram(types, fractions)
+        program.add_class_terms(min_per_class)
+        program.add_strata_terms(strata)
+        return program.solve(time_limit, start)
+
+    counts = solve()
+    if counts is None:  # no solution within MAX_NODES: again from a feasible one
+        log.debug("fold program: no solution within %d nodes; again from a start", MAX_NODES)
+        start = _feasible_counts(types, fractions, min_per_class)
+        counts = solve(start)
+        if counts is None:  # CBC kept none (the start is within the bounds by construction)
+            counts = start
+    return counts
 
 
 def assign_groups(

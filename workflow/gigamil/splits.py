@@ -150,18 +150,18 @@ def _fold_advice(
     ok = feasible_folds(n_min, validation)
     if not ok:
         least = MIN_PATIENTS_PER_CLASS if validation else MIN_PATIENTS_PER_CLASS - 1
-        if folds > least:  # adding `least` alone would meet the next error: too few for folds
-            return (
-                f": add patients of {cls} (at least {folds} per class for {terms.folds} "
-                f"{folds}; with {terms.folds} lowered to {least}, at least {least})"
-            )
-        without = (
-            f", or set {terms.setting('val_fraction', 0)} (no validation patients; "
-            f"{least - 1} per class then suffice)"
-            if validation and n_min >= least - 1
-            else ""
+        need = next(
+            n for n in range(least, 2 * folds + least) if folds in feasible_folds(n, validation)
         )
-        return f": add patients of {cls} (at least {least} per class){without}"
+        if need > least:  # adding `least` alone would meet the next error (cv.folds 2: 4)
+            other = "lowered" if folds > least else "raised"
+            return (
+                f": add patients of {cls} (at least {need} per class for {terms.folds} "
+                f"{folds}; with {terms.folds} {other} to {least}, at least {least})"
+            ) + _without_validation(n_min, folds, validation, terms)
+        return f": add patients of {cls} (at least {least} per class)" + _without_validation(
+            n_min, folds, validation, terms
+        )
     if folds > max(ok):
         return f": lower {terms.folds} to at most {max(ok)} or add patients of {cls}"
     if folds < min(ok):
@@ -170,6 +170,17 @@ def _fold_advice(
             f"training and validation) or add patients of {cls}"
         )
     return f": add patients of {cls} or try another {terms.seed}"
+
+
+def _without_validation(n_min: int, folds: int, validation: bool, terms: SplitTerms) -> str:
+    """``, or set cv.val_fraction: 0 ...`` where that alone makes ``folds`` folds of a smallest
+    class of ``n_min`` patients possible, else ""."""
+    if not validation or folds not in feasible_folds(n_min, validation=False):
+        return ""
+    return (
+        f", or set {terms.setting('val_fraction', 0)} (no validation patients; "
+        f"{max(folds, MIN_PATIENTS_PER_CLASS - 1)} per class then suffice)"
+    )
 
 
 def _check_fold_classes(

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from gigamil.config import load_config
+    from gigamil.cohorts import check_patient_spellings
+    from gigamil.config import check_stratify_by, load_config
     from gigamil.folds import split_report, write_folds
     from gigamil.schemas import load_schema
     from gigamil.splits import SplitTerms, make_folds
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         sheets = _config_sheets(cfg)
     else:
         sheets = _flag_sheets(args.sheet)
+    if args.stratify_by is not None:  # a config's list was checked as it loaded
+        check_stratify_by(args.stratify_by, "--stratify-by")
     for key, value in (
         ("folds", args.folds),
         ("val_fraction", args.val_fraction),
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             cv[key] = value
+    # one person under two spellings (P1, p1) would be two patients, in two roles of a fold
+    check_patient_spellings(pd.concat(sheets, ignore_index=True))
     # a split error's advice in the terms the value came from: the flag when given (or without
     # --config), else the config's key
     given = {"folds": args.folds, "val_fraction": args.val_fraction, "seed": args.seed}
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         folds=int(cv["folds"]),
         val_fraction=float(cv["val_fraction"]),
         seed=int(cv["seed"]),
-        stratify_by=list(cv["stratify_by"] or []),
+        stratify_by=list(dict.fromkeys(cv["stratify_by"] or [])),  # `--stratify-by site site`
         terms=terms,
     )
     write_folds(folds, args.out)
@@ -90,13 +95,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _config_sheets(cfg: dict) -> list:
     """The train cohorts' sheets of a loaded config (files not checked)."""
+    from gigamil.errors import GigamilError
     from gigamil.sheets import load_sheet
 
     classes = list(cfg["classes"])
+    train = [name for name, c in cfg["cohorts"].items() if c["role"] == "train"]
+    if not train:
+        raise GigamilError(
+            "--config: no cohort has role: train, so there is nothing to split into folds "
+            "(the folds are made of the train cohorts' patients)"
+        )
     return [
-        load_sheet(c["sheet"], cohort=name, classes=classes, check_files=False)
-        for name, c in cfg["cohorts"].items()
-        if c["role"] == "train"
+        load_sheet(cfg["cohorts"][name]["sheet"], cohort=name, classes=classes, check_files=False)
+        for name in train
     ]
 
 
