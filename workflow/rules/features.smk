@@ -28,7 +28,7 @@ rule extract_features:
         "../../envs/gigamil.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wc, attempt: 8000 * attempt,  # MB; more on each retry (OOM)
         runtime=lambda wc, attempt: 30 * attempt,  # minutes; more on each retry
         gpu=FEATURE_GPUS,
     params:

@@ -75,7 +75,7 @@ rule heatmap:
         "../../envs/gigamil.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wc, attempt: 2000 * attempt,  # MB; more on each retry (OOM)
         runtime=15,
     params:
         heatmaps=HEATMAP_PARAMS,

@@ -28,7 +28,7 @@ rule tissue_mask:
         "../../envs/gigamil.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wc, attempt: 4000 * attempt,  # MB; more on each retry (OOM)
         runtime=lambda wc, attempt: 5 * attempt,  # minutes; more on each retry
     params:
         tissue=ordered_params(
@@ -56,7 +56,7 @@ rule extract_patches:
         "../../envs/gigamil.yaml"
     threads: 4
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wc, attempt: 8000 * attempt,  # MB; more on each retry (OOM)
         runtime=lambda wc, attempt: 20 * attempt,  # minutes; more on each retry
     params:
         patches=PATCH_PARAMS,

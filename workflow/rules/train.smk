@@ -42,7 +42,7 @@ rule train_fold:
         "../../envs/gigamil.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=lambda wc, attempt: 16000 * attempt,  # MB; more on each retry (OOM)
         runtime=24 * 60,
         gpu=TRAIN_GPUS,
     params:
@@ -97,7 +97,7 @@ rule predict_fold:
         "../../envs/gigamil.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wc, attempt: 8000 * attempt,  # MB; more on each retry (OOM)
         runtime=4 * 60,
         gpu=TRAIN_GPUS,
     params:
