@@ -77,10 +77,29 @@ def test_bag_mixing_under_batch_statistics_is_a_config_error() -> None:
         resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0.5})
     assert resolve_strategy({"batchnorm": "frozen"}, {"bag_mixing": 0.5})[0] == "end_to_end"
     assert resolve_strategy({"batchnorm": "train"}, {"bag_mixing": 0})[0] == "end_to_end"
-    # no encoder runs on the mixed bags (cached features, EM's head rounds): allowed
-    for strategy in ("frozen", "em"):
-        training = {"bag_mixing": 0.5, "strategy": strategy}
-        assert resolve_strategy({"batchnorm": "train", "weights": "x.pt"}, training)[0] == strategy
+    # no encoder runs on the mixed bags (EM's head rounds): allowed
+    training = {"bag_mixing": 0.5, "strategy": "em"}
+    assert resolve_strategy({"batchnorm": "train", "weights": "x.pt"}, training)[0] == "em"
+
+
+@pytest.mark.parametrize(
+    "model, training",
+    [
+        ({"batchnorm": "train"}, {"strategy": "frozen"}),
+        ({"batchnorm": "train", "weights": "x.pt", "feature_cache": True}, {"strategy": "frozen"}),
+        ({"batchnorm": "train", "trainable_blocks": 0}, {}),
+        ({"batchnorm": "train", "freeze_encoder": True}, {}),
+    ],
+)
+def test_bag_mixing_under_batch_statistics_is_refused_for_a_frozen_encoder(model, training) -> None:
+    """A frozen encoder under batchnorm: train reads the patch stores (batch statistics are never
+    cached), so it encodes each mixed-in part on its own: validated, then a part of one 8-px
+    patch stopped training with torch's 'Expected more than 1 value per channel'."""
+    cfg = {"cohorts": {"a": {"sheet": "a.csv"}}, "model": model}
+    cfg["training"] = {**training, "bag_mixing": 0.5}
+    with pytest.raises(ConfigError, match="under strategy frozen the encoder encodes each"):
+        validate_config(cfg)
+    assert validate_config({**cfg, "training": training})["training"]["bag_mixing"] == 0
 
 
 def test_training_signature_spells_a_frozen_encoder_one_way() -> None:

@@ -109,10 +109,13 @@ def _check_for(strategy: str, m: ModelConfig, t: TrainingConfig) -> None:
     check_instance_loss(m)  # build_mil_model's check, before any job
     if t.device == "cpu" and t.amp == "fp16":  # what AmpScaler refuses, before any job
         raise ConfigError("training.amp: fp16 needs a CUDA device (training.device is cpu)")
-    if t.bag_mixing and m.batchnorm == "train" and strategy == "end_to_end":  # the encoder runs
-        raise ConfigError(  # on ConcatBag's parts, each chunked on its own
-            "training.bag_mixing needs model.batchnorm frozen or groupnorm, not "
-            "train: each mixed-in part would be a batch of its own, down to 1 patch"
+    # the encoder runs on ConcatBag's parts, each chunked on its own: end to end, and frozen too
+    # (batch statistics are never cached: feature_spec.cache_enabled); em's head rounds do not
+    if t.bag_mixing and m.batchnorm == "train" and strategy != "em":
+        raise ConfigError(
+            "training.bag_mixing needs model.batchnorm frozen or groupnorm, not train (under "
+            f"strategy {strategy} the encoder encodes each mixed-in part as a batch of its own, "
+            "down to 1 patch); set bag_mixing: 0, or batchnorm: frozen"
         )
 
 
@@ -128,8 +131,8 @@ def resolve_strategy(
     for contradictions: ``frozen`` with ``trainable_blocks: N`` (N > 0), ``em`` with a frozen
     encoder, the parameter-free ``identity`` encoder, ``ema_decay``, ``warmup_epochs`` or
     ``recalibrate_every``,
-    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, end-to-end
-    ``bag_mixing`` under ``batchnorm: train``, ``instance_loss`` with ``pool: instance``, ``amp:
+    ``freeze_encoder: true`` with ``trainable_blocks`` other than ``all`` or 0, ``bag_mixing``
+    under ``batchnorm: train`` (strategies end_to_end and frozen), ``instance_loss`` with ``pool: instance``, ``amp:
     fp16`` with ``device: cpu``, ``warmup_epochs`` under onecycle or not below
     ``epochs``, ``encoder_lr`` or ``head_first_epochs`` under another strategy than ``end_to_end``,
     ``head_first_epochs`` not below ``epochs``."""

@@ -182,3 +182,17 @@ def test_a_run_is_told_at_its_start_that_cuda_has_no_device_here(monkeypatch):
     assert device_warning("auto") is None and device_warning("cpu") is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert device_warning("cuda") is None
+
+
+def test_a_run_is_told_at_its_start_that_amp_fp16_needs_cuda_here(monkeypatch):
+    """amp: fp16 with device: auto passed validation on a machine without CUDA, then every
+    train_fold job stopped (after preprocessing) with 'fp16 needs a CUDA device'."""
+    from gigamil.train.accel import device_warning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warning = device_warning("auto", "fp16")
+    assert "training.amp: fp16 needs a CUDA device" in warning and "amp: auto" in warning
+    assert device_warning("auto", "bf16") is None and device_warning("cpu", "fp16") is None
+    assert "training.device: cuda" in device_warning("cuda", "fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_warning("auto", "fp16") is None

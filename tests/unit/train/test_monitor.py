@@ -10,6 +10,7 @@ from gigamil.errors import GigamilError
 from gigamil.train.monitor import (
     check_finite_weights,
     non_finite_weights,
+    tensorboard_package_warning,
     tensorboard_warning,
     tensorboard_writer,
 )
@@ -71,3 +72,14 @@ def test_a_training_that_starts_again_at_epoch_1_purges_the_earlier_events(tmp_p
     assert scalars() == [(1, 0.2), (2, 0.3), (3, 0.4)]
     run(3, [0.5])  # resumed after epoch 2's last.pt: epoch 3 redone
     assert scalars() == [(1, 0.2), (2, 0.3), (3, 0.5)]
+
+
+def test_a_run_is_told_at_its_start_that_tensorboard_is_not_installed(monkeypatch) -> None:
+    """training.tensorboard: true without the package passed the dry run without a word; every
+    train_fold job then stopped at its first epoch, after preprocessing."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    message = tensorboard_package_warning()
+    assert message is not None and "tensorboard package is not installed" in message
+    assert "gigamil[tensorboard]" in message and "tensorboard: false" in message

@@ -121,12 +121,22 @@ def compile_module(module: nn.Module, **compile_kwargs: Any) -> CompiledForward:
     return compiled
 
 
-def device_warning(name: str) -> str | None:
-    """A warning for the start of a run when ``training.device`` is ``cuda`` and this machine
-    has no CUDA device: the jobs that train and predict fail there, after the masks and patch
-    stores are made; none when a cluster sends those jobs to GPU nodes, which only the run
-    knows."""
-    if name != "cuda" or torch.cuda.is_available():
+def device_warning(name: str, amp: str | bool | None = None) -> str | None:
+    """A warning for the start of a run when this machine has no CUDA device and
+    ``training.device`` is ``cuda``, or is ``auto`` with ``training.amp: fp16`` (which needs
+    CUDA; auto trains on the CPU here): the jobs that train and predict fail there, after the
+    masks and patch stores are made; none when a cluster sends those jobs to GPU nodes, which
+    only the run knows."""
+    if name == "cpu" or torch.cuda.is_available():
+        return None
+    if name == "auto" and amp == "fp16":
+        return (
+            "training.amp: fp16 needs a CUDA device, and this machine has none (training.device: "
+            "auto trains on its CPU): train_fold jobs that run here will fail (after the tissue "
+            "masks and patch stores are made); ignore this if a cluster profile sends them to "
+            "GPU nodes, else set amp: auto"
+        )
+    if name != "cuda":
         return None
     return (
         "training.device: cuda, but this machine has no CUDA device: train_fold and "

@@ -56,6 +56,24 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
     return SummaryWriter(str(log_dir), purge_step=first_epoch)
 
 
+def tensorboard_package_warning() -> str | None:
+    """The start-of-run warning for ``training.tensorboard: true`` when this environment cannot
+    import the tensorboard package: every train_fold job run in it stops at its first epoch
+    (:func:`tensorboard_writer`), after the masks and patch stores are made. A warning, not an
+    error: under ``--sdm conda`` the jobs run in an environment of their own."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401 - the job's import
+    except ImportError:
+        return (
+            "training.tensorboard: true, but the tensorboard package is not installed here: "
+            "train_fold jobs that run in this environment will fail at their first epoch "
+            "(after the tissue masks and patch stores are made); pip install "
+            "'gigamil[tensorboard]' (under --sdm conda add tensorboard to envs/gigamil.yaml), "
+            "or set tensorboard: false"
+        )
+    return None
+
+
 def tensorboard_warning(model_dirs: list[str | Path]) -> str | None:
     """The start-of-run warning for ``training.tensorboard: true`` when folds in ``model_dirs``
     (``results/models/{experiment}/fold{k}``) hold a model.pt but no ``tensorboard/`` (nor, with
