@@ -322,14 +322,14 @@ def run_pipeline(wd: Path, config: Path, cores: int) -> float:
     return seconds
 
 
-def collect_gigamil(wd: Path) -> dict[str, Any]:
+def collect_gigamil(wd: Path, experiment: str = EXPERIMENT) -> dict[str, Any]:
     """OOF and localisation AUC from summary.json, per-fold training figures from train_log.csv."""
     res = wd / "results"
-    summary = json.loads((res / "eval" / EXPERIMENT / "summary.json").read_text())
-    folds = sorted(pd.read_csv(res / "splits" / EXPERIMENT / "folds.csv")["fold"].unique())
+    summary = json.loads((res / "eval" / experiment / "summary.json").read_text())
+    folds = sorted(pd.read_csv(res / "splits" / experiment / "folds.csv")["fold"].unique())
     per_fold = []
     for k in folds:
-        log = pd.read_csv(res / "models" / EXPERIMENT / f"fold{k}" / "train_log.csv")
+        log = pd.read_csv(res / "models" / experiment / f"fold{k}" / "train_log.csv")
         # training.replicates > 1: one entry per member (the log's replicate column)
         members = log.groupby("replicate") if "replicate" in log else [(None, log)]
         for member, rows in members:
@@ -344,14 +344,17 @@ def collect_gigamil(wd: Path) -> dict[str, Any]:
                     "min_train_loss": float(rows["train_loss"].min()),
                 }
             )
-    per_slide = pd.read_csv(res / "eval" / EXPERIMENT / "per_slide_predictions.csv")
+    per_slide = pd.read_csv(res / "eval" / experiment / "per_slide_predictions.csv")
     return {
         "oof_auc": summary["oof_auc"],
+        "oof_auc_ci": summary.get("oof_auc_ci"),
+        "patient_auc": summary.get("patient_auc"),
         "balanced_accuracy": summary.get("balanced_accuracy"),
         "brier": summary.get("brier"),  # absent from summaries before 2026-12-05
         "predicted": {str(k): int(v) for k, v in per_slide["pred"].value_counts().items()},
         "fold_auc": summary.get("fold_auc"),
         "localization_auc": summary.get("localization_auc"),
+        "localization_auc_sd": summary.get("localization_auc_sd"),
         "localization_n_slides": summary.get("localization_n_slides"),
         "folds": per_fold,
     }
@@ -550,7 +553,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="RUN_DIR",
         help="only run the colour baseline on a finished workflow run (e.g. a clone after the "
         "demo's snakemake run: its config.yaml, one cohort with lesion masks), print its OOF "
-        "and localisation AUC, and stop",
+        "and localisation AUC beside the run's own figures (--out records both), and stop",
     )
     args = p.parse_args(argv)
     from gigamil.demo_tiles import PCAM_MPP, TILES_PER_SLIDE
@@ -612,11 +615,44 @@ def baseline_on_run(wd: Path) -> dict[str, Any]:
     return run_baseline(wd, sheet, str(cfg["classes"][1]), cfg["experiment"], cohort)
 
 
+def gigamil_of_run(wd: Path) -> dict[str, Any] | None:
+    """The finished run's own figures (:func:`collect_gigamil` of its config.yaml's
+    experiment); None when it has no evaluation (results/eval/{experiment}/summary.json)."""
+    experiment = str(yaml.safe_load((wd / "config.yaml").read_text())["experiment"])
+    if not (wd / "results" / "eval" / experiment / "summary.json").is_file():
+        return None
+    return collect_gigamil(wd, experiment)
+
+
+def gigamil_run_line(ours: dict[str, Any] | None) -> str:
+    """``gigamil on the run: OOF AUC 0.972, patient AUC 1.000, ...``: the run's own figures."""
+    if ours is None:
+        return "gigamil on the run: no evaluation (summary.json) yet, its figures not recorded"
+    losses = [f["final_train_loss"] for f in ours["folds"]]
+    loc = ours["localization_auc"]
+    return (
+        f"gigamil on the run: OOF AUC {ours['oof_auc']:.3f}, patient AUC "
+        f"{ours['patient_auc']:.3f}, balanced accuracy {ours['balanced_accuracy']:.3f}, "
+        + (
+            f"localisation AUC {loc:.3f} ± {ours['localization_auc_sd']:.3f} "
+            f"({ours['localization_n_slides']} slides), "
+            if loc is not None
+            else ""
+        )
+        + f"final training loss {min(losses):.3f}-{max(losses):.3f} ({len(losses)} models)"
+    )
+
+
 def write_baseline_record(
-    path: Path, run_dir: Path, baseline: dict[str, Any], argv: list[str] | None
+    path: Path,
+    run_dir: Path,
+    baseline: dict[str, Any],
+    argv: list[str] | None,
+    gigamil: dict[str, Any] | None = None,
 ) -> None:
-    """``--baseline-on RUN_DIR --out FILE``: the baseline's figures with the command, the date,
-    this repository's commit and RUN_DIR's (the code that made its patches and folds)."""
+    """``--baseline-on RUN_DIR --out FILE``: the baseline's figures beside the run's own
+    (``gigamil``: :func:`collect_gigamil`, e.g. the demo's figures README reports), with the
+    command, the date, this repository's commit and RUN_DIR's (the code that made the run)."""
     run_commit = subprocess.run(
         ["git", "-C", str(run_dir), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -625,6 +661,7 @@ def write_baseline_record(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "run_dir_git_commit": run_commit or "unknown",
+        **({"gigamil": gigamil} if gigamil is not None else {}),
         "baseline": baseline,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -697,8 +734,10 @@ def main(argv: list[str] | None = None) -> int:
             f"localisation AUC {out['localization_auc']:.3f} "
             f"({out['localization_n_slides']} slides), {out['seconds']:.0f} s{smoothed_note(out)}"
         )
-        if args.out is not None:  # a record, as README's demo baseline figures have
-            write_baseline_record(args.out, args.baseline_on.resolve(), out, argv)
+        ours = gigamil_of_run(args.baseline_on.resolve())
+        print(gigamil_run_line(ours))
+        if args.out is not None:  # a record, as README's demo figures have
+            write_baseline_record(args.out, args.baseline_on.resolve(), out, argv, ours)
         return 0
     from gigamil.tile_pool import packaged_tile_hashes, usable_pool
 

@@ -74,6 +74,39 @@ def test_baseline_on_a_finished_run_reads_its_layout(bench, tmp_path, capsys, fi
     record = json.loads((tmp_path / "b.json").read_text())
     assert record["baseline"]["oof_auc"] == 1.0 and record["command"].endswith("b.json")
     assert record["run_dir_git_commit"] == "unknown"  # the run is no git checkout
+    assert "gigamil" not in record  # the run has no evaluation yet
+
+
+def test_baseline_on_a_run_records_the_runs_own_figures(bench, tmp_path, capsys, finished_run):
+    """--baseline-on RUN --out FILE records the run's own figures beside the baseline's (the
+    demo's README figures: OOF AUC and its CI, patient AUC, balanced accuracy, localisation
+    mean and sd, each model's final training loss)."""
+    run = tmp_path / "run"
+    finished_run(tmp_path, run, "exp", "coh")
+    ev = run / "results" / "eval" / "exp"
+    ev.mkdir(parents=True)
+    summary = {
+        "oof_auc": 0.75, "oof_auc_ci": [0.5, 1.0], "patient_auc": 1.0,
+        "balanced_accuracy": 0.5, "localization_auc": 0.8, "localization_auc_sd": 0.1,
+        "localization_n_slides": 2, "fold_auc": [1.0, 0.5],
+    }  # fmt: skip
+    (ev / "summary.json").write_text(json.dumps(summary))
+    pd.DataFrame({"slide_id": ["a", "b"], "pred": ["lesion", "normal"]}).to_csv(
+        ev / "per_slide_predictions.csv", index=False
+    )
+    for k, losses in ((0, [0.7, 0.3]), (1, [0.69, 0.45])):
+        fold = run / "results" / "models" / "exp" / f"fold{k}"
+        fold.mkdir(parents=True)
+        log = {"epoch": [1, 2], "best_epoch": [1, 2], "train_loss": losses, "replicate": 0}
+        pd.DataFrame(log).to_csv(fold / "train_log.csv", index=False)
+    assert bench.main(["--baseline-on", str(run), "--out", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "gigamil on the run: OOF AUC 0.750, patient AUC 1.000" in out
+    assert "localisation AUC 0.800 ± 0.100 (2 slides)" in out
+    assert "final training loss 0.300-0.450 (2 models)" in out
+    ours = json.loads((tmp_path / "b.json").read_text())["gigamil"]
+    assert ours["oof_auc_ci"] == [0.5, 1.0] and ours["localization_auc_sd"] == 0.1
+    assert [f["final_train_loss"] for f in ours["folds"]] == [0.3, 0.45]
 
 
 def test_patches_follow_the_tiles_unless_set(bench, tmp_path):
