@@ -1157,6 +1157,12 @@ def test_the_predictions_page_lists_the_absent_folds(tmp_path):
     assert "WARNING" not in page
     # what the probabilities are worth, on every page (a new user's trial, 2026-12-06)
     assert "only for slides like their training slides (tissue, stain, scanner, µm/px)" in page
+    assert "<code>gigamil model-info results/models/EXPERIMENT</code>" in page
+    # the experiment's own models folder when known, no literal backticks (a new user's trial)
+    write_predictions_html(ens, CLASSES, tmp_path / "e.html", "t", experiment="demo")
+    page = (tmp_path / "e.html").read_text()
+    assert "<code>gigamil model-info results/models/demo</code> says what" in page
+    assert "`" not in page
 
 
 def test_cli_ensemble_prints_strict_json_where_a_metric_is_undefined(tmp_path, capsys):

@@ -46,7 +46,10 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
     assert "external cohort ext, 6 slides: fold-model ensemble slide AUC 0.800" in lines[3]
     assert lines[4] == "    open results/eval/exp/ensemble/ext/metrics.html"
     assert lines[5] == "  cohort new (predict), 3 slides: 2 normal, 1 lesion"
-    assert lines[6] == "    open results/eval/exp/ensemble/new/predictions.html"
+    assert lines[6] == (
+        "    open results/eval/exp/ensemble/new/predictions.html (the probabilities mean "
+        "something only for slides like the training slides)"
+    )
     assert lines[-1].endswith("snakemake --report report.html")
     # a run with --configfile: the report command needs it too (else the demo's experiment)
     lines = run_summary_lines("exp", COHORTS, tmp_path, configfiles=["my.yaml"])

@@ -202,7 +202,7 @@ def predict_cohort(
     atomic_write_csv(ens, out_dir / "predictions.csv", float_format=FLOAT_FORMAT)
     write_patient_predictions(ens, classes, out_dir / PATIENT_PREDICTIONS)
     title = f"{experiment}: {cohort} predictions" if experiment else f"{cohort} predictions"
-    write_predictions_html(ens, classes, out_dir / "predictions.html", title, caveats)
+    write_predictions_html(ens, classes, out_dir / "predictions.html", title, caveats, experiment)
     predicted = ens["pred"].astype(str)
     summary: dict[str, Any] = {
         "experiment": experiment or None,

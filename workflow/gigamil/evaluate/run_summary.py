@@ -242,7 +242,8 @@ def _cohort_lines(  # noqa: PLR0913 - the parts of one summary line
     return [
         f"  cohort {name} (predict), {_count(summary.get('n_slides'), 'slide')}: "
         f"{_predicted(summary)}{stale}",
-        f"    open {_shown(shown_root, path.with_name('predictions.html'))}",
+        f"    open {_shown(shown_root, path.with_name('predictions.html'))} (the probabilities "
+        "mean something only for slides like the training slides)",
     ]
 
 

@@ -357,8 +357,7 @@ def write_metrics_html(
 LIKE_TRAINING = (
     "Each probability is the mean of the fold models'. It means something only for slides like "
     "their training slides (tissue, stain, scanner, µm/px): a slide of other tissue gets as "
-    "confident a probability, and nothing here checks that it resembles them. `gigamil "
-    "model-info results/models/<experiment>` says what the models were trained on."
+    "confident a probability, and nothing here checks that it resembles them. "
 )
 
 
@@ -368,11 +367,13 @@ def write_predictions_html(
     path: str | Path,
     title: str,
     caveats: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
 ) -> None:
     """The ensemble's predictions as an HTML table (the report shows it inline), below the
     warnings of the ``caveats`` (summary.json's ``missing_folds`` and ``identical_models``,
     as :func:`summary_rows` shows them on metrics.html), and what the probabilities are worth
-    (:data:`LIKE_TRAINING`)."""
+    (:data:`LIKE_TRAINING`, with the ``gigamil model-info`` command of ``experiment``'s
+    models)."""
     import html
 
     cols = ["slide_id", "patient_id", "label", *[f"prob_{c}" for c in classes], "pred", "n_models"]
@@ -387,7 +388,9 @@ def write_predictions_html(
     missing = len(ens) - int(counts.sum())
     unscored = f"; {missing} without patches, not predicted" if missing else ""
     body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
-    body += f"<p>{html.escape(LIKE_TRAINING)}</p>"
+    models = html.escape(f"results/models/{experiment or 'EXPERIMENT'}")
+    body += f"<p>{html.escape(LIKE_TRAINING)}<code>gigamil model-info {models}</code> says what "
+    body += "they were trained on.</p>"
     warnings = _caveat_rows(caveats or {})
     body = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in warnings) + body
     body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
