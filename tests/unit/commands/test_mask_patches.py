@@ -601,3 +601,29 @@ def test_a_new_mask_rewrites_the_stale_sidecar_beside_it(cmu_svs, tmp_path, caps
     assert "the sidecar of an earlier mask" in capsys.readouterr().err
     params = json.loads((tmp_path / "m.json").read_text())["params"]
     assert params["threshold"] == 120 and params["close_um"] == 0
+
+
+def test_a_slide_mpp_typo_is_named_before_any_work(cmu_svs, tmp_path, capsys, monkeypatch):
+    """`--slide-mpp 25` typed for 0.25: gigamil patches computed the tissue mask, then advised
+    only to change --mpp; the pipeline's preflight asks whether the sheet's `mpp` is a typo.
+    Now the commands ask it of --slide-mpp, before any work."""
+    import gigamil.wsi.extract
+    import gigamil.wsi.tissue
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the slide was processed before its µm/px was checked")
+
+    monkeypatch.setattr(gigamil.wsi.extract, "extract_patches", no_work)
+    monkeypatch.setattr(gigamil.wsi.tissue, "make_mask", no_work)
+    typo = "the slide's 25 µm/px is the override --slide-mpp: is that a typo?"
+    argv = ["patches", str(cmu_svs), "--out", str(tmp_path / "p.zarr"), "--mpp", "0.972"]
+    assert main([*argv, "--patch-px", "96", "--slide-mpp", "25"]) == 2
+    _one_error_line(capsys, "patches", "25.7x finer than the slide's 25 µm/px", typo)
+    argv[-1] = "0.1"  # without the override: the advice to change --mpp alone
+    assert main([*argv, "--patch-px", "96", "--mask", str(tmp_path / "m.png")]) == 2
+    err = capsys.readouterr().err
+    assert "finer than the slide's 0.499 µm/px" in err and "typo" not in err
+    out = str(tmp_path / "m.png")
+    assert main(["mask", str(cmu_svs), "--out", out, "--slide-mpp", "25", "--mask-mpp", "2"]) == 2
+    _one_error_line(capsys, "mask", "12.5x finer than the slide's 25 µm/px", typo)
+    assert not list(tmp_path.iterdir())

@@ -150,8 +150,10 @@ def test_cli_on_a_folder_describes_every_fold_and_checks_a_config(tmp_path: Path
     for section, values in fragment["preprocessing"].items():
         cfg["preprocessing"][section].update(values)
     cfg["cv"]["folds"] = 3
-    (tmp_path / "fits.yaml").write_text(yaml.safe_dump(cfg))
     models = str(tmp_path / "models")
+    sheet = str(REPO / "resources" / "demo" / "sheet.csv")
+    cfg.update(trained_models=models, cohorts={"new": {"sheet": sheet, "role": "predict"}})
+    (tmp_path / "fits.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["model-info", models, "--config", str(tmp_path / "fits.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.count(": a gigamil ") == 2 and "fold1/model.pt: a gigamil" in out
@@ -168,6 +170,44 @@ def test_cli_on_a_folder_describes_every_fold_and_checks_a_config(tmp_path: Path
     assert main(["model-info", models, "--config", str(tmp_path / "plain.yaml")]) == 2
     err = capsys.readouterr().err
     assert "cannot predict with this configuration; set classes: [benign, tumour]" in err
+
+
+def test_cli_tells_a_config_that_trains_its_own_models_so(tmp_path: Path, capsys):
+    """The training project's own config.yaml (a train cohort, no trained_models) was told it
+    "can predict with these 6 fold models", though such a config refuses trained_models: now it
+    is told that it trains its own models, after the checks of classes and preprocessing."""
+    from gigamil.cli import main
+
+    for k in (0, 1):
+        _model_pt(tmp_path / "models" / f"fold{k}" / "model.pt", preprocessing=RECORDED)
+    with open(REPO / "config.yaml") as fh:
+        cfg = yaml.safe_load(fh)
+    fragment = config_fragment(model_header_of(tmp_path / "models" / "fold0" / "model.pt"))
+    cfg["classes"] = fragment["classes"]
+    for section, values in fragment["preprocessing"].items():
+        cfg["preprocessing"][section].update(values)
+    cfg["cv"]["folds"] = 2
+    config = tmp_path / "trains.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    models = str(tmp_path / "models")
+    assert main(["model-info", models, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "can predict with" not in out
+    assert out.rstrip().endswith(
+        "trains.yaml trains its own fold models (cohorts: demo has role: train), so the "
+        "trained_models checks of its cohorts' patients do not apply; its classes and "
+        "preprocessing fit these 2 fold models. To predict with them elsewhere, copy the folder "
+        "holding their fold<k>/model.pt (e.g. to shared/<name>) and give the copy as "
+        "trained_models in a config whose cohorts have role: external or predict (README, "
+        "'Sharing trained models')"
+    )
+    assert main(["model-info", models, "--json", "--config", str(config)]) == 0
+    check = json.loads(capsys.readouterr().out)["check"]
+    assert check == {"config": str(config), "ok": True, "warnings": [], "trains_own_models": True}
+    cfg["classes"] = ["normal", "lesion"]  # the checks of what the models take still apply
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["model-info", models, "--config", str(config)]) == 2
+    assert "set classes: [benign, tumour]" in capsys.readouterr().err
 
 
 def test_cli_names_a_last_pt_copies_nan_and_patients_the_models_trained_on(tmp_path: Path, capsys):

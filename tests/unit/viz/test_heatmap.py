@@ -880,3 +880,22 @@ def test_the_attention_name_warning_names_three_files_and_counts_the_rest(caplog
         _warn_attention_names(["a/s.npy", "b/s.npy"], "s")
         _warn_attention_names(["a.npy"], None)  # a store without a slide id: nothing to compare
     assert not caplog.text
+
+
+def test_cli_heatmap_names_a_missing_attention_file_before_anything_else(
+    grid_slide, tmp_path, capsys
+):
+    """A quoted pattern that matched no file (`--attention 'new/fold*/attention/S2.npy'`) was
+    warned about as named after another slide, then stopped with a bare "No such file or
+    directory": now one error naming it, with where gigamil predict writes attention."""
+    from gigamil.cli import main
+
+    store = tmp_path / "s11.zarr"
+    grid_slide.write(store)
+    missing = str(tmp_path / "fold*" / "attention" / "s12.npy")
+    argv = ["heatmap", "--store", str(store), "--attention", missing, "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"gigamil heatmap: error: --attention {missing}: no such file (no file matches" in err
+    assert "gigamil predict --attention-dir DIR writes DIR/<slide_id>.npy" in err
+    assert "named after another slide" not in err and "No such file or directory" not in err

@@ -265,7 +265,7 @@ def test_slide_error_reasons_are_a_closed_set(tmp_path):
     assert (str(again), again.reason) == ("y", "mpp")
     junk = tmp_path / "MPP too large truncated.png"  # the message's words in the name
     junk.write_bytes(b"not an image")
-    with pytest.raises(SlideError, match="not a slide format OpenSlide recognises") as exc:
+    with pytest.raises(SlideError, match="not a slide OpenSlide can read") as exc:
         open_slide(junk)  # OpenSlide's refusal, the fallback's chained as the cause
     assert exc.value.reason == "unreadable" and "cannot read the image" in str(exc.value.__cause__)
 
@@ -734,3 +734,22 @@ def test_the_header_check_refuses_a_plain_tiff_the_reader_refuses(tmp_path):
         with pytest.raises(SlideError, match=message) as exc:
             slide_header(tmp_path / name, mpp_override=1.0)
         assert exc.value.reason == "unsupported"
+
+
+@pytest.mark.parametrize("suffix", [".svs", ".tif", ".png"])
+def test_a_file_that_is_no_slide_is_said_to_exist_with_the_fix(tmp_path, suffix):
+    """A text file renamed notaslide.svs was "not a slide format OpenSlide recognises
+    (Unsupported or missing image file)": the file exists, and no fix was given. The message
+    (the CLI's and the pipeline preflight's) says it exists and gives README's advice."""
+    from gigamil.wsi.preflight import SlideCheck, check_slide
+
+    junk = tmp_path / f"notaslide{suffix}"
+    junk.write_text("hello\n")
+    with pytest.raises(SlideError) as exc:
+        open_slide(junk)
+    msg = str(exc.value)
+    assert msg.startswith(f"{junk}: the file exists but is not a slide OpenSlide can read")
+    assert "missing" not in msg.lower()
+    assert "vips tiffsave SLIDE out.tif --tile --pyramid" in msg
+    assert "remove the slide from its cohort sheet" in msg
+    assert check_slide(SlideCheck("c", "s", junk, None)).problem == msg  # the preflight's

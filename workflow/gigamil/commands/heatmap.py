@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     check_cmap(args.cmap, key="--cmap")  # before any work, named as the user typed it
     if args.lesion_mask and not Path(args.lesion_mask).is_file():
         raise GigamilError(f"--lesion-mask: {args.lesion_mask} not found")
+    _check_attention_files(args.attention)  # before the naming warning: none may exist
     attrs = read_store_geometry(args.store)[2]
     _warn_attention_names(args.attention, args.slide_id or attrs.get("slide_id"))
     if args.tissue_mask:
@@ -168,6 +169,26 @@ def _check_tissue_mask(path: str, attrs: dict) -> None:
         w, h = image_size(path)
         if problem := mask_shape_problem((h, w), tuple(dims), tuple(mpp_xy)):
             raise GigamilError(f"--tissue-mask {path}: {problem}")
+
+
+def _check_attention_files(attention: list[str]) -> None:
+    """GigamilError naming the ``--attention`` paths that are no file: a pattern that matched
+    none reached the command as typed, and a trial got a warning that it was named after
+    another slide, then a bare "No such file or directory"."""
+    from pathlib import Path
+
+    from gigamil.errors import GigamilError
+
+    missing = [a for a in attention if not Path(a).is_file()]
+    if not missing:
+        return
+    named = ", ".join(missing[:3]) + (f" (+{len(missing) - 3})" if len(missing) > 3 else "")
+    pattern = any(c in a for a in missing for c in "*?[")  # the shell passes it on as typed
+    raise GigamilError(
+        f"--attention {named}: no such file"
+        + (" (no file matches the pattern)" if pattern else "")
+        + "; gigamil predict --attention-dir DIR writes DIR/<slide_id>.npy"
+    )
 
 
 def _warn_attention_names(attention: list[str], slide_id: str | None) -> None:

@@ -92,6 +92,7 @@ def threshold_arg(value: str) -> str | float:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from gigamil.commands._preprocessing import check_slide_scale
     from gigamil.config import even_median_message
     from gigamil.wsi.mask_io import mask_sidecar
     from gigamil.wsi.tissue import TissueParams, make_mask
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         )
         logging.getLogger("gigamil").warning(even_median_message(given, params.median_px))
     check_outputs(args.slide, {"--out": args.out, "--qc": args.qc, "--json": args.json})
+    check_slide_scale(args.slide, args.slide_mpp, mask_mpp=params.mask_mpp)  # before any work
     beside = mask_sidecar(args.out)
     if not args.json and beside.is_file():  # it describes the mask this run replaces
         logging.getLogger("gigamil").warning(

@@ -2,7 +2,8 @@
 patches, encoder, what it was trained on, its file's sha256), the config.yaml keys a project
 needs to predict with it, and, with ``--config``, whether that config can, as the workflow's
 ``trained_models`` checks say (:mod:`gigamil.train.model_info`,
-:mod:`gigamil.train.trained_models`)."""
+:mod:`gigamil.train.trained_models`); a config that trains its own fold models is checked for
+what the models take (classes, preprocessing), and told so."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="check that this config can predict with the model(s), as the workflow does with "
         "trained_models before any job (classes, patches, feature cache, cv.folds, and its "
         "cohorts' sheets against the patients the models trained on): errors name the setting "
-        "to use, warnings are printed",
+        "to use, warnings are printed; a config that trains its own fold models (a train "
+        "cohort) is checked for its classes and preprocessing only",
     )
     parser.add_argument(
         "--json",
@@ -62,9 +64,12 @@ def _cohort_patients(config: dict) -> dict[str, list[str]]:
     }
 
 
-def _check(models: dict, config_path: str) -> list[str]:
+def _check(models: dict, config_path: str) -> dict[str, Any]:
     """The workflow's trained_models checks of ``models`` against the config at
-    ``config_path`` (GigamilError naming the setting to use): its warnings."""
+    ``config_path`` (GigamilError naming the setting to use): ``warnings``, and ``trains``: the
+    config's train cohorts when it trains its own fold models (no ``trained_models``: the
+    config refuses both), for which only the checks of what the models take apply (classes,
+    preprocessing, cached features, cv.folds), not those of its cohorts' patients."""
     from gigamil.config import load_config
     from gigamil.data.feature_spec import config_encoder_id
     from gigamil.train.trained_models import (
@@ -75,10 +80,15 @@ def _check(models: dict, config_path: str) -> list[str]:
 
     config = load_config(config_path)
     warnings = check_with_config(models, config, config_encoder_id(config))
+    cohorts = config["cohorts"]
+    if not config.get("trained_models"):  # it trains its own fold models
+        return {
+            "warnings": warnings,
+            "trains": [n for n, c in cohorts.items() if c["role"] == "train"],
+        }
     trained, unrecorded = training_patients(models)
-    return warnings + check_patient_overlap(
-        config["cohorts"], _cohort_patients(config), trained, unrecorded
-    )
+    found = check_patient_overlap(cohorts, _cohort_patients(config), trained, unrecorded)
+    return {"warnings": warnings + found, "trains": []}
 
 
 def _report(path: Path, models: dict, args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +127,9 @@ def _print_json(path: Path, report: dict[str, Any], config: str | None) -> None:
     )
     shown["config"] = report["config"]
     if config:
-        shown["check"] = {"config": config, "ok": True, "warnings": report["check"]}
+        check = report["check"]
+        shown["check"] = {"config": config, "ok": True, "warnings": check["warnings"]}
+        shown["check"]["trains_own_models"] = bool(check["trains"])
     print(json.dumps(json_safe(shown), indent=2, default=str, allow_nan=False))
 
 
@@ -140,12 +152,30 @@ def run(args: argparse.Namespace) -> int:
         print("\nnote: the fold models differ in these keys; shown: the first fold's")
     _print_keys(report["config"])
     if args.config:
-        for warning in report["check"]:
-            print(f"warning: {warning}")
-        them = "this model" if len(models) == 1 else f"these {len(models)} fold models"
-        verdict = f"{args.config} can predict with {them}"
-        print(f"\n{verdict}" + (" (warnings above)" if report["check"] else ""))
+        _print_verdict(args.config, len(models), report["check"])
     return 0
+
+
+def _print_verdict(config: str, n_models: int, check: dict[str, Any]) -> None:
+    """The --config check's warnings and verdict: ``config`` can predict with the models, or,
+    when it trains its own (``check["trains"]``: a trial was told it "can predict with" them,
+    though such a config refuses trained_models), that the checks of what the models take
+    passed and how another project predicts with them."""
+    for warning in check["warnings"]:
+        print(f"warning: {warning}")
+    them = "this model" if n_models == 1 else f"these {n_models} fold models"
+    warned = " (warnings above)" if check["warnings"] else ""
+    if not check["trains"]:
+        print(f"\n{config} can predict with {them}{warned}")
+        return
+    print(
+        f"\n{config} trains its own fold models (cohorts: {', '.join(check['trains'])} has role: "
+        "train), so the trained_models checks of its cohorts' patients do not apply; its "
+        f"classes and preprocessing fit {them}{warned}. To predict with them elsewhere, copy "
+        "the folder holding their fold<k>/model.pt (e.g. to shared/<name>) and give the copy "
+        "as trained_models in a config whose cohorts have role: external or predict (README, "
+        "'Sharing trained models')"
+    )
 
 
 def _fold_of(path: Path) -> int:

@@ -76,7 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from gigamil.commands._preprocessing import preprocessing_section, with_flags
+    from gigamil.commands._preprocessing import (
+        check_slide_scale,
+        preprocessing_section,
+        with_flags,
+    )
     from gigamil.errors import GigamilError
     from gigamil.wsi.extract import extract_patches
     from gigamil.wsi.mask_io import read_mask_png
@@ -101,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     tissue = None
     if args.config and not args.mask:  # the mask computed here: the config's settings too
         tissue = TissueParams.from_dict(section["tissue"])
+    mask_mpp = None if args.mask else (tissue or TissueParams()).mask_mpp  # computed here
+    check_slide_scale(args.slide, args.slide_mpp, params.mpp, mask_mpp)  # before any work
     mask = read_mask_png(args.mask) if args.mask else None
     mask_params = _mask_provenance(args.mask) if args.mask else None
     result = extract_patches(

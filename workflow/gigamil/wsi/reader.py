@@ -58,6 +58,10 @@ except (
 
 
 FAST_TIFF_VENDORS = ("generic-tiff", "aperio")
+CONVERT_HINT = (  # README, "OpenSlide cannot open"
+    "convert it to a pyramidal tiled TIFF (e.g. `vips tiffsave SLIDE out.tif --tile --pyramid`), "
+    "or remove the slide from its cohort sheet"
+)
 # TIFF-based slide formats other than .tif/.tiff (Aperio, Hamamatsu, Leica, Ventana, Philips)
 TIFF_BASED = (".svs", ".ndpi", ".scn", ".bif")
 # DICOM transfer syntaxes whose frames are baseline/extended JPEG (colour space in the stream)
@@ -173,11 +177,16 @@ class OpenSlideReader(SlideReader):
         try:
             self._slide = openslide.OpenSlide(self.path)
         except openslide.OpenSlideUnsupportedFormatError as exc:
+            # OpenSlide says "Unsupported or missing image file": the file exists (open_slide
+            # checks it first), so "missing" only misleads
             raise SlideError(
-                f"{self.name}: not a slide format OpenSlide recognises ({exc})"
+                f"{self.name}: the file exists but is not a slide OpenSlide can read (no format "
+                f"it recognises); {CONVERT_HINT}"
             ) from exc
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.name}: OpenSlide cannot open it: {exc}") from exc
+            raise SlideError(
+                f"{self.name}: OpenSlide cannot open it: {exc}; {CONVERT_HINT}"
+            ) from exc
         if cache is None and cache_mb > 0:
             cache = shared_tile_cache(cache_mb)
         if cache is not None:
