@@ -221,3 +221,82 @@ def test_frozen_strategy_on_patch_stores_trains_the_head_only(
         assert "starting from scratch" not in caplog.text
         assert "already finished" in caplog.text or "resuming" in caplog.text
         assert torch.load(path, weights_only=True)["epoch"] == ckpt["epoch"]
+
+
+# --- logs, TensorBoard, divergence, feature stores (a review of the em strategy) -------------
+
+SMALL_EM = {"rounds": 2, "head_epochs": 1, "encoder_steps": 2, "instance_batch": 8}
+
+
+def test_em_without_validation_slides_logs_rounds_without_val_fields_and_tensorboard_events(
+    mil_bags, tmp_path: Path, caplog
+) -> None:
+    """README: without validation slides the ``done`` line has no ``val_`` fields (EM printed
+    ``val_loss nan val_auc nan``), and ``training.tensorboard: true`` writes the rows' scalars
+    (EM wrote no events, and every later run warned that folds trained from then on would)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.set_num_threads(1)
+    train = mil_bags.cohort(tmp_path / "s", 4, 0, "t")
+    training = {"device": "cpu", "strategy": "em", "tensorboard": True, "em": SMALL_EM}
+    with caplog.at_level("INFO", logger="gigamil"):
+        train_fold(train, train.head(0), mil_bags.classes, mil_bags.model, training, tmp_path / "f")
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done:")]
+    assert len(done) == 2 and not any("val_" in line for line in done), done
+    acc = EventAccumulator(str(tmp_path / "f" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train_loss")] == [1, 2]  # a step per round
+    assert [e.step for e in acc.Scalars("encoder_loss")] == [2]  # the E-step: round 2 on
+
+
+@pytest.mark.parametrize(
+    ("em", "lr", "step", "key"),
+    [
+        ({"encoder_lr": 1e6}, 1e-3, "E-step of round 2", "training.em.encoder_lr"),
+        ({}, 1e30, "M-step of round 1", "training.lr"),
+    ],
+)
+def test_a_diverged_em_round_is_named_not_blamed_on_the_patches(
+    mil_bags, tmp_path: Path, em, lr, step, key
+) -> None:
+    """A round whose weights became NaN stops there, naming the step and its learning rate;
+    the next round's encoding said the patch store's encoder gave NaN ("damaged or diverged
+    weights?; nothing was cached"), naming a slide's patch store."""
+    from gigamil.errors import GigamilError
+
+    torch.set_num_threads(1)
+    train = mil_bags.cohort(tmp_path / "s", 4, 0, "t")
+    val = mil_bags.cohort(tmp_path / "s", 2, 1, "v")
+    training = {"device": "cpu", "lr": lr, "strategy": "em", "em": {**SMALL_EM, **em}}
+    with pytest.raises(GigamilError, match=f"diverged in the {step}.*lower {key}"):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, training, tmp_path / "f")
+
+
+def test_em_on_feature_stores_is_refused_without_saying_the_head_trains(
+    mil_bags, tmp_path: Path, caplog
+) -> None:
+    """EM encodes patch stores itself: given feature stores it stops, and no warning before
+    says that the head trains on them (it does not)."""
+    from gigamil.data.feature_extract import extract_features
+    from gigamil.errors import GigamilError
+
+    torch.set_num_threads(1)
+    frozen = {**mil_bags.model, "trainable_blocks": 0}
+    frames = []
+    for df in (
+        mil_bags.cohort(tmp_path / "s", 4, 0, "t"),
+        mil_bags.cohort(tmp_path / "s", 2, 1, "v"),
+    ):
+        stores = []
+        for row in df.itertuples(index=False):
+            out = tmp_path / "f" / f"{row.slide_id}.zarr"
+            extract_features(row.store, out, frozen, {"mpp": 0.5, "patch_px": mil_bags.px}, "cpu")
+            stores.append(str(out))
+        frames.append(df.assign(store=stores))
+    training = {"device": "cpu", "strategy": "em", "em": SMALL_EM}
+    with (
+        caplog.at_level("WARNING", logger="gigamil"),
+        pytest.raises(GigamilError, match="em reads patch stores"),
+    ):
+        train_fold(*frames, mil_bags.classes, mil_bags.model, training, tmp_path / "em")
+    assert "only the attention head trains" not in caplog.text

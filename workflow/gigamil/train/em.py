@@ -61,7 +61,8 @@ from gigamil.train.loop import (
     validate,
 )
 from gigamil.train.model_file import model_checkpoint
-from gigamil.train.pseudo_labels import balanced_soft_weights, pseudo_labels, soft_cross_entropy
+from gigamil.train.monitor import add_scalars, check_finite_weights, tensorboard_writer
+from gigamil.train.pseudo_labels import balanced_soft_weights, encoder_steps, pseudo_labels
 
 if TYPE_CHECKING:
     from gigamil.train.trainer import FoldTrainer
@@ -116,9 +117,18 @@ class EMTrainer:
                 encoder_too=self.encoder_random_init,
                 seed=self.cfg.seed,
             )
-        for r in range(es.epoch + 1, rounds + 1):
-            with log_context(self.round_name(r)):
-                self._round(r)
+        tb = (
+            tensorboard_writer(self.p.out_dir / "tensorboard", es.epoch + 1)
+            if self.cfg.tensorboard
+            else None
+        )
+        try:
+            for r in range(es.epoch + 1, rounds + 1):
+                with log_context(self.round_name(r)):
+                    self._round(r, tb)
+        finally:
+            if tb is not None:
+                tb.close()
         self.features = None
         return saver.model_path
 
@@ -151,16 +161,20 @@ class EMTrainer:
         )
         self.p.saver.restore_outputs(self.p.header)
 
-    def _round(self, r: int) -> None:
+    def _round(self, r: int, tb: Any = None) -> None:
+        """Round ``r``: E-step (from round 2), M-step, validation, then its row of
+        train_log.csv (and TensorBoard ``tb``), model.pt when it is the best and last.pt."""
         t0 = time.time()
         manual_seed(bag_seed(self.cfg.seed, r, -3))  # a round depends on (seed, round) only
         encoder_loss: float | str = ""
         if r > 1:
             train_feats, _ = self._features(r - 1)  # the features the head was trained on
             encoder_loss = self.e_step(r, train_feats)
+            self._check_finite(r, "E-step", encoder_loss)
             self.features = None  # the encoder changed: encode again
         train_feats, val_feats = self._features(r)
         head_loss, lr = self.m_step(r, train_feats)
+        self._check_finite(r, "M-step", head_loss)
         metrics = validate(
             self.head_model,
             val_feats,
@@ -172,12 +186,12 @@ class EMTrainer:
         es = self.early_stopping
         improved = es.update(r, metrics, head_loss)
         seconds = time.time() - t0
-        log.info(
-            "done: head loss %.4f encoder loss %s val_loss %.4f val_auc %.4f (%.1f s)%s",
+        shown = f" val_loss {metrics['loss']:.4f} val_auc {metrics['auc']:.4f}" if val_feats else ""
+        log.info(  # without validation slides no val_ fields, as FoldTrainer's line
+            "done: head loss %.4f encoder loss %s%s (%.1f s)%s",
             head_loss,
             "-" if encoder_loss == "" else f"{encoder_loss:.4f}",
-            metrics["loss"],
-            metrics["auc"],
+            shown,
             seconds,
             " *" if improved else "",
         )
@@ -186,23 +200,34 @@ class EMTrainer:
             val = {f"val_{k}": v for k, v in metrics.items()}
             ckpt = model_checkpoint(self.model, self.p.header, r, {"train_loss": head_loss, **val})
             saver.save_best(ckpt)
-        saver.log_epoch(
-            {
-                "epoch": r,
-                "train_loss": head_loss,
-                "val_loss": metrics["loss"],
-                "val_auc": metrics["auc"],
-                "val_balanced_accuracy": metrics["balanced_accuracy"],
-                "lr": lr,
-                "seconds": round(seconds, 3),
-                "best_epoch": es.best_epoch,
-                "n_train_bags": len(self.p.data.train),
-                "n_val_bags": len(self.p.data.val),
-                "encoder_loss": encoder_loss,
-                **self.p.levels,
-            }
-        )
+        row = {
+            "epoch": r,
+            "train_loss": head_loss,
+            "val_loss": metrics["loss"],
+            "val_auc": metrics["auc"],
+            "val_balanced_accuracy": metrics["balanced_accuracy"],
+            "lr": lr,
+            "seconds": round(seconds, 3),
+            "best_epoch": es.best_epoch,
+            "n_train_bags": len(self.p.data.train),
+            "n_val_bags": len(self.p.data.val),
+            "encoder_loss": encoder_loss,
+            **self.p.levels,
+        }
+        saver.log_epoch(row)
+        if tb is not None:  # training.tensorboard: a step per round, as train_log.csv's rows
+            add_scalars(tb, row, r, extra=() if encoder_loss == "" else ("encoder_loss",))
         saver.save_last(self.state_dict())
+
+    def _check_finite(self, r: int, step: str, loss: float | str) -> None:
+        """Stop a round whose ``step`` (E-step or M-step) left NaN or inf weights (it diverged),
+        naming the learning rate of that step: the next encoding would blame the patches."""
+        key = "training.lr"
+        if step == "E-step":
+            key = "training.em.encoder_lr" + (
+                "" if self.em.encoder_lr is not None else " (default: training.lr)"
+            )
+        check_finite_weights(self.model, r, float(loss), f"the {step} of round {r}", key)
 
     # ------------------------------------------------------------------ features
     def _features(self, r: int) -> tuple[list[BagItem], list[BagItem]]:
@@ -330,7 +355,17 @@ class EMTrainer:
         model.feature_encoder.train()
         optim = self._encoder_optimization()
         try:
-            total = self._encoder_steps(r, x, q, weights, optim)
+            total = encoder_steps(
+                model,
+                x,
+                q,
+                weights,
+                optim,
+                steps=em.encoder_steps,
+                batch=em.instance_batch,
+                seed=bag_seed(cfg.seed, r, -7),
+                log_every_s=self.p.runtime.log_every_s,
+            )
         finally:
             for p in trainable:
                 p.requires_grad_(True)
@@ -348,46 +383,6 @@ class EMTrainer:
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(cfg.weight_decay))
         amp = AmpScaler(cfg.amp, self.p.runtime.device)
         return Optimization(optimizer, make_scheduler(optimizer, "constant", 1), amp)
-
-    def _encoder_steps(
-        self,
-        r: int,
-        x: torch.Tensor,
-        q: torch.Tensor,
-        weights: torch.Tensor | None,
-        optim: Optimization,
-    ) -> float:
-        """``encoder_steps`` steps on minibatches of the patches ``x`` (M, H, W, 3) against the
-        soft targets ``q`` (M, n_classes), in passes of an order seeded by (seed, round ``r``);
-        returns the sum of the steps' losses."""
-        em, model, amp = self.em, self.model, optim.amp
-        head = model.attention_model
-        gen = torch.Generator().manual_seed(bag_seed(self.cfg.seed, r, -7))
-        batch = min(em.instance_batch, len(x))
-        order = torch.randperm(len(x), generator=gen)
-        pos, total = 0, 0.0
-        last_line = time.monotonic()
-        for step in range(em.encoder_steps):
-            if pos + batch > len(order):  # a new pass over the patches
-                order, pos = torch.randperm(len(x), generator=gen), 0
-            idx = order[pos : pos + batch]
-            pos += batch
-            optim.zero_grad()
-            h = model.encode(x[idx], batch)
-            loss = soft_cross_entropy(head.instance_logits(h.float()), q[idx].to(h.device), weights)
-            scaled = amp.grad_scaler.scale(loss) if amp.grad_scaler is not None else loss
-            scaled.backward()
-            optim.step()
-            total += float(loss.detach())
-            if time.monotonic() - last_line >= self.p.runtime.log_every_s:
-                last_line = time.monotonic()
-                log.info(
-                    "E-step: %d/%d steps, loss so far %.4f",
-                    step + 1,
-                    em.encoder_steps,
-                    total / (step + 1),
-                )
-        return total
 
 
 def _feature_item(item: BagItem, feats: np.ndarray, r: int) -> BagItem:

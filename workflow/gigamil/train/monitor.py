@@ -25,10 +25,18 @@ def non_finite_weights(model: torch.nn.Module) -> str:
     return ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
 
 
-def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) -> None:
+def check_finite_weights(
+    model: torch.nn.Module,
+    epoch: int,
+    train_loss: float,
+    when: str | None = None,
+    lr_key: str = "training.lr",
+) -> None:
     """Stop a training whose weights became NaN or inf (it diverged): every later epoch and the
     fold's predictions would be NaN. With ``amp: fp16`` the gradient scaler skips such steps, so
-    this only fires when the optimizer itself wrote non-finite weights.
+    this only fires when the optimizer itself wrote non-finite weights. ``when``: the part of
+    the training named (default ``epoch {epoch}``; EM: ``the E-step of round 2``), ``lr_key``
+    the setting of its learning rate.
 
     Raises:
         GigamilError: naming the epoch, the training loss and the first parameters affected.
@@ -36,10 +44,18 @@ def check_finite_weights(model: torch.nn.Module, epoch: int, train_loss: float) 
     bad = non_finite_weights(model)
     if bad:
         raise GigamilError(
-            f"training diverged in epoch {epoch} (training loss {train_loss:.4g}): the weights "
-            f"hold NaN or inf ({bad}); lower training.lr (or check the patches), delete the "
-            "fold's last.pt and rerun"
+            f"training diverged in {when or f'epoch {epoch}'} (training loss {train_loss:.4g}): "
+            f"the weights hold NaN or inf ({bad}); lower {lr_key} (or check the patches), "
+            "delete the fold's last.pt and rerun"
         )
+
+
+def add_scalars(tb: Any, row: dict[str, Any], step: int, extra: tuple[str, ...] = ()) -> None:
+    """Write ``row``'s :data:`TB_SCALARS` (and the keys ``extra``) to the TensorBoard writer
+    ``tb`` at ``step`` (an epoch, or an EM round), then flush."""
+    for key in (*TB_SCALARS, *extra):
+        tb.add_scalar(key, row[key], step)
+    tb.flush()
 
 
 def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:

@@ -1,15 +1,26 @@
 """The instance targets and loss of the E-step of ``training.strategy: em``
 (:mod:`gigamil.train.em`): soft pseudo-labels of a bag's instances from the attention head
 (:func:`pseudo_labels`, rules :data:`RULES`), the soft cross-entropy the encoder is fine-tuned
-with (:func:`soft_cross_entropy`) and its balanced class weights (:func:`balanced_soft_weights`).
+with (:func:`soft_cross_entropy`), its balanced class weights (:func:`balanced_soft_weights`)
+and the fine-tuning steps themselves (:func:`encoder_steps`).
 """
 
 from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from gigamil.train.loop import bag_probabilities
+
+if TYPE_CHECKING:
+    from gigamil.models.mil import MILModel
+    from gigamil.train.amp import Optimization
+
+log = logging.getLogger("gigamil.train.em")  # the E-step's lines, beside the rest of its round
 
 RULES = ("instance", "attention")
 
@@ -94,3 +105,44 @@ def balanced_soft_weights(target: torch.Tensor) -> torch.Tensor:
     present = mass > 0
     weights[present] = target.sum() / (int(present.sum()) * mass[present])
     return weights
+
+
+def encoder_steps(  # noqa: PLR0913 - the parts of one E-step
+    model: MILModel,
+    x: torch.Tensor,
+    q: torch.Tensor,
+    weights: torch.Tensor | None,
+    optim: Optimization,
+    *,
+    steps: int,
+    batch: int,
+    seed: int,
+    log_every_s: float,
+) -> float:
+    """``steps`` optimizer steps of ``model``'s encoder on minibatches of ``batch`` of the
+    patches ``x`` (M, H, W, 3) against the soft targets ``q`` (M, n_classes) of its head's bag
+    classifier (:func:`soft_cross_entropy`, class ``weights``), in passes of an order drawn
+    with ``seed``; a progress line at most every ``log_every_s`` seconds. Returns the sum of
+    the steps' losses."""
+    amp, head = optim.amp, model.attention_model
+    gen = torch.Generator().manual_seed(seed)
+    batch = min(batch, len(x))
+    order = torch.randperm(len(x), generator=gen)
+    pos, total = 0, 0.0
+    last_line = time.monotonic()
+    for step in range(steps):
+        if pos + batch > len(order):  # a new pass over the patches
+            order, pos = torch.randperm(len(x), generator=gen), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        optim.zero_grad()
+        h = model.encode(x[idx], batch)
+        loss = soft_cross_entropy(head.instance_logits(h.float()), q[idx].to(h.device), weights)
+        scaled = amp.grad_scaler.scale(loss) if amp.grad_scaler is not None else loss
+        scaled.backward()
+        optim.step()
+        total += float(loss.detach())
+        if time.monotonic() - last_line >= log_every_s:
+            last_line = time.monotonic()
+            log.info("E-step: %d/%d steps, loss so far %.4f", step + 1, steps, total / (step + 1))
+    return total

@@ -87,7 +87,7 @@ def train_fold(  # noqa: PLR0913 - public API (scripts, CLI, tests)
             feed = Feed.for_device(runtime.device, threads)
             data = FoldData.open(train, val, [str(c) for c in classes], feed)
             _check_feature_encoder(data, mcfg)
-            if data.features is not None and strategy != "frozen":
+            if data.features is not None and strategy == "end_to_end":  # em: EMTrainer refuses
                 log.warning(
                     "training.strategy is %s but the slides are feature stores: only the "
                     "attention head trains, on the cached features (give patch stores to "

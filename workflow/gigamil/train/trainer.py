@@ -41,7 +41,7 @@ from gigamil.train.loop import (
     weight_average,
 )
 from gigamil.train.model_file import model_checkpoint, model_header
-from gigamil.train.monitor import TB_SCALARS, check_finite_weights, tensorboard_writer
+from gigamil.train.monitor import add_scalars, check_finite_weights, tensorboard_writer
 from gigamil.train.signature import row_order_keys
 
 if TYPE_CHECKING:
@@ -376,9 +376,7 @@ class FoldTrainer:
             }
             self.saver.log_epoch(row)
             if tb is not None:
-                for key in TB_SCALARS:
-                    tb.add_scalar(key, row[key], epoch)
-                tb.flush()
+                add_scalars(tb, row, epoch)
             self.saver.save_last(self.state_dict())
         ddp.barrier(self.runtime.info)
 
