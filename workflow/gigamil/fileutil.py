@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,20 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         log.info("removed %s (left by process %d, which no longer runs)", item, pid)
         removed.append(item)
     return removed
+
+
+@contextlib.contextmanager
+def scratch_folder(path: str | Path) -> Iterator[Path]:
+    """A new folder ``<path>.tmp-<pid>``, deleted on leaving the block. The folders of killed
+    processes (SIGKILL, a node failure: no clean-up ran) are deleted first
+    (:func:`remove_stale_temporaries`): e.g. the heatmap's scratch folder, ``.drawing``."""
+    remove_stale_temporaries(path)
+    tmp = temp_path(path)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_file(path: Path, data: bytes | memoryview) -> None:

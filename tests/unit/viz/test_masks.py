@@ -160,3 +160,35 @@ def test_attention_of_another_length_leaves_no_output_folder(write_store, tmp_pa
     with pytest.raises(GigamilError, match="attention has 3 values"):
         make_heatmap(store, np.full(3, 1 / 3), tmp_path / "hm")
     assert not (tmp_path / "hm").exists()
+
+
+def test_a_heatmap_killed_while_drawing_leaves_no_scratch_folder_after_the_next_run(
+    write_store, tmp_path, monkeypatch
+):
+    """A heatmap process killed with SIGKILL (a node failure: no clean-up runs) while drawing
+    left its scratch folder of half-drawn files in the output folder; the next run, which drew
+    the heatmap again, left it there for good (found by killing the heatmap job)."""
+    import multiprocessing
+    import os
+    import signal
+
+    import gigamil.viz.heatmap as heatmap
+
+    grid = [(r, c) for r in range(4) for c in range(4)]
+    store = _store(write_store, tmp_path / "s.zarr", grid, 64, slide_dimensions=[256, 256])
+    out = tmp_path / "hm"
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(heatmap, "_write_gallery", killed)
+    child = multiprocessing.get_context("fork").Process(
+        target=make_heatmap, args=(store, np.full(16, 1 / 16), out)
+    )
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert [p.name for p in out.iterdir() if p.name.startswith(".drawing")]  # its scratch
+    monkeypatch.undo()
+    make_heatmap(store, np.full(16, 1 / 16), out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(HEATMAP_FILES)

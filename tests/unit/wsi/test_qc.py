@@ -263,3 +263,21 @@ def test_qc_html_embeds_the_images_of_exactly_max_thumbnails_slides(tmp_path, mo
     thumbs = {"a": tmp_path / "a.qc.png", "b": tmp_path / "b.qc.png"}
     write_qc_html(table, tmp_path / "qc.html", "QC", thumbs)
     assert "<th>tissue mask</th>" in (tmp_path / "qc.html").read_text()
+
+
+def test_a_cut_short_mask_sidecar_is_an_error_naming_it_not_read_as_no_sidecar(tmp_path):
+    """A tissue mask's JSON sidecar cut short (a half-copied results folder, a damaged disk):
+    extraction took it for no sidecar (the store lost the mask's settings and the check of the
+    slide size it records, silently) and the QC table stopped with a bare JSONDecodeError."""
+    from gigamil.errors import GigamilError
+    from gigamil.wsi.mask_io import mask_params_for
+
+    png, js = tmp_path / "s.png", tmp_path / "s.json"
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(png)
+    text = '{"tissue_fraction": 0.5, "slide_dimensions": [1100, 880], "params": {"mask_mpp": 8}}'
+    js.write_text(text)
+    assert mask_params_for(png)["_mask_slide_dimensions"] == [1100, 880]
+    js.write_text(text[: len(text) // 2])
+    for read in (mask_params_for, lambda _: qc_labels(js), lambda _: qc_row("s", js, "x")):
+        with pytest.raises(GigamilError, match=r"s\.json is damaged or cut short.*delete it"):
+            read(png)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from gigamil.data.store import patch_size_xy
 from gigamil.errors import GigamilError
 from gigamil.evaluate.localization import patch_mask_fraction, read_store_geometry
+from gigamil.fileutil import scratch_folder
 from gigamil.settings import schema_section
 from gigamil.viz.annotations import write_annotations
 from gigamil.viz.canvas import attention_canvas, resolve_slide_path, slide_thumbnail
@@ -150,11 +150,11 @@ def make_heatmap(  # noqa: PLR0913 - public API (script, CLI, tests)
     thumb = _thumbnail(slide, slide_path, style.thumb_px, mpp_override)
     top, bottom = top_bottom(slide.attention, style.top_k)
     # drawn in a scratch folder, moved into out_dir at the end: a failure leaves the old whole
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".drawing-") as tmp:
-        _write_overlay(slide, thumb, scale, masks, style, head, Path(tmp) / "overlay.png", top)
-        _write_gallery(slide, top, bottom, head, style, Path(tmp) / "gallery.png", masks[1])
-        _write_geojsons(slide, scale, top, masks, (tissue_mask, lesion_mask), Path(tmp))
-        _move_into(Path(tmp), out_dir, slide.attention)
+    with scratch_folder(out_dir / ".drawing") as tmp:
+        _write_overlay(slide, thumb, scale, masks, style, head, tmp / "overlay.png", top)
+        _write_gallery(slide, top, bottom, head, style, tmp / "gallery.png", masks[1])
+        _write_geojsons(slide, scale, top, masks, (tissue_mask, lesion_mask), tmp)
+        _move_into(tmp, out_dir, slide.attention)
     return {
         "slide_id": slide.slide_id,
         "n_patches": int(slide.coords.shape[0]),

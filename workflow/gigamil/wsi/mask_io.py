@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gigamil.errors import GigamilError
 from gigamil.fileutil import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ def write_png(path: str | Path, image: np.ndarray, mpp: float | None = None) -> 
 def read_mask_png(path: str | Path) -> np.ndarray:
     """A mask PNG -> (H, W) bool (nonzero = tissue)."""
     from PIL import Image
-
-    from gigamil.errors import GigamilError
 
     try:
         with Image.open(path) as img:
@@ -184,9 +183,24 @@ def mask_params_for(mask_png: str | Path) -> dict[str, Any]:
     params: dict[str, Any] = {"mask_file": str(Path(mask_png).resolve())}
     sidecar = mask_sidecar(mask_png)
     if sidecar.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            meta = json.loads(sidecar.read_text())
+        meta = read_mask_json(sidecar)  # a damaged one is an error, not "no sidecar"
+        with contextlib.suppress(ValueError, AttributeError, TypeError):  # not gigamil's
             params.update(meta.get("params", {}))
             if meta.get("slide_dimensions"):
                 params[MASK_SLIDE_DIMENSIONS] = [int(v) for v in meta["slide_dimensions"]]
     return params
+
+
+def read_mask_json(path: str | Path) -> Any:
+    """The parsed JSON sidecar of a tissue mask (``gigamil mask --json``, rule tissue_mask).
+    A file that does not parse (cut short, damaged) is a :class:`GigamilError` naming it and
+    what to do: read as absent, it dropped the mask's settings from the store it cut and the
+    check of the slide size it records."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise GigamilError(
+            f"tissue-mask sidecar {path} is damaged or cut short ({type(exc).__name__}: {exc}); "
+            "delete it and its mask PNG and rerun (snakemake's rule tissue_mask, or gigamil "
+            "mask --json, writes both again)"
+        ) from exc

@@ -5,7 +5,6 @@ thumbnail (title with tissue fraction and threshold, scale bar in µm)."""
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gigamil.fileutil import atomic_write_csv
+from gigamil.wsi.mask_io import read_mask_json
 
 if TYPE_CHECKING:  # pandas and the store (zarr) are imported where the QC table needs them: the
     import pandas as pd  # tissue_mask job imports this module only to annotate its thumbnail
@@ -64,7 +64,7 @@ def qc_row(slide_id: str, mask_json: str | Path, store: str | Path) -> dict:
     """One QC row from a mask JSON sidecar and a patch store."""
     from gigamil.data.store import open_store
 
-    info = json.loads(Path(mask_json).read_text())
+    info = read_mask_json(mask_json)
     attrs = dict(open_store(store).attrs)
     width, height = attrs.get("slide_dimensions", info.get("slide_dimensions", [None, None]))
     warnings = list(dict.fromkeys([*info.get("warnings", []), *attrs.get("warnings", [])]))
@@ -137,7 +137,7 @@ def write_qc_table(
 
 def qc_labels(mask_json: str | Path) -> dict[str, str]:
     """Report labels of a QC thumbnail from its mask JSON: tissue fraction, threshold, warnings."""
-    info = json.loads(Path(mask_json).read_text())
+    info = read_mask_json(mask_json)
     return {
         "tissue fraction": f"{100 * float(info.get('tissue_fraction') or 0.0):.1f} %",
         "threshold": _threshold_text(
