@@ -150,3 +150,21 @@ def check_replaceable_store(
         f"{out}: exists and is not a {what} (a {kind}); writing the {what} there would delete "
         "it: give a path that does not exist yet (or delete it first)"
     )
+
+
+def csv_cut_short(path: str | Path) -> bool:
+    """Whether the CSV at ``path`` ends inside a row: its last line has no line end and fewer
+    fields than the header (pandas reads such a row with its missing cells empty, e.g. a
+    prediction file cut after its ``pred`` column). A last line without a line end but with
+    every field (a hand-edited file) is not."""
+    import csv
+
+    data = Path(path).read_bytes()
+    if not data or data.endswith((b"\n", b"\r")):
+        return False
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if len(lines) < 2:
+        return False
+    header, last = (next(csv.reader([line])) for line in (lines[0], lines[-1]))
+    return len(last) < len(header)
+

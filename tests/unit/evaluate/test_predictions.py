@@ -170,3 +170,30 @@ def test_a_prediction_csv_is_never_left_cut_short_by_a_killed_job(tmp_path):
     assert killed.returncode == -signal.SIGXFSZ
     assert out.read_bytes() == before
     assert len(read_predictions([out], ["a", "b"])) == 300
+
+
+def test_a_prediction_csv_cut_inside_its_last_row_is_refused(tmp_path):
+    """A file cut after its last row's ``pred`` (damaged after it was written whole) was read
+    with that row's ``model_learned`` and ``model_sha256`` empty (a crash-safety review); a
+    hand-edited file whose last line only lacks its line end still reads."""
+    table = pd.DataFrame(
+        {
+            "slide_id": ["s1", "s2"], "patient_id": ["p1", "p2"], "cohort": "c",
+            "label": ["a", "b"], "prob_a": [0.7, 0.2], "prob_b": [0.3, 0.8], "pred": ["a", "b"],
+            "model_learned": True, "model_sha256": "ab" * 32,
+        }
+    )  # fmt: skip
+    whole = tmp_path / "whole.csv"
+    write_fold_predictions(table, 0, whole)
+    text = whole.read_text()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: text.rindex(",b,") + 2])  # the last row ends after its pred
+    with pytest.raises(GigamilError, match=r"cut\.csv: cut short \(its last row lacks cells\)"):
+        read_predictions([cut], ["a", "b"])
+    no_line_end = tmp_path / "edited.csv"
+    no_line_end.write_text(text.rstrip("\n"))
+    assert (
+        len(read_predictions([no_line_end], ["a", "b"]))
+        == len(read_predictions([whole], ["a", "b"]))
+        == 2
+    )

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gigamil.errors import GigamilError, csv_read_errors
-from gigamil.fileutil import atomic_write_csv
+from gigamil.fileutil import atomic_write_csv, csv_cut_short
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def read_predictions(
             )
         except csv_read_errors() as exc:
             raise GigamilError(f"{path}: not a prediction CSV ({type(exc).__name__})") from exc
+        if csv_cut_short(path):  # its last row's missing cells would be read as empty
+            raise GigamilError(f"{path}: cut short (its last row lacks cells); write it again")
         if not need_fold and "fold" not in df.columns:
             df["fold"] = NO_FOLD
         need = PRED_ID_COLUMNS + ["fold"] + [f"prob_{c}" for c in classes]
