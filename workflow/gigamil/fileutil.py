@@ -167,4 +167,3 @@ def csv_cut_short(path: str | Path) -> bool:
         return False
     header, last = (next(csv.reader([line])) for line in (lines[0], lines[-1]))
     return len(last) < len(header)
-
