@@ -701,6 +701,28 @@ def test_a_tiff_pyramid_not_written_largest_level_first_has_its_level_0_mpp(tmp_
         assert r.mpp == 0.25 and r.mpp_source == "override"
 
 
+def test_a_smallest_first_pyramid_whose_full_page_openslide_skips_has_its_level_0_mpp(tmp_path):
+    """Written smallest level first with the usual NewSubfileType (0 for the full-resolution
+    page, 1 for the reduced ones), OpenSlide skips the last page (not its first, not marked
+    reduced): its level 0 is the middle page, 1 µm/px. The MPP came from the largest tiled page
+    OpenSlide does not list, 0.5: every patch and mask twice too coarse, silently."""
+    import tifffile
+
+    from gigamil.wsi.reader import slide_header
+
+    img = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    levels = [(img[::4, ::4], 5e3, 1), (img[::2, ::2], 1e4, 1), (img, 2e4, 0)]  # 2, 1, 0.5 µm/px
+    path = tmp_path / "smallest_first.tiff"
+    with tifffile.TiffWriter(path) as tw:
+        for im, res, sub in levels:
+            tw.write(im, tile=(128, 128), photometric="rgb", subfiletype=sub,
+                     resolution=(res, res), resolutionunit="CENTIMETER")  # fmt: skip
+    with open_slide(path) as r:
+        assert r.level_dimensions == ((256, 256), (128, 128))  # OpenSlide's choice of pages
+        assert r.mpp_xy == pytest.approx((1.0, 1.0))
+    assert slide_header(path) == (pytest.approx(1.0), (256, 256))
+
+
 def test_a_plain_tiff_of_separate_colour_planes_reads_as_its_colours(tmp_path):
     """tifffile returns a planar (PlanarConfiguration 2) page as (3, H, W): the fallback
     refused such an RGB TIFF as an "unsupported image layout"."""

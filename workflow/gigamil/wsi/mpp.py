@@ -156,10 +156,11 @@ def property_mpps(
 
     OpenSlide takes a generic tiled TIFF's properties from the file's first directory, which
     need not be level 0 (a pyramid written smallest level first): with ``generic_tiff`` (the
-    file's path) the largest tiled page's own resolution tags are used instead
+    file's path) the resolution tags of the page OpenSlide lists as level 0 are used instead
     (:func:`_level0_page_mpp`), as the TIFF tags' MPP."""
     if generic_tiff is not None:
-        moved, level0_mpp = _level0_page_mpp(generic_tiff)
+        level0 = (props.get("openslide.level[0].width"), props.get("openslide.level[0].height"))
+        moved, level0_mpp = _level0_page_mpp(generic_tiff, level0)
         if moved:
             return None, level0_mpp
     vendor = None
@@ -176,15 +177,26 @@ def property_mpps(
     return vendor, tiff
 
 
-def _level0_page_mpp(path: str) -> tuple[bool, tuple[float, float] | None]:
-    """``(True, MPP of its resolution tags)`` for the largest tiled page of the TIFF ``path``
-    (the level 0 OpenSlide lists first) when that is not the file's first page; ``(False,
-    None)`` when it is, or when tifffile cannot read the file (OpenSlide's properties stand)."""
+def _level0_page_mpp(
+    path: str, level0: tuple[str | None, str | None] = (None, None)
+) -> tuple[bool, tuple[float, float] | None]:
+    """``(True, MPP of its resolution tags)`` for the tiled page of the TIFF ``path`` that
+    OpenSlide lists as level 0 when that is not the file's first page; ``(False, None)`` when
+    it is, or when tifffile cannot read the file (OpenSlide's properties stand).
+
+    That page has OpenSlide's level-0 size ``level0`` (width, height) and is one OpenSlide
+    admits: the first page, or one marked reduced-resolution (NewSubfileType bit 1). A
+    full-resolution page (NewSubfileType 0) written after the reduced ones is skipped by
+    OpenSlide: its µm/px is not level 0's. Without ``level0`` the largest tiled page is taken."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             tiled = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and p.is_tiled]
+            admitted = [p for p in tiled if p.index == 0 or int(p.subfiletype) & 1]
+            if None not in level0:
+                size = (int(level0[0] or 0), int(level0[1] or 0))
+                tiled = [p for p in admitted if (p.imagewidth, p.imagelength) == size]
             if not tiled:
                 return False, None
             largest = max(tiled, key=lambda p: int(p.imagewidth) * int(p.imagelength))
