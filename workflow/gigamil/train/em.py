@@ -61,7 +61,7 @@ from gigamil.train.loop import (
     validate,
 )
 from gigamil.train.model_file import model_checkpoint
-from gigamil.train.monitor import add_scalars, check_finite_weights, tensorboard_writer
+from gigamil.train.monitor import add_scalars, check_finite_weights, tensorboard_events
 from gigamil.train.pseudo_labels import balanced_soft_weights, encoder_steps, pseudo_labels
 
 if TYPE_CHECKING:
@@ -117,18 +117,12 @@ class EMTrainer:
                 encoder_too=self.encoder_random_init,
                 seed=self.cfg.seed,
             )
-        tb = (
-            tensorboard_writer(self.p.out_dir / "tensorboard", es.epoch + 1)
-            if self.cfg.tensorboard
-            else None
-        )
-        try:
+        with tensorboard_events(
+            self.p.out_dir / "tensorboard", es.epoch + 1, self.cfg.tensorboard
+        ) as tb:
             for r in range(es.epoch + 1, rounds + 1):
                 with log_context(self.round_name(r)):
                     self._round(r, tb)
-        finally:
-            if tb is not None:
-                tb.close()
         self.features = None
         return saver.model_path
 

@@ -5,6 +5,8 @@ the start-of-run warning that folds trained already get no events (:func:`tensor
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,18 @@ def tensorboard_writer(log_dir: Path, first_epoch: int) -> Any:
             "(pip install 'gigamil[tensorboard]' or pip install tensorboard)"
         ) from exc
     return SummaryWriter(str(log_dir), purge_step=first_epoch)
+
+
+@contextlib.contextmanager
+def tensorboard_events(log_dir: Path, first_epoch: int, enabled: bool) -> Iterator[Any]:
+    """The :func:`tensorboard_writer` of a training loop (None when not ``enabled``: no
+    ``training.tensorboard``, or not the main process), closed when the loop ends or fails."""
+    tb = tensorboard_writer(log_dir, first_epoch) if enabled else None
+    try:
+        yield tb
+    finally:
+        if tb is not None:
+            tb.close()
 
 
 def tensorboard_package_warning() -> str | None:

@@ -41,7 +41,7 @@ from gigamil.train.loop import (
     weight_average,
 )
 from gigamil.train.model_file import model_checkpoint, model_header
-from gigamil.train.monitor import add_scalars, check_finite_weights, tensorboard_writer
+from gigamil.train.monitor import add_scalars, check_finite_weights, tensorboard_events
 from gigamil.train.signature import row_order_keys
 
 if TYPE_CHECKING:
@@ -253,19 +253,14 @@ class FoldTrainer:
             return self.saver.model_path
         if es.epoch == 0:  # a fresh start (a resumed run has the statistics in last.pt)
             self._calibrate(seed=self.cfg.seed)
-        tb = None
-        if self.cfg.tensorboard and self.runtime.info.is_main:
-            tb = tensorboard_writer(self.out_dir / "tensorboard", es.epoch + 1)
-        try:
+        on = self.cfg.tensorboard and self.runtime.info.is_main
+        with tensorboard_events(self.out_dir / "tensorboard", es.epoch + 1, on) as tb:
             for epoch in range(es.epoch + 1, epochs + 1):
                 with log_context(self.epoch_name(epoch)):
                     self._epoch(epoch, tb)
                     if es.should_stop:
                         log.info("early stopping (best epoch %d)", es.best_epoch)
                         break
-        finally:
-            if tb is not None:
-                tb.close()
         return self.saver.model_path
 
     @property
