@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,13 @@ def scratch_folder(path: str | Path) -> Iterator[Path]:
 
 
 def _write_file(path: Path, data: bytes | memoryview) -> None:
+    _write_chunks(path, (data,))
+
+
+def _write_chunks(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
     with open(path, "wb") as fh:
-        fh.write(data)
+        for data in chunks:
+            fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -101,12 +106,24 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path.tmp-<pid>`` and rename it over ``path``. On any failure the
     temporary is removed; a full disk raises :class:`GigamilError` ``no space left on device:
     <path>``. Stale temporaries of ``path`` (killed processes) are removed first."""
-    path = Path(path)
+    return _replace_atomically(Path(path), lambda tmp: _write_file(tmp, data))
+
+
+def atomic_write_chunks(path: str | Path, chunks: Iterable[bytes | memoryview]) -> Path:
+    """:func:`atomic_write_bytes` of the bytes ``chunks`` yields, each written as it comes (a
+    generator of a large file's parts: the file is never held in memory whole, e.g. the
+    patches.geojson of a slide of 10^5 patches); an error raised by ``chunks`` leaves no file."""
+    return _replace_atomically(Path(path), lambda tmp: _write_chunks(tmp, chunks))
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` to ``path.tmp-<pid>``, then rename it over ``path`` (see
+    :func:`atomic_write_bytes`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temp_path(path)
     try:
-        _write_file(tmp, data)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -123,6 +140,19 @@ def atomic_write_csv(table: Any, path: str | Path, **to_csv: Any) -> Path:
     (a prediction CSV: of fewer slides, its cut row a slide without patches)."""
     text = table.to_csv(**{"index": False, **to_csv})
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npy(path: str | Path, array: Any) -> Path:
+    """``np.save(path, array)`` through :func:`atomic_write_bytes`: a job killed while writing
+    leaves the earlier file or none, never a cut ``.npy`` (e.g. an attention file of
+    ``gigamil predict``, which a cut write would leave looking complete to a later run)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def zarr_attributes(path: str | Path) -> dict[str, Any] | None:

@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_device(args.device, key="--device")  # named as typed, before the model is read
     check_fold_flags(args, "--slides")
+    if Path(args.out).is_dir():  # found before any slide is predicted, named as given
+        from gigamil.errors import GigamilError
+
+        raise GigamilError(f"--out {args.out}: is a folder; give the CSV file to write")
     with contextlib.ExitStack() as stack:  # no --attention-dir: written to a temporary folder
         attention = args.attention_dir or stack.enter_context(tempfile.TemporaryDirectory())
         preds = predict_slides(

@@ -33,6 +33,7 @@ from gigamil.train.learning import (
     recorded_verdicts,
     verdict_phrase,
 )
+from gigamil.train.model_file import load_weights
 from gigamil.train.signature import changed_keys
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def load_model(
             int(ckpt["patch_px"]),
             feature_dim=None if features is None else int(features["dim"]),
         )
-        model.load_state_dict(state_dict, strict=True)
+        load_weights(model, state_dict, path, ckpt.get("gigamil_version"))  # GigamilError
         return model
 
     if members is None:

@@ -80,3 +80,44 @@ def model_checkpoint(
         "epoch": int(epoch),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
+
+
+# buffers of constants (the H&E stain matrices of the augmentation, since 2026-11-30): not
+# learned, so a model.pt written before they existed gets the freshly built model's
+CONSTANT_BUFFERS = (".rgb_from_hed", ".hed_from_rgb")
+
+
+def load_weights(model: MILModel, state_dict: Mapping[str, Any], path: Any, version: Any) -> None:
+    """``model.load_state_dict(state_dict, strict=True)``, the :data:`CONSTANT_BUFFERS` a
+    model.pt written before them lacks taken from ``model``. Weights that do not fit (a tensor
+    missing, unexpected or of another shape: a model.pt of another gigamil version, or edited)
+    are a GigamilError naming the file and the gigamil ``version`` that wrote it, not
+    torch's traceback."""
+    from gigamil.errors import GigamilError
+
+    own = model.state_dict()
+    state = dict(state_dict)
+    for key in own.keys() - state.keys():
+        if key.endswith(CONSTANT_BUFFERS):
+            state[key] = own[key]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        parts = [
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("lacks", missing), ("has unexpected", extra))
+            if keys
+        ]
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        detail = "; ".join(parts) or (shapes[0] if shapes else str(exc).splitlines()[0])
+        other = f"written by gigamil {version or '?'}, this is {__version__}"
+        hint = (
+            "predict with that version, or ask for a model.pt written by this one"
+            if version != __version__
+            else "damaged or edited: ask for a fresh copy (compare its sha256 with the sender's)"
+        )
+        raise GigamilError(
+            f"{path}: its weights do not fit the model its header describes ({detail}; "
+            f"{other}): {hint}"
+        ) from None

@@ -15,7 +15,7 @@ from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag, store_stain_normalization, swapped_store
 from gigamil.data.features import FeatureBag, check_encoder_weights, open_bag
 from gigamil.errors import GigamilError
-from gigamil.fileutil import atomic_write_csv, zarr_attributes
+from gigamil.fileutil import atomic_save_npy, atomic_write_csv, zarr_attributes
 from gigamil.logutil import current_context, log_context
 from gigamil.settings import TrainingConfig
 from gigamil.train.accel import prepare_model
@@ -358,7 +358,7 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
         if len(bag) and not (np.isfinite(prob).all() and np.isfinite(att).all()):
             raise GigamilError(non_finite_message(model_path, model, row, len(bag), prob))
         pred = classes[int(prob.argmax())] if len(bag) else ""
-        np.save(attention_dir / f"{row.slide_id}.npy", att)
+        atomic_save_npy(attention_dir / f"{row.slide_id}.npy", att)  # never a cut file
         shown = int(prob.argmax()) if len(classes) > 2 and len(bag) else -1  # 2: the positive
         log.info(  # with more than two classes, the predicted one's probability
             "slide %d/%d %s: %d patches, P(%s) %s -> %s (%.1f s)",

@@ -7,8 +7,8 @@ in qupath-core): ``properties.objectType`` (``tile``, ``annotation``, ...), ``na
 ``classification: {name, color: [r, g, b]}`` (the class QuPath colours the object by),
 ``isLocked`` and ``measurements`` (a name -> number object, shown in QuPath's measurement table).
 
-- :func:`patches_geojson` (``patches.geojson``): one Polygon per patch, ``objectType: "tile"``,
-  classified ``attention-high`` / ``attention-low`` by the normalised value, with the raw and
+- :func:`patches_geojson` (``patches.geojson``; :mod:`gigamil.viz.tiles_geojson`): one Polygon
+  per patch, ``objectType: "tile"``, classified ``attention-high`` / ``attention-low`` by the normalised value, with the raw and
   normalised attention as measurements.
 - :func:`annotations_geojson` (``annotations.geojson``): annotations for QuPath's annotation
   list: the tissue mask (class ``Tissue``, one Polygon with its holes per connected piece), the
@@ -20,74 +20,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def patch_polygon(x: float, y: float, size: float | tuple[float, float]) -> list[list[list[float]]]:
-    """Closed ring of a patch of side ``size`` (or (width, height)), counter-clockwise with y up
-    (RFC 7946's right-hand rule)."""
-    from gigamil.data.store import patch_sides
-
-    (x, y), (w, h) = (float(x), float(y)), patch_sides(size)
-    return [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]
-
-
-def patches_geojson(
-    coords: np.ndarray,
-    patch_size_level0: float,
-    attention: np.ndarray,
-    normalized: np.ndarray,
-    slide_id: str,
-) -> dict[str, Any]:
-    """FeatureCollection of patch polygons with their attention.
-
-    Args:
-        coords: (N, 2) level-0 x, y of each patch's top-left corner.
-        patch_size_level0: patch side in level-0 pixels.
-        attention: (N,) raw attention; normalized: (N,) its colour-scale value in [0, 1]
-            (:func:`gigamil.viz.scales.scale_attention`).
-
-    Measurements: ``attention``, ``attention_normalized`` (the colour scale's value, which
-    classifies the patch high at 0.5 or more), ``attention_relative`` (attention / the slide's
-    top attention: where the model looked, whatever the slide's probability; under the default
-    probability scale a slide called normal has no high patch) and ``patch_index``.
-    """
-    top = float(np.max(attention)) if len(attention) else 0.0
-    relative = np.asarray(attention, dtype=np.float64) / top if top > 0 else np.zeros(len(coords))
-    features = []
-    for i in range(coords.shape[0]):
-        high = bool(normalized[i] >= 0.5)
-        features.append(
-            {
-                "type": "Feature",
-                "id": f"{slide_id}-{i}",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": patch_polygon(coords[i, 0], coords[i, 1], patch_size_level0),
-                },
-                "properties": {
-                    "objectType": "tile",
-                    "name": f"patch {i}",
-                    "isLocked": True,
-                    "classification": {
-                        "name": "attention-high" if high else "attention-low",
-                        "color": [220, 40, 30] if high else [40, 90, 220],
-                    },
-                    "measurements": {
-                        "attention": float(attention[i]),
-                        "attention_normalized": float(normalized[i]),
-                        "attention_relative": float(relative[i]),
-                        "patch_index": int(i),
-                    },
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
-
+from gigamil.fileutil import atomic_write_chunks
+from gigamil.viz.tiles_geojson import patch_polygon, patches_geojson  # noqa: F401 - re-exported
 
 TISSUE_CLASS = {"name": "Tissue", "color": [0, 170, 80]}
 TOP_K_CLASS = {"name": "Attention top-k", "color": [255, 0, 200]}
@@ -390,11 +330,16 @@ def annotations_geojson(*groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_geojson(data: dict[str, Any], path: str | Path) -> None:
     """Write compact GeoJSON (one line per feature keeps large files diff- and grep-friendly),
-    atomically (:func:`gigamil.fileutil.atomic_write_bytes`): a failure (e.g. a value JSON
-    cannot hold) leaves no cut-off file. Raises ValueError for NaN or infinite values."""
-    from gigamil.fileutil import atomic_write_bytes
+    feature by feature (``data["features"]`` may be a generator: ``patches_geojson(...,
+    lazy=True)``, so a slide's 10^5 patches are never all in memory) and atomically
+    (:func:`gigamil.fileutil.atomic_write_chunks`): a failure (e.g. a value JSON cannot hold)
+    leaves no cut-off file. Raises ValueError for NaN or infinite values."""
 
-    feats = data["features"]
-    lines = [json.dumps(feat, separators=(",", ":"), allow_nan=False) for feat in feats]
-    text = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(lines)
-    atomic_write_bytes(Path(path), (text + ("\n" if lines else "") + "]}\n").encode())
+    def chunks() -> Iterator[bytes]:
+        head = b'{"type": "FeatureCollection", "features": [\n'
+        for feat in data["features"]:  # the header before the first, a comma before the others
+            yield head + json.dumps(feat, separators=(",", ":"), allow_nan=False).encode()
+            head = b",\n"
+        yield b"\n]}\n" if head == b",\n" else head + b"]}\n"
+
+    atomic_write_chunks(Path(path), chunks())

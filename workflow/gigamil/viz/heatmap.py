@@ -374,7 +374,9 @@ def _write_geojsons(
 ) -> None:
     """Write patches.geojson and annotations.geojson (tissue, lesion: ``placed``, read from
     ``masks``)."""
-    geo = patches_geojson(slide.coords, slide.psize, slide.attention, scale.values, slide.slide_id)
+    geo = patches_geojson(
+        slide.coords, slide.psize, slide.attention, scale.values, slide.slide_id, lazy=True
+    )  # written feature by feature: memory does not grow with the number of patches
     write_geojson(geo, out_dir / "patches.geojson")
     write_annotations(
         out_dir / "annotations.geojson",
