@@ -30,6 +30,7 @@ from gigamil.data.feature_spec import (
     parse_encoder_id,
 )
 from gigamil.data.features import KIND, is_feature_store
+from gigamil.data.store import CHUNK_CRC_ATTR, chunk_crcs
 from gigamil.data.store_writer import _jsonable
 from gigamil.errors import GigamilError
 from gigamil.fileutil import check_replaceable_store, remove_stale_temporaries, temp_path
@@ -179,8 +180,11 @@ def write_feature_store(
             )
             if n:
                 z[...] = arr
+        crcs = {name: chunk_crcs(tmp, group[name]) for name in arrays}  # gigamil.data.store
         # one write of zarr.json (attrs.update rewrites it once per key: ~5 ms each)
-        group.update_attributes(_jsonable({"kind": KIND, **dict(attrs), "n_patches": n}))
+        group.update_attributes(
+            _jsonable({"kind": KIND, **dict(attrs), "n_patches": n, CHUNK_CRC_ATTR: crcs})
+        )
         if out.exists():
             old = temp_path(out, "old")
             os.replace(out, old)

@@ -33,7 +33,7 @@ import torch
 import zarr
 
 from gigamil.data.bags import ZarrBag, checked_indices
-from gigamil.data.store import chunk_key, damaged_store_error, read_patches
+from gigamil.data.store import check_chunk_crcs, chunk_key, damaged_store_error, read_patches
 from gigamil.errors import GigamilError
 from gigamil.fileutil import zarr_attributes
 
@@ -88,6 +88,7 @@ class FeatureBag:
             )
         for name in ("coords", "grid"):
             _check_rows(self.path, group, name, self._array, self.slide_id)
+        check_chunk_crcs(self.path, group, self.attrs, self.slide_id, "feature")
         rows = {
             name: np.asarray(
                 read_patches(group[name], self.path, self.slide_id, kind="feature"), np.int64

@@ -19,7 +19,7 @@ import google_crc32c
 import numpy as np
 import zarr
 
-from gigamil.data.store import REQUIRED_ATTRS, JpegPatchCodec
+from gigamil.data.store import CHUNK_CRC_ATTR, REQUIRED_ATTRS, JpegPatchCodec, chunk_crcs
 from gigamil.errors import GigamilError
 from gigamil.fileutil import (
     check_replaceable_store,
@@ -258,7 +258,12 @@ class StoreWriter:
         if missing:
             raise ValueError(f"patch store attrs missing {missing}")
         chunks = b"".join(self._digests[i] for i in range(len(self._digests)))
-        attrs = {**attrs, "patches_sha256": hashlib.sha256(chunks).hexdigest()}
+        crcs = {k: chunk_crcs(self.tmp, self.group[k]) for k in ("patches", "coords", "grid")}
+        attrs = {
+            **attrs,
+            "patches_sha256": hashlib.sha256(chunks).hexdigest(),
+            CHUNK_CRC_ATTR: crcs,  # what each chunk file ends in: a swapped one is told apart
+        }
         self.group.update_attributes(_jsonable(attrs))  # one write (attrs.update: one per key)
         if self.out.exists():
             old = temp_path(self.out, "old")
