@@ -59,7 +59,7 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
         lines[-1]
         == "  all results in one page: snakemake --report report.html --configfile my.yaml"
     )
-    (tmp_path / "results/heatmaps").mkdir(parents=True)
+    (tmp_path / "results/heatmaps/exp").mkdir(parents=True)  # this experiment drew some
     # a run started elsewhere (-s / --directory): paths and the command work from anywhere
     lines = run_summary_lines(
         "exp",
@@ -318,3 +318,15 @@ def test_the_patient_auc_is_named_where_a_patient_has_several_slides(tmp_path):
     ext["patient_auc"] = 0.75
     _write(tmp_path / "results/eval/exp/ensemble/ext/summary.json", ext)
     assert "; patient AUC 0.750" in run_summary_lines("exp", COHORTS, tmp_path)[3]
+
+
+def test_another_experiments_heatmaps_are_not_named_as_this_runs(tmp_path: Path) -> None:
+    """Experiments share results/; heatmaps drawn by experiment a are no heatmaps of experiment
+    b (heatmaps.slides: none), whose line leaves the part out (README, Outputs)."""
+    _write(tmp_path / "results/eval/b/summary.json", {"n_slides": 24, "n_patients": 12})
+    (tmp_path / "results/heatmaps/a/demo/s1").mkdir(parents=True)
+    lines = run_summary_lines("b", {"demo": {"role": "train"}}, tmp_path)
+    assert lines[-1] == "  all results in one page: snakemake --report report.html"
+    (tmp_path / "results/heatmaps/b/demo/s1").mkdir(parents=True)
+    lines = run_summary_lines("b", {"demo": {"role": "train"}}, tmp_path)
+    assert lines[-1].startswith("  heatmaps: results/heatmaps/; all results in one page")

@@ -137,7 +137,7 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
     return [
         f"gigamil: results of experiment {experiment}",
         *lines,
-        _closing_line(root, shown_root, snakemake_args, configfiles),
+        _closing_line(root, shown_root, snakemake_args, configfiles, experiment),
     ]
 
 
@@ -146,10 +146,13 @@ def _closing_line(
     shown_root: str | Path | None,
     snakemake_args: Sequence[str],
     configfiles: Sequence[str | Path],
+    experiment: str = "",
 ) -> str:
-    """Where the heatmaps are (when drawn) and the command of the one-page report."""
+    """Where the heatmaps are (when this ``experiment`` drew some: another experiment's in the
+    shared results/heatmaps/ are not this run's) and the command of the one-page report."""
     heatmaps = Path(layout.RESULTS) / "heatmaps"  # none drawn (heatmaps.slides: none): not named
-    drawn = f"heatmaps: {_shown(shown_root, heatmaps)}/; " if (root / heatmaps).is_dir() else ""
+    own = root / heatmaps / experiment if experiment else root / heatmaps
+    drawn = f"heatmaps: {_shown(shown_root, heatmaps)}/; " if own.is_dir() else ""
     return (
         f"  {drawn}all results in one page: snakemake"
         + "".join(f" {shlex.quote(str(a))}" for a in snakemake_args)
