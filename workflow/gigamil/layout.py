@@ -129,8 +129,9 @@ QC_THUMBNAILS_IN_REPORT = 8
 
 
 def qc_sample(slide_ids: Sequence[str], n: int = QC_THUMBNAILS_IN_REPORT) -> list[str]:
-    """``n`` slide ids spread evenly over ``slide_ids`` (sheet order; all when there are fewer):
-    the slides whose QC thumbnails the report shows."""
+    """``n`` slide ids spread evenly over ``slide_ids`` (in the order given: the workflow gives
+    them sorted, so sorting the sheet changes no sample; all when there are fewer): the slides
+    whose QC thumbnails the report shows."""
     ids = list(slide_ids)
     if len(ids) <= n:
         return ids
