@@ -300,3 +300,47 @@ def test_em_on_feature_stores_is_refused_without_saying_the_head_trains(
     ):
         train_fold(*frames, mil_bags.classes, mil_bags.model, training, tmp_path / "em")
     assert "only the attention head trains" not in caplog.text
+
+
+def test_a_finished_em_fold_is_not_retrained_when_keys_em_does_not_use_change(
+    mil_bags, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """``training.epochs``, ``early_stopping.patience`` and ``min_epochs`` train nothing under
+    strategy em (its rounds run to the end): a changed one made last.pt's signature differ, and
+    the job that Snakemake reran for the changed params trained every round again."""
+    torch.set_num_threads(1)
+    train = mil_bags.cohort(tmp_path / "s", 4, 0, "t")
+    val = mil_bags.cohort(tmp_path / "s", 4, 1, "v")
+    training = {
+        "device": "cpu",
+        "strategy": "em",
+        "max_instances_per_forward_pass": 8,
+        "em": {"rounds": 2, "head_epochs": 1, "encoder_steps": 1, "instance_batch": 8},
+    }
+    out = tmp_path / "fold0"
+    train_fold(train, val, mil_bags.classes, mil_bags.model, training, out)
+    best = torch.load(out / "model.pt", weights_only=True)
+
+    seen, real_m_step = [], em_mod.EMTrainer.m_step
+
+    def recording_m_step(self, r, items):  # noqa: ANN001, ANN202
+        seen.append(r)
+        return real_m_step(self, r, items)
+
+    monkeypatch.setattr(em_mod.EMTrainer, "m_step", recording_m_step)
+    unused = {"epochs": 7, "early_stopping": {"patience": 2, "min_epochs": 3}}
+    (out / "model.pt").unlink()  # Snakemake deletes the outputs of the job it reruns
+    (out / "train_log.csv").unlink()
+    with caplog.at_level("WARNING", logger="gigamil"):
+        train_fold(train, val, mil_bags.classes, mil_bags.model, {**training, **unused}, out)
+    assert seen == []  # finished: restored from last.pt, no round trained again
+    assert "starting from scratch" not in caplog.text
+    again = torch.load(out / "model.pt", weights_only=True)
+    for k, v in best["state_dict"].items():
+        assert torch.equal(again["state_dict"][k], v), k
+    assert [int(r["epoch"]) for r in read_log(out / "train_log.csv")] == [1, 2]
+
+    # a key em does use still retrains: the early-stopping metric picks the kept round
+    other = {**training, "early_stopping": {"metric": "loss"}}
+    train_fold(train, val, mil_bags.classes, mil_bags.model, other, out)
+    assert seen == [1, 2]

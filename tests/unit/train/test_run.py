@@ -1375,3 +1375,45 @@ def test_weak_patch_labels_are_not_judged_and_an_instance_loss_raises_the_levels
     train_fold(train, val, mil_bags.classes, model, training(epochs=1), tmp_path / "w")
     rows = read_log(tmp_path / "w" / "train_log.csv")
     assert {(r["chance_loss"], r["flag_loss"]) for r in rows} == {("1.039721", "0.935749")}
+
+
+def test_predicting_feature_stores_warns_about_patches_cut_otherwise(
+    mil_bags, write_store, tmp_path: Path, caplog
+) -> None:
+    """Feature stores recorded only their patch store's codec: a model trained on cached
+    features recorded no min_tissue, stride or tissue-mask settings, and predicting the features
+    of patches cut otherwise gave no warning (``gigamil predict`` on patch stores does). The
+    feature store now copies them from its patch store."""
+    from gigamil.data.feature_extract import extract_features
+
+    mask = {"mask_file": "/x.png", "mask_mpp": 8.0, "threshold": "otsu", "close_um": 32.0}
+    same = {"min_tissue": 0.5, "stride_px": 16, "codec": "zstd", "mask_params": mask}
+    model_cfg = {**mil_bags.model, "trainable_blocks": 0}
+    patch_cfg = {"mpp": 0.5, "patch_px": mil_bags.px}
+
+    def features(prefix: str, attrs: list[dict]) -> pd.DataFrame:
+        slides = attr_slides(mil_bags, write_store, tmp_path / "p", prefix, attrs)
+        stores = [
+            str(extract_features(s, tmp_path / "f" / Path(s).name, model_cfg, patch_cfg, "cpu"))
+            for s in slides["store"]
+        ]
+        return slides.assign(store=stores)
+
+    torch.set_num_threads(1)
+    train = features("a", [same] * 4)
+    out = tmp_path / "m"
+    model_path = train_fold(train, train.iloc[:0], mil_bags.classes, model_cfg, training(), out)
+    recorded = torch.load(model_path, weights_only=True)["preprocessing"]
+    assert recorded["preprocessing.patches.min_tissue"] == 0.5
+    assert recorded["preprocessing.tissue.close_um"] == 32.0
+    new = features("n", [{**same, "min_tissue": 0.25}, same, {**same, "stride_px": 8}])
+    caplog.set_level(logging.WARNING)
+    predict_slides(model_path, new, None, tmp_path / "att", device="cpu")
+    warned = [r.getMessage() for r in caplog.records if "other preprocessing" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "2 of the 3 slides to predict were cut with other preprocessing" in warned[0]
+    assert "min_tissue 0.25 (1 slide(s): n0) where the training patches had 0.5" in warned[0]
+    assert "stride_px 8 (1 slide(s): n2) where the training patches had 16" in warned[0]
+    caplog.clear()
+    predict_slides(model_path, train, None, tmp_path / "att", device="cpu")
+    assert not [r for r in caplog.records if "other preprocessing" in r.getMessage()]

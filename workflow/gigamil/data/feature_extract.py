@@ -265,6 +265,24 @@ def encoder_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def patch_store_attrs(store: str | Path, bag: ZarrBag) -> dict[str, Any]:
+    """What a feature store records of its patch store ``store`` (``bag``): slide_id, patch
+    size, µm/px, stain normalisation, path, ``patches_sha256``, ``codec`` and ``jpeg_quality``
+    (:func:`~gigamil.data.bags.store_digests`), and ``min_tissue``, ``stride_px`` and
+    ``mask_params``: the rest of its preprocessing, for model.pt's record and the warning of a
+    prediction on features of patches cut otherwise
+    (:func:`~gigamil.train.fold_data.store_preprocessing`)."""
+    return {
+        "slide_id": bag.attrs.get("slide_id", Path(store).stem),
+        "patch_px": int(bag.patch_shape[0]),
+        **{k: bag.attrs.get(k) for k in ("target_mpp", "effective_mpp")},
+        "stain_normalization": store_stain_normalization(bag),
+        "patch_store": str(store),
+        **{k: bag.attrs.get(k) for k in ("patches_sha256", "codec", "jpeg_quality")},
+        **{k: bag.attrs.get(k) for k in ("min_tissue", "stride_px", "mask_params")},
+    }
+
+
 def extract_features(  # noqa: PLR0913 - one rule's inputs
     store: str | Path,
     out: str | Path,
@@ -277,8 +295,8 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
 ) -> Path:
     """Encode every patch of the patch store ``store`` once with the frozen encoder of
     ``model_cfg`` and write the feature store ``out`` (float16 (N, D), coords and grid of the
-    patch store, provenance attrs with its ``patches_sha256``, ``codec`` and ``jpeg_quality``
-    for :func:`~gigamil.data.bags.store_digests`). ``device``: auto, cpu or cuda."""
+    patch store, provenance attrs with what it records of the patch store,
+    :func:`patch_store_attrs`). ``device``: auto, cpu or cuda."""
     from gigamil.train.fold_data import resolve_device
 
     torch.set_num_threads(max(1, int(threads)))
@@ -301,12 +319,7 @@ def extract_features(  # noqa: PLR0913 - one rule's inputs
         "weights_sha256": weights_sha256(cfg.weights, cfg.encoder),
         "encoder_sha256": encoder_fingerprint(encoder),
         "feature_dim": int(dim),
-        "slide_id": bag.attrs.get("slide_id", Path(store).stem),
-        "patch_px": patch_px,
-        **{k: bag.attrs.get(k) for k in ("target_mpp", "effective_mpp")},
-        "stain_normalization": store_stain_normalization(bag),
-        "patch_store": str(store),
-        **{k: bag.attrs.get(k) for k in ("patches_sha256", "codec", "jpeg_quality")},
+        **patch_store_attrs(store, bag),
         "gigamil_version": __version__,
         "device": str(dev),
         "amp": bool(amp and _amp_dtype(dev) is not None),

@@ -34,7 +34,7 @@ from gigamil.train.learning import (
     verdict_phrase,
 )
 from gigamil.train.model_file import load_weights
-from gigamil.train.signature import changed_keys
+from gigamil.train.signature import changed_keys, compared_part
 
 log = logging.getLogger(__name__)
 
@@ -270,15 +270,17 @@ class CheckpointSaver:
             out_dir.mkdir(parents=True, exist_ok=True)
 
     def load_last(self) -> dict[str, Any] | None:
-        """``last.pt`` when it exists and was written with this signature, else None."""
+        """``last.pt`` when it exists and was written with this signature (but for the keys
+        strategy em does not use, :func:`gigamil.train.signature.compared_part`), else None."""
         if not self.last_path.is_file():
             return None
         ckpt = load_checkpoint(self.last_path)
-        if ckpt.get("signature") != self.signature:
+        old, new = compared_part(ckpt.get("signature")), compared_part(self.signature)
+        if old != new:
             log.warning(
                 "%s was written with other settings or slides (changed: %s); starting from scratch",
                 self.last_path,
-                changed_keys(ckpt.get("signature"), self.signature),
+                changed_keys(old, new),
             )
             return None
         return ckpt

@@ -203,7 +203,7 @@ def store_preprocessing(attrs: Mapping[str, Any]) -> dict[str, Any]:
     stride used: patch_px without overlap; another stride changes the bag and its grid), ``.codec``
     and (JPEG only) ``.jpeg_quality``, and the ``preprocessing.tissue`` settings of a tissue mask gigamil
     computed (its ``mask_params``; a hand-drawn mask records none). A feature store records its
-    patch store's codec only. Keys a store does not record are left out."""
+    patch store's (older ones its codec only). Keys a store does not record are left out."""
     mask = attrs.get("mask_params") or {}
     tissue = {
         f"preprocessing.tissue.{f.name}": mask.get(f.name) for f in dataclasses.fields(TissueConfig)

@@ -17,6 +17,13 @@ PARTS = {
     "classes": "classes",
 }
 
+# settings that strategy em does not train with (every round runs, the best by
+# early_stopping.metric is kept; the schema's training.strategy): rule train_fold's params and
+# last.pt's signature keep them (the params of earlier runs), but they are left out where
+# last.pt's signature is compared (:func:`compared_part`), so a changed one resumes the fold
+EM_UNUSED = ("epochs",)
+EM_UNUSED_EARLY_STOPPING = ("patience", "min_epochs")
+
 
 def changed_keys(old: Any, new: Mapping[str, Any], limit: int = 6) -> str:
     """The parts of ``new`` that ``old`` holds otherwise, as dotted setting names one level deep
@@ -37,6 +44,22 @@ def changed_keys(old: Any, new: Mapping[str, Any], limit: int = 6) -> str:
             changed.append(PARTS.get(str(key), str(key)))
     shown = ", ".join(changed[:limit])
     return shown + (", ..." if len(changed) > limit else "") if changed else "nothing named"
+
+
+def compared_part(sig: Any) -> Any:
+    """What of a resume signature must match for ``last.pt`` to resume: ``sig`` without the
+    training keys that strategy em does not use (:data:`EM_UNUSED`, early_stopping's
+    :data:`EM_UNUSED_EARLY_STOPPING`) when its training is ``strategy: em``; else (other
+    strategies, a signature that is no mapping) ``sig`` itself."""
+    training = sig.get("training") if isinstance(sig, Mapping) else None
+    if not isinstance(training, Mapping) or training.get("strategy") != "em":
+        return sig
+    training = {k: v for k, v in training.items() if k not in EM_UNUSED}
+    stopping = training.get("early_stopping")
+    if isinstance(stopping, Mapping):
+        drop = EM_UNUSED_EARLY_STOPPING
+        training["early_stopping"] = {k: v for k, v in stopping.items() if k not in drop}
+    return {**sig, "training": training}
 
 
 def row_order_keys(train: Sequence[Any], val: Sequence[Any]) -> dict[str, list[str]]:
