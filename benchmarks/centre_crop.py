@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from real_tissue import baseline_on_run, git_commit, json_safe  # noqa: E402
 
-from gigamil.data.store import open_store  # noqa: E402
+from gigamil.data.store import CHUNK_CRC_ATTR, chunk_crcs, open_store  # noqa: E402
 
 DRAWS = REPO / "benchmarks" / "work" / "real_tissue"
 
@@ -58,8 +58,14 @@ def copy_draw(src: Path, dst: Path, keep: int) -> int:
         shutil.copytree(src / "results" / part, dst / "results" / part)
     stores = sorted((dst / "results" / "patches").glob("*/*.zarr"))
     for store in stores:
-        arr = open_store(store, mode="r+")["patches"]
+        group = open_store(store, mode="r+")
+        arr = group["patches"]
         arr[:] = whiten_border(np.asarray(arr[:]), keep)
+        if CHUNK_CRC_ATTR in group.attrs:  # the chunks' new CRCs, or the store reads as damaged
+            group.attrs[CHUNK_CRC_ATTR] = {
+                **group.attrs[CHUNK_CRC_ATTR],
+                "patches": chunk_crcs(store, arr),
+            }
     return len(stores)
 
 
