@@ -507,11 +507,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--patients",
         type=int,
-        default=12,
-        help="patients per cohort, half of them lesion (default 12; below 12, cv.folds is "
-        "lowered to the patients of a class unless --set cv.folds=N)",
+        default=16,
+        help="patients per cohort, half of them lesion (default 16, the demo's; below 12, "
+        "cv.folds is lowered to the patients of a class unless --set cv.folds=N)",
     )
-    p.add_argument("--slides-per-patient", type=int, default=2, help="(default 2)")
+    p.add_argument(
+        "--slides-per-patient",
+        default="1-2",
+        help="N, or LO-HI drawn per patient (default 1-2, the demo's; 2 before 2026-12-07)",
+    )
     p.add_argument(
         "--tiles-per-slide",
         type=int,

@@ -62,7 +62,7 @@ def test_dry_run_lists_every_demo_stage(workdir: Path):
     counts = _job_counts(res.stdout)
     for stage in STAGES:
         assert counts.get(stage, 0) >= 1, f"{stage} not in the DAG: {counts}"
-    assert counts["tissue_mask"] == 24 and counts["extract_patches"] == 24
+    assert counts["tissue_mask"] == 22 and counts["extract_patches"] == 22
     assert counts["train_fold"] == 2  # cv.folds in the fast config
     assert counts["oof_cohort"] == 1 and "ensemble" not in counts  # no external cohort
 
@@ -297,7 +297,7 @@ def test_full_demo_run(full_run: Path):
     workdir = full_run
     res = workdir / "results"
     sheet = pd.read_csv(res / "demo/sheet.csv")
-    assert len(sheet) == 24
+    assert len(sheet) == 22
     # preprocessing
     for sid in sheet["slide_id"]:
         assert (res / f"masks/demo/{sid}.png").is_file()
@@ -328,7 +328,7 @@ def test_full_demo_run(full_run: Path):
         "localization_auc",
     ]:
         assert key in summary, key
-    assert summary["n_slides"] == 24 and summary["n_patients"] == 12
+    assert summary["n_slides"] == 22 and summary["n_patients"] == 16
     for name in ["metrics.csv", "per_slide_predictions.csv"]:
         assert (res / "eval/demo" / name).is_file()
     # a second dry run after a complete run schedules nothing
@@ -488,11 +488,11 @@ def test_report_shows_numbers_qc_and_training_curves(full_run: Path):
     assert not [p for p in results if p.startswith("results/eval/demo/ensemble/demo/")]
 
     # the QC table of every cohort and a sample of annotated QC thumbnails
-    for cohort, slides in (("demo", 24), ("new", 3)):
+    for cohort, slides in (("demo", 22), ("new", 3)):
         page = results[f"results/qc/{cohort}.html"]["content"].decode()
         assert f"{slides} slide(s)" in page and "<th>tissue (%)</th>" in page
     thumbs = [r for p, r in results.items() if p.endswith(".qc.jpg")]  # the JPEG copies
-    assert len(thumbs) == 8 + 3  # 8 of the demo's 24 slides, all 3 of the new cohort
+    assert len(thumbs) == 8 + 3  # 8 of the demo's 22 slides, all 3 of the new cohort
     assert all(r["mime_type"] == "image/jpeg" and "tissue fraction" in r["labels"] for r in thumbs)
 
     # one training-curve image per fold

@@ -54,14 +54,18 @@ from gigamil.demo_canvas import (
     upsample,
 )
 from gigamil.demo_io import (
+    DEMO_PATIENTS,
+    DEMO_SLIDES_PER_PATIENT,
     ID_PREFIX,
     LABELS,
     SHEET_COLUMNS,
+    SlidesPerPatient,
     begin_cohort,
     box_reduce,
     check_cohort_size,
     check_prefix,
     patient_labels,
+    slide_counts,
     write_lesion_mask,
     write_pyramid_tiff,
     write_sheet,
@@ -220,8 +224,8 @@ def make_slide(rng: np.random.Generator, lesion: bool) -> DemoSlide:
 def make_demo_cohort(
     outdir: Path,
     seed: int = 0,
-    n_patients: int = 12,
-    slides_per_patient: int = 2,
+    n_patients: int = DEMO_PATIENTS,
+    slides_per_patient: SlidesPerPatient = DEMO_SLIDES_PER_PATIENT,
     prefix: str = ID_PREFIX,
 ) -> pd.DataFrame:
     """Write the demo cohort to ``outdir`` (see module docstring) and return its sheet.
@@ -234,8 +238,9 @@ def make_demo_cohort(
     outdir = Path(outdir)
     rows = []
     begin_cohort(outdir)
+    counts = slide_counts(seed, n_patients, slides_per_patient)
     for p, label in enumerate(patient_labels(seed, n_patients)):
-        for s in range(slides_per_patient):
+        for s in range(counts[p]):
             slide_id = f"{prefix}_p{p + 1:02d}_s{s + 1}"
             rng = np.random.default_rng([seed, 2, p, s])
             slide = make_slide(rng, lesion=label == LABELS[1])

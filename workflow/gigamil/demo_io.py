@@ -58,15 +58,52 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def check_cohort_size(n_patients: int, slides_per_patient: int) -> None:
-    """GigamilError unless 2..99 patients and 1..9 slides per patient (the id formats of both demo
-    generators: ``demo_pNN_sK``)."""
+DEMO_PATIENTS = 16
+"""Patients of the default demo cohort (``gigamil demo``, rule demo_cohort), half of them lesion."""
+
+DEMO_SLIDES_PER_PATIENT = (1, 2)
+"""Slides per patient of the default demo cohort: 1 or 2, drawn per patient (:func:`slide_counts`)."""
+
+SlidesPerPatient = int | str | tuple[int, int]
+
+
+def slides_range(value: SlidesPerPatient) -> tuple[int, int]:
+    """Slides per patient as an inclusive range: ``2`` or ``"2"`` gives (2, 2), ``"1-2"`` or
+    ``(1, 2)`` gives (1, 2). GigamilError for anything else (the ``--slides-per-patient`` forms)."""
+    if isinstance(value, str):
+        parts = value.strip().split("-")
+        if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+            nums = [int(p) for p in parts]
+            return nums[0], nums[-1]
+        raise GigamilError(f"slides per patient: give N or LO-HI, e.g. 2 or 1-2 (got {value!r})")
+    if isinstance(value, tuple | list) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value), int(value)
+    raise GigamilError(f"slides per patient: give N or LO-HI, e.g. 2 or 1-2 (got {value!r})")
+
+
+def check_cohort_size(n_patients: int, slides_per_patient: SlidesPerPatient) -> None:
+    """GigamilError unless 2..99 patients and 1..9 slides per patient, a range low to high (the
+    id formats of both demo generators: ``demo_pNN_sK``)."""
+    lo, hi = slides_range(slides_per_patient)
     if n_patients < 2:
         raise GigamilError(f"demo cohort needs at least 2 patients (got {n_patients})")
-    if slides_per_patient < 1:
-        raise GigamilError(f"slides per patient must be >= 1 (got {slides_per_patient})")
-    if n_patients > 99 or slides_per_patient > 9:
+    if lo < 1:
+        raise GigamilError(f"slides per patient must be >= 1 (got {lo})")
+    if lo > hi:
+        raise GigamilError(f"slides per patient: range {lo}-{hi} runs backwards")
+    if n_patients > 99 or hi > 9:
         raise GigamilError("demo cohort is limited to 99 patients x 9 slides per patient")
+
+
+def slide_counts(seed: int, n_patients: int, slides_per_patient: SlidesPerPatient) -> list[int]:
+    """The number of slides of each demo patient: ``slides_per_patient`` for all, or with a
+    range, drawn per patient (uniform over the range; with ``seed``, independent of the labels)."""
+    lo, hi = slides_range(slides_per_patient)
+    if lo == hi:
+        return [lo] * n_patients
+    return np.random.default_rng([seed, 5]).integers(lo, hi + 1, size=n_patients).tolist()
 
 
 def patient_labels(seed: int, n_patients: int) -> list[str]:

@@ -20,7 +20,8 @@ tiles (``0/`` no tumour, ``1/`` tumour; by default the CC0 PatchCamelyon subset 
                                          (cell row/col on the tile grid, source file in the pool).
     outdir/sheet.csv                     slide_id, patient_id, label, path, lesion_mask (as demo.py).
 
-Half of the patients (rounded down; the same draw as the synthetic demo) are ``lesion`` patients:
+Patients have ``slides_per_patient`` slides each, or with a range (default 1-2) a number drawn per
+patient. Half of the patients (rounded down; the same draw as the synthetic demo) are ``lesion`` patients:
 every one of their slides has one contiguous (4-connected) region of tumour tiles covering
 ``lesion_range`` (default 20-35 %) of its tissue tiles, the rest normal tiles; the other patients'
 slides have normal tiles only. No tile is used twice in a cohort. The number of tissue tiles of a
@@ -41,13 +42,18 @@ import pandas as pd
 
 from gigamil.demo import MASK_DOWNSAMPLE
 from gigamil.demo_io import (
+    DEMO_PATIENTS,
+    DEMO_SLIDES_PER_PATIENT,
     ID_PREFIX,
     LABELS,
     SHEET_COLUMNS,
+    SlidesPerPatient,
     begin_cohort,
     check_cohort_size,
     check_prefix,
     patient_labels,
+    slide_counts,
+    slides_range,
     write_lesion_mask,
     write_pyramid_tiff,
     write_sheet,
@@ -96,7 +102,7 @@ def _plan_slide(
 
 def _check_args(
     n_patients: int,
-    slides_per_patient: int,
+    slides_per_patient: SlidesPerPatient,
     tiles_per_slide: tuple[int, int],
     lesion_range: tuple[float, float],
 ) -> None:
@@ -110,14 +116,16 @@ def _check_args(
 def _plan_cohort(
     seed: int,
     n_patients: int,
-    slides_per_patient: int,
+    slides_per_patient: SlidesPerPatient,
     tiles_per_slide: tuple[int, int],
     lesion_range: tuple[float, float],
 ) -> list[tuple[str, str, str, _SlidePlan]]:
-    """``(slide suffix p01_s1, patient suffix p01, label, plan)`` of every slide of a cohort."""
+    """``(slide suffix p01_s1, patient suffix p01, label, plan)`` of every slide of a cohort
+    (:func:`gigamil.demo_io.slide_counts` slides per patient)."""
     slides = []
+    counts = slide_counts(seed, n_patients, slides_per_patient)
     for p, label in enumerate(patient_labels(seed, n_patients)):
-        for s in range(slides_per_patient):
+        for s in range(counts[p]):
             rng = np.random.default_rng([seed, 2, p, s])
             plan = _plan_slide(rng, label == LABELS[1], tiles_per_slide, lesion_range)
             slides.append((f"p{p + 1:02d}_s{s + 1}", f"p{p + 1:02d}", label, plan))
@@ -133,8 +141,8 @@ def _tiles_needed(slides: list[tuple[str, str, str, _SlidePlan]]) -> dict[int, i
 
 def tiles_needed(
     seed: int,
-    n_patients: int = 12,
-    slides_per_patient: int = 2,
+    n_patients: int = DEMO_PATIENTS,
+    slides_per_patient: SlidesPerPatient = DEMO_SLIDES_PER_PATIENT,
     tiles_per_slide: tuple[int, int] = TILES_PER_SLIDE,
     lesion_range: tuple[float, float] = LESION_RANGE,
 ) -> dict[int, int]:
@@ -149,8 +157,8 @@ def tiles_needed(
 def make_tile_cohort(  # noqa: PLR0913 - one keyword per cohort setting (gigamil demo flags)
     outdir: str | Path,
     seed: int = 0,
-    n_patients: int = 12,
-    slides_per_patient: int = 2,
+    n_patients: int = DEMO_PATIENTS,
+    slides_per_patient: SlidesPerPatient = DEMO_SLIDES_PER_PATIENT,
     tiles: str | Path | None = None,
     exclude: Collection[str] = (),
     tiles_per_slide: tuple[int, int] = TILES_PER_SLIDE,
@@ -214,17 +222,18 @@ def _smaller_cohort(  # noqa: PLR0913 - a cohort plan, field by field
     by_class: dict[int, list[Tile]],
     seed: int,
     n_patients: int,
-    slides_per_patient: int,
+    slides_per_patient: SlidesPerPatient,
     tiles_per_slide: tuple[int, int],
     lesion_range: tuple[float, float],
 ) -> str:
     """The largest cohort of this ``seed`` the pool holds, as the options that make it (fewer
     patients, then one slide each), or "" when not even 2 one-slide patients fit."""
-    for spp in dict.fromkeys((slides_per_patient, 1)):
-        for n in range(n_patients - (spp == slides_per_patient), 1, -1):
-            plan = _plan_cohort(seed, n, spp, tiles_per_slide, lesion_range)
+    spp = "-".join(dict.fromkeys(str(n) for n in slides_range(slides_per_patient)))
+    for option in dict.fromkeys((spp, "1")):
+        for n in range(n_patients - (option == spp), 1, -1):
+            plan = _plan_cohort(seed, n, option, tiles_per_slide, lesion_range)
             if _fits(by_class, _tiles_needed(plan)):
-                return f"--patients {n} --slides-per-patient {spp}"
+                return f"--patients {n} --slides-per-patient {option}"
     return ""
 
 

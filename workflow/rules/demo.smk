@@ -2,7 +2,8 @@
 PatchCamelyon tiles (DEMO_KIND "tiles"; "synthetic" = planted lesions in the packaged CMU slide).
 
 The committed resources/demo/sheet.csv is exactly the sheet this rule writes (a unit test
-checks it); its slide ids name the rule's outputs and its size gives the generator's arguments.
+checks it); its slide ids name the rule's outputs and its patients give the generator's
+``n_patients`` (slides per patient: gigamil.demo_io.DEMO_SLIDES_PER_PATIENT).
 """
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pandas
 
 from gigamil.demo import SOURCE_MPP
+from gigamil.demo_io import DEMO_SLIDES_PER_PATIENT
 from gigamil.demo_tiles import PCAM_MPP
 
 DEMO_SEED = 0
@@ -63,6 +65,6 @@ rule demo_cohort:
         seed=DEMO_SEED,
         kind=DEMO_KIND,
         patients=DEMO_PATIENTS,
-        slides_per_patient=len(DEMO_SLIDE_IDS) // DEMO_PATIENTS,
+        slides_per_patient="-".join(str(n) for n in DEMO_SLIDES_PER_PATIENT),
     script:
         "../scripts/demo_cohort.py"

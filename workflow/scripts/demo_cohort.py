@@ -10,7 +10,7 @@ from pathlib import Path
 args = dict(
     seed=int(snakemake.params.seed),
     n_patients=int(snakemake.params.patients),
-    slides_per_patient=int(snakemake.params.slides_per_patient),
+    slides_per_patient=str(snakemake.params.slides_per_patient),  # N or LO-HI
 )
 if snakemake.params.kind == "synthetic":
     from gigamil.demo import make_demo_cohort

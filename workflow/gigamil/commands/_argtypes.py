@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 
@@ -52,3 +53,11 @@ NON_NEGATIVE = bounded(float, 0)
 FRACTION = bounded(float, 0, 1)
 AT_LEAST_ONE = bounded(int, 1)
 NON_NEGATIVE_INT = bounded(int, 0)  # seeds
+
+
+def SLIDES_PER_PATIENT(text: str) -> str:  # noqa: N802 - an argparse type, named like the others
+    """``N`` or ``LO-HI`` (``gigamil demo --slides-per-patient``), returned as given; the range
+    itself is checked by :func:`gigamil.demo_io.check_cohort_size`."""
+    if not re.fullmatch(r"\d+(-\d+)?", text.strip()):
+        raise argparse.ArgumentTypeError(f"give N or LO-HI, e.g. 2 or 1-2 (got {text!r})")
+    return text.strip()

@@ -7,7 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from gigamil.commands._argtypes import NON_NEGATIVE_INT, SLIDE_MPP
+from gigamil.commands._argtypes import NON_NEGATIVE_INT, SLIDE_MPP, SLIDES_PER_PATIENT
 
 NAME = "demo"
 HELP = (
@@ -45,11 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patients",
         type=int,
-        default=12,
-        help="number of patients, half with lesions (default: 12)",
+        default=16,  # gigamil.demo_io.DEMO_PATIENTS
+        help="number of patients, half with lesions (default: 16)",
     )
     parser.add_argument(
-        "--slides-per-patient", type=int, default=2, help="slides per patient (default: 2)"
+        "--slides-per-patient",
+        type=SLIDES_PER_PATIENT,
+        default="1-2",  # gigamil.demo_io.DEMO_SLIDES_PER_PATIENT
+        help="slides per patient: N for all, or LO-HI for a number drawn per patient "
+        "(default: 1-2)",
     )
     parser.add_argument(
         "--overwrite",

@@ -106,8 +106,8 @@ def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of 
     Returns, e.g.::
 
         gigamil: results of experiment demo
-          cross-validation, 24 slides of 12 patients: out-of-fold slide AUC 0.972 (95% CI ...),
-          balanced accuracy 0.875 (95% CI ...); patient AUC 1.000 (...); localisation AUC ...
+          cross-validation, 22 slides of 16 patients: out-of-fold slide AUC 0.900 (95% CI ...),
+          balanced accuracy 0.825 (95% CI ...); patient AUC 0.922 (...); localisation AUC ...
             open results/eval/demo/metrics.html
           heatmaps: ...; all results in one page: snakemake --report report.html
     """
