@@ -490,6 +490,8 @@ def fmt(stat: dict[str, float | None], digits: int = 3) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from gigamil.commands._argtypes import SLIDES_PER_PATIENT
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--tiles", type=Path, default=DEFAULT_TILES, help="labelled tile folder (0/, 1/)"
@@ -513,6 +515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--slides-per-patient",
+        type=SLIDES_PER_PATIENT,  # N or LO-HI, as gigamil demo's
         default="1-2",
         help="N, or LO-HI drawn per patient (default 1-2, the demo's; 2 before 2026-12-07)",
     )
@@ -560,11 +563,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and localisation AUC beside the run's own figures (--out records both), and stop",
     )
     args = p.parse_args(argv)
+    from gigamil.demo_io import check_cohort_size
     from gigamil.demo_tiles import PCAM_MPP, TILES_PER_SLIDE
+    from gigamil.errors import GigamilError
     from gigamil.wsi.mpp import MPP_MAX, MPP_MIN
 
     if args.draws < 1:
         p.error(f"--draws must be at least 1 (got {args.draws})")
+    try:  # 3-1, 0 or 10 slides: before the tile folder is read
+        check_cohort_size(args.patients, args.slides_per_patient)
+    except GigamilError as exc:
+        p.error(f"--patients {args.patients} --slides-per-patient {args.slides_per_patient}: {exc}")
     fixed = sorted({"experiment", "cohorts"} & parse_set(args.overrides).keys())
     if fixed:  # write_config sets them: a --set of them would be dropped without a word
         p.error(f"--set {', '.join(fixed)}: set by the benchmark itself, cannot be overridden")

@@ -23,8 +23,13 @@ def test_slides_per_patient_forms(value, expected):
     assert slides_range(value) == expected
 
 
-@pytest.mark.parametrize("value", ["", "1-", "a", "1-2-3", "-1", 1.5, True, None])
+@pytest.mark.parametrize(
+    "value",
+    ["", "1-", "a", "1-2-3", "-1", 1.5, True, None, "²", "１-２", "1 - 2", ("a", "b"), (1, 2.5)],
+)
 def test_slides_per_patient_bad_forms_are_refused(value):
+    """ASCII digits only, as the CLI's type: "²" passed str.isdigit and int() raised
+    ValueError (a traceback from benchmarks/real_tissue.py)."""
     with pytest.raises(GigamilError, match="give N or LO-HI"):
         slides_range(value)
 
@@ -54,6 +59,7 @@ def test_cli_defaults_are_the_demo_cohort(capsys):
     args = parser.parse_args(["out"])
     assert args.patients == DEMO_PATIENTS
     assert slides_range(args.slides_per_patient) == DEMO_SLIDES_PER_PATIENT
-    with pytest.raises(SystemExit):
-        parser.parse_args(["out", "--slides-per-patient", "one"])
-    assert re.search(r"--slides-per-patient: give N or LO-HI", capsys.readouterr().err)
+    for bad in ("one", "²", "１", "1 - 2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["out", "--slides-per-patient", bad])
+        assert re.search(r"--slides-per-patient: give N or LO-HI", capsys.readouterr().err)

@@ -194,6 +194,19 @@ def test_other_tile_folder_exclusion_and_pool_too_small(tmp_path):
     demo_tiles.make_tile_cohort(tmp_path / "d", tiles=folder, **{**kw, **fits})
 
 
+def test_beside_the_demo_the_error_names_the_largest_cohort_that_fits(cohort, tmp_path):
+    """Beside the default demo (91 normal tiles left) the error at seed 7 named "--patients 2
+    --slides-per-patient 1-2" (3 slides) where 4 one-slide patients fit (README)."""
+    out, _ = cohort
+    kw = dict(seed=7, prefix="ext", exclude=set(pd.read_csv(out / "tiles.csv")["sha256"]))
+    with pytest.raises(GigamilError, match="91 usable tiles in 0/") as err:
+        demo_tiles.make_tile_cohort(tmp_path / "e", **kw)
+    hint = re.search(r"--patients (\d+) --slides-per-patient (\S+) fits", str(err.value))
+    assert hint and hint.groups() == ("4", "1"), str(err.value)
+    sheet = demo_tiles.make_tile_cohort(tmp_path / "f", n_patients=4, slides_per_patient=1, **kw)
+    assert len(sheet) == 4
+
+
 def test_a_tile_folder_given_as_dot_is_named_in_the_description(tmp_path, monkeypatch):
     """`gigamil demo OUT --tiles .` run inside the tile folder: Path(".").name is "", which
     described the slides as a "mosaic of tiles of ;"."""

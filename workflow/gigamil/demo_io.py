@@ -70,17 +70,18 @@ SlidesPerPatient = int | str | tuple[int, int]
 def slides_range(value: SlidesPerPatient) -> tuple[int, int]:
     """Slides per patient as an inclusive range: ``2`` or ``"2"`` gives (2, 2), ``"1-2"`` or
     ``(1, 2)`` gives (1, 2). GigamilError for anything else (the ``--slides-per-patient`` forms)."""
-    if isinstance(value, str):
-        parts = value.strip().split("-")
-        if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
-            nums = [int(p) for p in parts]
-            return nums[0], nums[-1]
-        raise GigamilError(f"slides per patient: give N or LO-HI, e.g. 2 or 1-2 (got {value!r})")
-    if isinstance(value, tuple | list) and len(value) == 2:
+    if isinstance(value, str):  # ASCII digits, as the CLI's type (int() takes others, or fails)
+        if m := re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", value.strip()):
+            return int(m[1]), int(m[2] or m[1])
+    elif isinstance(value, tuple | list) and len(value) == 2 and all(map(_is_int, value)):
         return int(value[0]), int(value[1])
-    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+    elif _is_int(value):
         return int(value), int(value)
     raise GigamilError(f"slides per patient: give N or LO-HI, e.g. 2 or 1-2 (got {value!r})")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def check_cohort_size(n_patients: int, slides_per_patient: SlidesPerPatient) -> None:

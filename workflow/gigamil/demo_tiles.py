@@ -226,15 +226,19 @@ def _smaller_cohort(  # noqa: PLR0913 - a cohort plan, field by field
     tiles_per_slide: tuple[int, int],
     lesion_range: tuple[float, float],
 ) -> str:
-    """The largest cohort of this ``seed`` the pool holds, as the options that make it (fewer
-    patients, then one slide each), or "" when not even 2 one-slide patients fit."""
+    """The largest cohort of this ``seed`` the pool holds, as the options that make it: fewer
+    patients with the slides asked for, or one slide each, whichever has more slides (then
+    patients), or "" when not even 2 one-slide patients fit."""
     spp = "-".join(dict.fromkeys(str(n) for n in slides_range(slides_per_patient)))
+    best = (0, 0, False, "")  # slides, patients, as asked, options
     for option in dict.fromkeys((spp, "1")):
         for n in range(n_patients - (option == spp), 1, -1):
             plan = _plan_cohort(seed, n, option, tiles_per_slide, lesion_range)
             if _fits(by_class, _tiles_needed(plan)):
-                return f"--patients {n} --slides-per-patient {option}"
-    return ""
+                fit = f"--patients {n} --slides-per-patient {option}"
+                best = max(best, (len(plan), n, option == spp, fit))
+                break
+    return best[3]
 
 
 def _check_pool(

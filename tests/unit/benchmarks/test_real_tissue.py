@@ -252,6 +252,13 @@ def test_arguments_that_cannot_run_stop_before_any_work(bench, capsys):
         with pytest.raises(SystemExit):
             bench.parse_args(flags)
     assert "--tile-mpp 1458 µm/px is outside 0.05-100" in capsys.readouterr().err
+    # --slides-per-patient failed only after the whole tile folder was read (and "²" with a
+    # traceback): now at parse time, as gigamil demo's
+    for value, said in [("x", "give N or LO-HI"), ("²", "give N or LO-HI"), ("3-1", "backwards")]:
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--slides-per-patient", value])
+        assert said in capsys.readouterr().err
+    assert bench.parse_args(["--slides-per-patient", " 2-3 "]).slides_per_patient == "2-3"
 
 
 def test_a_result_file_of_other_draws_is_not_replaced(bench, tmp_path):

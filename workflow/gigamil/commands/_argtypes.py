@@ -58,6 +58,6 @@ NON_NEGATIVE_INT = bounded(int, 0)  # seeds
 def SLIDES_PER_PATIENT(text: str) -> str:  # noqa: N802 - an argparse type, named like the others
     """``N`` or ``LO-HI`` (``gigamil demo --slides-per-patient``), returned as given; the range
     itself is checked by :func:`gigamil.demo_io.check_cohort_size`."""
-    if not re.fullmatch(r"\d+(-\d+)?", text.strip()):
+    if not re.fullmatch(r"[0-9]+(-[0-9]+)?", text.strip()):
         raise argparse.ArgumentTypeError(f"give N or LO-HI, e.g. 2 or 1-2 (got {text!r})")
     return text.strip()
