@@ -359,7 +359,7 @@ def test_an_external_patient_of_the_second_train_cohort_is_caught(tmp_path, base
 def test_the_demo_cohort_loads_before_its_slides_are_generated(tmp_path, base_config):
     """`demo: true` (the shipped config.yaml): the slides and lesion masks are written by rule
     demo_cohort, a job of the run, so the sheet's files must not be required when the workflow
-    starts (a new user's first `snakemake` would stop at "48 file(s) not found"); a plain
+    starts (a new user's first `snakemake` would stop at "44 file(s) not found"); a plain
     cohort's must exist."""
     from pathlib import Path
 
@@ -367,9 +367,9 @@ def test_the_demo_cohort_loads_before_its_slides_are_generated(tmp_path, base_co
     cfg = copy.deepcopy(base_config)
     cfg["cohorts"]["demo"]["sheet"] = str(shipped)
     sheets = load_cohorts(validate_config(cfg), base_dir=tmp_path)  # no slide exists here
-    assert len(sheets["demo"]) == 24
+    assert len(sheets["demo"]) == 22
     cfg["cohorts"]["demo"]["demo"] = False
-    with pytest.raises(ConfigError, match=r"48 file\(s\) not found"):
+    with pytest.raises(ConfigError, match=r"44 file\(s\) not found"):
         load_cohorts(validate_config(cfg), base_dir=tmp_path)
 
 
