@@ -248,6 +248,28 @@ def test_sheet_edit_outside_the_split_columns_or_a_moved_sheet_retrains_nothing(
         sheet_path.write_text(original)
 
 
+def test_editing_a_sheet_lesion_masks_sidecar_reruns_what_reads_it(workdir: Path):
+    """A plain cohort's lesion mask sidecar (its downsample) is read by the localisation AUC and
+    the heatmap's lesion outline: editing it reruns them, not only a demo cohort's. The demo
+    cohort as a plain one (same sheet and files) changes the heatmaps' inputs once, so the plan
+    is asked with the mtime trigger alone."""
+    cfg = read_config(workdir)
+    write_config(workdir, deep_update(cfg, {"cohorts": {"demo": {"demo": False}}}))
+    sidecar = workdir / "results" / "demo" / "lesion_masks" / "demo_p01_s1.json"
+    original, stat = sidecar.read_text(), sidecar.stat()
+    mtime = ("--rerun-triggers", "mtime")
+    try:
+        assert planned_jobs(workdir, *mtime) == []
+        meta = json.loads(original)
+        meta["downsample"] = meta["downsample"] * 1.01  # within the 2 % the span check allows
+        sidecar.write_text(json.dumps(meta))
+        counts = Counter(rule for rule, _ in planned_jobs(workdir, *mtime))
+        assert counts == {"aggregate_cv": 1, "oof_cohort": 1, "heatmap": 1}, counts
+    finally:
+        sidecar.write_text(original)
+        os.utime(sidecar, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_subgroups_add_only_their_own_job(workdir: Path):
     """`subgroups: [site, cohort]` adds one job, subgroups_cv, which reads the site column
     from the sheet; the numbers come from the out-of-fold predictions."""

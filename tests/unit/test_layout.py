@@ -4,6 +4,8 @@ fold prediction CSVs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -278,3 +280,24 @@ def test_heatmap_slides_suggests_an_upper_case_id_before_a_near_one():
     sheets = {"tr": pd.DataFrame({"slide_id": ["ABC", "abd"], "patient_id": ["p", "q"]})}
     with pytest.raises(ConfigError, match="'abc' is in no cohort sheet; did you mean ABC"):
         layout.heatmap_slides(["abc"], sheets, ["tr"])
+
+
+def test_a_sheet_masks_json_sidecar_is_an_input_where_it_exists(tmp_path, monkeypatch):
+    """The evaluation and the heatmap read a lesion mask's downsample from its JSON sidecar
+    (evaluate.lesion_mask.mask_sidecar): a sheet's sidecar that exists is listed with the mask,
+    so editing or adding one reruns them; a missing one is no input (it is optional); a demo
+    cohort's are listed as before (written by rule demo_cohort: no rerun after an update)."""
+    from gigamil.evaluate.lesion_mask import mask_sidecar, mask_sidecars
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "a.json").write_text('{"downsample": 16}')
+    sheet = pd.DataFrame({"slide_id": ["b", "a"], "lesion_mask": ["m/b.png", "m/a.png"]})
+    assert layout.mask_files({}, sheet) == ["m/a.png", "m/b.png", "m/a.json"]
+    assert str(mask_sidecar(Path("m/a.png"))) == "m/a.json"  # the file mask_downsample reads
+    assert mask_sidecars(["m/b.png"]) == [] and mask_sidecars(["m/b.png"], False) == ["m/b.json"]
+    demo = pd.DataFrame({"slide_id": ["s"]})
+    assert layout.mask_files({"demo": True}, demo) == [
+        "results/demo/lesion_masks/s.png",
+        "results/demo/lesion_masks/s.json",
+    ]

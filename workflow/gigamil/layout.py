@@ -241,11 +241,12 @@ def lesion_masks(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str
 
 
 def mask_files(cohort_cfg: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
-    """Lesion mask PNGs of a cohort plus, for a demo cohort, their JSON sidecars."""
+    """Lesion mask PNGs of a cohort plus their JSON sidecars (the downsample the evaluation reads):
+    a demo cohort's, another's where one exists (editing or adding one reruns the evaluation)."""
+    from gigamil.evaluate.lesion_mask import mask_sidecars
+
     masks = list(lesion_masks(cohort_cfg, sheet).values())
-    if cohort_cfg.get("demo"):
-        masks += [m.removesuffix(".png") + ".json" for m in masks]
-    return masks
+    return masks + mask_sidecars(masks, existing_only=not cohort_cfg.get("demo"))
 
 
 def localization_inputs(

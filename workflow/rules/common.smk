@@ -417,3 +417,15 @@ def heatmap_labels(figure, wildcards):
         "localisation AUC": loc,
         "figure": figure,
     }
+
+
+def lesion_sidecar(cohort, slide_id):
+    """The existing JSON sidecar of a slide's lesion mask in a sheet's ``lesion_mask`` column,
+    or [] (none, or a demo cohort's: rule demo_cohort writes it with the mask, an input).
+    """
+    from gigamil.evaluate.lesion_mask import mask_sidecars
+
+    if config["cohorts"][cohort].get("demo"):
+        return []
+    mask = layout.lesion_masks(config["cohorts"][cohort], SHEETS[cohort]).get(slide_id)
+    return mask_sidecars([mask] if mask else [])

@@ -40,6 +40,9 @@ rule heatmap:
         lesion=lambda wc: layout.lesion_masks(
             config["cohorts"][wc.cohort], SHEETS[wc.cohort]
         ).get(wc.slide_id, []),
+        # and its JSON sidecar (the downsample the outline is drawn at), where a sheet's mask has
+        # one: editing it redraws (a demo mask's is written by the job that writes the mask)
+        lesion_sidecar=lambda wc: lesion_sidecar(wc.cohort, wc.slide_id),
     output:
         overlay=f"{HEATMAP_DIR}/overlay.png",
         gallery=f"{HEATMAP_DIR}/gallery.png",

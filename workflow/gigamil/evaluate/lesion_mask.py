@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,18 @@ def load_mask_with_downsample(
     return mask, ds
 
 
+def mask_sidecar(path: str | Path) -> Path:
+    """The JSON sidecar of the lesion mask ``path`` (same stem): its downsample or mpp."""
+    return Path(path).with_suffix(".json")
+
+
+def mask_sidecars(masks: Iterable[str | Path], existing_only: bool = True) -> list[str]:
+    """The JSON sidecars of lesion ``masks``, as rule inputs: those that exist now (a sheet's
+    mask may have none), or all (``existing_only`` False: a demo cohort's, written by a job)."""
+    sidecars = [str(mask_sidecar(m)) for m in masks]
+    return [s for s in sidecars if not existing_only or Path(s).is_file()]
+
+
 def mask_downsample(
     path: Path,
     shape: tuple[int, ...],
@@ -110,7 +123,7 @@ def mask_downsample(
     :func:`load_mask_with_downsample` takes it: the JSON sidecar's ``downsample``, else its
     ``mpp`` / ``slide_mpp``, else the slide's width over the mask's. GigamilError when there is
     none, when the sidecar is not JSON, or when its value is not a positive number."""
-    meta_path = path.with_suffix(".json")
+    meta_path = mask_sidecar(path)
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         if "downsample" in meta:
