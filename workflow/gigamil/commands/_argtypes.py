@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable
 
 
@@ -56,8 +55,14 @@ NON_NEGATIVE_INT = bounded(int, 0)  # seeds
 
 
 def SLIDES_PER_PATIENT(text: str) -> str:  # noqa: N802 - an argparse type, named like the others
-    """``N`` or ``LO-HI`` (``gigamil demo --slides-per-patient``), returned as given; the range
-    itself is checked by :func:`gigamil.demo_io.check_cohort_size`."""
-    if not re.fullmatch(r"[0-9]+(-[0-9]+)?", text.strip()):
-        raise argparse.ArgumentTypeError(f"give N or LO-HI, e.g. 2 or 1-2 (got {text!r})")
+    """``N`` or ``LO-HI`` (``gigamil demo --slides-per-patient``; the form is
+    :func:`gigamil.demo_io.slides_range`'s), returned stripped; the range itself is checked by
+    :func:`gigamil.demo_io.check_cohort_size`."""
+    from gigamil.demo_io import slides_range
+    from gigamil.errors import GigamilError
+
+    try:
+        slides_range(text)
+    except GigamilError:
+        raise argparse.ArgumentTypeError(f"give N or LO-HI, e.g. 2 or 1-2 (got {text!r})") from None
     return text.strip()
