@@ -665,6 +665,12 @@ def test_model_records_stain_normalization_and_refuses_other_stores(
     predict_slides(model_path, train, None, tmp_path / "att", device="cpu")  # the same: fine
 
 
+def _preprocessing_warnings(caplog, model_path, slides, attention_dir) -> list[str]:
+    """Predict ``slides`` with ``model_path``; the "other preprocessing" warnings caplog holds."""
+    predict_slides(model_path, slides, None, attention_dir, device="cpu")
+    return [r.getMessage() for r in caplog.records if "other preprocessing" in r.getMessage()]
+
+
 def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
     mil_bags, write_store, tmp_path: Path, caplog
 ) -> None:
@@ -699,8 +705,7 @@ def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
         [{**same, "min_tissue": 0.25}, jpeg, same, {}, {**jpeg, "min_tissue": 0.25}, overlapping],
     )
     caplog.set_level(logging.WARNING)
-    predict_slides(model_path, new, None, tmp_path / "att", device="cpu")
-    warned = [r.getMessage() for r in caplog.records if "other preprocessing" in r.getMessage()]
+    warned = _preprocessing_warnings(caplog, model_path, new, tmp_path / "att")
     assert len(warned) == 1, warned
     assert "4 of the 6 slides to predict were cut with other preprocessing" in warned[0]
     assert "stride_px 8 (1 slide(s): n5) where the training patches had 16" in warned[0]
@@ -710,8 +715,7 @@ def test_model_records_the_preprocessing_and_predict_warns_about_other_stores(
     )
     assert "preprocessing.patches.codec 'jpeg' (2 slide(s): n1, n4) where" in warned[0]
     caplog.clear()
-    predict_slides(model_path, train, None, tmp_path / "att", device="cpu")
-    assert not [r for r in caplog.records if "other preprocessing" in r.getMessage()]
+    assert not _preprocessing_warnings(caplog, model_path, train, tmp_path / "att")
 
 
 def test_training_without_every_class_is_an_error(mil_bags, cohort, tmp_path: Path) -> None:
@@ -1408,12 +1412,10 @@ def test_predicting_feature_stores_warns_about_patches_cut_otherwise(
     assert recorded["preprocessing.tissue.close_um"] == 32.0
     new = features("n", [{**same, "min_tissue": 0.25}, same, {**same, "stride_px": 8}])
     caplog.set_level(logging.WARNING)
-    predict_slides(model_path, new, None, tmp_path / "att", device="cpu")
-    warned = [r.getMessage() for r in caplog.records if "other preprocessing" in r.getMessage()]
+    warned = _preprocessing_warnings(caplog, model_path, new, tmp_path / "att")
     assert len(warned) == 1, warned
     assert "2 of the 3 slides to predict were cut with other preprocessing" in warned[0]
     assert "min_tissue 0.25 (1 slide(s): n0) where the training patches had 0.5" in warned[0]
     assert "stride_px 8 (1 slide(s): n2) where the training patches had 16" in warned[0]
     caplog.clear()
-    predict_slides(model_path, train, None, tmp_path / "att", device="cpu")
-    assert not [r for r in caplog.records if "other preprocessing" in r.getMessage()]
+    assert not _preprocessing_warnings(caplog, model_path, train, tmp_path / "att")
