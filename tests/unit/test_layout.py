@@ -284,10 +284,11 @@ def test_heatmap_slides_suggests_an_upper_case_id_before_a_near_one():
 
 def test_a_sheet_masks_json_sidecar_is_an_input_where_it_exists(tmp_path, monkeypatch):
     """The evaluation and the heatmap read a lesion mask's downsample from its JSON sidecar
-    (evaluate.lesion_mask.mask_sidecar): a sheet's sidecar that exists is listed with the mask,
+    (wsi.mask_io.mask_sidecar): a sheet's sidecar that exists is listed with the mask,
     so editing or adding one reruns them; a missing one is no input (it is optional); a demo
     cohort's are listed as before (written by rule demo_cohort: no rerun after an update)."""
-    from gigamil.evaluate.lesion_mask import mask_sidecar, mask_sidecars
+    from gigamil.evaluate.lesion_mask import mask_sidecars
+    from gigamil.wsi.mask_io import mask_sidecar
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gigamil.errors import GigamilError
+from gigamil.wsi.mask_io import mask_sidecar  # MASK.png -> MASK.json, as a tissue mask's
 
 # a binary mask's pixels are black or white (or 0 and one small label); a file whose pixels are
 # mostly grey levels between (more than this share) is not a mask but, e.g., a photo or a
@@ -99,11 +100,6 @@ def load_mask_with_downsample(
     if slide_dimensions is not None:
         _check_mask_covers_slide(path, mask.shape, ds, slide_dimensions)
     return mask, ds
-
-
-def mask_sidecar(path: str | Path) -> Path:
-    """The JSON sidecar of the lesion mask ``path`` (same stem): its downsample or mpp."""
-    return Path(path).with_suffix(".json")
 
 
 def mask_sidecars(masks: Iterable[str | Path], existing_only: bool = True) -> list[str]:
