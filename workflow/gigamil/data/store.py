@@ -367,10 +367,7 @@ def check_chunk_crcs(
         for i, index in enumerate(itertools.product(*(range(n) for n in arr.cdata_shape))):
             if have[8 * i : 8 * i + 8] == want[8 * i : 8 * i + 8]:
                 continue
-            sel = tuple(
-                slice(j * c, min((j + 1) * c, n))
-                for j, c, n in zip(index, arr.chunks, arr.shape, strict=True)
-            )
+            sel = _chunk_selection(arr, index)
             read_patches(arr, path, slide_id, sel, kind)  # a damaged chunk: named as such
             what = (
                 "is not the chunk written there (chunk files swapped, or copied from another store)"
@@ -382,15 +379,17 @@ def check_chunk_crcs(
         raise damaged_store_error(path, slide_id, f"{name}/c", what, kind)
 
 
+def _chunk_selection(arr: zarr.Array, index: tuple[int, ...]) -> tuple[slice, ...]:
+    """The part of ``arr`` its chunk at grid ``index`` holds (the last one may be short)."""
+    bounds = zip(index, arr.chunks, arr.shape, strict=True)
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in bounds)
+
+
 def _find_bad_chunk(arr: zarr.Array) -> tuple[str | None, BaseException | None]:
     """The first chunk of ``arr`` that does not read (key, error), or (None, None)."""
     for index in itertools.product(*(range(n) for n in arr.cdata_shape)):
-        sel = tuple(
-            slice(i * c, min((i + 1) * c, n))
-            for i, c, n in zip(index, arr.chunks, arr.shape, strict=True)
-        )
         try:
-            arr[sel]
+            arr[_chunk_selection(arr, index)]
         except Exception as exc:  # noqa: BLE001 - that is the chunk we are looking for
             return chunk_key(arr, index), exc
     return None, None
