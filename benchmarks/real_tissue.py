@@ -356,6 +356,8 @@ def collect_gigamil(wd: Path, experiment: str = EXPERIMENT) -> dict[str, Any]:
         "localization_auc": summary.get("localization_auc"),
         "localization_auc_sd": summary.get("localization_auc_sd"),
         "localization_n_slides": summary.get("localization_n_slides"),
+        # the patch score's (attention and patch logits; absent before 2026-12-07)
+        "patch_score_localization_auc": summary.get("patch_score_localization_auc"),
         "folds": per_fold,
     }
 
@@ -637,6 +639,12 @@ def gigamil_of_run(wd: Path) -> dict[str, Any] | None:
     return collect_gigamil(wd, experiment)
 
 
+def patch_score_note(ours: dict[str, Any]) -> str:
+    """`` (patch score 0.807)``: gigamil's localisation AUC of the patch score, "" without."""
+    score = ours.get("patch_score_localization_auc")
+    return "" if score is None else f" (patch score {score:.3f})"
+
+
 def gigamil_run_line(ours: dict[str, Any] | None) -> str:
     """``gigamil on the run: OOF AUC 0.972, patient AUC 1.000, ...``: the run's own figures."""
     if ours is None:
@@ -697,6 +705,9 @@ def write_result(
             [d["gigamil"].get("balanced_accuracy") for d in draws]
         ),
         "gigamil_localization_auc": mean_sd([d["gigamil"]["localization_auc"] for d in draws]),
+        "gigamil_patch_score_localization_auc": mean_sd(
+            [d["gigamil"].get("patch_score_localization_auc") for d in draws]
+        ),
         "gigamil_wall_seconds": mean_sd([d["gigamil"]["wall_seconds"] for d in draws]),
         "gigamil_final_train_loss": mean_sd(
             [f["final_train_loss"] for d in draws for f in d["gigamil"]["folds"]]
@@ -803,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"draw seed {seed}: gigamil OOF AUC {g['oof_auc']:.3f}, balanced accuracy "
             f"{g['balanced_accuracy']:.3f}, localisation "
-            f"{g['localization_auc']:.3f}, wall {wall:.0f} s, final train loss per model [{losses}]"
+            f"{g['localization_auc']:.3f}{patch_score_note(g)}, wall {wall:.0f} s, "
+            f"final train loss per model [{losses}]"
             f" | baseline OOF AUC {b['oof_auc']:.3f}, localisation {b['localization_auc']:.3f}"
             f"{smoothed_note(b)}{baseline_wall_note(b)}"
             f" | tiles -> patches {draw['tile_patch_fraction']:.3f} | OOF AUC difference "

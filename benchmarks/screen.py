@@ -105,6 +105,7 @@ def fold_job(
     """Train, predict and localise one fold of one draw (job: name, draw dir, training seed,
     fold, config, :func:`screen_folds`); (per-slide rows, fold summary)."""
     from gigamil.evaluate.localization import slide_localization
+    from gigamil.evaluate.patch_score import patch_logit_file
     from gigamil.train.predict import predict_slides
     from gigamil.train.run import train_fold
 
@@ -141,11 +142,17 @@ def fold_job(
     rows = []
     for r in pred.itertuples(index=False):
         positive = str(r.label) != classes[0]
-        loc = float("nan")
+        loc = loc_patch = float("nan")
         if positive and "lesion_mask" in sheet.columns:
-            att = np.load(out / "attention" / f"{r.slide_id}.npy")
+            att_file = out / "attention" / f"{r.slide_id}.npy"
             mask = draw / sheet.loc[r.slide_id, "lesion_mask"]
-            loc = slide_localization(test.loc[r.slide_id, "store"], att, mask)["localization_auc"]
+            res = slide_localization(
+                test.loc[r.slide_id, "store"],
+                np.load(att_file),
+                mask,
+                patch_logits=np.load(patch_logit_file(att_file)),
+            )
+            loc, loc_patch = res["localization_auc"], res["patch_score_localization_auc"]
         prob = float(getattr(r, f"prob_{classes[-1]}"))
         rows.append(
             {
@@ -156,6 +163,7 @@ def fold_job(
                 "y": int(positive),
                 "p": prob,
                 "loc": loc,
+                "loc_patch": loc_patch,
             }
         )
     log = pd.read_csv(out / "train_log.csv")  # with training.replicates > 1: every member's rows
@@ -192,6 +200,10 @@ def summary_line(
             ens = d.groupby("slide_id").agg(y=("y", "first"), p=("p", "mean"))
             text += f" ensemble {binary_auc(ens['y'], ens['p']):.3f}"
         text += " loc " + "/".join(f"{v:.3f}" for v in loc[draw])
+        if "loc_patch" in d:  # screens before 2026-12-07 have none
+            text += " patch score " + "/".join(
+                f"{v:.3f}" for v in d.groupby("seed")["loc_patch"].mean()
+            )
         parts.append(text)
     aucs = [a for v in oof.values() for a in v]
     parts.append(f"mean {np.mean(aucs):.3f} min {np.min(aucs):.3f}")
@@ -213,6 +225,11 @@ def result_record(sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds
         "seeds": sorted({int(s) for s in df["seed"]}),  # the order of each draw's values
         "oof_auc": {k: [round(a, 4) for a in v] for k, v in oof.items()},
         "localization_auc": {k: [round(a, 4) for a in v] for k, v in loc.items()},
+        "patch_score_localization_auc": {  # of the patch score (since 2026-12-07)
+            draw: [round(float(v), 4) for v in d.groupby("seed")["loc_patch"].mean()]
+            for draw, d in df.groupby("draw", sort=True)
+            if "loc_patch" in d
+        },
         "mean_oof_auc": round(float(np.mean(aucs)), 4),
         "min_oof_auc": round(float(np.min(aucs)), 4),
         "final_loss_median": round(float(info["final_loss"].median()), 4),

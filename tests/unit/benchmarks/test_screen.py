@@ -20,7 +20,9 @@ def test_summary_line_per_draw_seed_and_ensemble(bench) -> None:
     line = bench.summary_line("v", ["model.dropout=0.25"], df, info, 12.0)
     assert line.startswith("v | model.dropout=0.25 | draw0 OOF 1.000/0.500 ensemble ")
     assert "loc 0.700/0.700" in line and "mean 0.750 min 0.500" in line
-    assert "final loss 0.200, epochs 25, 12 s" in line
+    assert "final loss 0.200, epochs 25, 12 s" in line and "patch score" not in line
+    line = bench.summary_line("v", [], df.assign(loc_patch=df["loc"] + 0.1), info, 12.0)
+    assert "loc 0.700/0.700 patch score 0.800/0.800 |" in line
 
 
 def test_result_record_and_save_keep_other_variants(bench, tmp_path) -> None:
@@ -34,12 +36,14 @@ def test_result_record_and_save_keep_other_variants(bench, tmp_path) -> None:
             "y": [0, 1, 0, 1] * 2,
             "p": [0.1, 0.9, 0.2, 0.8, 0.9, 0.8, 0.2, 0.3],
             "loc": [float("nan"), 0.6, float("nan"), 0.8] * 2,
+            "loc_patch": [float("nan"), 0.7, float("nan"), 0.9] * 2,
         }
     )
     info = pd.DataFrame({"final_loss": [0.1, 0.3], "epochs": [20, 30]})
     record = bench.result_record(["training.lr=0.001"], df, info, 12.4)
     assert record["oof_auc"] == {"demo": [0.5], "draw0": [1.0]}
     assert record["localization_auc"] == {"demo": [0.7], "draw0": [0.7]}
+    assert record["patch_score_localization_auc"] == {"demo": [0.8], "draw0": [0.8]}
     assert record["mean_oof_auc"] == 0.75 and record["min_oof_auc"] == 0.5
     assert record["seconds"] == 12 and record["epochs_median"] == 25
     path = tmp_path / "screen.json"

@@ -44,12 +44,14 @@ def test_an_attention_file_is_never_left_cut_short(mil_bags, tmp_path: Path, mon
     model = _model_pt(tmp_path / "fold0" / "model.pt", mil_bags.px)
     att = tmp_path / "att"
     predict_slides(model, slides, None, att)
-    before = {p.name: p.read_bytes() for p in att.iterdir()}
-    assert sorted(before) == ["s0.npy", "s1.npy"]
+    files = lambda: {p.relative_to(att).as_posix(): p.read_bytes() for p in att.rglob("*.*")}  # noqa: E731
+    before = files()
+    logits = ["patch_logits/s0.npy", "patch_logits/s1.npy"]
+    assert sorted(before) == [*logits, "s0.npy", "s1.npy"]
     monkeypatch.setattr(fileutil, "_write_file", _half_then_fail)
     with pytest.raises(OSError, match="killed"):
         predict_slides(model, slides, None, att)
-    assert {p.name: p.read_bytes() for p in att.iterdir()} == before
+    assert files() == before
 
 
 def test_a_model_pt_written_before_the_stain_matrices_loads_and_predicts_the_same(

@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         "n_slides",
         "n_patients",
         "localization_auc",
+        "patch_score_localization_auc",
     )
     print(json_text({k: summary[k] for k in keys if k in summary}, indent=1))  # NaN: null
     return 0

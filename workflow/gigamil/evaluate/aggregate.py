@@ -20,7 +20,6 @@ shares the metrics and summary blocks here.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,11 @@ import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate import metrics as M
-from gigamil.evaluate.localization import cohort_localization
+from gigamil.evaluate.localization import (  # noqa: F401 - localization_block: also here
+    add_localization_columns,
+    cohort_localization,
+    localization_block,
+)
 from gigamil.evaluate.patients import write_patient_predictions
 from gigamil.evaluate.predictions import oof_predictions, read_predictions, split_unpredicted
 from gigamil.evaluate.tables import (
@@ -204,52 +207,6 @@ def _ci_note(summary: Mapping[str, Any]) -> str:
         "patients gave the same value; this does not mean certainty (a percentile bootstrap "
         "cannot reach beyond the values it resamples)"
     )
-
-
-def add_localization_columns(table: pd.DataFrame, loc: Mapping[str, Mapping[str, float]]) -> None:
-    """Add ``localization_auc`` and ``n_lesion_patches`` (by ``slide_id``) to ``table``."""
-    table["localization_auc"] = table["slide_id"].map(
-        {s: v["localization_auc"] for s, v in loc.items()}
-    )
-    table["n_lesion_patches"] = table["slide_id"].map(
-        {s: v["n_lesion_patches"] for s, v in loc.items()}
-    )
-
-
-def _no_localization_note(loc: Mapping[str, Mapping[str, float]]) -> str:
-    """Why no slide has a localisation AUC: it needs lesion and non-lesion patches on a slide;
-    names how many masked slides have every patch in the lesion and how many none."""
-    full = sum(
-        1 for v in loc.values() if v["n_patches"] and v["n_lesion_patches"] == v["n_patches"]
-    )
-    empty = sum(1 for v in loc.values() if not v["n_lesion_patches"])
-    return (
-        f"no slide of the {len(loc)} with a lesion mask has both lesion and non-lesion patches "
-        f"({full} with every patch in the lesion, {empty} without a lesion patch; a patch is "
-        "lesion when at least half of it is in the mask): the AUC ranks one against the other"
-    )
-
-
-def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
-    """Summary fields of per-slide localisation results (``{slide_id: slide_localization()}``):
-    ``localization_auc`` (mean over the slides where it is defined, i.e. with lesion and normal
-    patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``."""
-    values = {s: v["localization_auc"] for s, v in loc.items()}
-    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-    note = _no_localization_note(loc) if not finite else None
-    if finite:
-        log.info("localisation AUC: mean %.3f over %d slides", float(np.mean(finite)), len(finite))
-    else:
-        log.warning("localisation AUC: n/a: %s", note)
-    return {
-        **({"localization_note": note} if note else {}),
-        "localization_auc": float(np.mean(finite)) if finite else float("nan"),
-        "localization_auc_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
-        "localization_n_slides": len(finite),
-        "localization_auc_per_slide": {
-            s: v for s, v in sorted(values.items()) if v is not None and math.isfinite(v)
-        },
-    }
 
 
 def aggregate_cv(

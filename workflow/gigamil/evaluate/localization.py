@@ -4,23 +4,28 @@ For every patch of a slide, the fraction of its area inside the lesion mask is m
 summed-area table of the mask; patches with a fraction >= ``threshold`` are lesion patches. The
 localisation AUC of a slide is the ROC AUC of attention for lesion vs. non-lesion patches; it is
 defined only for slides with both kinds of patches (positive slides with some normal tissue).
+Where prediction wrote patch logits, the AUC of the patch score (attention and patch logits,
+:mod:`gigamil.evaluate.patch_score`) is reported beside it (``patch_score_localization_auc``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from gigamil.errors import GigamilError
 from gigamil.evaluate.lesion_mask import load_mask_with_downsample
 from gigamil.evaluate.metrics import binary_auc
 
 log = logging.getLogger(__name__)
+PATCH_KEY = "patch_score_localization_auc"
 
 
 def read_store_geometry(store: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -118,17 +123,28 @@ def lesion_fraction(
 
 
 def slide_localization(
-    store: str | Path, attention: np.ndarray, mask_path: str | Path, threshold: float = 0.5
+    store: str | Path,
+    attention: np.ndarray,
+    mask_path: str | Path,
+    threshold: float = 0.5,
+    patch_logits: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Localisation of one slide: AUC, number of lesion patches (at least ``threshold`` of
-    their area in the mask: :func:`lesion_fraction`) and of patches."""
+    """Localisation of one slide: AUC of the attention, of the patch score (with
+    ``patch_logits``: :func:`gigamil.evaluate.patch_score.patch_score`), number of
+    lesion patches (at least ``threshold`` of their area in the mask: :func:`lesion_fraction`)
+    and of patches."""
+    from gigamil.evaluate.patch_score import patch_score
+
     coords, _, attrs = read_store_geometry(store)
     frac = lesion_fraction(coords, attrs, mask_path)
-    return {
+    out = {
         "localization_auc": localization_auc(attention, frac, threshold),
         "n_lesion_patches": int((frac >= threshold).sum()),
         "n_patches": int(frac.size),
     }
+    if patch_logits is not None:
+        out[PATCH_KEY] = localization_auc(patch_score(attention, patch_logits), frac, threshold)
+    return out
 
 
 def cohort_localization(
@@ -143,6 +159,7 @@ def cohort_localization(
     an error (:func:`~gigamil.evaluate.predictions.check_attention_present`), and a slide
     with no file at all is skipped with a warning.
     """
+    from gigamil.evaluate.patch_score import patch_logit_files
     from gigamil.evaluate.predictions import check_attention_present
 
     out = {}
@@ -157,7 +174,11 @@ def cohort_localization(
                 ", ".join(map(str, paths)),
             )
             continue
-        out[slide_id] = slide_localization(store, mean_attention(present), mask_path, threshold)
+        logit_files = patch_logit_files(present)  # None: predicted before patch logits
+        patch_logits = None if logit_files is None else mean_attention(logit_files)
+        out[slide_id] = slide_localization(
+            store, mean_attention(present), mask_path, threshold, patch_logits
+        )
     return out
 
 
@@ -213,3 +234,66 @@ def localization_label(summaries: Sequence[str | Path], slide_id: str) -> str:
         if isinstance(per_slide, dict) and isinstance(per_slide.get(str(slide_id)), int | float):
             return f"{per_slide[str(slide_id)]:.3f}"
     return "-"
+
+
+def add_localization_columns(table: pd.DataFrame, loc: Mapping[str, Mapping[str, float]]) -> None:
+    """Add ``localization_auc``, ``patch_score_localization_auc`` (where any slide has patch
+    logits) and ``n_lesion_patches`` (by ``slide_id``) to ``table``."""
+    for key in ("localization_auc", PATCH_KEY):
+        values = {s: v.get(key, math.nan) for s, v in loc.items()}
+        if key == "localization_auc" or any(map(math.isfinite, values.values())):
+            table[key] = table["slide_id"].map(values)
+    table["n_lesion_patches"] = table["slide_id"].map(
+        {s: v["n_lesion_patches"] for s, v in loc.items()}
+    )
+
+
+def _no_localization_note(loc: Mapping[str, Mapping[str, float]]) -> str:
+    """Why no slide has a localisation AUC: it needs lesion and non-lesion patches on a slide;
+    names how many masked slides have every patch in the lesion and how many none."""
+    full = sum(
+        1 for v in loc.values() if v["n_patches"] and v["n_lesion_patches"] == v["n_patches"]
+    )
+    empty = sum(1 for v in loc.values() if not v["n_lesion_patches"])
+    return (
+        f"no slide of the {len(loc)} with a lesion mask has both lesion and non-lesion patches "
+        f"({full} with every patch in the lesion, {empty} without a lesion patch; a patch is "
+        "lesion when at least half of it is in the mask): the AUC ranks one against the other"
+    )
+
+
+def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """Summary fields of per-slide localisation results (``{slide_id: slide_localization()}``):
+    ``localization_auc`` (mean over the slides where it is defined, i.e. with lesion and normal
+    patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``."""
+    values = {s: v["localization_auc"] for s, v in loc.items()}
+    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    note = _no_localization_note(loc) if not finite else None
+    if finite:
+        log.info("localisation AUC: mean %.3f over %d slides", float(np.mean(finite)), len(finite))
+    else:
+        log.warning("localisation AUC: n/a: %s", note)
+    scores = {s: v.get(PATCH_KEY, math.nan) for s, v in loc.items()}
+    scored = {s: v for s, v in sorted(scores.items()) if math.isfinite(v)}
+    if scored:
+        log.info("patch-score localisation AUC: mean %.3f", float(np.mean(list(scored.values()))))
+    return {
+        **({"localization_note": note} if note else {}),
+        "localization_auc": float(np.mean(finite)) if finite else float("nan"),
+        "localization_auc_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+        "localization_n_slides": len(finite),
+        "localization_auc_per_slide": {
+            s: v for s, v in sorted(values.items()) if v is not None and math.isfinite(v)
+        },
+        **(_mean_sd_per_slide(PATCH_KEY, scored) if scored else {}),
+    }
+
+
+def _mean_sd_per_slide(key: str, values: Mapping[str, float]) -> dict[str, Any]:
+    """``key``, ``key_sd`` and ``key_per_slide`` of per-slide values (all finite)."""
+    v = list(values.values())
+    return {
+        key: float(np.mean(v)),
+        f"{key}_sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+        f"{key}_per_slide": dict(values),
+    }

@@ -76,7 +76,9 @@ def _localisation(summary: Mapping[str, Any]) -> str:
     if not loc:
         note = summary.get("localization_note")
         return f"; localisation AUC n/a ({note})" if note else ""
-    return f"; localisation AUC {loc} ({'1 slide' if n == 1 else f'mean ± sd, {n} slides'})"
+    score = localisation_figure(summary, "patch_score_localization_auc")
+    score = f", of the patch score {score}" if score else ""
+    return f"; localisation AUC {loc}{score} ({'1 slide' if n == 1 else f'mean ± sd, {n} slides'})"
 
 
 def run_summary_lines(  # noqa: PLR0913 - what the workflow knows at the end of a run

@@ -91,12 +91,12 @@ def mean_sd(mean: Any, sd: Any) -> str:
     return f"{m} ± {s}" if m and s else m
 
 
-def localisation_figure(summary: Mapping[str, Any]) -> str:
-    """The localisation AUC of a summary as the pages and the end-of-run line write it: mean ±
-    sd over its lesion-masked slides, one slide's AUC alone (no spread); "" when undefined."""
+def localisation_figure(summary: Mapping[str, Any], key: str = "localization_auc") -> str:
+    """The localisation AUC of a summary (``key``: or ``patch_score_localization_auc``) as the
+    pages and the end-of-run line write it: mean ± sd over its lesion-masked slides, one
+    slide's AUC alone (no spread); "" when undefined."""
     one = summary.get("localization_n_slides") == 1
-    sd = None if one else summary.get("localization_auc_sd")
-    return mean_sd(summary.get("localization_auc"), sd)
+    return mean_sd(summary.get(key), None if one else summary.get(f"{key}_sd"))
 
 
 def out_of_fold(summary: Mapping[str, Any]) -> bool:
@@ -160,6 +160,8 @@ def summary_rows(summary: Mapping[str, Any], auc_key: str) -> list[tuple[str, st
         else:
             what = "localisation AUC of the attention (lesion masks), mean ± sd"
             rows.append((what, f"{loc} ({n} slides)"))
+        if score := localisation_figure(summary, "patch_score_localization_auc"):
+            rows.append(("… of the patch score (attention and patch logits)", score))
     rows.append(("slides / patients", f"{summary.get('n_slides')} / {summary.get('n_patients')}"))
     if summary.get("n_unpredicted"):
         text = str(summary["n_unpredicted"])

@@ -54,3 +54,22 @@ class ReplicateEnsemble(nn.Module):
             logits.append(apply_calibration(z, calibration).float())
             attention.append(att.float())
         return torch.stack(logits).mean(0), torch.stack(attention).mean(0)
+
+    def forward_patches(
+        self,
+        bag: Bag,
+        adj: torch.Tensor | None = None,
+        max_instances_per_forward_pass: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward`'s two means and the members' mean patch logits (N,)
+        (:meth:`MILModel.forward_patches`, not calibrated; None if a member has none)."""
+        logits, attention, patches = [], [], []
+        for member, calibration in zip(self.members, self.calibrations, strict=True):
+            z, att, patch = member.forward_patches(
+                bag, adj, max_instances_per_forward_pass=max_instances_per_forward_pass
+            )
+            logits.append(apply_calibration(z, calibration).float())
+            attention.append(att.float())
+            patches.append(patch)
+        mean_patch = None if any(p is None for p in patches) else torch.stack(patches).mean(0)
+        return torch.stack(logits).mean(0), torch.stack(attention).mean(0), mean_patch

@@ -127,17 +127,22 @@ class MILModel(nn.Module):
 
     def _adjacency(self, bag: Bag, adj: torch.Tensor | None) -> torch.Tensor | None:
         if adj is None and getattr(self.attention_model, "needs_adj", False):
-            cached = getattr(bag, "adjacency", None)  # a bag that keeps its adjacency
-            grid = getattr(bag, "grid", None)
-            if callable(cached):
-                adj = cached()
-            elif grid is None:
+            adj = self._grid_adjacency(bag)
+            if adj is None:
                 raise ValueError("the attention model needs `adj` (or a bag with a .grid)")
-            else:
-                from gigamil.nn.pooling import grid_adjacency
-
-                adj = grid_adjacency(grid)
         return None if adj is None else adj.to(self.device)
+
+    def _grid_adjacency(self, bag: Bag) -> torch.Tensor | None:
+        """The patch-grid adjacency the bag keeps or its ``.grid`` gives; None without a grid."""
+        cached = getattr(bag, "adjacency", None)  # a bag that keeps its adjacency
+        if callable(cached):
+            return cached()
+        grid = getattr(bag, "grid", None)
+        if grid is None:
+            return None
+        from gigamil.nn.pooling import grid_adjacency
+
+        return grid_adjacency(grid)
 
     def _head(self, h: torch.Tensor, adj: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if adj is None:
@@ -185,6 +190,37 @@ class MILModel(nn.Module):
         """``(logits (n_out,), attention (N,))`` of one bag (no backward)."""
         h = self.encode(bag, max_instances_per_forward_pass)
         return self._head(h, self._adjacency(bag, adj))
+
+    def forward_patches(
+        self,
+        bag: Bag,
+        adj: torch.Tensor | None = None,
+        max_instances_per_forward_pass: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(logits (n_out,), attention (N,), patch logits (N,) or None)`` of one bag.
+
+        The patch logits are the bag classifier applied to each patch's features (the
+        attention model's ``instance_logits``; None if it has none), as the logit of the
+        positive class (:func:`positive_logit`), smoothed over the patch grid with the Sm
+        operator at the attention model's ``sm_alpha`` (:func:`gigamil.nn.pooling.smooth`;
+        unsmoothed for a bag without a grid): how much each neighbourhood looks like the
+        positive class, beside where the attention looked (docs/real_tissue.md, "Patch
+        scores").
+        """
+        h = self.encode(bag, max_instances_per_forward_pass)
+        adj = self._adjacency(bag, adj)
+        logits, att = self._head(h, adj)
+        instance_logits = getattr(self.attention_model, "instance_logits", None)
+        if not callable(instance_logits):
+            return logits, att, None
+        z = positive_logit(instance_logits(h).float())
+        grid = adj if adj is not None else self._grid_adjacency(bag)
+        alpha = float(getattr(self.attention_model, "sm_alpha", 0.0))
+        if grid is not None and alpha > 0:
+            from gigamil.nn.pooling import smooth
+
+            z = smooth(z, grid.to(z.device), alpha)
+        return logits, att, z
 
     # ---------------------------------------------------------------- training
     def _chunk_size(self, n: int, k: int | None) -> int | None:
@@ -308,6 +344,15 @@ class MILModel(nn.Module):
         finally:
             set_rng_state(after_pass_1, dev)
         return TrainStep(logits.detach(), att.detach(), float(loss.detach()))
+
+
+def positive_logit(z: torch.Tensor) -> torch.Tensor:
+    """Logit (N,) of "not the first class" from instance logits (N, n_out): the one logit of
+    a binary model (n_out 1), else logsumexp of the other classes' logits minus the first's
+    (the positive class of the heatmaps' colour scale)."""
+    if z.shape[-1] == 1:
+        return z[:, 0]
+    return torch.logsumexp(z[:, 1:], dim=1) - z[:, 0]
 
 
 def chunk_argument(k: Any) -> int | None:

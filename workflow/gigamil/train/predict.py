@@ -15,6 +15,7 @@ from gigamil.config import check_slide_id
 from gigamil.data.bags import ZarrBag, store_stain_normalization, swapped_store
 from gigamil.data.features import FeatureBag, check_encoder_weights, open_bag
 from gigamil.errors import GigamilError
+from gigamil.evaluate.patch_score import patch_logit_file
 from gigamil.fileutil import atomic_save_npy, atomic_write_csv, zarr_attributes
 from gigamil.logutil import current_context, log_context
 from gigamil.settings import TrainingConfig
@@ -43,17 +44,25 @@ def _predict_bag(
     n_classes: int,
     chunk: int | None,
     calibration: dict | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (float64) and attention (float32, (N,)) of one bag, the logits mapped
-    by model.pt's ``logit_calibration`` first; NaN probabilities and no attention for an empty
-    bag."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Class probabilities (float64), attention and patch logits (float32, (N,); None for an
+    attention model without ``instance_logits``) of one bag (:meth:`MILModel.forward_patches`),
+    the logits mapped by model.pt's ``logit_calibration``; NaN and empty for an empty bag."""
     if len(bag) == 0:
-        return np.full(n_classes, np.nan), np.zeros(0, dtype=np.float32)
-    with torch.inference_mode():
-        logits, att = model(bag, max_instances_per_forward_pass=chunk)
+        return np.full(n_classes, np.nan), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    with torch.inference_mode():  # a MILModel or ReplicateEnsemble (load_model)
+        logits, att, patch = model.forward_patches(bag, None, chunk)  # type: ignore[operator]
         logits = apply_calibration(logits, calibration)
     prob = bag_probabilities(logits).cpu().numpy().astype(np.float64)
-    return prob, att.float().cpu().numpy().astype(np.float32)
+    patch = None if patch is None else patch.float().cpu().numpy().astype(np.float32)
+    return prob, att.float().cpu().numpy().astype(np.float32), patch
+
+
+def _save_arrays(path: Path, attention: np.ndarray, patch: np.ndarray | None) -> None:
+    """The attention at ``path`` and the patch logits (if any) beside it, never cut short."""
+    atomic_save_npy(path, attention)
+    if patch is not None:
+        atomic_save_npy(patch_logit_file(path), patch)
 
 
 def _check_kind(slide_id: str, bag: ZarrBag | FeatureBag, features: dict | None) -> None:
@@ -192,7 +201,7 @@ def predict_slides(  # noqa: PLR0913 - public API (scripts, CLI, tests)
     to ``out_csv`` unless that is None (rule predict_fold writes it once, with the fold, through
     :func:`gigamil.evaluate.predictions.write_fold_predictions`). Writes
     ``attention_dir/{slide_id}.npy`` (float32 (N,), softmax attention in the store's row order;
-    a feature store has the rows of its patch store). ``slides.store`` is a patch store, or a
+    a feature store has the rows of its patch store) and ``attention_dir/patch_logits/``. ``slides.store`` is a patch store, or a
     feature store of the encoder of a model trained on cached features. A slide without patches gets NaN probabilities, an empty ``pred`` and an
     empty attention array (there is nothing to classify; no guess is made). A slide with
     instances whose probabilities or attention are not finite (NaN weights, NaN or inf
@@ -352,13 +361,14 @@ def _predict_slides(  # noqa: PLR0913 - the arguments of predict_slides
     rows = []
     for i, (row, bag) in enumerate(zip(slides.itertuples(index=False), bags, strict=True), 1):
         t0 = time.monotonic()
-        prob, att = _predict_bag(
+        prob, att, patch = _predict_bag(
             model, bag, len(classes), max_instances_per_forward_pass, ckpt.get("logit_calibration")
         )
-        if len(bag) and not (np.isfinite(prob).all() and np.isfinite(att).all()):
+        finite = [np.isfinite(a).all() for a in (prob, att, [] if patch is None else patch)]
+        if len(bag) and not all(finite):
             raise GigamilError(non_finite_message(model_path, model, row, len(bag), prob))
         pred = classes[int(prob.argmax())] if len(bag) else ""
-        atomic_save_npy(attention_dir / f"{row.slide_id}.npy", att)  # never a cut file
+        _save_arrays(attention_dir / f"{row.slide_id}.npy", att, patch)
         shown = int(prob.argmax()) if len(classes) > 2 and len(bag) else -1  # 2: the positive
         log.info(  # with more than two classes, the predicted one's probability
             "slide %d/%d %s: %d patches, P(%s) %s -> %s (%.1f s)",

@@ -1,0 +1,94 @@
+"""Patch scores: percentile ranks of attention and patch logits, and their localisation AUC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gigamil.evaluate.localization import (
+    add_localization_columns,
+    cohort_localization,
+    localization_block,
+    slide_localization,
+)
+from gigamil.evaluate.patch_score import (
+    patch_logit_file,
+    patch_logit_files,
+    patch_score,
+    percentile_rank,
+)
+
+
+def test_percentile_ranks_average_ties_and_the_score_is_their_mean():
+    np.testing.assert_allclose(
+        percentile_rank(np.array([3.0, 1.0, 3.0, 2.0])), [0.875, 0.25, 0.875, 0.5]
+    )
+    assert percentile_rank(np.array([])).shape == (0,)
+    att, logits = np.array([0.7, 0.2, 0.1]), np.array([-5.0, 4.0, 0.0])
+    np.testing.assert_allclose(patch_score(att, logits), [(1 + 1 / 3) / 2, (2 / 3 + 1) / 2, 0.5])
+    with pytest.raises(ValueError, match="differ in shape"):
+        patch_score(att, logits[:2])
+
+
+def test_patch_logit_files_sit_beside_the_attention_and_all_must_exist(tmp_path):
+    att = [tmp_path / f"fold{k}" / "s1.npy" for k in (0, 1)]
+    assert patch_logit_file(att[0]) == tmp_path / "fold0" / "patch_logits" / "s1.npy"
+    for i, path in enumerate([*att, patch_logit_file(att[0])]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.full(3, i, np.float32))
+    assert patch_logit_files(att) is None  # fold1 predicted before patch logits: attention only
+    patch_logit_file(att[1]).parent.mkdir()
+    np.save(patch_logit_file(att[1]), np.zeros(3, np.float32))
+    assert patch_logit_files(att) == [patch_logit_file(a) for a in att]
+
+
+def test_the_patch_score_localises_where_attention_alone_misses_lesion_patches(
+    grid_slide, tmp_path
+):
+    """Attention peaked on two of six lesion patches ranks the other four among the normal
+    ones; patch logits that are high over the whole lesion lift them."""
+    store = tmp_path / "s.zarr"
+    _, grid = grid_slide.write(store)
+    mask = tmp_path / "s.png"
+    grid_slide.write_mask(mask, rows=[1, 2], cols=[2, 3, 4], downsample=16)
+    lesion = np.isin(grid[:, 0], [1, 2]) & np.isin(grid[:, 1], [2, 3, 4])
+    rng = np.random.default_rng(0)
+    att = rng.random(len(grid))
+    att[np.flatnonzero(lesion)[:2]] = 10.0
+    logits = np.where(lesion, 2.0, 0.0) + rng.random(len(grid))
+    res = slide_localization(store, att, mask, patch_logits=logits)
+    assert res["patch_score_localization_auc"] > res["localization_auc"] + 0.1
+    assert "patch_score_localization_auc" not in slide_localization(store, att, mask)
+    # through the files prediction writes: the key appears only where patch logits exist
+    att_file = tmp_path / "attention" / "s.npy"
+    att_file.parent.mkdir()
+    np.save(att_file, att.astype(np.float32))
+    loc = cohort_localization({"s": (store, att_file, mask)})
+    assert set(loc["s"]) == {"localization_auc", "n_lesion_patches", "n_patches"}
+    patch_logit_file(att_file).parent.mkdir()
+    np.save(patch_logit_file(att_file), logits.astype(np.float32))
+    loc = cohort_localization({"s": (store, att_file, mask)})
+    assert loc["s"]["patch_score_localization_auc"] == pytest.approx(
+        res["patch_score_localization_auc"]
+    )
+
+
+def test_the_summary_and_table_report_the_patch_score_only_where_it_exists():
+    import pandas as pd
+
+    loc = {
+        "a": {"localization_auc": 0.6, "patch_score_localization_auc": 0.8, "n_lesion_patches": 2},
+        "b": {"localization_auc": 0.7, "patch_score_localization_auc": 0.9, "n_lesion_patches": 3},
+    }
+    block = localization_block(loc)
+    assert block["patch_score_localization_auc"] == pytest.approx(0.85)
+    assert block["patch_score_localization_auc_sd"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert block["patch_score_localization_auc_per_slide"] == {"a": 0.8, "b": 0.9}
+    table = pd.DataFrame({"slide_id": ["a", "b", "c"]})
+    add_localization_columns(table, loc)
+    assert table["patch_score_localization_auc"].tolist()[:2] == [0.8, 0.9]
+    old = {s: {k: v for k, v in d.items() if not k.startswith("patch")} for s, d in loc.items()}
+    assert not any(k.startswith("patch") for k in localization_block(old))
+    table = pd.DataFrame({"slide_id": ["a", "b"]})
+    add_localization_columns(table, old)
+    assert list(table.columns) == ["slide_id", "localization_auc", "n_lesion_patches"]
