@@ -279,10 +279,20 @@ def test_localization_in_summary(grid_slide, tmp_path):
             store, mask, lesion = _slide_with_mask(grid_slide, tmp_path, sid, label == "lesion")
             att = np.where(lesion, 1.0, 0.0) + 3 * rng.random(len(lesion))  # noisy: AUC < 1
             np.save(tmp_path / f"{sid}.npy", att.astype(np.float32))
+            logits = np.where(lesion, 1.0, 0.0) + rng.random(len(lesion))  # the patch logits
+            (tmp_path / "patch_logits").mkdir(exist_ok=True)
+            np.save(tmp_path / "patch_logits" / f"{sid}.npy", logits.astype(np.float32))
             loc[sid] = (store, tmp_path / f"{sid}.npy", mask)
     s = aggregate_cv(
         paths, tmp_path / "folds.csv", CLASSES, tmp_path / "eval", "t", localization=loc, n_boot=50
     )
+    assert s["patch_score_localization_auc"] > s["localization_auc"]  # less noisy logits
+    assert sorted(s["patch_score_localization_auc_per_slide"]) == sorted(
+        s["localization_auc_per_slide"]
+    )
+    patch_table = pd.read_csv(tmp_path / "eval" / "per_slide_predictions.csv")
+    assert patch_table["patch_score_localization_auc"].notna().sum() == 4
+    assert "of the patch score" in (tmp_path / "eval" / "metrics.html").read_text()
     per = s["localization_auc_per_slide"]
     assert sorted(per) == sorted(folds.loc[folds.label == "lesion", "slide_id"].unique())
     assert s["localization_n_slides"] == 4

@@ -51,6 +51,11 @@ def test_run_summary_names_the_figures_and_the_pages(tmp_path: Path) -> None:
         "something only for slides like the training slides)"
     )
     assert lines[-1].endswith("snakemake --report report.html")
+    cv |= {"patch_score_localization_auc": 0.91, "patch_score_localization_auc_sd": 0.05}
+    _write(tmp_path / "results/eval/exp/summary.json", cv)
+    assert run_summary_lines("exp", COHORTS, tmp_path)[1].endswith(
+        "localisation AUC 0.870 ± 0.103, of the patch score 0.910 ± 0.050 (mean ± sd, 12 slides)"
+    )
     # a run with --configfile: the report command needs it too (else the demo's experiment)
     lines = run_summary_lines("exp", COHORTS, tmp_path, configfiles=["my.yaml"])
     assert lines[-1].endswith("snakemake --report report.html --configfile my.yaml")

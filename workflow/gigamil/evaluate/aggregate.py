@@ -320,7 +320,12 @@ def _write_cv_outputs(
     confusion.png and summary.json in ``out_dir``."""
     pcols = [f"prob_{c}" for c in classes]
     cols = ["cohort", "slide_id", "patient_id", "label", "fold", *pcols, "pred", "correct"]
-    extra = ("model_learned", "localization_auc", "n_lesion_patches")
+    extra = (
+        "model_learned",
+        "localization_auc",
+        "patch_score_localization_auc",
+        "n_lesion_patches",
+    )
     cols += [c for c in extra if c in per_slide.columns]
     ordered = per_slide[cols].sort_values(["cohort", "slide_id"])
     atomic_write_csv(ordered, out_dir / "per_slide_predictions.csv", float_format=FLOAT_FORMAT)
