@@ -115,7 +115,7 @@ def runs_of(args: argparse.Namespace):
         ps = pd.read_csv(next((wd / "results" / "eval").glob("*/per_slide_predictions.csv")))
         models = next((wd / "results" / "models").glob("*/fold0")).parent
         yield (
-            wd.name,
+            str(wd),
             wd,
             dict(zip(ps.slide_id, ps.fold, strict=True)),
             lambda f, m=models: m / f"fold{f}/model.pt",
