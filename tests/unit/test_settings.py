@@ -158,7 +158,7 @@ _RECORDED_ORDER = {
     ("preprocessing", "tissue"): "mask_mpp threshold median_px close_um open_um min_area_um2 "
     "dark_value pen_ink",
     ("cv",): "folds val_fraction stratify_by seed",
-    ("heatmaps",): "slides normalize top_k alpha cmap",
+    ("heatmaps",): "slides normalize weights top_k alpha cmap",
 }
 
 

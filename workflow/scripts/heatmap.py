@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from gigamil import layout
-from gigamil.evaluate.localization import mean_attention
+from gigamil.evaluate.patch_score import heatmap_weights
 from gigamil.viz.figures import report_copy
 from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, weight_name
 from gigamil.viz.slide_info import read_slide_prediction
@@ -21,7 +21,9 @@ log = logging.getLogger("heatmap")
 log.info("%s: attention of %d fold model(s): %s", slide_id, len(found), ", ".join(map(str, found)))
 prediction = read_slide_prediction(snakemake.input.preds, slide_id, snakemake.params.classes)
 log.info("%s", prediction.title().replace("\n", ": "))
-attention = mean_attention(found)
+hm = snakemake.params.heatmaps
+# heatmaps.weights: the mean attention, or the patch score (attention and patch logits)
+attention, weight = heatmap_weights(found, hm["weights"], weight_name(snakemake.params.pool))
 if not len(attention):  # a slide without patches: every model wrote an empty array
     log.info("%s: no patches, so no prediction and no attention to draw", slide_id)
 elif prediction.n_models != len(found):
@@ -31,7 +33,6 @@ elif prediction.n_models != len(found):
         prediction.n_models,
         len(found),
     )
-hm = snakemake.params.heatmaps
 make_heatmap(
     snakemake.input.store,
     attention,
@@ -43,7 +44,7 @@ make_heatmap(
         top_k=int(hm["top_k"]),
         alpha=float(hm["alpha"]),
         cmap=hm["cmap"],
-        weight=weight_name(snakemake.params.pool),
+        weight=weight,
     ),
     mpp_override=snakemake.params.slide_mpp,
     prediction=prediction,

@@ -92,3 +92,29 @@ def test_the_summary_and_table_report_the_patch_score_only_where_it_exists():
     table = pd.DataFrame({"slide_id": ["a", "b"]})
     add_localization_columns(table, old)
     assert list(table.columns) == ["slide_id", "localization_auc", "n_lesion_patches"]
+
+
+def test_heatmap_weights_are_the_attention_or_the_normalised_patch_score(tmp_path, caplog):
+    from gigamil.evaluate.patch_score import heatmap_weights
+
+    att = [tmp_path / f"fold{k}" / "s.npy" for k in (0, 1)]
+    values = [np.array([0.5, 0.3, 0.2]), np.array([0.1, 0.3, 0.6])]
+    for path, a in zip(att, values, strict=True):
+        path.parent.mkdir()
+        np.save(path, a.astype(np.float32))
+    got, name = heatmap_weights(att, "attention", "attention")
+    np.testing.assert_allclose(got, [0.3, 0.3, 0.4], rtol=1e-6)
+    assert name == "attention"
+    got, name = heatmap_weights(att, "patch_score", "attention")  # no patch logits: attention
+    assert name == "attention" and "no patch logits beside" in caplog.text
+    np.testing.assert_allclose(got, [0.3, 0.3, 0.4], rtol=1e-6)
+    for path, z in zip(att, ([3.0, 1.0, 2.0], [3.0, 1.0, 2.0]), strict=True):
+        patch_logit_file(path).parent.mkdir()
+        np.save(patch_logit_file(path), np.array(z, np.float32))
+    got, name = heatmap_weights(att, "patch_score", "patch probability")
+    score = patch_score(np.array([0.3, 0.3, 0.4]), np.array([3.0, 1.0, 2.0]))
+    np.testing.assert_allclose(got, score / score.sum(), rtol=1e-6)
+    assert name == "patch score" and got.sum() == pytest.approx(1.0)
+    assert got[0] > got[1]  # the same attention: the higher patch logit decides
+    with pytest.raises(ValueError, match="attention or patch_score"):
+        heatmap_weights(att, "logits", "attention")

@@ -198,6 +198,16 @@ def test_cli_heatmap_averages_attention_files(grid_slide, tmp_path, capsys):
     )
     title = Image.open(tmp_path / "inst" / "gallery.png").text["Title"]
     assert "patch probability of 48" in title
+    # --weights patch_score: attention and the patch logits written beside it, named so
+    for name in ("a.npy", "b.npy"):
+        (tmp_path / "patch_logits").mkdir(exist_ok=True)
+        np.save(tmp_path / "patch_logits" / name, np.arange(len(coords), dtype=np.float32))
+    assert main([*args[:-4], "--out", str(tmp_path / "ps"), "--weights", "patch_score"]) == 0
+    title = Image.open(tmp_path / "ps" / "gallery.png").text["Title"]
+    assert "patch score of 48" in title
+    drawn = np.load(tmp_path / "ps" / "attention.npy")
+    assert drawn.sum() == pytest.approx(1.0, abs=1e-5)
+    assert drawn[3] > drawn[4] and drawn.argmax() == 47  # both halves count
     # --tissue-mask: a missing file was ignored (no clipping, no outline), another slide's mask
     # (here a square one: the slide is 552 x 408 px) drawn
     for name, size in {"m.png": (138, 102), "other.png": (100, 100)}.items():

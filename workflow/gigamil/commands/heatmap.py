@@ -87,6 +87,14 @@ def _add_style_arguments(parser: argparse.ArgumentParser) -> None:
         help="model.pool of the model(s) behind --attention: with instance the weights are "
         "patch probabilities, and the labels say so (default abmil: attention)",
     )
+    parser.add_argument(
+        "--weights",
+        choices=("attention", "patch_score"),
+        default="attention",
+        help="what is drawn per patch (heatmaps.weights): the mean attention (default), or the "
+        "patch score of patch_score_localization_auc (attention and the patch logits that "
+        "gigamil predict writes in patch_logits/ beside each attention file)",
+    )
     parser.add_argument("--alpha", type=FRACTION, default=0.5, help="overlay opacity (0.5)")
     parser.add_argument("--cmap", default="jet", help="matplotlib colour map (jet)")
     parser.add_argument(
@@ -99,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gigamil.config import check_cmap
     from gigamil.errors import GigamilError
-    from gigamil.evaluate.localization import mean_attention, read_store_geometry
+    from gigamil.evaluate.localization import read_store_geometry
+    from gigamil.evaluate.patch_score import heatmap_weights
     from gigamil.viz.heatmap import HeatmapStyle, make_heatmap, weight_name
     from gigamil.viz.slide_info import SlideNotPredicted, read_slide_prediction
 
@@ -128,9 +137,10 @@ def run(args: argparse.Namespace) -> int:
     normalize = args.normalize or ("probability" if prediction is not None else "relative")
     if normalize == "probability" and prediction is None:
         raise GigamilError("--normalize probability needs --predictions (the slide's probability)")
+    weights, weight = heatmap_weights(args.attention, args.weights, weight_name(args.pool))
     info = make_heatmap(
         args.store,
-        mean_attention(args.attention),
+        weights,
         args.out,
         slide_path=args.slide,
         tissue_mask=args.tissue_mask,
@@ -140,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             cmap=args.cmap,
             thumb_px=args.thumb_px,
-            weight=weight_name(args.pool),
+            weight=weight,
         ),
         mpp_override=args.slide_mpp,
         prediction=prediction,

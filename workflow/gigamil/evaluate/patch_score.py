@@ -14,6 +14,7 @@ scale. Percentile ranks are how CLAM's heatmaps show attention (Lu et al. 2021, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 PATCH_LOGITS_DIR = "patch_logits"
+log = logging.getLogger(__name__)
 
 
 def patch_logit_file(attention: str | Path) -> Path:
@@ -57,3 +59,38 @@ def patch_score(attention: np.ndarray, patch_logits: np.ndarray) -> np.ndarray:
             f"attention {attention.shape} and patch logits {patch_logits.shape} differ in shape"
         )
     return (percentile_rank(attention) + percentile_rank(patch_logits)) / 2
+
+
+def heatmap_weights(
+    attention_files: Sequence[str | Path], weights: str, weight: str
+) -> tuple[np.ndarray, str]:
+    """The per-patch weights (N,) a heatmap draws and their name for its labels.
+
+    ``attention_files``: the fold models' attention files of one slide; ``weights``: config
+    ``heatmaps.weights`` (``attention`` or ``patch_score``); ``weight``: the name of the
+    attention (:func:`gigamil.viz.heatmap.weight_name`). ``attention``: the mean attention
+    (:func:`gigamil.evaluate.localization.mean_attention`), named ``weight``. ``patch_score``:
+    the :func:`patch_score` of the mean attention and mean patch logits, divided by its sum,
+    named ``patch score``; attention, with a warning, where a file has no patch logits.
+
+    Raises:
+        ValueError: ``weights`` is neither.
+    """
+    from gigamil.evaluate.localization import mean_attention
+
+    if weights not in ("attention", "patch_score"):
+        raise ValueError(f"heatmap weights must be attention or patch_score, got {weights!r}")
+    attention = mean_attention(attention_files)
+    if weights == "attention" or not len(attention):
+        return attention, weight
+    logit_files = patch_logit_files(attention_files)
+    if logit_files is None:
+        log.warning(
+            "no patch logits beside %s (predicted before 2026-12-07?): drawing the %s, not the "
+            "patch score; predict again for the patch score",
+            ", ".join(map(str, attention_files)),
+            weight,
+        )
+        return attention, weight
+    score = patch_score(attention, mean_attention(logit_files))
+    return (score / score.sum()).astype(np.float32), "patch score"
