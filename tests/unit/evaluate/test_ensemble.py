@@ -1147,8 +1147,10 @@ def test_the_predict_log_of_a_cohort_predicted_whole_counts_no_slides_without_pa
     assert "4 of 4 slides predicted by " in said and "without patches" not in said
 
 
-def test_the_predictions_page_lists_the_absent_folds(tmp_path):
+def test_the_predictions_page_lists_the_absent_folds(tmp_path, monkeypatch):
     from gigamil.evaluate.tables import write_predictions_html
+
+    monkeypatch.chdir(tmp_path)  # the project directory: results/models/demo below
 
     ext = _sheet(n_patients=2, slides=1, cohort="ext").assign(label="")
     ens = _predict(ext, 0, np.random.default_rng(0)).assign(n_models=3)
@@ -1167,8 +1169,10 @@ def test_the_predictions_page_lists_the_absent_folds(tmp_path):
     assert "WARNING" not in page
     # what the probabilities are worth, on every page (a new user's trial, 2026-12-06)
     assert "only for slides like their training slides (tissue, stain, scanner, µm/px)" in page
-    assert "<code>gigamil model-info results/models/EXPERIMENT</code>" in page
+    # no results/models/{experiment} (a project of trained_models): that folder was named
+    assert "<code>gigamil model-info MODEL.pt (each file of trained_models)</code>" in page
     # the experiment's own models folder when known, no literal backticks (a new user's trial)
+    (tmp_path / "results" / "models" / "demo").mkdir(parents=True)
     write_predictions_html(ens, CLASSES, tmp_path / "e.html", "t", experiment="demo")
     page = (tmp_path / "e.html").read_text()
     assert "<code>gigamil model-info results/models/demo</code> says what" in page

@@ -390,9 +390,10 @@ def write_predictions_html(
     missing = len(ens) - int(counts.sum())
     unscored = f"; {missing} without patches, not predicted" if missing else ""
     body = f"<p>{int(counts.sum())} of {len(ens)} slide(s) predicted: {note}{unscored}.</p>"
-    models = html.escape(f"results/models/{experiment or 'EXPERIMENT'}")
-    body += f"<p>{html.escape(LIKE_TRAINING)}<code>gigamil model-info {models}</code> says what "
-    body += "they were trained on.</p>"
+    models = f"results/models/{experiment or 'EXPERIMENT'}"  # none with trained_models:
+    models = models if Path(models).is_dir() else "MODEL.pt (each file of trained_models)"
+    body += f"<p>{html.escape(LIKE_TRAINING)}<code>gigamil model-info {html.escape(models)}</code>"
+    body += " says what they were trained on.</p>"
     warnings = _caveat_rows(caveats or {})
     body = "".join(f"<p><b>{html.escape(k)}</b>: {html.escape(v)}</p>" for k, v in warnings) + body
     body += shown.to_html(border=0, index=False, classes="predictions", na_rep="")
