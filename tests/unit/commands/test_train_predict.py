@@ -406,3 +406,11 @@ def test_a_relative_store_is_found_from_the_working_directory_first(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     store = read_slides_csv(str(csv))["store"].iloc[0]
     assert Path(store).resolve() == (tmp_path / "stores" / "s1.zarr").resolve()
+
+
+def test_predict_help_names_the_patch_logits_it_writes(capsys) -> None:
+    """--attention-dir also gets DIR/patch_logits/ (the patch score's half); its help named
+    DIR/{slide_id}.npy only."""
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "DIR/patch_logits/{slide_id}.npy" in " ".join(capsys.readouterr().out.split())

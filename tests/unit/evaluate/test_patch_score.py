@@ -118,3 +118,65 @@ def test_heatmap_weights_are_the_attention_or_the_normalised_patch_score(tmp_pat
     assert got[0] > got[1]  # the same attention: the higher patch logit decides
     with pytest.raises(ValueError, match="attention or patch_score"):
         heatmap_weights(att, "logits", "attention")
+
+
+def test_a_patch_score_of_only_some_slides_is_left_out_with_a_warning(caplog):
+    """Some slides with patch logits, others without (one fold predicted before gigamil wrote
+    them, a lost file): the mean was over the slides that have them, written beside the
+    attention's figure as if of its slides ("0.900 (mean ± sd, 3 slides)": one slide's)."""
+    from gigamil.evaluate.run_summary import _localisation
+
+    loc = {
+        "a": {"localization_auc": 0.6, "patch_score_localization_auc": 0.9, "n_lesion_patches": 2},
+        "b": {"localization_auc": 0.7, "n_lesion_patches": 3},
+        "c": {"localization_auc": 0.8, "n_lesion_patches": 1},
+    }
+    with caplog.at_level("WARNING", logger="gigamil"):
+        block = localization_block(loc)
+    assert not any(k.startswith("patch") for k in block)
+    assert "of the patch score" not in _localisation(block)
+    assert "2 of the 3 slides" in caplog.text and "b, c" in caplog.text
+    import pandas as pd
+
+    table = pd.DataFrame({"slide_id": ["a", "b", "c"]})
+    add_localization_columns(table, loc)
+    assert "patch_score_localization_auc" not in table
+    # a slide without both kinds of patches has no AUC of either: not a missing patch score
+    loc["b"] = {"localization_auc": float("nan"), "n_lesion_patches": 0}
+    loc["c"] = {**loc["c"], "patch_score_localization_auc": 0.7}
+    assert localization_block(loc)["patch_score_localization_auc"] == pytest.approx(0.8)
+
+
+def test_fold_models_of_a_slide_with_and_without_patch_logits_are_a_warning(tmp_path, caplog):
+    """An ensemble whose fold models predicted some with patch logits, some without: the slide
+    had no patch score, silently (as if every prediction were older than patch logits)."""
+    att = [tmp_path / f"fold{k}" / "s1.npy" for k in (0, 1)]
+    for path in [*att, patch_logit_file(att[0])]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros(3, np.float32))
+    with caplog.at_level("WARNING", logger="gigamil"):
+        assert patch_logit_files(att) is None
+    assert str(patch_logit_file(att[1])) in caplog.text
+    caplog.clear()
+    assert patch_logit_files(att[1:]) is None  # none has them: older predictions, no warning
+    assert not caplog.text
+
+
+def test_a_damaged_patch_logit_file_names_the_predictions_to_delete(tmp_path):
+    """The hint for a damaged patch-logit file of the workflow's layout named no CSV ("rerun
+    the prediction that wrote it"): predictions_of took patch_logits/ for the cohort folder."""
+    from gigamil.errors import GigamilError
+    from gigamil.evaluate.localization import mean_attention
+    from gigamil.evaluate.predictions import predictions_of
+
+    fold = tmp_path / "fold0"
+    att = fold / "attention" / "ext" / "s1.npy"
+    assert predictions_of(patch_logit_file(att)) == fold / "ext.csv" == predictions_of(att)
+    odd = fold / "attention" / "patch_logits" / "s1.npy"  # a cohort named patch_logits
+    assert predictions_of(odd) == fold / "patch_logits.csv"
+    assert predictions_of(patch_logit_file(odd)) == fold / "patch_logits.csv"
+    patch_logit_file(att).parent.mkdir(parents=True)
+    patch_logit_file(att).write_bytes(b"\x93NUMPY cut")
+    (fold / "ext.csv").write_text("slide_id\ns1\n")
+    with pytest.raises(GigamilError, match="delete .*ext.csv"):
+        mean_attention([patch_logit_file(att)])

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attention-dir",
         metavar="DIR",
         help="writes DIR/{slide_id}.npy (float32 attention per patch: gigamil heatmap reads "
-        "them); default: none written",
+        "them) and DIR/patch_logits/{slide_id}.npy (the smoothed patch logits: with the "
+        "attention, gigamil evaluate's patch score); default: none written",
     )
     parser.add_argument(
         "--device",

@@ -237,12 +237,14 @@ def localization_label(summaries: Sequence[str | Path], slide_id: str) -> str:
 
 
 def add_localization_columns(table: pd.DataFrame, loc: Mapping[str, Mapping[str, float]]) -> None:
-    """Add ``localization_auc``, ``patch_score_localization_auc`` (where any slide has patch
-    logits) and ``n_lesion_patches`` (by ``slide_id``) to ``table``."""
-    for key in ("localization_auc", PATCH_KEY):
-        values = {s: v.get(key, math.nan) for s, v in loc.items()}
-        if key == "localization_auc" or any(map(math.isfinite, values.values())):
-            table[key] = table["slide_id"].map(values)
+    """Add ``localization_auc``, ``patch_score_localization_auc`` (where every slide with an
+    attention AUC has patch logits: :func:`_patch_scores`) and ``n_lesion_patches`` (by
+    ``slide_id``) to ``table``."""
+    table["localization_auc"] = table["slide_id"].map(
+        {s: v["localization_auc"] for s, v in loc.items()}
+    )
+    if scores := _patch_scores(loc)[0]:
+        table[PATCH_KEY] = table["slide_id"].map(scores)
     table["n_lesion_patches"] = table["slide_id"].map(
         {s: v["n_lesion_patches"] for s, v in loc.items()}
     )
@@ -273,10 +275,18 @@ def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
         log.info("localisation AUC: mean %.3f over %d slides", float(np.mean(finite)), len(finite))
     else:
         log.warning("localisation AUC: n/a: %s", note)
-    scores = {s: v.get(PATCH_KEY, math.nan) for s, v in loc.items()}
-    scored = {s: v for s, v in sorted(scores.items()) if math.isfinite(v)}
+    scored, missing = _patch_scores(loc)
     if scored:
         log.info("patch-score localisation AUC: mean %.3f", float(np.mean(list(scored.values()))))
+    elif missing and len(missing) < len(finite):
+        log.warning(
+            "no patch-score localisation AUC: %d of the %d slides have no patch logits (%s; "
+            "predicted before gigamil wrote them?), and a mean over the others would not be "
+            "over the attention's slides; predict them again to have it",
+            len(missing),
+            len(finite),
+            ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else ""),
+        )
     return {
         **({"localization_note": note} if note else {}),
         "localization_auc": float(np.mean(finite)) if finite else float("nan"),
@@ -287,6 +297,24 @@ def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
         },
         **(_mean_sd_per_slide(PATCH_KEY, scored) if scored else {}),
     }
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def _patch_scores(loc: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], list[str]]:
+    """The slides' patch-score AUCs (finite, by slide) and the slides with an attention AUC
+    but no patch score; no scores while any slide lacks one (a mean over some of the slides
+    would stand beside the attention's over all of them as if over the same)."""
+    missing = sorted(
+        s
+        for s, v in loc.items()
+        if _finite(v["localization_auc"]) and not _finite(v.get(PATCH_KEY))
+    )
+    if missing:
+        return {}, missing
+    return {s: v[PATCH_KEY] for s, v in sorted(loc.items()) if _finite(v.get(PATCH_KEY))}, []
 
 
 def _mean_sd_per_slide(key: str, values: Mapping[str, float]) -> dict[str, Any]:

@@ -32,11 +32,29 @@ def patch_logit_file(attention: str | Path) -> Path:
     return attention.parent / PATCH_LOGITS_DIR / attention.name
 
 
+def attention_of(path: str | Path) -> Path:
+    """The attention array a patch-logit file was written with (:func:`patch_logit_file`
+    backwards, for the workflow's ``attention/{cohort}/patch_logits/``); any other path as is."""
+    path = Path(path)
+    folder = path.parent
+    if folder.name == PATCH_LOGITS_DIR and folder.parent.parent.name == "attention":
+        return folder.parent / path.name
+    return path
+
+
 def patch_logit_files(attention: Sequence[str | Path]) -> list[Path] | None:
     """The patch-logit files of several attention files (fold models of one slide), or None
-    when one is missing (predictions written before gigamil wrote patch logits)."""
+    when one is missing (predictions written before gigamil wrote patch logits; a warning
+    when others have theirs: the slide then has no patch score)."""
     files = [patch_logit_file(a) for a in attention]
-    return files if all(f.is_file() for f in files) else None
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing and len(missing) < len(files):
+        log.warning(
+            "no patch score for a slide: its attention files have patch logits but %s is "
+            "missing (predicted before gigamil wrote them?); predict again to have one",
+            ", ".join(missing),
+        )
+    return None if missing else files
 
 
 def percentile_rank(x: np.ndarray) -> np.ndarray:

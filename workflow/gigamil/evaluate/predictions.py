@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from gigamil.errors import GigamilError, csv_read_errors
+from gigamil.evaluate.patch_score import attention_of
 from gigamil.fileutil import atomic_write_csv, csv_cut_short
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ def identical_models(
 def predictions_of(attention: str | Path) -> Path:
     """The predictions CSV written with an attention file of the workflow's layout
     (``fold{k}/attention/{cohort}/{slide_id}.npy`` -> ``fold{k}/{cohort}.csv``)."""
-    cohort_dir = Path(attention).parent
+    cohort_dir = attention_of(attention).parent  # a patch-logit file: its attention's
     return cohort_dir.parent.parent / f"{cohort_dir.name}.csv"
 
 
