@@ -111,6 +111,10 @@ def test_heatmap_weights_are_the_attention_or_the_normalised_patch_score(tmp_pat
     for path, z in zip(att, ([3.0, 1.0, 2.0], [3.0, 1.0, 2.0]), strict=True):
         patch_logit_file(path).parent.mkdir()
         np.save(patch_logit_file(path), np.array(z, np.float32))
+        if path == att[0]:  # one fold model with patch logits, one without: one warning
+            caplog.clear()
+            assert heatmap_weights(att, "patch_score", "attention")[1] == "attention"
+            assert caplog.text.count("WARNING") == 1 and "is missing" in caplog.text
     got, name = heatmap_weights(att, "patch_score", "patch probability")
     score = patch_score(np.array([0.3, 0.3, 0.4]), np.array([3.0, 1.0, 2.0]))
     np.testing.assert_allclose(got, score / score.sum(), rtol=1e-6)

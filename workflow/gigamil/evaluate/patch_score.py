@@ -101,8 +101,10 @@ def heatmap_weights(
     attention = mean_attention(attention_files)
     if weights == "attention" or not len(attention):
         return attention, weight
-    logit_files = patch_logit_files(attention_files)
+    logit_files = patch_logit_files(attention_files)  # warns when only some are missing
     if logit_files is None:
+        if any(patch_logit_file(a).is_file() for a in attention_files):
+            return attention, weight
         log.warning(
             "no patch logits beside %s (predicted before 2026-12-07?): drawing the %s, not the "
             "patch score; predict again for the patch score",
