@@ -74,3 +74,53 @@ def test_slide_ids_and_qc_rows_do_not_depend_on_the_order_of_the_sheet(tmp_path)
         assert helpers["qc_sheet"]("c")["slide_id"] == ["s1", "s2", "s3"]
         assert helpers["qc_sheet"]("c")["patient_id"] == ["p1", "p1", "p2"]
     assert params[0] == params[1]
+
+
+def test_heatmap_labels_and_captions_name_the_patch_score_where_it_is_drawn(tmp_path):
+    """With heatmaps.weights: patch_score the report still called each overlay an "attention
+    overlay", captioned it and its gallery as attention, and listed only the attention's
+    localisation AUC beside a figure of the patch score."""
+    import json
+    from types import SimpleNamespace as NS
+
+    import jinja2
+
+    helpers = _smk_helpers({})
+    summary = tmp_path / "summary.json"
+    summary.write_text(
+        json.dumps(
+            {
+                "localization_auc_per_slide": {"s1": 0.7},
+                "patch_score_localization_auc_per_slide": {"s1": 0.85},
+            }
+        )
+    )
+    helpers.update(EXPERIMENT="x", FOLDS=[0], CLASSES=["normal", "lesion"])
+    helpers["layout"] = NS(
+        prediction_csv=lambda *a: tmp_path / "none.csv",
+        ensemble_dir=lambda *a: tmp_path / "no_ensemble",
+        eval_dir=lambda *a: tmp_path,
+    )
+    wildcards = NS(cohort="demo", slide_id="s1")
+    captions = {}
+    for weights in ("attention", "patch_score"):
+        helpers["config"] = {"heatmaps": {"weights": weights}}
+        labels = helpers["heatmap_labels"]("attention overlay", wildcards)
+        snakemake = NS(config=helpers["config"], wildcards=wildcards)
+        captions[weights] = {
+            name: jinja2.Template((REPO / "workflow" / "report" / name).read_text()).render(
+                snakemake=snakemake
+            )
+            for name in ("heatmap.rst", "gallery.rst")
+        }
+        assert labels["localisation AUC"] == "0.700"
+        if weights == "attention":
+            assert labels["figure"] == "attention overlay"
+            assert "patch-score localisation AUC" not in labels
+    assert labels["figure"] == "patch score overlay"
+    assert labels["patch-score localisation AUC"] == "0.850"
+    assert captions["attention"]["heatmap.rst"].startswith("Attention heatmap of slide s1")
+    assert captions["patch_score"]["heatmap.rst"].startswith("Patch-score heatmap of slide s1")
+    assert "patch score" not in captions["attention"]["heatmap.rst"]
+    assert captions["attention"]["gallery.rst"].startswith("The highest-attention")
+    assert "patch-score patches of slide\ns1" in captions["patch_score"]["gallery.rst"]

@@ -399,10 +399,12 @@ def qc_thumbnails(caption):
 def heatmap_labels(figure, wildcards):
     """Report labels of a heatmap figure: the slide, its label, the ensemble's prediction,
     probability and whether it is right (read from the fold models' prediction CSVs when the
-    report is made), and its localisation AUC (from the cohort's ensemble or CV summary).
+    report is made), and its localisation AUC (from the cohort's ensemble or CV summary). With
+    heatmaps.weights: patch_score the overlay is named a patch score overlay, and the patch
+    score's localisation AUC is listed beside the attention's.
     """
     from gigamil.viz.slide_info import prediction_labels
-    from gigamil.evaluate.localization import localization_label
+    from gigamil.evaluate.localization import PATCH_KEY, localization_label
 
     csvs = [layout.prediction_csv(EXPERIMENT, k, wildcards.cohort) for k in FOLDS]
     info = prediction_labels(csvs, CLASSES, wildcards.slide_id)
@@ -410,13 +412,13 @@ def heatmap_labels(figure, wildcards):
         f"{layout.ensemble_dir(EXPERIMENT, wildcards.cohort)}/summary.json",
         f"{layout.eval_dir(EXPERIMENT)}/summary.json",
     ]
-    loc = localization_label(summaries, wildcards.slide_id)
-    return {
-        "slide": wildcards.slide_id,
-        **info,
-        "localisation AUC": loc,
-        "figure": figure,
-    }
+    loc = {"localisation AUC": localization_label(summaries, wildcards.slide_id)}
+    if config["heatmaps"].get("weights") == "patch_score":
+        figure = figure.replace("attention", "patch score")
+        loc["patch-score localisation AUC"] = localization_label(
+            summaries, wildcards.slide_id, PATCH_KEY
+        )
+    return {"slide": wildcards.slide_id, **info, **loc, "figure": figure}
 
 
 def lesion_sidecar(cohort, slide_id):

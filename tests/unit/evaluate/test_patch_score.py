@@ -184,3 +184,31 @@ def test_a_damaged_patch_logit_file_names_the_predictions_to_delete(tmp_path):
     (fold / "ext.csv").write_text("slide_id\ns1\n")
     with pytest.raises(GigamilError, match="delete .*ext.csv"):
         mean_attention([patch_logit_file(att)])
+
+
+def test_patch_logits_of_another_length_than_the_attention_are_an_error_naming_them(
+    grid_slide, tmp_path
+):
+    """Patch logits of another length than the attention beside them (not written by the same
+    prediction) stopped `gigamil heatmap --weights patch_score`, `evaluate` and `ensemble
+    --localization` and rule aggregate_cv with a traceback (patch_score's ValueError)."""
+    from gigamil.errors import GigamilError
+    from gigamil.evaluate.patch_score import heatmap_weights
+
+    store = tmp_path / "s.zarr"
+    _, grid = grid_slide.write(store)
+    mask = tmp_path / "s.png"
+    grid_slide.write_mask(mask, rows=[1, 2], cols=[2, 3, 4], downsample=16)
+    fold = tmp_path / "fold0"
+    att = fold / "attention" / "ext" / "s.npy"
+    patch_logit_file(att).parent.mkdir(parents=True)
+    np.save(att, np.full(len(grid), 1 / len(grid), np.float32))
+    np.save(patch_logit_file(att), np.zeros(len(grid) - 1, np.float32))
+    (fold / "ext.csv").write_text("slide_id\ns\n")
+    match = rf"patch_logits/s.npy have {len(grid) - 1} values .* has {len(grid)} .*delete .*ext.csv"
+    with pytest.raises(GigamilError, match=match):
+        heatmap_weights([att], "patch_score", "attention")
+    with pytest.raises(GigamilError, match=match):
+        cohort_localization({"s": (store, att, mask)})
+    np.save(patch_logit_file(att), np.zeros(len(grid), np.float32))  # the same length: scored
+    assert "patch_score_localization_auc" in cohort_localization({"s": (store, att, mask)})["s"]

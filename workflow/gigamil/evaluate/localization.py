@@ -159,7 +159,7 @@ def cohort_localization(
     an error (:func:`~gigamil.evaluate.predictions.check_attention_present`), and a slide
     with no file at all is skipped with a warning.
     """
-    from gigamil.evaluate.patch_score import patch_logit_files
+    from gigamil.evaluate.patch_score import mean_patch_logits, patch_logit_files
     from gigamil.evaluate.predictions import check_attention_present
 
     out = {}
@@ -174,11 +174,12 @@ def cohort_localization(
                 ", ".join(map(str, paths)),
             )
             continue
+        attention = mean_attention(present)
         logit_files = patch_logit_files(present)  # None: predicted before patch logits
-        patch_logits = None if logit_files is None else mean_attention(logit_files)
-        out[slide_id] = slide_localization(
-            store, mean_attention(present), mask_path, threshold, patch_logits
+        patch_logits = (
+            None if logit_files is None else mean_patch_logits(logit_files, len(attention))
         )
+        out[slide_id] = slide_localization(store, attention, mask_path, threshold, patch_logits)
     return out
 
 
@@ -221,14 +222,17 @@ def _load_attention(path: str | Path) -> np.ndarray:
     return att
 
 
-def localization_label(summaries: Sequence[str | Path], slide_id: str) -> str:
+def localization_label(
+    summaries: Sequence[str | Path], slide_id: str, key: str = "localization_auc"
+) -> str:
     """A slide's localisation AUC as the report lists it beside its heatmap ("0.917"), from the
     first of ``summaries`` (summary.json files: the cohort's ensemble, the cross-validation)
-    whose ``localization_auc_per_slide`` holds it; "-" when none does (no lesion mask, or a slide
-    without both lesion and other patches)."""
+    whose ``{key}_per_slide`` holds it (``key``: the attention's, or :data:`PATCH_KEY` for the
+    patch score's); "-" when none does (no lesion mask, or a slide without both lesion and
+    other patches)."""
     for path in summaries:
         try:
-            per_slide = json.loads(Path(path).read_text()).get("localization_auc_per_slide")
+            per_slide = json.loads(Path(path).read_text()).get(f"{key}_per_slide")
         except (OSError, ValueError):
             continue
         if isinstance(per_slide, dict) and isinstance(per_slide.get(str(slide_id)), int | float):

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gigamil.errors import GigamilError
+
 PATCH_LOGITS_DIR = "patch_logits"
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,28 @@ def patch_logit_files(attention: Sequence[str | Path]) -> list[Path] | None:
             ", ".join(missing),
         )
     return None if missing else files
+
+
+def mean_patch_logits(files: Sequence[str | Path], n_patches: int) -> np.ndarray:
+    """The mean (N,) of one slide's patch-logit ``files`` (:func:`patch_logit_files`), which
+    must have the ``n_patches`` values of the attention beside them.
+
+    Raises:
+        GigamilError: a file that is damaged (:func:`~gigamil.evaluate.localization.
+            mean_attention`), or patch logits of another length than the attention (a file
+            written by another prediction, or of another store): names them and the redo.
+    """
+    from gigamil.evaluate.localization import mean_attention
+    from gigamil.evaluate.predictions import redo_hint
+
+    logits = mean_attention(files)
+    if logits.shape != (n_patches,):
+        raise GigamilError(
+            f"patch logits {', '.join(map(str, files))} have {logits.shape[0]} values but the "
+            f"attention beside them has {n_patches} (not written by the same prediction): "
+            f"{redo_hint(files[0])}"
+        )
+    return logits
 
 
 def percentile_rank(x: np.ndarray) -> np.ndarray:
@@ -112,5 +136,5 @@ def heatmap_weights(
             weight,
         )
         return attention, weight
-    score = patch_score(attention, mean_attention(logit_files))
+    score = patch_score(attention, mean_patch_logits(logit_files, len(attention)))
     return (score / score.sum()).astype(np.float32), "patch score"
