@@ -182,7 +182,7 @@ def test_a_damaged_patch_logit_file_names_the_predictions_to_delete(tmp_path):
     patch_logit_file(att).parent.mkdir(parents=True)
     patch_logit_file(att).write_bytes(b"\x93NUMPY cut")
     (fold / "ext.csv").write_text("slide_id\ns1\n")
-    with pytest.raises(GigamilError, match="delete .*ext.csv"):
+    with pytest.raises(GigamilError, match="^patch-logit file .*delete .*ext.csv"):
         mean_attention([patch_logit_file(att)])
 
 

@@ -206,17 +206,19 @@ def _load_attention(path: str | Path) -> np.ndarray:
     """One attention .npy as float64; a file numpy cannot read (cut short by a killed job, or
     not a .npy) or that holds NaN or infinite values (the slide would drop out of the
     localisation AUC) is an error naming it, not a traceback. A missing file stays an OSError."""
+    from gigamil.evaluate.patch_score import attention_of
     from gigamil.evaluate.predictions import redo_hint
 
+    kind = "attention" if attention_of(path) == Path(path) else "patch-logit"
     try:
         att = np.load(path, allow_pickle=False).astype(np.float64)
     except (ValueError, EOFError) as exc:
         raise GigamilError(
-            f"attention file {path} is damaged or not a .npy array ({exc}): {redo_hint(path)}"
+            f"{kind} file {path} is damaged or not a .npy array ({exc}): {redo_hint(path)}"
         ) from None
     if not np.isfinite(att).all():
         raise GigamilError(
-            f"attention file {path} holds {int((~np.isfinite(att)).sum())} NaN or infinite "
+            f"{kind} file {path} holds {int((~np.isfinite(att)).sum())} NaN or infinite "
             f"value(s): {redo_hint(path)}"
         )
     return att
@@ -281,7 +283,8 @@ def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
         log.warning("localisation AUC: n/a: %s", note)
     scored, missing = _patch_scores(loc)
     if scored:
-        log.info("patch-score localisation AUC: mean %.3f", float(np.mean(list(scored.values()))))
+        mean = float(np.mean(list(scored.values())))
+        log.info("patch-score localisation AUC: mean %.3f over %d slides", mean, len(scored))
     elif missing and len(missing) < len(finite):
         log.warning(
             "no patch-score localisation AUC: %d of the %d slides have no patch logits (%s; "

@@ -137,4 +137,5 @@ def heatmap_weights(
         )
         return attention, weight
     score = patch_score(attention, mean_patch_logits(logit_files, len(attention)))
+    log.info("drawing the patch score (heatmaps.weights: patch_score), not the %s", weight)
     return (score / score.sum()).astype(np.float32), "patch score"
