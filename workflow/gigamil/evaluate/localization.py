@@ -273,7 +273,8 @@ def _no_localization_note(loc: Mapping[str, Mapping[str, float]]) -> str:
 def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """Summary fields of per-slide localisation results (``{slide_id: slide_localization()}``):
     ``localization_auc`` (mean over the slides where it is defined, i.e. with lesion and normal
-    patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``."""
+    patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``;
+    the same of :data:`PATCH_KEY` where every such slide has a patch score (:func:`_patch_scores`)."""
     values = {s: v["localization_auc"] for s, v in loc.items()}
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
     note = _no_localization_note(loc) if not finite else None
