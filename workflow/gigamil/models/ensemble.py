@@ -48,12 +48,8 @@ class ReplicateEnsemble(nn.Module):
         adj: torch.Tensor | None = None,
         max_instances_per_forward_pass: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, attention = [], []
-        for member, calibration in zip(self.members, self.calibrations, strict=True):
-            z, att = member(bag, adj, max_instances_per_forward_pass=max_instances_per_forward_pass)
-            logits.append(apply_calibration(z, calibration).float())
-            attention.append(att.float())
-        return torch.stack(logits).mean(0), torch.stack(attention).mean(0)
+        k = max_instances_per_forward_pass
+        return self._mean([m(bag, adj, max_instances_per_forward_pass=k) for m in self.members])
 
     def forward_patches(
         self,
@@ -63,13 +59,19 @@ class ReplicateEnsemble(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`forward`'s two means and the members' mean patch logits (N,)
         (:meth:`MILModel.forward_patches`, not calibrated; None if a member has none)."""
-        logits, attention, patches = [], [], []
-        for member, calibration in zip(self.members, self.calibrations, strict=True):
-            z, att, patch = member.forward_patches(
-                bag, adj, max_instances_per_forward_pass=max_instances_per_forward_pass
-            )
-            logits.append(apply_calibration(z, calibration).float())
-            attention.append(att.float())
-            patches.append(patch)
+        k = max_instances_per_forward_pass
+        outs = [m.forward_patches(bag, adj, max_instances_per_forward_pass=k) for m in self.members]
+        patches = [patch for _, _, patch in outs]
         mean_patch = None if any(p is None for p in patches) else torch.stack(patches).mean(0)
-        return torch.stack(logits).mean(0), torch.stack(attention).mean(0), mean_patch
+        return (*self._mean([(z, att) for z, att, _ in outs]), mean_patch)
+
+    def _mean(
+        self, outs: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean of the members' calibrated logits and of their attention (float32)."""
+        logits = [
+            apply_calibration(z, c).float()
+            for (z, _), c in zip(outs, self.calibrations, strict=True)
+        ]
+        attention = [att.float() for _, att in outs]
+        return torch.stack(logits).mean(0), torch.stack(attention).mean(0)
