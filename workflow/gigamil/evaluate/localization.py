@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,7 @@ def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
     patches), ``localization_auc_sd``, ``localization_n_slides``, ``localization_auc_per_slide``;
     the same of :data:`PATCH_KEY` where every such slide has a patch score (:func:`_patch_scores`)."""
     values = {s: v["localization_auc"] for s, v in loc.items()}
-    finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+    finite = [v for v in values.values() if _finite(v)]
     note = _no_localization_note(loc) if not finite else None
     if finite:
         log.info("localisation AUC: mean %.3f over %d slides", float(np.mean(finite)), len(finite))
@@ -300,15 +301,14 @@ def localization_block(loc: Mapping[str, Mapping[str, float]]) -> dict[str, Any]
         "localization_auc": float(np.mean(finite)) if finite else float("nan"),
         "localization_auc_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
         "localization_n_slides": len(finite),
-        "localization_auc_per_slide": {
-            s: v for s, v in sorted(values.items()) if v is not None and math.isfinite(v)
-        },
+        "localization_auc_per_slide": {s: v for s, v in sorted(values.items()) if _finite(v)},
         **(_mean_sd_per_slide(PATCH_KEY, scored) if scored else {}),
     }
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and math.isfinite(v)
+    """A finite real number (None, NaN and infinities are not; numpy floats are)."""
+    return isinstance(v, numbers.Real) and math.isfinite(v)
 
 
 def _patch_scores(loc: Mapping[str, Mapping[str, float]]) -> tuple[dict[str, float], list[str]]:
