@@ -189,21 +189,32 @@ def per_draw_figures(df: pd.DataFrame) -> tuple[dict[str, list[float]], dict[str
     return oof, loc
 
 
+def patch_score_figures(df: pd.DataFrame) -> dict[str, list[float]]:
+    """``{draw: mean localisation AUC of the patch score per seed}`` (as
+    :func:`per_draw_figures`); empty for rows without ``loc_patch`` (screens before
+    2026-12-07)."""
+    if "loc_patch" not in df:
+        return {}
+    return {
+        draw: [float(v) for v in d.groupby("seed")["loc_patch"].mean()]
+        for draw, d in df.groupby("draw", sort=True)
+    }
+
+
 def summary_line(
     name: str, sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds: float
 ) -> str:
     parts = [name, " ".join(sets) or "(shipped settings)"]
     oof, loc = per_draw_figures(df)
+    patch = patch_score_figures(df)
     for draw, d in df.groupby("draw", sort=True):
         text = f"{draw} OOF " + "/".join(f"{a:.3f}" for a in oof[draw])
         if len(oof[draw]) > 1:
             ens = d.groupby("slide_id").agg(y=("y", "first"), p=("p", "mean"))
             text += f" ensemble {binary_auc(ens['y'], ens['p']):.3f}"
         text += " loc " + "/".join(f"{v:.3f}" for v in loc[draw])
-        if "loc_patch" in d:  # screens before 2026-12-07 have none
-            text += " patch score " + "/".join(
-                f"{v:.3f}" for v in d.groupby("seed")["loc_patch"].mean()
-            )
+        if draw in patch:
+            text += " patch score " + "/".join(f"{v:.3f}" for v in patch[draw])
         parts.append(text)
     aucs = [a for v in oof.values() for a in v]
     parts.append(f"mean {np.mean(aucs):.3f} min {np.min(aucs):.3f}")
@@ -226,9 +237,7 @@ def result_record(sets: list[str], df: pd.DataFrame, info: pd.DataFrame, seconds
         "oof_auc": {k: [round(a, 4) for a in v] for k, v in oof.items()},
         "localization_auc": {k: [round(a, 4) for a in v] for k, v in loc.items()},
         "patch_score_localization_auc": {  # of the patch score (since 2026-12-07)
-            draw: [round(float(v), 4) for v in d.groupby("seed")["loc_patch"].mean()]
-            for draw, d in df.groupby("draw", sort=True)
-            if "loc_patch" in d
+            k: [round(a, 4) for a in v] for k, v in patch_score_figures(df).items()
         },
         "mean_oof_auc": round(float(np.mean(aucs)), 4),
         "min_oof_auc": round(float(np.min(aucs)), 4),
